@@ -1,0 +1,166 @@
+"""Chatwoot application API: HTTP only, no sync decisions."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+from config import Settings
+from http_client import HttpClient, PermanentError
+
+MAX_DOWNLOAD_BYTES = 25 * 1024 * 1024
+MAX_REDIRECTS = 3
+INCOMING, OUTGOING = "incoming", "outgoing"
+
+
+class DownloadRefused(PermanentError):
+    """An attachment URL we will not fetch (foreign host, too large)."""
+
+
+class ChatwootClient(HttpClient):
+    service = "chatwoot"
+
+    def __init__(self, settings: Settings, **kwargs):
+        super().__init__(f"{settings.chatwoot_url}/api/v1/accounts/{settings.chatwoot_account_id}", **kwargs)
+        self.settings = settings
+        self.session.headers["api_access_token"] = settings.chatwoot_api_token
+        self.host = urlsplit(settings.chatwoot_url).netloc.lower()
+
+    # ---- contacts --------------------------------------------------------------------------
+
+    def find_contact(self, identifier: str) -> dict | None:
+        """Exact lookup by identifier (never the substring search)."""
+        result = self._request("POST", "/contacts/filter", json={"payload": [{
+            "attribute_key": "identifier", "filter_operator": "equal_to", "values": [identifier],
+            "query_operator": None}]})
+        for contact in (result or {}).get("payload") or []:
+            if contact.get("identifier") == identifier:
+                return contact
+        return None
+
+    def create_contact(self, name: str, identifier: str, inbox_id: int, source_id: str,
+                       additional_attributes: dict | None = None) -> dict:
+        """Returns the created contact; raises PermanentError(422) when the identifier exists."""
+        result = self._request("POST", "/contacts", json={
+            "name": name, "identifier": identifier, "inbox_id": inbox_id, "source_id": source_id,
+            "additional_attributes": additional_attributes or {}})
+        payload = (result or {}).get("payload") or {}
+        return payload.get("contact") or payload
+
+    def create_contact_inbox(self, contact_id: int, inbox_id: int, source_id: str) -> dict:
+        return self._request("POST", f"/contacts/{contact_id}/contact_inboxes",
+                             json={"inbox_id": inbox_id, "source_id": source_id})
+
+    def contact_conversations(self, contact_id: int) -> list[dict]:
+        return (self._request("GET", f"/contacts/{contact_id}/conversations") or {}).get("payload") or []
+
+    # ---- conversations -----------------------------------------------------------------------
+
+    def create_conversation(self, *, source_id: str, inbox_id: int, contact_id: int, custom_attributes: dict,
+                            additional_attributes: dict | None = None) -> dict:
+        return self._request("POST", "/conversations", json={
+            "source_id": source_id, "inbox_id": inbox_id, "contact_id": contact_id, "status": "open",
+            "custom_attributes": custom_attributes, "additional_attributes": additional_attributes or {}})
+
+    def conversation(self, conversation_id: int) -> dict:
+        return self._request("GET", f"/conversations/{conversation_id}")
+
+    def set_status(self, conversation_id: int, status: str) -> None:
+        self._request("POST", f"/conversations/{conversation_id}/toggle_status", json={"status": status})
+
+    def set_custom_attributes(self, conversation_id: int, attributes: dict) -> None:
+        self._request("POST", f"/conversations/{conversation_id}/custom_attributes",
+                      json={"custom_attributes": attributes})
+
+    # ---- messages ------------------------------------------------------------------------------
+
+    def messages(self, conversation_id: int, before: int | None = None) -> list[dict]:
+        params = {"before": before} if before else None
+        return (self._request("GET", f"/conversations/{conversation_id}/messages", params=params)
+                or {}).get("payload") or []
+
+    def all_messages(self, conversation_id: int, max_pages: int = 50):
+        """Newest page first, then older ones (the API returns 20 at a time)."""
+        before = None
+        for _ in range(max_pages):
+            page = self.messages(conversation_id, before)
+            if not page:
+                return
+            yield from reversed(page)
+            oldest = min(m["id"] for m in page)
+            if before is not None and oldest >= before:
+                return
+            before = oldest
+
+    def find_message_by_source(self, conversation_id: int, source_id: str) -> dict | None:
+        for message in self.all_messages(conversation_id):
+            if message.get("source_id") == source_id:
+                return message
+        return None
+
+    def create_message(self, conversation_id: int, content: str | None, *, message_type: str,
+                       private: bool = False, source_id: str | None = None,
+                       files: list[tuple[str, bytes, str]] | None = None,
+                       content_attributes: dict | None = None) -> dict:
+        path = f"/conversations/{conversation_id}/messages"
+        if not files:
+            body: dict[str, Any] = {"content": content, "message_type": message_type, "private": private}
+            if source_id:
+                body["source_id"] = source_id
+            if content_attributes:
+                body["content_attributes"] = content_attributes
+            return self._request("POST", path, json=body)
+        form = {"content": content or "", "message_type": message_type, "private": "true" if private else "false"}
+        if source_id:
+            form["source_id"] = source_id
+        return self._request("POST", path, data=form,
+                             files=[("attachments[]", (name, data, ctype)) for name, data, ctype in files])
+
+    def note(self, conversation_id: int, content: str, source_id: str | None = None) -> dict:
+        return self.create_message(conversation_id, content, message_type=OUTGOING, private=True,
+                                   source_id=source_id)
+
+    def set_message_status(self, conversation_id: int, message_id: int, status: str,
+                           external_error: str | None = None) -> None:
+        body = {"status": status}
+        if external_error:
+            body["external_error"] = external_error
+        self._request("PATCH", f"/conversations/{conversation_id}/messages/{message_id}", json=body)
+
+    # ---- files ------------------------------------------------------------------------------------
+
+    def allowed_download(self, url: str) -> bool:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and parts.netloc.lower() == self.host
+
+    def download(self, url: str, max_bytes: int = MAX_DOWNLOAD_BYTES) -> tuple[bytes, str]:
+        """Fetch an attachment from our Chatwoot (and the storage it redirects to), size-capped.
+
+        The API token is never sent along: data_url is a signed link and the redirect
+        target is another host.
+        """
+        if not self.allowed_download(url):
+            raise DownloadRefused(f"refusing to download from {urlsplit(url).netloc or url!r}: "
+                                  f"not the configured Chatwoot host", code="foreign_host")
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = self._request("GET", url, raw=True, allow_redirects=False, stream=True,
+                                 headers={"api_access_token": None})
+            if resp.is_redirect:
+                url = urljoin(url, resp.headers.get("Location", ""))
+                resp.close()
+                if urlsplit(url).scheme not in ("http", "https"):
+                    raise DownloadRefused("attachment redirect to a non-http URL", code="bad_redirect")
+                continue
+            declared = int(resp.headers.get("Content-Length") or 0)
+            if declared > max_bytes:
+                resp.close()
+                raise DownloadRefused(f"file of {declared} bytes is over the {max_bytes}-byte limit", code="too_large")
+            chunks, size = [], 0
+            for chunk in resp.iter_content(64 * 1024):
+                size += len(chunk)
+                if size > max_bytes:
+                    resp.close()
+                    raise DownloadRefused(f"file is over the {max_bytes}-byte limit", code="too_large")
+                chunks.append(chunk)
+            return b"".join(chunks), resp.headers.get("Content-Type", "application/octet-stream")
+        raise DownloadRefused("too many redirects fetching an attachment", code="too_many_redirects")

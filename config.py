@@ -1,0 +1,219 @@
+"""Settings of the bridge, read once from the environment (and `.env`).
+
+`load_settings()` collects every problem instead of stopping at the first, so an
+operator fixes a broken deployment in one go; `settings_or_exit()` prints them one
+per line and exits 2, without a traceback and without echoing any secret value.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from dotenv import load_dotenv
+
+DEFAULT_DATABASE_PATH = "data/meli_chatwoot.db"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off", "")
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Settings:
+    meli_app_id: int
+    meli_secret_key: str = field(repr=False)
+    chatwoot_url: str
+    chatwoot_api_token: str = field(repr=False)
+    chatwoot_account_id: int
+    chatwoot_questions_inbox_id: int
+    chatwoot_messages_inbox_id: int
+    chatwoot_webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    meli_redirect_uri: str | None = None
+    meli_refresh_token: str | None = field(default=None, repr=False)
+    meli_access_token: str | None = field(default=None, repr=False)
+    meli_user_id: int | None = None
+    meli_site_id: str = "MLB"
+    meli_api_url: str = "https://api.mercadolibre.com"
+    meli_auth_url: str = "https://auth.mercadolivre.com.br"
+    meli_use_pkce: bool = False
+    database_path: str = DEFAULT_DATABASE_PATH
+    port: int = 5000
+    questions_poll_seconds: float = 120.0
+    messages_poll_seconds: float = 180.0
+    log_level: str = "INFO"
+
+    def secrets(self) -> list[str]:
+        """Every configured value that must never reach a log line."""
+        values = [
+            self.meli_secret_key,
+            self.chatwoot_api_token,
+            self.meli_refresh_token,
+            self.meli_access_token,
+            *self.chatwoot_webhook_secrets,
+        ]
+        return [v for v in values if v]
+
+
+class _Reader:
+    """Reads and validates variables, collecting problems instead of raising."""
+
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+        self.problems: list[str] = []
+
+    def _raw(self, name: str) -> str | None:
+        value = self.env.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    def _problem(self, name: str, what: str, example: str) -> None:
+        self.problems.append(f"{name}: {what} (example: {name}={example})")
+
+    def text(self, name: str, *, required: bool, example: str, default: str | None = None):
+        value = self._raw(name)
+        if value is None:
+            if required:
+                self._problem(name, "is required but not set", example)
+            return default
+        return value
+
+    def positive_int(self, name: str, *, required: bool, example: str, default: int | None = None):
+        value = self._raw(name)
+        if value is None:
+            if required:
+                self._problem(name, "is required but not set", example)
+            return default
+        if not value.isdigit() or int(value) <= 0:
+            self._problem(name, "must be a positive whole number", example)
+            return default
+        return int(value)
+
+    def positive_float(self, name: str, *, example: str, default: float):
+        value = self._raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if not number > 0 or number == float("inf"):
+            self._problem(name, "must be a positive number of seconds", example)
+            return default
+        return number
+
+    def url(self, name: str, *, required: bool, example: str, default: str | None = None):
+        value = self._raw(name)
+        if value is None:
+            if required:
+                self._problem(name, "is required but not set", example)
+            return default
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            self._problem(name, "must be an http(s) URL", example)
+            return default
+        return value.rstrip("/")
+
+    def boolean(self, name: str, *, example: str, default: bool):
+        value = self._raw(name)
+        if value is None:
+            return default
+        if value.lower() in TRUE_WORDS:
+            return True
+        if value.lower() in FALSE_WORDS:
+            return False
+        self._problem(name, "must be true or false", example)
+        return default
+
+    def secret(self, name: str, *, required: bool, example: str):
+        # Never include the value in a problem: it may be a real secret pasted wrongly.
+        value = self._raw(name)
+        if value is None and required:
+            self._problem(name, "is required but not set", example)
+        return value
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, require_webhook_secret: bool = False,
+                  require_redirect_uri: bool = False) -> Settings:
+    """Build settings from `env` (default: os.environ after loading `.env`).
+
+    Raises ConfigError listing every problem found.
+    """
+    if env is None:
+        load_dotenv(os.path.join(os.getcwd(), ".env"), override=False)
+        env = os.environ
+    r = _Reader(env)
+
+    secrets_raw = r.secret("CHATWOOT_WEBHOOK_SECRET", required=require_webhook_secret,
+                           example="a-long-random-secret")
+    webhook_secrets = tuple(s.strip() for s in (secrets_raw or "").split(",") if s.strip())
+    if secrets_raw and not webhook_secrets:
+        r._problem("CHATWOOT_WEBHOOK_SECRET", "holds no secret, only commas",
+                   "secret-one,secret-two")
+
+    log_level = (r.text("LOG_LEVEL", required=False, example="INFO", default="INFO") or "INFO").upper()
+    if log_level not in LOG_LEVELS:
+        r._problem("LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}", "INFO")
+        log_level = "INFO"
+
+    site_id = r.text("MELI_SITE_ID", required=False, example="MLB", default="MLB")
+    if not (site_id.isalpha() and len(site_id) == 3):
+        r._problem("MELI_SITE_ID", "must be a three-letter site id", "MLB")
+
+    port = r.positive_int("PORT", required=False, example="5000", default=5000)
+    if port > 65535:
+        r._problem("PORT", "must be a TCP port between 1 and 65535", "5000")
+
+    values = dict(
+        meli_app_id=r.positive_int("MELI_APP_ID", required=True, example="1234567890123456"),
+        meli_secret_key=r.secret("MELI_SECRET_KEY", required=True, example="your-app-secret"),
+        meli_redirect_uri=r.url("MELI_REDIRECT_URI", required=require_redirect_uri,
+                                example="https://bridge.example.com/oauth/callback"),
+        meli_refresh_token=r.secret("MELI_REFRESH_TOKEN", required=False, example="TG-..."),
+        meli_access_token=r.secret("MELI_ACCESS_TOKEN", required=False, example="APP_USR-..."),
+        meli_user_id=r.positive_int("MELI_USER_ID", required=False, example="123456789"),
+        meli_site_id=site_id.upper(),
+        meli_api_url=r.url("MELI_API_URL", required=False, example="https://api.mercadolibre.com",
+                           default="https://api.mercadolibre.com"),
+        meli_auth_url=r.url("MELI_AUTH_URL", required=False, example="https://auth.mercadolivre.com.br",
+                            default="https://auth.mercadolivre.com.br"),
+        meli_use_pkce=r.boolean("MELI_USE_PKCE", example="true", default=False),
+        chatwoot_url=r.url("CHATWOOT_URL", required=True, example="https://chat.example.com"),
+        chatwoot_api_token=r.secret("CHATWOOT_API_TOKEN", required=True, example="your-access-token"),
+        chatwoot_account_id=r.positive_int("CHATWOOT_ACCOUNT_ID", required=True, example="1"),
+        chatwoot_questions_inbox_id=r.positive_int("CHATWOOT_QUESTIONS_INBOX_ID", required=True, example="3"),
+        chatwoot_messages_inbox_id=r.positive_int("CHATWOOT_MESSAGES_INBOX_ID", required=True, example="4"),
+        chatwoot_webhook_secrets=webhook_secrets,
+        database_path=r.text("DATABASE_PATH", required=False, example="data/meli_chatwoot.db",
+                             default=DEFAULT_DATABASE_PATH),
+        port=port,
+        questions_poll_seconds=r.positive_float("QUESTIONS_POLL_SECONDS", example="120", default=120.0),
+        messages_poll_seconds=r.positive_float("MESSAGES_POLL_SECONDS", example="180", default=180.0),
+        log_level=log_level,
+    )
+    q_inbox, m_inbox = values["chatwoot_questions_inbox_id"], values["chatwoot_messages_inbox_id"]
+    if q_inbox and q_inbox == m_inbox:
+        r._problem("CHATWOOT_MESSAGES_INBOX_ID", "must differ from CHATWOOT_QUESTIONS_INBOX_ID", "4")
+    if r.problems:
+        raise ConfigError(r.problems)
+    return Settings(**values)
+
+
+def settings_or_exit(**kwargs) -> Settings:
+    """`load_settings`, or one line per problem on stderr and exit code 2."""
+    try:
+        return load_settings(**kwargs)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"configuration error: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,636 @@
+"""The only module that touches SQLite.
+
+Both processes (the gunicorn listener and the poller) open the same file. WAL lets
+readers run beside the single writer; every write is a short `BEGIN IMMEDIATE`
+transaction so a writer waits for the lock up front (busy_timeout) instead of failing
+half way. Network calls never happen while a transaction is open: the listener must
+answer Chatwoot within 5 s whatever Mercado Livre is doing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+log = logging.getLogger("bridge.db")
+
+BUSY_TIMEOUT_MS = 15000
+
+
+class DatabaseError(Exception):
+    """The state file cannot be used; the message is one line for an operator."""
+
+
+# Ordered, small, described steps. Each runs with its version bump in one transaction.
+MIGRATIONS: list[tuple[str, str]] = [
+    ("authorization: Mercado Livre tokens and single-use OAuth states", """
+        CREATE TABLE meli_auth (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            user_id INTEGER,
+            nickname TEXT,
+            access_token TEXT,
+            refresh_token TEXT,
+            expires_at REAL,
+            status TEXT NOT NULL DEFAULT 'missing',      -- missing | active | reauth_required
+            status_reason TEXT,
+            refresh_lease_owner TEXT,
+            refresh_lease_until REAL NOT NULL DEFAULT 0,
+            updated_at REAL
+        );
+        INSERT INTO meli_auth (id) VALUES (1);
+        CREATE TABLE oauth_states (
+            state TEXT PRIMARY KEY,
+            code_verifier TEXT,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            used_at REAL
+        );
+    """),
+    ("links: Mercado Livre ids to Chatwoot ids, pending until created", """
+        CREATE TABLE links (
+            kind TEXT NOT NULL,                 -- buyer | question | answer | pack | message
+            external_id TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',  -- pending | created
+            contact_id INTEGER,
+            conversation_id INTEGER,
+            message_id INTEGER,
+            data TEXT,                          -- small JSON of ids and states, never buyer text
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (kind, external_id)
+        );
+        CREATE INDEX links_by_conversation ON links (conversation_id, kind);
+        CREATE INDEX links_by_status ON links (kind, status);
+    """),
+    ("outbox: accepted agent replies and their Mercado Livre parts", """
+        -- One row per agent message accepted from a webhook. Its UNIQUE Chatwoot message
+        -- id is also the record of deliveries already seen (account + inbox webhooks).
+        CREATE TABLE replies (
+            id INTEGER PRIMARY KEY,
+            chatwoot_message_id INTEGER NOT NULL UNIQUE,
+            conversation_id INTEGER NOT NULL,
+            kind TEXT NOT NULL,                 -- answer | message
+            target_id TEXT,                     -- question id or pack id
+            status TEXT NOT NULL DEFAULT 'pending',  -- pending | sending | delivered | failed
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            lease_until REAL,
+            error TEXT,                         -- short reason, shown as external_error
+            note TEXT,                          -- private note for the agent
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            finished_at REAL,
+            reported_at REAL                    -- outcome shown in Chatwoot
+        );
+        CREATE INDEX replies_due ON replies (status, next_attempt_at);
+        CREATE INDEX replies_unreported ON replies (reported_at, status);
+        -- One row per Mercado Livre call; a long post-sale reply is several ordered parts.
+        CREATE TABLE reply_parts (
+            reply_id INTEGER NOT NULL REFERENCES replies (id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            text TEXT,                          -- cleared once delivered (LGPD)
+            attachments TEXT,                   -- JSON list of files to upload with this part
+            status TEXT NOT NULL DEFAULT 'pending',  -- pending | sending | sent
+            remote_id TEXT,
+            sent_at REAL,
+            PRIMARY KEY (reply_id, seq)
+        );
+    """),
+    ("job runs, cache of items and users, received notifications", """
+        CREATE TABLE job_runs (
+            job TEXT PRIMARY KEY,
+            last_start REAL,
+            last_success REAL,
+            last_error_at REAL,
+            last_error TEXT,
+            last_duration_ms INTEGER
+        );
+        CREATE TABLE cache (
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            fetched_at REAL NOT NULL,
+            PRIMARY KEY (kind, key)
+        );
+        CREATE TABLE notifications (
+            id TEXT PRIMARY KEY,
+            topic TEXT NOT NULL,
+            resource TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            processed_at REAL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            last_error TEXT
+        );
+        CREATE INDEX notifications_due ON notifications (processed_at, next_attempt_at);
+    """),
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _row(row: sqlite3.Row | None) -> dict | None:
+    return dict(row) if row is not None else None
+
+
+class Database:
+    """One SQLite file; one connection per thread (sqlite3 objects are not shared)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._local = threading.local()
+
+    # ---- connection and schema -------------------------------------------------------
+
+    def open(self) -> "Database":
+        """Create the directory and the schema; raise DatabaseError with one clear line."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseError(f"cannot create the database directory {directory}: {exc.strerror}") from None
+        if not os.access(directory, os.W_OK):
+            raise DatabaseError(f"the database directory {directory} is not writable by this user")
+        if os.path.exists(self.path) and not os.access(self.path, os.R_OK | os.W_OK):
+            raise DatabaseError(f"the database file {self.path} is not readable and writable by this user")
+        try:
+            self.migrate()
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseError(f"cannot use {self.path} as the bridge's database: {exc}") from None
+        return self
+
+    def conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid != os.getpid():
+            # Inherited through fork (gunicorn preload): SQLite connections must not cross
+            # processes. Drop it without closing; the parent still owns it.
+            conn = None
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                   check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise DatabaseError(f"{self.path}: SQLite refused WAL mode (got {mode})")
+            conn.execute("PRAGMA foreign_keys = ON")
+            # FULL: an acknowledged reply must survive a power cut, not only kill -9.
+            conn.execute("PRAGMA synchronous = FULL")
+            self._local.conn = conn
+            self._local.pid = os.getpid()
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A short write transaction taking the lock up front."""
+        conn = self.conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def one(self, sql: str, params: tuple | dict = ()) -> dict | None:
+        return _row(self.conn().execute(sql, params).fetchone())
+
+    def all(self, sql: str, params: tuple | dict = ()) -> list[dict]:
+        return [dict(r) for r in self.conn().execute(sql, params).fetchall()]
+
+    def schema_version(self) -> int:
+        return self.conn().execute("PRAGMA user_version").fetchone()[0]
+
+    def migrate(self) -> None:
+        """Apply pending steps; safe when both processes start at the same moment."""
+        current = self.schema_version()
+        if current > SCHEMA_VERSION:
+            raise DatabaseError(
+                f"{self.path} has schema version {current}, newer than this code knows "
+                f"({SCHEMA_VERSION}); run the newer version of the bridge or restore a backup")
+        while current < SCHEMA_VERSION:
+            with self.write() as conn:
+                # Re-read under the write lock: the other process may have just migrated.
+                current = conn.execute("PRAGMA user_version").fetchone()[0]
+                if current >= SCHEMA_VERSION:
+                    break
+                description, sql = MIGRATIONS[current]
+                for statement in _statements(sql):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {current + 1}")
+            log.info("database migrated to version %d: %s", current + 1, description)
+            current += 1
+
+    def check(self) -> None:
+        """Raise sqlite3.Error when the file cannot be read (for /health)."""
+        self.conn().execute("SELECT 1 FROM meli_auth").fetchone()
+
+    def size_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.path.getsize(self.path + suffix)
+            except OSError:
+                pass
+        return total
+
+    # ---- Mercado Livre authorization ----------------------------------------------------
+
+    def auth(self) -> dict:
+        return self.one("SELECT * FROM meli_auth WHERE id = 1")
+
+    def auth_seed(self, access_token: str | None, refresh_token: str, now: float) -> bool:
+        """Store tokens from the environment only when the store has never held any."""
+        with self.write() as conn:
+            cur = conn.execute(
+                "UPDATE meli_auth SET access_token = ?, refresh_token = ?, expires_at = ?,"
+                " status = 'active', status_reason = NULL, updated_at = ?"
+                " WHERE id = 1 AND refresh_token IS NULL AND status = 'missing'",
+                (access_token, refresh_token, now if access_token is None else now + 3600, now))
+            return cur.rowcount == 1
+
+    def auth_claim_refresh(self, owner: str, now: float, margin: float, lease: float) -> tuple[str, dict]:
+        """Decide, under the write lock, whether this caller refreshes.
+
+        Returns ('fresh', row) when the stored access token is still good, ('reauth', row)
+        when a human must authorize again, ('wait', row) while another process holds the
+        refresh lease, or ('refresh', row) with the lease now ours.
+        """
+        with self.write() as conn:
+            row = dict(conn.execute("SELECT * FROM meli_auth WHERE id = 1").fetchone())
+            if row["status"] != "active" or not row["refresh_token"]:
+                return "reauth", row
+            if row["access_token"] and (row["expires_at"] or 0) - margin > now:
+                return "fresh", row
+            if row["refresh_lease_until"] > now and row["refresh_lease_owner"] != owner:
+                return "wait", row
+            conn.execute("UPDATE meli_auth SET refresh_lease_owner = ?, refresh_lease_until = ? WHERE id = 1",
+                         (owner, now + lease))
+            return "refresh", row
+
+    def auth_store_refreshed(self, owner: str, used_refresh_token: str, access_token: str,
+                             refresh_token: str, expires_at: float, user_id: int | None, now: float) -> bool:
+        """Write the new pair atomically, only if the token we used is still the stored one."""
+        with self.write() as conn:
+            cur = conn.execute(
+                "UPDATE meli_auth SET access_token = ?, refresh_token = ?, expires_at = ?,"
+                " user_id = COALESCE(?, user_id), status = 'active', status_reason = NULL,"
+                " refresh_lease_owner = NULL, refresh_lease_until = 0, updated_at = ?"
+                " WHERE id = 1 AND refresh_token = ? AND refresh_lease_owner = ?",
+                (access_token, refresh_token, expires_at, user_id, now, used_refresh_token, owner))
+            return cur.rowcount == 1
+
+    def auth_release_lease(self, owner: str) -> None:
+        with self.write() as conn:
+            conn.execute("UPDATE meli_auth SET refresh_lease_owner = NULL, refresh_lease_until = 0"
+                         " WHERE id = 1 AND refresh_lease_owner = ?", (owner,))
+
+    def auth_require_reauthorization(self, reason: str, now: float, used_refresh_token: str | None = None) -> None:
+        """Mark the authorization dead; a refresh token that changed meanwhile keeps it alive."""
+        with self.write() as conn:
+            if used_refresh_token is None:
+                conn.execute("UPDATE meli_auth SET status = 'reauth_required', status_reason = ?,"
+                             " refresh_lease_owner = NULL, refresh_lease_until = 0, updated_at = ? WHERE id = 1",
+                             (reason, now))
+            else:
+                conn.execute("UPDATE meli_auth SET status = 'reauth_required', status_reason = ?,"
+                             " refresh_lease_owner = NULL, refresh_lease_until = 0, updated_at = ?"
+                             " WHERE id = 1 AND refresh_token = ?", (reason, now, used_refresh_token))
+
+    def auth_store_authorized(self, user_id: int, nickname: str | None, access_token: str,
+                              refresh_token: str, expires_at: float, now: float) -> None:
+        """Tokens from an authorization code: a fresh start, whatever the previous state."""
+        with self.write() as conn:
+            conn.execute(
+                "UPDATE meli_auth SET user_id = ?, nickname = ?, access_token = ?, refresh_token = ?,"
+                " expires_at = ?, status = 'active', status_reason = NULL, refresh_lease_owner = NULL,"
+                " refresh_lease_until = 0, updated_at = ? WHERE id = 1",
+                (user_id, nickname, access_token, refresh_token, expires_at, now))
+
+    def auth_set_identity(self, user_id: int, nickname: str | None) -> None:
+        with self.write() as conn:
+            conn.execute("UPDATE meli_auth SET user_id = ?, nickname = COALESCE(?, nickname) WHERE id = 1",
+                         (user_id, nickname))
+
+    def auth_invalidate_access(self, access_token: str) -> None:
+        """A 401 on this token: make the next call refresh (only if nobody did already)."""
+        with self.write() as conn:
+            conn.execute("UPDATE meli_auth SET expires_at = 0 WHERE id = 1 AND access_token = ?", (access_token,))
+
+    # ---- OAuth states ------------------------------------------------------------------------
+
+    def oauth_state_create(self, state: str, code_verifier: str | None, now: float, ttl: float) -> None:
+        with self.write() as conn:
+            conn.execute("DELETE FROM oauth_states WHERE expires_at < ?", (now - 86400,))
+            conn.execute("INSERT INTO oauth_states (state, code_verifier, created_at, expires_at)"
+                         " VALUES (?, ?, ?, ?)", (state, code_verifier, now, now + ttl))
+
+    def oauth_state_consume(self, state: str, now: float) -> tuple[bool, str | None]:
+        """Use a state once. Returns (valid, code_verifier)."""
+        with self.write() as conn:
+            row = conn.execute("SELECT * FROM oauth_states WHERE state = ?", (state,)).fetchone()
+            if row is None or row["used_at"] is not None or row["expires_at"] < now:
+                return False, None
+            conn.execute("UPDATE oauth_states SET used_at = ? WHERE state = ?", (now, state))
+            return True, row["code_verifier"]
+
+    # ---- links -------------------------------------------------------------------------------
+
+    def link(self, kind: str, external_id: str | int) -> dict | None:
+        row = self.one("SELECT * FROM links WHERE kind = ? AND external_id = ?", (kind, str(external_id)))
+        if row and row.get("data"):
+            row["data"] = json.loads(row["data"])
+        elif row:
+            row["data"] = {}
+        return row
+
+    def link_by_conversation(self, kind: str, conversation_id: int) -> dict | None:
+        row = self.one("SELECT * FROM links WHERE kind = ? AND conversation_id = ? AND status = 'created'",
+                       (kind, conversation_id))
+        if row:
+            row["data"] = json.loads(row["data"]) if row.get("data") else {}
+        return row
+
+    def link_intent(self, kind: str, external_id: str | int, now: float, **fields: Any) -> tuple[dict, bool]:
+        """Record that we are about to create `kind/external_id` in Chatwoot.
+
+        Returns (row, fresh). A row that was already there (fresh False) may have been
+        half-created before a crash: the caller checks Chatwoot before creating again.
+        """
+        with self.write() as conn:
+            cur = conn.execute("INSERT OR IGNORE INTO links (kind, external_id, status, created_at, updated_at)"
+                               " VALUES (?, ?, 'pending', ?, ?)", (kind, str(external_id), now, now))
+            fresh = cur.rowcount == 1
+            if fields and fresh:
+                self._link_update(conn, kind, external_id, now, fields)
+        return self.link(kind, external_id), fresh
+
+    def link_update(self, kind: str, external_id: str | int, now: float, **fields: Any) -> None:
+        with self.write() as conn:
+            self._link_update(conn, kind, external_id, now, fields)
+
+    def link_created(self, kind: str, external_id: str | int, now: float, **fields: Any) -> None:
+        """Mark the Chatwoot side done (creating the row if the intent was not recorded)."""
+        with self.write() as conn:
+            conn.execute("INSERT OR IGNORE INTO links (kind, external_id, status, created_at, updated_at)"
+                         " VALUES (?, ?, 'pending', ?, ?)", (kind, str(external_id), now, now))
+            self._link_update(conn, kind, external_id, now, dict(fields, status="created"))
+
+    @staticmethod
+    def _link_update(conn: sqlite3.Connection, kind: str, external_id: str | int, now: float,
+                     fields: dict) -> None:
+        allowed = {"status", "contact_id", "conversation_id", "message_id", "data"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown link fields: {sorted(unknown)}")
+        if "data" in fields:
+            fields = dict(fields, data=json.dumps(fields["data"], sort_keys=True))
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        conn.execute(f"UPDATE links SET {assignments}, updated_at = ? WHERE kind = ? AND external_id = ?",
+                     (*fields.values(), now, kind, str(external_id)))
+
+    def links_by_status(self, kind: str, status: str) -> list[dict]:
+        rows = self.all("SELECT * FROM links WHERE kind = ? AND status = ? ORDER BY created_at",
+                        (kind, status))
+        for row in rows:
+            row["data"] = json.loads(row["data"]) if row.get("data") else {}
+        return rows
+
+    def link_ids(self, kind: str, status: str | None = None) -> set[str]:
+        if status is None:
+            rows = self.conn().execute("SELECT external_id FROM links WHERE kind = ?", (kind,))
+        else:
+            rows = self.conn().execute("SELECT external_id FROM links WHERE kind = ? AND status = ?",
+                                       (kind, status))
+        return {r[0] for r in rows}
+
+    # ---- cache of items and users ------------------------------------------------------------
+
+    def cache_get_many(self, kind: str, keys: list[str], max_age: float, now: float) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn().execute(
+                    f"SELECT key, value FROM cache WHERE kind = ? AND fetched_at >= ? AND key IN ({marks})",
+                    (kind, now - max_age, *chunk)):
+                found[row["key"]] = json.loads(row["value"])
+        return found
+
+    def cache_put_many(self, kind: str, values: dict[str, Any], now: float) -> None:
+        if not values:
+            return
+        with self.write() as conn:
+            conn.executemany("INSERT OR REPLACE INTO cache (kind, key, value, fetched_at) VALUES (?, ?, ?, ?)",
+                             [(kind, k, json.dumps(v), now) for k, v in values.items()])
+
+    # ---- job runs -----------------------------------------------------------------------------
+
+    def job_started(self, job: str, now: float) -> None:
+        with self.write() as conn:
+            conn.execute("INSERT INTO job_runs (job, last_start) VALUES (?, ?)"
+                         " ON CONFLICT (job) DO UPDATE SET last_start = excluded.last_start", (job, now))
+
+    def job_finished(self, job: str, now: float, duration_ms: int, error: str | None = None) -> None:
+        with self.write() as conn:
+            if error is None:
+                conn.execute("UPDATE job_runs SET last_success = ?, last_duration_ms = ? WHERE job = ?",
+                             (now, duration_ms, job))
+            else:
+                conn.execute("UPDATE job_runs SET last_error_at = ?, last_error = ?, last_duration_ms = ?"
+                             " WHERE job = ?", (now, error[:500], duration_ms, job))
+
+    def job_runs(self) -> list[dict]:
+        return self.all("SELECT * FROM job_runs ORDER BY job")
+
+    # ---- outbox ---------------------------------------------------------------------------------
+
+    def reply_seen(self, chatwoot_message_id: int) -> bool:
+        return self.one("SELECT 1 AS x FROM replies WHERE chatwoot_message_id = ?", (chatwoot_message_id,)) is not None
+
+    def reply_accept(self, *, chatwoot_message_id: int, conversation_id: int, kind: str, target_id: str | None,
+                     parts: list[dict], now: float, error: str | None = None, note: str | None = None) -> int | None:
+        """Record an agent reply and its parts in one transaction.
+
+        Returns the new reply id, or None when this Chatwoot message was already accepted
+        (the same message delivered by both the account and the inbox webhook). A reply
+        whose plan already failed is stored as 'failed' so the agent is still told.
+        """
+        status = "failed" if error else "pending"
+        with self.write() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO replies (chatwoot_message_id, conversation_id, kind, target_id, status,"
+                " next_attempt_at, error, note, created_at, updated_at, finished_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (chatwoot_message_id, conversation_id, kind, target_id, status, now, error, note, now, now,
+                 now if error else None))
+            if cur.rowcount != 1:
+                return None
+            reply_id = cur.lastrowid
+            if not error:
+                conn.executemany(
+                    "INSERT INTO reply_parts (reply_id, seq, text, attachments) VALUES (?, ?, ?, ?)",
+                    [(reply_id, seq, p.get("text"), json.dumps(p.get("attachments") or []))
+                     for seq, p in enumerate(parts)])
+            return reply_id
+
+    def replies_active_for_target(self, kind: str, target_id: str) -> list[dict]:
+        return self.all("SELECT * FROM replies WHERE kind = ? AND target_id = ?"
+                        " AND status IN ('pending', 'sending', 'delivered') ORDER BY id", (kind, target_id))
+
+    def reply(self, reply_id: int) -> dict | None:
+        return self.one("SELECT * FROM replies WHERE id = ?", (reply_id,))
+
+    def reply_by_message(self, chatwoot_message_id: int) -> dict | None:
+        return self.one("SELECT * FROM replies WHERE chatwoot_message_id = ?", (chatwoot_message_id,))
+
+    def reply_parts(self, reply_id: int) -> list[dict]:
+        rows = self.all("SELECT * FROM reply_parts WHERE reply_id = ? ORDER BY seq", (reply_id,))
+        for row in rows:
+            row["attachments"] = json.loads(row["attachments"] or "[]")
+        return rows
+
+    def replies_due(self, now: float, limit: int = 20) -> list[int]:
+        """Pending replies whose time has come, and 'sending' ones whose worker died."""
+        rows = self.conn().execute(
+            "SELECT id FROM replies WHERE (status = 'pending' AND next_attempt_at <= ?)"
+            " OR (status = 'sending' AND lease_until < ?) ORDER BY next_attempt_at, id LIMIT ?",
+            (now, now, limit)).fetchall()
+        return [r[0] for r in rows]
+
+    def reply_claim(self, reply_id: int, now: float, lease: float) -> dict | None:
+        """Take a reply for delivery; None when another worker has it."""
+        with self.write() as conn:
+            cur = conn.execute(
+                "UPDATE replies SET status = 'sending', lease_until = ?, attempts = attempts + 1, updated_at = ?"
+                " WHERE id = ? AND ((status = 'pending' AND next_attempt_at <= ?)"
+                " OR (status = 'sending' AND lease_until < ?))",
+                (now + lease, now, reply_id, now, now))
+            if cur.rowcount != 1:
+                return None
+            return dict(conn.execute("SELECT * FROM replies WHERE id = ?", (reply_id,)).fetchone())
+
+    def part_mark_sending(self, reply_id: int, seq: int) -> str:
+        """Mark a part in flight; returns its previous status ('sending' means: check remote first)."""
+        with self.write() as conn:
+            row = conn.execute("SELECT status FROM reply_parts WHERE reply_id = ? AND seq = ?",
+                               (reply_id, seq)).fetchone()
+            conn.execute("UPDATE reply_parts SET status = 'sending' WHERE reply_id = ? AND seq = ?"
+                         " AND status = 'pending'", (reply_id, seq))
+            return row["status"]
+
+    def part_sent(self, reply_id: int, seq: int, remote_id: str | None, now: float) -> None:
+        with self.write() as conn:
+            conn.execute("UPDATE reply_parts SET status = 'sent', remote_id = ?, sent_at = ?"
+                         " WHERE reply_id = ? AND seq = ?", (remote_id, now, reply_id, seq))
+
+    def part_unsent(self, reply_id: int, seq: int) -> None:
+        """The remote side has no trace of this part: it may be sent again."""
+        with self.write() as conn:
+            conn.execute("UPDATE reply_parts SET status = 'pending' WHERE reply_id = ? AND seq = ?"
+                         " AND status = 'sending'", (reply_id, seq))
+
+    def part_set_attachments(self, reply_id: int, seq: int, attachments: list[dict]) -> None:
+        with self.write() as conn:
+            conn.execute("UPDATE reply_parts SET attachments = ? WHERE reply_id = ? AND seq = ?",
+                         (json.dumps(attachments), reply_id, seq))
+
+    def reply_delivered(self, reply_id: int, now: float) -> None:
+        """Done: forget the text (LGPD), keep ids for the record."""
+        with self.write() as conn:
+            conn.execute("UPDATE replies SET status = 'delivered', finished_at = ?, updated_at = ?, lease_until = NULL,"
+                         " next_attempt_at = ?, error = NULL WHERE id = ?", (now, now, now, reply_id))
+            conn.execute("UPDATE reply_parts SET text = NULL, attachments = NULL WHERE reply_id = ?", (reply_id,))
+
+    def reply_failed(self, reply_id: int, error: str, note: str, now: float) -> None:
+        with self.write() as conn:
+            conn.execute("UPDATE replies SET status = 'failed', error = ?, note = ?, finished_at = ?, updated_at = ?,"
+                         " lease_until = NULL, next_attempt_at = ? WHERE id = ?",
+                         (error, note, now, now, now, reply_id))
+            conn.execute("UPDATE reply_parts SET text = NULL, attachments = NULL WHERE reply_id = ?", (reply_id,))
+
+    def reply_retry_later(self, reply_id: int, next_attempt_at: float, error: str, now: float,
+                          count_attempt: bool = True) -> None:
+        """Give the reply back to the queue; the next attempt is pushed forward first."""
+        with self.write() as conn:
+            conn.execute("UPDATE replies SET status = 'pending', next_attempt_at = ?, error = ?, updated_at = ?,"
+                         " lease_until = NULL, attempts = attempts - ? WHERE id = ? AND status = 'sending'",
+                         (next_attempt_at, error, now, 0 if count_attempt else 1, reply_id))
+
+    def replies_unreported(self, now: float, limit: int = 20) -> list[dict]:
+        return self.all("SELECT * FROM replies WHERE reported_at IS NULL AND status IN ('delivered', 'failed')"
+                        " AND next_attempt_at <= ? ORDER BY id LIMIT ?", (now, limit))
+
+    def reply_reported(self, reply_id: int, now: float) -> None:
+        with self.write() as conn:
+            conn.execute("UPDATE replies SET reported_at = ?, note = NULL, updated_at = ? WHERE id = ?",
+                         (now, now, reply_id))
+
+    def reply_report_later(self, reply_id: int, next_attempt_at: float, now: float) -> None:
+        with self.write() as conn:
+            conn.execute("UPDATE replies SET next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                         (next_attempt_at, now, reply_id))
+
+    def outbox_stats(self, now: float) -> dict:
+        row = self.one(
+            "SELECT SUM(status IN ('pending', 'sending')) AS pending, SUM(status = 'failed') AS failed,"
+            " SUM(status = 'delivered') AS delivered, MIN(CASE WHEN status IN ('pending', 'sending')"
+            " THEN created_at END) AS oldest FROM replies")
+        return {
+            "pending": row["pending"] or 0,
+            "failed": row["failed"] or 0,
+            "delivered": row["delivered"] or 0,
+            "oldest_pending_age_seconds": round(now - row["oldest"], 1) if row["oldest"] else None,
+        }
+
+    # ---- notifications ---------------------------------------------------------------------------
+
+    def notification_record(self, notification_id: str, topic: str, resource: str, now: float) -> bool:
+        with self.write() as conn:
+            cur = conn.execute("INSERT OR IGNORE INTO notifications (id, topic, resource, received_at, next_attempt_at)"
+                               " VALUES (?, ?, ?, ?, ?)", (notification_id, topic, resource, now, now))
+            return cur.rowcount == 1
+
+    def notifications_due(self, now: float, limit: int = 50) -> list[dict]:
+        return self.all("SELECT * FROM notifications WHERE processed_at IS NULL AND next_attempt_at <= ?"
+                        " ORDER BY received_at LIMIT ?", (now, limit))
+
+    def notification_done(self, notification_id: str, now: float) -> None:
+        with self.write() as conn:
+            conn.execute("UPDATE notifications SET processed_at = ?, last_error = NULL WHERE id = ?",
+                         (now, notification_id))
+
+    def notification_retry_later(self, notification_id: str, next_attempt_at: float, error: str) -> None:
+        with self.write() as conn:
+            conn.execute("UPDATE notifications SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
+                         " WHERE id = ?", (next_attempt_at, error[:500], notification_id))
+
+    def notifications_received_since(self, since: float) -> int:
+        return self.one("SELECT COUNT(*) AS n FROM notifications WHERE received_at >= ?", (since,))["n"]
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration script into statements (executescript would COMMIT our transaction)."""
+    lines = [line.split("--", 1)[0] for line in sql.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def open_database(path: str) -> Database:
+    return Database(path).open()
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,21 @@
+"""gunicorn settings for the listener (`gunicorn webhook_server:app` reads this file)."""
+
+from config import settings_or_exit
+
+# Validate the whole environment before binding: a bad variable stops here with one line.
+_settings = settings_or_exit(require_webhook_secret=True)
+
+bind = f"0.0.0.0:{_settings.port}"
+workers = 2
+worker_class = "gthread"
+threads = 4
+timeout = 30
+graceful_timeout = 8
+# The app (and its migrations) is built once in the master; a bad database path then
+# stops gunicorn with one line instead of a loop of failing workers.
+preload_app = True
+accesslog = "-"
+errorlog = "-"
+loglevel = _settings.log_level.lower()
+# %(U)s is the path WITHOUT the query string: `?token=` and `?code=` never reach a log.
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)sB %(M)sms'

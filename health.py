@@ -1,0 +1,52 @@
+"""The bridge's status, as /health serves it and `main.py status` prints it."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from config import Settings
+from db_manager import Database
+
+OUTBOX_MAX_AGE = 15 * 60  # an agent reply waiting longer than this is an incident
+
+
+def build_status(db: Database, settings: Settings, now: float) -> dict:
+    checks: dict[str, dict] = {}
+    try:
+        db.check()
+        checks["database"] = {"ok": True, "size_bytes": db.size_bytes()}
+    except (sqlite3.Error, OSError) as exc:
+        checks["database"] = {"ok": False, "error": f"database unusable: {exc}"}
+        return {"ok": False, "checks": checks, "failing": ["database"]}
+
+    auth = db.auth()
+    if auth["status"] == "active":
+        checks["authorization"] = {
+            "ok": True, "seller_id": auth["user_id"], "nickname": auth["nickname"],
+            "access_token_expires_in_seconds": round((auth["expires_at"] or now) - now)}
+    elif auth["status"] == "reauth_required":
+        checks["authorization"] = {"ok": False, "error": "reauthorization required: run `python main.py authorize`",
+                                   "reason": auth["status_reason"]}
+    else:
+        checks["authorization"] = {"ok": False,
+                                   "error": "not authorized yet: run `python main.py authorize` "
+                                            "(or set MELI_REFRESH_TOKEN)"}
+
+    stats = db.outbox_stats(now)
+    age = stats["oldest_pending_age_seconds"]
+    checks["outbox"] = dict(stats, ok=age is None or age <= OUTBOX_MAX_AGE)
+    if not checks["outbox"]["ok"]:
+        checks["outbox"]["error"] = f"oldest pending reply is {int(age)} s old (limit {OUTBOX_MAX_AGE} s)"
+
+    jobs = {}
+    for run in db.job_runs():
+        jobs[run["job"]] = {
+            "last_start": run["last_start"], "last_success": run["last_success"],
+            "seconds_since_success": round(now - run["last_success"]) if run["last_success"] else None,
+            "last_error_at": run["last_error_at"], "last_error": run["last_error"],
+            "last_duration_ms": run["last_duration_ms"]}
+    checks["jobs"] = {"ok": True, "runs": jobs}
+    checks["notifications"] = {"ok": True, "received_last_hour": db.notifications_received_since(now - 3600)}
+
+    failing = [name for name, check in checks.items() if not check["ok"]]
+    return {"ok": not failing, "failing": failing, "checks": checks, "time": now}

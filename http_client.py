@@ -1,0 +1,144 @@
+"""The shared core of the two API clients: one session, timeouts, typed errors, retries."""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from typing import Any, Callable
+
+import requests
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+
+USER_AGENT = "meli-chatwoot-bridge/1.0"
+TIMEOUT = (5, 30)  # (connect, read) seconds
+MAX_RETRY_AFTER = 60.0  # longer waits go back to the outbox/scheduler instead of blocking a worker
+
+
+class ApiError(Exception):
+    """An API call that did not succeed. `transient` says whether trying again may help."""
+
+    transient = False
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 retry_after: float | None = None, body: Any = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+        self.body = body
+
+    def short(self) -> str:
+        parts = [str(self.status) if self.status else None, self.code]
+        prefix = " ".join(p for p in parts if p)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class TransientError(ApiError):
+    """Timeouts, connection errors, 429 and 5xx."""
+
+    transient = True
+
+
+class PermanentError(ApiError):
+    """Any other 4xx: the request itself is refused; retrying will not help."""
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error_from_response(service: str, resp: requests.Response) -> ApiError:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    code = message = None
+    if isinstance(body, dict):
+        code = body.get("error") if isinstance(body.get("error"), str) else None
+        message = body.get("message") or body.get("error_description") or body.get("error")
+        if isinstance(message, list):
+            message = "; ".join(str(m) for m in message)
+    message = str(message or resp.reason or "error")[:300]
+    cls = TransientError if resp.status_code == 429 or resp.status_code >= 500 else PermanentError
+    return cls(f"{service} answered {resp.status_code}: {message}", status=resp.status_code, code=code,
+               retry_after=parse_retry_after(resp.headers.get("Retry-After")), body=body)
+
+
+def backoff_wait(attempt: int, initial: float = 0.5, maximum: float = 8.0) -> float:
+    """Exponential backoff with full jitter."""
+    return random.uniform(0, min(maximum, initial * (2 ** (attempt - 1))))
+
+
+class HttpClient:
+    service = "api"
+
+    def __init__(self, base_url: str, *, attempts: int = 3, timeout: tuple[float, float] = TIMEOUT,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.base_url = base_url.rstrip("/")
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = USER_AGENT
+        self.attempts = attempts
+        self.timeout = timeout
+        self.sleep = sleep
+        self.log = logging.getLogger(f"bridge.{self.service}")
+        self.calls = 0
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, ApiError) and exc.retry_after is not None:
+            return exc.retry_after
+        return backoff_wait(state.attempt_number)
+
+    @staticmethod
+    def _retryable(exc: BaseException) -> bool:
+        # A Retry-After beyond our patience is handed back to the caller's own schedule.
+        return isinstance(exc, TransientError) and (exc.retry_after or 0) <= MAX_RETRY_AFTER
+
+    def _request(self, method: str, path: str, *, headers: dict | None = None, retry: bool = True,
+                 **kwargs: Any) -> Any:
+        """Call the API; returns parsed JSON (or the Response when `raw=True`)."""
+        retrying = Retrying(stop=stop_after_attempt(self.attempts if retry else 1), wait=self._wait,
+                            retry=retry_if_exception(self._retryable), reraise=True, sleep=self.sleep)
+        return retrying(self._request_once, method, path, headers=headers, **kwargs)
+
+    def _request_once(self, method: str, path: str, *, headers: dict | None = None, raw: bool = False,
+                      ok_statuses: tuple[int, ...] = (), **kwargs: Any) -> Any:
+        url = path if path.startswith("http") else f"{self.base_url}{path}"
+        shown = path.split("?", 1)[0] if not path.startswith("http") else "(file)"
+        started = time.monotonic()
+        self.calls += 1
+        try:
+            resp = self.session.request(method, url, headers=headers, timeout=kwargs.pop("timeout", self.timeout),
+                                        **kwargs)
+        except requests.Timeout:
+            self.log.debug("%s %s timeout after %dms", method, shown, (time.monotonic() - started) * 1000)
+            raise TransientError(f"{self.service} did not answer in time ({method} {shown})") from None
+        except requests.RequestException as exc:
+            self.log.debug("%s %s connection error %s", method, shown, type(exc).__name__)
+            raise TransientError(f"{self.service} unreachable ({method} {shown}): {type(exc).__name__}") from None
+        elapsed = (time.monotonic() - started) * 1000
+        self.log.debug("%s %s %d %dms", method, shown, resp.status_code, elapsed)
+        if resp.status_code >= 400 and resp.status_code not in ok_statuses:
+            raise _error_from_response(self.service, resp)
+        if raw:
+            return resp
+        if not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError:
+            raise TransientError(f"{self.service} answered {resp.status_code} with a body that is not JSON",
+                                 status=resp.status_code) from None

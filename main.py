@@ -1,0 +1,179 @@
+"""The poller and the command line.
+
+    python main.py              run the sync jobs until SIGTERM/SIGINT
+    python main.py --once       run every job once, exit 0 (non-zero on failure)
+    python main.py authorize    print the Mercado Livre authorization URL
+    python main.py authorize --code TG-...   exchange a code by hand
+    python main.py status       print what /health shows
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Callable
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+import health
+import notifications
+import outbox
+import sync_questions
+from config import Settings, settings_or_exit
+from db_manager import Database, DatabaseError
+from http_client import ApiError
+from logging_setup import setup_logging
+from mercado_livre_api import AuthorizationRefused, ReauthorizationRequired
+from services import Services, build_services
+
+log = logging.getLogger("bridge.poller")
+
+OUTBOX_INTERVAL = 0.5  # seconds: replies go out within a second of the webhook
+NOTIFICATIONS_INTERVAL = 0.5
+
+
+def job_table(settings: Settings) -> list[tuple[str, Callable[[Services], dict], float]]:
+    """(name, function, interval seconds), in the order `--once` runs them."""
+    return [
+        ("questions", sync_questions.sync_questions, settings.questions_poll_seconds),
+        ("notifications", notifications.process_notifications, NOTIFICATIONS_INTERVAL),
+        ("outbox", outbox.run_outbox, OUTBOX_INTERVAL),
+    ]
+
+
+def run_job(s: Services, name: str, func: Callable[[Services], dict], *, quiet_when_idle: bool = False) -> bool:
+    """Run one job with its bookkeeping; never raises. Returns True on success."""
+    started = time.monotonic()
+    if not quiet_when_idle:
+        s.db.job_started(name, s.clock())
+    try:
+        counts = func(s) or {}
+    except ReauthorizationRequired as exc:
+        _finish(s, name, started, f"reauthorization required: {exc.message}")
+        log.error("job %s skipped: Mercado Livre authorization required (%s); run `python main.py authorize`",
+                  name, exc.message)
+        return False
+    except ApiError as exc:
+        _finish(s, name, started, exc.short())
+        log.error("job %s failed after %dms: %s", name, (time.monotonic() - started) * 1000, exc.short())
+        return False
+    except Exception as exc:  # noqa: BLE001 — a bug in one job must not stop the poller
+        _finish(s, name, started, f"{type(exc).__name__}: {exc}")
+        log.exception("job %s crashed", name)
+        return False
+    busy = any(v for k, v in counts.items() if k not in ("ms", "unanswered", "threads"))
+    if quiet_when_idle and not busy:
+        return True
+    if quiet_when_idle:
+        s.db.job_started(name, s.clock())
+    _finish(s, name, started, None)
+    log.info("job %s done in %dms %s", name, (time.monotonic() - started) * 1000,
+             " ".join(f"{k}={v}" for k, v in counts.items() if k != "ms"))
+    return True
+
+
+def _finish(s: Services, name: str, started: float, error: str | None) -> None:
+    s.db.job_finished(name, s.clock(), int((time.monotonic() - started) * 1000), error)
+
+
+def open_services(settings: Settings) -> Services:
+    try:
+        db = Database(settings.database_path).open()
+    except DatabaseError as exc:
+        print(f"database error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    s = build_services(settings, db)
+    s.meli.seed_tokens()
+    return s
+
+
+def run_once(s: Services) -> int:
+    ok = True
+    for name, func, _interval in job_table(s.settings):
+        ok = run_job(s, name, func) and ok
+    return 0 if ok else 1
+
+
+def run_forever(s: Services) -> int:
+    scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1,
+                                                  "misfire_grace_time": None})
+    for name, func, interval in job_table(s.settings):
+        # Fast loops log only when they did something; poll jobs log every run.
+        quiet = interval < 5
+        scheduler.add_job(run_job, "interval", seconds=interval, args=(s, name, func), id=name, name=name,
+                          kwargs={"quiet_when_idle": quiet}, next_run_time=_now_dt())
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("poller stopping on %s: finishing the item in hand", signal.Signals(signum).name)
+        s.stopping.set()
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    scheduler.start()
+    log.info("poller started: questions every %ss, outbox every %ss", s.settings.questions_poll_seconds,
+             OUTBOX_INTERVAL)
+    stop.wait()
+    scheduler.shutdown(wait=True)
+    log.info("poller stopped")
+    return 0
+
+
+def _now_dt():
+    from datetime import datetime, timezone
+    return datetime.now(timezone.utc)
+
+
+def cmd_authorize(settings: Settings, code: str | None) -> int:
+    s = open_services(settings)
+    try:
+        if code:
+            who = s.meli.exchange_code(code, None, require_state=False)
+            print(f"Authorized seller {who['user_id']} ({who['nickname']}).")
+            return 0
+        url = s.meli.authorization_url()
+    except AuthorizationRefused as exc:
+        print(f"authorization refused: {exc}", file=sys.stderr)
+        return 1
+    except ApiError as exc:
+        print(f"Mercado Livre did not answer as expected: {exc.short()}", file=sys.stderr)
+        return 1
+    print("Open this link in a browser logged in as the seller (valid for 10 minutes, single use):")
+    print(url)
+    return 0
+
+
+def cmd_status(settings: Settings) -> int:
+    s = open_services(settings)
+    report = health.build_status(s.db, settings, s.clock())
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    return 0 if report["ok"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="main.py", description="Mercado Livre ↔ Chatwoot bridge poller")
+    parser.add_argument("--once", action="store_true", help="run every job once and exit")
+    sub = parser.add_subparsers(dest="command")
+    auth = sub.add_parser("authorize", help="print the authorization URL, or exchange --code")
+    auth.add_argument("--code", help="authorization code (TG-...) to exchange by hand")
+    sub.add_parser("status", help="print the bridge's health")
+    args = parser.parse_args(argv)
+
+    settings = settings_or_exit(require_redirect_uri=args.command == "authorize")
+    setup_logging(settings.log_level, settings.secrets())
+    if args.command == "authorize":
+        return cmd_authorize(settings, args.code)
+    if args.command == "status":
+        return cmd_status(settings)
+    s = open_services(settings)
+    return run_once(s) if args.once else run_forever(s)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

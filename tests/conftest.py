@@ -1,0 +1,61 @@
+"""Shared fixtures: settings pointing at a temporary database, and known test secrets."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from config import load_settings
+from db_manager import Database
+
+# Values chosen so a leak is easy to grep for (test_secrets_never_logged relies on them).
+SECRETS = {
+    "MELI_SECRET_KEY": "meli-secret-xyz",
+    "CHATWOOT_API_TOKEN": "cw-token-abc",
+    "CHATWOOT_WEBHOOK_SECRET": "whsec-one-5f3a,whsec-two-9b1c",
+}
+
+
+def base_env(tmp_path, **overrides) -> dict:
+    env = {
+        "MELI_APP_ID": "123456",
+        "MELI_REDIRECT_URI": "https://bridge.example.com/oauth/callback",
+        "MELI_API_URL": "https://api.meli.test",
+        "MELI_AUTH_URL": "https://auth.meli.test",
+        "CHATWOOT_URL": "https://chat.example.test",
+        "CHATWOOT_ACCOUNT_ID": "1",
+        "CHATWOOT_QUESTIONS_INBOX_ID": "1",
+        "CHATWOOT_MESSAGES_INBOX_ID": "2",
+        "DATABASE_PATH": str(tmp_path / "state" / "bridge.db"),
+        **SECRETS,
+    }
+    env.update({k: v for k, v in overrides.items() if v is not None})
+    for k, v in overrides.items():
+        if v is None:
+            env.pop(k, None)
+    return env
+
+
+@pytest.fixture
+def make_settings(tmp_path):
+    def make(**overrides):
+        return load_settings(base_env(tmp_path, **overrides))
+    return make
+
+
+@pytest.fixture
+def settings(make_settings):
+    return make_settings()
+
+
+@pytest.fixture
+def db(settings):
+    database = Database(settings.database_path).open()
+    yield database
+    database.close()
+
+
+@pytest.fixture(autouse=True)
+def _capture_all_logs(caplog):
+    caplog.set_level(logging.DEBUG)

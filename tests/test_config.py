@@ -1,0 +1,103 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from config import ConfigError, load_settings
+from tests.conftest import SECRETS, base_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_config(env: dict) -> subprocess.CompletedProcess:
+    clean = {"PATH": os.environ.get("PATH", ""), **env}
+    return subprocess.run([sys.executable, "-c", "import config; config.settings_or_exit()"], cwd=str(ROOT),
+                          env=clean, capture_output=True, text=True, timeout=30)
+
+
+def test_it_loads_a_complete_environment(tmp_path):
+    settings = load_settings(base_env(tmp_path, QUESTIONS_POLL_SECONDS="0.5", MELI_USER_ID="42"))
+    assert settings.meli_app_id == 123456
+    assert settings.questions_poll_seconds == 0.5
+    assert settings.meli_user_id == 42
+    assert settings.chatwoot_webhook_secrets == ("whsec-one-5f3a", "whsec-two-9b1c")
+    assert settings.meli_site_id == "MLB" and settings.port == 5000
+
+
+def test_it_does_not_show_secrets_in_repr(settings):
+    text = repr(settings)
+    for value in ("meli-secret-xyz", "cw-token-abc", "whsec-one-5f3a"):
+        assert value not in text
+
+
+@pytest.mark.parametrize("name", ["MELI_APP_ID", "MELI_SECRET_KEY", "CHATWOOT_URL", "CHATWOOT_API_TOKEN",
+                                  "CHATWOOT_ACCOUNT_ID", "CHATWOOT_QUESTIONS_INBOX_ID",
+                                  "CHATWOOT_MESSAGES_INBOX_ID"])
+def test_it_exits_2_naming_a_missing_required_variable(tmp_path, name):
+    result = run_config(base_env(tmp_path, **{name: None}))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0] and "required" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name,value", [
+    ("MELI_APP_ID", "abc"), ("CHATWOOT_ACCOUNT_ID", "-3"), ("CHATWOOT_QUESTIONS_INBOX_ID", "0"),
+    ("CHATWOOT_URL", "chat.example.com"), ("MELI_API_URL", "ftp://x"), ("QUESTIONS_POLL_SECONDS", "-1"),
+    ("MESSAGES_POLL_SECONDS", "soon"), ("PORT", "99999"), ("LOG_LEVEL", "LOUD"), ("MELI_USER_ID", "me"),
+    ("MELI_USE_PKCE", "maybe"), ("MELI_SITE_ID", "BRASIL"),
+])
+def test_it_exits_2_naming_a_malformed_variable(tmp_path, name, value):
+    result = run_config(base_env(tmp_path, **{name: value}))
+    assert result.returncode == 2
+    assert name in result.stderr and "example" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_it_reports_every_problem_one_per_line(tmp_path):
+    result = run_config(base_env(tmp_path, MELI_APP_ID="x", CHATWOOT_URL=None, PORT="0"))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 3
+
+
+def test_it_never_echoes_a_secret_in_errors(tmp_path):
+    result = run_config(base_env(tmp_path, MELI_APP_ID="not-a-number", CHATWOOT_WEBHOOK_SECRET=",,,"))
+    assert result.returncode == 2
+    for value in SECRETS.values():
+        for piece in value.split(","):
+            assert piece not in result.stderr + result.stdout
+
+
+def test_it_requires_the_webhook_secret_only_for_the_listener(tmp_path):
+    env = base_env(tmp_path, CHATWOOT_WEBHOOK_SECRET=None)
+    load_settings(env)
+    with pytest.raises(ConfigError) as err:
+        load_settings(env, require_webhook_secret=True)
+    assert "CHATWOOT_WEBHOOK_SECRET" in err.value.problems[0]
+
+
+def test_it_refuses_the_same_inbox_for_both_flows(tmp_path):
+    with pytest.raises(ConfigError):
+        load_settings(base_env(tmp_path, CHATWOOT_MESSAGES_INBOX_ID="1"))
+
+
+def test_the_environment_wins_over_dotenv(tmp_path):
+    (tmp_path / ".env").write_text("MELI_APP_ID=999\nCHATWOOT_ACCOUNT_ID=7\n")
+    env = base_env(tmp_path, CHATWOOT_ACCOUNT_ID=None)
+    clean = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": ROOT, **env}
+    out = subprocess.run([sys.executable, "-c", "import config; s = config.settings_or_exit();"
+                          " print(s.meli_app_id, s.chatwoot_account_id)"], cwd=str(tmp_path), env=clean,
+                         capture_output=True, text=True, timeout=30)
+    assert out.stdout.split() == ["123456", "7"]
+
+
+def test_env_example_lists_every_contract_variable():
+    contract = os.path.join(ROOT, "..", "shared", "contract.md")
+    if not os.path.exists(contract):
+        pytest.skip("shared/contract.md not beside the repository")
+    import re
+    names = set(re.findall(r"^\| `([A-Z_]+)`", open(contract).read(), re.M))
+    example = open(os.path.join(ROOT, ".env.example")).read()
+    missing = [n for n in names if f"{n}=" not in example]
+    assert names and not missing

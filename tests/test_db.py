@@ -1,0 +1,124 @@
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from db_manager import SCHEMA_VERSION, Database, DatabaseError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_a_fresh_database_gets_every_migration(tmp_path):
+    db = Database(str(tmp_path / "new" / "dir" / "b.db")).open()
+    assert db.schema_version() == SCHEMA_VERSION
+    tables = {r["name"] for r in db.all("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"meli_auth", "oauth_states", "links", "replies", "reply_parts", "job_runs", "cache",
+            "notifications"} <= tables
+    assert db.one("PRAGMA journal_mode")["journal_mode"] == "wal"
+    assert db.one("PRAGMA foreign_keys")["foreign_keys"] == 1
+    assert db.one("PRAGMA busy_timeout")["timeout"] >= 5000
+
+
+def test_opening_again_changes_nothing(tmp_path):
+    path = str(tmp_path / "b.db")
+    Database(path).open().link_intent("question", "1", 1.0)
+    db = Database(path).open()
+    assert db.schema_version() == SCHEMA_VERSION
+    assert db.link("question", "1")["status"] == "pending"
+
+
+def test_a_database_newer_than_the_code_is_refused(tmp_path):
+    path = str(tmp_path / "b.db")
+    Database(path).open().conn().execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(DatabaseError, match="newer than this code"):
+        Database(path).open()
+
+
+def test_a_file_that_is_not_a_database_gives_one_clear_line(tmp_path):
+    path = tmp_path / "b.db"
+    path.write_bytes(b"this is a text file, not sqlite" * 100)
+    with pytest.raises(DatabaseError) as err:
+        Database(str(path)).open()
+    assert "not a database" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_a_read_only_directory_gives_one_clear_line(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    with pytest.raises(DatabaseError, match="not writable"):
+        Database(str(ro / "b.db")).open()
+
+
+def test_the_poller_exits_2_with_one_line_on_a_bad_database(tmp_path):
+    from tests.conftest import base_env
+    bad = tmp_path / "garbage.db"
+    bad.write_bytes(b"\x00garbage" * 1000)
+    env = {"PATH": os.environ["PATH"], **base_env(tmp_path, DATABASE_PATH=str(bad))}
+    result = subprocess.run([sys.executable, "main.py", "--once"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "database error" in result.stderr and "not a database" in result.stderr
+
+
+def test_two_processes_migrating_at_once_both_succeed(tmp_path):
+    path = str(tmp_path / "race.db")
+    code = ("import sys, db_manager; db = db_manager.Database(sys.argv[1]).open();"
+            " print(db.schema_version())")
+    procs = [subprocess.Popen([sys.executable, "-c", code, path], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert all(o[0].strip() == str(SCHEMA_VERSION) for o in outs)
+
+
+def test_a_reply_is_accepted_once_per_chatwoot_message(db):
+    parts = [{"text": "a", "attachments": []}]
+    first = db.reply_accept(chatwoot_message_id=9, conversation_id=1, kind="answer", target_id="5", parts=parts,
+                            now=1.0)
+    again = db.reply_accept(chatwoot_message_id=9, conversation_id=1, kind="answer", target_id="5", parts=parts,
+                            now=2.0)
+    assert first and again is None
+
+
+def test_only_one_worker_claims_a_reply(db):
+    reply = db.reply_accept(chatwoot_message_id=9, conversation_id=1, kind="answer", target_id="5",
+                            parts=[{"text": "a"}], now=1.0)
+    other = Database(db.path)
+    assert db.reply_claim(reply, 2.0, 60) is not None
+    assert other.reply_claim(reply, 2.0, 60) is None
+    # A worker that died: its lease runs out and the reply can be taken again.
+    assert other.reply_claim(reply, 100.0, 60) is not None
+
+
+def test_delivered_replies_forget_their_text(db):
+    reply = db.reply_accept(chatwoot_message_id=9, conversation_id=1, kind="answer", target_id="5",
+                            parts=[{"text": "texto do agente"}], now=1.0)
+    db.reply_delivered(reply, 2.0)
+    assert db.reply_parts(reply)[0]["text"] is None
+
+
+def test_an_oauth_state_is_single_use_and_expires(db):
+    db.oauth_state_create("s1", None, now=100.0, ttl=600)
+    assert db.oauth_state_consume("s1", 200.0) == (True, None)
+    assert db.oauth_state_consume("s1", 201.0)[0] is False
+    db.oauth_state_create("s2", "verifier", now=100.0, ttl=600)
+    assert db.oauth_state_consume("s2", 701.0)[0] is False
+    assert db.oauth_state_consume("unknown", 1.0)[0] is False
+
+
+def test_sqlite_errors_are_not_swallowed(db):
+    with pytest.raises(sqlite3.OperationalError):
+        db.conn().execute("SELECT * FROM no_such_table")
+
+
+def test_an_unwritable_directory_gives_one_clear_line(tmp_path, monkeypatch):
+    # CI runs as root, which ignores permission bits: simulate what a non-root user sees.
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if mode & os.W_OK else real_access(p, mode))
+    with pytest.raises(DatabaseError, match="not writable by this user"):
+        Database(str(tmp_path / "b.db")).open()

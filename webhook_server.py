@@ -1,0 +1,200 @@
+"""The listener: Chatwoot webhooks in, Mercado Livre notifications in, /health, OAuth callback.
+
+Nothing here waits for Mercado Livre while Chatwoot waits for an answer: an accepted
+reply is committed to the outbox and acknowledged; the poller delivers it.
+`gunicorn webhook_server:app` builds the app on first access (module __getattr__), so
+tests can import this module and call `create_app(settings)` without an environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import json
+import logging
+import sqlite3
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+import health
+import outbox
+from config import Settings, settings_or_exit
+from db_manager import Database, DatabaseError
+from http_client import ApiError
+from logging_setup import setup_logging
+from mercado_livre_api import AuthorizationRefused, MeliClient
+
+log = logging.getLogger("bridge.listener")
+
+MAX_BODY = 1024 * 1024
+SIGNATURE_TOLERANCE = 300  # seconds either side of now
+
+
+def verify_signature(raw_body: bytes, headers: Mapping[str, str], secrets: Sequence[str],
+                     now: float, tolerance: float = SIGNATURE_TOLERANCE) -> tuple[bool, str]:
+    """Chatwoot's signature: sha256=HMAC(secret, "{timestamp}.{raw body}"), any configured secret.
+
+    Pure: the caller passes the clock. Returns (ok, reason).
+    """
+    signature = headers.get("X-Chatwoot-Signature") or ""
+    timestamp = headers.get("X-Chatwoot-Timestamp") or ""
+    if not signature or not timestamp:
+        return False, "missing signature"
+    if not timestamp.isdigit():
+        return False, "malformed timestamp"
+    if abs(now - int(timestamp)) > tolerance:
+        return False, "timestamp outside the allowed window"
+    signed = timestamp.encode() + b"." + raw_body
+    matched = False
+    for secret in secrets:
+        expected = "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+        # Every secret is compared; no early exit that would time which one matched.
+        matched |= hmac.compare_digest(expected.encode(), signature.strip().encode())
+    return (True, "ok") if matched else (False, "invalid signature")
+
+
+def token_matches(token: str | None, secrets: Sequence[str]) -> bool:
+    if not token:
+        return False
+    matched = False
+    for secret in secrets:
+        matched |= hmac.compare_digest(secret.encode(), token.encode())
+    return matched
+
+
+def create_app(settings: Settings | None = None, *, db: Database | None = None,
+               clock: Callable[[], float] = time.time) -> Flask:
+    if settings is None:
+        settings = settings_or_exit(require_webhook_secret=True)
+        setup_logging(settings.log_level, settings.secrets())
+    if db is None:
+        try:
+            db = Database(settings.database_path).open()
+        except DatabaseError as exc:
+            print(f"database error: {exc}", flush=True)
+            raise SystemExit(2) from None
+    meli = MeliClient(settings, db, clock=clock)
+    meli.seed_tokens()
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.extensions["bridge"] = {"settings": settings, "db": db, "meli": meli}
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(_exc):
+        return jsonify(status="error", reason="body over 1 MB"), 413
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return jsonify(status="error", reason=exc.name), exc.code
+
+    @app.errorhandler(sqlite3.Error)
+    def database_busy(exc):
+        # Not bad input: the state file is unusable right now. Chatwoot marks the
+        # message failed, so the agent sees it instead of it vanishing.
+        log.error("database error while handling %s: %s", request.path, exc)
+        return jsonify(status="error", reason="database unavailable"), 503
+
+    @app.post("/webhook")
+    def webhook():
+        started = time.monotonic()
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            return jsonify(status="error", reason="body over 1 MB"), 413
+        raw = request.get_data(cache=False)
+        if "X-Chatwoot-Signature" in request.headers or "X-Chatwoot-Timestamp" in request.headers:
+            ok, reason = verify_signature(raw, request.headers, settings.chatwoot_webhook_secrets, clock())
+        else:
+            ok = token_matches(request.args.get("token"), settings.chatwoot_webhook_secrets)
+            reason = "ok" if ok else "missing signature"
+        if not ok:
+            log.warning("webhook refused: %s (delivery %s)", reason, request.headers.get("X-Chatwoot-Delivery", "-"))
+            return Response("unauthorized\n", status=401, mimetype="text/plain")
+        try:
+            payload = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return jsonify(status="error", reason="body is not valid JSON"), 400
+        if not isinstance(payload, dict):
+            return jsonify(status="error", reason="body is not a JSON object"), 400
+        status, code, extra = outbox.accept_webhook(payload, settings, db, clock())
+        log.info("webhook %s message=%s conversation=%s %s in %dms", status, payload.get("id"),
+                 (payload.get("conversation") or {}).get("id") if isinstance(payload.get("conversation"), dict)
+                 else None, " ".join(f"{k}={v}" for k, v in extra.items()), (time.monotonic() - started) * 1000)
+        return jsonify(status=status, **extra), code
+
+    @app.post("/notifications")
+    def notifications():
+        payload = request.get_json(silent=True)
+        if not isinstance(payload, dict):
+            return jsonify(status="error", reason="body is not a JSON object"), 400
+        status, code, extra = accept_notification(payload, settings, db, clock())
+        return jsonify(status=status, **extra), code
+
+    @app.get("/oauth/callback")
+    def oauth_callback():
+        if request.args.get("error"):
+            return _page("Autorização cancelada",
+                         "O Mercado Livre não autorizou o acesso. Rode <code>python main.py authorize</code> "
+                         "e tente novamente."), 400
+        code, state = request.args.get("code"), request.args.get("state")
+        if not code or not state:
+            return _page("Link incompleto", "Faltam os parâmetros <code>code</code> e <code>state</code>."), 400
+        try:
+            who = meli.exchange_code(code, state)
+        except AuthorizationRefused as exc:
+            log.warning("oauth callback refused: %s", exc)
+            return _page("Autorização recusada", html.escape(str(exc))), 400
+        except ApiError as exc:
+            log.warning("oauth callback failed: %s", exc.short())
+            return _page("Mercado Livre indisponível",
+                         "Não foi possível concluir a autorização agora. Tente novamente em alguns minutos."), 502
+        return _page("Conta autorizada",
+                     f"A ponte agora atende a conta <strong>{html.escape(str(who['nickname'] or ''))}</strong> "
+                     f"(vendedor {who['user_id']}). Pode fechar esta página.")
+
+    @app.get("/health")
+    def health_route():
+        report = health.build_status(db, settings, clock())
+        return jsonify(report), 200 if report["ok"] else 503
+
+    return app
+
+
+def accept_notification(payload: dict, settings: Settings, db: Database, now: float) -> tuple[str, int, dict]:
+    """Record a Mercado Livre notification for the poller; answer fast and never make ML retry for nothing."""
+    topic, resource = payload.get("topic"), payload.get("resource")
+    if not isinstance(topic, str) or not isinstance(resource, str) or not resource:
+        return "error", 400, {"reason": "topic and resource are required"}
+    app_id = payload.get("application_id")
+    if app_id is not None and str(app_id) != str(settings.meli_app_id):
+        log.warning("notification ignored: application %s is not ours", app_id)
+        return "ignored", 200, {"reason": "other application"}
+    seller = settings.meli_user_id or db.auth()["user_id"]
+    user_id = payload.get("user_id")
+    if seller and user_id is not None and str(user_id) != str(seller):
+        log.warning("notification ignored: user %s is not seller %s (topic %s)", user_id, seller, topic)
+        return "ignored", 200, {"reason": "other user"}
+    if topic not in ("questions", "messages"):
+        log.info("notification ignored: topic %s", topic)
+        return "ignored", 200, {"reason": "topic not used"}
+    notification_id = str(payload.get("_id") or f"{topic}:{resource}:{payload.get('sent', '')}")
+    fresh = db.notification_record(notification_id, topic, resource, now)
+    log.info("notification %s topic=%s resource=%s", "recorded" if fresh else "duplicate", topic, resource)
+    return ("recorded" if fresh else "duplicate"), 200, {}
+
+
+def _page(title: str, body_html: str) -> str:
+    return (f"<!doctype html><html lang=\"pt-BR\"><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<body style=\"font-family:sans-serif;max-width:40em;margin:3em auto\"><h1>{html.escape(title)}</h1>"
+            f"<p>{body_html}</p></body></html>")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        global app
+        app = create_app()
+        return app
+    raise AttributeError(name)
