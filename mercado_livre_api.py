@@ -210,9 +210,9 @@ class MeliClient(HttpClient):
         return self._api("GET", f"/questions/{question_id}", params={"api_version": 4})
 
     def answer_question(self, question_id: int, text: str) -> Any:
-        # Not retried inside the client: a lost answer to a successful POST must be
-        # reconciled (the outbox checks the question) rather than blindly repeated.
-        return self._api("POST", "/answers", json={"question_id": int(question_id), "text": text}, retry=False)
+        # Safe to retry: a repeat after a lost success answers `not_unanswered_question`,
+        # which the outbox reconciles by reading the question.
+        return self._api("POST", "/answers", json={"question_id": int(question_id), "text": text})
 
     def items(self, item_ids: list[str]) -> dict[str, dict]:
         """Multiget in chunks of 20; missing items are left out."""

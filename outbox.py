@@ -1,0 +1,444 @@
+"""Agent replies: accepted from Chatwoot webhooks, delivered to Mercado Livre, outcome shown to the agent.
+
+Life of a reply: the listener validates the webhook, plans the reply (pure: text
+conversion, limits, parts) and commits it with its parts in one transaction before
+answering 200. The poller claims due replies (`pending`, or `sending` whose worker died),
+sends part after part — each part's progress committed — and finally reports the outcome
+in Chatwoot (message status, private note, resolve). A part found `sending` when claimed
+may have reached Mercado Livre before a crash, so the remote side is checked first.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import text
+from config import Settings
+from db_manager import Database
+from http_client import ApiError, PermanentError, TransientError
+from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
+from services import Services
+
+log = logging.getLogger("bridge.outbox")
+
+LEASE_SECONDS = 300.0
+GIVE_UP_AFTER = 24 * 3600.0
+RETRY_BASE = 2.0
+RETRY_MAX = 900.0
+REAUTH_RECHECK = 30.0
+AGENT_SENDER_TYPES = ("user", "agent_bot")
+MELI_FILE_TYPES = {
+    "jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "pdf": "application/pdf", "txt": "text/plain"}
+MAX_FILE_BYTES = 25 * 1024 * 1024
+
+SEE_LOGS = "Se o problema continuar, verifique os logs da ponte."
+
+
+class DeliveryFailed(Exception):
+    """A reply that cannot reach the buyer; `error` is short, `note` tells the agent what to do."""
+
+    def __init__(self, error: str, note: str):
+        super().__init__(error)
+        self.error = error
+        self.note = note
+
+
+@dataclass
+class Plan:
+    kind: str
+    parts: list[dict] = field(default_factory=list)
+    error: str | None = None
+    note: str | None = None
+
+
+# ---- accepting (listener side, no network) ----------------------------------------------------
+
+def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) -> tuple[str, int, dict]:
+    """Decide what a Chatwoot delivery means. Returns (status, http code, extra fields)."""
+    if payload.get("event") != "message_created":
+        return "ignored", 200, {"reason": "event not handled"}
+    message_id = payload.get("id")
+    conversation = payload.get("conversation")
+    if not _valid_id(message_id) or not isinstance(conversation, dict) or not _valid_id(conversation.get("id")):
+        return "error", 400, {"reason": "id and conversation.id are required"}
+    inbox = payload.get("inbox") if isinstance(payload.get("inbox"), dict) else {}
+    inbox_id = inbox.get("id", conversation.get("inbox_id"))
+    conversation_id = conversation["id"]
+
+    reason = _not_for_us(payload, inbox_id, settings)
+    if reason:
+        return "ignored", 200, {"reason": reason}
+    if db.reply_seen(message_id):
+        return "duplicate", 200, {}
+
+    kind = "answer" if inbox_id == settings.chatwoot_questions_inbox_id else "message"
+    link = db.link_by_conversation("question" if kind == "answer" else "pack", conversation_id)
+    attrs = conversation.get("custom_attributes") if isinstance(conversation.get("custom_attributes"), dict) else {}
+    target = link["external_id"] if link else attrs.get("meli_question_id" if kind == "answer" else "meli_pack_id")
+    target = str(target) if target not in (None, "") else None
+
+    plan = plan_reply(kind, payload.get("content"), payload.get("attachments"), settings)
+    if not plan.error and target is None:
+        plan.error = "conversa sem vínculo com o Mercado Livre"
+        plan.note = ("Esta conversa não está ligada a uma pergunta ou venda do Mercado Livre, então a resposta "
+                     "não foi enviada. Responda pelo Mercado Livre.")
+    if not plan.error and kind == "answer" and db.replies_active_for_target("answer", target):
+        plan.error = "pergunta já tem resposta"
+        plan.note = ("O Mercado Livre aceita uma única resposta por pergunta e esta pergunta já tem uma resposta "
+                     "enviada ou em envio. Esta mensagem não foi enviada ao comprador.")
+    reply_id = db.reply_accept(chatwoot_message_id=message_id, conversation_id=conversation_id, kind=kind,
+                               target_id=target, parts=plan.parts, now=now, error=plan.error, note=plan.note)
+    if reply_id is None:
+        return "duplicate", 200, {}
+    extra = {"reply_id": reply_id, "kind": kind, "target": target, "parts": len(plan.parts)}
+    if plan.error:
+        return "refused", 200, dict(extra, reason=plan.error)
+    return "accepted", 200, extra
+
+
+def _valid_id(value) -> bool:
+    # bool is an int in Python; SQLite integers stop at 2**63.
+    return type(value) is int and 0 < value < 2**63
+
+
+def _not_for_us(payload: dict, inbox_id, settings: Settings) -> str | None:
+    if inbox_id not in (settings.chatwoot_questions_inbox_id, settings.chatwoot_messages_inbox_id):
+        return "not a Mercado Livre inbox"
+    if payload.get("message_type") != "outgoing":
+        return f"message_type {payload.get('message_type')}"
+    if payload.get("private") is True:
+        return "private note"
+    source_id = payload.get("source_id")
+    if isinstance(source_id, str) and source_id.startswith("meli:"):
+        return "created by the bridge"
+    sender = payload.get("sender") if isinstance(payload.get("sender"), dict) else {}
+    if sender.get("type") not in AGENT_SENDER_TYPES:
+        return "not sent by an agent"
+    return None
+
+
+def plan_reply(kind: str, content, attachments, settings: Settings, limit: int = text.POSTSALE_DEFAULT_LIMIT) -> Plan:
+    """Pure: turn an agent message into Mercado Livre parts, or a reason it cannot go."""
+    plain, bad = text.normalize_latin1(text.markdown_to_plain(content if isinstance(content, str) else None))
+    plain = plain.strip()
+    files = [a for a in attachments if isinstance(a, dict)] if isinstance(attachments, list) else []
+    if kind == "answer":
+        # Answers are not limited to Latin-1: only the typographic conversions apply.
+        if files:
+            return Plan(kind, error="respostas não aceitam anexos",
+                        note="O Mercado Livre não aceita anexos em respostas a perguntas. Envie a resposta só "
+                             "com texto; o arquivo pode ser enviado depois da venda, na conversa de pós-venda.")
+        if not plain:
+            return Plan(kind, error="resposta vazia", note="A resposta está vazia e não foi enviada.")
+        if len(plain) > text.QUESTION_ANSWER_LIMIT:
+            return Plan(kind, error=f"resposta com {len(plain)} caracteres (máximo {text.QUESTION_ANSWER_LIMIT})",
+                        note=f"O Mercado Livre aceita respostas de até {text.QUESTION_ANSWER_LIMIT} caracteres e "
+                             f"esta tem {len(plain)}. Nada foi enviado: escreva uma resposta mais curta.")
+        return Plan(kind, parts=[{"text": plain, "attachments": []}])
+
+    if bad:
+        return Plan(kind, error="caracteres não aceitos pelo Mercado Livre",
+                    note=f"O Mercado Livre não aceita estes caracteres: {text.describe_chars(bad)}. Nada foi "
+                         f"enviado: reescreva a mensagem sem eles.")
+    planned_files = []
+    for attachment in files:
+        problem, planned = _plan_file(attachment, settings)
+        if problem:
+            return Plan(kind, error=problem[0], note=problem[1])
+        planned_files.append(planned)
+    if not plain and not planned_files:
+        return Plan(kind, error="mensagem vazia", note="A mensagem está vazia e não foi enviada.")
+    pieces = text.split_message(plain, limit) if plain else [""]
+    parts = [{"text": piece, "attachments": []} for piece in pieces]
+    parts[0]["attachments"] = planned_files
+    return Plan(kind, parts=parts)
+
+
+def _plan_file(attachment: dict, settings: Settings):
+    url = attachment.get("data_url") or ""
+    name = _file_name(attachment)
+    extension = (attachment.get("extension") or name.rsplit(".", 1)[-1] if "." in name else "").lower()
+    if urlsplit(url).netloc.lower() != urlsplit(settings.chatwoot_url).netloc.lower() \
+            or urlsplit(url).scheme not in ("http", "https"):
+        return ("anexo fora do Chatwoot configurado",
+                f"O anexo {name} não está no Chatwoot configurado na ponte e, por segurança, não foi baixado. "
+                f"Nada foi enviado: anexe o arquivo de novo nesta conversa."), None
+    if extension not in MELI_FILE_TYPES:
+        return (f"tipo de arquivo não aceito ({extension or 'desconhecido'})",
+                f"O Mercado Livre só aceita anexos JPG, PNG, PDF ou TXT; {name} não foi enviado, nem o texto "
+                f"desta mensagem. Converta o arquivo e envie de novo."), None
+    size = attachment.get("file_size")
+    if isinstance(size, int) and size > MAX_FILE_BYTES:
+        return ("arquivo acima de 25 MB",
+                f"O arquivo {name} tem mais de 25 MB, o limite do Mercado Livre. Nada foi enviado."), None
+    return None, {"url": url, "name": name, "content_type": MELI_FILE_TYPES[extension]}
+
+
+def _file_name(attachment: dict) -> str:
+    path = urlsplit(attachment.get("data_url") or "").path
+    name = path.rsplit("/", 1)[-1] or f"anexo-{attachment.get('id', '')}"
+    extension = attachment.get("extension")
+    if extension and not name.lower().endswith("." + extension.lower()):
+        name = f"{name}.{extension}"
+    return name
+
+
+# ---- delivering (poller side) -------------------------------------------------------------------
+
+def run_outbox(s: Services, max_items: int = 200) -> dict:
+    """Deliver what is due, then report finished replies. Returns counts."""
+    counts = {"delivered": 0, "failed": 0, "retry": 0, "reported": 0}
+    done = 0
+    while done < max_items and not s.stopping.is_set():
+        due = s.db.replies_due(s.clock(), limit=20)
+        if not due:
+            break
+        for reply_id in due:
+            if s.stopping.is_set():
+                break
+            outcome = deliver(s, reply_id)
+            if outcome:
+                counts[outcome] += 1
+            done += 1
+    counts["reported"] = report_outcomes(s)
+    return counts
+
+
+def deliver(s: Services, reply_id: int) -> str | None:
+    """Try one reply once. Returns 'delivered', 'failed', 'retry' or None (not ours to take)."""
+    reply = s.db.reply_claim(reply_id, s.clock(), LEASE_SECONDS)
+    if reply is None:
+        return None
+    started = time.monotonic()
+    ids = f"reply={reply_id} message={reply['chatwoot_message_id']} conversation={reply['conversation_id']} " \
+          f"{'question' if reply['kind'] == 'answer' else 'pack'}={reply['target_id']}"
+    try:
+        if reply["kind"] == "answer":
+            _deliver_answer(s, reply)
+        else:
+            _deliver_message(s, reply)
+    except ReauthorizationRequired:
+        # Waiting for a person: not an attempt, and no give-up clock beyond the usual 24 h.
+        s.db.reply_retry_later(reply_id, s.clock() + REAUTH_RECHECK, "aguardando reautorização do Mercado Livre",
+                               s.clock(), count_attempt=False)
+        log.warning("reply waiting for reauthorization %s", ids)
+        return "retry"
+    except DeliveryFailed as exc:
+        s.db.reply_failed(reply_id, exc.error, exc.note, s.clock())
+        log.warning("reply failed %s reason=%r after %dms", ids, exc.error, (time.monotonic() - started) * 1000)
+        return "failed"
+    except ApiError as exc:
+        return _transient(s, reply, exc, ids)
+    except Exception as exc:  # noqa: BLE001 — an unexpected bug must not lose the reply
+        log.exception("reply delivery crashed %s", ids)
+        return _transient(s, reply, TransientError(f"unexpected error: {type(exc).__name__}"), ids)
+    s.db.reply_delivered(reply_id, s.clock())
+    log.info("reply delivered %s attempts=%d in %dms (accepted %.1fs ago)", ids, reply["attempts"],
+             (time.monotonic() - started) * 1000, s.clock() - reply["created_at"])
+    return "delivered"
+
+
+def _transient(s: Services, reply: dict, exc: ApiError, ids: str) -> str:
+    now = s.clock()
+    if now - reply["created_at"] > GIVE_UP_AFTER:
+        s.db.reply_failed(reply["id"], "Mercado Livre indisponível por 24 h",
+                          "A resposta não pôde ser entregue ao Mercado Livre durante 24 horas de tentativas "
+                          f"(último erro: {exc.short()}). Envie de novo ou responda pelo Mercado Livre.", now)
+        log.error("reply failed after 24h of retries %s last_error=%r", ids, exc.short())
+        return "failed"
+    delay = retry_delay(reply["attempts"], exc.retry_after)
+    s.db.reply_retry_later(reply["id"], now + delay, exc.short()[:300], now)
+    log.warning("reply retry in %.1fs %s attempt=%d error=%r", delay, ids, reply["attempts"], exc.short())
+    return "retry"
+
+
+def retry_delay(attempts: int, retry_after: float | None = None) -> float:
+    base = min(RETRY_MAX, RETRY_BASE * 2 ** max(0, attempts - 1))
+    delay = random.uniform(base / 2, base)
+    return max(delay, retry_after or 0.0)
+
+
+def _deliver_answer(s: Services, reply: dict) -> None:
+    part = s.db.reply_parts(reply["id"])[0]
+    if part["status"] == "sent":
+        return
+    question_id = reply["target_id"]
+    s.db.part_mark_sending(reply["id"], 0)
+    try:
+        s.meli.answer_question(int(question_id), part["text"])
+    except PermanentError as exc:
+        if exc.code != "not_unanswered_question" and "not_unanswered" not in (exc.message or ""):
+            raise DeliveryFailed(*_refusal(exc, "a resposta")) from None
+        _check_already_answered(s, question_id, part["text"])
+    s.db.part_sent(reply["id"], 0, None, s.clock())
+    # The agent's own message is the answer in Chatwoot: the question sync must not mirror it again.
+    s.db.link_created("answer", question_id, s.clock(), conversation_id=reply["conversation_id"],
+                      message_id=reply["chatwoot_message_id"], data={"by": "bridge"})
+
+
+def _check_already_answered(s: Services, question_id: str, sent_text: str) -> None:
+    """`not_unanswered_question`: our own earlier attempt, or someone else's answer?"""
+    question = s.meli.question(question_id)
+    answer = (question.get("answer") or {}).get("text") or ""
+    if answer and _same_text(answer, sent_text):
+        return  # our previous attempt reached Mercado Livre before a crash or a lost response
+    status = question.get("status") or "?"
+    if answer:
+        raise DeliveryFailed("pergunta já respondida no Mercado Livre",
+                             "Esta pergunta já foi respondida por outro canal (site ou app do Mercado Livre), "
+                             f"então sua resposta não foi enviada. Resposta que está publicada:\n\n> {answer}")
+    raise DeliveryFailed(f"pergunta não aceita mais resposta ({status})",
+                         f"A pergunta está com status {status} no Mercado Livre (apagada, banida ou em análise) e "
+                         "não aceita resposta. Nada foi enviado ao comprador.")
+
+
+def _same_text(a: str, b: str) -> bool:
+    return " ".join(a.split()) == " ".join(b.split())
+
+
+def _deliver_message(s: Services, reply: dict) -> None:
+    pack_id = reply["target_id"]
+    seller_id = s.meli.seller_id()
+    link = s.db.link("pack", pack_id)
+    data = (link or {}).get("data") or {}
+    if data.get("blocked"):
+        thread = s.meli.thread_page(pack_id, seller_id, limit=1)
+        if (thread.get("conversation_status") or {}).get("status") == "blocked":
+            raise DeliveryFailed(*BLOCKED)
+    buyer_id = data.get("buyer_id")
+    to_user = MELI_AGENT_ID if data.get("migrated") else buyer_id
+    if not to_user:
+        raise DeliveryFailed("comprador desconhecido",
+                             "A ponte não sabe quem é o comprador desta venda, então a mensagem não foi enviada. "
+                             + SEE_LOGS)
+    for part in s.db.reply_parts(reply["id"]):
+        if part["status"] == "sent":
+            continue
+        previous = s.db.part_mark_sending(reply["id"], part["seq"])
+        if previous == "sending":
+            found = _find_sent_part(s, pack_id, seller_id, part["text"], reply["created_at"])
+            if found:
+                s.db.part_sent(reply["id"], part["seq"], found, s.clock())
+                log.info("reply part already on mercado livre reply=%s part=%d pack=%s ml_message=%s",
+                         reply["id"], part["seq"], pack_id, found)
+                continue
+        attachment_ids = _upload_files(s, reply, part)
+        try:
+            sent = s.meli.send_message(pack_id, seller_id, to_user, part["text"], attachment_ids)
+        except PermanentError as exc:
+            s.db.part_unsent(reply["id"], part["seq"])
+            if exc.status == 403 or exc.code == "blocked_conversation_send_message_forbidden":
+                raise DeliveryFailed(*BLOCKED) from None
+            raise DeliveryFailed(*_refusal(exc, "a mensagem")) from None
+        except TransientError as exc:
+            if exc.status == 429:
+                s.db.part_unsent(reply["id"], part["seq"])  # refused outright: nothing was sent
+            raise
+        remote_id = str((sent or {}).get("id") or (sent or {}).get("message_id") or "") or None
+        s.db.part_sent(reply["id"], part["seq"], remote_id, s.clock())
+        log.info("reply part sent reply=%s part=%d/%d pack=%s ml_message=%s", reply["id"], part["seq"] + 1,
+                 len(s.db.reply_parts(reply["id"])), pack_id, remote_id)
+
+
+BLOCKED = ("conversa bloqueada no Mercado Livre",
+           "O Mercado Livre bloqueou o envio nesta conversa. Isso acontece quando o comprador ainda não escreveu "
+           "(o vendedor não pode iniciar a conversa) ou quando a venda está em mediação. Aguarde o comprador "
+           "escrever ou acompanhe a mediação no Mercado Livre. Nada foi enviado.")
+
+
+def _upload_files(s: Services, reply: dict, part: dict) -> list[str]:
+    """Upload each file once; ids are kept so a retry does not upload again (valid 48 h)."""
+    files = part["attachments"] or []
+    ids = []
+    changed = False
+    for item in files:
+        if not item.get("meli_id"):
+            try:
+                content, _ctype = s.chatwoot.download(item["url"])
+                item["meli_id"] = s.meli.upload_attachment(item["name"], content, item["content_type"])
+            except PermanentError as exc:
+                raise DeliveryFailed(f"anexo {item['name']} recusado",
+                                     f"O arquivo {item['name']} não pôde ser enviado: {exc.short()}. "
+                                     "Nada foi enviado ao comprador.") from None
+            changed = True
+            log.info("attachment uploaded reply=%s file=%s ml_attachment=%s", reply["id"], item["name"],
+                     item["meli_id"])
+        ids.append(item["meli_id"])
+    if changed:
+        s.db.part_set_attachments(reply["id"], part["seq"], files)
+    return ids
+
+
+def _find_sent_part(s: Services, pack_id: str, seller_id: int, part_text: str, since: float) -> str | None:
+    """Look in the thread for a seller message with this text (a send whose answer we lost)."""
+    offset = 0
+    for _ in range(20):
+        page = s.meli.thread_page(pack_id, seller_id, offset=offset, limit=10)
+        messages = page.get("messages") or []
+        for message in messages:
+            if str((message.get("from") or {}).get("user_id")) == str(seller_id) \
+                    and _same_text(message.get("text") or "", part_text or ""):
+                return str(message.get("id"))
+        offset += len(messages)
+        if not messages or offset >= int((page.get("paging") or {}).get("total") or 0):
+            return None
+    return None
+
+
+def _refusal(exc: ApiError, what: str) -> tuple[str, str]:
+    reason = _plain_reason(exc)
+    return (f"recusado pelo Mercado Livre: {reason}"[:200],
+            f"O Mercado Livre recusou {what} (erro {exc.status}: {reason}). Nada foi enviado ao comprador. "
+            "Corrija o texto e envie de novo. " + SEE_LOGS)
+
+
+def _plain_reason(exc: ApiError) -> str:
+    message = re.sub(r"^\S+ answered \d+: ", "", exc.message or "")
+    return message or exc.code or "erro desconhecido"
+
+
+# ---- reporting (Chatwoot side) --------------------------------------------------------------------
+
+def report_outcomes(s: Services) -> int:
+    reported = 0
+    for reply in s.db.replies_unreported(s.clock()):
+        if s.stopping.is_set():
+            break
+        try:
+            _report(s, reply)
+        except ApiError as exc:
+            if exc.transient:
+                delay = retry_delay(max(1, int(s.clock() - reply["updated_at"]) // 10 + 1), exc.retry_after)
+                s.db.reply_report_later(reply["id"], s.clock() + delay, s.clock())
+                log.warning("reply outcome not shown yet reply=%s message=%s conversation=%s error=%r",
+                            reply["id"], reply["chatwoot_message_id"], reply["conversation_id"], exc.short())
+                continue
+            log.error("reply outcome could not be shown reply=%s message=%s conversation=%s error=%r",
+                      reply["id"], reply["chatwoot_message_id"], reply["conversation_id"], exc.short())
+        s.db.reply_reported(reply["id"], s.clock())
+        reported += 1
+    return reported
+
+
+def _report(s: Services, reply: dict) -> None:
+    conversation_id, message_id = reply["conversation_id"], reply["chatwoot_message_id"]
+    if reply["status"] == "delivered":
+        s.chatwoot.set_message_status(conversation_id, message_id, "delivered")
+        if reply["kind"] == "answer":
+            s.chatwoot.set_status(conversation_id, "resolved")
+        return
+    s.chatwoot.set_message_status(conversation_id, message_id, "failed", reply["error"] or "não enviada")
+    source_id = f"meli:note:reply:{reply['id']}"
+    if reply["note"] and not _recent_source(s, conversation_id, source_id):
+        s.chatwoot.note(conversation_id, f"Resposta não enviada ao Mercado Livre: {reply['error']}.\n\n"
+                                         f"{reply['note']}", source_id=source_id)
+
+
+def _recent_source(s: Services, conversation_id: int, source_id: str) -> bool:
+    """A note posted before a crash is in the latest page of messages."""
+    return any(m.get("source_id") == source_id for m in s.chatwoot.messages(conversation_id))
