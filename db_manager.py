@@ -101,6 +101,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             sent_at REAL,
             PRIMARY KEY (reply_id, seq)
         );
+        CREATE INDEX reply_parts_by_remote_id ON reply_parts (remote_id);
     """),
     ("job runs, cache of items and users, received notifications", """
         CREATE TABLE job_runs (
@@ -569,6 +570,20 @@ class Database:
             conn.execute("UPDATE replies SET status = 'pending', next_attempt_at = ?, error = ?, updated_at = ?,"
                          " lease_until = NULL, attempts = attempts - ? WHERE id = ? AND status = 'sending'",
                          (next_attempt_at, error, now, 0 if count_attempt else 1, reply_id))
+
+    def bridge_sent_ids(self, remote_ids: list[str]) -> set[str]:
+        """Which of these Mercado Livre message ids the bridge itself sent."""
+        found: set[str] = set()
+        for start in range(0, len(remote_ids), 500):
+            chunk = remote_ids[start:start + 500]
+            rows = self.conn().execute(
+                f"SELECT remote_id FROM reply_parts WHERE remote_id IN ({','.join('?' * len(chunk))})", chunk)
+            found.update(r[0] for r in rows)
+        return found
+
+    def reply_for_remote_id(self, remote_id: str) -> dict | None:
+        return self.one("SELECT r.* FROM replies r JOIN reply_parts p ON p.reply_id = r.id WHERE p.remote_id = ?",
+                        (remote_id,))
 
     def replies_unreported(self, now: float, limit: int = 20) -> list[dict]:
         return self.all("SELECT * FROM replies WHERE reported_at IS NULL AND status IN ('delivered', 'failed')"

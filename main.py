@@ -23,6 +23,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 import health
 import notifications
 import outbox
+import sync_messages
 import sync_questions
 from config import Settings, settings_or_exit
 from db_manager import Database, DatabaseError
@@ -41,6 +42,7 @@ def job_table(settings: Settings) -> list[tuple[str, Callable[[Services], dict],
     """(name, function, interval seconds), in the order `--once` runs them."""
     return [
         ("questions", sync_questions.sync_questions, settings.questions_poll_seconds),
+        ("messages", sync_messages.sync_messages, settings.messages_poll_seconds),
         ("notifications", notifications.process_notifications, NOTIFICATIONS_INTERVAL),
         ("outbox", outbox.run_outbox, OUTBOX_INTERVAL),
     ]
@@ -117,8 +119,8 @@ def run_forever(s: Services) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     scheduler.start()
-    log.info("poller started: questions every %ss, outbox every %ss", s.settings.questions_poll_seconds,
-             OUTBOX_INTERVAL)
+    log.info("poller started: questions every %ss, messages every %ss, outbox every %ss",
+             s.settings.questions_poll_seconds, s.settings.messages_poll_seconds, OUTBOX_INTERVAL)
     stop.wait()
     scheduler.shutdown(wait=True)
     log.info("poller stopped")

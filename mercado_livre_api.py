@@ -236,9 +236,10 @@ class MeliClient(HttpClient):
         return self._api("GET", f"/messages/packs/{pack_id}/sellers/{seller_id}", params={
             "tag": "post_sale", "mark_as_read": "false", "limit": limit, "offset": offset})
 
-    def mark_thread_read(self, pack_id: str, seller_id: int) -> None:
+    def mark_thread_read(self, pack_id: str, seller_id: int, limit: int = 10) -> None:
+        """Reading without mark_as_read=false is what marks the buyer's messages read."""
         self._api("GET", f"/messages/packs/{pack_id}/sellers/{seller_id}",
-                  params={"tag": "post_sale", "limit": 1, "offset": 0})
+                  params={"tag": "post_sale", "limit": limit, "offset": 0})
 
     def message(self, message_id: str) -> dict:
         return self._api("GET", f"/messages/{message_id}", params={"tag": "post_sale"})

@@ -6,6 +6,7 @@ import logging
 import re
 import time
 
+import sync_messages
 import sync_questions
 from http_client import ApiError
 from mercado_livre_api import ReauthorizationRequired
@@ -50,4 +51,9 @@ def handle(s: Services, note: dict) -> str:
         if not match:
             return "unrecognised resource"
         return sync_questions.sync_one_question(s, match.group(1))
-    return "topic not handled yet"
+    if note["topic"] == "messages":
+        message_id = note["resource"].strip().rsplit("/", 1)[-1]
+        if not message_id:
+            return "unrecognised resource"
+        return sync_messages.sync_message_resource(s, message_id)
+    return "topic not handled"

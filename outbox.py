@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import sync_messages
 import text
 from config import Settings
 from db_manager import Database
@@ -311,6 +312,9 @@ def _deliver_message(s: Services, reply: dict) -> None:
         if (thread.get("conversation_status") or {}).get("status") == "blocked":
             raise DeliveryFailed(*BLOCKED)
     buyer_id = data.get("buyer_id")
+    if not buyer_id:
+        # A sale conversation the poller has not described yet: ask Mercado Livre.
+        buyer_id = sync_messages.sale_context(s, pack_id, [])["buyer_id"]
     to_user = MELI_AGENT_ID if data.get("migrated") else buyer_id
     if not to_user:
         raise DeliveryFailed("comprador desconhecido",

@@ -1,0 +1,183 @@
+"""Delivering post-sale replies: parts, files, blocked threads, migrated threads, crashes between parts."""
+
+import json
+import time
+
+import pytest
+import responses
+
+import outbox
+from mercado_livre_api import MELI_AGENT_ID
+from services import build_services
+from tests.payloads import message_created
+
+API = "https://api.meli.test"
+CW = "https://chat.example.test/api/v1/accounts/1"
+THREAD = f"{API}/messages/packs/2000001/sellers/555"
+SENTENCE = "Seu pedido foi enviado hoje pela transportadora e chega em breve. "  # 66 chars
+
+
+@pytest.fixture
+def s(settings, db):
+    services = build_services(settings, db, sleep=lambda _s: None)
+    db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", time.time() + 21600, time.time())
+    db.link_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
+                    data={"buyer_id": 9, "blocked": False, "migrated": False})
+    return services
+
+
+def accept(s, content, attachments=None, message_id=9200):
+    status, _code, extra = outbox.accept_webhook(
+        message_created(message_id=message_id, conversation_id=88, inbox_id=2, content=content,
+                        attachments=attachments), s.settings, s.db, time.time())
+    return status, extra.get("reply_id")
+
+
+def chatwoot_ok(message_id=9200):
+    responses.patch(f"{CW}/conversations/88/messages/{message_id}", json={"id": message_id})
+    responses.get(f"{CW}/conversations/88/messages", json={"payload": []})
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 1})
+
+
+def posts():
+    return [json.loads(c.request.body) for c in responses.calls
+            if c.request.method == "POST" and c.request.url.startswith(THREAD)]
+
+
+def sent_ok(n):
+    for i in range(n):
+        responses.post(THREAD, json={"id": f"m{i}"})
+
+
+@responses.activate
+def test_a_900_character_reply_goes_out_as_3_ordered_parts(s):
+    content = (SENTENCE * 14)[:900]
+    status, reply_id = accept(s, content)
+    assert status == "accepted"
+    sent_ok(3)
+    chatwoot_ok()
+    outbox.run_outbox(s)
+    bodies = posts()
+    assert len(bodies) == 3 and all(len(b["text"]) <= 350 for b in bodies)
+    assert " ".join(b["text"] for b in bodies).split() == content.split()
+    assert bodies[0]["from"] == {"user_id": 555} and bodies[0]["to"] == {"user_id": 9}
+    assert s.db.reply(reply_id)["status"] == "delivered"
+    assert [p["remote_id"] for p in s.db.reply_parts(reply_id)] == ["m0", "m1", "m2"]
+
+
+@responses.activate
+def test_a_crash_between_parts_sends_no_part_twice(s):
+    content = (SENTENCE * 14)[:900]
+    _status, reply_id = accept(s, content)
+    parts = s.db.reply_parts(reply_id)
+    # First worker: part 0 confirmed, part 1 reached ML but the worker died before recording it.
+    s.db.reply_claim(reply_id, time.time(), 300)
+    s.db.part_sent(reply_id, 0, "m0", time.time())
+    s.db.part_mark_sending(reply_id, 1)
+    s.db.conn().execute("UPDATE replies SET lease_until = 0")
+    responses.get(THREAD, json={"paging": {"total": 2, "offset": 0, "limit": 10}, "messages": [
+        {"id": "m0", "from": {"user_id": 555}, "text": parts[0]["text"]},
+        {"id": "m1", "from": {"user_id": 555}, "text": parts[1]["text"]}],
+        "conversation_status": {"status": "active"}})
+    sent_ok(1)
+    chatwoot_ok()
+    outbox.run_outbox(s)
+    bodies = posts()
+    assert [b["text"] for b in bodies] == [parts[2]["text"]]
+    assert s.db.reply(reply_id)["status"] == "delivered"
+
+
+@responses.activate
+def test_a_part_in_flight_that_never_arrived_is_sent(s):
+    _status, reply_id = accept(s, "Oi, tudo certo!")
+    s.db.reply_claim(reply_id, time.time(), 300)
+    s.db.part_mark_sending(reply_id, 0)
+    s.db.conn().execute("UPDATE replies SET lease_until = 0")
+    responses.get(THREAD, json={"paging": {"total": 0}, "messages": [], "conversation_status": {"status": "active"}})
+    sent_ok(1)
+    chatwoot_ok()
+    outbox.run_outbox(s)
+    assert [b["text"] for b in posts()] == ["Oi, tudo certo!"]
+
+
+@responses.activate
+def test_a_migrated_thread_is_answered_to_the_meli_agent(s):
+    s.db.link_update("pack", "2000001", 1.0, data={"buyer_id": 9, "migrated": True})
+    accept(s, "Olá!")
+    sent_ok(1)
+    chatwoot_ok()
+    outbox.run_outbox(s)
+    assert posts()[0]["to"] == {"user_id": MELI_AGENT_ID}
+
+
+@responses.activate
+def test_a_pdf_is_downloaded_from_chatwoot_uploaded_once_and_sent_with_the_text(s):
+    data_url = "https://chat.example.test/rails/active_storage/blobs/redirect/tok/nota.pdf"
+    responses.get(data_url, status=302, headers={"Location": "https://storage.example.test/blob/tok"})
+    responses.get("https://storage.example.test/blob/tok", body=b"%PDF-1.4 nota", content_type="application/pdf")
+    responses.post(f"{API}/messages/attachments", json={"id": "att-1"})
+    _status, reply_id = accept(s, "Segue a nota", attachments=[
+        {"id": 5, "file_type": "file", "extension": "pdf", "data_url": data_url, "file_size": 13}])
+    sent_ok(1)
+    chatwoot_ok()
+    outbox.run_outbox(s)
+    assert posts()[0]["attachments"] == ["att-1"] and posts()[0]["text"] == "Segue a nota"
+    uploads = [c for c in responses.calls if c.request.url.startswith(f"{API}/messages/attachments")]
+    assert len(uploads) == 1 and b"%PDF-1.4 nota" in uploads[0].request.body
+    downloads = [c for c in responses.calls if "active_storage" in c.request.url]
+    assert "api_access_token" not in downloads[0].request.headers
+
+
+@responses.activate
+def test_an_upload_is_not_repeated_when_the_send_is_retried(s):
+    data_url = "https://chat.example.test/rails/active_storage/blobs/redirect/tok/foto.png"
+    responses.get(data_url, body=b"\x89PNG....", content_type="image/png")
+    responses.post(f"{API}/messages/attachments", json={"id": "att-9"})
+    _status, reply_id = accept(s, "Foto", attachments=[
+        {"id": 5, "file_type": "image", "extension": "png", "data_url": data_url}])
+    responses.post(THREAD, status=429, json={"error": "too_many_requests"}, headers={"Retry-After": "0"})
+    outbox.run_outbox(s)
+    assert s.db.reply(reply_id)["status"] == "pending"
+    s.db.conn().execute("UPDATE replies SET next_attempt_at = 0")
+    responses.replace(responses.POST, THREAD, json={"id": "m1"})
+    chatwoot_ok()
+    outbox.run_outbox(s)
+    uploads = [c for c in responses.calls if c.request.url.startswith(f"{API}/messages/attachments")]
+    assert len(uploads) == 1 and s.db.reply(reply_id)["status"] == "delivered"
+
+
+@responses.activate
+def test_a_blocked_thread_fails_with_an_explanation(s):
+    _status, reply_id = accept(s, "Olá")
+    responses.post(THREAD, status=403, json={"error": "blocked_conversation_send_message_forbidden",
+                                             "message": "blocked", "status": 403})
+    chatwoot_ok()
+    outbox.run_outbox(s)
+    reply = s.db.reply(reply_id)
+    assert reply["status"] == "failed" and "bloqueada" in reply["error"]
+    note = [json.loads(c.request.body) for c in responses.calls
+            if c.request.method == "POST" and c.request.url == f"{CW}/conversations/88/messages"][0]
+    assert "mediação" in note["content"] and note["private"] is True
+
+
+@responses.activate
+def test_curly_quotes_are_converted_and_an_emoji_is_refused(s):
+    accept(s, "Ele disse “chega amanhã” — ok…", message_id=1)
+    sent_ok(1)
+    responses.patch(f"{CW}/conversations/88/messages/1", json={})
+    outbox.run_outbox(s)
+    assert posts()[0]["text"] == 'Ele disse "chega amanhã" - ok...'
+    status, reply_id = accept(s, "Obrigado 😀", message_id=2)
+    assert status == "refused"
+    assert "U+1F600" in s.db.reply(reply_id)["note"]
+
+
+@responses.activate
+def test_a_429_with_retry_after_is_waited_and_nothing_is_lost(s):
+    _status, reply_id = accept(s, "Olá")
+    responses.post(THREAD, status=429, json={"error": "too_many_requests"}, headers={"Retry-After": "30"})
+    before = time.time()
+    outbox.run_outbox(s)
+    reply = s.db.reply(reply_id)
+    assert reply["status"] == "pending" and reply["next_attempt_at"] >= before + 30
+    assert s.db.reply_parts(reply_id)[0]["status"] == "pending"
