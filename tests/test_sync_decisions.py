@@ -1,9 +1,14 @@
 """Pure sync decisions, tested without HTTP."""
 
-from sync_messages import (in_order, is_migrated, message_content, messages_to_mirror, pack_ids_from_unread,
-                           sale_attributes)
-from sync_questions import change_for, conversation_attributes, first_message, questions_that_left, \
-    questions_to_create
+from sync_messages import (
+    in_order,
+    is_migrated,
+    message_content,
+    messages_to_mirror,
+    pack_ids_from_unread,
+    sale_attributes,
+)
+from sync_questions import change_for, conversation_attributes, first_message, questions_that_left, questions_to_create
 
 SELLER = 555
 
