@@ -1,6 +1,12 @@
 """gunicorn settings for the listener (`gunicorn webhook_server:app` reads this file)."""
 
-from config import settings_or_exit
+import os
+import sys
+
+# gunicorn reads this file before it puts the working directory on sys.path.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from config import settings_or_exit  # noqa: E402
 
 # Validate the whole environment before binding: a bad variable stops here with one line.
 _settings = settings_or_exit(require_webhook_secret=True)
