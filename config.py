@@ -50,6 +50,9 @@ class Settings:
     questions_poll_seconds: float = 120.0
     messages_poll_seconds: float = 180.0
     log_level: str = "INFO"
+    meli_get_per_minute: float = 500.0
+    meli_post_per_minute: float = 500.0
+    chatwoot_per_minute: float = 3000.0
 
     def secrets(self) -> list[str]:
         """Every configured value that must never reach a log line."""
@@ -108,7 +111,7 @@ class _Reader:
         except ValueError:
             number = -1.0
         if not number > 0 or number == float("inf"):
-            self._problem(name, "must be a positive number of seconds", example)
+            self._problem(name, "must be a positive number", example)
             return default
         return number
 
@@ -200,6 +203,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_webhook_secre
         questions_poll_seconds=r.positive_float("QUESTIONS_POLL_SECONDS", example="120", default=120.0),
         messages_poll_seconds=r.positive_float("MESSAGES_POLL_SECONDS", example="180", default=180.0),
         log_level=log_level,
+        meli_get_per_minute=r.positive_float("MELI_GET_PER_MINUTE", example="500", default=500.0),
+        meli_post_per_minute=r.positive_float("MELI_POST_PER_MINUTE", example="500", default=500.0),
+        chatwoot_per_minute=r.positive_float("CHATWOOT_PER_MINUTE", example="3000", default=3000.0),
     )
     q_inbox, m_inbox = values["chatwoot_questions_inbox_id"], values["chatwoot_messages_inbox_id"]
     if q_inbox and q_inbox == m_inbox:

@@ -11,9 +11,12 @@ from typing import Any, Callable
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
+from rate_budget import Unlimited
+
 USER_AGENT = "meli-chatwoot-bridge/1.0"
 TIMEOUT = (5, 30)  # (connect, read) seconds
-MAX_RETRY_AFTER = 60.0  # longer waits go back to the outbox/scheduler instead of blocking a worker
+MAX_RETRY_AFTER = 60.0
+UNLIMITED = Unlimited()  # longer waits go back to the outbox/scheduler instead of blocking a worker
 
 
 class ApiError(Exception):
@@ -86,8 +89,10 @@ class HttpClient:
     service = "api"
 
     def __init__(self, base_url: str, *, attempts: int = 3, timeout: tuple[float, float] = TIMEOUT,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, budgets: dict | None = None):
         self.base_url = base_url.rstrip("/")
+        # {"GET": Budget, "POST": Budget, ...} or {"*": Budget}; none means unpaced.
+        self.budgets = budgets or {}
         self.session = requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
         self.attempts = attempts
@@ -118,6 +123,8 @@ class HttpClient:
                       ok_statuses: tuple[int, ...] = (), **kwargs: Any) -> Any:
         url = path if path.startswith("http") else f"{self.base_url}{path}"
         shown = path.split("?", 1)[0] if not path.startswith("http") else "(file)"
+        budget = self.budgets.get(method) or self.budgets.get("*") or UNLIMITED
+        budget.acquire()
         started = time.monotonic()
         self.calls += 1
         try:
@@ -132,7 +139,12 @@ class HttpClient:
         elapsed = (time.monotonic() - started) * 1000
         self.log.debug("%s %s %d %dms", method, shown, resp.status_code, elapsed)
         if resp.status_code >= 400 and resp.status_code not in ok_statuses:
-            raise _error_from_response(self.service, resp)
+            error = _error_from_response(self.service, resp)
+            if resp.status_code == 429:
+                budget.pause(error.retry_after if error.retry_after is not None else 1.0)
+                self.log.warning("%s %s rate limited; pausing this budget %.1fs", method, shown,
+                                 error.retry_after if error.retry_after is not None else 1.0)
+            raise error
         if raw:
             return resp
         if not resp.content:

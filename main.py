@@ -23,6 +23,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 import health
 import notifications
 import outbox
+import rate_budget
 import sync_messages
 import sync_questions
 from config import Settings, settings_or_exit
@@ -36,6 +37,9 @@ log = logging.getLogger("bridge.poller")
 
 OUTBOX_INTERVAL = 0.5  # seconds: replies go out within a second of the webhook
 NOTIFICATIONS_INTERVAL = 0.5
+# Under rate pressure: agent replies first, then buyer messages, then questions.
+JOB_PRIORITY = {"outbox": rate_budget.REPLIES, "notifications": rate_budget.BUYER_MESSAGES,
+                "messages": rate_budget.BUYER_MESSAGES, "questions": rate_budget.QUESTIONS}
 
 
 def job_table(settings: Settings) -> list[tuple[str, Callable[[Services], dict], float]]:
@@ -54,7 +58,8 @@ def run_job(s: Services, name: str, func: Callable[[Services], dict], *, quiet_w
     if not quiet_when_idle:
         s.db.job_started(name, s.clock())
     try:
-        counts = func(s) or {}
+        with rate_budget.priority(JOB_PRIORITY.get(name, rate_budget.RECONCILIATION)):
+            counts = func(s) or {}
     except ReauthorizationRequired as exc:
         _finish(s, name, started, f"reauthorization required: {exc.message}")
         log.error("job %s skipped: Mercado Livre authorization required (%s); run `python main.py authorize`",
@@ -89,7 +94,7 @@ def open_services(settings: Settings) -> Services:
     except DatabaseError as exc:
         print(f"database error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    s = build_services(settings, db)
+    s = build_services(settings, db, paced=True)
     s.meli.seed_tokens()
     return s
 

@@ -11,6 +11,7 @@ from chatwoot_api import ChatwootClient
 from config import Settings
 from db_manager import Database
 from mercado_livre_api import MeliClient
+from rate_budget import Budget
 
 
 @dataclass
@@ -28,6 +29,12 @@ class Services:
     messages_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def build_services(settings: Settings, db: Database, **client_kwargs) -> Services:
-    return Services(settings=settings, db=db, meli=MeliClient(settings, db, **client_kwargs),
-                    chatwoot=ChatwootClient(settings, **client_kwargs))
+def build_services(settings: Settings, db: Database, *, paced: bool = False, **client_kwargs) -> Services:
+    """`paced`: calls go through the rate budgets (the poller); tests and one-off commands skip them."""
+    meli_budgets = chatwoot_budgets = None
+    if paced:
+        meli_budgets = {"GET": Budget("mercadolivre GET", settings.meli_get_per_minute),
+                        "*": Budget("mercadolivre POST", settings.meli_post_per_minute)}
+        chatwoot_budgets = {"*": Budget("chatwoot", settings.chatwoot_per_minute)}
+    return Services(settings=settings, db=db, meli=MeliClient(settings, db, budgets=meli_budgets, **client_kwargs),
+                    chatwoot=ChatwootClient(settings, budgets=chatwoot_budgets, **client_kwargs))

@@ -1,0 +1,149 @@
+"""Running the real processes (gunicorn, the poller, supervisord) against the fakes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+# Every log a process writes during the test run lands here; the session checks them for secrets.
+LOG_DIR = Path(os.environ.get("BRIDGE_TEST_LOG_DIR", "/tmp/meli-chatwoot-test-logs"))
+
+WEBHOOK_SECRET = "whsec-e2e-7d41"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Bridge:
+    """Environment and processes of one bridge installation under test."""
+
+    def __init__(self, tmp_path: Path, fakes, **env_overrides):
+        self.tmp = tmp_path
+        self.fakes = fakes
+        self.port = free_port()
+        meli, chatwoot = fakes.meli.state, fakes.chatwoot.state
+        access, refresh = meli.seed_tokens()
+        self.env = {
+            "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
+            "HOME": str(tmp_path),
+            "MELI_APP_ID": str(meli.app_id),
+            "MELI_SECRET_KEY": meli.secret,
+            "MELI_REDIRECT_URI": f"http://127.0.0.1:{self.port}/oauth/callback",
+            "MELI_REFRESH_TOKEN": refresh,
+            "MELI_ACCESS_TOKEN": access,
+            "MELI_API_URL": fakes.meli.url,
+            "MELI_AUTH_URL": fakes.meli.url,
+            "CHATWOOT_URL": fakes.chatwoot.url,
+            "CHATWOOT_API_TOKEN": chatwoot.api_token,
+            "CHATWOOT_ACCOUNT_ID": str(chatwoot.account_id),
+            "CHATWOOT_QUESTIONS_INBOX_ID": str(fakes.questions_inbox),
+            "CHATWOOT_MESSAGES_INBOX_ID": str(fakes.messages_inbox),
+            "CHATWOOT_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "DATABASE_PATH": str(tmp_path / "data" / "bridge.db"),
+            "PORT": str(self.port),
+            "QUESTIONS_POLL_SECONDS": "0.5",
+            "MESSAGES_POLL_SECONDS": "0.5",
+            "LOG_LEVEL": "DEBUG",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.env.update(env_overrides)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        chatwoot.add_webhook(f"{self.url}/webhook", WEBHOOK_SECRET)
+
+    def secrets(self) -> list[str]:
+        meli = self.fakes.meli.state
+        return [self.env["MELI_SECRET_KEY"], self.env["CHATWOOT_API_TOKEN"], WEBHOOK_SECRET,
+                *meli.all_tokens()]
+
+    def _log(self, name: str):
+        return open(LOG_DIR / f"{self.tmp.name}-{name}-{len(self.procs)}.log", "ab")
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = self._log(name)
+        proc = subprocess.Popen(args, cwd=str(ROOT), env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append((name, proc))
+        return proc
+
+    def listener(self) -> subprocess.Popen:
+        proc = self.start("listener", [str(VENV_BIN / "gunicorn"), "webhook_server:app"])
+        self.wait_http()
+        return proc
+
+    def poller(self) -> subprocess.Popen:
+        return self.start("poller", [sys.executable, "main.py"])
+
+    def supervisord(self) -> subprocess.Popen:
+        proc = self.start("supervisord", [str(VENV_BIN / "supervisord"), "-c", "supervisord.conf"])
+        self.wait_http()
+        return proc
+
+    def once(self, timeout: float = 120) -> subprocess.CompletedProcess:
+        with self._log("once") as log:
+            result = subprocess.run([sys.executable, "main.py", "--once"], cwd=str(ROOT), env=self.env,
+                                    capture_output=True, timeout=timeout)
+            log.write(result.stdout + result.stderr)
+        return result
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        with self._log("cli") as log:
+            result = subprocess.run([sys.executable, "main.py", *args], cwd=str(ROOT), env=self.env,
+                                    capture_output=True, text=True, timeout=timeout)
+            log.write((result.stdout + result.stderr).encode())
+        return result
+
+    def wait_http(self, timeout: float = 20):
+        def up():
+            try:
+                return requests.get(f"{self.url}/health", timeout=1).status_code in (200, 503)
+            except requests.RequestException:
+                return False
+        wait_until(up, timeout, what="the listener to answer")
+
+    def health(self) -> requests.Response:
+        return requests.get(f"{self.url}/health", timeout=5)
+
+    def stop(self, proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 15) -> int:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig) if sig == signal.SIGKILL else proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+        return proc.wait(timeout=timeout)
+
+    def close(self):
+        for _name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(timeout=10)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    proc.wait(timeout=5)
