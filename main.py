@@ -37,6 +37,7 @@ log = logging.getLogger("bridge.poller")
 
 OUTBOX_INTERVAL = 0.5  # seconds: replies go out within a second of the webhook
 NOTIFICATIONS_INTERVAL = 0.5
+MISSED_FEEDS_INTERVAL = 600.0
 # Under rate pressure: agent replies first, then buyer messages, then questions.
 JOB_PRIORITY = {"outbox": rate_budget.REPLIES, "notifications": rate_budget.BUYER_MESSAGES,
                 "messages": rate_budget.BUYER_MESSAGES, "questions": rate_budget.QUESTIONS}
@@ -49,6 +50,7 @@ def job_table(settings: Settings) -> list[tuple[str, Callable[[Services], dict],
         ("messages", sync_messages.sync_messages, settings.messages_poll_seconds),
         ("notifications", notifications.process_notifications, NOTIFICATIONS_INTERVAL),
         ("outbox", outbox.run_outbox, OUTBOX_INTERVAL),
+        ("missed_feeds", notifications.read_missed_feeds, MISSED_FEEDS_INTERVAL),
     ]
 
 

@@ -8,6 +8,8 @@ import time
 
 import sync_messages
 import sync_questions
+from config import Settings
+from db_manager import Database
 from http_client import ApiError
 from mercado_livre_api import ReauthorizationRequired
 from outbox import retry_delay
@@ -17,6 +19,39 @@ log = logging.getLogger("bridge.notifications")
 
 GIVE_UP_ATTEMPTS = 12
 QUESTION_RESOURCE = re.compile(r"^/questions/(\d+)$")
+
+
+def accept(payload: dict, settings: Settings, db: Database, now: float) -> tuple[str, int, dict]:
+    """Record a notification for the poller. Answers (status, http code, extra); never makes ML retry for nothing."""
+    topic, resource = payload.get("topic"), payload.get("resource")
+    if not isinstance(topic, str) or not isinstance(resource, str) or not resource:
+        return "error", 400, {"reason": "topic and resource are required"}
+    app_id = payload.get("application_id")
+    if app_id is not None and str(app_id) != str(settings.meli_app_id):
+        log.warning("notification ignored: application %s is not ours", app_id)
+        return "ignored", 200, {"reason": "other application"}
+    seller = settings.meli_user_id or db.auth()["user_id"]
+    user_id = payload.get("user_id")
+    if seller and user_id is not None and str(user_id) != str(seller):
+        log.warning("notification ignored: user %s is not seller %s (topic %s)", user_id, seller, topic)
+        return "ignored", 200, {"reason": "other user"}
+    if topic not in ("questions", "messages"):
+        log.info("notification ignored: topic %s", topic)
+        return "ignored", 200, {"reason": "topic not used"}
+    notification_id = str(payload.get("_id") or f"{topic}:{resource}:{payload.get('sent', '')}")
+    fresh = db.notification_record(notification_id, topic, resource, now)
+    log.info("notification %s topic=%s resource=%s", "recorded" if fresh else "duplicate", topic, resource)
+    return ("recorded" if fresh else "duplicate"), 200, {}
+
+
+def read_missed_feeds(s: Services) -> dict:
+    """Notifications Mercado Livre could not deliver (bridge down, network): record them like pushed ones."""
+    counts = {"missed": 0, "recorded": 0}
+    for entry in s.meli.missed_feeds():
+        counts["missed"] += 1
+        status, _code, _extra = accept(entry, s.settings, s.db, s.clock())
+        counts["recorded"] += status == "recorded"
+    return counts
 
 
 def process_notifications(s: Services) -> dict:

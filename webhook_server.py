@@ -21,6 +21,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 import health
+import notifications
 import outbox
 from config import Settings, settings_or_exit
 from db_manager import Database, DatabaseError
@@ -126,11 +127,11 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
         return jsonify(status=status, **extra), code
 
     @app.post("/notifications")
-    def notifications():
+    def notifications_route():
         payload = request.get_json(silent=True)
         if not isinstance(payload, dict):
             return jsonify(status="error", reason="body is not a JSON object"), 400
-        status, code, extra = accept_notification(payload, settings, db, clock())
+        status, code, extra = notifications.accept(payload, settings, db, clock())
         return jsonify(status=status, **extra), code
 
     @app.get("/oauth/callback")
@@ -161,29 +162,6 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
         return jsonify(report), 200 if report["ok"] else 503
 
     return app
-
-
-def accept_notification(payload: dict, settings: Settings, db: Database, now: float) -> tuple[str, int, dict]:
-    """Record a Mercado Livre notification for the poller; answer fast and never make ML retry for nothing."""
-    topic, resource = payload.get("topic"), payload.get("resource")
-    if not isinstance(topic, str) or not isinstance(resource, str) or not resource:
-        return "error", 400, {"reason": "topic and resource are required"}
-    app_id = payload.get("application_id")
-    if app_id is not None and str(app_id) != str(settings.meli_app_id):
-        log.warning("notification ignored: application %s is not ours", app_id)
-        return "ignored", 200, {"reason": "other application"}
-    seller = settings.meli_user_id or db.auth()["user_id"]
-    user_id = payload.get("user_id")
-    if seller and user_id is not None and str(user_id) != str(seller):
-        log.warning("notification ignored: user %s is not seller %s (topic %s)", user_id, seller, topic)
-        return "ignored", 200, {"reason": "other user"}
-    if topic not in ("questions", "messages"):
-        log.info("notification ignored: topic %s", topic)
-        return "ignored", 200, {"reason": "topic not used"}
-    notification_id = str(payload.get("_id") or f"{topic}:{resource}:{payload.get('sent', '')}")
-    fresh = db.notification_record(notification_id, topic, resource, now)
-    log.info("notification %s topic=%s resource=%s", "recorded" if fresh else "duplicate", topic, resource)
-    return ("recorded" if fresh else "duplicate"), 200, {}
 
 
 def _page(title: str, body_html: str) -> str:
