@@ -164,3 +164,42 @@ class ChatwootClient(HttpClient):
                 chunks.append(chunk)
             return b"".join(chunks), resp.headers.get("Content-Type", "application/octet-stream")
         raise DownloadRefused("too many redirects fetching an attachment", code="too_many_redirects")
+
+    # ---- setup (administrator calls, used by `main.py setup` / `check`) --------------------------
+
+    def profile(self) -> dict:
+        """The token's user, with `accounts` [{id, name, role}]; lives outside the account path."""
+        return self._request("GET", f"{self.settings.chatwoot_url}/api/v1/profile") or {}
+
+    def inboxes(self) -> list[dict]:
+        """The account's inboxes the token's user can see (every one, for an administrator)."""
+        return (self._request("GET", "/inboxes") or {}).get("payload") or []
+
+    def create_inbox(self, name: str) -> dict:
+        # No automatic retry: Chatwoot does not deduplicate, so a retried create after a
+        # lost answer makes a second inbox; setup is simply run again instead.
+        return self._request("POST", "/inboxes", json={"name": name, "channel": {"type": "api", "webhook_url": ""}},
+                             retry=False) or {}
+
+    def webhooks(self) -> list[dict]:
+        """Account webhooks; Chatwoot nests them in payload.webhooks (some versions: a plain list)."""
+        result = self._request("GET", "/webhooks") or {}
+        payload = (result.get("payload") or []) if isinstance(result, dict) else result
+        return (payload.get("webhooks") or []) if isinstance(payload, dict) else list(payload)
+
+    def create_webhook(self, url: str, name: str, subscriptions: list[str]) -> dict:
+        result = self._request("POST", "/webhooks", json={"url": url, "name": name, "subscriptions": subscriptions},
+                               retry=False)
+        return self._webhook_object(result)
+
+    def update_webhook(self, webhook_id: int, url: str, subscriptions: list[str]) -> dict:
+        result = self._request("PATCH", f"/webhooks/{webhook_id}", json={"url": url, "subscriptions": subscriptions})
+        return self._webhook_object(result)
+
+    @staticmethod
+    def _webhook_object(result: Any) -> dict:
+        """{"payload": {"webhook": {...}}} in Chatwoot; tolerate the object one level up too."""
+        payload = (result or {}).get("payload") if isinstance(result, dict) else None
+        if isinstance(payload, dict):
+            return payload.get("webhook") or payload
+        return result if isinstance(result, dict) else {}

@@ -34,8 +34,8 @@ class Settings:
     chatwoot_url: str
     chatwoot_api_token: str = field(repr=False)
     chatwoot_account_id: int
-    chatwoot_questions_inbox_id: int
-    chatwoot_messages_inbox_id: int
+    chatwoot_questions_inbox_id: int | None
+    chatwoot_messages_inbox_id: int | None
     chatwoot_webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
     meli_redirect_uri: str | None = None
     meli_refresh_token: str | None = field(default=None, repr=False)
@@ -147,7 +147,7 @@ class _Reader:
 
 
 def load_settings(env: Mapping[str, str] | None = None, *, require_webhook_secret: bool = False,
-                  require_redirect_uri: bool = False) -> Settings:
+                  require_redirect_uri: bool = False, require_inboxes: bool = True) -> Settings:
     """Build settings from `env` (default: os.environ after loading `.env`).
 
     Raises ConfigError listing every problem found.
@@ -194,8 +194,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_webhook_secre
         chatwoot_url=r.url("CHATWOOT_URL", required=True, example="https://chat.example.com"),
         chatwoot_api_token=r.secret("CHATWOOT_API_TOKEN", required=True, example="your-access-token"),
         chatwoot_account_id=r.positive_int("CHATWOOT_ACCOUNT_ID", required=True, example="1"),
-        chatwoot_questions_inbox_id=r.positive_int("CHATWOOT_QUESTIONS_INBOX_ID", required=True, example="3"),
-        chatwoot_messages_inbox_id=r.positive_int("CHATWOOT_MESSAGES_INBOX_ID", required=True, example="4"),
+        # `setup` runs before the inboxes exist: it is what finds or creates them.
+        chatwoot_questions_inbox_id=r.positive_int("CHATWOOT_QUESTIONS_INBOX_ID", required=require_inboxes,
+                                                   example="3"),
+        chatwoot_messages_inbox_id=r.positive_int("CHATWOOT_MESSAGES_INBOX_ID", required=require_inboxes,
+                                                  example="4"),
         chatwoot_webhook_secrets=webhook_secrets,
         database_path=r.text("DATABASE_PATH", required=False, example="data/meli_chatwoot.db",
                              default=DEFAULT_DATABASE_PATH),

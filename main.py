@@ -5,6 +5,8 @@
     python main.py authorize    print the Mercado Livre authorization URL
     python main.py authorize --code TG-...   exchange a code by hand
     python main.py status       print what /health shows
+    python main.py setup URL    find or create the Chatwoot inboxes and webhook
+    python main.py check [URL]  check the configuration end to end
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import health
 import notifications
 import outbox
 import rate_budget
+import setup_chatwoot
 import sync_messages
 import sync_questions
 from config import Settings, settings_or_exit
@@ -172,10 +175,19 @@ def main(argv: list[str] | None = None) -> int:
     auth = sub.add_parser("authorize", help="print the authorization URL, or exchange --code")
     auth.add_argument("--code", help="authorization code (TG-...) to exchange by hand")
     sub.add_parser("status", help="print the bridge's health")
+    setup = sub.add_parser("setup", help="find or create the Chatwoot inboxes and webhook; print the .env lines")
+    setup.add_argument("public_url", help="the bridge's public URL, e.g. https://bridge.example.com")
+    check = sub.add_parser("check", help="check the running configuration end to end (writes nothing)")
+    check.add_argument("public_url", nargs="?", help="the bridge's public URL, to check the listener")
     args = parser.parse_args(argv)
 
-    settings = settings_or_exit(require_redirect_uri=args.command == "authorize")
+    settings = settings_or_exit(require_redirect_uri=args.command == "authorize",
+                                require_inboxes=args.command != "setup")
     setup_logging(settings.log_level, settings.secrets())
+    if args.command == "setup":
+        return setup_chatwoot.run_setup(settings, args.public_url)
+    if args.command == "check":
+        return setup_chatwoot.run_check(settings, args.public_url)
     if args.command == "authorize":
         return cmd_authorize(settings, args.code)
     if args.command == "status":

@@ -1,0 +1,413 @@
+"""`main.py setup` and `main.py check`: connect a Chatwoot account to the bridge, then verify it.
+
+`run_setup` finds or creates what the bridge needs in Chatwoot (two API inboxes and an account
+webhook to the listener) with an administrator's token, and prints the `.env` lines to add.
+It is safe to run again: what exists is reused, nothing is created twice.
+
+`run_check` writes nothing in Chatwoot: it tells, one line per check, whether a configured
+bridge can reach Chatwoot, Mercado Livre and its own listener.
+
+Both print through `out` (the operator's console) and never raise: every failure becomes one
+sentence saying what is wrong and what to do. The webhook secret is printed on purpose — the
+operator asked for it on their own console — and never goes through `logging`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
+
+from chatwoot_api import ChatwootClient
+from config import Settings
+from db_manager import Database, DatabaseError
+from http_client import ApiError, HttpClient
+from mercado_livre_api import MeliClient, ReauthorizationRequired
+
+log = logging.getLogger("bridge.setup")
+
+QUESTIONS_INBOX_NAME = "Mercado Livre - Perguntas"
+MESSAGES_INBOX_NAME = "Mercado Livre - Vendas"
+API_CHANNEL = "Channel::Api"
+WEBHOOK_NAME = "meli-chatwoot"
+WEBHOOK_EVENT = "message_created"
+SECRET_PLACE = "Settings → Integrations → Webhooks → the webhook → secret"
+TOKEN_PLACE = "Chatwoot → Profile settings → Access Token"
+LISTENER_TIMEOUT = (5, 10)
+
+Out = Callable[[str], Any]
+
+
+class SetupError(Exception):
+    """A step that cannot go on; the message is the sentence the operator reads."""
+
+
+# ---- helpers shared by setup and check ----------------------------------------------------------
+
+
+def normalize_public_url(public_url: str) -> str:
+    """The bridge's base URL without a trailing slash, or SetupError saying what is wrong with it."""
+    url = (public_url or "").strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SetupError(f"the public URL must be the bridge's http(s) address, e.g. https://bridge.example.com "
+                         f"(got {url!r})")
+    if parts.query or parts.fragment:
+        raise SetupError("the public URL must not carry a query or fragment: give the bridge's base address, "
+                         "e.g. https://bridge.example.com")
+    url = url.rstrip("/")
+    if url.endswith("/webhook"):
+        # Otherwise the webhook would point at /webhook/webhook.
+        raise SetupError("give the bridge's base address without /webhook, e.g. https://bridge.example.com")
+    return url
+
+
+def _same_endpoint(url: Any, target: str) -> bool:
+    """Same scheme, host and path; the query is ignored so a `?token=` URL still counts as ours."""
+    if not isinstance(url, str):
+        return False
+    a, b = urlsplit(url.strip()), urlsplit(target)
+    return ((a.scheme.lower(), a.netloc.lower(), a.path.rstrip("/"))
+            == (b.scheme.lower(), b.netloc.lower(), b.path.rstrip("/")))
+
+
+def _same_id(a: Any, b: Any) -> bool:
+    return a is not None and b is not None and str(a) == str(b)
+
+
+def _is_api_inbox(inbox: dict) -> bool:
+    return inbox.get("channel_type") == API_CHANNEL
+
+
+def _explain(exc: ApiError, settings: Settings, doing: str, *, account_path: bool = True, hint: str = "") -> str:
+    """One sentence for a failed Chatwoot call: what happened and what to do."""
+    where = f"CHATWOOT_URL={settings.chatwoot_url}"
+    account = settings.chatwoot_account_id
+    status = exc.status
+    if status is None:
+        return (f"Chatwoot not reachable at {where} while {doing} ({exc.message}): check the URL and that "
+                f"Chatwoot is running and reachable from this machine")
+    if status < 400:
+        return (f"{where} answered {doing} with something that is not Chatwoot's API: check CHATWOOT_URL "
+                f"(the address you open Chatwoot at, without /app)")
+    if status == 401 and not account_path:
+        return (f"Chatwoot refused the API token (401) while {doing}: CHATWOOT_API_TOKEN is wrong, revoked, or not "
+                f"a user's access token; copy it from {TOKEN_PLACE}")
+    if status == 404 and not account_path:
+        return f"{where} has no Chatwoot API (404 while {doing}): check CHATWOOT_URL"
+    if status in (401, 403, 404):
+        return (f"Chatwoot refused {doing} in account {account} ({status}): the token's user is not an "
+                f"administrator of that account, or CHATWOOT_ACCOUNT_ID is wrong")
+    if status == 429:
+        return f"Chatwoot is rate-limiting this machine (429 while {doing}): wait a minute and run it again"
+    if status >= 500:
+        return (f"Chatwoot failed while {doing} ({exc.short()}): try again later, or look at Chatwoot's logs "
+                f"if it keeps failing")
+    return f"Chatwoot refused {doing} ({exc.short()}){hint}"
+
+
+def _call(settings: Settings, doing: str, func: Callable, *args: Any, account_path: bool = True,
+          hint: str = "") -> Any:
+    try:
+        return func(*args)
+    except ApiError as exc:
+        raise SetupError(_explain(exc, settings, doing, account_path=account_path, hint=hint)) from None
+
+
+def _token_owner(chatwoot: ChatwootClient, settings: Settings) -> tuple[str, str | None]:
+    """(user name, role in the configured account) of the API token; SetupError if not a member."""
+    profile = _call(settings, "reading /api/v1/profile", chatwoot.profile, account_path=False)
+    if not isinstance(profile, dict):
+        raise SetupError(f"CHATWOOT_URL={settings.chatwoot_url} answered /api/v1/profile in an unexpected shape: "
+                         f"check CHATWOOT_URL")
+    name = profile.get("available_name") or profile.get("name") or profile.get("email") or f"user {profile.get('id')}"
+    accounts = [a for a in profile.get("accounts") or [] if isinstance(a, dict)]
+    entry = next((a for a in accounts if _same_id(a.get("id"), settings.chatwoot_account_id)), None)
+    if entry is None:
+        theirs = ", ".join(f"{a.get('id')} ({a.get('name')})" for a in accounts) or "none"
+        raise SetupError(f"the token belongs to {name}, who is not a member of account "
+                         f"{settings.chatwoot_account_id}: check CHATWOOT_ACCOUNT_ID (this user's accounts: {theirs})")
+    return name, entry.get("role")
+
+
+# ---- setup ------------------------------------------------------------------------------------
+
+
+def run_setup(settings: Settings, public_url: str, out: Out = print, *,
+              sleep: Callable[[float], None] = time.sleep) -> int:
+    """Find or create the inboxes and the webhook; print the `.env` lines. 0 on success, 1 on failure.
+
+    Only CHATWOOT_URL, CHATWOOT_API_TOKEN and CHATWOOT_ACCOUNT_ID are needed; the inbox ids and
+    webhook secrets in `settings` are used when present (a first setup has none).
+    """
+    try:
+        base = normalize_public_url(public_url)
+        chatwoot = ChatwootClient(settings, sleep=sleep)
+        name, role = _token_owner(chatwoot, settings)
+        if role != "administrator":
+            raise SetupError(
+                f"the token belongs to {name}, who is {_article(role)} of account {settings.chatwoot_account_id}, "
+                f"not an administrator: creating inboxes and webhooks needs an administrator's access token. "
+                f"Run setup once with one (CHATWOOT_API_TOKEN=<administrator's token> python main.py setup {base}); "
+                f"the bridge itself can keep this token if its user is a member of both inboxes")
+        out(f"ok   chatwoot: reachable, token of {name} (administrator of account {settings.chatwoot_account_id})")
+
+        inboxes = list(_call(settings, "listing the inboxes", chatwoot.inboxes))
+        questions = _ensure_inbox(chatwoot, settings, inboxes, QUESTIONS_INBOX_NAME, "CHATWOOT_QUESTIONS_INBOX_ID",
+                                  settings.chatwoot_questions_inbox_id, None, out)
+        messages = _ensure_inbox(chatwoot, settings, inboxes, MESSAGES_INBOX_NAME, "CHATWOOT_MESSAGES_INBOX_ID",
+                                 settings.chatwoot_messages_inbox_id, questions["id"], out)
+        secret = _ensure_webhook(chatwoot, settings, f"{base}/webhook", out)
+    except SetupError as exc:
+        out(f"error: {exc}")
+        return 1
+    except Exception as exc:  # noqa: BLE001 — an operator command answers in a sentence, never a traceback
+        log.debug("setup failed unexpectedly", exc_info=True)
+        out(f"error: Chatwoot answered in a shape this setup does not understand ({type(exc).__name__}: {exc}); "
+            f"create the inboxes and the webhook by hand as the README explains")
+        return 1
+
+    _print_env(settings, questions["id"], messages["id"], secret, out)
+    return 0
+
+
+def _article(role: str | None) -> str:
+    role = role or "member with no role"
+    return f"an {role}" if role[0] in "aeiou" else f"a {role}"
+
+
+def _ensure_inbox(chatwoot: ChatwootClient, settings: Settings, inboxes: list[dict], name: str, env_name: str,
+                  configured_id: int | None, taken_id: Any, out: Out) -> dict:
+    """The configured inbox if it is an API inbox, else the API inbox of that name, else a new one."""
+    inboxes[:] = [i for i in inboxes if isinstance(i, dict)]
+    if configured_id is not None:
+        found = next((i for i in inboxes if _same_id(i.get("id"), configured_id)), None)
+        if found is None:
+            out(f"note: {env_name}={configured_id} is not an inbox of account {settings.chatwoot_account_id}; "
+                f"looking for {name!r} instead")
+        elif _same_id(found.get("id"), taken_id):
+            out(f"note: {env_name}={configured_id} is already the questions inbox; looking for {name!r} instead")
+        elif not _is_api_inbox(found):
+            out(f"note: {env_name}={configured_id} ({found.get('name')!r}) is a {found.get('channel_type')} inbox, "
+                f"not an API inbox; looking for {name!r} instead")
+        else:
+            out(f"ok   inbox {found.get('name')!r} already exists (id {found['id']}, API inbox, from {env_name})")
+            return found
+
+    same_name = [i for i in inboxes if i.get("name") == name and not _same_id(i.get("id"), taken_id)]
+    api = sorted((i for i in same_name if _is_api_inbox(i)), key=lambda i: str(i.get("id")))
+    if api:
+        out(f"ok   inbox {name!r} already exists (id {api[0]['id']})")
+        if len(api) > 1:
+            others = ", ".join(str(i.get("id")) for i in api[1:])
+            out(f"note: more API inboxes are named {name!r} (ids {others}); the bridge uses id {api[0]['id']}")
+        return api[0]
+    if same_name:
+        other = same_name[0]
+        raise SetupError(f"an inbox named {name!r} already exists (id {other.get('id')}) but it is a "
+                         f"{other.get('channel_type')} inbox, not an API inbox: rename or delete it in Chatwoot "
+                         f"(Settings → Inboxes), then run setup again")
+
+    created = _call(settings, f"creating the inbox {name!r}", chatwoot.create_inbox, name)
+    if not isinstance(created, dict) or created.get("id") is None:
+        raise SetupError(f"Chatwoot accepted the inbox {name!r} but answered without its id: find it in "
+                         f"Settings → Inboxes and run setup again")
+    out(f"created inbox {name!r} (id {created['id']})")
+    inboxes.append(created)
+    return created
+
+
+def _ensure_webhook(chatwoot: ChatwootClient, settings: Settings, target: str, out: Out) -> str | None:
+    """Find, fix or create the account webhook to `target`; returns its secret when one is known."""
+    hooks = [h for h in _call(settings, "listing the webhooks", chatwoot.webhooks) if isinstance(h, dict)]
+    ours = [h for h in hooks if _same_endpoint(h.get("url"), target)]
+    subscribed = [h for h in ours if WEBHOOK_EVENT in (h.get("subscriptions") or [])]
+    if subscribed:
+        hook = subscribed[0]
+        out(f"ok   webhook {target} already exists (id {hook.get('id')}), subscribed to {WEBHOOK_EVENT}")
+    elif ours:
+        hook = ours[0]
+        # Keep its URL as is (it may carry ?token=); the listener handles message_created only.
+        updated = _call(settings, f"updating the webhook {hook.get('id')}", chatwoot.update_webhook,
+                        hook.get("id"), hook.get("url"), [WEBHOOK_EVENT])
+        hook = {**hook, **updated}
+        out(f"updated webhook {target} (id {hook.get('id')}): now subscribed to {WEBHOOK_EVENT}")
+    else:
+        hook = _call(settings, f"creating the webhook {target}", chatwoot.create_webhook, target, WEBHOOK_NAME,
+                     [WEBHOOK_EVENT],
+                     hint=": the URL must be reachable from Chatwoot, and Chatwoot 4.14+ refuses private-network "
+                          "addresses unless SAFE_FETCH_ALLOW_PRIVATE_NETWORK=true is set on Chatwoot")
+        out(f"created webhook {target} (id {hook.get('id')}), subscribed to {WEBHOOK_EVENT}")
+
+    url_token = (parse_qs(urlsplit(str(hook.get("url") or "")).query).get("token") or [None])[0]
+    if hook.get("secret"):
+        return str(hook["secret"])
+    if url_token:
+        out("ok   the webhook URL carries ?token=: the listener accepts it while CHATWOOT_WEBHOOK_SECRET holds "
+            "that token")
+        return url_token
+    if "secret" in hook:
+        out(f"Chatwoot did not return this webhook's secret: copy it from Chatwoot → {SECRET_PLACE}, "
+            f"into CHATWOOT_WEBHOOK_SECRET")
+        return None
+    # No `secret` key at all: a Chatwoot before 4.12, which cannot sign deliveries.
+    configured = settings.chatwoot_webhook_secrets
+    secret = configured[0] if configured else secrets.token_urlsafe(32)
+    out("This Chatwoot does not sign webhooks (the webhook has no secret): signed webhooks need Chatwoot 4.12 "
+        "or later.")
+    out(f"Until you upgrade, put a secret in the URL instead: in Chatwoot → Settings → Integrations → Webhooks, "
+        f"edit the webhook {target} and set its URL to")
+    out(f"    {target}?token={secret}")
+    out("with the same value in CHATWOOT_WEBHOOK_SECRET (" + ("your current value" if configured else
+        "generated just now") + "; the line is below).")
+    return secret
+
+
+def _print_env(settings: Settings, questions_id: Any, messages_id: Any, secret: str | None, out: Out) -> None:
+    configured = settings.chatwoot_webhook_secrets
+    unchanged = (_same_id(questions_id, settings.chatwoot_questions_inbox_id)
+                 and _same_id(messages_id, settings.chatwoot_messages_inbox_id)
+                 and secret is not None and secret in configured)
+    out("")
+    if unchanged:
+        out("Your configuration already holds these values:")
+    else:
+        out("Add these lines to .env (a variable set in the environment wins over .env), then restart the bridge:")
+    out(f"CHATWOOT_QUESTIONS_INBOX_ID={questions_id}")
+    out(f"CHATWOOT_MESSAGES_INBOX_ID={messages_id}")
+    if secret is None:
+        out(f"CHATWOOT_WEBHOOK_SECRET=<the secret shown in Chatwoot → {SECRET_PLACE}>")
+    elif secret in configured:
+        out(f"CHATWOOT_WEBHOOK_SECRET={','.join(configured)}")
+    else:
+        out(f"CHATWOOT_WEBHOOK_SECRET={secret}")
+        if configured:
+            out("(several secrets can be listed, comma-separated: keep an inbox secret you still use)")
+
+
+# ---- check ------------------------------------------------------------------------------------
+
+
+class _Listener(HttpClient):
+    """The bridge's own listener, seen from outside through its public URL."""
+
+    service = "listener"
+
+    def health(self):
+        # Any answer counts: /health says 503 when the bridge is unhealthy, and that is still reachable.
+        return self._request("GET", "/health", raw=True, retry=False, ok_statuses=tuple(range(400, 600)))
+
+
+def run_check(settings: Settings, public_url: str | None, out: Out = print, *,
+              sleep: Callable[[float], None] = time.sleep) -> int:
+    """One line per check, nothing written in Chatwoot. 0 when every check passes, 1 otherwise."""
+    results: list[bool] = []
+
+    def report(ok: bool, name: str, text: str) -> None:
+        results.append(ok)
+        out(f"{'ok  ' if ok else 'FAIL'} {name}: {text}")
+
+    checks: list[tuple[str, Callable[[], tuple[bool, str]]]] = []
+    chatwoot = ChatwootClient(settings, sleep=sleep)
+    state: dict[str, Any] = {}
+    checks.append(("chatwoot", lambda: _check_chatwoot(chatwoot, settings, state)))
+    checks.append(("inboxes", lambda: _check_inboxes(chatwoot, settings, state)))
+    checks.append(("mercado livre", lambda: _check_meli(settings, sleep)))
+    if public_url is not None:
+        checks.append(("listener", lambda: _check_listener(public_url, sleep)))
+
+    for name, check in checks:
+        try:
+            ok, text = check()
+        except SetupError as exc:
+            ok, text = False, str(exc)
+        except Exception as exc:  # noqa: BLE001 — one broken check must not hide the others
+            log.debug("check %s failed unexpectedly", name, exc_info=True)
+            ok, text = False, f"unexpected {type(exc).__name__}: {exc}"
+        report(ok, name, text)
+    return 0 if all(results) else 1
+
+
+def _check_chatwoot(chatwoot: ChatwootClient, settings: Settings, state: dict) -> tuple[bool, str]:
+    try:
+        name, role = _token_owner(chatwoot, settings)
+    except SetupError:
+        state["unreachable"] = True
+        raise
+    return True, f"reachable, token of {name} ({role})"
+
+
+def _check_inboxes(chatwoot: ChatwootClient, settings: Settings, state: dict) -> tuple[bool, str]:
+    if state.get("unreachable"):
+        return False, "not checked (see the chatwoot line)"
+    inboxes = [i for i in _call(settings, "listing the inboxes", chatwoot.inboxes) if isinstance(i, dict)]
+    problems, found_text = [], []
+    for env_name, inbox_id, kind in (("CHATWOOT_QUESTIONS_INBOX_ID", settings.chatwoot_questions_inbox_id, "questions"),
+                                     ("CHATWOOT_MESSAGES_INBOX_ID", settings.chatwoot_messages_inbox_id, "messages")):
+        if inbox_id is None:
+            problems.append(f"{env_name} is not set (run python main.py setup <public_url>)")
+            continue
+        inbox = next((i for i in inboxes if _same_id(i.get("id"), inbox_id)), None)
+        if inbox is None:
+            problems.append(f"{env_name}={inbox_id} is not an inbox of account {settings.chatwoot_account_id} "
+                            f"(or the token's user is not a member of it)")
+        elif not _is_api_inbox(inbox):
+            problems.append(f"{env_name}={inbox_id} ({inbox.get('name')!r}) is a {inbox.get('channel_type')} inbox, "
+                            f"not an API inbox")
+        else:
+            found_text.append(f"{kind} {inbox_id} {inbox.get('name')!r}")
+    if problems:
+        return False, "; ".join(problems)
+    return True, ", ".join(found_text) + " (API inboxes)"
+
+
+def _check_meli(settings: Settings, sleep: Callable[[float], None]) -> tuple[bool, str]:
+    try:
+        db = Database(settings.database_path).open()
+    except DatabaseError as exc:
+        return False, f"database: {exc}"
+    try:
+        meli = MeliClient(settings, db, sleep=sleep)
+        # Exactly how the bridge itself uses the tokens: seeding an empty store from
+        # MELI_REFRESH_TOKEN, and refreshing an expiring access token (which writes the
+        # token store) — a check must not behave differently from the poller.
+        meli.seed_tokens()
+        me = meli.me()
+    except ReauthorizationRequired as exc:
+        return False, f"authorization required ({exc.message}): run python main.py authorize"
+    except ApiError as exc:
+        if exc.status is None:
+            return False, (f"Mercado Livre not reachable at MELI_API_URL={settings.meli_api_url} ({exc.message}); "
+                           f"try again later")
+        return False, f"Mercado Livre refused /users/me ({exc.short()})"
+    finally:
+        db.close()
+    seller = me.get("id") if isinstance(me, dict) else None
+    nickname = me.get("nickname") if isinstance(me, dict) else None
+    if settings.meli_user_id and not _same_id(seller, settings.meli_user_id):
+        return False, (f"the authorized account is {nickname} ({seller}), but MELI_USER_ID={settings.meli_user_id}: "
+                       f"run python main.py authorize logged in as the right seller")
+    return True, f"authorized as {nickname} (seller {seller})"
+
+
+def _check_listener(public_url: str, sleep: Callable[[float], None]) -> tuple[bool, str]:
+    base = normalize_public_url(public_url)
+    url = f"{base}/health"
+    try:
+        resp = _Listener(base, attempts=1, timeout=LISTENER_TIMEOUT, sleep=sleep).health()
+    except ApiError as exc:
+        return False, f"not reachable at {url} ({exc.message}): is the listener running, and the URL and proxy right?"
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or "ok" not in body:
+        return False, (f"something answered at {url} (HTTP {resp.status_code}) but not the bridge's /health: check "
+                       f"the public URL and that the proxy forwards to the listener's port")
+    text = f"reachable at {url}; it reports ok={str(bool(body['ok'])).lower()}"
+    failing = [str(f) for f in body.get("failing") or []]
+    if failing:
+        text += f" (failing: {', '.join(failing)})"
+    return True, text
