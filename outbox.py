@@ -163,7 +163,7 @@ def plan_reply(kind: str, content, attachments, settings: Settings, limit: int =
 def _plan_file(attachment: dict, settings: Settings):
     url = attachment.get("data_url") or ""
     name = _file_name(attachment)
-    extension = (attachment.get("extension") or name.rsplit(".", 1)[-1] if "." in name else "").lower()
+    extension = (attachment.get("extension") or (name.rsplit(".", 1)[-1] if "." in name else "")).lower()
     if urlsplit(url).netloc.lower() != urlsplit(settings.chatwoot_url).netloc.lower() \
             or urlsplit(url).scheme not in ("http", "https"):
         return ("anexo fora do Chatwoot configurado",
