@@ -51,9 +51,9 @@ def job_table(settings: Settings) -> list[tuple[str, Callable[[Services], dict],
     return [
         ("questions", sync_questions.sync_questions, settings.questions_poll_seconds),
         ("messages", sync_messages.sync_messages, settings.messages_poll_seconds),
+        ("missed_feeds", notifications.read_missed_feeds, MISSED_FEEDS_INTERVAL),
         ("notifications", notifications.process_notifications, NOTIFICATIONS_INTERVAL),
         ("outbox", outbox.run_outbox, OUTBOX_INTERVAL),
-        ("missed_feeds", notifications.read_missed_feeds, MISSED_FEEDS_INTERVAL),
     ]
 
 

@@ -59,3 +59,33 @@ def db(settings):
 @pytest.fixture(autouse=True)
 def _capture_all_logs(caplog):
     caplog.set_level(logging.DEBUG)
+
+
+# ---- end-to-end: fakes and real processes ---------------------------------------------------------
+
+@pytest.fixture
+def fakes():
+    from tests.fakes import start_fakes
+    running = start_fakes()
+    chatwoot = running.chatwoot.state
+    running.questions_inbox = chatwoot.add_inbox("Mercado Livre - Perguntas")
+    running.messages_inbox = chatwoot.add_inbox("Mercado Livre - Vendas")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def bridge(tmp_path, fakes):
+    from tests.e2e import Bridge
+    installation = Bridge(tmp_path, fakes)
+    yield installation
+    installation.close()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Every log a real process wrote during this run must be free of secrets."""
+    from tests.e2e import LOG_DIR, leaked_secrets
+    leaks = leaked_secrets()
+    if leaks:
+        print(f"\nSECRETS FOUND IN PROCESS LOGS under {LOG_DIR}: {leaks}")
+        session.exitstatus = 1

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,9 +16,23 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 # Every log a process writes during the test run lands here; the session checks them for secrets.
-LOG_DIR = Path(os.environ.get("BRIDGE_TEST_LOG_DIR", "/tmp/meli-chatwoot-test-logs"))
+LOG_DIR = Path(tempfile.mkdtemp(prefix="meli-chatwoot-logs-"))
 
 WEBHOOK_SECRET = "whsec-e2e-7d41"
+
+
+# Every secret handed to a process in this run; the session checks all logs against them.
+_SECRETS: set[str] = set()
+
+
+def leaked_secrets() -> list[str]:
+    if not LOG_DIR.exists():
+        return []
+    leaks = set()
+    for path in LOG_DIR.glob("*.log"):
+        text = path.read_text(errors="replace")
+        leaks.update(s for s in _SECRETS if s and s in text)
+    return sorted(f"{s[:4]}…" for s in leaks)
 
 
 def free_port() -> int:
@@ -79,10 +94,14 @@ class Bridge:
         return [self.env["MELI_SECRET_KEY"], self.env["CHATWOOT_API_TOKEN"], WEBHOOK_SECRET,
                 *meli.all_tokens()]
 
+    def remember_secrets(self) -> None:
+        _SECRETS.update(self.secrets())
+
     def _log(self, name: str):
         return open(LOG_DIR / f"{self.tmp.name}-{name}-{len(self.procs)}.log", "ab")
 
     def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        self.remember_secrets()
         log = self._log(name)
         proc = subprocess.Popen(args, cwd=str(ROOT), env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -103,6 +122,7 @@ class Bridge:
         return proc
 
     def once(self, timeout: float = 120) -> subprocess.CompletedProcess:
+        self.remember_secrets()
         with self._log("once") as log:
             result = subprocess.run([sys.executable, "main.py", "--once"], cwd=str(ROOT), env=self.env,
                                     capture_output=True, timeout=timeout)
@@ -136,6 +156,7 @@ class Bridge:
         return proc.wait(timeout=timeout)
 
     def close(self):
+        self.remember_secrets()  # tokens issued during the test count too
         for _name, proc in reversed(self.procs):
             if proc.poll() is None:
                 try:

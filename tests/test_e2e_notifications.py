@@ -1,0 +1,62 @@
+"""Mercado Livre notifications end to end: pushed, duplicated, missed, foreign."""
+
+import requests
+
+from db_manager import Database
+from tests.e2e import wait_until
+
+
+def notify(bridge, body):
+    return requests.post(f"{bridge.url}/notifications", json=body, timeout=5)
+
+
+def test_a_question_notification_brings_the_question_at_once(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    bridge.env["QUESTIONS_POLL_SECONDS"] = "3600"  # no polling help: only the notification
+    bridge.listener()
+    bridge.poller()
+    wait_until(lambda: meli.count("GET", "/questions/search") >= 1, 20, what="the first poll")
+    meli.add_user(9001, "COMPRADOR")
+    meli.add_item("MLB1", "Caneca")
+    question = meli.add_question(item_id="MLB1", buyer_id=9001, text="Tem azul?")
+    body = meli.notification("questions", f"/questions/{question['id']}")
+    assert notify(bridge, body).status_code == 200
+    assert notify(bridge, body).json()["status"] == "duplicate"
+    wait_until(lambda: chatwoot.conversations, 10, what="the conversation")
+    assert meli.count("GET", f"/questions/{question['id']}") == 1
+
+
+def test_a_message_notification_brings_the_message(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    bridge.env["MESSAGES_POLL_SECONDS"] = "3600"
+    bridge.listener()
+    bridge.poller()
+    wait_until(lambda: meli.count("GET", "/messages/unread") >= 1, 20, what="the first poll")
+    meli.add_user(7001, "COMPRADOR")
+    meli.add_order(2000001, 7001, "COMPRADOR", items=[("MLB1", "Caneca", 1, 10.0)])
+    message = meli.add_buyer_message("2000001", "Chegou quebrado")
+    assert notify(bridge, meli.notification("messages", message["id"])).status_code == 200
+    wait_until(lambda: any(m["content"] == "Chegou quebrado" for c in chatwoot.conversations
+                           for m in chatwoot.messages_in(c)), 10, what="the message in chatwoot")
+
+
+def test_another_users_notification_is_ignored(bridge):
+    meli = bridge.fakes.meli.state
+    bridge.listener()
+    body = dict(meli.notification("questions", "/questions/1"), user_id="999")
+    resp = notify(bridge, body)
+    assert resp.status_code == 200 and resp.json()["status"] == "ignored"
+
+
+def test_missed_feeds_after_a_downtime_are_synced(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    meli.add_user(9001, "COMPRADOR")
+    meli.add_item("MLB1", "Caneca")
+    question = meli.add_question(item_id="MLB1", buyer_id=9001, text="Tem azul?")
+    meli.missed.append(meli.notification("questions", f"/questions/{question['id']}"))
+    assert bridge.once().returncode == 0
+    assert len(chatwoot.conversations) == 1
+    db = Database(bridge.env["DATABASE_PATH"])
+    recorded = db.all("SELECT * FROM notifications")
+    assert len(recorded) == 1 and recorded[0]["processed_at"] is not None
+    assert meli.count("GET", "/missed_feeds") == 1

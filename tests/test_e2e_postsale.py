@@ -1,0 +1,148 @@
+"""Post-sale threads end to end: the real poller and listener against the fakes."""
+
+from mercado_livre_api import MELI_AGENT_ID
+from tests.e2e import wait_until
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+PDF = b"%PDF-1.4\n% nota fiscal\n"
+
+
+def sale(meli, order_id=2000001, buyer_id=7001, pack_id=None):
+    meli.add_user(buyer_id, f"COMPRADOR{buyer_id}")
+    meli.add_order(order_id, buyer_id, f"COMPRADOR{buyer_id}", items=[("MLB100", "Caneca azul", 2, 25.0)],
+                   pack_id=pack_id)
+    return str(pack_id or order_id)
+
+
+def sales_conversations(bridge):
+    chatwoot = bridge.fakes.chatwoot.state
+    return [c for c in chatwoot.conversations.values() if c["inbox_id"] == bridge.fakes.messages_inbox]
+
+
+def test_three_buyer_messages_arrive_in_order_with_the_file_once(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    pack = sale(meli)
+    meli.add_buyer_message(pack, "Olá, comprei a caneca")
+    meli.add_buyer_message(pack, "Segue a foto do defeito", attachments=[("defeito.png", PNG, "image/png")])
+    meli.add_buyer_message(pack, "Podem trocar?")
+    assert bridge.once().returncode == 0
+    convs = sales_conversations(bridge)
+    assert len(convs) == 1
+    conv = convs[0]
+    attrs = conv["custom_attributes"]
+    assert attrs["meli_pack_id"] == pack and attrs["meli_order_ids"] == "2000001"
+    assert "Caneca azul" in attrs["meli_item_titles"] and attrs["meli_total_amount"] == 50.0
+    contact = chatwoot.contacts[conv["meta"]["sender"]["id"]]
+    assert contact["identifier"] == "meli:buyer:7001"
+    messages = chatwoot.messages_in(conv["id"])
+    assert [m["content"] for m in messages] == ["Olá, comprei a caneca", "Segue a foto do defeito", "Podem trocar?"]
+    assert all(m["message_type"] == 0 and m["source_id"].startswith("meli:message:") for m in messages)
+    assert len(messages[1]["attachments"]) == 1 and messages[1]["attachments"][0]["file_size"] == len(PNG)
+    # Read with mark_as_read=false; marked read only after the three are stored.
+    assert meli.mark_read_events and all(t >= max(m["t_created"] for m in messages)
+                                         for _pack, _ids, t in meli.mark_read_events)
+    assert bridge.once().returncode == 0
+    assert len(chatwoot.messages_in(conv["id"])) == 3
+
+
+def test_an_idle_cycle_costs_one_meli_call_and_no_chatwoot_call(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    pack = sale(meli)
+    meli.add_buyer_message(pack, "Oi")
+    assert bridge.once().returncode == 0
+    meli_before, cw_before = meli.count("GET", "/messages"), len(chatwoot.calls)
+    assert bridge.once().returncode == 0
+    assert meli.count("GET", "/messages") - meli_before == 1
+    assert len(chatwoot.calls) == cw_before
+
+
+def test_a_migrated_thread_is_the_real_buyers_and_replies_go_to_the_agent(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    pack = sale(meli, buyer_id=7002)
+    meli.add_buyer_message(pack, "Quando chega?", migrated=True)
+    bridge.listener()
+    bridge.poller()
+    wait_until(lambda: sales_conversations(bridge), 30, what="the sale conversation")
+    conv = sales_conversations(bridge)[0]
+    assert chatwoot.contacts[conv["meta"]["sender"]["id"]]["identifier"] == "meli:buyer:7002"
+    reply = chatwoot.agent_reply(conv["id"], "Chega amanhã!")
+    wait_until(lambda: chatwoot.message(reply["id"])["status"] == "delivered", 20, what="delivered")
+    sent = meli.sent_messages[-1]
+    assert sent["to"]["user_id"] == MELI_AGENT_ID and sent["text"] == "Chega amanhã!"
+
+
+def test_a_reply_with_a_pdf_uploads_once_and_sends_its_id(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    pack = sale(meli)
+    meli.add_buyer_message(pack, "Manda a nota?")
+    bridge.listener()
+    bridge.poller()
+    wait_until(lambda: sales_conversations(bridge), 30, what="the sale conversation")
+    conv = sales_conversations(bridge)[0]
+    reply = chatwoot.agent_reply(conv["id"], "Segue a nota", attachments=[("nota.pdf", PDF, "application/pdf")])
+    wait_until(lambda: chatwoot.message(reply["id"])["status"] == "delivered", 20, what="delivered")
+    assert len(meli.uploads) == 1
+    sent = meli.sent_messages[-1]
+    assert sent["text"] == "Segue a nota" and sent["attachments"] == [meli.uploads[0]["id"]]
+
+
+def test_a_900_character_reply_arrives_as_3_parts_in_order(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    pack = sale(meli)
+    meli.add_buyer_message(pack, "Dúvida")
+    bridge.listener()
+    bridge.poller()
+    wait_until(lambda: sales_conversations(bridge), 30, what="the sale conversation")
+    conv = sales_conversations(bridge)[0]
+    text = ("Seu pedido foi enviado hoje pela transportadora e chega em breve. " * 14)[:900]
+    reply = chatwoot.agent_reply(conv["id"], text)
+    wait_until(lambda: chatwoot.message(reply["id"])["status"] == "delivered", 20, what="delivered")
+    parts = [m["text"] for m in meli.sent_messages]
+    assert len(parts) == 3 and all(len(p) <= 350 for p in parts)
+    assert " ".join(parts).split() == text.split()
+
+
+def test_a_blocked_thread_and_a_foreign_file_fail_with_notes(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    pack = sale(meli)
+    meli.add_buyer_message(pack, "Oi")
+    bridge.listener()
+    bridge.poller()
+    wait_until(lambda: sales_conversations(bridge), 30, what="the sale conversation")
+    conv = sales_conversations(bridge)[0]
+    meli.block_thread(pack)
+    blocked = chatwoot.agent_reply(conv["id"], "Olá")
+    wait_until(lambda: chatwoot.message(blocked["id"])["status"] == "failed", 20, what="failed")
+    assert "bloqueada" in chatwoot.message(blocked["id"])["external_error"]
+    emoji = chatwoot.agent_reply(conv["id"], "Obrigado 😀")
+    wait_until(lambda: chatwoot.message(emoji["id"])["status"] == "failed", 20, what="failed")
+    notes = [m["content"] for m in chatwoot.messages_in(conv["id"]) if m["private"]]
+    assert any("mediação" in n for n in notes) and any("U+1F600" in n for n in notes)
+    assert meli.sent_messages == []
+
+
+def test_a_429_with_retry_after_delays_but_delivers(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    pack = sale(meli)
+    meli.add_buyer_message(pack, "Oi")
+    bridge.listener()
+    bridge.poller()
+    wait_until(lambda: sales_conversations(bridge), 30, what="the sale conversation")
+    conv = sales_conversations(bridge)[0]
+    meli.fail_next("POST", f"/messages/packs/{pack}", 429, times=1, headers={"Retry-After": "1"})
+    reply = chatwoot.agent_reply(conv["id"], "Olá!")
+    wait_until(lambda: chatwoot.message(reply["id"])["status"] == "delivered", 30, what="delivered")
+    assert [m["text"] for m in meli.sent_messages] == ["Olá!"]
+
+
+def test_a_new_buyer_message_reopens_a_resolved_conversation(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    pack = sale(meli)
+    meli.add_buyer_message(pack, "Oi")
+    assert bridge.once().returncode == 0
+    conv = sales_conversations(bridge)[0]
+    conv["status"] = "resolved"
+    meli.add_buyer_message(pack, "Mais uma dúvida")
+    assert bridge.once().returncode == 0
+    assert chatwoot.conversations[conv["id"]]["status"] == "open"
+    assert [m["content"] for m in chatwoot.messages_in(conv["id"])][-1] == "Mais uma dúvida"

@@ -1,0 +1,102 @@
+"""The real processes: supervisord, gunicorn, the poller, against the fakes."""
+
+import signal
+import subprocess
+import sys
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import requests
+
+from tests.e2e import ROOT, wait_until
+
+
+def test_supervisord_runs_both_processes_healthy_and_stops_on_sigterm(bridge):
+    sup = bridge.supervisord()
+    wait_until(lambda: bridge.health().status_code == 200, 30, what="/health 200")
+    report = bridge.health().json()
+    assert report["ok"] and report["checks"]["authorization"]["ok"]
+    wait_until(lambda: "questions" in bridge.health().json()["checks"]["jobs"]["runs"], 30,
+               what="the poller's first run")
+    sup.send_signal(signal.SIGTERM)
+    assert sup.wait(timeout=10) == 0
+    # Both children are gone with it.
+    out = subprocess.run(["pgrep", "-f", f"PORT={bridge.port}"], capture_output=True)
+    assert out.returncode != 0 or not out.stdout.strip()
+    try:
+        requests.get(f"{bridge.url}/health", timeout=1)
+        listening = True
+    except requests.RequestException:
+        listening = False
+    assert not listening
+
+
+def test_the_poller_finishes_and_exits_0_on_sigterm(bridge):
+    poller = bridge.poller()
+    wait_until(lambda: bridge.fakes.meli.state.count("GET", "/questions/search") > 0, 20, what="a poll")
+    poller.send_signal(signal.SIGTERM)
+    assert poller.wait(timeout=10) == 0
+
+
+HAMMER = """
+import sys, time
+from config import load_settings
+from db_manager import Database
+from mercado_livre_api import MeliClient
+import os
+settings = load_settings(dict(os.environ))
+client = MeliClient(settings, Database(settings.database_path).open())
+deadline = time.time() + float(sys.argv[1])
+calls = 0
+while time.time() < deadline:
+    client.me()
+    calls += 1
+print(calls, client.refreshes)
+"""
+
+
+def test_two_processes_refresh_each_expiry_exactly_once(bridge):
+    meli = bridge.fakes.meli.state
+    # Tokens live 301 s on paper, so with the 5-minute margin the bridge refreshes every second.
+    meli.access_ttl = 301.0
+    bridge.once()  # seeds the store from the environment
+    before = meli.refresh_count
+    procs = [subprocess.Popen([sys.executable, "-c", HAMMER, "6"], cwd=str(ROOT), env=bridge.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    calls = [int(o[0].split()[0]) for o in outs]
+    refreshes = meli.refresh_count - before
+    assert meli.invalid_grant_count == 0
+    assert all(c > 10 for c in calls)
+    # One refresh per second of expiry, never two for the same token (that would be an invalid_grant).
+    assert 3 <= refreshes <= 8
+    assert sum(int(o[0].split()[1]) for o in outs) == refreshes
+
+
+def test_invalid_grant_makes_health_503_and_the_poller_keeps_running(bridge):
+    bridge.listener()
+    poller = bridge.poller()
+    wait_until(lambda: bridge.health().status_code == 200, 20, what="healthy")
+    bridge.fakes.meli.state.revoke_all()
+    wait_until(lambda: bridge.health().status_code == 503, 30, what="/health 503")
+    report = bridge.health().json()
+    assert "authorization" in report["failing"]
+    assert "reauthorization required" in report["checks"]["authorization"]["error"]
+    time.sleep(1.5)
+    assert poller.poll() is None
+
+
+def test_authorize_then_callback_stores_the_seller(bridge):
+    bridge.listener()
+    out = bridge.cli("authorize")
+    assert out.returncode == 0
+    url = [line for line in out.stdout.splitlines() if line.startswith("http")][0]
+    query = parse_qs(urlsplit(url).query)
+    code = bridge.fakes.meli.state.issue_code(redirect_uri=query["redirect_uri"][0])
+    resp = requests.get(f"{query['redirect_uri'][0]}?code={code}&state={query['state'][0]}", timeout=10)
+    assert resp.status_code == 200 and bridge.fakes.meli.state.seller_nickname in resp.text
+    again = requests.get(f"{query['redirect_uri'][0]}?code={code}&state={query['state'][0]}", timeout=10)
+    assert again.status_code == 400
+    status = bridge.cli("status")
+    assert '"nickname": "' + bridge.fakes.meli.state.seller_nickname in status.stdout
