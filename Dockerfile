@@ -22,7 +22,10 @@ USER bridge
 VOLUME ["/app/data"]
 EXPOSE 5000
 
+# Liveness only: the listener answers and the database works. A 503 for lost authorization
+# or an old pending reply stays visible in /health, but must not make EasyPanel (Swarm)
+# restart the container: a restart fixes neither and takes /oauth/callback down.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '5000') + '/health', timeout=4)"]
+    CMD ["python", "-c", "import json, os, urllib.error, urllib.request\nurl = 'http://127.0.0.1:' + os.environ.get('PORT', '5000') + '/health'\ntry:\n    body = urllib.request.urlopen(url, timeout=4).read()\nexcept urllib.error.HTTPError as exc:\n    body = exc.read()\nraise SystemExit(0 if json.loads(body)['checks']['database']['ok'] else 1)"]
 
 CMD ["supervisord", "-c", "/app/supervisord.conf"]

@@ -29,8 +29,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Settings:
-    meli_app_id: int
-    meli_secret_key: str = field(repr=False)
+    meli_app_id: int | None
+    meli_secret_key: str | None = field(repr=False)
     chatwoot_url: str
     chatwoot_api_token: str = field(repr=False)
     chatwoot_account_id: int
@@ -178,8 +178,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_webhook_secre
         r._problem("PORT", "must be a TCP port between 1 and 65535", "5000")
 
     values = dict(
-        meli_app_id=r.positive_int("MELI_APP_ID", required=True, example="1234567890123456"),
-        meli_secret_key=r.secret("MELI_SECRET_KEY", required=True, example="your-app-secret"),
+        meli_app_id=r.positive_int("MELI_APP_ID", required=require_inboxes, example="1234567890123456"),
+        meli_secret_key=r.secret("MELI_SECRET_KEY", required=require_inboxes, example="your-app-secret"),
         meli_redirect_uri=r.url("MELI_REDIRECT_URI", required=require_redirect_uri,
                                 example="https://bridge.example.com/oauth/callback"),
         meli_refresh_token=r.secret("MELI_REFRESH_TOKEN", required=False, example="TG-..."),
@@ -194,7 +194,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_webhook_secre
         chatwoot_url=r.url("CHATWOOT_URL", required=True, example="https://chat.example.com"),
         chatwoot_api_token=r.secret("CHATWOOT_API_TOKEN", required=True, example="your-access-token"),
         chatwoot_account_id=r.positive_int("CHATWOOT_ACCOUNT_ID", required=True, example="1"),
-        # `setup` runs before the inboxes exist: it is what finds or creates them.
+        # `setup` (require_inboxes=False) runs before the inboxes exist, possibly before the
+        # Mercado Livre app: it is what prepares Chatwoot.
         chatwoot_questions_inbox_id=r.positive_int("CHATWOOT_QUESTIONS_INBOX_ID", required=require_inboxes,
                                                    example="3"),
         chatwoot_messages_inbox_id=r.positive_int("CHATWOOT_MESSAGES_INBOX_ID", required=require_inboxes,

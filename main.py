@@ -142,11 +142,11 @@ def _now_dt():
     return datetime.now(timezone.utc)
 
 
-def cmd_authorize(settings: Settings, code: str | None) -> int:
+def cmd_authorize(settings: Settings, code: str | None, state: str | None = None) -> int:
     s = open_services(settings)
     try:
         if code:
-            who = s.meli.exchange_code(code, None, require_state=False)
+            who = s.meli.exchange_code(code, state, require_state=bool(state or settings.meli_use_pkce))
             print(f"Authorized seller {who['user_id']} ({who['nickname']}).")
             return 0
         url = s.meli.authorization_url()
@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     auth = sub.add_parser("authorize", help="print the authorization URL, or exchange --code")
     auth.add_argument("--code", help="authorization code (TG-...) to exchange by hand")
+    auth.add_argument("--state", help="the state from the same address bar (needed with MELI_USE_PKCE)")
     sub.add_parser("status", help="print the bridge's health")
     setup = sub.add_parser("setup", help="find or create the Chatwoot inboxes and webhook; print the .env lines")
     setup.add_argument("public_url", help="the bridge's public URL, e.g. https://bridge.example.com")
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return setup_chatwoot.run_check(settings, args.public_url)
     if args.command == "authorize":
-        return cmd_authorize(settings, args.code)
+        return cmd_authorize(settings, args.code, args.state)
     if args.command == "status":
         return cmd_status(settings)
     s = open_services(settings)

@@ -82,8 +82,9 @@ def message_content(message: dict, direction: str) -> str:
     body = message.get("text") or ""
     if is_rejected(message):
         who = "do comprador" if direction == "incoming" else "do vendedor"
-        body = (f"[Mensagem {who} bloqueada pela moderação do Mercado Livre: {moderation_reason(message)}. "
-                f"{'O comprador não a recebeu.' if direction == 'outgoing' else ''}]\n\n{body}").strip()
+        outcome = " O comprador não a recebeu." if direction == "outgoing" else ""
+        body = (f"[Mensagem {who} bloqueada pela moderação do Mercado Livre: {moderation_reason(message)}."
+                f"{outcome}]\n\n{body}").strip()
     if direction == "outgoing":
         body = f"{body}\n\n(enviada pelo Mercado Livre, fora do Chatwoot)".strip()
     return body

@@ -41,6 +41,11 @@ def questions_that_left(open_links: list[dict], unanswered_ids: set[str]) -> lis
     return [link for link in open_links if link["external_id"] not in unanswered_ids]
 
 
+def questions_back(links: list[dict], unanswered_ids: set[str]) -> list[dict]:
+    """Questions we stopped watching (e.g. under review) that are answerable again."""
+    return [link for link in links if link["data"].get("state") == "watch" and link["external_id"] in unanswered_ids]
+
+
 def first_message(question: dict, item: dict | None) -> str:
     lines = [question.get("text") or ""]
     if item:
@@ -97,12 +102,17 @@ def sync_questions(s: Services) -> dict:
                 create_question(s, question, items.get(str(question["item_id"])),
                                 nicknames.get(str((question.get("from") or {}).get("id"))))
                 counts["created"] += 1
-        open_links = [link for link in s.db.links_by_status("question", "created")
-                      if link["data"].get("state", "open") == "open"]
-        for link in questions_that_left(open_links, {str(q["id"]) for q in unanswered}):
+        unanswered_ids = {str(q["id"]) for q in unanswered}
+        created = s.db.links_by_status("question", "created")
+        open_links = [link for link in created if link["data"].get("state", "open") == "open"]
+        for link in questions_that_left(open_links, unanswered_ids):
             if s.stopping.is_set():
                 break
             follow_question(s, link, s.meli.question(link["external_id"]))
+            counts["changed"] += 1
+        # Back from review: the search already says it is unanswered again; no fetch needed.
+        for link in questions_back(created, unanswered_ids):
+            follow_question(s, link, {"status": "UNANSWERED"})
             counts["changed"] += 1
         counts["ms"] = int((time.monotonic() - started) * 1000)
         return counts

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
 from config import load_settings
@@ -54,11 +52,6 @@ def db(settings):
     database = Database(settings.database_path).open()
     yield database
     database.close()
-
-
-@pytest.fixture(autouse=True)
-def _capture_all_logs(caplog):
-    caplog.set_level(logging.DEBUG)
 
 
 # ---- end-to-end: fakes and real processes ---------------------------------------------------------
