@@ -41,6 +41,7 @@ log = logging.getLogger("bridge.poller")
 OUTBOX_INTERVAL = 0.5  # seconds: replies go out within a second of the webhook
 NOTIFICATIONS_INTERVAL = 0.5
 MISSED_FEEDS_INTERVAL = 600.0
+QUIET_JOBS = ("outbox", "notifications")
 # Under rate pressure: agent replies first, then buyer messages, then questions.
 JOB_PRIORITY = {"outbox": rate_budget.REPLIES, "notifications": rate_budget.BUYER_MESSAGES,
                 "messages": rate_budget.BUYER_MESSAGES, "questions": rate_budget.QUESTIONS}
@@ -115,8 +116,8 @@ def run_forever(s: Services) -> int:
     scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1,
                                                   "misfire_grace_time": None})
     for name, func, interval in job_table(s.settings):
-        # Fast loops log only when they did something; poll jobs log every run.
-        quiet = interval < 5
+        # The fast loops log only when they did something; the polls log every run.
+        quiet = name in QUIET_JOBS
         scheduler.add_job(run_job, "interval", seconds=interval, args=(s, name, func), id=name, name=name,
                           kwargs={"quiet_when_idle": quiet}, next_run_time=_now_dt())
     stop = threading.Event()

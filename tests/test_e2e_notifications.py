@@ -42,6 +42,7 @@ def test_a_message_notification_brings_the_message(bridge):
 
 def test_another_users_notification_is_ignored(bridge):
     meli = bridge.fakes.meli.state
+    assert bridge.once().returncode == 0  # the bridge learns which seller it serves
     bridge.listener()
     body = dict(meli.notification("questions", "/questions/1"), user_id="999")
     resp = notify(bridge, body)

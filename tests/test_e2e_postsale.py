@@ -116,8 +116,10 @@ def test_a_blocked_thread_and_a_foreign_file_fail_with_notes(bridge):
     assert "bloqueada" in chatwoot.message(blocked["id"])["external_error"]
     emoji = chatwoot.agent_reply(conv["id"], "Obrigado 😀")
     wait_until(lambda: chatwoot.message(emoji["id"])["status"] == "failed", 20, what="failed")
-    notes = [m["content"] for m in chatwoot.messages_in(conv["id"]) if m["private"]]
-    assert any("mediação" in n for n in notes) and any("U+1F600" in n for n in notes)
+    def notes():
+        return [m["content"] for m in chatwoot.messages_in(conv["id"]) if m["private"]]
+    wait_until(lambda: len(notes()) == 2, 20, what="both notes")
+    assert any("mediação" in n for n in notes()) and any("U+1F600" in n for n in notes())
     assert meli.sent_messages == []
 
 

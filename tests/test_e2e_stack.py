@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 
+from db_manager import Database
 from tests.e2e import ROOT, wait_until
 
 
@@ -60,6 +61,8 @@ def test_two_processes_refresh_each_expiry_exactly_once(bridge):
     # Tokens live 301 s on paper, so with the 5-minute margin the bridge refreshes every second.
     meli.access_ttl = 301.0
     bridge.once()  # seeds the store from the environment
+    # Expire the seeded token: every token issued from here lives "301 s".
+    Database(bridge.env["DATABASE_PATH"]).conn().execute("UPDATE meli_auth SET expires_at = 0")
     before = meli.refresh_count
     procs = [subprocess.Popen([sys.executable, "-c", HAMMER, "6"], cwd=str(ROOT), env=bridge.env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
