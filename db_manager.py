@@ -637,6 +637,29 @@ class Database:
         return self.one("SELECT COUNT(*) AS n FROM notifications WHERE received_at >= ?", (since,))["n"]
 
 
+    # ---- housekeeping -------------------------------------------------------------------------
+
+    def prune(self, now: float, keep_days: float = 30.0) -> dict:
+        """Forget what can no longer matter, so the state file does not grow forever.
+
+        Reported replies older than `keep_days` can no longer be redelivered by Chatwoot
+        (it does not retry), so their dedupe record is useless; links are kept: they are
+        what prevents duplicates in Chatwoot.
+        """
+        cutoff = now - keep_days * 86400
+        with self.write() as conn:
+            counts = {
+                "notifications": conn.execute("DELETE FROM notifications WHERE processed_at < ?",
+                                              (now - 7 * 86400,)).rowcount,
+                "oauth_states": conn.execute("DELETE FROM oauth_states WHERE expires_at < ?",
+                                             (now - 86400,)).rowcount,
+                "cache": conn.execute("DELETE FROM cache WHERE fetched_at < ?", (now - 7 * 86400,)).rowcount,
+                "replies": conn.execute("DELETE FROM replies WHERE reported_at < ? AND status IN"
+                                        " ('delivered', 'failed')", (cutoff,)).rowcount,
+            }
+        return counts
+
+
 def _statements(sql: str) -> list[str]:
     """Split a migration script into statements (executescript would COMMIT our transaction)."""
     lines = [line.split("--", 1)[0] for line in sql.splitlines()]

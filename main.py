@@ -41,7 +41,8 @@ log = logging.getLogger("bridge.poller")
 OUTBOX_INTERVAL = 0.5  # seconds: replies go out within a second of the webhook
 NOTIFICATIONS_INTERVAL = 0.5
 MISSED_FEEDS_INTERVAL = 600.0
-QUIET_JOBS = ("outbox", "notifications")
+HOUSEKEEPING_INTERVAL = 3600.0
+QUIET_JOBS = ("outbox", "notifications", "housekeeping")
 # Under rate pressure: agent replies first, then buyer messages, then questions.
 JOB_PRIORITY = {"outbox": rate_budget.REPLIES, "notifications": rate_budget.BUYER_MESSAGES,
                 "messages": rate_budget.BUYER_MESSAGES, "questions": rate_budget.QUESTIONS}
@@ -55,7 +56,12 @@ def job_table(settings: Settings) -> list[tuple[str, Callable[[Services], dict],
         ("missed_feeds", notifications.read_missed_feeds, MISSED_FEEDS_INTERVAL),
         ("notifications", notifications.process_notifications, NOTIFICATIONS_INTERVAL),
         ("outbox", outbox.run_outbox, OUTBOX_INTERVAL),
+        ("housekeeping", housekeeping, HOUSEKEEPING_INTERVAL),
     ]
+
+
+def housekeeping(s: Services) -> dict:
+    return s.db.prune(s.clock())
 
 
 def run_job(s: Services, name: str, func: Callable[[Services], dict], *, quiet_when_idle: bool = False) -> bool:

@@ -122,3 +122,20 @@ def test_an_unwritable_directory_gives_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda p, mode: False if mode & os.W_OK else real_access(p, mode))
     with pytest.raises(DatabaseError, match="not writable by this user"):
         Database(str(tmp_path / "b.db")).open()
+
+
+def test_housekeeping_forgets_old_records_but_keeps_links(db):
+    day = 86400.0
+    db.notification_record("n1", "questions", "/questions/1", now=1.0)
+    db.notification_done("n1", now=2.0)
+    db.oauth_state_create("s", None, now=1.0, ttl=600)
+    db.cache_put_many("item", {"MLB1": {"title": "x"}}, now=1.0)
+    reply = db.reply_accept(chatwoot_message_id=1, conversation_id=1, kind="answer", target_id="5",
+                            parts=[{"text": "a"}], now=1.0)
+    db.reply_delivered(reply, 2.0)
+    db.reply_reported(reply, 3.0)
+    db.link_created("question", "5", 1.0, conversation_id=1)
+    counts = db.prune(now=40 * day)
+    assert counts == {"notifications": 1, "oauth_states": 1, "cache": 1, "replies": 1}
+    assert db.link("question", "5")["status"] == "created"
+    assert db.one("SELECT COUNT(*) AS n FROM reply_parts")["n"] == 0

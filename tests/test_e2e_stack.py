@@ -1,11 +1,13 @@
 """The real processes: supervisord, gunicorn, the poller, against the fakes."""
 
+import os
 import signal
 import subprocess
 import sys
 import time
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import requests
 
 from db_manager import Database
@@ -21,9 +23,9 @@ def test_supervisord_runs_both_processes_healthy_and_stops_on_sigterm(bridge):
                what="the poller's first run")
     sup.send_signal(signal.SIGTERM)
     assert sup.wait(timeout=10) == 0
-    # Both children are gone with it.
-    out = subprocess.run(["pgrep", "-f", f"PORT={bridge.port}"], capture_output=True)
-    assert out.returncode != 0 or not out.stdout.strip()
+    # Its children (gunicorn master and workers, the poller) are gone with it: the session is empty.
+    with pytest.raises(ProcessLookupError):
+        os.killpg(sup.pid, 0)
     try:
         requests.get(f"{bridge.url}/health", timeout=1)
         listening = True
@@ -103,3 +105,24 @@ def test_authorize_then_callback_stores_the_seller(bridge):
     assert again.status_code == 400
     status = bridge.cli("status")
     assert '"nickname": "' + bridge.fakes.meli.state.seller_nickname in status.stdout
+
+
+def test_the_secret_scan_finds_a_leak(tmp_path):
+    from tests.e2e import leaked_secrets
+    (tmp_path / "x.log").write_text("token APP_USR-123-abc leaked\n")
+    assert leaked_secrets(tmp_path, {"APP_USR-123-abc", "other"}) == ["APP_…"]
+    assert leaked_secrets(tmp_path, {"not-there"}) == []
+
+
+def test_the_container_health_check_is_liveness_only(bridge):
+    """Lost authorization is a 503 for operators, but the container is alive: no restart loop."""
+    import json
+    import re
+    code = json.loads(re.search(r'CMD (\["python".*\])', (ROOT / "Dockerfile").read_text()).group(1))[2]
+    bridge.listener()
+    env = dict(bridge.env, PORT=str(bridge.port))
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=10).returncode == 0
+    bridge.fakes.meli.state.revoke_all()
+    Database(bridge.env["DATABASE_PATH"]).auth_require_reauthorization("test", time.time())
+    assert bridge.health().status_code == 503
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=10).returncode == 0
