@@ -1,4 +1,4 @@
-"""One Chatwoot contact per Mercado Livre buyer, shared by the questions and sales flows."""
+"""Buyers' contacts and their conversations in Chatwoot, shared by the questions and sales flows."""
 
 from __future__ import annotations
 
@@ -58,3 +58,27 @@ def _add_inbox(s: Services, contact_id: int, inbox_id: int, source_id: str) -> N
         # Already there (a crash after creating it): Chatwoot refuses a second one.
         if exc.status != 422:
             raise
+
+
+def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: int, contact_id: int,
+                        source_id: str, custom_attributes: dict, buyer_id) -> tuple[int, bool]:
+    """The conversation for `kind/external_id` (a question or a pack). Returns (id, created now).
+
+    The intent is recorded first; an intent left by a crash is reconciled through the
+    contact's conversations (custom attribute `meli_<kind>_id`) before creating again.
+    """
+    link, fresh = s.db.link_intent(kind, external_id, s.clock(), contact_id=contact_id)
+    if link["conversation_id"] is not None:
+        return link["conversation_id"], False
+    if not fresh:
+        attribute = f"meli_{kind}_id"
+        for conversation in s.chatwoot.contact_conversations(contact_id):
+            if conversation.get("inbox_id") == inbox_id \
+                    and str((conversation.get("custom_attributes") or {}).get(attribute)) == str(external_id):
+                s.db.link_update(kind, external_id, s.clock(), conversation_id=conversation["id"])
+                return conversation["id"], False
+    conversation = s.chatwoot.create_conversation(
+        source_id=source_id, inbox_id=inbox_id, contact_id=contact_id, custom_attributes=custom_attributes,
+        additional_attributes={"meli_buyer_id": str(buyer_id)})
+    s.db.link_update(kind, external_id, s.clock(), conversation_id=conversation["id"])
+    return conversation["id"], True

@@ -12,7 +12,7 @@ import logging
 import re
 import time
 
-from contacts import ensure_contact
+from contacts import ensure_contact, ensure_conversation
 from http_client import PermanentError
 from mercado_livre_api import MELI_AGENT_ID
 from services import Services
@@ -222,31 +222,15 @@ def _ensure_pack_conversation(s: Services, pack_id: str, messages: list[dict], r
     sale = sale_context(s, pack_id, messages, resource_kind)
     inbox_id = s.settings.chatwoot_messages_inbox_id
     contact_id, source_id = ensure_contact(s, sale["buyer_id"], sale["nickname"], inbox_id)
-    link, fresh = s.db.link_intent("pack", pack_id, s.clock(), contact_id=contact_id)
-    conversation_id = link["conversation_id"]
-    if conversation_id is None and not fresh:
-        conversation_id = _find_conversation(s, contact_id, pack_id)
-    if conversation_id is None:
-        conversation = s.chatwoot.create_conversation(
-            source_id=source_id, inbox_id=inbox_id, contact_id=contact_id,
-            custom_attributes=sale_attributes(pack_id, sale["orders"]),
-            additional_attributes={"meli_buyer_id": str(sale["buyer_id"])})
-        conversation_id = conversation["id"]
+    conversation_id, _created = ensure_conversation(
+        s, kind="pack", external_id=str(pack_id), inbox_id=inbox_id, contact_id=contact_id, source_id=source_id,
+        custom_attributes=sale_attributes(pack_id, sale["orders"]), buyer_id=sale["buyer_id"])
     data = {"buyer_id": sale["buyer_id"], "blocked": blocked, "migrated": migrated,
             "order_ids": [str(o["id"]) for o in sale["orders"]]}
     s.db.link_created("pack", pack_id, s.clock(), contact_id=contact_id, conversation_id=conversation_id, data=data)
     log.info("sale in chatwoot pack=%s buyer=%s conversation=%s orders=%s", pack_id, sale["buyer_id"],
              conversation_id, ",".join(data["order_ids"]))
     return conversation_id, s.db.link("pack", pack_id)
-
-
-def _find_conversation(s: Services, contact_id: int, pack_id: str) -> int | None:
-    for conversation in s.chatwoot.contact_conversations(contact_id):
-        attrs = conversation.get("custom_attributes") or {}
-        if conversation.get("inbox_id") == s.settings.chatwoot_messages_inbox_id \
-                and str(attrs.get("meli_pack_id")) == str(pack_id):
-            return conversation["id"]
-    return None
 
 
 def _mirror(s: Services, conversation_id: int, pack_id: str, message: dict, direction: str) -> None:

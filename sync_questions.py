@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from contacts import ensure_contact
+from contacts import ensure_contact, ensure_conversation
 from services import Services
 
 log = logging.getLogger("bridge.questions")
@@ -144,18 +144,10 @@ def create_question(s: Services, question: dict, item: dict | None, nickname: st
     buyer_id = (question.get("from") or {}).get("id")
     inbox_id = s.settings.chatwoot_questions_inbox_id
     contact_id, source_id = ensure_contact(s, buyer_id, nickname, inbox_id)
-    link, fresh = s.db.link_intent("question", qid, s.clock(), contact_id=contact_id)
-    conversation_id = link["conversation_id"]
-    if conversation_id is None and not fresh:
-        conversation_id = _find_conversation(s, contact_id, qid)
-    if conversation_id is None:
-        conversation = s.chatwoot.create_conversation(
-            source_id=source_id, inbox_id=inbox_id, contact_id=contact_id,
-            custom_attributes=conversation_attributes(question, item),
-            additional_attributes={"meli_buyer_id": str(buyer_id)})
-        conversation_id = conversation["id"]
-        s.db.link_update("question", qid, s.clock(), conversation_id=conversation_id)
-        fresh = True  # a conversation we just made holds no message yet
+    conversation_id, fresh = ensure_conversation(
+        s, kind="question", external_id=qid, inbox_id=inbox_id, contact_id=contact_id, source_id=source_id,
+        custom_attributes=conversation_attributes(question, item), buyer_id=buyer_id)
+    # A conversation made just now holds no message yet: no need to look for one.
     source = f"meli:question:{qid}"
     message = None if fresh else s.chatwoot.find_message_by_source(conversation_id, source)
     if message is None:
@@ -166,15 +158,6 @@ def create_question(s: Services, question: dict, item: dict | None, nickname: st
     log.info("question in chatwoot question=%s buyer=%s item=%s conversation=%s message=%s in %dms%s", qid,
              buyer_id, question.get("item_id"), conversation_id, message["id"],
              (time.monotonic() - started) * 1000, "" if fresh else " (reconciled)")
-
-
-def _find_conversation(s: Services, contact_id: int, question_id: str) -> int | None:
-    for conversation in s.chatwoot.contact_conversations(contact_id):
-        attrs = conversation.get("custom_attributes") or {}
-        if conversation.get("inbox_id") == s.settings.chatwoot_questions_inbox_id \
-                and str(attrs.get("meli_question_id")) == question_id:
-            return conversation["id"]
-    return None
 
 
 def follow_question(s: Services, link: dict, question: dict) -> None:
