@@ -19,6 +19,14 @@ def sales_conversations(bridge):
     return [c for c in chatwoot.conversations.values() if c["inbox_id"] == bridge.fakes.messages_inbox]
 
 
+def run_until_sale_in_chatwoot(bridge) -> dict:
+    """Start the listener and the poller; return the sale's conversation once it exists."""
+    bridge.listener()
+    bridge.poller()
+    wait_until(lambda: sales_conversations(bridge), 30, what="the sale conversation")
+    return sales_conversations(bridge)[0]
+
+
 def test_three_buyer_messages_arrive_in_order_with_the_file_once(bridge):
     meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
     pack = sale(meli)
@@ -60,10 +68,7 @@ def test_a_migrated_thread_is_the_real_buyers_and_replies_go_to_the_agent(bridge
     meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
     pack = sale(meli, buyer_id=7002)
     meli.add_buyer_message(pack, "Quando chega?", migrated=True)
-    bridge.listener()
-    bridge.poller()
-    wait_until(lambda: sales_conversations(bridge), 30, what="the sale conversation")
-    conv = sales_conversations(bridge)[0]
+    conv = run_until_sale_in_chatwoot(bridge)
     assert chatwoot.contacts[conv["meta"]["sender"]["id"]]["identifier"] == "meli:buyer:7002"
     reply = chatwoot.agent_reply(conv["id"], "Chega amanhã!")
     wait_until(lambda: chatwoot.message(reply["id"])["status"] == "delivered", 20, what="delivered")
@@ -75,10 +80,7 @@ def test_a_reply_with_a_pdf_uploads_once_and_sends_its_id(bridge):
     meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
     pack = sale(meli)
     meli.add_buyer_message(pack, "Manda a nota?")
-    bridge.listener()
-    bridge.poller()
-    wait_until(lambda: sales_conversations(bridge), 30, what="the sale conversation")
-    conv = sales_conversations(bridge)[0]
+    conv = run_until_sale_in_chatwoot(bridge)
     reply = chatwoot.agent_reply(conv["id"], "Segue a nota", attachments=[("nota.pdf", PDF, "application/pdf")])
     wait_until(lambda: chatwoot.message(reply["id"])["status"] == "delivered", 20, what="delivered")
     assert len(meli.uploads) == 1
@@ -90,10 +92,7 @@ def test_a_900_character_reply_arrives_as_3_parts_in_order(bridge):
     meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
     pack = sale(meli)
     meli.add_buyer_message(pack, "Dúvida")
-    bridge.listener()
-    bridge.poller()
-    wait_until(lambda: sales_conversations(bridge), 30, what="the sale conversation")
-    conv = sales_conversations(bridge)[0]
+    conv = run_until_sale_in_chatwoot(bridge)
     text = ("Seu pedido foi enviado hoje pela transportadora e chega em breve. " * 14)[:900]
     reply = chatwoot.agent_reply(conv["id"], text)
     wait_until(lambda: chatwoot.message(reply["id"])["status"] == "delivered", 20, what="delivered")
@@ -106,10 +105,7 @@ def test_a_blocked_thread_and_a_foreign_file_fail_with_notes(bridge):
     meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
     pack = sale(meli)
     meli.add_buyer_message(pack, "Oi")
-    bridge.listener()
-    bridge.poller()
-    wait_until(lambda: sales_conversations(bridge), 30, what="the sale conversation")
-    conv = sales_conversations(bridge)[0]
+    conv = run_until_sale_in_chatwoot(bridge)
     meli.block_thread(pack)
     blocked = chatwoot.agent_reply(conv["id"], "Olá")
     wait_until(lambda: chatwoot.message(blocked["id"])["status"] == "failed", 20, what="failed")
@@ -127,10 +123,7 @@ def test_a_429_with_retry_after_delays_but_delivers(bridge):
     meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
     pack = sale(meli)
     meli.add_buyer_message(pack, "Oi")
-    bridge.listener()
-    bridge.poller()
-    wait_until(lambda: sales_conversations(bridge), 30, what="the sale conversation")
-    conv = sales_conversations(bridge)[0]
+    conv = run_until_sale_in_chatwoot(bridge)
     meli.fail_next("POST", f"/messages/packs/{pack}", 429, times=1, headers={"Retry-After": "1"})
     reply = chatwoot.agent_reply(conv["id"], "Olá!")
     wait_until(lambda: chatwoot.message(reply["id"])["status"] == "delivered", 30, what="delivered")

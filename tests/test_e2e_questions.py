@@ -16,6 +16,16 @@ def seed_backlog(meli, questions=120, buyers=40, items=10):
                               text=f"Pergunta número {n}?") for n in range(questions)]
 
 
+def run_until_question_in_chatwoot(bridge) -> int:
+    """Start the listener and the poller; return the first question's conversation id once it has its message."""
+    chatwoot = bridge.fakes.chatwoot.state
+    bridge.listener()
+    bridge.poller()
+    wait_until(lambda: chatwoot.conversations and chatwoot.messages_in(next(iter(chatwoot.conversations))), 30,
+               what="question in chatwoot")
+    return next(iter(chatwoot.conversations))
+
+
 def question_conversations(chatwoot, inbox):
     return [c for c in chatwoot.conversations.values() if c["inbox_id"] == inbox]
 
@@ -136,11 +146,7 @@ def test_a_deleted_question_gets_a_private_note(bridge):
 def test_meli_failing_three_times_still_delivers_exactly_once(bridge):
     meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
     seed_backlog(meli, questions=1, buyers=1, items=1)
-    bridge.listener()
-    bridge.poller()
-    wait_until(lambda: chatwoot.conversations and chatwoot.messages_in(next(iter(chatwoot.conversations))), 30,
-               what="question in chatwoot")
-    conv_id = next(iter(chatwoot.conversations))
+    conv_id = run_until_question_in_chatwoot(bridge)
     meli.fail_next("POST", "/answers", 500, times=3)
     reply = chatwoot.agent_reply(conv_id, "Sim!")
     wait_until(lambda: chatwoot.message(reply["id"])["status"] == "delivered", 40, what="delivered")
@@ -151,11 +157,7 @@ def test_meli_failing_three_times_still_delivers_exactly_once(bridge):
 def test_a_2500_character_reply_fails_with_a_note(bridge):
     meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
     seed_backlog(meli, questions=1, buyers=1, items=1)
-    bridge.listener()
-    bridge.poller()
-    wait_until(lambda: chatwoot.conversations and chatwoot.messages_in(next(iter(chatwoot.conversations))), 30,
-               what="question in chatwoot")
-    conv_id = next(iter(chatwoot.conversations))
+    conv_id = run_until_question_in_chatwoot(bridge)
     reply = chatwoot.agent_reply(conv_id, "a" * 2500)
     wait_until(lambda: chatwoot.message(reply["id"])["status"] == "failed", 20, what="failed mark")
     assert "2500" in chatwoot.message(reply["id"])["external_error"]
