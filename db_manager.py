@@ -585,6 +585,10 @@ class Database:
         return self.one("SELECT r.* FROM replies r JOIN reply_parts p ON p.reply_id = r.id WHERE p.remote_id = ?",
                         (remote_id,))
 
+    def replies_delivered_between(self, kind: str, start: float, end: float) -> list[dict]:
+        return self.all("SELECT * FROM replies WHERE kind = ? AND status = 'delivered' AND finished_at >= ?"
+                        " AND finished_at < ? ORDER BY finished_at", (kind, start, end))
+
     def replies_unreported(self, now: float, limit: int = 20) -> list[dict]:
         return self.all("SELECT * FROM replies WHERE reported_at IS NULL AND status IN ('delivered', 'failed')"
                         " AND next_attempt_at <= ? ORDER BY id LIMIT ?", (now, limit))

@@ -23,6 +23,9 @@ PAGE = 10
 MAX_PAGES = 100
 CHATWOOT_MAX_FILE = 40 * 1024 * 1024  # Chatwoot's default attachment limit
 CHATWOOT_MAX_FILES = 15
+# Moderation usually acts within minutes of a message being accepted.
+MODERATION_CHECK_AFTER = 120.0
+MODERATION_CHECK_UNTIL = 1800.0
 PACK_RESOURCE = re.compile(r"^/packs/(\d+)/sellers/(\d+)")
 SALE_URL = "https://www.mercadolivre.com.br/vendas/{order_id}/detalhe"
 MODERATION_REASONS = {
@@ -125,7 +128,30 @@ def sync_messages(s: Services) -> dict:
             if s.stopping.is_set():
                 break
             counts["created"] += sync_pack(s, pack_id, seller_id)
+        counts["moderation_checks"] = check_recent_replies(s, seller_id, skip=set(packs))
         return counts
+
+
+def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
+    """Re-read, once, the thread of each reply delivered a few minutes ago.
+
+    Mercado Livre may moderate a message after accepting it; without buyer activity
+    nothing else would make us read that thread again.
+    """
+    now = s.clock()
+    checked = 0
+    for reply in s.db.replies_delivered_between("message", now - MODERATION_CHECK_UNTIL, now - MODERATION_CHECK_AFTER):
+        if s.stopping.is_set():
+            break
+        _link, fresh = s.db.link_intent("moderation_check", reply["id"], now)
+        if not fresh:
+            continue
+        if reply["target_id"] not in skip:
+            sync_pack(s, reply["target_id"], seller_id)
+            skip.add(reply["target_id"])
+            checked += 1
+        s.db.link_created("moderation_check", reply["id"], s.clock())
+    return checked
 
 
 def sync_message_resource(s: Services, message_id: str) -> str:

@@ -1,5 +1,6 @@
 """Post-sale threads end to end: the real poller and listener against the fakes."""
 
+from db_manager import Database
 from mercado_livre_api import MELI_AGENT_ID
 from tests.e2e import wait_until
 
@@ -141,3 +142,25 @@ def test_a_new_buyer_message_reopens_a_resolved_conversation(bridge):
     assert bridge.once().returncode == 0
     assert chatwoot.conversations[conv["id"]]["status"] == "open"
     assert [m["content"] for m in chatwoot.messages_in(conv["id"])][-1] == "Mais uma dúvida"
+
+
+def test_a_reply_moderated_after_acceptance_is_shown_failed_to_the_agent(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    pack = sale(meli)
+    meli.add_buyer_message(pack, "Qual seu telefone?")
+    conv = run_until_sale_in_chatwoot(bridge)
+    reply = chatwoot.agent_reply(conv["id"], "Me liga no 11 99999-9999")
+    wait_until(lambda: chatwoot.message(reply["id"])["status"] == "delivered", 20, what="delivered")
+    meli.moderate(meli.sent_messages[-1]["message_id"], "PERSONAL_DATA")
+    # Three minutes later, the poller reads the thread once more.
+    db = Database(bridge.env["DATABASE_PATH"])
+    with db.write() as conn:
+        conn.execute("UPDATE replies SET finished_at = finished_at - 180")
+    wait_until(lambda: chatwoot.message(reply["id"])["status"] == "failed", 20, what="failed mark")
+    assert "moderação" in chatwoot.message(reply["id"])["external_error"]
+    wait_until(lambda: [m for m in chatwoot.messages_in(conv["id"]) if m["private"]], 20, what="note")
+    note = [m for m in chatwoot.messages_in(conv["id"]) if m["private"]][0]["content"]
+    assert "dados pessoais" in note
+    # The moderated reply is not mirrored back as a second outgoing message.
+    outgoing = [m for m in chatwoot.messages_in(conv["id"]) if m["message_type"] == 1 and not m["private"]]
+    assert len(outgoing) == 1
