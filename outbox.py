@@ -384,8 +384,12 @@ def _find_sent_part(s: Services, pack_id: str, seller_id: int, part_text: str, s
     for _ in range(20):
         page = s.meli.thread_page(pack_id, seller_id, offset=offset, limit=10)
         messages = page.get("messages") or []
+        # A message already recorded as another part's is not ours: the same short text
+        # ("Ok") may have been sent before.
+        taken = s.db.bridge_sent_ids([str(m.get("id")) for m in messages])
         for message in messages:
             if str((message.get("from") or {}).get("user_id")) == str(seller_id) \
+                    and str(message.get("id")) not in taken \
                     and _same_text(message.get("text") or "", part_text or ""):
                 return str(message.get("id"))
         offset += len(messages)

@@ -181,3 +181,22 @@ def test_a_429_with_retry_after_is_waited_and_nothing_is_lost(s):
     reply = s.db.reply(reply_id)
     assert reply["status"] == "pending" and reply["next_attempt_at"] >= before + 30
     assert s.db.reply_parts(reply_id)[0]["status"] == "pending"
+
+
+@responses.activate
+def test_reconciling_a_part_ignores_an_earlier_reply_with_the_same_text(s):
+    _status, first = accept(s, "Ok", message_id=1)
+    s.db.reply_claim(first, time.time(), 300)
+    s.db.part_sent(first, 0, "m-old", time.time())
+    s.db.reply_delivered(first, time.time())
+    _status, second = accept(s, "Ok", message_id=2)
+    s.db.reply_claim(second, time.time(), 300)
+    s.db.part_mark_sending(second, 0)  # crashed mid-send: did it arrive?
+    s.db.conn().execute("UPDATE replies SET lease_until = 0 WHERE id = ?", (second,))
+    responses.get(THREAD, json={"paging": {"total": 1}, "messages": [
+        {"id": "m-old", "from": {"user_id": 555}, "text": "Ok"}], "conversation_status": {"status": "active"}})
+    sent_ok(1)
+    responses.patch(f"{CW}/conversations/88/messages/2", json={})
+    outbox.run_outbox(s)
+    assert [b["text"] for b in posts()] == ["Ok"]
+    assert s.db.reply(second)["status"] == "delivered"
