@@ -42,6 +42,8 @@ OUTBOX_INTERVAL = 0.5  # seconds: replies go out within a second of the webhook
 NOTIFICATIONS_INTERVAL = 0.5
 MISSED_FEEDS_INTERVAL = 600.0
 HOUSEKEEPING_INTERVAL = 3600.0
+REAUTH_LOG_EVERY = 60.0
+_last_reauth_log: dict[str, float] = {}
 QUIET_JOBS = ("outbox", "notifications", "housekeeping")
 # Under rate pressure: agent replies first, then buyer messages, then questions.
 JOB_PRIORITY = {"outbox": rate_budget.REPLIES, "notifications": rate_budget.BUYER_MESSAGES,
@@ -74,8 +76,11 @@ def run_job(s: Services, name: str, func: Callable[[Services], dict], *, quiet_w
             counts = func(s) or {}
     except ReauthorizationRequired as exc:
         _finish(s, name, started, f"reauthorization required: {exc.message}")
-        log.error("job %s skipped: Mercado Livre authorization required (%s); run `python main.py authorize`",
-                  name, exc.message)
+        # One line per poll cycle; the fast loops would otherwise repeat it twice a second.
+        if time.monotonic() - _last_reauth_log.get(name, -1e9) >= REAUTH_LOG_EVERY:
+            _last_reauth_log[name] = time.monotonic()
+            log.error("job %s skipped: Mercado Livre authorization required (%s); run `python main.py authorize`",
+                      name, exc.message)
         return False
     except ApiError as exc:
         _finish(s, name, started, exc.short())
