@@ -20,8 +20,8 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any
-from urllib.parse import quote
+from typing import Any, Callable
+from urllib.parse import quote, unquote
 
 import requests
 from flask import Flask, Response, jsonify, redirect, request
@@ -93,6 +93,8 @@ class ChatwootState(Controls):
         self.blobs: dict[str, dict] = {}
         self.webhooks: list[dict] = []
         self.webhook_deliveries: list[dict] = []
+        # What the fake Mercado Livre received, for the /sandbox page (sandbox.py sets it).
+        self.sandbox_meli: Callable[[], dict] | None = None
         self._ids = {"inbox": 0, "contact": 1000, "conversation": 0, "message": 9000, "webhook": 0,
                      "attachment": 500}
         self._queue: queue.Queue = queue.Queue()
@@ -182,6 +184,38 @@ class ChatwootState(Controls):
                                                    files=attachments or [])
         self._release(deliveries)
         return message
+
+    # ---- the sandbox page (/sandbox) ---------------------------------------------------------------
+
+    def sandbox_view(self) -> dict:
+        """Both inboxes' conversations (newest first) and the fake Mercado Livre panel, for /sandbox."""
+        with self.lock:
+            inboxes = [{"id": inbox["id"], "name": inbox["name"],
+                        "conversations": [self._sandbox_conversation(c) for c in reversed(self.conversations.values())
+                                          if c["inbox_id"] == inbox["id"]]}
+                       for inbox in self.inboxes.values()]
+        return {"inboxes": inboxes, "meli": self.sandbox_meli() if self.sandbox_meli else None}
+
+    def _sandbox_conversation(self, conv: dict) -> dict:
+        attrs = conv["custom_attributes"]
+        titles = attrs.get("meli_item_titles")
+        if isinstance(titles, list):
+            titles = ", ".join(str(t) for t in titles)
+        if attrs.get("meli_question_id"):
+            kind = f"Pergunta {attrs['meli_question_id']}"
+        elif attrs.get("meli_pack_id"):
+            kind = f"Venda {attrs['meli_pack_id']}"
+        else:
+            kind = f"Conversa {conv['id']}"
+        messages = [{"id": m["id"], "type": TYPE_NAMES[m["message_type"]], "private": m["private"],
+                     "content": m["content"] or "", "status": m["status"], "external_error": m["external_error"],
+                     "sender": (m["sender"] or {}).get("name") or "", "created_at": m["created_at"],
+                     "attachments": [{"name": unquote(a["data_url"].rsplit("/", 1)[-1]), "url": a["data_url"]}
+                                     for a in m["attachments"]]}
+                    for m in conv["messages"]]
+        return {"id": conv["id"], "status": conv["status"], "kind": kind,
+                "title": attrs.get("meli_item_title") or titles or "",
+                "contact": self.contacts[conv["contact_id"]]["name"], "messages": messages}
 
     # ---- JSON shapes ----------------------------------------------------------------------------------
 
@@ -766,4 +800,254 @@ def create_chatwoot_app(state: ChatwootState) -> Flask:
         return Response(blob["content"], mimetype=blob["content_type"],
                         headers={"Content-Disposition": f'inline; filename="{quote(blob["filename"])}"'})
 
+    # ---- the sandbox page: read both inboxes, answer as an agent (not Chatwoot's API) ----
+
+    @app.get("/sandbox")
+    def sandbox_page():
+        return Response(SANDBOX_PAGE, mimetype="text/html")
+
+    @app.get("/sandbox/state")
+    def sandbox_state():
+        return jsonify(state.sandbox_view())
+
+    @app.post("/sandbox/conversations/<int:conv_id>/messages")
+    def sandbox_reply(conv_id: int):
+        conversation_or_404(conv_id)
+        body = request.get_json(silent=True) or {}
+        content = str(body.get("content") or "").strip()
+        if not content:
+            return invalid("Escreva uma mensagem", "content")
+        message = state.agent_reply(conv_id, content, private=_truthy(body.get("private")))
+        return jsonify({"id": message["id"]})
+
     return app
+
+
+SANDBOX_PAGE = """<!doctype html>
+<html lang="pt-BR">
+<head>
+<meta charset="utf-8">
+<title>Sandbox — Mercado Livre ⇄ Chatwoot</title>
+<style>
+  * { box-sizing: border-box; }
+  body { margin: 0; font: 14px/1.4 system-ui, sans-serif; color: #1f2d3d; background: #f4f6fb; height: 100vh;
+         display: grid; grid-template-rows: auto 1fr; }
+  header { background: #1f93ff; color: #fff; padding: 10px 16px; display: flex; gap: 16px; align-items: baseline; }
+  header h1 { font-size: 17px; margin: 0; }
+  header small { opacity: .9; }
+  #online { margin-left: auto; }
+  main { display: grid; grid-template-columns: 290px 1fr 330px; min-height: 0; }
+  section { display: flex; flex-direction: column; min-height: 0; border-right: 1px solid #dde3ec; }
+  h2 { font-size: 12px; text-transform: uppercase; letter-spacing: .05em; color: #6b7a90; margin: 14px 12px 6px; }
+  .scroll { overflow-y: auto; flex: 1; }
+  ul { list-style: none; margin: 0; padding: 0; }
+  .conv { padding: 8px 12px; border-bottom: 1px solid #e8edf3; cursor: pointer; background: #fff; }
+  .conv:hover { background: #eef5ff; }
+  .conv.selected { background: #dcebff; border-left: 3px solid #1f93ff; }
+  .conv b { display: block; }
+  .conv .preview { color: #5a6b80; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+  .badge { font-size: 11px; padding: 1px 6px; border-radius: 8px; background: #e8edf3; color: #44546a; }
+  .badge.resolved { background: #d9f5e3; color: #17713a; }
+  .empty { color: #8595a8; padding: 8px 12px; }
+  #conversation { background: #fafbfd; }
+  #conv-head { padding: 10px 16px; background: #fff; border-bottom: 1px solid #dde3ec; min-height: 46px; }
+  #messages { padding: 12px 16px; display: flex; flex-direction: column; gap: 8px; }
+  .msg { max-width: 75%; padding: 8px 10px; border-radius: 8px; background: #fff; border: 1px solid #dde3ec;
+         white-space: pre-wrap; word-wrap: break-word; }
+  .msg.outgoing { align-self: flex-end; background: #e3f0ff; border-color: #bcd9ff; }
+  .msg.private { align-self: flex-end; background: #fff6d6; border-color: #f0d877; }
+  .msg.activity { align-self: center; background: none; border: 0; color: #8595a8; font-size: 12px; padding: 0; }
+  .meta { font-size: 11px; color: #6b7a90; margin-bottom: 2px; }
+  .status { font-size: 11px; margin-top: 4px; text-align: right; color: #6b7a90; }
+  .status.delivered, .status.read { color: #17713a; }
+  .status.failed { color: #c62828; font-weight: 600; }
+  form { display: grid; grid-template-columns: 1fr auto; gap: 6px 8px; padding: 10px 16px;
+         background: #fff; border-top: 1px solid #dde3ec; }
+  textarea { grid-row: span 2; resize: vertical; min-height: 56px; font: inherit; padding: 6px 8px;
+             border: 1px solid #c5d0de; border-radius: 6px; }
+  button { background: #1f93ff; color: #fff; border: 0; border-radius: 6px; padding: 8px 18px; font: inherit;
+           cursor: pointer; }
+  button:disabled { background: #9cc9f5; cursor: default; }
+  label { font-size: 12px; color: #44546a; }
+  #form-error { grid-column: span 2; color: #c62828; font-size: 12px; min-height: 1em; }
+  #meli { background: #fffdf0; border-right: 0; }
+  #meli > h2 { color: #8a6d00; font-size: 14px; text-transform: none; letter-spacing: 0; }
+  .ml { padding: 8px 12px; border-bottom: 1px solid #efe8c4; }
+  .ml .meta { margin: 0; }
+</style>
+</head>
+<body>
+<header>
+  <h1>Sandbox: Mercado Livre ⇄ Chatwoot</h1>
+  <small>Tudo aqui é falso: Mercado Livre e Chatwoot de mentira, a ponte de verdade.</small>
+  <small id="online">conectando…</small>
+</header>
+<main>
+  <section>
+    <div class="scroll" id="inboxes"></div>
+  </section>
+  <section id="conversation">
+    <div id="conv-head"><span class="empty">Escolha uma conversa à esquerda.</span></div>
+    <div class="scroll"><div id="messages"></div></div>
+    <form id="reply-form">
+      <textarea id="reply" placeholder="Responder como agente… (Ctrl+Enter envia)" disabled></textarea>
+      <button id="send" type="submit" disabled>Enviar</button>
+      <label><input type="checkbox" id="private"> Nota privada</label>
+      <div id="form-error"></div>
+    </form>
+  </section>
+  <section id="meli">
+    <h2>Mercado Livre (falso) recebeu</h2>
+    <div class="scroll">
+      <h2>Respostas publicadas</h2><ul id="ml-answers"></ul>
+      <h2>Mensagens enviadas</h2><ul id="ml-messages"></ul>
+    </div>
+  </section>
+</main>
+<script>
+"use strict";
+const STATUS = {sent: "enviada", delivered: "entregue ✓", read: "lida ✓", failed: "falhou"};
+const CONV_STATUS = {open: "aberta", resolved: "resolvida", pending: "pendente", snoozed: "adiada"};
+let selected = null;
+const shown = {};  // last JSON rendered per panel: unchanged panels are left alone (scroll, selection)
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+function changed(panel, value) {
+  const json = JSON.stringify(value);
+  if (shown[panel] === json) return false;
+  shown[panel] = json;
+  return true;
+}
+function time(unix) {
+  return new Date(unix * 1000).toLocaleTimeString("pt-BR", {hour: "2-digit", minute: "2-digit"});
+}
+
+function renderInboxes(inboxes) {
+  const root = document.getElementById("inboxes");
+  root.replaceChildren();
+  for (const inbox of inboxes) {
+    root.append(el("h2", "", inbox.name));
+    const list = el("ul");
+    if (!inbox.conversations.length) list.append(el("li", "empty", "Nada ainda: a ponte busca em segundos."));
+    for (const conv of inbox.conversations) {
+      const item = el("li", "conv" + (conv.id === selected ? " selected" : ""));
+      item.dataset.id = conv.id;
+      const head = el("b", "", conv.contact + " ");
+      head.append(el("span", "badge " + conv.status, CONV_STATUS[conv.status] || conv.status));
+      const first = conv.messages.find(m => m.type === "incoming") || conv.messages[0];
+      item.append(head, el("div", "meta", conv.kind + (conv.title ? " · " + conv.title : "")),
+                  el("div", "preview", first ? first.content : ""));
+      item.onclick = () => { selected = conv.id; shown.inboxes = shown.conversation = null; refresh(); };
+      list.append(item);
+    }
+    root.append(list);
+  }
+}
+
+function renderConversation(conv) {
+  const head = document.getElementById("conv-head"), box = document.getElementById("messages");
+  const reply = document.getElementById("reply"), send = document.getElementById("send");
+  reply.disabled = send.disabled = !conv;
+  if (!conv) return;
+  head.replaceChildren(el("b", "", conv.contact + " — " + conv.kind),
+                       el("div", "meta", conv.title + " · " + (CONV_STATUS[conv.status] || conv.status)));
+  box.replaceChildren();
+  for (const m of conv.messages) {
+    const kind = m.type === "activity" ? "activity" : m.private ? "private" : m.type;
+    const node = el("div", "msg " + kind);
+    node.dataset.id = m.id;
+    node.dataset.status = m.status;
+    if (kind !== "activity") {
+      const who = kind === "private" ? "Nota privada" : kind === "incoming" ? "Comprador" : "Agente";
+      node.append(el("div", "meta", who + " · " + m.sender + " · " + time(m.created_at)));
+    }
+    node.append(el("div", "content", m.content));
+    for (const file of m.attachments) {
+      const link = el("a", "", "📎 " + file.name);
+      link.href = file.url;
+      link.target = "_blank";
+      node.append(el("br"), link);
+    }
+    if (m.type === "outgoing" && !m.private) {
+      const status = el("div", "status " + m.status, STATUS[m.status] || m.status);
+      if (m.external_error) status.textContent += ": " + m.external_error;
+      node.append(status);
+    }
+    box.append(node);
+  }
+  box.parentElement.scrollTop = box.parentElement.scrollHeight;
+}
+
+function renderMeli(meli) {
+  const answers = document.getElementById("ml-answers"), messages = document.getElementById("ml-messages");
+  answers.replaceChildren();
+  messages.replaceChildren();
+  if (!meli) return;
+  for (const a of meli.answers) {
+    const item = el("li", "ml");
+    item.append(el("div", "meta", "Pergunta " + a.question_id + (a.item ? " · " + a.item : "")), el("div", "", a.text));
+    answers.append(item);
+  }
+  for (const m of meli.messages) {
+    const item = el("li", "ml");
+    const files = m.attachments ? " · " + m.attachments + " anexo(s)" : "";
+    item.append(el("div", "meta", "Venda " + m.pack_id + files), el("div", "", m.text));
+    messages.append(item);
+  }
+  if (!meli.answers.length) answers.append(el("li", "empty", "Nenhuma ainda."));
+  if (!meli.messages.length) messages.append(el("li", "empty", "Nenhuma ainda."));
+}
+
+async function refresh() {
+  let data;
+  try {
+    const resp = await fetch("/sandbox/state");
+    data = await resp.json();
+    document.getElementById("online").textContent = "atualizado " + new Date().toLocaleTimeString("pt-BR");
+  } catch (err) {
+    document.getElementById("online").textContent = "sem conexão com o sandbox";
+    return;
+  }
+  const all = data.inboxes.flatMap(inbox => inbox.conversations);
+  if (selected === null && all.length) selected = all[0].id;
+  if (changed("inboxes", [selected, data.inboxes])) renderInboxes(data.inboxes);
+  const conv = all.find(c => c.id === selected) || null;
+  if (changed("conversation", conv)) renderConversation(conv);
+  if (changed("meli", data.meli)) renderMeli(data.meli);
+}
+
+async function sendReply(event) {
+  event.preventDefault();
+  const reply = document.getElementById("reply"), send = document.getElementById("send");
+  const error = document.getElementById("form-error");
+  if (!reply.value.trim() || selected === null) return;
+  send.disabled = true;
+  error.textContent = "";
+  try {
+    const resp = await fetch("/sandbox/conversations/" + selected + "/messages", {
+      method: "POST", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({content: reply.value, private: document.getElementById("private").checked})});
+    if (!resp.ok) throw new Error((await resp.json()).message || resp.status);
+    reply.value = "";
+  } catch (err) {
+    error.textContent = "Não foi enviada: " + err.message;
+  }
+  send.disabled = false;
+  refresh();
+}
+
+document.getElementById("reply-form").onsubmit = sendReply;
+document.getElementById("reply").onkeydown = event => {
+  if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) sendReply(event);
+};
+refresh();
+setInterval(refresh, 1000);
+</script>
+</body>
+</html>
+"""
