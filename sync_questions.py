@@ -17,6 +17,7 @@ from services import Services
 log = logging.getLogger("bridge.questions")
 
 CACHE_MAX_AGE = 24 * 3600.0
+CHUNK = 50
 FINAL_STATES = {"ANSWERED", "CLOSED_UNANSWERED", "BANNED", "DELETED", "DISABLED"}
 STATE_NOTES = {
     "UNDER_REVIEW": "A pergunta está em análise pelo Mercado Livre e não pode ser respondida agora. Se ela voltar "
@@ -93,10 +94,15 @@ def sync_questions(s: Services) -> dict:
         created_ids = s.db.link_ids("question", "created")
         new = questions_to_create(unanswered, created_ids)
         counts = {"unanswered": len(unanswered), "created": 0, "changed": 0}
-        if new:
-            items = cached_items(s, [str(q["item_id"]) for q in new])
-            nicknames = cached_nicknames(s, [(q.get("from") or {}).get("id") for q in new])
-            for question in new:
+        # A chunk at a time: lookups and creations interleave (both APIs' budgets work at
+        # once) and what a chunk fetched is cached before a restart could lose it.
+        for start in range(0, len(new), CHUNK):
+            chunk = new[start:start + CHUNK]
+            if s.stopping.is_set():
+                break
+            items = cached_items(s, [str(q["item_id"]) for q in chunk])
+            nicknames = cached_nicknames(s, [(q.get("from") or {}).get("id") for q in chunk])
+            for question in chunk:
                 if s.stopping.is_set():
                     break
                 create_question(s, question, items.get(str(question["item_id"])),
