@@ -83,19 +83,19 @@ class _Reader:
     def _problem(self, name: str, what: str, example: str) -> None:
         self.problems.append(f"{name}: {what} (example: {name}={example})")
 
-    def text(self, name: str, *, required: bool, example: str, default: str | None = None):
+    def _value(self, name: str, required: bool, example: str) -> str | None:
         value = self._raw(name)
-        if value is None:
-            if required:
-                self._problem(name, "is required but not set", example)
-            return default
+        if value is None and required:
+            self._problem(name, "is required but not set", example)
         return value
 
+    def text(self, name: str, *, required: bool, example: str, default: str | None = None):
+        value = self._value(name, required, example)
+        return default if value is None else value
+
     def positive_int(self, name: str, *, required: bool, example: str, default: int | None = None):
-        value = self._raw(name)
+        value = self._value(name, required, example)
         if value is None:
-            if required:
-                self._problem(name, "is required but not set", example)
             return default
         if not value.isdigit() or int(value) <= 0:
             self._problem(name, "must be a positive whole number", example)
@@ -116,10 +116,8 @@ class _Reader:
         return number
 
     def url(self, name: str, *, required: bool, example: str, default: str | None = None):
-        value = self._raw(name)
+        value = self._value(name, required, example)
         if value is None:
-            if required:
-                self._problem(name, "is required but not set", example)
             return default
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -140,10 +138,7 @@ class _Reader:
 
     def secret(self, name: str, *, required: bool, example: str):
         # Never include the value in a problem: it may be a real secret pasted wrongly.
-        value = self._raw(name)
-        if value is None and required:
-            self._problem(name, "is required but not set", example)
-        return value
+        return self._value(name, required, example)
 
 
 def load_settings(env: Mapping[str, str] | None = None, *, require_webhook_secret: bool = False,

@@ -219,3 +219,14 @@ def seed_questions(meli, questions: int, buyers: int, items: int, first_buyer: i
     for q in range(questions):
         meli.add_question(item_id=item_ids[q % items], buyer_id=first_buyer + q % buyers,
                           text=f"Pergunta {q}: tem em estoque? Qual o prazo de entrega?")
+
+
+def efficiency_rows(job_label: str, meli_total: int, meli_job: int, meli_need: int, cw_total: int, cw_need: int,
+                    goal: float) -> list[tuple]:
+    """The actual/minimum rows both backlog benchmarks print."""
+    def row(label, actual, need):
+        return (label, ratio(actual, need), f"<= {goal}", verdict(actual <= goal * need))
+    return [row("Mercado Livre actual/minimum", meli_total, meli_need),
+            row(f"  {job_label}", meli_job, meli_need),
+            row("Chatwoot actual/minimum", cw_total, cw_need),
+            row("overall actual/minimum", meli_total + cw_total, meli_need + cw_need)]

@@ -29,7 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Bench, by_endpoint, calls_table, ceil_div, mb, png_bytes, ratio, table, verdict  # noqa: E402,I001
+from bench.common import (  # noqa: E402,I001
+    Bench, by_endpoint, calls_table, ceil_div, efficiency_rows, mb, png_bytes, table, verdict)
 
 RATIO_GOAL = 1.05
 FIRST_ORDER = 2_000_000_001
@@ -107,14 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(calls_table("Chatwoot calls", cw_calls, cw_min))
         errors = [c for c in first["meli_calls"] + first["chatwoot_calls"] if c["status"] >= 400]
         print(table([
-            ("Mercado Livre actual/minimum", ratio(meli_total, meli_need), f"<= {RATIO_GOAL}",
-             verdict(meli_total <= RATIO_GOAL * meli_need)),
-            ("  post-sale calls only", ratio(meli_post, meli_need), f"<= {RATIO_GOAL}",
-             verdict(meli_post <= RATIO_GOAL * meli_need)),
-            ("Chatwoot actual/minimum", ratio(cw_total, cw_need), f"<= {RATIO_GOAL}",
-             verdict(cw_total <= RATIO_GOAL * cw_need)),
-            ("overall actual/minimum", ratio(meli_total + cw_total, meli_need + cw_need), f"<= {RATIO_GOAL}",
-             verdict(meli_total + cw_total <= RATIO_GOAL * (meli_need + cw_need))),
+            *efficiency_rows("post-sale calls only", meli_total, meli_post, meli_need, cw_total, cw_need, RATIO_GOAL),
             ("wall time (s)", f"{first['wall']:.1f}", "", ""),
             ("calls per second (both APIs)", f"{(meli_total + cw_total) / first['wall']:.0f}", "", ""),
             ("poller CPU user+sys (s)", f"{first['cpu_user'] + first['cpu_sys']:.1f}", "", ""),
