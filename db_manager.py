@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -146,6 +147,7 @@ class Database:
     def __init__(self, path: str):
         self.path = path
         self._local = threading.local()
+        self._write_lock = threading.RLock()
 
     # ---- connection and schema -------------------------------------------------------
 
@@ -195,16 +197,41 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """A short write transaction taking the lock up front."""
+        """A short write transaction taking the lock up front.
+
+        Threads of one process queue on a Python lock (woken at once, in order); between
+        processes, BEGIN IMMEDIATE is retried every millisecond or so. SQLite's own busy
+        handler sleeps in growing steps up to 100 ms, which under a burst of webhooks
+        turned a 1 ms commit into a 150 ms acknowledgement.
+        """
         conn = self.conn()
-        conn.execute("BEGIN IMMEDIATE")
+        with self._write_lock:
+            self._begin_immediate(conn)
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+
+    @staticmethod
+    def _begin_immediate(conn: sqlite3.Connection) -> None:
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        conn.execute("PRAGMA busy_timeout = 0")
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(random.uniform(0.0005, 0.002))
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def one(self, sql: str, params: tuple | dict = ()) -> dict | None:
         return _row(self.conn().execute(sql, params).fetchone())
@@ -504,13 +531,11 @@ class Database:
             row["attachments"] = json.loads(row["attachments"] or "[]")
         return rows
 
-    def replies_due(self, now: float, limit: int = 20) -> list[int]:
-        """Pending replies whose time has come, and 'sending' ones whose worker died."""
-        rows = self.conn().execute(
-            "SELECT id FROM replies WHERE (status = 'pending' AND next_attempt_at <= ?)"
-            " OR (status = 'sending' AND lease_until < ?) ORDER BY next_attempt_at, id LIMIT ?",
-            (now, now, limit)).fetchall()
-        return [r[0] for r in rows]
+    def replies_due(self, now: float, limit: int = 200) -> list[dict]:
+        """Pending replies whose time has come, and 'sending' ones whose worker died, oldest first."""
+        return self.all(
+            "SELECT id, kind, target_id FROM replies WHERE (status = 'pending' AND next_attempt_at <= ?)"
+            " OR (status = 'sending' AND lease_until < ?) ORDER BY id LIMIT ?", (now, now, limit))
 
     def reply_claim(self, reply_id: int, now: float, lease: float) -> dict | None:
         """Take a reply for delivery; None when another worker has it."""

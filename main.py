@@ -38,8 +38,8 @@ from services import Services, build_services
 
 log = logging.getLogger("bridge.poller")
 
-OUTBOX_INTERVAL = 0.5  # seconds: replies go out within a second of the webhook
-NOTIFICATIONS_INTERVAL = 0.5
+OUTBOX_INTERVAL = 0.25  # seconds: a reply goes out well within a second of its webhook
+NOTIFICATIONS_INTERVAL = 0.25
 MISSED_FEEDS_INTERVAL = 600.0
 HOUSEKEEPING_INTERVAL = 3600.0
 REAUTH_LOG_EVERY = 60.0

@@ -10,10 +10,13 @@ may have reached Mercado Livre before a crash, so the remote side is checked fir
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import random
 import re
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -28,6 +31,7 @@ from services import Services
 log = logging.getLogger("bridge.outbox")
 
 LEASE_SECONDS = 300.0
+WORKERS = 8
 GIVE_UP_AFTER = 24 * 3600.0
 RETRY_BASE = 2.0
 RETRY_MAX = 900.0
@@ -192,21 +196,37 @@ def _file_name(attachment: dict) -> str:
 # ---- delivering (poller side) -------------------------------------------------------------------
 
 def run_outbox(s: Services, max_items: int = 200) -> dict:
-    """Deliver what is due, then report finished replies. Returns counts."""
-    counts = {"delivered": 0, "failed": 0, "retry": 0, "reported": 0}
-    done = 0
-    while done < max_items and not s.stopping.is_set():
-        due = s.db.replies_due(s.clock(), limit=20)
-        if not due:
+    """Deliver what is due, then show outcomes in Chatwoot. Returns counts.
+
+    Replies to different questions or sales go out in parallel (Mercado Livre may take
+    seconds per call); replies to the same one go in order, in one worker.
+    """
+    counts: Counter = Counter()
+    groups: dict[tuple, list[int]] = {}
+    for row in s.db.replies_due(s.clock(), limit=max_items):
+        groups.setdefault((row["kind"], row["target_id"]), []).append(row["id"])
+    if groups:
+        with ThreadPoolExecutor(max_workers=min(WORKERS, len(groups)), thread_name_prefix="outbox") as pool:
+            # Each worker keeps the job's context (its rate-budget priority).
+            futures = [pool.submit(contextvars.copy_context().run, _deliver_in_order, s, ids)
+                       for ids in groups.values()]
+            for future in futures:
+                counts.update(future.result())
+    counts["reported"] += report_outcomes(s)
+    return {k: counts[k] for k in ("delivered", "failed", "retry", "reported")}
+
+
+def _deliver_in_order(s: Services, reply_ids: list[int]) -> Counter:
+    counts: Counter = Counter()
+    for reply_id in reply_ids:
+        if s.stopping.is_set():
             break
-        for reply_id in due:
-            if s.stopping.is_set():
-                break
-            outcome = deliver(s, reply_id)
-            if outcome:
-                counts[outcome] += 1
-            done += 1
-    counts["reported"] = report_outcomes(s)
+        outcome = deliver(s, reply_id)
+        if outcome:
+            counts[outcome] += 1
+        if outcome in ("delivered", "failed"):
+            # Tell the agent now, not after the whole batch.
+            counts["reported"] += report_reply(s, s.db.reply(reply_id))
     return counts
 
 
@@ -413,24 +433,30 @@ def _plain_reason(exc: ApiError) -> str:
 # ---- reporting (Chatwoot side) --------------------------------------------------------------------
 
 def report_outcomes(s: Services) -> int:
+    """Outcomes not shown yet: refused at acceptance, or a Chatwoot call that failed before."""
     reported = 0
     for reply in s.db.replies_unreported(s.clock()):
         if s.stopping.is_set():
             break
-        try:
-            _report(s, reply)
-        except ApiError as exc:
-            if exc.transient:
-                delay = retry_delay(max(1, int(s.clock() - reply["updated_at"]) // 10 + 1), exc.retry_after)
-                s.db.reply_report_later(reply["id"], s.clock() + delay, s.clock())
-                log.warning("reply outcome not shown yet reply=%s message=%s conversation=%s error=%r",
-                            reply["id"], reply["chatwoot_message_id"], reply["conversation_id"], exc.short())
-                continue
-            log.error("reply outcome could not be shown reply=%s message=%s conversation=%s error=%r",
-                      reply["id"], reply["chatwoot_message_id"], reply["conversation_id"], exc.short())
-        s.db.reply_reported(reply["id"], s.clock())
-        reported += 1
+        reported += report_reply(s, reply)
     return reported
+
+
+def report_reply(s: Services, reply: dict) -> int:
+    """Show one finished reply's outcome in Chatwoot. Returns 1 when done (or given up), 0 to retry later."""
+    try:
+        _report(s, reply)
+    except ApiError as exc:
+        if exc.transient:
+            delay = retry_delay(max(1, int(s.clock() - reply["updated_at"]) // 10 + 1), exc.retry_after)
+            s.db.reply_report_later(reply["id"], s.clock() + delay, s.clock())
+            log.warning("reply outcome not shown yet reply=%s message=%s conversation=%s error=%r",
+                        reply["id"], reply["chatwoot_message_id"], reply["conversation_id"], exc.short())
+            return 0
+        log.error("reply outcome could not be shown reply=%s message=%s conversation=%s error=%r",
+                  reply["id"], reply["chatwoot_message_id"], reply["conversation_id"], exc.short())
+    s.db.reply_reported(reply["id"], s.clock())
+    return 1
 
 
 def _report(s: Services, reply: dict) -> None:

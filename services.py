@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from chatwoot_api import ChatwootClient
 from config import Settings
@@ -23,10 +24,32 @@ class Services:
     clock: Callable[[], float] = time.time
     # Set on SIGTERM: loops finish the item in hand and return.
     stopping: threading.Event = field(default_factory=threading.Event)
-    # One sync at a time per kind: the poll job and a notification must not race to
-    # create the same conversation.
-    questions_lock: threading.Lock = field(default_factory=threading.Lock)
-    messages_lock: threading.Lock = field(default_factory=threading.Lock)
+    # One worker at a time per question or pack: the poll job and a notification must
+    # not race to create the same conversation, yet a backlog must not hold up the rest.
+    locks: "KeyedLocks" = field(default_factory=lambda: KeyedLocks())
+
+
+class KeyedLocks:
+    """A lock per key (e.g. "question:123"), forgotten when nobody holds or waits for it."""
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._locks: dict[str, list] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        entry[0].acquire()
+        try:
+            yield
+        finally:
+            entry[0].release()
+            with self._guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._locks[key]
 
 
 def build_services(settings: Settings, db: Database, *, paced: bool = False, **client_kwargs) -> Services:

@@ -120,16 +120,15 @@ def sale_attributes(pack_id: str, orders: list[dict]) -> dict:
 
 def sync_messages(s: Services) -> dict:
     """One poll of threads with unread buyer messages."""
-    with s.messages_lock:
-        seller_id = s.meli.seller_id()
-        packs = pack_ids_from_unread(s.meli.unread_threads())
-        counts = {"threads": len(packs), "created": 0}
-        for pack_id in packs:
-            if s.stopping.is_set():
-                break
-            counts["created"] += sync_pack(s, pack_id, seller_id)
-        counts["moderation_checks"] = check_recent_replies(s, seller_id, skip=set(packs))
-        return counts
+    seller_id = s.meli.seller_id()
+    packs = pack_ids_from_unread(s.meli.unread_threads())
+    counts = {"threads": len(packs), "created": 0}
+    for pack_id in packs:
+        if s.stopping.is_set():
+            break
+        counts["created"] += sync_pack(s, pack_id, seller_id)
+    counts["moderation_checks"] = check_recent_replies(s, seller_id, skip=set(packs))
+    return counts
 
 
 def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
@@ -163,9 +162,8 @@ def sync_message_resource(s: Services, message_id: str) -> str:
     pack_id = resources.get("packs") or resources.get("orders")
     if not pack_id:
         return "no pack"
-    with s.messages_lock:
-        created = sync_pack(s, pack_id, s.meli.seller_id(), resource_kind="orders" if "packs" not in resources
-                            else "packs")
+    created = sync_pack(s, pack_id, s.meli.seller_id(), resource_kind="orders" if "packs" not in resources
+                        else "packs")
     return f"pack {pack_id}: {created} new"
 
 
@@ -203,6 +201,11 @@ def sale_context(s: Services, pack_id: str, messages: list[dict], resource_kind:
 
 def sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | None = None) -> int:
     """Bring one thread into Chatwoot; mark it read when everything is stored. Returns messages created."""
+    with s.locks.hold(f"pack:{pack_id}"):
+        return _sync_pack(s, pack_id, seller_id, resource_kind)
+
+
+def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | None) -> int:
     started = time.monotonic()
     messages, first = read_thread(s, pack_id, seller_id)
     blocked = (first.get("conversation_status") or {}).get("status") == "blocked"

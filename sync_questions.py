@@ -87,61 +87,68 @@ def change_for(question: dict, answer_known: bool) -> tuple[str, str | None]:
 
 def sync_questions(s: Services) -> dict:
     """One poll: create what is new, follow what left the list. Returns counts."""
-    with s.questions_lock:
-        started = time.monotonic()
-        seller_id = s.meli.seller_id()
-        unanswered = list(s.meli.unanswered_questions(seller_id))
-        created_ids = s.db.link_ids("question", "created")
-        new = questions_to_create(unanswered, created_ids)
-        counts = {"unanswered": len(unanswered), "created": 0, "changed": 0}
-        # A chunk at a time: lookups and creations interleave (both APIs' budgets work at
-        # once) and what a chunk fetched is cached before a restart could lose it.
-        for start in range(0, len(new), CHUNK):
-            chunk = new[start:start + CHUNK]
+    started = time.monotonic()
+    seller_id = s.meli.seller_id()
+    unanswered = list(s.meli.unanswered_questions(seller_id))
+    new = questions_to_create(unanswered, s.db.link_ids("question", "created"))
+    counts = {"unanswered": len(unanswered), "created": 0, "changed": 0}
+    # A chunk at a time: lookups and creations interleave (both APIs' budgets work at
+    # once) and what a chunk fetched is cached before a restart could lose it.
+    for start in range(0, len(new), CHUNK):
+        chunk = new[start:start + CHUNK]
+        if s.stopping.is_set():
+            break
+        items = cached_items(s, [str(q["item_id"]) for q in chunk])
+        nicknames = cached_nicknames(s, [(q.get("from") or {}).get("id") for q in chunk])
+        for question in chunk:
             if s.stopping.is_set():
                 break
-            items = cached_items(s, [str(q["item_id"]) for q in chunk])
-            nicknames = cached_nicknames(s, [(q.get("from") or {}).get("id") for q in chunk])
-            for question in chunk:
-                if s.stopping.is_set():
-                    break
+            with s.locks.hold(f"question:{question['id']}"):
+                if (s.db.link("question", question["id"]) or {}).get("status") == "created":
+                    continue  # a notification was faster
                 create_question(s, question, items.get(str(question["item_id"])),
                                 nicknames.get(str((question.get("from") or {}).get("id"))))
-                counts["created"] += 1
-        unanswered_ids = {str(q["id"]) for q in unanswered}
-        created = s.db.links_by_status("question", "created")
-        open_links = [link for link in created if link["data"].get("state", "open") == "open"]
-        for link in questions_that_left(open_links, unanswered_ids):
-            if s.stopping.is_set():
-                break
+            counts["created"] += 1
+    unanswered_ids = {str(q["id"]) for q in unanswered}
+    created = s.db.links_by_status("question", "created")
+    open_links = [link for link in created if link["data"].get("state", "open") == "open"]
+    for link in questions_that_left(open_links, unanswered_ids):
+        if s.stopping.is_set():
+            break
+        with s.locks.hold(f"question:{link['external_id']}"):
             follow_question(s, link, s.meli.question(link["external_id"]))
-            counts["changed"] += 1
-        # Back from review: the search already says it is unanswered again; no fetch needed.
-        for link in questions_back(created, unanswered_ids):
+        counts["changed"] += 1
+    # Back from review: the search already says it is unanswered again; no fetch needed.
+    for link in questions_back(created, unanswered_ids):
+        with s.locks.hold(f"question:{link['external_id']}"):
             follow_question(s, link, {"status": "UNANSWERED"})
-            counts["changed"] += 1
-        counts["ms"] = int((time.monotonic() - started) * 1000)
-        return counts
+        counts["changed"] += 1
+    counts["ms"] = int((time.monotonic() - started) * 1000)
+    return counts
 
 
 def sync_one_question(s: Services, question_id: str) -> str:
     """A notification named this question: bring Chatwoot in line with it."""
-    with s.questions_lock:
-        question = s.meli.question(question_id)
-        link = s.db.link("question", question_id)
-        if link and link["status"] == "created":
-            if question.get("status") == "UNANSWERED" and link["data"].get("state", "open") == "open":
-                return "unchanged"
-            follow_question(s, link, question)
-            return "changed"
-        if question.get("status") != "UNANSWERED":
-            return "not unanswered"
-        if str(question.get("seller_id")) != str(s.meli.seller_id()):
-            return "other seller"
-        item = cached_items(s, [str(question["item_id"])]).get(str(question["item_id"]))
-        buyer = (question.get("from") or {}).get("id")
-        create_question(s, question, item, cached_nicknames(s, [buyer]).get(str(buyer)))
-        return "created"
+    with s.locks.hold(f"question:{question_id}"):
+        return _sync_one_question(s, question_id)
+
+
+def _sync_one_question(s: Services, question_id: str) -> str:
+    question = s.meli.question(question_id)
+    link = s.db.link("question", question_id)
+    if link and link["status"] == "created":
+        if question.get("status") == "UNANSWERED" and link["data"].get("state", "open") == "open":
+            return "unchanged"
+        follow_question(s, link, question)
+        return "changed"
+    if question.get("status") != "UNANSWERED":
+        return "not unanswered"
+    if str(question.get("seller_id")) != str(s.meli.seller_id()):
+        return "other seller"
+    item = cached_items(s, [str(question["item_id"])]).get(str(question["item_id"]))
+    buyer = (question.get("from") or {}).get("id")
+    create_question(s, question, item, cached_nicknames(s, [buyer]).get(str(buyer)))
+    return "created"
 
 
 def create_question(s: Services, question: dict, item: dict | None, nickname: str | None) -> None:

@@ -200,3 +200,20 @@ def test_reconciling_a_part_ignores_an_earlier_reply_with_the_same_text(s):
     outbox.run_outbox(s)
     assert [b["text"] for b in posts()] == ["Ok"]
     assert s.db.reply(second)["status"] == "delivered"
+
+
+@responses.activate
+def test_replies_to_one_sale_go_out_in_order_while_others_go_in_parallel(s):
+    s.db.link_created("pack", "2000002", 1.0, conversation_id=89, contact_id=6, data={"buyer_id": 10})
+    for n, text in enumerate(["primeira", "segunda", "terceira"]):
+        accept(s, text, message_id=100 + n)
+    outbox.accept_webhook(message_created(message_id=200, conversation_id=89, inbox_id=2, content="outra venda"),
+                          s.settings, s.db, time.time())
+    sent_ok(3)
+    responses.post(f"{API}/messages/packs/2000002/sellers/555", json={"id": "x"})
+    for mid in (100, 101, 102):
+        responses.patch(f"{CW}/conversations/88/messages/{mid}", json={})
+    responses.patch(f"{CW}/conversations/89/messages/200", json={})
+    counts = outbox.run_outbox(s)
+    assert counts["delivered"] == 4 and counts["reported"] == 4
+    assert [b["text"] for b in posts()] == ["primeira", "segunda", "terceira"]
