@@ -12,9 +12,9 @@ from config import settings_or_exit  # noqa: E402
 _settings = settings_or_exit(require_webhook_secret=True)
 
 bind = f"0.0.0.0:{_settings.port}"
-workers = 2
+workers = 4
 worker_class = "gthread"
-threads = 4
+threads = 2
 timeout = 30
 graceful_timeout = 8
 # The app (and its migrations) is built once in the master; a bad database path then
