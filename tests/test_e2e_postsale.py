@@ -164,3 +164,15 @@ def test_a_reply_moderated_after_acceptance_is_shown_failed_to_the_agent(bridge)
     # The moderated reply is not mirrored back as a second outgoing message.
     outgoing = [m for m in chatwoot.messages_in(conv["id"]) if m["message_type"] == 1 and not m["private"]]
     assert len(outgoing) == 1
+
+
+def test_a_buyer_file_over_chatwoots_limit_arrives_as_its_name(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    pack = sale(meli)
+    message = meli.add_buyer_message(pack, "Vídeo do defeito", attachments=[("video.png", PNG, "image/png")])
+    message["message_attachments"][0]["size"] = 60 * 1024 * 1024  # as Mercado Livre would describe a big file
+    assert bridge.once().returncode == 0
+    [stored] = chatwoot.messages_in(sales_conversations(bridge)[0]["id"])
+    assert not stored.get("attachments")
+    assert "Vídeo do defeito" in stored["content"] and "video.png" in stored["content"]
+    assert meli.count("GET", "/messages/attachments") == 0
