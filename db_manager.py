@@ -90,6 +90,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             reported_at REAL                    -- outcome shown in Chatwoot
         );
         CREATE INDEX replies_due ON replies (status, next_attempt_at);
+        CREATE INDEX replies_by_target ON replies (kind, target_id, status);
         CREATE INDEX replies_unreported ON replies (reported_at, status);
         -- One row per Mercado Livre call; a long post-sale reply is several ordered parts.
         CREATE TABLE reply_parts (
@@ -532,10 +533,19 @@ class Database:
         return rows
 
     def replies_due(self, now: float, limit: int = 200) -> list[dict]:
-        """Pending replies whose time has come, and 'sending' ones whose worker died, oldest first."""
+        """Pending replies whose time has come, and 'sending' ones whose worker died, oldest first.
+
+        A post-sale reply waits while an earlier one to the same sale is unfinished (e.g.
+        waiting to retry): the buyer must read them in the order the agent wrote them.
+        """
         return self.all(
-            "SELECT id, kind, target_id FROM replies WHERE (status = 'pending' AND next_attempt_at <= ?)"
-            " OR (status = 'sending' AND lease_until < ?) ORDER BY id LIMIT ?", (now, now, limit))
+            "SELECT id, kind, target_id FROM replies AS r WHERE ((status = 'pending' AND next_attempt_at <= ?)"
+            " OR (status = 'sending' AND lease_until < ?))"
+            " AND NOT (kind = 'message' AND EXISTS (SELECT 1 FROM replies AS e WHERE e.kind = 'message'"
+            " AND e.target_id = r.target_id AND e.id < r.id AND e.status IN ('pending', 'sending')"
+            " AND NOT ((e.status = 'pending' AND e.next_attempt_at <= ?) OR (e.status = 'sending'"
+            " AND e.lease_until < ?))))"
+            " ORDER BY id LIMIT ?", (now, now, now, now, limit))
 
     def reply_claim(self, reply_id: int, now: float, lease: float) -> dict | None:
         """Take a reply for delivery; None when another worker has it."""

@@ -227,6 +227,8 @@ def _deliver_in_order(s: Services, reply_ids: list[int]) -> Counter:
         if outcome in ("delivered", "failed"):
             # Tell the agent now, not after the whole batch.
             counts["reported"] += report_reply(s, s.db.reply(reply_id))
+        elif outcome == "retry":
+            break  # the next replies to this target wait for this one, in order
     return counts
 
 

@@ -217,3 +217,23 @@ def test_replies_to_one_sale_go_out_in_order_while_others_go_in_parallel(s):
     counts = outbox.run_outbox(s)
     assert counts["delivered"] == 4 and counts["reported"] == 4
     assert [b["text"] for b in posts()] == ["primeira", "segunda", "terceira"]
+
+
+@responses.activate
+def test_a_later_reply_waits_for_an_earlier_one_to_the_same_sale(s):
+    _status, first = accept(s, "primeira", message_id=1)
+    responses.post(THREAD, status=503, json={"message": "down"})
+    outbox.run_outbox(s)
+    assert s.db.reply(first)["status"] == "pending"  # waiting to retry
+    _status, second = accept(s, "segunda", message_id=2)
+    outbox.run_outbox(s)
+    assert s.db.reply(second)["status"] == "pending" and s.db.reply(second)["attempts"] == 0
+    s.db.conn().execute("UPDATE replies SET next_attempt_at = 0")
+    # The 503 left "primeira" in doubt: the thread is read before sending it again.
+    responses.get(THREAD, json={"paging": {"total": 0}, "messages": [], "conversation_status": {"status": "active"}})
+    responses.replace(responses.POST, THREAD, json={"id": "m1"})
+    for mid in (1, 2):
+        responses.patch(f"{CW}/conversations/88/messages/{mid}", json={})
+    outbox.run_outbox(s)
+    assert [b["text"] for b in posts()] == ["primeira", "primeira", "segunda"]
+    assert s.db.reply(second)["status"] == "delivered"
