@@ -68,10 +68,6 @@ class ChatwootClient(HttpClient):
     def set_status(self, conversation_id: int, status: str) -> None:
         self._request("POST", f"/conversations/{conversation_id}/toggle_status", json={"status": status})
 
-    def set_custom_attributes(self, conversation_id: int, attributes: dict) -> None:
-        self._request("POST", f"/conversations/{conversation_id}/custom_attributes",
-                      json={"custom_attributes": attributes})
-
     # ---- messages ------------------------------------------------------------------------------
 
     def messages(self, conversation_id: int, before: int | None = None) -> list[dict]:

@@ -379,19 +379,12 @@ class Database:
     # ---- links -------------------------------------------------------------------------------
 
     def link(self, kind: str, external_id: str | int) -> dict | None:
-        row = self.one("SELECT * FROM links WHERE kind = ? AND external_id = ?", (kind, str(external_id)))
-        if row and row.get("data"):
-            row["data"] = json.loads(row["data"])
-        elif row:
-            row["data"] = {}
-        return row
+        return _link_row(self.one("SELECT * FROM links WHERE kind = ? AND external_id = ?",
+                                  (kind, str(external_id))))
 
     def link_by_conversation(self, kind: str, conversation_id: int) -> dict | None:
-        row = self.one("SELECT * FROM links WHERE kind = ? AND conversation_id = ? AND status = 'created'",
-                       (kind, conversation_id))
-        if row:
-            row["data"] = json.loads(row["data"]) if row.get("data") else {}
-        return row
+        return _link_row(self.one("SELECT * FROM links WHERE kind = ? AND conversation_id = ? AND status = 'created'",
+                                  (kind, conversation_id)))
 
     def link_intent(self, kind: str, external_id: str | int, now: float, **fields: Any) -> tuple[dict, bool]:
         """Record that we are about to create `kind/external_id` in Chatwoot.
@@ -400,9 +393,7 @@ class Database:
         half-created before a crash: the caller checks Chatwoot before creating again.
         """
         with self.write() as conn:
-            cur = conn.execute("INSERT OR IGNORE INTO links (kind, external_id, status, created_at, updated_at)"
-                               " VALUES (?, ?, 'pending', ?, ?)", (kind, str(external_id), now, now))
-            fresh = cur.rowcount == 1
+            fresh = self._link_insert(conn, kind, external_id, now)
             if fields and fresh:
                 self._link_update(conn, kind, external_id, now, fields)
         return self.link(kind, external_id), fresh
@@ -414,9 +405,15 @@ class Database:
     def link_created(self, kind: str, external_id: str | int, now: float, **fields: Any) -> None:
         """Mark the Chatwoot side done (creating the row if the intent was not recorded)."""
         with self.write() as conn:
-            conn.execute("INSERT OR IGNORE INTO links (kind, external_id, status, created_at, updated_at)"
-                         " VALUES (?, ?, 'pending', ?, ?)", (kind, str(external_id), now, now))
+            self._link_insert(conn, kind, external_id, now)
             self._link_update(conn, kind, external_id, now, dict(fields, status="created"))
+
+    @staticmethod
+    def _link_insert(conn: sqlite3.Connection, kind: str, external_id: str | int, now: float) -> bool:
+        """A pending row unless one exists; True when it is new."""
+        cur = conn.execute("INSERT OR IGNORE INTO links (kind, external_id, status, created_at, updated_at)"
+                           " VALUES (?, ?, 'pending', ?, ?)", (kind, str(external_id), now, now))
+        return cur.rowcount == 1
 
     @staticmethod
     def _link_update(conn: sqlite3.Connection, kind: str, external_id: str | int, now: float,
@@ -432,11 +429,8 @@ class Database:
                      (*fields.values(), now, kind, str(external_id)))
 
     def links_by_status(self, kind: str, status: str) -> list[dict]:
-        rows = self.all("SELECT * FROM links WHERE kind = ? AND status = ? ORDER BY created_at",
-                        (kind, status))
-        for row in rows:
-            row["data"] = json.loads(row["data"]) if row.get("data") else {}
-        return rows
+        return [_link_row(row) for row in self.all("SELECT * FROM links WHERE kind = ? AND status = ?"
+                                                    " ORDER BY created_at", (kind, status))]
 
     def link_ids(self, kind: str, status: str | None = None) -> set[str]:
         if status is None:
@@ -705,9 +699,8 @@ def _statements(sql: str) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
-def open_database(path: str) -> Database:
-    return Database(path).open()
-
-
-def now() -> float:
-    return time.time()
+def _link_row(row: dict | None) -> dict | None:
+    """A links row with its `data` decoded ({} when empty)."""
+    if row is not None:
+        row["data"] = json.loads(row["data"]) if row.get("data") else {}
+    return row

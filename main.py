@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -149,8 +150,7 @@ def run_forever(s: Services) -> int:
     return 0
 
 
-def _now_dt():
-    from datetime import datetime, timezone
+def _now_dt() -> datetime:
     return datetime.now(timezone.utc)
 
 

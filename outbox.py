@@ -342,12 +342,13 @@ def _deliver_message(s: Services, reply: dict) -> None:
         raise DeliveryFailed("comprador desconhecido",
                              "A ponte não sabe quem é o comprador desta venda, então a mensagem não foi enviada. "
                              + SEE_LOGS)
-    for part in s.db.reply_parts(reply["id"]):
+    parts = s.db.reply_parts(reply["id"])
+    for part in parts:
         if part["status"] == "sent":
             continue
         previous = s.db.part_mark_sending(reply["id"], part["seq"])
         if previous == "sending":
-            found = _find_sent_part(s, pack_id, seller_id, part["text"], reply["created_at"])
+            found = _find_sent_part(s, pack_id, seller_id, part["text"])
             if found:
                 s.db.part_sent(reply["id"], part["seq"], found, s.clock())
                 log.info("reply part already on mercado livre reply=%s part=%d pack=%s ml_message=%s",
@@ -368,7 +369,7 @@ def _deliver_message(s: Services, reply: dict) -> None:
         remote_id = str((sent or {}).get("id") or (sent or {}).get("message_id") or "") or None
         s.db.part_sent(reply["id"], part["seq"], remote_id, s.clock())
         log.info("reply part sent reply=%s part=%d/%d pack=%s ml_message=%s", reply["id"], part["seq"] + 1,
-                 len(s.db.reply_parts(reply["id"])), pack_id, remote_id)
+                 len(parts), pack_id, remote_id)
 
 
 BLOCKED = ("conversa bloqueada no Mercado Livre",
@@ -400,7 +401,7 @@ def _upload_files(s: Services, reply: dict, part: dict) -> list[str]:
     return ids
 
 
-def _find_sent_part(s: Services, pack_id: str, seller_id: int, part_text: str, since: float) -> str | None:
+def _find_sent_part(s: Services, pack_id: str, seller_id: int, part_text: str) -> str | None:
     """Look in the thread for a seller message with this text (a send whose answer we lost)."""
     offset = 0
     for _ in range(20):

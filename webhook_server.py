@@ -121,9 +121,10 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
         if not isinstance(payload, dict):
             return jsonify(status="error", reason="body is not a JSON object"), 400
         status, code, extra = outbox.accept_webhook(payload, settings, db, clock())
+        conversation = payload.get("conversation")
         log.info("webhook %s message=%s conversation=%s %s in %dms", status, payload.get("id"),
-                 (payload.get("conversation") or {}).get("id") if isinstance(payload.get("conversation"), dict)
-                 else None, " ".join(f"{k}={v}" for k, v in extra.items()), (time.monotonic() - started) * 1000)
+                 conversation.get("id") if isinstance(conversation, dict) else None,
+                 " ".join(f"{k}={v}" for k, v in extra.items()), (time.monotonic() - started) * 1000)
         return jsonify(status=status, **extra), code
 
     @app.post("/notifications")
