@@ -133,6 +133,24 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX notifications_due ON notifications (processed_at, next_attempt_at);
     """),
+    ("post-sale threads: watermarks for the safety-net sweep, mark-reads in flight, poll cursors", """
+        -- Ids and counts only, never text. A thread is re-read when its message count moved.
+        CREATE TABLE threads (
+            pack_id TEXT PRIMARY KEY,
+            total INTEGER,                      -- messages when last fully handled; NULL = read it again
+            last_message_id TEXT,
+            active_at REAL NOT NULL,            -- last sign of life (sale updated, thread changed)
+            checked_at REAL,                    -- last read of the thread (sync or sweep)
+            marking_since REAL                  -- a mark-read in flight; still set = a crash, sync again
+        );
+        CREATE INDEX threads_sweep ON threads (active_at, checked_at);
+        CREATE INDEX threads_marking ON threads (marking_since);
+        CREATE TABLE poll_cursors (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL,                -- JSON
+            updated_at REAL NOT NULL
+        );
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -610,6 +628,12 @@ class Database:
             found.update(r[0] for r in rows)
         return found
 
+    def part_texts_in_doubt(self, pack_id: str) -> list[str]:
+        """Texts of post-sale parts that may have reached Mercado Livre without us knowing (in flight)."""
+        return [r["text"] or "" for r in self.all(
+            "SELECT p.text FROM reply_parts p JOIN replies r ON r.id = p.reply_id WHERE r.kind = 'message'"
+            " AND r.target_id = ? AND p.status = 'sending'", (str(pack_id),))]
+
     def reply_for_remote_id(self, remote_id: str) -> dict | None:
         return self.one("SELECT r.* FROM replies r JOIN reply_parts p ON p.reply_id = r.id WHERE p.remote_id = ?",
                         (remote_id,))
@@ -669,6 +693,67 @@ class Database:
     def notifications_received_since(self, since: float) -> int:
         return self.one("SELECT COUNT(*) AS n FROM notifications WHERE received_at >= ?", (since,))["n"]
 
+
+    # ---- post-sale threads (watermarks and sweep) ---------------------------------------------------
+
+    def thread(self, pack_id: str) -> dict | None:
+        return self.one("SELECT * FROM threads WHERE pack_id = ?", (str(pack_id),))
+
+    def thread_marking(self, pack_id: str, now: float) -> None:
+        """A mark-read is about to go out: until cleared, the thread is synced again on the next poll."""
+        with self.write() as conn:
+            conn.execute("INSERT INTO threads (pack_id, active_at, marking_since) VALUES (?, ?, ?)"
+                         " ON CONFLICT (pack_id) DO UPDATE SET marking_since = excluded.marking_since",
+                         (str(pack_id), now, now))
+
+    def threads_marking(self) -> list[str]:
+        return [r["pack_id"] for r in self.all("SELECT pack_id FROM threads WHERE marking_since IS NOT NULL"
+                                               " ORDER BY marking_since")]
+
+    def thread_synced(self, pack_id: str, now: float, total: int | None, last_message_id: str | None,
+                      changed: bool) -> None:
+        """The thread was read and handled: record its size (NULL = read again), clear a mark-read in flight."""
+        with self.write() as conn:
+            conn.execute(
+                "INSERT INTO threads (pack_id, total, last_message_id, active_at, checked_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (pack_id) DO UPDATE SET total = excluded.total,"
+                " last_message_id = excluded.last_message_id, checked_at = excluded.checked_at,"
+                " marking_since = NULL, active_at = CASE WHEN ? THEN excluded.active_at ELSE active_at END",
+                (str(pack_id), total, last_message_id, now, now, 1 if changed else 0))
+
+    def thread_checked(self, pack_id: str, now: float) -> None:
+        with self.write() as conn:
+            conn.execute("UPDATE threads SET checked_at = ? WHERE pack_id = ?", (now, str(pack_id)))
+
+    def threads_discovered(self, packs: dict[str, float]) -> None:
+        """Sales seen in the orders search, with when they last changed; a newer change keeps them in the sweep."""
+        if not packs:
+            return
+        with self.write() as conn:
+            conn.executemany("INSERT INTO threads (pack_id, active_at) VALUES (?, ?) ON CONFLICT (pack_id)"
+                             " DO UPDATE SET active_at = MAX(active_at, excluded.active_at)",
+                             [(str(k), v) for k, v in packs.items()])
+
+    def threads_due(self, active_since: float, checked_before: float, limit: int) -> list[dict]:
+        """Threads of recent sales not read for a while: never read first, then the longest unread."""
+        return self.all("SELECT * FROM threads WHERE active_at >= ? AND (checked_at IS NULL OR checked_at < ?)"
+                        " AND marking_since IS NULL ORDER BY checked_at IS NOT NULL, checked_at, active_at DESC"
+                        " LIMIT ?", (active_since, checked_before, limit))
+
+    def threads_prune(self, inactive_before: float) -> int:
+        with self.write() as conn:
+            return conn.execute("DELETE FROM threads WHERE active_at < ? AND marking_since IS NULL",
+                                (inactive_before,)).rowcount
+
+    def cursor_get(self, name: str) -> Any:
+        row = self.one("SELECT value FROM poll_cursors WHERE name = ?", (name,))
+        return json.loads(row["value"]) if row else None
+
+    def cursor_set(self, name: str, value: Any, now: float) -> None:
+        with self.write() as conn:
+            conn.execute("INSERT INTO poll_cursors (name, value, updated_at) VALUES (?, ?, ?) ON CONFLICT (name)"
+                         " DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                         (name, json.dumps(value), now))
 
     # ---- housekeeping -------------------------------------------------------------------------
 

@@ -236,10 +236,14 @@ class MeliClient(HttpClient):
         return self._api("GET", f"/messages/packs/{pack_id}/sellers/{seller_id}", params={
             "tag": "post_sale", "mark_as_read": "false", "limit": limit, "offset": offset})
 
-    def mark_thread_read(self, pack_id: str, seller_id: int, limit: int = 10) -> None:
-        """Reading without mark_as_read=false is what marks the buyer's messages read."""
-        self._api("GET", f"/messages/packs/{pack_id}/sellers/{seller_id}",
-                  params={"tag": "post_sale", "limit": limit, "offset": 0})
+    def mark_thread_read(self, pack_id: str, seller_id: int, offset: int = 0, limit: int = 10) -> dict:
+        """Reading without mark_as_read=false is what marks the buyer's messages read.
+
+        Exactly the messages of the returned page are marked: the caller checks that page,
+        since a message may have arrived after its own read of the thread.
+        """
+        return self._api("GET", f"/messages/packs/{pack_id}/sellers/{seller_id}",
+                         params={"tag": "post_sale", "limit": limit, "offset": offset}) or {}
 
     def message(self, message_id: str) -> dict:
         return self._api("GET", f"/messages/{message_id}", params={"tag": "post_sale"})
@@ -265,6 +269,12 @@ class MeliClient(HttpClient):
 
     def order(self, order_id: str) -> dict:
         return self._api("GET", f"/orders/{order_id}")
+
+    def orders_search(self, seller_id: int, updated_from: str, offset: int = 0, limit: int = 50) -> dict:
+        """The seller's orders changed since `updated_from` (ISO date), newest first."""
+        return self._api("GET", "/orders/search", params={
+            "seller": seller_id, "order.date_last_updated.from": updated_from, "sort": "date_desc",
+            "offset": offset, "limit": limit}) or {}
 
     def pack(self, pack_id: str) -> dict:
         return self._api("GET", f"/packs/{pack_id}")

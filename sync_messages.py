@@ -4,6 +4,16 @@ Threads are read with `mark_as_read=false`; buyer messages are marked read only 
 every one of them is in Chatwoot, so the unread list itself is the retry queue: a crash
 leaves the thread unread and the next cycle finishes it. Each message is preceded by an
 intent row; a row still `pending` means "look for its source_id before creating".
+
+Marking read re-reads pages of the thread, and Mercado Livre marks whatever is on them
+now, including a message that arrived after our read: every such message is mirrored
+from the mark-read answer itself, and a flag set before the mark-read (cleared after)
+makes the next poll sync the thread again if we crash in between.
+
+The unread list misses a message read on Mercado Livre's site or app before we saw
+it. A sweep re-reads, a few per poll, the threads of recent sales (the orders search,
+one page per poll) and of sales the bridge synced: one cheap read of the message count,
+and a full read only when the count moved.
 """
 
 from __future__ import annotations
@@ -11,10 +21,11 @@ from __future__ import annotations
 import logging
 import re
 import time
+from datetime import datetime, timezone
 
 from contacts import ensure_contact, ensure_conversation
-from http_client import PermanentError
-from mercado_livre_api import MELI_AGENT_ID
+from http_client import ApiError, PermanentError
+from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
 from services import Services
 
 log = logging.getLogger("bridge.messages")
@@ -26,6 +37,13 @@ CHATWOOT_MAX_FILES = 15
 # Moderation usually acts within minutes of a message being accepted.
 MODERATION_CHECK_AFTER = 120.0
 MODERATION_CHECK_UNTIL = 1800.0
+# Sweep for messages read elsewhere: bounded per poll (1 orders search page + SWEEP_THREADS reads).
+SWEEP_DAYS = 14.0  # a sale is swept this long after its last sign of life
+SWEEP_THREADS = 20
+SWEEP_RECHECK = 900.0  # seconds between two reads of the same quiet thread
+ORDERS_PAGE = 50
+ORDERS_CURSOR = "postsale_orders_search"
+ORDERS_OVERLAP = 600.0  # seconds each pass re-covers: orders search indexing lags
 PACK_RESOURCE = re.compile(r"^/packs/(\d+)/sellers/(\d+)")
 SALE_URL = "https://www.mercadolivre.com.br/vendas/{order_id}/detalhe"
 MODERATION_REASONS = {
@@ -65,20 +83,68 @@ def moderation_reason(message: dict) -> str:
 
 
 def messages_to_mirror(messages: list[dict], seller_id: int, known_ids: set[str],
-                       bridge_ids: set[str]) -> list[tuple[dict, str]]:
+                       bridge_ids: set[str], in_doubt: list[str] = ()) -> list[tuple[dict, str]]:
     """(message, 'incoming' | 'outgoing') for each message Chatwoot does not have yet.
 
     Buyer messages come in; seller messages sent outside Chatwoot go out as mirrors;
     messages the bridge itself sent are already there as the agent's own message.
+    A seller message with the text of a reply part in flight waits: it may be that
+    part, sent but not yet recorded.
     """
     plan = []
     for message in in_order(messages):
         mid = str(message["id"])
-        if mid in known_ids or mid in bridge_ids:
+        if mid in known_ids or mid in bridge_ids or is_in_doubt(message, seller_id, in_doubt):
             continue
         sender = str((message.get("from") or {}).get("user_id"))
         plan.append((message, "outgoing" if sender == str(seller_id) else "incoming"))
     return plan
+
+
+def is_in_doubt(message: dict, seller_id: int, in_doubt: list[str]) -> bool:
+    if str((message.get("from") or {}).get("user_id")) != str(seller_id):
+        return False
+    words = " ".join(str(message.get("text") or "").split())
+    return any(words == " ".join(text.split()) for text in in_doubt)
+
+
+def is_from_seller(message: dict, seller_id: int) -> bool:
+    return str((message.get("from") or {}).get("user_id")) == str(seller_id)
+
+
+def pages_to_mark(messages: list[dict], seller_id: int) -> list[int]:
+    """Offsets of the PAGE-sized pages holding unread buyer messages (message i sat at offset i)."""
+    return sorted({i // PAGE * PAGE for i, m in enumerate(messages)
+                   if not is_from_seller(m, seller_id) and not (m.get("message_date") or {}).get("read")})
+
+
+def marked_unmirrored(page: dict, seller_id: int, mirrored: set[str]) -> list[dict]:
+    """Buyer messages a mark-read answer shows (so now read) that Chatwoot does not have."""
+    return [m for m in page.get("messages") or []
+            if not is_from_seller(m, seller_id) and str(m.get("id")) not in mirrored]
+
+
+def next_orders_cursor(cursor: dict, got: int, total: int, now: float) -> dict:
+    """After one page of the orders search: the next page, or a new pass from when this one began."""
+    offset = cursor["offset"] + got
+    if got and offset < total:
+        return dict(cursor, offset=offset)
+    return {"from": cursor["started"] - ORDERS_OVERLAP, "offset": 0, "started": None}
+
+
+def iso_utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000-00:00")
+
+
+def parse_date(value) -> float | None:
+    """Mercado Livre's ISO dates as epoch seconds; None when unusable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def message_content(message: dict, direction: str) -> str:
@@ -119,16 +185,106 @@ def sale_attributes(pack_id: str, orders: list[dict]) -> dict:
 # ---- I/O -------------------------------------------------------------------------------------------
 
 def sync_messages(s: Services) -> dict:
-    """One poll of threads with unread buyer messages."""
+    """One poll of threads with unread buyer messages, then the sweep for messages read elsewhere."""
     seller_id = s.meli.seller_id()
+    counts = {"resumed": resume_interrupted_marks(s, seller_id)}
     packs = pack_ids_from_unread(s.meli.unread_threads())
-    counts = {"threads": len(packs), "created": 0}
+    counts.update(threads=len(packs), created=0)
     for pack_id in packs:
         if s.stopping.is_set():
             break
         counts["created"] += sync_pack(s, pack_id, seller_id)
     counts["moderation_checks"] = check_recent_replies(s, seller_id, skip=set(packs))
+    counts.update(sweep_threads(s, seller_id))
     return counts
+
+
+def resume_interrupted_marks(s: Services, seller_id: int) -> int:
+    """A mark-read still flagged: we died between marking and mirroring what it marked."""
+    resumed = 0
+    for pack_id in s.db.threads_marking():
+        if s.stopping.is_set():
+            break
+        with s.locks.hold(f"pack:{pack_id}"):
+            # Another worker of this process may have just finished it.
+            if (s.db.thread(pack_id) or {}).get("marking_since") is None:
+                continue
+            log.warning("thread mark-read was interrupted, syncing again pack=%s", pack_id)
+            _sync_pack(s, pack_id, seller_id, None)
+            resumed += 1
+    return resumed
+
+
+def sweep_threads(s: Services, seller_id: int) -> dict:
+    """Find messages read on Mercado Livre's site before the bridge saw them, at a bounded cost per poll."""
+    counts = {"sales_found": 0, "swept": 0, "swept_changed": 0}
+    try:
+        counts["sales_found"] = _discover_sales(s, seller_id)
+    except ReauthorizationRequired:
+        raise
+    except ApiError as exc:
+        log.warning("orders search failed, sweeping the sales already known: %s", exc.short())
+    now = s.clock()
+    for row in s.db.threads_due(now - SWEEP_DAYS * 86400, now - SWEEP_RECHECK, SWEEP_THREADS):
+        if s.stopping.is_set():
+            break
+        counts["swept"] += 1
+        try:
+            counts["swept_changed"] += _sweep_one(s, row, seller_id)
+        except ReauthorizationRequired:
+            raise
+        except ApiError as exc:
+            if exc.transient:
+                # The unread poll already ran; the sweep carries on from here next time.
+                log.warning("thread sweep stopped pack=%s: %s", row["pack_id"], exc.short())
+                break
+            # Not retried at once, or one broken sale would hold the sweep forever.
+            log.error("thread sweep skipped pack=%s until its next turn: %s", row["pack_id"], exc.short())
+            s.db.thread_checked(row["pack_id"], s.clock())
+    return counts
+
+
+def _discover_sales(s: Services, seller_id: int) -> int:
+    """One page of the orders search: sales changed lately join the sweep."""
+    now = s.clock()
+    cursor = s.db.cursor_get(ORDERS_CURSOR) or {"from": now - SWEEP_DAYS * 86400, "offset": 0, "started": None}
+    if cursor.get("started") is None:
+        cursor["started"] = now
+    page = s.meli.orders_search(seller_id, iso_utc(cursor["from"]), offset=cursor["offset"], limit=ORDERS_PAGE)
+    orders = page.get("results") or []
+    found = {}
+    for order in orders:
+        if not isinstance(order, dict) or not order.get("id"):
+            continue
+        pack_id = str(order.get("pack_id") or order["id"])
+        changed = parse_date(order.get("date_last_updated")) or now
+        found[pack_id] = max(found.get(pack_id, 0.0), min(changed, now))
+    s.db.threads_discovered(found)
+    total = int((page.get("paging") or {}).get("total") or 0)
+    following = next_orders_cursor(cursor, len(orders), total, now)
+    if following["offset"] == 0:
+        s.db.threads_prune(now - 2 * SWEEP_DAYS * 86400)
+    s.db.cursor_set(ORDERS_CURSOR, following, now)
+    return len(found)
+
+
+def _sweep_one(s: Services, row: dict, seller_id: int) -> int:
+    """Read one thread's message count; sync it only when it moved. Returns 1 when synced."""
+    pack_id = row["pack_id"]
+    try:
+        page = s.meli.thread_page(pack_id, seller_id, offset=0, limit=1)
+    except PermanentError as exc:
+        if exc.status not in (403, 404):
+            raise
+        s.db.thread_checked(pack_id, s.clock())  # no thread for this sale (yet)
+        return 0
+    total = int((page.get("paging") or {}).get("total") or 0)
+    if total == row["total"] or (total == 0 and row["total"] is None):
+        s.db.thread_synced(pack_id, s.clock(), total, row["last_message_id"], changed=False)
+        return 0
+    log.info("thread changed outside the unread list pack=%s messages=%d (was %s)", pack_id, total, row["total"])
+    sync_pack(s, pack_id, seller_id, require_buyer=True)
+    return 1
 
 
 def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
@@ -199,18 +355,29 @@ def sale_context(s: Services, pack_id: str, messages: list[dict], resource_kind:
     return {"orders": orders, "buyer_id": buyer.get("id"), "nickname": buyer.get("nickname")}
 
 
-def sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | None = None) -> int:
-    """Bring one thread into Chatwoot; mark it read when everything is stored. Returns messages created."""
+def sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | None = None,
+              require_buyer: bool = False) -> int:
+    """Bring one thread into Chatwoot; mark it read when everything is stored. Returns messages created.
+
+    `require_buyer`: a sale not in Chatwoot yet gets a conversation only once the buyer wrote
+    (the sweep must not open one for every sale the seller greeted on the site).
+    """
     with s.locks.hold(f"pack:{pack_id}"):
-        return _sync_pack(s, pack_id, seller_id, resource_kind)
+        return _sync_pack(s, pack_id, seller_id, resource_kind, require_buyer)
 
 
-def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | None) -> int:
+def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | None,
+               require_buyer: bool = False) -> int:
     started = time.monotonic()
     messages, first = read_thread(s, pack_id, seller_id)
     blocked = (first.get("conversation_status") or {}).get("status") == "blocked"
     migrated = is_migrated(messages)
     link = s.db.link("pack", pack_id)
+    last_id = str(in_order(messages)[-1]["id"]) if messages else None
+    if require_buyer and (not link or link["status"] != "created") \
+            and all(is_from_seller(m, seller_id) for m in messages):
+        s.db.thread_synced(pack_id, s.clock(), len(messages), last_id, changed=False)
+        return 0
     if not link or link["status"] != "created":
         conversation_id, link = _ensure_pack_conversation(s, pack_id, messages, resource_kind, blocked, migrated)
         reopen = False
@@ -225,25 +392,49 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     ids = [str(m["id"]) for m in messages]
     known = {i for i in ids if (s.db.link("message", i) or {}).get("status") == "created"}
     bridge_ids = s.db.bridge_sent_ids(ids)
-    plan = messages_to_mirror(messages, seller_id, known, bridge_ids)
+    in_doubt = s.db.part_texts_in_doubt(pack_id)
+    plan = messages_to_mirror(messages, seller_id, known, bridge_ids, in_doubt)
+    deferred = any(is_in_doubt(m, seller_id, in_doubt) for m in messages
+                   if str(m["id"]) not in known | bridge_ids)
     created = 0
     for message, direction in plan:
         _mirror(s, conversation_id, pack_id, message, direction)
         created += 1
     _report_moderated_replies(s, messages, bridge_ids)
     new_incoming = any(direction == "incoming" for _m, direction in plan)
-    if new_incoming and reopen:
-        s.chatwoot.set_status(conversation_id, "open")
-    unread = [m for m in messages if str((m.get("from") or {}).get("user_id")) != str(seller_id)
-              and not (m.get("message_date") or {}).get("read")]
+    unread = [m for m in messages if not is_from_seller(m, seller_id) and not (m.get("message_date") or {}).get("read")]
+    late: list[dict] = []
     if unread:
         # Everything is stored: now Mercado Livre may show the buyer's messages as read.
-        s.meli.mark_thread_read(pack_id, seller_id, limit=max(PAGE, len(messages)))
+        late = _mark_read(s, pack_id, seller_id, messages, known | bridge_ids | {str(m["id"]) for m, _d in plan})
+        for message in late:
+            _mirror(s, conversation_id, pack_id, message, "incoming")
+            created += 1
+    if (new_incoming or late) and reopen:
+        s.chatwoot.set_status(conversation_id, "open")
+    # A deferred message leaves the count unrecorded: the sweep comes back for it.
+    s.db.thread_synced(pack_id, s.clock(), None if deferred else len(messages) + len(late), last_id,
+                       changed=bool(plan or late))
     if plan or unread:
-        log.info("thread synced pack=%s conversation=%s new=%d marked_read=%d blocked=%s migrated=%s in %dms",
-                 pack_id, conversation_id, created, len(unread), blocked, migrated,
-                 (time.monotonic() - started) * 1000)
+        log.info("thread synced pack=%s conversation=%s new=%d marked_read=%d late=%d deferred=%s blocked=%s "
+                 "migrated=%s in %dms", pack_id, conversation_id, created, len(unread), len(late), deferred,
+                 blocked, migrated, (time.monotonic() - started) * 1000)
     return created
+
+
+def _mark_read(s: Services, pack_id: str, seller_id: int, messages: list[dict], mirrored: set[str]) -> list[dict]:
+    """Mark the pages holding unread buyer messages; returns the buyer messages those pages
+    marked that Chatwoot does not have yet (arrived since our read), oldest first."""
+    s.db.thread_marking(pack_id, s.clock())
+    late: dict[str, dict] = {}
+    for offset in pages_to_mark(messages, seller_id):
+        page = s.meli.mark_thread_read(pack_id, seller_id, offset=offset, limit=PAGE)
+        for message in marked_unmirrored(page, seller_id, mirrored):
+            late.setdefault(str(message["id"]), message)
+    if late:
+        log.warning("buyer messages arrived during the sync and were marked read; mirroring them now pack=%s "
+                    "ml_messages=%s", pack_id, ",".join(late))
+    return in_order(list(late.values()))
 
 
 def _ensure_pack_conversation(s: Services, pack_id: str, messages: list[dict], resource_kind: str | None,

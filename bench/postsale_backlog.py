@@ -6,11 +6,15 @@ Runs the real poller once (rate budgets set very high) and prints:
 
 - calls to each API by endpoint, against the minimum needed:
   Mercado Livre 1 unread list + per pack ceil(M/10) thread pages + 1 order lookup
-  + 1 mark-read read + 1 download per file;
+  + 1 mark-read read + 1 download per file + 1 page of the orders search (the sweep);
   Chatwoot one contact per buyer + per pack 1 conversation + 1 message per buyer message;
 - actual/minimum (goal <= 1.05), wall time, the poller's peak RSS;
-- an idle `--once` afterwards: Mercado Livre goal 1 post-sale call (the unread list) plus
-  the fixed polls of the questions and missed-feeds jobs; Chatwoot goal 0;
+- an idle `--once` afterwards: Mercado Livre goal 2 post-sale calls (the unread list and one
+  page of the orders search; every thread was just read) plus the fixed polls of the
+  questions and missed-feeds jobs; Chatwoot goal 0;
+- a sweep `--once`: as if 15 minutes had passed, every thread is due again for the sweep
+  that finds messages read on Mercado Livre's site; the cost per poll stays bounded:
+  2 + SWEEP_THREADS Mercado Livre calls whatever the number of sales, Chatwoot 0;
 - correctness: conversations == packs, messages == packs x M in order, files attached,
   and every mark-read happened after the pack's messages were created in Chatwoot
   (both fakes stamp with time.monotonic() of this process, so the times compare).
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -31,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402,I001
     Bench, by_endpoint, calls_table, ceil_div, efficiency_rows, mb, png_bytes, table, verdict)
+from sync_messages import SWEEP_RECHECK, SWEEP_THREADS  # noqa: E402
 
 RATIO_GOAL = 1.05
 FIRST_ORDER = 2_000_000_001
@@ -95,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                     "GET /messages/packs/{id}/sellers/{id} (mark_as_read=false)": packs * ceil_div(per_pack, 10),
                     "GET /orders/{id}": packs,
                     "GET /messages/packs/{id}/sellers/{id} (marks read)": packs,
-                    "GET /messages/attachments/{id}": len(with_file)}
+                    "GET /messages/attachments/{id}": len(with_file),
+                    "GET /orders/search": 1}
         cw_min = {"POST /contacts": buyers, "POST /conversations": packs,
                   "POST /conversations/{id}/messages": packs * per_pack}
         meli_calls, cw_calls = by_endpoint(first["meli_calls"]), by_endpoint(first["chatwoot_calls"])
@@ -121,16 +128,36 @@ def main(argv: list[str] | None = None) -> int:
         meli2, cw2 = by_endpoint(idle["meli_calls"]), by_endpoint(idle["chatwoot_calls"])
         post2, other2 = part(meli2, True), part(meli2, False)
         print("\nIDLE --once (nothing unread)")
-        print(calls_table("Mercado Livre calls, post-sale job", post2, {"GET /messages/unread": 1}))
+        print(calls_table("Mercado Livre calls, post-sale job", post2,
+                          {"GET /messages/unread": 1, "GET /orders/search": 1}))
         print(calls_table("Mercado Livre calls, questions and missed-feeds jobs", other2,
                           {"GET /questions/search": 1, "GET /missed_feeds": 1}))
         print(calls_table("Chatwoot calls", cw2, {}))
         print(table([
-            ("post-sale Mercado Livre calls", sum(post2.values()), 1, verdict(sum(post2.values()) == 1)),
-            ("all Mercado Livre calls", sum(meli2.values()), 3, verdict(sum(meli2.values()) <= 3)),
+            ("post-sale Mercado Livre calls", sum(post2.values()), 2, verdict(sum(post2.values()) <= 2)),
+            ("all Mercado Livre calls", sum(meli2.values()), 4, verdict(sum(meli2.values()) <= 4)),
             ("Chatwoot calls", sum(cw2.values()), 0, verdict(not cw2)),
             ("wall time (s)", f"{idle['wall']:.1f}", "", ""),
             ("exit code", idle["rc"], 0, verdict(idle["rc"] == 0)),
+        ], ("figure", "value", "goal", "")))
+
+        # Every thread due for the sweep again, as SWEEP_RECHECK seconds later.
+        with sqlite3.connect(bench.env["DATABASE_PATH"]) as conn:
+            conn.execute("UPDATE threads SET checked_at = checked_at - ?", (SWEEP_RECHECK + 60,))
+        swept = bench.once()
+        meli3, cw3 = by_endpoint(swept["meli_calls"]), by_endpoint(swept["chatwoot_calls"])
+        post3 = part(meli3, True)
+        bound = 2 + SWEEP_THREADS
+        print(f"\nSWEEP --once (every thread due again; at most {SWEEP_THREADS} re-read per poll)")
+        print(calls_table("Mercado Livre calls, post-sale job", post3, {
+            "GET /messages/unread": 1, "GET /orders/search": 1,
+            "GET /messages/packs/{id}/sellers/{id} (mark_as_read=false)": min(SWEEP_THREADS, packs)}))
+        print(table([
+            ("post-sale Mercado Livre calls", sum(post3.values()), f"<= {bound}",
+             verdict(sum(post3.values()) <= bound)),
+            ("Chatwoot calls", sum(cw3.values()), 0, verdict(not cw3)),
+            ("polls to re-read every thread once", ceil_div(packs, SWEEP_THREADS), "", ""),
+            ("exit code", swept["rc"], 0, verdict(swept["rc"] == 0)),
         ], ("figure", "value", "goal", "")))
 
         print("\nCORRECTNESS")

@@ -176,3 +176,55 @@ def test_a_buyer_file_over_chatwoots_limit_arrives_as_its_name(bridge):
     assert not stored.get("attachments")
     assert "Vídeo do defeito" in stored["content"] and "video.png" in stored["content"]
     assert meli.count("GET", "/messages/attachments") == 0
+
+
+def test_a_buyer_message_arriving_while_the_thread_is_marked_read_still_reaches_chatwoot(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    pack = sale(meli)
+    meli.add_buyer_message(pack, "Oi")
+    written = []
+
+    def buyer_writes_again(key):
+        # Between the bridge's read and its mark-read: the mark-read page will hold this one too.
+        if not written:
+            written.append(meli.add_buyer_message(key, "Ainda aí?"))
+
+    meli.before_mark_read = buyer_writes_again
+    assert bridge.once().returncode == 0
+    assert written and meli.unread_results() == []
+    conv = sales_conversations(bridge)[0]
+    assert [m["content"] for m in chatwoot.messages_in(conv["id"])] == ["Oi", "Ainda aí?"]
+    assert bridge.once().returncode == 0
+    assert len(chatwoot.messages_in(conv["id"])) == 2
+
+
+def test_a_message_read_on_the_site_before_the_bridge_saw_it_reaches_chatwoot(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    pack = sale(meli)
+    meli.add_buyer_message(pack, "Oi")
+    assert bridge.once().returncode == 0
+    conv = sales_conversations(bridge)[0]
+    # The buyer writes and the seller opens the thread in the app: it never shows as unread.
+    meli.add_buyer_message(pack, "Lida no app")
+    meli.read_elsewhere(pack)
+    assert meli.unread_results() == []
+    # Fifteen minutes later the sweep reads the thread's count again.
+    db = Database(bridge.env["DATABASE_PATH"])
+    with db.write() as conn:
+        conn.execute("UPDATE threads SET checked_at = checked_at - 3600")
+    assert bridge.once().returncode == 0
+    assert [m["content"] for m in chatwoot.messages_in(conv["id"])] == ["Oi", "Lida no app"]
+    assert chatwoot.messages_in(conv["id"])[-1]["message_type"] == 0
+
+
+def test_a_new_sale_read_on_the_site_gets_its_conversation_but_a_seller_greeting_alone_does_not(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    read = sale(meli, order_id=2000011, buyer_id=7011)
+    meli.add_buyer_message(read, "Comprei, quando envia?")
+    meli.read_elsewhere(read)
+    greeted = sale(meli, order_id=2000012, buyer_id=7012)
+    meli.add_seller_message(greeted, "Obrigado pela compra!")
+    assert bridge.once().returncode == 0
+    convs = sales_conversations(bridge)
+    assert [c["custom_attributes"]["meli_pack_id"] for c in convs] == [read]
+    assert [m["content"] for m in chatwoot.messages_in(convs[0]["id"])] == ["Comprei, quando envia?"]

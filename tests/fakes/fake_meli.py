@@ -12,7 +12,7 @@ import secrets
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable
 
 from flask import Flask, Response, g, jsonify, request
 
@@ -66,6 +66,10 @@ class MeliState(Controls):
         self.sent_messages: list[dict] = []
         self.mark_read_events: list[tuple[str, list[str], float]] = []
         self.missed: list[dict] = []
+        # Called with the thread's key just before a read without mark_as_read=false marks its
+        # page: a test injects here what happens "meanwhile" (e.g. the buyer writes again).
+        self.before_mark_read: Callable[[str], None] | None = None
+        self._last_real = datetime.fromtimestamp(0, timezone.utc)
         self.refresh_count = 0
         self.invalid_grant_count = 0
         self.unauthorized_count = 0
@@ -86,6 +90,13 @@ class MeliState(Controls):
         with self.lock:
             self._ticks += 1
             return EPOCH + timedelta(minutes=self._ticks)
+
+    def _real_moment(self) -> datetime:
+        """Now, strictly after the previous one: post-sale messages and orders carry real dates,
+        since the bridge compares them with its own clock (a send's first attempt, a sweep's window)."""
+        with self.lock:
+            self._last_real = max(datetime.now(timezone.utc), self._last_real + timedelta(milliseconds=1))
+            return self._last_real
 
     def error_body(self, status: int, message: str | None = None, error: str | None = None) -> dict:
         default = reason(status).lower().replace(" ", "_")
@@ -322,8 +333,9 @@ class MeliState(Controls):
                  "buyer": {"id": int(buyer_id), "nickname": buyer_nickname},
                  "order_items": [{"item": {"id": i, "title": t}, "quantity": q, "unit_price": p}
                                  for i, t, q, p in items],
-                 "total_amount": round(sum(q * p for _i, _t, q, p in items), 2),
-                 "currency_id": "BRL", "date_created": _iso(self._next_moment(), BRT)}
+                 "total_amount": round(sum(q * p for _i, _t, q, p in items), 2), "currency_id": "BRL",
+                 "seller": {"id": self.seller_id}}
+        order["date_created"] = order["date_last_updated"] = _iso(self._real_moment(), BRT)
         with self.lock:
             self.users.setdefault(int(buyer_id), {"id": int(buyer_id), "nickname": buyer_nickname, "site_id": "MLB"})
             self.orders[int(order_id)] = order
@@ -332,6 +344,38 @@ class MeliState(Controls):
                                                              "buyer": {"id": int(buyer_id)}})
                 pack["orders"].append({"id": int(order_id)})
         return order
+
+    def touch_order(self, order_id: int) -> None:
+        """Something changed on the sale (payment, shipping): its date_last_updated moves."""
+        with self.lock:
+            self.orders[int(order_id)]["date_last_updated"] = _iso(self._real_moment(), BRT)
+
+    def search_orders(self, args: dict) -> Response:
+        """GET /orders/search: seller, order.date_last_updated.from/.to, sort date_asc|date_desc, paging."""
+        try:
+            offset, limit = int(args.get("offset", 0)), int(args.get("limit", 50))
+        except ValueError:
+            return json_error(self, 400, "offset and limit must be numbers", "bad_request")
+        if limit < 1 or limit > 51 or offset < 0:
+            return json_error(self, 400, "limit must be between 1 and 51", "bad_request")
+        if args.get("seller") != str(g.user_id):
+            return json_error(self, 403, "caller is not the seller", "forbidden")
+        bounds = {}
+        for side in ("from", "to"):
+            value = args.get(f"order.date_last_updated.{side}")
+            if value:
+                try:
+                    bounds[side] = datetime.fromisoformat(value.replace("Z", "+00:00"))
+                except ValueError:
+                    return json_error(self, 400, f"invalid date {value}", "bad_request")
+        with self.lock:
+            found = [o for o in self.orders.values()
+                     if ("from" not in bounds or datetime.fromisoformat(o["date_last_updated"]) >= bounds["from"])
+                     and ("to" not in bounds or datetime.fromisoformat(o["date_last_updated"]) <= bounds["to"])]
+            found.sort(key=lambda o: (o["date_created"], o["id"]), reverse=args.get("sort") == "date_desc")
+            page = [dict(o) for o in found[offset:offset + limit]]
+        return jsonify({"query": "", "results": page, "sort": {"id": args.get("sort", "date_asc")},
+                        "paging": {"total": len(found), "offset": offset, "limit": limit}})
 
     def _thread(self, pack_id: Any) -> dict | None:
         """The thread of a pack, or of an order without pack; None when neither exists."""
@@ -367,7 +411,7 @@ class MeliState(Controls):
         return {"filename": stored, "original_filename": filename, "type": content_type, "size": len(content)}
 
     def _new_message(self, thread: dict, from_id: int, to_id: int, text: str, attachments: list[dict]) -> dict:
-        created = _iso(self._next_moment())
+        created = _iso(self._real_moment())
         message = {"id": uuid.uuid4().hex, "from": {"user_id": from_id}, "to": {"user_id": to_id}, "text": text,
                    "status": "available",
                    "message_date": {"created": created, "received": created, "read": None},
@@ -393,6 +437,13 @@ class MeliState(Controls):
         """The seller wrote on the Mercado Livre site (not through the API)."""
         thread = self._existing_thread(pack_id)
         return self._new_message(thread, self.seller_id, self._seller_recipient(thread), text, [])
+
+    def read_elsewhere(self, pack_id: Any) -> None:
+        """The seller opened the thread on Mercado Livre's site: every buyer message is read now."""
+        thread = self._existing_thread(pack_id)
+        with self.lock:
+            for message in self._unread(thread):
+                message["message_date"]["read"] = _iso(datetime.now(timezone.utc))
 
     def set_migrated(self, pack_id: Any, migrated: bool = True) -> None:
         self._existing_thread(pack_id)["migrated"] = migrated
@@ -424,6 +475,9 @@ class MeliState(Controls):
     def thread_page(self, thread: dict, args: dict) -> dict:
         limit, offset = _int_arg(args, "limit", 10), _int_arg(args, "offset", 0)
         mark = args.get("mark_as_read", "true").lower() != "false"
+        hook = self.before_mark_read
+        if mark and hook:
+            hook(thread["key"])
         with self.lock:
             # Chronological (oldest first) here; the real API's order is not documented,
             # so the bridge must sort by message_date itself rather than rely on this.
@@ -568,6 +622,10 @@ def create_meli_app(state: MeliState) -> Flask:
     @app.post("/answers")
     def answers():
         return state.post_answer(request.get_json(silent=True) or {})
+
+    @app.get("/orders/search")
+    def orders_search():
+        return state.search_orders(request.args.to_dict())
 
     @app.get("/orders/<int:order_id>")
     def order(order_id: int):

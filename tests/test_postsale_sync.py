@@ -1,0 +1,149 @@
+"""Post-sale sync against Mercado Livre's traps: messages arriving while a thread is marked read,
+a mark-read interrupted by a crash, a reply part in flight, and the sweep for messages read elsewhere."""
+
+import json
+import time
+
+import pytest
+import responses
+from responses import matchers
+
+import outbox
+import sync_messages
+from services import build_services
+from tests.payloads import message_created
+
+API = "https://api.meli.test"
+CW = "https://chat.example.test/api/v1/accounts/1"
+THREAD = f"{API}/messages/packs/2000001/sellers/555"
+PEEK = {"tag": "post_sale", "mark_as_read": "false", "limit": "10", "offset": "0"}
+MARK = {"tag": "post_sale", "limit": "10", "offset": "0"}
+
+
+@pytest.fixture
+def s(settings, db):
+    services = build_services(settings, db, sleep=lambda _s: None)
+    db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", time.time() + 21600, time.time())
+    db.link_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
+                    data={"buyer_id": 9, "blocked": False, "migrated": False})
+    return services
+
+
+def buyer(mid, text, minute, read=False):
+    created = f"2026-11-29T10:{minute:02d}:00.000Z"
+    return {"id": mid, "from": {"user_id": 9}, "to": {"user_id": 555}, "text": text,
+            "message_date": {"created": created, "read": created if read else None},
+            "message_resources": [{"id": "2000001", "name": "orders"}]}
+
+
+def seller(mid, text, minute):
+    return dict(buyer(mid, text, minute), **{"from": {"user_id": 555}, "to": {"user_id": 9}})
+
+
+def thread(*messages):
+    return {"paging": {"total": len(messages), "offset": 0, "limit": 10}, "messages": list(messages),
+            "conversation_status": {"status": "active"}}
+
+
+def chatwoot_accepts():
+    created = iter(range(500, 600))
+    responses.add_callback(responses.POST, f"{CW}/conversations/88/messages",
+                           callback=lambda _req: (200, {}, json.dumps({"id": next(created)})))
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+
+
+def created_in_chatwoot():
+    return [json.loads(c.request.body)["content"] for c in responses.calls
+            if c.request.method == "POST" and c.request.url == f"{CW}/conversations/88/messages"]
+
+
+@responses.activate
+def test_a_buyer_message_marked_read_during_the_sync_is_mirrored_from_the_mark_read_answer(s):
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=thread(buyer("b1", "Oi", 1)))
+    # The buyer wrote again between our read and the mark-read: this page marks both read.
+    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)],
+                  json=thread(buyer("b1", "Oi", 1), buyer("b2", "Ainda aí?", 2)))
+    chatwoot_accepts()
+    created = sync_messages.sync_pack(s, "2000001", 555)
+    assert created == 2 and created_in_chatwoot() == ["Oi", "Ainda aí?"]
+    assert s.db.link("message", "b2")["status"] == "created"
+    thread_row = s.db.thread("2000001")
+    assert thread_row["marking_since"] is None and thread_row["total"] == 2
+
+
+@responses.activate
+def test_only_the_pages_holding_unread_messages_are_marked_in_pages_of_ten(s):
+    old = [buyer(f"o{i}", f"antiga {i}", i, read=True) for i in range(12)]
+    fresh = buyer("n1", "nova", 30)
+    pages = {0: old[:10], 10: old[10:] + [fresh]}
+    for offset, batch in pages.items():
+        body = {"paging": {"total": 13, "offset": offset, "limit": 10}, "messages": batch,
+                "conversation_status": {"status": "active"}}
+        responses.get(THREAD, match=[matchers.query_param_matcher(dict(PEEK, offset=str(offset)))], json=body)
+    responses.get(THREAD, match=[matchers.query_param_matcher(dict(MARK, offset="10"))],
+                  json={"paging": {"total": 13}, "messages": pages[10]})
+    for i in range(12):
+        s.db.link_created("message", f"o{i}", 1.0, conversation_id=88, message_id=i)
+    chatwoot_accepts()
+    assert sync_messages.sync_pack(s, "2000001", 555) == 1
+    marks = [c.request.url for c in responses.calls if "mark_as_read" not in c.request.url
+             and c.request.url.startswith(THREAD)]
+    assert len(marks) == 1 and "offset=10" in marks[0] and "limit=10" in marks[0]
+
+
+@responses.activate
+def test_a_mark_read_interrupted_by_a_crash_is_synced_again_on_the_next_poll(s):
+    # The last run flagged the thread, marked it read, and died before mirroring b2.
+    s.db.link_created("message", "b1", 1.0, conversation_id=88, message_id=1)
+    s.db.thread_marking("2000001", time.time() - 30)
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
+                  json=thread(buyer("b1", "Oi", 1, read=True), buyer("b2", "Ainda aí?", 2, read=True)))
+    chatwoot_accepts()
+    assert sync_messages.resume_interrupted_marks(s, 555) == 1
+    assert created_in_chatwoot() == ["Ainda aí?"]
+    assert s.db.threads_marking() == []
+    assert sync_messages.resume_interrupted_marks(s, 555) == 0
+
+
+@responses.activate
+def test_a_seller_message_like_a_reply_part_in_flight_is_not_mirrored_as_typed_on_the_site(s):
+    outbox.accept_webhook(message_created(message_id=9200, conversation_id=88, inbox_id=2, content="Ok"),
+                          s.settings, s.db, time.time())
+    reply = s.db.replies_active_for_target("message", "2000001")[0]
+    s.db.reply_claim(reply["id"], time.time(), 300)
+    s.db.part_mark_sending(reply["id"], 0)  # sent, answer lost: it may be "m-ok"
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=thread(seller("m-ok", "Ok", 3)))
+    chatwoot_accepts()
+    assert sync_messages.sync_pack(s, "2000001", 555) == 0
+    assert created_in_chatwoot() == [] and s.db.link("message", "m-ok") is None
+    # Left unrecorded, so the sweep reads the thread again once the part is settled.
+    assert s.db.thread("2000001")["total"] is None
+
+
+def test_the_orders_cursor_pages_through_a_pass_then_starts_the_next_from_the_pass_start():
+    cursor = {"from": 1000.0, "offset": 0, "started": 5000.0}
+    assert sync_messages.next_orders_cursor(cursor, 50, 120, 5100.0) == dict(cursor, offset=50)
+    last = sync_messages.next_orders_cursor(dict(cursor, offset=100), 20, 120, 5200.0)
+    assert last == {"from": 5000.0 - sync_messages.ORDERS_OVERLAP, "offset": 0, "started": None}
+    assert sync_messages.next_orders_cursor(dict(cursor, offset=50), 0, 120, 5200.0)["offset"] == 0
+
+
+@responses.activate
+def test_a_quiet_thread_costs_one_read_and_a_changed_one_is_synced(s):
+    s.db.thread_synced("2000001", time.time() - 3600, 1, "b1", changed=False)
+    s.db.link_created("message", "b1", 1.0, conversation_id=88, message_id=1)
+    responses.get(f"{API}/messages/unread", json={"results": []})
+    responses.get(f"{API}/orders/search", json={"results": [], "paging": {"total": 0}})
+    one = {"tag": "post_sale", "mark_as_read": "false", "limit": "1", "offset": "0"}
+    responses.get(THREAD, match=[matchers.query_param_matcher(one)],
+                  json={"paging": {"total": 2}, "messages": [buyer("b1", "Oi", 1, read=True)]})
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
+                  json=thread(buyer("b1", "Oi", 1, read=True), buyer("b2", "Lida no site", 2, read=True)))
+    chatwoot_accepts()
+    counts = sync_messages.sync_messages(s)
+    assert counts["swept"] == 1 and counts["swept_changed"] == 1
+    assert created_in_chatwoot() == ["Lida no site"]
+    assert s.db.thread("2000001")["total"] == 2
+    calls = len(responses.calls)
+    counts = sync_messages.sync_messages(s)  # just checked: not due again for a while
+    assert counts["swept"] == 0 and len(responses.calls) - calls == 2  # unread list + orders search
