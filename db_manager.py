@@ -151,6 +151,9 @@ MIGRATIONS: list[tuple[str, str]] = [
             updated_at REAL NOT NULL
         );
     """),
+    ("reply parts: time of the first send attempt, to tell our lost sends from older identical messages", """
+        ALTER TABLE reply_parts ADD COLUMN first_attempt_at REAL;
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -446,6 +449,16 @@ class Database:
         conn.execute(f"UPDATE links SET {assignments}, updated_at = ? WHERE kind = ? AND external_id = ?",
                      (*fields.values(), now, kind, str(external_id)))
 
+    def link_ids_among(self, kind: str, external_ids: list[str]) -> set[str]:
+        """Which of these ids have a links row of `kind` (pending or created)."""
+        found: set[str] = set()
+        for start in range(0, len(external_ids), 500):
+            chunk = [str(i) for i in external_ids[start:start + 500]]
+            rows = self.conn().execute(f"SELECT external_id FROM links WHERE kind = ? AND external_id IN"
+                                       f" ({','.join('?' * len(chunk))})", (kind, *chunk))
+            found.update(r[0] for r in rows)
+        return found
+
     def links_by_status(self, kind: str, status: str) -> list[dict]:
         return [_link_row(row) for row in self.all("SELECT * FROM links WHERE kind = ? AND status = ?"
                                                     " ORDER BY created_at", (kind, status))]
@@ -571,13 +584,17 @@ class Database:
                 return None
             return dict(conn.execute("SELECT * FROM replies WHERE id = ?", (reply_id,)).fetchone())
 
-    def part_mark_sending(self, reply_id: int, seq: int) -> str:
-        """Mark a part in flight; returns its previous status ('sending' means: check remote first)."""
+    def part_mark_sending(self, reply_id: int, seq: int, now: float | None = None) -> str:
+        """Mark a part in flight; returns its previous status ('sending' means: check remote first).
+
+        `now` is kept as the first attempt's time: only a message created after it can be
+        this part's lost send.
+        """
         with self.write() as conn:
             row = conn.execute("SELECT status FROM reply_parts WHERE reply_id = ? AND seq = ?",
                                (reply_id, seq)).fetchone()
-            conn.execute("UPDATE reply_parts SET status = 'sending' WHERE reply_id = ? AND seq = ?"
-                         " AND status = 'pending'", (reply_id, seq))
+            conn.execute("UPDATE reply_parts SET status = 'sending', first_attempt_at = COALESCE(first_attempt_at, ?)"
+                         " WHERE reply_id = ? AND seq = ? AND status = 'pending'", (now, reply_id, seq))
             return row["status"]
 
     def part_sent(self, reply_id: int, seq: int, remote_id: str | None, now: float) -> None:

@@ -291,7 +291,7 @@ def _deliver_answer(s: Services, reply: dict) -> None:
     if part["status"] == "sent":
         return
     question_id = reply["target_id"]
-    s.db.part_mark_sending(reply["id"], 0)
+    s.db.part_mark_sending(reply["id"], 0, s.clock())
     try:
         s.meli.answer_question(int(question_id), part["text"])
     except PermanentError as exc:
@@ -346,9 +346,9 @@ def _deliver_message(s: Services, reply: dict) -> None:
     for part in parts:
         if part["status"] == "sent":
             continue
-        previous = s.db.part_mark_sending(reply["id"], part["seq"])
+        previous = s.db.part_mark_sending(reply["id"], part["seq"], s.clock())
         if previous == "sending":
-            found = _find_sent_part(s, pack_id, seller_id, part["text"])
+            found = _find_sent_part(s, pack_id, seller_id, part, part["first_attempt_at"] or reply["created_at"])
             if found:
                 s.db.part_sent(reply["id"], part["seq"], found, s.clock())
                 log.info("reply part already on mercado livre reply=%s part=%d pack=%s ml_message=%s",
@@ -401,24 +401,42 @@ def _upload_files(s: Services, reply: dict, part: dict) -> list[str]:
     return ids
 
 
-def _find_sent_part(s: Services, pack_id: str, seller_id: int, part_text: str) -> str | None:
-    """Look in the thread for a seller message with this text (a send whose answer we lost)."""
+def _find_sent_part(s: Services, pack_id: str, seller_id: int, part: dict, since: float) -> str | None:
+    """Look in the thread for this part's send whose answer we lost.
+
+    Short texts repeat ("Ok", "Obrigado!"): only a seller message created after the
+    part's first attempt and not already accounted for (another part's or reply's send,
+    or a message typed on the site and mirrored) counts. When in doubt, the part is sent
+    again: a repeated line is better than a reply that never arrived but shows delivered.
+    """
     offset = 0
     for _ in range(20):
         page = s.meli.thread_page(pack_id, seller_id, offset=offset, limit=10)
         messages = page.get("messages") or []
-        # A message already recorded as another part's is not ours: the same short text
-        # ("Ok") may have been sent before.
-        taken = s.db.bridge_sent_ids([str(m.get("id")) for m in messages])
+        ids = [str(m.get("id")) for m in messages]
+        taken = s.db.bridge_sent_ids(ids) | s.db.link_ids_among("message", ids)
         for message in messages:
-            if str((message.get("from") or {}).get("user_id")) == str(seller_id) \
-                    and str(message.get("id")) not in taken \
-                    and _same_text(message.get("text") or "", part_text or ""):
+            if is_lost_send(message, seller_id, part, since, taken):
                 return str(message.get("id"))
         offset += len(messages)
         if not messages or offset >= int((page.get("paging") or {}).get("total") or 0):
             return None
     return None
+
+
+SEND_CLOCK_SKEW = 60.0  # seconds our clock may run ahead of Mercado Livre's
+
+
+def is_lost_send(message: dict, seller_id: int, part: dict, since: float, taken: set[str]) -> bool:
+    """Pure: could this thread message be `part`, sent at or after `since` (epoch seconds)?"""
+    if str((message.get("from") or {}).get("user_id")) != str(seller_id) or str(message.get("id")) in taken:
+        return False
+    if not _same_text(message.get("text") or "", part.get("text") or ""):
+        return False
+    if bool(message.get("message_attachments")) != bool(part.get("attachments")):
+        return False
+    created = sync_messages.parse_date((message.get("message_date") or {}).get("created"))
+    return created is not None and created >= since - SEND_CLOCK_SKEW
 
 
 def _refusal(exc: ApiError, what: str) -> tuple[str, str]:

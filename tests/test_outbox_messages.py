@@ -2,6 +2,7 @@
 
 import json
 import time
+from datetime import datetime, timezone
 
 import pytest
 import responses
@@ -44,6 +45,24 @@ def posts():
             if c.request.method == "POST" and c.request.url.startswith(THREAD)]
 
 
+def ml_date(epoch):
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def seller_message(mid, text, created):
+    return {"id": mid, "from": {"user_id": 555}, "to": {"user_id": 9}, "text": text,
+            "message_date": {"created": ml_date(created)}}
+
+
+def in_doubt(s, content, message_id=9200):
+    """An accepted reply whose single part was in flight when its worker died, 10 minutes ago."""
+    _status, reply_id = accept(s, content, message_id=message_id)
+    s.db.reply_claim(reply_id, time.time(), 300)
+    s.db.part_mark_sending(reply_id, 0, time.time() - 600)
+    s.db.conn().execute("UPDATE replies SET lease_until = 0 WHERE id = ?", (reply_id,))
+    return reply_id
+
+
 def sent_ok(n):
     for i in range(n):
         responses.post(THREAD, json={"id": f"m{i}"})
@@ -73,11 +92,12 @@ def test_a_crash_between_parts_sends_no_part_twice(s):
     # First worker: part 0 confirmed, part 1 reached ML but the worker died before recording it.
     s.db.reply_claim(reply_id, time.time(), 300)
     s.db.part_sent(reply_id, 0, "m0", time.time())
-    s.db.part_mark_sending(reply_id, 1)
+    attempt = time.time()
+    s.db.part_mark_sending(reply_id, 1, attempt)
     s.db.conn().execute("UPDATE replies SET lease_until = 0")
     responses.get(THREAD, json={"paging": {"total": 2, "offset": 0, "limit": 10}, "messages": [
-        {"id": "m0", "from": {"user_id": 555}, "text": parts[0]["text"]},
-        {"id": "m1", "from": {"user_id": 555}, "text": parts[1]["text"]}],
+        seller_message("m0", parts[0]["text"], attempt - 5),
+        seller_message("m1", parts[1]["text"], attempt + 1)],
         "conversation_status": {"status": "active"}})
     sent_ok(1)
     chatwoot_ok()
@@ -237,3 +257,42 @@ def test_a_later_reply_waits_for_an_earlier_one_to_the_same_sale(s):
     outbox.run_outbox(s)
     assert [b["text"] for b in posts()] == ["primeira", "primeira", "segunda"]
     assert s.db.reply(second)["status"] == "delivered"
+
+
+@responses.activate
+def test_an_older_site_message_with_the_same_text_is_not_taken_for_a_lost_send(s):
+    reply_id = in_doubt(s, "Obrigado!")
+    # "Obrigado!" typed on the site an hour before the reply's first attempt.
+    responses.get(THREAD, json={"paging": {"total": 1}, "messages": [
+        seller_message("m-site", "Obrigado!", time.time() - 3600)], "conversation_status": {"status": "active"}})
+    sent_ok(1)
+    chatwoot_ok()
+    outbox.run_outbox(s)
+    assert [b["text"] for b in posts()] == ["Obrigado!"]
+    assert s.db.reply_parts(reply_id)[0]["status"] == "sent" and s.db.reply(reply_id)["status"] == "delivered"
+
+
+@responses.activate
+def test_a_site_message_already_mirrored_is_not_taken_for_a_lost_send(s):
+    reply_id = in_doubt(s, "Ok")
+    s.db.link_created("message", "m-site", time.time(), conversation_id=88, message_id=70,
+                      data={"pack_id": "2000001", "direction": "outgoing"})
+    responses.get(THREAD, json={"paging": {"total": 1}, "messages": [
+        seller_message("m-site", "Ok", time.time() - 60)], "conversation_status": {"status": "active"}})
+    sent_ok(1)
+    chatwoot_ok()
+    outbox.run_outbox(s)
+    assert [b["text"] for b in posts()] == ["Ok"]
+    assert s.db.reply_parts(reply_id)[0]["remote_id"] == "m0"
+
+
+@responses.activate
+def test_a_lost_send_created_after_the_first_attempt_is_recognised(s):
+    reply_id = in_doubt(s, "Ok")
+    responses.get(THREAD, json={"paging": {"total": 2}, "messages": [
+        seller_message("m-old", "Ok", time.time() - 3600), seller_message("m-ours", "Ok", time.time() - 590)],
+        "conversation_status": {"status": "active"}})
+    chatwoot_ok()
+    outbox.run_outbox(s)
+    assert posts() == []
+    assert s.db.reply_parts(reply_id)[0]["remote_id"] == "m-ours" and s.db.reply(reply_id)["status"] == "delivered"
