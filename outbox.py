@@ -45,12 +45,17 @@ SEE_LOGS = "Se o problema continuar, verifique os logs da ponte."
 
 
 class DeliveryFailed(Exception):
-    """A reply that cannot reach the buyer; `error` is short, `note` tells the agent what to do."""
+    """A reply that cannot reach the buyer; `error` is short, `note` tells the agent what to do.
 
-    def __init__(self, error: str, note: str):
+    `why` is the cause alone (no "nothing was sent", no "send it again"): when earlier
+    parts already reached the buyer, the note is rebuilt around it.
+    """
+
+    def __init__(self, error: str, note: str, why: str | None = None):
         super().__init__(error)
         self.error = error
         self.note = note
+        self.why = why or note
 
 
 @dataclass
@@ -252,7 +257,8 @@ def deliver(s: Services, reply_id: int) -> str | None:
         log.warning("reply waiting for reauthorization %s", ids)
         return "retry"
     except DeliveryFailed as exc:
-        s.db.reply_failed(reply_id, exc.error, exc.note, s.clock())
+        error, note = partial_failure(s.db.reply_parts(reply_id), exc.error, exc.note, exc.why)
+        s.db.reply_failed(reply_id, error, note, s.clock())
         log.warning("reply failed %s reason=%r after %dms", ids, exc.error, (time.monotonic() - started) * 1000)
         return "failed"
     except ApiError as exc:
@@ -269,15 +275,54 @@ def deliver(s: Services, reply_id: int) -> str | None:
 def _transient(s: Services, reply: dict, exc: ApiError, ids: str) -> str:
     now = s.clock()
     if now - reply["created_at"] > GIVE_UP_AFTER:
-        s.db.reply_failed(reply["id"], "Mercado Livre indisponível por 24 h",
-                          "A resposta não pôde ser entregue ao Mercado Livre durante 24 horas de tentativas "
-                          f"(último erro: {exc.short()}). Envie de novo ou responda pelo Mercado Livre.", now)
+        error, note = partial_failure(
+            s.db.reply_parts(reply["id"]), "Mercado Livre indisponível por 24 h",
+            "A resposta não pôde ser entregue ao Mercado Livre durante 24 horas de tentativas "
+            f"(último erro: {exc.short()}). Envie de novo ou responda pelo Mercado Livre.",
+            f"O Mercado Livre ficou indisponível durante 24 horas de tentativas (último erro: {exc.short()}).")
+        s.db.reply_failed(reply["id"], error, note, now)
         log.error("reply failed after 24h of retries %s last_error=%r", ids, exc.short())
         return "failed"
     delay = retry_delay(reply["attempts"], exc.retry_after)
     s.db.reply_retry_later(reply["id"], now + delay, exc.short()[:300], now)
     log.warning("reply retry in %.1fs %s attempt=%d error=%r", delay, ids, reply["attempts"], exc.short())
     return "retry"
+
+
+def partial_failure(parts: list[dict], error: str, note: str, why: str) -> tuple[str, str]:
+    """The failed mark and note of a reply; when some parts reached the buyer, they say which and what is left.
+
+    Parts go out in order, so what reached the buyer is a prefix; a part still
+    `sending` may or may not have arrived (its answer was lost).
+    """
+    sent = [p for p in parts if p["status"] == "sent"]
+    if not sent or len(parts) < 2:
+        return error, note
+    doubt = [p for p in parts if p["status"] == "sending"]
+    unsent = [p for p in parts if p["status"] == "pending"]
+    rest = [p for p in parts if p["status"] != "sent"]
+    arrived = f"{_part_list([p['seq'] + 1 for p in sent])} de {len(parts)}"
+    summary = (f"{'A parte' if len(sent) == 1 else 'As partes'} {arrived} "
+               f"{'chegou' if len(sent) == 1 else 'chegaram'} ao comprador")
+    if unsent:
+        summary += (f"; {'a parte' if len(unsent) == 1 else 'as partes'} "
+                    f"{_part_list([p['seq'] + 1 for p in unsent])} não")
+    summary += "."
+    if doubt:
+        summary += (f" A parte {_part_list([p['seq'] + 1 for p in doubt])} pode ter chegado: confira no Mercado "
+                    "Livre antes de enviar o restante.")
+    remaining = "\n".join(f"> {line}" for p in rest for line in (p["text"] or "").splitlines() or [""])
+    files = [a.get("name") for p in rest for a in p.get("attachments") or []]
+    note = (f"{summary}\n\n{why}\n\nNão envie a mensagem inteira de novo: envie somente o restante:\n\n{remaining}"
+            + (f"\n\nAnexos que não foram: {', '.join(files)}" if files else ""))
+    mark = f"{'parte' if len(sent) == 1 else 'partes'} {arrived} enviada{'s' if len(sent) > 1 else ''}; {error}"
+    return mark[:200], note
+
+
+def _part_list(numbers: list[int]) -> str:
+    """[1, 2, 3] -> "1, 2 e 3"."""
+    words = [str(n) for n in numbers]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} e {words[-1]}"
 
 
 def retry_delay(attempts: int, retry_after: float | None = None) -> float:
@@ -361,7 +406,8 @@ def _deliver_message(s: Services, reply: dict) -> None:
             s.db.part_unsent(reply["id"], part["seq"])
             if exc.status == 403 or exc.code == "blocked_conversation_send_message_forbidden":
                 raise DeliveryFailed(*BLOCKED) from None
-            raise DeliveryFailed(*_refusal(exc, "a mensagem")) from None
+            raise DeliveryFailed(*_refusal(exc, "a mensagem" if len(parts) == 1 else f"a parte {part['seq'] + 1}"))\
+                from None
         except TransientError as exc:
             if exc.status == 429:
                 s.db.part_unsent(reply["id"], part["seq"])  # refused outright: nothing was sent
@@ -375,7 +421,9 @@ def _deliver_message(s: Services, reply: dict) -> None:
 BLOCKED = ("conversa bloqueada no Mercado Livre",
            "O Mercado Livre bloqueou o envio nesta conversa. Isso acontece quando o comprador ainda não escreveu "
            "(o vendedor não pode iniciar a conversa) ou quando a venda está em mediação. Aguarde o comprador "
-           "escrever ou acompanhe a mediação no Mercado Livre. Nada foi enviado.")
+           "escrever ou acompanhe a mediação no Mercado Livre. Nada foi enviado.",
+           "O Mercado Livre bloqueou o envio nesta conversa (venda em mediação, por exemplo): o restante só pode "
+           "ir quando a conversa for liberada, ou pelo Mercado Livre.")
 
 
 def _upload_files(s: Services, reply: dict, part: dict) -> list[str]:
@@ -439,11 +487,12 @@ def is_lost_send(message: dict, seller_id: int, part: dict, since: float, taken:
     return created is not None and created >= since - SEND_CLOCK_SKEW
 
 
-def _refusal(exc: ApiError, what: str) -> tuple[str, str]:
+def _refusal(exc: ApiError, what: str) -> tuple[str, str, str]:
     reason = _plain_reason(exc)
     return (f"recusado pelo Mercado Livre: {reason}"[:200],
             f"O Mercado Livre recusou {what} (erro {exc.status}: {reason}). Nada foi enviado ao comprador. "
-            "Corrija o texto e envie de novo. " + SEE_LOGS)
+            "Corrija o texto e envie de novo. " + SEE_LOGS,
+            f"O Mercado Livre recusou {what} (erro {exc.status}: {reason}).")
 
 
 def _plain_reason(exc: ApiError) -> str:
@@ -490,8 +539,9 @@ def _report(s: Services, reply: dict) -> None:
     s.chatwoot.set_message_status(conversation_id, message_id, "failed", reply["error"] or "não enviada")
     source_id = f"meli:note:reply:{reply['id']}"
     if reply["note"] and not _recent_source(s, conversation_id, source_id):
-        s.chatwoot.note(conversation_id, f"Resposta não enviada ao Mercado Livre: {reply['error']}.\n\n"
-                                         f"{reply['note']}", source_id=source_id)
+        partly = any(p["status"] == "sent" for p in s.db.reply_parts(reply["id"]))
+        header = "Resposta enviada só em parte ao Mercado Livre" if partly else "Resposta não enviada ao Mercado Livre"
+        s.chatwoot.note(conversation_id, f"{header}: {reply['error']}.\n\n{reply['note']}", source_id=source_id)
 
 
 def _recent_source(s: Services, conversation_id: int, source_id: str) -> bool:

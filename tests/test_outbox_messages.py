@@ -296,3 +296,39 @@ def test_a_lost_send_created_after_the_first_attempt_is_recognised(s):
     outbox.run_outbox(s)
     assert posts() == []
     assert s.db.reply_parts(reply_id)[0]["remote_id"] == "m-ours" and s.db.reply(reply_id)["status"] == "delivered"
+
+
+@responses.activate
+def test_a_later_part_refused_tells_which_parts_reached_the_buyer_and_what_is_left(s):
+    content = (SENTENCE * 14)[:900]
+    _status, reply_id = accept(s, content)
+    parts = s.db.reply_parts(reply_id)
+    responses.post(THREAD, json={"id": "m0"})
+    responses.post(THREAD, json={"id": "m1"})
+    responses.post(THREAD, status=400, json={"message": "message length exceeded", "error": "bad_request",
+                                             "status": 400})
+    chatwoot_ok()
+    outbox.run_outbox(s)
+    reply = s.db.reply(reply_id)
+    assert reply["status"] == "failed"
+    assert reply["error"].startswith("partes 1 e 2 de 3 enviadas")
+    mark = [json.loads(c.request.body) for c in responses.calls if c.request.method == "PATCH"][0]
+    assert mark["status"] == "failed" and "partes 1 e 2 de 3" in mark["external_error"]
+    note = [json.loads(c.request.body) for c in responses.calls
+            if c.request.method == "POST" and c.request.url == f"{CW}/conversations/88/messages"][0]
+    assert note["private"] is True
+    assert note["content"].startswith("Resposta enviada só em parte")
+    assert "As partes 1 e 2 de 3 chegaram ao comprador; a parte 3 não." in note["content"]
+    assert "envie somente o restante" in note["content"] and parts[2]["text"] in note["content"]
+    assert parts[0]["text"] not in note["content"] and "Nada foi enviado" not in note["content"]
+
+
+def test_a_part_whose_answer_was_lost_is_named_as_maybe_arrived():
+    parts = [{"seq": 0, "status": "sent", "text": "um"}, {"seq": 1, "status": "sending", "text": "dois"},
+             {"seq": 2, "status": "pending", "text": "três"}, {"seq": 3, "status": "pending", "text": "quatro"}]
+    error, note = outbox.partial_failure(parts, "Mercado Livre indisponível por 24 h", "nada foi", "Fora do ar.")
+    assert error == "parte 1 de 4 enviada; Mercado Livre indisponível por 24 h"
+    assert note.startswith("A parte 1 de 4 chegou ao comprador; as partes 3 e 4 não. A parte 2 pode ter chegado")
+    assert "> dois\n> três\n> quatro" in note and "> um" not in note
+    single = [{"seq": 0, "status": "pending", "text": "x"}]
+    assert outbox.partial_failure(single, "e", "nada foi enviado", "w") == ("e", "nada foi enviado")
