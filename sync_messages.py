@@ -210,7 +210,14 @@ def resume_interrupted_marks(s: Services, seller_id: int) -> int:
             if (s.db.thread(pack_id) or {}).get("marking_since") is None:
                 continue
             log.warning("thread mark-read was interrupted, syncing again pack=%s", pack_id)
-            _sync_pack(s, pack_id, seller_id, None)
+            try:
+                _sync_pack(s, pack_id, seller_id, None)
+            except ReauthorizationRequired:
+                raise
+            except ApiError as exc:
+                # Still flagged: tried again next poll, without holding up the unread list.
+                log.error("interrupted thread not synced yet pack=%s: %s", pack_id, exc.short())
+                continue
             resumed += 1
     return resumed
 

@@ -147,3 +147,16 @@ def test_a_quiet_thread_costs_one_read_and_a_changed_one_is_synced(s):
     calls = len(responses.calls)
     counts = sync_messages.sync_messages(s)  # just checked: not due again for a while
     assert counts["swept"] == 0 and len(responses.calls) - calls == 2  # unread list + orders search
+
+
+@responses.activate
+def test_an_interrupted_thread_that_still_fails_does_not_hold_up_the_unread_list(s):
+    s.db.thread_marking("2000001", time.time() - 30)
+    s.db.link_created("pack", "2000002", 1.0, conversation_id=89, contact_id=6, data={"buyer_id": 10})
+    responses.get(THREAD, status=404, json={"message": "not found", "error": "not_found", "status": 404})
+    responses.get(f"{API}/messages/unread", json={"results": [{"resource": "/packs/2000002/sellers/555"}]})
+    responses.get(f"{API}/messages/packs/2000002/sellers/555", json=thread())
+    responses.get(f"{API}/orders/search", json={"results": [], "paging": {"total": 0}})
+    counts = sync_messages.sync_messages(s)
+    assert counts["resumed"] == 0 and counts["threads"] == 1
+    assert s.db.threads_marking() == ["2000001"]  # tried again on the next poll
