@@ -108,8 +108,8 @@ def failed(s: Services, kind: str, item_id: Any, exc: BaseException) -> dict:
     next_at, give_up = next_attempt(attempts, now, retry_after)
     error = describe(exc)
     row = s.db.item_failed(kind, item_id, error, next_at, now, give_up=give_up)
-    log.warning("%s %s failed attempt=%d retry_in=%ds error=%s", kind, item_id, attempts, next_at - now, error)
-    log.debug("%s %s failure trace", kind, item_id, exc_info=exc)
+    log.warning("item failed %s=%s attempt=%d retry_in=%ds error=%s", kind, item_id, attempts, next_at - now, error)
+    log.debug("item failure trace %s=%s", kind, item_id, exc_info=exc)
     if row["gave_up_at"] is not None and row["reported_at"] is None:
         report_safely(s, row)
     return row
@@ -125,7 +125,7 @@ def gave_up(s: Services, kind: str, item_id: Any, error: str) -> None:
 
 def succeeded(s: Services, kind: str, item_id: Any) -> None:
     if s.db.item_succeeded(kind, item_id):
-        log.info("%s %s recovered after earlier failures", kind, item_id)
+        log.info("item recovered %s=%s after earlier failures", kind, item_id)
 
 
 def report_safely(s: Services, row: dict) -> bool:
@@ -135,7 +135,7 @@ def report_safely(s: Services, row: dict) -> bool:
     except ReauthorizationRequired:
         return False
     except Exception as exc:  # noqa: BLE001 — the report is retried by housekeeping
-        log.warning("report of given-up %s %s postponed: %s", row["kind"], row["item_id"], describe(exc))
+        log.warning("item report postponed %s=%s error=%s", row["kind"], row["item_id"], describe(exc))
         return False
 
 
@@ -143,8 +143,8 @@ def report(s: Services, row: dict) -> None:
     """Once per give-up: an error line with ids, and a private note where the item has a conversation."""
     kind, item_id = row["kind"], row["item_id"]
     conversation_id = conversation_for(s, kind, item_id)
-    log.error("%s %s given up after %d attempts conversation=%s last_error=%s; retried once a day, "
-              "`python main.py retry %s %s` retries now", kind, item_id, row["attempts"], conversation_id,
+    log.error("item given up %s=%s attempts=%d conversation=%s last_error=%s; tried once a day from now, "
+              "`python main.py retry %s %s` tries now", kind, item_id, row["attempts"], conversation_id,
               row["last_error"], kind, item_id)
     if conversation_id:
         s.chatwoot.note(conversation_id,

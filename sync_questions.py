@@ -92,6 +92,11 @@ def sync_questions(s: Services) -> dict:
     started = time.monotonic()
     seller_id = s.meli.seller_id()
     unanswered = list(s.meli.unanswered_questions(seller_id))
+    shapeless = [q for q in unanswered if not isinstance(q, dict) or not q.get("id")]
+    if shapeless:
+        # Nothing to retry or report without an id; the rest must not fail over them.
+        log.warning("question search returned %d entries without an id: skipped", len(shapeless))
+        unanswered = [q for q in unanswered if q not in shapeless]
     # A question that keeps failing waits for its turn; the others go on meanwhile.
     batch = failures.Batch(s, "question")
     new = [q for q in questions_to_create(unanswered, s.db.link_ids("question", "created"))
@@ -104,7 +109,7 @@ def sync_questions(s: Services) -> dict:
         if s.stopping.is_set() or batch.interrupted:
             break
         items = _chunk_items(s, chunk)
-        nicknames = cached_nicknames(s, [(q.get("from") or {}).get("id") for q in chunk])
+        nicknames = cached_nicknames(s, [_buyer(q) for q in chunk])
         for question in chunk:
             if s.stopping.is_set() or batch.interrupted:
                 break
@@ -143,6 +148,11 @@ def _chunk_items(s: Services, chunk: list[dict]) -> dict[str, dict] | None:
         log.warning("item lookup failed for %d questions, each looks up its own: %s", len(chunk),
                     failures.describe(exc))
         return None
+
+
+def _buyer(question: dict):
+    asker = question.get("from")
+    return asker.get("id") if isinstance(asker, dict) else None
 
 
 def _create_new(s: Services, question: dict, items: dict[str, dict] | None, nicknames: dict[str, str]) -> bool:

@@ -107,6 +107,19 @@ def test_a_question_raising_keyerror_does_not_stop_the_later_questions(s, clock)
 
 
 @responses.activate
+def test_search_entries_of_the_wrong_shape_do_not_stop_the_others(s):
+    odd_asker = question(2) | {"from": "9001"}
+    search_returns("not a question", {"status": "UNANSWERED"}, odd_asker, question(3))
+    responses.get(f"{API}/items", json=[{"code": 200, "body": {"id": "MLB1", "title": "Caneca"}}])
+    responses.get(f"{API}/users/9001", json={"id": 9001, "nickname": "COMPRADOR"})
+    chatwoot_creates()
+    counts = sync_questions.sync_questions(s)
+    assert counts["created"] == 1 and counts["item_errors"] == 1
+    assert s.db.link("question", "3")["status"] == "created"
+    assert s.db.item_attempt("question", "2")["attempts"] == 1
+
+
+@responses.activate
 def test_a_failing_question_waits_for_its_backoff_and_success_clears_it(s, clock):
     search_returns(question(1, item_id=None))
     sync_questions.sync_questions(s)
@@ -162,7 +175,7 @@ def test_after_the_bound_a_question_is_reported_once_with_a_note_and_a_status_co
     assert notes[0]["source_id"].startswith("meli:note:failing:question:7:")
     given_up = [r for r in caplog.records if "given up" in r.getMessage()]
     assert len(given_up) == 1 and given_up[0].levelno == logging.ERROR
-    assert "question 7 given up after 10 attempts conversation=77" in given_up[0].getMessage()
+    assert "item given up question=7 attempts=10 conversation=77" in given_up[0].getMessage()
     assert "Tem azul" not in caplog.text
     items = health.build_status(s.db, s.settings, clock())["checks"]["items"]
     assert items["gave_up_count"] == 1 and items["gave_up"][0]["item_id"] == "7"
