@@ -731,6 +731,18 @@ class Database:
             return conn.execute("DELETE FROM item_attempts WHERE kind = ? AND item_id = ?",
                                 (kind, str(item_id))).rowcount == 1
 
+    def items_forget_others(self, kind: str, keep: set[str]) -> int:
+        """Forget failures of `kind` items that no longer need work (answered elsewhere, read on the site...).
+
+        A give-up still owed its report is kept until it is reported.
+        """
+        with self.write() as conn:
+            rows = conn.execute("SELECT item_id FROM item_attempts WHERE kind = ?"
+                                " AND (gave_up_at IS NULL OR reported_at IS NOT NULL)", (kind,)).fetchall()
+            gone = [(kind, r[0]) for r in rows if r[0] not in keep]
+            conn.executemany("DELETE FROM item_attempts WHERE kind = ? AND item_id = ?", gone)
+            return len(gone)
+
     def item_reported(self, kind: str, item_id: str | int, now: float) -> None:
         with self.write() as conn:
             conn.execute("UPDATE item_attempts SET reported_at = ? WHERE kind = ? AND item_id = ?",

@@ -83,6 +83,12 @@ class Batch:
     def interrupted(self) -> bool:
         return self._streak >= OUTAGE_STREAK
 
+    def keep_only(self, item_ids: set[str]) -> None:
+        """The items that still need work; failures of any other item are forgotten."""
+        forgotten = self.s.db.items_forget_others(self.kind, {str(i) for i in item_ids})
+        if forgotten:
+            log.info("item failures forgotten kind=%s count=%d: no work left for them", self.kind, forgotten)
+
     def run(self, item_id: Any, func: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
         """Call func(*args) for one item. Returns (True, result), or (False, None) when it failed."""
         try:

@@ -126,6 +126,7 @@ def sync_messages(s: Services) -> dict:
     counts = {"threads": len(packs), "created": 0}
     # A thread that keeps failing waits for its turn (it stays unread meanwhile); the others go on.
     batch = failures.Batch(s, "pack")
+    batch.keep_only(set(packs))
     for pack_id in packs:
         if s.stopping.is_set() or batch.interrupted:
             break

@@ -99,8 +99,8 @@ def sync_questions(s: Services) -> dict:
         unanswered = [q for q in unanswered if q not in shapeless]
     # A question that keeps failing waits for its turn; the others go on meanwhile.
     batch = failures.Batch(s, "question")
-    new = [q for q in questions_to_create(unanswered, s.db.link_ids("question", "created"))
-           if not batch.waiting(q["id"])]
+    to_create = questions_to_create(unanswered, s.db.link_ids("question", "created"))
+    new = [q for q in to_create if not batch.waiting(q["id"])]
     counts = {"unanswered": len(unanswered), "created": 0, "changed": 0}
     # A chunk at a time: lookups and creations interleave (both APIs' budgets work at
     # once) and what a chunk fetched is cached before a restart could lose it.
@@ -118,7 +118,9 @@ def sync_questions(s: Services) -> dict:
     unanswered_ids = {str(q["id"]) for q in unanswered}
     created = s.db.links_by_status("question", "created")
     open_links = [link for link in created if link["data"].get("state", "open") == "open"]
-    for link in questions_that_left(open_links, unanswered_ids):
+    left, back = questions_that_left(open_links, unanswered_ids), questions_back(created, unanswered_ids)
+    batch.keep_only({str(q["id"]) for q in to_create} | {link["external_id"] for link in left + back})
+    for link in left:
         if s.stopping.is_set() or batch.interrupted:
             break
         if batch.waiting(link["external_id"]):
@@ -126,7 +128,7 @@ def sync_questions(s: Services) -> dict:
         ok, _ = batch.run(link["external_id"], _follow_fetched, s, link)
         counts["changed"] += ok
     # Back from review: the search already says it is unanswered again; no fetch needed.
-    for link in questions_back(created, unanswered_ids):
+    for link in back:
         if s.stopping.is_set() or batch.interrupted:
             break
         if batch.waiting(link["external_id"]):

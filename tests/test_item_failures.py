@@ -141,6 +141,18 @@ def test_a_failing_question_waits_for_its_backoff_and_success_clears_it(s, clock
 
 
 @responses.activate
+def test_a_failing_question_that_left_the_list_is_forgotten(s, clock):
+    search_returns(question(1, item_id=None))
+    sync_questions.sync_questions(s)
+    assert s.db.item_attempt("question", "1")["attempts"] == 1
+    # Deleted by the buyer before it ever reached Chatwoot: nothing left to do for it.
+    responses.replace(responses.GET, f"{API}/questions/search", json={"total": 0, "limit": 50, "questions": []})
+    sync_questions.sync_questions(s)
+    assert s.db.item_attempt("question", "1") is None
+    assert health.build_status(s.db, s.settings, clock())["checks"]["items"]["retrying"] == {}
+
+
+@responses.activate
 def test_one_bad_item_in_the_lookup_does_not_fail_the_other_questions(s):
     search_returns(question(1, item_id="MLBBAD"), question(2))
 
