@@ -712,16 +712,17 @@ class Database:
         return {r[0] for r in rows}
 
     def item_failed(self, kind: str, item_id: str | int, error: str, next_attempt_at: float, now: float,
-                    give_up: bool = False) -> dict:
-        """Count one more failed attempt; returns the row as it now stands."""
+                    give_up: bool = False, attempts: int | None = None) -> dict:
+        """Count one more failed attempt (or set the count its own queue kept); returns the row as it now stands."""
         with self.write() as conn:
             conn.execute(
                 "INSERT INTO item_attempts (kind, item_id, attempts, next_attempt_at, last_error, first_failed_at,"
-                " last_failed_at, gave_up_at) VALUES (?, ?, 1, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (kind, item_id) DO UPDATE SET attempts = attempts + 1,"
+                " last_failed_at, gave_up_at) VALUES (?, ?, COALESCE(?, 1), ?, ?, ?, ?, ?)"
+                " ON CONFLICT (kind, item_id) DO UPDATE SET attempts = COALESCE(?, attempts + 1),"
                 " next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error,"
                 " last_failed_at = excluded.last_failed_at, gave_up_at = COALESCE(gave_up_at, excluded.gave_up_at)",
-                (kind, str(item_id), next_attempt_at, error[:300], now, now, now if give_up else None))
+                (kind, str(item_id), attempts, next_attempt_at, error[:300], now, now, now if give_up else None,
+                 attempts))
             return dict(conn.execute("SELECT * FROM item_attempts WHERE kind = ? AND item_id = ?",
                                      (kind, str(item_id))).fetchone())
 

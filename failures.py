@@ -35,6 +35,9 @@ OUTAGE_STREAK = 3
 # Their messages name types and keys, not data; other exceptions (ValueError...) may quote
 # the value they choked on, which can be buyer text: only their class and place are kept.
 MESSAGE_SAFE = (KeyError, AttributeError, TypeError, IndexError)
+NEXT = {"question": "tried once a day from now", "pack": "tried once a day from now",
+        "notification": "the polls still cover its question or thread", "reply": "its outcome is not in Chatwoot"}
+AFTERWARDS = {"question": "Ela continua tentando uma vez por dia. ", "pack": "Ela continua tentando uma vez por dia. "}
 WHAT = {"question": "esta pergunta", "pack": "as mensagens desta venda",
         "notification": "um aviso do Mercado Livre sobre esta conversa", "reply": "o resultado desta resposta"}
 
@@ -121,10 +124,10 @@ def failed(s: Services, kind: str, item_id: Any, exc: BaseException) -> dict:
     return row
 
 
-def gave_up(s: Services, kind: str, item_id: Any, error: str) -> None:
-    """An item whose own queue stopped trying it (a notification): report it like the others."""
+def gave_up(s: Services, kind: str, item_id: Any, error: str, attempts: int | None = None) -> None:
+    """An item whose own queue stopped trying it (a notification, a reply): report it like the others."""
     now = s.clock()
-    row = s.db.item_failed(kind, item_id, error, now + AFTER_GIVE_UP, now, give_up=True)
+    row = s.db.item_failed(kind, item_id, error, now + AFTER_GIVE_UP, now, give_up=True, attempts=attempts)
     if row["reported_at"] is None:
         report_safely(s, row)
 
@@ -149,15 +152,16 @@ def report(s: Services, row: dict) -> None:
     """Once per give-up: an error line with ids, and a private note where the item has a conversation."""
     kind, item_id = row["kind"], row["item_id"]
     conversation_id = conversation_for(s, kind, item_id)
-    log.error("item given up %s=%s attempts=%d conversation=%s last_error=%s; tried once a day from now, "
-              "`python main.py retry %s %s` tries now", kind, item_id, row["attempts"], conversation_id,
-              row["last_error"], kind, item_id)
+    log.error("item given up %s=%s attempts=%d conversation=%s last_error=%s; %s; `python main.py retry %s %s` "
+              "retries now", kind, item_id, row["attempts"], conversation_id, row["last_error"],
+              NEXT.get(kind, "not retried"), kind, item_id)
     if conversation_id:
+        tries = f"{row['attempts']} tentativas" if row["attempts"] > 1 else "um dia de tentativas"
         s.chatwoot.note(conversation_id,
-                        f"A ponte não conseguiu processar {WHAT.get(kind, 'este item')} depois de {row['attempts']} "
-                        f"tentativas (erro: {row['last_error']}). Ela continua tentando uma vez por dia, e o "
-                        "problema aparece no /health da ponte. Enquanto isso, confira esta conversa direto no "
-                        "Mercado Livre para não deixar o comprador sem resposta.",
+                        f"A ponte não conseguiu processar {WHAT.get(kind, 'este item')} depois de "
+                        f"{tries} (erro: {row['last_error']}). {AFTERWARDS.get(kind, '')}O problema aparece no "
+                        "/health da ponte. Enquanto isso, confira esta conversa direto no Mercado Livre para não "
+                        "deixar o comprador sem resposta.",
                         source_id=f"meli:note:failing:{kind}:{item_id}:{int(row['gave_up_at'])}")
     s.db.item_reported(kind, item_id, s.clock())
 

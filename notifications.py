@@ -81,7 +81,7 @@ def process_notifications(s: Services) -> dict:
                 # Tried GIVE_UP_ATTEMPTS times: the polls still cover the question or thread, but a person
                 # must hear of it.
                 counts["item_errors"] += 1
-                failures.gave_up(s, "notification", note["id"], error)
+                failures.gave_up(s, "notification", note["id"], error, attempts=note["attempts"] + 1)
         s.db.notification_done(note["id"], s.clock())
         counts["processed"] += 1
         log.info("notification processed id=%s topic=%s resource=%s outcome=%s in %dms", note["id"],

@@ -288,7 +288,8 @@ def test_a_notification_raising_does_not_stop_the_later_ones_and_is_reported_whe
     assert s.db.notification("n-1")["processed_at"] is not None
     row = s.db.item_attempt("notification", "n-1")
     assert row["gave_up_at"] and row["reported_at"]
-    assert len(notes_in(88)) == 1
+    notes = notes_in(88)
+    assert len(notes) == 1 and f"{notifications.GIVE_UP_ATTEMPTS + 1} tentativas" in notes[0]["content"]
     # `main.py retry` puts it back in the queue.
     assert s.db.items_reset(clock(), "notification") == 1
     assert s.db.notification("n-1")["processed_at"] is None and s.db.item_attempt("notification", "n-1") is None
