@@ -7,7 +7,8 @@ def test_a_question_whose_item_lookup_is_malformed_blocks_nothing(bridge):
     meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
     meli.add_user(9001, "COMPRADOR")
     meli.add_item("MLB1", "Caneca")
-    meli.items["MLBBAD"] = "garbage"  # Mercado Livre answers this item's lookup with a body of the wrong shape
+    with meli.lock:
+        meli.items["MLBBAD"] = "garbage"  # Mercado Livre answers this item's lookup with a body of the wrong shape
     bad = meli.add_question(item_id="MLBBAD", buyer_id=9001, text="Pergunta com anúncio estranho?")
     good = [meli.add_question(item_id="MLB1", buyer_id=9001, text=f"Pergunta {n}?") for n in range(3)]
 
