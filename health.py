@@ -47,6 +47,25 @@ def build_status(db: Database, settings: Settings, now: float) -> dict:
             "last_duration_ms": run["last_duration_ms"]}
     checks["jobs"] = {"ok": True, "runs": jobs}
     checks["notifications"] = {"ok": True, "received_last_hour": db.notifications_received_since(now - 3600)}
+    checks["items"] = item_failures(db)
 
     failing = [name for name, check in checks.items() if not check["ok"]]
-    return {"ok": not failing, "failing": failing, "checks": checks, "time": now}
+    # Needs a person, but restarting the bridge would not help and would hold up every other item.
+    attention = ["items"] if checks["items"]["gave_up_count"] else []
+    return {"ok": not failing, "failing": failing, "attention": attention, "checks": checks, "time": now}
+
+
+def item_failures(db: Database) -> dict:
+    """Items failing alone while the rest goes on. Always ok: a bad item is a warning, not an outage."""
+    summary = db.items_summary()
+    by_kind = summary["by_kind"]
+    retrying = {kind: counts["retrying"] for kind, counts in by_kind.items() if counts["retrying"]}
+    for kind, count in (("notification", db.notifications_retrying()), ("reply", db.replies_retrying())):
+        if count:
+            retrying[kind] = retrying.get(kind, 0) + count
+    gave_up_count = sum(counts["gave_up"] for counts in by_kind.values())
+    check = {"ok": True, "retrying": retrying, "gave_up_count": gave_up_count, "gave_up": summary["gave_up"]}
+    if gave_up_count:
+        check["warning"] = (f"{gave_up_count} item(s) failed too often and are retried once a day; see `gave_up`, "
+                            "fix the cause, then `python main.py retry`")
+    return check

@@ -5,6 +5,7 @@
     python main.py authorize    print the Mercado Livre authorization URL
     python main.py authorize --code TG-...   exchange a code by hand
     python main.py status       print what /health shows
+    python main.py retry [KIND [ID]]   retry failing questions, sales or notifications now
     python main.py setup URL    find or create the Chatwoot inboxes and webhook
     python main.py check [URL]  check the configuration end to end
 """
@@ -23,6 +24,7 @@ from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+import failures
 import health
 import notifications
 import outbox
@@ -64,7 +66,9 @@ def job_table(settings: Settings) -> list[tuple[str, Callable[[Services], dict],
 
 
 def housekeeping(s: Services) -> dict:
-    return s.db.prune(s.clock())
+    counts = s.db.prune(s.clock())
+    counts.update(failures.report_pending(s))
+    return counts
 
 
 def run_job(s: Services, name: str, func: Callable[[Services], dict], *, quiet_when_idle: bool = False) -> bool:
@@ -99,7 +103,8 @@ def run_job(s: Services, name: str, func: Callable[[Services], dict], *, quiet_w
     _finish(s, name, started, None)
     log.info("job %s done in %dms %s", name, (time.monotonic() - started) * 1000,
              " ".join(f"{k}={v}" for k, v in counts.items() if k != "ms"))
-    return True
+    # The job went through, but an item failed: `--once` says so with its exit code.
+    return not counts.get("item_errors")
 
 
 def _finish(s: Services, name: str, started: float, error: str | None) -> None:
@@ -180,6 +185,13 @@ def cmd_status(settings: Settings) -> int:
     return 0 if report["ok"] else 1
 
 
+def cmd_retry(settings: Settings, kind: str | None, item_id: str | None) -> int:
+    s = open_services(settings)
+    count = s.db.items_reset(s.clock(), kind, item_id)
+    print(f"{count} failing item(s) will be tried again on the next run.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="main.py", description="Mercado Livre ↔ Chatwoot bridge poller")
     parser.add_argument("--once", action="store_true", help="run every job once and exit")
@@ -188,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     auth.add_argument("--code", help="authorization code (TG-...) to exchange by hand")
     auth.add_argument("--state", help="the state from the same address bar (needed with MELI_USE_PKCE)")
     sub.add_parser("status", help="print the bridge's health")
+    retry = sub.add_parser("retry", help="try failing items again now instead of at their next turn; "
+                                              "clears given-up replies from the status")
+    retry.add_argument("kind", nargs="?", choices=("question", "pack", "notification", "reply"),
+                       help="only this kind of item (default: every failing item)")
+    retry.add_argument("item_id", nargs="?", help="only this item (a question id, a pack id...)")
     setup = sub.add_parser("setup", help="find or create the Chatwoot inboxes and webhook; print the .env lines")
     setup.add_argument("public_url", help="the bridge's public URL, e.g. https://bridge.example.com")
     check = sub.add_parser("check", help="check the running configuration end to end (writes nothing)")
@@ -205,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_authorize(settings, args.code, args.state)
     if args.command == "status":
         return cmd_status(settings)
+    if args.command == "retry":
+        return cmd_retry(settings, args.kind, args.item_id)
     s = open_services(settings)
     return run_once(s) if args.once else run_forever(s)
 

@@ -6,6 +6,7 @@ import logging
 import re
 import time
 
+import failures
 import sync_messages
 import sync_questions
 from config import Settings
@@ -55,7 +56,7 @@ def read_missed_feeds(s: Services) -> dict:
 
 
 def process_notifications(s: Services) -> dict:
-    counts = {"processed": 0, "retry": 0}
+    counts = {"processed": 0, "retry": 0, "item_errors": 0}
     for note in s.db.notifications_due(s.clock()):
         if s.stopping.is_set():
             break
@@ -64,15 +65,23 @@ def process_notifications(s: Services) -> dict:
             outcome = handle(s, note)
         except ReauthorizationRequired:
             raise
-        except ApiError as exc:
-            if exc.transient and note["attempts"] < GIVE_UP_ATTEMPTS:
-                s.db.notification_retry_later(note["id"], s.clock() + retry_delay(note["attempts"] + 1,
-                                                                                  exc.retry_after), exc.short())
+        except Exception as exc:  # noqa: BLE001 — a notification that breaks must not hold up the ones after it
+            permanent = isinstance(exc, ApiError) and not exc.transient
+            error = exc.short() if permanent else failures.describe(exc)
+            if not permanent and note["attempts"] < GIVE_UP_ATTEMPTS:
+                s.db.notification_retry_later(note["id"], s.clock() + retry_delay(
+                    note["attempts"] + 1, exc.retry_after if isinstance(exc, ApiError) else None), error)
                 counts["retry"] += 1
-                log.warning("notification retry id=%s topic=%s resource=%s error=%r", note["id"], note["topic"],
-                            note["resource"], exc.short())
+                counts["item_errors"] += not isinstance(exc, ApiError)
+                log.warning("notification retry id=%s topic=%s resource=%s attempt=%d error=%s", note["id"],
+                            note["topic"], note["resource"], note["attempts"] + 1, error)
                 continue
-            outcome = f"gave up: {exc.short()}"
+            outcome = f"gave up: {error}"
+            if not permanent:
+                # Tried GIVE_UP_ATTEMPTS times: the polls still cover the question or thread, but a person
+                # must hear of it.
+                counts["item_errors"] += 1
+                failures.gave_up(s, "notification", note["id"], error, attempts=note["attempts"] + 1)
         s.db.notification_done(note["id"], s.clock())
         counts["processed"] += 1
         log.info("notification processed id=%s topic=%s resource=%s outcome=%s in %dms", note["id"],

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import failures
 import sync_messages
 import text
 from config import Settings
@@ -226,7 +227,13 @@ def _deliver_in_order(s: Services, reply_ids: list[int]) -> Counter:
     for reply_id in reply_ids:
         if s.stopping.is_set():
             break
-        outcome = deliver(s, reply_id)
+        try:
+            outcome = deliver(s, reply_id)
+        except Exception:  # noqa: BLE001 — not even the bookkeeping of one reply may stop the others
+            # The reply stays `sending`: its lease runs out and it is claimed (and counted) again.
+            log.exception("reply delivery bookkeeping crashed reply=%s", reply_id)
+            counts["retry"] += 1
+            break
         if outcome:
             counts[outcome] += 1
         if outcome in ("delivered", "failed"):
@@ -325,8 +332,10 @@ def _part_list(numbers: list[int]) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} e {words[-1]}"
 
 
-def retry_delay(attempts: int, retry_after: float | None = None) -> float:
-    base = min(RETRY_MAX, RETRY_BASE * 2 ** max(0, attempts - 1))
+def retry_delay(attempts: int, retry_after: float | None = None, *, first: float = RETRY_BASE,
+                longest: float = RETRY_MAX) -> float:
+    """The bridge's one backoff: doubling from `first` up to `longest`, jittered by up to half."""
+    base = min(longest, first * 2 ** max(0, attempts - 1))
     delay = random.uniform(base / 2, base)
     return max(delay, retry_after or 0.0)
 
@@ -525,8 +534,25 @@ def report_reply(s: Services, reply: dict) -> int:
             return 0
         log.error("reply outcome could not be shown reply=%s message=%s conversation=%s error=%r",
                   reply["id"], reply["chatwoot_message_id"], reply["conversation_id"], exc.short())
+    except Exception as exc:  # noqa: BLE001 — one reply's report must not hold up the others'
+        return _report_crashed(s, reply, exc)
     s.db.reply_reported(reply["id"], s.clock())
     return 1
+
+
+def _report_crashed(s: Services, reply: dict, exc: Exception) -> int:
+    """Try again with backoff; after a day the outcome is given up on, loudly (log, /health)."""
+    now, error = s.clock(), failures.describe(exc)
+    if now - (reply["finished_at"] or reply["created_at"]) > GIVE_UP_AFTER:
+        failures.gave_up(s, "reply", reply["id"], error)
+        s.db.reply_reported(reply["id"], now)
+        return 1
+    # Counted from when the reply finished: updated_at moves with every postponement.
+    delay = retry_delay(max(1, int(now - (reply["finished_at"] or reply["created_at"])) // 10 + 1))
+    s.db.reply_report_later(reply["id"], now + delay, now)
+    log.warning("reply outcome not shown yet reply=%s message=%s conversation=%s error=%s",
+                reply["id"], reply["chatwoot_message_id"], reply["conversation_id"], error)
+    return 0
 
 
 def _report(s: Services, reply: dict) -> None:

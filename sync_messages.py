@@ -23,6 +23,7 @@ import re
 import time
 from datetime import datetime, timezone
 
+import failures
 from contacts import ensure_contact, ensure_conversation
 from http_client import ApiError, PermanentError
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
@@ -190,12 +191,19 @@ def sync_messages(s: Services) -> dict:
     counts = {"resumed": resume_interrupted_marks(s, seller_id)}
     packs = pack_ids_from_unread(s.meli.unread_threads())
     counts.update(threads=len(packs), created=0)
+    # A thread that keeps failing waits for its turn (it stays unread meanwhile); the others go on.
+    batch = failures.Batch(s, "pack")
+    batch.keep_only(set(packs))
     for pack_id in packs:
-        if s.stopping.is_set():
+        if s.stopping.is_set() or batch.interrupted:
             break
-        counts["created"] += sync_pack(s, pack_id, seller_id)
+        if batch.waiting(pack_id):
+            continue
+        _ok, created = batch.run(pack_id, sync_pack, s, pack_id, seller_id)
+        counts["created"] += created or 0
     counts["moderation_checks"] = check_recent_replies(s, seller_id, skip=set(packs))
     counts.update(sweep_threads(s, seller_id))
+    counts["item_errors"] = batch.failed
     return counts
 
 

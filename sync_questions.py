@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import time
 
+import failures
 from contacts import ensure_contact, ensure_conversation
+from mercado_livre_api import ReauthorizationRequired
 from services import Services
 
 log = logging.getLogger("bridge.questions")
@@ -90,41 +92,89 @@ def sync_questions(s: Services) -> dict:
     started = time.monotonic()
     seller_id = s.meli.seller_id()
     unanswered = list(s.meli.unanswered_questions(seller_id))
-    new = questions_to_create(unanswered, s.db.link_ids("question", "created"))
+    shapeless = [q for q in unanswered if not isinstance(q, dict) or not q.get("id")]
+    if shapeless:
+        # Nothing to retry or report without an id; the rest must not fail over them.
+        log.warning("question search returned %d entries without an id: skipped", len(shapeless))
+        unanswered = [q for q in unanswered if q not in shapeless]
+    # A question that keeps failing waits for its turn; the others go on meanwhile.
+    batch = failures.Batch(s, "question")
+    to_create = questions_to_create(unanswered, s.db.link_ids("question", "created"))
+    new = [q for q in to_create if not batch.waiting(q["id"])]
     counts = {"unanswered": len(unanswered), "created": 0, "changed": 0}
     # A chunk at a time: lookups and creations interleave (both APIs' budgets work at
     # once) and what a chunk fetched is cached before a restart could lose it.
     for start in range(0, len(new), CHUNK):
         chunk = new[start:start + CHUNK]
-        if s.stopping.is_set():
+        if s.stopping.is_set() or batch.interrupted:
             break
-        items = cached_items(s, [str(q["item_id"]) for q in chunk])
-        nicknames = cached_nicknames(s, [(q.get("from") or {}).get("id") for q in chunk])
+        items = _chunk_items(s, chunk)
+        nicknames = cached_nicknames(s, [_buyer(q) for q in chunk])
         for question in chunk:
-            if s.stopping.is_set():
+            if s.stopping.is_set() or batch.interrupted:
                 break
-            with s.locks.hold(f"question:{question['id']}"):
-                if (s.db.link("question", question["id"]) or {}).get("status") == "created":
-                    continue  # a notification was faster
-                create_question(s, question, items.get(str(question["item_id"])),
-                                nicknames.get(str((question.get("from") or {}).get("id"))))
-            counts["created"] += 1
+            _ok, created = batch.run(question["id"], _create_new, s, question, items, nicknames)
+            counts["created"] += bool(created)
     unanswered_ids = {str(q["id"]) for q in unanswered}
     created = s.db.links_by_status("question", "created")
     open_links = [link for link in created if link["data"].get("state", "open") == "open"]
-    for link in questions_that_left(open_links, unanswered_ids):
-        if s.stopping.is_set():
+    left, back = questions_that_left(open_links, unanswered_ids), questions_back(created, unanswered_ids)
+    batch.keep_only({str(q["id"]) for q in to_create} | {link["external_id"] for link in left + back})
+    for link in left:
+        if s.stopping.is_set() or batch.interrupted:
             break
-        with s.locks.hold(f"question:{link['external_id']}"):
-            follow_question(s, link, s.meli.question(link["external_id"]))
-        counts["changed"] += 1
+        if batch.waiting(link["external_id"]):
+            continue
+        ok, _ = batch.run(link["external_id"], _follow_fetched, s, link)
+        counts["changed"] += ok
     # Back from review: the search already says it is unanswered again; no fetch needed.
-    for link in questions_back(created, unanswered_ids):
-        with s.locks.hold(f"question:{link['external_id']}"):
-            follow_question(s, link, {"status": "UNANSWERED"})
-        counts["changed"] += 1
+    for link in back:
+        if s.stopping.is_set() or batch.interrupted:
+            break
+        if batch.waiting(link["external_id"]):
+            continue
+        ok, _ = batch.run(link["external_id"], _follow_locked, s, link, {"status": "UNANSWERED"})
+        counts["changed"] += ok
+    counts["item_errors"] = batch.failed
     counts["ms"] = int((time.monotonic() - started) * 1000)
     return counts
+
+
+def _chunk_items(s: Services, chunk: list[dict]) -> dict[str, dict] | None:
+    """One lookup for a chunk's items; None when it failed, so each question looks up its own."""
+    try:
+        return cached_items(s, [str(q.get("item_id")) for q in chunk])
+    except ReauthorizationRequired:
+        raise
+    except Exception as exc:  # noqa: BLE001 — one bad item must not fail the chunk's questions
+        log.warning("item lookup failed for %d questions, each looks up its own: %s", len(chunk),
+                    failures.describe(exc))
+        return None
+
+
+def _buyer(question: dict):
+    asker = question.get("from")
+    return asker.get("id") if isinstance(asker, dict) else None
+
+
+def _create_new(s: Services, question: dict, items: dict[str, dict] | None, nicknames: dict[str, str]) -> bool:
+    with s.locks.hold(f"question:{question['id']}"):
+        if (s.db.link("question", question["id"]) or {}).get("status") == "created":
+            return False  # a notification was faster
+        item_id = str(question["item_id"])
+        item = items.get(item_id) if items is not None else cached_items(s, [item_id]).get(item_id)
+        create_question(s, question, item, nicknames.get(str((question.get("from") or {}).get("id"))))
+    return True
+
+
+def _follow_fetched(s: Services, link: dict) -> None:
+    with s.locks.hold(f"question:{link['external_id']}"):
+        follow_question(s, link, s.meli.question(link["external_id"]))
+
+
+def _follow_locked(s: Services, link: dict, question: dict) -> None:
+    with s.locks.hold(f"question:{link['external_id']}"):
+        follow_question(s, link, question)
 
 
 def sync_one_question(s: Services, question_id: str) -> str:
