@@ -485,15 +485,25 @@ class Database:
         return self.one("SELECT 1 AS x FROM replies WHERE chatwoot_message_id = ?", (chatwoot_message_id,)) is not None
 
     def reply_accept(self, *, chatwoot_message_id: int, conversation_id: int, kind: str, target_id: str | None,
-                     parts: list[dict], now: float, error: str | None = None, note: str | None = None) -> int | None:
+                     parts: list[dict], now: float, error: str | None = None, note: str | None = None,
+                     taken: tuple[str, str] | None = None) -> int | None:
         """Record an agent reply and its parts in one transaction.
 
         Returns the new reply id, or None when this Chatwoot message was already accepted
         (the same message delivered by both the account and the inbox webhook). A reply
         whose plan already failed is stored as 'failed' so the agent is still told.
+        `taken` = (error, note) makes the target exclusive: when another reply to it is
+        pending, sending or delivered, this one is stored failed with that reason. The check
+        runs inside the insert's transaction, so two listener workers accepting two answers
+        to one question at the same moment cannot both win.
         """
-        status = "failed" if error else "pending"
         with self.write() as conn:
+            if taken and not error and conn.execute(
+                    "SELECT 1 FROM replies WHERE kind = ? AND target_id = ? AND status IN"
+                    " ('pending', 'sending', 'delivered') AND chatwoot_message_id != ? LIMIT 1",
+                    (kind, target_id, chatwoot_message_id)).fetchone():
+                error, note = taken
+            status = "failed" if error else "pending"
             cur = conn.execute(
                 "INSERT OR IGNORE INTO replies (chatwoot_message_id, conversation_id, kind, target_id, status,"
                 " next_attempt_at, error, note, created_at, updated_at, finished_at)"

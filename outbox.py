@@ -92,18 +92,23 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
         plan.error = "conversa sem vínculo com o Mercado Livre"
         plan.note = ("Esta conversa não está ligada a uma pergunta ou venda do Mercado Livre, então a resposta "
                      "não foi enviada. Responda pelo Mercado Livre.")
-    if not plan.error and kind == "answer" and db.replies_active_for_target("answer", target):
-        plan.error = "pergunta já tem resposta"
-        plan.note = ("O Mercado Livre aceita uma única resposta por pergunta e esta pergunta já tem uma resposta "
-                     "enviada ou em envio. Esta mensagem não foi enviada ao comprador.")
+    # One answer per question: checked by the database inside the insert's transaction, since
+    # two listener workers may accept two agent messages for the same question at once.
     reply_id = db.reply_accept(chatwoot_message_id=message_id, conversation_id=conversation_id, kind=kind,
-                               target_id=target, parts=plan.parts, now=now, error=plan.error, note=plan.note)
+                               target_id=target, parts=plan.parts, now=now, error=plan.error, note=plan.note,
+                               taken=ANSWER_TAKEN if kind == "answer" else None)
     if reply_id is None:
         return "duplicate", 200, {}
     extra = {"reply_id": reply_id, "kind": kind, "target": target, "parts": len(plan.parts)}
-    if plan.error:
-        return "refused", 200, dict(extra, reason=plan.error)
+    error = plan.error or (db.reply(reply_id)["error"] if kind == "answer" else None)
+    if error:
+        return "refused", 200, dict(extra, reason=error)
     return "accepted", 200, extra
+
+
+ANSWER_TAKEN = ("pergunta já tem resposta",
+                "O Mercado Livre aceita uma única resposta por pergunta e esta pergunta já tem uma resposta "
+                "enviada ou em envio. Esta mensagem não foi enviada ao comprador.")
 
 
 def _valid_id(value) -> bool:
