@@ -251,7 +251,12 @@ def deliver(s: Services, reply_id: int) -> str | None:
         else:
             _deliver_message(s, reply)
     except ReauthorizationRequired:
-        # Waiting for a person: not an attempt, and no give-up clock beyond the usual 24 h.
+        # Waiting for a person: not an attempt, but the same 24 h limit as every reply, so
+        # an agent is not left thinking a day-old reply is still on its way.
+        if s.clock() - reply["created_at"] > GIVE_UP_AFTER:
+            s.db.reply_failed(reply_id, "Mercado Livre sem autorização por 24 h", REAUTH_GAVE_UP, s.clock())
+            log.error("reply failed after 24h waiting for reauthorization %s", ids)
+            return "failed"
         s.db.reply_retry_later(reply_id, s.clock() + REAUTH_RECHECK, "aguardando reautorização do Mercado Livre",
                                s.clock(), count_attempt=False)
         log.warning("reply waiting for reauthorization %s", ids)
@@ -269,6 +274,11 @@ def deliver(s: Services, reply_id: int) -> str | None:
     log.info("reply delivered %s attempts=%d in %dms (accepted %.1fs ago)", ids, reply["attempts"],
              (time.monotonic() - started) * 1000, s.clock() - reply["created_at"])
     return "delivered"
+
+
+REAUTH_GAVE_UP = ("A resposta esperou 24 horas pela reautorização da conta no Mercado Livre e não foi enviada. "
+                  "Peça a quem administra a ponte para autorizar de novo (python main.py authorize) e depois "
+                  "envie a resposta outra vez, ou responda pelo Mercado Livre.")
 
 
 def _transient(s: Services, reply: dict, exc: ApiError, ids: str) -> str:
