@@ -133,6 +133,15 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX notifications_due ON notifications (processed_at, next_attempt_at);
     """),
+    ("notifications: one pending row per topic and resource", """
+        -- A notification for a resource that is already waiting adds nothing but a count:
+        -- `repeats` tells the poller something changed while it was fetching.
+        ALTER TABLE notifications ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0;
+        UPDATE notifications SET processed_at = received_at WHERE processed_at IS NULL AND rowid NOT IN
+            (SELECT MIN(rowid) FROM notifications WHERE processed_at IS NULL GROUP BY topic, resource);
+        CREATE UNIQUE INDEX notifications_pending_once ON notifications (topic, resource)
+            WHERE processed_at IS NULL;
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -656,20 +665,39 @@ class Database:
 
     # ---- notifications ---------------------------------------------------------------------------
 
-    def notification_record(self, notification_id: str, topic: str, resource: str, now: float) -> bool:
+    def notification_record(self, notification_id: str, topic: str, resource: str, now: float,
+                            max_pending: int | None = None) -> str:
+        """Queue a notification for the poller.
+
+        Returns 'recorded'; 'duplicate' when this notification id was seen before; 'merged'
+        when the same resource is already waiting (counted, so the poller fetches it again
+        if it was mid-fetch); 'full' when `max_pending` rows already wait (polling catches up).
+        """
         with self.write() as conn:
-            cur = conn.execute("INSERT OR IGNORE INTO notifications (id, topic, resource, received_at, next_attempt_at)"
-                               " VALUES (?, ?, ?, ?, ?)", (notification_id, topic, resource, now, now))
-            return cur.rowcount == 1
+            if conn.execute("SELECT 1 FROM notifications WHERE id = ?", (notification_id,)).fetchone():
+                return "duplicate"
+            if conn.execute("UPDATE notifications SET repeats = repeats + 1"
+                            " WHERE topic = ? AND resource = ? AND processed_at IS NULL",
+                            (topic, resource)).rowcount:
+                return "merged"
+            if max_pending is not None and conn.execute(
+                    "SELECT COUNT(*) FROM notifications WHERE processed_at IS NULL").fetchone()[0] >= max_pending:
+                return "full"
+            conn.execute("INSERT INTO notifications (id, topic, resource, received_at, next_attempt_at)"
+                         " VALUES (?, ?, ?, ?, ?)", (notification_id, topic, resource, now, now))
+            return "recorded"
 
     def notifications_due(self, now: float, limit: int = 50) -> list[dict]:
         return self.all("SELECT * FROM notifications WHERE processed_at IS NULL AND next_attempt_at <= ?"
                         " ORDER BY received_at LIMIT ?", (now, limit))
 
-    def notification_done(self, notification_id: str, now: float) -> None:
+    def notification_done(self, notification_id: str, now: float, repeats: int | None = None) -> bool:
+        """Mark processed; with `repeats` (as read before fetching), only if no new notification
+        for the resource arrived meanwhile — otherwise it stays due and is fetched again."""
         with self.write() as conn:
-            conn.execute("UPDATE notifications SET processed_at = ?, last_error = NULL WHERE id = ?",
-                         (now, notification_id))
+            cur = conn.execute("UPDATE notifications SET processed_at = ?, last_error = NULL WHERE id = ?"
+                               " AND (? IS NULL OR repeats = ?)", (now, notification_id, repeats, repeats))
+            return cur.rowcount == 1
 
     def notification_retry_later(self, notification_id: str, next_attempt_at: float, error: str) -> None:
         with self.write() as conn:
