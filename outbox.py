@@ -72,7 +72,8 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
     if not _valid_id(message_id) or not isinstance(conversation, dict) or not _valid_id(conversation.get("id")):
         return "error", 400, {"reason": "id and conversation.id are required"}
     inbox = payload.get("inbox") if isinstance(payload.get("inbox"), dict) else {}
-    inbox_id = inbox.get("id", conversation.get("inbox_id"))
+    # Only a real id counts: True == 1 and 1.0 == 1 in Python would match inbox 1.
+    inbox_id = next((i for i in (inbox.get("id"), conversation.get("inbox_id")) if _valid_id(i)), None)
     conversation_id = conversation["id"]
 
     reason = _not_for_us(payload, inbox_id, settings)
@@ -84,8 +85,8 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
     kind = "answer" if inbox_id == settings.chatwoot_questions_inbox_id else "message"
     link = db.link_by_conversation("question" if kind == "answer" else "pack", conversation_id)
     attrs = conversation.get("custom_attributes") if isinstance(conversation.get("custom_attributes"), dict) else {}
-    target = link["external_id"] if link else attrs.get("meli_question_id" if kind == "answer" else "meli_pack_id")
-    target = str(target) if target not in (None, "") else None
+    target = link["external_id"] if link else _external_id(
+        attrs.get("meli_question_id" if kind == "answer" else "meli_pack_id"))
 
     plan = plan_reply(kind, payload.get("content"), payload.get("attachments"), settings)
     if not plan.error and target is None:
@@ -116,12 +117,23 @@ def _valid_id(value) -> bool:
     return type(value) is int and 0 < value < 2**63
 
 
+def _external_id(value) -> str | None:
+    """A Mercado Livre question or pack id from a conversation attribute (anyone can edit those)."""
+    if _valid_id(value):
+        return str(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
+        return value
+    return None
+
+
 def _not_for_us(payload: dict, inbox_id, settings: Settings) -> str | None:
     if inbox_id not in (settings.chatwoot_questions_inbox_id, settings.chatwoot_messages_inbox_id):
         return "not a Mercado Livre inbox"
     if payload.get("message_type") != "outgoing":
         return f"message_type {payload.get('message_type')}"
-    if payload.get("private") is True:
+    private = payload.get("private")
+    if private is not None and private is not False:
+        # Anything but a plain false might be a note: it must never reach the buyer.
         return "private note"
     source_id = payload.get("source_id")
     if isinstance(source_id, str) and source_id.startswith("meli:"):
@@ -170,11 +182,11 @@ def plan_reply(kind: str, content, attachments, settings: Settings, limit: int =
 
 
 def _plan_file(attachment: dict, settings: Settings):
-    url = attachment.get("data_url") or ""
+    url = _text_field(attachment, "data_url")
     name = _file_name(attachment)
-    extension = (attachment.get("extension") or (name.rsplit(".", 1)[-1] if "." in name else "")).lower()
-    if urlsplit(url).netloc.lower() != urlsplit(settings.chatwoot_url).netloc.lower() \
-            or urlsplit(url).scheme not in ("http", "https"):
+    extension = (_text_field(attachment, "extension") or (name.rsplit(".", 1)[-1] if "." in name else "")).lower()
+    scheme, host = _scheme_and_host(url)
+    if host != urlsplit(settings.chatwoot_url).netloc.lower() or scheme not in ("http", "https"):
         return ("anexo fora do Chatwoot configurado",
                 f"O anexo {name} não está no Chatwoot configurado na ponte e, por segurança, não foi baixado. "
                 f"Nada foi enviado: anexe o arquivo de novo nesta conversa."), None
@@ -190,12 +202,30 @@ def _plan_file(attachment: dict, settings: Settings):
 
 
 def _file_name(attachment: dict) -> str:
-    path = urlsplit(attachment.get("data_url") or "").path
-    name = path.rsplit("/", 1)[-1] or f"anexo-{attachment.get('id', '')}"
-    extension = attachment.get("extension")
+    try:
+        path = urlsplit(_text_field(attachment, "data_url")).path
+    except ValueError:
+        path = ""
+    file_id = attachment.get("id")
+    name = path.rsplit("/", 1)[-1][:200] or f"anexo-{file_id if _valid_id(file_id) else ''}"
+    extension = _text_field(attachment, "extension")[:20]
     if extension and not name.lower().endswith("." + extension.lower()):
         name = f"{name}.{extension}"
     return name
+
+
+def _text_field(attachment: dict, key: str) -> str:
+    """A string field of a webhook attachment; anything else (number, list, null) counts as absent."""
+    value = attachment.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def _scheme_and_host(url: str) -> tuple[str, str]:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. "https://[" — not a URL we would fetch
+        return "", ""
+    return parts.scheme, parts.netloc.lower()
 
 
 # ---- delivering (poller side) -------------------------------------------------------------------
