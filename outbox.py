@@ -129,8 +129,12 @@ def _external_id(value) -> str | None:
 def _not_for_us(payload: dict, inbox_id, settings: Settings) -> str | None:
     if inbox_id not in (settings.chatwoot_questions_inbox_id, settings.chatwoot_messages_inbox_id):
         return "not a Mercado Livre inbox"
-    if payload.get("message_type") != "outgoing":
-        return f"message_type {payload.get('message_type')}"
+    message_type = payload.get("message_type")
+    if message_type != "outgoing":
+        # Echoed in the answer and the log: only a short word, never whatever the body held.
+        shown = message_type if isinstance(message_type, str) and message_type.isalnum() and len(message_type) <= 20 \
+            else "not outgoing"
+        return f"message_type {shown}"
     private = payload.get("private")
     if private is not None and private is not False:
         # Anything but a plain false might be a note: it must never reach the buyer.
@@ -184,7 +188,7 @@ def plan_reply(kind: str, content, attachments, settings: Settings, limit: int =
 def _plan_file(attachment: dict, settings: Settings):
     url = _text_field(attachment, "data_url")
     name = _file_name(attachment)
-    extension = (_text_field(attachment, "extension") or (name.rsplit(".", 1)[-1] if "." in name else "")).lower()
+    extension = (_text_field(attachment, "extension") or (name.rsplit(".", 1)[-1] if "." in name else "")).lower()[:20]
     scheme, host = _scheme_and_host(url)
     if host != urlsplit(settings.chatwoot_url).netloc.lower() or scheme not in ("http", "https"):
         return ("anexo fora do Chatwoot configurado",

@@ -80,6 +80,10 @@ def parse_object(raw: bytes) -> tuple[dict, str | None]:
     return payload, None
 
 
+def _id_or_dash(value) -> Any:
+    return value if type(value) is int else "-"
+
+
 def token_matches(token: str | None, secrets: Sequence[str]) -> bool:
     if not token:
         return False
@@ -141,8 +145,9 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
             return jsonify(status="error", reason=problem), 400
         status, code, extra = outbox.accept_webhook(payload, settings, db, clock())
         conversation = payload.get("conversation")
-        log.info("webhook %s message=%s conversation=%s %s in %dms", status, payload.get("id"),
-                 conversation.get("id") if isinstance(conversation, dict) else None,
+        # Ids only when they are ids: a bad body must not put its contents into the log.
+        log.info("webhook %s message=%s conversation=%s %s in %dms", status, _id_or_dash(payload.get("id")),
+                 _id_or_dash(conversation.get("id") if isinstance(conversation, dict) else None),
                  " ".join(f"{k}={v}" for k, v in extra.items()), (time.monotonic() - started) * 1000)
         return jsonify(status=status, **extra), code
 
