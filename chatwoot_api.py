@@ -17,6 +17,14 @@ class DownloadRefused(PermanentError):
     """An attachment URL we will not fetch (foreign host, too large)."""
 
 
+def _host(url: str) -> str:
+    """The host a URL points to, for a message (never the path: signed links carry tokens)."""
+    try:
+        return urlsplit(url).netloc[:100] or "endereço inválido"
+    except ValueError:
+        return "endereço inválido"
+
+
 class ChatwootClient(HttpClient):
     service = "chatwoot"
 
@@ -126,26 +134,42 @@ class ChatwootClient(HttpClient):
     # ---- files ------------------------------------------------------------------------------------
 
     def allowed_download(self, url: str) -> bool:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # e.g. an unbalanced "[" in the host
+            return False
         return parts.scheme in ("http", "https") and parts.netloc.lower() == self.host
 
     def download(self, url: str, max_bytes: int = MAX_DOWNLOAD_BYTES) -> tuple[bytes, str]:
-        """Fetch an attachment from our Chatwoot (and the storage it redirects to), size-capped.
+        """Fetch an attachment from our Chatwoot, size-capped.
 
-        The API token is never sent along: data_url is a signed link and the redirect
-        target is another host.
+        Every hop is checked, redirects included: a redirect elsewhere (another host, or
+        a storage service outside Chatwoot) is refused, so a crafted attachment cannot make
+        the bridge fetch from an arbitrary address. The API token is never sent along:
+        data_url is a signed link.
         """
         if not self.allowed_download(url):
-            raise DownloadRefused(f"refusing to download from {urlsplit(url).netloc or url!r}: "
-                                  f"not the configured Chatwoot host", code="foreign_host")
+            raise DownloadRefused("o endereço do anexo não é do Chatwoot configurado na ponte", code="foreign_host")
         for _ in range(MAX_REDIRECTS + 1):
-            resp = self._request("GET", url, raw=True, allow_redirects=False, stream=True,
-                                 headers={"api_access_token": None})
+            try:
+                resp = self._request("GET", url, raw=True, allow_redirects=False, stream=True,
+                                     headers={"api_access_token": None})
+            except ValueError:
+                # requests parses a redirect's Location even when not following it; an
+                # unparsable one ("https://[::1") is a redirect we would refuse anyway.
+                raise DownloadRefused("o download foi redirecionado para um endereço inválido e, por segurança, "
+                                      "o arquivo não foi baixado", code="foreign_redirect") from None
             if resp.is_redirect:
-                url = urljoin(url, resp.headers.get("Location", ""))
+                location = resp.headers.get("Location", "")
                 resp.close()
-                if urlsplit(url).scheme not in ("http", "https"):
-                    raise DownloadRefused("attachment redirect to a non-http URL", code="bad_redirect")
+                try:
+                    url = urljoin(url, location)
+                except ValueError:
+                    url = ""
+                if not self.allowed_download(url):
+                    raise DownloadRefused(f"o download foi redirecionado para fora do Chatwoot configurado "
+                                          f"({_host(url)}) e, por segurança, o arquivo não foi baixado",
+                                          code="foreign_redirect")
                 continue
             declared = int(resp.headers.get("Content-Length") or 0)
             if declared > max_bytes:

@@ -172,6 +172,15 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX item_attempts_unreported ON item_attempts (reported_at, gave_up_at);
     """),
+    ("notifications: one pending row per topic and resource", """
+        -- A notification for a resource that is already waiting adds nothing but a count:
+        -- `repeats` tells the poller something changed while it was fetching.
+        ALTER TABLE notifications ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0;
+        UPDATE notifications SET processed_at = received_at WHERE processed_at IS NULL AND rowid NOT IN
+            (SELECT MIN(rowid) FROM notifications WHERE processed_at IS NULL GROUP BY topic, resource);
+        CREATE UNIQUE INDEX notifications_pending_once ON notifications (topic, resource)
+            WHERE processed_at IS NULL;
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -534,15 +543,25 @@ class Database:
         return self.one("SELECT 1 AS x FROM replies WHERE chatwoot_message_id = ?", (chatwoot_message_id,)) is not None
 
     def reply_accept(self, *, chatwoot_message_id: int, conversation_id: int, kind: str, target_id: str | None,
-                     parts: list[dict], now: float, error: str | None = None, note: str | None = None) -> int | None:
+                     parts: list[dict], now: float, error: str | None = None, note: str | None = None,
+                     taken: tuple[str, str] | None = None) -> int | None:
         """Record an agent reply and its parts in one transaction.
 
         Returns the new reply id, or None when this Chatwoot message was already accepted
         (the same message delivered by both the account and the inbox webhook). A reply
         whose plan already failed is stored as 'failed' so the agent is still told.
+        `taken` = (error, note) makes the target exclusive: when another reply to it is
+        pending, sending or delivered, this one is stored failed with that reason. The check
+        runs inside the insert's transaction, so two listener workers accepting two answers
+        to one question at the same moment cannot both win.
         """
-        status = "failed" if error else "pending"
         with self.write() as conn:
+            if taken and not error and conn.execute(
+                    "SELECT 1 FROM replies WHERE kind = ? AND target_id = ? AND status IN"
+                    " ('pending', 'sending', 'delivered') AND chatwoot_message_id != ? LIMIT 1",
+                    (kind, target_id, chatwoot_message_id)).fetchone():
+                error, note = taken
+            status = "failed" if error else "pending"
             cur = conn.execute(
                 "INSERT OR IGNORE INTO replies (chatwoot_message_id, conversation_id, kind, target_id, status,"
                 " next_attempt_at, error, note, created_at, updated_at, finished_at)"
@@ -705,20 +724,39 @@ class Database:
 
     # ---- notifications ---------------------------------------------------------------------------
 
-    def notification_record(self, notification_id: str, topic: str, resource: str, now: float) -> bool:
+    def notification_record(self, notification_id: str, topic: str, resource: str, now: float,
+                            max_pending: int | None = None) -> str:
+        """Queue a notification for the poller.
+
+        Returns 'recorded'; 'duplicate' when this notification id was seen before; 'merged'
+        when the same resource is already waiting (counted, so the poller fetches it again
+        if it was mid-fetch); 'full' when `max_pending` rows already wait (polling catches up).
+        """
         with self.write() as conn:
-            cur = conn.execute("INSERT OR IGNORE INTO notifications (id, topic, resource, received_at, next_attempt_at)"
-                               " VALUES (?, ?, ?, ?, ?)", (notification_id, topic, resource, now, now))
-            return cur.rowcount == 1
+            if conn.execute("SELECT 1 FROM notifications WHERE id = ?", (notification_id,)).fetchone():
+                return "duplicate"
+            if conn.execute("UPDATE notifications SET repeats = repeats + 1"
+                            " WHERE topic = ? AND resource = ? AND processed_at IS NULL",
+                            (topic, resource)).rowcount:
+                return "merged"
+            if max_pending is not None and conn.execute(
+                    "SELECT COUNT(*) FROM notifications WHERE processed_at IS NULL").fetchone()[0] >= max_pending:
+                return "full"
+            conn.execute("INSERT INTO notifications (id, topic, resource, received_at, next_attempt_at)"
+                         " VALUES (?, ?, ?, ?, ?)", (notification_id, topic, resource, now, now))
+            return "recorded"
 
     def notifications_due(self, now: float, limit: int = 50) -> list[dict]:
         return self.all("SELECT * FROM notifications WHERE processed_at IS NULL AND next_attempt_at <= ?"
                         " ORDER BY received_at LIMIT ?", (now, limit))
 
-    def notification_done(self, notification_id: str, now: float) -> None:
+    def notification_done(self, notification_id: str, now: float, repeats: int | None = None) -> bool:
+        """Mark processed; with `repeats` (as read before fetching), only if no new notification
+        for the resource arrived meanwhile — otherwise it stays due and is fetched again."""
         with self.write() as conn:
-            conn.execute("UPDATE notifications SET processed_at = ?, last_error = NULL WHERE id = ?",
-                         (now, notification_id))
+            cur = conn.execute("UPDATE notifications SET processed_at = ?, last_error = NULL WHERE id = ?"
+                               " AND (? IS NULL OR repeats = ?)", (now, notification_id, repeats, repeats))
+            return cur.rowcount == 1
 
     def notification_retry_later(self, notification_id: str, next_attempt_at: float, error: str) -> None:
         with self.write() as conn:

@@ -78,7 +78,8 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
     if not _valid_id(message_id) or not isinstance(conversation, dict) or not _valid_id(conversation.get("id")):
         return "error", 400, {"reason": "id and conversation.id are required"}
     inbox = payload.get("inbox") if isinstance(payload.get("inbox"), dict) else {}
-    inbox_id = inbox.get("id", conversation.get("inbox_id"))
+    # Only a real id counts: True == 1 and 1.0 == 1 in Python would match inbox 1.
+    inbox_id = next((i for i in (inbox.get("id"), conversation.get("inbox_id")) if _valid_id(i)), None)
     conversation_id = conversation["id"]
 
     reason = _not_for_us(payload, inbox_id, settings)
@@ -90,26 +91,31 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
     kind = "answer" if inbox_id == settings.chatwoot_questions_inbox_id else "message"
     link = db.link_by_conversation("question" if kind == "answer" else "pack", conversation_id)
     attrs = conversation.get("custom_attributes") if isinstance(conversation.get("custom_attributes"), dict) else {}
-    target = link["external_id"] if link else attrs.get("meli_question_id" if kind == "answer" else "meli_pack_id")
-    target = str(target) if target not in (None, "") else None
+    target = link["external_id"] if link else _external_id(
+        attrs.get("meli_question_id" if kind == "answer" else "meli_pack_id"))
 
     plan = plan_reply(kind, payload.get("content"), payload.get("attachments"), settings)
     if not plan.error and target is None:
         plan.error = "conversa sem vínculo com o Mercado Livre"
         plan.note = ("Esta conversa não está ligada a uma pergunta ou venda do Mercado Livre, então a resposta "
                      "não foi enviada. Responda pelo Mercado Livre.")
-    if not plan.error and kind == "answer" and db.replies_active_for_target("answer", target):
-        plan.error = "pergunta já tem resposta"
-        plan.note = ("O Mercado Livre aceita uma única resposta por pergunta e esta pergunta já tem uma resposta "
-                     "enviada ou em envio. Esta mensagem não foi enviada ao comprador.")
+    # One answer per question: checked by the database inside the insert's transaction, since
+    # two listener workers may accept two agent messages for the same question at once.
     reply_id = db.reply_accept(chatwoot_message_id=message_id, conversation_id=conversation_id, kind=kind,
-                               target_id=target, parts=plan.parts, now=now, error=plan.error, note=plan.note)
+                               target_id=target, parts=plan.parts, now=now, error=plan.error, note=plan.note,
+                               taken=ANSWER_TAKEN if kind == "answer" else None)
     if reply_id is None:
         return "duplicate", 200, {}
     extra = {"reply_id": reply_id, "kind": kind, "target": target, "parts": len(plan.parts)}
-    if plan.error:
-        return "refused", 200, dict(extra, reason=plan.error)
+    error = plan.error or (db.reply(reply_id)["error"] if kind == "answer" else None)
+    if error:
+        return "refused", 200, dict(extra, reason=error)
     return "accepted", 200, extra
+
+
+ANSWER_TAKEN = ("pergunta já tem resposta",
+                "O Mercado Livre aceita uma única resposta por pergunta e esta pergunta já tem uma resposta "
+                "enviada ou em envio. Esta mensagem não foi enviada ao comprador.")
 
 
 def _valid_id(value) -> bool:
@@ -117,12 +123,27 @@ def _valid_id(value) -> bool:
     return type(value) is int and 0 < value < 2**63
 
 
+def _external_id(value) -> str | None:
+    """A Mercado Livre question or pack id from a conversation attribute (anyone can edit those)."""
+    if _valid_id(value):
+        return str(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
+        return value
+    return None
+
+
 def _not_for_us(payload: dict, inbox_id, settings: Settings) -> str | None:
     if inbox_id not in (settings.chatwoot_questions_inbox_id, settings.chatwoot_messages_inbox_id):
         return "not a Mercado Livre inbox"
-    if payload.get("message_type") != "outgoing":
-        return f"message_type {payload.get('message_type')}"
-    if payload.get("private") is True:
+    message_type = payload.get("message_type")
+    if message_type != "outgoing":
+        # Echoed in the answer and the log: only a short word, never whatever the body held.
+        shown = message_type if isinstance(message_type, str) and message_type.isalnum() and len(message_type) <= 20 \
+            else "not outgoing"
+        return f"message_type {shown}"
+    private = payload.get("private")
+    if private is not None and private is not False:
+        # Anything but a plain false might be a note: it must never reach the buyer.
         return "private note"
     source_id = payload.get("source_id")
     if isinstance(source_id, str) and source_id.startswith("meli:"):
@@ -171,11 +192,11 @@ def plan_reply(kind: str, content, attachments, settings: Settings, limit: int =
 
 
 def _plan_file(attachment: dict, settings: Settings):
-    url = attachment.get("data_url") or ""
+    url = _text_field(attachment, "data_url")
     name = _file_name(attachment)
-    extension = (attachment.get("extension") or (name.rsplit(".", 1)[-1] if "." in name else "")).lower()
-    if urlsplit(url).netloc.lower() != urlsplit(settings.chatwoot_url).netloc.lower() \
-            or urlsplit(url).scheme not in ("http", "https"):
+    extension = (_text_field(attachment, "extension") or (name.rsplit(".", 1)[-1] if "." in name else "")).lower()[:20]
+    scheme, host = _scheme_and_host(url)
+    if host != urlsplit(settings.chatwoot_url).netloc.lower() or scheme not in ("http", "https"):
         return ("anexo fora do Chatwoot configurado",
                 f"O anexo {name} não está no Chatwoot configurado na ponte e, por segurança, não foi baixado. "
                 f"Nada foi enviado: anexe o arquivo de novo nesta conversa."), None
@@ -191,12 +212,30 @@ def _plan_file(attachment: dict, settings: Settings):
 
 
 def _file_name(attachment: dict) -> str:
-    path = urlsplit(attachment.get("data_url") or "").path
-    name = path.rsplit("/", 1)[-1] or f"anexo-{attachment.get('id', '')}"
-    extension = attachment.get("extension")
+    try:
+        path = urlsplit(_text_field(attachment, "data_url")).path
+    except ValueError:
+        path = ""
+    file_id = attachment.get("id")
+    name = path.rsplit("/", 1)[-1][:200] or f"anexo-{file_id if _valid_id(file_id) else ''}"
+    extension = _text_field(attachment, "extension")[:20]
     if extension and not name.lower().endswith("." + extension.lower()):
         name = f"{name}.{extension}"
     return name
+
+
+def _text_field(attachment: dict, key: str) -> str:
+    """A string field of a webhook attachment; anything else (number, list, null) counts as absent."""
+    value = attachment.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def _scheme_and_host(url: str) -> tuple[str, str]:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. "https://[" — not a URL we would fetch
+        return "", ""
+    return parts.scheme, parts.netloc.lower()
 
 
 # ---- delivering (poller side) -------------------------------------------------------------------
@@ -258,7 +297,12 @@ def deliver(s: Services, reply_id: int) -> str | None:
         else:
             _deliver_message(s, reply)
     except ReauthorizationRequired:
-        # Waiting for a person: not an attempt, and no give-up clock beyond the usual 24 h.
+        # Waiting for a person: not an attempt, but the same 24 h limit as every reply, so
+        # an agent is not left thinking a day-old reply is still on its way.
+        if s.clock() - reply["created_at"] > GIVE_UP_AFTER:
+            s.db.reply_failed(reply_id, "Mercado Livre sem autorização por 24 h", REAUTH_GAVE_UP, s.clock())
+            log.error("reply failed after 24h waiting for reauthorization %s", ids)
+            return "failed"
         s.db.reply_retry_later(reply_id, s.clock() + REAUTH_RECHECK, "aguardando reautorização do Mercado Livre",
                                s.clock(), count_attempt=False)
         log.warning("reply waiting for reauthorization %s", ids)
@@ -277,6 +321,11 @@ def deliver(s: Services, reply_id: int) -> str | None:
     log.info("reply delivered %s attempts=%d in %dms (accepted %.1fs ago)", ids, reply["attempts"],
              (time.monotonic() - started) * 1000, s.clock() - reply["created_at"])
     return "delivered"
+
+
+REAUTH_GAVE_UP = ("A resposta esperou 24 horas pela reautorização da conta no Mercado Livre e não foi enviada. "
+                  "Peça a quem administra a ponte para autorizar de novo (python main.py authorize) e depois "
+                  "envie a resposta outra vez, ou responda pelo Mercado Livre.")
 
 
 def _transient(s: Services, reply: dict, exc: ApiError, ids: str) -> str:

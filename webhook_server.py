@@ -45,7 +45,9 @@ def verify_signature(raw_body: bytes, headers: Mapping[str, str], secrets: Seque
     timestamp = headers.get("X-Chatwoot-Timestamp") or ""
     if not signature or not timestamp:
         return False, "missing signature"
-    if not timestamp.isdigit():
+    # ASCII digits only: str.isdigit() and int() also take "²" or "١٢٣", and int() refuses
+    # over 4300 digits — either would have been a 500.
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
         return False, "malformed timestamp"
     if abs(now - int(timestamp)) > tolerance:
         return False, "timestamp outside the allowed window"
@@ -56,6 +58,30 @@ def verify_signature(raw_body: bytes, headers: Mapping[str, str], secrets: Seque
         # Every secret is compared; no early exit that would time which one matched.
         matched |= hmac.compare_digest(expected.encode(), signature.strip().encode())
     return (True, "ok") if matched else (False, "invalid signature")
+
+
+def parse_object(raw: bytes) -> tuple[dict, str | None]:
+    """A request body as a JSON object, or why it is not one (bad input: a 400, never a 500)."""
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return {}, "body is not valid JSON"
+    except RecursionError:
+        return {}, "body is nested too deeply"
+    if not isinstance(payload, dict):
+        return {}, "body is not a JSON object"
+    try:
+        # A lone surrogate ("\ud800") parses but cannot be stored, logged or sent anywhere.
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return {}, "body has text that is not valid Unicode"
+    except RecursionError:
+        return {}, "body is nested too deeply"
+    return payload, None
+
+
+def _id_or_dash(value) -> Any:
+    return value if type(value) is int else "-"
 
 
 def token_matches(token: str | None, secrets: Sequence[str]) -> bool:
@@ -114,24 +140,22 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
         if not ok:
             log.warning("webhook refused: %s (delivery %s)", reason, request.headers.get("X-Chatwoot-Delivery", "-"))
             return Response("unauthorized\n", status=401, mimetype="text/plain")
-        try:
-            payload = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            return jsonify(status="error", reason="body is not valid JSON"), 400
-        if not isinstance(payload, dict):
-            return jsonify(status="error", reason="body is not a JSON object"), 400
+        payload, problem = parse_object(raw)
+        if problem:
+            return jsonify(status="error", reason=problem), 400
         status, code, extra = outbox.accept_webhook(payload, settings, db, clock())
         conversation = payload.get("conversation")
-        log.info("webhook %s message=%s conversation=%s %s in %dms", status, payload.get("id"),
-                 conversation.get("id") if isinstance(conversation, dict) else None,
+        # Ids only when they are ids: a bad body must not put its contents into the log.
+        log.info("webhook %s message=%s conversation=%s %s in %dms", status, _id_or_dash(payload.get("id")),
+                 _id_or_dash(conversation.get("id") if isinstance(conversation, dict) else None),
                  " ".join(f"{k}={v}" for k, v in extra.items()), (time.monotonic() - started) * 1000)
         return jsonify(status=status, **extra), code
 
     @app.post("/notifications")
     def notifications_route():
-        payload = request.get_json(silent=True)
-        if not isinstance(payload, dict):
-            return jsonify(status="error", reason="body is not a JSON object"), 400
+        payload, problem = parse_object(request.get_data(cache=False))
+        if problem:
+            return jsonify(status="error", reason=problem), 400
         status, code, extra = notifications.accept(payload, settings, db, clock())
         return jsonify(status=status, **extra), code
 

@@ -204,3 +204,19 @@ def test_a_crashed_worker_reply_is_taken_again_after_its_lease(s):
     responses.post(f"{API}/answers", json={"id": 321})
     chatwoot_ok()
     assert outbox.run_outbox(s)["delivered"] == 1
+
+
+@responses.activate
+def test_a_reply_waiting_for_reauthorization_gives_up_after_24_hours_with_a_note(s):
+    reply_id = accept(s)
+    s.db.conn().execute("UPDATE replies SET created_at = ?", (time.time() - 25 * 3600,))
+    s.db.auth_require_reauthorization("refused", time.time())
+    chatwoot_ok()
+    run(s)
+    reply = s.db.reply(reply_id)
+    assert reply["status"] == "failed" and "autorização" in reply["error"]
+    assert not calls("POST", "/answers")
+    patch = json.loads(calls("PATCH", "/messages/9123")[0].request.body)
+    assert patch["status"] == "failed" and patch["external_error"] == reply["error"]
+    note = json.loads(calls("POST", "/conversations/77/messages")[0].request.body)
+    assert note["private"] is True and "python main.py authorize" in note["content"]

@@ -133,8 +133,9 @@ def test_a_migrated_thread_is_answered_to_the_meli_agent(s):
 @responses.activate
 def test_a_pdf_is_downloaded_from_chatwoot_uploaded_once_and_sent_with_the_text(s):
     data_url = "https://chat.example.test/rails/active_storage/blobs/redirect/tok/nota.pdf"
-    responses.get(data_url, status=302, headers={"Location": "https://storage.example.test/blob/tok"})
-    responses.get("https://storage.example.test/blob/tok", body=b"%PDF-1.4 nota", content_type="application/pdf")
+    storage = "https://chat.example.test/rails/active_storage/disk/tok/nota.pdf"
+    responses.get(data_url, status=302, headers={"Location": storage})
+    responses.get(storage, body=b"%PDF-1.4 nota", content_type="application/pdf")
     responses.post(f"{API}/messages/attachments", json={"id": "att-1"})
     _status, reply_id = accept(s, "Segue a nota", attachments=[
         {"id": 5, "file_type": "file", "extension": "pdf", "data_url": data_url, "file_size": 13}])
