@@ -427,7 +427,9 @@ class ChatwootState(Controls):
                         flood_guard: bool = False) -> tuple[dict, list[dict]]:
         """Store a message; returns it and its webhook deliveries (counted as pending, not yet queued)."""
         with self.lock:
-            conv = self.conversations[int(conversation_id)]
+            conv = self.conversations.get(int(conversation_id))
+            if conv is None:
+                raise _NotFound()  # deleted by an agent while the request was on its way
             now = time.monotonic()
             if flood_guard and sum(1 for m in conv["messages"] if now - m["t_created"] < 60.0) >= FLOOD_LIMIT:
                 raise FloodError()
@@ -814,6 +816,7 @@ def create_chatwoot_app(state: ChatwootState) -> Flask:
         conv = conversation_or_404(conv_id)
         before, after = _int(request.args.get("before")), _int(request.args.get("after"))
         with state.lock:
+            conversation_or_404(conv_id)  # not deleted meanwhile
             messages = conv["messages"]
             if after is not None:
                 page = [m for m in messages if m["id"] > after][:100]
