@@ -6,10 +6,12 @@ import time
 import pytest
 import responses
 
+import outbox
 import sync_questions
 from contacts import open_conversation
 from services import build_services
 from sync_questions import change_for
+from tests.payloads import message_created
 
 API = "https://api.meli.test"
 CW = "https://chat.example.test/api/v1/accounts/1"
@@ -139,3 +141,25 @@ def test_a_contact_merged_away_is_found_again_by_its_identifier(s):
     sent = json.loads(calls("POST", "/contacts/filter")[0].request.body)["payload"][0]
     assert sent["filter_operator"] == "equal_to" and sent["values"] == ["meli:buyer:9"]
     assert s.db.link("buyer", "9")["contact_id"] == 8
+
+
+# ---- replies to a deleted conversation -------------------------------------------------------------------
+
+@responses.activate
+def test_a_failed_reply_from_a_deleted_conversation_is_told_in_the_sales_new_one(s):
+    s.db.link_created("pack", "2000001", 1.0, conversation_id=77, contact_id=5, data={"buyer_id": 9})
+    status, _code, extra = outbox.accept_webhook(
+        message_created(message_id=9300, conversation_id=77, inbox_id=2, content="Obrigado 😀"),
+        s.settings, s.db, time.time())
+    assert status == "refused"
+    # The agent deletes the conversation; the next buyer message moved the sale to conversation 88.
+    s.db.link_update("pack", "2000001", time.time(), conversation_id=88)
+    responses.patch(f"{CW}/conversations/77/messages/9300", status=404, json=NOT_FOUND)
+    responses.post(f"{CW}/conversations/77/messages", status=404, json=NOT_FOUND)
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 1})
+    assert outbox.run_outbox(s)["reported"] == 1
+    [note] = calls("POST", "/conversations/88/messages")
+    body = json.loads(note.request.body)
+    assert body["private"] is True and "U+1F600" in body["content"]
+    assert body["source_id"] == f"meli:note:reply:{extra['reply_id']}"
+    assert s.db.reply(extra["reply_id"])["reported_at"]
