@@ -104,10 +104,9 @@ def sync_questions(s: Services) -> dict:
     seller_id = s.meli.seller_id()
     unanswered = list(s.meli.unanswered_questions(seller_id))
     new = questions_to_create(unanswered, s.db.link_ids("question", "created"))
-    counts = {"unanswered": len(unanswered), "created": 0, "changed": 0}
+    counts = {"unanswered": len(unanswered), "created": 0, "changed": 0, "failed": 0}
     # A chunk at a time: lookups and creations interleave (both APIs' budgets work at
     # once) and what a chunk fetched is cached before a restart could lose it.
-    counts["failed"] = 0
     for start in range(0, len(new), CHUNK):
         chunk = new[start:start + CHUNK]
         if s.stopping.is_set():
@@ -219,10 +218,10 @@ def follow_question(s: Services, link: dict, question: dict) -> bool:
         if not is_gone(exc):
             raise
         # Deleted by an agent (or with its contact, e.g. an erasure). Decision: it is not
-        # created again. Whatever is left to show (an answer given on the site, a status
-        # note) is not worth undoing a deliberate deletion, and a person erased must not
-        # come back. Still unanswered questions keep their open state and no conversation:
-        # they can be answered on Mercado Livre. Later questions of the buyer get new ones.
+        # created again, and not followed any more. Whatever is left to show (an answer
+        # given on the site, a status note) is not worth undoing a deliberate deletion, and
+        # a person erased must not come back. A question still unanswered stays answerable
+        # on Mercado Livre itself; the buyer's later questions get conversations as usual.
         s.db.link_update("question", qid, s.clock(), data=dict(link["data"], state=REMOVED, ml_status=status))
         log.warning("question conversation deleted in chatwoot question=%s conversation=%s status=%s: not "
                     "recreated", qid, conversation_id, status)
