@@ -40,7 +40,7 @@ def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -
                 forget_contact(s, buyer_id, link["contact_id"])
                 return ensure_contact(s, buyer_id, nickname, inbox_id)
             s.db.link_update("buyer", key, s.clock(), data=dict(link["data"], inboxes=sorted(inboxes + [inbox_id])))
-        return link["contact_id"], source_id
+        return link["contact_id"], (link["data"].get("sources") or {}).get(str(inbox_id), source_id)
 
     s.db.link_intent("buyer", key, s.clock())
     name = nickname or f"Comprador {buyer_id}"
@@ -54,7 +54,11 @@ def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -
             raise
         contact = s.chatwoot.find_contact(source_id)
         if contact is None:
-            raise
+            # The identifier is free, so the inbox source id was refused: a merge of two buyers'
+            # contacts left it on the surviving one. This buyer gets a contact of its own, and
+            # open_conversation then a source id of its own.
+            contact = s.chatwoot.create_contact(name, source_id, None, None, additional_attributes={
+                "meli_buyer_id": key, "meli_nickname": name})
         contact_id = contact["id"]
         _add_inbox(s, contact_id, inbox_id, source_id)
         log.info("contact found buyer=%s contact=%s", buyer_id, contact_id)
@@ -115,7 +119,7 @@ def open_conversation(s: Services, *, kind: str, external_id: str, inbox_id: int
     is created for it (422 when a merge moved its contact_inbox to the surviving contact):
     the contact is then found again by identifier, or created, once.
     """
-    for attempt in (1, 2):
+    for attempt in range(3):
         contact_id, source_id = ensure_contact(s, buyer_id, nickname, inbox_id)
         try:
             conversation_id, fresh = ensure_conversation(
@@ -125,8 +129,23 @@ def open_conversation(s: Services, *, kind: str, external_id: str, inbox_id: int
         except PermanentError as exc:
             if attempt == 2 or exc.status not in (404, 422):
                 raise
-            forget_contact(s, buyer_id, contact_id)
+            if exc.status == 422 and source_id == identifier(buyer_id):
+                _own_source(s, buyer_id, contact_id, inbox_id)
+            else:
+                forget_contact(s, buyer_id, contact_id)
     raise AssertionError("unreachable")
+
+
+def _own_source(s: Services, buyer_id, contact_id: int, inbox_id: int) -> None:
+    """The buyer's usual source id in this inbox belongs to another contact (a merge of two
+    buyers' contacts moved it there): this contact gets one of its own, remembered per inbox."""
+    source_id = f"{identifier(buyer_id)}:{contact_id}"
+    _add_inbox(s, contact_id, inbox_id, source_id)
+    link = s.db.link("buyer", str(buyer_id))
+    if link and link["contact_id"] == contact_id:
+        sources = dict(link["data"].get("sources") or {}, **{str(inbox_id): source_id})
+        s.db.link_update("buyer", str(buyer_id), s.clock(), data=dict(link["data"], sources=sources))
+    log.warning("contact gets its own inbox source buyer=%s contact=%s inbox=%s", buyer_id, contact_id, inbox_id)
 
 
 def forget_conversation(s: Services, kind: str, external_id: str, conversation_id: int, **data) -> None:

@@ -54,6 +54,28 @@ def test_after_a_merge_questions_and_sales_go_to_the_surviving_contact(bridge):
     assert [m["content"] for m in chatwoot.messages_in(conv["id"])][-1] == "Sim, 1 ano"
 
 
+def test_two_buyers_merged_into_one_contact_both_keep_syncing(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    first_a, first_b = seed_backlog(meli, questions=2, buyers=2, items=1)
+    assert bridge.once().returncode == 0
+    contact_a = conversation_of_question(chatwoot, first_a["id"])["contact_id"]
+    chatwoot.merge_contacts(contact_a, conversation_of_question(chatwoot, first_b["id"])["contact_id"])
+    later_a = meli.add_question(item_id="MLB100", buyer_id=9000, text="Tem P?")
+    later_b = meli.add_question(item_id="MLB100", buyer_id=9001, text="Tem G?")
+    pack = sale(meli, buyer_id=9001)
+    meli.add_buyer_message(pack, "Comprei")
+    assert bridge.once().returncode == 0
+    assert conversation_of_question(chatwoot, later_a["id"])["contact_id"] == contact_a
+    # The merged-away buyer's identifier did not survive the merge: a contact of its own again.
+    contact_b = conversation_of_question(chatwoot, later_b["id"])["contact_id"]
+    assert chatwoot.contacts[contact_b]["identifier"] == "meli:buyer:9001"
+    [sale_conv] = sales_conversations(bridge)
+    assert sale_conv["contact_id"] == contact_b
+    assert [m["content"] for m in chatwoot.messages_in(sale_conv["id"])] == ["Comprei"]
+    assert bridge.once().returncode == 0
+    assert len(question_conversations(chatwoot, bridge.fakes.questions_inbox)) == 4
+
+
 def test_a_deleted_sale_conversation_continues_in_a_new_one_without_the_old_messages(bridge):
     meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
     pack = sale(meli)
