@@ -24,7 +24,8 @@ def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -
 
     Create first and look up on 422: a new buyer then costs one call. The identifier is
     unique per account, so a 422 means someone (a crashed earlier run, the other inbox,
-    a person) created it: find it by exact filter, never by substring search.
+    a person) created it: find it by exact filter, never by substring search. A remembered
+    contact that answers 404 (deleted, or merged away) is forgotten and found or made again.
     """
     key = str(buyer_id)
     source_id = identifier(buyer_id)
