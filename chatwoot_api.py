@@ -46,12 +46,14 @@ class ChatwootClient(HttpClient):
                 return contact
         return None
 
-    def create_contact(self, name: str, identifier: str, inbox_id: int, source_id: str,
+    def create_contact(self, name: str, identifier: str, inbox_id: int | None, source_id: str | None,
                        additional_attributes: dict | None = None) -> dict:
-        """Returns the created contact; raises PermanentError(422) when the identifier exists."""
-        result = self._request("POST", "/contacts", json={
-            "name": name, "identifier": identifier, "inbox_id": inbox_id, "source_id": source_id,
-            "additional_attributes": additional_attributes or {}})
+        """Returns the created contact; raises PermanentError(422) when the identifier exists
+        (or the inbox source id belongs to another contact). No inbox: a contact alone."""
+        body = {"name": name, "identifier": identifier, "additional_attributes": additional_attributes or {}}
+        if inbox_id is not None:
+            body.update(inbox_id=inbox_id, source_id=source_id)
+        result = self._request("POST", "/contacts", json=body)
         payload = (result or {}).get("payload") or {}
         return payload.get("contact") or payload
 

@@ -14,12 +14,18 @@ def identifier(buyer_id) -> str:
     return f"meli:buyer:{buyer_id}"
 
 
+def is_gone(exc: BaseException) -> bool:
+    """Chatwoot's answer for a contact or conversation an agent deleted (or merged away)."""
+    return isinstance(exc, PermanentError) and exc.status == 404
+
+
 def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -> tuple[int, str]:
     """The buyer's contact, with a contact_inbox in `inbox_id`. Returns (contact id, inbox source id).
 
     Create first and look up on 422: a new buyer then costs one call. The identifier is
     unique per account, so a 422 means someone (a crashed earlier run, the other inbox,
-    a person) created it: find it by exact filter, never by substring search.
+    a person) created it: find it by exact filter, never by substring search. A remembered
+    contact that answers 404 (deleted, or merged away) is forgotten and found or made again.
     """
     key = str(buyer_id)
     source_id = identifier(buyer_id)
@@ -27,9 +33,15 @@ def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -
     if link and link["status"] == "created":
         inboxes = link["data"].get("inboxes", [])
         if inbox_id not in inboxes:
-            _add_inbox(s, link["contact_id"], inbox_id, source_id)
+            try:
+                _add_inbox(s, link["contact_id"], inbox_id, source_id)
+            except PermanentError as exc:
+                if not is_gone(exc):
+                    raise
+                forget_contact(s, buyer_id, link["contact_id"])
+                return ensure_contact(s, buyer_id, nickname, inbox_id)
             s.db.link_update("buyer", key, s.clock(), data=dict(link["data"], inboxes=sorted(inboxes + [inbox_id])))
-        return link["contact_id"], source_id
+        return link["contact_id"], (link["data"].get("sources") or {}).get(str(inbox_id), source_id)
 
     s.db.link_intent("buyer", key, s.clock())
     name = nickname or f"Comprador {buyer_id}"
@@ -43,7 +55,11 @@ def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -
             raise
         contact = s.chatwoot.find_contact(source_id)
         if contact is None:
-            raise
+            # The identifier is free, so the inbox source id was refused: a merge of two buyers'
+            # contacts left it on the surviving one. This buyer gets a contact of its own, and
+            # open_conversation then a source id of its own.
+            contact = s.chatwoot.create_contact(name, source_id, None, None, additional_attributes={
+                "meli_buyer_id": key, "meli_nickname": name})
         contact_id = contact["id"]
         _add_inbox(s, contact_id, inbox_id, source_id)
         log.info("contact found buyer=%s contact=%s", buyer_id, contact_id)
@@ -82,3 +98,61 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
         additional_attributes={"meli_buyer_id": str(buyer_id)})
     s.db.link_update(kind, external_id, s.clock(), conversation_id=conversation["id"])
     return conversation["id"], True
+
+
+def forget_contact(s: Services, buyer_id, contact_id: int) -> None:
+    """The remembered contact is gone (deleted, or merged into another): the next
+    ensure_contact finds the buyer again by identifier (a merge's surviving contact
+    inherits it) or creates a new contact."""
+    key = str(buyer_id)
+    link = s.db.link("buyer", key)
+    if link and link["contact_id"] == contact_id:
+        s.db.link_update("buyer", key, s.clock(), status="pending", contact_id=None, data={})
+        log.warning("contact gone in chatwoot buyer=%s contact=%s: finding or creating it again", buyer_id, contact_id)
+
+
+def open_conversation(s: Services, *, kind: str, external_id: str, inbox_id: int, buyer_id, nickname: str | None,
+                      custom_attributes: dict) -> tuple[int, int, bool]:
+    """The buyer's contact and the conversation for `kind/external_id`. Returns (contact id,
+    conversation id, created now).
+
+    A remembered contact an agent deleted or merged away answers 404 when a conversation
+    is created for it (422 when a merge moved its contact_inbox to the surviving contact):
+    the contact is then found again by identifier, or created, once.
+    """
+    for attempt in range(3):
+        contact_id, source_id = ensure_contact(s, buyer_id, nickname, inbox_id)
+        try:
+            conversation_id, fresh = ensure_conversation(
+                s, kind=kind, external_id=external_id, inbox_id=inbox_id, contact_id=contact_id,
+                source_id=source_id, custom_attributes=custom_attributes, buyer_id=buyer_id)
+            return contact_id, conversation_id, fresh
+        except PermanentError as exc:
+            if attempt == 2 or exc.status not in (404, 422):
+                raise
+            if exc.status == 422 and source_id == identifier(buyer_id):
+                _own_source(s, buyer_id, contact_id, inbox_id)
+            else:
+                forget_contact(s, buyer_id, contact_id)
+    raise AssertionError("unreachable")
+
+
+def _own_source(s: Services, buyer_id, contact_id: int, inbox_id: int) -> None:
+    """The buyer's usual source id in this inbox belongs to another contact (a merge of two
+    buyers' contacts moved it there): this contact gets one of its own, remembered per inbox."""
+    source_id = f"{identifier(buyer_id)}:{contact_id}"
+    _add_inbox(s, contact_id, inbox_id, source_id)
+    link = s.db.link("buyer", str(buyer_id))
+    if link and link["contact_id"] == contact_id:
+        sources = dict(link["data"].get("sources") or {}, **{str(inbox_id): source_id})
+        s.db.link_update("buyer", str(buyer_id), s.clock(), data=dict(link["data"], sources=sources))
+    log.warning("contact gets its own inbox source buyer=%s contact=%s inbox=%s", buyer_id, contact_id, inbox_id)
+
+
+def forget_conversation(s: Services, kind: str, external_id: str, conversation_id: int, **data) -> None:
+    """An agent deleted the conversation: the link goes back to pending without it, so the
+    next ensure_conversation creates a new one (`data` is merged into the link's data)."""
+    link = s.db.link(kind, external_id)
+    if link and link["conversation_id"] == conversation_id:
+        s.db.link_update(kind, external_id, s.clock(), status="pending", conversation_id=None,
+                         data=dict(link["data"], **data))

@@ -605,6 +605,32 @@ def _report_crashed(s: Services, reply: dict, exc: Exception) -> int:
 
 
 def _report(s: Services, reply: dict) -> None:
+    try:
+        _report_in(s, reply)
+    except PermanentError as exc:
+        if exc.status != 404:
+            raise
+        # An agent deleted the conversation (or the message) after replying. Success needs no
+        # word; a failure is still told, in the conversation that replaced it if there is one
+        # (a sale continues in a new conversation).
+        link = s.db.link("question" if reply["kind"] == "answer" else "pack", reply["target_id"])
+        current = (link or {}).get("conversation_id")
+        log.warning("reply outcome for a deleted conversation or message reply=%s message=%s conversation=%s "
+                    "status=%s now_in=%s", reply["id"], reply["chatwoot_message_id"], reply["conversation_id"],
+                    reply["status"], current)
+        if reply["status"] == "delivered" or not reply["note"]:
+            return
+        for conversation_id in dict.fromkeys(c for c in (reply["conversation_id"], current) if c):
+            try:
+                s.chatwoot.note(conversation_id, f"Resposta não enviada ao Mercado Livre: {reply['error']}.\n\n"
+                                                 f"{reply['note']}", source_id=f"meli:note:reply:{reply['id']}")
+                return
+            except PermanentError as gone:
+                if gone.status != 404:
+                    raise
+
+
+def _report_in(s: Services, reply: dict) -> None:
     conversation_id, message_id = reply["conversation_id"], reply["chatwoot_message_id"]
     if reply["status"] == "delivered":
         s.chatwoot.set_message_status(conversation_id, message_id, "delivered")

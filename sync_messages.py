@@ -24,7 +24,7 @@ import time
 from datetime import datetime, timezone
 
 import failures
-from contacts import ensure_contact, ensure_conversation
+from contacts import forget_conversation, is_gone, open_conversation
 from http_client import ApiError, PermanentError
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
 from services import Services
@@ -55,6 +55,9 @@ MODERATION_REASONS = {
     "PERSONAL_DATA": "dados pessoais (telefone, e-mail ou endereço)",
     "EVASION_CLAIM_SELLER": "tentativa de negociar fora do Mercado Livre",
 }
+REMOVED_NOTE = ("A conversa anterior desta venda foi apagada no Chatwoot. As mensagens que já estavam nela não "
+                "foram trazidas de novo; esta conversa continua com as novas. O histórico completo está no "
+                "Mercado Livre: {url}")
 
 
 # ---- pure decisions -------------------------------------------------------------------------------
@@ -317,7 +320,11 @@ def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
         if not fresh:
             continue
         if reply["target_id"] not in skip:
-            sync_pack(s, reply["target_id"], seller_id)
+            try:
+                sync_pack(s, reply["target_id"], seller_id)
+            except PermanentError as exc:
+                log.error("thread not checked for moderation pack=%s reply=%s error=%r", reply["target_id"],
+                          reply["id"], exc.short())
             skip.add(reply["target_id"])
             checked += 1
         s.db.link_created("moderation_check", reply["id"], s.clock())
@@ -405,17 +412,35 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
                              data=dict(data, blocked=blocked, migrated=bool(migrated or data.get("migrated"))))
 
     ids = [str(m["id"]) for m in messages]
-    known = {i for i in ids if (s.db.link("message", i) or {}).get("status") == "created"}
     bridge_ids = s.db.bridge_sent_ids(ids)
     in_doubt = s.db.part_texts_in_doubt(pack_id)
+
+    def known_now() -> set[str]:
+        return {i for i in ids if (s.db.link("message", i) or {}).get("status") == "created"}
+
+    known = known_now()
     plan = messages_to_mirror(messages, seller_id, known, bridge_ids, in_doubt)
     deferred = any(is_in_doubt(m, seller_id, in_doubt) for m in messages
                    if str(m["id"]) not in known | bridge_ids)
     created = 0
-    for message, direction in plan:
-        _mirror(s, conversation_id, pack_id, message, direction)
-        created += 1
-    _report_moderated_replies(s, messages, bridge_ids)
+    try:
+        for message, direction in plan:
+            _mirror(s, conversation_id, pack_id, message, direction)
+            created += 1
+    except PermanentError as exc:
+        if not is_gone(exc):
+            raise
+        # An agent deleted the conversation (or its contact): continue in a new one. Messages
+        # already mirrored stay deleted; only those still to mirror go to the new conversation.
+        log.warning("sale conversation deleted in chatwoot pack=%s conversation=%s: continuing in a new one",
+                    pack_id, conversation_id)
+        forget_conversation(s, "pack", pack_id, conversation_id, removed_conversation=conversation_id)
+        conversation_id, link = _ensure_pack_conversation(s, pack_id, messages, resource_kind, blocked, migrated)
+        reopen = False
+        for message, direction in messages_to_mirror(messages, seller_id, known_now(), bridge_ids, in_doubt):
+            _mirror(s, conversation_id, pack_id, message, direction)
+            created += 1
+    _report_moderated_replies(s, messages, bridge_ids, conversation_id)
     new_incoming = any(direction == "incoming" for _m, direction in plan)
     unread = [m for m in messages if not is_from_seller(m, seller_id) and not (m.get("message_date") or {}).get("read")]
     late: list[dict] = []
@@ -456,10 +481,16 @@ def _ensure_pack_conversation(s: Services, pack_id: str, messages: list[dict], r
                               blocked: bool, migrated: bool) -> tuple[int, dict]:
     sale = sale_context(s, pack_id, messages, resource_kind)
     inbox_id = s.settings.chatwoot_messages_inbox_id
-    contact_id, source_id = ensure_contact(s, sale["buyer_id"], sale["nickname"], inbox_id)
-    conversation_id, _created = ensure_conversation(
-        s, kind="pack", external_id=str(pack_id), inbox_id=inbox_id, contact_id=contact_id, source_id=source_id,
-        custom_attributes=sale_attributes(pack_id, sale["orders"]), buyer_id=sale["buyer_id"])
+    attributes = sale_attributes(pack_id, sale["orders"])
+    removed = ((s.db.link("pack", pack_id) or {}).get("data") or {}).get("removed_conversation")
+    contact_id, conversation_id, fresh = open_conversation(
+        s, kind="pack", external_id=str(pack_id), inbox_id=inbox_id, buyer_id=sale["buyer_id"],
+        nickname=sale["nickname"], custom_attributes=attributes)
+    if removed:
+        note_source = f"meli:note:pack:{pack_id}:removed:{removed}"
+        if fresh or s.chatwoot.find_message_by_source(conversation_id, note_source) is None:
+            s.chatwoot.note(conversation_id, REMOVED_NOTE.format(url=attributes["meli_sale_url"]),
+                            source_id=note_source)
     data = {"buyer_id": sale["buyer_id"], "blocked": blocked, "migrated": migrated,
             "order_ids": [str(o["id"]) for o in sale["orders"]]}
     s.db.link_created("pack", pack_id, s.clock(), contact_id=contact_id, conversation_id=conversation_id, data=data)
@@ -505,8 +536,11 @@ def _download_files(s: Services, message: dict) -> tuple[list[tuple[str, bytes, 
     return files, skipped
 
 
-def _report_moderated_replies(s: Services, messages: list[dict], bridge_ids: set[str]) -> None:
-    """A reply Mercado Livre accepted, then moderated: the agent must learn it never reached the buyer."""
+def _report_moderated_replies(s: Services, messages: list[dict], bridge_ids: set[str], conversation_id: int) -> None:
+    """A reply Mercado Livre accepted, then moderated: the agent must learn it never reached the buyer.
+
+    When the reply's conversation was deleted, the note goes to the sale's current one.
+    """
     for message in messages:
         mid = str(message["id"])
         if mid not in bridge_ids or not is_rejected(message):
@@ -517,12 +551,29 @@ def _report_moderated_replies(s: Services, messages: list[dict], bridge_ids: set
         reply = s.db.reply_for_remote_id(mid)
         if reply:
             reason = moderation_reason(message)
-            s.chatwoot.set_message_status(reply["conversation_id"], reply["chatwoot_message_id"], "failed",
-                                          f"bloqueada pela moderação: {reason}"[:200])
-            s.chatwoot.note(reply["conversation_id"],
-                            f"O Mercado Livre aceitou e depois bloqueou sua mensagem na moderação ({reason}). "
-                            "O comprador não a recebeu. Reescreva sem links, telefones, e-mails ou endereços e "
-                            "envie de novo.", source_id=f"meli:note:moderation:{mid}")
+            note = (f"O Mercado Livre aceitou e depois bloqueou sua mensagem na moderação ({reason}). "
+                    "O comprador não a recebeu. Reescreva sem links, telefones, e-mails ou endereços e envie de novo.")
+            try:
+                s.chatwoot.set_message_status(reply["conversation_id"], reply["chatwoot_message_id"], "failed",
+                                              f"bloqueada pela moderação: {reason}"[:200])
+            except PermanentError as exc:
+                if not is_gone(exc):
+                    raise
+            if not _note_first_present(s, [reply["conversation_id"], conversation_id], note,
+                                       f"meli:note:moderation:{mid}"):
+                log.warning("moderation not shown: conversations deleted ml_message=%s reply=%s", mid, reply["id"])
             log.warning("reply moderated ml_message=%s reply=%s conversation=%s reason=%s", mid, reply["id"],
                         reply["conversation_id"], reason)
         s.db.link_created("moderation", mid, s.clock())
+
+
+def _note_first_present(s: Services, conversation_ids: list[int], note: str, source_id: str) -> bool:
+    """Post the note in the first of these conversations that still exists."""
+    for conversation_id in dict.fromkeys(conversation_ids):
+        try:
+            s.chatwoot.note(conversation_id, note, source_id=source_id)
+            return True
+        except PermanentError as exc:
+            if not is_gone(exc):
+                raise
+    return False

@@ -12,7 +12,8 @@ import logging
 import time
 
 import failures
-from contacts import ensure_contact, ensure_conversation
+from contacts import forget_conversation, is_gone, open_conversation
+from http_client import PermanentError
 from mercado_livre_api import ReauthorizationRequired
 from services import Services
 
@@ -20,6 +21,7 @@ log = logging.getLogger("bridge.questions")
 
 CACHE_MAX_AGE = 24 * 3600.0
 CHUNK = 50
+REMOVED = "removed"  # link state: an agent deleted the conversation; it is not followed any more
 FINAL_STATES = {"ANSWERED", "CLOSED_UNANSWERED", "BANNED", "DELETED", "DISABLED"}
 STATE_NOTES = {
     "UNDER_REVIEW": "A pergunta está em análise pelo Mercado Livre e não pode ser respondida agora. Se ela voltar "
@@ -41,11 +43,15 @@ def questions_to_create(unanswered: list[dict], created_ids: set[str]) -> list[d
 
 
 def questions_that_left(open_links: list[dict], unanswered_ids: set[str]) -> list[dict]:
+    """Open questions absent from this listing: candidates only. The list is read page by page
+    with offsets, so a question answered while paging shifts the rest and one still-unanswered
+    question goes missing from the listing; only the question itself says what happened."""
     return [link for link in open_links if link["external_id"] not in unanswered_ids]
 
 
 def questions_back(links: list[dict], unanswered_ids: set[str]) -> list[dict]:
-    """Questions we stopped watching (e.g. under review) that are answerable again."""
+    """Watched questions (e.g. under review) the listing shows as unanswered: candidates to
+    fetch; they are back only when the question's own status says UNANSWERED."""
     return [link for link in links if link["data"].get("state") == "watch" and link["external_id"] in unanswered_ids]
 
 
@@ -71,17 +77,24 @@ def conversation_attributes(question: dict, item: dict | None) -> dict:
     }
 
 
-def change_for(question: dict, answer_known: bool) -> tuple[str, str | None]:
-    """What a question that left the unanswered list means in Chatwoot.
+def change_for(question: dict, answer_known: bool, state: str = "open",
+               known_status: str | None = None) -> tuple[str, str | None]:
+    """What a question's current status means in Chatwoot, given what we last showed.
 
+    `state` is the link's: 'open' (answerable, shown as such) or 'watch' (we told the agent
+    it cannot be answered now); `known_status` is the status that was last acted on.
     Returns (action, note): action is 'mirror_answer' (answered elsewhere), 'resolve'
-    (answered by our bridge), 'note' (a state worth telling the agent), or 'reopen'.
+    (answered by our bridge), 'note' (a state worth telling the agent), 'reopen' (answerable
+    again after a note said otherwise) or 'none' (nothing changed for the agent).
     """
     status = question.get("status")
     if status == "ANSWERED":
         return ("resolve", None) if answer_known else ("mirror_answer", None)
     if status == "UNANSWERED":
-        return "reopen", None
+        # Still unanswered while shown open is no change: missing from one listing is not news.
+        return ("reopen", None) if state == "watch" else ("none", None)
+    if state == "watch" and status == known_status:
+        return "none", None
     return "note", STATE_NOTES.get(status, f"A pergunta mudou para o status {status} no Mercado Livre.")
 
 
@@ -120,21 +133,15 @@ def sync_questions(s: Services) -> dict:
     open_links = [link for link in created if link["data"].get("state", "open") == "open"]
     left, back = questions_that_left(open_links, unanswered_ids), questions_back(created, unanswered_ids)
     batch.keep_only({str(q["id"]) for q in to_create} | {link["external_id"] for link in left + back})
-    for link in left:
+    # Both lists are only candidates (a listing shifted by paging misses questions): the
+    # question itself is fetched before anything is shown.
+    for link in left + back:
         if s.stopping.is_set() or batch.interrupted:
             break
         if batch.waiting(link["external_id"]):
             continue
-        ok, _ = batch.run(link["external_id"], _follow_fetched, s, link)
-        counts["changed"] += ok
-    # Back from review: the search already says it is unanswered again; no fetch needed.
-    for link in back:
-        if s.stopping.is_set() or batch.interrupted:
-            break
-        if batch.waiting(link["external_id"]):
-            continue
-        ok, _ = batch.run(link["external_id"], _follow_locked, s, link, {"status": "UNANSWERED"})
-        counts["changed"] += ok
+        _ok, changed = batch.run(link["external_id"], _follow_fetched, s, link)
+        counts["changed"] += bool(changed)
     counts["item_errors"] = batch.failed
     counts["ms"] = int((time.monotonic() - started) * 1000)
     return counts
@@ -167,14 +174,11 @@ def _create_new(s: Services, question: dict, items: dict[str, dict] | None, nick
     return True
 
 
-def _follow_fetched(s: Services, link: dict) -> None:
+def _follow_fetched(s: Services, link: dict) -> bool:
     with s.locks.hold(f"question:{link['external_id']}"):
-        follow_question(s, link, s.meli.question(link["external_id"]))
-
-
-def _follow_locked(s: Services, link: dict, question: dict) -> None:
-    with s.locks.hold(f"question:{link['external_id']}"):
-        follow_question(s, link, question)
+        # A notification may have moved it on while we waited for the lock.
+        current = s.db.link("question", link["external_id"]) or link
+        return follow_question(s, current, s.meli.question(link["external_id"]))
 
 
 def sync_one_question(s: Services, question_id: str) -> str:
@@ -187,10 +191,9 @@ def _sync_one_question(s: Services, question_id: str) -> str:
     question = s.meli.question(question_id)
     link = s.db.link("question", question_id)
     if link and link["status"] == "created":
-        if question.get("status") == "UNANSWERED" and link["data"].get("state", "open") == "open":
-            return "unchanged"
-        follow_question(s, link, question)
-        return "changed"
+        if link["data"].get("state") == REMOVED:
+            return "conversation deleted in chatwoot"
+        return "changed" if follow_question(s, link, question) else "unchanged"
     if question.get("status") != "UNANSWERED":
         return "not unanswered"
     if str(question.get("seller_id")) != str(s.meli.seller_id()):
@@ -206,16 +209,23 @@ def create_question(s: Services, question: dict, item: dict | None, nickname: st
     qid = str(question["id"])
     buyer_id = (question.get("from") or {}).get("id")
     inbox_id = s.settings.chatwoot_questions_inbox_id
-    contact_id, source_id = ensure_contact(s, buyer_id, nickname, inbox_id)
-    conversation_id, fresh = ensure_conversation(
-        s, kind="question", external_id=qid, inbox_id=inbox_id, contact_id=contact_id, source_id=source_id,
-        custom_attributes=conversation_attributes(question, item), buyer_id=buyer_id)
+    contact_id, conversation_id, fresh = open_conversation(
+        s, kind="question", external_id=qid, inbox_id=inbox_id, buyer_id=buyer_id, nickname=nickname,
+        custom_attributes=conversation_attributes(question, item))
     # A conversation made just now holds no message yet: no need to look for one.
     source = f"meli:question:{qid}"
-    message = None if fresh else s.chatwoot.find_message_by_source(conversation_id, source)
-    if message is None:
-        message = s.chatwoot.create_message(conversation_id, first_message(question, item),
-                                            message_type="incoming", source_id=source)
+    try:
+        message = None if fresh else s.chatwoot.find_message_by_source(conversation_id, source)
+        if message is None:
+            message = s.chatwoot.create_message(conversation_id, first_message(question, item),
+                                                message_type="incoming", source_id=source)
+    except PermanentError as exc:
+        if fresh or not is_gone(exc):
+            raise
+        # Half-created before a crash, then deleted: the question was never shown; start over.
+        forget_conversation(s, "question", qid, conversation_id)
+        create_question(s, question, item, nickname)
+        return
     s.db.link_created("question", qid, s.clock(), contact_id=contact_id, conversation_id=conversation_id,
                       message_id=message["id"], data={"state": "open", "item_id": str(question.get("item_id"))})
     log.info("question in chatwoot question=%s buyer=%s item=%s conversation=%s message=%s in %dms%s", qid,
@@ -223,13 +233,40 @@ def create_question(s: Services, question: dict, item: dict | None, nickname: st
              (time.monotonic() - started) * 1000, "" if fresh else " (reconciled)")
 
 
-def follow_question(s: Services, link: dict, question: dict) -> None:
-    """A question we mirrored changed on Mercado Livre."""
+def follow_question(s: Services, link: dict, question: dict) -> bool:
+    """Bring a mirrored question's conversation in line with the question. Returns False when
+    nothing changed for the agent."""
     qid, conversation_id = link["external_id"], link["conversation_id"]
     answer_link = s.db.link("answer", qid)
-    action, note = change_for(question, answer_known=bool(answer_link and answer_link["status"] == "created"))
+    action, note = change_for(question, answer_known=bool(answer_link and answer_link["status"] == "created"),
+                              state=link["data"].get("state", "open"), known_status=link["data"].get("ml_status"))
     status = question.get("status")
+    if action == "none":
+        log.debug("question unchanged question=%s status=%s", qid, status)
+        return False
     state = "open" if action == "reopen" else ("closed" if status in FINAL_STATES else "watch")
+    try:
+        _show_change(s, qid, conversation_id, question, action, note, state)
+    except PermanentError as exc:
+        if not is_gone(exc):
+            raise
+        # Deleted by an agent (or with its contact, e.g. an erasure). Decision: it is not
+        # created again, and not followed any more. Whatever is left to show (an answer
+        # given on the site, a status note) is not worth undoing a deliberate deletion, and
+        # a person erased must not come back. A question still unanswered stays answerable
+        # on Mercado Livre itself; the buyer's later questions get conversations as usual.
+        s.db.link_update("question", qid, s.clock(), data=dict(link["data"], state=REMOVED, ml_status=status))
+        log.warning("question conversation deleted in chatwoot question=%s conversation=%s status=%s: not "
+                    "recreated", qid, conversation_id, status)
+        return True
+    s.db.link_update("question", qid, s.clock(), data=dict(link["data"], state=state, ml_status=status))
+    log.info("question changed question=%s conversation=%s status=%s action=%s", qid, conversation_id, status, action)
+    return True
+
+
+def _show_change(s: Services, qid: str, conversation_id: int, question: dict, action: str, note: str | None,
+                 state: str) -> None:
+    status = question.get("status")
     if action == "mirror_answer":
         _mirror_answer(s, qid, conversation_id, question)
     elif action == "note":
@@ -242,8 +279,6 @@ def follow_question(s: Services, link: dict, question: dict) -> None:
         s.chatwoot.set_status(conversation_id, "open")
     if state == "closed":
         s.chatwoot.set_status(conversation_id, "resolved")
-    s.db.link_update("question", qid, s.clock(), data=dict(link["data"], state=state, ml_status=status))
-    log.info("question changed question=%s conversation=%s status=%s action=%s", qid, conversation_id, status, action)
 
 
 def _mirror_answer(s: Services, qid: str, conversation_id: int, question: dict) -> None:

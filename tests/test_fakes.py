@@ -398,3 +398,65 @@ def test_initial_conversation_message_is_outgoing_by_default(fk):
     conv = session.post(api(fk, "/conversations"), json={"source_id": link["source_id"], "inbox_id": inbox,
                         "contact_id": contact["id"], "message": {"content": "oi"}}, timeout=5).json()
     assert [m["message_type"] for m in state.messages_in(conv["id"])] == [1]
+
+
+def test_deleting_a_conversation_or_contact_makes_the_api_answer_404(fk):
+    state = fk.chatwoot.state
+    session, contact, conv = make_conversation(fk)
+    message = session.post(api(fk, f"/conversations/{conv['id']}/messages"),
+                           json={"content": "oi", "message_type": "incoming"}, timeout=5).json()
+    assert session.delete(api(fk, f"/conversations/{conv['id']}"), timeout=5).status_code == 200
+    assert session.get(api(fk, f"/conversations/{conv['id']}/messages"), timeout=5).status_code == 404
+    assert session.post(api(fk, f"/conversations/{conv['id']}/messages"), json={"content": "x"},
+                        timeout=5).status_code == 404
+    assert message["id"] not in state.messages
+    second = session.post(api(fk, "/conversations"), json={"source_id": "src-7001", "inbox_id": conv["inbox_id"],
+                          "contact_id": contact["id"]}, timeout=5).json()
+    # Deleting the contact takes its conversations and contact_inboxes along.
+    assert session.delete(api(fk, f"/contacts/{contact['id']}"), timeout=5).status_code == 200
+    assert second["id"] not in state.conversations and not state.contact_inboxes
+    assert session.get(api(fk, f"/contacts/{contact['id']}/conversations"), timeout=5).status_code == 404
+    gone = session.post(api(fk, "/conversations"), json={"source_id": "src-7001", "inbox_id": conv["inbox_id"],
+                        "contact_id": contact["id"]}, timeout=5)
+    assert gone.status_code == 404
+    found = session.post(api(fk, "/contacts/filter"), json={"payload": [{
+        "attribute_key": "identifier", "filter_operator": "equal_to", "values": ["meli:buyer:7001"],
+        "query_operator": None}]}, timeout=5).json()
+    assert found["payload"] == []
+    assert session.delete(api(fk, f"/contacts/{contact['id']}"), timeout=5).status_code == 404
+
+
+def test_merging_contacts_moves_conversations_and_inboxes_to_the_base(fk):
+    state = fk.chatwoot.state
+    session, mergee, conv = make_conversation(fk)
+    base = session.post(api(fk, "/contacts"), json={"name": "Cliente do balcão", "email": "c@x.test"},
+                        timeout=5).json()["payload"]["contact"]
+    merged = session.post(api(fk, "/actions/contact_merge"),
+                          json={"base_contact_id": base["id"], "mergee_contact_id": mergee["id"]}, timeout=5)
+    assert merged.status_code == 200 and merged.json()["id"] == base["id"]
+    assert mergee["id"] not in state.contacts
+    # The base keeps its own attributes and takes the ones it lacked (the identifier here).
+    assert state.contacts[base["id"]]["identifier"] == "meli:buyer:7001"
+    assert state.contacts[base["id"]]["name"] == "Cliente do balcão"
+    assert state.conversations[conv["id"]]["meta"]["sender"]["id"] == base["id"]
+    assert [ci["contact_id"] for ci in state.contact_inboxes] == [base["id"]]
+    assert session.get(api(fk, f"/contacts/{mergee['id']}/conversations"), timeout=5).status_code == 404
+    again = session.post(api(fk, "/conversations"), json={"source_id": "src-7001", "inbox_id": conv["inbox_id"],
+                         "contact_id": base["id"]}, timeout=5)
+    assert again.status_code == 200
+    assert session.post(api(fk, "/actions/contact_merge"), json={"base_contact_id": base["id"],
+                        "mergee_contact_id": mergee["id"]}, timeout=5).status_code == 404
+
+
+def test_state_helpers_do_what_an_agent_does(fk):
+    state = fk.chatwoot.state
+    _session, contact, conv = make_conversation(fk)
+    state.resolve_conversation(conv["id"])
+    assert state.conversations[conv["id"]]["status"] == "resolved"
+    other = state.create_contact({"name": "B", "identifier": "meli:buyer:2"})[0]
+    state.merge_contacts(other["id"], contact["id"])
+    assert state.conversations[conv["id"]]["contact_id"] == other["id"]
+    state.delete_conversation(conv["id"])
+    assert conv["id"] not in state.conversations
+    state.delete_contact(other["id"])
+    assert other["id"] not in state.contacts

@@ -185,6 +185,59 @@ class ChatwootState(Controls):
         self._release(deliveries)
         return message
 
+    # ---- what agents do in the Chatwoot UI ------------------------------------------------------------
+
+    def delete_conversation(self, conversation_id: int) -> None:
+        """An administrator deleted the conversation: it and its messages are gone (API answers 404)."""
+        with self.lock:
+            conv = self.conversations.pop(int(conversation_id), None)
+            if conv is None:
+                raise LookupError(f"conversation {conversation_id} not found")
+            for message in conv["messages"]:
+                self.messages.pop(message["id"], None)
+
+    def delete_contact(self, contact_id: int) -> None:
+        """The contact is deleted with its conversations and contact_inboxes (also how an erasure is done)."""
+        with self.lock:
+            if int(contact_id) not in self.contacts:
+                raise LookupError(f"contact {contact_id} not found")
+            for conv_id in [c["id"] for c in self.conversations.values() if c["contact_id"] == int(contact_id)]:
+                self.delete_conversation(conv_id)
+            self.contact_inboxes = [ci for ci in self.contact_inboxes if ci["contact_id"] != int(contact_id)]
+            del self.contacts[int(contact_id)]
+
+    def merge_contacts(self, base_id: int, mergee_id: int) -> dict:
+        """Chatwoot's ContactMergeAction: the base keeps its id and gains the mergee's conversations and
+        contact_inboxes; attributes are merged with the base's winning (a blank base identifier takes
+        the mergee's); the mergee is deleted."""
+        with self.lock:
+            base, mergee = self.contacts.get(int(base_id)), self.contacts.get(int(mergee_id))
+            if base is None or mergee is None:
+                raise LookupError("contact not found")
+            if base is mergee:
+                raise ValueError("contacts must be different", "mergee_contact_id")
+            for conv in self.conversations.values():
+                if conv["contact_id"] == mergee["id"]:
+                    conv["contact_id"] = base["id"]
+            for contact_inbox in self.contact_inboxes:
+                if contact_inbox["contact_id"] == mergee["id"]:
+                    contact_inbox["contact_id"] = base["id"]
+            del self.contacts[mergee["id"]]
+            for key in ("identifier", "name", "email", "phone_number"):
+                if not base.get(key) and mergee.get(key):
+                    base[key] = mergee[key]
+            for key in ("additional_attributes", "custom_attributes"):
+                base[key] = {**mergee.get(key, {}), **base.get(key, {})}
+            for conv in self.conversations.values():
+                if conv["contact_id"] == base["id"]:
+                    conv["meta"] = self.conversation_json(conv)["meta"]
+            return base
+
+    def resolve_conversation(self, conversation_id: int) -> None:
+        """An agent marked the conversation resolved."""
+        with self.lock:
+            self.set_status(self.conversations[int(conversation_id)], "resolved")
+
     # ---- the sandbox page (/sandbox) ---------------------------------------------------------------
 
     def sandbox_view(self) -> dict:
@@ -282,6 +335,12 @@ class ChatwootState(Controls):
             inbox_id = body.get("inbox_id")
             if inbox_id is not None and int(inbox_id) not in self.inboxes:
                 raise ValueError("Inbox not found", "inbox_id")
+            source_id = body.get("source_id")
+            # One transaction in Chatwoot: a refused contact_inbox leaves no contact behind.
+            if inbox_id is not None and source_id and any(
+                    ci["inbox_id"] == int(inbox_id) and ci["source_id"] == str(source_id)
+                    for ci in self.contact_inboxes):
+                raise ValueError("Source has already been taken", "source_id")
             contact_id = self._next("contact")
             contact = {"id": contact_id, "name": body.get("name") or "", "identifier": identifier,
                        "email": body.get("email"), "phone_number": body.get("phone_number"),
@@ -368,7 +427,9 @@ class ChatwootState(Controls):
                         flood_guard: bool = False) -> tuple[dict, list[dict]]:
         """Store a message; returns it and its webhook deliveries (counted as pending, not yet queued)."""
         with self.lock:
-            conv = self.conversations[int(conversation_id)]
+            conv = self.conversations.get(int(conversation_id))
+            if conv is None:
+                raise _NotFound()  # deleted by an agent while the request was on its way
             now = time.monotonic()
             if flood_guard and sum(1 for m in conv["messages"] if now - m["t_created"] < 60.0) >= FLOOD_LIMIT:
                 raise FloodError()
@@ -657,6 +718,25 @@ def create_chatwoot_app(state: ChatwootState) -> Flask:
             return json_error(state, 404, "Resource could not be found")
         return jsonify({"payload": state.contact_json(found)})
 
+    @app.delete(f"{base}/contacts/<int:contact_id>")
+    def delete_contact(contact_id: int):
+        try:
+            state.delete_contact(contact_id)
+        except LookupError:
+            return json_error(state, 404, "Resource could not be found")
+        return Response(status=200)
+
+    @app.post(f"{base}/actions/contact_merge")
+    def contact_merge():
+        body = request.get_json(silent=True) or {}
+        try:
+            merged = state.merge_contacts(_int(body.get("base_contact_id")), _int(body.get("mergee_contact_id")))
+        except LookupError:
+            return json_error(state, 404, "Resource could not be found")
+        except (TypeError, ValueError) as exc:
+            return invalid(*(exc.args if len(exc.args) == 2 else ("invalid contacts", "base_contact_id")))
+        return jsonify(state.contact_json(merged))
+
     @app.post(f"{base}/contacts/<int:contact_id>/contact_inboxes")
     def contact_inboxes(contact_id: int):
         body = request.get_json(silent=True) or {}
@@ -671,6 +751,8 @@ def create_chatwoot_app(state: ChatwootState) -> Flask:
 
     @app.get(f"{base}/contacts/<int:contact_id>/conversations")
     def contact_conversations(contact_id: int):
+        if contact_id not in state.contacts:
+            return json_error(state, 404, "Resource could not be found")
         with state.lock:
             convs = [state.conversation_json(c) for c in state.conversations.values()
                      if c["contact_id"] == contact_id]
@@ -691,6 +773,12 @@ def create_chatwoot_app(state: ChatwootState) -> Flask:
     @app.get(f"{base}/conversations/<int:conv_id>")
     def conversation(conv_id: int):
         return jsonify(state.conversation_json(conversation_or_404(conv_id)))
+
+    @app.delete(f"{base}/conversations/<int:conv_id>")
+    def delete_conversation(conv_id: int):
+        conversation_or_404(conv_id)
+        state.delete_conversation(conv_id)
+        return Response(status=200)
 
     @app.post(f"{base}/conversations/<int:conv_id>/toggle_status")
     def toggle_status(conv_id: int):
@@ -728,6 +816,7 @@ def create_chatwoot_app(state: ChatwootState) -> Flask:
         conv = conversation_or_404(conv_id)
         before, after = _int(request.args.get("before")), _int(request.args.get("after"))
         with state.lock:
+            conversation_or_404(conv_id)  # not deleted meanwhile
             messages = conv["messages"]
             if after is not None:
                 page = [m for m in messages if m["id"] > after][:100]
