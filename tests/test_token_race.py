@@ -281,3 +281,25 @@ def test_the_decision_waits_for_any_live_lease_unless_it_is_our_own():
     assert auth_decision(dict(row, status="reauth_required"), now=10, margin=5) == "reauth"
     # A pause after a failed refresh has no owner: nobody refreshes before it ends.
     assert auth_decision(dict(row, refresh_lease_owner=None), now=96, margin=5, owner="b") == "wait"
+
+
+# ---- the test: OS processes against the fake's single-use refresh tokens ------------------
+
+def test_two_processes_of_sixteen_threads_through_token_expiries_never_lose_the_authorization():
+    from tests.token_race import run_race
+    figures = run_race(seconds=10, processes=2, threads=16, access_ttl=2.0)
+    assert figures["invalid_grant"] == 0, figures
+    assert (figures["status"], figures["reauth_seen"]) == ("active", 0), figures
+    assert figures["errors"] == {}, figures
+    # The race was real: the tokens expired and were refreshed while the threads ran.
+    assert figures["refreshes"] >= 2, figures
+    assert figures["refreshes"] == sum(figures["client_refreshes"]), figures
+
+
+def test_cold_starts_of_the_poller_seeded_with_a_refresh_token_only_keep_the_authorization(fakes, tmp_path):
+    from tests.token_race import cold_start
+    starts = [cold_start(fakes, tmp_path / f"start-{n}") for n in range(5)]
+    assert [s["status"] for s in starts] == ["active"] * 5, starts
+    assert [s["invalid_grant"] for s in starts] == [0] * 5, starts
+    assert [s["refreshes"] for s in starts] == [1] * 5, starts
+    assert [s["poller_rc"] for s in starts] == [0] * 5, starts
