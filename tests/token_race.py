@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -32,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # The jobs that call Mercado Livre as soon as the poller starts.
 FIRST_JOBS = ("questions", "messages", "missed_feeds")
+JOB_ENDED = re.compile(r"bridge\.poller: job (\w+) (?:done|failed|skipped|crashed)")
 
 
 def cold_start(fakes, tmp: Path, also_once: bool = False, timeout: float = 60.0) -> dict:
@@ -48,13 +50,10 @@ def cold_start(fakes, tmp: Path, also_once: bool = False, timeout: float = 60.0)
     database = bridge.env["DATABASE_PATH"]
     try:
         poller = bridge.poller()
-        once = None
-        if also_once:
-            bridge.remember_secrets()
-            once = subprocess.Popen([sys.executable, "main.py", "--once"], cwd=str(ROOT), env=bridge.env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: poller.poll() is not None or _jobs_finished(database), timeout,
-                   what="the poller's first jobs")
+        once = bridge.start("once", [sys.executable, "main.py", "--once"]) if also_once else None
+        # Read from the poller's own log: with --once beside it, job_runs rows are shared.
+        wait_until(lambda: poller.poll() is not None or set(FIRST_JOBS) <= _poller_jobs_ended(tmp),
+                   timeout, what="the poller's first jobs")
         once_rc = once.wait(timeout=timeout) if once else None
         poller_rc = bridge.stop(poller)
         status, reason = _auth_status(database)
@@ -73,14 +72,13 @@ def _read(database: str, sql: str) -> list[tuple]:
         conn.close()
 
 
-def _jobs_finished(database: str) -> bool:
-    try:
-        rows = _read(database, "SELECT job, last_start, last_success, last_error_at FROM job_runs")
-    except sqlite3.Error:
-        return False  # not created or not migrated yet
-    done = {job for job, start, success, error in rows
-            if start is not None and max(success or 0, error or 0) >= start}
-    return set(FIRST_JOBS) <= done
+def _poller_jobs_ended(tmp: Path) -> set[str]:
+    """Jobs the poller of this start has logged as done, failed or skipped."""
+    from tests.e2e import LOG_DIR
+    ended = set()
+    for log in LOG_DIR.glob(f"{tmp.name}-poller-*.log"):
+        ended.update(JOB_ENDED.findall(log.read_text(errors="replace")))
+    return ended
 
 
 def _auth_status(database: str) -> tuple[str, str | None]:
