@@ -145,8 +145,10 @@ class MeliClient(HttpClient):
         user_id = _int_or_none(token.get("user_id"))
         if expected and user_id and user_id != expected:
             reason = f"the stored tokens belong to user {user_id}, not seller {expected}; authorize the right account"
-            self.db.auth_require_reauthorization(reason, self.clock())
-            raise ReauthorizationRequired(reason, code="reauthorization_required")
+            if self.db.auth_require_reauthorization(reason, self.clock(), used_refresh_token=used, owner=owner):
+                raise ReauthorizationRequired(reason, code="reauthorization_required")
+            self.db.auth_release_lease(owner)
+            return None  # an authorization meanwhile replaced the wrong account's tokens
         stored = self.db.auth_store_refreshed(used, token["access_token"], token["refresh_token"],
                                               self.clock() + float(token.get("expires_in") or 21600), user_id,
                                               self.clock())
