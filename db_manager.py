@@ -186,6 +186,20 @@ MIGRATIONS: list[tuple[str, str]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def auth_decision(row: dict, now: float, margin: float, owner: str | None = None) -> str:
+    """What a caller wanting an access token does: fresh | reauth | wait | refresh.
+
+    `owner` is the caller's own refresh attempt; None (a plain read) counts every live lease as another's.
+    """
+    if row["status"] != "active" or not row["refresh_token"]:
+        return "reauth"
+    if row["access_token"] and (row["expires_at"] or 0) - margin > now:
+        return "fresh"
+    if row["refresh_lease_until"] > now and (owner is None or row["refresh_lease_owner"] != owner):
+        return "wait"
+    return "refresh"
+
+
 def _row(row: sqlite3.Row | None) -> dict | None:
     return dict(row) if row is not None else None
 
@@ -343,49 +357,65 @@ class Database:
         """Decide, under the write lock, whether this caller refreshes.
 
         Returns ('fresh', row) when the stored access token is still good, ('reauth', row)
-        when a human must authorize again, ('wait', row) while another process holds the
-        refresh lease, or ('refresh', row) with the lease now ours.
+        when a human must authorize again, ('wait', row) while another caller holds the
+        refresh lease, or ('refresh', row) with the lease now ours. `owner` must name one
+        refresh attempt, never a whole process or client: threads sharing an owner would
+        all win the lease and spend the same single-use refresh token.
         """
         with self.write() as conn:
             row = dict(conn.execute("SELECT * FROM meli_auth WHERE id = 1").fetchone())
-            if row["status"] != "active" or not row["refresh_token"]:
-                return "reauth", row
-            if row["access_token"] and (row["expires_at"] or 0) - margin > now:
-                return "fresh", row
-            if row["refresh_lease_until"] > now and row["refresh_lease_owner"] != owner:
-                return "wait", row
-            conn.execute("UPDATE meli_auth SET refresh_lease_owner = ?, refresh_lease_until = ? WHERE id = 1",
-                         (owner, now + lease))
-            return "refresh", row
+            decision = auth_decision(row, now, margin, owner)
+            if decision == "refresh":
+                conn.execute("UPDATE meli_auth SET refresh_lease_owner = ?, refresh_lease_until = ? WHERE id = 1",
+                             (owner, now + lease))
+            return decision, row
 
-    def auth_store_refreshed(self, owner: str, used_refresh_token: str, access_token: str,
-                             refresh_token: str, expires_at: float, user_id: int | None, now: float) -> bool:
-        """Write the new pair atomically, only if the token we used is still the stored one."""
+    def auth_store_refreshed(self, used_refresh_token: str, access_token: str, refresh_token: str,
+                             expires_at: float, user_id: int | None, now: float) -> bool:
+        """Write the new pair atomically, if the token we used is still the stored one.
+
+        Whoever holds the lease now, and whatever the status says: Mercado Livre has just
+        spent the stored refresh token, so the pair it gave us holds the only live one —
+        a lease that ran out, or a loser's `invalid_grant` that already ended the
+        authorization, must not make us drop it. Only a different stored refresh token
+        (an authorization meanwhile) wins over ours. Returns False then.
+        """
         with self.write() as conn:
             cur = conn.execute(
                 "UPDATE meli_auth SET access_token = ?, refresh_token = ?, expires_at = ?,"
                 " user_id = COALESCE(?, user_id), status = 'active', status_reason = NULL,"
                 " refresh_lease_owner = NULL, refresh_lease_until = 0, updated_at = ?"
-                " WHERE id = 1 AND refresh_token = ? AND refresh_lease_owner = ?",
-                (access_token, refresh_token, expires_at, user_id, now, used_refresh_token, owner))
+                " WHERE id = 1 AND refresh_token = ?",
+                (access_token, refresh_token, expires_at, user_id, now, used_refresh_token))
             return cur.rowcount == 1
 
-    def auth_release_lease(self, owner: str) -> None:
+    def auth_release_lease(self, owner: str, pause_until: float = 0) -> None:
+        """Give the lease back; with `pause_until`, nobody may claim it before then (after a failed refresh)."""
         with self.write() as conn:
-            conn.execute("UPDATE meli_auth SET refresh_lease_owner = NULL, refresh_lease_until = 0"
-                         " WHERE id = 1 AND refresh_lease_owner = ?", (owner,))
+            conn.execute("UPDATE meli_auth SET refresh_lease_owner = NULL, refresh_lease_until = ?"
+                         " WHERE id = 1 AND refresh_lease_owner = ?", (pause_until, owner))
 
-    def auth_require_reauthorization(self, reason: str, now: float, used_refresh_token: str | None = None) -> None:
-        """Mark the authorization dead; a refresh token that changed meanwhile keeps it alive."""
+    def auth_require_reauthorization(self, reason: str, now: float, used_refresh_token: str | None = None,
+                                     owner: str | None = None) -> bool:
+        """Mark the authorization dead. Returns whether it was marked.
+
+        With `used_refresh_token` (a refresh Mercado Livre refused), only while that token
+        is still the stored one and no other caller's lease is live: a newer stored pair,
+        or a refresh in flight that may store one, keeps the authorization alive.
+        """
         with self.write() as conn:
             if used_refresh_token is None:
-                conn.execute("UPDATE meli_auth SET status = 'reauth_required', status_reason = ?,"
-                             " refresh_lease_owner = NULL, refresh_lease_until = 0, updated_at = ? WHERE id = 1",
-                             (reason, now))
+                cur = conn.execute("UPDATE meli_auth SET status = 'reauth_required', status_reason = ?,"
+                                   " refresh_lease_owner = NULL, refresh_lease_until = 0, updated_at = ? WHERE id = 1",
+                                   (reason, now))
             else:
-                conn.execute("UPDATE meli_auth SET status = 'reauth_required', status_reason = ?,"
-                             " refresh_lease_owner = NULL, refresh_lease_until = 0, updated_at = ?"
-                             " WHERE id = 1 AND refresh_token = ?", (reason, now, used_refresh_token))
+                cur = conn.execute(
+                    "UPDATE meli_auth SET status = 'reauth_required', status_reason = ?,"
+                    " refresh_lease_owner = NULL, refresh_lease_until = 0, updated_at = ?"
+                    " WHERE id = 1 AND refresh_token = ? AND (refresh_lease_owner IS NULL"
+                    " OR refresh_lease_owner = ? OR refresh_lease_until <= ?)",
+                    (reason, now, used_refresh_token, owner, now))
+            return cur.rowcount == 1
 
     def auth_store_authorized(self, user_id: int, nickname: str | None, access_token: str,
                               refresh_token: str, expires_at: float, now: float) -> None:

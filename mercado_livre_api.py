@@ -1,13 +1,21 @@
 """Mercado Livre: HTTP calls, and the seller's tokens.
 
-Refresh tokens are single use. Both processes share the token store, so a refresh is
-single-flight across processes: a lease on the token row is taken in a `BEGIN
-IMMEDIATE` transaction after re-reading the row (refresh only if still needed and no
-live lease), the HTTP call runs outside any transaction, and the new pair replaces the
-old one only if the stored refresh token is still the one we used. Holding SQLite's
-write lock across the HTTP call would give the same guarantee but would stall the
-listener's writes — and Chatwoot's 5-second webhook timeout — whenever Mercado Livre
-is slow.
+Refresh tokens are single use. Both processes share the token store, and every
+scheduler job and outbox worker shares one client, so a refresh is single-flight
+across threads and processes: the threads of a process queue on one lock, and the one
+at the front takes a lease on the token row in a `BEGIN IMMEDIATE` transaction after
+re-reading the row (refresh only if still needed and no live lease). The lease is
+owned by that one attempt, never by the client: a shared owner let two threads both
+"win" it and spend the same token. The HTTP call runs outside any transaction, and the
+new pair is written if the stored refresh token is still the one we used. Holding
+SQLite's write lock across the HTTP call would give the same guarantee but would stall
+the listener's writes — and Chatwoot's 5-second webhook timeout — whenever Mercado
+Livre is slow.
+
+A refused refresh ends the authorization only when the store still holds the token we
+used and no other refresh is in flight; otherwise the stored pair (or the one about to
+be stored) is used. A pair Mercado Livre issued is never dropped while its refresh
+token is the only live one.
 """
 
 from __future__ import annotations
@@ -17,18 +25,24 @@ import hashlib
 import logging
 import os
 import secrets
+import threading
 import time
 from typing import Any, Callable, Iterator
 from urllib.parse import urlencode
 
 from config import Settings
-from db_manager import Database
+from db_manager import Database, auth_decision
 from http_client import ApiError, HttpClient, PermanentError, TransientError
 
 log = logging.getLogger("bridge.meli")
 
 REFRESH_MARGIN = 300.0  # refresh 5 minutes before the access token expires
 REFRESH_LEASE = 120.0  # longer than a token call can take (connect + read timeouts)
+# After a refresh that failed transiently nobody tries again for this long: one attempt at a
+# time, not one per waiting thread. The next attempt reuses the same refresh token.
+REFRESH_PAUSE = 5.0
+REFRESH_PAUSE_MAX = 60.0
+TOKEN_POLL = 0.05
 STATE_TTL = 600.0
 MELI_AGENT_ID = 3037675074  # Mercado Livre's own agent in migrated post-sale threads
 QUESTIONS_PAGE = 50
@@ -46,12 +60,13 @@ class AuthorizationRefused(Exception):
 class MeliClient(HttpClient):
     service = "mercadolivre"
 
-    def __init__(self, settings: Settings, db: Database, *, clock: Callable[[], float] = time.time, **kwargs):
+    def __init__(self, settings: Settings, db: Database, *, clock: Callable[[], float] = time.time,
+                 refresh_margin: float = REFRESH_MARGIN, **kwargs):
         super().__init__(settings.meli_api_url, **kwargs)
         self.settings = settings
         self.db = db
         self.clock = clock
-        self.owner = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.refresh_margin = refresh_margin
         self.refreshes = 0
 
     # ---- tokens ------------------------------------------------------------------------------
@@ -64,20 +79,41 @@ class MeliClient(HttpClient):
 
     def access_token(self, wait_seconds: float = 60.0) -> str:
         deadline = time.monotonic() + wait_seconds
+        # A plain read first: nearly every call finds a fresh token and needs no write lock.
+        row = self.db.auth()
+        decision = auth_decision(row, self.clock(), self.refresh_margin)
+        if decision == "fresh":
+            return row["access_token"]
+        if decision == "reauth":
+            raise _reauthorization(row)
+        lock = _refresh_lock(self.db.path)
+        if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise TransientError("another thread is refreshing the Mercado Livre token; gave up waiting")
+        try:
+            return self._access_token_single_flight(deadline)
+        finally:
+            lock.release()
+
+    def _access_token_single_flight(self, deadline: float) -> str:
+        """Under this process's refresh lock: use the stored token, wait for another process, or refresh."""
         while True:
-            decision, row = self.db.auth_claim_refresh(self.owner, self.clock(), REFRESH_MARGIN, REFRESH_LEASE)
+            owner = f"{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(4)}"
+            decision, row = self.db.auth_claim_refresh(owner, self.clock(), self.refresh_margin, REFRESH_LEASE)
             if decision == "fresh":
                 return row["access_token"]
             if decision == "reauth":
-                raise ReauthorizationRequired(row["status_reason"] or "Mercado Livre authorization is missing",
-                                              code="reauthorization_required")
+                raise _reauthorization(row)
             if decision == "refresh":
-                return self._refresh(row)
+                token = self._refresh(row, owner)
+                if token is not None:
+                    return token
+                continue  # the store holds a newer pair, or another refresh is in flight
             if time.monotonic() > deadline:
                 raise TransientError("another process is refreshing the Mercado Livre token; gave up waiting")
-            time.sleep(0.05)
+            time.sleep(TOKEN_POLL)
 
-    def _refresh(self, row: dict) -> str:
+    def _refresh(self, row: dict, owner: str) -> str | None:
+        """Refresh with the lease held by `owner`; None when the stored pair should be used instead."""
         used = row["refresh_token"]
         started = time.monotonic()
         try:
@@ -85,26 +121,43 @@ class MeliClient(HttpClient):
         except PermanentError as exc:
             reason = (f"Mercado Livre refused the refresh token ({exc.code or exc.status}); "
                       "run `python main.py authorize`")
-            self.db.auth_require_reauthorization(reason, self.clock(), used_refresh_token=used)
-            log.error("mercado livre authorization lost: %s", reason)
-            raise ReauthorizationRequired(reason, status=exc.status, code="reauthorization_required") from None
+            if self.db.auth_require_reauthorization(reason, self.clock(), used_refresh_token=used, owner=owner):
+                log.error("mercado livre authorization lost: %s", reason)
+                raise ReauthorizationRequired(reason, status=exc.status, code="reauthorization_required") from None
+            # Refused because another caller spent the token first: its pair is (or is about
+            # to be) in the store.
+            self.db.auth_release_lease(owner)
+            log.warning("mercado livre refused a refresh token already replaced in the store; using the stored pair")
+            return None
+        except TransientError as exc:
+            # The answer may have been lost after Mercado Livre spent the token. Nothing newer
+            # can be known, so the next attempt — after a pause, by whichever caller comes
+            # first — retries the same token; only a refusal of that ends the authorization.
+            pause = min(REFRESH_PAUSE_MAX, max(REFRESH_PAUSE, exc.retry_after or 0.0))
+            self.db.auth_release_lease(owner, pause_until=self.clock() + pause)
+            log.warning("mercado livre token refresh failed after %dms (%s); next attempt in %.0fs",
+                        (time.monotonic() - started) * 1000, exc.short(), pause)
+            raise
         except BaseException:
-            self.db.auth_release_lease(self.owner)
+            self.db.auth_release_lease(owner)
             raise
         expected = self.settings.meli_user_id or row["user_id"]
         user_id = _int_or_none(token.get("user_id"))
         if expected and user_id and user_id != expected:
             reason = f"the stored tokens belong to user {user_id}, not seller {expected}; authorize the right account"
-            self.db.auth_require_reauthorization(reason, self.clock(), used_refresh_token=used)
-            raise ReauthorizationRequired(reason, code="reauthorization_required")
-        stored = self.db.auth_store_refreshed(self.owner, used, token["access_token"], token["refresh_token"],
+            if self.db.auth_require_reauthorization(reason, self.clock(), used_refresh_token=used, owner=owner):
+                raise ReauthorizationRequired(reason, code="reauthorization_required")
+            self.db.auth_release_lease(owner)
+            return None  # an authorization meanwhile replaced the wrong account's tokens
+        stored = self.db.auth_store_refreshed(used, token["access_token"], token["refresh_token"],
                                               self.clock() + float(token.get("expires_in") or 21600), user_id,
                                               self.clock())
         self.refreshes += 1
         if not stored:
-            # Our lease ran out and the row changed under us; never overwrite a newer pair.
-            log.error("mercado livre token refreshed but the store changed meanwhile; keeping the stored pair")
-            return self.access_token()
+            # Only an authorization replaces the refresh token we held under the lease, and its
+            # pair is live: keep it (ours is live too, so using it once here is fine).
+            log.warning("mercado livre token refreshed but a new authorization was stored meanwhile; keeping it")
+            return token["access_token"]
         log.info("mercado livre token refreshed for seller %s in %dms", user_id or expected,
                  (time.monotonic() - started) * 1000)
         return token["access_token"]
@@ -282,6 +335,26 @@ class MeliClient(HttpClient):
     def missed_feeds(self) -> list[dict]:
         result = self._api("GET", "/missed_feeds", params={"app_id": self.settings.meli_app_id}) or {}
         return result.get("messages") or []
+
+
+_refresh_locks: dict[tuple[int, str], threading.Lock] = {}
+_refresh_locks_guard = threading.Lock()
+
+
+def _refresh_lock(database_path: str) -> threading.Lock:
+    """One lock per token store in this process, shared by every client on it.
+
+    Keyed by pid as well: a lock inherited through fork could be held by a thread that
+    does not exist in the child.
+    """
+    key = (os.getpid(), os.path.abspath(database_path))
+    with _refresh_locks_guard:
+        return _refresh_locks.setdefault(key, threading.Lock())
+
+
+def _reauthorization(row: dict) -> ReauthorizationRequired:
+    return ReauthorizationRequired(row["status_reason"] or "Mercado Livre authorization is missing",
+                                   code="reauthorization_required")
 
 
 def _int_or_none(value: Any) -> int | None:

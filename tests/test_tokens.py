@@ -154,7 +154,7 @@ def test_a_stale_refresh_never_overwrites_a_newer_pair(db, clock):
     store(db, clock, expires_in=10)
     db.auth_claim_refresh("A", clock(), 300, 120)
     db.auth_store_authorized(555, "LOJA", "AT-new", "RT-new", clock() + 21600, clock())
-    assert not db.auth_store_refreshed("A", "RT-1", "AT-old", "RT-old", clock() + 21600, 555, clock())
+    assert not db.auth_store_refreshed("RT-1", "AT-old", "RT-old", clock() + 21600, 555, clock())
     assert db.auth()["refresh_token"] == "RT-new"
 
 
