@@ -2,6 +2,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -74,6 +75,46 @@ def test_two_processes_migrating_at_once_both_succeed(tmp_path):
     outs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert all(o[0].strip() == str(SCHEMA_VERSION) for o in outs)
+
+
+RACER = """
+import os, sys, time
+import db_manager
+workdir, me, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for n in range(rounds):
+    open(os.path.join(workdir, f"ready-{n}-{me}"), "w").close()
+    while not os.path.exists(os.path.join(workdir, f"go-{n}")):
+        time.sleep(0.0005)
+    db = db_manager.Database(os.path.join(workdir, f"fresh-{n}.db")).open()
+    print(n, db.schema_version(), flush=True)
+    db.close()
+"""
+
+
+def test_five_processes_opening_fresh_databases_at_once_all_succeed(tmp_path):
+    """Four gunicorn workers and the poller on a first deploy: every one opens the new file."""
+    processes, rounds = 5, 20
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), str(k), str(rounds)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k in range(processes)]
+    try:
+        for n in range(rounds):
+            # Release all of them together once each is ready at the door of round n.
+            deadline = time.monotonic() + 60
+            while not all((tmp_path / f"ready-{n}-{k}").exists() for k in range(processes)):
+                assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+                assert time.monotonic() < deadline, "a process never reached the start line"
+                time.sleep(0.001)
+            (tmp_path / f"go-{n}").touch()
+        outs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    expected = [f"{n} {SCHEMA_VERSION}" for n in range(rounds)]
+    assert all(o[0].split("\n")[:-1] == expected for o in outs), outs
 
 
 def test_a_reply_is_accepted_once_per_chatwoot_message(db):
