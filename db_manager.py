@@ -287,6 +287,24 @@ class Database:
             log.info("database migrated to version %d: %s", current + 1, description)
             current += 1
 
+    def backup_to(self, target: str) -> int:
+        """Copy the database to `target` with SQLite's backup API; returns the pages copied.
+
+        A copy of the file alone would miss what is still only in `-wal`; this reads one
+        consistent snapshot, and in WAL mode neither process waits for it.
+        """
+        if os.path.exists(target):
+            raise DatabaseError(f"{target} already exists; choose a new file name")
+        try:
+            dest = sqlite3.connect(target)
+            try:
+                self.conn().backup(dest)
+                return dest.execute("PRAGMA page_count").fetchone()[0]
+            finally:
+                dest.close()
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot write the backup {target}: {exc}") from None
+
     def check(self) -> None:
         """Raise sqlite3.Error when the file cannot be read (for /health)."""
         self.conn().execute("SELECT 1 FROM meli_auth").fetchone()

@@ -180,3 +180,37 @@ def test_housekeeping_forgets_old_records_but_keeps_links(db):
     assert counts == {"notifications": 1, "oauth_states": 1, "cache": 1, "replies": 1}
     assert db.link("question", "5")["status"] == "created"
     assert db.one("SELECT COUNT(*) AS n FROM reply_parts")["n"] == 0
+
+
+def test_a_backup_holds_what_is_still_only_in_the_wal(db, tmp_path):
+    db.conn().execute("PRAGMA wal_autocheckpoint = 0")
+    db.link_created("question", "77", 1.0, conversation_id=5)
+    assert os.path.getsize(db.path + "-wal") > 0
+    target = str(tmp_path / "copy.db")
+    assert db.backup_to(target) > 0
+    copy = Database(target).open()
+    assert copy.link("question", "77")["conversation_id"] == 5
+    assert copy.schema_version() == SCHEMA_VERSION
+
+
+def test_a_backup_never_overwrites_a_file(db, tmp_path):
+    target = tmp_path / "copy.db"
+    target.write_text("keep me")
+    with pytest.raises(DatabaseError, match="already exists"):
+        db.backup_to(str(target))
+    assert target.read_text() == "keep me"
+
+
+def test_the_backup_command_needs_only_the_database_path(tmp_path):
+    path = tmp_path / "state" / "bridge.db"
+    Database(str(path)).open().link_created("pack", "9", 1.0)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "DATABASE_PATH": str(path)}
+    target = tmp_path / "backup.db"
+    result = subprocess.run([sys.executable, "main.py", "backup", str(target)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "backup written" in result.stdout
+    assert Database(str(target)).open().link("pack", "9")["status"] == "created"
+    again = subprocess.run([sys.executable, "main.py", "backup", str(target)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
