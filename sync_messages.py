@@ -142,9 +142,9 @@ def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
     for reply in s.db.replies_delivered_between("message", now - MODERATION_CHECK_UNTIL, now - MODERATION_CHECK_AFTER):
         if s.stopping.is_set():
             break
-        _link, fresh = s.db.link_intent("moderation_check", reply["id"], now)
-        if not fresh:
-            continue
+        link, _fresh = s.db.link_intent("moderation_check", reply["id"], now)
+        if link["status"] == "created":
+            continue  # still pending: an earlier check failed half way and is due again
         if reply["target_id"] not in skip:
             sync_pack(s, reply["target_id"], seller_id)
             skip.add(reply["target_id"])
@@ -305,18 +305,22 @@ def _report_moderated_replies(s: Services, messages: list[dict], bridge_ids: set
         mid = str(message["id"])
         if mid not in bridge_ids or not is_rejected(message):
             continue
-        _link, fresh = s.db.link_intent("moderation", mid, s.clock())
-        if not fresh:
+        link, fresh = s.db.link_intent("moderation", mid, s.clock())
+        if link["status"] == "created":
             continue
         reply = s.db.reply_for_remote_id(mid)
         if reply:
+            # A pending row is an earlier attempt that failed half way: the failed mark is
+            # idempotent, the note is looked up before it is posted again.
             reason = moderation_reason(message)
             s.chatwoot.set_message_status(reply["conversation_id"], reply["chatwoot_message_id"], "failed",
                                           f"bloqueada pela moderação: {reason}"[:200])
-            s.chatwoot.note(reply["conversation_id"],
-                            f"O Mercado Livre aceitou e depois bloqueou sua mensagem na moderação ({reason}). "
-                            "O comprador não a recebeu. Reescreva sem links, telefones, e-mails ou endereços e "
-                            "envie de novo.", source_id=f"meli:note:moderation:{mid}")
+            source = f"meli:note:moderation:{mid}"
+            if fresh or s.chatwoot.find_message_by_source(reply["conversation_id"], source) is None:
+                s.chatwoot.note(reply["conversation_id"],
+                                f"O Mercado Livre aceitou e depois bloqueou sua mensagem na moderação ({reason}). "
+                                "O comprador não a recebeu. Reescreva sem links, telefones, e-mails ou endereços "
+                                "e envie de novo.", source_id=source)
             log.warning("reply moderated ml_message=%s reply=%s conversation=%s reason=%s", mid, reply["id"],
                         reply["conversation_id"], reason)
         s.db.link_created("moderation", mid, s.clock())
