@@ -5,7 +5,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DATABASE_PATH=/app/data/meli_chatwoot.db \
-    PORT=5000
+    PORT=5000 \
+    BRIDGE_WAIT_FOR_CONFIG=1
 
 RUN groupadd --system --gid 10001 bridge \
     && useradd --system --uid 10001 --gid bridge --home-dir /app --shell /usr/sbin/nologin bridge
@@ -22,6 +23,10 @@ USER bridge
 VOLUME ["/app/data"]
 EXPOSE 5000
 
+# BRIDGE_WAIT_FOR_CONFIG: the first deploy happens before `main.py setup` has printed the
+# inbox ids. The listener and the poller then stay up, say once what is missing (log and
+# /health 503) and wait for a restart, instead of exiting into a restart loop that takes the
+# seller's console away. Command-line use (setup, check, authorize, --once) still exits 2.
 # Liveness only: the listener answers and the database works. A 503 for lost authorization
 # or an old pending reply stays visible in /health, but must not make EasyPanel (Swarm)
 # restart the container: a restart fixes neither and takes /oauth/callback down.

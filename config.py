@@ -3,6 +3,11 @@
 `load_settings()` collects every problem instead of stopping at the first, so an
 operator fixes a broken deployment in one go; `settings_or_exit()` prints them one
 per line and exits 2, without a traceback and without echoing any secret value.
+
+In the container (`BRIDGE_WAIT_FOR_CONFIG=1`, set by the Dockerfile) the two long-running
+processes use `settings_or_wait()` instead: the first deploy happens before `setup` has
+printed the inbox ids, and a process that exits makes the platform restart the container
+under the seller's console. They start with what is usable and report the problems.
 """
 
 from __future__ import annotations
@@ -18,6 +23,14 @@ from dotenv import load_dotenv
 DEFAULT_DATABASE_PATH = "data/meli_chatwoot.db"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TRUE_WORDS = ("1", "true", "yes", "on")
+WAIT_FOR_CONFIG = "BRIDGE_WAIT_FOR_CONFIG"
+# Example values people leave in place; accepted as secrets they would sign or
+# authenticate with something anyone can guess.
+PLACEHOLDER_SECRETS = frozenset({
+    "change-me", "changeme", "change_me", "secret", "your-secret", "your_secret", "yoursecret",
+    "my-secret", "mysecret", "your-app-secret", "your-access-token", "a-long-random-secret",
+    "secret-one", "secret-two", "password", "token", "example", "placeholder", "xxx", "todo", "...",
+})
 FALSE_WORDS = ("0", "false", "no", "off", "")
 
 
@@ -138,7 +151,19 @@ class _Reader:
 
     def secret(self, name: str, *, required: bool, example: str):
         # Never include the value in a problem: it may be a real secret pasted wrongly.
-        return self._value(name, required, example)
+        value = self._value(name, required, example)
+        if value is not None and is_placeholder(value):
+            # Where the value is optional (`setup` before the Mercado Livre app exists), the
+            # untouched .env.example line means "not set yet".
+            if required:
+                self._problem(name, "still holds an example value, not a real secret", example)
+            return None
+        return value
+
+
+def is_placeholder(value: str) -> bool:
+    value = value.strip()
+    return value.lower() in PLACEHOLDER_SECRETS or (value.startswith("<") and value.endswith(">"))
 
 
 def load_settings(env: Mapping[str, str] | None = None, *, require_webhook_secret: bool = False,
@@ -147,17 +172,51 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_webhook_secre
 
     Raises ConfigError listing every problem found.
     """
+    values, problems = _read(env, require_webhook_secret=require_webhook_secret,
+                             require_redirect_uri=require_redirect_uri, require_inboxes=require_inboxes)
+    if problems:
+        raise ConfigError(problems)
+    return Settings(**values)
+
+
+def load_settings_leniently(env: Mapping[str, str] | None = None, **requirements) -> tuple[Settings, list[str]]:
+    """Settings holding every usable value (None or the default where a value is missing
+    or malformed), and the problems `load_settings` would have raised."""
+    values, problems = _read(env, **requirements)
+    return Settings(**values), problems
+
+
+def problem_names(problems: list[str]) -> list[str]:
+    """The variable each problem line is about, in order, once each."""
+    names: list[str] = []
+    for problem in problems:
+        name = problem.split(":", 1)[0]
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _environment(env: Mapping[str, str] | None) -> Mapping[str, str]:
     if env is None:
         load_dotenv(os.path.join(os.getcwd(), ".env"), override=False)
         env = os.environ
-    r = _Reader(env)
+    return env
 
-    secrets_raw = r.secret("CHATWOOT_WEBHOOK_SECRET", required=require_webhook_secret,
-                           example="a-long-random-secret")
+
+def _read(env: Mapping[str, str] | None, *, require_webhook_secret: bool = False,
+          require_redirect_uri: bool = False, require_inboxes: bool = True) -> tuple[dict, list[str]]:
+    r = _Reader(_environment(env))
+
+    secrets_raw = r._value("CHATWOOT_WEBHOOK_SECRET", require_webhook_secret, "a-long-random-secret")
     webhook_secrets = tuple(s.strip() for s in (secrets_raw or "").split(",") if s.strip())
     if secrets_raw and not webhook_secrets:
         r._problem("CHATWOOT_WEBHOOK_SECRET", "holds no secret, only commas",
                    "secret-one,secret-two")
+    if require_webhook_secret and any(is_placeholder(s) for s in webhook_secrets):
+        # The listener would accept deliveries signed with a value printed in .env.example.
+        r._problem("CHATWOOT_WEBHOOK_SECRET", "still holds an example value, not a real secret "
+                   "(python main.py setup prints the real one)", "a-long-random-secret")
+    webhook_secrets = tuple(s for s in webhook_secrets if not is_placeholder(s))
 
     log_level = (r.text("LOG_LEVEL", required=False, example="INFO", default="INFO") or "INFO").upper()
     if log_level not in LOG_LEVELS:
@@ -209,9 +268,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_webhook_secre
     q_inbox, m_inbox = values["chatwoot_questions_inbox_id"], values["chatwoot_messages_inbox_id"]
     if q_inbox and q_inbox == m_inbox:
         r._problem("CHATWOOT_MESSAGES_INBOX_ID", "must differ from CHATWOOT_QUESTIONS_INBOX_ID", "4")
-    if r.problems:
-        raise ConfigError(r.problems)
-    return Settings(**values)
+    return values, r.problems
 
 
 def settings_or_exit(**kwargs) -> Settings:
@@ -222,3 +279,19 @@ def settings_or_exit(**kwargs) -> Settings:
         for problem in exc.problems:
             print(f"configuration error: {problem}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def waits_for_config(env: Mapping[str, str] | None = None) -> bool:
+    value = (_environment(env).get(WAIT_FOR_CONFIG) or "").strip().lower()
+    return value in TRUE_WORDS
+
+
+def settings_or_wait(**kwargs) -> tuple[Settings, list[str]]:
+    """For the long-running processes (poller, listener).
+
+    With BRIDGE_WAIT_FOR_CONFIG set: the usable settings and the list of problems, for
+    the caller to report once and wait. Otherwise `settings_or_exit` (no problems).
+    """
+    if waits_for_config():
+        return load_settings_leniently(**kwargs)
+    return settings_or_exit(**kwargs), []

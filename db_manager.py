@@ -200,6 +200,11 @@ def auth_decision(row: dict, now: float, margin: float, owner: str | None = None
     return "refresh"
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY / SQLITE_LOCKED: another connection holds the lock; worth retrying."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 def _row(row: sqlite3.Row | None) -> dict | None:
     return dict(row) if row is not None else None
 
@@ -242,7 +247,7 @@ class Database:
                                    check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._switch_to_wal(conn)
             if mode.lower() != "wal":
                 raise DatabaseError(f"{self.path}: SQLite refused WAL mode (got {mode})")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -251,6 +256,25 @@ class Database:
             self._local.conn = conn
             self._local.pid = os.getpid()
         return conn
+
+    @staticmethod
+    def _switch_to_wal(conn: sqlite3.Connection) -> str:
+        """`PRAGMA journal_mode = WAL`, retried while another process holds the file.
+
+        On a fresh file several processes switch at once; the switch needs an exclusive
+        lock and SQLite answers "database is locked" at once instead of calling the busy
+        handler (a shared lock upgrading could deadlock), so busy_timeout does not help.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        pause = 0.002
+        while True:
+            try:
+                return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(random.uniform(pause / 2, pause))
+            pause = min(pause * 2, 0.1)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -288,7 +312,7 @@ class Database:
                     conn.execute("BEGIN IMMEDIATE")
                     return
                 except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) and "busy" not in str(exc):
+                    if not _is_busy(exc):
                         raise
                     if time.monotonic() > deadline:
                         raise
@@ -324,6 +348,24 @@ class Database:
                 conn.execute(f"PRAGMA user_version = {current + 1}")
             log.info("database migrated to version %d: %s", current + 1, description)
             current += 1
+
+    def backup_to(self, target: str) -> int:
+        """Copy the database to `target` with SQLite's backup API; returns the pages copied.
+
+        A copy of the file alone would miss what is still only in `-wal`; this reads one
+        consistent snapshot, and in WAL mode neither process waits for it.
+        """
+        if os.path.exists(target):
+            raise DatabaseError(f"{target} already exists; choose a new file name")
+        try:
+            dest = sqlite3.connect(target)
+            try:
+                self.conn().backup(dest)
+                return dest.execute("PRAGMA page_count").fetchone()[0]
+            finally:
+                dest.close()
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot write the backup {target}: {exc}") from None
 
     def check(self) -> None:
         """Raise sqlite3.Error when the file cannot be read (for /health)."""

@@ -6,10 +6,12 @@ import sys
 # gunicorn reads this file before it puts the working directory on sys.path.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from config import settings_or_exit  # noqa: E402
+from config import settings_or_wait  # noqa: E402
 
 # Validate the whole environment before binding: a bad variable stops here with one line.
-_settings = settings_or_exit(require_webhook_secret=True)
+# In the container (BRIDGE_WAIT_FOR_CONFIG) the listener starts anyway and the app reports
+# the problems once, on /health and in the log.
+_settings, _problems = settings_or_wait(require_webhook_secret=True)
 
 bind = f"0.0.0.0:{_settings.port}"
 workers = 4

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import sqlite3
+from typing import Sequence
 
-from config import Settings
+from config import Settings, problem_names
 from db_manager import Database
 
 OUTBOX_MAX_AGE = 15 * 60  # an agent reply waiting longer than this is an incident
 
 
-def build_status(db: Database, settings: Settings, now: float) -> dict:
+def build_status(db: Database, settings: Settings, now: float, problems: Sequence[str] = ()) -> dict:
     checks: dict[str, dict] = {}
+    if problems:
+        names = problem_names(list(problems))
+        checks["configuration"] = {
+            "ok": False, "missing": names, "problems": list(problems),
+            "error": f"configuration incomplete ({', '.join(names)}): set the variables and restart the bridge"}
     try:
         db.check()
         checks["database"] = {"ok": True, "size_bytes": db.size_bytes()}
     except (sqlite3.Error, OSError) as exc:
         checks["database"] = {"ok": False, "error": f"database unusable: {exc}"}
-        return {"ok": False, "checks": checks, "failing": ["database"]}
+        return {"ok": False, "checks": checks, "failing": [name for name, c in checks.items() if not c["ok"]]}
 
     auth = db.auth()
     if auth["status"] == "active":

@@ -8,6 +8,8 @@
     python main.py retry [KIND [ID]]   retry failing questions, sales or notifications now
     python main.py setup URL    find or create the Chatwoot inboxes and webhook
     python main.py check [URL]  check the configuration end to end
+    python main.py check-config check the variables only (./run.sh, before starting anything)
+    python main.py backup FILE  copy the database, consistently, while the bridge runs
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import rate_budget
 import setup_chatwoot
 import sync_messages
 import sync_questions
-from config import Settings, settings_or_exit
+from config import Settings, load_settings_leniently, settings_or_exit, settings_or_wait
 from db_manager import Database, DatabaseError
 from http_client import ApiError
 from logging_setup import setup_logging
@@ -155,6 +157,27 @@ def run_forever(s: Services) -> int:
     return 0
 
 
+def wait_for_configuration(settings: Settings, problems: list[str]) -> int:
+    """In the container, before `setup`: say once what is missing, then idle until stopped.
+
+    Environment variables cannot change under a running process, so there is nothing to
+    re-check: the seller pastes the variables and restarts the container.
+    """
+    for problem in problems:
+        log.error("configuration error: %s", problem)
+    log.error("poller waiting for its configuration: set the variables above and restart the container")
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    log.info("poller stopped (it was waiting for its configuration)")
+    return 0
+
+
 def _now_dt() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -192,6 +215,17 @@ def cmd_retry(settings: Settings, kind: str | None, item_id: str | None) -> int:
     return 0
 
 
+def cmd_backup(settings: Settings, target: str) -> int:
+    try:
+        pages = Database(settings.database_path).open().backup_to(target)
+    except DatabaseError as exc:
+        print(f"database error: {exc}", file=sys.stderr)
+        return 2
+    print(f"backup written to {target} ({pages} pages); restore by stopping the bridge and putting it "
+          f"in place of {settings.database_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="main.py", description="Mercado Livre ↔ Chatwoot bridge poller")
     parser.add_argument("--once", action="store_true", help="run every job once and exit")
@@ -207,13 +241,34 @@ def main(argv: list[str] | None = None) -> int:
     retry.add_argument("item_id", nargs="?", help="only this item (a question id, a pack id...)")
     setup = sub.add_parser("setup", help="find or create the Chatwoot inboxes and webhook; print the .env lines")
     setup.add_argument("public_url", help="the bridge's public URL, e.g. https://bridge.example.com")
-    check = sub.add_parser("check", help="check the running configuration end to end (writes nothing)")
+    check = sub.add_parser("check", help="check the running configuration end to end (nothing changes in "
+                                          "Chatwoot; the local database is created and its tokens refreshed "
+                                          "as the poller would)")
     check.add_argument("public_url", nargs="?", help="the bridge's public URL, to check the listener")
+    sub.add_parser("check-config", help="check the variables of both processes; exit 2 naming each problem")
+    backup = sub.add_parser("backup", help="write a consistent copy of the database to FILE (safe while running)")
+    backup.add_argument("file", help="the copy to write, e.g. /app/data/backup-2026-11-20.db")
     args = parser.parse_args(argv)
 
-    settings = settings_or_exit(require_redirect_uri=args.command == "authorize",
-                                require_inboxes=args.command != "setup")
-    setup_logging(settings.log_level, settings.secrets())
+    if args.command == "backup":
+        # Needs only DATABASE_PATH: a backup must be possible whatever else is wrong.
+        settings, _problems = load_settings_leniently()
+        return cmd_backup(settings, args.file)
+    if args.command is None and not args.once:
+        # The long-running poller: in the container it waits for an incomplete configuration.
+        settings, problems = settings_or_wait()
+        setup_logging(settings.log_level, settings.secrets())
+        if problems:
+            return wait_for_configuration(settings, problems)
+    else:
+        settings = settings_or_exit(require_redirect_uri=args.command == "authorize",
+                                    require_inboxes=args.command != "setup",
+                                    require_webhook_secret=args.command == "check-config")
+        setup_logging(settings.log_level, settings.secrets())
+    if args.command == "check-config":
+        print("configuration complete")
+        return 0
+
     if args.command == "setup":
         return setup_chatwoot.run_setup(settings, args.public_url)
     if args.command == "check":

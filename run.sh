@@ -5,6 +5,18 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/pip install --quiet -r requirements.txt
+# Install when requirements.txt changed since the last install (not at every start).
+if ! cmp -s requirements.txt .venv/requirements.installed; then
+    .venv/bin/pip install --quiet -r requirements.txt
+    cp requirements.txt .venv/requirements.installed
+fi
+# Every problem of both processes once, before supervisord would restart them in a loop.
+status=0
+.venv/bin/python main.py check-config >/dev/null || status=$?
+if [ "$status" -ne 0 ]; then
+    echo "Fix these variables in .env (every one is explained in .env.example) and run ./run.sh again." >&2
+    echo "To try the bridge without Mercado Livre or Chatwoot accounts: .venv/bin/python sandbox.py" >&2
+    exit "$status"
+fi
 export PATH="$PWD/.venv/bin:$PATH"
 exec supervisord -c supervisord.conf

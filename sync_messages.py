@@ -316,9 +316,9 @@ def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
     for reply in s.db.replies_delivered_between("message", now - MODERATION_CHECK_UNTIL, now - MODERATION_CHECK_AFTER):
         if s.stopping.is_set():
             break
-        _link, fresh = s.db.link_intent("moderation_check", reply["id"], now)
-        if not fresh:
-            continue
+        link, _fresh = s.db.link_intent("moderation_check", reply["id"], now)
+        if link["status"] == "created":
+            continue  # still pending: an earlier check failed half way and is due again
         if reply["target_id"] not in skip:
             try:
                 sync_pack(s, reply["target_id"], seller_id)
@@ -545,11 +545,13 @@ def _report_moderated_replies(s: Services, messages: list[dict], bridge_ids: set
         mid = str(message["id"])
         if mid not in bridge_ids or not is_rejected(message):
             continue
-        _link, fresh = s.db.link_intent("moderation", mid, s.clock())
-        if not fresh:
+        link, fresh = s.db.link_intent("moderation", mid, s.clock())
+        if link["status"] == "created":
             continue
         reply = s.db.reply_for_remote_id(mid)
         if reply:
+            # A pending row is an earlier attempt that failed half way: the failed mark is
+            # idempotent, the note is looked up before it is posted again.
             reason = moderation_reason(message)
             note = (f"O Mercado Livre aceitou e depois bloqueou sua mensagem na moderação ({reason}). "
                     "O comprador não a recebeu. Reescreva sem links, telefones, e-mails ou endereços e envie de novo.")
@@ -560,17 +562,23 @@ def _report_moderated_replies(s: Services, messages: list[dict], bridge_ids: set
                 if not is_gone(exc):
                     raise
             if not _note_first_present(s, [reply["conversation_id"], conversation_id], note,
-                                       f"meli:note:moderation:{mid}"):
+                                       f"meli:note:moderation:{mid}", look_first=not fresh):
                 log.warning("moderation not shown: conversations deleted ml_message=%s reply=%s", mid, reply["id"])
             log.warning("reply moderated ml_message=%s reply=%s conversation=%s reason=%s", mid, reply["id"],
                         reply["conversation_id"], reason)
         s.db.link_created("moderation", mid, s.clock())
 
 
-def _note_first_present(s: Services, conversation_ids: list[int], note: str, source_id: str) -> bool:
-    """Post the note in the first of these conversations that still exists."""
+def _note_first_present(s: Services, conversation_ids: list[int], note: str, source_id: str,
+                        look_first: bool = False) -> bool:
+    """Post the note in the first of these conversations that still exists.
+
+    `look_first`: an earlier attempt may have posted it before failing half way.
+    """
     for conversation_id in dict.fromkeys(conversation_ids):
         try:
+            if look_first and s.chatwoot.find_message_by_source(conversation_id, source_id) is not None:
+                return True
             s.chatwoot.note(conversation_id, note, source_id=source_id)
             return True
         except PermanentError as exc:

@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 import health
 import notifications
 import outbox
-from config import Settings, settings_or_exit
+from config import Settings, problem_names, settings_or_wait
 from db_manager import Database, DatabaseError
 from http_client import ApiError
 from logging_setup import setup_logging
@@ -33,6 +33,15 @@ log = logging.getLogger("bridge.listener")
 
 MAX_BODY = 1024 * 1024
 SIGNATURE_TOLERANCE = 300  # seconds either side of now
+# What each route cannot work without. While the container waits for its configuration
+# (BRIDGE_WAIT_FOR_CONFIG), a route whose variables are all usable is served as usual.
+ROUTE_NEEDS = {
+    "webhook": ("CHATWOOT_WEBHOOK_SECRET", "CHATWOOT_QUESTIONS_INBOX_ID", "CHATWOOT_MESSAGES_INBOX_ID",
+                "CHATWOOT_URL"),
+    "notifications": ("MELI_APP_ID", "MELI_USER_ID"),
+    "oauth_callback": ("MELI_APP_ID", "MELI_SECRET_KEY", "MELI_REDIRECT_URI", "MELI_AUTH_URL", "MELI_API_URL",
+                       "MELI_USER_ID"),
+}
 
 
 def verify_signature(raw_body: bytes, headers: Mapping[str, str], secrets: Sequence[str],
@@ -94,10 +103,18 @@ def token_matches(token: str | None, secrets: Sequence[str]) -> bool:
 
 
 def create_app(settings: Settings | None = None, *, db: Database | None = None,
-               clock: Callable[[], float] = time.time) -> Flask:
+               clock: Callable[[], float] = time.time, problems: Sequence[str] = ()) -> Flask:
+    """The listener. `problems`: what is wrong with `settings` (only while the container
+    waits for its configuration); /health then answers 503 naming the variables."""
     if settings is None:
-        settings = settings_or_exit(require_webhook_secret=True)
+        settings, problems = settings_or_wait(require_webhook_secret=True)
         setup_logging(settings.log_level, settings.secrets())
+        for problem in problems:
+            log.error("configuration error: %s", problem)
+        if problems:
+            log.error("listener waiting for its configuration: /health answers 503 until the variables above "
+                      "are set and the container restarted")
+    missing = problem_names(list(problems))
     if db is None:
         try:
             db = Database(settings.database_path).open()
@@ -126,9 +143,21 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
         log.error("database error while handling %s: %s", request.path, exc)
         return jsonify(status="error", reason="database unavailable"), 503
 
+    def unavailable(route: str):
+        """503 naming the variables a route lacks, or None when it can run."""
+        lacking = [name for name in missing if name in ROUTE_NEEDS[route]]
+        if not lacking:
+            return None
+        return jsonify(status="error", reason="configuration incomplete", missing=lacking), 503
+
     @app.post("/webhook")
     def webhook():
         started = time.monotonic()
+        if (answer := unavailable("webhook")) is not None:
+            # Chatwoot marks the agent's message failed (inbox webhook): seen, not lost.
+            log.warning("webhook refused: configuration incomplete (delivery %s)",
+                        request.headers.get("X-Chatwoot-Delivery", "-"))
+            return answer
         if request.content_length is not None and request.content_length > MAX_BODY:
             return jsonify(status="error", reason="body over 1 MB"), 413
         raw = request.get_data(cache=False)
@@ -153,6 +182,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
 
     @app.post("/notifications")
     def notifications_route():
+        if (answer := unavailable("notifications")) is not None:
+            return answer
         payload, problem = parse_object(request.get_data(cache=False))
         if problem:
             return jsonify(status="error", reason=problem), 400
@@ -161,6 +192,11 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
 
     @app.get("/oauth/callback")
     def oauth_callback():
+        if unavailable("oauth_callback") is not None:
+            lacking = ", ".join(n for n in missing if n in ROUTE_NEEDS["oauth_callback"])
+            return _page("Configuração incompleta",
+                         f"Faltam variáveis do Mercado Livre: <code>{html.escape(lacking)}</code>. "
+                         "Preencha, reinicie a ponte e rode <code>python main.py authorize</code> de novo."), 503
         if request.args.get("error"):
             return _page("Autorização cancelada",
                          "O Mercado Livre não autorizou o acesso. Rode <code>python main.py authorize</code> "
@@ -183,7 +219,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
 
     @app.get("/health")
     def health_route():
-        report = health.build_status(db, settings, clock())
+        report = health.build_status(db, settings, clock(), problems=problems)
         return jsonify(report), 200 if report["ok"] else 503
 
     return app

@@ -101,3 +101,33 @@ def test_env_example_lists_every_contract_variable():
     example = open(os.path.join(ROOT, ".env.example")).read()
     missing = [n for n in names if f"{n}=" not in example]
     assert names and not missing
+
+
+@pytest.mark.parametrize("value", ["change-me", "CHANGEME", "secret", "your-secret", "<segredo>",
+                                   "whsec-real-1,change-me"])
+def test_the_listener_refuses_an_example_webhook_secret(tmp_path, value):
+    with pytest.raises(ConfigError) as err:
+        load_settings(base_env(tmp_path, CHATWOOT_WEBHOOK_SECRET=value), require_webhook_secret=True)
+    assert len(err.value.problems) == 1
+    assert err.value.problems[0].startswith("CHATWOOT_WEBHOOK_SECRET: still holds an example value")
+
+
+def test_an_example_secret_of_a_required_variable_gets_one_readable_line(tmp_path):
+    result = run_config(base_env(tmp_path, MELI_SECRET_KEY="change-me", CHATWOOT_API_TOKEN="changeme"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert [line.split()[2] for line in lines] == ["MELI_SECRET_KEY:", "CHATWOOT_API_TOKEN:"]
+    assert all("example value" in line for line in lines)
+
+
+def test_an_untouched_example_secret_counts_as_unset_where_it_is_optional(tmp_path):
+    # `setup` runs before the Mercado Livre app and the webhook secret exist.
+    settings = load_settings(base_env(tmp_path, MELI_SECRET_KEY="change-me", CHATWOOT_WEBHOOK_SECRET="change-me"),
+                             require_inboxes=False)
+    assert settings.meli_secret_key is None and settings.chatwoot_webhook_secrets == ()
+
+
+def test_a_real_secret_that_merely_contains_a_placeholder_word_is_kept(tmp_path):
+    settings = load_settings(base_env(tmp_path, CHATWOOT_WEBHOOK_SECRET="my-secret-7f3a9c"),
+                             require_webhook_secret=True)
+    assert settings.chatwoot_webhook_secrets == ("my-secret-7f3a9c",)

@@ -2,6 +2,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -76,6 +77,46 @@ def test_two_processes_migrating_at_once_both_succeed(tmp_path):
     assert all(o[0].strip() == str(SCHEMA_VERSION) for o in outs)
 
 
+RACER = """
+import os, sys, time
+import db_manager
+workdir, me, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for n in range(rounds):
+    open(os.path.join(workdir, f"ready-{n}-{me}"), "w").close()
+    while not os.path.exists(os.path.join(workdir, f"go-{n}")):
+        time.sleep(0.0005)
+    db = db_manager.Database(os.path.join(workdir, f"fresh-{n}.db")).open()
+    print(n, db.schema_version(), flush=True)
+    db.close()
+"""
+
+
+def test_five_processes_opening_fresh_databases_at_once_all_succeed(tmp_path):
+    """Four gunicorn workers and the poller on a first deploy: every one opens the new file."""
+    processes, rounds = 5, 20
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), str(k), str(rounds)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k in range(processes)]
+    try:
+        for n in range(rounds):
+            # Release all of them together once each is ready at the door of round n.
+            deadline = time.monotonic() + 60
+            while not all((tmp_path / f"ready-{n}-{k}").exists() for k in range(processes)):
+                assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+                assert time.monotonic() < deadline, "a process never reached the start line"
+                time.sleep(0.001)
+            (tmp_path / f"go-{n}").touch()
+        outs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    expected = [f"{n} {SCHEMA_VERSION}" for n in range(rounds)]
+    assert all(o[0].split("\n")[:-1] == expected for o in outs), outs
+
+
 def test_a_reply_is_accepted_once_per_chatwoot_message(db):
     parts = [{"text": "a", "attachments": []}]
     first = db.reply_accept(chatwoot_message_id=9, conversation_id=1, kind="answer", target_id="5", parts=parts,
@@ -139,3 +180,37 @@ def test_housekeeping_forgets_old_records_but_keeps_links(db):
     assert counts == {"notifications": 1, "oauth_states": 1, "cache": 1, "replies": 1}
     assert db.link("question", "5")["status"] == "created"
     assert db.one("SELECT COUNT(*) AS n FROM reply_parts")["n"] == 0
+
+
+def test_a_backup_holds_what_is_still_only_in_the_wal(db, tmp_path):
+    db.conn().execute("PRAGMA wal_autocheckpoint = 0")
+    db.link_created("question", "77", 1.0, conversation_id=5)
+    assert os.path.getsize(db.path + "-wal") > 0
+    target = str(tmp_path / "copy.db")
+    assert db.backup_to(target) > 0
+    copy = Database(target).open()
+    assert copy.link("question", "77")["conversation_id"] == 5
+    assert copy.schema_version() == SCHEMA_VERSION
+
+
+def test_a_backup_never_overwrites_a_file(db, tmp_path):
+    target = tmp_path / "copy.db"
+    target.write_text("keep me")
+    with pytest.raises(DatabaseError, match="already exists"):
+        db.backup_to(str(target))
+    assert target.read_text() == "keep me"
+
+
+def test_the_backup_command_needs_only_the_database_path(tmp_path):
+    path = tmp_path / "state" / "bridge.db"
+    Database(str(path)).open().link_created("pack", "9", 1.0)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "DATABASE_PATH": str(path)}
+    target = tmp_path / "backup.db"
+    result = subprocess.run([sys.executable, "main.py", "backup", str(target)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "backup written" in result.stdout
+    assert Database(str(target)).open().link("pack", "9")["status"] == "created"
+    again = subprocess.run([sys.executable, "main.py", "backup", str(target)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr

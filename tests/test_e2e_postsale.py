@@ -228,3 +228,27 @@ def test_a_new_sale_read_on_the_site_gets_its_conversation_but_a_seller_greeting
     convs = sales_conversations(bridge)
     assert [c["custom_attributes"]["meli_pack_id"] for c in convs] == [read]
     assert [m["content"] for m in chatwoot.messages_in(convs[0]["id"])] == ["Comprei, quando envia?"]
+
+
+def test_a_moderation_note_that_chatwoot_refused_once_is_posted_on_the_next_poll(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    pack = sale(meli)
+    meli.add_buyer_message(pack, "Qual seu telefone?")
+    conv = run_until_sale_in_chatwoot(bridge)
+    reply = chatwoot.agent_reply(conv["id"], "Me liga no 11 99999-9999")
+    wait_until(lambda: chatwoot.message(reply["id"])["status"] == "delivered", 20, what="delivered")
+    meli.moderate(meli.sent_messages[-1]["message_id"], "PERSONAL_DATA")
+    # The note is refused once: the moderation was recorded first and must not be forgotten.
+    chatwoot.fail_next("POST", f"/api/v1/accounts/{chatwoot.account_id}/conversations/{conv['id']}"
+                                    "/messages", 422)
+    db = Database(bridge.env["DATABASE_PATH"])
+    with db.write() as conn:
+        conn.execute("UPDATE replies SET finished_at = finished_at - 180")
+    wait_until(lambda: [m for m in chatwoot.messages_in(conv["id"]) if m["private"]], 20, what="note")
+    assert chatwoot.count("POST", f"/api/v1/accounts/{chatwoot.account_id}/conversations/"
+                                       f"{conv['id']}/messages") >= 2
+    assert chatwoot.message(reply["id"])["status"] == "failed"
+    wait_until(lambda: db.link("moderation", meli.sent_messages[-1]["message_id"]) is not None
+               and db.link("moderation", meli.sent_messages[-1]["message_id"])["status"] == "created", 20,
+               what="moderation recorded as reported")
+    assert len([m for m in chatwoot.messages_in(conv["id"]) if m["private"]]) == 1

@@ -1,0 +1,154 @@
+"""Start-up with an incomplete configuration: clear, said once, never a restart loop."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from config import load_settings_leniently
+from db_manager import Database
+from tests.conftest import base_env
+from tests.e2e import LOG_DIR, ROOT, wait_until
+from webhook_server import create_app
+
+INBOXES = ["CHATWOOT_QUESTIONS_INBOX_ID", "CHATWOOT_MESSAGES_INBOX_ID"]
+
+
+def _health_check_code() -> str:
+    return json.loads(re.search(r'CMD (\["python".*\])', (ROOT / "Dockerfile").read_text()).group(1))[2]
+
+
+def test_in_the_container_both_processes_wait_for_a_missing_configuration(bridge):
+    """First deploy on EasyPanel, before `setup`: the container stays up for the seller's console."""
+    for name in INBOXES:
+        bridge.env.pop(name)
+    bridge.env["BRIDGE_WAIT_FOR_CONFIG"] = "1"  # what the Dockerfile sets
+    log_path = LOG_DIR / f"{bridge.tmp.name}-supervisord-{len(bridge.procs)}.log"
+    sup = bridge.supervisord()
+    # supervisord calls a program RUNNING once it has stayed up `startsecs`; an exit before would respawn it.
+    wait_until(lambda: all(f"success: {p} entered RUNNING state" in log_path.read_text()
+                           for p in ("listener", "poller")), 30, what="both programs RUNNING")
+    response = bridge.health()
+    assert response.status_code == 503
+    report = response.json()
+    assert "configuration" in report["failing"]
+    assert report["checks"]["configuration"]["missing"] == INBOXES
+    assert report["checks"]["database"]["ok"]
+    text = log_path.read_text()
+    assert text.count("spawned: 'poller'") == 1 and text.count("spawned: 'listener'") == 1
+    for name in INBOXES:
+        assert text.count(f"bridge.poller: configuration error: {name}") == 1
+        assert text.count(f"bridge.listener: configuration error: {name}") == 1
+    assert text.count("poller waiting for its configuration") == 1
+    assert "Traceback" not in text
+    assert sup.poll() is None
+    # The image's HEALTHCHECK (liveness) passes: EasyPanel leaves the container alone.
+    env = dict(bridge.env, PORT=str(bridge.port))
+    assert subprocess.run([sys.executable, "-c", _health_check_code()], env=env, timeout=10).returncode == 0
+
+
+def test_without_the_container_switch_a_missing_variable_still_exits_2(bridge):
+    bridge.env.pop("CHATWOOT_QUESTIONS_INBOX_ID")
+    result = subprocess.run([sys.executable, "main.py"], cwd=str(ROOT), env=bridge.env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "configuration error: CHATWOOT_QUESTIONS_INBOX_ID: is required but not set "
+        "(example: CHATWOOT_QUESTIONS_INBOX_ID=3)"]
+
+
+@pytest.mark.parametrize("command", [["setup", "https://bridge.example.com"], ["check"], ["authorize"], ["--once"],
+                                     ["status"]])
+def test_commands_exit_2_even_in_the_container(bridge, command):
+    bridge.env.pop("CHATWOOT_URL")
+    bridge.env["BRIDGE_WAIT_FOR_CONFIG"] = "1"
+    result = bridge.cli(*command)
+    assert result.returncode == 2
+    assert result.stderr.count("configuration error: CHATWOOT_URL") == 1
+    assert "Traceback" not in result.stderr
+
+
+def _waiting_app(tmp_path, **overrides):
+    settings, problems = load_settings_leniently(base_env(tmp_path, **overrides), require_webhook_secret=True)
+    db = Database(settings.database_path).open()
+    return create_app(settings, db=db, problems=problems).test_client()
+
+
+def test_a_waiting_listener_names_what_is_missing_and_refuses_webhooks(tmp_path):
+    client = _waiting_app(tmp_path, CHATWOOT_QUESTIONS_INBOX_ID=None, CHATWOOT_WEBHOOK_SECRET=None)
+    health = client.get("/health")
+    assert health.status_code == 503
+    assert health.get_json()["checks"]["configuration"]["missing"] == ["CHATWOOT_WEBHOOK_SECRET",
+                                                                       "CHATWOOT_QUESTIONS_INBOX_ID"]
+    hook = client.post("/webhook", json={"event": "message_created", "id": 1})
+    # Chatwoot marks the agent's message failed: the agent sees it was not taken.
+    assert hook.status_code == 503
+    assert hook.get_json()["missing"] == ["CHATWOOT_WEBHOOK_SECRET", "CHATWOOT_QUESTIONS_INBOX_ID"]
+
+
+def test_a_waiting_listener_still_records_notifications_and_authorizes(tmp_path):
+    client = _waiting_app(tmp_path, CHATWOOT_MESSAGES_INBOX_ID=None)
+    note = client.post("/notifications", json={"topic": "questions", "resource": "/questions/1",
+                                               "application_id": 123456, "_id": "n1"})
+    assert note.status_code == 200 and note.get_json()["status"] == "recorded"
+    # The callback is served (a missing state is the caller's fault, not the configuration's).
+    assert client.get("/oauth/callback?code=TG-1").status_code == 400
+
+
+def test_a_waiting_listener_without_the_app_id_says_so_on_the_callback(tmp_path):
+    client = _waiting_app(tmp_path, MELI_APP_ID=None)
+    page = client.get("/oauth/callback?code=TG-1&state=s")
+    assert page.status_code == 503 and "MELI_APP_ID" in page.get_data(as_text=True)
+
+
+def _fake_venv(app, tmp_path):
+    """A .venv whose python is the one running the tests; pip and supervisord must not run."""
+    bin_dir = app / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    for tool in ("pip", "supervisord"):
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho {tool} >> "{tmp_path}/ran"\nexit 1\n')
+    for script in bin_dir.iterdir():
+        script.chmod(0o755)
+    shutil.copy(ROOT / "requirements.txt", app / ".venv" / "requirements.installed")
+
+
+def test_run_sh_with_an_incomplete_env_exits_2_naming_each_problem_once(tmp_path):
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(ROOT / "run.sh", app / "run.sh")
+    for path in [*ROOT.glob("*.py"), ROOT / "requirements.txt", ROOT / "supervisord.conf"]:
+        (app / path.name).symlink_to(path)
+    _fake_venv(app, tmp_path)
+    # .env.example as copied, with only some values filled in.
+    example = (ROOT / ".env.example").read_text()
+    (app / ".env").write_text(example.replace("DATABASE_PATH=data/meli_chatwoot.db",
+                                              f"DATABASE_PATH={tmp_path}/db/bridge.db"))
+    result = subprocess.run(["bash", str(app / "run.sh")], env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    problems = [line for line in result.stderr.splitlines() if line.startswith("configuration error: ")]
+    names = [line.split()[2].rstrip(":") for line in problems]
+    assert sorted(names) == sorted(["MELI_SECRET_KEY", "CHATWOOT_API_TOKEN", "CHATWOOT_WEBHOOK_SECRET", *INBOXES])
+    assert len(problems) == len(set(problems))
+    assert ".venv/bin/python sandbox.py" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "ran").exists(), "pip or supervisord ran"
+
+
+def test_run_sh_with_a_complete_env_starts_supervisord(tmp_path):
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(ROOT / "run.sh", app / "run.sh")
+    for path in [*ROOT.glob("*.py"), ROOT / "requirements.txt", ROOT / "supervisord.conf"]:
+        (app / path.name).symlink_to(path)
+    _fake_venv(app, tmp_path)
+    env = base_env(tmp_path, CHATWOOT_WEBHOOK_SECRET="whsec-real-1")
+    (app / ".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    result = subprocess.run(["bash", str(app / "run.sh")], env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+                            capture_output=True, text=True, timeout=60)
+    assert "configuration error" not in result.stderr
+    assert (tmp_path / "ran").read_text().split() == ["supervisord"]
