@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import time
 
+import outbox
 from contacts import ensure_contact, ensure_conversation
+from db_manager import crashpoint
 from services import Services
 
 log = logging.getLogger("bridge.questions")
@@ -166,6 +168,7 @@ def create_question(s: Services, question: dict, item: dict | None, nickname: st
     if message is None:
         message = s.chatwoot.create_message(conversation_id, first_message(question, item),
                                             message_type="incoming", source_id=source)
+        crashpoint("question_message_created")
     s.db.link_created("question", qid, s.clock(), contact_id=contact_id, conversation_id=conversation_id,
                       message_id=message["id"], data={"state": "open", "item_id": str(question.get("item_id"))})
     log.info("question in chatwoot question=%s buyer=%s item=%s conversation=%s message=%s in %dms%s", qid,
@@ -177,7 +180,11 @@ def follow_question(s: Services, link: dict, question: dict) -> None:
     """A question we mirrored changed on Mercado Livre."""
     qid, conversation_id = link["external_id"], link["conversation_id"]
     answer_link = s.db.link("answer", qid)
-    action, note = change_for(question, answer_known=bool(answer_link and answer_link["status"] == "created"))
+    answer_known = bool(answer_link and answer_link["status"] == "created")
+    if question.get("status") == "ANSWERED" and not answer_known:
+        # The agent's reply may have reached Mercado Livre just before a crash.
+        answer_known = outbox.adopt_answer_in_flight(s, qid, (question.get("answer") or {}).get("text") or "")
+    action, note = change_for(question, answer_known=answer_known)
     status = question.get("status")
     state = "open" if action == "reopen" else ("closed" if status in FINAL_STATES else "watch")
     if action == "mirror_answer":
@@ -187,11 +194,15 @@ def follow_question(s: Services, link: dict, question: dict) -> None:
         if s.chatwoot.find_message_by_source(conversation_id, note_source) is None:
             s.chatwoot.note(conversation_id, note, source_id=note_source)
     elif action == "reopen":
-        s.chatwoot.note(conversation_id, "A pergunta voltou a aceitar resposta no Mercado Livre.",
-                        source_id=f"meli:note:question:{qid}:reopened:{int(s.clock())}")
+        # Keyed on the row's last change: the same reopening after a crash finds its note.
+        note_source = f"meli:note:question:{qid}:reopened:{int(link['updated_at'])}"
+        if s.chatwoot.find_message_by_source(conversation_id, note_source) is None:
+            s.chatwoot.note(conversation_id, "A pergunta voltou a aceitar resposta no Mercado Livre.",
+                            source_id=note_source)
         s.chatwoot.set_status(conversation_id, "open")
     if state == "closed":
         s.chatwoot.set_status(conversation_id, "resolved")
+    crashpoint("question_followed")
     s.db.link_update("question", qid, s.clock(), data=dict(link["data"], state=state, ml_status=status))
     log.info("question changed question=%s conversation=%s status=%s action=%s", qid, conversation_id, status, action)
 
@@ -204,6 +215,7 @@ def _mirror_answer(s: Services, qid: str, conversation_id: int, question: dict) 
     if message is None:
         answer = (question.get("answer") or {}).get("text") or ""
         message = s.chatwoot.create_message(conversation_id, answer, message_type="outgoing", source_id=source)
+        crashpoint("answer_mirrored")
     s.db.link_created("answer", qid, s.clock(), conversation_id=conversation_id, message_id=message["id"],
                       data={"by": "mercadolivre"})
 
