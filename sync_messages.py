@@ -13,6 +13,7 @@ import re
 import time
 
 from contacts import ensure_contact, ensure_conversation
+from db_manager import crashpoint
 from http_client import PermanentError
 from mercado_livre_api import MELI_AGENT_ID
 from services import Services
@@ -142,8 +143,8 @@ def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
     for reply in s.db.replies_delivered_between("message", now - MODERATION_CHECK_UNTIL, now - MODERATION_CHECK_AFTER):
         if s.stopping.is_set():
             break
-        _link, fresh = s.db.link_intent("moderation_check", reply["id"], now)
-        if not fresh:
+        link, _fresh = s.db.link_intent("moderation_check", reply["id"], now)
+        if link["status"] == "created":
             continue
         if reply["target_id"] not in skip:
             sync_pack(s, reply["target_id"], seller_id)
@@ -225,6 +226,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     ids = [str(m["id"]) for m in messages]
     known = {i for i in ids if (s.db.link("message", i) or {}).get("status") == "created"}
     bridge_ids = s.db.bridge_sent_ids(ids)
+    bridge_ids |= _adopt_parts_in_flight(s, pack_id, messages, seller_id, known | bridge_ids)
     plan = messages_to_mirror(messages, seller_id, known, bridge_ids)
     created = 0
     for message, direction in plan:
@@ -244,6 +246,44 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
                  pack_id, conversation_id, created, len(unread), blocked, migrated,
                  (time.monotonic() - started) * 1000)
     return created
+
+
+def parts_on_meli(messages: list[dict], seller_id: int, skip: set[str],
+                  parts: list[dict]) -> list[tuple[dict, str]]:
+    """Pure: (part, message id) for each in-flight part whose text is a seller message not accounted for.
+
+    The newest such message is taken (a crash just after sending leaves it last), and each
+    message serves one part: the same short text ("Ok") sent twice is two messages.
+    """
+    free = [m for m in in_order(messages) if str(m["id"]) not in skip
+            and str((m.get("from") or {}).get("user_id")) == str(seller_id)]
+    found = []
+    for part in parts:
+        for message in reversed(free):
+            if " ".join((message.get("text") or "").split()) == " ".join((part.get("text") or "").split()):
+                found.append((part, str(message["id"])))
+                free.remove(message)
+                break
+    return found
+
+
+def _adopt_parts_in_flight(s: Services, pack_id: str, messages: list[dict], seller_id: int,
+                           skip: set[str]) -> set[str]:
+    """A reply part sent just before a crash is the agent's own message, not one sent outside Chatwoot.
+
+    Without this, a thread read before the outbox retries would mirror the agent's reply
+    a second time as "enviada pelo Mercado Livre".
+    """
+    parts = s.db.message_parts_in_flight(pack_id)
+    if not parts:
+        return set()
+    adopted = set()
+    for part, remote_id in parts_on_meli(messages, seller_id, skip, parts):
+        s.db.part_sent(part["reply_id"], part["seq"], remote_id, s.clock())
+        adopted.add(remote_id)
+        log.info("reply part found on mercado livre before its delivery was recorded reply=%s part=%d pack=%s "
+                 "ml_message=%s", part["reply_id"], part["seq"], pack_id, remote_id)
+    return adopted
 
 
 def _ensure_pack_conversation(s: Services, pack_id: str, messages: list[dict], resource_kind: str | None,
@@ -276,6 +316,7 @@ def _mirror(s: Services, conversation_id: int, pack_id: str, message: dict, dire
                                          for name, why in skipped)
         existing = s.chatwoot.create_message(conversation_id, content.strip() or None, message_type=direction,
                                              source_id=source, files=files)
+        crashpoint("sale_message_created")
     s.db.link_created("message", mid, s.clock(), conversation_id=conversation_id, message_id=existing["id"],
                       data={"pack_id": str(pack_id), "direction": direction})
     log.info("message in chatwoot ml_message=%s pack=%s conversation=%s message=%s direction=%s files=%d in %dms%s",
@@ -305,18 +346,22 @@ def _report_moderated_replies(s: Services, messages: list[dict], bridge_ids: set
         mid = str(message["id"])
         if mid not in bridge_ids or not is_rejected(message):
             continue
-        _link, fresh = s.db.link_intent("moderation", mid, s.clock())
-        if not fresh:
+        link, fresh = s.db.link_intent("moderation", mid, s.clock())
+        if link["status"] == "created":
             continue
+        # A row left pending by a crash or a failed call is reported again: the agent must learn.
         reply = s.db.reply_for_remote_id(mid)
         if reply:
             reason = moderation_reason(message)
             s.chatwoot.set_message_status(reply["conversation_id"], reply["chatwoot_message_id"], "failed",
                                           f"bloqueada pela moderação: {reason}"[:200])
-            s.chatwoot.note(reply["conversation_id"],
-                            f"O Mercado Livre aceitou e depois bloqueou sua mensagem na moderação ({reason}). "
-                            "O comprador não a recebeu. Reescreva sem links, telefones, e-mails ou endereços e "
-                            "envie de novo.", source_id=f"meli:note:moderation:{mid}")
+            crashpoint("moderation_reported")
+            note_source = f"meli:note:moderation:{mid}"
+            if fresh or s.chatwoot.find_message_by_source(reply["conversation_id"], note_source) is None:
+                s.chatwoot.note(reply["conversation_id"],
+                                f"O Mercado Livre aceitou e depois bloqueou sua mensagem na moderação ({reason}). "
+                                "O comprador não a recebeu. Reescreva sem links, telefones, e-mails ou endereços "
+                                "e envie de novo.", source_id=note_source)
             log.warning("reply moderated ml_message=%s reply=%s conversation=%s reason=%s", mid, reply["id"],
                         reply["conversation_id"], reason)
         s.db.link_created("moderation", mid, s.clock())
