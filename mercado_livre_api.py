@@ -17,12 +17,13 @@ import hashlib
 import logging
 import os
 import secrets
+import threading
 import time
 from typing import Any, Callable, Iterator
 from urllib.parse import urlencode
 
 from config import Settings
-from db_manager import Database
+from db_manager import Database, crashpoint
 from http_client import ApiError, HttpClient, PermanentError, TransientError
 
 log = logging.getLogger("bridge.meli")
@@ -52,6 +53,9 @@ class MeliClient(HttpClient):
         self.db = db
         self.clock = clock
         self.owner = f"{os.getpid()}-{secrets.token_hex(4)}"
+        # The lease's owner is this process: its own threads must take turns, or two of them
+        # spend the same single-use refresh token and the loser marks the authorization dead.
+        self._refresh_turn = threading.RLock()
         self.refreshes = 0
 
     # ---- tokens ------------------------------------------------------------------------------
@@ -65,14 +69,15 @@ class MeliClient(HttpClient):
     def access_token(self, wait_seconds: float = 60.0) -> str:
         deadline = time.monotonic() + wait_seconds
         while True:
-            decision, row = self.db.auth_claim_refresh(self.owner, self.clock(), REFRESH_MARGIN, REFRESH_LEASE)
+            with self._refresh_turn:
+                decision, row = self.db.auth_claim_refresh(self.owner, self.clock(), REFRESH_MARGIN, REFRESH_LEASE)
+                if decision == "refresh":
+                    return self._refresh(row)
             if decision == "fresh":
                 return row["access_token"]
             if decision == "reauth":
                 raise ReauthorizationRequired(row["status_reason"] or "Mercado Livre authorization is missing",
                                               code="reauthorization_required")
-            if decision == "refresh":
-                return self._refresh(row)
             if time.monotonic() > deadline:
                 raise TransientError("another process is refreshing the Mercado Livre token; gave up waiting")
             time.sleep(0.05)
@@ -91,6 +96,7 @@ class MeliClient(HttpClient):
         except BaseException:
             self.db.auth_release_lease(self.owner)
             raise
+        crashpoint("token_refreshed")
         expected = self.settings.meli_user_id or row["user_id"]
         user_id = _int_or_none(token.get("user_id"))
         if expected and user_id and user_id != expected:
