@@ -1,0 +1,84 @@
+"""Recovering from the crash windows: pure matching, the poller lock, one refresh per process."""
+
+import json
+import threading
+
+import responses
+
+from db_manager import Database
+from mercado_livre_api import MeliClient
+from sync_messages import parts_on_meli
+
+SELLER = 555000111
+API = "https://api.meli.test"
+
+
+def seller_message(mid, text, sender=SELLER, created="2026-11-20T10:00:00.000-03:00"):
+    return {"id": mid, "from": {"user_id": sender}, "text": text, "message_date": {"created": created}}
+
+
+def test_an_in_flight_part_takes_the_newest_seller_message_with_its_text():
+    messages = [seller_message("old", "Ok", created="2026-11-20T10:00:00.000-03:00"),
+                seller_message("buyer", "Ok", sender=42, created="2026-11-20T10:01:00.000-03:00"),
+                seller_message("new", "Ok", created="2026-11-20T10:02:00.000-03:00")]
+    part = {"reply_id": 1, "seq": 0, "text": "Ok"}
+    assert parts_on_meli(messages, SELLER, set(), [part]) == [(part, "new")]
+    assert parts_on_meli(messages, SELLER, {"new"}, [part]) == [(part, "old")]
+    assert parts_on_meli(messages, SELLER, {"new", "old"}, [part]) == []
+    assert parts_on_meli(messages, SELLER, set(), [dict(part, text="Outro")]) == []
+
+
+def test_two_in_flight_parts_never_share_one_message():
+    messages = [seller_message("a", "Ok", created="2026-11-20T10:00:00.000-03:00"),
+                seller_message("b", "Ok", created="2026-11-20T10:02:00.000-03:00")]
+    first, second = {"reply_id": 1, "seq": 0, "text": "Ok"}, {"reply_id": 2, "seq": 0, "text": " Ok "}
+    assert parts_on_meli(messages, SELLER, set(), [first, second]) == [(first, "b"), (second, "a")]
+
+
+def test_only_one_poller_holds_the_poller_lock(settings):
+    first = Database(settings.database_path).open()
+    second = Database(settings.database_path).open()
+    assert first.hold_poller_lock()
+    assert first.hold_poller_lock()
+    assert not second.hold_poller_lock()
+
+
+def test_replies_left_sending_by_a_dead_poller_are_due_at_once(db):
+    reply_id = db.reply_accept(chatwoot_message_id=1, conversation_id=2, kind="answer", target_id="3",
+                               parts=[{"text": "Sim"}], now=1000.0)
+    assert db.reply_claim(reply_id, 1000.0, 300.0)
+    assert db.replies_due(1001.0) == []
+    assert db.replies_release_leases(1001.0) == 1
+    assert [r["id"] for r in db.replies_due(1001.0)] == [reply_id]
+
+
+@responses.activate
+def test_two_threads_needing_a_refresh_at_once_spend_the_refresh_token_once(settings, db):
+    db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", 0.0, 0.0)
+    meli = MeliClient(settings, db, sleep=lambda s: None)
+    in_call, release = threading.Event(), threading.Event()
+    bodies = []
+
+    def token(request):
+        bodies.append(request.body)
+        if len(bodies) > 1:  # the same refresh token a second time: dead
+            return 400, {}, json.dumps({"error": "invalid_grant", "status": 400})
+        in_call.set()
+        release.wait(10)
+        return 200, {}, json.dumps({"access_token": "AT-2", "refresh_token": "RT-2", "expires_in": 21600,
+                                    "user_id": 555})
+
+    responses.add_callback(responses.POST, f"{API}/oauth/token", callback=token)
+    results = []
+    first = threading.Thread(target=lambda: results.append(meli.access_token()))
+    first.start()
+    assert in_call.wait(10)
+    second = threading.Thread(target=lambda: results.append(meli.access_token()))
+    second.start()
+    second.join(0.5)  # a second refresh, if any, happens now
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert len(bodies) == 1
+    assert results == ["AT-2", "AT-2"]
+    assert db.auth()["status"] == "active" and db.auth()["refresh_token"] == "RT-2"
