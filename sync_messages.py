@@ -228,14 +228,15 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     bridge_ids = s.db.bridge_sent_ids(ids)
     bridge_ids |= _adopt_parts_in_flight(s, pack_id, messages, seller_id, known | bridge_ids)
     plan = messages_to_mirror(messages, seller_id, known, bridge_ids)
+    if reopen and any(direction == "incoming" for _m, direction in plan):
+        # Before mirroring: once the messages are recorded, a crash would leave nothing
+        # saying the conversation still has to be reopened.
+        s.chatwoot.set_status(conversation_id, "open")
     created = 0
     for message, direction in plan:
         _mirror(s, conversation_id, pack_id, message, direction)
         created += 1
     _report_moderated_replies(s, messages, bridge_ids)
-    new_incoming = any(direction == "incoming" for _m, direction in plan)
-    if new_incoming and reopen:
-        s.chatwoot.set_status(conversation_id, "open")
     unread = [m for m in messages if str((m.get("from") or {}).get("user_id")) != str(seller_id)
               and not (m.get("message_date") or {}).get("read")]
     if unread:

@@ -113,6 +113,23 @@ def test_a_buyer_message_killed_after_a_chatwoot_create_arrives_once(bridge, win
     assert meli.mark_read_events
 
 
+def test_a_resolved_sale_is_reopened_even_when_the_first_try_to_reopen_fails(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    pack = sale(meli)
+    meli.add_buyer_message(pack, "Oi")
+    assert bridge.once().returncode == 0
+    [conv] = sales_conversations(bridge)
+    conv["status"] = "resolved"
+    meli.add_buyer_message(pack, "Ainda não chegou")
+    # Reopening fails (or the process dies) after the new message was recorded: nothing
+    # would ever reopen the conversation, and the agent would not see the buyer wrote.
+    chatwoot.fail_next("POST", f"/api/v1/accounts/1/conversations/{conv['id']}/toggle_status", 422)
+    bridge.once()
+    assert bridge.once().returncode == 0
+    assert [m["content"] for m in chatwoot.messages_in(conv["id"])] == ["Oi", "Ainda não chegou"]
+    assert chatwoot.conversations[conv["id"]]["status"] == "open"
+
+
 def test_a_contact_inbox_added_before_a_crash_is_not_added_twice(bridge):
     meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
     question(meli, buyer_id=7001)
