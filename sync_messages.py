@@ -225,8 +225,9 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
 
     ids = [str(m["id"]) for m in messages]
     known = {i for i in ids if (s.db.link("message", i) or {}).get("status") == "created"}
+    _adopt_parts_in_flight(s, pack_id, messages, seller_id, known | s.db.bridge_sent_ids(ids))
+    # Read after adopting: a part the outbox recorded meanwhile is no longer in flight, but here.
     bridge_ids = s.db.bridge_sent_ids(ids)
-    bridge_ids |= _adopt_parts_in_flight(s, pack_id, messages, seller_id, known | bridge_ids)
     plan = messages_to_mirror(messages, seller_id, known, bridge_ids)
     if reopen and any(direction == "incoming" for _m, direction in plan):
         # Before mirroring: once the messages are recorded, a crash would leave nothing
@@ -269,22 +270,16 @@ def parts_on_meli(messages: list[dict], seller_id: int, skip: set[str],
 
 
 def _adopt_parts_in_flight(s: Services, pack_id: str, messages: list[dict], seller_id: int,
-                           skip: set[str]) -> set[str]:
+                           skip: set[str]) -> None:
     """A reply part sent just before a crash is the agent's own message, not one sent outside Chatwoot.
 
     Without this, a thread read before the outbox retries would mirror the agent's reply
     a second time as "enviada pelo Mercado Livre".
     """
-    parts = s.db.message_parts_in_flight(pack_id)
-    if not parts:
-        return set()
-    adopted = set()
-    for part, remote_id in parts_on_meli(messages, seller_id, skip, parts):
+    for part, remote_id in parts_on_meli(messages, seller_id, skip, s.db.message_parts_in_flight(pack_id)):
         s.db.part_sent(part["reply_id"], part["seq"], remote_id, s.clock())
-        adopted.add(remote_id)
         log.info("reply part found on mercado livre before its delivery was recorded reply=%s part=%d pack=%s "
                  "ml_message=%s", part["reply_id"], part["seq"], pack_id, remote_id)
-    return adopted
 
 
 def _ensure_pack_conversation(s: Services, pack_id: str, messages: list[dict], resource_kind: str | None,

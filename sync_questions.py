@@ -179,11 +179,12 @@ def create_question(s: Services, question: dict, item: dict | None, nickname: st
 def follow_question(s: Services, link: dict, question: dict) -> None:
     """A question we mirrored changed on Mercado Livre."""
     qid, conversation_id = link["external_id"], link["conversation_id"]
-    answer_link = s.db.link("answer", qid)
-    answer_known = bool(answer_link and answer_link["status"] == "created")
+    answer_known = _answer_linked(s, qid)
     if question.get("status") == "ANSWERED" and not answer_known:
-        # The agent's reply may have reached Mercado Livre just before a crash.
-        answer_known = outbox.adopt_answer_in_flight(s, qid, (question.get("answer") or {}).get("text") or "")
+        # The agent's reply may have reached Mercado Livre just before a crash; or the
+        # outbox recorded it a moment ago, between the two reads.
+        answer_known = outbox.adopt_answer_in_flight(s, qid, (question.get("answer") or {}).get("text") or "") \
+            or _answer_linked(s, qid)
     action, note = change_for(question, answer_known=answer_known)
     status = question.get("status")
     state = "open" if action == "reopen" else ("closed" if status in FINAL_STATES else "watch")
@@ -205,6 +206,10 @@ def follow_question(s: Services, link: dict, question: dict) -> None:
     crashpoint("question_followed")
     s.db.link_update("question", qid, s.clock(), data=dict(link["data"], state=state, ml_status=status))
     log.info("question changed question=%s conversation=%s status=%s action=%s", qid, conversation_id, status, action)
+
+
+def _answer_linked(s: Services, qid: str) -> bool:
+    return (s.db.link("answer", qid) or {}).get("status") == "created"
 
 
 def _mirror_answer(s: Services, qid: str, conversation_id: int, question: dict) -> None:
