@@ -37,16 +37,25 @@ Mercado Livre
   sees the question ANSWERED; an answer equal to an in-flight part is ours, so it records
   it as sent and links it instead of mirroring it as answered elsewhere; the outbox then
   finishes the reply without posting. Had the sync not run, the retry's POST gets
-  `not_unanswered_question` and the published text decides.
+  `not_unanswered_question` and the published text decides. (A lost response, e.g. a
+  timeout after Mercado Livre applied the POST, is the same case without a crash.)
 - `message_sent` (outbox._deliver_message): the part stays `sending`. The retry finds it
   in the thread by text; the post-sale sync, reading the thread first, adopts a seller
   message equal to an in-flight part instead of mirroring it as sent outside Chatwoot.
 - `attachment_uploaded` (outbox._upload_files): the upload id is not recorded; the retry
   uploads again. The first upload is never used and expires (48 h): nobody sees it.
 - `token_refreshed` (mercado_livre_api._refresh): the new pair is lost and the old
-  refresh token is dead (single use). Nothing can recover it: the next refresh gets
-  invalid_grant, the authorization is marked for a person to renew, /health says so.
+  refresh token is dead (single use). Nothing can recover it: once the dead process's
+  refresh lease runs out (REFRESH_LEASE), the next refresh gets invalid_grant, the
+  authorization is marked for a person to renew, and /health says so.
+- Exchanging an authorization code (listener callback, `main.py authorize --code`): a
+  crash loses the tokens and the spent code; the person, still at the browser, sees no
+  confirmation page and authorizes again.
 - Marking a thread read has no local commit after it (everything was stored before).
+
+The other order is avoided too: a remote call that a commit would make impossible to
+retry comes before that commit (a resolved sale is reopened before its new buyer
+messages are recorded; once they are, nothing would say it still needs reopening).
 
 A poller that restarts after kill -9 takes the poller lock and gives back the leases of
 replies its dead predecessor held, so an interrupted reply resumes at once instead of
