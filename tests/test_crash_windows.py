@@ -1,13 +1,19 @@
-"""Recovering from the crash windows: pure matching, the poller lock, one refresh per process."""
+"""Recovering from the crash windows: matching in-flight replies, the poller lock, one refresh per process."""
 
 import json
 import threading
+import time
 
+import pytest
 import responses
 
+import outbox
+import sync_questions
 from db_manager import Database
 from mercado_livre_api import MeliClient
+from services import build_services
 from sync_messages import parts_on_meli
+from tests.payloads import message_created
 
 SELLER = 555000111
 API = "https://api.meli.test"
@@ -82,3 +88,59 @@ def test_two_threads_needing_a_refresh_at_once_spend_the_refresh_token_once(sett
     assert len(bodies) == 1
     assert results == ["AT-2", "AT-2"]
     assert db.auth()["status"] == "active" and db.auth()["refresh_token"] == "RT-2"
+
+
+# ---- the questions sync meets an answer whose delivery was not recorded ------------------------------
+
+CW = "https://chat.example.test/api/v1/accounts/1"
+
+
+@pytest.fixture
+def s(settings, db):
+    services = build_services(settings, db, sleep=lambda _s: None)
+    db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", time.time() + 21600, time.time())
+    db.link_created("question", "321", 1.0, conversation_id=77, contact_id=5, message_id=1, data={"state": "open"})
+    return services
+
+
+def answer_in_flight(s, content):
+    """An accepted reply whose POST /answers went out, the poller dying before recording it."""
+    outbox.accept_webhook(message_created(message_id=9123, content=content), s.settings, s.db, time.time())
+    reply = s.db.reply_by_message(9123)
+    s.db.reply_claim(reply["id"], time.time(), outbox.LEASE_SECONDS)
+    s.db.part_mark_sending(reply["id"], 0)
+    return reply["id"]
+
+
+def chatwoot_calls(method, part):
+    return [c for c in responses.calls if c.request.method == method and part in c.request.url]
+
+
+@responses.activate
+def test_an_answered_question_with_our_in_flight_text_is_resolved_not_mirrored(s):
+    reply_id = answer_in_flight(s, "Temos **sim**, pode comprar!")
+    responses.post(f"{CW}/conversations/77/toggle_status", json={"payload": {"success": True}})
+    link = s.db.link("question", "321")
+    sync_questions.follow_question(s, link, {"status": "ANSWERED", "answer": {"text": "Temos sim,  pode comprar!"}})
+    assert chatwoot_calls("POST", "/conversations/77/messages") == []
+    assert s.db.link("answer", "321")["status"] == "created" and s.db.link("answer", "321")["data"] == {"by": "bridge"}
+    assert s.db.reply_parts(reply_id)[0]["status"] == "sent"
+    # The outbox, taking the reply back, finishes it without posting again.
+    s.db.replies_release_leases(time.time())
+    responses.patch(f"{CW}/conversations/77/messages/9123", json={"id": 9123})
+    assert outbox.run_outbox(s)["delivered"] == 1
+    assert not [c for c in responses.calls if "/answers" in c.request.url]
+
+
+@responses.activate
+def test_an_answer_given_elsewhere_while_ours_is_in_flight_is_still_mirrored(s):
+    reply_id = answer_in_flight(s, "Temos sim!")
+    responses.get(f"{CW}/conversations/77/messages", json={"payload": []})
+    responses.post(f"{CW}/conversations/77/messages", json={"id": 555})
+    responses.post(f"{CW}/conversations/77/toggle_status", json={"payload": {"success": True}})
+    link = s.db.link("question", "321")
+    sync_questions.follow_question(s, link, {"status": "ANSWERED", "answer": {"text": "Acabou o estoque."}})
+    [mirror] = chatwoot_calls("POST", "/conversations/77/messages")
+    assert json.loads(mirror.request.body)["source_id"] == "meli:answer:321"
+    assert s.db.link("answer", "321")["data"] == {"by": "mercadolivre"}
+    assert s.db.reply_parts(reply_id)[0]["status"] == "sending"
