@@ -669,7 +669,11 @@ class Database:
         """
         if self._poller_lock is not None:
             return True
-        handle = open(self.path + ".poller.lock", "a")
+        try:
+            handle = open(self.path + ".poller.lock", "a")
+        except OSError as exc:
+            log.warning("poller lock unavailable (%s): interrupted replies wait for their lease", exc.strerror)
+            return False
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
