@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from db_manager import crashpoint
 from http_client import PermanentError
 from services import Services
 
@@ -49,6 +50,7 @@ def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -
         contact = s.chatwoot.create_contact(name, source_id, inbox_id, source_id,
                                             additional_attributes={"meli_buyer_id": key, "meli_nickname": name})
         contact_id = contact["id"]
+        crashpoint("contact_created")
         log.info("contact created buyer=%s contact=%s", buyer_id, contact_id)
     except PermanentError as exc:
         if exc.status != 422:
@@ -70,6 +72,7 @@ def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -
 def _add_inbox(s: Services, contact_id: int, inbox_id: int, source_id: str) -> None:
     try:
         s.chatwoot.create_contact_inbox(contact_id, inbox_id, source_id)
+        crashpoint("contact_inbox_added")
     except PermanentError as exc:
         # Already there (a crash after creating it): Chatwoot refuses a second one.
         if exc.status != 422:
@@ -96,6 +99,7 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     conversation = s.chatwoot.create_conversation(
         source_id=source_id, inbox_id=inbox_id, contact_id=contact_id, custom_attributes=custom_attributes,
         additional_attributes={"meli_buyer_id": str(buyer_id)})
+    crashpoint("conversation_created")
     s.db.link_update(kind, external_id, s.clock(), conversation_id=conversation["id"])
     return conversation["id"], True
 

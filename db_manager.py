@@ -5,14 +5,71 @@ readers run beside the single writer; every write is a short `BEGIN IMMEDIATE`
 transaction so a writer waits for the lock up front (busy_timeout) instead of failing
 half way. Network calls never happen while a transaction is open: the listener must
 answer Chatwoot within 5 s whatever Mercado Livre is doing.
+
+Crash windows. A remote side effect always comes before the commit that records it, so
+a `kill -9` can fall between the two. Each such window has a name (the `crashpoint`
+placed right after the remote call) and a way back:
+
+Chatwoot
+- `contact_created` (contacts.ensure_contact): the buyer row stays `pending`; the next
+  create gets 422 (identifier is unique) and the contact is found by exact filter.
+- `contact_inbox_added` (contacts._add_inbox): the inbox is not recorded on the buyer row;
+  adding it again gets 422, which counts as done.
+- `conversation_created` (contacts.ensure_conversation): the question/pack row is
+  `pending` without conversation id; the contact's conversations are searched by the
+  `meli_<kind>_id` attribute before creating.
+- `question_message_created` (sync_questions.create_question): the row has its
+  conversation but is `pending`; the message is looked up by source_id.
+- `answer_mirrored` (sync_questions._mirror_answer): the answer row is `pending`;
+  looked up by source_id.
+- `question_followed` (sync_questions.follow_question): a state note or reopening is in
+  Chatwoot but the question row still has the old state; notes carry a source_id that
+  stays the same until that row changes, and are looked up before posting again.
+- `sale_message_created` (sync_messages._mirror): the message row is `pending`; looked
+  up by source_id.
+- `moderation_reported` (sync_messages._report_moderated_replies): the moderation row is
+  `pending` and the whole report is redone (status mark idempotent, note by source_id).
+- `reply_reported` (outbox.report_reply): reported_at is unset; the report is redone
+  (status marks and resolving are idempotent, the note is looked up by source_id).
+
+Mercado Livre
+- `answer_posted` (outbox._deliver_answer): the part stays `sending`. The questions sync
+  sees the question ANSWERED; an answer equal to an in-flight part is ours, so it records
+  it as sent and links it instead of mirroring it as answered elsewhere; the outbox then
+  finishes the reply without posting. Had the sync not run, the retry's POST gets
+  `not_unanswered_question` and the published text decides. (A lost response, e.g. a
+  timeout after Mercado Livre applied the POST, is the same case without a crash.)
+- `message_sent` (outbox._deliver_message): the part stays `sending`. The retry finds it
+  in the thread by text; the post-sale sync, reading the thread first, adopts a seller
+  message equal to an in-flight part instead of mirroring it as sent outside Chatwoot.
+- `attachment_uploaded` (outbox._upload_files): the upload id is not recorded; the retry
+  uploads again. The first upload is never used and expires (48 h): nobody sees it.
+- `token_refreshed` (mercado_livre_api._refresh): the new pair is lost and the old
+  refresh token is dead (single use). Nothing can recover it: once the dead process's
+  refresh lease runs out (REFRESH_LEASE), the next refresh gets invalid_grant, the
+  authorization is marked for a person to renew, and /health says so.
+- Exchanging an authorization code (listener callback, `main.py authorize --code`): a
+  crash loses the tokens and the spent code; the person, still at the browser, sees no
+  confirmation page and authorizes again.
+- Marking a thread read has no local commit after it (everything was stored before).
+
+The other order is avoided too: a remote call that a commit would make impossible to
+retry comes before that commit (a resolved sale is reopened before its new buyer
+messages are recorded; once they are, nothing would say it still needs reopening).
+
+A poller that restarts after kill -9 takes the poller lock and gives back the leases of
+replies its dead predecessor held, so an interrupted reply resumes at once instead of
+after LEASE_SECONDS. Tests set BRIDGE_CRASH_AT=<window> to be killed in a window.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import random
+import signal
 import sqlite3
 import threading
 import time
@@ -22,6 +79,16 @@ from typing import Any, Iterator
 log = logging.getLogger("bridge.db")
 
 BUSY_TIMEOUT_MS = 15000
+
+
+# Read once: the crash windows' test hook costs one comparison when unset.
+_CRASH_AT = os.environ.get("BRIDGE_CRASH_AT") or None
+
+
+def crashpoint(name: str) -> None:
+    """Die like `kill -9` here when BRIDGE_CRASH_AT names this window (tests only)."""
+    if _CRASH_AT is not None and _CRASH_AT == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class DatabaseError(Exception):
@@ -216,6 +283,7 @@ class Database:
         self.path = path
         self._local = threading.local()
         self._write_lock = threading.RLock()
+        self._poller_lock = None
 
     # ---- connection and schema -------------------------------------------------------
 
@@ -710,6 +778,53 @@ class Database:
         with self.write() as conn:
             conn.execute("UPDATE reply_parts SET status = 'sent', remote_id = ?, sent_at = ?"
                          " WHERE reply_id = ? AND seq = ?", (remote_id, now, reply_id, seq))
+
+    def answer_sent(self, reply_id: int, question_id: str, conversation_id: int, message_id: int,
+                    now: float) -> None:
+        """The answer is on Mercado Livre: its part is sent and the agent's message is the
+        question's answer in Chatwoot, in one commit, so the questions sync never sees one
+        without the other and mirrors our own answer back."""
+        with self.write() as conn:
+            conn.execute("UPDATE reply_parts SET status = 'sent', sent_at = COALESCE(sent_at, ?)"
+                         " WHERE reply_id = ? AND seq = 0", (now, reply_id))
+            self._link_insert(conn, "answer", question_id, now)
+            self._link_update(conn, "answer", question_id, now,
+                              {"status": "created", "conversation_id": conversation_id, "message_id": message_id,
+                               "data": {"by": "bridge"}})
+
+    def answer_in_flight(self, question_id: str) -> dict | None:
+        """An unfinished reply to this question whose POST may have reached Mercado Livre."""
+        return self.one("SELECT r.id, r.conversation_id, r.chatwoot_message_id, p.text FROM replies r"
+                        " JOIN reply_parts p ON p.reply_id = r.id AND p.seq = 0"
+                        " WHERE r.kind = 'answer' AND r.target_id = ? AND r.status IN ('pending', 'sending')"
+                        " AND p.status = 'sending' ORDER BY r.id LIMIT 1", (str(question_id),))
+
+    def hold_poller_lock(self) -> bool:
+        """Become the only poller on this database for the life of the process.
+
+        False when another poller holds it (e.g. `--once` beside the running service).
+        The kernel drops the lock when its holder dies, kill -9 included.
+        """
+        if self._poller_lock is not None:
+            return True
+        try:
+            handle = open(self.path + ".poller.lock", "a")
+        except OSError as exc:
+            log.warning("poller lock unavailable (%s): interrupted replies wait for their lease", exc.strerror)
+            return False
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        self._poller_lock = handle
+        return True
+
+    def replies_release_leases(self, now: float) -> int:
+        """Replies left `sending` by a dead poller become due now (call only holding the poller lock)."""
+        with self.write() as conn:
+            return conn.execute("UPDATE replies SET lease_until = ?, updated_at = ? WHERE status = 'sending'"
+                                " AND lease_until >= ?", (now - 1, now, now)).rowcount
 
     def part_unsent(self, reply_id: int, seq: int) -> None:
         """The remote side has no trace of this part: it may be sent again."""

@@ -124,7 +124,18 @@ def open_services(settings: Settings) -> Services:
     return s
 
 
+def resume_interrupted(s: Services) -> None:
+    """As the only poller, take back the replies a killed predecessor left in flight."""
+    if not s.db.hold_poller_lock():
+        log.info("another poller is running on this database; replies in its hands stay there")
+        return
+    released = s.db.replies_release_leases(s.clock())
+    if released:
+        log.warning("resuming %d replies interrupted by a previous poller's crash", released)
+
+
 def run_once(s: Services) -> int:
+    resume_interrupted(s)
     ok = True
     for name, func, _interval in job_table(s.settings):
         ok = run_job(s, name, func) and ok
@@ -132,6 +143,7 @@ def run_once(s: Services) -> int:
 
 
 def run_forever(s: Services) -> int:
+    resume_interrupted(s)
     scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1,
                                                   "misfire_grace_time": None})
     for name, func, interval in job_table(s.settings):

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 from urllib.parse import urlencode
 
 from config import Settings
-from db_manager import Database, auth_decision
+from db_manager import Database, auth_decision, crashpoint
 from http_client import ApiError, HttpClient, PermanentError, TransientError
 
 log = logging.getLogger("bridge.meli")
@@ -141,6 +141,7 @@ class MeliClient(HttpClient):
         except BaseException:
             self.db.auth_release_lease(owner)
             raise
+        crashpoint("token_refreshed")
         expected = self.settings.meli_user_id or row["user_id"]
         user_id = _int_or_none(token.get("user_id"))
         if expected and user_id and user_id != expected:

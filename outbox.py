@@ -24,7 +24,7 @@ import failures
 import sync_messages
 import text
 from config import Settings
-from db_manager import Database
+from db_manager import Database, crashpoint
 from http_client import ApiError, PermanentError, TransientError
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
 from services import Services
@@ -391,20 +391,35 @@ def retry_delay(attempts: int, retry_after: float | None = None, *, first: float
 
 def _deliver_answer(s: Services, reply: dict) -> None:
     part = s.db.reply_parts(reply["id"])[0]
-    if part["status"] == "sent":
-        return
     question_id = reply["target_id"]
-    s.db.part_mark_sending(reply["id"], 0, s.clock())
-    try:
-        s.meli.answer_question(int(question_id), part["text"])
-    except PermanentError as exc:
-        if exc.code != "not_unanswered_question" and "not_unanswered" not in (exc.message or ""):
-            raise DeliveryFailed(*_refusal(exc, "a resposta")) from None
-        _check_already_answered(s, question_id, part["text"])
-    s.db.part_sent(reply["id"], 0, None, s.clock())
+    if part["status"] != "sent":
+        s.db.part_mark_sending(reply["id"], 0, s.clock())
+        try:
+            s.meli.answer_question(int(question_id), part["text"])
+        except PermanentError as exc:
+            if exc.code != "not_unanswered_question" and "not_unanswered" not in (exc.message or ""):
+                raise DeliveryFailed(*_refusal(exc, "a resposta")) from None
+            _check_already_answered(s, question_id, part["text"])
+        crashpoint("answer_posted")
     # The agent's own message is the answer in Chatwoot: the question sync must not mirror it again.
-    s.db.link_created("answer", question_id, s.clock(), conversation_id=reply["conversation_id"],
-                      message_id=reply["chatwoot_message_id"], data={"by": "bridge"})
+    s.db.answer_sent(reply["id"], question_id, reply["conversation_id"], reply["chatwoot_message_id"], s.clock())
+
+
+def adopt_answer_in_flight(s: Services, question_id: str, published: str) -> bool:
+    """The question is answered on Mercado Livre with this text: is it our reply, sent before a crash?
+
+    A reply whose POST may have gone out (its part `sending`) and whose text is the one
+    published is ours: record it as sent, so the questions sync resolves the conversation
+    instead of mirroring the agent's answer a second time; the outbox then finishes the
+    reply without posting again.
+    """
+    reply = s.db.answer_in_flight(question_id)
+    if reply is None or not published or not _same_text(published, reply["text"] or ""):
+        return False
+    s.db.answer_sent(reply["id"], question_id, reply["conversation_id"], reply["chatwoot_message_id"], s.clock())
+    log.info("answer found on mercado livre before its delivery was recorded reply=%s question=%s conversation=%s",
+             reply["id"], question_id, reply["conversation_id"])
+    return True
 
 
 def _check_already_answered(s: Services, question_id: str, sent_text: str) -> None:
@@ -470,6 +485,7 @@ def _deliver_message(s: Services, reply: dict) -> None:
             if exc.status == 429:
                 s.db.part_unsent(reply["id"], part["seq"])  # refused outright: nothing was sent
             raise
+        crashpoint("message_sent")
         remote_id = str((sent or {}).get("id") or (sent or {}).get("message_id") or "") or None
         s.db.part_sent(reply["id"], part["seq"], remote_id, s.clock())
         log.info("reply part sent reply=%s part=%d/%d pack=%s ml_message=%s", reply["id"], part["seq"] + 1,
@@ -494,6 +510,7 @@ def _upload_files(s: Services, reply: dict, part: dict) -> list[str]:
             try:
                 content, _ctype = s.chatwoot.download(item["url"])
                 item["meli_id"] = s.meli.upload_attachment(item["name"], content, item["content_type"])
+                crashpoint("attachment_uploaded")
             except PermanentError as exc:
                 raise DeliveryFailed(f"anexo {item['name']} recusado",
                                      f"O arquivo {item['name']} não pôde ser enviado: {exc.short()}. "
@@ -574,6 +591,7 @@ def report_reply(s: Services, reply: dict) -> int:
     """Show one finished reply's outcome in Chatwoot. Returns 1 when done (or given up), 0 to retry later."""
     try:
         _report(s, reply)
+        crashpoint("reply_reported")
     except ApiError as exc:
         if exc.transient:
             delay = retry_delay(max(1, int(s.clock() - reply["updated_at"]) // 10 + 1), exc.retry_after)

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 
 import failures
 from contacts import forget_conversation, is_gone, open_conversation
+from db_manager import crashpoint
 from http_client import ApiError, PermanentError
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
 from services import Services
@@ -412,8 +413,9 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
                              data=dict(data, blocked=blocked, migrated=bool(migrated or data.get("migrated"))))
 
     ids = [str(m["id"]) for m in messages]
-    bridge_ids = s.db.bridge_sent_ids(ids)
+    # In this order: a part the outbox records as sent between the two reads is then in bridge_ids.
     in_doubt = s.db.part_texts_in_doubt(pack_id)
+    bridge_ids = s.db.bridge_sent_ids(ids)
 
     def known_now() -> set[str]:
         return {i for i in ids if (s.db.link("message", i) or {}).get("status") == "created"}
@@ -422,6 +424,11 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     plan = messages_to_mirror(messages, seller_id, known, bridge_ids, in_doubt)
     deferred = any(is_in_doubt(m, seller_id, in_doubt) for m in messages
                    if str(m["id"]) not in known | bridge_ids)
+    reopened = reopen and any(direction == "incoming" for _m, direction in plan)
+    if reopened:
+        # Before mirroring: once the messages are recorded, a crash would leave nothing
+        # saying the conversation still has to be reopened.
+        s.chatwoot.set_status(conversation_id, "open")
     created = 0
     try:
         for message, direction in plan:
@@ -441,17 +448,16 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
             _mirror(s, conversation_id, pack_id, message, direction)
             created += 1
     _report_moderated_replies(s, messages, bridge_ids, conversation_id)
-    new_incoming = any(direction == "incoming" for _m, direction in plan)
     unread = [m for m in messages if not is_from_seller(m, seller_id) and not (m.get("message_date") or {}).get("read")]
     late: list[dict] = []
     if unread:
         # Everything is stored: now Mercado Livre may show the buyer's messages as read.
         late = _mark_read(s, pack_id, seller_id, messages, known | bridge_ids | {str(m["id"]) for m, _d in plan})
+        if late and reopen and not reopened:
+            s.chatwoot.set_status(conversation_id, "open")
         for message in late:
             _mirror(s, conversation_id, pack_id, message, "incoming")
             created += 1
-    if (new_incoming or late) and reopen:
-        s.chatwoot.set_status(conversation_id, "open")
     # A deferred message leaves the count unrecorded: the sweep comes back for it.
     s.db.thread_synced(pack_id, s.clock(), None if deferred else len(messages) + len(late), last_id,
                        changed=bool(plan or late))
@@ -513,6 +519,7 @@ def _mirror(s: Services, conversation_id: int, pack_id: str, message: dict, dire
                                          for name, why in skipped)
         existing = s.chatwoot.create_message(conversation_id, content.strip() or None, message_type=direction,
                                              source_id=source, files=files)
+        crashpoint("sale_message_created")
     s.db.link_created("message", mid, s.clock(), conversation_id=conversation_id, message_id=existing["id"],
                       data={"pack_id": str(pack_id), "direction": direction})
     log.info("message in chatwoot ml_message=%s pack=%s conversation=%s message=%s direction=%s files=%d in %dms%s",
@@ -548,6 +555,7 @@ def _report_moderated_replies(s: Services, messages: list[dict], bridge_ids: set
         link, fresh = s.db.link_intent("moderation", mid, s.clock())
         if link["status"] == "created":
             continue
+        # A row left pending by a crash or a failed call is reported again: the agent must learn.
         reply = s.db.reply_for_remote_id(mid)
         if reply:
             # A pending row is an earlier attempt that failed half way: the failed mark is
@@ -561,6 +569,7 @@ def _report_moderated_replies(s: Services, messages: list[dict], bridge_ids: set
             except PermanentError as exc:
                 if not is_gone(exc):
                     raise
+            crashpoint("moderation_reported")
             if not _note_first_present(s, [reply["conversation_id"], conversation_id], note,
                                        f"meli:note:moderation:{mid}", look_first=not fresh):
                 log.warning("moderation not shown: conversations deleted ml_message=%s reply=%s", mid, reply["id"])

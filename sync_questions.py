@@ -12,7 +12,9 @@ import logging
 import time
 
 import failures
+import outbox
 from contacts import forget_conversation, is_gone, open_conversation
+from db_manager import crashpoint
 from http_client import PermanentError
 from mercado_livre_api import ReauthorizationRequired
 from services import Services
@@ -219,6 +221,7 @@ def create_question(s: Services, question: dict, item: dict | None, nickname: st
         if message is None:
             message = s.chatwoot.create_message(conversation_id, first_message(question, item),
                                                 message_type="incoming", source_id=source)
+            crashpoint("question_message_created")
     except PermanentError as exc:
         if fresh or not is_gone(exc):
             raise
@@ -237,16 +240,21 @@ def follow_question(s: Services, link: dict, question: dict) -> bool:
     """Bring a mirrored question's conversation in line with the question. Returns False when
     nothing changed for the agent."""
     qid, conversation_id = link["external_id"], link["conversation_id"]
-    answer_link = s.db.link("answer", qid)
-    action, note = change_for(question, answer_known=bool(answer_link and answer_link["status"] == "created"),
-                              state=link["data"].get("state", "open"), known_status=link["data"].get("ml_status"))
+    answer_known = _answer_linked(s, qid)
+    if question.get("status") == "ANSWERED" and not answer_known:
+        # The agent's reply may have reached Mercado Livre just before a crash; or the
+        # outbox recorded it a moment ago, between the two reads.
+        answer_known = outbox.adopt_answer_in_flight(s, qid, (question.get("answer") or {}).get("text") or "") \
+            or _answer_linked(s, qid)
+    action, note = change_for(question, answer_known=answer_known, state=link["data"].get("state", "open"),
+                              known_status=link["data"].get("ml_status"))
     status = question.get("status")
     if action == "none":
         log.debug("question unchanged question=%s status=%s", qid, status)
         return False
     state = "open" if action == "reopen" else ("closed" if status in FINAL_STATES else "watch")
     try:
-        _show_change(s, qid, conversation_id, question, action, note, state)
+        _show_change(s, link, question, action, note, state)
     except PermanentError as exc:
         if not is_gone(exc):
             raise
@@ -259,13 +267,14 @@ def follow_question(s: Services, link: dict, question: dict) -> bool:
         log.warning("question conversation deleted in chatwoot question=%s conversation=%s status=%s: not "
                     "recreated", qid, conversation_id, status)
         return True
+    crashpoint("question_followed")
     s.db.link_update("question", qid, s.clock(), data=dict(link["data"], state=state, ml_status=status))
     log.info("question changed question=%s conversation=%s status=%s action=%s", qid, conversation_id, status, action)
     return True
 
 
-def _show_change(s: Services, qid: str, conversation_id: int, question: dict, action: str, note: str | None,
-                 state: str) -> None:
+def _show_change(s: Services, link: dict, question: dict, action: str, note: str | None, state: str) -> None:
+    qid, conversation_id = link["external_id"], link["conversation_id"]
     status = question.get("status")
     if action == "mirror_answer":
         _mirror_answer(s, qid, conversation_id, question)
@@ -274,11 +283,18 @@ def _show_change(s: Services, qid: str, conversation_id: int, question: dict, ac
         if s.chatwoot.find_message_by_source(conversation_id, note_source) is None:
             s.chatwoot.note(conversation_id, note, source_id=note_source)
     elif action == "reopen":
-        s.chatwoot.note(conversation_id, "A pergunta voltou a aceitar resposta no Mercado Livre.",
-                        source_id=f"meli:note:question:{qid}:reopened:{int(s.clock())}")
+        # Keyed on the row's last change: the same reopening after a crash finds its note.
+        note_source = f"meli:note:question:{qid}:reopened:{int(link['updated_at'])}"
+        if s.chatwoot.find_message_by_source(conversation_id, note_source) is None:
+            s.chatwoot.note(conversation_id, "A pergunta voltou a aceitar resposta no Mercado Livre.",
+                            source_id=note_source)
         s.chatwoot.set_status(conversation_id, "open")
     if state == "closed":
         s.chatwoot.set_status(conversation_id, "resolved")
+
+
+def _answer_linked(s: Services, qid: str) -> bool:
+    return (s.db.link("answer", qid) or {}).get("status") == "created"
 
 
 def _mirror_answer(s: Services, qid: str, conversation_id: int, question: dict) -> None:
@@ -289,6 +305,7 @@ def _mirror_answer(s: Services, qid: str, conversation_id: int, question: dict) 
     if message is None:
         answer = (question.get("answer") or {}).get("text") or ""
         message = s.chatwoot.create_message(conversation_id, answer, message_type="outgoing", source_id=source)
+        crashpoint("answer_mirrored")
     s.db.link_created("answer", qid, s.clock(), conversation_id=conversation_id, message_id=message["id"],
                       data={"by": "mercadolivre"})
 

@@ -74,6 +74,7 @@ def test_a_watched_question_the_listing_shows_is_back_only_when_it_says_so_itsel
     assert sync_questions.sync_questions(s)["changed"] == 0
     assert not calls("POST", CW)
     responses.replace(responses.GET, f"{API}/questions/3", json={"id": 3, "status": "UNANSWERED", "answer": None})
+    responses.get(f"{CW}/conversations/78/messages", json={"payload": []})
     responses.post(f"{CW}/conversations/78/messages", json={"id": 1})
     responses.post(f"{CW}/conversations/78/toggle_status", json={"payload": {"success": True}})
     assert sync_questions.sync_questions(s)["changed"] == 1
