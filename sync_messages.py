@@ -324,8 +324,10 @@ def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
             try:
                 sync_pack(s, reply["target_id"], seller_id)
             except PermanentError as exc:
+                # Left pending: checked again next poll, for as long as the reply is in the window.
                 log.error("thread not checked for moderation pack=%s reply=%s error=%r", reply["target_id"],
                           reply["id"], exc.short())
+                continue
             skip.add(reply["target_id"])
             checked += 1
         s.db.link_created("moderation_check", reply["id"], s.clock())
@@ -425,12 +427,12 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     deferred = any(is_in_doubt(m, seller_id, in_doubt) for m in messages
                    if str(m["id"]) not in known | bridge_ids)
     reopened = reopen and any(direction == "incoming" for _m, direction in plan)
-    if reopened:
-        # Before mirroring: once the messages are recorded, a crash would leave nothing
-        # saying the conversation still has to be reopened.
-        s.chatwoot.set_status(conversation_id, "open")
     created = 0
     try:
+        if reopened:
+            # Before mirroring: once the messages are recorded, a crash would leave nothing
+            # saying the conversation still has to be reopened.
+            s.chatwoot.set_status(conversation_id, "open")
         for message, direction in plan:
             _mirror(s, conversation_id, pack_id, message, direction)
             created += 1

@@ -125,6 +125,8 @@ def test_a_resolved_sale_is_reopened_even_when_the_first_try_to_reopen_fails(bri
     # would ever reopen the conversation, and the agent would not see the buyer wrote.
     chatwoot.fail_next("POST", f"/api/v1/accounts/1/conversations/{conv['id']}/toggle_status", 422)
     bridge.once()
+    # The failed sale waits out its backoff; an operator's retry makes it due now.
+    assert bridge.cli("retry", "pack").returncode == 0
     assert bridge.once().returncode == 0
     assert [m["content"] for m in chatwoot.messages_in(conv["id"])] == ["Oi", "Ainda não chegou"]
     assert chatwoot.conversations[conv["id"]]["status"] == "open"
