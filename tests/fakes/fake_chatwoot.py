@@ -90,6 +90,8 @@ class ChatwootState(Controls):
         self.contact_inboxes: list[dict] = []
         self.conversations: dict[int, dict] = {}
         self.messages: dict[int, dict] = {}
+        # Messages of deleted conversations (with "deleted_at", monotonic), kept for the tests' checks.
+        self.deleted_messages: dict[int, dict] = {}
         self.blobs: dict[str, dict] = {}
         self.webhooks: list[dict] = []
         self.webhook_deliveries: list[dict] = []
@@ -184,6 +186,45 @@ class ChatwootState(Controls):
                                                    files=attachments or [])
         self._release(deliveries)
         return message
+
+    # ---- agents' actions in the UI (as Chatwoot does them) -------------------------------------
+
+    def delete_conversation(self, conversation_id: int) -> None:
+        """The conversation and its messages are gone; a later request for it answers 404."""
+        with self.lock:
+            conv = self.conversations.pop(int(conversation_id))
+            now = time.monotonic()
+            for message in conv["messages"]:
+                self.messages.pop(message["id"], None)
+                self.deleted_messages[message["id"]] = dict(message, deleted_at=now)
+
+    def resolve_conversation(self, conversation_id: int) -> None:
+        with self.lock:
+            self.set_status(self.conversations[int(conversation_id)], "resolved")
+
+    def delete_contact(self, contact_id: int) -> None:
+        """Deleting a contact deletes its conversations and contact_inboxes too."""
+        with self.lock:
+            for conv_id in [c["id"] for c in self.conversations.values() if c["contact_id"] == int(contact_id)]:
+                self.delete_conversation(conv_id)
+            self.contact_inboxes = [ci for ci in self.contact_inboxes if ci["contact_id"] != int(contact_id)]
+            del self.contacts[int(contact_id)]
+
+    def merge_contacts(self, base_id: int, mergee_id: int) -> None:
+        """Chatwoot's merge: the mergee's conversations and contact_inboxes move to the base; the mergee
+        (and so its identifier) is deleted."""
+        with self.lock:
+            base_id, mergee_id = int(base_id), int(mergee_id)
+            if base_id not in self.contacts or mergee_id not in self.contacts or base_id == mergee_id:
+                raise ValueError("both contacts must exist and differ")
+            for conv in self.conversations.values():
+                if conv["contact_id"] == mergee_id:
+                    conv["contact_id"] = base_id
+                    conv["meta"] = self.conversation_json(conv)["meta"]
+            for link in self.contact_inboxes:
+                if link["contact_id"] == mergee_id:
+                    link["contact_id"] = base_id
+            del self.contacts[mergee_id]
 
     # ---- the sandbox page (/sandbox) ---------------------------------------------------------------
 
