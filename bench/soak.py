@@ -6,11 +6,12 @@ For `--minutes` it injects, from one random generator seeded with `--seed`: buye
 questions and post-sale messages (some with files, some announced by a notification);
 agent replies in Chatwoot (short, multi-part over 350 characters, with files, private
 notes, second answers to an answered question); agents deleting, merging and resolving
-contacts and conversations; duplicate webhook deliveries; Mercado Livre 5xx, 429 with
-Retry-After, timeouts (answer after the bridge gave up, request applied or not) and slow
-answers; access tokens that expire within seconds; and `kill -9` of the listener or the
-poller, restarted as supervisord would. Then the faults stop, the bridge drains (at most
-`--drain` seconds) and the invariants are checked from the fakes' own records.
+contacts and conversations; duplicate webhook deliveries; a send refused for good now and
+then (403); Mercado Livre 5xx, 429 with Retry-After, timeouts (answer after the bridge
+gave up, request applied or not) and slow answers; access tokens that expire within
+seconds; and `kill -9` of the listener or the poller, restarted as supervisord would.
+Then the faults stop, the bridge drains (at most `--drain` seconds) and the invariants
+are checked from the fakes' own records.
 
 It prints the seed, what was injected and each invariant's violations, and exits 1 on any
 violation (2 when the soak itself could not run). The same seed gives the same stream of
@@ -101,6 +102,7 @@ WEIGHTS = {
     "buyer question": 10, "buyer message": 12, "agent reply": 16, "private note": 2,
     "duplicate webhook": 4, "agent resolves conversation": 2, "agent deletes conversation": 1.2,
     "agent deletes contact": 0.6, "agent merges contacts": 0.8, "ML 5xx burst": 2.5, "ML 429 burst": 1.5,
+    "ML refuses a send (403)": 0.8,
     "access tokens expire": 2, "kill -9 listener": 0.5, "kill -9 poller": 0.7,
 }
 INVARIANTS = [
@@ -151,6 +153,7 @@ class Soak:
         self.resolves: dict[int, float] = {}
         self.deletions: list[dict] = []
         self.merges: list[tuple[int, int]] = []
+        self.touched: dict[str, list[str]] = defaultdict(list)  # "pack:P" / "question:Q" / "buyer:B" -> actions
         self.own_posts: Counter = Counter()  # (route, status) of what the soak POSTed to the listener
         self.mark_read_bad: list[tuple[str, list[str]]] = []
         self.health_reauth = 0
@@ -284,9 +287,10 @@ class Soak:
 
     def buyer_question(self) -> None:
         item = f"MLB{5_000_000 + self.rng.randrange(6)}"
-        question = self.meli.add_question(item_id=item, buyer_id=self._buyer(),
+        buyer = self._buyer()
+        question = self.meli.add_question(item_id=item, buyer_id=buyer,
                                           text=f"Pergunta {self._next()}: tem pronta entrega? Qual a cor?")
-        self.questions[question["id"]] = {"t": time.monotonic()}
+        self.questions[question["id"]] = {"t": time.monotonic(), "buyer": buyer}
         if self.rng.random() < 0.4:
             self._notify("questions", f"/questions/{question['id']}")
 
@@ -403,31 +407,45 @@ class Soak:
         convs = sorted(c["id"] for c in self._live_conversations())
         if convs:
             conv_id = self.rng.choice(convs)
-            try:
+            with self.cw.lock:
+                if conv_id not in self.cw.conversations:
+                    return
+                self._remember_deletion(conv_id, "conversation deleted")
                 self.cw.delete_conversation(conv_id)
-                self.deletions.append({"conversation": conv_id, "t": time.monotonic()})
-            except KeyError:
-                pass
+            self.deletions.append({"conversation": conv_id, "t": time.monotonic()})
 
     def delete_contact(self) -> None:
         contacts = self._buyer_contacts()
         if contacts:
             contact_id = self.rng.choice(contacts)
-            try:
+            with self.cw.lock:
+                if contact_id not in self.cw.contacts:
+                    return
+                identifier = self.cw.contacts[contact_id]["identifier"]
+                self.touched["buyer:" + identifier.rsplit(":", 1)[-1]].append(f"contact {contact_id} deleted")
+                for conv in list(self.cw.conversations.values()):
+                    if conv["contact_id"] == contact_id:
+                        self._remember_deletion(conv["id"], f"conversation deleted with contact {contact_id}")
                 self.cw.delete_contact(contact_id)
-                self.deletions.append({"contact": contact_id, "t": time.monotonic()})
-            except KeyError:
-                pass
+            self.deletions.append({"contact": contact_id, "t": time.monotonic()})
 
     def merge_contacts(self) -> None:
         contacts = self._buyer_contacts()
         if len(contacts) >= 2:
             base, mergee = self.rng.sample(contacts, 2)
-            try:
+            with self.cw.lock:
+                if base not in self.cw.contacts or mergee not in self.cw.contacts:
+                    return
+                identifier = self.cw.contacts[mergee]["identifier"]
+                self.touched["buyer:" + identifier.rsplit(":", 1)[-1]].append(f"contact {mergee} merged into {base}")
                 self.cw.merge_contacts(base, mergee)
-                self.merges.append((base, mergee))
-            except (KeyError, ValueError):
-                pass
+            self.merges.append((base, mergee))
+
+    def _remember_deletion(self, conv_id: int, what: str) -> None:
+        attrs = self.cw.conversations[conv_id]["custom_attributes"]
+        for key in ("meli_question_id", "meli_pack_id"):
+            if attrs.get(key) not in (None, ""):
+                self.touched[f"{key[5:-3]}:{attrs[key]}"].append(f"{what} ({conv_id})")
 
     def ml_burst(self, status: int) -> None:
         prefix = self.rng.choice(ML_PATHS + ["/oauth/token"])
@@ -435,6 +453,13 @@ class Soak:
         headers = {"Retry-After": str(self.rng.randint(1, 3))} if status == 429 else None
         self.meli.fail_next(None, prefix, status if status == 429 else self.rng.choice([500, 502, 503, 504]),
                             times=times, headers=headers)
+
+    def ml_refuses_send(self) -> None:
+        """The next post-sale send is refused for good (the thread got blocked for a moment):
+        a multi-part reply then stops half-way, and the agent must learn which parts went."""
+        self.meli.fail_next("POST", "/messages/packs", 403, body={
+            "message": "The conversation is blocked", "error": "blocked_conversation_send_message_forbidden",
+            "status": 403, "cause": []})
 
     def chaos_rules(self) -> list[dict]:
         """Background faults on every Mercado Livre path while the soak runs."""
@@ -459,6 +484,7 @@ class Soak:
             "agent deletes conversation": self.delete_conversation, "agent deletes contact": self.delete_contact,
             "agent merges contacts": self.merge_contacts, "ML 5xx burst": lambda: self.ml_burst(500),
             "ML 429 burst": lambda: self.ml_burst(429), "access tokens expire": self.meli.expire_access_tokens,
+            "ML refuses a send (403)": self.ml_refuses_send,
             "kill -9 listener": lambda: self.kill("listener"), "kill -9 poller": lambda: self.kill("poller"),
         }[event]()
 
@@ -527,7 +553,10 @@ class Soak:
             if message.get("source_id"):
                 copies[message["source_id"]].append(message)
 
-        def check_item(kind: str, source: str, inbox_id: int, attr: str, external: str, bucket: str) -> None:
+        def check_item(kind: str, source: str, inbox_id: int, attr: str, external: str, bucket: str,
+                       buyer: int) -> None:
+            actions = self.touched.get(f"{attr[5:-3]}:{external}", []) + self.touched.get(f"buyer:{buyer}", [])
+            hint = f" (agent: {'; '.join(actions)})" if actions else " (no agent action on it)"
             found = sorted(copies.get(source, []), key=lambda m: m["t_created"])
             alive = [m for m in found if m["id"] in live]
             for earlier, later in zip(found, found[1:], strict=False):
@@ -538,7 +567,7 @@ class Soak:
                     break
             if not alive:
                 if not any(m["id"] in deleted for m in found):
-                    v[bucket].append(f"{kind} {external}: not in Chatwoot")
+                    v[bucket].append(f"{kind} {external}: not in Chatwoot{hint}")
                 return
             conv = convs.get(alive[-1]["conversation_id"])
             if conv is None or conv["inbox_id"] != inbox_id or str(conv["attrs"].get(attr)) != external:
@@ -547,10 +576,10 @@ class Soak:
 
         for qid in self.questions:
             check_item("question", f"meli:question:{qid}", self.fakes.questions_inbox, "meli_question_id", str(qid),
-                       INVARIANTS[0])
+                       INVARIANTS[0], self.questions[qid]["buyer"])
         for mid, info in self.buyer_messages.items():
             check_item(f"message {mid} of sale", f"meli:message:{mid}", self.fakes.messages_inbox,
-                       "meli_pack_id", info["pack"], INVARIANTS[1])
+                       "meli_pack_id", info["pack"], INVARIANTS[1], self.packs[info["pack"]]["buyer"])
 
         replies_view = self._check_replies(v, live, deleted, convs)
         if quick:
