@@ -321,18 +321,20 @@ class Soak:
             return [c for c in self.cw.conversations.values()
                     if inbox_id is None or c["inbox_id"] == inbox_id]
 
-    def agent_reply(self, private: bool = False) -> None:
+    def agent_reply(self, private: bool = False, conv_id: int | None = None, style: str | None = None) -> None:
         # Sales get most replies: that is where parts, files and ordering matter.
         inbox = self.fakes.questions_inbox if self.rng.random() < 0.35 else self.fakes.messages_inbox
         convs = sorted(self._live_conversations(inbox), key=lambda c: c["id"]) \
             or sorted(self._live_conversations(), key=lambda c: c["id"])
+        if conv_id is not None:
+            convs = [c for c in self._live_conversations() if c["id"] == conv_id]
         if not convs:
             self.injected["(skipped: no conversation to reply in)"] += 1
             return
         conv = self.rng.choice(convs)
         answer = conv["inbox_id"] == self.fakes.questions_inbox
         tag = f"R{len(self.replies) + 1:05d}"
-        style = "private" if private else "answer" if answer else self.rng.choices(
+        style = "private" if private else "answer" if answer else style or self.rng.choices(
             ["short", "long", "files"], [4, 3.5, 2.5])[0]
         if style == "long":
             sentences = [f"{tag}p{k} " + self.rng.choice([
@@ -455,11 +457,19 @@ class Soak:
                             times=times, headers=headers)
 
     def ml_refuses_send(self) -> None:
-        """The next post-sale send is refused for good (the thread got blocked for a moment):
-        a multi-part reply then stops half-way, and the agent must learn which parts went."""
-        self.meli.fail_next("POST", "/messages/packs", 403, body={
+        """A long reply whose second send to that sale is refused for good (the thread got blocked
+        for a moment): it stops half-way, and the agent must learn which parts went."""
+        convs = sorted(c["id"] for c in self._live_conversations(self.fakes.messages_inbox))
+        if not convs:
+            return
+        conv_id = self.rng.choice(convs)
+        pack = self.cw.conversations.get(conv_id, {}).get("custom_attributes", {}).get("meli_pack_id")
+        if not pack:
+            return
+        self.meli.fail_next("POST", f"/messages/packs/{pack}/", 403, after=1, body={
             "message": "The conversation is blocked", "error": "blocked_conversation_send_message_forbidden",
             "status": 403, "cause": []})
+        self.agent_reply(conv_id=conv_id, style="long")
 
     def chaos_rules(self) -> list[dict]:
         """Background faults on every Mercado Livre path while the soak runs."""

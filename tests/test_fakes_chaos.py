@@ -95,3 +95,15 @@ def test_mark_read_hook_is_called_with_the_ids_marked(fk):
     requests.get(f"{fk.meli.url}/messages/packs/2000001/sellers/{meli.seller_id}", params={"tag": "post_sale"},
                  headers={"Authorization": f"Bearer {meli.seed_tokens()[0]}"}, timeout=5)
     assert seen == [("2000001", [message["id"]])]
+
+
+def test_fail_next_after_lets_the_first_requests_through(fk):
+    meli = fk.meli.state
+    meli.fail_next("GET", "/users/", 403, after=1)
+    token = meli.seed_tokens()[0]
+
+    def get():
+        return requests.get(f"{fk.meli.url}/users/{meli.seller_id}", headers={"Authorization": f"Bearer {token}"},
+                            timeout=5).status_code
+
+    assert [get(), get(), get()] == [200, 403, 200]

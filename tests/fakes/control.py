@@ -45,14 +45,15 @@ class Controls:
     # ---- fault injection ------------------------------------------------------------------------
 
     def fail_next(self, method: str | None, path_prefix: str, status: int, times: int = 1,
-                  body: Any = None, headers: dict | None = None) -> None:
-        """The next `times` matching requests answer `status` instead of reaching the route."""
+                  body: Any = None, headers: dict | None = None, after: int = 0) -> None:
+        """The next `times` matching requests answer `status` instead of reaching the route
+        (once `after` matching requests have gone through normally)."""
         headers = dict(headers or {})
         if status == 429:
             headers.setdefault("Retry-After", "1")
         with self.lock:
             self._failures.append({"method": method, "prefix": path_prefix, "status": status,
-                                   "remaining": times, "body": body, "headers": headers})
+                                   "remaining": times, "body": body, "headers": headers, "after": after})
 
     def delay(self, path_prefix: str, seconds: float) -> None:
         """Sleep `seconds` before answering requests under `path_prefix`; 0 removes the delay."""
@@ -92,6 +93,9 @@ class Controls:
         with self.lock:
             for failure in self._failures:
                 if failure["remaining"] > 0 and _matches(method, path, failure["method"], failure["prefix"]):
+                    if failure.get("after", 0) > 0:
+                        failure["after"] -= 1
+                        continue
                     failure["remaining"] -= 1
                     return failure
             self._failures = [f for f in self._failures if f["remaining"] > 0]
