@@ -532,12 +532,16 @@ class Soak:
         """Wait until nothing is left to do (seconds taken), or None after --drain seconds."""
         started = time.monotonic()
         deadline = started + self.drain_seconds
-        calm = 0
+        calm = locked_out = 0
         while time.monotonic() < deadline:
             time.sleep(1.0)
             calm = calm + 1 if not self.outstanding() else 0
             if calm >= 3:
                 return time.monotonic() - started
+            # Without authorization nothing can drain: no point waiting for it.
+            locked_out = locked_out + 1 if self._db_auth_status() == "reauth_required" else 0
+            if locked_out >= 10:
+                return None
         return None
 
     def outstanding(self) -> int:
