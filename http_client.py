@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import os
 import random
 import time
 from typing import Any, Callable
@@ -14,7 +15,19 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from rate_budget import Unlimited
 
 USER_AGENT = "meli-chatwoot-bridge/1.0"
-TIMEOUT = (5, 30)  # (connect, read) seconds
+
+
+def _read_timeout(default: float = 30.0) -> float:
+    # Test knob only (not in the operating contract): the chaos soak injects timeouts
+    # and cannot wait 30 s for each one.
+    try:
+        value = float(os.environ.get("BRIDGE_HTTP_READ_TIMEOUT") or default)
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+TIMEOUT = (5, _read_timeout())  # (connect, read) seconds
 MAX_RETRY_AFTER = 60.0
 UNLIMITED = Unlimited()  # longer waits go back to the outbox/scheduler instead of blocking a worker
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
+from collections import Counter
 from http import HTTPStatus
 from typing import Any
 
@@ -29,6 +31,9 @@ class Controls:
         self.calls: list[dict] = []
         self._failures: list[dict] = []
         self._delays: dict[str, float] = {}
+        self._chaos: list[dict] = []
+        self._chaos_rng = random.Random(0)
+        self.chaos_counts: Counter = Counter()  # (kind, path prefix) -> faults injected
 
     # ---- inspection ---------------------------------------------------------------------------
 
@@ -40,14 +45,15 @@ class Controls:
     # ---- fault injection ------------------------------------------------------------------------
 
     def fail_next(self, method: str | None, path_prefix: str, status: int, times: int = 1,
-                  body: Any = None, headers: dict | None = None) -> None:
-        """The next `times` matching requests answer `status` instead of reaching the route."""
+                  body: Any = None, headers: dict | None = None, after: int = 0) -> None:
+        """The next `times` matching requests answer `status` instead of reaching the route
+        (once `after` matching requests have gone through normally)."""
         headers = dict(headers or {})
         if status == 429:
             headers.setdefault("Retry-After", "1")
         with self.lock:
             self._failures.append({"method": method, "prefix": path_prefix, "status": status,
-                                   "remaining": times, "body": body, "headers": headers})
+                                   "remaining": times, "body": body, "headers": headers, "after": after})
 
     def delay(self, path_prefix: str, seconds: float) -> None:
         """Sleep `seconds` before answering requests under `path_prefix`; 0 removes the delay."""
@@ -56,6 +62,21 @@ class Controls:
                 self._delays[path_prefix] = seconds
             else:
                 self._delays.pop(path_prefix, None)
+
+    def chaos(self, rules: list[dict], seed: int = 0) -> None:
+        """Random faults, drawn from a generator seeded with `seed`; an empty list turns them off.
+
+        Each rule: {"prefix": "/answers", "method": "POST" or None, "p": 0.05} plus one of
+        "status" (answered instead of the route; 429 gets "retry_after", default 1 s),
+        "delay" (seconds slept before the route runs: a timeout when longer than the
+        client's read timeout, the request not applied) or "late" (seconds slept after
+        the route ran: applied, but the answer arrives too late).
+        Requests arrive on several threads, so which request draws a fault is not
+        reproducible; how many faults of each kind roughly is.
+        """
+        with self.lock:
+            self._chaos = [dict(rule) for rule in rules]
+            self._chaos_rng = random.Random(seed)
 
     # ---- hooks for subclasses -------------------------------------------------------------------
 
@@ -72,9 +93,22 @@ class Controls:
         with self.lock:
             for failure in self._failures:
                 if failure["remaining"] > 0 and _matches(method, path, failure["method"], failure["prefix"]):
+                    if failure.get("after", 0) > 0:
+                        failure["after"] -= 1
+                        continue
                     failure["remaining"] -= 1
                     return failure
             self._failures = [f for f in self._failures if f["remaining"] > 0]
+        return None
+
+    def _draw_chaos(self, method: str, path: str) -> dict | None:
+        with self.lock:
+            for rule in self._chaos:
+                if _matches(method, path, rule.get("method"), rule.get("prefix")) \
+                        and self._chaos_rng.random() < rule["p"]:
+                    kind = f"status {rule['status']}" if "status" in rule else ("late" if "late" in rule else "delay")
+                    self.chaos_counts[(kind, rule.get("prefix") or "/")] += 1
+                    return rule
         return None
 
     def _delay_for(self, path: str) -> float:
@@ -107,6 +141,14 @@ def install_controls(app: Flask, state: Controls) -> None:
         if seconds:
             time.sleep(seconds)
         failure = state._take_failure(request.method, request.path)
+        rule = None if failure else state._draw_chaos(request.method, request.path)
+        if rule and "delay" in rule:
+            time.sleep(rule["delay"])
+        elif rule and "late" in rule:
+            g.late = rule["late"]
+        elif rule:
+            headers = {"Retry-After": str(rule.get("retry_after", 1))} if rule["status"] == 429 else {}
+            return json_error(state, rule["status"], headers=headers)
         if failure:
             if failure["body"] is None:
                 return json_error(state, failure["status"], headers=failure["headers"])
@@ -118,6 +160,8 @@ def install_controls(app: Flask, state: Controls) -> None:
 
     @app.after_request
     def _record(resp: Response) -> Response:
+        if g.get("late"):
+            time.sleep(g.late)  # the route's effect is done; only the answer is late
         t0 = g.get("t0", time.monotonic())
         entry = {"method": request.method, "path": request.path, "query": request.args.to_dict(),
                  "status": resp.status_code, "t": t0, "ms": (time.monotonic() - t0) * 1000.0}

@@ -90,6 +90,8 @@ class ChatwootState(Controls):
         self.contact_inboxes: list[dict] = []
         self.conversations: dict[int, dict] = {}
         self.messages: dict[int, dict] = {}
+        # Messages of deleted conversations (with "deleted_at", monotonic), kept for the tests' checks.
+        self.deleted_messages: dict[int, dict] = {}
         self.blobs: dict[str, dict] = {}
         self.webhooks: list[dict] = []
         self.webhook_deliveries: list[dict] = []
@@ -193,8 +195,10 @@ class ChatwootState(Controls):
             conv = self.conversations.pop(int(conversation_id), None)
             if conv is None:
                 raise LookupError(f"conversation {conversation_id} not found")
+            now = time.monotonic()
             for message in conv["messages"]:
                 self.messages.pop(message["id"], None)
+                self.deleted_messages[message["id"]] = dict(message, deleted_at=now)
 
     def delete_contact(self, contact_id: int) -> None:
         """The contact is deleted with its conversations and contact_inboxes (also how an erasure is done)."""

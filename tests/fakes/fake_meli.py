@@ -65,6 +65,9 @@ class MeliState(Controls):
         self.answers_posted: list[tuple[int, str]] = []
         self.sent_messages: list[dict] = []
         self.mark_read_events: list[tuple[str, list[str], float]] = []
+        # Called as on_mark_read(pack key, message ids) under the lock, at the moment of marking
+        # (the soak records there what Chatwoot held at that instant).
+        self.on_mark_read: Any = None
         self.missed: list[dict] = []
         # Called with the thread's key just before a read without mark_as_read=false marks its
         # page: a test injects here what happens "meanwhile" (e.g. the buyer writes again).
@@ -496,6 +499,8 @@ class MeliState(Controls):
             message["message_date"]["read"] = now
         if read:
             self.mark_read_events.append((thread["key"], [m["id"] for m in read], time.monotonic()))
+            if self.on_mark_read:
+                self.on_mark_read(thread["key"], [m["id"] for m in read])
 
     def send_message(self, thread: dict, body: dict) -> Response:
         text = body.get("text") or ""

@@ -1,0 +1,817 @@
+"""The chaos soak: the real listener and poller against the fakes, under a seeded random stream.
+
+    .venv/bin/python bench/soak.py --minutes 2 --seed 7 [--drain 120] [--keep]
+
+For `--minutes` it injects, from one random generator seeded with `--seed`: buyer
+questions and post-sale messages (some with files, some announced by a notification);
+agent replies in Chatwoot (short, multi-part over 350 characters, with files, private
+notes, second answers to an answered question); agents deleting, merging and resolving
+contacts and conversations; duplicate webhook deliveries; a send refused for good now and
+then (403); Mercado Livre 5xx, 429 with Retry-After, timeouts (answer after the bridge
+gave up, request applied or not) and slow answers; access tokens that expire within
+seconds; and `kill -9` of the listener or the poller, restarted as supervisord would.
+Then the faults stop, the bridge drains (at most `--drain` seconds) and the invariants
+are checked from the fakes' own records.
+
+It prints the seed, what was injected and each invariant's violations, and exits 1 on any
+violation (2 when the soak itself could not run). The same seed gives the same stream of
+injected events; thread timing still varies, so a rare failure may need a few runs.
+
+What each invariant expects (the fakes are the ground truth):
+
+buyer questions / buyer messages in Chatwoot — each question (source_id
+`meli:question:<id>`) and each buyer message (`meli:message:<id>`) is in Chatwoot exactly
+once, in a live conversation of the right inbox carrying its `meli_question_id` /
+`meli_pack_id`. An agent's deletion (of the conversation, or of the contact with its
+conversations) takes the copy away on purpose: such an item may stay absent, or be
+brought back once, but never twice at the same time. An item the agent never saw deleted
+(e.g. a message that arrived after its sale's conversation was deleted) must be live.
+"Duplicated" means two copies alive at the same moment, whenever that was.
+Merges move conversations to the surviving contact: items stay where they were.
+
+one live conversation per question / sale — never two live conversations in the inbox
+for the same question or sale.
+
+reopened after a new buyer message — a sale conversation the agent resolved is open
+again when a buyer message reached it after the resolve.
+
+agent replies — the soak tags every reply: each sentence starts with `R<nnnnn>p<k>`, each
+file is named `R<nnnnn>f<k>.<ext>`. From what the fake Mercado Livre accepted (answers,
+messages and their uploaded files): no sentence or file reached it twice; a reply that
+fully reached it is shown `delivered` on the agent's message; one that reached nothing is
+shown `failed` (by the bridge, or by Chatwoot when the inbox webhook could not be
+delivered); one that reached part of the way is `failed` with the bridge's private note
+saying which parts went (it must mention "parte" and must not say nothing was sent).
+Private notes never reach Mercado Livre. Replies whose conversation the agent deleted are
+only checked for duplicates (their status can no longer be seen). Replies still queued
+when the drain ends are listed separately (with the bridge's own row) — lost for the agent.
+
+own replies not mirrored back — a message the bridge sent is not copied back into
+Chatwoot as if the seller had written it on Mercado Livre.
+
+marked read only when in Chatwoot — at the moment Mercado Livre marks buyer messages
+read, Chatwoot already holds (or held: the agent may have deleted it since) every one.
+
+authorization kept — Mercado Livre answered no `invalid_grant`; /health never said
+reauthorization required; the database's authorization is `active` at the end.
+
+webhooks never 5xx — no delivery to the listener (Chatwoot's own account and inbox
+webhooks, the soak's duplicates, notifications) was answered with a 5xx. Connection
+errors while the listener is down are counted, not violations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import requests  # noqa: E402
+
+from bench.common import png_bytes  # noqa: E402
+from tests.e2e import LOG_DIR, VENV_BIN, WEBHOOK_SECRET, Bridge  # noqa: E402
+from tests.fakes import start_fakes  # noqa: E402
+from tests.fakes.fake_chatwoot import MESSAGE_TYPES, rails_json, sign  # noqa: E402
+
+READ_TIMEOUT = 2.0  # the bridge's HTTP read timeout during the soak (BRIDGE_HTTP_READ_TIMEOUT)
+REFRESH_MARGIN = 300.0  # mercado_livre_api.REFRESH_MARGIN: a token this close to expiry is refreshed
+ML_PATHS = ["/answers", "/messages/packs", "/messages/attachments", "/messages/unread", "/messages/",
+            "/questions/search", "/questions/", "/orders/", "/packs/", "/users/", "/items", "/missed_feeds"]
+TAG = re.compile(r"\b(R\d{5})p(\d+)\b")
+FILE_TAG = re.compile(r"^(R\d{5})f(\d+)\.")
+INCOMING = MESSAGE_TYPES["incoming"]
+COMMANDS = {"listener": [str(VENV_BIN / "gunicorn"), "webhook_server:app"], "poller": [sys.executable, "main.py"]}
+
+# Relative weights of the injected events.
+WEIGHTS = {
+    "buyer question": 10, "buyer message": 12, "agent reply": 16, "private note": 2,
+    "duplicate webhook": 4, "agent resolves conversation": 2, "agent deletes conversation": 1.2,
+    "agent deletes contact": 0.6, "agent merges contacts": 0.8, "ML 5xx burst": 2.5, "ML 429 burst": 1.5,
+    "ML refuses a send (403)": 0.8,
+    "access tokens expire": 2, "kill -9 listener": 0.5, "kill -9 poller": 0.7,
+}
+INVARIANTS = [
+    "buyer questions in Chatwoot exactly once, live conversation",
+    "buyer messages in Chatwoot exactly once, live conversation",
+    "one live conversation per question / sale",
+    "sale conversation reopened after a new buyer message",
+    "no reply part or file reached Mercado Livre twice",
+    "a reply that reached Mercado Livre is shown delivered",
+    "a reply that reached nothing is shown failed",
+    "a partial reply is failed with a note naming the parts sent",
+    "private notes never reach Mercado Livre",
+    "no reply left queued after the drain",
+    "the bridge's own replies are not mirrored back",
+    "threads marked read only when Chatwoot has the messages",
+    "authorization never lost",
+    "no webhook or notification answered 5xx",
+]
+
+
+class Soak:
+    def __init__(self, seed: int, minutes: float, drain: float, access_ttl: float, quiet: bool = False,
+                 token_chaos: bool = True, keep: bool = False):
+        self.seed = seed
+        self.keep = keep
+        self.weights = dict(WEIGHTS)
+        if not token_chaos:
+            self.weights["access tokens expire"] = 0
+        self.minutes = minutes
+        self.drain_seconds = drain
+        self.access_ttl = access_ttl
+        self.quiet = quiet
+        self.rng = random.Random(seed)
+        self.injected: Counter = Counter()
+        self.tmp = Path(tempfile.mkdtemp(prefix="meli-chatwoot-soak-"))
+        self.fakes = None
+        self.bridge: Bridge | None = None
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.proc_lock = threading.Lock()
+        self.restarts: list[threading.Thread] = []
+        self.closing = threading.Event()
+        # what was injected, for the checks
+        self.questions: dict[int, dict] = {}
+        self.buyer_messages: dict[str, dict] = {}
+        self.packs: dict[str, dict] = {}
+        self.buyers: list[int] = []
+        self.replies: dict[str, dict] = {}
+        self.resolves: dict[int, float] = {}
+        self.deletions: list[dict] = []
+        self.merges: list[tuple[int, int]] = []
+        self.touched: dict[str, list[str]] = defaultdict(list)  # "pack:P" / "question:Q" / "buyer:B" -> actions
+        self.own_posts: Counter = Counter()  # (route, status) of what the soak POSTed to the listener
+        self.mark_read_bad: list[tuple[str, list[str]]] = []
+        self.health_reauth = 0
+        self.health_seen: Counter = Counter()
+        self._n = 0
+
+    # ---- setup and teardown ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.fakes = start_fakes(access_ttl=self.access_ttl)
+        cw, meli = self.fakes.chatwoot.state, self.fakes.meli.state
+        self.cw, self.meli = cw, meli
+        self.fakes.questions_inbox = cw.add_inbox("Mercado Livre - Perguntas")
+        self.fakes.messages_inbox = cw.add_inbox("Mercado Livre - Vendas")
+        self.bridge = Bridge(self.tmp, self.fakes, LOG_LEVEL="INFO", QUESTIONS_POLL_SECONDS="1",
+                             MESSAGES_POLL_SECONDS="1", BRIDGE_HTTP_READ_TIMEOUT=str(READ_TIMEOUT))
+        # The account webhook (added by Bridge) and both inbox webhooks point at the listener,
+        # as the README suggests: each message arrives twice, and an inbox delivery that
+        # fails marks the agent's message failed.
+        secrets = [WEBHOOK_SECRET]
+        for inbox_id in (self.fakes.questions_inbox, self.fakes.messages_inbox):
+            with cw.lock:
+                cw.inboxes[inbox_id]["webhook_url"] = f"{self.bridge.url}/webhook"
+                secrets.append(cw.inboxes[inbox_id]["secret"])
+        self.bridge.env["CHATWOOT_WEBHOOK_SECRET"] = ",".join(secrets)
+        meli.on_mark_read = self._on_mark_read
+        for n in range(6):
+            meli.add_item(f"MLB{5_000_000 + n}", f"Produto do soak {n}", price=20.0 + n)
+        self.procs["listener"] = self.bridge.listener()
+        self.procs["poller"] = self.bridge.poller()
+
+    def close(self) -> None:
+        self.closing.set()
+        for thread in self.restarts:
+            thread.join(timeout=30)
+        if self.bridge:
+            self.bridge.close()
+        if self.fakes:
+            self.fakes.stop()
+        if self.keep:
+            print(f"(bridge database kept in {self.tmp})", flush=True)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # ---- processes --------------------------------------------------------------------------------
+
+    def kill(self, name: str) -> None:
+        with self.proc_lock:
+            proc = self.procs.get(name)
+            if proc is None or proc.poll() is not None:
+                return  # already down, a restart is on its way
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+        delay = self.rng.uniform(0.3, 2.0)  # supervisord's startsecs/backoff, roughly
+        thread = threading.Thread(target=self._restart, args=(name, delay), name=f"restart-{name}", daemon=True)
+        self.restarts.append(thread)
+        thread.start()
+
+    def _restart(self, name: str, delay: float) -> None:
+        time.sleep(delay)
+        with self.proc_lock:
+            if self.closing.is_set():
+                return
+            self.procs[name] = self.bridge.start(name, COMMANDS[name])
+        if name == "listener":
+            try:
+                self.bridge.wait_http()
+            except AssertionError as exc:
+                self._say(f"listener slow to restart: {exc}")
+
+    def ensure_running(self) -> None:
+        for thread in self.restarts:
+            thread.join(timeout=30)
+        with self.proc_lock:
+            for name in ("listener", "poller"):
+                if self.procs[name].poll() is not None:
+                    self.procs[name] = self.bridge.start(name, COMMANDS[name])
+        self.bridge.wait_http()
+
+    # ---- watching ----------------------------------------------------------------------------------
+
+    def _on_mark_read(self, pack_key: str, ids: list[str]) -> None:
+        """Runs inside the fake Mercado Livre, at the moment of marking: does Chatwoot have them?"""
+        with self.cw.lock:
+            held = {m["source_id"] for m in list(self.cw.messages.values()) + list(self.cw.deleted_messages.values())
+                    if m.get("source_id")}
+        missing = [i for i in ids if f"meli:message:{i}" not in held]
+        if missing:
+            self.mark_read_bad.append((pack_key, missing))
+
+    def _watch_health(self, stop: threading.Event) -> None:
+        while not stop.wait(1.0):
+            try:
+                report = requests.get(f"{self.bridge.url}/health", timeout=3).json()
+            except (requests.RequestException, ValueError):
+                self.health_seen["no answer"] += 1
+                continue
+            auth = (report.get("checks") or {}).get("authorization") or {}
+            if auth.get("ok"):
+                self.health_seen["authorized"] += 1
+            elif "reauthorization" in str(auth.get("error")):
+                self.health_seen["reauthorization required"] += 1
+                self.health_reauth += 1
+            else:
+                self.health_seen["not authorized"] += 1
+
+    # ---- injected events -----------------------------------------------------------------------------
+
+    def _next(self) -> int:
+        self._n += 1
+        return self._n
+
+    def _buyer(self) -> int:
+        if self.buyers and self.rng.random() < 0.7:
+            return self.rng.choice(self.buyers)
+        buyer_id = 7_100_000 + len(self.buyers) + 1
+        self.meli.add_user(buyer_id, f"COMPRADOR_SOAK_{len(self.buyers) + 1}")
+        self.buyers.append(buyer_id)
+        return buyer_id
+
+    def _notify(self, topic: str, resource: str) -> None:
+        body = self.meli.notification(topic, resource)
+        try:
+            status = requests.post(f"{self.bridge.url}/notifications", json=body, timeout=5).status_code
+        except requests.RequestException:
+            status = "no answer"
+        self.own_posts[("notification", status)] += 1
+
+    def buyer_question(self) -> None:
+        item = f"MLB{5_000_000 + self.rng.randrange(6)}"
+        buyer = self._buyer()
+        question = self.meli.add_question(item_id=item, buyer_id=buyer,
+                                          text=f"Pergunta {self._next()}: tem pronta entrega? Qual a cor?")
+        self.questions[question["id"]] = {"t": time.monotonic(), "buyer": buyer}
+        if self.rng.random() < 0.4:
+            self._notify("questions", f"/questions/{question['id']}")
+
+    def buyer_message(self) -> None:
+        if not self.packs or self.rng.random() < 0.35:
+            buyer = self._buyer()
+            order_id = 2_000_000_000 + self._next()
+            pack_id = None if self.rng.random() < 0.3 else 3_000_000_000 + self._next()
+            item = f"MLB{5_000_000 + self.rng.randrange(6)}"
+            self.meli.add_order(order_id, buyer, f"COMPRADOR_{buyer}", [(item, "Produto do soak", 1, 20.0)], pack_id)
+            key = str(pack_id or order_id)
+            self.packs[key] = {"buyer": buyer}
+        else:
+            key = self.rng.choice(sorted(self.packs))
+        files = []
+        if self.rng.random() < 0.3:
+            n = self._next()
+            files = [self.rng.choice([(f"foto{n}.png", png_bytes(8, seed=n), "image/png"),
+                                      (f"nota{n}.pdf", b"%PDF-1.4 soak " + str(n).encode(), "application/pdf"),
+                                      (f"lista{n}.txt", f"lista {n}".encode(), "text/plain")])]
+        message = self.meli.add_buyer_message(key, f"Mensagem {self._next()} do comprador: quando chega?", files)
+        self.buyer_messages[message["id"]] = {"pack": key, "t": time.monotonic()}
+        if self.rng.random() < 0.5:
+            self._notify("messages", message["id"])
+
+    def _live_conversations(self, inbox_id: int | None = None) -> list[dict]:
+        with self.cw.lock:
+            return [c for c in self.cw.conversations.values()
+                    if inbox_id is None or c["inbox_id"] == inbox_id]
+
+    def agent_reply(self, private: bool = False, conv_id: int | None = None, style: str | None = None) -> None:
+        # Sales get most replies: that is where parts, files and ordering matter.
+        inbox = self.fakes.questions_inbox if self.rng.random() < 0.35 else self.fakes.messages_inbox
+        convs = sorted(self._live_conversations(inbox), key=lambda c: c["id"]) \
+            or sorted(self._live_conversations(), key=lambda c: c["id"])
+        if conv_id is not None:
+            convs = [c for c in self._live_conversations() if c["id"] == conv_id]
+        if not convs:
+            self.injected["(skipped: no conversation to reply in)"] += 1
+            return
+        conv = self.rng.choice(convs)
+        answer = conv["inbox_id"] == self.fakes.questions_inbox
+        tag = f"R{len(self.replies) + 1:05d}"
+        style = "private" if private else "answer" if answer else style or self.rng.choices(
+            ["short", "long", "files"], [4, 3.5, 2.5])[0]
+        if style == "long":
+            sentences = [f"{tag}p{k} " + self.rng.choice([
+                "Obrigado pela compra, seu pedido foi separado e segue hoje pela transportadora.",
+                "O prazo de entrega informado no anúncio vale a partir da postagem do pacote.",
+                "Caso precise de nota fiscal em outro nome, responda aqui com os dados da empresa.",
+                "A garantia do fabricante cobre defeitos por doze meses a partir do recebimento."])
+                for k in range(1, self.rng.randint(5, 9))]
+            content = " ".join(sentences)
+        else:
+            content = f"{tag}p1 " + ("Sim, temos em estoque. Obrigado pela pergunta!" if answer
+                                     else "Olá! Seu pedido já foi enviado, obrigado.")
+        files = []
+        if style == "files":
+            for k in range(1, self.rng.randint(1, 2) + 1):
+                ext = self.rng.choice(["png", "pdf", "txt"])
+                body = png_bytes(8, seed=k) if ext == "png" else f"{tag} arquivo {k}".encode()
+                files.append((f"{tag}f{k}.{ext}", body,
+                              {"png": "image/png", "pdf": "application/pdf", "txt": "text/plain"}[ext]))
+        if answer and not private:
+            qid = str(conv["custom_attributes"].get("meli_question_id"))
+            if any(r["target"] == qid and not r["private"] for r in self.replies.values()):
+                self.injected["(second answer to a question)"] += 1
+        try:
+            message = self.cw.agent_reply(conv["id"], content, private=private, attachments=files)
+        except KeyError:
+            return  # deleted meanwhile
+        units = [f"{tag}p{k}" for k in range(1, len(TAG.findall(content)) + 1)] + [f[0] for f in files]
+        self.replies[tag] = {"message_id": message["id"], "conversation_id": conv["id"], "answer": answer,
+                             "private": private, "units": units, "style": style, "t": time.monotonic(),
+                             "target": str(conv["custom_attributes"].get("meli_question_id" if answer
+                                                                        else "meli_pack_id"))}
+        if style in ("long", "files"):
+            self.injected[f"(reply {style})"] += 1
+
+    def duplicate_webhook(self) -> None:
+        candidates = [r for r in self.replies.values() if not r["private"]]
+        if not candidates:
+            return
+        reply = self.rng.choice(candidates[-20:])
+        with self.cw.lock:
+            message = self.cw.messages.get(reply["message_id"])
+            if message is None:
+                return
+            raw = rails_json(self.cw.webhook_payload(message))
+        timestamp = str(int(time.time()))
+        headers = {"Content-Type": "application/json", "X-Chatwoot-Timestamp": timestamp,
+                   "X-Chatwoot-Signature": sign(WEBHOOK_SECRET, timestamp, raw),
+                   "X-Chatwoot-Delivery": f"soak-dup-{reply['message_id']}-{self._next()}"}
+        try:
+            status = requests.post(f"{self.bridge.url}/webhook", data=raw, headers=headers, timeout=6).status_code
+        except requests.RequestException:
+            status = "no answer"
+        self.own_posts[("webhook", status)] += 1
+
+    def _buyer_contacts(self) -> list[int]:
+        with self.cw.lock:
+            return sorted(c["id"] for c in self.cw.contacts.values()
+                          if str(c.get("identifier") or "").startswith("meli:buyer:"))
+
+    def resolve_conversation(self) -> None:
+        convs = sorted((c["id"] for c in self._live_conversations() if c["status"] != "resolved"))
+        if convs:
+            conv_id = self.rng.choice(convs)
+            try:
+                self.cw.resolve_conversation(conv_id)
+                self.resolves[conv_id] = time.monotonic()
+            except KeyError:
+                pass
+
+    def delete_conversation(self) -> None:
+        convs = sorted(c["id"] for c in self._live_conversations())
+        if convs:
+            conv_id = self.rng.choice(convs)
+            with self.cw.lock:
+                if conv_id not in self.cw.conversations:
+                    return
+                self._remember_deletion(conv_id, "conversation deleted")
+                self.cw.delete_conversation(conv_id)
+            self.deletions.append({"conversation": conv_id, "t": time.monotonic()})
+
+    def delete_contact(self) -> None:
+        contacts = self._buyer_contacts()
+        if contacts:
+            contact_id = self.rng.choice(contacts)
+            with self.cw.lock:
+                if contact_id not in self.cw.contacts:
+                    return
+                identifier = self.cw.contacts[contact_id]["identifier"]
+                self.touched["buyer:" + identifier.rsplit(":", 1)[-1]].append(f"contact {contact_id} deleted")
+                for conv in list(self.cw.conversations.values()):
+                    if conv["contact_id"] == contact_id:
+                        self._remember_deletion(conv["id"], f"conversation deleted with contact {contact_id}")
+                self.cw.delete_contact(contact_id)
+            self.deletions.append({"contact": contact_id, "t": time.monotonic()})
+
+    def merge_contacts(self) -> None:
+        contacts = self._buyer_contacts()
+        if len(contacts) >= 2:
+            base, mergee = self.rng.sample(contacts, 2)
+            with self.cw.lock:
+                if base not in self.cw.contacts or mergee not in self.cw.contacts:
+                    return
+                identifier = self.cw.contacts[mergee]["identifier"]
+                self.touched["buyer:" + identifier.rsplit(":", 1)[-1]].append(f"contact {mergee} merged into {base}")
+                self.cw.merge_contacts(base, mergee)
+            self.merges.append((base, mergee))
+
+    def _remember_deletion(self, conv_id: int, what: str) -> None:
+        attrs = self.cw.conversations[conv_id]["custom_attributes"]
+        for key in ("meli_question_id", "meli_pack_id"):
+            if attrs.get(key) not in (None, ""):
+                self.touched[f"{key[5:-3]}:{attrs[key]}"].append(f"{what} ({conv_id})")
+
+    def ml_burst(self, status: int) -> None:
+        prefix = self.rng.choice(ML_PATHS + ["/oauth/token"])
+        times = self.rng.randint(1, 3)
+        headers = {"Retry-After": str(self.rng.randint(1, 3))} if status == 429 else None
+        self.meli.fail_next(None, prefix, status if status == 429 else self.rng.choice([500, 502, 503, 504]),
+                            times=times, headers=headers)
+
+    def ml_refuses_send(self) -> None:
+        """A long reply whose second send to that sale is refused for good (the thread got blocked
+        for a moment): it stops half-way, and the agent must learn which parts went."""
+        convs = sorted(c["id"] for c in self._live_conversations(self.fakes.messages_inbox))
+        if not convs:
+            return
+        conv_id = self.rng.choice(convs)
+        pack = self.cw.conversations.get(conv_id, {}).get("custom_attributes", {}).get("meli_pack_id")
+        if not pack:
+            return
+        self.meli.fail_next("POST", f"/messages/packs/{pack}/", 403, after=1, body={
+            "message": "The conversation is blocked", "error": "blocked_conversation_send_message_forbidden",
+            "status": 403, "cause": []})
+        self.agent_reply(conv_id=conv_id, style="long")
+
+    def chaos_rules(self) -> list[dict]:
+        """Background faults on every Mercado Livre path while the soak runs."""
+        rules = [{"prefix": "/", "p": 0.02, "status": 503}, {"prefix": "/", "p": 0.01, "status": 500},
+                 {"prefix": "/", "p": 0.02, "status": 429, "retry_after": 1}]
+        # Not on /oauth/token: a refresh applied whose answer is lost burns the single-use
+        # refresh token, and no client can avoid that (the bridge would rightly need reauthorization).
+        for prefix in ML_PATHS:
+            rules += [{"prefix": prefix, "p": 0.01, "delay": READ_TIMEOUT + 1.0},  # timeout, applied later
+                      {"prefix": prefix, "p": 0.01, "late": READ_TIMEOUT + 1.0},  # applied, answer too late
+                      {"prefix": prefix, "p": 0.04, "delay": READ_TIMEOUT * 0.4}]  # slow but in time
+        return rules
+
+    def step(self) -> None:
+        names = list(self.weights)
+        event = self.rng.choices(names, [self.weights[n] for n in names])[0]
+        self.injected[event] += 1
+        {
+            "buyer question": self.buyer_question, "buyer message": self.buyer_message,
+            "agent reply": self.agent_reply, "private note": lambda: self.agent_reply(private=True),
+            "duplicate webhook": self.duplicate_webhook, "agent resolves conversation": self.resolve_conversation,
+            "agent deletes conversation": self.delete_conversation, "agent deletes contact": self.delete_contact,
+            "agent merges contacts": self.merge_contacts, "ML 5xx burst": lambda: self.ml_burst(500),
+            "ML 429 burst": lambda: self.ml_burst(429), "access tokens expire": self.meli.expire_access_tokens,
+            "ML refuses a send (403)": self.ml_refuses_send,
+            "kill -9 listener": lambda: self.kill("listener"), "kill -9 poller": lambda: self.kill("poller"),
+        }[event]()
+
+    # ---- the run ------------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        self.start()
+        stop_health = threading.Event()
+        watcher = threading.Thread(target=self._watch_health, args=(stop_health,), name="soak-health", daemon=True)
+        watcher.start()
+        try:
+            self.meli.chaos(self.chaos_rules(), seed=self.seed)
+            deadline = time.monotonic() + self.minutes * 60.0
+            started = time.monotonic()
+            while time.monotonic() < deadline:
+                self.step()
+                time.sleep(self.rng.expovariate(4.0))  # about four events a second
+            chaos_s = time.monotonic() - started
+            self.meli.chaos([])
+            with self.meli.lock:
+                self.meli._failures.clear()
+            self.ensure_running()
+            drained_in = self.drain()
+            self.meli.on_mark_read = None
+            result = self.check()
+            result.update(chaos_seconds=chaos_s, drained_in=drained_in)
+            with self.meli.lock:
+                result["faults"] = Counter(self.meli.chaos_counts)
+            return result
+        finally:
+            stop_health.set()
+            watcher.join(timeout=5)
+
+    def drain(self) -> float | None:
+        """Wait until nothing is left to do (seconds taken), or None after --drain seconds."""
+        started = time.monotonic()
+        deadline = started + self.drain_seconds
+        calm = locked_out = 0
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            calm = calm + 1 if not self.outstanding() else 0
+            if calm >= 3:
+                return time.monotonic() - started
+            # Without authorization nothing can drain: no point waiting for it.
+            locked_out = locked_out + 1 if self._db_auth_status() == "reauth_required" else 0
+            if locked_out >= 10:
+                return None
+        return None
+
+    def outstanding(self) -> int:
+        """Work the bridge still owes: unread threads, missing questions, replies without an outcome."""
+        if self.meli.unread_results():
+            return 1
+        result = self.check(quick=True)
+        return sum(len(v) for k, v in result["violations"].items()
+                   if k in (INVARIANTS[0], INVARIANTS[1], INVARIANTS[5], INVARIANTS[6], INVARIANTS[9]))
+
+    # ---- the checks ---------------------------------------------------------------------------------
+
+    def check(self, quick: bool = False) -> dict:
+        v: dict[str, list[str]] = {name: [] for name in INVARIANTS}
+        cw, meli = self.cw, self.meli
+        with cw.lock:
+            live = {m["id"]: m for m in cw.messages.values()}
+            deleted = {m["id"]: m for m in cw.deleted_messages.values()}
+            convs = {c["id"]: {"inbox_id": c["inbox_id"], "status": c["status"],
+                               "attrs": dict(c["custom_attributes"])} for c in cw.conversations.values()}
+        copies: dict[str, list[dict]] = defaultdict(list)
+        for message in list(live.values()) + list(deleted.values()):
+            if message.get("source_id"):
+                copies[message["source_id"]].append(message)
+
+        def check_item(kind: str, source: str, inbox_id: int, attr: str, external: str, bucket: str,
+                       buyer: int) -> None:
+            actions = self.touched.get(f"{attr[5:-3]}:{external}", []) + self.touched.get(f"buyer:{buyer}", [])
+            hint = f" (agent: {'; '.join(actions)})" if actions else " (no agent action on it)"
+            found = sorted(copies.get(source, []), key=lambda m: m["t_created"])
+            alive = [m for m in found if m["id"] in live]
+            for earlier, later in zip(found, found[1:], strict=False):
+                gone = deleted.get(earlier["id"], {}).get("deleted_at")
+                if gone is None or gone > later["t_created"]:
+                    v[bucket].append(f"{kind} {external}: {len(found)} copies, two alive at once "
+                                     f"(messages {earlier['id']} and {later['id']})")
+                    break
+            if not alive:
+                if not any(m["id"] in deleted for m in found):
+                    v[bucket].append(f"{kind} {external}: not in Chatwoot{hint}")
+                return
+            conv = convs.get(alive[-1]["conversation_id"])
+            if conv is None or conv["inbox_id"] != inbox_id or str(conv["attrs"].get(attr)) != external:
+                v[bucket].append(f"{kind} {external}: in conversation {alive[-1]['conversation_id']}, "
+                                 f"which is not its {attr} conversation")
+
+        for qid in self.questions:
+            check_item("question", f"meli:question:{qid}", self.fakes.questions_inbox, "meli_question_id", str(qid),
+                       INVARIANTS[0], self.questions[qid]["buyer"])
+        for mid, info in self.buyer_messages.items():
+            check_item(f"message {mid} of sale", f"meli:message:{mid}", self.fakes.messages_inbox,
+                       "meli_pack_id", info["pack"], INVARIANTS[1], self.packs[info["pack"]]["buyer"])
+
+        replies_view = self._check_replies(v, live, deleted, convs)
+        if quick:
+            return {"violations": v}
+
+        for attr, inbox_id in (("meli_question_id", self.fakes.questions_inbox),
+                               ("meli_pack_id", self.fakes.messages_inbox)):
+            by_external: dict[str, list[int]] = defaultdict(list)
+            for conv_id, conv in convs.items():
+                if conv["inbox_id"] == inbox_id and conv["attrs"].get(attr) not in (None, ""):
+                    by_external[str(conv["attrs"][attr])].append(conv_id)
+            for external, ids in sorted(by_external.items()):
+                if len(ids) > 1:
+                    v[INVARIANTS[2]].append(f"{attr}={external}: live conversations {sorted(ids)}")
+
+        for conv_id, resolved_at in self.resolves.items():
+            conv = convs.get(conv_id)
+            if conv is None or conv["status"] != "resolved" or conv["inbox_id"] != self.fakes.messages_inbox:
+                continue
+            later = [m["id"] for m in live.values() if m["conversation_id"] == conv_id
+                     and m["message_type"] == INCOMING and str(m.get("source_id") or "").startswith("meli:message:")
+                     and m["t_created"] > resolved_at]
+            if later:
+                v[INVARIANTS[3]].append(f"conversation {conv_id} resolved by the agent, still resolved after "
+                                        f"buyer messages {later}")
+
+        with meli.lock:
+            sent_ids = [str(s["message_id"]) for s in meli.sent_messages]
+        for ml_id in sent_ids:
+            if f"meli:message:{ml_id}" in copies:
+                ids = [m["id"] for m in copies[f"meli:message:{ml_id}"]]
+                v[INVARIANTS[10]].append(f"ML message {ml_id} (sent by the bridge) copied back as Chatwoot {ids}")
+
+        for pack_key, missing in self.mark_read_bad:
+            v[INVARIANTS[11]].append(f"sale {pack_key}: marked read while Chatwoot lacked {missing}")
+
+        auth_status = self._db_auth_status()
+        if meli.invalid_grant_count:
+            v[INVARIANTS[12]].append(f"Mercado Livre answered invalid_grant {meli.invalid_grant_count} times")
+        if self.health_reauth:
+            v[INVARIANTS[12]].append(f"/health said reauthorization required {self.health_reauth} times")
+        if auth_status != "active":
+            v[INVARIANTS[12]].append(f"database authorization status at the end: {auth_status}")
+
+        with cw.lock:
+            deliveries = Counter((d["url"].rsplit("/", 1)[-1], d["status"]) for d in cw.webhook_deliveries)
+        for (route, status), n in sorted(deliveries.items(), key=str):
+            if isinstance(status, int) and status >= 500:
+                v[INVARIANTS[13]].append(f"Chatwoot's {route} delivery answered {status} x{n}")
+        for (route, status), n in sorted(self.own_posts.items(), key=str):
+            if isinstance(status, int) and status >= 500:
+                v[INVARIANTS[13]].append(f"soak's {route} answered {status} x{n}")
+        return {"violations": v, "deliveries": deliveries, "replies": replies_view, "auth_status": auth_status}
+
+    def _check_replies(self, v: dict, live: dict, deleted: dict, convs: dict) -> Counter:
+        meli = self.meli
+        reached: Counter = Counter()
+        with meli.lock:
+            for _qid, text in meli.answers_posted:
+                reached.update(f"{t}p{k}" for t, k in TAG.findall(text))
+            uploads = {u["id"]: u["filename"] for u in meli.uploads}
+            for sent in meli.sent_messages:
+                reached.update(f"{t}p{k}" for t, k in TAG.findall(sent.get("text") or ""))
+                reached.update(uploads.get(a, "?") for a in sent.get("attachments") or [])
+        rows = self._db_replies()
+        outcome: Counter = Counter()
+        for tag, reply in sorted(self.replies.items()):
+            counts = {u: reached[u] for u in reply["units"]}
+            what = f"reply {tag} ({reply['style']}, message {reply['message_id']}, " \
+                   f"conversation {reply['conversation_id']})"
+            twice = [u for u, n in counts.items() if n > 1]
+            if twice:
+                v[INVARIANTS[4]].append(f"{what}: {', '.join(f'{u} x{counts[u]}' for u in twice)}")
+            sent = [u for u, n in counts.items() if n > 0]
+            if reply["private"]:
+                if sent:
+                    v[INVARIANTS[8]].append(f"{what}: {sent}")
+                outcome["private"] += 1
+                continue
+            message = live.get(reply["message_id"])
+            if message is None:
+                outcome["conversation deleted"] += 1
+                continue
+            status, error = message["status"], message.get("external_error") or ""
+            row = rows.get(reply["message_id"])
+            row_text = f"; bridge row: {row}" if row else "; no bridge row"
+            if row and row["status"] in ("pending", "sending"):
+                outcome["still queued"] += 1
+                v[INVARIANTS[9]].append(f"{what}: {len(sent)}/{len(counts)} units sent, "
+                                        f"Chatwoot status {status}{row_text}")
+                continue
+            if len(sent) == len(counts):
+                outcome["delivered"] += 1
+                if status != "delivered":
+                    v[INVARIANTS[5]].append(f"{what}: all {len(counts)} units reached Mercado Livre, Chatwoot "
+                                            f"shows {status} {error!r}{row_text}")
+            elif not sent:
+                outcome["nothing sent"] += 1
+                if status != "failed":
+                    v[INVARIANTS[6]].append(f"{what}: nothing reached Mercado Livre, Chatwoot shows "
+                                            f"{status}{row_text}")
+            else:
+                outcome["partial"] += 1
+                notes = [m["content"] or "" for m in live.values()
+                         if m["conversation_id"] == reply["conversation_id"] and m["private"]
+                         and str(m.get("source_id") or "").startswith("meli:note:reply:")
+                         and m["t_created"] > reply["t"]]
+                explained = status == "failed" and any(
+                    "parte" in n.lower() and "nada foi enviado" not in n.lower() for n in notes)
+                if not explained:
+                    v[INVARIANTS[7]].append(f"{what}: sent {sent}, not sent "
+                                            f"{[u for u in counts if u not in sent]}, Chatwoot shows {status}, "
+                                            f"notes {[n[:120] for n in notes]}{row_text}")
+        return outcome
+
+    def _db(self, sql: str) -> list[sqlite3.Row]:
+        try:
+            conn = sqlite3.connect(f"file:{self.bridge.env['DATABASE_PATH']}?mode=ro", uri=True, timeout=5)
+        except sqlite3.Error:
+            return []
+        try:
+            conn.row_factory = sqlite3.Row
+            return conn.execute(sql).fetchall()
+        except sqlite3.Error:
+            return []
+        finally:
+            conn.close()
+
+    def _db_replies(self) -> dict[int, dict]:
+        return {r["chatwoot_message_id"]: {"id": r["id"], "status": r["status"], "attempts": r["attempts"],
+                                           "error": r["error"]}
+                for r in self._db("SELECT * FROM replies")}
+
+    def _db_auth_status(self) -> str:
+        rows = self._db("SELECT status FROM meli_auth")
+        return rows[0]["status"] if rows else "no row"
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+
+def report(soak: Soak, result: dict) -> tuple[str, int]:
+    lines = [f"chaos soak: seed {soak.seed}, {soak.minutes} min of chaos "
+             f"({result['chaos_seconds']:.0f} s), access tokens live {soak.access_ttl - REFRESH_MARGIN:.0f} s "
+             f"before refresh, read timeout {READ_TIMEOUT} s",
+             "drained in " + (f"{result['drained_in']:.0f} s" if result["drained_in"] is not None
+                              else f"NOT drained within {soak.drain_seconds:.0f} s"),
+             "", "events injected:"]
+    lines += [f"  {n:6d}  {name}" for name, n in sorted(soak.injected.items())]
+    lines += ["", "background faults drawn by the fake Mercado Livre:"]
+    faults: Counter = Counter()
+    for (kind, _prefix), n in result["faults"].items():
+        faults[kind] += n
+    lines += [f"  {n:6d}  {kind}" for kind, n in sorted(faults.items())]
+    lines += ["", "deliveries to the listener (route, status):"]
+    lines += [f"  {n:6d}  Chatwoot {route} {status}" for (route, status), n in sorted(result["deliveries"].items(),
+                                                                                       key=str)]
+    lines += [f"  {n:6d}  soak {route} {status}" for (route, status), n in sorted(soak.own_posts.items(), key=str)]
+    lines += ["", "agent replies by outcome:"]
+    lines += [f"  {n:6d}  {k}" for k, n in sorted(result["replies"].items())]
+    lines += [f"  tokens refreshed {soak.meli.refresh_count}, 401 answers {soak.meli.unauthorized_count}, "
+              f"health checks {dict(soak.health_seen)}", "", "invariants (violations):"]
+    total = 0
+    for name in INVARIANTS:
+        found = result["violations"][name]
+        total += len(found)
+        lines.append(f"  {len(found):6d}  {name}")
+    for name in INVARIANTS:
+        found = result["violations"][name]
+        if found:
+            lines += ["", f"{name}:"] + [f"  - {x}" for x in found[:25]]
+            if len(found) > 25:
+                lines.append(f"  … and {len(found) - 25} more")
+    lines += ["", f"seed {soak.seed}: {'FAIL' if total else 'OK'} ({total} violations); logs in {LOG_DIR}"]
+    return "\n".join(lines), total
+
+
+def run(seed: int, minutes: float, drain: float = 120.0, access_ttl: float = REFRESH_MARGIN + 5.0,
+        quiet: bool = False, token_chaos: bool = True, keep: bool = False) -> tuple[str, int]:
+    """One soak; returns (printed report, number of violations). Always stops what it started."""
+    soak = Soak(seed, minutes, drain, access_ttl, quiet=quiet, token_chaos=token_chaos, keep=keep)
+    try:
+        result = soak.run()
+    finally:
+        soak.close()
+    return report(soak, result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=2.0, help="minutes of chaos (default 2)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: a new one, printed)")
+    parser.add_argument("--drain", type=float, default=120.0, help="seconds allowed to drain (default 120)")
+    parser.add_argument("--token-seconds", type=float, default=5.0,
+                        help="seconds an access token is good for before the bridge must refresh it (default 5)")
+    parser.add_argument("--calm-tokens", action="store_true",
+                        help="diagnosis only: tokens good for an hour and never expired early, to look at the "
+                             "other invariants while token refresh is broken")
+    parser.add_argument("--keep", action="store_true", help="keep the bridge's database for inspection")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
+    print(f"chaos soak seed {seed}", flush=True)
+
+    def stop(signum, _frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        text, violations = run(seed, args.minutes, args.drain,
+                               3600.0 if args.calm_tokens else REFRESH_MARGIN + args.token_seconds,
+                               token_chaos=not args.calm_tokens, keep=args.keep)
+    except KeyboardInterrupt:
+        print(f"interrupted (seed {seed})", flush=True)
+        return 2
+    print(text, flush=True)
+    return 1 if violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The fakes' knobs for the chaos soak: agents' actions in Chatwoot, random faults, mark-read hook."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from tests.fakes import start_fakes
+
+
+@pytest.fixture
+def fk():
+    running = start_fakes()
+    yield running
+    running.stop()
+
+
+def buyer_conversation(state, inbox: int, buyer: int) -> tuple[int, int]:
+    contact, _link = state.create_contact({"name": f"C{buyer}", "identifier": f"meli:buyer:{buyer}",
+                                           "inbox_id": inbox, "source_id": f"meli:buyer:{buyer}"})
+    conv, _deliveries = state.create_conversation({"inbox_id": inbox, "contact_id": contact["id"],
+                                                   "source_id": f"meli:buyer:{buyer}"})
+    return contact["id"], conv["id"]
+
+
+def test_deleting_a_contact_deletes_its_conversations_and_messages(fk):
+    state = fk.chatwoot.state
+    inbox = state.add_inbox("Vendas")
+    contact, conv = buyer_conversation(state, inbox, 1)
+    _other, kept = buyer_conversation(state, inbox, 2)
+    message = state.contact_message(conv, "Oi")
+    state.delete_contact(contact)
+    assert contact not in state.contacts and set(state.conversations) == {kept}
+    assert message["id"] not in state.messages and state.deleted_messages[message["id"]]["deleted_at"] > 0
+    assert all(link["contact_id"] != contact for link in state.contact_inboxes)
+    gone = requests.post(f"{fk.chatwoot.url}/api/v1/accounts/1/conversations/{conv}/messages",
+                         headers={"api_access_token": state.api_token}, json={"content": "x"}, timeout=5)
+    assert gone.status_code == 404
+
+
+def test_merging_moves_conversations_and_inboxes_to_the_base_and_deletes_the_mergee(fk):
+    state = fk.chatwoot.state
+    inbox = state.add_inbox("Vendas")
+    base, base_conv = buyer_conversation(state, inbox, 1)
+    mergee, mergee_conv = buyer_conversation(state, inbox, 2)
+    state.merge_contacts(base, mergee)
+    assert mergee not in state.contacts
+    assert {state.conversations[c]["contact_id"] for c in (base_conv, mergee_conv)} == {base}
+    assert {link["source_id"] for link in state.contact_inboxes if link["contact_id"] == base} == \
+        {"meli:buyer:1", "meli:buyer:2"}
+    assert state.filter_contacts([{"attribute_key": "identifier", "filter_operator": "equal_to",
+                                   "values": ["meli:buyer:2"]}]) == []
+
+
+def test_resolving_and_deleting_a_conversation(fk):
+    state = fk.chatwoot.state
+    inbox = state.add_inbox("Perguntas")
+    _contact, conv = buyer_conversation(state, inbox, 1)
+    state.resolve_conversation(conv)
+    assert state.conversations[conv]["status"] == "resolved"
+    state.delete_conversation(conv)
+    assert conv not in state.conversations
+
+
+def test_chaos_answers_the_drawn_status_and_counts_it(fk):
+    meli = fk.meli.state
+    meli.chaos([{"prefix": "/users/", "p": 1.0, "status": 429, "retry_after": 3}], seed=1)
+    token = meli.seed_tokens()[0]
+    resp = requests.get(f"{fk.meli.url}/users/{meli.seller_id}", headers={"Authorization": f"Bearer {token}"},
+                        timeout=5)
+    assert resp.status_code == 429 and resp.headers["Retry-After"] == "3"
+    assert meli.chaos_counts[("status 429", "/users/")] == 1
+    meli.chaos([])
+    assert requests.get(f"{fk.meli.url}/users/{meli.seller_id}", headers={"Authorization": f"Bearer {token}"},
+                        timeout=5).status_code == 200
+
+
+def test_a_late_answer_still_applies_the_request(fk):
+    meli = fk.meli.state
+    meli.add_item("MLB1", "Caneca")
+    question = meli.add_question(item_id="MLB1", buyer_id=7001, text="Tem?")
+    meli.chaos([{"prefix": "/answers", "p": 1.0, "late": 0.5}], seed=1)
+    with pytest.raises(requests.Timeout):
+        requests.post(f"{fk.meli.url}/answers", json={"question_id": question["id"], "text": "Tem sim"},
+                      headers={"Authorization": f"Bearer {meli.seed_tokens()[0]}"}, timeout=0.2)
+    assert meli.answers_posted == [(question["id"], "Tem sim")]
+
+
+def test_mark_read_hook_is_called_with_the_ids_marked(fk):
+    meli = fk.meli.state
+    meli.add_order(2000001, 7001, "COMPRADOR", items=[("MLB1", "Caneca", 1, 25.0)])
+    message = meli.add_buyer_message("2000001", "Oi")
+    seen = []
+    meli.on_mark_read = lambda key, ids: seen.append((key, ids))
+    requests.get(f"{fk.meli.url}/messages/packs/2000001/sellers/{meli.seller_id}", params={"tag": "post_sale"},
+                 headers={"Authorization": f"Bearer {meli.seed_tokens()[0]}"}, timeout=5)
+    assert seen == [("2000001", [message["id"]])]
+
+
+def test_fail_next_after_lets_the_first_requests_through(fk):
+    meli = fk.meli.state
+    meli.fail_next("GET", "/users/", 403, after=1)
+    token = meli.seed_tokens()[0]
+
+    def get():
+        return requests.get(f"{fk.meli.url}/users/{meli.seller_id}", headers={"Authorization": f"Bearer {token}"},
+                            timeout=5).status_code
+
+    assert [get(), get(), get()] == [200, 403, 200]
