@@ -90,9 +90,9 @@ def test_a_waiting_listener_names_what_is_missing_and_refuses_webhooks(tmp_path)
 
 
 def test_a_waiting_listener_still_records_notifications_and_authorizes(tmp_path):
-    client = _waiting_app(tmp_path, CHATWOOT_MESSAGES_INBOX_ID=None)
+    client = _waiting_app(tmp_path, CHATWOOT_MESSAGES_INBOX_ID=None, MELI_USER_ID="555000111")
     note = client.post("/notifications", json={"topic": "questions", "resource": "/questions/1",
-                                               "application_id": 123456, "_id": "n1"})
+                                               "application_id": 123456, "user_id": 555000111, "_id": "n1"})
     assert note.status_code == 200 and note.get_json()["status"] == "recorded"
     # The callback is served (a missing state is the caller's fault, not the configuration's).
     assert client.get("/oauth/callback?code=TG-1").status_code == 400
