@@ -50,7 +50,10 @@ own replies not mirrored back — a message the bridge sent is not copied back i
 Chatwoot as if the seller had written it on Mercado Livre.
 
 marked read only when in Chatwoot — at the moment Mercado Livre marks buyer messages
-read, Chatwoot already holds (or held: the agent may have deleted it since) every one.
+read, Chatwoot already holds (or held: the agent may have deleted it since) every one the
+bridge could have read before. A message written a moment before the marking read is shown
+by that same read (no API call marks without reading): it is counted as "revealed by the
+mark-read" and must reach Chatwoot like every other buyer message.
 
 authorization kept — Mercado Livre answered no `invalid_grant`; /health never said
 reauthorization required; the database's authorization is `active` at the end.
@@ -156,6 +159,7 @@ class Soak:
         self.touched: dict[str, list[str]] = defaultdict(list)  # "pack:P" / "question:Q" / "buyer:B" -> actions
         self.own_posts: Counter = Counter()  # (route, status) of what the soak POSTed to the listener
         self.mark_read_bad: list[tuple[str, list[str]]] = []
+        self.revealed_by_mark = 0
         self.health_reauth = 0
         self.health_seen: Counter = Counter()
         self._n = 0
@@ -238,12 +242,19 @@ class Soak:
 
     # ---- watching ----------------------------------------------------------------------------------
 
-    def _on_mark_read(self, pack_key: str, ids: list[str]) -> None:
-        """Runs inside the fake Mercado Livre, at the moment of marking: does Chatwoot have them?"""
+    def _on_mark_read(self, pack_key: str, ids: list[str], seen: list[str]) -> None:
+        """Runs inside the fake Mercado Livre, at the moment of marking: does Chatwoot have them?
+
+        Only messages the bridge could have read before (`seen`) count: the read that marks a
+        page is also the one that shows a message written a moment ago, and no API call can
+        mark without reading. Those revealed messages must still reach Chatwoot, which the
+        exactly-once invariant checks at the end.
+        """
         with self.cw.lock:
             held = {m["source_id"] for m in list(self.cw.messages.values()) + list(self.cw.deleted_messages.values())
                     if m.get("source_id")}
-        missing = [i for i in ids if f"meli:message:{i}" not in held]
+        missing = [i for i in seen if f"meli:message:{i}" not in held]
+        self.revealed_by_mark += len([i for i in ids if i not in seen])
         if missing:
             self.mark_read_bad.append((pack_key, missing))
 
@@ -756,7 +767,9 @@ def report(soak: Soak, result: dict) -> tuple[str, int]:
     lines += ["", "agent replies by outcome:"]
     lines += [f"  {n:6d}  {k}" for k, n in sorted(result["replies"].items())]
     lines += [f"  tokens refreshed {soak.meli.refresh_count}, 401 answers {soak.meli.unauthorized_count}, "
-              f"health checks {dict(soak.health_seen)}", "", "invariants (violations):"]
+              f"health checks {dict(soak.health_seen)}",
+              f"  buyer messages revealed by a mark-read (then mirrored from its answer) {soak.revealed_by_mark}",
+              "", "invariants (violations):"]
     total = 0
     for name in INVARIANTS:
         found = result["violations"][name]

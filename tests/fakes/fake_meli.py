@@ -487,6 +487,10 @@ class MeliState(Controls):
             page = thread["messages"][offset:offset + limit]
             if mark:
                 self._mark_read(thread, page)
+            else:
+                # What the bridge could have seen before marking (the soak tells a message the
+                # bridge saw and did not store from one the marking read itself revealed).
+                thread.setdefault("peeked", set()).update(m["id"] for m in page)
             status = "blocked" if thread["blocked"] else "active"
             return {"paging": {"limit": limit, "offset": offset, "total": len(thread["messages"])},
                     "conversation_status": {"status": status, "substatus": thread["substatus"]},
@@ -500,7 +504,8 @@ class MeliState(Controls):
         if read:
             self.mark_read_events.append((thread["key"], [m["id"] for m in read], time.monotonic()))
             if self.on_mark_read:
-                self.on_mark_read(thread["key"], [m["id"] for m in read])
+                peeked = thread.get("peeked", set())
+                self.on_mark_read(thread["key"], [m["id"] for m in read], [m["id"] for m in read if m["id"] in peeked])
 
     def send_message(self, thread: dict, body: dict) -> Response:
         text = body.get("text") or ""
