@@ -91,10 +91,14 @@ def test_mark_read_hook_is_called_with_the_ids_marked(fk):
     meli.add_order(2000001, 7001, "COMPRADOR", items=[("MLB1", "Caneca", 1, 25.0)])
     message = meli.add_buyer_message("2000001", "Oi")
     seen = []
-    meli.on_mark_read = lambda key, ids: seen.append((key, ids))
-    requests.get(f"{fk.meli.url}/messages/packs/2000001/sellers/{meli.seller_id}", params={"tag": "post_sale"},
-                 headers={"Authorization": f"Bearer {meli.seed_tokens()[0]}"}, timeout=5)
-    assert seen == [("2000001", [message["id"]])]
+    meli.on_mark_read = lambda key, ids, peeked: seen.append((key, ids, peeked))
+    url = f"{fk.meli.url}/messages/packs/2000001/sellers/{meli.seller_id}"
+    headers = {"Authorization": f"Bearer {meli.seed_tokens()[0]}"}
+    requests.get(url, params={"tag": "post_sale", "mark_as_read": "false"}, headers=headers, timeout=5)
+    later = meli.add_buyer_message("2000001", "Ainda aí?")
+    requests.get(url, params={"tag": "post_sale"}, headers=headers, timeout=5)
+    # The second message was never shown before the marking read: it is marked, not "seen".
+    assert seen == [("2000001", [message["id"], later["id"]], [message["id"]])]
 
 
 def test_fail_next_after_lets_the_first_requests_through(fk):
