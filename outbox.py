@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import random
 import re
 import time
@@ -516,7 +517,9 @@ def _upload_files(s: Services, reply: dict, part: dict) -> list[str]:
                                      f"O arquivo {item['name']} não pôde ser enviado: {exc.short()}. "
                                      "Nada foi enviado ao comprador.") from None
             changed = True
-            log.info("attachment uploaded reply=%s file=%s ml_attachment=%s", reply["id"], item["name"],
+            # A file name can name the buyer (RG-joao-silva.pdf): extension and size only.
+            log.info("attachment uploaded reply=%s ext=%s bytes=%d ml_attachment=%s", reply["id"],
+                     os.path.splitext(str(item["name"]))[1].lstrip(".").lower() or "-", len(content),
                      item["meli_id"])
         ids.append(item["meli_id"])
     if changed:
