@@ -1266,8 +1266,11 @@ class Database:
         found = []
         for kind in CONVERSATION_KINDS:
             rows = conn.execute(
+                # By contact only for rows older than the buyer id in `data`: two buyers' contacts
+                # merged in Chatwoot share a contact id.
                 "SELECT external_id FROM links WHERE kind = ? AND (CAST(json_extract(data, '$.buyer_id') AS TEXT) = ?"
-                " OR (? IS NOT NULL AND contact_id = ?)) ORDER BY created_at", (kind, buyer_id, contact_id, contact_id))
+                " OR (? IS NOT NULL AND contact_id = ? AND json_extract(data, '$.buyer_id') IS NULL))"
+                " ORDER BY created_at", (kind, buyer_id, contact_id, contact_id))
             found.extend((kind, r[0]) for r in rows)
         return found
 

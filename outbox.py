@@ -513,7 +513,8 @@ def _upload_files(s: Services, reply: dict, part: dict) -> list[str]:
                 item["meli_id"] = s.meli.upload_attachment(item["name"], content, item["content_type"])
                 crashpoint("attachment_uploaded")
             except PermanentError as exc:
-                raise DeliveryFailed(f"anexo {item['name']} recusado",
+                # The reason is logged and kept: the file's name goes only in the note.
+                raise DeliveryFailed("anexo recusado pelo Mercado Livre",
                                      f"O arquivo {item['name']} não pôde ser enviado: {exc.short()}. "
                                      "Nada foi enviado ao comprador.") from None
             changed = True

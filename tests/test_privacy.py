@@ -206,3 +206,71 @@ def test_the_data_inventory_names_every_table_and_column_of_the_schema(tmp_path)
     assert not missing, f"docs/privacidade.md does not name: {missing}"
     for path in ("README.md", "docs/guia.md"):
         assert "privacidade.md" in (ROOT / path).read_text(), path
+
+
+# ---- the database alone -------------------------------------------------------------------------------
+
+DAY = 86400.0
+
+
+def sale_rows(db, pack, buyer, contact, at, messages=("m1",)):
+    db.link_created("buyer", buyer, at, contact_id=contact, data={"inboxes": [2]})
+    db.link_created("pack", pack, at, contact_id=contact, conversation_id=int(pack) % 1000,
+                    data={"buyer_id": int(buyer), "order_ids": [pack]})
+    for mid in messages:
+        db.link_created("message", mid, at, conversation_id=1, message_id=1, data={"pack_id": pack})
+
+
+def test_forgetting_a_buyer_leaves_another_buyer_sharing_a_merged_contact_alone(db):
+    sale_rows(db, "501", "11", 40, 1.0, messages=("a1",))
+    sale_rows(db, "502", "22", 40, 1.0, messages=("b1",))  # contacts merged in Chatwoot: same id
+    removed = db.forget_buyer("11", 2.0)
+    assert removed["packs"] == 1
+    assert db.link("pack", "501") is None and db.link("message", "a1") is None
+    assert db.link("pack", "502")["status"] == "created" and db.link("message", "b1") is not None
+    assert db.watermark("pack", "501")["closed_at"] == 2.0
+
+
+def test_retention_leaves_a_sale_with_a_reply_in_the_outbox_or_a_mark_read_in_flight(db):
+    sale_rows(db, "601", "31", 41, 1.0, messages=("c1",))
+    sale_rows(db, "602", "32", 42, 1.0, messages=("d1",))
+    sale_rows(db, "603", "33", 43, 1.0, messages=("e1",))
+    db.reply_accept(chatwoot_message_id=7, conversation_id=601, kind="message", target_id="601",
+                    parts=[{"text": "ainda na fila"}], now=1.0)
+    db.thread_marking("602", 1.0)
+    counts = db.retention_prune(now=100 * DAY, days=90)
+    assert db.link("pack", "601") and db.link("pack", "602") and db.link("buyer", "31")
+    assert db.link("pack", "603") is None and db.link("buyer", "33") is None and db.link("message", "e1") is None
+    assert counts["links"] == 3
+    # A question still open is in progress whatever its age; a closed one goes.
+    db.link_created("question", "701", 1.0, contact_id=44, conversation_id=9, data={"state": "open", "buyer_id": 34})
+    db.link_created("question", "702", 1.0, contact_id=44, conversation_id=9,
+                    data={"state": "closed", "buyer_id": 34})
+    db.link_created("answer", "702", 1.0, conversation_id=9, message_id=3)
+    db.retention_prune(now=100 * DAY, days=90)
+    assert db.link("question", "701") and db.link("question", "702") is None and db.link("answer", "702") is None
+    assert db.watermarks_closed("question") == {"702"}
+
+
+def test_a_thread_watermark_freezes_once_its_rows_are_gone(db):
+    db.watermark_thread("801", "x1", 1000.0, now=1.0)
+    db.watermark_thread("801", "x2", 2000.0, now=2.0)
+    sale_rows(db, "801", "41", 45, 1.0)
+    db.forget_buyer("41", 3.0)
+    db.watermark_thread("801", "x3", 3000.0, now=4.0)
+    mark = db.watermark("pack", "801")
+    assert (mark["last_message_id"], mark["last_message_at"], mark["closed_at"]) == ("x2", 2000.0, 3.0)
+
+
+def test_a_closed_watermark_covers_messages_up_to_its_date_and_never_one_without_a_date():
+    import sync_messages
+
+    def msg(mid, created):
+        return {"id": mid, "message_date": {"created": created}}
+    messages = [msg("old", "2026-01-01T10:00:00.000-03:00"), msg("edge", "2026-01-01T13:00:00.000Z"),
+                msg("new", "2026-01-01T13:00:01.000Z"), msg("undated", None)]
+    mark = {"last_message_id": "edge", "last_message_at": sync_messages.parse_date("2026-01-01T13:00:00.000Z"),
+            "closed_at": 5.0}
+    assert sync_messages.covered_by_watermark(messages, mark) == {"old", "edge"}
+    assert sync_messages.covered_by_watermark(messages, dict(mark, closed_at=None)) == set()
+    assert sync_messages.last_handled(messages[:3]) == ("new", sync_messages.parse_date("2026-01-01T13:00:01Z"))
