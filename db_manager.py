@@ -79,6 +79,7 @@ from typing import Any, Iterator
 log = logging.getLogger("bridge.db")
 
 BUSY_TIMEOUT_MS = 15000
+CHECKPOINT_WAIT_MS = 1000
 
 
 # Read once: the crash windows' test hook costs one comparison when unset.
@@ -1334,7 +1335,15 @@ class Database:
         still holds the pages as they were until a TRUNCATE checkpoint. `busy` = 1 when a
         reader kept it from finishing; the next housekeeping tries again.
         """
-        busy, wal_pages, moved = self.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        conn = self.conn()
+        # TRUNCATE holds the writer lock while it waits for readers: wait briefly, not the
+        # full busy timeout, or a webhook's commit would wait behind it.
+        conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+        try:
+            with self._write_lock:
+                busy, wal_pages, moved = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         return {"busy": busy, "wal_pages": wal_pages, "checkpointed": moved}
 
     # ---- housekeeping -------------------------------------------------------------------------
