@@ -81,6 +81,13 @@ def housekeeping(s: Services) -> dict:
     return counts
 
 
+def _confirmed(question: str) -> bool:
+    try:
+        return input(question).strip().lower() in ("yes", "sim", "s", "y")
+    except EOFError:  # no terminal (a script, CI): not a yes
+        return False
+
+
 def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) -> int:
     """LGPD erasure of one buyer: Chatwoot first (the local rows say what to delete there), then here."""
     s = open_services(settings)
@@ -110,8 +117,8 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
         else:
             print(f"Chatwoot: contacts {sorted(contacts)} and conversations {sorted(conversations)} of buyer "
                   f"{buyer_id} will be deleted, with all their messages. This cannot be undone.")
-            if not yes and input("Type yes to delete them: ").strip().lower() not in ("yes", "sim", "s", "y"):
-                print("nothing was deleted")
+            if not yes and not _confirmed("Type yes to delete them: "):
+                print("nothing was deleted (use --yes when no one can answer)")
                 return 1
             for label, ids, delete in (("conversation", conversations, s.chatwoot.delete_conversation),
                                        ("contact", contacts, s.chatwoot.delete_contact)):

@@ -274,3 +274,16 @@ def test_a_closed_watermark_covers_messages_up_to_its_date_and_never_one_without
     assert sync_messages.covered_by_watermark(messages, mark) == {"old", "edge"}
     assert sync_messages.covered_by_watermark(messages, dict(mark, closed_at=None)) == set()
     assert sync_messages.last_handled(messages[:3]) == ("new", sync_messages.parse_date("2026-01-01T13:00:01Z"))
+
+
+def test_forget_buyer_in_chatwoot_without_a_yes_deletes_nothing_anywhere(bridge):
+    pack = two_buyers(bridge)
+    assert bridge.once().returncode == 0
+    import subprocess
+    import sys
+    # No terminal to answer: no confirmation.
+    result = subprocess.run([sys.executable, "main.py", "forget-buyer", str(BUYER), "--chatwoot"], cwd=ROOT,
+                            env=bridge.env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "nothing was deleted" in result.stdout and "Traceback" not in result.stderr
+    assert conversations(bridge, bridge.fakes.messages_inbox)
+    assert services(bridge).db.link("pack", pack)["status"] == "created"
