@@ -157,18 +157,19 @@ def test_the_logs_of_a_full_run_name_no_buyer_text_nickname_or_file(bridge):
     wait_until(lambda: conversations(bridge, bridge.fakes.messages_inbox)
                and len(conversations(bridge, bridge.fakes.questions_inbox)) == 2, 30, what="both flows")
     sale = conversations(bridge, bridge.fakes.messages_inbox)[0]
-    reply = chatwoot.agent_reply(sale["id"], "resposta-do-agente-qx",
-                                 attachments=[("NF-zequinha-qx.pdf", PDF, "application/pdf")])
-    wait_until(lambda: chatwoot.messages[reply["id"]].get("status") in ("sent", "delivered"), 30,
-               what="the reply delivered")
-    question = conversations(bridge, bridge.fakes.questions_inbox)[0]
-    answer = chatwoot.agent_reply(question["id"], "resposta-da-pergunta-qx")
-    wait_until(lambda: chatwoot.messages[answer["id"]].get("status") in ("sent", "delivered"), 30,
-               what="the answer delivered")
+    chatwoot.agent_reply(sale["id"], "resposta-do-agente-qx",
+                         attachments=[("NF-zequinha-qx.pdf", PDF, "application/pdf")])
+    question = next(c for c in conversations(bridge, bridge.fakes.questions_inbox)
+                    if contents(bridge, c)[0].startswith("pergunta-secreta-qx"))
+    chatwoot.agent_reply(question["id"], "resposta-da-pergunta-qx")
+    db = services(bridge).db
+    wait_until(lambda: db.one("SELECT COUNT(*) AS n FROM replies WHERE status = 'delivered'"
+                              " AND reported_at IS NOT NULL")["n"] == 2, 30, what="both replies delivered")
     assert bridge.cli("forget-buyer", str(BUYER), "--chatwoot", "--yes").returncode == 0
     bridge.close()
     text = "\n".join(p.read_text(errors="replace") for p in LOG_DIR.glob(f"{bridge.tmp.name}-*.log"))
-    assert "message in chatwoot" in text  # the flows did run and log
+    # The flows did run and log, files included.
+    assert "message in chatwoot" in text and "attachment uploaded" in text and "reply delivered" in text
     for personal in (NICK, OTHER_NICK, "pergunta-secreta-qx", "pergunta-da-outra-kw", "mensagem-secreta-qx",
                      "RG-zequinha-qx", "resposta-do-agente-qx", "NF-zequinha-qx", "resposta-da-pergunta-qx"):
         assert personal not in text, personal
