@@ -1158,7 +1158,7 @@ class Database:
                 " VALUES ('pack', ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
                 " last_message_id = excluded.last_message_id, last_message_at = excluded.last_message_at,"
                 " updated_at = excluded.updated_at WHERE closed_at IS NULL"
-                " AND COALESCE(last_message_at, 0) <= excluded.last_message_at",
+                " AND COALESCE(last_message_at, 0) < excluded.last_message_at",
                 (str(pack_id), last_message_id, last_message_at, now))
 
     def watermarks_closed(self, kind: str) -> set[str]:

@@ -149,7 +149,7 @@ def test_retention_deletes_finished_rows_from_the_file_keeps_work_in_progress_an
     assert contents(bridge, newest) == ["depois-da-retencao-qx"]
 
 
-def test_the_logs_of_a_full_run_name_no_buyer_text_nickname_or_file(bridge):
+def test_the_logs_and_health_of_a_full_run_name_no_buyer_text_nickname_or_file(bridge):
     chatwoot = bridge.fakes.chatwoot.state
     two_buyers(bridge)
     bridge.listener()
@@ -165,6 +165,8 @@ def test_the_logs_of_a_full_run_name_no_buyer_text_nickname_or_file(bridge):
     db = services(bridge).db
     wait_until(lambda: db.one("SELECT COUNT(*) AS n FROM replies WHERE status = 'delivered'"
                               " AND reported_at IS NOT NULL")["n"] == 2, 30, what="both replies delivered")
+    health = bridge.health().text
+    assert NICK not in health and str(BUYER) not in health and "qx" not in health  # counts and states only
     assert bridge.cli("forget-buyer", str(BUYER), "--chatwoot", "--yes").returncode == 0
     bridge.close()
     text = "\n".join(p.read_text(errors="replace") for p in LOG_DIR.glob(f"{bridge.tmp.name}-*.log"))
