@@ -80,6 +80,7 @@ log = logging.getLogger("bridge.db")
 
 BUSY_TIMEOUT_MS = 15000
 CHECKPOINT_WAIT_MS = 1000
+RETENTION_BATCH = 20  # conversations erased per write: few fsyncs, yet a short wait for the listener
 
 
 # Read once: the crash windows' test hook costs one comparison when unset.
@@ -260,19 +261,29 @@ MIGRATIONS: list[tuple[str, str]] = [
             updated_at REAL NOT NULL,
             PRIMARY KEY (kind, external_id)
         );
+        -- Retention and erasure find a buyer's rows, and a sale's messages, without a full scan.
+        CREATE INDEX links_by_buyer ON links (kind, CAST(json_extract(data, '$.buyer_id') AS TEXT));
+        CREATE INDEX links_by_contact ON links (contact_id);
+        CREATE INDEX links_message_by_pack ON links (json_extract(data, '$.pack_id')) WHERE kind = 'message';
     """),
 ]
 
 # How retention and erasure find each kind of conversation the bridge mirrors: where its
 # buyer id is kept, and which rows hang off it. A new kind (claims) adds one entry here.
-#   finished: SQL over `links` (aliased l) true once nothing more can happen to it locally
+#   finished: SQL over its `links` row, true once nothing more can happen to it locally
+#     (a sale has no end of its own: only the lack of any sign of life within the window)
 #   children: link kinds whose external id equals this one's (one answer per question)
-#   messages: link kinds whose data.<kind>_id names this one (one row per mirrored message)
+#   messages: link kinds whose data.<kind>_id names this one (one row per mirrored message;
+#     give each an index like links_message_by_pack)
 #   reply_kind: the outbox `replies.kind` that targets it
+#   thread: its activity is also in `threads` (post-sale)
+# Every conversation row carries the buyer id in data.buyer_id (rows written before it did
+# are found by the buyer's contact id).
 CONVERSATION_KINDS: dict[str, dict] = {
-    "question": {"finished": "json_extract(l.data, '$.state') IN ('closed', 'removed')",
-                 "children": ("answer",), "messages": (), "reply_kind": "answer"},
-    "pack": {"finished": "1 = 1", "children": (), "messages": ("message",), "reply_kind": "message"},
+    "question": {"finished": "json_extract(data, '$.state') IN ('closed', 'removed')",
+                 "children": ("answer",), "messages": (), "reply_kind": "answer", "thread": False},
+    "pack": {"finished": "1 = 1", "children": (), "messages": ("message",), "reply_kind": "message",
+             "thread": True},
 }
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -1174,46 +1185,72 @@ class Database:
         What stays is a closed watermark per question or sale (ids and a date), so their old
         history is never imported again. Nothing in progress is touched: an unanswered or
         watched question, a sale with a reply in the outbox, a mark-read in flight, or any
-        sign of life (message, reply, thread activity) inside the window.
+        sign of life (message, reply, thread activity) inside the window. A few conversations
+        per write: the listener's commits never wait behind a whole pruning run.
         """
         cutoff = now - days * 86400
         counts: dict[str, int] = {}
-        with self.write() as conn:
-            for kind, spec in CONVERSATION_KINDS.items():
-                ids = [r[0] for r in conn.execute(
-                    f"SELECT l.external_id FROM links l WHERE l.kind = ? AND l.status = 'created'"
-                    f" AND l.updated_at < ? AND {spec['finished']}"
-                    " AND NOT EXISTS (SELECT 1 FROM replies r WHERE r.kind = ? AND r.target_id = l.external_id"
-                    "  AND (r.status IN ('pending', 'sending') OR r.created_at >= ? OR r.reported_at IS NULL))"
-                    " AND NOT EXISTS (SELECT 1 FROM links c WHERE c.updated_at >= ? AND"
-                    f"  ((c.kind IN ({_marks(spec['children'])}) AND c.external_id = l.external_id)"
-                    f"   OR (c.kind IN ({_marks(spec['messages'])})"
-                    f"       AND json_extract(c.data, '$.{kind}_id') = l.external_id)))"
-                    " AND (? != 'pack' OR NOT EXISTS (SELECT 1 FROM threads t WHERE t.pack_id = l.external_id"
-                    "  AND (t.active_at >= ? OR t.marking_since IS NOT NULL)))",
-                    (kind, cutoff, spec["reply_kind"], cutoff, cutoff, *spec["children"], *spec["messages"],
-                     kind, cutoff))]
-                for external_id in ids:
-                    _add_counts(counts, self._erase_conversation(conn, kind, external_id, now))
-            # Buyers none of whose questions or sales remain.
-            for row in conn.execute("SELECT external_id, contact_id FROM links WHERE kind = 'buyer'"
-                                    " AND updated_at < ?", (cutoff,)).fetchall():
-                if not self._buyer_conversations(conn, row[0], row[1]):
-                    _add_counts(counts, self._erase_buyer_rows(conn, row[0]))
+        conn = self.conn()
+        for kind, spec in CONVERSATION_KINDS.items():
+            due = [r[0] for r in conn.execute(
+                f"SELECT external_id FROM links WHERE kind = ? AND status = 'created' AND updated_at < ?"
+                f" AND {spec['finished']}", (kind, cutoff)) if self._retention_due(conn, kind, r[0], cutoff)]
+            for start in range(0, len(due), RETENTION_BATCH):
+                with self.write() as wconn:
+                    for external_id in due[start:start + RETENTION_BATCH]:
+                        # Re-checked under the write lock: a message may have arrived meanwhile.
+                        if self._retention_due(wconn, kind, external_id, cutoff):
+                            _add_counts(counts, self._erase_conversation(wconn, kind, external_id, now))
+        # Buyers none of whose questions or sales remain.
+        buyers = [tuple(r) for r in conn.execute("SELECT external_id, contact_id FROM links WHERE kind = 'buyer'"
+                                                 " AND updated_at < ?", (cutoff,))
+                  if not self._buyer_conversations(conn, r[0], r[1])]
+        for start in range(0, len(buyers), RETENTION_BATCH):
+            with self.write() as wconn:
+                for buyer_id, contact_id in buyers[start:start + RETENTION_BATCH]:
+                    if not self._buyer_conversations(wconn, buyer_id, contact_id):
+                        _add_counts(counts, self._erase_buyer_rows(wconn, buyer_id))
+        with self.write() as wconn:
             # Rows whose conversation is already gone (kept by older versions, or half-created).
-            orphans = conn.execute(
-                "DELETE FROM links WHERE kind IN ('message', 'moderation_check', 'answer')"
-                " AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p WHERE (links.kind = 'message'"
-                " AND p.kind = 'pack' AND p.external_id = json_extract(links.data, '$.pack_id'))"
-                " OR (links.kind = 'answer' AND p.kind = 'question' AND p.external_id = links.external_id))",
-                (cutoff,)).rowcount
-            if orphans:
-                counts["links"] = counts.get("links", 0) + orphans
+            orphans = wconn.execute(
+                "DELETE FROM links WHERE kind = 'message' AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p"
+                " WHERE p.kind = 'pack' AND p.external_id = json_extract(links.data, '$.pack_id'))", (cutoff,)).rowcount
+            orphans += wconn.execute(
+                "DELETE FROM links WHERE kind = 'answer' AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p"
+                " WHERE p.kind = 'question' AND p.external_id = links.external_id)", (cutoff,)).rowcount
+            orphans += wconn.execute("DELETE FROM links WHERE kind = 'moderation_check' AND updated_at < ?",
+                                     (cutoff,)).rowcount
+            _add_counts(counts, {"links": orphans})
             # Final replies keep no text, whatever path finished them (LGPD).
-            conn.execute("UPDATE reply_parts SET text = NULL, attachments = NULL WHERE (text IS NOT NULL OR"
-                         " attachments IS NOT NULL) AND reply_id IN (SELECT id FROM replies WHERE status IN"
-                         " ('delivered', 'failed'))")
+            wconn.execute("UPDATE reply_parts SET text = NULL, attachments = NULL WHERE (text IS NOT NULL OR"
+                          " attachments IS NOT NULL) AND reply_id IN (SELECT id FROM replies WHERE status IN"
+                          " ('delivered', 'failed'))")
         return counts
+
+    @staticmethod
+    def _retention_due(conn: sqlite3.Connection, kind: str, external_id: str, cutoff: float) -> bool:
+        """Finished and quiet since `cutoff`: no reply in the outbox or unreported, no recent reply,
+        answer, message or thread activity, no mark-read in flight."""
+        spec = CONVERSATION_KINDS[kind]
+        if not conn.execute(f"SELECT 1 FROM links WHERE kind = ? AND external_id = ? AND status = 'created'"
+                            f" AND updated_at < ? AND {spec['finished']}", (kind, external_id, cutoff)).fetchone():
+            return False
+        if conn.execute("SELECT 1 FROM replies WHERE kind = ? AND target_id = ? AND (status IN ('pending', 'sending')"
+                        " OR created_at >= ? OR reported_at IS NULL) LIMIT 1",
+                        (spec["reply_kind"], external_id, cutoff)).fetchone():
+            return False
+        for child in spec["children"]:
+            if conn.execute("SELECT 1 FROM links WHERE kind = ? AND external_id = ? AND updated_at >= ?",
+                            (child, external_id, cutoff)).fetchone():
+                return False
+        for message_kind in spec["messages"]:
+            if conn.execute(f"SELECT 1 FROM links WHERE kind = '{message_kind}'"
+                            f" AND json_extract(data, '$.{kind}_id') = ? AND updated_at >= ? LIMIT 1",
+                            (external_id, cutoff)).fetchone():
+                return False
+        return not (spec["thread"] and conn.execute(
+            "SELECT 1 FROM threads WHERE pack_id = ? AND (active_at >= ? OR marking_since IS NOT NULL)",
+            (external_id, cutoff)).fetchone())
 
     def forget_buyer(self, buyer_id: str, now: float) -> dict:
         """Erase every row about one buyer (LGPD erasure); returns what was removed, by table.
@@ -1267,12 +1304,16 @@ class Database:
         found = []
         for kind in CONVERSATION_KINDS:
             rows = conn.execute(
+                "SELECT external_id FROM links WHERE kind = ? AND CAST(json_extract(data, '$.buyer_id') AS TEXT) = ?"
+                " ORDER BY created_at", (kind, buyer_id))
+            found.extend((kind, r[0]) for r in rows)
+            if contact_id is not None:
                 # By contact only for rows older than the buyer id in `data`: two buyers' contacts
                 # merged in Chatwoot share a contact id.
-                "SELECT external_id FROM links WHERE kind = ? AND (CAST(json_extract(data, '$.buyer_id') AS TEXT) = ?"
-                " OR (? IS NOT NULL AND contact_id = ? AND json_extract(data, '$.buyer_id') IS NULL))"
-                " ORDER BY created_at", (kind, buyer_id, contact_id, contact_id))
-            found.extend((kind, r[0]) for r in rows)
+                rows = conn.execute("SELECT external_id FROM links WHERE contact_id = ? AND kind = ?"
+                                    " AND json_extract(data, '$.buyer_id') IS NULL ORDER BY created_at",
+                                    (contact_id, kind))
+                found.extend((kind, r[0]) for r in rows)
         return found
 
     @staticmethod
@@ -1287,9 +1328,10 @@ class Database:
         spec = CONVERSATION_KINDS[kind]
         link = _link_row(_row(conn.execute("SELECT * FROM links WHERE kind = ? AND external_id = ?",
                                            (kind, external_id)).fetchone())) or {"data": {}}
-        message_ids = [r[0] for r in conn.execute(
-            f"SELECT external_id FROM links WHERE kind IN ({_marks(spec['messages'])})"
-            f" AND json_extract(data, '$.{kind}_id') = ?", (*spec["messages"], external_id))]
+        # Literal kinds: the partial indexes on each message kind apply only then.
+        message_ids = [r[0] for m in spec["messages"] for r in conn.execute(
+            f"SELECT external_id FROM links WHERE kind = '{m}' AND json_extract(data, '$.{kind}_id') = ?",
+            (external_id,))]
         reply_ids = [r[0] for r in conn.execute("SELECT id FROM replies WHERE kind = ? AND target_id = ?",
                                                 (spec["reply_kind"], external_id))]
         remote_ids = [r[0] for r in conn.execute(
@@ -1297,10 +1339,9 @@ class Database:
             reply_ids)]
         # Without a watermark yet (rows older than watermarks): everything mirrored by the
         # last local change counts as handled.
-        last = conn.execute(
-            f"SELECT MAX(updated_at) FROM links WHERE (kind = ? AND external_id = ?) OR (kind IN"
-            f" ({_marks(spec['messages'])}) AND json_extract(data, '$.{kind}_id') = ?)",
-            (kind, external_id, *spec["messages"], external_id)).fetchone()[0] or now
+        last = max([link.get("updated_at") or 0, *(r[0] for m in spec["messages"] for r in conn.execute(
+            f"SELECT MAX(updated_at) FROM links WHERE kind = '{m}' AND json_extract(data, '$.{kind}_id') = ?",
+            (external_id,)) if r[0] is not None)]) or now
         conn.execute("INSERT INTO watermarks (kind, external_id, last_message_at, closed_at, updated_at)"
                      " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
                      " closed_at = COALESCE(closed_at, excluded.closed_at),"
