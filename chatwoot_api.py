@@ -64,7 +64,14 @@ class ChatwootClient(HttpClient):
     def contact_conversations(self, contact_id: int) -> list[dict]:
         return (self._request("GET", f"/contacts/{contact_id}/conversations") or {}).get("payload") or []
 
+    def delete_contact(self, contact_id: int) -> None:
+        """Erasure (`forget-buyer --chatwoot`); raises PermanentError(404) when already gone."""
+        self._request("DELETE", f"/contacts/{contact_id}")
+
     # ---- conversations -----------------------------------------------------------------------
+
+    def delete_conversation(self, conversation_id: int) -> None:
+        self._request("DELETE", f"/conversations/{conversation_id}")
 
     def create_conversation(self, *, source_id: str, inbox_id: int, contact_id: int, custom_attributes: dict,
                             additional_attributes: dict | None = None) -> dict:

@@ -40,6 +40,9 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+MIN_RETENTION_DAYS = 7
+
+
 @dataclass(frozen=True)
 class Settings:
     meli_app_id: int | None
@@ -66,6 +69,7 @@ class Settings:
     meli_get_per_minute: float = 500.0
     meli_post_per_minute: float = 500.0
     chatwoot_per_minute: float = 3000.0
+    retention_days: int = 90
 
     def secrets(self) -> list[str]:
         """Every configured value that must never reach a log line."""
@@ -264,7 +268,12 @@ def _read(env: Mapping[str, str] | None, *, require_webhook_secret: bool = False
         meli_get_per_minute=r.positive_float("MELI_GET_PER_MINUTE", example="500", default=500.0),
         meli_post_per_minute=r.positive_float("MELI_POST_PER_MINUTE", example="500", default=500.0),
         chatwoot_per_minute=r.positive_float("CHATWOOT_PER_MINUTE", example="3000", default=3000.0),
+        retention_days=r.positive_int("RETENTION_DAYS", required=False, example="90", default=90),
     )
+    if values["retention_days"] < MIN_RETENTION_DAYS:
+        # A shorter window could prune a sale the buyer is still writing about.
+        r._problem("RETENTION_DAYS", f"must be at least {MIN_RETENTION_DAYS} days", "90")
+        values["retention_days"] = 90
     q_inbox, m_inbox = values["chatwoot_questions_inbox_id"], values["chatwoot_messages_inbox_id"]
     if q_inbox and q_inbox == m_inbox:
         r._problem("CHATWOOT_MESSAGES_INBOX_ID", "must differ from CHATWOOT_QUESTIONS_INBOX_ID", "4")

@@ -79,6 +79,8 @@ from typing import Any, Iterator
 log = logging.getLogger("bridge.db")
 
 BUSY_TIMEOUT_MS = 15000
+CHECKPOINT_WAIT_MS = 1000
+RETENTION_BATCH = 20  # conversations erased per write: few fsyncs, yet a short wait for the listener
 
 
 # Read once: the crash windows' test hook costs one comparison when unset.
@@ -248,7 +250,41 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE UNIQUE INDEX notifications_pending_once ON notifications (topic, resource)
             WHERE processed_at IS NULL;
     """),
+    ("watermarks: what stays of a pruned or erased question or sale, so its history is not imported again", """
+        -- Ids and Mercado Livre dates only: never a buyer id, name or text (docs/privacidade.md).
+        CREATE TABLE watermarks (
+            kind TEXT NOT NULL,                 -- question | pack
+            external_id TEXT NOT NULL,          -- question id or pack id
+            last_message_id TEXT,               -- newest message of a completely handled thread
+            last_message_at REAL,               -- its Mercado Livre creation date (epoch seconds)
+            closed_at REAL,                     -- rows pruned or erased: nothing up to the mark is imported again
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (kind, external_id)
+        );
+        -- Retention and erasure find a buyer's rows, and a sale's messages, without a full scan.
+        CREATE INDEX links_by_buyer ON links (kind, CAST(json_extract(data, '$.buyer_id') AS TEXT));
+        CREATE INDEX links_by_contact ON links (contact_id);
+        CREATE INDEX links_message_by_pack ON links (json_extract(data, '$.pack_id')) WHERE kind = 'message';
+    """),
 ]
+
+# How retention and erasure find each kind of conversation the bridge mirrors: where its
+# buyer id is kept, and which rows hang off it. A new kind (claims) adds one entry here.
+#   finished: SQL over its `links` row, true once nothing more can happen to it locally
+#     (a sale has no end of its own: only the lack of any sign of life within the window)
+#   children: link kinds whose external id equals this one's (one answer per question)
+#   messages: link kinds whose data.<kind>_id names this one (one row per mirrored message;
+#     give each an index like links_message_by_pack)
+#   reply_kind: the outbox `replies.kind` that targets it
+#   thread: its activity is also in `threads` (post-sale)
+# Every conversation row carries the buyer id in data.buyer_id (rows written before it did
+# are found by the buyer's contact id).
+CONVERSATION_KINDS: dict[str, dict] = {
+    "question": {"finished": "json_extract(data, '$.state') IN ('closed', 'removed')",
+                 "children": ("answer",), "messages": (), "reply_kind": "answer", "thread": False},
+    "pack": {"finished": "1 = 1", "children": (), "messages": ("message",), "reply_kind": "message",
+             "thread": True},
+}
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -319,6 +355,8 @@ class Database:
             if mode.lower() != "wal":
                 raise DatabaseError(f"{self.path}: SQLite refused WAL mode (got {mode})")
             conn.execute("PRAGMA foreign_keys = ON")
+            # Deleted rows (erasure, retention, reply text) are zeroed, not left in free pages.
+            conn.execute("PRAGMA secure_delete = ON")
             # FULL: an acknowledged reply must survive a power cut, not only kill -9.
             conn.execute("PRAGMA synchronous = FULL")
             self._local.conn = conn
@@ -1115,6 +1153,240 @@ class Database:
                          " DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                          (name, json.dumps(value), now))
 
+    # ---- watermarks: what stays of a pruned or erased conversation -----------------------------
+
+    def watermark(self, kind: str, external_id: str | int) -> dict | None:
+        return self.one("SELECT * FROM watermarks WHERE kind = ? AND external_id = ?", (kind, str(external_id)))
+
+    def watermark_thread(self, pack_id: str, last_message_id: str | None, last_message_at: float | None,
+                         now: float) -> None:
+        """A thread was handled up to this message. Frozen once closed: the rows it stands for are gone."""
+        if last_message_at is None:
+            return
+        with self.write() as conn:
+            conn.execute(
+                "INSERT INTO watermarks (kind, external_id, last_message_id, last_message_at, updated_at)"
+                " VALUES ('pack', ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
+                " last_message_id = excluded.last_message_id, last_message_at = excluded.last_message_at,"
+                " updated_at = excluded.updated_at WHERE closed_at IS NULL"
+                " AND COALESCE(last_message_at, 0) < excluded.last_message_at",
+                (str(pack_id), last_message_id, last_message_at, now))
+
+    def watermarks_closed(self, kind: str) -> set[str]:
+        rows = self.conn().execute("SELECT external_id FROM watermarks WHERE kind = ? AND closed_at IS NOT NULL",
+                                   (kind,))
+        return {r[0] for r in rows}
+
+    # ---- retention and erasure ----------------------------------------------------------------
+
+    def retention_prune(self, now: float, days: float) -> dict:
+        """Delete rows about questions and sales finished more than `days` ago (RETENTION_DAYS).
+
+        What stays is a closed watermark per question or sale (ids and a date), so their old
+        history is never imported again. Nothing in progress is touched: an unanswered or
+        watched question, a sale with a reply in the outbox, a mark-read in flight, or any
+        sign of life (message, reply, thread activity) inside the window. A few conversations
+        per write: the listener's commits never wait behind a whole pruning run.
+        """
+        cutoff = now - days * 86400
+        counts: dict[str, int] = {}
+        conn = self.conn()
+        for kind, spec in CONVERSATION_KINDS.items():
+            due = [r[0] for r in conn.execute(
+                f"SELECT external_id FROM links WHERE kind = ? AND status = 'created' AND updated_at < ?"
+                f" AND {spec['finished']}", (kind, cutoff)) if self._retention_due(conn, kind, r[0], cutoff)]
+            for start in range(0, len(due), RETENTION_BATCH):
+                with self.write() as wconn:
+                    for external_id in due[start:start + RETENTION_BATCH]:
+                        # Re-checked under the write lock: a message may have arrived meanwhile.
+                        if self._retention_due(wconn, kind, external_id, cutoff):
+                            _add_counts(counts, self._erase_conversation(wconn, kind, external_id, now))
+        # Buyers none of whose questions or sales remain.
+        buyers = [tuple(r) for r in conn.execute("SELECT external_id, contact_id FROM links WHERE kind = 'buyer'"
+                                                 " AND updated_at < ?", (cutoff,))
+                  if not self._buyer_conversations(conn, r[0], r[1])]
+        for start in range(0, len(buyers), RETENTION_BATCH):
+            with self.write() as wconn:
+                for buyer_id, contact_id in buyers[start:start + RETENTION_BATCH]:
+                    if not self._buyer_conversations(wconn, buyer_id, contact_id):
+                        _add_counts(counts, self._erase_buyer_rows(wconn, buyer_id))
+        with self.write() as wconn:
+            # Rows whose conversation is already gone (kept by older versions, or half-created).
+            orphans = wconn.execute(
+                "DELETE FROM links WHERE kind = 'message' AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p"
+                " WHERE p.kind = 'pack' AND p.external_id = json_extract(links.data, '$.pack_id'))", (cutoff,)).rowcount
+            orphans += wconn.execute(
+                "DELETE FROM links WHERE kind = 'answer' AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p"
+                " WHERE p.kind = 'question' AND p.external_id = links.external_id)", (cutoff,)).rowcount
+            orphans += wconn.execute("DELETE FROM links WHERE kind = 'moderation_check' AND updated_at < ?",
+                                     (cutoff,)).rowcount
+            _add_counts(counts, {"links": orphans})
+            # Final replies keep no text, whatever path finished them (LGPD).
+            wconn.execute("UPDATE reply_parts SET text = NULL, attachments = NULL WHERE (text IS NOT NULL OR"
+                          " attachments IS NOT NULL) AND reply_id IN (SELECT id FROM replies WHERE status IN"
+                          " ('delivered', 'failed'))")
+        return counts
+
+    @staticmethod
+    def _retention_due(conn: sqlite3.Connection, kind: str, external_id: str, cutoff: float) -> bool:
+        """Finished and quiet since `cutoff`: no reply in the outbox or unreported, no recent reply,
+        answer, message or thread activity, no mark-read in flight."""
+        spec = CONVERSATION_KINDS[kind]
+        if not conn.execute(f"SELECT 1 FROM links WHERE kind = ? AND external_id = ? AND status = 'created'"
+                            f" AND updated_at < ? AND {spec['finished']}", (kind, external_id, cutoff)).fetchone():
+            return False
+        if conn.execute("SELECT 1 FROM replies WHERE kind = ? AND target_id = ? AND (status IN ('pending', 'sending')"
+                        " OR created_at >= ? OR reported_at IS NULL) LIMIT 1",
+                        (spec["reply_kind"], external_id, cutoff)).fetchone():
+            return False
+        for child in spec["children"]:
+            if conn.execute("SELECT 1 FROM links WHERE kind = ? AND external_id = ? AND updated_at >= ?",
+                            (child, external_id, cutoff)).fetchone():
+                return False
+        for message_kind in spec["messages"]:
+            if conn.execute(f"SELECT 1 FROM links WHERE kind = '{message_kind}'"
+                            f" AND json_extract(data, '$.{kind}_id') = ? AND updated_at >= ? LIMIT 1",
+                            (external_id, cutoff)).fetchone():
+                return False
+        return not (spec["thread"] and conn.execute(
+            "SELECT 1 FROM threads WHERE pack_id = ? AND (active_at >= ? OR marking_since IS NOT NULL)",
+            (external_id, cutoff)).fetchone())
+
+    def forget_buyer(self, buyer_id: str, now: float) -> dict:
+        """Erase every row about one buyer (LGPD erasure); returns what was removed, by table.
+
+        Their questions and sales keep a closed watermark (ids and a date, no buyer id) so the
+        erased history is not imported again; a new question or message starts fresh.
+        """
+        buyer_id = str(buyer_id)
+        counts: dict[str, int] = {}
+        with self.write() as conn:
+            buyer = conn.execute("SELECT contact_id FROM links WHERE kind = 'buyer' AND external_id = ?",
+                                 (buyer_id,)).fetchone()
+            for kind, external_id in self._buyer_conversations(conn, buyer_id, buyer[0] if buyer else None):
+                _add_counts(counts, self._erase_conversation(conn, kind, external_id, now))
+                counts[f"{kind}s"] = counts.get(f"{kind}s", 0) + 1
+            _add_counts(counts, self._erase_buyer_rows(conn, buyer_id))
+            deleted = _delete_notifications(conn, [buyer_id])
+            if deleted:
+                counts["notifications"] = counts.get("notifications", 0) + deleted
+        return counts
+
+    def buyer_conversations(self, buyer_id: str) -> list[tuple[str, str]]:
+        """(kind, external id) of the questions and sales the bridge keeps for this buyer."""
+        buyer = self.link("buyer", str(buyer_id))
+        return self._buyer_conversations(self.conn(), str(buyer_id), buyer["contact_id"] if buyer else None)
+
+    def buyer_chatwoot_ids(self, buyer_id: str) -> tuple[set[int], set[int]]:
+        """(contact ids, conversation ids) the bridge remembers for this buyer in Chatwoot."""
+        contacts: set[int] = set()
+        conversations: set[int] = set()
+        buyer = self.link("buyer", str(buyer_id))
+        if buyer and buyer["contact_id"]:
+            contacts.add(buyer["contact_id"])
+        for kind, external_id in self.buyer_conversations(buyer_id):
+            link = self.link(kind, external_id)
+            if link["contact_id"]:
+                contacts.add(link["contact_id"])
+            for conversation_id in (link["conversation_id"], link["data"].get("removed_conversation")):
+                if conversation_id:
+                    conversations.add(int(conversation_id))
+        return contacts, conversations
+
+    def buyers_by_nickname(self, nickname: str) -> list[str]:
+        """Buyer ids whose cached nickname is this one (case-insensitive)."""
+        rows = self.all("SELECT key, value FROM cache WHERE kind = 'user'")
+        wanted = nickname.strip().casefold()
+        return sorted(r["key"] for r in rows if str(json.loads(r["value"])).casefold() == wanted)
+
+    @staticmethod
+    def _buyer_conversations(conn: sqlite3.Connection, buyer_id: str, contact_id: int | None) -> list[tuple[str, str]]:
+        found = []
+        for kind in CONVERSATION_KINDS:
+            rows = conn.execute(
+                "SELECT external_id FROM links WHERE kind = ? AND CAST(json_extract(data, '$.buyer_id') AS TEXT) = ?"
+                " ORDER BY created_at", (kind, buyer_id))
+            found.extend((kind, r[0]) for r in rows)
+            if contact_id is not None:
+                # By contact only for rows older than the buyer id in `data`: two buyers' contacts
+                # merged in Chatwoot share a contact id.
+                rows = conn.execute("SELECT external_id FROM links WHERE contact_id = ? AND kind = ?"
+                                    " AND json_extract(data, '$.buyer_id') IS NULL ORDER BY created_at",
+                                    (contact_id, kind))
+                found.extend((kind, r[0]) for r in rows)
+        return found
+
+    @staticmethod
+    def _erase_buyer_rows(conn: sqlite3.Connection, buyer_id: str) -> dict:
+        return {"links": conn.execute("DELETE FROM links WHERE kind = 'buyer' AND external_id = ?",
+                                      (buyer_id,)).rowcount,
+                "cache": conn.execute("DELETE FROM cache WHERE kind = 'user' AND key = ?", (buyer_id,)).rowcount}
+
+    @staticmethod
+    def _erase_conversation(conn: sqlite3.Connection, kind: str, external_id: str, now: float) -> dict:
+        """Delete one question's or sale's rows, leaving its closed watermark (inside a write)."""
+        spec = CONVERSATION_KINDS[kind]
+        link = _link_row(_row(conn.execute("SELECT * FROM links WHERE kind = ? AND external_id = ?",
+                                           (kind, external_id)).fetchone())) or {"data": {}}
+        # Literal kinds: the partial indexes on each message kind apply only then.
+        message_ids = [r[0] for m in spec["messages"] for r in conn.execute(
+            f"SELECT external_id FROM links WHERE kind = '{m}' AND json_extract(data, '$.{kind}_id') = ?",
+            (external_id,))]
+        reply_ids = [r[0] for r in conn.execute("SELECT id FROM replies WHERE kind = ? AND target_id = ?",
+                                                (spec["reply_kind"], external_id))]
+        remote_ids = [r[0] for r in conn.execute(
+            f"SELECT remote_id FROM reply_parts WHERE remote_id IS NOT NULL AND reply_id IN ({_marks(reply_ids)})",
+            reply_ids)]
+        # Without a watermark yet (rows older than watermarks): everything mirrored by the
+        # last local change counts as handled.
+        last = max([link.get("updated_at") or 0, *(r[0] for m in spec["messages"] for r in conn.execute(
+            f"SELECT MAX(updated_at) FROM links WHERE kind = '{m}' AND json_extract(data, '$.{kind}_id') = ?",
+            (external_id,)) if r[0] is not None)]) or now
+        conn.execute("INSERT INTO watermarks (kind, external_id, last_message_at, closed_at, updated_at)"
+                     " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
+                     " closed_at = COALESCE(closed_at, excluded.closed_at),"
+                     " last_message_at = COALESCE(last_message_at, excluded.last_message_at),"
+                     " updated_at = excluded.updated_at", (kind, external_id, last, now, now))
+        counts = {"links": 0}
+        for link_kind, ids in ((kind, [external_id]), *((c, [external_id]) for c in spec["children"]),
+                               *((m, message_ids) for m in spec["messages"]), ("moderation", remote_ids),
+                               ("moderation_check", [str(i) for i in reply_ids])):
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                counts["links"] += conn.execute(f"DELETE FROM links WHERE kind = ? AND external_id IN"
+                                                f" ({_marks(chunk)})", (link_kind, *chunk)).rowcount
+        conn.execute(f"DELETE FROM reply_parts WHERE reply_id IN ({_marks(reply_ids)})", reply_ids)
+        counts["replies"] = conn.execute(f"DELETE FROM replies WHERE id IN ({_marks(reply_ids)})",
+                                         reply_ids).rowcount
+        resources = [external_id, *message_ids, *(str(o) for o in link["data"].get("order_ids") or [])]
+        notification_ids = [r[0] for r in conn.execute(
+            f"SELECT id FROM notifications WHERE {' OR '.join(['resource = ? OR resource LIKE ?'] * len(resources))}",
+            [v for r in resources for v in (r, f"%/{r}")])]
+        counts["notifications"] = _delete_notifications(conn, resources)
+        attempts = [(kind, external_id), *(("reply", str(i)) for i in reply_ids),
+                    *(("notification", n) for n in notification_ids)]
+        counts["item_attempts"] = sum(conn.execute("DELETE FROM item_attempts WHERE kind = ? AND item_id = ?",
+                                                   pair).rowcount for pair in attempts)
+        return counts
+
+    def compact(self) -> dict:
+        """Make deleted rows unreadable from the files: fold the WAL into the database and empty it.
+
+        Deleted content is zeroed in the database pages (secure_delete), but the `-wal` file
+        still holds the pages as they were until a TRUNCATE checkpoint. `busy` = 1 when a
+        reader kept it from finishing; the next housekeeping tries again.
+        """
+        conn = self.conn()
+        # TRUNCATE holds the writer lock while it waits for readers: wait briefly, not the
+        # full busy timeout, or a webhook's commit would wait behind it.
+        conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+        try:
+            with self._write_lock:
+                busy, wal_pages, moved = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return {"busy": busy, "wal_pages": wal_pages, "checkpointed": moved}
+
     # ---- housekeeping -------------------------------------------------------------------------
 
     def prune(self, now: float, keep_days: float = 30.0) -> dict:
@@ -1122,7 +1394,8 @@ class Database:
 
         Reported replies older than `keep_days` can no longer be redelivered by Chatwoot
         (it does not retry), so their dedupe record is useless; links are kept: they are
-        what prevents duplicates in Chatwoot.
+        what prevents duplicates in Chatwoot (retention_prune removes them with their
+        question or sale).
         """
         cutoff = now - keep_days * 86400
         with self.write() as conn:
@@ -1132,10 +1405,34 @@ class Database:
                 "oauth_states": conn.execute("DELETE FROM oauth_states WHERE expires_at < ?",
                                              (now - 86400,)).rowcount,
                 "cache": conn.execute("DELETE FROM cache WHERE fetched_at < ?", (now - 7 * 86400,)).rowcount,
+                # A sale's delivered replies stay while the sale does: their remote ids are
+                # what tells the bridge's own messages in the thread from the seller's others.
                 "replies": conn.execute("DELETE FROM replies WHERE reported_at < ? AND status IN"
-                                        " ('delivered', 'failed')", (cutoff,)).rowcount,
+                                        " ('delivered', 'failed') AND (kind != 'message' OR NOT EXISTS"
+                                        " (SELECT 1 FROM links p WHERE p.kind = 'pack'"
+                                        " AND p.external_id = replies.target_id))", (cutoff,)).rowcount,
             }
         return counts
+
+
+def _marks(values) -> str:
+    """Placeholders for an IN list; NULL for an empty one (IN (NULL) matches nothing)."""
+    return ",".join("?" * len(values)) or "NULL"
+
+
+def _add_counts(total: dict, more: dict) -> None:
+    for key, value in more.items():
+        if value:
+            total[key] = total.get(key, 0) + value
+
+
+def _delete_notifications(conn: sqlite3.Connection, ids: list[str]) -> int:
+    """Notifications whose resource is one of these ids (bare, or as the last path segment)."""
+    deleted = 0
+    for value in ids:
+        deleted += conn.execute("DELETE FROM notifications WHERE resource = ? OR resource LIKE ?",
+                                (value, f"%/{value}")).rowcount
+    return deleted
 
 
 def _statements(sql: str) -> list[str]:

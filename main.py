@@ -10,6 +10,7 @@
     python main.py check [URL]  check the configuration end to end
     python main.py check-config check the variables only (./run.sh, before starting anything)
     python main.py backup FILE  copy the database, consistently, while the bridge runs
+    python main.py forget-buyer BUYER [--chatwoot] [--yes]   erase one buyer (LGPD)
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import setup_chatwoot
 import sync_messages
 import sync_questions
 from config import Settings, load_settings_leniently, settings_or_exit, settings_or_wait
+from contacts import identifier as contacts_identifier
+from contacts import is_gone as contacts_is_gone
 from db_manager import Database, DatabaseError
 from http_client import ApiError
 from logging_setup import setup_logging
@@ -68,9 +71,80 @@ def job_table(settings: Settings) -> list[tuple[str, Callable[[Services], dict],
 
 
 def housekeeping(s: Services) -> dict:
-    counts = s.db.prune(s.clock())
+    now, days = s.clock(), s.settings.retention_days
+    counts = s.db.prune(now, keep_days=min(30.0, days))
+    retention = s.db.retention_prune(now, days)
+    counts.update({f"retention_{k}": v for k, v in sorted(retention.items())})
+    # Deleted rows (and reply texts cleared since the last run) leave the -wal file too.
+    counts["wal_busy"] = s.db.compact()["busy"]
     counts.update(failures.report_pending(s))
     return counts
+
+
+def _confirmed(question: str) -> bool:
+    try:
+        return input(question).strip().lower() in ("yes", "sim", "s", "y")
+    except EOFError:  # no terminal (a script, CI): not a yes
+        return False
+
+
+def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) -> int:
+    """LGPD erasure of one buyer: Chatwoot first (the local rows say what to delete there), then here."""
+    s = open_services(settings)
+    who = who.strip()
+    if who.isdigit():
+        buyer_id = who
+    else:
+        matches = s.db.buyers_by_nickname(who)
+        if len(matches) != 1:
+            reason = "no buyer with that nickname is remembered" if not matches else \
+                f"{len(matches)} buyers have that nickname ({', '.join(matches)})"
+            print(f"{reason}; give the buyer id instead (the number in the Chatwoot contact's identifier "
+                  f"meli:buyer:<id>)", file=sys.stderr)
+            return 1
+        buyer_id = matches[0]
+    if chatwoot:
+        contacts, conversations = s.db.buyer_chatwoot_ids(buyer_id)
+        try:
+            found = s.chatwoot.find_contact(contacts_identifier(buyer_id))
+        except ApiError as exc:
+            print(f"Chatwoot did not answer as expected: {exc.short()}; nothing was deleted", file=sys.stderr)
+            return 1
+        if found:
+            contacts.add(found["id"])
+        if not contacts and not conversations:
+            print(f"Chatwoot: nothing found for buyer {buyer_id}")
+        else:
+            print(f"Chatwoot: contacts {sorted(contacts)} and conversations {sorted(conversations)} of buyer "
+                  f"{buyer_id} will be deleted, with all their messages. This cannot be undone.")
+            if not yes and not _confirmed("Type yes to delete them: "):
+                print("nothing was deleted (use --yes when no one can answer)")
+                return 1
+            for label, ids, delete in (("conversation", conversations, s.chatwoot.delete_conversation),
+                                       ("contact", contacts, s.chatwoot.delete_contact)):
+                for object_id in sorted(ids):
+                    try:
+                        delete(object_id)
+                        print(f"Chatwoot: {label} {object_id} deleted")
+                    except ApiError as exc:
+                        if not contacts_is_gone(exc):
+                            print(f"Chatwoot: {label} {object_id} not deleted: {exc.short()}; nothing was "
+                                  f"removed from the bridge's database, run the command again", file=sys.stderr)
+                            return 1
+                        print(f"Chatwoot: {label} {object_id} was already gone")
+    removed = s.db.forget_buyer(buyer_id, s.clock())
+    compacted = s.db.compact()
+    log.info("buyer forgotten buyer=%s %s", buyer_id, " ".join(f"{k}={v}" for k, v in sorted(removed.items())))
+    if removed:
+        print(f"Removed from the bridge's database for buyer {buyer_id}: "
+              + ", ".join(f"{v} {k}" for k, v in sorted(removed.items())))
+    else:
+        print(f"The bridge's database held nothing about buyer {buyer_id}.")
+    if compacted["busy"]:
+        print("The -wal file could not be emptied now (a process is reading); the poller's housekeeping does it "
+              "within the hour.")
+    print("Its questions and sales will not be imported again; new messages from this buyer start fresh.")
+    return 0
 
 
 def run_job(s: Services, name: str, func: Callable[[Services], dict], *, quiet_when_idle: bool = False) -> bool:
@@ -258,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
                                           "as the poller would)")
     check.add_argument("public_url", nargs="?", help="the bridge's public URL, to check the listener")
     sub.add_parser("check-config", help="check the variables of both processes; exit 2 naming each problem")
+    forget = sub.add_parser("forget-buyer", help="erase everything the bridge keeps about one buyer (LGPD)")
+    forget.add_argument("buyer", help="the buyer's Mercado Livre id, or nickname")
+    forget.add_argument("--chatwoot", action="store_true",
+                        help="also delete the buyer's contact and conversations in Chatwoot (asks first)")
+    forget.add_argument("--yes", action="store_true", help="do not ask for confirmation (scripts)")
     backup = sub.add_parser("backup", help="write a consistent copy of the database to FILE (safe while running)")
     backup.add_argument("file", help="the copy to write, e.g. /app/data/backup-2026-11-20.db")
     args = parser.parse_args(argv)
@@ -291,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_status(settings)
     if args.command == "retry":
         return cmd_retry(settings, args.kind, args.item_id)
+    if args.command == "forget-buyer":
+        return cmd_forget_buyer(settings, args.buyer, args.chatwoot, args.yes)
     s = open_services(settings)
     return run_once(s) if args.once else run_forever(s)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import random
 import re
 import time
@@ -52,11 +53,13 @@ class DeliveryFailed(Exception):
     parts already reached the buyer, the note is rebuilt around it.
     """
 
-    def __init__(self, error: str, note: str, why: str | None = None):
+    def __init__(self, error: str, note: str, why: str | None = None, logged: str | None = None):
         super().__init__(error)
         self.error = error
         self.note = note
         self.why = why or note
+        # What the log says: `error` without personal data (a file's name can name the buyer).
+        self.logged = logged or error
 
 
 @dataclass
@@ -211,6 +214,10 @@ def _plan_file(attachment: dict, settings: Settings):
     return None, {"url": url, "name": name, "content_type": MELI_FILE_TYPES[extension]}
 
 
+def _extension(name) -> str:
+    return os.path.splitext(str(name))[1].lstrip(".").lower()[:10] or "-"
+
+
 def _file_name(attachment: dict) -> str:
     try:
         path = urlsplit(_text_field(attachment, "data_url")).path
@@ -310,7 +317,7 @@ def deliver(s: Services, reply_id: int) -> str | None:
     except DeliveryFailed as exc:
         error, note = partial_failure(s.db.reply_parts(reply_id), exc.error, exc.note, exc.why)
         s.db.reply_failed(reply_id, error, note, s.clock())
-        log.warning("reply failed %s reason=%r after %dms", ids, exc.error, (time.monotonic() - started) * 1000)
+        log.warning("reply failed %s reason=%r after %dms", ids, exc.logged, (time.monotonic() - started) * 1000)
         return "failed"
     except ApiError as exc:
         return _transient(s, reply, exc, ids)
@@ -514,10 +521,12 @@ def _upload_files(s: Services, reply: dict, part: dict) -> list[str]:
             except PermanentError as exc:
                 raise DeliveryFailed(f"anexo {item['name']} recusado",
                                      f"O arquivo {item['name']} não pôde ser enviado: {exc.short()}. "
-                                     "Nada foi enviado ao comprador.") from None
+                                     "Nada foi enviado ao comprador.",
+                                     logged=f"anexo .{_extension(item['name'])} recusado") from None
             changed = True
-            log.info("attachment uploaded reply=%s file=%s ml_attachment=%s", reply["id"], item["name"],
-                     item["meli_id"])
+            # A file name can name the buyer (RG-joao-silva.pdf): extension and size only.
+            log.info("attachment uploaded reply=%s ext=%s bytes=%d ml_attachment=%s", reply["id"],
+                     _extension(item["name"]), len(content), item["meli_id"])
         ids.append(item["meli_id"])
     if changed:
         s.db.part_set_attachments(reply["id"], part["seq"], files)

@@ -106,6 +106,28 @@ def messages_to_mirror(messages: list[dict], seller_id: int, known_ids: set[str]
     return plan
 
 
+def covered_by_watermark(messages: list[dict], mark: dict | None) -> set[str]:
+    """Ids of the messages a closed watermark stands for: handled before their rows were pruned
+    or erased, never imported again. A message without a usable date is not covered."""
+    if not mark or mark.get("closed_at") is None or mark.get("last_message_at") is None:
+        return set()
+    covered = set()
+    for message in messages:
+        created = parse_date((message.get("message_date") or {}).get("created"))
+        if str(message["id"]) == mark.get("last_message_id") or (created is not None
+                                                                  and created <= mark["last_message_at"]):
+            covered.add(str(message["id"]))
+    return covered
+
+
+def last_handled(messages: list[dict]) -> tuple[str | None, float | None]:
+    """(id, Mercado Livre date) of the newest message: the thread's watermark once it is handled."""
+    if not messages:
+        return None, None
+    last = in_order(messages)[-1]
+    return str(last["id"]), parse_date((last.get("message_date") or {}).get("created"))
+
+
 def is_in_doubt(message: dict, seller_id: int, in_doubt: list[str]) -> bool:
     if str((message.get("from") or {}).get("user_id")) != str(seller_id):
         return False
@@ -399,8 +421,12 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     migrated = is_migrated(messages)
     link = s.db.link("pack", pack_id)
     last_id = str(in_order(messages)[-1]["id"]) if messages else None
-    if require_buyer and (not link or link["status"] != "created") \
-            and all(is_from_seller(m, seller_id) for m in messages):
+    # Pruned by retention or erased: what the watermark covers stays out of Chatwoot.
+    covered = covered_by_watermark(messages, s.db.watermark("pack", pack_id))
+    new_messages = [m for m in messages if str(m["id"]) not in covered]
+    if (not link or link["status"] != "created") and (
+            (covered and not new_messages)
+            or (require_buyer and all(is_from_seller(m, seller_id) for m in new_messages))):
         s.db.thread_synced(pack_id, s.clock(), len(messages), last_id, changed=False)
         return 0
     if not link or link["status"] != "created":
@@ -420,7 +446,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     bridge_ids = s.db.bridge_sent_ids(ids)
 
     def known_now() -> set[str]:
-        return {i for i in ids if (s.db.link("message", i) or {}).get("status") == "created"}
+        return covered | {i for i in ids if (s.db.link("message", i) or {}).get("status") == "created"}
 
     known = known_now()
     plan = messages_to_mirror(messages, seller_id, known, bridge_ids, in_doubt)
@@ -463,6 +489,8 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     # A deferred message leaves the count unrecorded: the sweep comes back for it.
     s.db.thread_synced(pack_id, s.clock(), None if deferred else len(messages) + len(late), last_id,
                        changed=bool(plan or late))
+    if not deferred:
+        s.db.watermark_thread(pack_id, *last_handled(messages + late), s.clock())
     if plan or unread:
         log.info("thread synced pack=%s conversation=%s new=%d marked_read=%d late=%d deferred=%s blocked=%s "
                  "migrated=%s in %dms", pack_id, conversation_id, created, len(unread), len(late), deferred,

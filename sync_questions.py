@@ -114,7 +114,9 @@ def sync_questions(s: Services) -> dict:
         unanswered = [q for q in unanswered if q not in shapeless]
     # A question that keeps failing waits for its turn; the others go on meanwhile.
     batch = failures.Batch(s, "question")
-    to_create = questions_to_create(unanswered, s.db.link_ids("question", "created"))
+    # A question pruned or erased (closed watermark) is never imported again.
+    to_create = questions_to_create(unanswered, s.db.link_ids("question", "created")
+                                    | s.db.watermarks_closed("question"))
     new = [q for q in to_create if not batch.waiting(q["id"])]
     counts = {"unanswered": len(unanswered), "created": 0, "changed": 0}
     # A chunk at a time: lookups and creations interleave (both APIs' budgets work at
@@ -198,6 +200,8 @@ def _sync_one_question(s: Services, question_id: str) -> str:
         return "changed" if follow_question(s, link, question) else "unchanged"
     if question.get("status") != "UNANSWERED":
         return "not unanswered"
+    if (s.db.watermark("question", question_id) or {}).get("closed_at") is not None:
+        return "erased or pruned"
     if str(question.get("seller_id")) != str(s.meli.seller_id()):
         return "other seller"
     item = cached_items(s, [str(question["item_id"])]).get(str(question["item_id"]))
@@ -230,7 +234,8 @@ def create_question(s: Services, question: dict, item: dict | None, nickname: st
         create_question(s, question, item, nickname)
         return
     s.db.link_created("question", qid, s.clock(), contact_id=contact_id, conversation_id=conversation_id,
-                      message_id=message["id"], data={"state": "open", "item_id": str(question.get("item_id"))})
+                      message_id=message["id"], data={"state": "open", "item_id": str(question.get("item_id")),
+                                                      "buyer_id": buyer_id})
     log.info("question in chatwoot question=%s buyer=%s item=%s conversation=%s message=%s in %dms%s", qid,
              buyer_id, question.get("item_id"), conversation_id, message["id"],
              (time.monotonic() - started) * 1000, "" if fresh else " (reconciled)")

@@ -1,0 +1,292 @@
+"""LGPD: erasing one buyer, retention that deletes, and logs without personal data.
+
+The checks read the bytes of the database and its -wal file: a row that is gone from the
+tables but still readable in the file is not erased.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import main
+from config import load_settings
+from db_manager import MIGRATIONS
+from tests.e2e import LOG_DIR, ROOT, wait_until
+
+PDF = b"%PDF-1.4\n% documento\n"
+NICK = "ZEQUINHA_ERASE_QX"
+BUYER = 8642097
+OTHER = 7531864
+OTHER_NICK = "OUTRA_PESSOA_KW"
+
+
+def file_bytes(db_path: str) -> bytes:
+    data = b""
+    for suffix in ("", "-wal"):
+        path = Path(db_path + suffix)
+        if path.exists():
+            data += path.read_bytes()
+    return data
+
+
+def services(bridge, clock=None):
+    s = main.open_services(load_settings(bridge.env))
+    if clock is not None:
+        s.clock = clock
+    return s
+
+
+def conversations(bridge, inbox):
+    return [c for c in bridge.fakes.chatwoot.state.conversations.values() if c["inbox_id"] == inbox]
+
+
+def contents(bridge, conv):
+    return [m["content"] for m in bridge.fakes.chatwoot.state.messages_in(conv["id"])]
+
+
+def two_buyers(bridge):
+    """One buyer with a question, a sale with a file and a reply waiting; another with a question."""
+    meli = bridge.fakes.meli.state
+    meli.add_item("MLB900", "Caneca verde")
+    for user, nick in ((BUYER, NICK), (OTHER, OTHER_NICK)):
+        meli.add_user(user, nick)
+    meli.add_question(item_id="MLB900", buyer_id=BUYER, text="pergunta-secreta-qx")
+    meli.add_question(item_id="MLB900", buyer_id=OTHER, text="pergunta-da-outra-kw")
+    meli.add_order(3100001, BUYER, NICK, items=[("MLB900", "Caneca verde", 1, 30.0)])
+    meli.add_buyer_message("3100001", "mensagem-secreta-qx", attachments=[("RG-zequinha-qx.pdf", PDF,
+                                                                          "application/pdf")])
+    return "3100001"
+
+
+def test_forget_buyer_erases_every_row_from_the_file_and_a_new_question_arrives_normally(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    pack = two_buyers(bridge)
+    assert bridge.once().returncode == 0
+    s = services(bridge)
+    assert len(conversations(bridge, bridge.fakes.questions_inbox)) == 2
+    sale = conversations(bridge, bridge.fakes.messages_inbox)[0]
+    # A reply still in the outbox holds its text until delivered: erasure takes it too.
+    s.db.reply_accept(chatwoot_message_id=999001, conversation_id=sale["id"], kind="message", target_id=pack,
+                      parts=[{"text": "resposta-secreta-qx"}], now=s.clock())
+    question_id = next(q["id"] for q in meli.questions.values() if q["from"]["id"] == BUYER)
+    s.db.notification_record("n-qx", "questions", f"/questions/{question_id}", s.clock())
+    before = file_bytes(s.db.path)
+    assert NICK.encode() in before and str(BUYER).encode() in before
+
+    result = bridge.cli("forget-buyer", NICK, "--chatwoot", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "Removed from the bridge's database" in result.stdout and "1 questions" in result.stdout
+    assert "deleted" in result.stdout
+
+    erased = file_bytes(s.db.path)
+    for secret in (str(BUYER), NICK, "resposta-secreta-qx", "mensagem-secreta-qx", "RG-zequinha-qx"):
+        assert secret.encode() not in erased, secret
+    assert str(OTHER).encode() in erased  # the other buyer is intact
+    assert s.db.link("buyer", str(OTHER))["status"] == "created"
+    assert not [c for c in chatwoot.contacts.values() if c["identifier"] == f"meli:buyer:{BUYER}"]
+    assert len(conversations(bridge, bridge.fakes.questions_inbox)) == 1
+    assert not conversations(bridge, bridge.fakes.messages_inbox)
+
+    # The erased question is still unanswered on Mercado Livre and the thread still there:
+    # neither comes back. A new question and a new message start fresh.
+    assert bridge.once().returncode == 0
+    assert len(conversations(bridge, bridge.fakes.questions_inbox)) == 1
+    assert not conversations(bridge, bridge.fakes.messages_inbox)
+    meli.add_question(item_id="MLB900", buyer_id=BUYER, text="pergunta-nova-qx")
+    meli.add_buyer_message(pack, "mensagem-nova-qx")
+    assert bridge.once().returncode == 0
+    questions = conversations(bridge, bridge.fakes.questions_inbox)
+    assert len(questions) == 2 and any(contents(bridge, c)[0].startswith("pergunta-nova-qx") for c in questions)
+    sales = conversations(bridge, bridge.fakes.messages_inbox)
+    assert len(sales) == 1 and contents(bridge, sales[0]) == ["mensagem-nova-qx"]
+
+
+def test_forget_buyer_by_an_unknown_nickname_says_to_use_the_id(bridge):
+    result = bridge.cli("forget-buyer", "NINGUEM_CONHECIDO")
+    assert result.returncode == 1 and "give the buyer id" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_retention_deletes_finished_rows_from_the_file_keeps_work_in_progress_and_never_reimports(bridge):
+    meli = bridge.fakes.meli.state
+    pack = two_buyers(bridge)
+    assert bridge.once().returncode == 0
+    finished = next(q for q in meli.questions.values() if q["from"]["id"] == BUYER)
+    meli.answer_elsewhere(finished["id"], "respondida-no-site-qx")
+    assert bridge.once().returncode == 0
+    s = services(bridge)
+    assert s.db.link("question", finished["id"])["data"]["state"] == "closed"
+
+    day = 86400.0
+    now = s.clock()
+    s.clock = lambda: now + 89 * day
+    main.housekeeping(s)
+    assert s.db.link("pack", pack) is not None  # inside the window: kept
+
+    s.clock = lambda: now + 91 * day
+    counts = main.housekeeping(s)
+    assert counts["retention_links"] >= 4 and counts["wal_busy"] == 0
+    assert s.db.link("question", finished["id"]) is None and s.db.link("pack", pack) is None
+    assert s.db.link("buyer", str(BUYER)) is None
+    erased = file_bytes(s.db.path)
+    for secret in (str(BUYER), NICK):
+        assert secret.encode() not in erased, secret
+    # The other buyer's question is still unanswered: in progress, untouched.
+    assert s.db.link("buyer", str(OTHER))["status"] == "created"
+    assert s.db.watermark("pack", pack)["closed_at"] is not None
+    assert s.db.watermark("question", finished["id"])["closed_at"] is not None
+
+    # The old thread gets a new buyer message: only that message is mirrored.
+    meli.add_buyer_message(pack, "depois-da-retencao-qx")
+    assert bridge.once().returncode == 0
+    sales = [c for c in conversations(bridge, bridge.fakes.messages_inbox)
+             if c["custom_attributes"].get("meli_pack_id") == pack]
+    assert len(sales) == 2
+    newest = max(sales, key=lambda c: c["id"])
+    assert contents(bridge, newest) == ["depois-da-retencao-qx"]
+
+
+def test_the_logs_and_health_of_a_full_run_name_no_buyer_text_nickname_or_file(bridge):
+    chatwoot = bridge.fakes.chatwoot.state
+    two_buyers(bridge)
+    bridge.listener()
+    bridge.poller()
+    wait_until(lambda: conversations(bridge, bridge.fakes.messages_inbox)
+               and len(conversations(bridge, bridge.fakes.questions_inbox)) == 2, 30, what="both flows")
+    sale = conversations(bridge, bridge.fakes.messages_inbox)[0]
+    chatwoot.agent_reply(sale["id"], "resposta-do-agente-qx",
+                         attachments=[("NF-zequinha-qx.pdf", PDF, "application/pdf")])
+    question = next(c for c in conversations(bridge, bridge.fakes.questions_inbox)
+                    if contents(bridge, c)[0].startswith("pergunta-secreta-qx"))
+    chatwoot.agent_reply(question["id"], "resposta-da-pergunta-qx")
+    db = services(bridge).db
+    wait_until(lambda: db.one("SELECT COUNT(*) AS n FROM replies WHERE status = 'delivered'"
+                              " AND reported_at IS NOT NULL")["n"] == 2, 30, what="both replies delivered")
+    health = bridge.health().text
+    assert NICK not in health and str(BUYER) not in health and "qx" not in health  # counts and states only
+    assert bridge.cli("forget-buyer", str(BUYER), "--chatwoot", "--yes").returncode == 0
+    bridge.close()
+    text = "\n".join(p.read_text(errors="replace") for p in LOG_DIR.glob(f"{bridge.tmp.name}-*.log"))
+    # The flows did run and log, files included.
+    assert "message in chatwoot" in text and "attachment uploaded" in text and "reply delivered" in text
+    for personal in (NICK, OTHER_NICK, "pergunta-secreta-qx", "pergunta-da-outra-kw", "mensagem-secreta-qx",
+                     "RG-zequinha-qx", "resposta-do-agente-qx", "NF-zequinha-qx", "resposta-da-pergunta-qx"):
+        assert personal not in text, personal
+
+
+def test_retention_days_below_the_minimum_stops_with_one_line(tmp_path, make_settings):
+    import subprocess
+    import sys
+
+    from tests.conftest import base_env
+    env = dict(base_env(tmp_path), RETENTION_DAYS="3", PATH="/usr/bin:/bin", HOME=str(tmp_path))
+    result = subprocess.run([sys.executable, "main.py", "check-config"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and "RETENTION_DAYS: must be at least 7 days" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert make_settings().retention_days == 90
+    assert make_settings(RETENTION_DAYS="30").retention_days == 30
+    with pytest.raises(Exception, match="RETENTION_DAYS"):
+        make_settings(RETENTION_DAYS="noventa")
+
+
+def test_the_data_inventory_names_every_table_and_column_of_the_schema(tmp_path):
+    inventory = (ROOT / "docs" / "privacidade.md").read_text()
+    conn = sqlite3.connect(":memory:")
+    for _description, sql in MIGRATIONS:
+        conn.executescript(sql)
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    missing = []
+    for table in tables:
+        if f"`{table}`" not in inventory:
+            missing.append(table)
+        for column in (r[1] for r in conn.execute(f"PRAGMA table_info({table})")):
+            if not re.search(rf"`{table}\.{column}`|`{column}`", inventory):
+                missing.append(f"{table}.{column}")
+    assert not missing, f"docs/privacidade.md does not name: {missing}"
+    for path in ("README.md", "docs/guia.md"):
+        assert "privacidade.md" in (ROOT / path).read_text(), path
+
+
+# ---- the database alone -------------------------------------------------------------------------------
+
+DAY = 86400.0
+
+
+def sale_rows(db, pack, buyer, contact, at, messages=("m1",)):
+    db.link_created("buyer", buyer, at, contact_id=contact, data={"inboxes": [2]})
+    db.link_created("pack", pack, at, contact_id=contact, conversation_id=int(pack) % 1000,
+                    data={"buyer_id": int(buyer), "order_ids": [pack]})
+    for mid in messages:
+        db.link_created("message", mid, at, conversation_id=1, message_id=1, data={"pack_id": pack})
+
+
+def test_forgetting_a_buyer_leaves_another_buyer_sharing_a_merged_contact_alone(db):
+    sale_rows(db, "501", "11", 40, 1.0, messages=("a1",))
+    sale_rows(db, "502", "22", 40, 1.0, messages=("b1",))  # contacts merged in Chatwoot: same id
+    removed = db.forget_buyer("11", 2.0)
+    assert removed["packs"] == 1
+    assert db.link("pack", "501") is None and db.link("message", "a1") is None
+    assert db.link("pack", "502")["status"] == "created" and db.link("message", "b1") is not None
+    assert db.watermark("pack", "501")["closed_at"] == 2.0
+
+
+def test_retention_leaves_a_sale_with_a_reply_in_the_outbox_or_a_mark_read_in_flight(db):
+    sale_rows(db, "601", "31", 41, 1.0, messages=("c1",))
+    sale_rows(db, "602", "32", 42, 1.0, messages=("d1",))
+    sale_rows(db, "603", "33", 43, 1.0, messages=("e1",))
+    db.reply_accept(chatwoot_message_id=7, conversation_id=601, kind="message", target_id="601",
+                    parts=[{"text": "ainda na fila"}], now=1.0)
+    db.thread_marking("602", 1.0)
+    counts = db.retention_prune(now=100 * DAY, days=90)
+    assert db.link("pack", "601") and db.link("pack", "602") and db.link("buyer", "31")
+    assert db.link("pack", "603") is None and db.link("buyer", "33") is None and db.link("message", "e1") is None
+    assert counts["links"] == 3
+    # A question still open is in progress whatever its age; a closed one goes.
+    db.link_created("question", "701", 1.0, contact_id=44, conversation_id=9, data={"state": "open", "buyer_id": 34})
+    db.link_created("question", "702", 1.0, contact_id=44, conversation_id=9,
+                    data={"state": "closed", "buyer_id": 34})
+    db.link_created("answer", "702", 1.0, conversation_id=9, message_id=3)
+    db.retention_prune(now=100 * DAY, days=90)
+    assert db.link("question", "701") and db.link("question", "702") is None and db.link("answer", "702") is None
+    assert db.watermarks_closed("question") == {"702"}
+
+
+def test_a_thread_watermark_freezes_once_its_rows_are_gone(db):
+    db.watermark_thread("801", "x1", 1000.0, now=1.0)
+    db.watermark_thread("801", "x2", 2000.0, now=2.0)
+    sale_rows(db, "801", "41", 45, 1.0)
+    db.forget_buyer("41", 3.0)
+    db.watermark_thread("801", "x3", 3000.0, now=4.0)
+    mark = db.watermark("pack", "801")
+    assert (mark["last_message_id"], mark["last_message_at"], mark["closed_at"]) == ("x2", 2000.0, 3.0)
+
+
+def test_a_closed_watermark_covers_messages_up_to_its_date_and_never_one_without_a_date():
+    import sync_messages
+
+    def msg(mid, created):
+        return {"id": mid, "message_date": {"created": created}}
+    messages = [msg("old", "2026-01-01T10:00:00.000-03:00"), msg("edge", "2026-01-01T13:00:00.000Z"),
+                msg("new", "2026-01-01T13:00:01.000Z"), msg("undated", None)]
+    mark = {"last_message_id": "edge", "last_message_at": sync_messages.parse_date("2026-01-01T13:00:00.000Z"),
+            "closed_at": 5.0}
+    assert sync_messages.covered_by_watermark(messages, mark) == {"old", "edge"}
+    assert sync_messages.covered_by_watermark(messages, dict(mark, closed_at=None)) == set()
+    assert sync_messages.last_handled(messages[:3]) == ("new", sync_messages.parse_date("2026-01-01T13:00:01Z"))
+
+
+def test_forget_buyer_in_chatwoot_without_a_yes_deletes_nothing_anywhere(bridge):
+    pack = two_buyers(bridge)
+    assert bridge.once().returncode == 0
+    import subprocess
+    import sys
+    # No terminal to answer: no confirmation.
+    result = subprocess.run([sys.executable, "main.py", "forget-buyer", str(BUYER), "--chatwoot"], cwd=ROOT,
+                            env=bridge.env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "nothing was deleted" in result.stdout and "Traceback" not in result.stderr
+    assert conversations(bridge, bridge.fakes.messages_inbox)
+    assert services(bridge).db.link("pack", pack)["status"] == "created"
