@@ -113,10 +113,16 @@ class HttpClient:
         return isinstance(exc, TransientError) and (exc.retry_after or 0) <= MAX_RETRY_AFTER
 
     def _request(self, method: str, path: str, *, headers: dict | None = None, retry: bool = True,
-                 **kwargs: Any) -> Any:
-        """Call the API; returns parsed JSON (or the Response when `raw=True`)."""
+                 creates: bool = False, **kwargs: Any) -> Any:
+        """Call the API; returns parsed JSON (or the Response when `raw=True`).
+
+        `creates`: the call makes something with no idempotency key (a Chatwoot message or
+        conversation). Only a 429, refused before it was applied, is repeated here: after a
+        timeout or a 5xx it may exist, and the caller's intent row looks for it before creating again.
+        """
+        retryable = self._retryable if not creates else (lambda exc: self._retryable(exc) and exc.status == 429)
         retrying = Retrying(stop=stop_after_attempt(self.attempts if retry else 1), wait=self._wait,
-                            retry=retry_if_exception(self._retryable), reraise=True, sleep=self.sleep)
+                            retry=retry_if_exception(retryable), reraise=True, sleep=self.sleep)
         return retrying(self._request_once, method, path, headers=headers, **kwargs)
 
     def _request_once(self, method: str, path: str, *, headers: dict | None = None, raw: bool = False,

@@ -1,0 +1,84 @@
+"""Responses lost on the way back: a call that may have been applied is never repeated blindly."""
+
+import json
+import time
+
+import pytest
+import requests
+import responses
+from responses import matchers
+
+import sync_messages
+from http_client import TransientError
+from services import build_services
+
+API = "https://api.meli.test"
+CW = "https://chat.example.test/api/v1/accounts/1"
+THREAD = f"{API}/messages/packs/2000001/sellers/555"
+PEEK = {"tag": "post_sale", "mark_as_read": "false", "limit": "10", "offset": "0"}
+MARK = {"tag": "post_sale", "limit": "10", "offset": "0"}
+
+
+@pytest.fixture
+def s(settings, db):
+    services = build_services(settings, db, sleep=lambda _s: None)
+    db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", time.time() + 21600, time.time())
+    db.link_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
+                    data={"buyer_id": 9, "blocked": False, "migrated": False})
+    return services
+
+
+def buyer_message(mid, text):
+    created = "2026-11-29T10:01:00.000Z"
+    return {"id": mid, "from": {"user_id": 9}, "to": {"user_id": 555}, "text": text,
+            "message_date": {"created": created, "read": None},
+            "message_resources": [{"id": "2000001", "name": "orders"}]}
+
+
+def posts_to(url):
+    return [c for c in responses.calls if c.request.method == "POST" and c.request.url == url]
+
+
+@responses.activate
+def test_a_buyer_message_whose_creation_timed_out_is_not_created_twice_in_chatwoot(s):
+    message = buyer_message("b1", "Chegou quebrado")
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
+                  json={"paging": {"total": 1}, "messages": [message]})
+    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)],
+                  json={"paging": {"total": 1}, "messages": [message]})
+    # Chatwoot created the message but its answer never came back (a read timeout).
+    responses.post(f"{CW}/conversations/88/messages", body=requests.exceptions.ReadTimeout("slow"))
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 700})
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+    responses.get(f"{CW}/conversations/88/messages",
+                  json={"payload": [{"id": 700, "source_id": "meli:message:b1"}]})
+
+    with pytest.raises(TransientError):
+        sync_messages.sync_pack(s, "2000001", 555)
+    assert len(posts_to(f"{CW}/conversations/88/messages")) == 1
+    assert s.db.link("message", "b1")["status"] == "pending"
+
+    # Next poll: the intent is found in Chatwoot by its source id, not created again.
+    assert sync_messages.sync_pack(s, "2000001", 555) == 1
+    assert len(posts_to(f"{CW}/conversations/88/messages")) == 1
+    assert s.db.link("message", "b1")["message_id"] == 700
+
+
+@responses.activate
+def test_a_message_creation_refused_with_429_is_retried_at_once(s):
+    responses.post(f"{CW}/conversations/88/messages", status=429, json={"message": "slow down"})
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 701})
+    created = s.chatwoot.create_message(88, "Oi", message_type="incoming", source_id="meli:message:x")
+    assert created["id"] == 701
+    assert [json.loads(c.request.body)["source_id"] for c in posts_to(f"{CW}/conversations/88/messages")] \
+        == ["meli:message:x"] * 2
+
+
+@responses.activate
+def test_a_conversation_creation_that_timed_out_is_not_repeated_in_the_same_call(s):
+    responses.post(f"{CW}/conversations", body=requests.exceptions.ReadTimeout("slow"))
+    responses.post(f"{CW}/conversations", json={"id": 90})
+    with pytest.raises(TransientError):
+        s.chatwoot.create_conversation(source_id="meli:buyer:9", inbox_id=2, contact_id=5, custom_attributes={},
+                                       additional_attributes={})
+    assert len(posts_to(f"{CW}/conversations")) == 1
