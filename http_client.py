@@ -25,9 +25,10 @@ class ApiError(Exception):
     transient = False
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
-                 retry_after: float | None = None, body: Any = None):
+                 retry_after: float | None = None, body: Any = None, service: str | None = None):
         super().__init__(message)
         self.message = message
+        self.service = service  # who answered: a 404 from Mercado Livre is not a deleted Chatwoot object
         self.status = status
         self.code = code
         self.retry_after = retry_after
@@ -77,7 +78,7 @@ def _error_from_response(service: str, resp: requests.Response) -> ApiError:
     message = str(message or resp.reason or "error")[:300]
     cls = TransientError if resp.status_code == 429 or resp.status_code >= 500 else PermanentError
     return cls(f"{service} answered {resp.status_code}: {message}", status=resp.status_code, code=code,
-               retry_after=parse_retry_after(resp.headers.get("Retry-After")), body=body)
+               retry_after=parse_retry_after(resp.headers.get("Retry-After")), body=body, service=service)
 
 
 def backoff_wait(attempt: int, initial: float = 0.5, maximum: float = 8.0) -> float:

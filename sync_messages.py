@@ -537,7 +537,14 @@ def _download_files(s: Services, message: dict) -> tuple[list[tuple[str, bytes, 
         if size > CHATWOOT_MAX_FILE or len(files) >= CHATWOOT_MAX_FILES:
             skipped.append((name, "acima do limite do Chatwoot"))
             continue
-        content, ctype = s.meli.download_attachment(attachment["filename"])
+        try:
+            content, ctype = s.meli.download_attachment(attachment["filename"])
+        except PermanentError as exc:
+            # A file Mercado Livre refuses for good (removed, expired) must not hold back the
+            # message's text, nor every later message of the sale.
+            log.warning("buyer file unavailable ml_message=%s status=%s", message.get("id"), exc.status)
+            skipped.append((name, "indisponível no Mercado Livre"))
+            continue
         if len(content) > CHATWOOT_MAX_FILE:
             skipped.append((name, "acima do limite do Chatwoot"))
             continue

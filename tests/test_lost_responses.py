@@ -9,7 +9,8 @@ import responses
 from responses import matchers
 
 import sync_messages
-from http_client import TransientError
+from contacts import is_gone
+from http_client import PermanentError, TransientError
 from services import build_services
 
 API = "https://api.meli.test"
@@ -82,3 +83,42 @@ def test_a_conversation_creation_that_timed_out_is_not_repeated_in_the_same_call
         s.chatwoot.create_conversation(source_id="meli:buyer:9", inbox_id=2, contact_id=5, custom_attributes={},
                                        additional_attributes={})
     assert len(posts_to(f"{CW}/conversations")) == 1
+
+
+def buyer_file_message(mid, text, filename):
+    return dict(buyer_message(mid, text), message_attachments=[
+        {"filename": filename, "original_filename": "foto.png", "type": "image/png", "size": 10}])
+
+
+@responses.activate
+def test_a_buyer_file_mercado_livre_no_longer_serves_does_not_hold_back_the_sales_messages(s):
+    first = buyer_file_message("b1", "Segue a foto", "gone-123.png")
+    second = buyer_message("b2", "Alguém aí?")
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
+                  json={"paging": {"total": 2}, "messages": [first, second]})
+    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)],
+                  json={"paging": {"total": 2}, "messages": [first, second]})
+    responses.get(f"{API}/messages/attachments/gone-123.png", status=404, json={"message": "not found"})
+    created = iter(range(800, 810))
+    responses.add_callback(responses.POST, f"{CW}/conversations/88/messages",
+                           callback=lambda _req: (200, {}, json.dumps({"id": next(created)})))
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+
+    assert sync_messages.sync_pack(s, "2000001", 555) == 2
+    contents = [json.loads(c.request.body)["content"] for c in posts_to(f"{CW}/conversations/88/messages")]
+    assert contents[0].startswith("Segue a foto") and "foto.png" in contents[0]
+    assert contents[1] == "Alguém aí?"
+    assert s.db.link("message", "b1")["status"] == "created" and s.db.link("message", "b2")["status"] == "created"
+    # Mercado Livre's 404 said nothing about the Chatwoot conversation: the sale stays in it.
+    assert not posts_to(f"{CW}/conversations") and s.db.link("pack", "2000001")["conversation_id"] == 88
+
+
+@responses.activate
+def test_a_404_from_mercado_livre_is_not_taken_for_a_deleted_chatwoot_conversation(s):
+    responses.get(f"{API}/messages/attachments/x.png", status=404, json={"message": "not found"})
+    responses.get(f"{CW}/conversations/88", status=404, json={"error": "not found"})
+    with pytest.raises(PermanentError) as from_meli:
+        s.meli.download_attachment("x.png")
+    with pytest.raises(PermanentError) as from_chatwoot:
+        s.chatwoot.conversation(88)
+    assert not is_gone(from_meli.value) and is_gone(from_chatwoot.value)
