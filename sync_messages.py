@@ -253,13 +253,18 @@ def sweep_threads(s: Services, seller_id: int) -> dict:
         except ReauthorizationRequired:
             raise
         except ApiError as exc:
+            # Back of the queue either way: a sale whose thread keeps failing, first in the
+            # sweep's order, would otherwise stop every other sale from being swept.
+            s.db.thread_checked(row["pack_id"], s.clock())
             if exc.transient:
-                # The unread poll already ran; the sweep carries on from here next time.
+                # The unread poll already ran; the sweep carries on with the next sale next time.
                 log.warning("thread sweep stopped pack=%s: %s", row["pack_id"], exc.short())
                 break
-            # Not retried at once, or one broken sale would hold the sweep forever.
             log.error("thread sweep skipped pack=%s until its next turn: %s", row["pack_id"], exc.short())
+        except Exception as exc:  # noqa: BLE001 — a thread shaped like nothing we know must not stop the sweep
             s.db.thread_checked(row["pack_id"], s.clock())
+            log.error("thread sweep skipped pack=%s until its next turn: %s", row["pack_id"],
+                      failures.describe(exc))
     return counts
 
 

@@ -1,0 +1,64 @@
+"""The safety-net sweep: one sale whose thread keeps failing must not stop the others from being swept."""
+
+import json
+import time
+
+import pytest
+import responses
+from responses import matchers
+
+import sync_messages
+from services import build_services
+
+API = "https://api.meli.test"
+CW = "https://chat.example.test/api/v1/accounts/1"
+GOOD = f"{API}/messages/packs/2000001/sellers/555"
+BAD = f"{API}/messages/packs/3000001/sellers/555"
+
+
+@pytest.fixture
+def s(settings, db):
+    services = build_services(settings, db, sleep=lambda _s: None)
+    now = time.time()
+    db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", now + 21600, now)
+    db.link_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
+                    data={"buyer_id": 9, "blocked": False, "migrated": False})
+    db.link_created("message", "b0", 1.0, conversation_id=88, message_id=600)
+    db.thread_synced("2000001", now - 3600, 1, "b0", changed=True)
+    # A sale never swept yet comes first in the sweep's order.
+    db.threads_discovered({"3000001": now})
+    return services
+
+
+def read_on_site(mid, text, minute):
+    created = f"2026-11-29T10:{minute:02d}:00.000Z"
+    return {"id": mid, "from": {"user_id": 9}, "to": {"user_id": 555}, "text": text,
+            "message_date": {"created": created, "read": created},
+            "message_resources": [{"id": "2000001", "name": "orders"}]}
+
+
+@pytest.mark.parametrize("broken", ["answers 500", "answers nonsense"])
+@responses.activate
+def test_a_thread_that_keeps_failing_does_not_stop_the_sweep_of_the_other_sales(s, broken):
+    responses.get(f"{API}/orders/search", json={"results": [], "paging": {"total": 0}})
+    if broken == "answers 500":
+        responses.get(BAD, status=500, json={"message": "internal"})
+    else:
+        responses.get(BAD, json=["not", "a", "thread"])
+    messages = [read_on_site("b0", "Oi", 1), read_on_site("b1", "Lido no app", 2)]
+    responses.get(GOOD, match=[matchers.query_param_matcher(
+        {"tag": "post_sale", "mark_as_read": "false", "limit": "1", "offset": "0"})],
+        json={"paging": {"total": 2}, "messages": messages[:1]})
+    responses.get(GOOD, match=[matchers.query_param_matcher(
+        {"tag": "post_sale", "mark_as_read": "false", "limit": "10", "offset": "0"})],
+        json={"paging": {"total": 2}, "messages": messages})
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 601})
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+
+    for _poll in range(2):
+        sync_messages.sweep_threads(s, 555)
+
+    mirrored = [json.loads(c.request.body)["content"] for c in responses.calls
+                if c.request.method == "POST" and c.request.url == f"{CW}/conversations/88/messages"]
+    assert mirrored == ["Lido no app"]
+    assert s.db.link("message", "b1")["status"] == "created"
