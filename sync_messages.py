@@ -226,9 +226,9 @@ def resume_interrupted_marks(s: Services, seller_id: int) -> int:
                 _sync_pack(s, pack_id, seller_id, None)
             except ReauthorizationRequired:
                 raise
-            except ApiError as exc:
+            except Exception as exc:  # noqa: BLE001 — whatever it is, the unread list must still be polled
                 # Still flagged: tried again next poll, without holding up the unread list.
-                log.error("interrupted thread not synced yet pack=%s: %s", pack_id, exc.short())
+                log.error("interrupted thread not synced yet pack=%s: %s", pack_id, failures.describe(exc))
                 continue
             resumed += 1
     return resumed

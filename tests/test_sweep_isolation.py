@@ -62,3 +62,26 @@ def test_a_thread_that_keeps_failing_does_not_stop_the_sweep_of_the_other_sales(
                 if c.request.method == "POST" and c.request.url == f"{CW}/conversations/88/messages"]
     assert mirrored == ["Lido no app"]
     assert s.db.link("message", "b1")["status"] == "created"
+
+
+@responses.activate
+def test_an_interrupted_mark_read_on_a_thread_that_breaks_does_not_stop_the_unread_poll(s):
+    s.db.thread_marking("3000001", time.time())
+    responses.get(BAD, json=["not", "a", "thread"])
+    responses.get(f"{API}/messages/unread", json={"results": [
+        {"resource": "/packs/2000001/sellers/555", "count": 1}]})
+    unread = dict(read_on_site("b1", "Ainda não chegou", 2), message_date={
+        "created": "2026-11-29T10:02:00.000Z", "read": None})
+    responses.get(GOOD, match=[matchers.query_param_matcher(
+        {"tag": "post_sale", "mark_as_read": "false", "limit": "10", "offset": "0"})],
+        json={"paging": {"total": 2}, "messages": [read_on_site("b0", "Oi", 1), unread]})
+    responses.get(GOOD, match=[matchers.query_param_matcher({"tag": "post_sale", "limit": "10", "offset": "0"})],
+                  json={"paging": {"total": 2}, "messages": [read_on_site("b0", "Oi", 1), unread]})
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 601})
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+    responses.get(f"{API}/orders/search", json={"results": [], "paging": {"total": 0}})
+
+    sync_messages.sync_messages(s)
+
+    assert s.db.link("message", "b1")["status"] == "created"
+    assert s.db.thread("3000001")["marking_since"] is not None  # still owed its re-sync
