@@ -354,12 +354,15 @@ def sync_message_resource(s: Services, message_id: str) -> str:
 
 
 def read_thread(s: Services, pack_id: str, seller_id: int) -> tuple[list[dict], dict]:
-    messages, offset, first = [], 0, None
+    messages, offset, first, seen = [], 0, None, set()
     for _ in range(MAX_PAGES):
         page = s.meli.thread_page(pack_id, seller_id, offset=offset, limit=PAGE)
         first = first or page
         batch = page.get("messages") or []
-        messages.extend(batch)
+        # A message arriving between two page reads can push one onto the next page again:
+        # counted twice, the thread's recorded size would hide the new message from the sweep.
+        messages.extend(m for m in batch if str(m.get("id")) not in seen)
+        seen.update(str(m.get("id")) for m in batch)
         offset += len(batch)
         if not batch or offset >= int((page.get("paging") or {}).get("total") or 0):
             break

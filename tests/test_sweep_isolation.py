@@ -85,3 +85,29 @@ def test_an_interrupted_mark_read_on_a_thread_that_breaks_does_not_stop_the_unre
 
     assert s.db.link("message", "b1")["status"] == "created"
     assert s.db.thread("3000001")["marking_since"] is not None  # still owed its re-sync
+
+
+@responses.activate
+def test_a_message_repeated_by_a_page_shift_is_not_counted_twice_so_the_sweep_still_finds_the_new_one(s):
+    m = {i: read_on_site(f"m{i}", f"mensagem {i}", i) for i in range(1, 13)}
+    before = [m[i] for i in range(11, 0, -1)]  # newest first
+    after = [m[i] for i in range(12, 0, -1)]
+    # m12 arrives between our two page reads and pushes m2 onto the second page again.
+    pages = iter([(11, before[:10]), (12, [m[2], m[1]])])
+
+    def thread_page(request):
+        offset, limit = int(request.params["offset"]), int(request.params["limit"])
+        total, messages = next(pages, (12, after[offset:offset + limit]))
+        return 200, {}, json.dumps({"paging": {"total": total}, "messages": messages})
+
+    responses.add_callback(responses.GET, GOOD, callback=thread_page)
+    created = iter(range(900, 1000))
+    responses.add_callback(responses.POST, f"{CW}/conversations/88/messages",
+                           callback=lambda _req: (200, {}, json.dumps({"id": next(created)})))
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+    sync_messages.sync_pack(s, "2000001", 555)
+    assert s.db.link("message", "m12") is None
+
+    # The seller read m12 on the site: only the sweep's count can reveal it.
+    assert sync_messages._sweep_one(s, s.db.thread("2000001"), 555) == 1
+    assert s.db.link("message", "m12")["status"] == "created"
