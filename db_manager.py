@@ -870,10 +870,15 @@ class Database:
         return found
 
     def part_texts_in_doubt(self, pack_id: str) -> list[str]:
-        """Texts of post-sale parts that may have reached Mercado Livre without us knowing (in flight)."""
+        """Texts of post-sale parts that may have reached Mercado Livre without us knowing (in flight).
+
+        Only of unfinished replies: a finished one will not settle its parts any more (and its
+        texts are cleared), so its doubt would hold back the seller's messages for good.
+        """
         return [r["text"] or "" for r in self.all(
             "SELECT p.text FROM reply_parts p JOIN replies r ON r.id = p.reply_id WHERE r.kind = 'message'"
-            " AND r.target_id = ? AND p.status = 'sending'", (str(pack_id),))]
+            " AND r.target_id = ? AND r.status IN ('pending', 'sending') AND p.status = 'sending'",
+            (str(pack_id),))]
 
     def reply_for_remote_id(self, remote_id: str) -> dict | None:
         return self.one("SELECT r.* FROM replies r JOIN reply_parts p ON p.reply_id = r.id WHERE p.remote_id = ?",

@@ -122,3 +122,26 @@ def test_a_404_from_mercado_livre_is_not_taken_for_a_deleted_chatwoot_conversati
     with pytest.raises(PermanentError) as from_chatwoot:
         s.chatwoot.conversation(88)
     assert not is_gone(from_meli.value) and is_gone(from_chatwoot.value)
+
+
+@responses.activate
+def test_a_file_the_seller_sent_on_the_site_is_mirrored_after_a_failed_reply_left_a_part_half_sent(s):
+    from outbox import accept_webhook
+    from tests.payloads import message_created
+    accept_webhook(message_created(message_id=9300, conversation_id=88, inbox_id=2, content="Ok"),
+                   s.settings, s.db, time.time())
+    reply = s.db.replies_active_for_target("message", "2000001")[0]
+    s.db.reply_claim(reply["id"], time.time(), 300)
+    s.db.part_mark_sending(reply["id"], 0, time.time())
+    s.db.reply_failed(reply["id"], "recusado", "nota", time.time())  # finished: nothing of it is in flight
+    typed = {"id": "m-file", "from": {"user_id": 555}, "to": {"user_id": 9}, "text": "",
+             "message_date": {"created": "2026-11-29T10:05:00.000Z", "read": None},
+             "message_attachments": [{"filename": "nf-1.pdf", "original_filename": "nota.pdf", "size": 3}]}
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
+                  json={"paging": {"total": 1}, "messages": [typed]})
+    responses.get(f"{API}/messages/attachments/nf-1.pdf", body=b"%PDF", content_type="application/pdf")
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 702})
+
+    assert sync_messages.sync_pack(s, "2000001", 555) == 1
+    assert s.db.link("message", "m-file")["status"] == "created"
+    assert s.db.thread("2000001")["total"] == 1
