@@ -38,6 +38,7 @@ CHATWOOT_MAX_FILE = 40 * 1024 * 1024  # Chatwoot's default attachment limit
 CHATWOOT_MAX_FILES = 15
 # Moderation usually acts within minutes of a message being accepted.
 MODERATION_CHECK_AFTER = 120.0
+MODERATION_RECHECK_AFTER = 900.0  # a second read: moderation taking more than a few minutes is not rare
 MODERATION_CHECK_UNTIL = 1800.0
 # Sweep for messages read elsewhere: bounded per poll (1 orders search page + SWEEP_THREADS reads).
 SWEEP_DAYS = 14.0  # a sale is swept this long after its last sign of life
@@ -312,7 +313,7 @@ def _sweep_one(s: Services, row: dict, seller_id: int) -> int:
 
 
 def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
-    """Re-read, once, the thread of each reply delivered a few minutes ago.
+    """Re-read the thread of each reply delivered a few minutes ago, and again a quarter of an hour later.
 
     Mercado Livre may moderate a message after accepting it; without buyer activity
     nothing else would make us read that thread again.
@@ -322,7 +323,10 @@ def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
     for reply in s.db.replies_delivered_between("message", now - MODERATION_CHECK_UNTIL, now - MODERATION_CHECK_AFTER):
         if s.stopping.is_set():
             break
-        link, _fresh = s.db.link_intent("moderation_check", reply["id"], now)
+        # One check per round; the first round's key is the reply id alone, as before.
+        late = now - reply["finished_at"] >= MODERATION_RECHECK_AFTER
+        check_id = f"{reply['id']}:late" if late else reply["id"]
+        link, _fresh = s.db.link_intent("moderation_check", check_id, now)
         if link["status"] == "created":
             continue  # still pending: an earlier check failed half way and is due again
         if reply["target_id"] not in skip:
@@ -335,7 +339,7 @@ def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
                 continue
             skip.add(reply["target_id"])
             checked += 1
-        s.db.link_created("moderation_check", reply["id"], s.clock())
+        s.db.link_created("moderation_check", check_id, s.clock())
     return checked
 
 

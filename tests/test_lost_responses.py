@@ -145,3 +145,32 @@ def test_a_file_the_seller_sent_on_the_site_is_mirrored_after_a_failed_reply_lef
     assert sync_messages.sync_pack(s, "2000001", 555) == 1
     assert s.db.link("message", "m-file")["status"] == "created"
     assert s.db.thread("2000001")["total"] == 1
+
+
+@responses.activate
+def test_a_reply_moderated_after_its_first_check_is_still_shown_failed_to_the_agent(s):
+    from outbox import accept_webhook
+    from tests.payloads import message_created
+    now = time.time()
+    accept_webhook(message_created(message_id=9400, conversation_id=88, inbox_id=2, content="Me chama no zap"),
+                   s.settings, s.db, now - 1300)
+    reply = s.db.replies_active_for_target("message", "2000001")[0]
+    s.db.reply_claim(reply["id"], now - 1300, 300)
+    s.db.part_sent(reply["id"], 0, "m-r", now - 1200)
+    s.db.reply_delivered(reply["id"], now - 1200)
+    # Checked three minutes after delivery: still clean then.
+    s.db.link_created("moderation_check", reply["id"], now - 1000)
+    moderated = {"id": "m-r", "from": {"user_id": 555}, "to": {"user_id": 9}, "text": "Me chama no zap",
+                 "status": "moderated", "message_moderation": {"status": "rejected", "reason": "PERSONAL_DATA"},
+                 "message_date": {"created": "2026-11-29T10:05:00.000Z", "read": None}}
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
+                  json={"paging": {"total": 1}, "messages": [moderated]})
+    responses.patch(f"{CW}/conversations/88/messages/9400", json={})
+    responses.get(f"{CW}/conversations/88/messages", json={"payload": []})
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 703})
+
+    assert sync_messages.check_recent_replies(s, 555, set()) == 1
+    patched = [json.loads(c.request.body) for c in responses.calls if c.request.method == "PATCH"]
+    assert patched and patched[0]["status"] == "failed"
+    assert s.db.link("moderation", "m-r")["status"] == "created"
+    assert sync_messages.check_recent_replies(s, 555, set()) == 0  # once per round
