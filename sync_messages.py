@@ -305,7 +305,9 @@ def _sweep_one(s: Services, row: dict, seller_id: int) -> int:
         return 0
     total = int((page.get("paging") or {}).get("total") or 0)
     if total == row["total"] or (total == 0 and row["total"] is None):
-        s.db.thread_synced(pack_id, s.clock(), total, row["last_message_id"], changed=False)
+        # Only the time: this read holds no lock, and a sync of the same thread in another
+        # worker may have a mark-read in flight whose flag must outlive a crash.
+        s.db.thread_checked(pack_id, s.clock())
         return 0
     log.info("thread changed outside the unread list pack=%s messages=%d (was %s)", pack_id, total, row["total"])
     sync_pack(s, pack_id, seller_id, require_buyer=True)

@@ -111,3 +111,13 @@ def test_a_message_repeated_by_a_page_shift_is_not_counted_twice_so_the_sweep_st
     # The seller read m12 on the site: only the sweep's count can reveal it.
     assert sync_messages._sweep_one(s, s.db.thread("2000001"), 555) == 1
     assert s.db.link("message", "m12")["status"] == "created"
+
+
+@responses.activate
+def test_a_quiet_sweep_does_not_clear_a_mark_read_another_thread_has_in_flight(s):
+    row = s.db.thread("2000001")  # read by the sweep before the notification's sync started marking
+    s.db.thread_marking("2000001", time.time())
+    responses.get(GOOD, json={"paging": {"total": 1}, "messages": [read_on_site("b0", "Oi", 1)]})
+    assert sync_messages._sweep_one(s, row, 555) == 0
+    # Were the marking thread killed now, the flag is what makes the next poll finish its work.
+    assert s.db.threads_marking() == ["2000001"]
