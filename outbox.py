@@ -532,8 +532,11 @@ def _find_sent_part(s: Services, pack_id: str, seller_id: int, part: dict, since
     or a message typed on the site and mirrored) counts. When in doubt, the part is sent
     again: a repeated line is better than a reply that never arrived but shows delivered.
     """
-    offset = 0
+    # The first page, then the others from the last one back: a recent send is at one end
+    # or the other (the page order is not relied on), and a long thread is read only in part.
+    offsets = [0]
     for _ in range(20):
+        offset = offsets.pop(0)
         page = s.meli.thread_page(pack_id, seller_id, offset=offset, limit=10)
         messages = page.get("messages") or []
         ids = [str(m.get("id")) for m in messages]
@@ -541,8 +544,12 @@ def _find_sent_part(s: Services, pack_id: str, seller_id: int, part: dict, since
         for message in messages:
             if is_lost_send(message, seller_id, part, since, taken):
                 return str(message.get("id"))
-        offset += len(messages)
-        if not messages or offset >= int((page.get("paging") or {}).get("total") or 0):
+        if offset == 0:
+            if not messages:
+                return None
+            total = int((page.get("paging") or {}).get("total") or 0)
+            offsets = list(range(len(messages), total, len(messages)))[::-1]
+        if not offsets:
             return None
     return None
 

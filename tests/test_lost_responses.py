@@ -174,3 +174,24 @@ def test_a_reply_moderated_after_its_first_check_is_still_shown_failed_to_the_ag
     assert patched and patched[0]["status"] == "failed"
     assert s.db.link("moderation", "m-r")["status"] == "created"
     assert sync_messages.check_recent_replies(s, 555, set()) == 0  # once per round
+
+
+@responses.activate
+def test_a_lost_send_at_the_end_of_a_long_thread_is_found_instead_of_sent_again(s):
+    import outbox
+    since = time.time()
+    old = [dict(buyer_message(f"o{i}", f"antiga {i}"), message_date={"created": "2026-01-01T10:00:00.000Z"})
+           for i in range(249)]
+    created = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(since + 5))
+    ours = {"id": "m-late", "from": {"user_id": 555}, "to": {"user_id": 9}, "text": "Enviado hoje",
+            "message_date": {"created": created}}
+    everything = old + [ours]  # oldest first, as Mercado Livre lists a thread
+
+    def thread_page(request):
+        offset, limit = int(request.params["offset"]), int(request.params["limit"])
+        return 200, {}, json.dumps({"paging": {"total": len(everything)},
+                                    "messages": everything[offset:offset + limit]})
+
+    responses.add_callback(responses.GET, THREAD, callback=thread_page)
+    part = {"text": "Enviado hoje", "attachments": []}
+    assert outbox._find_sent_part(s, "2000001", 555, part, since) == "m-late"
