@@ -278,8 +278,10 @@ def _deliver_in_order(s: Services, reply_ids: list[int]) -> Counter:
         if outcome in ("delivered", "failed"):
             # Tell the agent now, not after the whole batch.
             counts["reported"] += report_reply(s, s.db.reply(reply_id))
-        elif outcome == "retry":
-            break  # the next replies to this target wait for this one, in order
+        elif outcome in ("retry", None):
+            # The next replies to this target wait for this one, in order (None: another
+            # poller claimed it between our listing and our claim, and may still be sending it).
+            break
     return counts
 
 

@@ -195,3 +195,19 @@ def test_a_lost_send_at_the_end_of_a_long_thread_is_found_instead_of_sent_again(
     responses.add_callback(responses.GET, THREAD, callback=thread_page)
     part = {"text": "Enviado hoje", "attachments": []}
     assert outbox._find_sent_part(s, "2000001", 555, part, since) == "m-late"
+
+
+@responses.activate
+def test_a_later_reply_waits_when_the_earlier_one_is_in_another_pollers_hands(s):
+    import outbox
+    from tests.payloads import message_created
+    for message_id, content in ((9501, "Primeiro"), (9502, "Segundo")):
+        outbox.accept_webhook(message_created(message_id=message_id, conversation_id=88, inbox_id=2,
+                                              content=content), s.settings, s.db, time.time())
+    first, second = s.db.replies_active_for_target("message", "2000001")
+    # Between the listing of due replies and the claim, another poller (e.g. `--once`) took the first.
+    assert s.db.reply_claim(first["id"], time.time(), 300) is not None
+    responses.post(THREAD, json={"id": "m-x"})
+    outbox._deliver_in_order(s, [first["id"], second["id"]])
+    assert not [c for c in responses.calls if c.request.method == "POST"]
+    assert s.db.reply(second["id"])["status"] == "pending"
