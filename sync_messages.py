@@ -334,10 +334,12 @@ def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
         if reply["target_id"] not in skip:
             try:
                 sync_pack(s, reply["target_id"], seller_id)
-            except PermanentError as exc:
+            except ReauthorizationRequired:
+                raise
+            except Exception as exc:  # noqa: BLE001 — one failing thread must not stop the sweep after it
                 # Left pending: checked again next poll, for as long as the reply is in the window.
-                log.error("thread not checked for moderation pack=%s reply=%s error=%r", reply["target_id"],
-                          reply["id"], exc.short())
+                log.error("thread not checked for moderation pack=%s reply=%s error=%s", reply["target_id"],
+                          reply["id"], failures.describe(exc))
                 continue
             skip.add(reply["target_id"])
             checked += 1

@@ -121,3 +121,27 @@ def test_a_quiet_sweep_does_not_clear_a_mark_read_another_thread_has_in_flight(s
     assert sync_messages._sweep_one(s, row, 555) == 0
     # Were the marking thread killed now, the flag is what makes the next poll finish its work.
     assert s.db.threads_marking() == ["2000001"]
+
+
+@responses.activate
+def test_a_moderation_check_on_a_failing_thread_does_not_stop_the_sweep(s):
+    from outbox import accept_webhook
+    from tests.payloads import message_created
+    now = time.time()
+    s.db.link_created("pack", "3000001", 1.0, conversation_id=89, contact_id=5,
+                      data={"buyer_id": 9, "blocked": False, "migrated": False})
+    accept_webhook(message_created(message_id=9600, conversation_id=89, inbox_id=2, content="Ok"),
+                   s.settings, s.db, now - 400)
+    reply = s.db.replies_active_for_target("message", "3000001")[0]
+    s.db.reply_claim(reply["id"], now - 400, 300)
+    s.db.part_sent(reply["id"], 0, "m-ok", now - 300)
+    s.db.reply_delivered(reply["id"], now - 300)
+    responses.get(f"{API}/messages/unread", json={"results": []})
+    responses.get(BAD, status=500, json={"message": "internal"})
+    responses.get(f"{API}/orders/search", json={"results": [], "paging": {"total": 0}})
+
+    counts = sync_messages.sync_messages(s)
+
+    assert any(c.request.url.startswith(f"{API}/orders/search") for c in responses.calls)
+    assert counts["moderation_checks"] == 0
+    assert s.db.link("moderation_check", reply["id"])["status"] == "pending"  # checked again next poll
