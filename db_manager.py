@@ -761,6 +761,12 @@ class Database:
                 return None
             return dict(conn.execute("SELECT * FROM replies WHERE id = ?", (reply_id,)).fetchone())
 
+    def reply_extend_lease(self, reply_id: int, lease_until: float) -> None:
+        """A reply still in hand: another poller must not take it over between two of its parts."""
+        with self.write() as conn:
+            conn.execute("UPDATE replies SET lease_until = MAX(lease_until, ?) WHERE id = ? AND status = 'sending'",
+                         (lease_until, reply_id))
+
     def part_mark_sending(self, reply_id: int, seq: int, now: float | None = None) -> str:
         """Mark a part in flight; returns its previous status ('sending' means: check remote first).
 

@@ -466,6 +466,9 @@ def _deliver_message(s: Services, reply: dict) -> None:
     for part in parts:
         if part["status"] == "sent":
             continue
+        # A reply of many parts may outlast one lease; renewed per part, it is never taken
+        # over (and a part sent twice) while this worker is alive.
+        s.db.reply_extend_lease(reply["id"], s.clock() + LEASE_SECONDS)
         previous = s.db.part_mark_sending(reply["id"], part["seq"], s.clock())
         if previous == "sending":
             found = _find_sent_part(s, pack_id, seller_id, part, part["first_attempt_at"] or reply["created_at"])

@@ -211,3 +211,28 @@ def test_a_later_reply_waits_when_the_earlier_one_is_in_another_pollers_hands(s)
     outbox._deliver_in_order(s, [first["id"], second["id"]])
     assert not [c for c in responses.calls if c.request.method == "POST"]
     assert s.db.reply(second["id"])["status"] == "pending"
+
+
+@responses.activate
+def test_a_long_reply_keeps_its_lease_while_its_parts_go_out(s):
+    import outbox
+    from tests.payloads import message_created
+    clock = {"now": time.time()}
+    s.clock = lambda: clock["now"]
+    long_text = ("Primeira parte do texto. " * 14 + "\n\n" + "Segunda parte do texto. " * 14).strip()
+    outbox.accept_webhook(message_created(message_id=9700, conversation_id=88, inbox_id=2, content=long_text),
+                          s.settings, s.db, clock["now"])
+    reply = s.db.replies_active_for_target("message", "2000001")[0]
+    assert len(s.db.reply_parts(reply["id"])) == 2
+    taken_by_another = []
+
+    def send(_request):
+        # Each part takes two thirds of a lease (Mercado Livre slow, retries, rate pacing)...
+        clock["now"] += outbox.LEASE_SECONDS * 2 / 3
+        # ...and a second poller (`main.py --once`) looks for replies whose worker died.
+        taken_by_another.append(s.db.reply_claim(reply["id"], clock["now"] + 20, outbox.LEASE_SECONDS))
+        return 200, {}, json.dumps({"id": f"m-{len(taken_by_another)}"})
+
+    responses.add_callback(responses.POST, THREAD, callback=send)
+    assert outbox.deliver(s, reply["id"]) == "delivered"
+    assert taken_by_another == [None, None]
