@@ -77,7 +77,8 @@ class ChatwootClient(HttpClient):
                             additional_attributes: dict | None = None) -> dict:
         return self._request("POST", "/conversations", json={
             "source_id": source_id, "inbox_id": inbox_id, "contact_id": contact_id, "status": "open",
-            "custom_attributes": custom_attributes, "additional_attributes": additional_attributes or {}})
+            "custom_attributes": custom_attributes, "additional_attributes": additional_attributes or {}},
+            creates=True)
 
     def conversation(self, conversation_id: int) -> dict:
         return self._request("GET", f"/conversations/{conversation_id}")
@@ -122,11 +123,11 @@ class ChatwootClient(HttpClient):
                 body["source_id"] = source_id
             if content_attributes:
                 body["content_attributes"] = content_attributes
-            return self._request("POST", path, json=body)
+            return self._request("POST", path, json=body, creates=True)
         form = {"content": content or "", "message_type": message_type, "private": "true" if private else "false"}
         if source_id:
             form["source_id"] = source_id
-        return self._request("POST", path, data=form,
+        return self._request("POST", path, data=form, creates=True,
                              files=[("attachments[]", (name, data, ctype)) for name, data, ctype in files])
 
     def note(self, conversation_id: int, content: str, source_id: str | None = None) -> dict:

@@ -17,7 +17,8 @@ def identifier(buyer_id) -> str:
 
 def is_gone(exc: BaseException) -> bool:
     """Chatwoot's answer for a contact or conversation an agent deleted (or merged away)."""
-    return isinstance(exc, PermanentError) and exc.status == 404
+    # Only Chatwoot's 404: the same flows fetch Mercado Livre files, whose 404 says nothing about Chatwoot.
+    return isinstance(exc, PermanentError) and exc.status == 404 and exc.service in ("chatwoot", None)
 
 
 def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -> tuple[int, str]:

@@ -799,6 +799,12 @@ class Database:
                 return None
             return dict(conn.execute("SELECT * FROM replies WHERE id = ?", (reply_id,)).fetchone())
 
+    def reply_extend_lease(self, reply_id: int, lease_until: float) -> None:
+        """A reply still in hand: another poller must not take it over between two of its parts."""
+        with self.write() as conn:
+            conn.execute("UPDATE replies SET lease_until = MAX(lease_until, ?) WHERE id = ? AND status = 'sending'",
+                         (lease_until, reply_id))
+
     def part_mark_sending(self, reply_id: int, seq: int, now: float | None = None) -> str:
         """Mark a part in flight; returns its previous status ('sending' means: check remote first).
 
@@ -908,10 +914,15 @@ class Database:
         return found
 
     def part_texts_in_doubt(self, pack_id: str) -> list[str]:
-        """Texts of post-sale parts that may have reached Mercado Livre without us knowing (in flight)."""
+        """Texts of post-sale parts that may have reached Mercado Livre without us knowing (in flight).
+
+        Only of unfinished replies: a finished one will not settle its parts any more (and its
+        texts are cleared), so its doubt would hold back the seller's messages for good.
+        """
         return [r["text"] or "" for r in self.all(
             "SELECT p.text FROM reply_parts p JOIN replies r ON r.id = p.reply_id WHERE r.kind = 'message'"
-            " AND r.target_id = ? AND p.status = 'sending'", (str(pack_id),))]
+            " AND r.target_id = ? AND r.status IN ('pending', 'sending') AND p.status = 'sending'",
+            (str(pack_id),))]
 
     def reply_for_remote_id(self, remote_id: str) -> dict | None:
         return self.one("SELECT r.* FROM replies r JOIN reply_parts p ON p.reply_id = r.id WHERE p.remote_id = ?",

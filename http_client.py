@@ -38,9 +38,10 @@ class ApiError(Exception):
     transient = False
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
-                 retry_after: float | None = None, body: Any = None):
+                 retry_after: float | None = None, body: Any = None, service: str | None = None):
         super().__init__(message)
         self.message = message
+        self.service = service  # who answered: a 404 from Mercado Livre is not a deleted Chatwoot object
         self.status = status
         self.code = code
         self.retry_after = retry_after
@@ -90,7 +91,7 @@ def _error_from_response(service: str, resp: requests.Response) -> ApiError:
     message = str(message or resp.reason or "error")[:300]
     cls = TransientError if resp.status_code == 429 or resp.status_code >= 500 else PermanentError
     return cls(f"{service} answered {resp.status_code}: {message}", status=resp.status_code, code=code,
-               retry_after=parse_retry_after(resp.headers.get("Retry-After")), body=body)
+               retry_after=parse_retry_after(resp.headers.get("Retry-After")), body=body, service=service)
 
 
 def backoff_wait(attempt: int, initial: float = 0.5, maximum: float = 8.0) -> float:
@@ -126,10 +127,16 @@ class HttpClient:
         return isinstance(exc, TransientError) and (exc.retry_after or 0) <= MAX_RETRY_AFTER
 
     def _request(self, method: str, path: str, *, headers: dict | None = None, retry: bool = True,
-                 **kwargs: Any) -> Any:
-        """Call the API; returns parsed JSON (or the Response when `raw=True`)."""
+                 creates: bool = False, **kwargs: Any) -> Any:
+        """Call the API; returns parsed JSON (or the Response when `raw=True`).
+
+        `creates`: the call makes something with no idempotency key (a Chatwoot message or
+        conversation). Only a 429, refused before it was applied, is repeated here: after a
+        timeout or a 5xx it may exist, and the caller's intent row looks for it before creating again.
+        """
+        retryable = self._retryable if not creates else (lambda exc: self._retryable(exc) and exc.status == 429)
         retrying = Retrying(stop=stop_after_attempt(self.attempts if retry else 1), wait=self._wait,
-                            retry=retry_if_exception(self._retryable), reraise=True, sleep=self.sleep)
+                            retry=retry_if_exception(retryable), reraise=True, sleep=self.sleep)
         return retrying(self._request_once, method, path, headers=headers, **kwargs)
 
     def _request_once(self, method: str, path: str, *, headers: dict | None = None, raw: bool = False,

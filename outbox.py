@@ -285,8 +285,10 @@ def _deliver_in_order(s: Services, reply_ids: list[int]) -> Counter:
         if outcome in ("delivered", "failed"):
             # Tell the agent now, not after the whole batch.
             counts["reported"] += report_reply(s, s.db.reply(reply_id))
-        elif outcome == "retry":
-            break  # the next replies to this target wait for this one, in order
+        elif outcome in ("retry", None):
+            # The next replies to this target wait for this one, in order (None: another
+            # poller claimed it between our listing and our claim, and may still be sending it).
+            break
     return counts
 
 
@@ -471,6 +473,9 @@ def _deliver_message(s: Services, reply: dict) -> None:
     for part in parts:
         if part["status"] == "sent":
             continue
+        # A reply of many parts may outlast one lease; renewed per part, it is never taken
+        # over (and a part sent twice) while this worker is alive.
+        s.db.reply_extend_lease(reply["id"], s.clock() + LEASE_SECONDS)
         previous = s.db.part_mark_sending(reply["id"], part["seq"], s.clock())
         if previous == "sending":
             found = _find_sent_part(s, pack_id, seller_id, part, part["first_attempt_at"] or reply["created_at"])
@@ -541,8 +546,11 @@ def _find_sent_part(s: Services, pack_id: str, seller_id: int, part: dict, since
     or a message typed on the site and mirrored) counts. When in doubt, the part is sent
     again: a repeated line is better than a reply that never arrived but shows delivered.
     """
-    offset = 0
+    # The first page, then the others from the last one back: a recent send is at one end
+    # or the other (the page order is not relied on), and a long thread is read only in part.
+    offsets = [0]
     for _ in range(20):
+        offset = offsets.pop(0)
         page = s.meli.thread_page(pack_id, seller_id, offset=offset, limit=10)
         messages = page.get("messages") or []
         ids = [str(m.get("id")) for m in messages]
@@ -550,8 +558,12 @@ def _find_sent_part(s: Services, pack_id: str, seller_id: int, part: dict, since
         for message in messages:
             if is_lost_send(message, seller_id, part, since, taken):
                 return str(message.get("id"))
-        offset += len(messages)
-        if not messages or offset >= int((page.get("paging") or {}).get("total") or 0):
+        if offset == 0:
+            if not messages:
+                return None
+            total = int((page.get("paging") or {}).get("total") or 0)
+            offsets = list(range(len(messages), total, len(messages)))[::-1]
+        if not offsets:
             return None
     return None
 

@@ -38,6 +38,7 @@ CHATWOOT_MAX_FILE = 40 * 1024 * 1024  # Chatwoot's default attachment limit
 CHATWOOT_MAX_FILES = 15
 # Moderation usually acts within minutes of a message being accepted.
 MODERATION_CHECK_AFTER = 120.0
+MODERATION_RECHECK_AFTER = 900.0  # a second read: moderation taking more than a few minutes is not rare
 MODERATION_CHECK_UNTIL = 1800.0
 # Sweep for messages read elsewhere: bounded per poll (1 orders search page + SWEEP_THREADS reads).
 SWEEP_DAYS = 14.0  # a sale is swept this long after its last sign of life
@@ -248,9 +249,9 @@ def resume_interrupted_marks(s: Services, seller_id: int) -> int:
                 _sync_pack(s, pack_id, seller_id, None)
             except ReauthorizationRequired:
                 raise
-            except ApiError as exc:
+            except Exception as exc:  # noqa: BLE001 — whatever it is, the unread list must still be polled
                 # Still flagged: tried again next poll, without holding up the unread list.
-                log.error("interrupted thread not synced yet pack=%s: %s", pack_id, exc.short())
+                log.error("interrupted thread not synced yet pack=%s: %s", pack_id, failures.describe(exc))
                 continue
             resumed += 1
     return resumed
@@ -275,13 +276,18 @@ def sweep_threads(s: Services, seller_id: int) -> dict:
         except ReauthorizationRequired:
             raise
         except ApiError as exc:
+            # Back of the queue either way: a sale whose thread keeps failing, first in the
+            # sweep's order, would otherwise stop every other sale from being swept.
+            s.db.thread_checked(row["pack_id"], s.clock())
             if exc.transient:
-                # The unread poll already ran; the sweep carries on from here next time.
+                # The unread poll already ran; the sweep carries on with the next sale next time.
                 log.warning("thread sweep stopped pack=%s: %s", row["pack_id"], exc.short())
                 break
-            # Not retried at once, or one broken sale would hold the sweep forever.
             log.error("thread sweep skipped pack=%s until its next turn: %s", row["pack_id"], exc.short())
+        except Exception as exc:  # noqa: BLE001 — a thread shaped like nothing we know must not stop the sweep
             s.db.thread_checked(row["pack_id"], s.clock())
+            log.error("thread sweep skipped pack=%s until its next turn: %s", row["pack_id"],
+                      failures.describe(exc))
     return counts
 
 
@@ -321,7 +327,9 @@ def _sweep_one(s: Services, row: dict, seller_id: int) -> int:
         return 0
     total = int((page.get("paging") or {}).get("total") or 0)
     if total == row["total"] or (total == 0 and row["total"] is None):
-        s.db.thread_synced(pack_id, s.clock(), total, row["last_message_id"], changed=False)
+        # Only the time: this read holds no lock, and a sync of the same thread in another
+        # worker may have a mark-read in flight whose flag must outlive a crash.
+        s.db.thread_checked(pack_id, s.clock())
         return 0
     log.info("thread changed outside the unread list pack=%s messages=%d (was %s)", pack_id, total, row["total"])
     sync_pack(s, pack_id, seller_id, require_buyer=True)
@@ -329,7 +337,7 @@ def _sweep_one(s: Services, row: dict, seller_id: int) -> int:
 
 
 def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
-    """Re-read, once, the thread of each reply delivered a few minutes ago.
+    """Re-read the thread of each reply delivered a few minutes ago, and again a quarter of an hour later.
 
     Mercado Livre may moderate a message after accepting it; without buyer activity
     nothing else would make us read that thread again.
@@ -339,20 +347,25 @@ def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
     for reply in s.db.replies_delivered_between("message", now - MODERATION_CHECK_UNTIL, now - MODERATION_CHECK_AFTER):
         if s.stopping.is_set():
             break
-        link, _fresh = s.db.link_intent("moderation_check", reply["id"], now)
+        # One check per round; the first round's key is the reply id alone, as before.
+        late = now - reply["finished_at"] >= MODERATION_RECHECK_AFTER
+        check_id = f"{reply['id']}:late" if late else reply["id"]
+        link, _fresh = s.db.link_intent("moderation_check", check_id, now)
         if link["status"] == "created":
             continue  # still pending: an earlier check failed half way and is due again
         if reply["target_id"] not in skip:
             try:
                 sync_pack(s, reply["target_id"], seller_id)
-            except PermanentError as exc:
+            except ReauthorizationRequired:
+                raise
+            except Exception as exc:  # noqa: BLE001 — one failing thread must not stop the sweep after it
                 # Left pending: checked again next poll, for as long as the reply is in the window.
-                log.error("thread not checked for moderation pack=%s reply=%s error=%r", reply["target_id"],
-                          reply["id"], exc.short())
+                log.error("thread not checked for moderation pack=%s reply=%s error=%s", reply["target_id"],
+                          reply["id"], failures.describe(exc))
                 continue
             skip.add(reply["target_id"])
             checked += 1
-        s.db.link_created("moderation_check", reply["id"], s.clock())
+        s.db.link_created("moderation_check", check_id, s.clock())
     return checked
 
 
@@ -371,12 +384,15 @@ def sync_message_resource(s: Services, message_id: str) -> str:
 
 
 def read_thread(s: Services, pack_id: str, seller_id: int) -> tuple[list[dict], dict]:
-    messages, offset, first = [], 0, None
+    messages, offset, first, seen = [], 0, None, set()
     for _ in range(MAX_PAGES):
         page = s.meli.thread_page(pack_id, seller_id, offset=offset, limit=PAGE)
         first = first or page
         batch = page.get("messages") or []
-        messages.extend(batch)
+        # A message arriving between two page reads can push one onto the next page again:
+        # counted twice, the thread's recorded size would hide the new message from the sweep.
+        messages.extend(m for m in batch if str(m.get("id")) not in seen)
+        seen.update(str(m.get("id")) for m in batch)
         offset += len(batch)
         if not batch or offset >= int((page.get("paging") or {}).get("total") or 0):
             break
@@ -565,7 +581,14 @@ def _download_files(s: Services, message: dict) -> tuple[list[tuple[str, bytes, 
         if size > CHATWOOT_MAX_FILE or len(files) >= CHATWOOT_MAX_FILES:
             skipped.append((name, "acima do limite do Chatwoot"))
             continue
-        content, ctype = s.meli.download_attachment(attachment["filename"])
+        try:
+            content, ctype = s.meli.download_attachment(attachment["filename"])
+        except PermanentError as exc:
+            # A file Mercado Livre refuses for good (removed, expired) must not hold back the
+            # message's text, nor every later message of the sale.
+            log.warning("buyer file unavailable ml_message=%s status=%s", message.get("id"), exc.status)
+            skipped.append((name, "indisponível no Mercado Livre"))
+            continue
         if len(content) > CHATWOOT_MAX_FILE:
             skipped.append((name, "acima do limite do Chatwoot"))
             continue

@@ -1,0 +1,238 @@
+"""Responses lost on the way back: a call that may have been applied is never repeated blindly."""
+
+import json
+import time
+
+import pytest
+import requests
+import responses
+from responses import matchers
+
+import sync_messages
+from contacts import is_gone
+from http_client import PermanentError, TransientError
+from services import build_services
+
+API = "https://api.meli.test"
+CW = "https://chat.example.test/api/v1/accounts/1"
+THREAD = f"{API}/messages/packs/2000001/sellers/555"
+PEEK = {"tag": "post_sale", "mark_as_read": "false", "limit": "10", "offset": "0"}
+MARK = {"tag": "post_sale", "limit": "10", "offset": "0"}
+
+
+@pytest.fixture
+def s(settings, db):
+    services = build_services(settings, db, sleep=lambda _s: None)
+    db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", time.time() + 21600, time.time())
+    db.link_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
+                    data={"buyer_id": 9, "blocked": False, "migrated": False})
+    return services
+
+
+def buyer_message(mid, text):
+    created = "2026-11-29T10:01:00.000Z"
+    return {"id": mid, "from": {"user_id": 9}, "to": {"user_id": 555}, "text": text,
+            "message_date": {"created": created, "read": None},
+            "message_resources": [{"id": "2000001", "name": "orders"}]}
+
+
+def posts_to(url):
+    return [c for c in responses.calls if c.request.method == "POST" and c.request.url == url]
+
+
+@responses.activate
+def test_a_buyer_message_whose_creation_timed_out_is_not_created_twice_in_chatwoot(s):
+    message = buyer_message("b1", "Chegou quebrado")
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
+                  json={"paging": {"total": 1}, "messages": [message]})
+    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)],
+                  json={"paging": {"total": 1}, "messages": [message]})
+    # Chatwoot created the message but its answer never came back (a read timeout).
+    responses.post(f"{CW}/conversations/88/messages", body=requests.exceptions.ReadTimeout("slow"))
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 700})
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+    responses.get(f"{CW}/conversations/88/messages",
+                  json={"payload": [{"id": 700, "source_id": "meli:message:b1"}]})
+
+    with pytest.raises(TransientError):
+        sync_messages.sync_pack(s, "2000001", 555)
+    assert len(posts_to(f"{CW}/conversations/88/messages")) == 1
+    assert s.db.link("message", "b1")["status"] == "pending"
+
+    # Next poll: the intent is found in Chatwoot by its source id, not created again.
+    assert sync_messages.sync_pack(s, "2000001", 555) == 1
+    assert len(posts_to(f"{CW}/conversations/88/messages")) == 1
+    assert s.db.link("message", "b1")["message_id"] == 700
+
+
+@responses.activate
+def test_a_message_creation_refused_with_429_is_retried_at_once(s):
+    responses.post(f"{CW}/conversations/88/messages", status=429, json={"message": "slow down"})
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 701})
+    created = s.chatwoot.create_message(88, "Oi", message_type="incoming", source_id="meli:message:x")
+    assert created["id"] == 701
+    assert [json.loads(c.request.body)["source_id"] for c in posts_to(f"{CW}/conversations/88/messages")] \
+        == ["meli:message:x"] * 2
+
+
+@responses.activate
+def test_a_conversation_creation_that_timed_out_is_not_repeated_in_the_same_call(s):
+    responses.post(f"{CW}/conversations", body=requests.exceptions.ReadTimeout("slow"))
+    responses.post(f"{CW}/conversations", json={"id": 90})
+    with pytest.raises(TransientError):
+        s.chatwoot.create_conversation(source_id="meli:buyer:9", inbox_id=2, contact_id=5, custom_attributes={},
+                                       additional_attributes={})
+    assert len(posts_to(f"{CW}/conversations")) == 1
+
+
+def buyer_file_message(mid, text, filename):
+    return dict(buyer_message(mid, text), message_attachments=[
+        {"filename": filename, "original_filename": "foto.png", "type": "image/png", "size": 10}])
+
+
+@responses.activate
+def test_a_buyer_file_mercado_livre_no_longer_serves_does_not_hold_back_the_sales_messages(s):
+    first = buyer_file_message("b1", "Segue a foto", "gone-123.png")
+    second = buyer_message("b2", "Alguém aí?")
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
+                  json={"paging": {"total": 2}, "messages": [first, second]})
+    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)],
+                  json={"paging": {"total": 2}, "messages": [first, second]})
+    responses.get(f"{API}/messages/attachments/gone-123.png", status=404, json={"message": "not found"})
+    created = iter(range(800, 810))
+    responses.add_callback(responses.POST, f"{CW}/conversations/88/messages",
+                           callback=lambda _req: (200, {}, json.dumps({"id": next(created)})))
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+
+    assert sync_messages.sync_pack(s, "2000001", 555) == 2
+    contents = [json.loads(c.request.body)["content"] for c in posts_to(f"{CW}/conversations/88/messages")]
+    assert contents[0].startswith("Segue a foto") and "foto.png" in contents[0]
+    assert contents[1] == "Alguém aí?"
+    assert s.db.link("message", "b1")["status"] == "created" and s.db.link("message", "b2")["status"] == "created"
+    # Mercado Livre's 404 said nothing about the Chatwoot conversation: the sale stays in it.
+    assert not posts_to(f"{CW}/conversations") and s.db.link("pack", "2000001")["conversation_id"] == 88
+
+
+@responses.activate
+def test_a_404_from_mercado_livre_is_not_taken_for_a_deleted_chatwoot_conversation(s):
+    responses.get(f"{API}/messages/attachments/x.png", status=404, json={"message": "not found"})
+    responses.get(f"{CW}/conversations/88", status=404, json={"error": "not found"})
+    with pytest.raises(PermanentError) as from_meli:
+        s.meli.download_attachment("x.png")
+    with pytest.raises(PermanentError) as from_chatwoot:
+        s.chatwoot.conversation(88)
+    assert not is_gone(from_meli.value) and is_gone(from_chatwoot.value)
+
+
+@responses.activate
+def test_a_file_the_seller_sent_on_the_site_is_mirrored_after_a_failed_reply_left_a_part_half_sent(s):
+    from outbox import accept_webhook
+    from tests.payloads import message_created
+    accept_webhook(message_created(message_id=9300, conversation_id=88, inbox_id=2, content="Ok"),
+                   s.settings, s.db, time.time())
+    reply = s.db.replies_active_for_target("message", "2000001")[0]
+    s.db.reply_claim(reply["id"], time.time(), 300)
+    s.db.part_mark_sending(reply["id"], 0, time.time())
+    s.db.reply_failed(reply["id"], "recusado", "nota", time.time())  # finished: nothing of it is in flight
+    typed = {"id": "m-file", "from": {"user_id": 555}, "to": {"user_id": 9}, "text": "",
+             "message_date": {"created": "2026-11-29T10:05:00.000Z", "read": None},
+             "message_attachments": [{"filename": "nf-1.pdf", "original_filename": "nota.pdf", "size": 3}]}
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
+                  json={"paging": {"total": 1}, "messages": [typed]})
+    responses.get(f"{API}/messages/attachments/nf-1.pdf", body=b"%PDF", content_type="application/pdf")
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 702})
+
+    assert sync_messages.sync_pack(s, "2000001", 555) == 1
+    assert s.db.link("message", "m-file")["status"] == "created"
+    assert s.db.thread("2000001")["total"] == 1
+
+
+@responses.activate
+def test_a_reply_moderated_after_its_first_check_is_still_shown_failed_to_the_agent(s):
+    from outbox import accept_webhook
+    from tests.payloads import message_created
+    now = time.time()
+    accept_webhook(message_created(message_id=9400, conversation_id=88, inbox_id=2, content="Me chama no zap"),
+                   s.settings, s.db, now - 1300)
+    reply = s.db.replies_active_for_target("message", "2000001")[0]
+    s.db.reply_claim(reply["id"], now - 1300, 300)
+    s.db.part_sent(reply["id"], 0, "m-r", now - 1200)
+    s.db.reply_delivered(reply["id"], now - 1200)
+    # Checked three minutes after delivery: still clean then.
+    s.db.link_created("moderation_check", reply["id"], now - 1000)
+    moderated = {"id": "m-r", "from": {"user_id": 555}, "to": {"user_id": 9}, "text": "Me chama no zap",
+                 "status": "moderated", "message_moderation": {"status": "rejected", "reason": "PERSONAL_DATA"},
+                 "message_date": {"created": "2026-11-29T10:05:00.000Z", "read": None}}
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
+                  json={"paging": {"total": 1}, "messages": [moderated]})
+    responses.patch(f"{CW}/conversations/88/messages/9400", json={})
+    responses.get(f"{CW}/conversations/88/messages", json={"payload": []})
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 703})
+
+    assert sync_messages.check_recent_replies(s, 555, set()) == 1
+    patched = [json.loads(c.request.body) for c in responses.calls if c.request.method == "PATCH"]
+    assert patched and patched[0]["status"] == "failed"
+    assert s.db.link("moderation", "m-r")["status"] == "created"
+    assert sync_messages.check_recent_replies(s, 555, set()) == 0  # once per round
+
+
+@responses.activate
+def test_a_lost_send_at_the_end_of_a_long_thread_is_found_instead_of_sent_again(s):
+    import outbox
+    since = time.time()
+    old = [dict(buyer_message(f"o{i}", f"antiga {i}"), message_date={"created": "2026-01-01T10:00:00.000Z"})
+           for i in range(249)]
+    created = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(since + 5))
+    ours = {"id": "m-late", "from": {"user_id": 555}, "to": {"user_id": 9}, "text": "Enviado hoje",
+            "message_date": {"created": created}}
+    everything = old + [ours]  # oldest first, as Mercado Livre lists a thread
+
+    def thread_page(request):
+        offset, limit = int(request.params["offset"]), int(request.params["limit"])
+        return 200, {}, json.dumps({"paging": {"total": len(everything)},
+                                    "messages": everything[offset:offset + limit]})
+
+    responses.add_callback(responses.GET, THREAD, callback=thread_page)
+    part = {"text": "Enviado hoje", "attachments": []}
+    assert outbox._find_sent_part(s, "2000001", 555, part, since) == "m-late"
+
+
+@responses.activate
+def test_a_later_reply_waits_when_the_earlier_one_is_in_another_pollers_hands(s):
+    import outbox
+    from tests.payloads import message_created
+    for message_id, content in ((9501, "Primeiro"), (9502, "Segundo")):
+        outbox.accept_webhook(message_created(message_id=message_id, conversation_id=88, inbox_id=2,
+                                              content=content), s.settings, s.db, time.time())
+    first, second = s.db.replies_active_for_target("message", "2000001")
+    # Between the listing of due replies and the claim, another poller (e.g. `--once`) took the first.
+    assert s.db.reply_claim(first["id"], time.time(), 300) is not None
+    responses.post(THREAD, json={"id": "m-x"})
+    outbox._deliver_in_order(s, [first["id"], second["id"]])
+    assert not [c for c in responses.calls if c.request.method == "POST"]
+    assert s.db.reply(second["id"])["status"] == "pending"
+
+
+@responses.activate
+def test_a_long_reply_keeps_its_lease_while_its_parts_go_out(s):
+    import outbox
+    from tests.payloads import message_created
+    clock = {"now": time.time()}
+    s.clock = lambda: clock["now"]
+    long_text = ("Primeira parte do texto. " * 14 + "\n\n" + "Segunda parte do texto. " * 14).strip()
+    outbox.accept_webhook(message_created(message_id=9700, conversation_id=88, inbox_id=2, content=long_text),
+                          s.settings, s.db, clock["now"])
+    reply = s.db.replies_active_for_target("message", "2000001")[0]
+    assert len(s.db.reply_parts(reply["id"])) == 2
+    taken_by_another = []
+
+    def send(_request):
+        # Each part takes two thirds of a lease (Mercado Livre slow, retries, rate pacing)...
+        clock["now"] += outbox.LEASE_SECONDS * 2 / 3
+        # ...and a second poller (`main.py --once`) looks for replies whose worker died.
+        taken_by_another.append(s.db.reply_claim(reply["id"], clock["now"] + 20, outbox.LEASE_SECONDS))
+        return 200, {}, json.dumps({"id": f"m-{len(taken_by_another)}"})
+
+    responses.add_callback(responses.POST, THREAD, callback=send)
+    assert outbox.deliver(s, reply["id"]) == "delivered"
+    assert taken_by_another == [None, None]
