@@ -29,6 +29,14 @@ Chatwoot
   up by source_id.
 - `moderation_reported` (sync_messages._report_moderated_replies): the moderation row is
   `pending` and the whole report is redone (status mark idempotent, note by source_id).
+- `claim_message_created` (sync_claims._mirror): the claim_message row is `pending`;
+  looked up by source_id. The claim's `last_updated` is stored only after every message
+  and note, so the next poll syncs the claim again.
+- `claim_event_shown` (sync_claims._event): a claim's summary, state, deadline or sale
+  note (with its resolve or priority change) is in Chatwoot but the claim_event row is
+  `pending`; the note is looked up by source_id, status and priority are idempotent.
+- `claim_moderation_reported` (sync_claims._report_moderated_reply): the row is `pending`
+  and the report is redone (failed mark idempotent, note looked up by source_id).
 - `reply_reported` (outbox.report_reply): reported_at is unset; the report is redone
   (status marks and resolving are idempotent, the note is looked up by source_id).
 
@@ -42,6 +50,10 @@ Mercado Livre
 - `message_sent` (outbox._deliver_message): the part stays `sending`. The retry finds it
   in the thread by text; the post-sale sync, reading the thread first, adopts a seller
   message equal to an in-flight part instead of mirroring it as sent outside Chatwoot.
+- `claim_message_sent` (outbox._deliver_claim): the part stays `sending`. Claim messages
+  have no id: the retry counts the seller messages with the part's text since its first
+  attempt that no sync accounted for, against sent parts with that text not adopted yet;
+  the claims sync, meanwhile, leaves a seller message equal to an in-flight part alone.
 - `attachment_uploaded` (outbox._upload_files): the upload id is not recorded; the retry
   uploads again. The first upload is never used and expires (48 h): nobody sees it.
 - `token_refreshed` (mercado_livre_api._refresh): the new pair is lost and the old

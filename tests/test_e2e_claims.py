@@ -1,6 +1,7 @@
 """Claims end to end: the real poller and listener against the fakes."""
 
 import pytest
+import requests
 
 from tests.e2e import Bridge, wait_until
 
@@ -195,7 +196,7 @@ def test_a_reply_to_the_mediator_before_the_dispute_fails_and_says_what_to_do(cl
 @pytest.mark.parametrize("window", ["claim_message_created", "claim_event_shown", "conversation_created"])
 def test_a_kill_in_a_claim_sync_window_leaves_no_duplicates(claims_bridge, window):
     bridge = claims_bridge
-    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    meli = bridge.fakes.meli.state
     open_claim(meli)
     meli.add_claim_message(CLAIM, "complainant", "Primeira")
     meli.add_claim_message(CLAIM, "complainant", "Segunda")
@@ -235,7 +236,6 @@ def test_a_claims_notification_brings_the_claim_in(claims_bridge):
     meli = bridge.fakes.meli.state
     open_claim(meli)
     bridge.listener()
-    import requests
     body = meli.notification("claims", f"/post-purchase/v1/claims/{CLAIM}")
     assert requests.post(f"{bridge.url}/notifications", json=body, timeout=5).status_code == 200
     bridge.poller()
