@@ -1,0 +1,104 @@
+"""Claims: pure decisions and the listener's acceptance of claim replies."""
+
+import outbox
+import sync_claims
+from tests.payloads import message_created
+
+CLAIM_INBOX = 9
+
+
+def claim(stage="claim", status="opened", actions=("send_message_to_complainant",), due="2026-11-22T10:00:00.000Z"):
+    return {"id": 5000001, "resource": "order", "resource_id": 2000001, "type": "mediations", "stage": stage,
+            "status": status, "reason_id": "PDD9939", "last_updated": "2026-11-20T10:00:00.000Z",
+            "players": [{"role": "complainant", "type": "buyer", "user_id": 7001, "available_actions": []},
+                        {"role": "respondent", "type": "seller", "user_id": 555,
+                         "available_actions": [{"action": a, "due_date": due, "mandatory": True}
+                                               for a in actions]}],
+            "resolution": None}
+
+
+def test_a_reply_goes_to_the_buyer_unless_the_mediator_is_asked_for_or_the_only_one_allowed():
+    open_claim = claim()
+    dispute = claim(stage="dispute", actions=("send_message_to_mediator",))
+    both = claim(stage="dispute", actions=("send_message_to_complainant", "send_message_to_mediator"))
+    assert sync_claims.choose_receiver("complainant", open_claim) == "complainant"
+    assert sync_claims.choose_receiver("mediator", open_claim) is None
+    assert sync_claims.choose_receiver("complainant", dispute) == "mediator"
+    assert sync_claims.choose_receiver("complainant", both) == "complainant"
+    assert sync_claims.choose_receiver("mediator", both) == "mediator"
+    assert sync_claims.choose_receiver("complainant", claim(actions=("refund",))) is None
+
+
+def test_unknown_actions_are_shown_by_name_and_never_fail():
+    assert sync_claims.action_name("send_potato") == "send potato"
+    assert sync_claims.next_action(claim(actions=("send_potato",)))[0] == "send_potato"
+    assert sync_claims.next_action({"players": "garbage"}) == (None, None)
+
+
+def test_a_message_is_known_by_role_date_and_text_hash_never_by_its_text():
+    message = {"sender_role": "complainant", "date_created": "2026-11-20T10:00:00.000Z",
+               "message": "Meu telefone é 11 99999-9999"}
+    key = sync_claims.message_key("5", message)
+    assert "99999" not in key and key.startswith("5:complainant:2026-11-20T10:00:00.000Z:")
+    assert key == sync_claims.message_key("5", dict(message, message="Meu  telefone é 11 99999-9999"))
+    assert key != sync_claims.message_key("5", dict(message, sender_role="mediator"))
+
+
+def test_the_mediator_speaks_with_a_visible_prefix_and_moderation_is_shown_with_its_reason():
+    mediator = {"sender_role": "mediator", "message": "Envie a nota fiscal"}
+    assert sync_claims.message_content(mediator, "incoming") == "Mediação do Mercado Livre: Envie a nota fiscal"
+    rejected = {"sender_role": "complainant", "message": "me liga", "status": "rejected",
+                "moderation": {"status": "rejected", "reason": "PERSONAL_DATA"}}
+    assert "dados pessoais" in sync_claims.message_content(rejected, "incoming")
+
+
+def test_state_changes_become_notes_once_each():
+    old = {"stage": "claim", "status": "opened", "due": "2026-11-22T10:00:00.000Z"}
+    dispute = claim(stage="dispute", actions=("send_message_to_mediator",), due="2026-11-23T10:00:00.000Z")
+    events = dict(sync_claims.state_events(old, dispute))
+    assert set(events) == {"stage:dispute", "due:2026-11-23T10:00:00.000Z"}
+    closed = dict(claim(status="closed"), resolution={"reason": "payment_refunded", "benefited": ["complainant"]})
+    events = dict(sync_claims.state_events(old, closed))
+    assert list(events) == ["closed"] and "o comprador" in events["closed"]
+    assert sync_claims.state_events(dict(old, status="closed"), closed) == []
+
+
+def test_the_deadline_counts_only_when_near_and_the_seller_owes_an_answer():
+    data = {"status": "opened", "due": "2026-11-21T10:00:00.000Z", "awaiting_seller": True}
+    due = sync_claims.parse_date(data["due"])
+    assert sync_claims.due_soon(data, due - 3600)
+    assert not sync_claims.due_soon(data, due - 25 * 3600)
+    assert not sync_claims.due_soon(dict(data, awaiting_seller=False), due - 3600)
+    assert not sync_claims.due_soon(dict(data, status="closed"), due - 3600)
+    assert sync_claims.awaiting_seller([{"sender_role": "respondent", "date_created": "1"},
+                                        {"sender_role": "complainant", "date_created": "2"}])
+    assert not sync_claims.awaiting_seller([{"sender_role": "respondent", "date_created": "3"},
+                                            {"sender_role": "complainant", "date_created": "2"}])
+
+
+def test_the_listener_ignores_the_claims_inbox_while_claims_are_off(settings, db):
+    status, code, extra = outbox.accept_webhook(message_created(inbox_id=CLAIM_INBOX), settings, db, 1000.0)
+    assert (status, code, extra["reason"]) == ("ignored", 200, "not a Mercado Livre inbox")
+
+
+def test_a_claim_reply_is_accepted_with_the_receiver_the_agent_chose(make_settings, db):
+    settings = make_settings(CHATWOOT_CLAIMS_INBOX_ID=str(CLAIM_INBOX))
+    body = message_created(message_id=1, inbox_id=CLAIM_INBOX, content="Olá",
+                           custom_attributes={"meli_claim_id": "5000001", "meli_claim_reply_to": "Mediador "})
+    status, _code, extra = outbox.accept_webhook(body, settings, db, 1000.0)
+    assert status == "accepted" and extra["kind"] == "claim" and extra["target"] == "5000001"
+    assert db.reply(extra["reply_id"])["receiver"] == "mediator"
+    body = message_created(message_id=2, inbox_id=CLAIM_INBOX, content="Olá",
+                           custom_attributes={"meli_claim_id": "5000001", "meli_claim_reply_to": ["x"]})
+    _status, _code, extra = outbox.accept_webhook(body, settings, db, 1000.0)
+    assert db.reply(extra["reply_id"])["receiver"] == "complainant"
+
+
+def test_a_claim_reply_with_a_file_and_no_text_is_refused_with_a_note(make_settings, db):
+    settings = make_settings(CHATWOOT_CLAIMS_INBOX_ID=str(CLAIM_INBOX))
+    files = [{"id": 5, "extension": "png", "data_url": "https://chat.example.test/rails/active_storage/x/foto.png",
+              "file_size": 100}]
+    body = message_created(message_id=3, inbox_id=CLAIM_INBOX, content=None, attachments=files,
+                           custom_attributes={"meli_claim_id": "5000001"})
+    status, _code, extra = outbox.accept_webhook(body, settings, db, 1000.0)
+    assert status == "refused" and extra["reason"] == "anexo sem texto"
