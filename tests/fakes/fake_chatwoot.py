@@ -257,6 +257,8 @@ class ChatwootState(Controls):
             titles = ", ".join(str(t) for t in titles)
         if attrs.get("meli_question_id"):
             kind = f"Pergunta {attrs['meli_question_id']}"
+        elif attrs.get("meli_claim_id"):
+            kind = f"Reclamação {attrs['meli_claim_id']}"
         elif attrs.get("meli_pack_id"):
             kind = f"Venda {attrs['meli_pack_id']}"
         else:
@@ -1096,7 +1098,7 @@ function renderMeli(meli) {
   for (const m of meli.messages) {
     const item = el("li", "ml");
     const files = m.attachments ? " · " + m.attachments + " anexo(s)" : "";
-    item.append(el("div", "meta", "Venda " + m.pack_id + files), el("div", "", m.text));
+    item.append(el("div", "meta", (m.label || "Venda " + m.pack_id) + files), el("div", "", m.text));
     messages.append(item);
   }
   if (!meli.answers.length) answers.append(el("li", "empty", "Nenhuma ainda."));
