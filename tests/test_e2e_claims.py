@@ -247,3 +247,54 @@ def test_without_a_claims_inbox_claims_cost_nothing(bridge):
     open_claim(meli)
     assert bridge.once().returncode == 0
     assert meli.count(None, "/post-purchase") == 0
+
+
+def test_a_reply_moderated_after_acceptance_is_marked_failed_with_a_note(claims_bridge):
+    bridge = claims_bridge
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    open_claim(meli)
+    bridge.listener()
+    bridge.poller()
+    conv = wait_until(lambda: claim_conversations(bridge), 30, what="the claim conversation")[0]
+    reply = chatwoot.agent_reply(conv["id"], "Me chama no zap 11 99999-0000")
+    wait_until(lambda: chatwoot.message(reply["id"])["status"] == "delivered", 20, what="delivered")
+    meli.moderate_claim_message(CLAIM, len(meli.claim_messages[CLAIM]) - 1, reason="PERSONAL_DATA")
+    wait_until(lambda: chatwoot.message(reply["id"])["status"] == "failed", 20, what="failed mark")
+    assert "dados pessoais" in chatwoot.message(reply["id"])["external_error"]
+    wait_until(lambda: any("bloqueou sua mensagem" in n for n in contents(bridge, conv["id"], private=True)), 20,
+               what="moderation note")
+    meli.add_claim_message(CLAIM, "complainant", "Não recebi nada")
+    wait_until(lambda: "Não recebi nada" in contents(bridge, conv["id"]), 20, what="next buyer message")
+    notes = [n for n in contents(bridge, conv["id"], private=True) if "bloqueou sua mensagem" in n]
+    assert len(notes) == 1
+    assert contents(bridge, conv["id"]).count("Me chama no zap 11 99999-0000") == 1
+
+
+def test_a_deleted_claim_conversation_continues_in_a_new_one(claims_bridge):
+    bridge = claims_bridge
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    open_claim(meli)
+    meli.add_claim_message(CLAIM, "complainant", "Primeira")
+    assert bridge.once().returncode == 0
+    [conv] = claim_conversations(bridge)
+    chatwoot.delete_conversation(conv["id"])
+    meli.add_claim_message(CLAIM, "complainant", "Depois de apagada")
+    assert bridge.once().returncode == 0
+    [new] = claim_conversations(bridge)
+    assert new["id"] != conv["id"] and new["custom_attributes"]["meli_claim_id"] == str(CLAIM)
+    assert contents(bridge, new["id"]) == ["Depois de apagada"]
+    assert bridge.once().returncode == 0
+    assert contents(bridge, new["id"]) == ["Depois de apagada"]
+
+
+def test_a_message_the_seller_wrote_on_the_site_is_mirrored_as_outgoing_once(claims_bridge):
+    bridge = claims_bridge
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    open_claim(meli)
+    meli.add_claim_message(CLAIM, "respondent", "Respondi pelo site")
+    assert bridge.once().returncode == 0
+    assert bridge.once().returncode == 0
+    [conv] = claim_conversations(bridge)
+    mirrored = [m for m in chatwoot.messages_in(conv["id"]) if "Respondi pelo site" in (m["content"] or "")]
+    assert len(mirrored) == 1 and mirrored[0]["message_type"] == 1 and not mirrored[0]["private"]
+    assert "fora do Chatwoot" in mirrored[0]["content"]
