@@ -1,6 +1,6 @@
 """One bad item never blocks the queue.
 
-A question, a sale (pack), a notification or a reply whose processing raises — an API
+A question, a sale (pack), a claim, a notification or a reply whose processing raises — an API
 error, or a bug meeting a payload shape nobody expected — fails alone: the failure is
 counted against that item in `item_attempts`, the item waits with backoff and the rest
 of the batch goes on. After GIVE_UP_ATTEMPTS the item is reported once, loudly (an error

@@ -629,11 +629,11 @@ def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float) -
     adopted yet. When in doubt the part goes again: a repeat beats a reply that shows
     delivered and never arrived.
     """
-    linked = {link["external_id"] for link in s.db.links_with_prefix("claim_message", f"{claim_id}:")
-              if link["status"] == "created"}
-    adopted = sum(1 for link in s.db.links_with_prefix("claim_message", f"{claim_id}:")
-                  if link["status"] == "created" and link["data"].get("remote") == remote)
-    waiting = len(s.db.claim_parts_sent(remote)) - adopted
+    links = s.db.links_with_prefix("claim_message", f"{claim_id}:")
+    linked = {link["external_id"] for link in links if link["status"] == "created"}
+    adopted = sync_claims.adopted_parts(links)
+    waiting = sum(1 for p in s.db.claim_parts_sent(remote)
+                  if (p["chatwoot_message_id"], p["seq"]) not in adopted)
     fresh = 0
     for message in s.meli.claim_messages(claim_id):
         if message.get("sender_role") != "respondent" \
@@ -642,7 +642,7 @@ def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float) -
             continue
         created = sync_messages.parse_date(message.get("date_created"))
         fresh += created is not None and created >= since - SEND_CLOCK_SKEW
-    return fresh > max(0, waiting)
+    return fresh > waiting
 
 
 CLAIM_CLOSED = ("reclamação encerrada",

@@ -451,10 +451,7 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
     # In this order: a part the outbox records as sent between the two reads is then among the sent ones.
     in_doubt = {" ".join(t.split()) for t in s.db.claim_part_texts_in_doubt(claim_id)}
     links = {link["external_id"]: link for link in s.db.links_with_prefix("claim_message", f"{claim_id}:")}
-    adopted: dict[str, int] = {}
-    for link in links.values():
-        if link["status"] == "created" and link["data"].get("by") == "bridge":
-            adopted[link["data"]["remote"]] = adopted.get(link["data"]["remote"], 0) + 1
+    adopted = adopted_parts(links.values())
     plan = []
     for message in in_order(messages):
         key = message_key(claim_id, message)
@@ -465,13 +462,13 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
             continue
         if message.get("sender_role") == "respondent":
             remote = sent_key(claim_id, text_of(message))
-            sent = s.db.claim_parts_sent(remote)
-            if len(sent) > adopted.get(remote, 0):
-                part = sent[adopted.get(remote, 0)]
-                adopted[remote] = adopted.get(remote, 0) + 1
+            part = next((p for p in s.db.claim_parts_sent(remote)
+                         if (p["chatwoot_message_id"], p["seq"]) not in adopted), None)
+            if part:
+                adopted.add((part["chatwoot_message_id"], part["seq"]))
                 s.db.link_created("claim_message", key, s.clock(), conversation_id=part["conversation_id"],
                                   message_id=part["chatwoot_message_id"],
-                                  data={"by": "bridge", "remote": remote, "reply_id": part["id"]})
+                                  data={"by": "bridge", "remote": remote, "reply_id": part["id"], "seq": part["seq"]})
                 if is_rejected(message):
                     _report_moderated_reply(s, claim_id, key, s.db.link("claim_message", key), message,
                                             conversation_id)
@@ -487,6 +484,17 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
     for key, message, direction in plan:
         _mirror(s, claim_id, conversation_id, key, message, direction)
     return len(plan)
+
+
+def adopted_parts(links) -> set[tuple[int, int]]:
+    """(Chatwoot message id, part) of the sent parts already matched to a claim message.
+
+    By part, not by count: replies are pruned after a while, and a count would then let a
+    new reply with an old reply's text go unmatched and be mirrored back. Not by reply id
+    either: SQLite gives a pruned highest id to the next reply.
+    """
+    return {(link["message_id"], link["data"].get("seq", 0)) for link in links
+            if link["status"] == "created" and link["data"].get("by") == "bridge"}
 
 
 def _mirror(s: Services, claim_id: str, conversation_id: int, key: str, message: dict, direction: str) -> None:
@@ -535,7 +543,8 @@ def _report_moderated_reply(s: Services, claim_id: str, key: str, link: dict, me
     mark, fresh = s.db.link_intent("claim_moderation", key, s.clock())
     if mark["status"] == "created":
         return
-    reply = s.db.reply(link["data"].get("reply_id") or 0)
+    # By Chatwoot message id: a pruned reply's id may belong to a newer reply now.
+    reply = s.db.reply_by_message(link["message_id"]) if link["message_id"] else None
     if reply:
         reason = moderation_reason(message)
         try:

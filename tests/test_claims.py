@@ -1,7 +1,13 @@
-"""Claims: pure decisions and the listener's acceptance of claim replies."""
+"""Claims: pure decisions, the listener's acceptance of claim replies, the sync against recorded state."""
+
+import time
+
+import pytest
+import responses
 
 import outbox
 import sync_claims
+from services import build_services
 from tests.payloads import message_created
 
 CLAIM_INBOX = 9
@@ -102,3 +108,55 @@ def test_a_claim_reply_with_a_file_and_no_text_is_refused_with_a_note(make_setti
                            custom_attributes={"meli_claim_id": "5000001"})
     status, _code, extra = outbox.accept_webhook(body, settings, db, 1000.0)
     assert status == "refused" and extra["reason"] == "anexo sem texto"
+
+
+# ---- the claims sync against recorded state (responses + a real database) -------------------------
+
+API = "https://api.meli.test"
+CW = "https://chat.example.test/api/v1/accounts/1"
+CLAIM_ID = "5000001"
+
+
+@pytest.fixture
+def s(make_settings, db):
+    services = build_services(make_settings(CHATWOOT_CLAIMS_INBOX_ID=str(CLAIM_INBOX)), db, sleep=lambda _s: None)
+    db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", time.time() + 21600, time.time())
+    data = {"buyer_id": 7001, "order_id": "2000001", "pack_id": "2000001", "stage": "claim", "status": "opened",
+            "last_updated": "old", "due": "2026-11-22T10:00:00.000Z", "affects": "not_affected",
+            "attributes": sync_claims.claim_attributes(claim(), None, "not_affected")}
+    db.link_created("claim", CLAIM_ID, 1.0, conversation_id=88, contact_id=5, data=data)
+    return services
+
+
+def respondent_message(text, minute):
+    return {"sender_role": "respondent", "receiver_role": "complainant", "message": text,
+            "date_created": f"2026-11-20T10:{minute:02d}:00.000Z", "status": "available", "attachments": []}
+
+
+def delivered_claim_reply(db, message_id, text):
+    reply_id = db.reply_accept(chatwoot_message_id=message_id, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                               parts=[{"text": text}], now=1000.0, receiver="complainant")
+    db.part_sent(reply_id, 0, sync_claims.sent_key(CLAIM_ID, text), 1001.0)
+    db.reply_delivered(reply_id, 1002.0)
+    return reply_id
+
+
+@responses.activate
+def test_a_reply_repeating_a_pruned_replys_text_is_still_the_agents_own_message(s, db):
+    old = delivered_claim_reply(db, 901, "Ok, obrigado")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim())
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
+                  json=[respondent_message("Ok, obrigado", 1)])
+    sync_claims.sync_claim(s, CLAIM_ID)
+    # The old reply is forgotten (housekeeping); weeks later an agent writes the same words.
+    db.conn().execute("DELETE FROM reply_parts WHERE reply_id = ?", (old,))
+    db.conn().execute("DELETE FROM replies WHERE id = ?", (old,))
+    delivered_claim_reply(db, 902, "Ok, obrigado")
+    responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
+                      json=[respondent_message("Ok, obrigado", 1), respondent_message("Ok, obrigado", 40)])
+    sync_claims.sync_claim(s, CLAIM_ID)
+    created = [c for c in responses.calls if c.request.method == "POST" and "/messages" in c.request.url
+               and c.request.url.startswith(CW)]
+    assert created == []
+    links = [link for link in db.links_with_prefix("claim_message", f"{CLAIM_ID}:")]
+    assert sorted(link["message_id"] for link in links) == [901, 902]
