@@ -6,6 +6,7 @@ import requests
 from tests.e2e import Bridge, wait_until
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+PDF = b"%PDF-1.4\n% nota fiscal\n"
 CLAIM = 5000001
 ORDER = 2000001
 BUYER = 7001
@@ -168,6 +169,9 @@ def test_a_closed_claim_resolves_the_conversation_and_a_reply_after_it_fails_wit
     closed = [n for n in contents(bridge, conv["id"], private=True) if "encerrada" in n]
     assert len(closed) == 1 and "payment refunded" in closed[0] and "o comprador" in closed[0]
     assert chatwoot.conversations[conv["id"]]["custom_attributes"]["meli_claim_status"] == "closed"
+    assert bridge.once().returncode == 0
+    assert chatwoot.conversations[conv["id"]]["status"] == "resolved"
+    assert len([n for n in contents(bridge, conv["id"], private=True) if "encerrada" in n]) == 1
     bridge.listener()
     bridge.poller()
     reply = chatwoot.agent_reply(conv["id"], "Ainda posso ajudar?")
@@ -298,3 +302,32 @@ def test_a_message_the_seller_wrote_on_the_site_is_mirrored_as_outgoing_once(cla
     mirrored = [m for m in chatwoot.messages_in(conv["id"]) if "Respondi pelo site" in (m["content"] or "")]
     assert len(mirrored) == 1 and mirrored[0]["message_type"] == 1 and not mirrored[0]["private"]
     assert "fora do Chatwoot" in mirrored[0]["content"]
+
+
+def test_a_reply_with_a_pdf_goes_as_a_claim_attachment_uploaded_once(claims_bridge):
+    bridge = claims_bridge
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    open_claim(meli)
+    bridge.listener()
+    bridge.poller()
+    conv = wait_until(lambda: claim_conversations(bridge), 30, what="the claim conversation")[0]
+    reply = chatwoot.agent_reply(conv["id"], "Segue a nota fiscal", attachments=[("nota.pdf", PDF, "application/pdf")])
+    wait_until(lambda: chatwoot.message(reply["id"])["status"] == "delivered", 20, what="delivered")
+    assert len(meli.claim_uploads) == 1 and meli.claim_uploads[0]["original_filename"] == "nota.pdf"
+    assert meli.claim_sent[-1]["attachments"] == [meli.claim_uploads[0]["filename"]]
+    # The message comes back with its file; it is the agent's own, never mirrored.
+    wait_until(lambda: bridge.once().returncode == 0, 30, what="a clean --once")
+    assert contents(bridge, conv["id"], private=False).count("Segue a nota fiscal") == 1
+
+
+def test_a_new_message_reopens_a_conversation_an_agent_resolved(claims_bridge):
+    bridge = claims_bridge
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    open_claim(meli)
+    assert bridge.once().returncode == 0
+    [conv] = claim_conversations(bridge)
+    chatwoot.resolve_conversation(conv["id"])
+    meli.add_claim_message(CLAIM, "complainant", "Ainda estou esperando")
+    assert bridge.once().returncode == 0
+    assert chatwoot.conversations[conv["id"]]["status"] == "open"
+    assert contents(bridge, conv["id"]).count("Ainda estou esperando") == 1
