@@ -348,7 +348,7 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
         conversation_id = link["conversation_id"]
         affects = old.get("affects")
         if claim.get("stage") != old.get("stage") or claim.get("status") != old.get("status"):
-            affects = s.meli.claim_affects_reputation(claim_id) or affects
+            affects = _affects_reputation(s, claim_id, affects)
     data = dict(old or (s.db.link("claim", claim_id) or {}).get("data") or {})
     created = _mirror_messages(s, claim_id, conversation_id, messages, reopen=old is not None)
     for event, note in state_events(old or {"stage": claim.get("stage"), "due": None}, claim):
@@ -372,6 +372,15 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
     return created, conversation_id
 
 
+def _affects_reputation(s: Services, claim_id: str, known: str | None = None) -> str | None:
+    """Shown as an attribute; its absence never holds up the claim's messages."""
+    try:
+        return s.meli.claim_affects_reputation(claim_id) or known
+    except PermanentError as exc:
+        log.warning("claim reputation effect unknown claim=%s error=%r", claim_id, exc.short())
+        return known
+
+
 def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict, data: dict | None) -> tuple[dict | None, int,
                                                                                                    str | None]:
     order = None
@@ -383,7 +392,7 @@ def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict, data: di
                 raise
     buyer = (order or {}).get("buyer") or {}
     buyer_id = buyer.get("id") or complainant_id(claim)
-    affects = s.meli.claim_affects_reputation(claim_id)
+    affects = _affects_reputation(s, claim_id)
     attributes = claim_attributes(claim, order, affects)
     contact_id, conversation_id, _fresh = open_conversation(
         s, kind="claim", external_id=claim_id, inbox_id=s.settings.chatwoot_claims_inbox_id, buyer_id=buyer_id,
@@ -529,7 +538,13 @@ def _download_files(s: Services, claim_id: str, message: dict) -> tuple[list, li
         if size > CHATWOOT_MAX_FILE or len(files) >= CHATWOOT_MAX_FILES:
             skipped.append((name, "acima do limite do Chatwoot"))
             continue
-        content, ctype = s.meli.download_claim_attachment(claim_id, attachment["filename"])
+        try:
+            content, ctype = s.meli.download_claim_attachment(claim_id, attachment["filename"])
+        except PermanentError as exc:
+            # The message still comes in, saying so; and a Mercado Livre 404 is never taken for a
+            # deleted Chatwoot conversation.
+            skipped.append((name, f"não disponível no Mercado Livre: erro {exc.status}"))
+            continue
         if len(content) > CHATWOOT_MAX_FILE:
             skipped.append((name, "acima do limite do Chatwoot"))
             continue

@@ -1,5 +1,6 @@
 """Claims: pure decisions, the listener's acceptance of claim replies, the sync against recorded state."""
 
+import json
 import time
 
 import pytest
@@ -160,3 +161,33 @@ def test_a_reply_repeating_a_pruned_replys_text_is_still_the_agents_own_message(
     assert created == []
     links = [link for link in db.links_with_prefix("claim_message", f"{CLAIM_ID}:")]
     assert sorted(link["message_id"] for link in links) == [901, 902]
+
+
+@responses.activate
+def test_a_file_mercado_livre_no_longer_has_is_named_and_the_conversation_is_kept(s, db):
+    message = {"sender_role": "complainant", "receiver_role": "respondent", "message": "Veja a foto",
+               "date_created": "2026-11-20T10:05:00.000Z", "status": "available",
+               "attachments": [{"filename": "7001_abc.png", "original_filename": "foto.png", "size": 10}]}
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim(due="2030-01-01T00:00:00.000Z"))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[message])
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/attachments/7001_abc.png/download", status=404,
+                  json={"error": "not_found", "message": "attachment not found"})
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 700})
+    responses.get(f"{CW}/conversations/88", json={"custom_attributes": {"meli_claim_reply_to": "mediador"}})
+    responses.post(f"{CW}/conversations/88/custom_attributes", json={})
+    assert sync_claims.sync_claim(s, CLAIM_ID) == 1
+    posted = [json.loads(c.request.body) for c in responses.calls
+              if c.request.method == "POST" and c.request.url == f"{CW}/conversations/88/messages"]
+    [created] = [m for m in posted if not m["private"]]
+    assert [m["content"] for m in posted if m["private"]] == [
+        "O prazo do vendedor mudou: responder ao comprador até 01/01/2030 00:00 UTC."]
+    assert created["content"].startswith("Veja a foto") and "foto.png" in created["content"]
+    assert "não disponível no Mercado Livre" in created["content"]
+    # The due date moved: attributes updated, the agent's own attribute kept.
+    [attributes] = [json.loads(c.request.body)["custom_attributes"] for c in responses.calls
+                    if c.request.url == f"{CW}/conversations/88/custom_attributes"]
+    assert attributes["meli_claim_reply_to"] == "mediador"
+    assert attributes["meli_claim_due_date"] == "2030-01-01T00:00:00.000Z"
+    link = db.link("claim", CLAIM_ID)
+    assert link["conversation_id"] == 88 and link["data"]["last_updated"] == claim()["last_updated"]
