@@ -275,6 +275,7 @@ def sync_claims(s: Services) -> dict:
         ok, _ = batch.run(claim_id, sync_claim, s, claim_id)
         counts["synced"] += ok
     counts["deadlines"] = check_deadlines(s)
+    counts["sales_pointed"] = point_sales(s)
     counts["moderation_checks"] = check_recent_replies(s, skip=set(due))
     counts["item_errors"] = batch.failed
     return counts
@@ -347,6 +348,9 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
     else:
         conversation_id = link["conversation_id"]
         affects = old.get("affects")
+        if not old.get("sale_noted") and _point_sale_to_claim(s, claim_id, conversation_id, old.get("pack_id") or "",
+                                                              old.get("order_id") or ""):
+            old = dict(old, sale_noted=True)
         if claim.get("stage") != old.get("stage") or claim.get("status") != old.get("status"):
             affects = _affects_reputation(s, claim_id, affects)
     data = dict(old or (s.db.link("claim", claim_id) or {}).get("data") or {})
@@ -400,10 +404,11 @@ def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict, data: di
     s.chatwoot.set_labels(conversation_id, [LABEL])
     _event(s, claim_id, "opened", conversation_id, summary_message(claim, order), incoming=True)
     order_id, pack_id = attributes["meli_order_id"], attributes["meli_pack_id"]
-    _point_sale_to_claim(s, claim_id, conversation_id, pack_id, order_id)
+    sale_noted = _point_sale_to_claim(s, claim_id, conversation_id, pack_id, order_id)
     action, due = next_action(claim)
     s.db.link_created("claim", claim_id, s.clock(), contact_id=contact_id, conversation_id=conversation_id,
                       data=dict(data or {}, buyer_id=buyer_id, order_id=order_id, pack_id=pack_id,
+                                sale_noted=sale_noted or bool((data or {}).get("sale_noted")),
                                 stage=claim.get("stage"), status="opened", due=due, affects=affects,
                                 attributes=attributes))
     log.info("claim in chatwoot claim=%s buyer=%s order=%s conversation=%s", claim_id, buyer_id, order_id,
@@ -411,12 +416,13 @@ def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict, data: di
     return order, conversation_id, affects
 
 
-def _point_sale_to_claim(s: Services, claim_id: str, conversation_id: int, pack_id: str, order_id: str) -> None:
-    """The sale's own conversation learns where the talk went on."""
+def _point_sale_to_claim(s: Services, claim_id: str, conversation_id: int, pack_id: str, order_id: str) -> bool:
+    """The sale's own conversation learns where the talk went on. False while the sale has none
+    (the buyer may write there later: each sync of the claim tries again, at no call until then)."""
     sale = next((link for key in dict.fromkeys(k for k in (pack_id, order_id) if k)
                  if (link := s.db.link("pack", key)) and link.get("conversation_id")), None)
     if not sale:
-        return
+        return False
     url = f"{s.settings.chatwoot_url}/app/accounts/{s.settings.chatwoot_account_id}/conversations/{conversation_id}"
     note = (f"O comprador abriu uma reclamação no Mercado Livre sobre esta venda (reclamação {claim_id}). Enquanto "
             f"ela estiver aberta, as mensagens desta venda podem ficar bloqueadas: a conversa continua na caixa "
@@ -426,6 +432,7 @@ def _point_sale_to_claim(s: Services, claim_id: str, conversation_id: int, pack_
     except PermanentError as exc:
         if not is_gone(exc):
             raise
+    return True
 
 
 def _event(s: Services, claim_id: str, event: str, conversation_id: int, content: str, *, incoming: bool = False,
@@ -615,6 +622,24 @@ def check_deadlines(s: Services) -> int:
             if not is_gone(exc):
                 raise
     return noted
+
+
+def point_sales(s: Services) -> int:
+    """Open claims whose sale had no conversation yet: local reads only, a note once the sale has one."""
+    pointed = 0
+    for link in s.db.links_by_status("claim", "created"):
+        data = link["data"]
+        if s.stopping.is_set():
+            break
+        if data.get("sale_noted") or data.get("status") != "opened":
+            continue
+        with s.locks.hold(f"claim:{link['external_id']}"):
+            if _point_sale_to_claim(s, link["external_id"], link["conversation_id"], data.get("pack_id") or "",
+                                    data.get("order_id") or ""):
+                current = s.db.link("claim", link["external_id"]) or link
+                s.db.link_update("claim", link["external_id"], s.clock(), data=dict(current["data"], sale_noted=True))
+                pointed += 1
+    return pointed
 
 
 def check_recent_replies(s: Services, skip: set[str]) -> int:

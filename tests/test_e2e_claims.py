@@ -78,6 +78,22 @@ def test_the_sale_conversation_gets_a_note_pointing_to_the_claim(claims_bridge):
     assert len(contents(bridge, sale["id"], private=True)) == 1
 
 
+def test_a_sale_conversation_made_after_the_claim_still_gets_the_note(claims_bridge):
+    bridge = claims_bridge
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    open_claim(meli)
+    assert bridge.once().returncode == 0
+    [claim_conv] = claim_conversations(bridge)
+    meli.add_buyer_message(ORDER, "Alguém pode me responder?")
+    assert bridge.once().returncode == 0
+    [sale] = [c for c in chatwoot.conversations.values() if c["inbox_id"] == bridge.fakes.messages_inbox]
+    notes = contents(bridge, sale["id"], private=True)
+    assert len(notes) == 1 and f"/conversations/{claim_conv['id']}" in notes[0]
+    calls = len(chatwoot.calls)
+    assert bridge.once().returncode == 0
+    assert len(contents(bridge, sale["id"], private=True)) == 1 and len(chatwoot.calls) == calls
+
+
 def test_a_buyer_message_then_an_agent_reply_reaches_the_complainant_once(claims_bridge):
     bridge = claims_bridge
     meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
