@@ -347,3 +347,25 @@ def test_a_new_message_reopens_a_conversation_an_agent_resolved(claims_bridge):
     assert bridge.once().returncode == 0
     assert chatwoot.conversations[conv["id"]]["status"] == "open"
     assert contents(bridge, conv["id"]).count("Ainda estou esperando") == 1
+
+
+def test_a_kill_while_reporting_a_moderated_claim_reply_reports_it_once(claims_bridge):
+    bridge = claims_bridge
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    open_claim(meli)
+    bridge.listener()
+    poller = bridge.poller()
+    conv = wait_until(lambda: claim_conversations(bridge), 30, what="the claim conversation")[0]
+    reply = chatwoot.agent_reply(conv["id"], "Meu email é loja@example.com")
+    wait_until(lambda: chatwoot.message(reply["id"])["status"] == "delivered", 20, what="delivered")
+    # The reply comes back in the claim and is adopted before the poller stops.
+    wait_until(lambda: bridge.once().returncode == 0, 30, what="a clean --once")
+    assert bridge.stop(poller) == 0
+    meli.moderate_claim_message(CLAIM, len(meli.claim_messages[CLAIM]) - 1, reason="PERSONAL_DATA")
+    bridge.env["BRIDGE_CRASH_AT"] = "claim_moderation_reported"
+    assert bridge.once().returncode != 0
+    del bridge.env["BRIDGE_CRASH_AT"]
+    assert bridge.once().returncode == 0
+    assert bridge.once().returncode == 0
+    assert chatwoot.message(reply["id"])["status"] == "failed"
+    assert len([n for n in contents(bridge, conv["id"], private=True) if "bloqueou sua mensagem" in n]) == 1
