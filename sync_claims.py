@@ -355,7 +355,9 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
             affects = _affects_reputation(s, claim_id, affects)
     data = dict(old or (s.db.link("claim", claim_id) or {}).get("data") or {})
     created = _mirror_messages(s, claim_id, conversation_id, messages, reopen=old is not None)
-    for event, note in state_events(old or {"stage": claim.get("stage"), "due": None}, claim):
+    # A conversation made again after an agent deleted it compares with what the claim was then.
+    before = old or (data if data.get("stage") else {"stage": claim.get("stage"), "due": None})
+    for event, note in state_events(before, claim):
         _event(s, claim_id, event, conversation_id, note, resolve=event == "closed")
     attributes = claim_attributes(claim, order, affects)
     if old is not None and not order:
