@@ -86,6 +86,19 @@ class ChatwootClient(HttpClient):
     def set_status(self, conversation_id: int, status: str) -> None:
         self._request("POST", f"/conversations/{conversation_id}/toggle_status", json={"status": status})
 
+    def set_custom_attributes(self, conversation_id: int, attributes: dict) -> None:
+        """Replaces the whole hash: callers merge with what is there (agents set some in the sidebar)."""
+        self._request("POST", f"/conversations/{conversation_id}/custom_attributes",
+                      json={"custom_attributes": attributes})
+
+    def set_labels(self, conversation_id: int, labels: list[str]) -> None:
+        """Replaces the conversation's labels."""
+        self._request("POST", f"/conversations/{conversation_id}/labels", json={"labels": labels})
+
+    def set_priority(self, conversation_id: int, priority: str | None) -> None:
+        """urgent | high | medium | low | None (Chatwoot 3.x and later)."""
+        self._request("POST", f"/conversations/{conversation_id}/toggle_priority", json={"priority": priority})
+
     # ---- messages ------------------------------------------------------------------------------
 
     def messages(self, conversation_id: int, before: int | None = None) -> list[dict]:

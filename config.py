@@ -61,6 +61,8 @@ class Settings:
     meli_api_url: str = "https://api.mercadolibre.com"
     meli_auth_url: str = "https://auth.mercadolivre.com.br"
     meli_use_pkce: bool = False
+    # Optional: unset, claims stay off and deployments made before claims keep working unchanged.
+    chatwoot_claims_inbox_id: int | None = None
     database_path: str = DEFAULT_DATABASE_PATH
     port: int = 5000
     questions_poll_seconds: float = 120.0
@@ -258,6 +260,7 @@ def _read(env: Mapping[str, str] | None, *, require_webhook_secret: bool = False
                                                    example="3"),
         chatwoot_messages_inbox_id=r.positive_int("CHATWOOT_MESSAGES_INBOX_ID", required=require_inboxes,
                                                   example="4"),
+        chatwoot_claims_inbox_id=r.positive_int("CHATWOOT_CLAIMS_INBOX_ID", required=False, example="5"),
         chatwoot_webhook_secrets=webhook_secrets,
         database_path=r.text("DATABASE_PATH", required=False, example="data/meli_chatwoot.db",
                              default=DEFAULT_DATABASE_PATH),
@@ -277,6 +280,9 @@ def _read(env: Mapping[str, str] | None, *, require_webhook_secret: bool = False
     q_inbox, m_inbox = values["chatwoot_questions_inbox_id"], values["chatwoot_messages_inbox_id"]
     if q_inbox and q_inbox == m_inbox:
         r._problem("CHATWOOT_MESSAGES_INBOX_ID", "must differ from CHATWOOT_QUESTIONS_INBOX_ID", "4")
+    c_inbox = values["chatwoot_claims_inbox_id"]
+    if c_inbox and c_inbox in (q_inbox, m_inbox):
+        r._problem("CHATWOOT_CLAIMS_INBOX_ID", "must differ from the questions and messages inboxes", "5")
     return values, r.problems
 
 

@@ -29,6 +29,14 @@ Chatwoot
   up by source_id.
 - `moderation_reported` (sync_messages._report_moderated_replies): the moderation row is
   `pending` and the whole report is redone (status mark idempotent, note by source_id).
+- `claim_message_created` (sync_claims._mirror): the claim_message row is `pending`;
+  looked up by source_id. The claim's `last_updated` is stored only after every message
+  and note, so the next poll syncs the claim again.
+- `claim_event_shown` (sync_claims._event): a claim's summary, state, deadline or sale
+  note (with its resolve or priority change) is in Chatwoot but the claim_event row is
+  `pending`; the note is looked up by source_id, status and priority are idempotent.
+- `claim_moderation_reported` (sync_claims._report_moderated_reply): the row is `pending`
+  and the report is redone (failed mark idempotent, note looked up by source_id).
 - `reply_reported` (outbox.report_reply): reported_at is unset; the report is redone
   (status marks and resolving are idempotent, the note is looked up by source_id).
 
@@ -42,6 +50,10 @@ Mercado Livre
 - `message_sent` (outbox._deliver_message): the part stays `sending`. The retry finds it
   in the thread by text; the post-sale sync, reading the thread first, adopts a seller
   message equal to an in-flight part instead of mirroring it as sent outside Chatwoot.
+- `claim_message_sent` (outbox._deliver_claim): the part stays `sending`. Claim messages
+  have no id: the retry counts the seller messages with the part's text since its first
+  attempt that no sync accounted for, against sent parts with that text not adopted yet;
+  the claims sync, meanwhile, leaves a seller message equal to an in-flight part alone.
 - `attachment_uploaded` (outbox._upload_files): the upload id is not recorded; the retry
   uploads again. The first upload is never used and expires (48 h): nobody sees it.
 - `token_refreshed` (mercado_livre_api._refresh): the new pair is lost and the old
@@ -265,6 +277,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX links_by_buyer ON links (kind, CAST(json_extract(data, '$.buyer_id') AS TEXT));
         CREATE INDEX links_by_contact ON links (contact_id);
         CREATE INDEX links_message_by_pack ON links (json_extract(data, '$.pack_id')) WHERE kind = 'message';
+    """),
+    ("replies: the receiver a claim reply was written for (complainant or mediator)", """
+        -- Read from the conversation's `meli_claim_reply_to` when the webhook is accepted:
+        -- the agent's choice at the time of writing, not whatever the sidebar says later.
+        ALTER TABLE replies ADD COLUMN receiver TEXT;
     """),
 ]
 
@@ -722,7 +739,7 @@ class Database:
 
     def reply_accept(self, *, chatwoot_message_id: int, conversation_id: int, kind: str, target_id: str | None,
                      parts: list[dict], now: float, error: str | None = None, note: str | None = None,
-                     taken: tuple[str, str] | None = None) -> int | None:
+                     taken: tuple[str, str] | None = None, receiver: str | None = None) -> int | None:
         """Record an agent reply and its parts in one transaction.
 
         Returns the new reply id, or None when this Chatwoot message was already accepted
@@ -742,10 +759,10 @@ class Database:
             status = "failed" if error else "pending"
             cur = conn.execute(
                 "INSERT OR IGNORE INTO replies (chatwoot_message_id, conversation_id, kind, target_id, status,"
-                " next_attempt_at, error, note, created_at, updated_at, finished_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " next_attempt_at, error, note, created_at, updated_at, finished_at, receiver)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (chatwoot_message_id, conversation_id, kind, target_id, status, now, error, note, now, now,
-                 now if error else None))
+                 now if error else None, receiver))
             if cur.rowcount != 1:
                 return None
             reply_id = cur.lastrowid
@@ -775,13 +792,13 @@ class Database:
     def replies_due(self, now: float, limit: int = 200) -> list[dict]:
         """Pending replies whose time has come, and 'sending' ones whose worker died, oldest first.
 
-        A post-sale reply waits while an earlier one to the same sale is unfinished (e.g.
-        waiting to retry): the buyer must read them in the order the agent wrote them.
+        A post-sale or claim reply waits while an earlier one to the same sale or claim is
+        unfinished (e.g. waiting to retry): the buyer must read them in the order the agent wrote them.
         """
         return self.all(
             "SELECT id, kind, target_id FROM replies AS r WHERE ((status = 'pending' AND next_attempt_at <= ?)"
             " OR (status = 'sending' AND lease_until < ?))"
-            " AND NOT (kind = 'message' AND EXISTS (SELECT 1 FROM replies AS e WHERE e.kind = 'message'"
+            " AND NOT (kind IN ('message', 'claim') AND EXISTS (SELECT 1 FROM replies AS e WHERE e.kind = r.kind"
             " AND e.target_id = r.target_id AND e.id < r.id AND e.status IN ('pending', 'sending')"
             " AND NOT ((e.status = 'pending' AND e.next_attempt_at <= ?) OR (e.status = 'sending'"
             " AND e.lease_until < ?))))"
@@ -923,6 +940,24 @@ class Database:
             "SELECT p.text FROM reply_parts p JOIN replies r ON r.id = p.reply_id WHERE r.kind = 'message'"
             " AND r.target_id = ? AND r.status IN ('pending', 'sending') AND p.status = 'sending'",
             (str(pack_id),))]
+
+    def claim_parts_sent(self, remote_id: str) -> list[dict]:
+        """Claim reply parts the bridge sent with this text key (claim messages have no id), oldest first."""
+        return self.all("SELECT r.id, r.conversation_id, r.chatwoot_message_id, p.seq, p.sent_at FROM reply_parts p"
+                        " JOIN replies r ON r.id = p.reply_id WHERE r.kind = 'claim' AND p.remote_id = ?"
+                        " AND p.status = 'sent' ORDER BY p.sent_at, r.id, p.seq", (remote_id,))
+
+    def claim_part_texts_in_doubt(self, claim_id: str) -> list[str]:
+        """Texts of claim parts that may have reached Mercado Livre without us knowing (in flight)."""
+        return [r["text"] or "" for r in self.all(
+            "SELECT p.text FROM reply_parts p JOIN replies r ON r.id = p.reply_id WHERE r.kind = 'claim'"
+            " AND r.target_id = ? AND p.status = 'sending'", (str(claim_id),))]
+
+    def links_with_prefix(self, kind: str, prefix: str) -> list[dict]:
+        """Links of `kind` whose external id starts with `prefix` (a claim's messages: "<claim id>:")."""
+        return [_link_row(row) for row in self.all(
+            "SELECT * FROM links WHERE kind = ? AND external_id >= ? AND external_id < ?",
+            (kind, prefix, prefix + "\uffff"))]
 
     def reply_for_remote_id(self, remote_id: str) -> dict | None:
         return self.one("SELECT r.* FROM replies r JOIN reply_parts p ON p.reply_id = r.id WHERE p.remote_id = ?",

@@ -1,6 +1,6 @@
 """One bad item never blocks the queue.
 
-A question, a sale (pack), a notification or a reply whose processing raises — an API
+A question, a sale (pack), a claim, a notification or a reply whose processing raises — an API
 error, or a bug meeting a payload shape nobody expected — fails alone: the failure is
 counted against that item in `item_attempts`, the item waits with backoff and the rest
 of the batch goes on. After GIVE_UP_ATTEMPTS the item is reported once, loudly (an error
@@ -36,9 +36,11 @@ OUTAGE_STREAK = 3
 # the value they choked on, which can be buyer text: only their class and place are kept.
 MESSAGE_SAFE = (KeyError, AttributeError, TypeError, IndexError)
 NEXT = {"question": "tried once a day from now", "pack": "tried once a day from now",
+        "claim": "tried once a day from now",
         "notification": "the polls still cover its question or thread", "reply": "its outcome is not in Chatwoot"}
-AFTERWARDS = {"question": "Ela continua tentando uma vez por dia. ", "pack": "Ela continua tentando uma vez por dia. "}
-WHAT = {"question": "esta pergunta", "pack": "as mensagens desta venda",
+AFTERWARDS = {"question": "Ela continua tentando uma vez por dia. ", "pack": "Ela continua tentando uma vez por dia. ",
+              "claim": "Ela continua tentando uma vez por dia. "}
+WHAT = {"question": "esta pergunta", "pack": "as mensagens desta venda", "claim": "esta reclamação",
         "notification": "um aviso do Mercado Livre sobre esta conversa", "reply": "o resultado desta resposta"}
 
 
@@ -167,7 +169,7 @@ def report(s: Services, row: dict) -> None:
 
 
 def conversation_for(s: Services, kind: str, item_id: Any) -> int | None:
-    if kind in ("question", "pack"):
+    if kind in ("question", "pack", "claim"):
         return (s.db.link(kind, item_id) or {}).get("conversation_id")
     if kind == "reply":
         return (s.db.reply(int(item_id)) or {}).get("conversation_id")
@@ -175,7 +177,7 @@ def conversation_for(s: Services, kind: str, item_id: Any) -> int | None:
         # The question's or the message's conversation, when the bridge already made it.
         note = s.db.notification(str(item_id)) or {}
         resource = (note.get("resource") or "").strip()
-        link_kind = {"questions": "question", "messages": "message"}.get(note.get("topic"))
+        link_kind = {"questions": "question", "messages": "message", "claims": "claim"}.get(note.get("topic"))
         if link_kind and resource:
             return (s.db.link(link_kind, resource.rsplit("/", 1)[-1]) or {}).get("conversation_id")
     return None

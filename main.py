@@ -33,6 +33,7 @@ import notifications
 import outbox
 import rate_budget
 import setup_chatwoot
+import sync_claims
 import sync_messages
 import sync_questions
 from config import Settings, load_settings_leniently, settings_or_exit, settings_or_wait
@@ -55,7 +56,8 @@ _last_reauth_log: dict[str, float] = {}
 QUIET_JOBS = ("outbox", "notifications", "housekeeping")
 # Under rate pressure: agent replies first, then buyer messages, then questions.
 JOB_PRIORITY = {"outbox": rate_budget.REPLIES, "notifications": rate_budget.BUYER_MESSAGES,
-                "messages": rate_budget.BUYER_MESSAGES, "questions": rate_budget.QUESTIONS}
+                "messages": rate_budget.BUYER_MESSAGES, "claims": rate_budget.BUYER_MESSAGES,
+                "questions": rate_budget.QUESTIONS}
 
 
 def job_table(settings: Settings) -> list[tuple[str, Callable[[Services], dict], float]]:
@@ -63,6 +65,8 @@ def job_table(settings: Settings) -> list[tuple[str, Callable[[Services], dict],
     return [
         ("questions", sync_questions.sync_questions, settings.questions_poll_seconds),
         ("messages", sync_messages.sync_messages, settings.messages_poll_seconds),
+        # Off (no call at all) unless CHATWOOT_CLAIMS_INBOX_ID is set.
+        ("claims", sync_claims.sync_claims, settings.messages_poll_seconds),
         ("missed_feeds", notifications.read_missed_feeds, MISSED_FEEDS_INTERVAL),
         ("notifications", notifications.process_notifications, NOTIFICATIONS_INTERVAL),
         ("outbox", outbox.run_outbox, OUTBOX_INTERVAL),
@@ -322,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="print the bridge's health")
     retry = sub.add_parser("retry", help="try failing items again now instead of at their next turn; "
                                               "clears given-up replies from the status")
-    retry.add_argument("kind", nargs="?", choices=("question", "pack", "notification", "reply"),
+    retry.add_argument("kind", nargs="?", choices=("question", "pack", "claim", "notification", "reply"),
                        help="only this kind of item (default: every failing item)")
     retry.add_argument("item_id", nargs="?", help="only this item (a question id, a pack id...)")
     setup = sub.add_parser("setup", help="find or create the Chatwoot inboxes and webhook; print the .env lines")

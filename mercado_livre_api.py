@@ -333,6 +333,44 @@ class MeliClient(HttpClient):
     def pack(self, pack_id: str) -> dict:
         return self._api("GET", f"/packs/{pack_id}")
 
+    # ---- claims -----------------------------------------------------------------------------------
+
+    def claims_search(self, status: str = "opened", offset: int = 0, limit: int = 50) -> dict:
+        return self._api("GET", "/post-purchase/v1/claims/search",
+                         params={"status": status, "offset": offset, "limit": limit}) or {}
+
+    def claim(self, claim_id: str) -> dict:
+        return self._api("GET", f"/post-purchase/v1/claims/{claim_id}") or {}
+
+    def claim_messages(self, claim_id: str) -> list[dict]:
+        result = self._api("GET", f"/post-purchase/v1/claims/{claim_id}/messages")
+        # Documented as a bare list; a wrapped one is accepted too.
+        if isinstance(result, dict):
+            result = result.get("data") or result.get("messages") or []
+        return [m for m in result or [] if isinstance(m, dict)]
+
+    def claim_affects_reputation(self, claim_id: str) -> str | None:
+        result = self._api("GET", f"/post-purchase/v1/claims/{claim_id}/affects-reputation") or {}
+        value = result.get("affects_reputation") if isinstance(result, dict) else None
+        return value if isinstance(value, str) else None
+
+    def send_claim_message(self, claim_id: str, receiver_role: str, text: str,
+                           attachments: list[str] | None = None) -> Any:
+        body: dict[str, Any] = {"receiver_role": receiver_role, "message": text}
+        if attachments:
+            body["attachments"] = attachments
+        return self._api("POST", f"/post-purchase/v1/claims/{claim_id}/actions/send-message", json=body,
+                         retry=False)
+
+    def upload_claim_attachment(self, claim_id: str, filename: str, content: bytes, content_type: str) -> str:
+        result = self._api("POST", f"/post-purchase/v1/claims/{claim_id}/attachments",
+                           files={"file": (filename, content, content_type)})
+        return str(result.get("filename") or result.get("file_name") or result["id"])
+
+    def download_claim_attachment(self, claim_id: str, filename: str) -> tuple[bytes, str]:
+        resp = self._api("GET", f"/post-purchase/v1/claims/{claim_id}/attachments/{filename}/download", raw=True)
+        return resp.content, resp.headers.get("Content-Type", "application/octet-stream")
+
     def missed_feeds(self) -> list[dict]:
         result = self._api("GET", "/missed_feeds", params={"app_id": self.settings.meli_app_id}) or {}
         return result.get("messages") or []

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 
 import failures
+import sync_claims
 import sync_messages
 import sync_questions
 from config import Settings
@@ -174,4 +175,9 @@ def handle(s: Services, note: dict) -> str:
         if not message_id:
             return "unrecognised resource"
         return sync_messages.sync_message_resource(s, message_id)
+    if note["topic"] == "claims":
+        match = RESOURCES["claims"].fullmatch(note["resource"].strip())
+        if not match:
+            return "unrecognised resource"
+        return sync_claims.sync_claim_resource(s, match.group(1))
     return "topic not handled"

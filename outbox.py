@@ -19,9 +19,11 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable
 from urllib.parse import urlsplit
 
 import failures
+import sync_claims
 import sync_messages
 import text
 from config import Settings
@@ -91,22 +93,24 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
     if db.reply_seen(message_id):
         return "duplicate", 200, {}
 
-    kind = "answer" if inbox_id == settings.chatwoot_questions_inbox_id else "message"
-    link = db.link_by_conversation("question" if kind == "answer" else "pack", conversation_id)
+    kind = {settings.chatwoot_questions_inbox_id: "answer",
+            settings.chatwoot_claims_inbox_id: "claim"}.get(inbox_id, "message")
+    link = db.link_by_conversation(LINK_KIND[kind], conversation_id)
     attrs = conversation.get("custom_attributes") if isinstance(conversation.get("custom_attributes"), dict) else {}
-    target = link["external_id"] if link else _external_id(
-        attrs.get("meli_question_id" if kind == "answer" else "meli_pack_id"))
+    target = link["external_id"] if link else _external_id(attrs.get(f"meli_{LINK_KIND[kind]}_id"))
 
-    plan = plan_reply(kind, payload.get("content"), payload.get("attachments"), settings)
+    plan = plan_reply(kind, payload.get("content"), payload.get("attachments"), settings,
+                      limit=CLAIM_TEXT_LIMIT if kind == "claim" else text.POSTSALE_DEFAULT_LIMIT)
     if not plan.error and target is None:
         plan.error = "conversa sem vínculo com o Mercado Livre"
-        plan.note = ("Esta conversa não está ligada a uma pergunta ou venda do Mercado Livre, então a resposta "
-                     "não foi enviada. Responda pelo Mercado Livre.")
+        plan.note = ("Esta conversa não está ligada a uma pergunta, venda ou reclamação do Mercado Livre, então a "
+                     "resposta não foi enviada. Responda pelo Mercado Livre.")
     # One answer per question: checked by the database inside the insert's transaction, since
     # two listener workers may accept two agent messages for the same question at once.
     reply_id = db.reply_accept(chatwoot_message_id=message_id, conversation_id=conversation_id, kind=kind,
                                target_id=target, parts=plan.parts, now=now, error=plan.error, note=plan.note,
-                               taken=ANSWER_TAKEN if kind == "answer" else None)
+                               taken=ANSWER_TAKEN if kind == "answer" else None,
+                               receiver=claim_receiver(attrs) if kind == "claim" else None)
     if reply_id is None:
         return "duplicate", 200, {}
     extra = {"reply_id": reply_id, "kind": kind, "target": target, "parts": len(plan.parts)}
@@ -114,6 +118,18 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
     if error:
         return "refused", 200, dict(extra, reason=error)
     return "accepted", 200, extra
+
+
+LINK_KIND = {"answer": "question", "message": "pack", "claim": "claim"}
+# Not documented for claims: long texts are split as post-sale ones, in parts of this size.
+CLAIM_TEXT_LIMIT = 2000
+
+
+def claim_receiver(attrs: dict) -> str:
+    """The conversation attribute agents set in the sidebar: `mediador` sends to Mercado Livre's mediator."""
+    value = attrs.get(sync_claims.REPLY_TO_ATTRIBUTE)
+    wanted = value.strip().lower() if isinstance(value, str) else ""
+    return "mediator" if wanted in ("mediador", "mediator", "mediação", "mediacao") else "complainant"
 
 
 ANSWER_TAKEN = ("pergunta já tem resposta",
@@ -136,7 +152,9 @@ def _external_id(value) -> str | None:
 
 
 def _not_for_us(payload: dict, inbox_id, settings: Settings) -> str | None:
-    if inbox_id not in (settings.chatwoot_questions_inbox_id, settings.chatwoot_messages_inbox_id):
+    # The claims inbox counts only when configured: unset, it is None and no id equals it.
+    if inbox_id not in (settings.chatwoot_questions_inbox_id, settings.chatwoot_messages_inbox_id) \
+            and (inbox_id is None or inbox_id != settings.chatwoot_claims_inbox_id):
         return "not a Mercado Livre inbox"
     message_type = payload.get("message_type")
     if message_type != "outgoing":
@@ -188,6 +206,10 @@ def plan_reply(kind: str, content, attachments, settings: Settings, limit: int =
         planned_files.append(planned)
     if not plain and not planned_files:
         return Plan(kind, error="mensagem vazia", note="A mensagem está vazia e não foi enviada.")
+    if not plain and kind == "claim":
+        return Plan(kind, error="anexo sem texto",
+                    note="Na reclamação, o Mercado Livre só aceita anexos junto com uma mensagem. Nada foi enviado: "
+                         "envie o arquivo de novo com um texto.")
     pieces = text.split_message(plain, limit) if plain else [""]
     parts = [{"text": piece, "attachments": []} for piece in pieces]
     parts[0]["attachments"] = planned_files
@@ -299,10 +321,12 @@ def deliver(s: Services, reply_id: int) -> str | None:
         return None
     started = time.monotonic()
     ids = f"reply={reply_id} message={reply['chatwoot_message_id']} conversation={reply['conversation_id']} " \
-          f"{'question' if reply['kind'] == 'answer' else 'pack'}={reply['target_id']}"
+          f"{LINK_KIND.get(reply['kind'], 'pack')}={reply['target_id']}"
     try:
         if reply["kind"] == "answer":
             _deliver_answer(s, reply)
+        elif reply["kind"] == "claim":
+            _deliver_claim(s, reply)
         else:
             _deliver_message(s, reply)
     except ReauthorizationRequired:
@@ -512,8 +536,12 @@ BLOCKED = ("conversa bloqueada no Mercado Livre",
            "ir quando a conversa for liberada, ou pelo Mercado Livre.")
 
 
-def _upload_files(s: Services, reply: dict, part: dict) -> list[str]:
-    """Upload each file once; ids are kept so a retry does not upload again (valid 48 h)."""
+def _upload_files(s: Services, reply: dict, part: dict, upload: Callable | None = None) -> list[str]:
+    """Upload each file once; ids are kept so a retry does not upload again (valid 48 h).
+
+    `upload(name, content, content_type)` → id; post-sale attachments unless given.
+    """
+    upload = upload or s.meli.upload_attachment
     files = part["attachments"] or []
     ids = []
     changed = False
@@ -521,7 +549,7 @@ def _upload_files(s: Services, reply: dict, part: dict) -> list[str]:
         if not item.get("meli_id"):
             try:
                 content, _ctype = s.chatwoot.download(item["url"])
-                item["meli_id"] = s.meli.upload_attachment(item["name"], content, item["content_type"])
+                item["meli_id"] = upload(item["name"], content, item["content_type"])
                 crashpoint("attachment_uploaded")
             except PermanentError as exc:
                 raise DeliveryFailed(f"anexo {item['name']} recusado",
@@ -569,6 +597,98 @@ def _find_sent_part(s: Services, pack_id: str, seller_id: int, part: dict, since
 
 
 SEND_CLOCK_SKEW = 60.0  # seconds our clock may run ahead of Mercado Livre's
+
+
+def _deliver_claim(s: Services, reply: dict) -> None:
+    """Each part to `actions/send-message`, to the complainant or the mediator as the claim allows now."""
+    claim_id = reply["target_id"]
+    claim = s.meli.claim(claim_id)
+    if claim.get("status") != "opened":
+        raise DeliveryFailed(*CLAIM_CLOSED)
+    receiver = sync_claims.choose_receiver(reply.get("receiver"), claim)
+    if receiver is None:
+        raise DeliveryFailed(*_receiver_refused(reply.get("receiver"), claim))
+    parts = s.db.reply_parts(reply["id"])
+    for part in parts:
+        if part["status"] == "sent":
+            continue
+        remote = sync_claims.sent_key(claim_id, part["text"] or "")
+        previous = s.db.part_mark_sending(reply["id"], part["seq"], s.clock())
+        if previous == "sending" and _claim_part_arrived(s, claim_id, remote,
+                                                         part["first_attempt_at"] or reply["created_at"]):
+            s.db.part_sent(reply["id"], part["seq"], remote, s.clock())
+            log.info("reply part already on mercado livre reply=%s part=%d claim=%s", reply["id"], part["seq"],
+                     claim_id)
+            continue
+        filenames = _upload_files(s, reply, part, lambda name, content, ctype: s.meli.upload_claim_attachment(
+            claim_id, name, content, ctype))
+        try:
+            s.meli.send_claim_message(claim_id, receiver, part["text"], filenames)
+        except PermanentError as exc:
+            s.db.part_unsent(reply["id"], part["seq"])
+            if exc.code == "claim_closed":
+                raise DeliveryFailed(*CLAIM_CLOSED) from None
+            if exc.status == 403:
+                raise DeliveryFailed(*_receiver_refused(receiver, claim)) from None
+            raise DeliveryFailed(*_refusal(exc, "a mensagem" if len(parts) == 1 else f"a parte {part['seq'] + 1}"))\
+                from None
+        except TransientError as exc:
+            if exc.status == 429:
+                s.db.part_unsent(reply["id"], part["seq"])
+            raise
+        crashpoint("claim_message_sent")
+        s.db.part_sent(reply["id"], part["seq"], remote, s.clock())
+        log.info("reply part sent reply=%s part=%d/%d claim=%s receiver=%s", reply["id"], part["seq"] + 1,
+                 len(parts), claim_id, receiver)
+
+
+def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float) -> bool:
+    """Did this part's send reach the claim before its answer was lost?
+
+    Claim messages have no id: count the seller messages with this text since the first
+    attempt that no sync has accounted for, against sent parts with the same text not
+    adopted yet. When in doubt the part goes again: a repeat beats a reply that shows
+    delivered and never arrived.
+    """
+    links = s.db.links_with_prefix("claim_message", f"{claim_id}:")
+    linked = {link["external_id"] for link in links if link["status"] == "created"}
+    adopted = sync_claims.adopted_parts(links)
+    waiting = sum(1 for p in s.db.claim_parts_sent(remote)
+                  if (p["chatwoot_message_id"], p["seq"]) not in adopted)
+    fresh = 0
+    for message in s.meli.claim_messages(claim_id):
+        if message.get("sender_role") != "respondent" \
+                or sync_claims.sent_key(claim_id, sync_claims.text_of(message)) != remote \
+                or sync_claims.message_key(claim_id, message) in linked:
+            continue
+        created = sync_messages.parse_date(message.get("date_created"))
+        fresh += created is not None and created >= since - SEND_CLOCK_SKEW
+    return fresh > waiting
+
+
+CLAIM_CLOSED = ("reclamação encerrada",
+                "A reclamação já foi encerrada no Mercado Livre e não aceita mais mensagens. Nada foi enviado. Se "
+                "precisar falar com o comprador, use a conversa da venda (caixa Mercado Livre - Vendas), se ela "
+                "estiver liberada.",
+                "A reclamação foi encerrada no Mercado Livre e não aceita mais mensagens.")
+
+
+def _receiver_refused(wanted: str | None, claim: dict) -> tuple[str, str, str]:
+    allowed = sync_claims.allowed_receivers(claim)
+    url = sync_claims.CLAIM_URL.format(claim_id=claim.get("id"))
+    if wanted == "mediator" and "mediator" not in allowed:
+        why = "O Mercado Livre não permite escrever para a mediação nesta reclamação agora (ela ainda não está em "\
+              "mediação, ou o mediador não espera mensagem do vendedor)."
+        return ("mediação não aceita mensagem agora",
+                f"{why} Nada foi enviado. Para escrever ao comprador, apague o atributo "
+                f"{sync_claims.REPLY_TO_ATTRIBUTE} desta conversa (ou mude para comprador) e envie de novo.", why)
+    why = "O Mercado Livre não permite que o vendedor envie mensagens ao comprador nesta reclamação agora."
+    if "mediator" in allowed:
+        return ("comprador não aceita mensagem agora",
+                f"{why} Nada foi enviado. Para escrever à mediação, defina o atributo "
+                f"{sync_claims.REPLY_TO_ATTRIBUTE} = mediador nesta conversa e envie de novo.", why)
+    return ("reclamação não aceita mensagem agora",
+            f"{why} Nada foi enviado. Veja o que o Mercado Livre espera do vendedor na reclamação: {url}", why)
 
 
 def is_lost_send(message: dict, seller_id: int, part: dict, since: float, taken: set[str]) -> bool:
@@ -652,7 +772,7 @@ def _report(s: Services, reply: dict) -> None:
         # An agent deleted the conversation (or the message) after replying. Success needs no
         # word; a failure is still told, in the conversation that replaced it if there is one
         # (a sale continues in a new conversation).
-        link = s.db.link("question" if reply["kind"] == "answer" else "pack", reply["target_id"])
+        link = s.db.link(LINK_KIND.get(reply["kind"], "pack"), reply["target_id"])
         current = (link or {}).get("conversation_id")
         log.warning("reply outcome for a deleted conversation or message reply=%s message=%s conversation=%s "
                     "status=%s now_in=%s", reply["id"], reply["chatwoot_message_id"], reply["conversation_id"],

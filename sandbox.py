@@ -37,7 +37,7 @@ FAKE_OPTIONS = {"secret": "meli-secret-sandbox", "seller_nickname": "LOJA_SANDBO
 
 
 def seed(meli: MeliState) -> None:
-    """Three buyers' questions and one sale whose buyer already wrote."""
+    """Three buyers' questions, one sale whose buyer already wrote, and a claim (reclamação) on another sale."""
     meli.add_user(4101, "MARIANA.SOUZA82")
     meli.add_user(4102, "JOAOPEDRO_RJ")
     meli.add_user(4103, "CLAUDIAFM")
@@ -54,6 +54,11 @@ def seed(meli: MeliState) -> None:
                    items=[("MLB3412345678", "Fone de Ouvido Bluetooth JBL Tune 520BT Preto", 1, 249.9)])
     meli.add_buyer_message("2000009876543210", "Oi, boa noite! Comprei o fone ontem mas ainda não apareceu o código "
                                                "de rastreio. Consegue me passar a previsão de entrega?")
+    meli.add_order(2000009876543211, 4103, "CLAUDIAFM",
+                   items=[("MLB3455554444", "Kit 3 Camisetas Básicas Algodão Masculinas", 1, 89.9)])
+    meli.add_claim(5000000123, 2000009876543211, reason_id="PDD9939", due_in_hours=20)
+    meli.add_claim_message(5000000123, "complainant", "Recebi o kit com uma camiseta tamanho M, mas pedi tudo GG. "
+                                                      "Quero trocar ou o dinheiro de volta.")
 
 
 def meli_panel(meli: MeliState) -> Callable[[], dict]:
@@ -65,6 +70,10 @@ def meli_panel(meli: MeliState) -> Callable[[], dict]:
                        for qid, text in reversed(meli.answers_posted)]
             messages = [{"pack_id": m["pack_id"], "text": m.get("text") or "",
                          "attachments": len(m.get("attachments") or [])} for m in reversed(meli.sent_messages)]
+            to = {"complainant": "comprador", "mediator": "mediação"}
+            messages += [{"label": f"Reclamação {m['claim_id']} → {to.get(m.get('receiver_role'), '?')}",
+                          "text": m.get("message") or "", "attachments": len(m.get("attachments") or [])}
+                         for m in reversed(meli.claim_sent)]
         return {"answers": answers, "messages": messages}
     return panel
 
@@ -75,7 +84,7 @@ def documented_variables() -> set[str]:
     return set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE))
 
 
-def bridge_env(fakes, inboxes: tuple[int, int], bridge_port: int, data_dir: Path, poll_seconds: float) -> dict:
+def bridge_env(fakes, inboxes: tuple[int, ...], bridge_port: int, data_dir: Path, poll_seconds: float) -> dict:
     meli, chatwoot = fakes.meli.state, fakes.chatwoot.state
     access, refresh = meli.seed_tokens()
     # python-dotenv never overrides a variable that is set, even empty: setting every documented
@@ -95,6 +104,7 @@ def bridge_env(fakes, inboxes: tuple[int, int], bridge_port: int, data_dir: Path
         "CHATWOOT_ACCOUNT_ID": str(chatwoot.account_id),
         "CHATWOOT_QUESTIONS_INBOX_ID": str(inboxes[0]),
         "CHATWOOT_MESSAGES_INBOX_ID": str(inboxes[1]),
+        "CHATWOOT_CLAIMS_INBOX_ID": str(inboxes[2]) if len(inboxes) > 2 else "",
         "CHATWOOT_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "DATABASE_PATH": str(data_dir / "meli_chatwoot.db"),
         "PORT": str(bridge_port),
@@ -170,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
 
     fakes = start_fakes(meli_port=args.meli_port, chatwoot_port=args.chatwoot_port, **FAKE_OPTIONS)
     meli, chatwoot = fakes.meli.state, fakes.chatwoot.state
-    inboxes = (chatwoot.add_inbox("Mercado Livre - Perguntas"), chatwoot.add_inbox("Mercado Livre - Vendas"))
+    inboxes = (chatwoot.add_inbox("Mercado Livre - Perguntas"), chatwoot.add_inbox("Mercado Livre - Vendas"),
+               chatwoot.add_inbox("Mercado Livre - Reclamações"))
     seed(meli)
     chatwoot.sandbox_meli = meli_panel(meli)
     bridge_url = f"http://127.0.0.1:{args.bridge_port}"

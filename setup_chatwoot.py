@@ -30,6 +30,7 @@ log = logging.getLogger("bridge.setup")
 
 QUESTIONS_INBOX_NAME = "Mercado Livre - Perguntas"
 MESSAGES_INBOX_NAME = "Mercado Livre - Vendas"
+CLAIMS_INBOX_NAME = "Mercado Livre - Reclamações"
 API_CHANNEL = "Channel::Api"
 WEBHOOK_NAME = "meli-chatwoot"
 WEBHOOK_EVENT = "message_created"
@@ -159,6 +160,8 @@ def run_setup(settings: Settings, public_url: str, out: Out = print, *,
                                   settings.chatwoot_questions_inbox_id, None, out)
         messages = _ensure_inbox(chatwoot, settings, inboxes, MESSAGES_INBOX_NAME, "CHATWOOT_MESSAGES_INBOX_ID",
                                  settings.chatwoot_messages_inbox_id, questions["id"], out)
+        claims = _ensure_inbox(chatwoot, settings, inboxes, CLAIMS_INBOX_NAME, "CHATWOOT_CLAIMS_INBOX_ID",
+                               settings.chatwoot_claims_inbox_id, messages["id"], out)
         secret = _ensure_webhook(chatwoot, settings, f"{base}/webhook", out)
     except SetupError as exc:
         out(f"error: {exc}")
@@ -169,7 +172,7 @@ def run_setup(settings: Settings, public_url: str, out: Out = print, *,
             f"create the inboxes and the webhook by hand as the README explains")
         return 1
 
-    _print_env(settings, questions["id"], messages["id"], secret, out)
+    _print_env(settings, questions["id"], messages["id"], secret, out, claims["id"])
     return 0
 
 
@@ -265,10 +268,12 @@ def _ensure_webhook(chatwoot: ChatwootClient, settings: Settings, target: str, o
     return secret
 
 
-def _print_env(settings: Settings, questions_id: Any, messages_id: Any, secret: str | None, out: Out) -> None:
+def _print_env(settings: Settings, questions_id: Any, messages_id: Any, secret: str | None, out: Out,
+               claims_id: Any = None) -> None:
     configured = settings.chatwoot_webhook_secrets
     unchanged = (_same_id(questions_id, settings.chatwoot_questions_inbox_id)
                  and _same_id(messages_id, settings.chatwoot_messages_inbox_id)
+                 and (claims_id is None or _same_id(claims_id, settings.chatwoot_claims_inbox_id))
                  and secret is not None and secret in configured)
     out("")
     if unchanged:
@@ -277,6 +282,8 @@ def _print_env(settings: Settings, questions_id: Any, messages_id: Any, secret: 
         out("Add these lines to .env (a variable set in the environment wins over .env), then restart the bridge:")
     out(f"CHATWOOT_QUESTIONS_INBOX_ID={questions_id}")
     out(f"CHATWOOT_MESSAGES_INBOX_ID={messages_id}")
+    if claims_id is not None:
+        out(f"CHATWOOT_CLAIMS_INBOX_ID={claims_id}")
     if secret is None:
         out(f"CHATWOOT_WEBHOOK_SECRET=<the secret shown in Chatwoot → {SECRET_PLACE}>")
     elif secret in configured:
@@ -344,8 +351,11 @@ def _check_inboxes(chatwoot: ChatwootClient, settings: Settings, state: dict) ->
         return False, "not checked (see the chatwoot line)"
     inboxes = [i for i in _call(settings, "listing the inboxes", chatwoot.inboxes) if isinstance(i, dict)]
     problems, found_text = [], []
-    for env_name, inbox_id, kind in (("CHATWOOT_QUESTIONS_INBOX_ID", settings.chatwoot_questions_inbox_id, "questions"),
-                                     ("CHATWOOT_MESSAGES_INBOX_ID", settings.chatwoot_messages_inbox_id, "messages")):
+    expected = [("CHATWOOT_QUESTIONS_INBOX_ID", settings.chatwoot_questions_inbox_id, "questions"),
+                ("CHATWOOT_MESSAGES_INBOX_ID", settings.chatwoot_messages_inbox_id, "messages")]
+    if settings.chatwoot_claims_inbox_id is not None:
+        expected.append(("CHATWOOT_CLAIMS_INBOX_ID", settings.chatwoot_claims_inbox_id, "claims"))
+    for env_name, inbox_id, kind in expected:
         if inbox_id is None:
             problems.append(f"{env_name} is not set (run python main.py setup <public_url>)")
             continue
@@ -360,7 +370,9 @@ def _check_inboxes(chatwoot: ChatwootClient, settings: Settings, state: dict) ->
             found_text.append(f"{kind} {inbox_id} {inbox.get('name')!r}")
     if problems:
         return False, "; ".join(problems)
-    return True, ", ".join(found_text) + " (API inboxes)"
+    claims = "" if settings.chatwoot_claims_inbox_id is not None else \
+        "; claims off (CHATWOOT_CLAIMS_INBOX_ID not set: setup creates the inbox and prints the line)"
+    return True, ", ".join(found_text) + " (API inboxes)" + claims
 
 
 def _check_meli(settings: Settings, sleep: Callable[[float], None]) -> tuple[bool, str]:

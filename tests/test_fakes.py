@@ -460,3 +460,53 @@ def test_state_helpers_do_what_an_agent_does(fk):
     assert conv["id"] not in state.conversations
     state.delete_contact(other["id"])
     assert other["id"] not in state.contacts
+
+
+def test_claims_search_messages_receivers_attachments_and_reputation(fk):
+    meli = fk.meli.state
+    session, base = meli_session(fk), f"{fk.meli.url}/post-purchase/v1/claims"
+    meli.add_user(7001, "COMPRADOR")
+    for i in range(3):
+        meli.add_order(2000001 + i, 7001, "COMPRADOR", items=[("MLB1", "Caneca", 1, 10.0)])
+        meli.add_claim(5000001 + i, 2000001 + i)
+    meli.close_claim(5000003)
+    page = session.get(f"{base}/search", params={"status": "opened", "offset": 1, "limit": 1}).json()
+    assert page["paging"] == {"offset": 1, "limit": 1, "total": 2} and [c["id"] for c in page["data"]] == [5000002]
+    claim = session.get(f"{base}/5000001").json()
+    assert claim["players"][1]["role"] == "respondent" and claim["stage"] == "claim"
+    meli.add_claim_message(5000001, "complainant", "Quebrou", attachments=[("foto.png", PNG, "image/png")])
+    [message] = session.get(f"{base}/5000001/messages").json()
+    assert message["sender_role"] == "complainant" and "id" not in message
+    filename = message["attachments"][0]["filename"]
+    assert session.get(f"{base}/5000001/attachments/{filename}/download").content == PNG
+    assert session.get(f"{base}/5000002/attachments/{filename}/download").status_code == 404
+    send = f"{base}/5000001/actions/send-message"
+    assert session.post(send, json={"receiver_role": "mediator", "message": "Oi"}).status_code == 403
+    assert session.post(send, json={"receiver_role": "complainant", "message": "Olá 😀"}).status_code == 400
+    upload = session.post(f"{base}/5000001/attachments", files={"file": ("nota.pdf", b"%PDF", "application/pdf")})
+    sent = session.post(send, json={"receiver_role": "complainant", "message": "Segue",
+                                    "attachments": [upload.json()["filename"]]})
+    assert sent.status_code == 200 and meli.claim_sent[-1]["receiver_role"] == "complainant"
+    assert session.get(f"{base}/5000001/affects-reputation").json()["affects_reputation"] == "not_affected"
+    meli.open_dispute(5000001)
+    assert session.post(send, json={"receiver_role": "complainant", "message": "Oi"}).status_code == 403
+    assert session.post(send, json={"receiver_role": "mediator", "message": "Oi"}).status_code == 200
+    closed = session.post(f"{base}/5000003/actions/send-message", json={"receiver_role": "complainant",
+                                                                        "message": "Oi"})
+    assert closed.status_code == 400 and closed.json()["error"] == "claim_closed"
+
+
+def test_conversation_priority_can_be_set_and_cleared(fk):
+    chatwoot = fk.chatwoot.state
+    inbox = chatwoot.add_inbox("Mercado Livre - Reclamações")
+    contact = cw(fk).post(api(fk, "/contacts"), json={"name": "C", "identifier": "meli:buyer:1", "inbox_id": inbox,
+                                                      "source_id": "meli:buyer:1"}).json()["payload"]["contact"]
+    conv = cw(fk).post(api(fk, "/conversations"), json={"source_id": "meli:buyer:1", "inbox_id": inbox,
+                                                        "contact_id": contact["id"]}).json()
+    assert cw(fk).post(api(fk, f"/conversations/{conv['id']}/toggle_priority"),
+                       json={"priority": "urgent"}).status_code == 200
+    assert chatwoot.conversations[conv["id"]]["priority"] == "urgent"
+    assert cw(fk).post(api(fk, f"/conversations/{conv['id']}/toggle_priority"),
+                       json={"priority": "very"}).status_code == 422
+    cw(fk).post(api(fk, f"/conversations/{conv['id']}/toggle_priority"), json={"priority": None})
+    assert chatwoot.conversations[conv["id"]]["priority"] is None

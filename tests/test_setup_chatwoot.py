@@ -108,11 +108,12 @@ def api_inbox(inbox_id, name):
 # ---- setup ----------------------------------------------------------------------------------------
 
 
-def test_a_fresh_chatwoot_gets_two_api_inboxes_and_a_webhook_and_the_env_lines(rsps, first_setup):
+def test_a_fresh_chatwoot_gets_three_api_inboxes_and_a_webhook_and_the_env_lines(rsps, first_setup):
     fake = FakeChatwoot(rsps)
     code, output = setup(first_setup)
     assert code == 0
-    assert [i["name"] for i in fake.inboxes] == ["Mercado Livre - Perguntas", "Mercado Livre - Vendas"]
+    assert [i["name"] for i in fake.inboxes] == ["Mercado Livre - Perguntas", "Mercado Livre - Vendas",
+                                                  "Mercado Livre - Reclamações"]
     inbox_body = json.loads(next(c for c in rsps.calls if c.request.method == "POST").request.body)
     assert inbox_body == {"name": "Mercado Livre - Perguntas", "channel": {"type": "api", "webhook_url": ""}}
     assert fake.webhooks[0]["url"] == HOOK_URL
@@ -120,6 +121,7 @@ def test_a_fresh_chatwoot_gets_two_api_inboxes_and_a_webhook_and_the_env_lines(r
     assert fake.webhooks[0]["name"] == "meli-chatwoot"
     assert "CHATWOOT_QUESTIONS_INBOX_ID=10" in output
     assert "CHATWOOT_MESSAGES_INBOX_ID=11" in output
+    assert "CHATWOOT_CLAIMS_INBOX_ID=12" in output
     assert "CHATWOOT_WEBHOOK_SECRET=whsec-created-7d2e" in output
     assert "token of Ana (administrator" in output
 
@@ -130,19 +132,31 @@ def test_running_setup_twice_creates_nothing_the_second_time(rsps, first_setup):
     created = len(writes(rsps))
     code, output = setup(first_setup)
     assert code == 0
-    assert len(writes(rsps)) == created == 3
-    assert output.count("already exists") == 3
+    assert len(writes(rsps)) == created == 4
+    assert output.count("already exists") == 4
     assert "CHATWOOT_WEBHOOK_SECRET=whsec-created-7d2e" in output
 
 
-def test_configured_api_inboxes_are_kept_even_under_another_name(rsps, settings):
-    FakeChatwoot(rsps, inboxes=[api_inbox(1, "Perguntas ML"), api_inbox(2, "Vendas ML")],
+def test_configured_api_inboxes_are_kept_even_under_another_name(rsps, make_settings):
+    FakeChatwoot(rsps, inboxes=[api_inbox(1, "Perguntas ML"), api_inbox(2, "Vendas ML"), api_inbox(3, "Recl ML")],
                  webhooks=[{"id": 5, "url": HOOK_URL, "subscriptions": ["message_created"],
                             "secret": "whsec-one-5f3a"}])
-    code, output = setup(settings)
+    code, output = setup(make_settings(CHATWOOT_CLAIMS_INBOX_ID="3"))
     assert code == 0 and writes(rsps) == []
     assert "CHATWOOT_QUESTIONS_INBOX_ID=1" in output and "CHATWOOT_MESSAGES_INBOX_ID=2" in output
+    assert "CHATWOOT_CLAIMS_INBOX_ID=3" in output
     assert "already holds these values" in output
+
+
+def test_setup_on_a_deployment_made_before_claims_adds_only_the_claims_inbox(rsps, settings):
+    fake = FakeChatwoot(rsps, inboxes=[api_inbox(1, "Perguntas ML"), api_inbox(2, "Vendas ML")],
+                        webhooks=[{"id": 5, "url": HOOK_URL, "subscriptions": ["message_created"],
+                                   "secret": "whsec-one-5f3a"}])
+    code, output = setup(settings)
+    assert code == 0 and len(writes(rsps)) == 1
+    assert fake.inboxes[-1]["name"] == "Mercado Livre - Reclamações"
+    assert f"CHATWOOT_CLAIMS_INBOX_ID={fake.inboxes[-1]['id']}" in output
+    assert "Add these lines" in output
 
 
 def test_a_webhook_without_message_created_is_subscribed_to_it(rsps, first_setup):
@@ -271,11 +285,23 @@ def test_check_passes_when_everything_is_in_place(healthy, settings):
     assert code == 0
     assert lines == [
         "ok   chatwoot: reachable, token of Ana (agent)",
-        "ok   inboxes: questions 1 'Mercado Livre - Perguntas', messages 2 'Mercado Livre - Vendas' (API inboxes)",
+        "ok   inboxes: questions 1 'Mercado Livre - Perguntas', messages 2 'Mercado Livre - Vendas' (API inboxes); "
+        "claims off (CHATWOOT_CLAIMS_INBOX_ID not set: setup creates the inbox and prints the line)",
         "ok   mercado livre: authorized as LOJA (seller 555)",
         f"ok   listener: reachable at {PUBLIC}/health; it reports ok=true",
     ]
     assert writes(healthy) == []
+
+
+def test_check_names_the_claims_inbox_when_it_is_configured(rsps, db, make_settings):
+    FakeChatwoot(rsps, role="agent", inboxes=[api_inbox(1, "Mercado Livre - Perguntas"),
+                                              api_inbox(2, "Mercado Livre - Vendas"),
+                                              api_inbox(5, "Mercado Livre - Reclamações")])
+    authorize(db)
+    rsps.get(f"{MELI}/users/me", json={"id": 555, "nickname": "LOJA"})
+    code, lines = check(make_settings(CHATWOOT_CLAIMS_INBOX_ID="5"), None)
+    assert lines[1] == ("ok   inboxes: questions 1 'Mercado Livre - Perguntas', messages 2 'Mercado Livre - Vendas', "
+                        "claims 5 'Mercado Livre - Reclamações' (API inboxes)")
 
 
 def test_check_fails_when_a_configured_inbox_is_missing(healthy, make_settings):

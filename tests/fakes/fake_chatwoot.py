@@ -31,6 +31,7 @@ from .control import Controls, install_controls, json_error, reason
 MESSAGE_TYPES = {"incoming": 0, "outgoing": 1, "activity": 2, "template": 3}
 TYPE_NAMES = {v: k for k, v in MESSAGE_TYPES.items()}
 STATUSES = ("open", "resolved", "pending", "snoozed")
+PRIORITIES = ("urgent", "high", "medium", "low", None)  # Chatwoot 3.x and later
 MESSAGE_STATUSES = ("sent", "delivered", "read", "failed")
 MAX_CONTENT = 150_000
 MAX_FILES = 15
@@ -260,6 +261,8 @@ class ChatwootState(Controls):
             titles = ", ".join(str(t) for t in titles)
         if attrs.get("meli_question_id"):
             kind = f"Pergunta {attrs['meli_question_id']}"
+        elif attrs.get("meli_claim_id"):
+            kind = f"Reclamação {attrs['meli_claim_id']}"
         elif attrs.get("meli_pack_id"):
             kind = f"Venda {attrs['meli_pack_id']}"
         else:
@@ -402,7 +405,7 @@ class ChatwootState(Controls):
             conv = {"id": conv_id, "account_id": self.account_id, "inbox_id": inbox_id, "contact_id": contact_id,
                     "status": status, "custom_attributes": dict(body.get("custom_attributes") or {}),
                     "additional_attributes": dict(body.get("additional_attributes") or {}), "labels": [],
-                    "contact_inbox": {"source_id": source_id}, "created_at": int(time.time()),
+                    "priority": None, "contact_inbox": {"source_id": source_id}, "created_at": int(time.time()),
                     "unread_count": 0, "can_reply": True, "messages": []}
             conv["meta"] = self.conversation_json(conv)["meta"]  # stored too, so tests can read it
             self.conversations[conv_id] = conv
@@ -805,6 +808,16 @@ def create_chatwoot_app(state: ChatwootState) -> Flask:
             conv["custom_attributes"] = dict(attrs)  # replaces the whole hash
         return jsonify({"custom_attributes": conv["custom_attributes"]})
 
+    @app.post(f"{base}/conversations/<int:conv_id>/toggle_priority")
+    def toggle_priority(conv_id: int):
+        conv = conversation_or_404(conv_id)
+        priority = (request.get_json(silent=True) or {}).get("priority")
+        if priority not in PRIORITIES:
+            return invalid(f"'{priority}' is not a valid priority", "priority")
+        with state.lock:
+            conv["priority"] = priority
+        return Response(status=200)
+
     @app.route(f"{base}/conversations/<int:conv_id>/labels", methods=["GET", "POST"])
     def labels(conv_id: int):
         conv = conversation_or_404(conv_id)
@@ -1089,7 +1102,7 @@ function renderMeli(meli) {
   for (const m of meli.messages) {
     const item = el("li", "ml");
     const files = m.attachments ? " · " + m.attachments + " anexo(s)" : "";
-    item.append(el("div", "meta", "Venda " + m.pack_id + files), el("div", "", m.text));
+    item.append(el("div", "meta", (m.label || "Venda " + m.pack_id) + files), el("div", "", m.text));
     messages.append(item);
   }
   if (!meli.answers.length) answers.append(el("li", "empty", "Nenhuma ainda."));

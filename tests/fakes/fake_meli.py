@@ -69,6 +69,10 @@ class MeliState(Controls):
         # (the soak records there what Chatwoot held at that instant).
         self.on_mark_read: Any = None
         self.missed: list[dict] = []
+        self.claims: dict[int, dict] = {}
+        self.claim_messages: dict[int, list[dict]] = {}
+        self.claim_sent: list[dict] = []
+        self.claim_uploads: list[dict] = []
         # Called with the thread's key just before a read without mark_as_read=false marks its
         # page: a test injects here what happens "meanwhile" (e.g. the buyer writes again).
         self.before_mark_read: Callable[[str], None] | None = None
@@ -556,6 +560,170 @@ class MeliState(Controls):
             self.uploads.append(entry)
         return jsonify({"id": entry["id"]})
 
+    # ---- claims (reclamações) ---------------------------------------------------------------------------
+
+    def add_claim(self, claim_id: int, order_id: int, *, reason_id: str = "PDD9939", claim_type: str = "mediations",
+                  due_in_hours: float = 72.0) -> dict:
+        """The buyer of `order_id` opened a claim: stage `claim`, the seller may write to the buyer."""
+        now = self._real_moment()
+        with self.lock:
+            order = self.orders[int(order_id)]
+            claim = {"id": int(claim_id), "resource": "order", "resource_id": int(order_id), "type": claim_type,
+                     "stage": "claim", "status": "opened", "reason_id": reason_id, "parent_id": None,
+                     "date_created": _iso(now), "last_updated": _iso(now), "resolution": None,
+                     "site_id": "MLB", "players": [
+                         {"role": "complainant", "type": "buyer", "user_id": order["buyer"]["id"],
+                          "available_actions": []},
+                         {"role": "respondent", "type": "seller", "user_id": self.seller_id,
+                          "available_actions": [
+                              {"action": "send_message_to_complainant", "due_date": _iso(now + timedelta(
+                                  hours=due_in_hours)), "mandatory": True},
+                              {"action": "refund", "due_date": None, "mandatory": False}]}]}
+            self.claims[int(claim_id)] = claim
+            self.claim_messages[int(claim_id)] = []
+        return claim
+
+    def _touch_claim(self, claim: dict) -> None:
+        claim["last_updated"] = _iso(self._real_moment())
+
+    def _respondent(self, claim: dict) -> dict:
+        return next(p for p in claim["players"] if p["role"] == "respondent")
+
+    def add_claim_message(self, claim_id: int, sender_role: str, text: str,
+                          attachments: list[tuple[str, bytes, str]] | None = None) -> dict:
+        """The buyer (`complainant`) or Mercado Livre's mediator (`mediator`) wrote in the claim."""
+        with self.lock:
+            claim = self.claims[int(claim_id)]
+            owner = self.seller_id if sender_role == "respondent" else claim["players"][0]["user_id"]
+            files = [self._store_claim_file(claim_id, owner, *a) for a in attachments or []]
+            receiver = "respondent" if sender_role != "respondent" else "complainant"
+            return self._new_claim_message(claim, sender_role, receiver, text, files)
+
+    def _new_claim_message(self, claim: dict, sender_role: str, receiver_role: str, text: str,
+                           files: list[dict]) -> dict:
+        created = _iso(self._real_moment())
+        message = {"sender_role": sender_role, "receiver_role": receiver_role, "message": text,
+                   "translated_message": None, "date_created": created, "message_date": created,
+                   "date_read": None, "attachments": files, "status": "available",
+                   "moderation": {"status": "clean", "reason": None, "source": None, "date_moderated": None}}
+        with self.lock:
+            self.claim_messages[claim["id"]].append(message)
+            self._touch_claim(claim)
+        return message
+
+    def _store_claim_file(self, claim_id: Any, owner_id: int, filename: str, content: bytes,
+                          content_type: str) -> dict:
+        stored = self._store_file(owner_id, filename, content, content_type)
+        with self.lock:
+            self.files[stored["filename"]]["claim_id"] = int(claim_id)
+        created = _iso(self._real_moment())
+        return {"filename": stored["filename"], "original_filename": filename, "size": stored["size"],
+                "type": content_type, "date_created": created}
+
+    def open_dispute(self, claim_id: int, due_in_hours: float = 48.0) -> None:
+        """Mercado Livre's mediator joins: the seller may now write to the mediator (and no longer to the buyer)."""
+        with self.lock:
+            claim = self.claims[int(claim_id)]
+            claim["stage"] = "dispute"
+            due = _iso(self._real_moment() + timedelta(hours=due_in_hours))
+            claim["players"].append({"role": "mediator", "type": "internal", "user_id": 1000000001,
+                                     "available_actions": []})
+            self._respondent(claim)["available_actions"] = [
+                {"action": "send_message_to_mediator", "due_date": due, "mandatory": True}]
+            self._touch_claim(claim)
+
+    def set_claim_due(self, claim_id: int, hours_from_now: float) -> None:
+        """The seller's mandatory action is now due in `hours_from_now`."""
+        with self.lock:
+            claim = self.claims[int(claim_id)]
+            due = _iso(datetime.now(timezone.utc) + timedelta(hours=hours_from_now))
+            for action in self._respondent(claim)["available_actions"]:
+                if action.get("mandatory"):
+                    action["due_date"] = due
+            self._touch_claim(claim)
+
+    def close_claim(self, claim_id: int, reason: str = "payment_refunded", benefited: str = "complainant") -> None:
+        with self.lock:
+            claim = self.claims[int(claim_id)]
+            claim["status"] = "closed"
+            claim["resolution"] = {"reason": reason, "date_created": _iso(self._real_moment()),
+                                   "benefited": [benefited], "closed_by": "mediator"}
+            for player in claim["players"]:
+                player["available_actions"] = []
+            self._touch_claim(claim)
+
+    def moderate_claim_message(self, claim_id: int, index: int, reason: str = "PERSONAL_DATA") -> None:
+        with self.lock:
+            message = self.claim_messages[int(claim_id)][index]
+            message["status"] = "rejected"
+            message["moderation"] = {"status": "rejected", "reason": reason, "source": "online",
+                                     "date_moderated": _iso(self._real_moment())}
+            self._touch_claim(self.claims[int(claim_id)])
+
+    def search_claims(self, args: dict) -> Response:
+        try:
+            offset, limit = int(args.get("offset", 0)), int(args.get("limit", 30))
+        except ValueError:
+            return json_error(self, 400, "offset and limit must be numbers", "bad_request")
+        if limit < 1 or limit > 100 or offset < 0:
+            return json_error(self, 400, "limit must be between 1 and 100", "bad_request")
+        with self.lock:
+            found = [c for c in self.claims.values()
+                     if all(str(c.get(k)) == args[k] for k in ("status", "stage", "resource_id") if k in args)
+                     and any(p["user_id"] == g.user_id for p in c["players"])]
+            found.sort(key=lambda c: c["id"])
+            page = [dict(c) for c in found[offset:offset + limit]]
+        return jsonify({"paging": {"offset": offset, "limit": limit, "total": len(found)}, "data": page})
+
+    def send_claim_message(self, claim: dict, body: dict) -> Response:
+        receiver = body.get("receiver_role")
+        text = body.get("message") or ""
+        attachments = body.get("attachments") or []
+        if claim["status"] != "opened":
+            return json_error(self, 400, "The claim is closed", "claim_closed")
+        if receiver not in ("complainant", "mediator"):
+            return json_error(self, 400, "receiver_role must be complainant or mediator", "bad_request")
+        allowed = {a["action"] for a in self._respondent(claim)["available_actions"]}
+        if f"send_message_to_{receiver}" not in allowed or (receiver == "mediator" and claim["stage"] != "dispute"):
+            return json_error(self, 403, f"The respondent cannot send messages to the {receiver} now",
+                              "receiver_not_allowed")
+        if not text.strip():
+            return json_error(self, 400, "message is required", "bad_request")
+        bad = sorted({c for c in text if ord(c) > 255})
+        if bad:
+            return json_error(self, 400, "invalid characters", "invalid_characters")
+        with self.lock:
+            known = {f: info for f, info in self.files.items() if info.get("claim_id") == claim["id"]}
+            unknown = [a for a in attachments if a not in known]
+            if unknown:
+                return json_error(self, 422, f"unknown attachment {unknown[0]}", "invalid_attachment")
+            files = [{"filename": a, "original_filename": known[a]["original_filename"],
+                      "size": len(known[a]["content"]), "type": known[a]["content_type"],
+                      "date_created": _iso(self._real_moment())} for a in attachments]
+            message = self._new_claim_message(claim, "respondent", receiver, text, files)
+            self.claim_sent.append(dict(body, claim_id=claim["id"]))
+            # Writing meets the seller's pending "send a message" action.
+            for action in self._respondent(claim)["available_actions"]:
+                if action["action"] == f"send_message_to_{receiver}":
+                    action["due_date"] = None
+        # The real answer's body is not documented; the bridge must not rely on it.
+        return jsonify({"status": "ok", "date_created": message["date_created"]})
+
+    def upload_claim_file(self, claim: dict, file: Any) -> Response:
+        if file is None:
+            return json_error(self, 400, "multipart field 'file' is required", "bad_request")
+        content = file.read()
+        name = file.filename or ""
+        ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+        if ext not in UPLOAD_TYPES:
+            return json_error(self, 400, "file type not allowed (jpg, png, pdf, txt)", "invalid_file_type")
+        if len(content) > MAX_UPLOAD_BYTES:
+            return json_error(self, 400, "file larger than 25 MB", "file_too_large")
+        stored = self._store_claim_file(claim["id"], self.seller_id, name, content, UPLOAD_TYPES[ext])
+        with self.lock:
+            self.claim_uploads.append(stored)
+        return jsonify({"filename": stored["filename"]})
+
     # ---- notifications ---------------------------------------------------------------------------------
 
     def notification(self, topic: str, resource: str) -> dict:
@@ -689,6 +857,57 @@ def create_meli_app(state: MeliState) -> Flask:
     def message(message_id: str):
         found = state.messages.get(message_id)
         return jsonify(found) if found else not_found(f"message {message_id}")
+
+    @app.get("/post-purchase/v1/claims/search")
+    def claims_search():
+        return state.search_claims(request.args.to_dict())
+
+    def claim_or_404(claim_id: int) -> dict | None:
+        found = state.claims.get(claim_id)
+        if found and any(p["user_id"] == g.user_id for p in found["players"]):
+            return found
+        return None
+
+    @app.get("/post-purchase/v1/claims/<int:claim_id>")
+    def claim(claim_id: int):
+        found = claim_or_404(claim_id)
+        return jsonify(found) if found else not_found(f"claim {claim_id}")
+
+    @app.get("/post-purchase/v1/claims/<int:claim_id>/messages")
+    def claim_messages(claim_id: int):
+        if not claim_or_404(claim_id):
+            return not_found(f"claim {claim_id}")
+        with state.lock:
+            return jsonify([dict(m) for m in state.claim_messages[claim_id]])
+
+    @app.post("/post-purchase/v1/claims/<int:claim_id>/actions/send-message")
+    def claim_send(claim_id: int):
+        found = claim_or_404(claim_id)
+        if not found:
+            return not_found(f"claim {claim_id}")
+        return state.send_claim_message(found, request.get_json(silent=True) or {})
+
+    @app.post("/post-purchase/v1/claims/<int:claim_id>/attachments")
+    def claim_upload(claim_id: int):
+        found = claim_or_404(claim_id)
+        if not found:
+            return not_found(f"claim {claim_id}")
+        return state.upload_claim_file(found, request.files.get("file"))
+
+    @app.get("/post-purchase/v1/claims/<int:claim_id>/attachments/<filename>/download")
+    def claim_download(claim_id: int, filename: str):
+        found = state.files.get(filename)
+        if not claim_or_404(claim_id) or not found or found.get("claim_id") != claim_id:
+            return not_found(f"attachment {filename}")
+        return Response(found["content"], mimetype=found["content_type"])
+
+    @app.get("/post-purchase/v1/claims/<int:claim_id>/affects-reputation")
+    def claim_affects_reputation(claim_id: int):
+        found = claim_or_404(claim_id)
+        if not found:
+            return not_found(f"claim {claim_id}")
+        affected = "affected" if found["stage"] == "dispute" else "not_affected"
+        return jsonify({"affects_reputation": affected, "has_incentive": False, "due_date": None})
 
     @app.get("/missed_feeds")
     def missed_feeds():

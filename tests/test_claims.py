@@ -1,0 +1,193 @@
+"""Claims: pure decisions, the listener's acceptance of claim replies, the sync against recorded state."""
+
+import json
+import time
+
+import pytest
+import responses
+
+import outbox
+import sync_claims
+from services import build_services
+from tests.payloads import message_created
+
+CLAIM_INBOX = 9
+
+
+def claim(stage="claim", status="opened", actions=("send_message_to_complainant",), due="2026-11-22T10:00:00.000Z"):
+    return {"id": 5000001, "resource": "order", "resource_id": 2000001, "type": "mediations", "stage": stage,
+            "status": status, "reason_id": "PDD9939", "last_updated": "2026-11-20T10:00:00.000Z",
+            "players": [{"role": "complainant", "type": "buyer", "user_id": 7001, "available_actions": []},
+                        {"role": "respondent", "type": "seller", "user_id": 555,
+                         "available_actions": [{"action": a, "due_date": due, "mandatory": True}
+                                               for a in actions]}],
+            "resolution": None}
+
+
+def test_a_reply_goes_to_the_buyer_unless_the_mediator_is_asked_for_or_the_only_one_allowed():
+    open_claim = claim()
+    dispute = claim(stage="dispute", actions=("send_message_to_mediator",))
+    both = claim(stage="dispute", actions=("send_message_to_complainant", "send_message_to_mediator"))
+    assert sync_claims.choose_receiver("complainant", open_claim) == "complainant"
+    assert sync_claims.choose_receiver("mediator", open_claim) is None
+    assert sync_claims.choose_receiver("complainant", dispute) == "mediator"
+    assert sync_claims.choose_receiver("complainant", both) == "complainant"
+    assert sync_claims.choose_receiver("mediator", both) == "mediator"
+    assert sync_claims.choose_receiver("complainant", claim(actions=("refund",))) is None
+
+
+def test_unknown_actions_are_shown_by_name_and_never_fail():
+    assert sync_claims.action_name("send_potato") == "send potato"
+    assert sync_claims.next_action(claim(actions=("send_potato",)))[0] == "send_potato"
+    assert sync_claims.next_action({"players": "garbage"}) == (None, None)
+
+
+def test_a_message_is_known_by_role_date_and_text_hash_never_by_its_text():
+    message = {"sender_role": "complainant", "date_created": "2026-11-20T10:00:00.000Z",
+               "message": "Meu telefone é 11 99999-9999"}
+    key = sync_claims.message_key("5", message)
+    assert "99999" not in key and key.startswith("5:complainant:2026-11-20T10:00:00.000Z:")
+    assert key == sync_claims.message_key("5", dict(message, message="Meu  telefone é 11 99999-9999"))
+    assert key != sync_claims.message_key("5", dict(message, sender_role="mediator"))
+
+
+def test_the_mediator_speaks_with_a_visible_prefix_and_moderation_is_shown_with_its_reason():
+    mediator = {"sender_role": "mediator", "message": "Envie a nota fiscal"}
+    assert sync_claims.message_content(mediator, "incoming") == "Mediação do Mercado Livre: Envie a nota fiscal"
+    rejected = {"sender_role": "complainant", "message": "me liga", "status": "rejected",
+                "moderation": {"status": "rejected", "reason": "PERSONAL_DATA"}}
+    assert "dados pessoais" in sync_claims.message_content(rejected, "incoming")
+
+
+def test_state_changes_become_notes_once_each():
+    old = {"stage": "claim", "status": "opened", "due": "2026-11-22T10:00:00.000Z"}
+    dispute = claim(stage="dispute", actions=("send_message_to_mediator",), due="2026-11-23T10:00:00.000Z")
+    events = dict(sync_claims.state_events(old, dispute))
+    assert set(events) == {"stage:dispute", "due:2026-11-23T10:00:00.000Z"}
+    closed = dict(claim(status="closed"), resolution={"reason": "payment_refunded", "benefited": ["complainant"]})
+    events = dict(sync_claims.state_events(old, closed))
+    assert list(events) == ["closed"] and "o comprador" in events["closed"]
+    assert sync_claims.state_events(dict(old, status="closed"), closed) == []
+
+
+def test_the_deadline_counts_only_when_near_and_the_seller_owes_an_answer():
+    data = {"status": "opened", "due": "2026-11-21T10:00:00.000Z", "awaiting_seller": True}
+    due = sync_claims.parse_date(data["due"])
+    assert sync_claims.due_soon(data, due - 3600)
+    assert not sync_claims.due_soon(data, due - 25 * 3600)
+    assert not sync_claims.due_soon(dict(data, awaiting_seller=False), due - 3600)
+    assert not sync_claims.due_soon(dict(data, status="closed"), due - 3600)
+    assert sync_claims.awaiting_seller([{"sender_role": "respondent", "date_created": "1"},
+                                        {"sender_role": "complainant", "date_created": "2"}])
+    assert not sync_claims.awaiting_seller([{"sender_role": "respondent", "date_created": "3"},
+                                            {"sender_role": "complainant", "date_created": "2"}])
+
+
+def test_the_listener_ignores_the_claims_inbox_while_claims_are_off(settings, db):
+    status, code, extra = outbox.accept_webhook(message_created(inbox_id=CLAIM_INBOX), settings, db, 1000.0)
+    assert (status, code, extra["reason"]) == ("ignored", 200, "not a Mercado Livre inbox")
+
+
+def test_a_claim_reply_is_accepted_with_the_receiver_the_agent_chose(make_settings, db):
+    settings = make_settings(CHATWOOT_CLAIMS_INBOX_ID=str(CLAIM_INBOX))
+    body = message_created(message_id=1, inbox_id=CLAIM_INBOX, content="Olá",
+                           custom_attributes={"meli_claim_id": "5000001", "meli_claim_reply_to": "Mediador "})
+    status, _code, extra = outbox.accept_webhook(body, settings, db, 1000.0)
+    assert status == "accepted" and extra["kind"] == "claim" and extra["target"] == "5000001"
+    assert db.reply(extra["reply_id"])["receiver"] == "mediator"
+    body = message_created(message_id=2, inbox_id=CLAIM_INBOX, content="Olá",
+                           custom_attributes={"meli_claim_id": "5000001", "meli_claim_reply_to": ["x"]})
+    _status, _code, extra = outbox.accept_webhook(body, settings, db, 1000.0)
+    assert db.reply(extra["reply_id"])["receiver"] == "complainant"
+
+
+def test_a_claim_reply_with_a_file_and_no_text_is_refused_with_a_note(make_settings, db):
+    settings = make_settings(CHATWOOT_CLAIMS_INBOX_ID=str(CLAIM_INBOX))
+    files = [{"id": 5, "extension": "png", "data_url": "https://chat.example.test/rails/active_storage/x/foto.png",
+              "file_size": 100}]
+    body = message_created(message_id=3, inbox_id=CLAIM_INBOX, content=None, attachments=files,
+                           custom_attributes={"meli_claim_id": "5000001"})
+    status, _code, extra = outbox.accept_webhook(body, settings, db, 1000.0)
+    assert status == "refused" and extra["reason"] == "anexo sem texto"
+
+
+# ---- the claims sync against recorded state (responses + a real database) -------------------------
+
+API = "https://api.meli.test"
+CW = "https://chat.example.test/api/v1/accounts/1"
+CLAIM_ID = "5000001"
+
+
+@pytest.fixture
+def s(make_settings, db):
+    services = build_services(make_settings(CHATWOOT_CLAIMS_INBOX_ID=str(CLAIM_INBOX)), db, sleep=lambda _s: None)
+    db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", time.time() + 21600, time.time())
+    data = {"buyer_id": 7001, "order_id": "2000001", "pack_id": "2000001", "stage": "claim", "status": "opened",
+            "last_updated": "old", "due": "2026-11-22T10:00:00.000Z", "affects": "not_affected",
+            "attributes": sync_claims.claim_attributes(claim(), None, "not_affected")}
+    db.link_created("claim", CLAIM_ID, 1.0, conversation_id=88, contact_id=5, data=data)
+    return services
+
+
+def respondent_message(text, minute):
+    return {"sender_role": "respondent", "receiver_role": "complainant", "message": text,
+            "date_created": f"2026-11-20T10:{minute:02d}:00.000Z", "status": "available", "attachments": []}
+
+
+def delivered_claim_reply(db, message_id, text):
+    reply_id = db.reply_accept(chatwoot_message_id=message_id, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                               parts=[{"text": text}], now=1000.0, receiver="complainant")
+    db.part_sent(reply_id, 0, sync_claims.sent_key(CLAIM_ID, text), 1001.0)
+    db.reply_delivered(reply_id, 1002.0)
+    return reply_id
+
+
+@responses.activate
+def test_a_reply_repeating_a_pruned_replys_text_is_still_the_agents_own_message(s, db):
+    old = delivered_claim_reply(db, 901, "Ok, obrigado")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim())
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
+                  json=[respondent_message("Ok, obrigado", 1)])
+    sync_claims.sync_claim(s, CLAIM_ID)
+    # The old reply is forgotten (housekeeping); weeks later an agent writes the same words.
+    db.conn().execute("DELETE FROM reply_parts WHERE reply_id = ?", (old,))
+    db.conn().execute("DELETE FROM replies WHERE id = ?", (old,))
+    delivered_claim_reply(db, 902, "Ok, obrigado")
+    responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
+                      json=[respondent_message("Ok, obrigado", 1), respondent_message("Ok, obrigado", 40)])
+    sync_claims.sync_claim(s, CLAIM_ID)
+    created = [c for c in responses.calls if c.request.method == "POST" and "/messages" in c.request.url
+               and c.request.url.startswith(CW)]
+    assert created == []
+    links = [link for link in db.links_with_prefix("claim_message", f"{CLAIM_ID}:")]
+    assert sorted(link["message_id"] for link in links) == [901, 902]
+
+
+@responses.activate
+def test_a_file_mercado_livre_no_longer_has_is_named_and_the_conversation_is_kept(s, db):
+    message = {"sender_role": "complainant", "receiver_role": "respondent", "message": "Veja a foto",
+               "date_created": "2026-11-20T10:05:00.000Z", "status": "available",
+               "attachments": [{"filename": "7001_abc.png", "original_filename": "foto.png", "size": 10}]}
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim(due="2030-01-01T00:00:00.000Z"))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[message])
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/attachments/7001_abc.png/download", status=404,
+                  json={"error": "not_found", "message": "attachment not found"})
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 700})
+    responses.get(f"{CW}/conversations/88", json={"custom_attributes": {"meli_claim_reply_to": "mediador"}})
+    responses.post(f"{CW}/conversations/88/custom_attributes", json={})
+    assert sync_claims.sync_claim(s, CLAIM_ID) == 1
+    posted = [json.loads(c.request.body) for c in responses.calls
+              if c.request.method == "POST" and c.request.url == f"{CW}/conversations/88/messages"]
+    [created] = [m for m in posted if not m["private"]]
+    assert [m["content"] for m in posted if m["private"]] == [
+        "O prazo do vendedor mudou: responder ao comprador até 01/01/2030 00:00 UTC."]
+    assert created["content"].startswith("Veja a foto") and "foto.png" in created["content"]
+    assert "não disponível no Mercado Livre" in created["content"]
+    # The due date moved: attributes updated, the agent's own attribute kept.
+    [attributes] = [json.loads(c.request.body)["custom_attributes"] for c in responses.calls
+                    if c.request.url == f"{CW}/conversations/88/custom_attributes"]
+    assert attributes["meli_claim_reply_to"] == "mediador"
+    assert attributes["meli_claim_due_date"] == "2030-01-01T00:00:00.000Z"
+    link = db.link("claim", CLAIM_ID)
+    assert link["conversation_id"] == 88 and link["data"]["last_updated"] == claim()["last_updated"]
