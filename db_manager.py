@@ -292,15 +292,25 @@ MIGRATIONS: list[tuple[str, str]] = [
 #   children: link kinds whose external id equals this one's (one answer per question)
 #   messages: link kinds whose data.<kind>_id names this one (one row per mirrored message;
 #     give each an index like links_message_by_pack)
+#   keyed: link kinds whose external id starts with "<this id>:" (a claim's messages, which
+#     have no id of their own, its state notes and moderation reports)
 #   reply_kind: the outbox `replies.kind` that targets it
+#   check_prefix: how its replies' `moderation_check` links are named ("" = the bare reply id)
 #   thread: its activity is also in `threads` (post-sale)
+#   mark_in_data: its watermark date is data.last_message_at (the newest Mercado Livre message
+#     date seen), moved forward by each erasure; otherwise the local time of the last change
 # Every conversation row carries the buyer id in data.buyer_id (rows written before it did
 # are found by the buyer's contact id).
 CONVERSATION_KINDS: dict[str, dict] = {
     "question": {"finished": "json_extract(data, '$.state') IN ('closed', 'removed')",
-                 "children": ("answer",), "messages": (), "reply_kind": "answer", "thread": False},
-    "pack": {"finished": "1 = 1", "children": (), "messages": ("message",), "reply_kind": "message",
-             "thread": True},
+                 "children": ("answer",), "messages": (), "keyed": (), "reply_kind": "answer", "check_prefix": "",
+                 "thread": False, "mark_in_data": False},
+    "pack": {"finished": "1 = 1", "children": (), "messages": ("message",), "keyed": (), "reply_kind": "message",
+             "check_prefix": "", "thread": True, "mark_in_data": False},
+    # Closed on Mercado Livre, or out of reach (another account's, removed): nothing more comes.
+    "claim": {"finished": "json_extract(data, '$.status') IN ('closed', 'unavailable')", "children": (),
+              "messages": (), "keyed": ("claim_message", "claim_event", "claim_moderation"), "reply_kind": "claim",
+              "check_prefix": "claim:", "thread": False, "mark_in_data": True},
 }
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -1218,6 +1228,13 @@ class Database:
                 " AND COALESCE(last_message_at, 0) < excluded.last_message_at",
                 (str(pack_id), last_message_id, last_message_at, now))
 
+    def watermark_claim_seen(self, claim_id: str, last_updated: str | None, now: float) -> None:
+        """A claim whose rows are gone was read again with nothing new: its `last_updated` (a
+        date, kept in last_message_id since claim messages have no id) spares the next polls."""
+        with self.write() as conn:
+            conn.execute("UPDATE watermarks SET last_message_id = ?, updated_at = ? WHERE kind = 'claim'"
+                         " AND external_id = ? AND closed_at IS NOT NULL", (last_updated, now, str(claim_id)))
+
     def watermarks_closed(self, kind: str) -> set[str]:
         rows = self.conn().execute("SELECT external_id FROM watermarks WHERE kind = ? AND closed_at IS NOT NULL",
                                    (kind,))
@@ -1266,6 +1283,11 @@ class Database:
                 " WHERE p.kind = 'question' AND p.external_id = links.external_id)", (cutoff,)).rowcount
             orphans += wconn.execute("DELETE FROM links WHERE kind = 'moderation_check' AND updated_at < ?",
                                      (cutoff,)).rowcount
+            orphans += wconn.execute(
+                "DELETE FROM links WHERE kind IN ('claim_message', 'claim_event', 'claim_moderation')"
+                " AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p WHERE p.kind = 'claim'"
+                " AND p.external_id = substr(links.external_id, 1, instr(links.external_id, ':') - 1))",
+                (cutoff,)).rowcount
             _add_counts(counts, {"links": orphans})
             # Final replies keep no text, whatever path finished them (LGPD).
             wconn.execute("UPDATE reply_parts SET text = NULL, attachments = NULL WHERE (text IS NOT NULL OR"
@@ -1293,6 +1315,11 @@ class Database:
             if conn.execute(f"SELECT 1 FROM links WHERE kind = '{message_kind}'"
                             f" AND json_extract(data, '$.{kind}_id') = ? AND updated_at >= ? LIMIT 1",
                             (external_id, cutoff)).fetchone():
+                return False
+        for keyed_kind in spec["keyed"]:
+            if conn.execute("SELECT 1 FROM links WHERE kind = ? AND external_id >= ? AND external_id < ?"
+                            " AND updated_at >= ? LIMIT 1",
+                            (keyed_kind, f"{external_id}:", f"{external_id}:\uffff", cutoff)).fetchone():
                 return False
         return not (spec["thread"] and conn.execute(
             "SELECT 1 FROM threads WHERE pack_id = ? AND (active_at >= ? OR marking_since IS NOT NULL)",
@@ -1388,19 +1415,32 @@ class Database:
         last = max([link.get("updated_at") or 0, *(r[0] for m in spec["messages"] for r in conn.execute(
             f"SELECT MAX(updated_at) FROM links WHERE kind = '{m}' AND json_extract(data, '$.{kind}_id') = ?",
             (external_id,)) if r[0] is not None)]) or now
-        conn.execute("INSERT INTO watermarks (kind, external_id, last_message_at, closed_at, updated_at)"
-                     " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
-                     " closed_at = COALESCE(closed_at, excluded.closed_at),"
-                     " last_message_at = COALESCE(last_message_at, excluded.last_message_at),"
-                     " updated_at = excluded.updated_at", (kind, external_id, last, now, now))
+        if spec["mark_in_data"]:
+            # Messages without ids (claims): the newest Mercado Livre date seen is exact; a later
+            # erasure of a conversation started afresh moves the mark forward.
+            last = float(link["data"].get("last_message_at") or 0) or last
+            conn.execute("INSERT INTO watermarks (kind, external_id, last_message_at, closed_at, updated_at)"
+                         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
+                         " closed_at = excluded.closed_at,"
+                         " last_message_at = MAX(COALESCE(last_message_at, 0), excluded.last_message_at),"
+                         " updated_at = excluded.updated_at", (kind, external_id, last, now, now))
+        else:
+            conn.execute("INSERT INTO watermarks (kind, external_id, last_message_at, closed_at, updated_at)"
+                         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
+                         " closed_at = COALESCE(closed_at, excluded.closed_at),"
+                         " last_message_at = COALESCE(last_message_at, excluded.last_message_at),"
+                         " updated_at = excluded.updated_at", (kind, external_id, last, now, now))
         counts = {"links": 0}
         for link_kind, ids in ((kind, [external_id]), *((c, [external_id]) for c in spec["children"]),
                                *((m, message_ids) for m in spec["messages"]), ("moderation", remote_ids),
-                               ("moderation_check", [str(i) for i in reply_ids])):
+                               ("moderation_check", [f"{spec['check_prefix']}{i}" for i in reply_ids])):
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
                 counts["links"] += conn.execute(f"DELETE FROM links WHERE kind = ? AND external_id IN"
                                                 f" ({_marks(chunk)})", (link_kind, *chunk)).rowcount
+        for keyed_kind in spec["keyed"]:
+            counts["links"] += conn.execute("DELETE FROM links WHERE kind = ? AND external_id >= ? AND external_id < ?",
+                                            (keyed_kind, f"{external_id}:", f"{external_id}:\uffff")).rowcount
         conn.execute(f"DELETE FROM reply_parts WHERE reply_id IN ({_marks(reply_ids)})", reply_ids)
         counts["replies"] = conn.execute(f"DELETE FROM replies WHERE id IN ({_marks(reply_ids)})",
                                          reply_ids).rowcount

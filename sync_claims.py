@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from datetime import datetime, timezone
 
@@ -70,6 +71,11 @@ def text_of(message: dict) -> str:
     if not isinstance(text, str) or not text:
         text = message.get("translated_message") if isinstance(message.get("translated_message"), str) else ""
     return text or ""
+
+
+def extension(name) -> str:
+    """What a log line may say of a file: its extension, never its name."""
+    return os.path.splitext(str(name))[1].lstrip(".").lower()[:10] or "-"
 
 
 def text_hash(text: str) -> str:
@@ -235,6 +241,21 @@ def closed_note(claim: dict) -> str:
     return f"A reclamação foi encerrada no Mercado Livre. Resolução: {reason}. A favor de: {who}."
 
 
+def after_watermark(messages: list[dict], mark: dict | None) -> list[dict]:
+    """The messages a closed watermark does not stand for: those of a pruned or erased claim up
+    to its last mirrored message's date are never imported again. A message without a usable
+    date is not covered."""
+    if not mark or mark.get("closed_at") is None or mark.get("last_message_at") is None:
+        return messages
+    return [m for m in messages if (parse_date(m.get("date_created")) or float("inf")) > mark["last_message_at"]]
+
+
+def seen_since_pruned(mark: dict | None, summary: dict) -> bool:
+    """A pruned or erased claim already read again at this `last_updated`: nothing to read."""
+    return bool(mark and mark.get("closed_at") is not None and summary.get("last_updated")
+                and mark.get("last_message_id") == summary.get("last_updated"))
+
+
 def awaiting_seller(messages: list[dict]) -> bool:
     """The buyer or the mediator spoke last (or nobody yet): the seller owes an answer."""
     ordered = in_order(messages)
@@ -262,7 +283,7 @@ def sync_claims(s: Services) -> dict:
     batch = failures.Batch(s, "claim")
     open_links = {link["external_id"]: link for link in s.db.links_by_status("claim", "created")
                   if link["data"].get("status") == "opened"}
-    due = [cid for cid, summary in listed.items() if _changed(s.db.link("claim", cid), summary)]
+    due = [cid for cid, summary in listed.items() if _changed(s, cid, summary)]
     if complete:
         # Gone from the open list: closed (or out of reach). Read once more to learn how.
         due += [cid for cid in open_links if cid not in listed]
@@ -295,8 +316,11 @@ def _open_claims(s: Services) -> tuple[dict[str, dict], bool]:
     return listed, False
 
 
-def _changed(link: dict | None, summary: dict) -> bool:
-    return not link or link["status"] != "created" or link["data"].get("last_updated") != summary.get("last_updated")
+def _changed(s: Services, claim_id: str, summary: dict) -> bool:
+    link = s.db.link("claim", claim_id)
+    if not link:
+        return not seen_since_pruned(s.db.watermark("claim", claim_id), summary)
+    return link["status"] != "created" or link["data"].get("last_updated") != summary.get("last_updated")
 
 
 def sync_claim_resource(s: Services, claim_id: str) -> str:
@@ -325,8 +349,16 @@ def _sync_claim(s: Services, claim_id: str) -> int:
         log.warning("claim no longer readable claim=%s status=%s", claim_id, exc.status)
         return 0
     messages = s.meli.claim_messages(claim_id)
+    # Pruned by retention or erased: what the watermark covers stays out of Chatwoot, and a
+    # new message starts a new conversation.
+    mark = s.db.watermark("claim", claim_id)
+    fresh = after_watermark(messages, mark)
+    if not link and mark and mark.get("closed_at") is not None and not fresh:
+        s.db.watermark_claim_seen(claim_id, claim.get("last_updated"), s.clock())
+        log.info("claim pruned or erased before, nothing new claim=%s messages=%d", claim_id, len(messages))
+        return 0
     try:
-        created, conversation_id = _apply(s, claim_id, claim, messages, link)
+        created, conversation_id = _apply(s, claim_id, claim, messages, link, fresh)
     except PermanentError as exc:
         if not is_gone(exc) or not link or link["status"] != "created":
             raise
@@ -334,13 +366,15 @@ def _sync_claim(s: Services, claim_id: str) -> int:
         log.warning("claim conversation deleted in chatwoot claim=%s conversation=%s: continuing in a new one",
                     claim_id, link["conversation_id"])
         forget_conversation(s, "claim", claim_id, link["conversation_id"], removed=link["conversation_id"])
-        created, conversation_id = _apply(s, claim_id, claim, messages, s.db.link("claim", claim_id))
+        created, conversation_id = _apply(s, claim_id, claim, messages, s.db.link("claim", claim_id), fresh)
     log.info("claim synced claim=%s conversation=%s stage=%s status=%s new=%d in %dms", claim_id, conversation_id,
              claim.get("stage"), claim.get("status"), created, (time.monotonic() - started) * 1000)
     return created
 
 
-def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: dict | None) -> tuple[int, int]:
+def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: dict | None,
+           to_mirror: list[dict]) -> tuple[int, int]:
+    """`to_mirror`: the messages not covered by a closed watermark (all of them, usually)."""
     old = link["data"] if link and link["status"] == "created" else None
     order = None
     if old is None:
@@ -354,7 +388,7 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
         if claim.get("stage") != old.get("stage") or claim.get("status") != old.get("status"):
             affects = _affects_reputation(s, claim_id, affects)
     data = dict(old or (s.db.link("claim", claim_id) or {}).get("data") or {})
-    created = _mirror_messages(s, claim_id, conversation_id, messages, reopen=old is not None)
+    created = _mirror_messages(s, claim_id, conversation_id, to_mirror, reopen=old is not None)
     # A conversation made again after an agent deleted it compares with what the claim was then.
     before = old or (data if data.get("stage") else {"stage": claim.get("stage"), "due": None})
     for event, note in state_events(before, claim):
@@ -521,6 +555,7 @@ def _mirror(s: Services, claim_id: str, conversation_id: int, key: str, message:
     link, fresh = s.db.link_intent("claim_message", key, s.clock(), conversation_id=conversation_id)
     existing = None if fresh or link["conversation_id"] != conversation_id \
         else s.chatwoot.find_message_by_source(conversation_id, source)
+    files: list = []
     if existing is None:
         files, skipped = _download_files(s, claim_id, message)
         content = message_content(message, direction)
@@ -532,9 +567,12 @@ def _mirror(s: Services, claim_id: str, conversation_id: int, key: str, message:
         crashpoint("claim_message_created")
     s.db.link_created("claim_message", key, s.clock(), conversation_id=conversation_id, message_id=existing["id"],
                       data={"role": str(message.get("sender_role")), "direction": direction})
-    log.info("claim message in chatwoot claim=%s role=%s conversation=%s message=%s files=%d in %dms%s", claim_id,
-             message.get("sender_role"), conversation_id, existing["id"], len(message.get("attachments") or []),
-             (time.monotonic() - started) * 1000, "" if fresh else " (reconciled)")
+    # A file name can name the buyer: extension and size only.
+    log.info("claim message in chatwoot claim=%s role=%s conversation=%s message=%s files=%d ext=%s bytes=%d"
+             " in %dms%s", claim_id, message.get("sender_role"), conversation_id, existing["id"],
+             len(message.get("attachments") or []), ",".join(extension(name) for name, _c, _t in files) or "-",
+             sum(len(content) for _n, content, _t in files), (time.monotonic() - started) * 1000,
+             "" if fresh else " (reconciled)")
 
 
 def _download_files(s: Services, claim_id: str, message: dict) -> tuple[list, list]:
@@ -550,8 +588,8 @@ def _download_files(s: Services, claim_id: str, message: dict) -> tuple[list, li
         try:
             content, ctype = s.meli.download_claim_attachment(claim_id, attachment["filename"])
         except PermanentError as exc:
-            # The message still comes in, saying so; and a Mercado Livre 404 is never taken for a
-            # deleted Chatwoot conversation.
+            # The message still comes in, saying so (is_gone never takes this 404, Mercado
+            # Livre's, for a deleted Chatwoot conversation; the message must not wait either).
             skipped.append((name, f"não disponível no Mercado Livre: erro {exc.status}"))
             continue
         if len(content) > CHATWOOT_MAX_FILE:

@@ -22,6 +22,7 @@ NICK = "ZEQUINHA_ERASE_QX"
 BUYER = 8642097
 OTHER = 7531864
 OTHER_NICK = "OUTRA_PESSOA_KW"
+DAY = 86400.0
 
 
 def file_bytes(db_path: str) -> bytes:
@@ -31,6 +32,28 @@ def file_bytes(db_path: str) -> bytes:
         if path.exists():
             data += path.read_bytes()
     return data
+
+
+CLAIM = 5100001
+OTHER_CLAIM = 5100002
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+
+
+@pytest.fixture
+def claims_bridge(tmp_path, fakes):
+    from tests.e2e import Bridge
+    fakes.claims_inbox = fakes.chatwoot.state.add_inbox("Mercado Livre - Reclamações")
+    installation = Bridge(tmp_path, fakes, CHATWOOT_CLAIMS_INBOX_ID=str(fakes.claims_inbox))
+    yield installation
+    installation.close()
+
+
+def buyer_claim(bridge, pack):
+    """The buyer of `pack` opened a claim on it and wrote there, with a file named after them."""
+    meli = bridge.fakes.meli.state
+    meli.add_claim(CLAIM, int(pack))
+    meli.add_claim_message(CLAIM, "complainant", "reclamacao-secreta-qx",
+                           attachments=[("laudo-zequinha-qx.png", PNG, "image/png")])
 
 
 def services(bridge, clock=None):
@@ -105,6 +128,55 @@ def test_forget_buyer_erases_every_row_from_the_file_and_a_new_question_arrives_
     assert len(sales) == 1 and contents(bridge, sales[0]) == ["mensagem-nova-qx"]
 
 
+def test_forget_buyer_erases_the_buyers_claims_and_a_new_claim_message_starts_fresh(claims_bridge):
+    bridge = claims_bridge
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    pack = two_buyers(bridge)
+    buyer_claim(bridge, pack)
+    assert bridge.once().returncode == 0
+    s = services(bridge)
+    [claim_conv] = conversations(bridge, bridge.fakes.claims_inbox)
+    assert any(c.startswith("reclamacao-secreta-qx") for c in contents(bridge, claim_conv))
+    assert str(s.db.link("claim", str(CLAIM))["data"]["buyer_id"]) == str(BUYER)
+    # A claim reply still in the outbox, its moderation check and a claims notification go too.
+    reply_id = s.db.reply_accept(chatwoot_message_id=999002, conversation_id=claim_conv["id"], kind="claim",
+                                 target_id=str(CLAIM), parts=[{"text": "resposta-reclamacao-qx"}], now=s.clock())
+    s.db.link_created("moderation_check", f"claim:{reply_id}", s.clock())
+    s.db.notification_record("n-claim-qx", "claims", f"/post-purchase/v1/claims/{CLAIM}", s.clock())
+    assert b"reclamacao-secreta-qx" not in file_bytes(s.db.path)  # texts never stored, only their hash
+    assert s.db.links_with_prefix("claim_message", f"{CLAIM}:")
+
+    result = bridge.cli("forget-buyer", str(BUYER), "--chatwoot", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "1 claims" in result.stdout and f"conversation {claim_conv['id']} deleted" in result.stdout
+
+    erased = file_bytes(s.db.path)
+    for secret in (str(BUYER), NICK, "resposta-reclamacao-qx", "reclamacao-secreta-qx", "laudo-zequinha-qx"):
+        assert secret.encode() not in erased, secret
+    for kind in ("claim_message", "claim_event", "claim_moderation"):
+        assert not s.db.links_with_prefix(kind, f"{CLAIM}:"), kind
+    assert s.db.link("claim", str(CLAIM)) is None and s.db.link("moderation_check", f"claim:{reply_id}") is None
+    assert s.db.one("SELECT COUNT(*) AS n FROM replies WHERE kind = 'claim'")["n"] == 0
+    assert s.db.one("SELECT COUNT(*) AS n FROM notifications WHERE topic = 'claims'")["n"] == 0
+    mark = s.db.watermark("claim", str(CLAIM))
+    assert mark["closed_at"] is not None and mark["last_message_at"] is not None
+    assert not conversations(bridge, bridge.fakes.claims_inbox)
+
+    # The claim is still open on Mercado Livre: its erased history does not come back, and
+    # the next poll does not even read it again.
+    assert bridge.once().returncode == 0
+    assert not conversations(bridge, bridge.fakes.claims_inbox)
+    reads = meli.count("GET", f"/post-purchase/v1/claims/{CLAIM}")
+    assert bridge.once().returncode == 0
+    assert meli.count("GET", f"/post-purchase/v1/claims/{CLAIM}") == reads
+    meli.add_claim_message(CLAIM, "complainant", "nova-reclamacao-qx")
+    assert bridge.once().returncode == 0
+    [fresh] = conversations(bridge, bridge.fakes.claims_inbox)
+    texts = contents(bridge, fresh)
+    assert "nova-reclamacao-qx" in texts and not any("reclamacao-secreta-qx" in t for t in texts)
+    assert chatwoot.conversations[fresh["id"]]["custom_attributes"]["meli_claim_id"] == str(CLAIM)
+
+
 def test_forget_buyer_by_an_unknown_nickname_says_to_use_the_id(bridge):
     result = bridge.cli("forget-buyer", "NINGUEM_CONHECIDO")
     assert result.returncode == 1 and "give the buyer id" in result.stderr and "Traceback" not in result.stderr
@@ -149,13 +221,58 @@ def test_retention_deletes_finished_rows_from_the_file_keeps_work_in_progress_an
     assert contents(bridge, newest) == ["depois-da-retencao-qx"]
 
 
-def test_the_logs_and_health_of_a_full_run_name_no_buyer_text_nickname_or_file(bridge):
+def test_retention_prunes_a_closed_claim_keeps_an_open_one_and_never_reimports_it(claims_bridge):
+    bridge = claims_bridge
+    meli = bridge.fakes.meli.state
+    pack = two_buyers(bridge)
+    buyer_claim(bridge, pack)
+    meli.add_order(3100002, OTHER, OTHER_NICK, items=[("MLB900", "Caneca verde", 1, 30.0)])
+    meli.add_claim(OTHER_CLAIM, 3100002)
+    meli.add_claim_message(OTHER_CLAIM, "complainant", "reclamacao-da-outra-kw")
+    assert bridge.once().returncode == 0
+    meli.close_claim(CLAIM)
+    assert bridge.once().returncode == 0
+    s = services(bridge)
+    assert s.db.link("claim", str(CLAIM))["data"]["status"] == "closed"
+    assert len(conversations(bridge, bridge.fakes.claims_inbox)) == 2
+
+    now = s.clock()
+    s.clock = lambda: now + 89 * DAY
+    main.housekeeping(s)
+    assert s.db.link("claim", str(CLAIM)) is not None  # inside the window: kept
+
+    s.clock = lambda: now + 91 * DAY
+    main.housekeeping(s)
+    assert s.db.link("claim", str(CLAIM)) is None
+    for kind in ("claim_message", "claim_event"):
+        assert not s.db.links_with_prefix(kind, f"{CLAIM}:"), kind
+    assert s.db.watermark("claim", str(CLAIM))["closed_at"] is not None
+    # Open, however old: in progress, untouched.
+    assert s.db.link("claim", str(OTHER_CLAIM))["status"] == "created"
+    assert s.db.links_with_prefix("claim_message", f"{OTHER_CLAIM}:")
+
+    # A notification about the pruned claim reads it again: nothing of its history comes back.
+    s.db.notification_record("n-claim-late", "claims", f"/post-purchase/v1/claims/{CLAIM}", now)
+    assert bridge.once().returncode == 0
+    assert len(conversations(bridge, bridge.fakes.claims_inbox)) == 2
+    assert s.db.link("claim", str(CLAIM)) is None
+
+
+def test_the_logs_and_health_of_a_full_run_name_no_buyer_text_nickname_or_file(claims_bridge):
+    bridge = claims_bridge
     chatwoot = bridge.fakes.chatwoot.state
-    two_buyers(bridge)
+    pack = two_buyers(bridge)
+    buyer_claim(bridge, pack)
     bridge.listener()
     bridge.poller()
-    wait_until(lambda: conversations(bridge, bridge.fakes.messages_inbox)
-               and len(conversations(bridge, bridge.fakes.questions_inbox)) == 2, 30, what="both flows")
+    wait_until(lambda: conversations(bridge, bridge.fakes.messages_inbox) and conversations(
+        bridge, bridge.fakes.claims_inbox) and len(conversations(bridge, bridge.fakes.questions_inbox)) == 2, 30,
+        what="every flow")
+    claim_conv = conversations(bridge, bridge.fakes.claims_inbox)[0]
+    wait_until(lambda: any(c.startswith("reclamacao-secreta-qx") for c in contents(bridge, claim_conv)), 30,
+               what="the claim message")
+    chatwoot.agent_reply(claim_conv["id"], "resposta-da-reclamacao-qx",
+                         attachments=[("NF-reclamacao-zequinha-qx.pdf", PDF, "application/pdf")])
     sale = conversations(bridge, bridge.fakes.messages_inbox)[0]
     chatwoot.agent_reply(sale["id"], "resposta-do-agente-qx",
                          attachments=[("NF-zequinha-qx.pdf", PDF, "application/pdf")])
@@ -164,7 +281,7 @@ def test_the_logs_and_health_of_a_full_run_name_no_buyer_text_nickname_or_file(b
     chatwoot.agent_reply(question["id"], "resposta-da-pergunta-qx")
     db = services(bridge).db
     wait_until(lambda: db.one("SELECT COUNT(*) AS n FROM replies WHERE status = 'delivered'"
-                              " AND reported_at IS NOT NULL")["n"] == 2, 30, what="both replies delivered")
+                              " AND reported_at IS NOT NULL")["n"] == 3, 30, what="the three replies delivered")
     health = bridge.health().text
     assert NICK not in health and str(BUYER) not in health and "qx" not in health  # counts and states only
     assert bridge.cli("forget-buyer", str(BUYER), "--chatwoot", "--yes").returncode == 0
@@ -172,8 +289,11 @@ def test_the_logs_and_health_of_a_full_run_name_no_buyer_text_nickname_or_file(b
     text = "\n".join(p.read_text(errors="replace") for p in LOG_DIR.glob(f"{bridge.tmp.name}-*.log"))
     # The flows did run and log, files included.
     assert "message in chatwoot" in text and "attachment uploaded" in text and "reply delivered" in text
+    assert "claim message in chatwoot" in text and "ext=png" in text and "reply part sent" in text
     for personal in (NICK, OTHER_NICK, "pergunta-secreta-qx", "pergunta-da-outra-kw", "mensagem-secreta-qx",
-                     "RG-zequinha-qx", "resposta-do-agente-qx", "NF-zequinha-qx", "resposta-da-pergunta-qx"):
+                     "RG-zequinha-qx", "resposta-do-agente-qx", "NF-zequinha-qx", "resposta-da-pergunta-qx",
+                     "reclamacao-secreta-qx", "laudo-zequinha-qx", "resposta-da-reclamacao-qx",
+                     "NF-reclamacao-zequinha-qx"):
         assert personal not in text, personal
 
 
@@ -213,7 +333,6 @@ def test_the_data_inventory_names_every_table_and_column_of_the_schema(tmp_path)
 
 # ---- the database alone -------------------------------------------------------------------------------
 
-DAY = 86400.0
 
 
 def sale_rows(db, pack, buyer, contact, at, messages=("m1",)):
@@ -290,3 +409,57 @@ def test_forget_buyer_in_chatwoot_without_a_yes_deletes_nothing_anywhere(bridge)
     assert result.returncode == 1 and "nothing was deleted" in result.stdout and "Traceback" not in result.stderr
     assert conversations(bridge, bridge.fakes.messages_inbox)
     assert services(bridge).db.link("pack", pack)["status"] == "created"
+
+
+def claim_rows(db, claim, buyer, contact, at, status="closed", with_buyer_id=True):
+    data = {"status": status, "last_message_at": 5000.0, **({"buyer_id": int(buyer)} if with_buyer_id else {})}
+    db.link_created("claim", claim, at, contact_id=contact, conversation_id=int(claim) % 1000, data=data)
+    db.link_created("claim_message", f"{claim}:complainant:2026-01-01T00:00:00.000Z:abc", at, conversation_id=1,
+                    message_id=1, data={"role": "complainant", "direction": "incoming"})
+    db.link_created("claim_event", f"{claim}:opened", at, conversation_id=1)
+    db.link_created("claim_moderation", f"{claim}:respondent:2026-01-01T00:00:01.000Z:def", at)
+
+
+def test_a_claim_written_before_its_buyer_id_was_kept_is_erased_through_the_buyers_contact(db):
+    db.link_created("buyer", "51", 1.0, contact_id=46, data={})
+    claim_rows(db, "9001", "51", 46, 1.0, status="opened", with_buyer_id=False)
+    claim_rows(db, "90011", "52", 47, 1.0, status="opened")  # a longer id sharing the prefix: not the same claim
+    removed = db.forget_buyer("51", 2.0)
+    assert removed["claims"] == 1 and removed["links"] == 5
+    assert db.link("claim", "9001") is None and not db.links_with_prefix("claim_event", "9001:")
+    assert db.link("claim", "90011") and db.links_with_prefix("claim_event", "90011:")
+    assert db.watermark("claim", "9001")["last_message_at"] == 5000.0
+
+
+def test_retention_prunes_a_closed_claim_but_never_one_open_or_with_a_reply_in_progress(db):
+    claim_rows(db, "9101", "61", 48, 1.0)
+    claim_rows(db, "9102", "62", 49, 1.0, status="opened")
+    claim_rows(db, "9103", "63", 50, 1.0)
+    claim_rows(db, "9104", "64", 51, 1.0)
+    db.reply_accept(chatwoot_message_id=8, conversation_id=103, kind="claim", target_id="9103",
+                    parts=[{"text": "ainda na fila"}], now=1.0)
+    finished = db.reply_accept(chatwoot_message_id=9, conversation_id=104, kind="claim", target_id="9104",
+                               parts=[{"text": "entregue"}], now=1.0)
+    db.conn().execute("UPDATE replies SET status = 'delivered', finished_at = 1.0 WHERE id = ?", (finished,))
+    db.conn().commit()
+    db.link_created("moderation_check", f"claim:{finished}", 1.0)
+    db.retention_prune(now=100 * DAY, days=90)
+    assert db.link("claim", "9101") is None and not db.links_with_prefix("claim_message", "9101:")
+    assert db.link("claim", "9102") and db.link("claim", "9103")
+    assert db.link("claim", "9104")  # its outcome not shown to the agent yet
+    db.conn().execute("UPDATE replies SET reported_at = 2.0 WHERE id = ?", (finished,))
+    db.conn().commit()
+    db.retention_prune(now=100 * DAY, days=90)
+    assert db.link("claim", "9104") is None and db.reply_by_message(9) is None
+    assert db.watermarks_closed("claim") == {"9101", "9104"}
+
+
+def test_a_closed_claim_watermark_covers_messages_up_to_its_date_and_never_one_without_a_date():
+    import sync_claims
+    messages = [{"date_created": "2026-01-01T13:00:00.000Z"}, {"date_created": "2026-01-01T13:00:00.001Z"},
+                {"date_created": None}]
+    mark = {"last_message_at": sync_claims.parse_date("2026-01-01T13:00:00.000Z"), "closed_at": 5.0}
+    assert sync_claims.after_watermark(messages, mark) == messages[1:]
+    assert sync_claims.after_watermark(messages, dict(mark, closed_at=None)) == messages
+    assert sync_claims.seen_since_pruned(dict(mark, last_message_id="T1"), {"last_updated": "T1"})
+    assert not sync_claims.seen_since_pruned(dict(mark, last_message_id="T1"), {"last_updated": "T2"})
