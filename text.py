@@ -79,6 +79,9 @@ def _www_link(state: StateInline, silent: bool) -> bool:
 
 
 _MARKDOWN.inline.ruler.after("linkify", "www_link", _www_link)
+# Each rule chain is compiled on first use; done here, once, so that two threads (the
+# listener's) never see a chain half built.
+_MARKDOWN.parse("> *a* ~~b~~ [c](d) www.e.com/_f_ <br>\n\n- g")
 
 _URL_SCHEME = re.compile(r"^(?:https?://|mailto:)", re.IGNORECASE)
 _HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
