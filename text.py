@@ -8,10 +8,12 @@ the outbox can recompute the same parts after a crash.
 
 from __future__ import annotations
 
-import bisect
-import html
 import re
 import unicodedata
+
+from markdown_it import MarkdownIt
+from markdown_it.rules_inline import StateInline
+from markdown_it.token import Token
 
 QUESTION_ANSWER_LIMIT = 2000
 POSTSALE_DEFAULT_LIMIT = 350
@@ -26,123 +28,76 @@ ALLOWED_EXTRA: frozenset[str] = frozenset()
 # Markdown to plain text
 # --------------------------------------------------------------------------
 
-_FENCE_OPEN = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
-_QUOTE_PREFIX = re.compile(r"^ {0,3}> ?")
-_HEADING = re.compile(r"^ {0,3}#{1,6}(?=[ \t]|$)")
-_THEMATIC_BREAK = re.compile(r"^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
-_BULLET = re.compile(r"^([ \t]*)[-*+](?:[ \t]+|$)")
-_CODE_SPAN = re.compile(r"(?<![`\\])(`+)(?!`)(.+?)(?<!`)\1(?!`)")
-_AUTOLINK = re.compile(r"<((?:https?|ftp)://[^\s<>]+|mailto:[^\s<>]+)>", re.IGNORECASE)
-_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
-_TRAILING_BACKSLASH = re.compile(r"\\$")
-# Link destination with an optional short title: [text](url "title").  Written
-# without adjacent ambiguous quantifiers so that odd input stays linear.
-_DESTINATION = (
-    r"\([ \t]*<?((?:[^\s()<>]|\([^\s()<>]*\))*)>?[ \t]*"
-    r"(?:(?:\"[^\"\n]{0,300}\"|'[^'\n]{0,300}')[ \t]*)?\)"
-)
-_IMAGE = re.compile(r"!\[([^\[\]\n]*)\]" + _DESTINATION)
-_LINK = re.compile(r"\[([^\[\]\n]*)\]" + _DESTINATION)
-_BARE_URL = re.compile(r"(?:https?://|www\.)[^\s<>]+", re.IGNORECASE)
-_URL_TRAILING_PUNCT = ".,:;!?*_~'\""
-_HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
-_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+# CommonMark plus the two things Chatwoot's editor also writes: ~~strike~~ and bare
+# URLs.  Linkify matters even though links are shown as text: it keeps emphasis rules
+# away from URLs such as https://x.example/_promo_/.  HTML is parsed only so that <br>
+# can become a line break; every other tag is shown as the agent typed it.
+_MARKDOWN = MarkdownIt("commonmark", {"html": True, "linkify": True}).enable(["strikethrough", "linkify"])
+# An entity stays its own token, so that &nbsp; can become a plain space.
+_MARKDOWN.disable("text_join")
+# The buyer reads a URL as the agent wrote it, neither percent-encoded nor decoded.
+_MARKDOWN.normalizeLink = lambda url: url  # type: ignore[method-assign]
+_MARKDOWN.normalizeLinkText = lambda text: text  # type: ignore[method-assign]
+
+_URL_MAX = 2048  # longer "URLs" are left to the emphasis rules, to stay linear
+_WORD_BREAK = re.compile(r"[\s(]")
+_SPACE = re.compile(r"\s")
+
+
+def _www_link(state: StateInline, silent: bool) -> bool:
+    """A bare www.… URL, read before emphasis can take its _ or * (as in www.x.com/_promo_).
+
+    markdown-it's own linkify rule does this only for URLs with a scheme; URLs without
+    one it finds after emphasis is parsed.  Tried at an emphasis character that follows
+    a word starting with "www.".
+    """
+    if state.linkLevel > 0 or state.src[state.pos] not in "_*~":
+        return False
+    tail = state.pending[-_URL_MAX:]
+    word = _WORD_BREAK.split(tail)[-1]
+    if word[:4].lower() != "www." or len(word) == len(tail) < len(state.pending):
+        return False
+    start = state.pos - len(word)
+    # One look per word: every _ or * of the same word would otherwise ask again.
+    found: dict[int, str] = state.env.setdefault("www_links", {})
+    if start not in found:
+        space = _SPACE.search(state.src, start, start + _URL_MAX)
+        candidate = state.src[start : space.start() if space else min(state.posMax, start + _URL_MAX)]
+        # Read as if it had a scheme: an anchored match, cheap, and the same URL rules.
+        match = state.md.linkify.match_at_start("http://" + candidate)
+        found[start] = match.text.removeprefix("http://").rstrip("*") if match else ""
+    text = found[start]
+    if start + len(text) <= state.pos:
+        return False
+    if not silent:
+        state.pending = state.pending[: len(state.pending) - len(word)]
+        state.push("link_open", "a", 1).markup = "linkify"
+        state.push("text", "", 0).content = text
+        state.push("link_close", "a", -1).markup = "linkify"
+    state.pos = start + len(text)
+    return True
+
+
+_MARKDOWN.inline.ruler.after("linkify", "www_link", _www_link)
+# Each rule chain is compiled on first use; done here, once, so that two threads (the
+# listener's) never see a chain half built.
+_MARKDOWN.parse("> *a* ~~b~~ [c](d) www.e.com/_f_ <br>\n\n- g")
+
 _URL_SCHEME = re.compile(r"^(?:https?://|mailto:)", re.IGNORECASE)
+_HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_EMPHASIS_OPEN = frozenset({"em_open", "strong_open", "s_open"})
+_EMPHASIS_CLOSE = frozenset({"em_close", "strong_close", "s_close"})
+_LEAF_BLOCKS = frozenset({"inline", "fence", "code_block", "html_block"})
 
 
-def _delimiter_patterns(delimiter: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
-    """Where `delimiter` (e.g. ``**``) can open and where it can close emphasis.
+class _Marker:
+    """An emphasis delimiter, shown or dropped once its neighbours are known."""
 
-    An opening run must not follow a letter/digit (so snake_case and 5*3 are
-    left alone) and must be followed by a non-space; a closing run mirrors
-    that.  This is stricter than CommonMark for intraword ``*``, on purpose.
-    """
-    run = re.escape(delimiter)
-    char = re.escape(delimiter[0])
-    opening = re.compile(rf"(?<![^\W_])(?<!{char}){run}(?![\s{char}])")
-    closing = re.compile(rf"(?<![\s{char}]){run}(?![^\W_])(?!{char})")
-    return opening, closing
+    __slots__ = ("markup", "shown")
 
-
-_EMPHASIS = tuple((len(d), *_delimiter_patterns(d)) for d in ("***", "___", "**", "__", "~~", "*", "_"))
-
-
-class _Placeholders:
-    """Stores finished fragments behind single private-use characters.
-
-    Protected fragments (code, URLs, escaped characters) must not be touched by
-    the emphasis rules.  Placeholder characters are picked among those absent
-    from the original text, so they can never collide with its content.
-    """
-
-    def __init__(self, text: str) -> None:
-        self._present = set(text)
-        self._next = 0xF0000  # Supplementary Private Use Areas A and B
-        self._values: dict[int, str] = {}
-
-    def add(self, value: str) -> str:
-        while chr(self._next) in self._present:
-            self._next += 1
-        key = chr(self._next)
-        self._next += 1
-        # A value may embed earlier placeholders (a bare URL running into a
-        # code span, a link label): store it resolved so one pass restores all.
-        self._values[ord(key)] = self.restore(value)
-        return key
-
-    def restore(self, text: str) -> str:
-        return text.translate(self._values)
-
-
-def _remove_pairs(text: str, size: int, opening: re.Pattern[str], closing: re.Pattern[str]) -> str:
-    # Each opening run pairs with the first closing run after some content,
-    # scanning left to right; done with sorted positions instead of a lazy
-    # regex so that long lines of unmatched delimiters stay linear.
-    closers = [m.start() for m in closing.finditer(text)]
-    if not closers:
-        return text
-    pieces: list[str] = []
-    position = 0
-    for match in opening.finditer(text):
-        start = match.start()
-        if start < position:
-            continue
-        index = bisect.bisect_left(closers, start + size + 1)
-        if index == len(closers):
-            break
-        end = closers[index]
-        pieces.append(text[position:start])
-        pieces.append(text[start + size : end])
-        position = end + size
-    pieces.append(text[position:])
-    return "".join(pieces)
-
-
-def _strip_emphasis(text: str) -> str:
-    for _ in range(8):  # nested emphasis needs a few passes; bounded anyway
-        before = text
-        for size, opening, closing in _EMPHASIS:
-            text = _remove_pairs(text, size, opening, closing)
-        if text == before:
-            break
-    return text
-
-
-def _protect_bare_urls(text: str, store: _Placeholders) -> str:
-    def replace(match: re.Match[str]) -> str:
-        url = match.group(0)
-        end = len(url)
-        unbalanced = url.count(")") - url.count("(")
-        while end:
-            last = url[end - 1]
-            if last in _URL_TRAILING_PUNCT or (last == ")" and unbalanced > 0):
-                unbalanced -= last == ")"
-                end -= 1
-            else:
-                break
-        return store.add(url[:end]) + url[end:]
-
-    return _BARE_URL.sub(replace, text)
+    def __init__(self, markup: str) -> None:
+        self.markup = markup
+        self.shown = False
 
 
 def _same_link(text: str, url: str) -> bool:
@@ -152,92 +107,117 @@ def _same_link(text: str, url: str) -> bool:
     return text in (bare, bare.rstrip("/"))
 
 
-def _inline(text: str, store: _Placeholders) -> str:
-    def code_span(match: re.Match[str]) -> str:
-        content = match.group(2)
-        if len(content) > 2 and content.startswith(" ") and content.endswith(" "):
-            content = content[1:-1]
-        return store.add(content)
-
-    def link(match: re.Match[str]) -> str:
-        label = store.restore(_strip_emphasis(_protect_bare_urls(match.group(1), store))).strip()
-        url = match.group(2)
-        if not url:
-            return store.add(label)
-        if _same_link(label, url):
-            return store.add(url)
-        return store.add(f"{label} ({url})")
-
-    text = _CODE_SPAN.sub(code_span, text)
-    text = _AUTOLINK.sub(lambda m: store.add(m.group(1)), text)
-    text = _ESCAPE.sub(lambda m: store.add(m.group(1)), text)
-    text = _TRAILING_BACKSLASH.sub("", text)  # markdown hard break
-    text = _IMAGE.sub(lambda m: store.add(m.group(2) or m.group(1)), text)
-    text = _LINK.sub(link, text)
-    text = _protect_bare_urls(text, store)
-    text = _HTML_BREAK.sub("\n", text)
-    return _strip_emphasis(text)
+def _resolve_markers(pieces: list[str | _Marker], pairs: list[tuple[int, int]]) -> str:
+    # CommonMark lets * emphasise inside a word (2*3*4); a buyer should read what
+    # the agent typed there, so a pair touching a letter or digit stays literal.
+    before: list[str] = []  # the text character nearest before each piece
+    last = ""
+    for piece in pieces:
+        before.append(last)
+        if isinstance(piece, str) and piece:
+            last = piece[-1]
+    after: list[str] = [""] * len(pieces)  # and nearest after it
+    last = ""
+    for index in range(len(pieces) - 1, -1, -1):
+        after[index] = last
+        piece = pieces[index]
+        if isinstance(piece, str) and piece:
+            last = piece[0]
+    for opening, closing in pairs:
+        if before[opening].isalnum() or after[closing].isalnum():
+            pieces[opening].shown = pieces[closing].shown = True  # type: ignore[union-attr]
+    return "".join(
+        piece if isinstance(piece, str) else piece.markup if piece.shown else "" for piece in pieces
+    )
 
 
-def _strip_quotes(line: str) -> tuple[str, bool]:
-    quoted = False
-    while True:
-        match = _QUOTE_PREFIX.match(line)
-        if not match:
-            return line, quoted
-        line = line[match.end() :]
-        quoted = True
+def _inline(tokens: list[Token]) -> str:
+    """Plain text of one paragraph or heading."""
+    stack: list[tuple[list[str | _Marker], list[tuple[int, int]], list[int], Token]] = []
+    pieces: list[str | _Marker] = []
+    pairs: list[tuple[int, int]] = []
+    openers: list[int] = []
+    for token in tokens:
+        kind = token.type
+        if kind in ("text", "code_inline"):
+            pieces.append(token.content)
+        elif kind == "text_special":
+            # An escape (\*) or an entity (&amp;); &nbsp; reads as a plain space.
+            pieces.append(" " if token.content == "\xa0" and token.info == "entity" else token.content)
+        elif kind in ("softbreak", "hardbreak"):
+            pieces.append("\n")
+        elif kind == "html_inline":
+            pieces.append("\n" if _HTML_BREAK.fullmatch(token.content) else token.content)
+        elif kind == "image":
+            pieces.append(str(token.attrGet("src") or "") or token.content)
+        elif kind in _EMPHASIS_OPEN:
+            openers.append(len(pieces))
+            pieces.append(_Marker(token.markup))
+        elif kind in _EMPHASIS_CLOSE:
+            pairs.append((openers.pop(), len(pieces)))
+            pieces.append(_Marker(token.markup))
+        elif kind == "link_open":
+            stack.append((pieces, pairs, openers, token))
+            pieces, pairs, openers = [], [], []
+        elif kind == "link_close":
+            label = _resolve_markers(pieces, pairs).strip()
+            pieces, pairs, openers, link = stack.pop()
+            pieces.append(_link_text(label, link))
+    return _resolve_markers(pieces, pairs)
 
 
-def _block_line(line: str, store: _Placeholders) -> str:
-    if _THEMATIC_BREAK.match(line):
-        return ""
-    heading = _HEADING.match(line)
-    if heading:
-        content = line[heading.end() :].strip()
-        closing = content.rstrip("#")
-        if closing != content and (not closing or closing[-1] in " \t"):
-            content = closing.rstrip()  # optional closing sequence: ## Title ##
-        return _inline(content, store)
-    bullet = _BULLET.match(line)
-    if bullet:
-        return bullet.group(1) + "- " + _inline(line[bullet.end() :], store)
-    return _inline(line, store)
+def _link_text(label: str, link: Token) -> str:
+    url = str(link.attrGet("href") or "")
+    if link.markup in ("linkify", "autolink") or not url:
+        return label  # a URL the agent typed as such: shown as typed
+    if _same_link(label, url):
+        return url
+    return f"{label} ({url})"
 
 
-def _unescape_entity(match: re.Match[str]) -> str:
-    value = html.unescape(match.group(0))
-    return " " if value == "\xa0" else value
+def _leaf_text(token: Token) -> str:
+    if token.type == "inline":
+        return _inline(token.children or [])
+    if token.type == "html_block":
+        return _HTML_BREAK.sub("\n", token.content).removesuffix("\n")
+    return token.content.removesuffix("\n")  # code, shown verbatim
 
 
 def markdown_to_plain(md: str | None) -> str:
     """Turn Chatwoot markdown into the plain text a buyer reads."""
     if not md:
         return ""
-    text = md.replace("\r\n", "\n").replace("\r", "\n")
-    store = _Placeholders(text)
     out: list[str] = []
-    fence: tuple[str, int, bool] | None = None  # (char, length, inside quote)
-    for raw in text.split("\n"):
-        if fence is not None:
-            char, length, fence_quoted = fence
-            line = _strip_quotes(raw)[0] if fence_quoted else raw
-            stripped = line.strip()
-            if stripped and set(stripped) == {char} and len(stripped) >= length:
-                fence = None
-            else:
-                out.append(line)
-            continue
-        line, quoted = _strip_quotes(raw)
-        opening = _FENCE_OPEN.match(line)
-        if opening and not (opening.group(1)[0] == "`" and "`" in opening.group(2)):
-            fence = (opening.group(1)[0], len(opening.group(1)), quoted)
-            continue
-        out.append(_block_line(line, store))
+    previous_end: int | None = None
+    lines: list[int] | None = None  # source lines of the block being read
+    prefix = ""  # list marker waiting for the first text of its item
+    item_start = 0
+    depth = -1  # nesting of lists
+    for token in _MARKDOWN.parse(md):
+        kind = token.type
+        if token.map and kind != "inline":
+            lines = token.map  # an inline's own lines leave out a setext heading's underline
+        if kind in ("bullet_list_open", "ordered_list_open"):
+            depth += 1
+        elif kind in ("bullet_list_close", "ordered_list_close"):
+            depth -= 1
+        elif kind == "list_item_open":
+            marker = f"{token.info}{token.markup}" if token.info else "-"
+            prefix = "  " * depth + marker + " "
+            item_start = token.map[0] if token.map else 0
+        elif (kind in _LEAF_BLOCKS or (kind == "list_item_close" and prefix)) and lines:
+            # An empty list item still shows its marker, as the agent typed it.
+            start, end = lines
+            if prefix:
+                start = item_start  # the marker's line, not the first text's
+            if previous_end is not None:
+                # Blocks the agent separated by a blank line stay apart; others follow on the next line.
+                out.append("\n\n" if start > previous_end else "\n")
+            out.append(prefix + (_leaf_text(token) if kind in _LEAF_BLOCKS else ""))
+            prefix = ""
+            previous_end = end
 
-    result = store.restore("\n".join(out))
-    result = _ENTITY.sub(_unescape_entity, result)
-    result = "\n".join(line.rstrip() for line in result.split("\n"))
+    result = "\n".join(line.rstrip() for line in "".join(out).split("\n"))
     result = re.sub(r"\n{3,}", "\n\n", result)
     return result.strip()
 

@@ -8,14 +8,12 @@ tests can import this module and call `create_app(settings)` without an environm
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import html
 import json
 import logging
 import sqlite3
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -28,11 +26,11 @@ from db_manager import Database, DatabaseError
 from http_client import ApiError
 from logging_setup import setup_logging
 from mercado_livre_api import AuthorizationRefused, MeliClient
+from signature import token_matches, verify_signature
 
 log = logging.getLogger("bridge.listener")
 
 MAX_BODY = 1024 * 1024
-SIGNATURE_TOLERANCE = 300  # seconds either side of now
 # What each route cannot work without. While the container waits for its configuration
 # (BRIDGE_WAIT_FOR_CONFIG), a route whose variables are all usable is served as usual.
 ROUTE_NEEDS = {
@@ -42,31 +40,6 @@ ROUTE_NEEDS = {
     "oauth_callback": ("MELI_APP_ID", "MELI_SECRET_KEY", "MELI_REDIRECT_URI", "MELI_AUTH_URL", "MELI_API_URL",
                        "MELI_USER_ID"),
 }
-
-
-def verify_signature(raw_body: bytes, headers: Mapping[str, str], secrets: Sequence[str],
-                     now: float, tolerance: float = SIGNATURE_TOLERANCE) -> tuple[bool, str]:
-    """Chatwoot's signature: sha256=HMAC(secret, "{timestamp}.{raw body}"), any configured secret.
-
-    Pure: the caller passes the clock. Returns (ok, reason).
-    """
-    signature = headers.get("X-Chatwoot-Signature") or ""
-    timestamp = headers.get("X-Chatwoot-Timestamp") or ""
-    if not signature or not timestamp:
-        return False, "missing signature"
-    # ASCII digits only: str.isdigit() and int() also take "²" or "١٢٣", and int() refuses
-    # over 4300 digits — either would have been a 500.
-    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
-        return False, "malformed timestamp"
-    if abs(now - int(timestamp)) > tolerance:
-        return False, "timestamp outside the allowed window"
-    signed = timestamp.encode() + b"." + raw_body
-    matched = False
-    for secret in secrets:
-        expected = "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
-        # Every secret is compared; no early exit that would time which one matched.
-        matched |= hmac.compare_digest(expected.encode(), signature.strip().encode())
-    return (True, "ok") if matched else (False, "invalid signature")
 
 
 def parse_object(raw: bytes) -> tuple[dict, str | None]:
@@ -91,15 +64,6 @@ def parse_object(raw: bytes) -> tuple[dict, str | None]:
 
 def _id_or_dash(value) -> Any:
     return value if type(value) is int else "-"
-
-
-def token_matches(token: str | None, secrets: Sequence[str]) -> bool:
-    if not token:
-        return False
-    matched = False
-    for secret in secrets:
-        matched |= hmac.compare_digest(secret.encode(), token.encode())
-    return matched
 
 
 def create_app(settings: Settings | None = None, *, db: Database | None = None,

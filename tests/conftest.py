@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from config import load_settings
@@ -73,6 +75,20 @@ def bridge(tmp_path, fakes):
     installation = Bridge(tmp_path, fakes)
     yield installation
     installation.close()
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's tmp_path plugin has set itself up
+def pytest_configure(config):
+    """A test run leaves nothing behind: what it writes goes under pytest's own temporary folder.
+
+    pytest keeps the folders of the last three runs and deletes older ones.  Set here, before
+    any test module imports tests.e2e, because LOG_DIR is read when that module is imported.
+    """
+    base = config._tmp_path_factory.getbasetemp()  # the tmp_path_factory fixture is not up yet
+    os.environ.setdefault("MELI_TEST_LOG_DIR", str(base / "process-logs"))
+    from hypothesis.configuration import set_hypothesis_home_dir
+    # Hypothesis writes caches even with database=None; by default into ./.hypothesis of the repository.
+    set_hypothesis_home_dir(base / "hypothesis")
 
 
 def pytest_sessionfinish(session, exitstatus):

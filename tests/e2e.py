@@ -16,9 +16,14 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 # Every log a process writes during the test run lands here; the session checks them for secrets.
-LOG_DIR = Path(tempfile.mkdtemp(prefix="meli-chatwoot-logs-"))
+# Under pytest, conftest.py points it into pytest's own temporary directory (which pytest
+# prunes); a script run by hand (bench/) gets a folder of its own that it names when it ends.
+LOG_DIR = Path(os.environ.get("MELI_TEST_LOG_DIR") or tempfile.mkdtemp(prefix="meli-chatwoot-logs-"))
 
 WEBHOOK_SECRET = "whsec-e2e-7d41"
+# The fixed paths of supervisord.conf, and what a test's own copy uses instead.
+SUPERVISORD_PATHS = {"/tmp/meli-chatwoot-supervisord.pid": "supervisord.pid",
+                     "/tmp/meli-chatwoot-supervisor.sock": "supervisor.sock"}
 
 
 # Every secret handed to a process in this run; the session checks all logs against them.
@@ -119,9 +124,24 @@ class Bridge:
         return self.start("poller", [sys.executable, "main.py"])
 
     def supervisord(self) -> subprocess.Popen:
-        proc = self.start("supervisord", [str(VENV_BIN / "supervisord"), "-c", "supervisord.conf"])
+        proc = self.start("supervisord", [str(VENV_BIN / "supervisord"), "-c", str(self.supervisord_conf())])
         self.wait_http()
         return proc
+
+    def supervisord_conf(self) -> Path:
+        """The repository's supervisord.conf with its socket and pidfile in this test's folder.
+
+        Its fixed /tmp paths would make two test runs at once refuse each other's supervisord.
+        supervisord has no default for an unset %(ENV_X)s, so the paths cannot come from the
+        environment without breaking a plain `supervisord -c supervisord.conf`.
+        """
+        text = (ROOT / "supervisord.conf").read_text()
+        for fixed, own in SUPERVISORD_PATHS.items():
+            assert fixed in text, f"supervisord.conf no longer uses {fixed}"
+            text = text.replace(fixed, str(self.tmp / own))
+        conf = self.tmp / "supervisord.conf"
+        conf.write_text(text.replace("%(here)s", str(ROOT)))
+        return conf
 
     def once(self, timeout: float = 120) -> subprocess.CompletedProcess:
         self.remember_secrets()

@@ -114,6 +114,28 @@ def test_the_secret_scan_finds_a_leak(tmp_path):
     assert leaked_secrets(tmp_path, {"not-there"}) == []
 
 
+def test_process_logs_and_hypothesis_caches_go_to_pytests_temporary_folder(tmp_path_factory):
+    from hypothesis.configuration import storage_directory
+
+    from tests.e2e import LOG_DIR
+    base = tmp_path_factory.getbasetemp()
+    assert LOG_DIR.is_relative_to(base)
+    assert storage_directory("x", intent_to_write=False).path.is_relative_to(base)
+
+
+def test_each_test_supervisord_has_its_own_socket_and_pidfile(tmp_path):
+    from types import SimpleNamespace
+
+    from tests.e2e import SUPERVISORD_PATHS, Bridge
+    conf = Bridge.supervisord_conf(SimpleNamespace(tmp=tmp_path)).read_text()
+    assert not any(fixed in conf for fixed in SUPERVISORD_PATHS)
+    assert f"file={tmp_path}/supervisor.sock" in conf and f"pidfile={tmp_path}/supervisord.pid" in conf
+    assert f"serverurl=unix://{tmp_path}/supervisor.sock" in conf
+    assert f"directory={ROOT}" in conf
+    original = (ROOT / "supervisord.conf").read_text()
+    assert conf.count("\n") == original.count("\n")  # nothing else changed shape
+
+
 def test_the_container_health_check_is_liveness_only(bridge):
     """Lost authorization is a 503 for operators, but the container is alive: no restart loop."""
     import json

@@ -231,6 +231,51 @@ def test_it_stays_fast_on_long_lines_of_unmatched_delimiters():
     assert time.perf_counter() - started < 5
 
 
+def test_it_stays_fast_on_long_runs_of_nested_emphasis():
+    started = time.perf_counter()
+    for md in ("*" * 30000 + "a" + "*" * 30000, "**a" * 30000, "[*a](x)" * 10000, "www.a_" * 20000):
+        markdown_to_plain(md)
+    assert time.perf_counter() - started < 5
+
+
+def test_it_keeps_bare_urls_as_typed_even_without_a_scheme():
+    assert markdown_to_plain("Veja www.loja.com.br/_promo_ e loja.com.br") == (
+        "Veja www.loja.com.br/_promo_ e loja.com.br"
+    )
+
+
+def test_it_shows_email_autolinks_without_brackets():
+    assert markdown_to_plain("Escreva para <vendas@loja.example>") == "Escreva para vendas@loja.example"
+
+
+def test_it_shows_non_ascii_link_urls_as_typed_not_percent_encoded():
+    assert markdown_to_plain("[foto](https://x.example/café.png)") == "foto (https://x.example/café.png)"
+
+
+def test_it_keeps_a_link_with_an_unsafe_scheme_as_typed():
+    assert markdown_to_plain("[clique](javascript:alert(1))") == "[clique](javascript:alert(1))"
+
+
+def test_it_shows_html_tags_other_than_line_breaks_as_typed():
+    assert markdown_to_plain("Use <b>sempre</b> o cupom") == "Use <b>sempre</b> o cupom"
+    assert markdown_to_plain("<div>\noi\n</div>\nfim") == "<div>\noi\n</div>\nfim"
+
+
+def test_it_strips_the_underline_of_setext_headings():
+    assert markdown_to_plain("Prazo\n===\nCinco dias") == "Prazo\nCinco dias"
+
+
+def test_it_keeps_empty_list_items_and_code_inside_items():
+    assert markdown_to_plain("- a\n-\n- b") == "- a\n-\n- b"
+    assert markdown_to_plain("1. Digite:\n   ```\n   x_y *z*\n   ```\n2. Pronto") == (
+        "1. Digite:\nx_y *z*\n2. Pronto"
+    )
+
+
+def test_it_leaves_emphasis_touching_a_word_as_typed():
+    assert markdown_to_plain("foo*bar* e **a**b mas *c*") == "foo*bar* e **a**b mas c"
+
+
 def test_it_leaves_plain_portuguese_text_untouched():
     text = "Olá, João! Ação não é problema. Frete grátis até sexta-feira (R$ 0,00)."
     assert markdown_to_plain(text) == text
