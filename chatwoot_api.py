@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+from bridge.http import HttpClient, PermanentError
 from config import Settings
-from http_client import HttpClient, PermanentError
 
 MAX_DOWNLOAD_BYTES = 25 * 1024 * 1024
 MAX_REDIRECTS = 3

@@ -27,23 +27,22 @@ from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-import failures
-import health
-import notifications
-import outbox
-import rate_budget
-import setup_chatwoot
-import sync_claims
-import sync_messages
-import sync_questions
+from bridge import failures, rate_budget
+from bridge.admin import health
+from bridge.admin import setup as setup_chatwoot
+from bridge.http import ApiError
+from bridge.logging import setup_logging
+from bridge.replies import outbox
+from bridge.services import Services, build_services
+from bridge.sync import claims as sync_claims
+from bridge.sync import notifications
+from bridge.sync import questions as sync_questions
+from bridge.sync import sales as sync_messages
+from bridge.sync.contacts import identifier as contacts_identifier
+from bridge.sync.contacts import is_gone as contacts_is_gone
 from config import Settings, load_settings_leniently, settings_or_exit, settings_or_wait
-from contacts import identifier as contacts_identifier
-from contacts import is_gone as contacts_is_gone
 from db_manager import Database, DatabaseError
-from http_client import ApiError
-from logging_setup import setup_logging
 from mercado_livre_api import AuthorizationRefused, ReauthorizationRequired
-from services import Services, build_services
 
 log = logging.getLogger("bridge.poller")
 

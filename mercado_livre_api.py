@@ -30,9 +30,9 @@ import time
 from typing import Any, Callable, Iterator
 from urllib.parse import urlencode
 
+from bridge.http import ApiError, HttpClient, PermanentError, TransientError
 from config import Settings
 from db_manager import Database, auth_decision, crashpoint
-from http_client import ApiError, HttpClient, PermanentError, TransientError
 
 log = logging.getLogger("bridge.meli")
 

@@ -15,7 +15,7 @@ status=0
 .venv/bin/python main.py check-config >/dev/null || status=$?
 if [ "$status" -ne 0 ]; then
     echo "Fix these variables in .env (every one is explained in .env.example) and run ./run.sh again." >&2
-    echo "To try the bridge without Mercado Livre or Chatwoot accounts: .venv/bin/python sandbox.py" >&2
+    echo "To try the bridge without Mercado Livre or Chatwoot accounts: .venv/bin/python tools/sandbox.py" >&2
     exit "$status"
 fi
 export PATH="$PWD/.venv/bin:$PATH"

@@ -18,15 +18,15 @@ from typing import Any, Callable, Sequence
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-import health
-import notifications
-import outbox
+from bridge.admin import health
+from bridge.http import ApiError
+from bridge.logging import setup_logging
+from bridge.replies import outbox
+from bridge.signature import token_matches, verify_signature
+from bridge.sync import notifications
 from config import Settings, problem_names, settings_or_wait
 from db_manager import Database, DatabaseError
-from http_client import ApiError
-from logging_setup import setup_logging
 from mercado_livre_api import AuthorizationRefused, MeliClient
-from signature import token_matches, verify_signature
 
 log = logging.getLogger("bridge.listener")
 

@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Bench, by_endpoint, mb, seed_questions, statuses, table, verdict  # noqa: E402,I001
-from rate_budget import SAFETY  # noqa: E402
+from bridge.rate_budget import SAFETY  # noqa: E402
 
 MELI_LIMIT, CHATWOOT_LIMIT = 500, 3000  # per minute, before scaling (the bridge's defaults)
 SHARE_GOAL = 0.90

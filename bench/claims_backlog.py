@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402,I001
     Bench, by_endpoint, calls_table, ceil_div, efficiency_rows, mb, table, verdict)
-from sync_claims import SEARCH_PAGE  # noqa: E402
+from bridge.sync.claims import SEARCH_PAGE  # noqa: E402
 
 RATIO_GOAL = 1.05
 FIRST_ORDER = 3_000_000_001

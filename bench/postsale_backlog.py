@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402,I001
     Bench, by_endpoint, calls_table, ceil_div, efficiency_rows, mb, png_bytes, table, verdict)
-from sync_messages import SWEEP_RECHECK, SWEEP_THREADS  # noqa: E402
+from bridge.sync.sales import SWEEP_RECHECK, SWEEP_THREADS  # noqa: E402
 
 RATIO_GOAL = 1.05
 FIRST_ORDER = 2_000_000_001

@@ -6,11 +6,11 @@ import time
 import pytest
 import responses
 
-import outbox
-import sync_questions
-from contacts import open_conversation
-from services import build_services
-from sync_questions import change_for
+from bridge.replies import outbox
+from bridge.services import build_services
+from bridge.sync import questions as sync_questions
+from bridge.sync.contacts import open_conversation
+from bridge.sync.questions import change_for
 from tests.payloads import message_created
 
 API = "https://api.meli.test"

@@ -6,9 +6,9 @@ import time
 import pytest
 import responses
 
-import outbox
+from bridge.replies import outbox
+from bridge.services import build_services
 from chatwoot_api import ChatwootClient, DownloadRefused
-from services import build_services
 from tests.payloads import message_created
 
 API = "https://api.meli.test"

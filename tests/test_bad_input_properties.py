@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import notifications
-from signature import verify_signature
+from bridge.signature import verify_signature
+from bridge.sync import notifications
 from tests.payloads import message_created, signed
 from webhook_server import create_app
 

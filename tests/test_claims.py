@@ -6,9 +6,9 @@ import time
 import pytest
 import responses
 
-import outbox
-import sync_claims
-from services import build_services
+from bridge.replies import outbox
+from bridge.services import build_services
+from bridge.sync import claims as sync_claims
 from tests.payloads import message_created
 
 CLAIM_INBOX = 9

@@ -7,11 +7,11 @@ import time
 import pytest
 import responses
 
-import outbox
-import sync_questions
+from bridge.replies import outbox
+from bridge.services import build_services
+from bridge.sync import questions as sync_questions
 from db_manager import Database
 from mercado_livre_api import MeliClient
-from services import build_services
 from tests.payloads import message_created
 
 SELLER = 555000111

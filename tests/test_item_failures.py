@@ -10,13 +10,13 @@ import time
 import pytest
 import responses
 
-import failures
-import health
-import notifications
-import outbox
-import sync_messages
-import sync_questions
-from services import build_services
+from bridge import backoff, failures
+from bridge.admin import health
+from bridge.replies import outbox
+from bridge.services import build_services
+from bridge.sync import notifications
+from bridge.sync import questions as sync_questions
+from bridge.sync import sales as sync_messages
 from tests.conftest import base_env
 from tests.payloads import message_created
 from webhook_server import create_app
@@ -103,7 +103,7 @@ def test_a_question_raising_keyerror_does_not_stop_the_later_questions(s, clock)
     row = s.db.item_attempt("question", "1")
     assert row["attempts"] == 1 and row["gave_up_at"] is None
     assert row["next_attempt_at"] >= clock() + failures.RETRY_FIRST / 2
-    assert row["last_error"].startswith("KeyError: 'item_id' at sync_questions.py:")
+    assert row["last_error"].startswith("KeyError: 'item_id' at bridge/sync/questions.py:")
 
 
 @responses.activate
@@ -284,7 +284,7 @@ def test_a_notification_raising_does_not_stop_the_later_ones_and_is_reported_whe
     assert s.db.notification("n-2")["processed_at"] is not None
     assert health.build_status(s.db, s.settings, clock())["checks"]["items"]["retrying"] == {"notification": 1}
     fail_until_given_up(clock, lambda: notifications.process_notifications(s),
-                        attempts=notifications.GIVE_UP_ATTEMPTS + 1, step=outbox.RETRY_MAX + 1)
+                        attempts=notifications.GIVE_UP_ATTEMPTS + 1, step=backoff.RETRY_MAX + 1)
     assert s.db.notification("n-1")["processed_at"] is not None
     row = s.db.item_attempt("notification", "n-1")
     assert row["gave_up_at"] and row["reported_at"]

@@ -8,10 +8,10 @@ import requests
 import responses
 from responses import matchers
 
-import sync_messages
-from contacts import is_gone
-from http_client import PermanentError, TransientError
-from services import build_services
+from bridge.http import PermanentError, TransientError
+from bridge.services import build_services
+from bridge.sync import sales as sync_messages
+from bridge.sync.contacts import is_gone
 
 API = "https://api.meli.test"
 CW = "https://chat.example.test/api/v1/accounts/1"
@@ -126,7 +126,7 @@ def test_a_404_from_mercado_livre_is_not_taken_for_a_deleted_chatwoot_conversati
 
 @responses.activate
 def test_a_file_the_seller_sent_on_the_site_is_mirrored_after_a_failed_reply_left_a_part_half_sent(s):
-    from outbox import accept_webhook
+    from bridge.replies.outbox import accept_webhook
     from tests.payloads import message_created
     accept_webhook(message_created(message_id=9300, conversation_id=88, inbox_id=2, content="Ok"),
                    s.settings, s.db, time.time())
@@ -149,7 +149,7 @@ def test_a_file_the_seller_sent_on_the_site_is_mirrored_after_a_failed_reply_lef
 
 @responses.activate
 def test_a_reply_moderated_after_its_first_check_is_still_shown_failed_to_the_agent(s):
-    from outbox import accept_webhook
+    from bridge.replies.outbox import accept_webhook
     from tests.payloads import message_created
     now = time.time()
     accept_webhook(message_created(message_id=9400, conversation_id=88, inbox_id=2, content="Me chama no zap"),
@@ -178,7 +178,7 @@ def test_a_reply_moderated_after_its_first_check_is_still_shown_failed_to_the_ag
 
 @responses.activate
 def test_a_lost_send_at_the_end_of_a_long_thread_is_found_instead_of_sent_again(s):
-    import outbox
+    from bridge.replies import outbox
     since = time.time()
     old = [dict(buyer_message(f"o{i}", f"antiga {i}"), message_date={"created": "2026-01-01T10:00:00.000Z"})
            for i in range(249)]
@@ -199,7 +199,7 @@ def test_a_lost_send_at_the_end_of_a_long_thread_is_found_instead_of_sent_again(
 
 @responses.activate
 def test_a_later_reply_waits_when_the_earlier_one_is_in_another_pollers_hands(s):
-    import outbox
+    from bridge.replies import outbox
     from tests.payloads import message_created
     for message_id, content in ((9501, "Primeiro"), (9502, "Segundo")):
         outbox.accept_webhook(message_created(message_id=message_id, conversation_id=88, inbox_id=2,
@@ -215,7 +215,7 @@ def test_a_later_reply_waits_when_the_earlier_one_is_in_another_pollers_hands(s)
 
 @responses.activate
 def test_a_long_reply_keeps_its_lease_while_its_parts_go_out(s):
-    import outbox
+    from bridge.replies import outbox
     from tests.payloads import message_created
     clock = {"now": time.time()}
     s.clock = lambda: clock["now"]

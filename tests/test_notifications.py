@@ -5,7 +5,7 @@ import logging
 import pytest
 
 import db_manager
-import notifications
+from bridge.sync import notifications
 from db_manager import Database
 from webhook_server import create_app
 

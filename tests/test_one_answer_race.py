@@ -3,7 +3,7 @@
 import threading
 import time
 
-import outbox
+from bridge.replies import outbox
 from db_manager import Database
 from tests.payloads import message_created
 

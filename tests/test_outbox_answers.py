@@ -6,8 +6,8 @@ import time
 import pytest
 import responses
 
-import outbox
-from services import build_services
+from bridge.replies import outbox
+from bridge.services import build_services
 from tests.payloads import message_created
 
 API = "https://api.meli.test"

@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 import pytest
 import responses
 
-import outbox
+from bridge.replies import outbox
+from bridge.services import build_services
 from mercado_livre_api import MELI_AGENT_ID
-from services import build_services
 from tests.payloads import message_created
 
 API = "https://api.meli.test"

@@ -8,9 +8,9 @@ import pytest
 import responses
 from responses import matchers
 
-import outbox
-import sync_messages
-from services import build_services
+from bridge.replies import outbox
+from bridge.services import build_services
+from bridge.sync import sales as sync_messages
 from tests.payloads import message_created
 
 API = "https://api.meli.test"

@@ -385,7 +385,7 @@ def test_a_thread_watermark_freezes_once_its_rows_are_gone(db):
 
 
 def test_a_closed_watermark_covers_messages_up_to_its_date_and_never_one_without_a_date():
-    import sync_messages
+    from bridge.sync import sales as sync_messages
 
     def msg(mid, created):
         return {"id": mid, "message_date": {"created": created}}
@@ -455,7 +455,7 @@ def test_retention_prunes_a_closed_claim_but_never_one_open_or_with_a_reply_in_p
 
 
 def test_a_closed_claim_watermark_covers_messages_up_to_its_date_and_never_one_without_a_date():
-    import sync_claims
+    from bridge.sync import claims as sync_claims
     messages = [{"date_created": "2026-01-01T13:00:00.000Z"}, {"date_created": "2026-01-01T13:00:00.001Z"},
                 {"date_created": None}]
     mark = {"last_message_at": sync_claims.parse_date("2026-01-01T13:00:00.000Z"), "closed_at": 5.0}

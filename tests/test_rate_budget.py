@@ -5,9 +5,9 @@ import time
 
 import responses
 
-import rate_budget
+from bridge import rate_budget
+from bridge.rate_budget import Budget
 from chatwoot_api import ChatwootClient
-from rate_budget import Budget
 
 
 class FakeTime:

@@ -1,4 +1,4 @@
-"""The sandbox (sandbox.py) in a real headless Chromium: a seeded question answered from the page.
+"""The sandbox (tools/sandbox.py) in a real headless Chromium: a seeded question answered from the page.
 
 Needs Debian's chromium and chromium-driver (`.ci/run` installs them); skipped without them.
 """
@@ -13,8 +13,8 @@ import sys
 import pytest
 import requests
 
-import sandbox as launcher
 from tests.e2e import _SECRETS, LOG_DIR, ROOT, free_port, wait_until
+from tools import sandbox as launcher
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -63,7 +63,7 @@ def browser(tmp_path, monkeypatch):
 
 @pytest.fixture
 def sandbox():
-    """sandbox.py on free ports, polling every second; yields (process, page URL, log path)."""
+    """tools/sandbox.py on free ports, polling every second; yields (process, page URL, log path)."""
     chatwoot_port = free_port()
     args = ["--meli-port", str(free_port()), "--chatwoot-port", str(chatwoot_port),
             "--bridge-port", str(free_port()), "--poll-seconds", "1"]
@@ -71,7 +71,7 @@ def sandbox():
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = LOG_DIR / f"sandbox-{chatwoot_port}.log"  # checked for secrets at the end of the run
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "sandbox.py", *args], cwd=str(ROOT), stdout=log,
+        proc = subprocess.Popen([sys.executable, "tools/sandbox.py", *args], cwd=str(ROOT), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{chatwoot_port}/sandbox"
     try:

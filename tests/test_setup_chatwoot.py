@@ -8,7 +8,7 @@ import pytest
 import requests
 import responses
 
-from setup_chatwoot import run_check, run_setup
+from bridge.admin.setup import run_check, run_setup
 
 CW = "https://chat.example.test"
 ACCOUNT = f"{CW}/api/v1/accounts/1"

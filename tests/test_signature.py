@@ -1,6 +1,6 @@
 """Chatwoot webhook signatures: a pure function, fixed vectors."""
 
-from signature import token_matches, verify_signature
+from bridge.signature import token_matches, verify_signature
 
 SECRET = "whsec-one-5f3a"
 BODY = b'{"event":"message_created","id":1}'

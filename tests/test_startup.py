@@ -134,7 +134,7 @@ def test_run_sh_with_an_incomplete_env_exits_2_naming_each_problem_once(tmp_path
     names = [line.split()[2].rstrip(":") for line in problems]
     assert sorted(names) == sorted(["MELI_SECRET_KEY", "CHATWOOT_API_TOKEN", "CHATWOOT_WEBHOOK_SECRET", *INBOXES])
     assert len(problems) == len(set(problems))
-    assert ".venv/bin/python sandbox.py" in result.stderr
+    assert ".venv/bin/python tools/sandbox.py" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "ran").exists(), "pip or supervisord ran"
 

@@ -1,6 +1,13 @@
 """Pure sync decisions, tested without HTTP."""
 
-from sync_messages import (
+from bridge.sync.questions import (
+    change_for,
+    conversation_attributes,
+    first_message,
+    questions_that_left,
+    questions_to_create,
+)
+from bridge.sync.sales import (
     in_order,
     is_migrated,
     message_content,
@@ -8,7 +15,6 @@ from sync_messages import (
     pack_ids_from_unread,
     sale_attributes,
 )
-from sync_questions import change_for, conversation_attributes, first_message, questions_that_left, questions_to_create
 
 SELLER = 555
 

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from text import (
+from bridge.text import (
     ALLOWED_EXTRA,
     POSTSALE_DEFAULT_LIMIT,
     QUESTION_ANSWER_LIMIT,

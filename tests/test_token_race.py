@@ -15,8 +15,8 @@ import pytest
 import requests
 import responses
 
+from bridge.http import TransientError
 from db_manager import auth_decision
-from http_client import TransientError
 from mercado_livre_api import REFRESH_LEASE, REFRESH_PAUSE, MeliClient, ReauthorizationRequired
 
 API = "https://api.meli.test"

@@ -5,7 +5,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import responses
 
-import health
+from bridge.admin import health
 from mercado_livre_api import AuthorizationRefused, MeliClient, ReauthorizationRequired
 from webhook_server import create_app
 

@@ -8,11 +8,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from bridge.rate_budget import Budget
 from chatwoot_api import ChatwootClient
 from config import Settings
 from db_manager import Database
 from mercado_livre_api import MeliClient
-from rate_budget import Budget
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
-import random
 import re
 import time
 from collections import Counter
@@ -22,23 +21,21 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlsplit
 
-import failures
-import sync_claims
-import sync_messages
-import text
+from bridge import failures, text
+from bridge.backoff import retry_delay
+from bridge.http import ApiError, PermanentError, TransientError
+from bridge.services import Services
+from bridge.sync import claims as sync_claims
+from bridge.sync import sales as sync_messages
 from config import Settings
 from db_manager import Database, crashpoint
-from http_client import ApiError, PermanentError, TransientError
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
-from services import Services
 
 log = logging.getLogger("bridge.outbox")
 
 LEASE_SECONDS = 300.0
 WORKERS = 8
 GIVE_UP_AFTER = 24 * 3600.0
-RETRY_BASE = 2.0
-RETRY_MAX = 900.0
 REAUTH_RECHECK = 30.0
 AGENT_SENDER_TYPES = ("user", "agent_bot")
 MELI_FILE_TYPES = {
@@ -412,14 +409,6 @@ def _part_list(numbers: list[int]) -> str:
     """[1, 2, 3] -> "1, 2 e 3"."""
     words = [str(n) for n in numbers]
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} e {words[-1]}"
-
-
-def retry_delay(attempts: int, retry_after: float | None = None, *, first: float = RETRY_BASE,
-                longest: float = RETRY_MAX) -> float:
-    """The bridge's one backoff: doubling from `first` up to `longest`, jittered by up to half."""
-    base = min(longest, first * 2 ** max(0, attempts - 1))
-    delay = random.uniform(base / 2, base)
-    return max(delay, retry_after or 0.0)
 
 
 def _deliver_answer(s: Services, reply: dict) -> None:

@@ -8,16 +8,16 @@ import threading
 import time
 from collections import Counter
 
-import failures
-import sync_claims
-import sync_messages
-import sync_questions
+from bridge import failures
+from bridge.backoff import retry_delay
+from bridge.http import ApiError
+from bridge.services import Services
+from bridge.sync import claims as sync_claims
+from bridge.sync import questions as sync_questions
+from bridge.sync import sales as sync_messages
 from config import Settings
 from db_manager import Database
-from http_client import ApiError
 from mercado_livre_api import ReauthorizationRequired
-from outbox import retry_delay
-from services import Services
 
 log = logging.getLogger("bridge.notifications")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from bridge.http import PermanentError
+from bridge.services import Services
 from db_manager import crashpoint
-from http_client import PermanentError
-from services import Services
 
 log = logging.getLogger("bridge.contacts")
 

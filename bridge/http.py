@@ -12,7 +12,7 @@ from typing import Any, Callable
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from rate_budget import Unlimited
+from bridge.rate_budget import Unlimited
 
 USER_AGENT = "meli-chatwoot-bridge/1.0"
 

@@ -20,10 +20,10 @@ import time
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
+from bridge.http import ApiError, HttpClient
 from chatwoot_api import ChatwootClient
 from config import Settings
 from db_manager import Database, DatabaseError
-from http_client import ApiError, HttpClient
 from mercado_livre_api import MeliClient, ReauthorizationRequired
 
 log = logging.getLogger("bridge.setup")

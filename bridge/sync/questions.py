@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import time
 
-import failures
-import outbox
-from contacts import forget_conversation, is_gone, open_conversation
+from bridge import failures
+from bridge.http import PermanentError
+from bridge.replies import outbox
+from bridge.services import Services
+from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
 from db_manager import crashpoint
-from http_client import PermanentError
 from mercado_livre_api import ReauthorizationRequired
-from services import Services
 
 log = logging.getLogger("bridge.questions")
 

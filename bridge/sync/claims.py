@@ -24,13 +24,13 @@ import os
 import time
 from datetime import datetime, timezone
 
-import failures
-from contacts import forget_conversation, is_gone, open_conversation
+from bridge import failures
+from bridge.http import PermanentError
+from bridge.services import Services
+from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
+from bridge.sync.sales import CHATWOOT_MAX_FILE, CHATWOOT_MAX_FILES, MODERATION_REASONS, SALE_URL, parse_date
 from db_manager import crashpoint
-from http_client import PermanentError
 from mercado_livre_api import ReauthorizationRequired
-from services import Services
-from sync_messages import CHATWOOT_MAX_FILE, CHATWOOT_MAX_FILES, MODERATION_REASONS, SALE_URL, parse_date
 
 log = logging.getLogger("bridge.claims")
 

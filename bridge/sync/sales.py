@@ -23,12 +23,12 @@ import re
 import time
 from datetime import datetime, timezone
 
-import failures
-from contacts import forget_conversation, is_gone, open_conversation
+from bridge import failures
+from bridge.http import ApiError, PermanentError
+from bridge.services import Services
+from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
 from db_manager import crashpoint
-from http_client import ApiError, PermanentError
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
-from services import Services
 
 log = logging.getLogger("bridge.messages")
 

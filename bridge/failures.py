@@ -16,13 +16,14 @@ import os
 import traceback
 from typing import Any, Callable
 
-# A module import: outbox imports sync_messages, which imports this module.
-import outbox
-from http_client import ApiError
+from bridge.backoff import retry_delay
+from bridge.http import ApiError
+from bridge.services import Services
 from mercado_livre_api import ReauthorizationRequired
-from services import Services
 
 log = logging.getLogger("bridge.failures")
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 GIVE_UP_ATTEMPTS = 10
 RETRY_FIRST = 120.0        # with doubling, the tenth attempt comes some 9 to 17 hours after the first
@@ -50,7 +51,7 @@ def next_attempt(attempts: int, now: float, retry_after: float | None = None) ->
     """When an item that has now failed `attempts` times is tried again, and whether it was given up."""
     if attempts >= GIVE_UP_ATTEMPTS:
         return now + AFTER_GIVE_UP, True
-    return now + outbox.retry_delay(attempts, retry_after, first=RETRY_FIRST, longest=RETRY_LONGEST), False
+    return now + retry_delay(attempts, retry_after, first=RETRY_FIRST, longest=RETRY_LONGEST), False
 
 
 def describe(exc: BaseException) -> str:
@@ -64,8 +65,16 @@ def describe(exc: BaseException) -> str:
             text += f": {message}"
     frames = traceback.extract_tb(exc.__traceback__)
     if frames:
-        text += f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}"
+        text += f" at {_place(frames[-1].filename)}:{frames[-1].lineno}"
     return text[:300]
+
+
+def _place(filename: str) -> str:
+    """bridge/sync/questions.py for the bridge package's files (names repeat across its folders), else the name."""
+    path = os.path.abspath(filename)
+    if path.startswith(PACKAGE_DIR + os.sep):
+        return os.path.relpath(path, os.path.dirname(PACKAGE_DIR))
+    return os.path.basename(path)
 
 
 # ---- I/O --------------------------------------------------------------------------------------------

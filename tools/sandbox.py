@@ -1,6 +1,6 @@
 """Sandbox: the real bridge against local fake Mercado Livre and Chatwoot, with a page to answer buyers.
 
-    .venv/bin/python sandbox.py [--meli-port 8081] [--chatwoot-port 8082] [--bridge-port 5000] [--poll-seconds 5]
+    .venv/bin/python tools/sandbox.py [--meli-port 8081] [--chatwoot-port 8082] [--bridge-port 5000] [--poll-seconds 5]
 
 Starts both fakes in this process and seeds them (questions and a sale with a buyer message),
 registers the bridge's signed webhook on the fake Chatwoot, runs the listener (gunicorn) and
@@ -27,9 +27,13 @@ from typing import Callable
 
 import requests
 
-from tests.fakes import MeliState, start_fakes
+# The sandbox lives in tools/ and runs the bridge from the repository root beside it.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-ROOT = Path(__file__).resolve().parent
+from tests.fakes import MeliState, start_fakes  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 WEBHOOK_SECRET = "whsec-sandbox-falso"
 FAKE_OPTIONS = {"secret": "meli-secret-sandbox", "seller_nickname": "LOJA_SANDBOX",
@@ -164,7 +168,7 @@ def wait_for_bridge(url: str, children: list[subprocess.Popen], done: threading.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sandbox.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tools/sandbox.py", description=__doc__.splitlines()[0])
     parser.add_argument("--meli-port", type=int, default=8081, help="fake Mercado Livre (default 8081)")
     parser.add_argument("--chatwoot-port", type=int, default=8082, help="fake Chatwoot and the page (default 8082)")
     parser.add_argument("--bridge-port", type=int, default=5000, help="the bridge's listener (default 5000)")
