@@ -1,0 +1,46 @@
+"""The layering of the README's code map for the root modules, which import-linter cannot analyse
+(it takes packages only; `.importlinter` checks the `bridge` package)."""
+
+import ast
+
+from tests.e2e import ROOT
+
+LEAVES = {"config", "bridge.http", "bridge.rate_budget", "bridge.backoff", "bridge.text", "bridge.signature",
+          "bridge.logging"}
+# What each root module may import of ours; entry points may import anything but each other.
+ALLOWED = {
+    "config": set(),
+    "db_manager": LEAVES,
+    "mercado_livre_api": LEAVES | {"db_manager"},
+    "chatwoot_api": LEAVES | {"db_manager"},
+}
+OURS = ("bridge", "config", "db_manager", "mercado_livre_api", "chatwoot_api", "main", "webhook_server")
+
+
+def _our_imports(module: str) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse((ROOT / f"{module}.py").read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            # `from bridge import text` imports the module bridge.text.
+            names = [node.module] if node.module != "bridge" else [f"bridge.{a.name}" for a in node.names]
+        else:
+            continue
+        found.update(name for name in names if name.split(".")[0] in OURS)
+    return found
+
+
+def test_the_stores_clients_and_config_import_only_what_sits_below_them():
+    for module, allowed in ALLOWED.items():
+        assert _our_imports(module) <= allowed, module
+
+
+def test_the_entry_points_do_not_import_each_other():
+    assert "webhook_server" not in _our_imports("main")
+    assert "main" not in _our_imports("webhook_server")
+
+
+def test_the_root_holds_only_the_entry_points_and_the_design_cards_modules():
+    assert {p.name for p in ROOT.glob("*.py")} == {f"{m}.py" for m in ALLOWED} | {
+        "main.py", "webhook_server.py", "gunicorn.conf.py"}
