@@ -27,7 +27,7 @@ from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from bridge import failures, rate_budget
+from bridge import failures, rate_budget, source_ids
 from bridge.admin import health
 from bridge.admin import setup as setup_chatwoot
 from bridge.http import ApiError
@@ -38,7 +38,6 @@ from bridge.sync import claims as sync_claims
 from bridge.sync import notifications
 from bridge.sync import questions as sync_questions
 from bridge.sync import sales as sync_messages
-from bridge.sync.contacts import identifier as contacts_identifier
 from bridge.sync.contacts import is_gone as contacts_is_gone
 from config import Settings, load_settings_leniently, settings_or_exit, settings_or_wait
 from db_manager import Database, DatabaseError
@@ -109,7 +108,7 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
     if chatwoot:
         contacts, conversations = s.db.buyer_chatwoot_ids(buyer_id)
         try:
-            found = s.chatwoot.find_contact(contacts_identifier(buyer_id))
+            found = s.chatwoot.find_contact(source_ids.buyer(buyer_id))
         except ApiError as exc:
             print(f"Chatwoot did not answer as expected: {exc.short()}; nothing was deleted", file=sys.stderr)
             return 1

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 from urllib.parse import urlencode
 
 from bridge.http import ApiError, HttpClient, PermanentError, TransientError
+from bridge.paging import Pages
 from config import Settings
 from db_manager import Database, auth_decision, crashpoint
 
@@ -249,16 +250,12 @@ class MeliClient(HttpClient):
 
     def unanswered_questions(self, seller_id: int) -> Iterator[dict]:
         """Every unanswered question, oldest first, all pages."""
-        offset = 0
-        while True:
-            page = self._api("GET", "/questions/search", params={
-                "seller_id": seller_id, "status": "UNANSWERED", "api_version": 4, "offset": offset,
-                "limit": QUESTIONS_PAGE, "sort_fields": "date_created", "sort_types": "ASC"})
-            questions = page.get("questions") or []
+        pages = Pages(lambda offset: self._api("GET", "/questions/search", params={
+            "seller_id": seller_id, "status": "UNANSWERED", "api_version": 4, "offset": offset,
+            "limit": QUESTIONS_PAGE, "sort_fields": "date_created", "sort_types": "ASC"}),
+            items=lambda page: page.get("questions") or [], total=lambda page: int(page.get("total") or 0))
+        for _page, questions in pages:
             yield from questions
-            offset += len(questions)
-            if not questions or offset >= int(page.get("total") or 0):
-                return
 
     def question(self, question_id: int | str) -> dict:
         return self._api("GET", f"/questions/{question_id}", params={"api_version": 4})

@@ -16,6 +16,7 @@ import os
 import traceback
 from typing import Any, Callable
 
+from bridge import source_ids
 from bridge.backoff import retry_delay
 from bridge.http import ApiError
 from bridge.services import Services
@@ -173,7 +174,7 @@ def report(s: Services, row: dict) -> None:
                         f"{tries} (erro: {row['last_error']}). {AFTERWARDS.get(kind, '')}O problema aparece no "
                         "/health da ponte. Enquanto isso, confira esta conversa direto no Mercado Livre para não "
                         "deixar o comprador sem resposta.",
-                        source_id=f"meli:note:failing:{kind}:{item_id}:{int(row['gave_up_at'])}")
+                        source_id=source_ids.note("failing", kind, item_id, int(row["gave_up_at"])))
     s.db.item_reported(kind, item_id, s.clock())
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import email.utils
 import logging
 import os
-import random
 import time
 from typing import Any, Callable
 
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
+from bridge.backoff import backoff_wait
 from bridge.rate_budget import Unlimited
 
 USER_AGENT = "meli-chatwoot-bridge/1.0"
@@ -92,11 +92,6 @@ def _error_from_response(service: str, resp: requests.Response) -> ApiError:
     cls = TransientError if resp.status_code == 429 or resp.status_code >= 500 else PermanentError
     return cls(f"{service} answered {resp.status_code}: {message}", status=resp.status_code, code=code,
                retry_after=parse_retry_after(resp.headers.get("Retry-After")), body=body, service=service)
-
-
-def backoff_wait(attempt: int, initial: float = 0.5, maximum: float = 8.0) -> float:
-    """Exponential backoff with full jitter."""
-    return random.uniform(0, min(maximum, initial * (2 ** (attempt - 1))))
 
 
 class HttpClient:

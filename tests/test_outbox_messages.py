@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 import responses
 
-from bridge.replies import outbox
+from bridge.replies import outbox, refusal
 from bridge.services import build_services
 from mercado_livre_api import MELI_AGENT_ID
 from tests.payloads import message_created
@@ -327,9 +327,9 @@ def test_a_later_part_refused_tells_which_parts_reached_the_buyer_and_what_is_le
 def test_a_part_whose_answer_was_lost_is_named_as_maybe_arrived():
     parts = [{"seq": 0, "status": "sent", "text": "um"}, {"seq": 1, "status": "sending", "text": "dois"},
              {"seq": 2, "status": "pending", "text": "três"}, {"seq": 3, "status": "pending", "text": "quatro"}]
-    error, note = outbox.partial_failure(parts, "Mercado Livre indisponível por 24 h", "nada foi", "Fora do ar.")
+    error, note = refusal.partial_failure(parts, "Mercado Livre indisponível por 24 h", "nada foi", "Fora do ar.")
     assert error == "parte 1 de 4 enviada; Mercado Livre indisponível por 24 h"
     assert note.startswith("A parte 1 de 4 chegou ao comprador; as partes 3 e 4 não. A parte 2 pode ter chegado")
     assert "> dois\n> três\n> quatro" in note and "> um" not in note
     single = [{"seq": 0, "status": "pending", "text": "x"}]
-    assert outbox.partial_failure(single, "e", "nada foi enviado", "w") == ("e", "nada foi enviado")
+    assert refusal.partial_failure(single, "e", "nada foi enviado", "w") == ("e", "nada foi enviado")

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlsplit
 
-from bridge import failures, text
+from bridge import failures, source_ids, text
 from bridge.backoff import retry_delay
 from bridge.http import ApiError, PermanentError, TransientError
+from bridge.replies.refusal import Refusal
 from bridge.services import Services
 from bridge.sync import claims as sync_claims
 from bridge.sync import sales as sync_messages
@@ -46,27 +47,18 @@ SEE_LOGS = "Se o problema continuar, verifique os logs da ponte."
 
 
 class DeliveryFailed(Exception):
-    """A reply that cannot reach the buyer; `error` is short, `note` tells the agent what to do.
+    """A reply that cannot reach the buyer, and why."""
 
-    `why` is the cause alone (no "nothing was sent", no "send it again"): when earlier
-    parts already reached the buyer, the note is rebuilt around it.
-    """
-
-    def __init__(self, error: str, note: str, why: str | None = None, logged: str | None = None):
-        super().__init__(error)
-        self.error = error
-        self.note = note
-        self.why = why or note
-        # What the log says: `error` without personal data (a file's name can name the buyer).
-        self.logged = logged or error
+    def __init__(self, refusal: Refusal):
+        super().__init__(refusal.error)
+        self.refusal = refusal
 
 
 @dataclass
 class Plan:
     kind: str
     parts: list[dict] = field(default_factory=list)
-    error: str | None = None
-    note: str | None = None
+    refused: Refusal | None = None
 
 
 # ---- accepting (listener side, no network) ----------------------------------------------------
@@ -98,26 +90,28 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
 
     plan = plan_reply(kind, payload.get("content"), payload.get("attachments"), settings,
                       limit=CLAIM_TEXT_LIMIT if kind == "claim" else text.POSTSALE_DEFAULT_LIMIT)
-    if not plan.error and target is None:
-        plan.error = "conversa sem vínculo com o Mercado Livre"
-        plan.note = ("Esta conversa não está ligada a uma pergunta, venda ou reclamação do Mercado Livre, então a "
-                     "resposta não foi enviada. Responda pelo Mercado Livre.")
+    if not plan.refused and target is None:
+        plan.refused = UNLINKED
     # One answer per question: checked by the database inside the insert's transaction, since
     # two listener workers may accept two agent messages for the same question at once.
     reply_id = db.reply_accept(chatwoot_message_id=message_id, conversation_id=conversation_id, kind=kind,
-                               target_id=target, parts=plan.parts, now=now, error=plan.error, note=plan.note,
+                               target_id=target, parts=plan.parts, now=now,
+                               error=plan.refused and plan.refused.error, note=plan.refused and plan.refused.note,
                                taken=ANSWER_TAKEN if kind == "answer" else None,
                                receiver=claim_receiver(attrs) if kind == "claim" else None)
     if reply_id is None:
         return "duplicate", 200, {}
     extra = {"reply_id": reply_id, "kind": kind, "target": target, "parts": len(plan.parts)}
-    error = plan.error or (db.reply(reply_id)["error"] if kind == "answer" else None)
+    error = (plan.refused and plan.refused.error) or (db.reply(reply_id)["error"] if kind == "answer" else None)
     if error:
         return "refused", 200, dict(extra, reason=error)
     return "accepted", 200, extra
 
 
 LINK_KIND = {"answer": "question", "message": "pack", "claim": "claim"}
+UNLINKED = Refusal("conversa sem vínculo com o Mercado Livre",
+                   "Esta conversa não está ligada a uma pergunta, venda ou reclamação do Mercado Livre, então a "
+                   "resposta não foi enviada. Responda pelo Mercado Livre.")
 # Not documented for claims: long texts are split as post-sale ones, in parts of this size.
 CLAIM_TEXT_LIMIT = 2000
 
@@ -163,8 +157,7 @@ def _not_for_us(payload: dict, inbox_id, settings: Settings) -> str | None:
     if private is not None and private is not False:
         # Anything but a plain false might be a note: it must never reach the buyer.
         return "private note"
-    source_id = payload.get("source_id")
-    if isinstance(source_id, str) and source_id.startswith("meli:"):
+    if source_ids.is_ours(payload.get("source_id")):
         return "created by the bridge"
     sender = payload.get("sender") if isinstance(payload.get("sender"), dict) else {}
     if sender.get("type") not in AGENT_SENDER_TYPES:
@@ -180,56 +173,60 @@ def plan_reply(kind: str, content, attachments, settings: Settings, limit: int =
     if kind == "answer":
         # Answers are not limited to Latin-1: only the typographic conversions apply.
         if files:
-            return Plan(kind, error="respostas não aceitam anexos",
-                        note="O Mercado Livre não aceita anexos em respostas a perguntas. Envie a resposta só "
-                             "com texto; o arquivo pode ser enviado depois da venda, na conversa de pós-venda.")
+            return Plan(kind, refused=Refusal(
+                "respostas não aceitam anexos",
+                "O Mercado Livre não aceita anexos em respostas a perguntas. Envie a resposta só "
+                "com texto; o arquivo pode ser enviado depois da venda, na conversa de pós-venda."))
         if not plain:
-            return Plan(kind, error="resposta vazia", note="A resposta está vazia e não foi enviada.")
+            return Plan(kind, refused=Refusal("resposta vazia", "A resposta está vazia e não foi enviada."))
         if len(plain) > text.QUESTION_ANSWER_LIMIT:
-            return Plan(kind, error=f"resposta com {len(plain)} caracteres (máximo {text.QUESTION_ANSWER_LIMIT})",
-                        note=f"O Mercado Livre aceita respostas de até {text.QUESTION_ANSWER_LIMIT} caracteres e "
-                             f"esta tem {len(plain)}. Nada foi enviado: escreva uma resposta mais curta.")
+            return Plan(kind, refused=Refusal(
+                f"resposta com {len(plain)} caracteres (máximo {text.QUESTION_ANSWER_LIMIT})",
+                f"O Mercado Livre aceita respostas de até {text.QUESTION_ANSWER_LIMIT} caracteres e "
+                f"esta tem {len(plain)}. Nada foi enviado: escreva uma resposta mais curta."))
         return Plan(kind, parts=[{"text": plain, "attachments": []}])
 
     if bad:
-        return Plan(kind, error="caracteres não aceitos pelo Mercado Livre",
-                    note=f"O Mercado Livre não aceita estes caracteres: {text.describe_chars(bad)}. Nada foi "
-                         f"enviado: reescreva a mensagem sem eles.")
+        return Plan(kind, refused=Refusal(
+            "caracteres não aceitos pelo Mercado Livre",
+            f"O Mercado Livre não aceita estes caracteres: {text.describe_chars(bad)}. Nada foi "
+            f"enviado: reescreva a mensagem sem eles."))
     planned_files = []
     for attachment in files:
         problem, planned = _plan_file(attachment, settings)
         if problem:
-            return Plan(kind, error=problem[0], note=problem[1])
+            return Plan(kind, refused=problem)
         planned_files.append(planned)
     if not plain and not planned_files:
-        return Plan(kind, error="mensagem vazia", note="A mensagem está vazia e não foi enviada.")
+        return Plan(kind, refused=Refusal("mensagem vazia", "A mensagem está vazia e não foi enviada."))
     if not plain and kind == "claim":
-        return Plan(kind, error="anexo sem texto",
-                    note="Na reclamação, o Mercado Livre só aceita anexos junto com uma mensagem. Nada foi enviado: "
-                         "envie o arquivo de novo com um texto.")
+        return Plan(kind, refused=Refusal(
+            "anexo sem texto",
+            "Na reclamação, o Mercado Livre só aceita anexos junto com uma mensagem. Nada foi enviado: "
+            "envie o arquivo de novo com um texto."))
     pieces = text.split_message(plain, limit) if plain else [""]
     parts = [{"text": piece, "attachments": []} for piece in pieces]
     parts[0]["attachments"] = planned_files
     return Plan(kind, parts=parts)
 
 
-def _plan_file(attachment: dict, settings: Settings):
+def _plan_file(attachment: dict, settings: Settings) -> tuple[Refusal | None, dict | None]:
     url = _text_field(attachment, "data_url")
     name = _file_name(attachment)
     extension = (_text_field(attachment, "extension") or (name.rsplit(".", 1)[-1] if "." in name else "")).lower()[:20]
     scheme, host = _scheme_and_host(url)
     if host != urlsplit(settings.chatwoot_url).netloc.lower() or scheme not in ("http", "https"):
-        return ("anexo fora do Chatwoot configurado",
-                f"O anexo {name} não está no Chatwoot configurado na ponte e, por segurança, não foi baixado. "
-                f"Nada foi enviado: anexe o arquivo de novo nesta conversa."), None
+        return Refusal("anexo fora do Chatwoot configurado",
+                       f"O anexo {name} não está no Chatwoot configurado na ponte e, por segurança, não foi baixado. "
+                       f"Nada foi enviado: anexe o arquivo de novo nesta conversa."), None
     if extension not in MELI_FILE_TYPES:
-        return (f"tipo de arquivo não aceito ({extension or 'desconhecido'})",
-                f"O Mercado Livre só aceita anexos JPG, PNG, PDF ou TXT; {name} não foi enviado, nem o texto "
-                f"desta mensagem. Converta o arquivo e envie de novo."), None
+        return Refusal(f"tipo de arquivo não aceito ({extension or 'desconhecido'})",
+                       f"O Mercado Livre só aceita anexos JPG, PNG, PDF ou TXT; {name} não foi enviado, nem o texto "
+                       f"desta mensagem. Converta o arquivo e envie de novo."), None
     size = attachment.get("file_size")
     if isinstance(size, int) and size > MAX_FILE_BYTES:
-        return ("arquivo acima de 25 MB",
-                f"O arquivo {name} tem mais de 25 MB, o limite do Mercado Livre. Nada foi enviado."), None
+        return Refusal("arquivo acima de 25 MB",
+                       f"O arquivo {name} tem mais de 25 MB, o limite do Mercado Livre. Nada foi enviado."), None
     return None, {"url": url, "name": name, "content_type": MELI_FILE_TYPES[extension]}
 
 
@@ -330,7 +327,7 @@ def deliver(s: Services, reply_id: int) -> str | None:
         # Waiting for a person: not an attempt, but the same 24 h limit as every reply, so
         # an agent is not left thinking a day-old reply is still on its way.
         if s.clock() - reply["created_at"] > GIVE_UP_AFTER:
-            s.db.reply_failed(reply_id, "Mercado Livre sem autorização por 24 h", REAUTH_GAVE_UP, s.clock())
+            s.db.reply_failed(reply_id, REAUTH_GAVE_UP.error, REAUTH_GAVE_UP.note, s.clock())
             log.error("reply failed after 24h waiting for reauthorization %s", ids)
             return "failed"
         s.db.reply_retry_later(reply_id, s.clock() + REAUTH_RECHECK, "aguardando reautorização do Mercado Livre",
@@ -338,9 +335,10 @@ def deliver(s: Services, reply_id: int) -> str | None:
         log.warning("reply waiting for reauthorization %s", ids)
         return "retry"
     except DeliveryFailed as exc:
-        error, note = partial_failure(s.db.reply_parts(reply_id), exc.error, exc.note, exc.why)
-        s.db.reply_failed(reply_id, error, note, s.clock())
-        log.warning("reply failed %s reason=%r after %dms", ids, exc.logged, (time.monotonic() - started) * 1000)
+        shown = exc.refusal.after(s.db.reply_parts(reply_id))
+        s.db.reply_failed(reply_id, shown.error, shown.note, s.clock())
+        log.warning("reply failed %s reason=%r after %dms", ids, exc.refusal.for_log,
+                    (time.monotonic() - started) * 1000)
         return "failed"
     except ApiError as exc:
         return _transient(s, reply, exc, ids)
@@ -353,62 +351,28 @@ def deliver(s: Services, reply_id: int) -> str | None:
     return "delivered"
 
 
-REAUTH_GAVE_UP = ("A resposta esperou 24 horas pela reautorização da conta no Mercado Livre e não foi enviada. "
-                  "Peça a quem administra a ponte para autorizar de novo (python main.py authorize) e depois "
-                  "envie a resposta outra vez, ou responda pelo Mercado Livre.")
+REAUTH_GAVE_UP = Refusal("Mercado Livre sem autorização por 24 h",
+                         "A resposta esperou 24 horas pela reautorização da conta no Mercado Livre e não foi "
+                         "enviada. Peça a quem administra a ponte para autorizar de novo (python main.py authorize) "
+                         "e depois envie a resposta outra vez, ou responda pelo Mercado Livre.")
 
 
 def _transient(s: Services, reply: dict, exc: ApiError, ids: str) -> str:
     now = s.clock()
     if now - reply["created_at"] > GIVE_UP_AFTER:
-        error, note = partial_failure(
-            s.db.reply_parts(reply["id"]), "Mercado Livre indisponível por 24 h",
+        shown = Refusal(
+            "Mercado Livre indisponível por 24 h",
             "A resposta não pôde ser entregue ao Mercado Livre durante 24 horas de tentativas "
             f"(último erro: {exc.short()}). Envie de novo ou responda pelo Mercado Livre.",
-            f"O Mercado Livre ficou indisponível durante 24 horas de tentativas (último erro: {exc.short()}).")
-        s.db.reply_failed(reply["id"], error, note, now)
+            f"O Mercado Livre ficou indisponível durante 24 horas de tentativas (último erro: {exc.short()}).",
+        ).after(s.db.reply_parts(reply["id"]))
+        s.db.reply_failed(reply["id"], shown.error, shown.note, now)
         log.error("reply failed after 24h of retries %s last_error=%r", ids, exc.short())
         return "failed"
     delay = retry_delay(reply["attempts"], exc.retry_after)
     s.db.reply_retry_later(reply["id"], now + delay, exc.short()[:300], now)
     log.warning("reply retry in %.1fs %s attempt=%d error=%r", delay, ids, reply["attempts"], exc.short())
     return "retry"
-
-
-def partial_failure(parts: list[dict], error: str, note: str, why: str) -> tuple[str, str]:
-    """The failed mark and note of a reply; when some parts reached the buyer, they say which and what is left.
-
-    Parts go out in order, so what reached the buyer is a prefix; a part still
-    `sending` may or may not have arrived (its answer was lost).
-    """
-    sent = [p for p in parts if p["status"] == "sent"]
-    if not sent or len(parts) < 2:
-        return error, note
-    doubt = [p for p in parts if p["status"] == "sending"]
-    unsent = [p for p in parts if p["status"] == "pending"]
-    rest = [p for p in parts if p["status"] != "sent"]
-    arrived = f"{_part_list([p['seq'] + 1 for p in sent])} de {len(parts)}"
-    summary = (f"{'A parte' if len(sent) == 1 else 'As partes'} {arrived} "
-               f"{'chegou' if len(sent) == 1 else 'chegaram'} ao comprador")
-    if unsent:
-        summary += (f"; {'a parte' if len(unsent) == 1 else 'as partes'} "
-                    f"{_part_list([p['seq'] + 1 for p in unsent])} não")
-    summary += "."
-    if doubt:
-        summary += (f" A parte {_part_list([p['seq'] + 1 for p in doubt])} pode ter chegado: confira no Mercado "
-                    "Livre antes de enviar o restante.")
-    remaining = "\n".join(f"> {line}" for p in rest for line in (p["text"] or "").splitlines() or [""])
-    files = [a.get("name") for p in rest for a in p.get("attachments") or []]
-    note = (f"{summary}\n\n{why}\n\nNão envie a mensagem inteira de novo: envie somente o restante:\n\n{remaining}"
-            + (f"\n\nAnexos que não foram: {', '.join(files)}" if files else ""))
-    mark = f"{'parte' if len(sent) == 1 else 'partes'} {arrived} enviada{'s' if len(sent) > 1 else ''}; {error}"
-    return mark[:200], note
-
-
-def _part_list(numbers: list[int]) -> str:
-    """[1, 2, 3] -> "1, 2 e 3"."""
-    words = [str(n) for n in numbers]
-    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} e {words[-1]}"
 
 
 def _deliver_answer(s: Services, reply: dict) -> None:
@@ -420,7 +384,7 @@ def _deliver_answer(s: Services, reply: dict) -> None:
             s.meli.answer_question(int(question_id), part["text"])
         except PermanentError as exc:
             if exc.code != "not_unanswered_question" and "not_unanswered" not in (exc.message or ""):
-                raise DeliveryFailed(*_refusal(exc, "a resposta")) from None
+                raise DeliveryFailed(_refusal(exc, "a resposta")) from None
             _check_already_answered(s, question_id, part["text"])
         crashpoint("answer_posted")
     # The agent's own message is the answer in Chatwoot: the question sync must not mirror it again.
@@ -452,12 +416,14 @@ def _check_already_answered(s: Services, question_id: str, sent_text: str) -> No
         return  # our previous attempt reached Mercado Livre before a crash or a lost response
     status = question.get("status") or "?"
     if answer:
-        raise DeliveryFailed("pergunta já respondida no Mercado Livre",
-                             "Esta pergunta já foi respondida por outro canal (site ou app do Mercado Livre), "
-                             f"então sua resposta não foi enviada. Resposta que está publicada:\n\n> {answer}")
-    raise DeliveryFailed(f"pergunta não aceita mais resposta ({status})",
-                         f"A pergunta está com status {status} no Mercado Livre (apagada, banida ou em análise) e "
-                         "não aceita resposta. Nada foi enviado ao comprador.")
+        raise DeliveryFailed(Refusal(
+            "pergunta já respondida no Mercado Livre",
+            "Esta pergunta já foi respondida por outro canal (site ou app do Mercado Livre), "
+            f"então sua resposta não foi enviada. Resposta que está publicada:\n\n> {answer}"))
+    raise DeliveryFailed(Refusal(
+        f"pergunta não aceita mais resposta ({status})",
+        f"A pergunta está com status {status} no Mercado Livre (apagada, banida ou em análise) e "
+        "não aceita resposta. Nada foi enviado ao comprador."))
 
 
 def _same_text(a: str, b: str) -> bool:
@@ -472,16 +438,16 @@ def _deliver_message(s: Services, reply: dict) -> None:
     if data.get("blocked"):
         thread = s.meli.thread_page(pack_id, seller_id, limit=1)
         if (thread.get("conversation_status") or {}).get("status") == "blocked":
-            raise DeliveryFailed(*BLOCKED)
+            raise DeliveryFailed(BLOCKED)
     buyer_id = data.get("buyer_id")
     if not buyer_id:
         # A sale conversation the poller has not described yet: ask Mercado Livre.
         buyer_id = sync_messages.sale_context(s, pack_id, [])["buyer_id"]
     to_user = MELI_AGENT_ID if data.get("migrated") else buyer_id
     if not to_user:
-        raise DeliveryFailed("comprador desconhecido",
-                             "A ponte não sabe quem é o comprador desta venda, então a mensagem não foi enviada. "
-                             + SEE_LOGS)
+        raise DeliveryFailed(Refusal(
+            "comprador desconhecido",
+            "A ponte não sabe quem é o comprador desta venda, então a mensagem não foi enviada. " + SEE_LOGS))
     parts = s.db.reply_parts(reply["id"])
     for part in parts:
         if part["status"] == "sent":
@@ -503,8 +469,8 @@ def _deliver_message(s: Services, reply: dict) -> None:
         except PermanentError as exc:
             s.db.part_unsent(reply["id"], part["seq"])
             if exc.status == 403 or exc.code == "blocked_conversation_send_message_forbidden":
-                raise DeliveryFailed(*BLOCKED) from None
-            raise DeliveryFailed(*_refusal(exc, "a mensagem" if len(parts) == 1 else f"a parte {part['seq'] + 1}"))\
+                raise DeliveryFailed(BLOCKED) from None
+            raise DeliveryFailed(_refusal(exc, "a mensagem" if len(parts) == 1 else f"a parte {part['seq'] + 1}"))\
                 from None
         except TransientError as exc:
             if exc.status == 429:
@@ -517,12 +483,13 @@ def _deliver_message(s: Services, reply: dict) -> None:
                  len(parts), pack_id, remote_id)
 
 
-BLOCKED = ("conversa bloqueada no Mercado Livre",
-           "O Mercado Livre bloqueou o envio nesta conversa. Isso acontece quando o comprador ainda não escreveu "
-           "(o vendedor não pode iniciar a conversa) ou quando a venda está em mediação. Aguarde o comprador "
-           "escrever ou acompanhe a mediação no Mercado Livre. Nada foi enviado.",
-           "O Mercado Livre bloqueou o envio nesta conversa (venda em mediação, por exemplo): o restante só pode "
-           "ir quando a conversa for liberada, ou pelo Mercado Livre.")
+BLOCKED = Refusal(
+    "conversa bloqueada no Mercado Livre",
+    "O Mercado Livre bloqueou o envio nesta conversa. Isso acontece quando o comprador ainda não escreveu "
+    "(o vendedor não pode iniciar a conversa) ou quando a venda está em mediação. Aguarde o comprador "
+    "escrever ou acompanhe a mediação no Mercado Livre. Nada foi enviado.",
+    "O Mercado Livre bloqueou o envio nesta conversa (venda em mediação, por exemplo): o restante só pode "
+    "ir quando a conversa for liberada, ou pelo Mercado Livre.")
 
 
 def _upload_files(s: Services, reply: dict, part: dict, upload: Callable | None = None) -> list[str]:
@@ -541,10 +508,10 @@ def _upload_files(s: Services, reply: dict, part: dict, upload: Callable | None 
                 item["meli_id"] = upload(item["name"], content, item["content_type"])
                 crashpoint("attachment_uploaded")
             except PermanentError as exc:
-                raise DeliveryFailed(f"anexo {item['name']} recusado",
-                                     f"O arquivo {item['name']} não pôde ser enviado: {exc.short()}. "
-                                     "Nada foi enviado ao comprador.",
-                                     logged=f"anexo .{_extension(item['name'])} recusado") from None
+                raise DeliveryFailed(Refusal(
+                    f"anexo {item['name']} recusado",
+                    f"O arquivo {item['name']} não pôde ser enviado: {exc.short()}. Nada foi enviado ao comprador.",
+                    logged=f"anexo .{_extension(item['name'])} recusado")) from None
             changed = True
             # A file name can name the buyer (RG-joao-silva.pdf): extension and size only.
             log.info("attachment uploaded reply=%s ext=%s bytes=%d ml_attachment=%s", reply["id"],
@@ -593,10 +560,10 @@ def _deliver_claim(s: Services, reply: dict) -> None:
     claim_id = reply["target_id"]
     claim = s.meli.claim(claim_id)
     if claim.get("status") != "opened":
-        raise DeliveryFailed(*CLAIM_CLOSED)
+        raise DeliveryFailed(CLAIM_CLOSED)
     receiver = sync_claims.choose_receiver(reply.get("receiver"), claim)
     if receiver is None:
-        raise DeliveryFailed(*_receiver_refused(reply.get("receiver"), claim))
+        raise DeliveryFailed(_receiver_refused(reply.get("receiver"), claim))
     parts = s.db.reply_parts(reply["id"])
     for part in parts:
         if part["status"] == "sent":
@@ -616,10 +583,10 @@ def _deliver_claim(s: Services, reply: dict) -> None:
         except PermanentError as exc:
             s.db.part_unsent(reply["id"], part["seq"])
             if exc.code == "claim_closed":
-                raise DeliveryFailed(*CLAIM_CLOSED) from None
+                raise DeliveryFailed(CLAIM_CLOSED) from None
             if exc.status == 403:
-                raise DeliveryFailed(*_receiver_refused(receiver, claim)) from None
-            raise DeliveryFailed(*_refusal(exc, "a mensagem" if len(parts) == 1 else f"a parte {part['seq'] + 1}"))\
+                raise DeliveryFailed(_receiver_refused(receiver, claim)) from None
+            raise DeliveryFailed(_refusal(exc, "a mensagem" if len(parts) == 1 else f"a parte {part['seq'] + 1}"))\
                 from None
         except TransientError as exc:
             if exc.status == 429:
@@ -655,29 +622,33 @@ def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float) -
     return fresh > waiting
 
 
-CLAIM_CLOSED = ("reclamação encerrada",
-                "A reclamação já foi encerrada no Mercado Livre e não aceita mais mensagens. Nada foi enviado. Se "
-                "precisar falar com o comprador, use a conversa da venda (caixa Mercado Livre - Vendas), se ela "
-                "estiver liberada.",
-                "A reclamação foi encerrada no Mercado Livre e não aceita mais mensagens.")
+CLAIM_CLOSED = Refusal(
+    "reclamação encerrada",
+    "A reclamação já foi encerrada no Mercado Livre e não aceita mais mensagens. Nada foi enviado. Se "
+    "precisar falar com o comprador, use a conversa da venda (caixa Mercado Livre - Vendas), se ela "
+    "estiver liberada.",
+    "A reclamação foi encerrada no Mercado Livre e não aceita mais mensagens.")
 
 
-def _receiver_refused(wanted: str | None, claim: dict) -> tuple[str, str, str]:
+def _receiver_refused(wanted: str | None, claim: dict) -> Refusal:
     allowed = sync_claims.allowed_receivers(claim)
     url = sync_claims.CLAIM_URL.format(claim_id=claim.get("id"))
     if wanted == "mediator" and "mediator" not in allowed:
         why = "O Mercado Livre não permite escrever para a mediação nesta reclamação agora (ela ainda não está em "\
               "mediação, ou o mediador não espera mensagem do vendedor)."
-        return ("mediação não aceita mensagem agora",
-                f"{why} Nada foi enviado. Para escrever ao comprador, apague o atributo "
-                f"{sync_claims.REPLY_TO_ATTRIBUTE} desta conversa (ou mude para comprador) e envie de novo.", why)
+        return Refusal(
+            "mediação não aceita mensagem agora",
+            f"{why} Nada foi enviado. Para escrever ao comprador, apague o atributo "
+            f"{sync_claims.REPLY_TO_ATTRIBUTE} desta conversa (ou mude para comprador) e envie de novo.", why)
     why = "O Mercado Livre não permite que o vendedor envie mensagens ao comprador nesta reclamação agora."
     if "mediator" in allowed:
-        return ("comprador não aceita mensagem agora",
-                f"{why} Nada foi enviado. Para escrever à mediação, defina o atributo "
-                f"{sync_claims.REPLY_TO_ATTRIBUTE} = mediador nesta conversa e envie de novo.", why)
-    return ("reclamação não aceita mensagem agora",
-            f"{why} Nada foi enviado. Veja o que o Mercado Livre espera do vendedor na reclamação: {url}", why)
+        return Refusal(
+            "comprador não aceita mensagem agora",
+            f"{why} Nada foi enviado. Para escrever à mediação, defina o atributo "
+            f"{sync_claims.REPLY_TO_ATTRIBUTE} = mediador nesta conversa e envie de novo.", why)
+    return Refusal(
+        "reclamação não aceita mensagem agora",
+        f"{why} Nada foi enviado. Veja o que o Mercado Livre espera do vendedor na reclamação: {url}", why)
 
 
 def is_lost_send(message: dict, seller_id: int, part: dict, since: float, taken: set[str]) -> bool:
@@ -692,12 +663,12 @@ def is_lost_send(message: dict, seller_id: int, part: dict, since: float, taken:
     return created is not None and created >= since - SEND_CLOCK_SKEW
 
 
-def _refusal(exc: ApiError, what: str) -> tuple[str, str, str]:
+def _refusal(exc: ApiError, what: str) -> Refusal:
     reason = _plain_reason(exc)
-    return (f"recusado pelo Mercado Livre: {reason}"[:200],
-            f"O Mercado Livre recusou {what} (erro {exc.status}: {reason}). Nada foi enviado ao comprador. "
-            "Corrija o texto e envie de novo. " + SEE_LOGS,
-            f"O Mercado Livre recusou {what} (erro {exc.status}: {reason}).")
+    return Refusal(f"recusado pelo Mercado Livre: {reason}"[:200],
+                   f"O Mercado Livre recusou {what} (erro {exc.status}: {reason}). Nada foi enviado ao comprador. "
+                   "Corrija o texto e envie de novo. " + SEE_LOGS,
+                   f"O Mercado Livre recusou {what} (erro {exc.status}: {reason}).")
 
 
 def _plain_reason(exc: ApiError) -> str:
@@ -771,7 +742,7 @@ def _report(s: Services, reply: dict) -> None:
         for conversation_id in dict.fromkeys(c for c in (reply["conversation_id"], current) if c):
             try:
                 s.chatwoot.note(conversation_id, f"Resposta não enviada ao Mercado Livre: {reply['error']}.\n\n"
-                                                 f"{reply['note']}", source_id=f"meli:note:reply:{reply['id']}")
+                                                 f"{reply['note']}", source_id=source_ids.note("reply", reply["id"]))
                 return
             except PermanentError as gone:
                 if gone.status != 404:
@@ -786,7 +757,7 @@ def _report_in(s: Services, reply: dict) -> None:
             s.chatwoot.set_status(conversation_id, "resolved")
         return
     s.chatwoot.set_message_status(conversation_id, message_id, "failed", reply["error"] or "não enviada")
-    source_id = f"meli:note:reply:{reply['id']}"
+    source_id = source_ids.note("reply", reply["id"])
     if reply["note"] and not _recent_source(s, conversation_id, source_id):
         partly = any(p["status"] == "sent" for p in s.db.reply_parts(reply["id"]))
         header = "Resposta enviada só em parte ao Mercado Livre" if partly else "Resposta não enviada ao Mercado Livre"

@@ -24,11 +24,14 @@ import os
 import time
 from datetime import datetime, timezone
 
-from bridge import failures
+from bridge import failures, source_ids
 from bridge.http import PermanentError
+from bridge.paging import Pages
 from bridge.services import Services
+from bridge.sync import moderation
 from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
-from bridge.sync.sales import CHATWOOT_MAX_FILE, CHATWOOT_MAX_FILES, MODERATION_REASONS, SALE_URL, parse_date
+from bridge.sync.ensure import ensure_message, ensure_note, mirror_with_files
+from bridge.sync.sales import CHATWOOT_MAX_FILE, CHATWOOT_MAX_FILES, SALE_URL, parse_date
 from db_manager import crashpoint
 from mercado_livre_api import ReauthorizationRequired
 
@@ -97,13 +100,11 @@ def in_order(messages: list[dict]) -> list[dict]:
 
 
 def is_rejected(message: dict) -> bool:
-    moderation = message.get("moderation") or {}
-    return message.get("status") in ("rejected", "moderated") or moderation.get("status") == "rejected"
+    return moderation.is_rejected(message, "moderation")
 
 
 def moderation_reason(message: dict) -> str:
-    reason = (message.get("moderation") or {}).get("reason") or ""
-    return MODERATION_REASONS.get(reason, reason.lower().replace("_", " ") or "motivo não informado")
+    return moderation.reason(message, "moderation")
 
 
 def respondent(claim: dict) -> dict:
@@ -202,8 +203,7 @@ def message_content(message: dict, direction: str) -> str:
     if is_rejected(message):
         who = {"complainant": "do comprador", "mediator": "da mediação"}.get(role, "do vendedor")
         outcome = " O destinatário não a recebeu." if role == "respondent" else ""
-        body = (f"[Mensagem {who} bloqueada pela moderação do Mercado Livre: {moderation_reason(message)}."
-                f"{outcome}]\n\n{body}").strip()
+        body = moderation.blocked(who, moderation_reason(message), outcome, body)
     if role == "mediator":
         body = f"{MEDIATOR_PREFIX}: {body}"
     if direction == "outgoing":
@@ -304,16 +304,14 @@ def sync_claims(s: Services) -> dict:
 
 def _open_claims(s: Services) -> tuple[dict[str, dict], bool]:
     listed: dict[str, dict] = {}
-    offset = 0
-    for _ in range(MAX_SEARCH_PAGES):
-        page = s.meli.claims_search("opened", offset=offset, limit=SEARCH_PAGE)
-        data = [c for c in page.get("data") or [] if isinstance(c, dict) and str(c.get("id") or "").isdigit()]
+    pages = Pages(lambda offset: s.meli.claims_search("opened", offset=offset, limit=SEARCH_PAGE),
+                  items=lambda page: [c for c in page.get("data") or []
+                                      if isinstance(c, dict) and str(c.get("id") or "").isdigit()],
+                  max_pages=MAX_SEARCH_PAGES)
+    for _page, data in pages:
         for claim in data:
             listed[str(claim["id"])] = claim
-        offset += len(data)
-        if not data or offset >= int((page.get("paging") or {}).get("total") or 0):
-            return listed, True
-    return listed, False
+    return listed, pages.complete
 
 
 def _changed(s: Services, claim_id: str, summary: dict) -> bool:
@@ -478,7 +476,7 @@ def _event(s: Services, claim_id: str, event: str, conversation_id: int, content
     link, fresh = s.db.link_intent("claim_event", key, s.clock(), conversation_id=conversation_id)
     if link["status"] == "created":
         return
-    source = f"meli:claim:{claim_id}:{event}"
+    source = source_ids.claim_event(claim_id, event)
     if fresh or link["conversation_id"] != conversation_id \
             or s.chatwoot.find_message_by_source(conversation_id, source) is None:
         if incoming:
@@ -551,20 +549,20 @@ def adopted_parts(links) -> set[tuple[int, int]]:
 
 def _mirror(s: Services, claim_id: str, conversation_id: int, key: str, message: dict, direction: str) -> None:
     started = time.monotonic()
-    source = f"meli:claim_message:{hashlib.sha256(key.encode()).hexdigest()[:24]}"
+    source = source_ids.claim_message(key)
     link, fresh = s.db.link_intent("claim_message", key, s.clock(), conversation_id=conversation_id)
-    existing = None if fresh or link["conversation_id"] != conversation_id \
-        else s.chatwoot.find_message_by_source(conversation_id, source)
     files: list = []
-    if existing is None:
-        files, skipped = _download_files(s, claim_id, message)
-        content = message_content(message, direction)
-        if skipped:
-            content += "\n\n" + "\n".join(f"[Anexo não trazido para o Chatwoot: {name} ({why})]"
-                                         for name, why in skipped)
-        existing = s.chatwoot.create_message(conversation_id, content.strip() or None, message_type=direction,
-                                             source_id=source, files=files)
-        crashpoint("claim_message_created")
+
+    def create() -> dict:
+        downloaded, skipped = _download_files(s, claim_id, message)
+        files.extend(downloaded)  # the log line below counts them
+        return mirror_with_files(s, conversation_id, source, message_content(message, direction), direction,
+                                 files, skipped)
+
+    # A link recorded for another (deleted) conversation says nothing about this one.
+    existing = ensure_message(s, conversation_id, source, create,
+                              look_first=not fresh and link["conversation_id"] == conversation_id,
+                              crash="claim_message_created")
     s.db.link_created("claim_message", key, s.clock(), conversation_id=conversation_id, message_id=existing["id"],
                       data={"role": str(message.get("sender_role")), "direction": direction})
     # A file name can name the buyer: extension and size only.
@@ -615,13 +613,10 @@ def _report_moderated_reply(s: Services, claim_id: str, key: str, link: dict, me
         except PermanentError as exc:
             if not is_gone(exc):
                 raise
-        source = f"meli:note:claim_moderation:{hashlib.sha256(key.encode()).hexdigest()[:24]}"
-        if not fresh and s.chatwoot.find_message_by_source(conversation_id, source) is not None:
-            pass
-        else:
-            s.chatwoot.note(conversation_id, f"O Mercado Livre aceitou e depois bloqueou sua mensagem na moderação "
-                                             f"({reason}). O destinatário não a recebeu. Reescreva sem links, "
-                                             "telefones, e-mails ou endereços e envie de novo.", source_id=source)
+        ensure_note(s, conversation_id, f"O Mercado Livre aceitou e depois bloqueou sua mensagem na moderação "
+                                        f"({reason}). O destinatário não a recebeu. Reescreva sem links, "
+                                        "telefones, e-mails ou endereços e envie de novo.",
+                    source_ids.claim_moderation_note(key), look_first=not fresh)
         crashpoint("claim_moderation_reported")
         log.warning("claim reply moderated claim=%s reply=%s conversation=%s reason=%s", claim_id, reply["id"],
                     reply["conversation_id"], reason)

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import logging
 
+from bridge import source_ids
 from bridge.http import PermanentError
 from bridge.services import Services
 from db_manager import crashpoint
 
 log = logging.getLogger("bridge.contacts")
-
-
-def identifier(buyer_id) -> str:
-    return f"meli:buyer:{buyer_id}"
 
 
 def is_gone(exc: BaseException) -> bool:
@@ -30,7 +27,7 @@ def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -
     contact that answers 404 (deleted, or merged away) is forgotten and found or made again.
     """
     key = str(buyer_id)
-    source_id = identifier(buyer_id)
+    source_id = source_ids.buyer(buyer_id)
     link = s.db.link("buyer", key)
     if link and link["status"] == "created":
         inboxes = link["data"].get("inboxes", [])
@@ -135,7 +132,7 @@ def open_conversation(s: Services, *, kind: str, external_id: str, inbox_id: int
         except PermanentError as exc:
             if attempt == 2 or exc.status not in (404, 422):
                 raise
-            if exc.status == 422 and source_id == identifier(buyer_id):
+            if exc.status == 422 and source_id == source_ids.buyer(buyer_id):
                 _own_source(s, buyer_id, contact_id, inbox_id)
             else:
                 forget_contact(s, buyer_id, contact_id)
@@ -145,7 +142,7 @@ def open_conversation(s: Services, *, kind: str, external_id: str, inbox_id: int
 def _own_source(s: Services, buyer_id, contact_id: int, inbox_id: int) -> None:
     """The buyer's usual source id in this inbox belongs to another contact (a merge of two
     buyers' contacts moved it there): this contact gets one of its own, remembered per inbox."""
-    source_id = f"{identifier(buyer_id)}:{contact_id}"
+    source_id = source_ids.buyer_for_contact(buyer_id, contact_id)
     _add_inbox(s, contact_id, inbox_id, source_id)
     link = s.db.link("buyer", str(buyer_id))
     if link and link["contact_id"] == contact_id:

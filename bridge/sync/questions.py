@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import time
 
-from bridge import failures
+from bridge import failures, source_ids
 from bridge.http import PermanentError
 from bridge.replies import outbox
 from bridge.services import Services
 from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
+from bridge.sync.ensure import ensure_message, ensure_note
 from db_manager import crashpoint
 from mercado_livre_api import ReauthorizationRequired
 
@@ -219,13 +220,12 @@ def create_question(s: Services, question: dict, item: dict | None, nickname: st
         s, kind="question", external_id=qid, inbox_id=inbox_id, buyer_id=buyer_id, nickname=nickname,
         custom_attributes=conversation_attributes(question, item))
     # A conversation made just now holds no message yet: no need to look for one.
-    source = f"meli:question:{qid}"
+    source = source_ids.question(qid)
     try:
-        message = None if fresh else s.chatwoot.find_message_by_source(conversation_id, source)
-        if message is None:
-            message = s.chatwoot.create_message(conversation_id, first_message(question, item),
-                                                message_type="incoming", source_id=source)
-            crashpoint("question_message_created")
+        message = ensure_message(
+            s, conversation_id, source, lambda: s.chatwoot.create_message(
+                conversation_id, first_message(question, item), message_type="incoming", source_id=source),
+            look_first=not fresh, crash="question_message_created")
     except PermanentError as exc:
         if fresh or not is_gone(exc):
             raise
@@ -284,15 +284,11 @@ def _show_change(s: Services, link: dict, question: dict, action: str, note: str
     if action == "mirror_answer":
         _mirror_answer(s, qid, conversation_id, question)
     elif action == "note":
-        note_source = f"meli:note:question:{qid}:{status}"
-        if s.chatwoot.find_message_by_source(conversation_id, note_source) is None:
-            s.chatwoot.note(conversation_id, note, source_id=note_source)
+        ensure_note(s, conversation_id, note, source_ids.note("question", qid, status))
     elif action == "reopen":
         # Keyed on the row's last change: the same reopening after a crash finds its note.
-        note_source = f"meli:note:question:{qid}:reopened:{int(link['updated_at'])}"
-        if s.chatwoot.find_message_by_source(conversation_id, note_source) is None:
-            s.chatwoot.note(conversation_id, "A pergunta voltou a aceitar resposta no Mercado Livre.",
-                            source_id=note_source)
+        ensure_note(s, conversation_id, "A pergunta voltou a aceitar resposta no Mercado Livre.",
+                    source_ids.note("question", qid, "reopened", int(link["updated_at"])))
         s.chatwoot.set_status(conversation_id, "open")
     if state == "closed":
         s.chatwoot.set_status(conversation_id, "resolved")
@@ -304,13 +300,13 @@ def _answer_linked(s: Services, qid: str) -> bool:
 
 def _mirror_answer(s: Services, qid: str, conversation_id: int, question: dict) -> None:
     """Answered on the Mercado Livre site or app: show the answer as the seller's message."""
-    source = f"meli:answer:{qid}"
+    source = source_ids.answer(qid)
     link, fresh = s.db.link_intent("answer", qid, s.clock(), conversation_id=conversation_id)
-    message = None if fresh else s.chatwoot.find_message_by_source(conversation_id, source)
-    if message is None:
-        answer = (question.get("answer") or {}).get("text") or ""
-        message = s.chatwoot.create_message(conversation_id, answer, message_type="outgoing", source_id=source)
-        crashpoint("answer_mirrored")
+    answer = (question.get("answer") or {}).get("text") or ""
+    message = ensure_message(
+        s, conversation_id, source,
+        lambda: s.chatwoot.create_message(conversation_id, answer, message_type="outgoing", source_id=source),
+        look_first=not fresh, crash="answer_mirrored")
     s.db.link_created("answer", qid, s.clock(), conversation_id=conversation_id, message_id=message["id"],
                       data={"by": "mercadolivre"})
 

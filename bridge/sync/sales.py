@@ -23,14 +23,19 @@ import re
 import time
 from datetime import datetime, timezone
 
-from bridge import failures
+from bridge import failures, source_ids
 from bridge.http import ApiError, PermanentError
+from bridge.paging import Pages
 from bridge.services import Services
+from bridge.sync import moderation
 from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
+from bridge.sync.ensure import ensure_message, ensure_note, mirror_with_files
 from db_manager import crashpoint
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
 
 log = logging.getLogger("bridge.messages")
+
+MODERATION_FIELD = "message_moderation"
 
 PAGE = 10
 MAX_PAGES = 100
@@ -49,14 +54,6 @@ ORDERS_CURSOR = "postsale_orders_search"
 ORDERS_OVERLAP = 600.0  # seconds each pass re-covers: orders search indexing lags
 PACK_RESOURCE = re.compile(r"^/packs/(\d+)/sellers/(\d+)")
 SALE_URL = "https://www.mercadolivre.com.br/vendas/{order_id}/detalhe"
-MODERATION_REASONS = {
-    "OUT_OF_PLACE_LANGUAGE": "linguagem imprópria",
-    "SOCIAL_NETWORK_LINK": "link de rede social",
-    "LINK_SHORT_URL": "link encurtado",
-    "AUTOMATIC_MESSAGE": "mensagem automática",
-    "PERSONAL_DATA": "dados pessoais (telefone, e-mail ou endereço)",
-    "EVASION_CLAIM_SELLER": "tentativa de negociar fora do Mercado Livre",
-}
 REMOVED_NOTE = ("A conversa anterior desta venda foi apagada no Chatwoot. As mensagens que já estavam nela não "
                 "foram trazidas de novo; esta conversa continua com as novas. O histórico completo está no "
                 "Mercado Livre: {url}")
@@ -79,13 +76,11 @@ def in_order(messages: list[dict]) -> list[dict]:
 
 
 def is_rejected(message: dict) -> bool:
-    moderation = message.get("message_moderation") or {}
-    return message.get("status") in ("rejected", "moderated") or moderation.get("status") == "rejected"
+    return moderation.is_rejected(message, MODERATION_FIELD)
 
 
 def moderation_reason(message: dict) -> str:
-    reason = (message.get("message_moderation") or {}).get("reason") or ""
-    return MODERATION_REASONS.get(reason, reason.lower().replace("_", " ") or "motivo não informado")
+    return moderation.reason(message, MODERATION_FIELD)
 
 
 def messages_to_mirror(messages: list[dict], seller_id: int, known_ids: set[str],
@@ -180,8 +175,7 @@ def message_content(message: dict, direction: str) -> str:
     if is_rejected(message):
         who = "do comprador" if direction == "incoming" else "do vendedor"
         outcome = " O comprador não a recebeu." if direction == "outgoing" else ""
-        body = (f"[Mensagem {who} bloqueada pela moderação do Mercado Livre: {moderation_reason(message)}."
-                f"{outcome}]\n\n{body}").strip()
+        body = moderation.blocked(who, moderation_reason(message), outcome, body)
     if direction == "outgoing":
         body = f"{body}\n\n(enviada pelo Mercado Livre, fora do Chatwoot)".strip()
     return body
@@ -384,18 +378,14 @@ def sync_message_resource(s: Services, message_id: str) -> str:
 
 
 def read_thread(s: Services, pack_id: str, seller_id: int) -> tuple[list[dict], dict]:
-    messages, offset, first, seen = [], 0, None, set()
-    for _ in range(MAX_PAGES):
-        page = s.meli.thread_page(pack_id, seller_id, offset=offset, limit=PAGE)
+    messages, first, seen = [], None, set()
+    for page, batch in Pages(lambda offset: s.meli.thread_page(pack_id, seller_id, offset=offset, limit=PAGE),
+                             items=lambda page: page.get("messages") or [], max_pages=MAX_PAGES):
         first = first or page
-        batch = page.get("messages") or []
         # A message arriving between two page reads can push one onto the next page again:
         # counted twice, the thread's recorded size would hide the new message from the sweep.
         messages.extend(m for m in batch if str(m.get("id")) not in seen)
         seen.update(str(m.get("id")) for m in batch)
-        offset += len(batch)
-        if not batch or offset >= int((page.get("paging") or {}).get("total") or 0):
-            break
     return messages, first or {}
 
 
@@ -539,10 +529,8 @@ def _ensure_pack_conversation(s: Services, pack_id: str, messages: list[dict], r
         s, kind="pack", external_id=str(pack_id), inbox_id=inbox_id, buyer_id=sale["buyer_id"],
         nickname=sale["nickname"], custom_attributes=attributes)
     if removed:
-        note_source = f"meli:note:pack:{pack_id}:removed:{removed}"
-        if fresh or s.chatwoot.find_message_by_source(conversation_id, note_source) is None:
-            s.chatwoot.note(conversation_id, REMOVED_NOTE.format(url=attributes["meli_sale_url"]),
-                            source_id=note_source)
+        ensure_note(s, conversation_id, REMOVED_NOTE.format(url=attributes["meli_sale_url"]),
+                    source_ids.note("pack", pack_id, "removed", removed), look_first=not fresh)
     data = {"buyer_id": sale["buyer_id"], "blocked": blocked, "migrated": migrated,
             "order_ids": [str(o["id"]) for o in sale["orders"]]}
     s.db.link_created("pack", pack_id, s.clock(), contact_id=contact_id, conversation_id=conversation_id, data=data)
@@ -554,18 +542,15 @@ def _ensure_pack_conversation(s: Services, pack_id: str, messages: list[dict], r
 def _mirror(s: Services, conversation_id: int, pack_id: str, message: dict, direction: str) -> None:
     started = time.monotonic()
     mid = str(message["id"])
-    source = f"meli:message:{mid}"
+    source = source_ids.message(mid)
     _link, fresh = s.db.link_intent("message", mid, s.clock(), conversation_id=conversation_id)
-    existing = None if fresh else s.chatwoot.find_message_by_source(conversation_id, source)
-    if existing is None:
+
+    def create() -> dict:
         files, skipped = _download_files(s, message)
-        content = message_content(message, direction)
-        if skipped:
-            content += "\n\n" + "\n".join(f"[Anexo não trazido para o Chatwoot: {name} ({why})]"
-                                         for name, why in skipped)
-        existing = s.chatwoot.create_message(conversation_id, content.strip() or None, message_type=direction,
-                                             source_id=source, files=files)
-        crashpoint("sale_message_created")
+        return mirror_with_files(s, conversation_id, source, message_content(message, direction), direction,
+                                 files, skipped)
+
+    existing = ensure_message(s, conversation_id, source, create, look_first=not fresh, crash="sale_message_created")
     s.db.link_created("message", mid, s.clock(), conversation_id=conversation_id, message_id=existing["id"],
                       data={"pack_id": str(pack_id), "direction": direction})
     log.info("message in chatwoot ml_message=%s pack=%s conversation=%s message=%s direction=%s files=%d in %dms%s",
@@ -624,7 +609,7 @@ def _report_moderated_replies(s: Services, messages: list[dict], bridge_ids: set
                     raise
             crashpoint("moderation_reported")
             if not _note_first_present(s, [reply["conversation_id"], conversation_id], note,
-                                       f"meli:note:moderation:{mid}", look_first=not fresh):
+                                       source_ids.note("moderation", mid), look_first=not fresh):
                 log.warning("moderation not shown: conversations deleted ml_message=%s reply=%s", mid, reply["id"])
             log.warning("reply moderated ml_message=%s reply=%s conversation=%s reason=%s", mid, reply["id"],
                         reply["conversation_id"], reason)

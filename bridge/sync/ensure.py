@@ -1,0 +1,39 @@
+"""Record intent → find by source id → create: the one way the bridge writes a Chatwoot message.
+
+The caller records its intent in the database first (`link_intent`). A row that was already
+pending means an earlier attempt may have created the message and crashed before recording
+it: the message is then looked for by its `meli:` source id before it is created again, so
+a crash never shows a buyer message twice. A fresh intent skips the look-up (one call less).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from bridge.services import Services
+from db_manager import crashpoint
+
+
+def ensure_message(s: Services, conversation_id: int, source_id: str, create: Callable[[], dict], *,
+                   look_first: bool, crash: str) -> dict:
+    """The message carrying `source_id` in the conversation: found, or made by `create()`."""
+    message = s.chatwoot.find_message_by_source(conversation_id, source_id) if look_first else None
+    if message is None:
+        message = create()
+        crashpoint(crash)
+    return message
+
+
+def ensure_note(s: Services, conversation_id: int, note: str, source_id: str, *, look_first: bool = True) -> None:
+    """A private note, once: `look_first` unless the conversation was made just now."""
+    if not look_first or s.chatwoot.find_message_by_source(conversation_id, source_id) is None:
+        s.chatwoot.note(conversation_id, note, source_id=source_id)
+
+
+def mirror_with_files(s: Services, conversation_id: int, source_id: str, content: str, direction: str,
+                      files: list, skipped: list[tuple[str, str]]) -> dict:
+    """A Mercado Livre message mirrored with its files; those left behind are named in the content."""
+    if skipped:
+        content += "\n\n" + "\n".join(f"[Anexo não trazido para o Chatwoot: {name} ({why})]" for name, why in skipped)
+    return s.chatwoot.create_message(conversation_id, content.strip() or None, message_type=direction,
+                                     source_id=source_id, files=files)
