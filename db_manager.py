@@ -11,50 +11,50 @@ a `kill -9` can fall between the two. Each such window has a name (the `crashpoi
 placed right after the remote call) and a way back:
 
 Chatwoot
-- `contact_created` (contacts.ensure_contact): the buyer row stays `pending`; the next
+- `contact_created` (bridge.sync.contacts.ensure_contact): the buyer row stays `pending`; the next
   create gets 422 (identifier is unique) and the contact is found by exact filter.
-- `contact_inbox_added` (contacts._add_inbox): the inbox is not recorded on the buyer row;
+- `contact_inbox_added` (bridge.sync.contacts._add_inbox): the inbox is not recorded on the buyer row;
   adding it again gets 422, which counts as done.
-- `conversation_created` (contacts.ensure_conversation): the question/pack row is
+- `conversation_created` (bridge.sync.contacts.ensure_conversation): the question/pack row is
   `pending` without conversation id; the contact's conversations are searched by the
   `meli_<kind>_id` attribute before creating.
-- `question_message_created` (sync_questions.create_question): the row has its
+- `question_message_created` (bridge.sync.questions.create_question): the row has its
   conversation but is `pending`; the message is looked up by source_id.
-- `answer_mirrored` (sync_questions._mirror_answer): the answer row is `pending`;
+- `answer_mirrored` (bridge.sync.questions._mirror_answer): the answer row is `pending`;
   looked up by source_id.
-- `question_followed` (sync_questions.follow_question): a state note or reopening is in
+- `question_followed` (bridge.sync.questions.follow_question): a state note or reopening is in
   Chatwoot but the question row still has the old state; notes carry a source_id that
   stays the same until that row changes, and are looked up before posting again.
-- `sale_message_created` (sync_messages._mirror): the message row is `pending`; looked
+- `sale_message_created` (bridge.sync.sales._mirror): the message row is `pending`; looked
   up by source_id.
-- `moderation_reported` (sync_messages._report_moderated_replies): the moderation row is
+- `moderation_reported` (bridge.sync.sales._report_moderated_replies): the moderation row is
   `pending` and the whole report is redone (status mark idempotent, note by source_id).
-- `claim_message_created` (sync_claims._mirror): the claim_message row is `pending`;
+- `claim_message_created` (bridge.sync.claims._mirror): the claim_message row is `pending`;
   looked up by source_id. The claim's `last_updated` is stored only after every message
   and note, so the next poll syncs the claim again.
-- `claim_event_shown` (sync_claims._event): a claim's summary, state, deadline or sale
+- `claim_event_shown` (bridge.sync.claims._event): a claim's summary, state, deadline or sale
   note (with its resolve or priority change) is in Chatwoot but the claim_event row is
   `pending`; the note is looked up by source_id, status and priority are idempotent.
-- `claim_moderation_reported` (sync_claims._report_moderated_reply): the row is `pending`
+- `claim_moderation_reported` (bridge.sync.claims._report_moderated_reply): the row is `pending`
   and the report is redone (failed mark idempotent, note looked up by source_id).
-- `reply_reported` (outbox.report_reply): reported_at is unset; the report is redone
+- `reply_reported` (bridge.replies.outbox.report_reply): reported_at is unset; the report is redone
   (status marks and resolving are idempotent, the note is looked up by source_id).
 
 Mercado Livre
-- `answer_posted` (outbox._deliver_answer): the part stays `sending`. The questions sync
+- `answer_posted` (bridge.replies.outbox._deliver_answer): the part stays `sending`. The questions sync
   sees the question ANSWERED; an answer equal to an in-flight part is ours, so it records
   it as sent and links it instead of mirroring it as answered elsewhere; the outbox then
   finishes the reply without posting. Had the sync not run, the retry's POST gets
   `not_unanswered_question` and the published text decides. (A lost response, e.g. a
   timeout after Mercado Livre applied the POST, is the same case without a crash.)
-- `message_sent` (outbox._deliver_message): the part stays `sending`. The retry finds it
+- `message_sent` (bridge.replies.outbox._deliver_message): the part stays `sending`. The retry finds it
   in the thread by text; the post-sale sync, reading the thread first, adopts a seller
   message equal to an in-flight part instead of mirroring it as sent outside Chatwoot.
-- `claim_message_sent` (outbox._deliver_claim): the part stays `sending`. Claim messages
+- `claim_message_sent` (bridge.replies.outbox._deliver_claim): the part stays `sending`. Claim messages
   have no id: the retry counts the seller messages with the part's text since its first
   attempt that no sync accounted for, against sent parts with that text not adopted yet;
   the claims sync, meanwhile, leaves a seller message equal to an in-flight part alone.
-- `attachment_uploaded` (outbox._upload_files): the upload id is not recorded; the retry
+- `attachment_uploaded` (bridge.replies.outbox._upload_files): the upload id is not recorded; the retry
   uploads again. The first upload is never used and expires (48 h): nobody sees it.
 - `token_refreshed` (mercado_livre_api._refresh): the new pair is lost and the old
   refresh token is dead (single use). Nothing can recover it: once the dead process's
@@ -86,7 +86,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 log = logging.getLogger("bridge.db")
 
@@ -109,9 +109,32 @@ class DatabaseError(Exception):
     """The state file cannot be used; the message is one line for an operator."""
 
 
-# Ordered, small, described steps. Each runs with its version bump in one transaction.
-MIGRATIONS: list[tuple[str, str]] = [
-    ("authorization: Mercado Livre tokens and single-use OAuth states", """
+class Migration(NamedTuple):
+    """One step of the schema; step n (from 0) takes the file from user_version n to n + 1."""
+    description: str
+    apply: Callable[[sqlite3.Connection], None]
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration script into statements (executescript would COMMIT our transaction)."""
+    lines = [line.split("--", 1)[0] for line in sql.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def _sql_step(description: str, script: str) -> Migration:
+    statements = _statements(script)
+
+    def apply(conn: sqlite3.Connection) -> None:
+        for statement in statements:
+            conn.execute(statement)
+    return Migration(description, apply)
+
+
+# Ordered, small, described steps, appended only (the position is the on-disk version). Each
+# runs with its version bump in one transaction; a step may be Python (a Migration whose
+# `apply` reads and rewrites rows) as well as SQL.
+MIGRATIONS: list[Migration] = [
+    _sql_step("authorization: Mercado Livre tokens and single-use OAuth states", """
         CREATE TABLE meli_auth (
             id INTEGER PRIMARY KEY CHECK (id = 1),
             user_id INTEGER,
@@ -134,7 +157,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             used_at REAL
         );
     """),
-    ("links: Mercado Livre ids to Chatwoot ids, pending until created", """
+    _sql_step("links: Mercado Livre ids to Chatwoot ids, pending until created", """
         CREATE TABLE links (
             kind TEXT NOT NULL,                 -- buyer | question | answer | pack | message
             external_id TEXT NOT NULL,
@@ -150,7 +173,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX links_by_conversation ON links (conversation_id, kind);
         CREATE INDEX links_by_status ON links (kind, status);
     """),
-    ("outbox: accepted agent replies and their Mercado Livre parts", """
+    _sql_step("outbox: accepted agent replies and their Mercado Livre parts", """
         -- One row per agent message accepted from a webhook. Its UNIQUE Chatwoot message
         -- id is also the record of deliveries already seen (account + inbox webhooks).
         CREATE TABLE replies (
@@ -186,7 +209,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX reply_parts_by_remote_id ON reply_parts (remote_id);
     """),
-    ("job runs, cache of items and users, received notifications", """
+    _sql_step("job runs, cache of items and users, received notifications", """
         CREATE TABLE job_runs (
             job TEXT PRIMARY KEY,
             last_start REAL,
@@ -214,7 +237,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX notifications_due ON notifications (processed_at, next_attempt_at);
     """),
-    ("post-sale threads: watermarks for the safety-net sweep, mark-reads in flight, poll cursors", """
+    _sql_step("post-sale threads: watermarks for the safety-net sweep, mark-reads in flight, poll cursors", """
         -- Ids and counts only, never text. A thread is re-read when its message count moved.
         CREATE TABLE threads (
             pack_id TEXT PRIMARY KEY,
@@ -232,10 +255,10 @@ MIGRATIONS: list[tuple[str, str]] = [
             updated_at REAL NOT NULL
         );
     """),
-    ("reply parts: time of the first send attempt, to tell our lost sends from older identical messages", """
+    _sql_step("reply parts: time of the first send attempt, to tell our lost sends from older identical messages", """
         ALTER TABLE reply_parts ADD COLUMN first_attempt_at REAL;
     """),
-    ("item_attempts: questions, sales, notifications and replies whose processing keeps failing", """
+    _sql_step("item_attempts: questions, sales, notifications and replies whose processing keeps failing", """
         -- One row per item that failed and has not succeeded since; success deletes it.
         -- Questions and sales are skipped by the polls until next_attempt_at; notifications
         -- and replies keep their own schedule and land here when given up, to be reported.
@@ -253,7 +276,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         CREATE INDEX item_attempts_unreported ON item_attempts (reported_at, gave_up_at);
     """),
-    ("notifications: one pending row per topic and resource", """
+    _sql_step("notifications: one pending row per topic and resource", """
         -- A notification for a resource that is already waiting adds nothing but a count:
         -- `repeats` tells the poller something changed while it was fetching.
         ALTER TABLE notifications ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0;
@@ -262,7 +285,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE UNIQUE INDEX notifications_pending_once ON notifications (topic, resource)
             WHERE processed_at IS NULL;
     """),
-    ("watermarks: what stays of a pruned or erased question or sale, so its history is not imported again", """
+    _sql_step("watermarks: what stays of a pruned or erased question or sale, so its history is not imported again", """
         -- Ids and Mercado Livre dates only: never a buyer id, name or text (docs/privacidade.md).
         CREATE TABLE watermarks (
             kind TEXT NOT NULL,                 -- question | pack
@@ -278,7 +301,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX links_by_contact ON links (contact_id);
         CREATE INDEX links_message_by_pack ON links (json_extract(data, '$.pack_id')) WHERE kind = 'message';
     """),
-    ("replies: the receiver a claim reply was written for (complainant or mediator)", """
+    _sql_step("replies: the receiver a claim reply was written for (complainant or mediator)", """
         -- Read from the conversation's `meli_claim_reply_to` when the webhook is accepted:
         -- the agent's choice at the time of writing, not whatever the sidebar says later.
         ALTER TABLE replies ADD COLUMN receiver TEXT;
@@ -475,11 +498,10 @@ class Database:
                 current = conn.execute("PRAGMA user_version").fetchone()[0]
                 if current >= SCHEMA_VERSION:
                     break
-                description, sql = MIGRATIONS[current]
-                for statement in _statements(sql):
-                    conn.execute(statement)
+                step = MIGRATIONS[current]
+                step.apply(conn)
                 conn.execute(f"PRAGMA user_version = {current + 1}")
-            log.info("database migrated to version %d: %s", current + 1, description)
+            log.info("database migrated to version %d: %s", current + 1, step.description)
             current += 1
 
     def backup_to(self, target: str) -> int:
@@ -1519,12 +1541,6 @@ def _delete_notifications(conn: sqlite3.Connection, ids: list[str]) -> int:
         deleted += conn.execute("DELETE FROM notifications WHERE resource = ? OR resource LIKE ?",
                                 (value, f"%/{value}")).rowcount
     return deleted
-
-
-def _statements(sql: str) -> list[str]:
-    """Split a migration script into statements (executescript would COMMIT our transaction)."""
-    lines = [line.split("--", 1)[0] for line in sql.splitlines()]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
 def _link_row(row: dict | None) -> dict | None:

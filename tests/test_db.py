@@ -214,3 +214,23 @@ def test_the_backup_command_needs_only_the_database_path(tmp_path):
     again = subprocess.run([sys.executable, "main.py", "backup", str(target)], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+def _schema(conn) -> list[tuple]:
+    return conn.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+                        " ORDER BY type, name").fetchall()
+
+
+def test_a_database_written_before_migrations_became_steps_reaches_the_schema_of_a_new_one(tmp_path):
+    path = str(tmp_path / "old.db")
+    old = sqlite3.connect(path)
+    with open(os.path.join(ROOT, "tests", "schema_v10.sql")) as script:
+        old.executescript(script.read())
+    old.execute("INSERT INTO links (kind, external_id, status, created_at, updated_at)"
+                " VALUES ('question', '1', 'pending', 1, 1)")
+    old.commit()
+    old.close()
+    db = Database(path).open()
+    assert db.schema_version() == SCHEMA_VERSION
+    assert db.link("question", "1")["status"] == "pending"
+    assert _schema(db.conn()) == _schema(Database(str(tmp_path / "fresh.db")).open().conn())

@@ -316,8 +316,8 @@ def test_retention_days_below_the_minimum_stops_with_one_line(tmp_path, make_set
 def test_the_data_inventory_names_every_table_and_column_of_the_schema(tmp_path):
     inventory = (ROOT / "docs" / "privacidade.md").read_text()
     conn = sqlite3.connect(":memory:")
-    for _description, sql in MIGRATIONS:
-        conn.executescript(sql)
+    for step in MIGRATIONS:
+        step.apply(conn)
     tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     missing = []
     for table in tables:
