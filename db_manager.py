@@ -37,24 +37,24 @@ Chatwoot
   `pending`; the note is looked up by source_id, status and priority are idempotent.
 - `claim_moderation_reported` (bridge.sync.claims._report_moderated_reply): the row is `pending`
   and the report is redone (failed mark idempotent, note looked up by source_id).
-- `reply_reported` (bridge.replies.outbox.report_reply): reported_at is unset; the report is redone
+- `reply_reported` (bridge.replies.report.report_reply): reported_at is unset; the report is redone
   (status marks and resolving are idempotent, the note is looked up by source_id).
 
 Mercado Livre
-- `answer_posted` (bridge.replies.outbox._deliver_answer): the part stays `sending`. The questions sync
+- `answer_posted` (bridge.replies.delivery._deliver_answer): the part stays `sending`. The questions sync
   sees the question ANSWERED; an answer equal to an in-flight part is ours, so it records
   it as sent and links it instead of mirroring it as answered elsewhere; the outbox then
   finishes the reply without posting. Had the sync not run, the retry's POST gets
   `not_unanswered_question` and the published text decides. (A lost response, e.g. a
   timeout after Mercado Livre applied the POST, is the same case without a crash.)
-- `message_sent` (bridge.replies.outbox._deliver_message): the part stays `sending`. The retry finds it
+- `message_sent` (bridge.replies.delivery._deliver_message): the part stays `sending`. The retry finds it
   in the thread by text; the post-sale sync, reading the thread first, adopts a seller
   message equal to an in-flight part instead of mirroring it as sent outside Chatwoot.
-- `claim_message_sent` (bridge.replies.outbox._deliver_claim): the part stays `sending`. Claim messages
+- `claim_message_sent` (bridge.replies.delivery._deliver_claim): the part stays `sending`. Claim messages
   have no id: the retry counts the seller messages with the part's text since its first
   attempt that no sync accounted for, against sent parts with that text not adopted yet;
   the claims sync, meanwhile, leaves a seller message equal to an in-flight part alone.
-- `attachment_uploaded` (bridge.replies.outbox._upload_files): the upload id is not recorded; the retry
+- `attachment_uploaded` (bridge.replies.delivery._upload_files): the upload id is not recorded; the retry
   uploads again. The first upload is never used and expires (48 h): nobody sees it.
 - `token_refreshed` (mercado_livre_api._refresh): the new pair is lost and the old
   refresh token is dead (single use). Nothing can recover it: once the dead process's

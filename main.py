@@ -32,7 +32,7 @@ from bridge.admin import health
 from bridge.admin import setup as setup_chatwoot
 from bridge.http import ApiError
 from bridge.logging import setup_logging
-from bridge.replies import outbox
+from bridge.replies import delivery
 from bridge.services import Services, build_services
 from bridge.sync import claims as sync_claims
 from bridge.sync import notifications
@@ -67,7 +67,7 @@ def job_table(settings: Settings) -> list[tuple[str, Callable[[Services], dict],
         ("claims", sync_claims.sync_claims, settings.messages_poll_seconds),
         ("missed_feeds", notifications.read_missed_feeds, MISSED_FEEDS_INTERVAL),
         ("notifications", notifications.process_notifications, NOTIFICATIONS_INTERVAL),
-        ("outbox", outbox.run_outbox, OUTBOX_INTERVAL),
+        ("outbox", delivery.run_outbox, OUTBOX_INTERVAL),
         ("housekeeping", housekeeping, HOUSEKEEPING_INTERVAL),
     ]
 

@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from bridge.admin import health
 from bridge.http import ApiError
 from bridge.logging import setup_logging
-from bridge.replies import outbox
+from bridge.replies import accept
 from bridge.signature import token_matches, verify_signature
 from bridge.sync import notifications
 from config import Settings, problem_names, settings_or_wait
@@ -136,7 +136,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
         payload, problem = parse_object(raw)
         if problem:
             return jsonify(status="error", reason=problem), 400
-        status, code, extra = outbox.accept_webhook(payload, settings, db, clock())
+        status, code, extra = accept.accept_webhook(payload, settings, db, clock())
         conversation = payload.get("conversation")
         # Ids only when they are ids: a bad body must not put its contents into the log.
         log.info("webhook %s message=%s conversation=%s %s in %dms", status, _id_or_dash(payload.get("id")),

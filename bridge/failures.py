@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from bridge import source_ids
 from bridge.backoff import retry_delay
@@ -97,6 +97,20 @@ class Batch:
     @property
     def interrupted(self) -> bool:
         return self._streak >= OUTAGE_STREAK
+
+    @property
+    def stopped(self) -> bool:
+        """The poller is stopping, or the service looks down: the rest waits for the next run."""
+        return self.s.stopping.is_set() or self.interrupted
+
+    def due(self, items: Iterable, key: Callable[[Any], Any] = lambda item: item) -> Iterator:
+        """The items in order, skipping those in backoff, until the batch is stopped."""
+        for item in items:
+            if self.stopped:
+                return
+            if self.waiting(key(item)):
+                continue
+            yield item
 
     def keep_only(self, item_ids: set[str]) -> None:
         """The items that still need work; failures of any other item are forgotten."""

@@ -50,10 +50,31 @@ def settings(make_settings):
 
 
 @pytest.fixture
+def clock():
+    from tests.helpers import Clock
+    return Clock()
+
+
+@pytest.fixture
 def db(settings):
     database = Database(settings.database_path).open()
     yield database
     database.close()
+
+
+@pytest.fixture
+def make_client(settings, db):
+    """A test client of the listener (create_app), on this test's settings and database unless given."""
+    from webhook_server import create_app
+
+    def make(with_settings=None, with_db=None, **kwargs):
+        return create_app(with_settings or settings, db=with_db or db, **kwargs).test_client()
+    return make
+
+
+@pytest.fixture
+def client(make_client):
+    return make_client()
 
 
 # ---- end-to-end: fakes and real processes ---------------------------------------------------------

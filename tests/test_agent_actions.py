@@ -6,11 +6,11 @@ import time
 import pytest
 import responses
 
-from bridge.replies import outbox
-from bridge.services import build_services
+from bridge.replies import accept, delivery
 from bridge.sync import questions as sync_questions
 from bridge.sync.contacts import open_conversation
 from bridge.sync.questions import change_for
+from tests.helpers import authorized_services
 from tests.payloads import message_created
 
 API = "https://api.meli.test"
@@ -20,8 +20,7 @@ NOT_FOUND = {"error": "Resource could not be found"}
 
 @pytest.fixture
 def s(settings, db):
-    services = build_services(settings, db, sleep=lambda _s: None)
-    db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", time.time() + 21600, time.time())
+    services = authorized_services(settings, db)
     return services
 
 
@@ -149,7 +148,7 @@ def test_a_contact_merged_away_is_found_again_by_its_identifier(s):
 @responses.activate
 def test_a_failed_reply_from_a_deleted_conversation_is_told_in_the_sales_new_one(s):
     s.db.link_created("pack", "2000001", 1.0, conversation_id=77, contact_id=5, data={"buyer_id": 9})
-    status, _code, extra = outbox.accept_webhook(
+    status, _code, extra = accept.accept_webhook(
         message_created(message_id=9300, conversation_id=77, inbox_id=2, content="Obrigado 😀"),
         s.settings, s.db, time.time())
     assert status == "refused"
@@ -158,7 +157,7 @@ def test_a_failed_reply_from_a_deleted_conversation_is_told_in_the_sales_new_one
     responses.patch(f"{CW}/conversations/77/messages/9300", status=404, json=NOT_FOUND)
     responses.post(f"{CW}/conversations/77/messages", status=404, json=NOT_FOUND)
     responses.post(f"{CW}/conversations/88/messages", json={"id": 1})
-    assert outbox.run_outbox(s)["reported"] == 1
+    assert delivery.run_outbox(s)["reported"] == 1
     [note] = calls("POST", "/conversations/88/messages")
     body = json.loads(note.request.body)
     assert body["private"] is True and "U+1F600" in body["content"]

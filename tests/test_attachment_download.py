@@ -6,7 +6,7 @@ import time
 import pytest
 import responses
 
-from bridge.replies import outbox
+from bridge.replies import accept, delivery
 from bridge.services import build_services
 from chatwoot_api import ChatwootClient, DownloadRefused
 from tests.payloads import message_created
@@ -62,7 +62,7 @@ def test_a_foreign_redirect_reaches_the_agent_as_a_failed_mark_and_note(settings
     db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", time.time() + 21600, time.time())
     db.link_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
                     data={"buyer_id": 9, "blocked": False, "migrated": False})
-    status, _code, extra = outbox.accept_webhook(
+    status, _code, extra = accept.accept_webhook(
         message_created(message_id=9300, conversation_id=88, inbox_id=2, content="Segue a foto",
                         attachments=[{"id": 5, "file_type": "image", "extension": "png", "data_url": BLOB}]),
         settings, db, time.time())
@@ -72,7 +72,7 @@ def test_a_foreign_redirect_reaches_the_agent_as_a_failed_mark_and_note(settings
     responses.get(f"{CW}/conversations/88/messages", json={"payload": []})
     responses.post(f"{CW}/conversations/88/messages", json={"id": 1})
 
-    outbox.run_outbox(s)
+    delivery.run_outbox(s)
 
     reply = db.reply(extra["reply_id"])
     assert reply["status"] == "failed" and reply["reported_at"]

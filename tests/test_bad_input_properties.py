@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from bridge.signature import verify_signature
 from bridge.sync import notifications
+from tests.helpers import link_conversations
 from tests.payloads import message_created, signed
-from webhook_server import create_app
 
 # About 2000 examples in all; derandomized so CI sees the same cases every run.
 SETTINGS = settings(max_examples=600, derandomize=True, deadline=None, database=None,
@@ -81,11 +81,9 @@ def quick(db):
 
 
 @pytest.fixture
-def client(settings, db):
-    app = create_app(settings, db=quick(db))
-    db.link_created("question", "555", 1.0, conversation_id=77, contact_id=5, message_id=1, data={"state": "open"})
-    db.link_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5, data={"buyer_id": 9})
-    return app.test_client()
+def client(make_client, db):
+    link_conversations(db)
+    return make_client(with_db=quick(db))
 
 
 @SETTINGS
@@ -186,8 +184,8 @@ near_resources = st.sampled_from(["/questions/321", "/questions/", "/questions/-
 
 
 @pytest.fixture
-def notifications_client(make_settings, db):
-    return create_app(make_settings(MELI_USER_ID="555"), db=quick(db)).test_client()
+def notifications_client(make_client, make_settings, db):
+    return make_client(make_settings(MELI_USER_ID="555"), quick(db))
 
 
 @SETTINGS

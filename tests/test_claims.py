@@ -1,14 +1,13 @@
 """Claims: pure decisions, the listener's acceptance of claim replies, the sync against recorded state."""
 
 import json
-import time
 
 import pytest
 import responses
 
-from bridge.replies import outbox
-from bridge.services import build_services
+from bridge.replies import accept
 from bridge.sync import claims as sync_claims
+from tests.helpers import authorized_services
 from tests.payloads import message_created
 
 CLAIM_INBOX = 9
@@ -84,7 +83,7 @@ def test_the_deadline_counts_only_when_near_and_the_seller_owes_an_answer():
 
 
 def test_the_listener_ignores_the_claims_inbox_while_claims_are_off(settings, db):
-    status, code, extra = outbox.accept_webhook(message_created(inbox_id=CLAIM_INBOX), settings, db, 1000.0)
+    status, code, extra = accept.accept_webhook(message_created(inbox_id=CLAIM_INBOX), settings, db, 1000.0)
     assert (status, code, extra["reason"]) == ("ignored", 200, "not a Mercado Livre inbox")
 
 
@@ -92,12 +91,12 @@ def test_a_claim_reply_is_accepted_with_the_receiver_the_agent_chose(make_settin
     settings = make_settings(CHATWOOT_CLAIMS_INBOX_ID=str(CLAIM_INBOX))
     body = message_created(message_id=1, inbox_id=CLAIM_INBOX, content="Olá",
                            custom_attributes={"meli_claim_id": "5000001", "meli_claim_reply_to": "Mediador "})
-    status, _code, extra = outbox.accept_webhook(body, settings, db, 1000.0)
+    status, _code, extra = accept.accept_webhook(body, settings, db, 1000.0)
     assert status == "accepted" and extra["kind"] == "claim" and extra["target"] == "5000001"
     assert db.reply(extra["reply_id"])["receiver"] == "mediator"
     body = message_created(message_id=2, inbox_id=CLAIM_INBOX, content="Olá",
                            custom_attributes={"meli_claim_id": "5000001", "meli_claim_reply_to": ["x"]})
-    _status, _code, extra = outbox.accept_webhook(body, settings, db, 1000.0)
+    _status, _code, extra = accept.accept_webhook(body, settings, db, 1000.0)
     assert db.reply(extra["reply_id"])["receiver"] == "complainant"
 
 
@@ -107,7 +106,7 @@ def test_a_claim_reply_with_a_file_and_no_text_is_refused_with_a_note(make_setti
               "file_size": 100}]
     body = message_created(message_id=3, inbox_id=CLAIM_INBOX, content=None, attachments=files,
                            custom_attributes={"meli_claim_id": "5000001"})
-    status, _code, extra = outbox.accept_webhook(body, settings, db, 1000.0)
+    status, _code, extra = accept.accept_webhook(body, settings, db, 1000.0)
     assert status == "refused" and extra["reason"] == "anexo sem texto"
 
 
@@ -120,8 +119,7 @@ CLAIM_ID = "5000001"
 
 @pytest.fixture
 def s(make_settings, db):
-    services = build_services(make_settings(CHATWOOT_CLAIMS_INBOX_ID=str(CLAIM_INBOX)), db, sleep=lambda _s: None)
-    db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", time.time() + 21600, time.time())
+    services = authorized_services(make_settings(CHATWOOT_CLAIMS_INBOX_ID=str(CLAIM_INBOX)), db)
     data = {"buyer_id": 7001, "order_id": "2000001", "pack_id": "2000001", "stage": "claim", "status": "opened",
             "last_updated": "old", "due": "2026-11-22T10:00:00.000Z", "affects": "not_affected",
             "attributes": sync_claims.claim_attributes(claim(), None, "not_affected")}

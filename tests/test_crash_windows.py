@@ -7,11 +7,11 @@ import time
 import pytest
 import responses
 
-from bridge.replies import outbox
-from bridge.services import build_services
+from bridge.replies import accept, delivery
 from bridge.sync import questions as sync_questions
 from db_manager import Database
 from mercado_livre_api import MeliClient
+from tests.helpers import authorized_services
 from tests.payloads import message_created
 
 SELLER = 555000111
@@ -78,17 +78,16 @@ CW = "https://chat.example.test/api/v1/accounts/1"
 
 @pytest.fixture
 def s(settings, db):
-    services = build_services(settings, db, sleep=lambda _s: None)
-    db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", time.time() + 21600, time.time())
+    services = authorized_services(settings, db)
     db.link_created("question", "321", 1.0, conversation_id=77, contact_id=5, message_id=1, data={"state": "open"})
     return services
 
 
 def answer_in_flight(s, content):
     """An accepted reply whose POST /answers went out, the poller dying before recording it."""
-    outbox.accept_webhook(message_created(message_id=9123, content=content), s.settings, s.db, time.time())
+    accept.accept_webhook(message_created(message_id=9123, content=content), s.settings, s.db, time.time())
     reply = s.db.reply_by_message(9123)
-    s.db.reply_claim(reply["id"], time.time(), outbox.LEASE_SECONDS)
+    s.db.reply_claim(reply["id"], time.time(), delivery.LEASE_SECONDS)
     s.db.part_mark_sending(reply["id"], 0)
     return reply["id"]
 
@@ -109,7 +108,7 @@ def test_an_answered_question_with_our_in_flight_text_is_resolved_not_mirrored(s
     # The outbox, taking the reply back, finishes it without posting again.
     s.db.replies_release_leases(time.time())
     responses.patch(f"{CW}/conversations/77/messages/9123", json={"id": 9123})
-    assert outbox.run_outbox(s)["delivered"] == 1
+    assert delivery.run_outbox(s)["delivered"] == 1
     assert not [c for c in responses.calls if "/answers" in c.request.url]
 
 

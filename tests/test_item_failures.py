@@ -12,14 +12,13 @@ import responses
 
 from bridge import backoff, failures
 from bridge.admin import health
-from bridge.replies import outbox
-from bridge.services import build_services
+from bridge.replies import accept, delivery, report
 from bridge.sync import notifications
 from bridge.sync import questions as sync_questions
 from bridge.sync import sales as sync_messages
 from tests.conftest import base_env
+from tests.helpers import authorized_services
 from tests.payloads import message_created
-from webhook_server import create_app
 
 API = "https://api.meli.test"
 CW = "https://chat.example.test/api/v1/accounts/1"
@@ -27,28 +26,9 @@ SELLER = 555
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class Clock:
-    def __init__(self):
-        self.now = time.time()
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += seconds
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
 @pytest.fixture
 def s(settings, db, clock):
-    services = build_services(settings, db, sleep=lambda _s: None)
-    services.clock = clock
-    db.auth_store_authorized(SELLER, "LOJA", "AT-1", "RT-1", time.time() + 21600, time.time())
-    return services
+    return authorized_services(settings, db, clock)
 
 
 def question(qid, item_id="MLB1", buyer=9001):
@@ -300,7 +280,7 @@ def test_a_notification_raising_does_not_stop_the_later_ones_and_is_reported_whe
 def accept_message(s, pack_id, message_id, conversation_id):
     s.db.link_created("pack", pack_id, 1.0, conversation_id=conversation_id, contact_id=5,
                       data={"buyer_id": 9, "blocked": False, "migrated": False})
-    status, _code, extra = outbox.accept_webhook(
+    status, _code, extra = accept.accept_webhook(
         message_created(message_id=message_id, conversation_id=conversation_id, inbox_id=2, content="Enviado hoje"),
         s.settings, s.db, s.clock())
     assert status == "accepted"
@@ -319,15 +299,15 @@ def test_a_reply_raising_is_counted_backed_off_and_failed_with_a_note_after_a_da
         responses.patch(f"{CW}/conversations/{conv}/messages/{message}", json={"id": message})
         responses.get(f"{CW}/conversations/{conv}/messages", json={"payload": []})
         responses.post(f"{CW}/conversations/{conv}/messages", json={"id": 1})
-    counts = outbox.run_outbox(s)
+    counts = delivery.run_outbox(s)
     assert counts["delivered"] == 1 and counts["retry"] == 1
     assert s.db.reply(good)["status"] == "delivered"
     reply = s.db.reply(bad)
     assert reply["status"] == "pending" and reply["attempts"] == 1 and "AttributeError" in reply["error"]
     assert reply["next_attempt_at"] > clock()
     assert health.build_status(s.db, s.settings, clock())["checks"]["items"]["retrying"] == {"reply": 1}
-    clock.advance(outbox.GIVE_UP_AFTER + 1)
-    outbox.run_outbox(s)
+    clock.advance(report.GIVE_UP_AFTER + 1)
+    delivery.run_outbox(s)
     reply = s.db.reply(bad)
     assert reply["status"] == "failed" and reply["reported_at"]
     marks = [json.loads(c.request.body) for c in calls("PATCH", "/conversations/88/messages/9201")]
@@ -340,7 +320,7 @@ def test_a_report_raising_does_not_hold_up_the_other_reports_and_is_given_up_aft
     s.db.link_created("question", "321", 1.0, conversation_id=77, contact_id=5, message_id=1, data={"state": "open"})
     s.db.link_created("question", "322", 1.0, conversation_id=78, contact_id=5, message_id=1, data={"state": "open"})
     for message_id, conv in ((9301, 77), (9302, 78)):
-        status, _code, _extra = outbox.accept_webhook(
+        status, _code, _extra = accept.accept_webhook(
             message_created(message_id=message_id, conversation_id=conv, content="x" * 2100), s.settings, s.db,
             clock())
         assert status == "refused"
@@ -348,11 +328,11 @@ def test_a_report_raising_does_not_hold_up_the_other_reports_and_is_given_up_aft
         responses.post(f"{CW}/conversations/{conv}/messages", json={"id": 1})
     responses.get(f"{CW}/conversations/77/messages", json=["unexpected"])  # breaks the first report
     responses.get(f"{CW}/conversations/78/messages", json={"payload": []})
-    assert outbox.run_outbox(s)["reported"] == 1
+    assert delivery.run_outbox(s)["reported"] == 1
     assert s.db.reply_by_message(9302)["reported_at"] is not None
     assert s.db.reply_by_message(9301)["reported_at"] is None
-    clock.advance(outbox.GIVE_UP_AFTER + 1)
-    outbox.run_outbox(s)
+    clock.advance(report.GIVE_UP_AFTER + 1)
+    delivery.run_outbox(s)
     first = s.db.reply_by_message(9301)
     assert first["reported_at"] is not None
     row = s.db.item_attempt("reply", first["id"])
@@ -362,10 +342,10 @@ def test_a_report_raising_does_not_hold_up_the_other_reports_and_is_given_up_aft
 # ---- status ------------------------------------------------------------------------------------------
 
 @responses.activate
-def test_health_stays_200_and_names_given_up_items(s, clock):
+def test_health_stays_200_and_names_given_up_items(s, clock, make_client):
     s.db.item_failed("question", "7", "KeyError: 'id' at x.py:1", clock() + 86400, clock(), give_up=True)
     s.db.item_failed("pack", "9", "TypeError at y.py:2", clock() + 60, clock())
-    client = create_app(s.settings, db=s.db, clock=clock).test_client()
+    client = make_client(s.settings, s.db, clock=clock)
     resp = client.get("/health")
     assert resp.status_code == 200
     body = resp.json

@@ -44,3 +44,18 @@ def test_the_entry_points_do_not_import_each_other():
 def test_the_root_holds_only_the_entry_points_and_the_design_cards_modules():
     assert {p.name for p in ROOT.glob("*.py")} == {f"{m}.py" for m in ALLOWED} | {
         "main.py", "webhook_server.py", "gunicorn.conf.py"}
+
+
+def test_the_readme_code_map_names_every_module_once():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("### Code map", 1)[1].split("```", 2)[1]
+    named, folder = [], ""
+    for line in block.splitlines():
+        entry = line.split(maxsplit=1)[0] if line.strip() else ""
+        if entry.endswith("/"):
+            folder = entry
+        elif entry.endswith(".py"):
+            named.append(folder + entry if line.startswith("  ") else entry)
+    modules = [p.relative_to(ROOT).as_posix() for pattern in ("*.py", "bridge/**/*.py", "tools/*.py")
+               for p in ROOT.glob(pattern) if p.name != "__init__.py"]
+    assert sorted(named) == sorted(modules)

@@ -9,9 +9,9 @@ import responses
 from responses import matchers
 
 from bridge.http import PermanentError, TransientError
-from bridge.services import build_services
 from bridge.sync import sales as sync_messages
 from bridge.sync.contacts import is_gone
+from tests.helpers import authorized_services
 
 API = "https://api.meli.test"
 CW = "https://chat.example.test/api/v1/accounts/1"
@@ -22,8 +22,7 @@ MARK = {"tag": "post_sale", "limit": "10", "offset": "0"}
 
 @pytest.fixture
 def s(settings, db):
-    services = build_services(settings, db, sleep=lambda _s: None)
-    db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", time.time() + 21600, time.time())
+    services = authorized_services(settings, db)
     db.link_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
                     data={"buyer_id": 9, "blocked": False, "migrated": False})
     return services
@@ -126,7 +125,7 @@ def test_a_404_from_mercado_livre_is_not_taken_for_a_deleted_chatwoot_conversati
 
 @responses.activate
 def test_a_file_the_seller_sent_on_the_site_is_mirrored_after_a_failed_reply_left_a_part_half_sent(s):
-    from bridge.replies.outbox import accept_webhook
+    from bridge.replies.accept import accept_webhook
     from tests.payloads import message_created
     accept_webhook(message_created(message_id=9300, conversation_id=88, inbox_id=2, content="Ok"),
                    s.settings, s.db, time.time())
@@ -149,7 +148,7 @@ def test_a_file_the_seller_sent_on_the_site_is_mirrored_after_a_failed_reply_lef
 
 @responses.activate
 def test_a_reply_moderated_after_its_first_check_is_still_shown_failed_to_the_agent(s):
-    from bridge.replies.outbox import accept_webhook
+    from bridge.replies.accept import accept_webhook
     from tests.payloads import message_created
     now = time.time()
     accept_webhook(message_created(message_id=9400, conversation_id=88, inbox_id=2, content="Me chama no zap"),
@@ -178,7 +177,7 @@ def test_a_reply_moderated_after_its_first_check_is_still_shown_failed_to_the_ag
 
 @responses.activate
 def test_a_lost_send_at_the_end_of_a_long_thread_is_found_instead_of_sent_again(s):
-    from bridge.replies import outbox
+    from bridge.replies import delivery
     since = time.time()
     old = [dict(buyer_message(f"o{i}", f"antiga {i}"), message_date={"created": "2026-01-01T10:00:00.000Z"})
            for i in range(249)]
@@ -194,33 +193,33 @@ def test_a_lost_send_at_the_end_of_a_long_thread_is_found_instead_of_sent_again(
 
     responses.add_callback(responses.GET, THREAD, callback=thread_page)
     part = {"text": "Enviado hoje", "attachments": []}
-    assert outbox._find_sent_part(s, "2000001", 555, part, since) == "m-late"
+    assert delivery._find_sent_part(s, "2000001", 555, part, since) == "m-late"
 
 
 @responses.activate
 def test_a_later_reply_waits_when_the_earlier_one_is_in_another_pollers_hands(s):
-    from bridge.replies import outbox
+    from bridge.replies import accept, delivery
     from tests.payloads import message_created
     for message_id, content in ((9501, "Primeiro"), (9502, "Segundo")):
-        outbox.accept_webhook(message_created(message_id=message_id, conversation_id=88, inbox_id=2,
+        accept.accept_webhook(message_created(message_id=message_id, conversation_id=88, inbox_id=2,
                                               content=content), s.settings, s.db, time.time())
     first, second = s.db.replies_active_for_target("message", "2000001")
     # Between the listing of due replies and the claim, another poller (e.g. `--once`) took the first.
     assert s.db.reply_claim(first["id"], time.time(), 300) is not None
     responses.post(THREAD, json={"id": "m-x"})
-    outbox._deliver_in_order(s, [first["id"], second["id"]])
+    delivery._deliver_in_order(s, [first["id"], second["id"]])
     assert not [c for c in responses.calls if c.request.method == "POST"]
     assert s.db.reply(second["id"])["status"] == "pending"
 
 
 @responses.activate
 def test_a_long_reply_keeps_its_lease_while_its_parts_go_out(s):
-    from bridge.replies import outbox
+    from bridge.replies import accept, delivery
     from tests.payloads import message_created
     clock = {"now": time.time()}
     s.clock = lambda: clock["now"]
     long_text = ("Primeira parte do texto. " * 14 + "\n\n" + "Segunda parte do texto. " * 14).strip()
-    outbox.accept_webhook(message_created(message_id=9700, conversation_id=88, inbox_id=2, content=long_text),
+    accept.accept_webhook(message_created(message_id=9700, conversation_id=88, inbox_id=2, content=long_text),
                           s.settings, s.db, clock["now"])
     reply = s.db.replies_active_for_target("message", "2000001")[0]
     assert len(s.db.reply_parts(reply["id"])) == 2
@@ -228,11 +227,11 @@ def test_a_long_reply_keeps_its_lease_while_its_parts_go_out(s):
 
     def send(_request):
         # Each part takes two thirds of a lease (Mercado Livre slow, retries, rate pacing)...
-        clock["now"] += outbox.LEASE_SECONDS * 2 / 3
+        clock["now"] += delivery.LEASE_SECONDS * 2 / 3
         # ...and a second poller (`main.py --once`) looks for replies whose worker died.
-        taken_by_another.append(s.db.reply_claim(reply["id"], clock["now"] + 20, outbox.LEASE_SECONDS))
+        taken_by_another.append(s.db.reply_claim(reply["id"], clock["now"] + 20, delivery.LEASE_SECONDS))
         return 200, {}, json.dumps({"id": f"m-{len(taken_by_another)}"})
 
     responses.add_callback(responses.POST, THREAD, callback=send)
-    assert outbox.deliver(s, reply["id"]) == "delivered"
+    assert delivery.deliver(s, reply["id"]) == "delivered"
     assert taken_by_another == [None, None]

@@ -7,13 +7,11 @@ import pytest
 import db_manager
 from bridge.sync import notifications
 from db_manager import Database
-from webhook_server import create_app
 
 
 @pytest.fixture
-def client(make_settings, db):
-    app = create_app(make_settings(MELI_USER_ID="555"), db=db)
-    return app.test_client()
+def client(make_client, make_settings):
+    return make_client(make_settings(MELI_USER_ID="555"))
 
 
 def body(**kw):
@@ -85,8 +83,8 @@ def test_the_application_id_may_be_a_string(client, db):
     assert client.post("/notifications", json=body(application_id="123456")).json["status"] == "recorded"
 
 
-def test_notifications_are_ignored_while_the_seller_is_unknown(make_settings, db):
-    client = create_app(make_settings(), db=db).test_client()  # no MELI_USER_ID, nothing authorized yet
+def test_notifications_are_ignored_while_the_seller_is_unknown(make_settings, db, make_client):
+    client = make_client(make_settings())  # no MELI_USER_ID, nothing authorized yet
     resp = client.post("/notifications", json=body())
     assert resp.status_code == 200 and resp.json == {"status": "ignored", "reason": "seller not known yet"}
     db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", 9e12, 1.0)
@@ -152,10 +150,10 @@ def test_a_notification_during_the_fetch_keeps_the_resource_due(db):
 
 
 def test_beyond_the_queue_bound_notifications_are_dropped_with_200_and_counted_once_a_minute(
-        make_settings, db, monkeypatch, caplog):
+        make_settings, db, make_client, monkeypatch, caplog):
     monkeypatch.setattr(notifications, "MAX_PENDING", 3)
     monkeypatch.setattr(notifications, "DROPPED", notifications.LogTally("dropped"))
-    client = create_app(make_settings(MELI_USER_ID="555"), db=db, clock=lambda: 1000.0).test_client()
+    client = make_client(make_settings(MELI_USER_ID="555"), clock=lambda: 1000.0)
     with caplog.at_level(logging.WARNING, logger="bridge.notifications"):
         statuses = [client.post("/notifications", json=body(_id=f"n-{n}", resource=f"/questions/{n}")).json["status"]
                     for n in range(10)]

@@ -3,7 +3,7 @@
 import threading
 import time
 
-from bridge.replies import outbox
+from bridge.replies import accept
 from db_manager import Database
 from tests.payloads import message_created
 
@@ -26,7 +26,7 @@ def test_concurrent_answers_to_one_question_leave_exactly_one_to_send(settings, 
                 barrier.wait(timeout=30)
                 body = message_created(message_id=(q + 1) * 100 + index, conversation_id=500 + q,
                                        content=f"Resposta {index}")
-                status, _code, _extra = outbox.accept_webhook(body, settings, workers[index], time.time())
+                status, _code, _extra = accept.accept_webhook(body, settings, workers[index], time.time())
                 results.append((q, status))
         except BaseException as exc:  # noqa: BLE001 — reported by the main thread
             errors.append(exc)
@@ -51,7 +51,7 @@ def test_concurrent_answers_to_one_question_leave_exactly_one_to_send(settings, 
 
 def test_a_failed_answer_does_not_block_the_next_one(settings, db):
     db.link_created("question", "7", 1.0, conversation_id=70, contact_id=5, message_id=1)
-    empty = outbox.accept_webhook(message_created(message_id=1, conversation_id=70, content=" "), settings, db, 1.0)
+    empty = accept.accept_webhook(message_created(message_id=1, conversation_id=70, content=" "), settings, db, 1.0)
     assert empty[0] == "refused"
-    good = outbox.accept_webhook(message_created(message_id=2, conversation_id=70), settings, db, 2.0)
+    good = accept.accept_webhook(message_created(message_id=2, conversation_id=70), settings, db, 2.0)
     assert good[0] == "accepted"

@@ -6,8 +6,9 @@ import time
 import pytest
 import responses
 
-from bridge.replies import outbox
-from bridge.services import build_services
+from bridge.replies import delivery
+from bridge.replies.accept import accept_webhook
+from tests.helpers import authorized_services
 from tests.payloads import message_created
 
 API = "https://api.meli.test"
@@ -16,14 +17,13 @@ CW = "https://chat.example.test/api/v1/accounts/1"
 
 @pytest.fixture
 def s(settings, db):
-    services = build_services(settings, db, sleep=lambda _s: None)
-    db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", time.time() + 21600, time.time())
+    services = authorized_services(settings, db)
     db.link_created("question", "321", 1.0, conversation_id=77, contact_id=5, message_id=1, data={"state": "open"})
     return services
 
 
 def accept(s, content="Temos sim, pode comprar!", message_id=9123):
-    status, _code, extra = outbox.accept_webhook(message_created(message_id=message_id, content=content),
+    status, _code, extra = accept_webhook(message_created(message_id=message_id, content=content),
                                                  s.settings, s.db, time.time())
     assert status in ("accepted", "refused")
     return extra["reply_id"]
@@ -41,7 +41,7 @@ def calls(method, url_part):
 
 
 def run(s):
-    return outbox.run_outbox(s)
+    return delivery.run_outbox(s)
 
 
 @responses.activate
@@ -199,11 +199,11 @@ def test_a_chatwoot_outage_delays_the_report_but_keeps_it(s):
 def test_a_crashed_worker_reply_is_taken_again_after_its_lease(s):
     reply_id = accept(s)
     s.db.reply_claim(reply_id, time.time(), 300)  # a worker took it, then died
-    assert outbox.run_outbox(s)["delivered"] == 0
+    assert delivery.run_outbox(s)["delivered"] == 0
     s.db.conn().execute("UPDATE replies SET lease_until = 0")
     responses.post(f"{API}/answers", json={"id": 321})
     chatwoot_ok()
-    assert outbox.run_outbox(s)["delivered"] == 1
+    assert delivery.run_outbox(s)["delivered"] == 1
 
 
 @responses.activate

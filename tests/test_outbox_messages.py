@@ -7,9 +7,10 @@ from datetime import datetime, timezone
 import pytest
 import responses
 
-from bridge.replies import outbox, refusal
-from bridge.services import build_services
+from bridge.replies import delivery, refusal
+from bridge.replies.accept import accept_webhook
 from mercado_livre_api import MELI_AGENT_ID
+from tests.helpers import authorized_services
 from tests.payloads import message_created
 
 API = "https://api.meli.test"
@@ -20,15 +21,14 @@ SENTENCE = "Seu pedido foi enviado hoje pela transportadora e chega em breve. " 
 
 @pytest.fixture
 def s(settings, db):
-    services = build_services(settings, db, sleep=lambda _s: None)
-    db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", time.time() + 21600, time.time())
+    services = authorized_services(settings, db)
     db.link_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
                     data={"buyer_id": 9, "blocked": False, "migrated": False})
     return services
 
 
 def accept(s, content, attachments=None, message_id=9200):
-    status, _code, extra = outbox.accept_webhook(
+    status, _code, extra = accept_webhook(
         message_created(message_id=message_id, conversation_id=88, inbox_id=2, content=content,
                         attachments=attachments), s.settings, s.db, time.time())
     return status, extra.get("reply_id")
@@ -75,7 +75,7 @@ def test_a_900_character_reply_goes_out_as_3_ordered_parts(s):
     assert status == "accepted"
     sent_ok(3)
     chatwoot_ok()
-    outbox.run_outbox(s)
+    delivery.run_outbox(s)
     bodies = posts()
     assert len(bodies) == 3 and all(len(b["text"]) <= 350 for b in bodies)
     assert " ".join(b["text"] for b in bodies).split() == content.split()
@@ -101,7 +101,7 @@ def test_a_crash_between_parts_sends_no_part_twice(s):
         "conversation_status": {"status": "active"}})
     sent_ok(1)
     chatwoot_ok()
-    outbox.run_outbox(s)
+    delivery.run_outbox(s)
     bodies = posts()
     assert [b["text"] for b in bodies] == [parts[2]["text"]]
     assert s.db.reply(reply_id)["status"] == "delivered"
@@ -116,7 +116,7 @@ def test_a_part_in_flight_that_never_arrived_is_sent(s):
     responses.get(THREAD, json={"paging": {"total": 0}, "messages": [], "conversation_status": {"status": "active"}})
     sent_ok(1)
     chatwoot_ok()
-    outbox.run_outbox(s)
+    delivery.run_outbox(s)
     assert [b["text"] for b in posts()] == ["Oi, tudo certo!"]
 
 
@@ -126,7 +126,7 @@ def test_a_migrated_thread_is_answered_to_the_meli_agent(s):
     accept(s, "Olá!")
     sent_ok(1)
     chatwoot_ok()
-    outbox.run_outbox(s)
+    delivery.run_outbox(s)
     assert posts()[0]["to"] == {"user_id": MELI_AGENT_ID}
 
 
@@ -141,7 +141,7 @@ def test_a_pdf_is_downloaded_from_chatwoot_uploaded_once_and_sent_with_the_text(
         {"id": 5, "file_type": "file", "extension": "pdf", "data_url": data_url, "file_size": 13}])
     sent_ok(1)
     chatwoot_ok()
-    outbox.run_outbox(s)
+    delivery.run_outbox(s)
     assert posts()[0]["attachments"] == ["att-1"] and posts()[0]["text"] == "Segue a nota"
     uploads = [c for c in responses.calls if c.request.url.startswith(f"{API}/messages/attachments")]
     assert len(uploads) == 1 and b"%PDF-1.4 nota" in uploads[0].request.body
@@ -157,12 +157,12 @@ def test_an_upload_is_not_repeated_when_the_send_is_retried(s):
     _status, reply_id = accept(s, "Foto", attachments=[
         {"id": 5, "file_type": "image", "extension": "png", "data_url": data_url}])
     responses.post(THREAD, status=429, json={"error": "too_many_requests"}, headers={"Retry-After": "0"})
-    outbox.run_outbox(s)
+    delivery.run_outbox(s)
     assert s.db.reply(reply_id)["status"] == "pending"
     s.db.conn().execute("UPDATE replies SET next_attempt_at = 0")
     responses.replace(responses.POST, THREAD, json={"id": "m1"})
     chatwoot_ok()
-    outbox.run_outbox(s)
+    delivery.run_outbox(s)
     uploads = [c for c in responses.calls if c.request.url.startswith(f"{API}/messages/attachments")]
     assert len(uploads) == 1 and s.db.reply(reply_id)["status"] == "delivered"
 
@@ -173,7 +173,7 @@ def test_a_blocked_thread_fails_with_an_explanation(s):
     responses.post(THREAD, status=403, json={"error": "blocked_conversation_send_message_forbidden",
                                              "message": "blocked", "status": 403})
     chatwoot_ok()
-    outbox.run_outbox(s)
+    delivery.run_outbox(s)
     reply = s.db.reply(reply_id)
     assert reply["status"] == "failed" and "bloqueada" in reply["error"]
     note = [json.loads(c.request.body) for c in responses.calls
@@ -186,7 +186,7 @@ def test_curly_quotes_are_converted_and_an_emoji_is_refused(s):
     accept(s, "Ele disse “chega amanhã” — ok…", message_id=1)
     sent_ok(1)
     responses.patch(f"{CW}/conversations/88/messages/1", json={})
-    outbox.run_outbox(s)
+    delivery.run_outbox(s)
     assert posts()[0]["text"] == 'Ele disse "chega amanhã" - ok...'
     status, reply_id = accept(s, "Obrigado 😀", message_id=2)
     assert status == "refused"
@@ -198,7 +198,7 @@ def test_a_429_with_retry_after_is_waited_and_nothing_is_lost(s):
     _status, reply_id = accept(s, "Olá")
     responses.post(THREAD, status=429, json={"error": "too_many_requests"}, headers={"Retry-After": "30"})
     before = time.time()
-    outbox.run_outbox(s)
+    delivery.run_outbox(s)
     reply = s.db.reply(reply_id)
     assert reply["status"] == "pending" and reply["next_attempt_at"] >= before + 30
     assert s.db.reply_parts(reply_id)[0]["status"] == "pending"
@@ -218,7 +218,7 @@ def test_reconciling_a_part_ignores_an_earlier_reply_with_the_same_text(s):
         {"id": "m-old", "from": {"user_id": 555}, "text": "Ok"}], "conversation_status": {"status": "active"}})
     sent_ok(1)
     responses.patch(f"{CW}/conversations/88/messages/2", json={})
-    outbox.run_outbox(s)
+    delivery.run_outbox(s)
     assert [b["text"] for b in posts()] == ["Ok"]
     assert s.db.reply(second)["status"] == "delivered"
 
@@ -228,14 +228,14 @@ def test_replies_to_one_sale_go_out_in_order_while_others_go_in_parallel(s):
     s.db.link_created("pack", "2000002", 1.0, conversation_id=89, contact_id=6, data={"buyer_id": 10})
     for n, text in enumerate(["primeira", "segunda", "terceira"]):
         accept(s, text, message_id=100 + n)
-    outbox.accept_webhook(message_created(message_id=200, conversation_id=89, inbox_id=2, content="outra venda"),
+    accept_webhook(message_created(message_id=200, conversation_id=89, inbox_id=2, content="outra venda"),
                           s.settings, s.db, time.time())
     sent_ok(3)
     responses.post(f"{API}/messages/packs/2000002/sellers/555", json={"id": "x"})
     for mid in (100, 101, 102):
         responses.patch(f"{CW}/conversations/88/messages/{mid}", json={})
     responses.patch(f"{CW}/conversations/89/messages/200", json={})
-    counts = outbox.run_outbox(s)
+    counts = delivery.run_outbox(s)
     assert counts["delivered"] == 4 and counts["reported"] == 4
     assert [b["text"] for b in posts()] == ["primeira", "segunda", "terceira"]
 
@@ -244,10 +244,10 @@ def test_replies_to_one_sale_go_out_in_order_while_others_go_in_parallel(s):
 def test_a_later_reply_waits_for_an_earlier_one_to_the_same_sale(s):
     _status, first = accept(s, "primeira", message_id=1)
     responses.post(THREAD, status=503, json={"message": "down"})
-    outbox.run_outbox(s)
+    delivery.run_outbox(s)
     assert s.db.reply(first)["status"] == "pending"  # waiting to retry
     _status, second = accept(s, "segunda", message_id=2)
-    outbox.run_outbox(s)
+    delivery.run_outbox(s)
     assert s.db.reply(second)["status"] == "pending" and s.db.reply(second)["attempts"] == 0
     s.db.conn().execute("UPDATE replies SET next_attempt_at = 0")
     # The 503 left "primeira" in doubt: the thread is read before sending it again.
@@ -255,7 +255,7 @@ def test_a_later_reply_waits_for_an_earlier_one_to_the_same_sale(s):
     responses.replace(responses.POST, THREAD, json={"id": "m1"})
     for mid in (1, 2):
         responses.patch(f"{CW}/conversations/88/messages/{mid}", json={})
-    outbox.run_outbox(s)
+    delivery.run_outbox(s)
     assert [b["text"] for b in posts()] == ["primeira", "primeira", "segunda"]
     assert s.db.reply(second)["status"] == "delivered"
 
@@ -268,7 +268,7 @@ def test_an_older_site_message_with_the_same_text_is_not_taken_for_a_lost_send(s
         seller_message("m-site", "Obrigado!", time.time() - 3600)], "conversation_status": {"status": "active"}})
     sent_ok(1)
     chatwoot_ok()
-    outbox.run_outbox(s)
+    delivery.run_outbox(s)
     assert [b["text"] for b in posts()] == ["Obrigado!"]
     assert s.db.reply_parts(reply_id)[0]["status"] == "sent" and s.db.reply(reply_id)["status"] == "delivered"
 
@@ -282,7 +282,7 @@ def test_a_site_message_already_mirrored_is_not_taken_for_a_lost_send(s):
         seller_message("m-site", "Ok", time.time() - 60)], "conversation_status": {"status": "active"}})
     sent_ok(1)
     chatwoot_ok()
-    outbox.run_outbox(s)
+    delivery.run_outbox(s)
     assert [b["text"] for b in posts()] == ["Ok"]
     assert s.db.reply_parts(reply_id)[0]["remote_id"] == "m0"
 
@@ -294,7 +294,7 @@ def test_a_lost_send_created_after_the_first_attempt_is_recognised(s):
         seller_message("m-old", "Ok", time.time() - 3600), seller_message("m-ours", "Ok", time.time() - 590)],
         "conversation_status": {"status": "active"}})
     chatwoot_ok()
-    outbox.run_outbox(s)
+    delivery.run_outbox(s)
     assert posts() == []
     assert s.db.reply_parts(reply_id)[0]["remote_id"] == "m-ours" and s.db.reply(reply_id)["status"] == "delivered"
 
@@ -309,7 +309,7 @@ def test_a_later_part_refused_tells_which_parts_reached_the_buyer_and_what_is_le
     responses.post(THREAD, status=400, json={"message": "message length exceeded", "error": "bad_request",
                                              "status": 400})
     chatwoot_ok()
-    outbox.run_outbox(s)
+    delivery.run_outbox(s)
     reply = s.db.reply(reply_id)
     assert reply["status"] == "failed"
     assert reply["error"].startswith("partes 1 e 2 de 3 enviadas")

@@ -8,9 +8,9 @@ import pytest
 import responses
 from responses import matchers
 
-from bridge.replies import outbox
-from bridge.services import build_services
+from bridge.replies import accept
 from bridge.sync import sales as sync_messages
+from tests.helpers import authorized_services
 from tests.payloads import message_created
 
 API = "https://api.meli.test"
@@ -22,8 +22,7 @@ MARK = {"tag": "post_sale", "limit": "10", "offset": "0"}
 
 @pytest.fixture
 def s(settings, db):
-    services = build_services(settings, db, sleep=lambda _s: None)
-    db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", time.time() + 21600, time.time())
+    services = authorized_services(settings, db)
     db.link_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
                     data={"buyer_id": 9, "blocked": False, "migrated": False})
     return services
@@ -107,7 +106,7 @@ def test_a_mark_read_interrupted_by_a_crash_is_synced_again_on_the_next_poll(s):
 
 @responses.activate
 def test_a_seller_message_like_a_reply_part_in_flight_is_not_mirrored_as_typed_on_the_site(s):
-    outbox.accept_webhook(message_created(message_id=9200, conversation_id=88, inbox_id=2, content="Ok"),
+    accept.accept_webhook(message_created(message_id=9200, conversation_id=88, inbox_id=2, content="Ok"),
                           s.settings, s.db, time.time())
     reply = s.db.replies_active_for_target("message", "2000001")[0]
     s.db.reply_claim(reply["id"], time.time(), 300)

@@ -3,7 +3,7 @@
 import hashlib
 
 from bridge import source_ids
-from bridge.replies import outbox
+from bridge.replies import accept
 
 ALL = [source_ids.buyer(9), source_ids.buyer_for_contact(9, 4), source_ids.question(5), source_ids.answer(5),
        source_ids.message("m1"), source_ids.claim_event(3, "opened"), source_ids.claim_message("3:complainant:x"),
@@ -28,4 +28,4 @@ def test_every_id_the_bridge_builds_is_parsed_back_and_caught_by_the_echo_guard(
 def test_the_listener_refuses_a_message_carrying_any_of_them(settings):
     for source_id in ALL:
         payload = {"message_type": "outgoing", "private": False, "source_id": source_id, "sender": {"type": "user"}}
-        assert outbox._not_for_us(payload, settings.chatwoot_questions_inbox_id, settings) == "created by the bridge"
+        assert accept._not_for_us(payload, settings.chatwoot_questions_inbox_id, settings) == "created by the bridge"

@@ -125,7 +125,7 @@ def test_a_quiet_sweep_does_not_clear_a_mark_read_another_thread_has_in_flight(s
 
 @responses.activate
 def test_a_moderation_check_on_a_failing_thread_does_not_stop_the_sweep(s):
-    from bridge.replies.outbox import accept_webhook
+    from bridge.replies.accept import accept_webhook
     from tests.payloads import message_created
     now = time.time()
     s.db.link_created("pack", "3000001", 1.0, conversation_id=89, contact_id=5,

@@ -22,19 +22,6 @@ from mercado_livre_api import REFRESH_LEASE, REFRESH_PAUSE, MeliClient, Reauthor
 API = "https://api.meli.test"
 
 
-class Clock:
-    def __init__(self, t=1_000_000.0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
 def store(db, clock, access="AT-1", refresh="RT-1", expires_in=21600.0, user_id=555):
     db.auth_store_authorized(user_id, "LOJA", access, refresh, clock() + expires_in, clock())
 
@@ -163,7 +150,7 @@ def test_invalid_grant_while_another_refresh_is_in_flight_waits_for_its_pair(mel
         return INVALID_GRANT
 
     responses.add_callback(responses.POST, f"{API}/oauth/token", callback=other_process_refreshing)
-    clock.t += REFRESH_LEASE + 1
+    clock.advance(REFRESH_LEASE + 1)
     with pytest.raises(TransientError):
         meli.access_token(wait_seconds=0)
     assert db.auth()["status"] == "active"
@@ -246,7 +233,7 @@ def test_a_lost_refresh_answer_pauses_then_retries_the_same_token(meli, db, cloc
     with pytest.raises(TransientError):
         meli.access_token(wait_seconds=0)
     assert len(responses.calls) == 1
-    clock.t += REFRESH_PAUSE
+    clock.advance(REFRESH_PAUSE)
     assert meli.access_token() == "AT-2"
     assert [parse_qs(c.request.body)["refresh_token"] for c in responses.calls] == [["RT-1"], ["RT-1"]]
 
@@ -259,7 +246,7 @@ def test_a_lost_answer_whose_retry_is_refused_requires_reauthorization_once(meli
     with pytest.raises(TransientError):
         meli.access_token()
     assert db.auth()["status"] == "active"
-    clock.t += REFRESH_PAUSE
+    clock.advance(REFRESH_PAUSE)
     with pytest.raises(ReauthorizationRequired):
         meli.access_token()
     with pytest.raises(ReauthorizationRequired):

@@ -12,19 +12,6 @@ from webhook_server import create_app
 API = "https://api.meli.test"
 
 
-class Clock:
-    def __init__(self, t=1_000_000.0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
 @pytest.fixture
 def meli(settings, db, clock):
     return MeliClient(settings, db, clock=clock, sleep=lambda s: None)
@@ -103,10 +90,10 @@ def test_invalid_grant_requires_reauthorization(meli, db, clock, settings):
 
 
 @responses.activate
-def test_health_answers_503_naming_reauthorization(settings, db, clock):
+def test_health_answers_503_naming_reauthorization(db, clock, make_client):
     store(db, clock)
     db.auth_require_reauthorization("refused", clock())
-    client = create_app(settings, db=db, clock=clock).test_client()
+    client = make_client(clock=clock)
     resp = client.get("/health")
     assert resp.status_code == 503
     assert "reauthorization required" in resp.json["checks"]["authorization"]["error"]
@@ -207,7 +194,7 @@ def test_the_callback_refuses_an_unknown_or_expired_state(callback, clock):
     client, meli = callback
     assert client.get("/oauth/callback?code=TG-abc&state=made-up").status_code == 400
     state = parse_qs(urlsplit(meli.authorization_url()).query)["state"][0]
-    clock.t += 601
+    clock.advance(601)
     assert client.get(f"/oauth/callback?code=TG-abc&state={state}").status_code == 400
     assert len(responses.calls) == 0
 

@@ -6,16 +6,13 @@ import time
 
 import pytest
 
+from tests.helpers import link_conversations
 from tests.payloads import SECRET, message_created, signed
-from webhook_server import create_app
 
 
-@pytest.fixture
-def client(settings, db):
-    app = create_app(settings, db=db)
-    db.link_created("question", "555", 1.0, conversation_id=77, contact_id=5, message_id=1, data={"state": "open"})
-    db.link_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5, data={"buyer_id": 9})
-    return app.test_client()
+@pytest.fixture(autouse=True)
+def linked(db):
+    link_conversations(db)
 
 
 def post(client, body, **kw):

@@ -30,8 +30,8 @@ from bridge.paging import Pages
 from bridge.services import Services
 from bridge.sync import moderation
 from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
-from bridge.sync.ensure import ensure_message, ensure_note, mirror_with_files
-from bridge.sync.sales import CHATWOOT_MAX_FILE, CHATWOOT_MAX_FILES, SALE_URL, parse_date
+from bridge.sync.ensure import ensure_message, ensure_note, fetch_files, mirror_with_files
+from bridge.sync.sales import SALE_URL, parse_date
 from db_manager import crashpoint
 from mercado_livre_api import ReauthorizationRequired
 
@@ -288,11 +288,7 @@ def sync_claims(s: Services) -> dict:
         # Gone from the open list: closed (or out of reach). Read once more to learn how.
         due += [cid for cid in open_links if cid not in listed]
         batch.keep_only(set(due))
-    for claim_id in due:
-        if s.stopping.is_set() or batch.interrupted:
-            break
-        if batch.waiting(claim_id):
-            continue
+    for claim_id in batch.due(due):
         ok, _ = batch.run(claim_id, sync_claim, s, claim_id)
         counts["synced"] += ok
     counts["deadlines"] = check_deadlines(s)
@@ -574,27 +570,12 @@ def _mirror(s: Services, claim_id: str, conversation_id: int, key: str, message:
 
 
 def _download_files(s: Services, claim_id: str, message: dict) -> tuple[list, list]:
-    files, skipped = [], []
-    for attachment in message.get("attachments") or []:
-        if not isinstance(attachment, dict) or not attachment.get("filename"):
-            continue
-        name = attachment.get("original_filename") or attachment["filename"]
-        size = int(attachment.get("size") or 0)
-        if size > CHATWOOT_MAX_FILE or len(files) >= CHATWOOT_MAX_FILES:
-            skipped.append((name, "acima do limite do Chatwoot"))
-            continue
-        try:
-            content, ctype = s.meli.download_claim_attachment(claim_id, attachment["filename"])
-        except PermanentError as exc:
-            # The message still comes in, saying so (is_gone never takes this 404, Mercado
-            # Livre's, for a deleted Chatwoot conversation; the message must not wait either).
-            skipped.append((name, f"não disponível no Mercado Livre: erro {exc.status}"))
-            continue
-        if len(content) > CHATWOOT_MAX_FILE:
-            skipped.append((name, "acima do limite do Chatwoot"))
-            continue
-        files.append((name, content, ctype))
-    return files, skipped
+    # A file Mercado Livre refuses: the message still comes in, saying so (is_gone never takes
+    # this 404, Mercado Livre's, for a deleted Chatwoot conversation; the message must not wait either).
+    return fetch_files(((a.get("original_filename") or a["filename"], int(a.get("size") or 0),
+                         lambda a=a: s.meli.download_claim_attachment(claim_id, a["filename"]))
+                        for a in message.get("attachments") or [] if isinstance(a, dict) and a.get("filename")),
+                       lambda exc: f"não disponível no Mercado Livre: erro {exc.status}")
 
 
 def _report_moderated_reply(s: Services, claim_id: str, key: str, link: dict, message: dict,
@@ -607,15 +588,8 @@ def _report_moderated_reply(s: Services, claim_id: str, key: str, link: dict, me
     reply = s.db.reply_by_message(link["message_id"]) if link["message_id"] else None
     if reply:
         reason = moderation_reason(message)
-        try:
-            s.chatwoot.set_message_status(reply["conversation_id"], reply["chatwoot_message_id"], "failed",
-                                          f"bloqueada pela moderação: {reason}"[:200])
-        except PermanentError as exc:
-            if not is_gone(exc):
-                raise
-        ensure_note(s, conversation_id, f"O Mercado Livre aceitou e depois bloqueou sua mensagem na moderação "
-                                        f"({reason}). O destinatário não a recebeu. Reescreva sem links, "
-                                        "telefones, e-mails ou endereços e envie de novo.",
+        moderation.mark_reply_blocked(s, reply, reason)
+        ensure_note(s, conversation_id, moderation.blocked_reply_note(reason, "O destinatário"),
                     source_ids.claim_moderation_note(key), look_first=not fresh)
         crashpoint("claim_moderation_reported")
         log.warning("claim reply moderated claim=%s reply=%s conversation=%s reason=%s", claim_id, reply["id"],

@@ -8,10 +8,15 @@ a crash never shows a buyer message twice. A fresh intent skips the look-up (one
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
+from bridge.http import PermanentError
 from bridge.services import Services
 from db_manager import crashpoint
+
+CHATWOOT_MAX_FILE = 40 * 1024 * 1024  # Chatwoot's default attachment limit
+CHATWOOT_MAX_FILES = 15
+TOO_BIG = "acima do limite do Chatwoot"
 
 
 def ensure_message(s: Services, conversation_id: int, source_id: str, create: Callable[[], dict], *,
@@ -37,3 +42,27 @@ def mirror_with_files(s: Services, conversation_id: int, source_id: str, content
         content += "\n\n" + "\n".join(f"[Anexo não trazido para o Chatwoot: {name} ({why})]" for name, why in skipped)
     return s.chatwoot.create_message(conversation_id, content.strip() or None, message_type=direction,
                                      source_id=source_id, files=files)
+
+
+File = tuple[str, bytes, str]  # name, content, content type
+
+
+def fetch_files(attachments: Iterable[tuple[str, int, Callable[[], tuple[bytes, str]]]],
+                unavailable: Callable[[PermanentError], str]) -> tuple[list[File], list[tuple[str, str]]]:
+    """(name, size, download) of a message's files -> (name, content, type) of those that fit in
+    Chatwoot, and (name, why) of those left behind (`unavailable` says why for Mercado Livre's refusals)."""
+    files, skipped = [], []
+    for name, size, download in attachments:
+        if size > CHATWOOT_MAX_FILE or len(files) >= CHATWOOT_MAX_FILES:
+            skipped.append((name, TOO_BIG))
+            continue
+        try:
+            content, ctype = download()
+        except PermanentError as exc:
+            skipped.append((name, unavailable(exc)))
+            continue
+        if len(content) > CHATWOOT_MAX_FILE:
+            skipped.append((name, TOO_BIG))
+            continue
+        files.append((name, content, ctype))
+    return files, skipped

@@ -1,6 +1,10 @@
-"""Mercado Livre's moderation of a post-sale or claim message: blocked or not, and why in the agent's words."""
+"""Mercado Livre's moderation of a post-sale or claim message: blocked or not, why, and the agent told so."""
 
 from __future__ import annotations
+
+from bridge.http import PermanentError
+from bridge.services import Services
+from bridge.sync.contacts import is_gone
 
 REASONS = {
     "OUT_OF_PLACE_LANGUAGE": "linguagem imprópria",
@@ -26,3 +30,19 @@ def reason(message: dict, field: str) -> str:
 def blocked(who: str, why: str, outcome: str, body: str) -> str:
     """A mirrored message's content when moderation blocked it: the agent sees it and why."""
     return f"[Mensagem {who} bloqueada pela moderação do Mercado Livre: {why}.{outcome}]\n\n{body}".strip()
+
+
+def mark_reply_blocked(s: Services, reply: dict, why: str) -> None:
+    """The agent's message shows failed, with the reason; idempotent, and a deleted conversation counts as done."""
+    try:
+        s.chatwoot.set_message_status(reply["conversation_id"], reply["chatwoot_message_id"], "failed",
+                                      f"bloqueada pela moderação: {why}"[:200])
+    except PermanentError as exc:
+        if not is_gone(exc):
+            raise
+
+
+def blocked_reply_note(why: str, receiver: str) -> str:
+    """The private note for a reply Mercado Livre accepted, then blocked: `receiver` never got it."""
+    return (f"O Mercado Livre aceitou e depois bloqueou sua mensagem na moderação ({why}). {receiver} não a "
+            "recebeu. Reescreva sem links, telefones, e-mails ou endereços e envie de novo.")

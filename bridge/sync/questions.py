@@ -13,7 +13,7 @@ import time
 
 from bridge import failures, source_ids
 from bridge.http import PermanentError
-from bridge.replies import outbox
+from bridge.replies import delivery
 from bridge.services import Services
 from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
 from bridge.sync.ensure import ensure_message, ensure_note
@@ -124,12 +124,12 @@ def sync_questions(s: Services) -> dict:
     # once) and what a chunk fetched is cached before a restart could lose it.
     for start in range(0, len(new), CHUNK):
         chunk = new[start:start + CHUNK]
-        if s.stopping.is_set() or batch.interrupted:
+        if batch.stopped:
             break
         items = _chunk_items(s, chunk)
         nicknames = cached_nicknames(s, [_buyer(q) for q in chunk])
         for question in chunk:
-            if s.stopping.is_set() or batch.interrupted:
+            if batch.stopped:
                 break
             _ok, created = batch.run(question["id"], _create_new, s, question, items, nicknames)
             counts["created"] += bool(created)
@@ -140,11 +140,7 @@ def sync_questions(s: Services) -> dict:
     batch.keep_only({str(q["id"]) for q in to_create} | {link["external_id"] for link in left + back})
     # Both lists are only candidates (a listing shifted by paging misses questions): the
     # question itself is fetched before anything is shown.
-    for link in left + back:
-        if s.stopping.is_set() or batch.interrupted:
-            break
-        if batch.waiting(link["external_id"]):
-            continue
+    for link in batch.due(left + back, key=lambda link: link["external_id"]):
         _ok, changed = batch.run(link["external_id"], _follow_fetched, s, link)
         counts["changed"] += bool(changed)
     counts["item_errors"] = batch.failed
@@ -249,7 +245,7 @@ def follow_question(s: Services, link: dict, question: dict) -> bool:
     if question.get("status") == "ANSWERED" and not answer_known:
         # The agent's reply may have reached Mercado Livre just before a crash; or the
         # outbox recorded it a moment ago, between the two reads.
-        answer_known = outbox.adopt_answer_in_flight(s, qid, (question.get("answer") or {}).get("text") or "") \
+        answer_known = delivery.adopt_answer_in_flight(s, qid, (question.get("answer") or {}).get("text") or "") \
             or _answer_linked(s, qid)
     action, note = change_for(question, answer_known=answer_known, state=link["data"].get("state", "open"),
                               known_status=link["data"].get("ml_status"))

@@ -29,7 +29,7 @@ from bridge.paging import Pages
 from bridge.services import Services
 from bridge.sync import moderation
 from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
-from bridge.sync.ensure import ensure_message, ensure_note, mirror_with_files
+from bridge.sync.ensure import ensure_message, ensure_note, fetch_files, mirror_with_files
 from db_manager import crashpoint
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
 
@@ -39,8 +39,6 @@ MODERATION_FIELD = "message_moderation"
 
 PAGE = 10
 MAX_PAGES = 100
-CHATWOOT_MAX_FILE = 40 * 1024 * 1024  # Chatwoot's default attachment limit
-CHATWOOT_MAX_FILES = 15
 # Moderation usually acts within minutes of a message being accepted.
 MODERATION_CHECK_AFTER = 120.0
 MODERATION_RECHECK_AFTER = 900.0  # a second read: moderation taking more than a few minutes is not rare
@@ -215,11 +213,7 @@ def sync_messages(s: Services) -> dict:
     # A thread that keeps failing waits for its turn (it stays unread meanwhile); the others go on.
     batch = failures.Batch(s, "pack")
     batch.keep_only(set(packs))
-    for pack_id in packs:
-        if s.stopping.is_set() or batch.interrupted:
-            break
-        if batch.waiting(pack_id):
-            continue
+    for pack_id in batch.due(packs):
         _ok, created = batch.run(pack_id, sync_pack, s, pack_id, seller_id)
         counts["created"] += created or 0
     counts["moderation_checks"] = check_recent_replies(s, seller_id, skip=set(packs))
@@ -559,26 +553,14 @@ def _mirror(s: Services, conversation_id: int, pack_id: str, message: dict, dire
 
 
 def _download_files(s: Services, message: dict) -> tuple[list[tuple[str, bytes, str]], list[tuple[str, str]]]:
-    files, skipped = [], []
-    for attachment in message.get("message_attachments") or []:
-        name = attachment.get("original_filename") or attachment.get("filename") or "anexo"
-        size = int(attachment.get("size") or 0)
-        if size > CHATWOOT_MAX_FILE or len(files) >= CHATWOOT_MAX_FILES:
-            skipped.append((name, "acima do limite do Chatwoot"))
-            continue
-        try:
-            content, ctype = s.meli.download_attachment(attachment["filename"])
-        except PermanentError as exc:
-            # A file Mercado Livre refuses for good (removed, expired) must not hold back the
-            # message's text, nor every later message of the sale.
-            log.warning("buyer file unavailable ml_message=%s status=%s", message.get("id"), exc.status)
-            skipped.append((name, "indisponível no Mercado Livre"))
-            continue
-        if len(content) > CHATWOOT_MAX_FILE:
-            skipped.append((name, "acima do limite do Chatwoot"))
-            continue
-        files.append((name, content, ctype))
-    return files, skipped
+    def unavailable(exc: PermanentError) -> str:
+        # A file Mercado Livre refuses for good (removed, expired) must not hold back the
+        # message's text, nor every later message of the sale.
+        log.warning("buyer file unavailable ml_message=%s status=%s", message.get("id"), exc.status)
+        return "indisponível no Mercado Livre"
+    return fetch_files(((a.get("original_filename") or a.get("filename") or "anexo", int(a.get("size") or 0),
+                         lambda a=a: s.meli.download_attachment(a["filename"]))
+                        for a in message.get("message_attachments") or []), unavailable)
 
 
 def _report_moderated_replies(s: Services, messages: list[dict], bridge_ids: set[str], conversation_id: int) -> None:
@@ -599,14 +581,8 @@ def _report_moderated_replies(s: Services, messages: list[dict], bridge_ids: set
             # A pending row is an earlier attempt that failed half way: the failed mark is
             # idempotent, the note is looked up before it is posted again.
             reason = moderation_reason(message)
-            note = (f"O Mercado Livre aceitou e depois bloqueou sua mensagem na moderação ({reason}). "
-                    "O comprador não a recebeu. Reescreva sem links, telefones, e-mails ou endereços e envie de novo.")
-            try:
-                s.chatwoot.set_message_status(reply["conversation_id"], reply["chatwoot_message_id"], "failed",
-                                              f"bloqueada pela moderação: {reason}"[:200])
-            except PermanentError as exc:
-                if not is_gone(exc):
-                    raise
+            note = moderation.blocked_reply_note(reason, "O comprador")
+            moderation.mark_reply_blocked(s, reply, reason)
             crashpoint("moderation_reported")
             if not _note_first_present(s, [reply["conversation_id"], conversation_id], note,
                                        source_ids.note("moderation", mid), look_first=not fresh):

@@ -1,0 +1,111 @@
+"""Agent replies, the outcome: what became of each reply is shown to the agent in Chatwoot.
+
+The message's status mark, a private note when it did not go (or went only in part) and
+resolving; each report is retried until it is shown, and given up on, loudly, after a day.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from bridge import failures, source_ids
+from bridge.backoff import retry_delay
+from bridge.http import ApiError, PermanentError
+from bridge.replies.accept import LINK_KIND
+from bridge.services import Services
+from db_manager import crashpoint
+
+log = logging.getLogger("bridge.outbox")
+
+GIVE_UP_AFTER = 24 * 3600.0  # a reply is delivered, or its outcome shown, within a day or given up on
+
+
+def report_outcomes(s: Services) -> int:
+    """Outcomes not shown yet: refused at acceptance, or a Chatwoot call that failed before."""
+    reported = 0
+    for reply in s.db.replies_unreported(s.clock()):
+        if s.stopping.is_set():
+            break
+        reported += report_reply(s, reply)
+    return reported
+
+
+def report_reply(s: Services, reply: dict) -> int:
+    """Show one finished reply's outcome in Chatwoot. Returns 1 when done (or given up), 0 to retry later."""
+    try:
+        _report(s, reply)
+        crashpoint("reply_reported")
+    except ApiError as exc:
+        if exc.transient:
+            delay = retry_delay(max(1, int(s.clock() - reply["updated_at"]) // 10 + 1), exc.retry_after)
+            s.db.reply_report_later(reply["id"], s.clock() + delay, s.clock())
+            log.warning("reply outcome not shown yet reply=%s message=%s conversation=%s error=%r",
+                        reply["id"], reply["chatwoot_message_id"], reply["conversation_id"], exc.short())
+            return 0
+        log.error("reply outcome could not be shown reply=%s message=%s conversation=%s error=%r",
+                  reply["id"], reply["chatwoot_message_id"], reply["conversation_id"], exc.short())
+    except Exception as exc:  # noqa: BLE001 — one reply's report must not hold up the others'
+        return _report_crashed(s, reply, exc)
+    s.db.reply_reported(reply["id"], s.clock())
+    return 1
+
+
+def _report_crashed(s: Services, reply: dict, exc: Exception) -> int:
+    """Try again with backoff; after a day the outcome is given up on, loudly (log, /health)."""
+    now, error = s.clock(), failures.describe(exc)
+    if now - (reply["finished_at"] or reply["created_at"]) > GIVE_UP_AFTER:
+        failures.gave_up(s, "reply", reply["id"], error)
+        s.db.reply_reported(reply["id"], now)
+        return 1
+    # Counted from when the reply finished: updated_at moves with every postponement.
+    delay = retry_delay(max(1, int(now - (reply["finished_at"] or reply["created_at"])) // 10 + 1))
+    s.db.reply_report_later(reply["id"], now + delay, now)
+    log.warning("reply outcome not shown yet reply=%s message=%s conversation=%s error=%s",
+                reply["id"], reply["chatwoot_message_id"], reply["conversation_id"], error)
+    return 0
+
+
+def _report(s: Services, reply: dict) -> None:
+    try:
+        _report_in(s, reply)
+    except PermanentError as exc:
+        if exc.status != 404:
+            raise
+        # An agent deleted the conversation (or the message) after replying. Success needs no
+        # word; a failure is still told, in the conversation that replaced it if there is one
+        # (a sale continues in a new conversation).
+        link = s.db.link(LINK_KIND.get(reply["kind"], "pack"), reply["target_id"])
+        current = (link or {}).get("conversation_id")
+        log.warning("reply outcome for a deleted conversation or message reply=%s message=%s conversation=%s "
+                    "status=%s now_in=%s", reply["id"], reply["chatwoot_message_id"], reply["conversation_id"],
+                    reply["status"], current)
+        if reply["status"] == "delivered" or not reply["note"]:
+            return
+        for conversation_id in dict.fromkeys(c for c in (reply["conversation_id"], current) if c):
+            try:
+                s.chatwoot.note(conversation_id, f"Resposta não enviada ao Mercado Livre: {reply['error']}.\n\n"
+                                                 f"{reply['note']}", source_id=source_ids.note("reply", reply["id"]))
+                return
+            except PermanentError as gone:
+                if gone.status != 404:
+                    raise
+
+
+def _report_in(s: Services, reply: dict) -> None:
+    conversation_id, message_id = reply["conversation_id"], reply["chatwoot_message_id"]
+    if reply["status"] == "delivered":
+        s.chatwoot.set_message_status(conversation_id, message_id, "delivered")
+        if reply["kind"] == "answer":
+            s.chatwoot.set_status(conversation_id, "resolved")
+        return
+    s.chatwoot.set_message_status(conversation_id, message_id, "failed", reply["error"] or "não enviada")
+    source_id = source_ids.note("reply", reply["id"])
+    if reply["note"] and not _recent_source(s, conversation_id, source_id):
+        partly = any(p["status"] == "sent" for p in s.db.reply_parts(reply["id"]))
+        header = "Resposta enviada só em parte ao Mercado Livre" if partly else "Resposta não enviada ao Mercado Livre"
+        s.chatwoot.note(conversation_id, f"{header}: {reply['error']}.\n\n{reply['note']}", source_id=source_id)
+
+
+def _recent_source(s: Services, conversation_id: int, source_id: str) -> bool:
+    """A note posted before a crash is in the latest page of messages."""
+    return any(m.get("source_id") == source_id for m in s.chatwoot.messages(conversation_id))

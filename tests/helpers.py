@@ -1,0 +1,38 @@
+"""Helpers shared by the unit tests (fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import time
+
+from bridge.services import Services, build_services
+
+SELLER = 555
+
+
+class Clock:
+    """The services' clock in tests: time moves only when a test moves it."""
+
+    def __init__(self, start: float | None = None):
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def authorized_services(settings, db, clock: Clock | None = None) -> Services:
+    """Services that never sleep, for a seller whose Mercado Livre tokens are fresh."""
+    services = build_services(settings, db, sleep=lambda _s: None)
+    if clock is not None:
+        services.clock = clock
+    now = time.time()
+    db.auth_store_authorized(SELLER, "LOJA", "AT-1", "RT-1", now + 21600, now)
+    return services
+
+
+def link_conversations(db) -> None:
+    """Question 555 in conversation 77 and sale 2000001 in conversation 88, both already in Chatwoot."""
+    db.link_created("question", "555", 1.0, conversation_id=77, contact_id=5, message_id=1, data={"state": "open"})
+    db.link_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5, data={"buyer_id": 9})
