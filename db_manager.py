@@ -88,6 +88,8 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, NamedTuple
 
+from bridge.store.auth import AuthStore
+
 log = logging.getLogger("bridge.db")
 
 BUSY_TIMEOUT_MS = 15000
@@ -339,20 +341,6 @@ CONVERSATION_KINDS: dict[str, dict] = {
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def auth_decision(row: dict, now: float, margin: float, owner: str | None = None) -> str:
-    """What a caller wanting an access token does: fresh | reauth | wait | refresh.
-
-    `owner` is the caller's own refresh attempt; None (a plain read) counts every live lease as another's.
-    """
-    if row["status"] != "active" or not row["refresh_token"]:
-        return "reauth"
-    if row["access_token"] and (row["expires_at"] or 0) - margin > now:
-        return "fresh"
-    if row["refresh_lease_until"] > now and (owner is None or row["refresh_lease_owner"] != owner):
-        return "wait"
-    return "refresh"
-
-
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     """SQLITE_BUSY / SQLITE_LOCKED: another connection holds the lock; worth retrying."""
     return "locked" in str(exc) or "busy" in str(exc)
@@ -367,6 +355,7 @@ class Database:
 
     def __init__(self, path: str):
         self.path = path
+        self.auth = AuthStore(self)
         self._local = threading.local()
         self._write_lock = threading.RLock()
         self._poller_lock = None
@@ -534,122 +523,6 @@ class Database:
             except OSError:
                 pass
         return total
-
-    # ---- Mercado Livre authorization ----------------------------------------------------
-
-    def auth(self) -> dict:
-        return self.one("SELECT * FROM meli_auth WHERE id = 1")
-
-    def auth_seed(self, access_token: str | None, refresh_token: str, now: float) -> bool:
-        """Store tokens from the environment only when the store has never held any."""
-        with self.write() as conn:
-            cur = conn.execute(
-                "UPDATE meli_auth SET access_token = ?, refresh_token = ?, expires_at = ?,"
-                " status = 'active', status_reason = NULL, updated_at = ?"
-                " WHERE id = 1 AND refresh_token IS NULL AND status = 'missing'",
-                (access_token, refresh_token, now if access_token is None else now + 3600, now))
-            return cur.rowcount == 1
-
-    def auth_claim_refresh(self, owner: str, now: float, margin: float, lease: float) -> tuple[str, dict]:
-        """Decide, under the write lock, whether this caller refreshes.
-
-        Returns ('fresh', row) when the stored access token is still good, ('reauth', row)
-        when a human must authorize again, ('wait', row) while another caller holds the
-        refresh lease, or ('refresh', row) with the lease now ours. `owner` must name one
-        refresh attempt, never a whole process or client: threads sharing an owner would
-        all win the lease and spend the same single-use refresh token.
-        """
-        with self.write() as conn:
-            row = dict(conn.execute("SELECT * FROM meli_auth WHERE id = 1").fetchone())
-            decision = auth_decision(row, now, margin, owner)
-            if decision == "refresh":
-                conn.execute("UPDATE meli_auth SET refresh_lease_owner = ?, refresh_lease_until = ? WHERE id = 1",
-                             (owner, now + lease))
-            return decision, row
-
-    def auth_store_refreshed(self, used_refresh_token: str, access_token: str, refresh_token: str,
-                             expires_at: float, user_id: int | None, now: float) -> bool:
-        """Write the new pair atomically, if the token we used is still the stored one.
-
-        Whoever holds the lease now, and whatever the status says: Mercado Livre has just
-        spent the stored refresh token, so the pair it gave us holds the only live one —
-        a lease that ran out, or a loser's `invalid_grant` that already ended the
-        authorization, must not make us drop it. Only a different stored refresh token
-        (an authorization meanwhile) wins over ours. Returns False then.
-        """
-        with self.write() as conn:
-            cur = conn.execute(
-                "UPDATE meli_auth SET access_token = ?, refresh_token = ?, expires_at = ?,"
-                " user_id = COALESCE(?, user_id), status = 'active', status_reason = NULL,"
-                " refresh_lease_owner = NULL, refresh_lease_until = 0, updated_at = ?"
-                " WHERE id = 1 AND refresh_token = ?",
-                (access_token, refresh_token, expires_at, user_id, now, used_refresh_token))
-            return cur.rowcount == 1
-
-    def auth_release_lease(self, owner: str, pause_until: float = 0) -> None:
-        """Give the lease back; with `pause_until`, nobody may claim it before then (after a failed refresh)."""
-        with self.write() as conn:
-            conn.execute("UPDATE meli_auth SET refresh_lease_owner = NULL, refresh_lease_until = ?"
-                         " WHERE id = 1 AND refresh_lease_owner = ?", (pause_until, owner))
-
-    def auth_require_reauthorization(self, reason: str, now: float, used_refresh_token: str | None = None,
-                                     owner: str | None = None) -> bool:
-        """Mark the authorization dead. Returns whether it was marked.
-
-        With `used_refresh_token` (a refresh Mercado Livre refused), only while that token
-        is still the stored one and no other caller's lease is live: a newer stored pair,
-        or a refresh in flight that may store one, keeps the authorization alive.
-        """
-        with self.write() as conn:
-            if used_refresh_token is None:
-                cur = conn.execute("UPDATE meli_auth SET status = 'reauth_required', status_reason = ?,"
-                                   " refresh_lease_owner = NULL, refresh_lease_until = 0, updated_at = ? WHERE id = 1",
-                                   (reason, now))
-            else:
-                cur = conn.execute(
-                    "UPDATE meli_auth SET status = 'reauth_required', status_reason = ?,"
-                    " refresh_lease_owner = NULL, refresh_lease_until = 0, updated_at = ?"
-                    " WHERE id = 1 AND refresh_token = ? AND (refresh_lease_owner IS NULL"
-                    " OR refresh_lease_owner = ? OR refresh_lease_until <= ?)",
-                    (reason, now, used_refresh_token, owner, now))
-            return cur.rowcount == 1
-
-    def auth_store_authorized(self, user_id: int, nickname: str | None, access_token: str,
-                              refresh_token: str, expires_at: float, now: float) -> None:
-        """Tokens from an authorization code: a fresh start, whatever the previous state."""
-        with self.write() as conn:
-            conn.execute(
-                "UPDATE meli_auth SET user_id = ?, nickname = ?, access_token = ?, refresh_token = ?,"
-                " expires_at = ?, status = 'active', status_reason = NULL, refresh_lease_owner = NULL,"
-                " refresh_lease_until = 0, updated_at = ? WHERE id = 1",
-                (user_id, nickname, access_token, refresh_token, expires_at, now))
-
-    def auth_set_identity(self, user_id: int, nickname: str | None) -> None:
-        with self.write() as conn:
-            conn.execute("UPDATE meli_auth SET user_id = ?, nickname = COALESCE(?, nickname) WHERE id = 1",
-                         (user_id, nickname))
-
-    def auth_invalidate_access(self, access_token: str) -> None:
-        """A 401 on this token: make the next call refresh (only if nobody did already)."""
-        with self.write() as conn:
-            conn.execute("UPDATE meli_auth SET expires_at = 0 WHERE id = 1 AND access_token = ?", (access_token,))
-
-    # ---- OAuth states ------------------------------------------------------------------------
-
-    def oauth_state_create(self, state: str, code_verifier: str | None, now: float, ttl: float) -> None:
-        with self.write() as conn:
-            conn.execute("DELETE FROM oauth_states WHERE expires_at < ?", (now - 86400,))
-            conn.execute("INSERT INTO oauth_states (state, code_verifier, created_at, expires_at)"
-                         " VALUES (?, ?, ?, ?)", (state, code_verifier, now, now + ttl))
-
-    def oauth_state_consume(self, state: str, now: float) -> tuple[bool, str | None]:
-        """Use a state once. Returns (valid, code_verifier)."""
-        with self.write() as conn:
-            row = conn.execute("SELECT * FROM oauth_states WHERE state = ?", (state,)).fetchone()
-            if row is None or row["used_at"] is not None or row["expires_at"] < now:
-                return False, None
-            conn.execute("UPDATE oauth_states SET used_at = ? WHERE state = ?", (now, state))
-            return True, row["code_verifier"]
 
     # ---- links -------------------------------------------------------------------------------
 

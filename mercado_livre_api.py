@@ -32,8 +32,9 @@ from urllib.parse import urlencode
 
 from bridge.http import ApiError, HttpClient, PermanentError, TransientError
 from bridge.paging import Pages
+from bridge.store.auth import auth_decision
 from config import Settings
-from db_manager import Database, auth_decision, crashpoint
+from db_manager import Database, crashpoint
 
 log = logging.getLogger("bridge.meli")
 
@@ -74,14 +75,14 @@ class MeliClient(HttpClient):
 
     def seed_tokens(self) -> None:
         """MELI_REFRESH_TOKEN seeds an empty store once; afterwards the store wins."""
-        if self.settings.meli_refresh_token and self.db.auth_seed(
+        if self.settings.meli_refresh_token and self.db.auth.seed(
                 self.settings.meli_access_token, self.settings.meli_refresh_token, self.clock()):
             log.info("token store seeded from MELI_REFRESH_TOKEN")
 
     def access_token(self, wait_seconds: float = 60.0) -> str:
         deadline = time.monotonic() + wait_seconds
         # A plain read first: nearly every call finds a fresh token and needs no write lock.
-        row = self.db.auth()
+        row = self.db.auth.current()
         decision = auth_decision(row, self.clock(), self.refresh_margin)
         if decision == "fresh":
             return row["access_token"]
@@ -99,7 +100,7 @@ class MeliClient(HttpClient):
         """Under this process's refresh lock: use the stored token, wait for another process, or refresh."""
         while True:
             owner = f"{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(4)}"
-            decision, row = self.db.auth_claim_refresh(owner, self.clock(), self.refresh_margin, REFRESH_LEASE)
+            decision, row = self.db.auth.claim_refresh(owner, self.clock(), self.refresh_margin, REFRESH_LEASE)
             if decision == "fresh":
                 return row["access_token"]
             if decision == "reauth":
@@ -122,12 +123,12 @@ class MeliClient(HttpClient):
         except PermanentError as exc:
             reason = (f"Mercado Livre refused the refresh token ({exc.code or exc.status}); "
                       "run `python main.py authorize`")
-            if self.db.auth_require_reauthorization(reason, self.clock(), used_refresh_token=used, owner=owner):
+            if self.db.auth.require_reauthorization(reason, self.clock(), used_refresh_token=used, owner=owner):
                 log.error("mercado livre authorization lost: %s", reason)
                 raise ReauthorizationRequired(reason, status=exc.status, code="reauthorization_required") from None
             # Refused because another caller spent the token first: its pair is (or is about
             # to be) in the store.
-            self.db.auth_release_lease(owner)
+            self.db.auth.release_lease(owner)
             log.warning("mercado livre refused a refresh token already replaced in the store; using the stored pair")
             return None
         except TransientError as exc:
@@ -135,23 +136,23 @@ class MeliClient(HttpClient):
             # can be known, so the next attempt — after a pause, by whichever caller comes
             # first — retries the same token; only a refusal of that ends the authorization.
             pause = min(REFRESH_PAUSE_MAX, max(REFRESH_PAUSE, exc.retry_after or 0.0))
-            self.db.auth_release_lease(owner, pause_until=self.clock() + pause)
+            self.db.auth.release_lease(owner, pause_until=self.clock() + pause)
             log.warning("mercado livre token refresh failed after %dms (%s); next attempt in %.0fs",
                         (time.monotonic() - started) * 1000, exc.short(), pause)
             raise
         except BaseException:
-            self.db.auth_release_lease(owner)
+            self.db.auth.release_lease(owner)
             raise
         crashpoint("token_refreshed")
         expected = self.settings.meli_user_id or row["user_id"]
         user_id = _int_or_none(token.get("user_id"))
         if expected and user_id and user_id != expected:
             reason = f"the stored tokens belong to user {user_id}, not seller {expected}; authorize the right account"
-            if self.db.auth_require_reauthorization(reason, self.clock(), used_refresh_token=used, owner=owner):
+            if self.db.auth.require_reauthorization(reason, self.clock(), used_refresh_token=used, owner=owner):
                 raise ReauthorizationRequired(reason, code="reauthorization_required")
-            self.db.auth_release_lease(owner)
+            self.db.auth.release_lease(owner)
             return None  # an authorization meanwhile replaced the wrong account's tokens
-        stored = self.db.auth_store_refreshed(used, token["access_token"], token["refresh_token"],
+        stored = self.db.auth.store_refreshed(used, token["access_token"], token["refresh_token"],
                                               self.clock() + float(token.get("expires_in") or 21600), user_id,
                                               self.clock())
         self.refreshes += 1
@@ -183,14 +184,14 @@ class MeliClient(HttpClient):
             verifier = secrets.token_urlsafe(48)
             challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
             params.update(code_challenge=challenge, code_challenge_method="S256")
-        self.db.oauth_state_create(state, verifier, self.clock(), STATE_TTL)
+        self.db.auth.create_oauth_state(state, verifier, self.clock(), STATE_TTL)
         return f"{self.settings.meli_auth_url}/authorization?{urlencode(params)}"
 
     def exchange_code(self, code: str, state: str | None, *, require_state: bool = True) -> dict:
         """Trade an authorization code for tokens and store them; returns {user_id, nickname}."""
         verifier = None
         if require_state:
-            valid, verifier = self.db.oauth_state_consume(state or "", self.clock())
+            valid, verifier = self.db.auth.consume_oauth_state(state or "", self.clock())
             if not valid:
                 raise AuthorizationRefused("the authorization link is unknown, already used or expired; "
                                            "run `python main.py authorize` for a new one")
@@ -204,7 +205,7 @@ class MeliClient(HttpClient):
         except PermanentError as exc:
             raise AuthorizationRefused(f"Mercado Livre refused the code: {exc.code or exc.message}") from None
         user_id = _int_or_none(token.get("user_id"))
-        current = self.db.auth()
+        current = self.db.auth.current()
         expected = self.settings.meli_user_id or current["user_id"]
         if expected and user_id != expected:
             log.warning("authorization refused: tokens of user %s, this bridge serves seller %s", user_id, expected)
@@ -213,7 +214,7 @@ class MeliClient(HttpClient):
         me = self._request("GET", "/users/me", headers={"Authorization": f"Bearer {token['access_token']}"})
         nickname = me.get("nickname") if isinstance(me, dict) else None
         user_id = user_id or _int_or_none(me.get("id"))
-        self.db.auth_store_authorized(user_id, nickname, token["access_token"], token["refresh_token"],
+        self.db.auth.store_authorized(user_id, nickname, token["access_token"], token["refresh_token"],
                                       self.clock() + float(token.get("expires_in") or 21600), self.clock())
         log.info("mercado livre authorized for seller %s (%s)", user_id, nickname)
         return {"user_id": user_id, "nickname": nickname}
@@ -228,18 +229,18 @@ class MeliClient(HttpClient):
         except PermanentError as exc:
             if exc.status != 401:
                 raise
-        self.db.auth_invalidate_access(token)
+        self.db.auth.invalidate_access(token)
         token = self.access_token()
         return self._request(method, path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
 
     def seller_id(self) -> int:
         if self.settings.meli_user_id:
             return self.settings.meli_user_id
-        row = self.db.auth()
+        row = self.db.auth.current()
         if row["user_id"]:
             return row["user_id"]
         me = self._api("GET", "/users/me")
-        self.db.auth_set_identity(int(me["id"]), me.get("nickname"))
+        self.db.auth.set_identity(int(me["id"]), me.get("nickname"))
         return int(me["id"])
 
     def me(self) -> dict:

@@ -28,7 +28,7 @@ def authorized_services(settings, db, clock: Clock | None = None) -> Services:
     if clock is not None:
         services.clock = clock
     now = time.time()
-    db.auth_store_authorized(SELLER, "LOJA", "AT-1", "RT-1", now + 21600, now)
+    db.auth.store_authorized(SELLER, "LOJA", "AT-1", "RT-1", now + 21600, now)
     return services
 
 

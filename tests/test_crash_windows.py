@@ -41,7 +41,7 @@ def test_replies_left_sending_by_a_dead_poller_are_due_at_once(db):
 
 @responses.activate
 def test_two_threads_needing_a_refresh_at_once_spend_the_refresh_token_once(settings, db):
-    db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", 0.0, 0.0)
+    db.auth.store_authorized(555, "LOJA", "AT-1", "RT-1", 0.0, 0.0)
     meli = MeliClient(settings, db, sleep=lambda s: None)
     in_call, release = threading.Event(), threading.Event()
     bodies = []
@@ -68,7 +68,7 @@ def test_two_threads_needing_a_refresh_at_once_spend_the_refresh_token_once(sett
     second.join(10)
     assert len(bodies) == 1
     assert results == ["AT-2", "AT-2"]
-    assert db.auth()["status"] == "active" and db.auth()["refresh_token"] == "RT-2"
+    assert db.auth.current()["status"] == "active" and db.auth.current()["refresh_token"] == "RT-2"
 
 
 # ---- the questions sync meets an answer whose delivery was not recorded ------------------------------

@@ -144,12 +144,12 @@ def test_delivered_replies_forget_their_text(db):
 
 
 def test_an_oauth_state_is_single_use_and_expires(db):
-    db.oauth_state_create("s1", None, now=100.0, ttl=600)
-    assert db.oauth_state_consume("s1", 200.0) == (True, None)
-    assert db.oauth_state_consume("s1", 201.0)[0] is False
-    db.oauth_state_create("s2", "verifier", now=100.0, ttl=600)
-    assert db.oauth_state_consume("s2", 701.0)[0] is False
-    assert db.oauth_state_consume("unknown", 1.0)[0] is False
+    db.auth.create_oauth_state("s1", None, now=100.0, ttl=600)
+    assert db.auth.consume_oauth_state("s1", 200.0) == (True, None)
+    assert db.auth.consume_oauth_state("s1", 201.0)[0] is False
+    db.auth.create_oauth_state("s2", "verifier", now=100.0, ttl=600)
+    assert db.auth.consume_oauth_state("s2", 701.0)[0] is False
+    assert db.auth.consume_oauth_state("unknown", 1.0)[0] is False
 
 
 def test_sqlite_errors_are_not_swallowed(db):
@@ -169,7 +169,7 @@ def test_housekeeping_forgets_old_records_but_keeps_links(db):
     day = 86400.0
     db.notification_record("n1", "questions", "/questions/1", now=1.0)
     db.notification_done("n1", now=2.0)
-    db.oauth_state_create("s", None, now=1.0, ttl=600)
+    db.auth.create_oauth_state("s", None, now=1.0, ttl=600)
     db.cache_put_many("item", {"MLB1": {"title": "x"}}, now=1.0)
     reply = db.reply_accept(chatwoot_message_id=1, conversation_id=1, kind="answer", target_id="5",
                             parts=[{"text": "a"}], now=1.0)

@@ -275,7 +275,7 @@ def test_a_token_refreshed_before_a_crash_asks_for_reauthorization_once(bridge):
         conn.execute("UPDATE meli_auth SET refresh_lease_until = 0")
     # The new pair died with the process and the old refresh token is spent: a person must authorize.
     assert bridge.once().returncode != 0
-    auth = db.auth()
+    auth = db.auth.current()
     assert auth["status"] == "reauth_required"
     assert bridge.once().returncode != 0
     assert meli.invalid_grant_count == 1

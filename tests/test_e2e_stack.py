@@ -145,6 +145,6 @@ def test_the_container_health_check_is_liveness_only(bridge):
     env = dict(bridge.env, PORT=str(bridge.port))
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=10).returncode == 0
     bridge.fakes.meli.state.revoke_all()
-    Database(bridge.env["DATABASE_PATH"]).auth_require_reauthorization("test", time.time())
+    Database(bridge.env["DATABASE_PATH"]).auth.require_reauthorization("test", time.time())
     assert bridge.health().status_code == 503
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=10).returncode == 0

@@ -356,7 +356,7 @@ def test_health_stays_200_and_names_given_up_items(s, clock, make_client):
 
 
 def test_main_status_shows_the_counts_and_retry_clears_them(tmp_path, settings, db):
-    db.auth_store_authorized(SELLER, "LOJA", "AT-1", "RT-1", time.time() + 21600, time.time())
+    db.auth.store_authorized(SELLER, "LOJA", "AT-1", "RT-1", time.time() + 21600, time.time())
     db.item_failed("question", "7", "KeyError: 'id' at x.py:1", time.time() + 86400, time.time(), give_up=True)
     env = dict(base_env(tmp_path), PATH=os.environ.get("PATH", ""))
 

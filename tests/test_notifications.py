@@ -87,7 +87,7 @@ def test_notifications_are_ignored_while_the_seller_is_unknown(make_settings, db
     client = make_client(make_settings())  # no MELI_USER_ID, nothing authorized yet
     resp = client.post("/notifications", json=body())
     assert resp.status_code == 200 and resp.json == {"status": "ignored", "reason": "seller not known yet"}
-    db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", 9e12, 1.0)
+    db.auth.store_authorized(555, "LOJA", "AT-1", "RT-1", 9e12, 1.0)
     assert client.post("/notifications", json=body()).json["status"] == "recorded"
 
 

@@ -134,12 +134,12 @@ def test_a_too_long_answer_reaches_the_agent_as_failed_without_calling_meli(s):
 @responses.activate
 def test_a_reply_waits_for_reauthorization_and_goes_out_after(s):
     reply_id = accept(s)
-    s.db.auth_require_reauthorization("refused", time.time())
+    s.db.auth.require_reauthorization("refused", time.time())
     run(s)
     reply = s.db.reply(reply_id)
     assert reply["status"] == "pending" and reply["attempts"] == 0
     assert not calls("POST", "/answers")
-    s.db.auth_store_authorized(555, "LOJA", "AT-2", "RT-2", time.time() + 21600, time.time())
+    s.db.auth.store_authorized(555, "LOJA", "AT-2", "RT-2", time.time() + 21600, time.time())
     s.db.conn().execute("UPDATE replies SET next_attempt_at = 0")
     responses.post(f"{API}/answers", json={"id": 321})
     chatwoot_ok()
@@ -210,7 +210,7 @@ def test_a_crashed_worker_reply_is_taken_again_after_its_lease(s):
 def test_a_reply_waiting_for_reauthorization_gives_up_after_24_hours_with_a_note(s):
     reply_id = accept(s)
     s.db.conn().execute("UPDATE replies SET created_at = ?", (time.time() - 25 * 3600,))
-    s.db.auth_require_reauthorization("refused", time.time())
+    s.db.auth.require_reauthorization("refused", time.time())
     chatwoot_ok()
     run(s)
     reply = s.db.reply(reply_id)

@@ -261,7 +261,7 @@ def test_a_public_url_with_a_query_is_refused_before_calling_chatwoot(rsps, firs
 
 def authorize(db):
     now = time.time()
-    db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", now + 21600, now)
+    db.auth.store_authorized(555, "LOJA", "AT-1", "RT-1", now + 21600, now)
 
 
 def check(settings, public_url=PUBLIC):
@@ -312,7 +312,7 @@ def test_check_fails_when_a_configured_inbox_is_missing(healthy, make_settings):
 
 
 def test_check_asks_for_authorization_when_mercado_livre_requires_it(healthy, settings, db):
-    db.auth_require_reauthorization("Mercado Livre refused the refresh token (invalid_grant)", time.time())
+    db.auth.require_reauthorization("Mercado Livre refused the refresh token (invalid_grant)", time.time())
     code, lines = check(settings)
     assert code == 1
     assert lines[2].startswith("FAIL mercado livre: authorization required")

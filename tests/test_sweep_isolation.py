@@ -20,7 +20,7 @@ BAD = f"{API}/messages/packs/3000001/sellers/555"
 def s(settings, db):
     services = build_services(settings, db, sleep=lambda _s: None)
     now = time.time()
-    db.auth_store_authorized(555, "LOJA", "AT-1", "RT-1", now + 21600, now)
+    db.auth.store_authorized(555, "LOJA", "AT-1", "RT-1", now + 21600, now)
     db.link_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
                     data={"buyer_id": 9, "blocked": False, "migrated": False})
     db.link_created("message", "b0", 1.0, conversation_id=88, message_id=600)

@@ -16,14 +16,14 @@ import requests
 import responses
 
 from bridge.http import TransientError
-from db_manager import auth_decision
+from bridge.store.auth import auth_decision
 from mercado_livre_api import REFRESH_LEASE, REFRESH_PAUSE, MeliClient, ReauthorizationRequired
 
 API = "https://api.meli.test"
 
 
 def store(db, clock, access="AT-1", refresh="RT-1", expires_in=21600.0, user_id=555):
-    db.auth_store_authorized(user_id, "LOJA", access, refresh, clock() + expires_in, clock())
+    db.auth.store_authorized(user_id, "LOJA", access, refresh, clock() + expires_in, clock())
 
 
 def token_answer(n, user_id=555):
@@ -96,7 +96,7 @@ def test_threads_of_one_client_at_expiry_make_one_refresh_and_share_its_token(me
     assert errors == []
     assert results == ["AT-2"] * threads
     assert (endpoint.issued, endpoint.refused) == (1, 0)
-    row = db.auth()
+    row = db.auth.current()
     assert (row["status"], row["refresh_token"], row["refresh_lease_owner"]) == ("active", "RT-2", None)
 
 
@@ -130,12 +130,12 @@ def test_invalid_grant_after_another_process_stored_a_newer_pair_uses_that_pair(
 
     def other_process_won(_request):
         # Another process spent RT-1 first (our lease had run out) and stored its pair.
-        db.auth_store_refreshed("RT-1", "AT-other", "RT-other", clock() + 21600, 555, clock())
+        db.auth.store_refreshed("RT-1", "AT-other", "RT-other", clock() + 21600, 555, clock())
         return INVALID_GRANT
 
     responses.add_callback(responses.POST, f"{API}/oauth/token", callback=other_process_won)
     assert meli.access_token() == "AT-other"
-    row = db.auth()
+    row = db.auth.current()
     assert (row["status"], row["refresh_token"]) == ("active", "RT-other")
     assert len(responses.calls) == 1
 
@@ -146,15 +146,15 @@ def test_invalid_grant_while_another_refresh_is_in_flight_waits_for_its_pair(mel
 
     def other_process_refreshing(_request):
         # Our lease ran out; another process claimed it and its call spent RT-1 first.
-        assert db.auth_claim_refresh("other", clock() + REFRESH_LEASE + 1, 300, REFRESH_LEASE)[0] == "refresh"
+        assert db.auth.claim_refresh("other", clock() + REFRESH_LEASE + 1, 300, REFRESH_LEASE)[0] == "refresh"
         return INVALID_GRANT
 
     responses.add_callback(responses.POST, f"{API}/oauth/token", callback=other_process_refreshing)
     clock.advance(REFRESH_LEASE + 1)
     with pytest.raises(TransientError):
         meli.access_token(wait_seconds=0)
-    assert db.auth()["status"] == "active"
-    db.auth_store_refreshed("RT-1", "AT-other", "RT-other", clock() + 21600, 555, clock())
+    assert db.auth.current()["status"] == "active"
+    db.auth.store_refreshed("RT-1", "AT-other", "RT-other", clock() + 21600, 555, clock())
     assert meli.access_token() == "AT-other"
     assert len(responses.calls) == 1
 
@@ -167,7 +167,7 @@ def test_invalid_grant_with_the_stored_token_and_no_refresh_in_flight_requires_r
         meli.access_token()
     with pytest.raises(ReauthorizationRequired):
         meli.access_token()
-    assert db.auth()["status"] == "reauth_required"
+    assert db.auth.current()["status"] == "reauth_required"
     assert len(responses.calls) == 1
 
 
@@ -179,12 +179,12 @@ def test_a_pair_issued_after_our_lease_ran_out_is_still_stored(meli, db, clock):
 
     def slow_answer(_request):
         # Our lease ran out while Mercado Livre was answering; another caller holds it now.
-        db.auth_claim_refresh("other", clock() + REFRESH_LEASE + 1, 300, REFRESH_LEASE)
+        db.auth.claim_refresh("other", clock() + REFRESH_LEASE + 1, 300, REFRESH_LEASE)
         return token_answer(2)
 
     responses.add_callback(responses.POST, f"{API}/oauth/token", callback=slow_answer)
     assert meli.access_token() == "AT-2"
-    row = db.auth()
+    row = db.auth.current()
     assert (row["status"], row["access_token"], row["refresh_token"]) == ("active", "AT-2", "RT-2")
 
 
@@ -194,13 +194,13 @@ def test_a_pair_issued_after_a_loser_ended_the_authorization_revives_it(meli, db
 
     def loser_gave_up(_request):
         # The other caller's refresh with RT-1 was refused (ours spent it) and it found no live lease.
-        assert db.auth_require_reauthorization("refused", clock() + REFRESH_LEASE + 1, used_refresh_token="RT-1",
+        assert db.auth.require_reauthorization("refused", clock() + REFRESH_LEASE + 1, used_refresh_token="RT-1",
                                                owner="other")
         return token_answer(2)
 
     responses.add_callback(responses.POST, f"{API}/oauth/token", callback=loser_gave_up)
     assert meli.access_token() == "AT-2"
-    row = db.auth()
+    row = db.auth.current()
     assert (row["status"], row["refresh_token"], row["status_reason"]) == ("active", "RT-2", None)
 
 
@@ -209,12 +209,12 @@ def test_a_pair_issued_after_a_new_authorization_keeps_the_authorization(meli, d
     store(db, clock, expires_in=10)
 
     def authorized_meanwhile(_request):
-        db.auth_store_authorized(555, "LOJA", "AT-auth", "RT-auth", clock() + 21600, clock())
+        db.auth.store_authorized(555, "LOJA", "AT-auth", "RT-auth", clock() + 21600, clock())
         return token_answer(2)
 
     responses.add_callback(responses.POST, f"{API}/oauth/token", callback=authorized_meanwhile)
     assert meli.access_token() == "AT-2"
-    row = db.auth()
+    row = db.auth.current()
     assert (row["status"], row["refresh_token"]) == ("active", "RT-auth")
 
 
@@ -227,7 +227,7 @@ def test_a_lost_refresh_answer_pauses_then_retries_the_same_token(meli, db, cloc
     responses.add_callback(responses.POST, f"{API}/oauth/token", callback=lambda _r: token_answer(2))
     with pytest.raises(TransientError):
         meli.access_token()
-    row = db.auth()
+    row = db.auth.current()
     assert (row["status"], row["refresh_token"]) == ("active", "RT-1")
     # No loop: callers during the pause do not spend the token again.
     with pytest.raises(TransientError):
@@ -245,13 +245,13 @@ def test_a_lost_answer_whose_retry_is_refused_requires_reauthorization_once(meli
     responses.add(responses.POST, f"{API}/oauth/token", status=400, body=INVALID_GRANT[2])
     with pytest.raises(TransientError):
         meli.access_token()
-    assert db.auth()["status"] == "active"
+    assert db.auth.current()["status"] == "active"
     clock.advance(REFRESH_PAUSE)
     with pytest.raises(ReauthorizationRequired):
         meli.access_token()
     with pytest.raises(ReauthorizationRequired):
         meli.access_token()
-    assert db.auth()["status"] == "reauth_required"
+    assert db.auth.current()["status"] == "reauth_required"
     assert len(responses.calls) == 2
 
 

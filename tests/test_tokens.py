@@ -18,7 +18,7 @@ def meli(settings, db, clock):
 
 
 def store(db, clock, access="AT-1", refresh="RT-1", expires_in=21600.0, user_id=555):
-    db.auth_store_authorized(user_id, "LOJA", access, refresh, clock() + expires_in, clock())
+    db.auth.store_authorized(user_id, "LOJA", access, refresh, clock() + expires_in, clock())
 
 
 def token_body(access="AT-2", refresh="RT-2", user_id=555):
@@ -45,7 +45,7 @@ def test_the_token_is_refreshed_five_minutes_before_it_expires(meli, db, clock):
     assert form["grant_type"] == ["refresh_token"] and form["refresh_token"] == ["RT-1"]
     assert form["client_id"] == ["123456"]
     assert responses.calls[1].request.headers["Authorization"] == "Bearer AT-2"
-    row = db.auth()
+    row = db.auth.current()
     assert (row["access_token"], row["refresh_token"]) == ("AT-2", "RT-2")
     assert row["expires_at"] == pytest.approx(clock() + 21600)
 
@@ -79,7 +79,7 @@ def test_invalid_grant_requires_reauthorization(meli, db, clock, settings):
         "error": "invalid_grant", "error_description": "refresh token already used", "status": 400, "cause": []})
     with pytest.raises(ReauthorizationRequired):
         meli.me()
-    assert db.auth()["status"] == "reauth_required"
+    assert db.auth.current()["status"] == "reauth_required"
     # No loop: the next call does not hit Mercado Livre again.
     with pytest.raises(ReauthorizationRequired):
         meli.me()
@@ -92,7 +92,7 @@ def test_invalid_grant_requires_reauthorization(meli, db, clock, settings):
 @responses.activate
 def test_health_answers_503_naming_reauthorization(db, clock, make_client):
     store(db, clock)
-    db.auth_require_reauthorization("refused", clock())
+    db.auth.require_reauthorization("refused", clock())
     client = make_client(clock=clock)
     resp = client.get("/health")
     assert resp.status_code == 503
@@ -106,7 +106,7 @@ def test_a_refresh_that_fails_transiently_keeps_the_tokens(meli, db, clock):
     with pytest.raises(Exception) as err:
         meli.me()
     assert getattr(err.value, "transient", False)
-    row = db.auth()
+    row = db.auth.current()
     assert row["status"] == "active" and row["refresh_token"] == "RT-1" and row["refresh_lease_owner"] is None
 
 
@@ -117,32 +117,32 @@ def test_a_refreshed_token_of_another_user_is_refused(make_settings, db, clock):
     responses.post(f"{API}/oauth/token", json=token_body(user_id=999))
     with pytest.raises(ReauthorizationRequired):
         meli.access_token()
-    assert db.auth()["status"] == "reauth_required"
+    assert db.auth.current()["status"] == "reauth_required"
 
 
 def test_env_tokens_seed_only_an_empty_store(make_settings, db, clock):
     seeded = MeliClient(make_settings(MELI_REFRESH_TOKEN="RT-env"), db, clock=clock)
     seeded.seed_tokens()
-    assert db.auth()["refresh_token"] == "RT-env"
-    db.auth_store_authorized(555, "LOJA", "AT-9", "RT-9", clock() + 100, clock())
+    assert db.auth.current()["refresh_token"] == "RT-env"
+    db.auth.store_authorized(555, "LOJA", "AT-9", "RT-9", clock() + 100, clock())
     MeliClient(make_settings(MELI_REFRESH_TOKEN="RT-other"), db, clock=clock).seed_tokens()
-    assert db.auth()["refresh_token"] == "RT-9"
+    assert db.auth.current()["refresh_token"] == "RT-9"
 
 
 def test_a_live_lease_of_another_process_makes_us_wait(db, clock):
     store(db, clock, expires_in=10)
-    assert db.auth_claim_refresh("A", clock(), 300, 120)[0] == "refresh"
-    assert db.auth_claim_refresh("B", clock(), 300, 120)[0] == "wait"
+    assert db.auth.claim_refresh("A", clock(), 300, 120)[0] == "refresh"
+    assert db.auth.claim_refresh("B", clock(), 300, 120)[0] == "wait"
     # The holder died: after the lease, someone else may refresh.
-    assert db.auth_claim_refresh("B", clock() + 121, 300, 120)[0] == "refresh"
+    assert db.auth.claim_refresh("B", clock() + 121, 300, 120)[0] == "refresh"
 
 
 def test_a_stale_refresh_never_overwrites_a_newer_pair(db, clock):
     store(db, clock, expires_in=10)
-    db.auth_claim_refresh("A", clock(), 300, 120)
-    db.auth_store_authorized(555, "LOJA", "AT-new", "RT-new", clock() + 21600, clock())
-    assert not db.auth_store_refreshed("RT-1", "AT-old", "RT-old", clock() + 21600, 555, clock())
-    assert db.auth()["refresh_token"] == "RT-new"
+    db.auth.claim_refresh("A", clock(), 300, 120)
+    db.auth.store_authorized(555, "LOJA", "AT-new", "RT-new", clock() + 21600, clock())
+    assert not db.auth.store_refreshed("RT-1", "AT-old", "RT-old", clock() + 21600, 555, clock())
+    assert db.auth.current()["refresh_token"] == "RT-new"
 
 
 # ---- OAuth -----------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ def test_the_callback_stores_tokens_and_names_the_seller(callback, db):
     assert resp.status_code == 200 and b"LOJA_TESTE" in resp.data
     form = parse_qs(responses.calls[0].request.body)
     assert form["grant_type"] == ["authorization_code"] and form["code"] == ["TG-abc"]
-    row = db.auth()
+    row = db.auth.current()
     assert (row["user_id"], row["access_token"], row["refresh_token"], row["status"]) == (
         555, "AT-c", "RT-c", "active")
     # The state is spent: the same link cannot be replayed.
@@ -207,7 +207,7 @@ def test_the_callback_refuses_another_seller_once_one_is_stored(callback, db, cl
     responses.post(f"{API}/oauth/token", json=token_body(user_id=999, access="AT-x", refresh="RT-x"))
     resp = client.get(f"/oauth/callback?code=TG-abc&state={state}")
     assert resp.status_code == 400 and b"555" in resp.data
-    assert db.auth()["access_token"] == "AT-1"
+    assert db.auth.current()["access_token"] == "AT-1"
 
 
 @responses.activate
@@ -216,7 +216,7 @@ def test_exchange_refuses_a_user_other_than_meli_user_id(make_settings, db, cloc
     responses.post(f"{API}/oauth/token", json=token_body(user_id=999))
     with pytest.raises(AuthorizationRefused):
         meli.exchange_code("TG-x", None, require_state=False)
-    assert db.auth()["status"] == "missing"
+    assert db.auth.current()["status"] == "missing"
 
 
 def test_a_denied_authorization_shows_a_page(callback):

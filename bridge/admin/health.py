@@ -25,7 +25,7 @@ def build_status(db: Database, settings: Settings, now: float, problems: Sequenc
         checks["database"] = {"ok": False, "error": f"database unusable: {exc}"}
         return {"ok": False, "checks": checks, "failing": [name for name, c in checks.items() if not c["ok"]]}
 
-    auth = db.auth()
+    auth = db.auth.current()
     if auth["status"] == "active":
         checks["authorization"] = {
             "ok": True, "seller_id": auth["user_id"], "nickname": auth["nickname"],

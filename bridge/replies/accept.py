@@ -7,7 +7,6 @@ the listener must answer Chatwoot within 5 s whatever Mercado Livre is doing.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -16,8 +15,6 @@ from bridge.replies.refusal import Refusal
 from bridge.sync import claims as sync_claims
 from config import Settings
 from db_manager import Database
-
-log = logging.getLogger("bridge.outbox")
 
 AGENT_SENDER_TYPES = ("user", "agent_bot")
 MELI_FILE_TYPES = {

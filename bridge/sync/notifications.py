@@ -96,7 +96,7 @@ def accept(payload: dict, settings: Settings, db: Database, now: float) -> tuple
     topic, resource = payload.get("topic"), payload.get("resource")
     if not isinstance(topic, str) or not isinstance(resource, str) or not resource:
         return "error", 400, {"reason": "topic and resource are required"}
-    decision = classify(payload, settings.meli_app_id, settings.meli_user_id or db.auth()["user_id"])
+    decision = classify(payload, settings.meli_app_id, settings.meli_user_id or db.auth.current()["user_id"])
     if isinstance(decision, str):
         IGNORED.add(decision, now)
         return "ignored", 200, {"reason": decision}
