@@ -89,6 +89,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, NamedTuple
 
 from bridge.store.auth import AuthStore
+from bridge.store.links import LinksStore, insert_pending, link_row, update_fields
 
 log = logging.getLogger("bridge.db")
 
@@ -356,6 +357,7 @@ class Database:
     def __init__(self, path: str):
         self.path = path
         self.auth = AuthStore(self)
+        self.links = LinksStore(self)
         self._local = threading.local()
         self._write_lock = threading.RLock()
         self._poller_lock = None
@@ -524,80 +526,6 @@ class Database:
                 pass
         return total
 
-    # ---- links -------------------------------------------------------------------------------
-
-    def link(self, kind: str, external_id: str | int) -> dict | None:
-        return _link_row(self.one("SELECT * FROM links WHERE kind = ? AND external_id = ?",
-                                  (kind, str(external_id))))
-
-    def link_by_conversation(self, kind: str, conversation_id: int) -> dict | None:
-        return _link_row(self.one("SELECT * FROM links WHERE kind = ? AND conversation_id = ? AND status = 'created'",
-                                  (kind, conversation_id)))
-
-    def link_intent(self, kind: str, external_id: str | int, now: float, **fields: Any) -> tuple[dict, bool]:
-        """Record that we are about to create `kind/external_id` in Chatwoot.
-
-        Returns (row, fresh). A row that was already there (fresh False) may have been
-        half-created before a crash: the caller checks Chatwoot before creating again.
-        """
-        with self.write() as conn:
-            fresh = self._link_insert(conn, kind, external_id, now)
-            if fields and fresh:
-                self._link_update(conn, kind, external_id, now, fields)
-        return self.link(kind, external_id), fresh
-
-    def link_update(self, kind: str, external_id: str | int, now: float, **fields: Any) -> None:
-        with self.write() as conn:
-            self._link_update(conn, kind, external_id, now, fields)
-
-    def link_created(self, kind: str, external_id: str | int, now: float, **fields: Any) -> None:
-        """Mark the Chatwoot side done (creating the row if the intent was not recorded)."""
-        with self.write() as conn:
-            self._link_insert(conn, kind, external_id, now)
-            self._link_update(conn, kind, external_id, now, dict(fields, status="created"))
-
-    @staticmethod
-    def _link_insert(conn: sqlite3.Connection, kind: str, external_id: str | int, now: float) -> bool:
-        """A pending row unless one exists; True when it is new."""
-        cur = conn.execute("INSERT OR IGNORE INTO links (kind, external_id, status, created_at, updated_at)"
-                           " VALUES (?, ?, 'pending', ?, ?)", (kind, str(external_id), now, now))
-        return cur.rowcount == 1
-
-    @staticmethod
-    def _link_update(conn: sqlite3.Connection, kind: str, external_id: str | int, now: float,
-                     fields: dict) -> None:
-        allowed = {"status", "contact_id", "conversation_id", "message_id", "data"}
-        unknown = set(fields) - allowed
-        if unknown:
-            raise ValueError(f"unknown link fields: {sorted(unknown)}")
-        if "data" in fields:
-            fields = dict(fields, data=json.dumps(fields["data"], sort_keys=True))
-        assignments = ", ".join(f"{name} = ?" for name in fields)
-        conn.execute(f"UPDATE links SET {assignments}, updated_at = ? WHERE kind = ? AND external_id = ?",
-                     (*fields.values(), now, kind, str(external_id)))
-
-    def link_ids_among(self, kind: str, external_ids: list[str]) -> set[str]:
-        """Which of these ids have a links row of `kind` (pending or created)."""
-        found: set[str] = set()
-        for start in range(0, len(external_ids), 500):
-            chunk = [str(i) for i in external_ids[start:start + 500]]
-            rows = self.conn().execute(f"SELECT external_id FROM links WHERE kind = ? AND external_id IN"
-                                       f" ({','.join('?' * len(chunk))})", (kind, *chunk))
-            found.update(r[0] for r in rows)
-        return found
-
-    def links_by_status(self, kind: str, status: str) -> list[dict]:
-        return [_link_row(row) for row in self.all("SELECT * FROM links WHERE kind = ? AND status = ?"
-                                                    " ORDER BY created_at", (kind, status))]
-
-    def link_ids(self, kind: str, status: str | None = None) -> set[str]:
-        if status is None:
-            rows = self.conn().execute("SELECT external_id FROM links WHERE kind = ?", (kind,))
-        else:
-            rows = self.conn().execute("SELECT external_id FROM links WHERE kind = ? AND status = ?",
-                                       (kind, status))
-        return {r[0] for r in rows}
-
     # ---- cache of items and users ------------------------------------------------------------
 
     def cache_get_many(self, kind: str, keys: list[str], max_age: float, now: float) -> dict[str, Any]:
@@ -753,10 +681,10 @@ class Database:
         with self.write() as conn:
             conn.execute("UPDATE reply_parts SET status = 'sent', sent_at = COALESCE(sent_at, ?)"
                          " WHERE reply_id = ? AND seq = 0", (now, reply_id))
-            self._link_insert(conn, "answer", question_id, now)
-            self._link_update(conn, "answer", question_id, now,
-                              {"status": "created", "conversation_id": conversation_id, "message_id": message_id,
-                               "data": {"by": "bridge"}})
+            insert_pending(conn, "answer", question_id, now)
+            update_fields(conn, "answer", question_id, now,
+                          {"status": "created", "conversation_id": conversation_id, "message_id": message_id,
+                           "data": {"by": "bridge"}})
 
     def answer_in_flight(self, question_id: str) -> dict | None:
         """An unfinished reply to this question whose POST may have reached Mercado Livre."""
@@ -857,12 +785,6 @@ class Database:
         return [r["text"] or "" for r in self.all(
             "SELECT p.text FROM reply_parts p JOIN replies r ON r.id = p.reply_id WHERE r.kind = 'claim'"
             " AND r.target_id = ? AND p.status = 'sending'", (str(claim_id),))]
-
-    def links_with_prefix(self, kind: str, prefix: str) -> list[dict]:
-        """Links of `kind` whose external id starts with `prefix` (a claim's messages: "<claim id>:")."""
-        return [_link_row(row) for row in self.all(
-            "SELECT * FROM links WHERE kind = ? AND external_id >= ? AND external_id < ?",
-            (kind, prefix, prefix + "\uffff"))]
 
     def reply_for_remote_id(self, remote_id: str) -> dict | None:
         return self.one("SELECT r.* FROM replies r JOIN reply_parts p ON p.reply_id = r.id WHERE p.remote_id = ?",
@@ -1242,18 +1164,18 @@ class Database:
 
     def buyer_conversations(self, buyer_id: str) -> list[tuple[str, str]]:
         """(kind, external id) of the questions and sales the bridge keeps for this buyer."""
-        buyer = self.link("buyer", str(buyer_id))
+        buyer = self.links.get("buyer", str(buyer_id))
         return self._buyer_conversations(self.conn(), str(buyer_id), buyer["contact_id"] if buyer else None)
 
     def buyer_chatwoot_ids(self, buyer_id: str) -> tuple[set[int], set[int]]:
         """(contact ids, conversation ids) the bridge remembers for this buyer in Chatwoot."""
         contacts: set[int] = set()
         conversations: set[int] = set()
-        buyer = self.link("buyer", str(buyer_id))
+        buyer = self.links.get("buyer", str(buyer_id))
         if buyer and buyer["contact_id"]:
             contacts.add(buyer["contact_id"])
         for kind, external_id in self.buyer_conversations(buyer_id):
-            link = self.link(kind, external_id)
+            link = self.links.get(kind, external_id)
             if link["contact_id"]:
                 contacts.add(link["contact_id"])
             for conversation_id in (link["conversation_id"], link["data"].get("removed_conversation")):
@@ -1294,8 +1216,8 @@ class Database:
     def _erase_conversation(conn: sqlite3.Connection, kind: str, external_id: str, now: float) -> dict:
         """Delete one question's or sale's rows, leaving its closed watermark (inside a write)."""
         spec = CONVERSATION_KINDS[kind]
-        link = _link_row(_row(conn.execute("SELECT * FROM links WHERE kind = ? AND external_id = ?",
-                                           (kind, external_id)).fetchone())) or {"data": {}}
+        link = link_row(_row(conn.execute("SELECT * FROM links WHERE kind = ? AND external_id = ?",
+                                          (kind, external_id)).fetchone())) or {"data": {}}
         # Literal kinds: the partial indexes on each message kind apply only then.
         message_ids = [r[0] for m in spec["messages"] for r in conn.execute(
             f"SELECT external_id FROM links WHERE kind = '{m}' AND json_extract(data, '$.{kind}_id') = ?",
@@ -1414,10 +1336,3 @@ def _delete_notifications(conn: sqlite3.Connection, ids: list[str]) -> int:
         deleted += conn.execute("DELETE FROM notifications WHERE resource = ? OR resource LIKE ?",
                                 (value, f"%/{value}")).rowcount
     return deleted
-
-
-def _link_row(row: dict | None) -> dict | None:
-    """A links row with its `data` decoded ({} when empty)."""
-    if row is not None:
-        row["data"] = json.loads(row["data"]) if row.get("data") else {}
-    return row

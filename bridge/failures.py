@@ -194,7 +194,7 @@ def report(s: Services, row: dict) -> None:
 
 def conversation_for(s: Services, kind: str, item_id: Any) -> int | None:
     if kind in ("question", "pack", "claim"):
-        return (s.db.link(kind, item_id) or {}).get("conversation_id")
+        return (s.db.links.get(kind, item_id) or {}).get("conversation_id")
     if kind == "reply":
         return (s.db.reply(int(item_id)) or {}).get("conversation_id")
     if kind == "notification":
@@ -203,7 +203,7 @@ def conversation_for(s: Services, kind: str, item_id: Any) -> int | None:
         resource = (note.get("resource") or "").strip()
         link_kind = {"questions": "question", "messages": "message", "claims": "claim"}.get(note.get("topic"))
         if link_kind and resource:
-            return (s.db.link(link_kind, resource.rsplit("/", 1)[-1]) or {}).get("conversation_id")
+            return (s.db.links.get(link_kind, resource.rsplit("/", 1)[-1]) or {}).get("conversation_id")
     return None
 
 

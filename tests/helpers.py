@@ -34,5 +34,6 @@ def authorized_services(settings, db, clock: Clock | None = None) -> Services:
 
 def link_conversations(db) -> None:
     """Question 555 in conversation 77 and sale 2000001 in conversation 88, both already in Chatwoot."""
-    db.link_created("question", "555", 1.0, conversation_id=77, contact_id=5, message_id=1, data={"state": "open"})
-    db.link_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5, data={"buyer_id": 9})
+    db.links.mark_created("question", "555", 1.0, conversation_id=77, contact_id=5, message_id=1,
+                          data={"state": "open"})
+    db.links.mark_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5, data={"buyer_id": 9})

@@ -54,20 +54,20 @@ def test_a_watched_question_in_the_same_state_is_no_change_but_a_new_state_is_no
 
 @responses.activate
 def test_an_open_question_missing_from_a_listing_is_fetched_and_left_alone(s):
-    s.db.link_created("question", "2", 1.0, conversation_id=77, contact_id=5, data={"state": "open"})
+    s.db.links.mark_created("question", "2", 1.0, conversation_id=77, contact_id=5, data={"state": "open"})
     responses.get(f"{API}/questions/search", json=search({"id": 1, "status": "UNANSWERED"}, total=1))
-    s.db.link_created("question", "1", 1.0, conversation_id=76, contact_id=5, data={"state": "open"})
+    s.db.links.mark_created("question", "1", 1.0, conversation_id=76, contact_id=5, data={"state": "open"})
     responses.get(f"{API}/questions/2", json={"id": 2, "status": "UNANSWERED", "answer": None})
     counts = sync_questions.sync_questions(s)
     assert counts["changed"] == 0
     assert not calls("POST", CW) and not calls("GET", CW)  # no note, no reopen
-    assert s.db.link("question", "2")["data"]["state"] == "open"
+    assert s.db.links.get("question", "2")["data"]["state"] == "open"
 
 
 @responses.activate
 def test_a_watched_question_the_listing_shows_is_back_only_when_it_says_so_itself(s):
-    s.db.link_created("question", "3", 1.0, conversation_id=78, contact_id=5,
-                      data={"state": "watch", "ml_status": "UNDER_REVIEW"})
+    s.db.links.mark_created("question", "3", 1.0, conversation_id=78, contact_id=5,
+                            data={"state": "watch", "ml_status": "UNDER_REVIEW"})
     responses.get(f"{API}/questions/search", json=search({"id": 3, "status": "UNANSWERED"}))
     responses.get(f"{API}/questions/3", json={"id": 3, "status": "UNDER_REVIEW", "answer": None})
     assert sync_questions.sync_questions(s)["changed"] == 0
@@ -78,17 +78,17 @@ def test_a_watched_question_the_listing_shows_is_back_only_when_it_says_so_itsel
     responses.post(f"{CW}/conversations/78/toggle_status", json={"payload": {"success": True}})
     assert sync_questions.sync_questions(s)["changed"] == 1
     assert json.loads(calls("POST", "/toggle_status")[0].request.body) == {"status": "open"}
-    assert s.db.link("question", "3")["data"]["state"] == "open"
+    assert s.db.links.get("question", "3")["data"]["state"] == "open"
 
 
 @responses.activate
 def test_a_deleted_question_conversation_is_left_deleted_and_not_followed_again(s):
-    s.db.link_created("question", "4", 1.0, conversation_id=79, contact_id=5, data={"state": "open"})
+    s.db.links.mark_created("question", "4", 1.0, conversation_id=79, contact_id=5, data={"state": "open"})
     responses.get(f"{API}/questions/search", json=search())
     responses.get(f"{API}/questions/4", json={"id": 4, "status": "ANSWERED", "answer": {"text": "Sim"}})
     responses.post(f"{CW}/conversations/79/messages", status=404, json=NOT_FOUND)
     sync_questions.sync_questions(s)
-    assert s.db.link("question", "4")["data"]["state"] == "removed"
+    assert s.db.links.get("question", "4")["data"]["state"] == "removed"
     sync_questions.sync_questions(s)
     assert len(calls("GET", "/questions/4")) == 1
     assert sync_questions.sync_one_question(s, "4") == "conversation deleted in chatwoot"
@@ -96,7 +96,7 @@ def test_a_deleted_question_conversation_is_left_deleted_and_not_followed_again(
 
 @responses.activate
 def test_one_refused_question_does_not_hold_back_the_later_ones(s):
-    s.db.link_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [1]})
+    s.db.links.mark_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [1]})
     s.db.cache_put_many("user", {"9": "COMPRADOR"}, time.time())
     s.db.cache_put_many("item", {"MLB1": {"id": "MLB1", "title": "Caneca"}}, time.time())
     question = {"item_id": "MLB1", "from": {"id": 9}, "status": "UNANSWERED", "text": "?"}
@@ -107,15 +107,15 @@ def test_one_refused_question_does_not_hold_back_the_later_ones(s):
     responses.post(f"{CW}/conversations/91/messages", json={"id": 910})
     counts = sync_questions.sync_questions(s)
     assert counts["item_errors"] == 1 and counts["created"] == 1
-    assert s.db.link("question", "11")["status"] == "created"
-    assert s.db.link("question", "10")["status"] == "pending"  # tried again next cycle
+    assert s.db.links.get("question", "11")["status"] == "created"
+    assert s.db.links.get("question", "10")["status"] == "pending"  # tried again next cycle
 
 
 # ---- contacts -------------------------------------------------------------------------------------------
 
 @responses.activate
 def test_a_deleted_contact_is_created_again_when_its_conversation_cannot_be_made(s):
-    s.db.link_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [1]})
+    s.db.links.mark_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [1]})
     responses.post(f"{CW}/conversations", status=404, json={"error": "Contact not found"})
     responses.post(f"{CW}/contacts", json={"payload": {"contact": {"id": 6}}})
     responses.get(f"{CW}/contacts/6/conversations", json={"payload": []})
@@ -124,12 +124,12 @@ def test_a_deleted_contact_is_created_again_when_its_conversation_cannot_be_made
         s, kind="question", external_id="12", inbox_id=1, buyer_id=9, nickname="COMPRADOR", custom_attributes={})
     assert (contact_id, conversation_id, fresh) == (6, 91, True)
     assert json.loads(calls("POST", "/conversations")[1].request.body)["contact_id"] == 6
-    assert s.db.link("buyer", "9")["contact_id"] == 6
+    assert s.db.links.get("buyer", "9")["contact_id"] == 6
 
 
 @responses.activate
 def test_a_contact_merged_away_is_found_again_by_its_identifier(s):
-    s.db.link_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [1]})
+    s.db.links.mark_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [1]})
     responses.post(f"{CW}/contacts/5/contact_inboxes", status=404, json=NOT_FOUND)
     responses.post(f"{CW}/contacts", status=422, json={"message": "Identifier has already been taken"})
     responses.post(f"{CW}/contacts/filter", json={"payload": [{"id": 8, "identifier": "meli:buyer:9"}]})
@@ -140,20 +140,20 @@ def test_a_contact_merged_away_is_found_again_by_its_identifier(s):
     assert (contact_id, conversation_id) == (8, 92)
     sent = json.loads(calls("POST", "/contacts/filter")[0].request.body)["payload"][0]
     assert sent["filter_operator"] == "equal_to" and sent["values"] == ["meli:buyer:9"]
-    assert s.db.link("buyer", "9")["contact_id"] == 8
+    assert s.db.links.get("buyer", "9")["contact_id"] == 8
 
 
 # ---- replies to a deleted conversation -------------------------------------------------------------------
 
 @responses.activate
 def test_a_failed_reply_from_a_deleted_conversation_is_told_in_the_sales_new_one(s):
-    s.db.link_created("pack", "2000001", 1.0, conversation_id=77, contact_id=5, data={"buyer_id": 9})
+    s.db.links.mark_created("pack", "2000001", 1.0, conversation_id=77, contact_id=5, data={"buyer_id": 9})
     status, _code, extra = accept.accept_webhook(
         message_created(message_id=9300, conversation_id=77, inbox_id=2, content="Obrigado 😀"),
         s.settings, s.db, time.time())
     assert status == "refused"
     # The agent deletes the conversation; the next buyer message moved the sale to conversation 88.
-    s.db.link_update("pack", "2000001", time.time(), conversation_id=88)
+    s.db.links.update("pack", "2000001", time.time(), conversation_id=88)
     responses.patch(f"{CW}/conversations/77/messages/9300", status=404, json=NOT_FOUND)
     responses.post(f"{CW}/conversations/77/messages", status=404, json=NOT_FOUND)
     responses.post(f"{CW}/conversations/88/messages", json={"id": 1})

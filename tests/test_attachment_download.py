@@ -60,8 +60,8 @@ def test_every_hop_is_checked_not_only_the_first(chatwoot):
 def test_a_foreign_redirect_reaches_the_agent_as_a_failed_mark_and_note(settings, db):
     s = build_services(settings, db, sleep=lambda _s: None)
     db.auth.store_authorized(555, "LOJA", "AT-1", "RT-1", time.time() + 21600, time.time())
-    db.link_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
-                    data={"buyer_id": 9, "blocked": False, "migrated": False})
+    db.links.mark_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
+                          data={"buyer_id": 9, "blocked": False, "migrated": False})
     status, _code, extra = accept.accept_webhook(
         message_created(message_id=9300, conversation_id=88, inbox_id=2, content="Segue a foto",
                         attachments=[{"id": 5, "file_type": "image", "extension": "png", "data_url": BLOB}]),

@@ -123,7 +123,7 @@ def s(make_settings, db):
     data = {"buyer_id": 7001, "order_id": "2000001", "pack_id": "2000001", "stage": "claim", "status": "opened",
             "last_updated": "old", "due": "2026-11-22T10:00:00.000Z", "affects": "not_affected",
             "attributes": sync_claims.claim_attributes(claim(), None, "not_affected")}
-    db.link_created("claim", CLAIM_ID, 1.0, conversation_id=88, contact_id=5, data=data)
+    db.links.mark_created("claim", CLAIM_ID, 1.0, conversation_id=88, contact_id=5, data=data)
     return services
 
 
@@ -157,7 +157,7 @@ def test_a_reply_repeating_a_pruned_replys_text_is_still_the_agents_own_message(
     created = [c for c in responses.calls if c.request.method == "POST" and "/messages" in c.request.url
                and c.request.url.startswith(CW)]
     assert created == []
-    links = [link for link in db.links_with_prefix("claim_message", f"{CLAIM_ID}:")]
+    links = [link for link in db.links.with_prefix("claim_message", f"{CLAIM_ID}:")]
     assert sorted(link["message_id"] for link in links) == [901, 902]
 
 
@@ -187,5 +187,5 @@ def test_a_file_mercado_livre_no_longer_has_is_named_and_the_conversation_is_kep
                     if c.request.url == f"{CW}/conversations/88/custom_attributes"]
     assert attributes["meli_claim_reply_to"] == "mediador"
     assert attributes["meli_claim_due_date"] == "2030-01-01T00:00:00.000Z"
-    link = db.link("claim", CLAIM_ID)
+    link = db.links.get("claim", CLAIM_ID)
     assert link["conversation_id"] == 88 and link["data"]["last_updated"] == claim()["last_updated"]

@@ -79,7 +79,8 @@ CW = "https://chat.example.test/api/v1/accounts/1"
 @pytest.fixture
 def s(settings, db):
     services = authorized_services(settings, db)
-    db.link_created("question", "321", 1.0, conversation_id=77, contact_id=5, message_id=1, data={"state": "open"})
+    db.links.mark_created("question", "321", 1.0, conversation_id=77, contact_id=5, message_id=1,
+                          data={"state": "open"})
     return services
 
 
@@ -100,10 +101,11 @@ def chatwoot_calls(method, part):
 def test_an_answered_question_with_our_in_flight_text_is_resolved_not_mirrored(s):
     reply_id = answer_in_flight(s, "Temos **sim**, pode comprar!")
     responses.post(f"{CW}/conversations/77/toggle_status", json={"payload": {"success": True}})
-    link = s.db.link("question", "321")
+    link = s.db.links.get("question", "321")
     sync_questions.follow_question(s, link, {"status": "ANSWERED", "answer": {"text": "Temos sim,  pode comprar!"}})
     assert chatwoot_calls("POST", "/conversations/77/messages") == []
-    assert s.db.link("answer", "321")["status"] == "created" and s.db.link("answer", "321")["data"] == {"by": "bridge"}
+    assert (s.db.links.get("answer", "321")["status"] == "created"
+            and s.db.links.get("answer", "321")["data"] == {"by": "bridge"})
     assert s.db.reply_parts(reply_id)[0]["status"] == "sent"
     # The outbox, taking the reply back, finishes it without posting again.
     s.db.replies_release_leases(time.time())
@@ -118,9 +120,9 @@ def test_an_answer_given_elsewhere_while_ours_is_in_flight_is_still_mirrored(s):
     responses.get(f"{CW}/conversations/77/messages", json={"payload": []})
     responses.post(f"{CW}/conversations/77/messages", json={"id": 555})
     responses.post(f"{CW}/conversations/77/toggle_status", json={"payload": {"success": True}})
-    link = s.db.link("question", "321")
+    link = s.db.links.get("question", "321")
     sync_questions.follow_question(s, link, {"status": "ANSWERED", "answer": {"text": "Acabou o estoque."}})
     [mirror] = chatwoot_calls("POST", "/conversations/77/messages")
     assert json.loads(mirror.request.body)["source_id"] == "meli:answer:321"
-    assert s.db.link("answer", "321")["data"] == {"by": "mercadolivre"}
+    assert s.db.links.get("answer", "321")["data"] == {"by": "mercadolivre"}
     assert s.db.reply_parts(reply_id)[0]["status"] == "sending"

@@ -24,10 +24,10 @@ def test_a_fresh_database_gets_every_migration(tmp_path):
 
 def test_opening_again_changes_nothing(tmp_path):
     path = str(tmp_path / "b.db")
-    Database(path).open().link_intent("question", "1", 1.0)
+    Database(path).open().links.record_intent("question", "1", 1.0)
     db = Database(path).open()
     assert db.schema_version() == SCHEMA_VERSION
-    assert db.link("question", "1")["status"] == "pending"
+    assert db.links.get("question", "1")["status"] == "pending"
 
 
 def test_a_database_newer_than_the_code_is_refused(tmp_path):
@@ -175,21 +175,21 @@ def test_housekeeping_forgets_old_records_but_keeps_links(db):
                             parts=[{"text": "a"}], now=1.0)
     db.reply_delivered(reply, 2.0)
     db.reply_reported(reply, 3.0)
-    db.link_created("question", "5", 1.0, conversation_id=1)
+    db.links.mark_created("question", "5", 1.0, conversation_id=1)
     counts = db.prune(now=40 * day)
     assert counts == {"notifications": 1, "oauth_states": 1, "cache": 1, "replies": 1}
-    assert db.link("question", "5")["status"] == "created"
+    assert db.links.get("question", "5")["status"] == "created"
     assert db.one("SELECT COUNT(*) AS n FROM reply_parts")["n"] == 0
 
 
 def test_a_backup_holds_what_is_still_only_in_the_wal(db, tmp_path):
     db.conn().execute("PRAGMA wal_autocheckpoint = 0")
-    db.link_created("question", "77", 1.0, conversation_id=5)
+    db.links.mark_created("question", "77", 1.0, conversation_id=5)
     assert os.path.getsize(db.path + "-wal") > 0
     target = str(tmp_path / "copy.db")
     assert db.backup_to(target) > 0
     copy = Database(target).open()
-    assert copy.link("question", "77")["conversation_id"] == 5
+    assert copy.links.get("question", "77")["conversation_id"] == 5
     assert copy.schema_version() == SCHEMA_VERSION
 
 
@@ -203,14 +203,14 @@ def test_a_backup_never_overwrites_a_file(db, tmp_path):
 
 def test_the_backup_command_needs_only_the_database_path(tmp_path):
     path = tmp_path / "state" / "bridge.db"
-    Database(str(path)).open().link_created("pack", "9", 1.0)
+    Database(str(path)).open().links.mark_created("pack", "9", 1.0)
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "DATABASE_PATH": str(path)}
     target = tmp_path / "backup.db"
     result = subprocess.run([sys.executable, "main.py", "backup", str(target)], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "backup written" in result.stdout
-    assert Database(str(target)).open().link("pack", "9")["status"] == "created"
+    assert Database(str(target)).open().links.get("pack", "9")["status"] == "created"
     again = subprocess.run([sys.executable, "main.py", "backup", str(target)], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
@@ -232,5 +232,5 @@ def test_a_database_written_before_migrations_became_steps_reaches_the_schema_of
     old.close()
     db = Database(path).open()
     assert db.schema_version() == SCHEMA_VERSION
-    assert db.link("question", "1")["status"] == "pending"
+    assert db.links.get("question", "1")["status"] == "pending"
     assert _schema(db.conn()) == _schema(Database(str(tmp_path / "fresh.db")).open().conn())

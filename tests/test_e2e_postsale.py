@@ -248,7 +248,7 @@ def test_a_moderation_note_that_chatwoot_refused_once_is_posted_on_the_next_poll
     assert chatwoot.count("POST", f"/api/v1/accounts/{chatwoot.account_id}/conversations/"
                                        f"{conv['id']}/messages") >= 2
     assert chatwoot.message(reply["id"])["status"] == "failed"
-    wait_until(lambda: db.link("moderation", meli.sent_messages[-1]["message_id"]) is not None
-               and db.link("moderation", meli.sent_messages[-1]["message_id"])["status"] == "created", 20,
+    wait_until(lambda: db.links.get("moderation", meli.sent_messages[-1]["message_id"]) is not None
+               and db.links.get("moderation", meli.sent_messages[-1]["message_id"])["status"] == "created", 20,
                what="moderation recorded as reported")
     assert len([m for m in chatwoot.messages_in(conv["id"]) if m["private"]]) == 1

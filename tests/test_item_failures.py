@@ -78,8 +78,8 @@ def test_a_question_raising_keyerror_does_not_stop_the_later_questions(s, clock)
     chatwoot_creates()
     counts = sync_questions.sync_questions(s)
     assert counts["created"] == 2 and counts["item_errors"] == 1
-    assert s.db.link("question", "2")["status"] == "created"
-    assert s.db.link("question", "3")["status"] == "created"
+    assert s.db.links.get("question", "2")["status"] == "created"
+    assert s.db.links.get("question", "3")["status"] == "created"
     row = s.db.item_attempt("question", "1")
     assert row["attempts"] == 1 and row["gave_up_at"] is None
     assert row["next_attempt_at"] >= clock() + failures.RETRY_FIRST / 2
@@ -95,7 +95,7 @@ def test_search_entries_of_the_wrong_shape_do_not_stop_the_others(s):
     chatwoot_creates()
     counts = sync_questions.sync_questions(s)
     assert counts["created"] == 1 and counts["item_errors"] == 1
-    assert s.db.link("question", "3")["status"] == "created"
+    assert s.db.links.get("question", "3")["status"] == "created"
     assert s.db.item_attempt("question", "2")["attempts"] == 1
 
 
@@ -146,14 +146,15 @@ def test_one_bad_item_in_the_lookup_does_not_fail_the_other_questions(s):
     chatwoot_creates()
     counts = sync_questions.sync_questions(s)
     assert counts["created"] == 1 and counts["item_errors"] == 1
-    assert s.db.link("question", "2")["status"] == "created"
+    assert s.db.links.get("question", "2")["status"] == "created"
     assert s.db.item_attempt("question", "1")["last_error"].startswith("AttributeError")
 
 
 @responses.activate
 def test_after_the_bound_a_question_is_reported_once_with_a_note_and_a_status_count(s, clock, caplog):
     # Question 7 is in Chatwoot (conversation 77) and left the unanswered list; reading it breaks.
-    s.db.link_created("question", "7", 1.0, conversation_id=77, contact_id=5, message_id=1, data={"state": "open"})
+    s.db.links.mark_created("question", "7", 1.0, conversation_id=77, contact_id=5, message_id=1,
+                            data={"state": "open"})
     search_returns()
     responses.get(f"{API}/questions/7", json=["not", "a", "question"])
     responses.get(f"{CW}/conversations/77/messages", json={"payload": []})
@@ -182,7 +183,8 @@ def test_after_the_bound_a_question_is_reported_once_with_a_note_and_a_status_co
 
 @responses.activate
 def test_a_note_that_could_not_be_posted_is_posted_by_housekeeping(s, clock):
-    s.db.link_created("question", "7", 1.0, conversation_id=77, contact_id=5, message_id=1, data={"state": "open"})
+    s.db.links.mark_created("question", "7", 1.0, conversation_id=77, contact_id=5, message_id=1,
+                            data={"state": "open"})
     search_returns()
     responses.get(f"{API}/questions/7", json=[])
     responses.post(f"{CW}/conversations/77/messages", status=500, json={"message": "down"})
@@ -222,8 +224,8 @@ def test_a_pack_raising_does_not_stop_the_later_packs(s, clock):
         {"resource": f"/packs/2000002/sellers/{SELLER}", "count": 1}]})
     # The first thread comes back in a shape nobody expected.
     responses.get(f"{API}/messages/packs/2000001/sellers/{SELLER}", json={"messages": "oops", "paging": {}})
-    s.db.link_created("pack", "2000002", 1.0, conversation_id=88, contact_id=5,
-                      data={"buyer_id": 9, "blocked": False, "migrated": False})
+    s.db.links.mark_created("pack", "2000002", 1.0, conversation_id=88, contact_id=5,
+                            data={"buyer_id": 9, "blocked": False, "migrated": False})
     responses.get(f"{API}/messages/packs/2000002/sellers/{SELLER}", json={
         "paging": {"total": 1}, "conversation_status": {"status": "active"},
         "messages": [{"id": "m-1", "from": {"user_id": 9}, "to": {"user_id": SELLER}, "text": "Chegou?",
@@ -233,7 +235,7 @@ def test_a_pack_raising_does_not_stop_the_later_packs(s, clock):
     responses.post(f"{CW}/conversations/88/toggle_status", json={"payload": {"success": True}})
     counts = sync_messages.sync_messages(s)
     assert counts["created"] == 1 and counts["item_errors"] == 1
-    assert s.db.link("message", "m-1")["status"] == "created"
+    assert s.db.links.get("message", "m-1")["status"] == "created"
     row = s.db.item_attempt("pack", "2000001")
     assert row["attempts"] == 1 and row["last_error"].startswith("AttributeError")
     reads = len(calls("GET", "/packs/2000001/"))
@@ -249,7 +251,7 @@ def test_a_pack_raising_does_not_stop_the_later_packs(s, clock):
 
 @responses.activate
 def test_a_notification_raising_does_not_stop_the_later_ones_and_is_reported_when_given_up(s, clock):
-    s.db.link_created("message", "m-bad", 1.0, conversation_id=88, message_id=3)
+    s.db.links.mark_created("message", "m-bad", 1.0, conversation_id=88, message_id=3)
     s.db.notification_record("n-1", "messages", "/messages/m-bad", clock())
     clock.advance(1)
     s.db.notification_record("n-2", "questions", "/questions/8", clock())
@@ -278,8 +280,8 @@ def test_a_notification_raising_does_not_stop_the_later_ones_and_is_reported_whe
 # ---- replies -----------------------------------------------------------------------------------------
 
 def accept_message(s, pack_id, message_id, conversation_id):
-    s.db.link_created("pack", pack_id, 1.0, conversation_id=conversation_id, contact_id=5,
-                      data={"buyer_id": 9, "blocked": False, "migrated": False})
+    s.db.links.mark_created("pack", pack_id, 1.0, conversation_id=conversation_id, contact_id=5,
+                            data={"buyer_id": 9, "blocked": False, "migrated": False})
     status, _code, extra = accept.accept_webhook(
         message_created(message_id=message_id, conversation_id=conversation_id, inbox_id=2, content="Enviado hoje"),
         s.settings, s.db, s.clock())
@@ -317,8 +319,10 @@ def test_a_reply_raising_is_counted_backed_off_and_failed_with_a_note_after_a_da
 
 @responses.activate
 def test_a_report_raising_does_not_hold_up_the_other_reports_and_is_given_up_after_a_day(s, clock):
-    s.db.link_created("question", "321", 1.0, conversation_id=77, contact_id=5, message_id=1, data={"state": "open"})
-    s.db.link_created("question", "322", 1.0, conversation_id=78, contact_id=5, message_id=1, data={"state": "open"})
+    s.db.links.mark_created("question", "321", 1.0, conversation_id=77, contact_id=5, message_id=1,
+                            data={"state": "open"})
+    s.db.links.mark_created("question", "322", 1.0, conversation_id=78, contact_id=5, message_id=1,
+                            data={"state": "open"})
     for message_id, conv in ((9301, 77), (9302, 78)):
         status, _code, _extra = accept.accept_webhook(
             message_created(message_id=message_id, conversation_id=conv, content="x" * 2100), s.settings, s.db,

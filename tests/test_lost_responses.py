@@ -23,8 +23,8 @@ MARK = {"tag": "post_sale", "limit": "10", "offset": "0"}
 @pytest.fixture
 def s(settings, db):
     services = authorized_services(settings, db)
-    db.link_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
-                    data={"buyer_id": 9, "blocked": False, "migrated": False})
+    db.links.mark_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
+                          data={"buyer_id": 9, "blocked": False, "migrated": False})
     return services
 
 
@@ -56,12 +56,12 @@ def test_a_buyer_message_whose_creation_timed_out_is_not_created_twice_in_chatwo
     with pytest.raises(TransientError):
         sync_messages.sync_pack(s, "2000001", 555)
     assert len(posts_to(f"{CW}/conversations/88/messages")) == 1
-    assert s.db.link("message", "b1")["status"] == "pending"
+    assert s.db.links.get("message", "b1")["status"] == "pending"
 
     # Next poll: the intent is found in Chatwoot by its source id, not created again.
     assert sync_messages.sync_pack(s, "2000001", 555) == 1
     assert len(posts_to(f"{CW}/conversations/88/messages")) == 1
-    assert s.db.link("message", "b1")["message_id"] == 700
+    assert s.db.links.get("message", "b1")["message_id"] == 700
 
 
 @responses.activate
@@ -107,9 +107,10 @@ def test_a_buyer_file_mercado_livre_no_longer_serves_does_not_hold_back_the_sale
     contents = [json.loads(c.request.body)["content"] for c in posts_to(f"{CW}/conversations/88/messages")]
     assert contents[0].startswith("Segue a foto") and "foto.png" in contents[0]
     assert contents[1] == "Alguém aí?"
-    assert s.db.link("message", "b1")["status"] == "created" and s.db.link("message", "b2")["status"] == "created"
+    assert (s.db.links.get("message", "b1")["status"] == "created"
+            and s.db.links.get("message", "b2")["status"] == "created")
     # Mercado Livre's 404 said nothing about the Chatwoot conversation: the sale stays in it.
-    assert not posts_to(f"{CW}/conversations") and s.db.link("pack", "2000001")["conversation_id"] == 88
+    assert not posts_to(f"{CW}/conversations") and s.db.links.get("pack", "2000001")["conversation_id"] == 88
 
 
 @responses.activate
@@ -142,7 +143,7 @@ def test_a_file_the_seller_sent_on_the_site_is_mirrored_after_a_failed_reply_lef
     responses.post(f"{CW}/conversations/88/messages", json={"id": 702})
 
     assert sync_messages.sync_pack(s, "2000001", 555) == 1
-    assert s.db.link("message", "m-file")["status"] == "created"
+    assert s.db.links.get("message", "m-file")["status"] == "created"
     assert s.db.thread("2000001")["total"] == 1
 
 
@@ -158,7 +159,7 @@ def test_a_reply_moderated_after_its_first_check_is_still_shown_failed_to_the_ag
     s.db.part_sent(reply["id"], 0, "m-r", now - 1200)
     s.db.reply_delivered(reply["id"], now - 1200)
     # Checked three minutes after delivery: still clean then.
-    s.db.link_created("moderation_check", reply["id"], now - 1000)
+    s.db.links.mark_created("moderation_check", reply["id"], now - 1000)
     moderated = {"id": "m-r", "from": {"user_id": 555}, "to": {"user_id": 9}, "text": "Me chama no zap",
                  "status": "moderated", "message_moderation": {"status": "rejected", "reason": "PERSONAL_DATA"},
                  "message_date": {"created": "2026-11-29T10:05:00.000Z", "read": None}}
@@ -171,7 +172,7 @@ def test_a_reply_moderated_after_its_first_check_is_still_shown_failed_to_the_ag
     assert sync_messages.check_recent_replies(s, 555, set()) == 1
     patched = [json.loads(c.request.body) for c in responses.calls if c.request.method == "PATCH"]
     assert patched and patched[0]["status"] == "failed"
-    assert s.db.link("moderation", "m-r")["status"] == "created"
+    assert s.db.links.get("moderation", "m-r")["status"] == "created"
     assert sync_messages.check_recent_replies(s, 555, set()) == 0  # once per round
 
 

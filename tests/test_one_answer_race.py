@@ -13,7 +13,7 @@ WORKERS = 4
 
 def test_concurrent_answers_to_one_question_leave_exactly_one_to_send(settings, db):
     for q in range(QUESTIONS):
-        db.link_created("question", str(1000 + q), 1.0, conversation_id=500 + q, contact_id=5, message_id=1)
+        db.links.mark_created("question", str(1000 + q), 1.0, conversation_id=500 + q, contact_id=5, message_id=1)
     # Each worker has its own connection, like separate gunicorn processes on one file.
     workers = [Database(settings.database_path) for _ in range(WORKERS)]
     barrier = threading.Barrier(WORKERS)
@@ -50,7 +50,7 @@ def test_concurrent_answers_to_one_question_leave_exactly_one_to_send(settings, 
 
 
 def test_a_failed_answer_does_not_block_the_next_one(settings, db):
-    db.link_created("question", "7", 1.0, conversation_id=70, contact_id=5, message_id=1)
+    db.links.mark_created("question", "7", 1.0, conversation_id=70, contact_id=5, message_id=1)
     empty = accept.accept_webhook(message_created(message_id=1, conversation_id=70, content=" "), settings, db, 1.0)
     assert empty[0] == "refused"
     good = accept.accept_webhook(message_created(message_id=2, conversation_id=70), settings, db, 2.0)

@@ -18,7 +18,8 @@ CW = "https://chat.example.test/api/v1/accounts/1"
 @pytest.fixture
 def s(settings, db):
     services = authorized_services(settings, db)
-    db.link_created("question", "321", 1.0, conversation_id=77, contact_id=5, message_id=1, data={"state": "open"})
+    db.links.mark_created("question", "321", 1.0, conversation_id=77, contact_id=5, message_id=1,
+                          data={"state": "open"})
     return services
 
 
@@ -58,7 +59,7 @@ def test_an_answer_is_posted_marked_delivered_and_the_conversation_resolved(s):
     reply = s.db.reply(reply_id)
     assert reply["status"] == "delivered" and reply["reported_at"]
     assert s.db.reply_parts(reply_id)[0]["text"] is None  # the text is forgotten once delivered
-    assert s.db.link("answer", "321")["message_id"] == 9123
+    assert s.db.links.get("answer", "321")["message_id"] == 9123
 
 
 @responses.activate

@@ -22,8 +22,8 @@ SENTENCE = "Seu pedido foi enviado hoje pela transportadora e chega em breve. " 
 @pytest.fixture
 def s(settings, db):
     services = authorized_services(settings, db)
-    db.link_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
-                    data={"buyer_id": 9, "blocked": False, "migrated": False})
+    db.links.mark_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
+                          data={"buyer_id": 9, "blocked": False, "migrated": False})
     return services
 
 
@@ -122,7 +122,7 @@ def test_a_part_in_flight_that_never_arrived_is_sent(s):
 
 @responses.activate
 def test_a_migrated_thread_is_answered_to_the_meli_agent(s):
-    s.db.link_update("pack", "2000001", 1.0, data={"buyer_id": 9, "migrated": True})
+    s.db.links.update("pack", "2000001", 1.0, data={"buyer_id": 9, "migrated": True})
     accept(s, "Olá!")
     sent_ok(1)
     chatwoot_ok()
@@ -225,7 +225,7 @@ def test_reconciling_a_part_ignores_an_earlier_reply_with_the_same_text(s):
 
 @responses.activate
 def test_replies_to_one_sale_go_out_in_order_while_others_go_in_parallel(s):
-    s.db.link_created("pack", "2000002", 1.0, conversation_id=89, contact_id=6, data={"buyer_id": 10})
+    s.db.links.mark_created("pack", "2000002", 1.0, conversation_id=89, contact_id=6, data={"buyer_id": 10})
     for n, text in enumerate(["primeira", "segunda", "terceira"]):
         accept(s, text, message_id=100 + n)
     accept_webhook(message_created(message_id=200, conversation_id=89, inbox_id=2, content="outra venda"),
@@ -276,8 +276,8 @@ def test_an_older_site_message_with_the_same_text_is_not_taken_for_a_lost_send(s
 @responses.activate
 def test_a_site_message_already_mirrored_is_not_taken_for_a_lost_send(s):
     reply_id = in_doubt(s, "Ok")
-    s.db.link_created("message", "m-site", time.time(), conversation_id=88, message_id=70,
-                      data={"pack_id": "2000001", "direction": "outgoing"})
+    s.db.links.mark_created("message", "m-site", time.time(), conversation_id=88, message_id=70,
+                            data={"pack_id": "2000001", "direction": "outgoing"})
     responses.get(THREAD, json={"paging": {"total": 1}, "messages": [
         seller_message("m-site", "Ok", time.time() - 60)], "conversation_status": {"status": "active"}})
     sent_ok(1)

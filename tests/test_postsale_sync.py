@@ -23,8 +23,8 @@ MARK = {"tag": "post_sale", "limit": "10", "offset": "0"}
 @pytest.fixture
 def s(settings, db):
     services = authorized_services(settings, db)
-    db.link_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
-                    data={"buyer_id": 9, "blocked": False, "migrated": False})
+    db.links.mark_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
+                          data={"buyer_id": 9, "blocked": False, "migrated": False})
     return services
 
 
@@ -65,7 +65,7 @@ def test_a_buyer_message_marked_read_during_the_sync_is_mirrored_from_the_mark_r
     chatwoot_accepts()
     created = sync_messages.sync_pack(s, "2000001", 555)
     assert created == 2 and created_in_chatwoot() == ["Oi", "Ainda aí?"]
-    assert s.db.link("message", "b2")["status"] == "created"
+    assert s.db.links.get("message", "b2")["status"] == "created"
     thread_row = s.db.thread("2000001")
     assert thread_row["marking_since"] is None and thread_row["total"] == 2
 
@@ -82,7 +82,7 @@ def test_only_the_pages_holding_unread_messages_are_marked_in_pages_of_ten(s):
     responses.get(THREAD, match=[matchers.query_param_matcher(dict(MARK, offset="10"))],
                   json={"paging": {"total": 13}, "messages": pages[10]})
     for i in range(12):
-        s.db.link_created("message", f"o{i}", 1.0, conversation_id=88, message_id=i)
+        s.db.links.mark_created("message", f"o{i}", 1.0, conversation_id=88, message_id=i)
     chatwoot_accepts()
     assert sync_messages.sync_pack(s, "2000001", 555) == 1
     marks = [c.request.url for c in responses.calls if "mark_as_read" not in c.request.url
@@ -93,7 +93,7 @@ def test_only_the_pages_holding_unread_messages_are_marked_in_pages_of_ten(s):
 @responses.activate
 def test_a_mark_read_interrupted_by_a_crash_is_synced_again_on_the_next_poll(s):
     # The last run flagged the thread, marked it read, and died before mirroring b2.
-    s.db.link_created("message", "b1", 1.0, conversation_id=88, message_id=1)
+    s.db.links.mark_created("message", "b1", 1.0, conversation_id=88, message_id=1)
     s.db.thread_marking("2000001", time.time() - 30)
     responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
                   json=thread(buyer("b1", "Oi", 1, read=True), buyer("b2", "Ainda aí?", 2, read=True)))
@@ -114,7 +114,7 @@ def test_a_seller_message_like_a_reply_part_in_flight_is_not_mirrored_as_typed_o
     responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=thread(seller("m-ok", "Ok", 3)))
     chatwoot_accepts()
     assert sync_messages.sync_pack(s, "2000001", 555) == 0
-    assert created_in_chatwoot() == [] and s.db.link("message", "m-ok") is None
+    assert created_in_chatwoot() == [] and s.db.links.get("message", "m-ok") is None
     # Left unrecorded, so the sweep reads the thread again once the part is settled.
     assert s.db.thread("2000001")["total"] is None
 
@@ -130,7 +130,7 @@ def test_the_orders_cursor_pages_through_a_pass_then_starts_the_next_from_the_pa
 @responses.activate
 def test_a_quiet_thread_costs_one_read_and_a_changed_one_is_synced(s):
     s.db.thread_synced("2000001", time.time() - 3600, 1, "b1", changed=False)
-    s.db.link_created("message", "b1", 1.0, conversation_id=88, message_id=1)
+    s.db.links.mark_created("message", "b1", 1.0, conversation_id=88, message_id=1)
     responses.get(f"{API}/messages/unread", json={"results": []})
     responses.get(f"{API}/orders/search", json={"results": [], "paging": {"total": 0}})
     one = {"tag": "post_sale", "mark_as_read": "false", "limit": "1", "offset": "0"}
@@ -151,7 +151,7 @@ def test_a_quiet_thread_costs_one_read_and_a_changed_one_is_synced(s):
 @responses.activate
 def test_an_interrupted_thread_that_still_fails_does_not_hold_up_the_unread_list(s):
     s.db.thread_marking("2000001", time.time() - 30)
-    s.db.link_created("pack", "2000002", 1.0, conversation_id=89, contact_id=6, data={"buyer_id": 10})
+    s.db.links.mark_created("pack", "2000002", 1.0, conversation_id=89, contact_id=6, data={"buyer_id": 10})
     responses.get(THREAD, status=404, json={"message": "not found", "error": "not_found", "status": 404})
     responses.get(f"{API}/messages/unread", json={"results": [{"resource": "/packs/2000002/sellers/555"}]})
     responses.get(f"{API}/messages/packs/2000002/sellers/555", json=thread())

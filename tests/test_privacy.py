@@ -109,7 +109,7 @@ def test_forget_buyer_erases_every_row_from_the_file_and_a_new_question_arrives_
     for secret in (str(BUYER), NICK, "resposta-secreta-qx", "mensagem-secreta-qx", "RG-zequinha-qx"):
         assert secret.encode() not in erased, secret
     assert str(OTHER).encode() in erased  # the other buyer is intact
-    assert s.db.link("buyer", str(OTHER))["status"] == "created"
+    assert s.db.links.get("buyer", str(OTHER))["status"] == "created"
     assert not [c for c in chatwoot.contacts.values() if c["identifier"] == f"meli:buyer:{BUYER}"]
     assert len(conversations(bridge, bridge.fakes.questions_inbox)) == 1
     assert not conversations(bridge, bridge.fakes.messages_inbox)
@@ -137,14 +137,14 @@ def test_forget_buyer_erases_the_buyers_claims_and_a_new_claim_message_starts_fr
     s = services(bridge)
     [claim_conv] = conversations(bridge, bridge.fakes.claims_inbox)
     assert any(c.startswith("reclamacao-secreta-qx") for c in contents(bridge, claim_conv))
-    assert str(s.db.link("claim", str(CLAIM))["data"]["buyer_id"]) == str(BUYER)
+    assert str(s.db.links.get("claim", str(CLAIM))["data"]["buyer_id"]) == str(BUYER)
     # A claim reply still in the outbox, its moderation check and a claims notification go too.
     reply_id = s.db.reply_accept(chatwoot_message_id=999002, conversation_id=claim_conv["id"], kind="claim",
                                  target_id=str(CLAIM), parts=[{"text": "resposta-reclamacao-qx"}], now=s.clock())
-    s.db.link_created("moderation_check", f"claim:{reply_id}", s.clock())
+    s.db.links.mark_created("moderation_check", f"claim:{reply_id}", s.clock())
     s.db.notification_record("n-claim-qx", "claims", f"/post-purchase/v1/claims/{CLAIM}", s.clock())
     assert b"reclamacao-secreta-qx" not in file_bytes(s.db.path)  # texts never stored, only their hash
-    assert s.db.links_with_prefix("claim_message", f"{CLAIM}:")
+    assert s.db.links.with_prefix("claim_message", f"{CLAIM}:")
 
     result = bridge.cli("forget-buyer", str(BUYER), "--chatwoot", "--yes")
     assert result.returncode == 0, result.stderr
@@ -154,8 +154,9 @@ def test_forget_buyer_erases_the_buyers_claims_and_a_new_claim_message_starts_fr
     for secret in (str(BUYER), NICK, "resposta-reclamacao-qx", "reclamacao-secreta-qx", "laudo-zequinha-qx"):
         assert secret.encode() not in erased, secret
     for kind in ("claim_message", "claim_event", "claim_moderation"):
-        assert not s.db.links_with_prefix(kind, f"{CLAIM}:"), kind
-    assert s.db.link("claim", str(CLAIM)) is None and s.db.link("moderation_check", f"claim:{reply_id}") is None
+        assert not s.db.links.with_prefix(kind, f"{CLAIM}:"), kind
+    assert (s.db.links.get("claim", str(CLAIM)) is None
+            and s.db.links.get("moderation_check", f"claim:{reply_id}") is None)
     assert s.db.one("SELECT COUNT(*) AS n FROM replies WHERE kind = 'claim'")["n"] == 0
     assert s.db.one("SELECT COUNT(*) AS n FROM notifications WHERE topic = 'claims'")["n"] == 0
     mark = s.db.watermark("claim", str(CLAIM))
@@ -190,24 +191,24 @@ def test_retention_deletes_finished_rows_from_the_file_keeps_work_in_progress_an
     meli.answer_elsewhere(finished["id"], "respondida-no-site-qx")
     assert bridge.once().returncode == 0
     s = services(bridge)
-    assert s.db.link("question", finished["id"])["data"]["state"] == "closed"
+    assert s.db.links.get("question", finished["id"])["data"]["state"] == "closed"
 
     day = 86400.0
     now = s.clock()
     s.clock = lambda: now + 89 * day
     main.housekeeping(s)
-    assert s.db.link("pack", pack) is not None  # inside the window: kept
+    assert s.db.links.get("pack", pack) is not None  # inside the window: kept
 
     s.clock = lambda: now + 91 * day
     counts = main.housekeeping(s)
     assert counts["retention_links"] >= 4 and counts["wal_busy"] == 0
-    assert s.db.link("question", finished["id"]) is None and s.db.link("pack", pack) is None
-    assert s.db.link("buyer", str(BUYER)) is None
+    assert s.db.links.get("question", finished["id"]) is None and s.db.links.get("pack", pack) is None
+    assert s.db.links.get("buyer", str(BUYER)) is None
     erased = file_bytes(s.db.path)
     for secret in (str(BUYER), NICK):
         assert secret.encode() not in erased, secret
     # The other buyer's question is still unanswered: in progress, untouched.
-    assert s.db.link("buyer", str(OTHER))["status"] == "created"
+    assert s.db.links.get("buyer", str(OTHER))["status"] == "created"
     assert s.db.watermark("pack", pack)["closed_at"] is not None
     assert s.db.watermark("question", finished["id"])["closed_at"] is not None
 
@@ -233,29 +234,29 @@ def test_retention_prunes_a_closed_claim_keeps_an_open_one_and_never_reimports_i
     meli.close_claim(CLAIM)
     assert bridge.once().returncode == 0
     s = services(bridge)
-    assert s.db.link("claim", str(CLAIM))["data"]["status"] == "closed"
+    assert s.db.links.get("claim", str(CLAIM))["data"]["status"] == "closed"
     assert len(conversations(bridge, bridge.fakes.claims_inbox)) == 2
 
     now = s.clock()
     s.clock = lambda: now + 89 * DAY
     main.housekeeping(s)
-    assert s.db.link("claim", str(CLAIM)) is not None  # inside the window: kept
+    assert s.db.links.get("claim", str(CLAIM)) is not None  # inside the window: kept
 
     s.clock = lambda: now + 91 * DAY
     main.housekeeping(s)
-    assert s.db.link("claim", str(CLAIM)) is None
+    assert s.db.links.get("claim", str(CLAIM)) is None
     for kind in ("claim_message", "claim_event"):
-        assert not s.db.links_with_prefix(kind, f"{CLAIM}:"), kind
+        assert not s.db.links.with_prefix(kind, f"{CLAIM}:"), kind
     assert s.db.watermark("claim", str(CLAIM))["closed_at"] is not None
     # Open, however old: in progress, untouched.
-    assert s.db.link("claim", str(OTHER_CLAIM))["status"] == "created"
-    assert s.db.links_with_prefix("claim_message", f"{OTHER_CLAIM}:")
+    assert s.db.links.get("claim", str(OTHER_CLAIM))["status"] == "created"
+    assert s.db.links.with_prefix("claim_message", f"{OTHER_CLAIM}:")
 
     # A notification about the pruned claim reads it again: nothing of its history comes back.
     s.db.notification_record("n-claim-late", "claims", f"/post-purchase/v1/claims/{CLAIM}", now)
     assert bridge.once().returncode == 0
     assert len(conversations(bridge, bridge.fakes.claims_inbox)) == 2
-    assert s.db.link("claim", str(CLAIM)) is None
+    assert s.db.links.get("claim", str(CLAIM)) is None
 
 
 def test_the_logs_and_health_of_a_full_run_name_no_buyer_text_nickname_or_file(claims_bridge):
@@ -336,11 +337,11 @@ def test_the_data_inventory_names_every_table_and_column_of_the_schema(tmp_path)
 
 
 def sale_rows(db, pack, buyer, contact, at, messages=("m1",)):
-    db.link_created("buyer", buyer, at, contact_id=contact, data={"inboxes": [2]})
-    db.link_created("pack", pack, at, contact_id=contact, conversation_id=int(pack) % 1000,
-                    data={"buyer_id": int(buyer), "order_ids": [pack]})
+    db.links.mark_created("buyer", buyer, at, contact_id=contact, data={"inboxes": [2]})
+    db.links.mark_created("pack", pack, at, contact_id=contact, conversation_id=int(pack) % 1000,
+                          data={"buyer_id": int(buyer), "order_ids": [pack]})
     for mid in messages:
-        db.link_created("message", mid, at, conversation_id=1, message_id=1, data={"pack_id": pack})
+        db.links.mark_created("message", mid, at, conversation_id=1, message_id=1, data={"pack_id": pack})
 
 
 def test_forgetting_a_buyer_leaves_another_buyer_sharing_a_merged_contact_alone(db):
@@ -348,8 +349,8 @@ def test_forgetting_a_buyer_leaves_another_buyer_sharing_a_merged_contact_alone(
     sale_rows(db, "502", "22", 40, 1.0, messages=("b1",))  # contacts merged in Chatwoot: same id
     removed = db.forget_buyer("11", 2.0)
     assert removed["packs"] == 1
-    assert db.link("pack", "501") is None and db.link("message", "a1") is None
-    assert db.link("pack", "502")["status"] == "created" and db.link("message", "b1") is not None
+    assert db.links.get("pack", "501") is None and db.links.get("message", "a1") is None
+    assert db.links.get("pack", "502")["status"] == "created" and db.links.get("message", "b1") is not None
     assert db.watermark("pack", "501")["closed_at"] == 2.0
 
 
@@ -361,16 +362,19 @@ def test_retention_leaves_a_sale_with_a_reply_in_the_outbox_or_a_mark_read_in_fl
                     parts=[{"text": "ainda na fila"}], now=1.0)
     db.thread_marking("602", 1.0)
     counts = db.retention_prune(now=100 * DAY, days=90)
-    assert db.link("pack", "601") and db.link("pack", "602") and db.link("buyer", "31")
-    assert db.link("pack", "603") is None and db.link("buyer", "33") is None and db.link("message", "e1") is None
+    assert db.links.get("pack", "601") and db.links.get("pack", "602") and db.links.get("buyer", "31")
+    assert (db.links.get("pack", "603") is None and db.links.get("buyer", "33") is None
+            and db.links.get("message", "e1") is None)
     assert counts["links"] == 3
     # A question still open is in progress whatever its age; a closed one goes.
-    db.link_created("question", "701", 1.0, contact_id=44, conversation_id=9, data={"state": "open", "buyer_id": 34})
-    db.link_created("question", "702", 1.0, contact_id=44, conversation_id=9,
-                    data={"state": "closed", "buyer_id": 34})
-    db.link_created("answer", "702", 1.0, conversation_id=9, message_id=3)
+    db.links.mark_created("question", "701", 1.0, contact_id=44, conversation_id=9,
+                          data={"state": "open", "buyer_id": 34})
+    db.links.mark_created("question", "702", 1.0, contact_id=44, conversation_id=9,
+                          data={"state": "closed", "buyer_id": 34})
+    db.links.mark_created("answer", "702", 1.0, conversation_id=9, message_id=3)
     db.retention_prune(now=100 * DAY, days=90)
-    assert db.link("question", "701") and db.link("question", "702") is None and db.link("answer", "702") is None
+    assert (db.links.get("question", "701") and db.links.get("question", "702") is None
+            and db.links.get("answer", "702") is None)
     assert db.watermarks_closed("question") == {"702"}
 
 
@@ -408,26 +412,26 @@ def test_forget_buyer_in_chatwoot_without_a_yes_deletes_nothing_anywhere(bridge)
                             env=bridge.env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "nothing was deleted" in result.stdout and "Traceback" not in result.stderr
     assert conversations(bridge, bridge.fakes.messages_inbox)
-    assert services(bridge).db.link("pack", pack)["status"] == "created"
+    assert services(bridge).db.links.get("pack", pack)["status"] == "created"
 
 
 def claim_rows(db, claim, buyer, contact, at, status="closed", with_buyer_id=True):
     data = {"status": status, "last_message_at": 5000.0, **({"buyer_id": int(buyer)} if with_buyer_id else {})}
-    db.link_created("claim", claim, at, contact_id=contact, conversation_id=int(claim) % 1000, data=data)
-    db.link_created("claim_message", f"{claim}:complainant:2026-01-01T00:00:00.000Z:abc", at, conversation_id=1,
-                    message_id=1, data={"role": "complainant", "direction": "incoming"})
-    db.link_created("claim_event", f"{claim}:opened", at, conversation_id=1)
-    db.link_created("claim_moderation", f"{claim}:respondent:2026-01-01T00:00:01.000Z:def", at)
+    db.links.mark_created("claim", claim, at, contact_id=contact, conversation_id=int(claim) % 1000, data=data)
+    db.links.mark_created("claim_message", f"{claim}:complainant:2026-01-01T00:00:00.000Z:abc", at, conversation_id=1,
+                          message_id=1, data={"role": "complainant", "direction": "incoming"})
+    db.links.mark_created("claim_event", f"{claim}:opened", at, conversation_id=1)
+    db.links.mark_created("claim_moderation", f"{claim}:respondent:2026-01-01T00:00:01.000Z:def", at)
 
 
 def test_a_claim_written_before_its_buyer_id_was_kept_is_erased_through_the_buyers_contact(db):
-    db.link_created("buyer", "51", 1.0, contact_id=46, data={})
+    db.links.mark_created("buyer", "51", 1.0, contact_id=46, data={})
     claim_rows(db, "9001", "51", 46, 1.0, status="opened", with_buyer_id=False)
     claim_rows(db, "90011", "52", 47, 1.0, status="opened")  # a longer id sharing the prefix: not the same claim
     removed = db.forget_buyer("51", 2.0)
     assert removed["claims"] == 1 and removed["links"] == 5
-    assert db.link("claim", "9001") is None and not db.links_with_prefix("claim_event", "9001:")
-    assert db.link("claim", "90011") and db.links_with_prefix("claim_event", "90011:")
+    assert db.links.get("claim", "9001") is None and not db.links.with_prefix("claim_event", "9001:")
+    assert db.links.get("claim", "90011") and db.links.with_prefix("claim_event", "90011:")
     assert db.watermark("claim", "9001")["last_message_at"] == 5000.0
 
 
@@ -442,15 +446,15 @@ def test_retention_prunes_a_closed_claim_but_never_one_open_or_with_a_reply_in_p
                                parts=[{"text": "entregue"}], now=1.0)
     db.conn().execute("UPDATE replies SET status = 'delivered', finished_at = 1.0 WHERE id = ?", (finished,))
     db.conn().commit()
-    db.link_created("moderation_check", f"claim:{finished}", 1.0)
+    db.links.mark_created("moderation_check", f"claim:{finished}", 1.0)
     db.retention_prune(now=100 * DAY, days=90)
-    assert db.link("claim", "9101") is None and not db.links_with_prefix("claim_message", "9101:")
-    assert db.link("claim", "9102") and db.link("claim", "9103")
-    assert db.link("claim", "9104")  # its outcome not shown to the agent yet
+    assert db.links.get("claim", "9101") is None and not db.links.with_prefix("claim_message", "9101:")
+    assert db.links.get("claim", "9102") and db.links.get("claim", "9103")
+    assert db.links.get("claim", "9104")  # its outcome not shown to the agent yet
     db.conn().execute("UPDATE replies SET reported_at = 2.0 WHERE id = ?", (finished,))
     db.conn().commit()
     db.retention_prune(now=100 * DAY, days=90)
-    assert db.link("claim", "9104") is None and db.reply_by_message(9) is None
+    assert db.links.get("claim", "9104") is None and db.reply_by_message(9) is None
     assert db.watermarks_closed("claim") == {"9101", "9104"}
 
 

@@ -21,9 +21,9 @@ def s(settings, db):
     services = build_services(settings, db, sleep=lambda _s: None)
     now = time.time()
     db.auth.store_authorized(555, "LOJA", "AT-1", "RT-1", now + 21600, now)
-    db.link_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
-                    data={"buyer_id": 9, "blocked": False, "migrated": False})
-    db.link_created("message", "b0", 1.0, conversation_id=88, message_id=600)
+    db.links.mark_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
+                          data={"buyer_id": 9, "blocked": False, "migrated": False})
+    db.links.mark_created("message", "b0", 1.0, conversation_id=88, message_id=600)
     db.thread_synced("2000001", now - 3600, 1, "b0", changed=True)
     # A sale never swept yet comes first in the sweep's order.
     db.threads_discovered({"3000001": now})
@@ -61,7 +61,7 @@ def test_a_thread_that_keeps_failing_does_not_stop_the_sweep_of_the_other_sales(
     mirrored = [json.loads(c.request.body)["content"] for c in responses.calls
                 if c.request.method == "POST" and c.request.url == f"{CW}/conversations/88/messages"]
     assert mirrored == ["Lido no app"]
-    assert s.db.link("message", "b1")["status"] == "created"
+    assert s.db.links.get("message", "b1")["status"] == "created"
 
 
 @responses.activate
@@ -83,7 +83,7 @@ def test_an_interrupted_mark_read_on_a_thread_that_breaks_does_not_stop_the_unre
 
     sync_messages.sync_messages(s)
 
-    assert s.db.link("message", "b1")["status"] == "created"
+    assert s.db.links.get("message", "b1")["status"] == "created"
     assert s.db.thread("3000001")["marking_since"] is not None  # still owed its re-sync
 
 
@@ -106,11 +106,11 @@ def test_a_message_repeated_by_a_page_shift_is_not_counted_twice_so_the_sweep_st
                            callback=lambda _req: (200, {}, json.dumps({"id": next(created)})))
     responses.post(f"{CW}/conversations/88/toggle_status", json={})
     sync_messages.sync_pack(s, "2000001", 555)
-    assert s.db.link("message", "m12") is None
+    assert s.db.links.get("message", "m12") is None
 
     # The seller read m12 on the site: only the sweep's count can reveal it.
     assert sync_messages._sweep_one(s, s.db.thread("2000001"), 555) == 1
-    assert s.db.link("message", "m12")["status"] == "created"
+    assert s.db.links.get("message", "m12")["status"] == "created"
 
 
 @responses.activate
@@ -128,8 +128,8 @@ def test_a_moderation_check_on_a_failing_thread_does_not_stop_the_sweep(s):
     from bridge.replies.accept import accept_webhook
     from tests.payloads import message_created
     now = time.time()
-    s.db.link_created("pack", "3000001", 1.0, conversation_id=89, contact_id=5,
-                      data={"buyer_id": 9, "blocked": False, "migrated": False})
+    s.db.links.mark_created("pack", "3000001", 1.0, conversation_id=89, contact_id=5,
+                            data={"buyer_id": 9, "blocked": False, "migrated": False})
     accept_webhook(message_created(message_id=9600, conversation_id=89, inbox_id=2, content="Ok"),
                    s.settings, s.db, now - 400)
     reply = s.db.replies_active_for_target("message", "3000001")[0]
@@ -144,4 +144,4 @@ def test_a_moderation_check_on_a_failing_thread_does_not_stop_the_sweep(s):
 
     assert any(c.request.url.startswith(f"{API}/orders/search") for c in responses.calls)
     assert counts["moderation_checks"] == 0
-    assert s.db.link("moderation_check", reply["id"])["status"] == "pending"  # checked again next poll
+    assert s.db.links.get("moderation_check", reply["id"])["status"] == "pending"  # checked again next poll

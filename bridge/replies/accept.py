@@ -50,7 +50,7 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
 
     kind = {settings.chatwoot_questions_inbox_id: "answer",
             settings.chatwoot_claims_inbox_id: "claim"}.get(inbox_id, "message")
-    link = db.link_by_conversation(LINK_KIND[kind], conversation_id)
+    link = db.links.by_conversation(LINK_KIND[kind], conversation_id)
     attrs = conversation.get("custom_attributes") if isinstance(conversation.get("custom_attributes"), dict) else {}
     target = link["external_id"] if link else _external_id(attrs.get(f"meli_{LINK_KIND[kind]}_id"))
 

@@ -215,7 +215,7 @@ def _same_text(a: str, b: str) -> bool:
 def _deliver_message(s: Services, reply: dict) -> None:
     pack_id = reply["target_id"]
     seller_id = s.meli.seller_id()
-    link = s.db.link("pack", pack_id)
+    link = s.db.links.get("pack", pack_id)
     data = (link or {}).get("data") or {}
     if data.get("blocked"):
         thread = s.meli.thread_page(pack_id, seller_id, limit=1)
@@ -320,7 +320,7 @@ def _find_sent_part(s: Services, pack_id: str, seller_id: int, part: dict, since
         page = s.meli.thread_page(pack_id, seller_id, offset=offset, limit=10)
         messages = page.get("messages") or []
         ids = [str(m.get("id")) for m in messages]
-        taken = s.db.bridge_sent_ids(ids) | s.db.link_ids_among("message", ids)
+        taken = s.db.bridge_sent_ids(ids) | s.db.links.ids_among("message", ids)
         for message in messages:
             if is_lost_send(message, seller_id, part, since, taken):
                 return str(message.get("id"))
@@ -388,7 +388,7 @@ def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float) -
     adopted yet. When in doubt the part goes again: a repeat beats a reply that shows
     delivered and never arrived.
     """
-    links = s.db.links_with_prefix("claim_message", f"{claim_id}:")
+    links = s.db.links.with_prefix("claim_message", f"{claim_id}:")
     linked = {link["external_id"] for link in links if link["status"] == "created"}
     adopted = sync_claims.adopted_parts(links)
     waiting = sum(1 for p in s.db.claim_parts_sent(remote)

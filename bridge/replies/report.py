@@ -74,7 +74,7 @@ def _report(s: Services, reply: dict) -> None:
         # An agent deleted the conversation (or the message) after replying. Success needs no
         # word; a failure is still told, in the conversation that replaced it if there is one
         # (a sale continues in a new conversation).
-        link = s.db.link(LINK_KIND.get(reply["kind"], "pack"), reply["target_id"])
+        link = s.db.links.get(LINK_KIND.get(reply["kind"], "pack"), reply["target_id"])
         current = (link or {}).get("conversation_id")
         log.warning("reply outcome for a deleted conversation or message reply=%s message=%s conversation=%s "
                     "status=%s now_in=%s", reply["id"], reply["chatwoot_message_id"], reply["conversation_id"],

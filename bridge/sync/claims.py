@@ -281,7 +281,7 @@ def sync_claims(s: Services) -> dict:
     listed, complete = _open_claims(s)
     counts = {"claims": len(listed), "synced": 0}
     batch = failures.Batch(s, "claim")
-    open_links = {link["external_id"]: link for link in s.db.links_by_status("claim", "created")
+    open_links = {link["external_id"]: link for link in s.db.links.by_status("claim", "created")
                   if link["data"].get("status") == "opened"}
     due = [cid for cid, summary in listed.items() if _changed(s, cid, summary)]
     if complete:
@@ -311,7 +311,7 @@ def _open_claims(s: Services) -> tuple[dict[str, dict], bool]:
 
 
 def _changed(s: Services, claim_id: str, summary: dict) -> bool:
-    link = s.db.link("claim", claim_id)
+    link = s.db.links.get("claim", claim_id)
     if not link:
         return not seen_since_pruned(s.db.watermark("claim", claim_id), summary)
     return link["status"] != "created" or link["data"].get("last_updated") != summary.get("last_updated")
@@ -332,14 +332,14 @@ def sync_claim(s: Services, claim_id: str) -> int:
 
 def _sync_claim(s: Services, claim_id: str) -> int:
     started = time.monotonic()
-    link = s.db.link("claim", claim_id)
+    link = s.db.links.get("claim", claim_id)
     try:
         claim = s.meli.claim(claim_id)
     except PermanentError as exc:
         if exc.status not in (403, 404) or not link:
             raise
         # Out of reach now (another account's, or removed): stop following it.
-        s.db.link_update("claim", claim_id, s.clock(), data=dict(link["data"], status="unavailable"))
+        s.db.links.update("claim", claim_id, s.clock(), data=dict(link["data"], status="unavailable"))
         log.warning("claim no longer readable claim=%s status=%s", claim_id, exc.status)
         return 0
     messages = s.meli.claim_messages(claim_id)
@@ -360,7 +360,7 @@ def _sync_claim(s: Services, claim_id: str) -> int:
         log.warning("claim conversation deleted in chatwoot claim=%s conversation=%s: continuing in a new one",
                     claim_id, link["conversation_id"])
         forget_conversation(s, "claim", claim_id, link["conversation_id"], removed=link["conversation_id"])
-        created, conversation_id = _apply(s, claim_id, claim, messages, s.db.link("claim", claim_id), fresh)
+        created, conversation_id = _apply(s, claim_id, claim, messages, s.db.links.get("claim", claim_id), fresh)
     log.info("claim synced claim=%s conversation=%s stage=%s status=%s new=%d in %dms", claim_id, conversation_id,
              claim.get("stage"), claim.get("status"), created, (time.monotonic() - started) * 1000)
     return created
@@ -381,7 +381,7 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
             old = dict(old, sale_noted=True)
         if claim.get("stage") != old.get("stage") or claim.get("status") != old.get("status"):
             affects = _affects_reputation(s, claim_id, affects)
-    data = dict(old or (s.db.link("claim", claim_id) or {}).get("data") or {})
+    data = dict(old or (s.db.links.get("claim", claim_id) or {}).get("data") or {})
     created = _mirror_messages(s, claim_id, conversation_id, to_mirror, reopen=old is not None)
     # A conversation made again after an agent deleted it compares with what the claim was then.
     before = old or (data if data.get("stage") else {"stage": claim.get("stage"), "due": None})
@@ -401,8 +401,8 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
                 due=due, next_action=action, affects=affects, awaiting_seller=awaiting_seller(messages),
                 last_message_at=max((parse_date(m.get("date_created")) or 0.0 for m in messages), default=0.0),
                 attributes=attributes)
-    s.db.link_update("claim", claim_id, s.clock(), data=data)
-    _deadline(s, s.db.link("claim", claim_id))
+    s.db.links.update("claim", claim_id, s.clock(), data=data)
+    _deadline(s, s.db.links.get("claim", claim_id))
     return created, conversation_id
 
 
@@ -436,11 +436,11 @@ def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict, data: di
     order_id, pack_id = attributes["meli_order_id"], attributes["meli_pack_id"]
     sale_noted = _point_sale_to_claim(s, claim_id, conversation_id, pack_id, order_id)
     action, due = next_action(claim)
-    s.db.link_created("claim", claim_id, s.clock(), contact_id=contact_id, conversation_id=conversation_id,
-                      data=dict(data or {}, buyer_id=buyer_id, order_id=order_id, pack_id=pack_id,
-                                sale_noted=sale_noted or bool((data or {}).get("sale_noted")),
-                                stage=claim.get("stage"), status="opened", due=due, affects=affects,
-                                attributes=attributes))
+    s.db.links.mark_created("claim", claim_id, s.clock(), contact_id=contact_id, conversation_id=conversation_id,
+                            data=dict(data or {}, buyer_id=buyer_id, order_id=order_id, pack_id=pack_id,
+                                      sale_noted=sale_noted or bool((data or {}).get("sale_noted")),
+                                      stage=claim.get("stage"), status="opened", due=due, affects=affects,
+                                      attributes=attributes))
     log.info("claim in chatwoot claim=%s buyer=%s order=%s conversation=%s", claim_id, buyer_id, order_id,
              conversation_id)
     return order, conversation_id, affects
@@ -450,7 +450,7 @@ def _point_sale_to_claim(s: Services, claim_id: str, conversation_id: int, pack_
     """The sale's own conversation learns where the talk went on. False while the sale has none
     (the buyer may write there later: each sync of the claim tries again, at no call until then)."""
     sale = next((link for key in dict.fromkeys(k for k in (pack_id, order_id) if k)
-                 if (link := s.db.link("pack", key)) and link.get("conversation_id")), None)
+                 if (link := s.db.links.get("pack", key)) and link.get("conversation_id")), None)
     if not sale:
         return False
     url = f"{s.settings.chatwoot_url}/app/accounts/{s.settings.chatwoot_account_id}/conversations/{conversation_id}"
@@ -469,7 +469,7 @@ def _event(s: Services, claim_id: str, event: str, conversation_id: int, content
            resolve: bool = False, priority: str | None = None) -> None:
     """One message or private note per claim event, whatever crashes in between."""
     key = f"{claim_id}:{event}"
-    link, fresh = s.db.link_intent("claim_event", key, s.clock(), conversation_id=conversation_id)
+    link, fresh = s.db.links.record_intent("claim_event", key, s.clock(), conversation_id=conversation_id)
     if link["status"] == "created":
         return
     source = source_ids.claim_event(claim_id, event)
@@ -484,7 +484,7 @@ def _event(s: Services, claim_id: str, event: str, conversation_id: int, content
     if resolve:
         s.chatwoot.set_status(conversation_id, "resolved")
     crashpoint("claim_event_shown")
-    s.db.link_created("claim_event", key, s.clock(), conversation_id=conversation_id)
+    s.db.links.mark_created("claim_event", key, s.clock(), conversation_id=conversation_id)
 
 
 def _update_attributes(s: Services, conversation_id: int, attributes: dict) -> None:
@@ -496,7 +496,7 @@ def _update_attributes(s: Services, conversation_id: int, attributes: dict) -> N
 def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages: list[dict], reopen: bool) -> int:
     # In this order: a part the outbox records as sent between the two reads is then among the sent ones.
     in_doubt = {" ".join(t.split()) for t in s.db.claim_part_texts_in_doubt(claim_id)}
-    links = {link["external_id"]: link for link in s.db.links_with_prefix("claim_message", f"{claim_id}:")}
+    links = {link["external_id"]: link for link in s.db.links.with_prefix("claim_message", f"{claim_id}:")}
     adopted = adopted_parts(links.values())
     plan = []
     for message in in_order(messages):
@@ -512,11 +512,12 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
                          if (p["chatwoot_message_id"], p["seq"]) not in adopted), None)
             if part:
                 adopted.add((part["chatwoot_message_id"], part["seq"]))
-                s.db.link_created("claim_message", key, s.clock(), conversation_id=part["conversation_id"],
-                                  message_id=part["chatwoot_message_id"],
-                                  data={"by": "bridge", "remote": remote, "reply_id": part["id"], "seq": part["seq"]})
+                s.db.links.mark_created("claim_message", key, s.clock(), conversation_id=part["conversation_id"],
+                                        message_id=part["chatwoot_message_id"],
+                                        data={"by": "bridge", "remote": remote, "reply_id": part["id"],
+                                             "seq": part["seq"]})
                 if is_rejected(message):
-                    _report_moderated_reply(s, claim_id, key, s.db.link("claim_message", key), message,
+                    _report_moderated_reply(s, claim_id, key, s.db.links.get("claim_message", key), message,
                                             conversation_id)
                 continue
             if " ".join(text_of(message).split()) in in_doubt:
@@ -546,7 +547,7 @@ def adopted_parts(links) -> set[tuple[int, int]]:
 def _mirror(s: Services, claim_id: str, conversation_id: int, key: str, message: dict, direction: str) -> None:
     started = time.monotonic()
     source = source_ids.claim_message(key)
-    link, fresh = s.db.link_intent("claim_message", key, s.clock(), conversation_id=conversation_id)
+    link, fresh = s.db.links.record_intent("claim_message", key, s.clock(), conversation_id=conversation_id)
     files: list = []
 
     def create() -> dict:
@@ -559,8 +560,8 @@ def _mirror(s: Services, claim_id: str, conversation_id: int, key: str, message:
     existing = ensure_message(s, conversation_id, source, create,
                               look_first=not fresh and link["conversation_id"] == conversation_id,
                               crash="claim_message_created")
-    s.db.link_created("claim_message", key, s.clock(), conversation_id=conversation_id, message_id=existing["id"],
-                      data={"role": str(message.get("sender_role")), "direction": direction})
+    s.db.links.mark_created("claim_message", key, s.clock(), conversation_id=conversation_id, message_id=existing["id"],
+                            data={"role": str(message.get("sender_role")), "direction": direction})
     # A file name can name the buyer: extension and size only.
     log.info("claim message in chatwoot claim=%s role=%s conversation=%s message=%s files=%d ext=%s bytes=%d"
              " in %dms%s", claim_id, message.get("sender_role"), conversation_id, existing["id"],
@@ -581,7 +582,7 @@ def _download_files(s: Services, claim_id: str, message: dict) -> tuple[list, li
 def _report_moderated_reply(s: Services, claim_id: str, key: str, link: dict, message: dict,
                             conversation_id: int) -> None:
     """A reply Mercado Livre accepted, then moderated: the agent must learn it never arrived."""
-    mark, fresh = s.db.link_intent("claim_moderation", key, s.clock())
+    mark, fresh = s.db.links.record_intent("claim_moderation", key, s.clock())
     if mark["status"] == "created":
         return
     # By Chatwoot message id: a pruned reply's id may belong to a newer reply now.
@@ -594,7 +595,7 @@ def _report_moderated_reply(s: Services, claim_id: str, key: str, link: dict, me
         crashpoint("claim_moderation_reported")
         log.warning("claim reply moderated claim=%s reply=%s conversation=%s reason=%s", claim_id, reply["id"],
                     reply["conversation_id"], reason)
-    s.db.link_created("claim_moderation", key, s.clock())
+    s.db.links.mark_created("claim_moderation", key, s.clock())
 
 
 def _deadline(s: Services, link: dict | None) -> int:
@@ -611,7 +612,7 @@ def _deadline(s: Services, link: dict | None) -> int:
             f"{when(data['due'])} e nada foi enviado desde a última mensagem. Sem resposta no prazo, o Mercado Livre "
             "pode decidir a reclamação a favor do comprador.")
     _event(s, link["external_id"], f"due_soon:{data['due']}", link["conversation_id"], note, priority="urgent")
-    s.db.link_update("claim", link["external_id"], s.clock(), data=dict(data, due_noted=data["due"]))
+    s.db.links.update("claim", link["external_id"], s.clock(), data=dict(data, due_noted=data["due"]))
     log.warning("claim deadline near claim=%s conversation=%s due=%s", link["external_id"], link["conversation_id"],
                 data["due"])
     return 1
@@ -620,7 +621,7 @@ def _deadline(s: Services, link: dict | None) -> int:
 def check_deadlines(s: Services) -> int:
     """Local only: no call unless a note is due."""
     noted = 0
-    for link in s.db.links_by_status("claim", "created"):
+    for link in s.db.links.by_status("claim", "created"):
         if s.stopping.is_set():
             break
         try:
@@ -636,7 +637,7 @@ def check_deadlines(s: Services) -> int:
 def point_sales(s: Services) -> int:
     """Open claims whose sale had no conversation yet: local reads only, a note once the sale has one."""
     pointed = 0
-    for link in s.db.links_by_status("claim", "created"):
+    for link in s.db.links.by_status("claim", "created"):
         data = link["data"]
         if s.stopping.is_set():
             break
@@ -645,8 +646,8 @@ def point_sales(s: Services) -> int:
         with s.locks.hold(f"claim:{link['external_id']}"):
             if _point_sale_to_claim(s, link["external_id"], link["conversation_id"], data.get("pack_id") or "",
                                     data.get("order_id") or ""):
-                current = s.db.link("claim", link["external_id"]) or link
-                s.db.link_update("claim", link["external_id"], s.clock(), data=dict(current["data"], sale_noted=True))
+                current = s.db.links.get("claim", link["external_id"]) or link
+                s.db.links.update("claim", link["external_id"], s.clock(), data=dict(current["data"], sale_noted=True))
                 pointed += 1
     return pointed
 
@@ -658,7 +659,7 @@ def check_recent_replies(s: Services, skip: set[str]) -> int:
     for reply in s.db.replies_delivered_between("claim", now - MODERATION_CHECK_UNTIL, now - MODERATION_CHECK_AFTER):
         if s.stopping.is_set():
             break
-        link, _fresh = s.db.link_intent("moderation_check", f"claim:{reply['id']}", now)
+        link, _fresh = s.db.links.record_intent("moderation_check", f"claim:{reply['id']}", now)
         if link["status"] == "created":
             continue
         if reply["target_id"] not in skip:
@@ -670,5 +671,5 @@ def check_recent_replies(s: Services, skip: set[str]) -> int:
                 continue
             skip.add(reply["target_id"])
             checked += 1
-        s.db.link_created("moderation_check", f"claim:{reply['id']}", s.clock())
+        s.db.links.mark_created("moderation_check", f"claim:{reply['id']}", s.clock())
     return checked

@@ -28,7 +28,7 @@ def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -
     """
     key = str(buyer_id)
     source_id = source_ids.buyer(buyer_id)
-    link = s.db.link("buyer", key)
+    link = s.db.links.get("buyer", key)
     if link and link["status"] == "created":
         inboxes = link["data"].get("inboxes", [])
         if inbox_id not in inboxes:
@@ -39,10 +39,10 @@ def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -
                     raise
                 forget_contact(s, buyer_id, link["contact_id"])
                 return ensure_contact(s, buyer_id, nickname, inbox_id)
-            s.db.link_update("buyer", key, s.clock(), data=dict(link["data"], inboxes=sorted(inboxes + [inbox_id])))
+            s.db.links.update("buyer", key, s.clock(), data=dict(link["data"], inboxes=sorted(inboxes + [inbox_id])))
         return link["contact_id"], (link["data"].get("sources") or {}).get(str(inbox_id), source_id)
 
-    s.db.link_intent("buyer", key, s.clock())
+    s.db.links.record_intent("buyer", key, s.clock())
     name = nickname or f"Comprador {buyer_id}"
     try:
         contact = s.chatwoot.create_contact(name, source_id, inbox_id, source_id,
@@ -63,7 +63,7 @@ def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -
         contact_id = contact["id"]
         _add_inbox(s, contact_id, inbox_id, source_id)
         log.info("contact found buyer=%s contact=%s", buyer_id, contact_id)
-    s.db.link_created("buyer", key, s.clock(), contact_id=contact_id, data={"inboxes": [inbox_id]})
+    s.db.links.mark_created("buyer", key, s.clock(), contact_id=contact_id, data={"inboxes": [inbox_id]})
     return contact_id, source_id
 
 
@@ -84,7 +84,7 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     The intent is recorded first; an intent left by a crash is reconciled through the
     contact's conversations (custom attribute `meli_<kind>_id`) before creating again.
     """
-    link, fresh = s.db.link_intent(kind, external_id, s.clock(), contact_id=contact_id)
+    link, fresh = s.db.links.record_intent(kind, external_id, s.clock(), contact_id=contact_id)
     if link["conversation_id"] is not None:
         return link["conversation_id"], False
     if not fresh:
@@ -92,13 +92,13 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
         for conversation in s.chatwoot.contact_conversations(contact_id):
             if conversation.get("inbox_id") == inbox_id \
                     and str((conversation.get("custom_attributes") or {}).get(attribute)) == str(external_id):
-                s.db.link_update(kind, external_id, s.clock(), conversation_id=conversation["id"])
+                s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation["id"])
                 return conversation["id"], False
     conversation = s.chatwoot.create_conversation(
         source_id=source_id, inbox_id=inbox_id, contact_id=contact_id, custom_attributes=custom_attributes,
         additional_attributes={"meli_buyer_id": str(buyer_id)})
     crashpoint("conversation_created")
-    s.db.link_update(kind, external_id, s.clock(), conversation_id=conversation["id"])
+    s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation["id"])
     return conversation["id"], True
 
 
@@ -107,9 +107,9 @@ def forget_contact(s: Services, buyer_id, contact_id: int) -> None:
     ensure_contact finds the buyer again by identifier (a merge's surviving contact
     inherits it) or creates a new contact."""
     key = str(buyer_id)
-    link = s.db.link("buyer", key)
+    link = s.db.links.get("buyer", key)
     if link and link["contact_id"] == contact_id:
-        s.db.link_update("buyer", key, s.clock(), status="pending", contact_id=None, data={})
+        s.db.links.update("buyer", key, s.clock(), status="pending", contact_id=None, data={})
         log.warning("contact gone in chatwoot buyer=%s contact=%s: finding or creating it again", buyer_id, contact_id)
 
 
@@ -144,17 +144,17 @@ def _own_source(s: Services, buyer_id, contact_id: int, inbox_id: int) -> None:
     buyers' contacts moved it there): this contact gets one of its own, remembered per inbox."""
     source_id = source_ids.buyer_for_contact(buyer_id, contact_id)
     _add_inbox(s, contact_id, inbox_id, source_id)
-    link = s.db.link("buyer", str(buyer_id))
+    link = s.db.links.get("buyer", str(buyer_id))
     if link and link["contact_id"] == contact_id:
         sources = dict(link["data"].get("sources") or {}, **{str(inbox_id): source_id})
-        s.db.link_update("buyer", str(buyer_id), s.clock(), data=dict(link["data"], sources=sources))
+        s.db.links.update("buyer", str(buyer_id), s.clock(), data=dict(link["data"], sources=sources))
     log.warning("contact gets its own inbox source buyer=%s contact=%s inbox=%s", buyer_id, contact_id, inbox_id)
 
 
 def forget_conversation(s: Services, kind: str, external_id: str, conversation_id: int, **data) -> None:
     """An agent deleted the conversation: the link goes back to pending without it, so the
     next ensure_conversation creates a new one (`data` is merged into the link's data)."""
-    link = s.db.link(kind, external_id)
+    link = s.db.links.get(kind, external_id)
     if link and link["conversation_id"] == conversation_id:
-        s.db.link_update(kind, external_id, s.clock(), status="pending", conversation_id=None,
-                         data=dict(link["data"], **data))
+        s.db.links.update(kind, external_id, s.clock(), status="pending", conversation_id=None,
+                          data=dict(link["data"], **data))

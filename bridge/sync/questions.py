@@ -116,7 +116,7 @@ def sync_questions(s: Services) -> dict:
     # A question that keeps failing waits for its turn; the others go on meanwhile.
     batch = failures.Batch(s, "question")
     # A question pruned or erased (closed watermark) is never imported again.
-    to_create = questions_to_create(unanswered, s.db.link_ids("question", "created")
+    to_create = questions_to_create(unanswered, s.db.links.ids("question", "created")
                                     | s.db.watermarks_closed("question"))
     new = [q for q in to_create if not batch.waiting(q["id"])]
     counts = {"unanswered": len(unanswered), "created": 0, "changed": 0}
@@ -134,7 +134,7 @@ def sync_questions(s: Services) -> dict:
             _ok, created = batch.run(question["id"], _create_new, s, question, items, nicknames)
             counts["created"] += bool(created)
     unanswered_ids = {str(q["id"]) for q in unanswered}
-    created = s.db.links_by_status("question", "created")
+    created = s.db.links.by_status("question", "created")
     open_links = [link for link in created if link["data"].get("state", "open") == "open"]
     left, back = questions_that_left(open_links, unanswered_ids), questions_back(created, unanswered_ids)
     batch.keep_only({str(q["id"]) for q in to_create} | {link["external_id"] for link in left + back})
@@ -167,7 +167,7 @@ def _buyer(question: dict):
 
 def _create_new(s: Services, question: dict, items: dict[str, dict] | None, nicknames: dict[str, str]) -> bool:
     with s.locks.hold(f"question:{question['id']}"):
-        if (s.db.link("question", question["id"]) or {}).get("status") == "created":
+        if (s.db.links.get("question", question["id"]) or {}).get("status") == "created":
             return False  # a notification was faster
         item_id = str(question["item_id"])
         item = items.get(item_id) if items is not None else cached_items(s, [item_id]).get(item_id)
@@ -178,7 +178,7 @@ def _create_new(s: Services, question: dict, items: dict[str, dict] | None, nick
 def _follow_fetched(s: Services, link: dict) -> bool:
     with s.locks.hold(f"question:{link['external_id']}"):
         # A notification may have moved it on while we waited for the lock.
-        current = s.db.link("question", link["external_id"]) or link
+        current = s.db.links.get("question", link["external_id"]) or link
         return follow_question(s, current, s.meli.question(link["external_id"]))
 
 
@@ -190,7 +190,7 @@ def sync_one_question(s: Services, question_id: str) -> str:
 
 def _sync_one_question(s: Services, question_id: str) -> str:
     question = s.meli.question(question_id)
-    link = s.db.link("question", question_id)
+    link = s.db.links.get("question", question_id)
     if link and link["status"] == "created":
         if link["data"].get("state") == REMOVED:
             return "conversation deleted in chatwoot"
@@ -229,9 +229,9 @@ def create_question(s: Services, question: dict, item: dict | None, nickname: st
         forget_conversation(s, "question", qid, conversation_id)
         create_question(s, question, item, nickname)
         return
-    s.db.link_created("question", qid, s.clock(), contact_id=contact_id, conversation_id=conversation_id,
-                      message_id=message["id"], data={"state": "open", "item_id": str(question.get("item_id")),
-                                                      "buyer_id": buyer_id})
+    s.db.links.mark_created("question", qid, s.clock(), contact_id=contact_id, conversation_id=conversation_id,
+                            message_id=message["id"], data={"state": "open", "item_id": str(question.get("item_id")),
+                                                            "buyer_id": buyer_id})
     log.info("question in chatwoot question=%s buyer=%s item=%s conversation=%s message=%s in %dms%s", qid,
              buyer_id, question.get("item_id"), conversation_id, message["id"],
              (time.monotonic() - started) * 1000, "" if fresh else " (reconciled)")
@@ -264,12 +264,12 @@ def follow_question(s: Services, link: dict, question: dict) -> bool:
         # given on the site, a status note) is not worth undoing a deliberate deletion, and
         # a person erased must not come back. A question still unanswered stays answerable
         # on Mercado Livre itself; the buyer's later questions get conversations as usual.
-        s.db.link_update("question", qid, s.clock(), data=dict(link["data"], state=REMOVED, ml_status=status))
+        s.db.links.update("question", qid, s.clock(), data=dict(link["data"], state=REMOVED, ml_status=status))
         log.warning("question conversation deleted in chatwoot question=%s conversation=%s status=%s: not "
                     "recreated", qid, conversation_id, status)
         return True
     crashpoint("question_followed")
-    s.db.link_update("question", qid, s.clock(), data=dict(link["data"], state=state, ml_status=status))
+    s.db.links.update("question", qid, s.clock(), data=dict(link["data"], state=state, ml_status=status))
     log.info("question changed question=%s conversation=%s status=%s action=%s", qid, conversation_id, status, action)
     return True
 
@@ -291,20 +291,20 @@ def _show_change(s: Services, link: dict, question: dict, action: str, note: str
 
 
 def _answer_linked(s: Services, qid: str) -> bool:
-    return (s.db.link("answer", qid) or {}).get("status") == "created"
+    return (s.db.links.get("answer", qid) or {}).get("status") == "created"
 
 
 def _mirror_answer(s: Services, qid: str, conversation_id: int, question: dict) -> None:
     """Answered on the Mercado Livre site or app: show the answer as the seller's message."""
     source = source_ids.answer(qid)
-    link, fresh = s.db.link_intent("answer", qid, s.clock(), conversation_id=conversation_id)
+    link, fresh = s.db.links.record_intent("answer", qid, s.clock(), conversation_id=conversation_id)
     answer = (question.get("answer") or {}).get("text") or ""
     message = ensure_message(
         s, conversation_id, source,
         lambda: s.chatwoot.create_message(conversation_id, answer, message_type="outgoing", source_id=source),
         look_first=not fresh, crash="answer_mirrored")
-    s.db.link_created("answer", qid, s.clock(), conversation_id=conversation_id, message_id=message["id"],
-                      data={"by": "mercadolivre"})
+    s.db.links.mark_created("answer", qid, s.clock(), conversation_id=conversation_id, message_id=message["id"],
+                            data={"by": "mercadolivre"})
 
 
 def cached_items(s: Services, item_ids: list[str]) -> dict[str, dict]:

@@ -338,7 +338,7 @@ def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
         # One check per round; the first round's key is the reply id alone, as before.
         late = now - reply["finished_at"] >= MODERATION_RECHECK_AFTER
         check_id = f"{reply['id']}:late" if late else reply["id"]
-        link, _fresh = s.db.link_intent("moderation_check", check_id, now)
+        link, _fresh = s.db.links.record_intent("moderation_check", check_id, now)
         if link["status"] == "created":
             continue  # still pending: an earlier check failed half way and is due again
         if reply["target_id"] not in skip:
@@ -353,7 +353,7 @@ def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
                 continue
             skip.add(reply["target_id"])
             checked += 1
-        s.db.link_created("moderation_check", check_id, s.clock())
+        s.db.links.mark_created("moderation_check", check_id, s.clock())
     return checked
 
 
@@ -419,7 +419,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     messages, first = read_thread(s, pack_id, seller_id)
     blocked = (first.get("conversation_status") or {}).get("status") == "blocked"
     migrated = is_migrated(messages)
-    link = s.db.link("pack", pack_id)
+    link = s.db.links.get("pack", pack_id)
     last_id = str(in_order(messages)[-1]["id"]) if messages else None
     # Pruned by retention or erased: what the watermark covers stays out of Chatwoot.
     covered = covered_by_watermark(messages, s.db.watermark("pack", pack_id))
@@ -437,8 +437,8 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
         reopen = True
         data = link["data"]
         if data.get("blocked") != blocked or (migrated and not data.get("migrated")):
-            s.db.link_update("pack", pack_id, s.clock(),
-                             data=dict(data, blocked=blocked, migrated=bool(migrated or data.get("migrated"))))
+            s.db.links.update("pack", pack_id, s.clock(),
+                              data=dict(data, blocked=blocked, migrated=bool(migrated or data.get("migrated"))))
 
     ids = [str(m["id"]) for m in messages]
     # In this order: a part the outbox records as sent between the two reads is then in bridge_ids.
@@ -446,7 +446,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     bridge_ids = s.db.bridge_sent_ids(ids)
 
     def known_now() -> set[str]:
-        return covered | {i for i in ids if (s.db.link("message", i) or {}).get("status") == "created"}
+        return covered | {i for i in ids if (s.db.links.get("message", i) or {}).get("status") == "created"}
 
     known = known_now()
     plan = messages_to_mirror(messages, seller_id, known, bridge_ids, in_doubt)
@@ -518,7 +518,7 @@ def _ensure_pack_conversation(s: Services, pack_id: str, messages: list[dict], r
     sale = sale_context(s, pack_id, messages, resource_kind)
     inbox_id = s.settings.chatwoot_messages_inbox_id
     attributes = sale_attributes(pack_id, sale["orders"])
-    removed = ((s.db.link("pack", pack_id) or {}).get("data") or {}).get("removed_conversation")
+    removed = ((s.db.links.get("pack", pack_id) or {}).get("data") or {}).get("removed_conversation")
     contact_id, conversation_id, fresh = open_conversation(
         s, kind="pack", external_id=str(pack_id), inbox_id=inbox_id, buyer_id=sale["buyer_id"],
         nickname=sale["nickname"], custom_attributes=attributes)
@@ -527,17 +527,18 @@ def _ensure_pack_conversation(s: Services, pack_id: str, messages: list[dict], r
                     source_ids.note("pack", pack_id, "removed", removed), look_first=not fresh)
     data = {"buyer_id": sale["buyer_id"], "blocked": blocked, "migrated": migrated,
             "order_ids": [str(o["id"]) for o in sale["orders"]]}
-    s.db.link_created("pack", pack_id, s.clock(), contact_id=contact_id, conversation_id=conversation_id, data=data)
+    s.db.links.mark_created("pack", pack_id, s.clock(), contact_id=contact_id, conversation_id=conversation_id,
+                            data=data)
     log.info("sale in chatwoot pack=%s buyer=%s conversation=%s orders=%s", pack_id, sale["buyer_id"],
              conversation_id, ",".join(data["order_ids"]))
-    return conversation_id, s.db.link("pack", pack_id)
+    return conversation_id, s.db.links.get("pack", pack_id)
 
 
 def _mirror(s: Services, conversation_id: int, pack_id: str, message: dict, direction: str) -> None:
     started = time.monotonic()
     mid = str(message["id"])
     source = source_ids.message(mid)
-    _link, fresh = s.db.link_intent("message", mid, s.clock(), conversation_id=conversation_id)
+    _link, fresh = s.db.links.record_intent("message", mid, s.clock(), conversation_id=conversation_id)
 
     def create() -> dict:
         files, skipped = _download_files(s, message)
@@ -545,8 +546,8 @@ def _mirror(s: Services, conversation_id: int, pack_id: str, message: dict, dire
                                  files, skipped)
 
     existing = ensure_message(s, conversation_id, source, create, look_first=not fresh, crash="sale_message_created")
-    s.db.link_created("message", mid, s.clock(), conversation_id=conversation_id, message_id=existing["id"],
-                      data={"pack_id": str(pack_id), "direction": direction})
+    s.db.links.mark_created("message", mid, s.clock(), conversation_id=conversation_id, message_id=existing["id"],
+                            data={"pack_id": str(pack_id), "direction": direction})
     log.info("message in chatwoot ml_message=%s pack=%s conversation=%s message=%s direction=%s files=%d in %dms%s",
              mid, pack_id, conversation_id, existing["id"], direction, len(message.get("message_attachments") or []),
              (time.monotonic() - started) * 1000, "" if fresh else " (reconciled)")
@@ -572,7 +573,7 @@ def _report_moderated_replies(s: Services, messages: list[dict], bridge_ids: set
         mid = str(message["id"])
         if mid not in bridge_ids or not is_rejected(message):
             continue
-        link, fresh = s.db.link_intent("moderation", mid, s.clock())
+        link, fresh = s.db.links.record_intent("moderation", mid, s.clock())
         if link["status"] == "created":
             continue
         # A row left pending by a crash or a failed call is reported again: the agent must learn.
@@ -589,7 +590,7 @@ def _report_moderated_replies(s: Services, messages: list[dict], bridge_ids: set
                 log.warning("moderation not shown: conversations deleted ml_message=%s reply=%s", mid, reply["id"])
             log.warning("reply moderated ml_message=%s reply=%s conversation=%s reason=%s", mid, reply["id"],
                         reply["conversation_id"], reason)
-        s.db.link_created("moderation", mid, s.clock())
+        s.db.links.mark_created("moderation", mid, s.clock())
 
 
 def _note_first_present(s: Services, conversation_ids: list[int], note: str, source_id: str,

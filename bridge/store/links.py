@@ -1,0 +1,106 @@
+"""Links: which Mercado Livre thing (question, sale, message, buyer…) is which Chatwoot thing.
+
+A row is recorded `pending` before anything is created in Chatwoot (record_intent) and marked
+`created` after: a pending row found again means "look for it by its source id first".
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from db_manager import Database
+
+
+def link_row(row: dict | None) -> dict | None:
+    """A links row with its `data` decoded ({} when empty)."""
+    if row is not None:
+        row["data"] = json.loads(row["data"]) if row.get("data") else {}
+    return row
+
+
+def insert_pending(conn: sqlite3.Connection, kind: str, external_id: str | int, now: float) -> bool:
+    """A pending row unless one exists; True when it is new."""
+    cur = conn.execute("INSERT OR IGNORE INTO links (kind, external_id, status, created_at, updated_at)"
+                       " VALUES (?, ?, 'pending', ?, ?)", (kind, str(external_id), now, now))
+    return cur.rowcount == 1
+
+
+def update_fields(conn: sqlite3.Connection, kind: str, external_id: str | int, now: float, fields: dict) -> None:
+    allowed = {"status", "contact_id", "conversation_id", "message_id", "data"}
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"unknown link fields: {sorted(unknown)}")
+    if "data" in fields:
+        fields = dict(fields, data=json.dumps(fields["data"], sort_keys=True))
+    assignments = ", ".join(f"{name} = ?" for name in fields)
+    conn.execute(f"UPDATE links SET {assignments}, updated_at = ? WHERE kind = ? AND external_id = ?",
+                 (*fields.values(), now, kind, str(external_id)))
+
+
+class LinksStore:
+    """`db.links`: queries get/by_…/ids…, commands record_intent/update/mark_created."""
+
+    def __init__(self, db: Database):
+        self._db = db
+
+    def get(self, kind: str, external_id: str | int) -> dict | None:
+        return link_row(self._db.one("SELECT * FROM links WHERE kind = ? AND external_id = ?",
+                                     (kind, str(external_id))))
+
+    def by_conversation(self, kind: str, conversation_id: int) -> dict | None:
+        return link_row(self._db.one(
+            "SELECT * FROM links WHERE kind = ? AND conversation_id = ? AND status = 'created'",
+            (kind, conversation_id)))
+
+    def record_intent(self, kind: str, external_id: str | int, now: float, **fields: Any) -> tuple[dict, bool]:
+        """Record that we are about to create `kind/external_id` in Chatwoot.
+
+        Returns (row, fresh). A row that was already there (fresh False) may have been
+        half-created before a crash: the caller checks Chatwoot before creating again.
+        """
+        with self._db.write() as conn:
+            fresh = insert_pending(conn, kind, external_id, now)
+            if fields and fresh:
+                update_fields(conn, kind, external_id, now, fields)
+        return self.get(kind, external_id), fresh
+
+    def update(self, kind: str, external_id: str | int, now: float, **fields: Any) -> None:
+        with self._db.write() as conn:
+            update_fields(conn, kind, external_id, now, fields)
+
+    def mark_created(self, kind: str, external_id: str | int, now: float, **fields: Any) -> None:
+        """Mark the Chatwoot side done (creating the row if the intent was not recorded)."""
+        with self._db.write() as conn:
+            insert_pending(conn, kind, external_id, now)
+            update_fields(conn, kind, external_id, now, dict(fields, status="created"))
+
+    def ids_among(self, kind: str, external_ids: list[str]) -> set[str]:
+        """Which of these ids have a links row of `kind` (pending or created)."""
+        found: set[str] = set()
+        for start in range(0, len(external_ids), 500):
+            chunk = [str(i) for i in external_ids[start:start + 500]]
+            rows = self._db.conn().execute(f"SELECT external_id FROM links WHERE kind = ? AND external_id IN"
+                                           f" ({','.join('?' * len(chunk))})", (kind, *chunk))
+            found.update(r[0] for r in rows)
+        return found
+
+    def by_status(self, kind: str, status: str) -> list[dict]:
+        return [link_row(row) for row in self._db.all("SELECT * FROM links WHERE kind = ? AND status = ?"
+                                                      " ORDER BY created_at", (kind, status))]
+
+    def ids(self, kind: str, status: str | None = None) -> set[str]:
+        if status is None:
+            rows = self._db.conn().execute("SELECT external_id FROM links WHERE kind = ?", (kind,))
+        else:
+            rows = self._db.conn().execute("SELECT external_id FROM links WHERE kind = ? AND status = ?",
+                                           (kind, status))
+        return {r[0] for r in rows}
+
+    def with_prefix(self, kind: str, prefix: str) -> list[dict]:
+        """Links of `kind` whose external id starts with `prefix` (a claim's messages: "<claim id>:")."""
+        return [link_row(row) for row in self._db.all(
+            "SELECT * FROM links WHERE kind = ? AND external_id >= ? AND external_id < ?",
+            (kind, prefix, prefix + "\uffff"))]
