@@ -47,13 +47,18 @@ Mercado Livre
   finishes the reply without posting. Had the sync not run, the retry's POST gets
   `not_unanswered_question` and the published text decides. (A lost response, e.g. a
   timeout after Mercado Livre applied the POST, is the same case without a crash.)
-- `message_sent` (outbox._deliver_message): the part stays `sending`. The retry finds it
-  in the thread by text; the post-sale sync, reading the thread first, adopts a seller
-  message equal to an in-flight part instead of mirroring it as sent outside Chatwoot.
-- `claim_message_sent` (outbox._deliver_claim): the part stays `sending`. Claim messages
-  have no id: the retry counts the seller messages with the part's text since its first
-  attempt that no sync accounted for, against sent parts with that text not adopted yet;
-  the claims sync, meanwhile, leaves a seller message equal to an in-flight part alone.
+- `message_sent` (outbox._deliver_message): the part stays `sending`. Once the send has
+  settled (outbox.IN_DOUBT_SETTLE after its last attempt: a request Mercado Livre still
+  holds may be applied after we stopped waiting), the retry looks for it in the thread: a
+  seller message with its text, created after its first attempt and not accounted for.
+  Meanwhile the post-sale sync leaves a seller message equal to an in-flight part alone
+  instead of mirroring it as sent outside Chatwoot. A lost response (timeout, 5xx) is
+  the same case without a crash.
+- `claim_message_sent` (outbox._deliver_claim): the part stays `sending`. As for a sale
+  message, the retry waits until the send has settled. Claim messages have no id: it
+  counts the seller messages with the part's text since its first attempt that no sync
+  accounted for, against sent parts with that text not adopted yet; the claims sync,
+  meanwhile, leaves a seller message equal to an in-flight part alone.
 - `attachment_uploaded` (outbox._upload_files): the upload id is not recorded; the retry
   uploads again. The first upload is never used and expires (48 h): nobody sees it.
 - `token_refreshed` (mercado_livre_api._refresh): the new pair is lost and the old
@@ -63,7 +68,10 @@ Mercado Livre
 - Exchanging an authorization code (listener callback, `main.py authorize --code`): a
   crash loses the tokens and the spent code; the person, still at the browser, sees no
   confirmation page and authorizes again.
-- Marking a thread read has no local commit after it (everything was stored before).
+- Marking a thread read (sync_messages._mark_read): the reading call that marks a page also
+  shows buyer messages written a moment before it. The thread is flagged (threads.marking_since)
+  before the call and those messages are mirrored from its answer; after a crash the flag
+  makes the next poll sync the thread again first.
 
 The other order is avoided too: a remote call that a commit would make impossible to
 retry comes before that commit (a resolved sale is reopened before its new buyer
@@ -282,6 +290,9 @@ MIGRATIONS: list[tuple[str, str]] = [
         -- Read from the conversation's `meli_claim_reply_to` when the webhook is accepted:
         -- the agent's choice at the time of writing, not whatever the sidebar says later.
         ALTER TABLE replies ADD COLUMN receiver TEXT;
+    """),
+    ("reply parts: time of the latest send attempt, so a send in doubt is looked for only once it has settled", """
+        ALTER TABLE reply_parts ADD COLUMN last_attempt_at REAL;
     """),
 ]
 
@@ -844,6 +855,12 @@ class Database:
             conn.execute("UPDATE reply_parts SET status = 'sending', first_attempt_at = COALESCE(first_attempt_at, ?)"
                          " WHERE reply_id = ? AND seq = ? AND status = 'pending'", (now, reply_id, seq))
             return row["status"]
+
+    def part_attempted(self, reply_id: int, seq: int, now: float) -> None:
+        """The send is going out now: a lost answer is looked for only once it has settled."""
+        with self.write() as conn:
+            conn.execute("UPDATE reply_parts SET last_attempt_at = ? WHERE reply_id = ? AND seq = ?",
+                         (now, reply_id, seq))
 
     def part_sent(self, reply_id: int, seq: int, remote_id: str | None, now: float) -> None:
         with self.write() as conn:

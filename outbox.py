@@ -28,13 +28,15 @@ import sync_messages
 import text
 from config import Settings
 from db_manager import Database, crashpoint
-from http_client import ApiError, PermanentError, TransientError
+from http_client import TIMEOUT, ApiError, PermanentError, TransientError
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
 from services import Services
 
 log = logging.getLogger("bridge.outbox")
 
 LEASE_SECONDS = 300.0
+# Twice the read timeout: a send Mercado Livre has not applied by then is taken as never applied.
+IN_DOUBT_SETTLE = 2 * TIMEOUT[1]
 WORKERS = 8
 GIVE_UP_AFTER = 24 * 3600.0
 RETRY_BASE = 2.0
@@ -502,6 +504,7 @@ def _deliver_message(s: Services, reply: dict) -> None:
         s.db.reply_extend_lease(reply["id"], s.clock() + LEASE_SECONDS)
         previous = s.db.part_mark_sending(reply["id"], part["seq"], s.clock())
         if previous == "sending":
+            _wait_until_settled(s, reply, part)
             found = _find_sent_part(s, pack_id, seller_id, part, part["first_attempt_at"] or reply["created_at"])
             if found:
                 s.db.part_sent(reply["id"], part["seq"], found, s.clock())
@@ -509,6 +512,7 @@ def _deliver_message(s: Services, reply: dict) -> None:
                          reply["id"], part["seq"], pack_id, found)
                 continue
         attachment_ids = _upload_files(s, reply, part)
+        s.db.part_attempted(reply["id"], part["seq"], s.clock())
         try:
             sent = s.meli.send_message(pack_id, seller_id, to_user, part["text"], attachment_ids)
         except PermanentError as exc:
@@ -526,6 +530,19 @@ def _deliver_message(s: Services, reply: dict) -> None:
         s.db.part_sent(reply["id"], part["seq"], remote_id, s.clock())
         log.info("reply part sent reply=%s part=%d/%d pack=%s ml_message=%s", reply["id"], part["seq"] + 1,
                  len(parts), pack_id, remote_id)
+
+
+def _wait_until_settled(s: Services, reply: dict, part: dict) -> None:
+    """A send whose answer was lost (timeout, 5xx, a crash) may still be applied after we stopped
+    waiting: a request held in Mercado Livre's queue is processed whether or not we listen. Looking
+    for it in the thread before then finds nothing and sends it again, so the look waits until the
+    send has settled (assumed: a request not applied within IN_DOUBT_SETTLE never will be).
+    """
+    last = part.get("last_attempt_at") or part.get("first_attempt_at") or reply["created_at"]
+    wait = last + IN_DOUBT_SETTLE - s.clock()
+    if wait > 0:
+        raise TransientError(f"part {part['seq'] + 1} may still reach Mercado Livre; looked for in {wait:.0f}s",
+                             retry_after=wait)
 
 
 BLOCKED = ("conversa bloqueada no Mercado Livre",
@@ -614,6 +631,8 @@ def _deliver_claim(s: Services, reply: dict) -> None:
             continue
         remote = sync_claims.sent_key(claim_id, part["text"] or "")
         previous = s.db.part_mark_sending(reply["id"], part["seq"], s.clock())
+        if previous == "sending":
+            _wait_until_settled(s, reply, part)
         if previous == "sending" and _claim_part_arrived(s, claim_id, remote,
                                                          part["first_attempt_at"] or reply["created_at"]):
             s.db.part_sent(reply["id"], part["seq"], remote, s.clock())
@@ -622,6 +641,7 @@ def _deliver_claim(s: Services, reply: dict) -> None:
             continue
         filenames = _upload_files(s, reply, part, lambda name, content, ctype: s.meli.upload_claim_attachment(
             claim_id, name, content, ctype))
+        s.db.part_attempted(reply["id"], part["seq"], s.clock())
         try:
             s.meli.send_claim_message(claim_id, receiver, part["text"], filenames)
         except PermanentError as exc:
