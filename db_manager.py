@@ -1383,6 +1383,17 @@ class Database:
                     conversations.add(int(conversation_id))
         return contacts, conversations
 
+    def contacts_of_other_buyers(self, buyer_id: str, contact_ids: set[int]) -> set[int]:
+        """The contacts among `contact_ids` another buyer's rows also use (contacts merged in
+        Chatwoot): deleting one there would delete the other buyer's conversations too."""
+        shared = set()
+        for contact_id in contact_ids:
+            if self.one("SELECT 1 FROM links WHERE contact_id = ? AND ((kind = 'buyer' AND external_id != ?)"
+                        " OR CAST(json_extract(data, '$.buyer_id') AS TEXT) != ?) LIMIT 1",
+                        (contact_id, str(buyer_id), str(buyer_id))):
+                shared.add(contact_id)
+        return shared
+
     def buyers_by_nickname(self, nickname: str) -> list[str]:
         """Buyer ids whose cached nickname is this one (case-insensitive)."""
         rows = self.all("SELECT key, value FROM cache WHERE kind = 'user'")

@@ -116,6 +116,11 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
             return 1
         if found:
             contacts.add(found["id"])
+        shared = s.db.contacts_of_other_buyers(buyer_id, contacts)
+        if shared:
+            contacts -= shared
+            print(f"Chatwoot: contacts {sorted(shared)} are kept: merged with another buyer's contact, deleting "
+                  f"them would delete that buyer's conversations; edit them by hand")
         if not contacts and not conversations:
             print(f"Chatwoot: nothing found for buyer {buyer_id}")
         else:
