@@ -96,7 +96,15 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
     """LGPD erasure of one buyer: Chatwoot first (the local rows say what to delete there), then here."""
     s = open_services(settings)
     who = who.strip()
-    if who.isdigit():
+    if who.startswith("meli:buyer:") and who[len("meli:buyer:"):].isdigit():  # the contact identifier: an id
+        buyer_id = who[len("meli:buyer:"):]
+    elif who.isdigit():
+        named = [b for b in s.db.buyers_by_nickname(who) if b != who]
+        if named:
+            # Taken as an id, it would erase nothing and report success while that buyer stays.
+            print(f"{who} is also the nickname of buyer(s) {', '.join(named)}; give meli:buyer:<id> (the Chatwoot "
+                  f"contact's identifier) to say which", file=sys.stderr)
+            return 1
         buyer_id = who
     else:
         matches = s.db.buyers_by_nickname(who)
