@@ -149,6 +149,7 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
                                   f"removed from the bridge's database, run the command again", file=sys.stderr)
                             return 1
                         print(f"Chatwoot: {label} {object_id} was already gone")
+    undelivered = s.db.buyer_undelivered_replies(buyer_id)
     removed = s.db.forget_buyer(buyer_id, s.clock())
     compacted = s.db.compact()
     log.info("buyer forgotten buyer=%s %s", buyer_id, " ".join(f"{k}={v}" for k, v in sorted(removed.items())))
@@ -157,6 +158,9 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
               + ", ".join(f"{v} {k}" for k, v in sorted(removed.items())))
     else:
         print(f"The bridge's database held nothing about buyer {buyer_id}.")
+    if undelivered:
+        print(f"Replies not delivered to the buyer were dropped with the rest (Chatwoot messages "
+              f"{', '.join(map(str, undelivered))}): they will never reach the buyer; tell the agents.")
     if compacted["busy"]:
         print("The -wal file could not be emptied now (a process is reading); the poller's housekeeping does it "
               "within the hour.")
