@@ -1233,7 +1233,9 @@ class Database:
 
     def watermark_thread(self, pack_id: str, last_message_id: str | None, last_message_at: float | None,
                          now: float) -> None:
-        """A thread was handled up to this message. Frozen once closed: the rows it stands for are gone."""
+        """A thread was handled up to this message. Frozen once closed while the rows it stands for
+        are gone; a sale started afresh after an erasure moves it again, or erasing that fresh
+        conversation too would leave its messages outside the mark, to be imported once more."""
         if last_message_at is None:
             return
         with self.write() as conn:
@@ -1241,7 +1243,8 @@ class Database:
                 "INSERT INTO watermarks (kind, external_id, last_message_id, last_message_at, updated_at)"
                 " VALUES ('pack', ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
                 " last_message_id = excluded.last_message_id, last_message_at = excluded.last_message_at,"
-                " updated_at = excluded.updated_at WHERE closed_at IS NULL"
+                " updated_at = excluded.updated_at WHERE (closed_at IS NULL OR EXISTS (SELECT 1 FROM links"
+                " WHERE kind = 'pack' AND external_id = excluded.external_id AND status = 'created'))"
                 " AND COALESCE(last_message_at, 0) < excluded.last_message_at",
                 (str(pack_id), last_message_id, last_message_at, now))
 

@@ -521,3 +521,22 @@ def test_forget_buyer_says_when_a_reply_still_in_the_outbox_is_dropped(monkeypat
     out = capsys.readouterr().out
     # The agent's message stays in Chatwoot without a delivery status: the operator must know.
     assert "not delivered" in out and "71" in out
+
+
+def test_a_sale_erased_twice_never_brings_back_what_came_between_the_two_erasures(bridge):
+    meli = bridge.fakes.meli.state
+    pack = two_buyers(bridge)
+    assert bridge.once().returncode == 0
+    assert bridge.cli("forget-buyer", str(BUYER), "--chatwoot", "--yes").returncode == 0
+    meli.add_buyer_message(pack, "entre-as-exclusoes-qx")
+    assert bridge.once().returncode == 0
+    sales = conversations(bridge, bridge.fakes.messages_inbox)
+    assert len(sales) == 1 and contents(bridge, sales[0]) == ["entre-as-exclusoes-qx"]
+
+    # The buyer asks again: the second erasure must cover the message mirrored in between.
+    assert bridge.cli("forget-buyer", str(BUYER), "--chatwoot", "--yes").returncode == 0
+    assert not conversations(bridge, bridge.fakes.messages_inbox)
+    meli.add_buyer_message(pack, "depois-da-segunda-qx")
+    assert bridge.once().returncode == 0
+    sales = conversations(bridge, bridge.fakes.messages_inbox)
+    assert len(sales) == 1 and contents(bridge, sales[0]) == ["depois-da-segunda-qx"]
