@@ -1386,14 +1386,16 @@ class Database:
                     conversations.add(int(conversation_id))
         return contacts, conversations
 
-    def buyer_undelivered_replies(self, buyer_id: str) -> list[int]:
-        """Chatwoot message ids of this buyer's replies still in the outbox (erasure drops them)."""
-        found = []
+    def buyer_undelivered_replies(self, buyer_id: str) -> dict[str, list[int]]:
+        """Chatwoot message ids of this buyer's replies still in the outbox (erasure drops them),
+        by status: `pending` never left, `sending` may be reaching the buyer right now."""
+        found: dict[str, list[int]] = {"pending": [], "sending": []}
         for kind, external_id in self.buyer_conversations(buyer_id):
-            found += [r["chatwoot_message_id"] for r in self.all(
-                "SELECT chatwoot_message_id FROM replies WHERE kind = ? AND target_id = ?"
-                " AND status IN ('pending', 'sending')", (CONVERSATION_KINDS[kind]["reply_kind"], external_id))]
-        return sorted(found)
+            for r in self.all("SELECT chatwoot_message_id, status FROM replies WHERE kind = ? AND target_id = ?"
+                              " AND status IN ('pending', 'sending')",
+                              (CONVERSATION_KINDS[kind]["reply_kind"], external_id)):
+                found[r["status"]].append(r["chatwoot_message_id"])
+        return {status: sorted(ids) for status, ids in found.items()}
 
     def contacts_of_other_buyers(self, buyer_id: str, contact_ids: set[int]) -> set[int]:
         """The contacts among `contact_ids` another buyer's rows also use (contacts merged in

@@ -158,9 +158,13 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
               + ", ".join(f"{v} {k}" for k, v in sorted(removed.items())))
     else:
         print(f"The bridge's database held nothing about buyer {buyer_id}.")
-    if undelivered:
+    if undelivered["pending"]:
         print(f"Replies not delivered to the buyer were dropped with the rest (Chatwoot messages "
-              f"{', '.join(map(str, undelivered))}): they will never reach the buyer; tell the agents.")
+              f"{', '.join(map(str, undelivered['pending']))}): they will never reach the buyer; tell the agents.")
+    if undelivered["sending"]:
+        print(f"Replies being sent were dropped with the rest (Chatwoot messages "
+              f"{', '.join(map(str, undelivered['sending']))}): they may or may not have reached the buyer; "
+              f"check on Mercado Livre.")
     if compacted["busy"]:
         print("The -wal file could not be emptied now (a process is reading); the poller's housekeeping does it "
               "within the hour.")

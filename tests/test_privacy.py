@@ -540,3 +540,13 @@ def test_a_sale_erased_twice_never_brings_back_what_came_between_the_two_erasure
     assert bridge.once().returncode == 0
     sales = conversations(bridge, bridge.fakes.messages_inbox)
     assert len(sales) == 1 and contents(bridge, sales[0]) == ["depois-da-segunda-qx"]
+
+
+def test_forget_buyer_tells_a_reply_being_sent_apart_from_one_that_never_left(monkeypatch, settings, db, capsys):
+    sale_rows(db, "505", "45", 43, 1.0)
+    reply_id = db.reply_accept(chatwoot_message_id=72, conversation_id=505, kind="message", target_id="505",
+                               parts=[{"text": "saindo agora"}], now=1.0)
+    assert db.reply_claim(reply_id, 2.0, lease=60.0)  # the outbox is sending it
+    assert forget_cli(monkeypatch, settings, db, RecordingChatwoot(), "45", False, True) == 0
+    out = capsys.readouterr().out
+    assert "72" in out and "may or may not have reached the buyer" in out and "never reach" not in out
