@@ -550,3 +550,17 @@ def test_forget_buyer_tells_a_reply_being_sent_apart_from_one_that_never_left(mo
     assert forget_cli(monkeypatch, settings, db, RecordingChatwoot(), "45", False, True) == 0
     out = capsys.readouterr().out
     assert "72" in out and "may or may not have reached the buyer" in out and "never reach" not in out
+
+
+def test_a_sale_pruned_started_afresh_and_pruned_again_keeps_its_mark_on_the_newest_message(db):
+    db.watermark_thread("802", "y1", 1000.0, now=1.0)
+    sale_rows(db, "802", "46", 47, 1.0)
+    db.retention_prune(now=100 * DAY, days=90)
+    assert db.watermark("pack", "802")["last_message_at"] == 1000.0
+    # The buyer wrote again: a fresh conversation, handled up to the new message.
+    sale_rows(db, "802", "46", 47, 101 * DAY, messages=("y2",))
+    db.watermark_thread("802", "y2", 101 * DAY, now=101 * DAY)
+    db.retention_prune(now=200 * DAY, days=90)
+    assert db.link("pack", "802") is None
+    mark = db.watermark("pack", "802")
+    assert (mark["last_message_id"], mark["last_message_at"]) == ("y2", 101 * DAY)
