@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("public_url", nargs="?", help="the bridge's public URL, to check the listener")
     sub.add_parser("check-config", help="check the variables of both processes; exit 2 naming each problem")
     forget = sub.add_parser("forget-buyer", help="erase everything the bridge keeps about one buyer (LGPD)")
-    forget.add_argument("buyer", help="the buyer's Mercado Livre id, or nickname")
+    forget.add_argument("buyer", help="the buyer's Mercado Livre id (or meli:buyer:<id>), or nickname")
     forget.add_argument("--chatwoot", action="store_true",
                         help="also delete the buyer's contact and conversations in Chatwoot (asks first)")
     forget.add_argument("--yes", action="store_true", help="do not ask for confirmation (scripts)")
