@@ -676,10 +676,9 @@ def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float) -
     waiting = sum(1 for p in s.db.claim_parts_sent(remote)
                   if (p["chatwoot_message_id"], p["seq"]) not in adopted)
     fresh = 0
-    for message in s.meli.claim_messages(claim_id):
+    for key, message in sync_claims.message_keys(claim_id, s.meli.claim_messages(claim_id)):
         if message.get("sender_role") != "respondent" \
-                or sync_claims.sent_key(claim_id, sync_claims.text_of(message)) != remote \
-                or sync_claims.message_key(claim_id, message) in linked:
+                or sync_claims.sent_key(claim_id, sync_claims.text_of(message)) != remote or key in linked:
             continue
         created = sync_messages.parse_date(message.get("date_created"))
         fresh += created is not None and created >= since - SEND_CLOCK_SKEW

@@ -87,6 +87,18 @@ def message_key(claim_id: str, message: dict) -> str:
     return f"{claim_id}:{message.get('sender_role')}:{message.get('date_created')}:{text_hash(text_of(message))}"
 
 
+def message_keys(claim_id: str, messages: list[dict]) -> list[tuple[str, dict]]:
+    """(key, message) in order. A repeat with the same role, date and text (a double "ok") is a
+    message of its own: its key gets its rank, the first keeps the plain key."""
+    seen: dict[str, int] = {}
+    keyed = []
+    for message in in_order(messages):
+        key = message_key(claim_id, message)
+        seen[key] = seen.get(key, 0) + 1
+        keyed.append((key if seen[key] == 1 else f"{key}#{seen[key]}", message))
+    return keyed
+
+
 def sent_key(claim_id: str, text: str) -> str:
     """What a sent claim reply part records as its remote id: the claim and its text's hash."""
     return f"claim:{claim_id}:{text_hash(text)}"
@@ -505,8 +517,7 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
     links = {link["external_id"]: link for link in s.db.links_with_prefix("claim_message", f"{claim_id}:")}
     adopted = adopted_parts(links.values())
     plan = []
-    for message in in_order(messages):
-        key = message_key(claim_id, message)
+    for key, message in message_keys(claim_id, messages):
         link = links.get(key)
         if link and link["status"] == "created":
             if link["data"].get("by") == "bridge" and is_rejected(message):

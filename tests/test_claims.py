@@ -191,3 +191,55 @@ def test_a_file_mercado_livre_no_longer_has_is_named_and_the_conversation_is_kep
     assert attributes["meli_claim_due_date"] == "2030-01-01T00:00:00.000Z"
     link = db.link("claim", CLAIM_ID)
     assert link["conversation_id"] == 88 and link["data"]["last_updated"] == claim()["last_updated"]
+
+
+def buyer_message(text, date="2026-11-20T10:05:00.000Z", status="available"):
+    return {"sender_role": "complainant", "receiver_role": "respondent", "message": text, "date_created": date,
+            "status": status, "attachments": []}
+
+
+def chatwoot_for_mirroring(first_id=700):
+    """Conversation 88 as Chatwoot keeps it: created messages are listed back with their source_id."""
+    stored = []
+
+    def create(request):
+        body = json.loads(request.body)
+        stored.append(dict(body, id=first_id + len(stored)))
+        return 200, {}, json.dumps(stored[-1])
+
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+    responses.add_callback(responses.POST, f"{CW}/conversations/88/messages", callback=create)
+    responses.add_callback(responses.GET, f"{CW}/conversations/88/messages",
+                           callback=lambda r: (200, {}, json.dumps({"payload": [] if "before" in r.url else stored})))
+    responses.get(f"{CW}/conversations/88", json={"custom_attributes": {}})
+    responses.post(f"{CW}/conversations/88/custom_attributes", json={})
+
+
+def mirrored(conversation_id=88):
+    return [json.loads(c.request.body)["content"] for c in responses.calls
+            if c.request.method == "POST" and c.request.url == f"{CW}/conversations/{conversation_id}/messages"
+            and not json.loads(c.request.body).get("private")]
+
+
+@responses.activate
+def test_two_equal_buyer_messages_with_the_same_date_are_both_mirrored_once(s, db):
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim(due="2030-01-01T00:00:00.000Z"))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[buyer_message("ok"), buyer_message("ok")])
+    chatwoot_for_mirroring()
+    assert sync_claims.sync_claim(s, CLAIM_ID) == 2
+    db.link_update("claim", CLAIM_ID, 2.0, data=dict(db.link("claim", CLAIM_ID)["data"], last_updated="older"))
+    sync_claims.sync_claim(s, CLAIM_ID)
+    assert mirrored() == ["ok", "ok"]
+
+
+@responses.activate
+def test_two_equal_replies_mercado_livre_dated_alike_are_both_the_agents_and_none_comes_back(s, db):
+    delivered_claim_reply(db, 901, "ok")
+    delivered_claim_reply(db, 902, "ok")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim(due="2030-01-01T00:00:00.000Z"))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
+                  json=[respondent_message("ok", 1), respondent_message("ok", 1)])
+    chatwoot_for_mirroring()
+    sync_claims.sync_claim(s, CLAIM_ID)
+    assert mirrored() == []
+    assert sorted(link["message_id"] for link in db.links_with_prefix("claim_message", f"{CLAIM_ID}:")) == [901, 902]
