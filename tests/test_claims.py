@@ -243,3 +243,38 @@ def test_two_equal_replies_mercado_livre_dated_alike_are_both_the_agents_and_non
     sync_claims.sync_claim(s, CLAIM_ID)
     assert mirrored() == []
     assert sorted(link["message_id"] for link in db.links_with_prefix("claim_message", f"{CLAIM_ID}:")) == [901, 902]
+
+
+@responses.activate
+def test_a_site_message_held_back_for_a_reply_in_flight_is_read_again_at_the_next_poll(s, db):
+    reply_id = db.reply_accept(chatwoot_message_id=903, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                               parts=[{"text": "ok"}], now=1000.0, receiver="complainant")
+    db.part_mark_sending(reply_id, 0, 1000.0)
+    summary = claim(due="2030-01-01T00:00:00.000Z")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=summary)
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[respondent_message("ok", 1)])
+    chatwoot_for_mirroring()
+    sync_claims.sync_claim(s, CLAIM_ID)
+    assert mirrored() == []
+    # The part then fails (nothing reached the claim): the seller's own "ok" must still come in.
+    db.part_unsent(reply_id, 0)
+    db.reply_failed(reply_id, "x", "x", 1100.0)
+    assert sync_claims._changed(s, CLAIM_ID, summary)
+    sync_claims.sync_claim(s, CLAIM_ID)
+    assert mirrored() == ["ok\n\n(enviada pelo Mercado Livre, fora do Chatwoot)"]
+    assert not sync_claims._changed(s, CLAIM_ID, summary)
+
+
+@responses.activate
+def test_a_message_waiting_for_translation_comes_in_once_with_its_final_text(s, db):
+    summary = claim(due="2030-01-01T00:00:00.000Z")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=summary)
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
+                  json=[buyer_message("", status="pending_translation")])
+    chatwoot_for_mirroring()
+    sync_claims.sync_claim(s, CLAIM_ID)
+    assert sync_claims._changed(s, CLAIM_ID, summary)
+    responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
+                      json=[dict(buyer_message("Chegou quebrado"), translated_message="Chegou quebrado")])
+    sync_claims.sync_claim(s, CLAIM_ID)
+    assert mirrored() == ["Chegou quebrado"]
