@@ -622,10 +622,15 @@ def _deliver_claim(s: Services, reply: dict) -> None:
     claim = s.meli.claim(claim_id)
     if claim.get("status") != "opened":
         raise DeliveryFailed(*CLAIM_CLOSED)
-    receiver = sync_claims.choose_receiver(reply.get("receiver"), claim)
+    parts = s.db.reply_parts(reply["id"])
+    if any(part["status"] == "sent" for part in parts):
+        # The rest goes where the first parts went, or not at all: half a reply to each reader reaches nobody.
+        used = reply.get("receiver") or "complainant"
+        receiver = used if used in sync_claims.allowed_receivers(claim) else None
+    else:
+        receiver = sync_claims.choose_receiver(reply.get("receiver"), claim)
     if receiver is None:
         raise DeliveryFailed(*_receiver_refused(reply.get("receiver"), claim))
-    parts = s.db.reply_parts(reply["id"])
     for part in parts:
         if part["status"] == "sent":
             continue
@@ -658,6 +663,9 @@ def _deliver_claim(s: Services, reply: dict) -> None:
             raise
         crashpoint("claim_message_sent")
         s.db.part_sent(reply["id"], part["seq"], remote, s.clock())
+        if receiver != reply.get("receiver"):
+            s.db.reply_receiver_used(reply["id"], receiver)
+            reply = dict(reply, receiver=receiver)
         log.info("reply part sent reply=%s part=%d/%d claim=%s receiver=%s", reply["id"], part["seq"] + 1,
                  len(parts), claim_id, receiver)
 

@@ -278,3 +278,55 @@ def test_a_message_waiting_for_translation_comes_in_once_with_its_final_text(s, 
                       json=[dict(buyer_message("Chegou quebrado"), translated_message="Chegou quebrado")])
     sync_claims.sync_claim(s, CLAIM_ID)
     assert mirrored() == ["Chegou quebrado"]
+
+
+@responses.activate
+def test_a_claim_reply_split_in_parts_never_sends_its_rest_to_another_receiver(s, db):
+    reply_id = db.reply_accept(chatwoot_message_id=904, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                               parts=[{"text": "Primeira parte"}, {"text": "Segunda parte"}], now=time.time(),
+                               receiver="complainant")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim())
+    sent = []
+
+    def send(request):
+        sent.append(json.loads(request.body))
+        return (503, {}, "{}") if len(sent) == 2 else (200, {}, "{}")
+
+    responses.add_callback(responses.POST, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message",
+                           callback=send)
+    assert outbox.deliver(s, reply_id) == "retry"
+    # Meanwhile the claim went to mediation: only the mediator may be written to now.
+    responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                      json=claim(stage="dispute", actions=("send_message_to_mediator",)))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[])
+    db.conn().execute("UPDATE replies SET next_attempt_at = 0, lease_until = 0 WHERE id = ?", (reply_id,))
+    s.clock = lambda: time.time() + 3600  # the unanswered send has long settled, and did not arrive
+    assert outbox.deliver(s, reply_id) == "failed"
+    assert {m["receiver_role"] for m in sent} == {"complainant"}
+    assert "Segunda parte" not in [m["message"] for m in sent if m["receiver_role"] == "mediator"]
+
+
+@responses.activate
+def test_a_claim_reply_begun_to_the_mediator_as_the_only_receiver_ends_there(s, db):
+    reply_id = db.reply_accept(chatwoot_message_id=905, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                               parts=[{"text": "Primeira parte"}, {"text": "Segunda parte"}], now=time.time(),
+                               receiver="complainant")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                  json=claim(stage="dispute", actions=("send_message_to_mediator",)))
+    sent = []
+
+    def send(request):
+        sent.append(json.loads(request.body))
+        return (503, {}, "{}") if len(sent) == 2 else (200, {}, "{}")
+
+    responses.add_callback(responses.POST, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message",
+                           callback=send)
+    assert outbox.deliver(s, reply_id) == "retry"
+    responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                      json=claim(stage="dispute", actions=("send_message_to_mediator", "send_message_to_complainant")))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[])
+    db.conn().execute("UPDATE replies SET next_attempt_at = 0, lease_until = 0 WHERE id = ?", (reply_id,))
+    s.clock = lambda: time.time() + 3600
+    assert outbox.deliver(s, reply_id) == "delivered"
+    assert [(m["message"], m["receiver_role"]) for m in sent] == [
+        ("Primeira parte", "mediator"), ("Segunda parte", "mediator"), ("Segunda parte", "mediator")]
