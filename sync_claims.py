@@ -675,7 +675,9 @@ def check_deadlines(s: Services) -> int:
         if s.stopping.is_set():
             break
         try:
-            noted += _deadline(s, link)
+            # Under the claim's lock, as it stands now: a notification may be syncing this claim.
+            with s.locks.hold(f"claim:{link['external_id']}"):
+                noted += _deadline(s, s.db.link("claim", link["external_id"]))
         except ReauthorizationRequired:
             raise
         except PermanentError as exc:

@@ -1,6 +1,7 @@
 """Claims: pure decisions, the listener's acceptance of claim replies, the sync against recorded state."""
 
 import json
+import threading
 import time
 
 import pytest
@@ -330,3 +331,33 @@ def test_a_claim_reply_begun_to_the_mediator_as_the_only_receiver_ends_there(s, 
     assert outbox.deliver(s, reply_id) == "delivered"
     assert [(m["message"], m["receiver_role"]) for m in sent] == [
         ("Primeira parte", "mediator"), ("Segunda parte", "mediator"), ("Segunda parte", "mediator")]
+
+
+@responses.activate
+def test_a_deadline_note_is_written_once_while_a_notification_syncs_the_same_claim(s, db):
+    due = "2026-11-22T10:00:00.000Z"
+    s.clock = lambda: sync_claims.parse_date(due) - 3600
+    db.link_update("claim", CLAIM_ID, 2.0, data=dict(db.link("claim", CLAIM_ID)["data"], awaiting_seller=True,
+                                                     last_message_at=1.0, last_updated=claim()["last_updated"]))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim(due=due))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[buyer_message("Cadê?")])
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+    responses.post(f"{CW}/conversations/88/toggle_priority", json={})
+    stored, syncs = [], []
+
+    def create(request):
+        body = json.loads(request.body)
+        if body.get("private") and not syncs:
+            # The notifications job takes the same claim while the poll writes its deadline note.
+            syncs.append(threading.Thread(target=sync_claims.sync_claim, args=(s, CLAIM_ID)))
+            syncs[0].start()
+            syncs[0].join(timeout=2)
+        stored.append(dict(body, id=700 + len(stored)))
+        return 200, {}, json.dumps(stored[-1])
+
+    responses.add_callback(responses.POST, f"{CW}/conversations/88/messages", callback=create)
+    responses.add_callback(responses.GET, f"{CW}/conversations/88/messages",
+                           callback=lambda r: (200, {}, json.dumps({"payload": [] if "before" in r.url else stored})))
+    assert sync_claims.check_deadlines(s) == 1
+    syncs[0].join()
+    assert [m["content"][:20] for m in stored if m.get("private")] == ["Prazo perto do fim: "]
