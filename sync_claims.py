@@ -105,7 +105,11 @@ def sent_key(claim_id: str, text: str) -> str:
 
 
 def in_order(messages: list[dict]) -> list[dict]:
-    return sorted(messages, key=lambda m: str(m.get("date_created") or m.get("message_date") or ""))
+    """By moment first, not by text alone: dates may carry different UTC offsets."""
+    def moment(message: dict) -> tuple[float, str]:
+        date = message.get("date_created") or message.get("message_date")
+        return parse_date(date) or 0.0, str(date or "")
+    return sorted(messages, key=moment)
 
 
 def is_rejected(message: dict) -> bool:

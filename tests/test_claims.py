@@ -361,3 +361,10 @@ def test_a_deadline_note_is_written_once_while_a_notification_syncs_the_same_cla
     assert sync_claims.check_deadlines(s) == 1
     syncs[0].join()
     assert [m["content"][:20] for m in stored if m.get("private")] == ["Prazo perto do fim: "]
+
+
+def test_messages_are_ordered_by_their_moment_whatever_the_time_zone_of_their_dates():
+    seller = respondent_message("Antes", 0) | {"date_created": "2026-11-20T14:00:00.000Z"}
+    buyer = buyer_message("Depois", date="2026-11-20T11:30:00.000-04:00")  # 15:30 UTC
+    assert [m["message"] for m in sync_claims.in_order([buyer, seller])] == ["Antes", "Depois"]
+    assert sync_claims.awaiting_seller([buyer, seller])
