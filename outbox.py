@@ -681,8 +681,11 @@ def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float) -
     links = s.db.links_with_prefix("claim_message", f"{claim_id}:")
     linked = {link["external_id"] for link in links if link["status"] == "created"}
     adopted = sync_claims.adopted_parts(links)
+    # Only the parts whose messages may fall in the window counted below: an older equal reply
+    # not matched yet would otherwise hide this part's arrival, and it would go twice.
     waiting = sum(1 for p in s.db.claim_parts_sent(remote)
-                  if (p["chatwoot_message_id"], p["seq"]) not in adopted)
+                  if (p["chatwoot_message_id"], p["seq"]) not in adopted
+                  and (p["sent_at"] is None or p["sent_at"] >= since - 2 * SEND_CLOCK_SKEW))
     fresh = 0
     for key, message in sync_claims.message_keys(claim_id, s.meli.claim_messages(claim_id)):
         if message.get("sender_role") != "respondent" \

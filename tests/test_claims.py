@@ -368,3 +368,29 @@ def test_messages_are_ordered_by_their_moment_whatever_the_time_zone_of_their_da
     buyer = buyer_message("Depois", date="2026-11-20T11:30:00.000-04:00")  # 15:30 UTC
     assert [m["message"] for m in sync_claims.in_order([buyer, seller])] == ["Antes", "Depois"]
     assert sync_claims.awaiting_seller([buyer, seller])
+
+
+def iso(moment: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(moment))
+
+
+@responses.activate
+def test_a_reply_in_doubt_that_arrived_is_not_sent_again_because_an_older_equal_reply_is_not_matched_yet(s, db):
+    start = 1_790_000_000.0
+    older = db.reply_accept(chatwoot_message_id=906, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                            parts=[{"text": "ok"}], now=start, receiver="complainant")
+    db.part_sent(older, 0, sync_claims.sent_key(CLAIM_ID, "ok"), start + 1)
+    db.reply_delivered(older, start + 1)
+    # Ten minutes later the same words again; the send's answer is lost, but it reached the claim.
+    reply_id = db.reply_accept(chatwoot_message_id=907, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                               parts=[{"text": "ok"}], now=start + 600, receiver="complainant")
+    db.part_mark_sending(reply_id, 0, start + 600)
+    db.part_attempted(reply_id, 0, start + 600)
+    s.clock = lambda: start + 900
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim())
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
+                  json=[respondent_message("ok", 0) | {"date_created": iso(start + 1)},
+                        respondent_message("ok", 0) | {"date_created": iso(start + 600)}])
+    send = responses.post(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message", json={})
+    assert outbox.deliver(s, reply_id) == "delivered"
+    assert send.call_count == 0
