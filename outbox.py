@@ -619,7 +619,13 @@ SEND_CLOCK_SKEW = 60.0  # seconds our clock may run ahead of Mercado Livre's
 def _deliver_claim(s: Services, reply: dict) -> None:
     """Each part to `actions/send-message`, to the complainant or the mediator as the claim allows now."""
     claim_id = reply["target_id"]
-    claim = s.meli.claim(claim_id)
+    try:
+        claim = s.meli.claim(claim_id)
+    except PermanentError as exc:
+        if exc.status not in (403, 404):
+            raise
+        # Another account's, or removed: retrying for a day would only tell the agent a day late.
+        raise DeliveryFailed(*CLAIM_UNREADABLE) from None
     if claim.get("status") != "opened":
         raise DeliveryFailed(*CLAIM_CLOSED)
     parts = s.db.reply_parts(reply["id"])
@@ -701,6 +707,12 @@ CLAIM_CLOSED = ("reclamação encerrada",
                 "precisar falar com o comprador, use a conversa da venda (caixa Mercado Livre - Vendas), se ela "
                 "estiver liberada.",
                 "A reclamação foi encerrada no Mercado Livre e não aceita mais mensagens.")
+
+
+CLAIM_UNREADABLE = ("reclamação não acessível",
+                    "O Mercado Livre não mostra mais esta reclamação para a conta da ponte (removida, ou de outra "
+                    "conta). Nada foi enviado. Responda pelo Mercado Livre, se a reclamação ainda estiver lá.",
+                    "O Mercado Livre não mostra mais esta reclamação para a conta da ponte.")
 
 
 def _receiver_refused(wanted: str | None, claim: dict) -> tuple[str, str, str]:

@@ -394,3 +394,14 @@ def test_a_reply_in_doubt_that_arrived_is_not_sent_again_because_an_older_equal_
     send = responses.post(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message", json={})
     assert outbox.deliver(s, reply_id) == "delivered"
     assert send.call_count == 0
+
+
+@responses.activate
+def test_a_reply_to_a_claim_mercado_livre_no_longer_shows_fails_at_once_with_a_note(s, db):
+    reply_id = db.reply_accept(chatwoot_message_id=908, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                               parts=[{"text": "Olá"}], now=time.time(), receiver="complainant")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", status=404,
+                  json={"error": "not_found", "message": "claim not found"})
+    assert outbox.deliver(s, reply_id) == "failed"
+    reply = db.reply(reply_id)
+    assert "Nada foi enviado" in reply["note"] and reply["error"] == "reclamação não acessível"
