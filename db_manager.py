@@ -914,6 +914,11 @@ class Database:
             return conn.execute("UPDATE replies SET lease_until = ?, updated_at = ? WHERE status = 'sending'"
                                 " AND lease_until >= ?", (now - 1, now, now)).rowcount
 
+    def reply_receiver_used(self, reply_id: int, receiver: str) -> None:
+        """The receiver a claim reply's parts went to (the mediator, when it was the only one allowed)."""
+        with self.write() as conn:
+            conn.execute("UPDATE replies SET receiver = ? WHERE id = ?", (receiver, reply_id))
+
     def part_unsent(self, reply_id: int, seq: int) -> None:
         """The remote side has no trace of this part: it may be sent again."""
         with self.write() as conn:

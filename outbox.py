@@ -619,13 +619,24 @@ SEND_CLOCK_SKEW = 60.0  # seconds our clock may run ahead of Mercado Livre's
 def _deliver_claim(s: Services, reply: dict) -> None:
     """Each part to `actions/send-message`, to the complainant or the mediator as the claim allows now."""
     claim_id = reply["target_id"]
-    claim = s.meli.claim(claim_id)
+    try:
+        claim = s.meli.claim(claim_id)
+    except PermanentError as exc:
+        if exc.status not in (403, 404):
+            raise
+        # Another account's, or removed: retrying for a day would only tell the agent a day late.
+        raise DeliveryFailed(*CLAIM_UNREADABLE) from None
     if claim.get("status") != "opened":
         raise DeliveryFailed(*CLAIM_CLOSED)
-    receiver = sync_claims.choose_receiver(reply.get("receiver"), claim)
+    parts = s.db.reply_parts(reply["id"])
+    if any(part["status"] == "sent" for part in parts):
+        # The rest goes where the first parts went, or not at all: half a reply to each reader reaches nobody.
+        used = reply.get("receiver") or "complainant"
+        receiver = used if used in sync_claims.allowed_receivers(claim) else None
+    else:
+        receiver = sync_claims.choose_receiver(reply.get("receiver"), claim)
     if receiver is None:
         raise DeliveryFailed(*_receiver_refused(reply.get("receiver"), claim))
-    parts = s.db.reply_parts(reply["id"])
     for part in parts:
         if part["status"] == "sent":
             continue
@@ -658,6 +669,9 @@ def _deliver_claim(s: Services, reply: dict) -> None:
             raise
         crashpoint("claim_message_sent")
         s.db.part_sent(reply["id"], part["seq"], remote, s.clock())
+        if receiver != reply.get("receiver"):
+            s.db.reply_receiver_used(reply["id"], receiver)
+            reply = dict(reply, receiver=receiver)
         log.info("reply part sent reply=%s part=%d/%d claim=%s receiver=%s", reply["id"], part["seq"] + 1,
                  len(parts), claim_id, receiver)
 
@@ -673,13 +687,15 @@ def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float) -
     links = s.db.links_with_prefix("claim_message", f"{claim_id}:")
     linked = {link["external_id"] for link in links if link["status"] == "created"}
     adopted = sync_claims.adopted_parts(links)
+    # Only the parts whose messages may fall in the window counted below: an older equal reply
+    # not matched yet would otherwise hide this part's arrival, and it would go twice.
     waiting = sum(1 for p in s.db.claim_parts_sent(remote)
-                  if (p["chatwoot_message_id"], p["seq"]) not in adopted)
+                  if (p["chatwoot_message_id"], p["seq"]) not in adopted
+                  and (p["sent_at"] is None or p["sent_at"] >= since - 2 * SEND_CLOCK_SKEW))
     fresh = 0
-    for message in s.meli.claim_messages(claim_id):
+    for key, message in sync_claims.message_keys(claim_id, s.meli.claim_messages(claim_id)):
         if message.get("sender_role") != "respondent" \
-                or sync_claims.sent_key(claim_id, sync_claims.text_of(message)) != remote \
-                or sync_claims.message_key(claim_id, message) in linked:
+                or sync_claims.sent_key(claim_id, sync_claims.text_of(message)) != remote or key in linked:
             continue
         created = sync_messages.parse_date(message.get("date_created"))
         fresh += created is not None and created >= since - SEND_CLOCK_SKEW
@@ -691,6 +707,12 @@ CLAIM_CLOSED = ("reclamação encerrada",
                 "precisar falar com o comprador, use a conversa da venda (caixa Mercado Livre - Vendas), se ela "
                 "estiver liberada.",
                 "A reclamação foi encerrada no Mercado Livre e não aceita mais mensagens.")
+
+
+CLAIM_UNREADABLE = ("reclamação não acessível",
+                    "O Mercado Livre não mostra mais esta reclamação para a conta da ponte (removida, ou de outra "
+                    "conta). Nada foi enviado. Responda pelo Mercado Livre, se a reclamação ainda estiver lá.",
+                    "O Mercado Livre não mostra mais esta reclamação para a conta da ponte.")
 
 
 def _receiver_refused(wanted: str | None, claim: dict) -> tuple[str, str, str]:
