@@ -47,13 +47,18 @@ Mercado Livre
   finishes the reply without posting. Had the sync not run, the retry's POST gets
   `not_unanswered_question` and the published text decides. (A lost response, e.g. a
   timeout after Mercado Livre applied the POST, is the same case without a crash.)
-- `message_sent` (bridge.replies.delivery._deliver_message): the part stays `sending`. The retry finds it
-  in the thread by text; the post-sale sync, reading the thread first, adopts a seller
-  message equal to an in-flight part instead of mirroring it as sent outside Chatwoot.
-- `claim_message_sent` (bridge.replies.delivery._deliver_claim): the part stays `sending`. Claim messages
-  have no id: the retry counts the seller messages with the part's text since its first
-  attempt that no sync accounted for, against sent parts with that text not adopted yet;
-  the claims sync, meanwhile, leaves a seller message equal to an in-flight part alone.
+- `message_sent` (bridge.replies.delivery._deliver_message): the part stays `sending`. Once the send has
+  settled (delivery.IN_DOUBT_SETTLE after its last attempt: a request Mercado Livre still
+  holds may be applied after we stopped waiting), the retry looks for it in the thread: a
+  seller message with its text, created after its first attempt and not accounted for.
+  Meanwhile the post-sale sync leaves a seller message equal to an in-flight part alone
+  instead of mirroring it as sent outside Chatwoot. A lost response (timeout, 5xx) is
+  the same case without a crash.
+- `claim_message_sent` (bridge.replies.delivery._deliver_claim): the part stays `sending`. As for a sale
+  message, the retry waits until the send has settled. Claim messages have no id: it
+  counts the seller messages with the part's text since its first attempt that no sync
+  accounted for, against sent parts with that text not adopted yet; the claims sync,
+  meanwhile, leaves a seller message equal to an in-flight part alone.
 - `attachment_uploaded` (bridge.replies.delivery._upload_files): the upload id is not recorded; the retry
   uploads again. The first upload is never used and expires (48 h): nobody sees it.
 - `token_refreshed` (mercado_livre_api._refresh): the new pair is lost and the old
@@ -63,7 +68,10 @@ Mercado Livre
 - Exchanging an authorization code (listener callback, `main.py authorize --code`): a
   crash loses the tokens and the spent code; the person, still at the browser, sees no
   confirmation page and authorizes again.
-- Marking a thread read has no local commit after it (everything was stored before).
+- Marking a thread read (bridge.sync.sales._mark_read): the reading call that marks a page also
+  shows buyer messages written a moment before it. The thread is flagged (threads.marking_since)
+  before the call and those messages are mirrored from its answer; after a crash the flag
+  makes the next poll sync the thread again first.
 
 The other order is avoided too: a remote call that a commit would make impossible to
 retry comes before that commit (a resolved sale is reopened before its new buyer
@@ -308,6 +316,10 @@ MIGRATIONS: list[Migration] = [
         -- Read from the conversation's `meli_claim_reply_to` when the webhook is accepted:
         -- the agent's choice at the time of writing, not whatever the sidebar says later.
         ALTER TABLE replies ADD COLUMN receiver TEXT;
+    """),
+    _sql_step("reply parts: time of the latest send attempt, so a send in doubt is looked for only once it has settled",
+              """
+        ALTER TABLE reply_parts ADD COLUMN last_attempt_at REAL;
     """),
 ]
 
@@ -668,6 +680,12 @@ class Database:
                          " WHERE reply_id = ? AND seq = ? AND status = 'pending'", (now, reply_id, seq))
             return row["status"]
 
+    def part_attempted(self, reply_id: int, seq: int, now: float) -> None:
+        """The send is going out now: a lost answer is looked for only once it has settled."""
+        with self.write() as conn:
+            conn.execute("UPDATE reply_parts SET last_attempt_at = ? WHERE reply_id = ? AND seq = ?",
+                         (now, reply_id, seq))
+
     def part_sent(self, reply_id: int, seq: int, remote_id: str | None, now: float) -> None:
         with self.write() as conn:
             conn.execute("UPDATE reply_parts SET status = 'sent', remote_id = ?, sent_at = ?"
@@ -719,6 +737,11 @@ class Database:
         with self.write() as conn:
             return conn.execute("UPDATE replies SET lease_until = ?, updated_at = ? WHERE status = 'sending'"
                                 " AND lease_until >= ?", (now - 1, now, now)).rowcount
+
+    def reply_receiver_used(self, reply_id: int, receiver: str) -> None:
+        """The receiver a claim reply's parts went to (the mediator, when it was the only one allowed)."""
+        with self.write() as conn:
+            conn.execute("UPDATE replies SET receiver = ? WHERE id = ?", (receiver, reply_id))
 
     def part_unsent(self, reply_id: int, seq: int) -> None:
         """The remote side has no trace of this part: it may be sent again."""
@@ -1033,7 +1056,9 @@ class Database:
 
     def watermark_thread(self, pack_id: str, last_message_id: str | None, last_message_at: float | None,
                          now: float) -> None:
-        """A thread was handled up to this message. Frozen once closed: the rows it stands for are gone."""
+        """A thread was handled up to this message. Frozen once closed while the rows it stands for
+        are gone; a sale started afresh after an erasure moves it again, or erasing that fresh
+        conversation too would leave its messages outside the mark, to be imported once more."""
         if last_message_at is None:
             return
         with self.write() as conn:
@@ -1041,7 +1066,8 @@ class Database:
                 "INSERT INTO watermarks (kind, external_id, last_message_id, last_message_at, updated_at)"
                 " VALUES ('pack', ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
                 " last_message_id = excluded.last_message_id, last_message_at = excluded.last_message_at,"
-                " updated_at = excluded.updated_at WHERE closed_at IS NULL"
+                " updated_at = excluded.updated_at WHERE (closed_at IS NULL OR EXISTS (SELECT 1 FROM links"
+                " WHERE kind = 'pack' AND external_id = excluded.external_id AND status = 'created'))"
                 " AND COALESCE(last_message_at, 0) < excluded.last_message_at",
                 (str(pack_id), last_message_id, last_message_at, now))
 
@@ -1182,6 +1208,28 @@ class Database:
                 if conversation_id:
                     conversations.add(int(conversation_id))
         return contacts, conversations
+
+    def buyer_undelivered_replies(self, buyer_id: str) -> dict[str, list[int]]:
+        """Chatwoot message ids of this buyer's replies still in the outbox (erasure drops them),
+        by status: `pending` never left, `sending` may be reaching the buyer right now."""
+        found: dict[str, list[int]] = {"pending": [], "sending": []}
+        for kind, external_id in self.buyer_conversations(buyer_id):
+            for r in self.all("SELECT chatwoot_message_id, status FROM replies WHERE kind = ? AND target_id = ?"
+                              " AND status IN ('pending', 'sending')",
+                              (CONVERSATION_KINDS[kind]["reply_kind"], external_id)):
+                found[r["status"]].append(r["chatwoot_message_id"])
+        return {status: sorted(ids) for status, ids in found.items()}
+
+    def contacts_of_other_buyers(self, buyer_id: str, contact_ids: set[int]) -> set[int]:
+        """The contacts among `contact_ids` another buyer's rows also use (contacts merged in
+        Chatwoot): deleting one there would delete the other buyer's conversations too."""
+        shared = set()
+        for contact_id in contact_ids:
+            if self.one("SELECT 1 FROM links WHERE contact_id = ? AND ((kind = 'buyer' AND external_id != ?)"
+                        " OR CAST(json_extract(data, '$.buyer_id') AS TEXT) != ?) LIMIT 1",
+                        (contact_id, str(buyer_id), str(buyer_id))):
+                shared.add(contact_id)
+        return shared
 
     def buyers_by_nickname(self, nickname: str) -> list[str]:
         """Buyer ids whose cached nickname is this one (case-insensitive)."""

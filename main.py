@@ -94,7 +94,15 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
     """LGPD erasure of one buyer: Chatwoot first (the local rows say what to delete there), then here."""
     s = open_services(settings)
     who = who.strip()
-    if who.isdigit():
+    if who.startswith("meli:buyer:") and who[len("meli:buyer:"):].isdigit():  # the contact identifier: an id
+        buyer_id = who[len("meli:buyer:"):]
+    elif who.isdigit():
+        named = [b for b in s.db.buyers_by_nickname(who) if b != who]
+        if named:
+            # Taken as an id, it would erase nothing and report success while that buyer stays.
+            print(f"{who} is also the nickname of buyer(s) {', '.join(named)}; give meli:buyer:<id> (the Chatwoot "
+                  f"contact's identifier) to say which", file=sys.stderr)
+            return 1
         buyer_id = who
     else:
         matches = s.db.buyers_by_nickname(who)
@@ -114,6 +122,11 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
             return 1
         if found:
             contacts.add(found["id"])
+        shared = s.db.contacts_of_other_buyers(buyer_id, contacts)
+        if shared:
+            contacts -= shared
+            print(f"Chatwoot: contacts {sorted(shared)} are kept: merged with another buyer's contact, deleting "
+                  f"them would delete that buyer's conversations; edit them by hand")
         if not contacts and not conversations:
             print(f"Chatwoot: nothing found for buyer {buyer_id}")
         else:
@@ -134,6 +147,7 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
                                   f"removed from the bridge's database, run the command again", file=sys.stderr)
                             return 1
                         print(f"Chatwoot: {label} {object_id} was already gone")
+    undelivered = s.db.buyer_undelivered_replies(buyer_id)
     removed = s.db.forget_buyer(buyer_id, s.clock())
     compacted = s.db.compact()
     log.info("buyer forgotten buyer=%s %s", buyer_id, " ".join(f"{k}={v}" for k, v in sorted(removed.items())))
@@ -142,6 +156,13 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
               + ", ".join(f"{v} {k}" for k, v in sorted(removed.items())))
     else:
         print(f"The bridge's database held nothing about buyer {buyer_id}.")
+    if undelivered["pending"]:
+        print(f"Replies not delivered to the buyer were dropped with the rest (Chatwoot messages "
+              f"{', '.join(map(str, undelivered['pending']))}): they will never reach the buyer; tell the agents.")
+    if undelivered["sending"]:
+        print(f"Replies being sent were dropped with the rest (Chatwoot messages "
+              f"{', '.join(map(str, undelivered['sending']))}): they may or may not have reached the buyer; "
+              f"check on Mercado Livre.")
     if compacted["busy"]:
         print("The -wal file could not be emptied now (a process is reading); the poller's housekeeping does it "
               "within the hour.")
@@ -335,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("public_url", nargs="?", help="the bridge's public URL, to check the listener")
     sub.add_parser("check-config", help="check the variables of both processes; exit 2 naming each problem")
     forget = sub.add_parser("forget-buyer", help="erase everything the bridge keeps about one buyer (LGPD)")
-    forget.add_argument("buyer", help="the buyer's Mercado Livre id, or nickname")
+    forget.add_argument("buyer", help="the buyer's Mercado Livre id (or meli:buyer:<id>), or nickname")
     forget.add_argument("--chatwoot", action="store_true",
                         help="also delete the buyer's contact and conversations in Chatwoot (asks first)")
     forget.add_argument("--yes", action="store_true", help="do not ask for confirmation (scripts)")

@@ -130,6 +130,7 @@ class Soak:
     def __init__(self, seed: int, minutes: float, drain: float, access_ttl: float, quiet: bool = False,
                  token_chaos: bool = True, keep: bool = False):
         self.seed = seed
+        self.run_mark = f"MELI_SOAK_RUN={os.getpid()}-{seed}"
         self.keep = keep
         self.weights = dict(WEIGHTS)
         if not token_chaos:
@@ -183,6 +184,9 @@ class Soak:
                 cw.inboxes[inbox_id]["webhook_url"] = f"{self.bridge.url}/webhook"
                 secrets.append(cw.inboxes[inbox_id]["secret"])
         self.bridge.env["CHATWOOT_WEBHOOK_SECRET"] = ",".join(secrets)
+        # Every process of this run carries the mark, so close() finds one started while a
+        # signal interrupted the bookkeeping (it was seen left running after a SIGTERM).
+        self.bridge.env["MELI_SOAK_RUN"] = self.run_mark.split("=", 1)[1]
         meli.on_mark_read = self._on_mark_read
         for n in range(6):
             meli.add_item(f"MLB{5_000_000 + n}", f"Produto do soak {n}", price=20.0 + n)
@@ -195,6 +199,7 @@ class Soak:
             thread.join(timeout=30)
         if self.bridge:
             self.bridge.close()
+            _kill_marked(self.run_mark)
         if self.fakes:
             self.fakes.stop()
         if self.keep:
@@ -783,6 +788,19 @@ def report(soak: Soak, result: dict) -> tuple[str, int]:
                 lines.append(f"  … and {len(found) - 25} more")
     lines += ["", f"seed {soak.seed}: {'FAIL' if total else 'OK'} ({total} violations); logs in {LOG_DIR}"]
     return "\n".join(lines), total
+
+
+def _kill_marked(mark: str) -> None:
+    """SIGKILL every process whose environment carries `mark` (Linux /proc)."""
+    wanted = mark.encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or not ours to read
 
 
 def run(seed: int, minutes: float, drain: float = 120.0, access_ttl: float = REFRESH_MARGIN + 5.0,

@@ -1,11 +1,13 @@
 """Claims: pure decisions, the listener's acceptance of claim replies, the sync against recorded state."""
 
 import json
+import threading
+import time
 
 import pytest
 import responses
 
-from bridge.replies import accept
+from bridge.replies import accept, delivery
 from bridge.sync import claims as sync_claims
 from tests.helpers import authorized_services
 from tests.payloads import message_created
@@ -189,3 +191,216 @@ def test_a_file_mercado_livre_no_longer_has_is_named_and_the_conversation_is_kep
     assert attributes["meli_claim_due_date"] == "2030-01-01T00:00:00.000Z"
     link = db.links.get("claim", CLAIM_ID)
     assert link["conversation_id"] == 88 and link["data"]["last_updated"] == claim()["last_updated"]
+
+
+def buyer_message(text, date="2026-11-20T10:05:00.000Z", status="available"):
+    return {"sender_role": "complainant", "receiver_role": "respondent", "message": text, "date_created": date,
+            "status": status, "attachments": []}
+
+
+def chatwoot_for_mirroring(first_id=700):
+    """Conversation 88 as Chatwoot keeps it: created messages are listed back with their source_id."""
+    stored = []
+
+    def create(request):
+        body = json.loads(request.body)
+        stored.append(dict(body, id=first_id + len(stored)))
+        return 200, {}, json.dumps(stored[-1])
+
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+    responses.add_callback(responses.POST, f"{CW}/conversations/88/messages", callback=create)
+    responses.add_callback(responses.GET, f"{CW}/conversations/88/messages",
+                           callback=lambda r: (200, {}, json.dumps({"payload": [] if "before" in r.url else stored})))
+    responses.get(f"{CW}/conversations/88", json={"custom_attributes": {}})
+    responses.post(f"{CW}/conversations/88/custom_attributes", json={})
+
+
+def mirrored(conversation_id=88):
+    return [json.loads(c.request.body)["content"] for c in responses.calls
+            if c.request.method == "POST" and c.request.url == f"{CW}/conversations/{conversation_id}/messages"
+            and not json.loads(c.request.body).get("private")]
+
+
+@responses.activate
+def test_two_equal_buyer_messages_with_the_same_date_are_both_mirrored_once(s, db):
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim(due="2030-01-01T00:00:00.000Z"))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[buyer_message("ok"), buyer_message("ok")])
+    chatwoot_for_mirroring()
+    assert sync_claims.sync_claim(s, CLAIM_ID) == 2
+    db.links.update("claim", CLAIM_ID, 2.0, data=dict(db.links.get("claim", CLAIM_ID)["data"], last_updated="older"))
+    sync_claims.sync_claim(s, CLAIM_ID)
+    assert mirrored() == ["ok", "ok"]
+
+
+@responses.activate
+def test_two_equal_replies_mercado_livre_dated_alike_are_both_the_agents_and_none_comes_back(s, db):
+    delivered_claim_reply(db, 901, "ok")
+    delivered_claim_reply(db, 902, "ok")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim(due="2030-01-01T00:00:00.000Z"))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
+                  json=[respondent_message("ok", 1), respondent_message("ok", 1)])
+    chatwoot_for_mirroring()
+    sync_claims.sync_claim(s, CLAIM_ID)
+    assert mirrored() == []
+    assert sorted(link["message_id"] for link in db.links.with_prefix("claim_message", f"{CLAIM_ID}:")) == [901, 902]
+
+
+@responses.activate
+def test_a_site_message_held_back_for_a_reply_in_flight_is_read_again_at_the_next_poll(s, db):
+    reply_id = db.reply_accept(chatwoot_message_id=903, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                               parts=[{"text": "ok"}], now=1000.0, receiver="complainant")
+    db.part_mark_sending(reply_id, 0, 1000.0)
+    summary = claim(due="2030-01-01T00:00:00.000Z")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=summary)
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[respondent_message("ok", 1)])
+    chatwoot_for_mirroring()
+    sync_claims.sync_claim(s, CLAIM_ID)
+    assert mirrored() == []
+    # The part then fails (nothing reached the claim): the seller's own "ok" must still come in.
+    db.part_unsent(reply_id, 0)
+    db.reply_failed(reply_id, "x", "x", 1100.0)
+    assert sync_claims._changed(s, CLAIM_ID, summary)
+    sync_claims.sync_claim(s, CLAIM_ID)
+    assert mirrored() == ["ok\n\n(enviada pelo Mercado Livre, fora do Chatwoot)"]
+    assert not sync_claims._changed(s, CLAIM_ID, summary)
+
+
+@responses.activate
+def test_a_message_waiting_for_translation_comes_in_once_with_its_final_text(s, db):
+    summary = claim(due="2030-01-01T00:00:00.000Z")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=summary)
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
+                  json=[buyer_message("", status="pending_translation")])
+    chatwoot_for_mirroring()
+    sync_claims.sync_claim(s, CLAIM_ID)
+    assert sync_claims._changed(s, CLAIM_ID, summary)
+    responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
+                      json=[dict(buyer_message("Chegou quebrado"), translated_message="Chegou quebrado")])
+    sync_claims.sync_claim(s, CLAIM_ID)
+    assert mirrored() == ["Chegou quebrado"]
+
+
+@responses.activate
+def test_a_claim_reply_split_in_parts_never_sends_its_rest_to_another_receiver(s, db):
+    reply_id = db.reply_accept(chatwoot_message_id=904, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                               parts=[{"text": "Primeira parte"}, {"text": "Segunda parte"}], now=time.time(),
+                               receiver="complainant")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim())
+    sent = []
+
+    def send(request):
+        sent.append(json.loads(request.body))
+        return (503, {}, "{}") if len(sent) == 2 else (200, {}, "{}")
+
+    responses.add_callback(responses.POST, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message",
+                           callback=send)
+    assert delivery.deliver(s, reply_id) == "retry"
+    # Meanwhile the claim went to mediation: only the mediator may be written to now.
+    responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                      json=claim(stage="dispute", actions=("send_message_to_mediator",)))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[])
+    db.conn().execute("UPDATE replies SET next_attempt_at = 0, lease_until = 0 WHERE id = ?", (reply_id,))
+    s.clock = lambda: time.time() + 3600  # the unanswered send has long settled, and did not arrive
+    assert delivery.deliver(s, reply_id) == "failed"
+    assert {m["receiver_role"] for m in sent} == {"complainant"}
+    assert "Segunda parte" not in [m["message"] for m in sent if m["receiver_role"] == "mediator"]
+
+
+@responses.activate
+def test_a_claim_reply_begun_to_the_mediator_as_the_only_receiver_ends_there(s, db):
+    reply_id = db.reply_accept(chatwoot_message_id=905, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                               parts=[{"text": "Primeira parte"}, {"text": "Segunda parte"}], now=time.time(),
+                               receiver="complainant")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                  json=claim(stage="dispute", actions=("send_message_to_mediator",)))
+    sent = []
+
+    def send(request):
+        sent.append(json.loads(request.body))
+        return (503, {}, "{}") if len(sent) == 2 else (200, {}, "{}")
+
+    responses.add_callback(responses.POST, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message",
+                           callback=send)
+    assert delivery.deliver(s, reply_id) == "retry"
+    responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                      json=claim(stage="dispute", actions=("send_message_to_mediator", "send_message_to_complainant")))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[])
+    db.conn().execute("UPDATE replies SET next_attempt_at = 0, lease_until = 0 WHERE id = ?", (reply_id,))
+    s.clock = lambda: time.time() + 3600
+    assert delivery.deliver(s, reply_id) == "delivered"
+    assert [(m["message"], m["receiver_role"]) for m in sent] == [
+        ("Primeira parte", "mediator"), ("Segunda parte", "mediator"), ("Segunda parte", "mediator")]
+
+
+@responses.activate
+def test_a_deadline_note_is_written_once_while_a_notification_syncs_the_same_claim(s, db):
+    due = "2026-11-22T10:00:00.000Z"
+    s.clock = lambda: sync_claims.parse_date(due) - 3600
+    db.links.update("claim", CLAIM_ID, 2.0, data=dict(db.links.get("claim", CLAIM_ID)["data"], awaiting_seller=True,
+                                                     last_message_at=1.0, last_updated=claim()["last_updated"]))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim(due=due))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[buyer_message("Cadê?")])
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+    responses.post(f"{CW}/conversations/88/toggle_priority", json={})
+    stored, syncs = [], []
+
+    def create(request):
+        body = json.loads(request.body)
+        if body.get("private") and not syncs:
+            # The notifications job takes the same claim while the poll writes its deadline note.
+            syncs.append(threading.Thread(target=sync_claims.sync_claim, args=(s, CLAIM_ID)))
+            syncs[0].start()
+            syncs[0].join(timeout=2)
+        stored.append(dict(body, id=700 + len(stored)))
+        return 200, {}, json.dumps(stored[-1])
+
+    responses.add_callback(responses.POST, f"{CW}/conversations/88/messages", callback=create)
+    responses.add_callback(responses.GET, f"{CW}/conversations/88/messages",
+                           callback=lambda r: (200, {}, json.dumps({"payload": [] if "before" in r.url else stored})))
+    assert sync_claims.check_deadlines(s) == 1
+    syncs[0].join()
+    assert [m["content"][:20] for m in stored if m.get("private")] == ["Prazo perto do fim: "]
+
+
+def test_messages_are_ordered_by_their_moment_whatever_the_time_zone_of_their_dates():
+    seller = respondent_message("Antes", 0) | {"date_created": "2026-11-20T14:00:00.000Z"}
+    buyer = buyer_message("Depois", date="2026-11-20T11:30:00.000-04:00")  # 15:30 UTC
+    assert [m["message"] for m in sync_claims.in_order([buyer, seller])] == ["Antes", "Depois"]
+    assert sync_claims.awaiting_seller([buyer, seller])
+
+
+def iso(moment: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(moment))
+
+
+@responses.activate
+def test_a_reply_in_doubt_that_arrived_is_not_sent_again_because_an_older_equal_reply_is_not_matched_yet(s, db):
+    start = 1_790_000_000.0
+    older = db.reply_accept(chatwoot_message_id=906, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                            parts=[{"text": "ok"}], now=start, receiver="complainant")
+    db.part_sent(older, 0, sync_claims.sent_key(CLAIM_ID, "ok"), start + 1)
+    db.reply_delivered(older, start + 1)
+    # Ten minutes later the same words again; the send's answer is lost, but it reached the claim.
+    reply_id = db.reply_accept(chatwoot_message_id=907, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                               parts=[{"text": "ok"}], now=start + 600, receiver="complainant")
+    db.part_mark_sending(reply_id, 0, start + 600)
+    db.part_attempted(reply_id, 0, start + 600)
+    s.clock = lambda: start + 900
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim())
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
+                  json=[respondent_message("ok", 0) | {"date_created": iso(start + 1)},
+                        respondent_message("ok", 0) | {"date_created": iso(start + 600)}])
+    send = responses.post(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message", json={})
+    assert delivery.deliver(s, reply_id) == "delivered"
+    assert send.call_count == 0
+
+
+@responses.activate
+def test_a_reply_to_a_claim_mercado_livre_no_longer_shows_fails_at_once_with_a_note(s, db):
+    reply_id = db.reply_accept(chatwoot_message_id=908, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                               parts=[{"text": "Olá"}], now=time.time(), receiver="complainant")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", status=404,
+                  json={"error": "not_found", "message": "claim not found"})
+    assert delivery.deliver(s, reply_id) == "failed"
+    reply = db.reply(reply_id)
+    assert "Nada foi enviado" in reply["note"] and reply["error"] == "reclamação não acessível"

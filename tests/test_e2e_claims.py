@@ -237,6 +237,7 @@ def test_a_kill_after_sending_a_claim_reply_sends_it_once(claims_bridge):
     open_claim(meli)
     assert bridge.once().returncode == 0
     [conv] = claim_conversations(bridge)
+    bridge.env["BRIDGE_HTTP_READ_TIMEOUT"] = "2"  # the resend check waits 2 x this for the send to settle
     bridge.env["BRIDGE_CRASH_AT"] = "claim_message_sent"
     bridge.listener()
     poller = bridge.poller()

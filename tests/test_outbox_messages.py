@@ -5,6 +5,7 @@ import time
 from datetime import datetime, timezone
 
 import pytest
+import requests
 import responses
 
 from bridge.replies import delivery, refusal
@@ -89,10 +90,11 @@ def test_a_crash_between_parts_sends_no_part_twice(s):
     content = (SENTENCE * 14)[:900]
     _status, reply_id = accept(s, content)
     parts = s.db.reply_parts(reply_id)
-    # First worker: part 0 confirmed, part 1 reached ML but the worker died before recording it.
+    # First worker: part 0 confirmed, part 1 reached ML but the worker died before recording it,
+    # long enough ago for that send to have settled.
     s.db.reply_claim(reply_id, time.time(), 300)
     s.db.part_sent(reply_id, 0, "m0", time.time())
-    attempt = time.time()
+    attempt = time.time() - 2 * delivery.IN_DOUBT_SETTLE
     s.db.part_mark_sending(reply_id, 1, attempt)
     s.db.conn().execute("UPDATE replies SET lease_until = 0")
     responses.get(THREAD, json={"paging": {"total": 2, "offset": 0, "limit": 10}, "messages": [
@@ -111,7 +113,7 @@ def test_a_crash_between_parts_sends_no_part_twice(s):
 def test_a_part_in_flight_that_never_arrived_is_sent(s):
     _status, reply_id = accept(s, "Oi, tudo certo!")
     s.db.reply_claim(reply_id, time.time(), 300)
-    s.db.part_mark_sending(reply_id, 0)
+    s.db.part_mark_sending(reply_id, 0, time.time() - 2 * delivery.IN_DOUBT_SETTLE)
     s.db.conn().execute("UPDATE replies SET lease_until = 0")
     responses.get(THREAD, json={"paging": {"total": 0}, "messages": [], "conversation_status": {"status": "active"}})
     sent_ok(1)
@@ -212,7 +214,7 @@ def test_reconciling_a_part_ignores_an_earlier_reply_with_the_same_text(s):
     s.db.reply_delivered(first, time.time())
     _status, second = accept(s, "Ok", message_id=2)
     s.db.reply_claim(second, time.time(), 300)
-    s.db.part_mark_sending(second, 0)  # crashed mid-send: did it arrive?
+    s.db.part_mark_sending(second, 0, time.time() - 2 * delivery.IN_DOUBT_SETTLE)  # crashed mid-send: did it arrive?
     s.db.conn().execute("UPDATE replies SET lease_until = 0 WHERE id = ?", (second,))
     responses.get(THREAD, json={"paging": {"total": 1}, "messages": [
         {"id": "m-old", "from": {"user_id": 555}, "text": "Ok"}], "conversation_status": {"status": "active"}})
@@ -250,7 +252,8 @@ def test_a_later_reply_waits_for_an_earlier_one_to_the_same_sale(s):
     delivery.run_outbox(s)
     assert s.db.reply(second)["status"] == "pending" and s.db.reply(second)["attempts"] == 0
     s.db.conn().execute("UPDATE replies SET next_attempt_at = 0")
-    # The 503 left "primeira" in doubt: the thread is read before sending it again.
+    s.db.conn().execute("UPDATE reply_parts SET last_attempt_at = last_attempt_at - ?", (2 * delivery.IN_DOUBT_SETTLE,))
+    # The 503 left "primeira" in doubt: once settled, the thread is read before sending it again.
     responses.get(THREAD, json={"paging": {"total": 0}, "messages": [], "conversation_status": {"status": "active"}})
     responses.replace(responses.POST, THREAD, json={"id": "m1"})
     for mid in (1, 2):
@@ -333,3 +336,39 @@ def test_a_part_whose_answer_was_lost_is_named_as_maybe_arrived():
     assert "> dois\n> três\n> quatro" in note and "> um" not in note
     single = [{"seq": 0, "status": "pending", "text": "x"}]
     assert refusal.partial_failure(single, "e", "nada foi enviado", "w") == ("e", "nada foi enviado")
+
+
+@responses.activate
+def test_a_part_in_doubt_is_not_looked_for_before_its_send_has_settled(s):
+    """Mercado Livre may still apply a request it held while we gave up waiting: looking now
+    would find nothing and send the part a second time."""
+    _status, reply_id = accept(s, "Chega amanhã")
+    s.db.reply_claim(reply_id, time.time(), 300)
+    s.db.part_mark_sending(reply_id, 0, time.time() - 5)
+    s.db.part_attempted(reply_id, 0, time.time() - 5)
+    s.db.conn().execute("UPDATE replies SET lease_until = 0")
+    chatwoot_ok()
+    assert delivery.run_outbox(s)["retry"] == 1
+    assert [c.request.url for c in responses.calls if "/messages/packs/" in c.request.url] == []
+    reply = s.db.reply(reply_id)
+    assert reply["status"] == "pending" and s.db.reply_parts(reply_id)[0]["status"] == "sending"
+    assert reply["next_attempt_at"] >= time.time() + delivery.IN_DOUBT_SETTLE - 10
+
+
+@responses.activate
+def test_a_send_applied_after_its_timeout_is_found_once_settled_not_sent_again(s):
+    _status, reply_id = accept(s, "Chega amanhã")
+    responses.post(THREAD, body=requests.exceptions.ReadTimeout("read timed out"))
+    chatwoot_ok()
+    assert delivery.run_outbox(s)["retry"] == 1
+    attempt = s.db.reply_parts(reply_id)[0]["last_attempt_at"]
+    # Mercado Livre applies the held request a moment later; the retry comes once it has settled.
+    responses.get(THREAD, json={"paging": {"total": 1}, "messages": [
+        seller_message("m-late", "Chega amanhã", attempt + 3)], "conversation_status": {"status": "active"}})
+    with s.db.write() as conn:
+        conn.execute("UPDATE replies SET next_attempt_at = 0")
+        conn.execute("UPDATE reply_parts SET last_attempt_at = last_attempt_at - ?", (delivery.IN_DOUBT_SETTLE,))
+    posted = len(posts())
+    delivery.run_outbox(s)
+    assert len(posts()) == posted
+    assert s.db.reply_parts(reply_id)[0]["remote_id"] == "m-late" and s.db.reply(reply_id)["status"] == "delivered"

@@ -467,3 +467,104 @@ def test_a_closed_claim_watermark_covers_messages_up_to_its_date_and_never_one_w
     assert sync_claims.after_watermark(messages, dict(mark, closed_at=None)) == messages
     assert sync_claims.seen_since_pruned(dict(mark, last_message_id="T1"), {"last_updated": "T1"})
     assert not sync_claims.seen_since_pruned(dict(mark, last_message_id="T1"), {"last_updated": "T2"})
+
+
+class RecordingChatwoot:
+    """Chatwoot for `forget-buyer --chatwoot` unit tests: finds one contact, records deletions."""
+
+    def __init__(self, found=None):
+        self.found, self.deleted = found, []
+
+    def find_contact(self, identifier):
+        return self.found
+
+    def delete_conversation(self, conversation_id):
+        self.deleted.append(("conversation", conversation_id))
+
+    def delete_contact(self, contact_id):
+        self.deleted.append(("contact", contact_id))
+
+
+def forget_cli(monkeypatch, settings, db, chatwoot, *args):
+    from types import SimpleNamespace
+    monkeypatch.setattr(main, "open_services", lambda _s: SimpleNamespace(db=db, chatwoot=chatwoot,
+                                                                          clock=lambda: 10.0))
+    return main.cmd_forget_buyer(settings, *args)
+
+
+def test_forget_buyer_in_chatwoot_keeps_a_contact_merged_with_another_buyer(monkeypatch, settings, db, capsys):
+    sale_rows(db, "501", "11", 40, 1.0, messages=("a1",))
+    sale_rows(db, "502", "22", 40, 1.0, messages=("b1",))  # contacts merged in Chatwoot: same id
+    chatwoot = RecordingChatwoot(found={"id": 40})
+    assert forget_cli(monkeypatch, settings, db, chatwoot, "11", True, True) == 0
+    # Deleting contact 40 in Chatwoot would delete buyer 22's conversations with it.
+    assert ("contact", 40) not in chatwoot.deleted
+    assert chatwoot.deleted == [("conversation", 501)]
+    assert "contacts [40] are kept" in capsys.readouterr().out
+    assert db.links.get("pack", "502")["status"] == "created"
+
+
+def test_forget_buyer_refuses_a_number_that_is_also_another_buyers_nickname(monkeypatch, settings, db, capsys):
+    sale_rows(db, "503", "33", 41, 1.0)
+    db.cache_put_many("user", {"33": "123456"}, 1.0)
+    # "123456" is buyer 33's nickname, not an id the bridge knows: erasing nothing and saying
+    # "held nothing" would leave buyer 33 behind while the operator believes it is done.
+    assert forget_cli(monkeypatch, settings, db, RecordingChatwoot(), "123456", False, True) == 1
+    assert "meli:buyer:" in capsys.readouterr().err
+    assert db.links.get("pack", "503")["status"] == "created"
+    # The contact identifier form is always an id.
+    assert forget_cli(monkeypatch, settings, db, RecordingChatwoot(), "meli:buyer:33", False, True) == 0
+    assert db.links.get("pack", "503") is None
+
+
+def test_forget_buyer_says_when_a_reply_still_in_the_outbox_is_dropped(monkeypatch, settings, db, capsys):
+    sale_rows(db, "504", "44", 42, 1.0)
+    db.reply_accept(chatwoot_message_id=71, conversation_id=504, kind="message", target_id="504",
+                    parts=[{"text": "ainda na fila"}], now=1.0)
+    assert forget_cli(monkeypatch, settings, db, RecordingChatwoot(), "44", False, True) == 0
+    out = capsys.readouterr().out
+    # The agent's message stays in Chatwoot without a delivery status: the operator must know.
+    assert "not delivered" in out and "71" in out
+
+
+def test_a_sale_erased_twice_never_brings_back_what_came_between_the_two_erasures(bridge):
+    meli = bridge.fakes.meli.state
+    pack = two_buyers(bridge)
+    assert bridge.once().returncode == 0
+    assert bridge.cli("forget-buyer", str(BUYER), "--chatwoot", "--yes").returncode == 0
+    meli.add_buyer_message(pack, "entre-as-exclusoes-qx")
+    assert bridge.once().returncode == 0
+    sales = conversations(bridge, bridge.fakes.messages_inbox)
+    assert len(sales) == 1 and contents(bridge, sales[0]) == ["entre-as-exclusoes-qx"]
+
+    # The buyer asks again: the second erasure must cover the message mirrored in between.
+    assert bridge.cli("forget-buyer", str(BUYER), "--chatwoot", "--yes").returncode == 0
+    assert not conversations(bridge, bridge.fakes.messages_inbox)
+    meli.add_buyer_message(pack, "depois-da-segunda-qx")
+    assert bridge.once().returncode == 0
+    sales = conversations(bridge, bridge.fakes.messages_inbox)
+    assert len(sales) == 1 and contents(bridge, sales[0]) == ["depois-da-segunda-qx"]
+
+
+def test_forget_buyer_tells_a_reply_being_sent_apart_from_one_that_never_left(monkeypatch, settings, db, capsys):
+    sale_rows(db, "505", "45", 43, 1.0)
+    reply_id = db.reply_accept(chatwoot_message_id=72, conversation_id=505, kind="message", target_id="505",
+                               parts=[{"text": "saindo agora"}], now=1.0)
+    assert db.reply_claim(reply_id, 2.0, lease=60.0)  # the outbox is sending it
+    assert forget_cli(monkeypatch, settings, db, RecordingChatwoot(), "45", False, True) == 0
+    out = capsys.readouterr().out
+    assert "72" in out and "may or may not have reached the buyer" in out and "never reach" not in out
+
+
+def test_a_sale_pruned_started_afresh_and_pruned_again_keeps_its_mark_on_the_newest_message(db):
+    db.watermark_thread("802", "y1", 1000.0, now=1.0)
+    sale_rows(db, "802", "46", 47, 1.0)
+    db.retention_prune(now=100 * DAY, days=90)
+    assert db.watermark("pack", "802")["last_message_at"] == 1000.0
+    # The buyer wrote again: a fresh conversation, handled up to the new message.
+    sale_rows(db, "802", "46", 47, 101 * DAY, messages=("y2",))
+    db.watermark_thread("802", "y2", 101 * DAY, now=101 * DAY)
+    db.retention_prune(now=200 * DAY, days=90)
+    assert db.links.get("pack", "802") is None
+    mark = db.watermark("pack", "802")
+    assert (mark["last_message_id"], mark["last_message_at"]) == ("y2", 101 * DAY)

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from bridge.backoff import retry_delay
-from bridge.http import ApiError, PermanentError, TransientError
+from bridge.http import TIMEOUT, ApiError, PermanentError, TransientError
 from bridge.replies.accept import LINK_KIND
 from bridge.replies.refusal import Refusal
 from bridge.replies.report import GIVE_UP_AFTER, report_outcomes, report_reply
@@ -31,6 +31,8 @@ from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
 log = logging.getLogger("bridge.outbox")
 
 LEASE_SECONDS = 300.0
+# Twice the read timeout: a send Mercado Livre has not applied by then is taken as never applied.
+IN_DOUBT_SETTLE = 2 * TIMEOUT[1]
 WORKERS = 8
 REAUTH_RECHECK = 30.0
 
@@ -239,6 +241,7 @@ def _deliver_message(s: Services, reply: dict) -> None:
         s.db.reply_extend_lease(reply["id"], s.clock() + LEASE_SECONDS)
         previous = s.db.part_mark_sending(reply["id"], part["seq"], s.clock())
         if previous == "sending":
+            _wait_until_settled(s, reply, part)
             found = _find_sent_part(s, pack_id, seller_id, part, part["first_attempt_at"] or reply["created_at"])
             if found:
                 s.db.part_sent(reply["id"], part["seq"], found, s.clock())
@@ -246,6 +249,7 @@ def _deliver_message(s: Services, reply: dict) -> None:
                          reply["id"], part["seq"], pack_id, found)
                 continue
         attachment_ids = _upload_files(s, reply, part)
+        s.db.part_attempted(reply["id"], part["seq"], s.clock())
         try:
             sent = s.meli.send_message(pack_id, seller_id, to_user, part["text"], attachment_ids)
         except PermanentError as exc:
@@ -263,6 +267,19 @@ def _deliver_message(s: Services, reply: dict) -> None:
         s.db.part_sent(reply["id"], part["seq"], remote_id, s.clock())
         log.info("reply part sent reply=%s part=%d/%d pack=%s ml_message=%s", reply["id"], part["seq"] + 1,
                  len(parts), pack_id, remote_id)
+
+
+def _wait_until_settled(s: Services, reply: dict, part: dict) -> None:
+    """A send whose answer was lost (timeout, 5xx, a crash) may still be applied after we stopped
+    waiting: a request held in Mercado Livre's queue is processed whether or not we listen. Looking
+    for it in the thread before then finds nothing and sends it again, so the look waits until the
+    send has settled (assumed: a request not applied within IN_DOUBT_SETTLE never will be).
+    """
+    last = part.get("last_attempt_at") or part.get("first_attempt_at") or reply["created_at"]
+    wait = last + IN_DOUBT_SETTLE - s.clock()
+    if wait > 0:
+        raise TransientError(f"part {part['seq'] + 1} may still reach Mercado Livre; looked for in {wait:.0f}s",
+                             retry_after=wait)
 
 
 BLOCKED = Refusal(
@@ -340,18 +357,31 @@ SEND_CLOCK_SKEW = 60.0  # seconds our clock may run ahead of Mercado Livre's
 def _deliver_claim(s: Services, reply: dict) -> None:
     """Each part to `actions/send-message`, to the complainant or the mediator as the claim allows now."""
     claim_id = reply["target_id"]
-    claim = s.meli.claim(claim_id)
+    try:
+        claim = s.meli.claim(claim_id)
+    except PermanentError as exc:
+        if exc.status not in (403, 404):
+            raise
+        # Another account's, or removed: retrying for a day would only tell the agent a day late.
+        raise DeliveryFailed(CLAIM_UNREADABLE) from None
     if claim.get("status") != "opened":
         raise DeliveryFailed(CLAIM_CLOSED)
-    receiver = sync_claims.choose_receiver(reply.get("receiver"), claim)
+    parts = s.db.reply_parts(reply["id"])
+    if any(part["status"] == "sent" for part in parts):
+        # The rest goes where the first parts went, or not at all: half a reply to each reader reaches nobody.
+        used = reply.get("receiver") or "complainant"
+        receiver = used if used in sync_claims.allowed_receivers(claim) else None
+    else:
+        receiver = sync_claims.choose_receiver(reply.get("receiver"), claim)
     if receiver is None:
         raise DeliveryFailed(_receiver_refused(reply.get("receiver"), claim))
-    parts = s.db.reply_parts(reply["id"])
     for part in parts:
         if part["status"] == "sent":
             continue
         remote = sync_claims.sent_key(claim_id, part["text"] or "")
         previous = s.db.part_mark_sending(reply["id"], part["seq"], s.clock())
+        if previous == "sending":
+            _wait_until_settled(s, reply, part)
         if previous == "sending" and _claim_part_arrived(s, claim_id, remote,
                                                          part["first_attempt_at"] or reply["created_at"]):
             s.db.part_sent(reply["id"], part["seq"], remote, s.clock())
@@ -360,6 +390,7 @@ def _deliver_claim(s: Services, reply: dict) -> None:
             continue
         filenames = _upload_files(s, reply, part, lambda name, content, ctype: s.meli.upload_claim_attachment(
             claim_id, name, content, ctype))
+        s.db.part_attempted(reply["id"], part["seq"], s.clock())
         try:
             s.meli.send_claim_message(claim_id, receiver, part["text"], filenames)
         except PermanentError as exc:
@@ -376,6 +407,9 @@ def _deliver_claim(s: Services, reply: dict) -> None:
             raise
         crashpoint("claim_message_sent")
         s.db.part_sent(reply["id"], part["seq"], remote, s.clock())
+        if receiver != reply.get("receiver"):
+            s.db.reply_receiver_used(reply["id"], receiver)
+            reply = dict(reply, receiver=receiver)
         log.info("reply part sent reply=%s part=%d/%d claim=%s receiver=%s", reply["id"], part["seq"] + 1,
                  len(parts), claim_id, receiver)
 
@@ -391,13 +425,15 @@ def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float) -
     links = s.db.links.with_prefix("claim_message", f"{claim_id}:")
     linked = {link["external_id"] for link in links if link["status"] == "created"}
     adopted = sync_claims.adopted_parts(links)
+    # Only the parts whose messages may fall in the window counted below: an older equal reply
+    # not matched yet would otherwise hide this part's arrival, and it would go twice.
     waiting = sum(1 for p in s.db.claim_parts_sent(remote)
-                  if (p["chatwoot_message_id"], p["seq"]) not in adopted)
+                  if (p["chatwoot_message_id"], p["seq"]) not in adopted
+                  and (p["sent_at"] is None or p["sent_at"] >= since - 2 * SEND_CLOCK_SKEW))
     fresh = 0
-    for message in s.meli.claim_messages(claim_id):
+    for key, message in sync_claims.message_keys(claim_id, s.meli.claim_messages(claim_id)):
         if message.get("sender_role") != "respondent" \
-                or sync_claims.sent_key(claim_id, sync_claims.text_of(message)) != remote \
-                or sync_claims.message_key(claim_id, message) in linked:
+                or sync_claims.sent_key(claim_id, sync_claims.text_of(message)) != remote or key in linked:
             continue
         created = sync_messages.parse_date(message.get("date_created"))
         fresh += created is not None and created >= since - SEND_CLOCK_SKEW
@@ -410,6 +446,13 @@ CLAIM_CLOSED = Refusal(
     "precisar falar com o comprador, use a conversa da venda (caixa Mercado Livre - Vendas), se ela "
     "estiver liberada.",
     "A reclamação foi encerrada no Mercado Livre e não aceita mais mensagens.")
+
+
+CLAIM_UNREADABLE = Refusal(
+    "reclamação não acessível",
+    "O Mercado Livre não mostra mais esta reclamação para a conta da ponte (removida, ou de outra "
+    "conta). Nada foi enviado. Responda pelo Mercado Livre, se a reclamação ainda estiver lá.",
+    "O Mercado Livre não mostra mais esta reclamação para a conta da ponte.")
 
 
 def _receiver_refused(wanted: str | None, claim: dict) -> Refusal:

@@ -90,13 +90,29 @@ def message_key(claim_id: str, message: dict) -> str:
     return f"{claim_id}:{message.get('sender_role')}:{message.get('date_created')}:{text_hash(text_of(message))}"
 
 
+def message_keys(claim_id: str, messages: list[dict]) -> list[tuple[str, dict]]:
+    """(key, message) in order. A repeat with the same role, date and text (a double "ok") is a
+    message of its own: its key gets its rank, the first keeps the plain key."""
+    seen: dict[str, int] = {}
+    keyed = []
+    for message in in_order(messages):
+        key = message_key(claim_id, message)
+        seen[key] = seen.get(key, 0) + 1
+        keyed.append((key if seen[key] == 1 else f"{key}#{seen[key]}", message))
+    return keyed
+
+
 def sent_key(claim_id: str, text: str) -> str:
     """What a sent claim reply part records as its remote id: the claim and its text's hash."""
     return f"claim:{claim_id}:{text_hash(text)}"
 
 
 def in_order(messages: list[dict]) -> list[dict]:
-    return sorted(messages, key=lambda m: str(m.get("date_created") or m.get("message_date") or ""))
+    """By moment first, not by text alone: dates may carry different UTC offsets."""
+    def moment(message: dict) -> tuple[float, str]:
+        date = message.get("date_created") or message.get("message_date")
+        return parse_date(date) or 0.0, str(date or "")
+    return sorted(messages, key=moment)
 
 
 def is_rejected(message: dict) -> bool:
@@ -382,7 +398,7 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
         if claim.get("stage") != old.get("stage") or claim.get("status") != old.get("status"):
             affects = _affects_reputation(s, claim_id, affects)
     data = dict(old or (s.db.links.get("claim", claim_id) or {}).get("data") or {})
-    created = _mirror_messages(s, claim_id, conversation_id, to_mirror, reopen=old is not None)
+    created, deferred = _mirror_messages(s, claim_id, conversation_id, to_mirror, reopen=old is not None)
     # A conversation made again after an agent deleted it compares with what the claim was then.
     before = old or (data if data.get("stage") else {"stage": claim.get("stage"), "due": None})
     for event, note in state_events(before, claim):
@@ -397,8 +413,10 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
     if old is not None and attributes != old.get("attributes"):
         _update_attributes(s, conversation_id, attributes)
     action, due = next_action(claim)
-    data.update(last_updated=claim.get("last_updated"), stage=claim.get("stage"), status=claim.get("status"),
-                due=due, next_action=action, affects=affects, awaiting_seller=awaiting_seller(messages),
+    # A message left for later must not wait for the claim's next change: the next poll reads it again.
+    data.update(last_updated=None if deferred else claim.get("last_updated"), stage=claim.get("stage"),
+                status=claim.get("status"), due=due, next_action=action, affects=affects,
+                awaiting_seller=awaiting_seller(messages),
                 last_message_at=max((parse_date(m.get("date_created")) or 0.0 for m in messages), default=0.0),
                 attributes=attributes)
     s.db.links.update("claim", claim_id, s.clock(), data=data)
@@ -493,15 +511,20 @@ def _update_attributes(s: Services, conversation_id: int, attributes: dict) -> N
     s.chatwoot.set_custom_attributes(conversation_id, dict(current, **attributes))
 
 
-def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages: list[dict], reopen: bool) -> int:
+def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages: list[dict],
+                     reopen: bool) -> tuple[int, bool]:
+    """(messages mirrored, whether one was left for a later sync)."""
     # In this order: a part the outbox records as sent between the two reads is then among the sent ones.
     in_doubt = {" ".join(t.split()) for t in s.db.claim_part_texts_in_doubt(claim_id)}
     links = {link["external_id"]: link for link in s.db.links.with_prefix("claim_message", f"{claim_id}:")}
     adopted = adopted_parts(links.values())
     plan = []
-    for message in in_order(messages):
-        key = message_key(claim_id, message)
+    deferred = False
+    for key, message in message_keys(claim_id, messages):
         link = links.get(key)
+        if message.get("status") == "pending_translation" and not (link and link["status"] == "created"):
+            deferred = True  # its text may still change, and with it its key: mirrored once final
+            continue
         if link and link["status"] == "created":
             if link["data"].get("by") == "bridge" and is_rejected(message):
                 _report_moderated_reply(s, claim_id, key, link, message, conversation_id)
@@ -521,7 +544,8 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
                                             conversation_id)
                 continue
             if " ".join(text_of(message).split()) in in_doubt:
-                continue  # may be a reply part in flight: the next sync decides
+                deferred = True  # may be a reply part in flight: the next sync decides
+                continue
             plan.append((key, message, "outgoing"))
         else:
             plan.append((key, message, "incoming"))
@@ -530,7 +554,7 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
         s.chatwoot.set_status(conversation_id, "open")
     for key, message, direction in plan:
         _mirror(s, claim_id, conversation_id, key, message, direction)
-    return len(plan)
+    return len(plan), deferred
 
 
 def adopted_parts(links) -> set[tuple[int, int]]:
@@ -625,7 +649,9 @@ def check_deadlines(s: Services) -> int:
         if s.stopping.is_set():
             break
         try:
-            noted += _deadline(s, link)
+            # Under the claim's lock, as it stands now: a notification may be syncing this claim.
+            with s.locks.hold(f"claim:{link['external_id']}"):
+                noted += _deadline(s, s.db.links.get("claim", link["external_id"]))
         except ReauthorizationRequired:
             raise
         except PermanentError as exc:
