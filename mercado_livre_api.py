@@ -231,7 +231,15 @@ class MeliClient(HttpClient):
                 raise
         self.db.auth.invalidate_access(token)
         token = self.access_token()
-        return self._request(method, path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+        try:
+            return self._request(method, path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+        except PermanentError as exc:
+            if exc.status != 401:
+                raise
+            # A token refused right after a refresh says nothing about the request itself (tokens
+            # expiring under us, a refresh racing in another process): never a refusal the agent
+            # must act on, so it is retried like any other transient failure.
+            raise TransientError(exc.message, status=401, code=exc.code, service=exc.service) from None
 
     def seller_id(self) -> int:
         if self.settings.meli_user_id:

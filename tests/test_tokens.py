@@ -6,6 +6,7 @@ import pytest
 import responses
 
 from bridge.admin import health
+from bridge.http import TransientError
 from mercado_livre_api import AuthorizationRefused, MeliClient, ReauthorizationRequired
 from webhook_server import create_app
 
@@ -70,6 +71,25 @@ def test_a_second_401_is_not_retried_again(meli, db, clock):
         meli.me()
     assert getattr(err.value, "status", None) == 401
     assert len(responses.calls) == 3
+    # Refused again right after a refresh: tokens racing, not the request. Retried later,
+    # never shown to the agent as Mercado Livre refusing the reply (soak seed 3003 did).
+    assert isinstance(err.value, TransientError) and err.value.transient
+
+
+@responses.activate
+def test_an_answer_whose_token_is_refused_twice_is_retried_not_failed(meli, db, clock, settings):
+    from bridge.replies import accept, delivery
+    from tests.helpers import authorized_services
+    from tests.payloads import message_created
+    services = authorized_services(settings, db, clock)
+    db.links.mark_created("question", "77", 1.0, conversation_id=12, contact_id=5, data={"state": "open"})
+    status, _code, extra = accept.accept_webhook(
+        message_created(message_id=501, conversation_id=12, inbox_id=1, content="Temos sim"), settings, db, clock())
+    assert status == "accepted"
+    responses.post(f"{API}/answers", status=401, json={"message": "invalid_token"})
+    responses.post(f"{API}/oauth/token", json=token_body())
+    assert delivery.run_outbox(services)["retry"] == 1
+    assert db.reply(extra["reply_id"])["status"] == "pending"
 
 
 @responses.activate
