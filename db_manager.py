@@ -62,8 +62,8 @@ Mercado Livre
 - `attachment_uploaded` (bridge.replies.delivery._upload_files): the upload id is not recorded; the retry
   uploads again. The first upload is never used and expires (48 h): nobody sees it.
 - `token_refreshed` (mercado_livre_api._refresh): the new pair is lost and the old
-  refresh token is dead (single use). Nothing can recover it: once the dead process's
-  refresh lease runs out (REFRESH_LEASE), the next refresh gets invalid_grant, the
+  refresh token is dead (single use). Nothing can recover it: the dead process's refresh
+  lease is not waited for (its holder is gone), the next refresh gets invalid_grant, the
   authorization is marked for a person to renew, and /health says so.
 - Exchanging an authorization code (listener callback, `main.py authorize --code`): a
   crash loses the tokens and the spent code; the person, still at the browser, sees no

@@ -7,6 +7,9 @@ one `invalid_grant`, and if that refusal ends the authorization the seller is lo
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from urllib.parse import parse_qs
@@ -290,3 +293,16 @@ def test_cold_starts_of_the_poller_seeded_with_a_refresh_token_only_keep_the_aut
     assert [s["invalid_grant"] for s in starts] == [0] * 5, starts
     assert [s["refreshes"] for s in starts] == [1] * 5, starts
     assert [s["poller_rc"] for s in starts] == [0] * 5, starts
+
+
+def test_a_lease_whose_process_is_gone_is_not_waited_for():
+    """A poller killed (kill -9) while refreshing left its lease: the next caller refreshes at once
+    instead of every job stalling for REFRESH_LEASE."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    row = {"status": "active", "refresh_token": "RT", "access_token": "AT", "expires_at": 100.0,
+           "refresh_lease_until": 200.0, "refresh_lease_owner": f"{gone.pid}-1-abcd"}
+    assert auth_decision(row, now=96, margin=5, owner="b") == "refresh"
+    assert auth_decision(dict(row, refresh_lease_owner=f"{os.getpid()}-1-abcd"), now=96, margin=5, owner="b") == "wait"
+    # An ownerless pause (after a lost answer) is always waited out.
+    assert auth_decision(dict(row, refresh_lease_owner=None), now=96, margin=5, owner="b") == "wait"

@@ -7,22 +7,45 @@ the lease decided here under the write lock.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from db_manager import Database
 
 
-def auth_decision(row: dict, now: float, margin: float, owner: str | None = None) -> str:
+def holder_alive(owner: str | None) -> bool:
+    """Is the process named first in a lease owner ("<pid>-<thread>-<random>") still running?
+
+    Both processes run on one host (one container). A poller killed while holding the lease
+    cannot finish its refresh; waiting out its REFRESH_LEASE stalled every job for two minutes
+    (chaos soak). An ownerless pause, or an owner we cannot read, is waited out.
+    """
+    pid = (owner or "").split("-", 1)[0]
+    if not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def auth_decision(row: dict, now: float, margin: float, owner: str | None = None,
+                  alive: Callable[[str | None], bool] = holder_alive) -> str:
     """What a caller wanting an access token does: fresh | reauth | wait | refresh.
 
     `owner` is the caller's own refresh attempt; None (a plain read) counts every live lease as another's.
+    A lease whose holder process is gone (`alive`) is not waited for.
     """
     if row["status"] != "active" or not row["refresh_token"]:
         return "reauth"
     if row["access_token"] and (row["expires_at"] or 0) - margin > now:
         return "fresh"
-    if row["refresh_lease_until"] > now and (owner is None or row["refresh_lease_owner"] != owner):
+    if row["refresh_lease_until"] > now and (owner is None or row["refresh_lease_owner"] != owner) \
+            and alive(row["refresh_lease_owner"]):
         return "wait"
     return "refresh"
 
