@@ -111,3 +111,32 @@ def test_fail_next_after_lets_the_first_requests_through(fk):
                             timeout=5).status_code
 
     assert [get(), get(), get()] == [200, 403, 200]
+
+
+def test_refresh_grants_record_the_spent_token_the_new_pair_and_whether_it_was_presented(fk):
+    meli = fk.meli.state
+    seen = []
+    meli.on_refresh_granted = seen.append
+
+    def refresh(token: str) -> requests.Response:
+        return requests.post(f"{fk.meli.url}/oauth/token", data={
+            "client_id": str(meli.app_id), "client_secret": meli.secret, "grant_type": "refresh_token",
+            "refresh_token": token}, timeout=5)
+
+    _access, first = meli.seed_tokens()
+    pair = refresh(first).json()
+    grant = meli.refresh_grants[0]
+    assert seen == [grant]
+    assert (grant["spent"], grant["access_token"], grant["refresh_token"]) == \
+        (first, pair["access_token"], pair["refresh_token"])
+    assert not grant["access_presented"] and not grant["refresh_presented"]
+
+    requests.get(f"{fk.meli.url}/users/me", headers={"Authorization": f"Bearer {pair['access_token']}"}, timeout=5)
+    assert grant["access_presented"] and not grant["refresh_presented"]
+    refresh(pair["refresh_token"])
+    assert grant["refresh_presented"] and len(meli.refresh_grants) == 2
+
+    again = refresh(first)  # single use: already spent by the first grant
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    assert [r["token"] for r in meli.refused_refreshes] == [first]
+    assert meli.refused_refreshes[0]["t"] >= grant["t"] and meli.refresh_count == 2

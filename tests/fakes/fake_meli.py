@@ -79,6 +79,16 @@ class MeliState(Controls):
         self._last_real = datetime.fromtimestamp(0, timezone.utc)
         self.refresh_count = 0
         self.invalid_grant_count = 0
+        # Every refresh granted: {"t" (monotonic), "spent" (the refresh token it used up),
+        # "access_token", "refresh_token" (the new pair), "access_presented", "refresh_presented"}.
+        # A pair never presented afterwards existed only in the answer: the soak tells a client
+        # killed inside that window from a client that lost a pair it had received.
+        self.refresh_grants: list[dict] = []
+        # Refresh tokens refused with invalid_grant: {"t", "token"}.
+        self.refused_refreshes: list[dict] = []
+        # Called with the grant's record after a refresh is applied, before it is answered.
+        self.on_refresh_granted: Callable[[dict], None] | None = None
+        self._grant_of: dict[str, dict] = {}  # new access or refresh token -> its grant record
         self.unauthorized_count = 0
         self.rate_limited = 0
         self._codes: dict[str, dict] = {}
@@ -207,6 +217,9 @@ class MeliState(Controls):
         if scheme.lower() != "bearer" or not token:
             return None
         with self.lock:
+            grant = self._grant_of.get(token.strip())
+            if grant is not None:
+                grant["access_presented"] = True
             info = self._access.get(token.strip())
             if not info or info["expires_at"] <= time.monotonic():
                 return None
@@ -226,11 +239,28 @@ class MeliState(Controls):
         if grant == "authorization_code":
             return self._exchange_code(form)
         if grant == "refresh_token":
+            presented = form.get("refresh_token", "")
             with self.lock:
-                user_id = self._refresh.pop(form.get("refresh_token", ""), None)  # single use: dies now
+                user_id = self._refresh.pop(presented, None)  # single use: dies now
+                earlier = self._grant_of.get(presented)
+                if earlier is not None:
+                    earlier["refresh_presented"] = True
                 if user_id is not None:
                     self.refresh_count += 1
-            return jsonify(self._issue_pair(user_id)) if user_id is not None else self._grant_error()
+                else:
+                    self.refused_refreshes.append({"t": time.monotonic(), "token": presented})
+            if user_id is None:
+                return self._grant_error()
+            pair = self._issue_pair(user_id)
+            grant = {"t": time.monotonic(), "spent": presented, "access_token": pair["access_token"],
+                     "refresh_token": pair["refresh_token"], "access_presented": False, "refresh_presented": False}
+            with self.lock:
+                self.refresh_grants.append(grant)
+                self._grant_of[pair["access_token"]] = self._grant_of[pair["refresh_token"]] = grant
+            hook = self.on_refresh_granted
+            if hook is not None:
+                hook(grant)
+            return jsonify(pair)
         return json_error(self, 400, "unsupported grant_type", "unsupported_grant_type")
 
     def _exchange_code(self, form: dict) -> Response:
