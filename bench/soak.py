@@ -97,13 +97,12 @@ if str(ROOT) not in sys.path:
 import requests  # noqa: E402
 
 from bench.common import png_bytes  # noqa: E402
+from mercado_livre_api import REFRESH_LEASE, REFRESH_MARGIN  # noqa: E402  (at most this long before the loss shows)
 from tests.e2e import LOG_DIR, VENV_BIN, WEBHOOK_SECRET, Bridge  # noqa: E402
 from tests.fakes import start_fakes  # noqa: E402
 from tests.fakes.fake_chatwoot import MESSAGE_TYPES, rails_json, sign  # noqa: E402
 
 READ_TIMEOUT = 2.0  # the bridge's HTTP read timeout during the soak (BRIDGE_HTTP_READ_TIMEOUT)
-REFRESH_MARGIN = 300.0  # mercado_livre_api.REFRESH_MARGIN: a token this close to expiry is refreshed
-REFRESH_LEASE = 120.0  # mercado_livre_api.REFRESH_LEASE: a killed refresher's lease blocks others this long
 KILL_WINDOW = 2.0  # a kill this soon after a refresh grant may have taken the only copy of the new pair
 ML_PATHS = ["/answers", "/messages/packs", "/messages/attachments", "/messages/unread", "/messages/",
             "/questions/search", "/questions/", "/orders/", "/packs/", "/users/", "/items", "/missed_feeds"]
@@ -592,7 +591,7 @@ class Soak:
         # Not on /oauth/token: a refresh applied whose answer is lost burns the single-use
         # refresh token, and no client can avoid that (the bridge would rightly need reauthorization).
         for prefix in ML_PATHS:
-            rules += [{"prefix": prefix, "p": 0.01, "delay": READ_TIMEOUT + 1.0},  # timeout, applied later
+            rules += [{"prefix": prefix, "p": 0.01, "delay": READ_TIMEOUT + 1.0, "lost": True},  # timeout, applied later
                       {"prefix": prefix, "p": 0.01, "late": READ_TIMEOUT + 1.0},  # applied, answer too late
                       {"prefix": prefix, "p": 0.04, "delay": READ_TIMEOUT * 0.4}]  # slow but in time
         return rules

@@ -144,8 +144,10 @@ def install_controls(app: Flask, state: Controls) -> None:
         rule = None if failure else state._draw_chaos(request.method, request.path)
         if rule and "delay" in rule:
             time.sleep(rule["delay"])
+            g.answer_lost = bool(rule.get("lost"))  # held past the client's timeout: applied, never seen
         elif rule and "late" in rule:
             g.late = rule["late"]
+            g.answer_lost = True
         elif rule:
             headers = {"Retry-After": str(rule.get("retry_after", 1))} if rule["status"] == 429 else {}
             return json_error(state, rule["status"], headers=headers)

@@ -14,7 +14,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, g, has_request_context, jsonify, request
 
 from .control import Controls, install_controls, json_error, reason
 
@@ -524,7 +524,9 @@ class MeliState(Controls):
             else:
                 # What the bridge could have seen before marking (the soak tells a message the
                 # bridge saw and did not store from one the marking read itself revealed).
-                thread.setdefault("peeked", set()).update(m["id"] for m in page)
+                # Only an answer the client receives shows it anything (a timed-out read does not).
+                if not (has_request_context() and g.get("answer_lost")):
+                    thread.setdefault("peeked", set()).update(m["id"] for m in page)
             status = "blocked" if thread["blocked"] else "active"
             return {"paging": {"limit": limit, "offset": offset, "total": len(thread["messages"])},
                     "conversation_status": {"status": status, "substatus": thread["substatus"]},
