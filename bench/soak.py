@@ -591,7 +591,7 @@ class Soak:
         # Not on /oauth/token: a refresh applied whose answer is lost burns the single-use
         # refresh token, and no client can avoid that (the bridge would rightly need reauthorization).
         for prefix in ML_PATHS:
-            rules += [{"prefix": prefix, "p": 0.01, "delay": READ_TIMEOUT + 1.0, "lost": True},  # timeout, applied later
+            rules += [{"prefix": prefix, "p": 0.01, "delay": READ_TIMEOUT + 1.0, "lost": True},  # applied after a timeout
                       {"prefix": prefix, "p": 0.01, "late": READ_TIMEOUT + 1.0},  # applied, answer too late
                       {"prefix": prefix, "p": 0.04, "delay": READ_TIMEOUT * 0.4}]  # slow but in time
         return rules
