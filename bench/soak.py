@@ -591,7 +591,8 @@ class Soak:
         # Not on /oauth/token: a refresh applied whose answer is lost burns the single-use
         # refresh token, and no client can avoid that (the bridge would rightly need reauthorization).
         for prefix in ML_PATHS:
-            rules += [{"prefix": prefix, "p": 0.01, "delay": READ_TIMEOUT + 1.0, "lost": True},  # applied after a timeout
+            # "lost": applied after the client's timeout, so the bridge never sees the answer.
+            rules += [{"prefix": prefix, "p": 0.01, "delay": READ_TIMEOUT + 1.0, "lost": True},
                       {"prefix": prefix, "p": 0.01, "late": READ_TIMEOUT + 1.0},  # applied, answer too late
                       {"prefix": prefix, "p": 0.04, "delay": READ_TIMEOUT * 0.4}]  # slow but in time
         return rules
