@@ -223,23 +223,20 @@ class MeliClient(HttpClient):
 
     def _api(self, method: str, path: str, **kwargs: Any) -> Any:
         """An authenticated call; a 401 gets one refresh and one retry."""
-        token = self.access_token()
-        try:
-            return self._request(method, path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
-        except PermanentError as exc:
-            if exc.status != 401:
-                raise
-        self.db.auth.invalidate_access(token)
-        token = self.access_token()
-        try:
-            return self._request(method, path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
-        except PermanentError as exc:
-            if exc.status != 401:
-                raise
-            # A token refused right after a refresh says nothing about the request itself (tokens
-            # expiring under us, a refresh racing in another process): never a refusal the agent
-            # must act on, so it is retried like any other transient failure.
-            raise TransientError(exc.message, status=401, code=exc.code, service=exc.service) from None
+        for retried in (False, True):
+            token = self.access_token()
+            try:
+                return self._request(method, path, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+            except PermanentError as exc:
+                if exc.status != 401:
+                    raise
+                if retried:
+                    # Refused again right after a refresh: tokens racing (expiring under us, a
+                    # refresh in another process), not the request. Never a refusal the agent
+                    # must act on, so it is retried like any other transient failure.
+                    raise TransientError(exc.message, status=401, code=exc.code, service=exc.service) from None
+            self.db.auth.invalidate_access(token)
+        raise AssertionError("unreachable")
 
     def seller_id(self) -> int:
         if self.settings.meli_user_id:
