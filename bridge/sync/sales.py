@@ -486,6 +486,10 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
         for message in late:
             _mirror(s, conversation_id, pack_id, message, "incoming")
             created += 1
+    if reopen and (reopened or late):
+        # Once more now they are in: an agent who resolved the conversation while they were
+        # being mirrored had not seen them (chaos soak, suite seed).
+        s.chatwoot.set_status(conversation_id, "open")
     # A deferred message leaves the count unrecorded: the sweep comes back for it.
     s.db.thread_synced(pack_id, s.clock(), None if deferred else len(messages) + len(late), last_id,
                        changed=bool(plan or late))
