@@ -7,6 +7,11 @@ import time
 from bridge.services import Services, build_services
 
 SELLER = 555
+API = "https://api.meli.test"
+CW = "https://chat.example.test/api/v1/accounts/1"
+THREAD = f"{API}/messages/packs/2000001/sellers/{SELLER}"  # sale 2000001's post-sale thread
+PEEK = {"tag": "post_sale", "mark_as_read": "false", "limit": "10", "offset": "0"}
+MARK = {"tag": "post_sale", "limit": "10", "offset": "0"}
 
 
 class Clock:
@@ -37,3 +42,11 @@ def link_conversations(db) -> None:
     db.links.mark_created("question", "555", 1.0, conversation_id=77, contact_id=5, message_id=1,
                           data={"state": "open"})
     db.links.mark_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5, data={"buyer_id": 9})
+
+
+def sale_services(settings, db) -> Services:
+    """Authorized services with sale 2000001 (buyer 9) already in Chatwoot conversation 88."""
+    services = authorized_services(settings, db)
+    db.links.mark_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
+                          data={"buyer_id": 9, "blocked": False, "migrated": False})
+    return services

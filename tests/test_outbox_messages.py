@@ -11,21 +11,15 @@ import responses
 from bridge.replies import delivery, refusal
 from bridge.replies.accept import accept_webhook
 from mercado_livre_api import MELI_AGENT_ID
-from tests.helpers import authorized_services
+from tests.helpers import API, CW, THREAD, sale_services
 from tests.payloads import message_created
 
-API = "https://api.meli.test"
-CW = "https://chat.example.test/api/v1/accounts/1"
-THREAD = f"{API}/messages/packs/2000001/sellers/555"
 SENTENCE = "Seu pedido foi enviado hoje pela transportadora e chega em breve. "  # 66 chars
 
 
 @pytest.fixture
 def s(settings, db):
-    services = authorized_services(settings, db)
-    db.links.mark_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
-                          data={"buyer_id": 9, "blocked": False, "migrated": False})
-    return services
+    return sale_services(settings, db)
 
 
 def accept(s, content, attachments=None, message_id=9200):

@@ -10,22 +10,13 @@ from responses import matchers
 
 from bridge.replies import accept
 from bridge.sync import sales as sync_messages
-from tests.helpers import authorized_services
+from tests.helpers import API, CW, MARK, PEEK, THREAD, sale_services
 from tests.payloads import message_created
-
-API = "https://api.meli.test"
-CW = "https://chat.example.test/api/v1/accounts/1"
-THREAD = f"{API}/messages/packs/2000001/sellers/555"
-PEEK = {"tag": "post_sale", "mark_as_read": "false", "limit": "10", "offset": "0"}
-MARK = {"tag": "post_sale", "limit": "10", "offset": "0"}
 
 
 @pytest.fixture
 def s(settings, db):
-    services = authorized_services(settings, db)
-    db.links.mark_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
-                          data={"buyer_id": 9, "blocked": False, "migrated": False})
-    return services
+    return sale_services(settings, db)
 
 
 def buyer(mid, text, minute, read=False):
