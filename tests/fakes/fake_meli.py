@@ -575,16 +575,24 @@ class MeliState(Controls):
         resp.status_code = 201
         return resp
 
-    def upload(self, file: Any) -> Response:
+    def _checked_upload(self, file: Any) -> tuple[Response | None, str, bytes, str]:
+        """The rules both upload routes apply: (refusal or None, name, content, extension)."""
         if file is None:
-            return json_error(self, 400, "multipart field 'file' is required", "bad_request")
+            return json_error(self, 400, "multipart field 'file' is required", "bad_request"), "", b"", ""
         content = file.read()
         name = file.filename or ""
         ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
         if ext not in UPLOAD_TYPES:
-            return json_error(self, 400, "file type not allowed (jpg, png, pdf, txt)", "invalid_file_type")
+            return (json_error(self, 400, "file type not allowed (jpg, png, pdf, txt)", "invalid_file_type"),
+                    name, content, ext)
         if len(content) > MAX_UPLOAD_BYTES:
-            return json_error(self, 400, "file larger than 25 MB", "file_too_large")
+            return json_error(self, 400, "file larger than 25 MB", "file_too_large"), name, content, ext
+        return None, name, content, ext
+
+    def upload(self, file: Any) -> Response:
+        refused, name, content, ext = self._checked_upload(file)
+        if refused is not None:
+            return refused
         stored = self._store_file(self.seller_id, name, content, UPLOAD_TYPES[ext])
         entry = {"id": stored["filename"], "filename": name, "content_type": UPLOAD_TYPES[ext],
                  "size": len(content), "t": time.monotonic()}
@@ -742,15 +750,9 @@ class MeliState(Controls):
         return jsonify({"status": "ok", "date_created": message["date_created"]})
 
     def upload_claim_file(self, claim: dict, file: Any) -> Response:
-        if file is None:
-            return json_error(self, 400, "multipart field 'file' is required", "bad_request")
-        content = file.read()
-        name = file.filename or ""
-        ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
-        if ext not in UPLOAD_TYPES:
-            return json_error(self, 400, "file type not allowed (jpg, png, pdf, txt)", "invalid_file_type")
-        if len(content) > MAX_UPLOAD_BYTES:
-            return json_error(self, 400, "file larger than 25 MB", "file_too_large")
+        refused, name, content, ext = self._checked_upload(file)
+        if refused is not None:
+            return refused
         stored = self._store_claim_file(claim["id"], self.seller_id, name, content, UPLOAD_TYPES[ext])
         with self.lock:
             self.claim_uploads.append(stored)
