@@ -283,7 +283,10 @@ class Soak:
         missing = [i for i in seen if f"meli:message:{i}" not in held]
         self.revealed_by_mark += len([i for i in ids if i not in seen])
         if missing:
-            self.mark_read_bad.append((pack_key, missing))
+            # Called under the fake's lock: when each was first shown, for whoever reproduces it.
+            peeked = self.meli.threads[pack_key].get("peeked", {})
+            now = time.monotonic()
+            self.mark_read_bad.append((pack_key, [f"{i} (shown {now - peeked[i]:.1f}s before)" for i in missing]))
 
     def _watch_health(self, stop: threading.Event) -> None:
         while not stop.wait(1.0):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import requests
 
+from tests.e2e import wait_until
 from tests.fakes import start_fakes
 
 
@@ -140,3 +143,25 @@ def test_refresh_grants_record_the_spent_token_the_new_pair_and_whether_it_was_p
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
     assert [r["token"] for r in meli.refused_refreshes] == [first]
     assert meli.refused_refreshes[0]["t"] >= grant["t"] and meli.refresh_count == 2
+
+
+def test_a_held_marking_read_counts_as_seen_only_what_was_shown_before_it_arrived(fk):
+    meli = fk.meli.state
+    meli.add_order(2000001, 7001, "COMPRADOR", items=[("MLB1", "Caneca", 1, 25.0)])
+    message = meli.add_buyer_message("2000001", "Oi")
+    seen = []
+    meli.on_mark_read = lambda key, ids, peeked: seen.append((key, ids, peeked))
+    url = f"{fk.meli.url}/messages/packs/2000001/sellers/{meli.seller_id}"
+    headers = {"Authorization": f"Bearer {meli.seed_tokens()[0]}"}
+    requests.get(url, params={"tag": "post_sale", "mark_as_read": "false"}, headers=headers, timeout=5)
+    meli.chaos([{"prefix": "/messages/packs", "p": 1.0, "delay": 1.0, "lost": True}], seed=1)
+    marking = threading.Thread(target=requests.get, args=(url,),
+                               kwargs={"params": {"tag": "post_sale"}, "headers": headers, "timeout": 5})
+    marking.start()
+    wait_until(lambda: sum(meli.chaos_counts.values()) == 1, timeout=5)
+    meli.chaos([], seed=1)
+    # Written and read while the marking request is held: the bridge asked to mark before it existed.
+    later = meli.add_buyer_message("2000001", "Ainda aí?")
+    requests.get(url, params={"tag": "post_sale", "mark_as_read": "false"}, headers=headers, timeout=5)
+    marking.join()
+    assert seen == [("2000001", [message["id"], later["id"]], [message["id"]])]

@@ -242,7 +242,10 @@ def _deliver_message(s: Services, reply: dict) -> None:
         previous = s.db.part_mark_sending(reply["id"], part["seq"], s.clock())
         if previous == "sending":
             _wait_until_settled(s, reply, part)
-            found = _find_sent_part(s, pack_id, seller_id, part, part["first_attempt_at"] or reply["created_at"])
+            # Not beside a sync of this thread: that sync read the thread before this look and
+            # marks it read after; a buyer message this look shows it would only find then.
+            with s.locks.hold(f"pack:{pack_id}"):
+                found = _find_sent_part(s, pack_id, seller_id, part, part["first_attempt_at"] or reply["created_at"])
             if found:
                 s.db.part_sent(reply["id"], part["seq"], found, s.clock())
                 log.info("reply part already on mercado livre reply=%s part=%d pack=%s ml_message=%s",

@@ -526,7 +526,9 @@ class MeliState(Controls):
                 # bridge saw and did not store from one the marking read itself revealed).
                 # Only an answer the client receives shows it anything (a timed-out read does not).
                 if not (has_request_context() and g.get("answer_lost")):
-                    thread.setdefault("peeked", set()).update(m["id"] for m in page)
+                    peeked = thread.setdefault("peeked", {})
+                    for m in page:
+                        peeked.setdefault(m["id"], time.monotonic())
             status = "blocked" if thread["blocked"] else "active"
             return {"paging": {"limit": limit, "offset": offset, "total": len(thread["messages"])},
                     "conversation_status": {"status": status, "substatus": thread["substatus"]},
@@ -540,8 +542,13 @@ class MeliState(Controls):
         if read:
             self.mark_read_events.append((thread["key"], [m["id"] for m in read], time.monotonic()))
             if self.on_mark_read:
-                peeked = thread.get("peeked", set())
-                self.on_mark_read(thread["key"], [m["id"] for m in read], [m["id"] for m in read if m["id"] in peeked])
+                # Seen = shown before this marking request arrived. A request held by the server
+                # (chaos "delay") marks when it is finally applied; what the bridge read in the
+                # meantime it could not have mirrored before asking to mark.
+                arrived = g.get("t0") if has_request_context() else None
+                peeked = thread.get("peeked", {})
+                seen = [m["id"] for m in read if m["id"] in peeked and (arrived is None or peeked[m["id"]] < arrived)]
+                self.on_mark_read(thread["key"], [m["id"] for m in read], seen)
 
     def send_message(self, thread: dict, body: dict) -> Response:
         text = body.get("text") or ""
