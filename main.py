@@ -226,7 +226,7 @@ def resume_interrupted(s: Services) -> None:
     if not s.db.hold_poller_lock():
         log.info("another poller is running on this database; replies in its hands stay there")
         return
-    released = s.db.replies_release_leases(s.clock())
+    released = s.db.replies.release_leases(s.clock())
     if released:
         log.warning("resuming %d replies interrupted by a previous poller's crash", released)
 

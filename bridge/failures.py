@@ -196,7 +196,7 @@ def conversation_for(s: Services, kind: str, item_id: Any) -> int | None:
     if kind in ("question", "pack", "claim"):
         return (s.db.links.get(kind, item_id) or {}).get("conversation_id")
     if kind == "reply":
-        return (s.db.reply(int(item_id)) or {}).get("conversation_id")
+        return (s.db.replies.get(int(item_id)) or {}).get("conversation_id")
     if kind == "notification":
         # The question's or the message's conversation, when the bridge already made it.
         note = s.db.notification(str(item_id)) or {}

@@ -162,4 +162,4 @@ def test_a_failed_reply_from_a_deleted_conversation_is_told_in_the_sales_new_one
     body = json.loads(note.request.body)
     assert body["private"] is True and "U+1F600" in body["content"]
     assert body["source_id"] == f"meli:note:reply:{extra['reply_id']}"
-    assert s.db.reply(extra["reply_id"])["reported_at"]
+    assert s.db.replies.get(extra["reply_id"])["reported_at"]

@@ -303,14 +303,14 @@ def test_a_reply_raising_is_counted_backed_off_and_failed_with_a_note_after_a_da
         responses.post(f"{CW}/conversations/{conv}/messages", json={"id": 1})
     counts = delivery.run_outbox(s)
     assert counts["delivered"] == 1 and counts["retry"] == 1
-    assert s.db.reply(good)["status"] == "delivered"
-    reply = s.db.reply(bad)
+    assert s.db.replies.get(good)["status"] == "delivered"
+    reply = s.db.replies.get(bad)
     assert reply["status"] == "pending" and reply["attempts"] == 1 and "AttributeError" in reply["error"]
     assert reply["next_attempt_at"] > clock()
     assert health.build_status(s.db, s.settings, clock())["checks"]["items"]["retrying"] == {"reply": 1}
     clock.advance(report.GIVE_UP_AFTER + 1)
     delivery.run_outbox(s)
-    reply = s.db.reply(bad)
+    reply = s.db.replies.get(bad)
     assert reply["status"] == "failed" and reply["reported_at"]
     marks = [json.loads(c.request.body) for c in calls("PATCH", "/conversations/88/messages/9201")]
     assert marks and marks[-1]["status"] == "failed"
@@ -333,11 +333,11 @@ def test_a_report_raising_does_not_hold_up_the_other_reports_and_is_given_up_aft
     responses.get(f"{CW}/conversations/77/messages", json=["unexpected"])  # breaks the first report
     responses.get(f"{CW}/conversations/78/messages", json={"payload": []})
     assert delivery.run_outbox(s)["reported"] == 1
-    assert s.db.reply_by_message(9302)["reported_at"] is not None
-    assert s.db.reply_by_message(9301)["reported_at"] is None
+    assert s.db.replies.by_message(9302)["reported_at"] is not None
+    assert s.db.replies.by_message(9301)["reported_at"] is None
     clock.advance(report.GIVE_UP_AFTER + 1)
     delivery.run_outbox(s)
-    first = s.db.reply_by_message(9301)
+    first = s.db.replies.by_message(9301)
     assert first["reported_at"] is not None
     row = s.db.item_attempt("reply", first["id"])
     assert row["gave_up_at"] and row["last_error"].startswith("AttributeError")

@@ -99,9 +99,9 @@ def test_a_mark_read_interrupted_by_a_crash_is_synced_again_on_the_next_poll(s):
 def test_a_seller_message_like_a_reply_part_in_flight_is_not_mirrored_as_typed_on_the_site(s):
     accept.accept_webhook(message_created(message_id=9200, conversation_id=88, inbox_id=2, content="Ok"),
                           s.settings, s.db, time.time())
-    reply = s.db.replies_active_for_target("message", "2000001")[0]
-    s.db.reply_claim(reply["id"], time.time(), 300)
-    s.db.part_mark_sending(reply["id"], 0)  # sent, answer lost: it may be "m-ok"
+    reply = s.db.replies.active_for_target("message", "2000001")[0]
+    s.db.replies.claim(reply["id"], time.time(), 300)
+    s.db.replies.mark_part_sending(reply["id"], 0)  # sent, answer lost: it may be "m-ok"
     responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=thread(seller("m-ok", "Ok", 3)))
     chatwoot_accepts()
     assert sync_messages.sync_pack(s, "2000001", 555) == 0

@@ -93,8 +93,8 @@ def test_forget_buyer_erases_every_row_from_the_file_and_a_new_question_arrives_
     assert len(conversations(bridge, bridge.fakes.questions_inbox)) == 2
     sale = conversations(bridge, bridge.fakes.messages_inbox)[0]
     # A reply still in the outbox holds its text until delivered: erasure takes it too.
-    s.db.reply_accept(chatwoot_message_id=999001, conversation_id=sale["id"], kind="message", target_id=pack,
-                      parts=[{"text": "resposta-secreta-qx"}], now=s.clock())
+    s.db.replies.accept(chatwoot_message_id=999001, conversation_id=sale["id"], kind="message", target_id=pack,
+                        parts=[{"text": "resposta-secreta-qx"}], now=s.clock())
     question_id = next(q["id"] for q in meli.questions.values() if q["from"]["id"] == BUYER)
     s.db.notification_record("n-qx", "questions", f"/questions/{question_id}", s.clock())
     before = file_bytes(s.db.path)
@@ -139,8 +139,8 @@ def test_forget_buyer_erases_the_buyers_claims_and_a_new_claim_message_starts_fr
     assert any(c.startswith("reclamacao-secreta-qx") for c in contents(bridge, claim_conv))
     assert str(s.db.links.get("claim", str(CLAIM))["data"]["buyer_id"]) == str(BUYER)
     # A claim reply still in the outbox, its moderation check and a claims notification go too.
-    reply_id = s.db.reply_accept(chatwoot_message_id=999002, conversation_id=claim_conv["id"], kind="claim",
-                                 target_id=str(CLAIM), parts=[{"text": "resposta-reclamacao-qx"}], now=s.clock())
+    reply_id = s.db.replies.accept(chatwoot_message_id=999002, conversation_id=claim_conv["id"], kind="claim",
+                                   target_id=str(CLAIM), parts=[{"text": "resposta-reclamacao-qx"}], now=s.clock())
     s.db.links.mark_created("moderation_check", f"claim:{reply_id}", s.clock())
     s.db.notification_record("n-claim-qx", "claims", f"/post-purchase/v1/claims/{CLAIM}", s.clock())
     assert b"reclamacao-secreta-qx" not in file_bytes(s.db.path)  # texts never stored, only their hash
@@ -358,8 +358,8 @@ def test_retention_leaves_a_sale_with_a_reply_in_the_outbox_or_a_mark_read_in_fl
     sale_rows(db, "601", "31", 41, 1.0, messages=("c1",))
     sale_rows(db, "602", "32", 42, 1.0, messages=("d1",))
     sale_rows(db, "603", "33", 43, 1.0, messages=("e1",))
-    db.reply_accept(chatwoot_message_id=7, conversation_id=601, kind="message", target_id="601",
-                    parts=[{"text": "ainda na fila"}], now=1.0)
+    db.replies.accept(chatwoot_message_id=7, conversation_id=601, kind="message", target_id="601",
+                      parts=[{"text": "ainda na fila"}], now=1.0)
     db.thread_marking("602", 1.0)
     counts = db.retention_prune(now=100 * DAY, days=90)
     assert db.links.get("pack", "601") and db.links.get("pack", "602") and db.links.get("buyer", "31")
@@ -440,10 +440,10 @@ def test_retention_prunes_a_closed_claim_but_never_one_open_or_with_a_reply_in_p
     claim_rows(db, "9102", "62", 49, 1.0, status="opened")
     claim_rows(db, "9103", "63", 50, 1.0)
     claim_rows(db, "9104", "64", 51, 1.0)
-    db.reply_accept(chatwoot_message_id=8, conversation_id=103, kind="claim", target_id="9103",
-                    parts=[{"text": "ainda na fila"}], now=1.0)
-    finished = db.reply_accept(chatwoot_message_id=9, conversation_id=104, kind="claim", target_id="9104",
-                               parts=[{"text": "entregue"}], now=1.0)
+    db.replies.accept(chatwoot_message_id=8, conversation_id=103, kind="claim", target_id="9103",
+                      parts=[{"text": "ainda na fila"}], now=1.0)
+    finished = db.replies.accept(chatwoot_message_id=9, conversation_id=104, kind="claim", target_id="9104",
+                                 parts=[{"text": "entregue"}], now=1.0)
     db.conn().execute("UPDATE replies SET status = 'delivered', finished_at = 1.0 WHERE id = ?", (finished,))
     db.conn().commit()
     db.links.mark_created("moderation_check", f"claim:{finished}", 1.0)
@@ -454,7 +454,7 @@ def test_retention_prunes_a_closed_claim_but_never_one_open_or_with_a_reply_in_p
     db.conn().execute("UPDATE replies SET reported_at = 2.0 WHERE id = ?", (finished,))
     db.conn().commit()
     db.retention_prune(now=100 * DAY, days=90)
-    assert db.links.get("claim", "9104") is None and db.reply_by_message(9) is None
+    assert db.links.get("claim", "9104") is None and db.replies.by_message(9) is None
     assert db.watermarks_closed("claim") == {"9101", "9104"}
 
 
@@ -519,8 +519,8 @@ def test_forget_buyer_refuses_a_number_that_is_also_another_buyers_nickname(monk
 
 def test_forget_buyer_says_when_a_reply_still_in_the_outbox_is_dropped(monkeypatch, settings, db, capsys):
     sale_rows(db, "504", "44", 42, 1.0)
-    db.reply_accept(chatwoot_message_id=71, conversation_id=504, kind="message", target_id="504",
-                    parts=[{"text": "ainda na fila"}], now=1.0)
+    db.replies.accept(chatwoot_message_id=71, conversation_id=504, kind="message", target_id="504",
+                      parts=[{"text": "ainda na fila"}], now=1.0)
     assert forget_cli(monkeypatch, settings, db, RecordingChatwoot(), "44", False, True) == 0
     out = capsys.readouterr().out
     # The agent's message stays in Chatwoot without a delivery status: the operator must know.
@@ -548,9 +548,9 @@ def test_a_sale_erased_twice_never_brings_back_what_came_between_the_two_erasure
 
 def test_forget_buyer_tells_a_reply_being_sent_apart_from_one_that_never_left(monkeypatch, settings, db, capsys):
     sale_rows(db, "505", "45", 43, 1.0)
-    reply_id = db.reply_accept(chatwoot_message_id=72, conversation_id=505, kind="message", target_id="505",
-                               parts=[{"text": "saindo agora"}], now=1.0)
-    assert db.reply_claim(reply_id, 2.0, lease=60.0)  # the outbox is sending it
+    reply_id = db.replies.accept(chatwoot_message_id=72, conversation_id=505, kind="message", target_id="505",
+                                 parts=[{"text": "saindo agora"}], now=1.0)
+    assert db.replies.claim(reply_id, 2.0, lease=60.0)  # the outbox is sending it
     assert forget_cli(monkeypatch, settings, db, RecordingChatwoot(), "45", False, True) == 0
     out = capsys.readouterr().out
     assert "72" in out and "may or may not have reached the buyer" in out and "never reach" not in out

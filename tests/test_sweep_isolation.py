@@ -132,10 +132,10 @@ def test_a_moderation_check_on_a_failing_thread_does_not_stop_the_sweep(s):
                             data={"buyer_id": 9, "blocked": False, "migrated": False})
     accept_webhook(message_created(message_id=9600, conversation_id=89, inbox_id=2, content="Ok"),
                    s.settings, s.db, now - 400)
-    reply = s.db.replies_active_for_target("message", "3000001")[0]
-    s.db.reply_claim(reply["id"], now - 400, 300)
-    s.db.part_sent(reply["id"], 0, "m-ok", now - 300)
-    s.db.reply_delivered(reply["id"], now - 300)
+    reply = s.db.replies.active_for_target("message", "3000001")[0]
+    s.db.replies.claim(reply["id"], now - 400, 300)
+    s.db.replies.mark_part_sent(reply["id"], 0, "m-ok", now - 300)
+    s.db.replies.mark_delivered(reply["id"], now - 300)
     responses.get(f"{API}/messages/unread", json={"results": []})
     responses.get(BAD, status=500, json={"message": "internal"})
     responses.get(f"{API}/orders/search", json={"results": [], "paging": {"total": 0}})

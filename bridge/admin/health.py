@@ -38,7 +38,7 @@ def build_status(db: Database, settings: Settings, now: float, problems: Sequenc
                                    "error": "not authorized yet: run `python main.py authorize` "
                                             "(or set MELI_REFRESH_TOKEN)"}
 
-    stats = db.outbox_stats(now)
+    stats = db.replies.stats(now)
     age = stats["oldest_pending_age_seconds"]
     checks["outbox"] = dict(stats, ok=age is None or age <= OUTBOX_MAX_AGE)
     if not checks["outbox"]["ok"]:
@@ -66,7 +66,7 @@ def item_failures(db: Database) -> dict:
     summary = db.items_summary()
     by_kind = summary["by_kind"]
     retrying = {kind: counts["retrying"] for kind, counts in by_kind.items() if counts["retrying"]}
-    for kind, count in (("notification", db.notifications_retrying()), ("reply", db.replies_retrying())):
+    for kind, count in (("notification", db.notifications_retrying()), ("reply", db.replies.retrying())):
         if count:
             retrying[kind] = retrying.get(kind, 0) + count
     gave_up_count = sum(counts["gave_up"] for counts in by_kind.values())

@@ -332,7 +332,7 @@ def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
     """
     now = s.clock()
     checked = 0
-    for reply in s.db.replies_delivered_between("message", now - MODERATION_CHECK_UNTIL, now - MODERATION_CHECK_AFTER):
+    for reply in s.db.replies.delivered_between("message", now - MODERATION_CHECK_UNTIL, now - MODERATION_CHECK_AFTER):
         if s.stopping.is_set():
             break
         # One check per round; the first round's key is the reply id alone, as before.
@@ -442,8 +442,8 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
 
     ids = [str(m["id"]) for m in messages]
     # In this order: a part the outbox records as sent between the two reads is then in bridge_ids.
-    in_doubt = s.db.part_texts_in_doubt(pack_id)
-    bridge_ids = s.db.bridge_sent_ids(ids)
+    in_doubt = s.db.replies.message_texts_in_doubt(pack_id)
+    bridge_ids = s.db.replies.sent_ids(ids)
 
     def known_now() -> set[str]:
         return covered | {i for i in ids if (s.db.links.get("message", i) or {}).get("status") == "created"}
@@ -581,7 +581,7 @@ def _report_moderated_replies(s: Services, messages: list[dict], bridge_ids: set
         if link["status"] == "created":
             continue
         # A row left pending by a crash or a failed call is reported again: the agent must learn.
-        reply = s.db.reply_for_remote_id(mid)
+        reply = s.db.replies.by_remote_id(mid)
         if reply:
             # A pending row is an earlier attempt that failed half way: the failed mark is
             # idempotent, the note is looked up before it is posted again.
