@@ -98,6 +98,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 from bridge.store.auth import AuthStore
 from bridge.store.links import LinksStore, link_row
+from bridge.store.notifications import NotificationsStore
 from bridge.store.replies import RepliesStore
 
 log = logging.getLogger("bridge.db")
@@ -372,6 +373,7 @@ class Database:
         self.auth = AuthStore(self)
         self.links = LinksStore(self)
         self.replies = RepliesStore(self)
+        self.notifications = NotificationsStore(self)
         self._local = threading.local()
         self._write_lock = threading.RLock()
         self._poller_lock = None
@@ -601,57 +603,6 @@ class Database:
             return False
         self._poller_lock = handle
         return True
-
-    # ---- notifications ---------------------------------------------------------------------------
-
-    def notification_record(self, notification_id: str, topic: str, resource: str, now: float,
-                            max_pending: int | None = None) -> str:
-        """Queue a notification for the poller.
-
-        Returns 'recorded'; 'duplicate' when this notification id was seen before; 'merged'
-        when the same resource is already waiting (counted, so the poller fetches it again
-        if it was mid-fetch); 'full' when `max_pending` rows already wait (polling catches up).
-        """
-        with self.write() as conn:
-            if conn.execute("SELECT 1 FROM notifications WHERE id = ?", (notification_id,)).fetchone():
-                return "duplicate"
-            if conn.execute("UPDATE notifications SET repeats = repeats + 1"
-                            " WHERE topic = ? AND resource = ? AND processed_at IS NULL",
-                            (topic, resource)).rowcount:
-                return "merged"
-            if max_pending is not None and conn.execute(
-                    "SELECT COUNT(*) FROM notifications WHERE processed_at IS NULL").fetchone()[0] >= max_pending:
-                return "full"
-            conn.execute("INSERT INTO notifications (id, topic, resource, received_at, next_attempt_at)"
-                         " VALUES (?, ?, ?, ?, ?)", (notification_id, topic, resource, now, now))
-            return "recorded"
-
-    def notifications_due(self, now: float, limit: int = 50) -> list[dict]:
-        return self.all("SELECT * FROM notifications WHERE processed_at IS NULL AND next_attempt_at <= ?"
-                        " ORDER BY received_at LIMIT ?", (now, limit))
-
-    def notification_done(self, notification_id: str, now: float, repeats: int | None = None) -> bool:
-        """Mark processed; with `repeats` (as read before fetching), only if no new notification
-        for the resource arrived meanwhile — otherwise it stays due and is fetched again."""
-        with self.write() as conn:
-            cur = conn.execute("UPDATE notifications SET processed_at = ?, last_error = NULL WHERE id = ?"
-                               " AND (? IS NULL OR repeats = ?)", (now, notification_id, repeats, repeats))
-            return cur.rowcount == 1
-
-    def notification_retry_later(self, notification_id: str, next_attempt_at: float, error: str) -> None:
-        with self.write() as conn:
-            conn.execute("UPDATE notifications SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
-                         " WHERE id = ?", (next_attempt_at, error[:500], notification_id))
-
-    def notifications_received_since(self, since: float) -> int:
-        return self.one("SELECT COUNT(*) AS n FROM notifications WHERE received_at >= ?", (since,))["n"]
-
-    def notification(self, notification_id: str) -> dict | None:
-        return self.one("SELECT * FROM notifications WHERE id = ?", (notification_id,))
-
-    def notifications_retrying(self) -> int:
-        """Not processed yet, after at least one failed attempt."""
-        return self.one("SELECT COUNT(*) AS n FROM notifications WHERE processed_at IS NULL AND attempts > 0")["n"]
 
     # ---- items whose processing fails -------------------------------------------------------
 

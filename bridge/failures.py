@@ -199,7 +199,7 @@ def conversation_for(s: Services, kind: str, item_id: Any) -> int | None:
         return (s.db.replies.get(int(item_id)) or {}).get("conversation_id")
     if kind == "notification":
         # The question's or the message's conversation, when the bridge already made it.
-        note = s.db.notification(str(item_id)) or {}
+        note = s.db.notifications.get(str(item_id)) or {}
         resource = (note.get("resource") or "").strip()
         link_kind = {"questions": "question", "messages": "message", "claims": "claim"}.get(note.get("topic"))
         if link_kind and resource:

@@ -167,8 +167,8 @@ def test_an_unwritable_directory_gives_one_clear_line(tmp_path, monkeypatch):
 
 def test_housekeeping_forgets_old_records_but_keeps_links(db):
     day = 86400.0
-    db.notification_record("n1", "questions", "/questions/1", now=1.0)
-    db.notification_done("n1", now=2.0)
+    db.notifications.record("n1", "questions", "/questions/1", now=1.0)
+    db.notifications.mark_done("n1", now=2.0)
     db.auth.create_oauth_state("s", None, now=1.0, ttl=600)
     db.cache_put_many("item", {"MLB1": {"title": "x"}}, now=1.0)
     reply = db.replies.accept(chatwoot_message_id=1, conversation_id=1, kind="answer", target_id="5",

@@ -252,29 +252,29 @@ def test_a_pack_raising_does_not_stop_the_later_packs(s, clock):
 @responses.activate
 def test_a_notification_raising_does_not_stop_the_later_ones_and_is_reported_when_given_up(s, clock):
     s.db.links.mark_created("message", "m-bad", 1.0, conversation_id=88, message_id=3)
-    s.db.notification_record("n-1", "messages", "/messages/m-bad", clock())
+    s.db.notifications.record("n-1", "messages", "/messages/m-bad", clock())
     clock.advance(1)
-    s.db.notification_record("n-2", "questions", "/questions/8", clock())
+    s.db.notifications.record("n-2", "questions", "/questions/8", clock())
     responses.get(f"{API}/messages/m-bad", json=["unexpected"])
     responses.get(f"{API}/questions/8", json=question(8, item_id="MLB1") | {"status": "DELETED"})
     responses.get(f"{CW}/conversations/88/messages", json={"payload": []})
     responses.post(f"{CW}/conversations/88/messages", json={"id": 881})
     counts = notifications.process_notifications(s)
     assert counts == {"processed": 1, "retry": 1, "item_errors": 1}
-    bad = s.db.notification("n-1")
+    bad = s.db.notifications.get("n-1")
     assert bad["processed_at"] is None and bad["attempts"] == 1 and bad["last_error"].startswith("AttributeError")
-    assert s.db.notification("n-2")["processed_at"] is not None
+    assert s.db.notifications.get("n-2")["processed_at"] is not None
     assert health.build_status(s.db, s.settings, clock())["checks"]["items"]["retrying"] == {"notification": 1}
     fail_until_given_up(clock, lambda: notifications.process_notifications(s),
                         attempts=notifications.GIVE_UP_ATTEMPTS + 1, step=backoff.RETRY_MAX + 1)
-    assert s.db.notification("n-1")["processed_at"] is not None
+    assert s.db.notifications.get("n-1")["processed_at"] is not None
     row = s.db.item_attempt("notification", "n-1")
     assert row["gave_up_at"] and row["reported_at"]
     notes = notes_in(88)
     assert len(notes) == 1 and f"{notifications.GIVE_UP_ATTEMPTS + 1} tentativas" in notes[0]["content"]
     # `main.py retry` puts it back in the queue.
     assert s.db.items_reset(clock(), "notification") == 1
-    assert s.db.notification("n-1")["processed_at"] is None and s.db.item_attempt("notification", "n-1") is None
+    assert s.db.notifications.get("n-1")["processed_at"] is None and s.db.item_attempt("notification", "n-1") is None
 
 
 # ---- replies -----------------------------------------------------------------------------------------

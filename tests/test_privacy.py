@@ -96,7 +96,7 @@ def test_forget_buyer_erases_every_row_from_the_file_and_a_new_question_arrives_
     s.db.replies.accept(chatwoot_message_id=999001, conversation_id=sale["id"], kind="message", target_id=pack,
                         parts=[{"text": "resposta-secreta-qx"}], now=s.clock())
     question_id = next(q["id"] for q in meli.questions.values() if q["from"]["id"] == BUYER)
-    s.db.notification_record("n-qx", "questions", f"/questions/{question_id}", s.clock())
+    s.db.notifications.record("n-qx", "questions", f"/questions/{question_id}", s.clock())
     before = file_bytes(s.db.path)
     assert NICK.encode() in before and str(BUYER).encode() in before
 
@@ -142,7 +142,7 @@ def test_forget_buyer_erases_the_buyers_claims_and_a_new_claim_message_starts_fr
     reply_id = s.db.replies.accept(chatwoot_message_id=999002, conversation_id=claim_conv["id"], kind="claim",
                                    target_id=str(CLAIM), parts=[{"text": "resposta-reclamacao-qx"}], now=s.clock())
     s.db.links.mark_created("moderation_check", f"claim:{reply_id}", s.clock())
-    s.db.notification_record("n-claim-qx", "claims", f"/post-purchase/v1/claims/{CLAIM}", s.clock())
+    s.db.notifications.record("n-claim-qx", "claims", f"/post-purchase/v1/claims/{CLAIM}", s.clock())
     assert b"reclamacao-secreta-qx" not in file_bytes(s.db.path)  # texts never stored, only their hash
     assert s.db.links.with_prefix("claim_message", f"{CLAIM}:")
 
@@ -253,7 +253,7 @@ def test_retention_prunes_a_closed_claim_keeps_an_open_one_and_never_reimports_i
     assert s.db.links.with_prefix("claim_message", f"{OTHER_CLAIM}:")
 
     # A notification about the pruned claim reads it again: nothing of its history comes back.
-    s.db.notification_record("n-claim-late", "claims", f"/post-purchase/v1/claims/{CLAIM}", now)
+    s.db.notifications.record("n-claim-late", "claims", f"/post-purchase/v1/claims/{CLAIM}", now)
     assert bridge.once().returncode == 0
     assert len(conversations(bridge, bridge.fakes.claims_inbox)) == 2
     assert s.db.links.get("claim", str(CLAIM)) is None

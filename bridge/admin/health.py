@@ -52,7 +52,7 @@ def build_status(db: Database, settings: Settings, now: float, problems: Sequenc
             "last_error_at": run["last_error_at"], "last_error": run["last_error"],
             "last_duration_ms": run["last_duration_ms"]}
     checks["jobs"] = {"ok": True, "runs": jobs}
-    checks["notifications"] = {"ok": True, "received_last_hour": db.notifications_received_since(now - 3600)}
+    checks["notifications"] = {"ok": True, "received_last_hour": db.notifications.received_since(now - 3600)}
     checks["items"] = item_failures(db)
 
     failing = [name for name, check in checks.items() if not check["ok"]]
@@ -66,7 +66,7 @@ def item_failures(db: Database) -> dict:
     summary = db.items_summary()
     by_kind = summary["by_kind"]
     retrying = {kind: counts["retrying"] for kind, counts in by_kind.items() if counts["retrying"]}
-    for kind, count in (("notification", db.notifications_retrying()), ("reply", db.replies.retrying())):
+    for kind, count in (("notification", db.notifications.retrying()), ("reply", db.replies.retrying())):
         if count:
             retrying[kind] = retrying.get(kind, 0) + count
     gave_up_count = sum(counts["gave_up"] for counts in by_kind.values())

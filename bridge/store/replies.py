@@ -126,7 +126,7 @@ class RepliesStore:
 
     def active_for_target(self, kind: str, target_id: str) -> list[Reply]:
         return self._db.all("SELECT * FROM replies WHERE kind = ? AND target_id = ?"
-                        " AND status IN ('pending', 'sending', 'delivered') ORDER BY id", (kind, target_id))
+                            " AND status IN ('pending', 'sending', 'delivered') ORDER BY id", (kind, target_id))
 
     def get(self, reply_id: int) -> Reply | None:
         return self._db.one("SELECT * FROM replies WHERE id = ?", (reply_id,))
@@ -213,9 +213,9 @@ class RepliesStore:
     def answer_in_flight(self, question_id: str) -> AnswerInFlight | None:
         """An unfinished reply to this question whose POST may have reached Mercado Livre."""
         return self._db.one("SELECT r.id, r.conversation_id, r.chatwoot_message_id, p.text FROM replies r"
-                        " JOIN reply_parts p ON p.reply_id = r.id AND p.seq = 0"
-                        " WHERE r.kind = 'answer' AND r.target_id = ? AND r.status IN ('pending', 'sending')"
-                        " AND p.status = 'sending' ORDER BY r.id LIMIT 1", (str(question_id),))
+                            " JOIN reply_parts p ON p.reply_id = r.id AND p.seq = 0"
+                            " WHERE r.kind = 'answer' AND r.target_id = ? AND r.status IN ('pending', 'sending')"
+                            " AND p.status = 'sending' ORDER BY r.id LIMIT 1", (str(question_id),))
 
     def release_leases(self, now: float) -> int:
         """Replies left `sending` by a dead poller become due now (call only holding the poller lock)."""
@@ -285,8 +285,8 @@ class RepliesStore:
     def claim_parts_sent(self, remote_id: str) -> list[SentClaimPart]:
         """Claim reply parts the bridge sent with this text key (claim messages have no id), oldest first."""
         return self._db.all("SELECT r.id, r.conversation_id, r.chatwoot_message_id, p.seq, p.sent_at FROM reply_parts p"
-                        " JOIN replies r ON r.id = p.reply_id WHERE r.kind = 'claim' AND p.remote_id = ?"
-                        " AND p.status = 'sent' ORDER BY p.sent_at, r.id, p.seq", (remote_id,))
+                            " JOIN replies r ON r.id = p.reply_id WHERE r.kind = 'claim' AND p.remote_id = ?"
+                            " AND p.status = 'sent' ORDER BY p.sent_at, r.id, p.seq", (remote_id,))
 
     def claim_texts_in_doubt(self, claim_id: str) -> list[str]:
         """Texts of claim parts that may have reached Mercado Livre without us knowing (in flight)."""
@@ -296,15 +296,15 @@ class RepliesStore:
 
     def by_remote_id(self, remote_id: str) -> Reply | None:
         return self._db.one("SELECT r.* FROM replies r JOIN reply_parts p ON p.reply_id = r.id WHERE p.remote_id = ?",
-                        (remote_id,))
+                            (remote_id,))
 
     def delivered_between(self, kind: str, start: float, end: float) -> list[Reply]:
         return self._db.all("SELECT * FROM replies WHERE kind = ? AND status = 'delivered' AND finished_at >= ?"
-                        " AND finished_at < ? ORDER BY finished_at", (kind, start, end))
+                            " AND finished_at < ? ORDER BY finished_at", (kind, start, end))
 
     def unreported(self, now: float, limit: int = 20) -> list[Reply]:
         return self._db.all("SELECT * FROM replies WHERE reported_at IS NULL AND status IN ('delivered', 'failed')"
-                        " AND next_attempt_at <= ? ORDER BY id LIMIT ?", (now, limit))
+                            " AND next_attempt_at <= ? ORDER BY id LIMIT ?", (now, limit))
 
     def mark_reported(self, reply_id: int, now: float) -> None:
         with self._db.write() as conn:
@@ -331,4 +331,4 @@ class RepliesStore:
     def retrying(self) -> int:
         """Waiting to be sent again after at least one failed attempt."""
         return self._db.one("SELECT COUNT(*) AS n FROM replies WHERE status IN ('pending', 'sending')"
-                        " AND error IS NOT NULL")["n"]
+                            " AND error IS NOT NULL")["n"]
