@@ -319,7 +319,7 @@ def cmd_status(settings: Settings) -> int:
 
 def cmd_retry(settings: Settings, kind: str | None, item_id: str | None) -> int:
     s = open_services(settings)
-    count = s.db.items_reset(s.clock(), kind, item_id)
+    count = s.db.items.reset(s.clock(), kind, item_id)
     print(f"{count} failing item(s) will be tried again on the next run.")
     return 0
 

@@ -63,7 +63,7 @@ def build_status(db: Database, settings: Settings, now: float, problems: Sequenc
 
 def item_failures(db: Database) -> dict:
     """Items failing alone while the rest goes on. Always ok: a bad item is a warning, not an outage."""
-    summary = db.items_summary()
+    summary = db.items.summary()
     by_kind = summary["by_kind"]
     retrying = {kind: counts["retrying"] for kind, counts in by_kind.items() if counts["retrying"]}
     for kind, count in (("notification", db.notifications.retrying()), ("reply", db.replies.retrying())):
