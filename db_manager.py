@@ -101,6 +101,7 @@ from bridge.store.items import ItemsStore
 from bridge.store.links import LinksStore, link_row
 from bridge.store.notifications import NotificationsStore
 from bridge.store.replies import RepliesStore
+from bridge.store.threads import ThreadsStore
 
 log = logging.getLogger("bridge.db")
 
@@ -376,6 +377,7 @@ class Database:
         self.replies = RepliesStore(self)
         self.notifications = NotificationsStore(self)
         self.items = ItemsStore(self)
+        self.threads = ThreadsStore(self)
         self._local = threading.local()
         self._write_lock = threading.RLock()
         self._poller_lock = None
@@ -605,67 +607,6 @@ class Database:
             return False
         self._poller_lock = handle
         return True
-
-    # ---- post-sale threads (watermarks and sweep) ---------------------------------------------------
-
-    def thread(self, pack_id: str) -> dict | None:
-        return self.one("SELECT * FROM threads WHERE pack_id = ?", (str(pack_id),))
-
-    def thread_marking(self, pack_id: str, now: float) -> None:
-        """A mark-read is about to go out: until cleared, the thread is synced again on the next poll."""
-        with self.write() as conn:
-            conn.execute("INSERT INTO threads (pack_id, active_at, marking_since) VALUES (?, ?, ?)"
-                         " ON CONFLICT (pack_id) DO UPDATE SET marking_since = excluded.marking_since",
-                         (str(pack_id), now, now))
-
-    def threads_marking(self) -> list[str]:
-        return [r["pack_id"] for r in self.all("SELECT pack_id FROM threads WHERE marking_since IS NOT NULL"
-                                               " ORDER BY marking_since")]
-
-    def thread_synced(self, pack_id: str, now: float, total: int | None, last_message_id: str | None,
-                      changed: bool) -> None:
-        """The thread was read and handled: record its size (NULL = read again), clear a mark-read in flight."""
-        with self.write() as conn:
-            conn.execute(
-                "INSERT INTO threads (pack_id, total, last_message_id, active_at, checked_at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (pack_id) DO UPDATE SET total = excluded.total,"
-                " last_message_id = excluded.last_message_id, checked_at = excluded.checked_at,"
-                " marking_since = NULL, active_at = CASE WHEN ? THEN excluded.active_at ELSE active_at END",
-                (str(pack_id), total, last_message_id, now, now, 1 if changed else 0))
-
-    def thread_checked(self, pack_id: str, now: float) -> None:
-        with self.write() as conn:
-            conn.execute("UPDATE threads SET checked_at = ? WHERE pack_id = ?", (now, str(pack_id)))
-
-    def threads_discovered(self, packs: dict[str, float]) -> None:
-        """Sales seen in the orders search, with when they last changed; a newer change keeps them in the sweep."""
-        if not packs:
-            return
-        with self.write() as conn:
-            conn.executemany("INSERT INTO threads (pack_id, active_at) VALUES (?, ?) ON CONFLICT (pack_id)"
-                             " DO UPDATE SET active_at = MAX(active_at, excluded.active_at)",
-                             [(str(k), v) for k, v in packs.items()])
-
-    def threads_due(self, active_since: float, checked_before: float, limit: int) -> list[dict]:
-        """Threads of recent sales not read for a while: never read first, then the longest unread."""
-        return self.all("SELECT * FROM threads WHERE active_at >= ? AND (checked_at IS NULL OR checked_at < ?)"
-                        " AND marking_since IS NULL ORDER BY checked_at IS NOT NULL, checked_at, active_at DESC"
-                        " LIMIT ?", (active_since, checked_before, limit))
-
-    def threads_prune(self, inactive_before: float) -> int:
-        with self.write() as conn:
-            return conn.execute("DELETE FROM threads WHERE active_at < ? AND marking_since IS NULL",
-                                (inactive_before,)).rowcount
-
-    def cursor_get(self, name: str) -> Any:
-        row = self.one("SELECT value FROM poll_cursors WHERE name = ?", (name,))
-        return json.loads(row["value"]) if row else None
-
-    def cursor_set(self, name: str, value: Any, now: float) -> None:
-        with self.write() as conn:
-            conn.execute("INSERT INTO poll_cursors (name, value, updated_at) VALUES (?, ?, ?) ON CONFLICT (name)"
-                         " DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                         (name, json.dumps(value), now))
 
     # ---- watermarks: what stays of a pruned or erased conversation -----------------------------
 

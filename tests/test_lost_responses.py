@@ -135,7 +135,7 @@ def test_a_file_the_seller_sent_on_the_site_is_mirrored_after_a_failed_reply_lef
 
     assert sync_messages.sync_pack(s, "2000001", 555) == 1
     assert s.db.links.get("message", "m-file")["status"] == "created"
-    assert s.db.thread("2000001")["total"] == 1
+    assert s.db.threads.get("2000001")["total"] == 1
 
 
 @responses.activate

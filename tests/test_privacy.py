@@ -360,7 +360,7 @@ def test_retention_leaves_a_sale_with_a_reply_in_the_outbox_or_a_mark_read_in_fl
     sale_rows(db, "603", "33", 43, 1.0, messages=("e1",))
     db.replies.accept(chatwoot_message_id=7, conversation_id=601, kind="message", target_id="601",
                       parts=[{"text": "ainda na fila"}], now=1.0)
-    db.thread_marking("602", 1.0)
+    db.threads.begin_marking("602", 1.0)
     counts = db.retention_prune(now=100 * DAY, days=90)
     assert db.links.get("pack", "601") and db.links.get("pack", "602") and db.links.get("buyer", "31")
     assert (db.links.get("pack", "603") is None and db.links.get("buyer", "33") is None
