@@ -94,14 +94,17 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 from bridge.store.auth import AuthStore
+from bridge.store.cache import CacheStore
 from bridge.store.items import ItemsStore
+from bridge.store.jobs import JobsStore
 from bridge.store.links import LinksStore, link_row
 from bridge.store.notifications import NotificationsStore
 from bridge.store.replies import RepliesStore
 from bridge.store.threads import ThreadsStore
+from bridge.store.watermarks import WatermarksStore
 
 log = logging.getLogger("bridge.db")
 
@@ -378,6 +381,9 @@ class Database:
         self.notifications = NotificationsStore(self)
         self.items = ItemsStore(self)
         self.threads = ThreadsStore(self)
+        self.watermarks = WatermarksStore(self)
+        self.jobs = JobsStore(self)
+        self.cache = CacheStore(self)
         self._local = threading.local()
         self._write_lock = threading.RLock()
         self._poller_lock = None
@@ -546,45 +552,6 @@ class Database:
                 pass
         return total
 
-    # ---- cache of items and users ------------------------------------------------------------
-
-    def cache_get_many(self, kind: str, keys: list[str], max_age: float, now: float) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self.conn().execute(
-                    f"SELECT key, value FROM cache WHERE kind = ? AND fetched_at >= ? AND key IN ({marks})",
-                    (kind, now - max_age, *chunk)):
-                found[row["key"]] = json.loads(row["value"])
-        return found
-
-    def cache_put_many(self, kind: str, values: dict[str, Any], now: float) -> None:
-        if not values:
-            return
-        with self.write() as conn:
-            conn.executemany("INSERT OR REPLACE INTO cache (kind, key, value, fetched_at) VALUES (?, ?, ?, ?)",
-                             [(kind, k, json.dumps(v), now) for k, v in values.items()])
-
-    # ---- job runs -----------------------------------------------------------------------------
-
-    def job_started(self, job: str, now: float) -> None:
-        with self.write() as conn:
-            conn.execute("INSERT INTO job_runs (job, last_start) VALUES (?, ?)"
-                         " ON CONFLICT (job) DO UPDATE SET last_start = excluded.last_start", (job, now))
-
-    def job_finished(self, job: str, now: float, duration_ms: int, error: str | None = None) -> None:
-        with self.write() as conn:
-            if error is None:
-                conn.execute("UPDATE job_runs SET last_success = ?, last_duration_ms = ? WHERE job = ?",
-                             (now, duration_ms, job))
-            else:
-                conn.execute("UPDATE job_runs SET last_error_at = ?, last_error = ?, last_duration_ms = ?"
-                             " WHERE job = ?", (now, error[:500], duration_ms, job))
-
-    def job_runs(self) -> list[dict]:
-        return self.all("SELECT * FROM job_runs ORDER BY job")
-
     # ---- the one poller ------------------------------------------------------------------------
 
     def hold_poller_lock(self) -> bool:
@@ -607,40 +574,6 @@ class Database:
             return False
         self._poller_lock = handle
         return True
-
-    # ---- watermarks: what stays of a pruned or erased conversation -----------------------------
-
-    def watermark(self, kind: str, external_id: str | int) -> dict | None:
-        return self.one("SELECT * FROM watermarks WHERE kind = ? AND external_id = ?", (kind, str(external_id)))
-
-    def watermark_thread(self, pack_id: str, last_message_id: str | None, last_message_at: float | None,
-                         now: float) -> None:
-        """A thread was handled up to this message. Frozen once closed while the rows it stands for
-        are gone; a sale started afresh after an erasure moves it again, or erasing that fresh
-        conversation too would leave its messages outside the mark, to be imported once more."""
-        if last_message_at is None:
-            return
-        with self.write() as conn:
-            conn.execute(
-                "INSERT INTO watermarks (kind, external_id, last_message_id, last_message_at, updated_at)"
-                " VALUES ('pack', ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
-                " last_message_id = excluded.last_message_id, last_message_at = excluded.last_message_at,"
-                " updated_at = excluded.updated_at WHERE (closed_at IS NULL OR EXISTS (SELECT 1 FROM links"
-                " WHERE kind = 'pack' AND external_id = excluded.external_id AND status = 'created'))"
-                " AND COALESCE(last_message_at, 0) < excluded.last_message_at",
-                (str(pack_id), last_message_id, last_message_at, now))
-
-    def watermark_claim_seen(self, claim_id: str, last_updated: str | None, now: float) -> None:
-        """A claim whose rows are gone was read again with nothing new: its `last_updated` (a
-        date, kept in last_message_id since claim messages have no id) spares the next polls."""
-        with self.write() as conn:
-            conn.execute("UPDATE watermarks SET last_message_id = ?, updated_at = ? WHERE kind = 'claim'"
-                         " AND external_id = ? AND closed_at IS NOT NULL", (last_updated, now, str(claim_id)))
-
-    def watermarks_closed(self, kind: str) -> set[str]:
-        rows = self.conn().execute("SELECT external_id FROM watermarks WHERE kind = ? AND closed_at IS NOT NULL",
-                                   (kind,))
-        return {r[0] for r in rows}
 
     # ---- retention and erasure ----------------------------------------------------------------
 

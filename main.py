@@ -174,7 +174,7 @@ def run_job(s: Services, name: str, func: Callable[[Services], dict], *, quiet_w
     """Run one job with its bookkeeping; never raises. Returns True on success."""
     started = time.monotonic()
     if not quiet_when_idle:
-        s.db.job_started(name, s.clock())
+        s.db.jobs.mark_started(name, s.clock())
     try:
         with rate_budget.priority(JOB_PRIORITY.get(name, rate_budget.RECONCILIATION)):
             counts = func(s) or {}
@@ -198,7 +198,7 @@ def run_job(s: Services, name: str, func: Callable[[Services], dict], *, quiet_w
     if quiet_when_idle and not busy:
         return True
     if quiet_when_idle:
-        s.db.job_started(name, s.clock())
+        s.db.jobs.mark_started(name, s.clock())
     _finish(s, name, started, None)
     log.info("job %s done in %dms %s", name, (time.monotonic() - started) * 1000,
              " ".join(f"{k}={v}" for k, v in counts.items() if k != "ms"))
@@ -207,7 +207,7 @@ def run_job(s: Services, name: str, func: Callable[[Services], dict], *, quiet_w
 
 
 def _finish(s: Services, name: str, started: float, error: str | None) -> None:
-    s.db.job_finished(name, s.clock(), int((time.monotonic() - started) * 1000), error)
+    s.db.jobs.mark_finished(name, s.clock(), int((time.monotonic() - started) * 1000), error)
 
 
 def open_services(settings: Settings) -> Services:

@@ -170,7 +170,7 @@ def test_housekeeping_forgets_old_records_but_keeps_links(db):
     db.notifications.record("n1", "questions", "/questions/1", now=1.0)
     db.notifications.mark_done("n1", now=2.0)
     db.auth.create_oauth_state("s", None, now=1.0, ttl=600)
-    db.cache_put_many("item", {"MLB1": {"title": "x"}}, now=1.0)
+    db.cache.put_many("item", {"MLB1": {"title": "x"}}, now=1.0)
     reply = db.replies.accept(chatwoot_message_id=1, conversation_id=1, kind="answer", target_id="5",
                               parts=[{"text": "a"}], now=1.0)
     db.replies.mark_delivered(reply, 2.0)

@@ -159,7 +159,7 @@ def test_forget_buyer_erases_the_buyers_claims_and_a_new_claim_message_starts_fr
             and s.db.links.get("moderation_check", f"claim:{reply_id}") is None)
     assert s.db.one("SELECT COUNT(*) AS n FROM replies WHERE kind = 'claim'")["n"] == 0
     assert s.db.one("SELECT COUNT(*) AS n FROM notifications WHERE topic = 'claims'")["n"] == 0
-    mark = s.db.watermark("claim", str(CLAIM))
+    mark = s.db.watermarks.get("claim", str(CLAIM))
     assert mark["closed_at"] is not None and mark["last_message_at"] is not None
     assert not conversations(bridge, bridge.fakes.claims_inbox)
 
@@ -209,8 +209,8 @@ def test_retention_deletes_finished_rows_from_the_file_keeps_work_in_progress_an
         assert secret.encode() not in erased, secret
     # The other buyer's question is still unanswered: in progress, untouched.
     assert s.db.links.get("buyer", str(OTHER))["status"] == "created"
-    assert s.db.watermark("pack", pack)["closed_at"] is not None
-    assert s.db.watermark("question", finished["id"])["closed_at"] is not None
+    assert s.db.watermarks.get("pack", pack)["closed_at"] is not None
+    assert s.db.watermarks.get("question", finished["id"])["closed_at"] is not None
 
     # The old thread gets a new buyer message: only that message is mirrored.
     meli.add_buyer_message(pack, "depois-da-retencao-qx")
@@ -247,7 +247,7 @@ def test_retention_prunes_a_closed_claim_keeps_an_open_one_and_never_reimports_i
     assert s.db.links.get("claim", str(CLAIM)) is None
     for kind in ("claim_message", "claim_event"):
         assert not s.db.links.with_prefix(kind, f"{CLAIM}:"), kind
-    assert s.db.watermark("claim", str(CLAIM))["closed_at"] is not None
+    assert s.db.watermarks.get("claim", str(CLAIM))["closed_at"] is not None
     # Open, however old: in progress, untouched.
     assert s.db.links.get("claim", str(OTHER_CLAIM))["status"] == "created"
     assert s.db.links.with_prefix("claim_message", f"{OTHER_CLAIM}:")
@@ -351,7 +351,7 @@ def test_forgetting_a_buyer_leaves_another_buyer_sharing_a_merged_contact_alone(
     assert removed["packs"] == 1
     assert db.links.get("pack", "501") is None and db.links.get("message", "a1") is None
     assert db.links.get("pack", "502")["status"] == "created" and db.links.get("message", "b1") is not None
-    assert db.watermark("pack", "501")["closed_at"] == 2.0
+    assert db.watermarks.get("pack", "501")["closed_at"] == 2.0
 
 
 def test_retention_leaves_a_sale_with_a_reply_in_the_outbox_or_a_mark_read_in_flight(db):
@@ -375,16 +375,16 @@ def test_retention_leaves_a_sale_with_a_reply_in_the_outbox_or_a_mark_read_in_fl
     db.retention_prune(now=100 * DAY, days=90)
     assert (db.links.get("question", "701") and db.links.get("question", "702") is None
             and db.links.get("answer", "702") is None)
-    assert db.watermarks_closed("question") == {"702"}
+    assert db.watermarks.closed("question") == {"702"}
 
 
 def test_a_thread_watermark_freezes_once_its_rows_are_gone(db):
-    db.watermark_thread("801", "x1", 1000.0, now=1.0)
-    db.watermark_thread("801", "x2", 2000.0, now=2.0)
+    db.watermarks.record_thread("801", "x1", 1000.0, now=1.0)
+    db.watermarks.record_thread("801", "x2", 2000.0, now=2.0)
     sale_rows(db, "801", "41", 45, 1.0)
     db.forget_buyer("41", 3.0)
-    db.watermark_thread("801", "x3", 3000.0, now=4.0)
-    mark = db.watermark("pack", "801")
+    db.watermarks.record_thread("801", "x3", 3000.0, now=4.0)
+    mark = db.watermarks.get("pack", "801")
     assert (mark["last_message_id"], mark["last_message_at"], mark["closed_at"]) == ("x2", 2000.0, 3.0)
 
 
@@ -432,7 +432,7 @@ def test_a_claim_written_before_its_buyer_id_was_kept_is_erased_through_the_buye
     assert removed["claims"] == 1 and removed["links"] == 5
     assert db.links.get("claim", "9001") is None and not db.links.with_prefix("claim_event", "9001:")
     assert db.links.get("claim", "90011") and db.links.with_prefix("claim_event", "90011:")
-    assert db.watermark("claim", "9001")["last_message_at"] == 5000.0
+    assert db.watermarks.get("claim", "9001")["last_message_at"] == 5000.0
 
 
 def test_retention_prunes_a_closed_claim_but_never_one_open_or_with_a_reply_in_progress(db):
@@ -455,7 +455,7 @@ def test_retention_prunes_a_closed_claim_but_never_one_open_or_with_a_reply_in_p
     db.conn().commit()
     db.retention_prune(now=100 * DAY, days=90)
     assert db.links.get("claim", "9104") is None and db.replies.by_message(9) is None
-    assert db.watermarks_closed("claim") == {"9101", "9104"}
+    assert db.watermarks.closed("claim") == {"9101", "9104"}
 
 
 def test_a_closed_claim_watermark_covers_messages_up_to_its_date_and_never_one_without_a_date():
@@ -506,7 +506,7 @@ def test_forget_buyer_in_chatwoot_keeps_a_contact_merged_with_another_buyer(monk
 
 def test_forget_buyer_refuses_a_number_that_is_also_another_buyers_nickname(monkeypatch, settings, db, capsys):
     sale_rows(db, "503", "33", 41, 1.0)
-    db.cache_put_many("user", {"33": "123456"}, 1.0)
+    db.cache.put_many("user", {"33": "123456"}, 1.0)
     # "123456" is buyer 33's nickname, not an id the bridge knows: erasing nothing and saying
     # "held nothing" would leave buyer 33 behind while the operator believes it is done.
     assert forget_cli(monkeypatch, settings, db, RecordingChatwoot(), "123456", False, True) == 1
@@ -557,14 +557,14 @@ def test_forget_buyer_tells_a_reply_being_sent_apart_from_one_that_never_left(mo
 
 
 def test_a_sale_pruned_started_afresh_and_pruned_again_keeps_its_mark_on_the_newest_message(db):
-    db.watermark_thread("802", "y1", 1000.0, now=1.0)
+    db.watermarks.record_thread("802", "y1", 1000.0, now=1.0)
     sale_rows(db, "802", "46", 47, 1.0)
     db.retention_prune(now=100 * DAY, days=90)
-    assert db.watermark("pack", "802")["last_message_at"] == 1000.0
+    assert db.watermarks.get("pack", "802")["last_message_at"] == 1000.0
     # The buyer wrote again: a fresh conversation, handled up to the new message.
     sale_rows(db, "802", "46", 47, 101 * DAY, messages=("y2",))
-    db.watermark_thread("802", "y2", 101 * DAY, now=101 * DAY)
+    db.watermarks.record_thread("802", "y2", 101 * DAY, now=101 * DAY)
     db.retention_prune(now=200 * DAY, days=90)
     assert db.links.get("pack", "802") is None
-    mark = db.watermark("pack", "802")
+    mark = db.watermarks.get("pack", "802")
     assert (mark["last_message_id"], mark["last_message_at"]) == ("y2", 101 * DAY)

@@ -45,7 +45,7 @@ def build_status(db: Database, settings: Settings, now: float, problems: Sequenc
         checks["outbox"]["error"] = f"oldest pending reply is {int(age)} s old (limit {OUTBOX_MAX_AGE} s)"
 
     jobs = {}
-    for run in db.job_runs():
+    for run in db.jobs.runs():
         jobs[run["job"]] = {
             "last_start": run["last_start"], "last_success": run["last_success"],
             "seconds_since_success": round(now - run["last_success"]) if run["last_success"] else None,

@@ -329,7 +329,7 @@ def _open_claims(s: Services) -> tuple[dict[str, dict], bool]:
 def _changed(s: Services, claim_id: str, summary: dict) -> bool:
     link = s.db.links.get("claim", claim_id)
     if not link:
-        return not seen_since_pruned(s.db.watermark("claim", claim_id), summary)
+        return not seen_since_pruned(s.db.watermarks.get("claim", claim_id), summary)
     return link["status"] != "created" or link["data"].get("last_updated") != summary.get("last_updated")
 
 
@@ -361,10 +361,10 @@ def _sync_claim(s: Services, claim_id: str) -> int:
     messages = s.meli.claim_messages(claim_id)
     # Pruned by retention or erased: what the watermark covers stays out of Chatwoot, and a
     # new message starts a new conversation.
-    mark = s.db.watermark("claim", claim_id)
+    mark = s.db.watermarks.get("claim", claim_id)
     fresh = after_watermark(messages, mark)
     if not link and mark and mark.get("closed_at") is not None and not fresh:
-        s.db.watermark_claim_seen(claim_id, claim.get("last_updated"), s.clock())
+        s.db.watermarks.record_claim_seen(claim_id, claim.get("last_updated"), s.clock())
         log.info("claim pruned or erased before, nothing new claim=%s messages=%d", claim_id, len(messages))
         return 0
     try:

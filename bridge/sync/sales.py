@@ -422,7 +422,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     link = s.db.links.get("pack", pack_id)
     last_id = str(in_order(messages)[-1]["id"]) if messages else None
     # Pruned by retention or erased: what the watermark covers stays out of Chatwoot.
-    covered = covered_by_watermark(messages, s.db.watermark("pack", pack_id))
+    covered = covered_by_watermark(messages, s.db.watermarks.get("pack", pack_id))
     new_messages = [m for m in messages if str(m["id"]) not in covered]
     if (not link or link["status"] != "created") and (
             (covered and not new_messages)
@@ -494,7 +494,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     s.db.threads.mark_synced(pack_id, s.clock(), None if deferred else len(messages) + len(late), last_id,
                              changed=bool(plan or late))
     if not deferred:
-        s.db.watermark_thread(pack_id, *last_handled(messages + late), s.clock())
+        s.db.watermarks.record_thread(pack_id, *last_handled(messages + late), s.clock())
     if plan or unread:
         log.info("thread synced pack=%s conversation=%s new=%d marked_read=%d late=%d deferred=%s blocked=%s "
                  "migrated=%s in %dms", pack_id, conversation_id, created, len(unread), len(late), deferred,
