@@ -9,7 +9,8 @@ LEAVES = {"config", "bridge.http", "bridge.rate_budget", "bridge.backoff", "brid
           "bridge.logging", "bridge.source_ids", "bridge.paging"}
 STORES = {"bridge.store.auth", "bridge.store.links", "bridge.store.replies",
           "bridge.store.notifications", "bridge.store.items",
-          "bridge.store.threads", "bridge.store.watermarks", "bridge.store.jobs", "bridge.store.cache"}
+          "bridge.store.threads", "bridge.store.watermarks", "bridge.store.jobs", "bridge.store.cache",
+          "bridge.store.privacy"}
 # What each root module may import of ours; entry points may import anything but each other.
 ALLOWED = {
     "config": set(),

@@ -347,7 +347,7 @@ def sale_rows(db, pack, buyer, contact, at, messages=("m1",)):
 def test_forgetting_a_buyer_leaves_another_buyer_sharing_a_merged_contact_alone(db):
     sale_rows(db, "501", "11", 40, 1.0, messages=("a1",))
     sale_rows(db, "502", "22", 40, 1.0, messages=("b1",))  # contacts merged in Chatwoot: same id
-    removed = db.forget_buyer("11", 2.0)
+    removed = db.privacy.forget_buyer("11", 2.0)
     assert removed["packs"] == 1
     assert db.links.get("pack", "501") is None and db.links.get("message", "a1") is None
     assert db.links.get("pack", "502")["status"] == "created" and db.links.get("message", "b1") is not None
@@ -361,7 +361,7 @@ def test_retention_leaves_a_sale_with_a_reply_in_the_outbox_or_a_mark_read_in_fl
     db.replies.accept(chatwoot_message_id=7, conversation_id=601, kind="message", target_id="601",
                       parts=[{"text": "ainda na fila"}], now=1.0)
     db.threads.begin_marking("602", 1.0)
-    counts = db.retention_prune(now=100 * DAY, days=90)
+    counts = db.privacy.apply_retention(now=100 * DAY, days=90)
     assert db.links.get("pack", "601") and db.links.get("pack", "602") and db.links.get("buyer", "31")
     assert (db.links.get("pack", "603") is None and db.links.get("buyer", "33") is None
             and db.links.get("message", "e1") is None)
@@ -372,7 +372,7 @@ def test_retention_leaves_a_sale_with_a_reply_in_the_outbox_or_a_mark_read_in_fl
     db.links.mark_created("question", "702", 1.0, contact_id=44, conversation_id=9,
                           data={"state": "closed", "buyer_id": 34})
     db.links.mark_created("answer", "702", 1.0, conversation_id=9, message_id=3)
-    db.retention_prune(now=100 * DAY, days=90)
+    db.privacy.apply_retention(now=100 * DAY, days=90)
     assert (db.links.get("question", "701") and db.links.get("question", "702") is None
             and db.links.get("answer", "702") is None)
     assert db.watermarks.closed("question") == {"702"}
@@ -382,7 +382,7 @@ def test_a_thread_watermark_freezes_once_its_rows_are_gone(db):
     db.watermarks.record_thread("801", "x1", 1000.0, now=1.0)
     db.watermarks.record_thread("801", "x2", 2000.0, now=2.0)
     sale_rows(db, "801", "41", 45, 1.0)
-    db.forget_buyer("41", 3.0)
+    db.privacy.forget_buyer("41", 3.0)
     db.watermarks.record_thread("801", "x3", 3000.0, now=4.0)
     mark = db.watermarks.get("pack", "801")
     assert (mark["last_message_id"], mark["last_message_at"], mark["closed_at"]) == ("x2", 2000.0, 3.0)
@@ -428,7 +428,7 @@ def test_a_claim_written_before_its_buyer_id_was_kept_is_erased_through_the_buye
     db.links.mark_created("buyer", "51", 1.0, contact_id=46, data={})
     claim_rows(db, "9001", "51", 46, 1.0, status="opened", with_buyer_id=False)
     claim_rows(db, "90011", "52", 47, 1.0, status="opened")  # a longer id sharing the prefix: not the same claim
-    removed = db.forget_buyer("51", 2.0)
+    removed = db.privacy.forget_buyer("51", 2.0)
     assert removed["claims"] == 1 and removed["links"] == 5
     assert db.links.get("claim", "9001") is None and not db.links.with_prefix("claim_event", "9001:")
     assert db.links.get("claim", "90011") and db.links.with_prefix("claim_event", "90011:")
@@ -447,13 +447,13 @@ def test_retention_prunes_a_closed_claim_but_never_one_open_or_with_a_reply_in_p
     db.conn().execute("UPDATE replies SET status = 'delivered', finished_at = 1.0 WHERE id = ?", (finished,))
     db.conn().commit()
     db.links.mark_created("moderation_check", f"claim:{finished}", 1.0)
-    db.retention_prune(now=100 * DAY, days=90)
+    db.privacy.apply_retention(now=100 * DAY, days=90)
     assert db.links.get("claim", "9101") is None and not db.links.with_prefix("claim_message", "9101:")
     assert db.links.get("claim", "9102") and db.links.get("claim", "9103")
     assert db.links.get("claim", "9104")  # its outcome not shown to the agent yet
     db.conn().execute("UPDATE replies SET reported_at = 2.0 WHERE id = ?", (finished,))
     db.conn().commit()
-    db.retention_prune(now=100 * DAY, days=90)
+    db.privacy.apply_retention(now=100 * DAY, days=90)
     assert db.links.get("claim", "9104") is None and db.replies.by_message(9) is None
     assert db.watermarks.closed("claim") == {"9101", "9104"}
 
@@ -559,12 +559,12 @@ def test_forget_buyer_tells_a_reply_being_sent_apart_from_one_that_never_left(mo
 def test_a_sale_pruned_started_afresh_and_pruned_again_keeps_its_mark_on_the_newest_message(db):
     db.watermarks.record_thread("802", "y1", 1000.0, now=1.0)
     sale_rows(db, "802", "46", 47, 1.0)
-    db.retention_prune(now=100 * DAY, days=90)
+    db.privacy.apply_retention(now=100 * DAY, days=90)
     assert db.watermarks.get("pack", "802")["last_message_at"] == 1000.0
     # The buyer wrote again: a fresh conversation, handled up to the new message.
     sale_rows(db, "802", "46", 47, 101 * DAY, messages=("y2",))
     db.watermarks.record_thread("802", "y2", 101 * DAY, now=101 * DAY)
-    db.retention_prune(now=200 * DAY, days=90)
+    db.privacy.apply_retention(now=200 * DAY, days=90)
     assert db.links.get("pack", "802") is None
     mark = db.watermarks.get("pack", "802")
     assert (mark["last_message_id"], mark["last_message_at"]) == ("y2", 101 * DAY)
