@@ -120,8 +120,8 @@ CLAIM_ID = "5000001"
 
 
 @pytest.fixture
-def s(make_settings, db):
-    services = authorized_services(make_settings(CHATWOOT_CLAIMS_INBOX_ID=str(CLAIM_INBOX)), db)
+def s(make_settings, db, clock):
+    services = authorized_services(make_settings(CHATWOOT_CLAIMS_INBOX_ID=str(CLAIM_INBOX)), db, clock)
     data = {"buyer_id": 7001, "order_id": "2000001", "pack_id": "2000001", "stage": "claim", "status": "opened",
             "last_updated": "old", "due": "2026-11-22T10:00:00.000Z", "affects": "not_affected",
             "attributes": sync_claims.claim_attributes(claim(), None, "not_affected")}
@@ -150,8 +150,8 @@ def test_a_reply_repeating_a_pruned_replys_text_is_still_the_agents_own_message(
                   json=[respondent_message("Ok, obrigado", 1)])
     sync_claims.sync_claim(s, CLAIM_ID)
     # The old reply is forgotten (housekeeping); weeks later an agent writes the same words.
-    db.conn().execute("DELETE FROM reply_parts WHERE reply_id = ?", (old,))
-    db.conn().execute("DELETE FROM replies WHERE id = ?", (old,))
+    db.replies.mark_reported(old, 1003.0)
+    assert db.prune(s.clock())["replies"] == 1 and db.replies.parts(old) == []
     delivered_claim_reply(db, 902, "Ok, obrigado")
     responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
                       json=[respondent_message("Ok, obrigado", 1), respondent_message("Ok, obrigado", 40)])
@@ -283,7 +283,7 @@ def test_a_message_waiting_for_translation_comes_in_once_with_its_final_text(s, 
 @responses.activate
 def test_a_claim_reply_split_in_parts_never_sends_its_rest_to_another_receiver(s, db):
     reply_id = db.replies.accept(chatwoot_message_id=904, conversation_id=88, kind="claim", target_id=CLAIM_ID,
-                                 parts=[{"text": "Primeira parte"}, {"text": "Segunda parte"}], now=time.time(),
+                                 parts=[{"text": "Primeira parte"}, {"text": "Segunda parte"}], now=s.clock(),
                                  receiver="complainant")
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim())
     sent = []
@@ -299,8 +299,7 @@ def test_a_claim_reply_split_in_parts_never_sends_its_rest_to_another_receiver(s
     responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
                       json=claim(stage="dispute", actions=("send_message_to_mediator",)))
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[])
-    db.conn().execute("UPDATE replies SET next_attempt_at = 0, lease_until = 0 WHERE id = ?", (reply_id,))
-    s.clock = lambda: time.time() + 3600  # the unanswered send has long settled, and did not arrive
+    s.clock.advance(3600)  # the unanswered send has long settled, and did not arrive
     assert delivery.deliver(s, reply_id) == "failed"
     assert {m["receiver_role"] for m in sent} == {"complainant"}
     assert "Segunda parte" not in [m["message"] for m in sent if m["receiver_role"] == "mediator"]
@@ -309,7 +308,7 @@ def test_a_claim_reply_split_in_parts_never_sends_its_rest_to_another_receiver(s
 @responses.activate
 def test_a_claim_reply_begun_to_the_mediator_as_the_only_receiver_ends_there(s, db):
     reply_id = db.replies.accept(chatwoot_message_id=905, conversation_id=88, kind="claim", target_id=CLAIM_ID,
-                                 parts=[{"text": "Primeira parte"}, {"text": "Segunda parte"}], now=time.time(),
+                                 parts=[{"text": "Primeira parte"}, {"text": "Segunda parte"}], now=s.clock(),
                                  receiver="complainant")
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
                   json=claim(stage="dispute", actions=("send_message_to_mediator",)))
@@ -325,8 +324,7 @@ def test_a_claim_reply_begun_to_the_mediator_as_the_only_receiver_ends_there(s, 
     responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
                       json=claim(stage="dispute", actions=("send_message_to_mediator", "send_message_to_complainant")))
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[])
-    db.conn().execute("UPDATE replies SET next_attempt_at = 0, lease_until = 0 WHERE id = ?", (reply_id,))
-    s.clock = lambda: time.time() + 3600
+    s.clock.advance(3600)
     assert delivery.deliver(s, reply_id) == "delivered"
     assert [(m["message"], m["receiver_role"]) for m in sent] == [
         ("Primeira parte", "mediator"), ("Segunda parte", "mediator"), ("Segunda parte", "mediator")]
@@ -398,7 +396,7 @@ def test_a_reply_in_doubt_that_arrived_is_not_sent_again_because_an_older_equal_
 @responses.activate
 def test_a_reply_to_a_claim_mercado_livre_no_longer_shows_fails_at_once_with_a_note(s, db):
     reply_id = db.replies.accept(chatwoot_message_id=908, conversation_id=88, kind="claim", target_id=CLAIM_ID,
-                                 parts=[{"text": "Olá"}], now=time.time(), receiver="complainant")
+                                 parts=[{"text": "Olá"}], now=s.clock(), receiver="complainant")
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", status=404,
                   json={"error": "not_found", "message": "claim not found"})
     assert delivery.deliver(s, reply_id) == "failed"

@@ -6,6 +6,7 @@ import time
 import pytest
 import responses
 
+from bridge.backoff import RETRY_MAX
 from bridge.replies import delivery
 from bridge.replies.accept import accept_webhook
 from tests.helpers import authorized_services
@@ -16,8 +17,8 @@ CW = "https://chat.example.test/api/v1/accounts/1"
 
 
 @pytest.fixture
-def s(settings, db):
-    services = authorized_services(settings, db)
+def s(settings, db, clock):
+    services = authorized_services(settings, db, clock)
     db.links.mark_created("question", "321", 1.0, conversation_id=77, contact_id=5, message_id=1,
                           data={"state": "open"})
     return services
@@ -25,7 +26,7 @@ def s(settings, db):
 
 def accept(s, content="Temos sim, pode comprar!", message_id=9123):
     status, _code, extra = accept_webhook(message_created(message_id=message_id, content=content),
-                                                 s.settings, s.db, time.time())
+                                                 s.settings, s.db, s.clock())
     assert status in ("accepted", "refused")
     return extra["reply_id"]
 
@@ -71,8 +72,8 @@ def test_it_retries_on_500_and_delivers_exactly_once(s):
     chatwoot_ok()
     run(s)
     reply = s.db.replies.get(reply_id)
-    assert reply["status"] == "pending" and reply["next_attempt_at"] > time.time()
-    s.db.conn().execute("UPDATE replies SET next_attempt_at = 0")
+    assert reply["status"] == "pending" and reply["next_attempt_at"] > s.clock()
+    s.clock.advance(RETRY_MAX)
     run(s)
     assert s.db.replies.get(reply_id)["status"] == "delivered"
     assert len(calls("POST", "/answers")) == 4
@@ -141,7 +142,7 @@ def test_a_reply_waits_for_reauthorization_and_goes_out_after(s):
     assert reply["status"] == "pending" and reply["attempts"] == 0
     assert not calls("POST", "/answers")
     s.db.auth.store_authorized(555, "LOJA", "AT-2", "RT-2", time.time() + 21600, time.time())
-    s.db.conn().execute("UPDATE replies SET next_attempt_at = 0")
+    s.clock.advance(delivery.REAUTH_RECHECK)
     responses.post(f"{API}/answers", json={"id": 321})
     chatwoot_ok()
     run(s)
@@ -152,7 +153,7 @@ def test_a_reply_waits_for_reauthorization_and_goes_out_after(s):
 def test_a_rate_limit_honours_retry_after(s):
     reply_id = accept(s)
     responses.post(f"{API}/answers", status=429, json={"error": "too_many_requests"}, headers={"Retry-After": "120"})
-    before = time.time()
+    before = s.clock()
     run(s)
     reply = s.db.replies.get(reply_id)
     assert reply["status"] == "pending" and reply["next_attempt_at"] >= before + 120
@@ -172,7 +173,7 @@ def test_a_permanent_refusal_is_shown_with_the_reason(s):
 @responses.activate
 def test_it_gives_up_after_24_hours_of_transient_errors(s):
     reply_id = accept(s)
-    s.db.conn().execute("UPDATE replies SET created_at = ?", (time.time() - 25 * 3600,))
+    s.clock.advance(25 * 3600)
     for _ in range(3):
         responses.post(f"{API}/answers", status=503, json={"message": "down"})
     chatwoot_ok()
@@ -189,7 +190,7 @@ def test_a_chatwoot_outage_delays_the_report_but_keeps_it(s):
     run(s)
     reply = s.db.replies.get(reply_id)
     assert reply["status"] == "delivered" and reply["reported_at"] is None
-    s.db.conn().execute("UPDATE replies SET next_attempt_at = 0")
+    s.clock.advance(RETRY_MAX)
     chatwoot_ok()
     run(s)
     assert s.db.replies.get(reply_id)["reported_at"]
@@ -199,9 +200,9 @@ def test_a_chatwoot_outage_delays_the_report_but_keeps_it(s):
 @responses.activate
 def test_a_crashed_worker_reply_is_taken_again_after_its_lease(s):
     reply_id = accept(s)
-    s.db.replies.claim(reply_id, time.time(), 300)  # a worker took it, then died
+    s.db.replies.claim(reply_id, s.clock(), 300)  # a worker took it, then died
     assert delivery.run_outbox(s)["delivered"] == 0
-    s.db.conn().execute("UPDATE replies SET lease_until = 0")
+    s.clock.advance(301)
     responses.post(f"{API}/answers", json={"id": 321})
     chatwoot_ok()
     assert delivery.run_outbox(s)["delivered"] == 1
@@ -210,7 +211,7 @@ def test_a_crashed_worker_reply_is_taken_again_after_its_lease(s):
 @responses.activate
 def test_a_reply_waiting_for_reauthorization_gives_up_after_24_hours_with_a_note(s):
     reply_id = accept(s)
-    s.db.conn().execute("UPDATE replies SET created_at = ?", (time.time() - 25 * 3600,))
+    s.clock.advance(25 * 3600)
     s.db.auth.require_reauthorization("refused", time.time())
     chatwoot_ok()
     run(s)

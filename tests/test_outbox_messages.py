@@ -1,13 +1,13 @@
 """Delivering post-sale replies: parts, files, blocked threads, migrated threads, crashes between parts."""
 
 import json
-import time
 from datetime import datetime, timezone
 
 import pytest
 import requests
 import responses
 
+from bridge.backoff import RETRY_MAX
 from bridge.replies import delivery, refusal
 from bridge.replies.accept import accept_webhook
 from mercado_livre_api import MELI_AGENT_ID
@@ -18,14 +18,14 @@ SENTENCE = "Seu pedido foi enviado hoje pela transportadora e chega em breve. " 
 
 
 @pytest.fixture
-def s(settings, db):
-    return sale_services(settings, db)
+def s(settings, db, clock):
+    return sale_services(settings, db, clock)
 
 
 def accept(s, content, attachments=None, message_id=9200):
     status, _code, extra = accept_webhook(
         message_created(message_id=message_id, conversation_id=88, inbox_id=2, content=content,
-                        attachments=attachments), s.settings, s.db, time.time())
+                        attachments=attachments), s.settings, s.db, s.clock())
     return status, extra.get("reply_id")
 
 
@@ -52,9 +52,9 @@ def seller_message(mid, text, created):
 def in_doubt(s, content, message_id=9200):
     """An accepted reply whose single part was in flight when its worker died, 10 minutes ago."""
     _status, reply_id = accept(s, content, message_id=message_id)
-    s.db.replies.claim(reply_id, time.time(), 300)
-    s.db.replies.mark_part_sending(reply_id, 0, time.time() - 600)
-    s.db.conn().execute("UPDATE replies SET lease_until = 0 WHERE id = ?", (reply_id,))
+    s.db.replies.claim(reply_id, s.clock(), 300)
+    s.db.replies.mark_part_sending(reply_id, 0, s.clock() - 600)
+    s.db.replies.release_leases(s.clock())  # the poller that held it died: the next one gives its leases back
     return reply_id
 
 
@@ -86,11 +86,11 @@ def test_a_crash_between_parts_sends_no_part_twice(s):
     parts = s.db.replies.parts(reply_id)
     # First worker: part 0 confirmed, part 1 reached ML but the worker died before recording it,
     # long enough ago for that send to have settled.
-    s.db.replies.claim(reply_id, time.time(), 300)
-    s.db.replies.mark_part_sent(reply_id, 0, "m0", time.time())
-    attempt = time.time() - 2 * delivery.IN_DOUBT_SETTLE
+    s.db.replies.claim(reply_id, s.clock(), 300)
+    s.db.replies.mark_part_sent(reply_id, 0, "m0", s.clock())
+    attempt = s.clock() - 2 * delivery.IN_DOUBT_SETTLE
     s.db.replies.mark_part_sending(reply_id, 1, attempt)
-    s.db.conn().execute("UPDATE replies SET lease_until = 0")
+    s.db.replies.release_leases(s.clock())
     responses.get(THREAD, json={"paging": {"total": 2, "offset": 0, "limit": 10}, "messages": [
         seller_message("m0", parts[0]["text"], attempt - 5),
         seller_message("m1", parts[1]["text"], attempt + 1)],
@@ -106,9 +106,9 @@ def test_a_crash_between_parts_sends_no_part_twice(s):
 @responses.activate
 def test_a_part_in_flight_that_never_arrived_is_sent(s):
     _status, reply_id = accept(s, "Oi, tudo certo!")
-    s.db.replies.claim(reply_id, time.time(), 300)
-    s.db.replies.mark_part_sending(reply_id, 0, time.time() - 2 * delivery.IN_DOUBT_SETTLE)
-    s.db.conn().execute("UPDATE replies SET lease_until = 0")
+    s.db.replies.claim(reply_id, s.clock(), 300)
+    s.db.replies.mark_part_sending(reply_id, 0, s.clock() - 2 * delivery.IN_DOUBT_SETTLE)
+    s.db.replies.release_leases(s.clock())
     responses.get(THREAD, json={"paging": {"total": 0}, "messages": [], "conversation_status": {"status": "active"}})
     sent_ok(1)
     chatwoot_ok()
@@ -155,7 +155,7 @@ def test_an_upload_is_not_repeated_when_the_send_is_retried(s):
     responses.post(THREAD, status=429, json={"error": "too_many_requests"}, headers={"Retry-After": "0"})
     delivery.run_outbox(s)
     assert s.db.replies.get(reply_id)["status"] == "pending"
-    s.db.conn().execute("UPDATE replies SET next_attempt_at = 0")
+    s.clock.advance(RETRY_MAX)
     responses.replace(responses.POST, THREAD, json={"id": "m1"})
     chatwoot_ok()
     delivery.run_outbox(s)
@@ -193,7 +193,7 @@ def test_curly_quotes_are_converted_and_an_emoji_is_refused(s):
 def test_a_429_with_retry_after_is_waited_and_nothing_is_lost(s):
     _status, reply_id = accept(s, "Olá")
     responses.post(THREAD, status=429, json={"error": "too_many_requests"}, headers={"Retry-After": "30"})
-    before = time.time()
+    before = s.clock()
     delivery.run_outbox(s)
     reply = s.db.replies.get(reply_id)
     assert reply["status"] == "pending" and reply["next_attempt_at"] >= before + 30
@@ -203,14 +203,14 @@ def test_a_429_with_retry_after_is_waited_and_nothing_is_lost(s):
 @responses.activate
 def test_reconciling_a_part_ignores_an_earlier_reply_with_the_same_text(s):
     _status, first = accept(s, "Ok", message_id=1)
-    s.db.replies.claim(first, time.time(), 300)
-    s.db.replies.mark_part_sent(first, 0, "m-old", time.time())
-    s.db.replies.mark_delivered(first, time.time())
+    s.db.replies.claim(first, s.clock(), 300)
+    s.db.replies.mark_part_sent(first, 0, "m-old", s.clock())
+    s.db.replies.mark_delivered(first, s.clock())
     _status, second = accept(s, "Ok", message_id=2)
-    s.db.replies.claim(second, time.time(), 300)
+    s.db.replies.claim(second, s.clock(), 300)
     # Crashed mid-send: did it arrive?
-    s.db.replies.mark_part_sending(second, 0, time.time() - 2 * delivery.IN_DOUBT_SETTLE)
-    s.db.conn().execute("UPDATE replies SET lease_until = 0 WHERE id = ?", (second,))
+    s.db.replies.mark_part_sending(second, 0, s.clock() - 2 * delivery.IN_DOUBT_SETTLE)
+    s.db.replies.release_leases(s.clock())
     responses.get(THREAD, json={"paging": {"total": 1}, "messages": [
         {"id": "m-old", "from": {"user_id": 555}, "text": "Ok"}], "conversation_status": {"status": "active"}})
     sent_ok(1)
@@ -226,7 +226,7 @@ def test_replies_to_one_sale_go_out_in_order_while_others_go_in_parallel(s):
     for n, text in enumerate(["primeira", "segunda", "terceira"]):
         accept(s, text, message_id=100 + n)
     accept_webhook(message_created(message_id=200, conversation_id=89, inbox_id=2, content="outra venda"),
-                          s.settings, s.db, time.time())
+                          s.settings, s.db, s.clock())
     sent_ok(3)
     responses.post(f"{API}/messages/packs/2000002/sellers/555", json={"id": "x"})
     for mid in (100, 101, 102):
@@ -246,8 +246,7 @@ def test_a_later_reply_waits_for_an_earlier_one_to_the_same_sale(s):
     _status, second = accept(s, "segunda", message_id=2)
     delivery.run_outbox(s)
     assert s.db.replies.get(second)["status"] == "pending" and s.db.replies.get(second)["attempts"] == 0
-    s.db.conn().execute("UPDATE replies SET next_attempt_at = 0")
-    s.db.conn().execute("UPDATE reply_parts SET last_attempt_at = last_attempt_at - ?", (2 * delivery.IN_DOUBT_SETTLE,))
+    s.clock.advance(RETRY_MAX)
     # The 503 left "primeira" in doubt: once settled, the thread is read before sending it again.
     responses.get(THREAD, json={"paging": {"total": 0}, "messages": [], "conversation_status": {"status": "active"}})
     responses.replace(responses.POST, THREAD, json={"id": "m1"})
@@ -263,7 +262,7 @@ def test_an_older_site_message_with_the_same_text_is_not_taken_for_a_lost_send(s
     reply_id = in_doubt(s, "Obrigado!")
     # "Obrigado!" typed on the site an hour before the reply's first attempt.
     responses.get(THREAD, json={"paging": {"total": 1}, "messages": [
-        seller_message("m-site", "Obrigado!", time.time() - 3600)], "conversation_status": {"status": "active"}})
+        seller_message("m-site", "Obrigado!", s.clock() - 3600)], "conversation_status": {"status": "active"}})
     sent_ok(1)
     chatwoot_ok()
     delivery.run_outbox(s)
@@ -274,10 +273,10 @@ def test_an_older_site_message_with_the_same_text_is_not_taken_for_a_lost_send(s
 @responses.activate
 def test_a_site_message_already_mirrored_is_not_taken_for_a_lost_send(s):
     reply_id = in_doubt(s, "Ok")
-    s.db.links.mark_created("message", "m-site", time.time(), conversation_id=88, message_id=70,
+    s.db.links.mark_created("message", "m-site", s.clock(), conversation_id=88, message_id=70,
                             data={"pack_id": "2000001", "direction": "outgoing"})
     responses.get(THREAD, json={"paging": {"total": 1}, "messages": [
-        seller_message("m-site", "Ok", time.time() - 60)], "conversation_status": {"status": "active"}})
+        seller_message("m-site", "Ok", s.clock() - 60)], "conversation_status": {"status": "active"}})
     sent_ok(1)
     chatwoot_ok()
     delivery.run_outbox(s)
@@ -289,7 +288,7 @@ def test_a_site_message_already_mirrored_is_not_taken_for_a_lost_send(s):
 def test_a_lost_send_created_after_the_first_attempt_is_recognised(s):
     reply_id = in_doubt(s, "Ok")
     responses.get(THREAD, json={"paging": {"total": 2}, "messages": [
-        seller_message("m-old", "Ok", time.time() - 3600), seller_message("m-ours", "Ok", time.time() - 590)],
+        seller_message("m-old", "Ok", s.clock() - 3600), seller_message("m-ours", "Ok", s.clock() - 590)],
         "conversation_status": {"status": "active"}})
     chatwoot_ok()
     delivery.run_outbox(s)
@@ -339,16 +338,16 @@ def test_a_part_in_doubt_is_not_looked_for_before_its_send_has_settled(s):
     """Mercado Livre may still apply a request it held while we gave up waiting: looking now
     would find nothing and send the part a second time."""
     _status, reply_id = accept(s, "Chega amanhã")
-    s.db.replies.claim(reply_id, time.time(), 300)
-    s.db.replies.mark_part_sending(reply_id, 0, time.time() - 5)
-    s.db.replies.mark_part_attempted(reply_id, 0, time.time() - 5)
-    s.db.conn().execute("UPDATE replies SET lease_until = 0")
+    s.db.replies.claim(reply_id, s.clock(), 300)
+    s.db.replies.mark_part_sending(reply_id, 0, s.clock() - 5)
+    s.db.replies.mark_part_attempted(reply_id, 0, s.clock() - 5)
+    s.db.replies.release_leases(s.clock())
     chatwoot_ok()
     assert delivery.run_outbox(s)["retry"] == 1
     assert [c.request.url for c in responses.calls if "/messages/packs/" in c.request.url] == []
     reply = s.db.replies.get(reply_id)
     assert reply["status"] == "pending" and s.db.replies.parts(reply_id)[0]["status"] == "sending"
-    assert reply["next_attempt_at"] >= time.time() + delivery.IN_DOUBT_SETTLE - 10
+    assert reply["next_attempt_at"] >= s.clock() + delivery.IN_DOUBT_SETTLE - 10
 
 
 @responses.activate
@@ -361,9 +360,7 @@ def test_a_send_applied_after_its_timeout_is_found_once_settled_not_sent_again(s
     # Mercado Livre applies the held request a moment later; the retry comes once it has settled.
     responses.get(THREAD, json={"paging": {"total": 1}, "messages": [
         seller_message("m-late", "Chega amanhã", attempt + 3)], "conversation_status": {"status": "active"}})
-    with s.db.write() as conn:
-        conn.execute("UPDATE replies SET next_attempt_at = 0")
-        conn.execute("UPDATE reply_parts SET last_attempt_at = last_attempt_at - ?", (delivery.IN_DOUBT_SETTLE,))
+    s.clock.advance(RETRY_MAX)
     posted = len(posts())
     delivery.run_outbox(s)
     assert len(posts()) == posted

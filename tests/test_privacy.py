@@ -444,15 +444,13 @@ def test_retention_prunes_a_closed_claim_but_never_one_open_or_with_a_reply_in_p
                       parts=[{"text": "ainda na fila"}], now=1.0)
     finished = db.replies.accept(chatwoot_message_id=9, conversation_id=104, kind="claim", target_id="9104",
                                  parts=[{"text": "entregue"}], now=1.0)
-    db.conn().execute("UPDATE replies SET status = 'delivered', finished_at = 1.0 WHERE id = ?", (finished,))
-    db.conn().commit()
+    db.replies.mark_delivered(finished, 1.0)
     db.links.mark_created("moderation_check", f"claim:{finished}", 1.0)
     db.privacy.apply_retention(now=100 * DAY, days=90)
     assert db.links.get("claim", "9101") is None and not db.links.with_prefix("claim_message", "9101:")
     assert db.links.get("claim", "9102") and db.links.get("claim", "9103")
     assert db.links.get("claim", "9104")  # its outcome not shown to the agent yet
-    db.conn().execute("UPDATE replies SET reported_at = 2.0 WHERE id = ?", (finished,))
-    db.conn().commit()
+    db.replies.mark_reported(finished, 2.0)
     db.privacy.apply_retention(now=100 * DAY, days=90)
     assert db.links.get("claim", "9104") is None and db.replies.by_message(9) is None
     assert db.watermarks.closed("claim") == {"9101", "9104"}
