@@ -342,7 +342,11 @@ def _row(row: sqlite3.Row | None) -> dict | None:
 
 
 class Database:
-    """One SQLite file; one connection per thread (sqlite3 objects are not shared)."""
+    """One SQLite file; one connection per thread (sqlite3 objects are not shared).
+
+    Each subject's queries and commands live in a store hanging off it (`db.replies.claim(...)`),
+    all writing through `write()`.
+    """
 
     def __init__(self, path: str):
         self.path = path
