@@ -430,8 +430,8 @@ def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float) -
     # Only the parts whose messages may fall in the window counted below: an older equal reply
     # not matched yet would otherwise hide this part's arrival, and it would go twice.
     waiting = sum(1 for p in s.db.replies.claim_parts_sent(remote)
-                          if (p["chatwoot_message_id"], p["seq"]) not in adopted
-                          and (p["sent_at"] is None or p["sent_at"] >= since - 2 * SEND_CLOCK_SKEW))
+                  if (p["chatwoot_message_id"], p["seq"]) not in adopted
+                  and (p["sent_at"] is None or p["sent_at"] >= since - 2 * SEND_CLOCK_SKEW))
     fresh = 0
     for key, message in sync_claims.message_keys(claim_id, s.meli.claim_messages(claim_id)):
         if message.get("sender_role") != "respondent" \

@@ -21,8 +21,8 @@ class CacheStore:
             chunk = keys[start:start + 500]
             marks = ",".join("?" * len(chunk))
             for row in self._db.conn().execute(
-                        f"SELECT key, value FROM cache WHERE kind = ? AND fetched_at >= ? AND key IN ({marks})",
-                        (kind, now - max_age, *chunk)):
+                    f"SELECT key, value FROM cache WHERE kind = ? AND fetched_at >= ? AND key IN ({marks})",
+                    (kind, now - max_age, *chunk)):
                 found[row["key"]] = json.loads(row["value"])
         return found
 

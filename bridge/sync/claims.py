@@ -532,7 +532,7 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
         if message.get("sender_role") == "respondent":
             remote = sent_key(claim_id, text_of(message))
             part = next((p for p in s.db.replies.claim_parts_sent(remote)
-                                 if (p["chatwoot_message_id"], p["seq"]) not in adopted), None)
+                         if (p["chatwoot_message_id"], p["seq"]) not in adopted), None)
             if part:
                 adopted.add((part["chatwoot_message_id"], part["seq"]))
                 s.db.links.mark_created("claim_message", key, s.clock(), conversation_id=part["conversation_id"],
