@@ -85,7 +85,6 @@ after LEASE_SECONDS. Tests set BRIDGE_CRASH_AT=<window> to be killed in a window
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import random
@@ -94,16 +93,23 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 from bridge.store.auth import AuthStore
-from bridge.store.links import LinksStore, insert_pending, link_row, update_fields
+from bridge.store.cache import CacheStore
+from bridge.store.items import ItemsStore
+from bridge.store.jobs import JobsStore
+from bridge.store.links import LinksStore
+from bridge.store.notifications import NotificationsStore
+from bridge.store.privacy import PrivacyStore
+from bridge.store.replies import RepliesStore
+from bridge.store.threads import ThreadsStore
+from bridge.store.watermarks import WatermarksStore
 
 log = logging.getLogger("bridge.db")
 
 BUSY_TIMEOUT_MS = 15000
 CHECKPOINT_WAIT_MS = 1000
-RETENTION_BATCH = 20  # conversations erased per write: few fsyncs, yet a short wait for the listener
 
 
 # Read once: the crash windows' test hook costs one comparison when unset.
@@ -323,34 +329,6 @@ MIGRATIONS: list[Migration] = [
     """),
 ]
 
-# How retention and erasure find each kind of conversation the bridge mirrors: where its
-# buyer id is kept, and which rows hang off it. A new kind (claims) adds one entry here.
-#   finished: SQL over its `links` row, true once nothing more can happen to it locally
-#     (a sale has no end of its own: only the lack of any sign of life within the window)
-#   children: link kinds whose external id equals this one's (one answer per question)
-#   messages: link kinds whose data.<kind>_id names this one (one row per mirrored message;
-#     give each an index like links_message_by_pack)
-#   keyed: link kinds whose external id starts with "<this id>:" (a claim's messages, which
-#     have no id of their own, its state notes and moderation reports)
-#   reply_kind: the outbox `replies.kind` that targets it
-#   check_prefix: how its replies' `moderation_check` links are named ("" = the bare reply id)
-#   thread: its activity is also in `threads` (post-sale)
-#   mark_in_data: its watermark date is data.last_message_at (the newest Mercado Livre message
-#     date seen), moved forward by each erasure; otherwise the local time of the last change
-# Every conversation row carries the buyer id in data.buyer_id (rows written before it did
-# are found by the buyer's contact id).
-CONVERSATION_KINDS: dict[str, dict] = {
-    "question": {"finished": "json_extract(data, '$.state') IN ('closed', 'removed')",
-                 "children": ("answer",), "messages": (), "keyed": (), "reply_kind": "answer", "check_prefix": "",
-                 "thread": False, "mark_in_data": False},
-    "pack": {"finished": "1 = 1", "children": (), "messages": ("message",), "keyed": (), "reply_kind": "message",
-             "check_prefix": "", "thread": True, "mark_in_data": False},
-    # Closed on Mercado Livre, or out of reach (another account's, removed): nothing more comes.
-    "claim": {"finished": "json_extract(data, '$.status') IN ('closed', 'unavailable')", "children": (),
-              "messages": (), "keyed": ("claim_message", "claim_event", "claim_moderation"), "reply_kind": "claim",
-              "check_prefix": "claim:", "thread": False, "mark_in_data": True},
-}
-
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -364,12 +342,24 @@ def _row(row: sqlite3.Row | None) -> dict | None:
 
 
 class Database:
-    """One SQLite file; one connection per thread (sqlite3 objects are not shared)."""
+    """One SQLite file; one connection per thread (sqlite3 objects are not shared).
+
+    Each subject's queries and commands live in a store hanging off it (`db.replies.claim(...)`),
+    all writing through `write()`.
+    """
 
     def __init__(self, path: str):
         self.path = path
         self.auth = AuthStore(self)
         self.links = LinksStore(self)
+        self.replies = RepliesStore(self)
+        self.notifications = NotificationsStore(self)
+        self.items = ItemsStore(self)
+        self.threads = ThreadsStore(self)
+        self.watermarks = WatermarksStore(self)
+        self.jobs = JobsStore(self)
+        self.cache = CacheStore(self)
+        self.privacy = PrivacyStore(self)
         self._local = threading.local()
         self._write_lock = threading.RLock()
         self._poller_lock = None
@@ -538,178 +528,7 @@ class Database:
                 pass
         return total
 
-    # ---- cache of items and users ------------------------------------------------------------
-
-    def cache_get_many(self, kind: str, keys: list[str], max_age: float, now: float) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self.conn().execute(
-                    f"SELECT key, value FROM cache WHERE kind = ? AND fetched_at >= ? AND key IN ({marks})",
-                    (kind, now - max_age, *chunk)):
-                found[row["key"]] = json.loads(row["value"])
-        return found
-
-    def cache_put_many(self, kind: str, values: dict[str, Any], now: float) -> None:
-        if not values:
-            return
-        with self.write() as conn:
-            conn.executemany("INSERT OR REPLACE INTO cache (kind, key, value, fetched_at) VALUES (?, ?, ?, ?)",
-                             [(kind, k, json.dumps(v), now) for k, v in values.items()])
-
-    # ---- job runs -----------------------------------------------------------------------------
-
-    def job_started(self, job: str, now: float) -> None:
-        with self.write() as conn:
-            conn.execute("INSERT INTO job_runs (job, last_start) VALUES (?, ?)"
-                         " ON CONFLICT (job) DO UPDATE SET last_start = excluded.last_start", (job, now))
-
-    def job_finished(self, job: str, now: float, duration_ms: int, error: str | None = None) -> None:
-        with self.write() as conn:
-            if error is None:
-                conn.execute("UPDATE job_runs SET last_success = ?, last_duration_ms = ? WHERE job = ?",
-                             (now, duration_ms, job))
-            else:
-                conn.execute("UPDATE job_runs SET last_error_at = ?, last_error = ?, last_duration_ms = ?"
-                             " WHERE job = ?", (now, error[:500], duration_ms, job))
-
-    def job_runs(self) -> list[dict]:
-        return self.all("SELECT * FROM job_runs ORDER BY job")
-
-    # ---- outbox ---------------------------------------------------------------------------------
-
-    def reply_seen(self, chatwoot_message_id: int) -> bool:
-        return self.one("SELECT 1 AS x FROM replies WHERE chatwoot_message_id = ?", (chatwoot_message_id,)) is not None
-
-    def reply_accept(self, *, chatwoot_message_id: int, conversation_id: int, kind: str, target_id: str | None,
-                     parts: list[dict], now: float, error: str | None = None, note: str | None = None,
-                     taken: tuple[str, str] | None = None, receiver: str | None = None) -> int | None:
-        """Record an agent reply and its parts in one transaction.
-
-        Returns the new reply id, or None when this Chatwoot message was already accepted
-        (the same message delivered by both the account and the inbox webhook). A reply
-        whose plan already failed is stored as 'failed' so the agent is still told.
-        `taken` = (error, note) makes the target exclusive: when another reply to it is
-        pending, sending or delivered, this one is stored failed with that reason. The check
-        runs inside the insert's transaction, so two listener workers accepting two answers
-        to one question at the same moment cannot both win.
-        """
-        with self.write() as conn:
-            if taken and not error and conn.execute(
-                    "SELECT 1 FROM replies WHERE kind = ? AND target_id = ? AND status IN"
-                    " ('pending', 'sending', 'delivered') AND chatwoot_message_id != ? LIMIT 1",
-                    (kind, target_id, chatwoot_message_id)).fetchone():
-                error, note = taken
-            status = "failed" if error else "pending"
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO replies (chatwoot_message_id, conversation_id, kind, target_id, status,"
-                " next_attempt_at, error, note, created_at, updated_at, finished_at, receiver)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (chatwoot_message_id, conversation_id, kind, target_id, status, now, error, note, now, now,
-                 now if error else None, receiver))
-            if cur.rowcount != 1:
-                return None
-            reply_id = cur.lastrowid
-            if not error:
-                conn.executemany(
-                    "INSERT INTO reply_parts (reply_id, seq, text, attachments) VALUES (?, ?, ?, ?)",
-                    [(reply_id, seq, p.get("text"), json.dumps(p.get("attachments") or []))
-                     for seq, p in enumerate(parts)])
-            return reply_id
-
-    def replies_active_for_target(self, kind: str, target_id: str) -> list[dict]:
-        return self.all("SELECT * FROM replies WHERE kind = ? AND target_id = ?"
-                        " AND status IN ('pending', 'sending', 'delivered') ORDER BY id", (kind, target_id))
-
-    def reply(self, reply_id: int) -> dict | None:
-        return self.one("SELECT * FROM replies WHERE id = ?", (reply_id,))
-
-    def reply_by_message(self, chatwoot_message_id: int) -> dict | None:
-        return self.one("SELECT * FROM replies WHERE chatwoot_message_id = ?", (chatwoot_message_id,))
-
-    def reply_parts(self, reply_id: int) -> list[dict]:
-        rows = self.all("SELECT * FROM reply_parts WHERE reply_id = ? ORDER BY seq", (reply_id,))
-        for row in rows:
-            row["attachments"] = json.loads(row["attachments"] or "[]")
-        return rows
-
-    def replies_due(self, now: float, limit: int = 200) -> list[dict]:
-        """Pending replies whose time has come, and 'sending' ones whose worker died, oldest first.
-
-        A post-sale or claim reply waits while an earlier one to the same sale or claim is
-        unfinished (e.g. waiting to retry): the buyer must read them in the order the agent wrote them.
-        """
-        return self.all(
-            "SELECT id, kind, target_id FROM replies AS r WHERE ((status = 'pending' AND next_attempt_at <= ?)"
-            " OR (status = 'sending' AND lease_until < ?))"
-            " AND NOT (kind IN ('message', 'claim') AND EXISTS (SELECT 1 FROM replies AS e WHERE e.kind = r.kind"
-            " AND e.target_id = r.target_id AND e.id < r.id AND e.status IN ('pending', 'sending')"
-            " AND NOT ((e.status = 'pending' AND e.next_attempt_at <= ?) OR (e.status = 'sending'"
-            " AND e.lease_until < ?))))"
-            " ORDER BY id LIMIT ?", (now, now, now, now, limit))
-
-    def reply_claim(self, reply_id: int, now: float, lease: float) -> dict | None:
-        """Take a reply for delivery; None when another worker has it."""
-        with self.write() as conn:
-            cur = conn.execute(
-                "UPDATE replies SET status = 'sending', lease_until = ?, attempts = attempts + 1, updated_at = ?"
-                " WHERE id = ? AND ((status = 'pending' AND next_attempt_at <= ?)"
-                " OR (status = 'sending' AND lease_until < ?))",
-                (now + lease, now, reply_id, now, now))
-            if cur.rowcount != 1:
-                return None
-            return dict(conn.execute("SELECT * FROM replies WHERE id = ?", (reply_id,)).fetchone())
-
-    def reply_extend_lease(self, reply_id: int, lease_until: float) -> None:
-        """A reply still in hand: another poller must not take it over between two of its parts."""
-        with self.write() as conn:
-            conn.execute("UPDATE replies SET lease_until = MAX(lease_until, ?) WHERE id = ? AND status = 'sending'",
-                         (lease_until, reply_id))
-
-    def part_mark_sending(self, reply_id: int, seq: int, now: float | None = None) -> str:
-        """Mark a part in flight; returns its previous status ('sending' means: check remote first).
-
-        `now` is kept as the first attempt's time: only a message created after it can be
-        this part's lost send.
-        """
-        with self.write() as conn:
-            row = conn.execute("SELECT status FROM reply_parts WHERE reply_id = ? AND seq = ?",
-                               (reply_id, seq)).fetchone()
-            conn.execute("UPDATE reply_parts SET status = 'sending', first_attempt_at = COALESCE(first_attempt_at, ?)"
-                         " WHERE reply_id = ? AND seq = ? AND status = 'pending'", (now, reply_id, seq))
-            return row["status"]
-
-    def part_attempted(self, reply_id: int, seq: int, now: float) -> None:
-        """The send is going out now: a lost answer is looked for only once it has settled."""
-        with self.write() as conn:
-            conn.execute("UPDATE reply_parts SET last_attempt_at = ? WHERE reply_id = ? AND seq = ?",
-                         (now, reply_id, seq))
-
-    def part_sent(self, reply_id: int, seq: int, remote_id: str | None, now: float) -> None:
-        with self.write() as conn:
-            conn.execute("UPDATE reply_parts SET status = 'sent', remote_id = ?, sent_at = ?"
-                         " WHERE reply_id = ? AND seq = ?", (remote_id, now, reply_id, seq))
-
-    def answer_sent(self, reply_id: int, question_id: str, conversation_id: int, message_id: int,
-                    now: float) -> None:
-        """The answer is on Mercado Livre: its part is sent and the agent's message is the
-        question's answer in Chatwoot, in one commit, so the questions sync never sees one
-        without the other and mirrors our own answer back."""
-        with self.write() as conn:
-            conn.execute("UPDATE reply_parts SET status = 'sent', sent_at = COALESCE(sent_at, ?)"
-                         " WHERE reply_id = ? AND seq = 0", (now, reply_id))
-            insert_pending(conn, "answer", question_id, now)
-            update_fields(conn, "answer", question_id, now,
-                          {"status": "created", "conversation_id": conversation_id, "message_id": message_id,
-                           "data": {"by": "bridge"}})
-
-    def answer_in_flight(self, question_id: str) -> dict | None:
-        """An unfinished reply to this question whose POST may have reached Mercado Livre."""
-        return self.one("SELECT r.id, r.conversation_id, r.chatwoot_message_id, p.text FROM replies r"
-                        " JOIN reply_parts p ON p.reply_id = r.id AND p.seq = 0"
-                        " WHERE r.kind = 'answer' AND r.target_id = ? AND r.status IN ('pending', 'sending')"
-                        " AND p.status = 'sending' ORDER BY r.id LIMIT 1", (str(question_id),))
+    # ---- the one poller ------------------------------------------------------------------------
 
     def hold_poller_lock(self) -> bool:
         """Become the only poller on this database for the life of the process.
@@ -732,593 +551,7 @@ class Database:
         self._poller_lock = handle
         return True
 
-    def replies_release_leases(self, now: float) -> int:
-        """Replies left `sending` by a dead poller become due now (call only holding the poller lock)."""
-        with self.write() as conn:
-            return conn.execute("UPDATE replies SET lease_until = ?, updated_at = ? WHERE status = 'sending'"
-                                " AND lease_until >= ?", (now - 1, now, now)).rowcount
-
-    def reply_receiver_used(self, reply_id: int, receiver: str) -> None:
-        """The receiver a claim reply's parts went to (the mediator, when it was the only one allowed)."""
-        with self.write() as conn:
-            conn.execute("UPDATE replies SET receiver = ? WHERE id = ?", (receiver, reply_id))
-
-    def part_unsent(self, reply_id: int, seq: int) -> None:
-        """The remote side has no trace of this part: it may be sent again."""
-        with self.write() as conn:
-            conn.execute("UPDATE reply_parts SET status = 'pending' WHERE reply_id = ? AND seq = ?"
-                         " AND status = 'sending'", (reply_id, seq))
-
-    def part_set_attachments(self, reply_id: int, seq: int, attachments: list[dict]) -> None:
-        with self.write() as conn:
-            conn.execute("UPDATE reply_parts SET attachments = ? WHERE reply_id = ? AND seq = ?",
-                         (json.dumps(attachments), reply_id, seq))
-
-    def reply_delivered(self, reply_id: int, now: float) -> None:
-        """Done: forget the text (LGPD), keep ids for the record."""
-        with self.write() as conn:
-            conn.execute("UPDATE replies SET status = 'delivered', finished_at = ?, updated_at = ?, lease_until = NULL,"
-                         " next_attempt_at = ?, error = NULL WHERE id = ?", (now, now, now, reply_id))
-            conn.execute("UPDATE reply_parts SET text = NULL, attachments = NULL WHERE reply_id = ?", (reply_id,))
-
-    def reply_failed(self, reply_id: int, error: str, note: str, now: float) -> None:
-        with self.write() as conn:
-            conn.execute("UPDATE replies SET status = 'failed', error = ?, note = ?, finished_at = ?, updated_at = ?,"
-                         " lease_until = NULL, next_attempt_at = ? WHERE id = ?",
-                         (error, note, now, now, now, reply_id))
-            conn.execute("UPDATE reply_parts SET text = NULL, attachments = NULL WHERE reply_id = ?", (reply_id,))
-
-    def reply_retry_later(self, reply_id: int, next_attempt_at: float, error: str, now: float,
-                          count_attempt: bool = True) -> None:
-        """Give the reply back to the queue; the next attempt is pushed forward first."""
-        with self.write() as conn:
-            conn.execute("UPDATE replies SET status = 'pending', next_attempt_at = ?, error = ?, updated_at = ?,"
-                         " lease_until = NULL, attempts = attempts - ? WHERE id = ? AND status = 'sending'",
-                         (next_attempt_at, error, now, 0 if count_attempt else 1, reply_id))
-
-    def bridge_sent_ids(self, remote_ids: list[str]) -> set[str]:
-        """Which of these Mercado Livre message ids the bridge itself sent."""
-        found: set[str] = set()
-        for start in range(0, len(remote_ids), 500):
-            chunk = remote_ids[start:start + 500]
-            rows = self.conn().execute(
-                f"SELECT remote_id FROM reply_parts WHERE remote_id IN ({','.join('?' * len(chunk))})", chunk)
-            found.update(r[0] for r in rows)
-        return found
-
-    def part_texts_in_doubt(self, pack_id: str) -> list[str]:
-        """Texts of post-sale parts that may have reached Mercado Livre without us knowing (in flight).
-
-        Only of unfinished replies: a finished one will not settle its parts any more (and its
-        texts are cleared), so its doubt would hold back the seller's messages for good.
-        """
-        return [r["text"] or "" for r in self.all(
-            "SELECT p.text FROM reply_parts p JOIN replies r ON r.id = p.reply_id WHERE r.kind = 'message'"
-            " AND r.target_id = ? AND r.status IN ('pending', 'sending') AND p.status = 'sending'",
-            (str(pack_id),))]
-
-    def claim_parts_sent(self, remote_id: str) -> list[dict]:
-        """Claim reply parts the bridge sent with this text key (claim messages have no id), oldest first."""
-        return self.all("SELECT r.id, r.conversation_id, r.chatwoot_message_id, p.seq, p.sent_at FROM reply_parts p"
-                        " JOIN replies r ON r.id = p.reply_id WHERE r.kind = 'claim' AND p.remote_id = ?"
-                        " AND p.status = 'sent' ORDER BY p.sent_at, r.id, p.seq", (remote_id,))
-
-    def claim_part_texts_in_doubt(self, claim_id: str) -> list[str]:
-        """Texts of claim parts that may have reached Mercado Livre without us knowing (in flight)."""
-        return [r["text"] or "" for r in self.all(
-            "SELECT p.text FROM reply_parts p JOIN replies r ON r.id = p.reply_id WHERE r.kind = 'claim'"
-            " AND r.target_id = ? AND p.status = 'sending'", (str(claim_id),))]
-
-    def reply_for_remote_id(self, remote_id: str) -> dict | None:
-        return self.one("SELECT r.* FROM replies r JOIN reply_parts p ON p.reply_id = r.id WHERE p.remote_id = ?",
-                        (remote_id,))
-
-    def replies_delivered_between(self, kind: str, start: float, end: float) -> list[dict]:
-        return self.all("SELECT * FROM replies WHERE kind = ? AND status = 'delivered' AND finished_at >= ?"
-                        " AND finished_at < ? ORDER BY finished_at", (kind, start, end))
-
-    def replies_unreported(self, now: float, limit: int = 20) -> list[dict]:
-        return self.all("SELECT * FROM replies WHERE reported_at IS NULL AND status IN ('delivered', 'failed')"
-                        " AND next_attempt_at <= ? ORDER BY id LIMIT ?", (now, limit))
-
-    def reply_reported(self, reply_id: int, now: float) -> None:
-        with self.write() as conn:
-            conn.execute("UPDATE replies SET reported_at = ?, note = NULL, updated_at = ? WHERE id = ?",
-                         (now, now, reply_id))
-
-    def reply_report_later(self, reply_id: int, next_attempt_at: float, now: float) -> None:
-        with self.write() as conn:
-            conn.execute("UPDATE replies SET next_attempt_at = ?, updated_at = ? WHERE id = ?",
-                         (next_attempt_at, now, reply_id))
-
-    def outbox_stats(self, now: float) -> dict:
-        row = self.one(
-            "SELECT SUM(status IN ('pending', 'sending')) AS pending, SUM(status = 'failed') AS failed,"
-            " SUM(status = 'delivered') AS delivered, MIN(CASE WHEN status IN ('pending', 'sending')"
-            " THEN created_at END) AS oldest FROM replies")
-        return {
-            "pending": row["pending"] or 0,
-            "failed": row["failed"] or 0,
-            "delivered": row["delivered"] or 0,
-            "oldest_pending_age_seconds": round(now - row["oldest"], 1) if row["oldest"] else None,
-        }
-
-    # ---- notifications ---------------------------------------------------------------------------
-
-    def notification_record(self, notification_id: str, topic: str, resource: str, now: float,
-                            max_pending: int | None = None) -> str:
-        """Queue a notification for the poller.
-
-        Returns 'recorded'; 'duplicate' when this notification id was seen before; 'merged'
-        when the same resource is already waiting (counted, so the poller fetches it again
-        if it was mid-fetch); 'full' when `max_pending` rows already wait (polling catches up).
-        """
-        with self.write() as conn:
-            if conn.execute("SELECT 1 FROM notifications WHERE id = ?", (notification_id,)).fetchone():
-                return "duplicate"
-            if conn.execute("UPDATE notifications SET repeats = repeats + 1"
-                            " WHERE topic = ? AND resource = ? AND processed_at IS NULL",
-                            (topic, resource)).rowcount:
-                return "merged"
-            if max_pending is not None and conn.execute(
-                    "SELECT COUNT(*) FROM notifications WHERE processed_at IS NULL").fetchone()[0] >= max_pending:
-                return "full"
-            conn.execute("INSERT INTO notifications (id, topic, resource, received_at, next_attempt_at)"
-                         " VALUES (?, ?, ?, ?, ?)", (notification_id, topic, resource, now, now))
-            return "recorded"
-
-    def notifications_due(self, now: float, limit: int = 50) -> list[dict]:
-        return self.all("SELECT * FROM notifications WHERE processed_at IS NULL AND next_attempt_at <= ?"
-                        " ORDER BY received_at LIMIT ?", (now, limit))
-
-    def notification_done(self, notification_id: str, now: float, repeats: int | None = None) -> bool:
-        """Mark processed; with `repeats` (as read before fetching), only if no new notification
-        for the resource arrived meanwhile — otherwise it stays due and is fetched again."""
-        with self.write() as conn:
-            cur = conn.execute("UPDATE notifications SET processed_at = ?, last_error = NULL WHERE id = ?"
-                               " AND (? IS NULL OR repeats = ?)", (now, notification_id, repeats, repeats))
-            return cur.rowcount == 1
-
-    def notification_retry_later(self, notification_id: str, next_attempt_at: float, error: str) -> None:
-        with self.write() as conn:
-            conn.execute("UPDATE notifications SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
-                         " WHERE id = ?", (next_attempt_at, error[:500], notification_id))
-
-    def notifications_received_since(self, since: float) -> int:
-        return self.one("SELECT COUNT(*) AS n FROM notifications WHERE received_at >= ?", (since,))["n"]
-
-    def notification(self, notification_id: str) -> dict | None:
-        return self.one("SELECT * FROM notifications WHERE id = ?", (notification_id,))
-
-    def notifications_retrying(self) -> int:
-        """Not processed yet, after at least one failed attempt."""
-        return self.one("SELECT COUNT(*) AS n FROM notifications WHERE processed_at IS NULL AND attempts > 0")["n"]
-
-    def replies_retrying(self) -> int:
-        """Waiting to be sent again after at least one failed attempt."""
-        return self.one("SELECT COUNT(*) AS n FROM replies WHERE status IN ('pending', 'sending')"
-                        " AND error IS NOT NULL")["n"]
-
-
-    # ---- items whose processing fails -------------------------------------------------------
-
-    def item_attempt(self, kind: str, item_id: str | int) -> dict | None:
-        return self.one("SELECT * FROM item_attempts WHERE kind = ? AND item_id = ?", (kind, str(item_id)))
-
-    def items_waiting(self, kind: str, now: float) -> set[str]:
-        """Items of `kind` in backoff: the polls leave them alone until they are due."""
-        rows = self.conn().execute("SELECT item_id FROM item_attempts WHERE kind = ? AND next_attempt_at > ?",
-                                   (kind, now))
-        return {r[0] for r in rows}
-
-    def item_failed(self, kind: str, item_id: str | int, error: str, next_attempt_at: float, now: float,
-                    give_up: bool = False, attempts: int | None = None) -> dict:
-        """Count one more failed attempt (or set the count its own queue kept); returns the row as it now stands."""
-        with self.write() as conn:
-            conn.execute(
-                "INSERT INTO item_attempts (kind, item_id, attempts, next_attempt_at, last_error, first_failed_at,"
-                " last_failed_at, gave_up_at) VALUES (?, ?, COALESCE(?, 1), ?, ?, ?, ?, ?)"
-                " ON CONFLICT (kind, item_id) DO UPDATE SET attempts = COALESCE(?, attempts + 1),"
-                " next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error,"
-                " last_failed_at = excluded.last_failed_at, gave_up_at = COALESCE(gave_up_at, excluded.gave_up_at)",
-                (kind, str(item_id), attempts, next_attempt_at, error[:300], now, now, now if give_up else None,
-                 attempts))
-            return dict(conn.execute("SELECT * FROM item_attempts WHERE kind = ? AND item_id = ?",
-                                     (kind, str(item_id))).fetchone())
-
-    def item_succeeded(self, kind: str, item_id: str | int) -> bool:
-        """Forget an item's failures; True when it had any."""
-        with self.write() as conn:
-            return conn.execute("DELETE FROM item_attempts WHERE kind = ? AND item_id = ?",
-                                (kind, str(item_id))).rowcount == 1
-
-    def items_forget_others(self, kind: str, keep: set[str]) -> int:
-        """Forget failures of `kind` items that no longer need work (answered elsewhere, read on the site...).
-
-        A give-up still owed its report is kept until it is reported.
-        """
-        with self.write() as conn:
-            rows = conn.execute("SELECT item_id FROM item_attempts WHERE kind = ?"
-                                " AND (gave_up_at IS NULL OR reported_at IS NOT NULL)", (kind,)).fetchall()
-            gone = [(kind, r[0]) for r in rows if r[0] not in keep]
-            conn.executemany("DELETE FROM item_attempts WHERE kind = ? AND item_id = ?", gone)
-            return len(gone)
-
-    def item_reported(self, kind: str, item_id: str | int, now: float) -> None:
-        with self.write() as conn:
-            conn.execute("UPDATE item_attempts SET reported_at = ? WHERE kind = ? AND item_id = ?",
-                         (now, kind, str(item_id)))
-
-    def items_unreported(self, limit: int = 50) -> list[dict]:
-        """Given-up items whose report (log line, note in Chatwoot) is still owed."""
-        return self.all("SELECT * FROM item_attempts WHERE gave_up_at IS NOT NULL AND reported_at IS NULL"
-                        " ORDER BY gave_up_at LIMIT ?", (limit,))
-
-    def items_reset(self, now: float, kind: str | None = None, item_id: str | int | None = None) -> int:
-        """Make failing items due now with a fresh count (`main.py retry`).
-
-        A given-up notification is put back in its queue; a reply's record is only cleared
-        (its agent was told, or its report is what kept failing).
-        """
-        where, params = "1 = 1", []
-        if kind:
-            where, params = "kind = ?", [kind]
-            if item_id is not None:
-                where, params = "kind = ? AND item_id = ?", [kind, str(item_id)]
-        with self.write() as conn:
-            conn.execute("UPDATE notifications SET processed_at = NULL, attempts = 0, next_attempt_at = ?"
-                         f" WHERE id IN (SELECT item_id FROM item_attempts WHERE kind = 'notification' AND {where})",
-                         [now, *params])
-            return conn.execute(f"DELETE FROM item_attempts WHERE {where}", params).rowcount
-
-    def items_forget_reported(self, before: float) -> int:
-        """Given-up notifications and replies are not retried: their record goes once it is old news."""
-        with self.write() as conn:
-            return conn.execute("DELETE FROM item_attempts WHERE kind IN ('notification', 'reply')"
-                                " AND reported_at < ?", (before,)).rowcount
-
-    def items_summary(self, limit: int = 20) -> dict:
-        """Counts per kind and the given-up items, for /health and `main.py status`."""
-        counts = {}
-        for row in self.all("SELECT kind, SUM(gave_up_at IS NULL) AS retrying, SUM(gave_up_at IS NOT NULL)"
-                            " AS gave_up FROM item_attempts GROUP BY kind ORDER BY kind"):
-            counts[row["kind"]] = {"retrying": row["retrying"] or 0, "gave_up": row["gave_up"] or 0}
-        gave_up = self.all("SELECT kind, item_id, attempts, last_error, first_failed_at, gave_up_at,"
-                           " next_attempt_at FROM item_attempts WHERE gave_up_at IS NOT NULL"
-                           " ORDER BY gave_up_at DESC LIMIT ?", (limit,))
-        return {"by_kind": counts, "gave_up": gave_up}
-
-    # ---- post-sale threads (watermarks and sweep) ---------------------------------------------------
-
-    def thread(self, pack_id: str) -> dict | None:
-        return self.one("SELECT * FROM threads WHERE pack_id = ?", (str(pack_id),))
-
-    def thread_marking(self, pack_id: str, now: float) -> None:
-        """A mark-read is about to go out: until cleared, the thread is synced again on the next poll."""
-        with self.write() as conn:
-            conn.execute("INSERT INTO threads (pack_id, active_at, marking_since) VALUES (?, ?, ?)"
-                         " ON CONFLICT (pack_id) DO UPDATE SET marking_since = excluded.marking_since",
-                         (str(pack_id), now, now))
-
-    def threads_marking(self) -> list[str]:
-        return [r["pack_id"] for r in self.all("SELECT pack_id FROM threads WHERE marking_since IS NOT NULL"
-                                               " ORDER BY marking_since")]
-
-    def thread_synced(self, pack_id: str, now: float, total: int | None, last_message_id: str | None,
-                      changed: bool) -> None:
-        """The thread was read and handled: record its size (NULL = read again), clear a mark-read in flight."""
-        with self.write() as conn:
-            conn.execute(
-                "INSERT INTO threads (pack_id, total, last_message_id, active_at, checked_at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (pack_id) DO UPDATE SET total = excluded.total,"
-                " last_message_id = excluded.last_message_id, checked_at = excluded.checked_at,"
-                " marking_since = NULL, active_at = CASE WHEN ? THEN excluded.active_at ELSE active_at END",
-                (str(pack_id), total, last_message_id, now, now, 1 if changed else 0))
-
-    def thread_checked(self, pack_id: str, now: float) -> None:
-        with self.write() as conn:
-            conn.execute("UPDATE threads SET checked_at = ? WHERE pack_id = ?", (now, str(pack_id)))
-
-    def threads_discovered(self, packs: dict[str, float]) -> None:
-        """Sales seen in the orders search, with when they last changed; a newer change keeps them in the sweep."""
-        if not packs:
-            return
-        with self.write() as conn:
-            conn.executemany("INSERT INTO threads (pack_id, active_at) VALUES (?, ?) ON CONFLICT (pack_id)"
-                             " DO UPDATE SET active_at = MAX(active_at, excluded.active_at)",
-                             [(str(k), v) for k, v in packs.items()])
-
-    def threads_due(self, active_since: float, checked_before: float, limit: int) -> list[dict]:
-        """Threads of recent sales not read for a while: never read first, then the longest unread."""
-        return self.all("SELECT * FROM threads WHERE active_at >= ? AND (checked_at IS NULL OR checked_at < ?)"
-                        " AND marking_since IS NULL ORDER BY checked_at IS NOT NULL, checked_at, active_at DESC"
-                        " LIMIT ?", (active_since, checked_before, limit))
-
-    def threads_prune(self, inactive_before: float) -> int:
-        with self.write() as conn:
-            return conn.execute("DELETE FROM threads WHERE active_at < ? AND marking_since IS NULL",
-                                (inactive_before,)).rowcount
-
-    def cursor_get(self, name: str) -> Any:
-        row = self.one("SELECT value FROM poll_cursors WHERE name = ?", (name,))
-        return json.loads(row["value"]) if row else None
-
-    def cursor_set(self, name: str, value: Any, now: float) -> None:
-        with self.write() as conn:
-            conn.execute("INSERT INTO poll_cursors (name, value, updated_at) VALUES (?, ?, ?) ON CONFLICT (name)"
-                         " DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                         (name, json.dumps(value), now))
-
-    # ---- watermarks: what stays of a pruned or erased conversation -----------------------------
-
-    def watermark(self, kind: str, external_id: str | int) -> dict | None:
-        return self.one("SELECT * FROM watermarks WHERE kind = ? AND external_id = ?", (kind, str(external_id)))
-
-    def watermark_thread(self, pack_id: str, last_message_id: str | None, last_message_at: float | None,
-                         now: float) -> None:
-        """A thread was handled up to this message. Frozen once closed while the rows it stands for
-        are gone; a sale started afresh after an erasure moves it again, or erasing that fresh
-        conversation too would leave its messages outside the mark, to be imported once more."""
-        if last_message_at is None:
-            return
-        with self.write() as conn:
-            conn.execute(
-                "INSERT INTO watermarks (kind, external_id, last_message_id, last_message_at, updated_at)"
-                " VALUES ('pack', ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
-                " last_message_id = excluded.last_message_id, last_message_at = excluded.last_message_at,"
-                " updated_at = excluded.updated_at WHERE (closed_at IS NULL OR EXISTS (SELECT 1 FROM links"
-                " WHERE kind = 'pack' AND external_id = excluded.external_id AND status = 'created'))"
-                " AND COALESCE(last_message_at, 0) < excluded.last_message_at",
-                (str(pack_id), last_message_id, last_message_at, now))
-
-    def watermark_claim_seen(self, claim_id: str, last_updated: str | None, now: float) -> None:
-        """A claim whose rows are gone was read again with nothing new: its `last_updated` (a
-        date, kept in last_message_id since claim messages have no id) spares the next polls."""
-        with self.write() as conn:
-            conn.execute("UPDATE watermarks SET last_message_id = ?, updated_at = ? WHERE kind = 'claim'"
-                         " AND external_id = ? AND closed_at IS NOT NULL", (last_updated, now, str(claim_id)))
-
-    def watermarks_closed(self, kind: str) -> set[str]:
-        rows = self.conn().execute("SELECT external_id FROM watermarks WHERE kind = ? AND closed_at IS NOT NULL",
-                                   (kind,))
-        return {r[0] for r in rows}
-
-    # ---- retention and erasure ----------------------------------------------------------------
-
-    def retention_prune(self, now: float, days: float) -> dict:
-        """Delete rows about questions and sales finished more than `days` ago (RETENTION_DAYS).
-
-        What stays is a closed watermark per question or sale (ids and a date), so their old
-        history is never imported again. Nothing in progress is touched: an unanswered or
-        watched question, a sale with a reply in the outbox, a mark-read in flight, or any
-        sign of life (message, reply, thread activity) inside the window. A few conversations
-        per write: the listener's commits never wait behind a whole pruning run.
-        """
-        cutoff = now - days * 86400
-        counts: dict[str, int] = {}
-        conn = self.conn()
-        for kind, spec in CONVERSATION_KINDS.items():
-            due = [r[0] for r in conn.execute(
-                f"SELECT external_id FROM links WHERE kind = ? AND status = 'created' AND updated_at < ?"
-                f" AND {spec['finished']}", (kind, cutoff)) if self._retention_due(conn, kind, r[0], cutoff)]
-            for start in range(0, len(due), RETENTION_BATCH):
-                with self.write() as wconn:
-                    for external_id in due[start:start + RETENTION_BATCH]:
-                        # Re-checked under the write lock: a message may have arrived meanwhile.
-                        if self._retention_due(wconn, kind, external_id, cutoff):
-                            _add_counts(counts, self._erase_conversation(wconn, kind, external_id, now))
-        # Buyers none of whose questions or sales remain.
-        buyers = [tuple(r) for r in conn.execute("SELECT external_id, contact_id FROM links WHERE kind = 'buyer'"
-                                                 " AND updated_at < ?", (cutoff,))
-                  if not self._buyer_conversations(conn, r[0], r[1])]
-        for start in range(0, len(buyers), RETENTION_BATCH):
-            with self.write() as wconn:
-                for buyer_id, contact_id in buyers[start:start + RETENTION_BATCH]:
-                    if not self._buyer_conversations(wconn, buyer_id, contact_id):
-                        _add_counts(counts, self._erase_buyer_rows(wconn, buyer_id))
-        with self.write() as wconn:
-            # Rows whose conversation is already gone (kept by older versions, or half-created).
-            orphans = wconn.execute(
-                "DELETE FROM links WHERE kind = 'message' AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p"
-                " WHERE p.kind = 'pack' AND p.external_id = json_extract(links.data, '$.pack_id'))", (cutoff,)).rowcount
-            orphans += wconn.execute(
-                "DELETE FROM links WHERE kind = 'answer' AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p"
-                " WHERE p.kind = 'question' AND p.external_id = links.external_id)", (cutoff,)).rowcount
-            orphans += wconn.execute("DELETE FROM links WHERE kind = 'moderation_check' AND updated_at < ?",
-                                     (cutoff,)).rowcount
-            orphans += wconn.execute(
-                "DELETE FROM links WHERE kind IN ('claim_message', 'claim_event', 'claim_moderation')"
-                " AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p WHERE p.kind = 'claim'"
-                " AND p.external_id = substr(links.external_id, 1, instr(links.external_id, ':') - 1))",
-                (cutoff,)).rowcount
-            _add_counts(counts, {"links": orphans})
-            # Final replies keep no text, whatever path finished them (LGPD).
-            wconn.execute("UPDATE reply_parts SET text = NULL, attachments = NULL WHERE (text IS NOT NULL OR"
-                          " attachments IS NOT NULL) AND reply_id IN (SELECT id FROM replies WHERE status IN"
-                          " ('delivered', 'failed'))")
-        return counts
-
-    @staticmethod
-    def _retention_due(conn: sqlite3.Connection, kind: str, external_id: str, cutoff: float) -> bool:
-        """Finished and quiet since `cutoff`: no reply in the outbox or unreported, no recent reply,
-        answer, message or thread activity, no mark-read in flight."""
-        spec = CONVERSATION_KINDS[kind]
-        if not conn.execute(f"SELECT 1 FROM links WHERE kind = ? AND external_id = ? AND status = 'created'"
-                            f" AND updated_at < ? AND {spec['finished']}", (kind, external_id, cutoff)).fetchone():
-            return False
-        if conn.execute("SELECT 1 FROM replies WHERE kind = ? AND target_id = ? AND (status IN ('pending', 'sending')"
-                        " OR created_at >= ? OR reported_at IS NULL) LIMIT 1",
-                        (spec["reply_kind"], external_id, cutoff)).fetchone():
-            return False
-        for child in spec["children"]:
-            if conn.execute("SELECT 1 FROM links WHERE kind = ? AND external_id = ? AND updated_at >= ?",
-                            (child, external_id, cutoff)).fetchone():
-                return False
-        for message_kind in spec["messages"]:
-            if conn.execute(f"SELECT 1 FROM links WHERE kind = '{message_kind}'"
-                            f" AND json_extract(data, '$.{kind}_id') = ? AND updated_at >= ? LIMIT 1",
-                            (external_id, cutoff)).fetchone():
-                return False
-        for keyed_kind in spec["keyed"]:
-            if conn.execute("SELECT 1 FROM links WHERE kind = ? AND external_id >= ? AND external_id < ?"
-                            " AND updated_at >= ? LIMIT 1",
-                            (keyed_kind, f"{external_id}:", f"{external_id}:\uffff", cutoff)).fetchone():
-                return False
-        return not (spec["thread"] and conn.execute(
-            "SELECT 1 FROM threads WHERE pack_id = ? AND (active_at >= ? OR marking_since IS NOT NULL)",
-            (external_id, cutoff)).fetchone())
-
-    def forget_buyer(self, buyer_id: str, now: float) -> dict:
-        """Erase every row about one buyer (LGPD erasure); returns what was removed, by table.
-
-        Their questions and sales keep a closed watermark (ids and a date, no buyer id) so the
-        erased history is not imported again; a new question or message starts fresh.
-        """
-        buyer_id = str(buyer_id)
-        counts: dict[str, int] = {}
-        with self.write() as conn:
-            buyer = conn.execute("SELECT contact_id FROM links WHERE kind = 'buyer' AND external_id = ?",
-                                 (buyer_id,)).fetchone()
-            for kind, external_id in self._buyer_conversations(conn, buyer_id, buyer[0] if buyer else None):
-                _add_counts(counts, self._erase_conversation(conn, kind, external_id, now))
-                counts[f"{kind}s"] = counts.get(f"{kind}s", 0) + 1
-            _add_counts(counts, self._erase_buyer_rows(conn, buyer_id))
-            deleted = _delete_notifications(conn, [buyer_id])
-            if deleted:
-                counts["notifications"] = counts.get("notifications", 0) + deleted
-        return counts
-
-    def buyer_conversations(self, buyer_id: str) -> list[tuple[str, str]]:
-        """(kind, external id) of the questions and sales the bridge keeps for this buyer."""
-        buyer = self.links.get("buyer", str(buyer_id))
-        return self._buyer_conversations(self.conn(), str(buyer_id), buyer["contact_id"] if buyer else None)
-
-    def buyer_chatwoot_ids(self, buyer_id: str) -> tuple[set[int], set[int]]:
-        """(contact ids, conversation ids) the bridge remembers for this buyer in Chatwoot."""
-        contacts: set[int] = set()
-        conversations: set[int] = set()
-        buyer = self.links.get("buyer", str(buyer_id))
-        if buyer and buyer["contact_id"]:
-            contacts.add(buyer["contact_id"])
-        for kind, external_id in self.buyer_conversations(buyer_id):
-            link = self.links.get(kind, external_id)
-            if link["contact_id"]:
-                contacts.add(link["contact_id"])
-            for conversation_id in (link["conversation_id"], link["data"].get("removed_conversation")):
-                if conversation_id:
-                    conversations.add(int(conversation_id))
-        return contacts, conversations
-
-    def buyer_undelivered_replies(self, buyer_id: str) -> dict[str, list[int]]:
-        """Chatwoot message ids of this buyer's replies still in the outbox (erasure drops them),
-        by status: `pending` never left, `sending` may be reaching the buyer right now."""
-        found: dict[str, list[int]] = {"pending": [], "sending": []}
-        for kind, external_id in self.buyer_conversations(buyer_id):
-            for r in self.all("SELECT chatwoot_message_id, status FROM replies WHERE kind = ? AND target_id = ?"
-                              " AND status IN ('pending', 'sending')",
-                              (CONVERSATION_KINDS[kind]["reply_kind"], external_id)):
-                found[r["status"]].append(r["chatwoot_message_id"])
-        return {status: sorted(ids) for status, ids in found.items()}
-
-    def contacts_of_other_buyers(self, buyer_id: str, contact_ids: set[int]) -> set[int]:
-        """The contacts among `contact_ids` another buyer's rows also use (contacts merged in
-        Chatwoot): deleting one there would delete the other buyer's conversations too."""
-        shared = set()
-        for contact_id in contact_ids:
-            if self.one("SELECT 1 FROM links WHERE contact_id = ? AND ((kind = 'buyer' AND external_id != ?)"
-                        " OR CAST(json_extract(data, '$.buyer_id') AS TEXT) != ?) LIMIT 1",
-                        (contact_id, str(buyer_id), str(buyer_id))):
-                shared.add(contact_id)
-        return shared
-
-    def buyers_by_nickname(self, nickname: str) -> list[str]:
-        """Buyer ids whose cached nickname is this one (case-insensitive)."""
-        rows = self.all("SELECT key, value FROM cache WHERE kind = 'user'")
-        wanted = nickname.strip().casefold()
-        return sorted(r["key"] for r in rows if str(json.loads(r["value"])).casefold() == wanted)
-
-    @staticmethod
-    def _buyer_conversations(conn: sqlite3.Connection, buyer_id: str, contact_id: int | None) -> list[tuple[str, str]]:
-        found = []
-        for kind in CONVERSATION_KINDS:
-            rows = conn.execute(
-                "SELECT external_id FROM links WHERE kind = ? AND CAST(json_extract(data, '$.buyer_id') AS TEXT) = ?"
-                " ORDER BY created_at", (kind, buyer_id))
-            found.extend((kind, r[0]) for r in rows)
-            if contact_id is not None:
-                # By contact only for rows older than the buyer id in `data`: two buyers' contacts
-                # merged in Chatwoot share a contact id.
-                rows = conn.execute("SELECT external_id FROM links WHERE contact_id = ? AND kind = ?"
-                                    " AND json_extract(data, '$.buyer_id') IS NULL ORDER BY created_at",
-                                    (contact_id, kind))
-                found.extend((kind, r[0]) for r in rows)
-        return found
-
-    @staticmethod
-    def _erase_buyer_rows(conn: sqlite3.Connection, buyer_id: str) -> dict:
-        return {"links": conn.execute("DELETE FROM links WHERE kind = 'buyer' AND external_id = ?",
-                                      (buyer_id,)).rowcount,
-                "cache": conn.execute("DELETE FROM cache WHERE kind = 'user' AND key = ?", (buyer_id,)).rowcount}
-
-    @staticmethod
-    def _erase_conversation(conn: sqlite3.Connection, kind: str, external_id: str, now: float) -> dict:
-        """Delete one question's or sale's rows, leaving its closed watermark (inside a write)."""
-        spec = CONVERSATION_KINDS[kind]
-        link = link_row(_row(conn.execute("SELECT * FROM links WHERE kind = ? AND external_id = ?",
-                                          (kind, external_id)).fetchone())) or {"data": {}}
-        # Literal kinds: the partial indexes on each message kind apply only then.
-        message_ids = [r[0] for m in spec["messages"] for r in conn.execute(
-            f"SELECT external_id FROM links WHERE kind = '{m}' AND json_extract(data, '$.{kind}_id') = ?",
-            (external_id,))]
-        reply_ids = [r[0] for r in conn.execute("SELECT id FROM replies WHERE kind = ? AND target_id = ?",
-                                                (spec["reply_kind"], external_id))]
-        remote_ids = [r[0] for r in conn.execute(
-            f"SELECT remote_id FROM reply_parts WHERE remote_id IS NOT NULL AND reply_id IN ({_marks(reply_ids)})",
-            reply_ids)]
-        # Without a watermark yet (rows older than watermarks): everything mirrored by the
-        # last local change counts as handled.
-        last = max([link.get("updated_at") or 0, *(r[0] for m in spec["messages"] for r in conn.execute(
-            f"SELECT MAX(updated_at) FROM links WHERE kind = '{m}' AND json_extract(data, '$.{kind}_id') = ?",
-            (external_id,)) if r[0] is not None)]) or now
-        if spec["mark_in_data"]:
-            # Messages without ids (claims): the newest Mercado Livre date seen is exact; a later
-            # erasure of a conversation started afresh moves the mark forward.
-            last = float(link["data"].get("last_message_at") or 0) or last
-            conn.execute("INSERT INTO watermarks (kind, external_id, last_message_at, closed_at, updated_at)"
-                         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
-                         " closed_at = excluded.closed_at,"
-                         " last_message_at = MAX(COALESCE(last_message_at, 0), excluded.last_message_at),"
-                         " updated_at = excluded.updated_at", (kind, external_id, last, now, now))
-        else:
-            conn.execute("INSERT INTO watermarks (kind, external_id, last_message_at, closed_at, updated_at)"
-                         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
-                         " closed_at = COALESCE(closed_at, excluded.closed_at),"
-                         " last_message_at = COALESCE(last_message_at, excluded.last_message_at),"
-                         " updated_at = excluded.updated_at", (kind, external_id, last, now, now))
-        counts = {"links": 0}
-        for link_kind, ids in ((kind, [external_id]), *((c, [external_id]) for c in spec["children"]),
-                               *((m, message_ids) for m in spec["messages"]), ("moderation", remote_ids),
-                               ("moderation_check", [f"{spec['check_prefix']}{i}" for i in reply_ids])):
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                counts["links"] += conn.execute(f"DELETE FROM links WHERE kind = ? AND external_id IN"
-                                                f" ({_marks(chunk)})", (link_kind, *chunk)).rowcount
-        for keyed_kind in spec["keyed"]:
-            counts["links"] += conn.execute("DELETE FROM links WHERE kind = ? AND external_id >= ? AND external_id < ?",
-                                            (keyed_kind, f"{external_id}:", f"{external_id}:\uffff")).rowcount
-        conn.execute(f"DELETE FROM reply_parts WHERE reply_id IN ({_marks(reply_ids)})", reply_ids)
-        counts["replies"] = conn.execute(f"DELETE FROM replies WHERE id IN ({_marks(reply_ids)})",
-                                         reply_ids).rowcount
-        resources = [external_id, *message_ids, *(str(o) for o in link["data"].get("order_ids") or [])]
-        notification_ids = [r[0] for r in conn.execute(
-            f"SELECT id FROM notifications WHERE {' OR '.join(['resource = ? OR resource LIKE ?'] * len(resources))}",
-            [v for r in resources for v in (r, f"%/{r}")])]
-        counts["notifications"] = _delete_notifications(conn, resources)
-        attempts = [(kind, external_id), *(("reply", str(i)) for i in reply_ids),
-                    *(("notification", n) for n in notification_ids)]
-        counts["item_attempts"] = sum(conn.execute("DELETE FROM item_attempts WHERE kind = ? AND item_id = ?",
-                                                   pair).rowcount for pair in attempts)
-        return counts
+    # ---- housekeeping -------------------------------------------------------------------------
 
     def compact(self) -> dict:
         """Make deleted rows unreadable from the files: fold the WAL into the database and empty it.
@@ -1338,14 +571,12 @@ class Database:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         return {"busy": busy, "wal_pages": wal_pages, "checkpointed": moved}
 
-    # ---- housekeeping -------------------------------------------------------------------------
-
     def prune(self, now: float, keep_days: float = 30.0) -> dict:
         """Forget what can no longer matter, so the state file does not grow forever.
 
         Reported replies older than `keep_days` can no longer be redelivered by Chatwoot
         (it does not retry), so their dedupe record is useless; links are kept: they are
-        what prevents duplicates in Chatwoot (retention_prune removes them with their
+        what prevents duplicates in Chatwoot (db.privacy.apply_retention removes them with their
         question or sale).
         """
         cutoff = now - keep_days * 86400
@@ -1364,23 +595,3 @@ class Database:
                                         " AND p.external_id = replies.target_id))", (cutoff,)).rowcount,
             }
         return counts
-
-
-def _marks(values) -> str:
-    """Placeholders for an IN list; NULL for an empty one (IN (NULL) matches nothing)."""
-    return ",".join("?" * len(values)) or "NULL"
-
-
-def _add_counts(total: dict, more: dict) -> None:
-    for key, value in more.items():
-        if value:
-            total[key] = total.get(key, 0) + value
-
-
-def _delete_notifications(conn: sqlite3.Connection, ids: list[str]) -> int:
-    """Notifications whose resource is one of these ids (bare, or as the last path segment)."""
-    deleted = 0
-    for value in ids:
-        deleted += conn.execute("DELETE FROM notifications WHERE resource = ? OR resource LIKE ?",
-                                (value, f"%/{value}")).rowcount
-    return deleted

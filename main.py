@@ -75,7 +75,7 @@ def job_table(settings: Settings) -> list[tuple[str, Callable[[Services], dict],
 def housekeeping(s: Services) -> dict:
     now, days = s.clock(), s.settings.retention_days
     counts = s.db.prune(now, keep_days=min(30.0, days))
-    retention = s.db.retention_prune(now, days)
+    retention = s.db.privacy.apply_retention(now, days)
     counts.update({f"retention_{k}": v for k, v in sorted(retention.items())})
     # Deleted rows (and reply texts cleared since the last run) leave the -wal file too.
     counts["wal_busy"] = s.db.compact()["busy"]
@@ -97,7 +97,7 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
     if who.startswith("meli:buyer:") and who[len("meli:buyer:"):].isdigit():  # the contact identifier: an id
         buyer_id = who[len("meli:buyer:"):]
     elif who.isdigit():
-        named = [b for b in s.db.buyers_by_nickname(who) if b != who]
+        named = [b for b in s.db.privacy.buyers_by_nickname(who) if b != who]
         if named:
             # Taken as an id, it would erase nothing and report success while that buyer stays.
             print(f"{who} is also the nickname of buyer(s) {', '.join(named)}; give meli:buyer:<id> (the Chatwoot "
@@ -105,7 +105,7 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
             return 1
         buyer_id = who
     else:
-        matches = s.db.buyers_by_nickname(who)
+        matches = s.db.privacy.buyers_by_nickname(who)
         if len(matches) != 1:
             reason = "no buyer with that nickname is remembered" if not matches else \
                 f"{len(matches)} buyers have that nickname ({', '.join(matches)})"
@@ -114,7 +114,7 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
             return 1
         buyer_id = matches[0]
     if chatwoot:
-        contacts, conversations = s.db.buyer_chatwoot_ids(buyer_id)
+        contacts, conversations = s.db.privacy.buyer_chatwoot_ids(buyer_id)
         try:
             found = s.chatwoot.find_contact(source_ids.buyer(buyer_id))
         except ApiError as exc:
@@ -122,7 +122,7 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
             return 1
         if found:
             contacts.add(found["id"])
-        shared = s.db.contacts_of_other_buyers(buyer_id, contacts)
+        shared = s.db.privacy.contacts_of_other_buyers(buyer_id, contacts)
         if shared:
             contacts -= shared
             print(f"Chatwoot: contacts {sorted(shared)} are kept: merged with another buyer's contact, deleting "
@@ -147,8 +147,8 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
                                   f"removed from the bridge's database, run the command again", file=sys.stderr)
                             return 1
                         print(f"Chatwoot: {label} {object_id} was already gone")
-    undelivered = s.db.buyer_undelivered_replies(buyer_id)
-    removed = s.db.forget_buyer(buyer_id, s.clock())
+    undelivered = s.db.privacy.buyer_undelivered_replies(buyer_id)
+    removed = s.db.privacy.forget_buyer(buyer_id, s.clock())
     compacted = s.db.compact()
     log.info("buyer forgotten buyer=%s %s", buyer_id, " ".join(f"{k}={v}" for k, v in sorted(removed.items())))
     if removed:
@@ -174,7 +174,7 @@ def run_job(s: Services, name: str, func: Callable[[Services], dict], *, quiet_w
     """Run one job with its bookkeeping; never raises. Returns True on success."""
     started = time.monotonic()
     if not quiet_when_idle:
-        s.db.job_started(name, s.clock())
+        s.db.jobs.mark_started(name, s.clock())
     try:
         with rate_budget.priority(JOB_PRIORITY.get(name, rate_budget.RECONCILIATION)):
             counts = func(s) or {}
@@ -198,7 +198,7 @@ def run_job(s: Services, name: str, func: Callable[[Services], dict], *, quiet_w
     if quiet_when_idle and not busy:
         return True
     if quiet_when_idle:
-        s.db.job_started(name, s.clock())
+        s.db.jobs.mark_started(name, s.clock())
     _finish(s, name, started, None)
     log.info("job %s done in %dms %s", name, (time.monotonic() - started) * 1000,
              " ".join(f"{k}={v}" for k, v in counts.items() if k != "ms"))
@@ -207,7 +207,7 @@ def run_job(s: Services, name: str, func: Callable[[Services], dict], *, quiet_w
 
 
 def _finish(s: Services, name: str, started: float, error: str | None) -> None:
-    s.db.job_finished(name, s.clock(), int((time.monotonic() - started) * 1000), error)
+    s.db.jobs.mark_finished(name, s.clock(), int((time.monotonic() - started) * 1000), error)
 
 
 def open_services(settings: Settings) -> Services:
@@ -226,7 +226,7 @@ def resume_interrupted(s: Services) -> None:
     if not s.db.hold_poller_lock():
         log.info("another poller is running on this database; replies in its hands stay there")
         return
-    released = s.db.replies_release_leases(s.clock())
+    released = s.db.replies.release_leases(s.clock())
     if released:
         log.warning("resuming %d replies interrupted by a previous poller's crash", released)
 
@@ -319,7 +319,7 @@ def cmd_status(settings: Settings) -> int:
 
 def cmd_retry(settings: Settings, kind: str | None, item_id: str | None) -> int:
     s = open_services(settings)
-    count = s.db.items_reset(s.clock(), kind, item_id)
+    count = s.db.items.reset(s.clock(), kind, item_id)
     print(f"{count} failing item(s) will be tried again on the next run.")
     return 0
 

@@ -88,7 +88,7 @@ class Batch:
         self.kind = kind
         self.failed = 0
         self._streak = 0
-        self._waiting = s.db.items_waiting(kind, s.clock())
+        self._waiting = s.db.items.waiting(kind, s.clock())
 
     def waiting(self, item_id: Any) -> bool:
         """In backoff after a failure: skipped until due."""
@@ -114,7 +114,7 @@ class Batch:
 
     def keep_only(self, item_ids: set[str]) -> None:
         """The items that still need work; failures of any other item are forgotten."""
-        forgotten = self.s.db.items_forget_others(self.kind, {str(i) for i in item_ids})
+        forgotten = self.s.db.items.forget_others(self.kind, {str(i) for i in item_ids})
         if forgotten:
             log.info("item failures forgotten kind=%s count=%d: no work left for them", self.kind, forgotten)
 
@@ -137,12 +137,12 @@ class Batch:
 def failed(s: Services, kind: str, item_id: Any, exc: BaseException) -> dict:
     """Count a failed attempt; give up (and report) when the bound is reached."""
     now = s.clock()
-    previous = s.db.item_attempt(kind, item_id)
+    previous = s.db.items.get(kind, item_id)
     attempts = (previous["attempts"] if previous else 0) + 1
     retry_after = exc.retry_after if isinstance(exc, ApiError) else None
     next_at, give_up = next_attempt(attempts, now, retry_after)
     error = describe(exc)
-    row = s.db.item_failed(kind, item_id, error, next_at, now, give_up=give_up)
+    row = s.db.items.record_failure(kind, item_id, error, next_at, now, give_up=give_up)
     log.warning("item failed %s=%s attempt=%d retry_in=%ds error=%s", kind, item_id, attempts, next_at - now, error)
     log.debug("item failure trace %s=%s", kind, item_id, exc_info=exc)
     if row["gave_up_at"] is not None and row["reported_at"] is None:
@@ -153,13 +153,13 @@ def failed(s: Services, kind: str, item_id: Any, exc: BaseException) -> dict:
 def gave_up(s: Services, kind: str, item_id: Any, error: str, attempts: int | None = None) -> None:
     """An item whose own queue stopped trying it (a notification, a reply): report it like the others."""
     now = s.clock()
-    row = s.db.item_failed(kind, item_id, error, now + AFTER_GIVE_UP, now, give_up=True, attempts=attempts)
+    row = s.db.items.record_failure(kind, item_id, error, now + AFTER_GIVE_UP, now, give_up=True, attempts=attempts)
     if row["reported_at"] is None:
         report_safely(s, row)
 
 
 def succeeded(s: Services, kind: str, item_id: Any) -> None:
-    if s.db.item_succeeded(kind, item_id):
+    if s.db.items.mark_succeeded(kind, item_id):
         log.info("item recovered %s=%s after earlier failures", kind, item_id)
 
 
@@ -189,17 +189,17 @@ def report(s: Services, row: dict) -> None:
                         "/health da ponte. Enquanto isso, confira esta conversa direto no Mercado Livre para não "
                         "deixar o comprador sem resposta.",
                         source_id=source_ids.note("failing", kind, item_id, int(row["gave_up_at"])))
-    s.db.item_reported(kind, item_id, s.clock())
+    s.db.items.mark_reported(kind, item_id, s.clock())
 
 
 def conversation_for(s: Services, kind: str, item_id: Any) -> int | None:
     if kind in ("question", "pack", "claim"):
         return (s.db.links.get(kind, item_id) or {}).get("conversation_id")
     if kind == "reply":
-        return (s.db.reply(int(item_id)) or {}).get("conversation_id")
+        return (s.db.replies.get(int(item_id)) or {}).get("conversation_id")
     if kind == "notification":
         # The question's or the message's conversation, when the bridge already made it.
-        note = s.db.notification(str(item_id)) or {}
+        note = s.db.notifications.get(str(item_id)) or {}
         resource = (note.get("resource") or "").strip()
         link_kind = {"questions": "question", "messages": "message", "claims": "claim"}.get(note.get("topic"))
         if link_kind and resource:
@@ -210,8 +210,8 @@ def conversation_for(s: Services, kind: str, item_id: Any) -> int | None:
 def report_pending(s: Services) -> dict:
     """Housekeeping: reports a Chatwoot failure postponed, and old records of items not retried."""
     reported = 0
-    for row in s.db.items_unreported():
+    for row in s.db.items.unreported():
         if s.stopping.is_set():
             break
         reported += report_safely(s, row)
-    return {"failures_reported": reported, "failures_forgotten": s.db.items_forget_reported(s.clock() - KEEP_REPORTED)}
+    return {"failures_reported": reported, "failures_forgotten": s.db.items.forget_reported(s.clock() - KEEP_REPORTED)}

@@ -44,9 +44,9 @@ def link_conversations(db) -> None:
     db.links.mark_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5, data={"buyer_id": 9})
 
 
-def sale_services(settings, db) -> Services:
+def sale_services(settings, db, clock: Clock | None = None) -> Services:
     """Authorized services with sale 2000001 (buyer 9) already in Chatwoot conversation 88."""
-    services = authorized_services(settings, db)
+    services = authorized_services(settings, db, clock)
     db.links.mark_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
                           data={"buyer_id": 9, "blocked": False, "migrated": False})
     return services

@@ -97,8 +97,8 @@ def test_a_deleted_question_conversation_is_left_deleted_and_not_followed_again(
 @responses.activate
 def test_one_refused_question_does_not_hold_back_the_later_ones(s):
     s.db.links.mark_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [1]})
-    s.db.cache_put_many("user", {"9": "COMPRADOR"}, time.time())
-    s.db.cache_put_many("item", {"MLB1": {"id": "MLB1", "title": "Caneca"}}, time.time())
+    s.db.cache.put_many("user", {"9": "COMPRADOR"}, time.time())
+    s.db.cache.put_many("item", {"MLB1": {"id": "MLB1", "title": "Caneca"}}, time.time())
     question = {"item_id": "MLB1", "from": {"id": 9}, "status": "UNANSWERED", "text": "?"}
     responses.get(f"{API}/questions/search", json=search(dict(question, id=10), dict(question, id=11)))
     responses.post(f"{CW}/conversations", json={"id": 90})
@@ -162,4 +162,4 @@ def test_a_failed_reply_from_a_deleted_conversation_is_told_in_the_sales_new_one
     body = json.loads(note.request.body)
     assert body["private"] is True and "U+1F600" in body["content"]
     assert body["source_id"] == f"meli:note:reply:{extra['reply_id']}"
-    assert s.db.reply(extra["reply_id"])["reported_at"]
+    assert s.db.replies.get(extra["reply_id"])["reported_at"]

@@ -74,7 +74,7 @@ def test_a_foreign_redirect_reaches_the_agent_as_a_failed_mark_and_note(settings
 
     delivery.run_outbox(s)
 
-    reply = db.reply(extra["reply_id"])
+    reply = db.replies.get(extra["reply_id"])
     assert reply["status"] == "failed" and reply["reported_at"]
     assert not [c for c in responses.calls if c.request.url.startswith(API)]  # nothing went to Mercado Livre
     patch = [json.loads(c.request.body) for c in responses.calls if c.request.method == "PATCH"][0]

@@ -201,7 +201,7 @@ def test_mutated_notifications_never_cause_a_5xx_and_only_ours_are_recorded(noti
     assert resp.status_code in (200, 400), (resp.status_code, body)
     if resp.json["status"] in ("recorded", "duplicate"):
         assert body["application_id"] in (123456, "123456") and body["user_id"] in (555, "555")
-    for row in db.notifications_due(now=9e12):
+    for row in db.notifications.due(now=9e12):
         assert notifications.RESOURCES[row["topic"]].fullmatch(row["resource"])
 
 

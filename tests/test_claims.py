@@ -95,11 +95,11 @@ def test_a_claim_reply_is_accepted_with_the_receiver_the_agent_chose(make_settin
                            custom_attributes={"meli_claim_id": "5000001", "meli_claim_reply_to": "Mediador "})
     status, _code, extra = accept.accept_webhook(body, settings, db, 1000.0)
     assert status == "accepted" and extra["kind"] == "claim" and extra["target"] == "5000001"
-    assert db.reply(extra["reply_id"])["receiver"] == "mediator"
+    assert db.replies.get(extra["reply_id"])["receiver"] == "mediator"
     body = message_created(message_id=2, inbox_id=CLAIM_INBOX, content="Olá",
                            custom_attributes={"meli_claim_id": "5000001", "meli_claim_reply_to": ["x"]})
     _status, _code, extra = accept.accept_webhook(body, settings, db, 1000.0)
-    assert db.reply(extra["reply_id"])["receiver"] == "complainant"
+    assert db.replies.get(extra["reply_id"])["receiver"] == "complainant"
 
 
 def test_a_claim_reply_with_a_file_and_no_text_is_refused_with_a_note(make_settings, db):
@@ -120,8 +120,8 @@ CLAIM_ID = "5000001"
 
 
 @pytest.fixture
-def s(make_settings, db):
-    services = authorized_services(make_settings(CHATWOOT_CLAIMS_INBOX_ID=str(CLAIM_INBOX)), db)
+def s(make_settings, db, clock):
+    services = authorized_services(make_settings(CHATWOOT_CLAIMS_INBOX_ID=str(CLAIM_INBOX)), db, clock)
     data = {"buyer_id": 7001, "order_id": "2000001", "pack_id": "2000001", "stage": "claim", "status": "opened",
             "last_updated": "old", "due": "2026-11-22T10:00:00.000Z", "affects": "not_affected",
             "attributes": sync_claims.claim_attributes(claim(), None, "not_affected")}
@@ -135,10 +135,10 @@ def respondent_message(text, minute):
 
 
 def delivered_claim_reply(db, message_id, text):
-    reply_id = db.reply_accept(chatwoot_message_id=message_id, conversation_id=88, kind="claim", target_id=CLAIM_ID,
-                               parts=[{"text": text}], now=1000.0, receiver="complainant")
-    db.part_sent(reply_id, 0, sync_claims.sent_key(CLAIM_ID, text), 1001.0)
-    db.reply_delivered(reply_id, 1002.0)
+    reply_id = db.replies.accept(chatwoot_message_id=message_id, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                 parts=[{"text": text}], now=1000.0, receiver="complainant")
+    db.replies.mark_part_sent(reply_id, 0, sync_claims.sent_key(CLAIM_ID, text), 1001.0)
+    db.replies.mark_delivered(reply_id, 1002.0)
     return reply_id
 
 
@@ -150,8 +150,8 @@ def test_a_reply_repeating_a_pruned_replys_text_is_still_the_agents_own_message(
                   json=[respondent_message("Ok, obrigado", 1)])
     sync_claims.sync_claim(s, CLAIM_ID)
     # The old reply is forgotten (housekeeping); weeks later an agent writes the same words.
-    db.conn().execute("DELETE FROM reply_parts WHERE reply_id = ?", (old,))
-    db.conn().execute("DELETE FROM replies WHERE id = ?", (old,))
+    db.replies.mark_reported(old, 1003.0)
+    assert db.prune(s.clock())["replies"] == 1 and db.replies.parts(old) == []
     delivered_claim_reply(db, 902, "Ok, obrigado")
     responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
                       json=[respondent_message("Ok, obrigado", 1), respondent_message("Ok, obrigado", 40)])
@@ -247,9 +247,9 @@ def test_two_equal_replies_mercado_livre_dated_alike_are_both_the_agents_and_non
 
 @responses.activate
 def test_a_site_message_held_back_for_a_reply_in_flight_is_read_again_at_the_next_poll(s, db):
-    reply_id = db.reply_accept(chatwoot_message_id=903, conversation_id=88, kind="claim", target_id=CLAIM_ID,
-                               parts=[{"text": "ok"}], now=1000.0, receiver="complainant")
-    db.part_mark_sending(reply_id, 0, 1000.0)
+    reply_id = db.replies.accept(chatwoot_message_id=903, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                 parts=[{"text": "ok"}], now=1000.0, receiver="complainant")
+    db.replies.mark_part_sending(reply_id, 0, 1000.0)
     summary = claim(due="2030-01-01T00:00:00.000Z")
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=summary)
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[respondent_message("ok", 1)])
@@ -257,8 +257,8 @@ def test_a_site_message_held_back_for_a_reply_in_flight_is_read_again_at_the_nex
     sync_claims.sync_claim(s, CLAIM_ID)
     assert mirrored() == []
     # The part then fails (nothing reached the claim): the seller's own "ok" must still come in.
-    db.part_unsent(reply_id, 0)
-    db.reply_failed(reply_id, "x", "x", 1100.0)
+    db.replies.mark_part_unsent(reply_id, 0)
+    db.replies.mark_failed(reply_id, "x", "x", 1100.0)
     assert sync_claims._changed(s, CLAIM_ID, summary)
     sync_claims.sync_claim(s, CLAIM_ID)
     assert mirrored() == ["ok\n\n(enviada pelo Mercado Livre, fora do Chatwoot)"]
@@ -282,9 +282,9 @@ def test_a_message_waiting_for_translation_comes_in_once_with_its_final_text(s, 
 
 @responses.activate
 def test_a_claim_reply_split_in_parts_never_sends_its_rest_to_another_receiver(s, db):
-    reply_id = db.reply_accept(chatwoot_message_id=904, conversation_id=88, kind="claim", target_id=CLAIM_ID,
-                               parts=[{"text": "Primeira parte"}, {"text": "Segunda parte"}], now=time.time(),
-                               receiver="complainant")
+    reply_id = db.replies.accept(chatwoot_message_id=904, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                 parts=[{"text": "Primeira parte"}, {"text": "Segunda parte"}], now=s.clock(),
+                                 receiver="complainant")
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim())
     sent = []
 
@@ -299,8 +299,7 @@ def test_a_claim_reply_split_in_parts_never_sends_its_rest_to_another_receiver(s
     responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
                       json=claim(stage="dispute", actions=("send_message_to_mediator",)))
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[])
-    db.conn().execute("UPDATE replies SET next_attempt_at = 0, lease_until = 0 WHERE id = ?", (reply_id,))
-    s.clock = lambda: time.time() + 3600  # the unanswered send has long settled, and did not arrive
+    s.clock.advance(3600)  # the unanswered send has long settled, and did not arrive
     assert delivery.deliver(s, reply_id) == "failed"
     assert {m["receiver_role"] for m in sent} == {"complainant"}
     assert "Segunda parte" not in [m["message"] for m in sent if m["receiver_role"] == "mediator"]
@@ -308,9 +307,9 @@ def test_a_claim_reply_split_in_parts_never_sends_its_rest_to_another_receiver(s
 
 @responses.activate
 def test_a_claim_reply_begun_to_the_mediator_as_the_only_receiver_ends_there(s, db):
-    reply_id = db.reply_accept(chatwoot_message_id=905, conversation_id=88, kind="claim", target_id=CLAIM_ID,
-                               parts=[{"text": "Primeira parte"}, {"text": "Segunda parte"}], now=time.time(),
-                               receiver="complainant")
+    reply_id = db.replies.accept(chatwoot_message_id=905, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                 parts=[{"text": "Primeira parte"}, {"text": "Segunda parte"}], now=s.clock(),
+                                 receiver="complainant")
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
                   json=claim(stage="dispute", actions=("send_message_to_mediator",)))
     sent = []
@@ -325,8 +324,7 @@ def test_a_claim_reply_begun_to_the_mediator_as_the_only_receiver_ends_there(s, 
     responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
                       json=claim(stage="dispute", actions=("send_message_to_mediator", "send_message_to_complainant")))
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[])
-    db.conn().execute("UPDATE replies SET next_attempt_at = 0, lease_until = 0 WHERE id = ?", (reply_id,))
-    s.clock = lambda: time.time() + 3600
+    s.clock.advance(3600)
     assert delivery.deliver(s, reply_id) == "delivered"
     assert [(m["message"], m["receiver_role"]) for m in sent] == [
         ("Primeira parte", "mediator"), ("Segunda parte", "mediator"), ("Segunda parte", "mediator")]
@@ -376,15 +374,15 @@ def iso(moment: float) -> str:
 @responses.activate
 def test_a_reply_in_doubt_that_arrived_is_not_sent_again_because_an_older_equal_reply_is_not_matched_yet(s, db):
     start = 1_790_000_000.0
-    older = db.reply_accept(chatwoot_message_id=906, conversation_id=88, kind="claim", target_id=CLAIM_ID,
-                            parts=[{"text": "ok"}], now=start, receiver="complainant")
-    db.part_sent(older, 0, sync_claims.sent_key(CLAIM_ID, "ok"), start + 1)
-    db.reply_delivered(older, start + 1)
+    older = db.replies.accept(chatwoot_message_id=906, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                              parts=[{"text": "ok"}], now=start, receiver="complainant")
+    db.replies.mark_part_sent(older, 0, sync_claims.sent_key(CLAIM_ID, "ok"), start + 1)
+    db.replies.mark_delivered(older, start + 1)
     # Ten minutes later the same words again; the send's answer is lost, but it reached the claim.
-    reply_id = db.reply_accept(chatwoot_message_id=907, conversation_id=88, kind="claim", target_id=CLAIM_ID,
-                               parts=[{"text": "ok"}], now=start + 600, receiver="complainant")
-    db.part_mark_sending(reply_id, 0, start + 600)
-    db.part_attempted(reply_id, 0, start + 600)
+    reply_id = db.replies.accept(chatwoot_message_id=907, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                 parts=[{"text": "ok"}], now=start + 600, receiver="complainant")
+    db.replies.mark_part_sending(reply_id, 0, start + 600)
+    db.replies.mark_part_attempted(reply_id, 0, start + 600)
     s.clock = lambda: start + 900
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim())
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
@@ -397,10 +395,10 @@ def test_a_reply_in_doubt_that_arrived_is_not_sent_again_because_an_older_equal_
 
 @responses.activate
 def test_a_reply_to_a_claim_mercado_livre_no_longer_shows_fails_at_once_with_a_note(s, db):
-    reply_id = db.reply_accept(chatwoot_message_id=908, conversation_id=88, kind="claim", target_id=CLAIM_ID,
-                               parts=[{"text": "Olá"}], now=time.time(), receiver="complainant")
+    reply_id = db.replies.accept(chatwoot_message_id=908, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                 parts=[{"text": "Olá"}], now=s.clock(), receiver="complainant")
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", status=404,
                   json={"error": "not_found", "message": "claim not found"})
     assert delivery.deliver(s, reply_id) == "failed"
-    reply = db.reply(reply_id)
+    reply = db.replies.get(reply_id)
     assert "Nada foi enviado" in reply["note"] and reply["error"] == "reclamação não acessível"

@@ -31,12 +31,12 @@ def test_only_one_poller_holds_the_poller_lock(settings):
 
 
 def test_replies_left_sending_by_a_dead_poller_are_due_at_once(db):
-    reply_id = db.reply_accept(chatwoot_message_id=1, conversation_id=2, kind="answer", target_id="3",
-                               parts=[{"text": "Sim"}], now=1000.0)
-    assert db.reply_claim(reply_id, 1000.0, 300.0)
-    assert db.replies_due(1001.0) == []
-    assert db.replies_release_leases(1001.0) == 1
-    assert [r["id"] for r in db.replies_due(1001.0)] == [reply_id]
+    reply_id = db.replies.accept(chatwoot_message_id=1, conversation_id=2, kind="answer", target_id="3",
+                                 parts=[{"text": "Sim"}], now=1000.0)
+    assert db.replies.claim(reply_id, 1000.0, 300.0)
+    assert db.replies.due(1001.0) == []
+    assert db.replies.release_leases(1001.0) == 1
+    assert [r["id"] for r in db.replies.due(1001.0)] == [reply_id]
 
 
 @responses.activate
@@ -87,9 +87,9 @@ def s(settings, db):
 def answer_in_flight(s, content):
     """An accepted reply whose POST /answers went out, the poller dying before recording it."""
     accept.accept_webhook(message_created(message_id=9123, content=content), s.settings, s.db, time.time())
-    reply = s.db.reply_by_message(9123)
-    s.db.reply_claim(reply["id"], time.time(), delivery.LEASE_SECONDS)
-    s.db.part_mark_sending(reply["id"], 0)
+    reply = s.db.replies.by_message(9123)
+    s.db.replies.claim(reply["id"], time.time(), delivery.LEASE_SECONDS)
+    s.db.replies.mark_part_sending(reply["id"], 0)
     return reply["id"]
 
 
@@ -106,9 +106,9 @@ def test_an_answered_question_with_our_in_flight_text_is_resolved_not_mirrored(s
     assert chatwoot_calls("POST", "/conversations/77/messages") == []
     assert (s.db.links.get("answer", "321")["status"] == "created"
             and s.db.links.get("answer", "321")["data"] == {"by": "bridge"})
-    assert s.db.reply_parts(reply_id)[0]["status"] == "sent"
+    assert s.db.replies.parts(reply_id)[0]["status"] == "sent"
     # The outbox, taking the reply back, finishes it without posting again.
-    s.db.replies_release_leases(time.time())
+    s.db.replies.release_leases(time.time())
     responses.patch(f"{CW}/conversations/77/messages/9123", json={"id": 9123})
     assert delivery.run_outbox(s)["delivered"] == 1
     assert not [c for c in responses.calls if "/answers" in c.request.url]
@@ -125,4 +125,4 @@ def test_an_answer_given_elsewhere_while_ours_is_in_flight_is_still_mirrored(s):
     [mirror] = chatwoot_calls("POST", "/conversations/77/messages")
     assert json.loads(mirror.request.body)["source_id"] == "meli:answer:321"
     assert s.db.links.get("answer", "321")["data"] == {"by": "mercadolivre"}
-    assert s.db.reply_parts(reply_id)[0]["status"] == "sending"
+    assert s.db.replies.parts(reply_id)[0]["status"] == "sending"

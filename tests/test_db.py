@@ -119,28 +119,28 @@ def test_five_processes_opening_fresh_databases_at_once_all_succeed(tmp_path):
 
 def test_a_reply_is_accepted_once_per_chatwoot_message(db):
     parts = [{"text": "a", "attachments": []}]
-    first = db.reply_accept(chatwoot_message_id=9, conversation_id=1, kind="answer", target_id="5", parts=parts,
-                            now=1.0)
-    again = db.reply_accept(chatwoot_message_id=9, conversation_id=1, kind="answer", target_id="5", parts=parts,
-                            now=2.0)
+    first = db.replies.accept(chatwoot_message_id=9, conversation_id=1, kind="answer", target_id="5", parts=parts,
+                              now=1.0)
+    again = db.replies.accept(chatwoot_message_id=9, conversation_id=1, kind="answer", target_id="5", parts=parts,
+                              now=2.0)
     assert first and again is None
 
 
 def test_only_one_worker_claims_a_reply(db):
-    reply = db.reply_accept(chatwoot_message_id=9, conversation_id=1, kind="answer", target_id="5",
-                            parts=[{"text": "a"}], now=1.0)
+    reply = db.replies.accept(chatwoot_message_id=9, conversation_id=1, kind="answer", target_id="5",
+                              parts=[{"text": "a"}], now=1.0)
     other = Database(db.path)
-    assert db.reply_claim(reply, 2.0, 60) is not None
-    assert other.reply_claim(reply, 2.0, 60) is None
+    assert db.replies.claim(reply, 2.0, 60) is not None
+    assert other.replies.claim(reply, 2.0, 60) is None
     # A worker that died: its lease runs out and the reply can be taken again.
-    assert other.reply_claim(reply, 100.0, 60) is not None
+    assert other.replies.claim(reply, 100.0, 60) is not None
 
 
 def test_delivered_replies_forget_their_text(db):
-    reply = db.reply_accept(chatwoot_message_id=9, conversation_id=1, kind="answer", target_id="5",
-                            parts=[{"text": "texto do agente"}], now=1.0)
-    db.reply_delivered(reply, 2.0)
-    assert db.reply_parts(reply)[0]["text"] is None
+    reply = db.replies.accept(chatwoot_message_id=9, conversation_id=1, kind="answer", target_id="5",
+                              parts=[{"text": "texto do agente"}], now=1.0)
+    db.replies.mark_delivered(reply, 2.0)
+    assert db.replies.parts(reply)[0]["text"] is None
 
 
 def test_an_oauth_state_is_single_use_and_expires(db):
@@ -167,14 +167,14 @@ def test_an_unwritable_directory_gives_one_clear_line(tmp_path, monkeypatch):
 
 def test_housekeeping_forgets_old_records_but_keeps_links(db):
     day = 86400.0
-    db.notification_record("n1", "questions", "/questions/1", now=1.0)
-    db.notification_done("n1", now=2.0)
+    db.notifications.record("n1", "questions", "/questions/1", now=1.0)
+    db.notifications.mark_done("n1", now=2.0)
     db.auth.create_oauth_state("s", None, now=1.0, ttl=600)
-    db.cache_put_many("item", {"MLB1": {"title": "x"}}, now=1.0)
-    reply = db.reply_accept(chatwoot_message_id=1, conversation_id=1, kind="answer", target_id="5",
-                            parts=[{"text": "a"}], now=1.0)
-    db.reply_delivered(reply, 2.0)
-    db.reply_reported(reply, 3.0)
+    db.cache.put_many("item", {"MLB1": {"title": "x"}}, now=1.0)
+    reply = db.replies.accept(chatwoot_message_id=1, conversation_id=1, kind="answer", target_id="5",
+                              parts=[{"text": "a"}], now=1.0)
+    db.replies.mark_delivered(reply, 2.0)
+    db.replies.mark_reported(reply, 3.0)
     db.links.mark_created("question", "5", 1.0, conversation_id=1)
     counts = db.prune(now=40 * day)
     assert counts == {"notifications": 1, "oauth_states": 1, "cache": 1, "replies": 1}

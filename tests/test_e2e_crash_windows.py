@@ -281,8 +281,8 @@ def test_a_token_refreshed_before_a_crash_asks_for_reauthorization_once(bridge):
     assert_killed(crashing_poller(bridge, "token_refreshed"))
     assert meli.refresh_count == 1
     db = Database(bridge.env["DATABASE_PATH"])
-    with db.write() as conn:  # two minutes later the dead process's refresh lease has run out
-        conn.execute("UPDATE meli_auth SET refresh_lease_until = 0")
+    # Two minutes later the dead process's refresh lease has run out.
+    db.auth.release_lease(db.auth.current()["refresh_lease_owner"])
     # The new pair died with the process and the old refresh token is spent: a person must authorize.
     assert bridge.once().returncode != 0
     auth = db.auth.current()

@@ -154,8 +154,8 @@ def test_a_reply_moderated_after_acceptance_is_shown_failed_to_the_agent(bridge)
     meli.moderate(meli.sent_messages[-1]["message_id"], "PERSONAL_DATA")
     # Three minutes later, the poller reads the thread once more.
     db = Database(bridge.env["DATABASE_PATH"])
-    with db.write() as conn:
-        conn.execute("UPDATE replies SET finished_at = finished_at - 180")
+    delivered = db.replies.by_message(reply["id"])
+    db.replies.mark_delivered(delivered["id"], delivered["finished_at"] - 180)
     wait_until(lambda: chatwoot.message(reply["id"])["status"] == "failed", 20, what="failed mark")
     assert "moderação" in chatwoot.message(reply["id"])["external_error"]
     wait_until(lambda: [m for m in chatwoot.messages_in(conv["id"]) if m["private"]], 20, what="note")
@@ -210,8 +210,7 @@ def test_a_message_read_on_the_site_before_the_bridge_saw_it_reaches_chatwoot(br
     assert meli.unread_results() == []
     # Fifteen minutes later the sweep reads the thread's count again.
     db = Database(bridge.env["DATABASE_PATH"])
-    with db.write() as conn:
-        conn.execute("UPDATE threads SET checked_at = checked_at - 3600")
+    db.threads.mark_checked(pack, db.threads.get(pack)["checked_at"] - 3600)
     assert bridge.once().returncode == 0
     assert [m["content"] for m in chatwoot.messages_in(conv["id"])] == ["Oi", "Lida no app"]
     assert chatwoot.messages_in(conv["id"])[-1]["message_type"] == 0
@@ -242,8 +241,8 @@ def test_a_moderation_note_that_chatwoot_refused_once_is_posted_on_the_next_poll
     chatwoot.fail_next("POST", f"/api/v1/accounts/{chatwoot.account_id}/conversations/{conv['id']}"
                                     "/messages", 422)
     db = Database(bridge.env["DATABASE_PATH"])
-    with db.write() as conn:
-        conn.execute("UPDATE replies SET finished_at = finished_at - 180")
+    delivered = db.replies.by_message(reply["id"])
+    db.replies.mark_delivered(delivered["id"], delivered["finished_at"] - 180)
     wait_until(lambda: [m for m in chatwoot.messages_in(conv["id"]) if m["private"]], 20, what="note")
     assert chatwoot.count("POST", f"/api/v1/accounts/{chatwoot.account_id}/conversations/"
                                        f"{conv['id']}/messages") >= 2

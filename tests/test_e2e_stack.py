@@ -64,7 +64,10 @@ def test_two_processes_refresh_each_expiry_exactly_once(bridge):
     meli.access_ttl = 301.0
     bridge.once()  # seeds the store from the environment
     # Expire the seeded token: every token issued from here lives "301 s".
-    Database(bridge.env["DATABASE_PATH"]).conn().execute("UPDATE meli_auth SET expires_at = 0")
+    db = Database(bridge.env["DATABASE_PATH"])
+    token = db.auth.current()["access_token"]
+    assert token
+    db.auth.invalidate_access(token)
     before = meli.refresh_count
     procs = [subprocess.Popen([sys.executable, "-c", HAMMER, "6"], cwd=str(ROOT), env=bridge.env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]

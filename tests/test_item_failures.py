@@ -80,7 +80,7 @@ def test_a_question_raising_keyerror_does_not_stop_the_later_questions(s, clock)
     assert counts["created"] == 2 and counts["item_errors"] == 1
     assert s.db.links.get("question", "2")["status"] == "created"
     assert s.db.links.get("question", "3")["status"] == "created"
-    row = s.db.item_attempt("question", "1")
+    row = s.db.items.get("question", "1")
     assert row["attempts"] == 1 and row["gave_up_at"] is None
     assert row["next_attempt_at"] >= clock() + failures.RETRY_FIRST / 2
     assert row["last_error"].startswith("KeyError: 'item_id' at bridge/sync/questions.py:")
@@ -96,19 +96,19 @@ def test_search_entries_of_the_wrong_shape_do_not_stop_the_others(s):
     counts = sync_questions.sync_questions(s)
     assert counts["created"] == 1 and counts["item_errors"] == 1
     assert s.db.links.get("question", "3")["status"] == "created"
-    assert s.db.item_attempt("question", "2")["attempts"] == 1
+    assert s.db.items.get("question", "2")["attempts"] == 1
 
 
 @responses.activate
 def test_a_failing_question_waits_for_its_backoff_and_success_clears_it(s, clock):
     search_returns(question(1, item_id=None))
     sync_questions.sync_questions(s)
-    assert s.db.item_attempt("question", "1")["attempts"] == 1
+    assert s.db.items.get("question", "1")["attempts"] == 1
     sync_questions.sync_questions(s)  # not due yet: skipped
-    assert s.db.item_attempt("question", "1")["attempts"] == 1
+    assert s.db.items.get("question", "1")["attempts"] == 1
     clock.advance(failures.RETRY_FIRST + 1)
     sync_questions.sync_questions(s)
-    assert s.db.item_attempt("question", "1")["attempts"] == 2
+    assert s.db.items.get("question", "1")["attempts"] == 2
     # Mercado Livre now sends the full shape: the question goes through and its record goes.
     responses.replace(responses.GET, f"{API}/questions/search",
                       json={"total": 1, "limit": 50, "questions": [question(1)]})
@@ -117,18 +117,18 @@ def test_a_failing_question_waits_for_its_backoff_and_success_clears_it(s, clock
     chatwoot_creates()
     clock.advance(failures.RETRY_LONGEST)
     assert sync_questions.sync_questions(s)["created"] == 1
-    assert s.db.item_attempt("question", "1") is None
+    assert s.db.items.get("question", "1") is None
 
 
 @responses.activate
 def test_a_failing_question_that_left_the_list_is_forgotten(s, clock):
     search_returns(question(1, item_id=None))
     sync_questions.sync_questions(s)
-    assert s.db.item_attempt("question", "1")["attempts"] == 1
+    assert s.db.items.get("question", "1")["attempts"] == 1
     # Deleted by the buyer before it ever reached Chatwoot: nothing left to do for it.
     responses.replace(responses.GET, f"{API}/questions/search", json={"total": 0, "limit": 50, "questions": []})
     sync_questions.sync_questions(s)
-    assert s.db.item_attempt("question", "1") is None
+    assert s.db.items.get("question", "1") is None
     assert health.build_status(s.db, s.settings, clock())["checks"]["items"]["retrying"] == {}
 
 
@@ -147,7 +147,7 @@ def test_one_bad_item_in_the_lookup_does_not_fail_the_other_questions(s):
     counts = sync_questions.sync_questions(s)
     assert counts["created"] == 1 and counts["item_errors"] == 1
     assert s.db.links.get("question", "2")["status"] == "created"
-    assert s.db.item_attempt("question", "1")["last_error"].startswith("AttributeError")
+    assert s.db.items.get("question", "1")["last_error"].startswith("AttributeError")
 
 
 @responses.activate
@@ -161,7 +161,7 @@ def test_after_the_bound_a_question_is_reported_once_with_a_note_and_a_status_co
     responses.post(f"{CW}/conversations/77/messages", json={"id": 700})
     caplog.set_level(logging.INFO)
     fail_until_given_up(clock, lambda: sync_questions.sync_questions(s))
-    row = s.db.item_attempt("question", "7")
+    row = s.db.items.get("question", "7")
     assert row["attempts"] == failures.GIVE_UP_ATTEMPTS and row["gave_up_at"] and row["reported_at"]
     notes = notes_in(77)
     assert len(notes) == 1 and "10 tentativas" in notes[0]["content"]
@@ -174,10 +174,10 @@ def test_after_the_bound_a_question_is_reported_once_with_a_note_and_a_status_co
     assert items["gave_up_count"] == 1 and items["gave_up"][0]["item_id"] == "7"
     # From now on once a day, and never reported twice.
     sync_questions.sync_questions(s)
-    assert s.db.item_attempt("question", "7")["attempts"] == failures.GIVE_UP_ATTEMPTS
+    assert s.db.items.get("question", "7")["attempts"] == failures.GIVE_UP_ATTEMPTS
     clock.advance(failures.AFTER_GIVE_UP + 1)
     sync_questions.sync_questions(s)
-    assert s.db.item_attempt("question", "7")["attempts"] == failures.GIVE_UP_ATTEMPTS + 1
+    assert s.db.items.get("question", "7")["attempts"] == failures.GIVE_UP_ATTEMPTS + 1
     assert len(notes_in(77)) == 1
 
 
@@ -189,10 +189,10 @@ def test_a_note_that_could_not_be_posted_is_posted_by_housekeeping(s, clock):
     responses.get(f"{API}/questions/7", json=[])
     responses.post(f"{CW}/conversations/77/messages", status=500, json={"message": "down"})
     fail_until_given_up(clock, lambda: sync_questions.sync_questions(s))
-    assert s.db.item_attempt("question", "7")["reported_at"] is None
+    assert s.db.items.get("question", "7")["reported_at"] is None
     responses.replace(responses.POST, f"{CW}/conversations/77/messages", json={"id": 700})
     assert failures.report_pending(s)["failures_reported"] == 1
-    assert s.db.item_attempt("question", "7")["reported_at"] is not None
+    assert s.db.items.get("question", "7")["reported_at"] is not None
     assert failures.report_pending(s)["failures_reported"] == 0
 
 
@@ -204,7 +204,7 @@ def test_transient_failures_in_a_row_stop_the_batch_without_counting_the_rest(s)
     responses.post(f"{CW}/contacts", status=503, json={"message": "down"})
     counts = sync_questions.sync_questions(s)
     assert counts["item_errors"] == failures.OUTAGE_STREAK
-    assert [q for q in range(1, 7) if s.db.item_attempt("question", q)] == [1, 2, 3]
+    assert [q for q in range(1, 7) if s.db.items.get("question", q)] == [1, 2, 3]
 
 
 def test_an_error_description_keeps_class_and_place_but_never_a_value():
@@ -236,14 +236,14 @@ def test_a_pack_raising_does_not_stop_the_later_packs(s, clock):
     counts = sync_messages.sync_messages(s)
     assert counts["created"] == 1 and counts["item_errors"] == 1
     assert s.db.links.get("message", "m-1")["status"] == "created"
-    row = s.db.item_attempt("pack", "2000001")
+    row = s.db.items.get("pack", "2000001")
     assert row["attempts"] == 1 and row["last_error"].startswith("AttributeError")
     reads = len(calls("GET", "/packs/2000001/"))
     sync_messages.sync_messages(s)
     assert len(calls("GET", "/packs/2000001/")) == reads  # waiting for its backoff
     clock.advance(failures.RETRY_FIRST + 1)
     fail_until_given_up(clock, lambda: sync_messages.sync_messages(s), attempts=failures.GIVE_UP_ATTEMPTS - 1)
-    row = s.db.item_attempt("pack", "2000001")
+    row = s.db.items.get("pack", "2000001")
     assert row["gave_up_at"] and row["reported_at"]  # no conversation yet: reported by log and status
 
 
@@ -252,29 +252,29 @@ def test_a_pack_raising_does_not_stop_the_later_packs(s, clock):
 @responses.activate
 def test_a_notification_raising_does_not_stop_the_later_ones_and_is_reported_when_given_up(s, clock):
     s.db.links.mark_created("message", "m-bad", 1.0, conversation_id=88, message_id=3)
-    s.db.notification_record("n-1", "messages", "/messages/m-bad", clock())
+    s.db.notifications.record("n-1", "messages", "/messages/m-bad", clock())
     clock.advance(1)
-    s.db.notification_record("n-2", "questions", "/questions/8", clock())
+    s.db.notifications.record("n-2", "questions", "/questions/8", clock())
     responses.get(f"{API}/messages/m-bad", json=["unexpected"])
     responses.get(f"{API}/questions/8", json=question(8, item_id="MLB1") | {"status": "DELETED"})
     responses.get(f"{CW}/conversations/88/messages", json={"payload": []})
     responses.post(f"{CW}/conversations/88/messages", json={"id": 881})
     counts = notifications.process_notifications(s)
     assert counts == {"processed": 1, "retry": 1, "item_errors": 1}
-    bad = s.db.notification("n-1")
+    bad = s.db.notifications.get("n-1")
     assert bad["processed_at"] is None and bad["attempts"] == 1 and bad["last_error"].startswith("AttributeError")
-    assert s.db.notification("n-2")["processed_at"] is not None
+    assert s.db.notifications.get("n-2")["processed_at"] is not None
     assert health.build_status(s.db, s.settings, clock())["checks"]["items"]["retrying"] == {"notification": 1}
     fail_until_given_up(clock, lambda: notifications.process_notifications(s),
                         attempts=notifications.GIVE_UP_ATTEMPTS + 1, step=backoff.RETRY_MAX + 1)
-    assert s.db.notification("n-1")["processed_at"] is not None
-    row = s.db.item_attempt("notification", "n-1")
+    assert s.db.notifications.get("n-1")["processed_at"] is not None
+    row = s.db.items.get("notification", "n-1")
     assert row["gave_up_at"] and row["reported_at"]
     notes = notes_in(88)
     assert len(notes) == 1 and f"{notifications.GIVE_UP_ATTEMPTS + 1} tentativas" in notes[0]["content"]
     # `main.py retry` puts it back in the queue.
-    assert s.db.items_reset(clock(), "notification") == 1
-    assert s.db.notification("n-1")["processed_at"] is None and s.db.item_attempt("notification", "n-1") is None
+    assert s.db.items.reset(clock(), "notification") == 1
+    assert s.db.notifications.get("n-1")["processed_at"] is None and s.db.items.get("notification", "n-1") is None
 
 
 # ---- replies -----------------------------------------------------------------------------------------
@@ -303,14 +303,14 @@ def test_a_reply_raising_is_counted_backed_off_and_failed_with_a_note_after_a_da
         responses.post(f"{CW}/conversations/{conv}/messages", json={"id": 1})
     counts = delivery.run_outbox(s)
     assert counts["delivered"] == 1 and counts["retry"] == 1
-    assert s.db.reply(good)["status"] == "delivered"
-    reply = s.db.reply(bad)
+    assert s.db.replies.get(good)["status"] == "delivered"
+    reply = s.db.replies.get(bad)
     assert reply["status"] == "pending" and reply["attempts"] == 1 and "AttributeError" in reply["error"]
     assert reply["next_attempt_at"] > clock()
     assert health.build_status(s.db, s.settings, clock())["checks"]["items"]["retrying"] == {"reply": 1}
     clock.advance(report.GIVE_UP_AFTER + 1)
     delivery.run_outbox(s)
-    reply = s.db.reply(bad)
+    reply = s.db.replies.get(bad)
     assert reply["status"] == "failed" and reply["reported_at"]
     marks = [json.loads(c.request.body) for c in calls("PATCH", "/conversations/88/messages/9201")]
     assert marks and marks[-1]["status"] == "failed"
@@ -333,13 +333,13 @@ def test_a_report_raising_does_not_hold_up_the_other_reports_and_is_given_up_aft
     responses.get(f"{CW}/conversations/77/messages", json=["unexpected"])  # breaks the first report
     responses.get(f"{CW}/conversations/78/messages", json={"payload": []})
     assert delivery.run_outbox(s)["reported"] == 1
-    assert s.db.reply_by_message(9302)["reported_at"] is not None
-    assert s.db.reply_by_message(9301)["reported_at"] is None
+    assert s.db.replies.by_message(9302)["reported_at"] is not None
+    assert s.db.replies.by_message(9301)["reported_at"] is None
     clock.advance(report.GIVE_UP_AFTER + 1)
     delivery.run_outbox(s)
-    first = s.db.reply_by_message(9301)
+    first = s.db.replies.by_message(9301)
     assert first["reported_at"] is not None
-    row = s.db.item_attempt("reply", first["id"])
+    row = s.db.items.get("reply", first["id"])
     assert row["gave_up_at"] and row["last_error"].startswith("AttributeError")
 
 
@@ -347,8 +347,8 @@ def test_a_report_raising_does_not_hold_up_the_other_reports_and_is_given_up_aft
 
 @responses.activate
 def test_health_stays_200_and_names_given_up_items(s, clock, make_client):
-    s.db.item_failed("question", "7", "KeyError: 'id' at x.py:1", clock() + 86400, clock(), give_up=True)
-    s.db.item_failed("pack", "9", "TypeError at y.py:2", clock() + 60, clock())
+    s.db.items.record_failure("question", "7", "KeyError: 'id' at x.py:1", clock() + 86400, clock(), give_up=True)
+    s.db.items.record_failure("pack", "9", "TypeError at y.py:2", clock() + 60, clock())
     client = make_client(s.settings, s.db, clock=clock)
     resp = client.get("/health")
     assert resp.status_code == 200
@@ -361,7 +361,7 @@ def test_health_stays_200_and_names_given_up_items(s, clock, make_client):
 
 def test_main_status_shows_the_counts_and_retry_clears_them(tmp_path, settings, db):
     db.auth.store_authorized(SELLER, "LOJA", "AT-1", "RT-1", time.time() + 21600, time.time())
-    db.item_failed("question", "7", "KeyError: 'id' at x.py:1", time.time() + 86400, time.time(), give_up=True)
+    db.items.record_failure("question", "7", "KeyError: 'id' at x.py:1", time.time() + 86400, time.time(), give_up=True)
     env = dict(base_env(tmp_path), PATH=os.environ.get("PATH", ""))
 
     def cli(*args):

@@ -7,7 +7,8 @@ from tests.e2e import ROOT
 
 LEAVES = {"config", "bridge.http", "bridge.rate_budget", "bridge.backoff", "bridge.text", "bridge.signature",
           "bridge.logging", "bridge.source_ids", "bridge.paging"}
-STORES = {"bridge.store.auth", "bridge.store.links"}
+STORES = {f"bridge.store.{name}" for name in ("auth", "links", "replies", "notifications", "items", "threads",
+                                              "watermarks", "jobs", "cache", "privacy")}
 # What each root module may import of ours; entry points may import anything but each other.
 ALLOWED = {
     "config": set(),

@@ -121,10 +121,10 @@ def test_a_file_the_seller_sent_on_the_site_is_mirrored_after_a_failed_reply_lef
     from tests.payloads import message_created
     accept_webhook(message_created(message_id=9300, conversation_id=88, inbox_id=2, content="Ok"),
                    s.settings, s.db, time.time())
-    reply = s.db.replies_active_for_target("message", "2000001")[0]
-    s.db.reply_claim(reply["id"], time.time(), 300)
-    s.db.part_mark_sending(reply["id"], 0, time.time())
-    s.db.reply_failed(reply["id"], "recusado", "nota", time.time())  # finished: nothing of it is in flight
+    reply = s.db.replies.active_for_target("message", "2000001")[0]
+    s.db.replies.claim(reply["id"], time.time(), 300)
+    s.db.replies.mark_part_sending(reply["id"], 0, time.time())
+    s.db.replies.mark_failed(reply["id"], "recusado", "nota", time.time())  # finished: nothing of it is in flight
     typed = {"id": "m-file", "from": {"user_id": 555}, "to": {"user_id": 9}, "text": "",
              "message_date": {"created": "2026-11-29T10:05:00.000Z", "read": None},
              "message_attachments": [{"filename": "nf-1.pdf", "original_filename": "nota.pdf", "size": 3}]}
@@ -135,7 +135,7 @@ def test_a_file_the_seller_sent_on_the_site_is_mirrored_after_a_failed_reply_lef
 
     assert sync_messages.sync_pack(s, "2000001", 555) == 1
     assert s.db.links.get("message", "m-file")["status"] == "created"
-    assert s.db.thread("2000001")["total"] == 1
+    assert s.db.threads.get("2000001")["total"] == 1
 
 
 @responses.activate
@@ -145,10 +145,10 @@ def test_a_reply_moderated_after_its_first_check_is_still_shown_failed_to_the_ag
     now = time.time()
     accept_webhook(message_created(message_id=9400, conversation_id=88, inbox_id=2, content="Me chama no zap"),
                    s.settings, s.db, now - 1300)
-    reply = s.db.replies_active_for_target("message", "2000001")[0]
-    s.db.reply_claim(reply["id"], now - 1300, 300)
-    s.db.part_sent(reply["id"], 0, "m-r", now - 1200)
-    s.db.reply_delivered(reply["id"], now - 1200)
+    reply = s.db.replies.active_for_target("message", "2000001")[0]
+    s.db.replies.claim(reply["id"], now - 1300, 300)
+    s.db.replies.mark_part_sent(reply["id"], 0, "m-r", now - 1200)
+    s.db.replies.mark_delivered(reply["id"], now - 1200)
     # Checked three minutes after delivery: still clean then.
     s.db.links.mark_created("moderation_check", reply["id"], now - 1000)
     moderated = {"id": "m-r", "from": {"user_id": 555}, "to": {"user_id": 9}, "text": "Me chama no zap",
@@ -195,13 +195,13 @@ def test_a_later_reply_waits_when_the_earlier_one_is_in_another_pollers_hands(s)
     for message_id, content in ((9501, "Primeiro"), (9502, "Segundo")):
         accept.accept_webhook(message_created(message_id=message_id, conversation_id=88, inbox_id=2,
                                               content=content), s.settings, s.db, time.time())
-    first, second = s.db.replies_active_for_target("message", "2000001")
+    first, second = s.db.replies.active_for_target("message", "2000001")
     # Between the listing of due replies and the claim, another poller (e.g. `--once`) took the first.
-    assert s.db.reply_claim(first["id"], time.time(), 300) is not None
+    assert s.db.replies.claim(first["id"], time.time(), 300) is not None
     responses.post(THREAD, json={"id": "m-x"})
     delivery._deliver_in_order(s, [first["id"], second["id"]])
     assert not [c for c in responses.calls if c.request.method == "POST"]
-    assert s.db.reply(second["id"])["status"] == "pending"
+    assert s.db.replies.get(second["id"])["status"] == "pending"
 
 
 @responses.activate
@@ -213,15 +213,15 @@ def test_a_long_reply_keeps_its_lease_while_its_parts_go_out(s):
     long_text = ("Primeira parte do texto. " * 14 + "\n\n" + "Segunda parte do texto. " * 14).strip()
     accept.accept_webhook(message_created(message_id=9700, conversation_id=88, inbox_id=2, content=long_text),
                           s.settings, s.db, clock["now"])
-    reply = s.db.replies_active_for_target("message", "2000001")[0]
-    assert len(s.db.reply_parts(reply["id"])) == 2
+    reply = s.db.replies.active_for_target("message", "2000001")[0]
+    assert len(s.db.replies.parts(reply["id"])) == 2
     taken_by_another = []
 
     def send(_request):
         # Each part takes two thirds of a lease (Mercado Livre slow, retries, rate pacing)...
         clock["now"] += delivery.LEASE_SECONDS * 2 / 3
         # ...and a second poller (`main.py --once`) looks for replies whose worker died.
-        taken_by_another.append(s.db.reply_claim(reply["id"], clock["now"] + 20, delivery.LEASE_SECONDS))
+        taken_by_another.append(s.db.replies.claim(reply["id"], clock["now"] + 20, delivery.LEASE_SECONDS))
         return 200, {}, json.dumps({"id": f"m-{len(taken_by_another)}"})
 
     responses.add_callback(responses.POST, THREAD, callback=send)

@@ -25,14 +25,14 @@ def body(**kw):
 def test_a_notification_is_recorded_for_the_poller(client, db):
     resp = client.post("/notifications", json=body())
     assert resp.status_code == 200 and resp.json["status"] == "recorded"
-    due = db.notifications_due(now=9e12)
+    due = db.notifications.due(now=9e12)
     assert [(n["topic"], n["resource"]) for n in due] == [("questions", "/questions/321")]
 
 
 def test_the_same_notification_twice_is_recorded_once(client, db):
     client.post("/notifications", json=body())
     assert client.post("/notifications", json=body()).json["status"] == "duplicate"
-    assert len(db.notifications_due(now=9e12)) == 1
+    assert len(db.notifications.due(now=9e12)) == 1
 
 
 def test_a_user_id_sent_as_a_string_is_accepted(client):
@@ -42,7 +42,7 @@ def test_a_user_id_sent_as_a_string_is_accepted(client):
 def test_another_seller_is_ignored_with_200(client, db):
     resp = client.post("/notifications", json=body(user_id=999))
     assert resp.status_code == 200 and resp.json["status"] == "ignored"
-    assert db.notifications_due(now=9e12) == []
+    assert db.notifications.due(now=9e12) == []
 
 
 def test_another_application_is_ignored_with_200(client, db):
@@ -61,7 +61,7 @@ def test_a_malformed_notification_is_a_400(client, raw):
 
 
 def pending(db):
-    return sorted((n["topic"], n["resource"]) for n in db.notifications_due(now=9e12))
+    return sorted((n["topic"], n["resource"]) for n in db.notifications.due(now=9e12))
 
 
 @pytest.mark.parametrize("missing", ["application_id", "user_id"])
@@ -131,22 +131,22 @@ def test_pending_notifications_for_one_resource_collapse_into_one(client, db):
     assert client.post("/notifications", json=body(_id="m-2", topic="messages", resource="abc123")).json == {
         "status": "duplicate"}
     assert pending(db) == [("messages", "abc123"), ("questions", "/questions/321")]
-    note = next(n for n in db.notifications_due(now=9e12) if n["topic"] == "questions")
-    db.notification_done(note["id"], now=2.0, repeats=note["repeats"])
+    note = next(n for n in db.notifications.due(now=9e12) if n["topic"] == "questions")
+    db.notifications.mark_done(note["id"], now=2.0, repeats=note["repeats"])
     # Once processed, a new notification for the resource is new work again.
     assert client.post("/notifications", json=body(_id="n-9")).json["status"] == "recorded"
 
 
 def test_a_notification_during_the_fetch_keeps_the_resource_due(db):
-    assert db.notification_record("n-1", "questions", "/questions/1", now=1.0) == "recorded"
-    note = db.notifications_due(now=2.0)[0]
+    assert db.notifications.record("n-1", "questions", "/questions/1", now=1.0) == "recorded"
+    note = db.notifications.due(now=2.0)[0]
     # The poller is fetching the question when Mercado Livre says it changed again.
-    assert db.notification_record("n-2", "questions", "/questions/1", now=3.0) == "merged"
-    assert db.notification_done(note["id"], now=4.0, repeats=note["repeats"]) is False
-    again = db.notifications_due(now=5.0)
+    assert db.notifications.record("n-2", "questions", "/questions/1", now=3.0) == "merged"
+    assert db.notifications.mark_done(note["id"], now=4.0, repeats=note["repeats"]) is False
+    again = db.notifications.due(now=5.0)
     assert [n["id"] for n in again] == ["n-1"]
-    assert db.notification_done("n-1", now=6.0, repeats=again[0]["repeats"]) is True
-    assert db.notifications_due(now=7.0) == []
+    assert db.notifications.mark_done("n-1", now=6.0, repeats=again[0]["repeats"]) is True
+    assert db.notifications.due(now=7.0) == []
 
 
 def test_beyond_the_queue_bound_notifications_are_dropped_with_200_and_counted_once_a_minute(
@@ -191,4 +191,4 @@ def test_the_migration_keeps_one_pending_row_per_resource(tmp_path, monkeypatch)
     old.close()
     monkeypatch.undo()
     db = Database(path).open()
-    assert [n["id"] for n in db.notifications_due(now=9e12)] == ["n-0"]
+    assert [n["id"] for n in db.notifications.due(now=9e12)] == ["n-0"]

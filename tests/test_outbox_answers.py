@@ -6,6 +6,7 @@ import time
 import pytest
 import responses
 
+from bridge.backoff import RETRY_MAX
 from bridge.replies import delivery
 from bridge.replies.accept import accept_webhook
 from tests.helpers import authorized_services
@@ -16,8 +17,8 @@ CW = "https://chat.example.test/api/v1/accounts/1"
 
 
 @pytest.fixture
-def s(settings, db):
-    services = authorized_services(settings, db)
+def s(settings, db, clock):
+    services = authorized_services(settings, db, clock)
     db.links.mark_created("question", "321", 1.0, conversation_id=77, contact_id=5, message_id=1,
                           data={"state": "open"})
     return services
@@ -25,7 +26,7 @@ def s(settings, db):
 
 def accept(s, content="Temos sim, pode comprar!", message_id=9123):
     status, _code, extra = accept_webhook(message_created(message_id=message_id, content=content),
-                                                 s.settings, s.db, time.time())
+                                                 s.settings, s.db, s.clock())
     assert status in ("accepted", "refused")
     return extra["reply_id"]
 
@@ -56,9 +57,9 @@ def test_an_answer_is_posted_marked_delivered_and_the_conversation_resolved(s):
     assert posted == {"question_id": 321, "text": "Temos sim, veja (https://x.test)"}
     assert json.loads(calls("PATCH", "/messages/9123")[0].request.body) == {"status": "delivered"}
     assert json.loads(calls("POST", "/toggle_status")[0].request.body) == {"status": "resolved"}
-    reply = s.db.reply(reply_id)
+    reply = s.db.replies.get(reply_id)
     assert reply["status"] == "delivered" and reply["reported_at"]
-    assert s.db.reply_parts(reply_id)[0]["text"] is None  # the text is forgotten once delivered
+    assert s.db.replies.parts(reply_id)[0]["text"] is None  # the text is forgotten once delivered
     assert s.db.links.get("answer", "321")["message_id"] == 9123
 
 
@@ -70,11 +71,11 @@ def test_it_retries_on_500_and_delivers_exactly_once(s):
     responses.post(f"{API}/answers", json={"id": 321})
     chatwoot_ok()
     run(s)
-    reply = s.db.reply(reply_id)
-    assert reply["status"] == "pending" and reply["next_attempt_at"] > time.time()
-    s.db.conn().execute("UPDATE replies SET next_attempt_at = 0")
+    reply = s.db.replies.get(reply_id)
+    assert reply["status"] == "pending" and reply["next_attempt_at"] > s.clock()
+    s.clock.advance(RETRY_MAX)
     run(s)
-    assert s.db.reply(reply_id)["status"] == "delivered"
+    assert s.db.replies.get(reply_id)["status"] == "delivered"
     assert len(calls("POST", "/answers")) == 4
     assert len([c for c in calls("POST", "/answers") if c.response is not None and c.response.status_code == 200]) == 1
 
@@ -89,7 +90,7 @@ def test_a_lost_response_after_success_counts_as_delivered(s):
                                                 "answer": {"text": "Temos  sim", "status": "ACTIVE"}})
     chatwoot_ok()
     run(s)
-    assert s.db.reply(reply_id)["status"] == "delivered"
+    assert s.db.replies.get(reply_id)["status"] == "delivered"
 
 
 @responses.activate
@@ -100,7 +101,7 @@ def test_an_answer_given_elsewhere_fails_with_a_note_quoting_it(s):
                                                 "answer": {"text": "Respondido pelo app", "status": "ACTIVE"}})
     chatwoot_ok()
     run(s)
-    reply = s.db.reply(reply_id)
+    reply = s.db.replies.get(reply_id)
     assert reply["status"] == "failed"
     patch = json.loads(calls("PATCH", "/messages/9123")[0].request.body)
     assert patch["status"] == "failed" and "já respondida" in patch["external_error"]
@@ -116,7 +117,7 @@ def test_a_deleted_question_fails_with_its_status(s):
     responses.get(f"{API}/questions/321", json={"id": 321, "status": "DELETED", "answer": None})
     chatwoot_ok()
     run(s)
-    assert "DELETED" in s.db.reply(reply_id)["error"]
+    assert "DELETED" in s.db.replies.get(reply_id)["error"]
 
 
 @responses.activate
@@ -129,7 +130,7 @@ def test_a_too_long_answer_reaches_the_agent_as_failed_without_calling_meli(s):
     assert patch["status"] == "failed" and "2500" in patch["external_error"]
     note = json.loads(calls("POST", "/conversations/77/messages")[0].request.body)
     assert "2000" in note["content"] and note["private"] is True
-    assert s.db.reply(reply_id)["reported_at"]
+    assert s.db.replies.get(reply_id)["reported_at"]
 
 
 @responses.activate
@@ -137,24 +138,24 @@ def test_a_reply_waits_for_reauthorization_and_goes_out_after(s):
     reply_id = accept(s)
     s.db.auth.require_reauthorization("refused", time.time())
     run(s)
-    reply = s.db.reply(reply_id)
+    reply = s.db.replies.get(reply_id)
     assert reply["status"] == "pending" and reply["attempts"] == 0
     assert not calls("POST", "/answers")
     s.db.auth.store_authorized(555, "LOJA", "AT-2", "RT-2", time.time() + 21600, time.time())
-    s.db.conn().execute("UPDATE replies SET next_attempt_at = 0")
+    s.clock.advance(delivery.REAUTH_RECHECK)
     responses.post(f"{API}/answers", json={"id": 321})
     chatwoot_ok()
     run(s)
-    assert s.db.reply(reply_id)["status"] == "delivered"
+    assert s.db.replies.get(reply_id)["status"] == "delivered"
 
 
 @responses.activate
 def test_a_rate_limit_honours_retry_after(s):
     reply_id = accept(s)
     responses.post(f"{API}/answers", status=429, json={"error": "too_many_requests"}, headers={"Retry-After": "120"})
-    before = time.time()
+    before = s.clock()
     run(s)
-    reply = s.db.reply(reply_id)
+    reply = s.db.replies.get(reply_id)
     assert reply["status"] == "pending" and reply["next_attempt_at"] >= before + 120
     assert len(calls("POST", "/answers")) == 1  # 120 s is beyond in-process patience: handed to the schedule
 
@@ -165,19 +166,19 @@ def test_a_permanent_refusal_is_shown_with_the_reason(s):
     responses.post(f"{API}/answers", status=400, json={"error": "bad_request", "message": "text has forbidden words"})
     chatwoot_ok()
     run(s)
-    reply = s.db.reply(reply_id)
+    reply = s.db.replies.get(reply_id)
     assert reply["status"] == "failed" and "forbidden words" in reply["error"]
 
 
 @responses.activate
 def test_it_gives_up_after_24_hours_of_transient_errors(s):
     reply_id = accept(s)
-    s.db.conn().execute("UPDATE replies SET created_at = ?", (time.time() - 25 * 3600,))
+    s.clock.advance(25 * 3600)
     for _ in range(3):
         responses.post(f"{API}/answers", status=503, json={"message": "down"})
     chatwoot_ok()
     run(s)
-    assert s.db.reply(reply_id)["status"] == "failed"
+    assert s.db.replies.get(reply_id)["status"] == "failed"
 
 
 @responses.activate
@@ -187,21 +188,21 @@ def test_a_chatwoot_outage_delays_the_report_but_keeps_it(s):
     for _ in range(3):
         responses.patch(f"{CW}/conversations/77/messages/9123", status=502)
     run(s)
-    reply = s.db.reply(reply_id)
+    reply = s.db.replies.get(reply_id)
     assert reply["status"] == "delivered" and reply["reported_at"] is None
-    s.db.conn().execute("UPDATE replies SET next_attempt_at = 0")
+    s.clock.advance(RETRY_MAX)
     chatwoot_ok()
     run(s)
-    assert s.db.reply(reply_id)["reported_at"]
+    assert s.db.replies.get(reply_id)["reported_at"]
     assert len(calls("POST", "/answers")) == 1
 
 
 @responses.activate
 def test_a_crashed_worker_reply_is_taken_again_after_its_lease(s):
     reply_id = accept(s)
-    s.db.reply_claim(reply_id, time.time(), 300)  # a worker took it, then died
+    s.db.replies.claim(reply_id, s.clock(), 300)  # a worker took it, then died
     assert delivery.run_outbox(s)["delivered"] == 0
-    s.db.conn().execute("UPDATE replies SET lease_until = 0")
+    s.clock.advance(301)
     responses.post(f"{API}/answers", json={"id": 321})
     chatwoot_ok()
     assert delivery.run_outbox(s)["delivered"] == 1
@@ -210,11 +211,11 @@ def test_a_crashed_worker_reply_is_taken_again_after_its_lease(s):
 @responses.activate
 def test_a_reply_waiting_for_reauthorization_gives_up_after_24_hours_with_a_note(s):
     reply_id = accept(s)
-    s.db.conn().execute("UPDATE replies SET created_at = ?", (time.time() - 25 * 3600,))
+    s.clock.advance(25 * 3600)
     s.db.auth.require_reauthorization("refused", time.time())
     chatwoot_ok()
     run(s)
-    reply = s.db.reply(reply_id)
+    reply = s.db.replies.get(reply_id)
     assert reply["status"] == "failed" and "autorização" in reply["error"]
     assert not calls("POST", "/answers")
     patch = json.loads(calls("PATCH", "/messages/9123")[0].request.body)

@@ -1,13 +1,13 @@
 """Delivering post-sale replies: parts, files, blocked threads, migrated threads, crashes between parts."""
 
 import json
-import time
 from datetime import datetime, timezone
 
 import pytest
 import requests
 import responses
 
+from bridge.backoff import RETRY_MAX
 from bridge.replies import delivery, refusal
 from bridge.replies.accept import accept_webhook
 from mercado_livre_api import MELI_AGENT_ID
@@ -18,14 +18,14 @@ SENTENCE = "Seu pedido foi enviado hoje pela transportadora e chega em breve. " 
 
 
 @pytest.fixture
-def s(settings, db):
-    return sale_services(settings, db)
+def s(settings, db, clock):
+    return sale_services(settings, db, clock)
 
 
 def accept(s, content, attachments=None, message_id=9200):
     status, _code, extra = accept_webhook(
         message_created(message_id=message_id, conversation_id=88, inbox_id=2, content=content,
-                        attachments=attachments), s.settings, s.db, time.time())
+                        attachments=attachments), s.settings, s.db, s.clock())
     return status, extra.get("reply_id")
 
 
@@ -52,9 +52,9 @@ def seller_message(mid, text, created):
 def in_doubt(s, content, message_id=9200):
     """An accepted reply whose single part was in flight when its worker died, 10 minutes ago."""
     _status, reply_id = accept(s, content, message_id=message_id)
-    s.db.reply_claim(reply_id, time.time(), 300)
-    s.db.part_mark_sending(reply_id, 0, time.time() - 600)
-    s.db.conn().execute("UPDATE replies SET lease_until = 0 WHERE id = ?", (reply_id,))
+    s.db.replies.claim(reply_id, s.clock(), 300)
+    s.db.replies.mark_part_sending(reply_id, 0, s.clock() - 600)
+    s.db.replies.release_leases(s.clock())  # the poller that held it died: the next one gives its leases back
     return reply_id
 
 
@@ -75,22 +75,22 @@ def test_a_900_character_reply_goes_out_as_3_ordered_parts(s):
     assert len(bodies) == 3 and all(len(b["text"]) <= 350 for b in bodies)
     assert " ".join(b["text"] for b in bodies).split() == content.split()
     assert bodies[0]["from"] == {"user_id": 555} and bodies[0]["to"] == {"user_id": 9}
-    assert s.db.reply(reply_id)["status"] == "delivered"
-    assert [p["remote_id"] for p in s.db.reply_parts(reply_id)] == ["m0", "m1", "m2"]
+    assert s.db.replies.get(reply_id)["status"] == "delivered"
+    assert [p["remote_id"] for p in s.db.replies.parts(reply_id)] == ["m0", "m1", "m2"]
 
 
 @responses.activate
 def test_a_crash_between_parts_sends_no_part_twice(s):
     content = (SENTENCE * 14)[:900]
     _status, reply_id = accept(s, content)
-    parts = s.db.reply_parts(reply_id)
+    parts = s.db.replies.parts(reply_id)
     # First worker: part 0 confirmed, part 1 reached ML but the worker died before recording it,
     # long enough ago for that send to have settled.
-    s.db.reply_claim(reply_id, time.time(), 300)
-    s.db.part_sent(reply_id, 0, "m0", time.time())
-    attempt = time.time() - 2 * delivery.IN_DOUBT_SETTLE
-    s.db.part_mark_sending(reply_id, 1, attempt)
-    s.db.conn().execute("UPDATE replies SET lease_until = 0")
+    s.db.replies.claim(reply_id, s.clock(), 300)
+    s.db.replies.mark_part_sent(reply_id, 0, "m0", s.clock())
+    attempt = s.clock() - 2 * delivery.IN_DOUBT_SETTLE
+    s.db.replies.mark_part_sending(reply_id, 1, attempt)
+    s.db.replies.release_leases(s.clock())
     responses.get(THREAD, json={"paging": {"total": 2, "offset": 0, "limit": 10}, "messages": [
         seller_message("m0", parts[0]["text"], attempt - 5),
         seller_message("m1", parts[1]["text"], attempt + 1)],
@@ -100,15 +100,15 @@ def test_a_crash_between_parts_sends_no_part_twice(s):
     delivery.run_outbox(s)
     bodies = posts()
     assert [b["text"] for b in bodies] == [parts[2]["text"]]
-    assert s.db.reply(reply_id)["status"] == "delivered"
+    assert s.db.replies.get(reply_id)["status"] == "delivered"
 
 
 @responses.activate
 def test_a_part_in_flight_that_never_arrived_is_sent(s):
     _status, reply_id = accept(s, "Oi, tudo certo!")
-    s.db.reply_claim(reply_id, time.time(), 300)
-    s.db.part_mark_sending(reply_id, 0, time.time() - 2 * delivery.IN_DOUBT_SETTLE)
-    s.db.conn().execute("UPDATE replies SET lease_until = 0")
+    s.db.replies.claim(reply_id, s.clock(), 300)
+    s.db.replies.mark_part_sending(reply_id, 0, s.clock() - 2 * delivery.IN_DOUBT_SETTLE)
+    s.db.replies.release_leases(s.clock())
     responses.get(THREAD, json={"paging": {"total": 0}, "messages": [], "conversation_status": {"status": "active"}})
     sent_ok(1)
     chatwoot_ok()
@@ -154,13 +154,13 @@ def test_an_upload_is_not_repeated_when_the_send_is_retried(s):
         {"id": 5, "file_type": "image", "extension": "png", "data_url": data_url}])
     responses.post(THREAD, status=429, json={"error": "too_many_requests"}, headers={"Retry-After": "0"})
     delivery.run_outbox(s)
-    assert s.db.reply(reply_id)["status"] == "pending"
-    s.db.conn().execute("UPDATE replies SET next_attempt_at = 0")
+    assert s.db.replies.get(reply_id)["status"] == "pending"
+    s.clock.advance(RETRY_MAX)
     responses.replace(responses.POST, THREAD, json={"id": "m1"})
     chatwoot_ok()
     delivery.run_outbox(s)
     uploads = [c for c in responses.calls if c.request.url.startswith(f"{API}/messages/attachments")]
-    assert len(uploads) == 1 and s.db.reply(reply_id)["status"] == "delivered"
+    assert len(uploads) == 1 and s.db.replies.get(reply_id)["status"] == "delivered"
 
 
 @responses.activate
@@ -170,7 +170,7 @@ def test_a_blocked_thread_fails_with_an_explanation(s):
                                              "message": "blocked", "status": 403})
     chatwoot_ok()
     delivery.run_outbox(s)
-    reply = s.db.reply(reply_id)
+    reply = s.db.replies.get(reply_id)
     assert reply["status"] == "failed" and "bloqueada" in reply["error"]
     note = [json.loads(c.request.body) for c in responses.calls
             if c.request.method == "POST" and c.request.url == f"{CW}/conversations/88/messages"][0]
@@ -186,37 +186,38 @@ def test_curly_quotes_are_converted_and_an_emoji_is_refused(s):
     assert posts()[0]["text"] == 'Ele disse "chega amanhã" - ok...'
     status, reply_id = accept(s, "Obrigado 😀", message_id=2)
     assert status == "refused"
-    assert "U+1F600" in s.db.reply(reply_id)["note"]
+    assert "U+1F600" in s.db.replies.get(reply_id)["note"]
 
 
 @responses.activate
 def test_a_429_with_retry_after_is_waited_and_nothing_is_lost(s):
     _status, reply_id = accept(s, "Olá")
     responses.post(THREAD, status=429, json={"error": "too_many_requests"}, headers={"Retry-After": "30"})
-    before = time.time()
+    before = s.clock()
     delivery.run_outbox(s)
-    reply = s.db.reply(reply_id)
+    reply = s.db.replies.get(reply_id)
     assert reply["status"] == "pending" and reply["next_attempt_at"] >= before + 30
-    assert s.db.reply_parts(reply_id)[0]["status"] == "pending"
+    assert s.db.replies.parts(reply_id)[0]["status"] == "pending"
 
 
 @responses.activate
 def test_reconciling_a_part_ignores_an_earlier_reply_with_the_same_text(s):
     _status, first = accept(s, "Ok", message_id=1)
-    s.db.reply_claim(first, time.time(), 300)
-    s.db.part_sent(first, 0, "m-old", time.time())
-    s.db.reply_delivered(first, time.time())
+    s.db.replies.claim(first, s.clock(), 300)
+    s.db.replies.mark_part_sent(first, 0, "m-old", s.clock())
+    s.db.replies.mark_delivered(first, s.clock())
     _status, second = accept(s, "Ok", message_id=2)
-    s.db.reply_claim(second, time.time(), 300)
-    s.db.part_mark_sending(second, 0, time.time() - 2 * delivery.IN_DOUBT_SETTLE)  # crashed mid-send: did it arrive?
-    s.db.conn().execute("UPDATE replies SET lease_until = 0 WHERE id = ?", (second,))
+    s.db.replies.claim(second, s.clock(), 300)
+    # Crashed mid-send: did it arrive?
+    s.db.replies.mark_part_sending(second, 0, s.clock() - 2 * delivery.IN_DOUBT_SETTLE)
+    s.db.replies.release_leases(s.clock())
     responses.get(THREAD, json={"paging": {"total": 1}, "messages": [
         {"id": "m-old", "from": {"user_id": 555}, "text": "Ok"}], "conversation_status": {"status": "active"}})
     sent_ok(1)
     responses.patch(f"{CW}/conversations/88/messages/2", json={})
     delivery.run_outbox(s)
     assert [b["text"] for b in posts()] == ["Ok"]
-    assert s.db.reply(second)["status"] == "delivered"
+    assert s.db.replies.get(second)["status"] == "delivered"
 
 
 @responses.activate
@@ -225,7 +226,7 @@ def test_replies_to_one_sale_go_out_in_order_while_others_go_in_parallel(s):
     for n, text in enumerate(["primeira", "segunda", "terceira"]):
         accept(s, text, message_id=100 + n)
     accept_webhook(message_created(message_id=200, conversation_id=89, inbox_id=2, content="outra venda"),
-                          s.settings, s.db, time.time())
+                          s.settings, s.db, s.clock())
     sent_ok(3)
     responses.post(f"{API}/messages/packs/2000002/sellers/555", json={"id": "x"})
     for mid in (100, 101, 102):
@@ -241,12 +242,11 @@ def test_a_later_reply_waits_for_an_earlier_one_to_the_same_sale(s):
     _status, first = accept(s, "primeira", message_id=1)
     responses.post(THREAD, status=503, json={"message": "down"})
     delivery.run_outbox(s)
-    assert s.db.reply(first)["status"] == "pending"  # waiting to retry
+    assert s.db.replies.get(first)["status"] == "pending"  # waiting to retry
     _status, second = accept(s, "segunda", message_id=2)
     delivery.run_outbox(s)
-    assert s.db.reply(second)["status"] == "pending" and s.db.reply(second)["attempts"] == 0
-    s.db.conn().execute("UPDATE replies SET next_attempt_at = 0")
-    s.db.conn().execute("UPDATE reply_parts SET last_attempt_at = last_attempt_at - ?", (2 * delivery.IN_DOUBT_SETTLE,))
+    assert s.db.replies.get(second)["status"] == "pending" and s.db.replies.get(second)["attempts"] == 0
+    s.clock.advance(RETRY_MAX)
     # The 503 left "primeira" in doubt: once settled, the thread is read before sending it again.
     responses.get(THREAD, json={"paging": {"total": 0}, "messages": [], "conversation_status": {"status": "active"}})
     responses.replace(responses.POST, THREAD, json={"id": "m1"})
@@ -254,7 +254,7 @@ def test_a_later_reply_waits_for_an_earlier_one_to_the_same_sale(s):
         responses.patch(f"{CW}/conversations/88/messages/{mid}", json={})
     delivery.run_outbox(s)
     assert [b["text"] for b in posts()] == ["primeira", "primeira", "segunda"]
-    assert s.db.reply(second)["status"] == "delivered"
+    assert s.db.replies.get(second)["status"] == "delivered"
 
 
 @responses.activate
@@ -262,52 +262,53 @@ def test_an_older_site_message_with_the_same_text_is_not_taken_for_a_lost_send(s
     reply_id = in_doubt(s, "Obrigado!")
     # "Obrigado!" typed on the site an hour before the reply's first attempt.
     responses.get(THREAD, json={"paging": {"total": 1}, "messages": [
-        seller_message("m-site", "Obrigado!", time.time() - 3600)], "conversation_status": {"status": "active"}})
+        seller_message("m-site", "Obrigado!", s.clock() - 3600)], "conversation_status": {"status": "active"}})
     sent_ok(1)
     chatwoot_ok()
     delivery.run_outbox(s)
     assert [b["text"] for b in posts()] == ["Obrigado!"]
-    assert s.db.reply_parts(reply_id)[0]["status"] == "sent" and s.db.reply(reply_id)["status"] == "delivered"
+    assert s.db.replies.parts(reply_id)[0]["status"] == "sent" and s.db.replies.get(reply_id)["status"] == "delivered"
 
 
 @responses.activate
 def test_a_site_message_already_mirrored_is_not_taken_for_a_lost_send(s):
     reply_id = in_doubt(s, "Ok")
-    s.db.links.mark_created("message", "m-site", time.time(), conversation_id=88, message_id=70,
+    s.db.links.mark_created("message", "m-site", s.clock(), conversation_id=88, message_id=70,
                             data={"pack_id": "2000001", "direction": "outgoing"})
     responses.get(THREAD, json={"paging": {"total": 1}, "messages": [
-        seller_message("m-site", "Ok", time.time() - 60)], "conversation_status": {"status": "active"}})
+        seller_message("m-site", "Ok", s.clock() - 60)], "conversation_status": {"status": "active"}})
     sent_ok(1)
     chatwoot_ok()
     delivery.run_outbox(s)
     assert [b["text"] for b in posts()] == ["Ok"]
-    assert s.db.reply_parts(reply_id)[0]["remote_id"] == "m0"
+    assert s.db.replies.parts(reply_id)[0]["remote_id"] == "m0"
 
 
 @responses.activate
 def test_a_lost_send_created_after_the_first_attempt_is_recognised(s):
     reply_id = in_doubt(s, "Ok")
     responses.get(THREAD, json={"paging": {"total": 2}, "messages": [
-        seller_message("m-old", "Ok", time.time() - 3600), seller_message("m-ours", "Ok", time.time() - 590)],
+        seller_message("m-old", "Ok", s.clock() - 3600), seller_message("m-ours", "Ok", s.clock() - 590)],
         "conversation_status": {"status": "active"}})
     chatwoot_ok()
     delivery.run_outbox(s)
     assert posts() == []
-    assert s.db.reply_parts(reply_id)[0]["remote_id"] == "m-ours" and s.db.reply(reply_id)["status"] == "delivered"
+    assert s.db.replies.parts(reply_id)[0]["remote_id"] == "m-ours"
+    assert s.db.replies.get(reply_id)["status"] == "delivered"
 
 
 @responses.activate
 def test_a_later_part_refused_tells_which_parts_reached_the_buyer_and_what_is_left(s):
     content = (SENTENCE * 14)[:900]
     _status, reply_id = accept(s, content)
-    parts = s.db.reply_parts(reply_id)
+    parts = s.db.replies.parts(reply_id)
     responses.post(THREAD, json={"id": "m0"})
     responses.post(THREAD, json={"id": "m1"})
     responses.post(THREAD, status=400, json={"message": "message length exceeded", "error": "bad_request",
                                              "status": 400})
     chatwoot_ok()
     delivery.run_outbox(s)
-    reply = s.db.reply(reply_id)
+    reply = s.db.replies.get(reply_id)
     assert reply["status"] == "failed"
     assert reply["error"].startswith("partes 1 e 2 de 3 enviadas")
     mark = [json.loads(c.request.body) for c in responses.calls if c.request.method == "PATCH"][0]
@@ -337,16 +338,16 @@ def test_a_part_in_doubt_is_not_looked_for_before_its_send_has_settled(s):
     """Mercado Livre may still apply a request it held while we gave up waiting: looking now
     would find nothing and send the part a second time."""
     _status, reply_id = accept(s, "Chega amanhã")
-    s.db.reply_claim(reply_id, time.time(), 300)
-    s.db.part_mark_sending(reply_id, 0, time.time() - 5)
-    s.db.part_attempted(reply_id, 0, time.time() - 5)
-    s.db.conn().execute("UPDATE replies SET lease_until = 0")
+    s.db.replies.claim(reply_id, s.clock(), 300)
+    s.db.replies.mark_part_sending(reply_id, 0, s.clock() - 5)
+    s.db.replies.mark_part_attempted(reply_id, 0, s.clock() - 5)
+    s.db.replies.release_leases(s.clock())
     chatwoot_ok()
     assert delivery.run_outbox(s)["retry"] == 1
     assert [c.request.url for c in responses.calls if "/messages/packs/" in c.request.url] == []
-    reply = s.db.reply(reply_id)
-    assert reply["status"] == "pending" and s.db.reply_parts(reply_id)[0]["status"] == "sending"
-    assert reply["next_attempt_at"] >= time.time() + delivery.IN_DOUBT_SETTLE - 10
+    reply = s.db.replies.get(reply_id)
+    assert reply["status"] == "pending" and s.db.replies.parts(reply_id)[0]["status"] == "sending"
+    assert reply["next_attempt_at"] >= s.clock() + delivery.IN_DOUBT_SETTLE - 10
 
 
 @responses.activate
@@ -355,14 +356,13 @@ def test_a_send_applied_after_its_timeout_is_found_once_settled_not_sent_again(s
     responses.post(THREAD, body=requests.exceptions.ReadTimeout("read timed out"))
     chatwoot_ok()
     assert delivery.run_outbox(s)["retry"] == 1
-    attempt = s.db.reply_parts(reply_id)[0]["last_attempt_at"]
+    attempt = s.db.replies.parts(reply_id)[0]["last_attempt_at"]
     # Mercado Livre applies the held request a moment later; the retry comes once it has settled.
     responses.get(THREAD, json={"paging": {"total": 1}, "messages": [
         seller_message("m-late", "Chega amanhã", attempt + 3)], "conversation_status": {"status": "active"}})
-    with s.db.write() as conn:
-        conn.execute("UPDATE replies SET next_attempt_at = 0")
-        conn.execute("UPDATE reply_parts SET last_attempt_at = last_attempt_at - ?", (delivery.IN_DOUBT_SETTLE,))
+    s.clock.advance(RETRY_MAX)
     posted = len(posts())
     delivery.run_outbox(s)
     assert len(posts()) == posted
-    assert s.db.reply_parts(reply_id)[0]["remote_id"] == "m-late" and s.db.reply(reply_id)["status"] == "delivered"
+    assert s.db.replies.parts(reply_id)[0]["remote_id"] == "m-late"
+    assert s.db.replies.get(reply_id)["status"] == "delivered"

@@ -57,7 +57,7 @@ def test_a_buyer_message_marked_read_during_the_sync_is_mirrored_from_the_mark_r
     created = sync_messages.sync_pack(s, "2000001", 555)
     assert created == 2 and created_in_chatwoot() == ["Oi", "Ainda aí?"]
     assert s.db.links.get("message", "b2")["status"] == "created"
-    thread_row = s.db.thread("2000001")
+    thread_row = s.db.threads.get("2000001")
     assert thread_row["marking_since"] is None and thread_row["total"] == 2
 
 
@@ -85,13 +85,13 @@ def test_only_the_pages_holding_unread_messages_are_marked_in_pages_of_ten(s):
 def test_a_mark_read_interrupted_by_a_crash_is_synced_again_on_the_next_poll(s):
     # The last run flagged the thread, marked it read, and died before mirroring b2.
     s.db.links.mark_created("message", "b1", 1.0, conversation_id=88, message_id=1)
-    s.db.thread_marking("2000001", time.time() - 30)
+    s.db.threads.begin_marking("2000001", time.time() - 30)
     responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
                   json=thread(buyer("b1", "Oi", 1, read=True), buyer("b2", "Ainda aí?", 2, read=True)))
     chatwoot_accepts()
     assert sync_messages.resume_interrupted_marks(s, 555) == 1
     assert created_in_chatwoot() == ["Ainda aí?"]
-    assert s.db.threads_marking() == []
+    assert s.db.threads.marking() == []
     assert sync_messages.resume_interrupted_marks(s, 555) == 0
 
 
@@ -99,15 +99,15 @@ def test_a_mark_read_interrupted_by_a_crash_is_synced_again_on_the_next_poll(s):
 def test_a_seller_message_like_a_reply_part_in_flight_is_not_mirrored_as_typed_on_the_site(s):
     accept.accept_webhook(message_created(message_id=9200, conversation_id=88, inbox_id=2, content="Ok"),
                           s.settings, s.db, time.time())
-    reply = s.db.replies_active_for_target("message", "2000001")[0]
-    s.db.reply_claim(reply["id"], time.time(), 300)
-    s.db.part_mark_sending(reply["id"], 0)  # sent, answer lost: it may be "m-ok"
+    reply = s.db.replies.active_for_target("message", "2000001")[0]
+    s.db.replies.claim(reply["id"], time.time(), 300)
+    s.db.replies.mark_part_sending(reply["id"], 0)  # sent, answer lost: it may be "m-ok"
     responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=thread(seller("m-ok", "Ok", 3)))
     chatwoot_accepts()
     assert sync_messages.sync_pack(s, "2000001", 555) == 0
     assert created_in_chatwoot() == [] and s.db.links.get("message", "m-ok") is None
     # Left unrecorded, so the sweep reads the thread again once the part is settled.
-    assert s.db.thread("2000001")["total"] is None
+    assert s.db.threads.get("2000001")["total"] is None
 
 
 def test_the_orders_cursor_pages_through_a_pass_then_starts_the_next_from_the_pass_start():
@@ -120,7 +120,7 @@ def test_the_orders_cursor_pages_through_a_pass_then_starts_the_next_from_the_pa
 
 @responses.activate
 def test_a_quiet_thread_costs_one_read_and_a_changed_one_is_synced(s):
-    s.db.thread_synced("2000001", time.time() - 3600, 1, "b1", changed=False)
+    s.db.threads.mark_synced("2000001", time.time() - 3600, 1, "b1", changed=False)
     s.db.links.mark_created("message", "b1", 1.0, conversation_id=88, message_id=1)
     responses.get(f"{API}/messages/unread", json={"results": []})
     responses.get(f"{API}/orders/search", json={"results": [], "paging": {"total": 0}})
@@ -133,7 +133,7 @@ def test_a_quiet_thread_costs_one_read_and_a_changed_one_is_synced(s):
     counts = sync_messages.sync_messages(s)
     assert counts["swept"] == 1 and counts["swept_changed"] == 1
     assert created_in_chatwoot() == ["Lida no site"]
-    assert s.db.thread("2000001")["total"] == 2
+    assert s.db.threads.get("2000001")["total"] == 2
     calls = len(responses.calls)
     counts = sync_messages.sync_messages(s)  # just checked: not due again for a while
     assert counts["swept"] == 0 and len(responses.calls) - calls == 2  # unread list + orders search
@@ -141,7 +141,7 @@ def test_a_quiet_thread_costs_one_read_and_a_changed_one_is_synced(s):
 
 @responses.activate
 def test_an_interrupted_thread_that_still_fails_does_not_hold_up_the_unread_list(s):
-    s.db.thread_marking("2000001", time.time() - 30)
+    s.db.threads.begin_marking("2000001", time.time() - 30)
     s.db.links.mark_created("pack", "2000002", 1.0, conversation_id=89, contact_id=6, data={"buyer_id": 10})
     responses.get(THREAD, status=404, json={"message": "not found", "error": "not_found", "status": 404})
     responses.get(f"{API}/messages/unread", json={"results": [{"resource": "/packs/2000002/sellers/555"}]})
@@ -149,4 +149,4 @@ def test_an_interrupted_thread_that_still_fails_does_not_hold_up_the_unread_list
     responses.get(f"{API}/orders/search", json={"results": [], "paging": {"total": 0}})
     counts = sync_messages.sync_messages(s)
     assert counts["resumed"] == 0 and counts["threads"] == 1
-    assert s.db.threads_marking() == ["2000001"]  # tried again on the next poll
+    assert s.db.threads.marking() == ["2000001"]  # tried again on the next poll

@@ -93,10 +93,10 @@ def test_forget_buyer_erases_every_row_from_the_file_and_a_new_question_arrives_
     assert len(conversations(bridge, bridge.fakes.questions_inbox)) == 2
     sale = conversations(bridge, bridge.fakes.messages_inbox)[0]
     # A reply still in the outbox holds its text until delivered: erasure takes it too.
-    s.db.reply_accept(chatwoot_message_id=999001, conversation_id=sale["id"], kind="message", target_id=pack,
-                      parts=[{"text": "resposta-secreta-qx"}], now=s.clock())
+    s.db.replies.accept(chatwoot_message_id=999001, conversation_id=sale["id"], kind="message", target_id=pack,
+                        parts=[{"text": "resposta-secreta-qx"}], now=s.clock())
     question_id = next(q["id"] for q in meli.questions.values() if q["from"]["id"] == BUYER)
-    s.db.notification_record("n-qx", "questions", f"/questions/{question_id}", s.clock())
+    s.db.notifications.record("n-qx", "questions", f"/questions/{question_id}", s.clock())
     before = file_bytes(s.db.path)
     assert NICK.encode() in before and str(BUYER).encode() in before
 
@@ -139,10 +139,10 @@ def test_forget_buyer_erases_the_buyers_claims_and_a_new_claim_message_starts_fr
     assert any(c.startswith("reclamacao-secreta-qx") for c in contents(bridge, claim_conv))
     assert str(s.db.links.get("claim", str(CLAIM))["data"]["buyer_id"]) == str(BUYER)
     # A claim reply still in the outbox, its moderation check and a claims notification go too.
-    reply_id = s.db.reply_accept(chatwoot_message_id=999002, conversation_id=claim_conv["id"], kind="claim",
-                                 target_id=str(CLAIM), parts=[{"text": "resposta-reclamacao-qx"}], now=s.clock())
+    reply_id = s.db.replies.accept(chatwoot_message_id=999002, conversation_id=claim_conv["id"], kind="claim",
+                                   target_id=str(CLAIM), parts=[{"text": "resposta-reclamacao-qx"}], now=s.clock())
     s.db.links.mark_created("moderation_check", f"claim:{reply_id}", s.clock())
-    s.db.notification_record("n-claim-qx", "claims", f"/post-purchase/v1/claims/{CLAIM}", s.clock())
+    s.db.notifications.record("n-claim-qx", "claims", f"/post-purchase/v1/claims/{CLAIM}", s.clock())
     assert b"reclamacao-secreta-qx" not in file_bytes(s.db.path)  # texts never stored, only their hash
     assert s.db.links.with_prefix("claim_message", f"{CLAIM}:")
 
@@ -159,7 +159,7 @@ def test_forget_buyer_erases_the_buyers_claims_and_a_new_claim_message_starts_fr
             and s.db.links.get("moderation_check", f"claim:{reply_id}") is None)
     assert s.db.one("SELECT COUNT(*) AS n FROM replies WHERE kind = 'claim'")["n"] == 0
     assert s.db.one("SELECT COUNT(*) AS n FROM notifications WHERE topic = 'claims'")["n"] == 0
-    mark = s.db.watermark("claim", str(CLAIM))
+    mark = s.db.watermarks.get("claim", str(CLAIM))
     assert mark["closed_at"] is not None and mark["last_message_at"] is not None
     assert not conversations(bridge, bridge.fakes.claims_inbox)
 
@@ -209,8 +209,8 @@ def test_retention_deletes_finished_rows_from_the_file_keeps_work_in_progress_an
         assert secret.encode() not in erased, secret
     # The other buyer's question is still unanswered: in progress, untouched.
     assert s.db.links.get("buyer", str(OTHER))["status"] == "created"
-    assert s.db.watermark("pack", pack)["closed_at"] is not None
-    assert s.db.watermark("question", finished["id"])["closed_at"] is not None
+    assert s.db.watermarks.get("pack", pack)["closed_at"] is not None
+    assert s.db.watermarks.get("question", finished["id"])["closed_at"] is not None
 
     # The old thread gets a new buyer message: only that message is mirrored.
     meli.add_buyer_message(pack, "depois-da-retencao-qx")
@@ -247,13 +247,13 @@ def test_retention_prunes_a_closed_claim_keeps_an_open_one_and_never_reimports_i
     assert s.db.links.get("claim", str(CLAIM)) is None
     for kind in ("claim_message", "claim_event"):
         assert not s.db.links.with_prefix(kind, f"{CLAIM}:"), kind
-    assert s.db.watermark("claim", str(CLAIM))["closed_at"] is not None
+    assert s.db.watermarks.get("claim", str(CLAIM))["closed_at"] is not None
     # Open, however old: in progress, untouched.
     assert s.db.links.get("claim", str(OTHER_CLAIM))["status"] == "created"
     assert s.db.links.with_prefix("claim_message", f"{OTHER_CLAIM}:")
 
     # A notification about the pruned claim reads it again: nothing of its history comes back.
-    s.db.notification_record("n-claim-late", "claims", f"/post-purchase/v1/claims/{CLAIM}", now)
+    s.db.notifications.record("n-claim-late", "claims", f"/post-purchase/v1/claims/{CLAIM}", now)
     assert bridge.once().returncode == 0
     assert len(conversations(bridge, bridge.fakes.claims_inbox)) == 2
     assert s.db.links.get("claim", str(CLAIM)) is None
@@ -347,21 +347,21 @@ def sale_rows(db, pack, buyer, contact, at, messages=("m1",)):
 def test_forgetting_a_buyer_leaves_another_buyer_sharing_a_merged_contact_alone(db):
     sale_rows(db, "501", "11", 40, 1.0, messages=("a1",))
     sale_rows(db, "502", "22", 40, 1.0, messages=("b1",))  # contacts merged in Chatwoot: same id
-    removed = db.forget_buyer("11", 2.0)
+    removed = db.privacy.forget_buyer("11", 2.0)
     assert removed["packs"] == 1
     assert db.links.get("pack", "501") is None and db.links.get("message", "a1") is None
     assert db.links.get("pack", "502")["status"] == "created" and db.links.get("message", "b1") is not None
-    assert db.watermark("pack", "501")["closed_at"] == 2.0
+    assert db.watermarks.get("pack", "501")["closed_at"] == 2.0
 
 
 def test_retention_leaves_a_sale_with_a_reply_in_the_outbox_or_a_mark_read_in_flight(db):
     sale_rows(db, "601", "31", 41, 1.0, messages=("c1",))
     sale_rows(db, "602", "32", 42, 1.0, messages=("d1",))
     sale_rows(db, "603", "33", 43, 1.0, messages=("e1",))
-    db.reply_accept(chatwoot_message_id=7, conversation_id=601, kind="message", target_id="601",
-                    parts=[{"text": "ainda na fila"}], now=1.0)
-    db.thread_marking("602", 1.0)
-    counts = db.retention_prune(now=100 * DAY, days=90)
+    db.replies.accept(chatwoot_message_id=7, conversation_id=601, kind="message", target_id="601",
+                      parts=[{"text": "ainda na fila"}], now=1.0)
+    db.threads.begin_marking("602", 1.0)
+    counts = db.privacy.apply_retention(now=100 * DAY, days=90)
     assert db.links.get("pack", "601") and db.links.get("pack", "602") and db.links.get("buyer", "31")
     assert (db.links.get("pack", "603") is None and db.links.get("buyer", "33") is None
             and db.links.get("message", "e1") is None)
@@ -372,19 +372,19 @@ def test_retention_leaves_a_sale_with_a_reply_in_the_outbox_or_a_mark_read_in_fl
     db.links.mark_created("question", "702", 1.0, contact_id=44, conversation_id=9,
                           data={"state": "closed", "buyer_id": 34})
     db.links.mark_created("answer", "702", 1.0, conversation_id=9, message_id=3)
-    db.retention_prune(now=100 * DAY, days=90)
+    db.privacy.apply_retention(now=100 * DAY, days=90)
     assert (db.links.get("question", "701") and db.links.get("question", "702") is None
             and db.links.get("answer", "702") is None)
-    assert db.watermarks_closed("question") == {"702"}
+    assert db.watermarks.closed("question") == {"702"}
 
 
 def test_a_thread_watermark_freezes_once_its_rows_are_gone(db):
-    db.watermark_thread("801", "x1", 1000.0, now=1.0)
-    db.watermark_thread("801", "x2", 2000.0, now=2.0)
+    db.watermarks.record_thread("801", "x1", 1000.0, now=1.0)
+    db.watermarks.record_thread("801", "x2", 2000.0, now=2.0)
     sale_rows(db, "801", "41", 45, 1.0)
-    db.forget_buyer("41", 3.0)
-    db.watermark_thread("801", "x3", 3000.0, now=4.0)
-    mark = db.watermark("pack", "801")
+    db.privacy.forget_buyer("41", 3.0)
+    db.watermarks.record_thread("801", "x3", 3000.0, now=4.0)
+    mark = db.watermarks.get("pack", "801")
     assert (mark["last_message_id"], mark["last_message_at"], mark["closed_at"]) == ("x2", 2000.0, 3.0)
 
 
@@ -428,11 +428,11 @@ def test_a_claim_written_before_its_buyer_id_was_kept_is_erased_through_the_buye
     db.links.mark_created("buyer", "51", 1.0, contact_id=46, data={})
     claim_rows(db, "9001", "51", 46, 1.0, status="opened", with_buyer_id=False)
     claim_rows(db, "90011", "52", 47, 1.0, status="opened")  # a longer id sharing the prefix: not the same claim
-    removed = db.forget_buyer("51", 2.0)
+    removed = db.privacy.forget_buyer("51", 2.0)
     assert removed["claims"] == 1 and removed["links"] == 5
     assert db.links.get("claim", "9001") is None and not db.links.with_prefix("claim_event", "9001:")
     assert db.links.get("claim", "90011") and db.links.with_prefix("claim_event", "90011:")
-    assert db.watermark("claim", "9001")["last_message_at"] == 5000.0
+    assert db.watermarks.get("claim", "9001")["last_message_at"] == 5000.0
 
 
 def test_retention_prunes_a_closed_claim_but_never_one_open_or_with_a_reply_in_progress(db):
@@ -440,22 +440,20 @@ def test_retention_prunes_a_closed_claim_but_never_one_open_or_with_a_reply_in_p
     claim_rows(db, "9102", "62", 49, 1.0, status="opened")
     claim_rows(db, "9103", "63", 50, 1.0)
     claim_rows(db, "9104", "64", 51, 1.0)
-    db.reply_accept(chatwoot_message_id=8, conversation_id=103, kind="claim", target_id="9103",
-                    parts=[{"text": "ainda na fila"}], now=1.0)
-    finished = db.reply_accept(chatwoot_message_id=9, conversation_id=104, kind="claim", target_id="9104",
-                               parts=[{"text": "entregue"}], now=1.0)
-    db.conn().execute("UPDATE replies SET status = 'delivered', finished_at = 1.0 WHERE id = ?", (finished,))
-    db.conn().commit()
+    db.replies.accept(chatwoot_message_id=8, conversation_id=103, kind="claim", target_id="9103",
+                      parts=[{"text": "ainda na fila"}], now=1.0)
+    finished = db.replies.accept(chatwoot_message_id=9, conversation_id=104, kind="claim", target_id="9104",
+                                 parts=[{"text": "entregue"}], now=1.0)
+    db.replies.mark_delivered(finished, 1.0)
     db.links.mark_created("moderation_check", f"claim:{finished}", 1.0)
-    db.retention_prune(now=100 * DAY, days=90)
+    db.privacy.apply_retention(now=100 * DAY, days=90)
     assert db.links.get("claim", "9101") is None and not db.links.with_prefix("claim_message", "9101:")
     assert db.links.get("claim", "9102") and db.links.get("claim", "9103")
     assert db.links.get("claim", "9104")  # its outcome not shown to the agent yet
-    db.conn().execute("UPDATE replies SET reported_at = 2.0 WHERE id = ?", (finished,))
-    db.conn().commit()
-    db.retention_prune(now=100 * DAY, days=90)
-    assert db.links.get("claim", "9104") is None and db.reply_by_message(9) is None
-    assert db.watermarks_closed("claim") == {"9101", "9104"}
+    db.replies.mark_reported(finished, 2.0)
+    db.privacy.apply_retention(now=100 * DAY, days=90)
+    assert db.links.get("claim", "9104") is None and db.replies.by_message(9) is None
+    assert db.watermarks.closed("claim") == {"9101", "9104"}
 
 
 def test_a_closed_claim_watermark_covers_messages_up_to_its_date_and_never_one_without_a_date():
@@ -506,7 +504,7 @@ def test_forget_buyer_in_chatwoot_keeps_a_contact_merged_with_another_buyer(monk
 
 def test_forget_buyer_refuses_a_number_that_is_also_another_buyers_nickname(monkeypatch, settings, db, capsys):
     sale_rows(db, "503", "33", 41, 1.0)
-    db.cache_put_many("user", {"33": "123456"}, 1.0)
+    db.cache.put_many("user", {"33": "123456"}, 1.0)
     # "123456" is buyer 33's nickname, not an id the bridge knows: erasing nothing and saying
     # "held nothing" would leave buyer 33 behind while the operator believes it is done.
     assert forget_cli(monkeypatch, settings, db, RecordingChatwoot(), "123456", False, True) == 1
@@ -519,8 +517,8 @@ def test_forget_buyer_refuses_a_number_that_is_also_another_buyers_nickname(monk
 
 def test_forget_buyer_says_when_a_reply_still_in_the_outbox_is_dropped(monkeypatch, settings, db, capsys):
     sale_rows(db, "504", "44", 42, 1.0)
-    db.reply_accept(chatwoot_message_id=71, conversation_id=504, kind="message", target_id="504",
-                    parts=[{"text": "ainda na fila"}], now=1.0)
+    db.replies.accept(chatwoot_message_id=71, conversation_id=504, kind="message", target_id="504",
+                      parts=[{"text": "ainda na fila"}], now=1.0)
     assert forget_cli(monkeypatch, settings, db, RecordingChatwoot(), "44", False, True) == 0
     out = capsys.readouterr().out
     # The agent's message stays in Chatwoot without a delivery status: the operator must know.
@@ -548,23 +546,23 @@ def test_a_sale_erased_twice_never_brings_back_what_came_between_the_two_erasure
 
 def test_forget_buyer_tells_a_reply_being_sent_apart_from_one_that_never_left(monkeypatch, settings, db, capsys):
     sale_rows(db, "505", "45", 43, 1.0)
-    reply_id = db.reply_accept(chatwoot_message_id=72, conversation_id=505, kind="message", target_id="505",
-                               parts=[{"text": "saindo agora"}], now=1.0)
-    assert db.reply_claim(reply_id, 2.0, lease=60.0)  # the outbox is sending it
+    reply_id = db.replies.accept(chatwoot_message_id=72, conversation_id=505, kind="message", target_id="505",
+                                 parts=[{"text": "saindo agora"}], now=1.0)
+    assert db.replies.claim(reply_id, 2.0, lease=60.0)  # the outbox is sending it
     assert forget_cli(monkeypatch, settings, db, RecordingChatwoot(), "45", False, True) == 0
     out = capsys.readouterr().out
     assert "72" in out and "may or may not have reached the buyer" in out and "never reach" not in out
 
 
 def test_a_sale_pruned_started_afresh_and_pruned_again_keeps_its_mark_on_the_newest_message(db):
-    db.watermark_thread("802", "y1", 1000.0, now=1.0)
+    db.watermarks.record_thread("802", "y1", 1000.0, now=1.0)
     sale_rows(db, "802", "46", 47, 1.0)
-    db.retention_prune(now=100 * DAY, days=90)
-    assert db.watermark("pack", "802")["last_message_at"] == 1000.0
+    db.privacy.apply_retention(now=100 * DAY, days=90)
+    assert db.watermarks.get("pack", "802")["last_message_at"] == 1000.0
     # The buyer wrote again: a fresh conversation, handled up to the new message.
     sale_rows(db, "802", "46", 47, 101 * DAY, messages=("y2",))
-    db.watermark_thread("802", "y2", 101 * DAY, now=101 * DAY)
-    db.retention_prune(now=200 * DAY, days=90)
+    db.watermarks.record_thread("802", "y2", 101 * DAY, now=101 * DAY)
+    db.privacy.apply_retention(now=200 * DAY, days=90)
     assert db.links.get("pack", "802") is None
-    mark = db.watermark("pack", "802")
+    mark = db.watermarks.get("pack", "802")
     assert (mark["last_message_id"], mark["last_message_at"]) == ("y2", 101 * DAY)

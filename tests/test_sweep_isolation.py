@@ -24,9 +24,9 @@ def s(settings, db):
     db.links.mark_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
                           data={"buyer_id": 9, "blocked": False, "migrated": False})
     db.links.mark_created("message", "b0", 1.0, conversation_id=88, message_id=600)
-    db.thread_synced("2000001", now - 3600, 1, "b0", changed=True)
+    db.threads.mark_synced("2000001", now - 3600, 1, "b0", changed=True)
     # A sale never swept yet comes first in the sweep's order.
-    db.threads_discovered({"3000001": now})
+    db.threads.record_discovered({"3000001": now})
     return services
 
 
@@ -66,7 +66,7 @@ def test_a_thread_that_keeps_failing_does_not_stop_the_sweep_of_the_other_sales(
 
 @responses.activate
 def test_an_interrupted_mark_read_on_a_thread_that_breaks_does_not_stop_the_unread_poll(s):
-    s.db.thread_marking("3000001", time.time())
+    s.db.threads.begin_marking("3000001", time.time())
     responses.get(BAD, json=["not", "a", "thread"])
     responses.get(f"{API}/messages/unread", json={"results": [
         {"resource": "/packs/2000001/sellers/555", "count": 1}]})
@@ -84,7 +84,7 @@ def test_an_interrupted_mark_read_on_a_thread_that_breaks_does_not_stop_the_unre
     sync_messages.sync_messages(s)
 
     assert s.db.links.get("message", "b1")["status"] == "created"
-    assert s.db.thread("3000001")["marking_since"] is not None  # still owed its re-sync
+    assert s.db.threads.get("3000001")["marking_since"] is not None  # still owed its re-sync
 
 
 @responses.activate
@@ -109,18 +109,18 @@ def test_a_message_repeated_by_a_page_shift_is_not_counted_twice_so_the_sweep_st
     assert s.db.links.get("message", "m12") is None
 
     # The seller read m12 on the site: only the sweep's count can reveal it.
-    assert sync_messages._sweep_one(s, s.db.thread("2000001"), 555) == 1
+    assert sync_messages._sweep_one(s, s.db.threads.get("2000001"), 555) == 1
     assert s.db.links.get("message", "m12")["status"] == "created"
 
 
 @responses.activate
 def test_a_quiet_sweep_does_not_clear_a_mark_read_another_thread_has_in_flight(s):
-    row = s.db.thread("2000001")  # read by the sweep before the notification's sync started marking
-    s.db.thread_marking("2000001", time.time())
+    row = s.db.threads.get("2000001")  # read by the sweep before the notification's sync started marking
+    s.db.threads.begin_marking("2000001", time.time())
     responses.get(GOOD, json={"paging": {"total": 1}, "messages": [read_on_site("b0", "Oi", 1)]})
     assert sync_messages._sweep_one(s, row, 555) == 0
     # Were the marking thread killed now, the flag is what makes the next poll finish its work.
-    assert s.db.threads_marking() == ["2000001"]
+    assert s.db.threads.marking() == ["2000001"]
 
 
 @responses.activate
@@ -132,10 +132,10 @@ def test_a_moderation_check_on_a_failing_thread_does_not_stop_the_sweep(s):
                             data={"buyer_id": 9, "blocked": False, "migrated": False})
     accept_webhook(message_created(message_id=9600, conversation_id=89, inbox_id=2, content="Ok"),
                    s.settings, s.db, now - 400)
-    reply = s.db.replies_active_for_target("message", "3000001")[0]
-    s.db.reply_claim(reply["id"], now - 400, 300)
-    s.db.part_sent(reply["id"], 0, "m-ok", now - 300)
-    s.db.reply_delivered(reply["id"], now - 300)
+    reply = s.db.replies.active_for_target("message", "3000001")[0]
+    s.db.replies.claim(reply["id"], now - 400, 300)
+    s.db.replies.mark_part_sent(reply["id"], 0, "m-ok", now - 300)
+    s.db.replies.mark_delivered(reply["id"], now - 300)
     responses.get(f"{API}/messages/unread", json={"results": []})
     responses.get(BAD, status=500, json={"message": "internal"})
     responses.get(f"{API}/orders/search", json={"results": [], "paging": {"total": 0}})

@@ -89,7 +89,7 @@ def test_an_answer_whose_token_is_refused_twice_is_retried_not_failed(meli, db, 
     responses.post(f"{API}/answers", status=401, json={"message": "invalid_token"})
     responses.post(f"{API}/oauth/token", json=token_body())
     assert delivery.run_outbox(services)["retry"] == 1
-    assert db.reply(extra["reply_id"])["status"] == "pending"
+    assert db.replies.get(extra["reply_id"])["status"] == "pending"
 
 
 @responses.activate

@@ -23,17 +23,17 @@ def post(client, body, **kw):
 def test_an_agent_reply_is_recorded_then_acknowledged(client, db):
     resp = post(client, message_created())
     assert resp.status_code == 200 and resp.json["status"] == "accepted"
-    reply = db.reply_by_message(9123)
+    reply = db.replies.by_message(9123)
     assert reply["kind"] == "answer" and reply["target_id"] == "555" and reply["status"] == "pending"
-    assert db.reply_parts(reply["id"])[0]["text"] == "Olá! Temos sim."
+    assert db.replies.parts(reply["id"])[0]["text"] == "Olá! Temos sim."
 
 
 def test_a_post_sale_reply_targets_the_pack(client, db):
     resp = post(client, message_created(conversation_id=88, inbox_id=2, content="x " * 300))
     assert resp.json["status"] == "accepted"
-    reply = db.reply_by_message(9123)
+    reply = db.replies.by_message(9123)
     assert reply["kind"] == "message" and reply["target_id"] == "2000001"
-    assert len(db.reply_parts(reply["id"])) == 2
+    assert len(db.replies.parts(reply["id"])) == 2
 
 
 def test_the_same_delivery_twice_records_one_reply(client, db):
@@ -116,14 +116,14 @@ def test_a_second_answer_to_the_same_question_is_refused_for_the_agent(client, d
     post(client, message_created(message_id=1))
     resp = post(client, message_created(message_id=2))
     assert resp.json["status"] == "refused"
-    assert db.reply_by_message(2)["status"] == "failed"
-    assert "uma única resposta" in db.reply_by_message(2)["note"]
+    assert db.replies.by_message(2)["status"] == "failed"
+    assert "uma única resposta" in db.replies.by_message(2)["note"]
 
 
 def test_a_too_long_answer_is_refused_not_truncated(client, db):
     resp = post(client, message_created(content="a" * 2500))
     assert resp.json["status"] == "refused"
-    reply = db.reply_by_message(9123)
+    reply = db.replies.by_message(9123)
     assert reply["status"] == "failed" and "2500" in reply["error"] and reply["reported_at"] is None
 
 
@@ -131,27 +131,27 @@ def test_an_answer_with_an_attachment_is_refused(client, db):
     files = [{"id": 5, "file_type": "image", "extension": "png",
               "data_url": "https://chat.example.test/rails/active_storage/blobs/redirect/x/foto.png"}]
     assert post(client, message_created(attachments=files)).json["status"] == "refused"
-    assert "anexos" in db.reply_by_message(9123)["error"]
+    assert "anexos" in db.replies.by_message(9123)["error"]
 
 
 def test_an_attachment_on_another_host_is_refused(client, db):
     files = [{"id": 5, "file_type": "file", "extension": "pdf", "data_url": "https://evil.example/x/nota.pdf"}]
     resp = post(client, message_created(conversation_id=88, inbox_id=2, attachments=files))
     assert resp.json["status"] == "refused"
-    assert "fora do Chatwoot" in db.reply_by_message(9123)["error"]
+    assert "fora do Chatwoot" in db.replies.by_message(9123)["error"]
 
 
 def test_an_unsupported_file_type_is_refused(client, db):
     files = [{"id": 5, "file_type": "file", "extension": "docx",
               "data_url": "https://chat.example.test/rails/active_storage/blobs/redirect/x/contrato.docx"}]
     resp = post(client, message_created(conversation_id=88, inbox_id=2, attachments=files))
-    assert resp.json["status"] == "refused" and "docx" in db.reply_by_message(9123)["error"]
+    assert resp.json["status"] == "refused" and "docx" in db.replies.by_message(9123)["error"]
 
 
 def test_a_conversation_unknown_to_the_bridge_is_refused_for_the_agent(client, db):
     resp = post(client, message_created(conversation_id=4242))
     assert resp.json["status"] == "refused"
-    assert db.reply_by_message(9123)["status"] == "failed"
+    assert db.replies.by_message(9123)["status"] == "failed"
 
 
 def test_fuzzed_signed_bodies_never_cause_a_5xx(client):

@@ -38,21 +38,21 @@ def build_status(db: Database, settings: Settings, now: float, problems: Sequenc
                                    "error": "not authorized yet: run `python main.py authorize` "
                                             "(or set MELI_REFRESH_TOKEN)"}
 
-    stats = db.outbox_stats(now)
+    stats = db.replies.stats(now)
     age = stats["oldest_pending_age_seconds"]
     checks["outbox"] = dict(stats, ok=age is None or age <= OUTBOX_MAX_AGE)
     if not checks["outbox"]["ok"]:
         checks["outbox"]["error"] = f"oldest pending reply is {int(age)} s old (limit {OUTBOX_MAX_AGE} s)"
 
     jobs = {}
-    for run in db.job_runs():
+    for run in db.jobs.runs():
         jobs[run["job"]] = {
             "last_start": run["last_start"], "last_success": run["last_success"],
             "seconds_since_success": round(now - run["last_success"]) if run["last_success"] else None,
             "last_error_at": run["last_error_at"], "last_error": run["last_error"],
             "last_duration_ms": run["last_duration_ms"]}
     checks["jobs"] = {"ok": True, "runs": jobs}
-    checks["notifications"] = {"ok": True, "received_last_hour": db.notifications_received_since(now - 3600)}
+    checks["notifications"] = {"ok": True, "received_last_hour": db.notifications.received_since(now - 3600)}
     checks["items"] = item_failures(db)
 
     failing = [name for name, check in checks.items() if not check["ok"]]
@@ -63,10 +63,10 @@ def build_status(db: Database, settings: Settings, now: float, problems: Sequenc
 
 def item_failures(db: Database) -> dict:
     """Items failing alone while the rest goes on. Always ok: a bad item is a warning, not an outage."""
-    summary = db.items_summary()
+    summary = db.items.summary()
     by_kind = summary["by_kind"]
     retrying = {kind: counts["retrying"] for kind, counts in by_kind.items() if counts["retrying"]}
-    for kind, count in (("notification", db.notifications_retrying()), ("reply", db.replies_retrying())):
+    for kind, count in (("notification", db.notifications.retrying()), ("reply", db.replies.retrying())):
         if count:
             retrying[kind] = retrying.get(kind, 0) + count
     gave_up_count = sum(counts["gave_up"] for counts in by_kind.values())

@@ -45,7 +45,7 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
     reason = _not_for_us(payload, inbox_id, settings)
     if reason:
         return "ignored", 200, {"reason": reason}
-    if db.reply_seen(message_id):
+    if db.replies.seen(message_id):
         return "duplicate", 200, {}
 
     kind = {settings.chatwoot_questions_inbox_id: "answer",
@@ -60,15 +60,15 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
         plan.refused = UNLINKED
     # One answer per question: checked by the database inside the insert's transaction, since
     # two listener workers may accept two agent messages for the same question at once.
-    reply_id = db.reply_accept(chatwoot_message_id=message_id, conversation_id=conversation_id, kind=kind,
-                               target_id=target, parts=plan.parts, now=now,
-                               error=plan.refused and plan.refused.error, note=plan.refused and plan.refused.note,
-                               taken=ANSWER_TAKEN if kind == "answer" else None,
-                               receiver=claim_receiver(attrs) if kind == "claim" else None)
+    reply_id = db.replies.accept(chatwoot_message_id=message_id, conversation_id=conversation_id, kind=kind,
+                                 target_id=target, parts=plan.parts, now=now,
+                                 error=plan.refused and plan.refused.error, note=plan.refused and plan.refused.note,
+                                 taken=ANSWER_TAKEN if kind == "answer" else None,
+                                 receiver=claim_receiver(attrs) if kind == "claim" else None)
     if reply_id is None:
         return "duplicate", 200, {}
     extra = {"reply_id": reply_id, "kind": kind, "target": target, "parts": len(plan.parts)}
-    error = (plan.refused and plan.refused.error) or (db.reply(reply_id)["error"] if kind == "answer" else None)
+    error = (plan.refused and plan.refused.error) or (db.replies.get(reply_id)["error"] if kind == "answer" else None)
     if error:
         return "refused", 200, dict(extra, reason=error)
     return "accepted", 200, extra

@@ -55,7 +55,7 @@ def run_outbox(s: Services, max_items: int = 200) -> dict:
     """
     counts: Counter = Counter()
     groups: dict[tuple, list[int]] = {}
-    for row in s.db.replies_due(s.clock(), limit=max_items):
+    for row in s.db.replies.due(s.clock(), limit=max_items):
         groups.setdefault((row["kind"], row["target_id"]), []).append(row["id"])
     if groups:
         with ThreadPoolExecutor(max_workers=min(WORKERS, len(groups)), thread_name_prefix="outbox") as pool:
@@ -84,7 +84,7 @@ def _deliver_in_order(s: Services, reply_ids: list[int]) -> Counter:
             counts[outcome] += 1
         if outcome in ("delivered", "failed"):
             # Tell the agent now, not after the whole batch.
-            counts["reported"] += report_reply(s, s.db.reply(reply_id))
+            counts["reported"] += report_reply(s, s.db.replies.get(reply_id))
         elif outcome in ("retry", None):
             # The next replies to this target wait for this one, in order (None: another
             # poller claimed it between our listing and our claim, and may still be sending it).
@@ -94,7 +94,7 @@ def _deliver_in_order(s: Services, reply_ids: list[int]) -> Counter:
 
 def deliver(s: Services, reply_id: int) -> str | None:
     """Try one reply once. Returns 'delivered', 'failed', 'retry' or None (not ours to take)."""
-    reply = s.db.reply_claim(reply_id, s.clock(), LEASE_SECONDS)
+    reply = s.db.replies.claim(reply_id, s.clock(), LEASE_SECONDS)
     if reply is None:
         return None
     started = time.monotonic()
@@ -111,16 +111,16 @@ def deliver(s: Services, reply_id: int) -> str | None:
         # Waiting for a person: not an attempt, but the same 24 h limit as every reply, so
         # an agent is not left thinking a day-old reply is still on its way.
         if s.clock() - reply["created_at"] > GIVE_UP_AFTER:
-            s.db.reply_failed(reply_id, REAUTH_GAVE_UP.error, REAUTH_GAVE_UP.note, s.clock())
+            s.db.replies.mark_failed(reply_id, REAUTH_GAVE_UP.error, REAUTH_GAVE_UP.note, s.clock())
             log.error("reply failed after 24h waiting for reauthorization %s", ids)
             return "failed"
-        s.db.reply_retry_later(reply_id, s.clock() + REAUTH_RECHECK, "aguardando reautorização do Mercado Livre",
-                               s.clock(), count_attempt=False)
+        s.db.replies.retry_later(reply_id, s.clock() + REAUTH_RECHECK, "aguardando reautorização do Mercado Livre",
+                                 s.clock(), count_attempt=False)
         log.warning("reply waiting for reauthorization %s", ids)
         return "retry"
     except DeliveryFailed as exc:
-        shown = exc.refusal.after(s.db.reply_parts(reply_id))
-        s.db.reply_failed(reply_id, shown.error, shown.note, s.clock())
+        shown = exc.refusal.after(s.db.replies.parts(reply_id))
+        s.db.replies.mark_failed(reply_id, shown.error, shown.note, s.clock())
         log.warning("reply failed %s reason=%r after %dms", ids, exc.refusal.for_log,
                     (time.monotonic() - started) * 1000)
         return "failed"
@@ -129,7 +129,7 @@ def deliver(s: Services, reply_id: int) -> str | None:
     except Exception as exc:  # noqa: BLE001 — an unexpected bug must not lose the reply
         log.exception("reply delivery crashed %s", ids)
         return _transient(s, reply, TransientError(f"unexpected error: {type(exc).__name__}"), ids)
-    s.db.reply_delivered(reply_id, s.clock())
+    s.db.replies.mark_delivered(reply_id, s.clock())
     log.info("reply delivered %s attempts=%d in %dms (accepted %.1fs ago)", ids, reply["attempts"],
              (time.monotonic() - started) * 1000, s.clock() - reply["created_at"])
     return "delivered"
@@ -149,21 +149,21 @@ def _transient(s: Services, reply: dict, exc: ApiError, ids: str) -> str:
             "A resposta não pôde ser entregue ao Mercado Livre durante 24 horas de tentativas "
             f"(último erro: {exc.short()}). Envie de novo ou responda pelo Mercado Livre.",
             f"O Mercado Livre ficou indisponível durante 24 horas de tentativas (último erro: {exc.short()}).",
-        ).after(s.db.reply_parts(reply["id"]))
-        s.db.reply_failed(reply["id"], shown.error, shown.note, now)
+        ).after(s.db.replies.parts(reply["id"]))
+        s.db.replies.mark_failed(reply["id"], shown.error, shown.note, now)
         log.error("reply failed after 24h of retries %s last_error=%r", ids, exc.short())
         return "failed"
     delay = retry_delay(reply["attempts"], exc.retry_after)
-    s.db.reply_retry_later(reply["id"], now + delay, exc.short()[:300], now)
+    s.db.replies.retry_later(reply["id"], now + delay, exc.short()[:300], now)
     log.warning("reply retry in %.1fs %s attempt=%d error=%r", delay, ids, reply["attempts"], exc.short())
     return "retry"
 
 
 def _deliver_answer(s: Services, reply: dict) -> None:
-    part = s.db.reply_parts(reply["id"])[0]
+    part = s.db.replies.parts(reply["id"])[0]
     question_id = reply["target_id"]
     if part["status"] != "sent":
-        s.db.part_mark_sending(reply["id"], 0, s.clock())
+        s.db.replies.mark_part_sending(reply["id"], 0, s.clock())
         try:
             s.meli.answer_question(int(question_id), part["text"])
         except PermanentError as exc:
@@ -172,7 +172,8 @@ def _deliver_answer(s: Services, reply: dict) -> None:
             _check_already_answered(s, question_id, part["text"])
         crashpoint("answer_posted")
     # The agent's own message is the answer in Chatwoot: the question sync must not mirror it again.
-    s.db.answer_sent(reply["id"], question_id, reply["conversation_id"], reply["chatwoot_message_id"], s.clock())
+    s.db.replies.mark_answer_sent(reply["id"], question_id, reply["conversation_id"], reply["chatwoot_message_id"],
+                                  s.clock())
 
 
 def adopt_answer_in_flight(s: Services, question_id: str, published: str) -> bool:
@@ -183,10 +184,11 @@ def adopt_answer_in_flight(s: Services, question_id: str, published: str) -> boo
     instead of mirroring the agent's answer a second time; the outbox then finishes the
     reply without posting again.
     """
-    reply = s.db.answer_in_flight(question_id)
+    reply = s.db.replies.answer_in_flight(question_id)
     if reply is None or not published or not _same_text(published, reply["text"] or ""):
         return False
-    s.db.answer_sent(reply["id"], question_id, reply["conversation_id"], reply["chatwoot_message_id"], s.clock())
+    s.db.replies.mark_answer_sent(reply["id"], question_id, reply["conversation_id"], reply["chatwoot_message_id"],
+                                  s.clock())
     log.info("answer found on mercado livre before its delivery was recorded reply=%s question=%s conversation=%s",
              reply["id"], question_id, reply["conversation_id"])
     return True
@@ -232,14 +234,14 @@ def _deliver_message(s: Services, reply: dict) -> None:
         raise DeliveryFailed(Refusal(
             "comprador desconhecido",
             "A ponte não sabe quem é o comprador desta venda, então a mensagem não foi enviada. " + SEE_LOGS))
-    parts = s.db.reply_parts(reply["id"])
+    parts = s.db.replies.parts(reply["id"])
     for part in parts:
         if part["status"] == "sent":
             continue
         # A reply of many parts may outlast one lease; renewed per part, it is never taken
         # over (and a part sent twice) while this worker is alive.
-        s.db.reply_extend_lease(reply["id"], s.clock() + LEASE_SECONDS)
-        previous = s.db.part_mark_sending(reply["id"], part["seq"], s.clock())
+        s.db.replies.extend_lease(reply["id"], s.clock() + LEASE_SECONDS)
+        previous = s.db.replies.mark_part_sending(reply["id"], part["seq"], s.clock())
         if previous == "sending":
             _wait_until_settled(s, reply, part)
             # Not beside a sync of this thread: that sync read the thread before this look and
@@ -247,27 +249,27 @@ def _deliver_message(s: Services, reply: dict) -> None:
             with s.locks.hold(f"pack:{pack_id}"):
                 found = _find_sent_part(s, pack_id, seller_id, part, part["first_attempt_at"] or reply["created_at"])
             if found:
-                s.db.part_sent(reply["id"], part["seq"], found, s.clock())
+                s.db.replies.mark_part_sent(reply["id"], part["seq"], found, s.clock())
                 log.info("reply part already on mercado livre reply=%s part=%d pack=%s ml_message=%s",
                          reply["id"], part["seq"], pack_id, found)
                 continue
         attachment_ids = _upload_files(s, reply, part)
-        s.db.part_attempted(reply["id"], part["seq"], s.clock())
+        s.db.replies.mark_part_attempted(reply["id"], part["seq"], s.clock())
         try:
             sent = s.meli.send_message(pack_id, seller_id, to_user, part["text"], attachment_ids)
         except PermanentError as exc:
-            s.db.part_unsent(reply["id"], part["seq"])
+            s.db.replies.mark_part_unsent(reply["id"], part["seq"])
             if exc.status == 403 or exc.code == "blocked_conversation_send_message_forbidden":
                 raise DeliveryFailed(BLOCKED) from None
             raise DeliveryFailed(_refusal(exc, "a mensagem" if len(parts) == 1 else f"a parte {part['seq'] + 1}"))\
                 from None
         except TransientError as exc:
             if exc.status == 429:
-                s.db.part_unsent(reply["id"], part["seq"])  # refused outright: nothing was sent
+                s.db.replies.mark_part_unsent(reply["id"], part["seq"])  # refused outright: nothing was sent
             raise
         crashpoint("message_sent")
         remote_id = str((sent or {}).get("id") or (sent or {}).get("message_id") or "") or None
-        s.db.part_sent(reply["id"], part["seq"], remote_id, s.clock())
+        s.db.replies.mark_part_sent(reply["id"], part["seq"], remote_id, s.clock())
         log.info("reply part sent reply=%s part=%d/%d pack=%s ml_message=%s", reply["id"], part["seq"] + 1,
                  len(parts), pack_id, remote_id)
 
@@ -320,7 +322,7 @@ def _upload_files(s: Services, reply: dict, part: dict, upload: Callable | None 
                      _extension(item["name"]), len(content), item["meli_id"])
         ids.append(item["meli_id"])
     if changed:
-        s.db.part_set_attachments(reply["id"], part["seq"], files)
+        s.db.replies.set_part_attachments(reply["id"], part["seq"], files)
     return ids
 
 
@@ -340,7 +342,7 @@ def _find_sent_part(s: Services, pack_id: str, seller_id: int, part: dict, since
         page = s.meli.thread_page(pack_id, seller_id, offset=offset, limit=10)
         messages = page.get("messages") or []
         ids = [str(m.get("id")) for m in messages]
-        taken = s.db.bridge_sent_ids(ids) | s.db.links.ids_among("message", ids)
+        taken = s.db.replies.sent_ids(ids) | s.db.links.ids_among("message", ids)
         for message in messages:
             if is_lost_send(message, seller_id, part, since, taken):
                 return str(message.get("id"))
@@ -369,7 +371,7 @@ def _deliver_claim(s: Services, reply: dict) -> None:
         raise DeliveryFailed(CLAIM_UNREADABLE) from None
     if claim.get("status") != "opened":
         raise DeliveryFailed(CLAIM_CLOSED)
-    parts = s.db.reply_parts(reply["id"])
+    parts = s.db.replies.parts(reply["id"])
     if any(part["status"] == "sent" for part in parts):
         # The rest goes where the first parts went, or not at all: half a reply to each reader reaches nobody.
         used = reply.get("receiver") or "complainant"
@@ -382,22 +384,22 @@ def _deliver_claim(s: Services, reply: dict) -> None:
         if part["status"] == "sent":
             continue
         remote = sync_claims.sent_key(claim_id, part["text"] or "")
-        previous = s.db.part_mark_sending(reply["id"], part["seq"], s.clock())
+        previous = s.db.replies.mark_part_sending(reply["id"], part["seq"], s.clock())
         if previous == "sending":
             _wait_until_settled(s, reply, part)
         if previous == "sending" and _claim_part_arrived(s, claim_id, remote,
                                                          part["first_attempt_at"] or reply["created_at"]):
-            s.db.part_sent(reply["id"], part["seq"], remote, s.clock())
+            s.db.replies.mark_part_sent(reply["id"], part["seq"], remote, s.clock())
             log.info("reply part already on mercado livre reply=%s part=%d claim=%s", reply["id"], part["seq"],
                      claim_id)
             continue
         filenames = _upload_files(s, reply, part, lambda name, content, ctype: s.meli.upload_claim_attachment(
             claim_id, name, content, ctype))
-        s.db.part_attempted(reply["id"], part["seq"], s.clock())
+        s.db.replies.mark_part_attempted(reply["id"], part["seq"], s.clock())
         try:
             s.meli.send_claim_message(claim_id, receiver, part["text"], filenames)
         except PermanentError as exc:
-            s.db.part_unsent(reply["id"], part["seq"])
+            s.db.replies.mark_part_unsent(reply["id"], part["seq"])
             if exc.code == "claim_closed":
                 raise DeliveryFailed(CLAIM_CLOSED) from None
             if exc.status == 403:
@@ -406,12 +408,12 @@ def _deliver_claim(s: Services, reply: dict) -> None:
                 from None
         except TransientError as exc:
             if exc.status == 429:
-                s.db.part_unsent(reply["id"], part["seq"])
+                s.db.replies.mark_part_unsent(reply["id"], part["seq"])
             raise
         crashpoint("claim_message_sent")
-        s.db.part_sent(reply["id"], part["seq"], remote, s.clock())
+        s.db.replies.mark_part_sent(reply["id"], part["seq"], remote, s.clock())
         if receiver != reply.get("receiver"):
-            s.db.reply_receiver_used(reply["id"], receiver)
+            s.db.replies.record_receiver(reply["id"], receiver)
             reply = dict(reply, receiver=receiver)
         log.info("reply part sent reply=%s part=%d/%d claim=%s receiver=%s", reply["id"], part["seq"] + 1,
                  len(parts), claim_id, receiver)
@@ -430,7 +432,7 @@ def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float) -
     adopted = sync_claims.adopted_parts(links)
     # Only the parts whose messages may fall in the window counted below: an older equal reply
     # not matched yet would otherwise hide this part's arrival, and it would go twice.
-    waiting = sum(1 for p in s.db.claim_parts_sent(remote)
+    waiting = sum(1 for p in s.db.replies.claim_parts_sent(remote)
                   if (p["chatwoot_message_id"], p["seq"]) not in adopted
                   and (p["sent_at"] is None or p["sent_at"] >= since - 2 * SEND_CLOCK_SKEW))
     fresh = 0

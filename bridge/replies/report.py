@@ -23,7 +23,7 @@ GIVE_UP_AFTER = 24 * 3600.0  # a reply is delivered, or its outcome shown, withi
 def report_outcomes(s: Services) -> int:
     """Outcomes not shown yet: refused at acceptance, or a Chatwoot call that failed before."""
     reported = 0
-    for reply in s.db.replies_unreported(s.clock()):
+    for reply in s.db.replies.unreported(s.clock()):
         if s.stopping.is_set():
             break
         reported += report_reply(s, reply)
@@ -38,7 +38,7 @@ def report_reply(s: Services, reply: dict) -> int:
     except ApiError as exc:
         if exc.transient:
             delay = retry_delay(max(1, int(s.clock() - reply["updated_at"]) // 10 + 1), exc.retry_after)
-            s.db.reply_report_later(reply["id"], s.clock() + delay, s.clock())
+            s.db.replies.report_later(reply["id"], s.clock() + delay, s.clock())
             log.warning("reply outcome not shown yet reply=%s message=%s conversation=%s error=%r",
                         reply["id"], reply["chatwoot_message_id"], reply["conversation_id"], exc.short())
             return 0
@@ -46,7 +46,7 @@ def report_reply(s: Services, reply: dict) -> int:
                   reply["id"], reply["chatwoot_message_id"], reply["conversation_id"], exc.short())
     except Exception as exc:  # noqa: BLE001 — one reply's report must not hold up the others'
         return _report_crashed(s, reply, exc)
-    s.db.reply_reported(reply["id"], s.clock())
+    s.db.replies.mark_reported(reply["id"], s.clock())
     return 1
 
 
@@ -55,11 +55,11 @@ def _report_crashed(s: Services, reply: dict, exc: Exception) -> int:
     now, error = s.clock(), failures.describe(exc)
     if now - (reply["finished_at"] or reply["created_at"]) > GIVE_UP_AFTER:
         failures.gave_up(s, "reply", reply["id"], error)
-        s.db.reply_reported(reply["id"], now)
+        s.db.replies.mark_reported(reply["id"], now)
         return 1
     # Counted from when the reply finished: updated_at moves with every postponement.
     delay = retry_delay(max(1, int(now - (reply["finished_at"] or reply["created_at"])) // 10 + 1))
-    s.db.reply_report_later(reply["id"], now + delay, now)
+    s.db.replies.report_later(reply["id"], now + delay, now)
     log.warning("reply outcome not shown yet reply=%s message=%s conversation=%s error=%s",
                 reply["id"], reply["chatwoot_message_id"], reply["conversation_id"], error)
     return 0
@@ -101,7 +101,7 @@ def _report_in(s: Services, reply: dict) -> None:
     s.chatwoot.set_message_status(conversation_id, message_id, "failed", reply["error"] or "não enviada")
     source_id = source_ids.note("reply", reply["id"])
     if reply["note"] and not _recent_source(s, conversation_id, source_id):
-        partly = any(p["status"] == "sent" for p in s.db.reply_parts(reply["id"]))
+        partly = any(p["status"] == "sent" for p in s.db.replies.parts(reply["id"]))
         header = "Resposta enviada só em parte ao Mercado Livre" if partly else "Resposta não enviada ao Mercado Livre"
         s.chatwoot.note(conversation_id, f"{header}: {reply['error']}.\n\n{reply['note']}", source_id=source_id)
 

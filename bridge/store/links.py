@@ -8,13 +8,26 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 if TYPE_CHECKING:
     from db_manager import Database
 
 
-def link_row(row: dict | None) -> dict | None:
+class Link(TypedDict):
+    """A `links` row, its `data` decoded."""
+    kind: str                   # buyer | question | answer | pack | message | claim | …
+    external_id: str
+    status: str                 # pending | created
+    contact_id: int | None
+    conversation_id: int | None
+    message_id: int | None
+    data: dict                  # small ids and states, never buyer text
+    created_at: float
+    updated_at: float
+
+
+def link_row(row: dict | None) -> Link | None:
     """A links row with its `data` decoded ({} when empty)."""
     if row is not None:
         row["data"] = json.loads(row["data"]) if row.get("data") else {}
@@ -46,16 +59,16 @@ class LinksStore:
     def __init__(self, db: Database):
         self._db = db
 
-    def get(self, kind: str, external_id: str | int) -> dict | None:
+    def get(self, kind: str, external_id: str | int) -> Link | None:
         return link_row(self._db.one("SELECT * FROM links WHERE kind = ? AND external_id = ?",
                                      (kind, str(external_id))))
 
-    def by_conversation(self, kind: str, conversation_id: int) -> dict | None:
+    def by_conversation(self, kind: str, conversation_id: int) -> Link | None:
         return link_row(self._db.one(
             "SELECT * FROM links WHERE kind = ? AND conversation_id = ? AND status = 'created'",
             (kind, conversation_id)))
 
-    def record_intent(self, kind: str, external_id: str | int, now: float, **fields: Any) -> tuple[dict, bool]:
+    def record_intent(self, kind: str, external_id: str | int, now: float, **fields: Any) -> tuple[Link, bool]:
         """Record that we are about to create `kind/external_id` in Chatwoot.
 
         Returns (row, fresh). A row that was already there (fresh False) may have been
@@ -87,7 +100,7 @@ class LinksStore:
             found.update(r[0] for r in rows)
         return found
 
-    def by_status(self, kind: str, status: str) -> list[dict]:
+    def by_status(self, kind: str, status: str) -> list[Link]:
         return [link_row(row) for row in self._db.all("SELECT * FROM links WHERE kind = ? AND status = ?"
                                                       " ORDER BY created_at", (kind, status))]
 
@@ -99,7 +112,7 @@ class LinksStore:
                                            (kind, status))
         return {r[0] for r in rows}
 
-    def with_prefix(self, kind: str, prefix: str) -> list[dict]:
+    def with_prefix(self, kind: str, prefix: str) -> list[Link]:
         """Links of `kind` whose external id starts with `prefix` (a claim's messages: "<claim id>:")."""
         return [link_row(row) for row in self._db.all(
             "SELECT * FROM links WHERE kind = ? AND external_id >= ? AND external_id < ?",

@@ -329,7 +329,7 @@ def _open_claims(s: Services) -> tuple[dict[str, dict], bool]:
 def _changed(s: Services, claim_id: str, summary: dict) -> bool:
     link = s.db.links.get("claim", claim_id)
     if not link:
-        return not seen_since_pruned(s.db.watermark("claim", claim_id), summary)
+        return not seen_since_pruned(s.db.watermarks.get("claim", claim_id), summary)
     return link["status"] != "created" or link["data"].get("last_updated") != summary.get("last_updated")
 
 
@@ -361,10 +361,10 @@ def _sync_claim(s: Services, claim_id: str) -> int:
     messages = s.meli.claim_messages(claim_id)
     # Pruned by retention or erased: what the watermark covers stays out of Chatwoot, and a
     # new message starts a new conversation.
-    mark = s.db.watermark("claim", claim_id)
+    mark = s.db.watermarks.get("claim", claim_id)
     fresh = after_watermark(messages, mark)
     if not link and mark and mark.get("closed_at") is not None and not fresh:
-        s.db.watermark_claim_seen(claim_id, claim.get("last_updated"), s.clock())
+        s.db.watermarks.record_claim_seen(claim_id, claim.get("last_updated"), s.clock())
         log.info("claim pruned or erased before, nothing new claim=%s messages=%d", claim_id, len(messages))
         return 0
     try:
@@ -515,7 +515,7 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
                      reopen: bool) -> tuple[int, bool]:
     """(messages mirrored, whether one was left for a later sync)."""
     # In this order: a part the outbox records as sent between the two reads is then among the sent ones.
-    in_doubt = {" ".join(t.split()) for t in s.db.claim_part_texts_in_doubt(claim_id)}
+    in_doubt = {" ".join(t.split()) for t in s.db.replies.claim_texts_in_doubt(claim_id)}
     links = {link["external_id"]: link for link in s.db.links.with_prefix("claim_message", f"{claim_id}:")}
     adopted = adopted_parts(links.values())
     plan = []
@@ -531,7 +531,7 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
             continue
         if message.get("sender_role") == "respondent":
             remote = sent_key(claim_id, text_of(message))
-            part = next((p for p in s.db.claim_parts_sent(remote)
+            part = next((p for p in s.db.replies.claim_parts_sent(remote)
                          if (p["chatwoot_message_id"], p["seq"]) not in adopted), None)
             if part:
                 adopted.add((part["chatwoot_message_id"], part["seq"]))
@@ -610,7 +610,7 @@ def _report_moderated_reply(s: Services, claim_id: str, key: str, link: dict, me
     if mark["status"] == "created":
         return
     # By Chatwoot message id: a pruned reply's id may belong to a newer reply now.
-    reply = s.db.reply_by_message(link["message_id"]) if link["message_id"] else None
+    reply = s.db.replies.by_message(link["message_id"]) if link["message_id"] else None
     if reply:
         reason = moderation_reason(message)
         moderation.mark_reply_blocked(s, reply, reason)
@@ -629,7 +629,7 @@ def _deadline(s: Services, link: dict | None) -> int:
     data = link["data"]
     if data.get("due_noted") == data["due"]:
         return 0
-    replies = s.db.replies_active_for_target("claim", link["external_id"])
+    replies = s.db.replies.active_for_target("claim", link["external_id"])
     if any(r["created_at"] >= (data.get("last_message_at") or 0.0) for r in replies):
         return 0  # an agent answered since: the reply is on its way
     note = (f"Prazo perto do fim: o vendedor precisa {action_name(data.get('next_action'))} até "
@@ -682,7 +682,7 @@ def check_recent_replies(s: Services, skip: set[str]) -> int:
     """Re-read, once, the claim of each reply delivered a few minutes ago: moderation acts after acceptance."""
     now = s.clock()
     checked = 0
-    for reply in s.db.replies_delivered_between("claim", now - MODERATION_CHECK_UNTIL, now - MODERATION_CHECK_AFTER):
+    for reply in s.db.replies.delivered_between("claim", now - MODERATION_CHECK_UNTIL, now - MODERATION_CHECK_AFTER):
         if s.stopping.is_set():
             break
         link, _fresh = s.db.links.record_intent("moderation_check", f"claim:{reply['id']}", now)

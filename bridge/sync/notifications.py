@@ -105,7 +105,7 @@ def accept(payload: dict, settings: Settings, db: Database, now: float) -> tuple
     if not isinstance(notification_id, str) or not 0 < len(notification_id) <= 100:
         sent = payload.get("sent")
         notification_id = f"{topic}:{resource}:{sent if isinstance(sent, str) else ''}"[:200]
-    outcome = db.notification_record(notification_id, topic, resource, now, max_pending=MAX_PENDING)
+    outcome = db.notifications.record(notification_id, topic, resource, now, max_pending=MAX_PENDING)
     if outcome == "full":
         DROPPED.add(topic, now)
         return "dropped", 200, {}
@@ -128,7 +128,7 @@ def read_missed_feeds(s: Services) -> dict:
 
 def process_notifications(s: Services) -> dict:
     counts = {"processed": 0, "retry": 0, "item_errors": 0}
-    for note in s.db.notifications_due(s.clock()):
+    for note in s.db.notifications.due(s.clock()):
         if s.stopping.is_set():
             break
         started = time.monotonic()
@@ -140,7 +140,7 @@ def process_notifications(s: Services) -> dict:
             permanent = isinstance(exc, ApiError) and not exc.transient
             error = exc.short() if permanent else failures.describe(exc)
             if not permanent and note["attempts"] < GIVE_UP_ATTEMPTS:
-                s.db.notification_retry_later(note["id"], s.clock() + retry_delay(
+                s.db.notifications.retry_later(note["id"], s.clock() + retry_delay(
                     note["attempts"] + 1, exc.retry_after if isinstance(exc, ApiError) else None), error)
                 counts["retry"] += 1
                 counts["item_errors"] += not isinstance(exc, ApiError)
@@ -153,7 +153,7 @@ def process_notifications(s: Services) -> dict:
                 # must hear of it.
                 counts["item_errors"] += 1
                 failures.gave_up(s, "notification", note["id"], error, attempts=note["attempts"] + 1)
-        if not s.db.notification_done(note["id"], s.clock(), repeats=note["repeats"]):
+        if not s.db.notifications.mark_done(note["id"], s.clock(), repeats=note["repeats"]):
             # Mercado Livre notified this resource again while we fetched it: fetch once more.
             log.info("notification again id=%s topic=%s resource=%s outcome=%s in %dms", note["id"], note["topic"],
                      note["resource"], outcome, (time.monotonic() - started) * 1000)

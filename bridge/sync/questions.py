@@ -117,7 +117,7 @@ def sync_questions(s: Services) -> dict:
     batch = failures.Batch(s, "question")
     # A question pruned or erased (closed watermark) is never imported again.
     to_create = questions_to_create(unanswered, s.db.links.ids("question", "created")
-                                    | s.db.watermarks_closed("question"))
+                                    | s.db.watermarks.closed("question"))
     new = [q for q in to_create if not batch.waiting(q["id"])]
     counts = {"unanswered": len(unanswered), "created": 0, "changed": 0}
     # A chunk at a time: lookups and creations interleave (both APIs' budgets work at
@@ -197,7 +197,7 @@ def _sync_one_question(s: Services, question_id: str) -> str:
         return "changed" if follow_question(s, link, question) else "unchanged"
     if question.get("status") != "UNANSWERED":
         return "not unanswered"
-    if (s.db.watermark("question", question_id) or {}).get("closed_at") is not None:
+    if (s.db.watermarks.get("question", question_id) or {}).get("closed_at") is not None:
         return "erased or pruned"
     if str(question.get("seller_id")) != str(s.meli.seller_id()):
         return "other seller"
@@ -310,19 +310,19 @@ def _mirror_answer(s: Services, qid: str, conversation_id: int, question: dict) 
 def cached_items(s: Services, item_ids: list[str]) -> dict[str, dict]:
     """Items by id; fetched with multiget only when not seen in the last day."""
     wanted = sorted(set(item_ids))
-    found = s.db.cache_get_many("item", wanted, CACHE_MAX_AGE, s.clock())
+    found = s.db.cache.get_many("item", wanted, CACHE_MAX_AGE, s.clock())
     missing = [i for i in wanted if i not in found]
     if missing:
         fetched = {k: {f: v.get(f) for f in ("id", "title", "permalink", "secure_thumbnail", "thumbnail", "price")}
                    for k, v in s.meli.items(missing).items()}
-        s.db.cache_put_many("item", fetched, s.clock())
+        s.db.cache.put_many("item", fetched, s.clock())
         found.update(fetched)
     return found
 
 
 def cached_nicknames(s: Services, user_ids: list) -> dict[str, str]:
     wanted = sorted({str(u) for u in user_ids if u})
-    found = s.db.cache_get_many("user", wanted, CACHE_MAX_AGE, s.clock())
+    found = s.db.cache.get_many("user", wanted, CACHE_MAX_AGE, s.clock())
     fetched = {}
     for user_id in wanted:
         if user_id in found:
@@ -332,6 +332,6 @@ def cached_nicknames(s: Services, user_ids: list) -> dict[str, str]:
         except Exception as exc:  # noqa: BLE001 — a nickname is cosmetic; never block a question on it
             log.warning("buyer nickname unavailable user=%s error=%s", user_id, exc)
             found[user_id] = f"Comprador {user_id}"
-    s.db.cache_put_many("user", fetched, s.clock())
+    s.db.cache.put_many("user", fetched, s.clock())
     found.update(fetched)
     return found

@@ -225,12 +225,12 @@ def sync_messages(s: Services) -> dict:
 def resume_interrupted_marks(s: Services, seller_id: int) -> int:
     """A mark-read still flagged: we died between marking and mirroring what it marked."""
     resumed = 0
-    for pack_id in s.db.threads_marking():
+    for pack_id in s.db.threads.marking():
         if s.stopping.is_set():
             break
         with s.locks.hold(f"pack:{pack_id}"):
             # Another worker of this process may have just finished it.
-            if (s.db.thread(pack_id) or {}).get("marking_since") is None:
+            if (s.db.threads.get(pack_id) or {}).get("marking_since") is None:
                 continue
             log.warning("thread mark-read was interrupted, syncing again pack=%s", pack_id)
             try:
@@ -255,7 +255,7 @@ def sweep_threads(s: Services, seller_id: int) -> dict:
     except ApiError as exc:
         log.warning("orders search failed, sweeping the sales already known: %s", exc.short())
     now = s.clock()
-    for row in s.db.threads_due(now - SWEEP_DAYS * 86400, now - SWEEP_RECHECK, SWEEP_THREADS):
+    for row in s.db.threads.due(now - SWEEP_DAYS * 86400, now - SWEEP_RECHECK, SWEEP_THREADS):
         if s.stopping.is_set():
             break
         counts["swept"] += 1
@@ -266,14 +266,14 @@ def sweep_threads(s: Services, seller_id: int) -> dict:
         except ApiError as exc:
             # Back of the queue either way: a sale whose thread keeps failing, first in the
             # sweep's order, would otherwise stop every other sale from being swept.
-            s.db.thread_checked(row["pack_id"], s.clock())
+            s.db.threads.mark_checked(row["pack_id"], s.clock())
             if exc.transient:
                 # The unread poll already ran; the sweep carries on with the next sale next time.
                 log.warning("thread sweep stopped pack=%s: %s", row["pack_id"], exc.short())
                 break
             log.error("thread sweep skipped pack=%s until its next turn: %s", row["pack_id"], exc.short())
         except Exception as exc:  # noqa: BLE001 — a thread shaped like nothing we know must not stop the sweep
-            s.db.thread_checked(row["pack_id"], s.clock())
+            s.db.threads.mark_checked(row["pack_id"], s.clock())
             log.error("thread sweep skipped pack=%s until its next turn: %s", row["pack_id"],
                       failures.describe(exc))
     return counts
@@ -282,7 +282,7 @@ def sweep_threads(s: Services, seller_id: int) -> dict:
 def _discover_sales(s: Services, seller_id: int) -> int:
     """One page of the orders search: sales changed lately join the sweep."""
     now = s.clock()
-    cursor = s.db.cursor_get(ORDERS_CURSOR) or {"from": now - SWEEP_DAYS * 86400, "offset": 0, "started": None}
+    cursor = s.db.threads.cursor(ORDERS_CURSOR) or {"from": now - SWEEP_DAYS * 86400, "offset": 0, "started": None}
     if cursor.get("started") is None:
         cursor["started"] = now
     page = s.meli.orders_search(seller_id, iso_utc(cursor["from"]), offset=cursor["offset"], limit=ORDERS_PAGE)
@@ -294,12 +294,12 @@ def _discover_sales(s: Services, seller_id: int) -> int:
         pack_id = str(order.get("pack_id") or order["id"])
         changed = parse_date(order.get("date_last_updated")) or now
         found[pack_id] = max(found.get(pack_id, 0.0), min(changed, now))
-    s.db.threads_discovered(found)
+    s.db.threads.record_discovered(found)
     total = int((page.get("paging") or {}).get("total") or 0)
     following = next_orders_cursor(cursor, len(orders), total, now)
     if following["offset"] == 0:
-        s.db.threads_prune(now - 2 * SWEEP_DAYS * 86400)
-    s.db.cursor_set(ORDERS_CURSOR, following, now)
+        s.db.threads.prune(now - 2 * SWEEP_DAYS * 86400)
+    s.db.threads.set_cursor(ORDERS_CURSOR, following, now)
     return len(found)
 
 
@@ -311,13 +311,13 @@ def _sweep_one(s: Services, row: dict, seller_id: int) -> int:
     except PermanentError as exc:
         if exc.status not in (403, 404):
             raise
-        s.db.thread_checked(pack_id, s.clock())  # no thread for this sale (yet)
+        s.db.threads.mark_checked(pack_id, s.clock())  # no thread for this sale (yet)
         return 0
     total = int((page.get("paging") or {}).get("total") or 0)
     if total == row["total"] or (total == 0 and row["total"] is None):
         # Only the time: this read holds no lock, and a sync of the same thread in another
         # worker may have a mark-read in flight whose flag must outlive a crash.
-        s.db.thread_checked(pack_id, s.clock())
+        s.db.threads.mark_checked(pack_id, s.clock())
         return 0
     log.info("thread changed outside the unread list pack=%s messages=%d (was %s)", pack_id, total, row["total"])
     sync_pack(s, pack_id, seller_id, require_buyer=True)
@@ -332,7 +332,7 @@ def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
     """
     now = s.clock()
     checked = 0
-    for reply in s.db.replies_delivered_between("message", now - MODERATION_CHECK_UNTIL, now - MODERATION_CHECK_AFTER):
+    for reply in s.db.replies.delivered_between("message", now - MODERATION_CHECK_UNTIL, now - MODERATION_CHECK_AFTER):
         if s.stopping.is_set():
             break
         # One check per round; the first round's key is the reply id alone, as before.
@@ -422,12 +422,12 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     link = s.db.links.get("pack", pack_id)
     last_id = str(in_order(messages)[-1]["id"]) if messages else None
     # Pruned by retention or erased: what the watermark covers stays out of Chatwoot.
-    covered = covered_by_watermark(messages, s.db.watermark("pack", pack_id))
+    covered = covered_by_watermark(messages, s.db.watermarks.get("pack", pack_id))
     new_messages = [m for m in messages if str(m["id"]) not in covered]
     if (not link or link["status"] != "created") and (
             (covered and not new_messages)
             or (require_buyer and all(is_from_seller(m, seller_id) for m in new_messages))):
-        s.db.thread_synced(pack_id, s.clock(), len(messages), last_id, changed=False)
+        s.db.threads.mark_synced(pack_id, s.clock(), len(messages), last_id, changed=False)
         return 0
     if not link or link["status"] != "created":
         conversation_id, link = _ensure_pack_conversation(s, pack_id, messages, resource_kind, blocked, migrated)
@@ -442,8 +442,8 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
 
     ids = [str(m["id"]) for m in messages]
     # In this order: a part the outbox records as sent between the two reads is then in bridge_ids.
-    in_doubt = s.db.part_texts_in_doubt(pack_id)
-    bridge_ids = s.db.bridge_sent_ids(ids)
+    in_doubt = s.db.replies.message_texts_in_doubt(pack_id)
+    bridge_ids = s.db.replies.sent_ids(ids)
 
     def known_now() -> set[str]:
         return covered | {i for i in ids if (s.db.links.get("message", i) or {}).get("status") == "created"}
@@ -491,10 +491,10 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
         # being mirrored had not seen them (chaos soak, suite seed).
         s.chatwoot.set_status(conversation_id, "open")
     # A deferred message leaves the count unrecorded: the sweep comes back for it.
-    s.db.thread_synced(pack_id, s.clock(), None if deferred else len(messages) + len(late), last_id,
-                       changed=bool(plan or late))
+    s.db.threads.mark_synced(pack_id, s.clock(), None if deferred else len(messages) + len(late), last_id,
+                             changed=bool(plan or late))
     if not deferred:
-        s.db.watermark_thread(pack_id, *last_handled(messages + late), s.clock())
+        s.db.watermarks.record_thread(pack_id, *last_handled(messages + late), s.clock())
     if plan or unread:
         log.info("thread synced pack=%s conversation=%s new=%d marked_read=%d late=%d deferred=%s blocked=%s "
                  "migrated=%s in %dms", pack_id, conversation_id, created, len(unread), len(late), deferred,
@@ -505,7 +505,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
 def _mark_read(s: Services, pack_id: str, seller_id: int, messages: list[dict], mirrored: set[str]) -> list[dict]:
     """Mark the pages holding unread buyer messages; returns the buyer messages those pages
     marked that Chatwoot does not have yet (arrived since our read), oldest first."""
-    s.db.thread_marking(pack_id, s.clock())
+    s.db.threads.begin_marking(pack_id, s.clock())
     late: dict[str, dict] = {}
     for offset in pages_to_mark(messages, seller_id):
         page = s.meli.mark_thread_read(pack_id, seller_id, offset=offset, limit=PAGE)
@@ -581,7 +581,7 @@ def _report_moderated_replies(s: Services, messages: list[dict], bridge_ids: set
         if link["status"] == "created":
             continue
         # A row left pending by a crash or a failed call is reported again: the agent must learn.
-        reply = s.db.reply_for_remote_id(mid)
+        reply = s.db.replies.by_remote_id(mid)
         if reply:
             # A pending row is an earlier attempt that failed half way: the failed mark is
             # idempotent, the note is looked up before it is posted again.

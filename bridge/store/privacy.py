@@ -1,0 +1,309 @@
+"""Privacy: retention (RETENTION_DAYS) and the erasure of one buyer (`main.py forget-buyer`).
+
+Both delete every row about a question, sale or claim at once, leaving a closed watermark (ids
+and a date, never a buyer id) so its history is not imported again. Nothing in progress is
+touched. docs/privacidade.md describes what is kept and for how long.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import TYPE_CHECKING
+
+from bridge.store.links import link_row
+
+if TYPE_CHECKING:
+    from db_manager import Database
+
+RETENTION_BATCH = 20  # conversations erased per write: few fsyncs, yet a short wait for the listener
+
+# How retention and erasure find each kind of conversation the bridge mirrors: where its
+# buyer id is kept, and which rows hang off it. A new kind (claims) adds one entry here.
+#   finished: SQL over its `links` row, true once nothing more can happen to it locally
+#     (a sale has no end of its own: only the lack of any sign of life within the window)
+#   children: link kinds whose external id equals this one's (one answer per question)
+#   messages: link kinds whose data.<kind>_id names this one (one row per mirrored message;
+#     give each an index like links_message_by_pack)
+#   keyed: link kinds whose external id starts with "<this id>:" (a claim's messages, which
+#     have no id of their own, its state notes and moderation reports)
+#   reply_kind: the outbox `replies.kind` that targets it
+#   check_prefix: how its replies' `moderation_check` links are named ("" = the bare reply id)
+#   thread: its activity is also in `threads` (post-sale)
+#   mark_in_data: its watermark date is data.last_message_at (the newest Mercado Livre message
+#     date seen), moved forward by each erasure; otherwise the local time of the last change
+# Every conversation row carries the buyer id in data.buyer_id (rows written before it did
+# are found by the buyer's contact id).
+CONVERSATION_KINDS: dict[str, dict] = {
+    "question": {"finished": "json_extract(data, '$.state') IN ('closed', 'removed')",
+                 "children": ("answer",), "messages": (), "keyed": (), "reply_kind": "answer", "check_prefix": "",
+                 "thread": False, "mark_in_data": False},
+    "pack": {"finished": "1 = 1", "children": (), "messages": ("message",), "keyed": (), "reply_kind": "message",
+             "check_prefix": "", "thread": True, "mark_in_data": False},
+    # Closed on Mercado Livre, or out of reach (another account's, removed): nothing more comes.
+    "claim": {"finished": "json_extract(data, '$.status') IN ('closed', 'unavailable')", "children": (),
+              "messages": (), "keyed": ("claim_message", "claim_event", "claim_moderation"), "reply_kind": "claim",
+              "check_prefix": "claim:", "thread": False, "mark_in_data": True},
+}
+
+
+def _marks(values) -> str:
+    """Placeholders for an IN list; NULL for an empty one (IN (NULL) matches nothing)."""
+    return ",".join("?" * len(values)) or "NULL"
+
+
+def _add_counts(total: dict, more: dict) -> None:
+    for key, value in more.items():
+        if value:
+            total[key] = total.get(key, 0) + value
+
+
+def _delete_notifications(conn: sqlite3.Connection, ids: list[str]) -> int:
+    """Notifications whose resource is one of these ids (bare, or as the last path segment)."""
+    deleted = 0
+    for value in ids:
+        deleted += conn.execute("DELETE FROM notifications WHERE resource = ? OR resource LIKE ?",
+                                (value, f"%/{value}")).rowcount
+    return deleted
+
+
+class PrivacyStore:
+    """`db.privacy`: commands apply_retention/forget_buyer, queries buyer_…/contacts_of_other_buyers/…"""
+
+    def __init__(self, db: Database):
+        self._db = db
+
+    def apply_retention(self, now: float, days: float) -> dict:
+        """Delete rows about questions and sales finished more than `days` ago (RETENTION_DAYS).
+
+        What stays is a closed watermark per question or sale (ids and a date), so their old
+        history is never imported again. Nothing in progress is touched: an unanswered or
+        watched question, a sale with a reply in the outbox, a mark-read in flight, or any
+        sign of life (message, reply, thread activity) inside the window. A few conversations
+        per write: the listener's commits never wait behind a whole pruning run.
+        """
+        cutoff = now - days * 86400
+        counts: dict[str, int] = {}
+        conn = self._db.conn()
+        for kind, spec in CONVERSATION_KINDS.items():
+            due = [r[0] for r in conn.execute(
+                f"SELECT external_id FROM links WHERE kind = ? AND status = 'created' AND updated_at < ?"
+                f" AND {spec['finished']}", (kind, cutoff)) if self._retention_due(conn, kind, r[0], cutoff)]
+            for start in range(0, len(due), RETENTION_BATCH):
+                with self._db.write() as wconn:
+                    for external_id in due[start:start + RETENTION_BATCH]:
+                        # Re-checked under the write lock: a message may have arrived meanwhile.
+                        if self._retention_due(wconn, kind, external_id, cutoff):
+                            _add_counts(counts, self._erase_conversation(wconn, kind, external_id, now))
+        # Buyers none of whose questions or sales remain.
+        buyers = [tuple(r) for r in conn.execute("SELECT external_id, contact_id FROM links WHERE kind = 'buyer'"
+                                                 " AND updated_at < ?", (cutoff,))
+                  if not self._buyer_conversations(conn, r[0], r[1])]
+        for start in range(0, len(buyers), RETENTION_BATCH):
+            with self._db.write() as wconn:
+                for buyer_id, contact_id in buyers[start:start + RETENTION_BATCH]:
+                    if not self._buyer_conversations(wconn, buyer_id, contact_id):
+                        _add_counts(counts, self._erase_buyer_rows(wconn, buyer_id))
+        with self._db.write() as wconn:
+            # Rows whose conversation is already gone (kept by older versions, or half-created).
+            orphans = wconn.execute(
+                "DELETE FROM links WHERE kind = 'message' AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p"
+                " WHERE p.kind = 'pack' AND p.external_id = json_extract(links.data, '$.pack_id'))", (cutoff,)).rowcount
+            orphans += wconn.execute(
+                "DELETE FROM links WHERE kind = 'answer' AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p"
+                " WHERE p.kind = 'question' AND p.external_id = links.external_id)", (cutoff,)).rowcount
+            orphans += wconn.execute("DELETE FROM links WHERE kind = 'moderation_check' AND updated_at < ?",
+                                     (cutoff,)).rowcount
+            orphans += wconn.execute(
+                "DELETE FROM links WHERE kind IN ('claim_message', 'claim_event', 'claim_moderation')"
+                " AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p WHERE p.kind = 'claim'"
+                " AND p.external_id = substr(links.external_id, 1, instr(links.external_id, ':') - 1))",
+                (cutoff,)).rowcount
+            _add_counts(counts, {"links": orphans})
+            # Final replies keep no text, whatever path finished them (LGPD).
+            wconn.execute("UPDATE reply_parts SET text = NULL, attachments = NULL WHERE (text IS NOT NULL OR"
+                          " attachments IS NOT NULL) AND reply_id IN (SELECT id FROM replies WHERE status IN"
+                          " ('delivered', 'failed'))")
+        return counts
+
+    @staticmethod
+    def _retention_due(conn: sqlite3.Connection, kind: str, external_id: str, cutoff: float) -> bool:
+        """Finished and quiet since `cutoff`: no reply in the outbox or unreported, no recent reply,
+        answer, message or thread activity, no mark-read in flight."""
+        spec = CONVERSATION_KINDS[kind]
+        if not conn.execute(f"SELECT 1 FROM links WHERE kind = ? AND external_id = ? AND status = 'created'"
+                            f" AND updated_at < ? AND {spec['finished']}", (kind, external_id, cutoff)).fetchone():
+            return False
+        if conn.execute("SELECT 1 FROM replies WHERE kind = ? AND target_id = ? AND (status IN ('pending', 'sending')"
+                        " OR created_at >= ? OR reported_at IS NULL) LIMIT 1",
+                        (spec["reply_kind"], external_id, cutoff)).fetchone():
+            return False
+        for child in spec["children"]:
+            if conn.execute("SELECT 1 FROM links WHERE kind = ? AND external_id = ? AND updated_at >= ?",
+                            (child, external_id, cutoff)).fetchone():
+                return False
+        for message_kind in spec["messages"]:
+            if conn.execute(f"SELECT 1 FROM links WHERE kind = '{message_kind}'"
+                            f" AND json_extract(data, '$.{kind}_id') = ? AND updated_at >= ? LIMIT 1",
+                            (external_id, cutoff)).fetchone():
+                return False
+        for keyed_kind in spec["keyed"]:
+            if conn.execute("SELECT 1 FROM links WHERE kind = ? AND external_id >= ? AND external_id < ?"
+                            " AND updated_at >= ? LIMIT 1",
+                            (keyed_kind, f"{external_id}:", f"{external_id}:\uffff", cutoff)).fetchone():
+                return False
+        return not (spec["thread"] and conn.execute(
+            "SELECT 1 FROM threads WHERE pack_id = ? AND (active_at >= ? OR marking_since IS NOT NULL)",
+            (external_id, cutoff)).fetchone())
+
+    def forget_buyer(self, buyer_id: str, now: float) -> dict:
+        """Erase every row about one buyer (LGPD erasure); returns what was removed, by table.
+
+        Their questions and sales keep a closed watermark (ids and a date, no buyer id) so the
+        erased history is not imported again; a new question or message starts fresh.
+        """
+        buyer_id = str(buyer_id)
+        counts: dict[str, int] = {}
+        with self._db.write() as conn:
+            buyer = conn.execute("SELECT contact_id FROM links WHERE kind = 'buyer' AND external_id = ?",
+                                 (buyer_id,)).fetchone()
+            for kind, external_id in self._buyer_conversations(conn, buyer_id, buyer[0] if buyer else None):
+                _add_counts(counts, self._erase_conversation(conn, kind, external_id, now))
+                counts[f"{kind}s"] = counts.get(f"{kind}s", 0) + 1
+            _add_counts(counts, self._erase_buyer_rows(conn, buyer_id))
+            deleted = _delete_notifications(conn, [buyer_id])
+            if deleted:
+                counts["notifications"] = counts.get("notifications", 0) + deleted
+        return counts
+
+    def buyer_conversations(self, buyer_id: str) -> list[tuple[str, str]]:
+        """(kind, external id) of the questions and sales the bridge keeps for this buyer."""
+        buyer = self._db.links.get("buyer", str(buyer_id))
+        return self._buyer_conversations(self._db.conn(), str(buyer_id), buyer["contact_id"] if buyer else None)
+
+    def buyer_chatwoot_ids(self, buyer_id: str) -> tuple[set[int], set[int]]:
+        """(contact ids, conversation ids) the bridge remembers for this buyer in Chatwoot."""
+        contacts: set[int] = set()
+        conversations: set[int] = set()
+        buyer = self._db.links.get("buyer", str(buyer_id))
+        if buyer and buyer["contact_id"]:
+            contacts.add(buyer["contact_id"])
+        for kind, external_id in self.buyer_conversations(buyer_id):
+            link = self._db.links.get(kind, external_id)
+            if link["contact_id"]:
+                contacts.add(link["contact_id"])
+            for conversation_id in (link["conversation_id"], link["data"].get("removed_conversation")):
+                if conversation_id:
+                    conversations.add(int(conversation_id))
+        return contacts, conversations
+
+    def buyer_undelivered_replies(self, buyer_id: str) -> dict[str, list[int]]:
+        """Chatwoot message ids of this buyer's replies still in the outbox (erasure drops them),
+        by status: `pending` never left, `sending` may be reaching the buyer right now."""
+        found: dict[str, list[int]] = {"pending": [], "sending": []}
+        for kind, external_id in self.buyer_conversations(buyer_id):
+            for r in self._db.all("SELECT chatwoot_message_id, status FROM replies WHERE kind = ? AND target_id = ?"
+                                  " AND status IN ('pending', 'sending')",
+                                  (CONVERSATION_KINDS[kind]["reply_kind"], external_id)):
+                found[r["status"]].append(r["chatwoot_message_id"])
+        return {status: sorted(ids) for status, ids in found.items()}
+
+    def contacts_of_other_buyers(self, buyer_id: str, contact_ids: set[int]) -> set[int]:
+        """The contacts among `contact_ids` another buyer's rows also use (contacts merged in
+        Chatwoot): deleting one there would delete the other buyer's conversations too."""
+        shared = set()
+        for contact_id in contact_ids:
+            if self._db.one("SELECT 1 FROM links WHERE contact_id = ? AND ((kind = 'buyer' AND external_id != ?)"
+                            " OR CAST(json_extract(data, '$.buyer_id') AS TEXT) != ?) LIMIT 1",
+                            (contact_id, str(buyer_id), str(buyer_id))):
+                shared.add(contact_id)
+        return shared
+
+    def buyers_by_nickname(self, nickname: str) -> list[str]:
+        """Buyer ids whose cached nickname is this one (case-insensitive)."""
+        rows = self._db.all("SELECT key, value FROM cache WHERE kind = 'user'")
+        wanted = nickname.strip().casefold()
+        return sorted(r["key"] for r in rows if str(json.loads(r["value"])).casefold() == wanted)
+
+    @staticmethod
+    def _buyer_conversations(conn: sqlite3.Connection, buyer_id: str, contact_id: int | None) -> list[tuple[str, str]]:
+        found = []
+        for kind in CONVERSATION_KINDS:
+            rows = conn.execute(
+                "SELECT external_id FROM links WHERE kind = ? AND CAST(json_extract(data, '$.buyer_id') AS TEXT) = ?"
+                " ORDER BY created_at", (kind, buyer_id))
+            found.extend((kind, r[0]) for r in rows)
+            if contact_id is not None:
+                # By contact only for rows older than the buyer id in `data`: two buyers' contacts
+                # merged in Chatwoot share a contact id.
+                rows = conn.execute("SELECT external_id FROM links WHERE contact_id = ? AND kind = ?"
+                                    " AND json_extract(data, '$.buyer_id') IS NULL ORDER BY created_at",
+                                    (contact_id, kind))
+                found.extend((kind, r[0]) for r in rows)
+        return found
+
+    @staticmethod
+    def _erase_buyer_rows(conn: sqlite3.Connection, buyer_id: str) -> dict:
+        return {"links": conn.execute("DELETE FROM links WHERE kind = 'buyer' AND external_id = ?",
+                                      (buyer_id,)).rowcount,
+                "cache": conn.execute("DELETE FROM cache WHERE kind = 'user' AND key = ?", (buyer_id,)).rowcount}
+
+    @staticmethod
+    def _erase_conversation(conn: sqlite3.Connection, kind: str, external_id: str, now: float) -> dict:
+        """Delete one question's or sale's rows, leaving its closed watermark (inside a write)."""
+        spec = CONVERSATION_KINDS[kind]
+        row = conn.execute("SELECT * FROM links WHERE kind = ? AND external_id = ?", (kind, external_id)).fetchone()
+        link = link_row(dict(row) if row is not None else None) or {"data": {}}
+        # Literal kinds: the partial indexes on each message kind apply only then.
+        message_ids = [r[0] for m in spec["messages"] for r in conn.execute(
+            f"SELECT external_id FROM links WHERE kind = '{m}' AND json_extract(data, '$.{kind}_id') = ?",
+            (external_id,))]
+        reply_ids = [r[0] for r in conn.execute("SELECT id FROM replies WHERE kind = ? AND target_id = ?",
+                                                (spec["reply_kind"], external_id))]
+        remote_ids = [r[0] for r in conn.execute(
+            f"SELECT remote_id FROM reply_parts WHERE remote_id IS NOT NULL AND reply_id IN ({_marks(reply_ids)})",
+            reply_ids)]
+        # Without a watermark yet (rows older than watermarks): everything mirrored by the
+        # last local change counts as handled.
+        last = max([link.get("updated_at") or 0, *(r[0] for m in spec["messages"] for r in conn.execute(
+            f"SELECT MAX(updated_at) FROM links WHERE kind = '{m}' AND json_extract(data, '$.{kind}_id') = ?",
+            (external_id,)) if r[0] is not None)]) or now
+        if spec["mark_in_data"]:
+            # Messages without ids (claims): the newest Mercado Livre date seen is exact; a later
+            # erasure of a conversation started afresh moves the mark forward.
+            last = float(link["data"].get("last_message_at") or 0) or last
+            conn.execute("INSERT INTO watermarks (kind, external_id, last_message_at, closed_at, updated_at)"
+                         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
+                         " closed_at = excluded.closed_at,"
+                         " last_message_at = MAX(COALESCE(last_message_at, 0), excluded.last_message_at),"
+                         " updated_at = excluded.updated_at", (kind, external_id, last, now, now))
+        else:
+            conn.execute("INSERT INTO watermarks (kind, external_id, last_message_at, closed_at, updated_at)"
+                         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
+                         " closed_at = COALESCE(closed_at, excluded.closed_at),"
+                         " last_message_at = COALESCE(last_message_at, excluded.last_message_at),"
+                         " updated_at = excluded.updated_at", (kind, external_id, last, now, now))
+        counts = {"links": 0}
+        for link_kind, ids in ((kind, [external_id]), *((c, [external_id]) for c in spec["children"]),
+                               *((m, message_ids) for m in spec["messages"]), ("moderation", remote_ids),
+                               ("moderation_check", [f"{spec['check_prefix']}{i}" for i in reply_ids])):
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                counts["links"] += conn.execute(f"DELETE FROM links WHERE kind = ? AND external_id IN"
+                                                f" ({_marks(chunk)})", (link_kind, *chunk)).rowcount
+        for keyed_kind in spec["keyed"]:
+            counts["links"] += conn.execute("DELETE FROM links WHERE kind = ? AND external_id >= ? AND external_id < ?",
+                                            (keyed_kind, f"{external_id}:", f"{external_id}:\uffff")).rowcount
+        conn.execute(f"DELETE FROM reply_parts WHERE reply_id IN ({_marks(reply_ids)})", reply_ids)
+        counts["replies"] = conn.execute(f"DELETE FROM replies WHERE id IN ({_marks(reply_ids)})",
+                                         reply_ids).rowcount
+        resources = [external_id, *message_ids, *(str(o) for o in link["data"].get("order_ids") or [])]
+        notification_ids = [r[0] for r in conn.execute(
+            f"SELECT id FROM notifications WHERE {' OR '.join(['resource = ? OR resource LIKE ?'] * len(resources))}",
+            [v for r in resources for v in (r, f"%/{r}")])]
+        counts["notifications"] = _delete_notifications(conn, resources)
+        attempts = [(kind, external_id), *(("reply", str(i)) for i in reply_ids),
+                    *(("notification", n) for n in notification_ids)]
+        counts["item_attempts"] = sum(conn.execute("DELETE FROM item_attempts WHERE kind = ? AND item_id = ?",
+                                                   pair).rowcount for pair in attempts)
+        return counts

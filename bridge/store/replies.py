@@ -1,0 +1,334 @@
+"""The outbox: agent replies accepted from Chatwoot and their Mercado Livre parts.
+
+A reply is recorded with its parts before the webhook is acknowledged (accept), taken by one
+poller at a time under a lease (claim), and finished delivered or failed, its text cleared
+(LGPD). The parts' remote ids and in-flight texts are what tell the bridge's own messages in a
+thread from the seller's others.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, TypedDict
+
+from bridge.store.links import insert_pending, update_fields
+
+if TYPE_CHECKING:
+    from db_manager import Database
+
+
+class Reply(TypedDict):
+    """A `replies` row."""
+    id: int
+    chatwoot_message_id: int
+    conversation_id: int
+    kind: str                   # answer | message | claim
+    target_id: str | None       # question, pack or claim id
+    status: str                 # pending | sending | delivered | failed
+    attempts: int
+    next_attempt_at: float
+    lease_until: float | None
+    error: str | None
+    note: str | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    reported_at: float | None
+    receiver: str | None
+
+
+class ReplyPart(TypedDict):
+    """A `reply_parts` row, its attachments decoded."""
+    reply_id: int
+    seq: int
+    text: str | None
+    attachments: list[dict]
+    status: str                 # pending | sending | sent
+    remote_id: str | None
+    sent_at: float | None
+    first_attempt_at: float | None
+    last_attempt_at: float | None
+
+
+class DueReply(TypedDict):
+    id: int
+    kind: str
+    target_id: str | None
+
+
+class AnswerInFlight(TypedDict):
+    id: int
+    conversation_id: int
+    chatwoot_message_id: int
+    text: str | None
+
+
+class SentClaimPart(TypedDict):
+    id: int
+    conversation_id: int
+    chatwoot_message_id: int
+    seq: int
+    sent_at: float | None
+
+
+class OutboxStats(TypedDict):
+    pending: int
+    failed: int
+    delivered: int
+    oldest_pending_age_seconds: float | None
+
+
+class RepliesStore:
+    """`db.replies`: queries get/by_…/parts/due/…, commands accept/claim/mark_…/retry_later."""
+
+    def __init__(self, db: Database):
+        self._db = db
+
+    def seen(self, chatwoot_message_id: int) -> bool:
+        return self._db.one("SELECT 1 AS x FROM replies WHERE chatwoot_message_id = ?",
+                            (chatwoot_message_id,)) is not None
+
+    def accept(self, *, chatwoot_message_id: int, conversation_id: int, kind: str, target_id: str | None,
+               parts: list[dict], now: float, error: str | None = None, note: str | None = None,
+               taken: tuple[str, str] | None = None, receiver: str | None = None) -> int | None:
+        """Record an agent reply and its parts in one transaction.
+
+        Returns the new reply id, or None when this Chatwoot message was already accepted
+        (the same message delivered by both the account and the inbox webhook). A reply
+        whose plan already failed is stored as 'failed' so the agent is still told.
+        `taken` = (error, note) makes the target exclusive: when another reply to it is
+        pending, sending or delivered, this one is stored failed with that reason. The check
+        runs inside the insert's transaction, so two listener workers accepting two answers
+        to one question at the same moment cannot both win.
+        """
+        with self._db.write() as conn:
+            if taken and not error and conn.execute(
+                    "SELECT 1 FROM replies WHERE kind = ? AND target_id = ? AND status IN"
+                    " ('pending', 'sending', 'delivered') AND chatwoot_message_id != ? LIMIT 1",
+                    (kind, target_id, chatwoot_message_id)).fetchone():
+                error, note = taken
+            status = "failed" if error else "pending"
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO replies (chatwoot_message_id, conversation_id, kind, target_id, status,"
+                " next_attempt_at, error, note, created_at, updated_at, finished_at, receiver)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (chatwoot_message_id, conversation_id, kind, target_id, status, now, error, note, now, now,
+                 now if error else None, receiver))
+            if cur.rowcount != 1:
+                return None
+            reply_id = cur.lastrowid
+            if not error:
+                conn.executemany(
+                    "INSERT INTO reply_parts (reply_id, seq, text, attachments) VALUES (?, ?, ?, ?)",
+                    [(reply_id, seq, p.get("text"), json.dumps(p.get("attachments") or []))
+                     for seq, p in enumerate(parts)])
+            return reply_id
+
+    def active_for_target(self, kind: str, target_id: str) -> list[Reply]:
+        return self._db.all("SELECT * FROM replies WHERE kind = ? AND target_id = ?"
+                            " AND status IN ('pending', 'sending', 'delivered') ORDER BY id", (kind, target_id))
+
+    def get(self, reply_id: int) -> Reply | None:
+        return self._db.one("SELECT * FROM replies WHERE id = ?", (reply_id,))
+
+    def by_message(self, chatwoot_message_id: int) -> Reply | None:
+        return self._db.one("SELECT * FROM replies WHERE chatwoot_message_id = ?", (chatwoot_message_id,))
+
+    def parts(self, reply_id: int) -> list[ReplyPart]:
+        rows = self._db.all("SELECT * FROM reply_parts WHERE reply_id = ? ORDER BY seq", (reply_id,))
+        for row in rows:
+            row["attachments"] = json.loads(row["attachments"] or "[]")
+        return rows
+
+    def due(self, now: float, limit: int = 200) -> list[DueReply]:
+        """Pending replies whose time has come, and 'sending' ones whose worker died, oldest first.
+
+        A post-sale or claim reply waits while an earlier one to the same sale or claim is
+        unfinished (e.g. waiting to retry): the buyer must read them in the order the agent wrote them.
+        """
+        return self._db.all(
+            "SELECT id, kind, target_id FROM replies AS r WHERE ((status = 'pending' AND next_attempt_at <= ?)"
+            " OR (status = 'sending' AND lease_until < ?))"
+            " AND NOT (kind IN ('message', 'claim') AND EXISTS (SELECT 1 FROM replies AS e WHERE e.kind = r.kind"
+            " AND e.target_id = r.target_id AND e.id < r.id AND e.status IN ('pending', 'sending')"
+            " AND NOT ((e.status = 'pending' AND e.next_attempt_at <= ?) OR (e.status = 'sending'"
+            " AND e.lease_until < ?))))"
+            " ORDER BY id LIMIT ?", (now, now, now, now, limit))
+
+    def claim(self, reply_id: int, now: float, lease: float) -> Reply | None:
+        """Take a reply for delivery; None when another worker has it."""
+        with self._db.write() as conn:
+            cur = conn.execute(
+                "UPDATE replies SET status = 'sending', lease_until = ?, attempts = attempts + 1, updated_at = ?"
+                " WHERE id = ? AND ((status = 'pending' AND next_attempt_at <= ?)"
+                " OR (status = 'sending' AND lease_until < ?))",
+                (now + lease, now, reply_id, now, now))
+            if cur.rowcount != 1:
+                return None
+            return dict(conn.execute("SELECT * FROM replies WHERE id = ?", (reply_id,)).fetchone())
+
+    def extend_lease(self, reply_id: int, lease_until: float) -> None:
+        """A reply still in hand: another poller must not take it over between two of its parts."""
+        with self._db.write() as conn:
+            conn.execute("UPDATE replies SET lease_until = MAX(lease_until, ?) WHERE id = ? AND status = 'sending'",
+                         (lease_until, reply_id))
+
+    def mark_part_sending(self, reply_id: int, seq: int, now: float | None = None) -> str:
+        """Mark a part in flight; returns its previous status ('sending' means: check remote first).
+
+        `now` is kept as the first attempt's time: only a message created after it can be
+        this part's lost send.
+        """
+        with self._db.write() as conn:
+            row = conn.execute("SELECT status FROM reply_parts WHERE reply_id = ? AND seq = ?",
+                               (reply_id, seq)).fetchone()
+            conn.execute("UPDATE reply_parts SET status = 'sending', first_attempt_at = COALESCE(first_attempt_at, ?)"
+                         " WHERE reply_id = ? AND seq = ? AND status = 'pending'", (now, reply_id, seq))
+            return row["status"]
+
+    def mark_part_attempted(self, reply_id: int, seq: int, now: float) -> None:
+        """The send is going out now: a lost answer is looked for only once it has settled."""
+        with self._db.write() as conn:
+            conn.execute("UPDATE reply_parts SET last_attempt_at = ? WHERE reply_id = ? AND seq = ?",
+                         (now, reply_id, seq))
+
+    def mark_part_sent(self, reply_id: int, seq: int, remote_id: str | None, now: float) -> None:
+        with self._db.write() as conn:
+            conn.execute("UPDATE reply_parts SET status = 'sent', remote_id = ?, sent_at = ?"
+                         " WHERE reply_id = ? AND seq = ?", (remote_id, now, reply_id, seq))
+
+    def mark_answer_sent(self, reply_id: int, question_id: str, conversation_id: int, message_id: int,
+                         now: float) -> None:
+        """The answer is on Mercado Livre: its part is sent and the agent's message is the
+        question's answer in Chatwoot, in one commit, so the questions sync never sees one
+        without the other and mirrors our own answer back."""
+        with self._db.write() as conn:
+            conn.execute("UPDATE reply_parts SET status = 'sent', sent_at = COALESCE(sent_at, ?)"
+                         " WHERE reply_id = ? AND seq = 0", (now, reply_id))
+            insert_pending(conn, "answer", question_id, now)
+            update_fields(conn, "answer", question_id, now,
+                          {"status": "created", "conversation_id": conversation_id, "message_id": message_id,
+                           "data": {"by": "bridge"}})
+
+    def answer_in_flight(self, question_id: str) -> AnswerInFlight | None:
+        """An unfinished reply to this question whose POST may have reached Mercado Livre."""
+        return self._db.one("SELECT r.id, r.conversation_id, r.chatwoot_message_id, p.text FROM replies r"
+                            " JOIN reply_parts p ON p.reply_id = r.id AND p.seq = 0"
+                            " WHERE r.kind = 'answer' AND r.target_id = ? AND r.status IN ('pending', 'sending')"
+                            " AND p.status = 'sending' ORDER BY r.id LIMIT 1", (str(question_id),))
+
+    def release_leases(self, now: float) -> int:
+        """Replies left `sending` by a dead poller become due now (call only holding the poller lock)."""
+        with self._db.write() as conn:
+            return conn.execute("UPDATE replies SET lease_until = ?, updated_at = ? WHERE status = 'sending'"
+                                " AND lease_until >= ?", (now - 1, now, now)).rowcount
+
+    def record_receiver(self, reply_id: int, receiver: str) -> None:
+        """The receiver a claim reply's parts went to (the mediator, when it was the only one allowed)."""
+        with self._db.write() as conn:
+            conn.execute("UPDATE replies SET receiver = ? WHERE id = ?", (receiver, reply_id))
+
+    def mark_part_unsent(self, reply_id: int, seq: int) -> None:
+        """The remote side has no trace of this part: it may be sent again."""
+        with self._db.write() as conn:
+            conn.execute("UPDATE reply_parts SET status = 'pending' WHERE reply_id = ? AND seq = ?"
+                         " AND status = 'sending'", (reply_id, seq))
+
+    def set_part_attachments(self, reply_id: int, seq: int, attachments: list[dict]) -> None:
+        with self._db.write() as conn:
+            conn.execute("UPDATE reply_parts SET attachments = ? WHERE reply_id = ? AND seq = ?",
+                         (json.dumps(attachments), reply_id, seq))
+
+    def mark_delivered(self, reply_id: int, now: float) -> None:
+        """Done: forget the text (LGPD), keep ids for the record."""
+        with self._db.write() as conn:
+            conn.execute("UPDATE replies SET status = 'delivered', finished_at = ?, updated_at = ?, lease_until = NULL,"
+                         " next_attempt_at = ?, error = NULL WHERE id = ?", (now, now, now, reply_id))
+            conn.execute("UPDATE reply_parts SET text = NULL, attachments = NULL WHERE reply_id = ?", (reply_id,))
+
+    def mark_failed(self, reply_id: int, error: str, note: str, now: float) -> None:
+        with self._db.write() as conn:
+            conn.execute("UPDATE replies SET status = 'failed', error = ?, note = ?, finished_at = ?, updated_at = ?,"
+                         " lease_until = NULL, next_attempt_at = ? WHERE id = ?",
+                         (error, note, now, now, now, reply_id))
+            conn.execute("UPDATE reply_parts SET text = NULL, attachments = NULL WHERE reply_id = ?", (reply_id,))
+
+    def retry_later(self, reply_id: int, next_attempt_at: float, error: str, now: float,
+                    count_attempt: bool = True) -> None:
+        """Give the reply back to the queue; the next attempt is pushed forward first."""
+        with self._db.write() as conn:
+            conn.execute("UPDATE replies SET status = 'pending', next_attempt_at = ?, error = ?, updated_at = ?,"
+                         " lease_until = NULL, attempts = attempts - ? WHERE id = ? AND status = 'sending'",
+                         (next_attempt_at, error, now, 0 if count_attempt else 1, reply_id))
+
+    def sent_ids(self, remote_ids: list[str]) -> set[str]:
+        """Which of these Mercado Livre message ids the bridge itself sent."""
+        found: set[str] = set()
+        for start in range(0, len(remote_ids), 500):
+            chunk = remote_ids[start:start + 500]
+            rows = self._db.conn().execute(
+                f"SELECT remote_id FROM reply_parts WHERE remote_id IN ({','.join('?' * len(chunk))})", chunk)
+            found.update(r[0] for r in rows)
+        return found
+
+    def message_texts_in_doubt(self, pack_id: str) -> list[str]:
+        """Texts of post-sale parts that may have reached Mercado Livre without us knowing (in flight).
+
+        Only of unfinished replies: a finished one will not settle its parts any more (and its
+        texts are cleared), so its doubt would hold back the seller's messages for good.
+        """
+        return [r["text"] or "" for r in self._db.all(
+            "SELECT p.text FROM reply_parts p JOIN replies r ON r.id = p.reply_id WHERE r.kind = 'message'"
+            " AND r.target_id = ? AND r.status IN ('pending', 'sending') AND p.status = 'sending'",
+            (str(pack_id),))]
+
+    def claim_parts_sent(self, remote_id: str) -> list[SentClaimPart]:
+        """Claim reply parts the bridge sent with this text key (claim messages have no id), oldest first."""
+        return self._db.all("SELECT r.id, r.conversation_id, r.chatwoot_message_id, p.seq, p.sent_at FROM reply_parts p"
+                            " JOIN replies r ON r.id = p.reply_id WHERE r.kind = 'claim' AND p.remote_id = ?"
+                            " AND p.status = 'sent' ORDER BY p.sent_at, r.id, p.seq", (remote_id,))
+
+    def claim_texts_in_doubt(self, claim_id: str) -> list[str]:
+        """Texts of claim parts that may have reached Mercado Livre without us knowing (in flight)."""
+        return [r["text"] or "" for r in self._db.all(
+            "SELECT p.text FROM reply_parts p JOIN replies r ON r.id = p.reply_id WHERE r.kind = 'claim'"
+            " AND r.target_id = ? AND p.status = 'sending'", (str(claim_id),))]
+
+    def by_remote_id(self, remote_id: str) -> Reply | None:
+        return self._db.one("SELECT r.* FROM replies r JOIN reply_parts p ON p.reply_id = r.id WHERE p.remote_id = ?",
+                            (remote_id,))
+
+    def delivered_between(self, kind: str, start: float, end: float) -> list[Reply]:
+        return self._db.all("SELECT * FROM replies WHERE kind = ? AND status = 'delivered' AND finished_at >= ?"
+                            " AND finished_at < ? ORDER BY finished_at", (kind, start, end))
+
+    def unreported(self, now: float, limit: int = 20) -> list[Reply]:
+        return self._db.all("SELECT * FROM replies WHERE reported_at IS NULL AND status IN ('delivered', 'failed')"
+                            " AND next_attempt_at <= ? ORDER BY id LIMIT ?", (now, limit))
+
+    def mark_reported(self, reply_id: int, now: float) -> None:
+        with self._db.write() as conn:
+            conn.execute("UPDATE replies SET reported_at = ?, note = NULL, updated_at = ? WHERE id = ?",
+                         (now, now, reply_id))
+
+    def report_later(self, reply_id: int, next_attempt_at: float, now: float) -> None:
+        with self._db.write() as conn:
+            conn.execute("UPDATE replies SET next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                         (next_attempt_at, now, reply_id))
+
+    def stats(self, now: float) -> OutboxStats:
+        row = self._db.one(
+            "SELECT SUM(status IN ('pending', 'sending')) AS pending, SUM(status = 'failed') AS failed,"
+            " SUM(status = 'delivered') AS delivered, MIN(CASE WHEN status IN ('pending', 'sending')"
+            " THEN created_at END) AS oldest FROM replies")
+        return {
+            "pending": row["pending"] or 0,
+            "failed": row["failed"] or 0,
+            "delivered": row["delivered"] or 0,
+            "oldest_pending_age_seconds": round(now - row["oldest"], 1) if row["oldest"] else None,
+        }
+
+    def retrying(self) -> int:
+        """Waiting to be sent again after at least one failed attempt."""
+        return self._db.one("SELECT COUNT(*) AS n FROM replies WHERE status IN ('pending', 'sending')"
+                            " AND error IS NOT NULL")["n"]
