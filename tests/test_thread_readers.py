@@ -46,8 +46,8 @@ def test_the_look_for_a_lost_send_holds_the_threads_lock(s):
                                                            content="Chega amanhã"), s.settings, s.db, time.time())
     reply_id = extra["reply_id"]
     long_ago = time.time() - 2 * delivery.IN_DOUBT_SETTLE - 600
-    s.db.reply_claim(reply_id, long_ago, 300)  # its worker died; the lease is long over
-    s.db.part_mark_sending(reply_id, 0, long_ago)
+    s.db.replies.claim(reply_id, long_ago, 300)  # its worker died; the lease is long over
+    s.db.replies.mark_part_sending(reply_id, 0, long_ago)
     held_while_reading = []
 
     def thread(_request):
@@ -61,4 +61,4 @@ def test_the_look_for_a_lost_send_holds_the_threads_lock(s):
     responses.post(f"{CW}/conversations/88/messages", json={"id": 1})
     delivery.run_outbox(s)
     assert held_while_reading == [True]
-    assert s.db.reply(reply_id)["status"] == "delivered"
+    assert s.db.replies.get(reply_id)["status"] == "delivered"
