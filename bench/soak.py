@@ -22,9 +22,10 @@ What each invariant expects (the fakes are the ground truth):
 buyer questions / buyer messages in Chatwoot — each question (source_id
 `meli:question:<id>`) and each buyer message (`meli:message:<id>`) is in Chatwoot exactly
 once, in a live conversation of the right inbox carrying its `meli_question_id` /
-`meli_pack_id`. An agent's deletion (of the conversation, or of the contact with its
-conversations) takes the copy away on purpose: such an item may stay absent, or be
-brought back once, but never twice at the same time. An item the agent never saw deleted
+`meli_pack_id`, as an incoming public message with every file the buyer sent. An
+agent's deletion (of the conversation, or of the contact with its conversations) takes
+the copy away on purpose: such an item may stay absent, or be brought back once, but
+never twice at the same time. An item the agent never saw deleted
 (e.g. a message that arrived after its sale's conversation was deleted) must be live.
 "Duplicated" means two copies alive at the same moment, whenever that was.
 Merges move conversations to the surviving contact: items stay where they were.
@@ -41,12 +42,14 @@ messages and their uploaded files): no sentence or file reached it twice; a repl
 fully reached it is shown `delivered` on the agent's message; one that reached nothing is
 shown `failed` (by the bridge, or by Chatwoot when the inbox webhook could not be
 delivered); one that reached part of the way is `failed` with the bridge's private note
-saying which parts went (it must mention "parte" and must not say nothing was sent).
+saying which parts went: the note of that reply quotes every sentence and names every file
+that did not arrive, and none that did unless it warns one may have arrived. A sentence or
+file that reached another question or sale than the reply's is a violation of its own.
 Private notes never reach Mercado Livre. Replies whose conversation the agent deleted are
 only checked for duplicates (their status can no longer be seen). Replies still queued
 when the drain ends are listed separately (with the bridge's own row) — lost for the agent.
 
-own replies not mirrored back — a message the bridge sent is not copied back into
+own replies not mirrored back — a message or answer the bridge sent is not copied back into
 Chatwoot as if the seller had written it on Mercado Livre.
 
 marked read only when in Chatwoot — at the moment Mercado Livre marks buyer messages
@@ -108,6 +111,7 @@ ML_PATHS = ["/answers", "/messages/packs", "/messages/attachments", "/messages/u
             "/questions/search", "/questions/", "/orders/", "/packs/", "/users/", "/items", "/missed_feeds"]
 TAG = re.compile(r"\b(R\d{5})p(\d+)\b")
 FILE_TAG = re.compile(r"^(R\d{5})f(\d+)\.")
+UNIT = re.compile(r"\b(R\d{5}(?:p\d+\b|f\d+\.\w+))")  # a sentence's tag or a file's name, as quoted in a note
 INCOMING = MESSAGE_TYPES["incoming"]
 COMMANDS = {"listener": [str(VENV_BIN / "gunicorn"), "webhook_server:app"], "poller": [sys.executable, "main.py"]}
 
@@ -134,6 +138,7 @@ INVARIANTS = [
     "threads marked read only when Chatwoot has the messages",
     "authorization never lost",
     "no webhook or notification answered 5xx",
+    "a reply reaches only its own question or sale",
 ]
 
 
@@ -428,7 +433,7 @@ class Soak:
                                       (f"nota{n}.pdf", b"%PDF-1.4 soak " + str(n).encode(), "application/pdf"),
                                       (f"lista{n}.txt", f"lista {n}".encode(), "text/plain")])]
         message = self.meli.add_buyer_message(key, f"Mensagem {self._next()} do comprador: quando chega?", files)
-        self.buyer_messages[message["id"]] = {"pack": key, "t": time.monotonic()}
+        self.buyer_messages[message["id"]] = {"pack": key, "t": time.monotonic(), "files": len(files)}
         if self.rng.random() < 0.5:
             self._notify("messages", message["id"])
 
@@ -689,7 +694,7 @@ class Soak:
                 copies[message["source_id"]].append(message)
 
         def check_item(kind: str, source: str, inbox_id: int, attr: str, external: str, bucket: str,
-                       buyer: int) -> None:
+                       buyer: int, files: int = 0) -> None:
             actions = self.touched.get(f"{attr[5:-3]}:{external}", []) + self.touched.get(f"buyer:{buyer}", [])
             hint = f" (agent: {'; '.join(actions)})" if actions else " (no agent action on it)"
             found = sorted(copies.get(source, []), key=lambda m: m["t_created"])
@@ -708,13 +713,23 @@ class Soak:
             if conv is None or conv["inbox_id"] != inbox_id or str(conv["attrs"].get(attr)) != external:
                 v[bucket].append(f"{kind} {external}: in conversation {alive[-1]['conversation_id']}, "
                                  f"which is not its {attr} conversation")
+            # Present is not enough: as the agent's own message, a private note or without its
+            # file, the buyer's words are not what the agent sees.
+            copy = alive[-1]
+            if copy["message_type"] != INCOMING or copy["private"]:
+                v[bucket].append(f"{kind} {external}: message {copy['id']} is not an incoming public message "
+                                 f"(message_type {copy['message_type']}, private {copy['private']})")
+            if len(copy.get("attachments") or []) < files:
+                v[bucket].append(f"{kind} {external}: message {copy['id']} has "
+                                 f"{len(copy.get('attachments') or [])} of the buyer's {files} files")
 
         for qid in self.questions:
             check_item("question", f"meli:question:{qid}", self.fakes.questions_inbox, "meli_question_id", str(qid),
                        INVARIANTS[0], self.questions[qid]["buyer"])
         for mid, info in self.buyer_messages.items():
             check_item(f"message {mid} of sale", f"meli:message:{mid}", self.fakes.messages_inbox,
-                       "meli_pack_id", info["pack"], INVARIANTS[1], self.packs[info["pack"]]["buyer"])
+                       "meli_pack_id", info["pack"], INVARIANTS[1], self.packs[info["pack"]]["buyer"],
+                       info.get("files", 0))
 
         replies_view = self._check_replies(v, live, deleted, convs)
         if quick:
@@ -743,10 +758,18 @@ class Soak:
 
         with meli.lock:
             sent_ids = [str(s["message_id"]) for s in meli.sent_messages]
+            answered = sorted({str(qid) for qid, _text in meli.answers_posted})
         for ml_id in sent_ids:
             if f"meli:message:{ml_id}" in copies:
                 ids = [m["id"] for m in copies[f"meli:message:{ml_id}"]]
                 v[INVARIANTS[10]].append(f"ML message {ml_id} (sent by the bridge) copied back as Chatwoot {ids}")
+        # The soak never answers on the site: every published answer is an agent's reply, already
+        # in Chatwoot as the agent's message; a mirror of it shows the answer twice.
+        for qid in answered:
+            if f"meli:answer:{qid}" in copies:
+                ids = [m["id"] for m in copies[f"meli:answer:{qid}"]]
+                v[INVARIANTS[10]].append(f"answer to question {qid} (posted by the bridge) copied back as "
+                                         f"Chatwoot {ids}")
 
         for pack_key, missing in self.mark_read_bad:
             v[INVARIANTS[11]].append(f"sale {pack_key}: marked read while Chatwoot lacked {missing}")
@@ -779,13 +802,20 @@ class Soak:
     def _check_replies(self, v: dict, live: dict, deleted: dict, convs: dict) -> Counter:
         meli = self.meli
         reached: Counter = Counter()
+        where: dict[str, set[str]] = defaultdict(set)  # unit -> the questions / sales it reached
         with meli.lock:
-            for _qid, text in meli.answers_posted:
-                reached.update(f"{t}p{k}" for t, k in TAG.findall(text))
+            for qid, text in meli.answers_posted:
+                units = [f"{t}p{k}" for t, k in TAG.findall(text)]
+                reached.update(units)
+                for unit in units:
+                    where[unit].add(f"question {qid}")
             uploads = {u["id"]: u["filename"] for u in meli.uploads}
             for sent in meli.sent_messages:
-                reached.update(f"{t}p{k}" for t, k in TAG.findall(sent.get("text") or ""))
-                reached.update(uploads.get(a, "?") for a in sent.get("attachments") or [])
+                units = [f"{t}p{k}" for t, k in TAG.findall(sent.get("text") or "")] + \
+                    [uploads.get(a, "?") for a in sent.get("attachments") or []]
+                reached.update(units)
+                for unit in units:
+                    where[unit].add(f"sale {sent.get('pack_id')}")
         rows = self._db_replies()
         outcome: Counter = Counter()
         for tag, reply in sorted(self.replies.items()):
@@ -795,6 +825,11 @@ class Soak:
             twice = [u for u, n in counts.items() if n > 1]
             if twice:
                 v[INVARIANTS[4]].append(f"{what}: {', '.join(f'{u} x{counts[u]}' for u in twice)}")
+            # Counted as arrived wherever it went: another buyer's sale is no delivery.
+            own = f"{'question' if reply['answer'] else 'sale'} {reply['target']}"
+            astray = sorted({place for u in reply["units"] for place in where.get(u, ())} - {own})
+            if astray and reply["target"] not in ("None", ""):
+                v[INVARIANTS[14]].append(f"{what}: meant for {own}, reached {astray}")
             sent = [u for u, n in counts.items() if n > 0]
             if reply["private"]:
                 if sent:
@@ -829,13 +864,28 @@ class Soak:
                          if m["conversation_id"] == reply["conversation_id"] and m["private"]
                          and str(m.get("source_id") or "").startswith("meli:note:reply:")
                          and m["t_created"] > reply["t"]]
-                explained = status == "failed" and any(
-                    "parte" in n.lower() and "nada foi enviado" not in n.lower() for n in notes)
+                unsent = [u for u in counts if u not in sent]
+                explained = status == "failed" and any(self.note_tells_parts(n, tag, sent, unsent) for n in notes)
                 if not explained:
                     v[INVARIANTS[7]].append(f"{what}: sent {sent}, not sent "
                                             f"{[u for u in counts if u not in sent]}, Chatwoot shows {status}, "
                                             f"notes {[n[:120] for n in notes]}{row_text}")
         return outcome
+
+    @staticmethod
+    def note_tells_parts(note: str, tag: str, sent: list[str], unsent: list[str]) -> bool:
+        """Does this note tell the agent exactly what of reply `tag` is still to send?
+
+        The bridge's note quotes the parts left (their sentences carry the tag) and names the
+        files left: every unit that did not arrive must be there (the agent is told to send
+        only those), and none that did, unless the note warns one may have arrived. A note
+        about another reply in the conversation quotes none of this one's units.
+        """
+        named = {u for u in UNIT.findall(note) if u.startswith(tag)}
+        lowered = note.lower()
+        if "parte" not in lowered or "nada foi enviado" in lowered or not set(unsent) <= named:
+            return False
+        return not (named & set(sent)) or "pode ter chegado" in lowered
 
     def _db(self, sql: str) -> list[sqlite3.Row]:
         try:

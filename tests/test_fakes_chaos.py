@@ -165,3 +165,143 @@ def test_a_held_marking_read_counts_as_seen_only_what_was_shown_before_it_arrive
     requests.get(url, params={"tag": "post_sale", "mark_as_read": "false"}, headers=headers, timeout=5)
     marking.join()
     assert seen == [("2000001", [message["id"], later["id"]], [message["id"]])]
+
+
+# ---- the soak's own checks, against fakes holding a known story ----------------------------------------
+
+@pytest.fixture
+def soak_check(fk, tmp_path):
+    from types import SimpleNamespace
+
+    from bench import soak
+
+    run = soak.Soak(seed=1, minutes=0.0, drain=0.0, access_ttl=60.0, quiet=True)
+    run.fakes, run.cw, run.meli = fk, fk.chatwoot.state, fk.meli.state
+    fk.questions_inbox = run.cw.add_inbox("Mercado Livre - Perguntas")
+    fk.messages_inbox = run.cw.add_inbox("Mercado Livre - Vendas")
+    run.bridge = SimpleNamespace(env={"DATABASE_PATH": str(tmp_path / "absent.db")})  # no bridge rows
+    yield run
+    import shutil
+    shutil.rmtree(run.tmp, ignore_errors=True)
+
+
+def sale_conversation(run, pack: str, buyer: int = 7001) -> int:
+    state = run.cw
+    contact, _ = state.create_contact({"name": f"C{buyer}", "identifier": f"meli:buyer:{buyer}",
+                                       "inbox_id": run.fakes.messages_inbox, "source_id": f"meli:buyer:{buyer}"})
+    conv, _ = state.create_conversation({"inbox_id": run.fakes.messages_inbox, "contact_id": contact["id"],
+                                         "source_id": f"meli:buyer:{buyer}",
+                                         "custom_attributes": {"meli_pack_id": pack}})
+    run.packs[pack] = {"buyer": buyer}
+    return conv["id"]
+
+
+def long_reply(run, conv_id: int, tag: str, sentences: int, pack: str) -> dict:
+    content = " ".join(f"{tag}p{k} Obrigado pela compra, seu pedido segue hoje." for k in range(1, sentences + 1))
+    message = run.cw.agent_reply(conv_id, content)
+    run.replies[tag] = {"message_id": message["id"], "conversation_id": conv_id, "answer": False, "private": False,
+                        "units": [f"{tag}p{k}" for k in range(1, sentences + 1)], "style": "long",
+                        "t": message["t_created"] - 1, "target": pack}
+    return message
+
+
+def ml_received(run, pack: str, text: str) -> None:
+    with run.meli.lock:
+        run.meli.sent_messages.append({"text": text, "attachments": [], "pack_id": pack, "message_id": text[:8]})
+
+
+def reply_note(run, conv_id: int, reply_id: int, text: str) -> None:
+    run.cw._create_message(conv_id, text, 1, private=True, source_id=f"meli:note:reply:{reply_id}")
+
+
+PARTIAL = "partes 1 de 2 enviadas; conversa bloqueada"
+
+
+def test_soak_check_wants_the_partial_note_of_that_reply_not_of_another(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000001")
+    first = long_reply(run, conv, "R00001", 2, "3000000001")
+    second = long_reply(run, conv, "R00002", 2, "3000000001")
+    for tag in ("R00001", "R00002"):
+        ml_received(run, "3000000001", f"{tag}p1 Obrigado pela compra, seu pedido segue hoje.")
+    for message in (first, second):
+        run.cw.update_message_status(message, "failed", PARTIAL)
+    # Only the second reply's outcome was told: the first's agent does not know what to send.
+    reply_note(run, conv, 2, "A parte 1 de 2 chegou ao comprador; a parte 2 não.\n\n"
+                             "> R00002p2 Obrigado pela compra, seu pedido segue hoje.")
+
+    found = run.check()["violations"]["a partial reply is failed with a note naming the parts sent"]
+
+    assert [v.split(" (")[0] for v in found] == ["reply R00001"]
+
+
+def test_soak_check_wants_the_note_to_name_exactly_what_is_left_to_send(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000002")
+    message = long_reply(run, conv, "R00001", 3, "3000000002")
+    ml_received(run, "3000000002", "R00001p1 Obrigado pela compra, seu pedido segue hoje.")
+    run.cw.update_message_status(message, "failed", PARTIAL)
+    # Says part 2 is left, but part 3 never went either: the agent would send only part 2.
+    reply_note(run, conv, 1, "A parte 1 de 3 chegou ao comprador; a parte 2 não.\n\n> R00001p2 Obrigado.")
+
+    found = run.check()["violations"]["a partial reply is failed with a note naming the parts sent"]
+
+    assert len(found) == 1 and "R00001p3" in found[0]
+
+
+def test_soak_check_accepts_the_note_that_quotes_every_part_left(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000003")
+    message = long_reply(run, conv, "R00001", 3, "3000000003")
+    ml_received(run, "3000000003", "R00001p1 Obrigado pela compra, seu pedido segue hoje.")
+    run.cw.update_message_status(message, "failed", PARTIAL)
+    reply_note(run, conv, 1, "A parte 1 de 2 chegou ao comprador; a parte 2 não.\n\n> R00001p2 Obrigado.\n"
+                             "> R00001p3 Obrigado.")
+
+    assert run.check()["violations"]["a partial reply is failed with a note naming the parts sent"] == []
+
+
+def test_soak_check_does_not_count_a_reply_sent_to_another_sale_as_delivered(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000004")
+    sale_conversation(run, "3000000005", buyer=7002)
+    message = long_reply(run, conv, "R00001", 1, "3000000004")
+    ml_received(run, "3000000005", "R00001p1 Obrigado pela compra, seu pedido segue hoje.")
+    run.cw.update_message_status(message, "delivered", None)
+
+    found = run.check()["violations"]["a reply reaches only its own question or sale"]
+
+    assert len(found) == 1 and "sale 3000000005" in found[0]
+
+
+def test_soak_check_wants_a_buyer_message_incoming_public_and_with_its_file(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000006")
+    for mid, kind, private, files in (("m-out", 1, False, 0), ("m-note", 0, True, 0), ("m-nofile", 0, False, 1),
+                                      ("m-ok", 0, False, 1)):
+        attached = [("foto.png", b"png", "image/png")] if mid == "m-ok" else []
+        run.cw._create_message(conv, "Mensagem do comprador", kind, private=private,
+                               source_id=f"meli:message:{mid}", files=attached)
+        run.buyer_messages[mid] = {"pack": "3000000006", "t": 0.0, "files": files}
+
+    found = run.check()["violations"]["buyer messages in Chatwoot exactly once, live conversation"]
+
+    assert sorted(v.split(":")[0] for v in found) == ["message m-nofile of sale 3000000006",
+                                                      "message m-note of sale 3000000006",
+                                                      "message m-out of sale 3000000006"]
+
+
+def test_soak_check_flags_the_bridges_own_answer_mirrored_back(soak_check):
+    run = soak_check
+    question = run.meli.add_question(item_id="MLB1", buyer_id=7003, text="Tem azul?")
+    run.meli.answers_posted.append((question["id"], "R00001p1 Sim, temos."))
+    contact, _ = run.cw.create_contact({"name": "C", "identifier": "meli:buyer:7003",
+                                        "inbox_id": run.fakes.questions_inbox, "source_id": "meli:buyer:7003"})
+    conv, _ = run.cw.create_conversation({"inbox_id": run.fakes.questions_inbox, "contact_id": contact["id"],
+                                          "source_id": "meli:buyer:7003",
+                                          "custom_attributes": {"meli_question_id": str(question["id"])}})
+    run.cw._create_message(conv["id"], "R00001p1 Sim, temos.", 1, source_id=f"meli:answer:{question['id']}")
+
+    found = run.check()["violations"]["the bridge's own replies are not mirrored back"]
+
+    assert len(found) == 1 and f"question {question['id']}" in found[0]
