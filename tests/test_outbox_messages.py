@@ -366,3 +366,25 @@ def test_a_send_applied_after_its_timeout_is_found_once_settled_not_sent_again(s
     delivery.run_outbox(s)
     assert len(posts()) == posted
     assert s.db.reply_parts(reply_id)[0]["remote_id"] == "m-late" and s.db.reply(reply_id)["status"] == "delivered"
+
+
+@responses.activate
+def test_a_partial_reply_whose_conversation_was_deleted_is_told_as_sent_in_part_in_the_new_one(s):
+    content = (SENTENCE * 14)[:900]
+    _status, reply_id = accept(s, content)
+    # The agent deleted conversation 88; the sale continues in conversation 99.
+    s.db.links.update("pack", "2000001", time.time(), conversation_id=99)
+    sent_ok(2)
+    responses.post(THREAD, status=400, json={"message": "message length exceeded", "error": "bad_request",
+                                             "status": 400})
+    responses.patch(f"{CW}/conversations/88/messages/9200", status=404, json={"error": "not found"})
+    responses.post(f"{CW}/conversations/88/messages", status=404, json={"error": "not found"})
+    responses.post(f"{CW}/conversations/99/messages", json={"id": 1})
+
+    delivery.run_outbox(s)
+
+    [note] = [json.loads(c.request.body) for c in responses.calls
+              if c.request.method == "POST" and c.request.url == f"{CW}/conversations/99/messages"]
+    # Two parts reached the buyer: "not sent" would have the agent send the whole reply again.
+    assert note["content"].startswith("Resposta enviada só em parte")
+    assert "As partes 1 e 2 de 3 chegaram ao comprador" in note["content"]
