@@ -71,6 +71,10 @@ token refresh window (unrecoverable by design)" and the soak re-authorizes as a 
 (`main.py authorize`, a code from the fake, `main.py authorize --code … --state …`) and goes
 on. Any other loss is a violation, with the grant and kills it was checked against.
 
+no thread left unread after the drain — a drain that ran out with buyer messages still
+unread on Mercado Livre is a bridge that stopped marking (or syncing) a thread: every other
+check can pass while it re-reads that thread forever.
+
 webhooks never 5xx — no delivery to the listener (Chatwoot's own account and inbox
 webhooks, the soak's duplicates, notifications) was answered with a 5xx. Connection
 errors while the listener is down are counted, not violations.
@@ -139,6 +143,7 @@ INVARIANTS = [
     "authorization never lost",
     "no webhook or notification answered 5xx",
     "a reply reaches only its own question or sale",
+    "no thread left unread after the drain",
 ]
 
 
@@ -773,6 +778,8 @@ class Soak:
 
         for pack_key, missing in self.mark_read_bad:
             v[INVARIANTS[11]].append(f"sale {pack_key}: marked read while Chatwoot lacked {missing}")
+        for thread in meli.unread_results():
+            v[INVARIANTS[15]].append(f"{thread['resource']}: {thread['count']} buyer messages unread")
 
         auth_status = self._db_auth_status()
         if auth_status == "reauth_required" or meli.invalid_grant_count:

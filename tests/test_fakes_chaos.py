@@ -305,3 +305,19 @@ def test_soak_check_flags_the_bridges_own_answer_mirrored_back(soak_check):
     found = run.check()["violations"]["the bridge's own replies are not mirrored back"]
 
     assert len(found) == 1 and f"question {question['id']}" in found[0]
+
+
+def test_soak_check_flags_a_thread_left_unread(soak_check):
+    run = soak_check
+    run.meli.add_order(2000000901, 7004, "COMPRADOR", [("MLB1", "Produto", 1, 20.0)])
+    message = run.meli.add_buyer_message("2000000901", "Quando chega?")
+    # In Chatwoot, and never marked read: nothing else would notice.
+    conv = sale_conversation(run, "2000000901", buyer=7004)
+    run.cw._create_message(conv, "Quando chega?", 0, source_id=f"meli:message:{message['id']}")
+    run.buyer_messages[message["id"]] = {"pack": "2000000901", "t": 0.0, "files": 0}
+
+    violations = run.check()["violations"]
+
+    assert violations["buyer messages in Chatwoot exactly once, live conversation"] == []
+    assert [v.split(":")[0] for v in violations["no thread left unread after the drain"]] == \
+        ["/packs/2000000901/sellers/555000111"]
