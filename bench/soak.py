@@ -71,6 +71,12 @@ token refresh window (unrecoverable by design)" and the soak re-authorizes as a 
 (`main.py authorize`, a code from the fake, `main.py authorize --code … --state …`) and goes
 on. Any other loss is a violation, with the grant and kills it was checked against.
 
+the seller's site messages and answers — a message the seller wrote on Mercado Livre's site
+(`meli:message:<id>`) is in Chatwoot exactly once, as an outgoing message of its sale's live
+conversation; an answer given on the site (`meli:answer:<question id>`) likewise, in the
+question's conversation while that conversation is live. An agent's answer after it must
+end `failed` (nothing reached Mercado Livre).
+
 no thread left unread after the drain — a drain that ran out with buyer messages still
 unread on Mercado Livre is a bridge that stopped marking (or syncing) a thread: every other
 check can pass while it re-reads that thread forever.
@@ -117,6 +123,7 @@ TAG = re.compile(r"\b(R\d{5})p(\d+)\b")
 FILE_TAG = re.compile(r"^(R\d{5})f(\d+)\.")
 UNIT = re.compile(r"\b(R\d{5}(?:p\d+\b|f\d+\.\w+))")  # a sentence's tag or a file's name, as quoted in a note
 INCOMING = MESSAGE_TYPES["incoming"]
+OUTGOING = MESSAGE_TYPES["outgoing"]
 COMMANDS = {"listener": [str(VENV_BIN / "gunicorn"), "webhook_server:app"], "poller": [sys.executable, "main.py"]}
 
 # Relative weights of the injected events.
@@ -124,7 +131,7 @@ WEIGHTS = {
     "buyer question": 10, "buyer message": 12, "agent reply": 16, "private note": 2,
     "duplicate webhook": 4, "agent resolves conversation": 2, "agent deletes conversation": 1.2,
     "agent deletes contact": 0.6, "agent merges contacts": 0.8, "ML 5xx burst": 2.5, "ML 429 burst": 1.5,
-    "ML refuses a send (403)": 0.8,
+    "ML refuses a send (403)": 0.8, "seller writes on the site": 1.5, "seller answers on the site": 1,
     "access tokens expire": 2, "kill -9 listener": 0.5, "kill -9 poller": 0.7,
 }
 INVARIANTS = [
@@ -144,6 +151,7 @@ INVARIANTS = [
     "no webhook or notification answered 5xx",
     "a reply reaches only its own question or sale",
     "no thread left unread after the drain",
+    "the seller's site messages and answers in Chatwoot exactly once",
 ]
 
 
@@ -172,6 +180,8 @@ class Soak:
         # what was injected, for the checks
         self.questions: dict[int, dict] = {}
         self.buyer_messages: dict[str, dict] = {}
+        self.seller_messages: dict[str, dict] = {}  # written on Mercado Livre's site
+        self.site_answers: dict[int, float] = {}  # question id -> when answered on the site
         self.packs: dict[str, dict] = {}
         self.buyers: list[int] = []
         self.replies: dict[str, dict] = {}
@@ -403,13 +413,14 @@ class Soak:
         self.buyers.append(buyer_id)
         return buyer_id
 
-    def _notify(self, topic: str, resource: str) -> None:
+    def _notify(self, topic: str, resource: str) -> int | str:
         body = self.meli.notification(topic, resource)
         try:
             status = requests.post(f"{self.bridge.url}/notifications", json=body, timeout=5).status_code
         except requests.RequestException:
             status = "no answer"
         self.own_posts[("notification", status)] += 1
+        return status
 
     def buyer_question(self) -> None:
         item = f"MLB{5_000_000 + self.rng.randrange(6)}"
@@ -441,6 +452,33 @@ class Soak:
         self.buyer_messages[message["id"]] = {"pack": key, "t": time.monotonic(), "files": len(files)}
         if self.rng.random() < 0.5:
             self._notify("messages", message["id"])
+
+    def seller_writes_on_site(self) -> None:
+        """The seller wrote in a sale's thread on Mercado Livre's site: Chatwoot shows it as the seller's."""
+        if not self.packs:
+            return
+        key = self.rng.choice(sorted(self.packs))
+        message = self.meli.add_seller_message(key, f"Mensagem {self._next()} do vendedor pelo site: segue hoje.")
+        # Not unread, so not in the unread list: without the notification only the sweep (a quarter
+        # of an hour later) would find it, after the drain. Checked once a notification was taken.
+        if self._notify("messages", message["id"]) == 200:
+            self.seller_messages[message["id"]] = {"pack": key, "t": time.monotonic()}
+
+    def seller_answers_on_site(self) -> None:
+        """The seller answered on the site a question the agents see in Chatwoot: the answer is shown
+        there, and an agent's answer after it is refused (failed)."""
+        with self.cw.lock:
+            shown = {m["source_id"] for m in self.cw.messages.values() if m.get("source_id")}
+        text = f"Resposta {self._next()} pelo site: sim, temos."
+        with self.meli.lock:
+            open_ = sorted(q for q in self.questions if f"meli:question:{q}" in shown
+                           and self.meli.questions[q]["status"] == "UNANSWERED")
+            if not open_:
+                self.injected["(skipped: no question shown to answer on the site)"] += 1
+                return
+            qid = self.rng.choice(open_)
+            self.meli.answer_elsewhere(qid, text)
+        self.site_answers[qid] = time.monotonic()
 
     def _live_conversations(self, inbox_id: int | None = None) -> list[dict]:
         with self.cw.lock:
@@ -622,6 +660,8 @@ class Soak:
             "agent merges contacts": self.merge_contacts, "ML 5xx burst": lambda: self.ml_burst(500),
             "ML 429 burst": lambda: self.ml_burst(429), "access tokens expire": self.meli.expire_access_tokens,
             "ML refuses a send (403)": self.ml_refuses_send,
+            "seller writes on the site": self.seller_writes_on_site,
+            "seller answers on the site": self.seller_answers_on_site,
             "kill -9 listener": lambda: self.kill("listener"), "kill -9 poller": lambda: self.kill("poller"),
         }[event]()
 
@@ -681,7 +721,8 @@ class Soak:
             return 1
         result = self.check(quick=True)
         return sum(len(v) for k, v in result["violations"].items()
-                   if k in (INVARIANTS[0], INVARIANTS[1], INVARIANTS[5], INVARIANTS[6], INVARIANTS[9]))
+                   if k in (INVARIANTS[0], INVARIANTS[1], INVARIANTS[5], INVARIANTS[6], INVARIANTS[9],
+                            INVARIANTS[16]))
 
     # ---- the checks ---------------------------------------------------------------------------------
 
@@ -699,7 +740,7 @@ class Soak:
                 copies[message["source_id"]].append(message)
 
         def check_item(kind: str, source: str, inbox_id: int, attr: str, external: str, bucket: str,
-                       buyer: int, files: int = 0) -> None:
+                       buyer: int, files: int = 0, message_type: int = INCOMING) -> None:
             actions = self.touched.get(f"{attr[5:-3]}:{external}", []) + self.touched.get(f"buyer:{buyer}", [])
             hint = f" (agent: {'; '.join(actions)})" if actions else " (no agent action on it)"
             found = sorted(copies.get(source, []), key=lambda m: m["t_created"])
@@ -721,9 +762,9 @@ class Soak:
             # Present is not enough: as the agent's own message, a private note or without its
             # file, the buyer's words are not what the agent sees.
             copy = alive[-1]
-            if copy["message_type"] != INCOMING or copy["private"]:
-                v[bucket].append(f"{kind} {external}: message {copy['id']} is not an incoming public message "
-                                 f"(message_type {copy['message_type']}, private {copy['private']})")
+            if copy["message_type"] != message_type or copy["private"]:
+                v[bucket].append(f"{kind} {external}: message {copy['id']} is not a public message of type "
+                                 f"{message_type} (message_type {copy['message_type']}, private {copy['private']})")
             if len(copy.get("attachments") or []) < files:
                 v[bucket].append(f"{kind} {external}: message {copy['id']} has "
                                  f"{len(copy.get('attachments') or [])} of the buyer's {files} files")
@@ -735,6 +776,16 @@ class Soak:
             check_item(f"message {mid} of sale", f"meli:message:{mid}", self.fakes.messages_inbox,
                        "meli_pack_id", info["pack"], INVARIANTS[1], self.packs[info["pack"]]["buyer"],
                        info.get("files", 0))
+        for mid, info in self.seller_messages.items():
+            check_item(f"seller's site message {mid} of sale", f"meli:message:{mid}", self.fakes.messages_inbox,
+                       "meli_pack_id", info["pack"], INVARIANTS[16], self.packs[info["pack"]]["buyer"],
+                       message_type=OUTGOING)
+        for qid in self.site_answers:
+            # Only where the question is still shown: a deleted question conversation is not made again.
+            if any(m["id"] in live for m in copies.get(f"meli:question:{qid}", [])):
+                check_item("site answer to question", f"meli:answer:{qid}", self.fakes.questions_inbox,
+                           "meli_question_id", str(qid), INVARIANTS[16], self.questions[qid]["buyer"],
+                           message_type=OUTGOING)
 
         replies_view = self._check_replies(v, live, deleted, convs)
         if quick:

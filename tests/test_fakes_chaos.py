@@ -179,7 +179,8 @@ def soak_check(fk, tmp_path):
     run.fakes, run.cw, run.meli = fk, fk.chatwoot.state, fk.meli.state
     fk.questions_inbox = run.cw.add_inbox("Mercado Livre - Perguntas")
     fk.messages_inbox = run.cw.add_inbox("Mercado Livre - Vendas")
-    run.bridge = SimpleNamespace(env={"DATABASE_PATH": str(tmp_path / "absent.db")})  # no bridge rows
+    # No bridge: no rows in its database, nobody listening for notifications.
+    run.bridge = SimpleNamespace(env={"DATABASE_PATH": str(tmp_path / "absent.db")}, url="http://127.0.0.1:9")
     yield run
     import shutil
     shutil.rmtree(run.tmp, ignore_errors=True)
@@ -321,3 +322,69 @@ def test_soak_check_flags_a_thread_left_unread(soak_check):
     assert violations["buyer messages in Chatwoot exactly once, live conversation"] == []
     assert [v.split(":")[0] for v in violations["no thread left unread after the drain"]] == \
         ["/packs/2000000901/sellers/555000111"]
+
+
+def question_conversation(run, text: str = "Tem azul?", buyer: int = 7005) -> tuple[int, int]:
+    question = run.meli.add_question(item_id="MLB1", buyer_id=buyer, text=text)
+    run.questions[question["id"]] = {"t": 0.0, "buyer": buyer}
+    contact, _ = run.cw.create_contact({"name": "C", "identifier": f"meli:buyer:{buyer}",
+                                        "inbox_id": run.fakes.questions_inbox, "source_id": f"meli:buyer:{buyer}"})
+    conv, _ = run.cw.create_conversation({"inbox_id": run.fakes.questions_inbox, "contact_id": contact["id"],
+                                          "source_id": f"meli:buyer:{buyer}",
+                                          "custom_attributes": {"meli_question_id": str(question["id"])}})
+    run.cw._create_message(conv["id"], text, 0, source_id=f"meli:question:{question['id']}")
+    return question["id"], conv["id"]
+
+
+SITE = "the seller's site messages and answers in Chatwoot exactly once"
+
+
+def test_soak_answers_on_the_site_only_a_question_shown_in_chatwoot_and_still_unanswered(soak_check):
+    run = soak_check
+    hidden = run.meli.add_question(item_id="MLB1", buyer_id=7006, text="Ainda não importada?")
+    run.questions[hidden["id"]] = {"t": 0.0, "buyer": 7006}
+    shown, _conv = question_conversation(run)
+
+    run.seller_answers_on_site()
+    run.seller_answers_on_site()
+
+    assert list(run.site_answers) == [shown] and run.meli.questions[hidden["id"]]["status"] == "UNANSWERED"
+    assert run.injected["(skipped: no question shown to answer on the site)"] == 1
+
+
+def test_soak_check_wants_a_site_answer_shown_once_as_the_sellers_while_its_question_is(soak_check):
+    run = soak_check
+    missing, _ = question_conversation(run, buyer=7007)
+    shown, conv = question_conversation(run, buyer=7008)
+    for qid in (missing, shown):
+        run.meli.answer_elsewhere(qid, "Sim, temos.")
+        run.site_answers[qid] = 0.0
+    run.cw._create_message(conv, "Sim, temos.", 1, source_id=f"meli:answer:{shown}")
+
+    found = run.check()["violations"][SITE]
+
+    assert [v.split(":")[0] for v in found] == [f"site answer to question {missing}"]
+
+
+def test_soak_check_wants_a_site_message_of_the_seller_as_outgoing(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000007")
+    run.cw._create_message(conv, "Enviado hoje", 0, source_id="meli:message:s-in")
+    run.cw._create_message(conv, "Enviado hoje", 1, source_id="meli:message:s-out")
+    for mid in ("s-in", "s-out", "s-missing"):
+        run.seller_messages[mid] = {"pack": "3000000007", "t": 0.0}
+
+    found = run.check()["violations"][SITE]
+
+    assert sorted(v.split(":")[0] for v in found) == ["seller's site message s-in of sale 3000000007",
+                                                      "seller's site message s-missing of sale 3000000007"]
+
+
+def test_soak_checks_a_site_message_only_once_its_notification_was_taken(soak_check):
+    run = soak_check
+    sale_conversation(run, "2000000902", buyer=7009)
+    run.meli.add_order(2000000902, 7009, "COMPRADOR", [("MLB1", "Produto", 1, 20.0)])
+
+    run.seller_writes_on_site()  # nobody listens: the bridge could only find it by the sweep
+
+    assert run.seller_messages == {} and run.own_posts[("notification", "no answer")] == 1
