@@ -8,8 +8,10 @@ agent replies in Chatwoot (short, multi-part over 350 characters, with files, pr
 notes, second answers to an answered question); agents deleting, merging and resolving
 contacts and conversations; duplicate webhook deliveries; a send refused for good now and
 then (403); Mercado Livre 5xx, 429 with Retry-After, timeouts (answer after the bridge
-gave up, request applied or not) and slow answers; access tokens that expire within
-seconds; and `kill -9` of the listener or the poller, restarted as supervisord would.
+gave up, request applied or not) and slow answers; the same on the bridge's calls to
+Chatwoot (5xx, 429, creates applied whose answer is lost; `--calm-chatwoot` turns them
+off); access tokens that expire within seconds; and `kill -9` of the listener or the
+poller, restarted as supervisord would.
 Then the faults stop, the bridge drains (at most `--drain` seconds) and the invariants
 are checked from the fakes' own records.
 
@@ -157,7 +159,8 @@ INVARIANTS = [
 
 class Soak:
     def __init__(self, seed: int, minutes: float, drain: float, access_ttl: float, quiet: bool = False,
-                 token_chaos: bool = True, keep: bool = False, kill_in_refresh: int = 0):
+                 token_chaos: bool = True, keep: bool = False, kill_in_refresh: int = 0,
+                 chatwoot_chaos: bool = True):
         self.seed = seed
         self.run_mark = f"MELI_SOAK_RUN={os.getpid()}-{seed}"
         self.keep = keep
@@ -165,6 +168,7 @@ class Soak:
         if not token_chaos:
             self.weights["access tokens expire"] = 0
         self.minutes = minutes
+        self.chatwoot_chaos = chatwoot_chaos
         self.drain_seconds = drain
         self.access_ttl = access_ttl
         self.quiet = quiet
@@ -648,6 +652,16 @@ class Soak:
                       {"prefix": prefix, "p": 0.04, "delay": READ_TIMEOUT * 0.4}]  # slow but in time
         return rules
 
+    @staticmethod
+    def chatwoot_chaos_rules() -> list[dict]:
+        """Faults on the bridge's calls to Chatwoot's API. Without them every create answered
+        at once, and no check ever met a message or conversation created whose answer was
+        lost: the case that makes a buyer message appear twice."""
+        return [{"prefix": "/api/v1/", "p": 0.01, "status": 503},
+                {"prefix": "/api/v1/", "p": 0.01, "status": 429, "retry_after": 1},
+                {"prefix": "/api/v1/", "method": "POST", "p": 0.01, "delay": READ_TIMEOUT + 1.0, "lost": True},
+                {"prefix": "/api/v1/", "method": "POST", "p": 0.01, "late": READ_TIMEOUT + 1.0}]
+
     def step(self) -> None:
         names = list(self.weights)
         event = self.rng.choices(names, [self.weights[n] for n in names])[0]
@@ -674,6 +688,8 @@ class Soak:
         watcher.start()
         try:
             self.meli.chaos(self.chaos_rules(), seed=self.seed)
+            if self.chatwoot_chaos:
+                self.cw.chaos(self.chatwoot_chaos_rules(), seed=self.seed + 1)
             deadline = time.monotonic() + self.minutes * 60.0
             started = time.monotonic()
             while time.monotonic() < deadline:
@@ -681,6 +697,7 @@ class Soak:
                 time.sleep(self.rng.expovariate(4.0))  # about four events a second
             chaos_s = time.monotonic() - started
             self.meli.chaos([])
+            self.cw.chaos([])
             with self.meli.lock:
                 self.meli._failures.clear()
             self.ensure_running()
@@ -690,6 +707,9 @@ class Soak:
             result.update(chaos_seconds=chaos_s, drained_in=drained_in)
             with self.meli.lock:
                 result["faults"] = Counter(self.meli.chaos_counts)
+            with self.cw.lock:
+                result["faults"].update({(f"chatwoot {kind}", prefix): n
+                                         for (kind, prefix), n in self.cw.chaos_counts.items()})
             return result
         finally:
             stop_health.set()
@@ -982,7 +1002,7 @@ def report(soak: Soak, result: dict) -> tuple[str, int]:
     lines += [f"  {n:6d}  {name}" for name, n in sorted(soak.injected.items())]
     lines.append(f"  {soak.refresh_window_losses:6d}  authorization lost to a kill inside the token refresh window "
                  f"(unrecoverable by design; authorized again {soak.reauthorized} times)")
-    lines += ["", "background faults drawn by the fake Mercado Livre:"]
+    lines += ["", "background faults drawn by the fakes (Mercado Livre; Chatwoot's marked):"]
     faults: Counter = Counter()
     for (kind, _prefix), n in result["faults"].items():
         faults[kind] += n
@@ -1027,10 +1047,10 @@ def _kill_marked(mark: str) -> None:
 
 def run(seed: int, minutes: float, drain: float = 120.0, access_ttl: float = REFRESH_MARGIN + 5.0,
         quiet: bool = False, token_chaos: bool = True, keep: bool = False,
-        kill_in_refresh: int = 0) -> tuple[str, int]:
+        kill_in_refresh: int = 0, chatwoot_chaos: bool = True) -> tuple[str, int]:
     """One soak; returns (printed report, number of violations). Always stops what it started."""
     soak = Soak(seed, minutes, drain, access_ttl, quiet=quiet, token_chaos=token_chaos, keep=keep,
-                kill_in_refresh=kill_in_refresh)
+                kill_in_refresh=kill_in_refresh, chatwoot_chaos=chatwoot_chaos)
     try:
         result = soak.run()
     finally:
@@ -1051,6 +1071,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-in-refresh", type=int, default=0, metavar="N",
                         help="diagnosis: kill -9 both bridge processes inside Mercado Livre's N-th refresh "
                              "grant, to see the loss classified and the soak authorize again")
+    parser.add_argument("--calm-chatwoot", action="store_true",
+                        help="diagnosis only: no faults on the bridge's calls to Chatwoot")
     parser.add_argument("--keep", action="store_true", help="keep the bridge's database for inspection")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
@@ -1064,7 +1086,7 @@ def main(argv: list[str] | None = None) -> int:
         text, violations = run(seed, args.minutes, args.drain,
                                3600.0 if args.calm_tokens else REFRESH_MARGIN + args.token_seconds,
                                token_chaos=not args.calm_tokens, keep=args.keep,
-                               kill_in_refresh=args.kill_in_refresh)
+                               kill_in_refresh=args.kill_in_refresh, chatwoot_chaos=not args.calm_chatwoot)
     except KeyboardInterrupt:
         print(f"interrupted (seed {seed})", flush=True)
         return 2

@@ -388,3 +388,20 @@ def test_soak_checks_a_site_message_only_once_its_notification_was_taken(soak_ch
     run.seller_writes_on_site()  # nobody listens: the bridge could only find it by the sweep
 
     assert run.seller_messages == {} and run.own_posts[("notification", "no answer")] == 1
+
+
+def test_a_chatwoot_message_created_late_is_there_though_its_creator_timed_out(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000008")
+    cw = run.cw
+    lost = [r for r in run.chatwoot_chaos_rules() if r.get("lost")][0]
+    assert all(r["prefix"] == "/api/v1/" for r in run.chatwoot_chaos_rules())  # never the signed file links
+    cw.chaos([dict(lost, p=1.0, delay=0.5)], seed=1)
+    with pytest.raises(requests.Timeout):
+        requests.post(f"{run.fakes.chatwoot.url}/api/v1/accounts/{cw.account_id}/conversations/{conv}/messages",
+                      json={"content": "Quando chega?", "message_type": "incoming", "source_id": "meli:message:x"},
+                      headers={"api_access_token": cw.api_token}, timeout=0.2)
+    cw.chaos([])
+    # The request was applied after the client gave up: only its intent row can tell.
+    wait_until(lambda: any(m["source_id"] == "meli:message:x" for m in cw.messages_in(conv)), timeout=5)
+    assert cw.chaos_counts[("delay", "/api/v1/")] == 1
