@@ -405,3 +405,19 @@ def test_a_chatwoot_message_created_late_is_there_though_its_creator_timed_out(s
     # The request was applied after the client gave up: only its intent row can tell.
     wait_until(lambda: any(m["source_id"] == "meli:message:x" for m in cw.messages_in(conv)), timeout=5)
     assert cw.chaos_counts[("delay", "/api/v1/")] == 1
+
+
+def test_soak_report_names_the_cases_a_run_never_produced(soak_check):
+    from collections import Counter
+
+    from bench import soak
+
+    run = soak_check
+    run.resolves[1] = 0.0
+    result = run.check()
+    result.update(chaos_seconds=1.0, drained_in=1.0, faults=Counter())
+
+    assert "a conversation resolved by an agent" not in soak.exercised_nothing(run, result)
+    assert {"a reply sent in part", "a thread marked read", "a kill -9"} <= set(soak.exercised_nothing(run, result))
+    text, _violations = soak.report(run, result)
+    assert "not exercised in this run (their checks passed with nothing to check): a reply sent in part" in text
