@@ -388,3 +388,27 @@ def test_a_partial_reply_whose_conversation_was_deleted_is_told_as_sent_in_part_
     # Two parts reached the buyer: "not sent" would have the agent send the whole reply again.
     assert note["content"].startswith("Resposta enviada só em parte")
     assert "As partes 1 e 2 de 3 chegaram ao comprador" in note["content"]
+
+
+@responses.activate
+def test_a_reply_given_up_waiting_for_reauthorization_after_some_parts_says_which_went(s):
+    content = (SENTENCE * 14)[:900]
+    _status, reply_id = accept(s, content)
+    # Part 1 reached the buyer; then the authorization was lost, and a day went by.
+    s.db.part_mark_sending(reply_id, 0, time.time() - 25 * 3600)
+    s.db.part_sent(reply_id, 0, "m0", time.time() - 25 * 3600)
+    s.db.conn().execute("UPDATE replies SET created_at = ?", (time.time() - 25 * 3600,))
+    s.db.auth.require_reauthorization("refused", time.time())
+    chatwoot_ok()
+
+    delivery.run_outbox(s)
+
+    reply = s.db.reply(reply_id)
+    assert reply["status"] == "failed" and reply["error"].startswith("parte 1 de 3 enviada")
+    note = [json.loads(c.request.body) for c in responses.calls
+            if c.request.method == "POST" and c.request.url == f"{CW}/conversations/88/messages"][0]["content"]
+    # "Not sent" would have the agent send the whole reply again: part 1 twice to the buyer.
+    assert note.startswith("Resposta enviada só em parte")
+    assert "A parte 1 de 3 chegou ao comprador" in note and "não foi enviada" not in note
+    assert "python main.py authorize" in note
+    assert not posts()
