@@ -586,8 +586,11 @@ def _report_moderated_replies(s: Services, messages: list[dict], bridge_ids: set
             # A pending row is an earlier attempt that failed half way: the failed mark is
             # idempotent, the note is looked up before it is posted again.
             reason = moderation_reason(message)
-            note = moderation.blocked_reply_note(reason, "O comprador")
-            moderation.mark_reply_blocked(s, reply, reason)
+            parts = s.db.reply_parts(reply["id"])
+            seq = next((p["seq"] for p in parts if p["remote_id"] == mid), None)
+            part = f"parte {seq + 1} de {len(parts)}" if len(parts) > 1 and seq is not None else None
+            note = moderation.blocked_reply_note(reason, "O comprador", part)
+            moderation.mark_reply_blocked(s, reply, reason, part)
             crashpoint("moderation_reported")
             if not _note_first_present(s, [reply["conversation_id"], conversation_id], note,
                                        source_ids.note("moderation", mid), look_first=not fresh):
