@@ -191,6 +191,8 @@ def _finish_stranded(s: Services, qid: str) -> bool:
     with s.locks.hold(f"question:{qid}"):
         if (s.db.links.get("question", qid) or {}).get("status") == "created":
             return False  # a notification was faster
+        if (s.db.watermark("question", qid) or {}).get("closed_at") is not None:
+            return False  # erased or pruned: never shown again
         question = s.meli.question(qid)
         item_id = str(question.get("item_id"))
         buyer = (question.get("from") or {}).get("id")
