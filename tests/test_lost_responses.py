@@ -9,6 +9,7 @@ import responses
 from responses import matchers
 
 from bridge.http import PermanentError, TransientError
+from bridge.sync import ensure
 from bridge.sync import sales as sync_messages
 from bridge.sync.contacts import is_gone
 from tests.helpers import API, CW, MARK, PEEK, THREAD, sale_services
@@ -264,10 +265,6 @@ def test_one_moderated_part_of_a_long_reply_is_named_and_the_others_are_not_said
 
 
 @responses.activate
-@pytest.mark.xfail(strict=True, reason="a Chatwoot create whose answer was lost is looked for at once on the next "
-                                       "poll; a request Chatwoot still holds is applied after that look, and the "
-                                       "message is created twice (the outbox waits IN_DOUBT_SETTLE for Mercado "
-                                       "Livre's sends; nothing waits for Chatwoot's creates)")
 def test_a_buyer_message_whose_creation_is_still_held_by_chatwoot_is_not_created_again(s):
     message = buyer_message("b2", "Chegou quebrado")
     responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
@@ -283,9 +280,12 @@ def test_a_buyer_message_whose_creation_is_still_held_by_chatwoot_is_not_created
 
     with pytest.raises(TransientError):
         sync_messages.sync_pack(s, "2000001", 555)
-    try:
-        sync_messages.sync_pack(s, "2000001", 555)  # the next poll, a second later
-    except TransientError:
-        pass  # waiting for the first create to settle is the expected way out
-
+    with pytest.raises(TransientError):
+        sync_messages.sync_pack(s, "2000001", 555)  # the next poll, a second later: too soon to tell
     assert len(posts_to(f"{CW}/conversations/88/messages")) == 1
+
+    # Settled, and still not there: the first create never arrived, so it is made now.
+    later = time.time() + 2 * ensure.CREATE_SETTLE
+    s.clock = lambda: later
+    assert sync_messages.sync_pack(s, "2000001", 555) == 1
+    assert len(posts_to(f"{CW}/conversations/88/messages")) == 2
