@@ -8,8 +8,10 @@ agent replies in Chatwoot (short, multi-part over 350 characters, with files, pr
 notes, second answers to an answered question); agents deleting, merging and resolving
 contacts and conversations; duplicate webhook deliveries; a send refused for good now and
 then (403); Mercado Livre 5xx, 429 with Retry-After, timeouts (answer after the bridge
-gave up, request applied or not) and slow answers; access tokens that expire within
-seconds; and `kill -9` of the listener or the poller, restarted as supervisord would.
+gave up, request applied or not) and slow answers; the same on the bridge's calls to
+Chatwoot (5xx, 429, creates applied whose answer is lost; `--calm-chatwoot` turns them
+off); access tokens that expire within seconds; and `kill -9` of the listener or the
+poller, restarted as supervisord would.
 Then the faults stop, the bridge drains (at most `--drain` seconds) and the invariants
 are checked from the fakes' own records.
 
@@ -22,9 +24,10 @@ What each invariant expects (the fakes are the ground truth):
 buyer questions / buyer messages in Chatwoot — each question (source_id
 `meli:question:<id>`) and each buyer message (`meli:message:<id>`) is in Chatwoot exactly
 once, in a live conversation of the right inbox carrying its `meli_question_id` /
-`meli_pack_id`. An agent's deletion (of the conversation, or of the contact with its
-conversations) takes the copy away on purpose: such an item may stay absent, or be
-brought back once, but never twice at the same time. An item the agent never saw deleted
+`meli_pack_id`, as an incoming public message with every file the buyer sent. An
+agent's deletion (of the conversation, or of the contact with its conversations) takes
+the copy away on purpose: such an item may stay absent, or be brought back once, but
+never twice at the same time. An item the agent never saw deleted
 (e.g. a message that arrived after its sale's conversation was deleted) must be live.
 "Duplicated" means two copies alive at the same moment, whenever that was.
 Merges move conversations to the surviving contact: items stay where they were.
@@ -41,12 +44,14 @@ messages and their uploaded files): no sentence or file reached it twice; a repl
 fully reached it is shown `delivered` on the agent's message; one that reached nothing is
 shown `failed` (by the bridge, or by Chatwoot when the inbox webhook could not be
 delivered); one that reached part of the way is `failed` with the bridge's private note
-saying which parts went (it must mention "parte" and must not say nothing was sent).
+saying which parts went: the note of that reply quotes every sentence and names every file
+that did not arrive, and none that did unless it warns one may have arrived. A sentence or
+file that reached another question or sale than the reply's is a violation of its own.
 Private notes never reach Mercado Livre. Replies whose conversation the agent deleted are
 only checked for duplicates (their status can no longer be seen). Replies still queued
 when the drain ends are listed separately (with the bridge's own row) — lost for the agent.
 
-own replies not mirrored back — a message the bridge sent is not copied back into
+own replies not mirrored back — a message or answer the bridge sent is not copied back into
 Chatwoot as if the seller had written it on Mercado Livre.
 
 marked read only when in Chatwoot — at the moment Mercado Livre marks buyer messages
@@ -67,6 +72,16 @@ out a pair that was never presented afterwards, and a bridge process was killed 
 token refresh window (unrecoverable by design)" and the soak re-authorizes as a person would
 (`main.py authorize`, a code from the fake, `main.py authorize --code … --state …`) and goes
 on. Any other loss is a violation, with the grant and kills it was checked against.
+
+the seller's site messages and answers — a message the seller wrote on Mercado Livre's site
+(`meli:message:<id>`) is in Chatwoot exactly once, as an outgoing message of its sale's live
+conversation; an answer given on the site (`meli:answer:<question id>`) likewise, in the
+question's conversation while that conversation is live. An agent's answer after it must
+end `failed` (nothing reached Mercado Livre).
+
+no thread left unread after the drain — a drain that ran out with buyer messages still
+unread on Mercado Livre is a bridge that stopped marking (or syncing) a thread: every other
+check can pass while it re-reads that thread forever.
 
 webhooks never 5xx — no delivery to the listener (Chatwoot's own account and inbox
 webhooks, the soak's duplicates, notifications) was answered with a 5xx. Connection
@@ -108,7 +123,9 @@ ML_PATHS = ["/answers", "/messages/packs", "/messages/attachments", "/messages/u
             "/questions/search", "/questions/", "/orders/", "/packs/", "/users/", "/items", "/missed_feeds"]
 TAG = re.compile(r"\b(R\d{5})p(\d+)\b")
 FILE_TAG = re.compile(r"^(R\d{5})f(\d+)\.")
+UNIT = re.compile(r"\b(R\d{5}(?:p\d+\b|f\d+\.\w+))")  # a sentence's tag or a file's name, as quoted in a note
 INCOMING = MESSAGE_TYPES["incoming"]
+OUTGOING = MESSAGE_TYPES["outgoing"]
 COMMANDS = {"listener": [str(VENV_BIN / "gunicorn"), "webhook_server:app"], "poller": [sys.executable, "main.py"]}
 
 # Relative weights of the injected events.
@@ -116,7 +133,7 @@ WEIGHTS = {
     "buyer question": 10, "buyer message": 12, "agent reply": 16, "private note": 2,
     "duplicate webhook": 4, "agent resolves conversation": 2, "agent deletes conversation": 1.2,
     "agent deletes contact": 0.6, "agent merges contacts": 0.8, "ML 5xx burst": 2.5, "ML 429 burst": 1.5,
-    "ML refuses a send (403)": 0.8,
+    "ML refuses a send (403)": 0.8, "seller writes on the site": 1.5, "seller answers on the site": 1,
     "access tokens expire": 2, "kill -9 listener": 0.5, "kill -9 poller": 0.7,
 }
 INVARIANTS = [
@@ -134,12 +151,16 @@ INVARIANTS = [
     "threads marked read only when Chatwoot has the messages",
     "authorization never lost",
     "no webhook or notification answered 5xx",
+    "a reply reaches only its own question or sale",
+    "no thread left unread after the drain",
+    "the seller's site messages and answers in Chatwoot exactly once",
 ]
 
 
 class Soak:
     def __init__(self, seed: int, minutes: float, drain: float, access_ttl: float, quiet: bool = False,
-                 token_chaos: bool = True, keep: bool = False, kill_in_refresh: int = 0):
+                 token_chaos: bool = True, keep: bool = False, kill_in_refresh: int = 0,
+                 chatwoot_chaos: bool = True):
         self.seed = seed
         self.run_mark = f"MELI_SOAK_RUN={os.getpid()}-{seed}"
         self.keep = keep
@@ -147,6 +168,7 @@ class Soak:
         if not token_chaos:
             self.weights["access tokens expire"] = 0
         self.minutes = minutes
+        self.chatwoot_chaos = chatwoot_chaos
         self.drain_seconds = drain
         self.access_ttl = access_ttl
         self.quiet = quiet
@@ -162,6 +184,8 @@ class Soak:
         # what was injected, for the checks
         self.questions: dict[int, dict] = {}
         self.buyer_messages: dict[str, dict] = {}
+        self.seller_messages: dict[str, dict] = {}  # written on Mercado Livre's site
+        self.site_answers: dict[int, float] = {}  # question id -> when answered on the site
         self.packs: dict[str, dict] = {}
         self.buyers: list[int] = []
         self.replies: dict[str, dict] = {}
@@ -393,13 +417,14 @@ class Soak:
         self.buyers.append(buyer_id)
         return buyer_id
 
-    def _notify(self, topic: str, resource: str) -> None:
+    def _notify(self, topic: str, resource: str) -> int | str:
         body = self.meli.notification(topic, resource)
         try:
             status = requests.post(f"{self.bridge.url}/notifications", json=body, timeout=5).status_code
         except requests.RequestException:
             status = "no answer"
         self.own_posts[("notification", status)] += 1
+        return status
 
     def buyer_question(self) -> None:
         item = f"MLB{5_000_000 + self.rng.randrange(6)}"
@@ -428,9 +453,36 @@ class Soak:
                                       (f"nota{n}.pdf", b"%PDF-1.4 soak " + str(n).encode(), "application/pdf"),
                                       (f"lista{n}.txt", f"lista {n}".encode(), "text/plain")])]
         message = self.meli.add_buyer_message(key, f"Mensagem {self._next()} do comprador: quando chega?", files)
-        self.buyer_messages[message["id"]] = {"pack": key, "t": time.monotonic()}
+        self.buyer_messages[message["id"]] = {"pack": key, "t": time.monotonic(), "files": len(files)}
         if self.rng.random() < 0.5:
             self._notify("messages", message["id"])
+
+    def seller_writes_on_site(self) -> None:
+        """The seller wrote in a sale's thread on Mercado Livre's site: Chatwoot shows it as the seller's."""
+        if not self.packs:
+            return
+        key = self.rng.choice(sorted(self.packs))
+        message = self.meli.add_seller_message(key, f"Mensagem {self._next()} do vendedor pelo site: segue hoje.")
+        # Not unread, so not in the unread list: without the notification only the sweep (a quarter
+        # of an hour later) would find it, after the drain. Checked once a notification was taken.
+        if self._notify("messages", message["id"]) == 200:
+            self.seller_messages[message["id"]] = {"pack": key, "t": time.monotonic()}
+
+    def seller_answers_on_site(self) -> None:
+        """The seller answered on the site a question the agents see in Chatwoot: the answer is shown
+        there, and an agent's answer after it is refused (failed)."""
+        with self.cw.lock:
+            shown = {m["source_id"] for m in self.cw.messages.values() if m.get("source_id")}
+        text = f"Resposta {self._next()} pelo site: sim, temos."
+        with self.meli.lock:
+            open_ = sorted(q for q in self.questions if f"meli:question:{q}" in shown
+                           and self.meli.questions[q]["status"] == "UNANSWERED")
+            if not open_:
+                self.injected["(skipped: no question shown to answer on the site)"] += 1
+                return
+            qid = self.rng.choice(open_)
+            self.meli.answer_elsewhere(qid, text)
+        self.site_answers[qid] = time.monotonic()
 
     def _live_conversations(self, inbox_id: int | None = None) -> list[dict]:
         with self.cw.lock:
@@ -600,6 +652,16 @@ class Soak:
                       {"prefix": prefix, "p": 0.04, "delay": READ_TIMEOUT * 0.4}]  # slow but in time
         return rules
 
+    @staticmethod
+    def chatwoot_chaos_rules() -> list[dict]:
+        """Faults on the bridge's calls to Chatwoot's API. Without them every create answered
+        at once, and no check ever met a message or conversation created whose answer was
+        lost: the case that makes a buyer message appear twice."""
+        return [{"prefix": "/api/v1/", "p": 0.01, "status": 503},
+                {"prefix": "/api/v1/", "p": 0.01, "status": 429, "retry_after": 1},
+                {"prefix": "/api/v1/", "method": "POST", "p": 0.01, "delay": READ_TIMEOUT + 1.0, "lost": True},
+                {"prefix": "/api/v1/", "method": "POST", "p": 0.01, "late": READ_TIMEOUT + 1.0}]
+
     def step(self) -> None:
         names = list(self.weights)
         event = self.rng.choices(names, [self.weights[n] for n in names])[0]
@@ -612,6 +674,8 @@ class Soak:
             "agent merges contacts": self.merge_contacts, "ML 5xx burst": lambda: self.ml_burst(500),
             "ML 429 burst": lambda: self.ml_burst(429), "access tokens expire": self.meli.expire_access_tokens,
             "ML refuses a send (403)": self.ml_refuses_send,
+            "seller writes on the site": self.seller_writes_on_site,
+            "seller answers on the site": self.seller_answers_on_site,
             "kill -9 listener": lambda: self.kill("listener"), "kill -9 poller": lambda: self.kill("poller"),
         }[event]()
 
@@ -624,6 +688,8 @@ class Soak:
         watcher.start()
         try:
             self.meli.chaos(self.chaos_rules(), seed=self.seed)
+            if self.chatwoot_chaos:
+                self.cw.chaos(self.chatwoot_chaos_rules(), seed=self.seed + 1)
             deadline = time.monotonic() + self.minutes * 60.0
             started = time.monotonic()
             while time.monotonic() < deadline:
@@ -631,6 +697,7 @@ class Soak:
                 time.sleep(self.rng.expovariate(4.0))  # about four events a second
             chaos_s = time.monotonic() - started
             self.meli.chaos([])
+            self.cw.chaos([])
             with self.meli.lock:
                 self.meli._failures.clear()
             self.ensure_running()
@@ -640,6 +707,9 @@ class Soak:
             result.update(chaos_seconds=chaos_s, drained_in=drained_in)
             with self.meli.lock:
                 result["faults"] = Counter(self.meli.chaos_counts)
+            with self.cw.lock:
+                result["faults"].update({(f"chatwoot {kind}", prefix): n
+                                         for (kind, prefix), n in self.cw.chaos_counts.items()})
             return result
         finally:
             stop_health.set()
@@ -671,7 +741,8 @@ class Soak:
             return 1
         result = self.check(quick=True)
         return sum(len(v) for k, v in result["violations"].items()
-                   if k in (INVARIANTS[0], INVARIANTS[1], INVARIANTS[5], INVARIANTS[6], INVARIANTS[9]))
+                   if k in (INVARIANTS[0], INVARIANTS[1], INVARIANTS[5], INVARIANTS[6], INVARIANTS[9],
+                            INVARIANTS[16]))
 
     # ---- the checks ---------------------------------------------------------------------------------
 
@@ -689,7 +760,7 @@ class Soak:
                 copies[message["source_id"]].append(message)
 
         def check_item(kind: str, source: str, inbox_id: int, attr: str, external: str, bucket: str,
-                       buyer: int) -> None:
+                       buyer: int, files: int = 0, message_type: int = INCOMING) -> None:
             actions = self.touched.get(f"{attr[5:-3]}:{external}", []) + self.touched.get(f"buyer:{buyer}", [])
             hint = f" (agent: {'; '.join(actions)})" if actions else " (no agent action on it)"
             found = sorted(copies.get(source, []), key=lambda m: m["t_created"])
@@ -708,13 +779,33 @@ class Soak:
             if conv is None or conv["inbox_id"] != inbox_id or str(conv["attrs"].get(attr)) != external:
                 v[bucket].append(f"{kind} {external}: in conversation {alive[-1]['conversation_id']}, "
                                  f"which is not its {attr} conversation")
+            # Present is not enough: as the agent's own message, a private note or without its
+            # file, the buyer's words are not what the agent sees.
+            copy = alive[-1]
+            if copy["message_type"] != message_type or copy["private"]:
+                v[bucket].append(f"{kind} {external}: message {copy['id']} is not a public message of type "
+                                 f"{message_type} (message_type {copy['message_type']}, private {copy['private']})")
+            if len(copy.get("attachments") or []) < files:
+                v[bucket].append(f"{kind} {external}: message {copy['id']} has "
+                                 f"{len(copy.get('attachments') or [])} of the buyer's {files} files")
 
         for qid in self.questions:
             check_item("question", f"meli:question:{qid}", self.fakes.questions_inbox, "meli_question_id", str(qid),
                        INVARIANTS[0], self.questions[qid]["buyer"])
         for mid, info in self.buyer_messages.items():
             check_item(f"message {mid} of sale", f"meli:message:{mid}", self.fakes.messages_inbox,
-                       "meli_pack_id", info["pack"], INVARIANTS[1], self.packs[info["pack"]]["buyer"])
+                       "meli_pack_id", info["pack"], INVARIANTS[1], self.packs[info["pack"]]["buyer"],
+                       info.get("files", 0))
+        for mid, info in self.seller_messages.items():
+            check_item(f"seller's site message {mid} of sale", f"meli:message:{mid}", self.fakes.messages_inbox,
+                       "meli_pack_id", info["pack"], INVARIANTS[16], self.packs[info["pack"]]["buyer"],
+                       message_type=OUTGOING)
+        for qid in self.site_answers:
+            # Only where the question is still shown: a deleted question conversation is not made again.
+            if any(m["id"] in live for m in copies.get(f"meli:question:{qid}", [])):
+                check_item("site answer to question", f"meli:answer:{qid}", self.fakes.questions_inbox,
+                           "meli_question_id", str(qid), INVARIANTS[16], self.questions[qid]["buyer"],
+                           message_type=OUTGOING)
 
         replies_view = self._check_replies(v, live, deleted, convs)
         if quick:
@@ -743,13 +834,23 @@ class Soak:
 
         with meli.lock:
             sent_ids = [str(s["message_id"]) for s in meli.sent_messages]
+            answered = sorted({str(qid) for qid, _text in meli.answers_posted})
         for ml_id in sent_ids:
             if f"meli:message:{ml_id}" in copies:
                 ids = [m["id"] for m in copies[f"meli:message:{ml_id}"]]
                 v[INVARIANTS[10]].append(f"ML message {ml_id} (sent by the bridge) copied back as Chatwoot {ids}")
+        # The soak never answers on the site: every published answer is an agent's reply, already
+        # in Chatwoot as the agent's message; a mirror of it shows the answer twice.
+        for qid in answered:
+            if f"meli:answer:{qid}" in copies:
+                ids = [m["id"] for m in copies[f"meli:answer:{qid}"]]
+                v[INVARIANTS[10]].append(f"answer to question {qid} (posted by the bridge) copied back as "
+                                         f"Chatwoot {ids}")
 
         for pack_key, missing in self.mark_read_bad:
             v[INVARIANTS[11]].append(f"sale {pack_key}: marked read while Chatwoot lacked {missing}")
+        for thread in meli.unread_results():
+            v[INVARIANTS[15]].append(f"{thread['resource']}: {thread['count']} buyer messages unread")
 
         auth_status = self._db_auth_status()
         if auth_status == "reauth_required" or meli.invalid_grant_count:
@@ -779,13 +880,20 @@ class Soak:
     def _check_replies(self, v: dict, live: dict, deleted: dict, convs: dict) -> Counter:
         meli = self.meli
         reached: Counter = Counter()
+        where: dict[str, set[str]] = defaultdict(set)  # unit -> the questions / sales it reached
         with meli.lock:
-            for _qid, text in meli.answers_posted:
-                reached.update(f"{t}p{k}" for t, k in TAG.findall(text))
+            for qid, text in meli.answers_posted:
+                units = [f"{t}p{k}" for t, k in TAG.findall(text)]
+                reached.update(units)
+                for unit in units:
+                    where[unit].add(f"question {qid}")
             uploads = {u["id"]: u["filename"] for u in meli.uploads}
             for sent in meli.sent_messages:
-                reached.update(f"{t}p{k}" for t, k in TAG.findall(sent.get("text") or ""))
-                reached.update(uploads.get(a, "?") for a in sent.get("attachments") or [])
+                units = [f"{t}p{k}" for t, k in TAG.findall(sent.get("text") or "")] + \
+                    [uploads.get(a, "?") for a in sent.get("attachments") or []]
+                reached.update(units)
+                for unit in units:
+                    where[unit].add(f"sale {sent.get('pack_id')}")
         rows = self._db_replies()
         outcome: Counter = Counter()
         for tag, reply in sorted(self.replies.items()):
@@ -795,6 +903,11 @@ class Soak:
             twice = [u for u, n in counts.items() if n > 1]
             if twice:
                 v[INVARIANTS[4]].append(f"{what}: {', '.join(f'{u} x{counts[u]}' for u in twice)}")
+            # Counted as arrived wherever it went: another buyer's sale is no delivery.
+            own = f"{'question' if reply['answer'] else 'sale'} {reply['target']}"
+            astray = sorted({place for u in reply["units"] for place in where.get(u, ())} - {own})
+            if astray and reply["target"] not in ("None", ""):
+                v[INVARIANTS[14]].append(f"{what}: meant for {own}, reached {astray}")
             sent = [u for u, n in counts.items() if n > 0]
             if reply["private"]:
                 if sent:
@@ -829,13 +942,28 @@ class Soak:
                          if m["conversation_id"] == reply["conversation_id"] and m["private"]
                          and str(m.get("source_id") or "").startswith("meli:note:reply:")
                          and m["t_created"] > reply["t"]]
-                explained = status == "failed" and any(
-                    "parte" in n.lower() and "nada foi enviado" not in n.lower() for n in notes)
+                unsent = [u for u in counts if u not in sent]
+                explained = status == "failed" and any(self.note_tells_parts(n, tag, sent, unsent) for n in notes)
                 if not explained:
                     v[INVARIANTS[7]].append(f"{what}: sent {sent}, not sent "
                                             f"{[u for u in counts if u not in sent]}, Chatwoot shows {status}, "
                                             f"notes {[n[:120] for n in notes]}{row_text}")
         return outcome
+
+    @staticmethod
+    def note_tells_parts(note: str, tag: str, sent: list[str], unsent: list[str]) -> bool:
+        """Does this note tell the agent exactly what of reply `tag` is still to send?
+
+        The bridge's note quotes the parts left (their sentences carry the tag) and names the
+        files left: every unit that did not arrive must be there (the agent is told to send
+        only those), and none that did, unless the note warns one may have arrived. A note
+        about another reply in the conversation quotes none of this one's units.
+        """
+        named = {u for u in UNIT.findall(note) if u.startswith(tag)}
+        lowered = note.lower()
+        if "parte" not in lowered or "nada foi enviado" in lowered or not set(unsent) <= named:
+            return False
+        return not (named & set(sent)) or "pode ter chegado" in lowered
 
     def _db(self, sql: str) -> list[sqlite3.Row]:
         try:
@@ -874,7 +1002,7 @@ def report(soak: Soak, result: dict) -> tuple[str, int]:
     lines += [f"  {n:6d}  {name}" for name, n in sorted(soak.injected.items())]
     lines.append(f"  {soak.refresh_window_losses:6d}  authorization lost to a kill inside the token refresh window "
                  f"(unrecoverable by design; authorized again {soak.reauthorized} times)")
-    lines += ["", "background faults drawn by the fake Mercado Livre:"]
+    lines += ["", "background faults drawn by the fakes (Mercado Livre; Chatwoot's marked):"]
     faults: Counter = Counter()
     for (kind, _prefix), n in result["faults"].items():
         faults[kind] += n
@@ -889,6 +1017,10 @@ def report(soak: Soak, result: dict) -> tuple[str, int]:
               f"health checks {dict(soak.health_seen)}",
               f"  buyer messages revealed by a mark-read (then mirrored from its answer) {soak.revealed_by_mark}",
               "", "invariants (violations):"]
+    idle = exercised_nothing(soak, result)
+    if idle:
+        # An invariant with nothing to check passes: say so, rather than let a run look like proof.
+        lines.insert(-2, f"  not exercised in this run (their checks passed with nothing to check): {', '.join(idle)}")
     total = 0
     for name in INVARIANTS:
         found = result["violations"][name]
@@ -902,6 +1034,21 @@ def report(soak: Soak, result: dict) -> tuple[str, int]:
                 lines.append(f"  … and {len(found) - 25} more")
     lines += ["", f"seed {soak.seed}: {'FAIL' if total else 'OK'} ({total} violations); logs in {LOG_DIR}"]
     return "\n".join(lines), total
+
+
+def exercised_nothing(soak: Soak, result: dict) -> list[str]:
+    """The cases this run never produced, whose invariants therefore held vacuously."""
+    outcomes = result["replies"]
+    with soak.meli.lock:
+        marked = len(soak.meli.mark_read_events)
+    cases = {
+        "a reply sent in part": outcomes["partial"], "a reply that reached nothing": outcomes["nothing sent"],
+        "a delivered reply": outcomes["delivered"], "a thread marked read": marked,
+        "a buyer message revealed by a mark-read": soak.revealed_by_mark,
+        "a conversation resolved by an agent": len(soak.resolves), "a kill -9": len(soak.kills),
+        "a seller's message on the site": len(soak.seller_messages), "an answer on the site": len(soak.site_answers),
+    }
+    return [name for name, n in cases.items() if not n]
 
 
 def _kill_marked(mark: str) -> None:
@@ -919,10 +1066,10 @@ def _kill_marked(mark: str) -> None:
 
 def run(seed: int, minutes: float, drain: float = 120.0, access_ttl: float = REFRESH_MARGIN + 5.0,
         quiet: bool = False, token_chaos: bool = True, keep: bool = False,
-        kill_in_refresh: int = 0) -> tuple[str, int]:
+        kill_in_refresh: int = 0, chatwoot_chaos: bool = True) -> tuple[str, int]:
     """One soak; returns (printed report, number of violations). Always stops what it started."""
     soak = Soak(seed, minutes, drain, access_ttl, quiet=quiet, token_chaos=token_chaos, keep=keep,
-                kill_in_refresh=kill_in_refresh)
+                kill_in_refresh=kill_in_refresh, chatwoot_chaos=chatwoot_chaos)
     try:
         result = soak.run()
     finally:
@@ -943,6 +1090,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-in-refresh", type=int, default=0, metavar="N",
                         help="diagnosis: kill -9 both bridge processes inside Mercado Livre's N-th refresh "
                              "grant, to see the loss classified and the soak authorize again")
+    parser.add_argument("--calm-chatwoot", action="store_true",
+                        help="diagnosis only: no faults on the bridge's calls to Chatwoot")
     parser.add_argument("--keep", action="store_true", help="keep the bridge's database for inspection")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
@@ -956,7 +1105,7 @@ def main(argv: list[str] | None = None) -> int:
         text, violations = run(seed, args.minutes, args.drain,
                                3600.0 if args.calm_tokens else REFRESH_MARGIN + args.token_seconds,
                                token_chaos=not args.calm_tokens, keep=args.keep,
-                               kill_in_refresh=args.kill_in_refresh)
+                               kill_in_refresh=args.kill_in_refresh, chatwoot_chaos=not args.calm_chatwoot)
     except KeyboardInterrupt:
         print(f"interrupted (seed {seed})", flush=True)
         return 2

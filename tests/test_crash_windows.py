@@ -126,3 +126,31 @@ def test_an_answer_given_elsewhere_while_ours_is_in_flight_is_still_mirrored(s):
     assert json.loads(mirror.request.body)["source_id"] == "meli:answer:321"
     assert s.db.links.get("answer", "321")["data"] == {"by": "mercadolivre"}
     assert s.db.replies.parts(reply_id)[0]["status"] == "sending"
+
+
+@responses.activate
+def test_a_question_answered_before_its_message_was_made_is_still_shown_in_its_conversation(settings, db):
+    s = authorized_services(settings, db)
+    # Killed in `question_message_created`'s window before it: the conversation exists, the
+    # question's message does not. An agent answered from it (the conversation carries
+    # meli_question_id), and the answer reached Mercado Livre before the poller came back.
+    s.db.links.mark_created("buyer", "9", time.time(), contact_id=5,
+                            data={"inboxes": [s.settings.chatwoot_questions_inbox_id]})
+    s.db.links.record_intent("question", "322", time.time(), contact_id=5, conversation_id=78)
+    question = {"id": 322, "seller_id": SELLER, "item_id": "MLB1", "status": "ANSWERED", "text": "Tem azul?",
+                "date_created": "2026-11-20T10:00:00.000-03:00", "from": {"id": 9},
+                "answer": {"text": "Temos sim!", "status": "ACTIVE"}}
+    responses.get(f"{API}/questions/search", json={"total": 0, "limit": 50, "questions": []})
+    responses.get(f"{API}/questions/322", json=question)
+    responses.get(f"{API}/items", json=[{"code": 200, "body": {"id": "MLB1", "title": "Caneca"}}])
+    responses.get(f"{API}/items/MLB1", json={"id": "MLB1", "title": "Caneca"})
+    responses.get(f"{API}/users/9", json={"id": 9, "nickname": "COMPRADOR"})
+    responses.get(f"{CW}/conversations/78/messages", json={"payload": []})
+    responses.post(f"{CW}/conversations/78/messages", json={"id": 600})
+    responses.post(f"{CW}/conversations/78/toggle_status", json={"payload": {"success": True}})
+
+    sync_questions.sync_questions(s)
+
+    posted = [json.loads(c.request.body) for c in responses.calls
+              if c.request.method == "POST" and c.request.url == f"{CW}/conversations/78/messages"]
+    assert [p.get("source_id") for p in posted][:1] == ["meli:question:322"]

@@ -165,3 +165,259 @@ def test_a_held_marking_read_counts_as_seen_only_what_was_shown_before_it_arrive
     requests.get(url, params={"tag": "post_sale", "mark_as_read": "false"}, headers=headers, timeout=5)
     marking.join()
     assert seen == [("2000001", [message["id"], later["id"]], [message["id"]])]
+
+
+# ---- the soak's own checks, against fakes holding a known story ----------------------------------------
+
+@pytest.fixture
+def soak_check(fk, tmp_path):
+    from types import SimpleNamespace
+
+    from bench import soak
+
+    run = soak.Soak(seed=1, minutes=0.0, drain=0.0, access_ttl=60.0, quiet=True)
+    run.fakes, run.cw, run.meli = fk, fk.chatwoot.state, fk.meli.state
+    fk.questions_inbox = run.cw.add_inbox("Mercado Livre - Perguntas")
+    fk.messages_inbox = run.cw.add_inbox("Mercado Livre - Vendas")
+    # No bridge: no rows in its database, nobody listening for notifications.
+    run.bridge = SimpleNamespace(env={"DATABASE_PATH": str(tmp_path / "absent.db")}, url="http://127.0.0.1:9")
+    yield run
+    import shutil
+    shutil.rmtree(run.tmp, ignore_errors=True)
+
+
+def sale_conversation(run, pack: str, buyer: int = 7001) -> int:
+    state = run.cw
+    contact, _ = state.create_contact({"name": f"C{buyer}", "identifier": f"meli:buyer:{buyer}",
+                                       "inbox_id": run.fakes.messages_inbox, "source_id": f"meli:buyer:{buyer}"})
+    conv, _ = state.create_conversation({"inbox_id": run.fakes.messages_inbox, "contact_id": contact["id"],
+                                         "source_id": f"meli:buyer:{buyer}",
+                                         "custom_attributes": {"meli_pack_id": pack}})
+    run.packs[pack] = {"buyer": buyer}
+    return conv["id"]
+
+
+def long_reply(run, conv_id: int, tag: str, sentences: int, pack: str) -> dict:
+    content = " ".join(f"{tag}p{k} Obrigado pela compra, seu pedido segue hoje." for k in range(1, sentences + 1))
+    message = run.cw.agent_reply(conv_id, content)
+    run.replies[tag] = {"message_id": message["id"], "conversation_id": conv_id, "answer": False, "private": False,
+                        "units": [f"{tag}p{k}" for k in range(1, sentences + 1)], "style": "long",
+                        "t": message["t_created"] - 1, "target": pack}
+    return message
+
+
+def ml_received(run, pack: str, text: str) -> None:
+    with run.meli.lock:
+        run.meli.sent_messages.append({"text": text, "attachments": [], "pack_id": pack, "message_id": text[:8]})
+
+
+def reply_note(run, conv_id: int, reply_id: int, text: str) -> None:
+    run.cw._create_message(conv_id, text, 1, private=True, source_id=f"meli:note:reply:{reply_id}")
+
+
+PARTIAL = "partes 1 de 2 enviadas; conversa bloqueada"
+
+
+def test_soak_check_wants_the_partial_note_of_that_reply_not_of_another(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000001")
+    first = long_reply(run, conv, "R00001", 2, "3000000001")
+    second = long_reply(run, conv, "R00002", 2, "3000000001")
+    for tag in ("R00001", "R00002"):
+        ml_received(run, "3000000001", f"{tag}p1 Obrigado pela compra, seu pedido segue hoje.")
+    for message in (first, second):
+        run.cw.update_message_status(message, "failed", PARTIAL)
+    # Only the second reply's outcome was told: the first's agent does not know what to send.
+    reply_note(run, conv, 2, "A parte 1 de 2 chegou ao comprador; a parte 2 não.\n\n"
+                             "> R00002p2 Obrigado pela compra, seu pedido segue hoje.")
+
+    found = run.check()["violations"]["a partial reply is failed with a note naming the parts sent"]
+
+    assert [v.split(" (")[0] for v in found] == ["reply R00001"]
+
+
+def test_soak_check_wants_the_note_to_name_exactly_what_is_left_to_send(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000002")
+    message = long_reply(run, conv, "R00001", 3, "3000000002")
+    ml_received(run, "3000000002", "R00001p1 Obrigado pela compra, seu pedido segue hoje.")
+    run.cw.update_message_status(message, "failed", PARTIAL)
+    # Says part 2 is left, but part 3 never went either: the agent would send only part 2.
+    reply_note(run, conv, 1, "A parte 1 de 3 chegou ao comprador; a parte 2 não.\n\n> R00001p2 Obrigado.")
+
+    found = run.check()["violations"]["a partial reply is failed with a note naming the parts sent"]
+
+    assert len(found) == 1 and "R00001p3" in found[0]
+
+
+def test_soak_check_accepts_the_note_that_quotes_every_part_left(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000003")
+    message = long_reply(run, conv, "R00001", 3, "3000000003")
+    ml_received(run, "3000000003", "R00001p1 Obrigado pela compra, seu pedido segue hoje.")
+    run.cw.update_message_status(message, "failed", PARTIAL)
+    reply_note(run, conv, 1, "A parte 1 de 2 chegou ao comprador; a parte 2 não.\n\n> R00001p2 Obrigado.\n"
+                             "> R00001p3 Obrigado.")
+
+    assert run.check()["violations"]["a partial reply is failed with a note naming the parts sent"] == []
+
+
+def test_soak_check_does_not_count_a_reply_sent_to_another_sale_as_delivered(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000004")
+    sale_conversation(run, "3000000005", buyer=7002)
+    message = long_reply(run, conv, "R00001", 1, "3000000004")
+    ml_received(run, "3000000005", "R00001p1 Obrigado pela compra, seu pedido segue hoje.")
+    run.cw.update_message_status(message, "delivered", None)
+
+    found = run.check()["violations"]["a reply reaches only its own question or sale"]
+
+    assert len(found) == 1 and "sale 3000000005" in found[0]
+
+
+def test_soak_check_wants_a_buyer_message_incoming_public_and_with_its_file(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000006")
+    for mid, kind, private, files in (("m-out", 1, False, 0), ("m-note", 0, True, 0), ("m-nofile", 0, False, 1),
+                                      ("m-ok", 0, False, 1)):
+        attached = [("foto.png", b"png", "image/png")] if mid == "m-ok" else []
+        run.cw._create_message(conv, "Mensagem do comprador", kind, private=private,
+                               source_id=f"meli:message:{mid}", files=attached)
+        run.buyer_messages[mid] = {"pack": "3000000006", "t": 0.0, "files": files}
+
+    found = run.check()["violations"]["buyer messages in Chatwoot exactly once, live conversation"]
+
+    assert sorted(v.split(":")[0] for v in found) == ["message m-nofile of sale 3000000006",
+                                                      "message m-note of sale 3000000006",
+                                                      "message m-out of sale 3000000006"]
+
+
+def test_soak_check_flags_the_bridges_own_answer_mirrored_back(soak_check):
+    run = soak_check
+    question = run.meli.add_question(item_id="MLB1", buyer_id=7003, text="Tem azul?")
+    run.meli.answers_posted.append((question["id"], "R00001p1 Sim, temos."))
+    contact, _ = run.cw.create_contact({"name": "C", "identifier": "meli:buyer:7003",
+                                        "inbox_id": run.fakes.questions_inbox, "source_id": "meli:buyer:7003"})
+    conv, _ = run.cw.create_conversation({"inbox_id": run.fakes.questions_inbox, "contact_id": contact["id"],
+                                          "source_id": "meli:buyer:7003",
+                                          "custom_attributes": {"meli_question_id": str(question["id"])}})
+    run.cw._create_message(conv["id"], "R00001p1 Sim, temos.", 1, source_id=f"meli:answer:{question['id']}")
+
+    found = run.check()["violations"]["the bridge's own replies are not mirrored back"]
+
+    assert len(found) == 1 and f"question {question['id']}" in found[0]
+
+
+def test_soak_check_flags_a_thread_left_unread(soak_check):
+    run = soak_check
+    run.meli.add_order(2000000901, 7004, "COMPRADOR", [("MLB1", "Produto", 1, 20.0)])
+    message = run.meli.add_buyer_message("2000000901", "Quando chega?")
+    # In Chatwoot, and never marked read: nothing else would notice.
+    conv = sale_conversation(run, "2000000901", buyer=7004)
+    run.cw._create_message(conv, "Quando chega?", 0, source_id=f"meli:message:{message['id']}")
+    run.buyer_messages[message["id"]] = {"pack": "2000000901", "t": 0.0, "files": 0}
+
+    violations = run.check()["violations"]
+
+    assert violations["buyer messages in Chatwoot exactly once, live conversation"] == []
+    assert [v.split(":")[0] for v in violations["no thread left unread after the drain"]] == \
+        ["/packs/2000000901/sellers/555000111"]
+
+
+def question_conversation(run, text: str = "Tem azul?", buyer: int = 7005) -> tuple[int, int]:
+    question = run.meli.add_question(item_id="MLB1", buyer_id=buyer, text=text)
+    run.questions[question["id"]] = {"t": 0.0, "buyer": buyer}
+    contact, _ = run.cw.create_contact({"name": "C", "identifier": f"meli:buyer:{buyer}",
+                                        "inbox_id": run.fakes.questions_inbox, "source_id": f"meli:buyer:{buyer}"})
+    conv, _ = run.cw.create_conversation({"inbox_id": run.fakes.questions_inbox, "contact_id": contact["id"],
+                                          "source_id": f"meli:buyer:{buyer}",
+                                          "custom_attributes": {"meli_question_id": str(question["id"])}})
+    run.cw._create_message(conv["id"], text, 0, source_id=f"meli:question:{question['id']}")
+    return question["id"], conv["id"]
+
+
+SITE = "the seller's site messages and answers in Chatwoot exactly once"
+
+
+def test_soak_answers_on_the_site_only_a_question_shown_in_chatwoot_and_still_unanswered(soak_check):
+    run = soak_check
+    hidden = run.meli.add_question(item_id="MLB1", buyer_id=7006, text="Ainda não importada?")
+    run.questions[hidden["id"]] = {"t": 0.0, "buyer": 7006}
+    shown, _conv = question_conversation(run)
+
+    run.seller_answers_on_site()
+    run.seller_answers_on_site()
+
+    assert list(run.site_answers) == [shown] and run.meli.questions[hidden["id"]]["status"] == "UNANSWERED"
+    assert run.injected["(skipped: no question shown to answer on the site)"] == 1
+
+
+def test_soak_check_wants_a_site_answer_shown_once_as_the_sellers_while_its_question_is(soak_check):
+    run = soak_check
+    missing, _ = question_conversation(run, buyer=7007)
+    shown, conv = question_conversation(run, buyer=7008)
+    for qid in (missing, shown):
+        run.meli.answer_elsewhere(qid, "Sim, temos.")
+        run.site_answers[qid] = 0.0
+    run.cw._create_message(conv, "Sim, temos.", 1, source_id=f"meli:answer:{shown}")
+
+    found = run.check()["violations"][SITE]
+
+    assert [v.split(":")[0] for v in found] == [f"site answer to question {missing}"]
+
+
+def test_soak_check_wants_a_site_message_of_the_seller_as_outgoing(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000007")
+    run.cw._create_message(conv, "Enviado hoje", 0, source_id="meli:message:s-in")
+    run.cw._create_message(conv, "Enviado hoje", 1, source_id="meli:message:s-out")
+    for mid in ("s-in", "s-out", "s-missing"):
+        run.seller_messages[mid] = {"pack": "3000000007", "t": 0.0}
+
+    found = run.check()["violations"][SITE]
+
+    assert sorted(v.split(":")[0] for v in found) == ["seller's site message s-in of sale 3000000007",
+                                                      "seller's site message s-missing of sale 3000000007"]
+
+
+def test_soak_checks_a_site_message_only_once_its_notification_was_taken(soak_check):
+    run = soak_check
+    sale_conversation(run, "2000000902", buyer=7009)
+    run.meli.add_order(2000000902, 7009, "COMPRADOR", [("MLB1", "Produto", 1, 20.0)])
+
+    run.seller_writes_on_site()  # nobody listens: the bridge could only find it by the sweep
+
+    assert run.seller_messages == {} and run.own_posts[("notification", "no answer")] == 1
+
+
+def test_a_chatwoot_message_created_late_is_there_though_its_creator_timed_out(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000008")
+    cw = run.cw
+    lost = [r for r in run.chatwoot_chaos_rules() if r.get("lost")][0]
+    assert all(r["prefix"] == "/api/v1/" for r in run.chatwoot_chaos_rules())  # never the signed file links
+    cw.chaos([dict(lost, p=1.0, delay=0.5)], seed=1)
+    with pytest.raises(requests.Timeout):
+        requests.post(f"{run.fakes.chatwoot.url}/api/v1/accounts/{cw.account_id}/conversations/{conv}/messages",
+                      json={"content": "Quando chega?", "message_type": "incoming", "source_id": "meli:message:x"},
+                      headers={"api_access_token": cw.api_token}, timeout=0.2)
+    cw.chaos([])
+    # The request was applied after the client gave up: only its intent row can tell.
+    wait_until(lambda: any(m["source_id"] == "meli:message:x" for m in cw.messages_in(conv)), timeout=5)
+    assert cw.chaos_counts[("delay", "/api/v1/")] == 1
+
+
+def test_soak_report_names_the_cases_a_run_never_produced(soak_check):
+    from collections import Counter
+
+    from bench import soak
+
+    run = soak_check
+    run.resolves[1] = 0.0
+    result = run.check()
+    result.update(chaos_seconds=1.0, drained_in=1.0, faults=Counter())
+
+    assert "a conversation resolved by an agent" not in soak.exercised_nothing(run, result)
+    assert {"a reply sent in part", "a thread marked read", "a kill -9"} <= set(soak.exercised_nothing(run, result))
+    text, _violations = soak.report(run, result)
+    assert "not exercised in this run (their checks passed with nothing to check): a reply sent in part" in text

@@ -9,6 +9,7 @@ import responses
 from responses import matchers
 
 from bridge.http import PermanentError, TransientError
+from bridge.sync import ensure
 from bridge.sync import sales as sync_messages
 from bridge.sync.contacts import is_gone
 from tests.helpers import API, CW, MARK, PEEK, THREAD, sale_services
@@ -227,3 +228,64 @@ def test_a_long_reply_keeps_its_lease_while_its_parts_go_out(s):
     responses.add_callback(responses.POST, THREAD, callback=send)
     assert delivery.deliver(s, reply["id"]) == "delivered"
     assert taken_by_another == [None, None]
+
+
+@responses.activate
+def test_one_moderated_part_of_a_long_reply_is_named_and_the_others_are_not_said_lost(s):
+    from bridge.replies.accept import accept_webhook
+    from tests.payloads import message_created
+    now = time.time()
+    content = ("Seu pedido foi enviado hoje pela transportadora e chega em breve. " * 14)[:900]
+    accept_webhook(message_created(message_id=9401, conversation_id=88, inbox_id=2, content=content),
+                   s.settings, s.db, now - 1300)
+    reply = s.db.replies.active_for_target("message", "2000001")[0]
+    s.db.replies.claim(reply["id"], now - 1300, 300)
+    for seq in range(3):
+        s.db.replies.mark_part_sent(reply["id"], seq, f"m-{seq}", now - 1200)
+    s.db.replies.mark_delivered(reply["id"], now - 1200)
+
+    def sent(seq, moderated=False):
+        return {"id": f"m-{seq}", "from": {"user_id": 555}, "to": {"user_id": 9}, "text": f"parte {seq}",
+                "status": "moderated" if moderated else "available",
+                "message_moderation": {"status": "rejected" if moderated else "clean", "reason": "PERSONAL_DATA"},
+                "message_date": {"created": "2026-11-29T10:05:00.000Z", "read": None}}
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
+                  json={"paging": {"total": 3}, "messages": [sent(0), sent(1, moderated=True), sent(2)]})
+    responses.patch(f"{CW}/conversations/88/messages/9401", json={})
+    responses.get(f"{CW}/conversations/88/messages", json={"payload": []})
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 704})
+
+    sync_messages.check_recent_replies(s, 555, set())
+
+    [patched] = [json.loads(c.request.body) for c in responses.calls if c.request.method == "PATCH"]
+    [note] = [json.loads(c.request.body)["content"] for c in responses.calls if c.request.method == "POST"]
+    # Parts 1 and 3 reached the buyer: "send it again" over the whole message would repeat them.
+    assert "parte 2 de 3" in patched["external_error"]
+    assert "parte 2 de 3" in note and "envie somente" in note.lower()
+
+
+@responses.activate
+def test_a_buyer_message_whose_creation_is_still_held_by_chatwoot_is_not_created_again(s):
+    message = buyer_message("b2", "Chegou quebrado")
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
+                  json={"paging": {"total": 1}, "messages": [message]})
+    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)],
+                  json={"paging": {"total": 1}, "messages": [message]})
+    # Chatwoot holds the first create past the read timeout and applies it a moment after
+    # the next poll looked for it: the look finds nothing yet.
+    responses.post(f"{CW}/conversations/88/messages", body=requests.exceptions.ReadTimeout("held"))
+    responses.get(f"{CW}/conversations/88/messages", json={"payload": []})
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 702})
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+
+    with pytest.raises(TransientError):
+        sync_messages.sync_pack(s, "2000001", 555)
+    with pytest.raises(TransientError):
+        sync_messages.sync_pack(s, "2000001", 555)  # the next poll, a second later: too soon to tell
+    assert len(posts_to(f"{CW}/conversations/88/messages")) == 1
+
+    # Settled, and still not there: the first create never arrived, so it is made now.
+    later = time.time() + 2 * ensure.CREATE_SETTLE
+    s.clock = lambda: later
+    assert sync_messages.sync_pack(s, "2000001", 555) == 1
+    assert len(posts_to(f"{CW}/conversations/88/messages")) == 2

@@ -366,3 +366,49 @@ def test_a_send_applied_after_its_timeout_is_found_once_settled_not_sent_again(s
     assert len(posts()) == posted
     assert s.db.replies.parts(reply_id)[0]["remote_id"] == "m-late"
     assert s.db.replies.get(reply_id)["status"] == "delivered"
+
+
+@responses.activate
+def test_a_partial_reply_whose_conversation_was_deleted_is_told_as_sent_in_part_in_the_new_one(s):
+    content = (SENTENCE * 14)[:900]
+    _status, reply_id = accept(s, content)
+    # The agent deleted conversation 88; the sale continues in conversation 99.
+    s.db.links.update("pack", "2000001", s.clock(), conversation_id=99)
+    sent_ok(2)
+    responses.post(THREAD, status=400, json={"message": "message length exceeded", "error": "bad_request",
+                                             "status": 400})
+    responses.patch(f"{CW}/conversations/88/messages/9200", status=404, json={"error": "not found"})
+    responses.post(f"{CW}/conversations/88/messages", status=404, json={"error": "not found"})
+    responses.post(f"{CW}/conversations/99/messages", json={"id": 1})
+
+    delivery.run_outbox(s)
+
+    [note] = [json.loads(c.request.body) for c in responses.calls
+              if c.request.method == "POST" and c.request.url == f"{CW}/conversations/99/messages"]
+    # Two parts reached the buyer: "not sent" would have the agent send the whole reply again.
+    assert note["content"].startswith("Resposta enviada só em parte")
+    assert "As partes 1 e 2 de 3 chegaram ao comprador" in note["content"]
+
+
+@responses.activate
+def test_a_reply_given_up_waiting_for_reauthorization_after_some_parts_says_which_went(s):
+    content = (SENTENCE * 14)[:900]
+    _status, reply_id = accept(s, content)
+    # Part 1 reached the buyer; then the authorization was lost, and a day went by.
+    s.db.replies.mark_part_sending(reply_id, 0, s.clock())
+    s.db.replies.mark_part_sent(reply_id, 0, "m0", s.clock())
+    s.db.auth.require_reauthorization("refused", s.clock())
+    s.clock.advance(25 * 3600)
+    chatwoot_ok()
+
+    delivery.run_outbox(s)
+
+    reply = s.db.replies.get(reply_id)
+    assert reply["status"] == "failed" and reply["error"].startswith("parte 1 de 3 enviada")
+    note = [json.loads(c.request.body) for c in responses.calls
+            if c.request.method == "POST" and c.request.url == f"{CW}/conversations/88/messages"][0]["content"]
+    # "Not sent" would have the agent send the whole reply again: part 1 twice to the buyer.
+    assert note.startswith("Resposta enviada só em parte")
+    assert "A parte 1 de 3 chegou ao comprador" in note and "não foi enviada" not in note
+    assert "python main.py authorize" in note
+    assert not posts()

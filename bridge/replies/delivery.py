@@ -111,7 +111,9 @@ def deliver(s: Services, reply_id: int) -> str | None:
         # Waiting for a person: not an attempt, but the same 24 h limit as every reply, so
         # an agent is not left thinking a day-old reply is still on its way.
         if s.clock() - reply["created_at"] > GIVE_UP_AFTER:
-            s.db.replies.mark_failed(reply_id, REAUTH_GAVE_UP.error, REAUTH_GAVE_UP.note, s.clock())
+            # Parts sent before the authorization was lost are said, as for every other failure.
+            shown = REAUTH_GAVE_UP.after(s.db.replies.parts(reply_id))
+            s.db.replies.mark_failed(reply_id, shown.error, shown.note, s.clock())
             log.error("reply failed after 24h waiting for reauthorization %s", ids)
             return "failed"
         s.db.replies.retry_later(reply_id, s.clock() + REAUTH_RECHECK, "aguardando reautorização do Mercado Livre",
@@ -138,7 +140,9 @@ def deliver(s: Services, reply_id: int) -> str | None:
 REAUTH_GAVE_UP = Refusal("Mercado Livre sem autorização por 24 h",
                          "A resposta esperou 24 horas pela reautorização da conta no Mercado Livre e não foi "
                          "enviada. Peça a quem administra a ponte para autorizar de novo (python main.py authorize) "
-                         "e depois envie a resposta outra vez, ou responda pelo Mercado Livre.")
+                         "e depois envie a resposta outra vez, ou responda pelo Mercado Livre.",
+                         "A conta da ponte ficou 24 horas sem autorização do Mercado Livre (peça a quem administra a "
+                         "ponte para autorizar de novo: python main.py authorize).")
 
 
 def _transient(s: Services, reply: dict, exc: ApiError, ids: str) -> str:

@@ -83,8 +83,8 @@ def _report(s: Services, reply: dict) -> None:
             return
         for conversation_id in dict.fromkeys(c for c in (reply["conversation_id"], current) if c):
             try:
-                s.chatwoot.note(conversation_id, f"Resposta não enviada ao Mercado Livre: {reply['error']}.\n\n"
-                                                 f"{reply['note']}", source_id=source_ids.note("reply", reply["id"]))
+                s.chatwoot.note(conversation_id, f"{_header(s, reply)}: {reply['error']}.\n\n{reply['note']}",
+                                source_id=source_ids.note("reply", reply["id"]))
                 return
             except PermanentError as gone:
                 if gone.status != 404:
@@ -101,9 +101,14 @@ def _report_in(s: Services, reply: dict) -> None:
     s.chatwoot.set_message_status(conversation_id, message_id, "failed", reply["error"] or "não enviada")
     source_id = source_ids.note("reply", reply["id"])
     if reply["note"] and not _recent_source(s, conversation_id, source_id):
-        partly = any(p["status"] == "sent" for p in s.db.replies.parts(reply["id"]))
-        header = "Resposta enviada só em parte ao Mercado Livre" if partly else "Resposta não enviada ao Mercado Livre"
-        s.chatwoot.note(conversation_id, f"{header}: {reply['error']}.\n\n{reply['note']}", source_id=source_id)
+        s.chatwoot.note(conversation_id, f"{_header(s, reply)}: {reply['error']}.\n\n{reply['note']}",
+                        source_id=source_id)
+
+
+def _header(s: Services, reply: dict) -> str:
+    # "Not sent" over a reply that went in part would have the agent send it all again.
+    partly = any(p["status"] == "sent" for p in s.db.replies.parts(reply["id"]))
+    return "Resposta enviada só em parte ao Mercado Livre" if partly else "Resposta não enviada ao Mercado Livre"
 
 
 def _recent_source(s: Services, conversation_id: int, source_id: str) -> bool:

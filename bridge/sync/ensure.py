@@ -10,20 +10,35 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from bridge.http import PermanentError
+from bridge.http import TIMEOUT, PermanentError, TransientError
 from bridge.services import Services
 from db_manager import crashpoint
 
 CHATWOOT_MAX_FILE = 40 * 1024 * 1024  # Chatwoot's default attachment limit
 CHATWOOT_MAX_FILES = 15
 TOO_BIG = "acima do limite do Chatwoot"
+# A create whose answer was lost may still be held by Chatwoot (its server processes a request
+# whether or not the client still waits): not applied by twice the read timeout, taken as never.
+CREATE_SETTLE = 2 * TIMEOUT[1]
 
 
 def ensure_message(s: Services, conversation_id: int, source_id: str, create: Callable[[], dict], *,
-                   look_first: bool, crash: str) -> dict:
-    """The message carrying `source_id` in the conversation: found, or made by `create()`."""
+                   look_first: bool, crash: str, attempted_at: float | None = None,
+                   attempting: Callable[[], None] | None = None) -> dict:
+    """The message carrying `source_id` in the conversation: found, or made by `create()`.
+
+    `attempted_at`: when the previous attempt may have sent its create. Not found before that
+    create has settled, it is looked for again later rather than made twice. `attempting()`
+    records this attempt's time before it goes out.
+    """
     message = s.chatwoot.find_message_by_source(conversation_id, source_id) if look_first else None
     if message is None:
+        wait = (attempted_at + CREATE_SETTLE - s.clock()) if attempted_at is not None else 0
+        if wait > 0:
+            raise TransientError(f"an earlier create of {source_id} may still reach chatwoot; looked for in "
+                                 f"{wait:.0f}s", retry_after=wait)
+        if attempting:
+            attempting()
         message = create()
         crashpoint(crash)
     return message

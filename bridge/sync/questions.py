@@ -52,6 +52,12 @@ def questions_that_left(open_links: list[dict], unanswered_ids: set[str]) -> lis
     return [link for link in open_links if link["external_id"] not in unanswered_ids]
 
 
+def questions_stranded(pending: list[dict], unanswered_ids: set[str]) -> list[dict]:
+    """Questions half made in Chatwoot (a crash between the conversation and its first message)
+    that left the unanswered listing since: the listing will never bring them back."""
+    return [link for link in pending if link["external_id"] not in unanswered_ids]
+
+
 def questions_back(links: list[dict], unanswered_ids: set[str]) -> list[dict]:
     """Watched questions (e.g. under review) the listing shows as unanswered: candidates to
     fetch; they are back only when the question's own status says UNANSWERED."""
@@ -137,7 +143,11 @@ def sync_questions(s: Services) -> dict:
     created = s.db.links.by_status("question", "created")
     open_links = [link for link in created if link["data"].get("state", "open") == "open"]
     left, back = questions_that_left(open_links, unanswered_ids), questions_back(created, unanswered_ids)
-    batch.keep_only({str(q["id"]) for q in to_create} | {link["external_id"] for link in left + back})
+    stranded = questions_stranded(s.db.links.by_status("question", "pending"), unanswered_ids)
+    batch.keep_only({str(q["id"]) for q in to_create} | {link["external_id"] for link in left + back + stranded})
+    for link in batch.due(stranded, key=lambda link: link["external_id"]):
+        _ok, created_now = batch.run(link["external_id"], _finish_stranded, s, link["external_id"])
+        counts["created"] += bool(created_now)
     # Both lists are only candidates (a listing shifted by paging misses questions): the
     # question itself is fetched before anything is shown.
     for link in batch.due(left + back, key=lambda link: link["external_id"]):
@@ -172,6 +182,23 @@ def _create_new(s: Services, question: dict, items: dict[str, dict] | None, nick
         item_id = str(question["item_id"])
         item = items.get(item_id) if items is not None else cached_items(s, [item_id]).get(item_id)
         create_question(s, question, item, nicknames.get(str((question.get("from") or {}).get("id"))))
+    return True
+
+
+def _finish_stranded(s: Services, qid: str) -> bool:
+    """Its conversation may exist, and an agent may have answered from it (it carries
+    meli_question_id): the buyer's question is shown there whatever its status now."""
+    with s.locks.hold(f"question:{qid}"):
+        if (s.db.links.get("question", qid) or {}).get("status") == "created":
+            return False  # a notification was faster
+        if (s.db.watermarks.get("question", qid) or {}).get("closed_at") is not None:
+            return False  # erased or pruned: never shown again
+        question = s.meli.question(qid)
+        item_id = str(question.get("item_id"))
+        buyer = (question.get("from") or {}).get("id")
+        create_question(s, question, cached_items(s, [item_id]).get(item_id),
+                        cached_nicknames(s, [buyer]).get(str(buyer)))
+        follow_question(s, s.db.links.get("question", qid), question)
     return True
 
 

@@ -542,14 +542,20 @@ def _mirror(s: Services, conversation_id: int, pack_id: str, message: dict, dire
     started = time.monotonic()
     mid = str(message["id"])
     source = source_ids.message(mid)
-    _link, fresh = s.db.links.record_intent("message", mid, s.clock(), conversation_id=conversation_id)
+    link, fresh = s.db.links.record_intent("message", mid, s.clock(), conversation_id=conversation_id)
 
     def create() -> dict:
         files, skipped = _download_files(s, message)
         return mirror_with_files(s, conversation_id, source, message_content(message, direction), direction,
                                  files, skipped)
 
-    existing = ensure_message(s, conversation_id, source, create, look_first=not fresh, crash="sale_message_created")
+    # A pending row's last touch is its last create attempt (marked just before each): a create
+    # Chatwoot still holds would otherwise be made again, and the buyer's message shown twice.
+    existing = ensure_message(
+        s, conversation_id, source, create, look_first=not fresh, crash="sale_message_created",
+        attempted_at=None if fresh else link["updated_at"],
+        attempting=None if fresh else lambda: s.db.links.update("message", mid, s.clock(),
+                                                                conversation_id=conversation_id))
     s.db.links.mark_created("message", mid, s.clock(), conversation_id=conversation_id, message_id=existing["id"],
                             data={"pack_id": str(pack_id), "direction": direction})
     log.info("message in chatwoot ml_message=%s pack=%s conversation=%s message=%s direction=%s files=%d in %dms%s",
@@ -586,8 +592,11 @@ def _report_moderated_replies(s: Services, messages: list[dict], bridge_ids: set
             # A pending row is an earlier attempt that failed half way: the failed mark is
             # idempotent, the note is looked up before it is posted again.
             reason = moderation_reason(message)
-            note = moderation.blocked_reply_note(reason, "O comprador")
-            moderation.mark_reply_blocked(s, reply, reason)
+            parts = s.db.replies.parts(reply["id"])
+            seq = next((p["seq"] for p in parts if p["remote_id"] == mid), None)
+            part = f"parte {seq + 1} de {len(parts)}" if len(parts) > 1 and seq is not None else None
+            note = moderation.blocked_reply_note(reason, "O comprador", part)
+            moderation.mark_reply_blocked(s, reply, reason, part)
             crashpoint("moderation_reported")
             if not _note_first_present(s, [reply["conversation_id"], conversation_id], note,
                                        source_ids.note("moderation", mid), look_first=not fresh):
