@@ -30,7 +30,7 @@ from bridge.paging import Pages
 from bridge.services import Services
 from bridge.sync import moderation
 from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
-from bridge.sync.ensure import ensure_message, ensure_note, fetch_files, mirror_with_files
+from bridge.sync.ensure import ensure_linked_message, ensure_note, fetch_files, mirror_with_files
 from bridge.sync.sales import SALE_URL, parse_date
 from db_manager import crashpoint
 from mercado_livre_api import ReauthorizationRequired
@@ -571,7 +571,6 @@ def adopted_parts(links) -> set[tuple[int, int]]:
 def _mirror(s: Services, claim_id: str, conversation_id: int, key: str, message: dict, direction: str) -> None:
     started = time.monotonic()
     source = source_ids.claim_message(key)
-    link, fresh = s.db.links.record_intent("claim_message", key, s.clock(), conversation_id=conversation_id)
     files: list = []
 
     def create() -> dict:
@@ -580,10 +579,8 @@ def _mirror(s: Services, claim_id: str, conversation_id: int, key: str, message:
         return mirror_with_files(s, conversation_id, source, message_content(message, direction), direction,
                                  files, skipped)
 
-    # A link recorded for another (deleted) conversation says nothing about this one.
-    existing = ensure_message(s, conversation_id, source, create,
-                              look_first=not fresh and link["conversation_id"] == conversation_id,
-                              crash="claim_message_created")
+    existing, fresh = ensure_linked_message(s, "claim_message", key, conversation_id, source, create,
+                                            crash="claim_message_created")
     s.db.links.mark_created("claim_message", key, s.clock(), conversation_id=conversation_id, message_id=existing["id"],
                             data={"role": str(message.get("sender_role")), "direction": direction})
     # A file name can name the buyer: extension and size only.

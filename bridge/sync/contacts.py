@@ -7,9 +7,12 @@ import logging
 from bridge import source_ids
 from bridge.http import PermanentError
 from bridge.services import Services
+from bridge.sync.ensure import settle
 from db_manager import crashpoint
 
 log = logging.getLogger("bridge.contacts")
+
+TRIED = "conversation_tried_at"  # link data: when its conversation's create last went out
 
 
 def is_gone(exc: BaseException) -> bool:
@@ -81,24 +84,38 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
                         source_id: str, custom_attributes: dict, buyer_id) -> tuple[int, bool]:
     """The conversation for `kind/external_id` (a question or a pack). Returns (id, created now).
 
-    The intent is recorded first; an intent left by a crash is reconciled through the
-    contact's conversations (custom attribute `meli_<kind>_id`) before creating again.
+    The intent is recorded first, with the time of each create attempt (`TRIED`, set just
+    before it goes out). An intent left by a crash or a lost answer is reconciled through the
+    contact's conversations (custom attribute `meli_<kind>_id`) before creating again, and only
+    once that earlier create has settled: a create Chatwoot still held would otherwise be
+    applied after the search, and the buyer would have two conversations.
     """
-    link, fresh = s.db.links.record_intent(kind, external_id, s.clock(), contact_id=contact_id)
+    link, fresh = s.db.links.record_intent(kind, external_id, s.clock(), contact_id=contact_id,
+                                           data={TRIED: s.clock()})
     if link["conversation_id"] is not None:
         return link["conversation_id"], False
+    # Without the attempt's time; a row recorded before it was kept says nothing about it.
+    data = {key: value for key, value in link["data"].items() if key != TRIED}
     if not fresh:
+        if link["data"].get(TRIED) is not None:
+            settle(s, link["data"][TRIED], f"{kind} {external_id}'s conversation")
         attribute = f"meli_{kind}_id"
         for conversation in s.chatwoot.contact_conversations(contact_id):
             if conversation.get("inbox_id") == inbox_id \
                     and str((conversation.get("custom_attributes") or {}).get(attribute)) == str(external_id):
-                s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation["id"])
+                s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation["id"], data=data)
                 return conversation["id"], False
-    conversation = s.chatwoot.create_conversation(
-        source_id=source_id, inbox_id=inbox_id, contact_id=contact_id, custom_attributes=custom_attributes,
-        additional_attributes={"meli_buyer_id": str(buyer_id)})
+        s.db.links.update(kind, external_id, s.clock(), data=dict(data, **{TRIED: s.clock()}))
+    try:
+        conversation = s.chatwoot.create_conversation(
+            source_id=source_id, inbox_id=inbox_id, contact_id=contact_id, custom_attributes=custom_attributes,
+            additional_attributes={"meli_buyer_id": str(buyer_id)})
+    except PermanentError:
+        # Refused (a contact deleted or merged away): nothing is held, the next create need not wait.
+        s.db.links.update(kind, external_id, s.clock(), data=data)
+        raise
     crashpoint("conversation_created")
-    s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation["id"])
+    s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation["id"], data=data)
     return conversation["id"], True
 
 

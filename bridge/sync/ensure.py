@@ -1,9 +1,11 @@
 """Record intent → find by source id → create: the one way the bridge writes a Chatwoot message.
 
-The caller records its intent in the database first (`link_intent`). A row that was already
-pending means an earlier attempt may have created the message and crashed before recording
-it: the message is then looked for by its `meli:` source id before it is created again, so
-a crash never shows a buyer message twice. A fresh intent skips the look-up (one call less).
+The caller records its intent in the database first (`ensure_linked_message` does). A row that
+was already pending means an earlier attempt may have created the message and crashed, or
+lost the create's answer (a timeout, a 5xx), before recording it: the message is then looked
+for by its `meli:` source id before it is created again, and once that earlier create has
+settled (CREATE_SETTLE after the row's last touch), so neither a crash nor a create Chatwoot
+still holds ever shows a buyer message twice. A fresh intent skips the look-up (one call less).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Callable, Iterable
 
 from bridge.http import TIMEOUT, PermanentError, TransientError
 from bridge.services import Services
+from bridge.store.links import Link
 from db_manager import crashpoint
 
 CHATWOOT_MAX_FILE = 40 * 1024 * 1024  # Chatwoot's default attachment limit
@@ -22,26 +25,41 @@ TOO_BIG = "acima do limite do Chatwoot"
 CREATE_SETTLE = 2 * TIMEOUT[1]
 
 
-def ensure_message(s: Services, conversation_id: int, source_id: str, create: Callable[[], dict], *,
-                   look_first: bool, crash: str, attempted_at: float | None = None,
-                   attempting: Callable[[], None] | None = None) -> dict:
+def ensure_linked_message(s: Services, kind: str, external_id: str, conversation_id: int, source_id: str,
+                          create: Callable[[], dict], *, crash: str) -> tuple[dict, bool]:
+    """Intent `kind/external_id` recorded, then ensure_message. Returns (message, fresh intent)."""
+    link, fresh = s.db.links.record_intent(kind, external_id, s.clock(), conversation_id=conversation_id)
+    return ensure_message(s, kind, external_id, conversation_id, source_id, create, crash=crash,
+                          earlier=None if fresh else link), fresh
+
+
+def ensure_message(s: Services, kind: str, external_id: str, conversation_id: int, source_id: str,
+                   create: Callable[[], dict], *, crash: str, earlier: Link | None) -> dict:
     """The message carrying `source_id` in the conversation: found, or made by `create()`.
 
-    `attempted_at`: when the previous attempt may have sent its create. Not found before that
-    create has settled, it is looked for again later rather than made twice. `attempting()`
-    records this attempt's time before it goes out.
+    `earlier`: the pending row `kind/external_id` as the previous attempts left it (None when
+    none was made). Its last touch is its last create attempt (each touches it just before
+    it goes out): a create whose answer was lost may still be held by Chatwoot, so the message
+    not found before that create has settled is looked for again later rather than made twice.
     """
-    message = s.chatwoot.find_message_by_source(conversation_id, source_id) if look_first else None
-    if message is None:
-        wait = (attempted_at + CREATE_SETTLE - s.clock()) if attempted_at is not None else 0
-        if wait > 0:
-            raise TransientError(f"an earlier create of {source_id} may still reach chatwoot; looked for in "
-                                 f"{wait:.0f}s", retry_after=wait)
-        if attempting:
-            attempting()
-        message = create()
-        crashpoint(crash)
+    # A row left for another (deleted) conversation says nothing about this one.
+    if earlier is not None and earlier["conversation_id"] == conversation_id:
+        message = s.chatwoot.find_message_by_source(conversation_id, source_id)
+        if message is not None:
+            return message
+        settle(s, earlier["updated_at"], source_id)
+    s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation_id)
+    message = create()
+    crashpoint(crash)
     return message
+
+
+def settle(s: Services, attempted_at: float, what: str) -> None:
+    """Raise TransientError until a create sent at `attempted_at` has settled."""
+    wait = attempted_at + CREATE_SETTLE - s.clock()
+    if wait > 0:
+        raise TransientError(f"an earlier create of {what} may still reach chatwoot; looked for in {wait:.0f}s",
+                             retry_after=wait)
 
 
 def ensure_note(s: Services, conversation_id: int, note: str, source_id: str, *, look_first: bool = True) -> None:

@@ -16,7 +16,7 @@ from bridge.http import PermanentError
 from bridge.replies import delivery
 from bridge.services import Services
 from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
-from bridge.sync.ensure import ensure_message, ensure_note
+from bridge.sync.ensure import ensure_linked_message, ensure_message, ensure_note
 from db_manager import crashpoint
 from mercado_livre_api import ReauthorizationRequired
 
@@ -239,6 +239,8 @@ def create_question(s: Services, question: dict, item: dict | None, nickname: st
     qid = str(question["id"])
     buyer_id = (question.get("from") or {}).get("id")
     inbox_id = s.settings.chatwoot_questions_inbox_id
+    # The row as earlier attempts left it: its message was attempted only once it had its conversation.
+    earlier = s.db.links.get("question", qid)
     contact_id, conversation_id, fresh = open_conversation(
         s, kind="question", external_id=qid, inbox_id=inbox_id, buyer_id=buyer_id, nickname=nickname,
         custom_attributes=conversation_attributes(question, item))
@@ -246,9 +248,9 @@ def create_question(s: Services, question: dict, item: dict | None, nickname: st
     source = source_ids.question(qid)
     try:
         message = ensure_message(
-            s, conversation_id, source, lambda: s.chatwoot.create_message(
+            s, "question", qid, conversation_id, source, lambda: s.chatwoot.create_message(
                 conversation_id, first_message(question, item), message_type="incoming", source_id=source),
-            look_first=not fresh, crash="question_message_created")
+            crash="question_message_created", earlier=None if fresh else earlier)
     except PermanentError as exc:
         if fresh or not is_gone(exc):
             raise
@@ -324,12 +326,11 @@ def _answer_linked(s: Services, qid: str) -> bool:
 def _mirror_answer(s: Services, qid: str, conversation_id: int, question: dict) -> None:
     """Answered on the Mercado Livre site or app: show the answer as the seller's message."""
     source = source_ids.answer(qid)
-    link, fresh = s.db.links.record_intent("answer", qid, s.clock(), conversation_id=conversation_id)
     answer = (question.get("answer") or {}).get("text") or ""
-    message = ensure_message(
-        s, conversation_id, source,
+    message, _fresh = ensure_linked_message(
+        s, "answer", qid, conversation_id, source,
         lambda: s.chatwoot.create_message(conversation_id, answer, message_type="outgoing", source_id=source),
-        look_first=not fresh, crash="answer_mirrored")
+        crash="answer_mirrored")
     s.db.links.mark_created("answer", qid, s.clock(), conversation_id=conversation_id, message_id=message["id"],
                             data={"by": "mercadolivre"})
 

@@ -29,7 +29,7 @@ from bridge.paging import Pages
 from bridge.services import Services
 from bridge.sync import moderation
 from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
-from bridge.sync.ensure import ensure_message, ensure_note, fetch_files, mirror_with_files
+from bridge.sync.ensure import ensure_linked_message, ensure_note, fetch_files, mirror_with_files
 from db_manager import crashpoint
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
 
@@ -542,20 +542,14 @@ def _mirror(s: Services, conversation_id: int, pack_id: str, message: dict, dire
     started = time.monotonic()
     mid = str(message["id"])
     source = source_ids.message(mid)
-    link, fresh = s.db.links.record_intent("message", mid, s.clock(), conversation_id=conversation_id)
 
     def create() -> dict:
         files, skipped = _download_files(s, message)
         return mirror_with_files(s, conversation_id, source, message_content(message, direction), direction,
                                  files, skipped)
 
-    # A pending row's last touch is its last create attempt (marked just before each): a create
-    # Chatwoot still holds would otherwise be made again, and the buyer's message shown twice.
-    existing = ensure_message(
-        s, conversation_id, source, create, look_first=not fresh, crash="sale_message_created",
-        attempted_at=None if fresh else link["updated_at"],
-        attempting=None if fresh else lambda: s.db.links.update("message", mid, s.clock(),
-                                                                conversation_id=conversation_id))
+    existing, fresh = ensure_linked_message(s, "message", mid, conversation_id, source, create,
+                                            crash="sale_message_created")
     s.db.links.mark_created("message", mid, s.clock(), conversation_id=conversation_id, message_id=existing["id"],
                             data={"pack_id": str(pack_id), "direction": direction})
     log.info("message in chatwoot ml_message=%s pack=%s conversation=%s message=%s direction=%s files=%d in %dms%s",
