@@ -1,0 +1,216 @@
+"""A Chatwoot create whose answer was lost may still be held by Chatwoot and applied after the
+next attempt looked for it: whatever it creates, the bridge waits for it to settle before
+creating again, and the buyer never sees a question, answer, message or conversation twice."""
+
+import json
+
+import pytest
+import requests
+import responses
+
+from bridge import source_ids
+from bridge.http import PermanentError, TransientError
+from bridge.sync import claims as sync_claims
+from bridge.sync import ensure
+from bridge.sync import questions as sync_questions
+from bridge.sync.contacts import ensure_conversation
+from tests.helpers import CW, authorized_services
+
+HELD = requests.exceptions.ReadTimeout("held")
+
+
+@pytest.fixture
+def s(settings, db, clock):
+    return authorized_services(settings, db, clock)
+
+
+def posts_to(path):
+    return [c for c in responses.calls if c.request.method == "POST" and c.request.url == f"{CW}{path}"]
+
+
+def gets_of(path):
+    return [c for c in responses.calls if c.request.method == "GET" and c.request.url.startswith(f"{CW}{path}")]
+
+
+def held_then_applied(conversation_id, source_id, message_id):
+    """The create times out; Chatwoot applies it only after the next poll's look."""
+    responses.post(f"{CW}/conversations/{conversation_id}/messages", body=HELD)
+    responses.get(f"{CW}/conversations/{conversation_id}/messages", json={"payload": []})
+    responses.get(f"{CW}/conversations/{conversation_id}/messages",
+                  json={"payload": [{"id": message_id, "source_id": source_id}]})
+
+
+# ---- a question's answer given on the Mercado Livre site --------------------------------------------------
+
+@responses.activate
+def test_an_answer_whose_creation_is_still_held_by_chatwoot_is_not_mirrored_again(s, clock):
+    held_then_applied(77, "meli:answer:12", 701)
+    question = {"id": 12, "status": "ANSWERED", "answer": {"text": "Sim, temos"}}
+
+    with pytest.raises(TransientError):
+        sync_questions._mirror_answer(s, "12", 77, question)
+    clock.advance(1)
+    with pytest.raises(TransientError):
+        sync_questions._mirror_answer(s, "12", 77, question)  # the next poll: too soon to tell
+    assert len(posts_to("/conversations/77/messages")) == 1
+
+    clock.advance(ensure.CREATE_SETTLE)
+    sync_questions._mirror_answer(s, "12", 77, question)
+    assert len(posts_to("/conversations/77/messages")) == 1
+    assert s.db.links.get("answer", "12")["message_id"] == 701
+
+
+@responses.activate
+def test_an_answer_whose_held_creation_never_arrived_is_made_once_it_has_settled(s, clock):
+    responses.post(f"{CW}/conversations/77/messages", body=HELD)
+    responses.get(f"{CW}/conversations/77/messages", json={"payload": []})
+    responses.post(f"{CW}/conversations/77/messages", json={"id": 702})
+    question = {"id": 12, "status": "ANSWERED", "answer": {"text": "Sim, temos"}}
+
+    with pytest.raises(TransientError):
+        sync_questions._mirror_answer(s, "12", 77, question)
+    clock.advance(ensure.CREATE_SETTLE + 1)
+    sync_questions._mirror_answer(s, "12", 77, question)
+    assert len(posts_to("/conversations/77/messages")) == 2
+    assert s.db.links.get("answer", "12")["message_id"] == 702
+
+
+# ---- a new question's first message ------------------------------------------------------------------------
+
+@responses.activate
+def test_a_question_whose_message_creation_is_still_held_by_chatwoot_is_not_created_again(s, clock):
+    inbox = s.settings.chatwoot_questions_inbox_id
+    s.db.links.mark_created("buyer", "9", clock(), contact_id=5, data={"inboxes": [inbox]})
+    responses.post(f"{CW}/conversations", json={"id": 91})
+    held_then_applied(91, "meli:question:12", 703)
+    question = {"id": 12, "status": "UNANSWERED", "item_id": "MLB1", "text": "Tem azul?", "from": {"id": 9}}
+
+    with pytest.raises(TransientError):
+        sync_questions.create_question(s, question, None, "COMPRADOR")
+    clock.advance(1)
+    with pytest.raises(TransientError):
+        sync_questions.create_question(s, question, None, "COMPRADOR")
+    assert len(posts_to("/conversations/91/messages")) == 1
+
+    clock.advance(ensure.CREATE_SETTLE)
+    sync_questions.create_question(s, question, None, "COMPRADOR")
+    assert len(posts_to("/conversations/91/messages")) == 1
+    assert len(posts_to("/conversations")) == 1
+    link = s.db.links.get("question", "12")
+    assert (link["status"], link["conversation_id"], link["message_id"]) == ("created", 91, 703)
+
+
+@responses.activate
+def test_a_question_whose_conversation_was_found_again_does_not_wait_for_a_message_never_sent(s, clock):
+    inbox = s.settings.chatwoot_questions_inbox_id
+    s.db.links.mark_created("buyer", "9", clock(), contact_id=5, data={"inboxes": [inbox]})
+    # The conversation was made, then the process died before recording it: no message went out.
+    responses.post(f"{CW}/conversations", body=HELD)
+    responses.get(f"{CW}/contacts/5/conversations",
+                  json={"payload": [{"id": 91, "inbox_id": inbox, "custom_attributes": {"meli_question_id": "12"}}]})
+    responses.get(f"{CW}/conversations/91/messages", json={"payload": []})
+    responses.post(f"{CW}/conversations/91/messages", json={"id": 704})
+    question = {"id": 12, "status": "UNANSWERED", "item_id": "MLB1", "text": "Tem azul?", "from": {"id": 9}}
+
+    with pytest.raises(TransientError):
+        sync_questions.create_question(s, question, None, "COMPRADOR")
+    clock.advance(ensure.CREATE_SETTLE + 1)
+    sync_questions.create_question(s, question, None, "COMPRADOR")
+    assert len(posts_to("/conversations/91/messages")) == 1
+    assert s.db.links.get("question", "12")["message_id"] == 704
+
+
+# ---- a claim's messages ------------------------------------------------------------------------------------
+
+@responses.activate
+def test_a_claim_message_whose_creation_is_still_held_by_chatwoot_is_not_created_again(s, clock):
+    key = "5000:complainant:2026-11-29T10:00:00:abc"
+    held_then_applied(66, source_ids.claim_message(key), 705)
+    message = {"sender_role": "complainant", "receiver_role": "respondent", "message": "Veio errado",
+               "date_created": "2026-11-29T10:00:00.000Z", "attachments": []}
+
+    with pytest.raises(TransientError):
+        sync_claims._mirror(s, "5000", 66, key, message, "incoming")
+    clock.advance(1)
+    with pytest.raises(TransientError):
+        sync_claims._mirror(s, "5000", 66, key, message, "incoming")
+    assert len(posts_to("/conversations/66/messages")) == 1
+
+    clock.advance(ensure.CREATE_SETTLE)
+    sync_claims._mirror(s, "5000", 66, key, message, "incoming")
+    assert len(posts_to("/conversations/66/messages")) == 1
+    assert s.db.links.get("claim_message", key)["message_id"] == 705
+
+
+@responses.activate
+def test_a_claim_message_held_in_a_new_conversation_is_looked_for_there(s, clock):
+    key = "5000:complainant:2026-11-29T10:00:00:abc"
+    # Left pending for a conversation an agent deleted since: its row says nothing about the new one.
+    s.db.links.record_intent("claim_message", key, clock(), conversation_id=60)
+    clock.advance(ensure.CREATE_SETTLE + 1)
+    held_then_applied(66, source_ids.claim_message(key), 706)
+    message = {"sender_role": "complainant", "receiver_role": "respondent", "message": "Veio errado",
+               "date_created": "2026-11-29T10:00:00.000Z", "attachments": []}
+
+    with pytest.raises(TransientError):
+        sync_claims._mirror(s, "5000", 66, key, message, "incoming")
+    clock.advance(1)
+    with pytest.raises(TransientError):
+        sync_claims._mirror(s, "5000", 66, key, message, "incoming")
+    clock.advance(ensure.CREATE_SETTLE)
+    sync_claims._mirror(s, "5000", 66, key, message, "incoming")
+    assert len(posts_to("/conversations/66/messages")) == 1
+    assert s.db.links.get("claim_message", key)["message_id"] == 706
+
+
+# ---- conversations -----------------------------------------------------------------------------------------
+
+def open_pack(s):
+    return ensure_conversation(s, kind="pack", external_id="2000001", inbox_id=2, contact_id=5,
+                               source_id="meli:buyer:9", custom_attributes={"meli_pack_id": "2000001"}, buyer_id=9)
+
+
+@responses.activate
+def test_a_conversation_whose_creation_is_still_held_by_chatwoot_is_not_created_again(s, clock):
+    responses.post(f"{CW}/conversations", body=HELD)
+    responses.get(f"{CW}/contacts/5/conversations",
+                  json={"payload": [{"id": 93, "inbox_id": 2, "custom_attributes": {"meli_pack_id": "2000001"}}]})
+
+    with pytest.raises(TransientError):
+        open_pack(s)
+    clock.advance(1)
+    with pytest.raises(TransientError):
+        open_pack(s)  # the next poll: too soon to tell, and not searched yet
+    assert len(posts_to("/conversations")) == 1
+    assert gets_of("/contacts/5/conversations") == []
+
+    clock.advance(ensure.CREATE_SETTLE)
+    assert open_pack(s) == (93, False)
+    assert len(posts_to("/conversations")) == 1
+    link = s.db.links.get("pack", "2000001")
+    assert link["conversation_id"] == 93 and link["data"] == {}
+
+
+@responses.activate
+def test_a_conversation_whose_held_creation_never_arrived_is_made_once_it_has_settled(s, clock):
+    responses.post(f"{CW}/conversations", body=HELD)
+    responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
+    responses.post(f"{CW}/conversations", json={"id": 94})
+
+    with pytest.raises(TransientError):
+        open_pack(s)
+    clock.advance(ensure.CREATE_SETTLE + 1)
+    assert open_pack(s) == (94, True)
+    assert len(posts_to("/conversations")) == 2
+
+
+@responses.activate
+def test_a_refused_conversation_create_is_not_waited_for(s, clock):
+    responses.post(f"{CW}/conversations", status=404, json={"error": "Contact not found"})
+    responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
+    responses.post(f"{CW}/conversations", json={"id": 95})
+
+    with pytest.raises(PermanentError):
+        open_pack(s)
+    assert open_pack(s) == (95, True)  # at once: a refused create is held by nobody
+    assert json.loads(posts_to("/conversations")[1].request.body)["contact_id"] == 5
