@@ -15,22 +15,27 @@ Chatwoot
   create gets 422 (identifier is unique) and the contact is found by exact filter.
 - `contact_inbox_added` (bridge.sync.contacts._add_inbox): the inbox is not recorded on the buyer row;
   adding it again gets 422, which counts as done.
-- `conversation_created` (bridge.sync.contacts.ensure_conversation): the question/pack row is
-  `pending` without conversation id; the contact's conversations are searched by the
-  `meli_<kind>_id` attribute before creating.
+- `conversation_created` (bridge.sync.contacts.ensure_conversation): the question/pack/claim row is
+  `pending` without conversation id; once the create has settled (ensure.CREATE_SETTLE after its
+  attempt, kept in the row's data), the contact's conversations are searched by the
+  `meli_<kind>_id` attribute before creating. A lost answer (timeout, 5xx) is the same case
+  without a crash: a create Chatwoot still holds is applied after a search made sooner.
 - `question_message_created` (bridge.sync.questions.create_question): the row has its
-  conversation but is `pending`; the message is looked up by source_id.
+  conversation but is `pending`; the message is looked up by source_id, and made again only
+  once the last create has settled (bridge.sync.ensure: CREATE_SETTLE after the row's last
+  touch, made just before each create). A lost answer is the same case without a crash; so
+  for the three windows below.
 - `answer_mirrored` (bridge.sync.questions._mirror_answer): the answer row is `pending`;
-  looked up by source_id.
+  looked up by source_id, made again once settled.
 - `question_followed` (bridge.sync.questions.follow_question): a state note or reopening is in
   Chatwoot but the question row still has the old state; notes carry a source_id that
   stays the same until that row changes, and are looked up before posting again.
 - `sale_message_created` (bridge.sync.sales._mirror): the message row is `pending`; looked
-  up by source_id.
+  up by source_id, made again once settled.
 - `moderation_reported` (bridge.sync.sales._report_moderated_replies): the moderation row is
   `pending` and the whole report is redone (status mark idempotent, note by source_id).
 - `claim_message_created` (bridge.sync.claims._mirror): the claim_message row is `pending`;
-  looked up by source_id. The claim's `last_updated` is stored only after every message
+  looked up by source_id, made again once settled. The claim's `last_updated` is stored only after every message
   and note, so the next poll syncs the claim again.
 - `claim_event_shown` (bridge.sync.claims._event): a claim's summary, state, deadline or sale
   note (with its resolve or priority change) is in Chatwoot but the claim_event row is
