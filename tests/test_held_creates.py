@@ -214,3 +214,20 @@ def test_a_refused_conversation_create_is_not_waited_for(s, clock):
         open_pack(s)
     assert open_pack(s) == (95, True)  # at once: a refused create is held by nobody
     assert json.loads(posts_to("/conversations")[1].request.body)["contact_id"] == 5
+
+
+@responses.activate
+def test_a_claim_summary_whose_creation_is_still_held_by_chatwoot_is_not_shown_again(s, clock):
+    held_then_applied(66, source_ids.claim_event("5000", "opened"), 707)
+
+    with pytest.raises(TransientError):
+        sync_claims._event(s, "5000", "opened", 66, "Reclamação aberta", incoming=True)
+    clock.advance(1)
+    with pytest.raises(TransientError):
+        sync_claims._event(s, "5000", "opened", 66, "Reclamação aberta", incoming=True)
+    assert len(posts_to("/conversations/66/messages")) == 1
+
+    clock.advance(ensure.CREATE_SETTLE)
+    sync_claims._event(s, "5000", "opened", 66, "Reclamação aberta", incoming=True)
+    assert len(posts_to("/conversations/66/messages")) == 1
+    assert s.db.links.get("claim_event", "5000:opened")["status"] == "created"

@@ -30,7 +30,7 @@ from bridge.paging import Pages
 from bridge.services import Services
 from bridge.sync import moderation
 from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
-from bridge.sync.ensure import ensure_linked_message, ensure_note, fetch_files, mirror_with_files
+from bridge.sync.ensure import ensure_linked_message, ensure_message, ensure_note, fetch_files, mirror_with_files
 from bridge.sync.sales import SALE_URL, parse_date
 from db_manager import crashpoint
 from mercado_livre_api import ReauthorizationRequired
@@ -491,12 +491,14 @@ def _event(s: Services, claim_id: str, event: str, conversation_id: int, content
     if link["status"] == "created":
         return
     source = source_ids.claim_event(claim_id, event)
-    if fresh or link["conversation_id"] != conversation_id \
-            or s.chatwoot.find_message_by_source(conversation_id, source) is None:
+
+    def create() -> dict:
         if incoming:
-            s.chatwoot.create_message(conversation_id, content, message_type="incoming", source_id=source)
-        else:
-            s.chatwoot.note(conversation_id, content, source_id=source)
+            return s.chatwoot.create_message(conversation_id, content, message_type="incoming", source_id=source)
+        return s.chatwoot.note(conversation_id, content, source_id=source)
+
+    ensure_message(s, "claim_event", key, conversation_id, source, create, crash=None,
+                   earlier=None if fresh else link)
     if priority:
         s.chatwoot.set_priority(conversation_id, priority)
     if resolve:
