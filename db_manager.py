@@ -39,7 +39,8 @@ Chatwoot
   and note, so the next poll syncs the claim again.
 - `claim_event_shown` (bridge.sync.claims._event): a claim's summary, state, deadline or sale
   note (with its resolve or priority change) is in Chatwoot but the claim_event row is
-  `pending`; the note is looked up by source_id, status and priority are idempotent.
+  `pending`; the note is looked up by source_id (made again once settled), status and priority
+  are idempotent.
 - `claim_moderation_reported` (bridge.sync.claims._report_moderated_reply): the row is `pending`
   and the report is redone (failed mark idempotent, note looked up by source_id).
 - `reply_reported` (bridge.replies.report.report_reply): reported_at is unset; the report is redone
