@@ -86,9 +86,9 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
 
     The intent is recorded first, with the time of each create attempt (`TRIED`, set just
     before it goes out). An intent left by a crash or a lost answer is reconciled through the
-    contact's conversations (custom attribute `meli_<kind>_id`) before creating again, and only
-    once that earlier create has settled: a create Chatwoot still held would otherwise be
-    applied after the search, and the buyer would have two conversations.
+    contact's conversations (custom attribute `meli_<kind>_id`); not found there, it is created
+    again only once that earlier create has settled: a create Chatwoot still held would
+    otherwise be applied after the search, and the buyer would have two conversations.
     """
     link, fresh = s.db.links.record_intent(kind, external_id, s.clock(), contact_id=contact_id,
                                            data={TRIED: s.clock()})
@@ -97,14 +97,14 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     # Without the attempt's time; a row recorded before it was kept says nothing about it.
     data = {key: value for key, value in link["data"].items() if key != TRIED}
     if not fresh:
-        if link["data"].get(TRIED) is not None:
-            settle(s, link["data"][TRIED], f"{kind} {external_id}'s conversation")
         attribute = f"meli_{kind}_id"
         for conversation in s.chatwoot.contact_conversations(contact_id):
             if conversation.get("inbox_id") == inbox_id \
                     and str((conversation.get("custom_attributes") or {}).get(attribute)) == str(external_id):
                 s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation["id"], data=data)
                 return conversation["id"], False
+        if link["data"].get(TRIED) is not None:
+            settle(s, link["data"][TRIED], f"{kind} {external_id}'s conversation")
         s.db.links.update(kind, external_id, s.clock(), data=dict(data, **{TRIED: s.clock()}))
     try:
         conversation = s.chatwoot.create_conversation(

@@ -4,7 +4,7 @@ The caller records its intent in the database first (`ensure_linked_message` doe
 was already pending means an earlier attempt may have created the message and crashed, or
 lost the create's answer (a timeout, a 5xx), before recording it: the message is then looked
 for by its `meli:` source id before it is created again, and once that earlier create has
-settled (CREATE_SETTLE after the row's last touch), so neither a crash nor a create Chatwoot
+settled (CREATE_SETTLE after it went out), so neither a crash nor a create Chatwoot
 still holds ever shows a buyer message twice. A fresh intent skips the look-up (one call less).
 """
 
@@ -23,6 +23,7 @@ TOO_BIG = "acima do limite do Chatwoot"
 # A create whose answer was lost may still be held by Chatwoot (its server processes a request
 # whether or not the client still waits): not applied by twice the read timeout, taken as never.
 CREATE_SETTLE = 2 * TIMEOUT[1]
+TRIED = "message_tried_at"  # link data: when its message's create last went out
 
 
 def ensure_linked_message(s: Services, kind: str, external_id: str, conversation_id: int, source_id: str,
@@ -38,17 +39,20 @@ def ensure_message(s: Services, kind: str, external_id: str, conversation_id: in
     """The message carrying `source_id` in the conversation: found, or made by `create()`.
 
     `earlier`: the pending row `kind/external_id` as the previous attempts left it (None when
-    none was made). Its last touch is its last create attempt (each touches it just before
-    it goes out): a create whose answer was lost may still be held by Chatwoot, so the message
-    not found before that create has settled is looked for again later rather than made twice.
+    none was made). Its data keeps when its last create went out (TRIED, written just before
+    each): a create whose answer was lost may still be held by Chatwoot, so the message not
+    found before that create has settled is looked for again later rather than made twice.
     """
     # A row left for another (deleted) conversation says nothing about this one.
     if earlier is not None and earlier["conversation_id"] == conversation_id:
         message = s.chatwoot.find_message_by_source(conversation_id, source_id)
         if message is not None:
             return message
-        settle(s, earlier["updated_at"], source_id)
-    s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation_id)
+        if earlier["data"].get(TRIED) is not None:
+            settle(s, earlier["data"][TRIED], source_id)
+    data = (s.db.links.get(kind, external_id) or {}).get("data") or {}
+    s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation_id,
+                      data=dict(data, **{TRIED: s.clock()}))
     message = create()
     if crash:  # None: the caller's window comes later, after what goes with the message
         crashpoint(crash)

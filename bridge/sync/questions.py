@@ -239,8 +239,6 @@ def create_question(s: Services, question: dict, item: dict | None, nickname: st
     qid = str(question["id"])
     buyer_id = (question.get("from") or {}).get("id")
     inbox_id = s.settings.chatwoot_questions_inbox_id
-    # The row as earlier attempts left it: its message was attempted only once it had its conversation.
-    earlier = s.db.links.get("question", qid)
     contact_id, conversation_id, fresh = open_conversation(
         s, kind="question", external_id=qid, inbox_id=inbox_id, buyer_id=buyer_id, nickname=nickname,
         custom_attributes=conversation_attributes(question, item))
@@ -250,7 +248,7 @@ def create_question(s: Services, question: dict, item: dict | None, nickname: st
         message = ensure_message(
             s, "question", qid, conversation_id, source, lambda: s.chatwoot.create_message(
                 conversation_id, first_message(question, item), message_type="incoming", source_id=source),
-            crash="question_message_created", earlier=None if fresh else earlier)
+            crash="question_message_created", earlier=None if fresh else s.db.links.get("question", qid))
     except PermanentError as exc:
         if fresh or not is_gone(exc):
             raise
