@@ -16,14 +16,15 @@ Chatwoot
 - `contact_inbox_added` (bridge.sync.contacts._add_inbox): the inbox is not recorded on the buyer row;
   adding it again gets 422, which counts as done.
 - `conversation_created` (bridge.sync.contacts.ensure_conversation): the question/pack/claim row is
-  `pending` without conversation id; once the create has settled (ensure.CREATE_SETTLE after its
-  attempt, kept in the row's data), the contact's conversations are searched by the
-  `meli_<kind>_id` attribute before creating. A lost answer (timeout, 5xx) is the same case
-  without a crash: a create Chatwoot still holds is applied after a search made sooner.
+  `pending` without conversation id; the contact's conversations are searched by the
+  `meli_<kind>_id` attribute, and not found there it is created again only once the last create
+  has settled (ensure.CREATE_SETTLE after it went out, a time the row's data keeps). A lost
+  answer (timeout, 5xx) is the same case without a crash: a create Chatwoot still holds is
+  applied after the search.
 - `question_message_created` (bridge.sync.questions.create_question): the row has its
   conversation but is `pending`; the message is looked up by source_id, and made again only
-  once the last create has settled (bridge.sync.ensure: CREATE_SETTLE after the row's last
-  touch, made just before each create). A lost answer is the same case without a crash; so
+  once the last create has settled (bridge.sync.ensure: CREATE_SETTLE after it went out, a
+  time the row's data keeps). A lost answer is the same case without a crash; so
   for the three windows below.
 - `answer_mirrored` (bridge.sync.questions._mirror_answer): the answer row is `pending`;
   looked up by source_id, made again once settled.

@@ -227,3 +227,16 @@ def test_a_claim_summary_whose_creation_is_still_held_by_chatwoot_is_not_shown_a
     sync_claims._event(s, "5000", "opened", 66, "Reclamação aberta", incoming=True)
     assert len(posts_to("/conversations/66/messages")) == 1
     assert s.db.links.get("claim_event", "5000:opened")["status"] == "created"
+
+
+@responses.activate
+def test_a_refused_message_create_is_not_waited_for(s, clock):
+    responses.post(f"{CW}/conversations/77/messages", status=422, json={"error": "invalid"})
+    responses.get(f"{CW}/conversations/77/messages", json={"payload": []})
+    responses.post(f"{CW}/conversations/77/messages", json={"id": 708})
+    question = {"id": 12, "status": "ANSWERED", "answer": {"text": "Sim, temos"}}
+
+    with pytest.raises(PermanentError):
+        sync_questions._mirror_answer(s, "12", 77, question)
+    sync_questions._mirror_answer(s, "12", 77, question)  # at once: a refused create is held by nobody
+    assert s.db.links.get("answer", "12")["message_id"] == 708

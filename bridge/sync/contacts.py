@@ -94,7 +94,7 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
                                            data={TRIED: s.clock()})
     if link["conversation_id"] is not None:
         return link["conversation_id"], False
-    # Without the attempt's time; a row recorded before it was kept says nothing about it.
+    # The attempt's time only tells a pending row's next attempt to wait: dropped once settled.
     data = {key: value for key, value in link["data"].items() if key != TRIED}
     if not fresh:
         attribute = f"meli_{kind}_id"

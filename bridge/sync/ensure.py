@@ -53,7 +53,12 @@ def ensure_message(s: Services, kind: str, external_id: str, conversation_id: in
     data = (s.db.links.get(kind, external_id) or {}).get("data") or {}
     s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation_id,
                       data=dict(data, **{TRIED: s.clock()}))
-    message = create()
+    try:
+        message = create()
+    except PermanentError:
+        # Refused: nothing is held, the next attempt need not wait.
+        s.db.links.update(kind, external_id, s.clock(), data=data)
+        raise
     if crash:  # None: the caller's window comes later, after what goes with the message
         crashpoint(crash)
     return message
