@@ -20,7 +20,7 @@ import tempfile
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -221,12 +221,29 @@ def seed_questions(meli, questions: int, buyers: int, items: int, first_buyer: i
                           text=f"Pergunta {q}: tem em estoque? Qual o prazo de entrega?")
 
 
-def efficiency_rows(job_label: str, meli_total: int, meli_job: int, meli_need: int, cw_total: int, cw_need: int,
-                    goal: float) -> list[tuple]:
-    """The actual/minimum rows both backlog benchmarks print."""
+def first_once_rows(first: dict, meli_min: dict[str, int], cw_min: dict[str, int], job_label: str,
+                    job_calls: Callable[[Counter], int], goal: float, rss_goal_mb: float | None = None) -> list[tuple]:
+    """Print the FIRST --once call tables; return its figures (actual/minimum per API and for the
+    job alone — `job_calls(Mercado Livre calls by endpoint)` — wall time, CPU, RSS, errors, exit code)."""
+    meli_calls, cw_calls = by_endpoint(first["meli_calls"]), by_endpoint(first["chatwoot_calls"])
+    meli_total, cw_total = sum(meli_calls.values()), sum(cw_calls.values())
+    meli_need, cw_need = sum(meli_min.values()), sum(cw_min.values())
+    print("\nFIRST --once")
+    print(calls_table("Mercado Livre calls", meli_calls, meli_min))
+    print(calls_table("Chatwoot calls", cw_calls, cw_min))
+
     def row(label, actual, need):
         return (label, ratio(actual, need), f"<= {goal}", verdict(actual <= goal * need))
+    rss = mb(first["maxrss_kib"])
+    errors = [c for c in first["meli_calls"] + first["chatwoot_calls"] if c["status"] >= 400]
     return [row("Mercado Livre actual/minimum", meli_total, meli_need),
-            row(f"  {job_label}", meli_job, meli_need),
+            row(f"  {job_label}", job_calls(meli_calls), meli_need),
             row("Chatwoot actual/minimum", cw_total, cw_need),
-            row("overall actual/minimum", meli_total + cw_total, meli_need + cw_need)]
+            row("overall actual/minimum", meli_total + cw_total, meli_need + cw_need),
+            ("wall time (s)", f"{first['wall']:.1f}", "", ""),
+            ("calls per second (both APIs)", f"{(meli_total + cw_total) / first['wall']:.0f}", "", ""),
+            ("poller CPU user+sys (s)", f"{first['cpu_user'] + first['cpu_sys']:.1f}", "", ""),
+            ("poller peak RSS (MB)", f"{rss:.1f}", "" if rss_goal_mb is None else f"<= {rss_goal_mb:.0f}",
+             "" if rss_goal_mb is None else verdict(rss <= rss_goal_mb)),
+            ("HTTP errors (>= 400)", len(errors), "0", verdict(not errors)),
+            ("exit code", first["rc"], "0", verdict(first["rc"] == 0))]

@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402,I001
-    Bench, by_endpoint, calls_table, ceil_div, efficiency_rows, mb, png_bytes, table, verdict)
+    Bench, by_endpoint, calls_table, ceil_div, first_once_rows, png_bytes, table, verdict)
 from bridge.sync.sales import SWEEP_RECHECK, SWEEP_THREADS  # noqa: E402
 
 RATIO_GOAL = 1.05
@@ -105,24 +105,9 @@ def main(argv: list[str] | None = None) -> int:
                     "GET /orders/search": 1}
         cw_min = {"POST /contacts": buyers, "POST /conversations": packs,
                   "POST /conversations/{id}/messages": packs * per_pack}
-        meli_calls, cw_calls = by_endpoint(first["meli_calls"]), by_endpoint(first["chatwoot_calls"])
-        meli_total, cw_total = sum(meli_calls.values()), sum(cw_calls.values())
-        meli_post = sum(part(meli_calls, True).values())
-        meli_need, cw_need = sum(meli_min.values()), sum(cw_min.values())
-
-        print("\nFIRST --once")
-        print(calls_table("Mercado Livre calls", meli_calls, meli_min))
-        print(calls_table("Chatwoot calls", cw_calls, cw_min))
-        errors = [c for c in first["meli_calls"] + first["chatwoot_calls"] if c["status"] >= 400]
-        print(table([
-            *efficiency_rows("post-sale calls only", meli_total, meli_post, meli_need, cw_total, cw_need, RATIO_GOAL),
-            ("wall time (s)", f"{first['wall']:.1f}", "", ""),
-            ("calls per second (both APIs)", f"{(meli_total + cw_total) / first['wall']:.0f}", "", ""),
-            ("poller CPU user+sys (s)", f"{first['cpu_user'] + first['cpu_sys']:.1f}", "", ""),
-            ("poller peak RSS (MB)", f"{mb(first['maxrss_kib']):.1f}", "", ""),
-            ("HTTP errors (>= 400)", len(errors), "0", verdict(not errors)),
-            ("exit code", first["rc"], "0", verdict(first["rc"] == 0)),
-        ], ("figure", "value", "goal", "")))
+        print(table(first_once_rows(first, meli_min, cw_min, "post-sale calls only",
+                                    lambda calls: sum(part(calls, True).values()), RATIO_GOAL),
+                    ("figure", "value", "goal", "")))
 
         idle = bench.once()
         meli2, cw2 = by_endpoint(idle["meli_calls"]), by_endpoint(idle["chatwoot_calls"])

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402,I001
-    Bench, by_endpoint, calls_table, ceil_div, efficiency_rows, mb, seed_questions, table, verdict)
+    Bench, by_endpoint, calls_table, ceil_div, first_once_rows, mb, seed_questions, table, verdict)
 
 RATIO_GOAL = 1.05
 RSS_GOAL_MB = 150.0
@@ -62,25 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         if first["rc"] != 0:
             print(f"WARNING: first --once exited {first['rc']}; log tail:\n{bench.log_tail()}")
         meli_min, cw_min = minimum_first(q, buyers, items)
-        meli_calls, cw_calls = by_endpoint(first["meli_calls"]), by_endpoint(first["chatwoot_calls"])
-        meli_total, cw_total = sum(meli_calls.values()), sum(cw_calls.values())
-        meli_job = meli_total - sum(meli_calls.get(name, 0) for name in OTHER_JOBS)
-        meli_need, cw_need = sum(meli_min.values()), sum(cw_min.values())
-
-        print("\nFIRST --once")
-        print(calls_table("Mercado Livre calls", meli_calls, meli_min))
-        print(calls_table("Chatwoot calls", cw_calls, cw_min))
-        errors = [c for c in first["meli_calls"] + first["chatwoot_calls"] if c["status"] >= 400]
-        rows = [
-            *efficiency_rows("questions job only", meli_total, meli_job, meli_need, cw_total, cw_need, RATIO_GOAL),
-            ("wall time (s)", f"{first['wall']:.1f}", "", ""),
-            ("calls per second (both APIs)", f"{(meli_total + cw_total) / first['wall']:.0f}", "", ""),
-            ("poller CPU user+sys (s)", f"{first['cpu_user'] + first['cpu_sys']:.1f}", "", ""),
-            ("poller peak RSS (MB)", f"{mb(first['maxrss_kib']):.1f}", f"<= {RSS_GOAL_MB:.0f}",
-             verdict(mb(first["maxrss_kib"]) <= RSS_GOAL_MB)),
-            ("HTTP errors (>= 400)", len(errors), "0", verdict(not errors)),
-            ("exit code", first["rc"], "0", verdict(first["rc"] == 0)),
-        ]
+        rows = first_once_rows(first, meli_min, cw_min, "questions job only",
+                               lambda calls: sum(calls.values()) - sum(calls.get(name, 0) for name in OTHER_JOBS),
+                               RATIO_GOAL, RSS_GOAL_MB)
         conversations = [c for c in bench.chatwoot.conversations.values() if c["inbox_id"] == bench.questions_inbox]
         rows.append(("conversations created", len(conversations), q, ""))
         print(table(rows, ("figure", "value", "goal", "")))
