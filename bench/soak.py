@@ -126,6 +126,7 @@ FILE_TAG = re.compile(r"^(R\d{5})f(\d+)\.")
 UNIT = re.compile(r"\b(R\d{5}(?:p\d+\b|f\d+\.\w+))")  # a sentence's tag or a file's name, as quoted in a note
 INCOMING = MESSAGE_TYPES["incoming"]
 OUTGOING = MESSAGE_TYPES["outgoing"]
+ACTIVITY = MESSAGE_TYPES["activity"]
 COMMANDS = {"listener": [str(VENV_BIN / "gunicorn"), "webhook_server:app"], "poller": [sys.executable, "main.py"]}
 
 # Relative weights of the injected events.
@@ -192,6 +193,7 @@ class Soak:
         self.resolves: dict[int, float] = {}
         self.deletions: list[dict] = []
         self.merges: list[tuple[int, int]] = []
+        self.merge_orphans = 0  # see _orphaned_by_merge
         self.touched: dict[str, list[str]] = defaultdict(list)  # "pack:P" / "question:Q" / "buyer:B" -> actions
         self.own_posts: Counter = Counter()  # (route, status) of what the soak POSTed to the listener
         self.mark_read_bad: list[tuple[str, list[str]]] = []
@@ -611,6 +613,19 @@ class Soak:
                 self.cw.merge_contacts(base, mergee)
             self.merges.append((base, mergee))
 
+    def _orphaned_by_merge(self, conv_id: int, convs: dict, identifiers: dict, live: dict, buyer) -> bool:
+        """An empty conversation that an agent's merge of two buyers' contacts carried off to the
+        other buyer's contact: the bridge made it, the answer was lost (a crash, a create Chatwoot
+        held), and before the next attempt its contact was merged into another buyer's. The next
+        attempt can only search the buyer's own contact, so it makes another; nothing was shown in
+        the first, and nothing the bridge may read finds it (unrecoverable by design)."""
+        conv = convs[conv_id]
+        if buyer is None or any(m["conversation_id"] == conv_id and m["message_type"] != ACTIVITY
+                                for m in live.values()):
+            return False
+        owner = identifiers.get(conv["contact_id"], "")
+        return owner != f"meli:buyer:{buyer}" and any(base == conv["contact_id"] for base, _m in self.merges)
+
     def _remember_deletion(self, conv_id: int, what: str) -> None:
         attrs = self.cw.conversations[conv_id]["custom_attributes"]
         for key in ("meli_question_id", "meli_pack_id"):
@@ -752,8 +767,9 @@ class Soak:
         with cw.lock:
             live = {m["id"]: m for m in cw.messages.values()}
             deleted = {m["id"]: m for m in cw.deleted_messages.values()}
-            convs = {c["id"]: {"inbox_id": c["inbox_id"], "status": c["status"],
+            convs = {c["id"]: {"inbox_id": c["inbox_id"], "status": c["status"], "contact_id": c["contact_id"],
                                "attrs": dict(c["custom_attributes"])} for c in cw.conversations.values()}
+            identifiers = {contact_id: str(c.get("identifier") or "") for contact_id, c in cw.contacts.items()}
         copies: dict[str, list[dict]] = defaultdict(list)
         for message in list(live.values()) + list(deleted.values()):
             if message.get("source_id"):
@@ -811,6 +827,7 @@ class Soak:
         if quick:
             return {"violations": v}
 
+        orphaned = 0
         for attr, inbox_id in (("meli_question_id", self.fakes.questions_inbox),
                                ("meli_pack_id", self.fakes.messages_inbox)):
             by_external: dict[str, list[int]] = defaultdict(list)
@@ -818,8 +835,14 @@ class Soak:
                 if conv["inbox_id"] == inbox_id and conv["attrs"].get(attr) not in (None, ""):
                     by_external[str(conv["attrs"][attr])].append(conv_id)
             for external, ids in sorted(by_external.items()):
-                if len(ids) > 1:
+                buyer = (self.questions.get(int(external)) if attr == "meli_question_id" and external.isdigit()
+                         else self.packs.get(external) if attr == "meli_pack_id" else None) or {}
+                orphans = [i for i in ids if self._orphaned_by_merge(i, convs, identifiers, live, buyer.get("buyer"))]
+                if len(ids) - len(orphans) > 1 or (orphans and len(ids) == len(orphans)):
                     v[INVARIANTS[2]].append(f"{attr}={external}: live conversations {sorted(ids)}")
+                else:
+                    orphaned += len(orphans)
+        self.merge_orphans = orphaned
 
         for conv_id, resolved_at in self.resolves.items():
             conv = convs.get(conv_id)
@@ -1002,6 +1025,8 @@ def report(soak: Soak, result: dict) -> tuple[str, int]:
     lines += [f"  {n:6d}  {name}" for name, n in sorted(soak.injected.items())]
     lines.append(f"  {soak.refresh_window_losses:6d}  authorization lost to a kill inside the token refresh window "
                  f"(unrecoverable by design; authorized again {soak.reauthorized} times)")
+    lines.append(f"  {soak.merge_orphans:6d}  empty conversation carried off to another buyer's contact by a merge "
+                 "inside its create window (unrecoverable by design)")
     lines += ["", "background faults drawn by the fakes (Mercado Livre; Chatwoot's marked):"]
     faults: Counter = Counter()
     for (kind, _prefix), n in result["faults"].items():

@@ -9,6 +9,7 @@ import requests
 
 from tests.e2e import wait_until
 from tests.fakes import start_fakes
+from tests.fakes.fake_chatwoot import MESSAGE_TYPES
 
 
 @pytest.fixture
@@ -421,3 +422,42 @@ def test_soak_report_names_the_cases_a_run_never_produced(soak_check):
     assert {"a reply sent in part", "a thread marked read", "a kill -9"} <= set(soak.exercised_nothing(run, result))
     text, _violations = soak.report(run, result)
     assert "not exercised in this run (their checks passed with nothing to check): a reply sent in part" in text
+
+
+def _merged_away_sale(run, message_in_orphan: bool) -> tuple[int, int]:
+    """Sale 3000000009 of buyer 7001: a conversation made for it, then its contact merged by an
+    agent into buyer 7002's contact; the bridge, finding the buyer's contact gone, made another."""
+    state = run.cw
+    orphan = sale_conversation(run, "3000000009", buyer=7001)
+    if message_in_orphan:
+        with state.lock:
+            state._create_message(orphan, "Oi", MESSAGE_TYPES["incoming"], source_id="meli:message:m-1")
+    other = sale_conversation(run, "3000000010", buyer=7002)
+    base, mergee = state.conversations[other]["contact_id"], state.conversations[orphan]["contact_id"]
+    state.merge_contacts(base, mergee)
+    run.merges.append((base, mergee))
+    contact, _ = state.create_contact({"name": "C7001b", "identifier": "meli:buyer:7001",
+                                       "inbox_id": run.fakes.messages_inbox, "source_id": "meli:buyer:7001:x"})
+    again, _ = state.create_conversation({"inbox_id": run.fakes.messages_inbox, "contact_id": contact["id"],
+                                          "source_id": "meli:buyer:7001:x",
+                                          "custom_attributes": {"meli_pack_id": "3000000009"}})
+    return orphan, again["id"]
+
+
+def test_soak_check_counts_an_empty_conversation_a_merge_carried_to_another_buyer_as_an_event(soak_check):
+    run = soak_check
+    _merged_away_sale(run, message_in_orphan=False)
+
+    found = run.check()["violations"]["one live conversation per question / sale"]
+
+    assert found == [] and run.merge_orphans == 1
+
+
+def test_soak_check_still_flags_a_second_conversation_when_the_first_holds_a_message(soak_check):
+    run = soak_check
+    orphan, again = _merged_away_sale(run, message_in_orphan=True)
+
+    found = run.check()["violations"]["one live conversation per question / sale"]
+
+    assert found == [f"meli_pack_id=3000000009: live conversations {sorted([orphan, again])}"]
+    assert run.merge_orphans == 0
