@@ -33,7 +33,12 @@ never twice at the same time. An item the agent never saw deleted
 Merges move conversations to the surviving contact: items stay where they were.
 
 one live conversation per question / sale — never two live conversations in the inbox
-for the same question or sale.
+for the same question or sale. One case is not the bridge's to prevent and is counted under
+events instead: a conversation the bridge made but could not record (a kill, or a create
+Chatwoot held past its answer), whose contact an agent then merged into another buyer's
+contact. The next attempt searches the buyer's own contact, finds nothing and makes one; the
+first stays empty under the other buyer. Only an empty conversation whose contact is the
+surviving contact of a merge and carries another buyer's identifier counts so.
 
 reopened after a new buyer message — a sale conversation the agent resolved is open
 again when a buyer message reached it after the resolve.
