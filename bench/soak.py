@@ -223,7 +223,7 @@ class Soak:
         self.cw, self.meli = cw, meli
         self.fakes.questions_inbox = cw.add_inbox("Mercado Livre - Perguntas")
         self.fakes.messages_inbox = cw.add_inbox("Mercado Livre - Vendas")
-        self.bridge = Bridge(self.tmp, self.fakes, LOG_LEVEL="INFO", QUESTIONS_POLL_SECONDS="1",
+        self.bridge = Bridge(self.tmp, self.fakes, LOG_LEVEL="DEBUG", QUESTIONS_POLL_SECONDS="1",
                              MESSAGES_POLL_SECONDS="1", BRIDGE_HTTP_READ_TIMEOUT=str(READ_TIMEOUT))
         # The account webhook (added by Bridge) and both inbox webhooks point at the listener,
         # as the README suggests: each message arrives twice, and an inbox delivery that
