@@ -240,3 +240,20 @@ def test_a_refused_message_create_is_not_waited_for(s, clock):
         sync_questions._mirror_answer(s, "12", 77, question)
     sync_questions._mirror_answer(s, "12", 77, question)  # at once: a refused create is held by nobody
     assert s.db.links.get("answer", "12")["message_id"] == 708
+
+
+@responses.activate
+def test_a_create_that_waited_before_timing_out_settles_from_when_the_wait_ended(s, clock):
+    inbox = s.settings.chatwoot_questions_inbox_id
+    s.db.links.mark_created("buyer", "9", clock(), contact_id=5, data={"inboxes": [inbox]})
+    responses.post(f"{CW}/conversations", json={"id": 91})
+
+    def held(_request):
+        clock.advance(30)  # a rate-budget pause, then Chatwoot holding the create
+        raise requests.exceptions.ReadTimeout("read timed out")
+
+    responses.add_callback(responses.POST, f"{CW}/conversations/91/messages", callback=held)
+    question = {"id": 12, "status": "UNANSWERED", "item_id": "MLB1", "text": "Tem azul?", "from": {"id": 9}}
+    with pytest.raises(TransientError):
+        sync_questions.create_question(s, question, None, "COMPRADOR")
+    assert s.db.links.get("question", "12")["data"][ensure.TRIED] == clock()

@@ -412,3 +412,31 @@ def test_a_reply_given_up_waiting_for_reauthorization_after_some_parts_says_whic
     assert "A parte 1 de 3 chegou ao comprador" in note and "não foi enviada" not in note
     assert "python main.py authorize" in note
     assert not posts()
+
+
+@responses.activate
+def test_a_send_that_waited_before_timing_out_settles_from_when_the_wait_ended(s):
+    _status, reply_id = accept(s, "Chega amanhã")
+    chatwoot_ok()
+
+    def held(_request):
+        # A rate-budget pause, then Mercado Livre holding the request: it left well after the
+        # attempt was recorded, and may still be applied.
+        s.clock.advance(30)
+        raise requests.exceptions.ReadTimeout("read timed out")
+
+    responses.add_callback(responses.POST, THREAD, callback=held)
+    delivery.run_outbox(s)
+    assert s.db.replies.parts(reply_id)[0]["last_attempt_at"] == s.clock()
+
+    def thread_reads():
+        return [c for c in responses.calls if c.request.method == "GET" and c.request.url.startswith(THREAD)]
+
+    responses.get(THREAD, json={"paging": {"total": 0}, "messages": [], "conversation_status": {"status": "active"}})
+    # Counted from the attempt's start it would have settled by now, and been looked for too early.
+    s.clock.advance(delivery.IN_DOUBT_SETTLE - 1)
+    delivery.run_outbox(s)
+    assert thread_reads() == []
+    s.clock.advance(60)  # settled, and past the attempt's backoff
+    delivery.run_outbox(s)
+    assert len(thread_reads()) == 1

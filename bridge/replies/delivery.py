@@ -270,12 +270,21 @@ def _deliver_message(s: Services, reply: dict) -> None:
         except TransientError as exc:
             if exc.status == 429:
                 s.db.replies.mark_part_unsent(reply["id"], part["seq"])  # refused outright: nothing was sent
+            else:
+                _attempt_ended(s, reply, part)
             raise
         crashpoint("message_sent")
         remote_id = str((sent or {}).get("id") or (sent or {}).get("message_id") or "") or None
         s.db.replies.mark_part_sent(reply["id"], part["seq"], remote_id, s.clock())
         log.info("reply part sent reply=%s part=%d/%d pack=%s ml_message=%s", reply["id"], part["seq"] + 1,
                  len(parts), pack_id, remote_id)
+
+
+def _attempt_ended(s: Services, reply: dict, part: dict) -> None:
+    """The send may have left as late as now: a rate-budget pause holds it after the attempt is
+    recorded, and Mercado Livre may hold it after that. Settling counts from when we stopped
+    waiting (a crash mid-send leaves the time it was recorded at)."""
+    s.db.replies.mark_part_attempted(reply["id"], part["seq"], s.clock())
 
 
 def _wait_until_settled(s: Services, reply: dict, part: dict) -> None:
@@ -413,6 +422,8 @@ def _deliver_claim(s: Services, reply: dict) -> None:
         except TransientError as exc:
             if exc.status == 429:
                 s.db.replies.mark_part_unsent(reply["id"], part["seq"])
+            else:
+                _attempt_ended(s, reply, part)
             raise
         crashpoint("claim_message_sent")
         s.db.replies.mark_part_sent(reply["id"], part["seq"], remote, s.clock())

@@ -59,6 +59,11 @@ def ensure_message(s: Services, kind: str, external_id: str, conversation_id: in
         # Refused: nothing is held, the next attempt need not wait.
         s.db.links.update(kind, external_id, s.clock(), data=data)
         raise
+    except TransientError:
+        # It may have left as late as now (a rate-budget pause holds it after TRIED was written):
+        # settling counts from when we stopped waiting.
+        s.db.links.update(kind, external_id, s.clock(), data=dict(data, **{TRIED: s.clock()}))
+        raise
     if crash:  # None: the caller's window comes later, after what goes with the message
         crashpoint(crash)
     return message
