@@ -257,3 +257,15 @@ def test_a_create_that_waited_before_timing_out_settles_from_when_the_wait_ended
     with pytest.raises(TransientError):
         sync_questions.create_question(s, question, None, "COMPRADOR")
     assert s.db.links.get("question", "12")["data"][ensure.TRIED] == clock()
+
+
+@responses.activate
+def test_a_conversation_create_that_waited_before_timing_out_settles_from_when_the_wait_ended(s, clock):
+    def held(_request):
+        clock.advance(30)  # a rate-budget pause, then Chatwoot holding the create
+        raise requests.exceptions.ReadTimeout("read timed out")
+
+    responses.add_callback(responses.POST, f"{CW}/conversations", callback=held)
+    with pytest.raises(TransientError):
+        open_pack(s)
+    assert s.db.links.get("pack", "2000001")["data"]["conversation_tried_at"] == clock()

@@ -7,7 +7,7 @@ import logging
 from bridge import source_ids
 from bridge.http import PermanentError
 from bridge.services import Services
-from bridge.sync.ensure import settle
+from bridge.sync.ensure import settle, stamped_create
 from db_manager import crashpoint
 
 log = logging.getLogger("bridge.contacts")
@@ -106,14 +106,10 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
         if link["data"].get(TRIED) is not None:
             settle(s, link["data"][TRIED], f"{kind} {external_id}'s conversation")
         s.db.links.update(kind, external_id, s.clock(), data=dict(data, **{TRIED: s.clock()}))
-    try:
-        conversation = s.chatwoot.create_conversation(
-            source_id=source_id, inbox_id=inbox_id, contact_id=contact_id, custom_attributes=custom_attributes,
-            additional_attributes={"meli_buyer_id": str(buyer_id)})
-    except PermanentError:
-        # Refused (a contact deleted or merged away): nothing is held, the next create need not wait.
-        s.db.links.update(kind, external_id, s.clock(), data=data)
-        raise
+    # Refused: a contact deleted or merged away (404/422), which open_conversation handles.
+    conversation = stamped_create(s, kind, external_id, TRIED, data, lambda: s.chatwoot.create_conversation(
+        source_id=source_id, inbox_id=inbox_id, contact_id=contact_id, custom_attributes=custom_attributes,
+        additional_attributes={"meli_buyer_id": str(buyer_id)}))
     crashpoint("conversation_created")
     s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation["id"], data=data)
     return conversation["id"], True

@@ -53,20 +53,27 @@ def ensure_message(s: Services, kind: str, external_id: str, conversation_id: in
     data = (s.db.links.get(kind, external_id) or {}).get("data") or {}
     s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation_id,
                       data=dict(data, **{TRIED: s.clock()}))
-    try:
-        message = create()
-    except PermanentError:
-        # Refused: nothing is held, the next attempt need not wait.
-        s.db.links.update(kind, external_id, s.clock(), data=data)
-        raise
-    except TransientError:
-        # It may have left as late as now (a rate-budget pause holds it after TRIED was written):
-        # settling counts from when we stopped waiting.
-        s.db.links.update(kind, external_id, s.clock(), data=dict(data, **{TRIED: s.clock()}))
-        raise
+    message = stamped_create(s, kind, external_id, TRIED, data, create)
     if crash:  # None: the caller's window comes later, after what goes with the message
         crashpoint(crash)
     return message
+
+
+def stamped_create(s: Services, kind: str, external_id: str, key: str, data: dict, create: Callable[[], dict]) -> dict:
+    """`create()`, for a row whose data the caller stamped (`key`: now) just before.
+
+    Refused, nothing is held: the stamp goes (`data` without it), the next attempt need not
+    wait. Its answer lost, it may have left as late as now (a rate-budget pause holds it after
+    the stamp): restamped, settling counts from when we stopped waiting.
+    """
+    try:
+        return create()
+    except PermanentError:
+        s.db.links.update(kind, external_id, s.clock(), data=data)
+        raise
+    except TransientError:
+        s.db.links.update(kind, external_id, s.clock(), data=dict(data, **{key: s.clock()}))
+        raise
 
 
 def settle(s: Services, attempted_at: float, what: str) -> None:
