@@ -623,7 +623,8 @@ class Soak:
         other buyer's contact: the bridge made it, the answer was lost (a crash, a create Chatwoot
         held), and before the next attempt its contact was merged into another buyer's. The next
         attempt can only search the buyer's own contact, so it makes another; nothing was shown in
-        the first, and nothing the bridge may read finds it (unrecoverable by design)."""
+        the first, and nothing the bridge may read finds it (unrecoverable by design). An agent's
+        answer there would have named it to the bridge (adopted), so only an empty one counts."""
         conv = convs[conv_id]
         if buyer is None or any(m["conversation_id"] == conv_id and m["message_type"] != ACTIVITY
                                 for m in live.values()):

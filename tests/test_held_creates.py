@@ -269,3 +269,30 @@ def test_a_conversation_create_that_waited_before_timing_out_settles_from_when_t
     with pytest.raises(TransientError):
         open_pack(s)
     assert s.db.links.get("pack", "2000001")["data"]["conversation_tried_at"] == clock()
+
+
+@responses.activate
+def test_a_held_conversation_an_agent_answered_in_is_used_even_after_its_contact_was_merged_away(s, clock):
+    """The create's answer is lost, Chatwoot applies it, an agent answers there, then merges the buyer's
+    contact into another's: the bridge can no longer find it under the buyer, but the answer told it."""
+    from bridge.replies.accept import accept_webhook
+    from tests.payloads import message_created
+
+    responses.post(f"{CW}/conversations", body=HELD)
+    with pytest.raises(TransientError):
+        open_pack(s)
+
+    body = message_created(message_id=501, conversation_id=93, inbox_id=s.settings.chatwoot_messages_inbox_id,
+                           custom_attributes={"meli_pack_id": "2000001"})
+    status, _code, extra = accept_webhook(body, s.settings, s.db, clock())
+    assert status == "accepted" and extra["target"] == "2000001" and extra["adopted_conversation"] is True
+
+    clock.advance(ensure.CREATE_SETTLE + 1)
+    assert open_pack(s) == (93, False)  # no look under the (merged away) contact, no second create
+    assert len(posts_to("/conversations")) == 1
+    assert s.db.links.get("pack", "2000001")["data"] == {}
+    # A later delivery in another conversation carrying the same attribute changes nothing.
+    again = message_created(message_id=502, conversation_id=94, inbox_id=s.settings.chatwoot_messages_inbox_id,
+                            custom_attributes={"meli_pack_id": "2000001"})
+    assert "adopted_conversation" not in accept_webhook(again, s.settings, s.db, clock())[2]
+    assert s.db.links.get("pack", "2000001")["conversation_id"] == 93

@@ -58,6 +58,9 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
                       limit=CLAIM_TEXT_LIMIT if kind == "claim" else text.POSTSALE_DEFAULT_LIMIT)
     if not plan.refused and target is None:
         plan.refused = UNLINKED
+    # Before the reply is recorded, so a delivery retried after a crash in between adopts it too.
+    adopted = link is None and target is not None and db.links.adopt_conversation(
+        LINK_KIND[kind], target, conversation_id, now)
     # One answer per question: checked by the database inside the insert's transaction, since
     # two listener workers may accept two agent messages for the same question at once.
     reply_id = db.replies.accept(chatwoot_message_id=message_id, conversation_id=conversation_id, kind=kind,
@@ -68,6 +71,8 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
     if reply_id is None:
         return "duplicate", 200, {}
     extra = {"reply_id": reply_id, "kind": kind, "target": target, "parts": len(plan.parts)}
+    if adopted:
+        extra["adopted_conversation"] = True
     error = (plan.refused and plan.refused.error) or (db.replies.get(reply_id)["error"] if kind == "answer" else None)
     if error:
         return "refused", 200, dict(extra, reason=error)

@@ -90,6 +90,18 @@ class LinksStore:
             insert_pending(conn, kind, external_id, now)
             update_fields(conn, kind, external_id, now, dict(fields, status="created"))
 
+    def adopt_conversation(self, kind: str, external_id: str | int, conversation_id: int, now: float) -> bool:
+        """An agent answered in a conversation carrying `kind/external_id` while the bridge does not
+        know that thing's conversation (its create's answer was lost, or is still being retried): that
+        conversation becomes the one the bridge mirrors into. Otherwise the bridge would make a
+        second one, and the agent's answer would stay where nobody looks."""
+        with self._db.write() as conn:
+            return conn.execute(
+                "UPDATE links SET conversation_id = ?, updated_at = ?,"
+                " data = json_remove(COALESCE(NULLIF(data, ''), '{}'), '$.conversation_tried_at') "
+                " WHERE kind = ? AND external_id = ? AND status = 'pending' AND conversation_id IS NULL",
+                (conversation_id, now, kind, str(external_id))).rowcount == 1
+
     def ids_among(self, kind: str, external_ids: list[str]) -> set[str]:
         """Which of these ids have a links row of `kind` (pending or created)."""
         found: set[str] = set()
