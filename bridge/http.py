@@ -6,7 +6,9 @@ import email.utils
 import logging
 import os
 import time
-from typing import Any, Callable
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator
 
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
@@ -15,6 +17,21 @@ from bridge.backoff import backoff_wait
 from bridge.rate_budget import Unlimited
 
 USER_AGENT = "meli-chatwoot-bridge/1.0"
+
+
+_DEPARTING: ContextVar[Callable[[], None] | None] = ContextVar("departing", default=None)
+
+
+@contextmanager
+def on_departure(callback: Callable[[], None]) -> Iterator[None]:
+    """Call `callback` each time a request made inside leaves: after any rate-budget pause or token
+    wait, which may hold it seconds after the caller recorded the attempt. A create whose answer is
+    lost (or a crash in flight) then settles from when it really left, not from the record."""
+    token = _DEPARTING.set(callback)
+    try:
+        yield
+    finally:
+        _DEPARTING.reset(token)
 
 
 def _read_timeout(default: float = 30.0) -> float:
@@ -140,6 +157,9 @@ class HttpClient:
         shown = path.split("?", 1)[0] if not path.startswith("http") else "(file)"
         budget = self.budgets.get(method) or self.budgets.get("*") or UNLIMITED
         budget.acquire()
+        departing = _DEPARTING.get()
+        if departing is not None:
+            departing()
         started = time.monotonic()
         self.calls += 1
         try:

@@ -296,3 +296,38 @@ def test_a_held_conversation_an_agent_answered_in_is_used_even_after_its_contact
                             custom_attributes={"meli_pack_id": "2000001"})
     assert "adopted_conversation" not in accept_webhook(again, s.settings, s.db, clock())[2]
     assert s.db.links.get("pack", "2000001")["conversation_id"] == 93
+
+
+class Killed(BaseException):
+    """kill -9 while the request is in flight: nothing after it runs."""
+
+
+class PausedBudget:
+    def __init__(self, clock, seconds):
+        self.clock, self.seconds = clock, seconds
+
+    def acquire(self, level=None):
+        self.clock.advance(self.seconds)  # paused after a 429 when the create was about to leave
+
+    def pause(self, seconds):
+        pass
+
+
+@responses.activate
+def test_a_conversation_create_killed_in_flight_after_a_budget_pause_settles_from_when_it_left(s, clock):
+    s.chatwoot.budgets = {"*": PausedBudget(clock, 30)}
+
+    def in_flight(_request):
+        raise Killed()
+
+    responses.add_callback(responses.POST, f"{CW}/conversations", callback=in_flight)
+    with pytest.raises(Killed):
+        open_pack(s)
+    assert s.db.links.get("pack", "2000001")["data"]["conversation_tried_at"] == clock()
+
+    s.chatwoot.budgets = {}
+    responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
+    clock.advance(ensure.CREATE_SETTLE - 1)  # settled if counted from the record before the pause
+    with pytest.raises(TransientError):
+        open_pack(s)
+    assert len(posts_to("/conversations")) == 1

@@ -440,3 +440,44 @@ def test_a_send_that_waited_before_timing_out_settles_from_when_the_wait_ended(s
     s.clock.advance(60)  # settled, and past the attempt's backoff
     delivery.run_outbox(s)
     assert len(thread_reads()) == 1
+
+
+class Killed(BaseException):
+    """kill -9 while the request is in flight: nothing after it runs."""
+
+
+class PausedBudget:
+    """A rate budget paused (after a 429) for `seconds` when the send is about to leave."""
+
+    def __init__(self, clock, seconds):
+        self.clock, self.seconds = clock, seconds
+
+    def acquire(self, level=None):
+        self.clock.advance(self.seconds)
+
+    def pause(self, seconds):
+        pass
+
+
+@responses.activate
+def test_a_send_killed_in_flight_after_a_budget_pause_settles_from_when_it_left(s):
+    _status, reply_id = accept(s, "Chega amanhã")
+    s.meli.budgets = {"POST": PausedBudget(s.clock, 30)}
+
+    def in_flight(_request):
+        raise Killed()
+
+    responses.add_callback(responses.POST, THREAD, callback=in_flight)
+    with pytest.raises(Killed):
+        delivery.deliver(s, reply_id)
+    left_at = s.clock()
+    part = s.db.replies.parts(reply_id)[0]
+    assert part["status"] == "sending" and part["last_attempt_at"] == left_at
+
+    # The next poller: Mercado Livre may apply the held send until IN_DOUBT_SETTLE after it left.
+    s.meli.budgets = {}
+    s.db.replies.release_leases(s.clock())
+    responses.get(THREAD, json={"paging": {"total": 0}, "messages": [], "conversation_status": {"status": "active"}})
+    s.clock.advance(delivery.IN_DOUBT_SETTLE - 1)  # settled, counted from the record before the pause
+    assert delivery.deliver(s, reply_id) == "retry"
+    assert not [c for c in responses.calls if c.request.method == "GET" and c.request.url.startswith(THREAD)]

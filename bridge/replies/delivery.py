@@ -15,10 +15,11 @@ import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Callable
 
 from bridge.backoff import retry_delay
-from bridge.http import TIMEOUT, ApiError, PermanentError, TransientError
+from bridge.http import TIMEOUT, ApiError, PermanentError, TransientError, on_departure
 from bridge.replies.accept import LINK_KIND
 from bridge.replies.refusal import Refusal
 from bridge.replies.report import GIVE_UP_AFTER, report_outcomes, report_reply
@@ -258,9 +259,9 @@ def _deliver_message(s: Services, reply: dict) -> None:
                          reply["id"], part["seq"], pack_id, found)
                 continue
         attachment_ids = _upload_files(s, reply, part)
-        s.db.replies.mark_part_attempted(reply["id"], part["seq"], s.clock())
         try:
-            sent = s.meli.send_message(pack_id, seller_id, to_user, part["text"], attachment_ids)
+            with on_departure(partial(_attempt_ended, s, reply, part)):
+                sent = s.meli.send_message(pack_id, seller_id, to_user, part["text"], attachment_ids)
         except PermanentError as exc:
             s.db.replies.mark_part_unsent(reply["id"], part["seq"])
             if exc.status == 403 or exc.code == "blocked_conversation_send_message_forbidden":
@@ -281,9 +282,9 @@ def _deliver_message(s: Services, reply: dict) -> None:
 
 
 def _attempt_ended(s: Services, reply: dict, part: dict) -> None:
-    """The send may have left as late as now: a rate-budget pause holds it after the attempt is
-    recorded, and Mercado Livre may hold it after that. Settling counts from when we stopped
-    waiting (a crash mid-send leaves the time it was recorded at)."""
+    """Stamped as each send leaves (after any rate-budget or token wait: a crash in flight settles
+    from there), and again when its answer is lost: Mercado Livre may hold it past our timeout, so
+    settling counts from when we stopped waiting."""
     s.db.replies.mark_part_attempted(reply["id"], part["seq"], s.clock())
 
 
@@ -408,9 +409,9 @@ def _deliver_claim(s: Services, reply: dict) -> None:
             continue
         filenames = _upload_files(s, reply, part, lambda name, content, ctype: s.meli.upload_claim_attachment(
             claim_id, name, content, ctype))
-        s.db.replies.mark_part_attempted(reply["id"], part["seq"], s.clock())
         try:
-            s.meli.send_claim_message(claim_id, receiver, part["text"], filenames)
+            with on_departure(partial(_attempt_ended, s, reply, part)):
+                s.meli.send_claim_message(claim_id, receiver, part["text"], filenames)
         except PermanentError as exc:
             s.db.replies.mark_part_unsent(reply["id"], part["seq"])
             if exc.code == "claim_closed":

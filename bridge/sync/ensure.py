@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from bridge.http import TIMEOUT, PermanentError, TransientError
+from bridge.http import TIMEOUT, PermanentError, TransientError, on_departure
 from bridge.services import Services
 from bridge.store.links import Link
 from db_manager import crashpoint
@@ -62,17 +62,22 @@ def ensure_message(s: Services, kind: str, external_id: str, conversation_id: in
 def stamped_create(s: Services, kind: str, external_id: str, key: str, data: dict, create: Callable[[], dict]) -> dict:
     """`create()`, for a row whose data the caller stamped (`key`: now) just before.
 
-    Refused, nothing is held: the stamp goes (`data` without it), the next attempt need not
-    wait. Its answer lost, it may have left as late as now (a rate-budget pause holds it after
-    the stamp): restamped, settling counts from when we stopped waiting.
+    A rate-budget pause may hold the create seconds after the stamp: it is stamped again as it
+    leaves, so a crash in flight settles from there. Refused, nothing is held: the stamp goes
+    (`data` without it), the next attempt need not wait. Its answer lost, Chatwoot may apply it
+    as late as now: restamped, settling counts from when we stopped waiting.
     """
+    def restamp() -> None:
+        s.db.links.update(kind, external_id, s.clock(), data=dict(data, **{key: s.clock()}))
+
     try:
-        return create()
+        with on_departure(restamp):
+            return create()
     except PermanentError:
         s.db.links.update(kind, external_id, s.clock(), data=data)
         raise
     except TransientError:
-        s.db.links.update(kind, external_id, s.clock(), data=dict(data, **{key: s.clock()}))
+        restamp()
         raise
 
 
