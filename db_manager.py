@@ -18,7 +18,7 @@ Chatwoot
 - `conversation_created` (bridge.sync.contacts.ensure_conversation): the question/pack/claim row is
   `pending` without conversation id; the contact's conversations are searched by the
   `meli_<kind>_id` attribute, and not found there it is created again only once the last create
-  has settled (ensure.CREATE_SETTLE after it went out, a time the row's data keeps). A lost
+  has settled (ensure.CREATE_SETTLE after it left, a time the row's data keeps). A lost
   answer (timeout, 5xx) is the same case without a crash: a create Chatwoot still holds is
   applied after the search. An agent answering in that conversation meanwhile names it (the
   listener adopts it for the row: LinksStore.adopt_conversation). Not recoverable: an agent merging
@@ -59,8 +59,9 @@ Mercado Livre
   `not_unanswered_question` and the published text decides. (A lost response, e.g. a
   timeout after Mercado Livre applied the POST, is the same case without a crash.)
 - `message_sent` (bridge.replies.delivery._deliver_message): the part stays `sending`. Once the send has
-  settled (delivery.IN_DOUBT_SETTLE after its last attempt: a request Mercado Livre still
-  holds may be applied after we stopped waiting), the retry looks for it in the thread: a
+  settled (delivery.IN_DOUBT_SETTLE after it last left, stamped as it leaves the rate budget
+  and again when its answer is lost: a request Mercado Livre still holds may be applied after
+  we stopped waiting), the retry looks for it in the thread: a
   seller message with its text, created after its first attempt and not accounted for.
   Meanwhile the post-sale sync leaves a seller message equal to an in-flight part alone
   instead of mirroring it as sent outside Chatwoot. A lost response (timeout, 5xx) is
