@@ -910,6 +910,7 @@ class Soak:
         meli = self.meli
         reached: Counter = Counter()
         where: dict[str, set[str]] = defaultdict(set)  # unit -> the questions / sales it reached
+        held: dict[str, list[float]] = defaultdict(list)  # unit -> seconds the fake held each copy
         with meli.lock:
             for qid, text in meli.answers_posted:
                 units = [f"{t}p{k}" for t, k in TAG.findall(text)]
@@ -923,6 +924,7 @@ class Soak:
                 reached.update(units)
                 for unit in units:
                     where[unit].add(f"sale {sent.get('pack_id')}")
+                    held[unit].append(sent.get("held", 0.0))
         rows = self._db_replies()
         outcome: Counter = Counter()
         for tag, reply in sorted(self.replies.items()):
@@ -931,7 +933,8 @@ class Soak:
                    f"conversation {reply['conversation_id']})"
             twice = [u for u, n in counts.items() if n > 1]
             if twice:
-                v[INVARIANTS[4]].append(f"{what}: {', '.join(f'{u} x{counts[u]}' for u in twice)}")
+                v[INVARIANTS[4]].append(f"{what}: " + ", ".join(
+                    f"{u} x{counts[u]} (held {'/'.join(f'{h:.1f}' for h in held[u])} s)" for u in twice))
             # Counted as arrived wherever it went: another buyer's sale is no delivery.
             own = f"{'question' if reply['answer'] else 'sale'} {reply['target']}"
             astray = sorted({place for u in reply["units"] for place in where.get(u, ())} - {own})

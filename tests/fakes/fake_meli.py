@@ -577,7 +577,10 @@ class MeliState(Controls):
             files = [{"filename": a, "original_filename": uploads[a]["filename"], "type": uploads[a]["content_type"],
                       "size": uploads[a]["size"]} for a in attachment_ids]
             message = self._new_message(thread, self.seller_id, self._seller_recipient(thread), text, files)
-            self.sent_messages.append(dict(body, pack_id=thread["key"], message_id=message["id"]))
+            # How long the server held it before applying it: a send applied later than the bridge
+            # assumes a held request can be (its settle) explains a send made twice.
+            held = time.monotonic() - g.t0 if has_request_context() and "t0" in g else 0.0
+            self.sent_messages.append(dict(body, pack_id=thread["key"], message_id=message["id"], held=held))
         resp = jsonify(message)
         resp.status_code = 201
         return resp
