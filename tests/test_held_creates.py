@@ -288,6 +288,8 @@ def test_a_held_conversation_an_agent_answered_in_is_used_even_after_its_contact
     assert status == "accepted" and extra["target"] == "2000001" and extra["adopted_conversation"] is True
 
     clock.advance(ensure.CREATE_SETTLE + 1)
+    responses.get(f"{CW}/conversations/93", json={"id": 93, "inbox_id": 2,
+                                                  "custom_attributes": {"meli_pack_id": "2000001"}})
     assert open_pack(s) == (93, False)  # no look under the (merged away) contact, no second create
     assert len(posts_to("/conversations")) == 1
     assert s.db.links.get("pack", "2000001")["data"] == {}
@@ -331,3 +333,59 @@ def test_a_conversation_create_killed_in_flight_after_a_budget_pause_settles_fro
     with pytest.raises(TransientError):
         open_pack(s)
     assert len(posts_to("/conversations")) == 1
+
+
+def agent_reply_in(s, clock, conversation_id, message_id, conversation_inbox_id=None):
+    from bridge.replies.accept import accept_webhook
+    from tests.payloads import message_created
+
+    body = message_created(message_id=message_id, conversation_id=conversation_id,
+                           inbox_id=s.settings.chatwoot_messages_inbox_id,
+                           custom_attributes={"meli_pack_id": "2000001"})
+    if conversation_inbox_id is not None:
+        body["conversation"]["inbox_id"] = conversation_inbox_id
+    return accept_webhook(body, s.settings, s.db, clock())
+
+
+@responses.activate
+def test_a_late_reply_from_a_deleted_conversation_does_not_bring_the_sale_back_into_it(s, clock):
+    """The agent deleted the sale's conversation 77 (the bridge forgot it and is making a new one, whose
+    answer was lost); a reply written there before the delete is delivered only now. Adopting 77 would
+    send every later buyer message into a conversation that no longer exists."""
+    from bridge.sync.contacts import forget_conversation
+
+    s.db.links.mark_created("pack", "2000001", clock(), conversation_id=77, contact_id=5, data={"buyer_id": 9})
+    forget_conversation(s, "pack", "2000001", 77, removed_conversation=77)
+    responses.post(f"{CW}/conversations", body=HELD)
+    with pytest.raises(TransientError):
+        open_pack(s)
+
+    assert agent_reply_in(s, clock, 77, 601)[0] == "accepted"  # the reply itself still goes to the buyer
+    responses.get(f"{CW}/conversations/77", status=404, json={"error": "Resource could not be found"})
+    responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
+    clock.advance(1)
+    with pytest.raises(TransientError):
+        open_pack(s)  # not 77; and the create still held may yet be applied: not made again so soon
+    assert len(posts_to("/conversations")) == 1
+
+    responses.post(f"{CW}/conversations", json={"id": 96})
+    clock.advance(ensure.CREATE_SETTLE)
+    assert open_pack(s) == (96, True)
+    link = s.db.links.get("pack", "2000001")
+    assert link["conversation_id"] == 96 and link["data"]["removed_conversation"] == 77
+
+
+@responses.activate
+def test_a_conversation_of_another_inbox_is_not_adopted_for_a_sale(s, clock):
+    """A delivery whose inbox fields disagree (the messages inbox, a conversation in inbox 7): what
+    Chatwoot itself says of the conversation decides."""
+    responses.post(f"{CW}/conversations", body=HELD)
+    with pytest.raises(TransientError):
+        open_pack(s)
+    assert agent_reply_in(s, clock, 93, 501, conversation_inbox_id=7)[2].get("adopted_conversation") is True
+    responses.get(f"{CW}/conversations/93", json={"id": 93, "inbox_id": 7,
+                                                  "custom_attributes": {"meli_pack_id": "2000001"}})
+    responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
+    responses.post(f"{CW}/conversations", json={"id": 97})
+    clock.advance(ensure.CREATE_SETTLE + 1)
+    assert open_pack(s) == (97, True)

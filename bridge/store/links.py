@@ -94,11 +94,15 @@ class LinksStore:
         """An agent answered in a conversation carrying `kind/external_id` while the bridge does not
         know that thing's conversation (its create's answer was lost, or is still being retried): that
         conversation becomes the one the bridge mirrors into. Otherwise the bridge would make a
-        second one, and the agent's answer would stay where nobody looks."""
+        second one, and the agent's answer would stay where nobody looks.
+
+        Marked `adopted` (data), the create's time kept: the delivery may be a late one from a
+        conversation deleted since, so ensure_conversation uses it only once Chatwoot shows it
+        in the item's inbox, and otherwise still waits out the create that may be held."""
         with self._db.write() as conn:
             return conn.execute(
                 "UPDATE links SET conversation_id = ?, updated_at = ?,"
-                " data = json_remove(COALESCE(NULLIF(data, ''), '{}'), '$.conversation_tried_at') "
+                " data = json_set(COALESCE(NULLIF(data, ''), '{}'), '$.adopted', json('true'))"
                 " WHERE kind = ? AND external_id = ? AND status = 'pending' AND conversation_id IS NULL",
                 (conversation_id, now, kind, str(external_id))).rowcount == 1
 

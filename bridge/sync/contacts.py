@@ -7,12 +7,14 @@ import logging
 from bridge import source_ids
 from bridge.http import PermanentError
 from bridge.services import Services
+from bridge.store.links import Link
 from bridge.sync.ensure import settle, stamped_create
 from db_manager import crashpoint
 
 log = logging.getLogger("bridge.contacts")
 
 TRIED = "conversation_tried_at"  # link data: when its conversation's create last went out
+ADOPTED = "adopted"  # link data: the conversation came from an agent's reply (LinksStore.adopt_conversation)
 
 
 def is_gone(exc: BaseException) -> bool:
@@ -93,6 +95,8 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     """
     link, fresh = s.db.links.record_intent(kind, external_id, s.clock(), contact_id=contact_id,
                                            data={TRIED: s.clock()})
+    if link["conversation_id"] is not None and link["data"].get(ADOPTED):
+        link = _check_adopted(s, link, inbox_id)
     if link["conversation_id"] is not None:
         return link["conversation_id"], False
     # The attempt's time only tells a pending row's next attempt to wait: dropped once settled.
@@ -114,6 +118,30 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     crashpoint("conversation_created")
     s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation["id"], data=data)
     return conversation["id"], True
+
+
+def _check_adopted(s: Services, link: Link, inbox_id: int) -> Link:
+    """The conversation an agent's reply named (accept adopted it), kept only if Chatwoot has it in
+    this inbox. That delivery may come late, from a conversation deleted since (even the one this
+    row was forgotten for): mirroring there would fail on every poll."""
+    kind, external_id, conversation_id = link["kind"], link["external_id"], link["conversation_id"]
+    data = {key: value for key, value in link["data"].items() if key != ADOPTED}
+    try:
+        found = s.chatwoot.conversation(conversation_id)
+    except PermanentError as exc:
+        if not is_gone(exc):
+            raise
+        found = None
+    if isinstance(found, dict) and found.get("inbox_id") == inbox_id:
+        # Its create is no longer waited for: this is the conversation it made.
+        data.pop(TRIED, None)
+        s.db.links.update(kind, external_id, s.clock(), data=data)
+        return dict(link, data=data)
+    log.warning("adopted conversation not usable %s=%s conversation=%s: %s", kind, external_id, conversation_id,
+                "gone" if found is None else "in another inbox")
+    # The create's time stays: a create Chatwoot still holds is waited for before another is made.
+    s.db.links.update(kind, external_id, s.clock(), conversation_id=None, data=data)
+    return dict(link, conversation_id=None, data=data)
 
 
 def forget_contact(s: Services, buyer_id, contact_id: int) -> None:
