@@ -389,3 +389,59 @@ def test_a_conversation_of_another_inbox_is_not_adopted_for_a_sale(s, clock):
     responses.post(f"{CW}/conversations", json={"id": 97})
     clock.advance(ensure.CREATE_SETTLE + 1)
     assert open_pack(s) == (97, True)
+
+
+@responses.activate
+def test_a_conversation_an_agent_answered_in_while_the_next_create_was_in_flight_stays_the_sales(s, clock):
+    """The first create's answer was lost (Chatwoot applied it as 93, then a merge carried it off); the
+    settled retry is in flight when the agent's reply in 93 arrives: the buyer's messages must go where
+    the agent is answering, not into the empty conversation the retry makes."""
+    responses.post(f"{CW}/conversations", body=HELD)
+    with pytest.raises(TransientError):
+        open_pack(s)
+    clock.advance(ensure.CREATE_SETTLE + 1)
+    responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
+
+    def listener_adopts_meanwhile(_request):
+        assert agent_reply_in(s, clock, 93, 501)[2].get("adopted_conversation") is True
+        return 200, {}, json.dumps({"id": 98})
+
+    responses.add_callback(responses.POST, f"{CW}/conversations", callback=listener_adopts_meanwhile)
+    responses.get(f"{CW}/conversations/93", json={"id": 93, "inbox_id": 2,
+                                                  "custom_attributes": {"meli_pack_id": "2000001"}})
+    assert open_pack(s) == (93, False)
+    assert s.db.links.get("pack", "2000001")["conversation_id"] == 93
+
+
+@responses.activate
+def test_an_adoption_while_the_next_create_is_in_flight_is_still_checked_when_that_create_is_lost(s, clock):
+    """The create's stamp at departure must not hide that 77, adopted just before, is yet to be checked."""
+    from bridge.sync.contacts import forget_conversation
+
+    s.db.links.mark_created("pack", "2000001", clock(), conversation_id=77, contact_id=5, data={"buyer_id": 9})
+    forget_conversation(s, "pack", "2000001", 77, removed_conversation=77)
+    responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
+    s.chatwoot.budgets = {"POST": LateReply(lambda: agent_reply_in(s, clock, 77, 601))}
+    responses.post(f"{CW}/conversations", body=HELD)
+    with pytest.raises(TransientError):
+        open_pack(s)
+    s.chatwoot.budgets = {}
+    assert s.db.links.get("pack", "2000001")["conversation_id"] == 77  # adopted from the late reply
+
+    responses.get(f"{CW}/conversations/77", status=404, json={"error": "Resource could not be found"})
+    responses.post(f"{CW}/conversations", json={"id": 96})
+    clock.advance(ensure.CREATE_SETTLE + 1)
+    assert open_pack(s) == (96, True)
+
+
+class LateReply:
+    """A rate budget whose pause lets the listener accept a reply before the create leaves."""
+
+    def __init__(self, meanwhile):
+        self.meanwhile = meanwhile
+
+    def acquire(self, level=None):
+        self.meanwhile()
+
+    def pause(self, seconds):
+        pass

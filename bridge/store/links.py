@@ -106,6 +106,16 @@ class LinksStore:
                 " WHERE kind = ? AND external_id = ? AND status = 'pending' AND conversation_id IS NULL",
                 (conversation_id, now, kind, str(external_id))).rowcount == 1
 
+    def set_conversation(self, kind: str, external_id: str | int, conversation_id: int, data: dict,
+                         now: float) -> bool:
+        """The conversation a create just made, unless the row got one meanwhile (an agent's reply
+        adopted it while the create was in flight): False then, the row unchanged."""
+        with self._db.write() as conn:
+            return conn.execute(
+                "UPDATE links SET conversation_id = ?, data = ?, updated_at = ?"
+                " WHERE kind = ? AND external_id = ? AND conversation_id IS NULL",
+                (conversation_id, json.dumps(data, sort_keys=True), now, kind, str(external_id))).rowcount == 1
+
     def ids_among(self, kind: str, external_ids: list[str]) -> set[str]:
         """Which of these ids have a links row of `kind` (pending or created)."""
         found: set[str] = set()

@@ -95,7 +95,9 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     """
     link, fresh = s.db.links.record_intent(kind, external_id, s.clock(), contact_id=contact_id,
                                            data={TRIED: s.clock()})
-    if link["conversation_id"] is not None and link["data"].get(ADOPTED):
+    # The create's stamp beside a conversation id: adopted too (a create leaving just after the
+    # adoption stamps the row again without the mark).
+    if link["conversation_id"] is not None and (link["data"].get(ADOPTED) or link["data"].get(TRIED) is not None):
         link = _check_adopted(s, link, inbox_id)
     if link["conversation_id"] is not None:
         return link["conversation_id"], False
@@ -116,7 +118,15 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
         source_id=source_id, inbox_id=inbox_id, contact_id=contact_id, custom_attributes=custom_attributes,
         additional_attributes={"meli_buyer_id": str(buyer_id)}))
     crashpoint("conversation_created")
-    s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation["id"], data=data)
+    if not s.db.links.set_conversation(kind, external_id, conversation["id"], data, s.clock()):
+        # An agent answered in another conversation of this item while the create was in flight:
+        # the buyer's messages go where the agent is, the one made now stays empty.
+        link = _check_adopted(s, s.db.links.get(kind, external_id), inbox_id)
+        if link["conversation_id"] is not None:
+            log.warning("conversation made while an agent answered in another %s=%s conversation=%s unused=%s",
+                        kind, external_id, link["conversation_id"], conversation["id"])
+            return link["conversation_id"], False
+        s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation["id"], data=data)
     return conversation["id"], True
 
 
