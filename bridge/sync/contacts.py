@@ -89,7 +89,8 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     The intent is recorded first, with the time of each create attempt (`TRIED`, set just
     before it goes out). An intent left by a crash or a lost answer is reconciled through the
     contact's conversations (custom attribute `meli_<kind>_id`), unless an agent's answer there
-    already named it (accept adopts it); not found, it is created
+    already named it (accept adopts it; used once Chatwoot shows it in this inbox, and kept over
+    one made while that answer arrived); not found, it is created
     again only once that earlier create has settled: a create Chatwoot still held would
     otherwise be applied after the search, and the buyer would have two conversations.
     """
