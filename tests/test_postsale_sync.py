@@ -150,3 +150,22 @@ def test_an_interrupted_thread_that_still_fails_does_not_hold_up_the_unread_list
     counts = sync_messages.sync_messages(s)
     assert counts["resumed"] == 0 and counts["threads"] == 1
     assert s.db.threads.marking() == ["2000001"]  # tried again on the next poll
+
+
+@responses.activate
+def test_a_buyer_message_reopens_a_found_conversation_an_agent_resolved(s):
+    """The sale's conversation was not made by this sync but found (here: adopted at an agent's reply
+    after its create's answer was lost); the agent resolved it since. A buyer message reopens it."""
+    s.db.links.update("pack", "2000001", 2.0, status="pending", conversation_id=None, data={})
+    assert s.db.links.adopt_conversation("pack", "2000001", 88, 3.0)
+    s.db.links.mark_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [2]})
+    responses.get(f"{CW}/conversations/88", json={"id": 88, "inbox_id": 2, "status": "resolved"})
+    responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 9, "nickname": "COMPRADOR"}})
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=thread(buyer("b1", "Chegou quebrado", 1)))
+    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)], json=thread(buyer("b1", "Chegou quebrado", 1)))
+    chatwoot_accepts()
+
+    assert sync_messages.sync_pack(s, "2000001", 555) == 1
+    toggles = [json.loads(c.request.body) for c in responses.calls if c.request.url.endswith("/toggle_status")]
+    assert toggles and all(t == {"status": "open"} for t in toggles)
+    assert s.db.links.get("pack", "2000001")["status"] == "created"

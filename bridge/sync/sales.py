@@ -430,8 +430,11 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
         s.db.threads.mark_synced(pack_id, s.clock(), len(messages), last_id, changed=False)
         return 0
     if not link or link["status"] != "created":
-        conversation_id, link = _ensure_pack_conversation(s, pack_id, messages, resource_kind, blocked, migrated)
-        reopen = False
+        # One found rather than made (a create whose answer was lost, adopted at an agent's reply)
+        # may have been resolved by an agent since: a buyer message reopens it as usual.
+        conversation_id, link, found = _ensure_pack_conversation(s, pack_id, messages, resource_kind, blocked,
+                                                                 migrated)
+        reopen = found
     else:
         conversation_id = link["conversation_id"]
         reopen = True
@@ -470,9 +473,11 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
         log.warning("sale conversation deleted in chatwoot pack=%s conversation=%s: continuing in a new one",
                     pack_id, conversation_id)
         forget_conversation(s, "pack", pack_id, conversation_id, removed_conversation=conversation_id)
-        conversation_id, link = _ensure_pack_conversation(s, pack_id, messages, resource_kind, blocked, migrated)
-        reopen = False
-        for message, direction in messages_to_mirror(messages, seller_id, known_now(), bridge_ids, in_doubt):
+        conversation_id, link, reopen = _ensure_pack_conversation(s, pack_id, messages, resource_kind, blocked,
+                                                                  migrated)
+        rest = messages_to_mirror(messages, seller_id, known_now(), bridge_ids, in_doubt)
+        reopened = reopen and any(direction == "incoming" for _m, direction in rest)
+        for message, direction in rest:
             _mirror(s, conversation_id, pack_id, message, direction)
             created += 1
     _report_moderated_replies(s, messages, bridge_ids, conversation_id)
@@ -518,7 +523,8 @@ def _mark_read(s: Services, pack_id: str, seller_id: int, messages: list[dict], 
 
 
 def _ensure_pack_conversation(s: Services, pack_id: str, messages: list[dict], resource_kind: str | None,
-                              blocked: bool, migrated: bool) -> tuple[int, dict]:
+                              blocked: bool, migrated: bool) -> tuple[int, dict, bool]:
+    """(conversation id, link, found: an existing conversation rather than one made now)."""
     sale = sale_context(s, pack_id, messages, resource_kind)
     inbox_id = s.settings.chatwoot_messages_inbox_id
     attributes = sale_attributes(pack_id, sale["orders"])
@@ -535,7 +541,7 @@ def _ensure_pack_conversation(s: Services, pack_id: str, messages: list[dict], r
                             data=data)
     log.info("sale in chatwoot pack=%s buyer=%s conversation=%s orders=%s", pack_id, sale["buyer_id"],
              conversation_id, ",".join(data["order_ids"]))
-    return conversation_id, s.db.links.get("pack", pack_id)
+    return conversation_id, s.db.links.get("pack", pack_id), not fresh
 
 
 def _mirror(s: Services, conversation_id: int, pack_id: str, message: dict, direction: str) -> None:
