@@ -1,6 +1,6 @@
 """The chaos soak, short: 90 seconds of seeded chaos against the real processes (bench/soak.py).
 
-Deselect with `-m "not soak"`. A failure prints the soak's report; rerun it with
+Part of every run (and of CI); leave it out with `-m "not soak"`. A failure prints the soak's report; rerun it with
 `python bench/soak.py --minutes 1.5 --seed <seed>` to reproduce.
 """
 
