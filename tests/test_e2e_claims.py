@@ -370,3 +370,23 @@ def test_a_kill_while_reporting_a_moderated_claim_reply_reports_it_once(claims_b
     assert bridge.once().returncode == 0
     assert chatwoot.message(reply["id"])["status"] == "failed"
     assert len([n for n in contents(bridge, conv["id"], private=True) if "bloqueou sua mensagem" in n]) == 1
+
+
+def test_a_claim_conversation_deleted_before_the_claim_was_fully_shown_continues_in_a_new_one(claims_bridge):
+    """Killed after the conversation was made but before the claim was recorded as shown; an agent
+    deletes that conversation meanwhile. The next sync must not fail on it at every poll."""
+    bridge = claims_bridge
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    open_claim(meli)
+    meli.add_claim_message(CLAIM, "complainant", "Primeira")
+    bridge.env["BRIDGE_CRASH_AT"] = "claim_event_shown"
+    assert bridge.once().returncode != 0
+    del bridge.env["BRIDGE_CRASH_AT"]
+    [conv] = claim_conversations(bridge)
+    chatwoot.delete_conversation(conv["id"])
+    assert bridge.once().returncode == 0
+    [new] = claim_conversations(bridge)
+    assert new["id"] != conv["id"] and new["custom_attributes"]["meli_claim_id"] == str(CLAIM)
+    assert contents(bridge, new["id"]).count("Primeira") == 1
+    assert bridge.once().returncode == 0
+    assert contents(bridge, new["id"]).count("Primeira") == 1

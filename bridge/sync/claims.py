@@ -370,7 +370,10 @@ def _sync_claim(s: Services, claim_id: str) -> int:
     try:
         created, conversation_id = _apply(s, claim_id, claim, messages, link, fresh)
     except PermanentError as exc:
-        if not is_gone(exc) or not link or link["status"] != "created":
+        # The conversation as the row has it now: one made before a crash, not yet recorded as
+        # shown, may have been deleted too.
+        link = s.db.links.get("claim", claim_id)
+        if not is_gone(exc) or not link or link["conversation_id"] is None:
             raise
         # An agent deleted the conversation (or its contact): continue in a new one.
         log.warning("claim conversation deleted in chatwoot claim=%s conversation=%s: continuing in a new one",
