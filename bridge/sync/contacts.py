@@ -86,8 +86,8 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
                         source_id: str, custom_attributes: dict, buyer_id) -> tuple[int, bool]:
     """The conversation for `kind/external_id` (a question or a pack). Returns (id, created now).
 
-    The intent is recorded first, with the time of each create attempt (`TRIED`, set just
-    before it goes out). An intent left by a crash or a lost answer is reconciled through the
+    The intent is recorded first, with the time of each create attempt (`TRIED`, set as it
+    leaves). An intent left by a crash or a lost answer is reconciled through the
     contact's conversations (custom attribute `meli_<kind>_id`), unless an agent's answer there
     already named it (accept adopts it; used once Chatwoot shows it in this inbox, and kept over
     one made while that answer arrived); not found, it is created
@@ -113,7 +113,6 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
                 return conversation["id"], False
         if link["data"].get(TRIED) is not None:
             settle(s, link["data"][TRIED], f"{kind} {external_id}'s conversation")
-        s.db.links.update(kind, external_id, s.clock(), data=dict(data, **{TRIED: s.clock()}))
     # Refused: a contact deleted or merged away (404/422), which open_conversation handles.
     conversation = stamped_create(s, kind, external_id, TRIED, data, lambda: s.chatwoot.create_conversation(
         source_id=source_id, inbox_id=inbox_id, contact_id=contact_id, custom_attributes=custom_attributes,

@@ -39,8 +39,8 @@ def ensure_message(s: Services, kind: str, external_id: str, conversation_id: in
     """The message carrying `source_id` in the conversation: found, or made by `create()`.
 
     `earlier`: the pending row `kind/external_id` as the previous attempts left it (None when
-    none was made). Its data keeps when its last create went out (TRIED, written just before
-    each): a create whose answer was lost may still be held by Chatwoot, so the message not
+    none was made). Its data keeps when its last create went out (TRIED, written as each
+    leaves): a create whose answer was lost may still be held by Chatwoot, so the message not
     found before that create has settled is looked for again later rather than made twice.
     """
     # A row left for another (deleted) conversation says nothing about this one.
@@ -51,33 +51,32 @@ def ensure_message(s: Services, kind: str, external_id: str, conversation_id: in
         if earlier["data"].get(TRIED) is not None:
             settle(s, earlier["data"][TRIED], source_id)
     data = (s.db.links.get(kind, external_id) or {}).get("data") or {}
-    s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation_id,
-                      data=dict(data, **{TRIED: s.clock()}))
-    message = stamped_create(s, kind, external_id, TRIED, data, create)
+    message = stamped_create(s, kind, external_id, TRIED, data, create, conversation_id=conversation_id)
     if crash:  # None: the caller's window comes later, after what goes with the message
         crashpoint(crash)
     return message
 
 
-def stamped_create(s: Services, kind: str, external_id: str, key: str, data: dict, create: Callable[[], dict]) -> dict:
-    """`create()`, for a row whose data the caller stamped (`key`: now) just before.
+def stamped_create(s: Services, kind: str, external_id: str, key: str, data: dict, create: Callable[[], dict],
+                   **fields) -> dict:
+    """`create()` for the row `kind/external_id`, stamped (`data` with `key`: now, and `fields`) as
+    it leaves: after any rate-budget pause, so a crash in flight settles from when it really left.
 
-    A rate-budget pause may hold the create seconds after the stamp: it is stamped again as it
-    leaves, so a crash in flight settles from there. Refused, nothing is held: the stamp goes
-    (`data` without it), the next attempt need not wait. Its answer lost, Chatwoot may apply it
-    as late as now: restamped, settling counts from when we stopped waiting.
+    Refused, nothing is held: the stamp goes (`data` without it), the next attempt need not
+    wait. Its answer lost, Chatwoot may apply it as late as now: stamped again, settling counts
+    from when we stopped waiting.
     """
-    def restamp() -> None:
-        s.db.links.update(kind, external_id, s.clock(), data=dict(data, **{key: s.clock()}))
+    def stamp() -> None:
+        s.db.links.update(kind, external_id, s.clock(), **fields, data=dict(data, **{key: s.clock()}))
 
     try:
-        with on_departure(restamp):
+        with on_departure(stamp):
             return create()
     except PermanentError:
-        s.db.links.update(kind, external_id, s.clock(), data=data)
+        s.db.links.update(kind, external_id, s.clock(), **fields, data=data)
         raise
     except TransientError:
-        restamp()
+        stamp()
         raise
 
 
