@@ -145,6 +145,7 @@ def test_a_question_answered_before_its_message_was_made_is_still_shown_in_its_c
     responses.get(f"{API}/items", json=[{"code": 200, "body": {"id": "MLB1", "title": "Caneca"}}])
     responses.get(f"{API}/items/MLB1", json={"id": "MLB1", "title": "Caneca"})
     responses.get(f"{API}/users/9", json={"id": 9, "nickname": "COMPRADOR"})
+    responses.get(f"{CW}/conversations/78", json={"id": 78, "inbox_id": s.settings.chatwoot_questions_inbox_id})
     responses.get(f"{CW}/conversations/78/messages", json={"payload": []})
     responses.post(f"{CW}/conversations/78/messages", json={"id": 600})
     responses.post(f"{CW}/conversations/78/toggle_status", json={"payload": {"success": True}})

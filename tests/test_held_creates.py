@@ -78,6 +78,7 @@ def test_a_question_whose_message_creation_is_still_held_by_chatwoot_is_not_crea
     inbox = s.settings.chatwoot_questions_inbox_id
     s.db.links.mark_created("buyer", "9", clock(), contact_id=5, data={"inboxes": [inbox]})
     responses.post(f"{CW}/conversations", json={"id": 91})
+    responses.get(f"{CW}/conversations/91", json={"id": 91, "inbox_id": inbox})  # still there when retried
     held_then_applied(91, "meli:question:12", 703)
     question = {"id": 12, "status": "UNANSWERED", "item_id": "MLB1", "text": "Tem azul?", "from": {"id": 9}}
 
@@ -445,3 +446,16 @@ class LateReply:
 
     def pause(self, seconds):
         pass
+
+
+@responses.activate
+def test_a_conversation_made_before_a_crash_and_deleted_since_is_made_again_not_written_to(s, clock):
+    """The sale's conversation was made, then the poller died before the sale was recorded as shown
+    (or its note failed); an agent deleted that conversation. The next sync must not fail on it forever."""
+    s.db.links.record_intent("pack", "2000001", clock(), contact_id=5, conversation_id=47)
+    responses.get(f"{CW}/conversations/47", status=404, json={"error": "Resource could not be found"})
+    responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
+    responses.post(f"{CW}/conversations", json={"id": 94})
+
+    assert open_pack(s) == (94, True)
+    assert s.db.links.get("pack", "2000001")["conversation_id"] == 94

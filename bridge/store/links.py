@@ -96,13 +96,12 @@ class LinksStore:
         conversation becomes the one the bridge mirrors into. Otherwise the bridge would make a
         second one, and the agent's answer would stay where nobody looks.
 
-        Marked `adopted` (data), the create's time kept: the delivery may be a late one from a
-        conversation deleted since, so ensure_conversation uses it only once Chatwoot shows it
-        in the item's inbox, and otherwise still waits out the create that may be held."""
+        The create's time is kept: the delivery may be a late one from a conversation deleted
+        since, so ensure_conversation uses it only once Chatwoot shows it in the item's inbox,
+        and otherwise still waits out the create that may be held."""
         with self._db.write() as conn:
             return conn.execute(
-                "UPDATE links SET conversation_id = ?, updated_at = ?,"
-                " data = json_set(COALESCE(NULLIF(data, ''), '{}'), '$.adopted', json('true'))"
+                "UPDATE links SET conversation_id = ?, updated_at = ?"
                 " WHERE kind = ? AND external_id = ? AND status = 'pending' AND conversation_id IS NULL",
                 (conversation_id, now, kind, str(external_id))).rowcount == 1
 

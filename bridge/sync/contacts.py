@@ -14,7 +14,6 @@ from db_manager import crashpoint
 log = logging.getLogger("bridge.contacts")
 
 TRIED = "conversation_tried_at"  # link data: when its conversation's create last went out
-ADOPTED = "adopted"  # link data: the conversation came from an agent's reply (LinksStore.adopt_conversation)
 
 
 def is_gone(exc: BaseException) -> bool:
@@ -87,19 +86,19 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     """The conversation for `kind/external_id` (a question or a pack). Returns (id, created now).
 
     The intent is recorded first, with the time of each create attempt (`TRIED`, set as it
-    leaves). An intent left by a crash or a lost answer is reconciled through the
-    contact's conversations (custom attribute `meli_<kind>_id`), unless an agent's answer there
-    already named it (accept adopts it; used once Chatwoot shows it in this inbox, and kept over
-    one made while that answer arrived); not found, it is created
-    again only once that earlier create has settled: a create Chatwoot still held would
-    otherwise be applied after the search, and the buyer would have two conversations.
+    leaves). An intent left by a crash or a lost answer is reconciled through the contact's
+    conversations (custom attribute `meli_<kind>_id`), unless an agent's answer there already
+    named it (accept adopts it, and it is kept over one made while that answer arrived); not
+    found, it is created again only once that earlier create has settled: a create Chatwoot
+    still held would otherwise be applied after the search, and the buyer would have two
+    conversations. A conversation a pending row remembers is used once Chatwoot shows it.
     """
     link, fresh = s.db.links.record_intent(kind, external_id, s.clock(), contact_id=contact_id,
                                            data={TRIED: s.clock()})
-    # The create's stamp beside a conversation id: adopted too (a create leaving just after the
-    # adoption stamps the row again without the mark).
-    if link["conversation_id"] is not None and (link["data"].get(ADOPTED) or link["data"].get(TRIED) is not None):
-        link = _check_adopted(s, link, inbox_id)
+    # A conversation remembered by a row not finished yet (made before a crash or a failure, or
+    # adopted at an agent's reply) may have been deleted since: checked before anything goes there.
+    if not fresh and link["status"] == "pending" and link["conversation_id"] is not None:
+        link = _check_remembered(s, link, inbox_id)
     if link["conversation_id"] is not None:
         return link["conversation_id"], False
     # The attempt's time only tells a pending row's next attempt to wait: dropped once settled.
@@ -121,7 +120,7 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     if not s.db.links.set_conversation(kind, external_id, conversation["id"], data, s.clock()):
         # An agent answered in another conversation of this item while the create was in flight:
         # the buyer's messages go where the agent is, the one made now stays empty.
-        link = _check_adopted(s, s.db.links.get(kind, external_id), inbox_id)
+        link = _check_remembered(s, s.db.links.get(kind, external_id), inbox_id)
         if link["conversation_id"] is not None:
             log.warning("conversation made while an agent answered in another %s=%s conversation=%s unused=%s",
                         kind, external_id, link["conversation_id"], conversation["id"])
@@ -130,12 +129,12 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     return conversation["id"], True
 
 
-def _check_adopted(s: Services, link: Link, inbox_id: int) -> Link:
-    """The conversation an agent's reply named (accept adopted it), kept only if Chatwoot has it in
-    this inbox. That delivery may come late, from a conversation deleted since (even the one this
-    row was forgotten for): mirroring there would fail on every poll."""
+def _check_remembered(s: Services, link: Link, inbox_id: int) -> Link:
+    """The conversation of a row not finished yet, kept only if Chatwoot has it in this inbox: an
+    agent may have deleted it since it was made, or an agent's reply that named it (accept adopted
+    it) came late, from a conversation deleted since. Mirroring there would fail on every poll."""
     kind, external_id, conversation_id = link["kind"], link["external_id"], link["conversation_id"]
-    data = {key: value for key, value in link["data"].items() if key != ADOPTED}
+    data = dict(link["data"])
     try:
         found = s.chatwoot.conversation(conversation_id)
     except PermanentError as exc:
@@ -143,11 +142,10 @@ def _check_adopted(s: Services, link: Link, inbox_id: int) -> Link:
             raise
         found = None
     if isinstance(found, dict) and found.get("inbox_id") == inbox_id:
-        # Its create is no longer waited for: this is the conversation it made.
-        data.pop(TRIED, None)
-        s.db.links.update(kind, external_id, s.clock(), data=data)
+        if data.pop(TRIED, None) is not None:  # its create is no longer waited for: this is the one
+            s.db.links.update(kind, external_id, s.clock(), data=data)
         return dict(link, data=data)
-    log.warning("adopted conversation not usable %s=%s conversation=%s: %s", kind, external_id, conversation_id,
+    log.warning("remembered conversation not usable %s=%s conversation=%s: %s", kind, external_id, conversation_id,
                 "gone" if found is None else "in another inbox")
     # The create's time stays: a create Chatwoot still holds is waited for before another is made.
     s.db.links.update(kind, external_id, s.clock(), conversation_id=None, data=data)
