@@ -390,8 +390,10 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
     """`to_mirror`: the messages not covered by a closed watermark (all of them, usually)."""
     old = link["data"] if link and link["status"] == "created" else None
     order = None
+    found = False
     if old is None:
-        order, conversation_id, affects = _ensure_claim_conversation(s, claim_id, claim, (link or {}).get("data"))
+        order, conversation_id, affects, found = _ensure_claim_conversation(s, claim_id, claim,
+                                                                            (link or {}).get("data"))
     else:
         conversation_id = link["conversation_id"]
         affects = old.get("affects")
@@ -401,7 +403,9 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
         if claim.get("stage") != old.get("stage") or claim.get("status") != old.get("status"):
             affects = _affects_reputation(s, claim_id, affects)
     data = dict(old or (s.db.links.get("claim", claim_id) or {}).get("data") or {})
-    created, deferred = _mirror_messages(s, claim_id, conversation_id, to_mirror, reopen=old is not None)
+    # One found rather than made (a create whose answer was lost, adopted at an agent's reply) may
+    # have been resolved by an agent since: a buyer message reopens it as usual.
+    created, deferred = _mirror_messages(s, claim_id, conversation_id, to_mirror, reopen=old is not None or found)
     # A conversation made again after an agent deleted it compares with what the claim was then.
     before = old or (data if data.get("stage") else {"stage": claim.get("stage"), "due": None})
     for event, note in state_events(before, claim):
@@ -436,8 +440,9 @@ def _affects_reputation(s: Services, claim_id: str, known: str | None = None) ->
         return known
 
 
-def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict, data: dict | None) -> tuple[dict | None, int,
-                                                                                                   str | None]:
+def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
+                               data: dict | None) -> tuple[dict | None, int, str | None, bool]:
+    """(order, conversation id, affects, found: an existing conversation rather than one made now)."""
     order = None
     if claim.get("resource") == "order" and str(claim.get("resource_id") or "").isdigit():
         try:
@@ -449,7 +454,7 @@ def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict, data: di
     buyer_id = buyer.get("id") or complainant_id(claim)
     affects = _affects_reputation(s, claim_id)
     attributes = claim_attributes(claim, order, affects)
-    contact_id, conversation_id, _fresh = open_conversation(
+    contact_id, conversation_id, fresh = open_conversation(
         s, kind="claim", external_id=claim_id, inbox_id=s.settings.chatwoot_claims_inbox_id, buyer_id=buyer_id,
         nickname=buyer.get("nickname"), custom_attributes=attributes)
     s.chatwoot.set_labels(conversation_id, [LABEL])
@@ -464,7 +469,7 @@ def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict, data: di
                                       attributes=attributes))
     log.info("claim in chatwoot claim=%s buyer=%s order=%s conversation=%s", claim_id, buyer_id, order_id,
              conversation_id)
-    return order, conversation_id, affects
+    return order, conversation_id, affects, not fresh
 
 
 def _point_sale_to_claim(s: Services, claim_id: str, conversation_id: int, pack_id: str, order_id: str) -> bool:
