@@ -8,6 +8,7 @@ import pytest
 import responses
 from responses import matchers
 
+from bridge.http import PermanentError
 from bridge.replies import accept
 from bridge.sync import sales as sync_messages
 from tests.helpers import API, CW, MARK, PEEK, THREAD, sale_services
@@ -169,3 +170,34 @@ def test_a_buyer_message_reopens_a_found_conversation_an_agent_resolved(s):
     toggles = [json.loads(c.request.body) for c in responses.calls if c.request.url.endswith("/toggle_status")]
     assert toggles and all(t == {"status": "open"} for t in toggles)
     assert s.db.links.get("pack", "2000001")["status"] == "created"
+
+
+@responses.activate
+def test_a_found_conversation_continued_in_after_a_deletion_is_reopened_before_its_buyer_messages_go_in(s):
+    """The sale's conversation was deleted; the one it continues in is found (an earlier create's,
+    left empty) and was resolved. It is reopened before the buyer's messages go in: a failure after
+    them (here the mark-read) would leave nothing saying it must still be reopened."""
+    inbox = s.settings.chatwoot_messages_inbox_id
+    s.db.links.mark_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [inbox]})
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=thread(buyer("b1", "Chegou quebrado", 1)))
+    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)], status=403,
+                  json={"message": "forbidden", "error": "forbidden", "status": 403})
+    responses.post(f"{CW}/conversations/88/toggle_status", status=404, json={"error": "Resource could not be found"})
+    responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 9, "nickname": "COMPRADOR"}})
+    responses.get(f"{CW}/contacts/5/conversations", json={"payload": [
+        {"id": 94, "inbox_id": inbox, "status": "resolved", "custom_attributes": {"meli_pack_id": "2000001"}}]})
+    responses.get(f"{CW}/conversations/94/messages", json={"payload": []})
+    created = iter(range(500, 600))
+    responses.add_callback(responses.POST, f"{CW}/conversations/94/messages",
+                           callback=lambda _req: (200, {}, json.dumps({"id": next(created)})))
+    responses.post(f"{CW}/conversations/94/toggle_status", json={})
+
+    with pytest.raises(PermanentError):
+        sync_messages.sync_pack(s, "2000001", 555)
+    assert s.db.links.get("message", "b1")["status"] == "created"
+    calls = [(c.request.url.rsplit("/", 1)[-1], c.request.body) for c in responses.calls
+             if c.request.url.startswith(f"{CW}/conversations/94/") and c.request.method == "POST"]
+    toggles = [i for i, (what, _b) in enumerate(calls) if what == "toggle_status"]
+    mirrored = [i for i, (what, body) in enumerate(calls) if what == "messages" and b"Chegou quebrado" in body]
+    assert toggles and mirrored and toggles[0] < mirrored[0]
+    assert all(json.loads(calls[i][1]) == {"status": "open"} for i in toggles)

@@ -477,6 +477,9 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
                                                                   migrated)
         rest = messages_to_mirror(messages, seller_id, known_now(), bridge_ids, in_doubt)
         reopened = reopen and any(direction == "incoming" for _m, direction in rest)
+        if reopened:
+            # A found one, as above: before its messages are recorded.
+            s.chatwoot.set_status(conversation_id, "open")
         for message, direction in rest:
             _mirror(s, conversation_id, pack_id, message, direction)
             created += 1
