@@ -425,3 +425,29 @@ def test_a_buyer_message_reopens_a_found_claim_conversation_an_agent_resolved(s,
     toggles = [json.loads(c.request.body) for c in responses.calls if c.request.url.endswith("/toggle_status")]
     assert toggles and all(t == {"status": "open"} for t in toggles)
     assert db.links.get("claim", CLAIM_ID)["status"] == "created"
+
+
+@responses.activate
+def test_a_found_claim_conversation_an_agent_resolved_is_reopened_for_the_claim_itself(s, db):
+    """Found rather than made, and resolved by an agent while still empty: the claim's summary (the
+    buyer's complaint) going in reopens it, though the buyer has written nothing else yet."""
+    db.links.update("claim", CLAIM_ID, 2.0, status="pending", conversation_id=None, data={})
+    assert db.links.adopt_conversation("claim", CLAIM_ID, 88, 3.0)
+    db.links.mark_created("buyer", "7001", 1.0, contact_id=5, data={"inboxes": [CLAIM_INBOX]})
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim(due="2030-01-01T00:00:00.000Z"))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[])
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/affects-reputation",
+                  json={"affects_reputation": "not_affected"})
+    responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 7001, "nickname": "COMPRADOR"}})
+    responses.get(f"{CW}/conversations/88", json={"id": 88, "inbox_id": CLAIM_INBOX, "status": "resolved"})
+    responses.post(f"{CW}/conversations/88/labels", json={})
+    chatwoot_for_mirroring()
+
+    sync_claims.sync_claim(s, CLAIM_ID)
+    calls = [(c.request.url.rsplit("/", 1)[-1], json.loads(c.request.body)) for c in responses.calls
+             if c.request.method == "POST" and c.request.url.startswith(f"{CW}/conversations/88/")]
+    toggles = [i for i, (what, _b) in enumerate(calls) if what == "toggle_status"]
+    summary = [i for i, (what, body) in enumerate(calls) if what == "messages" and body["message_type"] == "incoming"]
+    assert toggles and summary and toggles[0] < summary[0]
+    assert all(calls[i][1] == {"status": "open"} for i in toggles)
+    assert db.links.get("claim", CLAIM_ID)["status"] == "created"

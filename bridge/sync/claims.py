@@ -458,6 +458,10 @@ def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
         s, kind="claim", external_id=claim_id, inbox_id=s.settings.chatwoot_claims_inbox_id, buyer_id=buyer_id,
         nickname=buyer.get("nickname"), custom_attributes=attributes)
     s.chatwoot.set_labels(conversation_id, [LABEL])
+    if not fresh and (s.db.links.get("claim_event", f"{claim_id}:opened") or {}).get("status") != "created":
+        # Found, and maybe resolved by an agent while it was empty: the claim itself is the buyer's
+        # first word. Before its summary goes in: once recorded, nothing would say it must reopen.
+        s.chatwoot.set_status(conversation_id, "open")
     _event(s, claim_id, "opened", conversation_id, summary_message(claim, order), incoming=True)
     order_id, pack_id = attributes["meli_order_id"], attributes["meli_pack_id"]
     sale_noted = _point_sale_to_claim(s, claim_id, conversation_id, pack_id, order_id)
