@@ -459,3 +459,16 @@ def test_a_conversation_made_before_a_crash_and_deleted_since_is_made_again_not_
 
     assert open_pack(s) == (94, True)
     assert s.db.links.get("pack", "2000001")["conversation_id"] == 94
+
+
+@responses.activate
+def test_an_item_erased_while_its_conversation_was_made_is_not_recorded_again(s, clock):
+    def erased_in_flight(_request):
+        with s.db.write() as conn:  # `forget-buyer`, run beside the poller
+            conn.execute("DELETE FROM links WHERE kind = 'pack' AND external_id = '2000001'")
+        return 200, {}, json.dumps({"id": 95})
+
+    responses.add_callback(responses.POST, f"{CW}/conversations", callback=erased_in_flight)
+    with pytest.raises(TransientError):
+        open_pack(s)
+    assert s.db.links.get("pack", "2000001") is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from bridge import source_ids
-from bridge.http import PermanentError
+from bridge.http import PermanentError, TransientError
 from bridge.services import Services
 from bridge.store.links import Link
 from bridge.sync.ensure import settle, stamped_create
@@ -118,9 +118,13 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
         additional_attributes={"meli_buyer_id": str(buyer_id)}))
     crashpoint("conversation_created")
     if not s.db.links.set_conversation(kind, external_id, conversation["id"], data, s.clock()):
+        link = s.db.links.get(kind, external_id)
+        if link is None:
+            # Erased meanwhile (forget-buyer): nothing of this item may be recorded again.
+            raise TransientError(f"{kind} {external_id} was erased while its conversation was made")
         # An agent answered in another conversation of this item while the create was in flight:
         # the buyer's messages go where the agent is, the one made now stays empty.
-        link = _check_remembered(s, s.db.links.get(kind, external_id), inbox_id)
+        link = _check_remembered(s, link, inbox_id)
         if link["conversation_id"] is not None:
             log.warning("conversation made while an agent answered in another %s=%s conversation=%s unused=%s",
                         kind, external_id, link["conversation_id"], conversation["id"])
