@@ -21,11 +21,12 @@ Chatwoot
   has settled (ensure.CREATE_SETTLE after it left, a time the row's data keeps). A lost
   answer (timeout, 5xx) is the same case without a crash: a create Chatwoot still holds is
   applied after the search. An agent answering in that conversation meanwhile names it (the
-  listener adopts it for the row: LinksStore.adopt_conversation), used once Chatwoot shows it in
-  the item's inbox: a late delivery from a conversation deleted since is not. Not recoverable: an agent merging
-  the buyer's contact into another buyer's before the next attempt, with nobody answering there,
-  carries that conversation off (empty) to the other buyer's contact, which the search does not
-  cover; the item continues in a new conversation.
+  listener adopts it for the row: LinksStore.adopt_conversation). Any conversation a `pending`
+  row remembers (adopted, or made before a crash in a later window) is used only once Chatwoot
+  shows it in the item's inbox: an agent may have deleted it since. Not recoverable: an agent
+  merging the buyer's contact into another buyer's before the next attempt, with nobody
+  answering there, carries that conversation off (empty) to the other buyer's contact, which
+  the search does not cover; the item continues in a new conversation.
 - `question_message_created` (bridge.sync.questions.create_question): the row has its
   conversation but is `pending`; the message is looked up by source_id, and made again only
   once the last create has settled (bridge.sync.ensure: CREATE_SETTLE after it went out, a
