@@ -404,21 +404,27 @@ def test_a_reply_to_a_claim_mercado_livre_no_longer_shows_fails_at_once_with_a_n
     assert "Nada foi enviado" in reply["note"] and reply["error"] == "reclamação não acessível"
 
 
-@responses.activate
-def test_a_buyer_message_reopens_a_found_claim_conversation_an_agent_resolved(s, db):
-    """The claim's conversation was not made by this sync but found (here: adopted at an agent's reply
-    after its create's answer was lost); the agent resolved it since. A buyer message reopens it."""
+def found_resolved_conversation(db, messages):
+    """Claim conversation 88, adopted at an agent's reply (the bridge's create lost its answer) and
+    resolved by an agent since; the claim row is still pending."""
     db.links.update("claim", CLAIM_ID, 2.0, status="pending", conversation_id=None, data={})
     assert db.links.adopt_conversation("claim", CLAIM_ID, 88, 3.0)
     db.links.mark_created("buyer", "7001", 1.0, contact_id=5, data={"inboxes": [CLAIM_INBOX]})
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim(due="2030-01-01T00:00:00.000Z"))
-    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[buyer_message("Chegou quebrado")])
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=messages)
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/affects-reputation",
                   json={"affects_reputation": "not_affected"})
     responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 7001, "nickname": "COMPRADOR"}})
     responses.get(f"{CW}/conversations/88", json={"id": 88, "inbox_id": CLAIM_INBOX, "status": "resolved"})
     responses.post(f"{CW}/conversations/88/labels", json={})
     chatwoot_for_mirroring()
+
+
+@responses.activate
+def test_a_buyer_message_reopens_a_found_claim_conversation_an_agent_resolved(s, db):
+    """The claim's conversation was not made by this sync but found (here: adopted at an agent's reply
+    after its create's answer was lost); the agent resolved it since. A buyer message reopens it."""
+    found_resolved_conversation(db, [buyer_message("Chegou quebrado")])
 
     assert sync_claims.sync_claim(s, CLAIM_ID) == 1
     assert "Chegou quebrado" in mirrored()[-1]
@@ -431,17 +437,7 @@ def test_a_buyer_message_reopens_a_found_claim_conversation_an_agent_resolved(s,
 def test_a_found_claim_conversation_an_agent_resolved_is_reopened_for_the_claim_itself(s, db):
     """Found rather than made, and resolved by an agent while still empty: the claim's summary (the
     buyer's complaint) going in reopens it, though the buyer has written nothing else yet."""
-    db.links.update("claim", CLAIM_ID, 2.0, status="pending", conversation_id=None, data={})
-    assert db.links.adopt_conversation("claim", CLAIM_ID, 88, 3.0)
-    db.links.mark_created("buyer", "7001", 1.0, contact_id=5, data={"inboxes": [CLAIM_INBOX]})
-    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim(due="2030-01-01T00:00:00.000Z"))
-    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[])
-    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/affects-reputation",
-                  json={"affects_reputation": "not_affected"})
-    responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 7001, "nickname": "COMPRADOR"}})
-    responses.get(f"{CW}/conversations/88", json={"id": 88, "inbox_id": CLAIM_INBOX, "status": "resolved"})
-    responses.post(f"{CW}/conversations/88/labels", json={})
-    chatwoot_for_mirroring()
+    found_resolved_conversation(db, [])
 
     sync_claims.sync_claim(s, CLAIM_ID)
     calls = [(c.request.url.rsplit("/", 1)[-1], json.loads(c.request.body)) for c in responses.calls
