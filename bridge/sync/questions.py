@@ -45,17 +45,11 @@ def questions_to_create(unanswered: list[dict], created_ids: set[str]) -> list[d
     return [q for q in unanswered if str(q["id"]) not in created_ids]
 
 
-def questions_that_left(open_links: list[dict], unanswered_ids: set[str]) -> list[dict]:
-    """Open questions absent from this listing: candidates only. The list is read page by page
+def questions_that_left(links: list[dict], unanswered_ids: set[str]) -> list[dict]:
+    """Questions absent from this listing: candidates only. The list is read page by page
     with offsets, so a question answered while paging shifts the rest and one still-unanswered
     question goes missing from the listing; only the question itself says what happened."""
-    return [link for link in open_links if link["external_id"] not in unanswered_ids]
-
-
-def questions_stranded(pending: list[dict], unanswered_ids: set[str]) -> list[dict]:
-    """Questions half made in Chatwoot (a crash between the conversation and its first message)
-    that left the unanswered listing since: the listing will never bring them back."""
-    return [link for link in pending if link["external_id"] not in unanswered_ids]
+    return [link for link in links if link["external_id"] not in unanswered_ids]
 
 
 def questions_back(links: list[dict], unanswered_ids: set[str]) -> list[dict]:
@@ -143,7 +137,9 @@ def sync_questions(s: Services) -> dict:
     created = s.db.links.by_status("question", "created")
     open_links = [link for link in created if link["data"].get("state", "open") == "open"]
     left, back = questions_that_left(open_links, unanswered_ids), questions_back(created, unanswered_ids)
-    stranded = questions_stranded(s.db.links.by_status("question", "pending"), unanswered_ids)
+    # Half made in Chatwoot (a crash between the conversation and its first message) and gone
+    # from the listing since: the listing will never bring them back.
+    stranded = questions_that_left(s.db.links.by_status("question", "pending"), unanswered_ids)
     batch.keep_only({str(q["id"]) for q in to_create} | {link["external_id"] for link in left + back + stranded})
     for link in batch.due(stranded, key=lambda link: link["external_id"]):
         _ok, created_now = batch.run(link["external_id"], _finish_stranded, s, link["external_id"])
