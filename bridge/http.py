@@ -45,6 +45,10 @@ def _read_timeout(default: float = 30.0) -> float:
 
 
 TIMEOUT = (5, _read_timeout())  # (connect, read) seconds
+# A request whose answer was lost may still be applied: a server processes what it holds whether
+# or not the client still waits. One not applied by twice the read timeout after it left is
+# taken as never applied.
+SETTLE = 2 * TIMEOUT[1]
 MAX_RETRY_AFTER = 60.0
 UNLIMITED = Unlimited()  # longer waits go back to the outbox/scheduler instead of blocking a worker
 
@@ -189,3 +193,11 @@ class HttpClient:
         except ValueError:
             raise TransientError(f"{self.service} answered {resp.status_code} with a body that is not JSON",
                                  status=resp.status_code) from None
+
+
+def settle(left_at: float, now: float, what: str, where: str) -> None:
+    """Raise TransientError (retry_after: the rest of the wait) until a request that left at
+    `left_at` has settled: looking for it before then may find nothing and send it twice."""
+    wait = left_at + SETTLE - now
+    if wait > 0:
+        raise TransientError(f"{what} may still reach {where}; looked for in {wait:.0f}s", retry_after=wait)

@@ -19,7 +19,7 @@ from functools import partial
 from typing import Callable
 
 from bridge.backoff import retry_delay
-from bridge.http import TIMEOUT, ApiError, PermanentError, TransientError, on_departure
+from bridge.http import SETTLE, ApiError, PermanentError, TransientError, on_departure, settle
 from bridge.replies.accept import LINK_KIND
 from bridge.replies.refusal import Refusal
 from bridge.replies.report import GIVE_UP_AFTER, report_outcomes, report_reply
@@ -32,8 +32,7 @@ from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
 log = logging.getLogger("bridge.outbox")
 
 LEASE_SECONDS = 300.0
-# Twice the read timeout: a send Mercado Livre has not applied by then is taken as never applied.
-IN_DOUBT_SETTLE = 2 * TIMEOUT[1]
+IN_DOUBT_SETTLE = SETTLE  # a send whose answer was lost, still held by Mercado Livre until then
 WORKERS = 8
 REAUTH_RECHECK = 30.0
 
@@ -295,10 +294,7 @@ def _wait_until_settled(s: Services, reply: dict, part: dict) -> None:
     send has settled (assumed: a request not applied within IN_DOUBT_SETTLE never will be).
     """
     last = part.get("last_attempt_at") or part.get("first_attempt_at") or reply["created_at"]
-    wait = last + IN_DOUBT_SETTLE - s.clock()
-    if wait > 0:
-        raise TransientError(f"part {part['seq'] + 1} may still reach Mercado Livre; looked for in {wait:.0f}s",
-                             retry_after=wait)
+    settle(last, s.clock(), f"part {part['seq'] + 1}", "Mercado Livre")
 
 
 BLOCKED = Refusal(

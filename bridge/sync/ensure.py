@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from bridge.http import TIMEOUT, PermanentError, TransientError, on_departure
+from bridge.http import SETTLE, PermanentError, TransientError, on_departure
+from bridge.http import settle as http_settle
 from bridge.services import Services
 from bridge.store.links import Link
 from db_manager import crashpoint
@@ -20,9 +21,7 @@ from db_manager import crashpoint
 CHATWOOT_MAX_FILE = 40 * 1024 * 1024  # Chatwoot's default attachment limit
 CHATWOOT_MAX_FILES = 15
 TOO_BIG = "acima do limite do Chatwoot"
-# A create whose answer was lost may still be held by Chatwoot (its server processes a request
-# whether or not the client still waits): not applied by twice the read timeout, taken as never.
-CREATE_SETTLE = 2 * TIMEOUT[1]
+CREATE_SETTLE = SETTLE  # a create whose answer was lost, still held by Chatwoot until then
 TRIED = "message_tried_at"  # link data: when its message's create last went out
 
 
@@ -81,11 +80,8 @@ def stamped_create(s: Services, kind: str, external_id: str, key: str, data: dic
 
 
 def settle(s: Services, attempted_at: float, what: str) -> None:
-    """Raise TransientError until a create sent at `attempted_at` has settled."""
-    wait = attempted_at + CREATE_SETTLE - s.clock()
-    if wait > 0:
-        raise TransientError(f"an earlier create of {what} may still reach chatwoot; looked for in {wait:.0f}s",
-                             retry_after=wait)
+    """Raise TransientError until a Chatwoot create sent at `attempted_at` has settled."""
+    http_settle(attempted_at, s.clock(), f"an earlier create of {what}", "chatwoot")
 
 
 def ensure_note(s: Services, conversation_id: int, note: str, source_id: str, *, look_first: bool = True) -> None:
