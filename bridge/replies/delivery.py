@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Callable
+from typing import Any, Callable
 
 from bridge.backoff import retry_delay
 from bridge.http import SETTLE, ApiError, PermanentError, TransientError, on_departure, settle
@@ -259,25 +259,36 @@ def _deliver_message(s: Services, reply: dict) -> None:
                 continue
         attachment_ids = _upload_files(s, reply, part)
         try:
-            with on_departure(partial(_attempt_ended, s, reply, part)):
-                sent = s.meli.send_message(pack_id, seller_id, to_user, part["text"], attachment_ids)
+            sent = _send_part(s, reply, part, partial(s.meli.send_message, pack_id, seller_id, to_user, part["text"],
+                                                      attachment_ids))
         except PermanentError as exc:
-            s.db.replies.mark_part_unsent(reply["id"], part["seq"])
             if exc.status == 403 or exc.code == "blocked_conversation_send_message_forbidden":
                 raise DeliveryFailed(BLOCKED) from None
             raise DeliveryFailed(_refusal(exc, "a mensagem" if len(parts) == 1 else f"a parte {part['seq'] + 1}"))\
                 from None
-        except TransientError as exc:
-            if exc.status == 429:
-                s.db.replies.mark_part_unsent(reply["id"], part["seq"])  # refused outright: nothing was sent
-            else:
-                _attempt_ended(s, reply, part)
-            raise
         crashpoint("message_sent")
         remote_id = str((sent or {}).get("id") or (sent or {}).get("message_id") or "") or None
         s.db.replies.mark_part_sent(reply["id"], part["seq"], remote_id, s.clock())
         log.info("reply part sent reply=%s part=%d/%d pack=%s ml_message=%s", reply["id"], part["seq"] + 1,
                  len(parts), pack_id, remote_id)
+
+
+def _send_part(s: Services, reply: dict, part: dict, send: Callable[[], Any]) -> Any:
+    """`send()` one part, its attempt stamped as it leaves. Refused (4xx, or a 429 before it was
+    applied), nothing was sent: the part may go again. Its answer lost otherwise, it may still
+    reach Mercado Livre: stamped again, so the look for it waits until it has settled."""
+    try:
+        with on_departure(partial(_attempt_ended, s, reply, part)):
+            return send()
+    except PermanentError:
+        s.db.replies.mark_part_unsent(reply["id"], part["seq"])
+        raise
+    except TransientError as exc:
+        if exc.status == 429:
+            s.db.replies.mark_part_unsent(reply["id"], part["seq"])
+        else:
+            _attempt_ended(s, reply, part)
+        raise
 
 
 def _attempt_ended(s: Services, reply: dict, part: dict) -> None:
@@ -406,22 +417,14 @@ def _deliver_claim(s: Services, reply: dict) -> None:
         filenames = _upload_files(s, reply, part, lambda name, content, ctype: s.meli.upload_claim_attachment(
             claim_id, name, content, ctype))
         try:
-            with on_departure(partial(_attempt_ended, s, reply, part)):
-                s.meli.send_claim_message(claim_id, receiver, part["text"], filenames)
+            _send_part(s, reply, part, partial(s.meli.send_claim_message, claim_id, receiver, part["text"], filenames))
         except PermanentError as exc:
-            s.db.replies.mark_part_unsent(reply["id"], part["seq"])
             if exc.code == "claim_closed":
                 raise DeliveryFailed(CLAIM_CLOSED) from None
             if exc.status == 403:
                 raise DeliveryFailed(_receiver_refused(receiver, claim)) from None
             raise DeliveryFailed(_refusal(exc, "a mensagem" if len(parts) == 1 else f"a parte {part['seq'] + 1}"))\
                 from None
-        except TransientError as exc:
-            if exc.status == 429:
-                s.db.replies.mark_part_unsent(reply["id"], part["seq"])
-            else:
-                _attempt_ended(s, reply, part)
-            raise
         crashpoint("claim_message_sent")
         s.db.replies.mark_part_sent(reply["id"], part["seq"], remote, s.clock())
         if receiver != reply.get("receiver"):
