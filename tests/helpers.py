@@ -50,3 +50,20 @@ def sale_services(settings, db, clock: Clock | None = None) -> Services:
     db.links.mark_created("pack", "2000001", 1.0, conversation_id=88, contact_id=5,
                           data={"buyer_id": 9, "blocked": False, "migrated": False})
     return services
+
+
+class Killed(BaseException):
+    """kill -9 while a request is in flight: nothing after it runs."""
+
+
+class PausedBudget:
+    """A rate budget paused (after a 429) for `seconds` when a request is about to leave."""
+
+    def __init__(self, clock: Clock, seconds: float):
+        self.clock, self.seconds = clock, seconds
+
+    def acquire(self, level=None) -> None:
+        self.clock.advance(self.seconds)
+
+    def pause(self, seconds: float) -> None:
+        pass

@@ -90,7 +90,9 @@ def test_a_late_answer_still_applies_the_request(fk):
     assert meli.answers_posted == [(question["id"], "Tem sim")]
 
 
-def test_mark_read_hook_is_called_with_the_ids_marked(fk):
+def thread_read_once(fk):
+    """Sale 2000001 with one buyer message, read once without marking; every marking read is
+    recorded in `seen` as (thread, ids marked, ids shown before). Returns what the tests use."""
     meli = fk.meli.state
     meli.add_order(2000001, 7001, "COMPRADOR", items=[("MLB1", "Caneca", 1, 25.0)])
     message = meli.add_buyer_message("2000001", "Oi")
@@ -99,6 +101,11 @@ def test_mark_read_hook_is_called_with_the_ids_marked(fk):
     url = f"{fk.meli.url}/messages/packs/2000001/sellers/{meli.seller_id}"
     headers = {"Authorization": f"Bearer {meli.seed_tokens()[0]}"}
     requests.get(url, params={"tag": "post_sale", "mark_as_read": "false"}, headers=headers, timeout=5)
+    return meli, message, seen, url, headers
+
+
+def test_mark_read_hook_is_called_with_the_ids_marked(fk):
+    meli, message, seen, url, headers = thread_read_once(fk)
     later = meli.add_buyer_message("2000001", "Ainda aí?")
     requests.get(url, params={"tag": "post_sale"}, headers=headers, timeout=5)
     # The second message was never shown before the marking read: it is marked, not "seen".
@@ -147,14 +154,7 @@ def test_refresh_grants_record_the_spent_token_the_new_pair_and_whether_it_was_p
 
 
 def test_a_held_marking_read_counts_as_seen_only_what_was_shown_before_it_arrived(fk):
-    meli = fk.meli.state
-    meli.add_order(2000001, 7001, "COMPRADOR", items=[("MLB1", "Caneca", 1, 25.0)])
-    message = meli.add_buyer_message("2000001", "Oi")
-    seen = []
-    meli.on_mark_read = lambda key, ids, peeked: seen.append((key, ids, peeked))
-    url = f"{fk.meli.url}/messages/packs/2000001/sellers/{meli.seller_id}"
-    headers = {"Authorization": f"Bearer {meli.seed_tokens()[0]}"}
-    requests.get(url, params={"tag": "post_sale", "mark_as_read": "false"}, headers=headers, timeout=5)
+    meli, message, seen, url, headers = thread_read_once(fk)
     meli.chaos([{"prefix": "/messages/packs", "p": 1.0, "delay": 1.0, "lost": True}], seed=1)
     marking = threading.Thread(target=requests.get, args=(url,),
                                kwargs={"params": {"tag": "post_sale"}, "headers": headers, "timeout": 5})

@@ -14,7 +14,7 @@ from bridge.sync import claims as sync_claims
 from bridge.sync import ensure
 from bridge.sync import questions as sync_questions
 from bridge.sync.contacts import ensure_conversation
-from tests.helpers import CW, authorized_services
+from tests.helpers import CW, Killed, PausedBudget, authorized_services
 
 HELD = requests.exceptions.ReadTimeout("held")
 
@@ -22,6 +22,17 @@ HELD = requests.exceptions.ReadTimeout("held")
 @pytest.fixture
 def s(settings, db, clock):
     return authorized_services(settings, db, clock)
+
+
+ANSWERED = {"id": 12, "status": "ANSWERED", "answer": {"text": "Sim, temos"}}
+UNANSWERED = {"id": 12, "status": "UNANSWERED", "item_id": "MLB1", "text": "Tem azul?", "from": {"id": 9}}
+
+
+def known_buyer(s, clock) -> int:
+    """Buyer 9 is already contact 5 in the questions inbox; returns that inbox."""
+    inbox = s.settings.chatwoot_questions_inbox_id
+    s.db.links.mark_created("buyer", "9", clock(), contact_id=5, data={"inboxes": [inbox]})
+    return inbox
 
 
 def posts_to(path):
@@ -41,7 +52,7 @@ def held_then_applied(conversation_id, source_id, message_id):
 @responses.activate
 def test_an_answer_whose_creation_is_still_held_by_chatwoot_is_not_mirrored_again(s, clock):
     held_then_applied(77, "meli:answer:12", 701)
-    question = {"id": 12, "status": "ANSWERED", "answer": {"text": "Sim, temos"}}
+    question = ANSWERED
 
     with pytest.raises(TransientError):
         sync_questions._mirror_answer(s, "12", 77, question)
@@ -61,7 +72,7 @@ def test_an_answer_whose_held_creation_never_arrived_is_made_once_it_has_settled
     responses.post(f"{CW}/conversations/77/messages", body=HELD)
     responses.get(f"{CW}/conversations/77/messages", json={"payload": []})
     responses.post(f"{CW}/conversations/77/messages", json={"id": 702})
-    question = {"id": 12, "status": "ANSWERED", "answer": {"text": "Sim, temos"}}
+    question = ANSWERED
 
     with pytest.raises(TransientError):
         sync_questions._mirror_answer(s, "12", 77, question)
@@ -75,12 +86,11 @@ def test_an_answer_whose_held_creation_never_arrived_is_made_once_it_has_settled
 
 @responses.activate
 def test_a_question_whose_message_creation_is_still_held_by_chatwoot_is_not_created_again(s, clock):
-    inbox = s.settings.chatwoot_questions_inbox_id
-    s.db.links.mark_created("buyer", "9", clock(), contact_id=5, data={"inboxes": [inbox]})
+    inbox = known_buyer(s, clock)
     responses.post(f"{CW}/conversations", json={"id": 91})
     responses.get(f"{CW}/conversations/91", json={"id": 91, "inbox_id": inbox})  # still there when retried
     held_then_applied(91, "meli:question:12", 703)
-    question = {"id": 12, "status": "UNANSWERED", "item_id": "MLB1", "text": "Tem azul?", "from": {"id": 9}}
+    question = UNANSWERED
 
     with pytest.raises(TransientError):
         sync_questions.create_question(s, question, None, "COMPRADOR")
@@ -99,15 +109,14 @@ def test_a_question_whose_message_creation_is_still_held_by_chatwoot_is_not_crea
 
 @responses.activate
 def test_a_question_whose_conversation_was_found_again_does_not_wait_for_a_message_never_sent(s, clock):
-    inbox = s.settings.chatwoot_questions_inbox_id
-    s.db.links.mark_created("buyer", "9", clock(), contact_id=5, data={"inboxes": [inbox]})
+    inbox = known_buyer(s, clock)
     # The conversation was made, then the process died before recording it: no message went out.
     responses.post(f"{CW}/conversations", body=HELD)
     responses.get(f"{CW}/contacts/5/conversations",
                   json={"payload": [{"id": 91, "inbox_id": inbox, "custom_attributes": {"meli_question_id": "12"}}]})
     responses.get(f"{CW}/conversations/91/messages", json={"payload": []})
     responses.post(f"{CW}/conversations/91/messages", json={"id": 704})
-    question = {"id": 12, "status": "UNANSWERED", "item_id": "MLB1", "text": "Tem azul?", "from": {"id": 9}}
+    question = UNANSWERED
 
     with pytest.raises(TransientError):
         sync_questions.create_question(s, question, None, "COMPRADOR")
@@ -235,7 +244,7 @@ def test_a_refused_message_create_is_not_waited_for(s, clock):
     responses.post(f"{CW}/conversations/77/messages", status=422, json={"error": "invalid"})
     responses.get(f"{CW}/conversations/77/messages", json={"payload": []})
     responses.post(f"{CW}/conversations/77/messages", json={"id": 708})
-    question = {"id": 12, "status": "ANSWERED", "answer": {"text": "Sim, temos"}}
+    question = ANSWERED
 
     with pytest.raises(PermanentError):
         sync_questions._mirror_answer(s, "12", 77, question)
@@ -245,8 +254,7 @@ def test_a_refused_message_create_is_not_waited_for(s, clock):
 
 @responses.activate
 def test_a_create_that_waited_before_timing_out_settles_from_when_the_wait_ended(s, clock):
-    inbox = s.settings.chatwoot_questions_inbox_id
-    s.db.links.mark_created("buyer", "9", clock(), contact_id=5, data={"inboxes": [inbox]})
+    known_buyer(s, clock)
     responses.post(f"{CW}/conversations", json={"id": 91})
 
     def held(_request):
@@ -254,7 +262,7 @@ def test_a_create_that_waited_before_timing_out_settles_from_when_the_wait_ended
         raise requests.exceptions.ReadTimeout("read timed out")
 
     responses.add_callback(responses.POST, f"{CW}/conversations/91/messages", callback=held)
-    question = {"id": 12, "status": "UNANSWERED", "item_id": "MLB1", "text": "Tem azul?", "from": {"id": 9}}
+    question = UNANSWERED
     with pytest.raises(TransientError):
         sync_questions.create_question(s, question, None, "COMPRADOR")
     assert s.db.links.get("question", "12")["data"][ensure.TRIED] == clock()
@@ -299,21 +307,6 @@ def test_a_held_conversation_an_agent_answered_in_is_used_even_after_its_contact
                             custom_attributes={"meli_pack_id": "2000001"})
     assert "adopted_conversation" not in accept_webhook(again, s.settings, s.db, clock())[2]
     assert s.db.links.get("pack", "2000001")["conversation_id"] == 93
-
-
-class Killed(BaseException):
-    """kill -9 while the request is in flight: nothing after it runs."""
-
-
-class PausedBudget:
-    def __init__(self, clock, seconds):
-        self.clock, self.seconds = clock, seconds
-
-    def acquire(self, level=None):
-        self.clock.advance(self.seconds)  # paused after a 429 when the create was about to leave
-
-    def pause(self, seconds):
-        pass
 
 
 @responses.activate

@@ -27,6 +27,14 @@ def buyer_message(mid, text):
             "message_resources": [{"id": "2000001", "name": "orders"}]}
 
 
+def thread_shows(*messages, marked=True):
+    """The sale's thread holds `messages`: read, and (`marked`) read again when marked read."""
+    body = {"paging": {"total": len(messages)}, "messages": list(messages)}
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=body)
+    if marked:
+        responses.get(THREAD, match=[matchers.query_param_matcher(MARK)], json=body)
+
+
 def posts_to(url):
     return [c for c in responses.calls if c.request.method == "POST" and c.request.url == url]
 
@@ -34,10 +42,7 @@ def posts_to(url):
 @responses.activate
 def test_a_buyer_message_whose_creation_timed_out_is_not_created_twice_in_chatwoot(s):
     message = buyer_message("b1", "Chegou quebrado")
-    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
-                  json={"paging": {"total": 1}, "messages": [message]})
-    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)],
-                  json={"paging": {"total": 1}, "messages": [message]})
+    thread_shows(message)
     # Chatwoot created the message but its answer never came back (a read timeout).
     responses.post(f"{CW}/conversations/88/messages", body=requests.exceptions.ReadTimeout("slow"))
     responses.post(f"{CW}/conversations/88/messages", json={"id": 700})
@@ -85,10 +90,7 @@ def buyer_file_message(mid, text, filename):
 def test_a_buyer_file_mercado_livre_no_longer_serves_does_not_hold_back_the_sales_messages(s):
     first = buyer_file_message("b1", "Segue a foto", "gone-123.png")
     second = buyer_message("b2", "Alguém aí?")
-    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
-                  json={"paging": {"total": 2}, "messages": [first, second]})
-    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)],
-                  json={"paging": {"total": 2}, "messages": [first, second]})
+    thread_shows(first, second)
     responses.get(f"{API}/messages/attachments/gone-123.png", status=404, json={"message": "not found"})
     created = iter(range(800, 810))
     responses.add_callback(responses.POST, f"{CW}/conversations/88/messages",
@@ -129,8 +131,7 @@ def test_a_file_the_seller_sent_on_the_site_is_mirrored_after_a_failed_reply_lef
     typed = {"id": "m-file", "from": {"user_id": 555}, "to": {"user_id": 9}, "text": "",
              "message_date": {"created": "2026-11-29T10:05:00.000Z", "read": None},
              "message_attachments": [{"filename": "nf-1.pdf", "original_filename": "nota.pdf", "size": 3}]}
-    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
-                  json={"paging": {"total": 1}, "messages": [typed]})
+    thread_shows(typed, marked=False)
     responses.get(f"{API}/messages/attachments/nf-1.pdf", body=b"%PDF", content_type="application/pdf")
     responses.post(f"{CW}/conversations/88/messages", json={"id": 702})
 
@@ -155,8 +156,7 @@ def test_a_reply_moderated_after_its_first_check_is_still_shown_failed_to_the_ag
     moderated = {"id": "m-r", "from": {"user_id": 555}, "to": {"user_id": 9}, "text": "Me chama no zap",
                  "status": "moderated", "message_moderation": {"status": "rejected", "reason": "PERSONAL_DATA"},
                  "message_date": {"created": "2026-11-29T10:05:00.000Z", "read": None}}
-    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
-                  json={"paging": {"total": 1}, "messages": [moderated]})
+    thread_shows(moderated, marked=False)
     responses.patch(f"{CW}/conversations/88/messages/9400", json={})
     responses.get(f"{CW}/conversations/88/messages", json={"payload": []})
     responses.post(f"{CW}/conversations/88/messages", json={"id": 703})
@@ -249,8 +249,7 @@ def test_one_moderated_part_of_a_long_reply_is_named_and_the_others_are_not_said
                 "status": "moderated" if moderated else "available",
                 "message_moderation": {"status": "rejected" if moderated else "clean", "reason": "PERSONAL_DATA"},
                 "message_date": {"created": "2026-11-29T10:05:00.000Z", "read": None}}
-    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
-                  json={"paging": {"total": 3}, "messages": [sent(0), sent(1, moderated=True), sent(2)]})
+    thread_shows(sent(0), sent(1, moderated=True), sent(2), marked=False)
     responses.patch(f"{CW}/conversations/88/messages/9401", json={})
     responses.get(f"{CW}/conversations/88/messages", json={"payload": []})
     responses.post(f"{CW}/conversations/88/messages", json={"id": 704})
@@ -267,10 +266,7 @@ def test_one_moderated_part_of_a_long_reply_is_named_and_the_others_are_not_said
 @responses.activate
 def test_a_buyer_message_whose_creation_is_still_held_by_chatwoot_is_not_created_again(s):
     message = buyer_message("b2", "Chegou quebrado")
-    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
-                  json={"paging": {"total": 1}, "messages": [message]})
-    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)],
-                  json={"paging": {"total": 1}, "messages": [message]})
+    thread_shows(message)
     # Chatwoot holds the first create past the read timeout and applies it a moment after
     # the next poll looked for it: the look finds nothing yet.
     responses.post(f"{CW}/conversations/88/messages", body=requests.exceptions.ReadTimeout("held"))

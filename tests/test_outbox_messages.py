@@ -11,7 +11,7 @@ from bridge.backoff import RETRY_MAX
 from bridge.replies import delivery, refusal
 from bridge.replies.accept import accept_webhook
 from mercado_livre_api import MELI_AGENT_ID
-from tests.helpers import API, CW, THREAD, sale_services
+from tests.helpers import API, CW, THREAD, Killed, PausedBudget, sale_services
 from tests.payloads import message_created
 
 SENTENCE = "Seu pedido foi enviado hoje pela transportadora e chega em breve. "  # 66 chars
@@ -440,23 +440,6 @@ def test_a_send_that_waited_before_timing_out_settles_from_when_the_wait_ended(s
     s.clock.advance(60)  # settled, and past the attempt's backoff
     delivery.run_outbox(s)
     assert len(thread_reads()) == 1
-
-
-class Killed(BaseException):
-    """kill -9 while the request is in flight: nothing after it runs."""
-
-
-class PausedBudget:
-    """A rate budget paused (after a 429) for `seconds` when the send is about to leave."""
-
-    def __init__(self, clock, seconds):
-        self.clock, self.seconds = clock, seconds
-
-    def acquire(self, level=None):
-        self.clock.advance(self.seconds)
-
-    def pause(self, seconds):
-        pass
 
 
 @responses.activate
