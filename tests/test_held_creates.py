@@ -128,45 +128,49 @@ def test_a_question_whose_conversation_was_found_again_does_not_wait_for_a_messa
 
 # ---- a claim's messages ------------------------------------------------------------------------------------
 
-@responses.activate
-def test_a_claim_message_whose_creation_is_still_held_by_chatwoot_is_not_created_again(s, clock):
-    key = "5000:complainant:2026-11-29T10:00:00:abc"
-    held_then_applied(66, source_ids.claim_message(key), 705)
+CLAIM_KEY = "5000:complainant:2026-11-29T10:00:00:abc"
+
+
+def mirror_claim_message(s):
+    """The buyer's claim message, mirrored into claim 5000's conversation 66."""
     message = {"sender_role": "complainant", "receiver_role": "respondent", "message": "Veio errado",
                "date_created": "2026-11-29T10:00:00.000Z", "attachments": []}
+    sync_claims._mirror(s, "5000", 66, CLAIM_KEY, message, "incoming")
+
+
+@responses.activate
+def test_a_claim_message_whose_creation_is_still_held_by_chatwoot_is_not_created_again(s, clock):
+    held_then_applied(66, source_ids.claim_message(CLAIM_KEY), 705)
 
     with pytest.raises(TransientError):
-        sync_claims._mirror(s, "5000", 66, key, message, "incoming")
+        mirror_claim_message(s)
     clock.advance(1)
     with pytest.raises(TransientError):
-        sync_claims._mirror(s, "5000", 66, key, message, "incoming")
+        mirror_claim_message(s)
     assert len(posts_to("/conversations/66/messages")) == 1
 
     clock.advance(ensure.CREATE_SETTLE)
-    sync_claims._mirror(s, "5000", 66, key, message, "incoming")
+    mirror_claim_message(s)
     assert len(posts_to("/conversations/66/messages")) == 1
-    assert s.db.links.get("claim_message", key)["message_id"] == 705
+    assert s.db.links.get("claim_message", CLAIM_KEY)["message_id"] == 705
 
 
 @responses.activate
 def test_a_claim_message_held_in_a_new_conversation_is_looked_for_there(s, clock):
-    key = "5000:complainant:2026-11-29T10:00:00:abc"
     # Left pending for a conversation an agent deleted since: its row says nothing about the new one.
-    s.db.links.record_intent("claim_message", key, clock(), conversation_id=60)
+    s.db.links.record_intent("claim_message", CLAIM_KEY, clock(), conversation_id=60)
     clock.advance(ensure.CREATE_SETTLE + 1)
-    held_then_applied(66, source_ids.claim_message(key), 706)
-    message = {"sender_role": "complainant", "receiver_role": "respondent", "message": "Veio errado",
-               "date_created": "2026-11-29T10:00:00.000Z", "attachments": []}
+    held_then_applied(66, source_ids.claim_message(CLAIM_KEY), 706)
 
     with pytest.raises(TransientError):
-        sync_claims._mirror(s, "5000", 66, key, message, "incoming")
+        mirror_claim_message(s)
     clock.advance(1)
     with pytest.raises(TransientError):
-        sync_claims._mirror(s, "5000", 66, key, message, "incoming")
+        mirror_claim_message(s)
     clock.advance(ensure.CREATE_SETTLE)
-    sync_claims._mirror(s, "5000", 66, key, message, "incoming")
+    mirror_claim_message(s)
     assert len(posts_to("/conversations/66/messages")) == 1
-    assert s.db.links.get("claim_message", key)["message_id"] == 706
+    assert s.db.links.get("claim_message", CLAIM_KEY)["message_id"] == 706
 
 
 # ---- conversations -----------------------------------------------------------------------------------------
