@@ -26,7 +26,8 @@ Chatwoot
   shows it in the item's inbox: an agent may have deleted it since. Not recoverable: an agent
   merging the buyer's contact into another buyer's before the next attempt, with nobody
   answering there, carries that conversation off (empty) to the other buyer's contact, which
-  the search does not cover; the item continues in a new conversation.
+  the search does not cover; the item continues in a new conversation. An agent answering in
+  the carried-off one only after that is answered as usual, but it stays a second conversation.
 - `question_message_created` (bridge.sync.questions.create_question): the row has its
   conversation but is `pending`; the message is looked up by source_id, and made again only
   once the last create has settled (bridge.sync.ensure: CREATE_SETTLE after it went out, a

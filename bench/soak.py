@@ -37,8 +37,10 @@ for the same question or sale. One case is not the bridge's to prevent and is co
 events instead: a conversation the bridge made but could not record (a kill, or a create
 Chatwoot held past its answer), whose contact an agent then merged into another buyer's
 contact. The next attempt searches the buyer's own contact, finds nothing and makes one; the
-first stays empty under the other buyer. Only an empty conversation whose contact is the
-surviving contact of a merge and carries another buyer's identifier counts so.
+first stays under the other buyer, without the buyer's words. Only such a conversation whose
+contact is the surviving contact of a merge and carries another buyer's identifier counts so,
+and only while it holds nothing but what agents wrote there after the item's other
+conversation was made (before, their answer would have named it to the bridge).
 
 reopened after a new buyer message — a sale conversation the agent resolved is open
 again when a buyer message reached it after the resolve.
@@ -117,6 +119,7 @@ if str(ROOT) not in sys.path:
 import requests  # noqa: E402
 
 from bench.common import png_bytes  # noqa: E402
+from bridge import source_ids  # noqa: E402
 from mercado_livre_api import REFRESH_LEASE, REFRESH_MARGIN  # noqa: E402  (at most this long before the loss shows)
 from tests.e2e import LOG_DIR, VENV_BIN, WEBHOOK_SECRET, Bridge  # noqa: E402
 from tests.fakes import start_fakes  # noqa: E402
@@ -618,17 +621,29 @@ class Soak:
                 self.cw.merge_contacts(base, mergee)
             self.merges.append((base, mergee))
 
-    def _orphaned_by_merge(self, conv_id: int, convs: dict, identifiers: dict, live: dict, buyer) -> bool:
-        """An empty conversation that an agent's merge of two buyers' contacts carried off to the
-        other buyer's contact: the bridge made it, the answer was lost (a crash, a create Chatwoot
-        held), and before the next attempt its contact was merged into another buyer's. The next
-        attempt can only search the buyer's own contact, so it makes another; nothing was shown in
-        the first, and nothing the bridge may read finds it (unrecoverable by design). An agent's
-        answer there would have named it to the bridge (adopted), so only an empty one counts."""
+    def _orphaned_by_merge(self, conv_id: int, ids: list[int], convs: dict, identifiers: dict, live: dict,
+                           buyer) -> bool:
+        """A conversation that an agent's merge of two buyers' contacts carried off to the other
+        buyer's contact: the bridge made it, the answer was lost (a crash, a create Chatwoot held),
+        and before the next attempt its contact was merged into another buyer's. The next attempt
+        can only search the buyer's own contact, so it makes another (`ids`: the item's
+        conversations); nothing the bridge may read finds the first (unrecoverable by design).
+
+        Nothing of the buyer's may be in it. An agent's message there names it to the bridge
+        (adopted) only while the item still waits for a conversation: one written after the
+        item's other conversation was made cannot, and neither can the bridge's notes on it."""
         conv = convs[conv_id]
-        if buyer is None or any(m["conversation_id"] == conv_id and m["message_type"] != ACTIVITY
-                                for m in live.values()):
+        others = [convs[i]["t"] for i in ids if i != conv_id]
+        if buyer is None or not others:
             return False
+        for m in live.values():
+            if m["conversation_id"] != conv_id or m["message_type"] == ACTIVITY:
+                continue
+            source = m.get("source_id") or ""
+            agents = m["message_type"] == OUTGOING and not source.startswith("meli:") \
+                or source.startswith(source_ids.note("reply") + ":")
+            if not agents or m["created_at_exact"] <= min(others):
+                return False
         owner = identifiers.get(conv["contact_id"], "")
         return owner != f"meli:buyer:{buyer}" and any(base == conv["contact_id"] for base, _m in self.merges)
 
@@ -774,7 +789,8 @@ class Soak:
             live = {m["id"]: m for m in cw.messages.values()}
             deleted = {m["id"]: m for m in cw.deleted_messages.values()}
             convs = {c["id"]: {"inbox_id": c["inbox_id"], "status": c["status"], "contact_id": c["contact_id"],
-                               "attrs": dict(c["custom_attributes"])} for c in cw.conversations.values()}
+                               "attrs": dict(c["custom_attributes"]), "t": c["created_at_exact"]}
+                     for c in cw.conversations.values()}
             identifiers = {contact_id: str(c.get("identifier") or "") for contact_id, c in cw.contacts.items()}
         copies: dict[str, list[dict]] = defaultdict(list)
         for message in list(live.values()) + list(deleted.values()):
@@ -843,7 +859,8 @@ class Soak:
             for external, ids in sorted(by_external.items()):
                 buyer = (self.questions.get(int(external)) if attr == "meli_question_id" and external.isdigit()
                          else self.packs.get(external) if attr == "meli_pack_id" else None) or {}
-                orphans = [i for i in ids if self._orphaned_by_merge(i, convs, identifiers, live, buyer.get("buyer"))]
+                orphans = [i for i in ids
+                           if self._orphaned_by_merge(i, ids, convs, identifiers, live, buyer.get("buyer"))]
                 if len(ids) - len(orphans) > 1 or (orphans and len(ids) == len(orphans)):
                     v[INVARIANTS[2]].append(f"{attr}={external}: live conversations {sorted(ids)}")
                 else:
@@ -1034,8 +1051,8 @@ def report(soak: Soak, result: dict) -> tuple[str, int]:
     lines += [f"  {n:6d}  {name}" for name, n in sorted(soak.injected.items())]
     lines.append(f"  {soak.refresh_window_losses:6d}  authorization lost to a kill inside the token refresh window "
                  f"(unrecoverable by design; authorized again {soak.reauthorized} times)")
-    lines.append(f"  {soak.merge_orphans:6d}  empty conversation carried off to another buyer's contact by a merge "
-                 "inside its create window (unrecoverable by design)")
+    lines.append(f"  {soak.merge_orphans:6d}  conversation without the buyer's words carried off to another buyer's "
+                 "contact by a merge inside its create window (unrecoverable by design)")
     lines += ["", "background faults drawn by the fakes (Mercado Livre; Chatwoot's marked):"]
     faults: Counter = Counter()
     for (kind, _prefix), n in result["faults"].items():

@@ -424,14 +424,22 @@ def test_soak_report_names_the_cases_a_run_never_produced(soak_check):
     assert "not exercised in this run (their checks passed with nothing to check): a reply sent in part" in text
 
 
-def _merged_away_sale(run, message_in_orphan: bool) -> tuple[int, int]:
+def _merged_away_sale(run, message_in_orphan: bool, agent_reply: str | None = None) -> tuple[int, int]:
     """Sale 3000000009 of buyer 7001: a conversation made for it, then its contact merged by an
-    agent into buyer 7002's contact; the bridge, finding the buyer's contact gone, made another."""
+    agent into buyer 7002's contact; the bridge, finding the buyer's contact gone, made another.
+    `agent_reply`: an agent answers in the carried-off one "before" or "after" that other was made."""
     state = run.cw
     orphan = sale_conversation(run, "3000000009", buyer=7001)
     if message_in_orphan:
         with state.lock:
             state._create_message(orphan, "Oi", MESSAGE_TYPES["incoming"], source_id="meli:message:m-1")
+
+    def answer_in_orphan():
+        with state.lock:
+            state._create_message(orphan, "R00009p1 Respondo aqui", MESSAGE_TYPES["outgoing"])
+
+    if agent_reply == "before":
+        answer_in_orphan()
     other = sale_conversation(run, "3000000010", buyer=7002)
     base, mergee = state.conversations[other]["contact_id"], state.conversations[orphan]["contact_id"]
     state.merge_contacts(base, mergee)
@@ -441,6 +449,8 @@ def _merged_away_sale(run, message_in_orphan: bool) -> tuple[int, int]:
     again, _ = state.create_conversation({"inbox_id": run.fakes.messages_inbox, "contact_id": contact["id"],
                                           "source_id": "meli:buyer:7001:x",
                                           "custom_attributes": {"meli_pack_id": "3000000009"}})
+    if agent_reply == "after":
+        answer_in_orphan()
     return orphan, again["id"]
 
 
@@ -451,6 +461,26 @@ def test_soak_check_counts_an_empty_conversation_a_merge_carried_to_another_buye
     found = run.check()["violations"]["one live conversation per question / sale"]
 
     assert found == [] and run.merge_orphans == 1
+
+
+def test_soak_check_counts_a_carried_off_conversation_answered_after_the_other_was_made_as_an_event(soak_check):
+    run = soak_check
+    _merged_away_sale(run, message_in_orphan=False, agent_reply="after")
+
+    found = run.check()["violations"]["one live conversation per question / sale"]
+
+    assert found == [] and run.merge_orphans == 1
+
+
+def test_soak_check_flags_a_second_conversation_made_after_an_agent_answered_in_the_first(soak_check):
+    # Answered while the sale still waited for a conversation: the bridge should have adopted it.
+    run = soak_check
+    orphan, again = _merged_away_sale(run, message_in_orphan=False, agent_reply="before")
+
+    found = run.check()["violations"]["one live conversation per question / sale"]
+
+    assert found == [f"meli_pack_id=3000000009: live conversations {sorted([orphan, again])}"]
+    assert run.merge_orphans == 0
 
 
 def test_soak_check_still_flags_a_second_conversation_when_the_first_holds_a_message(soak_check):

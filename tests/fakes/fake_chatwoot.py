@@ -406,7 +406,7 @@ class ChatwootState(Controls):
                     "status": status, "custom_attributes": dict(body.get("custom_attributes") or {}),
                     "additional_attributes": dict(body.get("additional_attributes") or {}), "labels": [],
                     "priority": None, "contact_inbox": {"source_id": source_id}, "created_at": int(time.time()),
-                    "unread_count": 0, "can_reply": True, "messages": []}
+                    "created_at_exact": time.time(), "unread_count": 0, "can_reply": True, "messages": []}
             conv["meta"] = self.conversation_json(conv)["meta"]  # stored too, so tests can read it
             self.conversations[conv_id] = conv
             deliveries: list[dict] = []
