@@ -70,6 +70,7 @@ class MeliClient(HttpClient):
         self.clock = clock
         self.refresh_margin = refresh_margin
         self.refreshes = 0
+        self._asked_identity = False
 
     # ---- tokens ------------------------------------------------------------------------------
 
@@ -239,12 +240,25 @@ class MeliClient(HttpClient):
         raise AssertionError("unreachable")
 
     def seller_id(self) -> int:
-        if self.settings.meli_user_id:
-            return self.settings.meli_user_id
+        """The seller's id; the first call of a process also learns its nickname when none is stored.
+
+        Tokens seeded from the environment (or MELI_USER_ID) name no nickname, and /health and
+        `check` would show the seller as null: one /users/me per process fills it in, and a
+        failure there never holds up work when the id is already known.
+        """
         row = self.db.auth.current()
-        if row["user_id"]:
-            return row["user_id"]
-        me = self._api("GET", "/users/me")
+        known = self.settings.meli_user_id or row["user_id"]
+        if known and (row["nickname"] or self._asked_identity):
+            return known
+        self._asked_identity = True
+        try:
+            me = self._api("GET", "/users/me")
+        except ApiError:
+            if known:
+                return known
+            raise
+        if known and int(me["id"]) != known:
+            return known  # tokens of another account are refused where they are stored, not here
         self.db.auth.set_identity(int(me["id"]), me.get("nickname"))
         return int(me["id"])
 

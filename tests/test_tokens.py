@@ -242,3 +242,26 @@ def test_exchange_refuses_a_user_other_than_meli_user_id(make_settings, db, cloc
 def test_a_denied_authorization_shows_a_page(callback):
     client, _ = callback
     assert client.get("/oauth/callback?error=access_denied").status_code == 400
+
+
+@responses.activate
+def test_a_seller_seeded_from_the_environment_gets_its_nickname_in_the_status(make_settings, db, clock):
+    settings = make_settings(MELI_USER_ID="555", MELI_REFRESH_TOKEN="TG-seed")
+    meli = MeliClient(settings, db, clock=clock, sleep=lambda s: None)
+    meli.seed_tokens()
+    responses.post(f"{API}/oauth/token", json=token_body())
+    responses.get(f"{API}/users/me", json={"id": 555, "nickname": "LOJA"})
+    assert meli.seller_id() == 555
+    assert meli.seller_id() == 555
+    assert len([c for c in responses.calls if c.request.url.endswith("/users/me")]) == 1
+    auth = health.build_status(db, settings, clock())["checks"]["authorization"]
+    assert (auth["seller_id"], auth["nickname"]) == (555, "LOJA")
+
+
+@responses.activate
+def test_a_failing_nickname_lookup_never_holds_up_a_known_seller(make_settings, db, clock):
+    meli = MeliClient(make_settings(MELI_USER_ID="555"), db, clock=clock, sleep=lambda s: None)
+    store(db, clock, user_id=555)
+    db.auth.set_identity(555, None)
+    responses.get(f"{API}/users/me", status=503, json={"message": "down"})
+    assert meli.seller_id() == 555
