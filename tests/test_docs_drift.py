@@ -1,0 +1,225 @@
+"""What the docs quote of the commands' output, their names and the variables is what the code does.
+
+A seller follows README.md and docs/guia.md word for word: a command renamed, a line `setup` no
+longer prints, a variable nobody reads or a `/health` field that moved fails here, not at a
+seller's console.  The outputs are taken from the real commands run against the fakes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+
+import pytest
+
+import main
+from bridge.admin import health
+from bridge.admin.setup import run_check, run_setup
+from config import load_settings
+from db_manager import Database
+from tests.conftest import base_env
+from tests.e2e import ROOT
+
+DOCS = {name: (ROOT / name).read_text() for name in ("README.md", "docs/guia.md", "docs/privacidade.md")}
+README, GUIDE = DOCS["README.md"], DOCS["docs/guia.md"]
+ENV_EXAMPLE = (ROOT / ".env.example").read_text()
+PUBLIC = "https://ponte.sualoja.com.br"
+NUMBER_WORDS = {"uma": 1, "um": 1, "duas": 2, "dois": 2, "três": 3, "quatro": 4, "cinco": 5, "seis": 6}
+
+
+def _help(*argv: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main.main([*argv, "--help"])
+    return out.getvalue()
+
+
+def _commands() -> list[str]:
+    choices = re.search(r"\{([a-z,-]+)\}", _help())
+    assert choices, "main.py --help lists no commands"
+    return choices.group(1).split(",")
+
+
+def _config_variables() -> set[str]:
+    """Every variable config.py reads, by the name it reads it under."""
+    source = (ROOT / "config.py").read_text()
+    return set(re.findall(r'\b(?:r|self)\.(?:_value|text|secret|url|positive_int|positive_float|boolean|zone)'
+                          r'\(\s*"([A-Z][A-Z0-9_]+)"', source))
+
+
+# ---- commands -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("doc", sorted(DOCS))
+def test_every_command_a_doc_quotes_is_one_main_py_has(doc):
+    commands = set(_commands())
+    quoted = set(re.findall(r"python3? main\.py\s+([a-z][a-z-]*)", DOCS[doc]))
+    assert quoted - commands == set(), f"{doc} quotes commands main.py does not have"
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/guia.md"])
+def test_every_command_of_main_py_is_documented(doc):
+    undocumented = [c for c in _commands() if not re.search(rf"python3? main\.py\s+{re.escape(c)}\b", DOCS[doc])]
+    assert undocumented == [], f"{doc} never shows these commands of main.py --help"
+
+
+def test_every_option_a_doc_quotes_is_one_its_command_takes():
+    for doc, text in DOCS.items():
+        for command, rest in re.findall(r"python3? main\.py\s+([a-z][a-z-]*)([^`\n]*)", text):
+            if command not in _commands():
+                continue
+            options = set(re.findall(r"(--[a-z][a-z-]+)", _help(command)))
+            for option in re.findall(r"\s(--[a-z][a-z-]+)", rest):
+                assert option in options, f"{doc}: `main.py {command} {option}` is not an option of {command}"
+
+
+def test_the_retry_kinds_the_guide_names_are_the_ones_retry_takes():
+    kinds = re.search(r"\{([a-z,]+)\}", _help("retry")).group(1).split(",")
+    row = next(line for line in GUIDE.splitlines() if "checks.items.retrying" in line)
+    assert sorted(re.findall(r"`([a-z]+)`", row)) == sorted(kinds)
+
+
+# ---- variables ----------------------------------------------------------------------------------
+
+def _named_variables(text: str) -> set[str]:
+    return set(re.findall(r"\b((?:MELI|CHATWOOT|DATABASE|QUESTIONS|MESSAGES|RETENTION|DISPLAY|TOKEN|BRIDGE)_"
+                          r"[A-Z0-9_]+|PORT|LOG_LEVEL)\b", text))
+
+
+def test_every_variable_config_reads_is_in_env_example_and_the_guide():
+    """The README sends readers to .env.example; the guide's table is the seller's list."""
+    read = _config_variables()
+    assert {"MELI_APP_ID", "CHATWOOT_URL", "RETENTION_DAYS"} <= read
+    for name, text in (("docs/guia.md", GUIDE), (".env.example", ENV_EXAMPLE)):
+        assert read - _named_variables(text) == set(), f"{name} does not name these variables"
+
+
+def test_every_variable_a_doc_names_is_read_by_the_code():
+    code = "\n".join(p.read_text() for p in [*ROOT.glob("*.py"), *ROOT.glob("bridge/**/*.py"),
+                                              *ROOT.glob("tools/*.py"), ROOT / "supervisord.conf",
+                                              ROOT / "Dockerfile", ROOT / "run.sh"])
+    for name, text in [*DOCS.items(), (".env.example", ENV_EXAMPLE)]:
+        unknown = {v for v in _named_variables(text) if f'"{v}"' not in code and v not in code}
+        assert unknown == set(), f"{name} names variables no code reads"
+
+
+def test_env_example_assigns_every_variable_config_reads():
+    assigned = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", ENV_EXAMPLE, re.M))
+    assert _config_variables() - assigned == set()
+
+
+# ---- what setup and check print ------------------------------------------------------------------
+
+def _block_after(text: str, marker: str) -> list[str]:
+    """The lines of the first fenced block after `marker`."""
+    start = text.index(marker)
+    fence = text.index("```", start)
+    body = text[text.index("\n", fence) + 1: text.index("```", fence + 3)]
+    return [line for line in body.splitlines() if line.strip()]
+
+
+def _shape(line: str) -> str:
+    """A printed line with its values (ids, secrets, placeholders) taken out."""
+    line = re.sub(r"=.*$", "=…", line)
+    return re.sub(r"\d+", "N", line).strip()
+
+
+@pytest.fixture
+def fresh_chatwoot(tmp_path):
+    from tests.fakes import start_fakes
+    running = start_fakes()
+    env = base_env(tmp_path, CHATWOOT_URL=running.chatwoot.url, MELI_API_URL=running.meli.url,
+                   CHATWOOT_QUESTIONS_INBOX_ID=None, CHATWOOT_MESSAGES_INBOX_ID=None,
+                   CHATWOOT_WEBHOOK_SECRET=None)
+    yield running, env
+    running.stop()
+
+
+def _setup_lines(env: dict) -> list[str]:
+    lines: list[str] = []
+    assert run_setup(load_settings(env, require_inboxes=False), PUBLIC, out=lines.append,
+                     sleep=lambda s: None) == 0, lines
+    return lines
+
+
+def test_the_lines_the_guide_says_setup_prints_are_the_lines_it_prints(fresh_chatwoot):
+    _fakes, env = fresh_chatwoot
+    printed = _setup_lines(env)
+    start = next(i for i, line in enumerate(printed) if line.startswith("Add these lines"))
+    quoted = _block_after(GUIDE, "No fim, ele mostra as linhas para copiar")
+    assert [_shape(line) for line in quoted] == [_shape(line) for line in printed[start:]
+                                                 if line.strip() and not line.startswith("(")]
+
+
+def test_the_number_of_lines_the_guide_asks_to_paste_is_the_number_setup_prints(fresh_chatwoot):
+    _fakes, env = fresh_chatwoot
+    variables = [line for line in _setup_lines(env) if re.match(r"^[A-Z_]+=", line)]
+    said = re.search(r"cole essas (\w+) linhas", GUIDE)
+    assert said and NUMBER_WORDS[said.group(1)] == len(variables)
+
+
+def test_the_inboxes_the_docs_count_are_the_inboxes_setup_makes(fresh_chatwoot):
+    fakes, env = fresh_chatwoot
+    _setup_lines(env)
+    made = len(fakes.chatwoot.state.inboxes)
+    for word in re.findall(r"precisa de (\w+) caixas de entrada", GUIDE):
+        assert NUMBER_WORDS[word] == made
+    for word in re.findall(r"(?:Em cada uma das|nas) (\w+) caixas", GUIDE):
+        assert NUMBER_WORDS[word] == made
+    assert not re.search(r"\b(?:two|both) inboxes\b", README)
+
+
+def test_the_checks_the_guide_lists_are_the_checks_check_runs(fresh_chatwoot, tmp_path):
+    _fakes, env = fresh_chatwoot
+    printed = _setup_lines(env)
+    for line in printed:
+        if re.match(r"^[A-Z_]+=\d+$", line):
+            key, value = line.split("=")
+            env[key] = value
+    lines: list[str] = []
+    run_check(load_settings(env), PUBLIC, out=lines.append, sleep=lambda s: None)
+    ran = [re.match(r"^(?:ok  |FAIL) ([a-z ]+):", line).group(1) for line in lines]
+    section = GUIDE[GUIDE.index("**Conferir.**"):]
+    section = section[:section.index("\n---")]
+    listed = re.findall(r"^- `([a-z ]+)` [–-]", section, re.M)
+    assert sorted(listed) == sorted(ran)
+
+
+# ---- what /health and `status` show ---------------------------------------------------------------
+
+def _paths(value: dict, prefix: str = "") -> set[str]:
+    found = set()
+    for key, inner in value.items():
+        path = f"{prefix}.{key}" if prefix else key
+        found.add(path)
+        if isinstance(inner, dict) and not (prefix.endswith("runs") or prefix.endswith("retrying")):
+            found |= _paths(inner, path)
+    return found
+
+
+def test_every_health_field_the_docs_name_is_one_the_status_has(tmp_path):
+    settings = load_settings(base_env(tmp_path))
+    db = Database(settings.database_path).open()
+    try:
+        statuses = [health.build_status(db, settings, 1000.0),
+                    health.build_status(db, settings, 1000.0, problems=["CHATWOOT_URL: is required"])]
+    finally:
+        db.close()
+    shown = set().union(*({f"checks.{p}" for p in _paths(s["checks"])} for s in statuses))
+    # Fields that exist only in states hard to make here (authorized, a reply pending) are named by the code.
+    code = (ROOT / "bridge/admin/health.py").read_text()
+    for name, text in DOCS.items():
+        for path in set(re.findall(r"`(checks\.[a-z_.]+)`", text)) | set(re.findall(r"`(checks\.[a-z_]+)\.", text)):
+            leaf = path.rsplit(".", 1)[-1]
+            assert path in shown or f'"{leaf}"' in code, f"{name} names {path}, which /health does not have"
+
+
+def test_every_check_of_health_is_explained_in_the_guide(tmp_path):
+    settings = load_settings(base_env(tmp_path))
+    db = Database(settings.database_path).open()
+    try:
+        status = health.build_status(db, settings, 1000.0, problems=["CHATWOOT_URL: is required"])
+    finally:
+        db.close()
+    for check in status["checks"]:
+        assert f"`checks.{check}" in GUIDE, f"the guide's /health table does not explain checks.{check}"
