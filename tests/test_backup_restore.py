@@ -142,6 +142,8 @@ def test_restore_by_hand_swaps_the_file_saves_the_state_before_and_drops_the_sta
     safety = os.path.join(os.path.dirname(path), "backups", "meli_chatwoot-20261120-030000-before-restore.db")
     assert f"backup of the state before the restore: {safety}" in output
     assert has(safety, "3")
+    # Left beside the new file, the old -wal would be replayed into it.
+    assert "(removed the old meli_chatwoot.db-wal, meli_chatwoot.db-shm)" in output
     assert "start the listener and the poller again" in output
 
 

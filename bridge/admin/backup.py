@@ -26,6 +26,7 @@ BEFORE_RESTORE = "-before-restore"
 # supervisord's program names (supervisord.conf), stopped in this order and started in reverse.
 PROGRAMS = ("listener", "poller")
 RUNNING_STATES = ("RUNNING", "STARTING", "BACKOFF")
+NOT_RUNNING, ALREADY_STARTED = 70, 60  # supervisor.xmlrpc.Faults
 DEFAULT_SUPERVISORD_CONF = str(Path(__file__).resolve().parents[2] / "supervisord.conf")
 
 Out = Callable[[str], Any]
@@ -182,10 +183,13 @@ class Supervisor:
             raise SupervisorUnavailable(f"{conf_path} has no [supervisorctl] serverurl")
         return cls(url.replace("%(here)s", os.path.dirname(os.path.abspath(conf_path))))
 
-    def _call(self, what: str, func: Callable, *args: Any) -> Any:
+    def _call(self, what: str, func: Callable, *args: Any, already: int | None = None) -> Any:
         try:
             return func(*args)
         except xmlrpc.client.Fault as exc:
+            if already is not None and exc.faultCode == already:
+                return None  # already in the state asked for
+
             raise SupervisorUnavailable(f"supervisord refused to {what}: {exc.faultString}") from None
         except (OSError, xmlrpc.client.ProtocolError) as exc:
             raise SupervisorUnavailable(f"supervisord is not reachable at {self.serverurl} ({exc})") from None
@@ -194,10 +198,10 @@ class Supervisor:
         return self._call(f"describe {program}", self._rpc.getProcessInfo, program)["statename"]
 
     def stop(self, program: str) -> None:
-        self._call(f"stop {program}", self._rpc.stopProcess, program, True)
+        self._call(f"stop {program}", self._rpc.stopProcess, program, True, already=NOT_RUNNING)
 
     def start(self, program: str) -> None:
-        self._call(f"start {program}", self._rpc.startProcess, program, True)
+        self._call(f"start {program}", self._rpc.startProcess, program, True, already=ALREADY_STARTED)
 
 
 def find_supervisor(conf_path: str, out: Out) -> Supervisor | None:

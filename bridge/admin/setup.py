@@ -281,8 +281,11 @@ def _wire_inbox_webhooks(chatwoot: ChatwootClient, settings: Settings, inboxes: 
         if new_url is None:
             out(f"ok   inbox {name!r} webhook already set to {target}")
         else:
-            _call(settings, f"setting the webhook of the inbox {name!r}", chatwoot.set_inbox_webhook, inbox_id,
-                  new_url, hint=PRIVATE_NETWORK_HINT)
+            answer = _call(settings, f"setting the webhook of the inbox {name!r}", chatwoot.set_inbox_webhook,
+                           inbox_id, new_url, hint=PRIVATE_NETWORK_HINT)
+            if "webhook_url" in answer and answer["webhook_url"] != new_url:
+                raise SetupError(f"Chatwoot accepted the webhook of the inbox {name!r} but did not keep it: set "
+                                 f"{target} by hand in Settings → Inboxes → {name} → Webhook URL, then run setup again")
             was = str(inbox.get("webhook_url") or "")
             out(f"set  inbox {name!r} webhook to {target} (" + (f"it was {was}" if was else "it was empty") + ")")
             inbox = {**inbox, "webhook_url": new_url}
