@@ -367,6 +367,18 @@ def _fsync_path(path: str) -> None:
         os.close(fd)
 
 
+def match_owner(path: str, reference: str) -> None:
+    """Run as root (a console opened as root), give `path` the owner of `reference`: the
+    bridge's processes run as their own user and must still write what this command made."""
+    if os.geteuid() != 0:
+        return
+    try:
+        st = os.stat(reference)
+        os.chown(path, st.st_uid, st.st_gid)
+    except OSError:
+        pass
+
+
 def inspect_backup(path: str) -> int:
     """The schema version of a bridge database file this code can use; DatabaseError otherwise.
 
@@ -435,6 +447,8 @@ def swap_in(staged: str, database_path: str) -> list[str]:
     beside the new file, SQLite would replay the old pages into it.
     """
     removed = [database_path + suffix for suffix in ("-wal", "-shm") if _remove_if_present(database_path + suffix)]
+    directory = os.path.dirname(os.path.abspath(database_path))
+    match_owner(staged, database_path if os.path.exists(database_path) else directory)
     os.replace(staged, database_path)
     _fsync_path(os.path.dirname(os.path.abspath(database_path)))
     return removed
@@ -626,6 +640,7 @@ class Database:
             finally:
                 dest.close()
             _fsync_path(partial)
+            match_owner(partial, os.path.dirname(os.path.abspath(self.path)))
             os.replace(partial, target)
             _fsync_path(os.path.dirname(os.path.abspath(target)))
             return pages
@@ -699,9 +714,10 @@ class Database:
         if self._poller_lock is not None:
             return False
         try:
-            handle = open(self.path + ".poller.lock", "a")
+            # Read only, never created: a lock file made by another user would shut the poller out.
+            handle = open(self.path + ".poller.lock")
         except OSError:
-            return False
+            return False  # no poller ever ran here
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

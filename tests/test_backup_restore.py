@@ -145,6 +145,19 @@ def test_restore_by_hand_swaps_the_file_saves_the_state_before_and_drops_the_sta
     # Left beside the new file, the old -wal would be replayed into it.
     assert "(removed the old meli_chatwoot.db-wal, meli_chatwoot.db-shm)" in output
     assert "start the listener and the poller again" in output
+    assert not os.path.exists(path + ".poller.lock")  # looked for, never created (its owner would matter)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files to another user")
+def test_from_a_root_console_what_it_writes_belongs_to_the_bridges_user(path, tmp_path):
+    data = os.path.dirname(path)
+    for name in [data, *(os.path.join(data, n) for n in os.listdir(data))]:
+        os.chown(name, 10001, 10001)
+    assert run(backup.run_backup, path, now=T0)[0] == 0
+    copy = os.path.join(data, "backups", "meli_chatwoot-20261120-030000.db")
+    assert run(backup.run_restore, path, copy, supervisor=None, stopped_by_hand=True)[0] == 0
+    for name in (os.path.join(data, "backups"), copy, path):
+        assert os.stat(name).st_uid == 10001, name
 
 
 # ---- compact ------------------------------------------------------------------------------------------

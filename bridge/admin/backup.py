@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from db_manager import SCHEMA_VERSION, Database, DatabaseError, inspect_backup, stage_restore, swap_in
+from db_manager import SCHEMA_VERSION, Database, DatabaseError, inspect_backup, match_owner, stage_restore, swap_in
 
 BACKUP_DIR = "backups"
 KEEP_BACKUPS = 7
@@ -76,7 +76,10 @@ def _new_backup_path(database_path: str, now: datetime, suffix: str = "") -> str
 
 def _write_backup(database_path: str, target: str) -> tuple[int, int]:
     """(pages, bytes) of a consistent copy of the database written to `target`."""
-    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    folder = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+        match_owner(folder, os.path.dirname(os.path.abspath(database_path)))
     db = Database(database_path).open()
     try:
         pages = db.backup_to(target)
