@@ -222,10 +222,10 @@ def run_restore(database_path: str, source: str, out: Out = print, *, supervisor
                 stopped_by_hand: bool = False, now: datetime | None = None, err: Out = _stderr) -> int:
     """Put a backup in place of the database while the bridge runs. 0 on success, 1 on failure.
 
-    1. Check FILE (a bridge database, schema not newer than this code, not damaged) and copy
-       it beside the database, synced: the processes still run meanwhile.
-    2. Ask supervisord which of the listener and the poller run. Without supervisord, refuse
-       unless `stopped_by_hand` (the operator stopped both).
+    1. Without supervisord, refuse unless `stopped_by_hand` (the operator stopped both).
+    2. Check FILE (a bridge database, schema not newer than this code, not damaged) and copy
+       it beside the database, synced: the processes still run meanwhile. Ask supervisord
+       which of the listener and the poller run.
     3. Stop the listener, then the poller (it finishes the item in hand). Meanwhile Chatwoot's
        webhook deliveries fail and mark the agents' messages failed: nothing is lost silently.
        Refuse if a poller still holds the database (one started by hand).
@@ -235,6 +235,10 @@ def run_restore(database_path: str, source: str, out: Out = print, *, supervisor
     6. Start again what was running in 2.
     A failure after 3 starts the programs again on whatever file is in place and says so.
     """
+    if supervisor is None and not stopped_by_hand:
+        err("error: supervisord is not reachable, so the listener and the poller cannot be stopped from here; "
+            "stop both yourself and run it again with --stopped; nothing was changed")
+        return 1
     try:
         version = inspect_backup(source)
         staged = stage_restore(source, database_path)
@@ -246,11 +250,6 @@ def run_restore(database_path: str, source: str, out: Out = print, *, supervisor
 
     running: list[str] = []
     if supervisor is None:
-        if not stopped_by_hand:
-            os.remove(staged)
-            err("error: supervisord is not reachable, so the listener and the poller cannot be stopped from here; "
-                "stop both yourself and run it again with --stopped; nothing was changed")
-            return 1
         out("the listener and the poller were stopped by hand (--stopped)")
     else:
         try:
