@@ -230,19 +230,15 @@ class ChatwootClient(HttpClient):
         payload = (result.get("payload") or []) if isinstance(result, dict) else result
         return (payload.get("webhooks") or []) if isinstance(payload, dict) else list(payload)
 
-    def create_webhook(self, url: str, name: str, subscriptions: list[str]) -> dict:
-        result = self._request("POST", "/webhooks", json={"url": url, "name": name, "subscriptions": subscriptions},
-                               retry=False)
-        return self._webhook_object(result)
-
-    def update_webhook(self, webhook_id: int, url: str, subscriptions: list[str]) -> dict:
-        result = self._request("PATCH", f"/webhooks/{webhook_id}", json={"url": url, "subscriptions": subscriptions})
-        return self._webhook_object(result)
-
-    @staticmethod
-    def _webhook_object(result: Any) -> dict:
-        """{"payload": {"webhook": {...}}} in Chatwoot; tolerate the object one level up too."""
-        payload = (result or {}).get("payload") if isinstance(result, dict) else None
-        if isinstance(payload, dict):
-            return payload.get("webhook") or payload
+    def set_inbox_webhook(self, inbox_id: int, url: str) -> dict:
+        """Point an API inbox's own webhook at `url`; Chatwoot answers with the inbox."""
+        result = self._request("PATCH", f"/inboxes/{inbox_id}", json={"channel": {"webhook_url": url}})
         return result if isinstance(result, dict) else {}
+
+    def reset_inbox_secret(self, inbox_id: int) -> dict:
+        """A new signing secret for an API inbox (Chatwoot 4.13+); answers with the inbox."""
+        result = self._request("POST", f"/inboxes/{inbox_id}/reset_secret", retry=False)
+        return result if isinstance(result, dict) else {}
+
+    def delete_webhook(self, webhook_id: int) -> None:
+        self._request("DELETE", f"/webhooks/{webhook_id}")

@@ -347,6 +347,113 @@ MIGRATIONS: list[Migration] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+# ---- backup files: checked, staged and swapped in (main.py restore) ------------------------------
+
+
+def _remove_if_present(path: str) -> bool:
+    try:
+        os.remove(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _fsync_path(path: str) -> None:
+    """Flush a file's (or a directory's entries') writes to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def match_owner(path: str, reference: str) -> None:
+    """Run as root (a console opened as root), give `path` the owner of `reference`: the
+    bridge's processes run as their own user and must still write what this command made."""
+    if os.geteuid() != 0:
+        return
+    try:
+        st = os.stat(reference)
+        os.chown(path, st.st_uid, st.st_gid)
+    except OSError:
+        pass
+
+
+def inspect_backup(path: str) -> int:
+    """The schema version of a bridge database file this code can use; DatabaseError otherwise.
+
+    Refused: a file that is not SQLite, a SQLite file without the bridge's tables, a damaged
+    one, and one of a newer schema than this code knows (an older one is migrated when the
+    processes start).
+    """
+    if not os.path.isfile(path):
+        raise DatabaseError(f"{path} is not a file")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"cannot open {path}: {exc}") from None
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if version < 1 or "meli_auth" not in tables:
+            raise DatabaseError(f"{path} is a SQLite file but not a bridge database")
+        if version > SCHEMA_VERSION:
+            raise DatabaseError(f"{path} has schema version {version}, newer than this code knows "
+                                f"({SCHEMA_VERSION}); restore it with the newer version of the bridge")
+        problem = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if problem != "ok":
+            raise DatabaseError(f"{path} is damaged ({problem})")
+        return version
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseError(f"{path} is not a bridge database ({exc})") from None
+    finally:
+        conn.close()
+
+
+def stage_restore(source: str, database_path: str) -> str:
+    """A checked, synced copy of `source` beside the database, ready for `swap_in`; returns its path.
+
+    Copied through SQLite (any `-wal` of the source included) into the database's own
+    directory, so the swap is a rename on one file system.
+    """
+    inspect_backup(source)
+    staged = database_path + ".restoring"
+    try:
+        _remove_if_present(staged)
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        dest = sqlite3.connect(staged)
+        try:
+            src.backup(dest)
+            dest.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            dest.close()
+            src.close()
+        _fsync_path(staged)
+    except (sqlite3.Error, OSError) as exc:
+        _remove_if_present(staged)
+        raise DatabaseError(f"cannot copy {source} beside {database_path}: {exc}") from None
+    try:
+        inspect_backup(staged)
+    except DatabaseError:
+        _remove_if_present(staged)
+        raise
+    return staged
+
+
+def swap_in(staged: str, database_path: str) -> list[str]:
+    """Put a staged copy in place of the database; returns the stale files removed.
+
+    Only while no process has the database open. The old `-wal` and `-shm` go first: left
+    beside the new file, SQLite would replay the old pages into it.
+    """
+    removed = [database_path + suffix for suffix in ("-wal", "-shm") if _remove_if_present(database_path + suffix)]
+    directory = os.path.dirname(os.path.abspath(database_path))
+    match_owner(staged, database_path if os.path.exists(database_path) else directory)
+    os.replace(staged, database_path)
+    _fsync_path(os.path.dirname(os.path.abspath(database_path)))
+    return removed
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     """SQLITE_BUSY / SQLITE_LOCKED: another connection holds the lock; worth retrying."""
     return "locked" in str(exc) or "busy" in str(exc)
@@ -516,19 +623,55 @@ class Database:
         """Copy the database to `target` with SQLite's backup API; returns the pages copied.
 
         A copy of the file alone would miss what is still only in `-wal`; this reads one
-        consistent snapshot, and in WAL mode neither process waits for it.
+        consistent snapshot, and in WAL mode neither process waits for it. The copy is written
+        beside `target` and renamed into place once synced, so a file of that name is always a
+        whole backup; it is a single file (rollback journal), readable without its `-wal`.
         """
         if os.path.exists(target):
             raise DatabaseError(f"{target} already exists; choose a new file name")
+        partial = target + ".partial"
         try:
-            dest = sqlite3.connect(target)
+            _remove_if_present(partial)
+            dest = sqlite3.connect(partial)
             try:
                 self.conn().backup(dest)
-                return dest.execute("PRAGMA page_count").fetchone()[0]
+                dest.execute("PRAGMA journal_mode = DELETE")
+                pages = dest.execute("PRAGMA page_count").fetchone()[0]
             finally:
                 dest.close()
-        except sqlite3.Error as exc:
+            _fsync_path(partial)
+            match_owner(partial, os.path.dirname(os.path.abspath(self.path)))
+            os.replace(partial, target)
+            _fsync_path(os.path.dirname(os.path.abspath(target)))
+            return pages
+        except (sqlite3.Error, OSError) as exc:
+            _remove_if_present(partial)
             raise DatabaseError(f"cannot write the backup {target}: {exc}") from None
+
+    def vacuum(self, wait_seconds: float = 10.0) -> dict:
+        """Rebuild the file without its free pages (VACUUM), then empty the `-wal` it went through.
+
+        VACUUM takes the write lock for as long as it runs: the other processes' writes wait
+        (up to their busy timeout) and reads go on. If another writer holds the lock for more
+        than `wait_seconds`, DatabaseError says so and nothing changed.
+        Returns the sizes in bytes (file + `-wal`) before and after.
+        """
+        before = self.size_bytes()
+        conn = self.conn()
+        conn.execute(f"PRAGMA busy_timeout = {int(wait_seconds * 1000)}")
+        try:
+            with self._write_lock:
+                conn.execute("VACUUM")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise DatabaseError(f"another process kept the database busy for over {wait_seconds:.0f}s; "
+                                    f"nothing was changed, try again") from None
+            raise DatabaseError(f"VACUUM failed: {exc}") from None
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # VACUUM in WAL mode writes the new pages through the -wal: fold it back now.
+        checkpoint = self.compact()
+        return {"before": before, "after": self.size_bytes(), "wal_busy": checkpoint["busy"]}
 
     def check(self) -> None:
         """Raise sqlite3.Error when the file cannot be read (for /health)."""
@@ -565,6 +708,23 @@ class Database:
             return False
         self._poller_lock = handle
         return True
+
+    def poller_running(self) -> bool:
+        """True while a poller holds this database's poller lock (`hold_poller_lock`)."""
+        if self._poller_lock is not None:
+            return False
+        try:
+            # Read only, never created: a lock file made by another user would shut the poller out.
+            handle = open(self.path + ".poller.lock")
+        except OSError:
+            return False  # no poller ever ran here
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            handle.close()  # closing drops the lock taken just now
+        return False
 
     # ---- housekeeping -------------------------------------------------------------------------
 

@@ -9,7 +9,9 @@
     python main.py setup URL    find or create the Chatwoot inboxes and webhook
     python main.py check [URL]  check the configuration end to end
     python main.py check-config check the variables only (./run.sh, before starting anything)
-    python main.py backup FILE  copy the database, consistently, while the bridge runs
+    python main.py backup [FILE]   copy the database, consistently, while the bridge runs (rotated)
+    python main.py restore FILE    put a backup in place, stopping and starting both processes
+    python main.py compact      VACUUM the database while the bridge runs
     python main.py forget-buyer BUYER [--chatwoot] [--yes]   erase one buyer (LGPD)
 """
 
@@ -28,7 +30,7 @@ from typing import Callable
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from bridge import failures, rate_budget, source_ids
-from bridge.admin import health
+from bridge.admin import backup, health
 from bridge.admin import setup as setup_chatwoot
 from bridge.http import ApiError
 from bridge.logging import setup_logging
@@ -324,15 +326,24 @@ def cmd_retry(settings: Settings, kind: str | None, item_id: str | None) -> int:
     return 0
 
 
-def cmd_backup(settings: Settings, target: str) -> int:
-    try:
-        pages = Database(settings.database_path).open().backup_to(target)
-    except DatabaseError as exc:
-        print(f"database error: {exc}", file=sys.stderr)
-        return 2
-    print(f"backup written to {target} ({pages} pages); restore by stopping the bridge and putting it "
-          f"in place of {settings.database_path}")
-    return 0
+def cmd_backup(settings: Settings, target: str | None, keep: int) -> int:
+    return backup.run_backup(settings.database_path, target=target, keep=keep)
+
+
+def cmd_restore(settings: Settings, source: str, stopped: bool, conf: str) -> int:
+    supervisor = backup.find_supervisor(conf, print)
+    return backup.run_restore(settings.database_path, source, supervisor=supervisor, stopped_by_hand=stopped)
+
+
+def cmd_compact(settings: Settings) -> int:
+    return backup.run_compact(settings.database_path)
+
+
+def _positive(text: str) -> int:
+    value = int(text) if text.isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,14 +371,29 @@ def main(argv: list[str] | None = None) -> int:
     forget.add_argument("--chatwoot", action="store_true",
                         help="also delete the buyer's contact and conversations in Chatwoot (asks first)")
     forget.add_argument("--yes", action="store_true", help="do not ask for confirmation (scripts)")
-    backup = sub.add_parser("backup", help="write a consistent copy of the database to FILE (safe while running)")
-    backup.add_argument("file", help="the copy to write, e.g. /app/data/backup-2026-11-20.db")
+    backup_cmd = sub.add_parser("backup", help="write a consistent copy of the database (safe while running) to "
+                                               "backups/ beside it, keeping the newest --keep, or to FILE")
+    backup_cmd.add_argument("file", nargs="?", help="write exactly this file instead (not rotated)")
+    backup_cmd.add_argument("--keep", type=_positive, default=backup.KEEP_BACKUPS,
+                            help=f"backups to keep in backups/ (default {backup.KEEP_BACKUPS})")
+    restore = sub.add_parser("restore", help="put a backup in place of the database, stopping and starting the "
+                                             "listener and the poller through supervisord")
+    restore.add_argument("file", help="the backup, e.g. /app/data/backups/meli_chatwoot-20261120-030000.db")
+    restore.add_argument("--stopped", action="store_true",
+                         help="without supervisord: you have stopped both processes yourself")
+    restore.add_argument("--supervisord-conf", default=backup.DEFAULT_SUPERVISORD_CONF,
+                         help="the supervisord.conf the bridge runs under (default: the one beside main.py)")
+    sub.add_parser("compact", help="VACUUM the database (safe while running); prints its size before and after")
     args = parser.parse_args(argv)
 
-    if args.command == "backup":
-        # Needs only DATABASE_PATH: a backup must be possible whatever else is wrong.
+    if args.command in ("backup", "restore", "compact"):
+        # Need only DATABASE_PATH: these must work whatever else is wrong.
         settings, _problems = load_settings_leniently()
-        return cmd_backup(settings, args.file)
+        if args.command == "restore":
+            return cmd_restore(settings, args.file, args.stopped, args.supervisord_conf)
+        if args.command == "compact":
+            return cmd_compact(settings)
+        return cmd_backup(settings, args.file, args.keep)
     if args.command is None and not args.once:
         # The long-running poller: in the container it waits for an incomplete configuration.
         settings, problems = settings_or_wait()

@@ -213,7 +213,7 @@ def test_the_backup_command_needs_only_the_database_path(tmp_path):
     assert Database(str(target)).open().links.get("pack", "9")["status"] == "created"
     again = subprocess.run([sys.executable, "main.py", "backup", str(target)], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=60)
-    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    assert again.returncode == 1 and "already exists" in again.stderr and "Traceback" not in again.stderr
 
 
 def _schema(conn) -> list[tuple]:

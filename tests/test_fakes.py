@@ -339,6 +339,35 @@ def test_unsigned_webhook_and_failed_inbox_webhook_marks_message(fk, receiver):
     assert shown["status"] == "failed" and "external_error" in shown["content_attributes"]
 
 
+def test_inbox_webhooks_are_set_by_patch_and_signed_with_the_secret_the_inbox_shows(fk, receiver):
+    state = fk.chatwoot.state
+    session, _contact, conv = make_conversation(fk)
+    inbox_id = conv["inbox_id"]
+    updated = session.patch(api(fk, f"/inboxes/{inbox_id}"), json={"channel": {"webhook_url": f"{receiver.url}/hook"}},
+                            timeout=5).json()
+    assert updated["webhook_url"] == f"{receiver.url}/hook" and updated["secret"]
+    state.agent_reply(conv["id"], "oi")
+    assert state.wait_webhooks_idle(5)
+    headers, raw = receiver.app.received[0]["headers"], receiver.app.received[0]["raw"]
+    signature = fake_chatwoot.sign(updated["secret"], headers["X-Chatwoot-Timestamp"], raw)
+    assert headers["X-Chatwoot-Signature"] == signature
+    # Before 4.13: no secret in the inbox JSON, and the inbox's deliveries go unsigned.
+    state.signs_inbox_webhooks = False
+    assert "secret" not in session.get(api(fk, f"/inboxes/{inbox_id}"), timeout=5).json()
+    state.agent_reply(conv["id"], "oi de novo")
+    assert state.wait_webhooks_idle(5)
+    assert "X-Chatwoot-Signature" not in receiver.app.received[1]["headers"]
+
+
+def test_account_webhooks_show_their_secret_in_lists_as_chatwoot_does(fk):
+    session = cw(fk)
+    created = session.post(api(fk, "/webhooks"), json={"url": "https://bridge.example.test/webhook",
+                                                       "subscriptions": ["message_created"]}, timeout=5).json()
+    secret = created["payload"]["webhook"]["secret"]
+    listed = session.get(api(fk, "/webhooks"), timeout=5).json()["payload"]["webhooks"]
+    assert secret and [h["secret"] for h in listed] == [secret]
+
+
 def test_attachments_redirect_to_storage(fk, receiver):
     state = fk.chatwoot.state
     state.add_webhook(f"{receiver.url}/hook", "s")

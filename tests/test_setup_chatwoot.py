@@ -108,97 +108,204 @@ def api_inbox(inbox_id, name):
 # ---- setup ----------------------------------------------------------------------------------------
 
 
-def test_a_fresh_chatwoot_gets_three_api_inboxes_and_a_webhook_and_the_env_lines(rsps, first_setup):
-    fake = FakeChatwoot(rsps)
-    code, output = setup(first_setup)
+# ---- setup against the fake Chatwoot server (the shapes real Chatwoot answers with) -------------
+
+QUESTIONS, MESSAGES, CLAIMS = "Mercado Livre - Perguntas", "Mercado Livre - Vendas", "Mercado Livre - Reclamações"
+
+
+@pytest.fixture
+def chatwoot():
+    from tests.fakes import ChatwootState, create_chatwoot_app, serve
+    state = ChatwootState()
+    handle = serve(create_chatwoot_app(state), 0, state)
+    yield handle
+    state.stop()
+    handle.shutdown()
+
+
+@pytest.fixture
+def on_fake(tmp_path, chatwoot):
+    """Settings as `main.py setup` loads them, against the fake server; no arguments: a first setup."""
+    from config import load_settings
+    from tests.conftest import base_env
+
+    def make(**env):
+        first = {"CHATWOOT_QUESTIONS_INBOX_ID": None, "CHATWOOT_MESSAGES_INBOX_ID": None,
+                 "CHATWOOT_WEBHOOK_SECRET": None}
+        return load_settings(base_env(tmp_path, CHATWOOT_URL=chatwoot.url, **{**first, **env}),
+                             require_inboxes=False)
+    return make
+
+
+def fake_writes(chatwoot) -> list[tuple[str, str]]:
+    with chatwoot.state.lock:
+        return [(c["method"], c["path"]) for c in chatwoot.state.calls if c["method"] != "GET"]
+
+
+def printed_env(output: str) -> dict:
+    """The lines setup asks the operator to paste, as a dict."""
+    return dict(line.split("=", 1) for line in output.splitlines() if line.startswith("CHATWOOT_"))
+
+
+def inbox_named(state, name) -> dict:
+    return next(i for i in state.inboxes.values() if i["name"] == name)
+
+
+def test_a_first_setup_points_each_inbox_webhook_at_the_listener_and_prints_their_secrets(chatwoot, on_fake):
+    state = chatwoot.state
+    code, output = setup(on_fake())
     assert code == 0
-    assert [i["name"] for i in fake.inboxes] == ["Mercado Livre - Perguntas", "Mercado Livre - Vendas",
-                                                  "Mercado Livre - Reclamações"]
-    inbox_body = json.loads(next(c for c in rsps.calls if c.request.method == "POST").request.body)
-    assert inbox_body == {"name": "Mercado Livre - Perguntas", "channel": {"type": "api", "webhook_url": ""}}
-    assert fake.webhooks[0]["url"] == HOOK_URL
-    assert fake.webhooks[0]["subscriptions"] == ["message_created"]
-    assert fake.webhooks[0]["name"] == "meli-chatwoot"
-    assert "CHATWOOT_QUESTIONS_INBOX_ID=10" in output
-    assert "CHATWOOT_MESSAGES_INBOX_ID=11" in output
-    assert "CHATWOOT_CLAIMS_INBOX_ID=12" in output
-    assert "CHATWOOT_WEBHOOK_SECRET=whsec-created-7d2e" in output
-    assert "token of Ana (administrator" in output
-
-
-def test_running_setup_twice_creates_nothing_the_second_time(rsps, first_setup):
-    FakeChatwoot(rsps)
-    assert setup(first_setup)[0] == 0
-    created = len(writes(rsps))
-    code, output = setup(first_setup)
-    assert code == 0
-    assert len(writes(rsps)) == created == 4
-    assert output.count("already exists") == 4
-    assert "CHATWOOT_WEBHOOK_SECRET=whsec-created-7d2e" in output
-
-
-def test_configured_api_inboxes_are_kept_even_under_another_name(rsps, make_settings):
-    FakeChatwoot(rsps, inboxes=[api_inbox(1, "Perguntas ML"), api_inbox(2, "Vendas ML"), api_inbox(3, "Recl ML")],
-                 webhooks=[{"id": 5, "url": HOOK_URL, "subscriptions": ["message_created"],
-                            "secret": "whsec-one-5f3a"}])
-    code, output = setup(make_settings(CHATWOOT_CLAIMS_INBOX_ID="3"))
-    assert code == 0 and writes(rsps) == []
-    assert "CHATWOOT_QUESTIONS_INBOX_ID=1" in output and "CHATWOOT_MESSAGES_INBOX_ID=2" in output
-    assert "CHATWOOT_CLAIMS_INBOX_ID=3" in output
-    assert "already holds these values" in output
-
-
-def test_setup_on_a_deployment_made_before_claims_adds_only_the_claims_inbox(rsps, settings):
-    fake = FakeChatwoot(rsps, inboxes=[api_inbox(1, "Perguntas ML"), api_inbox(2, "Vendas ML")],
-                        webhooks=[{"id": 5, "url": HOOK_URL, "subscriptions": ["message_created"],
-                                   "secret": "whsec-one-5f3a"}])
-    code, output = setup(settings)
-    assert code == 0 and len(writes(rsps)) == 1
-    assert fake.inboxes[-1]["name"] == "Mercado Livre - Reclamações"
-    assert f"CHATWOOT_CLAIMS_INBOX_ID={fake.inboxes[-1]['id']}" in output
+    inboxes = [inbox_named(state, name) for name in (QUESTIONS, MESSAGES, CLAIMS)]
+    assert [i["webhook_url"] for i in inboxes] == [HOOK_URL] * 3
+    assert state.webhooks == []  # no account webhook: it would deliver every reply a second time
+    env = printed_env(output)
+    assert env == {"CHATWOOT_QUESTIONS_INBOX_ID": str(inboxes[0]["id"]),
+                   "CHATWOOT_MESSAGES_INBOX_ID": str(inboxes[1]["id"]),
+                   "CHATWOOT_CLAIMS_INBOX_ID": str(inboxes[2]["id"]),
+                   "CHATWOOT_WEBHOOK_SECRET": ",".join(i["secret"] for i in inboxes)}
+    assert output.count(f"webhook to {HOOK_URL} (it was empty)") == 3
     assert "Add these lines" in output
 
 
-def test_a_webhook_without_message_created_is_subscribed_to_it(rsps, first_setup):
-    fake = FakeChatwoot(rsps, webhooks=[{"id": 5, "url": HOOK_URL + "/", "subscriptions": ["conversation_created"],
-                                         "secret": "whsec-old-11"}])
-    code, output = setup(first_setup)
+def test_a_second_setup_with_the_printed_lines_changes_nothing(chatwoot, on_fake):
+    code, output = setup(on_fake())
     assert code == 0
-    assert ("PATCH", f"{ACCOUNT}/webhooks/5") in writes(rsps)
-    assert not any(url.endswith("/webhooks") for _, url in writes(rsps))
-    assert fake.webhooks[0]["subscriptions"] == ["message_created"]
-    assert "CHATWOOT_WEBHOOK_SECRET=whsec-old-11" in output
-
-
-def test_an_existing_webhook_whose_secret_is_not_returned_says_where_to_copy_it(rsps, first_setup):
-    FakeChatwoot(rsps, secret_mode="hidden",
-                 webhooks=[{"id": 5, "url": HOOK_URL, "subscriptions": ["message_created"], "secret": "s"}])
-    code, output = setup(first_setup)
+    before = len(fake_writes(chatwoot))
+    code, again = setup(on_fake(**printed_env(output)))
     assert code == 0
-    assert "Settings → Integrations → Webhooks → the webhook → secret" in output
-    assert "copy it from" in output
-    assert "CHATWOOT_WEBHOOK_SECRET=<the secret shown in Chatwoot" in output
+    assert len(fake_writes(chatwoot)) == before  # not one write
+    assert again.count("already exists") == 3 and again.count(f"webhook already set to {HOOK_URL}") == 3
+    assert "Your configuration already holds these values:" in again
+    assert printed_env(again) == printed_env(output)
 
 
-def test_a_chatwoot_older_than_4_12_gets_the_token_url_alternative(rsps, first_setup, caplog):
-    FakeChatwoot(rsps, secret_mode="absent")
-    code, output = setup(first_setup)
+def test_a_stale_or_empty_inbox_webhook_is_fixed_and_the_right_one_left_alone(chatwoot, on_fake):
+    state = chatwoot.state
+    ids = [state.add_inbox(QUESTIONS, webhook_url="https://old-host.example.test/webhook"),
+           state.add_inbox(MESSAGES, webhook_url=HOOK_URL),
+           state.add_inbox(CLAIMS)]
+    secrets = ",".join(state.inboxes[i]["secret"] for i in ids)
+    settings = on_fake(CHATWOOT_QUESTIONS_INBOX_ID=str(ids[0]), CHATWOOT_MESSAGES_INBOX_ID=str(ids[1]),
+                       CHATWOOT_CLAIMS_INBOX_ID=str(ids[2]), CHATWOOT_WEBHOOK_SECRET=secrets)
+    code, output = setup(settings)
     assert code == 0
-    assert "Chatwoot 4.12" in output
-    secret_line = next(line for line in output.splitlines() if line.startswith("CHATWOOT_WEBHOOK_SECRET="))
-    secret = secret_line.split("=", 1)[1]
-    assert len(secret) >= 40
-    assert f"{HOOK_URL}?token={secret}" in output
-    assert secret not in caplog.text  # printed for the operator, never logged
+    assert fake_writes(chatwoot) == [("PATCH", f"/api/v1/accounts/1/inboxes/{ids[0]}"),
+                                     ("PATCH", f"/api/v1/accounts/1/inboxes/{ids[2]}")]
+    assert [state.inboxes[i]["webhook_url"] for i in ids] == [HOOK_URL] * 3
+    assert "(it was https://old-host.example.test/webhook)" in output
+    assert f"inbox '{MESSAGES}' webhook already set" in output
+    assert printed_env(output)["CHATWOOT_WEBHOOK_SECRET"] == secrets
 
 
-def test_a_webhook_already_moved_to_a_token_url_counts_as_ours(rsps, first_setup):
-    FakeChatwoot(rsps, secret_mode="absent",
-                 webhooks=[{"id": 5, "url": f"{HOOK_URL}?token=tok-123", "subscriptions": ["message_created"]}])
-    code, output = setup(first_setup)
+def test_an_account_webhook_of_an_earlier_setup_goes_once_the_bridge_holds_the_inbox_secrets(chatwoot, on_fake):
+    state = chatwoot.state
+    ids = [state.add_inbox(name) for name in (QUESTIONS, MESSAGES, CLAIMS)]
+    state.add_webhook(HOOK_URL, "whsec-one-5f3a")
+    ids_env = {"CHATWOOT_QUESTIONS_INBOX_ID": str(ids[0]), "CHATWOOT_MESSAGES_INBOX_ID": str(ids[1]),
+               "CHATWOOT_CLAIMS_INBOX_ID": str(ids[2])}
+    code, output = setup(on_fake(**ids_env, CHATWOOT_WEBHOOK_SECRET="whsec-one-5f3a"))
     assert code == 0
-    assert not any(url.endswith("/webhooks") for _, url in writes(rsps))
-    assert "CHATWOOT_WEBHOOK_SECRET=tok-123" in output
+    # The running listener knows only the account webhook's secret: that webhook must keep working.
+    assert len(state.webhooks) == 1 and "kept until the bridge runs with the lines below" in output
+    line = printed_env(output)["CHATWOOT_WEBHOOK_SECRET"].split(",")
+    assert line == [state.inboxes[i]["secret"] for i in ids] + ["whsec-one-5f3a"]
+    # Restarted with that line: the account webhook only doubles every delivery now.
+    code, output = setup(on_fake(**printed_env(output)))
+    assert code == 0 and state.webhooks == []
+    assert fake_writes(chatwoot)[-1] == ("DELETE", "/api/v1/accounts/1/webhooks/1")
+    assert "deleted account webhook 1" in output
+    writes_so_far = len(fake_writes(chatwoot))
+    assert setup(on_fake(**printed_env(output)))[0] == 0
+    assert len(fake_writes(chatwoot)) == writes_so_far
+
+
+def test_a_chatwoot_that_does_not_sign_inbox_webhooks_gets_one_token_in_their_urls(chatwoot, on_fake, caplog):
+    state = chatwoot.state
+    state.signs_inbox_webhooks = False
+    code, output = setup(on_fake())
+    assert code == 0
+    token = printed_env(output)["CHATWOOT_WEBHOOK_SECRET"]
+    assert len(token) >= 40 and "," not in token
+    assert [i["webhook_url"] for i in state.inboxes.values()] == [f"{HOOK_URL}?token={token}"] * 3
+    assert "does not sign inbox webhooks (4.13 and later do)" in output
+    assert token not in caplog.text  # printed for the operator, never logged
+    before = len(fake_writes(chatwoot))
+    code, again = setup(on_fake(**printed_env(output)))
+    assert code == 0 and len(fake_writes(chatwoot)) == before
+    assert "already holds these values" in again
+
+
+def test_an_inbox_without_a_signing_secret_gets_one(chatwoot, on_fake):
+    state = chatwoot.state
+    inbox_id = state.add_inbox(QUESTIONS, webhook_url=HOOK_URL)
+    state.inboxes[inbox_id]["secret"] = None
+    code, output = setup(on_fake())
+    assert code == 0
+    assert ("POST", f"/api/v1/accounts/1/inboxes/{inbox_id}/reset_secret") in fake_writes(chatwoot)
+    secret = state.inboxes[inbox_id]["secret"]
+    assert secret and printed_env(output)["CHATWOOT_WEBHOOK_SECRET"].split(",")[0] == secret
+
+
+def test_configured_api_inboxes_are_kept_even_under_another_name(chatwoot, on_fake):
+    state = chatwoot.state
+    ids = [state.add_inbox(name, webhook_url=HOOK_URL) for name in ("Perguntas ML", "Vendas ML", "Recl ML")]
+    code, output = setup(on_fake(CHATWOOT_QUESTIONS_INBOX_ID=str(ids[0]), CHATWOOT_MESSAGES_INBOX_ID=str(ids[1]),
+                                 CHATWOOT_CLAIMS_INBOX_ID=str(ids[2])))
+    assert code == 0 and fake_writes(chatwoot) == []
+    assert [printed_env(output)[f"CHATWOOT_{k}_INBOX_ID"] for k in ("QUESTIONS", "MESSAGES", "CLAIMS")] == \
+        [str(i) for i in ids]
+
+
+def test_setup_on_a_deployment_made_before_claims_adds_only_the_claims_inbox(chatwoot, on_fake):
+    state = chatwoot.state
+    ids = [state.add_inbox(name, webhook_url=HOOK_URL) for name in ("Perguntas ML", "Vendas ML")]
+    secrets = ",".join(state.inboxes[i]["secret"] for i in ids)
+    code, output = setup(on_fake(CHATWOOT_QUESTIONS_INBOX_ID=str(ids[0]), CHATWOOT_MESSAGES_INBOX_ID=str(ids[1]),
+                                 CHATWOOT_WEBHOOK_SECRET=secrets))
+    assert code == 0
+    claims = inbox_named(state, CLAIMS)
+    assert [m for m, _ in fake_writes(chatwoot)] == ["POST", "PATCH"] and claims["webhook_url"] == HOOK_URL
+    assert printed_env(output)["CHATWOOT_CLAIMS_INBOX_ID"] == str(claims["id"])
+    assert printed_env(output)["CHATWOOT_WEBHOOK_SECRET"] == f"{secrets},{claims['secret']}"
+    assert "Add these lines" in output
+
+
+def test_what_setup_wires_is_what_the_listener_verifies(chatwoot, on_fake, make_client):
+    """An agent's reply in a wired inbox reaches /webhook signed with a secret of the printed line."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    code, output = setup(on_fake())
+    env = printed_env(output)
+    listener = make_client(on_fake(**env))
+    received = []
+
+    from flask import Flask, request
+    relay = Flask("relay")
+
+    @relay.post("/webhook")
+    def forward():
+        resp = listener.post("/webhook", data=request.get_data(), headers=dict(request.headers))
+        received.append(resp.status_code)
+        return "", resp.status_code
+
+    server = make_server("127.0.0.1", 0, relay)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        state = chatwoot.state
+        for inbox in state.inboxes.values():
+            inbox["webhook_url"] = f"http://127.0.0.1:{server.server_port}/webhook"
+        inbox_id = int(env["CHATWOOT_MESSAGES_INBOX_ID"])
+        contact, _ = state.create_contact({"name": "b", "identifier": "meli:buyer:1", "inbox_id": inbox_id,
+                                           "source_id": "src-1"})
+        conv, _ = state.create_conversation({"source_id": "src-1", "inbox_id": inbox_id,
+                                             "contact_id": contact["id"]})
+        state.agent_reply(conv["id"], "Olá")
+        assert state.wait_webhooks_idle(10)
+    finally:
+        server.shutdown()
+    assert received == [200]  # one delivery (the inbox webhook), its signature verified
 
 
 def test_an_invalid_token_is_explained_and_exits_1(rsps, first_setup):

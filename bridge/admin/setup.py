@@ -1,8 +1,9 @@
 """`main.py setup` and `main.py check`: connect a Chatwoot account to the bridge, then verify it.
 
-`run_setup` finds or creates what the bridge needs in Chatwoot (two API inboxes and an account
-webhook to the listener) with an administrator's token, and prints the `.env` lines to add.
-It is safe to run again: what exists is reused, nothing is created twice.
+`run_setup` finds or creates what the bridge needs in Chatwoot (three API inboxes, each with its
+own webhook to the listener) with an administrator's token, and prints the `.env` lines to add.
+It is safe to run again: what exists is reused, nothing is created twice, and a run that finds
+everything in place changes nothing.
 
 `run_check` writes nothing in Chatwoot: it tells, one line per check, whether a configured
 bridge can reach Chatwoot, Mercado Livre and its own listener.
@@ -32,9 +33,8 @@ QUESTIONS_INBOX_NAME = "Mercado Livre - Perguntas"
 MESSAGES_INBOX_NAME = "Mercado Livre - Vendas"
 CLAIMS_INBOX_NAME = "Mercado Livre - Reclamações"
 API_CHANNEL = "Channel::Api"
-WEBHOOK_NAME = "meli-chatwoot"
-WEBHOOK_EVENT = "message_created"
-SECRET_PLACE = "Settings → Integrations → Webhooks → the webhook → secret"
+PRIVATE_NETWORK_HINT = (": the URL must be reachable from Chatwoot, and Chatwoot 4.14+ refuses private-network "
+                        "addresses unless SAFE_FETCH_ALLOW_PRIVATE_NETWORK=true is set on Chatwoot")
 TOKEN_PLACE = "Chatwoot → Profile settings → Access Token"
 LISTENER_TIMEOUT = (5, 10)
 
@@ -138,10 +138,19 @@ def _token_owner(chatwoot: ChatwootClient, settings: Settings) -> tuple[str, str
 
 def run_setup(settings: Settings, public_url: str, out: Out = print, *,
               sleep: Callable[[float], None] = time.sleep) -> int:
-    """Find or create the inboxes and the webhook; print the `.env` lines. 0 on success, 1 on failure.
+    """Wire a Chatwoot account to the bridge; print the `.env` lines. 0 on success, 1 on failure.
 
-    Only CHATWOOT_URL, CHATWOOT_API_TOKEN and CHATWOOT_ACCOUNT_ID are needed; the inbox ids and
-    webhook secrets in `settings` are used when present (a first setup has none).
+    1. Check the token: a user who is an administrator of CHATWOOT_ACCOUNT_ID.
+    2. Find or create the three API inboxes (by their configured id, else by name).
+    3. Point each inbox's own webhook at `public_url`/webhook — the argument is the one source
+       of the listener's public address — creating a signing secret where one is missing
+       (`_wire_inbox_webhooks`).
+    4. Remove an account webhook to the same URL once the running bridge no longer needs it
+       (`_retire_account_webhooks`).
+    5. Print the ids and CHATWOOT_WEBHOOK_SECRET (the inbox secrets, comma-separated).
+    Every step says "already ..." for what it found in place and writes only what is missing
+    or wrong. Only CHATWOOT_URL, CHATWOOT_API_TOKEN and CHATWOOT_ACCOUNT_ID are needed; the
+    inbox ids and webhook secrets in `settings` are used when present (a first setup has none).
     """
     try:
         base = normalize_public_url(public_url)
@@ -162,7 +171,10 @@ def run_setup(settings: Settings, public_url: str, out: Out = print, *,
                                  settings.chatwoot_messages_inbox_id, questions["id"], out)
         claims = _ensure_inbox(chatwoot, settings, inboxes, CLAIMS_INBOX_NAME, "CHATWOOT_CLAIMS_INBOX_ID",
                                settings.chatwoot_claims_inbox_id, messages["id"], out)
-        secret = _ensure_webhook(chatwoot, settings, f"{base}/webhook", out)
+        target = f"{base}/webhook"
+        needed, in_place = _wire_inbox_webhooks(chatwoot, settings, [questions, messages, claims], target, out)
+        needed += [s for s in _retire_account_webhooks(chatwoot, settings, target, needed, in_place, out)
+                   if s not in needed]
     except SetupError as exc:
         out(f"error: {exc}")
         return 1
@@ -172,7 +184,7 @@ def run_setup(settings: Settings, public_url: str, out: Out = print, *,
             f"create the inboxes and the webhook by hand as the README explains")
         return 1
 
-    _print_env(settings, questions["id"], messages["id"], secret, out, claims["id"])
+    _print_env(settings, questions["id"], messages["id"], needed, out, claims["id"])
     return 0
 
 
@@ -222,59 +234,110 @@ def _ensure_inbox(chatwoot: ChatwootClient, settings: Settings, inboxes: list[di
     return created
 
 
-def _ensure_webhook(chatwoot: ChatwootClient, settings: Settings, target: str, out: Out) -> str | None:
-    """Find, fix or create the account webhook to `target`; returns its secret when one is known."""
-    hooks = [h for h in _call(settings, "listing the webhooks", chatwoot.webhooks) if isinstance(h, dict)]
-    ours = [h for h in hooks if _same_endpoint(h.get("url"), target)]
-    subscribed = [h for h in ours if WEBHOOK_EVENT in (h.get("subscriptions") or [])]
-    if subscribed:
-        hook = subscribed[0]
-        out(f"ok   webhook {target} already exists (id {hook.get('id')}), subscribed to {WEBHOOK_EVENT}")
-    elif ours:
-        hook = ours[0]
-        # Keep its URL as is (it may carry ?token=); the listener handles message_created only.
-        updated = _call(settings, f"updating the webhook {hook.get('id')}", chatwoot.update_webhook,
-                        hook.get("id"), hook.get("url"), [WEBHOOK_EVENT])
-        hook = {**hook, **updated}
-        out(f"updated webhook {target} (id {hook.get('id')}): now subscribed to {WEBHOOK_EVENT}")
-    else:
-        hook = _call(settings, f"creating the webhook {target}", chatwoot.create_webhook, target, WEBHOOK_NAME,
-                     [WEBHOOK_EVENT],
-                     hint=": the URL must be reachable from Chatwoot, and Chatwoot 4.14+ refuses private-network "
-                          "addresses unless SAFE_FETCH_ALLOW_PRIVATE_NETWORK=true is set on Chatwoot")
-        out(f"created webhook {target} (id {hook.get('id')}), subscribed to {WEBHOOK_EVENT}")
+def _url_token(url: Any) -> str | None:
+    """The `?token=` of a webhook URL: the secret of a delivery Chatwoot cannot sign."""
+    return (parse_qs(urlsplit(str(url or "")).query).get("token") or [None])[0]
 
-    url_token = (parse_qs(urlsplit(str(hook.get("url") or "")).query).get("token") or [None])[0]
-    if hook.get("secret"):
-        return str(hook["secret"])
-    if url_token:
-        out("ok   the webhook URL carries ?token=: the listener accepts it while CHATWOOT_WEBHOOK_SECRET holds "
-            "that token")
-        return url_token
-    if "secret" in hook:
-        out(f"Chatwoot did not return this webhook's secret: copy it from Chatwoot → {SECRET_PLACE}, "
-            f"into CHATWOOT_WEBHOOK_SECRET")
+
+def inbox_webhook_change(inbox: dict, target: str, token: str) -> str | None:
+    """The webhook URL an API inbox must be given, or None when the one it has already works.
+
+    An inbox JSON with a `secret` (Chatwoot 4.13+ shows it to administrators) means signed
+    deliveries: any URL of the listener's /webhook will do. Without one, Chatwoot sends them
+    unsigned, and the listener accepts those only with `?token=` one of its secrets.
+    """
+    current = inbox.get("webhook_url")
+    signed = "secret" in inbox
+    if _same_endpoint(current, target) and (signed or _url_token(current)):
         return None
-    # No `secret` key at all: a Chatwoot before 4.12, which cannot sign deliveries.
+    return target if signed else f"{target}?token={token}"
+
+
+def _wire_inbox_webhooks(chatwoot: ChatwootClient, settings: Settings, inboxes: list[dict], target: str,
+                         out: Out) -> tuple[list[str], bool]:
+    """Point each bridge inbox's own webhook at the listener.
+
+    Returns (the secrets their deliveries carry, True when every one was already in place).
+    The inbox webhook rather than an account webhook: Chatwoot marks the agent's message
+    failed when its inbox webhook cannot be delivered, so a reply written while the listener
+    is down is seen, and only the bridge's inboxes are sent.
+    """
     configured = settings.chatwoot_webhook_secrets
-    secret = configured[0] if configured else secrets.token_urlsafe(32)
-    out("This Chatwoot does not sign webhooks (the webhook has no secret): signed webhooks need Chatwoot 4.12 "
-        "or later.")
-    out(f"Until you upgrade, put a secret in the URL instead: in Chatwoot → Settings → Integrations → Webhooks, "
-        f"edit the webhook {target} and set its URL to")
-    out(f"    {target}?token={secret}")
-    out("with the same value in CHATWOOT_WEBHOOK_SECRET (" + ("your current value" if configured else
-        "generated just now") + "; the line is below).")
-    return secret
+    token = configured[0] if configured else secrets.token_urlsafe(32)
+    needed: list[str] = []
+    in_place = True
+    unsigned = False
+    for inbox in inboxes:
+        name, inbox_id = inbox.get("name"), inbox.get("id")
+        if "secret" in inbox and not inbox.get("secret"):
+            inbox = {**inbox, **_call(settings, f"creating a signing secret for the inbox {name!r}",
+                                      chatwoot.reset_inbox_secret, inbox_id)}
+            if not inbox.get("secret"):
+                raise SetupError(f"Chatwoot shows no signing secret for the inbox {name!r} (id {inbox_id}): "
+                                 f"check that the token's user is an administrator, then run setup again")
+            out(f"created a signing secret for inbox {name!r} (id {inbox_id})")
+            in_place = False
+        new_url = inbox_webhook_change(inbox, target, token)
+        if new_url is None:
+            out(f"ok   inbox {name!r} webhook already set to {target}")
+        else:
+            answer = _call(settings, f"setting the webhook of the inbox {name!r}", chatwoot.set_inbox_webhook,
+                           inbox_id, new_url, hint=PRIVATE_NETWORK_HINT)
+            if "webhook_url" in answer and answer["webhook_url"] != new_url:
+                raise SetupError(f"Chatwoot accepted the webhook of the inbox {name!r} but did not keep it: set "
+                                 f"{target} by hand in Settings → Inboxes → {name} → Webhook URL, then run setup again")
+            was = str(inbox.get("webhook_url") or "")
+            out(f"set  inbox {name!r} webhook to {target} (" + (f"it was {was}" if was else "it was empty") + ")")
+            inbox = {**inbox, "webhook_url": new_url}
+            in_place = False
+        unsigned = unsigned or "secret" not in inbox
+        secret = str(inbox["secret"]) if inbox.get("secret") else _url_token(inbox.get("webhook_url"))
+        if secret and secret not in needed:
+            needed.append(secret)
+    if unsigned:
+        out("note: this Chatwoot does not sign inbox webhooks (4.13 and later do): their URLs carry ?token= "
+            "instead, the secret in the CHATWOOT_WEBHOOK_SECRET line below")
+    return needed, in_place
 
 
-def _print_env(settings: Settings, questions_id: Any, messages_id: Any, secret: str | None, out: Out,
+def _retire_account_webhooks(chatwoot: ChatwootClient, settings: Settings, target: str, inbox_secrets: list[str],
+                             inboxes_in_place: bool, out: Out) -> list[str]:
+    """Account webhooks to the listener (made by setup before it wired the inbox webhooks).
+
+    Each reply arrives through both (the listener records it once), so they go, but only
+    once the running bridge accepts the inbox deliveries: the inbox webhooks were already in
+    place before this run and CHATWOOT_WEBHOOK_SECRET holds their secrets. Until then one is
+    kept, and its secret stays in the printed line; returns the secrets kept that way.
+    """
+    hooks = [h for h in _call(settings, "listing the webhooks", chatwoot.webhooks)
+             if isinstance(h, dict) and _same_endpoint(h.get("url"), target)]
+    if not hooks:
+        return []
+    configured = settings.chatwoot_webhook_secrets
+    if inboxes_in_place and set(inbox_secrets) <= set(configured):
+        for hook in hooks:
+            _call(settings, f"deleting the account webhook {hook.get('id')}", chatwoot.delete_webhook, hook.get("id"))
+            out(f"deleted account webhook {hook.get('id')} to {target}: the inbox webhooks deliver the same "
+                f"replies (it made each one arrive twice)")
+        return []
+    kept: list[str] = []
+    for hook in hooks:
+        secret = hook.get("secret") or _url_token(hook.get("url"))
+        # Unknown (not shown): whatever the listener holds now must stay.
+        kept.extend([str(secret)] if secret else configured)
+        out(f"note: account webhook {hook.get('id')} to {target} is kept until the bridge runs with the lines "
+            f"below (meanwhile each reply arrives twice and is recorded once); run setup again after the "
+            f"restart and it is removed")
+    return kept
+
+
+def _print_env(settings: Settings, questions_id: Any, messages_id: Any, needed: list[str], out: Out,
                claims_id: Any = None) -> None:
     configured = settings.chatwoot_webhook_secrets
     unchanged = (_same_id(questions_id, settings.chatwoot_questions_inbox_id)
                  and _same_id(messages_id, settings.chatwoot_messages_inbox_id)
                  and (claims_id is None or _same_id(claims_id, settings.chatwoot_claims_inbox_id))
-                 and secret is not None and secret in configured)
+                 and set(needed) <= set(configured))
     out("")
     if unchanged:
         out("Your configuration already holds these values:")
@@ -284,14 +347,7 @@ def _print_env(settings: Settings, questions_id: Any, messages_id: Any, secret: 
     out(f"CHATWOOT_MESSAGES_INBOX_ID={messages_id}")
     if claims_id is not None:
         out(f"CHATWOOT_CLAIMS_INBOX_ID={claims_id}")
-    if secret is None:
-        out(f"CHATWOOT_WEBHOOK_SECRET=<the secret shown in Chatwoot → {SECRET_PLACE}>")
-    elif secret in configured:
-        out(f"CHATWOOT_WEBHOOK_SECRET={','.join(configured)}")
-    else:
-        out(f"CHATWOOT_WEBHOOK_SECRET={secret}")
-        if configured:
-            out("(several secrets can be listed, comma-separated: keep an inbox secret you still use)")
+    out(f"CHATWOOT_WEBHOOK_SECRET={','.join(configured if unchanged else needed)}")
 
 
 # ---- check ------------------------------------------------------------------------------------

@@ -96,6 +96,8 @@ class ChatwootState(Controls):
         self.blobs: dict[str, dict] = {}
         self.webhooks: list[dict] = []
         self.webhook_deliveries: list[dict] = []
+        # False: a Chatwoot before 4.13, whose API inboxes have no secret (not shown, deliveries unsigned).
+        self.signs_inbox_webhooks = True
         # What the fake Mercado Livre received, for the /sandbox page (sandbox.py sets it).
         self.sandbox_meli: Callable[[], dict] | None = None
         self._ids = {"inbox": 0, "contact": 1000, "conversation": 0, "message": 9000, "webhook": 0,
@@ -280,7 +282,10 @@ class ChatwootState(Controls):
     # ---- JSON shapes ----------------------------------------------------------------------------------
 
     def inbox_json(self, inbox: dict) -> dict:
-        return dict(inbox)
+        shown = dict(inbox)
+        if not self.signs_inbox_webhooks:
+            shown.pop("secret", None)
+        return shown
 
     def contact_json(self, contact: dict) -> dict:
         return dict(contact)
@@ -483,7 +488,7 @@ class ChatwootState(Controls):
                    if "message_created" in h["subscriptions"]]
         inbox = self.inboxes[message["inbox_id"]]
         if inbox.get("webhook_url"):
-            targets.append((inbox["webhook_url"], inbox.get("secret"), True))
+            targets.append((inbox["webhook_url"], inbox.get("secret") if self.signs_inbox_webhooks else None, True))
         deliveries = [{"message_id": message["id"], "url": url, "secret": secret, "raw": raw,
                        "inbox_webhook": is_inbox, "ready": threading.Event()} for url, secret, is_inbox in targets]
         with self._idle:
@@ -664,8 +669,24 @@ def create_chatwoot_app(state: ChatwootState) -> Flask:
             found["secret"] = secrets.token_urlsafe(24)
         return jsonify(state.inbox_json(found))
 
+    @app.patch(f"{base}/inboxes/<int:inbox_id>")
+    def update_inbox(inbox_id: int):
+        """Chatwoot: top-level inbox fields, and the channel's own (`webhook_url` for an API inbox)."""
+        found = state.inboxes.get(inbox_id)
+        if not found:
+            return json_error(state, 404, "Resource could not be found")
+        body = request.get_json(silent=True) or {}
+        channel = body.get("channel") or {}
+        with state.lock:
+            if body.get("name"):
+                found["name"] = body["name"]
+            if "webhook_url" in channel and found["channel_type"] == "Channel::Api":
+                found["webhook_url"] = channel["webhook_url"] or ""
+        return jsonify(state.inbox_json(found))
+
     def public_hook(hook: dict) -> dict:
-        return {k: v for k, v in hook.items() if k != "secret"}  # the secret is shown once, at creation
+        # Chatwoot 4.11.2+ shows every webhook's secret to administrators, in lists too.
+        return dict(hook)
 
     @app.get(f"{base}/webhooks")
     def webhooks():
