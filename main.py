@@ -91,8 +91,16 @@ def _confirmed(question: str) -> bool:
 
 
 def _forget_in_chatwoot(s: Services, buyer_id: str, yes: bool) -> int | None:
-    """The buyer's conversations and contact in Chatwoot (bridge.admin.erasure decides which);
-    None when the erasure may go on with the bridge's own rows, else the exit code."""
+    """The buyer's conversations and contact in Chatwoot; None when the erasure may go on with the
+    bridge's own rows, else the exit code.
+
+    1. Read what is this buyer's in Chatwoot now (bridge.admin.erasure.read_plan); a failed read
+       deletes nothing.
+    2. Say what is kept and why, and what will be deleted; ask, unless --yes.
+    3. Delete the conversations, then each contact once it is read again and still holds only
+       this buyer's conversations. A failure other than "already gone" stops here, before the
+       bridge's rows go: running the command again resumes.
+    """
     try:
         plan = erasure.read_plan(s, buyer_id)
     except ApiError as exc:
