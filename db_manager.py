@@ -103,6 +103,7 @@ import fcntl
 import logging
 import os
 import random
+import re
 import signal
 import sqlite3
 import threading
@@ -160,6 +161,51 @@ def _sql_step(description: str, script: str) -> Migration:
         for statement in statements:
             conn.execute(statement)
     return Migration(description, apply)
+
+
+def _replies_ids_never_reused(conn: sqlite3.Connection) -> None:
+    """Rebuild `replies` with AUTOINCREMENT, keeping every row, column and index as it is.
+
+    A rowid alone is reused: an erasure deleting the newest reply while its part was in flight
+    gave its id to the next reply accepted, and the send's bookkeeping then marked that other
+    buyer's reply delivered. The parts go through the rebuild too: dropping the parent first
+    would delete them by cascade. Each table is rebuilt from its own stored definition, so
+    columns added by earlier steps stay. The sequence starts above every id still named
+    anywhere (moderation checks, given-up items, adopted claim parts), not only the rows kept.
+    """
+    definitions = {}
+    for table in ("replies", "reply_parts"):
+        definitions[table] = (
+            conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0],
+            [r[0] for r in conn.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?"
+                                        " AND sql IS NOT NULL ORDER BY name", (table,))])
+        conn.execute(f"CREATE TEMP TABLE kept_{table} AS SELECT * FROM main.{table}")
+    conn.execute("DROP TABLE reply_parts")
+    conn.execute("DROP TABLE replies")
+    replies_sql, count = re.subn(r"\bid INTEGER PRIMARY KEY\b", "id INTEGER PRIMARY KEY AUTOINCREMENT",
+                                 definitions["replies"][0], count=1)
+    if count != 1:
+        raise sqlite3.DatabaseError("replies.id is not the INTEGER PRIMARY KEY this step expects")
+    definitions["replies"] = (replies_sql, definitions["replies"][1])
+    for table in ("replies", "reply_parts"):
+        table_sql, index_sqls = definitions[table]
+        conn.execute(table_sql)
+        conn.execute(f"INSERT INTO main.{table} SELECT * FROM temp.kept_{table}")
+        conn.execute(f"DROP TABLE temp.kept_{table}")
+        for index_sql in index_sqls:
+            conn.execute(index_sql)
+    named = [conn.execute("SELECT COALESCE(MAX(id), 0) FROM replies").fetchone()[0]]
+    named += [int(r[0]) for r in conn.execute("SELECT item_id FROM item_attempts WHERE kind = 'reply'")
+              if str(r[0]).isdigit()]
+    for (key,) in conn.execute("SELECT external_id FROM links WHERE kind = 'moderation_check'"):
+        reply_id = key.removeprefix("claim:").split(":", 1)[0]
+        if reply_id.isdigit():
+            named.append(int(reply_id))
+    named += [int(r[0]) for r in conn.execute(
+        "SELECT json_extract(data, '$.reply_id') FROM links WHERE kind = 'claim_message'"
+        " AND json_extract(data, '$.reply_id') IS NOT NULL") if str(r[0]).isdigit()]
+    conn.execute("DELETE FROM sqlite_sequence WHERE name = 'replies'")
+    conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('replies', ?)", (max(named),))
 
 
 # Ordered, small, described steps, appended only (the position is the on-disk version). Each
@@ -342,6 +388,8 @@ MIGRATIONS: list[Migration] = [
               """
         ALTER TABLE reply_parts ADD COLUMN last_attempt_at REAL;
     """),
+    Migration("replies: an id is never used again once deleted (AUTOINCREMENT), counting on from the highest"
+              " id any row still names", _replies_ids_never_reused),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

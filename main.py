@@ -29,8 +29,8 @@ from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from bridge import failures, rate_budget, source_ids
-from bridge.admin import backup, health
+from bridge import failures, rate_budget
+from bridge.admin import backup, erasure, health
 from bridge.admin import setup as setup_chatwoot
 from bridge.http import ApiError
 from bridge.logging import setup_logging
@@ -92,8 +92,55 @@ def _confirmed(question: str) -> bool:
         return False
 
 
+def _forget_in_chatwoot(s: Services, buyer_id: str, yes: bool) -> int | None:
+    """The buyer's conversations and contact in Chatwoot; None when the erasure may go on with the
+    bridge's own rows, else the exit code.
+
+    1. Read what is this buyer's in Chatwoot now (bridge.admin.erasure.read_plan); a failed read
+       deletes nothing.
+    2. Say what is kept and why, and what will be deleted; ask, unless --yes.
+    3. Delete the conversations, then each contact once it is read again and still holds only
+       this buyer's conversations. A failure other than "already gone" stops here, before the
+       bridge's rows go: running the command again resumes.
+    """
+    try:
+        plan = erasure.read_plan(s, buyer_id)
+    except ApiError as exc:
+        print(f"Chatwoot did not answer as expected: {exc.short()}; nothing was deleted", file=sys.stderr)
+        return 1
+    for line in plan.kept:
+        print(f"Chatwoot: {line}")
+    if not plan.contacts and not plan.conversations:
+        print(f"Chatwoot: nothing of buyer {buyer_id} to delete")
+        return None
+    print(f"Chatwoot: contacts {sorted(plan.contacts)} and conversations {sorted(plan.conversations)} of buyer "
+          f"{buyer_id} will be deleted, with all their messages. This cannot be undone.")
+    if not yes and not _confirmed("Type yes to delete them: "):
+        print("nothing was deleted (use --yes when no one can answer)")
+        return 1
+    deletions = [("conversation", i, s.chatwoot.delete_conversation) for i in sorted(plan.conversations)]
+    deletions += [("contact", i, s.chatwoot.delete_contact) for i in sorted(plan.contacts)]
+    for label, object_id, delete in deletions:
+        try:
+            # A conversation may have landed in the contact since it was read: deleting the contact would take it.
+            kept = erasure.still_only_this_buyers(s, buyer_id, object_id) if label == "contact" else None
+            if kept:
+                print(f"Chatwoot: {kept}")
+                continue
+            delete(object_id)
+            print(f"Chatwoot: {label} {object_id} deleted")
+        except ApiError as exc:
+            if not contacts_is_gone(exc):
+                print(f"Chatwoot: {label} {object_id} not deleted: {exc.short()}; nothing was removed from the "
+                      f"bridge's database, run the command again", file=sys.stderr)
+                return 1
+            print(f"Chatwoot: {label} {object_id} was already gone")
+    return None
+
+
 def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) -> int:
-    """LGPD erasure of one buyer: Chatwoot first (the local rows say what to delete there), then here."""
+    """LGPD erasure of one buyer: Chatwoot first (the local rows say where to look, the conversations' attributes
+    in Chatwoot what is this buyer's: bridge.admin.erasure), then here."""
     s = open_services(settings)
     who = who.strip()
     if who.startswith("meli:buyer:") and who[len("meli:buyer:"):].isdigit():  # the contact identifier: an id
@@ -115,40 +162,8 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
                   f"meli:buyer:<id>)", file=sys.stderr)
             return 1
         buyer_id = matches[0]
-    if chatwoot:
-        contacts, conversations = s.db.privacy.buyer_chatwoot_ids(buyer_id)
-        try:
-            found = s.chatwoot.find_contact(source_ids.buyer(buyer_id))
-        except ApiError as exc:
-            print(f"Chatwoot did not answer as expected: {exc.short()}; nothing was deleted", file=sys.stderr)
-            return 1
-        if found:
-            contacts.add(found["id"])
-        shared = s.db.privacy.contacts_of_other_buyers(buyer_id, contacts)
-        if shared:
-            contacts -= shared
-            print(f"Chatwoot: contacts {sorted(shared)} are kept: merged with another buyer's contact, deleting "
-                  f"them would delete that buyer's conversations; edit them by hand")
-        if not contacts and not conversations:
-            print(f"Chatwoot: nothing found for buyer {buyer_id}")
-        else:
-            print(f"Chatwoot: contacts {sorted(contacts)} and conversations {sorted(conversations)} of buyer "
-                  f"{buyer_id} will be deleted, with all their messages. This cannot be undone.")
-            if not yes and not _confirmed("Type yes to delete them: "):
-                print("nothing was deleted (use --yes when no one can answer)")
-                return 1
-            for label, ids, delete in (("conversation", conversations, s.chatwoot.delete_conversation),
-                                       ("contact", contacts, s.chatwoot.delete_contact)):
-                for object_id in sorted(ids):
-                    try:
-                        delete(object_id)
-                        print(f"Chatwoot: {label} {object_id} deleted")
-                    except ApiError as exc:
-                        if not contacts_is_gone(exc):
-                            print(f"Chatwoot: {label} {object_id} not deleted: {exc.short()}; nothing was "
-                                  f"removed from the bridge's database, run the command again", file=sys.stderr)
-                            return 1
-                        print(f"Chatwoot: {label} {object_id} was already gone")
+    if chatwoot and (failed := _forget_in_chatwoot(s, buyer_id, yes)) is not None:
+        return failed
     undelivered = s.db.privacy.buyer_undelivered_replies(buyer_id)
     removed = s.db.privacy.forget_buyer(buyer_id, s.clock())
     compacted = s.db.compact()

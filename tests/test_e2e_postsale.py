@@ -155,7 +155,8 @@ def test_a_reply_moderated_after_acceptance_is_shown_failed_to_the_agent(bridge)
     # Three minutes later, the poller reads the thread once more.
     db = Database(bridge.env["DATABASE_PATH"])
     delivered = db.replies.by_message(reply["id"])
-    db.replies.mark_delivered(delivered["id"], delivered["finished_at"] - 180)
+    with db.write() as conn:  # delivered three minutes earlier
+        conn.execute("UPDATE replies SET finished_at = finished_at - 180 WHERE id = ?", (delivered["id"],))
     wait_until(lambda: chatwoot.message(reply["id"])["status"] == "failed", 20, what="failed mark")
     assert "moderação" in chatwoot.message(reply["id"])["external_error"]
     wait_until(lambda: [m for m in chatwoot.messages_in(conv["id"]) if m["private"]], 20, what="note")
@@ -242,7 +243,8 @@ def test_a_moderation_note_that_chatwoot_refused_once_is_posted_on_the_next_poll
                                     "/messages", 422)
     db = Database(bridge.env["DATABASE_PATH"])
     delivered = db.replies.by_message(reply["id"])
-    db.replies.mark_delivered(delivered["id"], delivered["finished_at"] - 180)
+    with db.write() as conn:  # delivered three minutes earlier
+        conn.execute("UPDATE replies SET finished_at = finished_at - 180 WHERE id = ?", (delivered["id"],))
     wait_until(lambda: [m for m in chatwoot.messages_in(conv["id"]) if m["private"]], 20, what="note")
     assert chatwoot.count("POST", f"/api/v1/accounts/{chatwoot.account_id}/conversations/"
                                        f"{conv['id']}/messages") >= 2

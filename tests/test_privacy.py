@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import main
+from bridge.http import PermanentError
 from config import load_settings
 from db_manager import MIGRATIONS
 from tests.e2e import LOG_DIR, ROOT, wait_until
@@ -468,13 +469,25 @@ def test_a_closed_claim_watermark_covers_messages_up_to_its_date_and_never_one_w
 
 
 class RecordingChatwoot:
-    """Chatwoot for `forget-buyer --chatwoot` unit tests: finds one contact, records deletions."""
+    """Chatwoot for `forget-buyer --chatwoot` unit tests: finds one contact, shows the conversations
+    given (id → custom attributes) in the contacts given (id → conversation ids), records deletions."""
 
-    def __init__(self, found=None):
+    def __init__(self, found=None, conversations=None, contacts=None):
         self.found, self.deleted = found, []
+        self.conversations, self.contacts = conversations or {}, contacts or {}
 
     def find_contact(self, identifier):
         return self.found
+
+    def conversation(self, conversation_id):
+        if conversation_id not in self.conversations or ("conversation", conversation_id) in self.deleted:
+            raise PermanentError("chatwoot answered 404: not found", status=404, service="chatwoot")
+        return {"id": conversation_id, "custom_attributes": self.conversations[conversation_id]}
+
+    def contact_conversations(self, contact_id):
+        if contact_id not in self.contacts or ("contact", contact_id) in self.deleted:
+            raise PermanentError("chatwoot answered 404: not found", status=404, service="chatwoot")
+        return [self.conversation(i) for i in self.contacts[contact_id] if ("conversation", i) not in self.deleted]
 
     def delete_conversation(self, conversation_id):
         self.deleted.append(("conversation", conversation_id))
@@ -493,13 +506,38 @@ def forget_cli(monkeypatch, settings, db, chatwoot, *args):
 def test_forget_buyer_in_chatwoot_keeps_a_contact_merged_with_another_buyer(monkeypatch, settings, db, capsys):
     sale_rows(db, "501", "11", 40, 1.0, messages=("a1",))
     sale_rows(db, "502", "22", 40, 1.0, messages=("b1",))  # contacts merged in Chatwoot: same id
-    chatwoot = RecordingChatwoot(found={"id": 40})
+    chatwoot = RecordingChatwoot(found={"id": 40}, conversations={501: {"meli_pack_id": "501"},
+                                                                  502: {"meli_pack_id": "502"}},
+                                 contacts={40: [501, 502]})
     assert forget_cli(monkeypatch, settings, db, chatwoot, "11", True, True) == 0
     # Deleting contact 40 in Chatwoot would delete buyer 22's conversations with it.
     assert ("contact", 40) not in chatwoot.deleted
     assert chatwoot.deleted == [("conversation", 501)]
-    assert "contacts [40] are kept" in capsys.readouterr().out
+    assert "contact 40 is kept: its conversation 502 is sale 502's" in capsys.readouterr().out
     assert db.links.get("pack", "502")["status"] == "created"
+
+
+def test_forget_buyer_in_chatwoot_never_deletes_a_remembered_conversation_naming_another_buyers_sale(
+        monkeypatch, settings, db, capsys):
+    sale_rows(db, "506", "12", 48, 1.0)  # the bridge remembers conversation 506 for buyer 12's sale
+    sale_rows(db, "507", "23", 49, 1.0)
+    # ...but Chatwoot's conversation 506 now names buyer 23's sale (adopted or edited by mistake).
+    chatwoot = RecordingChatwoot(conversations={506: {"meli_pack_id": "507"}}, contacts={48: []})
+    assert forget_cli(monkeypatch, settings, db, chatwoot, "12", True, True) == 0
+    assert chatwoot.deleted == [("contact", 48)]
+    assert "conversation 506 is kept: it is sale 507's, which the bridge does not keep for this buyer" \
+        in capsys.readouterr().out
+
+
+def test_forget_buyer_in_chatwoot_keeps_a_contact_whose_conversations_chatwoot_shows_only_in_part(
+        monkeypatch, settings, db, capsys):
+    sale_rows(db, "508", "13", 50, 1.0)
+    # Chatwoot lists a contact's latest 20 conversations, without paging: older ones may be anyone's.
+    shown = {508: {"meli_pack_id": "508"}, **{900 + i: {"meli_pack_id": "508"} for i in range(19)}}
+    chatwoot = RecordingChatwoot(conversations=shown, contacts={50: sorted(shown)})
+    assert forget_cli(monkeypatch, settings, db, chatwoot, "13", True, True) == 0
+    assert ("contact", 50) not in chatwoot.deleted and len(chatwoot.deleted) == 20
+    assert "contact 50 is kept: Chatwoot shows only its latest 20 conversations" in capsys.readouterr().out
 
 
 def test_forget_buyer_refuses_a_number_that_is_also_another_buyers_nickname(monkeypatch, settings, db, capsys):

@@ -39,6 +39,17 @@ REAUTH_RECHECK = 30.0
 SEE_LOGS = "Se o problema continuar, verifique os logs da ponte."
 
 
+class ReplyGone(Exception):
+    """The reply was deleted (an erasure of its buyer) while it was in hand: what the last call
+    returned belongs to nobody now and is dropped."""
+
+
+def _still_there(found: bool | str | None) -> None:
+    """Every write after a remote call reports whether the reply was still there to write to."""
+    if found is None or found is False:
+        raise ReplyGone
+
+
 class DeliveryFailed(Exception):
     """A reply that cannot reach the buyer, and why."""
 
@@ -82,9 +93,9 @@ def _deliver_in_order(s: Services, reply_ids: list[int]) -> Counter:
             break
         if outcome:
             counts[outcome] += 1
-        if outcome in ("delivered", "failed"):
-            # Tell the agent now, not after the whole batch.
-            counts["reported"] += report_reply(s, s.db.replies.get(reply_id))
+        if outcome in ("delivered", "failed") and (finished := s.db.replies.get(reply_id)):
+            # Tell the agent now, not after the whole batch (unless the reply was erased meanwhile).
+            counts["reported"] += report_reply(s, finished)
         elif outcome in ("retry", None):
             # The next replies to this target wait for this one, in order (None: another
             # poller claimed it between our listing and our claim, and may still be sending it).
@@ -93,13 +104,27 @@ def _deliver_in_order(s: Services, reply_ids: list[int]) -> Counter:
 
 
 def deliver(s: Services, reply_id: int) -> str | None:
-    """Try one reply once. Returns 'delivered', 'failed', 'retry' or None (not ours to take)."""
+    """Try one reply once. Returns 'delivered', 'failed', 'retry' or None (not ours to take, or gone).
+
+    A reply erased while it is in hand (`forget-buyer`) is gone for good: its id is never given
+    to another reply, and each write after a remote call finds nothing to write to (ReplyGone),
+    so what the call returned is dropped and logged by ids.
+    """
     reply = s.db.replies.claim(reply_id, s.clock(), LEASE_SECONDS)
     if reply is None:
         return None
-    started = time.monotonic()
     ids = f"reply={reply_id} message={reply['chatwoot_message_id']} conversation={reply['conversation_id']} " \
           f"{LINK_KIND.get(reply['kind'], 'pack')}={reply['target_id']}"
+    try:
+        return _deliver_claimed(s, reply, ids)
+    except ReplyGone:
+        log.warning("reply erased while in hand, its outcome dropped %s", ids)
+        return None
+
+
+def _deliver_claimed(s: Services, reply: dict, ids: str) -> str:
+    reply_id = reply["id"]
+    started = time.monotonic()
     try:
         if reply["kind"] == "answer":
             _deliver_answer(s, reply)
@@ -113,25 +138,28 @@ def deliver(s: Services, reply_id: int) -> str | None:
         if s.clock() - reply["created_at"] > GIVE_UP_AFTER:
             # Parts sent before the authorization was lost are said, as for every other failure.
             shown = REAUTH_GAVE_UP.after(s.db.replies.parts(reply_id))
-            s.db.replies.mark_failed(reply_id, shown.error, shown.note, s.clock())
+            _still_there(s.db.replies.mark_failed(reply_id, shown.error, shown.note, s.clock()))
             log.error("reply failed after 24h waiting for reauthorization %s", ids)
             return "failed"
-        s.db.replies.retry_later(reply_id, s.clock() + REAUTH_RECHECK, "aguardando reautorização do Mercado Livre",
-                                 s.clock(), count_attempt=False)
+        _still_there(s.db.replies.retry_later(reply_id, s.clock() + REAUTH_RECHECK,
+                                              "aguardando reautorização do Mercado Livre", s.clock(),
+                                              count_attempt=False))
         log.warning("reply waiting for reauthorization %s", ids)
         return "retry"
     except DeliveryFailed as exc:
         shown = exc.refusal.after(s.db.replies.parts(reply_id))
-        s.db.replies.mark_failed(reply_id, shown.error, shown.note, s.clock())
+        _still_there(s.db.replies.mark_failed(reply_id, shown.error, shown.note, s.clock()))
         log.warning("reply failed %s reason=%r after %dms", ids, exc.refusal.for_log,
                     (time.monotonic() - started) * 1000)
         return "failed"
     except ApiError as exc:
         return _transient(s, reply, exc, ids)
+    except ReplyGone:
+        raise
     except Exception as exc:  # noqa: BLE001 — an unexpected bug must not lose the reply
         log.exception("reply delivery crashed %s", ids)
         return _transient(s, reply, TransientError(f"unexpected error: {type(exc).__name__}"), ids)
-    s.db.replies.mark_delivered(reply_id, s.clock())
+    _still_there(s.db.replies.mark_delivered(reply_id, s.clock()))
     log.info("reply delivered %s attempts=%d in %dms (accepted %.1fs ago)", ids, reply["attempts"],
              (time.monotonic() - started) * 1000, s.clock() - reply["created_at"])
     return "delivered"
@@ -154,11 +182,11 @@ def _transient(s: Services, reply: dict, exc: ApiError, ids: str) -> str:
             f"(último erro: {exc.short()}). Envie de novo ou responda pelo Mercado Livre.",
             f"O Mercado Livre ficou indisponível durante 24 horas de tentativas (último erro: {exc.short()}).",
         ).after(s.db.replies.parts(reply["id"]))
-        s.db.replies.mark_failed(reply["id"], shown.error, shown.note, now)
+        _still_there(s.db.replies.mark_failed(reply["id"], shown.error, shown.note, now))
         log.error("reply failed after 24h of retries %s last_error=%r", ids, exc.short())
         return "failed"
     delay = retry_delay(reply["attempts"], exc.retry_after)
-    s.db.replies.retry_later(reply["id"], now + delay, exc.short()[:300], now)
+    _still_there(s.db.replies.retry_later(reply["id"], now + delay, exc.short()[:300], now))
     log.warning("reply retry in %.1fs %s attempt=%d error=%r", delay, ids, reply["attempts"], exc.short())
     return "retry"
 
@@ -167,7 +195,7 @@ def _deliver_answer(s: Services, reply: dict) -> None:
     part = s.db.replies.parts(reply["id"])[0]
     question_id = reply["target_id"]
     if part["status"] != "sent":
-        s.db.replies.mark_part_sending(reply["id"], 0, s.clock())
+        _still_there(s.db.replies.mark_part_sending(reply["id"], 0, s.clock()))
         try:
             s.meli.answer_question(int(question_id), part["text"])
         except PermanentError as exc:
@@ -176,8 +204,8 @@ def _deliver_answer(s: Services, reply: dict) -> None:
             _check_already_answered(s, question_id, part["text"])
         crashpoint("answer_posted")
     # The agent's own message is the answer in Chatwoot: the question sync must not mirror it again.
-    s.db.replies.mark_answer_sent(reply["id"], question_id, reply["conversation_id"], reply["chatwoot_message_id"],
-                                  s.clock())
+    _still_there(s.db.replies.mark_answer_sent(reply["id"], question_id, reply["conversation_id"],
+                                               reply["chatwoot_message_id"], s.clock()))
 
 
 def adopt_answer_in_flight(s: Services, question_id: str, published: str) -> bool:
@@ -191,8 +219,9 @@ def adopt_answer_in_flight(s: Services, question_id: str, published: str) -> boo
     reply = s.db.replies.answer_in_flight(question_id)
     if reply is None or not published or not _same_text(published, reply["text"] or ""):
         return False
-    s.db.replies.mark_answer_sent(reply["id"], question_id, reply["conversation_id"], reply["chatwoot_message_id"],
-                                  s.clock())
+    if not s.db.replies.mark_answer_sent(reply["id"], question_id, reply["conversation_id"],
+                                         reply["chatwoot_message_id"], s.clock()):
+        return False  # erased since it was read
     log.info("answer found on mercado livre before its delivery was recorded reply=%s question=%s conversation=%s",
              reply["id"], question_id, reply["conversation_id"])
     return True
@@ -244,8 +273,9 @@ def _deliver_message(s: Services, reply: dict) -> None:
             continue
         # A reply of many parts may outlast one lease; renewed per part, it is never taken
         # over (and a part sent twice) while this worker is alive.
-        s.db.replies.extend_lease(reply["id"], s.clock() + LEASE_SECONDS)
+        _still_there(s.db.replies.extend_lease(reply["id"], s.clock() + LEASE_SECONDS))
         previous = s.db.replies.mark_part_sending(reply["id"], part["seq"], s.clock())
+        _still_there(previous)
         if previous == "sending":
             _wait_until_settled(s, reply, part)
             # Not beside a sync of this thread: that sync read the thread before this look and
@@ -253,7 +283,7 @@ def _deliver_message(s: Services, reply: dict) -> None:
             with s.locks.hold(f"pack:{pack_id}"):
                 found = _find_sent_part(s, pack_id, seller_id, part, part["first_attempt_at"] or reply["created_at"])
             if found:
-                s.db.replies.mark_part_sent(reply["id"], part["seq"], found, s.clock())
+                _still_there(s.db.replies.mark_part_sent(reply["id"], part["seq"], found, s.clock()))
                 log.info("reply part already on mercado livre reply=%s part=%d pack=%s ml_message=%s",
                          reply["id"], part["seq"], pack_id, found)
                 continue
@@ -268,7 +298,7 @@ def _deliver_message(s: Services, reply: dict) -> None:
                 from None
         crashpoint("message_sent")
         remote_id = str((sent or {}).get("id") or (sent or {}).get("message_id") or "") or None
-        s.db.replies.mark_part_sent(reply["id"], part["seq"], remote_id, s.clock())
+        _still_there(s.db.replies.mark_part_sent(reply["id"], part["seq"], remote_id, s.clock()))
         log.info("reply part sent reply=%s part=%d/%d pack=%s ml_message=%s", reply["id"], part["seq"] + 1,
                  len(parts), pack_id, remote_id)
 
@@ -295,7 +325,8 @@ def _attempt_ended(s: Services, reply: dict, part: dict) -> None:
     """Stamped as each send leaves (after any rate-budget or token wait: a crash in flight settles
     from there), and again when its answer is lost: Mercado Livre may hold it past our timeout, so
     settling counts from when we stopped waiting."""
-    s.db.replies.mark_part_attempted(reply["id"], part["seq"], s.clock())
+    # Gone before it left (erased while it waited for the budget): it does not leave at all.
+    _still_there(s.db.replies.mark_part_attempted(reply["id"], part["seq"], s.clock()))
 
 
 def _wait_until_settled(s: Services, reply: dict, part: dict) -> None:
@@ -343,7 +374,7 @@ def _upload_files(s: Services, reply: dict, part: dict, upload: Callable | None 
                      _extension(item["name"]), len(content), item["meli_id"])
         ids.append(item["meli_id"])
     if changed:
-        s.db.replies.set_part_attachments(reply["id"], part["seq"], files)
+        _still_there(s.db.replies.set_part_attachments(reply["id"], part["seq"], files))
     return ids
 
 
@@ -406,11 +437,12 @@ def _deliver_claim(s: Services, reply: dict) -> None:
             continue
         remote = sync_claims.sent_key(claim_id, part["text"] or "")
         previous = s.db.replies.mark_part_sending(reply["id"], part["seq"], s.clock())
+        _still_there(previous)
         if previous == "sending":
             _wait_until_settled(s, reply, part)
         if previous == "sending" and _claim_part_arrived(s, claim_id, remote,
                                                          part["first_attempt_at"] or reply["created_at"]):
-            s.db.replies.mark_part_sent(reply["id"], part["seq"], remote, s.clock())
+            _still_there(s.db.replies.mark_part_sent(reply["id"], part["seq"], remote, s.clock()))
             log.info("reply part already on mercado livre reply=%s part=%d claim=%s", reply["id"], part["seq"],
                      claim_id)
             continue
@@ -426,9 +458,9 @@ def _deliver_claim(s: Services, reply: dict) -> None:
             raise DeliveryFailed(_refusal(exc, "a mensagem" if len(parts) == 1 else f"a parte {part['seq'] + 1}"))\
                 from None
         crashpoint("claim_message_sent")
-        s.db.replies.mark_part_sent(reply["id"], part["seq"], remote, s.clock())
+        _still_there(s.db.replies.mark_part_sent(reply["id"], part["seq"], remote, s.clock()))
         if receiver != reply.get("receiver"):
-            s.db.replies.record_receiver(reply["id"], receiver)
+            _still_there(s.db.replies.record_receiver(reply["id"], receiver))
             reply = dict(reply, receiver=receiver)
         log.info("reply part sent reply=%s part=%d/%d claim=%s receiver=%s", reply["id"], part["seq"] + 1,
                  len(parts), claim_id, receiver)

@@ -28,12 +28,16 @@ RETENTION_BATCH = 20  # conversations erased per write: few fsyncs, yet a short 
 #   keyed: link kinds whose external id starts with "<this id>:" (a claim's messages, which
 #     have no id of their own, its state notes and moderation reports)
 #   reply_kind: the outbox `replies.kind` that targets it
-#   check_prefix: how its replies' `moderation_check` links are named ("" = the bare reply id)
+#   check_prefix: how its replies' `moderation_check` links are named ("" = the bare reply id),
+#     one per round of MODERATION_CHECK_ROUNDS
 #   thread: its activity is also in `threads` (post-sale)
 #   mark_in_data: its watermark date is data.last_message_at (the newest Mercado Livre message
 #     date seen), moved forward by each erasure; otherwise the local time of the last change
 # Every conversation row carries the buyer id in data.buyer_id (rows written before it did
 # are found by the buyer's contact id).
+# The suffixes of a reply's moderation re-checks (bridge.sync.sales.check_recent_replies): the
+# first round's key is the reply id alone, the late one's "<id>:late". Erasure deletes both.
+MODERATION_CHECK_ROUNDS = ("", ":late")
 CONVERSATION_KINDS: dict[str, dict] = {
     "question": {"finished": "json_extract(data, '$.state') IN ('closed', 'removed')",
                  "children": ("answer",), "messages": (), "keyed": (), "reply_kind": "answer", "check_prefix": "",
@@ -286,7 +290,8 @@ class PrivacyStore:
         counts = {"links": 0}
         for link_kind, ids in ((kind, [external_id]), *((c, [external_id]) for c in spec["children"]),
                                *((m, message_ids) for m in spec["messages"]), ("moderation", remote_ids),
-                               ("moderation_check", [f"{spec['check_prefix']}{i}" for i in reply_ids])):
+                               ("moderation_check", [f"{spec['check_prefix']}{i}{round_}" for i in reply_ids
+                                                     for round_ in MODERATION_CHECK_ROUNDS])):
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
                 counts["links"] += conn.execute(f"DELETE FROM links WHERE kind = ? AND external_id IN"

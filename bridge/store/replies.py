@@ -2,8 +2,13 @@
 
 A reply is recorded with its parts before the webhook is acknowledged (accept), taken by one
 poller at a time under a lease (claim), and finished delivered or failed, its text cleared
-(LGPD). The parts' remote ids and in-flight texts are what tell the bridge's own messages in a
-thread from the seller's others.
+(LGPD). A reply id is never used again once deleted (AUTOINCREMENT): an erasure or a prune may
+delete a reply while its part is in flight, and the send's bookkeeping must then find nothing
+rather than another buyer's reply. So every command that follows a remote call names the reply
+by that id, touches it only while it is unfinished (or, for its report, finished), and returns
+whether it found it: False means the reply is gone, and the caller drops what the call returned.
+The parts' remote ids and in-flight texts are what tell the bridge's own messages in a thread
+from the seller's others.
 """
 
 from __future__ import annotations
@@ -15,6 +20,11 @@ from bridge.store.links import insert_pending, update_fields
 
 if TYPE_CHECKING:
     from db_manager import Database
+
+
+# The reply a part belongs to is still there and unfinished (its id never names another reply).
+_UNFINISHED = "EXISTS (SELECT 1 FROM replies WHERE replies.id = ? AND replies.status IN ('pending', 'sending'))"
+_FINISHED = "status IN ('delivered', 'failed')"
 
 
 class Reply(TypedDict):
@@ -167,48 +177,57 @@ class RepliesStore:
                 return None
             return dict(conn.execute("SELECT * FROM replies WHERE id = ?", (reply_id,)).fetchone())
 
-    def extend_lease(self, reply_id: int, lease_until: float) -> None:
+    def extend_lease(self, reply_id: int, lease_until: float) -> bool:
         """A reply still in hand: another poller must not take it over between two of its parts."""
         with self._db.write() as conn:
-            conn.execute("UPDATE replies SET lease_until = MAX(lease_until, ?) WHERE id = ? AND status = 'sending'",
-                         (lease_until, reply_id))
+            return conn.execute("UPDATE replies SET lease_until = MAX(lease_until, ?) WHERE id = ?"
+                                " AND status = 'sending'", (lease_until, reply_id)).rowcount == 1
 
-    def mark_part_sending(self, reply_id: int, seq: int, now: float | None = None) -> str:
-        """Mark a part in flight; returns its previous status ('sending' means: check remote first).
+    def mark_part_sending(self, reply_id: int, seq: int, now: float | None = None) -> str | None:
+        """Mark a part in flight; returns its previous status ('sending' means: check remote first),
+        None when the reply is gone or finished.
 
         `now` is kept as the first attempt's time: only a message created after it can be
         this part's lost send.
         """
         with self._db.write() as conn:
-            row = conn.execute("SELECT status FROM reply_parts WHERE reply_id = ? AND seq = ?",
-                               (reply_id, seq)).fetchone()
+            row = conn.execute(f"SELECT status FROM reply_parts WHERE reply_id = ? AND seq = ? AND {_UNFINISHED}",
+                               (reply_id, seq, reply_id)).fetchone()
+            if row is None:
+                return None
             conn.execute("UPDATE reply_parts SET status = 'sending', first_attempt_at = COALESCE(first_attempt_at, ?)"
                          " WHERE reply_id = ? AND seq = ? AND status = 'pending'", (now, reply_id, seq))
             return row["status"]
 
-    def mark_part_attempted(self, reply_id: int, seq: int, now: float) -> None:
+    def mark_part_attempted(self, reply_id: int, seq: int, now: float) -> bool:
         """The send is going out now: a lost answer is looked for only once it has settled."""
         with self._db.write() as conn:
-            conn.execute("UPDATE reply_parts SET last_attempt_at = ? WHERE reply_id = ? AND seq = ?",
-                         (now, reply_id, seq))
+            return conn.execute(f"UPDATE reply_parts SET last_attempt_at = ? WHERE reply_id = ? AND seq = ?"
+                                f" AND {_UNFINISHED}", (now, reply_id, seq, reply_id)).rowcount == 1
 
-    def mark_part_sent(self, reply_id: int, seq: int, remote_id: str | None, now: float) -> None:
+    def mark_part_sent(self, reply_id: int, seq: int, remote_id: str | None, now: float) -> bool:
+        """False: the reply is gone (erased while the part was in flight) or already finished."""
         with self._db.write() as conn:
-            conn.execute("UPDATE reply_parts SET status = 'sent', remote_id = ?, sent_at = ?"
-                         " WHERE reply_id = ? AND seq = ?", (remote_id, now, reply_id, seq))
+            return conn.execute(f"UPDATE reply_parts SET status = 'sent', remote_id = ?, sent_at = ?"
+                                f" WHERE reply_id = ? AND seq = ? AND {_UNFINISHED}",
+                                (remote_id, now, reply_id, seq, reply_id)).rowcount == 1
 
     def mark_answer_sent(self, reply_id: int, question_id: str, conversation_id: int, message_id: int,
-                         now: float) -> None:
+                         now: float) -> bool:
         """The answer is on Mercado Livre: its part is sent and the agent's message is the
         question's answer in Chatwoot, in one commit, so the questions sync never sees one
-        without the other and mirrors our own answer back."""
+        without the other and mirrors our own answer back. False (nothing written): the reply
+        is gone, erased with its question meanwhile."""
         with self._db.write() as conn:
-            conn.execute("UPDATE reply_parts SET status = 'sent', sent_at = COALESCE(sent_at, ?)"
-                         " WHERE reply_id = ? AND seq = 0", (now, reply_id))
+            if conn.execute(f"UPDATE reply_parts SET status = 'sent', sent_at = COALESCE(sent_at, ?)"
+                            f" WHERE reply_id = ? AND seq = 0 AND {_UNFINISHED}",
+                            (now, reply_id, reply_id)).rowcount != 1:
+                return False
             insert_pending(conn, "answer", question_id, now)
             update_fields(conn, "answer", question_id, now,
                           {"status": "created", "conversation_id": conversation_id, "message_id": message_id,
                            "data": {"by": "bridge"}})
+            return True
 
     def answer_in_flight(self, question_id: str) -> AnswerInFlight | None:
         """An unfinished reply to this question whose POST may have reached Mercado Livre."""
@@ -223,10 +242,11 @@ class RepliesStore:
             return conn.execute("UPDATE replies SET lease_until = ?, updated_at = ? WHERE status = 'sending'"
                                 " AND lease_until >= ?", (now - 1, now, now)).rowcount
 
-    def record_receiver(self, reply_id: int, receiver: str) -> None:
+    def record_receiver(self, reply_id: int, receiver: str) -> bool:
         """The receiver a claim reply's parts went to (the mediator, when it was the only one allowed)."""
         with self._db.write() as conn:
-            conn.execute("UPDATE replies SET receiver = ? WHERE id = ?", (receiver, reply_id))
+            return conn.execute("UPDATE replies SET receiver = ? WHERE id = ? AND status IN ('pending', 'sending')",
+                                (receiver, reply_id)).rowcount == 1
 
     def mark_part_unsent(self, reply_id: int, seq: int) -> None:
         """The remote side has no trace of this part: it may be sent again."""
@@ -234,32 +254,39 @@ class RepliesStore:
             conn.execute("UPDATE reply_parts SET status = 'pending' WHERE reply_id = ? AND seq = ?"
                          " AND status = 'sending'", (reply_id, seq))
 
-    def set_part_attachments(self, reply_id: int, seq: int, attachments: list[dict]) -> None:
+    def set_part_attachments(self, reply_id: int, seq: int, attachments: list[dict]) -> bool:
         with self._db.write() as conn:
-            conn.execute("UPDATE reply_parts SET attachments = ? WHERE reply_id = ? AND seq = ?",
-                         (json.dumps(attachments), reply_id, seq))
+            return conn.execute(f"UPDATE reply_parts SET attachments = ? WHERE reply_id = ? AND seq = ?"
+                                f" AND {_UNFINISHED}", (json.dumps(attachments), reply_id, seq, reply_id)).rowcount == 1
 
-    def mark_delivered(self, reply_id: int, now: float) -> None:
-        """Done: forget the text (LGPD), keep ids for the record."""
+    def mark_delivered(self, reply_id: int, now: float) -> bool:
+        """Done: forget the text (LGPD), keep ids for the record. False: gone or already finished."""
         with self._db.write() as conn:
-            conn.execute("UPDATE replies SET status = 'delivered', finished_at = ?, updated_at = ?, lease_until = NULL,"
-                         " next_attempt_at = ?, error = NULL WHERE id = ?", (now, now, now, reply_id))
+            if conn.execute("UPDATE replies SET status = 'delivered', finished_at = ?, updated_at = ?,"
+                            " lease_until = NULL, next_attempt_at = ?, error = NULL WHERE id = ?"
+                            " AND status IN ('pending', 'sending')", (now, now, now, reply_id)).rowcount != 1:
+                return False
             conn.execute("UPDATE reply_parts SET text = NULL, attachments = NULL WHERE reply_id = ?", (reply_id,))
+            return True
 
-    def mark_failed(self, reply_id: int, error: str, note: str, now: float) -> None:
+    def mark_failed(self, reply_id: int, error: str, note: str, now: float) -> bool:
+        """False: gone or already finished."""
         with self._db.write() as conn:
-            conn.execute("UPDATE replies SET status = 'failed', error = ?, note = ?, finished_at = ?, updated_at = ?,"
-                         " lease_until = NULL, next_attempt_at = ? WHERE id = ?",
-                         (error, note, now, now, now, reply_id))
+            if conn.execute("UPDATE replies SET status = 'failed', error = ?, note = ?, finished_at = ?,"
+                            " updated_at = ?, lease_until = NULL, next_attempt_at = ? WHERE id = ?"
+                            " AND status IN ('pending', 'sending')",
+                            (error, note, now, now, now, reply_id)).rowcount != 1:
+                return False
             conn.execute("UPDATE reply_parts SET text = NULL, attachments = NULL WHERE reply_id = ?", (reply_id,))
+            return True
 
     def retry_later(self, reply_id: int, next_attempt_at: float, error: str, now: float,
-                    count_attempt: bool = True) -> None:
+                    count_attempt: bool = True) -> bool:
         """Give the reply back to the queue; the next attempt is pushed forward first."""
         with self._db.write() as conn:
-            conn.execute("UPDATE replies SET status = 'pending', next_attempt_at = ?, error = ?, updated_at = ?,"
-                         " lease_until = NULL, attempts = attempts - ? WHERE id = ? AND status = 'sending'",
-                         (next_attempt_at, error, now, 0 if count_attempt else 1, reply_id))
+            return conn.execute("UPDATE replies SET status = 'pending', next_attempt_at = ?, error = ?, updated_at = ?,"
+                                " lease_until = NULL, attempts = attempts - ? WHERE id = ? AND status = 'sending'",
+                                (next_attempt_at, error, now, 0 if count_attempt else 1, reply_id)).rowcount == 1
 
     def sent_ids(self, remote_ids: list[str]) -> set[str]:
         """Which of these Mercado Livre message ids the bridge itself sent."""
@@ -306,15 +333,15 @@ class RepliesStore:
         return self._db.all("SELECT * FROM replies WHERE reported_at IS NULL AND status IN ('delivered', 'failed')"
                             " AND next_attempt_at <= ? ORDER BY id LIMIT ?", (now, limit))
 
-    def mark_reported(self, reply_id: int, now: float) -> None:
+    def mark_reported(self, reply_id: int, now: float) -> bool:
         with self._db.write() as conn:
-            conn.execute("UPDATE replies SET reported_at = ?, note = NULL, updated_at = ? WHERE id = ?",
-                         (now, now, reply_id))
+            return conn.execute("UPDATE replies SET reported_at = ?, note = NULL, updated_at = ? WHERE id = ?"
+                                f" AND {_FINISHED}", (now, now, reply_id)).rowcount == 1
 
-    def report_later(self, reply_id: int, next_attempt_at: float, now: float) -> None:
+    def report_later(self, reply_id: int, next_attempt_at: float, now: float) -> bool:
         with self._db.write() as conn:
-            conn.execute("UPDATE replies SET next_attempt_at = ?, updated_at = ? WHERE id = ?",
-                         (next_attempt_at, now, reply_id))
+            return conn.execute(f"UPDATE replies SET next_attempt_at = ?, updated_at = ? WHERE id = ? AND {_FINISHED}",
+                                (next_attempt_at, now, reply_id)).rowcount == 1
 
     def stats(self, now: float) -> OutboxStats:
         row = self._db.one(
