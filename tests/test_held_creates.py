@@ -390,6 +390,33 @@ def test_a_conversation_of_another_inbox_is_not_adopted_for_a_sale(s, clock):
 
 
 @responses.activate
+def test_a_conversation_chatwoot_records_as_another_sale_is_not_adopted_whatever_the_webhook_says(s, clock):
+    """A delivery from conversation 93 names sale 2000001 (whose create lost its answer), but Chatwoot's own
+    record of 93 names sale 2000002, another buyer's: this buyer's messages must not go there."""
+    responses.post(f"{CW}/conversations", body=HELD)
+    with pytest.raises(TransientError):
+        open_pack(s)
+    agent_reply_in(s, clock, 93, 501)
+    responses.get(f"{CW}/conversations/93", json={"id": 93, "inbox_id": 2,
+                                                  "custom_attributes": {"meli_pack_id": "2000002"}})
+    responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
+    responses.post(f"{CW}/conversations", json={"id": 97})
+    clock.advance(ensure.CREATE_SETTLE + 1)
+
+    assert open_pack(s) == (97, True)
+    assert s.db.links.get("pack", "2000001")["conversation_id"] == 97
+
+
+def test_a_conversation_another_sale_uses_is_not_adopted(s, clock):
+    """Sale 2000002's conversation 93 (made, its row not finished yet) named by a delivery as sale 2000001's."""
+    s.db.links.record_intent("pack", "2000001", clock())
+    s.db.links.record_intent("pack", "2000002", clock(), conversation_id=93)
+
+    assert "adopted_conversation" not in agent_reply_in(s, clock, 93, 501)[2]
+    assert s.db.links.get("pack", "2000001")["conversation_id"] is None
+
+
+@responses.activate
 def test_a_conversation_an_agent_answered_in_while_the_next_create_was_in_flight_stays_the_sales(s, clock):
     """The first create's answer was lost (Chatwoot applied it as 93, then a merge carried it off); the
     settled retry is in flight when the agent's reply in 93 arrives: the buyer's messages must go where

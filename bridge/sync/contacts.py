@@ -7,7 +7,7 @@ import logging
 from bridge import source_ids
 from bridge.http import PermanentError, TransientError
 from bridge.services import Services
-from bridge.store.links import Link
+from bridge.store.links import ADOPTED, Link
 from bridge.sync.ensure import settle, stamped_create
 from db_manager import crashpoint
 
@@ -103,10 +103,8 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     # The attempt's time only tells a pending row's next attempt to wait: dropped once settled.
     data = {key: value for key, value in link["data"].items() if key != TRIED}
     if not fresh:
-        attribute = f"meli_{kind}_id"
         for conversation in s.chatwoot.contact_conversations(contact_id):
-            if conversation.get("inbox_id") == inbox_id \
-                    and str((conversation.get("custom_attributes") or {}).get(attribute)) == str(external_id):
+            if names_item(conversation, kind, external_id, inbox_id):
                 s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation["id"], data=data)
                 return conversation["id"], False
         if link["data"].get(TRIED) is not None:
@@ -135,24 +133,48 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
 def _check_remembered(s: Services, link: Link, inbox_id: int) -> Link:
     """The conversation of a row not finished yet, kept only if Chatwoot has it in this inbox: an
     agent may have deleted it since it was made, or an agent's reply that named it (accept adopted
-    it) came late, from a conversation deleted since. Mirroring there would fail on every poll."""
+    it) came late, from a conversation deleted since. Mirroring there would fail on every poll.
+
+    An adopted one (ADOPTED) came from a webhook's attributes, not Chatwoot's: kept only when
+    Chatwoot's own record of it names this item and no other row uses it, or this buyer's
+    messages would go into another buyer's conversation and that buyer's replies to this one."""
     kind, external_id, conversation_id = link["kind"], link["external_id"], link["conversation_id"]
     data = dict(link["data"])
+    adopted = data.pop(ADOPTED, None) is not None
     try:
         found = s.chatwoot.conversation(conversation_id)
     except PermanentError as exc:
         if not is_gone(exc):
             raise
         found = None
-    if isinstance(found, dict) and found.get("inbox_id") == inbox_id:
-        if data.pop(TRIED, None) is not None:  # its create is no longer waited for: this is the one
+    usable = isinstance(found, dict) and found.get("inbox_id") == inbox_id
+    if usable and adopted:
+        usable = names_item(found, kind, external_id, inbox_id) \
+            and not s.db.links.others_using(kind, external_id, conversation_id)
+    if usable:
+        if data.pop(TRIED, None) is not None or adopted:  # its create is no longer waited for: this is the one
             s.db.links.update(kind, external_id, s.clock(), data=data)
         return dict(link, data=data)
     log.warning("remembered conversation not usable %s=%s conversation=%s: %s", kind, external_id, conversation_id,
-                "gone" if found is None else "in another inbox")
+                "gone" if found is None else "in another inbox" if found.get("inbox_id") != inbox_id
+                else "another item's in chatwoot")
     # The create's time stays: a create Chatwoot still holds is waited for before another is made.
     s.db.links.update(kind, external_id, s.clock(), conversation_id=None, data=data)
     return dict(link, conversation_id=None, data=data)
+
+
+def item_attribute(kind: str) -> str:
+    """The conversation custom attribute naming a question, pack or claim: `meli_<kind>_id`."""
+    return f"meli_{kind}_id"
+
+
+def names_item(conversation: dict, kind: str, external_id: str, inbox_id: int) -> bool:
+    """Pure: does this conversation, as Chatwoot returned it, belong to `kind/external_id`: in
+    its inbox, its custom attribute naming it (compared as text, as Chatwoot's filter does)?"""
+    value = (conversation.get("custom_attributes") or {}).get(item_attribute(kind)) \
+        if isinstance(conversation.get("custom_attributes") or {}, dict) else None
+    return conversation.get("inbox_id") == inbox_id and value is not None \
+        and str(value).strip().lower() == str(external_id).strip().lower()
 
 
 def forget_contact(s: Services, buyer_id, contact_id: int) -> None:
