@@ -481,7 +481,8 @@ def reply_in_unknown_conversation(s, stored_pack_id):
 
 @responses.activate
 def test_a_reply_whose_webhook_names_a_sale_chatwoot_does_not_reaches_nobody(s):
-    """Conversation 93 is another buyer's sale in Chatwoot: the reply written there must not reach sale 2000001's buyer."""
+    """Conversation 93 is another buyer's sale in Chatwoot: a reply written there must not reach sale 2000001's
+    buyer."""
     reply_id = reply_in_unknown_conversation(s, "2000002")
     sent_ok(1)
 

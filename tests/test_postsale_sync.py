@@ -185,7 +185,7 @@ def test_a_found_conversation_continued_in_after_a_deletion_is_reopened_before_i
                   json={"message": "forbidden", "error": "forbidden", "status": 403})
     responses.post(f"{CW}/conversations/88/toggle_status", status=404, json={"error": "Resource could not be found"})
     responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 9, "nickname": "COMPRADOR"}})
-    responses.get(f"{CW}/contacts/5/conversations", json={"payload": [
+    responses.post(f"{CW}/conversations/filter", json={"payload": [
         {"id": 94, "inbox_id": inbox, "status": "resolved", "custom_attributes": {"meli_pack_id": "2000001"}}]})
     responses.get(f"{CW}/conversations/94/messages", json={"payload": []})
     created = iter(range(500, 600))
