@@ -92,7 +92,8 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     named it (accept adopts it, and it is kept over one made while that answer arrived); not
     found, it is created again only once that earlier create has settled: a create Chatwoot
     still held would otherwise be applied after the search, and the buyer would have two
-    conversations. A conversation a pending row remembers is used once Chatwoot shows it.
+    conversations. A conversation a pending row remembers is used once Chatwoot shows it (and, one
+    adopted from a webhook, names this item: _check_remembered).
     """
     link, fresh = s.db.links.record_intent(kind, external_id, s.clock(), contact_id=contact_id)
     # A conversation remembered by a row not finished yet (made before a crash or a failure, or
