@@ -423,3 +423,14 @@ def test_every_conversation_attribute_the_bridge_writes_is_defined_by_setup():
         | set(sales.sale_attributes("1", [])) | set(claims.claim_attributes({"id": 1}, None, None)) \
         | {claims.REPLY_TO_ATTRIBUTE}
     assert written == {key for key, *_rest in CONVERSATION_ATTRIBUTES}
+
+
+def test_attributes_chatwoot_refuses_to_define_still_leave_the_env_lines_and_exit_1(rsps, first_setup):
+    FakeChatwoot(rsps, definitions=[])
+    rsps.replace(responses.POST, f"{ACCOUNT}/custom_attribute_definitions", status=403,
+                 json={"error": "You are not authorized to do this action"})
+    code, output = setup(first_setup)
+    assert code == 1
+    assert "CHATWOOT_QUESTIONS_INBOX_ID=10" in output
+    assert output.splitlines()[-1].startswith("error: Chatwoot refused creating the conversation custom attribute "
+                                              "meli_question_id in account 1 (403)")

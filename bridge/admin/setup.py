@@ -198,7 +198,7 @@ def run_setup(settings: Settings, public_url: str, out: Out = print, *,
         claims = _ensure_inbox(chatwoot, settings, inboxes, CLAIMS_INBOX_NAME, "CHATWOOT_CLAIMS_INBOX_ID",
                                settings.chatwoot_claims_inbox_id, messages["id"], out)
         secret = _ensure_webhook(chatwoot, settings, f"{base}/webhook", out)
-        _ensure_attribute_definitions(chatwoot, settings, out)
+        attributes_problem = _attribute_definitions_problem(chatwoot, settings, out)
     except SetupError as exc:
         out(f"error: {exc}")
         return 1
@@ -209,6 +209,9 @@ def run_setup(settings: Settings, public_url: str, out: Out = print, *,
         return 1
 
     _print_env(settings, questions["id"], messages["id"], secret, out, claims["id"])
+    if attributes_problem:
+        out(f"error: {attributes_problem}")
+        return 1
     return 0
 
 
@@ -302,6 +305,15 @@ def _ensure_webhook(chatwoot: ChatwootClient, settings: Settings, target: str, o
     out("with the same value in CHATWOOT_WEBHOOK_SECRET (" + ("your current value" if configured else
         "generated just now") + "; the line is below).")
     return secret
+
+
+def _attribute_definitions_problem(chatwoot: ChatwootClient, settings: Settings, out: Out) -> str | None:
+    """_ensure_attribute_definitions, its failure said after the `.env` lines (which hold regardless)."""
+    try:
+        _ensure_attribute_definitions(chatwoot, settings, out)
+    except SetupError as exc:
+        return f"{exc}; the rest of setup is done: run it again to define the attributes"
+    return None
 
 
 def _ensure_attribute_definitions(chatwoot: ChatwootClient, settings: Settings, out: Out) -> None:

@@ -162,8 +162,7 @@ def find_conversation(s: Services, kind: str, external_id: str, inbox_id: int, c
             if len(results) < FILTER_PAGE:
                 break
     except PermanentError as exc:
-        log.warning("conversation filter refused %s=%s: %s; searching the contact's conversations", kind,
-                    external_id, exc.short())
+        log.warning("conversation filter refused %s=%s: %s", kind, external_id, exc.short())
         filtered = False
     if not filtered:
         log.info("conversation filter cannot find %s=%s (attribute %s not defined in chatwoot?): searching the "
