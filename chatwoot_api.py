@@ -11,6 +11,7 @@ from config import Settings
 MAX_DOWNLOAD_BYTES = 25 * 1024 * 1024
 MAX_REDIRECTS = 3
 INCOMING, OUTGOING = "incoming", "outgoing"
+FILTER_PAGE = 25  # conversations per page of Chatwoot's filter
 
 
 class DownloadRefused(PermanentError):
@@ -82,6 +83,17 @@ class ChatwootClient(HttpClient):
 
     def conversation(self, conversation_id: int) -> dict:
         return self._request("GET", f"/conversations/{conversation_id}")
+
+    def filter_conversations(self, attribute_key: str, value: str, page: int = 1) -> list[dict]:
+        """One page (FILTER_PAGE at most) of the conversations whose custom attribute equals `value`,
+        whatever contact they belong to. Chatwoot drops the condition for a key the account has
+        not defined, and then answers every conversation: callers check what comes back."""
+        result = self._request("POST", "/conversations/filter", params={"page": page}, json={"payload": [{
+            "attribute_key": attribute_key, "filter_operator": "equal_to", "values": [value],
+            "query_operator": None}]}) or {}
+        if isinstance(result.get("data"), dict):  # the conversation list as `GET /conversations` nests it
+            result = result["data"]
+        return [c for c in result.get("payload") or [] if isinstance(c, dict)]
 
     def set_status(self, conversation_id: int, status: str) -> None:
         self._request("POST", f"/conversations/{conversation_id}/toggle_status", json={"status": status})
@@ -223,6 +235,23 @@ class ChatwootClient(HttpClient):
         # lost answer makes a second inbox; setup is simply run again instead.
         return self._request("POST", "/inboxes", json={"name": name, "channel": {"type": "api", "webhook_url": ""}},
                              retry=False) or {}
+
+    def conversation_attribute_definitions(self) -> list[dict]:
+        """The account's custom attribute definitions for conversations (attribute_model 0)."""
+        result = self._request("GET", "/custom_attribute_definitions", params={"attribute_model": 0})
+        if isinstance(result, dict):
+            result = result.get("payload") or []
+        return [d for d in result or [] if isinstance(d, dict)]
+
+    def create_conversation_attribute_definition(self, key: str, name: str, display_type: int,
+                                                 description: str, values: list[str] | None = None) -> dict:
+        # No automatic retry, as for inboxes: a create retried after a lost answer is refused as a
+        # duplicate key at best; setup is simply run again instead.
+        body = {"attribute_key": key, "attribute_display_name": name, "attribute_display_type": display_type,
+                "attribute_model": 0, "attribute_description": description}
+        if values is not None:
+            body["attribute_values"] = values
+        return self._request("POST", "/custom_attribute_definitions", json=body, retry=False) or {}
 
     def webhooks(self) -> list[dict]:
         """Account webhooks; Chatwoot nests them in payload.webhooks (some versions: a plain list)."""

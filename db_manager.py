@@ -16,18 +16,18 @@ Chatwoot
 - `contact_inbox_added` (bridge.sync.contacts._add_inbox): the inbox is not recorded on the buyer row;
   adding it again gets 422, which counts as done.
 - `conversation_created` (bridge.sync.contacts.ensure_conversation): the question/pack/claim row is
-  `pending` without conversation id; the contact's conversations are searched by the
-  `meli_<kind>_id` attribute, and not found there it is created again only once the last create
-  has settled (ensure.CREATE_SETTLE after it left, a time the row's data keeps). A lost
-  answer (timeout, 5xx) is the same case without a crash: a create Chatwoot still holds is
-  applied after the search. An agent answering in that conversation meanwhile names it (the
-  listener adopts it for the row: LinksStore.adopt_conversation). Any conversation a `pending`
-  row remembers (adopted, or made before a crash in a later window) is used only once Chatwoot
-  shows it in the item's inbox: an agent may have deleted it since. Not recoverable: an agent
-  merging the buyer's contact into another buyer's before the next attempt, with nobody
-  answering there, carries that conversation off (empty) to the other buyer's contact, which
-  the search does not cover; the item continues in a new conversation. An agent answering in
-  the carried-off one only after that is answered as usual, but it stays a second conversation.
+  `pending` without conversation id; the conversation is searched by its `meli_<kind>_id`
+  attribute across all contacts (Chatwoot's conversation filter, so also where an agent's merge
+  of the buyer's contact into another carried it; the contact's own conversations when the
+  account has not defined the attribute: `main.py setup` does), and not found it is created
+  again only once the last create has settled (ensure.CREATE_SETTLE after it left, a time the
+  row's data keeps). A lost answer (timeout, 5xx) is the same case without a crash: a create
+  Chatwoot still holds is applied after the search. An agent answering in that conversation
+  meanwhile names it (the listener records it for the row as a candidate:
+  LinksStore.adopt_conversation). Any conversation a `pending` row remembers (adopted, or made
+  before a crash in a later window) is used only once Chatwoot shows it in the item's inbox (an
+  agent may have deleted it since) and, when adopted, Chatwoot's own attributes of it name the
+  item (the webhook's need not be what Chatwoot stores).
 - `question_message_created` (bridge.sync.questions.create_question): the row has its
   conversation but is `pending`; the message is looked up by source_id, and made again only
   once the last create has settled (bridge.sync.ensure: CREATE_SETTLE after it went out, a

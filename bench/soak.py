@@ -33,14 +33,10 @@ never twice at the same time. An item the agent never saw deleted
 Merges move conversations to the surviving contact: items stay where they were.
 
 one live conversation per question / sale — never two live conversations in the inbox
-for the same question or sale. One case is not the bridge's to prevent and is counted under
-events instead: a conversation the bridge made but could not record (a kill, or a create
-Chatwoot held past its answer), whose contact an agent then merged into another buyer's
-contact. The next attempt searches the buyer's own contact, finds nothing and makes one; the
-first stays under the other buyer, without the buyer's words. Only such a conversation whose
-contact is the surviving contact of a merge and carries another buyer's identifier counts so,
-and only while it holds nothing but what agents wrote there after the item's other
-conversation was made (before, their answer would have named it to the bridge).
+for the same question or sale, also when the bridge made one but could not record it (a kill,
+or a create Chatwoot held past its answer) and an agent then merged its contact into another
+buyer's: the soak's Chatwoot has the bridge's conversation attributes defined (as `main.py
+setup` makes them), so the next attempt finds it by its attribute wherever the merge carried it.
 
 reopened after a new buyer message — a sale conversation the agent resolved is open
 again when a buyer message reached it after the resolve.
@@ -119,7 +115,7 @@ if str(ROOT) not in sys.path:
 import requests  # noqa: E402
 
 from bench.common import png_bytes  # noqa: E402
-from bridge import source_ids  # noqa: E402
+from bridge.admin.setup import CONVERSATION_ATTRIBUTES  # noqa: E402
 from mercado_livre_api import REFRESH_LEASE, REFRESH_MARGIN  # noqa: E402  (at most this long before the loss shows)
 from tests.e2e import LOG_DIR, VENV_BIN, WEBHOOK_SECRET, Bridge  # noqa: E402
 from tests.fakes import start_fakes  # noqa: E402
@@ -201,7 +197,6 @@ class Soak:
         self.resolves: dict[int, float] = {}
         self.deletions: list[dict] = []
         self.merges: list[tuple[int, int]] = []
-        self.merge_orphans = 0  # see _orphaned_by_merge
         self.touched: dict[str, list[str]] = defaultdict(list)  # "pack:P" / "question:Q" / "buyer:B" -> actions
         self.own_posts: Counter = Counter()  # (route, status) of what the soak POSTed to the listener
         self.mark_read_bad: list[tuple[str, list[str]]] = []
@@ -226,6 +221,8 @@ class Soak:
         self.cw, self.meli = cw, meli
         self.fakes.questions_inbox = cw.add_inbox("Mercado Livre - Perguntas")
         self.fakes.messages_inbox = cw.add_inbox("Mercado Livre - Vendas")
+        for key, name, display_type, values in CONVERSATION_ATTRIBUTES:  # as `main.py setup` defines them
+            cw.define_attribute(key, display_type, values=values, name=name)
         self.bridge = Bridge(self.tmp, self.fakes, LOG_LEVEL="DEBUG", QUESTIONS_POLL_SECONDS="1",
                              MESSAGES_POLL_SECONDS="1", BRIDGE_HTTP_READ_TIMEOUT=str(READ_TIMEOUT))
         # The account webhook (added by Bridge) and both inbox webhooks point at the listener,
@@ -621,32 +618,6 @@ class Soak:
                 self.cw.merge_contacts(base, mergee)
             self.merges.append((base, mergee))
 
-    def _orphaned_by_merge(self, conv_id: int, ids: list[int], convs: dict, identifiers: dict, live: dict,
-                           buyer) -> bool:
-        """A conversation that an agent's merge of two buyers' contacts carried off to the other
-        buyer's contact: the bridge made it, the answer was lost (a crash, a create Chatwoot held),
-        and before the next attempt its contact was merged into another buyer's. The next attempt
-        can only search the buyer's own contact, so it makes another (`ids`: the item's
-        conversations); nothing the bridge may read finds the first (unrecoverable by design).
-
-        Nothing of the buyer's may be in it. An agent's message there names it to the bridge
-        (adopted) only while the item still waits for a conversation: one written after the
-        item's other conversation was made cannot, and neither can the bridge's notes on it."""
-        conv = convs[conv_id]
-        others = [convs[i]["t"] for i in ids if i != conv_id]
-        if buyer is None or not others:
-            return False
-        for m in live.values():
-            if m["conversation_id"] != conv_id or m["message_type"] == ACTIVITY:
-                continue
-            source = m.get("source_id") or ""
-            agents = m["message_type"] == OUTGOING and not source.startswith("meli:") \
-                or source.startswith(source_ids.note("reply") + ":")
-            if not agents or m["created_at_exact"] <= min(others):
-                return False
-        owner = identifiers.get(conv["contact_id"], "")
-        return owner != f"meli:buyer:{buyer}" and any(base == conv["contact_id"] for base, _m in self.merges)
-
     def _remember_deletion(self, conv_id: int, what: str) -> None:
         attrs = self.cw.conversations[conv_id]["custom_attributes"]
         for key in ("meli_question_id", "meli_pack_id"):
@@ -791,7 +762,6 @@ class Soak:
             convs = {c["id"]: {"inbox_id": c["inbox_id"], "status": c["status"], "contact_id": c["contact_id"],
                                "attrs": dict(c["custom_attributes"]), "t": c["created_at_exact"]}
                      for c in cw.conversations.values()}
-            identifiers = {contact_id: str(c.get("identifier") or "") for contact_id, c in cw.contacts.items()}
         copies: dict[str, list[dict]] = defaultdict(list)
         for message in list(live.values()) + list(deleted.values()):
             if message.get("source_id"):
@@ -849,7 +819,6 @@ class Soak:
         if quick:
             return {"violations": v}
 
-        orphaned = 0
         for attr, inbox_id in (("meli_question_id", self.fakes.questions_inbox),
                                ("meli_pack_id", self.fakes.messages_inbox)):
             by_external: dict[str, list[int]] = defaultdict(list)
@@ -857,15 +826,8 @@ class Soak:
                 if conv["inbox_id"] == inbox_id and conv["attrs"].get(attr) not in (None, ""):
                     by_external[str(conv["attrs"][attr])].append(conv_id)
             for external, ids in sorted(by_external.items()):
-                buyer = (self.questions.get(int(external)) if attr == "meli_question_id" and external.isdigit()
-                         else self.packs.get(external) if attr == "meli_pack_id" else None) or {}
-                orphans = [i for i in ids
-                           if self._orphaned_by_merge(i, ids, convs, identifiers, live, buyer.get("buyer"))]
-                if len(ids) - len(orphans) > 1 or (orphans and len(ids) == len(orphans)):
+                if len(ids) > 1:
                     v[INVARIANTS[2]].append(f"{attr}={external}: live conversations {sorted(ids)}")
-                else:
-                    orphaned += len(orphans)
-        self.merge_orphans = orphaned
 
         for conv_id, resolved_at in self.resolves.items():
             conv = convs.get(conv_id)
@@ -1051,8 +1013,6 @@ def report(soak: Soak, result: dict) -> tuple[str, int]:
     lines += [f"  {n:6d}  {name}" for name, n in sorted(soak.injected.items())]
     lines.append(f"  {soak.refresh_window_losses:6d}  authorization lost to a kill inside the token refresh window "
                  f"(unrecoverable by design; authorized again {soak.reauthorized} times)")
-    lines.append(f"  {soak.merge_orphans:6d}  conversation without the buyer's words carried off to another buyer's "
-                 "contact by a merge inside its create window (unrecoverable by design)")
     lines += ["", "background faults drawn by the fakes (Mercado Livre; Chatwoot's marked):"]
     faults: Counter = Counter()
     for (kind, _prefix), n in result["faults"].items():

@@ -118,12 +118,13 @@ def test_a_deleted_contact_is_created_again_when_its_conversation_cannot_be_made
     s.db.links.mark_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [1]})
     responses.post(f"{CW}/conversations", status=404, json={"error": "Contact not found"})
     responses.post(f"{CW}/contacts", json={"payload": {"contact": {"id": 6}}})
-    responses.get(f"{CW}/contacts/6/conversations", json={"payload": []})
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
     responses.post(f"{CW}/conversations", json={"id": 91})
     contact_id, conversation_id, fresh = open_conversation(
         s, kind="question", external_id="12", inbox_id=1, buyer_id=9, nickname="COMPRADOR", custom_attributes={})
     assert (contact_id, conversation_id, fresh) == (6, 91, True)
-    assert json.loads(calls("POST", "/conversations")[1].request.body)["contact_id"] == 6
+    creates = [c for c in calls("POST", "/conversations") if c.request.url.endswith("/conversations")]
+    assert json.loads(creates[1].request.body)["contact_id"] == 6
     assert s.db.links.get("buyer", "9")["contact_id"] == 6
 
 

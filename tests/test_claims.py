@@ -415,7 +415,8 @@ def found_resolved_conversation(db, messages):
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/affects-reputation",
                   json={"affects_reputation": "not_affected"})
     responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 7001, "nickname": "COMPRADOR"}})
-    responses.get(f"{CW}/conversations/88", json={"id": 88, "inbox_id": CLAIM_INBOX, "status": "resolved"})
+    responses.get(f"{CW}/conversations/88", json={"id": 88, "inbox_id": CLAIM_INBOX, "status": "resolved",
+                                                  "custom_attributes": {"meli_claim_id": CLAIM_ID}})
     responses.post(f"{CW}/conversations/88/labels", json={})
     chatwoot_for_mirroring()
 

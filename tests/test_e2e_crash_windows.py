@@ -6,9 +6,11 @@ whether anything was duplicated or lost. The windows are listed in db_manager's 
 """
 
 import signal
+import time
 
 import pytest
 
+from bridge.admin.setup import CONVERSATION_ATTRIBUTES
 from db_manager import Database
 from tests.e2e import wait_until
 from tests.test_e2e_postsale import PDF, sale, sales_conversations
@@ -102,6 +104,26 @@ def test_a_question_killed_after_a_chatwoot_create_arrives_once(bridge, window):
     assert [m["source_id"] for m in chatwoot.messages_in(conv["id"])] == [f"meli:question:{qid}"]
     assert bridge.once().returncode == 0
     assert len(chatwoot.conversations) == 1 and len(chatwoot.messages_in(conv["id"])) == 1
+
+
+def test_a_question_conversation_a_merge_carried_off_before_it_was_recorded_is_found_not_made_again(bridge):
+    """Killed after the create; an agent then merges the buyer's contact into another buyer's. With the
+    conversation attributes defined (as `main.py setup` does), the filter finds it under that contact."""
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    for key, name, display_type, values in CONVERSATION_ATTRIBUTES:
+        chatwoot.define_attribute(key, display_type, values=values, name=name)
+    qid = question(meli)
+    assert_killed(crashing_poller(bridge, "conversation_created"))
+    [made] = chatwoot.conversations.values()
+    other, _ = chatwoot.create_contact({"name": "OUTRO", "identifier": "meli:buyer:9001"})
+    chatwoot.merge_contacts(other["id"], made["contact_id"])
+
+    assert bridge.once().returncode == 0
+    time.sleep(5)  # past the settle of the create in doubt: a second one would be made by now
+    assert bridge.once().returncode == 0
+    conv = only_conversation(chatwoot, bridge.fakes.questions_inbox)
+    assert conv["id"] == made["id"] and conv["contact_id"] == other["id"]
+    assert [m["source_id"] for m in chatwoot.messages_in(conv["id"])] == [f"meli:question:{qid}"]
 
 
 @pytest.mark.parametrize("window", ["contact_created", "conversation_created", "sale_message_created"])

@@ -539,3 +539,53 @@ def test_conversation_priority_can_be_set_and_cleared(fk):
                        json={"priority": "very"}).status_code == 422
     cw(fk).post(api(fk, f"/conversations/{conv['id']}/toggle_priority"), json={"priority": None})
     assert chatwoot.conversations[conv["id"]]["priority"] is None
+
+
+# ---- Chatwoot: custom attribute definitions and the conversation filter -----------------------------------
+
+def filter_by(session, fk, key, value, page=1):
+    return session.post(api(fk, f"/conversations/filter?page={page}"), json={"payload": [
+        {"attribute_key": key, "filter_operator": "equal_to", "values": [value], "query_operator": None}]},
+        timeout=5).json()
+
+
+def test_the_conversation_filter_drops_an_undefined_attribute_and_answers_every_conversation(fk):
+    session, contact, conv = make_conversation(fk)
+    other = fk.chatwoot.state.create_conversation({"source_id": "src-7001", "inbox_id": conv["inbox_id"],
+                                                   "contact_id": contact["id"],
+                                                   "custom_attributes": {"meli_question_id": "43"}})[0]
+    assert {c["id"] for c in filter_by(session, fk, "meli_question_id", "42")["payload"]} == {conv["id"], other["id"]}
+
+    defined = session.post(api(fk, "/custom_attribute_definitions"), json={
+        "attribute_key": "meli_question_id", "attribute_display_name": "Pergunta", "attribute_display_type": 0,
+        "attribute_model": 0}, timeout=5)
+    assert defined.json()["attribute_display_type"] == "text"
+    assert defined.json()["attribute_model"] == "conversation_attribute"
+    found = filter_by(session, fk, "meli_question_id", "42")
+    assert [c["id"] for c in found["payload"]] == [conv["id"]] and found["meta"]["all_count"] == 1
+    assert found["payload"][0]["custom_attributes"] == {"meli_question_id": "42"}
+
+
+def test_attribute_keys_are_unique_per_model_and_listed_by_model(fk):
+    session = cw(fk)
+    body = {"attribute_key": "meli_claim_reply_to", "attribute_display_name": "Responder para",
+            "attribute_display_type": 6, "attribute_model": 0, "attribute_values": ["comprador", "mediador"]}
+    assert session.post(api(fk, "/custom_attribute_definitions"), json=body, timeout=5).status_code == 200
+    assert session.post(api(fk, "/custom_attribute_definitions"), json=body, timeout=5).status_code == 422
+    assert session.post(api(fk, "/custom_attribute_definitions"), json=dict(body, attribute_model=1),
+                        timeout=5).status_code == 200
+    listed = session.get(api(fk, "/custom_attribute_definitions?attribute_model=0"), timeout=5).json()
+    assert [(d["attribute_key"], d["attribute_display_type"], d["attribute_values"]) for d in listed] == [
+        ("meli_claim_reply_to", "list", ["comprador", "mediador"])]
+
+
+def test_the_conversation_filter_compares_as_text_ignoring_case_and_pages_by_25(fk):
+    state = fk.chatwoot.state
+    session, contact, conv = make_conversation(fk)
+    state.define_attribute("meli_item_id")
+    for _ in range(30):
+        state.create_conversation({"source_id": "src-7001", "inbox_id": conv["inbox_id"],
+                                   "contact_id": contact["id"], "custom_attributes": {"meli_item_id": "MLB1"}})
+    first, second = filter_by(session, fk, "meli_item_id", "mlb1"), filter_by(session, fk, "meli_item_id", "mlb1", 2)
+    assert (len(first["payload"]), len(second["payload"]), first["meta"]["all_count"]) == (25, 5, 30)
+    assert not {c["id"] for c in first["payload"]} & {c["id"] for c in second["payload"]}

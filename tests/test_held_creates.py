@@ -112,8 +112,8 @@ def test_a_question_whose_conversation_was_found_again_does_not_wait_for_a_messa
     inbox = known_buyer(s, clock)
     # The conversation was made, then the process died before recording it: no message went out.
     responses.post(f"{CW}/conversations", body=HELD)
-    responses.get(f"{CW}/contacts/5/conversations",
-                  json={"payload": [{"id": 91, "inbox_id": inbox, "custom_attributes": {"meli_question_id": "12"}}]})
+    responses.post(f"{CW}/conversations/filter",
+                   json={"payload": [{"id": 91, "inbox_id": inbox, "custom_attributes": {"meli_question_id": "12"}}]})
     responses.get(f"{CW}/conversations/91/messages", json={"payload": []})
     responses.post(f"{CW}/conversations/91/messages", json={"id": 704})
     question = UNANSWERED
@@ -183,9 +183,9 @@ def open_pack(s):
 @responses.activate
 def test_a_conversation_whose_creation_is_still_held_by_chatwoot_is_not_created_again(s, clock):
     responses.post(f"{CW}/conversations", body=HELD)
-    responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
-    responses.get(f"{CW}/contacts/5/conversations",
-                  json={"payload": [{"id": 93, "inbox_id": 2, "custom_attributes": {"meli_pack_id": "2000001"}}]})
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
+    responses.post(f"{CW}/conversations/filter",
+                   json={"payload": [{"id": 93, "inbox_id": 2, "custom_attributes": {"meli_pack_id": "2000001"}}]})
 
     with pytest.raises(TransientError):
         open_pack(s)
@@ -204,7 +204,7 @@ def test_a_conversation_whose_creation_is_still_held_by_chatwoot_is_not_created_
 @responses.activate
 def test_a_conversation_whose_held_creation_never_arrived_is_made_once_it_has_settled(s, clock):
     responses.post(f"{CW}/conversations", body=HELD)
-    responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
     responses.post(f"{CW}/conversations", json={"id": 94})
 
     with pytest.raises(TransientError):
@@ -217,7 +217,7 @@ def test_a_conversation_whose_held_creation_never_arrived_is_made_once_it_has_se
 @responses.activate
 def test_a_refused_conversation_create_is_not_waited_for(s, clock):
     responses.post(f"{CW}/conversations", status=404, json={"error": "Contact not found"})
-    responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
     responses.post(f"{CW}/conversations", json={"id": 95})
 
     with pytest.raises(PermanentError):
@@ -326,7 +326,7 @@ def test_a_conversation_create_killed_in_flight_after_a_budget_pause_settles_fro
     assert s.db.links.get("pack", "2000001")["data"]["conversation_tried_at"] == clock()
 
     s.chatwoot.budgets = {}
-    responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
     clock.advance(ensure.CREATE_SETTLE - 1)  # settled if counted from the record before the pause
     with pytest.raises(TransientError):
         open_pack(s)
@@ -360,7 +360,7 @@ def test_a_late_reply_from_a_deleted_conversation_does_not_bring_the_sale_back_i
 
     assert agent_reply_in(s, clock, 77, 601)[0] == "accepted"  # the reply itself still goes to the buyer
     responses.get(f"{CW}/conversations/77", status=404, json={"error": "Resource could not be found"})
-    responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
     clock.advance(1)
     with pytest.raises(TransientError):
         open_pack(s)  # not 77; and the create still held may yet be applied: not made again so soon
@@ -383,10 +383,37 @@ def test_a_conversation_of_another_inbox_is_not_adopted_for_a_sale(s, clock):
     assert agent_reply_in(s, clock, 93, 501, conversation_inbox_id=7)[2].get("adopted_conversation") is True
     responses.get(f"{CW}/conversations/93", json={"id": 93, "inbox_id": 7,
                                                   "custom_attributes": {"meli_pack_id": "2000001"}})
-    responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
     responses.post(f"{CW}/conversations", json={"id": 97})
     clock.advance(ensure.CREATE_SETTLE + 1)
     assert open_pack(s) == (97, True)
+
+
+@responses.activate
+def test_a_conversation_chatwoot_records_as_another_sale_is_not_adopted_whatever_the_webhook_says(s, clock):
+    """A delivery from conversation 93 names sale 2000001 (whose create lost its answer), but Chatwoot's own
+    record of 93 names sale 2000002, another buyer's: this buyer's messages must not go there."""
+    responses.post(f"{CW}/conversations", body=HELD)
+    with pytest.raises(TransientError):
+        open_pack(s)
+    agent_reply_in(s, clock, 93, 501)
+    responses.get(f"{CW}/conversations/93", json={"id": 93, "inbox_id": 2,
+                                                  "custom_attributes": {"meli_pack_id": "2000002"}})
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
+    responses.post(f"{CW}/conversations", json={"id": 97})
+    clock.advance(ensure.CREATE_SETTLE + 1)
+
+    assert open_pack(s) == (97, True)
+    assert s.db.links.get("pack", "2000001")["conversation_id"] == 97
+
+
+def test_a_conversation_another_sale_uses_is_not_adopted(s, clock):
+    """Sale 2000002's conversation 93 (made, its row not finished yet) named by a delivery as sale 2000001's."""
+    s.db.links.record_intent("pack", "2000001", clock())
+    s.db.links.record_intent("pack", "2000002", clock(), conversation_id=93)
+
+    assert "adopted_conversation" not in agent_reply_in(s, clock, 93, 501)[2]
+    assert s.db.links.get("pack", "2000001")["conversation_id"] is None
 
 
 @responses.activate
@@ -398,7 +425,7 @@ def test_a_conversation_an_agent_answered_in_while_the_next_create_was_in_flight
     with pytest.raises(TransientError):
         open_pack(s)
     clock.advance(ensure.CREATE_SETTLE + 1)
-    responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
 
     def listener_adopts_meanwhile(_request):
         assert agent_reply_in(s, clock, 93, 501)[2].get("adopted_conversation") is True
@@ -418,7 +445,7 @@ def test_an_adoption_while_the_next_create_is_in_flight_is_still_checked_when_th
 
     s.db.links.mark_created("pack", "2000001", clock(), conversation_id=77, contact_id=5, data={"buyer_id": 9})
     forget_conversation(s, "pack", "2000001", 77, removed_conversation=77)
-    responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
     s.chatwoot.budgets = {"POST": LateReply(lambda: agent_reply_in(s, clock, 77, 601))}
     responses.post(f"{CW}/conversations", body=HELD)
     with pytest.raises(TransientError):
@@ -451,7 +478,7 @@ def test_a_conversation_made_before_a_crash_and_deleted_since_is_made_again_not_
     (or its note failed); an agent deleted that conversation. The next sync must not fail on it forever."""
     s.db.links.record_intent("pack", "2000001", clock(), contact_id=5, conversation_id=47)
     responses.get(f"{CW}/conversations/47", status=404, json={"error": "Resource could not be found"})
-    responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
     responses.post(f"{CW}/conversations", json={"id": 94})
 
     assert open_pack(s) == (94, True)
@@ -469,3 +496,77 @@ def test_an_item_erased_while_its_conversation_was_made_is_not_recorded_again(s,
     with pytest.raises(TransientError):
         open_pack(s)
     assert s.db.links.get("pack", "2000001") is None
+
+
+# ---- a conversation found wherever a merge carried it ------------------------------------------------------
+
+def filters():
+    return [c for c in responses.calls if c.request.url.startswith(f"{CW}/conversations/filter?")]
+
+
+def conversation(conversation_id, pack_id, inbox_id=2, contact_id=5):
+    return {"id": conversation_id, "inbox_id": inbox_id, "custom_attributes": {"meli_pack_id": pack_id},
+            "meta": {"sender": {"id": contact_id}}}
+
+
+@responses.activate
+def test_a_lost_create_carried_to_another_buyers_contact_by_a_merge_is_found_and_used(s, clock):
+    """The create's answer was lost; Chatwoot applied it as 93, then an agent merged the buyer's contact
+    into another buyer's (contact 6): the contact's own conversations no longer show it, the filter does."""
+    responses.post(f"{CW}/conversations", body=HELD)
+    with pytest.raises(TransientError):
+        open_pack(s)
+    responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
+    responses.post(f"{CW}/conversations/filter", json={"payload": [conversation(93, "2000001", contact_id=6)]})
+    clock.advance(ensure.CREATE_SETTLE + 1)
+
+    assert open_pack(s) == (93, False)
+    assert len(posts_to("/conversations")) == 1
+    assert json.loads(filters()[0].request.body)["payload"] == [
+        {"attribute_key": "meli_pack_id", "filter_operator": "equal_to", "values": ["2000001"],
+         "query_operator": None}]
+
+
+@responses.activate
+def test_without_the_attribute_defined_the_filter_answering_everything_is_not_trusted(s, clock):
+    """Chatwoot drops the condition on an undefined attribute and answers every conversation: none of
+    them is taken for the sale's, and the contact's own conversations are searched instead."""
+    responses.post(f"{CW}/conversations", body=HELD)
+    with pytest.raises(TransientError):
+        open_pack(s)
+    responses.post(f"{CW}/conversations/filter", json={"payload": [
+        conversation(50, "2000002"), conversation(51, "2000001", inbox_id=1), {"id": 52, "inbox_id": 2}]})
+    responses.get(f"{CW}/contacts/5/conversations", json={"payload": [conversation(50, "2000002")]})
+    responses.post(f"{CW}/conversations", json={"id": 97})
+    clock.advance(ensure.CREATE_SETTLE + 1)
+
+    assert open_pack(s) == (97, True)
+    assert len(filters()) == 1  # no paging through every conversation
+
+
+@responses.activate
+def test_without_the_attribute_defined_the_contacts_own_conversation_is_still_found(s, clock):
+    responses.post(f"{CW}/conversations", body=HELD)
+    with pytest.raises(TransientError):
+        open_pack(s)
+    responses.post(f"{CW}/conversations/filter", json={"payload": [conversation(50, "2000002")]})
+    responses.get(f"{CW}/contacts/5/conversations", json={"payload": [conversation(50, "2000002"),
+                                                                      conversation(93, "2000001")]})
+    clock.advance(ensure.CREATE_SETTLE + 1)
+
+    assert open_pack(s) == (93, False)
+    assert len(posts_to("/conversations")) == 1
+
+
+@responses.activate
+def test_a_found_conversation_another_sale_already_uses_is_not_taken(s, clock):
+    """An agent copied sale 2000001's attribute onto sale 2000002's conversation 93."""
+    s.db.links.mark_created("pack", "2000002", clock(), conversation_id=93, contact_id=5)
+    responses.post(f"{CW}/conversations", body=HELD)
+    with pytest.raises(TransientError):
+        open_pack(s)
+    responses.post(f"{CW}/conversations/filter", json={"payload": [conversation(93, "2000001")]})
+    responses.post(f"{CW}/conversations", json={"id": 97})
+    clock.advance(ensure.CREATE_SETTLE + 1)
+
+    assert open_pack(s) == (97, True)

@@ -222,3 +222,17 @@ def test_a_reply_waiting_for_reauthorization_gives_up_after_24_hours_with_a_note
     assert patch["status"] == "failed" and patch["external_error"] == reply["error"]
     note = json.loads(calls("POST", "/conversations/77/messages")[0].request.body)
     assert note["private"] is True and "python main.py authorize" in note["content"]
+
+
+@responses.activate
+def test_an_answer_from_a_conversation_chatwoot_records_for_another_question_is_not_posted(s):
+    """The webhook says conversation 88 is question 654's; Chatwoot's record of 88 says question 999's."""
+    _status, _code, extra = accept_webhook(
+        message_created(message_id=9124, conversation_id=88, content="Temos sim",
+                        custom_attributes={"meli_question_id": "654"}), s.settings, s.db, s.clock())
+    responses.get(f"{CW}/conversations/88", json={"id": 88, "inbox_id": s.settings.chatwoot_questions_inbox_id,
+                                                  "custom_attributes": {"meli_question_id": "999"}})
+    responses.post(f"{API}/answers", json={"id": 654, "status": "ANSWERED"})
+
+    assert delivery.deliver(s, extra["reply_id"]) == "failed"
+    assert calls("POST", "/answers") == []

@@ -373,7 +373,8 @@ def test_a_partial_reply_whose_conversation_was_deleted_is_told_as_sent_in_part_
     content = (SENTENCE * 14)[:900]
     _status, reply_id = accept(s, content)
     # The agent deleted conversation 88; the sale continues in conversation 99.
-    s.db.links.update("pack", "2000001", s.clock(), conversation_id=99)
+    data = s.db.links.get("pack", "2000001")["data"]
+    s.db.links.update("pack", "2000001", s.clock(), conversation_id=99, data=dict(data, removed_conversation=88))
     sent_ok(2)
     responses.post(THREAD, status=400, json={"message": "message length exceeded", "error": "bad_request",
                                              "status": 400})
@@ -464,3 +465,49 @@ def test_a_send_killed_in_flight_after_a_budget_pause_settles_from_when_it_left(
     s.clock.advance(delivery.IN_DOUBT_SETTLE - 1)  # settled, counted from the record before the pause
     assert delivery.deliver(s, reply_id) == "retry"
     assert not [c for c in responses.calls if c.request.method == "GET" and c.request.url.startswith(THREAD)]
+
+
+def reply_in_unknown_conversation(s, stored_pack_id):
+    """The sale's create lost its answer (its row has no conversation); an agent's reply arrives from
+    conversation 93, the webhook naming sale 2000001, while Chatwoot's own record of 93 names `stored_pack_id`."""
+    s.db.links.update("pack", "2000001", s.clock(), status="pending", conversation_id=None)
+    _status, _code, extra = accept_webhook(
+        message_created(message_id=9300, conversation_id=93, inbox_id=2, content="Enviado hoje",
+                        custom_attributes={"meli_pack_id": "2000001"}), s.settings, s.db, s.clock())
+    responses.get(f"{CW}/conversations/93", json={"id": 93, "inbox_id": 2,
+                                                  "custom_attributes": {"meli_pack_id": stored_pack_id}})
+    return extra["reply_id"]
+
+
+@responses.activate
+def test_a_reply_whose_webhook_names_a_sale_chatwoot_does_not_reaches_nobody(s):
+    """Conversation 93 is another buyer's sale in Chatwoot: a reply written there must not reach sale 2000001's
+    buyer."""
+    reply_id = reply_in_unknown_conversation(s, "2000002")
+    sent_ok(1)
+
+    assert delivery.deliver(s, reply_id) == "failed"
+    assert posts() == []
+    assert s.db.replies.get(reply_id)["error"] == delivery.NOT_ITS_CONVERSATION.error
+
+
+@responses.activate
+def test_a_reply_in_a_conversation_chatwoot_confirms_as_the_sales_goes_to_its_buyer(s):
+    reply_id = reply_in_unknown_conversation(s, "2000001")
+    sent_ok(1)
+
+    assert delivery.deliver(s, reply_id) == "delivered"
+    assert [p["to"] for p in posts()] == [{"user_id": 9}]
+
+
+@responses.activate
+def test_a_reply_from_a_deleted_conversation_the_webhook_alone_names_reaches_nobody(s):
+    s.db.links.update("pack", "2000001", s.clock(), status="pending", conversation_id=None)
+    _status, _code, extra = accept_webhook(
+        message_created(message_id=9300, conversation_id=93, inbox_id=2, content="Enviado hoje",
+                        custom_attributes={"meli_pack_id": "2000001"}), s.settings, s.db, s.clock())
+    responses.get(f"{CW}/conversations/93", status=404, json={"error": "Resource could not be found"})
+    sent_ok(1)
+
+    assert delivery.deliver(s, extra["reply_id"]) == "failed"
+    assert posts() == []

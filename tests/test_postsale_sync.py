@@ -160,7 +160,8 @@ def test_a_buyer_message_reopens_a_found_conversation_an_agent_resolved(s):
     s.db.links.update("pack", "2000001", 2.0, status="pending", conversation_id=None, data={})
     assert s.db.links.adopt_conversation("pack", "2000001", 88, 3.0)
     s.db.links.mark_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [2]})
-    responses.get(f"{CW}/conversations/88", json={"id": 88, "inbox_id": 2, "status": "resolved"})
+    responses.get(f"{CW}/conversations/88", json={"id": 88, "inbox_id": 2, "status": "resolved",
+                                                  "custom_attributes": {"meli_pack_id": "2000001"}})
     responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 9, "nickname": "COMPRADOR"}})
     responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=thread(buyer("b1", "Chegou quebrado", 1)))
     responses.get(THREAD, match=[matchers.query_param_matcher(MARK)], json=thread(buyer("b1", "Chegou quebrado", 1)))
@@ -184,7 +185,7 @@ def test_a_found_conversation_continued_in_after_a_deletion_is_reopened_before_i
                   json={"message": "forbidden", "error": "forbidden", "status": 403})
     responses.post(f"{CW}/conversations/88/toggle_status", status=404, json={"error": "Resource could not be found"})
     responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 9, "nickname": "COMPRADOR"}})
-    responses.get(f"{CW}/contacts/5/conversations", json={"payload": [
+    responses.post(f"{CW}/conversations/filter", json={"payload": [
         {"id": 94, "inbox_id": inbox, "status": "resolved", "custom_attributes": {"meli_pack_id": "2000001"}}]})
     responses.get(f"{CW}/conversations/94/messages", json={"payload": []})
     created = iter(range(500, 600))

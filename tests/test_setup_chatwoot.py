@@ -8,7 +8,7 @@ import pytest
 import requests
 import responses
 
-from bridge.admin.setup import run_check, run_setup
+from bridge.admin.setup import CONVERSATION_ATTRIBUTES, run_check, run_setup
 
 CW = "https://chat.example.test"
 ACCOUNT = f"{CW}/api/v1/accounts/1"
@@ -25,8 +25,11 @@ class FakeChatwoot:
     empty), "absent" (before 4.12: no secret key at all).
     """
 
-    def __init__(self, rsps, *, role="administrator", inboxes=None, webhooks=None, secret_mode="returned"):
+    def __init__(self, rsps, *, role="administrator", inboxes=None, webhooks=None, secret_mode="returned",
+                 definitions=None):
         self.role = role
+        # Conversation custom attributes; unless given, those of an account this setup already ran on.
+        self.definitions = list(DEFINED if definitions is None else definitions)
         self.inboxes = list(inboxes or [])
         self.webhooks = list(webhooks or [])
         self.secret_mode = secret_mode
@@ -39,6 +42,19 @@ class FakeChatwoot:
         rsps.add_callback(responses.POST, f"{ACCOUNT}/webhooks", callback=self._create_webhook)
         for hook in self.webhooks:
             rsps.add_callback(responses.PATCH, f"{ACCOUNT}/webhooks/{hook['id']}", callback=self._update_webhook)
+        rsps.add_callback(responses.GET, f"{ACCOUNT}/custom_attribute_definitions",
+                          callback=lambda r: self._json(self.definitions))
+        rsps.add_callback(responses.POST, f"{ACCOUNT}/custom_attribute_definitions", callback=self._define)
+
+    def _define(self, request):
+        body = json.loads(request.body)
+        if any(d["attribute_key"] == body["attribute_key"] for d in self.definitions):
+            return self._json({"message": "Attribute key has already been taken"}, 422)
+        definition = dict(body, id=self.next_id, attribute_model="conversation_attribute",
+                          attribute_display_type=DISPLAY_NAMES[body["attribute_display_type"]])
+        self.next_id += 1
+        self.definitions.append(definition)
+        return self._json(definition)
 
     @staticmethod
     def _json(body, status=200):
@@ -76,6 +92,12 @@ class FakeChatwoot:
         hook = next(h for h in self.webhooks if h["id"] == hook_id)
         hook.update(json.loads(request.body))
         return self._json({"payload": {"webhook": self._shown(hook)}})
+
+
+DISPLAY_NAMES = ["text", "number", "currency", "percent", "link", "date", "list", "checkbox"]
+DEFINED = [{"id": 100 + n, "attribute_key": key, "attribute_display_type": DISPLAY_NAMES[display_type],
+            "attribute_model": "conversation_attribute", "attribute_values": values or []}
+           for n, (key, _name, display_type, values) in enumerate(CONVERSATION_ATTRIBUTES)]
 
 
 @pytest.fixture
@@ -396,6 +418,7 @@ def test_check_passes_when_everything_is_in_place(healthy, settings):
         "claims off (CHATWOOT_CLAIMS_INBOX_ID not set: setup creates the inbox and prints the line)",
         "ok   mercado livre: authorized as LOJA (seller 555)",
         f"ok   listener: reachable at {PUBLIC}/health; it reports ok=true",
+        "ok   custom attributes: the 21 conversation custom attributes of the bridge are defined",
     ]
     assert writes(healthy) == []
 
@@ -415,7 +438,7 @@ def test_check_fails_when_a_configured_inbox_is_missing(healthy, make_settings):
     code, lines = check(make_settings(CHATWOOT_MESSAGES_INBOX_ID="8"), None)
     assert code == 1
     assert lines[1].startswith("FAIL inboxes: CHATWOOT_MESSAGES_INBOX_ID=8 is not an inbox of account 1")
-    assert len(lines) == 3
+    assert len(lines) == 4
 
 
 def test_check_asks_for_authorization_when_mercado_livre_requires_it(healthy, settings, db):
@@ -449,3 +472,72 @@ def test_check_with_an_unreachable_chatwoot_skips_the_inbox_check(rsps, settings
     assert lines[0].startswith("FAIL chatwoot: Chatwoot not reachable at CHATWOOT_URL=")
     assert lines[1] == "FAIL inboxes: not checked (see the chatwoot line)"
     assert lines[2].startswith("ok   mercado livre")
+
+
+# ---- conversation custom attributes ----------------------------------------------------------------------
+
+
+def test_setup_defines_the_conversation_attributes_once_the_claim_receiver_as_a_list(rsps, first_setup):
+    fake = FakeChatwoot(rsps, definitions=[])
+    code, output = setup(first_setup)
+    assert code == 0
+    assert [d["attribute_key"] for d in fake.definitions] == [key for key, *_rest in CONVERSATION_ATTRIBUTES]
+    by_key = {d["attribute_key"]: d for d in fake.definitions}
+    assert by_key["meli_pack_id"]["attribute_display_type"] == "text"
+    reply_to = by_key["meli_claim_reply_to"]
+    assert (reply_to["attribute_display_type"], reply_to["attribute_values"]) == ("list", ["comprador", "mediador"])
+    assert all(d["attribute_model"] == 0 for d in (json.loads(c.request.body) for c in rsps.calls
+                                                  if c.request.url.endswith("/custom_attribute_definitions")
+                                                  and c.request.method == "POST"))
+    assert "created conversation custom attributes: meli_question_id," in output
+
+    defined = len(fake.definitions)
+    code, output = setup(first_setup)
+    assert code == 0 and len(fake.definitions) == defined
+    assert f"ok   {defined} conversation custom attributes already defined" in output
+
+
+def test_setup_defines_only_the_missing_attributes_and_keeps_one_an_agent_made_as_text(rsps, settings):
+    made_by_hand = {"id": 3, "attribute_key": "meli_claim_reply_to", "attribute_display_type": "text",
+                    "attribute_model": "conversation_attribute", "attribute_values": []}
+    fake = FakeChatwoot(rsps, inboxes=[api_inbox(1, "Perguntas ML"), api_inbox(2, "Vendas ML"), api_inbox(3, "R")],
+                        webhooks=[{"id": 5, "url": HOOK_URL, "subscriptions": ["message_created"],
+                                   "secret": "whsec-one-5f3a"}],
+                        definitions=[d for d in DEFINED if d["attribute_key"] not in ("meli_pack_id",
+                                                                                      "meli_claim_reply_to")]
+                        + [made_by_hand])
+    code, output = setup(dataclasses.replace(settings, chatwoot_claims_inbox_id=3))
+    assert code == 0
+    assert [url.rsplit("/", 1)[1] for _method, url in writes(rsps)] == ["custom_attribute_definitions"]
+    assert fake.definitions[-1]["attribute_key"] == "meli_pack_id"
+    assert "note: the conversation custom attribute meli_claim_reply_to already exists but is of type text" in output
+
+
+def test_check_names_the_conversation_attributes_missing_and_writes_nothing(healthy, settings):
+    healthy.replace(responses.GET, f"{ACCOUNT}/custom_attribute_definitions",
+                    json=[d for d in DEFINED if d["attribute_key"] not in ("meli_pack_id", "meli_claim_id")])
+    code, lines = check(settings)
+    assert code == 1
+    assert lines[4].startswith("FAIL custom attributes: conversation custom attributes not defined: meli_pack_id, "
+                               "meli_claim_id (run python main.py setup <public_url>;")
+    assert writes(healthy) == []
+
+
+def test_every_conversation_attribute_the_bridge_writes_is_defined_by_setup():
+    from bridge.sync import claims, questions, sales
+
+    written = set(questions.conversation_attributes({"id": 1}, None)) \
+        | set(sales.sale_attributes("1", [])) | set(claims.claim_attributes({"id": 1}, None, None)) \
+        | {claims.REPLY_TO_ATTRIBUTE}
+    assert written == {key for key, *_rest in CONVERSATION_ATTRIBUTES}
+
+
+def test_attributes_chatwoot_refuses_to_define_still_leave_the_env_lines_and_exit_1(rsps, first_setup):
+    FakeChatwoot(rsps, definitions=[])
+    rsps.replace(responses.POST, f"{ACCOUNT}/custom_attribute_definitions", status=403,
+                 json={"error": "You are not authorized to do this action"})
+    code, output = setup(first_setup)
+    assert code == 1
+    assert "CHATWOOT_QUESTIONS_INBOX_ID=10" in output
+    assert output.splitlines()[-1].startswith("error: Chatwoot refused creating the conversation custom attribute "
+                                              "meli_question_id in account 1 (403)")

@@ -1,7 +1,8 @@
 """`main.py setup` and `main.py check`: connect a Chatwoot account to the bridge, then verify it.
 
 `run_setup` finds or creates what the bridge needs in Chatwoot (three API inboxes, each with its
-own webhook to the listener) with an administrator's token, and prints the `.env` lines to add.
+own webhook to the listener, and the conversation custom attributes it writes) with an
+administrator's token, and prints the `.env` lines to add.
 It is safe to run again: what exists is reused, nothing is created twice, and a run that finds
 everything in place changes nothing.
 
@@ -39,6 +40,40 @@ TOKEN_PLACE = "Chatwoot → Profile settings → Access Token"
 LISTENER_TIMEOUT = (5, 10)
 
 Out = Callable[[str], Any]
+
+# Chatwoot's attribute_display_type numbers.
+TEXT, NUMBER, LINK, LIST = 0, 1, 4, 6
+DISPLAY_TYPE_NAMES = {TEXT: "text", NUMBER: "number", LINK: "link", LIST: "list"}
+REPLY_TO_VALUES = ["comprador", "mediador"]
+# The conversation custom attributes the bridge writes: (key, name agents see, display type, values).
+# Defined, Chatwoot's conversation filter can find a conversation by its id wherever a contact
+# merge carried it (an undefined key is ignored by the filter); ids are text, as they are written.
+CONVERSATION_ATTRIBUTES: list[tuple[str, str, int, list[str] | None]] = [
+    ("meli_question_id", "ML: pergunta", TEXT, None),
+    ("meli_item_id", "ML: anúncio", TEXT, None),
+    ("meli_item_title", "ML: título do anúncio", TEXT, None),
+    ("meli_item_url", "ML: link do anúncio", LINK, None),
+    ("meli_item_thumbnail", "ML: imagem do anúncio", LINK, None),
+    ("meli_pack_id", "ML: venda (pacote)", TEXT, None),
+    ("meli_order_ids", "ML: pedidos", TEXT, None),
+    ("meli_item_titles", "ML: produtos", TEXT, None),
+    ("meli_total_amount", "ML: valor total", NUMBER, None),
+    ("meli_sale_url", "ML: link da venda", LINK, None),
+    ("meli_claim_id", "ML: reclamação", TEXT, None),
+    ("meli_order_id", "ML: pedido", TEXT, None),
+    ("meli_claim_type", "ML: tipo de reclamação", TEXT, None),
+    ("meli_claim_stage", "ML: etapa da reclamação", TEXT, None),
+    ("meli_claim_status", "ML: situação da reclamação", TEXT, None),
+    ("meli_claim_reason", "ML: motivo da reclamação", TEXT, None),
+    ("meli_claim_next_action", "ML: próxima ação", TEXT, None),
+    ("meli_claim_due_date", "ML: prazo", TEXT, None),
+    ("meli_claim_affects_reputation", "ML: afeta a reputação", TEXT, None),
+    ("meli_claim_url", "ML: link da reclamação", LINK, None),
+    ("meli_claim_reply_to", "ML: responder para", LIST, REPLY_TO_VALUES),
+]
+ATTRIBUTE_DESCRIPTION = "Escrito pela ponte Mercado Livre (meli-chatwoot)."
+REPLY_TO_DESCRIPTION = ("Na reclamação, a quem vai a resposta do agente: comprador, ou mediador (a mediação do "
+                        "Mercado Livre, quando a reclamação está em disputa).")
 
 
 class SetupError(Exception):
@@ -175,6 +210,7 @@ def run_setup(settings: Settings, public_url: str, out: Out = print, *,
         needed, in_place = _wire_inbox_webhooks(chatwoot, settings, [questions, messages, claims], target, out)
         needed += [s for s in _retire_account_webhooks(chatwoot, settings, target, needed, in_place, out)
                    if s not in needed]
+        attributes_problem = _attribute_definitions_problem(chatwoot, settings, out)
     except SetupError as exc:
         out(f"error: {exc}")
         return 1
@@ -185,6 +221,9 @@ def run_setup(settings: Settings, public_url: str, out: Out = print, *,
         return 1
 
     _print_env(settings, questions["id"], messages["id"], needed, out, claims["id"])
+    if attributes_problem:
+        out(f"error: {attributes_problem}")
+        return 1
     return 0
 
 
@@ -331,6 +370,52 @@ def _retire_account_webhooks(chatwoot: ChatwootClient, settings: Settings, targe
     return kept
 
 
+def _attribute_definitions_problem(chatwoot: ChatwootClient, settings: Settings, out: Out) -> str | None:
+    """_ensure_attribute_definitions, its failure said after the `.env` lines (which hold regardless)."""
+    try:
+        _ensure_attribute_definitions(chatwoot, settings, out)
+    except SetupError as exc:
+        return f"{exc}; the rest of setup is done: run it again to define the attributes"
+    return None
+
+
+def _ensure_attribute_definitions(chatwoot: ChatwootClient, settings: Settings, out: Out) -> None:
+    """Define each of CONVERSATION_ATTRIBUTES that the account lacks; one already there (by key) is
+    kept as it is, and said when its type is not what the bridge expects (an agent made it first)."""
+    existing = {d.get("attribute_key"): d for d in _call(settings, "listing the conversation custom attributes",
+                                                          chatwoot.conversation_attribute_definitions)}
+    created, kept = [], 0
+    for key, name, display_type, values in CONVERSATION_ATTRIBUTES:
+        found = existing.get(key)
+        if found is None:
+            _call(settings, f"creating the conversation custom attribute {key}",
+                  chatwoot.create_conversation_attribute_definition, key, name, display_type,
+                  REPLY_TO_DESCRIPTION if values else ATTRIBUTE_DESCRIPTION, values)
+            created.append(key)
+            continue
+        kept += 1
+        problem = attribute_mismatch(found, display_type, values)
+        if problem:
+            out(f"note: the conversation custom attribute {key} already exists but {problem}; the bridge keeps "
+                f"it as it is (change it in Chatwoot → Settings → Custom attributes)")
+    if created:
+        out(f"created conversation custom attributes: {', '.join(created)}")
+    if kept:
+        out(f"ok   {kept} conversation custom attribute{'s' if kept != 1 else ''} already defined")
+
+
+def attribute_mismatch(definition: dict, display_type: int, values: list[str] | None) -> str | None:
+    """Pure: what differs from the type (and list values) the bridge expects, or None."""
+    shown = definition.get("attribute_display_type")
+    if shown not in (display_type, DISPLAY_TYPE_NAMES[display_type], str(display_type)):
+        return f"is of type {shown}, not {DISPLAY_TYPE_NAMES[display_type]}"
+    have = [str(v).strip().lower() for v in definition.get("attribute_values") or []]
+    missing = [v for v in values or [] if v not in have]
+    if missing:
+        return f"its list lacks {', '.join(missing)}"
+    return None
+
+
 def _print_env(settings: Settings, questions_id: Any, messages_id: Any, needed: list[str], out: Out,
                claims_id: Any = None) -> None:
     configured = settings.chatwoot_webhook_secrets
@@ -380,6 +465,7 @@ def run_check(settings: Settings, public_url: str | None, out: Out = print, *,
     checks.append(("mercado livre", lambda: _check_meli(settings, sleep)))
     if public_url is not None:
         checks.append(("listener", lambda: _check_listener(public_url, sleep)))
+    checks.append(("custom attributes", lambda: _check_attribute_definitions(chatwoot, settings, state)))
 
     for name, check in checks:
         try:
@@ -429,6 +515,24 @@ def _check_inboxes(chatwoot: ChatwootClient, settings: Settings, state: dict) ->
     claims = "" if settings.chatwoot_claims_inbox_id is not None else \
         "; claims off (CHATWOOT_CLAIMS_INBOX_ID not set: setup creates the inbox and prints the line)"
     return True, ", ".join(found_text) + " (API inboxes)" + claims
+
+
+def _check_attribute_definitions(chatwoot: ChatwootClient, settings: Settings, state: dict) -> tuple[bool, str]:
+    if state.get("unreachable"):
+        return False, "not checked (see the chatwoot line)"
+    existing = {d.get("attribute_key"): d for d in _call(settings, "listing the conversation custom attributes",
+                                                          chatwoot.conversation_attribute_definitions)}
+    missing = [key for key, _name, _type, _values in CONVERSATION_ATTRIBUTES if key not in existing]
+    odd = [f"{key} {problem}" for key, _name, display_type, values in CONVERSATION_ATTRIBUTES
+           if key in existing and (problem := attribute_mismatch(existing[key], display_type, values))]
+    if missing:
+        return False, (f"conversation custom attributes not defined: {', '.join(missing)} (run python main.py setup "
+                       f"<public_url>; without them a conversation a contact merge carried off cannot be found, and "
+                       f"agents type meli_claim_reply_to instead of picking it)")
+    text = f"the {len(CONVERSATION_ATTRIBUTES)} conversation custom attributes of the bridge are defined"
+    if odd:
+        text += f" (note: {'; '.join(odd)})"
+    return True, text
 
 
 def _check_meli(settings: Settings, sleep: Callable[[float], None]) -> tuple[bool, str]:

@@ -24,8 +24,10 @@ from bridge.replies.accept import LINK_KIND
 from bridge.replies.refusal import Refusal
 from bridge.replies.report import GIVE_UP_AFTER, report_outcomes, report_reply
 from bridge.services import Services
+from bridge.store.links import ADOPTED
 from bridge.sync import claims as sync_claims
 from bridge.sync import sales as sync_messages
+from bridge.sync.contacts import is_gone, names_item
 from db_manager import crashpoint
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
 
@@ -126,6 +128,7 @@ def _deliver_claimed(s: Services, reply: dict, ids: str) -> str:
     reply_id = reply["id"]
     started = time.monotonic()
     try:
+        _check_addressee(s, reply)
         if reply["kind"] == "answer":
             _deliver_answer(s, reply)
         elif reply["kind"] == "claim":
@@ -163,6 +166,54 @@ def _deliver_claimed(s: Services, reply: dict, ids: str) -> str:
     log.info("reply delivered %s attempts=%d in %dms (accepted %.1fs ago)", ids, reply["attempts"],
              (time.monotonic() - started) * 1000, s.clock() - reply["created_at"])
     return "delivered"
+
+
+def _check_addressee(s: Services, reply: dict) -> None:
+    """A reply goes only to the item Chatwoot's own record of its conversation names.
+
+    Its target was taken from the webhook when the bridge did not know the conversation, and
+    a webhook's attributes need not be what Chatwoot stores: a reply written to one buyer would
+    reach another. So, before its first part leaves, a conversation the item's row does not
+    know (made, or found and checked, by the bridge; or the one an agent deleted since) is
+    read from Chatwoot: its inbox and `meli_<kind>_id` must name the target, and no other row
+    of that kind may use it. Otherwise nothing goes, and the agent is told why.
+    """
+    if any(part["status"] != "pending" for part in s.db.replies.parts(reply["id"])):
+        return  # checked before its first part left
+    kind, target, conversation_id = LINK_KIND.get(reply["kind"], "pack"), reply["target_id"], reply["conversation_id"]
+    if knows_conversation(s.db.links.get(kind, target), conversation_id):
+        return
+    inbox_id = {"question": s.settings.chatwoot_questions_inbox_id, "claim": s.settings.chatwoot_claims_inbox_id}.get(
+        kind, s.settings.chatwoot_messages_inbox_id)
+    try:
+        found = s.chatwoot.conversation(conversation_id)
+    except PermanentError as exc:
+        if not is_gone(exc):
+            raise
+        found = None
+    if not isinstance(found, dict) or not names_item(found, kind, target, inbox_id) \
+            or s.db.links.others_using(kind, target, conversation_id):
+        log.warning("reply's conversation does not name its target in chatwoot reply=%s conversation=%s %s=%s: %s",
+                    reply["id"], conversation_id, kind, target, "gone" if found is None else "another item's")
+        raise DeliveryFailed(NOT_ITS_CONVERSATION)
+
+
+def knows_conversation(link: dict | None, conversation_id: int) -> bool:
+    """Pure: the item's row names this conversation as its own (made or checked by the bridge, not
+    merely adopted from a webhook), or as the one an agent deleted since."""
+    if link is None:
+        return False
+    data = link["data"]
+    if link["conversation_id"] == conversation_id and not data.get(ADOPTED):
+        return True
+    return conversation_id in (data.get("removed_conversation"), data.get("removed"))
+
+
+NOT_ITS_CONVERSATION = Refusal(
+    "conversa não confirmada pelo Chatwoot",
+    "O Chatwoot não registra esta conversa como a deste item do Mercado Livre (os atributos meli_ da conversa "
+    "indicam outro item, ou a conversa foi apagada). Por segurança, a mensagem não foi enviada a ninguém. "
+    "Responda na conversa do comprador no Chatwoot ou pelo Mercado Livre.")
 
 
 REAUTH_GAVE_UP = Refusal("Mercado Livre sem autorização por 24 h",

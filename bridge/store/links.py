@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from db_manager import Database
 
 
+ADOPTED = "adopted"  # link data: its conversation came from an agent's reply, not yet checked with Chatwoot
+
+
 class Link(TypedDict):
     """A `links` row, its `data` decoded."""
     kind: str                   # buyer | question | answer | pack | message | claim | …
@@ -96,14 +99,29 @@ class LinksStore:
         conversation becomes the one the bridge mirrors into. Otherwise the bridge would make a
         second one, and the agent's answer would stay where nobody looks.
 
-        The create's time is kept: the delivery may be a late one from a conversation deleted
-        since, so ensure_conversation uses it only once Chatwoot shows it in the item's inbox,
-        and otherwise still waits out the create that may be held."""
+        Only a candidate (data ADOPTED): the delivery's attributes are the webhook's, which may
+        not be what Chatwoot stores, so ensure_conversation uses it only once Chatwoot's own
+        record of it names this item, in its inbox. A conversation another row of this kind uses
+        is never adopted. The create's time is kept: the delivery may be a late one from a
+        conversation deleted since, and then the create that may be held is still waited out."""
         with self._db.write() as conn:
+            row = conn.execute(
+                "SELECT data FROM links WHERE kind = ? AND external_id = ? AND status = 'pending'"
+                " AND conversation_id IS NULL", (kind, str(external_id))).fetchone()
+            if row is None or conn.execute(
+                    "SELECT 1 FROM links WHERE kind = ? AND conversation_id = ? AND external_id != ? LIMIT 1",
+                    (kind, conversation_id, str(external_id))).fetchone():
+                return False
+            data = dict(json.loads(row[0]) if row[0] else {}, **{ADOPTED: True})
             return conn.execute(
-                "UPDATE links SET conversation_id = ?, updated_at = ?"
+                "UPDATE links SET conversation_id = ?, data = ?, updated_at = ?"
                 " WHERE kind = ? AND external_id = ? AND status = 'pending' AND conversation_id IS NULL",
-                (conversation_id, now, kind, str(external_id))).rowcount == 1
+                (conversation_id, json.dumps(data, sort_keys=True), now, kind, str(external_id))).rowcount == 1
+
+    def others_using(self, kind: str, external_id: str | int, conversation_id: int) -> bool:
+        """Does another row of `kind` name this conversation (made, found or adopted for it)?"""
+        return self._db.one("SELECT 1 AS found FROM links WHERE kind = ? AND conversation_id = ? AND external_id != ?"
+                            " LIMIT 1", (kind, conversation_id, str(external_id))) is not None
 
     def set_conversation(self, kind: str, external_id: str | int, conversation_id: int, data: dict,
                          now: float) -> bool:

@@ -7,8 +7,9 @@ import logging
 from bridge import source_ids
 from bridge.http import PermanentError, TransientError
 from bridge.services import Services
-from bridge.store.links import Link
+from bridge.store.links import ADOPTED, Link
 from bridge.sync.ensure import settle, stamped_create
+from chatwoot_api import FILTER_PAGE
 from db_manager import crashpoint
 
 log = logging.getLogger("bridge.contacts")
@@ -86,12 +87,13 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     """The conversation for `kind/external_id` (a question or a pack). Returns (id, created now).
 
     The intent is recorded first, with the time of each create attempt (`TRIED`, set as it
-    leaves). An intent left by a crash or a lost answer is reconciled through the contact's
-    conversations (custom attribute `meli_<kind>_id`), unless an agent's answer there already
+    leaves). An intent left by a crash or a lost answer is reconciled by the custom attribute
+    `meli_<kind>_id` wherever a merge carried it (find_conversation), unless an agent's answer there already
     named it (accept adopts it, and it is kept over one made while that answer arrived); not
     found, it is created again only once that earlier create has settled: a create Chatwoot
     still held would otherwise be applied after the search, and the buyer would have two
-    conversations. A conversation a pending row remembers is used once Chatwoot shows it.
+    conversations. A conversation a pending row remembers is used once Chatwoot shows it (and, one
+    adopted from a webhook, names this item: _check_remembered).
     """
     link, fresh = s.db.links.record_intent(kind, external_id, s.clock(), contact_id=contact_id)
     # A conversation remembered by a row not finished yet (made before a crash or a failure, or
@@ -103,12 +105,10 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     # The attempt's time only tells a pending row's next attempt to wait: dropped once settled.
     data = {key: value for key, value in link["data"].items() if key != TRIED}
     if not fresh:
-        attribute = f"meli_{kind}_id"
-        for conversation in s.chatwoot.contact_conversations(contact_id):
-            if conversation.get("inbox_id") == inbox_id \
-                    and str((conversation.get("custom_attributes") or {}).get(attribute)) == str(external_id):
-                s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation["id"], data=data)
-                return conversation["id"], False
+        found = find_conversation(s, kind, external_id, inbox_id, contact_id)
+        if found is not None:
+            s.db.links.update(kind, external_id, s.clock(), conversation_id=found, data=data)
+            return found, False
         if link["data"].get(TRIED) is not None:
             settle(s, link["data"][TRIED], f"{kind} {external_id}'s conversation")
     # Refused: a contact deleted or merged away (404/422), which open_conversation handles.
@@ -132,27 +132,99 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     return conversation["id"], True
 
 
+FILTER_PAGES = 4  # pages of Chatwoot's conversation filter read for one item (its matches are few)
+
+
+def find_conversation(s: Services, kind: str, external_id: str, inbox_id: int, contact_id: int) -> int | None:
+    """The conversation Chatwoot holds for `kind/external_id` (a create whose answer was lost), or None.
+
+    1. Chatwoot's conversation filter on `meli_<kind>_id`, across all contacts: an agent may
+       have merged the buyer's contact into another, carrying the conversation along.
+    2. Each result is checked again (inbox and attribute, names_item; no other row using it):
+       for a key the account has not defined (`setup` defines them) Chatwoot drops the
+       condition and answers every conversation.
+    3. When that happened (a result not naming the item), or the filter is refused, the
+       contact's own conversations are searched instead: all that can be found without it.
+    The oldest match wins; a match another row of this kind uses is nobody's to take.
+    """
+    attribute = item_attribute(kind)
+    filtered = True
+    matches: list[dict] = []
+    try:
+        for page in range(1, FILTER_PAGES + 1):
+            results = s.chatwoot.filter_conversations(attribute, str(external_id), page)
+            named = [c for c in results if names_item(c, kind, external_id, inbox_id)]
+            matches += named
+            if any(str((c.get("custom_attributes") or {}).get(attribute) or "").strip().lower()
+                   != str(external_id).lower() for c in results):
+                filtered = False  # the condition was dropped: every conversation came back
+                break
+            if len(results) < FILTER_PAGE:
+                break
+    except PermanentError as exc:
+        log.warning("conversation filter refused %s=%s: %s", kind, external_id, exc.short())
+        filtered = False
+    if not filtered:
+        log.info("conversation filter cannot find %s=%s (attribute %s not defined in chatwoot?): searching the "
+                 "contact's conversations", kind, external_id, attribute)
+        matches += [c for c in s.chatwoot.contact_conversations(contact_id)
+                    if names_item(c, kind, external_id, inbox_id)]
+    for conversation in sorted(matches, key=lambda c: c.get("id") or 0):
+        if _valid_id(conversation.get("id")) \
+                and not s.db.links.others_using(kind, external_id, conversation["id"]):
+            return conversation["id"]
+    return None
+
+
+def _valid_id(value) -> bool:
+    return type(value) is int and value > 0
+
+
 def _check_remembered(s: Services, link: Link, inbox_id: int) -> Link:
     """The conversation of a row not finished yet, kept only if Chatwoot has it in this inbox: an
     agent may have deleted it since it was made, or an agent's reply that named it (accept adopted
-    it) came late, from a conversation deleted since. Mirroring there would fail on every poll."""
+    it) came late, from a conversation deleted since. Mirroring there would fail on every poll.
+
+    An adopted one (ADOPTED) came from a webhook's attributes, not Chatwoot's: kept only when
+    Chatwoot's own record of it names this item and no other row uses it, or this buyer's
+    messages would go into another buyer's conversation and that buyer's replies to this one."""
     kind, external_id, conversation_id = link["kind"], link["external_id"], link["conversation_id"]
     data = dict(link["data"])
+    adopted = data.pop(ADOPTED, None) is not None
     try:
         found = s.chatwoot.conversation(conversation_id)
     except PermanentError as exc:
         if not is_gone(exc):
             raise
         found = None
-    if isinstance(found, dict) and found.get("inbox_id") == inbox_id:
-        if data.pop(TRIED, None) is not None:  # its create is no longer waited for: this is the one
+    usable = isinstance(found, dict) and found.get("inbox_id") == inbox_id
+    if usable and adopted:
+        usable = names_item(found, kind, external_id, inbox_id) \
+            and not s.db.links.others_using(kind, external_id, conversation_id)
+    if usable:
+        if data.pop(TRIED, None) is not None or adopted:  # its create is no longer waited for: this is the one
             s.db.links.update(kind, external_id, s.clock(), data=data)
         return dict(link, data=data)
     log.warning("remembered conversation not usable %s=%s conversation=%s: %s", kind, external_id, conversation_id,
-                "gone" if found is None else "in another inbox")
+                "gone" if found is None else "in another inbox" if found.get("inbox_id") != inbox_id
+                else "another item's in chatwoot")
     # The create's time stays: a create Chatwoot still holds is waited for before another is made.
     s.db.links.update(kind, external_id, s.clock(), conversation_id=None, data=data)
     return dict(link, conversation_id=None, data=data)
+
+
+def item_attribute(kind: str) -> str:
+    """The conversation custom attribute naming a question, pack or claim: `meli_<kind>_id`."""
+    return f"meli_{kind}_id"
+
+
+def names_item(conversation: dict, kind: str, external_id: str, inbox_id: int) -> bool:
+    """Pure: does this conversation, as Chatwoot returned it, belong to `kind/external_id`: in
+    its inbox, its custom attribute naming it (compared as text, as Chatwoot's filter does)?"""
+    value = (conversation.get("custom_attributes") or {}).get(item_attribute(kind)) \
+        if isinstance(conversation.get("custom_attributes") or {}, dict) else None
+    return conversation.get("inbox_id") == inbox_id and value is not None \
+        and str(value).strip().lower() == str(external_id).strip().lower()
 
 
 def forget_contact(s: Services, buyer_id, contact_id: int) -> None:

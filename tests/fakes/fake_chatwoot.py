@@ -31,6 +31,9 @@ from .control import Controls, install_controls, json_error, reason
 MESSAGE_TYPES = {"incoming": 0, "outgoing": 1, "activity": 2, "template": 3}
 TYPE_NAMES = {v: k for k, v in MESSAGE_TYPES.items()}
 STATUSES = ("open", "resolved", "pending", "snoozed")
+DISPLAY_TYPES = ("text", "number", "currency", "percent", "link", "date", "list", "checkbox")
+ATTRIBUTE_MODELS = ("conversation_attribute", "contact_attribute")
+FILTER_PAGE_SIZE = 25  # Chatwoot's conversations per page
 PRIORITIES = ("urgent", "high", "medium", "low", None)  # Chatwoot 3.x and later
 MESSAGE_STATUSES = ("sent", "delivered", "read", "failed")
 MAX_CONTENT = 150_000
@@ -102,6 +105,9 @@ class ChatwootState(Controls):
         self.sandbox_meli: Callable[[], dict] | None = None
         self._ids = {"inbox": 0, "contact": 1000, "conversation": 0, "message": 9000, "webhook": 0,
                      "attachment": 500}
+        # Custom attribute definitions (Settings → Custom attributes); the conversation filter needs them.
+        self.attribute_definitions: list[dict] = []
+        self._ids["attribute"] = 0
         self._queue: queue.Queue = queue.Queue()
         self._running = threading.Event()
         self._running.set()
@@ -149,6 +155,60 @@ class ChatwootState(Controls):
         with self.lock:
             self.webhooks.append(hook)
         return hook
+
+    # ---- custom attribute definitions and the conversation filter --------------------------------
+
+    def define_attribute(self, key: str, display_type: Any = "text", model: Any = "conversation_attribute",
+                         values: list | None = None, name: str | None = None, description: str = "") -> dict:
+        """A custom attribute definition, as Chatwoot stores it (its enums by name). Raises
+        ValueError(message, attribute) (422) for an invalid one or a key the model already has."""
+        display = _enum(display_type, DISPLAY_TYPES)
+        model_name = _enum(model, ATTRIBUTE_MODELS)
+        if not key or display is None or model_name is None:
+            raise ValueError("attribute_key, attribute_display_type and attribute_model must be valid", "attribute_key")
+        with self.lock:
+            if any(d["attribute_key"] == key and d["attribute_model"] == model_name
+                   for d in self.attribute_definitions):
+                raise ValueError("Attribute key has already been taken", "attribute_key")
+            definition = {"id": self._next("attribute"), "attribute_key": key, "attribute_display_name": name or key,
+                          "attribute_display_type": display, "attribute_model": model_name,
+                          "attribute_description": description, "attribute_values": list(values or []),
+                          "regex_pattern": None, "regex_cue": None, "default_value": None,
+                          "created_at": _iso_ms(time.time()), "updated_at": _iso_ms(time.time())}
+            self.attribute_definitions.append(definition)
+            return definition
+
+    def filter_conversations(self, filters: list[dict], page: int) -> tuple[list[dict], int]:
+        """(one page of the matching conversations, newest first, how many match in all).
+
+        As Chatwoot's FilterService: a custom attribute condition counts only when the account
+        defines that key for conversations; otherwise it is dropped, silently, and with every
+        condition dropped every conversation matches. Values compare case-insensitively as text."""
+        with self.lock:
+            defined = {d["attribute_key"] for d in self.attribute_definitions
+                       if d["attribute_model"] == "conversation_attribute"}
+            found: set[int] | None = None
+            operator = None
+            for f in filters:
+                key = f.get("attribute_key")
+                if key in ("status", "inbox_id"):
+                    matched = {c["id"] for c in self.conversations.values() if _filter_value_match(c.get(key), f)}
+                elif key in defined:
+                    matched = {c["id"] for c in self.conversations.values()
+                               if _filter_value_match((c.get("custom_attributes") or {}).get(key), f)}
+                else:
+                    continue  # an undefined attribute: the condition is dropped
+                if found is None:
+                    found = matched
+                elif operator == "or":
+                    found |= matched
+                else:
+                    found &= matched
+                operator = (f.get("query_operator") or "and").lower()
+            ids = sorted(self.conversations if found is None else found, reverse=True)
+            start = (max(page, 1) - 1) * FILTER_PAGE_SIZE
+            shown = ids[start:start + FILTER_PAGE_SIZE]
+            return [self.conversation_json(self.conversations[i]) for i in shown], len(ids)
 
     # ---- views for tests --------------------------------------------------------------------------
 
@@ -600,6 +660,28 @@ def _filter_match(contact: dict, f: dict) -> bool:
     return False
 
 
+def _filter_value_match(value: Any, f: dict) -> bool:
+    value = "" if value is None else str(value).lower()
+    wanted = [str(v).lower() for v in f.get("values") or []]
+    operator = f.get("filter_operator")
+    if operator == "equal_to":
+        return value in wanted
+    if operator == "not_equal_to":
+        return value not in wanted
+    if operator == "contains":
+        return any(w in value for w in wanted)
+    return False
+
+
+def _enum(value: Any, names: tuple[str, ...]) -> str | None:
+    """A Rails enum given by number or by name, as its name (None when neither)."""
+    if type(value) is int and 0 <= value < len(names):
+        return names[value]
+    if isinstance(value, str) and value.isdigit() and int(value) < len(names):
+        return names[int(value)]
+    return value if value in names else None
+
+
 def _truthy(value: Any) -> bool:
     return value is True or str(value).lower() in ("true", "1")
 
@@ -797,6 +879,37 @@ def create_chatwoot_app(state: ChatwootState) -> Flask:
         except ValueError as exc:
             return invalid(*exc.args)
         return after_response(jsonify(state.conversation_json(conv)), deliveries)
+
+    @app.post(f"{base}/conversations/filter")
+    def filter_conversations():
+        body = request.get_json(silent=True) or {}
+        filters = body.get("payload")
+        if not isinstance(filters, list) or not all(isinstance(f, dict) for f in filters):
+            return invalid("payload must be a list of filters", "payload")
+        page = request.args.get("page", "1")
+        found, total = state.filter_conversations(filters, int(page) if page.isdigit() else 1)
+        return jsonify({"meta": {"mine_count": 0, "unassigned_count": total, "all_count": total}, "payload": found})
+
+    @app.get(f"{base}/custom_attribute_definitions")
+    def attribute_definitions():
+        model = request.args.get("attribute_model")
+        wanted = _enum(model, ATTRIBUTE_MODELS) if model not in (None, "") else None
+        with state.lock:
+            return jsonify([dict(d) for d in state.attribute_definitions
+                            if wanted is None or d["attribute_model"] == wanted])
+
+    @app.post(f"{base}/custom_attribute_definitions")
+    def create_attribute_definition():
+        body = request.get_json(silent=True) or {}
+        body = body.get("custom_attribute_definition") or body  # Rails wraps params either way
+        try:
+            definition = state.define_attribute(
+                str(body.get("attribute_key") or ""), body.get("attribute_display_type", "text"),
+                body.get("attribute_model", 0), body.get("attribute_values"), body.get("attribute_display_name"),
+                body.get("attribute_description") or "")
+        except ValueError as exc:
+            return invalid(*exc.args)
+        return jsonify(definition)
 
     @app.get(f"{base}/conversations/<int:conv_id>")
     def conversation(conv_id: int):
