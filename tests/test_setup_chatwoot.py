@@ -164,6 +164,11 @@ def fake_writes(chatwoot) -> list[tuple[str, str]]:
         return [(c["method"], c["path"]) for c in chatwoot.state.calls if c["method"] != "GET"]
 
 
+def webhook_writes(chatwoot) -> list[tuple[str, str]]:
+    """The writes about inboxes and webhooks (a fresh account also gets the attribute definitions)."""
+    return [w for w in fake_writes(chatwoot) if "custom_attribute_definitions" not in w[1]]
+
+
 def printed_env(output: str) -> dict:
     """The lines setup asks the operator to paste, as a dict."""
     return dict(line.split("=", 1) for line in output.splitlines() if line.startswith("CHATWOOT_"))
@@ -211,8 +216,8 @@ def test_a_stale_or_empty_inbox_webhook_is_fixed_and_the_right_one_left_alone(ch
                        CHATWOOT_CLAIMS_INBOX_ID=str(ids[2]), CHATWOOT_WEBHOOK_SECRET=secrets)
     code, output = setup(settings)
     assert code == 0
-    assert fake_writes(chatwoot) == [("PATCH", f"/api/v1/accounts/1/inboxes/{ids[0]}"),
-                                     ("PATCH", f"/api/v1/accounts/1/inboxes/{ids[2]}")]
+    assert webhook_writes(chatwoot) == [("PATCH", f"/api/v1/accounts/1/inboxes/{ids[0]}"),
+                                       ("PATCH", f"/api/v1/accounts/1/inboxes/{ids[2]}")]
     assert [state.inboxes[i]["webhook_url"] for i in ids] == [HOOK_URL] * 3
     assert "(it was https://old-host.example.test/webhook)" in output
     assert f"inbox '{MESSAGES}' webhook already set" in output
@@ -273,7 +278,7 @@ def test_configured_api_inboxes_are_kept_even_under_another_name(chatwoot, on_fa
     ids = [state.add_inbox(name, webhook_url=HOOK_URL) for name in ("Perguntas ML", "Vendas ML", "Recl ML")]
     code, output = setup(on_fake(CHATWOOT_QUESTIONS_INBOX_ID=str(ids[0]), CHATWOOT_MESSAGES_INBOX_ID=str(ids[1]),
                                  CHATWOOT_CLAIMS_INBOX_ID=str(ids[2])))
-    assert code == 0 and fake_writes(chatwoot) == []
+    assert code == 0 and webhook_writes(chatwoot) == []
     assert [printed_env(output)[f"CHATWOOT_{k}_INBOX_ID"] for k in ("QUESTIONS", "MESSAGES", "CLAIMS")] == \
         [str(i) for i in ids]
 
@@ -286,7 +291,7 @@ def test_setup_on_a_deployment_made_before_claims_adds_only_the_claims_inbox(cha
                                  CHATWOOT_WEBHOOK_SECRET=secrets))
     assert code == 0
     claims = inbox_named(state, CLAIMS)
-    assert [m for m, _ in fake_writes(chatwoot)] == ["POST", "PATCH"] and claims["webhook_url"] == HOOK_URL
+    assert [m for m, _ in webhook_writes(chatwoot)] == ["POST", "PATCH"] and claims["webhook_url"] == HOOK_URL
     assert printed_env(output)["CHATWOOT_CLAIMS_INBOX_ID"] == str(claims["id"])
     assert printed_env(output)["CHATWOOT_WEBHOOK_SECRET"] == f"{secrets},{claims['secret']}"
     assert "Add these lines" in output
@@ -477,39 +482,36 @@ def test_check_with_an_unreachable_chatwoot_skips_the_inbox_check(rsps, settings
 # ---- conversation custom attributes ----------------------------------------------------------------------
 
 
-def test_setup_defines_the_conversation_attributes_once_the_claim_receiver_as_a_list(rsps, first_setup):
-    fake = FakeChatwoot(rsps, definitions=[])
-    code, output = setup(first_setup)
+def test_setup_defines_the_conversation_attributes_once_the_claim_receiver_as_a_list(chatwoot, on_fake):
+    definitions = chatwoot.state.attribute_definitions
+    code, output = setup(on_fake())
     assert code == 0
-    assert [d["attribute_key"] for d in fake.definitions] == [key for key, *_rest in CONVERSATION_ATTRIBUTES]
-    by_key = {d["attribute_key"]: d for d in fake.definitions}
+    assert [d["attribute_key"] for d in definitions] == [key for key, *_rest in CONVERSATION_ATTRIBUTES]
+    assert all(d["attribute_model"] == "conversation_attribute" for d in definitions)
+    by_key = {d["attribute_key"]: d for d in definitions}
     assert by_key["meli_pack_id"]["attribute_display_type"] == "text"
     reply_to = by_key["meli_claim_reply_to"]
     assert (reply_to["attribute_display_type"], reply_to["attribute_values"]) == ("list", ["comprador", "mediador"])
-    assert all(d["attribute_model"] == 0 for d in (json.loads(c.request.body) for c in rsps.calls
-                                                  if c.request.url.endswith("/custom_attribute_definitions")
-                                                  and c.request.method == "POST"))
     assert "created conversation custom attributes: meli_question_id," in output
 
-    defined = len(fake.definitions)
-    code, output = setup(first_setup)
-    assert code == 0 and len(fake.definitions) == defined
+    defined = len(definitions)
+    code, output = setup(on_fake(**printed_env(output)))
+    assert code == 0 and len(definitions) == defined
     assert f"ok   {defined} conversation custom attributes already defined" in output
 
 
-def test_setup_defines_only_the_missing_attributes_and_keeps_one_an_agent_made_as_text(rsps, settings):
-    made_by_hand = {"id": 3, "attribute_key": "meli_claim_reply_to", "attribute_display_type": "text",
-                    "attribute_model": "conversation_attribute", "attribute_values": []}
-    fake = FakeChatwoot(rsps, inboxes=[api_inbox(1, "Perguntas ML"), api_inbox(2, "Vendas ML"), api_inbox(3, "R")],
-                        webhooks=[{"id": 5, "url": HOOK_URL, "subscriptions": ["message_created"],
-                                   "secret": "whsec-one-5f3a"}],
-                        definitions=[d for d in DEFINED if d["attribute_key"] not in ("meli_pack_id",
-                                                                                      "meli_claim_reply_to")]
-                        + [made_by_hand])
-    code, output = setup(dataclasses.replace(settings, chatwoot_claims_inbox_id=3))
+def test_setup_defines_only_the_missing_attributes_and_keeps_one_an_agent_made_as_text(chatwoot, on_fake):
+    state = chatwoot.state
+    for key, _name, display_type, values in CONVERSATION_ATTRIBUTES:
+        if key not in ("meli_pack_id", "meli_claim_reply_to"):
+            state.define_attribute(key, display_type, values=values)
+    state.define_attribute("meli_claim_reply_to", "text")  # an agent made it first, as free text
+    before = len(fake_writes(chatwoot))
+    code, output = setup(on_fake())
     assert code == 0
-    assert [url.rsplit("/", 1)[1] for _method, url in writes(rsps)] == ["custom_attribute_definitions"]
-    assert fake.definitions[-1]["attribute_key"] == "meli_pack_id"
+    attribute_writes = [w for w in fake_writes(chatwoot)[before:] if "custom_attribute_definitions" in w[1]]
+    assert attribute_writes == [("POST", "/api/v1/accounts/1/custom_attribute_definitions")]
+    assert state.attribute_definitions[-1]["attribute_key"] == "meli_pack_id"
     assert "note: the conversation custom attribute meli_claim_reply_to already exists but is of type text" in output
 
 
@@ -532,12 +534,11 @@ def test_every_conversation_attribute_the_bridge_writes_is_defined_by_setup():
     assert written == {key for key, *_rest in CONVERSATION_ATTRIBUTES}
 
 
-def test_attributes_chatwoot_refuses_to_define_still_leave_the_env_lines_and_exit_1(rsps, first_setup):
-    FakeChatwoot(rsps, definitions=[])
-    rsps.replace(responses.POST, f"{ACCOUNT}/custom_attribute_definitions", status=403,
-                 json={"error": "You are not authorized to do this action"})
-    code, output = setup(first_setup)
+def test_attributes_chatwoot_refuses_to_define_still_leave_the_env_lines_and_exit_1(chatwoot, on_fake):
+    chatwoot.state.fail_next("POST", "/api/v1/accounts/1/custom_attribute_definitions", 403,
+                             body={"error": "You are not authorized to do this action"})
+    code, output = setup(on_fake())
     assert code == 1
-    assert "CHATWOOT_QUESTIONS_INBOX_ID=10" in output
+    assert "CHATWOOT_QUESTIONS_INBOX_ID=" in output
     assert output.splitlines()[-1].startswith("error: Chatwoot refused creating the conversation custom attribute "
                                               "meli_question_id in account 1 (403)")
