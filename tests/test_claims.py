@@ -1,11 +1,16 @@
 """Claims: pure decisions, the listener's acceptance of claim replies, the sync against recorded state."""
 
 import json
+import re
 import threading
 import time
+import unicodedata
 
 import pytest
 import responses
+from hypothesis import given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 
 from bridge.replies import accept, delivery
 from bridge.sync import claims as sync_claims
@@ -97,9 +102,67 @@ def test_a_claim_reply_is_accepted_with_the_receiver_the_agent_chose(make_settin
     assert status == "accepted" and extra["kind"] == "claim" and extra["target"] == "5000001"
     assert db.replies.get(extra["reply_id"])["receiver"] == "mediator"
     body = message_created(message_id=2, inbox_id=CLAIM_INBOX, content="Olá",
-                           custom_attributes={"meli_claim_id": "5000001", "meli_claim_reply_to": ["x"]})
+                           custom_attributes={"meli_claim_id": "5000001"})
     _status, _code, extra = accept.accept_webhook(body, settings, db, 1000.0)
     assert db.replies.get(extra["reply_id"])["receiver"] == "complainant"
+
+
+@pytest.mark.parametrize("typed", ["Mediadora", "mediador.", "mediação do ML", "MEDIAÇÃO", "  mediador  ",
+                                   "Mediador do Mercado Livre", "ML", "mercado livre", "a mediação", "mediator",
+                                   "mediador"])
+def test_the_mediator_is_recognized_however_agents_type_it(typed):
+    assert sync_claims.parse_reply_to(typed) == "mediator"
+
+
+@pytest.mark.parametrize("typed", [None, "", "   ", "comprador", "Compradora", "comprador(a)", "o comprador",
+                                   "Cliente", "buyer", "COMPRADOR!"])
+def test_the_buyer_is_recognized_and_an_empty_attribute_means_the_buyer(typed):
+    assert sync_claims.parse_reply_to(typed) == "complainant"
+
+
+@pytest.mark.parametrize("typed", ["mediadro", "vendedor", "mediador ou comprador", "?", "x", ["mediador"], 1,
+                                   True, {"value": "mediador"}, "o", "comprador e mediador"])
+def test_an_unrecognized_receiver_is_never_taken_for_the_buyer(typed):
+    assert sync_claims.parse_reply_to(typed) is None
+
+
+def words_of(typed: str) -> set[str]:
+    plain = "".join(c for c in unicodedata.normalize("NFKD", typed.casefold()) if not unicodedata.combining(c))
+    return set(re.split(r"[\W_]+", plain))
+
+
+KNOWN_WORDS = sorted(sync_claims.BUYER_WORDS | sync_claims.MEDIATOR_WORDS | sync_claims.FILLER_WORDS
+                     | sync_claims.MELI_WORDS)
+
+
+@given(st.one_of(st.text(), st.lists(st.sampled_from(KNOWN_WORDS + ["ou", "e", "vendedor", "x"])).map(" ".join)))
+@examples(max_examples=300, deadline=None)
+def test_a_receiver_is_the_buyer_only_when_the_text_names_the_buyer_or_nothing(typed):
+    words = words_of(typed)
+    parsed = sync_claims.parse_reply_to(typed)
+    if parsed == "complainant":
+        assert not typed.strip() or words & sync_claims.BUYER_WORDS
+        assert not words & sync_claims.MEDIATOR_WORDS
+    if parsed == "mediator":
+        assert not words & sync_claims.BUYER_WORDS
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8"), min_size=1).filter(lambda t: t.strip()))
+@examples(max_examples=300, deadline=None)
+def test_no_text_without_a_buyer_word_is_taken_for_the_buyer(typed):
+    if not words_of(typed) & sync_claims.BUYER_WORDS:
+        assert sync_claims.parse_reply_to(typed) != "complainant"
+
+
+def test_a_claim_reply_to_an_unrecognized_receiver_is_refused_with_the_accepted_values(make_settings, db):
+    settings = make_settings(CHATWOOT_CLAIMS_INBOX_ID=str(CLAIM_INBOX))
+    body = message_created(message_id=4, inbox_id=CLAIM_INBOX, content="Segue a nota fiscal",
+                           custom_attributes={"meli_claim_id": "5000001", "meli_claim_reply_to": "mediadro"})
+    status, _code, extra = accept.accept_webhook(body, settings, db, 1000.0)
+    assert status == "refused" and extra["reason"] == "meli_claim_reply_to não reconhecido"
+    reply = db.replies.get(extra["reply_id"])
+    assert reply["status"] == "failed" and reply["receiver"] is None and db.replies.parts(reply["id"]) == []
+    assert "comprador" in reply["note"] and "mediador" in reply["note"] and "não foi enviada" in reply["note"]
 
 
 def test_a_claim_reply_with_a_file_and_no_text_is_refused_with_a_note(make_settings, db):

@@ -21,7 +21,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
+import unicodedata
 from datetime import datetime, timezone
 
 from bridge import failures, source_ids
@@ -135,6 +137,39 @@ def complainant_id(claim: dict):
 
 def seller_actions(claim: dict) -> list[dict]:
     return [a for a in respondent(claim).get("available_actions") or [] if isinstance(a, dict) and a.get("action")]
+
+
+# What agents type in `meli_claim_reply_to` (setup offers `comprador` / `mediador` as a list; older
+# installs have a text field). Compared without case, accents or punctuation; the words below are
+# fillers ("para o", "do") and Mercado Livre's own names, which alone mean its mediation.
+BUYER_WORDS = frozenset({"comprador", "compradora", "cliente", "buyer", "complainant", "reclamante"})
+MEDIATOR_WORDS = frozenset({"mediador", "mediadora", "mediator", "mediacao", "mediation", "mediadores"})
+FILLER_WORDS = frozenset({"o", "a", "os", "as", "ao", "para", "pra", "pro", "p", "do", "da", "de", "no", "na", "to",
+                          "the"})
+MELI_WORDS = frozenset({"ml", "meli", "mercado", "livre", "mercadolivre", "mercadolibre", "libre"})
+REPLY_TO_VALUES = "comprador (ou vazio) para o comprador; mediador para a mediação do Mercado Livre"
+
+
+def parse_reply_to(value) -> str | None:
+    """`complainant`, `mediator`, or None when the value is not recognized (never guessed as the buyer:
+    a reply meant for the mediator that reached the buyer cannot be taken back). Absent or blank: the buyer."""
+    if value is None:
+        return "complainant"
+    if not isinstance(value, str):
+        return None
+    plain = "".join(c for c in unicodedata.normalize("NFKD", value.casefold()) if not unicodedata.combining(c))
+    words = [w for w in re.split(r"[\W_]+", plain) if w]
+    if not words:
+        return None if plain.strip(" \t\r\n") else "complainant"
+    meant = [w for w in words if w not in FILLER_WORDS]
+    core = {w for w in meant if w not in MELI_WORDS}
+    if not core:
+        return "mediator" if meant else None
+    if len(core) == 1 and core <= MEDIATOR_WORDS:
+        return "mediator"
+    if len(core) == 1 and core <= BUYER_WORDS:
+        return "complainant"
+    return None
 
 
 def allowed_receivers(claim: dict) -> set[str]:
