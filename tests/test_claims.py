@@ -329,6 +329,25 @@ def test_a_site_message_held_back_for_a_reply_in_flight_is_read_again_at_the_nex
 
 
 @responses.activate
+def test_a_failed_claim_reply_left_in_doubt_holds_back_no_site_message_and_no_poll(s, db):
+    """24 h of lost answers end a reply failed with its last part still `sending` (and its text
+    cleared): that doubt is over, and must not hold back a seller message typed on the site."""
+    reply_id = db.replies.accept(chatwoot_message_id=909, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                 parts=[{"text": "ok"}], now=1000.0, receiver="complainant")
+    db.replies.mark_part_sending(reply_id, 0, 1000.0)
+    db.replies.mark_failed(reply_id, "Mercado Livre indisponível por 24 h", "x", 1000.0 + 86400)
+    assert db.replies.claim_texts_in_doubt(CLAIM_ID) == []
+    summary = claim(due="2030-01-01T00:00:00.000Z")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=summary)
+    # Typed on the site, its text removed by Mercado Livre (as a cleared part's text is empty too).
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[respondent_message("", 1)])
+    chatwoot_for_mirroring()
+    sync_claims.sync_claim(s, CLAIM_ID)
+    assert mirrored() == ["(enviada pelo Mercado Livre, fora do Chatwoot)"]
+    assert not sync_claims._changed(s, CLAIM_ID, summary)
+
+
+@responses.activate
 def test_a_message_waiting_for_translation_comes_in_once_with_its_final_text(s, db):
     summary = claim(due="2030-01-01T00:00:00.000Z")
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=summary)
