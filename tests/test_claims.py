@@ -529,3 +529,40 @@ def test_a_found_claim_conversation_an_agent_resolved_is_reopened_for_the_claim_
     assert toggles and summary and toggles[0] < summary[0]
     assert all(calls[i][1] == {"status": "open"} for i in toggles)
     assert db.links.get("claim", CLAIM_ID)["status"] == "created"
+
+
+@responses.activate
+def test_a_failing_reputation_lookup_holds_up_neither_a_new_claim_nor_its_messages_and_is_asked_again(s, db):
+    found_resolved_conversation(db, [buyer_message("Chegou quebrado")])
+    responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/affects-reputation", status=503,
+                      json={"error": "service_unavailable"})
+    responses.post(f"{CW}/conversations/88/custom_attributes", json={})
+    assert sync_claims.sync_claim(s, CLAIM_ID) == 1
+    assert "Chegou quebrado" in mirrored()[-1]
+    link = db.links.get("claim", CLAIM_ID)
+    assert link["status"] == "created" and link["data"]["affects"] is None
+    # A later poll asks again, and shows it once known.
+    responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/affects-reputation",
+                      json={"affects_reputation": "affected"})
+    assert sync_claims.retry_optional_facts(s) == 1
+    [attributes] = [json.loads(c.request.body)["custom_attributes"] for c in responses.calls
+                    if c.request.url == f"{CW}/conversations/88/custom_attributes"]
+    assert attributes["meli_claim_affects_reputation"] == "affected"
+    assert db.links.get("claim", CLAIM_ID)["data"]["affects"] == "affected"
+    assert sync_claims.retry_optional_facts(s) == 0
+
+
+@responses.activate
+def test_a_failing_reputation_lookup_at_a_stage_change_holds_up_no_message(s, db):
+    db.links.update("claim", CLAIM_ID, 2.0, data=dict(db.links.get("claim", CLAIM_ID)["data"], affects=None))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                  json=claim(stage="dispute", actions=("send_message_to_mediator",), due="2030-01-01T00:00:00.000Z"))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[buyer_message("Cadê?")])
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/affects-reputation", status=500,
+                  json={"error": "internal_error"})
+    responses.get(f"{CW}/conversations/88", json={"custom_attributes": {}})
+    responses.post(f"{CW}/conversations/88/custom_attributes", json={})
+    chatwoot_for_mirroring()
+    assert sync_claims.sync_claim(s, CLAIM_ID) == 1
+    assert mirrored() == ["Cadê?"]
+    assert db.links.get("claim", CLAIM_ID)["data"]["stage"] == "dispute"

@@ -27,7 +27,7 @@ import unicodedata
 from datetime import datetime, timezone
 
 from bridge import failures, source_ids
-from bridge.http import PermanentError
+from bridge.http import ApiError, PermanentError
 from bridge.paging import Pages
 from bridge.services import Services
 from bridge.sync import moderation
@@ -42,6 +42,8 @@ log = logging.getLogger("bridge.claims")
 SEARCH_PAGE = 50
 MAX_SEARCH_PAGES = 40
 DUE_SOON = 24 * 3600.0
+# An optional fact (does the claim affect the reputation?) whose lookup failed is asked again this often.
+FACT_RETRY = 600.0
 # Moderation usually acts within minutes of a message being accepted (as for post-sale replies).
 MODERATION_CHECK_AFTER = 120.0
 MODERATION_CHECK_UNTIL = 1800.0
@@ -344,6 +346,7 @@ def sync_claims(s: Services) -> dict:
         counts["synced"] += ok
     counts["deadlines"] = check_deadlines(s)
     counts["sales_pointed"] = point_sales(s)
+    counts["facts_completed"] = retry_optional_facts(s)
     counts["moderation_checks"] = check_recent_replies(s, skip=set(due))
     counts["item_errors"] = batch.failed
     return counts
@@ -467,12 +470,44 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
 
 
 def _affects_reputation(s: Services, claim_id: str, known: str | None = None) -> str | None:
-    """Shown as an attribute; its absence never holds up the claim's messages."""
+    """Shown as an attribute; its absence never holds up the claim's messages. Unknown (None) after
+    any failure, transient ones included: `retry_optional_facts` asks again on a later poll."""
     try:
         return s.meli.claim_affects_reputation(claim_id) or known
-    except PermanentError as exc:
+    except ReauthorizationRequired:
+        raise
+    except ApiError as exc:
         log.warning("claim reputation effect unknown claim=%s error=%r", claim_id, exc.short())
         return known
+
+
+def retry_optional_facts(s: Services) -> int:
+    """Open claims shown without an optional fact (a lookup failed): asked again, at most once per
+    FACT_RETRY each, and shown once known. Returns the claims completed."""
+    completed = 0
+    for link in s.db.links.by_status("claim", "created"):
+        if s.stopping.is_set():
+            break
+        data = link["data"]
+        if data.get("status") != "opened" or data.get("affects") is not None \
+                or s.clock() - (data.get("affects_tried_at") or 0.0) < FACT_RETRY:
+            continue
+        claim_id = link["external_id"]
+        with s.locks.hold(f"claim:{claim_id}"):
+            affects = _affects_reputation(s, claim_id)
+            current = s.db.links.get("claim", claim_id) or link
+            data = dict(current["data"], affects_tried_at=s.clock())
+            if affects is not None and data.get("affects") is None:
+                attributes = dict(data.get("attributes") or {}, meli_claim_affects_reputation=affects)
+                try:
+                    _update_attributes(s, current["conversation_id"], attributes)
+                except PermanentError as exc:
+                    if not is_gone(exc):
+                        raise
+                data.update(affects=affects, attributes=attributes)
+                completed += 1
+            s.db.links.update("claim", claim_id, s.clock(), data=data)
+    return completed
 
 
 def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
