@@ -159,10 +159,12 @@ def parse_reply_to(value) -> str | None:
         return "complainant"
     if not isinstance(value, str):
         return None
+    if not value.strip():
+        return "complainant"
     plain = "".join(c for c in unicodedata.normalize("NFKD", value.casefold()) if not unicodedata.combining(c))
     words = [w for w in re.split(r"[\W_]+", plain) if w]
     if not words:
-        return None if plain.strip(" \t\r\n") else "complainant"
+        return None
     meant = [w for w in words if w not in FILLER_WORDS]
     core = {w for w in meant if w not in MELI_WORDS}
     if not core:
