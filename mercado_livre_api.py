@@ -339,8 +339,11 @@ class MeliClient(HttpClient):
     # ---- claims -----------------------------------------------------------------------------------
 
     def claims_search(self, status: str = "opened", offset: int = 0, limit: int = 50) -> dict:
+        """Claims against the seller only (respondent): without the two players filters, which go
+        together, the search also returns the account's own purchases' claims."""
         return self._api("GET", "/post-purchase/v1/claims/search",
-                         params={"status": status, "offset": offset, "limit": limit}) or {}
+                         params={"players.role": "respondent", "players.user_id": self.seller_id(),
+                                 "status": status, "offset": offset, "limit": limit}) or {}
 
     def claim(self, claim_id: str) -> dict:
         return self._api("GET", f"/post-purchase/v1/claims/{claim_id}") or {}

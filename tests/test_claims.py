@@ -566,3 +566,44 @@ def test_a_failing_reputation_lookup_at_a_stage_change_holds_up_no_message(s, db
     assert sync_claims.sync_claim(s, CLAIM_ID) == 1
     assert mirrored() == ["Cadê?"]
     assert db.links.get("claim", CLAIM_ID)["data"]["stage"] == "dispute"
+
+
+def purchase_claim():
+    """A claim the seller's account opened on its own purchase: it is the complainant."""
+    other = claim()
+    other["players"] = [{"role": "complainant", "type": "buyer", "user_id": 555, "available_actions": []},
+                        {"role": "respondent", "type": "seller", "user_id": 9000001,
+                         "available_actions": [{"action": "send_message_to_complainant", "due_date": None}]}]
+    return dict(other, id=5000002)
+
+
+@responses.activate
+def test_the_search_asks_for_the_sellers_claims_and_skips_any_other(s, db):
+    against = dict(claim(), id=5000003)
+    search = responses.get(f"{API}/post-purchase/v1/claims/search",
+                           json={"paging": {"offset": 0, "limit": 50, "total": 2},
+                                 "data": [purchase_claim(), against]})
+    listed, complete = sync_claims._open_claims(s)
+    assert complete and list(listed) == ["5000003"]
+    assert "players.role=respondent" in search.calls[0].request.url
+    assert "players.user_id=555" in search.calls[0].request.url
+
+
+@responses.activate
+def test_a_claim_read_by_id_where_the_seller_is_not_the_respondent_is_skipped(s, db):
+    responses.get(f"{API}/post-purchase/v1/claims/5000002", json=purchase_claim())
+    assert sync_claims.sync_claim(s, "5000002") == 0
+    assert db.links.get("claim", "5000002") is None
+    assert not [c for c in responses.calls if c.request.url.startswith(CW)]
+    assert not [c for c in responses.calls if "/messages" in c.request.url]
+
+
+@responses.activate
+def test_a_reply_to_a_claim_where_the_seller_is_not_the_respondent_is_refused(s, db):
+    reply_id = db.replies.accept(chatwoot_message_id=910, conversation_id=88, kind="claim", target_id="5000002",
+                                 parts=[{"text": "Olá"}], now=s.clock(), receiver="complainant")
+    responses.get(f"{API}/post-purchase/v1/claims/5000002", json=purchase_claim())
+    send = responses.post(f"{API}/post-purchase/v1/claims/5000002/actions/send-message", json={})
+    assert delivery.deliver(s, reply_id) == "failed"
+    assert send.call_count == 0
+    assert db.replies.get(reply_id)["error"] == "reclamação não é contra a loja"

@@ -64,6 +64,19 @@ def test_an_opened_claim_becomes_one_conversation_with_its_attributes_label_and_
     assert len(chatwoot.messages_in(conv["id"])) == 2
 
 
+def test_a_claim_the_seller_opened_on_its_own_purchase_never_shows_as_a_claim_against_the_store(claims_bridge):
+    bridge = claims_bridge
+    meli = bridge.fakes.meli.state
+    open_claim(meli)
+    meli.add_purchase_claim(5000002, 3000001)
+    meli.add_claim_message(5000002, "complainant", "Meu pedido não chegou")
+    assert bridge.once().returncode == 0
+    [conv] = claim_conversations(bridge)
+    assert conv["custom_attributes"]["meli_claim_id"] == str(CLAIM)
+    assert not any("Meu pedido não chegou" in (m["content"] or "")
+                   for m in bridge.fakes.chatwoot.state.messages.values())
+
+
 def test_the_sale_conversation_gets_a_note_pointing_to_the_claim(claims_bridge):
     bridge = claims_bridge
     meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state

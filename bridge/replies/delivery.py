@@ -390,6 +390,8 @@ def _deliver_claim(s: Services, reply: dict) -> None:
             raise
         # Another account's, or removed: retrying for a day would only tell the agent a day late.
         raise DeliveryFailed(CLAIM_UNREADABLE) from None
+    if not sync_claims.against_seller(claim, s.meli.seller_id()):
+        raise DeliveryFailed(CLAIM_NOT_AGAINST_SELLER)
     if claim.get("status") != "opened":
         raise DeliveryFailed(CLAIM_CLOSED)
     parts = s.db.replies.parts(reply["id"])
@@ -466,6 +468,14 @@ CLAIM_CLOSED = Refusal(
     "precisar falar com o comprador, use a conversa da venda (caixa Mercado Livre - Vendas), se ela "
     "estiver liberada.",
     "A reclamação foi encerrada no Mercado Livre e não aceita mais mensagens.")
+
+
+CLAIM_NOT_AGAINST_SELLER = Refusal(
+    "reclamação não é contra a loja",
+    "Nesta reclamação a conta da ponte não é o vendedor reclamado (é, por exemplo, uma reclamação sobre uma "
+    "compra da própria conta), então a ponte não responde por ela. Nada foi enviado. Confira o atributo "
+    "meli_claim_id desta conversa, ou responda pelo Mercado Livre.",
+    "Nesta reclamação a conta da ponte não é o vendedor reclamado.")
 
 
 CLAIM_UNREADABLE = Refusal(

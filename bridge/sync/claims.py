@@ -131,6 +131,11 @@ def respondent(claim: dict) -> dict:
     return next((p for p in claim.get("players") or [] if isinstance(p, dict) and p.get("role") == "respondent"), {})
 
 
+def against_seller(claim: dict, seller_id) -> bool:
+    """The seller is the claim's respondent: a claim it opened on its own purchase is not the store's."""
+    return str(respondent(claim).get("user_id")) == str(seller_id)
+
+
 def complainant_id(claim: dict):
     player = next((p for p in claim.get("players") or [] if isinstance(p, dict) and p.get("role") == "complainant"),
                   {})
@@ -360,9 +365,13 @@ def _open_claims(s: Services) -> tuple[dict[str, dict], bool]:
                   items=lambda page: [c for c in page.get("data") or []
                                       if isinstance(c, dict) and str(c.get("id") or "").isdigit()],
                   max_pages=MAX_SEARCH_PAGES)
+    seller_id = s.meli.seller_id()
     for _page, data in pages:
         for claim in data:
-            listed[str(claim["id"])] = claim
+            if against_seller(claim, seller_id):
+                listed[str(claim["id"])] = claim
+            else:
+                log.info("claim skipped: the seller is not its respondent claim=%s", claim["id"])
     return listed, pages.complete
 
 
@@ -397,6 +406,12 @@ def _sync_claim(s: Services, claim_id: str) -> int:
         # Out of reach now (another account's, or removed): stop following it.
         s.db.links.update("claim", claim_id, s.clock(), data=dict(link["data"], status="unavailable"))
         log.warning("claim no longer readable claim=%s status=%s", claim_id, exc.status)
+        return 0
+    if not against_seller(claim, s.meli.seller_id()):
+        # Its own purchase's claim (or a claim id typed in a conversation): not one to answer as the store.
+        if link:
+            s.db.links.update("claim", claim_id, s.clock(), data=dict(link["data"], status="not_respondent"))
+        log.warning("claim skipped: the seller is not its respondent claim=%s", claim_id)
         return 0
     messages = s.meli.claim_messages(claim_id)
     # Pruned by retention or erased: what the watermark covers stays out of Chatwoot, and a
