@@ -342,6 +342,11 @@ MIGRATIONS: list[Migration] = [
               """
         ALTER TABLE reply_parts ADD COLUMN last_attempt_at REAL;
     """),
+    _sql_step("replies: whom the agent addressed a claim reply to, beside the receiver it goes to", """
+        -- `receiver` is now final from acceptance (every part goes there); `addressed` is the
+        -- attribute's choice, kept so the agent is told when the reply went to the other one.
+        ALTER TABLE replies ADD COLUMN addressed TEXT;
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -31,15 +31,14 @@ def claim(stage="claim", status="opened", actions=("send_message_to_complainant"
 
 
 def test_a_reply_goes_to_the_buyer_unless_the_mediator_is_asked_for_or_the_only_one_allowed():
-    open_claim = claim()
-    dispute = claim(stage="dispute", actions=("send_message_to_mediator",))
-    both = claim(stage="dispute", actions=("send_message_to_complainant", "send_message_to_mediator"))
-    assert sync_claims.choose_receiver("complainant", open_claim) == "complainant"
-    assert sync_claims.choose_receiver("mediator", open_claim) is None
-    assert sync_claims.choose_receiver("complainant", dispute) == "mediator"
-    assert sync_claims.choose_receiver("complainant", both) == "complainant"
-    assert sync_claims.choose_receiver("mediator", both) == "mediator"
-    assert sync_claims.choose_receiver("complainant", claim(actions=("refund",))) is None
+    assert sync_claims.resolve_receiver("complainant", ["complainant"]) == "complainant"
+    assert sync_claims.resolve_receiver("mediator", ["complainant"]) == "mediator"  # refused at delivery
+    assert sync_claims.resolve_receiver("complainant", ["mediator"]) == "mediator"
+    assert sync_claims.resolve_receiver("complainant", ["complainant", "mediator"]) == "complainant"
+    assert sync_claims.resolve_receiver("mediator", ["complainant", "mediator"]) == "mediator"
+    assert sync_claims.resolve_receiver("complainant", []) == "complainant"
+    assert sync_claims.resolve_receiver("complainant", None) == "complainant"
+    assert sync_claims.allowed_receivers(claim(stage="dispute", actions=("send_message_to_mediator",))) == {"mediator"}
 
 
 def test_unknown_actions_are_shown_by_name_and_never_fail():
@@ -387,29 +386,45 @@ def test_a_claim_reply_split_in_parts_never_sends_its_rest_to_another_receiver(s
     assert "Segunda parte" not in [m["message"] for m in sent if m["receiver_role"] == "mediator"]
 
 
+def accept_claim_reply(s, db, message_id, content, reply_to=None):
+    """An agent's reply in claim conversation 88, accepted by the listener."""
+    attributes = {"meli_claim_id": CLAIM_ID} | ({"meli_claim_reply_to": reply_to} if reply_to else {})
+    status, _code, extra = accept.accept_webhook(
+        message_created(message_id=message_id, conversation_id=88, inbox_id=CLAIM_INBOX, content=content,
+                        custom_attributes=attributes), s.settings, db, s.clock())
+    assert status == "accepted", extra
+    return extra["reply_id"]
+
+
 @responses.activate
 def test_a_claim_reply_begun_to_the_mediator_as_the_only_receiver_ends_there(s, db):
-    reply_id = db.replies.accept(chatwoot_message_id=905, conversation_id=88, kind="claim", target_id=CLAIM_ID,
-                                 parts=[{"text": "Primeira parte"}, {"text": "Segunda parte"}], now=s.clock(),
-                                 receiver="complainant")
+    """Addressed to the buyer while only the mediator may be written to: the receiver is decided at
+    acceptance, and the part found arrived after a lost answer does not let the rest go elsewhere."""
+    db.links.update("claim", CLAIM_ID, 2.0, data=dict(db.links.get("claim", CLAIM_ID)["data"], receivers=["mediator"]))
+    reply_id = accept_claim_reply(s, db, 905, "palavra " * 300)
+    assert len(db.replies.parts(reply_id)) == 2
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
                   json=claim(stage="dispute", actions=("send_message_to_mediator",)))
-    sent = []
+    sent, arrived = [], []
 
     def send(request):
         sent.append(json.loads(request.body))
-        return (503, {}, "{}") if len(sent) == 2 else (200, {}, "{}")
+        arrived.append(respondent_message(sent[-1]["message"], 0) | {"date_created": iso(s.clock()),
+                                                                     "receiver_role": sent[-1]["receiver_role"]})
+        return (503, {}, "{}") if len(sent) == 1 else (200, {}, "{}")  # applied, its answer lost
 
     responses.add_callback(responses.POST, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message",
                            callback=send)
     assert delivery.deliver(s, reply_id) == "retry"
+    # Meanwhile the buyer may be written to again; the attribute changes too: neither moves the reply.
     responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
                       json=claim(stage="dispute", actions=("send_message_to_mediator", "send_message_to_complainant")))
-    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[])
+    responses.add_callback(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
+                           callback=lambda r: (200, {}, json.dumps(arrived)))
     s.clock.advance(3600)
     assert delivery.deliver(s, reply_id) == "delivered"
-    assert [(m["message"], m["receiver_role"]) for m in sent] == [
-        ("Primeira parte", "mediator"), ("Segunda parte", "mediator"), ("Segunda parte", "mediator")]
+    assert [m["receiver_role"] for m in sent] == ["mediator", "mediator"]
+    assert db.replies.get(reply_id)["receiver"] == "mediator"
 
 
 @responses.activate

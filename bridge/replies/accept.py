@@ -58,9 +58,11 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
                       limit=CLAIM_TEXT_LIMIT if kind == "claim" else text.POSTSALE_DEFAULT_LIMIT)
     if not plan.refused and target is None:
         plan.refused = UNLINKED
-    receiver = claim_receiver(attrs) if kind == "claim" else None
-    if kind == "claim" and not plan.refused and receiver is None:
+    addressed = claim_receiver(attrs) if kind == "claim" else None
+    if kind == "claim" and not plan.refused and addressed is None:
         plan.refused = RECEIVER_UNKNOWN
+    # Final here, for every part: decided later, a crash or a stage change could split the reply.
+    receiver = addressed and sync_claims.resolve_receiver(addressed, ((link or {}).get("data") or {}).get("receivers"))
     # Before the reply is recorded, so a delivery retried after a crash in between adopts it too.
     adopted = link is None and target is not None and db.links.adopt_conversation(
         LINK_KIND[kind], target, conversation_id, now)
@@ -70,7 +72,7 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
                                  target_id=target, parts=plan.parts, now=now,
                                  error=plan.refused and plan.refused.error, note=plan.refused and plan.refused.note,
                                  taken=ANSWER_TAKEN if kind == "answer" else None,
-                                 receiver=receiver)
+                                 receiver=receiver, addressed=addressed)
     if reply_id is None:
         return "duplicate", 200, {}
     extra = {"reply_id": reply_id, "kind": kind, "target": target, "parts": len(plan.parts)}

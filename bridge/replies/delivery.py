@@ -381,7 +381,7 @@ SEND_CLOCK_SKEW = 60.0  # seconds our clock may run ahead of Mercado Livre's
 
 
 def _deliver_claim(s: Services, reply: dict) -> None:
-    """Each part to `actions/send-message`, to the complainant or the mediator as the claim allows now."""
+    """Each part to `actions/send-message`, to the receiver fixed when the reply was accepted."""
     claim_id = reply["target_id"]
     try:
         claim = s.meli.claim(claim_id)
@@ -395,14 +395,10 @@ def _deliver_claim(s: Services, reply: dict) -> None:
     if claim.get("status") != "opened":
         raise DeliveryFailed(CLAIM_CLOSED)
     parts = s.db.replies.parts(reply["id"])
-    if any(part["status"] == "sent" for part in parts):
-        # The rest goes where the first parts went, or not at all: half a reply to each reader reaches nobody.
-        used = reply.get("receiver") or "complainant"
-        receiver = used if used in sync_claims.allowed_receivers(claim) else None
-    else:
-        receiver = sync_claims.choose_receiver(reply.get("receiver"), claim)
-    if receiver is None:
-        raise DeliveryFailed(_receiver_refused(reply.get("receiver"), claim))
+    # Fixed at acceptance: every part goes there or not at all (half a reply to each reader reaches nobody).
+    receiver = reply.get("receiver") or "complainant"
+    if receiver not in sync_claims.allowed_receivers(claim):
+        raise DeliveryFailed(_receiver_refused(receiver, claim))
     for part in parts:
         if part["status"] == "sent":
             continue
@@ -429,9 +425,6 @@ def _deliver_claim(s: Services, reply: dict) -> None:
                 from None
         crashpoint("claim_message_sent")
         s.db.replies.mark_part_sent(reply["id"], part["seq"], remote, s.clock())
-        if receiver != reply.get("receiver"):
-            s.db.replies.record_receiver(reply["id"], receiver)
-            reply = dict(reply, receiver=receiver)
         log.info("reply part sent reply=%s part=%d/%d claim=%s receiver=%s", reply["id"], part["seq"] + 1,
                  len(parts), claim_id, receiver)
 

@@ -34,7 +34,8 @@ class Reply(TypedDict):
     updated_at: float
     finished_at: float | None
     reported_at: float | None
-    receiver: str | None
+    receiver: str | None        # claims: complainant | mediator, fixed at acceptance for every part
+    addressed: str | None       # claims: whom the agent's attribute named (receiver may differ)
 
 
 class ReplyPart(TypedDict):
@@ -90,7 +91,8 @@ class RepliesStore:
 
     def accept(self, *, chatwoot_message_id: int, conversation_id: int, kind: str, target_id: str | None,
                parts: list[dict], now: float, error: str | None = None, note: str | None = None,
-               taken: tuple[str, str] | None = None, receiver: str | None = None) -> int | None:
+               taken: tuple[str, str] | None = None, receiver: str | None = None,
+               addressed: str | None = None) -> int | None:
         """Record an agent reply and its parts in one transaction.
 
         Returns the new reply id, or None when this Chatwoot message was already accepted
@@ -110,10 +112,10 @@ class RepliesStore:
             status = "failed" if error else "pending"
             cur = conn.execute(
                 "INSERT OR IGNORE INTO replies (chatwoot_message_id, conversation_id, kind, target_id, status,"
-                " next_attempt_at, error, note, created_at, updated_at, finished_at, receiver)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " next_attempt_at, error, note, created_at, updated_at, finished_at, receiver, addressed)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (chatwoot_message_id, conversation_id, kind, target_id, status, now, error, note, now, now,
-                 now if error else None, receiver))
+                 now if error else None, receiver, addressed or receiver))
             if cur.rowcount != 1:
                 return None
             reply_id = cur.lastrowid
@@ -222,11 +224,6 @@ class RepliesStore:
         with self._db.write() as conn:
             return conn.execute("UPDATE replies SET lease_until = ?, updated_at = ? WHERE status = 'sending'"
                                 " AND lease_until >= ?", (now - 1, now, now)).rowcount
-
-    def record_receiver(self, reply_id: int, receiver: str) -> None:
-        """The receiver a claim reply's parts went to (the mediator, when it was the only one allowed)."""
-        with self._db.write() as conn:
-            conn.execute("UPDATE replies SET receiver = ? WHERE id = ?", (receiver, reply_id))
 
     def mark_part_unsent(self, reply_id: int, seq: int) -> None:
         """The remote side has no trace of this part: it may be sent again."""

@@ -186,16 +186,13 @@ def allowed_receivers(claim: dict) -> set[str]:
     return {role for role in ("complainant", "mediator") if f"send_message_to_{role}" in names}
 
 
-def choose_receiver(wanted: str | None, claim: dict) -> str | None:
-    """Who a reply goes to: the buyer unless the agent asked for the mediator, or the mediator is
-    the only one the seller may address now. None: nobody can be written to."""
-    allowed = allowed_receivers(claim)
-    target = "mediator" if wanted == "mediator" else "complainant"
-    if target in allowed:
-        return target
-    if target == "complainant" and allowed == {"mediator"}:
+def resolve_receiver(wanted: str, allowed: list[str] | set[str] | None) -> str:
+    """Who a reply goes to, decided once when it is accepted (every part then goes there): the one the
+    agent addressed, or the mediator when the buyer was addressed and, as the claim stood at its last
+    sync, the mediator is the only one the seller may write to. `allowed` None: not known yet."""
+    if wanted == "complainant" and allowed is not None and set(allowed) == {"mediator"}:
         return "mediator"
-    return None
+    return wanted
 
 
 def next_action(claim: dict) -> tuple[str | None, str | None]:
@@ -476,7 +473,9 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
         _update_attributes(s, conversation_id, attributes)
     action, due = next_action(claim)
     # A message left for later must not wait for the claim's next change: the next poll reads it again.
+    # `receivers`: whom the seller may write to now, for the listener to resolve a reply's receiver.
     data.update(last_updated=None if deferred else claim.get("last_updated"), stage=claim.get("stage"),
+                receivers=sorted(allowed_receivers(claim)),
                 status=claim.get("status"), due=due, next_action=action, affects=affects,
                 awaiting_seller=awaiting_seller(messages),
                 last_message_at=max((parse_date(m.get("date_created")) or 0.0 for m in messages), default=0.0),
