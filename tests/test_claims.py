@@ -37,7 +37,8 @@ def test_a_reply_goes_to_the_buyer_unless_the_mediator_is_asked_for_or_the_only_
     assert sync_claims.resolve_receiver("complainant", ["complainant", "mediator"]) == "complainant"
     assert sync_claims.resolve_receiver("mediator", ["complainant", "mediator"]) == "mediator"
     assert sync_claims.resolve_receiver("complainant", []) == "complainant"
-    assert sync_claims.resolve_receiver("complainant", None) == "complainant"
+    assert sync_claims.resolve_receiver("complainant", None) is None  # decided at delivery, before any part
+    assert sync_claims.resolve_receiver("mediator", None) == "mediator"
     assert sync_claims.allowed_receivers(claim(stage="dispute", actions=("send_message_to_mediator",))) == {"mediator"}
 
 
@@ -103,7 +104,9 @@ def test_a_claim_reply_is_accepted_with_the_receiver_the_agent_chose(make_settin
     body = message_created(message_id=2, inbox_id=CLAIM_INBOX, content="Olá",
                            custom_attributes={"meli_claim_id": "5000001"})
     _status, _code, extra = accept.accept_webhook(body, settings, db, 1000.0)
-    assert db.replies.get(extra["reply_id"])["receiver"] == "complainant"
+    # The buyer, addressed in a claim not synced yet: the delivery decides, before the first part.
+    assert db.replies.get(extra["reply_id"])["addressed"] == "complainant"
+    assert db.replies.get(extra["reply_id"])["receiver"] is None
 
 
 @pytest.mark.parametrize("typed", ["Mediadora", "mediador.", "mediação do ML", "MEDIAÇÃO", "  mediador  ",
@@ -622,3 +625,29 @@ def test_a_reply_to_a_claim_where_the_seller_is_not_the_respondent_is_refused(s,
     assert delivery.deliver(s, reply_id) == "failed"
     assert send.call_count == 0
     assert db.replies.get(reply_id)["error"] == "reclamação não é contra a loja"
+
+
+@responses.activate
+def test_a_reply_accepted_before_its_claim_was_known_decides_its_receiver_once_before_the_first_part(s, db):
+    db.links.update("claim", CLAIM_ID, 2.0, data={k: v for k, v in db.links.get("claim", CLAIM_ID)["data"].items()
+                                                  if k != "receivers"})
+    reply_id = accept_claim_reply(s, db, 913, "palavra " * 300)
+    assert db.replies.get(reply_id)["receiver"] is None
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                  json=claim(stage="dispute", actions=("send_message_to_mediator",)))
+    sent = []
+
+    def send(request):
+        sent.append(json.loads(request.body))
+        return (503, {}, "{}") if len(sent) == 2 else (200, {}, "{}")
+
+    responses.add_callback(responses.POST, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message",
+                           callback=send)
+    assert delivery.deliver(s, reply_id) == "retry"
+    assert db.replies.get(reply_id)["receiver"] == "mediator"
+    responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                      json=claim(stage="dispute", actions=("send_message_to_complainant", "send_message_to_mediator")))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[])
+    s.clock.advance(3600)
+    assert delivery.deliver(s, reply_id) == "delivered"
+    assert [m["receiver_role"] for m in sent] == ["mediator", "mediator", "mediator"]

@@ -61,7 +61,7 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
     addressed = claim_receiver(attrs) if kind == "claim" else None
     if kind == "claim" and not plan.refused and addressed is None:
         plan.refused = RECEIVER_UNKNOWN
-    # Final here, for every part: decided later, a crash or a stage change could split the reply.
+    # Final here, for every part: decided per part, a crash or a stage change could split the reply.
     receiver = addressed and sync_claims.resolve_receiver(addressed, ((link or {}).get("data") or {}).get("receivers"))
     # Before the reply is recorded, so a delivery retried after a crash in between adopts it too.
     adopted = link is None and target is not None and db.links.adopt_conversation(

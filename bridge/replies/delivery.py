@@ -395,8 +395,11 @@ def _deliver_claim(s: Services, reply: dict) -> None:
     if claim.get("status") != "opened":
         raise DeliveryFailed(CLAIM_CLOSED)
     parts = s.db.replies.parts(reply["id"])
-    # Fixed at acceptance: every part goes there or not at all (half a reply to each reader reaches nobody).
-    receiver = reply.get("receiver") or "complainant"
+    # Fixed at acceptance (or, for a claim not known then, here before any part leaves): every part
+    # goes there or not at all (half a reply to each reader reaches nobody).
+    receiver = reply.get("receiver") or s.db.replies.fix_receiver(reply["id"], sync_claims.resolve_receiver(
+        reply.get("addressed") or "complainant", sync_claims.allowed_receivers(claim)) or "complainant")
+    reply = dict(reply, receiver=receiver)
     if receiver not in sync_claims.allowed_receivers(claim):
         raise DeliveryFailed(_receiver_refused(receiver, claim))
     for part in parts:

@@ -115,7 +115,7 @@ class RepliesStore:
                 " next_attempt_at, error, note, created_at, updated_at, finished_at, receiver, addressed)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (chatwoot_message_id, conversation_id, kind, target_id, status, now, error, note, now, now,
-                 now if error else None, receiver, addressed or receiver))
+                 now if error else None, receiver, addressed))
             if cur.rowcount != 1:
                 return None
             reply_id = cur.lastrowid
@@ -224,6 +224,13 @@ class RepliesStore:
         with self._db.write() as conn:
             return conn.execute("UPDATE replies SET lease_until = ?, updated_at = ? WHERE status = 'sending'"
                                 " AND lease_until >= ?", (now - 1, now, now)).rowcount
+
+    def fix_receiver(self, reply_id: int, receiver: str) -> str:
+        """A claim reply accepted before its claim was known decides its receiver once, before any part
+        leaves; returns the receiver every part uses (an earlier decision stands)."""
+        with self._db.write() as conn:
+            conn.execute("UPDATE replies SET receiver = ? WHERE id = ? AND receiver IS NULL", (receiver, reply_id))
+            return conn.execute("SELECT receiver FROM replies WHERE id = ?", (reply_id,)).fetchone()["receiver"]
 
     def mark_part_unsent(self, reply_id: int, seq: int) -> None:
         """The remote side has no trace of this part: it may be sent again."""

@@ -186,13 +186,16 @@ def allowed_receivers(claim: dict) -> set[str]:
     return {role for role in ("complainant", "mediator") if f"send_message_to_{role}" in names}
 
 
-def resolve_receiver(wanted: str, allowed: list[str] | set[str] | None) -> str:
-    """Who a reply goes to, decided once when it is accepted (every part then goes there): the one the
-    agent addressed, or the mediator when the buyer was addressed and, as the claim stood at its last
-    sync, the mediator is the only one the seller may write to. `allowed` None: not known yet."""
-    if wanted == "complainant" and allowed is not None and set(allowed) == {"mediator"}:
-        return "mediator"
-    return wanted
+def resolve_receiver(wanted: str, allowed: list[str] | set[str] | None) -> str | None:
+    """Who a reply goes to, decided once (every part then goes there): the one the agent addressed,
+    or the mediator when the buyer was addressed and the mediator is the only one the seller may
+    write to. `allowed` None: not known yet (a claim not synced in full), and None returned when
+    that matters: the delivery decides, from the claim it reads, before the first part leaves."""
+    if wanted != "complainant":
+        return wanted
+    if allowed is None:
+        return None
+    return "mediator" if set(allowed) == {"mediator"} else "complainant"
 
 
 def next_action(claim: dict) -> tuple[str | None, str | None]:
@@ -556,6 +559,7 @@ def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
                             data=dict(data or {}, buyer_id=buyer_id, order_id=order_id, pack_id=pack_id,
                                       sale_noted=sale_noted or bool((data or {}).get("sale_noted")),
                                       stage=claim.get("stage"), status="opened", due=due, affects=affects,
+                                      receivers=sorted(allowed_receivers(claim)),
                                       attributes=attributes))
     log.info("claim in chatwoot claim=%s buyer=%s order=%s conversation=%s", claim_id, buyer_id, order_id,
              conversation_id)
