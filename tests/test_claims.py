@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import settings as examples
 from hypothesis import strategies as st
 
-from bridge.replies import accept, delivery
+from bridge.replies import accept, delivery, refusal, report
 from bridge.sync import claims as sync_claims
 from tests.helpers import authorized_services
 from tests.payloads import message_created
@@ -625,6 +625,48 @@ def test_a_reply_to_a_claim_where_the_seller_is_not_the_respondent_is_refused(s,
     assert delivery.deliver(s, reply_id) == "failed"
     assert send.call_count == 0
     assert db.replies.get(reply_id)["error"] == "reclamação não é contra a loja"
+
+
+def test_a_partial_failure_names_the_mediator_when_the_parts_went_to_the_mediator():
+    parts = [{"seq": 0, "status": "sent", "text": None}, {"seq": 1, "status": "pending", "text": "Resto"}]
+    error, note = refusal.partial_failure(parts, "recusado", "nada foi", "Motivo.", "mediador do Mercado Livre")
+    assert error == "parte 1 de 2 enviada ao mediador do Mercado Livre; recusado"
+    assert note.startswith("A parte 1 de 2 chegou ao mediador do Mercado Livre; a parte 2 não.")
+    claim_reply = {"kind": "claim", "receiver": "mediator"}
+    assert refusal.receiver_name(claim_reply) == "mediador do Mercado Livre"
+    assert refusal.receiver_name(dict(claim_reply, receiver="complainant")) == "comprador"
+    assert refusal.receiver_name({"kind": "message", "receiver": None}) == "comprador"
+
+
+@responses.activate
+def test_a_reply_to_the_buyer_delivered_to_the_mediator_says_who_got_it(s, db):
+    db.links.update("claim", CLAIM_ID, 2.0, data=dict(db.links.get("claim", CLAIM_ID)["data"], receivers=["mediator"]))
+    reply_id = accept_claim_reply(s, db, 911, "Estamos verificando")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                  json=claim(stage="dispute", actions=("send_message_to_mediator",)))
+    send = responses.post(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message", json={})
+    assert delivery.deliver(s, reply_id) == "delivered"
+    assert json.loads(send.calls[0].request.body)["receiver_role"] == "mediator"
+    responses.patch(f"{CW}/conversations/88/messages/911", json={})
+    chatwoot_for_mirroring()
+    assert report.report_reply(s, db.replies.get(reply_id)) == 1
+    [note] = [json.loads(c.request.body)["content"] for c in responses.calls
+              if c.request.method == "POST" and c.request.url == f"{CW}/conversations/88/messages"]
+    assert note.startswith("Resposta entregue ao mediador do Mercado Livre, não ao comprador")
+
+
+@responses.activate
+def test_a_claim_reply_to_the_mediator_failed_in_part_says_the_mediator_got_the_first_part(s, db):
+    reply_id = accept_claim_reply(s, db, 912, "palavra " * 300, reply_to="mediador")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                  json=claim(stage="dispute", actions=("send_message_to_mediator",)))
+    answers = iter([(200, {}, "{}"), (400, {}, json.dumps({"error": "bad_request", "message": "texto inválido"}))])
+    responses.add_callback(responses.POST, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message",
+                           callback=lambda r: next(answers))
+    assert delivery.deliver(s, reply_id) == "failed"
+    reply = db.replies.get(reply_id)
+    assert reply["note"].startswith("A parte 1 de 2 chegou ao mediador do Mercado Livre; a parte 2 não.")
+    assert reply["error"].startswith("parte 1 de 2 enviada ao mediador do Mercado Livre;")
 
 
 @responses.activate

@@ -168,6 +168,9 @@ def test_a_reply_to_the_buyer_during_dispute_goes_to_the_mediator_the_only_recei
     reply = chatwoot.agent_reply(conv["id"], "Estamos verificando")
     wait_until(lambda: chatwoot.message(reply["id"])["status"] == "delivered", 20, what="delivered")
     assert meli.claim_sent[-1]["receiver_role"] == "mediator"
+    # Not a plain "delivered": the agent learns who got it.
+    wait_until(lambda: any(n.startswith("Resposta entregue ao mediador do Mercado Livre, não ao comprador")
+                           for n in contents(bridge, conv["id"], private=True)), 20, what="the receiver's note")
 
 
 def test_a_near_deadline_gives_one_note_and_urgent_priority(claims_bridge):

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from bridge.backoff import retry_delay
 from bridge.http import SETTLE, ApiError, PermanentError, TransientError, on_departure, settle
 from bridge.replies.accept import LINK_KIND
-from bridge.replies.refusal import Refusal
+from bridge.replies.refusal import Refusal, receiver_name
 from bridge.replies.report import GIVE_UP_AFTER, report_outcomes, report_reply
 from bridge.services import Services
 from bridge.sync import claims as sync_claims
@@ -112,7 +112,7 @@ def deliver(s: Services, reply_id: int) -> str | None:
         # an agent is not left thinking a day-old reply is still on its way.
         if s.clock() - reply["created_at"] > GIVE_UP_AFTER:
             # Parts sent before the authorization was lost are said, as for every other failure.
-            shown = REAUTH_GAVE_UP.after(s.db.replies.parts(reply_id))
+            shown = REAUTH_GAVE_UP.after(s.db.replies.parts(reply_id), receiver_name(s.db.replies.get(reply_id)))
             s.db.replies.mark_failed(reply_id, shown.error, shown.note, s.clock())
             log.error("reply failed after 24h waiting for reauthorization %s", ids)
             return "failed"
@@ -121,7 +121,7 @@ def deliver(s: Services, reply_id: int) -> str | None:
         log.warning("reply waiting for reauthorization %s", ids)
         return "retry"
     except DeliveryFailed as exc:
-        shown = exc.refusal.after(s.db.replies.parts(reply_id))
+        shown = exc.refusal.after(s.db.replies.parts(reply_id), receiver_name(s.db.replies.get(reply_id)))
         s.db.replies.mark_failed(reply_id, shown.error, shown.note, s.clock())
         log.warning("reply failed %s reason=%r after %dms", ids, exc.refusal.for_log,
                     (time.monotonic() - started) * 1000)
@@ -153,7 +153,7 @@ def _transient(s: Services, reply: dict, exc: ApiError, ids: str) -> str:
             "A resposta não pôde ser entregue ao Mercado Livre durante 24 horas de tentativas "
             f"(último erro: {exc.short()}). Envie de novo ou responda pelo Mercado Livre.",
             f"O Mercado Livre ficou indisponível durante 24 horas de tentativas (último erro: {exc.short()}).",
-        ).after(s.db.replies.parts(reply["id"]))
+        ).after(s.db.replies.parts(reply["id"]), receiver_name(s.db.replies.get(reply["id"])))
         s.db.replies.mark_failed(reply["id"], shown.error, shown.note, now)
         log.error("reply failed after 24h of retries %s last_error=%r", ids, exc.short())
         return "failed"
