@@ -355,6 +355,12 @@ class MeliClient(HttpClient):
             result = result.get("data") or result.get("messages") or []
         return [m for m in result or [] if isinstance(m, dict)]
 
+    def claim_reason(self, reason_id: str) -> str | None:
+        """The readable sentence (`detail`) of a claim reason such as PDD9939; None when it has none."""
+        result = self._api("GET", f"/post-purchase/v1/claims/reasons/{reason_id}") or {}
+        value = result.get("detail") if isinstance(result, dict) else None
+        return value.strip() if isinstance(value, str) and value.strip() else None
+
     def claim_affects_reputation(self, claim_id: str) -> str | None:
         result = self._api("GET", f"/post-purchase/v1/claims/{claim_id}/affects-reputation") or {}
         value = result.get("affects_reputation") if isinstance(result, dict) else None

@@ -18,6 +18,7 @@ from tests.helpers import authorized_services
 from tests.payloads import message_created
 
 CLAIM_INBOX = 9
+ZONE = "America/Sao_Paulo"
 
 
 def claim(stage="claim", status="opened", actions=("send_message_to_complainant",), due="2026-11-22T10:00:00.000Z"):
@@ -68,12 +69,12 @@ def test_the_mediator_speaks_with_a_visible_prefix_and_moderation_is_shown_with_
 def test_state_changes_become_notes_once_each():
     old = {"stage": "claim", "status": "opened", "due": "2026-11-22T10:00:00.000Z"}
     dispute = claim(stage="dispute", actions=("send_message_to_mediator",), due="2026-11-23T10:00:00.000Z")
-    events = dict(sync_claims.state_events(old, dispute))
+    events = dict(sync_claims.state_events(old, dispute, ZONE))
     assert set(events) == {"stage:dispute", "due:2026-11-23T10:00:00.000Z"}
     closed = dict(claim(status="closed"), resolution={"reason": "payment_refunded", "benefited": ["complainant"]})
-    events = dict(sync_claims.state_events(old, closed))
+    events = dict(sync_claims.state_events(old, closed, ZONE))
     assert list(events) == ["closed"] and "o comprador" in events["closed"]
-    assert sync_claims.state_events(dict(old, status="closed"), closed) == []
+    assert sync_claims.state_events(dict(old, status="closed"), closed, ZONE) == []
 
 
 def test_the_deadline_counts_only_when_near_and_the_seller_owes_an_answer():
@@ -189,7 +190,7 @@ def s(make_settings, db, clock):
     services = authorized_services(make_settings(CHATWOOT_CLAIMS_INBOX_ID=str(CLAIM_INBOX)), db, clock)
     data = {"buyer_id": 7001, "order_id": "2000001", "pack_id": "2000001", "stage": "claim", "status": "opened",
             "last_updated": "old", "due": "2026-11-22T10:00:00.000Z", "affects": "not_affected",
-            "attributes": sync_claims.claim_attributes(claim(), None, "not_affected")}
+            "attributes": sync_claims.claim_attributes(claim(), None, "not_affected", zone="America/Sao_Paulo")}
     db.links.mark_created("claim", CLAIM_ID, 1.0, conversation_id=88, contact_id=5, data=data)
     return services
 
@@ -246,14 +247,14 @@ def test_a_file_mercado_livre_no_longer_has_is_named_and_the_conversation_is_kep
               if c.request.method == "POST" and c.request.url == f"{CW}/conversations/88/messages"]
     [created] = [m for m in posted if not m["private"]]
     assert [m["content"] for m in posted if m["private"]] == [
-        "O prazo do vendedor mudou: responder ao comprador até 01/01/2030 00:00 UTC."]
+        "O prazo do vendedor mudou: responder ao comprador até 31/12/2029 21:00 (horário de Brasília)."]
     assert created["content"].startswith("Veja a foto") and "foto.png" in created["content"]
     assert "não disponível no Mercado Livre" in created["content"]
     # The due date moved: attributes updated, the agent's own attribute kept.
     [attributes] = [json.loads(c.request.body)["custom_attributes"] for c in responses.calls
                     if c.request.url == f"{CW}/conversations/88/custom_attributes"]
     assert attributes["meli_claim_reply_to"] == "mediador"
-    assert attributes["meli_claim_due_date"] == "2030-01-01T00:00:00.000Z"
+    assert attributes["meli_claim_due_date"] == "31/12/2029 21:00 (horário de Brasília)"
     link = db.links.get("claim", CLAIM_ID)
     assert link["conversation_id"] == 88 and link["data"]["last_updated"] == claim()["last_updated"]
 
@@ -535,15 +536,17 @@ def test_a_buyer_message_reopens_a_found_claim_conversation_an_agent_resolved(s,
 
 @responses.activate
 def test_a_found_claim_conversation_an_agent_resolved_is_reopened_for_the_claim_itself(s, db):
-    """Found rather than made, and resolved by an agent while still empty: the claim's summary (the
-    buyer's complaint) going in reopens it, though the buyer has written nothing else yet."""
+    """Found rather than made, and resolved by an agent while still empty: the claim itself (the
+    buyer's complaint, summed up in the bridge's private note) reopens it, though the buyer has
+    written nothing else yet."""
     found_resolved_conversation(db, [])
 
     sync_claims.sync_claim(s, CLAIM_ID)
     calls = [(c.request.url.rsplit("/", 1)[-1], json.loads(c.request.body)) for c in responses.calls
              if c.request.method == "POST" and c.request.url.startswith(f"{CW}/conversations/88/")]
     toggles = [i for i, (what, _b) in enumerate(calls) if what == "toggle_status"]
-    summary = [i for i, (what, body) in enumerate(calls) if what == "messages" and body["message_type"] == "incoming"]
+    summary = [i for i, (what, body) in enumerate(calls) if what == "messages" and "abriu uma" in body["content"]]
+    assert all(calls[i][1]["private"] and calls[i][1]["message_type"] == "outgoing" for i in summary)
     assert toggles and summary and toggles[0] < summary[0]
     assert all(calls[i][1] == {"status": "open"} for i in toggles)
     assert db.links.get("claim", CLAIM_ID)["status"] == "created"
@@ -693,3 +696,45 @@ def test_a_reply_accepted_before_its_claim_was_known_decides_its_receiver_once_b
     s.clock.advance(3600)
     assert delivery.deliver(s, reply_id) == "delivered"
     assert [m["receiver_role"] for m in sent] == ["mediator", "mediator", "mediator"]
+
+
+@responses.activate
+def test_a_new_claim_shows_its_reasons_name_asked_once_and_its_summary_as_a_private_note(s, db):
+    found_resolved_conversation(db, [])
+    reason = responses.get(f"{API}/post-purchase/v1/claims/reasons/PDD9939",
+                           json={"id": "PDD9939", "flow": "post_purchase_delivered", "name": "repentant_buyer",
+                                 "detail": "O comprador se arrependeu da compra", "status": "active"})
+    sync_claims.sync_claim(s, CLAIM_ID)
+    notes = [json.loads(c.request.body) for c in responses.calls
+             if c.request.method == "POST" and c.request.url == f"{CW}/conversations/88/messages"]
+    [summary] = [n for n in notes if "abriu uma" in n["content"]]
+    assert summary["private"] is True and summary["message_type"] == "outgoing"
+    assert summary["source_id"].startswith("meli:")
+    assert "Motivo: O comprador se arrependeu da compra (PDD9939)" in summary["content"]
+    assert "(horário de Brasília)" in summary["content"] and "UTC" not in summary["content"]
+    link = db.links.get("claim", CLAIM_ID)
+    assert link["data"]["attributes"]["meli_claim_reason"] == "O comprador se arrependeu da compra (PDD9939)"
+    # Cached: the next read of the claim does not ask again.
+    db.links.update("claim", CLAIM_ID, 3.0, data=dict(link["data"], last_updated="older"))
+    sync_claims.sync_claim(s, CLAIM_ID)
+    assert reason.call_count == 1
+
+
+@responses.activate
+def test_a_reasons_name_mercado_livre_cannot_give_shows_the_id_and_is_asked_again_later(s, db):
+    found_resolved_conversation(db, [])
+    responses.get(f"{API}/post-purchase/v1/claims/reasons/PDD9939", status=503, json={"error": "unavailable"})
+    responses.post(f"{CW}/conversations/88/custom_attributes", json={})
+    sync_claims.sync_claim(s, CLAIM_ID)
+    link = db.links.get("claim", CLAIM_ID)
+    assert link["status"] == "created" and link["data"]["attributes"]["meli_claim_reason"] == "PDD9939"
+    assert sync_claims.retry_optional_facts(s) == 0  # the next poll asks again: still failing
+    responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/reasons/PDD9939",
+                      json={"id": "PDD9939", "detail": "O comprador se arrependeu da compra"})
+    assert sync_claims.retry_optional_facts(s) == 0  # not again before FACT_RETRY
+    s.clock.advance(sync_claims.FACT_RETRY)
+    assert sync_claims.retry_optional_facts(s) == 1
+    [attributes] = [json.loads(c.request.body)["custom_attributes"] for c in responses.calls
+                    if c.request.url == f"{CW}/conversations/88/custom_attributes"]
+    assert attributes["meli_claim_reason"] == "O comprador se arrependeu da compra (PDD9939)"
+    assert sync_claims.retry_optional_facts(s) == 0

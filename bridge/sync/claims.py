@@ -24,9 +24,8 @@ import os
 import re
 import time
 import unicodedata
-from datetime import datetime, timezone
 
-from bridge import failures, source_ids
+from bridge import failures, source_ids, text
 from bridge.http import ApiError, PermanentError
 from bridge.paging import Pages
 from bridge.services import Services
@@ -44,6 +43,7 @@ MAX_SEARCH_PAGES = 40
 DUE_SOON = 24 * 3600.0
 # An optional fact (does the claim affect the reputation?) whose lookup failed is asked again this often.
 FACT_RETRY = 600.0
+REASON_MAX_AGE = 7 * 86400.0  # the cache's own lifetime (Database.prune)
 # Moderation usually acts within minutes of a message being accepted (as for post-sale replies).
 MODERATION_CHECK_AFTER = 120.0
 MODERATION_CHECK_UNTIL = 1800.0
@@ -211,14 +211,23 @@ def action_name(action: str | None) -> str:
     return ACTIONS.get(action, action.replace("_", " ") if action else "nenhuma")
 
 
-def when(date: str | None) -> str:
-    moment = parse_date(date)
-    if moment is None:
-        return "sem prazo"
-    return datetime.fromtimestamp(moment, timezone.utc).strftime("%d/%m/%Y %H:%M UTC")
+def when(date: str | None, zone: str) -> str:
+    """A Mercado Livre date (UTC) as agents read it: local time, in `zone` (DISPLAY_TIMEZONE)."""
+    return text.local_time(parse_date(date), zone) or "sem prazo"
 
 
-def claim_attributes(claim: dict, order: dict | None, affects: str | None) -> dict:
+def reason_label(reason_id, detail: str | None) -> str:
+    """The claim's reason as agents read it: Mercado Livre's sentence, its id kept beside it (or alone,
+    while the sentence is unknown)."""
+    reason_id = str(reason_id or "")
+    if detail and reason_id:
+        return f"{detail} ({reason_id})"
+    return detail or reason_id or "não informado"
+
+
+def claim_attributes(claim: dict, order: dict | None, affects: str | None, *, zone: str,
+                     reason: str | None = None) -> dict:
+    """`reason`: the reason's readable sentence, when known."""
     action, due = next_action(claim)
     order_id = str(claim.get("resource_id") or "") if claim.get("resource") == "order" else ""
     if order:
@@ -231,25 +240,26 @@ def claim_attributes(claim: dict, order: dict | None, affects: str | None) -> di
         "meli_claim_type": str(claim.get("type") or ""),
         "meli_claim_stage": str(claim.get("stage") or ""),
         "meli_claim_status": str(claim.get("status") or ""),
-        "meli_claim_reason": str(claim.get("reason_id") or ""),
+        "meli_claim_reason": reason_label(claim.get("reason_id"), reason) if claim.get("reason_id") or reason else "",
         "meli_claim_next_action": action or "",
-        "meli_claim_due_date": due or "",
+        "meli_claim_due_date": when(due, zone) if due else "",
         "meli_claim_affects_reputation": affects or "",
         "meli_claim_url": CLAIM_URL.format(claim_id=claim.get("id")),
         "meli_sale_url": SALE_URL.format(order_id=order_id) if order_id else "",
     }
 
 
-def summary_message(claim: dict, order: dict | None) -> str:
+def summary_message(claim: dict, order: dict | None, *, zone: str, reason: str | None = None) -> str:
+    """The bridge's own account of the claim: a private note, never written as the buyer."""
     kind = TYPES.get(claim.get("type"), str(claim.get("type") or "reclamação"))
     lines = [f"O comprador abriu uma {kind} no Mercado Livre (reclamação {claim.get('id')})."]
     for line in (order or {}).get("order_items") or []:
         title = (line.get("item") or {}).get("title") or (line.get("item") or {}).get("id") or "item"
         lines.append(f"- {line.get('quantity') or 1} x {title}")
-    lines.append(f"Motivo: {claim.get('reason_id') or 'não informado'}")
+    lines.append(f"Motivo: {reason_label(claim.get('reason_id'), reason)}")
     action, due = next_action(claim)
     if action:
-        lines.append(f"Próxima ação do vendedor: {action_name(action)} ({when(due)})")
+        lines.append(f"Próxima ação do vendedor: {action_name(action)} ({when(due, zone)})")
     order_id = (order or {}).get("id") or (claim.get("resource_id") if claim.get("resource") == "order" else None)
     if order_id:
         lines.append(f"Venda: {SALE_URL.format(order_id=order_id)}")
@@ -272,7 +282,7 @@ def message_content(message: dict, direction: str) -> str:
     return body
 
 
-def state_events(old: dict, claim: dict) -> list[tuple[str, str]]:
+def state_events(old: dict, claim: dict, zone: str) -> list[tuple[str, str]]:
     """(event key, private note) for each change since `old` (the claim's link data)."""
     events = []
     stage, status = claim.get("stage"), claim.get("status")
@@ -285,7 +295,7 @@ def state_events(old: dict, claim: dict) -> list[tuple[str, str]]:
         events.append((f"stage:{stage}", text))
     action, due = next_action(claim)
     if status != "closed" and due and old.get("due") and due != old.get("due"):
-        events.append((f"due:{due}", f"O prazo do vendedor mudou: {action_name(action)} até {when(due)}."))
+        events.append((f"due:{due}", f"O prazo do vendedor mudou: {action_name(action)} até {when(due, zone)}."))
     if status == "closed" and old.get("status") != "closed":
         events.append(("closed", closed_note(claim)))
     return events
@@ -463,9 +473,10 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
     created, deferred = _mirror_messages(s, claim_id, conversation_id, to_mirror, reopen=old is not None or found)
     # A conversation made again after an agent deleted it compares with what the claim was then.
     before = old or (data if data.get("stage") else {"stage": claim.get("stage"), "due": None})
-    for event, note in state_events(before, claim):
+    for event, note in state_events(before, claim, s.settings.display_timezone):
         _event(s, claim_id, event, conversation_id, note, resolve=event == "closed")
-    attributes = claim_attributes(claim, order, affects)
+    reason = _reason_detail(s, claim.get("reason_id"))
+    attributes = claim_attributes(claim, order, affects, zone=s.settings.display_timezone, reason=reason)
     if old is not None and not order:
         # The order was read when the conversation was made: keep its ids.
         attributes.update(meli_order_id=old.get("order_id") or attributes["meli_order_id"],
@@ -480,7 +491,7 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
     data.update(last_updated=None if deferred else claim.get("last_updated"), stage=claim.get("stage"),
                 receivers=sorted(allowed_receivers(claim)),
                 status=claim.get("status"), due=due, next_action=action, affects=affects,
-                awaiting_seller=awaiting_seller(messages),
+                awaiting_seller=awaiting_seller(messages), reason_named=bool(reason) or not claim.get("reason_id"),
                 last_message_at=max((parse_date(m.get("date_created")) or 0.0 for m in messages), default=0.0),
                 attributes=attributes)
     s.db.links.update("claim", claim_id, s.clock(), data=data)
@@ -500,30 +511,58 @@ def _affects_reputation(s: Services, claim_id: str, known: str | None = None) ->
         return known
 
 
+def _reason_detail(s: Services, reason_id) -> str | None:
+    """Mercado Livre's sentence for a claim reason (cached: reasons change rarely); None when unknown
+    or the lookup failed, and the id is shown instead: never a reason to hold the claim up."""
+    reason_id = str(reason_id or "")
+    if not reason_id or not reason_id.isalnum():
+        return None
+    cached = s.db.cache.get_many("claim_reason", [reason_id], REASON_MAX_AGE, s.clock())
+    if reason_id in cached:
+        return cached[reason_id]
+    try:
+        detail = s.meli.claim_reason(reason_id)
+    except ReauthorizationRequired:
+        raise
+    except ApiError as exc:
+        log.warning("claim reason name unknown reason=%s error=%r", reason_id, exc.short())
+        return None
+    if detail:
+        s.db.cache.put_many("claim_reason", {reason_id: detail}, s.clock())
+    return detail
+
+
 def retry_optional_facts(s: Services) -> int:
-    """Open claims shown without an optional fact (a lookup failed): asked again, at most once per
-    FACT_RETRY each, and shown once known. Returns the claims completed."""
+    """Open claims shown without an optional fact (a lookup failed: the reputation effect, the reason's
+    name): asked again, at most once per FACT_RETRY each, and shown once known. Returns the claims completed."""
     completed = 0
     for link in s.db.links.by_status("claim", "created"):
         if s.stopping.is_set():
             break
         data = link["data"]
-        if data.get("status") != "opened" or data.get("affects") is not None \
-                or s.clock() - (data.get("affects_tried_at") or 0.0) < FACT_RETRY:
+        if data.get("status") != "opened" or (data.get("affects") is not None and data.get("reason_named", True)) \
+                or s.clock() - (data.get("facts_tried_at") or 0.0) < FACT_RETRY:
             continue
         claim_id = link["external_id"]
         with s.locks.hold(f"claim:{claim_id}"):
-            affects = _affects_reputation(s, claim_id)
             current = s.db.links.get("claim", claim_id) or link
-            data = dict(current["data"], affects_tried_at=s.clock())
-            if affects is not None and data.get("affects") is None:
-                attributes = dict(data.get("attributes") or {}, meli_claim_affects_reputation=affects)
+            data = dict(current["data"], facts_tried_at=s.clock())
+            attributes = dict(data.get("attributes") or {})
+            if data.get("affects") is None:
+                data["affects"] = _affects_reputation(s, claim_id)
+                attributes["meli_claim_affects_reputation"] = data["affects"] or ""
+            if not data.get("reason_named", True):
+                reason_id = attributes.get("meli_claim_reason") or ""
+                detail = _reason_detail(s, reason_id)
+                data["reason_named"] = bool(detail)
+                attributes["meli_claim_reason"] = reason_label(reason_id, detail)
+            if attributes != data.get("attributes"):
                 try:
                     _update_attributes(s, current["conversation_id"], attributes)
                 except PermanentError as exc:
                     if not is_gone(exc):
                         raise
-                data.update(affects=affects, attributes=attributes)
+                data["attributes"] = attributes
                 completed += 1
             s.db.links.update("claim", claim_id, s.clock(), data=data)
     return completed
@@ -542,7 +581,8 @@ def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
     buyer = (order or {}).get("buyer") or {}
     buyer_id = buyer.get("id") or complainant_id(claim)
     affects = _affects_reputation(s, claim_id)
-    attributes = claim_attributes(claim, order, affects)
+    reason = _reason_detail(s, claim.get("reason_id"))
+    attributes = claim_attributes(claim, order, affects, zone=s.settings.display_timezone, reason=reason)
     contact_id, conversation_id, fresh = open_conversation(
         s, kind="claim", external_id=claim_id, inbox_id=s.settings.chatwoot_claims_inbox_id, buyer_id=buyer_id,
         nickname=buyer.get("nickname"), custom_attributes=attributes)
@@ -551,7 +591,8 @@ def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
         # Found, and maybe resolved by an agent while it was empty: the claim itself is the buyer's
         # first word. Before its summary goes in: once recorded, nothing would say it must reopen.
         s.chatwoot.set_status(conversation_id, "open")
-    _event(s, claim_id, "opened", conversation_id, summary_message(claim, order), incoming=True)
+    _event(s, claim_id, "opened", conversation_id,
+           summary_message(claim, order, zone=s.settings.display_timezone, reason=reason))
     order_id, pack_id = attributes["meli_order_id"], attributes["meli_pack_id"]
     sale_noted = _point_sale_to_claim(s, claim_id, conversation_id, pack_id, order_id)
     action, due = next_action(claim)
@@ -585,9 +626,10 @@ def _point_sale_to_claim(s: Services, claim_id: str, conversation_id: int, pack_
     return True
 
 
-def _event(s: Services, claim_id: str, event: str, conversation_id: int, content: str, *, incoming: bool = False,
+def _event(s: Services, claim_id: str, event: str, conversation_id: int, content: str, *,
            resolve: bool = False, priority: str | None = None) -> None:
-    """One message or private note per claim event, whatever crashes in between."""
+    """One private note per claim event, whatever crashes in between (the bridge's own words: never
+    posted as an incoming message, which would read as the buyer's)."""
     key = f"{claim_id}:{event}"
     link, fresh = s.db.links.record_intent("claim_event", key, s.clock(), conversation_id=conversation_id)
     if link["status"] == "created":
@@ -595,8 +637,6 @@ def _event(s: Services, claim_id: str, event: str, conversation_id: int, content
     source = source_ids.claim_event(claim_id, event)
 
     def create() -> dict:
-        if incoming:
-            return s.chatwoot.create_message(conversation_id, content, message_type="incoming", source_id=source)
         return s.chatwoot.note(conversation_id, content, source_id=source)
 
     ensure_message(s, "claim_event", key, conversation_id, source, create, crash=None,
@@ -734,8 +774,8 @@ def _deadline(s: Services, link: dict | None) -> int:
     if any(r["created_at"] >= (data.get("last_message_at") or 0.0) for r in replies):
         return 0  # an agent answered since: the reply is on its way
     note = (f"Prazo perto do fim: o vendedor precisa {action_name(data.get('next_action'))} até "
-            f"{when(data['due'])} e nada foi enviado desde a última mensagem. Sem resposta no prazo, o Mercado Livre "
-            "pode decidir a reclamação a favor do comprador.")
+            f"{when(data['due'], s.settings.display_timezone)} e nada foi enviado desde a última mensagem. Sem "
+            "resposta no prazo, o Mercado Livre pode decidir a reclamação a favor do comprador.")
     _event(s, link["external_id"], f"due_soon:{data['due']}", link["conversation_id"], note, priority="urgent")
     s.db.links.update("claim", link["external_id"], s.clock(), data=dict(data, due_noted=data["due"]))
     log.warning("claim deadline near claim=%s conversation=%s due=%s", link["external_id"], link["conversation_id"],

@@ -26,6 +26,12 @@ MAX_MULTIGET = 20
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 UPLOAD_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "pdf": "application/pdf",
                 "txt": "text/plain"}
+# Claim reasons by id: (flow, name, the readable sentence Mercado Livre shows).
+CLAIM_REASONS = {
+    "PDD9939": ("post_purchase_delivered", "repentant_buyer", "O comprador se arrependeu da compra"),
+    "PDD9944": ("post_purchase_delivered", "defective_item", "O produto chegou com defeito"),
+    "PNR9501": ("post_purchase_not_received", "not_received", "O produto não chegou"),
+}
 DEFAULT_REDIRECT_URI = "https://bridge.example.com/oauth/callback"
 INVALID_GRANT = ("Error validating grant. Your authorization code or refresh token may be expired "
                  "or it was already used")
@@ -960,6 +966,15 @@ def create_meli_app(state: MeliState) -> Flask:
         if not claim_or_404(claim_id) or not found or found.get("claim_id") != claim_id:
             return not_found(f"attachment {filename}")
         return Response(found["content"], mimetype=found["content_type"])
+
+    @app.get("/post-purchase/v1/claims/reasons/<reason_id>")
+    def claim_reason(reason_id: str):
+        found = CLAIM_REASONS.get(reason_id)
+        if not found:
+            return not_found(f"reason {reason_id}")
+        flow, name, detail = found
+        return jsonify({"id": reason_id, "flow": flow, "name": name, "detail": detail, "settings": {},
+                        "status": "active"})
 
     @app.get("/post-purchase/v1/claims/<int:claim_id>/affects-reputation")
     def claim_affects_reputation(claim_id: int):
