@@ -728,6 +728,11 @@ def test_a_reasons_name_mercado_livre_cannot_give_shows_the_id_and_is_asked_agai
     sync_claims.sync_claim(s, CLAIM_ID)
     link = db.links.get("claim", CLAIM_ID)
     assert link["status"] == "created" and link["data"]["attributes"]["meli_claim_reason"] == "PDD9939"
+    # A change of the claim does not ask again (the retry pass does, at its pace).
+    reasons = len([c for c in responses.calls if "/reasons/" in c.request.url])
+    db.links.update("claim", CLAIM_ID, 3.0, data=dict(link["data"], last_updated="older"))
+    sync_claims.sync_claim(s, CLAIM_ID)
+    assert len([c for c in responses.calls if "/reasons/" in c.request.url]) == reasons
     assert sync_claims.retry_optional_facts(s) == 0  # the next poll asks again: still failing
     responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/reasons/PDD9939",
                       json={"id": "PDD9939", "detail": "O comprador se arrependeu da compra"})

@@ -475,7 +475,9 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
     before = old or (data if data.get("stage") else {"stage": claim.get("stage"), "due": None})
     for event, note in state_events(before, claim, s.settings.display_timezone):
         _event(s, claim_id, event, conversation_id, note, resolve=event == "closed")
-    reason = _reason_detail(s, claim.get("reason_id"))
+    # A name that could not be had is left to retry_optional_facts (at most every FACT_RETRY), not
+    # asked again at every change of the claim.
+    reason = _reason_detail(s, claim.get("reason_id")) if (old or {}).get("reason_named", True) else None
     attributes = claim_attributes(claim, order, affects, zone=s.settings.display_timezone, reason=reason)
     if old is not None and not order:
         # The order was read when the conversation was made: keep its ids.
@@ -491,7 +493,8 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
     data.update(last_updated=None if deferred else claim.get("last_updated"), stage=claim.get("stage"),
                 receivers=sorted(allowed_receivers(claim)),
                 status=claim.get("status"), due=due, next_action=action, affects=affects,
-                awaiting_seller=awaiting_seller(messages), reason_named=bool(reason) or not claim.get("reason_id"),
+                awaiting_seller=awaiting_seller(messages),
+                reason_named=bool(reason) or not claim.get("reason_id") or _alnum_free(claim.get("reason_id")),
                 last_message_at=max((parse_date(m.get("date_created")) or 0.0 for m in messages), default=0.0),
                 attributes=attributes)
     s.db.links.update("claim", claim_id, s.clock(), data=data)
@@ -509,6 +512,11 @@ def _affects_reputation(s: Services, claim_id: str, known: str | None = None) ->
     except ApiError as exc:
         log.warning("claim reputation effect unknown claim=%s error=%r", claim_id, exc.short())
         return known
+
+
+def _alnum_free(reason_id) -> bool:
+    """A reason id never asked for (not a plain code): nothing to retry."""
+    return not str(reason_id or "").isalnum()
 
 
 def _reason_detail(s: Services, reason_id) -> str | None:
