@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 from dotenv import load_dotenv
 
@@ -41,6 +42,16 @@ class ConfigError(Exception):
 
 
 MIN_RETENTION_DAYS = 7
+DEFAULT_DISPLAY_TIMEZONE = "America/Sao_Paulo"
+
+
+def known_zone(name: str) -> bool:
+    """An IANA time zone this machine can convert to (the image carries the tzdata package)."""
+    try:
+        ZoneInfo(name)
+    except (KeyError, ValueError, OSError):  # not found, a malformed key, a path that is no zone file
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,7 @@ class Settings:
     meli_post_per_minute: float = 500.0
     chatwoot_per_minute: float = 3000.0
     retention_days: int = 90
+    display_timezone: str = DEFAULT_DISPLAY_TIMEZONE
 
     def secrets(self) -> list[str]:
         """Every configured value that must never reach a log line."""
@@ -237,6 +249,13 @@ def _read(env: Mapping[str, str] | None, *, require_webhook_secret: bool = False
     if port > 65535:
         r._problem("PORT", "must be a TCP port between 1 and 65535", "5000")
 
+    display_timezone = r.text("DISPLAY_TIMEZONE", required=False, example=DEFAULT_DISPLAY_TIMEZONE,
+                              default=DEFAULT_DISPLAY_TIMEZONE) or DEFAULT_DISPLAY_TIMEZONE
+    if not known_zone(display_timezone):
+        r._problem("DISPLAY_TIMEZONE", "is not a known time zone (an IANA name such as America/Manaus or "
+                   "America/Argentina/Buenos_Aires)", DEFAULT_DISPLAY_TIMEZONE)
+        display_timezone = DEFAULT_DISPLAY_TIMEZONE
+
     values = dict(
         meli_app_id=r.positive_int("MELI_APP_ID", required=require_inboxes, example="1234567890123456"),
         meli_secret_key=r.secret("MELI_SECRET_KEY", required=require_inboxes, example="your-app-secret"),
@@ -272,6 +291,7 @@ def _read(env: Mapping[str, str] | None, *, require_webhook_secret: bool = False
         meli_post_per_minute=r.positive_float("MELI_POST_PER_MINUTE", example="500", default=500.0),
         chatwoot_per_minute=r.positive_float("CHATWOOT_PER_MINUTE", example="3000", default=3000.0),
         retention_days=r.positive_int("RETENTION_DAYS", required=False, example="90", default=90),
+        display_timezone=display_timezone,
     )
     if values["retention_days"] < MIN_RETENTION_DAYS:
         # A shorter window could prune a sale the buyer is still writing about.

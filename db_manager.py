@@ -390,6 +390,11 @@ MIGRATIONS: list[Migration] = [
     """),
     Migration("replies: an id is never used again once deleted (AUTOINCREMENT), counting on from the highest"
               " id any row still names", _replies_ids_never_reused),
+    _sql_step("replies: whom the agent addressed a claim reply to, beside the receiver it goes to", """
+        -- `receiver` is now final from acceptance (every part goes there); `addressed` is the
+        -- attribute's choice, kept so the agent is told when the reply went to the other one.
+        ALTER TABLE replies ADD COLUMN addressed TEXT;
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

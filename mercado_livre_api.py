@@ -353,8 +353,11 @@ class MeliClient(HttpClient):
     # ---- claims -----------------------------------------------------------------------------------
 
     def claims_search(self, status: str = "opened", offset: int = 0, limit: int = 50) -> dict:
+        """Claims against the seller only (respondent): without the two players filters, which go
+        together, the search also returns the account's own purchases' claims."""
         return self._api("GET", "/post-purchase/v1/claims/search",
-                         params={"status": status, "offset": offset, "limit": limit}) or {}
+                         params={"players.role": "respondent", "players.user_id": self.seller_id(),
+                                 "status": status, "offset": offset, "limit": limit}) or {}
 
     def claim(self, claim_id: str) -> dict:
         return self._api("GET", f"/post-purchase/v1/claims/{claim_id}") or {}
@@ -365,6 +368,12 @@ class MeliClient(HttpClient):
         if isinstance(result, dict):
             result = result.get("data") or result.get("messages") or []
         return [m for m in result or [] if isinstance(m, dict)]
+
+    def claim_reason(self, reason_id: str) -> str | None:
+        """The readable sentence (`detail`) of a claim reason such as PDD9939; None when it has none."""
+        result = self._api("GET", f"/post-purchase/v1/claims/reasons/{reason_id}") or {}
+        value = result.get("detail") if isinstance(result, dict) else None
+        return value.strip() if isinstance(value, str) and value.strip() else None
 
     def claim_affects_reputation(self, claim_id: str) -> str | None:
         result = self._api("GET", f"/post-purchase/v1/claims/{claim_id}/affects-reputation") or {}

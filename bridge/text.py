@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from markdown_it import MarkdownIt
 from markdown_it.rules_inline import StateInline
@@ -337,3 +339,16 @@ def split_message(text: str, limit: int = POSTSALE_DEFAULT_LIMIT) -> list[str]:
     if start < len(text):
         parts.append(text[start:])
     return parts
+
+
+# How a zone is named after a time shown to agents; any other zone by its IANA name.
+ZONE_NAMES = {"America/Sao_Paulo": "horário de Brasília"}
+
+
+def local_time(moment: float | None, zone: str) -> str | None:
+    """The one way a date is shown to agents: in the display time zone (DISPLAY_TIMEZONE), never UTC.
+    `moment` in epoch seconds; None when there is no date to show."""
+    if moment is None:
+        return None
+    shown = datetime.fromtimestamp(moment, ZoneInfo(zone))
+    return f"{shown:%d/%m/%Y %H:%M} ({ZONE_NAMES.get(zone, zone)})"

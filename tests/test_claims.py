@@ -1,18 +1,24 @@
 """Claims: pure decisions, the listener's acceptance of claim replies, the sync against recorded state."""
 
 import json
+import re
 import threading
 import time
+import unicodedata
 
 import pytest
 import responses
+from hypothesis import given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 
-from bridge.replies import accept, delivery
+from bridge.replies import accept, delivery, refusal, report
 from bridge.sync import claims as sync_claims
 from tests.helpers import authorized_services
 from tests.payloads import message_created
 
 CLAIM_INBOX = 9
+ZONE = "America/Sao_Paulo"
 
 
 def claim(stage="claim", status="opened", actions=("send_message_to_complainant",), due="2026-11-22T10:00:00.000Z"):
@@ -26,15 +32,15 @@ def claim(stage="claim", status="opened", actions=("send_message_to_complainant"
 
 
 def test_a_reply_goes_to_the_buyer_unless_the_mediator_is_asked_for_or_the_only_one_allowed():
-    open_claim = claim()
-    dispute = claim(stage="dispute", actions=("send_message_to_mediator",))
-    both = claim(stage="dispute", actions=("send_message_to_complainant", "send_message_to_mediator"))
-    assert sync_claims.choose_receiver("complainant", open_claim) == "complainant"
-    assert sync_claims.choose_receiver("mediator", open_claim) is None
-    assert sync_claims.choose_receiver("complainant", dispute) == "mediator"
-    assert sync_claims.choose_receiver("complainant", both) == "complainant"
-    assert sync_claims.choose_receiver("mediator", both) == "mediator"
-    assert sync_claims.choose_receiver("complainant", claim(actions=("refund",))) is None
+    assert sync_claims.resolve_receiver("complainant", ["complainant"]) == "complainant"
+    assert sync_claims.resolve_receiver("mediator", ["complainant"]) == "mediator"  # refused at delivery
+    assert sync_claims.resolve_receiver("complainant", ["mediator"]) == "mediator"
+    assert sync_claims.resolve_receiver("complainant", ["complainant", "mediator"]) == "complainant"
+    assert sync_claims.resolve_receiver("mediator", ["complainant", "mediator"]) == "mediator"
+    assert sync_claims.resolve_receiver("complainant", []) == "complainant"
+    assert sync_claims.resolve_receiver("complainant", None) is None  # decided at delivery, before any part
+    assert sync_claims.resolve_receiver("mediator", None) == "mediator"
+    assert sync_claims.allowed_receivers(claim(stage="dispute", actions=("send_message_to_mediator",))) == {"mediator"}
 
 
 def test_unknown_actions_are_shown_by_name_and_never_fail():
@@ -63,12 +69,12 @@ def test_the_mediator_speaks_with_a_visible_prefix_and_moderation_is_shown_with_
 def test_state_changes_become_notes_once_each():
     old = {"stage": "claim", "status": "opened", "due": "2026-11-22T10:00:00.000Z"}
     dispute = claim(stage="dispute", actions=("send_message_to_mediator",), due="2026-11-23T10:00:00.000Z")
-    events = dict(sync_claims.state_events(old, dispute))
+    events = dict(sync_claims.state_events(old, dispute, ZONE))
     assert set(events) == {"stage:dispute", "due:2026-11-23T10:00:00.000Z"}
     closed = dict(claim(status="closed"), resolution={"reason": "payment_refunded", "benefited": ["complainant"]})
-    events = dict(sync_claims.state_events(old, closed))
+    events = dict(sync_claims.state_events(old, closed, ZONE))
     assert list(events) == ["closed"] and "o comprador" in events["closed"]
-    assert sync_claims.state_events(dict(old, status="closed"), closed) == []
+    assert sync_claims.state_events(dict(old, status="closed"), closed, ZONE) == []
 
 
 def test_the_deadline_counts_only_when_near_and_the_seller_owes_an_answer():
@@ -97,9 +103,69 @@ def test_a_claim_reply_is_accepted_with_the_receiver_the_agent_chose(make_settin
     assert status == "accepted" and extra["kind"] == "claim" and extra["target"] == "5000001"
     assert db.replies.get(extra["reply_id"])["receiver"] == "mediator"
     body = message_created(message_id=2, inbox_id=CLAIM_INBOX, content="Olá",
-                           custom_attributes={"meli_claim_id": "5000001", "meli_claim_reply_to": ["x"]})
+                           custom_attributes={"meli_claim_id": "5000001"})
     _status, _code, extra = accept.accept_webhook(body, settings, db, 1000.0)
-    assert db.replies.get(extra["reply_id"])["receiver"] == "complainant"
+    # The buyer, addressed in a claim not synced yet: the delivery decides, before the first part.
+    assert db.replies.get(extra["reply_id"])["addressed"] == "complainant"
+    assert db.replies.get(extra["reply_id"])["receiver"] is None
+
+
+@pytest.mark.parametrize("typed", ["Mediadora", "mediador.", "mediação do ML", "MEDIAÇÃO", "  mediador  ",
+                                   "Mediador do Mercado Livre", "ML", "mercado livre", "a mediação", "mediator",
+                                   "mediador"])
+def test_the_mediator_is_recognized_however_agents_type_it(typed):
+    assert sync_claims.parse_reply_to(typed) == "mediator"
+
+
+@pytest.mark.parametrize("typed", [None, "", "   ", "comprador", "Compradora", "comprador(a)", "o comprador",
+                                   "Cliente", "buyer", "COMPRADOR!"])
+def test_the_buyer_is_recognized_and_an_empty_attribute_means_the_buyer(typed):
+    assert sync_claims.parse_reply_to(typed) == "complainant"
+
+
+@pytest.mark.parametrize("typed", ["mediadro", "vendedor", "mediador ou comprador", "?", "x", ["mediador"], 1,
+                                   True, {"value": "mediador"}, "o", "comprador e mediador"])
+def test_an_unrecognized_receiver_is_never_taken_for_the_buyer(typed):
+    assert sync_claims.parse_reply_to(typed) is None
+
+
+def words_of(typed: str) -> set[str]:
+    plain = "".join(c for c in unicodedata.normalize("NFKD", typed.casefold()) if not unicodedata.combining(c))
+    return set(re.split(r"[\W_]+", plain))
+
+
+KNOWN_WORDS = sorted(sync_claims.BUYER_WORDS | sync_claims.MEDIATOR_WORDS | sync_claims.FILLER_WORDS
+                     | sync_claims.MELI_WORDS)
+
+
+@given(st.one_of(st.text(), st.lists(st.sampled_from(KNOWN_WORDS + ["ou", "e", "vendedor", "x"])).map(" ".join)))
+@examples(max_examples=300, deadline=None)
+def test_a_receiver_is_the_buyer_only_when_the_text_names_the_buyer_or_nothing(typed):
+    words = words_of(typed)
+    parsed = sync_claims.parse_reply_to(typed)
+    if parsed == "complainant":
+        assert not typed.strip() or words & sync_claims.BUYER_WORDS
+        assert not words & sync_claims.MEDIATOR_WORDS
+    if parsed == "mediator":
+        assert not words & sync_claims.BUYER_WORDS
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8"), min_size=1).filter(lambda t: t.strip()))
+@examples(max_examples=300, deadline=None)
+def test_no_text_without_a_buyer_word_is_taken_for_the_buyer(typed):
+    if not words_of(typed) & sync_claims.BUYER_WORDS:
+        assert sync_claims.parse_reply_to(typed) != "complainant"
+
+
+def test_a_claim_reply_to_an_unrecognized_receiver_is_refused_with_the_accepted_values(make_settings, db):
+    settings = make_settings(CHATWOOT_CLAIMS_INBOX_ID=str(CLAIM_INBOX))
+    body = message_created(message_id=4, inbox_id=CLAIM_INBOX, content="Segue a nota fiscal",
+                           custom_attributes={"meli_claim_id": "5000001", "meli_claim_reply_to": "mediadro"})
+    status, _code, extra = accept.accept_webhook(body, settings, db, 1000.0)
+    assert status == "refused" and extra["reason"] == "meli_claim_reply_to não reconhecido"
+    reply = db.replies.get(extra["reply_id"])
+    assert reply["status"] == "failed" and reply["receiver"] is None and db.replies.parts(reply["id"]) == []
+    assert "comprador" in reply["note"] and "mediador" in reply["note"] and "não foi enviada" in reply["note"]
 
 
 def test_a_claim_reply_with_a_file_and_no_text_is_refused_with_a_note(make_settings, db):
@@ -124,7 +190,7 @@ def s(make_settings, db, clock):
     services = authorized_services(make_settings(CHATWOOT_CLAIMS_INBOX_ID=str(CLAIM_INBOX)), db, clock)
     data = {"buyer_id": 7001, "order_id": "2000001", "pack_id": "2000001", "stage": "claim", "status": "opened",
             "last_updated": "old", "due": "2026-11-22T10:00:00.000Z", "affects": "not_affected",
-            "attributes": sync_claims.claim_attributes(claim(), None, "not_affected")}
+            "attributes": sync_claims.claim_attributes(claim(), None, "not_affected", zone="America/Sao_Paulo")}
     db.links.mark_created("claim", CLAIM_ID, 1.0, conversation_id=88, contact_id=5, data=data)
     return services
 
@@ -181,14 +247,14 @@ def test_a_file_mercado_livre_no_longer_has_is_named_and_the_conversation_is_kep
               if c.request.method == "POST" and c.request.url == f"{CW}/conversations/88/messages"]
     [created] = [m for m in posted if not m["private"]]
     assert [m["content"] for m in posted if m["private"]] == [
-        "O prazo do vendedor mudou: responder ao comprador até 01/01/2030 00:00 UTC."]
+        "O prazo do vendedor mudou: responder ao comprador até 31/12/2029 21:00 (horário de Brasília)."]
     assert created["content"].startswith("Veja a foto") and "foto.png" in created["content"]
     assert "não disponível no Mercado Livre" in created["content"]
     # The due date moved: attributes updated, the agent's own attribute kept.
     [attributes] = [json.loads(c.request.body)["custom_attributes"] for c in responses.calls
                     if c.request.url == f"{CW}/conversations/88/custom_attributes"]
     assert attributes["meli_claim_reply_to"] == "mediador"
-    assert attributes["meli_claim_due_date"] == "2030-01-01T00:00:00.000Z"
+    assert attributes["meli_claim_due_date"] == "31/12/2029 21:00 (horário de Brasília)"
     link = db.links.get("claim", CLAIM_ID)
     assert link["conversation_id"] == 88 and link["data"]["last_updated"] == claim()["last_updated"]
 
@@ -266,6 +332,25 @@ def test_a_site_message_held_back_for_a_reply_in_flight_is_read_again_at_the_nex
 
 
 @responses.activate
+def test_a_failed_claim_reply_left_in_doubt_holds_back_no_site_message_and_no_poll(s, db):
+    """24 h of lost answers end a reply failed with its last part still `sending` (and its text
+    cleared): that doubt is over, and must not hold back a seller message typed on the site."""
+    reply_id = db.replies.accept(chatwoot_message_id=909, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                 parts=[{"text": "ok"}], now=1000.0, receiver="complainant")
+    db.replies.mark_part_sending(reply_id, 0, 1000.0)
+    db.replies.mark_failed(reply_id, "Mercado Livre indisponível por 24 h", "x", 1000.0 + 86400)
+    assert db.replies.claim_texts_in_doubt(CLAIM_ID) == []
+    summary = claim(due="2030-01-01T00:00:00.000Z")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=summary)
+    # Typed on the site, its text removed by Mercado Livre (as a cleared part's text is empty too).
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[respondent_message("", 1)])
+    chatwoot_for_mirroring()
+    sync_claims.sync_claim(s, CLAIM_ID)
+    assert mirrored() == ["(enviada pelo Mercado Livre, fora do Chatwoot)"]
+    assert not sync_claims._changed(s, CLAIM_ID, summary)
+
+
+@responses.activate
 def test_a_message_waiting_for_translation_comes_in_once_with_its_final_text(s, db):
     summary = claim(due="2030-01-01T00:00:00.000Z")
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=summary)
@@ -305,29 +390,45 @@ def test_a_claim_reply_split_in_parts_never_sends_its_rest_to_another_receiver(s
     assert "Segunda parte" not in [m["message"] for m in sent if m["receiver_role"] == "mediator"]
 
 
+def accept_claim_reply(s, db, message_id, content, reply_to=None):
+    """An agent's reply in claim conversation 88, accepted by the listener."""
+    attributes = {"meli_claim_id": CLAIM_ID} | ({"meli_claim_reply_to": reply_to} if reply_to else {})
+    status, _code, extra = accept.accept_webhook(
+        message_created(message_id=message_id, conversation_id=88, inbox_id=CLAIM_INBOX, content=content,
+                        custom_attributes=attributes), s.settings, db, s.clock())
+    assert status == "accepted", extra
+    return extra["reply_id"]
+
+
 @responses.activate
 def test_a_claim_reply_begun_to_the_mediator_as_the_only_receiver_ends_there(s, db):
-    reply_id = db.replies.accept(chatwoot_message_id=905, conversation_id=88, kind="claim", target_id=CLAIM_ID,
-                                 parts=[{"text": "Primeira parte"}, {"text": "Segunda parte"}], now=s.clock(),
-                                 receiver="complainant")
+    """Addressed to the buyer while only the mediator may be written to: the receiver is decided at
+    acceptance, and the part found arrived after a lost answer does not let the rest go elsewhere."""
+    db.links.update("claim", CLAIM_ID, 2.0, data=dict(db.links.get("claim", CLAIM_ID)["data"], receivers=["mediator"]))
+    reply_id = accept_claim_reply(s, db, 905, "palavra " * 300)
+    assert len(db.replies.parts(reply_id)) == 2
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
                   json=claim(stage="dispute", actions=("send_message_to_mediator",)))
-    sent = []
+    sent, arrived = [], []
 
     def send(request):
         sent.append(json.loads(request.body))
-        return (503, {}, "{}") if len(sent) == 2 else (200, {}, "{}")
+        arrived.append(respondent_message(sent[-1]["message"], 0) | {"date_created": iso(s.clock()),
+                                                                     "receiver_role": sent[-1]["receiver_role"]})
+        return (503, {}, "{}") if len(sent) == 1 else (200, {}, "{}")  # applied, its answer lost
 
     responses.add_callback(responses.POST, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message",
                            callback=send)
     assert delivery.deliver(s, reply_id) == "retry"
+    # Meanwhile the buyer may be written to again; the attribute changes too: neither moves the reply.
     responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
                       json=claim(stage="dispute", actions=("send_message_to_mediator", "send_message_to_complainant")))
-    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[])
+    responses.add_callback(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
+                           callback=lambda r: (200, {}, json.dumps(arrived)))
     s.clock.advance(3600)
     assert delivery.deliver(s, reply_id) == "delivered"
-    assert [(m["message"], m["receiver_role"]) for m in sent] == [
-        ("Primeira parte", "mediator"), ("Segunda parte", "mediator"), ("Segunda parte", "mediator")]
+    assert [m["receiver_role"] for m in sent] == ["mediator", "mediator"]
+    assert db.replies.get(reply_id)["receiver"] == "mediator"
 
 
 @responses.activate
@@ -436,15 +537,210 @@ def test_a_buyer_message_reopens_a_found_claim_conversation_an_agent_resolved(s,
 
 @responses.activate
 def test_a_found_claim_conversation_an_agent_resolved_is_reopened_for_the_claim_itself(s, db):
-    """Found rather than made, and resolved by an agent while still empty: the claim's summary (the
-    buyer's complaint) going in reopens it, though the buyer has written nothing else yet."""
+    """Found rather than made, and resolved by an agent while still empty: the claim itself (the
+    buyer's complaint, summed up in the bridge's private note) reopens it, though the buyer has
+    written nothing else yet."""
     found_resolved_conversation(db, [])
 
     sync_claims.sync_claim(s, CLAIM_ID)
     calls = [(c.request.url.rsplit("/", 1)[-1], json.loads(c.request.body)) for c in responses.calls
              if c.request.method == "POST" and c.request.url.startswith(f"{CW}/conversations/88/")]
     toggles = [i for i, (what, _b) in enumerate(calls) if what == "toggle_status"]
-    summary = [i for i, (what, body) in enumerate(calls) if what == "messages" and body["message_type"] == "incoming"]
+    summary = [i for i, (what, body) in enumerate(calls) if what == "messages" and "abriu uma" in body["content"]]
+    assert all(calls[i][1]["private"] and calls[i][1]["message_type"] == "outgoing" for i in summary)
     assert toggles and summary and toggles[0] < summary[0]
     assert all(calls[i][1] == {"status": "open"} for i in toggles)
     assert db.links.get("claim", CLAIM_ID)["status"] == "created"
+
+
+@responses.activate
+def test_a_failing_reputation_lookup_holds_up_neither_a_new_claim_nor_its_messages_and_is_asked_again(s, db):
+    found_resolved_conversation(db, [buyer_message("Chegou quebrado")])
+    responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/affects-reputation", status=503,
+                      json={"error": "service_unavailable"})
+    responses.post(f"{CW}/conversations/88/custom_attributes", json={})
+    assert sync_claims.sync_claim(s, CLAIM_ID) == 1
+    assert "Chegou quebrado" in mirrored()[-1]
+    link = db.links.get("claim", CLAIM_ID)
+    assert link["status"] == "created" and link["data"]["affects"] is None
+    # A later poll asks again, and shows it once known.
+    responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/affects-reputation",
+                      json={"affects_reputation": "affected"})
+    assert sync_claims.retry_optional_facts(s) == 1
+    [attributes] = [json.loads(c.request.body)["custom_attributes"] for c in responses.calls
+                    if c.request.url == f"{CW}/conversations/88/custom_attributes"]
+    assert attributes["meli_claim_affects_reputation"] == "affected"
+    assert db.links.get("claim", CLAIM_ID)["data"]["affects"] == "affected"
+    assert sync_claims.retry_optional_facts(s) == 0
+
+
+@responses.activate
+def test_a_failing_reputation_lookup_at_a_stage_change_holds_up_no_message(s, db):
+    db.links.update("claim", CLAIM_ID, 2.0, data=dict(db.links.get("claim", CLAIM_ID)["data"], affects=None))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                  json=claim(stage="dispute", actions=("send_message_to_mediator",), due="2030-01-01T00:00:00.000Z"))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[buyer_message("Cadê?")])
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/affects-reputation", status=500,
+                  json={"error": "internal_error"})
+    responses.get(f"{CW}/conversations/88", json={"custom_attributes": {}})
+    responses.post(f"{CW}/conversations/88/custom_attributes", json={})
+    chatwoot_for_mirroring()
+    assert sync_claims.sync_claim(s, CLAIM_ID) == 1
+    assert mirrored() == ["Cadê?"]
+    assert db.links.get("claim", CLAIM_ID)["data"]["stage"] == "dispute"
+
+
+def purchase_claim():
+    """A claim the seller's account opened on its own purchase: it is the complainant."""
+    other = claim()
+    other["players"] = [{"role": "complainant", "type": "buyer", "user_id": 555, "available_actions": []},
+                        {"role": "respondent", "type": "seller", "user_id": 9000001,
+                         "available_actions": [{"action": "send_message_to_complainant", "due_date": None}]}]
+    return dict(other, id=5000002)
+
+
+@responses.activate
+def test_the_search_asks_for_the_sellers_claims_and_skips_any_other(s, db):
+    against = dict(claim(), id=5000003)
+    search = responses.get(f"{API}/post-purchase/v1/claims/search",
+                           json={"paging": {"offset": 0, "limit": 50, "total": 2},
+                                 "data": [purchase_claim(), against]})
+    listed, complete = sync_claims._open_claims(s)
+    assert complete and list(listed) == ["5000003"]
+    assert "players.role=respondent" in search.calls[0].request.url
+    assert "players.user_id=555" in search.calls[0].request.url
+
+
+@responses.activate
+def test_a_claim_read_by_id_where_the_seller_is_not_the_respondent_is_skipped(s, db):
+    responses.get(f"{API}/post-purchase/v1/claims/5000002", json=purchase_claim())
+    assert sync_claims.sync_claim(s, "5000002") == 0
+    assert db.links.get("claim", "5000002") is None
+    assert not [c for c in responses.calls if c.request.url.startswith(CW)]
+    assert not [c for c in responses.calls if "/messages" in c.request.url]
+
+
+@responses.activate
+def test_a_reply_to_a_claim_where_the_seller_is_not_the_respondent_is_refused(s, db):
+    reply_id = db.replies.accept(chatwoot_message_id=910, conversation_id=88, kind="claim", target_id="5000002",
+                                 parts=[{"text": "Olá"}], now=s.clock(), receiver="complainant")
+    responses.get(f"{API}/post-purchase/v1/claims/5000002", json=purchase_claim())
+    send = responses.post(f"{API}/post-purchase/v1/claims/5000002/actions/send-message", json={})
+    assert delivery.deliver(s, reply_id) == "failed"
+    assert send.call_count == 0
+    assert db.replies.get(reply_id)["error"] == "reclamação não é contra a loja"
+
+
+def test_a_partial_failure_names_the_mediator_when_the_parts_went_to_the_mediator():
+    parts = [{"seq": 0, "status": "sent", "text": None}, {"seq": 1, "status": "pending", "text": "Resto"}]
+    error, note = refusal.partial_failure(parts, "recusado", "nada foi", "Motivo.", "mediador do Mercado Livre")
+    assert error == "parte 1 de 2 enviada ao mediador do Mercado Livre; recusado"
+    assert note.startswith("A parte 1 de 2 chegou ao mediador do Mercado Livre; a parte 2 não.")
+    claim_reply = {"kind": "claim", "receiver": "mediator"}
+    assert refusal.receiver_name(claim_reply) == "mediador do Mercado Livre"
+    assert refusal.receiver_name(dict(claim_reply, receiver="complainant")) == "comprador"
+    assert refusal.receiver_name({"kind": "message", "receiver": None}) == "comprador"
+
+
+@responses.activate
+def test_a_reply_to_the_buyer_delivered_to_the_mediator_says_who_got_it(s, db):
+    db.links.update("claim", CLAIM_ID, 2.0, data=dict(db.links.get("claim", CLAIM_ID)["data"], receivers=["mediator"]))
+    reply_id = accept_claim_reply(s, db, 911, "Estamos verificando")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                  json=claim(stage="dispute", actions=("send_message_to_mediator",)))
+    send = responses.post(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message", json={})
+    assert delivery.deliver(s, reply_id) == "delivered"
+    assert json.loads(send.calls[0].request.body)["receiver_role"] == "mediator"
+    responses.patch(f"{CW}/conversations/88/messages/911", json={})
+    chatwoot_for_mirroring()
+    assert report.report_reply(s, db.replies.get(reply_id)) == 1
+    [note] = [json.loads(c.request.body)["content"] for c in responses.calls
+              if c.request.method == "POST" and c.request.url == f"{CW}/conversations/88/messages"]
+    assert note.startswith("Resposta entregue ao mediador do Mercado Livre, não ao comprador")
+
+
+@responses.activate
+def test_a_claim_reply_to_the_mediator_failed_in_part_says_the_mediator_got_the_first_part(s, db):
+    reply_id = accept_claim_reply(s, db, 912, "palavra " * 300, reply_to="mediador")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                  json=claim(stage="dispute", actions=("send_message_to_mediator",)))
+    answers = iter([(200, {}, "{}"), (400, {}, json.dumps({"error": "bad_request", "message": "texto inválido"}))])
+    responses.add_callback(responses.POST, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message",
+                           callback=lambda r: next(answers))
+    assert delivery.deliver(s, reply_id) == "failed"
+    reply = db.replies.get(reply_id)
+    assert reply["note"].startswith("A parte 1 de 2 chegou ao mediador do Mercado Livre; a parte 2 não.")
+    assert reply["error"].startswith("parte 1 de 2 enviada ao mediador do Mercado Livre;")
+
+
+@responses.activate
+def test_a_reply_accepted_before_its_claim_was_known_decides_its_receiver_once_before_the_first_part(s, db):
+    db.links.update("claim", CLAIM_ID, 2.0, data={k: v for k, v in db.links.get("claim", CLAIM_ID)["data"].items()
+                                                  if k != "receivers"})
+    reply_id = accept_claim_reply(s, db, 913, "palavra " * 300)
+    assert db.replies.get(reply_id)["receiver"] is None
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                  json=claim(stage="dispute", actions=("send_message_to_mediator",)))
+    sent = []
+
+    def send(request):
+        sent.append(json.loads(request.body))
+        return (503, {}, "{}") if len(sent) == 2 else (200, {}, "{}")
+
+    responses.add_callback(responses.POST, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message",
+                           callback=send)
+    assert delivery.deliver(s, reply_id) == "retry"
+    assert db.replies.get(reply_id)["receiver"] == "mediator"
+    responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                      json=claim(stage="dispute", actions=("send_message_to_complainant", "send_message_to_mediator")))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[])
+    s.clock.advance(3600)
+    assert delivery.deliver(s, reply_id) == "delivered"
+    assert [m["receiver_role"] for m in sent] == ["mediator", "mediator", "mediator"]
+
+
+@responses.activate
+def test_a_new_claim_shows_its_reasons_name_asked_once_and_its_summary_as_a_private_note(s, db):
+    found_resolved_conversation(db, [])
+    reason = responses.get(f"{API}/post-purchase/v1/claims/reasons/PDD9939",
+                           json={"id": "PDD9939", "flow": "post_purchase_delivered", "name": "repentant_buyer",
+                                 "detail": "O comprador se arrependeu da compra", "status": "active"})
+    sync_claims.sync_claim(s, CLAIM_ID)
+    notes = [json.loads(c.request.body) for c in responses.calls
+             if c.request.method == "POST" and c.request.url == f"{CW}/conversations/88/messages"]
+    [summary] = [n for n in notes if "abriu uma" in n["content"]]
+    assert summary["private"] is True and summary["message_type"] == "outgoing"
+    assert summary["source_id"].startswith("meli:")
+    assert "Motivo: O comprador se arrependeu da compra (PDD9939)" in summary["content"]
+    assert "(horário de Brasília)" in summary["content"] and "UTC" not in summary["content"]
+    link = db.links.get("claim", CLAIM_ID)
+    assert link["data"]["attributes"]["meli_claim_reason"] == "O comprador se arrependeu da compra (PDD9939)"
+    # Cached: the next read of the claim does not ask again.
+    db.links.update("claim", CLAIM_ID, 3.0, data=dict(link["data"], last_updated="older"))
+    sync_claims.sync_claim(s, CLAIM_ID)
+    assert reason.call_count == 1
+
+
+@responses.activate
+def test_a_reasons_name_mercado_livre_cannot_give_shows_the_id_and_is_asked_again_later(s, db):
+    found_resolved_conversation(db, [])
+    responses.get(f"{API}/post-purchase/v1/claims/reasons/PDD9939", status=503, json={"error": "unavailable"})
+    responses.post(f"{CW}/conversations/88/custom_attributes", json={})
+    sync_claims.sync_claim(s, CLAIM_ID)
+    link = db.links.get("claim", CLAIM_ID)
+    assert link["status"] == "created" and link["data"]["attributes"]["meli_claim_reason"] == "PDD9939"
+    # A change of the claim does not ask again (the retry pass does, at its pace).
+    reasons = len([c for c in responses.calls if "/reasons/" in c.request.url])
+    db.links.update("claim", CLAIM_ID, 3.0, data=dict(link["data"], last_updated="older"))
+    sync_claims.sync_claim(s, CLAIM_ID)
+    assert len([c for c in responses.calls if "/reasons/" in c.request.url]) == reasons
+    assert sync_claims.retry_optional_facts(s) == 0  # the next poll asks again: still failing
+    responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/reasons/PDD9939",
+                      json={"id": "PDD9939", "detail": "O comprador se arrependeu da compra"})
+    assert sync_claims.retry_optional_facts(s) == 0  # not again before FACT_RETRY
+    s.clock.advance(sync_claims.FACT_RETRY)
+    assert sync_claims.retry_optional_facts(s) == 1
+    [attributes] = [json.loads(c.request.body)["custom_attributes"] for c in responses.calls
+                    if c.request.url == f"{CW}/conversations/88/custom_attributes"]
+    assert attributes["meli_claim_reason"] == "O comprador se arrependeu da compra (PDD9939)"
+    assert sync_claims.retry_optional_facts(s) == 0

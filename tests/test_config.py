@@ -46,7 +46,8 @@ def test_it_exits_2_naming_a_missing_required_variable(tmp_path, name):
     ("MELI_APP_ID", "abc"), ("CHATWOOT_ACCOUNT_ID", "-3"), ("CHATWOOT_QUESTIONS_INBOX_ID", "0"),
     ("CHATWOOT_URL", "chat.example.com"), ("MELI_API_URL", "ftp://x"), ("QUESTIONS_POLL_SECONDS", "-1"),
     ("MESSAGES_POLL_SECONDS", "soon"), ("PORT", "99999"), ("LOG_LEVEL", "LOUD"), ("MELI_USER_ID", "me"),
-    ("MELI_USE_PKCE", "maybe"), ("MELI_SITE_ID", "BRASIL"),
+    ("MELI_USE_PKCE", "maybe"), ("MELI_SITE_ID", "BRASIL"), ("DISPLAY_TIMEZONE", "Brasilia"),
+    ("DISPLAY_TIMEZONE", "../../etc/passwd"),
 ])
 def test_it_exits_2_naming_a_malformed_variable(tmp_path, name, value):
     result = run_config(base_env(tmp_path, **{name: value}))
@@ -131,3 +132,13 @@ def test_a_real_secret_that_merely_contains_a_placeholder_word_is_kept(tmp_path)
     settings = load_settings(base_env(tmp_path, CHATWOOT_WEBHOOK_SECRET="my-secret-7f3a9c"),
                              require_webhook_secret=True)
     assert settings.chatwoot_webhook_secrets == ("my-secret-7f3a9c",)
+
+
+def test_dates_are_shown_in_brasilia_time_unless_another_zone_is_set(tmp_path):
+    assert load_settings(base_env(tmp_path)).display_timezone == "America/Sao_Paulo"
+    assert load_settings(base_env(tmp_path, DISPLAY_TIMEZONE="America/Manaus")).display_timezone == "America/Manaus"
+    with pytest.raises(ConfigError) as refused:
+        load_settings(base_env(tmp_path, DISPLAY_TIMEZONE="Horario de Brasilia"))
+    assert refused.value.problems == ["DISPLAY_TIMEZONE: is not a known time zone (an IANA name such as "
+                                      "America/Manaus or America/Argentina/Buenos_Aires) "
+                                      "(example: DISPLAY_TIMEZONE=America/Sao_Paulo)"]

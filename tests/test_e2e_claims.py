@@ -3,6 +3,8 @@
 import pytest
 import requests
 
+from bridge.sync.sales import parse_date
+from bridge.text import local_time
 from tests.e2e import Bridge, wait_until
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -48,11 +50,16 @@ def test_an_opened_claim_becomes_one_conversation_with_its_attributes_label_and_
     assert attrs["meli_claim_id"] == str(CLAIM) and attrs["meli_order_id"] == str(ORDER)
     assert attrs["meli_pack_id"] == str(ORDER) and attrs["meli_claim_stage"] == "claim"
     assert attrs["meli_claim_next_action"] == "send_message_to_complainant" and attrs["meli_claim_due_date"]
-    assert attrs["meli_claim_affects_reputation"] == "not_affected" and attrs["meli_claim_reason"] == "PDD9939"
+    assert attrs["meli_claim_affects_reputation"] == "not_affected"
+    assert attrs["meli_claim_reason"] == "O comprador se arrependeu da compra (PDD9939)"
+    assert attrs["meli_claim_due_date"].endswith("(horário de Brasília)")
     assert conv["labels"] == ["reclamacao"]
     assert chatwoot.contacts[conv["meta"]["sender"]["id"]]["identifier"] == f"meli:buyer:{BUYER}"
     messages = chatwoot.messages_in(conv["id"])
     assert "2 x Caneca azul" in messages[0]["content"] and f"vendas/{ORDER}/detalhe" in messages[0]["content"]
+    # The bridge's own summary is a private note, never a message from the buyer.
+    assert messages[0]["private"] and messages[0]["message_type"] == 1
+    assert "Motivo: O comprador se arrependeu da compra (PDD9939)" in messages[0]["content"]
     assert messages[1]["content"] == "A caneca chegou quebrada" and messages[1]["message_type"] == 0
     assert len(messages[1]["attachments"]) == 1
     assert all(m["source_id"].startswith("meli:") for m in messages)
@@ -62,6 +69,19 @@ def test_an_opened_claim_becomes_one_conversation_with_its_attributes_label_and_
     assert meli.count(None, "/post-purchase") - meli_before == 1
     assert len(chatwoot.calls) == cw_before
     assert len(chatwoot.messages_in(conv["id"])) == 2
+
+
+def test_a_claim_the_seller_opened_on_its_own_purchase_never_shows_as_a_claim_against_the_store(claims_bridge):
+    bridge = claims_bridge
+    meli = bridge.fakes.meli.state
+    open_claim(meli)
+    meli.add_purchase_claim(5000002, 3000001)
+    meli.add_claim_message(5000002, "complainant", "Meu pedido não chegou")
+    assert bridge.once().returncode == 0
+    [conv] = claim_conversations(bridge)
+    assert conv["custom_attributes"]["meli_claim_id"] == str(CLAIM)
+    assert not any("Meu pedido não chegou" in (m["content"] or "")
+                   for m in bridge.fakes.chatwoot.state.messages.values())
 
 
 def test_the_sale_conversation_gets_a_note_pointing_to_the_claim(claims_bridge):
@@ -138,9 +158,10 @@ def test_in_dispute_the_mediator_is_shown_and_a_reply_to_the_mediator_reaches_it
     wait_until(lambda: chatwoot.message(reply["id"])["status"] == "delivered", 20, what="delivered")
     assert meli.claim_sent[-1]["receiver_role"] == "mediator"
     meli.set_claim_due(CLAIM, 30)
-    wait_until(lambda: chatwoot.conversations[conv["id"]]["custom_attributes"].get("meli_claim_due_date")
-               == next(a["due_date"] for a in meli.claims[CLAIM]["players"][1]["available_actions"]), 20,
-               what="attributes updated")
+    due = next(a["due_date"] for a in meli.claims[CLAIM]["players"][1]["available_actions"])
+    shown = local_time(parse_date(due), "America/Sao_Paulo")
+    wait_until(lambda: chatwoot.conversations[conv["id"]]["custom_attributes"].get("meli_claim_due_date") == shown,
+               20, what="attributes updated")
     assert chatwoot.conversations[conv["id"]]["custom_attributes"]["meli_claim_reply_to"] == "mediador"
 
 
@@ -155,6 +176,9 @@ def test_a_reply_to_the_buyer_during_dispute_goes_to_the_mediator_the_only_recei
     reply = chatwoot.agent_reply(conv["id"], "Estamos verificando")
     wait_until(lambda: chatwoot.message(reply["id"])["status"] == "delivered", 20, what="delivered")
     assert meli.claim_sent[-1]["receiver_role"] == "mediator"
+    # Not a plain "delivered": the agent learns who got it.
+    wait_until(lambda: any(n.startswith("Resposta entregue ao mediador do Mercado Livre, não ao comprador")
+                           for n in contents(bridge, conv["id"], private=True)), 20, what="the receiver's note")
 
 
 def test_a_near_deadline_gives_one_note_and_urgent_priority(claims_bridge):

@@ -525,6 +525,24 @@ def test_claims_search_messages_receivers_attachments_and_reputation(fk):
     assert closed.status_code == 400 and closed.json()["error"] == "claim_closed"
 
 
+def test_claims_search_filters_on_the_respondent_only_with_both_players_parameters(fk):
+    meli = fk.meli.state
+    session, base = meli_session(fk), f"{fk.meli.url}/post-purchase/v1/claims"
+    meli.add_user(7001, "COMPRADOR")
+    meli.add_order(2000001, 7001, "COMPRADOR", items=[("MLB1", "Caneca", 1, 10.0)])
+    meli.add_claim(5000001, 2000001)
+    purchase = meli.add_purchase_claim(5000002, 3000001)
+    assert [p["role"] for p in purchase["players"] if p["user_id"] == meli.seller_id] == ["complainant"]
+    assert session.get(f"{base}/5000002").status_code == 200
+    unfiltered = session.get(f"{base}/search", params={"status": "opened"}).json()
+    assert [c["id"] for c in unfiltered["data"]] == [5000001, 5000002]
+    filtered = session.get(f"{base}/search", params={"status": "opened", "players.role": "respondent",
+                                                     "players.user_id": meli.seller_id}).json()
+    assert [c["id"] for c in filtered["data"]] == [5000001]
+    for half in ({"players.role": "respondent"}, {"players.user_id": meli.seller_id}):
+        assert session.get(f"{base}/search", params=dict(half, status="opened")).status_code == 400
+
+
 def test_conversation_priority_can_be_set_and_cleared(fk):
     chatwoot = fk.chatwoot.state
     inbox = chatwoot.add_inbox("Mercado Livre - Reclamações")

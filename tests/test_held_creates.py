@@ -231,14 +231,14 @@ def test_a_claim_summary_whose_creation_is_still_held_by_chatwoot_is_not_shown_a
     held_then_applied(66, source_ids.claim_event("5000", "opened"), 707)
 
     with pytest.raises(TransientError):
-        sync_claims._event(s, "5000", "opened", 66, "Reclamação aberta", incoming=True)
+        sync_claims._event(s, "5000", "opened", 66, "Reclamação aberta")
     clock.advance(1)
     with pytest.raises(TransientError):
-        sync_claims._event(s, "5000", "opened", 66, "Reclamação aberta", incoming=True)
+        sync_claims._event(s, "5000", "opened", 66, "Reclamação aberta")
     assert len(posts_to("/conversations/66/messages")) == 1
 
     clock.advance(ensure.CREATE_SETTLE)
-    sync_claims._event(s, "5000", "opened", 66, "Reclamação aberta", incoming=True)
+    sync_claims._event(s, "5000", "opened", 66, "Reclamação aberta")
     assert len(posts_to("/conversations/66/messages")) == 1
     assert s.db.links.get("claim_event", "5000:opened")["status"] == "created"
 

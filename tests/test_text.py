@@ -7,6 +7,7 @@ from bridge.text import (
     POSTSALE_DEFAULT_LIMIT,
     QUESTION_ANSWER_LIMIT,
     describe_chars,
+    local_time,
     markdown_to_plain,
     normalize_latin1,
     split_message,
@@ -537,3 +538,10 @@ def test_it_preserves_characters_in_order_for_random_texts_with_long_words(seed)
         for word in text.split():
             if len(word) <= limit:
                 assert word in kept
+
+
+def test_a_date_is_shown_to_agents_in_the_display_time_zone_never_utc():
+    moment = 1795341600.0  # 2026-11-22T10:00:00Z
+    assert local_time(moment, "America/Sao_Paulo") == "22/11/2026 07:00 (horário de Brasília)"
+    assert local_time(moment, "America/Manaus") == "22/11/2026 06:00 (America/Manaus)"
+    assert local_time(None, "America/Sao_Paulo") is None

@@ -58,6 +58,11 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
                       limit=CLAIM_TEXT_LIMIT if kind == "claim" else text.POSTSALE_DEFAULT_LIMIT)
     if not plan.refused and target is None:
         plan.refused = UNLINKED
+    addressed = claim_receiver(attrs) if kind == "claim" else None
+    if kind == "claim" and not plan.refused and addressed is None:
+        plan.refused = RECEIVER_UNKNOWN
+    # Final here, for every part: decided per part, a crash or a stage change could split the reply.
+    receiver = addressed and sync_claims.resolve_receiver(addressed, ((link or {}).get("data") or {}).get("receivers"))
     # Before the reply is recorded, so a delivery retried after a crash in between adopts it too.
     adopted = link is None and target is not None and db.links.adopt_conversation(
         LINK_KIND[kind], target, conversation_id, now)
@@ -67,7 +72,7 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
                                  target_id=target, parts=plan.parts, now=now,
                                  error=plan.refused and plan.refused.error, note=plan.refused and plan.refused.note,
                                  taken=ANSWER_TAKEN if kind == "answer" else None,
-                                 receiver=claim_receiver(attrs) if kind == "claim" else None)
+                                 receiver=receiver, addressed=addressed)
     if reply_id is None:
         return "duplicate", 200, {}
     extra = {"reply_id": reply_id, "kind": kind, "target": target, "parts": len(plan.parts)}
@@ -87,11 +92,16 @@ UNLINKED = Refusal("conversa sem vínculo com o Mercado Livre",
 CLAIM_TEXT_LIMIT = 2000
 
 
-def claim_receiver(attrs: dict) -> str:
-    """The conversation attribute agents set in the sidebar: `mediador` sends to Mercado Livre's mediator."""
-    value = attrs.get(sync_claims.REPLY_TO_ATTRIBUTE)
-    wanted = value.strip().lower() if isinstance(value, str) else ""
-    return "mediator" if wanted in ("mediador", "mediator", "mediação", "mediacao") else "complainant"
+def claim_receiver(attrs: dict) -> str | None:
+    """The conversation attribute agents set in the sidebar; None when it is not one the bridge knows."""
+    return sync_claims.parse_reply_to(attrs.get(sync_claims.REPLY_TO_ATTRIBUTE))
+
+
+RECEIVER_UNKNOWN = Refusal(
+    f"{sync_claims.REPLY_TO_ATTRIBUTE} não reconhecido",
+    f"O atributo {sync_claims.REPLY_TO_ATTRIBUTE} desta conversa tem um valor que a ponte não reconhece, então a "
+    f"mensagem não foi enviada a ninguém (a ponte não adivinha o destinatário). Valores aceitos: "
+    f"{sync_claims.REPLY_TO_VALUES}. Corrija o atributo e envie a mensagem de novo.")
 
 
 ANSWER_TAKEN = ("pergunta já tem resposta",

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from bridge.backoff import retry_delay
 from bridge.http import SETTLE, ApiError, PermanentError, TransientError, on_departure, settle
 from bridge.replies.accept import LINK_KIND
-from bridge.replies.refusal import Refusal
+from bridge.replies.refusal import Refusal, receiver_name
 from bridge.replies.report import GIVE_UP_AFTER, report_outcomes, report_reply
 from bridge.services import Services
 from bridge.store.links import ADOPTED
@@ -140,7 +140,7 @@ def _deliver_claimed(s: Services, reply: dict, ids: str) -> str:
         # an agent is not left thinking a day-old reply is still on its way.
         if s.clock() - reply["created_at"] > GIVE_UP_AFTER:
             # Parts sent before the authorization was lost are said, as for every other failure.
-            shown = REAUTH_GAVE_UP.after(s.db.replies.parts(reply_id))
+            shown = REAUTH_GAVE_UP.after(s.db.replies.parts(reply_id), receiver_name(s.db.replies.get(reply_id)))
             _still_there(s.db.replies.mark_failed(reply_id, shown.error, shown.note, s.clock()))
             log.error("reply failed after 24h waiting for reauthorization %s", ids)
             return "failed"
@@ -150,7 +150,7 @@ def _deliver_claimed(s: Services, reply: dict, ids: str) -> str:
         log.warning("reply waiting for reauthorization %s", ids)
         return "retry"
     except DeliveryFailed as exc:
-        shown = exc.refusal.after(s.db.replies.parts(reply_id))
+        shown = exc.refusal.after(s.db.replies.parts(reply_id), receiver_name(s.db.replies.get(reply_id)))
         _still_there(s.db.replies.mark_failed(reply_id, shown.error, shown.note, s.clock()))
         log.warning("reply failed %s reason=%r after %dms", ids, exc.refusal.for_log,
                     (time.monotonic() - started) * 1000)
@@ -232,7 +232,7 @@ def _transient(s: Services, reply: dict, exc: ApiError, ids: str) -> str:
             "A resposta não pôde ser entregue ao Mercado Livre durante 24 horas de tentativas "
             f"(último erro: {exc.short()}). Envie de novo ou responda pelo Mercado Livre.",
             f"O Mercado Livre ficou indisponível durante 24 horas de tentativas (último erro: {exc.short()}).",
-        ).after(s.db.replies.parts(reply["id"]))
+        ).after(s.db.replies.parts(reply["id"]), receiver_name(s.db.replies.get(reply["id"])))
         _still_there(s.db.replies.mark_failed(reply["id"], shown.error, shown.note, now))
         log.error("reply failed after 24h of retries %s last_error=%r", ids, exc.short())
         return "failed"
@@ -463,7 +463,7 @@ SEND_CLOCK_SKEW = 60.0  # seconds our clock may run ahead of Mercado Livre's
 
 
 def _deliver_claim(s: Services, reply: dict) -> None:
-    """Each part to `actions/send-message`, to the complainant or the mediator as the claim allows now."""
+    """Each part to `actions/send-message`, to the receiver fixed when the reply was accepted."""
     claim_id = reply["target_id"]
     try:
         claim = s.meli.claim(claim_id)
@@ -472,17 +472,19 @@ def _deliver_claim(s: Services, reply: dict) -> None:
             raise
         # Another account's, or removed: retrying for a day would only tell the agent a day late.
         raise DeliveryFailed(CLAIM_UNREADABLE) from None
+    if not sync_claims.against_seller(claim, s.meli.seller_id()):
+        raise DeliveryFailed(CLAIM_NOT_AGAINST_SELLER)
     if claim.get("status") != "opened":
         raise DeliveryFailed(CLAIM_CLOSED)
     parts = s.db.replies.parts(reply["id"])
-    if any(part["status"] == "sent" for part in parts):
-        # The rest goes where the first parts went, or not at all: half a reply to each reader reaches nobody.
-        used = reply.get("receiver") or "complainant"
-        receiver = used if used in sync_claims.allowed_receivers(claim) else None
-    else:
-        receiver = sync_claims.choose_receiver(reply.get("receiver"), claim)
-    if receiver is None:
-        raise DeliveryFailed(_receiver_refused(reply.get("receiver"), claim))
+    # Fixed at acceptance (or, for a claim not known then, here before any part leaves): every part
+    # goes there or not at all (half a reply to each reader reaches nobody).
+    receiver = reply.get("receiver") or s.db.replies.fix_receiver(reply["id"], sync_claims.resolve_receiver(
+        reply.get("addressed") or "complainant", sync_claims.allowed_receivers(claim)) or "complainant")
+    _still_there(receiver)
+    reply = dict(reply, receiver=receiver)
+    if receiver not in sync_claims.allowed_receivers(claim):
+        raise DeliveryFailed(_receiver_refused(receiver, claim))
     for part in parts:
         if part["status"] == "sent":
             continue
@@ -510,9 +512,6 @@ def _deliver_claim(s: Services, reply: dict) -> None:
                 from None
         crashpoint("claim_message_sent")
         _still_there(s.db.replies.mark_part_sent(reply["id"], part["seq"], remote, s.clock()))
-        if receiver != reply.get("receiver"):
-            _still_there(s.db.replies.record_receiver(reply["id"], receiver))
-            reply = dict(reply, receiver=receiver)
         log.info("reply part sent reply=%s part=%d/%d claim=%s receiver=%s", reply["id"], part["seq"] + 1,
                  len(parts), claim_id, receiver)
 
@@ -549,6 +548,14 @@ CLAIM_CLOSED = Refusal(
     "precisar falar com o comprador, use a conversa da venda (caixa Mercado Livre - Vendas), se ela "
     "estiver liberada.",
     "A reclamação foi encerrada no Mercado Livre e não aceita mais mensagens.")
+
+
+CLAIM_NOT_AGAINST_SELLER = Refusal(
+    "reclamação não é contra a loja",
+    "Nesta reclamação a conta da ponte não é o vendedor reclamado (é, por exemplo, uma reclamação sobre uma "
+    "compra da própria conta), então a ponte não responde por ela. Nada foi enviado. Confira o atributo "
+    "meli_claim_id desta conversa, ou responda pelo Mercado Livre.",
+    "Nesta reclamação a conta da ponte não é o vendedor reclamado.")
 
 
 CLAIM_UNREADABLE = Refusal(

@@ -27,14 +27,23 @@ class Refusal:
     def for_log(self) -> str:
         return self.logged or self.error
 
-    def after(self, parts: list[dict]) -> Refusal:
-        """The refusal as shown once some parts may have reached the buyer."""
-        error, note = partial_failure(parts, self.error, self.note, self.cause)
+    def after(self, parts: list[dict], to: str = "comprador") -> Refusal:
+        """The refusal as shown once some parts may have reached `to` (receiver_name)."""
+        error, note = partial_failure(parts, self.error, self.note, self.cause, to)
         return Refusal(error, note)
 
 
-def partial_failure(parts: list[dict], error: str, note: str, why: str) -> tuple[str, str]:
-    """The failed mark and note of a reply; when some parts reached the buyer, they say which and what is left.
+RECEIVER_NAMES = {"complainant": "comprador", "mediator": "mediador do Mercado Livre"}
+
+
+def receiver_name(reply: dict) -> str:
+    """Who a reply's parts reach, as notes name it: a claim reply may go to Mercado Livre's mediator."""
+    return RECEIVER_NAMES.get(reply.get("receiver") or "", "comprador") if reply.get("kind") == "claim" \
+        else "comprador"
+
+
+def partial_failure(parts: list[dict], error: str, note: str, why: str, to: str = "comprador") -> tuple[str, str]:
+    """The failed mark and note of a reply; when some parts reached `to`, they say which and what is left.
 
     Parts go out in order, so what reached the buyer is a prefix; a part still
     `sending` may or may not have arrived (its answer was lost).
@@ -47,7 +56,7 @@ def partial_failure(parts: list[dict], error: str, note: str, why: str) -> tuple
     rest = [p for p in parts if p["status"] != "sent"]
     arrived = f"{_part_list([p['seq'] + 1 for p in sent])} de {len(parts)}"
     summary = (f"{'A parte' if len(sent) == 1 else 'As partes'} {arrived} "
-               f"{'chegou' if len(sent) == 1 else 'chegaram'} ao comprador")
+               f"{'chegou' if len(sent) == 1 else 'chegaram'} ao {to}")
     if unsent:
         summary += (f"; {'a parte' if len(unsent) == 1 else 'as partes'} "
                     f"{_part_list([p['seq'] + 1 for p in unsent])} não")
@@ -59,7 +68,9 @@ def partial_failure(parts: list[dict], error: str, note: str, why: str) -> tuple
     files = [a.get("name") for p in rest for a in p.get("attachments") or []]
     note = (f"{summary}\n\n{why}\n\nNão envie a mensagem inteira de novo: envie somente o restante:\n\n{remaining}"
             + (f"\n\nAnexos que não foram: {', '.join(files)}" if files else ""))
-    mark = f"{'parte' if len(sent) == 1 else 'partes'} {arrived} enviada{'s' if len(sent) > 1 else ''}; {error}"
+    # The mark names the receiver only when it is not the buyer (a claim reply to the mediator).
+    mark = (f"{'parte' if len(sent) == 1 else 'partes'} {arrived} enviada{'s' if len(sent) > 1 else ''}"
+            f"{'' if to == 'comprador' else f' ao {to}'}; {error}")
     return mark[:200], note
 
 

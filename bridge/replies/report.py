@@ -12,6 +12,7 @@ from bridge import failures, source_ids
 from bridge.backoff import retry_delay
 from bridge.http import ApiError, PermanentError
 from bridge.replies.accept import LINK_KIND
+from bridge.replies.refusal import receiver_name
 from bridge.services import Services
 from db_manager import crashpoint
 
@@ -97,12 +98,25 @@ def _report_in(s: Services, reply: dict) -> None:
         s.chatwoot.set_message_status(conversation_id, message_id, "delivered")
         if reply["kind"] == "answer":
             s.chatwoot.set_status(conversation_id, "resolved")
+        redirected = redirect_note(reply)
+        source_id = source_ids.note("reply", reply["id"])
+        if redirected and not _recent_source(s, conversation_id, source_id):
+            s.chatwoot.note(conversation_id, redirected, source_id=source_id)
         return
     s.chatwoot.set_message_status(conversation_id, message_id, "failed", reply["error"] or "não enviada")
     source_id = source_ids.note("reply", reply["id"])
     if reply["note"] and not _recent_source(s, conversation_id, source_id):
         s.chatwoot.note(conversation_id, f"{_header(s, reply)}: {reply['error']}.\n\n{reply['note']}",
                         source_id=source_id)
+
+
+def redirect_note(reply: dict) -> str | None:
+    """Pure: a claim reply delivered to someone other than the one the agent addressed says who got it."""
+    if reply["kind"] != "claim" or not reply.get("addressed") or reply.get("receiver") == reply["addressed"]:
+        return None
+    got, meant = receiver_name(reply), receiver_name(dict(reply, receiver=reply["addressed"]))
+    return (f"Resposta entregue ao {got}, não ao {meant}: quando ela foi escrita, o Mercado Livre só aceitava "
+            f"mensagens do vendedor para o {got} nesta reclamação. O {meant} não a recebeu.")
 
 
 def _header(s: Services, reply: dict) -> str:

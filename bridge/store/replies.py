@@ -44,7 +44,8 @@ class Reply(TypedDict):
     updated_at: float
     finished_at: float | None
     reported_at: float | None
-    receiver: str | None
+    receiver: str | None        # claims: complainant | mediator, fixed at acceptance for every part
+    addressed: str | None       # claims: whom the agent's attribute named (receiver may differ)
 
 
 class ReplyPart(TypedDict):
@@ -100,7 +101,8 @@ class RepliesStore:
 
     def accept(self, *, chatwoot_message_id: int, conversation_id: int, kind: str, target_id: str | None,
                parts: list[dict], now: float, error: str | None = None, note: str | None = None,
-               taken: tuple[str, str] | None = None, receiver: str | None = None) -> int | None:
+               taken: tuple[str, str] | None = None, receiver: str | None = None,
+               addressed: str | None = None) -> int | None:
         """Record an agent reply and its parts in one transaction.
 
         Returns the new reply id, or None when this Chatwoot message was already accepted
@@ -120,10 +122,10 @@ class RepliesStore:
             status = "failed" if error else "pending"
             cur = conn.execute(
                 "INSERT OR IGNORE INTO replies (chatwoot_message_id, conversation_id, kind, target_id, status,"
-                " next_attempt_at, error, note, created_at, updated_at, finished_at, receiver)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " next_attempt_at, error, note, created_at, updated_at, finished_at, receiver, addressed)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (chatwoot_message_id, conversation_id, kind, target_id, status, now, error, note, now, now,
-                 now if error else None, receiver))
+                 now if error else None, receiver, addressed))
             if cur.rowcount != 1:
                 return None
             reply_id = cur.lastrowid
@@ -242,11 +244,16 @@ class RepliesStore:
             return conn.execute("UPDATE replies SET lease_until = ?, updated_at = ? WHERE status = 'sending'"
                                 " AND lease_until >= ?", (now - 1, now, now)).rowcount
 
-    def record_receiver(self, reply_id: int, receiver: str) -> bool:
-        """The receiver a claim reply's parts went to (the mediator, when it was the only one allowed)."""
+    def fix_receiver(self, reply_id: int, receiver: str) -> str | None:
+        """A claim reply accepted before its claim was known decides its receiver once, before any part
+        leaves; returns the receiver every part uses (an earlier decision stands), None when the
+        reply is no longer unfinished (erased, or finished elsewhere) while its claim was read."""
         with self._db.write() as conn:
-            return conn.execute("UPDATE replies SET receiver = ? WHERE id = ? AND status IN ('pending', 'sending')",
-                                (receiver, reply_id)).rowcount == 1
+            conn.execute("UPDATE replies SET receiver = ? WHERE id = ? AND receiver IS NULL"
+                         " AND status IN ('pending', 'sending')", (receiver, reply_id))
+            row = conn.execute("SELECT receiver FROM replies WHERE id = ? AND status IN ('pending', 'sending')",
+                               (reply_id,)).fetchone()
+            return row["receiver"] if row else None
 
     def mark_part_unsent(self, reply_id: int, seq: int) -> None:
         """The remote side has no trace of this part: it may be sent again."""
@@ -299,15 +306,16 @@ class RepliesStore:
         return found
 
     def message_texts_in_doubt(self, pack_id: str) -> list[str]:
-        """Texts of post-sale parts that may have reached Mercado Livre without us knowing (in flight).
+        """Texts of post-sale parts that may have reached Mercado Livre without us knowing (in flight)."""
+        return self._texts_in_doubt("message", pack_id)
 
-        Only of unfinished replies: a finished one will not settle its parts any more (and its
-        texts are cleared), so its doubt would hold back the seller's messages for good.
-        """
+    def _texts_in_doubt(self, kind: str, target_id: str) -> list[str]:
+        """Only of unfinished replies: a finished one will not settle its parts any more (and its
+        texts are cleared), so its doubt would hold back the seller's messages for good."""
         return [r["text"] or "" for r in self._db.all(
-            "SELECT p.text FROM reply_parts p JOIN replies r ON r.id = p.reply_id WHERE r.kind = 'message'"
+            "SELECT p.text FROM reply_parts p JOIN replies r ON r.id = p.reply_id WHERE r.kind = ?"
             " AND r.target_id = ? AND r.status IN ('pending', 'sending') AND p.status = 'sending'",
-            (str(pack_id),))]
+            (kind, str(target_id)))]
 
     def claim_parts_sent(self, remote_id: str) -> list[SentClaimPart]:
         """Claim reply parts the bridge sent with this text key (claim messages have no id), oldest first."""
@@ -317,9 +325,7 @@ class RepliesStore:
 
     def claim_texts_in_doubt(self, claim_id: str) -> list[str]:
         """Texts of claim parts that may have reached Mercado Livre without us knowing (in flight)."""
-        return [r["text"] or "" for r in self._db.all(
-            "SELECT p.text FROM reply_parts p JOIN replies r ON r.id = p.reply_id WHERE r.kind = 'claim'"
-            " AND r.target_id = ? AND p.status = 'sending'", (str(claim_id),))]
+        return self._texts_in_doubt("claim", claim_id)
 
     def by_remote_id(self, remote_id: str) -> Reply | None:
         return self._db.one("SELECT r.* FROM replies r JOIN reply_parts p ON p.reply_id = r.id WHERE p.remote_id = ?",

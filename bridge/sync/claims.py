@@ -21,11 +21,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
-from datetime import datetime, timezone
+import unicodedata
 
-from bridge import failures, source_ids
-from bridge.http import PermanentError
+from bridge import failures, source_ids, text
+from bridge.http import ApiError, PermanentError
 from bridge.paging import Pages
 from bridge.services import Services
 from bridge.sync import moderation
@@ -40,6 +41,9 @@ log = logging.getLogger("bridge.claims")
 SEARCH_PAGE = 50
 MAX_SEARCH_PAGES = 40
 DUE_SOON = 24 * 3600.0
+# An optional fact (does the claim affect the reputation?) whose lookup failed is asked again this often.
+FACT_RETRY = 600.0
+REASON_MAX_AGE = 7 * 86400.0  # the cache's own lifetime (Database.prune)
 # Moderation usually acts within minutes of a message being accepted (as for post-sale replies).
 MODERATION_CHECK_AFTER = 120.0
 MODERATION_CHECK_UNTIL = 1800.0
@@ -127,6 +131,11 @@ def respondent(claim: dict) -> dict:
     return next((p for p in claim.get("players") or [] if isinstance(p, dict) and p.get("role") == "respondent"), {})
 
 
+def against_seller(claim: dict, seller_id) -> bool:
+    """The seller is the claim's respondent: a claim it opened on its own purchase is not the store's."""
+    return str(respondent(claim).get("user_id")) == str(seller_id)
+
+
 def complainant_id(claim: dict):
     player = next((p for p in claim.get("players") or [] if isinstance(p, dict) and p.get("role") == "complainant"),
                   {})
@@ -137,21 +146,56 @@ def seller_actions(claim: dict) -> list[dict]:
     return [a for a in respondent(claim).get("available_actions") or [] if isinstance(a, dict) and a.get("action")]
 
 
+# What agents type in `meli_claim_reply_to` (setup offers `comprador` / `mediador` as a list; older
+# installs have a text field). Compared without case, accents or punctuation; the words below are
+# fillers ("para o", "do") and Mercado Livre's own names, which alone mean its mediation.
+BUYER_WORDS = frozenset({"comprador", "compradora", "cliente", "buyer", "complainant", "reclamante"})
+MEDIATOR_WORDS = frozenset({"mediador", "mediadora", "mediator", "mediacao", "mediation", "mediadores"})
+FILLER_WORDS = frozenset({"o", "a", "os", "as", "ao", "para", "pra", "pro", "p", "do", "da", "de", "no", "na", "to",
+                          "the"})
+MELI_WORDS = frozenset({"ml", "meli", "mercado", "livre", "mercadolivre", "mercadolibre", "libre"})
+REPLY_TO_VALUES = "comprador (ou vazio) para o comprador; mediador para a mediação do Mercado Livre"
+
+
+def parse_reply_to(value) -> str | None:
+    """`complainant`, `mediator`, or None when the value is not recognized (never guessed as the buyer:
+    a reply meant for the mediator that reached the buyer cannot be taken back). Absent or blank: the buyer."""
+    if value is None:
+        return "complainant"
+    if not isinstance(value, str):
+        return None
+    if not value.strip():
+        return "complainant"
+    plain = "".join(c for c in unicodedata.normalize("NFKD", value.casefold()) if not unicodedata.combining(c))
+    words = [w for w in re.split(r"[\W_]+", plain) if w]
+    if not words:
+        return None
+    meant = [w for w in words if w not in FILLER_WORDS]
+    core = {w for w in meant if w not in MELI_WORDS}
+    if not core:
+        return "mediator" if meant else None
+    if len(core) == 1 and core <= MEDIATOR_WORDS:
+        return "mediator"
+    if len(core) == 1 and core <= BUYER_WORDS:
+        return "complainant"
+    return None
+
+
 def allowed_receivers(claim: dict) -> set[str]:
     names = {a["action"] for a in seller_actions(claim)}
     return {role for role in ("complainant", "mediator") if f"send_message_to_{role}" in names}
 
 
-def choose_receiver(wanted: str | None, claim: dict) -> str | None:
-    """Who a reply goes to: the buyer unless the agent asked for the mediator, or the mediator is
-    the only one the seller may address now. None: nobody can be written to."""
-    allowed = allowed_receivers(claim)
-    target = "mediator" if wanted == "mediator" else "complainant"
-    if target in allowed:
-        return target
-    if target == "complainant" and allowed == {"mediator"}:
-        return "mediator"
-    return None
+def resolve_receiver(wanted: str, allowed: list[str] | set[str] | None) -> str | None:
+    """Who a reply goes to, decided once (every part then goes there): the one the agent addressed,
+    or the mediator when the buyer was addressed and the mediator is the only one the seller may
+    write to. `allowed` None: not known yet (a claim not synced in full), and None returned when
+    that matters: the delivery decides, from the claim it reads, before the first part leaves."""
+    if wanted != "complainant":
+        return wanted
+    if allowed is None:
+        return None
+    return "mediator" if set(allowed) == {"mediator"} else "complainant"
 
 
 def next_action(claim: dict) -> tuple[str | None, str | None]:
@@ -167,14 +211,23 @@ def action_name(action: str | None) -> str:
     return ACTIONS.get(action, action.replace("_", " ") if action else "nenhuma")
 
 
-def when(date: str | None) -> str:
-    moment = parse_date(date)
-    if moment is None:
-        return "sem prazo"
-    return datetime.fromtimestamp(moment, timezone.utc).strftime("%d/%m/%Y %H:%M UTC")
+def when(date: str | None, zone: str) -> str:
+    """A Mercado Livre date (UTC) as agents read it: local time, in `zone` (DISPLAY_TIMEZONE)."""
+    return text.local_time(parse_date(date), zone) or "sem prazo"
 
 
-def claim_attributes(claim: dict, order: dict | None, affects: str | None) -> dict:
+def reason_label(reason_id, detail: str | None) -> str:
+    """The claim's reason as agents read it: Mercado Livre's sentence, its id kept beside it (or alone,
+    while the sentence is unknown)."""
+    reason_id = str(reason_id or "")
+    if detail and reason_id:
+        return f"{detail} ({reason_id})"
+    return detail or reason_id or "não informado"
+
+
+def claim_attributes(claim: dict, order: dict | None, affects: str | None, *, zone: str,
+                     reason: str | None = None) -> dict:
+    """`reason`: the reason's readable sentence, when known."""
     action, due = next_action(claim)
     order_id = str(claim.get("resource_id") or "") if claim.get("resource") == "order" else ""
     if order:
@@ -187,25 +240,26 @@ def claim_attributes(claim: dict, order: dict | None, affects: str | None) -> di
         "meli_claim_type": str(claim.get("type") or ""),
         "meli_claim_stage": str(claim.get("stage") or ""),
         "meli_claim_status": str(claim.get("status") or ""),
-        "meli_claim_reason": str(claim.get("reason_id") or ""),
+        "meli_claim_reason": reason_label(claim.get("reason_id"), reason) if claim.get("reason_id") or reason else "",
         "meli_claim_next_action": action or "",
-        "meli_claim_due_date": due or "",
+        "meli_claim_due_date": when(due, zone) if due else "",
         "meli_claim_affects_reputation": affects or "",
         "meli_claim_url": CLAIM_URL.format(claim_id=claim.get("id")),
         "meli_sale_url": SALE_URL.format(order_id=order_id) if order_id else "",
     }
 
 
-def summary_message(claim: dict, order: dict | None) -> str:
+def summary_message(claim: dict, order: dict | None, *, zone: str, reason: str | None = None) -> str:
+    """The bridge's own account of the claim: a private note, never written as the buyer."""
     kind = TYPES.get(claim.get("type"), str(claim.get("type") or "reclamação"))
     lines = [f"O comprador abriu uma {kind} no Mercado Livre (reclamação {claim.get('id')})."]
     for line in (order or {}).get("order_items") or []:
         title = (line.get("item") or {}).get("title") or (line.get("item") or {}).get("id") or "item"
         lines.append(f"- {line.get('quantity') or 1} x {title}")
-    lines.append(f"Motivo: {claim.get('reason_id') or 'não informado'}")
+    lines.append(f"Motivo: {reason_label(claim.get('reason_id'), reason)}")
     action, due = next_action(claim)
     if action:
-        lines.append(f"Próxima ação do vendedor: {action_name(action)} ({when(due)})")
+        lines.append(f"Próxima ação do vendedor: {action_name(action)} ({when(due, zone)})")
     order_id = (order or {}).get("id") or (claim.get("resource_id") if claim.get("resource") == "order" else None)
     if order_id:
         lines.append(f"Venda: {SALE_URL.format(order_id=order_id)}")
@@ -228,7 +282,7 @@ def message_content(message: dict, direction: str) -> str:
     return body
 
 
-def state_events(old: dict, claim: dict) -> list[tuple[str, str]]:
+def state_events(old: dict, claim: dict, zone: str) -> list[tuple[str, str]]:
     """(event key, private note) for each change since `old` (the claim's link data)."""
     events = []
     stage, status = claim.get("stage"), claim.get("status")
@@ -241,7 +295,7 @@ def state_events(old: dict, claim: dict) -> list[tuple[str, str]]:
         events.append((f"stage:{stage}", text))
     action, due = next_action(claim)
     if status != "closed" and due and old.get("due") and due != old.get("due"):
-        events.append((f"due:{due}", f"O prazo do vendedor mudou: {action_name(action)} até {when(due)}."))
+        events.append((f"due:{due}", f"O prazo do vendedor mudou: {action_name(action)} até {when(due, zone)}."))
     if status == "closed" and old.get("status") != "closed":
         events.append(("closed", closed_note(claim)))
     return events
@@ -309,6 +363,7 @@ def sync_claims(s: Services) -> dict:
         counts["synced"] += ok
     counts["deadlines"] = check_deadlines(s)
     counts["sales_pointed"] = point_sales(s)
+    counts["facts_completed"] = retry_optional_facts(s)
     counts["moderation_checks"] = check_recent_replies(s, skip=set(due))
     counts["item_errors"] = batch.failed
     return counts
@@ -320,9 +375,13 @@ def _open_claims(s: Services) -> tuple[dict[str, dict], bool]:
                   items=lambda page: [c for c in page.get("data") or []
                                       if isinstance(c, dict) and str(c.get("id") or "").isdigit()],
                   max_pages=MAX_SEARCH_PAGES)
+    seller_id = s.meli.seller_id()
     for _page, data in pages:
         for claim in data:
-            listed[str(claim["id"])] = claim
+            if against_seller(claim, seller_id):
+                listed[str(claim["id"])] = claim
+            else:
+                log.info("claim skipped: the seller is not its respondent claim=%s", claim["id"])
     return listed, pages.complete
 
 
@@ -357,6 +416,12 @@ def _sync_claim(s: Services, claim_id: str) -> int:
         # Out of reach now (another account's, or removed): stop following it.
         s.db.links.update("claim", claim_id, s.clock(), data=dict(link["data"], status="unavailable"))
         log.warning("claim no longer readable claim=%s status=%s", claim_id, exc.status)
+        return 0
+    if not against_seller(claim, s.meli.seller_id()):
+        # Its own purchase's claim (or a claim id typed in a conversation): not one to answer as the store.
+        if link:
+            s.db.links.update("claim", claim_id, s.clock(), data=dict(link["data"], status="not_respondent"))
+        log.warning("claim skipped: the seller is not its respondent claim=%s", claim_id)
         return 0
     messages = s.meli.claim_messages(claim_id)
     # Pruned by retention or erased: what the watermark covers stays out of Chatwoot, and a
@@ -408,9 +473,12 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
     created, deferred = _mirror_messages(s, claim_id, conversation_id, to_mirror, reopen=old is not None or found)
     # A conversation made again after an agent deleted it compares with what the claim was then.
     before = old or (data if data.get("stage") else {"stage": claim.get("stage"), "due": None})
-    for event, note in state_events(before, claim):
+    for event, note in state_events(before, claim, s.settings.display_timezone):
         _event(s, claim_id, event, conversation_id, note, resolve=event == "closed")
-    attributes = claim_attributes(claim, order, affects)
+    # A name that could not be had is left to retry_optional_facts (at most every FACT_RETRY), not
+    # asked again at every change of the claim.
+    reason = _reason_detail(s, claim.get("reason_id")) if (old or {}).get("reason_named", True) else None
+    attributes = claim_attributes(claim, order, affects, zone=s.settings.display_timezone, reason=reason)
     if old is not None and not order:
         # The order was read when the conversation was made: keep its ids.
         attributes.update(meli_order_id=old.get("order_id") or attributes["meli_order_id"],
@@ -421,9 +489,12 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
         _update_attributes(s, conversation_id, attributes)
     action, due = next_action(claim)
     # A message left for later must not wait for the claim's next change: the next poll reads it again.
+    # `receivers`: whom the seller may write to now, for the listener to resolve a reply's receiver.
     data.update(last_updated=None if deferred else claim.get("last_updated"), stage=claim.get("stage"),
+                receivers=sorted(allowed_receivers(claim)),
                 status=claim.get("status"), due=due, next_action=action, affects=affects,
                 awaiting_seller=awaiting_seller(messages),
+                reason_named=bool(reason) or not claim.get("reason_id") or _alnum_free(claim.get("reason_id")),
                 last_message_at=max((parse_date(m.get("date_created")) or 0.0 for m in messages), default=0.0),
                 attributes=attributes)
     s.db.links.update("claim", claim_id, s.clock(), data=data)
@@ -432,12 +503,77 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
 
 
 def _affects_reputation(s: Services, claim_id: str, known: str | None = None) -> str | None:
-    """Shown as an attribute; its absence never holds up the claim's messages."""
+    """Shown as an attribute; its absence never holds up the claim's messages. Unknown (None) after
+    any failure, transient ones included: `retry_optional_facts` asks again on a later poll."""
     try:
         return s.meli.claim_affects_reputation(claim_id) or known
-    except PermanentError as exc:
+    except ReauthorizationRequired:
+        raise
+    except ApiError as exc:
         log.warning("claim reputation effect unknown claim=%s error=%r", claim_id, exc.short())
         return known
+
+
+def _alnum_free(reason_id) -> bool:
+    """A reason id never asked for (not a plain code): nothing to retry."""
+    return not str(reason_id or "").isalnum()
+
+
+def _reason_detail(s: Services, reason_id) -> str | None:
+    """Mercado Livre's sentence for a claim reason (cached: reasons change rarely); None when unknown
+    or the lookup failed, and the id is shown instead: never a reason to hold the claim up."""
+    reason_id = str(reason_id or "")
+    if not reason_id or not reason_id.isalnum():
+        return None
+    cached = s.db.cache.get_many("claim_reason", [reason_id], REASON_MAX_AGE, s.clock())
+    if reason_id in cached:
+        return cached[reason_id]
+    try:
+        detail = s.meli.claim_reason(reason_id)
+    except ReauthorizationRequired:
+        raise
+    except ApiError as exc:
+        log.warning("claim reason name unknown reason=%s error=%r", reason_id, exc.short())
+        return None
+    if detail:
+        s.db.cache.put_many("claim_reason", {reason_id: detail}, s.clock())
+    return detail
+
+
+def retry_optional_facts(s: Services) -> int:
+    """Open claims shown without an optional fact (a lookup failed: the reputation effect, the reason's
+    name): asked again, at most once per FACT_RETRY each, and shown once known. Returns the claims completed."""
+    completed = 0
+    for link in s.db.links.by_status("claim", "created"):
+        if s.stopping.is_set():
+            break
+        data = link["data"]
+        if data.get("status") != "opened" or (data.get("affects") is not None and data.get("reason_named", True)) \
+                or s.clock() - (data.get("facts_tried_at") or 0.0) < FACT_RETRY:
+            continue
+        claim_id = link["external_id"]
+        with s.locks.hold(f"claim:{claim_id}"):
+            current = s.db.links.get("claim", claim_id) or link
+            data = dict(current["data"], facts_tried_at=s.clock())
+            attributes = dict(data.get("attributes") or {})
+            if data.get("affects") is None:
+                data["affects"] = _affects_reputation(s, claim_id)
+                attributes["meli_claim_affects_reputation"] = data["affects"] or ""
+            if not data.get("reason_named", True):
+                reason_id = attributes.get("meli_claim_reason") or ""
+                detail = _reason_detail(s, reason_id)
+                data["reason_named"] = bool(detail)
+                attributes["meli_claim_reason"] = reason_label(reason_id, detail)
+            if attributes != data.get("attributes"):
+                try:
+                    _update_attributes(s, current["conversation_id"], attributes)
+                except PermanentError as exc:
+                    if not is_gone(exc):
+                        raise
+                data["attributes"] = attributes
+                completed += 1
+            s.db.links.update("claim", claim_id, s.clock(), data=data)
+    return completed
 
 
 def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
@@ -453,7 +589,8 @@ def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
     buyer = (order or {}).get("buyer") or {}
     buyer_id = buyer.get("id") or complainant_id(claim)
     affects = _affects_reputation(s, claim_id)
-    attributes = claim_attributes(claim, order, affects)
+    reason = _reason_detail(s, claim.get("reason_id"))
+    attributes = claim_attributes(claim, order, affects, zone=s.settings.display_timezone, reason=reason)
     contact_id, conversation_id, fresh = open_conversation(
         s, kind="claim", external_id=claim_id, inbox_id=s.settings.chatwoot_claims_inbox_id, buyer_id=buyer_id,
         nickname=buyer.get("nickname"), custom_attributes=attributes)
@@ -462,7 +599,8 @@ def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
         # Found, and maybe resolved by an agent while it was empty: the claim itself is the buyer's
         # first word. Before its summary goes in: once recorded, nothing would say it must reopen.
         s.chatwoot.set_status(conversation_id, "open")
-    _event(s, claim_id, "opened", conversation_id, summary_message(claim, order), incoming=True)
+    _event(s, claim_id, "opened", conversation_id,
+           summary_message(claim, order, zone=s.settings.display_timezone, reason=reason))
     order_id, pack_id = attributes["meli_order_id"], attributes["meli_pack_id"]
     sale_noted = _point_sale_to_claim(s, claim_id, conversation_id, pack_id, order_id)
     action, due = next_action(claim)
@@ -470,6 +608,7 @@ def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
                             data=dict(data or {}, buyer_id=buyer_id, order_id=order_id, pack_id=pack_id,
                                       sale_noted=sale_noted or bool((data or {}).get("sale_noted")),
                                       stage=claim.get("stage"), status="opened", due=due, affects=affects,
+                                      receivers=sorted(allowed_receivers(claim)),
                                       attributes=attributes))
     log.info("claim in chatwoot claim=%s buyer=%s order=%s conversation=%s", claim_id, buyer_id, order_id,
              conversation_id)
@@ -495,9 +634,10 @@ def _point_sale_to_claim(s: Services, claim_id: str, conversation_id: int, pack_
     return True
 
 
-def _event(s: Services, claim_id: str, event: str, conversation_id: int, content: str, *, incoming: bool = False,
+def _event(s: Services, claim_id: str, event: str, conversation_id: int, content: str, *,
            resolve: bool = False, priority: str | None = None) -> None:
-    """One message or private note per claim event, whatever crashes in between."""
+    """One private note per claim event, whatever crashes in between (the bridge's own words: never
+    posted as an incoming message, which would read as the buyer's)."""
     key = f"{claim_id}:{event}"
     link, fresh = s.db.links.record_intent("claim_event", key, s.clock(), conversation_id=conversation_id)
     if link["status"] == "created":
@@ -505,8 +645,6 @@ def _event(s: Services, claim_id: str, event: str, conversation_id: int, content
     source = source_ids.claim_event(claim_id, event)
 
     def create() -> dict:
-        if incoming:
-            return s.chatwoot.create_message(conversation_id, content, message_type="incoming", source_id=source)
         return s.chatwoot.note(conversation_id, content, source_id=source)
 
     ensure_message(s, "claim_event", key, conversation_id, source, create, crash=None,
@@ -644,8 +782,8 @@ def _deadline(s: Services, link: dict | None) -> int:
     if any(r["created_at"] >= (data.get("last_message_at") or 0.0) for r in replies):
         return 0  # an agent answered since: the reply is on its way
     note = (f"Prazo perto do fim: o vendedor precisa {action_name(data.get('next_action'))} até "
-            f"{when(data['due'])} e nada foi enviado desde a última mensagem. Sem resposta no prazo, o Mercado Livre "
-            "pode decidir a reclamação a favor do comprador.")
+            f"{when(data['due'], s.settings.display_timezone)} e nada foi enviado desde a última mensagem. Sem "
+            "resposta no prazo, o Mercado Livre pode decidir a reclamação a favor do comprador.")
     _event(s, link["external_id"], f"due_soon:{data['due']}", link["conversation_id"], note, priority="urgent")
     s.db.links.update("claim", link["external_id"], s.clock(), data=dict(data, due_noted=data["due"]))
     log.warning("claim deadline near claim=%s conversation=%s due=%s", link["external_id"], link["conversation_id"],

@@ -26,6 +26,12 @@ MAX_MULTIGET = 20
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 UPLOAD_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "pdf": "application/pdf",
                 "txt": "text/plain"}
+# Claim reasons by id: (flow, name, the readable sentence Mercado Livre shows).
+CLAIM_REASONS = {
+    "PDD9939": ("post_purchase_delivered", "repentant_buyer", "O comprador se arrependeu da compra"),
+    "PDD9944": ("post_purchase_delivered", "defective_item", "O produto chegou com defeito"),
+    "PNR9501": ("post_purchase_not_received", "not_received", "O produto não chegou"),
+}
 DEFAULT_REDIRECT_URI = "https://bridge.example.com/oauth/callback"
 INVALID_GRANT = ("Error validating grant. Your authorization code or refresh token may be expired "
                  "or it was already used")
@@ -615,16 +621,26 @@ class MeliState(Controls):
     def add_claim(self, claim_id: int, order_id: int, *, reason_id: str = "PDD9939", claim_type: str = "mediations",
                   due_in_hours: float = 72.0) -> dict:
         """The buyer of `order_id` opened a claim: stage `claim`, the seller may write to the buyer."""
+        with self.lock:
+            buyer_id = self.orders[int(order_id)]["buyer"]["id"]
+        return self._add_claim(claim_id, order_id, buyer_id, self.seller_id, reason_id, claim_type, due_in_hours)
+
+    def add_purchase_claim(self, claim_id: int, order_id: int, other_seller_id: int = 9000001) -> dict:
+        """The seller's account opened a claim on something it bought: it is the complainant, another
+        seller the respondent (no order of the seller's own)."""
+        return self._add_claim(claim_id, order_id, self.seller_id, other_seller_id, "PNR9501", "mediations", 72.0)
+
+    def _add_claim(self, claim_id: int, order_id: int, complainant_id: int, respondent_id: int, reason_id: str,
+                   claim_type: str, due_in_hours: float) -> dict:
         now = self._real_moment()
         with self.lock:
-            order = self.orders[int(order_id)]
             claim = {"id": int(claim_id), "resource": "order", "resource_id": int(order_id), "type": claim_type,
                      "stage": "claim", "status": "opened", "reason_id": reason_id, "parent_id": None,
                      "date_created": _iso(now), "last_updated": _iso(now), "resolution": None,
                      "site_id": "MLB", "players": [
-                         {"role": "complainant", "type": "buyer", "user_id": order["buyer"]["id"],
+                         {"role": "complainant", "type": "buyer", "user_id": complainant_id,
                           "available_actions": []},
-                         {"role": "respondent", "type": "seller", "user_id": self.seller_id,
+                         {"role": "respondent", "type": "seller", "user_id": respondent_id,
                           "available_actions": [
                               {"action": "send_message_to_complainant", "due_date": _iso(now + timedelta(
                                   hours=due_in_hours)), "mandatory": True},
@@ -717,10 +733,16 @@ class MeliState(Controls):
             return json_error(self, 400, "offset and limit must be numbers", "bad_request")
         if limit < 1 or limit > 100 or offset < 0:
             return json_error(self, 400, "limit must be between 1 and 100", "bad_request")
+        role, player = args.get("players.role"), args.get("players.user_id")
+        if (role is None) != (player is None):
+            return json_error(self, 400, "players.role and players.user_id must be given together", "bad_request")
         with self.lock:
+            # Without the players filter, every claim the caller plays any role in (its own purchases too).
             found = [c for c in self.claims.values()
                      if all(str(c.get(k)) == args[k] for k in ("status", "stage", "resource_id") if k in args)
-                     and any(p["user_id"] == g.user_id for p in c["players"])]
+                     and any(p["user_id"] == g.user_id for p in c["players"])
+                     and (role is None or any(p["role"] == role and str(p["user_id"]) == player
+                                              for p in c["players"]))]
             found.sort(key=lambda c: c["id"])
             page = [dict(c) for c in found[offset:offset + limit]]
         return jsonify({"paging": {"offset": offset, "limit": limit, "total": len(found)}, "data": page})
@@ -944,6 +966,15 @@ def create_meli_app(state: MeliState) -> Flask:
         if not claim_or_404(claim_id) or not found or found.get("claim_id") != claim_id:
             return not_found(f"attachment {filename}")
         return Response(found["content"], mimetype=found["content_type"])
+
+    @app.get("/post-purchase/v1/claims/reasons/<reason_id>")
+    def claim_reason(reason_id: str):
+        found = CLAIM_REASONS.get(reason_id)
+        if not found:
+            return not_found(f"reason {reason_id}")
+        flow, name, detail = found
+        return jsonify({"id": reason_id, "flow": flow, "name": name, "detail": detail, "settings": {},
+                        "status": "active"})
 
     @app.get("/post-purchase/v1/claims/<int:claim_id>/affects-reputation")
     def claim_affects_reputation(claim_id: int):
