@@ -622,9 +622,12 @@ def test_a_claim_read_by_id_where_the_seller_is_not_the_respondent_is_skipped(s,
 
 @responses.activate
 def test_a_reply_to_a_claim_where_the_seller_is_not_the_respondent_is_refused(s, db):
-    reply_id = db.replies.accept(chatwoot_message_id=910, conversation_id=88, kind="claim", target_id="5000002",
+    reply_id = db.replies.accept(chatwoot_message_id=910, conversation_id=89, kind="claim", target_id="5000002",
                                  parts=[{"text": "Olá"}], now=s.clock(), receiver="complainant")
     responses.get(f"{API}/post-purchase/v1/claims/5000002", json=purchase_claim())
+    # Chatwoot's own record names that claim, in the claims inbox: only the claim itself is refused.
+    responses.get(f"{CW}/conversations/89", json={"id": 89, "inbox_id": CLAIM_INBOX,
+                                                  "custom_attributes": {"meli_claim_id": "5000002"}})
     send = responses.post(f"{API}/post-purchase/v1/claims/5000002/actions/send-message", json={})
     assert delivery.deliver(s, reply_id) == "failed"
     assert send.call_count == 0
