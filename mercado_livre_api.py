@@ -290,8 +290,8 @@ class MeliClient(HttpClient):
 
     def thread_page(self, pack_id: str, seller_id: int, offset: int = 0, limit: int = 10) -> dict:
         # mark_as_read=false: buyer messages are marked read only once safely in Chatwoot.
-        return self._api("GET", f"/messages/packs/{pack_id}/sellers/{seller_id}", params={
-            "tag": "post_sale", "mark_as_read": "false", "limit": limit, "offset": offset})
+        return as_thread_page(self._api("GET", f"/messages/packs/{pack_id}/sellers/{seller_id}", params={
+            "tag": "post_sale", "mark_as_read": "false", "limit": limit, "offset": offset}))
 
     def mark_thread_read(self, pack_id: str, seller_id: int, offset: int = 0, limit: int = 10) -> dict:
         """Reading without mark_as_read=false is what marks the buyer's messages read.
@@ -299,11 +299,16 @@ class MeliClient(HttpClient):
         Exactly the messages of the returned page are marked: the caller checks that page,
         since a message may have arrived after its own read of the thread.
         """
-        return self._api("GET", f"/messages/packs/{pack_id}/sellers/{seller_id}",
-                         params={"tag": "post_sale", "limit": limit, "offset": offset}) or {}
+        return as_thread_page(self._api("GET", f"/messages/packs/{pack_id}/sellers/{seller_id}",
+                                        params={"tag": "post_sale", "limit": limit, "offset": offset}))
 
     def message(self, message_id: str) -> dict:
-        return self._api("GET", f"/messages/{message_id}", params={"tag": "post_sale"})
+        """One post-sale message (an answer wrapping it in a `messages` list is unwrapped)."""
+        result = self._api("GET", f"/messages/{message_id}", params={"tag": "post_sale"}) or {}
+        listed = result.get("messages") if isinstance(result, dict) else None
+        if isinstance(listed, list):
+            result = listed[0] if listed else {}
+        return post_sale_message(result) if isinstance(result, dict) else {}
 
     def send_message(self, pack_id: str, seller_id: int, to_user_id: int, text: str,
                      attachment_ids: list[str] | None = None) -> Any:
@@ -350,7 +355,7 @@ class MeliClient(HttpClient):
         # Documented as a bare list; a wrapped one is accepted too.
         if isinstance(result, dict):
             result = result.get("data") or result.get("messages") or []
-        return [m for m in result or [] if isinstance(m, dict)]
+        return [claim_message(m) for m in result or [] if isinstance(m, dict)]
 
     def claim_affects_reputation(self, claim_id: str) -> str | None:
         result = self._api("GET", f"/post-purchase/v1/claims/{claim_id}/affects-reputation") or {}
@@ -377,6 +382,38 @@ class MeliClient(HttpClient):
     def missed_feeds(self) -> list[dict]:
         result = self._api("GET", "/missed_feeds", params={"app_id": self.settings.meli_app_id}) or {}
         return result.get("messages") or []
+
+
+# ---- messages as every flow reads them ---------------------------------------------------------------
+# Mercado Livre gives a message's text as a string, or in older answers as {"plain": "..."}.
+# Normalized here, once, for every flow: nothing above this module sees the older shape.
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict):
+        value = value.get("plain")
+    return value if isinstance(value, str) else ""
+
+
+def post_sale_message(message: dict) -> dict:
+    """A post-sale message whose `text` is a string (empty when it has none)."""
+    return dict(message, text=_text(message.get("text")))
+
+
+def as_thread_page(page: Any) -> dict:
+    """A thread page whose messages are all post-sale messages as above (an empty answer: {})."""
+    if not isinstance(page, dict):
+        return {}
+    messages = page.get("messages")
+    if not isinstance(messages, list):
+        return page
+    return dict(page, messages=[post_sale_message(m) for m in messages if isinstance(m, dict)])
+
+
+def claim_message(message: dict) -> dict:
+    """A claim message whose `message` is its text as a string: the original, or the translation
+    when only that is given (empty when neither)."""
+    text = _text(message.get("message")) or _text(message.get("translated_message"))
+    return dict(message, message=text)
 
 
 _refresh_locks: dict[tuple[int, str], threading.Lock] = {}

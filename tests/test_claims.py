@@ -9,6 +9,7 @@ import responses
 
 from bridge.replies import accept, delivery
 from bridge.sync import claims as sync_claims
+from tests.fakes.fake_meli import in_old_shape
 from tests.helpers import authorized_services
 from tests.payloads import message_created
 
@@ -263,6 +264,20 @@ def test_a_site_message_held_back_for_a_reply_in_flight_is_read_again_at_the_nex
     sync_claims.sync_claim(s, CLAIM_ID)
     assert mirrored() == ["ok\n\n(enviada pelo Mercado Livre, fora do Chatwoot)"]
     assert not sync_claims._changed(s, CLAIM_ID, summary)
+
+
+@responses.activate
+def test_claim_messages_in_the_older_plain_shape_are_mirrored_and_the_agents_own_adopted(s, db):
+    delivered_claim_reply(db, 901, "Vamos trocar")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim(due="2030-01-01T00:00:00.000Z"))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
+                  json=[in_old_shape(buyer_message("Chegou quebrado")),
+                        in_old_shape(respondent_message("Vamos trocar", 6))])
+    chatwoot_for_mirroring()
+    assert sync_claims.sync_claim(s, CLAIM_ID) == 1
+    assert mirrored() == ["Chegou quebrado"]
+    [ours] = [link for link in db.links.with_prefix("claim_message", f"{CLAIM_ID}:") if link["message_id"] == 901]
+    assert ours["data"]["by"] == "bridge"
 
 
 @responses.activate

@@ -453,7 +453,7 @@ def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float) -
     fresh = 0
     for key, message in sync_claims.message_keys(claim_id, s.meli.claim_messages(claim_id)):
         if message.get("sender_role") != "respondent" \
-                or sync_claims.sent_key(claim_id, sync_claims.text_of(message)) != remote or key in linked:
+                or sync_claims.sent_key(claim_id, message.get("message") or "") != remote or key in linked:
             continue
         created = sync_messages.parse_date(message.get("date_created"))
         fresh += created is not None and created >= since - SEND_CLOCK_SKEW

@@ -67,15 +67,6 @@ BENEFITED = {"complainant": "o comprador", "respondent": "o vendedor (você)", "
 
 # ---- pure decisions -------------------------------------------------------------------------------
 
-def text_of(message: dict) -> str:
-    text = message.get("message")
-    if isinstance(text, dict):  # accepted in the older {"plain": ...} shape too
-        text = text.get("plain")
-    if not isinstance(text, str) or not text:
-        text = message.get("translated_message") if isinstance(message.get("translated_message"), str) else ""
-    return text or ""
-
-
 def extension(name) -> str:
     """What a log line may say of a file: its extension, never its name."""
     return os.path.splitext(str(name))[1].lstrip(".").lower()[:10] or "-"
@@ -87,7 +78,8 @@ def text_hash(text: str) -> str:
 
 def message_key(claim_id: str, message: dict) -> str:
     """A claim message's identity: it has no id (links key, never text)."""
-    return f"{claim_id}:{message.get('sender_role')}:{message.get('date_created')}:{text_hash(text_of(message))}"
+    text = message.get("message") or ""
+    return f"{claim_id}:{message.get('sender_role')}:{message.get('date_created')}:{text_hash(text)}"
 
 
 def message_keys(claim_id: str, messages: list[dict]) -> list[tuple[str, dict]]:
@@ -215,7 +207,7 @@ def summary_message(claim: dict, order: dict | None) -> str:
 
 def message_content(message: dict, direction: str) -> str:
     role = message.get("sender_role")
-    body = text_of(message)
+    body = message.get("message") or ""
     if is_rejected(message):
         who = {"complainant": "do comprador", "mediator": "da mediação"}.get(role, "do vendedor")
         outcome = " O destinatário não a recebeu." if role == "respondent" else ""
@@ -544,7 +536,7 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
                 _report_moderated_reply(s, claim_id, key, link, message, conversation_id)
             continue
         if message.get("sender_role") == "respondent":
-            remote = sent_key(claim_id, text_of(message))
+            remote = sent_key(claim_id, message.get("message") or "")
             part = next((p for p in s.db.replies.claim_parts_sent(remote)
                          if (p["chatwoot_message_id"], p["seq"]) not in adopted), None)
             if part:
@@ -557,7 +549,7 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
                     _report_moderated_reply(s, claim_id, key, s.db.links.get("claim_message", key), message,
                                             conversation_id)
                 continue
-            if " ".join(text_of(message).split()) in in_doubt:
+            if " ".join((message.get("message") or "").split()) in in_doubt:
                 deferred = True  # may be a reply part in flight: the next sync decides
                 continue
             plan.append((key, message, "outgoing"))

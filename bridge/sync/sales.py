@@ -125,7 +125,7 @@ def last_handled(messages: list[dict]) -> tuple[str | None, float | None]:
 def is_in_doubt(message: dict, seller_id: int, in_doubt: list[str]) -> bool:
     if str((message.get("from") or {}).get("user_id")) != str(seller_id):
         return False
-    words = " ".join(str(message.get("text") or "").split())
+    words = " ".join((message.get("text") or "").split())
     return any(words == " ".join(text.split()) for text in in_doubt)
 
 
@@ -360,8 +360,6 @@ def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
 def sync_message_resource(s: Services, message_id: str) -> str:
     """A `messages` notification: find the message's pack and sync that thread."""
     message = s.meli.message(message_id)
-    if isinstance(message.get("messages"), list) and message["messages"]:
-        message = message["messages"][0]
     resources = {r.get("name"): str(r.get("id")) for r in message.get("message_resources") or []}
     pack_id = resources.get("packs") or resources.get("orders")
     if not pack_id:
