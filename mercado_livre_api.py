@@ -300,15 +300,15 @@ class MeliClient(HttpClient):
         since a message may have arrived after its own read of the thread.
         """
         return as_thread_page(self._api("GET", f"/messages/packs/{pack_id}/sellers/{seller_id}",
-                                        params={"tag": "post_sale", "limit": limit, "offset": offset}))
+                                        params={"tag": "post_sale", "limit": limit, "offset": offset}) or {})
 
     def message(self, message_id: str) -> dict:
         """One post-sale message (an answer wrapping it in a `messages` list is unwrapped)."""
-        result = self._api("GET", f"/messages/{message_id}", params={"tag": "post_sale"}) or {}
-        listed = result.get("messages") if isinstance(result, dict) else None
-        if isinstance(listed, list):
-            result = listed[0] if listed else {}
-        return post_sale_message(result) if isinstance(result, dict) else {}
+        result = self._api("GET", f"/messages/{message_id}", params={"tag": "post_sale"})
+        if isinstance(result, dict) and isinstance(result.get("messages"), list) and result["messages"]:
+            result = result["messages"][0]
+        # An answer shaped like nothing known goes up as it came: its reader fails, and says so.
+        return post_sale_message(result) if isinstance(result, dict) else result
 
     def send_message(self, pack_id: str, seller_id: int, to_user_id: int, text: str,
                      attachment_ids: list[str] | None = None) -> Any:
@@ -399,14 +399,12 @@ def post_sale_message(message: dict) -> dict:
     return dict(message, text=_text(message.get("text")))
 
 
-def as_thread_page(page: Any) -> dict:
-    """A thread page whose messages are all post-sale messages as above (an empty answer: {})."""
-    if not isinstance(page, dict):
-        return {}
-    messages = page.get("messages")
-    if not isinstance(messages, list):
+def as_thread_page(page: Any) -> Any:
+    """A thread page whose messages are post-sale messages as above. An answer shaped like
+    nothing known goes up as it came: its reader fails, and says so, rather than see no messages."""
+    if not isinstance(page, dict) or not isinstance(page.get("messages"), list):
         return page
-    return dict(page, messages=[post_sale_message(m) for m in messages if isinstance(m, dict)])
+    return dict(page, messages=[post_sale_message(m) if isinstance(m, dict) else m for m in page["messages"]])
 
 
 def claim_message(message: dict) -> dict:
