@@ -462,3 +462,22 @@ def test_a_found_claim_conversation_an_agent_resolved_is_reopened_for_the_claim_
     assert toggles and summary and toggles[0] < summary[0]
     assert all(calls[i][1] == {"status": "open"} for i in toggles)
     assert db.links.get("claim", CLAIM_ID)["status"] == "created"
+
+
+@responses.activate
+def test_a_claim_that_fails_its_moderation_check_does_not_stop_the_checks_after_it(s, db):
+    # The sale's twin already did this; the claim's own copy let a 503 end the whole round.
+    other = "5000002"
+    db.links.mark_created("claim", other, 1.0, conversation_id=89, contact_id=5, data={"status": "opened"})
+    now = s.clock()
+    failing = db.replies.accept(chatwoot_message_id=910, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                parts=[{"text": "Primeira"}], now=now - 600, receiver="complainant")
+    db.replies.mark_delivered(failing, now - 500)
+    fine = db.replies.accept(chatwoot_message_id=911, conversation_id=89, kind="claim", target_id=other,
+                             parts=[{"text": "Segunda"}], now=now - 600, receiver="complainant")
+    db.replies.mark_delivered(fine, now - 400)
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", status=503, json={"message": "unavailable"})
+    responses.get(f"{API}/post-purchase/v1/claims/{other}", status=404, json={"message": "not found"})
+    assert sync_claims.check_recent_replies(s, set()) == 1
+    assert db.links.get("moderation_check", f"claim:{failing}")["status"] == "pending"  # checked again next poll
+    assert db.links.get("moderation_check", f"claim:{fine}")["status"] == "created"

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from bridge import source_ids, text
 from bridge.replies.refusal import Refusal
-from bridge.sync import claims as sync_claims
+from bridge.rules.claims import REPLY_TO_ATTRIBUTE
 from config import Settings
 from db_manager import Database
 
@@ -89,7 +89,7 @@ CLAIM_TEXT_LIMIT = 2000
 
 def claim_receiver(attrs: dict) -> str:
     """The conversation attribute agents set in the sidebar: `mediador` sends to Mercado Livre's mediator."""
-    value = attrs.get(sync_claims.REPLY_TO_ATTRIBUTE)
+    value = attrs.get(REPLY_TO_ATTRIBUTE)
     wanted = value.strip().lower() if isinstance(value, str) else ""
     return "mediator" if wanted in ("mediador", "mediator", "mediação", "mediacao") else "complainant"
 

@@ -18,7 +18,6 @@ to a part still in flight waits (it may be that part, sent but not recorded yet)
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -27,11 +26,27 @@ from datetime import datetime, timezone
 from bridge import failures, source_ids
 from bridge.http import PermanentError
 from bridge.paging import Pages
+from bridge.rules import own_parts
+from bridge.rules.claims import (  # noqa: F401 — also this flow's names, as before the move
+    CLAIM_URL,
+    REPLY_TO_ATTRIBUTE,
+    adopted_parts,
+    allowed_receivers,
+    choose_receiver,
+    in_order,
+    message_key,
+    message_keys,
+    respondent,
+    seller_actions,
+    sent_key,
+    text_hash,
+)
+from bridge.rules.dates import parse_date
 from bridge.services import Services
 from bridge.sync import moderation
 from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
 from bridge.sync.ensure import ensure_linked_message, ensure_message, ensure_note, fetch_files, mirror_with_files
-from bridge.sync.sales import SALE_URL, parse_date
+from bridge.sync.sales import SALE_URL
 from db_manager import crashpoint
 from mercado_livre_api import ReauthorizationRequired
 
@@ -44,9 +59,7 @@ DUE_SOON = 24 * 3600.0
 MODERATION_CHECK_AFTER = 120.0
 MODERATION_CHECK_UNTIL = 1800.0
 LABEL = "reclamacao"
-REPLY_TO_ATTRIBUTE = "meli_claim_reply_to"
 MEDIATOR_PREFIX = "Mediação do Mercado Livre"
-CLAIM_URL = "https://www.mercadolivre.com.br/vendas/reclamacoes/{claim_id}/detalhe"
 TYPES = {"mediations": "reclamação", "return": "devolução", "cancel_purchase": "cancelamento da compra",
          "change": "troca", "service": "serviço"}
 STAGES = {"claim": "reclamação (comprador e vendedor)", "dispute": "mediação do Mercado Livre",
@@ -72,41 +85,6 @@ def extension(name) -> str:
     return os.path.splitext(str(name))[1].lstrip(".").lower()[:10] or "-"
 
 
-def text_hash(text: str) -> str:
-    return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:16]
-
-
-def message_key(claim_id: str, message: dict) -> str:
-    """A claim message's identity: it has no id (links key, never text)."""
-    text = message.get("message") or ""
-    return f"{claim_id}:{message.get('sender_role')}:{message.get('date_created')}:{text_hash(text)}"
-
-
-def message_keys(claim_id: str, messages: list[dict]) -> list[tuple[str, dict]]:
-    """(key, message) in order. A repeat with the same role, date and text (a double "ok") is a
-    message of its own: its key gets its rank, the first keeps the plain key."""
-    seen: dict[str, int] = {}
-    keyed = []
-    for message in in_order(messages):
-        key = message_key(claim_id, message)
-        seen[key] = seen.get(key, 0) + 1
-        keyed.append((key if seen[key] == 1 else f"{key}#{seen[key]}", message))
-    return keyed
-
-
-def sent_key(claim_id: str, text: str) -> str:
-    """What a sent claim reply part records as its remote id: the claim and its text's hash."""
-    return f"claim:{claim_id}:{text_hash(text)}"
-
-
-def in_order(messages: list[dict]) -> list[dict]:
-    """By moment first, not by text alone: dates may carry different UTC offsets."""
-    def moment(message: dict) -> tuple[float, str]:
-        date = message.get("date_created") or message.get("message_date")
-        return parse_date(date) or 0.0, str(date or "")
-    return sorted(messages, key=moment)
-
-
 def is_rejected(message: dict) -> bool:
     return moderation.is_rejected(message, "moderation")
 
@@ -115,35 +93,10 @@ def moderation_reason(message: dict) -> str:
     return moderation.reason(message, "moderation")
 
 
-def respondent(claim: dict) -> dict:
-    return next((p for p in claim.get("players") or [] if isinstance(p, dict) and p.get("role") == "respondent"), {})
-
-
 def complainant_id(claim: dict):
     player = next((p for p in claim.get("players") or [] if isinstance(p, dict) and p.get("role") == "complainant"),
                   {})
     return player.get("user_id")
-
-
-def seller_actions(claim: dict) -> list[dict]:
-    return [a for a in respondent(claim).get("available_actions") or [] if isinstance(a, dict) and a.get("action")]
-
-
-def allowed_receivers(claim: dict) -> set[str]:
-    names = {a["action"] for a in seller_actions(claim)}
-    return {role for role in ("complainant", "mediator") if f"send_message_to_{role}" in names}
-
-
-def choose_receiver(wanted: str | None, claim: dict) -> str | None:
-    """Who a reply goes to: the buyer unless the agent asked for the mediator, or the mediator is
-    the only one the seller may address now. None: nobody can be written to."""
-    allowed = allowed_receivers(claim)
-    target = "mediator" if wanted == "mediator" else "complainant"
-    if target in allowed:
-        return target
-    if target == "complainant" and allowed == {"mediator"}:
-        return "mediator"
-    return None
 
 
 def next_action(claim: dict) -> tuple[str | None, str | None]:
@@ -521,7 +474,7 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
                      reopen: bool) -> tuple[int, bool]:
     """(messages mirrored, whether one was left for a later sync)."""
     # In this order: a part the outbox records as sent between the two reads is then among the sent ones.
-    in_doubt = {" ".join(t.split()) for t in s.db.replies.claim_texts_in_doubt(claim_id)}
+    in_doubt = own_parts.texts_in_doubt(s, "claim", claim_id)
     links = {link["external_id"]: link for link in s.db.links.with_prefix("claim_message", f"{claim_id}:")}
     adopted = adopted_parts(links.values())
     plan = []
@@ -549,7 +502,7 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
                     _report_moderated_reply(s, claim_id, key, s.db.links.get("claim_message", key), message,
                                             conversation_id)
                 continue
-            if " ".join((message.get("message") or "").split()) in in_doubt:
+            if own_parts.claim_message_in_doubt(message, in_doubt):
                 deferred = True  # may be a reply part in flight: the next sync decides
                 continue
             plan.append((key, message, "outgoing"))
@@ -561,17 +514,6 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
     for key, message, direction in plan:
         _mirror(s, claim_id, conversation_id, key, message, direction)
     return len(plan), deferred
-
-
-def adopted_parts(links) -> set[tuple[int, int]]:
-    """(Chatwoot message id, part) of the sent parts already matched to a claim message.
-
-    By part, not by count: replies are pruned after a while, and a count would then let a
-    new reply with an old reply's text go unmatched and be mirrored back. Not by reply id
-    either: SQLite gives a pruned highest id to the next reply.
-    """
-    return {(link["message_id"], link["data"].get("seq", 0)) for link in links
-            if link["status"] == "created" and link["data"].get("by") == "bridge"}
 
 
 def _mirror(s: Services, claim_id: str, conversation_id: int, key: str, message: dict, direction: str) -> None:
@@ -682,23 +624,8 @@ def point_sales(s: Services) -> int:
 
 
 def check_recent_replies(s: Services, skip: set[str]) -> int:
-    """Re-read, once, the claim of each reply delivered a few minutes ago: moderation acts after acceptance."""
-    now = s.clock()
-    checked = 0
-    for reply in s.db.replies.delivered_between("claim", now - MODERATION_CHECK_UNTIL, now - MODERATION_CHECK_AFTER):
-        if s.stopping.is_set():
-            break
-        link, _fresh = s.db.links.record_intent("moderation_check", f"claim:{reply['id']}", now)
-        if link["status"] == "created":
-            continue
-        if reply["target_id"] not in skip:
-            try:
-                sync_claim(s, reply["target_id"])
-            except PermanentError as exc:
-                log.error("claim not checked for moderation claim=%s reply=%s error=%r", reply["target_id"],
-                          reply["id"], exc.short())
-                continue
-            skip.add(reply["target_id"])
-            checked += 1
-        s.db.links.mark_created("moderation_check", f"claim:{reply['id']}", s.clock())
-    return checked
+    """The claim's adapter of moderation.check_recent_replies: the claim read once, a few minutes
+    after a reply was delivered."""
+    return moderation.check_recent_replies(s, "claim", lambda claim_id: sync_claim(s, claim_id), skip,
+                                           after=MODERATION_CHECK_AFTER, until=MODERATION_CHECK_UNTIL,
+                                           key_prefix="claim:", target_name="claim")

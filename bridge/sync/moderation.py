@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Callable
+
+from bridge import failures
 from bridge.http import PermanentError
 from bridge.services import Services
 from bridge.sync.contacts import is_gone
+from mercado_livre_api import ReauthorizationRequired
+
+log = logging.getLogger("bridge.moderation")
 
 REASONS = {
     "OUT_OF_PLACE_LANGUAGE": "linguagem imprópria",
@@ -54,3 +61,43 @@ def blocked_reply_note(why: str, receiver: str, part: str | None = None) -> str:
                 "sem links, telefones, e-mails ou endereços e envie somente ela.")
     return (f"O Mercado Livre aceitou e depois bloqueou sua mensagem na moderação ({why}). {receiver} não a "
             "recebeu. Reescreva sem links, telefones, e-mails ou endereços e envie de novo.")
+
+
+def check_recent_replies(s: Services, kind: str, sync_target: Callable[[str], object], skip: set[str], *,
+                         after: float, until: float, again_after: float | None = None, key_prefix: str = "",
+                         target_name: str) -> int:
+    """Re-read the sale or claim of each reply of `kind` delivered a few minutes ago (and once more
+    `again_after` seconds after delivery, when given): Mercado Livre may moderate a message after
+    accepting it, and without new activity nothing else would make us read it again.
+
+    1. For each reply delivered between `until` and `after` seconds ago, its check of this round
+       (the first, or the later one) is an intent row; a check already done is skipped.
+    2. Its target is synced (`sync_target(target id)`), unless this poll already did (`skip`).
+    3. A failure leaves the row pending: checked again next poll, while the reply is in the window,
+       and the checks after it go on. Only a lost authorization stops them.
+    4. The check is recorded done. Returns the targets synced.
+    """
+    now = s.clock()
+    checked = 0
+    for reply in s.db.replies.delivered_between(kind, now - until, now - after):
+        if s.stopping.is_set():
+            break
+        # The first round's key is the reply id alone (with the flow's prefix), as it always was.
+        late = again_after is not None and now - reply["finished_at"] >= again_after
+        check_id = f"{key_prefix}{reply['id']}:late" if late else f"{key_prefix}{reply['id']}"
+        link, _fresh = s.db.links.record_intent("moderation_check", check_id, now)
+        if link["status"] == "created":
+            continue
+        if reply["target_id"] not in skip:
+            try:
+                sync_target(reply["target_id"])
+            except ReauthorizationRequired:
+                raise
+            except Exception as exc:  # noqa: BLE001 — one failing target must not stop the checks after it
+                log.error("not checked for moderation %s=%s reply=%s error=%s", target_name, reply["target_id"],
+                          reply["id"], failures.describe(exc))
+                continue
+            skip.add(reply["target_id"])
+            checked += 1
+        s.db.links.mark_created("moderation_check", check_id, s.clock())
+    return checked

@@ -26,6 +26,9 @@ from datetime import datetime, timezone
 from bridge import failures, source_ids
 from bridge.http import ApiError, PermanentError
 from bridge.paging import Pages
+from bridge.rules import own_parts
+from bridge.rules.dates import parse_date
+from bridge.rules.sale import sale_context
 from bridge.services import Services
 from bridge.sync import moderation
 from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
@@ -93,7 +96,7 @@ def messages_to_mirror(messages: list[dict], seller_id: int, known_ids: set[str]
     plan = []
     for message in in_order(messages):
         mid = str(message["id"])
-        if mid in known_ids or mid in bridge_ids or is_in_doubt(message, seller_id, in_doubt):
+        if mid in known_ids or mid in bridge_ids or own_parts.sale_message_in_doubt(message, seller_id, in_doubt):
             continue
         sender = str((message.get("from") or {}).get("user_id"))
         plan.append((message, "outgoing" if sender == str(seller_id) else "incoming"))
@@ -122,13 +125,6 @@ def last_handled(messages: list[dict]) -> tuple[str | None, float | None]:
     return str(last["id"]), parse_date((last.get("message_date") or {}).get("created"))
 
 
-def is_in_doubt(message: dict, seller_id: int, in_doubt: list[str]) -> bool:
-    if str((message.get("from") or {}).get("user_id")) != str(seller_id):
-        return False
-    words = " ".join((message.get("text") or "").split())
-    return any(words == " ".join(text.split()) for text in in_doubt)
-
-
 def is_from_seller(message: dict, seller_id: int) -> bool:
     return str((message.get("from") or {}).get("user_id")) == str(seller_id)
 
@@ -155,17 +151,6 @@ def next_orders_cursor(cursor: dict, got: int, total: int, now: float) -> dict:
 
 def iso_utc(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000-00:00")
-
-
-def parse_date(value) -> float | None:
-    """Mercado Livre's ISO dates as epoch seconds; None when unusable."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def message_content(message: dict, direction: str) -> str:
@@ -325,36 +310,11 @@ def _sweep_one(s: Services, row: dict, seller_id: int) -> int:
 
 
 def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
-    """Re-read the thread of each reply delivered a few minutes ago, and again a quarter of an hour later.
-
-    Mercado Livre may moderate a message after accepting it; without buyer activity
-    nothing else would make us read that thread again.
-    """
-    now = s.clock()
-    checked = 0
-    for reply in s.db.replies.delivered_between("message", now - MODERATION_CHECK_UNTIL, now - MODERATION_CHECK_AFTER):
-        if s.stopping.is_set():
-            break
-        # One check per round; the first round's key is the reply id alone, as before.
-        late = now - reply["finished_at"] >= MODERATION_RECHECK_AFTER
-        check_id = f"{reply['id']}:late" if late else reply["id"]
-        link, _fresh = s.db.links.record_intent("moderation_check", check_id, now)
-        if link["status"] == "created":
-            continue  # still pending: an earlier check failed half way and is due again
-        if reply["target_id"] not in skip:
-            try:
-                sync_pack(s, reply["target_id"], seller_id)
-            except ReauthorizationRequired:
-                raise
-            except Exception as exc:  # noqa: BLE001 — one failing thread must not stop the sweep after it
-                # Left pending: checked again next poll, for as long as the reply is in the window.
-                log.error("thread not checked for moderation pack=%s reply=%s error=%s", reply["target_id"],
-                          reply["id"], failures.describe(exc))
-                continue
-            skip.add(reply["target_id"])
-            checked += 1
-        s.db.links.mark_created("moderation_check", check_id, s.clock())
-    return checked
+    """The sale's adapter of moderation.check_recent_replies: its thread read a few minutes after a
+    reply was delivered, and again a quarter of an hour later (moderation taking that long is not rare)."""
+    return moderation.check_recent_replies(s, "message", lambda pack_id: sync_pack(s, pack_id, seller_id), skip,
+                                           after=MODERATION_CHECK_AFTER, until=MODERATION_CHECK_UNTIL,
+                                           again_after=MODERATION_RECHECK_AFTER, target_name="pack")
 
 
 def sync_message_resource(s: Services, message_id: str) -> str:
@@ -379,25 +339,6 @@ def read_thread(s: Services, pack_id: str, seller_id: int) -> tuple[list[dict], 
         messages.extend(m for m in batch if str(m.get("id")) not in seen)
         seen.update(str(m.get("id")) for m in batch)
     return messages, first or {}
-
-
-def sale_context(s: Services, pack_id: str, messages: list[dict], resource_kind: str | None = None) -> dict:
-    """Orders, buyer and items of a pack (an order without pack uses its order id)."""
-    if resource_kind is None:
-        names = {r.get("name") for m in messages for r in m.get("message_resources") or []}
-        resource_kind = "packs" if "packs" in names else "orders" if "orders" in names else None
-    orders: list[dict] = []
-    if resource_kind != "orders":
-        try:
-            pack = s.meli.pack(pack_id)
-            orders = [s.meli.order(str(o["id"])) for o in pack.get("orders") or []]
-        except PermanentError as exc:
-            if exc.status != 404:
-                raise
-    if not orders:
-        orders = [s.meli.order(pack_id)]
-    buyer = orders[0].get("buyer") or {}
-    return {"orders": orders, "buyer_id": buyer.get("id"), "nickname": buyer.get("nickname")}
 
 
 def sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | None = None,
@@ -443,7 +384,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
 
     ids = [str(m["id"]) for m in messages]
     # In this order: a part the outbox records as sent between the two reads is then in bridge_ids.
-    in_doubt = s.db.replies.message_texts_in_doubt(pack_id)
+    in_doubt = own_parts.texts_in_doubt(s, "message", pack_id)
     bridge_ids = s.db.replies.sent_ids(ids)
 
     def known_now() -> set[str]:
@@ -451,7 +392,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
 
     known = known_now()
     plan = messages_to_mirror(messages, seller_id, known, bridge_ids, in_doubt)
-    deferred = any(is_in_doubt(m, seller_id, in_doubt) for m in messages
+    deferred = any(own_parts.sale_message_in_doubt(m, seller_id, in_doubt) for m in messages
                    if str(m["id"]) not in known | bridge_ids)
     reopened = reopen and any(direction == "incoming" for _m, direction in plan)
     created = 0
