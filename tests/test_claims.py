@@ -481,3 +481,27 @@ def test_a_claim_that_fails_its_moderation_check_does_not_stop_the_checks_after_
     assert sync_claims.check_recent_replies(s, set()) == 1
     assert db.links.get("moderation_check", f"claim:{failing}")["status"] == "pending"  # checked again next poll
     assert db.links.get("moderation_check", f"claim:{fine}")["status"] == "created"
+
+
+@responses.activate
+def test_one_moderated_part_of_a_claim_reply_is_named_so_the_others_are_not_sent_again(s, db):
+    # The sale's twin already named the part; the claim's own copy told the agent to send it all again.
+    reply_id = db.replies.accept(chatwoot_message_id=912, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                 parts=[{"text": "Primeira parte"}, {"text": "Meu email é loja@example.com"}],
+                                 now=1000.0, receiver="complainant")
+    for seq, text in enumerate(["Primeira parte", "Meu email é loja@example.com"]):
+        db.replies.mark_part_sent(reply_id, seq, sync_claims.sent_key(CLAIM_ID, text), 1001.0 + seq)
+    db.replies.mark_delivered(reply_id, 1003.0)
+    blocked = dict(respondent_message("Meu email é loja@example.com", 2), status="rejected",
+                   moderation={"status": "rejected", "reason": "PERSONAL_DATA"})
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim(due="2030-01-01T00:00:00.000Z"))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
+                  json=[respondent_message("Primeira parte", 1), blocked])
+    responses.patch(f"{CW}/conversations/88/messages/912", json={"id": 912})
+    chatwoot_for_mirroring()
+    sync_claims.sync_claim(s, CLAIM_ID)
+    [patched] = [json.loads(c.request.body) for c in responses.calls if c.request.method == "PATCH"]
+    assert patched["status"] == "failed" and patched["external_error"].startswith("parte 2 de 2 bloqueada")
+    notes = [json.loads(c.request.body)["content"] for c in responses.calls if c.request.method == "POST"
+             and c.request.url == f"{CW}/conversations/88/messages" and json.loads(c.request.body).get("private")]
+    assert any("a parte 2 de 2 da sua mensagem" in n and "envie somente ela" in n for n in notes)

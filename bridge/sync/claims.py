@@ -45,7 +45,7 @@ from bridge.rules.dates import parse_date
 from bridge.services import Services
 from bridge.sync import moderation
 from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
-from bridge.sync.ensure import ensure_linked_message, ensure_message, ensure_note, fetch_files, mirror_with_files
+from bridge.sync.ensure import ensure_linked_message, ensure_message, fetch_files, mirror_with_files
 from bridge.sync.sales import SALE_URL
 from db_manager import crashpoint
 from mercado_livre_api import ReauthorizationRequired
@@ -550,21 +550,15 @@ def _download_files(s: Services, claim_id: str, message: dict) -> tuple[list, li
 
 def _report_moderated_reply(s: Services, claim_id: str, key: str, link: dict, message: dict,
                             conversation_id: int) -> None:
-    """A reply Mercado Livre accepted, then moderated: the agent must learn it never arrived."""
-    mark, fresh = s.db.links.record_intent("claim_moderation", key, s.clock())
-    if mark["status"] == "created":
-        return
-    # By Chatwoot message id: a pruned reply's id may belong to a newer reply now.
-    reply = s.db.replies.by_message(link["message_id"]) if link["message_id"] else None
-    if reply:
-        reason = moderation_reason(message)
-        moderation.mark_reply_blocked(s, reply, reason)
-        ensure_note(s, conversation_id, moderation.blocked_reply_note(reason, "O destinatário"),
-                    source_ids.claim_moderation_note(key), look_first=not fresh)
-        crashpoint("claim_moderation_reported")
-        log.warning("claim reply moderated claim=%s reply=%s conversation=%s reason=%s", claim_id, reply["id"],
-                    reply["conversation_id"], reason)
-    s.db.links.mark_created("claim_moderation", key, s.clock())
+    """The claim's adapter of moderation.report_blocked_reply: a reply part is known by the claim message
+    it was matched to (by Chatwoot message id: a pruned reply's id may belong to a newer reply now)."""
+    def find_reply():
+        reply = s.db.replies.by_message(link["message_id"]) if link["message_id"] else None
+        return (reply, link["data"].get("seq")) if reply else None
+
+    moderation.report_blocked_reply(s, "claim_moderation", key, find_reply, moderation_reason(message),
+                                    "O destinatário", conversation_id, source_ids.claim_moderation_note(key),
+                                    "claim_moderation_reported", f"claim={claim_id}", log)
 
 
 def _deadline(s: Services, link: dict | None) -> int:
@@ -628,4 +622,4 @@ def check_recent_replies(s: Services, skip: set[str]) -> int:
     after a reply was delivered."""
     return moderation.check_recent_replies(s, "claim", lambda claim_id: sync_claim(s, claim_id), skip,
                                            after=MODERATION_CHECK_AFTER, until=MODERATION_CHECK_UNTIL,
-                                           key_prefix="claim:", target_name="claim")
+                                           key_prefix="claim:", target_name="claim", log=log)

@@ -9,9 +9,8 @@ from bridge import failures
 from bridge.http import PermanentError
 from bridge.services import Services
 from bridge.sync.contacts import is_gone
+from db_manager import crashpoint
 from mercado_livre_api import ReauthorizationRequired
-
-log = logging.getLogger("bridge.moderation")
 
 REASONS = {
     "OUT_OF_PLACE_LANGUAGE": "linguagem imprópria",
@@ -63,9 +62,60 @@ def blocked_reply_note(why: str, receiver: str, part: str | None = None) -> str:
             "recebeu. Reescreva sem links, telefones, e-mails ou endereços e envie de novo.")
 
 
+def report_blocked_reply(s: Services, intent_kind: str, key: str,
+                         find_reply: Callable[[], tuple[dict, int | None] | None], why: str, receiver: str,
+                         conversation_id: int, note_source: str, crash: str, ids: str, log: logging.Logger) -> None:
+    """A reply Mercado Livre accepted, then blocked: the agent must learn `receiver` never got it.
+
+    1. One intent row (`intent_kind`, `key`) per blocked message; done once. A row left pending
+       by a crash or a failed call is reported again: the failed mark is idempotent, the note is
+       looked up before it is posted again.
+    2. The reply it was (`find_reply()` → (reply, part seq) or None: pruned) is marked failed
+       with the reason, naming the part when the reply went in parts (the others must not be sent
+       again).
+    3. A private note, in the reply's conversation, or when an agent deleted that one in the
+       flow's current one (`conversation_id`).
+    4. The row is recorded done. `ids` names the message in the flow's `log`.
+    """
+    link, fresh = s.db.links.record_intent(intent_kind, key, s.clock())
+    if link["status"] == "created":
+        return
+    found = find_reply()
+    if found:
+        reply, seq = found
+        count = len(s.db.replies.parts(reply["id"]))
+        part = f"parte {seq + 1} de {count}" if count > 1 and seq is not None else None
+        mark_reply_blocked(s, reply, why, part)
+        crashpoint(crash)
+        if not note_first_present(s, [reply["conversation_id"], conversation_id],
+                                  blocked_reply_note(why, receiver, part), note_source, look_first=not fresh):
+            log.warning("moderation not shown: conversations deleted %s reply=%s", ids, reply["id"])
+        log.warning("reply moderated %s reply=%s conversation=%s reason=%s", ids, reply["id"],
+                    reply["conversation_id"], why)
+    s.db.links.mark_created(intent_kind, key, s.clock())
+
+
+def note_first_present(s: Services, conversation_ids: list[int], note: str, source_id: str,
+                       look_first: bool = False) -> bool:
+    """Post the note in the first of these conversations that still exists.
+
+    `look_first`: an earlier attempt may have posted it before failing half way.
+    """
+    for conversation_id in dict.fromkeys(conversation_ids):
+        try:
+            if look_first and s.chatwoot.find_message_by_source(conversation_id, source_id) is not None:
+                return True
+            s.chatwoot.note(conversation_id, note, source_id=source_id)
+            return True
+        except PermanentError as exc:
+            if not is_gone(exc):
+                raise
+    return False
+
+
 def check_recent_replies(s: Services, kind: str, sync_target: Callable[[str], object], skip: set[str], *,
                          after: float, until: float, again_after: float | None = None, key_prefix: str = "",
-                         target_name: str) -> int:
+                         target_name: str, log: logging.Logger) -> int:
     """Re-read the sale or claim of each reply of `kind` delivered a few minutes ago (and once more
     `again_after` seconds after delivery, when given): Mercado Livre may moderate a message after
     accepting it, and without new activity nothing else would make us read it again.

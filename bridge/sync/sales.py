@@ -33,7 +33,6 @@ from bridge.services import Services
 from bridge.sync import moderation
 from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
 from bridge.sync.ensure import ensure_linked_message, ensure_note, fetch_files, mirror_with_files
-from db_manager import crashpoint
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
 
 log = logging.getLogger("bridge.messages")
@@ -314,7 +313,7 @@ def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
     reply was delivered, and again a quarter of an hour later (moderation taking that long is not rare)."""
     return moderation.check_recent_replies(s, "message", lambda pack_id: sync_pack(s, pack_id, seller_id), skip,
                                            after=MODERATION_CHECK_AFTER, until=MODERATION_CHECK_UNTIL,
-                                           again_after=MODERATION_RECHECK_AFTER, target_name="pack")
+                                           again_after=MODERATION_RECHECK_AFTER, target_name="pack", log=log)
 
 
 def sync_message_resource(s: Services, message_id: str) -> str:
@@ -517,50 +516,18 @@ def _download_files(s: Services, message: dict) -> tuple[list[tuple[str, bytes, 
 
 
 def _report_moderated_replies(s: Services, messages: list[dict], bridge_ids: set[str], conversation_id: int) -> None:
-    """A reply Mercado Livre accepted, then moderated: the agent must learn it never reached the buyer.
-
-    When the reply's conversation was deleted, the note goes to the sale's current one.
-    """
+    """The sale's adapter of moderation.report_blocked_reply: a reply part is known by its message id."""
     for message in messages:
         mid = str(message["id"])
         if mid not in bridge_ids or not is_rejected(message):
             continue
-        link, fresh = s.db.links.record_intent("moderation", mid, s.clock())
-        if link["status"] == "created":
-            continue
-        # A row left pending by a crash or a failed call is reported again: the agent must learn.
-        reply = s.db.replies.by_remote_id(mid)
-        if reply:
-            # A pending row is an earlier attempt that failed half way: the failed mark is
-            # idempotent, the note is looked up before it is posted again.
-            reason = moderation_reason(message)
-            parts = s.db.replies.parts(reply["id"])
-            seq = next((p["seq"] for p in parts if p["remote_id"] == mid), None)
-            part = f"parte {seq + 1} de {len(parts)}" if len(parts) > 1 and seq is not None else None
-            note = moderation.blocked_reply_note(reason, "O comprador", part)
-            moderation.mark_reply_blocked(s, reply, reason, part)
-            crashpoint("moderation_reported")
-            if not _note_first_present(s, [reply["conversation_id"], conversation_id], note,
-                                       source_ids.note("moderation", mid), look_first=not fresh):
-                log.warning("moderation not shown: conversations deleted ml_message=%s reply=%s", mid, reply["id"])
-            log.warning("reply moderated ml_message=%s reply=%s conversation=%s reason=%s", mid, reply["id"],
-                        reply["conversation_id"], reason)
-        s.db.links.mark_created("moderation", mid, s.clock())
 
+        def find_reply(mid=mid):
+            reply = s.db.replies.by_remote_id(mid)
+            if not reply:
+                return None
+            return reply, next((p["seq"] for p in s.db.replies.parts(reply["id"]) if p["remote_id"] == mid), None)
 
-def _note_first_present(s: Services, conversation_ids: list[int], note: str, source_id: str,
-                        look_first: bool = False) -> bool:
-    """Post the note in the first of these conversations that still exists.
-
-    `look_first`: an earlier attempt may have posted it before failing half way.
-    """
-    for conversation_id in dict.fromkeys(conversation_ids):
-        try:
-            if look_first and s.chatwoot.find_message_by_source(conversation_id, source_id) is not None:
-                return True
-            s.chatwoot.note(conversation_id, note, source_id=source_id)
-            return True
-        except PermanentError as exc:
-            if not is_gone(exc):
-                raise
-    return False
+        moderation.report_blocked_reply(s, "moderation", mid, find_reply, moderation_reason(message), "O comprador",
+                                        conversation_id, source_ids.note("moderation", mid), "moderation_reported",
+                                        f"ml_message={mid}", log)
