@@ -44,7 +44,7 @@ from bridge.rules.claims import (  # noqa: F401 — also this flow's names, as b
 from bridge.rules.dates import parse_date
 from bridge.services import Services
 from bridge.sync import moderation
-from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
+from bridge.sync.contacts import continue_in_new_conversation, is_gone, open_conversation, say_removed
 from bridge.sync.ensure import ensure_linked_message, ensure_message, fetch_files, mirror_with_files
 from bridge.sync.sales import SALE_URL
 from db_manager import crashpoint
@@ -320,10 +320,7 @@ def _sync_claim(s: Services, claim_id: str) -> int:
         link = s.db.links.get("claim", claim_id)
         if not is_gone(exc) or not link or link["conversation_id"] is None:
             raise
-        # An agent deleted the conversation (or its contact): continue in a new one.
-        log.warning("claim conversation deleted in chatwoot claim=%s conversation=%s: continuing in a new one",
-                    claim_id, link["conversation_id"])
-        forget_conversation(s, "claim", claim_id, link["conversation_id"], removed=link["conversation_id"])
+        continue_in_new_conversation(s, "claim", claim_id, link["conversation_id"], log)
         created, conversation_id = _apply(s, claim_id, claim, messages, s.db.links.get("claim", claim_id), fresh)
     log.info("claim synced claim=%s conversation=%s stage=%s status=%s new=%d in %dms", claim_id, conversation_id,
              claim.get("stage"), claim.get("status"), created, (time.monotonic() - started) * 1000)
@@ -408,6 +405,7 @@ def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
         # first word. Before its summary goes in: once recorded, nothing would say it must reopen.
         s.chatwoot.set_status(conversation_id, "open")
     _event(s, claim_id, "opened", conversation_id, summary_message(claim, order), incoming=True)
+    say_removed(s, "claim", claim_id, conversation_id, "desta reclamação", CLAIM_URL.format(claim_id=claim_id), fresh)
     order_id, pack_id = attributes["meli_order_id"], attributes["meli_pack_id"]
     sale_noted = _point_sale_to_claim(s, claim_id, conversation_id, pack_id, order_id)
     action, due = next_action(claim)

@@ -31,8 +31,8 @@ from bridge.rules.dates import parse_date
 from bridge.rules.sale import sale_context
 from bridge.services import Services
 from bridge.sync import moderation
-from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
-from bridge.sync.ensure import ensure_linked_message, ensure_note, fetch_files, mirror_with_files
+from bridge.sync.contacts import continue_in_new_conversation, is_gone, open_conversation, say_removed
+from bridge.sync.ensure import ensure_linked_message, fetch_files, mirror_with_files
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
 
 log = logging.getLogger("bridge.messages")
@@ -54,9 +54,6 @@ ORDERS_CURSOR = "postsale_orders_search"
 ORDERS_OVERLAP = 600.0  # seconds each pass re-covers: orders search indexing lags
 PACK_RESOURCE = re.compile(r"^/packs/(\d+)/sellers/(\d+)")
 SALE_URL = "https://www.mercadolivre.com.br/vendas/{order_id}/detalhe"
-REMOVED_NOTE = ("A conversa anterior desta venda foi apagada no Chatwoot. As mensagens que já estavam nela não "
-                "foram trazidas de novo; esta conversa continua com as novas. O histórico completo está no "
-                "Mercado Livre: {url}")
 
 
 # ---- pure decisions -------------------------------------------------------------------------------
@@ -406,11 +403,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     except PermanentError as exc:
         if not is_gone(exc):
             raise
-        # An agent deleted the conversation (or its contact): continue in a new one. Messages
-        # already mirrored stay deleted; only those still to mirror go to the new conversation.
-        log.warning("sale conversation deleted in chatwoot pack=%s conversation=%s: continuing in a new one",
-                    pack_id, conversation_id)
-        forget_conversation(s, "pack", pack_id, conversation_id, removed_conversation=conversation_id)
+        continue_in_new_conversation(s, "pack", pack_id, conversation_id, log)
         conversation_id, link, reopen = _ensure_pack_conversation(s, pack_id, messages, resource_kind, blocked,
                                                                   migrated)
         rest = messages_to_mirror(messages, seller_id, known_now(), bridge_ids, in_doubt)
@@ -469,13 +462,10 @@ def _ensure_pack_conversation(s: Services, pack_id: str, messages: list[dict], r
     sale = sale_context(s, pack_id, messages, resource_kind)
     inbox_id = s.settings.chatwoot_messages_inbox_id
     attributes = sale_attributes(pack_id, sale["orders"])
-    removed = ((s.db.links.get("pack", pack_id) or {}).get("data") or {}).get("removed_conversation")
     contact_id, conversation_id, fresh = open_conversation(
         s, kind="pack", external_id=str(pack_id), inbox_id=inbox_id, buyer_id=sale["buyer_id"],
         nickname=sale["nickname"], custom_attributes=attributes)
-    if removed:
-        ensure_note(s, conversation_id, REMOVED_NOTE.format(url=attributes["meli_sale_url"]),
-                    source_ids.note("pack", pack_id, "removed", removed), look_first=not fresh)
+    say_removed(s, "pack", pack_id, conversation_id, "desta venda", attributes["meli_sale_url"], fresh)
     data = {"buyer_id": sale["buyer_id"], "blocked": blocked, "migrated": migrated,
             "order_ids": [str(o["id"]) for o in sale["orders"]]}
     s.db.links.mark_created("pack", pack_id, s.clock(), contact_id=contact_id, conversation_id=conversation_id,
