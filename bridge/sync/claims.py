@@ -45,7 +45,7 @@ from bridge.rules.dates import parse_date
 from bridge.services import Services
 from bridge.sync import moderation
 from bridge.sync.contacts import continue_in_new_conversation, is_gone, open_conversation, say_removed
-from bridge.sync.ensure import ensure_linked_message, ensure_message, fetch_files, mirror_with_files
+from bridge.sync.ensure import ensure_message, fetch_files, mirror_message
 from bridge.sync.sales import SALE_URL
 from db_manager import crashpoint
 from mercado_livre_api import ReauthorizationRequired
@@ -516,19 +516,10 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
 
 def _mirror(s: Services, claim_id: str, conversation_id: int, key: str, message: dict, direction: str) -> None:
     started = time.monotonic()
-    source = source_ids.claim_message(key)
-    files: list = []
-
-    def create() -> dict:
-        downloaded, skipped = _download_files(s, claim_id, message)
-        files.extend(downloaded)  # the log line below counts them
-        return mirror_with_files(s, conversation_id, source, message_content(message, direction), direction,
-                                 files, skipped)
-
-    existing, fresh = ensure_linked_message(s, "claim_message", key, conversation_id, source, create,
-                                            crash="claim_message_created")
-    s.db.links.mark_created("claim_message", key, s.clock(), conversation_id=conversation_id, message_id=existing["id"],
-                            data={"role": str(message.get("sender_role")), "direction": direction})
+    existing, fresh, files = mirror_message(
+        s, "claim_message", key, conversation_id, source_ids.claim_message(key), message_content(message, direction),
+        direction, lambda: _download_files(s, claim_id, message),
+        {"role": str(message.get("sender_role")), "direction": direction}, crash="claim_message_created")
     # A file name can name the buyer: extension and size only.
     log.info("claim message in chatwoot claim=%s role=%s conversation=%s message=%s files=%d ext=%s bytes=%d"
              " in %dms%s", claim_id, message.get("sender_role"), conversation_id, existing["id"],

@@ -32,7 +32,7 @@ from bridge.rules.sale import sale_context
 from bridge.services import Services
 from bridge.sync import moderation
 from bridge.sync.contacts import continue_in_new_conversation, is_gone, open_conversation, say_removed
-from bridge.sync.ensure import ensure_linked_message, fetch_files, mirror_with_files
+from bridge.sync.ensure import fetch_files, mirror_message
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
 
 log = logging.getLogger("bridge.messages")
@@ -478,17 +478,10 @@ def _ensure_pack_conversation(s: Services, pack_id: str, messages: list[dict], r
 def _mirror(s: Services, conversation_id: int, pack_id: str, message: dict, direction: str) -> None:
     started = time.monotonic()
     mid = str(message["id"])
-    source = source_ids.message(mid)
-
-    def create() -> dict:
-        files, skipped = _download_files(s, message)
-        return mirror_with_files(s, conversation_id, source, message_content(message, direction), direction,
-                                 files, skipped)
-
-    existing, fresh = ensure_linked_message(s, "message", mid, conversation_id, source, create,
-                                            crash="sale_message_created")
-    s.db.links.mark_created("message", mid, s.clock(), conversation_id=conversation_id, message_id=existing["id"],
-                            data={"pack_id": str(pack_id), "direction": direction})
+    existing, fresh, _files = mirror_message(
+        s, "message", mid, conversation_id, source_ids.message(mid), message_content(message, direction), direction,
+        lambda: _download_files(s, message), {"pack_id": str(pack_id), "direction": direction},
+        crash="sale_message_created")
     log.info("message in chatwoot ml_message=%s pack=%s conversation=%s message=%s direction=%s files=%d in %dms%s",
              mid, pack_id, conversation_id, existing["id"], direction, len(message.get("message_attachments") or []),
              (time.monotonic() - started) * 1000, "" if fresh else " (reconciled)")
