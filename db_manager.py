@@ -40,7 +40,7 @@ Chatwoot
   stays the same until that row changes, and are looked up before posting again.
 - `sale_message_created` (bridge.sync.sales._mirror): the message row is `pending`; looked
   up by source_id, made again once settled.
-- `moderation_reported` (bridge.sync.sales._report_moderated_replies): the moderation row is
+- `moderation_reported` (bridge.sync.moderation.report_blocked_reply, for a sale): the moderation row is
   `pending` and the whole report is redone (status mark idempotent, note by source_id).
 - `claim_message_created` (bridge.sync.claims._mirror): the claim_message row is `pending`;
   looked up by source_id, made again once settled. The claim's `last_updated` is stored only after every message
@@ -49,8 +49,8 @@ Chatwoot
   note (with its resolve or priority change) is in Chatwoot but the claim_event row is
   `pending`; the note is looked up by source_id (made again once settled), status and priority
   are idempotent.
-- `claim_moderation_reported` (bridge.sync.claims._report_moderated_reply): the row is `pending`
-  and the report is redone (failed mark idempotent, note looked up by source_id).
+- `claim_moderation_reported` (bridge.sync.moderation.report_blocked_reply, for a claim): the row is
+  `pending` and the report is redone (failed mark idempotent, note looked up by source_id).
 - `reply_reported` (bridge.replies.report.report_reply): reported_at is unset; the report is redone
   (status marks and resolving are idempotent, the note is looked up by source_id).
 

@@ -304,8 +304,8 @@ class MeliClient(HttpClient):
 
     def thread_page(self, pack_id: str, seller_id: int, offset: int = 0, limit: int = 10) -> dict:
         # mark_as_read=false: buyer messages are marked read only once safely in Chatwoot.
-        return self._api("GET", f"/messages/packs/{pack_id}/sellers/{seller_id}", params={
-            "tag": "post_sale", "mark_as_read": "false", "limit": limit, "offset": offset})
+        return as_thread_page(self._api("GET", f"/messages/packs/{pack_id}/sellers/{seller_id}", params={
+            "tag": "post_sale", "mark_as_read": "false", "limit": limit, "offset": offset}))
 
     def mark_thread_read(self, pack_id: str, seller_id: int, offset: int = 0, limit: int = 10) -> dict:
         """Reading without mark_as_read=false is what marks the buyer's messages read.
@@ -313,11 +313,16 @@ class MeliClient(HttpClient):
         Exactly the messages of the returned page are marked: the caller checks that page,
         since a message may have arrived after its own read of the thread.
         """
-        return self._api("GET", f"/messages/packs/{pack_id}/sellers/{seller_id}",
-                         params={"tag": "post_sale", "limit": limit, "offset": offset}) or {}
+        return as_thread_page(self._api("GET", f"/messages/packs/{pack_id}/sellers/{seller_id}",
+                                        params={"tag": "post_sale", "limit": limit, "offset": offset}) or {})
 
     def message(self, message_id: str) -> dict:
-        return self._api("GET", f"/messages/{message_id}", params={"tag": "post_sale"})
+        """One post-sale message (an answer wrapping it in a `messages` list is unwrapped)."""
+        result = self._api("GET", f"/messages/{message_id}", params={"tag": "post_sale"})
+        if isinstance(result, dict) and isinstance(result.get("messages"), list) and result["messages"]:
+            result = result["messages"][0]
+        # An answer shaped like nothing known goes up as it came: its reader fails, and says so.
+        return post_sale_message(result) if isinstance(result, dict) else result
 
     def send_message(self, pack_id: str, seller_id: int, to_user_id: int, text: str,
                      attachment_ids: list[str] | None = None) -> Any:
@@ -367,7 +372,7 @@ class MeliClient(HttpClient):
         # Documented as a bare list; a wrapped one is accepted too.
         if isinstance(result, dict):
             result = result.get("data") or result.get("messages") or []
-        return [m for m in result or [] if isinstance(m, dict)]
+        return [claim_message(m) for m in result or [] if isinstance(m, dict)]
 
     def claim_reason(self, reason_id: str) -> str | None:
         """The readable sentence (`detail`) of a claim reason such as PDD9939; None when it has none."""
@@ -400,6 +405,36 @@ class MeliClient(HttpClient):
     def missed_feeds(self) -> list[dict]:
         result = self._api("GET", "/missed_feeds", params={"app_id": self.settings.meli_app_id}) or {}
         return result.get("messages") or []
+
+
+# ---- messages as every flow reads them ---------------------------------------------------------------
+# Mercado Livre gives a message's text as a string, or in older answers as {"plain": "..."}.
+# Normalized here, once, for every flow: nothing above this module sees the older shape.
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict):
+        value = value.get("plain")
+    return value if isinstance(value, str) else ""
+
+
+def post_sale_message(message: dict) -> dict:
+    """A post-sale message whose `text` is a string (empty when it has none)."""
+    return dict(message, text=_text(message.get("text")))
+
+
+def as_thread_page(page: Any) -> Any:
+    """A thread page whose messages are post-sale messages as above. An answer shaped like
+    nothing known goes up as it came: its reader fails, and says so, rather than see no messages."""
+    if not isinstance(page, dict) or not isinstance(page.get("messages"), list):
+        return page
+    return dict(page, messages=[post_sale_message(m) if isinstance(m, dict) else m for m in page["messages"]])
+
+
+def claim_message(message: dict) -> dict:
+    """A claim message whose `message` is its text as a string: the original, or the translation
+    when only that is given (empty when neither)."""
+    text = _text(message.get("message")) or _text(message.get("translated_message"))
+    return dict(message, message=text)
 
 
 _refresh_locks: dict[tuple[int, str], threading.Lock] = {}

@@ -62,6 +62,19 @@ def parse_object(raw: bytes) -> tuple[dict, str | None]:
     return payload, None
 
 
+def read_body() -> bytes | None:
+    """The request's body, or None when it is over MAX_BODY (a 413, not "not valid JSON").
+
+    A chunked body has no Content-Length, and gunicorn says it ends the stream itself
+    (`wsgi.input_terminated`): Werkzeug then reads it up to the app's limit and silently stops
+    there. So the app's limit is one byte more than ours, and a body that reaches it is too long.
+    """
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return None
+    raw = request.get_data(cache=False)
+    return None if len(raw) > MAX_BODY else raw
+
+
 def _id_or_dash(value) -> Any:
     return value if type(value) is int else "-"
 
@@ -89,7 +102,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
     meli.seed_tokens()
 
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY + 1  # see read_body
     app.extensions["bridge"] = {"settings": settings, "db": db, "meli": meli}
 
     @app.errorhandler(RequestEntityTooLarge)
@@ -122,9 +135,9 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
             log.warning("webhook refused: configuration incomplete (delivery %s)",
                         request.headers.get("X-Chatwoot-Delivery", "-"))
             return answer
-        if request.content_length is not None and request.content_length > MAX_BODY:
-            return jsonify(status="error", reason="body over 1 MB"), 413
-        raw = request.get_data(cache=False)
+        raw = read_body()
+        if raw is None:
+            return too_large(None)
         if "X-Chatwoot-Signature" in request.headers or "X-Chatwoot-Timestamp" in request.headers:
             ok, reason = verify_signature(raw, request.headers, settings.chatwoot_webhook_secrets, clock())
         else:
@@ -148,7 +161,10 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
     def notifications_route():
         if (answer := unavailable("notifications")) is not None:
             return answer
-        payload, problem = parse_object(request.get_data(cache=False))
+        raw = read_body()
+        if raw is None:
+            return too_large(None)
+        payload, problem = parse_object(raw)
         if problem:
             return jsonify(status="error", reason=problem), 400
         status, code, extra = notifications.accept(payload, settings, db, clock())

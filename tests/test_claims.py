@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from bridge.replies import accept, delivery, refusal, report
 from bridge.sync import claims as sync_claims
+from tests.fakes.fake_meli import in_old_shape
 from tests.helpers import authorized_services
 from tests.payloads import message_created
 
@@ -339,7 +340,7 @@ def test_a_failed_claim_reply_left_in_doubt_holds_back_no_site_message_and_no_po
                                  parts=[{"text": "ok"}], now=1000.0, receiver="complainant")
     db.replies.mark_part_sending(reply_id, 0, 1000.0)
     db.replies.mark_failed(reply_id, "Mercado Livre indisponível por 24 h", "x", 1000.0 + 86400)
-    assert db.replies.claim_texts_in_doubt(CLAIM_ID) == []
+    assert db.replies.texts_in_doubt("claim", CLAIM_ID) == []
     summary = claim(due="2030-01-01T00:00:00.000Z")
     responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=summary)
     # Typed on the site, its text removed by Mercado Livre (as a cleared part's text is empty too).
@@ -348,6 +349,20 @@ def test_a_failed_claim_reply_left_in_doubt_holds_back_no_site_message_and_no_po
     sync_claims.sync_claim(s, CLAIM_ID)
     assert mirrored() == ["(enviada pelo Mercado Livre, fora do Chatwoot)"]
     assert not sync_claims._changed(s, CLAIM_ID, summary)
+
+
+@responses.activate
+def test_claim_messages_in_the_older_plain_shape_are_mirrored_and_the_agents_own_adopted(s, db):
+    delivered_claim_reply(db, 901, "Vamos trocar")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim(due="2030-01-01T00:00:00.000Z"))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
+                  json=[in_old_shape(buyer_message("Chegou quebrado")),
+                        in_old_shape(respondent_message("Vamos trocar", 6))])
+    chatwoot_for_mirroring()
+    assert sync_claims.sync_claim(s, CLAIM_ID) == 1
+    assert mirrored() == ["Chegou quebrado"]
+    [ours] = [link for link in db.links.with_prefix("claim_message", f"{CLAIM_ID}:") if link["message_id"] == 901]
+    assert ours["data"]["by"] == "bridge"
 
 
 @responses.activate
@@ -747,3 +762,46 @@ def test_a_reasons_name_mercado_livre_cannot_give_shows_the_id_and_is_asked_agai
                     if c.request.url == f"{CW}/conversations/88/custom_attributes"]
     assert attributes["meli_claim_reason"] == "O comprador se arrependeu da compra (PDD9939)"
     assert sync_claims.retry_optional_facts(s) == 0
+
+
+@responses.activate
+def test_a_claim_that_fails_its_moderation_check_does_not_stop_the_checks_after_it(s, db):
+    # The sale's twin already did this; the claim's own copy let a 503 end the whole round.
+    other = "5000002"
+    db.links.mark_created("claim", other, 1.0, conversation_id=89, contact_id=5, data={"status": "opened"})
+    now = s.clock()
+    failing = db.replies.accept(chatwoot_message_id=910, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                parts=[{"text": "Primeira"}], now=now - 600, receiver="complainant")
+    db.replies.mark_delivered(failing, now - 500)
+    fine = db.replies.accept(chatwoot_message_id=911, conversation_id=89, kind="claim", target_id=other,
+                             parts=[{"text": "Segunda"}], now=now - 600, receiver="complainant")
+    db.replies.mark_delivered(fine, now - 400)
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", status=503, json={"message": "unavailable"})
+    responses.get(f"{API}/post-purchase/v1/claims/{other}", status=404, json={"message": "not found"})
+    assert sync_claims.check_recent_replies(s, set()) == 1
+    assert db.links.get("moderation_check", f"claim:{failing}")["status"] == "pending"  # checked again next poll
+    assert db.links.get("moderation_check", f"claim:{fine}")["status"] == "created"
+
+
+@responses.activate
+def test_one_moderated_part_of_a_claim_reply_is_named_so_the_others_are_not_sent_again(s, db):
+    # The sale's twin already named the part; the claim's own copy told the agent to send it all again.
+    reply_id = db.replies.accept(chatwoot_message_id=912, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                 parts=[{"text": "Primeira parte"}, {"text": "Meu email é loja@example.com"}],
+                                 now=1000.0, receiver="complainant")
+    for seq, text in enumerate(["Primeira parte", "Meu email é loja@example.com"]):
+        db.replies.mark_part_sent(reply_id, seq, sync_claims.sent_key(CLAIM_ID, text), 1001.0 + seq)
+    db.replies.mark_delivered(reply_id, 1003.0)
+    blocked = dict(respondent_message("Meu email é loja@example.com", 2), status="rejected",
+                   moderation={"status": "rejected", "reason": "PERSONAL_DATA"})
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim(due="2030-01-01T00:00:00.000Z"))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
+                  json=[respondent_message("Primeira parte", 1), blocked])
+    responses.patch(f"{CW}/conversations/88/messages/912", json={"id": 912})
+    chatwoot_for_mirroring()
+    sync_claims.sync_claim(s, CLAIM_ID)
+    [patched] = [json.loads(c.request.body) for c in responses.calls if c.request.method == "PATCH"]
+    assert patched["status"] == "failed" and patched["external_error"].startswith("parte 2 de 2 bloqueada")
+    notes = [json.loads(c.request.body)["content"] for c in responses.calls if c.request.method == "POST"
+             and c.request.url == f"{CW}/conversations/88/messages" and json.loads(c.request.body).get("private")]
+    assert any("a parte 2 de 2 da sua mensagem" in n and "envie somente ela" in n for n in notes)

@@ -327,9 +327,26 @@ def test_a_deleted_claim_conversation_continues_in_a_new_one(claims_bridge):
     assert bridge.once().returncode == 0
     [new] = claim_conversations(bridge)
     assert new["id"] != conv["id"] and new["custom_attributes"]["meli_claim_id"] == str(CLAIM)
-    assert contents(bridge, new["id"]) == ["Depois de apagada"]
+    assert contents(bridge, new["id"], private=False) == ["Depois de apagada"]
     assert bridge.once().returncode == 0
-    assert contents(bridge, new["id"]) == ["Depois de apagada"]
+    assert contents(bridge, new["id"], private=False) == ["Depois de apagada"]
+
+
+def test_a_claim_continued_in_a_new_conversation_tells_the_agent_why_its_history_is_not_there(claims_bridge):
+    # The sale's twin already said so; the claim's own copy started the new one without a word.
+    bridge = claims_bridge
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    open_claim(meli)
+    meli.add_claim_message(CLAIM, "complainant", "Primeira")
+    assert bridge.once().returncode == 0
+    [conv] = claim_conversations(bridge)
+    chatwoot.delete_conversation(conv["id"])
+    meli.add_claim_message(CLAIM, "complainant", "Depois de apagada")
+    assert bridge.once().returncode == 0
+    assert bridge.once().returncode == 0
+    [new] = claim_conversations(bridge)
+    [note] = [n for n in contents(bridge, new["id"], private=True) if "foi apagada no Chatwoot" in n]
+    assert note.startswith("A conversa anterior desta reclamação") and f"reclamacoes/{CLAIM}/detalhe" in note
 
 
 def test_a_message_the_seller_wrote_on_the_site_is_mirrored_as_outgoing_once(claims_bridge):

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from db_manager import Database
-from tests.e2e import ROOT, wait_until
+from tests.e2e import ROOT, WEBHOOK_SECRET, wait_until
 
 
 def test_supervisord_runs_both_processes_healthy_and_stops_on_sigterm(bridge):
@@ -108,6 +108,22 @@ def test_authorize_then_callback_stores_the_seller(bridge):
     assert again.status_code == 400
     status = bridge.cli("status")
     assert '"nickname": "' + bridge.fakes.meli.state.seller_nickname in status.stdout
+
+
+def test_gunicorn_answers_413_to_a_chunked_body_over_one_megabyte(bridge):
+    bridge.listener()
+
+    def two_megabytes():  # a generator: requests sends it chunked, with no Content-Length
+        yield b'{"event": "message_created", "content": "'
+        for _ in range(32):
+            yield b"x" * 65536
+        yield b'"}'
+
+    for path in (f"/webhook?token={WEBHOOK_SECRET}", "/notifications"):
+        resp = requests.post(f"{bridge.url}{path}", data=two_megabytes(), timeout=20,
+                             headers={"Content-Type": "application/json"})
+        assert resp.request.headers["Transfer-Encoding"] == "chunked"
+        assert (resp.status_code, resp.json()["reason"]) == (413, "body over 1 MB"), path.split("?")[0]
 
 
 def test_the_secret_scan_finds_a_leak(tmp_path):

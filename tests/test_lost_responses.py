@@ -12,6 +12,7 @@ from bridge.http import PermanentError, TransientError
 from bridge.sync import ensure
 from bridge.sync import sales as sync_messages
 from bridge.sync.contacts import is_gone
+from tests.fakes.fake_meli import in_old_shape
 from tests.helpers import API, CW, MARK, PEEK, THREAD, sale_services
 
 
@@ -185,6 +186,19 @@ def test_a_lost_send_at_the_end_of_a_long_thread_is_found_instead_of_sent_again(
                                     "messages": everything[offset:offset + limit]})
 
     responses.add_callback(responses.GET, THREAD, callback=thread_page)
+    part = {"text": "Enviado hoje", "attachments": []}
+    assert delivery._find_sent_part(s, "2000001", 555, part, since) == "m-late"
+
+
+@responses.activate
+def test_a_lost_send_is_found_when_mercado_livre_gives_its_text_in_the_older_plain_shape(s):
+    from bridge.replies import delivery
+    since = time.time()
+    created = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(since + 5))
+    ours = {"id": "m-late", "from": {"user_id": 555}, "to": {"user_id": 9}, "text": "Enviado hoje",
+            "message_date": {"created": created}}
+    responses.get(THREAD, json={"paging": {"total": 2}, "messages": [in_old_shape(buyer_message("b1", "Oi")),
+                                                                      in_old_shape(ours)]})
     part = {"text": "Enviado hoje", "attachments": []}
     assert delivery._find_sent_part(s, "2000001", 555, part, since) == "m-late"
 

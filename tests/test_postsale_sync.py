@@ -11,6 +11,7 @@ from responses import matchers
 from bridge.http import PermanentError
 from bridge.replies import accept
 from bridge.sync import sales as sync_messages
+from tests.fakes.fake_meli import in_old_shape
 from tests.helpers import API, CW, MARK, PEEK, THREAD, sale_services
 from tests.payloads import message_created
 
@@ -60,6 +61,38 @@ def test_a_buyer_message_marked_read_during_the_sync_is_mirrored_from_the_mark_r
     assert s.db.links.get("message", "b2")["status"] == "created"
     thread_row = s.db.threads.get("2000001")
     assert thread_row["marking_since"] is None and thread_row["total"] == 2
+
+
+@responses.activate
+def test_messages_whose_text_comes_in_the_older_plain_shape_are_mirrored_as_their_text(s):
+    messages = thread(in_old_shape(buyer("b1", "Chegou quebrado", 1)), in_old_shape(seller("s1", "Vou trocar", 2)))
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=messages)
+    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)], json=messages)
+    chatwoot_accepts()
+    assert sync_messages.sync_pack(s, "2000001", 555) == 2
+    assert created_in_chatwoot() == ["Chegou quebrado",
+                                     "Vou trocar\n\n(enviada pelo Mercado Livre, fora do Chatwoot)"]
+
+
+@responses.activate
+def test_a_seller_message_in_the_older_plain_shape_like_a_reply_part_in_flight_waits(s):
+    accept.accept_webhook(message_created(message_id=9200, conversation_id=88, inbox_id=2, content="Ok"),
+                          s.settings, s.db, time.time())
+    reply = s.db.replies.active_for_target("message", "2000001")[0]
+    s.db.replies.claim(reply["id"], time.time(), 300)
+    s.db.replies.mark_part_sending(reply["id"], 0)
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
+                  json=thread(in_old_shape(seller("m-ok", "Ok", 3))))
+    chatwoot_accepts()
+    assert sync_messages.sync_pack(s, "2000001", 555) == 0
+    assert created_in_chatwoot() == [] and s.db.links.get("message", "m-ok") is None
+
+
+@responses.activate
+def test_a_notified_message_is_read_with_its_text_a_string_whatever_its_shape(s):
+    responses.get(f"{API}/messages/b1", json={"messages": [in_old_shape(buyer("b1", "Oi", 1))]})
+    message = s.meli.message("b1")
+    assert message["text"] == "Oi" and message["message_resources"] == [{"id": "2000001", "name": "orders"}]
 
 
 @responses.activate

@@ -529,7 +529,8 @@ def test_every_conversation_attribute_the_bridge_writes_is_defined_by_setup():
     from bridge.sync import claims, questions, sales
 
     written = set(questions.conversation_attributes({"id": 1}, None)) \
-        | set(sales.sale_attributes("1", [])) | set(claims.claim_attributes({"id": 1}, None, None, zone="America/Sao_Paulo")) \
+        | set(sales.sale_attributes("1", [])) \
+        | set(claims.claim_attributes({"id": 1}, None, None, zone="America/Sao_Paulo")) \
         | {claims.REPLY_TO_ATTRIBUTE}
     assert written == {key for key, *_rest in CONVERSATION_ATTRIBUTES}
 

@@ -1,5 +1,6 @@
 """The listener's /webhook: authentication, validation, filtering, recording in the outbox."""
 
+import io
 import json
 import random
 import time
@@ -92,6 +93,28 @@ def test_a_stale_timestamp_is_refused(client):
 def test_a_body_over_one_megabyte_is_refused(client):
     raw, headers = signed(b"{" + b" " * (2 * 1024 * 1024) + b"}")
     assert client.post("/webhook", data=raw, headers=headers).status_code == 413
+
+
+def chunked(client, path, raw, headers=None):
+    """A body sent chunked, as gunicorn hands it to the app: no Content-Length, and the server
+    saying it ends the stream itself (gunicorn sets wsgi.input_terminated on every request)."""
+    return client.post(path, input_stream=io.BytesIO(raw), headers={**(headers or {}), "Transfer-Encoding": "chunked"},
+                       environ_overrides={"wsgi.input_terminated": True})
+
+
+@pytest.mark.parametrize("path", ["/webhook", "/notifications"])
+def test_a_chunked_body_over_one_megabyte_is_refused_as_too_large(client, path):
+    raw, headers = signed(b'{"event": "message_created", "content": "' + b"x" * (2 * 1024 * 1024) + b'"}')
+    resp = chunked(client, path, raw, headers)
+    assert resp.status_code == 413 and resp.json["reason"] == "body over 1 MB"
+
+
+def test_a_chunked_body_of_exactly_one_megabyte_is_read_whole(client, db):
+    body = json.dumps(message_created()).encode()
+    raw, headers = signed(body[:-1] + b" " * (1024 * 1024 - len(body)) + b"}")
+    assert len(raw) == 1024 * 1024
+    resp = chunked(client, "/webhook", raw, headers)
+    assert resp.status_code == 200 and resp.json["status"] == "accepted"
 
 
 def test_broken_json_is_a_400(client):

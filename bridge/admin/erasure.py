@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bridge.http import PermanentError
+from bridge.rules.conversations import is_gone
 from bridge.services import Services
 from bridge.source_ids import buyer as buyer_identifier
 
@@ -91,7 +92,7 @@ def _or_gone(read, object_id: int):
     try:
         return read(object_id)
     except PermanentError as exc:
-        if exc.status == 404 and exc.service in ("chatwoot", None):  # as bridge.sync.contacts.is_gone
+        if is_gone(exc):
             return None
         raise
 

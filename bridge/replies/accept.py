@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 
 from bridge import source_ids, text
 from bridge.replies.refusal import Refusal
-from bridge.sync import claims as sync_claims
+from bridge.rules import claims as claim_rules
+from bridge.rules.claims import REPLY_TO_ATTRIBUTE
 from config import Settings
 from db_manager import Database
 
@@ -62,7 +63,7 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
     if kind == "claim" and not plan.refused and addressed is None:
         plan.refused = RECEIVER_UNKNOWN
     # Final here, for every part: decided per part, a crash or a stage change could split the reply.
-    receiver = addressed and sync_claims.resolve_receiver(addressed, ((link or {}).get("data") or {}).get("receivers"))
+    receiver = addressed and claim_rules.resolve_receiver(addressed, ((link or {}).get("data") or {}).get("receivers"))
     # Before the reply is recorded, so a delivery retried after a crash in between adopts it too.
     adopted = link is None and target is not None and db.links.adopt_conversation(
         LINK_KIND[kind], target, conversation_id, now)
@@ -94,14 +95,14 @@ CLAIM_TEXT_LIMIT = 2000
 
 def claim_receiver(attrs: dict) -> str | None:
     """The conversation attribute agents set in the sidebar; None when it is not one the bridge knows."""
-    return sync_claims.parse_reply_to(attrs.get(sync_claims.REPLY_TO_ATTRIBUTE))
+    return claim_rules.parse_reply_to(attrs.get(REPLY_TO_ATTRIBUTE))
 
 
 RECEIVER_UNKNOWN = Refusal(
-    f"{sync_claims.REPLY_TO_ATTRIBUTE} não reconhecido",
-    f"O atributo {sync_claims.REPLY_TO_ATTRIBUTE} desta conversa tem um valor que a ponte não reconhece, então a "
+    f"{REPLY_TO_ATTRIBUTE} não reconhecido",
+    f"O atributo {REPLY_TO_ATTRIBUTE} desta conversa tem um valor que a ponte não reconhece, então a "
     f"mensagem não foi enviada a ninguém (a ponte não adivinha o destinatário). Valores aceitos: "
-    f"{sync_claims.REPLY_TO_VALUES}. Corrija o atributo e envie a mensagem de novo.")
+    f"{claim_rules.REPLY_TO_VALUES}. Corrija o atributo e envie a mensagem de novo.")
 
 
 ANSWER_TAKEN = ("pergunta já tem resposta",

@@ -23,11 +23,12 @@ from bridge.http import SETTLE, ApiError, PermanentError, TransientError, on_dep
 from bridge.replies.accept import LINK_KIND
 from bridge.replies.refusal import Refusal, receiver_name
 from bridge.replies.report import GIVE_UP_AFTER, report_outcomes, report_reply
+from bridge.rules import claims as claim_rules
+from bridge.rules import own_parts
+from bridge.rules.conversations import is_gone, names_item
+from bridge.rules.sale import sale_context
 from bridge.services import Services
 from bridge.store.links import ADOPTED
-from bridge.sync import claims as sync_claims
-from bridge.sync import sales as sync_messages
-from bridge.sync.contacts import is_gone, names_item
 from db_manager import crashpoint
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
 
@@ -259,30 +260,11 @@ def _deliver_answer(s: Services, reply: dict) -> None:
                                                reply["chatwoot_message_id"], s.clock()))
 
 
-def adopt_answer_in_flight(s: Services, question_id: str, published: str) -> bool:
-    """The question is answered on Mercado Livre with this text: is it our reply, sent before a crash?
-
-    A reply whose POST may have gone out (its part `sending`) and whose text is the one
-    published is ours: record it as sent, so the questions sync resolves the conversation
-    instead of mirroring the agent's answer a second time; the outbox then finishes the
-    reply without posting again.
-    """
-    reply = s.db.replies.answer_in_flight(question_id)
-    if reply is None or not published or not _same_text(published, reply["text"] or ""):
-        return False
-    if not s.db.replies.mark_answer_sent(reply["id"], question_id, reply["conversation_id"],
-                                         reply["chatwoot_message_id"], s.clock()):
-        return False  # erased since it was read
-    log.info("answer found on mercado livre before its delivery was recorded reply=%s question=%s conversation=%s",
-             reply["id"], question_id, reply["conversation_id"])
-    return True
-
-
 def _check_already_answered(s: Services, question_id: str, sent_text: str) -> None:
     """`not_unanswered_question`: our own earlier attempt, or someone else's answer?"""
     question = s.meli.question(question_id)
     answer = (question.get("answer") or {}).get("text") or ""
-    if answer and _same_text(answer, sent_text):
+    if answer and own_parts.same_text(answer, sent_text):
         return  # our previous attempt reached Mercado Livre before a crash or a lost response
     status = question.get("status") or "?"
     if answer:
@@ -294,10 +276,6 @@ def _check_already_answered(s: Services, question_id: str, sent_text: str) -> No
         f"pergunta não aceita mais resposta ({status})",
         f"A pergunta está com status {status} no Mercado Livre (apagada, banida ou em análise) e "
         "não aceita resposta. Nada foi enviado ao comprador."))
-
-
-def _same_text(a: str, b: str) -> bool:
-    return " ".join(a.split()) == " ".join(b.split())
 
 
 def _deliver_message(s: Services, reply: dict) -> None:
@@ -312,7 +290,7 @@ def _deliver_message(s: Services, reply: dict) -> None:
     buyer_id = data.get("buyer_id")
     if not buyer_id:
         # A sale conversation the poller has not described yet: ask Mercado Livre.
-        buyer_id = sync_messages.sale_context(s, pack_id, [])["buyer_id"]
+        buyer_id = sale_context(s, pack_id, [])["buyer_id"]
     to_user = MELI_AGENT_ID if data.get("migrated") else buyer_id
     if not to_user:
         raise DeliveryFailed(Refusal(
@@ -447,7 +425,7 @@ def _find_sent_part(s: Services, pack_id: str, seller_id: int, part: dict, since
         ids = [str(m.get("id")) for m in messages]
         taken = s.db.replies.sent_ids(ids) | s.db.links.ids_among("message", ids)
         for message in messages:
-            if is_lost_send(message, seller_id, part, since, taken):
+            if own_parts.is_lost_send(message, seller_id, part, since, taken):
                 return str(message.get("id"))
         if offset == 0:
             if not messages:
@@ -457,9 +435,6 @@ def _find_sent_part(s: Services, pack_id: str, seller_id: int, part: dict, since
         if not offsets:
             return None
     return None
-
-
-SEND_CLOCK_SKEW = 60.0  # seconds our clock may run ahead of Mercado Livre's
 
 
 def _deliver_claim(s: Services, reply: dict) -> None:
@@ -472,23 +447,23 @@ def _deliver_claim(s: Services, reply: dict) -> None:
             raise
         # Another account's, or removed: retrying for a day would only tell the agent a day late.
         raise DeliveryFailed(CLAIM_UNREADABLE) from None
-    if not sync_claims.against_seller(claim, s.meli.seller_id()):
+    if not claim_rules.against_seller(claim, s.meli.seller_id()):
         raise DeliveryFailed(CLAIM_NOT_AGAINST_SELLER)
     if claim.get("status") != "opened":
         raise DeliveryFailed(CLAIM_CLOSED)
     parts = s.db.replies.parts(reply["id"])
     # Fixed at acceptance (or, for a claim not known then, here before any part leaves): every part
     # goes there or not at all (half a reply to each reader reaches nobody).
-    receiver = reply.get("receiver") or s.db.replies.fix_receiver(reply["id"], sync_claims.resolve_receiver(
-        reply.get("addressed") or "complainant", sync_claims.allowed_receivers(claim)) or "complainant")
+    receiver = reply.get("receiver") or s.db.replies.fix_receiver(reply["id"], claim_rules.resolve_receiver(
+        reply.get("addressed") or "complainant", claim_rules.allowed_receivers(claim)) or "complainant")
     _still_there(receiver)
     reply = dict(reply, receiver=receiver)
-    if receiver not in sync_claims.allowed_receivers(claim):
+    if receiver not in claim_rules.allowed_receivers(claim):
         raise DeliveryFailed(_receiver_refused(receiver, claim))
     for part in parts:
         if part["status"] == "sent":
             continue
-        remote = sync_claims.sent_key(claim_id, part["text"] or "")
+        remote = claim_rules.sent_key(claim_id, part["text"] or "")
         previous = s.db.replies.mark_part_sending(reply["id"], part["seq"], s.clock())
         _still_there(previous)
         if previous == "sending":
@@ -526,19 +501,16 @@ def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float) -
     """
     links = s.db.links.with_prefix("claim_message", f"{claim_id}:")
     linked = {link["external_id"] for link in links if link["status"] == "created"}
-    adopted = sync_claims.adopted_parts(links)
+    adopted = claim_rules.adopted_parts(links)
     # Only the parts whose messages may fall in the window counted below: an older equal reply
     # not matched yet would otherwise hide this part's arrival, and it would go twice.
     waiting = sum(1 for p in s.db.replies.claim_parts_sent(remote)
                   if (p["chatwoot_message_id"], p["seq"]) not in adopted
-                  and (p["sent_at"] is None or p["sent_at"] >= since - 2 * SEND_CLOCK_SKEW))
+                  and (p["sent_at"] is None or p["sent_at"] >= since - 2 * own_parts.SEND_CLOCK_SKEW))
     fresh = 0
-    for key, message in sync_claims.message_keys(claim_id, s.meli.claim_messages(claim_id)):
-        if message.get("sender_role") != "respondent" \
-                or sync_claims.sent_key(claim_id, sync_claims.text_of(message)) != remote or key in linked:
-            continue
-        created = sync_messages.parse_date(message.get("date_created"))
-        fresh += created is not None and created >= since - SEND_CLOCK_SKEW
+    for key, message in claim_rules.message_keys(claim_id, s.meli.claim_messages(claim_id)):
+        fresh += (own_parts.is_claim_copy_since(message, since) and key not in linked
+                  and claim_rules.sent_key(claim_id, message.get("message") or "") == remote)
     return fresh > waiting
 
 
@@ -566,36 +538,24 @@ CLAIM_UNREADABLE = Refusal(
 
 
 def _receiver_refused(wanted: str | None, claim: dict) -> Refusal:
-    allowed = sync_claims.allowed_receivers(claim)
-    url = sync_claims.CLAIM_URL.format(claim_id=claim.get("id"))
+    allowed = claim_rules.allowed_receivers(claim)
+    url = claim_rules.CLAIM_URL.format(claim_id=claim.get("id"))
     if wanted == "mediator" and "mediator" not in allowed:
         why = "O Mercado Livre não permite escrever para a mediação nesta reclamação agora (ela ainda não está em "\
               "mediação, ou o mediador não espera mensagem do vendedor)."
         return Refusal(
             "mediação não aceita mensagem agora",
             f"{why} Nada foi enviado. Para escrever ao comprador, apague o atributo "
-            f"{sync_claims.REPLY_TO_ATTRIBUTE} desta conversa (ou mude para comprador) e envie de novo.", why)
+            f"{claim_rules.REPLY_TO_ATTRIBUTE} desta conversa (ou mude para comprador) e envie de novo.", why)
     why = "O Mercado Livre não permite que o vendedor envie mensagens ao comprador nesta reclamação agora."
     if "mediator" in allowed:
         return Refusal(
             "comprador não aceita mensagem agora",
             f"{why} Nada foi enviado. Para escrever à mediação, defina o atributo "
-            f"{sync_claims.REPLY_TO_ATTRIBUTE} = mediador nesta conversa e envie de novo.", why)
+            f"{claim_rules.REPLY_TO_ATTRIBUTE} = mediador nesta conversa e envie de novo.", why)
     return Refusal(
         "reclamação não aceita mensagem agora",
         f"{why} Nada foi enviado. Veja o que o Mercado Livre espera do vendedor na reclamação: {url}", why)
-
-
-def is_lost_send(message: dict, seller_id: int, part: dict, since: float, taken: set[str]) -> bool:
-    """Pure: could this thread message be `part`, sent at or after `since` (epoch seconds)?"""
-    if str((message.get("from") or {}).get("user_id")) != str(seller_id) or str(message.get("id")) in taken:
-        return False
-    if not _same_text(message.get("text") or "", part.get("text") or ""):
-        return False
-    if bool(message.get("message_attachments")) != bool(part.get("attachments")):
-        return False
-    created = sync_messages.parse_date((message.get("message_date") or {}).get("created"))
-    return created is not None and created >= since - SEND_CLOCK_SKEW
 
 
 def _refusal(exc: ApiError, what: str) -> Refusal:

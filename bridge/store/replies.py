@@ -305,13 +305,13 @@ class RepliesStore:
             found.update(r[0] for r in rows)
         return found
 
-    def message_texts_in_doubt(self, pack_id: str) -> list[str]:
-        """Texts of post-sale parts that may have reached Mercado Livre without us knowing (in flight)."""
-        return self._texts_in_doubt("message", pack_id)
+    def texts_in_doubt(self, kind: str, target_id: str) -> list[str]:
+        """Texts of the parts of `kind` replies ('message' to a sale, 'claim' to a claim) to this
+        target that may have reached Mercado Livre without us knowing (in flight).
 
-    def _texts_in_doubt(self, kind: str, target_id: str) -> list[str]:
-        """Only of unfinished replies: a finished one will not settle its parts any more (and its
-        texts are cleared), so its doubt would hold back the seller's messages for good."""
+        Only of unfinished replies: a finished one will not settle its parts any more (and its
+        texts are cleared), so its doubt would hold back the seller's messages for good.
+        """
         return [r["text"] or "" for r in self._db.all(
             "SELECT p.text FROM reply_parts p JOIN replies r ON r.id = p.reply_id WHERE r.kind = ?"
             " AND r.target_id = ? AND r.status IN ('pending', 'sending') AND p.status = 'sending'",
@@ -322,10 +322,6 @@ class RepliesStore:
         return self._db.all("SELECT r.id, r.conversation_id, r.chatwoot_message_id, p.seq, p.sent_at FROM reply_parts p"
                             " JOIN replies r ON r.id = p.reply_id WHERE r.kind = 'claim' AND p.remote_id = ?"
                             " AND p.status = 'sent' ORDER BY p.sent_at, r.id, p.seq", (remote_id,))
-
-    def claim_texts_in_doubt(self, claim_id: str) -> list[str]:
-        """Texts of claim parts that may have reached Mercado Livre without us knowing (in flight)."""
-        return self._texts_in_doubt("claim", claim_id)
 
     def by_remote_id(self, remote_id: str) -> Reply | None:
         return self._db.one("SELECT r.* FROM replies r JOIN reply_parts p ON p.reply_id = r.id WHERE p.remote_id = ?",

@@ -18,21 +18,37 @@ to a part still in flight waits (it may be that part, sent but not recorded yet)
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import re
 import time
-import unicodedata
 
 from bridge import failures, source_ids, text
 from bridge.http import ApiError, PermanentError
 from bridge.paging import Pages
+from bridge.rules import own_parts
+from bridge.rules.claims import (  # noqa: F401 — also this flow's names, as before the move
+    CLAIM_URL,
+    REPLY_TO_ATTRIBUTE,
+    REPLY_TO_VALUES,
+    adopted_parts,
+    against_seller,
+    allowed_receivers,
+    in_order,
+    message_key,
+    message_keys,
+    parse_reply_to,
+    resolve_receiver,
+    respondent,
+    seller_actions,
+    sent_key,
+    text_hash,
+)
+from bridge.rules.dates import parse_date
 from bridge.services import Services
 from bridge.sync import moderation
-from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
-from bridge.sync.ensure import ensure_linked_message, ensure_message, ensure_note, fetch_files, mirror_with_files
-from bridge.sync.sales import SALE_URL, parse_date
+from bridge.sync.contacts import continue_in_new_conversation, is_gone, open_conversation, say_removed
+from bridge.sync.ensure import ensure_message, fetch_files, mirror_message
+from bridge.sync.sales import SALE_URL
 from db_manager import crashpoint
 from mercado_livre_api import ReauthorizationRequired
 
@@ -48,9 +64,7 @@ REASON_MAX_AGE = 7 * 86400.0  # the cache's own lifetime (Database.prune)
 MODERATION_CHECK_AFTER = 120.0
 MODERATION_CHECK_UNTIL = 1800.0
 LABEL = "reclamacao"
-REPLY_TO_ATTRIBUTE = "meli_claim_reply_to"
 MEDIATOR_PREFIX = "Mediação do Mercado Livre"
-CLAIM_URL = "https://www.mercadolivre.com.br/vendas/reclamacoes/{claim_id}/detalhe"
 TYPES = {"mediations": "reclamação", "return": "devolução", "cancel_purchase": "cancelamento da compra",
          "change": "troca", "service": "serviço"}
 STAGES = {"claim": "reclamação (comprador e vendedor)", "dispute": "mediação do Mercado Livre",
@@ -71,52 +85,9 @@ BENEFITED = {"complainant": "o comprador", "respondent": "o vendedor (você)", "
 
 # ---- pure decisions -------------------------------------------------------------------------------
 
-def text_of(message: dict) -> str:
-    text = message.get("message")
-    if isinstance(text, dict):  # accepted in the older {"plain": ...} shape too
-        text = text.get("plain")
-    if not isinstance(text, str) or not text:
-        text = message.get("translated_message") if isinstance(message.get("translated_message"), str) else ""
-    return text or ""
-
-
 def extension(name) -> str:
     """What a log line may say of a file: its extension, never its name."""
     return os.path.splitext(str(name))[1].lstrip(".").lower()[:10] or "-"
-
-
-def text_hash(text: str) -> str:
-    return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:16]
-
-
-def message_key(claim_id: str, message: dict) -> str:
-    """A claim message's identity: it has no id (links key, never text)."""
-    return f"{claim_id}:{message.get('sender_role')}:{message.get('date_created')}:{text_hash(text_of(message))}"
-
-
-def message_keys(claim_id: str, messages: list[dict]) -> list[tuple[str, dict]]:
-    """(key, message) in order. A repeat with the same role, date and text (a double "ok") is a
-    message of its own: its key gets its rank, the first keeps the plain key."""
-    seen: dict[str, int] = {}
-    keyed = []
-    for message in in_order(messages):
-        key = message_key(claim_id, message)
-        seen[key] = seen.get(key, 0) + 1
-        keyed.append((key if seen[key] == 1 else f"{key}#{seen[key]}", message))
-    return keyed
-
-
-def sent_key(claim_id: str, text: str) -> str:
-    """What a sent claim reply part records as its remote id: the claim and its text's hash."""
-    return f"claim:{claim_id}:{text_hash(text)}"
-
-
-def in_order(messages: list[dict]) -> list[dict]:
-    """By moment first, not by text alone: dates may carry different UTC offsets."""
-    def moment(message: dict) -> tuple[float, str]:
-        date = message.get("date_created") or message.get("message_date")
-        return parse_date(date) or 0.0, str(date or "")
-    return sorted(messages, key=moment)
 
 
 def is_rejected(message: dict) -> bool:
@@ -127,75 +98,10 @@ def moderation_reason(message: dict) -> str:
     return moderation.reason(message, "moderation")
 
 
-def respondent(claim: dict) -> dict:
-    return next((p for p in claim.get("players") or [] if isinstance(p, dict) and p.get("role") == "respondent"), {})
-
-
-def against_seller(claim: dict, seller_id) -> bool:
-    """The seller is the claim's respondent: a claim it opened on its own purchase is not the store's."""
-    return str(respondent(claim).get("user_id")) == str(seller_id)
-
-
 def complainant_id(claim: dict):
     player = next((p for p in claim.get("players") or [] if isinstance(p, dict) and p.get("role") == "complainant"),
                   {})
     return player.get("user_id")
-
-
-def seller_actions(claim: dict) -> list[dict]:
-    return [a for a in respondent(claim).get("available_actions") or [] if isinstance(a, dict) and a.get("action")]
-
-
-# What agents type in `meli_claim_reply_to` (setup offers `comprador` / `mediador` as a list; older
-# installs have a text field). Compared without case, accents or punctuation; the words below are
-# fillers ("para o", "do") and Mercado Livre's own names, which alone mean its mediation.
-BUYER_WORDS = frozenset({"comprador", "compradora", "cliente", "buyer", "complainant", "reclamante"})
-MEDIATOR_WORDS = frozenset({"mediador", "mediadora", "mediator", "mediacao", "mediation", "mediadores"})
-FILLER_WORDS = frozenset({"o", "a", "os", "as", "ao", "para", "pra", "pro", "p", "do", "da", "de", "no", "na", "to",
-                          "the"})
-MELI_WORDS = frozenset({"ml", "meli", "mercado", "livre", "mercadolivre", "mercadolibre", "libre"})
-REPLY_TO_VALUES = "comprador (ou vazio) para o comprador; mediador para a mediação do Mercado Livre"
-
-
-def parse_reply_to(value) -> str | None:
-    """`complainant`, `mediator`, or None when the value is not recognized (never guessed as the buyer:
-    a reply meant for the mediator that reached the buyer cannot be taken back). Absent or blank: the buyer."""
-    if value is None:
-        return "complainant"
-    if not isinstance(value, str):
-        return None
-    if not value.strip():
-        return "complainant"
-    plain = "".join(c for c in unicodedata.normalize("NFKD", value.casefold()) if not unicodedata.combining(c))
-    words = [w for w in re.split(r"[\W_]+", plain) if w]
-    if not words:
-        return None
-    meant = [w for w in words if w not in FILLER_WORDS]
-    core = {w for w in meant if w not in MELI_WORDS}
-    if not core:
-        return "mediator" if meant else None
-    if len(core) == 1 and core <= MEDIATOR_WORDS:
-        return "mediator"
-    if len(core) == 1 and core <= BUYER_WORDS:
-        return "complainant"
-    return None
-
-
-def allowed_receivers(claim: dict) -> set[str]:
-    names = {a["action"] for a in seller_actions(claim)}
-    return {role for role in ("complainant", "mediator") if f"send_message_to_{role}" in names}
-
-
-def resolve_receiver(wanted: str, allowed: list[str] | set[str] | None) -> str | None:
-    """Who a reply goes to, decided once (every part then goes there): the one the agent addressed,
-    or the mediator when the buyer was addressed and the mediator is the only one the seller may
-    write to. `allowed` None: not known yet (a claim not synced in full), and None returned when
-    that matters: the delivery decides, from the claim it reads, before the first part leaves."""
-    if wanted != "complainant":
-        return wanted
-    if allowed is None:
-        return None
-    return "mediator" if set(allowed) == {"mediator"} else "complainant"
 
 
 def next_action(claim: dict) -> tuple[str | None, str | None]:
@@ -269,7 +175,7 @@ def summary_message(claim: dict, order: dict | None, *, zone: str, reason: str |
 
 def message_content(message: dict, direction: str) -> str:
     role = message.get("sender_role")
-    body = text_of(message)
+    body = message.get("message") or ""
     if is_rejected(message):
         who = {"complainant": "do comprador", "mediator": "da mediação"}.get(role, "do vendedor")
         outcome = " O destinatário não a recebeu." if role == "respondent" else ""
@@ -440,10 +346,7 @@ def _sync_claim(s: Services, claim_id: str) -> int:
         link = s.db.links.get("claim", claim_id)
         if not is_gone(exc) or not link or link["conversation_id"] is None:
             raise
-        # An agent deleted the conversation (or its contact): continue in a new one.
-        log.warning("claim conversation deleted in chatwoot claim=%s conversation=%s: continuing in a new one",
-                    claim_id, link["conversation_id"])
-        forget_conversation(s, "claim", claim_id, link["conversation_id"], removed=link["conversation_id"])
+        continue_in_new_conversation(s, "claim", claim_id, link["conversation_id"], log)
         created, conversation_id = _apply(s, claim_id, claim, messages, s.db.links.get("claim", claim_id), fresh)
     log.info("claim synced claim=%s conversation=%s stage=%s status=%s new=%d in %dms", claim_id, conversation_id,
              claim.get("stage"), claim.get("status"), created, (time.monotonic() - started) * 1000)
@@ -601,6 +504,7 @@ def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
         s.chatwoot.set_status(conversation_id, "open")
     _event(s, claim_id, "opened", conversation_id,
            summary_message(claim, order, zone=s.settings.display_timezone, reason=reason))
+    say_removed(s, "claim", claim_id, conversation_id, "desta reclamação", CLAIM_URL.format(claim_id=claim_id), fresh)
     order_id, pack_id = attributes["meli_order_id"], attributes["meli_pack_id"]
     sale_noted = _point_sale_to_claim(s, claim_id, conversation_id, pack_id, order_id)
     action, due = next_action(claim)
@@ -667,7 +571,7 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
                      reopen: bool) -> tuple[int, bool]:
     """(messages mirrored, whether one was left for a later sync)."""
     # In this order: a part the outbox records as sent between the two reads is then among the sent ones.
-    in_doubt = {" ".join(t.split()) for t in s.db.replies.claim_texts_in_doubt(claim_id)}
+    in_doubt = own_parts.texts_in_doubt(s, "claim", claim_id)
     links = {link["external_id"]: link for link in s.db.links.with_prefix("claim_message", f"{claim_id}:")}
     adopted = adopted_parts(links.values())
     plan = []
@@ -682,7 +586,7 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
                 _report_moderated_reply(s, claim_id, key, link, message, conversation_id)
             continue
         if message.get("sender_role") == "respondent":
-            remote = sent_key(claim_id, text_of(message))
+            remote = sent_key(claim_id, message.get("message") or "")
             part = next((p for p in s.db.replies.claim_parts_sent(remote)
                          if (p["chatwoot_message_id"], p["seq"]) not in adopted), None)
             if part:
@@ -695,7 +599,7 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
                     _report_moderated_reply(s, claim_id, key, s.db.links.get("claim_message", key), message,
                                             conversation_id)
                 continue
-            if " ".join(text_of(message).split()) in in_doubt:
+            if own_parts.claim_message_in_doubt(message, in_doubt):
                 deferred = True  # may be a reply part in flight: the next sync decides
                 continue
             plan.append((key, message, "outgoing"))
@@ -709,32 +613,12 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
     return len(plan), deferred
 
 
-def adopted_parts(links) -> set[tuple[int, int]]:
-    """(Chatwoot message id, part) of the sent parts already matched to a claim message.
-
-    By part, not by count: replies are pruned after a while, and a count would then let a
-    new reply with an old reply's text go unmatched and be mirrored back. Not by reply id
-    either: SQLite gives a pruned highest id to the next reply.
-    """
-    return {(link["message_id"], link["data"].get("seq", 0)) for link in links
-            if link["status"] == "created" and link["data"].get("by") == "bridge"}
-
-
 def _mirror(s: Services, claim_id: str, conversation_id: int, key: str, message: dict, direction: str) -> None:
     started = time.monotonic()
-    source = source_ids.claim_message(key)
-    files: list = []
-
-    def create() -> dict:
-        downloaded, skipped = _download_files(s, claim_id, message)
-        files.extend(downloaded)  # the log line below counts them
-        return mirror_with_files(s, conversation_id, source, message_content(message, direction), direction,
-                                 files, skipped)
-
-    existing, fresh = ensure_linked_message(s, "claim_message", key, conversation_id, source, create,
-                                            crash="claim_message_created")
-    s.db.links.mark_created("claim_message", key, s.clock(), conversation_id=conversation_id, message_id=existing["id"],
-                            data={"role": str(message.get("sender_role")), "direction": direction})
+    existing, fresh, files = mirror_message(
+        s, "claim_message", key, conversation_id, source_ids.claim_message(key), message_content(message, direction),
+        direction, lambda: _download_files(s, claim_id, message),
+        {"role": str(message.get("sender_role")), "direction": direction}, crash="claim_message_created")
     # A file name can name the buyer: extension and size only.
     log.info("claim message in chatwoot claim=%s role=%s conversation=%s message=%s files=%d ext=%s bytes=%d"
              " in %dms%s", claim_id, message.get("sender_role"), conversation_id, existing["id"],
@@ -754,21 +638,15 @@ def _download_files(s: Services, claim_id: str, message: dict) -> tuple[list, li
 
 def _report_moderated_reply(s: Services, claim_id: str, key: str, link: dict, message: dict,
                             conversation_id: int) -> None:
-    """A reply Mercado Livre accepted, then moderated: the agent must learn it never arrived."""
-    mark, fresh = s.db.links.record_intent("claim_moderation", key, s.clock())
-    if mark["status"] == "created":
-        return
-    # By Chatwoot message id: a pruned reply's id may belong to a newer reply now.
-    reply = s.db.replies.by_message(link["message_id"]) if link["message_id"] else None
-    if reply:
-        reason = moderation_reason(message)
-        moderation.mark_reply_blocked(s, reply, reason)
-        ensure_note(s, conversation_id, moderation.blocked_reply_note(reason, "O destinatário"),
-                    source_ids.claim_moderation_note(key), look_first=not fresh)
-        crashpoint("claim_moderation_reported")
-        log.warning("claim reply moderated claim=%s reply=%s conversation=%s reason=%s", claim_id, reply["id"],
-                    reply["conversation_id"], reason)
-    s.db.links.mark_created("claim_moderation", key, s.clock())
+    """The claim's adapter of moderation.report_blocked_reply: a reply part is known by the claim message
+    it was matched to (by Chatwoot message id: a pruned reply's id may belong to a newer reply now)."""
+    def find_reply():
+        reply = s.db.replies.by_message(link["message_id"]) if link["message_id"] else None
+        return (reply, link["data"].get("seq")) if reply else None
+
+    moderation.report_blocked_reply(s, "claim_moderation", key, find_reply, moderation_reason(message),
+                                    "O destinatário", conversation_id, source_ids.claim_moderation_note(key),
+                                    "claim_moderation_reported", f"claim={claim_id}", log)
 
 
 def _deadline(s: Services, link: dict | None) -> int:
@@ -828,23 +706,8 @@ def point_sales(s: Services) -> int:
 
 
 def check_recent_replies(s: Services, skip: set[str]) -> int:
-    """Re-read, once, the claim of each reply delivered a few minutes ago: moderation acts after acceptance."""
-    now = s.clock()
-    checked = 0
-    for reply in s.db.replies.delivered_between("claim", now - MODERATION_CHECK_UNTIL, now - MODERATION_CHECK_AFTER):
-        if s.stopping.is_set():
-            break
-        link, _fresh = s.db.links.record_intent("moderation_check", f"claim:{reply['id']}", now)
-        if link["status"] == "created":
-            continue
-        if reply["target_id"] not in skip:
-            try:
-                sync_claim(s, reply["target_id"])
-            except PermanentError as exc:
-                log.error("claim not checked for moderation claim=%s reply=%s error=%r", reply["target_id"],
-                          reply["id"], exc.short())
-                continue
-            skip.add(reply["target_id"])
-            checked += 1
-        s.db.links.mark_created("moderation_check", f"claim:{reply['id']}", s.clock())
-    return checked
+    """The claim's adapter of moderation.check_recent_replies: the claim read once, a few minutes
+    after a reply was delivered."""
+    return moderation.check_recent_replies(s, "claim", lambda claim_id: sync_claim(s, claim_id), skip,
+                                           after=MODERATION_CHECK_AFTER, until=MODERATION_CHECK_UNTIL,
+                                           key_prefix="claim:", target_name="claim", log=log)

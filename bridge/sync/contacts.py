@@ -6,21 +6,20 @@ import logging
 
 from bridge import source_ids
 from bridge.http import PermanentError, TransientError
+from bridge.rules.conversations import is_gone, item_attribute, names_item  # noqa: F401 — the flows' names too
 from bridge.services import Services
 from bridge.store.links import ADOPTED, Link
-from bridge.sync.ensure import settle, stamped_create
+from bridge.sync.ensure import ensure_note, settle, stamped_create
 from chatwoot_api import FILTER_PAGE
 from db_manager import crashpoint
 
 log = logging.getLogger("bridge.contacts")
 
 TRIED = "conversation_tried_at"  # link data: when its conversation's create last went out
-
-
-def is_gone(exc: BaseException) -> bool:
-    """Chatwoot's answer for a contact or conversation an agent deleted (or merged away)."""
-    # Only Chatwoot's 404: the same flows fetch Mercado Livre files, whose 404 says nothing about Chatwoot.
-    return isinstance(exc, PermanentError) and exc.status == 404 and exc.service in ("chatwoot", None)
+REMOVED = "removed_conversation"  # link data: the conversation an agent deleted, said in the next one
+REMOVED_NOTE = ("A conversa anterior {of} foi apagada no Chatwoot. As mensagens que já estavam nela não "
+                "foram trazidas de novo; esta conversa continua com as novas. O histórico completo está no "
+                "Mercado Livre: {url}")
 
 
 def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -> tuple[int, str]:
@@ -213,20 +212,6 @@ def _check_remembered(s: Services, link: Link, inbox_id: int) -> Link:
     return dict(link, conversation_id=None, data=data)
 
 
-def item_attribute(kind: str) -> str:
-    """The conversation custom attribute naming a question, pack or claim: `meli_<kind>_id`."""
-    return f"meli_{kind}_id"
-
-
-def names_item(conversation: dict, kind: str, external_id: str, inbox_id: int) -> bool:
-    """Pure: does this conversation, as Chatwoot returned it, belong to `kind/external_id`: in
-    its inbox, its custom attribute naming it (compared as text, as Chatwoot's filter does)?"""
-    value = (conversation.get("custom_attributes") or {}).get(item_attribute(kind)) \
-        if isinstance(conversation.get("custom_attributes") or {}, dict) else None
-    return conversation.get("inbox_id") == inbox_id and value is not None \
-        and str(value).strip().lower() == str(external_id).strip().lower()
-
-
 def forget_contact(s: Services, buyer_id, contact_id: int) -> None:
     """The remembered contact is gone (deleted, or merged into another): the next
     ensure_contact finds the buyer again by identifier (a merge's surviving contact
@@ -283,3 +268,28 @@ def forget_conversation(s: Services, kind: str, external_id: str, conversation_i
     if link and link["conversation_id"] == conversation_id:
         s.db.links.update(kind, external_id, s.clock(), status="pending", conversation_id=None,
                           data=dict(link["data"], **data))
+
+
+def continue_in_new_conversation(s: Services, kind: str, external_id: str, conversation_id: int,
+                                 flow_log: logging.Logger) -> None:
+    """An agent deleted the sale's or claim's conversation (or its contact): continue in a new one.
+
+    1. The link forgets the conversation, remembering it as removed.
+    2. The flow makes a new one as for any sale or claim not in Chatwoot yet (the caller's next step).
+    3. In it, say_removed tells the agent why the messages already mirrored are not there, and
+       where the whole history is. Those still to mirror go to the new one.
+    """
+    flow_log.warning("conversation deleted in chatwoot %s=%s conversation=%s: continuing in a new one", kind,
+                     external_id, conversation_id)
+    forget_conversation(s, kind, external_id, conversation_id, **{REMOVED: conversation_id})
+
+
+def say_removed(s: Services, kind: str, external_id: str, conversation_id: int, of: str, url: str,
+                fresh: bool) -> None:
+    """Step 3 above, in the conversation just made (`fresh`) or found; nothing when none was removed.
+    `of`: whose conversation it was ("desta venda")."""
+    data = (s.db.links.get(kind, external_id) or {}).get("data") or {}
+    removed = data.get(REMOVED) or data.get("removed")  # "removed": how claims kept it before
+    if removed:
+        ensure_note(s, conversation_id, REMOVED_NOTE.format(of=of, url=url),
+                    source_ids.note(kind, external_id, "removed", removed), look_first=not fresh)

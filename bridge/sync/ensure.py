@@ -33,6 +33,30 @@ def ensure_linked_message(s: Services, kind: str, external_id: str, conversation
                           earlier=None if fresh else link), fresh
 
 
+def mirror_message(s: Services, kind: str, key: str, conversation_id: int, source_id: str, content: str,
+                   direction: str, files: Callable[[], tuple[list, list]], data: dict, *,
+                   crash: str) -> tuple[dict, bool, list]:
+    """One Mercado Livre message (a sale's or a claim's) in Chatwoot, once, whatever crashes in between.
+
+    1. Its intent `kind/key` is recorded; a row left pending is looked for by `source_id` first.
+    2. Made only when not found: `files()` fetches its files then ((name, content, type) that fit,
+       (name, why) of those left behind, named in the message).
+    3. The row records the Chatwoot message, with the flow's `data`.
+    Returns (message, fresh intent, the files fetched now).
+    """
+    fetched: list = []
+
+    def create() -> dict:
+        downloaded, skipped = files()
+        fetched.extend(downloaded)
+        return mirror_with_files(s, conversation_id, source_id, content, direction, downloaded, skipped)
+
+    existing, fresh = ensure_linked_message(s, kind, key, conversation_id, source_id, create, crash=crash)
+    s.db.links.mark_created(kind, key, s.clock(), conversation_id=conversation_id, message_id=existing["id"],
+                            data=data)
+    return existing, fresh, fetched
+
+
 def ensure_message(s: Services, kind: str, external_id: str, conversation_id: int, source_id: str,
                    create: Callable[[], dict], *, crash: str | None, earlier: Link | None) -> dict:
     """The message carrying `source_id` in the conversation: found, or made by `create()`.

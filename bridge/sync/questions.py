@@ -13,7 +13,7 @@ import time
 
 from bridge import failures, source_ids
 from bridge.http import PermanentError
-from bridge.replies import delivery
+from bridge.rules import own_parts
 from bridge.services import Services
 from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
 from bridge.sync.ensure import ensure_linked_message, ensure_message, ensure_note
@@ -268,7 +268,7 @@ def follow_question(s: Services, link: dict, question: dict) -> bool:
     if question.get("status") == "ANSWERED" and not answer_known:
         # The agent's reply may have reached Mercado Livre just before a crash; or the
         # outbox recorded it a moment ago, between the two reads.
-        answer_known = delivery.adopt_answer_in_flight(s, qid, (question.get("answer") or {}).get("text") or "") \
+        answer_known = own_parts.adopt_answer_in_flight(s, qid, (question.get("answer") or {}).get("text") or "") \
             or _answer_linked(s, qid)
     action, note = change_for(question, answer_known=answer_known, state=link["data"].get("state", "open"),
                               known_status=link["data"].get("ml_status"))

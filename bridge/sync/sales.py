@@ -26,11 +26,13 @@ from datetime import datetime, timezone
 from bridge import failures, source_ids
 from bridge.http import ApiError, PermanentError
 from bridge.paging import Pages
+from bridge.rules import own_parts
+from bridge.rules.dates import parse_date
+from bridge.rules.sale import sale_context
 from bridge.services import Services
 from bridge.sync import moderation
-from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
-from bridge.sync.ensure import ensure_linked_message, ensure_note, fetch_files, mirror_with_files
-from db_manager import crashpoint
+from bridge.sync.contacts import continue_in_new_conversation, is_gone, open_conversation, say_removed
+from bridge.sync.ensure import fetch_files, mirror_message
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
 
 log = logging.getLogger("bridge.messages")
@@ -52,9 +54,6 @@ ORDERS_CURSOR = "postsale_orders_search"
 ORDERS_OVERLAP = 600.0  # seconds each pass re-covers: orders search indexing lags
 PACK_RESOURCE = re.compile(r"^/packs/(\d+)/sellers/(\d+)")
 SALE_URL = "https://www.mercadolivre.com.br/vendas/{order_id}/detalhe"
-REMOVED_NOTE = ("A conversa anterior desta venda foi apagada no Chatwoot. As mensagens que já estavam nela não "
-                "foram trazidas de novo; esta conversa continua com as novas. O histórico completo está no "
-                "Mercado Livre: {url}")
 
 
 # ---- pure decisions -------------------------------------------------------------------------------
@@ -93,7 +92,7 @@ def messages_to_mirror(messages: list[dict], seller_id: int, known_ids: set[str]
     plan = []
     for message in in_order(messages):
         mid = str(message["id"])
-        if mid in known_ids or mid in bridge_ids or is_in_doubt(message, seller_id, in_doubt):
+        if mid in known_ids or mid in bridge_ids or own_parts.sale_message_in_doubt(message, seller_id, in_doubt):
             continue
         sender = str((message.get("from") or {}).get("user_id"))
         plan.append((message, "outgoing" if sender == str(seller_id) else "incoming"))
@@ -122,13 +121,6 @@ def last_handled(messages: list[dict]) -> tuple[str | None, float | None]:
     return str(last["id"]), parse_date((last.get("message_date") or {}).get("created"))
 
 
-def is_in_doubt(message: dict, seller_id: int, in_doubt: list[str]) -> bool:
-    if str((message.get("from") or {}).get("user_id")) != str(seller_id):
-        return False
-    words = " ".join(str(message.get("text") or "").split())
-    return any(words == " ".join(text.split()) for text in in_doubt)
-
-
 def is_from_seller(message: dict, seller_id: int) -> bool:
     return str((message.get("from") or {}).get("user_id")) == str(seller_id)
 
@@ -155,17 +147,6 @@ def next_orders_cursor(cursor: dict, got: int, total: int, now: float) -> dict:
 
 def iso_utc(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000-00:00")
-
-
-def parse_date(value) -> float | None:
-    """Mercado Livre's ISO dates as epoch seconds; None when unusable."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def message_content(message: dict, direction: str) -> str:
@@ -325,43 +306,16 @@ def _sweep_one(s: Services, row: dict, seller_id: int) -> int:
 
 
 def check_recent_replies(s: Services, seller_id: int, skip: set[str]) -> int:
-    """Re-read the thread of each reply delivered a few minutes ago, and again a quarter of an hour later.
-
-    Mercado Livre may moderate a message after accepting it; without buyer activity
-    nothing else would make us read that thread again.
-    """
-    now = s.clock()
-    checked = 0
-    for reply in s.db.replies.delivered_between("message", now - MODERATION_CHECK_UNTIL, now - MODERATION_CHECK_AFTER):
-        if s.stopping.is_set():
-            break
-        # One check per round; the first round's key is the reply id alone, as before.
-        late = now - reply["finished_at"] >= MODERATION_RECHECK_AFTER
-        check_id = f"{reply['id']}:late" if late else reply["id"]
-        link, _fresh = s.db.links.record_intent("moderation_check", check_id, now)
-        if link["status"] == "created":
-            continue  # still pending: an earlier check failed half way and is due again
-        if reply["target_id"] not in skip:
-            try:
-                sync_pack(s, reply["target_id"], seller_id)
-            except ReauthorizationRequired:
-                raise
-            except Exception as exc:  # noqa: BLE001 — one failing thread must not stop the sweep after it
-                # Left pending: checked again next poll, for as long as the reply is in the window.
-                log.error("thread not checked for moderation pack=%s reply=%s error=%s", reply["target_id"],
-                          reply["id"], failures.describe(exc))
-                continue
-            skip.add(reply["target_id"])
-            checked += 1
-        s.db.links.mark_created("moderation_check", check_id, s.clock())
-    return checked
+    """The sale's adapter of moderation.check_recent_replies: its thread read a few minutes after a
+    reply was delivered, and again a quarter of an hour later (moderation taking that long is not rare)."""
+    return moderation.check_recent_replies(s, "message", lambda pack_id: sync_pack(s, pack_id, seller_id), skip,
+                                           after=MODERATION_CHECK_AFTER, until=MODERATION_CHECK_UNTIL,
+                                           again_after=MODERATION_RECHECK_AFTER, target_name="pack", log=log)
 
 
 def sync_message_resource(s: Services, message_id: str) -> str:
     """A `messages` notification: find the message's pack and sync that thread."""
     message = s.meli.message(message_id)
-    if isinstance(message.get("messages"), list) and message["messages"]:
-        message = message["messages"][0]
     resources = {r.get("name"): str(r.get("id")) for r in message.get("message_resources") or []}
     pack_id = resources.get("packs") or resources.get("orders")
     if not pack_id:
@@ -381,25 +335,6 @@ def read_thread(s: Services, pack_id: str, seller_id: int) -> tuple[list[dict], 
         messages.extend(m for m in batch if str(m.get("id")) not in seen)
         seen.update(str(m.get("id")) for m in batch)
     return messages, first or {}
-
-
-def sale_context(s: Services, pack_id: str, messages: list[dict], resource_kind: str | None = None) -> dict:
-    """Orders, buyer and items of a pack (an order without pack uses its order id)."""
-    if resource_kind is None:
-        names = {r.get("name") for m in messages for r in m.get("message_resources") or []}
-        resource_kind = "packs" if "packs" in names else "orders" if "orders" in names else None
-    orders: list[dict] = []
-    if resource_kind != "orders":
-        try:
-            pack = s.meli.pack(pack_id)
-            orders = [s.meli.order(str(o["id"])) for o in pack.get("orders") or []]
-        except PermanentError as exc:
-            if exc.status != 404:
-                raise
-    if not orders:
-        orders = [s.meli.order(pack_id)]
-    buyer = orders[0].get("buyer") or {}
-    return {"orders": orders, "buyer_id": buyer.get("id"), "nickname": buyer.get("nickname")}
 
 
 def sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | None = None,
@@ -445,7 +380,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
 
     ids = [str(m["id"]) for m in messages]
     # In this order: a part the outbox records as sent between the two reads is then in bridge_ids.
-    in_doubt = s.db.replies.message_texts_in_doubt(pack_id)
+    in_doubt = own_parts.texts_in_doubt(s, "message", pack_id)
     bridge_ids = s.db.replies.sent_ids(ids)
 
     def known_now() -> set[str]:
@@ -453,7 +388,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
 
     known = known_now()
     plan = messages_to_mirror(messages, seller_id, known, bridge_ids, in_doubt)
-    deferred = any(is_in_doubt(m, seller_id, in_doubt) for m in messages
+    deferred = any(own_parts.sale_message_in_doubt(m, seller_id, in_doubt) for m in messages
                    if str(m["id"]) not in known | bridge_ids)
     reopened = reopen and any(direction == "incoming" for _m, direction in plan)
     created = 0
@@ -468,11 +403,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     except PermanentError as exc:
         if not is_gone(exc):
             raise
-        # An agent deleted the conversation (or its contact): continue in a new one. Messages
-        # already mirrored stay deleted; only those still to mirror go to the new conversation.
-        log.warning("sale conversation deleted in chatwoot pack=%s conversation=%s: continuing in a new one",
-                    pack_id, conversation_id)
-        forget_conversation(s, "pack", pack_id, conversation_id, removed_conversation=conversation_id)
+        continue_in_new_conversation(s, "pack", pack_id, conversation_id, log)
         conversation_id, link, reopen = _ensure_pack_conversation(s, pack_id, messages, resource_kind, blocked,
                                                                   migrated)
         rest = messages_to_mirror(messages, seller_id, known_now(), bridge_ids, in_doubt)
@@ -531,13 +462,10 @@ def _ensure_pack_conversation(s: Services, pack_id: str, messages: list[dict], r
     sale = sale_context(s, pack_id, messages, resource_kind)
     inbox_id = s.settings.chatwoot_messages_inbox_id
     attributes = sale_attributes(pack_id, sale["orders"])
-    removed = ((s.db.links.get("pack", pack_id) or {}).get("data") or {}).get("removed_conversation")
     contact_id, conversation_id, fresh = open_conversation(
         s, kind="pack", external_id=str(pack_id), inbox_id=inbox_id, buyer_id=sale["buyer_id"],
         nickname=sale["nickname"], custom_attributes=attributes)
-    if removed:
-        ensure_note(s, conversation_id, REMOVED_NOTE.format(url=attributes["meli_sale_url"]),
-                    source_ids.note("pack", pack_id, "removed", removed), look_first=not fresh)
+    say_removed(s, "pack", pack_id, conversation_id, "desta venda", attributes["meli_sale_url"], fresh)
     data = {"buyer_id": sale["buyer_id"], "blocked": blocked, "migrated": migrated,
             "order_ids": [str(o["id"]) for o in sale["orders"]]}
     s.db.links.mark_created("pack", pack_id, s.clock(), contact_id=contact_id, conversation_id=conversation_id,
@@ -550,17 +478,10 @@ def _ensure_pack_conversation(s: Services, pack_id: str, messages: list[dict], r
 def _mirror(s: Services, conversation_id: int, pack_id: str, message: dict, direction: str) -> None:
     started = time.monotonic()
     mid = str(message["id"])
-    source = source_ids.message(mid)
-
-    def create() -> dict:
-        files, skipped = _download_files(s, message)
-        return mirror_with_files(s, conversation_id, source, message_content(message, direction), direction,
-                                 files, skipped)
-
-    existing, fresh = ensure_linked_message(s, "message", mid, conversation_id, source, create,
-                                            crash="sale_message_created")
-    s.db.links.mark_created("message", mid, s.clock(), conversation_id=conversation_id, message_id=existing["id"],
-                            data={"pack_id": str(pack_id), "direction": direction})
+    existing, fresh, _files = mirror_message(
+        s, "message", mid, conversation_id, source_ids.message(mid), message_content(message, direction), direction,
+        lambda: _download_files(s, message), {"pack_id": str(pack_id), "direction": direction},
+        crash="sale_message_created")
     log.info("message in chatwoot ml_message=%s pack=%s conversation=%s message=%s direction=%s files=%d in %dms%s",
              mid, pack_id, conversation_id, existing["id"], direction, len(message.get("message_attachments") or []),
              (time.monotonic() - started) * 1000, "" if fresh else " (reconciled)")
@@ -578,50 +499,18 @@ def _download_files(s: Services, message: dict) -> tuple[list[tuple[str, bytes, 
 
 
 def _report_moderated_replies(s: Services, messages: list[dict], bridge_ids: set[str], conversation_id: int) -> None:
-    """A reply Mercado Livre accepted, then moderated: the agent must learn it never reached the buyer.
-
-    When the reply's conversation was deleted, the note goes to the sale's current one.
-    """
+    """The sale's adapter of moderation.report_blocked_reply: a reply part is known by its message id."""
     for message in messages:
         mid = str(message["id"])
         if mid not in bridge_ids or not is_rejected(message):
             continue
-        link, fresh = s.db.links.record_intent("moderation", mid, s.clock())
-        if link["status"] == "created":
-            continue
-        # A row left pending by a crash or a failed call is reported again: the agent must learn.
-        reply = s.db.replies.by_remote_id(mid)
-        if reply:
-            # A pending row is an earlier attempt that failed half way: the failed mark is
-            # idempotent, the note is looked up before it is posted again.
-            reason = moderation_reason(message)
-            parts = s.db.replies.parts(reply["id"])
-            seq = next((p["seq"] for p in parts if p["remote_id"] == mid), None)
-            part = f"parte {seq + 1} de {len(parts)}" if len(parts) > 1 and seq is not None else None
-            note = moderation.blocked_reply_note(reason, "O comprador", part)
-            moderation.mark_reply_blocked(s, reply, reason, part)
-            crashpoint("moderation_reported")
-            if not _note_first_present(s, [reply["conversation_id"], conversation_id], note,
-                                       source_ids.note("moderation", mid), look_first=not fresh):
-                log.warning("moderation not shown: conversations deleted ml_message=%s reply=%s", mid, reply["id"])
-            log.warning("reply moderated ml_message=%s reply=%s conversation=%s reason=%s", mid, reply["id"],
-                        reply["conversation_id"], reason)
-        s.db.links.mark_created("moderation", mid, s.clock())
 
+        def find_reply(mid=mid):
+            reply = s.db.replies.by_remote_id(mid)
+            if not reply:
+                return None
+            return reply, next((p["seq"] for p in s.db.replies.parts(reply["id"]) if p["remote_id"] == mid), None)
 
-def _note_first_present(s: Services, conversation_ids: list[int], note: str, source_id: str,
-                        look_first: bool = False) -> bool:
-    """Post the note in the first of these conversations that still exists.
-
-    `look_first`: an earlier attempt may have posted it before failing half way.
-    """
-    for conversation_id in dict.fromkeys(conversation_ids):
-        try:
-            if look_first and s.chatwoot.find_message_by_source(conversation_id, source_id) is not None:
-                return True
-            s.chatwoot.note(conversation_id, note, source_id=source_id)
-            return True
-        except PermanentError as exc:
-            if not is_gone(exc):
-                raise
-    return False
+        moderation.report_blocked_reply(s, "moderation", mid, find_reply, moderation_reason(message), "O comprador",
+                                        conversation_id, source_ids.note("moderation", mid), "moderation_reported",
+                                        f"ml_message={mid}", log)

@@ -38,6 +38,7 @@ INVALID_GRANT = ("Error validating grant. Your authorization code or refresh tok
 # Dates the fake hands out start here and only move forward (one minute per new object).
 EPOCH = datetime(2026, 11, 20, 16, 0, 0, tzinfo=timezone.utc)
 BRT = timezone(timedelta(hours=-4))  # the offset Mercado Livre writes question dates with
+OLD_SHAPE = "_text_in_old_shape"  # on a stored message: answered with its text as {"plain": ...}
 
 
 def _iso(moment: datetime, tz: timezone = timezone.utc) -> str:
@@ -79,6 +80,11 @@ class MeliState(Controls):
         self.claim_messages: dict[int, list[dict]] = {}
         self.claim_sent: list[dict] = []
         self.claim_uploads: list[dict] = []
+        # api-facts: a message's text is a string, or in older answers {"plain": "..."}. Every
+        # Nth message made (post-sale and claim alike) is answered in that older shape; 1 = all,
+        # 0 = none. Stored texts stay strings: tests and the soak read them as such.
+        self.old_text_every = 3
+        self._texts_made = 0
         # Called with the thread's key just before a read without mark_as_read=false marks its
         # page: a test injects here what happens "meanwhile" (e.g. the buyer writes again).
         self.before_mark_read: Callable[[str], None] | None = None
@@ -462,9 +468,15 @@ class MeliState(Controls):
                    "message_attachments": attachments,
                    "message_resources": [{"id": thread["key"], "name": thread["resource"]}]}
         with self.lock:
+            message[OLD_SHAPE] = self._old_shape_due()
             thread["messages"].append(message)
             self.messages[message["id"]] = message
         return message
+
+    def _old_shape_due(self) -> bool:
+        """Whether the message being made is answered in the older text shape (under the lock)."""
+        self._texts_made += 1
+        return bool(self.old_text_every) and self._texts_made % self.old_text_every == 0
 
     def add_buyer_message(self, pack_id: Any, text: str, attachments: list[tuple[str, bytes, str]] | None = None,
                           migrated: bool = False) -> dict:
@@ -538,7 +550,7 @@ class MeliState(Controls):
             status = "blocked" if thread["blocked"] else "active"
             return {"paging": {"limit": limit, "offset": offset, "total": len(thread["messages"])},
                     "conversation_status": {"status": status, "substatus": thread["substatus"]},
-                    "messages": [dict(m) for m in page], "seller_max_message_length": MAX_MESSAGE_CHARS}
+                    "messages": [answered(m) for m in page], "seller_max_message_length": MAX_MESSAGE_CHARS}
 
     def _mark_read(self, thread: dict, page: list[dict]) -> None:
         now = _iso(datetime.now(timezone.utc))
@@ -587,7 +599,7 @@ class MeliState(Controls):
             # assumes a held request can be (its settle) explains a send made twice.
             held = time.monotonic() - g.t0 if has_request_context() and "t0" in g else 0.0
             self.sent_messages.append(dict(body, pack_id=thread["key"], message_id=message["id"], held=held))
-        resp = jsonify(message)
+        resp = jsonify(answered(message))
         resp.status_code = 201
         return resp
 
@@ -673,6 +685,7 @@ class MeliState(Controls):
                    "date_read": None, "attachments": files, "status": "available",
                    "moderation": {"status": "clean", "reason": None, "source": None, "date_moderated": None}}
         with self.lock:
+            message[OLD_SHAPE] = self._old_shape_due()
             self.claim_messages[claim["id"]].append(message)
             self._touch_claim(claim)
         return message
@@ -799,6 +812,21 @@ class MeliState(Controls):
                 "application_id": self.app_id, "attempts": 1, "sent": now, "received": now}
 
 
+def answered(message: dict) -> dict:
+    """A stored post-sale or claim message as the API answers it: its text in the older
+    {"plain": ...} shape when it was made so (the builders return the stored dicts, text a string)."""
+    shown = {k: v for k, v in message.items() if k != OLD_SHAPE}
+    if message.get(OLD_SHAPE):
+        field = "message" if "sender_role" in message else "text"
+        shown[field] = {"plain": message[field]}
+    return shown
+
+
+def in_old_shape(message: dict) -> dict:
+    """A post-sale or claim message as an older answer gives it: its text as {"plain": ...}."""
+    return answered(dict(message, **{OLD_SHAPE: True}))
+
+
 def _int_arg(args: dict, name: str, default: int) -> int:
     try:
         return max(0, int(args.get(name, default)))
@@ -922,7 +950,7 @@ def create_meli_app(state: MeliState) -> Flask:
     @app.get("/messages/<message_id>")
     def message(message_id: str):
         found = state.messages.get(message_id)
-        return jsonify(found) if found else not_found(f"message {message_id}")
+        return jsonify(answered(found)) if found else not_found(f"message {message_id}")
 
     @app.get("/post-purchase/v1/claims/search")
     def claims_search():
@@ -944,7 +972,7 @@ def create_meli_app(state: MeliState) -> Flask:
         if not claim_or_404(claim_id):
             return not_found(f"claim {claim_id}")
         with state.lock:
-            return jsonify([dict(m) for m in state.claim_messages[claim_id]])
+            return jsonify([answered(m) for m in state.claim_messages[claim_id]])
 
     @app.post("/post-purchase/v1/claims/<int:claim_id>/actions/send-message")
     def claim_send(claim_id: int):
