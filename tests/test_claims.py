@@ -13,6 +13,7 @@ from hypothesis import settings as examples
 from hypothesis import strategies as st
 
 from bridge.replies import accept, delivery, refusal, report
+from bridge.rules import claims as claim_rules
 from bridge.sync import claims as sync_claims
 from tests.fakes.fake_meli import in_old_shape
 from tests.helpers import authorized_services
@@ -33,14 +34,14 @@ def claim(stage="claim", status="opened", actions=("send_message_to_complainant"
 
 
 def test_a_reply_goes_to_the_buyer_unless_the_mediator_is_asked_for_or_the_only_one_allowed():
-    assert sync_claims.resolve_receiver("complainant", ["complainant"]) == "complainant"
-    assert sync_claims.resolve_receiver("mediator", ["complainant"]) == "mediator"  # refused at delivery
-    assert sync_claims.resolve_receiver("complainant", ["mediator"]) == "mediator"
-    assert sync_claims.resolve_receiver("complainant", ["complainant", "mediator"]) == "complainant"
-    assert sync_claims.resolve_receiver("mediator", ["complainant", "mediator"]) == "mediator"
-    assert sync_claims.resolve_receiver("complainant", []) == "complainant"
-    assert sync_claims.resolve_receiver("complainant", None) is None  # decided at delivery, before any part
-    assert sync_claims.resolve_receiver("mediator", None) == "mediator"
+    assert claim_rules.resolve_receiver("complainant", ["complainant"]) == "complainant"
+    assert claim_rules.resolve_receiver("mediator", ["complainant"]) == "mediator"  # refused at delivery
+    assert claim_rules.resolve_receiver("complainant", ["mediator"]) == "mediator"
+    assert claim_rules.resolve_receiver("complainant", ["complainant", "mediator"]) == "complainant"
+    assert claim_rules.resolve_receiver("mediator", ["complainant", "mediator"]) == "mediator"
+    assert claim_rules.resolve_receiver("complainant", []) == "complainant"
+    assert claim_rules.resolve_receiver("complainant", None) is None  # decided at delivery, before any part
+    assert claim_rules.resolve_receiver("mediator", None) == "mediator"
     assert sync_claims.allowed_receivers(claim(stage="dispute", actions=("send_message_to_mediator",))) == {"mediator"}
 
 
@@ -115,19 +116,19 @@ def test_a_claim_reply_is_accepted_with_the_receiver_the_agent_chose(make_settin
                                    "Mediador do Mercado Livre", "ML", "mercado livre", "a mediação", "mediator",
                                    "mediador"])
 def test_the_mediator_is_recognized_however_agents_type_it(typed):
-    assert sync_claims.parse_reply_to(typed) == "mediator"
+    assert claim_rules.parse_reply_to(typed) == "mediator"
 
 
 @pytest.mark.parametrize("typed", [None, "", "   ", "comprador", "Compradora", "comprador(a)", "o comprador",
                                    "Cliente", "buyer", "COMPRADOR!"])
 def test_the_buyer_is_recognized_and_an_empty_attribute_means_the_buyer(typed):
-    assert sync_claims.parse_reply_to(typed) == "complainant"
+    assert claim_rules.parse_reply_to(typed) == "complainant"
 
 
 @pytest.mark.parametrize("typed", ["mediadro", "vendedor", "mediador ou comprador", "?", "x", ["mediador"], 1,
                                    True, {"value": "mediador"}, "o", "comprador e mediador"])
 def test_an_unrecognized_receiver_is_never_taken_for_the_buyer(typed):
-    assert sync_claims.parse_reply_to(typed) is None
+    assert claim_rules.parse_reply_to(typed) is None
 
 
 def words_of(typed: str) -> set[str]:
@@ -135,27 +136,27 @@ def words_of(typed: str) -> set[str]:
     return set(re.split(r"[\W_]+", plain))
 
 
-KNOWN_WORDS = sorted(sync_claims.BUYER_WORDS | sync_claims.MEDIATOR_WORDS | sync_claims.FILLER_WORDS
-                     | sync_claims.MELI_WORDS)
+KNOWN_WORDS = sorted(claim_rules.BUYER_WORDS | claim_rules.MEDIATOR_WORDS | claim_rules.FILLER_WORDS
+                     | claim_rules.MELI_WORDS)
 
 
 @given(st.one_of(st.text(), st.lists(st.sampled_from(KNOWN_WORDS + ["ou", "e", "vendedor", "x"])).map(" ".join)))
 @examples(max_examples=300, deadline=None)
 def test_a_receiver_is_the_buyer_only_when_the_text_names_the_buyer_or_nothing(typed):
     words = words_of(typed)
-    parsed = sync_claims.parse_reply_to(typed)
+    parsed = claim_rules.parse_reply_to(typed)
     if parsed == "complainant":
-        assert not typed.strip() or words & sync_claims.BUYER_WORDS
-        assert not words & sync_claims.MEDIATOR_WORDS
+        assert not typed.strip() or words & claim_rules.BUYER_WORDS
+        assert not words & claim_rules.MEDIATOR_WORDS
     if parsed == "mediator":
-        assert not words & sync_claims.BUYER_WORDS
+        assert not words & claim_rules.BUYER_WORDS
 
 
 @given(st.text(alphabet=st.characters(codec="utf-8"), min_size=1).filter(lambda t: t.strip()))
 @examples(max_examples=300, deadline=None)
 def test_no_text_without_a_buyer_word_is_taken_for_the_buyer(typed):
-    if not words_of(typed) & sync_claims.BUYER_WORDS:
-        assert sync_claims.parse_reply_to(typed) != "complainant"
+    if not words_of(typed) & claim_rules.BUYER_WORDS:
+        assert claim_rules.parse_reply_to(typed) != "complainant"
 
 
 def test_a_claim_reply_to_an_unrecognized_receiver_is_refused_with_the_accepted_values(make_settings, db):
