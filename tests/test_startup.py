@@ -11,7 +11,7 @@ import pytest
 from config import load_settings_leniently
 from db_manager import Database
 from tests.conftest import base_env
-from tests.e2e import LOG_DIR, ROOT, wait_until
+from tests.e2e import APP_DIR, LOG_DIR, ROOT, wait_until
 from webhook_server import create_app
 
 INBOXES = ["CHATWOOT_QUESTIONS_INBOX_ID", "CHATWOOT_MESSAGES_INBOX_ID"]
@@ -47,12 +47,13 @@ def test_in_the_container_both_processes_wait_for_a_missing_configuration(bridge
     assert sup.poll() is None
     # The image's HEALTHCHECK (liveness) passes: EasyPanel leaves the container alone.
     env = dict(bridge.env, PORT=str(bridge.port))
-    assert subprocess.run([sys.executable, "-c", _health_check_code()], env=env, timeout=10).returncode == 0
+    check = subprocess.run([sys.executable, "-c", _health_check_code()], env=env, cwd=APP_DIR, timeout=10)
+    assert check.returncode == 0
 
 
 def test_without_the_container_switch_a_missing_variable_still_exits_2(bridge):
     bridge.env.pop("CHATWOOT_QUESTIONS_INBOX_ID")
-    result = subprocess.run([sys.executable, "main.py"], cwd=str(ROOT), env=bridge.env, capture_output=True,
+    result = subprocess.run([sys.executable, "main.py"], cwd=str(APP_DIR), env=bridge.env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -127,8 +128,9 @@ def test_run_sh_with_an_incomplete_env_exits_2_naming_each_problem_once(tmp_path
     example = (ROOT / ".env.example").read_text()
     (app / ".env").write_text(example.replace("DATABASE_PATH=data/meli_chatwoot.db",
                                               f"DATABASE_PATH={tmp_path}/db/bridge.db"))
-    result = subprocess.run(["bash", str(app / "run.sh")], env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(["bash", str(app / "run.sh")], cwd=app,
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == 2, result.stderr
     problems = [line for line in result.stderr.splitlines() if line.startswith("configuration error: ")]
     names = [line.split()[2].rstrip(":") for line in problems]
@@ -148,7 +150,8 @@ def test_run_sh_with_a_complete_env_starts_supervisord(tmp_path):
     _fake_venv(app, tmp_path)
     env = base_env(tmp_path, CHATWOOT_WEBHOOK_SECRET="whsec-real-1")
     (app / ".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-    result = subprocess.run(["bash", str(app / "run.sh")], env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(["bash", str(app / "run.sh")], cwd=app,
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, capture_output=True, text=True,
+                            timeout=60)
     assert "configuration error" not in result.stderr
     assert (tmp_path / "ran").read_text().split() == ["supervisord"]
