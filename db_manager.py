@@ -94,7 +94,8 @@ messages are recorded; once they are, nothing would say it still needs reopening
 
 A poller that restarts after kill -9 takes the poller lock and gives back the leases of
 replies its dead predecessor held, so an interrupted reply resumes at once instead of
-after LEASE_SECONDS. Tests set BRIDGE_CRASH_AT=<window> to be killed in a window.
+after LEASE_SECONDS. Tests set BRIDGE_CRASH_AT=<window> (with BRIDGE_TEST_HOOKS=1, see
+bridge.testhooks) to be killed in a window.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, NamedTuple
 
+from bridge import testhooks
 from bridge.store.auth import AuthStore
 from bridge.store.cache import CacheStore
 from bridge.store.items import ItemsStore
@@ -127,8 +129,9 @@ BUSY_TIMEOUT_MS = 15000
 CHECKPOINT_WAIT_MS = 1000
 
 
-# Read once: the crash windows' test hook costs one comparison when unset.
-_CRASH_AT = os.environ.get("BRIDGE_CRASH_AT") or None
+# Read once: the crash windows' test hook costs one comparison when unset (and is unset
+# outside the test suite, see bridge.testhooks).
+_CRASH_AT = testhooks.value("BRIDGE_CRASH_AT")
 
 
 def crashpoint(name: str) -> None:

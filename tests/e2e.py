@@ -108,6 +108,8 @@ class Bridge:
             "MESSAGES_POLL_SECONDS": "0.5",
             "LOG_LEVEL": "DEBUG",
             "PYTHONUNBUFFERED": "1",
+            # The harness is what may turn the test hooks (BRIDGE_CRASH_AT, …): see bridge.testhooks.
+            "BRIDGE_TEST_HOOKS": "1",
         }
         self.env.update(env_overrides)
         self.url = f"http://127.0.0.1:{self.port}"
