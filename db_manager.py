@@ -345,6 +345,17 @@ MIGRATIONS: list[Migration] = [
               """
         ALTER TABLE reply_parts ADD COLUMN last_attempt_at REAL;
     """),
+    _sql_step("poller heartbeat: the working poller says it is alive and what its jobs are doing", """
+        -- One row: only the poller holding the poller lock writes it (bridge.admin.health reads it).
+        CREATE TABLE poller_heartbeat (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            pid INTEGER NOT NULL,
+            host TEXT NOT NULL,                 -- the container's hostname: which of two containers works
+            started_at REAL NOT NULL,           -- when this poller became the working one
+            beat_at REAL NOT NULL,
+            running TEXT NOT NULL DEFAULT '{}'  -- JSON {job: {"since": start, "progress": last progress}}
+        );
+    """),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -566,6 +577,32 @@ class Database:
         except OSError:
             handle.close()
             return False
+        self._poller_lock = handle
+        return True
+
+    def wait_for_poller_lock(self, stop: threading.Event) -> bool:
+        """Block until this process holds the poller lock (True), or until `stop` is set (False).
+
+        A second poller on the same database (two containers on one volume: a redeploy starts
+        the new one before stopping the old) waits here, and the kernel hands it the lock the
+        moment the working one's process ends, kill -9 included.
+        """
+        if self.hold_poller_lock():
+            return True
+        try:
+            handle = open(self.path + ".poller.lock", "a")
+        except OSError as exc:
+            log.warning("poller lock unavailable (%s): working without it", exc.strerror)
+            return True
+        taken = threading.Event()
+
+        def take() -> None:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # blocks; a daemon thread, so a stop does not wait for it
+            taken.set()
+        threading.Thread(target=take, name="poller-lock", daemon=True).start()
+        while not taken.wait(0.5):
+            if stop.is_set():
+                return False
         self._poller_lock = handle
         return True
 

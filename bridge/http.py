@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from bridge import testhooks
+from bridge import progress, testhooks
 from bridge.backoff import backoff_wait
 from bridge.rate_budget import Unlimited
 
@@ -160,10 +160,13 @@ class HttpClient:
         try:
             resp = self.session.request(method, url, headers=headers, timeout=kwargs.pop("timeout", self.timeout),
                                         **kwargs)
+            progress.made()
         except requests.Timeout:
+            progress.made()
             self.log.debug("%s %s timeout after %dms", method, shown, (time.monotonic() - started) * 1000)
             raise TransientError(f"{self.service} did not answer in time ({method} {shown})") from None
         except requests.RequestException as exc:
+            progress.made()
             self.log.debug("%s %s connection error %s", method, shown, type(exc).__name__)
             raise TransientError(f"{self.service} unreachable ({method} {shown}): {type(exc).__name__}") from None
         elapsed = (time.monotonic() - started) * 1000
