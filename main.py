@@ -356,8 +356,9 @@ def cmd_authorize(settings: Settings, code: str | None, state: str | None = None
 
 def cmd_status(settings: Settings) -> int:
     s = open_services(settings)
-    # From a console: a database no poller works on is worth saying at once.
-    report = health.build_status(s.db, settings, s.clock(), poller_expected_since=0.0)
+    # A database no poller ever worked on (only `--once` so far) is not a failure here; a poller
+    # that stopped beating is. The listener also fails a poller that never started beside it.
+    report = health.build_status(s.db, settings, s.clock())
     print(json.dumps(report, indent=2, ensure_ascii=False))
     return 0 if report["ok"] else 1
 
