@@ -94,7 +94,8 @@ messages are recorded; once they are, nothing would say it still needs reopening
 
 A poller that restarts after kill -9 takes the poller lock and gives back the leases of
 replies its dead predecessor held, so an interrupted reply resumes at once instead of
-after LEASE_SECONDS. Tests set BRIDGE_CRASH_AT=<window> to be killed in a window.
+after LEASE_SECONDS. Tests set BRIDGE_CRASH_AT=<window> (with BRIDGE_TEST_HOOKS=1, see
+bridge.testhooks) to be killed in a window.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, NamedTuple
 
+from bridge import testhooks
 from bridge.store.auth import AuthStore
 from bridge.store.cache import CacheStore
 from bridge.store.items import ItemsStore
@@ -128,8 +130,9 @@ BUSY_TIMEOUT_MS = 15000
 CHECKPOINT_WAIT_MS = 1000
 
 
-# Read once: the crash windows' test hook costs one comparison when unset.
-_CRASH_AT = os.environ.get("BRIDGE_CRASH_AT") or None
+# Read once: the crash windows' test hook costs one comparison when unset (and is unset
+# outside the test suite, see bridge.testhooks).
+_CRASH_AT = testhooks.value("BRIDGE_CRASH_AT")
 
 
 def crashpoint(name: str) -> None:
@@ -394,6 +397,17 @@ MIGRATIONS: list[Migration] = [
         -- `receiver` is now final from acceptance (every part goes there); `addressed` is the
         -- attribute's choice, kept so the agent is told when the reply went to the other one.
         ALTER TABLE replies ADD COLUMN addressed TEXT;
+    """),
+    _sql_step("poller heartbeat: the working poller says it is alive and what its jobs are doing", """
+        -- One row: only the poller holding the poller lock writes it (bridge.admin.health reads it).
+        CREATE TABLE poller_heartbeat (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            pid INTEGER NOT NULL,
+            host TEXT NOT NULL,                 -- the container's hostname: which of two containers works
+            started_at REAL NOT NULL,           -- when this poller became the working one
+            beat_at REAL NOT NULL,
+            running TEXT NOT NULL DEFAULT '{}'  -- JSON {job: {"since": start, "progress": last progress}}
+        );
     """),
 ]
 
@@ -778,6 +792,32 @@ class Database:
         finally:
             handle.close()  # closing drops the lock taken just now
         return False
+
+    def wait_for_poller_lock(self, stop: threading.Event) -> bool:
+        """Block until this process holds the poller lock (True), or until `stop` is set (False).
+
+        A second poller on the same database (two containers on one volume: a redeploy starts
+        the new one before stopping the old) waits here, and the kernel hands it the lock the
+        moment the working one's process ends, kill -9 included.
+        """
+        if self.hold_poller_lock():
+            return True
+        try:
+            handle = open(self.path + ".poller.lock", "a")
+        except OSError as exc:
+            log.warning("poller lock unavailable (%s): working without it", exc.strerror)
+            return True
+        taken = threading.Event()
+
+        def take() -> None:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # blocks; a daemon thread, so a stop does not wait for it
+            taken.set()
+        threading.Thread(target=take, name="poller-lock", daemon=True).start()
+        while not taken.wait(0.5):
+            if stop.is_set():
+                return False
+        self._poller_lock = handle
+        return True
 
     # ---- housekeeping -------------------------------------------------------------------------
 

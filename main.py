@@ -18,9 +18,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import signal
+import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -34,6 +38,7 @@ from bridge.admin import backup, erasure, health
 from bridge.admin import setup as setup_chatwoot
 from bridge.http import ApiError
 from bridge.logging import setup_logging
+from bridge.progress import JobWatch
 from bridge.replies import delivery
 from bridge.services import Services, build_services
 from bridge.sync import claims as sync_claims
@@ -42,7 +47,7 @@ from bridge.sync import questions as sync_questions
 from bridge.sync import sales as sync_messages
 from bridge.sync.contacts import is_gone as contacts_is_gone
 from config import Settings, load_settings_leniently, settings_or_exit, settings_or_wait
-from db_manager import Database, DatabaseError
+from db_manager import Database, DatabaseError, crashpoint
 from mercado_livre_api import AuthorizationRefused, ReauthorizationRequired
 
 log = logging.getLogger("bridge.poller")
@@ -187,8 +192,17 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
     return 0
 
 
-def run_job(s: Services, name: str, func: Callable[[Services], dict], *, quiet_when_idle: bool = False) -> bool:
-    """Run one job with its bookkeeping; never raises. Returns True on success."""
+def run_job(s: Services, name: str, func: Callable[[Services], dict], *, quiet_when_idle: bool = False,
+            watch: JobWatch | None = None) -> bool:
+    """Run one job with its bookkeeping; never raises. Returns True on success.
+
+    `watch`: the running poller's JobWatch, which its heartbeat reports (a stuck job shows).
+    """
+    with watch.running(name) if watch is not None else contextlib.nullcontext():
+        return _run_job(s, name, func, quiet_when_idle)
+
+
+def _run_job(s: Services, name: str, func: Callable[[Services], dict], quiet_when_idle: bool) -> bool:
     started = time.monotonic()
     if not quiet_when_idle:
         s.db.jobs.mark_started(name, s.clock())
@@ -257,14 +271,16 @@ def run_once(s: Services) -> int:
 
 
 def run_forever(s: Services) -> int:
-    resume_interrupted(s)
-    scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1,
-                                                  "misfire_grace_time": None})
-    for name, func, interval in job_table(s.settings):
-        # The fast loops log only when they did something; the polls log every run.
-        quiet = name in QUIET_JOBS
-        scheduler.add_job(run_job, "interval", seconds=interval, args=(s, name, func), id=name, name=name,
-                          kwargs={"quiet_when_idle": quiet}, next_run_time=_now_dt())
+    """The poller, until SIGTERM/SIGINT.
+
+    1. Signals first: they end the wait of step 2 as well as the run (the item in hand is finished).
+    2. Become the only poller on this database. Another one already working (two containers on
+       one volume during a redeploy) keeps this one waiting; it takes over when that one's
+       process ends. One poller at a time: nothing is fetched, created or delivered twice.
+    3. Take back the replies a killed predecessor left in flight (resume_interrupted).
+    4. Run every job on its interval, each watched (bridge.progress), and write the heartbeat every
+       health.HEARTBEAT_SECONDS: /health sees a dead, stopped or stuck poller.
+    """
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -274,6 +290,26 @@ def run_forever(s: Services) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if not s.db.hold_poller_lock():
+        holder = s.db.jobs.heartbeat()
+        log.info("another poller is working on this database (%s): this one waits and takes over when it stops",
+                 f"pid {holder['pid']} on {holder['host']}" if holder else "it has not written its heartbeat yet")
+        if not s.db.wait_for_poller_lock(stop):
+            log.info("poller stopped (it was waiting to take over)")
+            return 0
+        log.info("poller taking over: the one working on this database stopped")
+    crashpoint("poller_started")
+    resume_interrupted(s)
+    watch = JobWatch()
+    scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1,
+                                                  "misfire_grace_time": None})
+    for name, func, interval in job_table(s.settings):
+        # The fast loops log only when they did something; the polls log every run.
+        quiet = name in QUIET_JOBS
+        scheduler.add_job(run_job, "interval", seconds=interval, args=(s, name, func), id=name, name=name,
+                          kwargs={"quiet_when_idle": quiet, "watch": watch}, next_run_time=_now_dt())
+    scheduler.add_job(beat, "interval", seconds=health.HEARTBEAT_SECONDS, args=(s, watch, time.time()),
+                      id="heartbeat", name="heartbeat", next_run_time=_now_dt())
     scheduler.start()
     log.info("poller started: questions every %ss, messages every %ss, outbox every %ss",
              s.settings.questions_poll_seconds, s.settings.messages_poll_seconds, OUTBOX_INTERVAL)
@@ -281,6 +317,14 @@ def run_forever(s: Services) -> int:
     scheduler.shutdown(wait=True)
     log.info("poller stopped")
     return 0
+
+
+def beat(s: Services, watch: JobWatch, started_at: float) -> None:
+    """The heartbeat: this poller is alive, and what its jobs are doing (never raises)."""
+    try:
+        s.db.jobs.beat(os.getpid(), socket.gethostname(), started_at, s.clock(), watch.snapshot())
+    except sqlite3.Error as exc:
+        log.warning("heartbeat not written: %s", exc)
 
 
 def wait_for_configuration(settings: Settings, problems: list[str]) -> int:
@@ -329,6 +373,8 @@ def cmd_authorize(settings: Settings, code: str | None, state: str | None = None
 
 def cmd_status(settings: Settings) -> int:
     s = open_services(settings)
+    # A database no poller ever worked on (only `--once` so far) is not a failure here; a poller
+    # that stopped beating is. The listener also fails a poller that never started beside it.
     report = health.build_status(s.db, settings, s.clock())
     print(json.dumps(report, indent=2, ensure_ascii=False))
     return 0 if report["ok"] else 1

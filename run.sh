@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Install (once) and run the bridge: listener + poller under supervisord.
-# Needs a .env beside this file (copy .env.example and fill it in).
+# Install (once) and run. With a .env beside this file (or the bridge's variables in the
+# environment): the bridge, listener + poller under supervisord. Without: the sandbox, the real
+# bridge against local fakes of Mercado Livre and Chatwoot (its options, e.g. --bridge-port, go
+# after ./run.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
@@ -9,6 +11,10 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 if ! cmp -s requirements.txt .venv/requirements.installed; then
     .venv/bin/pip install --quiet -r requirements.txt
     cp requirements.txt .venv/requirements.installed
+fi
+if [ ! -e .env ] && [ -z "${MELI_APP_ID:-}${CHATWOOT_URL:-}" ]; then
+    echo "No .env here: starting the sandbox (fake Mercado Livre and Chatwoot, nothing leaves this machine); to connect real accounts, cp .env.example .env, fill it in and run ./run.sh again."
+    exec .venv/bin/python tools/sandbox.py "$@"
 fi
 # Every problem of both processes once, before supervisord would restart them in a loop.
 status=0

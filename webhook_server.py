@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY + 1  # see read_body
+    started = clock()  # a poller started with the listener has beaten well before it counts as missing
     app.extensions["bridge"] = {"settings": settings, "db": db, "meli": meli}
 
     @app.errorhandler(RequestEntityTooLarge)
@@ -199,7 +200,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
 
     @app.get("/health")
     def health_route():
-        report = health.build_status(db, settings, clock(), problems=problems)
+        report = health.build_status(db, settings, clock(), problems=problems, poller_expected_since=started)
         return jsonify(report), 200 if report["ok"] else 503
 
     return app

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.e2e import APP_DIR  # noqa: E402  (where the bridge runs: a developer's .env is not there)
 from tests.fakes import Fakes, start_fakes  # noqa: E402
 
 PYTHON = sys.executable
@@ -95,7 +96,7 @@ class Bench:
         with open(self.log_path, "ab") as log:
             log.write(b"\n===== main.py --once =====\n")
         out = subprocess.run([PYTHON, "-c", _WRAPPER, str(self.log_path), PYTHON, "main.py", "--once"],
-                             cwd=str(ROOT), env=self.env, capture_output=True, text=True, timeout=timeout)
+                             cwd=str(APP_DIR), env=self.env, capture_output=True, text=True, timeout=timeout)
         if out.returncode != 0 or not out.stdout.strip():
             raise RuntimeError(f"wrapper failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
         result = json.loads(out.stdout.strip().splitlines()[-1])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import os
 import time
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -13,6 +12,7 @@ from typing import Any, Callable, Iterator
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
+from bridge import progress, testhooks
 from bridge.backoff import backoff_wait
 from bridge.rate_budget import Unlimited
 
@@ -34,17 +34,8 @@ def on_departure(callback: Callable[[], None]) -> Iterator[None]:
         _DEPARTING.reset(token)
 
 
-def _read_timeout(default: float = 30.0) -> float:
-    # Test knob only (not in the operating contract): the chaos soak injects timeouts
-    # and cannot wait 30 s for each one.
-    try:
-        value = float(os.environ.get("BRIDGE_HTTP_READ_TIMEOUT") or default)
-    except ValueError:
-        return default
-    return value if value > 0 else default
-
-
-TIMEOUT = (5, _read_timeout())  # (connect, read) seconds
+# The chaos soak injects timeouts and cannot wait 30 s for each one (a test hook, inert in production).
+TIMEOUT = (5, testhooks.number("BRIDGE_HTTP_READ_TIMEOUT", 30.0))  # (connect, read) seconds
 # A request whose answer was lost may still be applied: a server processes what it holds whether
 # or not the client still waits. One not applied by twice the read timeout after it left is
 # taken as never applied.
@@ -169,10 +160,13 @@ class HttpClient:
         try:
             resp = self.session.request(method, url, headers=headers, timeout=kwargs.pop("timeout", self.timeout),
                                         **kwargs)
+            progress.made()
         except requests.Timeout:
+            progress.made()
             self.log.debug("%s %s timeout after %dms", method, shown, (time.monotonic() - started) * 1000)
             raise TransientError(f"{self.service} did not answer in time ({method} {shown})") from None
         except requests.RequestException as exc:
+            progress.made()
             self.log.debug("%s %s connection error %s", method, shown, type(exc).__name__)
             raise TransientError(f"{self.service} unreachable ({method} {shown}): {type(exc).__name__}") from None
         elapsed = (time.monotonic() - started) * 1000

@@ -6,6 +6,8 @@ import logging
 import re
 import sys
 
+from bridge import testhooks
+
 FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
 # Shapes of credentials we may meet even when they are not configured values
 # (tokens received from Mercado Livre, codes in a callback URL).
@@ -52,4 +54,8 @@ def setup_logging(level: str = "INFO", secrets: list[str] | None = None) -> Reda
     # Library chatter at INFO is noise for an operator; our own loggers carry the events.
     for noisy in ("urllib3", "apscheduler", "werkzeug"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    ignored = testhooks.ignored()
+    if ignored:
+        logging.getLogger("bridge").warning("test hooks ignored (%s): they act only in the test suite, with %s=1; "
+                                            "remove them from this environment", ", ".join(ignored), testhooks.ENABLE)
     return redactor

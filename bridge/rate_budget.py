@@ -21,6 +21,8 @@ import time
 from collections import deque
 from typing import Callable, Iterator
 
+from bridge import progress
+
 REPLIES, BUYER_MESSAGES, QUESTIONS, RECONCILIATION = 0, 1, 2, 3
 _priority: contextvars.ContextVar[int] = contextvars.ContextVar("priority", default=QUESTIONS)
 
@@ -76,6 +78,8 @@ class Budget:
                     else:
                         self.sent.append(now)
                         return
+                    # Waiting for a budget is a known, bounded wait: the job is not stuck.
+                    progress.made()
                     self.cond.wait(timeout=max(0.001, min(delay, 1.0)))
             finally:
                 self.waiting.remove(ticket)

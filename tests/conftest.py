@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -110,6 +112,34 @@ def pytest_configure(config):
     from hypothesis.configuration import set_hypothesis_home_dir
     # Hypothesis writes caches even with database=None; by default into ./.hypothesis of the repository.
     set_hypothesis_home_dir(base / "hypothesis")
+    refuse_the_repository_as_working_directory()
+
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+BRIDGE_LAUNCHERS = {"gunicorn", "supervisord", "supervisorctl", "bash", "sh", "run.sh", "bridge.sh"}
+
+
+def refuse_the_repository_as_working_directory() -> None:
+    """No process the suite starts runs in the repository root.
+
+    config.py loads `.env` from the working directory: a developer's own (the README's first
+    step) would fill in what a test left out on purpose. Processes run in tests.e2e.APP_DIR
+    instead; one started in the root fails its test here, whether or not a `.env` exists now.
+    """
+    if getattr(subprocess.Popen.__init__, "refuses_root", False):
+        return
+    start = subprocess.Popen.__init__
+
+    def guarded(self, args, *more, cwd=None, **kwargs):
+        where = Path(cwd if cwd is not None else os.getcwd()).resolve()
+        program = Path(os.fspath(args if isinstance(args, (str, bytes, os.PathLike)) else args[0])).name
+        # What may load config.py, directly or through a script; other tools (a browser) are left alone.
+        if where == REPOSITORY and (str(program).startswith("python") or program in BRIDGE_LAUNCHERS):
+            raise AssertionError(f"a test started {args!r} in the repository root, where a developer's .env "
+                                 "would be loaded: give it cwd=tests.e2e.APP_DIR")
+        start(self, args, *more, cwd=cwd, **kwargs)
+    guarded.refuses_root = True
+    subprocess.Popen.__init__ = guarded
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -20,6 +20,25 @@ VENV_BIN = Path(sys.executable).parent
 # prunes); a script run by hand (bench/) gets a folder of its own that it names when it ends.
 LOG_DIR = Path(os.environ.get("MELI_TEST_LOG_DIR") or tempfile.mkdtemp(prefix="meli-chatwoot-logs-"))
 
+
+# Where every process the tests start runs: the repository's files (symlinked) without its `.env`
+# (a developer's own, loaded from the working directory by config.py) or `data/`. The tests'
+# processes then see only the environment a test gives them, whatever the repository holds.
+SHADOWED_OUT = frozenset({".env", "data", ".git"})
+
+
+def shadow_of(root: Path, where: Path) -> Path:
+    """`where` filled with a symlink to each entry of `root`, except those in SHADOWED_OUT."""
+    where.mkdir(parents=True, exist_ok=True)
+    for entry in root.iterdir():
+        if entry.name not in SHADOWED_OUT and not (where / entry.name).exists():
+            (where / entry.name).symlink_to(entry)
+    return where
+
+
+APP_DIR = shadow_of(ROOT, Path(tempfile.mkdtemp(prefix="app-", dir=LOG_DIR.parent if LOG_DIR.parent.exists()
+                                                else None)))
+
 WEBHOOK_SECRET = "whsec-e2e-7d41"
 # The fixed paths of supervisord.conf, and what a test's own copy uses instead.
 SUPERVISORD_PATHS = {"/tmp/meli-chatwoot-supervisord.pid": "supervisord.pid",
@@ -89,6 +108,8 @@ class Bridge:
             "MESSAGES_POLL_SECONDS": "0.5",
             "LOG_LEVEL": "DEBUG",
             "PYTHONUNBUFFERED": "1",
+            # The harness is what may turn the test hooks (BRIDGE_CRASH_AT, …): see bridge.testhooks.
+            "BRIDGE_TEST_HOOKS": "1",
         }
         self.env.update(env_overrides)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -110,7 +131,7 @@ class Bridge:
     def start(self, name: str, args: list[str]) -> subprocess.Popen:
         self.remember_secrets()
         log = self._log(name)
-        proc = subprocess.Popen(args, cwd=str(ROOT), env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(args, cwd=str(APP_DIR), env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         self.procs.append((name, proc))
         return proc
@@ -140,20 +161,20 @@ class Bridge:
             assert fixed in text, f"supervisord.conf no longer uses {fixed}"
             text = text.replace(fixed, str(self.tmp / own))
         conf = self.tmp / "supervisord.conf"
-        conf.write_text(text.replace("%(here)s", str(ROOT)))
+        conf.write_text(text.replace("%(here)s", str(APP_DIR)))
         return conf
 
     def once(self, timeout: float = 120) -> subprocess.CompletedProcess:
         self.remember_secrets()
         with self._log("once") as log:
-            result = subprocess.run([sys.executable, "main.py", "--once"], cwd=str(ROOT), env=self.env,
+            result = subprocess.run([sys.executable, "main.py", "--once"], cwd=str(APP_DIR), env=self.env,
                                     capture_output=True, timeout=timeout)
             log.write(result.stdout + result.stderr)
         return result
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         with self._log("cli") as log:
-            result = subprocess.run([sys.executable, "main.py", *args], cwd=str(ROOT), env=self.env,
+            result = subprocess.run([sys.executable, "main.py", *args], cwd=str(APP_DIR), env=self.env,
                                     capture_output=True, text=True, timeout=timeout)
             log.write((result.stdout + result.stderr).encode())
         return result

@@ -1,18 +1,20 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from config import ConfigError, load_settings
 from tests.conftest import SECRETS, base_env
+from tests.e2e import APP_DIR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_config(env: dict) -> subprocess.CompletedProcess:
     clean = {"PATH": os.environ.get("PATH", ""), **env}
-    return subprocess.run([sys.executable, "-c", "import config; config.settings_or_exit()"], cwd=str(ROOT),
+    return subprocess.run([sys.executable, "-c", "import config; config.settings_or_exit()"], cwd=str(APP_DIR),
                           env=clean, capture_output=True, text=True, timeout=30)
 
 
@@ -142,3 +144,24 @@ def test_dates_are_shown_in_brasilia_time_unless_another_zone_is_set(tmp_path):
     assert refused.value.problems == ["DISPLAY_TIMEZONE: is not a known time zone (an IANA name such as "
                                       "America/Manaus or America/Argentina/Buenos_Aires) "
                                       "(example: DISPLAY_TIMEZONE=America/Sao_Paulo)"]
+
+
+def test_no_test_process_can_start_in_the_repository_root_where_a_dotenv_would_be_loaded():
+    """README step one is `cp .env.example .env`: a test process in the root would load it."""
+    with pytest.raises(AssertionError, match="repository root"):
+        subprocess.run([sys.executable, "-c", "pass"], cwd=ROOT, timeout=30)
+
+
+def test_the_tests_processes_run_in_a_copy_of_the_repository_that_never_holds_its_dotenv(tmp_path):
+    from tests.e2e import shadow_of
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "config.py").symlink_to(os.path.join(ROOT, "config.py"))
+    (repo / ".env").write_text("MELI_APP_ID=666\nCHATWOOT_URL=https://hostile.example\n")
+    app = shadow_of(Path(repo), tmp_path / "app")
+    assert (app / "config.py").exists() and not (app / ".env").exists()
+    env = {"PATH": os.environ.get("PATH", ""), **base_env(tmp_path, MELI_APP_ID=None)}
+    result = subprocess.run([sys.executable, "-c", "import config; config.settings_or_exit()"], cwd=app, env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "MELI_APP_ID: is required" in result.stderr
+    assert Path(APP_DIR).resolve() != Path(ROOT).resolve() and not (APP_DIR / ".env").exists()

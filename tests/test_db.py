@@ -7,6 +7,7 @@ import time
 import pytest
 
 from db_manager import SCHEMA_VERSION, Database, DatabaseError
+from tests.e2e import APP_DIR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,7 +60,7 @@ def test_the_poller_exits_2_with_one_line_on_a_bad_database(tmp_path):
     bad = tmp_path / "garbage.db"
     bad.write_bytes(b"\x00garbage" * 1000)
     env = {"PATH": os.environ["PATH"], **base_env(tmp_path, DATABASE_PATH=str(bad))}
-    result = subprocess.run([sys.executable, "main.py", "--once"], cwd=ROOT, env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "main.py", "--once"], cwd=APP_DIR, env=env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -70,7 +71,7 @@ def test_two_processes_migrating_at_once_both_succeed(tmp_path):
     path = str(tmp_path / "race.db")
     code = ("import sys, db_manager; db = db_manager.Database(sys.argv[1]).open();"
             " print(db.schema_version())")
-    procs = [subprocess.Popen([sys.executable, "-c", code, path], cwd=ROOT, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-c", code, path], cwd=APP_DIR, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(4)]
     outs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
@@ -94,7 +95,7 @@ for n in range(rounds):
 def test_five_processes_opening_fresh_databases_at_once_all_succeed(tmp_path):
     """Four gunicorn workers and the poller on a first deploy: every one opens the new file."""
     processes, rounds = 5, 20
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), str(k), str(rounds)], cwd=ROOT,
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), str(k), str(rounds)], cwd=APP_DIR,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for k in range(processes)]
     try:
@@ -206,12 +207,12 @@ def test_the_backup_command_needs_only_the_database_path(tmp_path):
     Database(str(path)).open().links.mark_created("pack", "9", 1.0)
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "DATABASE_PATH": str(path)}
     target = tmp_path / "backup.db"
-    result = subprocess.run([sys.executable, "main.py", "backup", str(target)], cwd=ROOT, env=env,
+    result = subprocess.run([sys.executable, "main.py", "backup", str(target)], cwd=APP_DIR, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "backup written" in result.stdout
     assert Database(str(target)).open().links.get("pack", "9")["status"] == "created"
-    again = subprocess.run([sys.executable, "main.py", "backup", str(target)], cwd=ROOT, env=env,
+    again = subprocess.run([sys.executable, "main.py", "backup", str(target)], cwd=APP_DIR, env=env,
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "already exists" in again.stderr and "Traceback" not in again.stderr
 

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from db_manager import Database
-from tests.e2e import ROOT, WEBHOOK_SECRET, wait_until
+from tests.e2e import APP_DIR, ROOT, WEBHOOK_SECRET, wait_until
 
 
 def test_supervisord_runs_both_processes_healthy_and_stops_on_sigterm(bridge):
@@ -69,7 +69,7 @@ def test_two_processes_refresh_each_expiry_exactly_once(bridge):
     assert token
     db.auth.invalidate_access(token)
     before = meli.refresh_count
-    procs = [subprocess.Popen([sys.executable, "-c", HAMMER, "6"], cwd=str(ROOT), env=bridge.env,
+    procs = [subprocess.Popen([sys.executable, "-c", HAMMER, "6"], cwd=str(APP_DIR), env=bridge.env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
@@ -150,7 +150,7 @@ def test_each_test_supervisord_has_its_own_socket_and_pidfile(tmp_path):
     assert not any(fixed in conf for fixed in SUPERVISORD_PATHS)
     assert f"file={tmp_path}/supervisor.sock" in conf and f"pidfile={tmp_path}/supervisord.pid" in conf
     assert f"serverurl=unix://{tmp_path}/supervisor.sock" in conf
-    assert f"directory={ROOT}" in conf
+    assert f"directory={APP_DIR}" in conf
     original = (ROOT / "supervisord.conf").read_text()
     assert conf.count("\n") == original.count("\n")  # nothing else changed shape
 
@@ -162,8 +162,8 @@ def test_the_container_health_check_is_liveness_only(bridge):
     code = json.loads(re.search(r'CMD (\["python".*\])', (ROOT / "Dockerfile").read_text()).group(1))[2]
     bridge.listener()
     env = dict(bridge.env, PORT=str(bridge.port))
-    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=10).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], env=env, cwd=APP_DIR, timeout=10).returncode == 0
     bridge.fakes.meli.state.revoke_all()
     Database(bridge.env["DATABASE_PATH"]).auth.require_reauthorization("test", time.time())
     assert bridge.health().status_code == 503
-    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=10).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], env=env, cwd=APP_DIR, timeout=10).returncode == 0

@@ -17,6 +17,7 @@ from bridge.sync import notifications
 from bridge.sync import questions as sync_questions
 from bridge.sync import sales as sync_messages
 from tests.conftest import base_env
+from tests.e2e import APP_DIR
 from tests.helpers import authorized_services
 from tests.payloads import message_created
 
@@ -365,7 +366,7 @@ def test_main_status_shows_the_counts_and_retry_clears_them(tmp_path, settings, 
     env = dict(base_env(tmp_path), PATH=os.environ.get("PATH", ""))
 
     def cli(*args):
-        return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, env=env, capture_output=True,
+        return subprocess.run([sys.executable, "main.py", *args], cwd=APP_DIR, env=env, capture_output=True,
                               text=True, timeout=60)
 
     status = cli("status")

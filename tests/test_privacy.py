@@ -16,7 +16,7 @@ import main
 from bridge.http import PermanentError
 from config import load_settings
 from db_manager import MIGRATIONS
-from tests.e2e import LOG_DIR, ROOT, wait_until
+from tests.e2e import APP_DIR, LOG_DIR, ROOT, wait_until
 
 PDF = b"%PDF-1.4\n% documento\n"
 NICK = "ZEQUINHA_ERASE_QX"
@@ -305,7 +305,7 @@ def test_retention_days_below_the_minimum_stops_with_one_line(tmp_path, make_set
 
     from tests.conftest import base_env
     env = dict(base_env(tmp_path), RETENTION_DAYS="3", PATH="/usr/bin:/bin", HOME=str(tmp_path))
-    result = subprocess.run([sys.executable, "main.py", "check-config"], cwd=ROOT, env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "main.py", "check-config"], cwd=APP_DIR, env=env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and "RETENTION_DAYS: must be at least 7 days" in result.stderr
     assert "Traceback" not in result.stderr
@@ -409,7 +409,7 @@ def test_forget_buyer_in_chatwoot_without_a_yes_deletes_nothing_anywhere(bridge)
     import subprocess
     import sys
     # No terminal to answer: no confirmation.
-    result = subprocess.run([sys.executable, "main.py", "forget-buyer", str(BUYER), "--chatwoot"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "main.py", "forget-buyer", str(BUYER), "--chatwoot"], cwd=APP_DIR,
                             env=bridge.env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "nothing was deleted" in result.stdout and "Traceback" not in result.stderr
     assert conversations(bridge, bridge.fakes.messages_inbox)

@@ -13,7 +13,7 @@ import sys
 import pytest
 import requests
 
-from tests.e2e import _SECRETS, LOG_DIR, ROOT, free_port, wait_until
+from tests.e2e import _SECRETS, APP_DIR, LOG_DIR, free_port, wait_until
 from tools import sandbox as launcher
 
 CHROMIUM = "/usr/bin/chromium"
@@ -71,7 +71,7 @@ def sandbox():
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = LOG_DIR / f"sandbox-{chatwoot_port}.log"  # checked for secrets at the end of the run
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "tools/sandbox.py", *args], cwd=str(ROOT), stdout=log,
+        proc = subprocess.Popen([sys.executable, "tools/sandbox.py", *args], cwd=str(APP_DIR), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{chatwoot_port}/sandbox"
     try:

@@ -11,7 +11,7 @@ import pytest
 from config import load_settings_leniently
 from db_manager import Database
 from tests.conftest import base_env
-from tests.e2e import LOG_DIR, ROOT, wait_until
+from tests.e2e import APP_DIR, LOG_DIR, ROOT, wait_until
 from webhook_server import create_app
 
 INBOXES = ["CHATWOOT_QUESTIONS_INBOX_ID", "CHATWOOT_MESSAGES_INBOX_ID"]
@@ -47,12 +47,13 @@ def test_in_the_container_both_processes_wait_for_a_missing_configuration(bridge
     assert sup.poll() is None
     # The image's HEALTHCHECK (liveness) passes: EasyPanel leaves the container alone.
     env = dict(bridge.env, PORT=str(bridge.port))
-    assert subprocess.run([sys.executable, "-c", _health_check_code()], env=env, timeout=10).returncode == 0
+    check = subprocess.run([sys.executable, "-c", _health_check_code()], env=env, cwd=APP_DIR, timeout=10)
+    assert check.returncode == 0
 
 
 def test_without_the_container_switch_a_missing_variable_still_exits_2(bridge):
     bridge.env.pop("CHATWOOT_QUESTIONS_INBOX_ID")
-    result = subprocess.run([sys.executable, "main.py"], cwd=str(ROOT), env=bridge.env, capture_output=True,
+    result = subprocess.run([sys.executable, "main.py"], cwd=str(APP_DIR), env=bridge.env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -127,8 +128,9 @@ def test_run_sh_with_an_incomplete_env_exits_2_naming_each_problem_once(tmp_path
     example = (ROOT / ".env.example").read_text()
     (app / ".env").write_text(example.replace("DATABASE_PATH=data/meli_chatwoot.db",
                                               f"DATABASE_PATH={tmp_path}/db/bridge.db"))
-    result = subprocess.run(["bash", str(app / "run.sh")], env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(["bash", str(app / "run.sh")], cwd=app,
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == 2, result.stderr
     problems = [line for line in result.stderr.splitlines() if line.startswith("configuration error: ")]
     names = [line.split()[2].rstrip(":") for line in problems]
@@ -148,7 +150,86 @@ def test_run_sh_with_a_complete_env_starts_supervisord(tmp_path):
     _fake_venv(app, tmp_path)
     env = base_env(tmp_path, CHATWOOT_WEBHOOK_SECRET="whsec-real-1")
     (app / ".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-    result = subprocess.run(["bash", str(app / "run.sh")], env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(["bash", str(app / "run.sh")], cwd=app,
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, capture_output=True, text=True,
+                            timeout=60)
     assert "configuration error" not in result.stderr
     assert (tmp_path / "ran").read_text().split() == ["supervisord"]
+
+
+NO_ENV_LINE = ("No .env here: starting the sandbox (fake Mercado Livre and Chatwoot, nothing leaves this machine); "
+               "to connect real accounts, cp .env.example .env, fill it in and run ./run.sh again.")
+
+
+def test_run_sh_without_a_dotenv_starts_the_sandbox_and_says_so_in_one_line(tmp_path):
+    """A fresh clone: the first command shows the product instead of eight configuration errors."""
+    import os
+    import signal
+
+    import requests
+
+    from tests.e2e import free_port
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(ROOT / "run.sh", app / "run.sh")
+    for path in [*ROOT.glob("*.py"), ROOT / "requirements.txt", ROOT / "supervisord.conf", ROOT / "tools"]:
+        (app / path.name).symlink_to(path)
+    _fake_venv(app, tmp_path)
+    meli, chatwoot, bridge = free_port(), free_port(), free_port()
+    out = tmp_path / "out.log"
+    with open(out, "wb") as log:
+        proc = subprocess.Popen(["bash", str(app / "run.sh"), "--meli-port", str(meli), "--chatwoot-port",
+                                 str(chatwoot), "--bridge-port", str(bridge), "--poll-seconds", "1"], cwd=app,
+                                env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: proc.poll() is not None or f"Abra http://127.0.0.1:{chatwoot}/sandbox" in out.read_text(),
+                   40, 0.1, what="the sandbox to start")
+        assert proc.poll() is None, out.read_text()[-3000:]
+        assert out.read_text().splitlines()[0] == NO_ENV_LINE
+        assert requests.get(f"http://127.0.0.1:{chatwoot}/sandbox", timeout=5).status_code == 200
+        # The real bridge behind it: listener up, poller beating, the fake seller authorized.
+        wait_until(lambda: requests.get(f"http://127.0.0.1:{bridge}/health", timeout=5).status_code == 200, 30, 0.2,
+                   what="the sandbox bridge healthy")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert not (tmp_path / "ran").exists(), "pip or supervisord ran"
+
+
+def _bridge_sh(tmp_path, with_venv: bool, path: str) -> subprocess.CompletedProcess:
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(ROOT / "bridge.sh", app / "bridge.sh")
+    for entry in ROOT.iterdir():
+        if entry.name not in (".env", ".venv", "data", "bridge.sh"):
+            (app / entry.name).symlink_to(entry)
+    if with_venv:
+        _fake_venv(app, tmp_path)
+    return subprocess.run(["./bridge.sh", "--help"], cwd=app, env={"PATH": path, "HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_bridge_sh_runs_main_py_with_the_virtualenv_on_a_plain_machine(tmp_path):
+    result = _bridge_sh(tmp_path, with_venv=True, path="/usr/bin:/bin")
+    assert result.returncode == 0 and result.stdout.startswith("usage: main.py"), result.stderr
+
+
+def test_bridge_sh_runs_main_py_with_the_images_python_in_the_container(tmp_path):
+    image_bin = tmp_path / "usr-local-bin"  # the image has no .venv; its python3 has the requirements
+    image_bin.mkdir()
+    (image_bin / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (image_bin / "python3").chmod(0o755)
+    result = _bridge_sh(tmp_path, with_venv=False, path=f"{image_bin}:/usr/bin:/bin")
+    assert result.returncode == 0 and result.stdout.startswith("usage: main.py"), result.stderr
+
+
+def test_bridge_sh_without_an_installation_says_to_run_run_sh(tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    (empty / "python3").write_text("#!/bin/sh\nexit 1\n")  # a python3 without the bridge's packages
+    (empty / "python3").chmod(0o755)
+    result = _bridge_sh(tmp_path, with_venv=False, path=f"{empty}:/usr/bin:/bin")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("The bridge is not installed here: run ./run.sh once (it installs it into .venv),"
+                                     " then ./bridge.sh again.")

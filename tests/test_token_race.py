@@ -21,6 +21,7 @@ import responses
 from bridge.http import TransientError
 from bridge.store.auth import auth_decision
 from mercado_livre_api import REFRESH_LEASE, REFRESH_PAUSE, MeliClient, ReauthorizationRequired
+from tests.e2e import APP_DIR
 
 API = "https://api.meli.test"
 
@@ -298,7 +299,7 @@ def test_cold_starts_of_the_poller_seeded_with_a_refresh_token_only_keep_the_aut
 def test_a_lease_whose_process_is_gone_is_not_waited_for():
     """A poller killed (kill -9) while refreshing left its lease: the next caller refreshes at once
     instead of every job stalling for REFRESH_LEASE."""
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"], cwd=APP_DIR)
     gone.wait()
     row = {"status": "active", "refresh_token": "RT", "access_token": "AT", "expires_at": 100.0,
            "refresh_lease_until": 200.0, "refresh_lease_owner": f"{gone.pid}-1-abcd"}

@@ -31,6 +31,11 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _app_dir() -> Path:
+    from tests.e2e import APP_DIR  # where test processes run: no developer .env there
+    return APP_DIR
 # The jobs that call Mercado Livre as soon as the poller starts.
 FIRST_JOBS = ("questions", "messages", "missed_feeds")
 JOB_ENDED = re.compile(r"bridge\.poller: job (\w+) (?:done|failed|skipped|crashed)")
@@ -107,7 +112,7 @@ def run_race(seconds: float, processes: int = 2, threads: int = 16, access_ttl: 
             "RACE_START_AT": str(time.time() + 3.0), "RACE_SECONDS": str(seconds), "RACE_THREADS": str(threads),
             "RACE_MARGIN": str(refresh_margin), "RACE_PAUSE": str(pause),
         }
-        procs = [subprocess.Popen([sys.executable, "-m", "tests.token_race", "worker"], cwd=str(ROOT), env=env,
+        procs = [subprocess.Popen([sys.executable, "-m", "tests.token_race", "worker"], cwd=str(_app_dir()), env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(processes)]
         workers = []

@@ -132,9 +132,11 @@ def port_in_use(port: int) -> bool:
     return False
 
 
-def start_child(args: list[str], env: dict) -> subprocess.Popen:
+def start_child(args: list[str], env: dict, cwd: Path) -> subprocess.Popen:
     # Own session: Ctrl-C reaches only this launcher, which then stops the children in order.
-    return subprocess.Popen(args, cwd=str(ROOT), env=env, start_new_session=True)
+    # The sandbox's own folder as working directory: config.py loads `.env` from there, and a
+    # developer's .env in the repository must not reach the sandbox.
+    return subprocess.Popen(args, cwd=str(cwd), env=env, start_new_session=True)
 
 
 def stop_children(children: list[subprocess.Popen]) -> None:
@@ -198,9 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     env = bridge_env(fakes, inboxes, args.bridge_port, data_dir, args.poll_seconds)
     gunicorn = VENV_BIN / "gunicorn"
     children = [
-        start_child([str(gunicorn) if gunicorn.exists() else "gunicorn", "--bind", f"127.0.0.1:{args.bridge_port}",
-                     "webhook_server:app"], env),
-        start_child([sys.executable, "main.py"], env),
+        start_child([str(gunicorn) if gunicorn.exists() else "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+                     "--bind", f"127.0.0.1:{args.bridge_port}", "webhook_server:app"], env, data_dir),
+        start_child([sys.executable, str(ROOT / "main.py")], env, data_dir),
     ]
 
     code = 0

@@ -5,13 +5,28 @@ from __future__ import annotations
 import sqlite3
 from typing import Sequence
 
+from bridge import testhooks
+from bridge.store.jobs import Heartbeat
 from config import Settings, problem_names
 from db_manager import Database
 
 OUTBOX_MAX_AGE = 15 * 60  # an agent reply waiting longer than this is an incident
+# The working poller beats this often. A heartbeat older than POLLER_STALE_SECONDS means it is
+# dead or stopped; a job without progress (bridge.progress) for JOB_STUCK_SECONDS means it is
+# stuck. Either way /health answers 503 within two minutes, and the image's health check
+# (every 30 s) fails with it. Test hooks shorten them in the suite only.
+HEARTBEAT_SECONDS = testhooks.number("BRIDGE_HEARTBEAT_SECONDS", 10.0)
+POLLER_STALE_SECONDS = testhooks.number("BRIDGE_POLLER_STALE_SECONDS", 60.0)
+JOB_STUCK_SECONDS = testhooks.number("BRIDGE_POLLER_STUCK_SECONDS", 90.0)
+# What the container's health check looks at: a restart helps only when one of these fails
+# (a lost authorization or an old pending reply would come back after a restart).
+LIVENESS = ("database", "poller", "jobs")
 
 
-def build_status(db: Database, settings: Settings, now: float, problems: Sequence[str] = ()) -> dict:
+def build_status(db: Database, settings: Settings, now: float, problems: Sequence[str] = (), *,
+                 poller_expected_since: float | None = None) -> dict:
+    """`poller_expected_since`: from when a poller should be beating (the listener's start);
+    None when a database no poller ever worked on is not a failure."""
     checks: dict[str, dict] = {}
     if problems:
         names = problem_names(list(problems))
@@ -23,7 +38,8 @@ def build_status(db: Database, settings: Settings, now: float, problems: Sequenc
         checks["database"] = {"ok": True, "size_bytes": db.size_bytes()}
     except (sqlite3.Error, OSError) as exc:
         checks["database"] = {"ok": False, "error": f"database unusable: {exc}"}
-        return {"ok": False, "checks": checks, "failing": [name for name, c in checks.items() if not c["ok"]]}
+        return {"ok": False, "live": False, "checks": checks,
+                "failing": [name for name, c in checks.items() if not c["ok"]]}
 
     auth = db.auth.current()
     if auth["status"] == "active":
@@ -51,14 +67,54 @@ def build_status(db: Database, settings: Settings, now: float, problems: Sequenc
             "seconds_since_success": round(now - run["last_success"]) if run["last_success"] else None,
             "last_error_at": run["last_error_at"], "last_error": run["last_error"],
             "last_duration_ms": run["last_duration_ms"]}
-    checks["jobs"] = {"ok": True, "runs": jobs}
+    if problems:
+        # The poller waits for the same variables (and writes no heartbeat): the configuration
+        # check says what to do; a restart would not help.
+        checks["poller"], stuck = {"ok": True, "waiting": "configuration incomplete"}, {"ok": True}
+    else:
+        checks["poller"], stuck = poller_checks(db.jobs.heartbeat(), now, expected_since=poller_expected_since)
+    checks["jobs"] = {**stuck, "runs": jobs}
     checks["notifications"] = {"ok": True, "received_last_hour": db.notifications.received_since(now - 3600)}
     checks["items"] = item_failures(db)
 
     failing = [name for name, check in checks.items() if not check["ok"]]
     # Needs a person, but restarting the bridge would not help and would hold up every other item.
     attention = ["items"] if checks["items"]["gave_up_count"] else []
-    return {"ok": not failing, "failing": failing, "attention": attention, "checks": checks, "time": now}
+    live = all(checks[name]["ok"] for name in LIVENESS)
+    return {"ok": not failing, "live": live, "failing": failing, "attention": attention, "checks": checks,
+            "time": now}
+
+
+def poller_checks(beat: Heartbeat | None, now: float, *, expected_since: float | None,
+                  stale: float | None = None, stuck: float | None = None) -> tuple[dict, dict]:
+    """(checks.poller, checks.jobs without its runs) from the working poller's heartbeat.
+
+    Dead, stopped (SIGSTOP, `supervisorctl stop`) or frozen: no fresh heartbeat. Stuck: a job
+    that has made no progress for `stuck` seconds while the heartbeat goes on.
+    """
+    stale = POLLER_STALE_SECONDS if stale is None else stale
+    stuck = JOB_STUCK_SECONDS if stuck is None else stuck
+    if beat is None:
+        if expected_since is None or now - expected_since <= stale:
+            return {"ok": True, "state": "no heartbeat yet"}, {"ok": True}
+        return {"ok": False, "error": "poller not running: no poller has written a heartbeat on this database"}, \
+            {"ok": True}
+    age = now - beat["beat_at"]
+    poller = {"ok": age <= stale, "pid": beat["pid"], "host": beat["host"], "seconds_since_heartbeat": round(age),
+              "working_since": beat["started_at"]}
+    if not poller["ok"]:
+        poller["error"] = (f"poller stopped: no heartbeat for {int(age)} s (limit {int(stale)} s; last from pid "
+                           f"{beat['pid']} on {beat['host']})")
+        return poller, {"ok": True}  # what its jobs were doing is as old as the heartbeat
+    running = {job: {"seconds": round(now - times["since"]), "seconds_without_progress": round(now - times["progress"])}
+               for job, times in sorted(beat["running"].items())}
+    stuck_jobs = [job for job, times in running.items() if times["seconds_without_progress"] > stuck]
+    jobs = {"ok": not stuck_jobs, "running": running}
+    if stuck_jobs:
+        jobs["error"] = "poller stuck: " + ", ".join(
+            f"job {job} has made no progress for {running[job]['seconds_without_progress']} s" for job in stuck_jobs
+        ) + f" (limit {int(stuck)} s)"
+    return poller, jobs
 
 
 def item_failures(db: Database) -> dict:

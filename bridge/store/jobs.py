@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, TypedDict
 
 if TYPE_CHECKING:
@@ -16,6 +17,15 @@ class JobRun(TypedDict):
     last_error_at: float | None
     last_error: str | None
     last_duration_ms: int | None
+
+
+class Heartbeat(TypedDict):
+    """The `poller_heartbeat` row, `running` decoded."""
+    pid: int
+    host: str
+    started_at: float
+    beat_at: float
+    running: dict[str, dict[str, float]]
 
 
 class JobsStore:
@@ -40,3 +50,18 @@ class JobsStore:
 
     def runs(self) -> list[JobRun]:
         return self._db.all("SELECT * FROM job_runs ORDER BY job")
+
+    def beat(self, pid: int, host: str, started_at: float, now: float, running: dict) -> None:
+        """The working poller is alive; `running`: its jobs in progress (bridge.progress.JobWatch)."""
+        with self._db.write() as conn:
+            conn.execute("INSERT INTO poller_heartbeat (id, pid, host, started_at, beat_at, running)"
+                         " VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET pid = excluded.pid,"
+                         " host = excluded.host, started_at = excluded.started_at, beat_at = excluded.beat_at,"
+                         " running = excluded.running", (pid, host, started_at, now, json.dumps(running)))
+
+    def heartbeat(self) -> Heartbeat | None:
+        row = self._db.one("SELECT pid, host, started_at, beat_at, running FROM poller_heartbeat WHERE id = 1")
+        if row is None:
+            return None
+        row["running"] = json.loads(row["running"] or "{}")
+        return row
