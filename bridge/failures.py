@@ -178,7 +178,7 @@ def report(s: Services, row: dict) -> None:
     """Once per give-up: an error line with ids, and a private note where the item has a conversation."""
     kind, item_id = row["kind"], row["item_id"]
     conversation_id = conversation_for(s, kind, item_id)
-    log.error("item given up %s=%s attempts=%d conversation=%s last_error=%s; %s; `python main.py retry %s %s` "
+    log.error("item given up %s=%s attempts=%d conversation=%s last_error=%s; %s; `./bridge.sh retry %s %s` "
               "retries now", kind, item_id, row["attempts"], conversation_id, row["last_error"],
               NEXT.get(kind, "not retried"), kind, item_id)
     if conversation_id:

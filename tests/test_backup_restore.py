@@ -63,7 +63,7 @@ def test_backups_go_to_the_backups_folder_and_the_oldest_beyond_keep_are_deleted
                                           "meli_chatwoot-20261123-030000.db"]
     assert "deleted old backup: meli_chatwoot-20261120-030000.db" in output
     assert f"3 backups kept in {folder} (the newest 3)" in output
-    assert f"restore it with: python main.py restore {folder}/meli_chatwoot-20261123-030000.db" in output
+    assert f"restore it with: ./bridge.sh restore {folder}/meli_chatwoot-20261123-030000.db" in output
     # A backup is one self-contained file: no -wal beside it.
     assert not any(name.endswith(("-wal", "-shm")) for name in os.listdir(folder))
 

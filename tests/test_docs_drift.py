@@ -53,19 +53,20 @@ def _config_variables() -> set[str]:
 @pytest.mark.parametrize("doc", sorted(DOCS))
 def test_every_command_a_doc_quotes_is_one_main_py_has(doc):
     commands = set(_commands())
-    quoted = set(re.findall(r"python3? main\.py\s+([a-z][a-z-]*)", DOCS[doc]))
+    quoted = set(re.findall(r"(?:python3? main\.py|\./bridge\.sh)\s+([a-z][a-z-]*)", DOCS[doc]))
     assert quoted - commands == set(), f"{doc} quotes commands main.py does not have"
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/guia.md"])
 def test_every_command_of_main_py_is_documented(doc):
-    undocumented = [c for c in _commands() if not re.search(rf"python3? main\.py\s+{re.escape(c)}\b", DOCS[doc])]
+    undocumented = [c for c in _commands()
+                    if not re.search(rf"(?:python3? main\.py|\./bridge\.sh)\s+{re.escape(c)}\b", DOCS[doc])]
     assert undocumented == [], f"{doc} never shows these commands of main.py --help"
 
 
 def test_every_option_a_doc_quotes_is_one_its_command_takes():
     for doc, text in DOCS.items():
-        for command, rest in re.findall(r"python3? main\.py\s+([a-z][a-z-]*)([^`\n]*)", text):
+        for command, rest in re.findall(r"(?:python3? main\.py|\./bridge\.sh)\s+([a-z][a-z-]*)([^`\n]*)", text):
             if command not in _commands():
                 continue
             options = set(re.findall(r"(--[a-z][a-z-]+)", _help(command)))

@@ -221,7 +221,7 @@ def test_a_reply_waiting_for_reauthorization_gives_up_after_24_hours_with_a_note
     patch = json.loads(calls("PATCH", "/messages/9123")[0].request.body)
     assert patch["status"] == "failed" and patch["external_error"] == reply["error"]
     note = json.loads(calls("POST", "/conversations/77/messages")[0].request.body)
-    assert note["private"] is True and "python main.py authorize" in note["content"]
+    assert note["private"] is True and "./bridge.sh authorize" in note["content"]
 
 
 @responses.activate

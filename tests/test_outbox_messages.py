@@ -411,7 +411,7 @@ def test_a_reply_given_up_waiting_for_reauthorization_after_some_parts_says_whic
     # "Not sent" would have the agent send the whole reply again: part 1 twice to the buyer.
     assert note.startswith("Resposta enviada só em parte")
     assert "A parte 1 de 3 chegou ao comprador" in note and "não foi enviada" not in note
-    assert "python main.py authorize" in note
+    assert "./bridge.sh authorize" in note
     assert not posts()
 
 

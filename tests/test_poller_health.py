@@ -127,6 +127,8 @@ def _container_check(bridge) -> int:
 def test_a_stopped_poller_turns_health_503_and_the_container_check_fails_until_it_runs_again(bridge):
     bridge.env.update(BRIDGE_HEARTBEAT_SECONDS="0.3", BRIDGE_POLLER_STALE_SECONDS="2")
     bridge.supervisord()
+    # /health is 200 before the poller's first beat too (it has a grace period): wait for the beat.
+    wait_until(lambda: Database(bridge.env["DATABASE_PATH"]).jobs.heartbeat(), 30, what="the poller's heartbeat")
     wait_until(lambda: bridge.health().status_code == 200, 30, what="/health 200")
     assert _container_check(bridge) == 0
     pid = Database(bridge.env["DATABASE_PATH"]).jobs.heartbeat()["pid"]

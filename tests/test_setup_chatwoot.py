@@ -451,7 +451,7 @@ def test_check_asks_for_authorization_when_mercado_livre_requires_it(healthy, se
     code, lines = check(settings)
     assert code == 1
     assert lines[2].startswith("FAIL mercado livre: authorization required")
-    assert "python main.py authorize" in lines[2]
+    assert "./bridge.sh authorize" in lines[2]
 
 
 def test_check_fails_when_the_listener_is_unreachable(healthy, settings):
@@ -521,7 +521,7 @@ def test_check_names_the_conversation_attributes_missing_and_writes_nothing(heal
     code, lines = check(settings)
     assert code == 1
     assert lines[4].startswith("FAIL custom attributes: conversation custom attributes not defined: meli_pack_id, "
-                               "meli_claim_id (run python main.py setup <public_url>;")
+                               "meli_claim_id (run ./bridge.sh setup <public_url>;")
     assert writes(healthy) == []
 
 

@@ -105,7 +105,7 @@ def run_backup(database_path: str, out: Out = print, *, target: str | None = Non
     out(f"backup written: {path} ({_size(size)})")
     if target is None:
         _rotate(database_path, keep, out)
-    out(f"restore it with: python main.py restore {path}")
+    out(f"restore it with: ./bridge.sh restore {path}")
     return 0
 
 
@@ -265,7 +265,7 @@ def run_restore(database_path: str, source: str, out: Out = print, *, supervisor
 
     try:
         if _poller_running(database_path):
-            raise DatabaseError("a poller outside supervisord still uses the database (python main.py started "
+            raise DatabaseError("a poller outside supervisord still uses the database (./bridge.sh started "
                                 "by hand?); stop it first")
         safety = None
         if os.path.exists(database_path):
@@ -280,7 +280,7 @@ def run_restore(database_path: str, source: str, out: Out = print, *, supervisor
 
     if not _start(supervisor, running, out, err):
         if safety:
-            out(f"to go back to the state before the restore: python main.py restore {safety}")
+            out(f"to go back to the state before the restore: ./bridge.sh restore {safety}")
         return 1
     if supervisor is None:
         out("start the listener and the poller again")

@@ -47,11 +47,11 @@ def build_status(db: Database, settings: Settings, now: float, problems: Sequenc
             "ok": True, "seller_id": auth["user_id"], "nickname": auth["nickname"],
             "access_token_expires_in_seconds": round((auth["expires_at"] or now) - now)}
     elif auth["status"] == "reauth_required":
-        checks["authorization"] = {"ok": False, "error": "reauthorization required: run `python main.py authorize`",
+        checks["authorization"] = {"ok": False, "error": "reauthorization required: run `./bridge.sh authorize`",
                                    "reason": auth["status_reason"]}
     else:
         checks["authorization"] = {"ok": False,
-                                   "error": "not authorized yet: run `python main.py authorize` "
+                                   "error": "not authorized yet: run `./bridge.sh authorize` "
                                             "(or set MELI_REFRESH_TOKEN)"}
 
     stats = db.replies.stats(now)
@@ -129,5 +129,5 @@ def item_failures(db: Database) -> dict:
     check = {"ok": True, "retrying": retrying, "gave_up_count": gave_up_count, "gave_up": summary["gave_up"]}
     if gave_up_count:
         check["warning"] = (f"{gave_up_count} item(s) failed too often and are retried once a day; see `gave_up`, "
-                            "fix the cause, then `python main.py retry`")
+                            "fix the cause, then `./bridge.sh retry`")
     return check

@@ -195,7 +195,7 @@ def run_setup(settings: Settings, public_url: str, out: Out = print, *,
             raise SetupError(
                 f"the token belongs to {name}, who is {_article(role)} of account {settings.chatwoot_account_id}, "
                 f"not an administrator: creating inboxes and webhooks needs an administrator's access token. "
-                f"Run setup once with one (CHATWOOT_API_TOKEN=<administrator's token> python main.py setup {base}); "
+                f"Run setup once with one (CHATWOOT_API_TOKEN=<administrator's token> ./bridge.sh setup {base}); "
                 f"the bridge itself can keep this token if its user is a member of both inboxes")
         out(f"ok   chatwoot: reachable, token of {name} (administrator of account {settings.chatwoot_account_id})")
 
@@ -499,7 +499,7 @@ def _check_inboxes(chatwoot: ChatwootClient, settings: Settings, state: dict) ->
         expected.append(("CHATWOOT_CLAIMS_INBOX_ID", settings.chatwoot_claims_inbox_id, "claims"))
     for env_name, inbox_id, kind in expected:
         if inbox_id is None:
-            problems.append(f"{env_name} is not set (run python main.py setup <public_url>)")
+            problems.append(f"{env_name} is not set (run ./bridge.sh setup <public_url>)")
             continue
         inbox = next((i for i in inboxes if _same_id(i.get("id"), inbox_id)), None)
         if inbox is None:
@@ -526,7 +526,7 @@ def _check_attribute_definitions(chatwoot: ChatwootClient, settings: Settings, s
     odd = [f"{key} {problem}" for key, _name, display_type, values in CONVERSATION_ATTRIBUTES
            if key in existing and (problem := attribute_mismatch(existing[key], display_type, values))]
     if missing:
-        return False, (f"conversation custom attributes not defined: {', '.join(missing)} (run python main.py setup "
+        return False, (f"conversation custom attributes not defined: {', '.join(missing)} (run ./bridge.sh setup "
                        f"<public_url>; without them a conversation a contact merge carried off cannot be found, and "
                        f"agents type meli_claim_reply_to instead of picking it)")
     text = f"the {len(CONVERSATION_ATTRIBUTES)} conversation custom attributes of the bridge are defined"
@@ -548,7 +548,7 @@ def _check_meli(settings: Settings, sleep: Callable[[float], None]) -> tuple[boo
         meli.seed_tokens()
         me = meli.me()
     except ReauthorizationRequired as exc:
-        return False, f"authorization required ({exc.message}): run python main.py authorize"
+        return False, f"authorization required ({exc.message}): run ./bridge.sh authorize"
     except ApiError as exc:
         if exc.status is None:
             return False, (f"Mercado Livre not reachable at MELI_API_URL={settings.meli_api_url} ({exc.message}); "
@@ -560,7 +560,7 @@ def _check_meli(settings: Settings, sleep: Callable[[float], None]) -> tuple[boo
     nickname = me.get("nickname") if isinstance(me, dict) else None
     if settings.meli_user_id and not _same_id(seller, settings.meli_user_id):
         return False, (f"the authorized account is {nickname} ({seller}), but MELI_USER_ID={settings.meli_user_id}: "
-                       f"run python main.py authorize logged in as the right seller")
+                       f"run ./bridge.sh authorize logged in as the right seller")
     return True, f"authorized as {nickname} (seller {seller})"
 
 

@@ -219,10 +219,10 @@ NOT_ITS_CONVERSATION = Refusal(
 
 REAUTH_GAVE_UP = Refusal("Mercado Livre sem autorização por 24 h",
                          "A resposta esperou 24 horas pela reautorização da conta no Mercado Livre e não foi "
-                         "enviada. Peça a quem administra a ponte para autorizar de novo (python main.py authorize) "
+                         "enviada. Peça a quem administra a ponte para autorizar de novo (./bridge.sh authorize) "
                          "e depois envie a resposta outra vez, ou responda pelo Mercado Livre.",
                          "A conta da ponte ficou 24 horas sem autorização do Mercado Livre (peça a quem administra a "
-                         "ponte para autorizar de novo: python main.py authorize).")
+                         "ponte para autorizar de novo: ./bridge.sh authorize).")
 
 
 def _transient(s: Services, reply: dict, exc: ApiError, ids: str) -> str:
