@@ -124,7 +124,8 @@ def writes(rsps):
 
 
 def api_inbox(inbox_id, name):
-    return {"id": inbox_id, "name": name, "channel_type": "Channel::Api"}
+    """An API inbox as an agent's token sees it: wired to the listener, its secret not shown."""
+    return {"id": inbox_id, "name": name, "channel_type": "Channel::Api", "webhook_url": HOOK_URL}
 
 
 # ---- setup ----------------------------------------------------------------------------------------
@@ -423,6 +424,8 @@ def test_check_passes_when_everything_is_in_place(healthy, settings):
         "claims off (CHATWOOT_CLAIMS_INBOX_ID not set: setup creates the inbox and prints the line)",
         "ok   mercado livre: authorized as LOJA (seller 555)",
         f"ok   listener: reachable at {PUBLIC}/health; it reports ok=true",
+        f"ok   inbox webhooks: every inbox sends to {HOOK_URL} (the signing secret of Mercado Livre - Perguntas, "
+        "Mercado Livre - Vendas is shown only to administrators: not compared)",
         "ok   custom attributes: the 21 conversation custom attributes of the bridge are defined",
     ]
     assert writes(healthy) == []
@@ -520,7 +523,7 @@ def test_check_names_the_conversation_attributes_missing_and_writes_nothing(heal
                     json=[d for d in DEFINED if d["attribute_key"] not in ("meli_pack_id", "meli_claim_id")])
     code, lines = check(settings)
     assert code == 1
-    assert lines[4].startswith("FAIL custom attributes: conversation custom attributes not defined: meli_pack_id, "
+    assert lines[-1].startswith("FAIL custom attributes: conversation custom attributes not defined: meli_pack_id, "
                                "meli_claim_id (run ./bridge.sh setup <public_url>;")
     assert writes(healthy) == []
 
@@ -543,3 +546,20 @@ def test_attributes_chatwoot_refuses_to_define_still_leave_the_env_lines_and_exi
     assert "CHATWOOT_QUESTIONS_INBOX_ID=" in output
     assert output.splitlines()[-1].startswith("error: Chatwoot refused creating the conversation custom attribute "
                                               "meli_question_id in account 1 (403)")
+
+
+def test_check_names_an_inbox_whose_webhook_would_not_reach_the_listener(chatwoot, on_fake, db):
+    code, output = setup(on_fake())
+    settings = on_fake(**printed_env(output))
+    state = chatwoot.state
+    ids = [settings.chatwoot_questions_inbox_id, settings.chatwoot_messages_inbox_id]
+    state.inboxes[ids[0]]["webhook_url"] = ""
+    state.inboxes[ids[1]]["secret"] = "rotated-in-chatwoot-since"
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as public:
+        public.add_passthru("http://127.0.0.1")
+        public.get(f"{PUBLIC}/health", json={"ok": True, "failing": []})
+        _code, lines = check(settings)
+    [line] = [line for line in lines if " inbox webhooks:" in line]
+    assert line.startswith(f"FAIL inbox webhooks: inbox '{QUESTIONS}' sends to nowhere (empty), not {HOOK_URL}; "
+                           f"CHATWOOT_WEBHOOK_SECRET does not hold the secret of inbox '{MESSAGES}'")
+    assert line.endswith(f"(run ./bridge.sh setup {PUBLIC}, paste the lines it prints and restart)")

@@ -465,6 +465,7 @@ def run_check(settings: Settings, public_url: str | None, out: Out = print, *,
     checks.append(("mercado livre", lambda: _check_meli(settings, sleep)))
     if public_url is not None:
         checks.append(("listener", lambda: _check_listener(public_url, sleep)))
+        checks.append(("inbox webhooks", lambda: _check_inbox_webhooks(settings, public_url, state)))
     checks.append(("custom attributes", lambda: _check_attribute_definitions(chatwoot, settings, state)))
 
     for name, check in checks:
@@ -492,6 +493,7 @@ def _check_inboxes(chatwoot: ChatwootClient, settings: Settings, state: dict) ->
     if state.get("unreachable"):
         return False, "not checked (see the chatwoot line)"
     inboxes = [i for i in _call(settings, "listing the inboxes", chatwoot.inboxes) if isinstance(i, dict)]
+    state["inboxes"] = inboxes
     problems, found_text = [], []
     expected = [("CHATWOOT_QUESTIONS_INBOX_ID", settings.chatwoot_questions_inbox_id, "questions"),
                 ("CHATWOOT_MESSAGES_INBOX_ID", settings.chatwoot_messages_inbox_id, "messages")]
@@ -515,6 +517,38 @@ def _check_inboxes(chatwoot: ChatwootClient, settings: Settings, state: dict) ->
     claims = "" if settings.chatwoot_claims_inbox_id is not None else \
         "; claims off (CHATWOOT_CLAIMS_INBOX_ID not set: setup creates the inbox and prints the line)"
     return True, ", ".join(found_text) + " (API inboxes)" + claims
+
+
+def _check_inbox_webhooks(settings: Settings, public_url: str, state: dict) -> tuple[bool, str]:
+    """Each configured inbox's own webhook reaches this listener with a secret it holds: else an
+    agent's reply never arrives (wrong URL) or is refused (401) and shows failed."""
+    if "inboxes" not in state:
+        return False, "not checked (see the inboxes line)"
+    target = f"{normalize_public_url(public_url)}/webhook"
+    configured = set(settings.chatwoot_webhook_secrets)
+    problems, unknown = [], []
+    for inbox_id in (settings.chatwoot_questions_inbox_id, settings.chatwoot_messages_inbox_id,
+                     settings.chatwoot_claims_inbox_id):
+        inbox = next((i for i in state["inboxes"] if inbox_id is not None and _same_id(i.get("id"), inbox_id)), None)
+        if inbox is None:
+            continue  # said on the inboxes line
+        name, url = inbox.get("name"), inbox.get("webhook_url")
+        token = _url_token(url)
+        if not _same_endpoint(url, target):
+            problems.append(f"inbox {name!r} sends to {url or 'nowhere (empty)'}, not {target}")
+        elif token is not None and token not in configured:
+            problems.append(f"inbox {name!r} webhook carries a ?token= that CHATWOOT_WEBHOOK_SECRET does not hold")
+        elif inbox.get("secret") and str(inbox["secret"]) not in configured:
+            problems.append(f"CHATWOOT_WEBHOOK_SECRET does not hold the secret of inbox {name!r}: its replies get 401")
+        elif token is None and not inbox.get("secret"):
+            unknown.append(str(name))
+    if problems:
+        return False, "; ".join(problems) + " (run ./bridge.sh setup " + normalize_public_url(public_url) + \
+            ", paste the lines it prints and restart)"
+    text = f"every inbox sends to {target}"
+    if unknown:
+        text += f" (the signing secret of {', '.join(unknown)} is shown only to administrators: not compared)"
+    return True, text
 
 
 def _check_attribute_definitions(chatwoot: ChatwootClient, settings: Settings, state: dict) -> tuple[bool, str]:
