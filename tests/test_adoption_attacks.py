@@ -30,3 +30,23 @@ def test_a_claim_is_not_pointed_to_from_a_sale_conversation_chatwoot_has_not_con
 
     assert sync_claims._point_sale_to_claim(s, "5000001", 88, "2000001", "2000001") is False
     assert not [c for c in responses.calls if c.request.method == "POST"]
+
+
+@responses.activate
+def test_a_failed_replys_note_does_not_go_to_a_conversation_only_a_webhook_named_for_the_sale(s, clock):
+    """The agent deleted conversation 77 after replying there (the reply failed); the sale's row now holds
+    only a candidate, 93, an agent's reply named: the note saying the reply did not go stays out of 93."""
+    from bridge.replies import report
+
+    reply_id = s.db.replies.accept(chatwoot_message_id=701, conversation_id=77, kind="message", target_id="2000001",
+                                   parts=[{"text": "Enviado hoje", "attachments": []}], now=clock())
+    s.db.replies.claim(reply_id, clock(), 300)
+    s.db.replies.mark_failed(reply_id, "venda bloqueada", "A mensagem não foi enviada.", clock())
+    adopted_candidate(s, clock)
+    gone = {"status": 404, "json": {"error": "Resource could not be found"}}
+    responses.patch(f"{CW}/conversations/77/messages/701", **gone)
+    responses.post(f"{CW}/conversations/77/messages", **gone)
+    responses.post(f"{CW}/conversations/93/messages", json={"id": 9002})
+
+    assert report.report_reply(s, s.db.replies.get(reply_id)) == 1
+    assert not [c for c in responses.calls if "/conversations/93/" in c.request.url]
