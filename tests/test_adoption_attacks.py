@@ -50,3 +50,55 @@ def test_a_failed_replys_note_does_not_go_to_a_conversation_only_a_webhook_named
 
     assert report.report_reply(s, s.db.replies.get(reply_id)) == 1
     assert not [c for c in responses.calls if "/conversations/93/" in c.request.url]
+
+
+def reply_in(s, clock, message_id, pack_id, conversation_id=93):
+    from bridge.replies.accept import accept_webhook
+    from tests.payloads import message_created
+
+    return accept_webhook(message_created(message_id=message_id, conversation_id=conversation_id, inbox_id=2,
+                                          content="Enviado hoje", custom_attributes={"meli_pack_id": pack_id}),
+                          s.settings, s.db, clock())[2]
+
+
+def sale_93_first_named_for_another(s, clock):
+    """Sale 2000001's create lost its answer (Chatwoot applied it as 93). An agent typed sale 2000002 into
+    93's meli_pack_id and replied (2000002's row took 93 as its candidate), then corrected the attribute back
+    to 2000001 and replied again. Chatwoot's record of 93 names 2000001."""
+    s.db.links.record_intent("pack", "2000001", clock(), contact_id=5)
+    s.db.links.update("pack", "2000001", clock(), data={"buyer_id": 9, "blocked": False, "migrated": False})
+    s.db.links.record_intent("pack", "2000002", clock(), contact_id=6)
+    first = reply_in(s, clock, 9301, "2000002")
+    assert first.get("adopted_conversation") is True
+    second = reply_in(s, clock, 9302, "2000001")
+    responses.get(f"{CW}/conversations/93", json={"id": 93, "inbox_id": 2,
+                                                  "custom_attributes": {"meli_pack_id": "2000001"}})
+    return first["reply_id"], second["reply_id"]
+
+
+@responses.activate
+def test_a_reply_chatwoot_confirms_as_the_sales_is_not_refused_for_a_candidate_another_sale_only_claimed(s, clock):
+    from bridge.replies import delivery
+    from tests.helpers import THREAD
+
+    wrong, right = sale_93_first_named_for_another(s, clock)
+    responses.post(THREAD, json={"id": "m0"})
+
+    assert delivery.deliver(s, wrong) == "failed"  # 93 is not 2000002's: nothing went to that buyer
+    assert delivery.deliver(s, right) == "delivered"
+    assert [c.request.url.split("?")[0] for c in responses.calls if c.request.method == "POST"] == [THREAD]
+
+
+@responses.activate
+def test_a_lost_create_is_found_though_another_sale_only_claimed_it_from_a_webhook(s, clock):
+    """The sale's buyer messages go where the agent answers them (93), not into a second conversation."""
+    from bridge.sync.contacts import ensure_conversation
+
+    sale_93_first_named_for_another(s, clock)
+    responses.post(f"{CW}/conversations/filter", json={"payload": [
+        {"id": 93, "inbox_id": 2, "custom_attributes": {"meli_pack_id": "2000001"}}]})
+    responses.post(f"{CW}/conversations", json={"id": 97})
+
+    assert ensure_conversation(s, kind="pack", external_id="2000001", inbox_id=2, contact_id=5,
+                               source_id="meli:buyer:9", custom_attributes={"meli_pack_id": "2000001"},
+                               buyer_id=9) == (93, False)

@@ -119,9 +119,13 @@ class LinksStore:
                 (conversation_id, json.dumps(data, sort_keys=True), now, kind, str(external_id))).rowcount == 1
 
     def others_using(self, kind: str, external_id: str | int, conversation_id: int) -> bool:
-        """Does another row of `kind` name this conversation (made, found or adopted for it)?"""
+        """Does another row of `kind` hold this conversation as its own (made, or found or checked in
+        Chatwoot's record)? A candidate only a webhook named (ADOPTED) does not count: an agent may
+        have typed another item into the conversation, replied, and set it right since; the item
+        Chatwoot's record names must not lose its conversation (nor its reply) to that."""
         return self._db.one("SELECT 1 AS found FROM links WHERE kind = ? AND conversation_id = ? AND external_id != ?"
-                            " LIMIT 1", (kind, conversation_id, str(external_id))) is not None
+                            " AND json_extract(COALESCE(NULLIF(data, ''), '{}'), ?) IS NULL LIMIT 1",
+                            (kind, conversation_id, str(external_id), f"$.{ADOPTED}")) is not None
 
     def set_conversation(self, kind: str, external_id: str | int, conversation_id: int, data: dict,
                          now: float) -> bool:
