@@ -102,3 +102,38 @@ def test_a_lost_create_is_found_though_another_sale_only_claimed_it_from_a_webho
     assert ensure_conversation(s, kind="pack", external_id="2000001", inbox_id=2, contact_id=5,
                                source_id="meli:buyer:9", custom_attributes={"meli_pack_id": "2000001"},
                                buyer_id=9) == (93, False)
+
+
+@responses.activate
+def test_a_claims_conversation_moved_to_the_sales_inbox_is_not_taken_for_the_sale_it_also_names(s, clock):
+    """A claim's conversation names its sale too (meli_pack_id). Moved by an agent into the sales inbox, it
+    looks like the sale's own to Chatwoot's filter: the sale's lost create must not take it, or the sale's
+    buyer messages and the replies to them would go through the claim's conversation."""
+    from bridge.sync.contacts import ensure_conversation
+
+    s.db.links.mark_created("claim", "5000001", clock(), conversation_id=88, contact_id=5, data={"pack_id": "2000001"})
+    s.db.links.record_intent("pack", "2000001", clock(), contact_id=5)
+    responses.post(f"{CW}/conversations/filter", json={"payload": [
+        {"id": 88, "inbox_id": 2, "custom_attributes": {"meli_pack_id": "2000001", "meli_claim_id": "5000001"}}]})
+    responses.post(f"{CW}/conversations", json={"id": 97})
+
+    assert ensure_conversation(s, kind="pack", external_id="2000001", inbox_id=2, contact_id=5,
+                               source_id="meli:buyer:9", custom_attributes={"meli_pack_id": "2000001"},
+                               buyer_id=9) == (97, True)
+
+
+@responses.activate
+def test_a_sale_reply_from_a_claims_conversation_moved_to_the_sales_inbox_reaches_nobody(s, clock):
+    from bridge.replies import delivery
+    from tests.helpers import THREAD
+
+    s.db.links.mark_created("claim", "5000001", clock(), conversation_id=88, contact_id=5, data={"pack_id": "2000001"})
+    s.db.links.mark_created("pack", "2000001", clock(), conversation_id=47, contact_id=5,
+                            data={"buyer_id": 9, "blocked": False, "migrated": False})
+    reply_id = reply_in(s, clock, 9401, "2000001", conversation_id=88)["reply_id"]
+    responses.get(f"{CW}/conversations/88", json={"id": 88, "inbox_id": 2, "custom_attributes": {
+        "meli_pack_id": "2000001", "meli_claim_id": "5000001"}})
+    responses.post(THREAD, json={"id": "m0"})
+
+    assert delivery.deliver(s, reply_id) == "failed"
+    assert not [c for c in responses.calls if c.request.method == "POST"]
