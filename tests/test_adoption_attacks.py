@@ -137,3 +137,19 @@ def test_a_sale_reply_from_a_claims_conversation_moved_to_the_sales_inbox_reache
 
     assert delivery.deliver(s, reply_id) == "failed"
     assert not [c for c in responses.calls if c.request.method == "POST"]
+
+
+@responses.activate
+def test_only_the_exact_id_names_a_sale_whether_stored_as_text_or_number(s, clock):
+    """Held: "02000001" (a leading zero) and "20000011" (the id as a prefix) are other sales; the id
+    stored as a number is this one's."""
+    from bridge.sync.contacts import find_conversation
+
+    s.db.links.record_intent("pack", "2000001", clock(), contact_id=5)
+    responses.post(f"{CW}/conversations/filter", json={"payload": [
+        {"id": 90, "inbox_id": 2, "custom_attributes": {"meli_pack_id": "02000001"}},
+        {"id": 91, "inbox_id": 2, "custom_attributes": {"meli_pack_id": "20000011"}},
+        {"id": 95, "inbox_id": 2, "custom_attributes": {"meli_pack_id": 2000001}}]})
+    responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
+
+    assert find_conversation(s, "pack", "2000001", 2, 5) == 95
