@@ -25,10 +25,9 @@ from bridge.replies.refusal import Refusal, receiver_name
 from bridge.replies.report import GIVE_UP_AFTER, report_outcomes, report_reply
 from bridge.rules import claims as claim_rules
 from bridge.rules import own_parts
-from bridge.rules.conversations import is_gone, names_item
+from bridge.rules.conversations import is_gone, knows_conversation, names_item
 from bridge.rules.sale import sale_context
 from bridge.services import Services
-from bridge.store.links import ADOPTED
 from db_manager import crashpoint
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
 
@@ -197,17 +196,6 @@ def _check_addressee(s: Services, reply: dict) -> None:
         log.warning("reply's conversation does not name its target in chatwoot reply=%s conversation=%s %s=%s: %s",
                     reply["id"], conversation_id, kind, target, "gone" if found is None else "another item's")
         raise DeliveryFailed(NOT_ITS_CONVERSATION)
-
-
-def knows_conversation(link: dict | None, conversation_id: int) -> bool:
-    """Pure: the item's row names this conversation as its own (made or checked by the bridge, not
-    merely adopted from a webhook), or as the one an agent deleted since."""
-    if link is None:
-        return False
-    data = link["data"]
-    if link["conversation_id"] == conversation_id and not data.get(ADOPTED):
-        return True
-    return conversation_id in (data.get("removed_conversation"), data.get("removed"))
 
 
 NOT_ITS_CONVERSATION = Refusal(

@@ -13,6 +13,7 @@ from bridge.backoff import retry_delay
 from bridge.http import ApiError, PermanentError
 from bridge.replies.accept import LINK_KIND
 from bridge.replies.refusal import receiver_name
+from bridge.rules.conversations import confirmed_conversation
 from bridge.services import Services
 from db_manager import crashpoint
 
@@ -76,7 +77,8 @@ def _report(s: Services, reply: dict) -> None:
         # word; a failure is still told, in the conversation that replaced it if there is one
         # (a sale continues in a new conversation).
         link = s.db.links.get(LINK_KIND.get(reply["kind"], "pack"), reply["target_id"])
-        current = (link or {}).get("conversation_id")
+        # Only one confirmed as the item's: a candidate an agent's reply merely named may be another buyer's.
+        current = confirmed_conversation(link)
         log.warning("reply outcome for a deleted conversation or message reply=%s message=%s conversation=%s "
                     "status=%s now_in=%s", reply["id"], reply["chatwoot_message_id"], reply["conversation_id"],
                     reply["status"], current)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bridge.http import PermanentError
+from bridge.store.links import ADOPTED
 
 
 def is_gone(exc: BaseException) -> bool:
@@ -23,3 +24,22 @@ def names_item(conversation: dict, kind: str, external_id: str, inbox_id: int) -
         if isinstance(conversation.get("custom_attributes") or {}, dict) else None
     return conversation.get("inbox_id") == inbox_id and value is not None \
         and str(value).strip().lower() == str(external_id).strip().lower()
+
+
+def confirmed_conversation(link: dict | None) -> int | None:
+    """Pure: the conversation a row names as its own: made by the bridge, or found or checked in
+    Chatwoot's own record. None while it is only a candidate an agent's reply adopted (ADOPTED: the
+    webhook's attributes, which may name this item for another buyer's conversation)."""
+    if link is None or (link.get("data") or {}).get(ADOPTED):
+        return None
+    return link.get("conversation_id")
+
+
+def knows_conversation(link: dict | None, conversation_id: int) -> bool:
+    """Pure: the item's row names this conversation as its own (confirmed_conversation), or as the
+    one an agent deleted since."""
+    if link is None:
+        return False
+    data = link.get("data") or {}
+    return confirmed_conversation(link) == conversation_id \
+        or conversation_id in (data.get("removed_conversation"), data.get("removed"))

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from db_manager import Database
 
 
+ITEM_KINDS = ("question", "pack", "claim")  # the rows that own a Chatwoot conversation each
 ADOPTED = "adopted"  # link data: its conversation came from an agent's reply, not yet checked with Chatwoot
 
 
@@ -101,16 +102,18 @@ class LinksStore:
 
         Only a candidate (data ADOPTED): the delivery's attributes are the webhook's, which may
         not be what Chatwoot stores, so ensure_conversation uses it only once Chatwoot's own
-        record of it names this item, in its inbox. A conversation another row of this kind uses
-        is never adopted. The create's time is kept: the delivery may be a late one from a
-        conversation deleted since, and then the create that may be held is still waited out."""
+        record of it names this item, in its inbox. A conversation another item's row uses (or
+        holds as its candidate) is never adopted. The create's time is kept: the delivery may be a
+        late one from a conversation deleted since, and then the create that may be held is still
+        waited out."""
         with self._db.write() as conn:
             row = conn.execute(
                 "SELECT data FROM links WHERE kind = ? AND external_id = ? AND status = 'pending'"
                 " AND conversation_id IS NULL", (kind, str(external_id))).fetchone()
             if row is None or conn.execute(
-                    "SELECT 1 FROM links WHERE kind = ? AND conversation_id = ? AND external_id != ? LIMIT 1",
-                    (kind, conversation_id, str(external_id))).fetchone():
+                    f"SELECT 1 FROM links WHERE kind IN ({','.join('?' * len(ITEM_KINDS))}) AND conversation_id = ?"
+                    " AND NOT (kind = ? AND external_id = ?) LIMIT 1",
+                    (*ITEM_KINDS, conversation_id, kind, str(external_id))).fetchone():
                 return False
             data = dict(json.loads(row[0]) if row[0] else {}, **{ADOPTED: True})
             return conn.execute(
@@ -119,9 +122,16 @@ class LinksStore:
                 (conversation_id, json.dumps(data, sort_keys=True), now, kind, str(external_id))).rowcount == 1
 
     def others_using(self, kind: str, external_id: str | int, conversation_id: int) -> bool:
-        """Does another row of `kind` name this conversation (made, found or adopted for it)?"""
-        return self._db.one("SELECT 1 AS found FROM links WHERE kind = ? AND conversation_id = ? AND external_id != ?"
-                            " LIMIT 1", (kind, conversation_id, str(external_id))) is not None
+        """Does another item's row (a question, sale or claim: conversation ids are the account's)
+        hold this conversation as its own (made, or found or checked in Chatwoot's record)? A claim's
+        conversation names its sale too, so one moved into the sales inbox would pass for the sale's.
+        A candidate only a webhook named (ADOPTED) does not count: an agent may have typed another
+        item into the conversation, replied, and set it right since; the item Chatwoot's record
+        names must not lose its conversation (nor its reply) to that."""
+        return self._db.one(
+            f"SELECT 1 AS found FROM links WHERE kind IN ({','.join('?' * len(ITEM_KINDS))}) AND conversation_id = ?"
+            " AND NOT (kind = ? AND external_id = ?) AND json_extract(COALESCE(NULLIF(data, ''), '{}'), ?) IS NULL"
+            " LIMIT 1", (*ITEM_KINDS, conversation_id, kind, str(external_id), f"$.{ADOPTED}")) is not None
 
     def set_conversation(self, kind: str, external_id: str | int, conversation_id: int, data: dict,
                          now: float) -> bool:

@@ -40,6 +40,7 @@ from bridge.rules.claims import (  # noqa: F401 — also this flow's names, as b
     sent_key,
     text_hash,
 )
+from bridge.rules.conversations import confirmed_conversation
 from bridge.rules.dates import parse_date
 from bridge.services import Services
 from bridge.sync import moderation
@@ -519,8 +520,9 @@ def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
 def _point_sale_to_claim(s: Services, claim_id: str, conversation_id: int, pack_id: str, order_id: str) -> bool:
     """The sale's own conversation learns where the talk went on. False while the sale has none
     (the buyer may write there later: each sync of the claim tries again, at no call until then)."""
+    # Only a conversation confirmed as the sale's: one an agent's reply merely named may be another buyer's.
     sale = next((link for key in dict.fromkeys(k for k in (pack_id, order_id) if k)
-                 if (link := s.db.links.get("pack", key)) and link.get("conversation_id")), None)
+                 if confirmed_conversation(link := s.db.links.get("pack", key))), None)
     if not sale:
         return False
     url = f"{s.settings.chatwoot_url}/app/accounts/{s.settings.chatwoot_account_id}/conversations/{conversation_id}"
