@@ -357,7 +357,7 @@ def test_health_stays_200_and_names_given_up_items(s, clock, make_client):
     assert body["ok"] is True and body["attention"] == ["items"]
     items = body["checks"]["items"]
     assert items["ok"] is True and items["gave_up_count"] == 1 and items["retrying"] == {"pack": 1}
-    assert items["gave_up"][0]["kind"] == "question" and "main.py retry" in items["warning"]
+    assert items["gave_up"][0]["kind"] == "question" and "./bridge.sh retry" in items["warning"]
 
 
 def test_main_status_shows_the_counts_and_retry_clears_them(tmp_path, settings, db):
