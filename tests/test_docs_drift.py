@@ -221,6 +221,19 @@ def test_what_a_second_setup_says_of_each_thing_already_right_is_what_the_docs_s
         assert again and all(any(p in line for p in phrases) for line in again), (doc, phrases, again)
 
 
+
+def test_every_failure_reason_the_guide_lists_is_one_the_bridge_writes():
+    source = "".join(p.read_text() for p in (ROOT / "bridge").rglob("*.py"))
+    source = re.sub(r"\{(?:claim_rules\.)?REPLY_TO_ATTRIBUTE\}", "meli_claim_reply_to", source)
+    table = GUIDE[GUIDE.index("Estes são os motivos que a ponte escreve:"):]
+    table = table[:table.index("\n\n", table.index("|"))]
+    for row in table.splitlines()[2:]:
+        for reason in re.findall(r"`([^`]+)`", row.split(" | ")[0]):
+            # Placeholders (N, STATUS, ext, <nome>) and numbers stand for values; the words between are the code's.
+            for words in re.split(r"<[^>]+>|\d+|\bN\b|\(STATUS\)|\(ext\)", reason):
+                assert words.strip(" :;()") in source, f"the guide lists {reason!r}; the bridge never writes it"
+
+
 # ---- what /health and `status` show ---------------------------------------------------------------
 
 def _paths(value: dict, prefix: str = "") -> set[str]:
