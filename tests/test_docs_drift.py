@@ -234,6 +234,28 @@ def test_every_failure_reason_the_guide_lists_is_one_the_bridge_writes():
                 assert words.strip(" :;()") in source, f"the guide lists {reason!r}; the bridge never writes it"
 
 
+
+def test_what_the_guide_says_a_failing_inbox_webhooks_line_names_is_what_check_writes(fresh_chatwoot):
+    fakes, env = fresh_chatwoot
+    env.update(line.split("=", 1) for line in _setup_lines(env) if re.match(r"^CHATWOOT_[A-Z_]+=", line))
+    inboxes = fakes.chatwoot.state.inboxes
+    inboxes[int(env["CHATWOOT_QUESTIONS_INBOX_ID"])]["webhook_url"] = ""  # emptied in Chatwoot
+    inboxes[int(env["CHATWOOT_MESSAGES_INBOX_ID"])]["webhook_url"] = "https://elsewhere.example/webhook"
+    inboxes[int(env["CHATWOOT_CLAIMS_INBOX_ID"])]["secret"] = "rotated-in-chatwoot"
+    lines: list[str] = []
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as public:
+        public.add_passthru("http://127.0.0.1")
+        public.get(f"{PUBLIC}/health", json={"ok": True, "failing": []})
+        run_check(load_settings(env), PUBLIC, out=lines.append, sleep=lambda s: None)
+    failing = next(line for line in lines if line.startswith("FAIL inbox webhooks:"))
+    bullet = re.search(r"^- `inbox webhooks` [–-](.*?)(?=^- )", GUIDE, re.M | re.S).group(1)
+    quoted = [q for q in re.findall(r"`([^`]+)`", bullet) if " " in q]
+    assert len(quoted) == 3
+    for phrase in quoted:
+        for words in re.split(r"<[^>]+>|…", phrase):
+            assert words.strip() in failing, f"the guide quotes {phrase!r}; check wrote {failing!r}"
+
+
 # ---- what /health and `status` show ---------------------------------------------------------------
 
 def _paths(value: dict, prefix: str = "") -> set[str]:
