@@ -233,7 +233,7 @@ def _read(env: Mapping[str, str] | None, *, require_webhook_secret: bool = False
     if require_webhook_secret and any(is_placeholder(s) for s in webhook_secrets):
         # The listener would accept deliveries signed with a value printed in .env.example.
         r._problem("CHATWOOT_WEBHOOK_SECRET", "still holds an example value, not a real secret "
-                   "(python main.py setup prints the real one)", "a-long-random-secret")
+                   "(./bridge.sh setup prints the real one)", "a-long-random-secret")
     webhook_secrets = tuple(s for s in webhook_secrets if not is_placeholder(s))
 
     log_level = (r.text("LOG_LEVEL", required=False, example="INFO", default="INFO") or "INFO").upper()

@@ -214,7 +214,7 @@ def _run_job(s: Services, name: str, func: Callable[[Services], dict], quiet_whe
         # One line per poll cycle; the fast loops would otherwise repeat it twice a second.
         if time.monotonic() - _last_reauth_log.get(name, -1e9) >= REAUTH_LOG_EVERY:
             _last_reauth_log[name] = time.monotonic()
-            log.error("job %s skipped: Mercado Livre authorization required (%s); run `python main.py authorize`",
+            log.error("job %s skipped: Mercado Livre authorization required (%s); run `./bridge.sh authorize`",
                       name, exc.message)
         return False
     except ApiError as exc:

@@ -123,7 +123,7 @@ class MeliClient(HttpClient):
             token = self._token_call({"grant_type": "refresh_token", "refresh_token": used})
         except PermanentError as exc:
             reason = (f"Mercado Livre refused the refresh token ({exc.code or exc.status}); "
-                      "run `python main.py authorize`")
+                      "run `./bridge.sh authorize`")
             if self.db.auth.require_reauthorization(reason, self.clock(), used_refresh_token=used, owner=owner):
                 log.error("mercado livre authorization lost: %s", reason)
                 raise ReauthorizationRequired(reason, status=exc.status, code="reauthorization_required") from None
@@ -195,7 +195,7 @@ class MeliClient(HttpClient):
             valid, verifier = self.db.auth.consume_oauth_state(state or "", self.clock())
             if not valid:
                 raise AuthorizationRefused("the authorization link is unknown, already used or expired; "
-                                           "run `python main.py authorize` for a new one")
+                                           "run `./bridge.sh authorize` for a new one")
         if not self.settings.meli_redirect_uri:
             raise AuthorizationRefused("MELI_REDIRECT_URI is not set")
         fields = {"grant_type": "authorization_code", "code": code, "redirect_uri": self.settings.meli_redirect_uri}

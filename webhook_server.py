@@ -177,10 +177,10 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
             lacking = ", ".join(n for n in missing if n in ROUTE_NEEDS["oauth_callback"])
             return _page("Configuração incompleta",
                          f"Faltam variáveis do Mercado Livre: <code>{html.escape(lacking)}</code>. "
-                         "Preencha, reinicie a ponte e rode <code>python main.py authorize</code> de novo."), 503
+                         "Preencha, reinicie a ponte e rode <code>./bridge.sh authorize</code> de novo."), 503
         if request.args.get("error"):
             return _page("Autorização cancelada",
-                         "O Mercado Livre não autorizou o acesso. Rode <code>python main.py authorize</code> "
+                         "O Mercado Livre não autorizou o acesso. Rode <code>./bridge.sh authorize</code> "
                          "e tente novamente."), 400
         code, state = request.args.get("code"), request.args.get("state")
         if not code or not state:

@@ -7,6 +7,7 @@ seller's console.  The outputs are taken from the real commands run against the 
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import re
@@ -73,6 +74,25 @@ def test_every_option_a_doc_quotes_is_one_its_command_takes():
             options = set(re.findall(r"(--[a-z][a-z-]+)", _help(command)))
             for option in re.findall(r"\s(--[a-z][a-z-]+)", rest):
                 assert option in options, f"{doc}: `main.py {command} {option}` is not an option of {command}"
+
+
+def _said_to_a_seller(path) -> list[tuple[int, str]]:
+    """The string literals of a module that are not docstrings: what it prints, logs or serves."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def test_a_command_the_bridge_tells_a_seller_to_run_is_in_the_form_the_docs_give():
+    # `python main.py authorize` fails on a plain machine (the bridge is in .venv), so the log line,
+    # the callback page and the errors a seller reads say `./bridge.sh authorize` as the docs do.
+    modules = [p for p in ROOT.glob("*.py")] + list((ROOT / "bridge").rglob("*.py"))
+    told = [f"{p.relative_to(ROOT)}:{line}" for p in modules for line, text in _said_to_a_seller(p)
+            if re.search(r"python3? main\.py \w", text)]
+    assert told == []
 
 
 def test_the_retry_kinds_the_guide_names_are_the_ones_retry_takes():
@@ -186,6 +206,54 @@ def test_the_checks_the_guide_lists_are_the_checks_check_runs(fresh_chatwoot, tm
     section = section[:section.index("\n---")]
     listed = re.findall(r"^- `([a-z ]+)` [–-]", section, re.M)
     assert sorted(listed) == sorted(ran)
+
+
+
+def test_what_a_second_setup_says_of_each_thing_already_right_is_what_the_docs_say(fresh_chatwoot):
+    _fakes, env = fresh_chatwoot
+    env.update(line.split("=", 1) for line in _setup_lines(env) if re.match(r"^CHATWOOT_[A-Z_]+=", line))
+    again = [line for line in _setup_lines(env) if line.startswith("ok ") and not line.startswith("ok   chatwoot")]
+    said = {"README.md": re.search(r"Running it again changes\s+nothing \(each line says ([^)]*)\)", README),
+            "docs/guia.md": re.search(r"O que já está certo aparece como ([^\n]*)", GUIDE)}
+    for doc, found in said.items():
+        assert found, f"{doc} no longer says what a second setup prints"
+        phrases = re.findall(r"`([a-z ]+)`", found.group(1))
+        assert again and all(any(p in line for p in phrases) for line in again), (doc, phrases, again)
+
+
+
+def test_every_failure_reason_the_guide_lists_is_one_the_bridge_writes():
+    source = "".join(p.read_text() for p in (ROOT / "bridge").rglob("*.py"))
+    source = re.sub(r"\{(?:claim_rules\.)?REPLY_TO_ATTRIBUTE\}", "meli_claim_reply_to", source)
+    table = GUIDE[GUIDE.index("Estes são os motivos que a ponte escreve:"):]
+    table = table[:table.index("\n\n", table.index("|"))]
+    for row in table.splitlines()[2:]:
+        for reason in re.findall(r"`([^`]+)`", row.split(" | ")[0]):
+            # Placeholders (N, STATUS, ext, <nome>) and numbers stand for values; the words between are the code's.
+            for words in re.split(r"<[^>]+>|\d+|\bN\b|\(STATUS\)|\(ext\)", reason):
+                assert words.strip(" :;()") in source, f"the guide lists {reason!r}; the bridge never writes it"
+
+
+
+def test_what_the_guide_says_a_failing_inbox_webhooks_line_names_is_what_check_writes(fresh_chatwoot):
+    fakes, env = fresh_chatwoot
+    env.update(line.split("=", 1) for line in _setup_lines(env) if re.match(r"^CHATWOOT_[A-Z_]+=", line))
+    inboxes = fakes.chatwoot.state.inboxes
+    inboxes[int(env["CHATWOOT_QUESTIONS_INBOX_ID"])]["webhook_url"] = ""  # emptied in Chatwoot
+    inboxes[int(env["CHATWOOT_MESSAGES_INBOX_ID"])]["webhook_url"] = "https://elsewhere.example/webhook"
+    inboxes[int(env["CHATWOOT_CLAIMS_INBOX_ID"])]["secret"] = "rotated-in-chatwoot"
+    lines: list[str] = []
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as public:
+        public.add_passthru("http://127.0.0.1")
+        public.get(f"{PUBLIC}/health", json={"ok": True, "failing": []})
+        run_check(load_settings(env), PUBLIC, out=lines.append, sleep=lambda s: None)
+    failing = next(line for line in lines if line.startswith("FAIL inbox webhooks:"))
+    bullet = re.search(r"^- `inbox webhooks` [–-](.*?)(?=^- )", GUIDE, re.M | re.S).group(1)
+    quoted = [q for q in re.findall(r"`([^`]+)`", bullet) if " " in q]
+    assert len(quoted) == 3
+    for phrase in quoted:
+        for words in re.split(r"<[^>]+>|…", phrase):
+            assert words.strip() in failing, f"the guide quotes {phrase!r}; check wrote {failing!r}"
 
 
 # ---- what /health and `status` show ---------------------------------------------------------------

@@ -13,8 +13,9 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
+from urllib.parse import urlencode
 
-from flask import Flask, Response, g, has_request_context, jsonify, request
+from flask import Flask, Response, g, has_request_context, jsonify, redirect, request
 
 from .control import Controls, install_controls, json_error, reason
 
@@ -163,7 +164,7 @@ class MeliState(Controls):
         if wait is not None:
             return json_error(self, 429, "too many requests", "too_many_requests",
                               headers={"Retry-After": str(max(1, int(wait + 0.999)))})
-        if request.path == "/oauth/token":
+        if request.path in ("/oauth/token", "/authorization"):
             return None
         user_id = self._user_for_header(request.headers.get("Authorization", ""))
         if user_id is None:
@@ -856,6 +857,18 @@ def create_meli_app(state: MeliState) -> Flask:
     @app.post("/oauth/token")
     def oauth_token():
         return state.token_endpoint(request.form.to_dict())
+
+    @app.get("/authorization")
+    def authorization():
+        # The link `authorize` prints, opened logged in as the seller who approves at once: back to
+        # the redirect URI with a code and the state, as Mercado Livre's consent page does.
+        args = request.args
+        if args.get("response_type") != "code" or str(args.get("client_id")) != str(state.app_id) \
+                or not args.get("redirect_uri"):
+            return json_error(state, 400, "invalid authorization request", "invalid_request")
+        code = state.issue_code(redirect_uri=args["redirect_uri"], code_challenge=args.get("code_challenge"))
+        query = urlencode({"code": code, **({"state": args["state"]} if args.get("state") else {})})
+        return redirect(f"{args['redirect_uri']}?{query}")
 
     @app.get("/users/me")
     def users_me():
