@@ -13,6 +13,7 @@ from hypothesis import settings as examples
 from hypothesis import strategies as st
 
 from bridge.replies import accept, delivery, refusal, report
+from bridge.rules import claims as claim_rules
 from bridge.sync import claims as sync_claims
 from tests.fakes.fake_meli import in_old_shape
 from tests.helpers import authorized_services
@@ -135,8 +136,8 @@ def words_of(typed: str) -> set[str]:
     return set(re.split(r"[\W_]+", plain))
 
 
-KNOWN_WORDS = sorted(sync_claims.BUYER_WORDS | sync_claims.MEDIATOR_WORDS | sync_claims.FILLER_WORDS
-                     | sync_claims.MELI_WORDS)
+KNOWN_WORDS = sorted(claim_rules.BUYER_WORDS | claim_rules.MEDIATOR_WORDS | claim_rules.FILLER_WORDS
+                     | claim_rules.MELI_WORDS)
 
 
 @given(st.one_of(st.text(), st.lists(st.sampled_from(KNOWN_WORDS + ["ou", "e", "vendedor", "x"])).map(" ".join)))
@@ -145,16 +146,16 @@ def test_a_receiver_is_the_buyer_only_when_the_text_names_the_buyer_or_nothing(t
     words = words_of(typed)
     parsed = sync_claims.parse_reply_to(typed)
     if parsed == "complainant":
-        assert not typed.strip() or words & sync_claims.BUYER_WORDS
-        assert not words & sync_claims.MEDIATOR_WORDS
+        assert not typed.strip() or words & claim_rules.BUYER_WORDS
+        assert not words & claim_rules.MEDIATOR_WORDS
     if parsed == "mediator":
-        assert not words & sync_claims.BUYER_WORDS
+        assert not words & claim_rules.BUYER_WORDS
 
 
 @given(st.text(alphabet=st.characters(codec="utf-8"), min_size=1).filter(lambda t: t.strip()))
 @examples(max_examples=300, deadline=None)
 def test_no_text_without_a_buyer_word_is_taken_for_the_buyer(typed):
-    if not words_of(typed) & sync_claims.BUYER_WORDS:
+    if not words_of(typed) & claim_rules.BUYER_WORDS:
         assert sync_claims.parse_reply_to(typed) != "complainant"
 
 
