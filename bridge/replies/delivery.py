@@ -449,8 +449,6 @@ def _deliver_claim(s: Services, reply: dict) -> None:
         raise DeliveryFailed(CLAIM_UNREADABLE) from None
     if not claim_rules.against_seller(claim, s.meli.seller_id()):
         raise DeliveryFailed(CLAIM_NOT_AGAINST_SELLER)
-    if claim.get("status") != "opened":
-        raise DeliveryFailed(CLAIM_CLOSED)
     parts = s.db.replies.parts(reply["id"])
     # Fixed at acceptance (or, for a claim not known then, here before any part leaves): every part
     # goes there or not at all (half a reply to each reader reaches nobody).
@@ -458,11 +456,15 @@ def _deliver_claim(s: Services, reply: dict) -> None:
         reply.get("addressed") or "complainant", claim_rules.allowed_receivers(claim)) or "complainant")
     _still_there(receiver)
     reply = dict(reply, receiver=receiver)
-    if receiver not in claim_rules.allowed_receivers(claim):
-        raise DeliveryFailed(_receiver_refused(receiver, claim))
+    # Decided now, said only once the parts in doubt are settled: a part whose answer was lost may
+    # have reached the claim before it closed or moved on, and then it was delivered, not refused.
+    refused = CLAIM_CLOSED if claim.get("status") != "opened" else \
+        None if receiver in claim_rules.allowed_receivers(claim) else _receiver_refused(receiver, claim)
     for part in parts:
         if part["status"] == "sent":
             continue
+        if refused and part["status"] != "sending":
+            raise DeliveryFailed(refused)
         remote = claim_rules.sent_key(claim_id, part["text"] or "")
         previous = s.db.replies.mark_part_sending(reply["id"], part["seq"], s.clock())
         _still_there(previous)
@@ -474,6 +476,10 @@ def _deliver_claim(s: Services, reply: dict) -> None:
             log.info("reply part already on mercado livre reply=%s part=%d claim=%s", reply["id"], part["seq"],
                      claim_id)
             continue
+        if refused:
+            # Settled and not there: it did not go, and the note says so.
+            s.db.replies.mark_part_unsent(reply["id"], part["seq"])
+            raise DeliveryFailed(refused)
         filenames = _upload_files(s, reply, part, lambda name, content, ctype: s.meli.upload_claim_attachment(
             claim_id, name, content, ctype))
         try:

@@ -1,0 +1,78 @@
+"""Claim replies under attack: in-doubt parts, receivers and the claim changing under a reply."""
+
+import json
+
+import pytest
+import responses
+
+from bridge.replies import delivery
+from bridge.sync import claims as sync_claims
+from tests.helpers import API, authorized_services
+from tests.test_claims import CLAIM_ID, CLAIM_INBOX, claim, iso, respondent_message
+
+SEND = f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message"
+CLAIM = f"{API}/post-purchase/v1/claims/{CLAIM_ID}"
+
+
+@pytest.fixture
+def s(make_settings, db, clock):
+    services = authorized_services(make_settings(CHATWOOT_CLAIMS_INBOX_ID=str(CLAIM_INBOX)), db, clock)
+    data = {"buyer_id": 7001, "order_id": "2000001", "pack_id": "2000001", "stage": "claim", "status": "opened",
+            "last_updated": "old", "due": "2026-11-22T10:00:00.000Z", "affects": "not_affected",
+            "receivers": ["complainant"],
+            "attributes": sync_claims.claim_attributes(claim(), None, "not_affected", zone="America/Sao_Paulo")}
+    db.links.mark_created("claim", CLAIM_ID, 1.0, conversation_id=88, contact_id=5, data=data)
+    return services
+
+
+def lost_answer_send(s, arrived):
+    """Every send reaches the claim; the first one's answer is lost (503)."""
+    sent = []
+
+    def send(request):
+        body = json.loads(request.body)
+        sent.append(body)
+        arrived.append(respondent_message(body["message"], 0) | {"date_created": iso(s.clock()),
+                                                                  "receiver_role": body["receiver_role"]})
+        return (503, {}, "{}") if len(sent) == 1 else (200, {}, "{}")
+
+    responses.add_callback(responses.POST, SEND, callback=send)
+    return sent
+
+
+@responses.activate
+@pytest.mark.parametrize("then", [
+    claim(status="closed", actions=()),
+    claim(stage="dispute", actions=("send_message_to_mediator",)),
+], ids=["claim closed", "only the mediator may be written to now"])
+def test_a_claim_reply_that_arrived_before_its_answer_was_lost_is_delivered_whatever_the_claim_became(s, db, then):
+    reply_id = db.replies.accept(chatwoot_message_id=950, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                 parts=[{"text": "Vamos reembolsar hoje"}], now=s.clock(), receiver="complainant")
+    responses.get(CLAIM, json=claim())
+    arrived = []
+    sent = lost_answer_send(s, arrived)
+    assert delivery.deliver(s, reply_id) == "retry"
+    # The seller's answer did reach the buyer; then the claim moved on before the outbox looked again.
+    responses.replace(responses.GET, CLAIM, json=then)
+    responses.add_callback(responses.GET, f"{CLAIM}/messages", callback=lambda r: (200, {}, json.dumps(arrived)))
+    s.clock.advance(3600)
+    outcome = delivery.deliver(s, reply_id)
+    reply = db.replies.get(reply_id)
+    assert (outcome, reply["status"]) == ("delivered", "delivered"), reply["note"]
+    assert len(sent) == 1
+
+
+@responses.activate
+def test_a_claim_reply_in_doubt_that_did_not_arrive_is_refused_without_saying_it_may_have(s, db):
+    reply_id = db.replies.accept(chatwoot_message_id=951, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                 parts=[{"text": "Vamos reembolsar hoje"}], now=s.clock(), receiver="complainant")
+    responses.get(CLAIM, json=claim())
+    responses.post(SEND, status=503, json={})
+    assert delivery.deliver(s, reply_id) == "retry"
+    responses.replace(responses.GET, CLAIM, json=claim(status="closed", actions=()))
+    responses.get(f"{CLAIM}/messages", json=[])
+    s.clock.advance(3600)
+    assert delivery.deliver(s, reply_id) == "failed"
+    reply = db.replies.get(reply_id)
+    assert reply["error"] == "reclamação encerrada" and "Nada foi enviado" in reply["note"]
+    assert [p["status"] for p in db.replies.parts(reply_id)] == ["pending"]
