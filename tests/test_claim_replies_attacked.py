@@ -5,9 +5,10 @@ import json
 import pytest
 import responses
 
-from bridge.replies import delivery
+from bridge.replies import accept, delivery
 from bridge.sync import claims as sync_claims
-from tests.helpers import API, authorized_services
+from tests.helpers import API, CW, THREAD, authorized_services
+from tests.payloads import message_created
 from tests.test_claims import CLAIM_ID, CLAIM_INBOX, claim, iso, respondent_message
 
 SEND = f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message"
@@ -76,3 +77,30 @@ def test_a_claim_reply_in_doubt_that_did_not_arrive_is_refused_without_saying_it
     reply = db.replies.get(reply_id)
     assert reply["error"] == "reclamação encerrada" and "Nada foi enviado" in reply["note"]
     assert [p["status"] for p in db.replies.parts(reply_id)] == ["pending"]
+
+
+MESSAGES_INBOX = 2
+
+
+@responses.activate
+@pytest.mark.parametrize("reply_to", ["mediador", None])
+def test_a_reply_in_a_claim_conversation_moved_to_the_sales_inbox_reaches_nobody(s, db, reply_to):
+    """The claim's conversation carries its sale's ids (meli_pack_id): moved by an agent to the sales
+    inbox, a reply there is not the claim's (the mediator addressed, or the claim's deadline) nor
+    plainly the sale's: nothing goes, and the agent is told why."""
+    db.links.mark_created("pack", "2000001", 1.0, conversation_id=77, contact_id=5,
+                          data={"buyer_id": 7001, "blocked": False, "migrated": False})
+    attributes = dict(db.links.get("claim", CLAIM_ID)["data"]["attributes"])
+    if reply_to:
+        attributes["meli_claim_reply_to"] = reply_to
+    status, _code, extra = accept.accept_webhook(
+        message_created(message_id=960, conversation_id=88, inbox_id=MESSAGES_INBOX, content="Já devolvemos",
+                        custom_attributes=attributes), s.settings, db, s.clock())
+    responses.get(f"{CW}/conversations/88", json={"id": 88, "inbox_id": MESSAGES_INBOX,
+                                                  "custom_attributes": attributes})
+    to_buyer = responses.post(f"{THREAD}", json={"id": "m1"})
+    if status == "accepted":
+        delivery.deliver(s, extra["reply_id"])
+    assert to_buyer.call_count == 0
+    assert status == "refused", extra
+    assert "reclamação" in extra["reason"]
