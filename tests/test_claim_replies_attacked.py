@@ -104,3 +104,18 @@ def test_a_reply_in_a_claim_conversation_moved_to_the_sales_inbox_reaches_nobody
     assert to_buyer.call_count == 0
     assert status == "refused", extra
     assert "reclamação" in extra["reason"]
+
+
+@responses.activate
+def test_a_claim_whose_sync_failed_this_poll_still_gets_its_replys_moderation_check(s, db):
+    """Its claim changed (our reply moved its last_updated) but could not be read: the reply's
+    moderation check is not done by that failed read, and stays due."""
+    now = s.clock()
+    reply_id = db.replies.accept(chatwoot_message_id=961, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                 parts=[{"text": "Segue o reembolso"}], now=now - 600, receiver="complainant")
+    db.replies.mark_delivered(reply_id, now - 300)
+    responses.get(f"{API}/post-purchase/v1/claims/search",
+                  json={"paging": {"offset": 0, "limit": 50, "total": 1}, "data": [claim()]})
+    responses.get(CLAIM, status=503, json={"message": "unavailable"})
+    sync_claims.sync_claims(s)
+    assert db.links.get("moderation_check", f"claim:{reply_id}")["status"] != "created"

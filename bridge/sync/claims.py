@@ -264,13 +264,18 @@ def sync_claims(s: Services) -> dict:
         # Gone from the open list: closed (or out of reach). Read once more to learn how.
         due += [cid for cid in open_links if cid not in listed]
         batch.keep_only(set(due))
+    synced = set()
     for claim_id in batch.due(due):
         ok, _ = batch.run(claim_id, sync_claim, s, claim_id)
         counts["synced"] += ok
+        if ok:
+            synced.add(claim_id)
     counts["deadlines"] = check_deadlines(s)
     counts["sales_pointed"] = point_sales(s)
     counts["facts_completed"] = retry_optional_facts(s)
-    counts["moderation_checks"] = check_recent_replies(s, skip=set(due))
+    # Only a claim read this poll stands for its replies' moderation check: one that failed, or
+    # waits in backoff, has not been read, and its check would be recorded done unread.
+    counts["moderation_checks"] = check_recent_replies(s, skip=synced)
     counts["item_errors"] = batch.failed
     return counts
 
