@@ -7,7 +7,8 @@ import responses
 
 from bridge.replies import accept, delivery
 from bridge.sync import claims as sync_claims
-from tests.helpers import API, CW, THREAD, authorized_services
+from bridge.sync import sales as sync_sales
+from tests.helpers import API, CW, THREAD, authorized_services, sale_services
 from tests.payloads import message_created
 from tests.test_claims import CLAIM_ID, CLAIM_INBOX, claim, iso, respondent_message
 
@@ -119,3 +120,18 @@ def test_a_claim_whose_sync_failed_this_poll_still_gets_its_replys_moderation_ch
     responses.get(CLAIM, status=503, json={"message": "unavailable"})
     sync_claims.sync_claims(s)
     assert db.links.get("moderation_check", f"claim:{reply_id}")["status"] != "created"
+
+
+@responses.activate
+def test_a_sale_whose_thread_failed_this_poll_still_gets_its_replys_moderation_check(settings, db):
+    """The sale's twin of the claim's case above."""
+    s = sale_services(settings, db)
+    now = s.clock()
+    reply_id = db.replies.accept(chatwoot_message_id=962, conversation_id=88, kind="message", target_id="2000001",
+                                 parts=[{"text": "Segue o código"}], now=now - 600)
+    db.replies.mark_delivered(reply_id, now - 300)
+    responses.get(f"{API}/messages/unread", json={"results": [{"resource": "/packs/2000001/sellers/555"}]})
+    responses.get(THREAD, status=503, json={"message": "unavailable"})
+    responses.get(f"{API}/orders/search", json={"results": [], "paging": {"total": 0}})
+    sync_sales.sync_messages(s)
+    assert db.links.get("moderation_check", str(reply_id))["status"] != "created"
