@@ -10,7 +10,16 @@ from bridge.sync import claims as sync_claims
 from bridge.sync import sales as sync_sales
 from tests.helpers import API, CW, THREAD, authorized_services, sale_services
 from tests.payloads import message_created
-from tests.test_claims import CLAIM_ID, CLAIM_INBOX, claim, iso, respondent_message
+from tests.test_claims import (
+    CLAIM_ID,
+    CLAIM_INBOX,
+    buyer_message,
+    chatwoot_for_mirroring,
+    claim,
+    iso,
+    mirrored,
+    respondent_message,
+)
 
 SEND = f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message"
 CLAIM = f"{API}/post-purchase/v1/claims/{CLAIM_ID}"
@@ -135,3 +144,28 @@ def test_a_sale_whose_thread_failed_this_poll_still_gets_its_replys_moderation_c
     responses.get(f"{API}/orders/search", json={"results": [], "paging": {"total": 0}})
     sync_sales.sync_messages(s)
     assert db.links.get("moderation_check", str(reply_id))["status"] != "created"
+
+
+@responses.activate
+def test_a_buyer_message_still_being_translated_when_its_claim_closed_comes_in_once_translated(s, db):
+    """The claim left the open list with its last buyer message waiting for translation: that
+    message was left for a later read, and a closed claim must still get that read."""
+    search = {"paging": {"offset": 0, "limit": 50, "total": 0}, "data": []}
+    responses.get(f"{API}/post-purchase/v1/claims/search", json=search)
+    closed = dict(claim(status="closed", actions=(), due="2030-01-01T00:00:00.000Z"),
+                  resolution={"reason": "refunded", "benefited": ["complainant"]})
+    responses.get(CLAIM, json=closed)
+    responses.get(f"{CLAIM}/messages", json=[buyer_message("", status="pending_translation")])
+    chatwoot_for_mirroring()
+    sync_claims.sync_claims(s)
+    assert mirrored() == []
+    responses.replace(responses.GET, f"{CLAIM}/messages",
+                      json=[dict(buyer_message("Obrigado, recebi"), translated_message="Obrigado, recebi")])
+    s.clock.advance(sync_claims.LEFT_UNREAD_RETRY)
+    sync_claims.sync_claims(s)
+    assert mirrored() == ["Obrigado, recebi"]
+    s.clock.advance(sync_claims.LEFT_UNREAD_RETRY)
+    reads = len(responses.calls)
+    sync_claims.sync_claims(s)
+    assert mirrored() == ["Obrigado, recebi"]
+    assert len(responses.calls) - reads == 1  # the search alone: nothing is left to read

@@ -59,6 +59,8 @@ MAX_SEARCH_PAGES = 40
 DUE_SOON = 24 * 3600.0
 # An optional fact (does the claim affect the reputation?) whose lookup failed is asked again this often.
 FACT_RETRY = 600.0
+# A closed claim with a message left for later (a translation pending) is read again this often.
+LEFT_UNREAD_RETRY = 120.0
 REASON_MAX_AGE = 7 * 86400.0  # the cache's own lifetime (Database.prune)
 # Moderation usually acts within minutes of a message being accepted (as for post-sale replies).
 MODERATION_CHECK_AFTER = 120.0
@@ -238,6 +240,11 @@ def awaiting_seller(messages: list[dict]) -> bool:
     return not ordered or ordered[-1].get("sender_role") != "respondent"
 
 
+def left_unread(data: dict, updated_at: float, now: float) -> bool:
+    """A closed claim whose last read left a message for later, last read LEFT_UNREAD_RETRY ago or more."""
+    return data.get("status") == "closed" and bool(data.get("deferred")) and now - updated_at >= LEFT_UNREAD_RETRY
+
+
 def due_soon(data: dict, now: float) -> bool:
     due = parse_date(data.get("due"))
     return (data.get("status") == "opened" and due is not None and due - now <= DUE_SOON
@@ -260,9 +267,13 @@ def sync_claims(s: Services) -> dict:
     open_links = {link["external_id"]: link for link in s.db.links.by_status("claim", "created")
                   if link["data"].get("status") == "opened"}
     due = [cid for cid, summary in listed.items() if _changed(s, cid, summary)]
+    # Closed with a message left for a later read (still being translated, or maybe our own part in
+    # flight): no search lists it any more, so it is read again here until that message came in.
+    due += [link["external_id"] for link in s.db.links.by_status("claim", "created")
+            if left_unread(link["data"], link["updated_at"], s.clock()) and link["external_id"] not in listed]
     if complete:
         # Gone from the open list: closed (or out of reach). Read once more to learn how.
-        due += [cid for cid in open_links if cid not in listed]
+        due += [cid for cid in open_links if cid not in listed and cid not in due]
         batch.keep_only(set(due))
     synced = set()
     for claim_id in batch.due(due):
@@ -398,7 +409,8 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
     action, due = next_action(claim)
     # A message left for later must not wait for the claim's next change: the next poll reads it again.
     # `receivers`: whom the seller may write to now, for the listener to resolve a reply's receiver.
-    data.update(last_updated=None if deferred else claim.get("last_updated"), stage=claim.get("stage"),
+    data.update(last_updated=None if deferred else claim.get("last_updated"), deferred=deferred,
+                stage=claim.get("stage"),
                 receivers=sorted(allowed_receivers(claim)),
                 status=claim.get("status"), due=due, next_action=action, affects=affects,
                 awaiting_seller=awaiting_seller(messages),
