@@ -169,3 +169,23 @@ def test_a_buyer_message_still_being_translated_when_its_claim_closed_comes_in_o
     sync_claims.sync_claims(s)
     assert mirrored() == ["Obrigado, recebi"]
     assert len(responses.calls) - reads == 1  # the search alone: nothing is left to read
+
+
+@responses.activate
+@pytest.mark.parametrize("now", [
+    {"json": claim(status="closed", actions=())},
+    {"status": 404, "json": {"error": "not_found", "message": "claim not found"}},
+], ids=["claim closed", "claim no longer readable"])
+def test_a_claim_reply_whose_every_part_was_recorded_sent_before_a_crash_is_delivered(s, db, now):
+    """Killed between the last part's record and the reply's: nothing is left to send, whatever
+    the claim became since (a 'Nada foi enviado' here would have the agent send it again)."""
+    reply_id = db.replies.accept(chatwoot_message_id=963, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                 parts=[{"text": "Reembolso feito"}], now=s.clock(), receiver="complainant")
+    assert db.replies.claim(reply_id, s.clock(), delivery.LEASE_SECONDS)
+    db.replies.mark_part_sending(reply_id, 0, s.clock())
+    db.replies.mark_part_sent(reply_id, 0, sync_claims.sent_key(CLAIM_ID, "Reembolso feito"), s.clock())
+    s.clock.advance(delivery.LEASE_SECONDS + 1)
+    responses.get(CLAIM, **now)
+    send = responses.post(SEND, json={})
+    assert delivery.deliver(s, reply_id) == "delivered"
+    assert send.call_count == 0

@@ -440,6 +440,9 @@ def _find_sent_part(s: Services, pack_id: str, seller_id: int, part: dict, since
 def _deliver_claim(s: Services, reply: dict) -> None:
     """Each part to `actions/send-message`, to the receiver fixed when the reply was accepted."""
     claim_id = reply["target_id"]
+    parts = s.db.replies.parts(reply["id"])
+    if all(part["status"] == "sent" for part in parts):
+        return  # every part recorded sent before a crash: whatever the claim is now, it was delivered
     try:
         claim = s.meli.claim(claim_id)
     except PermanentError as exc:
@@ -449,7 +452,6 @@ def _deliver_claim(s: Services, reply: dict) -> None:
         raise DeliveryFailed(CLAIM_UNREADABLE) from None
     if not claim_rules.against_seller(claim, s.meli.seller_id()):
         raise DeliveryFailed(CLAIM_NOT_AGAINST_SELLER)
-    parts = s.db.replies.parts(reply["id"])
     # Fixed at acceptance (or, for a claim not known then, here before any part leaves): every part
     # goes there or not at all (half a reply to each reader reaches nobody).
     receiver = reply.get("receiver") or s.db.replies.fix_receiver(reply["id"], claim_rules.resolve_receiver(
