@@ -189,3 +189,20 @@ def test_a_claim_reply_whose_every_part_was_recorded_sent_before_a_crash_is_deli
     send = responses.post(SEND, json={})
     assert delivery.deliver(s, reply_id) == "delivered"
     assert send.call_count == 0
+
+
+@responses.activate
+def test_a_sale_reply_recorded_sent_before_a_crash_is_delivered_though_its_thread_got_blocked(settings, db):
+    """The sale's twin: the blocked-thread check comes before nothing left to send."""
+    s = sale_services(settings, db)
+    db.links.update("pack", "2000001", 2.0, data={"buyer_id": 9, "blocked": True, "migrated": False})
+    reply_id = db.replies.accept(chatwoot_message_id=964, conversation_id=88, kind="message", target_id="2000001",
+                                 parts=[{"text": "Enviado hoje"}], now=s.clock())
+    assert db.replies.claim(reply_id, s.clock(), delivery.LEASE_SECONDS)
+    db.replies.mark_part_sending(reply_id, 0, s.clock())
+    db.replies.mark_part_sent(reply_id, 0, "m-77", s.clock())
+    responses.get(THREAD, json={"paging": {"total": 0}, "messages": [],
+                                "conversation_status": {"status": "blocked"}})
+    responses.post(THREAD, json={"id": "m-78"})
+    db.replies.retry_later(reply_id, s.clock(), "crash", s.clock())
+    assert delivery.deliver(s, reply_id) == "delivered"

@@ -283,7 +283,12 @@ def _deliver_message(s: Services, reply: dict) -> None:
     seller_id = s.meli.seller_id()
     link = s.db.links.get("pack", pack_id)
     data = (link or {}).get("data") or {}
-    if data.get("blocked"):
+    parts = s.db.replies.parts(reply["id"])
+    if all(part["status"] == "sent" for part in parts):
+        return  # every part recorded sent before a crash: delivered, whatever the thread is now
+    # A part in doubt is looked for first (the loop): it may have arrived before the thread was blocked,
+    # and a send refused for the block still says so.
+    if data.get("blocked") and not any(part["status"] == "sending" for part in parts):
         thread = s.meli.thread_page(pack_id, seller_id, limit=1)
         if (thread.get("conversation_status") or {}).get("status") == "blocked":
             raise DeliveryFailed(BLOCKED)
@@ -296,7 +301,6 @@ def _deliver_message(s: Services, reply: dict) -> None:
         raise DeliveryFailed(Refusal(
             "comprador desconhecido",
             "A ponte não sabe quem é o comprador desta venda, então a mensagem não foi enviada. " + SEE_LOGS))
-    parts = s.db.replies.parts(reply["id"])
     for part in parts:
         if part["status"] == "sent":
             continue
