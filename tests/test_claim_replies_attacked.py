@@ -206,3 +206,21 @@ def test_a_sale_reply_recorded_sent_before_a_crash_is_delivered_though_its_threa
     responses.post(THREAD, json={"id": "m-78"})
     db.replies.retry_later(reply_id, s.clock(), "crash", s.clock())
     assert delivery.deliver(s, reply_id) == "delivered"
+
+
+@responses.activate
+def test_a_reply_to_the_buyer_goes_to_the_buyer_when_the_buyer_can_be_written_to_before_any_part_left(s, db):
+    """Accepted while the last read of the claim allowed the mediator only (so the mediator was to get
+    it); when it leaves, the buyer the agent addressed can be written to: nothing has left yet, so
+    it goes to the buyer, and nobody is told it went elsewhere."""
+    db.links.update("claim", CLAIM_ID, 2.0, data=dict(db.links.get("claim", CLAIM_ID)["data"], receivers=["mediator"]))
+    status, _code, extra = accept.accept_webhook(
+        message_created(message_id=965, conversation_id=88, inbox_id=CLAIM_INBOX, content="Olá, vamos trocar",
+                        custom_attributes={"meli_claim_id": CLAIM_ID}), s.settings, db, s.clock())
+    assert status == "accepted"
+    responses.get(CLAIM, json=claim(stage="dispute",
+                                    actions=("send_message_to_mediator", "send_message_to_complainant")))
+    send = responses.post(SEND, json={})
+    assert delivery.deliver(s, extra["reply_id"]) == "delivered"
+    assert json.loads(send.calls[0].request.body)["receiver_role"] == "complainant"
+    assert db.replies.get(extra["reply_id"])["receiver"] == "complainant"

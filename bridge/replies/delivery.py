@@ -461,6 +461,12 @@ def _deliver_claim(s: Services, reply: dict) -> None:
     receiver = reply.get("receiver") or s.db.replies.fix_receiver(reply["id"], claim_rules.resolve_receiver(
         reply.get("addressed") or "complainant", claim_rules.allowed_receivers(claim)) or "complainant")
     _still_there(receiver)
+    addressed = reply.get("addressed")
+    if addressed and receiver != addressed and addressed in claim_rules.allowed_receivers(claim):
+        # Sent elsewhere only because an older read of the claim allowed no one else: while no part
+        # has been tried, the one the agent addressed gets it.
+        receiver = s.db.replies.readdress_untried(reply["id"], addressed)
+        _still_there(receiver)
     reply = dict(reply, receiver=receiver)
     # Decided now, said only once the parts in doubt are settled: a part whose answer was lost may
     # have reached the claim before it closed or moved on, and then it was delivered, not refused.
