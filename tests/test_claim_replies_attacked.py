@@ -224,3 +224,30 @@ def test_a_reply_to_the_buyer_goes_to_the_buyer_when_the_buyer_can_be_written_to
     assert delivery.deliver(s, extra["reply_id"]) == "delivered"
     assert json.loads(send.calls[0].request.body)["receiver_role"] == "complainant"
     assert db.replies.get(extra["reply_id"])["receiver"] == "complainant"
+
+
+@responses.activate
+def test_a_site_message_older_than_an_equal_reply_is_never_taken_for_that_reply(s, db):
+    """The seller typed the words on the site minutes before an agent sent the same ones, and no sync
+    ran in between: the agent's reply is the later message (here moderated: its agent must learn it),
+    the earlier one is the site's."""
+    start = 1_790_000_000.0
+    text_ = "Pode enviar uma foto da etiqueta?"
+    reply_id = db.replies.accept(chatwoot_message_id=966, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                 parts=[{"text": text_}], now=start + 290, receiver="complainant")
+    db.replies.mark_part_sending(reply_id, 0, start + 300)
+    db.replies.mark_part_sent(reply_id, 0, sync_claims.sent_key(CLAIM_ID, text_), start + 301)
+    db.replies.mark_delivered(reply_id, start + 302)
+    s.clock = lambda: start + 400
+    responses.get(CLAIM, json=claim(due="2030-01-01T00:00:00.000Z"))
+    responses.get(f"{CLAIM}/messages", json=[
+        respondent_message(text_, 0) | {"date_created": iso(start)},
+        respondent_message(text_, 0) | {"date_created": iso(start + 300), "status": "rejected",
+                                        "moderation": {"status": "rejected", "reason": "PERSONAL_DATA"}}])
+    chatwoot_for_mirroring()
+    failed_mark = responses.patch(f"{CW}/conversations/88/messages/966", json={})
+    sync_claims.sync_claim(s, CLAIM_ID)
+    [ours] = [link for link in db.links.with_prefix("claim_message", f"{CLAIM_ID}:") if link["message_id"] == 966]
+    assert iso(start + 300) in ours["external_id"]
+    assert json.loads(failed_mark.calls[0].request.body)["status"] == "failed"
+    assert len(mirrored()) == 1  # the site's own message, as the seller's

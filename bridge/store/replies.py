@@ -80,6 +80,7 @@ class SentClaimPart(TypedDict):
     chatwoot_message_id: int
     seq: int
     sent_at: float | None
+    first_attempt_at: float | None
 
 
 class OutboxStats(TypedDict):
@@ -331,7 +332,8 @@ class RepliesStore:
 
     def claim_parts_sent(self, remote_id: str) -> list[SentClaimPart]:
         """Claim reply parts the bridge sent with this text key (claim messages have no id), oldest first."""
-        return self._db.all("SELECT r.id, r.conversation_id, r.chatwoot_message_id, p.seq, p.sent_at FROM reply_parts p"
+        return self._db.all("SELECT r.id, r.conversation_id, r.chatwoot_message_id, p.seq, p.sent_at,"
+                            " p.first_attempt_at FROM reply_parts p"
                             " JOIN replies r ON r.id = p.reply_id WHERE r.kind = 'claim' AND p.remote_id = ?"
                             " AND p.status = 'sent' ORDER BY p.sent_at, r.id, p.seq", (remote_id,))
 

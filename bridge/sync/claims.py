@@ -604,8 +604,10 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
             continue
         if message.get("sender_role") == "respondent":
             remote = sent_key(claim_id, message.get("message") or "")
+            # Never a message older than the part's first attempt: that one was typed on the site.
             part = next((p for p in s.db.replies.claim_parts_sent(remote)
-                         if (p["chatwoot_message_id"], p["seq"]) not in adopted), None)
+                         if (p["chatwoot_message_id"], p["seq"]) not in adopted
+                         and own_parts.may_be_copy_of(message.get("date_created"), p["first_attempt_at"])), None)
             if part:
                 adopted.add((part["chatwoot_message_id"], part["seq"]))
                 s.db.links.mark_created("claim_message", key, s.clock(), conversation_id=part["conversation_id"],
