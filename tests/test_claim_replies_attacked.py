@@ -251,3 +251,29 @@ def test_a_site_message_older_than_an_equal_reply_is_never_taken_for_that_reply(
     assert iso(start + 300) in ours["external_id"]
     assert json.loads(failed_mark.calls[0].request.body)["status"] == "failed"
     assert len(mirrored()) == 1  # the site's own message, as the seller's
+
+
+@responses.activate
+def test_one_claim_whose_fact_cannot_be_shown_holds_up_neither_the_other_claims_facts_nor_moderation_checks(s, db):
+    """Chatwoot keeps failing on one claim's conversation: the others still get their facts, and the
+    replies delivered a few minutes ago still get their moderation check this poll."""
+    other = "5000002"
+    for claim_id, conversation_id in ((CLAIM_ID, 88), (other, 89)):
+        data = dict(db.links.get("claim", CLAIM_ID)["data"], affects=None, last_updated="2026-11-20T10:00:00.000Z")
+        db.links.mark_created("claim", claim_id, 1.0, conversation_id=conversation_id, contact_id=5, data=data)
+        responses.get(f"{API}/post-purchase/v1/claims/{claim_id}/affects-reputation",
+                      json={"affects_reputation": "affected"})
+    responses.get(f"{CW}/conversations/88", status=500, json={"error": "boom"})
+    responses.get(f"{CW}/conversations/89", json={"id": 89, "custom_attributes": {}})
+    shown = responses.post(f"{CW}/conversations/89/custom_attributes", json={})
+    now = s.clock()
+    reply_id = db.replies.accept(chatwoot_message_id=967, conversation_id=89, kind="claim", target_id=other,
+                                 parts=[{"text": "Feito"}], now=now - 600, receiver="complainant")
+    db.replies.mark_delivered(reply_id, now - 300)
+    responses.get(f"{API}/post-purchase/v1/claims/search", json={
+        "paging": {"offset": 0, "limit": 50, "total": 2},
+        "data": [claim(), dict(claim(), id=int(other))]})
+    checked = responses.get(f"{API}/post-purchase/v1/claims/{other}", status=503, json={})
+    sync_claims.sync_claims(s)
+    assert shown.call_count == 1
+    assert checked.call_count >= 1  # the moderation check read the claim (it failed: due again)

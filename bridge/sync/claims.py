@@ -472,28 +472,45 @@ def retry_optional_facts(s: Services) -> int:
                 or s.clock() - (data.get("facts_tried_at") or 0.0) < FACT_RETRY:
             continue
         claim_id = link["external_id"]
-        with s.locks.hold(f"claim:{claim_id}"):
-            current = s.db.links.get("claim", claim_id) or link
-            data = dict(current["data"], facts_tried_at=s.clock())
-            attributes = dict(data.get("attributes") or {})
-            if data.get("affects") is None:
-                data["affects"] = _affects_reputation(s, claim_id)
-                attributes["meli_claim_affects_reputation"] = data["affects"] or ""
-            if not data.get("reason_named", True):
-                reason_id = attributes.get("meli_claim_reason") or ""
-                detail = _reason_detail(s, reason_id)
-                data["reason_named"] = bool(detail)
-                attributes["meli_claim_reason"] = reason_label(reason_id, detail)
-            if attributes != data.get("attributes"):
-                try:
-                    _update_attributes(s, current["conversation_id"], attributes)
-                except PermanentError as exc:
-                    if not is_gone(exc):
-                        raise
-                data["attributes"] = attributes
-                completed += 1
-            s.db.links.update("claim", claim_id, s.clock(), data=data)
+        try:
+            completed += _retry_facts(s, claim_id, link)
+        except ReauthorizationRequired:
+            raise
+        except Exception as exc:  # noqa: BLE001 — one claim's failure must not stop the others, nor the checks after
+            log.error("optional facts not shown claim=%s error=%s", claim_id, failures.describe(exc))
+            with s.locks.hold(f"claim:{claim_id}"):
+                current = s.db.links.get("claim", claim_id)
+                if current:  # asked again after FACT_RETRY, not at every poll
+                    s.db.links.update("claim", claim_id, s.clock(),
+                                      data=dict(current["data"], facts_tried_at=s.clock()))
     return completed
+
+
+def _retry_facts(s: Services, claim_id: str, link: dict) -> int:
+    """One claim's missing facts asked again, and shown once known. Returns 1 when shown."""
+    with s.locks.hold(f"claim:{claim_id}"):
+        current = s.db.links.get("claim", claim_id) or link
+        data = dict(current["data"], facts_tried_at=s.clock())
+        attributes = dict(data.get("attributes") or {})
+        if data.get("affects") is None:
+            data["affects"] = _affects_reputation(s, claim_id)
+            attributes["meli_claim_affects_reputation"] = data["affects"] or ""
+        if not data.get("reason_named", True):
+            reason_id = attributes.get("meli_claim_reason") or ""
+            detail = _reason_detail(s, reason_id)
+            data["reason_named"] = bool(detail)
+            attributes["meli_claim_reason"] = reason_label(reason_id, detail)
+        shown = 0
+        if attributes != data.get("attributes"):
+            try:
+                _update_attributes(s, current["conversation_id"], attributes)
+            except PermanentError as exc:
+                if not is_gone(exc):
+                    raise
+            data["attributes"] = attributes
+            shown = 1
+        s.db.links.update("claim", claim_id, s.clock(), data=data)
+    return shown
 
 
 def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
