@@ -277,3 +277,28 @@ def test_one_claim_whose_fact_cannot_be_shown_holds_up_neither_the_other_claims_
     sync_claims.sync_claims(s)
     assert shown.call_count == 1
     assert checked.call_count >= 1  # the moderation check read the claim (it failed: due again)
+
+
+@responses.activate
+@pytest.mark.parametrize("failing", ["deadline note", "sale note"])
+def test_one_claim_whose_note_cannot_be_posted_holds_up_no_moderation_check(s, db, failing):
+    now = s.clock()
+    data = dict(db.links.get("claim", CLAIM_ID)["data"], last_updated="2026-11-20T10:00:00.000Z")
+    if failing == "deadline note":
+        data.update(due=iso(now + 3600), awaiting_seller=True, sale_noted=True, last_message_at=now - 100)
+    else:
+        data.update(sale_noted=False)
+        db.links.mark_created("pack", "2000001", 1.0, conversation_id=77, contact_id=5, data={"buyer_id": 7001})
+    db.links.update("claim", CLAIM_ID, 2.0, data=data)
+    responses.post(f"{CW}/conversations/88/messages", status=500, json={"error": "boom"})
+    responses.post(f"{CW}/conversations/77/messages", status=500, json={"error": "boom"})
+    responses.get(f"{CW}/conversations/88/messages", json={"payload": []})
+    responses.get(f"{CW}/conversations/77/messages", json={"payload": []})
+    reply_id = db.replies.accept(chatwoot_message_id=968, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                 parts=[{"text": "Feito"}], now=now - 600, receiver="complainant")
+    db.replies.mark_delivered(reply_id, now - 300)
+    responses.get(f"{API}/post-purchase/v1/claims/search", json={
+        "paging": {"offset": 0, "limit": 50, "total": 1}, "data": [claim()]})
+    checked = responses.get(CLAIM, status=503, json={})
+    sync_claims.sync_claims(s)
+    assert checked.call_count >= 1  # the moderation check still read the claim

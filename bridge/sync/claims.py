@@ -711,16 +711,31 @@ def check_deadlines(s: Services) -> int:
     for link in s.db.links.by_status("claim", "created"):
         if s.stopping.is_set():
             break
-        try:
-            # Under the claim's lock, as it stands now: a notification may be syncing this claim.
-            with s.locks.hold(f"claim:{link['external_id']}"):
-                noted += _deadline(s, s.db.links.get("claim", link["external_id"]))
-        except ReauthorizationRequired:
-            raise
-        except PermanentError as exc:
-            if not is_gone(exc):
-                raise
+        noted += _one_claim(link["external_id"], "deadline note", _deadline_now, s, link["external_id"])
     return noted
+
+
+def _deadline_now(s: Services, claim_id: str) -> int:
+    try:
+        # Under the claim's lock, as it stands now: a notification may be syncing this claim.
+        with s.locks.hold(f"claim:{claim_id}"):
+            return _deadline(s, s.db.links.get("claim", claim_id))
+    except PermanentError as exc:
+        if not is_gone(exc):
+            raise
+        return 0
+
+
+def _one_claim(claim_id: str, what: str, func, *args) -> int:
+    """One claim's share of a pass over every claim: its failure is logged and the pass goes on, and
+    so do the passes after it (only a lost authorization stops them)."""
+    try:
+        return func(*args)
+    except ReauthorizationRequired:
+        raise
+    except Exception as exc:  # noqa: BLE001 — one claim must not hold up the others
+        log.error("%s failed claim=%s error=%s", what, claim_id, failures.describe(exc))
+        return 0
 
 
 def point_sales(s: Services) -> int:
@@ -732,13 +747,19 @@ def point_sales(s: Services) -> int:
             break
         if data.get("sale_noted") or data.get("status") != "opened":
             continue
-        with s.locks.hold(f"claim:{link['external_id']}"):
-            if _point_sale_to_claim(s, link["external_id"], link["conversation_id"], data.get("pack_id") or "",
-                                    data.get("order_id") or ""):
-                current = s.db.links.get("claim", link["external_id"]) or link
-                s.db.links.update("claim", link["external_id"], s.clock(), data=dict(current["data"], sale_noted=True))
-                pointed += 1
+        pointed += _one_claim(link["external_id"], "sale note", _point_sale, s, link)
     return pointed
+
+
+def _point_sale(s: Services, link: dict) -> int:
+    data = link["data"]
+    with s.locks.hold(f"claim:{link['external_id']}"):
+        if not _point_sale_to_claim(s, link["external_id"], link["conversation_id"], data.get("pack_id") or "",
+                                    data.get("order_id") or ""):
+            return 0
+        current = s.db.links.get("claim", link["external_id"]) or link
+        s.db.links.update("claim", link["external_id"], s.clock(), data=dict(current["data"], sale_noted=True))
+        return 1
 
 
 def check_recent_replies(s: Services, skip: set[str]) -> int:
