@@ -302,3 +302,23 @@ def test_one_claim_whose_note_cannot_be_posted_holds_up_no_moderation_check(s, d
     checked = responses.get(CLAIM, status=503, json={})
     sync_claims.sync_claims(s)
     assert checked.call_count >= 1  # the moderation check still read the claim
+
+
+@responses.activate
+def test_a_claim_reply_of_many_parts_outlasting_one_lease_is_never_taken_over_between_parts(s, db):
+    """As the sale's: each part renews the lease, or another outbox worker would take the reply over
+    and send its parts again while this one is still sending them."""
+    reply_id = db.replies.accept(chatwoot_message_id=969, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                 parts=[{"text": "Primeira parte"}, {"text": "Segunda parte"}], now=s.clock(),
+                                 receiver="complainant")
+    responses.get(CLAIM, json=claim())
+    taken_over = []
+
+    def send(request):
+        s.clock.advance(delivery.LEASE_SECONDS * 0.9)  # a slow send (rate budget, a slow answer)
+        taken_over.append(db.replies.claim(reply_id, s.clock(), delivery.LEASE_SECONDS) is not None)
+        return 200, {}, "{}"
+
+    responses.add_callback(responses.POST, SEND, callback=send)
+    assert delivery.deliver(s, reply_id) == "delivered"
+    assert taken_over == [False, False]

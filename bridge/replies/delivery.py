@@ -477,6 +477,9 @@ def _deliver_claim(s: Services, reply: dict) -> None:
             continue
         if refused and part["status"] != "sending":
             raise DeliveryFailed(refused)
+        # Renewed per part, as a sale's: a reply outlasting one lease is never taken over by another
+        # worker (and its parts sent again) while this one is alive.
+        _still_there(s.db.replies.extend_lease(reply["id"], s.clock() + LEASE_SECONDS))
         remote = claim_rules.sent_key(claim_id, part["text"] or "")
         previous = s.db.replies.mark_part_sending(reply["id"], part["seq"], s.clock())
         _still_there(previous)
