@@ -54,9 +54,16 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
     link = db.links.by_conversation(LINK_KIND[kind], conversation_id)
     attrs = conversation.get("custom_attributes") if isinstance(conversation.get("custom_attributes"), dict) else {}
     target = link["external_id"] if link else _external_id(attrs.get(f"meli_{LINK_KIND[kind]}_id"))
+    # A claim's conversation carries its sale's ids too: moved by an agent out of the claims inbox,
+    # a reply there would go to the buyer's sale chat, whoever the agent addressed in the claim.
+    moved_claim = kind != "claim" and is_claim_conversation(db, conversation_id, attrs)
+    if moved_claim:
+        target = None  # neither sent nor adopted: the sale's row must never take the claim's conversation
 
     plan = plan_reply(kind, payload.get("content"), payload.get("attachments"), settings,
                       limit=CLAIM_TEXT_LIMIT if kind == "claim" else text.POSTSALE_DEFAULT_LIMIT)
+    if moved_claim and not plan.refused:
+        plan.refused = CLAIM_MOVED
     if not plan.refused and target is None:
         plan.refused = UNLINKED
     addressed = claim_receiver(attrs) if kind == "claim" else None
@@ -91,6 +98,21 @@ UNLINKED = Refusal("conversa sem vínculo com o Mercado Livre",
                    "resposta não foi enviada. Responda pelo Mercado Livre.")
 # Not documented for claims: long texts are split as post-sale ones, in parts of this size.
 CLAIM_TEXT_LIMIT = 2000
+
+
+def is_claim_conversation(db: Database, conversation_id: int, attrs: dict) -> bool:
+    """A claim's conversation, by the bridge's rows or by its attributes (a create not recorded yet)."""
+    value = attrs.get("meli_claim_id")
+    return db.links.by_conversation("claim", conversation_id) is not None \
+        or (value is not None and str(value).strip() != "")
+
+
+CLAIM_MOVED = Refusal(
+    "conversa de reclamação fora da caixa Reclamações",
+    "Esta conversa é de uma reclamação do Mercado Livre e foi movida para outra caixa de entrada. A ponte não "
+    "sabe se a mensagem iria para a reclamação (comprador ou mediação) ou para o chat da venda, então ela não foi "
+    "enviada a ninguém. Mova a conversa de volta para a caixa Mercado Livre - Reclamações e envie de novo, ou "
+    "escreva na conversa da venda.")
 
 
 def claim_receiver(attrs: dict) -> str | None:

@@ -271,7 +271,12 @@ def _deliver_message(s: Services, reply: dict) -> None:
     seller_id = s.meli.seller_id()
     link = s.db.links.get("pack", pack_id)
     data = (link or {}).get("data") or {}
-    if data.get("blocked"):
+    parts = s.db.replies.parts(reply["id"])
+    if all(part["status"] == "sent" for part in parts):
+        return  # every part recorded sent before a crash: delivered, whatever the thread is now
+    # A part in doubt is looked for first (the loop): it may have arrived before the thread was blocked,
+    # and a send refused for the block still says so.
+    if data.get("blocked") and not any(part["status"] == "sending" for part in parts):
         thread = s.meli.thread_page(pack_id, seller_id, limit=1)
         if (thread.get("conversation_status") or {}).get("status") == "blocked":
             raise DeliveryFailed(BLOCKED)
@@ -284,7 +289,6 @@ def _deliver_message(s: Services, reply: dict) -> None:
         raise DeliveryFailed(Refusal(
             "comprador desconhecido",
             "A ponte não sabe quem é o comprador desta venda, então a mensagem não foi enviada. " + SEE_LOGS))
-    parts = s.db.replies.parts(reply["id"])
     for part in parts:
         if part["status"] == "sent":
             continue
@@ -428,6 +432,9 @@ def _find_sent_part(s: Services, pack_id: str, seller_id: int, part: dict, since
 def _deliver_claim(s: Services, reply: dict) -> None:
     """Each part to `actions/send-message`, to the receiver fixed when the reply was accepted."""
     claim_id = reply["target_id"]
+    parts = s.db.replies.parts(reply["id"])
+    if all(part["status"] == "sent" for part in parts):
+        return  # every part recorded sent before a crash: whatever the claim is now, it was delivered
     try:
         claim = s.meli.claim(claim_id)
     except PermanentError as exc:
@@ -437,20 +444,30 @@ def _deliver_claim(s: Services, reply: dict) -> None:
         raise DeliveryFailed(CLAIM_UNREADABLE) from None
     if not claim_rules.against_seller(claim, s.meli.seller_id()):
         raise DeliveryFailed(CLAIM_NOT_AGAINST_SELLER)
-    if claim.get("status") != "opened":
-        raise DeliveryFailed(CLAIM_CLOSED)
-    parts = s.db.replies.parts(reply["id"])
     # Fixed at acceptance (or, for a claim not known then, here before any part leaves): every part
     # goes there or not at all (half a reply to each reader reaches nobody).
     receiver = reply.get("receiver") or s.db.replies.fix_receiver(reply["id"], claim_rules.resolve_receiver(
         reply.get("addressed") or "complainant", claim_rules.allowed_receivers(claim)) or "complainant")
     _still_there(receiver)
+    addressed = reply.get("addressed")
+    if addressed and receiver != addressed and addressed in claim_rules.allowed_receivers(claim):
+        # Sent elsewhere only because an older read of the claim allowed no one else: while no part
+        # has been tried, the one the agent addressed gets it.
+        receiver = s.db.replies.readdress_untried(reply["id"], addressed)
+        _still_there(receiver)
     reply = dict(reply, receiver=receiver)
-    if receiver not in claim_rules.allowed_receivers(claim):
-        raise DeliveryFailed(_receiver_refused(receiver, claim))
+    # Decided now, said only once the parts in doubt are settled: a part whose answer was lost may
+    # have reached the claim before it closed or moved on, and then it was delivered, not refused.
+    refused = CLAIM_CLOSED if claim.get("status") != "opened" else \
+        None if receiver in claim_rules.allowed_receivers(claim) else _receiver_refused(receiver, claim)
     for part in parts:
         if part["status"] == "sent":
             continue
+        if refused and part["status"] != "sending":
+            raise DeliveryFailed(refused)
+        # Renewed per part, as a sale's: a reply outlasting one lease is never taken over by another
+        # worker (and its parts sent again) while this one is alive.
+        _still_there(s.db.replies.extend_lease(reply["id"], s.clock() + LEASE_SECONDS))
         remote = claim_rules.sent_key(claim_id, part["text"] or "")
         previous = s.db.replies.mark_part_sending(reply["id"], part["seq"], s.clock())
         _still_there(previous)
@@ -462,6 +479,10 @@ def _deliver_claim(s: Services, reply: dict) -> None:
             log.info("reply part already on mercado livre reply=%s part=%d claim=%s", reply["id"], part["seq"],
                      claim_id)
             continue
+        if refused:
+            # Settled and not there: it did not go, and the note says so.
+            s.db.replies.mark_part_unsent(reply["id"], part["seq"])
+            raise DeliveryFailed(refused)
         filenames = _upload_files(s, reply, part, lambda name, content, ctype: s.meli.upload_claim_attachment(
             claim_id, name, content, ctype))
         try:

@@ -42,6 +42,13 @@ def sent_since(created: float | None, since: float) -> bool:
     return created is not None and created >= since - SEND_CLOCK_SKEW
 
 
+def may_be_copy_of(created: str | None, first_attempt_at: float | None) -> bool:
+    """Could a message created at `created` (Mercado Livre's date) be a part first tried at
+    `first_attempt_at`? Not when it is older (less the clocks' skew); unknown dates do not rule it out."""
+    moment = parse_date(created)
+    return first_attempt_at is None or moment is None or sent_since(moment, first_attempt_at)
+
+
 # ---- adapters ---------------------------------------------------------------------------------------
 
 def _from_seller(message: dict, seller_id: int) -> bool:

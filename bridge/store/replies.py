@@ -80,6 +80,7 @@ class SentClaimPart(TypedDict):
     chatwoot_message_id: int
     seq: int
     sent_at: float | None
+    first_attempt_at: float | None
 
 
 class OutboxStats(TypedDict):
@@ -255,6 +256,18 @@ class RepliesStore:
                                (reply_id,)).fetchone()
             return row["receiver"] if row else None
 
+    def readdress_untried(self, reply_id: int, receiver: str) -> str | None:
+        """A claim reply none of whose parts has been tried yet takes `receiver` (the one the agent
+        addressed, once Mercado Livre lets the seller write to it): no part can then go to another.
+        Returns the receiver every part uses, None when the reply is no longer unfinished."""
+        with self._db.write() as conn:
+            conn.execute("UPDATE replies SET receiver = ? WHERE id = ? AND status IN ('pending', 'sending')"
+                         " AND NOT EXISTS (SELECT 1 FROM reply_parts WHERE reply_id = ?"
+                         " AND (status != 'pending' OR first_attempt_at IS NOT NULL))", (receiver, reply_id, reply_id))
+            row = conn.execute("SELECT receiver FROM replies WHERE id = ? AND status IN ('pending', 'sending')",
+                               (reply_id,)).fetchone()
+            return row["receiver"] if row else None
+
     def mark_part_unsent(self, reply_id: int, seq: int) -> None:
         """The remote side has no trace of this part: it may be sent again."""
         with self._db.write() as conn:
@@ -319,7 +332,8 @@ class RepliesStore:
 
     def claim_parts_sent(self, remote_id: str) -> list[SentClaimPart]:
         """Claim reply parts the bridge sent with this text key (claim messages have no id), oldest first."""
-        return self._db.all("SELECT r.id, r.conversation_id, r.chatwoot_message_id, p.seq, p.sent_at FROM reply_parts p"
+        return self._db.all("SELECT r.id, r.conversation_id, r.chatwoot_message_id, p.seq, p.sent_at,"
+                            " p.first_attempt_at FROM reply_parts p"
                             " JOIN replies r ON r.id = p.reply_id WHERE r.kind = 'claim' AND p.remote_id = ?"
                             " AND p.status = 'sent' ORDER BY p.sent_at, r.id, p.seq", (remote_id,))
 

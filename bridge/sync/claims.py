@@ -57,6 +57,8 @@ MAX_SEARCH_PAGES = 40
 DUE_SOON = 24 * 3600.0
 # An optional fact (does the claim affect the reputation?) whose lookup failed is asked again this often.
 FACT_RETRY = 600.0
+# A closed claim with a message left for later (a translation pending) is read again this often.
+LEFT_UNREAD_RETRY = 120.0
 REASON_MAX_AGE = 7 * 86400.0  # the cache's own lifetime (Database.prune)
 # Moderation usually acts within minutes of a message being accepted (as for post-sale replies).
 MODERATION_CHECK_AFTER = 120.0
@@ -236,6 +238,11 @@ def awaiting_seller(messages: list[dict]) -> bool:
     return not ordered or ordered[-1].get("sender_role") != "respondent"
 
 
+def left_unread(data: dict, updated_at: float, now: float) -> bool:
+    """A closed claim whose last read left a message for later, last read LEFT_UNREAD_RETRY ago or more."""
+    return data.get("status") == "closed" and bool(data.get("deferred")) and now - updated_at >= LEFT_UNREAD_RETRY
+
+
 def due_soon(data: dict, now: float) -> bool:
     due = parse_date(data.get("due"))
     return (data.get("status") == "opened" and due is not None and due - now <= DUE_SOON
@@ -258,17 +265,26 @@ def sync_claims(s: Services) -> dict:
     open_links = {link["external_id"]: link for link in s.db.links.by_status("claim", "created")
                   if link["data"].get("status") == "opened"}
     due = [cid for cid, summary in listed.items() if _changed(s, cid, summary)]
+    # Closed with a message left for a later read (still being translated, or maybe our own part in
+    # flight): no search lists it any more, so it is read again here until that message came in.
+    due += [link["external_id"] for link in s.db.links.by_status("claim", "created")
+            if left_unread(link["data"], link["updated_at"], s.clock()) and link["external_id"] not in listed]
     if complete:
         # Gone from the open list: closed (or out of reach). Read once more to learn how.
-        due += [cid for cid in open_links if cid not in listed]
+        due += [cid for cid in open_links if cid not in listed and cid not in due]
         batch.keep_only(set(due))
+    synced = set()
     for claim_id in batch.due(due):
         ok, _ = batch.run(claim_id, sync_claim, s, claim_id)
         counts["synced"] += ok
+        if ok:
+            synced.add(claim_id)
     counts["deadlines"] = check_deadlines(s)
     counts["sales_pointed"] = point_sales(s)
     counts["facts_completed"] = retry_optional_facts(s)
-    counts["moderation_checks"] = check_recent_replies(s, skip=set(due))
+    # Only a claim read this poll stands for its replies' moderation check: one that failed, or
+    # waits in backoff, has not been read, and its check would be recorded done unread.
+    counts["moderation_checks"] = check_recent_replies(s, skip=synced)
     counts["item_errors"] = batch.failed
     return counts
 
@@ -391,7 +407,8 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
     action, due = next_action(claim)
     # A message left for later must not wait for the claim's next change: the next poll reads it again.
     # `receivers`: whom the seller may write to now, for the listener to resolve a reply's receiver.
-    data.update(last_updated=None if deferred else claim.get("last_updated"), stage=claim.get("stage"),
+    data.update(last_updated=None if deferred else claim.get("last_updated"), deferred=deferred,
+                stage=claim.get("stage"),
                 receivers=sorted(allowed_receivers(claim)),
                 status=claim.get("status"), due=due, next_action=action, affects=affects,
                 awaiting_seller=awaiting_seller(messages),
@@ -453,28 +470,45 @@ def retry_optional_facts(s: Services) -> int:
                 or s.clock() - (data.get("facts_tried_at") or 0.0) < FACT_RETRY:
             continue
         claim_id = link["external_id"]
-        with s.locks.hold(f"claim:{claim_id}"):
-            current = s.db.links.get("claim", claim_id) or link
-            data = dict(current["data"], facts_tried_at=s.clock())
-            attributes = dict(data.get("attributes") or {})
-            if data.get("affects") is None:
-                data["affects"] = _affects_reputation(s, claim_id)
-                attributes["meli_claim_affects_reputation"] = data["affects"] or ""
-            if not data.get("reason_named", True):
-                reason_id = attributes.get("meli_claim_reason") or ""
-                detail = _reason_detail(s, reason_id)
-                data["reason_named"] = bool(detail)
-                attributes["meli_claim_reason"] = reason_label(reason_id, detail)
-            if attributes != data.get("attributes"):
-                try:
-                    _update_attributes(s, current["conversation_id"], attributes)
-                except PermanentError as exc:
-                    if not is_gone(exc):
-                        raise
-                data["attributes"] = attributes
-                completed += 1
-            s.db.links.update("claim", claim_id, s.clock(), data=data)
+        try:
+            completed += _retry_facts(s, claim_id, link)
+        except ReauthorizationRequired:
+            raise
+        except Exception as exc:  # noqa: BLE001 — one claim's failure must not stop the others, nor the checks after
+            log.error("optional facts not shown claim=%s error=%s", claim_id, failures.describe(exc))
+            with s.locks.hold(f"claim:{claim_id}"):
+                current = s.db.links.get("claim", claim_id)
+                if current:  # asked again after FACT_RETRY, not at every poll
+                    s.db.links.update("claim", claim_id, s.clock(),
+                                      data=dict(current["data"], facts_tried_at=s.clock()))
     return completed
+
+
+def _retry_facts(s: Services, claim_id: str, link: dict) -> int:
+    """One claim's missing facts asked again, and shown once known. Returns 1 when shown."""
+    with s.locks.hold(f"claim:{claim_id}"):
+        current = s.db.links.get("claim", claim_id) or link
+        data = dict(current["data"], facts_tried_at=s.clock())
+        attributes = dict(data.get("attributes") or {})
+        if data.get("affects") is None:
+            data["affects"] = _affects_reputation(s, claim_id)
+            attributes["meli_claim_affects_reputation"] = data["affects"] or ""
+        if not data.get("reason_named", True):
+            reason_id = attributes.get("meli_claim_reason") or ""
+            detail = _reason_detail(s, reason_id)
+            data["reason_named"] = bool(detail)
+            attributes["meli_claim_reason"] = reason_label(reason_id, detail)
+        shown = 0
+        if attributes != data.get("attributes"):
+            try:
+                _update_attributes(s, current["conversation_id"], attributes)
+            except PermanentError as exc:
+                if not is_gone(exc):
+                    raise
+            data["attributes"] = attributes
+            shown = 1
+        s.db.links.update("claim", claim_id, s.clock(), data=data)
+    return shown
 
 
 def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
@@ -586,8 +620,10 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
             continue
         if message.get("sender_role") == "respondent":
             remote = sent_key(claim_id, message.get("message") or "")
+            # Never a message older than the part's first attempt: that one was typed on the site.
             part = next((p for p in s.db.replies.claim_parts_sent(remote)
-                         if (p["chatwoot_message_id"], p["seq"]) not in adopted), None)
+                         if (p["chatwoot_message_id"], p["seq"]) not in adopted
+                         and own_parts.may_be_copy_of(message.get("date_created"), p["first_attempt_at"])), None)
             if part:
                 adopted.add((part["chatwoot_message_id"], part["seq"]))
                 s.db.links.mark_created("claim_message", key, s.clock(), conversation_id=part["conversation_id"],
@@ -674,16 +710,31 @@ def check_deadlines(s: Services) -> int:
     for link in s.db.links.by_status("claim", "created"):
         if s.stopping.is_set():
             break
-        try:
-            # Under the claim's lock, as it stands now: a notification may be syncing this claim.
-            with s.locks.hold(f"claim:{link['external_id']}"):
-                noted += _deadline(s, s.db.links.get("claim", link["external_id"]))
-        except ReauthorizationRequired:
-            raise
-        except PermanentError as exc:
-            if not is_gone(exc):
-                raise
+        noted += _one_claim(link["external_id"], "deadline note", _deadline_now, s, link["external_id"])
     return noted
+
+
+def _deadline_now(s: Services, claim_id: str) -> int:
+    try:
+        # Under the claim's lock, as it stands now: a notification may be syncing this claim.
+        with s.locks.hold(f"claim:{claim_id}"):
+            return _deadline(s, s.db.links.get("claim", claim_id))
+    except PermanentError as exc:
+        if not is_gone(exc):
+            raise
+        return 0
+
+
+def _one_claim(claim_id: str, what: str, func, *args) -> int:
+    """One claim's share of a pass over every claim: its failure is logged and the pass goes on, and
+    so do the passes after it (only a lost authorization stops them)."""
+    try:
+        return func(*args)
+    except ReauthorizationRequired:
+        raise
+    except Exception as exc:  # noqa: BLE001 — one claim must not hold up the others
+        log.error("%s failed claim=%s error=%s", what, claim_id, failures.describe(exc))
+        return 0
 
 
 def point_sales(s: Services) -> int:
@@ -695,13 +746,19 @@ def point_sales(s: Services) -> int:
             break
         if data.get("sale_noted") or data.get("status") != "opened":
             continue
-        with s.locks.hold(f"claim:{link['external_id']}"):
-            if _point_sale_to_claim(s, link["external_id"], link["conversation_id"], data.get("pack_id") or "",
-                                    data.get("order_id") or ""):
-                current = s.db.links.get("claim", link["external_id"]) or link
-                s.db.links.update("claim", link["external_id"], s.clock(), data=dict(current["data"], sale_noted=True))
-                pointed += 1
+        pointed += _one_claim(link["external_id"], "sale note", _point_sale, s, link)
     return pointed
+
+
+def _point_sale(s: Services, link: dict) -> int:
+    data = link["data"]
+    with s.locks.hold(f"claim:{link['external_id']}"):
+        if not _point_sale_to_claim(s, link["external_id"], link["conversation_id"], data.get("pack_id") or "",
+                                    data.get("order_id") or ""):
+            return 0
+        current = s.db.links.get("claim", link["external_id"]) or link
+        s.db.links.update("claim", link["external_id"], s.clock(), data=dict(current["data"], sale_noted=True))
+        return 1
 
 
 def check_recent_replies(s: Services, skip: set[str]) -> int:

@@ -194,10 +194,14 @@ def sync_messages(s: Services) -> dict:
     # A thread that keeps failing waits for its turn (it stays unread meanwhile); the others go on.
     batch = failures.Batch(s, "pack")
     batch.keep_only(set(packs))
+    synced = set()
     for pack_id in batch.due(packs):
-        _ok, created = batch.run(pack_id, sync_pack, s, pack_id, seller_id)
+        ok, created = batch.run(pack_id, sync_pack, s, pack_id, seller_id)
         counts["created"] += created or 0
-    counts["moderation_checks"] = check_recent_replies(s, seller_id, skip=set(packs))
+        if ok:
+            synced.add(pack_id)
+    # Only a thread read this poll stands for its replies' moderation check (not one that failed).
+    counts["moderation_checks"] = check_recent_replies(s, seller_id, skip=synced)
     counts.update(sweep_threads(s, seller_id))
     counts["item_errors"] = batch.failed
     return counts
