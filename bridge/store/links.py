@@ -54,7 +54,7 @@ def update_fields(conn: sqlite3.Connection, kind: str, external_id: str | int, n
 
 
 class LinksStore:
-    """`db.links`: queries get/by_…/ids…, commands record_intent/update/mark_created."""
+    """`db.links`: queries get/by_…/ids…, commands record_intent/update/mark_created/complete."""
 
     def __init__(self, db: Database):
         self._db = db
@@ -89,6 +89,17 @@ class LinksStore:
         with self._db.write() as conn:
             insert_pending(conn, kind, external_id, now)
             update_fields(conn, kind, external_id, now, dict(fields, status="created"))
+
+    def complete(self, kind: str, external_id: str | int, now: float, **fields: Any) -> bool:
+        """Mark a recorded intent created, once its Chatwoot side is made. False (nothing written):
+        the row is gone, erased (forget-buyer) or pruned while the Chatwoot calls were in flight;
+        what the caller holds in memory must not bring the buyer back, so it stops there."""
+        with self._db.write() as conn:
+            if not conn.execute("SELECT 1 FROM links WHERE kind = ? AND external_id = ?",
+                                (kind, str(external_id))).fetchone():
+                return False
+            update_fields(conn, kind, external_id, now, dict(fields, status="created"))
+            return True
 
     def adopt_conversation(self, kind: str, external_id: str | int, conversation_id: int, now: float) -> bool:
         """An agent answered in a conversation carrying `kind/external_id` while the bridge does not

@@ -29,7 +29,7 @@ from bridge.http import PermanentError
 from bridge.paging import Pages
 from bridge.services import Services
 from bridge.sync import moderation
-from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
+from bridge.sync.contacts import forget_conversation, is_gone, mark_conversation_created, open_conversation
 from bridge.sync.ensure import ensure_linked_message, ensure_message, ensure_note, fetch_files, mirror_with_files
 from bridge.sync.sales import SALE_URL, parse_date
 from db_manager import crashpoint
@@ -466,11 +466,11 @@ def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
     order_id, pack_id = attributes["meli_order_id"], attributes["meli_pack_id"]
     sale_noted = _point_sale_to_claim(s, claim_id, conversation_id, pack_id, order_id)
     action, due = next_action(claim)
-    s.db.links.mark_created("claim", claim_id, s.clock(), contact_id=contact_id, conversation_id=conversation_id,
-                            data=dict(data or {}, buyer_id=buyer_id, order_id=order_id, pack_id=pack_id,
-                                      sale_noted=sale_noted or bool((data or {}).get("sale_noted")),
-                                      stage=claim.get("stage"), status="opened", due=due, affects=affects,
-                                      attributes=attributes))
+    mark_conversation_created(s, "claim", claim_id, contact_id=contact_id, conversation_id=conversation_id,
+                              data=dict(data or {}, buyer_id=buyer_id, order_id=order_id, pack_id=pack_id,
+                                        sale_noted=sale_noted or bool((data or {}).get("sale_noted")),
+                                        stage=claim.get("stage"), status="opened", due=due, affects=affects,
+                                        attributes=attributes))
     log.info("claim in chatwoot claim=%s buyer=%s order=%s conversation=%s", claim_id, buyer_id, order_id,
              conversation_id)
     return order, conversation_id, affects, not fresh

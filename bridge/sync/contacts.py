@@ -119,8 +119,7 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     if not s.db.links.set_conversation(kind, external_id, conversation["id"], data, s.clock()):
         link = s.db.links.get(kind, external_id)
         if link is None:
-            # Erased meanwhile (forget-buyer): nothing of this item may be recorded again.
-            raise TransientError(f"{kind} {external_id} was erased while its conversation was made")
+            raise erased_meanwhile(kind, external_id)
         # An agent answered in another conversation of this item while the create was in flight:
         # the buyer's messages go where the agent is, the one made now stays empty.
         link = _check_remembered(s, link, inbox_id)
@@ -130,6 +129,19 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
             return link["conversation_id"], False
         s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation["id"], data=data)
     return conversation["id"], True
+
+
+def erased_meanwhile(kind: str, external_id: str) -> TransientError:
+    """The item's row went (forget-buyer, retention) while its Chatwoot side was being made:
+    nothing of it may be recorded again from what the sync holds in memory."""
+    return TransientError(f"{kind} {external_id} was erased while it was being made in Chatwoot")
+
+
+def mark_conversation_created(s: Services, kind: str, external_id: str, **fields) -> None:
+    """The last step of showing a question, sale or claim: its row, recorded as an intent before
+    any Chatwoot call, becomes `created`. Raises (erased_meanwhile) when that row is gone."""
+    if not s.db.links.complete(kind, external_id, s.clock(), **fields):
+        raise erased_meanwhile(kind, external_id)
 
 
 def _check_remembered(s: Services, link: Link, inbox_id: int) -> Link:

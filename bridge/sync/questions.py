@@ -15,7 +15,7 @@ from bridge import failures, source_ids
 from bridge.http import PermanentError
 from bridge.replies import delivery
 from bridge.services import Services
-from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
+from bridge.sync.contacts import forget_conversation, is_gone, mark_conversation_created, open_conversation
 from bridge.sync.ensure import ensure_linked_message, ensure_message, ensure_note
 from db_manager import crashpoint
 from mercado_livre_api import ReauthorizationRequired
@@ -252,9 +252,9 @@ def create_question(s: Services, question: dict, item: dict | None, nickname: st
         forget_conversation(s, "question", qid, conversation_id)
         create_question(s, question, item, nickname)
         return
-    s.db.links.mark_created("question", qid, s.clock(), contact_id=contact_id, conversation_id=conversation_id,
-                            message_id=message["id"], data={"state": "open", "item_id": str(question.get("item_id")),
-                                                            "buyer_id": buyer_id})
+    mark_conversation_created(s, "question", qid, contact_id=contact_id, conversation_id=conversation_id,
+                              message_id=message["id"], data={"state": "open", "item_id": str(question.get("item_id")),
+                                                              "buyer_id": buyer_id})
     log.info("question in chatwoot question=%s buyer=%s item=%s conversation=%s message=%s in %dms%s", qid,
              buyer_id, question.get("item_id"), conversation_id, message["id"],
              (time.monotonic() - started) * 1000, "" if fresh else " (reconciled)")

@@ -28,7 +28,7 @@ from bridge.http import ApiError, PermanentError
 from bridge.paging import Pages
 from bridge.services import Services
 from bridge.sync import moderation
-from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
+from bridge.sync.contacts import forget_conversation, is_gone, mark_conversation_created, open_conversation
 from bridge.sync.ensure import ensure_linked_message, ensure_note, fetch_files, mirror_with_files
 from db_manager import crashpoint
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
@@ -540,8 +540,7 @@ def _ensure_pack_conversation(s: Services, pack_id: str, messages: list[dict], r
                     source_ids.note("pack", pack_id, "removed", removed), look_first=not fresh)
     data = {"buyer_id": sale["buyer_id"], "blocked": blocked, "migrated": migrated,
             "order_ids": [str(o["id"]) for o in sale["orders"]]}
-    s.db.links.mark_created("pack", pack_id, s.clock(), contact_id=contact_id, conversation_id=conversation_id,
-                            data=data)
+    mark_conversation_created(s, "pack", pack_id, contact_id=contact_id, conversation_id=conversation_id, data=data)
     log.info("sale in chatwoot pack=%s buyer=%s conversation=%s orders=%s", pack_id, sale["buyer_id"],
              conversation_id, ",".join(data["order_ids"]))
     return conversation_id, s.db.links.get("pack", pack_id), not fresh

@@ -1,0 +1,42 @@
+"""An erasure (`forget-buyer`) run beside the poller while the sync is creating that buyer's things in
+Chatwoot: what the sync holds in memory never writes the erased buyer back into the database."""
+
+import json
+
+import pytest
+import responses
+
+from bridge.http import TransientError
+from bridge.sync import questions as sync_questions
+from tests.helpers import CW, authorized_services
+
+QUESTION = {"id": 12, "status": "UNANSWERED", "item_id": "MLB1", "text": "Tem azul?", "from": {"id": 9},
+            "seller_id": 555}
+
+
+@pytest.fixture
+def s(settings, db, clock):
+    return authorized_services(settings, db, clock)
+
+
+def buyer_rows(db, buyer_id="9"):
+    return db.all("SELECT kind, external_id, status FROM links WHERE kind = 'buyer' AND external_id = ?"
+                  " OR CAST(json_extract(data, '$.buyer_id') AS TEXT) = ? OR contact_id = 5", (buyer_id, buyer_id))
+
+
+@responses.activate
+def test_a_question_erased_while_its_first_message_is_made_is_not_recorded_again(s, clock):
+    inbox = s.settings.chatwoot_questions_inbox_id
+    s.db.links.mark_created("buyer", "9", clock(), contact_id=5, data={"inboxes": [inbox]})
+    responses.post(f"{CW}/conversations", json={"id": 77})
+
+    def erased_in_flight(_request):
+        s.db.privacy.forget_buyer("9", clock())  # `forget-buyer 9`, beside the poller
+        return 200, {}, json.dumps({"id": 701})
+
+    responses.add_callback(responses.POST, f"{CW}/conversations/77/messages", callback=erased_in_flight)
+    with pytest.raises(TransientError):
+        sync_questions.create_question(s, QUESTION, None, "ZEQ")
+    assert buyer_rows(s.db) == []
+    assert s.db.links.get("question", "12") is None
+    assert s.db.watermarks.closed("question") == {"12"}
