@@ -40,3 +40,22 @@ def test_a_question_erased_while_its_first_message_is_made_is_not_recorded_again
     assert buyer_rows(s.db) == []
     assert s.db.links.get("question", "12") is None
     assert s.db.watermarks.closed("question") == {"12"}
+
+
+@responses.activate
+def test_a_question_left_half_made_while_its_buyers_contact_was_being_found_again_is_erased(s, clock):
+    """The buyer's contact was deleted in Chatwoot: the question's conversation could not be made
+    (404), the buyer's row went back to pending without a contact, and making the contact again
+    failed. The question's row, still pending, names only the deleted contact."""
+    inbox = s.settings.chatwoot_questions_inbox_id
+    s.db.links.mark_created("buyer", "9", clock(), contact_id=20, data={"inboxes": [inbox]})
+    responses.post(f"{CW}/conversations", status=404, json={"error": "Resource could not be found"})
+    responses.post(f"{CW}/contacts", status=400, json={"message": "invalid"})
+    with pytest.raises(Exception):  # noqa: B017 — whatever stopped it, the row is left pending
+        sync_questions.create_question(s, QUESTION, None, "ZEQ")
+    assert s.db.links.get("question", "12")["status"] == "pending"
+
+    s.db.privacy.forget_buyer("9", clock())
+    assert buyer_rows(s.db) == []
+    assert s.db.links.get("question", "12") is None
+    assert s.db.watermarks.closed("question") == {"12"}

@@ -93,7 +93,10 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     still held would otherwise be applied after the search, and the buyer would have two
     conversations. A conversation a pending row remembers is used once Chatwoot shows it.
     """
-    link, fresh = s.db.links.record_intent(kind, external_id, s.clock(), contact_id=contact_id)
+    # The buyer id from the start: an erasure finds the row by it even when its contact is gone
+    # and the buyer's own row, being made again, names none.
+    link, fresh = s.db.links.record_intent(kind, external_id, s.clock(), contact_id=contact_id,
+                                           data={"buyer_id": buyer_id})
     # A conversation remembered by a row not finished yet (made before a crash or a failure, or
     # adopted at an agent's reply) may have been deleted since: checked before anything goes there.
     if not fresh and link["status"] == "pending" and link["conversation_id"] is not None:
