@@ -164,8 +164,8 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
         buyer_id = matches[0]
     if chatwoot and (failed := _forget_in_chatwoot(s, buyer_id, yes)) is not None:
         return failed
-    undelivered = s.db.privacy.buyer_undelivered_replies(buyer_id)
-    removed = s.db.privacy.forget_buyer(buyer_id, s.clock())
+    undelivered: dict[str, list[int]] = {}
+    removed = s.db.privacy.forget_buyer(buyer_id, s.clock(), untold=undelivered)
     compacted = s.db.compact()
     log.info("buyer forgotten buyer=%s %s", buyer_id, " ".join(f"{k}={v}" for k, v in sorted(removed.items())))
     if removed:
@@ -180,6 +180,10 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
         print(f"Replies being sent were dropped with the rest (Chatwoot messages "
               f"{', '.join(map(str, undelivered['sending']))}): they may or may not have reached the buyer; "
               f"check on Mercado Livre.")
+    if undelivered["failed"]:
+        print(f"Replies that failed were dropped before their agents were shown it (Chatwoot messages "
+              f"{', '.join(map(str, undelivered['failed']))}): they did not reach the buyer (or only in part); "
+              f"tell the agents.")
     if compacted["busy"]:
         print("The -wal file could not be emptied now (a process is reading); the poller's housekeeping does it "
               "within the hour.")

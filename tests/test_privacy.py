@@ -604,3 +604,30 @@ def test_a_sale_pruned_started_afresh_and_pruned_again_keeps_its_mark_on_the_new
     assert db.links.get("pack", "802") is None
     mark = db.watermarks.get("pack", "802")
     assert (mark["last_message_id"], mark["last_message_at"]) == ("y2", 101 * DAY)
+
+
+def test_forget_buyer_names_a_failed_reply_whose_agent_was_not_told_yet(monkeypatch, settings, db, capsys):
+    sale_rows(db, "509", "47", 51, 1.0)
+    # Refused at acceptance: stored failed, its mark and note shown by the next outbox run.
+    db.replies.accept(chatwoot_message_id=73, conversation_id=509, kind="message", target_id="509", parts=[],
+                      now=1.0, error="caracteres não aceitos", note="reescreva")
+    assert forget_cli(monkeypatch, settings, db, RecordingChatwoot(), "47", False, True) == 0
+    out = capsys.readouterr().out
+    # Erased with the rest, it is never shown failed: the agent would believe it went.
+    assert "73" in out and "did not reach the buyer" in out
+
+
+def test_forget_buyer_names_a_reply_the_listener_accepted_while_the_erasure_began(monkeypatch, settings, db, capsys):
+    sale_rows(db, "510", "48", 52, 1.0)
+    erase = db.privacy.forget_buyer
+
+    def accepted_meanwhile(*args, **kwargs):
+        db.replies.accept(chatwoot_message_id=74, conversation_id=510, kind="message", target_id="510",
+                          parts=[{"text": "chegou agora"}], now=2.0)
+        return erase(*args, **kwargs)
+
+    monkeypatch.setattr(db.privacy, "forget_buyer", accepted_meanwhile)
+    assert forget_cli(monkeypatch, settings, db, RecordingChatwoot(), "48", False, True) == 0
+    out = capsys.readouterr().out
+    assert "74" in out and "never reach" in out
+    assert db.replies.by_message(74) is None

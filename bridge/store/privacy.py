@@ -51,6 +51,10 @@ CONVERSATION_KINDS: dict[str, dict] = {
 }
 
 
+# The statuses of a reply whose agent has not been told its outcome (see forget_buyer's `untold`).
+UNTOLD_REPLIES = ("pending", "sending", "failed")
+
+
 def _marks(values) -> str:
     """Placeholders for an IN list; NULL for an empty one (IN (NULL) matches nothing)."""
     return ",".join("?" * len(values)) or "NULL"
@@ -160,18 +164,24 @@ class PrivacyStore:
             "SELECT 1 FROM threads WHERE pack_id = ? AND (active_at >= ? OR marking_since IS NOT NULL)",
             (external_id, cutoff)).fetchone())
 
-    def forget_buyer(self, buyer_id: str, now: float) -> dict:
+    def forget_buyer(self, buyer_id: str, now: float, untold: dict[str, list[int]] | None = None) -> dict:
         """Erase every row about one buyer (LGPD erasure); returns what was removed, by table.
 
         Their questions and sales keep a closed watermark (ids and a date, no buyer id) so the
         erased history is not imported again; a new question or message starts fresh.
+        `untold`, when given, receives the Chatwoot message ids of the replies erased before their
+        agents were told what became of them (UNTOLD_REPLIES), read in the erasure's own
+        transaction: a reply the listener accepts while the erasure starts is named too.
         """
         buyer_id = str(buyer_id)
         counts: dict[str, int] = {}
         with self._db.write() as conn:
             buyer = conn.execute("SELECT contact_id FROM links WHERE kind = 'buyer' AND external_id = ?",
                                  (buyer_id,)).fetchone()
-            for kind, external_id in self._buyer_conversations(conn, buyer_id, buyer[0] if buyer else None):
+            conversations = self._buyer_conversations(conn, buyer_id, buyer[0] if buyer else None)
+            if untold is not None:
+                untold.update(self._untold_replies(conn, conversations))
+            for kind, external_id in conversations:
                 _add_counts(counts, self._erase_conversation(conn, kind, external_id, now))
                 counts[f"{kind}s"] = counts.get(f"{kind}s", 0) + 1
             _add_counts(counts, self._erase_buyer_rows(conn, buyer_id))
@@ -201,15 +211,18 @@ class PrivacyStore:
                     conversations.add(int(conversation_id))
         return contacts, conversations
 
-    def buyer_undelivered_replies(self, buyer_id: str) -> dict[str, list[int]]:
-        """Chatwoot message ids of this buyer's replies still in the outbox (erasure drops them),
-        by status: `pending` never left, `sending` may be reaching the buyer right now."""
-        found: dict[str, list[int]] = {"pending": [], "sending": []}
-        for kind, external_id in self.buyer_conversations(buyer_id):
-            for r in self._db.all("SELECT chatwoot_message_id, status FROM replies WHERE kind = ? AND target_id = ?"
-                                  " AND status IN ('pending', 'sending')",
-                                  (CONVERSATION_KINDS[kind]["reply_kind"], external_id)):
-                found[r["status"]].append(r["chatwoot_message_id"])
+    @staticmethod
+    def _untold_replies(conn: sqlite3.Connection, conversations: list[tuple[str, str]]) -> dict[str, list[int]]:
+        """Chatwoot message ids of these conversations' replies whose agents an erasure would leave
+        unaware of their outcome, by status: `pending` never left, `sending` may be reaching the buyer
+        right now, `failed` did not reach the buyer (or only in part) and was not shown failed yet."""
+        found: dict[str, list[int]] = {status: [] for status in UNTOLD_REPLIES}
+        for kind, external_id in conversations:
+            for message_id, status in conn.execute(
+                    "SELECT chatwoot_message_id, status FROM replies WHERE kind = ? AND target_id = ?"
+                    " AND (status IN ('pending', 'sending') OR (status = 'failed' AND reported_at IS NULL))",
+                    (CONVERSATION_KINDS[kind]["reply_kind"], external_id)):
+                found[status].append(message_id)
         return {status: sorted(ids) for status, ids in found.items()}
 
     def contacts_of_other_buyers(self, buyer_id: str, contact_ids: set[int]) -> set[int]:
