@@ -631,3 +631,22 @@ def test_forget_buyer_names_a_reply_the_listener_accepted_while_the_erasure_bega
     out = capsys.readouterr().out
     assert "74" in out and "never reach" in out
     assert db.replies.by_message(74) is None
+
+
+def test_forgetting_a_buyer_leaves_another_buyers_waiting_notifications_whose_ids_look_alike(db):
+    sale_rows(db, "5100002", "5100003", 53, 1.0, messages=("e1",))
+    # Another buyer's claim and question whose ids are the erased buyer's id and sale id: different things.
+    db.notifications.record("n-claim", "claims", "/post-purchase/v1/claims/5100003", 1.0)
+    db.notifications.record("n-question", "questions", "/questions/5100002", 1.0)
+    db.notifications.record("n-message", "messages", "e1", 1.0)  # the erased sale's own message
+    db.privacy.forget_buyer("5100003", 2.0)
+    assert db.notifications.get("n-message") is None
+    assert db.notifications.get("n-claim") is not None and db.notifications.get("n-question") is not None
+
+
+def test_the_erasure_knows_each_notified_resource_as_the_listener_records_it():
+    from bridge.store import privacy
+    from bridge.sync import notifications
+    assert privacy.NOTIFIED["question"] == (notifications.CANONICAL["questions"],)
+    assert privacy.NOTIFIED["claim"] == (notifications.CANONICAL["claims"],)
+    assert notifications.CANONICAL["messages"] in privacy.NOTIFIED_MESSAGE

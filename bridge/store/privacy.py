@@ -66,13 +66,11 @@ def _add_counts(total: dict, more: dict) -> None:
             total[key] = total.get(key, 0) + value
 
 
-def _delete_notifications(conn: sqlite3.Connection, ids: list[str]) -> int:
-    """Notifications whose resource is one of these ids (bare, or as the last path segment)."""
-    deleted = 0
-    for value in ids:
-        deleted += conn.execute("DELETE FROM notifications WHERE resource = ? OR resource LIKE ?",
-                                (value, f"%/{value}")).rowcount
-    return deleted
+# The resources Mercado Livre's notifications name (as bridge.sync.notifications records them):
+# only these are this conversation's. A bare id would also match another buyer's claim or
+# question that happens to carry the same number.
+NOTIFIED = {"question": ("/questions/{}",), "pack": (), "claim": ("/post-purchase/v1/claims/{}",)}
+NOTIFIED_MESSAGE = ("{}", "/messages/{}")  # a post-sale message: its id, bare (or as older versions kept it)
 
 
 class PrivacyStore:
@@ -185,9 +183,6 @@ class PrivacyStore:
                 _add_counts(counts, self._erase_conversation(conn, kind, external_id, now))
                 counts[f"{kind}s"] = counts.get(f"{kind}s", 0) + 1
             _add_counts(counts, self._erase_buyer_rows(conn, buyer_id))
-            deleted = _delete_notifications(conn, [buyer_id])
-            if deleted:
-                counts["notifications"] = counts.get("notifications", 0) + deleted
         return counts
 
     def buyer_conversations(self, buyer_id: str) -> list[tuple[str, str]]:
@@ -315,11 +310,15 @@ class PrivacyStore:
         conn.execute(f"DELETE FROM reply_parts WHERE reply_id IN ({_marks(reply_ids)})", reply_ids)
         counts["replies"] = conn.execute(f"DELETE FROM replies WHERE id IN ({_marks(reply_ids)})",
                                          reply_ids).rowcount
-        resources = [external_id, *message_ids, *(str(o) for o in link["data"].get("order_ids") or [])]
-        notification_ids = [r[0] for r in conn.execute(
-            f"SELECT id FROM notifications WHERE {' OR '.join(['resource = ? OR resource LIKE ?'] * len(resources))}",
-            [v for r in resources for v in (r, f"%/{r}")])]
-        counts["notifications"] = _delete_notifications(conn, resources)
+        notified = ((NOTIFIED[kind], [external_id]), (NOTIFIED_MESSAGE, message_ids))
+        resources = [shape.format(i) for shapes, ids in notified for i in ids for shape in shapes]
+        notification_ids = [r[0] for start in range(0, len(resources), 500) for r in conn.execute(
+            f"SELECT id FROM notifications WHERE resource IN ({_marks(resources[start:start + 500])})",
+            resources[start:start + 500])]
+        for start in range(0, len(notification_ids), 500):
+            chunk = notification_ids[start:start + 500]
+            conn.execute(f"DELETE FROM notifications WHERE id IN ({_marks(chunk)})", chunk)
+        counts["notifications"] = len(notification_ids)
         attempts = [(kind, external_id), *(("reply", str(i)) for i in reply_ids),
                     *(("notification", n) for n in notification_ids)]
         counts["item_attempts"] = sum(conn.execute("DELETE FROM item_attempts WHERE kind = ? AND item_id = ?",
