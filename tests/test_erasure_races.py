@@ -8,7 +8,8 @@ import responses
 
 from bridge.http import TransientError
 from bridge.sync import questions as sync_questions
-from tests.helpers import CW, authorized_services
+from bridge.sync import sales
+from tests.helpers import API, CW, THREAD, authorized_services, sale_services
 
 QUESTION = {"id": 12, "status": "UNANSWERED", "item_id": "MLB1", "text": "Tem azul?", "from": {"id": 9},
             "seller_id": 555}
@@ -59,3 +60,60 @@ def test_a_question_left_half_made_while_its_buyers_contact_was_being_found_agai
     assert buyer_rows(s.db) == []
     assert s.db.links.get("question", "12") is None
     assert s.db.watermarks.closed("question") == {"12"}
+
+
+@responses.activate
+def test_a_listed_question_erased_before_its_turn_is_not_shown_again(s, clock):
+    """The poll lists the buyer's question (half made by an earlier attempt) before `forget-buyer`
+    runs; by the time its turn comes, the erasure closed it: it is never shown again."""
+    inbox = s.settings.chatwoot_questions_inbox_id
+    s.db.links.mark_created("buyer", "9", clock(), contact_id=5, data={"inboxes": [inbox]})
+    s.db.links.record_intent("question", "12", clock(), contact_id=5, data={"buyer_id": 9})
+    responses.get(f"{API}/questions/search", json={"total": 1, "limit": 50, "questions": [QUESTION]})
+
+    def erased_meanwhile(_request):
+        s.db.privacy.forget_buyer("9", clock())  # `forget-buyer 9`, beside the poller
+        return 200, {}, json.dumps([{"code": 200, "body": {"id": "MLB1", "title": "Caneca"}}])
+
+    responses.add_callback(responses.GET, f"{API}/items", callback=erased_meanwhile)
+    responses.get(f"{API}/users/9", json={"id": 9, "nickname": "ZEQ"})
+    responses.post(f"{CW}/contacts", json={"payload": {"contact": {"id": 6}}})
+    responses.post(f"{CW}/conversations", json={"id": 77})
+    responses.post(f"{CW}/conversations/77/messages", json={"id": 701})
+
+    sync_questions.sync_questions(s)
+    assert not [c for c in responses.calls if c.request.url.startswith(f"{CW}/")]
+    assert buyer_rows(s.db) == [] and s.db.links.get("question", "12") is None
+
+
+@responses.activate
+def test_a_sale_whose_conversation_an_erasure_deleted_mid_sync_is_not_made_again_from_memory(settings, db, clock):
+    """`forget-buyer 9 --chatwoot` deletes the sale's conversation while the poller mirrors the
+    buyer's message into it: the poller must not make a new contact and conversation for the
+    erased buyer from the thread it holds in memory."""
+    s = sale_services(settings, db, clock)
+    inbox = s.settings.chatwoot_messages_inbox_id
+    s.db.links.mark_created("buyer", "9", clock(), contact_id=5, data={"inboxes": [inbox]})
+    created = "2026-11-29T10:01:00.000Z"
+    message = {"id": "b1", "from": {"user_id": 9}, "to": {"user_id": 555}, "text": "Chegou quebrado",
+               "message_date": {"created": created, "read": None},
+               "message_resources": [{"id": "2000001", "name": "orders"}]}
+    responses.get(THREAD, json={"paging": {"total": 1, "offset": 0, "limit": 10}, "messages": [message],
+                                "conversation_status": {"status": "active"}})
+
+    def erased_in_chatwoot_meanwhile(_request):
+        s.db.privacy.forget_buyer("9", clock())
+        return 404, {}, json.dumps({"error": "Resource could not be found"})
+
+    responses.add_callback(responses.POST, f"{CW}/conversations/88/toggle_status",
+                           callback=erased_in_chatwoot_meanwhile)
+    responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 9, "nickname": "ZEQ"}})
+    responses.post(f"{CW}/contacts", json={"payload": {"contact": {"id": 6}}})
+    responses.post(f"{CW}/conversations", json={"id": 95})
+    responses.post(f"{CW}/conversations/95/messages", json={"id": 950})
+
+    with pytest.raises(TransientError):
+        sales.sync_pack(s, "2000001", 555)
+    assert not [c for c in responses.calls if c.request.method == "POST" and c.request.url in
+                (f"{CW}/contacts", f"{CW}/conversations")]
+    assert buyer_rows(s.db) == [] and s.db.links.get("pack", "2000001") is None

@@ -14,6 +14,13 @@ if TYPE_CHECKING:
     from db_manager import Database
 
 
+# An item whose rows a prune or an erasure removed since its watermark was read (they write it
+# closed, with a new updated_at; 0 = read without one), and that nothing recorded again since.
+_CLOSED_SINCE = ("SELECT 1 FROM watermarks w WHERE w.kind = ? AND w.external_id = ? AND w.closed_at IS NOT NULL"
+                 " AND w.updated_at != ?"
+                 " AND NOT EXISTS (SELECT 1 FROM links l WHERE l.kind = w.kind AND l.external_id = w.external_id)")
+
+
 class Link(TypedDict):
     """A `links` row, its `data` decoded."""
     kind: str                   # buyer | question | answer | pack | message | claim | …
@@ -68,17 +75,26 @@ class LinksStore:
             "SELECT * FROM links WHERE kind = ? AND conversation_id = ? AND status = 'created'",
             (kind, conversation_id)))
 
-    def record_intent(self, kind: str, external_id: str | int, now: float, **fields: Any) -> tuple[Link, bool]:
+    def record_intent(self, kind: str, external_id: str | int, now: float, mark_seen: float | None = None,
+                      **fields: Any) -> tuple[Link | None, bool]:
         """Record that we are about to create `kind/external_id` in Chatwoot.
 
         Returns (row, fresh). A row that was already there (fresh False) may have been
         half-created before a crash: the caller checks Chatwoot before creating again.
+        `mark_seen`: the item's watermark `updated_at` as the caller read it with the item (0: none);
+        an item pruned or erased since (its watermark written closed) is not recorded again: (None, False).
         """
         with self._db.write() as conn:
+            if mark_seen is not None and conn.execute(_CLOSED_SINCE, (kind, str(external_id), mark_seen)).fetchone():
+                return None, False
             fresh = insert_pending(conn, kind, external_id, now)
             if fields and fresh:
                 update_fields(conn, kind, external_id, now, fields)
         return self.get(kind, external_id), fresh
+
+    def closed_since(self, kind: str, external_id: str | int, mark_seen: float) -> bool:
+        """Pruned or erased since its watermark was read so, and not recorded again (see record_intent)."""
+        return self._db.one(_CLOSED_SINCE, (kind, str(external_id), mark_seen)) is not None
 
     def update(self, kind: str, external_id: str | int, now: float, **fields: Any) -> None:
         with self._db.write() as conn:

@@ -29,7 +29,7 @@ from bridge.http import PermanentError
 from bridge.paging import Pages
 from bridge.services import Services
 from bridge.sync import moderation
-from bridge.sync.contacts import forget_conversation, is_gone, mark_conversation_created, open_conversation
+from bridge.sync.contacts import NOT_CLOSED, forget_conversation, is_gone, mark_conversation_created, open_conversation
 from bridge.sync.ensure import ensure_linked_message, ensure_message, ensure_note, fetch_files, mirror_with_files
 from bridge.sync.sales import SALE_URL, parse_date
 from db_manager import crashpoint
@@ -363,12 +363,13 @@ def _sync_claim(s: Services, claim_id: str) -> int:
     # new message starts a new conversation.
     mark = s.db.watermarks.get("claim", claim_id)
     fresh = after_watermark(messages, mark)
+    mark_seen = (mark or {}).get("updated_at") or NOT_CLOSED
     if not link and mark and mark.get("closed_at") is not None and not fresh:
         s.db.watermarks.record_claim_seen(claim_id, claim.get("last_updated"), s.clock())
         log.info("claim pruned or erased before, nothing new claim=%s messages=%d", claim_id, len(messages))
         return 0
     try:
-        created, conversation_id = _apply(s, claim_id, claim, messages, link, fresh)
+        created, conversation_id = _apply(s, claim_id, claim, messages, link, fresh, mark_seen)
     except PermanentError as exc:
         # The conversation as the row has it now: one made before a crash, not yet recorded as
         # shown, may have been deleted too.
@@ -379,21 +380,22 @@ def _sync_claim(s: Services, claim_id: str) -> int:
         log.warning("claim conversation deleted in chatwoot claim=%s conversation=%s: continuing in a new one",
                     claim_id, link["conversation_id"])
         forget_conversation(s, "claim", claim_id, link["conversation_id"], removed=link["conversation_id"])
-        created, conversation_id = _apply(s, claim_id, claim, messages, s.db.links.get("claim", claim_id), fresh)
+        created, conversation_id = _apply(s, claim_id, claim, messages, s.db.links.get("claim", claim_id), fresh,
+                                          mark_seen)
     log.info("claim synced claim=%s conversation=%s stage=%s status=%s new=%d in %dms", claim_id, conversation_id,
              claim.get("stage"), claim.get("status"), created, (time.monotonic() - started) * 1000)
     return created
 
 
 def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: dict | None,
-           to_mirror: list[dict]) -> tuple[int, int]:
+           to_mirror: list[dict], mark_seen: float | None = None) -> tuple[int, int]:
     """`to_mirror`: the messages not covered by a closed watermark (all of them, usually)."""
     old = link["data"] if link and link["status"] == "created" else None
     order = None
     found = False
     if old is None:
         order, conversation_id, affects, found = _ensure_claim_conversation(s, claim_id, claim,
-                                                                            (link or {}).get("data"))
+                                                                            (link or {}).get("data"), mark_seen)
     else:
         conversation_id = link["conversation_id"]
         affects = old.get("affects")
@@ -440,8 +442,8 @@ def _affects_reputation(s: Services, claim_id: str, known: str | None = None) ->
         return known
 
 
-def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
-                               data: dict | None) -> tuple[dict | None, int, str | None, bool]:
+def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict, data: dict | None,
+                               mark_seen: float | None = None) -> tuple[dict | None, int, str | None, bool]:
     """(order, conversation id, affects, found: an existing conversation rather than one made now)."""
     order = None
     if claim.get("resource") == "order" and str(claim.get("resource_id") or "").isdigit():
@@ -456,7 +458,7 @@ def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
     attributes = claim_attributes(claim, order, affects)
     contact_id, conversation_id, fresh = open_conversation(
         s, kind="claim", external_id=claim_id, inbox_id=s.settings.chatwoot_claims_inbox_id, buyer_id=buyer_id,
-        nickname=buyer.get("nickname"), custom_attributes=attributes)
+        nickname=buyer.get("nickname"), custom_attributes=attributes, mark_seen=mark_seen)
     s.chatwoot.set_labels(conversation_id, [LABEL])
     if not fresh and (s.db.links.get("claim_event", f"{claim_id}:opened") or {}).get("status") != "created":
         # Found, and maybe resolved by an agent while it was empty: the claim itself is the buyer's

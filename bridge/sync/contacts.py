@@ -82,7 +82,8 @@ def _add_inbox(s: Services, contact_id: int, inbox_id: int, source_id: str) -> N
 
 
 def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: int, contact_id: int,
-                        source_id: str, custom_attributes: dict, buyer_id) -> tuple[int, bool]:
+                        source_id: str, custom_attributes: dict, buyer_id,
+                        mark_seen: float | None = None) -> tuple[int, bool]:
     """The conversation for `kind/external_id` (a question or a pack). Returns (id, created now).
 
     The intent is recorded first, with the time of each create attempt (`TRIED`, set as it
@@ -92,11 +93,14 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     found, it is created again only once that earlier create has settled: a create Chatwoot
     still held would otherwise be applied after the search, and the buyer would have two
     conversations. A conversation a pending row remembers is used once Chatwoot shows it.
+    `mark_seen`: see open_conversation.
     """
     # The buyer id from the start: an erasure finds the row by it even when its contact is gone
     # and the buyer's own row, being made again, names none.
-    link, fresh = s.db.links.record_intent(kind, external_id, s.clock(), contact_id=contact_id,
+    link, fresh = s.db.links.record_intent(kind, external_id, s.clock(), mark_seen=mark_seen, contact_id=contact_id,
                                            data={"buyer_id": buyer_id})
+    if link is None:
+        raise erased_meanwhile(kind, external_id)
     # A conversation remembered by a row not finished yet (made before a crash or a failure, or
     # adopted at an agent's reply) may have been deleted since: checked before anything goes there.
     if not fresh and link["status"] == "pending" and link["conversation_id"] is not None:
@@ -132,6 +136,9 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
             return link["conversation_id"], False
         s.db.links.update(kind, external_id, s.clock(), conversation_id=conversation["id"], data=data)
     return conversation["id"], True
+
+
+NOT_CLOSED = 0.0  # `mark_seen` of an item read without a watermark (or, for a question, without a closed one)
 
 
 def erased_meanwhile(kind: str, external_id: str) -> TransientError:
@@ -182,20 +189,27 @@ def forget_contact(s: Services, buyer_id, contact_id: int) -> None:
 
 
 def open_conversation(s: Services, *, kind: str, external_id: str, inbox_id: int, buyer_id, nickname: str | None,
-                      custom_attributes: dict) -> tuple[int, int, bool]:
+                      custom_attributes: dict, mark_seen: float | None = None) -> tuple[int, int, bool]:
     """The buyer's contact and the conversation for `kind/external_id`. Returns (contact id,
     conversation id, created now).
+
+    `mark_seen`: the item's watermark as the caller read it with the item (its `updated_at`, or
+    NOT_CLOSED). An erasure (forget-buyer) or a prune since then, which writes a closed mark, leaves
+    the caller holding an old copy of the item in memory: nothing is made or recorded from it
+    (erased_meanwhile). Checked before the contact, and again as the row's intent is recorded.
 
     A remembered contact an agent deleted or merged away answers 404 when a conversation
     is created for it (422 when a merge moved its contact_inbox to the surviving contact):
     the contact is then found again by identifier, or created, once.
     """
     for attempt in range(3):
+        if mark_seen is not None and s.db.links.closed_since(kind, external_id, mark_seen):
+            raise erased_meanwhile(kind, external_id)
         contact_id, source_id = ensure_contact(s, buyer_id, nickname, inbox_id)
         try:
             conversation_id, fresh = ensure_conversation(
                 s, kind=kind, external_id=external_id, inbox_id=inbox_id, contact_id=contact_id,
-                source_id=source_id, custom_attributes=custom_attributes, buyer_id=buyer_id)
+                source_id=source_id, custom_attributes=custom_attributes, buyer_id=buyer_id, mark_seen=mark_seen)
             return contact_id, conversation_id, fresh
         except PermanentError as exc:
             if attempt == 2 or exc.status not in (404, 422):

@@ -28,7 +28,7 @@ from bridge.http import ApiError, PermanentError
 from bridge.paging import Pages
 from bridge.services import Services
 from bridge.sync import moderation
-from bridge.sync.contacts import forget_conversation, is_gone, mark_conversation_created, open_conversation
+from bridge.sync.contacts import NOT_CLOSED, forget_conversation, is_gone, mark_conversation_created, open_conversation
 from bridge.sync.ensure import ensure_linked_message, ensure_note, fetch_files, mirror_with_files
 from db_manager import crashpoint
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
@@ -422,7 +422,9 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     link = s.db.links.get("pack", pack_id)
     last_id = str(in_order(messages)[-1]["id"]) if messages else None
     # Pruned by retention or erased: what the watermark covers stays out of Chatwoot.
-    covered = covered_by_watermark(messages, s.db.watermarks.get("pack", pack_id))
+    mark = s.db.watermarks.get("pack", pack_id)
+    covered = covered_by_watermark(messages, mark)
+    mark_seen = (mark or {}).get("updated_at") or NOT_CLOSED
     new_messages = [m for m in messages if str(m["id"]) not in covered]
     if (not link or link["status"] != "created") and (
             (covered and not new_messages)
@@ -433,7 +435,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
         # One found rather than made (a create whose answer was lost, adopted at an agent's reply)
         # may have been resolved by an agent since: a buyer message reopens it as usual.
         conversation_id, link, found = _ensure_pack_conversation(s, pack_id, messages, resource_kind, blocked,
-                                                                 migrated)
+                                                                 migrated, mark_seen)
         reopen = found
     else:
         conversation_id = link["conversation_id"]
@@ -474,7 +476,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
                     pack_id, conversation_id)
         forget_conversation(s, "pack", pack_id, conversation_id, removed_conversation=conversation_id)
         conversation_id, link, reopen = _ensure_pack_conversation(s, pack_id, messages, resource_kind, blocked,
-                                                                  migrated)
+                                                                  migrated, mark_seen)
         rest = messages_to_mirror(messages, seller_id, known_now(), bridge_ids, in_doubt)
         reopened = reopen and any(direction == "incoming" for _m, direction in rest)
         if reopened:
@@ -526,7 +528,7 @@ def _mark_read(s: Services, pack_id: str, seller_id: int, messages: list[dict], 
 
 
 def _ensure_pack_conversation(s: Services, pack_id: str, messages: list[dict], resource_kind: str | None,
-                              blocked: bool, migrated: bool) -> tuple[int, dict, bool]:
+                              blocked: bool, migrated: bool, mark_seen: float | None = None) -> tuple[int, dict, bool]:
     """(conversation id, link, found: an existing conversation rather than one made now)."""
     sale = sale_context(s, pack_id, messages, resource_kind)
     inbox_id = s.settings.chatwoot_messages_inbox_id
@@ -534,7 +536,7 @@ def _ensure_pack_conversation(s: Services, pack_id: str, messages: list[dict], r
     removed = ((s.db.links.get("pack", pack_id) or {}).get("data") or {}).get("removed_conversation")
     contact_id, conversation_id, fresh = open_conversation(
         s, kind="pack", external_id=str(pack_id), inbox_id=inbox_id, buyer_id=sale["buyer_id"],
-        nickname=sale["nickname"], custom_attributes=attributes)
+        nickname=sale["nickname"], custom_attributes=attributes, mark_seen=mark_seen)
     if removed:
         ensure_note(s, conversation_id, REMOVED_NOTE.format(url=attributes["meli_sale_url"]),
                     source_ids.note("pack", pack_id, "removed", removed), look_first=not fresh)
