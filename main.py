@@ -184,6 +184,9 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
         print(f"Replies that failed were dropped before their agents were shown it (Chatwoot messages "
               f"{', '.join(map(str, undelivered['failed']))}): they did not reach the buyer (or only in part); "
               f"tell the agents.")
+    if undelivered["delivered"]:
+        print(f"Replies delivered were dropped before their agents were shown it (Chatwoot messages "
+              f"{', '.join(map(str, undelivered['delivered']))}): they reached the buyer; tell the agents.")
     if compacted["busy"]:
         print("The -wal file could not be emptied now (a process is reading); the poller's housekeeping does it "
               "within the hour.")

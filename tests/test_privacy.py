@@ -650,3 +650,13 @@ def test_the_erasure_knows_each_notified_resource_as_the_listener_records_it():
     assert privacy.NOTIFIED["question"] == (notifications.CANONICAL["questions"],)
     assert privacy.NOTIFIED["claim"] == (notifications.CANONICAL["claims"],)
     assert notifications.CANONICAL["messages"] in privacy.NOTIFIED_MESSAGE
+
+
+def test_forget_buyer_names_a_delivered_reply_whose_agent_was_not_shown_it_yet(monkeypatch, settings, db, capsys):
+    sale_rows(db, "511", "49", 54, 1.0)
+    reply_id = db.replies.accept(chatwoot_message_id=75, conversation_id=511, kind="message", target_id="511",
+                                 parts=[{"text": "foi"}], now=1.0)
+    assert db.replies.claim(reply_id, 2.0, lease=60.0) and db.replies.mark_delivered(reply_id, 3.0)
+    assert forget_cli(monkeypatch, settings, db, RecordingChatwoot(), "49", False, True) == 0
+    out = capsys.readouterr().out
+    assert "75" in out and "they reached the buyer" in out

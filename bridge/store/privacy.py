@@ -52,7 +52,7 @@ CONVERSATION_KINDS: dict[str, dict] = {
 
 
 # The statuses of a reply whose agent has not been told its outcome (see forget_buyer's `untold`).
-UNTOLD_REPLIES = ("pending", "sending", "failed")
+UNTOLD_REPLIES = ("pending", "sending", "failed", "delivered")
 
 
 def _marks(values) -> str:
@@ -210,12 +210,12 @@ class PrivacyStore:
     def _untold_replies(conn: sqlite3.Connection, conversations: list[tuple[str, str]]) -> dict[str, list[int]]:
         """Chatwoot message ids of these conversations' replies whose agents an erasure would leave
         unaware of their outcome, by status: `pending` never left, `sending` may be reaching the buyer
-        right now, `failed` did not reach the buyer (or only in part) and was not shown failed yet."""
+        right now, `failed` did not reach the buyer (or only in part), `delivered` did; neither shown yet."""
         found: dict[str, list[int]] = {status: [] for status in UNTOLD_REPLIES}
         for kind, external_id in conversations:
             for message_id, status in conn.execute(
                     "SELECT chatwoot_message_id, status FROM replies WHERE kind = ? AND target_id = ?"
-                    " AND (status IN ('pending', 'sending') OR (status = 'failed' AND reported_at IS NULL))",
+                    " AND (status IN ('pending', 'sending') OR reported_at IS NULL)",
                     (CONVERSATION_KINDS[kind]["reply_kind"], external_id)):
                 found[status].append(message_id)
         return {status: sorted(ids) for status, ids in found.items()}
