@@ -99,7 +99,9 @@ def _forget_in_chatwoot(s: Services, buyer_id: str, yes: bool) -> int | None:
     1. Read what is this buyer's in Chatwoot now (bridge.admin.erasure.read_plan); a failed read
        deletes nothing.
     2. Say what is kept and why, and what will be deleted; ask, unless --yes.
-    3. Delete the conversations, then each contact once it is read again and still holds only
+    3. Hold the buyer: until the bridge's rows go (forget_buyer), no poller makes a contact or
+       conversation of theirs in Chatwoot again (db.privacy.begin_erasure).
+    4. Delete the conversations, then each contact once it is read again and still holds only
        this buyer's conversations. A failure other than "already gone" stops here, before the
        bridge's rows go: running the command again resumes.
     """
@@ -118,6 +120,7 @@ def _forget_in_chatwoot(s: Services, buyer_id: str, yes: bool) -> int | None:
     if not yes and not _confirmed("Type yes to delete them: "):
         print("nothing was deleted (use --yes when no one can answer)")
         return 1
+    s.db.privacy.begin_erasure(buyer_id, s.clock())
     deletions = [("conversation", i, s.chatwoot.delete_conversation) for i in sorted(plan.conversations)]
     deletions += [("contact", i, s.chatwoot.delete_contact) for i in sorted(plan.contacts)]
     for label, object_id, delete in deletions:

@@ -660,3 +660,35 @@ def test_forget_buyer_names_a_delivered_reply_whose_agent_was_not_shown_it_yet(m
     assert forget_cli(monkeypatch, settings, db, RecordingChatwoot(), "49", False, True) == 0
     out = capsys.readouterr().out
     assert "75" in out and "they reached the buyer" in out
+
+
+def test_a_poll_between_the_chatwoot_deletions_and_the_erasure_does_not_make_the_buyer_again(bridge, monkeypatch):
+    """`forget-buyer --chatwoot` deletes in Chatwoot first; a poll running before the bridge's rows
+    go (a buyer message on the sale arrived) must not make a new contact and conversation there,
+    which the erasure would then leave behind, unremembered."""
+    chatwoot = bridge.fakes.chatwoot.state
+    pack = two_buyers(bridge)
+    assert bridge.once().returncode == 0
+    bridge.fakes.meli.state.add_buyer_message(pack, "durante-a-exclusao-qx")
+    opened = main.open_services
+    polled = []
+
+    def with_a_poll_after_the_contact_goes(settings):
+        s = opened(settings)
+        delete = s.chatwoot.delete_contact
+
+        def delete_then_poll(contact_id):
+            delete(contact_id)
+            polled.append(bridge.once())  # the poller, beside the command
+        s.chatwoot.delete_contact = delete_then_poll
+        return s
+
+    monkeypatch.setattr(main, "open_services", with_a_poll_after_the_contact_goes)
+    assert main.cmd_forget_buyer(load_settings(bridge.env), str(BUYER), True, True) == 0
+    assert b"being erased" in polled[0].stderr  # the sale waits for the erasure to end
+    assert not [c for c in chatwoot.contacts.values() if c["identifier"] == f"meli:buyer:{BUYER}"]
+    assert not conversations(bridge, bridge.fakes.messages_inbox)
+    # Afterwards, the message that came meanwhile starts fresh, as any later one would.
+    assert bridge.once().returncode == 0
+    sales = conversations(bridge, bridge.fakes.messages_inbox)
+    assert len(sales) == 1 and contents(bridge, sales[0]) == ["durante-a-exclusao-qx"]

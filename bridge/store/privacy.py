@@ -16,6 +16,12 @@ from bridge.store.links import link_row
 if TYPE_CHECKING:
     from db_manager import Database
 
+# `forget-buyer --chatwoot` deletes in Chatwoot before the bridge's rows go (they say where to look,
+# and a failed deletion is resumed by running it again). Meanwhile no poller may make the buyer's
+# contact or conversations again there: the erasure would leave them behind, remembered by nobody.
+# The hold lasts while the command runs; one that died holding it stops holding after this long.
+ERASING = "erasing"  # links kind: a buyer whose erasure is deleting in Chatwoot now
+ERASING_HOLD = 3600.0
 RETENTION_BATCH = 20  # conversations erased per write: few fsyncs, yet a short wait for the listener
 
 # How retention and erasure find each kind of conversation the bridge mirrors: where its
@@ -185,6 +191,18 @@ class PrivacyStore:
             _add_counts(counts, self._erase_buyer_rows(conn, buyer_id))
         return counts
 
+    def begin_erasure(self, buyer_id: str, now: float) -> None:
+        """Hold the buyer (being_erased) until forget_buyer ends it, or ERASING_HOLD passes."""
+        with self._db.write() as conn:
+            conn.execute("INSERT INTO links (kind, external_id, status, created_at, updated_at)"
+                         " VALUES (?, ?, 'pending', ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
+                         " updated_at = excluded.updated_at", (ERASING, str(buyer_id), now, now))
+
+    def being_erased(self, buyer_id, now: float) -> bool:
+        """An erasure is deleting this buyer in Chatwoot now: nothing of theirs may be made there."""
+        return self._db.one("SELECT 1 FROM links WHERE kind = ? AND external_id = ? AND updated_at > ?",
+                            (ERASING, str(buyer_id), now - ERASING_HOLD)) is not None
+
     def buyer_conversations(self, buyer_id: str) -> list[tuple[str, str]]:
         """(kind, external id) of the questions and sales the bridge keeps for this buyer."""
         buyer = self._db.links.get("buyer", str(buyer_id))
@@ -256,8 +274,8 @@ class PrivacyStore:
 
     @staticmethod
     def _erase_buyer_rows(conn: sqlite3.Connection, buyer_id: str) -> dict:
-        return {"links": conn.execute("DELETE FROM links WHERE kind = 'buyer' AND external_id = ?",
-                                      (buyer_id,)).rowcount,
+        return {"links": conn.execute("DELETE FROM links WHERE kind IN ('buyer', ?) AND external_id = ?",
+                                      (ERASING, buyer_id)).rowcount,
                 "cache": conn.execute("DELETE FROM cache WHERE kind = 'user' AND key = ?", (buyer_id,)).rowcount}
 
     @staticmethod

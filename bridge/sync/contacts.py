@@ -29,8 +29,13 @@ def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -
     unique per account, so a 422 means someone (a crashed earlier run, the other inbox,
     a person) created it: find it by exact filter, never by substring search. A remembered
     contact that answers 404 (deleted, or merged away) is forgotten and found or made again.
+    Nothing is made or found for a buyer an erasure is deleting in Chatwoot right now
+    (db.privacy.being_erased).
     """
     key = str(buyer_id)
+    if s.db.privacy.being_erased(key, s.clock()):
+        # Made now, it would outlive the erasure in Chatwoot, remembered by nobody: after it, the item starts fresh.
+        raise TransientError("its buyer is being erased (forget-buyer --chatwoot)")  # no id: it outlives the erasure
     source_id = source_ids.buyer(buyer_id)
     link = s.db.links.get("buyer", key)
     if link and link["status"] == "created":
