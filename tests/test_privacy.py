@@ -692,3 +692,11 @@ def test_a_poll_between_the_chatwoot_deletions_and_the_erasure_does_not_make_the
     assert bridge.once().returncode == 0
     sales = conversations(bridge, bridge.fakes.messages_inbox)
     assert len(sales) == 1 and contents(bridge, sales[0]) == ["durante-a-exclusao-qx"]
+
+
+def test_the_hold_of_an_erasure_that_stopped_midway_lapses_and_is_removed_by_retention(db):
+    db.privacy.begin_erasure("77", 1.0)
+    assert db.privacy.being_erased("77", 2.0)
+    assert not db.privacy.being_erased("77", 1.0 + 3601)
+    db.privacy.apply_retention(now=1.0 + 3601, days=90)
+    assert db.links.get("erasing", "77") is None

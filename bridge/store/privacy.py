@@ -126,6 +126,9 @@ class PrivacyStore:
                 " WHERE p.kind = 'question' AND p.external_id = links.external_id)", (cutoff,)).rowcount
             orphans += wconn.execute("DELETE FROM links WHERE kind = 'moderation_check' AND updated_at < ?",
                                      (cutoff,)).rowcount
+            # The hold of an erasure whose command stopped midway: it names the buyer.
+            orphans += wconn.execute("DELETE FROM links WHERE kind = ? AND updated_at < ?",
+                                     (ERASING, now - ERASING_HOLD)).rowcount
             orphans += wconn.execute(
                 "DELETE FROM links WHERE kind IN ('claim_message', 'claim_event', 'claim_moderation')"
                 " AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p WHERE p.kind = 'claim'"
