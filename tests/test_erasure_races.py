@@ -5,11 +5,12 @@ import json
 
 import pytest
 import responses
+from responses import matchers
 
 from bridge.http import TransientError
 from bridge.sync import questions as sync_questions
 from bridge.sync import sales
-from tests.helpers import API, CW, THREAD, authorized_services, sale_services
+from tests.helpers import API, CW, MARK, PEEK, THREAD, authorized_services, sale_services
 
 QUESTION = {"id": 12, "status": "UNANSWERED", "item_id": "MLB1", "text": "Tem azul?", "from": {"id": 9},
             "seller_id": 555}
@@ -117,3 +118,50 @@ def test_a_sale_whose_conversation_an_erasure_deleted_mid_sync_is_not_made_again
     assert not [c for c in responses.calls if c.request.method == "POST" and c.request.url in
                 (f"{CW}/contacts", f"{CW}/conversations")]
     assert buyer_rows(s.db) == [] and s.db.links.get("pack", "2000001") is None
+
+
+@responses.activate
+def test_a_sale_message_mirrored_by_a_sync_that_failed_after_it_is_not_mirrored_again_after_an_erasure(
+        settings, db, clock):
+    """The sync mirrored b2, then marking the thread read failed: the thread's mark still says b1.
+    An erasure then closes the sale at that mark: b2, already in Chatwoot, must not come back."""
+    s = sale_services(settings, db, clock)
+
+    def message(mid, minute):
+        created = f"2026-11-29T10:{minute:02d}:00.000Z"
+        return {"id": mid, "from": {"user_id": 9}, "to": {"user_id": 555}, "text": f"texto {mid}",
+                "message_date": {"created": created, "read": None},
+                "message_resources": [{"id": "2000001", "name": "orders"}]}
+
+    def thread(*messages):
+        return {"paging": {"total": len(messages), "offset": 0, "limit": 10}, "messages": list(messages),
+                "conversation_status": {"status": "active"}}
+
+    created = iter(range(500, 600))
+
+    def serve(peek, marked=True):
+        responses.reset()
+        responses.add_callback(responses.POST, f"{CW}/conversations/88/messages",
+                               callback=lambda _req: (200, {}, json.dumps({"id": next(created)})))
+        responses.post(f"{CW}/conversations/88/toggle_status", json={})
+        responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=peek)
+        responses.get(THREAD, match=[matchers.query_param_matcher(MARK)], json=peek, status=200 if marked else 400)
+        responses.post(f"{CW}/contacts", json={"payload": {"contact": {"id": 6}}})
+        responses.post(f"{CW}/conversations", json={"id": 95})
+        responses.post(f"{CW}/conversations/95/messages", json={"id": 950})
+        responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 9, "nickname": "ZEQ"}})
+
+    serve(thread(message("b1", 1)))
+    sales.sync_pack(s, "2000001", 555)
+
+    serve(thread(message("b1", 1), message("b2", 2)), marked=False)
+    with pytest.raises(Exception):  # noqa: B017 — the mark-read failed after b2 went in
+        sales.sync_pack(s, "2000001", 555)
+    assert s.db.links.get("message", "b2")["status"] == "created"
+
+    clock.advance(60)
+    s.db.privacy.forget_buyer("9", clock())
+    serve(thread(message("b1", 1), message("b2", 2)))
+    sales.sync_pack(s, "2000001", 555)
+    assert not [c for c in responses.calls if c.request.method == "POST" and c.request.url in
+                (f"{CW}/contacts", f"{CW}/conversations", f"{CW}/conversations/95/messages")]

@@ -311,11 +311,18 @@ class PrivacyStore:
                          " last_message_at = MAX(COALESCE(last_message_at, 0), excluded.last_message_at),"
                          " updated_at = excluded.updated_at", (kind, external_id, last, now, now))
         else:
+            # The thread's mark moves only when a sync ends well: a message mirrored by one that failed
+            # after it is newer. The newest Mercado Livre date of what was mirrored covers it too, or it
+            # would be mirrored again, into a new conversation.
+            mirrored = max([0.0, *(float(r[0]) for m in spec["messages"] for r in conn.execute(
+                f"SELECT MAX(CAST(json_extract(data, '$.at') AS REAL)) FROM links WHERE kind = '{m}'"
+                f" AND json_extract(data, '$.{kind}_id') = ?", (external_id,)) if r[0] is not None)])
             conn.execute("INSERT INTO watermarks (kind, external_id, last_message_at, closed_at, updated_at)"
                          " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
                          " closed_at = COALESCE(closed_at, excluded.closed_at),"
-                         " last_message_at = COALESCE(last_message_at, excluded.last_message_at),"
-                         " updated_at = excluded.updated_at", (kind, external_id, last, now, now))
+                         " last_message_at = MAX(COALESCE(last_message_at, excluded.last_message_at), ?),"
+                         " updated_at = excluded.updated_at",
+                         (kind, external_id, max(last, mirrored), now, now, mirrored))
         counts = {"links": 0}
         for link_kind, ids in ((kind, [external_id]), *((c, [external_id]) for c in spec["children"]),
                                *((m, message_ids) for m in spec["messages"]), ("moderation", remote_ids),

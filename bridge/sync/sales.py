@@ -560,8 +560,10 @@ def _mirror(s: Services, conversation_id: int, pack_id: str, message: dict, dire
 
     existing, fresh = ensure_linked_message(s, "message", mid, conversation_id, source, create,
                                             crash="sale_message_created")
+    # `at`: its Mercado Livre date, which an erasure's watermark must cover (db.privacy).
     s.db.links.mark_created("message", mid, s.clock(), conversation_id=conversation_id, message_id=existing["id"],
-                            data={"pack_id": str(pack_id), "direction": direction})
+                            data={"pack_id": str(pack_id), "direction": direction,
+                                  "at": parse_date((message.get("message_date") or {}).get("created"))})
     log.info("message in chatwoot ml_message=%s pack=%s conversation=%s message=%s direction=%s files=%d in %dms%s",
              mid, pack_id, conversation_id, existing["id"], direction, len(message.get("message_attachments") or []),
              (time.monotonic() - started) * 1000, "" if fresh else " (reconciled)")
