@@ -447,3 +447,32 @@ def test_a_found_claim_conversation_an_agent_resolved_is_reopened_for_the_claim_
     assert toggles and summary and toggles[0] < summary[0]
     assert all(calls[i][1] == {"status": "open"} for i in toggles)
     assert db.links.get("claim", CLAIM_ID)["status"] == "created"
+
+
+@responses.activate
+def test_a_claim_message_mirrored_by_a_sync_that_failed_after_it_stays_covered_once_the_claim_is_erased(s, db):
+    """The buyer's message went into Chatwoot, then the stage note failed: the claim's row still holds
+    the last message date of the sync before. Erased then, the claim's mark must cover that message,
+    or the next sync would show it again, in a new conversation."""
+    message = buyer_message("chegou quebrado", date="2026-11-20T10:05:00.000Z")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                  json=claim(stage="dispute", actions=("send_message_to_mediator",)))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[message])
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/affects-reputation",
+                  json={"affects_reputation": "not_affected"})
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+
+    def note_refused(request):
+        body = json.loads(request.body)
+        if body.get("private"):
+            return 422, {}, json.dumps({"error": "refused"})
+        return 200, {}, json.dumps(dict(body, id=700))
+
+    responses.add_callback(responses.POST, f"{CW}/conversations/88/messages", callback=note_refused)
+    responses.get(f"{CW}/conversations/88/messages", json={"payload": []})
+    with pytest.raises(Exception):  # noqa: B017 — what failed after the message went in
+        sync_claims.sync_claim(s, CLAIM_ID)
+    assert mirrored() == ["chegou quebrado"]
+
+    db.privacy.forget_buyer("7001", s.clock())
+    assert sync_claims.after_watermark([message], db.watermarks.get("claim", CLAIM_ID)) == []

@@ -301,22 +301,26 @@ class PrivacyStore:
         last = max([link.get("updated_at") or 0, *(r[0] for m in spec["messages"] for r in conn.execute(
             f"SELECT MAX(updated_at) FROM links WHERE kind = '{m}' AND json_extract(data, '$.{kind}_id') = ?",
             (external_id,)) if r[0] is not None)]) or now
+        # A mark moves only when a sync ends well: a message mirrored by one that failed after it is
+        # newer. The newest Mercado Livre date of what was mirrored (its row's `at`) covers it too, or
+        # it would be mirrored again, into a new conversation.
+        mirrored = max([0.0, *(float(r[0]) for m in spec["messages"] for r in conn.execute(
+            f"SELECT MAX(CAST(json_extract(data, '$.at') AS REAL)) FROM links WHERE kind = '{m}'"
+            f" AND json_extract(data, '$.{kind}_id') = ?", (external_id,)) if r[0] is not None),
+            *(float(r[0]) for keyed_kind in spec["keyed"] for r in conn.execute(
+                "SELECT MAX(CAST(json_extract(data, '$.at') AS REAL)) FROM links WHERE kind = ?"
+                " AND external_id >= ? AND external_id < ?", (keyed_kind, f"{external_id}:", f"{external_id}:\uffff"))
+              if r[0] is not None)])
         if spec["mark_in_data"]:
             # Messages without ids (claims): the newest Mercado Livre date seen is exact; a later
             # erasure of a conversation started afresh moves the mark forward.
-            last = float(link["data"].get("last_message_at") or 0) or last
+            last = max(float(link["data"].get("last_message_at") or 0), mirrored) or last
             conn.execute("INSERT INTO watermarks (kind, external_id, last_message_at, closed_at, updated_at)"
                          " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
                          " closed_at = excluded.closed_at,"
                          " last_message_at = MAX(COALESCE(last_message_at, 0), excluded.last_message_at),"
                          " updated_at = excluded.updated_at", (kind, external_id, last, now, now))
         else:
-            # The thread's mark moves only when a sync ends well: a message mirrored by one that failed
-            # after it is newer. The newest Mercado Livre date of what was mirrored covers it too, or it
-            # would be mirrored again, into a new conversation.
-            mirrored = max([0.0, *(float(r[0]) for m in spec["messages"] for r in conn.execute(
-                f"SELECT MAX(CAST(json_extract(data, '$.at') AS REAL)) FROM links WHERE kind = '{m}'"
-                f" AND json_extract(data, '$.{kind}_id') = ?", (external_id,)) if r[0] is not None)])
             conn.execute("INSERT INTO watermarks (kind, external_id, last_message_at, closed_at, updated_at)"
                          " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
                          " closed_at = COALESCE(closed_at, excluded.closed_at),"

@@ -554,7 +554,7 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
                 s.db.links.mark_created("claim_message", key, s.clock(), conversation_id=part["conversation_id"],
                                         message_id=part["chatwoot_message_id"],
                                         data={"by": "bridge", "remote": remote, "reply_id": part["id"],
-                                             "seq": part["seq"]})
+                                              "seq": part["seq"], "at": parse_date(message.get("date_created"))})
                 if is_rejected(message):
                     _report_moderated_reply(s, claim_id, key, s.db.links.get("claim_message", key), message,
                                             conversation_id)
@@ -598,7 +598,8 @@ def _mirror(s: Services, claim_id: str, conversation_id: int, key: str, message:
     existing, fresh = ensure_linked_message(s, "claim_message", key, conversation_id, source, create,
                                             crash="claim_message_created")
     s.db.links.mark_created("claim_message", key, s.clock(), conversation_id=conversation_id, message_id=existing["id"],
-                            data={"role": str(message.get("sender_role")), "direction": direction})
+                            data={"role": str(message.get("sender_role")), "direction": direction,
+                                  "at": parse_date(message.get("date_created"))})
     # A file name can name the buyer: extension and size only.
     log.info("claim message in chatwoot claim=%s role=%s conversation=%s message=%s files=%d ext=%s bytes=%d"
              " in %dms%s", claim_id, message.get("sender_role"), conversation_id, existing["id"],
