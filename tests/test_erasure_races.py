@@ -165,3 +165,46 @@ def test_a_sale_message_mirrored_by_a_sync_that_failed_after_it_is_not_mirrored_
     sales.sync_pack(s, "2000001", 555)
     assert not [c for c in responses.calls if c.request.method == "POST" and c.request.url in
                 (f"{CW}/contacts", f"{CW}/conversations", f"{CW}/conversations/95/messages")]
+
+
+@responses.activate
+def test_a_sale_message_mirrored_while_the_sale_was_erased_opens_no_empty_conversation_later(settings, db, clock):
+    """`forget-buyer 9` runs while the poller mirrors b2 into the sale's conversation: b2 is in
+    Chatwoot, but after the erasure's mark. The next poll has nothing to show: it must not open
+    a new, empty conversation (and contact) for the erased buyer."""
+    s = sale_services(settings, db, clock)
+
+    def message(mid, minute):
+        created = f"2026-11-29T10:{minute:02d}:00.000Z"
+        return {"id": mid, "from": {"user_id": 9}, "to": {"user_id": 555}, "text": f"texto {mid}",
+                "message_date": {"created": created, "read": None},
+                "message_resources": [{"id": "2000001", "name": "orders"}]}
+
+    def thread(*messages):
+        return {"paging": {"total": len(messages), "offset": 0, "limit": 10}, "messages": list(messages),
+                "conversation_status": {"status": "active"}}
+
+    s.db.links.mark_created("message", "b1", clock(), conversation_id=88, message_id=499,
+                            data={"pack_id": "2000001", "direction": "incoming",
+                                  "at": sales.parse_date("2026-11-29T10:01:00.000Z")})
+    s.db.watermarks.record_thread("2000001", "b1", sales.parse_date("2026-11-29T10:01:00.000Z"), clock())
+
+    def erased_while_mirrored(_request):
+        s.db.privacy.forget_buyer("9", clock())
+        return 200, {}, json.dumps({"id": 500})
+
+    both = thread(message("b1", 1), message("b2", 2))
+    responses.add_callback(responses.POST, f"{CW}/conversations/88/messages", callback=erased_while_mirrored)
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=both)
+    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)], json=both)
+    responses.post(f"{CW}/contacts", json={"payload": {"contact": {"id": 6}}})
+    responses.post(f"{CW}/conversations", json={"id": 95})
+    responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 9, "nickname": "ZEQ"}})
+    sales.sync_pack(s, "2000001", 555)
+
+    clock.advance(60)
+    sales.sync_pack(s, "2000001", 555)
+    assert not [c for c in responses.calls if c.request.method == "POST" and c.request.url in
+                (f"{CW}/contacts", f"{CW}/conversations")]
+    assert s.db.links.get("pack", "2000001") is None and s.db.links.get("buyer", "9") is None

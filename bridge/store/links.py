@@ -152,6 +152,16 @@ class LinksStore:
             found.update(r[0] for r in rows)
         return found
 
+    def created_among(self, kind: str, external_ids: list[str]) -> set[str]:
+        """Which of these ids have a `created` links row of `kind`."""
+        found: set[str] = set()
+        for start in range(0, len(external_ids), 500):
+            chunk = [str(i) for i in external_ids[start:start + 500]]
+            rows = self._db.conn().execute(f"SELECT external_id FROM links WHERE kind = ? AND status = 'created'"
+                                           f" AND external_id IN ({','.join('?' * len(chunk))})", (kind, *chunk))
+            found.update(r[0] for r in rows)
+        return found
+
     def by_status(self, kind: str, status: str) -> list[Link]:
         return [link_row(row) for row in self._db.all("SELECT * FROM links WHERE kind = ? AND status = ?"
                                                       " ORDER BY created_at", (kind, status))]

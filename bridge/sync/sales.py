@@ -425,7 +425,9 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     mark = s.db.watermarks.get("pack", pack_id)
     covered = covered_by_watermark(messages, mark)
     mark_seen = (mark or {}).get("updated_at") or NOT_CLOSED
-    new_messages = [m for m in messages if str(m["id"]) not in covered]
+    # Nor what is already in Chatwoot: mirrored by a sync an erasure overtook, after the erasure's mark.
+    shown = s.db.links.created_among("message", [str(m["id"]) for m in messages]) if covered else set()
+    new_messages = [m for m in messages if str(m["id"]) not in covered | shown]
     if (not link or link["status"] != "created") and (
             (covered and not new_messages)
             or (require_buyer and all(is_from_seller(m, seller_id) for m in new_messages))):
