@@ -363,6 +363,12 @@ def _sync_claim(s: Services, claim_id: str) -> int:
     # new message starts a new conversation.
     mark = s.db.watermarks.get("claim", claim_id)
     fresh = after_watermark(messages, mark)
+    if not link and mark and mark.get("closed_at") is not None and fresh:
+        # Nor what is already in Chatwoot: mirrored by a sync an erasure overtook, after the erasure's mark.
+        keyed = message_keys(claim_id, messages)
+        shown = s.db.links.created_among("claim_message", [key for key, _m in keyed])
+        already = {id(m) for key, m in keyed if key in shown}
+        fresh = [m for m in fresh if id(m) not in already]
     mark_seen = (mark or {}).get("updated_at") or NOT_CLOSED
     if not link and mark and mark.get("closed_at") is not None and not fresh:
         s.db.watermarks.record_claim_seen(claim_id, claim.get("last_updated"), s.clock())
