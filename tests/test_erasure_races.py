@@ -208,3 +208,21 @@ def test_a_sale_message_mirrored_while_the_sale_was_erased_opens_no_empty_conver
     assert not [c for c in responses.calls if c.request.method == "POST" and c.request.url in
                 (f"{CW}/contacts", f"{CW}/conversations")]
     assert s.db.links.get("pack", "2000001") is None and s.db.links.get("buyer", "9") is None
+
+
+@responses.activate
+def test_a_buyer_erased_while_their_contact_is_made_is_not_recorded_again(s, clock):
+    """The question (half made before) waits for its buyer's contact; `forget-buyer 9` runs while
+    Chatwoot makes it. Nothing of the buyer may be left in the bridge's database afterwards."""
+    s.db.links.record_intent("question", "12", clock(), data={"buyer_id": 9})
+
+    def erased_in_flight(_request):
+        s.db.privacy.forget_buyer("9", clock())
+        return 200, {}, json.dumps({"payload": {"contact": {"id": 6}}})
+
+    responses.add_callback(responses.POST, f"{CW}/contacts", callback=erased_in_flight)
+    responses.post(f"{CW}/conversations", json={"id": 77})
+    responses.post(f"{CW}/conversations/77/messages", json={"id": 701})
+    with pytest.raises(TransientError):
+        sync_questions.create_question(s, QUESTION, None, "ZEQ", sync_questions.NOT_CLOSED)
+    assert buyer_rows(s.db) == [] and s.db.links.get("question", "12") is None

@@ -72,7 +72,10 @@ def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -
         contact_id = contact["id"]
         _add_inbox(s, contact_id, inbox_id, source_id)
         log.info("contact found buyer=%s contact=%s", buyer_id, contact_id)
-    s.db.links.mark_created("buyer", key, s.clock(), contact_id=contact_id, data={"inboxes": [inbox_id]})
+    if not s.db.links.complete("buyer", key, s.clock(), contact_id=contact_id, data={"inboxes": [inbox_id]}):
+        # Erased while the contact was made or found: left in Chatwoot (found again by its identifier
+        # if the buyer comes back), not recorded here.
+        raise erased_meanwhile("buyer", key)
     return contact_id, source_id
 
 
