@@ -104,7 +104,9 @@ def _forget_in_chatwoot(s: Services, buyer_id: str, yes: bool) -> int | None:
     1. Read what is this buyer's in Chatwoot now (bridge.admin.erasure.read_plan); a failed read
        deletes nothing.
     2. Say what is kept and why, and what will be deleted; ask, unless --yes.
-    3. Delete the conversations, then each contact once it is read again and still holds only
+    3. Hold the buyer: until the bridge's rows go (forget_buyer), no poller makes a contact or
+       conversation of theirs in Chatwoot again (db.privacy.begin_erasure).
+    4. Delete the conversations, then each contact once it is read again and still holds only
        this buyer's conversations. A failure other than "already gone" stops here, before the
        bridge's rows go: running the command again resumes.
     """
@@ -123,6 +125,7 @@ def _forget_in_chatwoot(s: Services, buyer_id: str, yes: bool) -> int | None:
     if not yes and not _confirmed("Type yes to delete them: "):
         print("nothing was deleted (use --yes when no one can answer)")
         return 1
+    s.db.privacy.begin_erasure(buyer_id, s.clock())
     deletions = [("conversation", i, s.chatwoot.delete_conversation) for i in sorted(plan.conversations)]
     deletions += [("contact", i, s.chatwoot.delete_contact) for i in sorted(plan.contacts)]
     for label, object_id, delete in deletions:
@@ -169,8 +172,8 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
         buyer_id = matches[0]
     if chatwoot and (failed := _forget_in_chatwoot(s, buyer_id, yes)) is not None:
         return failed
-    undelivered = s.db.privacy.buyer_undelivered_replies(buyer_id)
-    removed = s.db.privacy.forget_buyer(buyer_id, s.clock())
+    undelivered: dict[str, list[int]] = {}
+    removed = s.db.privacy.forget_buyer(buyer_id, s.clock(), untold=undelivered)
     compacted = s.db.compact()
     log.info("buyer forgotten buyer=%s %s", buyer_id, " ".join(f"{k}={v}" for k, v in sorted(removed.items())))
     if removed:
@@ -185,6 +188,13 @@ def cmd_forget_buyer(settings: Settings, who: str, chatwoot: bool, yes: bool) ->
         print(f"Replies being sent were dropped with the rest (Chatwoot messages "
               f"{', '.join(map(str, undelivered['sending']))}): they may or may not have reached the buyer; "
               f"check on Mercado Livre.")
+    if undelivered["failed"]:
+        print(f"Replies that failed were dropped before their agents were shown it (Chatwoot messages "
+              f"{', '.join(map(str, undelivered['failed']))}): they did not reach the buyer (or only in part); "
+              f"tell the agents.")
+    if undelivered["delivered"]:
+        print(f"Replies delivered were dropped before their agents were shown it (Chatwoot messages "
+              f"{', '.join(map(str, undelivered['delivered']))}): they reached the buyer; tell the agents.")
     if compacted["busy"]:
         print("The -wal file could not be emptied now (a process is reading); the poller's housekeeping does it "
               "within the hour.")

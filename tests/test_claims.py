@@ -806,3 +806,67 @@ def test_one_moderated_part_of_a_claim_reply_is_named_so_the_others_are_not_sent
     notes = [json.loads(c.request.body)["content"] for c in responses.calls if c.request.method == "POST"
              and c.request.url == f"{CW}/conversations/88/messages" and json.loads(c.request.body).get("private")]
     assert any("a parte 2 de 2 da sua mensagem" in n and "envie somente ela" in n for n in notes)
+
+
+@responses.activate
+def test_a_claim_message_mirrored_by_a_sync_that_failed_after_it_stays_covered_once_the_claim_is_erased(s, db):
+    """The buyer's message went into Chatwoot, then the stage note failed: the claim's row still holds
+    the last message date of the sync before. Erased then, the claim's mark must cover that message,
+    or the next sync would show it again, in a new conversation."""
+    message = buyer_message("chegou quebrado", date="2026-11-20T10:05:00.000Z")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                  json=claim(stage="dispute", actions=("send_message_to_mediator",)))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[message])
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/affects-reputation",
+                  json={"affects_reputation": "not_affected"})
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+
+    def note_refused(request):
+        body = json.loads(request.body)
+        if body.get("private"):
+            return 422, {}, json.dumps({"error": "refused"})
+        return 200, {}, json.dumps(dict(body, id=700))
+
+    responses.add_callback(responses.POST, f"{CW}/conversations/88/messages", callback=note_refused)
+    responses.get(f"{CW}/conversations/88/messages", json={"payload": []})
+    with pytest.raises(Exception):  # noqa: B017 — what failed after the message went in
+        sync_claims.sync_claim(s, CLAIM_ID)
+    assert mirrored() == ["chegou quebrado"]
+
+    db.privacy.forget_buyer("7001", s.clock())
+    assert sync_claims.after_watermark([message], db.watermarks.get("claim", CLAIM_ID)) == []
+
+
+@responses.activate
+def test_a_claim_message_mirrored_while_the_claim_was_erased_opens_no_new_conversation_later(s, db):
+    """`forget-buyer` runs while the poller mirrors the buyer's second message: it is in Chatwoot,
+    after the erasure's mark. The next sync has nothing new: no new conversation for the erased buyer."""
+    first = buyer_message("primeira", date="2026-11-20T10:01:00.000Z")
+    second = buyer_message("segunda", date="2026-11-20T10:02:00.000Z")
+    key = sync_claims.message_key(CLAIM_ID, first)
+    db.links.mark_created("claim_message", key, 1.0, conversation_id=88, message_id=699,
+                          data={"role": "complainant", "direction": "incoming",
+                                "at": sync_claims.parse_date(first["date_created"])})
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim())
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[first, second])
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/affects-reputation",
+                  json={"affects_reputation": "not_affected"})
+    responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 7001, "nickname": "ZEQ"}})
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+
+    def erased_while_mirrored(_request):
+        db.privacy.forget_buyer("7001", s.clock())
+        return 200, {}, json.dumps({"id": 700})
+
+    responses.add_callback(responses.POST, f"{CW}/conversations/88/messages", callback=erased_while_mirrored)
+    responses.post(f"{CW}/contacts", json={"payload": {"contact": {"id": 6}}})
+    responses.post(f"{CW}/conversations", json={"id": 95})
+    sync_claims.sync_claim(s, CLAIM_ID)
+    assert mirrored() == ["segunda"]
+
+    try:
+        sync_claims.sync_claim(s, CLAIM_ID)
+    except Exception:  # noqa: BLE001 — only what it made in Chatwoot matters here
+        pass
+    assert not [c for c in responses.calls if c.request.method == "POST" and c.request.url in
+                (f"{CW}/contacts", f"{CW}/conversations")]

@@ -198,7 +198,7 @@ def test_a_conversation_whose_creation_is_still_held_by_chatwoot_is_not_created_
     assert open_pack(s) == (93, False)
     assert len(posts_to("/conversations")) == 1
     link = s.db.links.get("pack", "2000001")
-    assert link["conversation_id"] == 93 and link["data"] == {}
+    assert link["conversation_id"] == 93 and link["data"] == {"buyer_id": 9}  # the create's stamp is gone
 
 
 @responses.activate
@@ -305,7 +305,7 @@ def test_a_held_conversation_an_agent_answered_in_is_used_even_after_its_contact
                                                   "custom_attributes": {"meli_pack_id": "2000001"}})
     assert open_pack(s) == (93, False)  # no look under the (merged away) contact, no second create
     assert len(posts_to("/conversations")) == 1
-    assert s.db.links.get("pack", "2000001")["data"] == {}
+    assert s.db.links.get("pack", "2000001")["data"] == {"buyer_id": 9}
     # A later delivery in another conversation carrying the same attribute changes nothing.
     again = message_created(message_id=502, conversation_id=94, inbox_id=s.settings.chatwoot_messages_inbox_id,
                             custom_attributes={"meli_pack_id": "2000001"})

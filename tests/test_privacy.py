@@ -604,3 +604,99 @@ def test_a_sale_pruned_started_afresh_and_pruned_again_keeps_its_mark_on_the_new
     assert db.links.get("pack", "802") is None
     mark = db.watermarks.get("pack", "802")
     assert (mark["last_message_id"], mark["last_message_at"]) == ("y2", 101 * DAY)
+
+
+def test_forget_buyer_names_a_failed_reply_whose_agent_was_not_told_yet(monkeypatch, settings, db, capsys):
+    sale_rows(db, "509", "47", 51, 1.0)
+    # Refused at acceptance: stored failed, its mark and note shown by the next outbox run.
+    db.replies.accept(chatwoot_message_id=73, conversation_id=509, kind="message", target_id="509", parts=[],
+                      now=1.0, error="caracteres não aceitos", note="reescreva")
+    assert forget_cli(monkeypatch, settings, db, RecordingChatwoot(), "47", False, True) == 0
+    out = capsys.readouterr().out
+    # Erased with the rest, it is never shown failed: the agent would believe it went.
+    assert "73" in out and "did not reach the buyer" in out
+
+
+def test_forget_buyer_names_a_reply_the_listener_accepted_while_the_erasure_began(monkeypatch, settings, db, capsys):
+    sale_rows(db, "510", "48", 52, 1.0)
+    erase = db.privacy.forget_buyer
+
+    def accepted_meanwhile(*args, **kwargs):
+        db.replies.accept(chatwoot_message_id=74, conversation_id=510, kind="message", target_id="510",
+                          parts=[{"text": "chegou agora"}], now=2.0)
+        return erase(*args, **kwargs)
+
+    monkeypatch.setattr(db.privacy, "forget_buyer", accepted_meanwhile)
+    assert forget_cli(monkeypatch, settings, db, RecordingChatwoot(), "48", False, True) == 0
+    out = capsys.readouterr().out
+    assert "74" in out and "never reach" in out
+    assert db.replies.by_message(74) is None
+
+
+def test_forgetting_a_buyer_leaves_another_buyers_waiting_notifications_whose_ids_look_alike(db):
+    sale_rows(db, "5100002", "5100003", 53, 1.0, messages=("e1",))
+    # Another buyer's claim and question whose ids are the erased buyer's id and sale id: different things.
+    db.notifications.record("n-claim", "claims", "/post-purchase/v1/claims/5100003", 1.0)
+    db.notifications.record("n-question", "questions", "/questions/5100002", 1.0)
+    db.notifications.record("n-message", "messages", "e1", 1.0)  # the erased sale's own message
+    db.privacy.forget_buyer("5100003", 2.0)
+    assert db.notifications.get("n-message") is None
+    assert db.notifications.get("n-claim") is not None and db.notifications.get("n-question") is not None
+
+
+def test_the_erasure_knows_each_notified_resource_as_the_listener_records_it():
+    from bridge.store import privacy
+    from bridge.sync import notifications
+    assert privacy.NOTIFIED["question"] == (notifications.CANONICAL["questions"],)
+    assert privacy.NOTIFIED["claim"] == (notifications.CANONICAL["claims"],)
+    assert notifications.CANONICAL["messages"] in privacy.NOTIFIED_MESSAGE
+
+
+def test_forget_buyer_names_a_delivered_reply_whose_agent_was_not_shown_it_yet(monkeypatch, settings, db, capsys):
+    sale_rows(db, "511", "49", 54, 1.0)
+    reply_id = db.replies.accept(chatwoot_message_id=75, conversation_id=511, kind="message", target_id="511",
+                                 parts=[{"text": "foi"}], now=1.0)
+    assert db.replies.claim(reply_id, 2.0, lease=60.0) and db.replies.mark_delivered(reply_id, 3.0)
+    assert forget_cli(monkeypatch, settings, db, RecordingChatwoot(), "49", False, True) == 0
+    out = capsys.readouterr().out
+    assert "75" in out and "they reached the buyer" in out
+
+
+def test_a_poll_between_the_chatwoot_deletions_and_the_erasure_does_not_make_the_buyer_again(bridge, monkeypatch):
+    """`forget-buyer --chatwoot` deletes in Chatwoot first; a poll running before the bridge's rows
+    go (a buyer message on the sale arrived) must not make a new contact and conversation there,
+    which the erasure would then leave behind, unremembered."""
+    chatwoot = bridge.fakes.chatwoot.state
+    pack = two_buyers(bridge)
+    assert bridge.once().returncode == 0
+    bridge.fakes.meli.state.add_buyer_message(pack, "durante-a-exclusao-qx")
+    opened = main.open_services
+    polled = []
+
+    def with_a_poll_after_the_contact_goes(settings):
+        s = opened(settings)
+        delete = s.chatwoot.delete_contact
+
+        def delete_then_poll(contact_id):
+            delete(contact_id)
+            polled.append(bridge.once())  # the poller, beside the command
+        s.chatwoot.delete_contact = delete_then_poll
+        return s
+
+    monkeypatch.setattr(main, "open_services", with_a_poll_after_the_contact_goes)
+    assert main.cmd_forget_buyer(load_settings(bridge.env), str(BUYER), True, True) == 0
+    assert b"being erased" in polled[0].stderr  # the sale waits for the erasure to end
+    assert not [c for c in chatwoot.contacts.values() if c["identifier"] == f"meli:buyer:{BUYER}"]
+    assert not conversations(bridge, bridge.fakes.messages_inbox)
+    # Afterwards, the message that came meanwhile starts fresh, as any later one would.
+    assert bridge.once().returncode == 0
+    sales = conversations(bridge, bridge.fakes.messages_inbox)
+    assert len(sales) == 1 and contents(bridge, sales[0]) == ["durante-a-exclusao-qx"]
+
+
+def test_the_hold_of_an_erasure_that_stopped_midway_lapses_and_is_removed_by_retention(db):
+    db.privacy.begin_erasure("77", 1.0)
+    assert db.privacy.being_erased("77", 2.0)
+    assert not db.privacy.being_erased("77", 1.0 + 3601)
+    db.privacy.apply_retention(now=1.0 + 3601, days=90)
+    assert db.links.get("erasing", "77") is None

@@ -16,6 +16,11 @@ if TYPE_CHECKING:
 
 ITEM_KINDS = ("question", "pack", "claim")  # the rows that own a Chatwoot conversation each
 ADOPTED = "adopted"  # link data: its conversation came from an agent's reply, not yet checked with Chatwoot
+# An item whose rows a prune or an erasure removed since its watermark was read (they write it
+# closed, with a new updated_at; 0 = read without one), and that nothing recorded again since.
+_CLOSED_SINCE = ("SELECT 1 FROM watermarks w WHERE w.kind = ? AND w.external_id = ? AND w.closed_at IS NOT NULL"
+                 " AND w.updated_at != ?"
+                 " AND NOT EXISTS (SELECT 1 FROM links l WHERE l.kind = w.kind AND l.external_id = w.external_id)")
 
 
 class Link(TypedDict):
@@ -58,7 +63,7 @@ def update_fields(conn: sqlite3.Connection, kind: str, external_id: str | int, n
 
 
 class LinksStore:
-    """`db.links`: queries get/by_…/ids…, commands record_intent/update/mark_created."""
+    """`db.links`: queries get/by_…/ids…, commands record_intent/update/mark_created/complete."""
 
     def __init__(self, db: Database):
         self._db = db
@@ -72,17 +77,26 @@ class LinksStore:
             "SELECT * FROM links WHERE kind = ? AND conversation_id = ? AND status = 'created'",
             (kind, conversation_id)))
 
-    def record_intent(self, kind: str, external_id: str | int, now: float, **fields: Any) -> tuple[Link, bool]:
+    def record_intent(self, kind: str, external_id: str | int, now: float, mark_seen: float | None = None,
+                      **fields: Any) -> tuple[Link | None, bool]:
         """Record that we are about to create `kind/external_id` in Chatwoot.
 
         Returns (row, fresh). A row that was already there (fresh False) may have been
         half-created before a crash: the caller checks Chatwoot before creating again.
+        `mark_seen`: the item's watermark `updated_at` as the caller read it with the item (0: none);
+        an item pruned or erased since (its watermark written closed) is not recorded again: (None, False).
         """
         with self._db.write() as conn:
+            if mark_seen is not None and conn.execute(_CLOSED_SINCE, (kind, str(external_id), mark_seen)).fetchone():
+                return None, False
             fresh = insert_pending(conn, kind, external_id, now)
             if fields and fresh:
                 update_fields(conn, kind, external_id, now, fields)
         return self.get(kind, external_id), fresh
+
+    def closed_since(self, kind: str, external_id: str | int, mark_seen: float) -> bool:
+        """Pruned or erased since its watermark was read so, and not recorded again (see record_intent)."""
+        return self._db.one(_CLOSED_SINCE, (kind, str(external_id), mark_seen)) is not None
 
     def update(self, kind: str, external_id: str | int, now: float, **fields: Any) -> None:
         with self._db.write() as conn:
@@ -93,6 +107,17 @@ class LinksStore:
         with self._db.write() as conn:
             insert_pending(conn, kind, external_id, now)
             update_fields(conn, kind, external_id, now, dict(fields, status="created"))
+
+    def complete(self, kind: str, external_id: str | int, now: float, **fields: Any) -> bool:
+        """Mark a recorded intent created, once its Chatwoot side is made. False (nothing written):
+        the row is gone, erased (forget-buyer) or pruned while the Chatwoot calls were in flight;
+        what the caller holds in memory must not bring the buyer back, so it stops there."""
+        with self._db.write() as conn:
+            if not conn.execute("SELECT 1 FROM links WHERE kind = ? AND external_id = ?",
+                                (kind, str(external_id))).fetchone():
+                return False
+            update_fields(conn, kind, external_id, now, dict(fields, status="created"))
+            return True
 
     def adopt_conversation(self, kind: str, external_id: str | int, conversation_id: int, now: float) -> bool:
         """An agent answered in a conversation carrying `kind/external_id` while the bridge does not
@@ -150,6 +175,16 @@ class LinksStore:
             chunk = [str(i) for i in external_ids[start:start + 500]]
             rows = self._db.conn().execute(f"SELECT external_id FROM links WHERE kind = ? AND external_id IN"
                                            f" ({','.join('?' * len(chunk))})", (kind, *chunk))
+            found.update(r[0] for r in rows)
+        return found
+
+    def created_among(self, kind: str, external_ids: list[str]) -> set[str]:
+        """Which of these ids have a `created` links row of `kind`."""
+        found: set[str] = set()
+        for start in range(0, len(external_ids), 500):
+            chunk = [str(i) for i in external_ids[start:start + 500]]
+            rows = self._db.conn().execute(f"SELECT external_id FROM links WHERE kind = ? AND status = 'created'"
+                                           f" AND external_id IN ({','.join('?' * len(chunk))})", (kind, *chunk))
             found.update(r[0] for r in rows)
         return found
 

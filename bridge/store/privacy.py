@@ -16,6 +16,12 @@ from bridge.store.links import link_row
 if TYPE_CHECKING:
     from db_manager import Database
 
+# `forget-buyer --chatwoot` deletes in Chatwoot before the bridge's rows go (they say where to look,
+# and a failed deletion is resumed by running it again). Meanwhile no poller may make the buyer's
+# contact or conversations again there: the erasure would leave them behind, remembered by nobody.
+# The hold lasts while the command runs; one that died holding it stops holding after this long.
+ERASING = "erasing"  # links kind: a buyer whose erasure is deleting in Chatwoot now
+ERASING_HOLD = 3600.0
 RETENTION_BATCH = 20  # conversations erased per write: few fsyncs, yet a short wait for the listener
 
 # How retention and erasure find each kind of conversation the bridge mirrors: where its
@@ -51,6 +57,10 @@ CONVERSATION_KINDS: dict[str, dict] = {
 }
 
 
+# The statuses of a reply whose agent has not been told its outcome (see forget_buyer's `untold`).
+UNTOLD_REPLIES = ("pending", "sending", "failed", "delivered")
+
+
 def _marks(values) -> str:
     """Placeholders for an IN list; NULL for an empty one (IN (NULL) matches nothing)."""
     return ",".join("?" * len(values)) or "NULL"
@@ -62,13 +72,11 @@ def _add_counts(total: dict, more: dict) -> None:
             total[key] = total.get(key, 0) + value
 
 
-def _delete_notifications(conn: sqlite3.Connection, ids: list[str]) -> int:
-    """Notifications whose resource is one of these ids (bare, or as the last path segment)."""
-    deleted = 0
-    for value in ids:
-        deleted += conn.execute("DELETE FROM notifications WHERE resource = ? OR resource LIKE ?",
-                                (value, f"%/{value}")).rowcount
-    return deleted
+# The resources Mercado Livre's notifications name (as bridge.sync.notifications records them):
+# only these are this conversation's. A bare id would also match another buyer's claim or
+# question that happens to carry the same number.
+NOTIFIED = {"question": ("/questions/{}",), "pack": (), "claim": ("/post-purchase/v1/claims/{}",)}
+NOTIFIED_MESSAGE = ("{}", "/messages/{}")  # a post-sale message: its id, bare (or as older versions kept it)
 
 
 class PrivacyStore:
@@ -118,6 +126,9 @@ class PrivacyStore:
                 " WHERE p.kind = 'question' AND p.external_id = links.external_id)", (cutoff,)).rowcount
             orphans += wconn.execute("DELETE FROM links WHERE kind = 'moderation_check' AND updated_at < ?",
                                      (cutoff,)).rowcount
+            # The hold of an erasure whose command stopped midway: it names the buyer.
+            orphans += wconn.execute("DELETE FROM links WHERE kind = ? AND updated_at < ?",
+                                     (ERASING, now - ERASING_HOLD)).rowcount
             orphans += wconn.execute(
                 "DELETE FROM links WHERE kind IN ('claim_message', 'claim_event', 'claim_moderation')"
                 " AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p WHERE p.kind = 'claim'"
@@ -160,25 +171,40 @@ class PrivacyStore:
             "SELECT 1 FROM threads WHERE pack_id = ? AND (active_at >= ? OR marking_since IS NOT NULL)",
             (external_id, cutoff)).fetchone())
 
-    def forget_buyer(self, buyer_id: str, now: float) -> dict:
+    def forget_buyer(self, buyer_id: str, now: float, untold: dict[str, list[int]] | None = None) -> dict:
         """Erase every row about one buyer (LGPD erasure); returns what was removed, by table.
 
         Their questions and sales keep a closed watermark (ids and a date, no buyer id) so the
         erased history is not imported again; a new question or message starts fresh.
+        `untold`, when given, receives the Chatwoot message ids of the replies erased before their
+        agents were told what became of them (UNTOLD_REPLIES), read in the erasure's own
+        transaction: a reply the listener accepts while the erasure starts is named too.
         """
         buyer_id = str(buyer_id)
         counts: dict[str, int] = {}
         with self._db.write() as conn:
             buyer = conn.execute("SELECT contact_id FROM links WHERE kind = 'buyer' AND external_id = ?",
                                  (buyer_id,)).fetchone()
-            for kind, external_id in self._buyer_conversations(conn, buyer_id, buyer[0] if buyer else None):
+            conversations = self._buyer_conversations(conn, buyer_id, buyer[0] if buyer else None)
+            if untold is not None:
+                untold.update(self._untold_replies(conn, conversations))
+            for kind, external_id in conversations:
                 _add_counts(counts, self._erase_conversation(conn, kind, external_id, now))
                 counts[f"{kind}s"] = counts.get(f"{kind}s", 0) + 1
             _add_counts(counts, self._erase_buyer_rows(conn, buyer_id))
-            deleted = _delete_notifications(conn, [buyer_id])
-            if deleted:
-                counts["notifications"] = counts.get("notifications", 0) + deleted
         return counts
+
+    def begin_erasure(self, buyer_id: str, now: float) -> None:
+        """Hold the buyer (being_erased) until forget_buyer ends it, or ERASING_HOLD passes."""
+        with self._db.write() as conn:
+            conn.execute("INSERT INTO links (kind, external_id, status, created_at, updated_at)"
+                         " VALUES (?, ?, 'pending', ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
+                         " updated_at = excluded.updated_at", (ERASING, str(buyer_id), now, now))
+
+    def being_erased(self, buyer_id, now: float) -> bool:
+        """An erasure is deleting this buyer in Chatwoot now: nothing of theirs may be made there."""
+        return self._db.one("SELECT 1 FROM links WHERE kind = ? AND external_id = ? AND updated_at > ?",
+                            (ERASING, str(buyer_id), now - ERASING_HOLD)) is not None
 
     def buyer_conversations(self, buyer_id: str) -> list[tuple[str, str]]:
         """(kind, external id) of the questions and sales the bridge keeps for this buyer."""
@@ -201,15 +227,18 @@ class PrivacyStore:
                     conversations.add(int(conversation_id))
         return contacts, conversations
 
-    def buyer_undelivered_replies(self, buyer_id: str) -> dict[str, list[int]]:
-        """Chatwoot message ids of this buyer's replies still in the outbox (erasure drops them),
-        by status: `pending` never left, `sending` may be reaching the buyer right now."""
-        found: dict[str, list[int]] = {"pending": [], "sending": []}
-        for kind, external_id in self.buyer_conversations(buyer_id):
-            for r in self._db.all("SELECT chatwoot_message_id, status FROM replies WHERE kind = ? AND target_id = ?"
-                                  " AND status IN ('pending', 'sending')",
-                                  (CONVERSATION_KINDS[kind]["reply_kind"], external_id)):
-                found[r["status"]].append(r["chatwoot_message_id"])
+    @staticmethod
+    def _untold_replies(conn: sqlite3.Connection, conversations: list[tuple[str, str]]) -> dict[str, list[int]]:
+        """Chatwoot message ids of these conversations' replies whose agents an erasure would leave
+        unaware of their outcome, by status: `pending` never left, `sending` may be reaching the buyer
+        right now, `failed` did not reach the buyer (or only in part), `delivered` did; neither shown yet."""
+        found: dict[str, list[int]] = {status: [] for status in UNTOLD_REPLIES}
+        for kind, external_id in conversations:
+            for message_id, status in conn.execute(
+                    "SELECT chatwoot_message_id, status FROM replies WHERE kind = ? AND target_id = ?"
+                    " AND (status IN ('pending', 'sending') OR reported_at IS NULL)",
+                    (CONVERSATION_KINDS[kind]["reply_kind"], external_id)):
+                found[status].append(message_id)
         return {status: sorted(ids) for status, ids in found.items()}
 
     def contacts_of_other_buyers(self, buyer_id: str, contact_ids: set[int]) -> set[int]:
@@ -248,8 +277,8 @@ class PrivacyStore:
 
     @staticmethod
     def _erase_buyer_rows(conn: sqlite3.Connection, buyer_id: str) -> dict:
-        return {"links": conn.execute("DELETE FROM links WHERE kind = 'buyer' AND external_id = ?",
-                                      (buyer_id,)).rowcount,
+        return {"links": conn.execute("DELETE FROM links WHERE kind IN ('buyer', ?) AND external_id = ?",
+                                      (ERASING, buyer_id)).rowcount,
                 "cache": conn.execute("DELETE FROM cache WHERE kind = 'user' AND key = ?", (buyer_id,)).rowcount}
 
     @staticmethod
@@ -272,10 +301,20 @@ class PrivacyStore:
         last = max([link.get("updated_at") or 0, *(r[0] for m in spec["messages"] for r in conn.execute(
             f"SELECT MAX(updated_at) FROM links WHERE kind = '{m}' AND json_extract(data, '$.{kind}_id') = ?",
             (external_id,)) if r[0] is not None)]) or now
+        # A mark moves only when a sync ends well: a message mirrored by one that failed after it is
+        # newer. The newest Mercado Livre date of what was mirrored (its row's `at`) covers it too, or
+        # it would be mirrored again, into a new conversation.
+        mirrored = max([0.0, *(float(r[0]) for m in spec["messages"] for r in conn.execute(
+            f"SELECT MAX(CAST(json_extract(data, '$.at') AS REAL)) FROM links WHERE kind = '{m}'"
+            f" AND json_extract(data, '$.{kind}_id') = ?", (external_id,)) if r[0] is not None),
+            *(float(r[0]) for keyed_kind in spec["keyed"] for r in conn.execute(
+                "SELECT MAX(CAST(json_extract(data, '$.at') AS REAL)) FROM links WHERE kind = ?"
+                " AND external_id >= ? AND external_id < ?", (keyed_kind, f"{external_id}:", f"{external_id}:\uffff"))
+              if r[0] is not None)])
         if spec["mark_in_data"]:
             # Messages without ids (claims): the newest Mercado Livre date seen is exact; a later
             # erasure of a conversation started afresh moves the mark forward.
-            last = float(link["data"].get("last_message_at") or 0) or last
+            last = max(float(link["data"].get("last_message_at") or 0), mirrored) or last
             conn.execute("INSERT INTO watermarks (kind, external_id, last_message_at, closed_at, updated_at)"
                          " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
                          " closed_at = excluded.closed_at,"
@@ -285,8 +324,9 @@ class PrivacyStore:
             conn.execute("INSERT INTO watermarks (kind, external_id, last_message_at, closed_at, updated_at)"
                          " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
                          " closed_at = COALESCE(closed_at, excluded.closed_at),"
-                         " last_message_at = COALESCE(last_message_at, excluded.last_message_at),"
-                         " updated_at = excluded.updated_at", (kind, external_id, last, now, now))
+                         " last_message_at = MAX(COALESCE(last_message_at, excluded.last_message_at), ?),"
+                         " updated_at = excluded.updated_at",
+                         (kind, external_id, max(last, mirrored), now, now, mirrored))
         counts = {"links": 0}
         for link_kind, ids in ((kind, [external_id]), *((c, [external_id]) for c in spec["children"]),
                                *((m, message_ids) for m in spec["messages"]), ("moderation", remote_ids),
@@ -302,11 +342,15 @@ class PrivacyStore:
         conn.execute(f"DELETE FROM reply_parts WHERE reply_id IN ({_marks(reply_ids)})", reply_ids)
         counts["replies"] = conn.execute(f"DELETE FROM replies WHERE id IN ({_marks(reply_ids)})",
                                          reply_ids).rowcount
-        resources = [external_id, *message_ids, *(str(o) for o in link["data"].get("order_ids") or [])]
-        notification_ids = [r[0] for r in conn.execute(
-            f"SELECT id FROM notifications WHERE {' OR '.join(['resource = ? OR resource LIKE ?'] * len(resources))}",
-            [v for r in resources for v in (r, f"%/{r}")])]
-        counts["notifications"] = _delete_notifications(conn, resources)
+        notified = ((NOTIFIED[kind], [external_id]), (NOTIFIED_MESSAGE, message_ids))
+        resources = [shape.format(i) for shapes, ids in notified for i in ids for shape in shapes]
+        notification_ids = [r[0] for start in range(0, len(resources), 500) for r in conn.execute(
+            f"SELECT id FROM notifications WHERE resource IN ({_marks(resources[start:start + 500])})",
+            resources[start:start + 500])]
+        for start in range(0, len(notification_ids), 500):
+            chunk = notification_ids[start:start + 500]
+            conn.execute(f"DELETE FROM notifications WHERE id IN ({_marks(chunk)})", chunk)
+        counts["notifications"] = len(notification_ids)
         attempts = [(kind, external_id), *(("reply", str(i)) for i in reply_ids),
                     *(("notification", n) for n in notification_ids)]
         counts["item_attempts"] = sum(conn.execute("DELETE FROM item_attempts WHERE kind = ? AND item_id = ?",

@@ -44,7 +44,14 @@ from bridge.rules.conversations import confirmed_conversation
 from bridge.rules.dates import parse_date
 from bridge.services import Services
 from bridge.sync import moderation
-from bridge.sync.contacts import continue_in_new_conversation, is_gone, open_conversation, say_removed
+from bridge.sync.contacts import (
+    NOT_CLOSED,
+    continue_in_new_conversation,
+    is_gone,
+    mark_conversation_created,
+    open_conversation,
+    say_removed,
+)
 from bridge.sync.ensure import ensure_message, fetch_files, mirror_message
 from bridge.sync.sales import SALE_URL
 from db_manager import crashpoint
@@ -348,12 +355,19 @@ def _sync_claim(s: Services, claim_id: str) -> int:
     # new message starts a new conversation.
     mark = s.db.watermarks.get("claim", claim_id)
     fresh = after_watermark(messages, mark)
+    if not link and mark and mark.get("closed_at") is not None and fresh:
+        # Nor what is already in Chatwoot: mirrored by a sync an erasure overtook, after the erasure's mark.
+        keyed = message_keys(claim_id, messages)
+        shown = s.db.links.created_among("claim_message", [key for key, _m in keyed])
+        already = {id(m) for key, m in keyed if key in shown}
+        fresh = [m for m in fresh if id(m) not in already]
+    mark_seen = (mark or {}).get("updated_at") or NOT_CLOSED
     if not link and mark and mark.get("closed_at") is not None and not fresh:
         s.db.watermarks.record_claim_seen(claim_id, claim.get("last_updated"), s.clock())
         log.info("claim pruned or erased before, nothing new claim=%s messages=%d", claim_id, len(messages))
         return 0
     try:
-        created, conversation_id = _apply(s, claim_id, claim, messages, link, fresh)
+        created, conversation_id = _apply(s, claim_id, claim, messages, link, fresh, mark_seen)
     except PermanentError as exc:
         # The conversation as the row has it now: one made before a crash, not yet recorded as
         # shown, may have been deleted too.
@@ -361,21 +375,22 @@ def _sync_claim(s: Services, claim_id: str) -> int:
         if not is_gone(exc) or not link or link["conversation_id"] is None:
             raise
         continue_in_new_conversation(s, "claim", claim_id, link["conversation_id"], log)
-        created, conversation_id = _apply(s, claim_id, claim, messages, s.db.links.get("claim", claim_id), fresh)
+        created, conversation_id = _apply(s, claim_id, claim, messages, s.db.links.get("claim", claim_id), fresh,
+                                          mark_seen)
     log.info("claim synced claim=%s conversation=%s stage=%s status=%s new=%d in %dms", claim_id, conversation_id,
              claim.get("stage"), claim.get("status"), created, (time.monotonic() - started) * 1000)
     return created
 
 
 def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: dict | None,
-           to_mirror: list[dict]) -> tuple[int, int]:
+           to_mirror: list[dict], mark_seen: float | None = None) -> tuple[int, int]:
     """`to_mirror`: the messages not covered by a closed watermark (all of them, usually)."""
     old = link["data"] if link and link["status"] == "created" else None
     order = None
     found = False
     if old is None:
         order, conversation_id, affects, found = _ensure_claim_conversation(s, claim_id, claim,
-                                                                            (link or {}).get("data"))
+                                                                            (link or {}).get("data"), mark_seen)
     else:
         conversation_id = link["conversation_id"]
         affects = old.get("affects")
@@ -511,8 +526,8 @@ def _retry_facts(s: Services, claim_id: str, link: dict) -> int:
     return shown
 
 
-def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
-                               data: dict | None) -> tuple[dict | None, int, str | None, bool]:
+def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict, data: dict | None,
+                               mark_seen: float | None = None) -> tuple[dict | None, int, str | None, bool]:
     """(order, conversation id, affects, found: an existing conversation rather than one made now)."""
     order = None
     if claim.get("resource") == "order" and str(claim.get("resource_id") or "").isdigit():
@@ -528,7 +543,7 @@ def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
     attributes = claim_attributes(claim, order, affects, zone=s.settings.display_timezone, reason=reason)
     contact_id, conversation_id, fresh = open_conversation(
         s, kind="claim", external_id=claim_id, inbox_id=s.settings.chatwoot_claims_inbox_id, buyer_id=buyer_id,
-        nickname=buyer.get("nickname"), custom_attributes=attributes)
+        nickname=buyer.get("nickname"), custom_attributes=attributes, mark_seen=mark_seen)
     s.chatwoot.set_labels(conversation_id, [LABEL])
     if not fresh and (s.db.links.get("claim_event", f"{claim_id}:opened") or {}).get("status") != "created":
         # Found, and maybe resolved by an agent while it was empty: the claim itself is the buyer's
@@ -540,12 +555,12 @@ def _ensure_claim_conversation(s: Services, claim_id: str, claim: dict,
     order_id, pack_id = attributes["meli_order_id"], attributes["meli_pack_id"]
     sale_noted = _point_sale_to_claim(s, claim_id, conversation_id, pack_id, order_id)
     action, due = next_action(claim)
-    s.db.links.mark_created("claim", claim_id, s.clock(), contact_id=contact_id, conversation_id=conversation_id,
-                            data=dict(data or {}, buyer_id=buyer_id, order_id=order_id, pack_id=pack_id,
-                                      sale_noted=sale_noted or bool((data or {}).get("sale_noted")),
-                                      stage=claim.get("stage"), status="opened", due=due, affects=affects,
-                                      receivers=sorted(allowed_receivers(claim)),
-                                      attributes=attributes))
+    mark_conversation_created(s, "claim", claim_id, contact_id=contact_id, conversation_id=conversation_id,
+                              data=dict(data or {}, buyer_id=buyer_id, order_id=order_id, pack_id=pack_id,
+                                        sale_noted=sale_noted or bool((data or {}).get("sale_noted")),
+                                        stage=claim.get("stage"), status="opened", due=due, affects=affects,
+                                        receivers=sorted(allowed_receivers(claim)),
+                                        attributes=attributes))
     log.info("claim in chatwoot claim=%s buyer=%s order=%s conversation=%s", claim_id, buyer_id, order_id,
              conversation_id)
     return order, conversation_id, affects, not fresh
@@ -629,7 +644,7 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
                 s.db.links.mark_created("claim_message", key, s.clock(), conversation_id=part["conversation_id"],
                                         message_id=part["chatwoot_message_id"],
                                         data={"by": "bridge", "remote": remote, "reply_id": part["id"],
-                                             "seq": part["seq"]})
+                                              "seq": part["seq"], "at": parse_date(message.get("date_created"))})
                 if is_rejected(message):
                     _report_moderated_reply(s, claim_id, key, s.db.links.get("claim_message", key), message,
                                             conversation_id)
@@ -653,7 +668,8 @@ def _mirror(s: Services, claim_id: str, conversation_id: int, key: str, message:
     existing, fresh, files = mirror_message(
         s, "claim_message", key, conversation_id, source_ids.claim_message(key), message_content(message, direction),
         direction, lambda: _download_files(s, claim_id, message),
-        {"role": str(message.get("sender_role")), "direction": direction}, crash="claim_message_created")
+        {"role": str(message.get("sender_role")), "direction": direction,
+         "at": parse_date(message.get("date_created"))}, crash="claim_message_created")
     # A file name can name the buyer: extension and size only.
     log.info("claim message in chatwoot claim=%s role=%s conversation=%s message=%s files=%d ext=%s bytes=%d"
              " in %dms%s", claim_id, message.get("sender_role"), conversation_id, existing["id"],

@@ -29,8 +29,13 @@ def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -
     unique per account, so a 422 means someone (a crashed earlier run, the other inbox,
     a person) created it: find it by exact filter, never by substring search. A remembered
     contact that answers 404 (deleted, or merged away) is forgotten and found or made again.
+    Nothing is made or found for a buyer an erasure is deleting in Chatwoot right now
+    (db.privacy.being_erased).
     """
     key = str(buyer_id)
+    if s.db.privacy.being_erased(key, s.clock()):
+        # Made now, it would outlive the erasure in Chatwoot, remembered by nobody: after it, the item starts fresh.
+        raise TransientError("its buyer is being erased (forget-buyer --chatwoot)")  # no id: it outlives the erasure
     source_id = source_ids.buyer(buyer_id)
     link = s.db.links.get("buyer", key)
     if link and link["status"] == "created":
@@ -67,7 +72,10 @@ def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -
         contact_id = contact["id"]
         _add_inbox(s, contact_id, inbox_id, source_id)
         log.info("contact found buyer=%s contact=%s", buyer_id, contact_id)
-    s.db.links.mark_created("buyer", key, s.clock(), contact_id=contact_id, data={"inboxes": [inbox_id]})
+    if not s.db.links.complete("buyer", key, s.clock(), contact_id=contact_id, data={"inboxes": [inbox_id]}):
+        # Erased while the contact was made or found: left in Chatwoot (found again by its identifier
+        # if the buyer comes back), not recorded here.
+        raise erased_meanwhile("buyer", key)
     return contact_id, source_id
 
 
@@ -82,7 +90,8 @@ def _add_inbox(s: Services, contact_id: int, inbox_id: int, source_id: str) -> N
 
 
 def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: int, contact_id: int,
-                        source_id: str, custom_attributes: dict, buyer_id) -> tuple[int, bool]:
+                        source_id: str, custom_attributes: dict, buyer_id,
+                        mark_seen: float | None = None) -> tuple[int, bool]:
     """The conversation for `kind/external_id` (a question or a pack). Returns (id, created now).
 
     The intent is recorded first, with the time of each create attempt (`TRIED`, set as it
@@ -93,8 +102,14 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     still held would otherwise be applied after the search, and the buyer would have two
     conversations. A conversation a pending row remembers is used once Chatwoot shows it (and, one
     adopted from a webhook, names this item: _check_remembered).
+    `mark_seen`: see open_conversation.
     """
-    link, fresh = s.db.links.record_intent(kind, external_id, s.clock(), contact_id=contact_id)
+    # The buyer id from the start: an erasure finds the row by it even when its contact is gone
+    # and the buyer's own row, being made again, names none.
+    link, fresh = s.db.links.record_intent(kind, external_id, s.clock(), mark_seen=mark_seen, contact_id=contact_id,
+                                           data={"buyer_id": buyer_id})
+    if link is None:
+        raise erased_meanwhile(kind, external_id)
     # A conversation remembered by a row not finished yet (made before a crash or a failure, or
     # adopted at an agent's reply) may have been deleted since: checked before anything goes there.
     if not fresh and link["status"] == "pending" and link["conversation_id"] is not None:
@@ -118,8 +133,7 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     if not s.db.links.set_conversation(kind, external_id, conversation["id"], data, s.clock()):
         link = s.db.links.get(kind, external_id)
         if link is None:
-            # Erased meanwhile (forget-buyer): nothing of this item may be recorded again.
-            raise TransientError(f"{kind} {external_id} was erased while its conversation was made")
+            raise erased_meanwhile(kind, external_id)
         # An agent answered in another conversation of this item while the create was in flight:
         # the buyer's messages go where the agent is, the one made now stays empty.
         link = _check_remembered(s, link, inbox_id)
@@ -179,6 +193,22 @@ def _valid_id(value) -> bool:
     return type(value) is int and value > 0
 
 
+NOT_CLOSED = 0.0  # `mark_seen` of an item read without a watermark (or, for a question, without a closed one)
+
+
+def erased_meanwhile(kind: str, external_id: str) -> TransientError:
+    """The item's row went (forget-buyer, retention) while its Chatwoot side was being made:
+    nothing of it may be recorded again from what the sync holds in memory."""
+    return TransientError(f"{kind} {external_id} was erased while it was being made in Chatwoot")
+
+
+def mark_conversation_created(s: Services, kind: str, external_id: str, **fields) -> None:
+    """The last step of showing a question, sale or claim: its row, recorded as an intent before
+    any Chatwoot call, becomes `created`. Raises (erased_meanwhile) when that row is gone."""
+    if not s.db.links.complete(kind, external_id, s.clock(), **fields):
+        raise erased_meanwhile(kind, external_id)
+
+
 def _check_remembered(s: Services, link: Link, inbox_id: int) -> Link:
     """The conversation of a row not finished yet, kept only if Chatwoot has it in this inbox: an
     agent may have deleted it since it was made, or an agent's reply that named it (accept adopted
@@ -224,20 +254,27 @@ def forget_contact(s: Services, buyer_id, contact_id: int) -> None:
 
 
 def open_conversation(s: Services, *, kind: str, external_id: str, inbox_id: int, buyer_id, nickname: str | None,
-                      custom_attributes: dict) -> tuple[int, int, bool]:
+                      custom_attributes: dict, mark_seen: float | None = None) -> tuple[int, int, bool]:
     """The buyer's contact and the conversation for `kind/external_id`. Returns (contact id,
     conversation id, created now).
+
+    `mark_seen`: the item's watermark as the caller read it with the item (its `updated_at`, or
+    NOT_CLOSED). An erasure (forget-buyer) or a prune since then, which writes a closed mark, leaves
+    the caller holding an old copy of the item in memory: nothing is made or recorded from it
+    (erased_meanwhile). Checked before the contact, and again as the row's intent is recorded.
 
     A remembered contact an agent deleted or merged away answers 404 when a conversation
     is created for it (422 when a merge moved its contact_inbox to the surviving contact):
     the contact is then found again by identifier, or created, once.
     """
     for attempt in range(3):
+        if mark_seen is not None and s.db.links.closed_since(kind, external_id, mark_seen):
+            raise erased_meanwhile(kind, external_id)
         contact_id, source_id = ensure_contact(s, buyer_id, nickname, inbox_id)
         try:
             conversation_id, fresh = ensure_conversation(
                 s, kind=kind, external_id=external_id, inbox_id=inbox_id, contact_id=contact_id,
-                source_id=source_id, custom_attributes=custom_attributes, buyer_id=buyer_id)
+                source_id=source_id, custom_attributes=custom_attributes, buyer_id=buyer_id, mark_seen=mark_seen)
             return contact_id, conversation_id, fresh
         except PermanentError as exc:
             if attempt == 2 or exc.status not in (404, 422):

@@ -15,7 +15,7 @@ from bridge import failures, source_ids
 from bridge.http import PermanentError
 from bridge.rules import own_parts
 from bridge.services import Services
-from bridge.sync.contacts import forget_conversation, is_gone, open_conversation
+from bridge.sync.contacts import NOT_CLOSED, forget_conversation, is_gone, mark_conversation_created, open_conversation
 from bridge.sync.ensure import ensure_linked_message, ensure_message, ensure_note
 from db_manager import crashpoint
 from mercado_livre_api import ReauthorizationRequired
@@ -177,7 +177,8 @@ def _create_new(s: Services, question: dict, items: dict[str, dict] | None, nick
             return False  # a notification was faster
         item_id = str(question["item_id"])
         item = items.get(item_id) if items is not None else cached_items(s, [item_id]).get(item_id)
-        create_question(s, question, item, nicknames.get(str((question.get("from") or {}).get("id"))))
+        # Listed because no closed watermark named it: one closed since is an erasure meanwhile.
+        create_question(s, question, item, nicknames.get(str((question.get("from") or {}).get("id"))), NOT_CLOSED)
     return True
 
 
@@ -193,7 +194,7 @@ def _finish_stranded(s: Services, qid: str) -> bool:
         item_id = str(question.get("item_id"))
         buyer = (question.get("from") or {}).get("id")
         create_question(s, question, cached_items(s, [item_id]).get(item_id),
-                        cached_nicknames(s, [buyer]).get(str(buyer)))
+                        cached_nicknames(s, [buyer]).get(str(buyer)), NOT_CLOSED)
         follow_question(s, s.db.links.get("question", qid), question)
     return True
 
@@ -226,18 +227,20 @@ def _sync_one_question(s: Services, question_id: str) -> str:
         return "other seller"
     item = cached_items(s, [str(question["item_id"])]).get(str(question["item_id"]))
     buyer = (question.get("from") or {}).get("id")
-    create_question(s, question, item, cached_nicknames(s, [buyer]).get(str(buyer)))
+    create_question(s, question, item, cached_nicknames(s, [buyer]).get(str(buyer)), NOT_CLOSED)
     return "created"
 
 
-def create_question(s: Services, question: dict, item: dict | None, nickname: str | None) -> None:
+def create_question(s: Services, question: dict, item: dict | None, nickname: str | None,
+                    mark_seen: float | None = None) -> None:
+    """`mark_seen`: the question's watermark as the caller saw it (contacts.open_conversation)."""
     started = time.monotonic()
     qid = str(question["id"])
     buyer_id = (question.get("from") or {}).get("id")
     inbox_id = s.settings.chatwoot_questions_inbox_id
     contact_id, conversation_id, fresh = open_conversation(
         s, kind="question", external_id=qid, inbox_id=inbox_id, buyer_id=buyer_id, nickname=nickname,
-        custom_attributes=conversation_attributes(question, item))
+        custom_attributes=conversation_attributes(question, item), mark_seen=mark_seen)
     # A conversation made just now holds no message yet: no need to look for one.
     source = source_ids.question(qid)
     try:
@@ -250,11 +253,11 @@ def create_question(s: Services, question: dict, item: dict | None, nickname: st
             raise
         # Half-created before a crash, then deleted: the question was never shown; start over.
         forget_conversation(s, "question", qid, conversation_id)
-        create_question(s, question, item, nickname)
+        create_question(s, question, item, nickname, mark_seen)
         return
-    s.db.links.mark_created("question", qid, s.clock(), contact_id=contact_id, conversation_id=conversation_id,
-                            message_id=message["id"], data={"state": "open", "item_id": str(question.get("item_id")),
-                                                            "buyer_id": buyer_id})
+    mark_conversation_created(s, "question", qid, contact_id=contact_id, conversation_id=conversation_id,
+                              message_id=message["id"], data={"state": "open", "item_id": str(question.get("item_id")),
+                                                              "buyer_id": buyer_id})
     log.info("question in chatwoot question=%s buyer=%s item=%s conversation=%s message=%s in %dms%s", qid,
              buyer_id, question.get("item_id"), conversation_id, message["id"],
              (time.monotonic() - started) * 1000, "" if fresh else " (reconciled)")

@@ -31,7 +31,14 @@ from bridge.rules.dates import parse_date
 from bridge.rules.sale import sale_context
 from bridge.services import Services
 from bridge.sync import moderation
-from bridge.sync.contacts import continue_in_new_conversation, is_gone, open_conversation, say_removed
+from bridge.sync.contacts import (
+    NOT_CLOSED,
+    continue_in_new_conversation,
+    is_gone,
+    mark_conversation_created,
+    open_conversation,
+    say_removed,
+)
 from bridge.sync.ensure import fetch_files, mirror_message
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
 
@@ -361,8 +368,12 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     link = s.db.links.get("pack", pack_id)
     last_id = str(in_order(messages)[-1]["id"]) if messages else None
     # Pruned by retention or erased: what the watermark covers stays out of Chatwoot.
-    covered = covered_by_watermark(messages, s.db.watermarks.get("pack", pack_id))
-    new_messages = [m for m in messages if str(m["id"]) not in covered]
+    mark = s.db.watermarks.get("pack", pack_id)
+    covered = covered_by_watermark(messages, mark)
+    mark_seen = (mark or {}).get("updated_at") or NOT_CLOSED
+    # Nor what is already in Chatwoot: mirrored by a sync an erasure overtook, after the erasure's mark.
+    shown = s.db.links.created_among("message", [str(m["id"]) for m in messages]) if covered else set()
+    new_messages = [m for m in messages if str(m["id"]) not in covered | shown]
     if (not link or link["status"] != "created") and (
             (covered and not new_messages)
             or (require_buyer and all(is_from_seller(m, seller_id) for m in new_messages))):
@@ -372,7 +383,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
         # One found rather than made (a create whose answer was lost, adopted at an agent's reply)
         # may have been resolved by an agent since: a buyer message reopens it as usual.
         conversation_id, link, found = _ensure_pack_conversation(s, pack_id, messages, resource_kind, blocked,
-                                                                 migrated)
+                                                                 migrated, mark_seen)
         reopen = found
     else:
         conversation_id = link["conversation_id"]
@@ -409,7 +420,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
             raise
         continue_in_new_conversation(s, "pack", pack_id, conversation_id, log)
         conversation_id, link, reopen = _ensure_pack_conversation(s, pack_id, messages, resource_kind, blocked,
-                                                                  migrated)
+                                                                  migrated, mark_seen)
         rest = messages_to_mirror(messages, seller_id, known_now(), bridge_ids, in_doubt)
         reopened = reopen and any(direction == "incoming" for _m, direction in rest)
         if reopened:
@@ -461,19 +472,18 @@ def _mark_read(s: Services, pack_id: str, seller_id: int, messages: list[dict], 
 
 
 def _ensure_pack_conversation(s: Services, pack_id: str, messages: list[dict], resource_kind: str | None,
-                              blocked: bool, migrated: bool) -> tuple[int, dict, bool]:
+                              blocked: bool, migrated: bool, mark_seen: float | None = None) -> tuple[int, dict, bool]:
     """(conversation id, link, found: an existing conversation rather than one made now)."""
     sale = sale_context(s, pack_id, messages, resource_kind)
     inbox_id = s.settings.chatwoot_messages_inbox_id
     attributes = sale_attributes(pack_id, sale["orders"])
     contact_id, conversation_id, fresh = open_conversation(
         s, kind="pack", external_id=str(pack_id), inbox_id=inbox_id, buyer_id=sale["buyer_id"],
-        nickname=sale["nickname"], custom_attributes=attributes)
+        nickname=sale["nickname"], custom_attributes=attributes, mark_seen=mark_seen)
     say_removed(s, "pack", pack_id, conversation_id, "desta venda", attributes["meli_sale_url"], fresh)
     data = {"buyer_id": sale["buyer_id"], "blocked": blocked, "migrated": migrated,
             "order_ids": [str(o["id"]) for o in sale["orders"]]}
-    s.db.links.mark_created("pack", pack_id, s.clock(), contact_id=contact_id, conversation_id=conversation_id,
-                            data=data)
+    mark_conversation_created(s, "pack", pack_id, contact_id=contact_id, conversation_id=conversation_id, data=data)
     log.info("sale in chatwoot pack=%s buyer=%s conversation=%s orders=%s", pack_id, sale["buyer_id"],
              conversation_id, ",".join(data["order_ids"]))
     return conversation_id, s.db.links.get("pack", pack_id), not fresh
@@ -484,7 +494,9 @@ def _mirror(s: Services, conversation_id: int, pack_id: str, message: dict, dire
     mid = str(message["id"])
     existing, fresh, _files = mirror_message(
         s, "message", mid, conversation_id, source_ids.message(mid), message_content(message, direction), direction,
-        lambda: _download_files(s, message), {"pack_id": str(pack_id), "direction": direction},
+        lambda: _download_files(s, message), {"pack_id": str(pack_id), "direction": direction,
+         # `at`: its Mercado Livre date, which an erasure's watermark must cover (db.privacy).
+         "at": parse_date((message.get("message_date") or {}).get("created"))},
         crash="sale_message_created")
     log.info("message in chatwoot ml_message=%s pack=%s conversation=%s message=%s direction=%s files=%d in %dms%s",
              mid, pack_id, conversation_id, existing["id"], direction, len(message.get("message_attachments") or []),
