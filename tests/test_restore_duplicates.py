@@ -88,3 +88,43 @@ def test_a_new_row_is_looked_for_only_within_the_doubt_after_a_restore(db):
     db.links.mark_restored(2000.0)
     assert db.links.record_intent("question", "2", 2000.0 + RESTORE_DOUBT - 1)[1] is False
     assert db.links.record_intent("question", "3", 2000.0 + RESTORE_DOUBT + 1)[1] is True
+
+
+def test_a_question_answered_from_chatwoot_after_the_backup_is_not_shown_answered_twice(bridge):
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    meli.add_user(7001, "COMPRADOR7001")
+    meli.add_item("MLB100", "Caneca azul")
+    meli.add_question(item_id="MLB100", buyer_id=7001, text="Tem na cor verde?")
+    assert bridge.once().returncode == 0
+    conversation = next(iter(chatwoot.conversations))
+    copy = str(bridge.tmp / "copy.db")
+    assert bridge.cli("backup", copy).returncode == 0
+
+    # After the backup: the agent answers, the bridge delivers it (the copy knows neither).
+    listener = bridge.listener()
+    reply = chatwoot.agent_reply(conversation, "Tem **sim**!")
+    database = bridge.env["DATABASE_PATH"]
+    db = Database(database).open()
+    try:
+        wait_until(lambda: db.replies.by_message(reply["id"]) is not None, 20, what="the reply accepted")
+    finally:
+        db.close()
+    bridge.stop(listener)
+    assert bridge.once().returncode == 0
+    shown = [m["id"] for m in chatwoot.messages_in(conversation)]
+
+    restore(bridge, copy)
+    assert bridge.once().returncode == 0
+    assert [m["id"] for m in chatwoot.messages_in(conversation)] == shown
+    assert chatwoot.conversations[conversation]["status"] == "resolved"
+
+
+def test_an_agents_answer_is_told_by_its_text_as_sent_never_by_a_note_or_a_mirrored_message():
+    from bridge.sync.questions import is_agents_answer
+
+    agent = {"message_type": 1, "private": False, "content": "Tem  **sim**!", "source_id": None}
+    assert is_agents_answer(agent, "Tem sim!")
+    assert not is_agents_answer(dict(agent, private=True), "Tem sim!")
+    assert not is_agents_answer(dict(agent, source_id="meli:answer:1"), "Tem sim!")
+    assert not is_agents_answer(dict(agent, message_type=0), "Tem sim!")
+    assert not is_agents_answer(agent, "Tem não!")
