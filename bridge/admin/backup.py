@@ -12,12 +12,14 @@ from __future__ import annotations
 import configparser
 import os
 import re
+import sqlite3
 import sys
 import xmlrpc.client
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from bridge.store.links import RESTORE_DOUBT
 from db_manager import SCHEMA_VERSION, Database, DatabaseError, inspect_backup, match_owner, stage_restore, swap_in
 
 BACKUP_DIR = "backups"
@@ -27,6 +29,7 @@ BEFORE_RESTORE = "-before-restore"
 PROGRAMS = ("listener", "poller")
 RUNNING_STATES = ("RUNNING", "STARTING", "BACKOFF")
 NOT_RUNNING, ALREADY_STARTED = 70, 60  # supervisor.xmlrpc.Faults
+RESTORE_DOUBT_DAYS = round(RESTORE_DOUBT / 86400)
 DEFAULT_SUPERVISORD_CONF = str(Path(__file__).resolve().parents[2] / "supervisord.conf")
 
 Out = Callable[[str], Any]
@@ -224,8 +227,8 @@ def run_restore(database_path: str, source: str, out: Out = print, *, supervisor
 
     1. Without supervisord, refuse unless `stopped_by_hand` (the operator stopped both).
     2. Check FILE (a bridge database, schema not newer than this code, not damaged) and copy
-       it beside the database, synced: the processes still run meanwhile. Ask supervisord
-       which of the listener and the poller run.
+       it beside the database, synced: the processes still run meanwhile. Mark the copy as
+       restored (mark_in_doubt). Ask supervisord which of the listener and the poller run.
     3. Stop the listener, then the poller (it finishes the item in hand). Meanwhile Chatwoot's
        webhook deliveries fail and mark the agents' messages failed: nothing is lost silently.
        Refuse if a poller still holds the database (one started by hand).
@@ -247,6 +250,15 @@ def run_restore(database_path: str, source: str, out: Out = print, *, supervisor
         return 1
     out(f"checked {source}: a bridge database, schema version {version} (this code: {SCHEMA_VERSION}); "
         f"copied beside {database_path}")
+    try:
+        parts = mark_in_doubt(staged, (now or datetime.now(timezone.utc)).timestamp())
+    except DatabaseError as exc:
+        _remove_staged(staged)
+        err(f"error: {exc}; nothing was changed")
+        return 1
+    out(f"for {RESTORE_DOUBT_DAYS} days what is not in the backup is looked for in Chatwoot before it is "
+        f"created again; {parts} reply part{'' if parts == 1 else 's'} not known as sent "
+        f"{'is' if parts == 1 else 'are'} looked for on Mercado Livre before sending")
 
     running: list[str] = []
     if supervisor is None:
@@ -288,6 +300,38 @@ def run_restore(database_path: str, source: str, out: Out = print, *, supervisor
     return 0
 
 
+def mark_in_doubt(staged: str, now: float) -> int:
+    """The copy about to be put back knows nothing of what happened since the backup, while
+    Chatwoot and Mercado Livre kept it: its conversations, messages and delivered replies.
+
+    1. Migrate the copy (as the processes would) and record the restore in it: for
+       RESTORE_DOUBT every item without a row is looked for in Chatwoot before it is made
+       (LinksStore.record_intent), so nothing brought in after the backup appears twice.
+    2. Every part of a reply not finished in the copy becomes in doubt (`sending`): the
+       outbox looks for it on Mercado Livre before sending, so a reply delivered after the
+       backup is not sent again.
+    3. Leave it a single file again (journal DELETE) for the swap. Returns the parts of 2.
+    """
+    db = Database(staged).open()
+    try:
+        db.links.mark_restored(now)
+        parts = db.replies.put_in_doubt()
+        db.conn().execute("PRAGMA journal_mode = DELETE")
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"cannot mark {staged} as restored: {exc}") from None
+    finally:
+        db.close()
+    return parts
+
+
+def _remove_staged(staged: str) -> None:
+    for path in (staged, staged + "-wal", staged + "-shm"):
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
 def _poller_running(database_path: str) -> bool:
     db = Database(database_path)
     try:
@@ -310,10 +354,7 @@ def _start(supervisor: Supervisor | None, programs: list[str], out: Out, err: Ou
 
 def _abandon(staged: str, supervisor: Supervisor | None, running: list[str], reason: str, out: Out,
              err: Out) -> int:
-    try:
-        os.remove(staged)
-    except OSError:
-        pass
+    _remove_staged(staged)
     err(f"error: {reason}; the database was not changed")
     _start(supervisor, running, out, err)
     return 1

@@ -21,6 +21,10 @@ ADOPTED = "adopted"  # link data: its conversation came from an agent's reply, n
 _CLOSED_SINCE = ("SELECT 1 FROM watermarks w WHERE w.kind = ? AND w.external_id = ? AND w.closed_at IS NOT NULL"
                  " AND w.updated_at != ?"
                  " AND NOT EXISTS (SELECT 1 FROM links l WHERE l.kind = w.kind AND l.external_id = w.external_id)")
+RESTORED = "restored"  # poll_cursors row: when a backup was last put back in place (main.py restore)
+# After a restore, Chatwoot may hold what the backup never recorded, for as long as the sync can
+# come back to an item: longer than any sweep looks back (a sale: 14 days after its last sign of life).
+RESTORE_DOUBT = 30 * 86400.0
 
 
 class Link(TypedDict):
@@ -62,6 +66,11 @@ def update_fields(conn: sqlite3.Connection, kind: str, external_id: str | int, n
                  (*fields.values(), now, kind, str(external_id)))
 
 
+def _restored_since(conn: sqlite3.Connection, since: float) -> bool:
+    row = conn.execute("SELECT value FROM poll_cursors WHERE name = ?", (RESTORED,)).fetchone()
+    return row is not None and (json.loads(row[0]).get("at") or 0) >= since
+
+
 class LinksStore:
     """`db.links`: queries get/by_…/ids…, commands record_intent/update/mark_created/complete."""
 
@@ -82,7 +91,10 @@ class LinksStore:
         """Record that we are about to create `kind/external_id` in Chatwoot.
 
         Returns (row, fresh). A row that was already there (fresh False) may have been
-        half-created before a crash: the caller checks Chatwoot before creating again.
+        half-created before a crash: the caller checks Chatwoot before creating again. Within
+        RESTORE_DOUBT of a restore a new row is not fresh either: what Chatwoot got between the
+        backup and the restore has no row in the state put back, so it is looked for like a
+        create whose answer was lost (found by its attribute or source id, not made twice).
         `mark_seen`: the item's watermark `updated_at` as the caller read it with the item (0: none);
         an item pruned or erased since (its watermark written closed) is not recorded again: (None, False).
         """
@@ -92,11 +104,20 @@ class LinksStore:
             fresh = insert_pending(conn, kind, external_id, now)
             if fields and fresh:
                 update_fields(conn, kind, external_id, now, fields)
+            if fresh and _restored_since(conn, now - RESTORE_DOUBT):
+                fresh = False
         return self.get(kind, external_id), fresh
 
     def closed_since(self, kind: str, external_id: str | int, mark_seen: float) -> bool:
         """Pruned or erased since its watermark was read so, and not recorded again (see record_intent)."""
         return self._db.one(_CLOSED_SINCE, (kind, str(external_id), mark_seen)) is not None
+
+    def mark_restored(self, now: float) -> None:
+        """This state was just put back from a backup (main.py restore, on the copy before the swap)."""
+        with self._db.write() as conn:
+            conn.execute("INSERT INTO poll_cursors (name, value, updated_at) VALUES (?, ?, ?) ON CONFLICT (name)"
+                         " DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                         (RESTORED, json.dumps({"at": now}), now))
 
     def update(self, kind: str, external_id: str | int, now: float, **fields: Any) -> None:
         with self._db.write() as conn:

@@ -202,6 +202,18 @@ class RepliesStore:
                          " WHERE reply_id = ? AND seq = ? AND status = 'pending'", (now, reply_id, seq))
             return row["status"]
 
+    def put_in_doubt(self) -> int:
+        """After a restore: every part of an unfinished reply may have reached Mercado Livre after the
+        backup was taken (the state put back cannot tell), so each is `sending`, as after a lost
+        answer: the outbox looks for it there before sending, from when its reply was accepted.
+        Returns the parts changed."""
+        with self._db.write() as conn:
+            return conn.execute(
+                "UPDATE reply_parts SET status = 'sending', first_attempt_at = COALESCE(first_attempt_at,"
+                " (SELECT created_at FROM replies WHERE replies.id = reply_parts.reply_id))"
+                " WHERE status = 'pending' AND reply_id IN (SELECT id FROM replies"
+                " WHERE status IN ('pending', 'sending'))").rowcount
+
     def mark_part_attempted(self, reply_id: int, seq: int, now: float) -> bool:
         """The send is going out now: a lost answer is looked for only once it has settled."""
         with self._db.write() as conn:

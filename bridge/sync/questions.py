@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import time
 
-from bridge import failures, source_ids
+from bridge import failures, source_ids, text
 from bridge.http import PermanentError
 from bridge.rules import own_parts
 from bridge.services import Services
 from bridge.sync.contacts import NOT_CLOSED, forget_conversation, is_gone, mark_conversation_created, open_conversation
-from bridge.sync.ensure import ensure_linked_message, ensure_message, ensure_note
+from bridge.sync.ensure import ensure_message, ensure_note
 from db_manager import crashpoint
 from mercado_livre_api import ReauthorizationRequired
 
@@ -39,6 +39,16 @@ STATE_NOTES = {
 
 
 # ---- pure decisions -------------------------------------------------------------------------------
+
+def is_agents_answer(message: dict, answer: str) -> bool:
+    """A Chatwoot message that is an agent's public reply with the published answer's text (not
+    one the bridge mirrored, which carries a `meli:` source id), as the outbox sent it (plan_reply)."""
+    if message.get("message_type") not in (1, "outgoing") or message.get("private") or not answer \
+            or str(message.get("source_id") or "").startswith("meli:"):
+        return False
+    sent, _bad = text.normalize_latin1(text.markdown_to_plain(message.get("content") or ""))
+    return own_parts.same_text(sent, answer)
+
 
 def questions_to_create(unanswered: list[dict], created_ids: set[str]) -> list[dict]:
     """Questions not yet fully in Chatwoot, oldest first (pending intents included: they need finishing)."""
@@ -321,13 +331,28 @@ def _answer_linked(s: Services, qid: str) -> bool:
 
 
 def _mirror_answer(s: Services, qid: str, conversation_id: int, question: dict) -> None:
-    """Answered on the Mercado Livre site or app: show the answer as the seller's message."""
+    """Answered on the Mercado Livre site or app: show the answer as the seller's message.
+
+    1. The intent `answer/qid` is recorded. Not fresh (a crash, or a restore: the state put back
+       may not know a reply the bridge delivered after the backup), the conversation is read
+       first: an agent's message there with the published text is that answer, adopted as it.
+    2. Otherwise the answer is mirrored once (looked for by its source id when not fresh).
+    """
     source = source_ids.answer(qid)
     answer = (question.get("answer") or {}).get("text") or ""
-    message, _fresh = ensure_linked_message(
+    link, fresh = s.db.links.record_intent("answer", qid, s.clock(), conversation_id=conversation_id)
+    if not fresh:
+        own = next((m for m in s.chatwoot.all_messages(conversation_id) if is_agents_answer(m, answer)), None)
+        if own is not None:
+            s.db.links.mark_created("answer", qid, s.clock(), conversation_id=conversation_id,
+                                    message_id=own["id"], data={"by": "bridge"})
+            log.info("answer found as an agent's message question=%s conversation=%s message=%s", qid,
+                     conversation_id, own["id"])
+            return
+    message = ensure_message(
         s, "answer", qid, conversation_id, source,
         lambda: s.chatwoot.create_message(conversation_id, answer, message_type="outgoing", source_id=source),
-        crash="answer_mirrored")
+        crash="answer_mirrored", earlier=None if fresh else link)
     s.db.links.mark_created("answer", qid, s.clock(), conversation_id=conversation_id, message_id=message["id"],
                             data={"by": "mercadolivre"})
 
