@@ -67,7 +67,10 @@ def test_kill_9_mid_sync_then_once_leaves_no_duplicate_and_nothing_missing(bridg
     wait_until(lambda: len(chatwoot.conversations) >= 8, 60, what="some conversations")
     bridge.stop(poller, signal.SIGKILL)
     chatwoot.delay("/api/v1/accounts/1/conversations", 0)
-    assert bridge.once().returncode == 0
+    once = bridge.once()
+    # It failed twice in loaded suite runs (cause not seen: the assertion cut the log); say what failed.
+    assert once.returncode == 0, [line for line in once.stderr.decode().splitlines()
+                                  if " ERROR " in line or " WARNING " in line]
     convs = question_conversations(chatwoot, bridge.fakes.questions_inbox)
     qids = [c["custom_attributes"]["meli_question_id"] for c in convs]
     assert len(qids) == 30 and len(set(qids)) == 30
