@@ -163,7 +163,11 @@ INVARIANTS = [
     "a reply reaches only its own question or sale",
     "no thread left unread after the drain",
     "the seller's site messages and answers in Chatwoot exactly once",
+    "a reply is failed only for a reason that cannot be retried",
+    "a message marked read is in Chatwoot within seconds of the marking",
+    "mirrored text is Mercado Livre's, in Mercado Livre's order",
 ]
+MARK_WINDOW = 15.0  # seconds a buyer message marked read may take to reach Chatwoot (a kill and restart fit in)
 
 
 class Soak:
@@ -205,6 +209,7 @@ class Soak:
         self.touched: dict[str, list[str]] = defaultdict(list)  # "pack:P" / "question:Q" / "buyer:B" -> actions
         self.own_posts: Counter = Counter()  # (route, status) of what the soak POSTed to the listener
         self.mark_read_bad: list[tuple[str, list[str]]] = []
+        self.marked: list[tuple[str, str, float]] = []  # (sale, buyer message, monotonic) of every marking
         self.revealed_by_mark = 0
         self.health_reauth = 0
         self.health_seen: Counter = Counter()
@@ -316,6 +321,8 @@ class Soak:
                     if m.get("source_id")}
         missing = [i for i in seen if f"meli:message:{i}" not in held]
         self.revealed_by_mark += len([i for i in ids if i not in seen])
+        now = time.monotonic()
+        self.marked.extend((pack_key, i, now) for i in ids)
         if missing:
             # Called under the fake's lock: when each was first shown, for whoever reproduces it.
             peeked = self.meli.threads[pack_key].get("peeked", {})
@@ -592,7 +599,7 @@ class Soak:
                     return
                 self._remember_deletion(conv_id, "conversation deleted")
                 self.cw.delete_conversation(conv_id)
-            self.deletions.append({"conversation": conv_id, "t": time.monotonic()})
+            self.deletions.append({"conversation": conv_id, "conversations": [conv_id], "t": time.monotonic()})
 
     def delete_contact(self) -> None:
         contacts = self._buyer_contacts()
@@ -603,11 +610,13 @@ class Soak:
                     return
                 identifier = self.cw.contacts[contact_id]["identifier"]
                 self.touched["buyer:" + identifier.rsplit(":", 1)[-1]].append(f"contact {contact_id} deleted")
+                gone = []
                 for conv in list(self.cw.conversations.values()):
                     if conv["contact_id"] == contact_id:
                         self._remember_deletion(conv["id"], f"conversation deleted with contact {contact_id}")
+                        gone.append(conv["id"])
                 self.cw.delete_contact(contact_id)
-            self.deletions.append({"contact": contact_id, "t": time.monotonic()})
+            self.deletions.append({"contact": contact_id, "conversations": gone, "t": time.monotonic()})
 
     def merge_contacts(self) -> None:
         contacts = self._buyer_contacts()
@@ -895,6 +904,8 @@ class Soak:
 
         for pack_key, missing in self.mark_read_bad:
             v[INVARIANTS[11]].append(f"sale {pack_key}: marked read while Chatwoot lacked {missing}")
+        self._check_marked_in_time(v, copies)
+        self._check_mirrored_text(v, live, copies)
         for thread in meli.unread_results():
             v[INVARIANTS[15]].append(f"{thread['resource']}: {thread['count']} buyer messages unread")
 
@@ -923,6 +934,57 @@ class Soak:
                 v[INVARIANTS[13]].append(f"soak's {route} answered {status} x{n}")
         return {"violations": v, "deliveries": deliveries, "replies": replies_view, "auth_status": auth_status}
 
+    def _check_marked_in_time(self, v: dict, copies: dict) -> None:
+        """Marked read, a buyer message is the bridge's to show: Mercado Livre no longer lists it
+        as unread, so one the bridge drops after the marking may wait for the sweep (a quarter of
+        an hour) or for ever. Whatever the marking read showed must reach Chatwoot at once."""
+        latest: dict[str, float] = {}
+        for _pack, mid, t in self.marked:
+            latest.setdefault(mid, t)  # the first marking; a message is marked once
+        for mid, t in sorted(latest.items()):
+            found = [m["t_created"] for m in copies.get(f"meli:message:{mid}", [])]
+            first = min(found, default=None)
+            if first is None:
+                v[INVARIANTS[18]].append(f"message {mid} of sale {self._pack_of(mid)}: marked read, "
+                                         "never in Chatwoot")
+            elif first - t > MARK_WINDOW:
+                v[INVARIANTS[18]].append(f"message {mid} of sale {self._pack_of(mid)}: in Chatwoot "
+                                         f"{first - t:.1f} s after it was marked read")
+
+    def _pack_of(self, mid: str) -> str:
+        return (self.buyer_messages.get(mid) or {}).get("pack", "?")
+
+    def _check_mirrored_text(self, v: dict, live: dict, copies: dict) -> None:
+        """The buyer's words as Mercado Livre has them (spaces aside), and a sale's buyer messages
+        in a conversation in the order they were written."""
+        def words(text) -> str:
+            return " ".join(str(text or "").split())
+
+        with self.meli.lock:
+            ml = {mid: words(m.get("text")) for mid, m in self.meli.messages.items()}
+            asked = {qid: words(q.get("text")) for qid, q in self.meli.questions.items()}
+            order = {mid: n for thread in self.meli.threads.values() for n, m in enumerate(thread["messages"])
+                     for mid in [m["id"]]}
+        expected = {f"meli:message:{mid}": ml.get(mid, "") for mid in list(self.buyer_messages) +
+                    list(self.seller_messages)}
+        expected.update({f"meli:question:{qid}": asked.get(qid, "") for qid in self.questions})
+        for source, text in sorted(expected.items()):
+            for copy in copies.get(source, []):
+                if text and text not in words(copy["content"]):
+                    v[INVARIANTS[19]].append(f"{source} (Chatwoot {copy['id']}): {words(copy['content'])[:80]!r}, "
+                                             f"Mercado Livre has {text[:80]!r}")
+        by_conv: dict[int, list[dict]] = defaultdict(list)
+        for mid in self.buyer_messages:
+            for copy in copies.get(f"meli:message:{mid}", []):
+                if copy["id"] in live:
+                    by_conv[copy["conversation_id"]].append(dict(copy, ml_id=mid))
+        for conv_id, shown in sorted(by_conv.items()):
+            shown.sort(key=lambda m: m["id"])
+            written = [m["ml_id"] for m in shown]
+            if written != sorted(written, key=lambda i: order.get(i, 0)):
+                v[INVARIANTS[19]].append(f"conversation {conv_id}: buyer messages shown as {written}, "
+                                         f"written as {sorted(written, key=lambda i: order.get(i, 0))}")
+
     def _check_replies(self, v: dict, live: dict, deleted: dict, convs: dict) -> Counter:
         meli = self.meli
         reached: Counter = Counter()
@@ -943,6 +1005,13 @@ class Soak:
                     where[unit].add(f"sale {sent.get('pack_id')}")
                     held[unit].append(sent.get("held", 0.0))
         rows = self._db_replies()
+        with meli.lock:
+            calls = {"meli": list(meli.calls)}
+        with self.cw.lock:
+            calls["chatwoot"] = list(self.cw.calls)
+            webhooks: dict[int, list[dict]] = defaultdict(list)
+            for d in self.cw.webhook_deliveries:
+                webhooks[d["message_id"]].append(dict(d))
         outcome: Counter = Counter()
         for tag, reply in sorted(self.replies.items()):
             counts = {u: reached[u] for u in reply["units"]}
@@ -964,29 +1033,55 @@ class Soak:
                 outcome["private"] += 1
                 continue
             message = live.get(reply["message_id"])
-            if message is None:
-                outcome["conversation deleted"] += 1
-                continue
-            status, error = message["status"], message.get("external_error") or ""
             row = rows.get(reply["message_id"])
             row_text = f"; bridge row: {row}" if row else "; no bridge row"
+            if message is None:
+                # Its conversation was deleted: the agent cannot see the outcome any more, but the
+                # bridge still owes the buyer the reply; its own row says what it made of it.
+                outcome["conversation deleted"] += 1
+                gone = deleted.get(reply["message_id"]) or {}
+                if row is None:
+                    accepted = [d for d in webhooks.get(reply["message_id"], []) if d["status"] == 200]
+                    if accepted or sent:
+                        v[INVARIANTS[9]].append(f"{what}: conversation deleted, {len(sent)}/{len(counts)} units "
+                                                f"sent, the listener took {len(accepted)} deliveries, and the "
+                                                "bridge has no row for it")
+                    continue
+                status = row["status"]
+                after = gone.get("deleted_at", 0.0) - reply["t"]
+                where_shown = f"bridge row shows {status} (conversation deleted {after:.1f} s after the reply)"
+            else:
+                status, error = message["status"], message.get("external_error") or ""
+                where_shown = f"Chatwoot shows {status} {error!r}"
             if row and row["status"] in ("pending", "sending"):
                 outcome["still queued"] += 1
                 v[INVARIANTS[9]].append(f"{what}: {len(sent)}/{len(counts)} units sent, "
-                                        f"Chatwoot status {status}{row_text}")
+                                        f"{where_shown}{row_text}")
                 continue
             if len(sent) == len(counts):
                 outcome["delivered"] += 1
                 if status != "delivered":
-                    v[INVARIANTS[5]].append(f"{what}: all {len(counts)} units reached Mercado Livre, Chatwoot "
-                                            f"shows {status} {error!r}{row_text}")
-            elif not sent:
+                    v[INVARIANTS[5]].append(f"{what}: all {len(counts)} units reached Mercado Livre, "
+                                            f"{where_shown}{row_text}")
+                continue
+            if status == "failed":
+                reasons = self.refusal_reasons(reply, message, calls, webhooks)
+                if not reasons:
+                    v[INVARIANTS[17]].append(f"{what}: {len(sent)}/{len(counts)} units sent, {where_shown}, and "
+                                             f"the fakes record nothing that cannot be retried (Mercado Livre's "
+                                             f"answers to its sends: {self._answers_to(reply, calls)}){row_text}")
+            if not sent:
                 outcome["nothing sent"] += 1
                 if status != "failed":
-                    v[INVARIANTS[6]].append(f"{what}: nothing reached Mercado Livre, Chatwoot shows "
-                                            f"{status}{row_text}")
+                    v[INVARIANTS[6]].append(f"{what}: nothing reached Mercado Livre, {where_shown}{row_text}")
             else:
                 outcome["partial"] += 1
+                if message is None:
+                    # The note went to the sale's new conversation, if any: only the status is checked.
+                    if status != "failed":
+                        v[INVARIANTS[7]].append(f"{what}: sent {sent}, not sent "
+                                                f"{[u for u in counts if u not in sent]}, {where_shown}{row_text}")
+                    continue
                 notes = [m["content"] or "" for m in live.values()
                          if m["conversation_id"] == reply["conversation_id"] and m["private"]
                          and str(m.get("source_id") or "").startswith("meli:note:reply:")
@@ -998,6 +1093,54 @@ class Soak:
                                             f"{[u for u in counts if u not in sent]}, Chatwoot shows {status}, "
                                             f"notes {[n[:120] for n in notes]}{row_text}")
         return outcome
+
+    def refusal_reasons(self, reply: dict, message: dict | None, calls: dict, webhooks: dict) -> list[str]:
+        """What the fakes' records show that makes a reply impossible to send (or to send further).
+
+        A failed reply needs one: after 5xx, 429 or timeouts alone the bridge must keep trying.
+        """
+        reasons = []
+        target = reply["target"]
+        if target in ("None", ""):
+            reasons.append("its conversation names no question or sale")
+        if message and str(message.get("external_error") or "").startswith("Webhook delivery failed"):
+            reasons.append("Chatwoot could not deliver it to the bridge")
+        refused = self._answers_to(reply, calls, refusals_only=True)
+        if refused:
+            reasons.append(f"Mercado Livre refused it: {refused}")
+        if reply["answer"] and target.isdigit():
+            with self.meli.lock:
+                question = dict(self.meli.questions.get(int(target)) or {})
+            answer = str((question.get("answer") or {}).get("text") or "")
+            if question and question.get("status") != "UNANSWERED" and not any(
+                    u in answer for u in reply["units"]):
+                reasons.append(f"the question is {question.get('status')} with another answer")
+            if not question:
+                reasons.append("the question does not exist")
+        files = [u for u in reply["units"] if FILE_TAG.match(u)]
+        gone_files = [c["path"] for c in calls["chatwoot"] if c["status"] == 404
+                      and any(f in c["path"] for f in files)]
+        if gone_files:
+            reasons.append(f"its file was gone from Chatwoot: {gone_files[:2]}")
+        # Deleted before the bridge heard of it: nothing of it may have left yet.
+        deleted_at = [d["t"] for d in self.deletions if d.get("conversations") and
+                      reply["conversation_id"] in d["conversations"]]
+        heard = [d["t"] for d in webhooks.get(reply["message_id"], []) if d["status"] == 200]
+        if deleted_at and (not heard or min(deleted_at) < min(heard)):
+            reasons.append("its conversation was deleted before the bridge took it")
+        return reasons
+
+    @staticmethod
+    def _answers_to(reply: dict, calls: dict, refusals_only: bool = False) -> list:
+        """Mercado Livre's answers to the sends of this reply's sale (or to answers, for a question)
+        since the reply was written: statuses, or the refusals only (a 4xx other than 401/429)."""
+        prefix = "/answers" if reply["answer"] else f"/messages/packs/{reply['target']}/"
+        found = [c["status"] for c in calls["meli"] if c["method"] == "POST" and c["path"].startswith(prefix)
+                 and c["t"] >= reply["t"] - 1.0]
+        if refusals_only:
+            # An answer's refusal is told by the question's status: /answers names no question.
+            return [] if reply["answer"] else sorted({st for st in found if 400 <= st < 500 and st not in (401, 429)})
+        return sorted(Counter(found).items())
 
     @staticmethod
     def note_tells_parts(note: str, tag: str, sent: list[str], unsent: list[str]) -> bool:

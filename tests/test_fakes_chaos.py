@@ -491,3 +491,157 @@ def test_soak_check_still_flags_a_second_conversation_when_the_first_holds_a_mes
 
     assert found == [f"meli_pack_id=3000000009: live conversations {sorted([orphan, again])}"]
     assert run.merge_orphans == 0
+
+
+# ---- the holes planted defects went through (issue 18) ------------------------------------------------
+
+FAILED_FOR_NO_REASON = "a reply is failed only for a reason that cannot be retried"
+
+
+def ml_answered_send(run, pack: str, status: int, t: float) -> None:
+    with run.meli.lock:
+        run.meli.calls.append({"method": "POST", "path": f"/messages/packs/{pack}/sellers/{run.meli.seller_id}",
+                               "query": {}, "status": status, "t": t, "ms": 1.0})
+
+
+def test_soak_check_flags_a_reply_failed_after_only_a_5xx(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000011")
+    message = long_reply(run, conv, "R00001", 1, "3000000011")
+    ml_answered_send(run, "3000000011", 503, message["t_created"])
+    run.cw.update_message_status(message, "failed", "recusado")
+
+    found = run.check()["violations"][FAILED_FOR_NO_REASON]
+
+    assert len(found) == 1 and found[0].startswith("reply R00001") and "(503, 1)" in found[0]
+
+
+def test_soak_check_accepts_a_reply_failed_after_mercado_livre_refused_it(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000012")
+    message = long_reply(run, conv, "R00001", 1, "3000000012")
+    ml_answered_send(run, "3000000012", 503, message["t_created"])
+    ml_answered_send(run, "3000000012", 403, message["t_created"] + 1)
+    run.cw.update_message_status(message, "failed", "conversa bloqueada")
+
+    assert run.check()["violations"][FAILED_FOR_NO_REASON] == []
+
+
+def test_soak_check_accepts_a_failed_answer_to_a_question_answered_on_the_site(soak_check):
+    run = soak_check
+    qid, conv = question_conversation(run, buyer=7010)
+    message = run.cw.agent_reply(conv, "R00001p1 Sim, temos.")
+    run.replies["R00001"] = {"message_id": message["id"], "conversation_id": conv, "answer": True,
+                             "private": False, "units": ["R00001p1"], "style": "answer", "t": 0.0,
+                             "target": str(qid)}
+    run.cw.update_message_status(message, "failed", "pergunta já respondida")
+    assert len(run.check()["violations"][FAILED_FOR_NO_REASON]) == 1  # still open: no reason yet
+
+    run.meli.answer_elsewhere(qid, "Temos sim.")
+
+    assert run.check()["violations"][FAILED_FOR_NO_REASON] == []
+
+
+def delivered_to_the_bridge(run, message: dict, t: float) -> None:
+    with run.cw.lock:
+        run.cw.webhook_deliveries.append({"message_id": message["id"], "url": "http://127.0.0.1:9/webhook",
+                                          "status": 200, "ms": 1.0, "t": t, "signed": True})
+
+
+def test_soak_check_checks_a_reply_whose_conversation_was_deleted_after_the_bridge_took_it(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000013")
+    message = long_reply(run, conv, "R00001", 2, "3000000013")
+    delivered_to_the_bridge(run, message, message["t_created"])
+    run.delete_conversation()  # the only one there is
+    assert run.deletions[0]["conversations"] == [conv]
+    rows = {}
+    run._db_replies = lambda: rows
+
+    rows[message["id"]] = {"id": 1, "status": "failed", "attempts": 1, "error": "conversa apagada"}
+    assert len(run.check()["violations"][FAILED_FOR_NO_REASON]) == 1
+    rows[message["id"]] = dict(rows[message["id"]], status="pending")
+    assert len(run.check()["violations"]["no reply left queued after the drain"]) == 1
+    del rows[message["id"]]  # dropped: the bridge took it, and kept nothing of it
+    assert len(run.check()["violations"]["no reply left queued after the drain"]) == 1
+    ml_received(run, "3000000013", "R00001p1 Obrigado pela compra, seu pedido segue hoje.")
+    rows[message["id"]] = {"id": 1, "status": "sending", "attempts": 1, "error": None}
+    rows[message["id"]]["status"] = "failed"  # sent in part, then given up on after a 5xx
+    assert len(run.check()["violations"][FAILED_FOR_NO_REASON]) == 1
+
+
+def test_soak_check_lets_a_reply_fail_whose_conversation_was_deleted_before_the_bridge_heard_of_it(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000014")
+    message = long_reply(run, conv, "R00001", 1, "3000000014")
+    run.delete_conversation()
+    delivered_to_the_bridge(run, message, run.deletions[0]["t"] + 1.0)
+    run._db_replies = lambda: {message["id"]: {"id": 1, "status": "failed", "attempts": 0, "error": "apagada"}}
+
+    assert run.check()["violations"][FAILED_FOR_NO_REASON] == []
+
+
+MARKED_LATE = "a message marked read is in Chatwoot within seconds of the marking"
+
+
+def test_soak_check_flags_a_message_marked_read_that_reached_chatwoot_only_much_later(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000015")
+    for mid, late in (("m-soon", 2.0), ("m-late", 40.0)):
+        copy = run.cw._create_message(conv, "Oi", MESSAGE_TYPES["incoming"], source_id=f"meli:message:{mid}")[0]
+        run.marked.append(("3000000015", mid, copy["t_created"] - late))
+    run.marked.append(("3000000015", "m-never", 0.0))
+
+    found = run.check()["violations"][MARKED_LATE]
+
+    assert [v.split(":")[0] for v in found] == ["message m-late of sale ?", "message m-never of sale ?"]
+
+
+def test_the_soak_records_every_message_a_marking_read_marked(fk):
+    from bench import soak
+
+    run = soak.Soak(seed=1, minutes=0.0, drain=0.0, access_ttl=60.0, quiet=True)
+    run.cw, run.meli = fk.chatwoot.state, fk.meli.state
+    meli, message, _seen, url, headers = thread_read_once(fk)
+    meli.on_mark_read = run._on_mark_read
+    later = meli.add_buyer_message("2000001", "Ainda aí?")
+    requests.get(url, params={"tag": "post_sale"}, headers=headers, timeout=5)
+
+    assert [(pack, mid) for pack, mid, _t in run.marked] == [("2000001", message["id"]), ("2000001", later["id"])]
+    import shutil
+    shutil.rmtree(run.tmp, ignore_errors=True)
+
+
+MIRRORED = "mirrored text is Mercado Livre's, in Mercado Livre's order"
+
+
+def test_soak_check_flags_mirrored_text_that_is_not_the_buyers(soak_check):
+    run = soak_check
+    run.meli.add_order(2000000903, 7011, "COMPRADOR", [("MLB1", "Produto", 1, 20.0)])
+    conv = sale_conversation(run, "2000000903", buyer=7011)
+    first = run.meli.add_buyer_message("2000000903", "Quando chega?")
+    second = run.meli.add_buyer_message("2000000903", "E a nota fiscal?")
+    for message, shown in ((first, "Quando chega?"), (second, "E a nota")):
+        run.cw._create_message(conv, shown, MESSAGE_TYPES["incoming"], source_id=f"meli:message:{message['id']}")
+        run.buyer_messages[message["id"]] = {"pack": "2000000903", "t": 0.0, "files": 0}
+
+    found = run.check()["violations"][MIRRORED]
+
+    assert len(found) == 1 and found[0].startswith(f"meli:message:{second['id']}")
+
+
+def test_soak_check_flags_buyer_messages_shown_out_of_order(soak_check):
+    run = soak_check
+    run.meli.add_order(2000000904, 7012, "COMPRADOR", [("MLB1", "Produto", 1, 20.0)])
+    conv = sale_conversation(run, "2000000904", buyer=7012)
+    first = run.meli.add_buyer_message("2000000904", "Quando chega?")
+    second = run.meli.add_buyer_message("2000000904", "E a nota fiscal?")
+    for message in (second, first):
+        run.cw._create_message(conv, message["text"], MESSAGE_TYPES["incoming"],
+                               source_id=f"meli:message:{message['id']}")
+        run.buyer_messages[message["id"]] = {"pack": "2000000904", "t": 0.0, "files": 0}
+
+    found = run.check()["violations"][MIRRORED]
+
+    assert found == [f"conversation {conv}: buyer messages shown as {[second['id'], first['id']]}, "
+                     f"written as {[first['id'], second['id']]}"]
