@@ -98,6 +98,7 @@ errors while the listener is down are counted, not violations.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import re
@@ -128,7 +129,9 @@ from tests.fakes.fake_chatwoot import MESSAGE_TYPES, rails_json, sign  # noqa: E
 READ_TIMEOUT = 2.0  # the bridge's HTTP read timeout during the soak (BRIDGE_HTTP_READ_TIMEOUT)
 KILL_WINDOW = 2.0  # a kill this soon after a refresh grant may have taken the only copy of the new pair
 ML_PATHS = ["/answers", "/messages/packs", "/messages/attachments", "/messages/unread", "/messages/",
-            "/questions/search", "/questions/", "/orders/", "/packs/", "/users/", "/items", "/missed_feeds"]
+            "/questions/search", "/questions/", "/orders/", "/packs/", "/users/", "/items", "/missed_feeds",
+            "/post-purchase/v1/claims"]
+SENDS = ["/answers", "/messages/packs", "/messages/attachments", "/post-purchase/v1/claims"]  # POSTed by replies
 TAG = re.compile(r"\b(R\d{5})p(\d+)\b")
 FILE_TAG = re.compile(r"^(R\d{5})f(\d+)\.")
 UNIT = re.compile(r"\b(R\d{5}(?:p\d+\b|f\d+\.\w+))")  # a sentence's tag or a file's name, as quoted in a note
@@ -144,7 +147,14 @@ WEIGHTS = {
     "agent deletes contact": 0.6, "agent merges contacts": 0.8, "ML 5xx burst": 2.5, "ML 429 burst": 1.5,
     "ML refuses a send (403)": 0.8, "seller writes on the site": 1.5, "seller answers on the site": 1,
     "access tokens expire": 2, "kill -9 listener": 0.5, "kill -9 poller": 0.7,
+    "SIGTERM listener": 0.3, "SIGTERM poller": 0.4, "question changes status": 0.8, "Chatwoot outage": 0.12,
+    "buyer opens a claim": 0.8, "claim message": 1.5, "claim goes to dispute": 0.4, "agent replies in a claim": 2.5,
 }
+# How agents type the claim's receiver in the sidebar (`meli_claim_reply_to`), and what each means:
+# the buyer, Mercado Livre's mediator, or something the bridge must refuse rather than guess.
+REPLY_TO = {"": "complainant", "comprador": "complainant", "Comprador ": "complainant",
+            "mediador": "mediator", "Mediador": "mediator", "mediadora.": "mediator", "Mediação": "mediator",
+            "mediação do ML": "mediator", "ML": "unknown", "equipe": "unknown"}
 INVARIANTS = [
     "buyer questions in Chatwoot exactly once, live conversation",
     "buyer messages in Chatwoot exactly once, live conversation",
@@ -166,7 +176,14 @@ INVARIANTS = [
     "a reply is failed only for a reason that cannot be retried",
     "a message marked read is in Chatwoot within seconds of the marking",
     "mirrored text is Mercado Livre's, in Mercado Livre's order",
+    "claim messages in Chatwoot exactly once",
+    "a claim reply reaches only the receiver the agent addressed",
+    "a process stops within 30 s of SIGTERM",
+    "a question shown in Chatwoot that can no longer be answered says so",
 ]
+TERM_WAIT = 30.0  # seconds a process may take to stop after SIGTERM (supervisord's stopwaitsecs is larger)
+QUESTION_STATUSES = ["UNDER_REVIEW", "DELETED", "CLOSED_UNANSWERED", "BANNED"]
+REVEAL_P = 0.15  # share of marking reads that reveal a message written just before
 MARK_WINDOW = 15.0  # seconds a buyer message marked read may take to reach Chatwoot (a kill and restart fit in)
 
 
@@ -186,12 +203,21 @@ class Soak:
         self.access_ttl = access_ttl
         self.quiet = quiet
         self.rng = random.Random(seed)
+        self.mark_rng = random.Random(seed + 2)  # drawn on the fake's threads (see _buyer_writes_while_marked)
+        self._revealing = itertools.count(1)
         self.injected: Counter = Counter()
         self.tmp = Path(tempfile.mkdtemp(prefix="meli-chatwoot-soak-"))
         self.fakes = None
         self.bridge: Bridge | None = None
         self.procs: dict[str, subprocess.Popen] = {}
         self.proc_lock = threading.Lock()
+        self.terminating: set[str] = set()  # processes sent SIGTERM, not yet restarted
+        self.term_exits: Counter = Counter()
+        self.term_slow: list[str] = []
+        self.status_changed: dict[int, tuple[str, float]] = {}  # question id -> (status the soak set, when)
+        self.outage_until = 0.0
+        self.chaos_on = False
+        self.chaos_lock = threading.Lock()
         self.restarts: list[threading.Thread] = []
         self.closing = threading.Event()
         # what was injected, for the checks
@@ -200,6 +226,8 @@ class Soak:
         self.seller_messages: dict[str, dict] = {}  # written on Mercado Livre's site
         self.site_answers: dict[int, float] = {}  # question id -> when answered on the site
         self.packs: dict[str, dict] = {}
+        self.claims: dict[int, dict] = {}  # claim id -> {"pack", "buyer"}
+        self.claim_texts: list[dict] = []  # what the buyer and the mediator wrote in claims
         self.buyers: list[int] = []
         self.replies: dict[str, dict] = {}
         self.resolves: dict[int, float] = {}
@@ -231,13 +259,15 @@ class Soak:
         self.cw, self.meli = cw, meli
         self.fakes.questions_inbox = cw.add_inbox("Mercado Livre - Perguntas")
         self.fakes.messages_inbox = cw.add_inbox("Mercado Livre - Vendas")
+        self.fakes.claims_inbox = cw.add_inbox("Mercado Livre - Reclamações")
         self.bridge = Bridge(self.tmp, self.fakes, LOG_LEVEL="DEBUG", QUESTIONS_POLL_SECONDS="1",
+                             CHATWOOT_CLAIMS_INBOX_ID=str(self.fakes.claims_inbox),
                              MESSAGES_POLL_SECONDS="1", BRIDGE_HTTP_READ_TIMEOUT=str(READ_TIMEOUT))
         # The account webhook (added by Bridge) and both inbox webhooks point at the listener,
         # as the README suggests: each message arrives twice, and an inbox delivery that
         # fails marks the agent's message failed.
         secrets = [WEBHOOK_SECRET]
-        for inbox_id in (self.fakes.questions_inbox, self.fakes.messages_inbox):
+        for inbox_id in (self.fakes.questions_inbox, self.fakes.messages_inbox, self.fakes.claims_inbox):
             with cw.lock:
                 cw.inboxes[inbox_id]["webhook_url"] = f"{self.bridge.url}/webhook"
                 secrets.append(cw.inboxes[inbox_id]["secret"])
@@ -246,6 +276,7 @@ class Soak:
         # signal interrupted the bookkeeping (it was seen left running after a SIGTERM).
         self.bridge.env["MELI_SOAK_RUN"] = self.run_mark.split("=", 1)[1]
         meli.on_mark_read = self._on_mark_read
+        meli.before_mark_read = self._buyer_writes_while_marked
         if self.kill_in_refresh:
             meli.on_refresh_granted = self._kill_inside_refresh
         for n in range(6):
@@ -269,11 +300,41 @@ class Soak:
 
     # ---- processes --------------------------------------------------------------------------------
 
+    def terminate(self, name: str) -> None:
+        """SIGTERM, as supervisord stops a process: it must finish what it holds and exit."""
+        with self.proc_lock:
+            proc = self.procs.get(name)
+            if proc is None or proc.poll() is not None or name in self.terminating:
+                return
+            self.terminating.add(name)
+            proc.send_signal(signal.SIGTERM)
+        delay = self.rng.uniform(0.3, 2.0)
+        thread = threading.Thread(target=self._after_term, args=(name, proc, time.monotonic(), delay),
+                                  name=f"term-{name}", daemon=True)
+        self.restarts.append(thread)
+        thread.start()
+
+    def _after_term(self, name: str, proc: subprocess.Popen, sent: float, delay: float) -> None:
+        try:
+            code = proc.wait(timeout=TERM_WAIT)
+            self.term_exits[f"{name} exit {code}"] += 1
+        except subprocess.TimeoutExpired:
+            self.term_slow.append(f"{name} still running {TERM_WAIT:.0f} s after SIGTERM: killed")
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+        finally:
+            with self.proc_lock:
+                self.terminating.discard(name)
+        self._restart(name, delay)
+
     def kill(self, name: str) -> None:
         with self.proc_lock:
             proc = self.procs.get(name)
-            if proc is None or proc.poll() is not None:
-                return  # already down, a restart is on its way
+            if proc is None or proc.poll() is not None or name in self.terminating:
+                return  # already down (or stopping), a restart is on its way
             self.kills.append((time.monotonic(), name))
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -328,6 +389,18 @@ class Soak:
             peeked = self.meli.threads[pack_key].get("peeked", {})
             now = time.monotonic()
             self.mark_read_bad.append((pack_key, [f"{i} (shown {now - peeked[i]:.1f}s before)" for i in missing]))
+
+    def _buyer_writes_while_marked(self, pack_key: str) -> None:
+        """Runs inside the fake Mercado Livre as a marking read arrives: now and then the buyer
+        wrote a moment before, so the marking read itself reveals (and marks) a message the
+        bridge never saw unread. Drawn from a generator of its own: the fake's threads call it."""
+        if self.closing.is_set() or self.mark_rng.random() >= REVEAL_P:
+            return
+        if pack_key not in self.packs:
+            return  # a thread the soak did not open
+        message = self.meli.add_buyer_message(pack_key, f"Mensagem r{next(self._revealing)} do comprador: e agora?")
+        self.buyer_messages[message["id"]] = {"pack": pack_key, "t": time.monotonic(), "files": 0}
+        self.injected["buyer writes as the thread is marked read"] += 1
 
     def _watch_health(self, stop: threading.Event) -> None:
         while not stop.wait(1.0):
@@ -460,7 +533,7 @@ class Soak:
             item = f"MLB{5_000_000 + self.rng.randrange(6)}"
             self.meli.add_order(order_id, buyer, f"COMPRADOR_{buyer}", [(item, "Produto do soak", 1, 20.0)], pack_id)
             key = str(pack_id or order_id)
-            self.packs[key] = {"buyer": buyer}
+            self.packs[key] = {"buyer": buyer, "order": order_id}
         else:
             key = self.rng.choice(sorted(self.packs))
         files = []
@@ -518,6 +591,9 @@ class Soak:
             return
         conv = self.rng.choice(convs)
         answer = conv["inbox_id"] == self.fakes.questions_inbox
+        claim = conv["inbox_id"] == getattr(self.fakes, "claims_inbox", None)
+        if claim and style == "files":
+            style = "short"  # claim files are not checked by the soak
         tag = f"R{len(self.replies) + 1:05d}"
         style = "private" if private else "answer" if answer else style or self.rng.choices(
             ["short", "long", "files"], [4, 3.5, 2.5])[0]
@@ -533,7 +609,7 @@ class Soak:
             content = f"{tag}p1 " + ("Sim, temos em estoque. Obrigado pela pergunta!" if answer
                                      else "Olá! Seu pedido já foi enviado, obrigado.")
         files = []
-        if style == "files":
+        if style == "files" and not claim:
             for k in range(1, self.rng.randint(1, 2) + 1):
                 ext = self.rng.choice(["png", "pdf", "txt"])
                 body = png_bytes(8, seed=k) if ext == "png" else f"{tag} arquivo {k}".encode()
@@ -550,10 +626,108 @@ class Soak:
         units = [f"{tag}p{k}" for k in range(1, len(TAG.findall(content)) + 1)] + [f[0] for f in files]
         self.replies[tag] = {"message_id": message["id"], "conversation_id": conv["id"], "answer": answer,
                              "private": private, "units": units, "style": style, "t": time.monotonic(),
-                             "target": str(conv["custom_attributes"].get("meli_question_id" if answer
-                                                                        else "meli_pack_id"))}
+                             "target": str(conv["custom_attributes"].get(
+                                 "meli_question_id" if answer else "meli_claim_id" if claim else "meli_pack_id")),
+                             "claim": claim, "reply_to": conv["custom_attributes"].get("meli_claim_reply_to", ""),
+                             "stage": self._claim_stage(conv["custom_attributes"].get("meli_claim_id"))}
         if style in ("long", "files"):
             self.injected[f"(reply {style})"] += 1
+
+    def question_status(self) -> None:
+        """Mercado Livre puts a question under review, deletes or closes it (now and then a review
+        ends and it is answerable again)."""
+        with self.meli.lock:
+            reviewed = sorted(q for q, (st, _t) in self.status_changed.items() if st == "UNDER_REVIEW"
+                              and self.meli.questions[q]["status"] == "UNDER_REVIEW")
+            open_ = sorted(q for q in self.questions if self.meli.questions[q]["status"] == "UNANSWERED")
+        if reviewed and self.rng.random() < 0.3:
+            qid, status = self.rng.choice(reviewed), "UNANSWERED"
+        elif open_:
+            qid, status = self.rng.choice(open_), self.rng.choice(QUESTION_STATUSES)
+        else:
+            return
+        self.meli.set_question_status(qid, status)
+        self.status_changed[qid] = (status, time.monotonic())
+        self.injected[f"(question {status.lower()})"] += 1
+
+    def chatwoot_outage(self) -> None:
+        """Chatwoot answers 503 to every API call for a while (a minute in a half-hour soak)."""
+        if time.monotonic() < self.outage_until:
+            return
+        seconds = max(5.0, min(60.0, self.minutes * 2.0))
+        self.outage_until = time.monotonic() + seconds
+        rules = self.chatwoot_chaos_rules() if self.chatwoot_chaos else []
+        self.cw.chaos([{"prefix": "/api/v1/", "p": 1.0, "status": 503}] + rules, seed=self.seed + 3)
+        self.injected[f"(Chatwoot down {seconds:.0f} s)"] += 1
+
+        def over() -> None:
+            with self.chaos_lock:
+                if self.chaos_on:  # the drain turned faults off meanwhile: leave them off
+                    self.cw.chaos(rules, seed=self.seed + 4)
+        timer = threading.Timer(seconds, over)
+        timer.daemon = True
+        timer.start()
+
+    def _claim_stage(self, claim_id) -> str | None:
+        with self.meli.lock:
+            return (self.meli.claims.get(int(claim_id)) or {}).get("stage") if str(claim_id).isdigit() else None
+
+    def open_claim(self) -> None:
+        """The buyer of a sale the soak made opens a claim, saying what is wrong."""
+        free = sorted(k for k, p in self.packs.items() if p.get("order") and not p.get("claim"))
+        if not free:
+            self.injected["(skipped: no sale to open a claim on)"] += 1
+            return
+        key = self.rng.choice(free)
+        claim_id = 5_000_000 + len(self.claims) + 1
+        self.meli.add_claim(claim_id, self.packs[key]["order"])
+        self.packs[key]["claim"] = claim_id
+        self.claims[claim_id] = {"pack": key, "buyer": self.packs[key]["buyer"]}
+        self._claim_says(claim_id, "complainant")
+        if self.rng.random() < 0.4:
+            self._notify("claims", f"/post-purchase/v1/claims/{claim_id}")
+
+    def _claim_says(self, claim_id: int, role: str) -> None:
+        text = (f"Reclamação {self._next()}: o produto veio com defeito." if role == "complainant"
+                else f"Mediação {self._next()}: vendedor, envie a nota fiscal.")
+        self.meli.add_claim_message(claim_id, role, text)
+        self.claim_texts.append({"claim": claim_id, "role": role, "text": text, "t": time.monotonic()})
+
+    def claim_message(self) -> None:
+        with self.meli.lock:
+            open_ = sorted(c for c in self.claims if self.meli.claims[c]["status"] == "opened")
+            if not open_:
+                return
+            claim_id = self.rng.choice(open_)
+            dispute = self.meli.claims[claim_id]["stage"] == "dispute"
+        self._claim_says(claim_id, "mediator" if dispute and self.rng.random() < 0.5 else "complainant")
+
+    def claim_to_dispute(self) -> None:
+        with self.meli.lock:
+            in_claim = sorted(c for c in self.claims if self.meli.claims[c]["stage"] == "claim")
+        if in_claim:
+            claim_id = self.rng.choice(in_claim)
+            self.meli.open_dispute(claim_id)
+            self._claim_says(claim_id, "mediator")
+
+    def claim_reply(self) -> None:
+        """An agent picks (or types) the receiver in the sidebar, then answers in the claim."""
+        convs = sorted(c["id"] for c in self._live_conversations(self.fakes.claims_inbox))
+        if not convs:
+            self.injected["(skipped: no claim conversation to reply in)"] += 1
+            return
+        conv_id = self.rng.choice(convs)
+        reply_to = self.rng.choice(sorted(REPLY_TO))
+        with self.cw.lock:
+            conv = self.cw.conversations.get(conv_id)
+            if conv is None:
+                return
+            if reply_to:
+                conv["custom_attributes"]["meli_claim_reply_to"] = reply_to
+            else:
+                conv["custom_attributes"].pop("meli_claim_reply_to", None)
+        self.injected[f"(claim reply addressed to {REPLY_TO[reply_to]})"] += 1
+        self.agent_reply(conv_id=conv_id, style=self.rng.choice(["short", "long"]))
 
     def duplicate_webhook(self) -> None:
         candidates = [r for r in self.replies.values() if not r["private"]]
@@ -695,6 +869,8 @@ class Soak:
             rules += [{"prefix": prefix, "p": 0.01, "delay": READ_TIMEOUT + 1.0, "lost": True},
                       {"prefix": prefix, "p": 0.01, "late": READ_TIMEOUT + 1.0},  # applied, answer too late
                       {"prefix": prefix, "p": 0.04, "delay": READ_TIMEOUT * 0.4}]  # slow but in time
+        # Applied, then answered 5xx: the bridge must not take the error for "nothing happened".
+        rules += [{"prefix": prefix, "method": "POST", "p": 0.015, "applied_status": 503} for prefix in SENDS]
         return rules
 
     @staticmethod
@@ -705,7 +881,8 @@ class Soak:
         return [{"prefix": "/api/v1/", "p": 0.01, "status": 503},
                 {"prefix": "/api/v1/", "p": 0.01, "status": 429, "retry_after": 1},
                 {"prefix": "/api/v1/", "method": "POST", "p": 0.01, "delay": READ_TIMEOUT + 1.0, "lost": True},
-                {"prefix": "/api/v1/", "method": "POST", "p": 0.01, "late": READ_TIMEOUT + 1.0}]
+                {"prefix": "/api/v1/", "method": "POST", "p": 0.01, "late": READ_TIMEOUT + 1.0},
+                {"prefix": "/api/v1/", "method": "POST", "p": 0.005, "applied_status": 503}]
 
     def step(self) -> None:
         names = list(self.weights)
@@ -721,7 +898,11 @@ class Soak:
             "ML refuses a send (403)": self.ml_refuses_send,
             "seller writes on the site": self.seller_writes_on_site,
             "seller answers on the site": self.seller_answers_on_site,
+            "buyer opens a claim": self.open_claim, "claim message": self.claim_message,
+            "claim goes to dispute": self.claim_to_dispute, "agent replies in a claim": self.claim_reply,
             "kill -9 listener": lambda: self.kill("listener"), "kill -9 poller": lambda: self.kill("poller"),
+            "SIGTERM listener": lambda: self.terminate("listener"), "SIGTERM poller": lambda: self.terminate("poller"),
+            "question changes status": self.question_status, "Chatwoot outage": self.chatwoot_outage,
         }[event]()
 
     # ---- the run ------------------------------------------------------------------------------------
@@ -735,12 +916,17 @@ class Soak:
             self.meli.chaos(self.chaos_rules(), seed=self.seed)
             if self.chatwoot_chaos:
                 self.cw.chaos(self.chatwoot_chaos_rules(), seed=self.seed + 1)
+            self.chaos_on = True
             deadline = time.monotonic() + self.minutes * 60.0
             started = time.monotonic()
             while time.monotonic() < deadline:
                 self.step()
                 time.sleep(self.rng.expovariate(4.0))  # about four events a second
             chaos_s = time.monotonic() - started
+            self.meli.before_mark_read = None
+            with self.chaos_lock:
+                self.chaos_on = False
+                self.cw.chaos([])
             self.meli.chaos([])
             self.cw.chaos([])
             with self.meli.lock:
@@ -787,7 +973,7 @@ class Soak:
         result = self.check(quick=True)
         return sum(len(v) for k, v in result["violations"].items()
                    if k in (INVARIANTS[0], INVARIANTS[1], INVARIANTS[5], INVARIANTS[6], INVARIANTS[9],
-                            INVARIANTS[16]))
+                            INVARIANTS[16], INVARIANTS[20], INVARIANTS[23]))
 
     # ---- the checks ---------------------------------------------------------------------------------
 
@@ -837,6 +1023,8 @@ class Soak:
                                  f"{len(copy.get('attachments') or [])} of the buyer's {files} files")
 
         for qid in self.questions:
+            if qid in self.status_changed and not copies.get(f"meli:question:{qid}"):
+                continue  # no longer answerable before the bridge saw it: never shown, rightly
             check_item("question", f"meli:question:{qid}", self.fakes.questions_inbox, "meli_question_id", str(qid),
                        INVARIANTS[0], self.questions[qid]["buyer"])
         for mid, info in self.buyer_messages.items():
@@ -854,13 +1042,16 @@ class Soak:
                            "meli_question_id", str(qid), INVARIANTS[16], self.questions[qid]["buyer"],
                            message_type=OUTGOING)
 
+        self._check_claim_messages(v, live, deleted, convs)
+        self._check_question_notes(v, live, convs)
         replies_view = self._check_replies(v, live, deleted, convs)
         if quick:
             return {"violations": v}
 
         orphaned = 0
         for attr, inbox_id in (("meli_question_id", self.fakes.questions_inbox),
-                               ("meli_pack_id", self.fakes.messages_inbox)):
+                               ("meli_pack_id", self.fakes.messages_inbox),
+                               ("meli_claim_id", getattr(self.fakes, "claims_inbox", None))):
             by_external: dict[str, list[int]] = defaultdict(list)
             for conv_id, conv in convs.items():
                 if conv["inbox_id"] == inbox_id and conv["attrs"].get(attr) not in (None, ""):
@@ -902,6 +1093,7 @@ class Soak:
                 v[INVARIANTS[10]].append(f"answer to question {qid} (posted by the bridge) copied back as "
                                          f"Chatwoot {ids}")
 
+        v[INVARIANTS[22]] += self.term_slow
         for pack_key, missing in self.mark_read_bad:
             v[INVARIANTS[11]].append(f"sale {pack_key}: marked read while Chatwoot lacked {missing}")
         self._check_marked_in_time(v, copies)
@@ -933,6 +1125,49 @@ class Soak:
             if isinstance(status, int) and status >= 500:
                 v[INVARIANTS[13]].append(f"soak's {route} answered {status} x{n}")
         return {"violations": v, "deliveries": deliveries, "replies": replies_view, "auth_status": auth_status}
+
+    def _check_question_notes(self, v: dict, live: dict, convs: dict) -> None:
+        """A question in Chatwoot that Mercado Livre put under review, deleted or closed carries the
+        bridge's note saying so (the agent must not keep writing an answer that cannot go)."""
+        with self.meli.lock:
+            now = {qid: self.meli.questions[qid]["status"] for qid in self.status_changed}
+        for qid, status in sorted(now.items()):
+            if status not in QUESTION_STATUSES:
+                continue
+            shown = [c for c in convs.values() if c["inbox_id"] == self.fakes.questions_inbox
+                     and str(c["attrs"].get("meli_question_id")) == str(qid)]
+            if not shown:
+                continue
+            noted = any(m["private"] and m.get("source_id") == source_ids.note("question", qid, status)
+                        for m in live.values() if str((convs.get(m["conversation_id"]) or {}).get("attrs", {})
+                                                     .get("meli_question_id")) == str(qid))
+            if not noted:
+                v[INVARIANTS[23]].append(f"question {qid}: {status} on Mercado Livre, its conversation has no "
+                                         f"note saying so")
+
+    def _check_claim_messages(self, v: dict, live: dict, deleted: dict, convs: dict) -> None:
+        """What the buyer and the mediator wrote in a claim is shown once, in that claim's
+        conversation; an agent's deletion may take it away (not twice at once)."""
+        def words(text) -> str:
+            return " ".join(str(text or "").split())
+
+        for said in self.claim_texts:
+            text = words(said["text"])
+            found = [m for m in list(live.values()) + list(deleted.values())
+                     if m["inbox_id"] == getattr(self.fakes, "claims_inbox", None) and text in words(m["content"])
+                     and not m["private"]]
+            alive = [m for m in found if m["id"] in live]
+            what = f"claim {said['claim']}: {said['role']}'s {said['text'][:30]!r}"
+            if not found:
+                v[INVARIANTS[20]].append(f"{what}: not in Chatwoot")
+            elif len(alive) > 1:
+                v[INVARIANTS[20]].append(f"{what}: {len(alive)} live copies {[m['id'] for m in alive]}")
+            for m in alive:
+                conv = convs.get(m["conversation_id"]) or {}
+                if str((conv.get("attrs") or {}).get("meli_claim_id")) != str(said["claim"]):
+                    v[INVARIANTS[20]].append(f"{what}: in conversation {m['conversation_id']}, not its claim's")
+                if m["message_type"] != INCOMING:
+                    v[INVARIANTS[20]].append(f"{what}: message {m['id']} is not incoming")
 
     def _check_marked_in_time(self, v: dict, copies: dict) -> None:
         """Marked read, a buyer message is the bridge's to show: Mercado Livre no longer lists it
@@ -1004,6 +1239,13 @@ class Soak:
                 for unit in units:
                     where[unit].add(f"sale {sent.get('pack_id')}")
                     held[unit].append(sent.get("held", 0.0))
+            receivers: dict[str, set[str]] = defaultdict(set)  # claim reply unit -> who got it
+            for sent in meli.claim_sent:
+                units = [f"{t}p{k}" for t, k in TAG.findall(sent.get("message") or "")]
+                reached.update(units)
+                for unit in units:
+                    where[unit].add(f"claim {sent.get('claim_id')}")
+                    receivers[unit].add(str(sent.get("receiver_role")))
         rows = self._db_replies()
         with meli.lock:
             calls = {"meli": list(meli.calls)}
@@ -1022,11 +1264,13 @@ class Soak:
                 v[INVARIANTS[4]].append(f"{what}: " + ", ".join(
                     f"{u} x{counts[u]} (held {'/'.join(f'{h:.1f}' for h in held[u])} s)" for u in twice))
             # Counted as arrived wherever it went: another buyer's sale is no delivery.
-            own = f"{'question' if reply['answer'] else 'sale'} {reply['target']}"
+            own = f"{'question' if reply['answer'] else 'claim' if reply.get('claim') else 'sale'} {reply['target']}"
             astray = sorted({place for u in reply["units"] for place in where.get(u, ())} - {own})
             if astray and reply["target"] not in ("None", ""):
                 v[INVARIANTS[14]].append(f"{what}: meant for {own}, reached {astray}")
             sent = [u for u, n in counts.items() if n > 0]
+            if reply.get("claim") and not reply["private"]:
+                self._check_claim_receiver(v, what, reply, sorted({r for u in sent for r in receivers[u]}))
             if reply["private"]:
                 if sent:
                     v[INVARIANTS[8]].append(f"{what}: {sent}")
@@ -1094,6 +1338,20 @@ class Soak:
                                             f"notes {[n[:120] for n in notes]}{row_text}")
         return outcome
 
+    def _check_claim_receiver(self, v: dict, what: str, reply: dict, got: list[str]) -> None:
+        """The mediator addressed (in any spelling) never gets the buyer's copy, nor the buyer the
+        mediator's; a receiver the bridge cannot read is refused, never guessed. The buyer addressed
+        in a dispute may be answered through the mediator, the only receiver Mercado Livre allows then."""
+        addressed = REPLY_TO.get(reply.get("reply_to") or "", "unknown")
+        with self.meli.lock:
+            stage = (self.meli.claims.get(int(reply["target"])) or {}).get("stage") if reply["target"].isdigit() \
+                else None
+        wrong = [r for r in got if r != addressed and not (addressed == "complainant" and r == "mediator"
+                                                           and stage == "dispute")]
+        if wrong:
+            v[INVARIANTS[21]].append(f"{what}: {REPLY_TO.get(reply.get('reply_to') or '', 'unknown')} addressed "
+                                     f"as {reply.get('reply_to')!r}, reached {wrong} (claim stage now {stage})")
+
     def refusal_reasons(self, reply: dict, message: dict | None, calls: dict, webhooks: dict) -> list[str]:
         """What the fakes' records show that makes a reply impossible to send (or to send further).
 
@@ -1108,6 +1366,16 @@ class Soak:
         refused = self._answers_to(reply, calls, refusals_only=True)
         if refused:
             reasons.append(f"Mercado Livre refused it: {refused}")
+        if reply.get("claim"):
+            if REPLY_TO.get(reply.get("reply_to") or "", "unknown") == "unknown":
+                reasons.append(f"the receiver typed ({reply.get('reply_to')!r}) is not one the bridge can read")
+            with self.meli.lock:
+                claim = dict(self.meli.claims.get(int(target)) or {}) if target.isdigit() else {}
+            if claim.get("status") == "closed":
+                reasons.append("the claim is closed")
+            if REPLY_TO.get(reply.get("reply_to") or "") == "mediator" and reply.get("stage") != "dispute":
+                # Mercado Livre answers 403 receiver_not_allowed then: the bridge may refuse it first.
+                reasons.append(f"the mediator was addressed with the claim in stage {reply.get('stage')}")
         if reply["answer"] and target.isdigit():
             with self.meli.lock:
                 question = dict(self.meli.questions.get(int(target)) or {})
@@ -1134,7 +1402,9 @@ class Soak:
     def _answers_to(reply: dict, calls: dict, refusals_only: bool = False) -> list:
         """Mercado Livre's answers to the sends of this reply's sale (or to answers, for a question)
         since the reply was written: statuses, or the refusals only (a 4xx other than 401/429)."""
-        prefix = "/answers" if reply["answer"] else f"/messages/packs/{reply['target']}/"
+        prefix = "/answers" if reply["answer"] else \
+            f"/post-purchase/v1/claims/{reply['target']}/actions/" if reply.get("claim") else \
+            f"/messages/packs/{reply['target']}/"
         found = [c["status"] for c in calls["meli"] if c["method"] == "POST" and c["path"].startswith(prefix)
                  and c["t"] >= reply["t"] - 1.0]
         if refusals_only:

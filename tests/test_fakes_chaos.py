@@ -180,6 +180,7 @@ def soak_check(fk, tmp_path):
     run.fakes, run.cw, run.meli = fk, fk.chatwoot.state, fk.meli.state
     fk.questions_inbox = run.cw.add_inbox("Mercado Livre - Perguntas")
     fk.messages_inbox = run.cw.add_inbox("Mercado Livre - Vendas")
+    fk.claims_inbox = run.cw.add_inbox("Mercado Livre - Reclamações")
     # No bridge: no rows in its database, nobody listening for notifications.
     run.bridge = SimpleNamespace(env={"DATABASE_PATH": str(tmp_path / "absent.db")}, url="http://127.0.0.1:9")
     yield run
@@ -645,3 +646,136 @@ def test_soak_check_flags_buyer_messages_shown_out_of_order(soak_check):
 
     assert found == [f"conversation {conv}: buyer messages shown as {[second['id'], first['id']]}, "
                      f"written as {[first['id'], second['id']]}"]
+
+
+# ---- claims in the soak ------------------------------------------------------------------------------
+
+RECEIVER = "a claim reply reaches only the receiver the agent addressed"
+
+
+def claim_conversation(run, claim_id: int = 5000001, buyer: int = 7013) -> int:
+    run.meli.add_order(2000000905, buyer, "COMPRADOR", [("MLB1", "Produto", 1, 20.0)])
+    run.meli.add_claim(claim_id, 2000000905)
+    run.claims[claim_id] = {"pack": "2000000905", "buyer": buyer}
+    contact, _ = run.cw.create_contact({"name": "C", "identifier": f"meli:buyer:{buyer}",
+                                        "inbox_id": run.fakes.claims_inbox, "source_id": f"meli:buyer:{buyer}"})
+    conv, _ = run.cw.create_conversation({"inbox_id": run.fakes.claims_inbox, "contact_id": contact["id"],
+                                          "source_id": f"meli:buyer:{buyer}",
+                                          "custom_attributes": {"meli_claim_id": str(claim_id)}})
+    return conv["id"]
+
+
+def claim_reply(run, conv: int, tag: str, reply_to: str, claim_id: int = 5000001) -> dict:
+    message = run.cw.agent_reply(conv, f"{tag}p1 Vamos resolver.")
+    run.replies[tag] = {"message_id": message["id"], "conversation_id": conv, "answer": False, "private": False,
+                        "units": [f"{tag}p1"], "style": "short", "t": message["t_created"] - 1,
+                        "target": str(claim_id), "claim": True, "reply_to": reply_to}
+    return message
+
+
+def claim_received(run, tag: str, receiver: str, claim_id: int = 5000001) -> None:
+    with run.meli.lock:
+        run.meli.claim_sent.append({"receiver_role": receiver, "message": f"{tag}p1 Vamos resolver.",
+                                    "claim_id": claim_id})
+
+
+def test_soak_check_flags_a_claim_reply_for_the_mediator_that_reached_the_buyer(soak_check):
+    run = soak_check
+    conv = claim_conversation(run)
+    for tag, reply_to, receiver in (("R00001", "mediadora.", "complainant"),
+                                    ("R00002", "mediação do ML", "complainant"),
+                                    ("R00003", "Mediador", "mediator"), ("R00004", "comprador", "complainant")):
+        message = claim_reply(run, conv, tag, reply_to)
+        claim_received(run, tag, receiver)
+        run.cw.update_message_status(message, "delivered", None)
+
+    found = run.check()["violations"][RECEIVER]
+
+    assert [v.split(" (")[0] for v in found] == ["reply R00001", "reply R00002"]
+
+
+def test_soak_check_lets_the_buyers_reply_reach_the_mediator_only_in_a_dispute(soak_check):
+    run = soak_check
+    conv = claim_conversation(run)
+    message = claim_reply(run, conv, "R00001", "")
+    claim_received(run, "R00001", "mediator")
+    run.cw.update_message_status(message, "delivered", None)
+    assert len(run.check()["violations"][RECEIVER]) == 1
+
+    run.meli.open_dispute(5000001)
+
+    assert run.check()["violations"][RECEIVER] == []
+
+
+def test_soak_check_takes_a_refused_unreadable_receiver_as_a_reason_to_fail(soak_check):
+    run = soak_check
+    conv = claim_conversation(run)
+    unreadable = claim_reply(run, conv, "R00001", "ML")
+    readable = claim_reply(run, conv, "R00002", "mediador")
+    run.replies["R00002"]["stage"] = "dispute"  # the mediator could be written to
+    early = claim_reply(run, conv, "R00003", "Mediador")
+    run.replies["R00003"]["stage"] = "claim"  # not yet: Mercado Livre refuses it (403)
+    for message in (unreadable, readable, early):
+        run.cw.update_message_status(message, "failed", "destinatário não reconhecido")
+
+    found = run.check()["violations"][FAILED_FOR_NO_REASON]
+
+    assert [v.split(" (")[0] for v in found] == ["reply R00002"]
+
+
+def test_soak_check_wants_each_claim_message_once_in_its_claim_conversation(soak_check):
+    run = soak_check
+    conv = claim_conversation(run)
+    for text, copies in (("Reclamação 1: veio quebrado.", 1), ("Reclamação 2: e agora?", 2),
+                         ("Reclamação 3: cadê?", 0)):
+        run.claim_texts.append({"claim": 5000001, "role": "complainant", "text": text, "t": 0.0})
+        for _ in range(copies):
+            run.cw._create_message(conv, text, MESSAGE_TYPES["incoming"], source_id=f"meli:claim_message:{text[11]}")
+
+    found = run.check()["violations"]["claim messages in Chatwoot exactly once"]
+
+    assert [v.rsplit("': ", 1)[-1].split(" [")[0] for v in found] == ["2 live copies", "not in Chatwoot"]
+
+
+def test_a_5xx_answered_after_the_request_was_applied_still_applies_it(fk):
+    meli = fk.meli.state
+    meli.add_item("MLB1", "Caneca")
+    question = meli.add_question(item_id="MLB1", buyer_id=7001, text="Tem?")
+    meli.chaos([{"prefix": "/answers", "p": 1.0, "applied_status": 503}], seed=1)
+
+    resp = requests.post(f"{fk.meli.url}/answers", json={"question_id": question["id"], "text": "Tem sim"},
+                         headers={"Authorization": f"Bearer {meli.seed_tokens()[0]}"}, timeout=5)
+
+    assert resp.status_code == 503 and meli.answers_posted == [(question["id"], "Tem sim")]
+    assert meli.chaos_counts[("applied, then 503", "/answers")] == 1
+    assert meli.calls[-1]["status"] == 503
+
+
+def test_soak_check_wants_the_note_on_a_question_that_can_no_longer_be_answered(soak_check):
+    from bridge import source_ids
+
+    run = soak_check
+    noted, noted_conv = question_conversation(run, buyer=7014)
+    silent, _conv = question_conversation(run, buyer=7015)
+    never_shown = run.meli.add_question(item_id="MLB1", buyer_id=7016, text="Ainda tem?")["id"]
+    run.questions[never_shown] = {"t": 0.0, "buyer": 7016}
+    for qid, status in ((noted, "DELETED"), (silent, "UNDER_REVIEW"), (never_shown, "BANNED")):
+        run.meli.set_question_status(qid, status)
+        run.status_changed[qid] = (status, 0.0)
+    run.cw._create_message(noted_conv, "A pergunta foi apagada.", MESSAGE_TYPES["outgoing"], private=True,
+                           source_id=source_ids.note("question", noted, "DELETED"))
+
+    violations = run.check()["violations"]
+
+    assert violations["a question shown in Chatwoot that can no longer be answered says so"] == [
+        f"question {silent}: UNDER_REVIEW on Mercado Livre, its conversation has no note saying so"]
+    # Closed before the bridge saw it: never shown, rightly.
+    assert violations["buyer questions in Chatwoot exactly once, live conversation"] == []
+
+
+def test_soak_check_reports_a_process_slow_to_stop_on_sigterm(soak_check):
+    run = soak_check
+    run.term_slow.append("poller still running 30 s after SIGTERM: killed")
+
+    assert run.check()["violations"]["a process stops within 30 s of SIGTERM"] == [
+        "poller still running 30 s after SIGTERM: killed"]
