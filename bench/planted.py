@@ -84,6 +84,10 @@ DEFECTS = [
            (("bridge/replies/accept.py",
              '    return "mediator" if wanted in ("mediador", "mediator", "mediação", "mediacao") else "complainant"\n',
              '    return "complainant"  # planted\n'),)),
+    Defect("forget-buyer-erases-another", "forget-buyer erasing a second buyer",
+           (("bridge/store/privacy.py",
+             "\"DELETE FROM links WHERE kind = 'buyer' AND external_id = ?\"",
+             "\"DELETE FROM links WHERE kind = 'buyer' AND external_id >= ?\""),)),
 ]
 
 

@@ -99,6 +99,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import random
 import re
@@ -148,7 +149,8 @@ WEIGHTS = {
     "ML refuses a send (403)": 0.8, "seller writes on the site": 1.5, "seller answers on the site": 1,
     "access tokens expire": 2, "kill -9 listener": 0.5, "kill -9 poller": 0.7,
     "SIGTERM listener": 0.3, "SIGTERM poller": 0.4, "question changes status": 0.8, "Chatwoot outage": 0.12,
-    "buyer opens a claim": 0.8, "claim message": 1.5, "claim goes to dispute": 0.4, "agent replies in a claim": 2.5,
+    "forget-buyer": 0.25, "buyer opens a claim": 0.8, "claim message": 1.5, "claim goes to dispute": 0.4,
+    "agent replies in a claim": 2.5,
 }
 # How agents type the claim's receiver in the sidebar (`meli_claim_reply_to`), and what each means:
 # the buyer, Mercado Livre's mediator, or something the bridge must refuse rather than guess.
@@ -180,6 +182,7 @@ INVARIANTS = [
     "a claim reply reaches only the receiver the agent addressed",
     "a process stops within 30 s of SIGTERM",
     "a question shown in Chatwoot that can no longer be answered says so",
+    "forget-buyer erases that buyer, and only that buyer",
 ]
 TERM_WAIT = 30.0  # seconds a process may take to stop after SIGTERM (supervisord's stopwaitsecs is larger)
 QUESTION_STATUSES = ["UNDER_REVIEW", "DELETED", "CLOSED_UNANSWERED", "BANNED"]
@@ -214,7 +217,11 @@ class Soak:
         self.terminating: set[str] = set()  # processes sent SIGTERM, not yet restarted
         self.term_exits: Counter = Counter()
         self.term_slow: list[str] = []
+        self.erasing: int | None = None  # the buyer forget-buyer is erasing now
+        self.erased: dict[int, float] = {}  # buyer -> when its erasure ended (monotonic)
+        self.erasure_bad: list[str] = []
         self.status_changed: dict[int, tuple[str, float]] = {}  # question id -> (status the soak set, when)
+        self.status_history: dict[int, list[str]] = defaultdict(list)  # question id -> every status the soak set
         self.outage_until = 0.0
         self.chaos_on = False
         self.chaos_lock = threading.Lock()
@@ -501,7 +508,9 @@ class Soak:
 
     def _buyer(self) -> int:
         if self.buyers and self.rng.random() < 0.7:
-            return self.rng.choice(self.buyers)
+            buyer = self.rng.choice(self.buyers)
+            if buyer != self.erasing:  # the stream leaves the buyer being erased alone meanwhile
+                return buyer
         buyer_id = 7_100_000 + len(self.buyers) + 1
         self.meli.add_user(buyer_id, f"COMPRADOR_SOAK_{len(self.buyers) + 1}")
         self.buyers.append(buyer_id)
@@ -536,6 +545,8 @@ class Soak:
             self.packs[key] = {"buyer": buyer, "order": order_id}
         else:
             key = self.rng.choice(sorted(self.packs))
+            if self.packs[key]["buyer"] == self.erasing:
+                return
         files = []
         if self.rng.random() < 0.3:
             n = self._next()
@@ -633,6 +644,109 @@ class Soak:
         if style in ("long", "files"):
             self.injected[f"(reply {style})"] += 1
 
+    def forget_buyer(self) -> None:
+        """A buyer asks to be forgotten (LGPD): `main.py forget-buyer <id> --chatwoot --yes` runs
+        while the bridge works on that buyer's questions, sales, claims and replies."""
+        candidates = sorted(b for b in self.buyers if b not in self.erased and b != self.erasing)
+        if self.erasing is not None or not candidates:
+            return
+        buyer = self.rng.choice(candidates)
+        self.erasing = buyer
+        thread = threading.Thread(target=self._forget, args=(buyer,), name="soak-forget", daemon=True)
+        self.restarts.append(thread)  # joined before the drain, like the restarts
+        thread.start()
+
+    def _items_of(self, buyer: int) -> dict[str, set[str]]:
+        packs = {k for k, p in self.packs.items() if p["buyer"] == buyer}
+        return {"question": {str(q) for q, i in self.questions.items() if i["buyer"] == buyer},
+                "pack": packs, "claim": {str(c) for c, i in self.claims.items() if i["buyer"] == buyer},
+                "message": {m for m, i in list(self.buyer_messages.items()) + list(self.seller_messages.items())
+                            if i["pack"] in packs}}
+
+    def _forget(self, buyer: int) -> None:
+        items = self._items_of(buyer)
+        reply_kind = {"question": "answer", "pack": "message", "claim": "claim"}
+        with self.cw.lock:
+            conv_items = {c["id"]: dict(c["custom_attributes"]) for c in self.cw.conversations.values()}
+            contacts = {c_id: str(c.get("identifier") or "") for c_id, c in self.cw.contacts.items()}
+        others_before = {("buyer", r["external_id"]) for r in self._db(
+            "SELECT external_id FROM links WHERE kind = 'buyer'") if r["external_id"] != str(buyer)}
+        others_before |= {("reply", r["id"]) for r in self._db("SELECT id, kind, target_id FROM replies")
+                          if r["target_id"] not in items.get({v: k for k, v in reply_kind.items()}.get(r["kind"], ""),
+                                                             set())}
+        started, wall = time.monotonic(), time.time()
+        try:
+            done = self.bridge.cli("forget-buyer", str(buyer), "--chatwoot", "--yes", timeout=120)
+            code = done.returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+        ended = time.monotonic()
+        try:
+            self.injected[f"(forget-buyer exit {code})"] += 1
+            if code != 0:
+                return  # nothing erased, says the command (e.g. Chatwoot down): the soak checks it as usual
+            what = f"forget-buyer {buyer}"
+            kept = []
+            for r in self._db("SELECT kind, external_id, data, created_at FROM links"):
+                try:
+                    data = json.loads(r["data"] or "{}")
+                except ValueError:
+                    data = {}
+                ours = (r["kind"] == "buyer" and r["external_id"] == str(buyer)) \
+                    or (isinstance(data, dict) and str(data.get("buyer_id")) == str(buyer)) \
+                    or r["external_id"] in items.get(r["kind"], set()) \
+                    or (r["kind"] == "answer" and r["external_id"] in items["question"])
+                if ours:
+                    kept.append(f"link {r['kind']} {r['external_id']} "
+                                f"({'older than' if r['created_at'] < wall else 'written after'} the erasure)")
+            for r in self._db("SELECT id, kind, target_id, created_at FROM replies"):
+                if r["target_id"] in items.get({v: k for k, v in reply_kind.items()}.get(r["kind"], ""), set()) \
+                        and r["created_at"] < wall:
+                    kept.append(f"reply {r['id']} to {r['kind']} {r['target_id']}")
+            kept += [f"cache user {r['key']}" for r in self._db(
+                f"SELECT key FROM cache WHERE kind = 'user' AND key = '{buyer}'")]
+            if kept:
+                self.erasure_bad.append(f"{what}: the bridge still holds {kept[:8]}")
+            others_after = {("buyer", r["external_id"]) for r in self._db(
+                "SELECT external_id FROM links WHERE kind = 'buyer'")} | {
+                ("reply", r["id"]) for r in self._db("SELECT id FROM replies")}
+            lost = sorted(others_before - others_after, key=str)
+            if lost:
+                self.erasure_bad.append(f"{what}: erased other buyers' rows {lost[:8]}")
+            with self.cw.lock:
+                deletes = [c["path"] for c in self.cw.calls if c["method"] == "DELETE" and c["status"] < 300
+                           and started <= c["t"] <= ended]
+            for path in deletes:
+                kind, object_id = path.rstrip("/").split("/")[-2:]
+                if kind == "contacts" and contacts.get(int(object_id), "") not in ("", f"meli:buyer:{buyer}"):
+                    self.erasure_bad.append(f"{what}: deleted contact {object_id} of {contacts[int(object_id)]}")
+                if kind == "conversations":
+                    attrs = conv_items.get(int(object_id), {})
+                    names = [(k, str(attrs.get(f"meli_{k}_id"))) for k in ("question", "pack", "claim")
+                             if attrs.get(f"meli_{k}_id") not in (None, "")]
+                    if any(external not in items[k] for k, external in names):
+                        self.erasure_bad.append(f"{what}: deleted conversation {object_id} of {names}")
+                    self.deletions.append({"conversation": int(object_id), "conversations": [int(object_id)],
+                                           "t": ended})
+            self.touched[f"buyer:{buyer}"].append(f"erased by forget-buyer ({ended - started:.1f} s)")
+            self.erased[buyer] = ended
+        finally:
+            self.erasing = None
+
+    def _buyer_of(self, reply: dict):
+        target = reply["target"]
+        key = int(target) if target.isdigit() else None
+        if reply["answer"]:
+            return (self.questions.get(key) or {}).get("buyer")
+        if reply.get("claim"):
+            return (self.claims.get(key) or {}).get("buyer")
+        return (self.packs.get(target) or {}).get("buyer")
+
+    def _erased_before(self, buyer, t: float) -> bool:
+        """An item of a buyer erased after it was written: gone on purpose, from both sides."""
+        ended = self.erased.get(buyer) if buyer is not None else None
+        return ended is not None and t <= ended
+
     def question_status(self) -> None:
         """Mercado Livre puts a question under review, deletes or closes it (now and then a review
         ends and it is answerable again)."""
@@ -648,6 +762,7 @@ class Soak:
             return
         self.meli.set_question_status(qid, status)
         self.status_changed[qid] = (status, time.monotonic())
+        self.status_history[qid].append(status)
         self.injected[f"(question {status.lower()})"] += 1
 
     def chatwoot_outage(self) -> None:
@@ -903,6 +1018,7 @@ class Soak:
             "kill -9 listener": lambda: self.kill("listener"), "kill -9 poller": lambda: self.kill("poller"),
             "SIGTERM listener": lambda: self.terminate("listener"), "SIGTERM poller": lambda: self.terminate("poller"),
             "question changes status": self.question_status, "Chatwoot outage": self.chatwoot_outage,
+            "forget-buyer": self.forget_buyer,
         }[event]()
 
     # ---- the run ------------------------------------------------------------------------------------
@@ -1025,18 +1141,26 @@ class Soak:
         for qid in self.questions:
             if qid in self.status_changed and not copies.get(f"meli:question:{qid}"):
                 continue  # no longer answerable before the bridge saw it: never shown, rightly
+            if self._erased_before(self.questions[qid]["buyer"], self.questions[qid]["t"]):
+                continue
             check_item("question", f"meli:question:{qid}", self.fakes.questions_inbox, "meli_question_id", str(qid),
                        INVARIANTS[0], self.questions[qid]["buyer"])
         for mid, info in self.buyer_messages.items():
+            if self._erased_before(self.packs[info["pack"]]["buyer"], info["t"]):
+                continue
             check_item(f"message {mid} of sale", f"meli:message:{mid}", self.fakes.messages_inbox,
                        "meli_pack_id", info["pack"], INVARIANTS[1], self.packs[info["pack"]]["buyer"],
                        info.get("files", 0))
         for mid, info in self.seller_messages.items():
+            if self._erased_before(self.packs[info["pack"]]["buyer"], info["t"]):
+                continue
             check_item(f"seller's site message {mid} of sale", f"meli:message:{mid}", self.fakes.messages_inbox,
                        "meli_pack_id", info["pack"], INVARIANTS[16], self.packs[info["pack"]]["buyer"],
                        message_type=OUTGOING)
         for qid in self.site_answers:
             # Only where the question is still shown: a deleted question conversation is not made again.
+            if self._erased_before(self.questions[qid]["buyer"], self.site_answers[qid]):
+                continue
             if any(m["id"] in live for m in copies.get(f"meli:question:{qid}", [])):
                 check_item("site answer to question", f"meli:answer:{qid}", self.fakes.questions_inbox,
                            "meli_question_id", str(qid), INVARIANTS[16], self.questions[qid]["buyer"],
@@ -1094,6 +1218,7 @@ class Soak:
                                          f"Chatwoot {ids}")
 
         v[INVARIANTS[22]] += self.term_slow
+        v[INVARIANTS[24]] += self.erasure_bad
         for pack_key, missing in self.mark_read_bad:
             v[INVARIANTS[11]].append(f"sale {pack_key}: marked read while Chatwoot lacked {missing}")
         self._check_marked_in_time(v, copies)
@@ -1152,6 +1277,8 @@ class Soak:
             return " ".join(str(text or "").split())
 
         for said in self.claim_texts:
+            if self._erased_before(self.claims[said["claim"]]["buyer"], said["t"]):
+                continue
             text = words(said["text"])
             found = [m for m in list(live.values()) + list(deleted.values())
                      if m["inbox_id"] == getattr(self.fakes, "claims_inbox", None) and text in words(m["content"])
@@ -1177,6 +1304,8 @@ class Soak:
         for _pack, mid, t in self.marked:
             latest.setdefault(mid, t)  # the first marking; a message is marked once
         for mid, t in sorted(latest.items()):
+            if self._erased_before((self.packs.get(self._pack_of(mid)) or {}).get("buyer"), t):
+                continue
             found = [m["t_created"] for m in copies.get(f"meli:message:{mid}", [])]
             first = min(found, default=None)
             if first is None:
@@ -1269,6 +1398,10 @@ class Soak:
             if astray and reply["target"] not in ("None", ""):
                 v[INVARIANTS[14]].append(f"{what}: meant for {own}, reached {astray}")
             sent = [u for u, n in counts.items() if n > 0]
+            if self._erased_before(self._buyer_of(reply), reply["t"]):
+                # Undelivered replies go with the erasure, by design; twice or astray is still wrong.
+                outcome["buyer erased"] += 1
+                continue
             if reply.get("claim") and not reply["private"]:
                 self._check_claim_receiver(v, what, reply, sorted({r for u in sent for r in receivers[u]}))
             if reply["private"]:
@@ -1383,6 +1516,10 @@ class Soak:
             if question and question.get("status") != "UNANSWERED" and not any(
                     u in answer for u in reply["units"]):
                 reasons.append(f"the question is {question.get('status')} with another answer")
+            # A review that ended: Mercado Livre refused answers while it lasted.
+            closed_for_a_while = [st for st in self.status_history.get(int(target), []) if st != "UNANSWERED"]
+            if closed_for_a_while:
+                reasons.append(f"the question was {closed_for_a_while[0]} for a while")
             if not question:
                 reasons.append("the question does not exist")
         files = [u for u in reply["units"] if FILE_TAG.match(u)]

@@ -779,3 +779,41 @@ def test_soak_check_reports_a_process_slow_to_stop_on_sigterm(soak_check):
 
     assert run.check()["violations"]["a process stops within 30 s of SIGTERM"] == [
         "poller still running 30 s after SIGTERM: killed"]
+
+
+ERASURE = "forget-buyer erases that buyer, and only that buyer"
+
+
+def test_soak_check_flags_a_forget_buyer_that_kept_its_rows_or_erased_another_buyers(soak_check, tmp_path):
+    import json
+    import sqlite3
+    from types import SimpleNamespace
+
+    run = soak_check
+    path = tmp_path / "bridge.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("CREATE TABLE links (kind, external_id, data, created_at);"
+                       "CREATE TABLE replies (id, kind, target_id, created_at);"
+                       "CREATE TABLE cache (kind, key);")
+    for buyer, pack in ((7001, "3000000020"), (7002, "3000000021"), (7003, "3000000022")):
+        run.buyers.append(buyer)
+        run.packs[pack] = {"buyer": buyer}
+        conn.execute("INSERT INTO links VALUES ('buyer', ?, '{}', 0)", (str(buyer),))
+        conn.execute("INSERT INTO links VALUES ('pack', ?, ?, 0)", (pack, json.dumps({"buyer_id": str(buyer)})))
+    conn.commit()
+
+    def erase_badly(*args, **_kw):
+        # Erases buyer 7001's contact row but keeps its sale, and takes buyer 7003's contact row too.
+        with sqlite3.connect(path) as db:
+            db.execute("DELETE FROM links WHERE kind = 'buyer' AND external_id IN ('7001', '7003')")
+        return SimpleNamespace(returncode=0)
+
+    run.bridge = SimpleNamespace(env={"DATABASE_PATH": str(path)}, url="http://127.0.0.1:9", cli=erase_badly)
+    run._forget(7001)
+
+    found = run.check()["violations"][ERASURE]
+
+    assert len(found) == 2
+    assert "still holds ['link pack 3000000020 (older than the erasure)']" in found[0]
+    assert "erased other buyers' rows [('buyer', '7003')]" in found[1]
+    assert run.erased and run.erasing is None
