@@ -10,8 +10,14 @@ contacts and conversations; duplicate webhook deliveries; a send refused for goo
 then (403); Mercado Livre 5xx, 429 with Retry-After, timeouts (answer after the bridge
 gave up, request applied or not) and slow answers; the same on the bridge's calls to
 Chatwoot (5xx, 429, creates applied whose answer is lost; `--calm-chatwoot` turns them
-off); access tokens that expire within seconds; and `kill -9` of the listener or the
-poller, restarted as supervisord would.
+off); sends applied and then answered 5xx, on both sides; Chatwoot down for a while
+(5 s, scaled up with `--minutes` to a minute); access tokens that expire within seconds;
+`kill -9` or SIGTERM of the listener or the poller, restarted as supervisord would; buyers
+writing as their thread is being marked read; questions put under review, deleted or
+closed; claims (the buyer's and the mediator's messages, disputes, agents' replies with the
+receiver typed as agents type it: "Mediador", "mediadora.", "ML"...); and `forget-buyer` of
+a random buyer while its work is in flight. bench/planted.py plants known defects in a copy
+of the bridge and checks that a short soak reports each.
 Then the faults stop, the bridge drains (at most `--drain` seconds) and the invariants
 are checked from the fakes' own records.
 
@@ -93,6 +99,36 @@ check can pass while it re-reads that thread forever.
 webhooks never 5xx — no delivery to the listener (Chatwoot's own account and inbox
 webhooks, the soak's duplicates, notifications) was answered with a 5xx. Connection
 errors while the listener is down are counted, not violations.
+
+a reply is failed only for a reason that cannot be retried — a failed reply (or a partial
+one) needs a record in the fakes: Mercado Livre refused a send (4xx other than 401/429),
+the question is no longer unanswered (or was under review for a while), the claim is closed
+or its mediator was addressed before the dispute, the receiver typed is not one the bridge
+can read, Chatwoot could not deliver the reply to the bridge, or its conversation was
+deleted before the bridge took it. 5xx, 429 and timeouts alone mean: keep trying. Replies
+whose conversation was deleted later are checked like the others from the bridge's own row.
+
+a message marked read is in Chatwoot within seconds of the marking — Mercado Livre stops
+listing it as unread, so the bridge must show it at once (MARK_WINDOW), not whenever a sweep
+comes by.
+
+mirrored text is Mercado Livre's, in Mercado Livre's order — the words of each question and
+message are in its Chatwoot copy, and a sale's buyer messages are shown in the order written.
+
+claim messages in Chatwoot exactly once — what the buyer and the mediator write in a claim.
+
+a claim reply reaches only the receiver the agent addressed — the mediator (in any spelling)
+never gets the buyer's copy nor the other way round; an unreadable receiver is refused, never
+guessed; the buyer addressed during a dispute may be answered through the mediator.
+
+a process stops within 30 s of SIGTERM; a question shown in Chatwoot that can no longer be
+answered says so (the bridge's note for its status).
+
+forget-buyer erases that buyer, and only that buyer — right after the command: no row about
+the buyer or its questions, sales, claims and replies older than the erasure is left (closed
+watermarks aside), no other buyer's contact row or reply is gone, and every contact and
+conversation it deleted in Chatwoot was that buyer's. The erased buyer's earlier items and
+replies are then no longer expected anywhere.
 """
 
 from __future__ import annotations
