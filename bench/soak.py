@@ -185,7 +185,8 @@ WEIGHTS = {
     "ML refuses a send (403)": 0.8, "seller writes on the site": 1.5, "seller answers on the site": 1,
     "access tokens expire": 2, "kill -9 listener": 0.5, "kill -9 poller": 0.7,
     "SIGTERM listener": 0.3, "SIGTERM poller": 0.4, "question changes status": 0.8, "Chatwoot outage": 0.12,
-    "forget-buyer": 0.25, "buyer opens a claim": 0.8, "claim message": 1.5, "claim goes to dispute": 0.4,
+    "forget-buyer": 0.25, "ML moderates a sent reply": 0.4,
+    "buyer opens a claim": 0.8, "claim message": 1.5, "claim goes to dispute": 0.4,
     "agent replies in a claim": 2.5,
 }
 # How agents type the claim's receiver in the sidebar (`meli_claim_reply_to`), and what each means:
@@ -219,6 +220,7 @@ INVARIANTS = [
     "a process stops within 30 s of SIGTERM",
     "a question shown in Chatwoot that can no longer be answered says so",
     "forget-buyer erases that buyer, and only that buyer",
+    "a reply moderated after acceptance is shown failed once the bridge read the thread",
 ]
 TERM_WAIT = 30.0  # seconds a process may take to stop after SIGTERM (supervisord's stopwaitsecs is larger)
 QUESTION_STATUSES = ["UNDER_REVIEW", "DELETED", "CLOSED_UNANSWERED", "BANNED"]
@@ -256,6 +258,8 @@ class Soak:
         self.erasing: int | None = None  # the buyer forget-buyer is erasing now
         self.erased: dict[int, float] = {}  # buyer -> when its erasure ended (monotonic)
         self.erasure_bad: list[str] = []
+        self.moderations: dict[str, float] = {}  # Mercado Livre message id (a reply's part) -> when rejected
+        self.moderation_unseen = 0
         self.status_changed: dict[int, tuple[str, float]] = {}  # question id -> (status the soak set, when)
         self.status_history: dict[int, list[str]] = defaultdict(list)  # question id -> every status the soak set
         self.outage_until = 0.0
@@ -783,6 +787,17 @@ class Soak:
         ended = self.erased.get(buyer) if buyer is not None else None
         return ended is not None and t <= ended
 
+    def moderate_reply(self) -> None:
+        """Mercado Livre's moderation rejects a reply part it had accepted (a phone number, a link)."""
+        with self.meli.lock:
+            ours = [str(m["message_id"]) for m in self.meli.sent_messages[-15:]
+                    if str(m["message_id"]) not in self.moderations and TAG.search(m.get("text") or "")]
+        if not ours:
+            return
+        mid = self.rng.choice(ours)
+        self.meli.moderate(mid)
+        self.moderations[mid] = time.monotonic()
+
     def question_status(self) -> None:
         """Mercado Livre puts a question under review, deletes or closes it (now and then a review
         ends and it is answerable again)."""
@@ -1054,7 +1069,7 @@ class Soak:
             "kill -9 listener": lambda: self.kill("listener"), "kill -9 poller": lambda: self.kill("poller"),
             "SIGTERM listener": lambda: self.terminate("listener"), "SIGTERM poller": lambda: self.terminate("poller"),
             "question changes status": self.question_status, "Chatwoot outage": self.chatwoot_outage,
-            "forget-buyer": self.forget_buyer,
+            "forget-buyer": self.forget_buyer, "ML moderates a sent reply": self.moderate_reply,
         }[event]()
 
     # ---- the run ------------------------------------------------------------------------------------
@@ -1404,6 +1419,12 @@ class Soak:
                 for unit in units:
                     where[unit].add(f"sale {sent.get('pack_id')}")
                     held[unit].append(sent.get("held", 0.0))
+            moderated = {}  # unit -> when Mercado Livre rejected the message carrying it
+            for sent in meli.sent_messages:
+                when = self.moderations.get(str(sent.get("message_id")))
+                if when is not None:
+                    for t, k in TAG.findall(sent.get("text") or ""):
+                        moderated[f"{t}p{k}"] = (when, str(sent.get("pack_id")))
             receivers: dict[str, set[str]] = defaultdict(set)  # claim reply unit -> who got it
             for sent in meli.claim_sent:
                 units = [f"{t}p{k}" for t, k in TAG.findall(sent.get("message") or "")]
@@ -1412,6 +1433,7 @@ class Soak:
                     where[unit].add(f"claim {sent.get('claim_id')}")
                     receivers[unit].add(str(sent.get("receiver_role")))
         rows = self._db_replies()
+        self.moderation_unseen = 0
         with meli.lock:
             calls = {"meli": list(meli.calls)}
         with self.cw.lock:
@@ -1471,6 +1493,18 @@ class Soak:
                 v[INVARIANTS[9]].append(f"{what}: {len(sent)}/{len(counts)} units sent, "
                                         f"{where_shown}{row_text}")
                 continue
+            blocked = [u for u in reply["units"] if u in moderated]
+            if blocked:
+                # Accepted, then moderated: the buyer never saw it, and the agent must learn so
+                # once the bridge has read the thread again (its re-check comes minutes later).
+                outcome["moderated"] += 1
+                seen = self._thread_read_since(reply, moderated, blocked, calls)
+                if status != "failed" and seen:
+                    v[INVARIANTS[25]].append(f"{what}: {blocked} moderated, the bridge read the thread after "
+                                             f"that, {where_shown}{row_text}")
+                elif status != "failed":
+                    self.moderation_unseen += 1
+                continue
             if len(sent) == len(counts):
                 outcome["delivered"] += 1
                 if status != "delivered":
@@ -1507,6 +1541,15 @@ class Soak:
                                             f"notes {[n[:120] for n in notes]}{row_text}")
         return outcome
 
+    @staticmethod
+    def _thread_read_since(reply: dict, moderated: dict, blocked: list[str], calls: dict) -> bool:
+        """Did the bridge read that sale's thread (and so see the moderation) a while before now?"""
+        when, pack = max(moderated[u] for u in blocked)
+        prefix = f"/messages/packs/{pack}/sellers/"
+        now = time.monotonic()
+        return any(c["method"] == "GET" and c["path"].startswith(prefix) and c["status"] == 200
+                   and when + 0.5 < c["t"] < now - 5.0 for c in calls["meli"])
+
     def _check_claim_receiver(self, v: dict, what: str, reply: dict, got: list[str]) -> None:
         """The mediator addressed (in any spelling) never gets the buyer's copy, nor the buyer the
         mediator's; a receiver the bridge cannot read is refused, never guessed. The buyer addressed
@@ -1535,6 +1578,9 @@ class Soak:
         refused = self._answers_to(reply, calls, refusals_only=True)
         if refused:
             reasons.append(f"Mercado Livre refused it: {refused}")
+        if any(str(m.get("message_id")) in self.moderations and any(u in (m.get("text") or "") for u in reply["units"])
+               for m in list(self.meli.sent_messages)):
+            reasons.append("Mercado Livre moderated it")
         if reply.get("claim"):
             if REPLY_TO.get(reply.get("reply_to") or "", "unknown") == "unknown":
                 reasons.append(f"the receiver typed ({reply.get('reply_to')!r}) is not one the bridge can read")
@@ -1653,6 +1699,8 @@ def report(soak: Soak, result: dict) -> tuple[str, int]:
     lines += [f"  tokens refreshed {soak.meli.refresh_count}, 401 answers {soak.meli.unauthorized_count}, "
               f"health checks {dict(soak.health_seen)}",
               f"  buyer messages revealed by a mark-read (then mirrored from its answer) {soak.revealed_by_mark}",
+              f"  moderated replies the bridge had not re-read yet (its re-check comes 2 min after delivery) "
+              f"{soak.moderation_unseen}",
               "", "invariants (violations):"]
     idle = exercised_nothing(soak, result)
     if idle:

@@ -817,3 +817,30 @@ def test_soak_check_flags_a_forget_buyer_that_kept_its_rows_or_erased_another_bu
     assert "still holds ['link pack 3000000020 (older than the erasure)']" in found[0]
     assert "erased other buyers' rows [('buyer', '7003')]" in found[1]
     assert run.erased and run.erasing is None
+
+
+MODERATED = "a reply moderated after acceptance is shown failed once the bridge read the thread"
+
+
+def test_soak_check_wants_a_moderated_reply_failed_once_the_bridge_read_its_thread(soak_check):
+    import time
+
+    run = soak_check
+    conv = sale_conversation(run, "3000000016")
+    message = long_reply(run, conv, "R00001", 1, "3000000016")
+    ml_received(run, "3000000016", "R00001p1 Obrigado pela compra, seu pedido segue hoje.")
+    run.cw.update_message_status(message, "delivered", None)
+    run.moderations["R00001p1"] = time.monotonic() - 30.0  # ml_received's message id: the text's start
+    found = run.check()["violations"]
+    # Not read since: the bridge could not know yet (counted, not a violation).
+    assert found[MODERATED] == []
+    assert found["a reply that reached Mercado Livre is shown delivered"] == [] and run.moderation_unseen == 1
+
+    with run.meli.lock:
+        run.meli.calls.append({"method": "GET", "path": f"/messages/packs/3000000016/sellers/{run.meli.seller_id}",
+                               "query": {}, "status": 200, "t": time.monotonic() - 20.0, "ms": 1.0})
+
+    found = run.check()["violations"][MODERATED]
+    assert len(found) == 1 and found[0].startswith("reply R00001")
+    run.cw.update_message_status(message, "failed", "bloqueada pela moderação")
+    assert run.check()["violations"][FAILED_FOR_NO_REASON] == []
