@@ -844,3 +844,19 @@ def test_soak_check_wants_a_moderated_reply_failed_once_the_bridge_read_its_thre
     assert len(found) == 1 and found[0].startswith("reply R00001")
     run.cw.update_message_status(message, "failed", "bloqueada pela moderação")
     assert run.check()["violations"][FAILED_FOR_NO_REASON] == []
+
+
+def test_soak_check_counts_a_part_sent_twice_after_a_hold_past_the_settle_apart(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000017")
+    for tag, holds in (("R00001", (9.0, 0.1)), ("R00002", (0.4, 0.1))):
+        message = long_reply(run, conv, tag, 1, "3000000017")
+        for held in holds:
+            with run.meli.lock:
+                run.meli.sent_messages.append({"text": f"{tag}p1 Obrigado.", "attachments": [], "held": held,
+                                               "pack_id": "3000000017", "message_id": f"{tag}-{held}"})
+        run.cw.update_message_status(message, "delivered", None)
+
+    found = run.check()["violations"]["no reply part or file reached Mercado Livre twice"]
+
+    assert [v.split(" (")[0] for v in found] == ["reply R00002"] and run.sent_twice_past_settle == 1
