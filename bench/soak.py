@@ -186,7 +186,8 @@ WEIGHTS = {
     "ML refuses a send (403)": 0.8, "seller writes on the site": 1.5, "seller answers on the site": 1,
     "access tokens expire": 2, "kill -9 listener": 0.5, "kill -9 poller": 0.7,
     "SIGTERM listener": 0.3, "SIGTERM poller": 0.4, "question changes status": 0.8, "Chatwoot outage": 0.12,
-    "forget-buyer": 0.25, "ML moderates a sent reply": 0.4,
+    "forget-buyer": 0.25, "ML moderates a sent reply": 0.4, "agent snoozes conversation": 0.8,
+    "agent edits an attribute": 0.6,
     "buyer opens a claim": 0.8, "claim message": 1.5, "claim goes to dispute": 0.4,
     "agent replies in a claim": 2.5,
 }
@@ -280,6 +281,8 @@ class Soak:
         self.buyers: list[int] = []
         self.replies: dict[str, dict] = {}
         self.resolves: dict[int, float] = {}
+        self.snoozes: dict[int, float] = {}
+        self.true_attrs: dict[int, dict] = {}  # conversation -> its attributes before an agent edited them
         self.deletions: list[dict] = []
         self.merges: list[tuple[int, int]] = []
         self.merge_orphans = 0  # see _orphaned_by_merge
@@ -669,7 +672,7 @@ class Soak:
                 files.append((f"{tag}f{k}.{ext}", body,
                               {"png": "image/png", "pdf": "application/pdf", "txt": "text/plain"}[ext]))
         if answer and not private:
-            qid = str(conv["custom_attributes"].get("meli_question_id"))
+            qid = str(self._attrs(conv).get("meli_question_id"))
             if any(r["target"] == qid and not r["private"] for r in self.replies.values()):
                 self.injected["(second answer to a question)"] += 1
         try:
@@ -679,7 +682,7 @@ class Soak:
         units = [f"{tag}p{k}" for k in range(1, len(TAG.findall(content)) + 1)] + [f[0] for f in files]
         self.replies[tag] = {"message_id": message["id"], "conversation_id": conv["id"], "answer": answer,
                              "private": private, "units": units, "style": style, "t": time.monotonic(),
-                             "target": str(conv["custom_attributes"].get(
+                             "target": str(self._attrs(conv).get(
                                  "meli_question_id" if answer else "meli_claim_id" if claim else "meli_pack_id")),
                              "claim": claim, "reply_to": conv["custom_attributes"].get("meli_claim_reply_to", ""),
                              "stage": self._claim_stage(conv["custom_attributes"].get("meli_claim_id"))}
@@ -709,7 +712,7 @@ class Soak:
         items = self._items_of(buyer)
         reply_kind = {"question": "answer", "pack": "message", "claim": "claim"}
         with self.cw.lock:
-            conv_items = {c["id"]: dict(c["custom_attributes"]) for c in self.cw.conversations.values()}
+            conv_items = {c["id"]: dict(self._attrs(c)) for c in self.cw.conversations.values()}
             contacts = {c_id: str(c.get("identifier") or "") for c_id, c in self.cw.contacts.items()}
         others_before = {("buyer", r["external_id"]) for r in self._db(
             "SELECT external_id FROM links WHERE kind = 'buyer'") if r["external_id"] != str(buyer)}
@@ -932,6 +935,40 @@ class Soak:
             except KeyError:
                 pass
 
+    def snooze_conversation(self) -> None:
+        convs = sorted(c["id"] for c in self._live_conversations(self.fakes.messages_inbox) if c["status"] == "open")
+        if convs:
+            conv_id = self.rng.choice(convs)
+            with self.cw.lock:
+                conv = self.cw.conversations.get(conv_id)
+                if conv is None:
+                    return
+                self.cw.set_status(conv, "snoozed")
+            self.snoozes[conv_id] = time.monotonic()
+
+    def edit_attributes(self) -> None:
+        """An agent edits the sidebar: the sale's or question's id typed wrong, another one's, or cleared.
+        The bridge's own record (not what the sidebar now says) decides where replies go."""
+        convs = sorted(c["id"] for c in self._live_conversations() if c["inbox_id"] in
+                       (self.fakes.questions_inbox, self.fakes.messages_inbox))
+        if not convs:
+            return
+        conv_id = self.rng.choice(convs)
+        how = self.rng.choice(["typo", "another", "cleared"])
+        with self.cw.lock:
+            conv = self.cw.conversations.get(conv_id)
+            if conv is None:
+                return
+            key = "meli_question_id" if conv["inbox_id"] == self.fakes.questions_inbox else "meli_pack_id"
+            others = sorted({str(c["custom_attributes"].get(key)) for c in self.cw.conversations.values()
+                             if c["inbox_id"] == conv["inbox_id"] and c["id"] != conv_id
+                             and c["custom_attributes"].get(key) not in (None, "")})
+            self.true_attrs.setdefault(conv_id, dict(conv["custom_attributes"]))
+            value = {"typo": f"{conv['custom_attributes'].get(key)}9", "cleared": "",
+                     "another": self.rng.choice(others) if others else "1"}[how]
+            conv["custom_attributes"][key] = value
+        self.injected[f"(attribute {how})"] += 1
+
     def delete_conversation(self) -> None:
         convs = sorted(c["id"] for c in self._live_conversations())
         if convs:
@@ -998,8 +1035,12 @@ class Soak:
         owner = identifiers.get(conv["contact_id"], "")
         return owner != f"meli:buyer:{buyer}" and any(base == conv["contact_id"] for base, _m in self.merges)
 
+    def _attrs(self, conv: dict) -> dict:
+        """The conversation's attributes as the bridge set them (an agent may have edited them since)."""
+        return self.true_attrs.get(conv["id"]) or conv["custom_attributes"]
+
     def _remember_deletion(self, conv_id: int, what: str) -> None:
-        attrs = self.cw.conversations[conv_id]["custom_attributes"]
+        attrs = self._attrs(self.cw.conversations[conv_id])
         for key in ("meli_question_id", "meli_pack_id"):
             if attrs.get(key) not in (None, ""):
                 self.touched[f"{key[5:-3]}:{attrs[key]}"].append(f"{what} ({conv_id})")
@@ -1018,7 +1059,8 @@ class Soak:
         if not convs:
             return
         conv_id = self.rng.choice(convs)
-        pack = self.cw.conversations.get(conv_id, {}).get("custom_attributes", {}).get("meli_pack_id")
+        pack = self._attrs(self.cw.conversations.get(conv_id) or {"id": conv_id, "custom_attributes": {}}).get(
+            "meli_pack_id")
         if not pack:
             return
         self.meli.fail_next("POST", f"/messages/packs/{pack}/", 403, after=1, body={
@@ -1074,6 +1116,7 @@ class Soak:
             "SIGTERM listener": lambda: self.terminate("listener"), "SIGTERM poller": lambda: self.terminate("poller"),
             "question changes status": self.question_status, "Chatwoot outage": self.chatwoot_outage,
             "forget-buyer": self.forget_buyer, "ML moderates a sent reply": self.moderate_reply,
+            "agent snoozes conversation": self.snooze_conversation, "agent edits an attribute": self.edit_attributes,
         }[event]()
 
     # ---- the run ------------------------------------------------------------------------------------
@@ -1155,7 +1198,7 @@ class Soak:
             live = {m["id"]: m for m in cw.messages.values()}
             deleted = {m["id"]: m for m in cw.deleted_messages.values()}
             convs = {c["id"]: {"inbox_id": c["inbox_id"], "status": c["status"], "contact_id": c["contact_id"],
-                               "attrs": dict(c["custom_attributes"]), "t": c["created_at_exact"]}
+                               "attrs": dict(self._attrs(c)), "t": c["created_at_exact"]}
                      for c in cw.conversations.values()}
             identifiers = {contact_id: str(c.get("identifier") or "") for contact_id, c in cw.contacts.items()}
         copies: dict[str, list[dict]] = defaultdict(list)
@@ -1246,16 +1289,18 @@ class Soak:
                     orphaned += len(orphans)
         self.merge_orphans = orphaned
 
-        for conv_id, resolved_at in self.resolves.items():
+        parked = [(c, t, "resolved") for c, t in self.resolves.items()] + \
+            [(c, t, "snoozed") for c, t in self.snoozes.items()]
+        for conv_id, resolved_at, parked_as in parked:
             conv = convs.get(conv_id)
-            if conv is None or conv["status"] != "resolved" or conv["inbox_id"] != self.fakes.messages_inbox:
+            if conv is None or conv["status"] != parked_as or conv["inbox_id"] != self.fakes.messages_inbox:
                 continue
             later = [m["id"] for m in live.values() if m["conversation_id"] == conv_id
                      and m["message_type"] == INCOMING and str(m.get("source_id") or "").startswith("meli:message:")
                      and m["t_created"] > resolved_at]
             if later:
-                v[INVARIANTS[3]].append(f"conversation {conv_id} resolved by the agent, still resolved after "
-                                        f"buyer messages {later}")
+                v[INVARIANTS[3]].append(f"conversation {conv_id} {parked_as} by the agent, still {parked_as} "
+                                        f"after buyer messages {later}")
 
         with meli.lock:
             sent_ids = [str(s["message_id"]) for s in meli.sent_messages]

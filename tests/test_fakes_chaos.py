@@ -860,3 +860,33 @@ def test_soak_check_counts_a_part_sent_twice_after_a_hold_past_the_settle_apart(
     found = run.check()["violations"]["no reply part or file reached Mercado Livre twice"]
 
     assert [v.split(" (")[0] for v in found] == ["reply R00002"] and run.sent_twice_past_settle == 1
+
+
+def test_a_reply_after_an_agent_edited_the_sale_id_is_still_expected_at_the_sale_the_bridge_linked(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000018")
+    sale_conversation(run, "3000000019", buyer=7002)
+    for seed in range(40):  # until the draw is "another sale's id"
+        run.rng.seed(seed)
+        run.edit_attributes()
+        if run.cw.conversations[conv]["custom_attributes"]["meli_pack_id"] == "3000000019":
+            break
+    run.agent_reply(conv_id=conv, style="short")
+    [reply] = run.replies.values()
+    ml_received(run, "3000000019", f"{next(iter(run.replies))}p1 Olá! Seu pedido já foi enviado, obrigado.")
+
+    found = run.check()["violations"]["a reply reaches only its own question or sale"]
+
+    assert reply["target"] == "3000000018" and len(found) == 1 and "sale 3000000019" in found[0]
+
+
+def test_soak_check_wants_a_snoozed_sale_conversation_open_after_a_new_buyer_message(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000023")
+    run.snooze_conversation()
+    run.cw._create_message(conv, "Oi?", MESSAGE_TYPES["incoming"], source_id="meli:message:m-snoozed")
+
+    found = run.check()["violations"]["sale conversation reopened after a new buyer message"]
+
+    assert found == [f"conversation {conv} snoozed by the agent, still snoozed after buyer messages "
+                     f"{[m['id'] for m in run.cw.messages_in(conv) if m['message_type'] == 0]}"]
