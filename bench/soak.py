@@ -121,8 +121,8 @@ a claim reply reaches only the receiver the agent addressed — the mediator (in
 never gets the buyer's copy nor the other way round; an unreadable receiver is refused, never
 guessed; the buyer addressed during a dispute may be answered through the mediator.
 
-a process stops within 30 s of SIGTERM; a question shown in Chatwoot that can no longer be
-answered says so (the bridge's note for its status).
+a process stops within supervisord's stopwaitsecs (10 s) of SIGTERM; a question shown in
+Chatwoot that can no longer be answered says so (the bridge's note for its status).
 
 forget-buyer erases that buyer, and only that buyer — right after the command: no row about
 the buyer or its questions, sales, claims and replies older than the erasure is left (closed
@@ -219,12 +219,12 @@ INVARIANTS = [
     "mirrored text is Mercado Livre's, in Mercado Livre's order",
     "claim messages in Chatwoot exactly once",
     "a claim reply reaches only the receiver the agent addressed",
-    "a process stops within 30 s of SIGTERM",
+    "a process stops within supervisord's stopwaitsecs (10 s) of SIGTERM",
     "a question shown in Chatwoot that can no longer be answered says so",
     "forget-buyer erases that buyer, and only that buyer",
     "a reply moderated after acceptance is shown failed once the bridge read the thread",
 ]
-TERM_WAIT = 30.0  # seconds a process may take to stop after SIGTERM (supervisord's stopwaitsecs is larger)
+TERM_WAIT = 10.0  # supervisord.conf stopwaitsecs: after this, supervisord kills the process
 QUESTION_STATUSES = ["UNDER_REVIEW", "DELETED", "CLOSED_UNANSWERED", "BANNED"]
 REVEAL_P = 0.15  # share of marking reads that reveal a message written just before
 MARK_WINDOW = 15.0  # seconds a buyer message marked read may take to reach Chatwoot (a kill and restart fit in)

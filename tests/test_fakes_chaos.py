@@ -775,10 +775,10 @@ def test_soak_check_wants_the_note_on_a_question_that_can_no_longer_be_answered(
 
 def test_soak_check_reports_a_process_slow_to_stop_on_sigterm(soak_check):
     run = soak_check
-    run.term_slow.append("poller still running 30 s after SIGTERM: killed")
+    run.term_slow.append("poller still running 10 s after SIGTERM: killed")
 
-    assert run.check()["violations"]["a process stops within 30 s of SIGTERM"] == [
-        "poller still running 30 s after SIGTERM: killed"]
+    assert run.check()["violations"]["a process stops within supervisord's stopwaitsecs (10 s) of SIGTERM"] == [
+        "poller still running 10 s after SIGTERM: killed"]
 
 
 ERASURE = "forget-buyer erases that buyer, and only that buyer"
