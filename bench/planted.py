@@ -5,9 +5,12 @@
 Each defect is a small textual patch of the bridge, one deliberate bug the soak must catch.
 One at a time, the repository (without .git) is copied to a temporary directory, the patch is
 applied there (the tree here is never touched) and a short soak (bench/soak.py of the copy, a
-fixed seed) runs against it. It prints, per defect, whether the soak caught it (how many
-violations, of which invariants) or MISSED it, and exits 1 when any was missed (2 when a
-patch no longer applies: the code it names changed, and the defect must be planted again).
+fixed seed) runs against it. The unpatched bridge is soaked first, with the same seed: a
+defect counts as caught only when an invariant it breaks (`expect`) reports more violations
+than in that baseline, so a defect the bridge already has does not pass for a planted one
+being seen. It prints, per defect, caught (which invariants, how many violations) or
+MISSED, and exits 1 when any was missed (2 when a patch no longer applies: the code it names
+changed, and the defect must be planted again).
 
 A patch is (file, old, new): `old` must occur exactly once in the file, so a refactor that
 moves the code makes the patch fail loudly instead of planting nothing
@@ -37,6 +40,11 @@ class Defect:
     name: str
     what: str
     patches: tuple[tuple[str, str, str], ...]  # (file, old, new)
+    expect: tuple[str, ...] = ()  # the invariants it breaks: caught only when one of them reports it
+
+
+MARKED = "a message marked read is in Chatwoot within seconds of the marking"
+FAILED = "a reply is failed only for a reason that cannot be retried"
 
 
 DEFECTS = [
@@ -49,28 +57,34 @@ DEFECTS = [
              '        previous = s.db.replies.mark_part_sending(reply["id"], part["seq"], s.clock())\n'
              '        if False:  # planted\n'
              '            _wait_until_settled(s, reply, part)\n'
-             '            # Not beside a sync of this thread'),)),
+             '            # Not beside a sync of this thread'),),
+           ("no reply part or file reached Mercado Livre twice",)),
     Defect("drop-revealed-by-mark-read", "drop the buyer messages a mark-read answer reveals",
            (("bridge/sync/sales.py",
              '            late.setdefault(str(message["id"]), message)\n',
-             '            pass  # planted\n'),)),
+             '            pass  # planted\n'),),
+           (MARKED, "buyer messages in Chatwoot exactly once, live conversation")),
     Defect("give-up-after-contact-failure", "skip an item for good after one failed contact look-up",
            (("bridge/failures.py",
              "    next_at, give_up = next_attempt(attempts, now, retry_after)\n",
              "    next_at, give_up = next_attempt(attempts, now, retry_after)\n"
              "    import traceback  # planted\n"
              "    give_up = give_up or any(f.name in ('ensure_contact', 'open_conversation')\n"
-             "                             for f in traceback.extract_tb(exc.__traceback__))\n"),)),
+             "                             for f in traceback.extract_tb(exc.__traceback__))\n"),),
+           ("buyer questions in Chatwoot exactly once, live conversation",
+            "buyer messages in Chatwoot exactly once, live conversation", "claim messages in Chatwoot exactly once")),
     Defect("never-reopen", "never reopen a resolved conversation",
            (("chatwoot_api.py",
              '    def set_status(self, conversation_id: int, status: str) -> None:\n',
              '    def set_status(self, conversation_id: int, status: str) -> None:\n'
              '        if status == "open":  # planted\n'
-             '            return\n'),)),
+             '            return\n'),),
+           ("sale conversation reopened after a new buyer message",)),
     Defect("fail-on-one-5xx", "fail a reply for good on one 5xx",
            (("bridge/replies/delivery.py",
              '    now = s.clock()\n    if now - reply["created_at"] > GIVE_UP_AFTER:\n',
-             '    now = s.clock()\n    if (exc.status or 0) >= 500:  # planted\n'),)),
+             '    now = s.clock()\n    if (exc.status or 0) >= 500:  # planted\n'),),
+           (FAILED,)),
     Defect("drop-reply-of-deleted-conversation", "drop a reply whose conversation is deleted after it was sent",
            (("bridge/replies/delivery.py",
              '    try:\n        if reply["kind"] == "answer":\n            _deliver_answer(s, reply)\n',
@@ -79,15 +93,18 @@ DEFECTS = [
              '            s.chatwoot.messages(reply["conversation_id"])\n'
              '        except PermanentError:\n'
              '            raise DeliveryFailed(Refusal("conversa apagada", "A conversa foi apagada.")) from None\n'
-             '        if reply["kind"] == "answer":\n            _deliver_answer(s, reply)\n'),)),
+             '        if reply["kind"] == "answer":\n            _deliver_answer(s, reply)\n'),),
+           (FAILED, "no reply left queued after the drain")),
     Defect("claim-reply-to-complainant", "send a claim reply to the complainant when the mediator was addressed",
            (("bridge/replies/accept.py",
              '    return "mediator" if wanted in ("mediador", "mediator", "mediação", "mediacao") else "complainant"\n',
-             '    return "complainant"  # planted\n'),)),
+             '    return "complainant"  # planted\n'),),
+           ("a claim reply reaches only the receiver the agent addressed",)),
     Defect("forget-buyer-erases-another", "forget-buyer erasing a second buyer",
            (("bridge/store/privacy.py",
              "\"DELETE FROM links WHERE kind = 'buyer' AND external_id = ?\"",
-             "\"DELETE FROM links WHERE kind = 'buyer' AND external_id >= ?\""),)),
+             "\"DELETE FROM links WHERE kind = 'buyer' AND external_id >= ?\""),),
+           ("forget-buyer erases that buyer, and only that buyer",)),
 ]
 
 
@@ -135,6 +152,9 @@ def violations_of(report: str) -> dict[str, int]:
     return found
 
 
+BASELINE = Defect("baseline", "the bridge as it is", ())
+
+
 def plant_and_soak(defect: Defect, seconds: float, seed: int, keep_output: Path | None) -> tuple[int, dict, str]:
     """(soak exit code, violations by invariant, report) of a soak against the patched copy."""
     with tempfile.TemporaryDirectory(prefix=f"planted-{defect.name}-") as tmp:
@@ -179,21 +199,25 @@ def main(argv: list[str] | None = None) -> int:
         args.reports.mkdir(parents=True, exist_ok=True)
     rows, missed = [], 0
     print(f"planted defects: {len(chosen)}, soak of {args.seconds:.0f} s each, seed {args.seed}", flush=True)
+    # The unpatched bridge first: what it already breaks (a defect found, not planted) is no proof
+    # that a planted one was seen; a defect counts as caught only by the invariants it breaks.
+    code, baseline, _report = plant_and_soak(BASELINE, args.seconds, args.seed, args.reports)
+    rows.append(("(baseline, nothing planted)", "soak exit %s, violations: %s" % (code, "; ".join(
+        f"{name} x{n}" for name, n in sorted(baseline.items())) or "none")))
     for defect in chosen:
         code, found, report = plant_and_soak(defect, args.seconds, args.seed, args.reports)
+        seen = {name: n for name, n in found.items() if name in defect.expect and n > baseline.get(name, 0)}
         if code not in (0, 1):
             missed += 1
             tail = " ".join(report.strip().splitlines()[-1:])
             rows.append((defect.name, f"MISSED (the soak could not run: exit {code}: {tail[:100]})"))
-        elif found:
-            rows.append((defect.name, f"caught ({sum(found.values())} violations: "
-                                      + "; ".join(f"{name} x{n}" for name, n in sorted(found.items())) + ")"))
-        elif code == 1:
-            rows.append((defect.name, "caught (soak failed; no invariant line parsed)"))
+        elif seen:
+            rows.append((defect.name, "caught: " + "; ".join(
+                f"{name} x{n} (baseline {baseline.get(name, 0)})" for name, n in sorted(seen.items()))))
         else:
             missed += 1
-            tail = " ".join(report.strip().splitlines()[-1:])
-            rows.append((defect.name, f"MISSED (soak exit {code}: {tail[:100]})"))
+            rows.append((defect.name, f"MISSED (expected {' / '.join(defect.expect)}; the soak reported "
+                                      f"{dict(sorted(found.items())) or 'nothing'})"))
     print("\ndefect → outcome")
     for name, outcome in rows:
         print(f"  {name:40s} {outcome}")

@@ -34,3 +34,10 @@ def test_the_soak_report_is_read_for_the_invariants_that_failed():
     report = "x\ninvariants (violations):\n       0  one thing\n       3  another thing\n\nanother thing:\n  - a"
 
     assert planted.violations_of(report) == {"another thing": 3}
+
+
+def test_every_planted_defect_names_invariants_the_soak_checks():
+    from bench import soak
+
+    for defect in planted.DEFECTS:
+        assert defect.expect and set(defect.expect) <= set(soak.INVARIANTS), defect.name
