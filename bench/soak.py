@@ -164,6 +164,7 @@ from tests.fakes import start_fakes  # noqa: E402
 from tests.fakes.fake_chatwoot import MESSAGE_TYPES, rails_json, sign  # noqa: E402
 
 READ_TIMEOUT = 2.0  # the bridge's HTTP read timeout during the soak (BRIDGE_HTTP_READ_TIMEOUT)
+SWEEP_RECHECK = 900.0  # bridge/sync/sales.py: a quiet thread is swept again after this
 SETTLE = 2 * READ_TIMEOUT  # bridge/http.py SETTLE: a send not applied within this after it left never will be
 KILL_WINDOW = 2.0  # a kill this soon after a refresh grant may have taken the only copy of the new pair
 ML_PATHS = ["/answers", "/messages/packs", "/messages/attachments", "/messages/unread", "/messages/",
@@ -187,7 +188,7 @@ WEIGHTS = {
     "access tokens expire": 2, "kill -9 listener": 0.5, "kill -9 poller": 0.7,
     "SIGTERM listener": 0.3, "SIGTERM poller": 0.4, "question changes status": 0.8, "Chatwoot outage": 0.12,
     "forget-buyer": 0.25, "ML moderates a sent reply": 0.4, "agent snoozes conversation": 0.8,
-    "agent edits an attribute": 0.6,
+    "agent edits an attribute": 0.6, "buyer's message read on the site": 0.5,
     "buyer opens a claim": 0.8, "claim message": 1.5, "claim goes to dispute": 0.4,
     "agent replies in a claim": 2.5,
 }
@@ -263,6 +264,7 @@ class Soak:
         self.moderations: dict[str, float] = {}  # Mercado Livre message id (a reply's part) -> when rejected
         self.moderation_unseen = 0
         self.sent_twice_past_settle = 0
+        self.not_swept_yet = 0  # messages read on the site, not shown, the sweep not due yet
         self.status_changed: dict[int, tuple[str, float]] = {}  # question id -> (status the soak set, when)
         self.status_history: dict[int, list[str]] = defaultdict(list)  # question id -> every status the soak set
         self.outage_until = 0.0
@@ -602,6 +604,17 @@ class Soak:
         self.buyer_messages[message["id"]] = {"pack": key, "t": time.monotonic(), "files": len(files)}
         if self.rng.random() < 0.5:
             self._notify("messages", message["id"])
+
+    def read_on_site(self) -> None:
+        """The buyer writes and the seller reads it on Mercado Livre's site at once: the thread is
+        never listed unread, so only the sweep (or the next sync of that sale) finds the message."""
+        known = sorted(k for k, p in self.packs.items() if p["buyer"] != self.erasing)
+        if not known:
+            return
+        key = self.rng.choice(known)
+        message = self.meli.add_buyer_message(key, f"Mensagem {self._next()} do comprador, lida no site: ok?")
+        self.meli.read_elsewhere(key)
+        self.buyer_messages[message["id"]] = {"pack": key, "t": time.monotonic(), "files": 0, "read_on_site": True}
 
     def seller_writes_on_site(self) -> None:
         """The seller wrote in a sale's thread on Mercado Livre's site: Chatwoot shows it as the seller's."""
@@ -1117,6 +1130,7 @@ class Soak:
             "question changes status": self.question_status, "Chatwoot outage": self.chatwoot_outage,
             "forget-buyer": self.forget_buyer, "ML moderates a sent reply": self.moderate_reply,
             "agent snoozes conversation": self.snooze_conversation, "agent edits an attribute": self.edit_attributes,
+            "buyer's message read on the site": self.read_on_site,
         }[event]()
 
     # ---- the run ------------------------------------------------------------------------------------
@@ -1193,6 +1207,7 @@ class Soak:
 
     def check(self, quick: bool = False) -> dict:
         v: dict[str, list[str]] = {name: [] for name in INVARIANTS}
+        self.not_swept_yet = 0
         cw, meli = self.cw, self.meli
         with cw.lock:
             live = {m["id"]: m for m in cw.messages.values()}
@@ -1245,6 +1260,11 @@ class Soak:
                        INVARIANTS[0], self.questions[qid]["buyer"])
         for mid, info in self.buyer_messages.items():
             if self._erased_before(self.packs[info["pack"]]["buyer"], info["t"]):
+                continue
+            if info.get("read_on_site") and not copies.get(f"meli:message:{mid}") \
+                    and time.monotonic() - info["t"] < SWEEP_RECHECK + 60.0:
+                # The sweep comes back to a quiet thread every SWEEP_RECHECK: not due yet.
+                self.not_swept_yet += 1
                 continue
             check_item(f"message {mid} of sale", f"meli:message:{mid}", self.fakes.messages_inbox,
                        "meli_pack_id", info["pack"], INVARIANTS[1], self.packs[info["pack"]]["buyer"],
@@ -1755,6 +1775,8 @@ def report(soak: Soak, result: dict) -> tuple[str, int]:
               f"  buyer messages revealed by a mark-read (then mirrored from its answer) {soak.revealed_by_mark}",
               f"  reply parts sent twice after Mercado Livre held a copy past the settle (by design) "
               f"{soak.sent_twice_past_settle}",
+              f"  buyer messages read on the site, not swept yet (a quiet thread is swept every 15 min) "
+              f"{soak.not_swept_yet}",
               f"  moderated replies the bridge had not re-read yet (its re-check comes 2 min after delivery) "
               f"{soak.moderation_unseen}",
               "", "invariants (violations):"]

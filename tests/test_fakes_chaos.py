@@ -890,3 +890,21 @@ def test_soak_check_wants_a_snoozed_sale_conversation_open_after_a_new_buyer_mes
 
     assert found == [f"conversation {conv} snoozed by the agent, still snoozed after buyer messages "
                      f"{[m['id'] for m in run.cw.messages_in(conv) if m['message_type'] == 0]}"]
+
+
+def test_soak_check_waits_for_the_sweep_for_a_message_read_on_the_site_only_until_it_is_due(soak_check):
+    from bench import soak
+
+    run = soak_check
+    run.meli.add_order(2000000906, 7017, "COMPRADOR", [("MLB1", "Produto", 1, 20.0)])
+    run.packs["2000000906"] = {"buyer": 7017, "order": 2000000906}
+    run.read_on_site()
+    [(mid, info)] = run.buyer_messages.items()
+    assert info["read_on_site"] and run.meli.unread_results() == []
+
+    found = run.check()["violations"]["buyer messages in Chatwoot exactly once, live conversation"]
+    assert found == [] and run.not_swept_yet == 1
+
+    info["t"] -= soak.SWEEP_RECHECK + 61.0  # long enough ago for the sweep to have come by
+    found = run.check()["violations"]["buyer messages in Chatwoot exactly once, live conversation"]
+    assert len(found) == 1 and found[0].startswith(f"message {mid} of sale 2000000906: not in Chatwoot")
