@@ -186,7 +186,7 @@ WEIGHTS = {
     "agent deletes contact": 0.6, "agent merges contacts": 0.8, "ML 5xx burst": 2.5, "ML 429 burst": 1.5,
     "ML refuses a send (403)": 0.8, "seller writes on the site": 1.5, "seller answers on the site": 1,
     "access tokens expire": 2, "kill -9 listener": 0.5, "kill -9 poller": 0.7,
-    "SIGTERM listener": 0.3, "SIGTERM poller": 0.4, "question changes status": 0.8, "Chatwoot outage": 0.12,
+    "SIGTERM listener": 0.3, "SIGTERM poller": 0.4, "question changes status": 0.8, "Chatwoot outage": 0.3,
     "forget-buyer": 0.25, "ML moderates a sent reply": 0.4, "agent snoozes conversation": 0.8,
     "agent edits an attribute": 0.6, "buyer's message read on the site": 0.5,
     "buyer opens a claim": 0.8, "claim message": 1.5, "claim goes to dispute": 0.4,
