@@ -1493,7 +1493,7 @@ class Soak:
                 when = self.moderations.get(str(sent.get("message_id")))
                 if when is not None:
                     for t, k in TAG.findall(sent.get("text") or ""):
-                        moderated[f"{t}p{k}"] = (when, str(sent.get("pack_id")))
+                        moderated[f"{t}p{k}"] = (when, str(sent.get("pack_id")), str(sent.get("message_id")))
             receivers: dict[str, set[str]] = defaultdict(set)  # claim reply unit -> who got it
             for sent in meli.claim_sent:
                 units = [f"{t}p{k}" for t, k in TAG.findall(sent.get("message") or "")]
@@ -1573,6 +1573,11 @@ class Soak:
                 # once the bridge has read the thread again (its re-check comes minutes later).
                 outcome["moderated"] += 1
                 seen = self._thread_read_since(reply, moderated, blocked, calls)
+                if message is None:
+                    # Its conversation is gone: the bridge tells it in the sale's current one.
+                    notes = {m.get("source_id") for m in list(live.values()) + list(deleted.values()) if m["private"]}
+                    status = "failed" if all(source_ids.note("moderation", moderated[u][2]) in notes
+                                             for u in blocked) else "not told (no moderation note)"
                 if status != "failed" and seen:
                     v[INVARIANTS[25]].append(f"{what}: {blocked} moderated, the bridge read the thread after "
                                              f"that, {where_shown}{row_text}")
@@ -1618,7 +1623,7 @@ class Soak:
     @staticmethod
     def _thread_read_since(reply: dict, moderated: dict, blocked: list[str], calls: dict) -> bool:
         """Did the bridge read that sale's thread (and so see the moderation) a while before now?"""
-        when, pack = max(moderated[u] for u in blocked)
+        when, pack, _mid = max(moderated[u] for u in blocked)
         prefix = f"/messages/packs/{pack}/sellers/"
         now = time.monotonic()
         return any(c["method"] == "GET" and c["path"].startswith(prefix) and c["status"] == 200

@@ -908,3 +908,27 @@ def test_soak_check_waits_for_the_sweep_for_a_message_read_on_the_site_only_unti
     info["t"] -= soak.SWEEP_RECHECK + 61.0  # long enough ago for the sweep to have come by
     found = run.check()["violations"]["buyer messages in Chatwoot exactly once, live conversation"]
     assert len(found) == 1 and found[0].startswith(f"message {mid} of sale 2000000906: not in Chatwoot")
+
+
+def test_a_moderated_reply_in_a_deleted_conversation_is_told_by_a_note_in_the_sales_new_one(soak_check):
+    import time
+
+    from bridge import source_ids
+
+    run = soak_check
+    conv = sale_conversation(run, "3000000024")
+    message = long_reply(run, conv, "R00001", 1, "3000000024")
+    ml_received(run, "3000000024", "R00001p1 Obrigado pela compra, seu pedido segue hoje.")
+    run.moderations["R00001p1"] = time.monotonic() - 30.0
+    with run.meli.lock:
+        run.meli.calls.append({"method": "GET", "path": f"/messages/packs/3000000024/sellers/{run.meli.seller_id}",
+                               "query": {}, "status": 200, "t": time.monotonic() - 20.0, "ms": 1.0})
+    run._db_replies = lambda: {message["id"]: {"id": 1, "status": "delivered", "attempts": 1, "error": None}}
+    run.delete_conversation()
+    assert len(run.check()["violations"][MODERATED]) == 1
+
+    again = sale_conversation(run, "3000000024", buyer=7018)  # the sale's new conversation
+    run.cw._create_message(again, "Bloqueada pela moderação", MESSAGE_TYPES["outgoing"], private=True,
+                           source_id=source_ids.note("moderation", "R00001p1"))
+
+    assert run.check()["violations"][MODERATED] == []
