@@ -13,8 +13,10 @@ Chatwoot (5xx, 429, creates applied whose answer is lost; `--calm-chatwoot` turn
 off); sends applied and then answered 5xx, on both sides; Chatwoot down for a while
 (5 s, scaled up with `--minutes` to a minute); access tokens that expire within seconds;
 `kill -9` or SIGTERM of the listener or the poller, restarted as supervisord would; buyers
-writing as their thread is being marked read; questions put under review, deleted or
-closed; claims (the buyer's and the mediator's messages, disputes, agents' replies with the
+writing as their thread is being marked read, and messages read on the site before the
+bridge saw them; sends held past the bridge's settle; reply parts moderated after they were
+accepted; agents snoozing conversations and editing their sale or question id; questions put
+under review, deleted or closed; claims (the buyer's and the mediator's messages, disputes, agents' replies with the
 receiver typed as agents type it: "Mediador", "mediadora.", "ML"...); and `forget-buyer` of
 a random buyer while its work is in flight. bench/planted.py plants known defects in a copy
 of the bridge and checks that a short soak reports each.
