@@ -69,8 +69,9 @@ DEFECTS = [
              "    next_at, give_up = next_attempt(attempts, now, retry_after)\n",
              "    next_at, give_up = next_attempt(attempts, now, retry_after)\n"
              "    import traceback  # planted\n"
-             "    give_up = give_up or any(f.name in ('ensure_contact', 'open_conversation')\n"
-             "                             for f in traceback.extract_tb(exc.__traceback__))\n"),),
+             "    frames = traceback.extract_tb(exc.__traceback__)\n"
+             "    if any(f.name in ('ensure_contact', 'open_conversation') for f in frames):\n"
+             "        next_at, give_up = now + AFTER_GIVE_UP, True\n"),),
            ("buyer questions in Chatwoot exactly once, live conversation",
             "buyer messages in Chatwoot exactly once, live conversation", "claim messages in Chatwoot exactly once")),
     Defect("never-reopen", "never reopen a resolved conversation",
