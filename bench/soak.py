@@ -190,7 +190,8 @@ WEIGHTS = {
     "access tokens expire": 2, "kill -9 listener": 0.5, "kill -9 poller": 0.7,
     "SIGTERM listener": 0.3, "SIGTERM poller": 0.4, "question changes status": 0.8, "Chatwoot outage": 0.3,
     "forget-buyer": 0.25, "ML moderates a sent reply": 0.4, "agent snoozes conversation": 0.8,
-    "agent edits an attribute": 0.6, "buyer's message read on the site": 0.5,
+    "agent edits an attribute": 0.6, "agent replies, then deletes the conversation": 0.8,
+    "buyer's message read on the site": 0.5,
     "buyer opens a claim": 0.8, "claim message": 1.5, "claim goes to dispute": 0.4,
     "agent replies in a claim": 2.5,
 }
@@ -226,6 +227,7 @@ INVARIANTS = [
     "a question shown in Chatwoot that can no longer be answered says so",
     "forget-buyer erases that buyer, and only that buyer",
     "a reply moderated after acceptance is shown failed once the bridge read the thread",
+    "a claim reply with a receiver the bridge cannot read is refused, never guessed",
 ]
 TERM_WAIT = 10.0  # supervisord.conf stopwaitsecs: after this, supervisord kills the process
 QUESTION_STATUSES = ["UNDER_REVIEW", "DELETED", "CLOSED_UNANSWERED", "BANNED"]
@@ -950,6 +952,22 @@ class Soak:
             except KeyError:
                 pass
 
+    def reply_then_delete(self) -> None:
+        """An agent answers and, a moment later, deletes the conversation (tidying up): the reply
+        was taken by the bridge and must still reach the buyer."""
+        convs = sorted(c["id"] for c in self._live_conversations(self.fakes.messages_inbox))
+        if not convs:
+            return
+        conv_id = self.rng.choice(convs)
+        self.agent_reply(conv_id=conv_id, style=self.rng.choice(["short", "long"]))
+        time.sleep(self.rng.uniform(0.05, 0.6))
+        with self.cw.lock:
+            if conv_id not in self.cw.conversations:
+                return
+            self._remember_deletion(conv_id, "conversation deleted right after a reply")
+            self.cw.delete_conversation(conv_id)
+        self.deletions.append({"conversation": conv_id, "conversations": [conv_id], "t": time.monotonic()})
+
     def snooze_conversation(self) -> None:
         convs = sorted(c["id"] for c in self._live_conversations(self.fakes.messages_inbox) if c["status"] == "open")
         if convs:
@@ -1133,6 +1151,7 @@ class Soak:
             "forget-buyer": self.forget_buyer, "ML moderates a sent reply": self.moderate_reply,
             "agent snoozes conversation": self.snooze_conversation, "agent edits an attribute": self.edit_attributes,
             "buyer's message read on the site": self.read_on_site,
+            "agent replies, then deletes the conversation": self.reply_then_delete,
         }[event]()
 
     # ---- the run ------------------------------------------------------------------------------------
@@ -1642,8 +1661,9 @@ class Soak:
         wrong = [r for r in got if r != addressed and not (addressed == "complainant" and r == "mediator"
                                                            and stage == "dispute")]
         if wrong:
-            v[INVARIANTS[21]].append(f"{what}: {REPLY_TO.get(reply.get('reply_to') or '', 'unknown')} addressed "
-                                     f"as {reply.get('reply_to')!r}, reached {wrong} (claim stage now {stage})")
+            v[INVARIANTS[26 if addressed == "unknown" else 21]].append(
+                f"{what}: {addressed} addressed as {reply.get('reply_to')!r}, reached {wrong} "
+                f"(claim stage now {stage})")
 
     def refusal_reasons(self, reply: dict, message: dict | None, calls: dict, webhooks: dict) -> list[str]:
         """What the fakes' records show that makes a reply impossible to send (or to send further).
