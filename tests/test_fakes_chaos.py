@@ -934,3 +934,14 @@ def test_a_moderated_reply_in_a_deleted_conversation_is_told_by_a_note_in_the_sa
                            source_id=source_ids.note("moderation", "R00001p1"))
 
     assert run.check()["violations"][MODERATED] == []
+
+
+def test_the_soak_deletes_the_conversation_a_moment_after_the_agent_replied_there(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000025")
+
+    run.reply_then_delete()
+
+    [reply] = run.replies.values()
+    assert reply["conversation_id"] == conv and conv not in run.cw.conversations
+    assert run.deletions[-1]["conversations"] == [conv] and run.deletions[-1]["t"] > reply["t"]
