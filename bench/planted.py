@@ -100,7 +100,7 @@ DEFECTS = [
            (("bridge/replies/accept.py",
              '    return "mediator" if wanted in ("mediador", "mediator", "mediação", "mediacao") else "complainant"\n',
              '    return "complainant"  # planted\n'),),
-           ("a claim reply reaches only the receiver the agent addressed",)),  # a claim's mediator addressed
+           ("a claim reply reaches only the receiver the agent addressed", FAILED)),
     Defect("forget-buyer-erases-another", "forget-buyer erasing a second buyer",
            (("bridge/store/privacy.py",
              "\"DELETE FROM links WHERE kind = 'buyer' AND external_id = ?\"",

@@ -1676,7 +1676,9 @@ class Soak:
             reasons.append("its conversation names no question or sale")
         if message and str(message.get("external_error") or "").startswith("Webhook delivery failed"):
             reasons.append("Chatwoot could not deliver it to the bridge")
-        refused = self._answers_to(reply, calls, refusals_only=True)
+        # A claim's refusals are explained by its own state below: Mercado Livre refusing the
+        # receiver the bridge picked, when the one addressed was allowed, is the bridge's doing.
+        refused = [] if reply.get("claim") else self._answers_to(reply, calls, refusals_only=True)
         if refused:
             reasons.append(f"Mercado Livre refused it: {refused}")
         if any(str(m.get("message_id")) in self.moderations and any(u in (m.get("text") or "") for u in reply["units"])

@@ -945,3 +945,19 @@ def test_the_soak_deletes_the_conversation_a_moment_after_the_agent_replied_ther
     [reply] = run.replies.values()
     assert reply["conversation_id"] == conv and conv not in run.cw.conversations
     assert run.deletions[-1]["conversations"] == [conv] and run.deletions[-1]["t"] > reply["t"]
+
+
+def test_soak_check_does_not_take_mercado_livre_refusing_the_wrong_claim_receiver_as_a_reason(soak_check):
+    run = soak_check
+    conv = claim_conversation(run)
+    run.meli.open_dispute(5000001)
+    message = claim_reply(run, conv, "R00001", "Mediador")
+    run.replies["R00001"]["stage"] = "dispute"
+    with run.meli.lock:  # the bridge wrote to the buyer, whom Mercado Livre no longer lets it write to
+        run.meli.calls.append({"method": "POST", "path": "/post-purchase/v1/claims/5000001/actions/send-message",
+                               "query": {}, "status": 403, "t": message["t_created"], "ms": 1.0})
+    run.cw.update_message_status(message, "failed", "recusado pelo Mercado Livre")
+
+    found = run.check()["violations"][FAILED_FOR_NO_REASON]
+
+    assert [v.split(" (")[0] for v in found] == ["reply R00001"]
