@@ -1595,10 +1595,13 @@ class Soak:
                 outcome["moderated"] += 1
                 seen = self._thread_read_since(reply, moderated, blocked, calls)
                 if message is None:
-                    # Its conversation is gone: the bridge tells it in the sale's current one.
+                    # Its conversation is gone: the bridge tells it in the sale's current one (none
+                    # left, nobody is there to tell).
                     notes = {m.get("source_id") for m in list(live.values()) + list(deleted.values()) if m["private"]}
-                    status = "failed" if all(source_ids.note("moderation", moderated[u][2]) in notes
-                                             for u in blocked) else "not told (no moderation note)"
+                    current = [c for c in convs.values() if str(c["attrs"].get("meli_pack_id")) == reply["target"]]
+                    told = all(source_ids.note("moderation", moderated[u][2]) in notes for u in blocked)
+                    status = "failed" if told or not current else "not told (no moderation note)"
+                    where_shown = f"{where_shown}, {status}"
                 if status != "failed" and seen:
                     v[INVARIANTS[25]].append(f"{what}: {blocked} moderated, the bridge read the thread after "
                                              f"that, {where_shown}{row_text}")
