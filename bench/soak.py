@@ -192,7 +192,7 @@ WEIGHTS = {
     "forget-buyer": 0.25, "ML moderates a sent reply": 0.4, "agent snoozes conversation": 0.8,
     "agent edits an attribute": 0.6, "agent replies, then deletes the conversation": 0.8,
     "buyer's message read on the site": 0.5,
-    "buyer opens a claim": 0.8, "claim message": 1.5, "claim goes to dispute": 0.4,
+    "buyer opens a claim": 2.0, "claim message": 1.5, "claim goes to dispute": 0.4,
     "agent replies in a claim": 2.5,
 }
 # How agents type the claim's receiver in the sidebar (`meli_claim_reply_to`), and what each means:
