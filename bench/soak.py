@@ -10,8 +10,16 @@ contacts and conversations; duplicate webhook deliveries; a send refused for goo
 then (403); Mercado Livre 5xx, 429 with Retry-After, timeouts (answer after the bridge
 gave up, request applied or not) and slow answers; the same on the bridge's calls to
 Chatwoot (5xx, 429, creates applied whose answer is lost; `--calm-chatwoot` turns them
-off); access tokens that expire within seconds; and `kill -9` of the listener or the
-poller, restarted as supervisord would.
+off); sends applied and then answered 5xx, on both sides; Chatwoot down for a while
+(5 s, scaled up with `--minutes` to a minute); access tokens that expire within seconds;
+`kill -9` or SIGTERM of the listener or the poller, restarted as supervisord would; buyers
+writing as their thread is being marked read, and messages read on the site before the
+bridge saw them; sends held past the bridge's settle; reply parts moderated after they were
+accepted; agents snoozing conversations and editing their sale or question id; questions put
+under review, deleted or closed; claims (the buyer's and the mediator's messages, disputes, agents' replies with the
+receiver typed as agents type it: "Mediador", "mediadora.", "ML"...); and `forget-buyer` of
+a random buyer while its work is in flight. bench/planted.py plants known defects in a copy
+of the bridge and checks that a short soak reports each.
 Then the faults stop, the bridge drains (at most `--drain` seconds) and the invariants
 are checked from the fakes' own records.
 
@@ -89,11 +97,43 @@ check can pass while it re-reads that thread forever.
 webhooks never 5xx — no delivery to the listener (Chatwoot's own account and inbox
 webhooks, the soak's duplicates, notifications) was answered with a 5xx. Connection
 errors while the listener is down are counted, not violations.
+
+a reply is failed only for a reason that cannot be retried — a failed reply (or a partial
+one) needs a record in the fakes: Mercado Livre refused a send (4xx other than 401/429),
+the question is no longer unanswered (or was under review for a while), the claim is closed
+or its mediator was addressed before the dispute, the receiver typed is not one the bridge
+can read, Chatwoot could not deliver the reply to the bridge, or its conversation was
+deleted before the bridge took it. 5xx, 429 and timeouts alone mean: keep trying. Replies
+whose conversation was deleted later are checked like the others from the bridge's own row.
+
+a message marked read is in Chatwoot within seconds of the marking — Mercado Livre stops
+listing it as unread, so the bridge must show it at once (MARK_WINDOW), not whenever a sweep
+comes by.
+
+mirrored text is Mercado Livre's, in Mercado Livre's order — the words of each question and
+message are in its Chatwoot copy, and a sale's buyer messages are shown in the order written.
+
+claim messages in Chatwoot exactly once — what the buyer and the mediator write in a claim.
+
+a claim reply reaches only the receiver the agent addressed — the mediator (in any spelling)
+never gets the buyer's copy nor the other way round; an unreadable receiver is refused, never
+guessed; the buyer addressed during a dispute may be answered through the mediator.
+
+a process stops within supervisord's stopwaitsecs (10 s) of SIGTERM; a question shown in
+Chatwoot that can no longer be answered says so (the bridge's note for its status).
+
+forget-buyer erases that buyer, and only that buyer — right after the command: no row about
+the buyer or its questions, sales, claims and replies older than the erasure is left (closed
+watermarks aside), no other buyer's contact row or reply is gone, and every contact and
+conversation it deleted in Chatwoot was that buyer's. The erased buyer's earlier items and
+replies are then no longer expected anywhere.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import os
 import random
 import re
@@ -115,6 +155,7 @@ if str(ROOT) not in sys.path:
 import requests  # noqa: E402
 
 from bench.common import png_bytes  # noqa: E402
+from bridge import source_ids  # noqa: E402
 from bridge.admin.setup import CONVERSATION_ATTRIBUTES  # noqa: E402
 from mercado_livre_api import REFRESH_LEASE, REFRESH_MARGIN  # noqa: E402  (at most this long before the loss shows)
 from tests.e2e import LOG_DIR, VENV_BIN, WEBHOOK_SECRET, Bridge  # noqa: E402
@@ -122,9 +163,13 @@ from tests.fakes import start_fakes  # noqa: E402
 from tests.fakes.fake_chatwoot import MESSAGE_TYPES, rails_json, sign  # noqa: E402
 
 READ_TIMEOUT = 2.0  # the bridge's HTTP read timeout during the soak (BRIDGE_HTTP_READ_TIMEOUT)
+SWEEP_RECHECK = 900.0  # bridge/sync/sales.py: a quiet thread is swept again after this
+SETTLE = 2 * READ_TIMEOUT  # bridge/http.py SETTLE: a send not applied within this after it left never will be
 KILL_WINDOW = 2.0  # a kill this soon after a refresh grant may have taken the only copy of the new pair
 ML_PATHS = ["/answers", "/messages/packs", "/messages/attachments", "/messages/unread", "/messages/",
-            "/questions/search", "/questions/", "/orders/", "/packs/", "/users/", "/items", "/missed_feeds"]
+            "/questions/search", "/questions/", "/orders/", "/packs/", "/users/", "/items", "/missed_feeds",
+            "/post-purchase/v1/claims"]
+SENDS = ["/answers", "/messages/packs", "/messages/attachments", "/post-purchase/v1/claims"]  # POSTed by replies
 TAG = re.compile(r"\b(R\d{5})p(\d+)\b")
 FILE_TAG = re.compile(r"^(R\d{5})f(\d+)\.")
 UNIT = re.compile(r"\b(R\d{5}(?:p\d+\b|f\d+\.\w+))")  # a sentence's tag or a file's name, as quoted in a note
@@ -140,7 +185,18 @@ WEIGHTS = {
     "agent deletes contact": 0.6, "agent merges contacts": 0.8, "ML 5xx burst": 2.5, "ML 429 burst": 1.5,
     "ML refuses a send (403)": 0.8, "seller writes on the site": 1.5, "seller answers on the site": 1,
     "access tokens expire": 2, "kill -9 listener": 0.5, "kill -9 poller": 0.7,
+    "SIGTERM listener": 0.3, "SIGTERM poller": 0.4, "question changes status": 0.8, "Chatwoot outage": 0.3,
+    "forget-buyer": 0.25, "ML moderates a sent reply": 0.4, "agent snoozes conversation": 0.8,
+    "agent edits an attribute": 0.6, "agent replies, then deletes the conversation": 0.8,
+    "buyer's message read on the site": 0.5,
+    "buyer opens a claim": 2.0, "claim message": 1.5, "claim goes to dispute": 0.4,
+    "agent replies in a claim": 2.5,
 }
+# How agents type the claim's receiver in the sidebar (`meli_claim_reply_to`), and what each means:
+# the buyer, Mercado Livre's mediator, or something the bridge must refuse rather than guess.
+REPLY_TO = {"": "complainant", "comprador": "complainant", "Comprador ": "complainant",
+            "mediador": "mediator", "Mediador": "mediator", "mediadora.": "mediator", "Mediação": "mediator",
+            "mediação do ML": "mediator", "ML": "unknown", "equipe": "unknown"}
 INVARIANTS = [
     "buyer questions in Chatwoot exactly once, live conversation",
     "buyer messages in Chatwoot exactly once, live conversation",
@@ -159,7 +215,21 @@ INVARIANTS = [
     "a reply reaches only its own question or sale",
     "no thread left unread after the drain",
     "the seller's site messages and answers in Chatwoot exactly once",
+    "a reply is failed only for a reason that cannot be retried",
+    "a message marked read is in Chatwoot within seconds of the marking",
+    "mirrored text is Mercado Livre's, in Mercado Livre's order",
+    "claim messages in Chatwoot exactly once",
+    "a claim reply reaches only the receiver the agent addressed",
+    "a process stops within supervisord's stopwaitsecs (10 s) of SIGTERM",
+    "a question shown in Chatwoot that can no longer be answered says so",
+    "forget-buyer erases that buyer, and only that buyer",
+    "a reply moderated after acceptance is shown failed once the bridge read the thread",
+    "a claim reply with a receiver the bridge cannot read is refused, never guessed",
 ]
+TERM_WAIT = 10.0  # supervisord.conf stopwaitsecs: after this, supervisord kills the process
+QUESTION_STATUSES = ["UNDER_REVIEW", "DELETED", "CLOSED_UNANSWERED", "BANNED"]
+REVEAL_P = 0.15  # share of marking reads that reveal a message written just before
+MARK_WINDOW = 15.0  # seconds a buyer message marked read may take to reach Chatwoot (a kill and restart fit in)
 
 
 class Soak:
@@ -178,12 +248,29 @@ class Soak:
         self.access_ttl = access_ttl
         self.quiet = quiet
         self.rng = random.Random(seed)
+        self.mark_rng = random.Random(seed + 2)  # drawn on the fake's threads (see _buyer_writes_while_marked)
+        self._revealing = itertools.count(1)
         self.injected: Counter = Counter()
         self.tmp = Path(tempfile.mkdtemp(prefix="meli-chatwoot-soak-"))
         self.fakes = None
         self.bridge: Bridge | None = None
         self.procs: dict[str, subprocess.Popen] = {}
         self.proc_lock = threading.Lock()
+        self.terminating: set[str] = set()  # processes sent SIGTERM, not yet restarted
+        self.term_exits: Counter = Counter()
+        self.term_slow: list[str] = []
+        self.erasing: int | None = None  # the buyer forget-buyer is erasing now
+        self.erased: dict[int, float] = {}  # buyer -> when its erasure ended (monotonic)
+        self.erasure_bad: list[str] = []
+        self.moderations: dict[str, float] = {}  # Mercado Livre message id (a reply's part) -> when rejected
+        self.moderation_unseen = 0
+        self.sent_twice_past_settle = 0
+        self.not_swept_yet = 0  # messages read on the site, not shown, the sweep not due yet
+        self.status_changed: dict[int, tuple[str, float]] = {}  # question id -> (status the soak set, when)
+        self.status_history: dict[int, list[str]] = defaultdict(list)  # question id -> every status the soak set
+        self.outage_until = 0.0
+        self.chaos_on = False
+        self.chaos_lock = threading.Lock()
         self.restarts: list[threading.Thread] = []
         self.closing = threading.Event()
         # what was injected, for the checks
@@ -192,14 +279,19 @@ class Soak:
         self.seller_messages: dict[str, dict] = {}  # written on Mercado Livre's site
         self.site_answers: dict[int, float] = {}  # question id -> when answered on the site
         self.packs: dict[str, dict] = {}
+        self.claims: dict[int, dict] = {}  # claim id -> {"pack", "buyer"}
+        self.claim_texts: list[dict] = []  # what the buyer and the mediator wrote in claims
         self.buyers: list[int] = []
         self.replies: dict[str, dict] = {}
         self.resolves: dict[int, float] = {}
+        self.snoozes: dict[int, float] = {}
+        self.true_attrs: dict[int, dict] = {}  # conversation -> its attributes before an agent edited them
         self.deletions: list[dict] = []
         self.merges: list[tuple[int, int]] = []
         self.touched: dict[str, list[str]] = defaultdict(list)  # "pack:P" / "question:Q" / "buyer:B" -> actions
         self.own_posts: Counter = Counter()  # (route, status) of what the soak POSTed to the listener
         self.mark_read_bad: list[tuple[str, list[str]]] = []
+        self.marked: list[tuple[str, str, float]] = []  # (sale, buyer message, monotonic) of every marking
         self.revealed_by_mark = 0
         self.health_reauth = 0
         self.health_seen: Counter = Counter()
@@ -223,13 +315,15 @@ class Soak:
         self.fakes.messages_inbox = cw.add_inbox("Mercado Livre - Vendas")
         for key, name, display_type, values in CONVERSATION_ATTRIBUTES:  # as `main.py setup` defines them
             cw.define_attribute(key, display_type, values=values, name=name)
+        self.fakes.claims_inbox = cw.add_inbox("Mercado Livre - Reclamações")
         self.bridge = Bridge(self.tmp, self.fakes, LOG_LEVEL="DEBUG", QUESTIONS_POLL_SECONDS="1",
+                             CHATWOOT_CLAIMS_INBOX_ID=str(self.fakes.claims_inbox),
                              MESSAGES_POLL_SECONDS="1", BRIDGE_HTTP_READ_TIMEOUT=str(READ_TIMEOUT))
         # The account webhook (added by Bridge) and both inbox webhooks point at the listener,
         # as the README suggests: each message arrives twice, and an inbox delivery that
         # fails marks the agent's message failed.
         secrets = [WEBHOOK_SECRET]
-        for inbox_id in (self.fakes.questions_inbox, self.fakes.messages_inbox):
+        for inbox_id in (self.fakes.questions_inbox, self.fakes.messages_inbox, self.fakes.claims_inbox):
             with cw.lock:
                 cw.inboxes[inbox_id]["webhook_url"] = f"{self.bridge.url}/webhook"
                 secrets.append(cw.inboxes[inbox_id]["secret"])
@@ -238,6 +332,7 @@ class Soak:
         # signal interrupted the bookkeeping (it was seen left running after a SIGTERM).
         self.bridge.env["MELI_SOAK_RUN"] = self.run_mark.split("=", 1)[1]
         meli.on_mark_read = self._on_mark_read
+        meli.before_mark_read = self._buyer_writes_while_marked
         if self.kill_in_refresh:
             meli.on_refresh_granted = self._kill_inside_refresh
         for n in range(6):
@@ -261,11 +356,41 @@ class Soak:
 
     # ---- processes --------------------------------------------------------------------------------
 
+    def terminate(self, name: str) -> None:
+        """SIGTERM, as supervisord stops a process: it must finish what it holds and exit."""
+        with self.proc_lock:
+            proc = self.procs.get(name)
+            if proc is None or proc.poll() is not None or name in self.terminating:
+                return
+            self.terminating.add(name)
+            proc.send_signal(signal.SIGTERM)
+        delay = self.rng.uniform(0.3, 2.0)
+        thread = threading.Thread(target=self._after_term, args=(name, proc, time.monotonic(), delay),
+                                  name=f"term-{name}", daemon=True)
+        self.restarts.append(thread)
+        thread.start()
+
+    def _after_term(self, name: str, proc: subprocess.Popen, sent: float, delay: float) -> None:
+        try:
+            code = proc.wait(timeout=TERM_WAIT)
+            self.term_exits[f"{name} exit {code}"] += 1
+        except subprocess.TimeoutExpired:
+            self.term_slow.append(f"{name} still running {TERM_WAIT:.0f} s after SIGTERM: killed")
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+        finally:
+            with self.proc_lock:
+                self.terminating.discard(name)
+        self._restart(name, delay)
+
     def kill(self, name: str) -> None:
         with self.proc_lock:
             proc = self.procs.get(name)
-            if proc is None or proc.poll() is not None:
-                return  # already down, a restart is on its way
+            if proc is None or proc.poll() is not None or name in self.terminating:
+                return  # already down (or stopping), a restart is on its way
             self.kills.append((time.monotonic(), name))
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -313,11 +438,25 @@ class Soak:
                     if m.get("source_id")}
         missing = [i for i in seen if f"meli:message:{i}" not in held]
         self.revealed_by_mark += len([i for i in ids if i not in seen])
+        now = time.monotonic()
+        self.marked.extend((pack_key, i, now) for i in ids)
         if missing:
             # Called under the fake's lock: when each was first shown, for whoever reproduces it.
             peeked = self.meli.threads[pack_key].get("peeked", {})
             now = time.monotonic()
             self.mark_read_bad.append((pack_key, [f"{i} (shown {now - peeked[i]:.1f}s before)" for i in missing]))
+
+    def _buyer_writes_while_marked(self, pack_key: str) -> None:
+        """Runs inside the fake Mercado Livre as a marking read arrives: now and then the buyer
+        wrote a moment before, so the marking read itself reveals (and marks) a message the
+        bridge never saw unread. Drawn from a generator of its own: the fake's threads call it."""
+        if self.closing.is_set() or self.mark_rng.random() >= REVEAL_P:
+            return
+        if pack_key not in self.packs:
+            return  # a thread the soak did not open
+        message = self.meli.add_buyer_message(pack_key, f"Mensagem r{next(self._revealing)} do comprador: e agora?")
+        self.buyer_messages[message["id"]] = {"pack": pack_key, "t": time.monotonic(), "files": 0}
+        self.injected["buyer writes as the thread is marked read"] += 1
 
     def _watch_health(self, stop: threading.Event) -> None:
         while not stop.wait(1.0):
@@ -418,7 +557,9 @@ class Soak:
 
     def _buyer(self) -> int:
         if self.buyers and self.rng.random() < 0.7:
-            return self.rng.choice(self.buyers)
+            buyer = self.rng.choice(self.buyers)
+            if buyer != self.erasing:  # the stream leaves the buyer being erased alone meanwhile
+                return buyer
         buyer_id = 7_100_000 + len(self.buyers) + 1
         self.meli.add_user(buyer_id, f"COMPRADOR_SOAK_{len(self.buyers) + 1}")
         self.buyers.append(buyer_id)
@@ -450,9 +591,11 @@ class Soak:
             item = f"MLB{5_000_000 + self.rng.randrange(6)}"
             self.meli.add_order(order_id, buyer, f"COMPRADOR_{buyer}", [(item, "Produto do soak", 1, 20.0)], pack_id)
             key = str(pack_id or order_id)
-            self.packs[key] = {"buyer": buyer}
+            self.packs[key] = {"buyer": buyer, "order": order_id}
         else:
             key = self.rng.choice(sorted(self.packs))
+            if self.packs[key]["buyer"] == self.erasing:
+                return
         files = []
         if self.rng.random() < 0.3:
             n = self._next()
@@ -463,6 +606,17 @@ class Soak:
         self.buyer_messages[message["id"]] = {"pack": key, "t": time.monotonic(), "files": len(files)}
         if self.rng.random() < 0.5:
             self._notify("messages", message["id"])
+
+    def read_on_site(self) -> None:
+        """The buyer writes and the seller reads it on Mercado Livre's site at once: the thread is
+        never listed unread, so only the sweep (or the next sync of that sale) finds the message."""
+        known = sorted(k for k, p in self.packs.items() if p["buyer"] != self.erasing)
+        if not known:
+            return
+        key = self.rng.choice(known)
+        message = self.meli.add_buyer_message(key, f"Mensagem {self._next()} do comprador, lida no site: ok?")
+        self.meli.read_elsewhere(key)
+        self.buyer_messages[message["id"]] = {"pack": key, "t": time.monotonic(), "files": 0, "read_on_site": True}
 
     def seller_writes_on_site(self) -> None:
         """The seller wrote in a sale's thread on Mercado Livre's site: Chatwoot shows it as the seller's."""
@@ -508,6 +662,9 @@ class Soak:
             return
         conv = self.rng.choice(convs)
         answer = conv["inbox_id"] == self.fakes.questions_inbox
+        claim = conv["inbox_id"] == getattr(self.fakes, "claims_inbox", None)
+        if claim and style == "files":
+            style = "short"  # claim files are not checked by the soak
         tag = f"R{len(self.replies) + 1:05d}"
         style = "private" if private else "answer" if answer else style or self.rng.choices(
             ["short", "long", "files"], [4, 3.5, 2.5])[0]
@@ -523,14 +680,14 @@ class Soak:
             content = f"{tag}p1 " + ("Sim, temos em estoque. Obrigado pela pergunta!" if answer
                                      else "Olá! Seu pedido já foi enviado, obrigado.")
         files = []
-        if style == "files":
+        if style == "files" and not claim:
             for k in range(1, self.rng.randint(1, 2) + 1):
                 ext = self.rng.choice(["png", "pdf", "txt"])
                 body = png_bytes(8, seed=k) if ext == "png" else f"{tag} arquivo {k}".encode()
                 files.append((f"{tag}f{k}.{ext}", body,
                               {"png": "image/png", "pdf": "application/pdf", "txt": "text/plain"}[ext]))
         if answer and not private:
-            qid = str(conv["custom_attributes"].get("meli_question_id"))
+            qid = str(self._attrs(conv).get("meli_question_id"))
             if any(r["target"] == qid and not r["private"] for r in self.replies.values()):
                 self.injected["(second answer to a question)"] += 1
         try:
@@ -540,10 +697,223 @@ class Soak:
         units = [f"{tag}p{k}" for k in range(1, len(TAG.findall(content)) + 1)] + [f[0] for f in files]
         self.replies[tag] = {"message_id": message["id"], "conversation_id": conv["id"], "answer": answer,
                              "private": private, "units": units, "style": style, "t": time.monotonic(),
-                             "target": str(conv["custom_attributes"].get("meli_question_id" if answer
-                                                                        else "meli_pack_id"))}
+                             "target": str(self._attrs(conv).get(
+                                 "meli_question_id" if answer else "meli_claim_id" if claim else "meli_pack_id")),
+                             "claim": claim, "reply_to": conv["custom_attributes"].get("meli_claim_reply_to", ""),
+                             "stage": self._claim_stage(conv["custom_attributes"].get("meli_claim_id"))}
         if style in ("long", "files"):
             self.injected[f"(reply {style})"] += 1
+
+    def forget_buyer(self) -> None:
+        """A buyer asks to be forgotten (LGPD): `main.py forget-buyer <id> --chatwoot --yes` runs
+        while the bridge works on that buyer's questions, sales, claims and replies."""
+        candidates = sorted(b for b in self.buyers if b not in self.erased and b != self.erasing)
+        if self.erasing is not None or not candidates:
+            return
+        buyer = self.rng.choice(candidates)
+        self.erasing = buyer
+        thread = threading.Thread(target=self._forget, args=(buyer,), name="soak-forget", daemon=True)
+        self.restarts.append(thread)  # joined before the drain, like the restarts
+        thread.start()
+
+    def _items_of(self, buyer: int) -> dict[str, set[str]]:
+        packs = {k for k, p in self.packs.items() if p["buyer"] == buyer}
+        return {"question": {str(q) for q, i in self.questions.items() if i["buyer"] == buyer},
+                "pack": packs, "claim": {str(c) for c, i in self.claims.items() if i["buyer"] == buyer},
+                "message": {m for m, i in list(self.buyer_messages.items()) + list(self.seller_messages.items())
+                            if i["pack"] in packs}}
+
+    def _forget(self, buyer: int) -> None:
+        items = self._items_of(buyer)
+        reply_kind = {"question": "answer", "pack": "message", "claim": "claim"}
+        with self.cw.lock:
+            conv_items = {c["id"]: dict(self._attrs(c)) for c in self.cw.conversations.values()}
+            contacts = {c_id: str(c.get("identifier") or "") for c_id, c in self.cw.contacts.items()}
+        others_before = {("buyer", r["external_id"]) for r in self._db(
+            "SELECT external_id FROM links WHERE kind = 'buyer'") if r["external_id"] != str(buyer)}
+        others_before |= {("reply", r["id"]) for r in self._db("SELECT id, kind, target_id FROM replies")
+                          if r["target_id"] not in items.get({v: k for k, v in reply_kind.items()}.get(r["kind"], ""),
+                                                             set())}
+        started, wall = time.monotonic(), time.time()
+        try:
+            done = self.bridge.cli("forget-buyer", str(buyer), "--chatwoot", "--yes", timeout=120)
+            code = done.returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+        ended = time.monotonic()
+        try:
+            self.injected[f"(forget-buyer exit {code})"] += 1
+            if code != 0:
+                return  # nothing erased, says the command (e.g. Chatwoot down): the soak checks it as usual
+            what = f"forget-buyer {buyer}"
+            kept = []
+            for r in self._db("SELECT kind, external_id, data, created_at FROM links"):
+                try:
+                    data = json.loads(r["data"] or "{}")
+                except ValueError:
+                    data = {}
+                ours = (r["kind"] == "buyer" and r["external_id"] == str(buyer)) \
+                    or (isinstance(data, dict) and str(data.get("buyer_id")) == str(buyer)) \
+                    or r["external_id"] in items.get(r["kind"], set()) \
+                    or (r["kind"] == "answer" and r["external_id"] in items["question"])
+                if ours:
+                    kept.append(f"link {r['kind']} {r['external_id']} "
+                                f"({'older than' if r['created_at'] < wall else 'written after'} the erasure)")
+            for r in self._db("SELECT id, kind, target_id, created_at FROM replies"):
+                if r["target_id"] in items.get({v: k for k, v in reply_kind.items()}.get(r["kind"], ""), set()) \
+                        and r["created_at"] < wall:
+                    kept.append(f"reply {r['id']} to {r['kind']} {r['target_id']}")
+            kept += [f"cache user {r['key']}" for r in self._db(
+                f"SELECT key FROM cache WHERE kind = 'user' AND key = '{buyer}'")]
+            if kept:
+                self.erasure_bad.append(f"{what}: the bridge still holds {kept[:8]}")
+            others_after = {("buyer", r["external_id"]) for r in self._db(
+                "SELECT external_id FROM links WHERE kind = 'buyer'")} | {
+                ("reply", r["id"]) for r in self._db("SELECT id FROM replies")}
+            lost = sorted(others_before - others_after, key=str)
+            if lost:
+                self.erasure_bad.append(f"{what}: erased other buyers' rows {lost[:8]}")
+            with self.cw.lock:
+                deletes = [c["path"] for c in self.cw.calls if c["method"] == "DELETE" and c["status"] < 300
+                           and started <= c["t"] <= ended]
+            for path in deletes:
+                kind, object_id = path.rstrip("/").split("/")[-2:]
+                if kind == "contacts" and contacts.get(int(object_id), "") not in ("", f"meli:buyer:{buyer}"):
+                    self.erasure_bad.append(f"{what}: deleted contact {object_id} of {contacts[int(object_id)]}")
+                if kind == "conversations":
+                    attrs = conv_items.get(int(object_id), {})
+                    names = [(k, str(attrs.get(f"meli_{k}_id"))) for k in ("question", "pack", "claim")
+                             if attrs.get(f"meli_{k}_id") not in (None, "")]
+                    if any(external not in items[k] for k, external in names):
+                        self.erasure_bad.append(f"{what}: deleted conversation {object_id} of {names}")
+                    self.deletions.append({"conversation": int(object_id), "conversations": [int(object_id)],
+                                           "t": ended})
+            self.touched[f"buyer:{buyer}"].append(f"erased by forget-buyer ({ended - started:.1f} s)")
+            self.erased[buyer] = ended
+        finally:
+            self.erasing = None
+
+    def _buyer_of(self, reply: dict):
+        target = reply["target"]
+        key = int(target) if target.isdigit() else None
+        if reply["answer"]:
+            return (self.questions.get(key) or {}).get("buyer")
+        if reply.get("claim"):
+            return (self.claims.get(key) or {}).get("buyer")
+        return (self.packs.get(target) or {}).get("buyer")
+
+    def _erased_before(self, buyer, t: float) -> bool:
+        """An item of a buyer erased after it was written: gone on purpose, from both sides."""
+        ended = self.erased.get(buyer) if buyer is not None else None
+        return ended is not None and t <= ended
+
+    def moderate_reply(self) -> None:
+        """Mercado Livre's moderation rejects a reply part it had accepted (a phone number, a link)."""
+        with self.meli.lock:
+            ours = [str(m["message_id"]) for m in self.meli.sent_messages[-15:]
+                    if str(m["message_id"]) not in self.moderations and TAG.search(m.get("text") or "")]
+        if not ours:
+            return
+        mid = self.rng.choice(ours)
+        self.meli.moderate(mid)
+        self.moderations[mid] = time.monotonic()
+
+    def question_status(self) -> None:
+        """Mercado Livre puts a question under review, deletes or closes it (now and then a review
+        ends and it is answerable again)."""
+        with self.meli.lock:
+            reviewed = sorted(q for q, (st, _t) in self.status_changed.items() if st == "UNDER_REVIEW"
+                              and self.meli.questions[q]["status"] == "UNDER_REVIEW")
+            open_ = sorted(q for q in self.questions if self.meli.questions[q]["status"] == "UNANSWERED")
+        if reviewed and self.rng.random() < 0.3:
+            qid, status = self.rng.choice(reviewed), "UNANSWERED"
+        elif open_:
+            qid, status = self.rng.choice(open_), self.rng.choice(QUESTION_STATUSES)
+        else:
+            return
+        self.meli.set_question_status(qid, status)
+        self.status_changed[qid] = (status, time.monotonic())
+        self.status_history[qid].append(status)
+        self.injected[f"(question {status.lower()})"] += 1
+
+    def chatwoot_outage(self) -> None:
+        """Chatwoot answers 503 to every API call for a while (a minute in a half-hour soak)."""
+        if time.monotonic() < self.outage_until:
+            return
+        seconds = max(5.0, min(60.0, self.minutes * 2.0))
+        self.outage_until = time.monotonic() + seconds
+        rules = self.chatwoot_chaos_rules() if self.chatwoot_chaos else []
+        self.cw.chaos([{"prefix": "/api/v1/", "p": 1.0, "status": 503}] + rules, seed=self.seed + 3)
+        self.injected[f"(Chatwoot down {seconds:.0f} s)"] += 1
+
+        def over() -> None:
+            with self.chaos_lock:
+                if self.chaos_on:  # the drain turned faults off meanwhile: leave them off
+                    self.cw.chaos(rules, seed=self.seed + 4)
+        timer = threading.Timer(seconds, over)
+        timer.daemon = True
+        timer.start()
+
+    def _claim_stage(self, claim_id) -> str | None:
+        with self.meli.lock:
+            return (self.meli.claims.get(int(claim_id)) or {}).get("stage") if str(claim_id).isdigit() else None
+
+    def open_claim(self) -> None:
+        """The buyer of a sale the soak made opens a claim, saying what is wrong."""
+        free = sorted(k for k, p in self.packs.items() if p.get("order") and not p.get("claim"))
+        if not free:
+            self.injected["(skipped: no sale to open a claim on)"] += 1
+            return
+        key = self.rng.choice(free)
+        claim_id = 5_000_000 + len(self.claims) + 1
+        self.meli.add_claim(claim_id, self.packs[key]["order"])
+        self.packs[key]["claim"] = claim_id
+        self.claims[claim_id] = {"pack": key, "buyer": self.packs[key]["buyer"]}
+        self._claim_says(claim_id, "complainant")
+        if self.rng.random() < 0.4:
+            self._notify("claims", f"/post-purchase/v1/claims/{claim_id}")
+
+    def _claim_says(self, claim_id: int, role: str) -> None:
+        text = (f"Reclamação {self._next()}: o produto veio com defeito." if role == "complainant"
+                else f"Mediação {self._next()}: vendedor, envie a nota fiscal.")
+        self.meli.add_claim_message(claim_id, role, text)
+        self.claim_texts.append({"claim": claim_id, "role": role, "text": text, "t": time.monotonic()})
+
+    def claim_message(self) -> None:
+        with self.meli.lock:
+            open_ = sorted(c for c in self.claims if self.meli.claims[c]["status"] == "opened")
+            if not open_:
+                return
+            claim_id = self.rng.choice(open_)
+            dispute = self.meli.claims[claim_id]["stage"] == "dispute"
+        self._claim_says(claim_id, "mediator" if dispute and self.rng.random() < 0.5 else "complainant")
+
+    def claim_to_dispute(self) -> None:
+        with self.meli.lock:
+            in_claim = sorted(c for c in self.claims if self.meli.claims[c]["stage"] == "claim")
+        if in_claim:
+            claim_id = self.rng.choice(in_claim)
+            self.meli.open_dispute(claim_id)
+            self._claim_says(claim_id, "mediator")
+
+    def claim_reply(self) -> None:
+        """An agent picks (or types) the receiver in the sidebar, then answers in the claim."""
+        convs = sorted(c["id"] for c in self._live_conversations(self.fakes.claims_inbox))
+        if not convs:
+            self.injected["(skipped: no claim conversation to reply in)"] += 1
+            return
+        conv_id = self.rng.choice(convs)
+        reply_to = self.rng.choice(sorted(REPLY_TO))
+        with self.cw.lock:
+            conv = self.cw.conversations.get(conv_id)
+            if conv is None:
+                return
+            if reply_to:
+                conv["custom_attributes"]["meli_claim_reply_to"] = reply_to
+            else:
+                conv["custom_attributes"].pop("meli_claim_reply_to", None)
+        self.injected[f"(claim reply addressed to {REPLY_TO[reply_to]})"] += 1
+        self.agent_reply(conv_id=conv_id, style=self.rng.choice(["short", "long"]))
 
     def duplicate_webhook(self) -> None:
         candidates = [r for r in self.replies.values() if not r["private"]]
@@ -580,6 +950,56 @@ class Soak:
             except KeyError:
                 pass
 
+    def reply_then_delete(self) -> None:
+        """An agent answers and, a moment later, deletes the conversation (tidying up): the reply
+        was taken by the bridge and must still reach the buyer."""
+        convs = sorted(c["id"] for c in self._live_conversations(self.fakes.messages_inbox))
+        if not convs:
+            return
+        conv_id = self.rng.choice(convs)
+        self.agent_reply(conv_id=conv_id, style=self.rng.choice(["short", "long"]))
+        time.sleep(self.rng.uniform(0.05, 0.6))
+        with self.cw.lock:
+            if conv_id not in self.cw.conversations:
+                return
+            self._remember_deletion(conv_id, "conversation deleted right after a reply")
+            self.cw.delete_conversation(conv_id)
+        self.deletions.append({"conversation": conv_id, "conversations": [conv_id], "t": time.monotonic()})
+
+    def snooze_conversation(self) -> None:
+        convs = sorted(c["id"] for c in self._live_conversations(self.fakes.messages_inbox) if c["status"] == "open")
+        if convs:
+            conv_id = self.rng.choice(convs)
+            with self.cw.lock:
+                conv = self.cw.conversations.get(conv_id)
+                if conv is None:
+                    return
+                self.cw.set_status(conv, "snoozed")
+            self.snoozes[conv_id] = time.monotonic()
+
+    def edit_attributes(self) -> None:
+        """An agent edits the sidebar: the sale's or question's id typed wrong, another one's, or cleared.
+        The bridge's own record (not what the sidebar now says) decides where replies go."""
+        convs = sorted(c["id"] for c in self._live_conversations() if c["inbox_id"] in
+                       (self.fakes.questions_inbox, self.fakes.messages_inbox))
+        if not convs:
+            return
+        conv_id = self.rng.choice(convs)
+        how = self.rng.choice(["typo", "another", "cleared"])
+        with self.cw.lock:
+            conv = self.cw.conversations.get(conv_id)
+            if conv is None:
+                return
+            key = "meli_question_id" if conv["inbox_id"] == self.fakes.questions_inbox else "meli_pack_id"
+            others = sorted({str(c["custom_attributes"].get(key)) for c in self.cw.conversations.values()
+                             if c["inbox_id"] == conv["inbox_id"] and c["id"] != conv_id
+                             and c["custom_attributes"].get(key) not in (None, "")})
+            self.true_attrs.setdefault(conv_id, dict(conv["custom_attributes"]))
+            value = {"typo": f"{conv['custom_attributes'].get(key)}9", "cleared": "",
+                     "another": self.rng.choice(others) if others else "1"}[how]
+            conv["custom_attributes"][key] = value
+        self.injected[f"(attribute {how})"] += 1
+
     def delete_conversation(self) -> None:
         convs = sorted(c["id"] for c in self._live_conversations())
         if convs:
@@ -589,7 +1009,7 @@ class Soak:
                     return
                 self._remember_deletion(conv_id, "conversation deleted")
                 self.cw.delete_conversation(conv_id)
-            self.deletions.append({"conversation": conv_id, "t": time.monotonic()})
+            self.deletions.append({"conversation": conv_id, "conversations": [conv_id], "t": time.monotonic()})
 
     def delete_contact(self) -> None:
         contacts = self._buyer_contacts()
@@ -600,11 +1020,13 @@ class Soak:
                     return
                 identifier = self.cw.contacts[contact_id]["identifier"]
                 self.touched["buyer:" + identifier.rsplit(":", 1)[-1]].append(f"contact {contact_id} deleted")
+                gone = []
                 for conv in list(self.cw.conversations.values()):
                     if conv["contact_id"] == contact_id:
                         self._remember_deletion(conv["id"], f"conversation deleted with contact {contact_id}")
+                        gone.append(conv["id"])
                 self.cw.delete_contact(contact_id)
-            self.deletions.append({"contact": contact_id, "t": time.monotonic()})
+            self.deletions.append({"contact": contact_id, "conversations": gone, "t": time.monotonic()})
 
     def merge_contacts(self) -> None:
         contacts = self._buyer_contacts()
@@ -618,8 +1040,12 @@ class Soak:
                 self.cw.merge_contacts(base, mergee)
             self.merges.append((base, mergee))
 
+    def _attrs(self, conv: dict) -> dict:
+        """The conversation's attributes as the bridge set them (an agent may have edited them since)."""
+        return self.true_attrs.get(conv["id"]) or conv["custom_attributes"]
+
     def _remember_deletion(self, conv_id: int, what: str) -> None:
-        attrs = self.cw.conversations[conv_id]["custom_attributes"]
+        attrs = self._attrs(self.cw.conversations[conv_id])
         for key in ("meli_question_id", "meli_pack_id"):
             if attrs.get(key) not in (None, ""):
                 self.touched[f"{key[5:-3]}:{attrs[key]}"].append(f"{what} ({conv_id})")
@@ -638,7 +1064,8 @@ class Soak:
         if not convs:
             return
         conv_id = self.rng.choice(convs)
-        pack = self.cw.conversations.get(conv_id, {}).get("custom_attributes", {}).get("meli_pack_id")
+        pack = self._attrs(self.cw.conversations.get(conv_id) or {"id": conv_id, "custom_attributes": {}}).get(
+            "meli_pack_id")
         if not pack:
             return
         self.meli.fail_next("POST", f"/messages/packs/{pack}/", 403, after=1, body={
@@ -657,6 +1084,10 @@ class Soak:
             rules += [{"prefix": prefix, "p": 0.01, "delay": READ_TIMEOUT + 1.0, "lost": True},
                       {"prefix": prefix, "p": 0.01, "late": READ_TIMEOUT + 1.0},  # applied, answer too late
                       {"prefix": prefix, "p": 0.04, "delay": READ_TIMEOUT * 0.4}]  # slow but in time
+        # Held past the bridge's settle: rare, and the one case where a resend is by design.
+        rules.append({"prefix": "/messages/packs", "method": "POST", "p": 0.004, "delay": SETTLE + 4.0, "lost": True})
+        # Applied, then answered 5xx: the bridge must not take the error for "nothing happened".
+        rules += [{"prefix": prefix, "method": "POST", "p": 0.015, "applied_status": 503} for prefix in SENDS]
         return rules
 
     @staticmethod
@@ -667,7 +1098,8 @@ class Soak:
         return [{"prefix": "/api/v1/", "p": 0.01, "status": 503},
                 {"prefix": "/api/v1/", "p": 0.01, "status": 429, "retry_after": 1},
                 {"prefix": "/api/v1/", "method": "POST", "p": 0.01, "delay": READ_TIMEOUT + 1.0, "lost": True},
-                {"prefix": "/api/v1/", "method": "POST", "p": 0.01, "late": READ_TIMEOUT + 1.0}]
+                {"prefix": "/api/v1/", "method": "POST", "p": 0.01, "late": READ_TIMEOUT + 1.0},
+                {"prefix": "/api/v1/", "method": "POST", "p": 0.005, "applied_status": 503}]
 
     def step(self) -> None:
         names = list(self.weights)
@@ -683,7 +1115,15 @@ class Soak:
             "ML refuses a send (403)": self.ml_refuses_send,
             "seller writes on the site": self.seller_writes_on_site,
             "seller answers on the site": self.seller_answers_on_site,
+            "buyer opens a claim": self.open_claim, "claim message": self.claim_message,
+            "claim goes to dispute": self.claim_to_dispute, "agent replies in a claim": self.claim_reply,
             "kill -9 listener": lambda: self.kill("listener"), "kill -9 poller": lambda: self.kill("poller"),
+            "SIGTERM listener": lambda: self.terminate("listener"), "SIGTERM poller": lambda: self.terminate("poller"),
+            "question changes status": self.question_status, "Chatwoot outage": self.chatwoot_outage,
+            "forget-buyer": self.forget_buyer, "ML moderates a sent reply": self.moderate_reply,
+            "agent snoozes conversation": self.snooze_conversation, "agent edits an attribute": self.edit_attributes,
+            "buyer's message read on the site": self.read_on_site,
+            "agent replies, then deletes the conversation": self.reply_then_delete,
         }[event]()
 
     # ---- the run ------------------------------------------------------------------------------------
@@ -697,12 +1137,17 @@ class Soak:
             self.meli.chaos(self.chaos_rules(), seed=self.seed)
             if self.chatwoot_chaos:
                 self.cw.chaos(self.chatwoot_chaos_rules(), seed=self.seed + 1)
+            self.chaos_on = True
             deadline = time.monotonic() + self.minutes * 60.0
             started = time.monotonic()
             while time.monotonic() < deadline:
                 self.step()
                 time.sleep(self.rng.expovariate(4.0))  # about four events a second
             chaos_s = time.monotonic() - started
+            self.meli.before_mark_read = None
+            with self.chaos_lock:
+                self.chaos_on = False
+                self.cw.chaos([])
             self.meli.chaos([])
             self.cw.chaos([])
             with self.meli.lock:
@@ -749,18 +1194,19 @@ class Soak:
         result = self.check(quick=True)
         return sum(len(v) for k, v in result["violations"].items()
                    if k in (INVARIANTS[0], INVARIANTS[1], INVARIANTS[5], INVARIANTS[6], INVARIANTS[9],
-                            INVARIANTS[16]))
+                            INVARIANTS[16], INVARIANTS[20], INVARIANTS[23]))
 
     # ---- the checks ---------------------------------------------------------------------------------
 
     def check(self, quick: bool = False) -> dict:
         v: dict[str, list[str]] = {name: [] for name in INVARIANTS}
+        self.not_swept_yet = 0
         cw, meli = self.cw, self.meli
         with cw.lock:
             live = {m["id"]: m for m in cw.messages.values()}
             deleted = {m["id"]: m for m in cw.deleted_messages.values()}
             convs = {c["id"]: {"inbox_id": c["inbox_id"], "status": c["status"], "contact_id": c["contact_id"],
-                               "attrs": dict(c["custom_attributes"]), "t": c["created_at_exact"]}
+                               "attrs": dict(self._attrs(c)), "t": c["created_at_exact"]}
                      for c in cw.conversations.values()}
         copies: dict[str, list[dict]] = defaultdict(list)
         for message in list(live.values()) + list(deleted.values()):
@@ -798,29 +1244,47 @@ class Soak:
                                  f"{len(copy.get('attachments') or [])} of the buyer's {files} files")
 
         for qid in self.questions:
+            if qid in self.status_changed and not copies.get(f"meli:question:{qid}"):
+                continue  # no longer answerable before the bridge saw it: never shown, rightly
+            if self._erased_before(self.questions[qid]["buyer"], self.questions[qid]["t"]):
+                continue
             check_item("question", f"meli:question:{qid}", self.fakes.questions_inbox, "meli_question_id", str(qid),
                        INVARIANTS[0], self.questions[qid]["buyer"])
         for mid, info in self.buyer_messages.items():
+            if self._erased_before(self.packs[info["pack"]]["buyer"], info["t"]):
+                continue
+            if info.get("read_on_site") and not copies.get(f"meli:message:{mid}") \
+                    and time.monotonic() - info["t"] < SWEEP_RECHECK + 60.0:
+                # The sweep comes back to a quiet thread every SWEEP_RECHECK: not due yet.
+                self.not_swept_yet += 1
+                continue
             check_item(f"message {mid} of sale", f"meli:message:{mid}", self.fakes.messages_inbox,
                        "meli_pack_id", info["pack"], INVARIANTS[1], self.packs[info["pack"]]["buyer"],
                        info.get("files", 0))
         for mid, info in self.seller_messages.items():
+            if self._erased_before(self.packs[info["pack"]]["buyer"], info["t"]):
+                continue
             check_item(f"seller's site message {mid} of sale", f"meli:message:{mid}", self.fakes.messages_inbox,
                        "meli_pack_id", info["pack"], INVARIANTS[16], self.packs[info["pack"]]["buyer"],
                        message_type=OUTGOING)
         for qid in self.site_answers:
             # Only where the question is still shown: a deleted question conversation is not made again.
+            if self._erased_before(self.questions[qid]["buyer"], self.site_answers[qid]):
+                continue
             if any(m["id"] in live for m in copies.get(f"meli:question:{qid}", [])):
                 check_item("site answer to question", f"meli:answer:{qid}", self.fakes.questions_inbox,
                            "meli_question_id", str(qid), INVARIANTS[16], self.questions[qid]["buyer"],
                            message_type=OUTGOING)
 
+        self._check_claim_messages(v, live, deleted, convs)
+        self._check_question_notes(v, live, convs)
         replies_view = self._check_replies(v, live, deleted, convs)
         if quick:
             return {"violations": v}
 
         for attr, inbox_id in (("meli_question_id", self.fakes.questions_inbox),
-                               ("meli_pack_id", self.fakes.messages_inbox)):
+                               ("meli_pack_id", self.fakes.messages_inbox),
+                               ("meli_claim_id", getattr(self.fakes, "claims_inbox", None))):
             by_external: dict[str, list[int]] = defaultdict(list)
             for conv_id, conv in convs.items():
                 if conv["inbox_id"] == inbox_id and conv["attrs"].get(attr) not in (None, ""):
@@ -829,16 +1293,18 @@ class Soak:
                 if len(ids) > 1:
                     v[INVARIANTS[2]].append(f"{attr}={external}: live conversations {sorted(ids)}")
 
-        for conv_id, resolved_at in self.resolves.items():
+        parked = [(c, t, "resolved") for c, t in self.resolves.items()] + \
+            [(c, t, "snoozed") for c, t in self.snoozes.items()]
+        for conv_id, resolved_at, parked_as in parked:
             conv = convs.get(conv_id)
-            if conv is None or conv["status"] != "resolved" or conv["inbox_id"] != self.fakes.messages_inbox:
+            if conv is None or conv["status"] != parked_as or conv["inbox_id"] != self.fakes.messages_inbox:
                 continue
             later = [m["id"] for m in live.values() if m["conversation_id"] == conv_id
                      and m["message_type"] == INCOMING and str(m.get("source_id") or "").startswith("meli:message:")
                      and m["t_created"] > resolved_at]
             if later:
-                v[INVARIANTS[3]].append(f"conversation {conv_id} resolved by the agent, still resolved after "
-                                        f"buyer messages {later}")
+                v[INVARIANTS[3]].append(f"conversation {conv_id} {parked_as} by the agent, still {parked_as} "
+                                        f"after buyer messages {later}")
 
         with meli.lock:
             sent_ids = [str(s["message_id"]) for s in meli.sent_messages]
@@ -855,8 +1321,12 @@ class Soak:
                 v[INVARIANTS[10]].append(f"answer to question {qid} (posted by the bridge) copied back as "
                                          f"Chatwoot {ids}")
 
+        v[INVARIANTS[22]] += self.term_slow
+        v[INVARIANTS[24]] += self.erasure_bad
         for pack_key, missing in self.mark_read_bad:
             v[INVARIANTS[11]].append(f"sale {pack_key}: marked read while Chatwoot lacked {missing}")
+        self._check_marked_in_time(v, copies)
+        self._check_mirrored_text(v, live, copies)
         for thread in meli.unread_results():
             v[INVARIANTS[15]].append(f"{thread['resource']}: {thread['count']} buyer messages unread")
 
@@ -885,6 +1355,104 @@ class Soak:
                 v[INVARIANTS[13]].append(f"soak's {route} answered {status} x{n}")
         return {"violations": v, "deliveries": deliveries, "replies": replies_view, "auth_status": auth_status}
 
+    def _check_question_notes(self, v: dict, live: dict, convs: dict) -> None:
+        """A question in Chatwoot that Mercado Livre put under review, deleted or closed carries the
+        bridge's note saying so (the agent must not keep writing an answer that cannot go)."""
+        with self.meli.lock:
+            now = {qid: self.meli.questions[qid]["status"] for qid in self.status_changed}
+        for qid, status in sorted(now.items()):
+            if status not in QUESTION_STATUSES:
+                continue
+            shown = [c for c in convs.values() if c["inbox_id"] == self.fakes.questions_inbox
+                     and str(c["attrs"].get("meli_question_id")) == str(qid)]
+            if not shown:
+                continue
+            noted = any(m["private"] and m.get("source_id") == source_ids.note("question", qid, status)
+                        for m in live.values() if str((convs.get(m["conversation_id"]) or {}).get("attrs", {})
+                                                     .get("meli_question_id")) == str(qid))
+            if not noted:
+                v[INVARIANTS[23]].append(f"question {qid}: {status} on Mercado Livre, its conversation has no "
+                                         f"note saying so")
+
+    def _check_claim_messages(self, v: dict, live: dict, deleted: dict, convs: dict) -> None:
+        """What the buyer and the mediator wrote in a claim is shown once, in that claim's
+        conversation; an agent's deletion may take it away (not twice at once)."""
+        def words(text) -> str:
+            return " ".join(str(text or "").split())
+
+        for said in self.claim_texts:
+            if self._erased_before(self.claims[said["claim"]]["buyer"], said["t"]):
+                continue
+            text = words(said["text"])
+            found = [m for m in list(live.values()) + list(deleted.values())
+                     if m["inbox_id"] == getattr(self.fakes, "claims_inbox", None) and text in words(m["content"])
+                     and not m["private"]]
+            alive = [m for m in found if m["id"] in live]
+            what = f"claim {said['claim']}: {said['role']}'s {said['text'][:30]!r}"
+            if not found:
+                v[INVARIANTS[20]].append(f"{what}: not in Chatwoot")
+            elif len(alive) > 1:
+                v[INVARIANTS[20]].append(f"{what}: {len(alive)} live copies {[m['id'] for m in alive]}")
+            for m in alive:
+                conv = convs.get(m["conversation_id"]) or {}
+                if str((conv.get("attrs") or {}).get("meli_claim_id")) != str(said["claim"]):
+                    v[INVARIANTS[20]].append(f"{what}: in conversation {m['conversation_id']}, not its claim's")
+                if m["message_type"] != INCOMING:
+                    v[INVARIANTS[20]].append(f"{what}: message {m['id']} is not incoming")
+
+    def _check_marked_in_time(self, v: dict, copies: dict) -> None:
+        """Marked read, a buyer message is the bridge's to show: Mercado Livre no longer lists it
+        as unread, so one the bridge drops after the marking may wait for the sweep (a quarter of
+        an hour) or for ever. Whatever the marking read showed must reach Chatwoot at once."""
+        latest: dict[str, float] = {}
+        for _pack, mid, t in self.marked:
+            latest.setdefault(mid, t)  # the first marking; a message is marked once
+        for mid, t in sorted(latest.items()):
+            if self._erased_before((self.packs.get(self._pack_of(mid)) or {}).get("buyer"), t):
+                continue
+            found = [m["t_created"] for m in copies.get(f"meli:message:{mid}", [])]
+            first = min(found, default=None)
+            if first is None:
+                v[INVARIANTS[18]].append(f"message {mid} of sale {self._pack_of(mid)}: marked read, "
+                                         "never in Chatwoot")
+            elif first - t > MARK_WINDOW:
+                v[INVARIANTS[18]].append(f"message {mid} of sale {self._pack_of(mid)}: in Chatwoot "
+                                         f"{first - t:.1f} s after it was marked read")
+
+    def _pack_of(self, mid: str) -> str:
+        return (self.buyer_messages.get(mid) or {}).get("pack", "?")
+
+    def _check_mirrored_text(self, v: dict, live: dict, copies: dict) -> None:
+        """The buyer's words as Mercado Livre has them (spaces aside), and a sale's buyer messages
+        in a conversation in the order they were written."""
+        def words(text) -> str:
+            return " ".join(str(text or "").split())
+
+        with self.meli.lock:
+            ml = {mid: words(m.get("text")) for mid, m in self.meli.messages.items()}
+            asked = {qid: words(q.get("text")) for qid, q in self.meli.questions.items()}
+            order = {mid: n for thread in self.meli.threads.values() for n, m in enumerate(thread["messages"])
+                     for mid in [m["id"]]}
+        expected = {f"meli:message:{mid}": ml.get(mid, "") for mid in list(self.buyer_messages) +
+                    list(self.seller_messages)}
+        expected.update({f"meli:question:{qid}": asked.get(qid, "") for qid in self.questions})
+        for source, text in sorted(expected.items()):
+            for copy in copies.get(source, []):
+                if text and text not in words(copy["content"]):
+                    v[INVARIANTS[19]].append(f"{source} (Chatwoot {copy['id']}): {words(copy['content'])[:80]!r}, "
+                                             f"Mercado Livre has {text[:80]!r}")
+        by_conv: dict[int, list[dict]] = defaultdict(list)
+        for mid in self.buyer_messages:
+            for copy in copies.get(f"meli:message:{mid}", []):
+                if copy["id"] in live:
+                    by_conv[copy["conversation_id"]].append(dict(copy, ml_id=mid))
+        for conv_id, shown in sorted(by_conv.items()):
+            shown.sort(key=lambda m: m["id"])
+            written = [m["ml_id"] for m in shown]
+            if written != sorted(written, key=lambda i: order.get(i, 0)):
+                v[INVARIANTS[19]].append(f"conversation {conv_id}: buyer messages shown as {written}, "
+                                         f"written as {sorted(written, key=lambda i: order.get(i, 0))}")
+
     def _check_replies(self, v: dict, live: dict, deleted: dict, convs: dict) -> Counter:
         meli = self.meli
         reached: Counter = Counter()
@@ -904,51 +1472,129 @@ class Soak:
                 for unit in units:
                     where[unit].add(f"sale {sent.get('pack_id')}")
                     held[unit].append(sent.get("held", 0.0))
+            moderated = {}  # unit -> when Mercado Livre rejected the message carrying it
+            for sent in meli.sent_messages:
+                when = self.moderations.get(str(sent.get("message_id")))
+                if when is not None:
+                    for t, k in TAG.findall(sent.get("text") or ""):
+                        moderated[f"{t}p{k}"] = (when, str(sent.get("pack_id")), str(sent.get("message_id")))
+            receivers: dict[str, set[str]] = defaultdict(set)  # claim reply unit -> who got it
+            for sent in meli.claim_sent:
+                units = [f"{t}p{k}" for t, k in TAG.findall(sent.get("message") or "")]
+                reached.update(units)
+                for unit in units:
+                    where[unit].add(f"claim {sent.get('claim_id')}")
+                    receivers[unit].add(str(sent.get("receiver_role")))
         rows = self._db_replies()
+        self.moderation_unseen = self.sent_twice_past_settle = 0
+        with meli.lock:
+            calls = {"meli": list(meli.calls)}
+        with self.cw.lock:
+            calls["chatwoot"] = list(self.cw.calls)
+            webhooks: dict[int, list[dict]] = defaultdict(list)
+            for d in self.cw.webhook_deliveries:
+                webhooks[d["message_id"]].append(dict(d))
         outcome: Counter = Counter()
         for tag, reply in sorted(self.replies.items()):
             counts = {u: reached[u] for u in reply["units"]}
             what = f"reply {tag} ({reply['style']}, message {reply['message_id']}, " \
                    f"conversation {reply['conversation_id']})"
             twice = [u for u, n in counts.items() if n > 1]
+            # Held by Mercado Livre past the settle, a send is taken for lost and sent again: the
+            # bridge's stated assumption (IN_DOUBT_SETTLE), counted, not a violation.
+            past_settle = [u for u in twice if counts[u] == 2 and max(held[u], default=0.0) > SETTLE + 0.5]
+            self.sent_twice_past_settle += len(past_settle)
+            twice = [u for u in twice if u not in past_settle]
             if twice:
                 v[INVARIANTS[4]].append(f"{what}: " + ", ".join(
                     f"{u} x{counts[u]} (held {'/'.join(f'{h:.1f}' for h in held[u])} s)" for u in twice))
             # Counted as arrived wherever it went: another buyer's sale is no delivery.
-            own = f"{'question' if reply['answer'] else 'sale'} {reply['target']}"
+            own = f"{'question' if reply['answer'] else 'claim' if reply.get('claim') else 'sale'} {reply['target']}"
             astray = sorted({place for u in reply["units"] for place in where.get(u, ())} - {own})
             if astray and reply["target"] not in ("None", ""):
                 v[INVARIANTS[14]].append(f"{what}: meant for {own}, reached {astray}")
             sent = [u for u, n in counts.items() if n > 0]
+            if self._erased_before(self._buyer_of(reply), reply["t"]):
+                # Undelivered replies go with the erasure, by design; twice or astray is still wrong.
+                outcome["buyer erased"] += 1
+                continue
+            if reply.get("claim") and not reply["private"]:
+                self._check_claim_receiver(v, what, reply, sorted({r for u in sent for r in receivers[u]}))
             if reply["private"]:
                 if sent:
                     v[INVARIANTS[8]].append(f"{what}: {sent}")
                 outcome["private"] += 1
                 continue
             message = live.get(reply["message_id"])
-            if message is None:
-                outcome["conversation deleted"] += 1
-                continue
-            status, error = message["status"], message.get("external_error") or ""
             row = rows.get(reply["message_id"])
             row_text = f"; bridge row: {row}" if row else "; no bridge row"
+            if message is None:
+                # Its conversation was deleted: the agent cannot see the outcome any more, but the
+                # bridge still owes the buyer the reply; its own row says what it made of it.
+                outcome["conversation deleted"] += 1
+                gone = deleted.get(reply["message_id"]) or {}
+                if row is None:
+                    accepted = [d for d in webhooks.get(reply["message_id"], []) if d["status"] == 200]
+                    if accepted or sent:
+                        v[INVARIANTS[9]].append(f"{what}: conversation deleted, {len(sent)}/{len(counts)} units "
+                                                f"sent, the listener took {len(accepted)} deliveries, and the "
+                                                "bridge has no row for it")
+                    continue
+                status = row["status"]
+                after = gone.get("deleted_at", 0.0) - reply["t"]
+                where_shown = f"bridge row shows {status} (conversation deleted {after:.1f} s after the reply)"
+            else:
+                status, error = message["status"], message.get("external_error") or ""
+                where_shown = f"Chatwoot shows {status} {error!r}"
             if row and row["status"] in ("pending", "sending"):
                 outcome["still queued"] += 1
                 v[INVARIANTS[9]].append(f"{what}: {len(sent)}/{len(counts)} units sent, "
-                                        f"Chatwoot status {status}{row_text}")
+                                        f"{where_shown}{row_text}")
+                continue
+            blocked = [u for u in reply["units"] if u in moderated]
+            if blocked:
+                # Accepted, then moderated: the buyer never saw it, and the agent must learn so
+                # once the bridge has read the thread again (its re-check comes minutes later).
+                outcome["moderated"] += 1
+                seen = self._thread_read_since(reply, moderated, blocked, calls)
+                if message is None:
+                    # Its conversation is gone: the bridge tells it in the sale's current one (none
+                    # left, nobody is there to tell).
+                    notes = {m.get("source_id") for m in list(live.values()) + list(deleted.values()) if m["private"]}
+                    current = [c for c in convs.values() if str(c["attrs"].get("meli_pack_id")) == reply["target"]]
+                    told = all(source_ids.note("moderation", moderated[u][2]) in notes for u in blocked)
+                    status = "failed" if told or not current else "not told (no moderation note)"
+                    where_shown = f"{where_shown}, {status}"
+                if status != "failed" and seen:
+                    v[INVARIANTS[25]].append(f"{what}: {blocked} moderated, the bridge read the thread after "
+                                             f"that, {where_shown}{row_text}")
+                elif status != "failed":
+                    self.moderation_unseen += 1
                 continue
             if len(sent) == len(counts):
                 outcome["delivered"] += 1
                 if status != "delivered":
-                    v[INVARIANTS[5]].append(f"{what}: all {len(counts)} units reached Mercado Livre, Chatwoot "
-                                            f"shows {status} {error!r}{row_text}")
-            elif not sent:
+                    v[INVARIANTS[5]].append(f"{what}: all {len(counts)} units reached Mercado Livre, "
+                                            f"{where_shown}{row_text}")
+                continue
+            if status == "failed":
+                reasons = self.refusal_reasons(reply, message, calls, webhooks)
+                if not reasons:
+                    v[INVARIANTS[17]].append(f"{what}: {len(sent)}/{len(counts)} units sent, {where_shown}, and "
+                                             f"the fakes record nothing that cannot be retried (Mercado Livre's "
+                                             f"answers to its sends: {self._answers_to(reply, calls)}){row_text}")
+            if not sent:
                 outcome["nothing sent"] += 1
                 if status != "failed":
-                    v[INVARIANTS[6]].append(f"{what}: nothing reached Mercado Livre, Chatwoot shows "
-                                            f"{status}{row_text}")
+                    v[INVARIANTS[6]].append(f"{what}: nothing reached Mercado Livre, {where_shown}{row_text}")
             else:
                 outcome["partial"] += 1
+                if message is None:
+                    # The note went to the sale's new conversation, if any: only the status is checked.
+                    if status != "failed":
+                        v[INVARIANTS[7]].append(f"{what}: sent {sent}, not sent "
+                                                f"{[u for u in counts if u not in sent]}, {where_shown}{row_text}")
+                    continue
                 notes = [m["content"] or "" for m in live.values()
                          if m["conversation_id"] == reply["conversation_id"] and m["private"]
                          and str(m.get("source_id") or "").startswith("meli:note:reply:")
@@ -960,6 +1606,99 @@ class Soak:
                                             f"{[u for u in counts if u not in sent]}, Chatwoot shows {status}, "
                                             f"notes {[n[:120] for n in notes]}{row_text}")
         return outcome
+
+    @staticmethod
+    def _thread_read_since(reply: dict, moderated: dict, blocked: list[str], calls: dict) -> bool:
+        """Did the bridge read that sale's thread (and so see the moderation) a while before now?"""
+        when, pack, _mid = max(moderated[u] for u in blocked)
+        prefix = f"/messages/packs/{pack}/sellers/"
+        now = time.monotonic()
+        return any(c["method"] == "GET" and c["path"].startswith(prefix) and c["status"] == 200
+                   and when + 0.5 < c["t"] < now - 5.0 for c in calls["meli"])
+
+    def _check_claim_receiver(self, v: dict, what: str, reply: dict, got: list[str]) -> None:
+        """The mediator addressed (in any spelling) never gets the buyer's copy, nor the buyer the
+        mediator's; a receiver the bridge cannot read is refused, never guessed. The buyer addressed
+        in a dispute may be answered through the mediator, the only receiver Mercado Livre allows then."""
+        addressed = REPLY_TO.get(reply.get("reply_to") or "", "unknown")
+        with self.meli.lock:
+            stage = (self.meli.claims.get(int(reply["target"])) or {}).get("stage") if reply["target"].isdigit() \
+                else None
+        wrong = [r for r in got if r != addressed and not (addressed == "complainant" and r == "mediator"
+                                                           and stage == "dispute")]
+        if wrong:
+            v[INVARIANTS[26 if addressed == "unknown" else 21]].append(
+                f"{what}: {addressed} addressed as {reply.get('reply_to')!r}, reached {wrong} "
+                f"(claim stage now {stage})")
+
+    def refusal_reasons(self, reply: dict, message: dict | None, calls: dict, webhooks: dict) -> list[str]:
+        """What the fakes' records show that makes a reply impossible to send (or to send further).
+
+        A failed reply needs one: after 5xx, 429 or timeouts alone the bridge must keep trying.
+        """
+        reasons = []
+        target = reply["target"]
+        if target in ("None", ""):
+            reasons.append("its conversation names no question or sale")
+        if message and str(message.get("external_error") or "").startswith("Webhook delivery failed"):
+            reasons.append("Chatwoot could not deliver it to the bridge")
+        # A claim's refusals are explained by its own state below: Mercado Livre refusing the
+        # receiver the bridge picked, when the one addressed was allowed, is the bridge's doing.
+        refused = [] if reply.get("claim") else self._answers_to(reply, calls, refusals_only=True)
+        if refused:
+            reasons.append(f"Mercado Livre refused it: {refused}")
+        if any(str(m.get("message_id")) in self.moderations and any(u in (m.get("text") or "") for u in reply["units"])
+               for m in list(self.meli.sent_messages)):
+            reasons.append("Mercado Livre moderated it")
+        if reply.get("claim"):
+            if REPLY_TO.get(reply.get("reply_to") or "", "unknown") == "unknown":
+                reasons.append(f"the receiver typed ({reply.get('reply_to')!r}) is not one the bridge can read")
+            with self.meli.lock:
+                claim = dict(self.meli.claims.get(int(target)) or {}) if target.isdigit() else {}
+            if claim.get("status") == "closed":
+                reasons.append("the claim is closed")
+            if REPLY_TO.get(reply.get("reply_to") or "") == "mediator" and reply.get("stage") != "dispute":
+                # Mercado Livre answers 403 receiver_not_allowed then: the bridge may refuse it first.
+                reasons.append(f"the mediator was addressed with the claim in stage {reply.get('stage')}")
+        if reply["answer"] and target.isdigit():
+            with self.meli.lock:
+                question = dict(self.meli.questions.get(int(target)) or {})
+            answer = str((question.get("answer") or {}).get("text") or "")
+            if question and question.get("status") != "UNANSWERED" and not any(
+                    u in answer for u in reply["units"]):
+                reasons.append(f"the question is {question.get('status')} with another answer")
+            # A review that ended: Mercado Livre refused answers while it lasted.
+            closed_for_a_while = [st for st in self.status_history.get(int(target), []) if st != "UNANSWERED"]
+            if closed_for_a_while:
+                reasons.append(f"the question was {closed_for_a_while[0]} for a while")
+            if not question:
+                reasons.append("the question does not exist")
+        files = [u for u in reply["units"] if FILE_TAG.match(u)]
+        gone_files = [c["path"] for c in calls["chatwoot"] if c["status"] == 404
+                      and any(f in c["path"] for f in files)]
+        if gone_files:
+            reasons.append(f"its file was gone from Chatwoot: {gone_files[:2]}")
+        # Deleted before the bridge heard of it: nothing of it may have left yet.
+        deleted_at = [d["t"] for d in self.deletions if d.get("conversations") and
+                      reply["conversation_id"] in d["conversations"]]
+        heard = [d["t"] for d in webhooks.get(reply["message_id"], []) if d["status"] == 200]
+        if deleted_at and (not heard or min(deleted_at) < min(heard)):
+            reasons.append("its conversation was deleted before the bridge took it")
+        return reasons
+
+    @staticmethod
+    def _answers_to(reply: dict, calls: dict, refusals_only: bool = False) -> list:
+        """Mercado Livre's answers to the sends of this reply's sale (or to answers, for a question)
+        since the reply was written: statuses, or the refusals only (a 4xx other than 401/429)."""
+        prefix = "/answers" if reply["answer"] else \
+            f"/post-purchase/v1/claims/{reply['target']}/actions/" if reply.get("claim") else \
+            f"/messages/packs/{reply['target']}/"
+        found = [c["status"] for c in calls["meli"] if c["method"] == "POST" and c["path"].startswith(prefix)
+                 and c["t"] >= reply["t"] - 1.0]
+        if refusals_only:
+            # An answer's refusal is told by the question's status: /answers names no question.
+            return [] if reply["answer"] else sorted({st for st in found if 400 <= st < 500 and st not in (401, 429)})
+        return sorted(Counter(found).items())
 
     @staticmethod
     def note_tells_parts(note: str, tag: str, sent: list[str], unsent: list[str]) -> bool:
@@ -1027,6 +1766,12 @@ def report(soak: Soak, result: dict) -> tuple[str, int]:
     lines += [f"  tokens refreshed {soak.meli.refresh_count}, 401 answers {soak.meli.unauthorized_count}, "
               f"health checks {dict(soak.health_seen)}",
               f"  buyer messages revealed by a mark-read (then mirrored from its answer) {soak.revealed_by_mark}",
+              f"  reply parts sent twice after Mercado Livre held a copy past the settle (by design) "
+              f"{soak.sent_twice_past_settle}",
+              f"  buyer messages read on the site, not swept yet (a quiet thread is swept every 15 min) "
+              f"{soak.not_swept_yet}",
+              f"  moderated replies the bridge had not re-read yet (its re-check comes 2 min after delivery) "
+              f"{soak.moderation_unseen}",
               "", "invariants (violations):"]
     idle = exercised_nothing(soak, result)
     if idle:

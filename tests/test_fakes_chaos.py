@@ -180,6 +180,7 @@ def soak_check(fk, tmp_path):
     run.fakes, run.cw, run.meli = fk, fk.chatwoot.state, fk.meli.state
     fk.questions_inbox = run.cw.add_inbox("Mercado Livre - Perguntas")
     fk.messages_inbox = run.cw.add_inbox("Mercado Livre - Vendas")
+    fk.claims_inbox = run.cw.add_inbox("Mercado Livre - Reclamações")
     # No bridge: no rows in its database, nobody listening for notifications.
     run.bridge = SimpleNamespace(env={"DATABASE_PATH": str(tmp_path / "absent.db")}, url="http://127.0.0.1:9")
     yield run
@@ -490,3 +491,473 @@ def test_soak_check_still_flags_a_second_conversation_when_the_first_holds_a_mes
     found = run.check()["violations"]["one live conversation per question / sale"]
 
     assert found == [f"meli_pack_id=3000000009: live conversations {sorted([orphan, again])}"]
+
+
+# ---- the holes planted defects went through (issue 18) ------------------------------------------------
+
+FAILED_FOR_NO_REASON = "a reply is failed only for a reason that cannot be retried"
+
+
+def ml_answered_send(run, pack: str, status: int, t: float) -> None:
+    with run.meli.lock:
+        run.meli.calls.append({"method": "POST", "path": f"/messages/packs/{pack}/sellers/{run.meli.seller_id}",
+                               "query": {}, "status": status, "t": t, "ms": 1.0})
+
+
+def test_soak_check_flags_a_reply_failed_after_only_a_5xx(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000011")
+    message = long_reply(run, conv, "R00001", 1, "3000000011")
+    ml_answered_send(run, "3000000011", 503, message["t_created"])
+    run.cw.update_message_status(message, "failed", "recusado")
+
+    found = run.check()["violations"][FAILED_FOR_NO_REASON]
+
+    assert len(found) == 1 and found[0].startswith("reply R00001") and "(503, 1)" in found[0]
+
+
+def test_soak_check_accepts_a_reply_failed_after_mercado_livre_refused_it(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000012")
+    message = long_reply(run, conv, "R00001", 1, "3000000012")
+    ml_answered_send(run, "3000000012", 503, message["t_created"])
+    ml_answered_send(run, "3000000012", 403, message["t_created"] + 1)
+    run.cw.update_message_status(message, "failed", "conversa bloqueada")
+
+    assert run.check()["violations"][FAILED_FOR_NO_REASON] == []
+
+
+def test_soak_check_accepts_a_failed_answer_to_a_question_answered_on_the_site(soak_check):
+    run = soak_check
+    qid, conv = question_conversation(run, buyer=7010)
+    message = run.cw.agent_reply(conv, "R00001p1 Sim, temos.")
+    run.replies["R00001"] = {"message_id": message["id"], "conversation_id": conv, "answer": True,
+                             "private": False, "units": ["R00001p1"], "style": "answer", "t": 0.0,
+                             "target": str(qid)}
+    run.cw.update_message_status(message, "failed", "pergunta já respondida")
+    assert len(run.check()["violations"][FAILED_FOR_NO_REASON]) == 1  # still open: no reason yet
+
+    run.meli.answer_elsewhere(qid, "Temos sim.")
+
+    assert run.check()["violations"][FAILED_FOR_NO_REASON] == []
+
+
+def delivered_to_the_bridge(run, message: dict, t: float) -> None:
+    with run.cw.lock:
+        run.cw.webhook_deliveries.append({"message_id": message["id"], "url": "http://127.0.0.1:9/webhook",
+                                          "status": 200, "ms": 1.0, "t": t, "signed": True})
+
+
+def test_soak_check_checks_a_reply_whose_conversation_was_deleted_after_the_bridge_took_it(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000013")
+    message = long_reply(run, conv, "R00001", 2, "3000000013")
+    delivered_to_the_bridge(run, message, message["t_created"])
+    run.delete_conversation()  # the only one there is
+    assert run.deletions[0]["conversations"] == [conv]
+    rows = {}
+    run._db_replies = lambda: rows
+
+    rows[message["id"]] = {"id": 1, "status": "failed", "attempts": 1, "error": "conversa apagada"}
+    assert len(run.check()["violations"][FAILED_FOR_NO_REASON]) == 1
+    rows[message["id"]] = dict(rows[message["id"]], status="pending")
+    assert len(run.check()["violations"]["no reply left queued after the drain"]) == 1
+    del rows[message["id"]]  # dropped: the bridge took it, and kept nothing of it
+    assert len(run.check()["violations"]["no reply left queued after the drain"]) == 1
+    ml_received(run, "3000000013", "R00001p1 Obrigado pela compra, seu pedido segue hoje.")
+    rows[message["id"]] = {"id": 1, "status": "sending", "attempts": 1, "error": None}
+    rows[message["id"]]["status"] = "failed"  # sent in part, then given up on after a 5xx
+    assert len(run.check()["violations"][FAILED_FOR_NO_REASON]) == 1
+
+
+def test_soak_check_lets_a_reply_fail_whose_conversation_was_deleted_before_the_bridge_heard_of_it(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000014")
+    message = long_reply(run, conv, "R00001", 1, "3000000014")
+    run.delete_conversation()
+    delivered_to_the_bridge(run, message, run.deletions[0]["t"] + 1.0)
+    run._db_replies = lambda: {message["id"]: {"id": 1, "status": "failed", "attempts": 0, "error": "apagada"}}
+
+    assert run.check()["violations"][FAILED_FOR_NO_REASON] == []
+
+
+MARKED_LATE = "a message marked read is in Chatwoot within seconds of the marking"
+
+
+def test_soak_check_flags_a_message_marked_read_that_reached_chatwoot_only_much_later(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000015")
+    for mid, late in (("m-soon", 2.0), ("m-late", 40.0)):
+        copy = run.cw._create_message(conv, "Oi", MESSAGE_TYPES["incoming"], source_id=f"meli:message:{mid}")[0]
+        run.marked.append(("3000000015", mid, copy["t_created"] - late))
+    run.marked.append(("3000000015", "m-never", 0.0))
+
+    found = run.check()["violations"][MARKED_LATE]
+
+    assert [v.split(":")[0] for v in found] == ["message m-late of sale ?", "message m-never of sale ?"]
+
+
+def test_the_soak_records_every_message_a_marking_read_marked(fk):
+    from bench import soak
+
+    run = soak.Soak(seed=1, minutes=0.0, drain=0.0, access_ttl=60.0, quiet=True)
+    run.cw, run.meli = fk.chatwoot.state, fk.meli.state
+    meli, message, _seen, url, headers = thread_read_once(fk)
+    meli.on_mark_read = run._on_mark_read
+    later = meli.add_buyer_message("2000001", "Ainda aí?")
+    requests.get(url, params={"tag": "post_sale"}, headers=headers, timeout=5)
+
+    assert [(pack, mid) for pack, mid, _t in run.marked] == [("2000001", message["id"]), ("2000001", later["id"])]
+    import shutil
+    shutil.rmtree(run.tmp, ignore_errors=True)
+
+
+MIRRORED = "mirrored text is Mercado Livre's, in Mercado Livre's order"
+
+
+def test_soak_check_flags_mirrored_text_that_is_not_the_buyers(soak_check):
+    run = soak_check
+    run.meli.add_order(2000000903, 7011, "COMPRADOR", [("MLB1", "Produto", 1, 20.0)])
+    conv = sale_conversation(run, "2000000903", buyer=7011)
+    first = run.meli.add_buyer_message("2000000903", "Quando chega?")
+    second = run.meli.add_buyer_message("2000000903", "E a nota fiscal?")
+    for message, shown in ((first, "Quando chega?"), (second, "E a nota")):
+        run.cw._create_message(conv, shown, MESSAGE_TYPES["incoming"], source_id=f"meli:message:{message['id']}")
+        run.buyer_messages[message["id"]] = {"pack": "2000000903", "t": 0.0, "files": 0}
+
+    found = run.check()["violations"][MIRRORED]
+
+    assert len(found) == 1 and found[0].startswith(f"meli:message:{second['id']}")
+
+
+def test_soak_check_flags_buyer_messages_shown_out_of_order(soak_check):
+    run = soak_check
+    run.meli.add_order(2000000904, 7012, "COMPRADOR", [("MLB1", "Produto", 1, 20.0)])
+    conv = sale_conversation(run, "2000000904", buyer=7012)
+    first = run.meli.add_buyer_message("2000000904", "Quando chega?")
+    second = run.meli.add_buyer_message("2000000904", "E a nota fiscal?")
+    for message in (second, first):
+        run.cw._create_message(conv, message["text"], MESSAGE_TYPES["incoming"],
+                               source_id=f"meli:message:{message['id']}")
+        run.buyer_messages[message["id"]] = {"pack": "2000000904", "t": 0.0, "files": 0}
+
+    found = run.check()["violations"][MIRRORED]
+
+    assert found == [f"conversation {conv}: buyer messages shown as {[second['id'], first['id']]}, "
+                     f"written as {[first['id'], second['id']]}"]
+
+
+# ---- claims in the soak ------------------------------------------------------------------------------
+
+RECEIVER = "a claim reply reaches only the receiver the agent addressed"
+GUESSED = "a claim reply with a receiver the bridge cannot read is refused, never guessed"
+
+
+def claim_conversation(run, claim_id: int = 5000001, buyer: int = 7013) -> int:
+    run.meli.add_order(2000000905, buyer, "COMPRADOR", [("MLB1", "Produto", 1, 20.0)])
+    run.meli.add_claim(claim_id, 2000000905)
+    run.claims[claim_id] = {"pack": "2000000905", "buyer": buyer}
+    contact, _ = run.cw.create_contact({"name": "C", "identifier": f"meli:buyer:{buyer}",
+                                        "inbox_id": run.fakes.claims_inbox, "source_id": f"meli:buyer:{buyer}"})
+    conv, _ = run.cw.create_conversation({"inbox_id": run.fakes.claims_inbox, "contact_id": contact["id"],
+                                          "source_id": f"meli:buyer:{buyer}",
+                                          "custom_attributes": {"meli_claim_id": str(claim_id)}})
+    return conv["id"]
+
+
+def claim_reply(run, conv: int, tag: str, reply_to: str, claim_id: int = 5000001) -> dict:
+    message = run.cw.agent_reply(conv, f"{tag}p1 Vamos resolver.")
+    run.replies[tag] = {"message_id": message["id"], "conversation_id": conv, "answer": False, "private": False,
+                        "units": [f"{tag}p1"], "style": "short", "t": message["t_created"] - 1,
+                        "target": str(claim_id), "claim": True, "reply_to": reply_to}
+    return message
+
+
+def claim_received(run, tag: str, receiver: str, claim_id: int = 5000001) -> None:
+    with run.meli.lock:
+        run.meli.claim_sent.append({"receiver_role": receiver, "message": f"{tag}p1 Vamos resolver.",
+                                    "claim_id": claim_id})
+
+
+def test_soak_check_flags_a_claim_reply_for_the_mediator_that_reached_the_buyer(soak_check):
+    run = soak_check
+    conv = claim_conversation(run)
+    for tag, reply_to, receiver in (("R00001", "mediadora.", "complainant"),
+                                    ("R00002", "equipe", "complainant"),
+                                    ("R00003", "Mediador", "mediator"), ("R00004", "comprador", "complainant")):
+        message = claim_reply(run, conv, tag, reply_to)
+        claim_received(run, tag, receiver)
+        run.cw.update_message_status(message, "delivered", None)
+
+    violations = run.check()["violations"]
+
+    assert [v.split(" (")[0] for v in violations[RECEIVER]] == ["reply R00001"]
+    assert [v.split(" (")[0] for v in violations[GUESSED]] == ["reply R00002"]
+
+
+def test_soak_check_lets_the_buyers_reply_reach_the_mediator_only_in_a_dispute(soak_check):
+    run = soak_check
+    conv = claim_conversation(run)
+    message = claim_reply(run, conv, "R00001", "")
+    claim_received(run, "R00001", "mediator")
+    run.cw.update_message_status(message, "delivered", None)
+    assert len(run.check()["violations"][RECEIVER]) == 1
+
+    run.meli.open_dispute(5000001)
+
+    assert run.check()["violations"][RECEIVER] == []
+
+
+def test_soak_check_takes_a_refused_unreadable_receiver_as_a_reason_to_fail(soak_check):
+    run = soak_check
+    conv = claim_conversation(run)
+    unreadable = claim_reply(run, conv, "R00001", "ML")
+    readable = claim_reply(run, conv, "R00002", "mediador")
+    run.replies["R00002"]["stage"] = "dispute"  # the mediator could be written to
+    early = claim_reply(run, conv, "R00003", "Mediador")
+    run.replies["R00003"]["stage"] = "claim"  # not yet: Mercado Livre refuses it (403)
+    for message in (unreadable, readable, early):
+        run.cw.update_message_status(message, "failed", "destinatário não reconhecido")
+
+    found = run.check()["violations"][FAILED_FOR_NO_REASON]
+
+    assert [v.split(" (")[0] for v in found] == ["reply R00002"]
+
+
+def test_soak_check_wants_each_claim_message_once_in_its_claim_conversation(soak_check):
+    run = soak_check
+    conv = claim_conversation(run)
+    for text, copies in (("Reclamação 1: veio quebrado.", 1), ("Reclamação 2: e agora?", 2),
+                         ("Reclamação 3: cadê?", 0)):
+        run.claim_texts.append({"claim": 5000001, "role": "complainant", "text": text, "t": 0.0})
+        for _ in range(copies):
+            run.cw._create_message(conv, text, MESSAGE_TYPES["incoming"], source_id=f"meli:claim_message:{text[11]}")
+
+    found = run.check()["violations"]["claim messages in Chatwoot exactly once"]
+
+    assert [v.rsplit("': ", 1)[-1].split(" [")[0] for v in found] == ["2 live copies", "not in Chatwoot"]
+
+
+def test_a_5xx_answered_after_the_request_was_applied_still_applies_it(fk):
+    meli = fk.meli.state
+    meli.add_item("MLB1", "Caneca")
+    question = meli.add_question(item_id="MLB1", buyer_id=7001, text="Tem?")
+    meli.chaos([{"prefix": "/answers", "p": 1.0, "applied_status": 503}], seed=1)
+
+    resp = requests.post(f"{fk.meli.url}/answers", json={"question_id": question["id"], "text": "Tem sim"},
+                         headers={"Authorization": f"Bearer {meli.seed_tokens()[0]}"}, timeout=5)
+
+    assert resp.status_code == 503 and meli.answers_posted == [(question["id"], "Tem sim")]
+    assert meli.chaos_counts[("applied, then 503", "/answers")] == 1
+    assert meli.calls[-1]["status"] == 503
+
+
+def test_soak_check_wants_the_note_on_a_question_that_can_no_longer_be_answered(soak_check):
+    from bridge import source_ids
+
+    run = soak_check
+    noted, noted_conv = question_conversation(run, buyer=7014)
+    silent, _conv = question_conversation(run, buyer=7015)
+    never_shown = run.meli.add_question(item_id="MLB1", buyer_id=7016, text="Ainda tem?")["id"]
+    run.questions[never_shown] = {"t": 0.0, "buyer": 7016}
+    for qid, status in ((noted, "DELETED"), (silent, "UNDER_REVIEW"), (never_shown, "BANNED")):
+        run.meli.set_question_status(qid, status)
+        run.status_changed[qid] = (status, 0.0)
+    run.cw._create_message(noted_conv, "A pergunta foi apagada.", MESSAGE_TYPES["outgoing"], private=True,
+                           source_id=source_ids.note("question", noted, "DELETED"))
+
+    violations = run.check()["violations"]
+
+    assert violations["a question shown in Chatwoot that can no longer be answered says so"] == [
+        f"question {silent}: UNDER_REVIEW on Mercado Livre, its conversation has no note saying so"]
+    # Closed before the bridge saw it: never shown, rightly.
+    assert violations["buyer questions in Chatwoot exactly once, live conversation"] == []
+
+
+def test_soak_check_reports_a_process_slow_to_stop_on_sigterm(soak_check):
+    run = soak_check
+    run.term_slow.append("poller still running 10 s after SIGTERM: killed")
+
+    assert run.check()["violations"]["a process stops within supervisord's stopwaitsecs (10 s) of SIGTERM"] == [
+        "poller still running 10 s after SIGTERM: killed"]
+
+
+ERASURE = "forget-buyer erases that buyer, and only that buyer"
+
+
+def test_soak_check_flags_a_forget_buyer_that_kept_its_rows_or_erased_another_buyers(soak_check, tmp_path):
+    import json
+    import sqlite3
+    from types import SimpleNamespace
+
+    run = soak_check
+    path = tmp_path / "bridge.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("CREATE TABLE links (kind, external_id, data, created_at);"
+                       "CREATE TABLE replies (id, kind, target_id, created_at);"
+                       "CREATE TABLE cache (kind, key);")
+    for buyer, pack in ((7001, "3000000020"), (7002, "3000000021"), (7003, "3000000022")):
+        run.buyers.append(buyer)
+        run.packs[pack] = {"buyer": buyer}
+        conn.execute("INSERT INTO links VALUES ('buyer', ?, '{}', 0)", (str(buyer),))
+        conn.execute("INSERT INTO links VALUES ('pack', ?, ?, 0)", (pack, json.dumps({"buyer_id": str(buyer)})))
+    conn.commit()
+
+    def erase_badly(*args, **_kw):
+        # Erases buyer 7001's contact row but keeps its sale, and takes buyer 7003's contact row too.
+        with sqlite3.connect(path) as db:
+            db.execute("DELETE FROM links WHERE kind = 'buyer' AND external_id IN ('7001', '7003')")
+        return SimpleNamespace(returncode=0)
+
+    run.bridge = SimpleNamespace(env={"DATABASE_PATH": str(path)}, url="http://127.0.0.1:9", cli=erase_badly)
+    run._forget(7001)
+
+    found = run.check()["violations"][ERASURE]
+
+    assert len(found) == 2
+    assert "still holds ['link pack 3000000020 (older than the erasure)']" in found[0]
+    assert "erased other buyers' rows [('buyer', '7003')]" in found[1]
+    assert run.erased and run.erasing is None
+
+
+MODERATED = "a reply moderated after acceptance is shown failed once the bridge read the thread"
+
+
+def test_soak_check_wants_a_moderated_reply_failed_once_the_bridge_read_its_thread(soak_check):
+    import time
+
+    run = soak_check
+    conv = sale_conversation(run, "3000000016")
+    message = long_reply(run, conv, "R00001", 1, "3000000016")
+    ml_received(run, "3000000016", "R00001p1 Obrigado pela compra, seu pedido segue hoje.")
+    run.cw.update_message_status(message, "delivered", None)
+    run.moderations["R00001p1"] = time.monotonic() - 30.0  # ml_received's message id: the text's start
+    found = run.check()["violations"]
+    # Not read since: the bridge could not know yet (counted, not a violation).
+    assert found[MODERATED] == []
+    assert found["a reply that reached Mercado Livre is shown delivered"] == [] and run.moderation_unseen == 1
+
+    with run.meli.lock:
+        run.meli.calls.append({"method": "GET", "path": f"/messages/packs/3000000016/sellers/{run.meli.seller_id}",
+                               "query": {}, "status": 200, "t": time.monotonic() - 20.0, "ms": 1.0})
+
+    found = run.check()["violations"][MODERATED]
+    assert len(found) == 1 and found[0].startswith("reply R00001")
+    run.cw.update_message_status(message, "failed", "bloqueada pela moderação")
+    assert run.check()["violations"][FAILED_FOR_NO_REASON] == []
+
+
+def test_soak_check_counts_a_part_sent_twice_after_a_hold_past_the_settle_apart(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000017")
+    for tag, holds in (("R00001", (9.0, 0.1)), ("R00002", (0.4, 0.1))):
+        message = long_reply(run, conv, tag, 1, "3000000017")
+        for held in holds:
+            with run.meli.lock:
+                run.meli.sent_messages.append({"text": f"{tag}p1 Obrigado.", "attachments": [], "held": held,
+                                               "pack_id": "3000000017", "message_id": f"{tag}-{held}"})
+        run.cw.update_message_status(message, "delivered", None)
+
+    found = run.check()["violations"]["no reply part or file reached Mercado Livre twice"]
+
+    assert [v.split(" (")[0] for v in found] == ["reply R00002"] and run.sent_twice_past_settle == 1
+
+
+def test_a_reply_after_an_agent_edited_the_sale_id_is_still_expected_at_the_sale_the_bridge_linked(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000018")
+    sale_conversation(run, "3000000019", buyer=7002)
+    for seed in range(40):  # until the draw is "another sale's id"
+        run.rng.seed(seed)
+        run.edit_attributes()
+        if run.cw.conversations[conv]["custom_attributes"]["meli_pack_id"] == "3000000019":
+            break
+    run.agent_reply(conv_id=conv, style="short")
+    [reply] = run.replies.values()
+    ml_received(run, "3000000019", f"{next(iter(run.replies))}p1 Olá! Seu pedido já foi enviado, obrigado.")
+
+    found = run.check()["violations"]["a reply reaches only its own question or sale"]
+
+    assert reply["target"] == "3000000018" and len(found) == 1 and "sale 3000000019" in found[0]
+
+
+def test_soak_check_wants_a_snoozed_sale_conversation_open_after_a_new_buyer_message(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000023")
+    run.snooze_conversation()
+    run.cw._create_message(conv, "Oi?", MESSAGE_TYPES["incoming"], source_id="meli:message:m-snoozed")
+
+    found = run.check()["violations"]["sale conversation reopened after a new buyer message"]
+
+    assert found == [f"conversation {conv} snoozed by the agent, still snoozed after buyer messages "
+                     f"{[m['id'] for m in run.cw.messages_in(conv) if m['message_type'] == 0]}"]
+
+
+def test_soak_check_waits_for_the_sweep_for_a_message_read_on_the_site_only_until_it_is_due(soak_check):
+    from bench import soak
+
+    run = soak_check
+    run.meli.add_order(2000000906, 7017, "COMPRADOR", [("MLB1", "Produto", 1, 20.0)])
+    run.packs["2000000906"] = {"buyer": 7017, "order": 2000000906}
+    run.read_on_site()
+    [(mid, info)] = run.buyer_messages.items()
+    assert info["read_on_site"] and run.meli.unread_results() == []
+
+    found = run.check()["violations"]["buyer messages in Chatwoot exactly once, live conversation"]
+    assert found == [] and run.not_swept_yet == 1
+
+    info["t"] -= soak.SWEEP_RECHECK + 61.0  # long enough ago for the sweep to have come by
+    found = run.check()["violations"]["buyer messages in Chatwoot exactly once, live conversation"]
+    assert len(found) == 1 and found[0].startswith(f"message {mid} of sale 2000000906: not in Chatwoot")
+
+
+def test_a_moderated_reply_in_a_deleted_conversation_is_told_by_a_note_in_the_sales_new_one(soak_check):
+    import time
+
+    from bridge import source_ids
+
+    run = soak_check
+    conv = sale_conversation(run, "3000000024")
+    message = long_reply(run, conv, "R00001", 1, "3000000024")
+    ml_received(run, "3000000024", "R00001p1 Obrigado pela compra, seu pedido segue hoje.")
+    run.moderations["R00001p1"] = time.monotonic() - 30.0
+    with run.meli.lock:
+        run.meli.calls.append({"method": "GET", "path": f"/messages/packs/3000000024/sellers/{run.meli.seller_id}",
+                               "query": {}, "status": 200, "t": time.monotonic() - 20.0, "ms": 1.0})
+    run._db_replies = lambda: {message["id"]: {"id": 1, "status": "delivered", "attempts": 1, "error": None}}
+    run.delete_conversation()
+    assert run.check()["violations"][MODERATED] == []  # no conversation of the sale left to tell it in
+
+    again = sale_conversation(run, "3000000024", buyer=7018)  # the sale's new conversation
+    assert len(run.check()["violations"][MODERATED]) == 1
+    run.cw._create_message(again, "Bloqueada pela moderação", MESSAGE_TYPES["outgoing"], private=True,
+                           source_id=source_ids.note("moderation", "R00001p1"))
+
+    assert run.check()["violations"][MODERATED] == []
+
+
+def test_the_soak_deletes_the_conversation_a_moment_after_the_agent_replied_there(soak_check):
+    run = soak_check
+    conv = sale_conversation(run, "3000000025")
+
+    run.reply_then_delete()
+
+    [reply] = run.replies.values()
+    assert reply["conversation_id"] == conv and conv not in run.cw.conversations
+    assert run.deletions[-1]["conversations"] == [conv] and run.deletions[-1]["t"] > reply["t"]
+
+
+def test_soak_check_does_not_take_mercado_livre_refusing_the_wrong_claim_receiver_as_a_reason(soak_check):
+    run = soak_check
+    conv = claim_conversation(run)
+    run.meli.open_dispute(5000001)
+    message = claim_reply(run, conv, "R00001", "Mediador")
+    run.replies["R00001"]["stage"] = "dispute"
+    with run.meli.lock:  # the bridge wrote to the buyer, whom Mercado Livre no longer lets it write to
+        run.meli.calls.append({"method": "POST", "path": "/post-purchase/v1/claims/5000001/actions/send-message",
+                               "query": {}, "status": 403, "t": message["t_created"], "ms": 1.0})
+    run.cw.update_message_status(message, "failed", "recusado pelo Mercado Livre")
+
+    found = run.check()["violations"][FAILED_FOR_NO_REASON]
+
+    assert [v.split(" (")[0] for v in found] == ["reply R00001"]

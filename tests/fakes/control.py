@@ -69,8 +69,9 @@ class Controls:
         Each rule: {"prefix": "/answers", "method": "POST" or None, "p": 0.05} plus one of
         "status" (answered instead of the route; 429 gets "retry_after", default 1 s),
         "delay" (seconds slept before the route runs: a timeout when longer than the
-        client's read timeout, the request not applied) or "late" (seconds slept after
-        the route ran: applied, but the answer arrives too late).
+        client's read timeout, the request not applied), "late" (seconds slept after
+        the route ran: applied, but the answer arrives too late) or "applied_status" (the
+        route ran, then that status is answered instead: a 5xx after the request was applied).
         Requests arrive on several threads, so which request draws a fault is not
         reproducible; how many faults of each kind roughly is.
         """
@@ -106,7 +107,9 @@ class Controls:
             for rule in self._chaos:
                 if _matches(method, path, rule.get("method"), rule.get("prefix")) \
                         and self._chaos_rng.random() < rule["p"]:
-                    kind = f"status {rule['status']}" if "status" in rule else ("late" if "late" in rule else "delay")
+                    kind = f"status {rule['status']}" if "status" in rule else \
+                        f"applied, then {rule['applied_status']}" if "applied_status" in rule else \
+                        ("late" if "late" in rule else "delay")
                     self.chaos_counts[(kind, rule.get("prefix") or "/")] += 1
                     return rule
         return None
@@ -148,6 +151,9 @@ def install_controls(app: Flask, state: Controls) -> None:
         elif rule and "late" in rule:
             g.late = rule["late"]
             g.answer_lost = True
+        elif rule and "applied_status" in rule:
+            g.applied_status = rule["applied_status"]
+            g.answer_lost = True
         elif rule:
             headers = {"Retry-After": str(rule.get("retry_after", 1))} if rule["status"] == 429 else {}
             return json_error(state, rule["status"], headers=headers)
@@ -164,6 +170,8 @@ def install_controls(app: Flask, state: Controls) -> None:
     def _record(resp: Response) -> Response:
         if g.get("late"):
             time.sleep(g.late)  # the route's effect is done; only the answer is late
+        if g.get("applied_status"):
+            resp = json_error(state, g.applied_status)  # the route's effect is done; its answer is an error
         t0 = g.get("t0", time.monotonic())
         entry = {"method": request.method, "path": request.path, "query": request.args.to_dict(),
                  "status": resp.status_code, "t": t0, "ms": (time.monotonic() - t0) * 1000.0}
