@@ -33,7 +33,7 @@ from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from bridge import failures, rate_budget
+from bridge import failures, rate_budget, stopping
 from bridge.admin import backup, erasure, health
 from bridge.admin import setup as setup_chatwoot
 from bridge.http import ApiError
@@ -235,6 +235,10 @@ def _run_job(s: Services, name: str, func: Callable[[Services], dict], quiet_whe
         _finish(s, name, started, f"{type(exc).__name__}: {exc}")
         log.exception("job %s crashed", name)
         return False
+    except stopping.Stopping:
+        log.info("job %s left for the next run after %dms: the poller is stopping", name,
+                 (time.monotonic() - started) * 1000)
+        return False
     busy = any(v for k, v in counts.items() if k not in ("ms", "unanswered", "threads"))
     if quiet_when_idle and not busy:
         return True
@@ -292,10 +296,12 @@ def run_forever(s: Services) -> int:
        health.HEARTBEAT_SECONDS: /health sees a dead, stopped or stuck poller.
     """
     stop = threading.Event()
+    stopping.STOP.clear()  # a poller run again in the same process (tests) starts unstopped
 
     def on_signal(signum, _frame):
         log.info("poller stopping on %s: finishing the item in hand", signal.Signals(signum).name)
         s.stopping.set()
+        stopping.STOP.set()  # and no wait of a job outlasts supervisord's stopwaitsecs
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -30,6 +30,7 @@ import time
 from typing import Any, Callable, Iterator
 from urllib.parse import urlencode
 
+from bridge import stopping
 from bridge.http import ApiError, HttpClient, PermanentError, TransientError
 from bridge.paging import Pages
 from bridge.store.auth import auth_decision
@@ -113,7 +114,7 @@ class MeliClient(HttpClient):
                 continue  # the store holds a newer pair, or another refresh is in flight
             if time.monotonic() > deadline:
                 raise TransientError("another process is refreshing the Mercado Livre token; gave up waiting")
-            time.sleep(TOKEN_POLL)
+            stopping.wait(TOKEN_POLL)
 
     def _refresh(self, row: dict, owner: str) -> str | None:
         """Refresh with the lease held by `owner`; None when the stored pair should be used instead."""

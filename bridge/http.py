@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from bridge import progress, testhooks
+from bridge import progress, stopping, testhooks
 from bridge.backoff import backoff_wait
 from bridge.rate_budget import Unlimited
 
@@ -110,7 +110,7 @@ class HttpClient:
     service = "api"
 
     def __init__(self, base_url: str, *, attempts: int = 3, timeout: tuple[float, float] = TIMEOUT,
-                 sleep: Callable[[float], None] = time.sleep, budgets: dict | None = None):
+                 sleep: Callable[[float], None] = stopping.wait, budgets: dict | None = None):
         self.base_url = base_url.rstrip("/")
         # {"GET": Budget, "POST": Budget, ...} or {"*": Budget}; none means unpaced.
         self.budgets = budgets or {}

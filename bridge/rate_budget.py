@@ -21,7 +21,7 @@ import time
 from collections import deque
 from typing import Callable, Iterator
 
-from bridge import progress
+from bridge import progress, stopping
 
 REPLIES, BUYER_MESSAGES, QUESTIONS, RECONCILIATION = 0, 1, 2, 3
 _priority: contextvars.ContextVar[int] = contextvars.ContextVar("priority", default=QUESTIONS)
@@ -80,7 +80,8 @@ class Budget:
                         return
                     # Waiting for a budget is a known, bounded wait: the job is not stuck.
                     progress.made()
-                    self.cond.wait(timeout=max(0.001, min(delay, 1.0)))
+                    stopping.check()
+                    self.cond.wait(timeout=max(0.001, min(delay, 0.5)))
             finally:
                 self.waiting.remove(ticket)
                 heapq.heapify(self.waiting)

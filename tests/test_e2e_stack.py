@@ -41,6 +41,20 @@ def test_the_poller_finishes_and_exits_0_on_sigterm(bridge):
     assert poller.wait(timeout=10) == 0
 
 
+def test_a_poller_waiting_out_mercado_livres_retry_after_stops_at_once_on_sigterm(bridge):
+    """supervisord kills a program 10 s after SIGTERM: a wait of a job (here a 429's Retry-After
+    under the retry patience, again and again) must not hold the stop (soak seed 20261129, 25 s)."""
+    meli = bridge.fakes.meli.state
+    meli.fail_next("GET", "/questions/search", 429, times=1000, headers={"Retry-After": "8"})
+    poller = bridge.poller()
+    wait_until(lambda: meli.count("GET", "/questions/search") > 0, 20, what="a poll")
+    time.sleep(0.5)  # inside the 8-second wait now
+    started = time.monotonic()
+    poller.send_signal(signal.SIGTERM)
+    assert poller.wait(timeout=10) == 0
+    assert time.monotonic() - started < 3
+
+
 HAMMER = """
 import sys, time
 from config import load_settings
