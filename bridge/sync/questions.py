@@ -16,7 +16,7 @@ from bridge.http import PermanentError
 from bridge.rules import own_parts
 from bridge.services import Services
 from bridge.sync.contacts import NOT_CLOSED, forget_conversation, is_gone, mark_conversation_created, open_conversation
-from bridge.sync.ensure import ensure_message, ensure_note
+from bridge.sync.ensure import TRIED, ensure_message, ensure_note
 from db_manager import crashpoint
 from mercado_livre_api import ReauthorizationRequired
 
@@ -333,15 +333,17 @@ def _answer_linked(s: Services, qid: str) -> bool:
 def _mirror_answer(s: Services, qid: str, conversation_id: int, question: dict) -> None:
     """Answered on the Mercado Livre site or app: show the answer as the seller's message.
 
-    1. The intent `answer/qid` is recorded. Not fresh (a crash, or a restore: the state put back
-       may not know a reply the bridge delivered after the backup), the conversation is read
-       first: an agent's message there with the published text is that answer, adopted as it.
-    2. Otherwise the answer is mirrored once (looked for by its source id when not fresh).
+    1. The intent `answer/qid` is recorded. Not fresh and never tried (a crash before the mirror
+       left, or a restore: the state put back may not know a reply the bridge delivered after the
+       backup), the conversation is read first: an agent's message there with the published
+       text is that answer, adopted as it.
+    2. Otherwise the answer is mirrored once (looked for by its source id when not fresh; a mirror
+       that left and lost its answer is waited for: one look per attempt, as for every create).
     """
     source = source_ids.answer(qid)
     answer = (question.get("answer") or {}).get("text") or ""
     link, fresh = s.db.links.record_intent("answer", qid, s.clock(), conversation_id=conversation_id)
-    if not fresh:
+    if not fresh and (link["data"] or {}).get(TRIED) is None:
         own = next((m for m in s.chatwoot.all_messages(conversation_id) if is_agents_answer(m, answer)), None)
         if own is not None:
             s.db.links.mark_created("answer", qid, s.clock(), conversation_id=conversation_id,
