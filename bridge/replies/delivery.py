@@ -25,7 +25,7 @@ from bridge.replies.refusal import Refusal, receiver_name
 from bridge.replies.report import GIVE_UP_AFTER, report_outcomes, report_reply
 from bridge.rules import claims as claim_rules
 from bridge.rules import own_parts
-from bridge.rules.conversations import is_gone, knows_conversation, names_item
+from bridge.rules.conversations import chatwoot_record, knows_conversation, names_item
 from bridge.rules.sale import sale_context
 from bridge.services import Services
 from db_manager import crashpoint
@@ -185,13 +185,8 @@ def _check_addressee(s: Services, reply: dict) -> None:
         return
     inbox_id = {"question": s.settings.chatwoot_questions_inbox_id, "claim": s.settings.chatwoot_claims_inbox_id}.get(
         kind, s.settings.chatwoot_messages_inbox_id)
-    try:
-        found = s.chatwoot.conversation(conversation_id)
-    except PermanentError as exc:
-        if not is_gone(exc):
-            raise
-        found = None
-    if not isinstance(found, dict) or not names_item(found, kind, target, inbox_id) \
+    found = chatwoot_record(s, conversation_id)
+    if found is None or not names_item(found, kind, target, inbox_id) \
             or s.db.links.others_using(kind, target, conversation_id):
         log.warning("reply's conversation does not name its target in chatwoot reply=%s conversation=%s %s=%s: %s",
                     reply["id"], conversation_id, kind, target, "gone" if found is None else "another item's")

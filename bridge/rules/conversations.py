@@ -1,8 +1,10 @@
-"""What a Chatwoot conversation or its absence says, read the same way by every flow. Pure."""
+"""What a Chatwoot conversation or its absence says, read the same way by every flow (pure but for
+`chatwoot_record`, the one read of it)."""
 
 from __future__ import annotations
 
 from bridge.http import PermanentError
+from bridge.services import Services
 from bridge.store.links import ADOPTED
 
 
@@ -10,6 +12,18 @@ def is_gone(exc: BaseException) -> bool:
     """Chatwoot's answer for a contact or conversation an agent deleted (or merged away)."""
     # Only Chatwoot's 404: the same flows fetch Mercado Livre files, whose 404 says nothing about Chatwoot.
     return isinstance(exc, PermanentError) and exc.status == 404 and exc.service in ("chatwoot", None)
+
+
+def chatwoot_record(s: Services, conversation_id: int) -> dict | None:
+    """Chatwoot's own record of a conversation (its attributes as stored, not as a webhook said);
+    None when an agent deleted it, or merged it away."""
+    try:
+        found = s.chatwoot.conversation(conversation_id)
+    except PermanentError as exc:
+        if not is_gone(exc):
+            raise
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def item_attribute(kind: str) -> str:

@@ -189,25 +189,20 @@ class LinksStore:
                 " WHERE kind = ? AND external_id = ? AND conversation_id IS NULL",
                 (conversation_id, json.dumps(data, sort_keys=True), now, kind, str(external_id))).rowcount == 1
 
-    def ids_among(self, kind: str, external_ids: list[str]) -> set[str]:
-        """Which of these ids have a links row of `kind` (pending or created)."""
+    def ids_among(self, kind: str, external_ids: list[str], *, created_only: bool = False) -> set[str]:
+        """Which of these ids have a links row of `kind` (pending or created; `created_only`: created)."""
         found: set[str] = set()
+        status = " AND status = 'created'" if created_only else ""
         for start in range(0, len(external_ids), 500):
             chunk = [str(i) for i in external_ids[start:start + 500]]
-            rows = self._db.conn().execute(f"SELECT external_id FROM links WHERE kind = ? AND external_id IN"
+            rows = self._db.conn().execute(f"SELECT external_id FROM links WHERE kind = ?{status} AND external_id IN"
                                            f" ({','.join('?' * len(chunk))})", (kind, *chunk))
             found.update(r[0] for r in rows)
         return found
 
     def created_among(self, kind: str, external_ids: list[str]) -> set[str]:
         """Which of these ids have a `created` links row of `kind`."""
-        found: set[str] = set()
-        for start in range(0, len(external_ids), 500):
-            chunk = [str(i) for i in external_ids[start:start + 500]]
-            rows = self._db.conn().execute(f"SELECT external_id FROM links WHERE kind = ? AND status = 'created'"
-                                           f" AND external_id IN ({','.join('?' * len(chunk))})", (kind, *chunk))
-            found.update(r[0] for r in rows)
-        return found
+        return self.ids_among(kind, external_ids, created_only=True)
 
     def by_status(self, kind: str, status: str) -> list[Link]:
         return [link_row(row) for row in self._db.all("SELECT * FROM links WHERE kind = ? AND status = ?"

@@ -6,7 +6,12 @@ import logging
 
 from bridge import source_ids
 from bridge.http import PermanentError, TransientError
-from bridge.rules.conversations import is_gone, item_attribute, names_item  # noqa: F401 — the flows' names too
+from bridge.rules.conversations import (  # noqa: F401 — the flows' names too
+    chatwoot_record,
+    is_gone,
+    item_attribute,
+    names_item,
+)
 from bridge.services import Services
 from bridge.store.links import ADOPTED, Link
 from bridge.sync.ensure import ensure_note, settle, stamped_create
@@ -220,13 +225,8 @@ def _check_remembered(s: Services, link: Link, inbox_id: int) -> Link:
     kind, external_id, conversation_id = link["kind"], link["external_id"], link["conversation_id"]
     data = dict(link["data"])
     adopted = data.pop(ADOPTED, None) is not None
-    try:
-        found = s.chatwoot.conversation(conversation_id)
-    except PermanentError as exc:
-        if not is_gone(exc):
-            raise
-        found = None
-    usable = isinstance(found, dict) and found.get("inbox_id") == inbox_id
+    found = chatwoot_record(s, conversation_id)
+    usable = found is not None and found.get("inbox_id") == inbox_id
     if usable and adopted:
         usable = names_item(found, kind, external_id, inbox_id) \
             and not s.db.links.others_using(kind, external_id, conversation_id)
