@@ -6,7 +6,8 @@ import ast
 from tests.e2e import ROOT
 
 LEAVES = {"config", "bridge.http", "bridge.rate_budget", "bridge.backoff", "bridge.text", "bridge.signature",
-          "bridge.logging", "bridge.source_ids", "bridge.paging", "bridge.testhooks", "bridge.progress"}
+          "bridge.logging", "bridge.source_ids", "bridge.paging", "bridge.testhooks", "bridge.progress",
+          "bridge.stopping"}
 STORES = {f"bridge.store.{name}" for name in ("auth", "links", "replies", "notifications", "items", "threads",
                                               "watermarks", "jobs", "cache", "privacy")}
 # What each root module may import of ours; entry points may import anything but each other.
