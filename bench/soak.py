@@ -1088,6 +1088,10 @@ class Soak:
         rules.append({"prefix": "/messages/packs", "method": "POST", "p": 0.004, "delay": SETTLE + 4.0, "lost": True})
         # Applied, then answered 5xx: the bridge must not take the error for "nothing happened".
         rules += [{"prefix": prefix, "method": "POST", "p": 0.015, "applied_status": 503} for prefix in SENDS]
+        # A reply's send applied with its answer too late is the way a reply would reach a buyer twice:
+        # drawn often enough that every 90-second run holds a few (a planted resend without the
+        # look-up went unseen in a run that drew none).
+        rules += [{"prefix": prefix, "method": "POST", "p": 0.03, "late": READ_TIMEOUT + 1.0} for prefix in SENDS]
         return rules
 
     @staticmethod
