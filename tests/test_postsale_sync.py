@@ -117,9 +117,12 @@ def test_only_the_pages_holding_unread_messages_are_marked_in_pages_of_ten(s):
 
 @responses.activate
 def test_a_mark_read_interrupted_by_a_crash_is_synced_again_on_the_next_poll(s):
-    # The last run flagged the thread, marked it read, and died before mirroring b2.
+    # The last run flagged the thread, marked it read, and died before mirroring b2 (longer ago
+    # than a mark-read takes to settle: see the test below for one that has not).
+    from bridge.http import SETTLE
+
     s.db.links.mark_created("message", "b1", 1.0, conversation_id=88, message_id=1)
-    s.db.threads.begin_marking("2000001", time.time() - 30)
+    s.db.threads.begin_marking("2000001", time.time() - SETTLE - 30)
     responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)],
                   json=thread(buyer("b1", "Oi", 1, read=True), buyer("b2", "Ainda aí?", 2, read=True)))
     chatwoot_accepts()
@@ -127,6 +130,25 @@ def test_a_mark_read_interrupted_by_a_crash_is_synced_again_on_the_next_poll(s):
     assert created_in_chatwoot() == ["Ainda aí?"]
     assert s.db.threads.marking() == []
     assert sync_messages.resume_interrupted_marks(s, 555) == 0
+
+
+@responses.activate
+def test_a_thread_whose_mark_read_answer_was_lost_is_read_again_until_that_mark_read_has_settled(s):
+    """Mercado Livre may still hold the lost mark-read and apply it after the re-read, marking a
+    message written in between: read once more at the next poll, until it has settled (soak F6)."""
+    from bridge.http import SETTLE
+
+    s.db.links.mark_created("message", "b1", 1.0, conversation_id=88, message_id=1)
+    flagged = time.time() - 1
+    s.db.threads.begin_marking("2000001", flagged)
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=thread(buyer("b1", "Oi", 1, read=True)))
+    chatwoot_accepts()
+    assert sync_messages.resume_interrupted_marks(s, 555) == 1
+    assert s.db.threads.get("2000001")["marking_since"] == flagged
+    settled = time.time() - SETTLE - 1
+    s.db.threads.begin_marking("2000001", settled)
+    assert sync_messages.resume_interrupted_marks(s, 555) == 1
+    assert s.db.threads.marking() == []
 
 
 @responses.activate

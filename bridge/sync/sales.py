@@ -24,7 +24,7 @@ import time
 from datetime import datetime, timezone
 
 from bridge import failures, source_ids
-from bridge.http import ApiError, PermanentError
+from bridge.http import SETTLE, ApiError, PermanentError
 from bridge.paging import Pages
 from bridge.rules import own_parts
 from bridge.rules.dates import parse_date
@@ -215,14 +215,22 @@ def sync_messages(s: Services) -> dict:
 
 
 def resume_interrupted_marks(s: Services, seller_id: int) -> int:
-    """A mark-read still flagged: we died between marking and mirroring what it marked."""
+    """A mark-read still flagged: we died between marking and mirroring what it marked, or its
+    answer was lost.
+
+    1. The thread is synced again (read without marking, what is new mirrored).
+    2. A mark-read whose answer was lost may still be held by Mercado Livre and applied later,
+       marking read a message written after step 1's read: until it has settled (SETTLE from
+       when it was flagged) the thread stays flagged and is read again at the next poll.
+    """
     resumed = 0
     for pack_id in s.db.threads.marking():
         if s.stopping.is_set():
             break
         with s.locks.hold(f"pack:{pack_id}"):
             # Another worker of this process may have just finished it.
-            if (s.db.threads.get(pack_id) or {}).get("marking_since") is None:
+            since = (s.db.threads.get(pack_id) or {}).get("marking_since")
+            if since is None:
                 continue
             log.warning("thread mark-read was interrupted, syncing again pack=%s", pack_id)
             try:
@@ -233,6 +241,8 @@ def resume_interrupted_marks(s: Services, seller_id: int) -> int:
                 # Still flagged: tried again next poll, without holding up the unread list.
                 log.error("interrupted thread not synced yet pack=%s: %s", pack_id, failures.describe(exc))
                 continue
+            if s.clock() - since < SETTLE and s.db.threads.get(pack_id) is not None:
+                s.db.threads.begin_marking(pack_id, since)
             resumed += 1
     return resumed
 
