@@ -113,7 +113,7 @@ def test_a_claim_reply_is_accepted_with_the_receiver_the_agent_chose(make_settin
 
 
 @pytest.mark.parametrize("typed", ["Mediadora", "mediador.", "mediação do ML", "MEDIAÇÃO", "  mediador  ",
-                                   "Mediador do Mercado Livre", "ML", "mercado livre", "a mediação", "mediator",
+                                   "Mediador do Mercado Livre", "a mediação", "mediator",
                                    "mediador"])
 def test_the_mediator_is_recognized_however_agents_type_it(typed):
     assert claim_rules.parse_reply_to(typed) == "mediator"
@@ -126,7 +126,9 @@ def test_the_buyer_is_recognized_and_an_empty_attribute_means_the_buyer(typed):
 
 
 @pytest.mark.parametrize("typed", ["mediadro", "vendedor", "mediador ou comprador", "?", "x", ["mediador"], 1,
-                                   True, {"value": "mediador"}, "o", "comprador e mediador"])
+                                   True, {"value": "mediador"}, "o", "comprador e mediador",
+                                   # Mercado Livre's name alone: its mediation, or the buyer through the site?
+                                   "ML", "mercado livre", "do ML"])
 def test_an_unrecognized_receiver_is_never_taken_for_the_buyer(typed):
     assert claim_rules.parse_reply_to(typed) is None
 

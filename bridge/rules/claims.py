@@ -33,7 +33,7 @@ def against_seller(claim: dict, seller_id) -> bool:
 
 # What agents type in `meli_claim_reply_to` (setup offers `comprador` / `mediador` as a list; older
 # installs have a text field). Compared without case, accents or punctuation; the words below are
-# fillers ("para o", "do") and Mercado Livre's own names, which alone mean its mediation.
+# fillers ("para o", "do") and Mercado Livre's own names ("mediação do ML"), which alone name nobody.
 BUYER_WORDS = frozenset({"comprador", "compradora", "cliente", "buyer", "complainant", "reclamante"})
 MEDIATOR_WORDS = frozenset({"mediador", "mediadora", "mediator", "mediacao", "mediation", "mediadores"})
 FILLER_WORDS = frozenset({"o", "a", "os", "as", "ao", "para", "pra", "pro", "p", "do", "da", "de", "no", "na", "to",
@@ -58,7 +58,8 @@ def parse_reply_to(value) -> str | None:
     meant = [w for w in words if w not in FILLER_WORDS]
     core = {w for w in meant if w not in MELI_WORDS}
     if not core:
-        return "mediator" if meant else None
+        # "ML", "Mercado Livre" alone: the mediation, or the buyer reached through the site? Not guessed.
+        return None
     if len(core) == 1 and core <= MEDIATOR_WORDS:
         return "mediator"
     if len(core) == 1 and core <= BUYER_WORDS:
