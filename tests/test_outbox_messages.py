@@ -511,3 +511,20 @@ def test_a_reply_from_a_deleted_conversation_the_webhook_alone_names_reaches_nob
 
     assert delivery.deliver(s, extra["reply_id"]) == "failed"
     assert posts() == []
+
+
+@responses.activate
+def test_a_reply_whose_conversation_was_deleted_after_it_was_written_still_reaches_the_buyer(s):
+    """The agent wrote in the sale's conversation 88, then deleted it; the sync went on in a new one
+    (95) before the reply left. Chatwoot has no record of 88 any more, but the bridge mirrored the
+    sale's messages there itself: the reply is the sale's, and goes (soak seed 20261129)."""
+    s.db.links.mark_created("message", "b1", 1.0, conversation_id=88, message_id=1,
+                            data={"pack_id": "2000001", "direction": "incoming"})
+    _status, reply_id = accept(s, "Enviado hoje")
+    s.db.links.update("pack", "2000001", s.clock(), conversation_id=95, data={"buyer_id": 9})
+    responses.get(f"{CW}/conversations/88", status=404, json={"error": "Resource could not be found"})
+    responses.patch(f"{CW}/conversations/88/messages/9200", status=404, json={"error": "Resource could not be found"})
+    sent_ok(1)
+
+    assert delivery.deliver(s, reply_id) == "delivered"
+    assert [p["to"] for p in posts()] == [{"user_id": 9}]

@@ -181,8 +181,9 @@ def _check_addressee(s: Services, reply: dict) -> None:
     if any(part["status"] != "pending" for part in s.db.replies.parts(reply["id"])):
         return  # checked before its first part left
     kind, target, conversation_id = LINK_KIND.get(reply["kind"], "pack"), reply["target_id"], reply["conversation_id"]
-    if knows_conversation(s.db.links.get(kind, target), conversation_id):
-        return
+    if knows_conversation(s.db.links.get(kind, target), conversation_id) \
+            or s.db.links.bridge_used(kind, target, conversation_id):
+        return  # deleted since it was written, the agent's reply still goes: the bridge showed the item there
     inbox_id = {"question": s.settings.chatwoot_questions_inbox_id, "claim": s.settings.chatwoot_claims_inbox_id}.get(
         kind, s.settings.chatwoot_messages_inbox_id)
     found = chatwoot_record(s, conversation_id)

@@ -179,6 +179,22 @@ class LinksStore:
             " AND NOT (kind = ? AND external_id = ?) AND json_extract(COALESCE(NULLIF(data, ''), '{}'), ?) IS NULL"
             " LIMIT 1", (*ITEM_KINDS, conversation_id, kind, str(external_id), f"$.{ADOPTED}")) is not None
 
+    def bridge_used(self, kind: str, external_id: str | int, conversation_id: int) -> bool:
+        """Did the bridge itself show this item in this conversation (its row's conversation, or a
+        message, answer or claim note it mirrored there)? Its own record, whatever an agent has
+        done to the conversation since: deleted it (Chatwoot then has no record to ask) or edited
+        its attributes."""
+        external_id = str(external_id)
+        return self._db.one(
+            "SELECT 1 AS found FROM links WHERE conversation_id = ? AND status = 'created' AND ("
+            " (kind = ? AND external_id = ?)"
+            " OR (? = 'question' AND kind = 'answer' AND external_id = ?)"
+            " OR (? = 'pack' AND kind = 'message' AND json_extract(COALESCE(NULLIF(data, ''), '{}'), '$.pack_id') = ?)"
+            " OR (? = 'claim' AND kind IN ('claim_message', 'claim_event') AND substr(external_id, 1, ?) = ?))"
+            " LIMIT 1",
+            (conversation_id, kind, external_id, kind, external_id, kind, external_id, kind,
+             len(external_id) + 1, f"{external_id}:")) is not None
+
     def set_conversation(self, kind: str, external_id: str | int, conversation_id: int, data: dict,
                          now: float) -> bool:
         """The conversation a create just made, unless the row got one meanwhile (an agent's reply
