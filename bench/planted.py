@@ -106,7 +106,10 @@ DEFECTS = [
     Defect("forget-buyer-erases-another", "forget-buyer erasing a second buyer",
            (("bridge/store/privacy.py",
              "\"DELETE FROM links WHERE kind IN ('buyer', ?) AND external_id = ?\"",
-             "\"DELETE FROM links WHERE kind IN ('buyer', ?) AND external_id >= ?\""),),
+             # The buyers beside it, by id (`>=` alone spared everyone when it was the newest buyer).
+             "\"DELETE FROM links WHERE kind IN ('buyer', ?) AND CAST(external_id AS INTEGER)\"\n"
+             "                                      \" BETWEEN CAST(? AS INTEGER) - 1 AND CAST(? AS INTEGER) + 1\""),
+            ("bridge/store/privacy.py", "(ERASING, buyer_id)).rowcount,", "(ERASING, buyer_id, buyer_id)).rowcount,")),
            ("forget-buyer erases that buyer, and only that buyer",)),
 ]
 
