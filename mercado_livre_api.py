@@ -312,10 +312,13 @@ class MeliClient(HttpClient):
         """Reading without mark_as_read=false is what marks the buyer's messages read.
 
         Exactly the messages of the returned page are marked: the caller checks that page,
-        since a message may have arrived after its own read of the thread.
+        since a message may have arrived after its own read of the thread. Never repeated here:
+        one whose answer was lost may still be applied later, marking what was written since, and
+        a repeat that answers would hide that from the caller (its thread stays flagged instead).
         """
         return as_thread_page(self._api("GET", f"/messages/packs/{pack_id}/sellers/{seller_id}",
-                                        params={"tag": "post_sale", "limit": limit, "offset": offset}) or {})
+                                        params={"tag": "post_sale", "limit": limit, "offset": offset},
+                                        retry=False) or {})
 
     def message(self, message_id: str) -> dict:
         """One post-sale message (an answer wrapping it in a `messages` list is unwrapped)."""

@@ -152,6 +152,26 @@ def test_a_thread_whose_mark_read_answer_was_lost_is_read_again_until_that_mark_
 
 
 @responses.activate
+def test_a_mark_read_whose_answer_was_lost_is_not_repeated_and_leaves_the_thread_flagged(s):
+    """A marking read that timed out may still be applied later and mark read a message written
+    after it: an immediate retry that succeeds hides that, and the thread was taken as done
+    (soak seed 20261129: a message shown 133 s after it was marked read). The first failure
+    ends the sync with the thread still flagged, so it is read again until that mark settles."""
+    import requests as http
+
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=thread(buyer("b1", "Oi", 1)))
+    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)], body=http.ReadTimeout("held"))
+    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)], json=thread(buyer("b1", "Oi", 1, read=True)))
+    chatwoot_accepts()
+    with pytest.raises(Exception, match="did not answer in time"):
+        sync_messages.sync_pack(s, "2000001", 555)
+    marks = [c for c in responses.calls if c.request.url.startswith(THREAD) and "mark_as_read" not in c.request.url]
+    assert len(marks) == 1
+    assert created_in_chatwoot() == ["Oi"]
+    assert s.db.threads.get("2000001")["marking_since"] is not None
+
+
+@responses.activate
 def test_a_seller_message_like_a_reply_part_in_flight_is_not_mirrored_as_typed_on_the_site(s):
     accept.accept_webhook(message_created(message_id=9200, conversation_id=88, inbox_id=2, content="Ok"),
                           s.settings, s.db, time.time())
