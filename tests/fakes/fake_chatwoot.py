@@ -441,7 +441,8 @@ class ChatwootState(Controls):
             found = None
             operator = None
             for f in filters:
-                matched = {c["id"] for c in self.contacts.values() if _filter_match(c, f)}
+                key = f.get("attribute_key") or ""
+                matched = {c["id"] for c in self.contacts.values() if _filter_value_match(c.get(key), f)}
                 if found is None:
                     found = matched
                 elif operator == "or":
@@ -645,19 +646,6 @@ def _message_type(value: Any) -> int:
 
 def _sender_type(sender: dict) -> str:
     return {"user": "User", "agent_bot": "AgentBot"}.get(sender.get("type") or "", "Contact")
-
-
-def _filter_match(contact: dict, f: dict) -> bool:
-    value = str(contact.get(f.get("attribute_key") or "") or "").lower()
-    wanted = [str(v).lower() for v in f.get("values") or []]
-    operator = f.get("filter_operator")
-    if operator == "equal_to":
-        return value in wanted
-    if operator == "not_equal_to":
-        return value not in wanted
-    if operator == "contains":
-        return any(w in value for w in wanted)
-    return False
 
 
 def _filter_value_match(value: Any, f: dict) -> bool:
