@@ -663,8 +663,6 @@ class Soak:
         conv = self.rng.choice(convs)
         answer = conv["inbox_id"] == self.fakes.questions_inbox
         claim = conv["inbox_id"] == getattr(self.fakes, "claims_inbox", None)
-        if claim and style == "files":
-            style = "short"  # claim files are not checked by the soak
         tag = f"R{len(self.replies) + 1:05d}"
         style = "private" if private else "answer" if answer else style or self.rng.choices(
             ["short", "long", "files"], [4, 3.5, 2.5])[0]
@@ -680,7 +678,7 @@ class Soak:
             content = f"{tag}p1 " + ("Sim, temos em estoque. Obrigado pela pergunta!" if answer
                                      else "Olá! Seu pedido já foi enviado, obrigado.")
         files = []
-        if style == "files" and not claim:
+        if style == "files":
             for k in range(1, self.rng.randint(1, 2) + 1):
                 ext = self.rng.choice(["png", "pdf", "txt"])
                 body = png_bytes(8, seed=k) if ext == "png" else f"{tag} arquivo {k}".encode()
@@ -1483,8 +1481,10 @@ class Soak:
                     for t, k in TAG.findall(sent.get("text") or ""):
                         moderated[f"{t}p{k}"] = (when, str(sent.get("pack_id")), str(sent.get("message_id")))
             receivers: dict[str, set[str]] = defaultdict(set)  # claim reply unit -> who got it
+            claim_files = {u["filename"]: u["original_filename"] for u in meli.claim_uploads}
             for sent in meli.claim_sent:
-                units = [f"{t}p{k}" for t, k in TAG.findall(sent.get("message") or "")]
+                units = [f"{t}p{k}" for t, k in TAG.findall(sent.get("message") or "")] + \
+                    [claim_files.get(a, "?") for a in sent.get("attachments") or []]
                 reached.update(units)
                 for unit in units:
                     where[unit].add(f"claim {sent.get('claim_id')}")
@@ -1688,6 +1688,12 @@ class Soak:
         heard = [d["t"] for d in webhooks.get(reply["message_id"], []) if d["status"] == 200]
         if deleted_at and (not heard or min(deleted_at) < min(heard)):
             reasons.append("its conversation was deleted before the bridge took it")
+        # A conversation the bridge had no row for (its create's answer lost): only Chatwoot's
+        # record could say which item it is, and the agent deleted it before the bridge read it.
+        read_gone = [c["t"] for c in calls["chatwoot"] if c["method"] == "GET" and c["status"] == 404
+                     and c["path"].endswith(f"/conversations/{reply['conversation_id']}")]
+        if deleted_at and read_gone and min(deleted_at) < max(read_gone):
+            reasons.append("its conversation was deleted before the bridge could read which item it is")
         return reasons
 
     @staticmethod
