@@ -275,3 +275,30 @@ def test_refresh_stays_single_flight_across_processes_with_encrypted_tokens():
     assert (figures["status"], figures["reauth_seen"]) == ("active", 0), figures
     assert figures["errors"] == {}, figures
     assert figures["refreshes"] >= 2 and figures["stored_encrypted"], figures
+
+
+# ---- the real processes -----------------------------------------------------------------------
+
+def test_the_real_poller_stores_no_token_in_clear_and_a_lost_key_says_what_to_do(tmp_path, fakes):
+    import json
+
+    from tests.e2e import Bridge
+    bridge = Bridge(tmp_path, fakes, TOKEN_ENCRYPTION_KEY=KEY_A)
+    try:
+        first = bridge.once()
+        assert first.returncode == 0, first.stderr[-2000:]
+        database = bridge.env["DATABASE_PATH"]
+        issued = fakes.meli.state.all_tokens()
+        assert issued and not [t for t in issued if t.encode() in file_bytes(database)]
+
+        bridge.env["TOKEN_ENCRYPTION_KEY"] = KEY_B  # the key was lost
+        status = bridge.cli("status")
+        assert status.returncode == 1 and "Traceback" not in status.stderr
+        authorization = json.loads(status.stdout)["checks"]["authorization"]
+        assert "TOKEN_ENCRYPTION_KEY" in authorization["reason"] and "authorize" in authorization["reason"]
+        again = bridge.once()
+        output = (again.stdout + again.stderr).decode()
+        assert again.returncode == 1 and "Traceback" not in output
+        assert "mercado livre authorization unusable: no key in TOKEN_ENCRYPTION_KEY decrypts" in output
+    finally:
+        bridge.close()
