@@ -19,6 +19,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
+from cryptography.fernet import Fernet
 from dotenv import load_dotenv
 
 DEFAULT_DATABASE_PATH = "data/meli_chatwoot.db"
@@ -84,6 +85,8 @@ class Settings:
     chatwoot_per_minute: float = 3000.0
     retention_days: int = 90
     display_timezone: str = DEFAULT_DISPLAY_TIMEZONE
+    # Fernet keys: the first encrypts the stored tokens, every one decrypts (rotation). Empty: plain text.
+    token_encryption_keys: tuple[str, ...] = field(default=(), repr=False)
 
     def secrets(self) -> list[str]:
         """Every configured value that must never reach a log line."""
@@ -93,6 +96,7 @@ class Settings:
             self.meli_refresh_token,
             self.meli_access_token,
             *self.chatwoot_webhook_secrets,
+            *self.token_encryption_keys,
         ]
         return [v for v in values if v]
 
@@ -256,6 +260,8 @@ def _read(env: Mapping[str, str] | None, *, require_webhook_secret: bool = False
                    "America/Argentina/Buenos_Aires)", DEFAULT_DISPLAY_TIMEZONE)
         display_timezone = DEFAULT_DISPLAY_TIMEZONE
 
+    token_keys = _token_keys(r)
+
     values = dict(
         meli_app_id=r.positive_int("MELI_APP_ID", required=require_inboxes, example="1234567890123456"),
         meli_secret_key=r.secret("MELI_SECRET_KEY", required=require_inboxes, example="your-app-secret"),
@@ -292,6 +298,7 @@ def _read(env: Mapping[str, str] | None, *, require_webhook_secret: bool = False
         chatwoot_per_minute=r.positive_float("CHATWOOT_PER_MINUTE", example="3000", default=3000.0),
         retention_days=r.positive_int("RETENTION_DAYS", required=False, example="90", default=90),
         display_timezone=display_timezone,
+        token_encryption_keys=token_keys,
     )
     if values["retention_days"] < MIN_RETENTION_DAYS:
         # A shorter window could prune a sale the buyer is still writing about.
@@ -304,6 +311,25 @@ def _read(env: Mapping[str, str] | None, *, require_webhook_secret: bool = False
     if c_inbox and c_inbox in (q_inbox, m_inbox):
         r._problem("CHATWOOT_CLAIMS_INBOX_ID", "must differ from the questions and messages inboxes", "5")
     return values, r.problems
+
+
+def _token_keys(r: _Reader) -> tuple[str, ...]:
+    """TOKEN_ENCRYPTION_KEY: Fernet keys, comma-separated, newest first. The problem line names
+    which one is wrong by its position, never by its value."""
+    example = "<output of: python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'>"
+    raw = r._value("TOKEN_ENCRYPTION_KEY", False, example)
+    keys = tuple(k.strip() for k in (raw or "").split(",") if k.strip())
+    if raw and not keys:
+        r._problem("TOKEN_ENCRYPTION_KEY", "holds no key, only commas", example)
+    for position, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError):
+            which = "the key" if len(keys) == 1 else f"key {position} of {len(keys)}"
+            r._problem("TOKEN_ENCRYPTION_KEY", f"{which} is not a Fernet key (32 bytes in url-safe base64, "
+                       "44 characters ending in =)", example)
+            return ()
+    return keys
 
 
 def settings_or_exit(**kwargs) -> Settings:

@@ -110,10 +110,10 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 from bridge import testhooks
-from bridge.store.auth import AuthStore
+from bridge.store.auth import AuthStore, TokenCipher
 from bridge.store.cache import CacheStore
 from bridge.store.items import ItemsStore
 from bridge.store.jobs import JobsStore
@@ -537,9 +537,10 @@ class Database:
     all writing through `write()`.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, token_keys: Sequence[str] = ()):
+        """`token_keys`: TOKEN_ENCRYPTION_KEY's keys (newest first) for the secrets the auth store keeps."""
         self.path = path
-        self.auth = AuthStore(self)
+        self.auth = AuthStore(self, TokenCipher(token_keys))
         self.links = LinksStore(self)
         self.replies = RepliesStore(self)
         self.notifications = NotificationsStore(self)

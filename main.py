@@ -257,7 +257,7 @@ def _finish(s: Services, name: str, started: float, error: str | None) -> None:
 
 def open_services(settings: Settings) -> Services:
     try:
-        db = Database(settings.database_path).open()
+        db = Database(settings.database_path, settings.token_encryption_keys).open()
     except DatabaseError as exc:
         print(f"database error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

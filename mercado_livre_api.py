@@ -80,6 +80,12 @@ class MeliClient(HttpClient):
         if self.settings.meli_refresh_token and self.db.auth.seed(
                 self.settings.meli_access_token, self.settings.meli_refresh_token, self.clock()):
             log.info("token store seeded from MELI_REFRESH_TOKEN")
+        # A key just set, or a new key put first: rewrite at once, so the old key can be dropped.
+        resealed = self.db.auth.reseal()
+        if resealed:
+            log.info("%d stored secret(s) rewritten under the first TOKEN_ENCRYPTION_KEY", resealed)
+        if self.db.auth.secrets_at_rest()["unreadable"]:
+            log.error("mercado livre authorization unusable: %s", self.db.auth.current()["status_reason"])
 
     def access_token(self, wait_seconds: float = 60.0) -> str:
         deadline = time.monotonic() + wait_seconds

@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
     missing = problem_names(list(problems))
     if db is None:
         try:
-            db = Database(settings.database_path).open()
+            db = Database(settings.database_path, settings.token_encryption_keys).open()
         except DatabaseError as exc:
             print(f"database error: {exc}", flush=True)
             raise SystemExit(2) from None

@@ -59,7 +59,7 @@ def clock():
 
 @pytest.fixture
 def db(settings):
-    database = Database(settings.database_path).open()
+    database = Database(settings.database_path, settings.token_encryption_keys).open()
     yield database
     database.close()
 

@@ -120,7 +120,7 @@ class Bridge:
     def secrets(self) -> list[str]:
         meli = self.fakes.meli.state
         return [self.env["MELI_SECRET_KEY"], self.env["CHATWOOT_API_TOKEN"], WEBHOOK_SECRET,
-                *meli.all_tokens()]
+                *meli.all_tokens(), *self.env.get("TOKEN_ENCRYPTION_KEY", "").split(",")]
 
     def remember_secrets(self) -> None:
         _SECRETS.update(self.secrets())

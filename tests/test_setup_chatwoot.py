@@ -427,6 +427,8 @@ def test_check_passes_when_everything_is_in_place(healthy, settings):
         f"ok   inbox webhooks: every inbox sends to {HOOK_URL} (the signing secret of Mercado Livre - Perguntas, "
         "Mercado Livre - Vendas is shown only to administrators: not compared)",
         "ok   custom attributes: the 21 conversation custom attributes of the bridge are defined",
+        f"WARN token encryption: TOKEN_ENCRYPTION_KEY is not set: the Mercado Livre tokens are stored in plain "
+        f"text in {settings.database_path}",
     ]
     assert writes(healthy) == []
 
@@ -446,7 +448,7 @@ def test_check_fails_when_a_configured_inbox_is_missing(healthy, make_settings):
     code, lines = check(make_settings(CHATWOOT_MESSAGES_INBOX_ID="8"), None)
     assert code == 1
     assert lines[1].startswith("FAIL inboxes: CHATWOOT_MESSAGES_INBOX_ID=8 is not an inbox of account 1")
-    assert len(lines) == 4
+    assert len(lines) == 5
 
 
 def test_check_asks_for_authorization_when_mercado_livre_requires_it(healthy, settings, db):
@@ -523,7 +525,7 @@ def test_check_names_the_conversation_attributes_missing_and_writes_nothing(heal
                     json=[d for d in DEFINED if d["attribute_key"] not in ("meli_pack_id", "meli_claim_id")])
     code, lines = check(settings)
     assert code == 1
-    assert lines[-1].startswith("FAIL custom attributes: conversation custom attributes not defined: meli_pack_id, "
+    assert lines[-2].startswith("FAIL custom attributes: conversation custom attributes not defined: meli_pack_id, "
                                "meli_claim_id (run ./bridge.sh setup <public_url>;")
     assert writes(healthy) == []
 

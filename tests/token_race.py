@@ -91,7 +91,7 @@ def _auth_status(database: str) -> tuple[str, str | None]:
 
 
 def run_race(seconds: float, processes: int = 2, threads: int = 16, access_ttl: float = 2.0,
-             refresh_margin: float = 1.0, pause: float = 0.05) -> dict:
+             refresh_margin: float = 1.0, pause: float = 0.05, extra_env: dict | None = None) -> dict:
     from tests.fakes import start_fakes
 
     fakes = start_fakes(access_ttl=access_ttl)
@@ -111,6 +111,7 @@ def run_race(seconds: float, processes: int = 2, threads: int = 16, access_ttl: 
             # Every worker starts its threads at the same moment, after its imports.
             "RACE_START_AT": str(time.time() + 3.0), "RACE_SECONDS": str(seconds), "RACE_THREADS": str(threads),
             "RACE_MARGIN": str(refresh_margin), "RACE_PAUSE": str(pause),
+            **(extra_env or {}),
         }
         procs = [subprocess.Popen([sys.executable, "-m", "tests.token_race", "worker"], cwd=str(_app_dir()), env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -123,12 +124,13 @@ def run_race(seconds: float, processes: int = 2, threads: int = 16, access_ttl: 
                 raise RuntimeError(f"token race worker failed ({proc.returncode}): {err.strip()[-2000:]}")
             workers.append(json.loads(lines[-1]))
         status, reason = _auth_status(str(database))
+        sealed = bool(_read(str(database), "SELECT refresh_token LIKE 'fernet:%' FROM meli_auth WHERE id = 1")[0][0])
         errors: Counter = Counter()
         for worker in workers:
             errors.update(worker["errors"])
         return {
             "seconds": seconds, "processes": processes, "threads": threads, "access_ttl": access_ttl,
-            "refreshes": meli.refresh_count, "invalid_grant": meli.invalid_grant_count,
+            "refreshes": meli.refresh_count, "invalid_grant": meli.invalid_grant_count, "stored_encrypted": sealed,
             "unauthorized": meli.unauthorized_count, "status": status, "status_reason": reason,
             "calls": sum(w["calls"] for w in workers), "reauth_seen": sum(w["reauth_seen"] for w in workers),
             "errors": dict(errors), "client_refreshes": [w["refreshes"] for w in workers],
@@ -145,7 +147,7 @@ def worker() -> int:
     from mercado_livre_api import MeliClient, ReauthorizationRequired
 
     settings = load_settings(dict(os.environ))
-    db = Database(settings.database_path).open()
+    db = Database(settings.database_path, settings.token_encryption_keys).open()
     meli = MeliClient(settings, db, refresh_margin=float(os.environ["RACE_MARGIN"]))
     time.sleep(max(0.0, float(os.environ["RACE_START_AT"]) - time.time()))
     meli.seed_tokens()

@@ -453,11 +453,12 @@ def run_check(settings: Settings, public_url: str | None, out: Out = print, *,
     """One line per check, nothing written in Chatwoot. 0 when every check passes, 1 otherwise."""
     results: list[bool] = []
 
-    def report(ok: bool, name: str, text: str) -> None:
-        results.append(ok)
-        out(f"{'ok  ' if ok else 'FAIL'} {name}: {text}")
+    def report(ok: bool | None, name: str, text: str) -> None:
+        # None: a warning, which does not fail the check.
+        results.append(ok is not False)
+        out(f"{'WARN' if ok is None else 'ok  ' if ok else 'FAIL'} {name}: {text}")
 
-    checks: list[tuple[str, Callable[[], tuple[bool, str]]]] = []
+    checks: list[tuple[str, Callable[[], tuple[bool | None, str]]]] = []
     chatwoot = ChatwootClient(settings, sleep=sleep)
     state: dict[str, Any] = {}
     checks.append(("chatwoot", lambda: _check_chatwoot(chatwoot, settings, state)))
@@ -467,6 +468,8 @@ def run_check(settings: Settings, public_url: str | None, out: Out = print, *,
         checks.append(("listener", lambda: _check_listener(public_url, sleep)))
         checks.append(("inbox webhooks", lambda: _check_inbox_webhooks(settings, public_url, state)))
     checks.append(("custom attributes", lambda: _check_attribute_definitions(chatwoot, settings, state)))
+    # Last: after `mercado livre`, whose seeding rewrote what it could under the first key.
+    checks.append(("token encryption", lambda: _check_token_encryption(settings)))
 
     for name, check in checks:
         try:
@@ -569,9 +572,32 @@ def _check_attribute_definitions(chatwoot: ChatwootClient, settings: Settings, s
     return True, text
 
 
+def _check_token_encryption(settings: Settings) -> tuple[bool | None, str]:
+    """How the stored secrets are kept: a warning while TOKEN_ENCRYPTION_KEY is unset."""
+    try:
+        db = Database(settings.database_path, settings.token_encryption_keys).open()
+    except DatabaseError as exc:
+        return False, f"database: {exc}"
+    try:
+        stored = db.auth.secrets_at_rest()
+    finally:
+        db.close()
+    if stored["unreadable"]:
+        return False, (f"{stored['unreadable']} stored secret(s) that no key in TOKEN_ENCRYPTION_KEY decrypts: "
+                       f"put back the key that encrypted them, or run ./bridge.sh authorize again")
+    if not settings.token_encryption_keys:
+        return None, (f"TOKEN_ENCRYPTION_KEY is not set: the Mercado Livre tokens are stored in plain text in "
+                      f"{settings.database_path}")
+    text = f"on, {stored['encrypted']} stored secret(s) encrypted"
+    if stored["stale"]:
+        text += (f"; {stored['stale']} still under an older key or in plain text, rewritten at the "
+                 f"poller's next start: keep the older keys until then")
+    return True, text
+
+
 def _check_meli(settings: Settings, sleep: Callable[[float], None]) -> tuple[bool, str]:
     try:
-        db = Database(settings.database_path).open()
+        db = Database(settings.database_path, settings.token_encryption_keys).open()
     except DatabaseError as exc:
         return False, f"database: {exc}"
     try:
