@@ -245,3 +245,25 @@ def test_a_sales_conversation_is_named_by_its_mirrored_messages_and_its_own_note
     assert items_named(sources, "pack", {"m-1": "2000001"}) == {"2000001"}
     assert items_named(sources, "pack", {}) == {"2000001"}
     assert items_named([source_ids.message("m-1")], "pack", {}) == set()
+
+
+@responses.activate
+def test_a_conversation_showing_another_question_is_not_taken_for_a_lost_create_an_agent_typed_into_it(
+        s, cw, clock):
+    """Question 121's create lost its answer. In question 120's conversation (its row lost with a backup put
+    back), an agent typed 121 and answered: the listener adopted it as 121's candidate. Chatwoot's record names
+    121 now, but the bridge's own first message there is 120's: 121's buyer must not be mirrored into it."""
+    from bridge.sync.contacts import ensure_conversation
+
+    c120 = bridge_conversation(cw, 1, 9, {"meli_question_id": "120"}, source_ids.question(120))
+    s.db.links.record_intent("question", "121", clock(), contact_id=5)
+    agent_edits(cw, c120, "meli_question_id", "121")
+    assert agent_replies(s, cw, clock, c120).get("adopted_conversation") is True
+    served(cw)
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
+    responses.get(re.compile(rf"{re.escape(CW)}/contacts/\d+/conversations"), json={"payload": []})
+    responses.post(f"{CW}/conversations", json={"id": 97})
+
+    assert ensure_conversation(s, kind="question", external_id="121", inbox_id=1, contact_id=5,
+                               source_id="meli:buyer:8", custom_attributes={"meli_question_id": "121"},
+                               buyer_id=8) == (97, True)

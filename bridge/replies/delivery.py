@@ -26,12 +26,10 @@ from bridge.replies.report import GIVE_UP_AFTER, report_outcomes, report_reply
 from bridge.rules import claims as claim_rules
 from bridge.rules import own_parts
 from bridge.rules.conversations import (
+    bridge_items,
     chatwoot_record,
     confirmed_conversation,
-    is_gone,
-    items_named,
     knows_conversation,
-    message_ids_named,
     names_item,
     owner,
 )
@@ -201,13 +199,11 @@ def _check_addressee(s: Services, reply: dict) -> dict:
     inbox_id = {"question": s.settings.chatwoot_questions_inbox_id, "claim": s.settings.chatwoot_claims_inbox_id}.get(
         kind, s.settings.chatwoot_messages_inbox_id)
     found = chatwoot_record(s, conversation_id)
-    sources = _source_ids(s, conversation_id) if found is not None else None
-    if found is None or sources is None:
+    shown = bridge_items(s, kind, conversation_id) if found is not None else None
+    if found is None or shown is None:
         log.warning("reply's conversation is gone in chatwoot reply=%s conversation=%s %s=%s", reply["id"],
                     conversation_id, kind, target)
         raise DeliveryFailed(NOT_ITS_CONVERSATION)
-    shown = s.db.links.shown_in(kind, conversation_id) | items_named(
-        sources, kind, s.db.links.items_of_messages(message_ids_named(sources)) if kind == "pack" else {})
     item, why = owner(target, shown,
                       attribute_confirmed=target is not None and names_item(found, kind, target, inbox_id),
                       claimed_elsewhere=target is not None and (
@@ -226,17 +222,6 @@ def _check_addressee(s: Services, reply: dict) -> dict:
                     "reply=%s conversation=%s %s=%s attribute=%s", kind, reply["id"], conversation_id, kind, item,
                     target)
     return dict(reply, target_id=item)
-
-
-def _source_ids(s: Services, conversation_id: int) -> list | None:
-    """Every message's source id in the conversation, as Chatwoot stores them; None when it is gone."""
-    try:
-        return [message.get("source_id") for message in s.chatwoot.all_messages(conversation_id)
-                if isinstance(message, dict)]
-    except PermanentError as exc:
-        if not is_gone(exc):
-            raise
-        return None
 
 
 NOT_ITS_CONVERSATION = Refusal(

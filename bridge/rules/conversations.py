@@ -1,5 +1,5 @@
 """What a Chatwoot conversation or its absence says, read the same way by every flow (pure but for
-`chatwoot_record`, the one read of it)."""
+`chatwoot_record` and `bridge_items`, the reads of it)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,21 @@ def chatwoot_record(s: Services, conversation_id: int) -> dict | None:
             raise
         return None
     return found if isinstance(found, dict) else None
+
+
+def bridge_items(s: Services, kind: str, conversation_id: int) -> set[str] | None:
+    """The `kind` items the bridge itself showed in a conversation: its rows' (links.shown_in), and
+    those its own messages there name, as Chatwoot stores them (items_named); None when an agent
+    deleted the conversation."""
+    try:
+        sources = [message.get("source_id") for message in s.chatwoot.all_messages(conversation_id)
+                   if isinstance(message, dict)]
+    except PermanentError as exc:
+        if not is_gone(exc):
+            raise
+        return None
+    packs = s.db.links.items_of_messages(message_ids_named(sources)) if kind == "pack" else {}
+    return s.db.links.shown_in(kind, conversation_id) | items_named(sources, kind, packs)
 
 
 def item_attribute(kind: str) -> str:
