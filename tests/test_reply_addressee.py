@@ -160,6 +160,25 @@ def test_a_reply_where_an_agent_typed_another_question_is_refused_when_the_bridg
 
 
 @responses.activate
+def test_a_second_reply_after_an_agent_typed_another_question_into_an_adopted_conversation_reaches_nobody(
+        s, cw, clock):
+    """Question 120's create lost its answer; the agent's first answer in it adopted it as 120's candidate.
+    Then an agent typed 121 (which has its own conversation) and answered again: that answer is not 121's."""
+    lost = bridge_conversation(cw, 1, 7, {"meli_question_id": "120"}, None)
+    two_questions(s, cw, clock)
+    s.db.links.record_intent("question", "120", clock(), contact_id=5)
+    assert agent_replies(s, cw, clock, lost, "Temos sim!").get("adopted_conversation") is True
+    agent_edits(cw, lost, "meli_question_id", "121")
+    served(cw)
+    responses.post(f"{API}/answers", json={"id": 121, "status": "ANSWERED"})
+
+    second = agent_replies(s, cw, clock, lost, "Temos em azul também.")
+    assert delivery.deliver(s, second["reply_id"]) == "failed"
+
+    assert 121 not in answered_questions()
+
+
+@responses.activate
 def test_a_reply_in_a_lost_create_the_bridge_wrote_nothing_in_still_goes_by_its_confirmed_attribute(s, cw, clock):
     """What adoption is for: the create's answer was lost, the conversation holds only the attribute the
     bridge set, and the agent answers there before the bridge finds it."""
