@@ -109,6 +109,22 @@ def test_a_reply_where_an_agent_typed_another_question_goes_to_the_conversations
 
 
 @responses.activate
+def test_a_second_answer_taken_for_the_conversations_own_question_is_refused_as_one_answer_per_question(
+        s, cw, clock):
+    c120, _ = two_questions(s, cw, clock)
+    served(cw)
+    agent_edits(cw, c120, "meli_question_id", "121")
+    s.db.replies.accept(chatwoot_message_id=1, conversation_id=c120, kind="answer", target_id="120",
+                        parts=[{"text": "Temos sim!", "attachments": []}], now=clock())
+
+    reply = agent_replies(s, cw, clock, c120, "Temos em azul também.")
+
+    assert delivery.deliver(s, reply["reply_id"]) == "failed"
+    assert s.db.replies.get(reply["reply_id"])["error"] == "pergunta já tem resposta"
+    assert answered_questions() == []
+
+
+@responses.activate
 def test_a_reply_where_an_agent_cleared_the_attribute_goes_to_the_question_the_bridge_showed_there(s, cw, clock):
     """Soak seed 20261129, reply R00069: refused 'conversa sem vínculo', though the bridge's own first
     message in the conversation says which question it is."""

@@ -215,8 +215,9 @@ def _check_addressee(s: Services, reply: dict) -> dict:
         raise DeliveryFailed(ADDRESSEE_REFUSALS[why])
     if item != target:
         moved = s.db.replies.retarget(reply["id"], item, exclusive=reply["kind"] == "answer")
-        _still_there(moved)
-        if moved is False:
+        if moved is None:
+            raise ReplyGone
+        if moved is False:  # the question the bridge showed there already has its answer
             raise DeliveryFailed(Refusal(*ANSWER_TAKEN))
         log.warning("reply goes to the %s the bridge showed in its conversation, not the one its attribute named "
                     "reply=%s conversation=%s %s=%s attribute=%s", kind, reply["id"], conversation_id, kind, item,
