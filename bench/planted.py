@@ -88,10 +88,10 @@ DEFECTS = [
            (FAILED,)),
     Defect("drop-reply-of-deleted-conversation", "drop a reply whose conversation is deleted after it was sent",
            (("bridge/replies/delivery.py",
-             '    try:\n        _check_addressee(s, reply)\n        if reply["kind"] == "answer":\n'
+             '    try:\n        reply = _check_addressee(s, reply)\n        if reply["kind"] == "answer":\n'
              '            _deliver_answer(s, reply)\n',
              '    try:\n'
-             '        _check_addressee(s, reply)\n'
+             '        reply = _check_addressee(s, reply)\n'
              '        try:  # planted\n'
              '            s.chatwoot.messages(reply["conversation_id"])\n'
              '        except PermanentError:\n'

@@ -688,6 +688,10 @@ class Soak:
             qid = str(self._attrs(conv).get("meli_question_id"))
             if any(r["target"] == qid and not r["private"] for r in self.replies.values()):
                 self.injected["(second answer to a question)"] += 1
+        with self.cw.lock:
+            # Nothing of the bridge's in the conversation yet (a create whose answer was lost): only its
+            # attribute says whose it is, and once an agent edits it, a refusal is the only safe answer.
+            bridge_wrote = any(source_ids.is_ours(m.get("source_id")) for m in conv.get("messages") or [])
         try:
             message = self.cw.agent_reply(conv["id"], content, private=private, attachments=files)
         except KeyError:
@@ -697,7 +701,8 @@ class Soak:
                              "private": private, "units": units, "style": style, "t": time.monotonic(),
                              "target": str(self._attrs(conv).get(
                                  "meli_question_id" if answer else "meli_claim_id" if claim else "meli_pack_id")),
-                             "claim": claim, "reply_to": conv["custom_attributes"].get("meli_claim_reply_to", ""),
+                             "claim": claim, "bridge_wrote": bridge_wrote,
+                             "reply_to": conv["custom_attributes"].get("meli_claim_reply_to", ""),
                              "stage": self._claim_stage(conv["custom_attributes"].get("meli_claim_id"))}
         if style in ("long", "files"):
             self.injected[f"(reply {style})"] += 1
@@ -1644,6 +1649,8 @@ class Soak:
         target = reply["target"]
         if target in ("None", ""):
             reasons.append("its conversation names no question or sale")
+        if reply["conversation_id"] in self.true_attrs and not reply.get("bridge_wrote", True):
+            reasons.append("an agent edited its conversation's attribute, and nothing of the bridge's was there")
         if message and str(message.get("external_error") or "").startswith("Webhook delivery failed"):
             reasons.append("Chatwoot could not deliver it to the bridge")
         # A claim's refusals are explained by its own state below: Mercado Livre refusing the

@@ -73,6 +73,7 @@ def sale_93_first_named_for_another(s, clock):
     second = reply_in(s, clock, 9302, "2000001")
     responses.get(f"{CW}/conversations/93", json={"id": 93, "inbox_id": 2,
                                                   "custom_attributes": {"meli_pack_id": "2000001"}})
+    responses.get(f"{CW}/conversations/93/messages", json={"payload": []})  # nothing of the bridge's there
     return first["reply_id"], second["reply_id"]
 
 

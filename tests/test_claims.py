@@ -646,6 +646,7 @@ def test_a_reply_to_a_claim_where_the_seller_is_not_the_respondent_is_refused(s,
     # Chatwoot's own record names that claim, in the claims inbox: only the claim itself is refused.
     responses.get(f"{CW}/conversations/89", json={"id": 89, "inbox_id": CLAIM_INBOX,
                                                   "custom_attributes": {"meli_claim_id": "5000002"}})
+    responses.get(f"{CW}/conversations/89/messages", json={"payload": []})
     send = responses.post(f"{API}/post-purchase/v1/claims/5000002/actions/send-message", json={})
     assert delivery.deliver(s, reply_id) == "failed"
     assert send.call_count == 0

@@ -303,6 +303,7 @@ def test_a_held_conversation_an_agent_answered_in_is_used_even_after_its_contact
     clock.advance(ensure.CREATE_SETTLE + 1)
     responses.get(f"{CW}/conversations/93", json={"id": 93, "inbox_id": 2,
                                                   "custom_attributes": {"meli_pack_id": "2000001"}})
+    responses.get(f"{CW}/conversations/93/messages", json={"payload": []})  # nothing of the bridge's there
     assert open_pack(s) == (93, False)  # no look under the (merged away) contact, no second create
     assert len(posts_to("/conversations")) == 1
     assert s.db.links.get("pack", "2000001")["data"] == {"buyer_id": 9}
@@ -399,6 +400,7 @@ def test_a_conversation_chatwoot_records_as_another_sale_is_not_adopted_whatever
     agent_reply_in(s, clock, 93, 501)
     responses.get(f"{CW}/conversations/93", json={"id": 93, "inbox_id": 2,
                                                   "custom_attributes": {"meli_pack_id": "2000002"}})
+    responses.get(f"{CW}/conversations/93/messages", json={"payload": []})  # nothing of the bridge's there
     responses.post(f"{CW}/conversations/filter", json={"payload": []})
     responses.post(f"{CW}/conversations", json={"id": 97})
     clock.advance(ensure.CREATE_SETTLE + 1)
@@ -434,6 +436,7 @@ def test_a_conversation_an_agent_answered_in_while_the_next_create_was_in_flight
     responses.add_callback(responses.POST, f"{CW}/conversations", callback=listener_adopts_meanwhile)
     responses.get(f"{CW}/conversations/93", json={"id": 93, "inbox_id": 2,
                                                   "custom_attributes": {"meli_pack_id": "2000001"}})
+    responses.get(f"{CW}/conversations/93/messages", json={"payload": []})  # nothing of the bridge's there
     assert open_pack(s) == (93, False)
     assert s.db.links.get("pack", "2000001")["conversation_id"] == 93
 

@@ -232,6 +232,7 @@ def test_an_answer_from_a_conversation_chatwoot_records_for_another_question_is_
                         custom_attributes={"meli_question_id": "654"}), s.settings, s.db, s.clock())
     responses.get(f"{CW}/conversations/88", json={"id": 88, "inbox_id": s.settings.chatwoot_questions_inbox_id,
                                                   "custom_attributes": {"meli_question_id": "999"}})
+    responses.get(f"{CW}/conversations/88/messages", json={"payload": []})
     responses.post(f"{API}/answers", json={"id": 654, "status": "ANSWERED"})
 
     assert delivery.deliver(s, extra["reply_id"]) == "failed"

@@ -476,6 +476,7 @@ def reply_in_unknown_conversation(s, stored_pack_id):
                         custom_attributes={"meli_pack_id": "2000001"}), s.settings, s.db, s.clock())
     responses.get(f"{CW}/conversations/93", json={"id": 93, "inbox_id": 2,
                                                   "custom_attributes": {"meli_pack_id": stored_pack_id}})
+    responses.get(f"{CW}/conversations/93/messages", json={"payload": []})  # nothing of the bridge's there
     return extra["reply_id"]
 
 

@@ -237,6 +237,7 @@ def test_a_buyer_message_reopens_a_found_conversation_an_agent_resolved(s):
     s.db.links.mark_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [2]})
     responses.get(f"{CW}/conversations/88", json={"id": 88, "inbox_id": 2, "status": "resolved",
                                                   "custom_attributes": {"meli_pack_id": "2000001"}})
+    responses.get(f"{CW}/conversations/88/messages", json={"payload": []})  # nothing of the bridge's there
     responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 9, "nickname": "COMPRADOR"}})
     responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=thread(buyer("b1", "Chegou quebrado", 1)))
     responses.get(THREAD, match=[matchers.query_param_matcher(MARK)], json=thread(buyer("b1", "Chegou quebrado", 1)))

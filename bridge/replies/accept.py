@@ -53,7 +53,13 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
             settings.chatwoot_claims_inbox_id: "claim"}.get(inbox_id, "message")
     link = db.links.by_conversation(LINK_KIND[kind], conversation_id)
     attrs = conversation.get("custom_attributes") if isinstance(conversation.get("custom_attributes"), dict) else {}
-    target = link["external_id"] if link else _external_id(attrs.get(f"meli_{LINK_KIND[kind]}_id"))
+    # The item the bridge itself put in this conversation decides, never the attribute: agents edit it
+    # (a typo, another sale's id, cleared). Known to none of its rows, the conversation's own messages
+    # decide, read from Chatwoot by the delivery (no network here): the attribute is only a candidate
+    # then, and no attribute is not a refusal yet (soak seeds 53003 and 20261129).
+    shown = {link["external_id"]} if link else db.links.shown_in(LINK_KIND[kind], conversation_id)
+    typed = None if shown else _external_id(attrs.get(f"meli_{LINK_KIND[kind]}_id"))
+    target = next(iter(shown)) if len(shown) == 1 else typed
     # A claim's conversation carries its sale's ids too: moved by an agent out of the claims inbox,
     # a reply there would go to the buyer's sale chat, whoever the agent addressed in the claim.
     moved_claim = kind != "claim" and is_claim_conversation(db, conversation_id, attrs)
@@ -64,8 +70,6 @@ def accept_webhook(payload: dict, settings: Settings, db: Database, now: float) 
                       limit=CLAIM_TEXT_LIMIT if kind == "claim" else text.POSTSALE_DEFAULT_LIMIT)
     if moved_claim and not plan.refused:
         plan.refused = CLAIM_MOVED
-    if not plan.refused and target is None:
-        plan.refused = UNLINKED
     addressed = claim_receiver(attrs) if kind == "claim" else None
     if kind == "claim" and not plan.refused and addressed is None:
         plan.refused = RECEIVER_UNKNOWN

@@ -20,12 +20,19 @@ from typing import Any, Callable
 
 from bridge.backoff import retry_delay
 from bridge.http import SETTLE, ApiError, PermanentError, TransientError, on_departure, settle
-from bridge.replies.accept import LINK_KIND
+from bridge.replies.accept import ANSWER_TAKEN, LINK_KIND, UNLINKED
 from bridge.replies.refusal import Refusal, receiver_name
 from bridge.replies.report import GIVE_UP_AFTER, report_outcomes, report_reply
 from bridge.rules import claims as claim_rules
 from bridge.rules import own_parts
-from bridge.rules.conversations import chatwoot_record, knows_conversation, names_item
+from bridge.rules.conversations import (
+    bridge_items,
+    chatwoot_record,
+    confirmed_conversation,
+    knows_conversation,
+    names_item,
+    owner,
+)
 from bridge.rules.sale import sale_context
 from bridge.services import Services
 from db_manager import crashpoint
@@ -128,7 +135,7 @@ def _deliver_claimed(s: Services, reply: dict, ids: str) -> str:
     reply_id = reply["id"]
     started = time.monotonic()
     try:
-        _check_addressee(s, reply)
+        reply = _check_addressee(s, reply)
         if reply["kind"] == "answer":
             _deliver_answer(s, reply)
         elif reply["kind"] == "claim":
@@ -168,30 +175,54 @@ def _deliver_claimed(s: Services, reply: dict, ids: str) -> str:
     return "delivered"
 
 
-def _check_addressee(s: Services, reply: dict) -> None:
-    """A reply goes only to the item Chatwoot's own record of its conversation names.
+def _check_addressee(s: Services, reply: dict) -> dict:
+    """A reply goes only to the item the bridge itself showed in its conversation; returns the reply,
+    its target now that one.
 
-    Its target was taken from the webhook when the bridge did not know the conversation, and
-    a webhook's attributes need not be what Chatwoot stores: a reply written to one buyer would
-    reach another. So, before its first part leaves, a conversation the item's row does not
-    know (made, or found and checked, by the bridge; or the one an agent deleted since) is
-    read from Chatwoot: its inbox and `meli_<kind>_id` must name the target, and no other row
-    of that kind may use it. Otherwise nothing goes, and the agent is told why.
+    The listener takes it from the bridge's rows; known to none of them (a create whose answer was
+    lost, a row erased, a database put back from a backup), from the conversation's attribute, which
+    agents edit: a typo, another buyer's sale, cleared (soak seeds 53003 and 20261129). So, before its
+    first part leaves, a conversation the bridge's rows do not give to the target (made, found and
+    checked, or deleted since, by the bridge; or an answer or message it mirrored there) is read from
+    Chatwoot, its messages too: the bridge's own messages there (their source ids) name its item, and
+    the reply goes to that one, whatever the attribute says (rules.conversations.owner). With none of
+    them, the attribute as Chatwoot stores it counts, when no other conversation of the bridge's holds
+    that item. Otherwise nothing goes, and the agent is told why.
     """
     if any(part["status"] != "pending" for part in s.db.replies.parts(reply["id"])):
-        return  # checked before its first part left
+        return reply  # checked before its first part left
     kind, target, conversation_id = LINK_KIND.get(reply["kind"], "pack"), reply["target_id"], reply["conversation_id"]
-    if knows_conversation(s.db.links.get(kind, target), conversation_id) \
-            or s.db.links.bridge_used(kind, target, conversation_id):
-        return  # deleted since it was written, the agent's reply still goes: the bridge showed the item there
+    if target is not None and (knows_conversation(s.db.links.get(kind, target), conversation_id)
+                               or s.db.links.bridge_used(kind, target, conversation_id)) \
+            and s.db.links.shown_in(kind, conversation_id) <= {target}:
+        return reply  # deleted since it was written, the agent's reply still goes: the bridge showed the item there
     inbox_id = {"question": s.settings.chatwoot_questions_inbox_id, "claim": s.settings.chatwoot_claims_inbox_id}.get(
         kind, s.settings.chatwoot_messages_inbox_id)
     found = chatwoot_record(s, conversation_id)
-    if found is None or not names_item(found, kind, target, inbox_id) \
-            or s.db.links.others_using(kind, target, conversation_id):
-        log.warning("reply's conversation does not name its target in chatwoot reply=%s conversation=%s %s=%s: %s",
-                    reply["id"], conversation_id, kind, target, "gone" if found is None else "another item's")
+    shown = bridge_items(s, kind, conversation_id) if found is not None else None
+    if found is None or shown is None:
+        log.warning("reply's conversation is gone in chatwoot reply=%s conversation=%s %s=%s", reply["id"],
+                    conversation_id, kind, target)
         raise DeliveryFailed(NOT_ITS_CONVERSATION)
+    item, why = owner(target, shown,
+                      attribute_confirmed=target is not None and names_item(found, kind, target, inbox_id),
+                      claimed_elsewhere=target is not None and (
+                          s.db.links.others_using(kind, target, conversation_id)
+                          or confirmed_conversation(s.db.links.get(kind, target)) not in (None, conversation_id)))
+    if item is None:
+        log.warning("reply's conversation is not its target's reply=%s conversation=%s %s=%s: %s (the bridge "
+                    "showed %s there)", reply["id"], conversation_id, kind, target, why, sorted(shown) or "nothing")
+        raise DeliveryFailed(ADDRESSEE_REFUSALS[why])
+    if item != target:
+        moved = s.db.replies.retarget(reply["id"], item, exclusive=reply["kind"] == "answer")
+        if moved is None:
+            raise ReplyGone
+        if moved is False:  # the question the bridge showed there already has its answer
+            raise DeliveryFailed(Refusal(*ANSWER_TAKEN))
+        log.warning("reply goes to the %s the bridge showed in its conversation, not the one its attribute named "
+                    "reply=%s conversation=%s %s=%s attribute=%s", kind, reply["id"], conversation_id, kind, item,
+                    target)
+    return dict(reply, target_id=item)
 
 
 NOT_ITS_CONVERSATION = Refusal(
@@ -199,6 +230,20 @@ NOT_ITS_CONVERSATION = Refusal(
     "O Chatwoot não registra esta conversa como a deste item do Mercado Livre (os atributos meli_ da conversa "
     "indicam outro item, ou a conversa foi apagada). Por segurança, a mensagem não foi enviada a ninguém. "
     "Responda na conversa do comprador no Chatwoot ou pelo Mercado Livre.")
+ADDRESSEE_REFUSALS = {
+    "unlinked": UNLINKED,
+    "unconfirmed": NOT_ITS_CONVERSATION,
+    "elsewhere": Refusal(
+        "conversa não é a deste item",
+        "Só o atributo meli_ desta conversa (que os agentes podem editar) indica este item do Mercado Livre, e a "
+        "ponte não mostrou nada dele aqui: o item tem outra conversa, criada pela ponte. Por segurança, a "
+        "mensagem não foi enviada a ninguém. Responda na conversa do item no Chatwoot ou pelo Mercado Livre."),
+    "several": Refusal(
+        "conversa com mais de um item",
+        "A ponte mostrou mais de um item do Mercado Livre nesta conversa e não sabe a qual deles a mensagem se "
+        "refere. Por segurança, ela não foi enviada a ninguém. Responda na conversa de cada item no Chatwoot ou "
+        "pelo Mercado Livre."),
+}
 
 
 REAUTH_GAVE_UP = Refusal("Mercado Livre sem autorização por 24 h",

@@ -1,8 +1,9 @@
 """What a Chatwoot conversation or its absence says, read the same way by every flow (pure but for
-`chatwoot_record`, the one read of it)."""
+`chatwoot_record` and `bridge_items`, the reads of it)."""
 
 from __future__ import annotations
 
+from bridge import source_ids
 from bridge.http import PermanentError
 from bridge.services import Services
 from bridge.store.links import ADOPTED
@@ -24,6 +25,21 @@ def chatwoot_record(s: Services, conversation_id: int) -> dict | None:
             raise
         return None
     return found if isinstance(found, dict) else None
+
+
+def bridge_items(s: Services, kind: str, conversation_id: int) -> set[str] | None:
+    """The `kind` items the bridge itself showed in a conversation: its rows' (links.shown_in), and
+    those its own messages there name, as Chatwoot stores them (items_named); None when an agent
+    deleted the conversation."""
+    try:
+        sources = [message.get("source_id") for message in s.chatwoot.all_messages(conversation_id)
+                   if isinstance(message, dict)]
+    except PermanentError as exc:
+        if not is_gone(exc):
+            raise
+        return None
+    packs = s.db.links.items_of_messages(message_ids_named(sources)) if kind == "pack" else {}
+    return s.db.links.shown_in(kind, conversation_id) | items_named(sources, kind, packs)
 
 
 def item_attribute(kind: str) -> str:
@@ -57,3 +73,72 @@ def knows_conversation(link: dict | None, conversation_id: int) -> bool:
     data = link.get("data") or {}
     return confirmed_conversation(link) == conversation_id \
         or conversation_id in (data.get("removed_conversation"), data.get("removed"))
+
+
+# ---- whose conversation it is: what the bridge itself put there, never what an agent typed -------------
+
+def message_ids_named(sources) -> set[str]:
+    """Pure: the Mercado Livre message ids the bridge's own messages and notes here carry (a sale's are
+    named by its messages' ids only: which sale each is, the bridge's rows say)."""
+    found = set()
+    for parts in map(source_ids.parse, sources):
+        if parts and len(parts) >= 2 and parts[0] == "message":
+            found.add(parts[1])
+        elif parts and len(parts) >= 3 and parts[:2] == ["note", "moderation"]:
+            found.add(parts[2])
+    return {mid for mid in found if mid}
+
+
+def items_named(sources, kind: str, message_items: dict[str, str]) -> set[str]:
+    """Pure: the `kind` items (question, pack or claim ids) that the bridge's own messages in a
+    conversation name, from their source ids (`sources`: every message's, anyone's, any type).
+
+    A question's: the question and its answer as mirrored, and its notes; a sale's: its mirrored messages
+    (`message_items`: message id -> sale, from the bridge's rows) and its notes; a claim's: its events and
+    notes. An agent's messages carry none of these, so nothing an agent can edit or type counts."""
+    found = set()
+    for parts in map(source_ids.parse, sources):
+        if not parts:
+            continue
+        if parts[0] == "note" and len(parts) >= 4 and parts[1] == "failing":
+            parts = parts[2:]  # the note about an item the bridge gave up on names that item
+        elif parts[0] == "note" and len(parts) >= 3:
+            parts = parts[1:]
+            if parts[0] == "moderation":
+                found.add(message_items.get(parts[1], "") if kind == "pack" else "")
+                continue
+        elif parts[0] == "message" and len(parts) >= 2:
+            found.add(message_items.get(parts[1], "") if kind == "pack" else "")
+            continue
+        own_kinds = {"question": ("question", "answer"), "pack": ("pack",), "claim": ("claim",)}.get(kind, ())
+        if len(parts) >= 2 and parts[0] in own_kinds:
+            found.add(parts[1])
+    return {item for item in found if item}
+
+
+def owner(typed: str | None, shown: set[str], *, attribute_confirmed: bool,
+          claimed_elsewhere: bool) -> tuple[str | None, str | None]:
+    """Pure: the item an agent's reply in a conversation goes to, or why it goes nowhere: (item, None)
+    or (None, "several" | "unlinked" | "unconfirmed" | "elsewhere").
+
+    `shown`: the items the bridge itself showed there (its rows, its own messages' source ids). One
+    decides, whatever the conversation's attribute (`typed`) says now: agents edit attributes (a typo,
+    another sale's id, cleared), and a reply typed under a buyer's question is that question's answer.
+    With none of the bridge's, the attribute is all there is: a create whose answer was lost leaves
+    the bridge's conversation with nothing but the attribute the bridge set, and the agent's answer
+    there must not be lost. It counts only as Chatwoot stores it (`attribute_confirmed`, not as a
+    webhook said) and when no other conversation of the bridge's holds that item (`claimed_elsewhere`:
+    another item's row uses this conversation, or the item's own row names another one), since then
+    the attribute can only be an agent's edit.
+    """
+    if len(shown) == 1:
+        return next(iter(shown)), None
+    if shown:
+        return None, "several"
+    if typed is None:
+        return None, "unlinked"
+    if not attribute_confirmed:
+        return None, "unconfirmed"
+    if claimed_elsewhere:
+        return None, "elsewhere"
+    return typed, None

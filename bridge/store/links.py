@@ -195,6 +195,38 @@ class LinksStore:
             (conversation_id, kind, external_id, kind, external_id, kind, external_id, kind,
              len(external_id) + 1, f"{external_id}:")) is not None
 
+    def shown_in(self, kind: str, conversation_id: int) -> set[str]:
+        """The `kind` items (questions, sales or claims) the bridge's own rows put in this conversation:
+        an item's row that made or found it (pending too: its first message may be there, its answer
+        lost; not a candidate only a webhook named, ADOPTED), or deleted it since; a question's answer,
+        a sale's message, a claim's message or event it mirrored there. Never an attribute."""
+        unadopted = f"json_extract(COALESCE(NULLIF(data, ''), '{{}}'), '$.{ADOPTED}') IS NULL"
+        rows = self._db.conn().execute(
+            f"SELECT external_id FROM links WHERE kind = ? AND conversation_id = ? AND {unadopted}"
+            " UNION SELECT external_id FROM links WHERE kind = ? AND ("
+            "  json_extract(COALESCE(NULLIF(data, ''), '{}'), '$.removed_conversation') = ?"
+            "  OR json_extract(COALESCE(NULLIF(data, ''), '{}'), '$.removed') = ?)"
+            " UNION SELECT external_id FROM links WHERE ? = 'question' AND kind = 'answer' AND conversation_id = ?"
+            " UNION SELECT json_extract(COALESCE(NULLIF(data, ''), '{}'), '$.pack_id') FROM links"
+            "  WHERE ? = 'pack' AND kind = 'message' AND conversation_id = ?"
+            " UNION SELECT substr(external_id, 1, instr(external_id, ':') - 1) FROM links"
+            "  WHERE ? = 'claim' AND kind IN ('claim_message', 'claim_event') AND conversation_id = ?",
+            (kind, conversation_id, kind, conversation_id, conversation_id, kind, conversation_id, kind,
+             conversation_id, kind, conversation_id))
+        return {str(r[0]) for r in rows if r[0] not in (None, "")}
+
+    def items_of_messages(self, message_ids: set[str]) -> dict[str, str]:
+        """Mercado Livre message id -> the sale the bridge mirrored it for (its `message` rows)."""
+        found: dict[str, str] = {}
+        ids = sorted(message_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows = self._db.conn().execute(
+                "SELECT external_id, json_extract(COALESCE(NULLIF(data, ''), '{}'), '$.pack_id') FROM links"
+                f" WHERE kind = 'message' AND external_id IN ({','.join('?' * len(chunk))})", chunk)
+            found.update({r[0]: str(r[1]) for r in rows if r[1] not in (None, "")})
+        return found
+
     def set_conversation(self, kind: str, external_id: str | int, conversation_id: int, data: dict,
                          now: float) -> bool:
         """The conversation a create just made, unless the row got one meanwhile (an agent's reply

@@ -137,6 +137,22 @@ class RepliesStore:
                      for seq, p in enumerate(parts)])
             return reply_id
 
+    def retarget(self, reply_id: int, target_id: str, exclusive: bool) -> bool | None:
+        """The reply goes to `target_id` (the item the bridge showed in its conversation, not the one its
+        webhook named), before any part left. `exclusive`: one answer per question, checked as `accept`
+        does, in the same transaction. False: the target has another reply; None: the reply is gone."""
+        with self._db.write() as conn:
+            row = conn.execute("SELECT kind FROM replies WHERE id = ? AND status = 'sending'", (reply_id,)).fetchone()
+            if row is None:
+                return None
+            if exclusive and conn.execute(
+                    "SELECT 1 FROM replies WHERE kind = ? AND target_id = ? AND status IN"
+                    " ('pending', 'sending', 'delivered') AND id != ? LIMIT 1",
+                    (row[0], target_id, reply_id)).fetchone():
+                return False
+            conn.execute("UPDATE replies SET target_id = ? WHERE id = ?", (target_id, reply_id))
+            return True
+
     def active_for_target(self, kind: str, target_id: str) -> list[Reply]:
         return self._db.all("SELECT * FROM replies WHERE kind = ? AND target_id = ?"
                             " AND status IN ('pending', 'sending', 'delivered') ORDER BY id", (kind, target_id))

@@ -7,10 +7,12 @@ import logging
 from bridge import source_ids
 from bridge.http import PermanentError, TransientError
 from bridge.rules.conversations import (  # noqa: F401 — the flows' names too
+    bridge_items,
     chatwoot_record,
     is_gone,
     item_attribute,
     names_item,
+    owner,
 )
 from bridge.services import Services
 from bridge.store.links import ADOPTED, Link
@@ -228,8 +230,11 @@ def _check_remembered(s: Services, link: Link, inbox_id: int) -> Link:
     found = chatwoot_record(s, conversation_id)
     usable = found is not None and found.get("inbox_id") == inbox_id
     if usable and adopted:
-        usable = names_item(found, kind, external_id, inbox_id) \
-            and not s.db.links.others_using(kind, external_id, conversation_id)
+        # The bridge's own messages there decide over the attribute an agent may have typed (issue 18).
+        shown = bridge_items(s, kind, conversation_id)
+        usable = shown is not None and owner(
+            external_id, shown, attribute_confirmed=names_item(found, kind, external_id, inbox_id),
+            claimed_elsewhere=s.db.links.others_using(kind, external_id, conversation_id))[0] == external_id
     if usable:
         if data.pop(TRIED, None) is not None or adopted:  # its create is no longer waited for: this is the one
             s.db.links.update(kind, external_id, s.clock(), data=data)
