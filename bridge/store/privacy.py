@@ -57,6 +57,10 @@ CONVERSATION_KINDS: dict[str, dict] = {
 }
 
 
+# How far Mercado Livre's clock may run ahead of ours (bridge.rules.own_parts.SEND_CLOCK_SKEW): a
+# part recorded sent at our time t is dated at most this much later there.
+SENT_CLOCK_SKEW = 60.0
+
 # The statuses of a reply whose agent has not been told its outcome (see forget_buyer's `untold`).
 UNTOLD_REPLIES = ("pending", "sending", "failed", "delivered")
 
@@ -311,6 +315,16 @@ class PrivacyStore:
                 "SELECT MAX(CAST(json_extract(data, '$.at') AS REAL)) FROM links WHERE kind = ?"
                 " AND external_id >= ? AND external_id < ?", (keyed_kind, f"{external_id}:", f"{external_id}:\uffff"))
               if r[0] is not None)])
+        if spec["reply_kind"] in ("message", "claim"):
+            # The bridge's own sent parts: a thread read after their send would have moved the mark
+            # past them, but one that comes only after the erasure finds them newer than the mark,
+            # their ids and texts gone with the replies, and mirrors them back as typed on the
+            # site. Each was on Mercado Livre when recorded sent (its date there is earlier, up to
+            # the clocks' skew); nothing later than the erasure itself is covered.
+            sent = conn.execute(f"SELECT MAX(sent_at) FROM reply_parts WHERE status = 'sent'"
+                                f" AND reply_id IN ({_marks(reply_ids)})", reply_ids).fetchone()[0]
+            if sent is not None:
+                mirrored = max(mirrored, min(float(sent) + SENT_CLOCK_SKEW, now))
         if spec["mark_in_data"]:
             # Messages without ids (claims): the newest Mercado Livre date seen is exact; a later
             # erasure of a conversation started afresh moves the mark forward.
