@@ -450,6 +450,24 @@ def test_a_claim_reply_begun_to_the_mediator_as_the_only_receiver_ends_there(s, 
 
 
 @responses.activate
+def test_a_reply_to_the_buyer_accepted_before_the_dispute_opened_goes_to_the_mediator_not_failed(s, db):
+    """The claims sync last read the claim in stage `claim` (the buyer may be written to): the reply to
+    the buyer is accepted for the buyer. By its first send the mediator joined and the seller may write
+    only to the mediator. Mercado Livre refused nothing: as at acceptance, the buyer addressed is
+    answered through the mediator, never failed with 'comprador não aceita mensagem agora'."""
+    db.links.update("claim", CLAIM_ID, 2.0, data=dict(db.links.get("claim", CLAIM_ID)["data"],
+                                                     receivers=["complainant"]))
+    reply_id = accept_claim_reply(s, db, 914, "Estamos verificando")
+    assert db.replies.get(reply_id)["receiver"] == "complainant"
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                  json=claim(stage="dispute", actions=("send_message_to_mediator",)))
+    send = responses.post(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message", json={})
+    assert delivery.deliver(s, reply_id) == "delivered", db.replies.get(reply_id)["error"]
+    assert [json.loads(c.request.body)["receiver_role"] for c in send.calls] == ["mediator"]
+    assert db.replies.get(reply_id)["receiver"] == "mediator"
+
+
+@responses.activate
 def test_a_deadline_note_is_written_once_while_a_notification_syncs_the_same_claim(s, db):
     due = "2026-11-22T10:00:00.000Z"
     s.clock = lambda: sync_claims.parse_date(due) - 3600

@@ -442,20 +442,24 @@ def _deliver_claim(s: Services, reply: dict) -> None:
         raise DeliveryFailed(CLAIM_NOT_AGAINST_SELLER)
     # Fixed at acceptance (or, for a claim not known then, here before any part leaves): every part
     # goes there or not at all (half a reply to each reader reaches nobody).
+    allowed = claim_rules.allowed_receivers(claim)
     receiver = reply.get("receiver") or s.db.replies.fix_receiver(reply["id"], claim_rules.resolve_receiver(
-        reply.get("addressed") or "complainant", claim_rules.allowed_receivers(claim)) or "complainant")
+        reply.get("addressed") or "complainant", allowed) or "complainant")
     _still_there(receiver)
     addressed = reply.get("addressed")
-    if addressed and receiver != addressed and addressed in claim_rules.allowed_receivers(claim):
-        # Sent elsewhere only because an older read of the claim allowed no one else: while no part
-        # has been tried, the one the agent addressed gets it.
-        receiver = s.db.replies.readdress_untried(reply["id"], addressed)
+    wanted = addressed and claim_rules.resolve_receiver(addressed, allowed)
+    if wanted and receiver != wanted and wanted in allowed:
+        # Decided from an older read of the claim (the sync's, at acceptance): while no part has been
+        # tried, the receiver is decided again from this one, as at acceptance. The one the agent
+        # addressed once Mercado Livre allows it; the buyer addressed after the mediator joined, the
+        # mediator: refusing it as "the buyer takes no message now" fails a reply nobody refused.
+        receiver = s.db.replies.readdress_untried(reply["id"], wanted)
         _still_there(receiver)
     reply = dict(reply, receiver=receiver)
     # Decided now, said only once the parts in doubt are settled: a part whose answer was lost may
     # have reached the claim before it closed or moved on, and then it was delivered, not refused.
     refused = CLAIM_CLOSED if claim.get("status") != "opened" else \
-        None if receiver in claim_rules.allowed_receivers(claim) else _receiver_refused(receiver, claim)
+        None if receiver in allowed else _receiver_refused(receiver, claim)
     for part in parts:
         if part["status"] == "sent":
             continue
