@@ -4,9 +4,12 @@ when the thread is read (issue 18: own reply parts mirrored back as if typed on 
 import json
 
 import pytest
+import requests
 import responses
 from responses import matchers
 
+from bridge.http import SETTLE
+from bridge.replies import delivery
 from bridge.sync import sales
 from tests.helpers import API, CW, MARK, PEEK, SELLER, THREAD, sale_services
 
@@ -76,3 +79,59 @@ def test_a_reply_delivered_after_the_last_read_of_its_thread_is_not_mirrored_bac
     sales.sync_pack(s, "2000001", SELLER)
     shown = mirrored_texts()
     assert shown and not [t for t in shown if "Segue o rastreio" in t or "fora do Chatwoot" in t], shown
+
+
+def send_times_out():
+    responses.reset()
+    responses.post(THREAD, body=requests.exceptions.ReadTimeout("held by Mercado Livre"))
+
+
+@responses.activate
+def test_a_part_held_by_mercado_livre_past_the_settle_and_sent_again_is_not_mirrored_back_when_the_held_copy_lands(
+        s, clock):
+    """The send's answer is lost and Mercado Livre holds it past the settle: the look finds nothing, the
+    part goes again (s2, by design). The held copy (s1) lands afterwards: it is the bridge's own
+    part too, never a message the seller typed on the site."""
+    clock.now = sales.parse_date("2026-11-29T10:01:30.000Z")
+    serve(thread(message("b1", 1)))
+    sales.sync_pack(s, "2000001", SELLER)
+    reply_id = s.db.replies.accept(chatwoot_message_id=9001, conversation_id=88, kind="message",
+                                   target_id="2000001", parts=[{"text": "Segue o rastreio."}], now=clock())
+    clock.now = sales.parse_date("2026-11-29T10:02:00.000Z")
+    send_times_out()
+    assert delivery.deliver(s, reply_id) == "retry"
+
+    clock.advance(2 * SETTLE)
+    responses.reset()
+    responses.get(THREAD, json=thread(message("b1", 1)))
+    responses.post(THREAD, json={"id": "s2"})
+    assert delivery.deliver(s, reply_id) == "delivered"
+
+    clock.now = sales.parse_date("2026-11-29T10:06:00.000Z")
+    serve(thread(message("b1", 1), message("s2", 4, sender=SELLER, text="Segue o rastreio."),
+                 message("s1", 4, sender=SELLER, text="Segue o rastreio."), message("b2", 5)))
+    sales.sync_pack(s, "2000001", SELLER)
+    assert mirrored_texts() == ["texto b2"]
+
+
+@responses.activate
+def test_a_part_in_flight_when_its_buyer_was_erased_is_not_mirrored_back_when_it_lands_later(s, clock):
+    """`forget-buyer 9` runs while the part's send is held by Mercado Livre (its answer lost): the reply
+    and its text are gone. The send lands after the erasure; when the buyer writes again, the new
+    conversation gets b2 only, not the agent's erased reply as a message typed on the site."""
+    clock.now = sales.parse_date("2026-11-29T10:01:30.000Z")
+    serve(thread(message("b1", 1)))
+    sales.sync_pack(s, "2000001", SELLER)
+    reply_id = s.db.replies.accept(chatwoot_message_id=9001, conversation_id=88, kind="message",
+                                   target_id="2000001", parts=[{"text": "Segue o rastreio."}], now=clock())
+    clock.now = sales.parse_date("2026-11-29T10:02:00.000Z")
+    send_times_out()
+    assert delivery.deliver(s, reply_id) == "retry"
+    clock.advance(10)
+    s.db.privacy.forget_buyer("9", clock())
+    assert s.db.replies.get(reply_id) is None
+
+    clock.now = sales.parse_date("2026-11-29T10:06:00.000Z")
+    serve(thread(message("b1", 1), message("s1", 4, sender=SELLER, text="Segue  o rastreio."), message("b2", 5)))
+    sales.sync_pack(s, "2000001", SELLER)
+    assert mirrored_texts() == ["texto b2"]

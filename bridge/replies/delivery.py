@@ -304,6 +304,10 @@ def _deliver_message(s: Services, reply: dict) -> None:
                 log.info("reply part already on mercado livre reply=%s part=%d pack=%s ml_message=%s",
                          reply["id"], part["seq"], pack_id, found)
                 continue
+            # Sent again (by design: assumed never to land now), the earlier send is remembered in
+            # case it still does: its copy is then the bridge's own, not a message typed on the site.
+            _still_there(s.db.replies.stray_possible(reply["id"], part["seq"], "message", pack_id,
+                                                     part["first_attempt_at"] or reply["created_at"], s.clock()))
         attachment_ids = _upload_files(s, reply, part)
         try:
             sent = _send_part(s, reply, part, partial(s.meli.send_message, pack_id, seller_id, to_user, part["text"],

@@ -12,6 +12,7 @@ import sqlite3
 from typing import TYPE_CHECKING
 
 from bridge.store.links import link_row
+from bridge.store.replies import STRAY, record_stray
 
 if TYPE_CHECKING:
     from db_manager import Database
@@ -130,6 +131,8 @@ class PrivacyStore:
                 " WHERE p.kind = 'question' AND p.external_id = links.external_id)", (cutoff,)).rowcount
             orphans += wconn.execute("DELETE FROM links WHERE kind = 'moderation_check' AND updated_at < ?",
                                      (cutoff,)).rowcount
+            # A send held that long has landed or never will: its hash is no longer needed.
+            orphans += wconn.execute("DELETE FROM links WHERE kind = ? AND updated_at < ?", (STRAY, cutoff)).rowcount
             # The hold of an erasure whose command stopped midway: it names the buyer.
             orphans += wconn.execute("DELETE FROM links WHERE kind = ? AND updated_at < ?",
                                      (ERASING, now - ERASING_HOLD)).rowcount
@@ -325,6 +328,16 @@ class PrivacyStore:
                                 f" AND reply_id IN ({_marks(reply_ids)})", reply_ids).fetchone()[0]
             if sent is not None:
                 mirrored = max(mirrored, min(float(sent) + SENT_CLOCK_SKEW, now))
+        if spec["reply_kind"] == "message":
+            # A part in flight (its answer lost, or not back yet) may land on Mercado Livre at any time,
+            # even after this erasure: remembered by its text's hash alone, so it is never mirrored
+            # back as a message typed on the site (db.replies.strays).
+            in_flight = conn.execute(f"SELECT p.text, COALESCE(p.first_attempt_at, r.created_at) FROM reply_parts p"
+                                     f" JOIN replies r ON r.id = p.reply_id WHERE p.status = 'sending'"
+                                     f" AND p.text IS NOT NULL AND p.reply_id IN ({_marks(reply_ids)})",
+                                     reply_ids).fetchall()
+            for row in in_flight:
+                record_stray(conn, spec["reply_kind"], external_id, row[0], float(row[1]), now)
         if spec["mark_in_data"]:
             # Messages without ids (claims): the newest Mercado Livre date seen is exact; a later
             # erasure of a conversation started afresh moves the mark forward.
