@@ -468,6 +468,33 @@ def test_a_reply_to_the_buyer_accepted_before_the_dispute_opened_goes_to_the_med
 
 
 @responses.activate
+def test_a_reply_to_the_buyer_whose_only_send_failed_goes_to_the_mediator_once_the_dispute_opened(s, db):
+    """Its one send to the buyer answered 503 and, settled, is not in the claim: nothing of the reply
+    went. The mediator joined meanwhile: the reply goes there, as it would have if written now,
+    rather than failing as 'comprador não aceita mensagem agora' after a 503 alone."""
+    db.links.update("claim", CLAIM_ID, 2.0, data=dict(db.links.get("claim", CLAIM_ID)["data"],
+                                                     receivers=["complainant"]))
+    reply_id = accept_claim_reply(s, db, 915, "Estamos verificando")
+    assert db.replies.get(reply_id)["receiver"] == "complainant"
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim())
+    sent = []
+
+    def send(request):
+        sent.append(json.loads(request.body))
+        return (503, {}, "{}") if len(sent) == 1 else (200, {}, "{}")  # the 503 was not applied
+
+    responses.add_callback(responses.POST, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message",
+                           callback=send)
+    assert delivery.deliver(s, reply_id) == "retry"
+    responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                      json=claim(stage="dispute", actions=("send_message_to_mediator",)))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[])
+    s.clock.advance(3600)
+    assert delivery.deliver(s, reply_id) == "delivered", db.replies.get(reply_id)["error"]
+    assert [m["receiver_role"] for m in sent] == ["complainant", "mediator"]
+
+
+@responses.activate
 def test_a_deadline_note_is_written_once_while_a_notification_syncs_the_same_claim(s, db):
     due = "2026-11-22T10:00:00.000Z"
     s.clock = lambda: sync_claims.parse_date(due) - 3600

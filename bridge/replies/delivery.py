@@ -484,9 +484,18 @@ def _deliver_claim(s: Services, reply: dict) -> None:
                      claim_id)
             continue
         if refused:
-            # Settled and not there: it did not go, and the note says so.
+            # Settled and not there: it did not go.
             s.db.replies.mark_part_unsent(reply["id"], part["seq"])
-            raise DeliveryFailed(refused)
+            if refused is CLAIM_CLOSED or not wanted or wanted not in allowed:
+                raise DeliveryFailed(refused)
+            # Nothing of the reply went (a 5xx alone is no refusal): decided again from this read of
+            # the claim, as if it were accepted now; a part already sent keeps the rest where it went.
+            receiver = s.db.replies.readdress_unsent(reply["id"], wanted)
+            _still_there(receiver)
+            if receiver != wanted:
+                raise DeliveryFailed(refused)
+            reply, refused = dict(reply, receiver=receiver), None
+            _still_there(s.db.replies.mark_part_sending(reply["id"], part["seq"], s.clock()))
         filenames = _upload_files(s, reply, part, lambda name, content, ctype: s.meli.upload_claim_attachment(
             claim_id, name, content, ctype))
         try:

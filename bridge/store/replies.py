@@ -294,6 +294,18 @@ class RepliesStore:
                                (reply_id,)).fetchone()
             return row["receiver"] if row else None
 
+    def readdress_unsent(self, reply_id: int, receiver: str) -> str | None:
+        """A claim reply none of whose parts can have arrived (every one `pending`: the only one tried
+        settled and was not found) takes `receiver`. Returns the receiver every part uses, None when
+        the reply is no longer unfinished."""
+        with self._db.write() as conn:
+            conn.execute("UPDATE replies SET receiver = ? WHERE id = ? AND status IN ('pending', 'sending')"
+                         " AND NOT EXISTS (SELECT 1 FROM reply_parts WHERE reply_id = ? AND status != 'pending')",
+                         (receiver, reply_id, reply_id))
+            row = conn.execute("SELECT receiver FROM replies WHERE id = ? AND status IN ('pending', 'sending')",
+                               (reply_id,)).fetchone()
+            return row["receiver"] if row else None
+
     def mark_part_unsent(self, reply_id: int, seq: int) -> None:
         """The remote side has no trace of this part: it may be sent again."""
         with self._db.write() as conn:
