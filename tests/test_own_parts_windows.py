@@ -135,3 +135,23 @@ def test_a_part_in_flight_when_its_buyer_was_erased_is_not_mirrored_back_when_it
     serve(thread(message("b1", 1), message("s1", 4, sender=SELLER, text="Segue  o rastreio."), message("b2", 5)))
     sales.sync_pack(s, "2000001", SELLER)
     assert mirrored_texts() == ["texto b2"]
+
+
+@responses.activate
+def test_a_part_whose_send_answer_names_no_message_id_is_not_mirrored_back(s, clock):
+    """Mercado Livre accepted the send but its answer carried no message id (a shape the bridge does not
+    know): the part is delivered with no id to recognize it by. Its text's hash stands in."""
+    clock.now = sales.parse_date("2026-11-29T10:01:30.000Z")
+    serve(thread(message("b1", 1)))
+    sales.sync_pack(s, "2000001", SELLER)
+    reply_id = s.db.replies.accept(chatwoot_message_id=9001, conversation_id=88, kind="message",
+                                   target_id="2000001", parts=[{"text": "Segue o rastreio."}], now=clock())
+    clock.now = sales.parse_date("2026-11-29T10:02:00.000Z")
+    responses.reset()
+    responses.post(THREAD, status=201, json={"status": "ok"})
+    assert delivery.deliver(s, reply_id) == "delivered"
+
+    clock.now = sales.parse_date("2026-11-29T10:06:00.000Z")
+    serve(thread(message("b1", 1), message("s1", 2, sender=SELLER, text="Segue o rastreio."), message("b2", 5)))
+    sales.sync_pack(s, "2000001", SELLER)
+    assert mirrored_texts() == ["texto b2"]

@@ -318,8 +318,14 @@ def _deliver_message(s: Services, reply: dict) -> None:
             raise DeliveryFailed(_refusal(exc, "a mensagem" if len(parts) == 1 else f"a parte {part['seq'] + 1}"))\
                 from None
         crashpoint("message_sent")
-        remote_id = str((sent or {}).get("id") or (sent or {}).get("message_id") or "") or None
-        _still_there(s.db.replies.mark_part_sent(reply["id"], part["seq"], remote_id, s.clock()))
+        remote_id = str((sent or {}).get("id") or (sent or {}).get("message_id") or "") if isinstance(sent, dict) \
+            else ""
+        if not remote_id:
+            # Accepted, but no id to know it by when the thread is read: its text's hash stands in.
+            log.warning("send answer names no message id reply=%s part=%d pack=%s", reply["id"], part["seq"], pack_id)
+            _still_there(s.db.replies.stray_possible(reply["id"], part["seq"], "message", pack_id,
+                                                     part["first_attempt_at"] or reply["created_at"], s.clock()))
+        _still_there(s.db.replies.mark_part_sent(reply["id"], part["seq"], remote_id or None, s.clock()))
         log.info("reply part sent reply=%s part=%d/%d pack=%s ml_message=%s", reply["id"], part["seq"] + 1,
                  len(parts), pack_id, remote_id)
 

@@ -334,7 +334,7 @@ class PrivacyStore:
             # back as a message typed on the site (db.replies.strays).
             in_flight = conn.execute(f"SELECT p.text, COALESCE(p.first_attempt_at, r.created_at) FROM reply_parts p"
                                      f" JOIN replies r ON r.id = p.reply_id WHERE p.status = 'sending'"
-                                     f" AND p.text IS NOT NULL AND p.reply_id IN ({_marks(reply_ids)})",
+                                     f" AND TRIM(COALESCE(p.text, '')) != '' AND p.reply_id IN ({_marks(reply_ids)})",
                                      reply_ids).fetchall()
             for row in in_flight:
                 record_stray(conn, spec["reply_kind"], external_id, row[0], float(row[1]), now)

@@ -365,7 +365,9 @@ class RepliesStore:
                                (reply_id, seq, reply_id)).fetchone()
             if row is None:
                 return False
-            record_stray(conn, kind, target_id, row["text"], since, now)
+            if (row["text"] or "").strip():
+                # A part of files alone is not told apart from the seller's own files by an empty text.
+                record_stray(conn, kind, target_id, row["text"], since, now)
             return True
 
     def strays(self, kind: str, target_id: str) -> dict[str, float]:
