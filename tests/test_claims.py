@@ -495,6 +495,36 @@ def test_a_reply_to_the_buyer_whose_only_send_failed_goes_to_the_mediator_once_t
 
 
 @responses.activate
+def test_a_reply_to_the_buyer_refused_because_the_dispute_just_opened_goes_to_the_mediator(s, db):
+    """The claim read said the buyer may be written to; the mediator joined before the send arrived and
+    Mercado Livre refused the buyer (403). Nothing of the reply went: it is sent to the mediator, as it
+    would have been a moment later, not failed as 'comprador não aceita mensagem agora'."""
+    db.links.update("claim", CLAIM_ID, 2.0, data=dict(db.links.get("claim", CLAIM_ID)["data"],
+                                                     receivers=["complainant"]))
+    reply_id = accept_claim_reply(s, db, 916, "Estamos verificando")
+    reads = iter([claim(), claim(stage="dispute", actions=("send_message_to_mediator",))])
+    responses.add_callback(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                           callback=lambda r: (200, {}, json.dumps(next(reads, claim(
+                               stage="dispute", actions=("send_message_to_mediator",))))))
+    sent = []
+
+    def send(request):
+        sent.append(json.loads(request.body))
+        if sent[-1]["receiver_role"] == "complainant":
+            return 403, {}, json.dumps({"error": "receiver_not_allowed", "status": 403,
+                                        "message": "The respondent cannot send messages to the complainant now"})
+        return 200, {}, "{}"
+
+    responses.add_callback(responses.POST, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message",
+                           callback=send)
+    outcomes = [delivery.deliver(s, reply_id)]
+    s.clock.advance(60)
+    outcomes.append(delivery.deliver(s, reply_id))
+    assert outcomes[-1] == "delivered", (outcomes, db.replies.get(reply_id)["error"])
+    assert [m["receiver_role"] for m in sent] == ["complainant", "mediator"]
+
+
+@responses.activate
 def test_a_deadline_note_is_written_once_while_a_notification_syncs_the_same_claim(s, db):
     due = "2026-11-22T10:00:00.000Z"
     s.clock = lambda: sync_claims.parse_date(due) - 3600

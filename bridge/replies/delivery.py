@@ -510,13 +510,33 @@ def _deliver_claim(s: Services, reply: dict) -> None:
             if exc.code == "claim_closed":
                 raise DeliveryFailed(CLAIM_CLOSED) from None
             if exc.status == 403:
-                raise DeliveryFailed(_receiver_refused(receiver, claim)) from None
+                raise DeliveryFailed(_receiver_refused(receiver, _claim_after_refusal(s, reply, claim_id))) from None
             raise DeliveryFailed(_refusal(exc, "a mensagem" if len(parts) == 1 else f"a parte {part['seq'] + 1}"))\
                 from None
         crashpoint("claim_message_sent")
         _still_there(s.db.replies.mark_part_sent(reply["id"], part["seq"], remote, s.clock()))
         log.info("reply part sent reply=%s part=%d/%d claim=%s receiver=%s", reply["id"], part["seq"] + 1,
                  len(parts), claim_id, receiver)
+
+
+def _claim_after_refusal(s: Services, reply: dict, claim_id: str) -> dict:
+    """Mercado Livre refused the receiver our read of the claim allowed: it may have moved on since
+    (the mediator joined). Read again: when nothing of the reply went and the claim now takes it for
+    another receiver (as it would be decided now), the reply goes there at its next attempt. Else the
+    claim as it is now, for the refusal's words."""
+    claim = s.meli.claim(claim_id)
+    allowed = claim_rules.allowed_receivers(claim)
+    addressed = reply.get("addressed")
+    wanted = addressed and claim_rules.resolve_receiver(addressed, allowed)
+    if claim.get("status") == "opened" and wanted and wanted != reply.get("receiver") and wanted in allowed:
+        moved = s.db.replies.readdress_unsent(reply["id"], wanted)
+        _still_there(moved)
+        if moved == wanted:
+            log.info("claim moved on before the reply's send, sent to the %s next reply=%s claim=%s", wanted,
+                     reply["id"], claim_id)
+            raise TransientError(f"the claim takes messages for the {wanted} now; the reply goes there next",
+                                 retry_after=1.0)
+    return claim
 
 
 def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float) -> bool:
