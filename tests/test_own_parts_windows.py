@@ -155,3 +155,16 @@ def test_a_part_whose_send_answer_names_no_message_id_is_not_mirrored_back(s, cl
     serve(thread(message("b1", 1), message("s1", 2, sender=SELLER, text="Segue o rastreio."), message("b2", 5)))
     sales.sync_pack(s, "2000001", SELLER)
     assert mirrored_texts() == ["texto b2"]
+
+
+def test_a_stray_send_stands_for_a_seller_message_with_its_text_only_from_its_first_attempt_to_a_day_after():
+    from bridge.rules import own_parts
+    from bridge.text import text_hash
+    since = sales.parse_date("2026-11-29T10:02:00.000Z")
+    strays = {text_hash("Ok, obrigado!"): since}
+    assert own_parts.sale_stray_copy(message("s1", 3, sender=SELLER, text="Ok,  obrigado!"), SELLER, strays)
+    assert not own_parts.sale_stray_copy(message("b1", 3, text="Ok, obrigado!"), SELLER, strays)  # the buyer's
+    assert not own_parts.sale_stray_copy(message("s0", 0, sender=SELLER, text="Ok, obrigado!") | {
+        "message_date": {"created": "2026-11-29T09:00:00.000Z"}}, SELLER, strays)  # typed before it
+    assert not own_parts.sale_stray_copy(message("s9", 0, sender=SELLER, text="Ok, obrigado!") | {
+        "message_date": {"created": "2026-12-01T10:00:00.000Z"}}, SELLER, strays)  # typed days after

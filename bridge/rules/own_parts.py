@@ -10,7 +10,7 @@ what to mirror, and the outbox looking for a send whose answer was lost.
 - A stray send: a part sent again after a look that found nothing, or erased with its reply
   while in flight, may still land later, with an id the bridge never learns. Its text's hash
   is kept (db.replies.strays): a message from the seller with that text, created at or after
-  the part's first attempt, is the bridge's own, whenever it lands.
+  the part's first attempt (and within a day of it), is the bridge's own, whenever it lands.
 - A lost send: a message from the seller with the part's text, created at or after the part's
   first attempt (less the clocks' skew), not already accounted for. When in doubt the part is
   sent again: a repeated line beats a reply that shows delivered and never arrived.
@@ -29,6 +29,9 @@ from bridge.text import text_hash
 log = logging.getLogger("bridge.outbox")
 
 SEND_CLOCK_SKEW = 60.0  # seconds our clock may run ahead of Mercado Livre's
+# A stray send lands within this of its first attempt, if ever: past it, a seller message with the
+# same text ("Ok", "Obrigado!") is the seller's own again.
+STRAY_LANDS_WITHIN = 86400.0
 
 
 # ---- the rule (pure) ----------------------------------------------------------------------------------
@@ -70,7 +73,10 @@ def sale_stray_copy(message: dict, seller_id: int, strays: dict[str, float]) -> 
     if not strays or not _from_seller(message, seller_id):
         return False
     since = strays.get(text_hash(message.get("text") or ""))
-    return since is not None and may_be_copy_of((message.get("message_date") or {}).get("created"), since)
+    if since is None:
+        return False
+    created = parse_date((message.get("message_date") or {}).get("created"))
+    return created is None or since - SEND_CLOCK_SKEW <= created <= since + STRAY_LANDS_WITHIN
 
 
 def claim_message_in_doubt(message: dict, in_doubt: list[str]) -> bool:
