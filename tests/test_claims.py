@@ -525,6 +525,30 @@ def test_a_reply_to_the_buyer_refused_because_the_dispute_just_opened_goes_to_th
 
 
 @responses.activate
+def test_a_reply_to_the_buyer_whose_send_met_a_429_goes_to_the_mediator_once_the_dispute_opened(s, db):
+    """A 429 is answered before anything is applied: nothing of the reply went, whatever its part's
+    first attempt says. The mediator joined before the retry: the reply goes there."""
+    db.links.update("claim", CLAIM_ID, 2.0, data=dict(db.links.get("claim", CLAIM_ID)["data"],
+                                                     receivers=["complainant"]))
+    reply_id = accept_claim_reply(s, db, 917, "Estamos verificando")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim())
+    sent = []
+
+    def send(request):
+        sent.append(json.loads(request.body))
+        return (429, {"Retry-After": "1"}, "{}") if len(sent) == 1 else (200, {}, "{}")
+
+    responses.add_callback(responses.POST, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message",
+                           callback=send)
+    assert delivery.deliver(s, reply_id) == "retry"
+    responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                      json=claim(stage="dispute", actions=("send_message_to_mediator",)))
+    s.clock.advance(60)
+    assert delivery.deliver(s, reply_id) == "delivered", db.replies.get(reply_id)["error"]
+    assert [m["receiver_role"] for m in sent] == ["complainant", "mediator"]
+
+
+@responses.activate
 def test_a_deadline_note_is_written_once_while_a_notification_syncs_the_same_claim(s, db):
     due = "2026-11-22T10:00:00.000Z"
     s.clock = lambda: sync_claims.parse_date(due) - 3600

@@ -459,11 +459,11 @@ def _deliver_claim(s: Services, reply: dict) -> None:
     addressed = reply.get("addressed")
     wanted = addressed and claim_rules.resolve_receiver(addressed, allowed)
     if wanted and receiver != wanted and wanted in allowed:
-        # Decided from an older read of the claim (the sync's, at acceptance): while no part has been
-        # tried, the receiver is decided again from this one, as at acceptance. The one the agent
+        # Decided from an older read of the claim (the sync's, at acceptance): while no part can have
+        # arrived, the receiver is decided again from this one, as at acceptance. The one the agent
         # addressed once Mercado Livre allows it; the buyer addressed after the mediator joined, the
         # mediator: refusing it as "the buyer takes no message now" fails a reply nobody refused.
-        receiver = s.db.replies.readdress_untried(reply["id"], wanted)
+        receiver = s.db.replies.readdress_unsent(reply["id"], wanted)
         _still_there(receiver)
     reply = dict(reply, receiver=receiver)
     # Decided now, said only once the parts in doubt are settled: a part whose answer was lost may

@@ -282,22 +282,11 @@ class RepliesStore:
                                (reply_id,)).fetchone()
             return row["receiver"] if row else None
 
-    def readdress_untried(self, reply_id: int, receiver: str) -> str | None:
-        """A claim reply none of whose parts has been tried yet takes `receiver` (the one the agent
-        addressed, once Mercado Livre lets the seller write to it): no part can then go to another.
-        Returns the receiver every part uses, None when the reply is no longer unfinished."""
-        with self._db.write() as conn:
-            conn.execute("UPDATE replies SET receiver = ? WHERE id = ? AND status IN ('pending', 'sending')"
-                         " AND NOT EXISTS (SELECT 1 FROM reply_parts WHERE reply_id = ?"
-                         " AND (status != 'pending' OR first_attempt_at IS NOT NULL))", (receiver, reply_id, reply_id))
-            row = conn.execute("SELECT receiver FROM replies WHERE id = ? AND status IN ('pending', 'sending')",
-                               (reply_id,)).fetchone()
-            return row["receiver"] if row else None
-
     def readdress_unsent(self, reply_id: int, receiver: str) -> str | None:
-        """A claim reply none of whose parts can have arrived (every one `pending`: the only one tried
-        settled and was not found) takes `receiver`. Returns the receiver every part uses, None when
-        the reply is no longer unfinished."""
+        """A claim reply none of whose parts can have arrived takes `receiver`: every part `pending`
+        (never tried, refused before it was applied: a 429 or a 403, or settled and not found in
+        the claim); none `sending` (in doubt) nor sent. Returns the receiver every part uses, None
+        when the reply is no longer unfinished."""
         with self._db.write() as conn:
             conn.execute("UPDATE replies SET receiver = ? WHERE id = ? AND status IN ('pending', 'sending')"
                          " AND NOT EXISTS (SELECT 1 FROM reply_parts WHERE reply_id = ? AND status != 'pending')",
