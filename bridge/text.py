@@ -8,6 +8,7 @@ the outbox can recompute the same parts after a crash.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from datetime import datetime
@@ -352,3 +353,9 @@ def local_time(moment: float | None, zone: str) -> str | None:
         return None
     shown = datetime.fromtimestamp(moment, ZoneInfo(zone))
     return f"{shown:%d/%m/%Y %H:%M} ({ZONE_NAMES.get(zone, zone)})"
+
+
+def text_hash(text: str) -> str:
+    """A short digest of a text, runs of whitespace collapsed (Mercado Livre normalizes them): what
+    the bridge keeps to know a message as its own without keeping its words."""
+    return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:16]

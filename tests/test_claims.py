@@ -450,6 +450,105 @@ def test_a_claim_reply_begun_to_the_mediator_as_the_only_receiver_ends_there(s, 
 
 
 @responses.activate
+def test_a_reply_to_the_buyer_accepted_before_the_dispute_opened_goes_to_the_mediator_not_failed(s, db):
+    """The claims sync last read the claim in stage `claim` (the buyer may be written to): the reply to
+    the buyer is accepted for the buyer. By its first send the mediator joined and the seller may write
+    only to the mediator. Mercado Livre refused nothing: as at acceptance, the buyer addressed is
+    answered through the mediator, never failed with 'comprador não aceita mensagem agora'."""
+    db.links.update("claim", CLAIM_ID, 2.0, data=dict(db.links.get("claim", CLAIM_ID)["data"],
+                                                     receivers=["complainant"]))
+    reply_id = accept_claim_reply(s, db, 914, "Estamos verificando")
+    assert db.replies.get(reply_id)["receiver"] == "complainant"
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                  json=claim(stage="dispute", actions=("send_message_to_mediator",)))
+    send = responses.post(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message", json={})
+    assert delivery.deliver(s, reply_id) == "delivered", db.replies.get(reply_id)["error"]
+    assert [json.loads(c.request.body)["receiver_role"] for c in send.calls] == ["mediator"]
+    assert db.replies.get(reply_id)["receiver"] == "mediator"
+
+
+@responses.activate
+def test_a_reply_to_the_buyer_whose_only_send_failed_goes_to_the_mediator_once_the_dispute_opened(s, db):
+    """Its one send to the buyer answered 503 and, settled, is not in the claim: nothing of the reply
+    went. The mediator joined meanwhile: the reply goes there, as it would have if written now,
+    rather than failing as 'comprador não aceita mensagem agora' after a 503 alone."""
+    db.links.update("claim", CLAIM_ID, 2.0, data=dict(db.links.get("claim", CLAIM_ID)["data"],
+                                                     receivers=["complainant"]))
+    reply_id = accept_claim_reply(s, db, 915, "Estamos verificando")
+    assert db.replies.get(reply_id)["receiver"] == "complainant"
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim())
+    sent = []
+
+    def send(request):
+        sent.append(json.loads(request.body))
+        return (503, {}, "{}") if len(sent) == 1 else (200, {}, "{}")  # the 503 was not applied
+
+    responses.add_callback(responses.POST, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message",
+                           callback=send)
+    assert delivery.deliver(s, reply_id) == "retry"
+    responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                      json=claim(stage="dispute", actions=("send_message_to_mediator",)))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[])
+    s.clock.advance(3600)
+    assert delivery.deliver(s, reply_id) == "delivered", db.replies.get(reply_id)["error"]
+    assert [m["receiver_role"] for m in sent] == ["complainant", "mediator"]
+
+
+@responses.activate
+def test_a_reply_to_the_buyer_refused_because_the_dispute_just_opened_goes_to_the_mediator(s, db):
+    """The claim read said the buyer may be written to; the mediator joined before the send arrived and
+    Mercado Livre refused the buyer (403). Nothing of the reply went: it is sent to the mediator, as it
+    would have been a moment later, not failed as 'comprador não aceita mensagem agora'."""
+    db.links.update("claim", CLAIM_ID, 2.0, data=dict(db.links.get("claim", CLAIM_ID)["data"],
+                                                     receivers=["complainant"]))
+    reply_id = accept_claim_reply(s, db, 916, "Estamos verificando")
+    reads = iter([claim(), claim(stage="dispute", actions=("send_message_to_mediator",))])
+    responses.add_callback(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                           callback=lambda r: (200, {}, json.dumps(next(reads, claim(
+                               stage="dispute", actions=("send_message_to_mediator",))))))
+    sent = []
+
+    def send(request):
+        sent.append(json.loads(request.body))
+        if sent[-1]["receiver_role"] == "complainant":
+            return 403, {}, json.dumps({"error": "receiver_not_allowed", "status": 403,
+                                        "message": "The respondent cannot send messages to the complainant now"})
+        return 200, {}, "{}"
+
+    responses.add_callback(responses.POST, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message",
+                           callback=send)
+    outcomes = [delivery.deliver(s, reply_id)]
+    s.clock.advance(60)
+    outcomes.append(delivery.deliver(s, reply_id))
+    assert outcomes[-1] == "delivered", (outcomes, db.replies.get(reply_id)["error"])
+    assert [m["receiver_role"] for m in sent] == ["complainant", "mediator"]
+
+
+@responses.activate
+def test_a_reply_to_the_buyer_whose_send_met_a_429_goes_to_the_mediator_once_the_dispute_opened(s, db):
+    """A 429 is answered before anything is applied: nothing of the reply went, whatever its part's
+    first attempt says. The mediator joined before the retry: the reply goes there."""
+    db.links.update("claim", CLAIM_ID, 2.0, data=dict(db.links.get("claim", CLAIM_ID)["data"],
+                                                     receivers=["complainant"]))
+    reply_id = accept_claim_reply(s, db, 917, "Estamos verificando")
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim())
+    sent = []
+
+    def send(request):
+        sent.append(json.loads(request.body))
+        return (429, {"Retry-After": "1"}, "{}") if len(sent) == 1 else (200, {}, "{}")
+
+    responses.add_callback(responses.POST, f"{API}/post-purchase/v1/claims/{CLAIM_ID}/actions/send-message",
+                           callback=send)
+    assert delivery.deliver(s, reply_id) == "retry"
+    responses.replace(responses.GET, f"{API}/post-purchase/v1/claims/{CLAIM_ID}",
+                      json=claim(stage="dispute", actions=("send_message_to_mediator",)))
+    s.clock.advance(60)
+    assert delivery.deliver(s, reply_id) == "delivered", db.replies.get(reply_id)["error"]
+    assert [m["receiver_role"] for m in sent] == ["complainant", "mediator"]
+
+
+@responses.activate
 def test_a_deadline_note_is_written_once_while_a_notification_syncs_the_same_claim(s, db):
     due = "2026-11-22T10:00:00.000Z"
     s.clock = lambda: sync_claims.parse_date(due) - 3600

@@ -242,6 +242,7 @@ def test_what_the_guide_says_a_failing_inbox_webhooks_line_names_is_what_check_w
     inboxes[int(env["CHATWOOT_QUESTIONS_INBOX_ID"])]["webhook_url"] = ""  # emptied in Chatwoot
     inboxes[int(env["CHATWOOT_MESSAGES_INBOX_ID"])]["webhook_url"] = "https://elsewhere.example/webhook"
     inboxes[int(env["CHATWOOT_CLAIMS_INBOX_ID"])]["secret"] = "rotated-in-chatwoot"
+    fakes.chatwoot.state.add_webhook(f"{PUBLIC}/webhook", "whsec-left-by-an-older-setup")
     lines: list[str] = []
     with responses.RequestsMock(assert_all_requests_are_fired=False) as public:
         public.add_passthru("http://127.0.0.1")
@@ -250,7 +251,7 @@ def test_what_the_guide_says_a_failing_inbox_webhooks_line_names_is_what_check_w
     failing = next(line for line in lines if line.startswith("FAIL inbox webhooks:"))
     bullet = re.search(r"^- `inbox webhooks` [–-](.*?)(?=^- )", GUIDE, re.M | re.S).group(1)
     quoted = [q for q in re.findall(r"`([^`]+)`", bullet) if " " in q]
-    assert len(quoted) == 3
+    assert len(quoted) == 4
     for phrase in quoted:
         for words in re.split(r"<[^>]+>|…", phrase):
             assert words.strip() in failing, f"the guide quotes {phrase!r}; check wrote {failing!r}"

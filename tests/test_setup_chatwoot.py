@@ -444,6 +444,32 @@ def test_check_names_the_claims_inbox_when_it_is_configured(rsps, db, make_setti
                         "claims 5 'Mercado Livre - Reclamações' (API inboxes)")
 
 
+def test_check_fails_while_an_account_webhook_still_sends_to_the_listener(rsps, db, settings):
+    """Left by an older setup beside the inbox webhooks: each reply arrives twice, and when the inbox
+    delivery of a reply the account one already brought fails, Chatwoot marks failed a reply the
+    bridge delivers. Check says so and how to remove it (setup does)."""
+    FakeChatwoot(rsps, inboxes=[api_inbox(1, "Mercado Livre - Perguntas"), api_inbox(2, "Mercado Livre - Vendas")],
+                 webhooks=[{"id": 4, "name": "Mercado Livre bridge", "url": HOOK_URL, "account_id": 1,
+                            "subscriptions": ["message_created"], "secret": "whsec-old"},
+                           {"id": 5, "name": "CRM", "url": "https://crm.example.test/hook", "account_id": 1,
+                            "subscriptions": ["message_created"], "secret": "whsec-crm"}])
+    authorize(db)
+    rsps.get(f"{MELI}/users/me", json={"id": 555, "nickname": "LOJA"})
+    rsps.get(f"{PUBLIC}/health", status=200, json={"ok": True, "failing": []})
+    code, lines = check(settings)
+    assert code == 1
+    [line] = [line for line in lines if " inbox webhooks:" in line]
+    assert line.startswith(f"FAIL inbox webhooks: account webhook 4 also sends to {HOOK_URL}")
+    assert "failed" in line and f"./bridge.sh setup {PUBLIC}" in line and "crm" not in line
+    assert writes(rsps) == []
+
+
+def test_check_says_account_webhooks_were_not_looked_at_without_an_administrators_token(healthy, settings):
+    _code, lines = check(settings)
+    [line] = [line for line in lines if " inbox webhooks:" in line]
+    assert line.startswith("ok   inbox webhooks:") and "account webhooks" not in line
+
+
 def test_check_fails_when_a_configured_inbox_is_missing(healthy, make_settings):
     code, lines = check(make_settings(CHATWOOT_MESSAGES_INBOX_ID="8"), None)
     assert code == 1

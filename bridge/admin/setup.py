@@ -466,7 +466,7 @@ def run_check(settings: Settings, public_url: str | None, out: Out = print, *,
     checks.append(("mercado livre", lambda: _check_meli(settings, sleep)))
     if public_url is not None:
         checks.append(("listener", lambda: _check_listener(public_url, sleep)))
-        checks.append(("inbox webhooks", lambda: _check_inbox_webhooks(settings, public_url, state)))
+        checks.append(("inbox webhooks", lambda: _check_inbox_webhooks(chatwoot, settings, public_url, state)))
     checks.append(("custom attributes", lambda: _check_attribute_definitions(chatwoot, settings, state)))
     # Last: after `mercado livre`, whose seeding rewrote what it could under the first key.
     checks.append(("token encryption", lambda: _check_token_encryption(settings)))
@@ -489,6 +489,7 @@ def _check_chatwoot(chatwoot: ChatwootClient, settings: Settings, state: dict) -
     except SetupError:
         state["unreachable"] = True
         raise
+    state["role"] = role
     return True, f"reachable, token of {name} ({role})"
 
 
@@ -522,9 +523,14 @@ def _check_inboxes(chatwoot: ChatwootClient, settings: Settings, state: dict) ->
     return True, ", ".join(found_text) + " (API inboxes)" + claims
 
 
-def _check_inbox_webhooks(settings: Settings, public_url: str, state: dict) -> tuple[bool, str]:
+def _check_inbox_webhooks(chatwoot: ChatwootClient, settings: Settings, public_url: str,
+                          state: dict) -> tuple[bool, str]:
     """Each configured inbox's own webhook reaches this listener with a secret it holds: else an
-    agent's reply never arrives (wrong URL) or is refused (401) and shows failed."""
+    agent's reply never arrives (wrong URL) or is refused (401) and shows failed.
+
+    And no account webhook (an older setup's) sends there too: Chatwoot then delivers each reply
+    twice, and marks the agent's message failed when the inbox delivery fails, though the account
+    one brought the reply and the bridge delivers it. Only an administrator's token lists them."""
     if "inboxes" not in state:
         return False, "not checked (see the inboxes line)"
     target = f"{normalize_public_url(public_url)}/webhook"
@@ -545,6 +551,12 @@ def _check_inbox_webhooks(settings: Settings, public_url: str, state: dict) -> t
             problems.append(f"CHATWOOT_WEBHOOK_SECRET does not hold the secret of inbox {name!r}: its replies get 401")
         elif token is None and not inbox.get("secret"):
             unknown.append(str(name))
+    if state.get("role") == "administrator":
+        for hook in _call(settings, "listing the webhooks", chatwoot.webhooks):
+            if isinstance(hook, dict) and _same_endpoint(hook.get("url"), target):
+                problems.append(f"account webhook {hook.get('id')} also sends to {target}: each reply arrives "
+                                f"twice, and one whose inbox delivery fails shows failed though the bridge "
+                                f"delivers it")
     if problems:
         return False, "; ".join(problems) + " (run ./bridge.sh setup " + normalize_public_url(public_url) + \
             ", paste the lines it prints and restart)"

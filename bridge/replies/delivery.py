@@ -349,6 +349,10 @@ def _deliver_message(s: Services, reply: dict) -> None:
                 log.info("reply part already on mercado livre reply=%s part=%d pack=%s ml_message=%s",
                          reply["id"], part["seq"], pack_id, found)
                 continue
+            # Sent again (by design: assumed never to land now), the earlier send is remembered in
+            # case it still does: its copy is then the bridge's own, not a message typed on the site.
+            _still_there(s.db.replies.stray_possible(reply["id"], part["seq"], "message", pack_id,
+                                                     part["first_attempt_at"] or reply["created_at"], s.clock()))
         attachment_ids = _upload_files(s, reply, part)
         try:
             sent = _send_part(s, reply, part, partial(s.meli.send_message, pack_id, seller_id, to_user, part["text"],
@@ -359,8 +363,14 @@ def _deliver_message(s: Services, reply: dict) -> None:
             raise DeliveryFailed(_refusal(exc, "a mensagem" if len(parts) == 1 else f"a parte {part['seq'] + 1}"))\
                 from None
         crashpoint("message_sent")
-        remote_id = str((sent or {}).get("id") or (sent or {}).get("message_id") or "") or None
-        _still_there(s.db.replies.mark_part_sent(reply["id"], part["seq"], remote_id, s.clock()))
+        remote_id = str((sent or {}).get("id") or (sent or {}).get("message_id") or "") if isinstance(sent, dict) \
+            else ""
+        if not remote_id:
+            # Accepted, but no id to know it by when the thread is read: its text's hash stands in.
+            log.warning("send answer names no message id reply=%s part=%d pack=%s", reply["id"], part["seq"], pack_id)
+            _still_there(s.db.replies.stray_possible(reply["id"], part["seq"], "message", pack_id,
+                                                     part["first_attempt_at"] or reply["created_at"], s.clock()))
+        _still_there(s.db.replies.mark_part_sent(reply["id"], part["seq"], remote_id or None, s.clock()))
         log.info("reply part sent reply=%s part=%d/%d pack=%s ml_message=%s", reply["id"], part["seq"] + 1,
                  len(parts), pack_id, remote_id)
 
@@ -487,20 +497,24 @@ def _deliver_claim(s: Services, reply: dict) -> None:
         raise DeliveryFailed(CLAIM_NOT_AGAINST_SELLER)
     # Fixed at acceptance (or, for a claim not known then, here before any part leaves): every part
     # goes there or not at all (half a reply to each reader reaches nobody).
+    allowed = claim_rules.allowed_receivers(claim)
     receiver = reply.get("receiver") or s.db.replies.fix_receiver(reply["id"], claim_rules.resolve_receiver(
-        reply.get("addressed") or "complainant", claim_rules.allowed_receivers(claim)) or "complainant")
+        reply.get("addressed") or "complainant", allowed) or "complainant")
     _still_there(receiver)
     addressed = reply.get("addressed")
-    if addressed and receiver != addressed and addressed in claim_rules.allowed_receivers(claim):
-        # Sent elsewhere only because an older read of the claim allowed no one else: while no part
-        # has been tried, the one the agent addressed gets it.
-        receiver = s.db.replies.readdress_untried(reply["id"], addressed)
+    wanted = addressed and claim_rules.resolve_receiver(addressed, allowed)
+    if wanted and receiver != wanted and wanted in allowed:
+        # Decided from an older read of the claim (the sync's, at acceptance): while no part can have
+        # arrived, the receiver is decided again from this one, as at acceptance. The one the agent
+        # addressed once Mercado Livre allows it; the buyer addressed after the mediator joined, the
+        # mediator: refusing it as "the buyer takes no message now" fails a reply nobody refused.
+        receiver = s.db.replies.readdress_unsent(reply["id"], wanted)
         _still_there(receiver)
     reply = dict(reply, receiver=receiver)
     # Decided now, said only once the parts in doubt are settled: a part whose answer was lost may
     # have reached the claim before it closed or moved on, and then it was delivered, not refused.
     refused = CLAIM_CLOSED if claim.get("status") != "opened" else \
-        None if receiver in claim_rules.allowed_receivers(claim) else _receiver_refused(receiver, claim)
+        None if receiver in allowed else _receiver_refused(receiver, claim)
     for part in parts:
         if part["status"] == "sent":
             continue
@@ -521,9 +535,18 @@ def _deliver_claim(s: Services, reply: dict) -> None:
                      claim_id)
             continue
         if refused:
-            # Settled and not there: it did not go, and the note says so.
+            # Settled and not there: it did not go.
             s.db.replies.mark_part_unsent(reply["id"], part["seq"])
-            raise DeliveryFailed(refused)
+            if refused is CLAIM_CLOSED or not wanted or wanted not in allowed:
+                raise DeliveryFailed(refused)
+            # Nothing of the reply went (a 5xx alone is no refusal): decided again from this read of
+            # the claim, as if it were accepted now; a part already sent keeps the rest where it went.
+            receiver = s.db.replies.readdress_unsent(reply["id"], wanted)
+            _still_there(receiver)
+            if receiver != wanted:
+                raise DeliveryFailed(refused)
+            reply, refused = dict(reply, receiver=receiver), None
+            _still_there(s.db.replies.mark_part_sending(reply["id"], part["seq"], s.clock()))
         filenames = _upload_files(s, reply, part, lambda name, content, ctype: s.meli.upload_claim_attachment(
             claim_id, name, content, ctype))
         try:
@@ -532,13 +555,33 @@ def _deliver_claim(s: Services, reply: dict) -> None:
             if exc.code == "claim_closed":
                 raise DeliveryFailed(CLAIM_CLOSED) from None
             if exc.status == 403:
-                raise DeliveryFailed(_receiver_refused(receiver, claim)) from None
+                raise DeliveryFailed(_receiver_refused(receiver, _claim_after_refusal(s, reply, claim_id))) from None
             raise DeliveryFailed(_refusal(exc, "a mensagem" if len(parts) == 1 else f"a parte {part['seq'] + 1}"))\
                 from None
         crashpoint("claim_message_sent")
         _still_there(s.db.replies.mark_part_sent(reply["id"], part["seq"], remote, s.clock()))
         log.info("reply part sent reply=%s part=%d/%d claim=%s receiver=%s", reply["id"], part["seq"] + 1,
                  len(parts), claim_id, receiver)
+
+
+def _claim_after_refusal(s: Services, reply: dict, claim_id: str) -> dict:
+    """Mercado Livre refused the receiver our read of the claim allowed: it may have moved on since
+    (the mediator joined). Read again: when nothing of the reply went and the claim now takes it for
+    another receiver (as it would be decided now), the reply goes there at its next attempt. Else the
+    claim as it is now, for the refusal's words."""
+    claim = s.meli.claim(claim_id)
+    allowed = claim_rules.allowed_receivers(claim)
+    addressed = reply.get("addressed")
+    wanted = addressed and claim_rules.resolve_receiver(addressed, allowed)
+    if claim.get("status") == "opened" and wanted and wanted != reply.get("receiver") and wanted in allowed:
+        moved = s.db.replies.readdress_unsent(reply["id"], wanted)
+        _still_there(moved)
+        if moved == wanted:
+            log.info("claim moved on before the reply's send, sent to the %s next reply=%s claim=%s", wanted,
+                     reply["id"], claim_id)
+            raise TransientError(f"the claim takes messages for the {wanted} now; the reply goes there next",
+                                 retry_after=1.0)
+    return claim
 
 
 def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float) -> bool:

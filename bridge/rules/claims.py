@@ -3,11 +3,11 @@ message (it has no id) is told apart, our own sent parts included. Pure."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
 
 from bridge.rules.dates import parse_date
+from bridge.text import text_hash
 
 REPLY_TO_ATTRIBUTE = "meli_claim_reply_to"
 CLAIM_URL = "https://www.mercadolivre.com.br/vendas/reclamacoes/{claim_id}/detalhe"
@@ -77,10 +77,6 @@ def resolve_receiver(wanted: str, allowed: list[str] | set[str] | None) -> str |
     if allowed is None:
         return None
     return "mediator" if set(allowed) == {"mediator"} else "complainant"
-
-
-def text_hash(text: str) -> str:
-    return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:16]
 
 
 def message_key(claim_id: str, message: dict) -> str:

@@ -7,6 +7,10 @@ what to mirror, and the outbox looking for a send whose answer was lost.
 - In doubt: a part left `sending` by an unfinished reply may have reached Mercado Livre. A
   message from the seller with its text may be that part: the sync leaves it for later
   instead of mirroring it as typed on the site (a finished reply settles nothing any more).
+- A stray send: a part sent again after a look that found nothing, or erased with its reply
+  while in flight, may still land later, with an id the bridge never learns. Its text's hash
+  is kept (db.replies.strays): a message from the seller with that text, created at or after
+  the part's first attempt (and within a day of it), is the bridge's own, whenever it lands.
 - A lost send: a message from the seller with the part's text, created at or after the part's
   first attempt (less the clocks' skew), not already accounted for. When in doubt the part is
   sent again: a repeated line beats a reply that shows delivered and never arrived.
@@ -20,10 +24,14 @@ import logging
 
 from bridge.rules.dates import parse_date
 from bridge.services import Services
+from bridge.text import text_hash
 
 log = logging.getLogger("bridge.outbox")
 
 SEND_CLOCK_SKEW = 60.0  # seconds our clock may run ahead of Mercado Livre's
+# A stray send lands within this of its first attempt, if ever: past it, a seller message with the
+# same text ("Ok", "Obrigado!") is the seller's own again.
+STRAY_LANDS_WITHIN = 86400.0
 
 
 # ---- the rule (pure) ----------------------------------------------------------------------------------
@@ -58,6 +66,17 @@ def _from_seller(message: dict, seller_id: int) -> bool:
 def sale_message_in_doubt(message: dict, seller_id: int, in_doubt: list[str]) -> bool:
     """Post-sale: the seller's message may be a reply part in flight."""
     return _from_seller(message, seller_id) and may_be_part_in_flight(message.get("text") or "", in_doubt)
+
+
+def sale_stray_copy(message: dict, seller_id: int, strays: dict[str, float]) -> bool:
+    """Post-sale: the seller's message is a stray send of ours (`strays`: text hash -> first attempt)."""
+    if not strays or not _from_seller(message, seller_id):
+        return False
+    since = strays.get(text_hash(message.get("text") or ""))
+    if since is None:
+        return False
+    created = parse_date((message.get("message_date") or {}).get("created"))
+    return created is None or since - SEND_CLOCK_SKEW <= created <= since + STRAY_LANDS_WITHIN
 
 
 def claim_message_in_doubt(message: dict, in_doubt: list[str]) -> bool:

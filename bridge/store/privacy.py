@@ -12,6 +12,7 @@ import sqlite3
 from typing import TYPE_CHECKING
 
 from bridge.store.links import link_row
+from bridge.store.replies import STRAY, record_stray
 
 if TYPE_CHECKING:
     from db_manager import Database
@@ -56,6 +57,10 @@ CONVERSATION_KINDS: dict[str, dict] = {
               "check_prefix": "claim:", "thread": False, "mark_in_data": True},
 }
 
+
+# How far Mercado Livre's clock may run ahead of ours (bridge.rules.own_parts.SEND_CLOCK_SKEW): a
+# part recorded sent at our time t is dated at most this much later there.
+SENT_CLOCK_SKEW = 60.0
 
 # The statuses of a reply whose agent has not been told its outcome (see forget_buyer's `untold`).
 UNTOLD_REPLIES = ("pending", "sending", "failed", "delivered")
@@ -126,6 +131,8 @@ class PrivacyStore:
                 " WHERE p.kind = 'question' AND p.external_id = links.external_id)", (cutoff,)).rowcount
             orphans += wconn.execute("DELETE FROM links WHERE kind = 'moderation_check' AND updated_at < ?",
                                      (cutoff,)).rowcount
+            # A send held that long has landed or never will: its hash is no longer needed.
+            orphans += wconn.execute("DELETE FROM links WHERE kind = ? AND updated_at < ?", (STRAY, cutoff)).rowcount
             # The hold of an erasure whose command stopped midway: it names the buyer.
             orphans += wconn.execute("DELETE FROM links WHERE kind = ? AND updated_at < ?",
                                      (ERASING, now - ERASING_HOLD)).rowcount
@@ -311,6 +318,26 @@ class PrivacyStore:
                 "SELECT MAX(CAST(json_extract(data, '$.at') AS REAL)) FROM links WHERE kind = ?"
                 " AND external_id >= ? AND external_id < ?", (keyed_kind, f"{external_id}:", f"{external_id}:\uffff"))
               if r[0] is not None)])
+        if spec["reply_kind"] in ("message", "claim"):
+            # The bridge's own sent parts: a thread read after their send would have moved the mark
+            # past them, but one that comes only after the erasure finds them newer than the mark,
+            # their ids and texts gone with the replies, and mirrors them back as typed on the
+            # site. Each was on Mercado Livre when recorded sent (its date there is earlier, up to
+            # the clocks' skew); nothing later than the erasure itself is covered.
+            sent = conn.execute(f"SELECT MAX(sent_at) FROM reply_parts WHERE status = 'sent'"
+                                f" AND reply_id IN ({_marks(reply_ids)})", reply_ids).fetchone()[0]
+            if sent is not None:
+                mirrored = max(mirrored, min(float(sent) + SENT_CLOCK_SKEW, now))
+        if spec["reply_kind"] == "message":
+            # A part in flight (its answer lost, or not back yet) may land on Mercado Livre at any time,
+            # even after this erasure: remembered by its text's hash alone, so it is never mirrored
+            # back as a message typed on the site (db.replies.strays).
+            in_flight = conn.execute(f"SELECT p.text, COALESCE(p.first_attempt_at, r.created_at) FROM reply_parts p"
+                                     f" JOIN replies r ON r.id = p.reply_id WHERE p.status = 'sending'"
+                                     f" AND TRIM(COALESCE(p.text, '')) != '' AND p.reply_id IN ({_marks(reply_ids)})",
+                                     reply_ids).fetchall()
+            for row in in_flight:
+                record_stray(conn, spec["reply_kind"], external_id, row[0], float(row[1]), now)
         if spec["mark_in_data"]:
             # Messages without ids (claims): the newest Mercado Livre date seen is exact; a later
             # erasure of a conversation started afresh moves the mark forward.

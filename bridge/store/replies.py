@@ -17,6 +17,7 @@ import json
 from typing import TYPE_CHECKING, TypedDict
 
 from bridge.store.links import insert_pending, update_fields
+from bridge.text import text_hash
 
 if TYPE_CHECKING:
     from db_manager import Database
@@ -25,6 +26,19 @@ if TYPE_CHECKING:
 # The reply a part belongs to is still there and unfinished (its id never names another reply).
 _UNFINISHED = "EXISTS (SELECT 1 FROM replies WHERE replies.id = ? AND replies.status IN ('pending', 'sending'))"
 _FINISHED = "status IN ('delivered', 'failed')"
+# A send of a part that may still land on Mercado Livre though the bridge will never record its id
+# (sent again after a look that found nothing, or erased with its reply while in flight): a links
+# row "<reply kind>:<target>:<text hash>", data {"since": first attempt}. No text, no buyer id.
+STRAY = "stray_send"
+
+
+def record_stray(conn, kind: str, target_id: str, text: str | None, since: float, now: float) -> None:
+    """Inside a write: a send of this text to this target may still land, from `since` on."""
+    conn.execute("INSERT INTO links (kind, external_id, status, data, created_at, updated_at)"
+                 " VALUES (?, ?, 'created', json_object('since', ?), ?, ?) ON CONFLICT (kind, external_id)"
+                 " DO UPDATE SET updated_at = excluded.updated_at, data = json_object('since',"
+                 " MIN(CAST(json_extract(links.data, '$.since') AS REAL), ?))",
+                 (STRAY, f"{kind}:{target_id}:{text_hash(text or '')}", since, now, now, since))
 
 
 class Reply(TypedDict):
@@ -284,14 +298,15 @@ class RepliesStore:
                                (reply_id,)).fetchone()
             return row["receiver"] if row else None
 
-    def readdress_untried(self, reply_id: int, receiver: str) -> str | None:
-        """A claim reply none of whose parts has been tried yet takes `receiver` (the one the agent
-        addressed, once Mercado Livre lets the seller write to it): no part can then go to another.
-        Returns the receiver every part uses, None when the reply is no longer unfinished."""
+    def readdress_unsent(self, reply_id: int, receiver: str) -> str | None:
+        """A claim reply none of whose parts can have arrived takes `receiver`: every part `pending`
+        (never tried, refused before it was applied: a 429 or a 403, or settled and not found in
+        the claim); none `sending` (in doubt) nor sent. Returns the receiver every part uses, None
+        when the reply is no longer unfinished."""
         with self._db.write() as conn:
             conn.execute("UPDATE replies SET receiver = ? WHERE id = ? AND status IN ('pending', 'sending')"
-                         " AND NOT EXISTS (SELECT 1 FROM reply_parts WHERE reply_id = ?"
-                         " AND (status != 'pending' OR first_attempt_at IS NOT NULL))", (receiver, reply_id, reply_id))
+                         " AND NOT EXISTS (SELECT 1 FROM reply_parts WHERE reply_id = ? AND status != 'pending')",
+                         (receiver, reply_id, reply_id))
             row = conn.execute("SELECT receiver FROM replies WHERE id = ? AND status IN ('pending', 'sending')",
                                (reply_id,)).fetchone()
             return row["receiver"] if row else None
@@ -345,6 +360,27 @@ class RepliesStore:
                 f"SELECT remote_id FROM reply_parts WHERE remote_id IN ({','.join('?' * len(chunk))})", chunk)
             found.update(r[0] for r in rows)
         return found
+
+    def stray_possible(self, reply_id: int, seq: int, kind: str, target_id: str, since: float, now: float) -> bool:
+        """This part is sent again though its earlier send may still land: remembered (by its text's
+        hash) for good, so that copy is known as the bridge's own whenever it lands. False: the
+        reply is gone or finished."""
+        with self._db.write() as conn:
+            row = conn.execute(f"SELECT text FROM reply_parts WHERE reply_id = ? AND seq = ? AND {_UNFINISHED}",
+                               (reply_id, seq, reply_id)).fetchone()
+            if row is None:
+                return False
+            if (row["text"] or "").strip():
+                # A part of files alone is not told apart from the seller's own files by an empty text.
+                record_stray(conn, kind, target_id, row["text"], since, now)
+            return True
+
+    def strays(self, kind: str, target_id: str) -> dict[str, float]:
+        """Text hash -> earliest first attempt of the sends to this target that may still land unrecorded."""
+        prefix = f"{kind}:{target_id}:"
+        return {row["external_id"][len(prefix):]: float(json.loads(row["data"] or "{}").get("since") or 0.0)
+                for row in self._db.all("SELECT external_id, data FROM links WHERE kind = ? AND external_id >= ?"
+                                        " AND external_id < ?", (STRAY, prefix, prefix + "\uffff"))}
 
     def texts_in_doubt(self, kind: str, target_id: str) -> list[str]:
         """Texts of the parts of `kind` replies ('message' to a sale, 'claim' to a claim) to this

@@ -383,7 +383,10 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     mark_seen = (mark or {}).get("updated_at") or NOT_CLOSED
     # Nor what is already in Chatwoot: mirrored by a sync an erasure overtook, after the erasure's mark.
     shown = s.db.links.created_among("message", [str(m["id"]) for m in messages]) if covered else set()
-    new_messages = [m for m in messages if str(m["id"]) not in covered | shown]
+    # Nor a send of ours that landed with an id we never learnt (held past the settle, or erased in flight).
+    strays = s.db.replies.strays("message", pack_id)
+    stray_ids = {str(m["id"]) for m in messages if own_parts.sale_stray_copy(m, seller_id, strays)}
+    new_messages = [m for m in messages if str(m["id"]) not in covered | shown | stray_ids]
     if (not link or link["status"] != "created") and (
             (covered and not new_messages)
             or (require_buyer and all(is_from_seller(m, seller_id) for m in new_messages))):
@@ -407,14 +410,15 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     # In this order: a part the outbox records as sent between the two reads is then in bridge_ids.
     in_doubt = own_parts.texts_in_doubt(s, "message", pack_id)
     bridge_ids = s.db.replies.sent_ids(ids)
+    own = bridge_ids | stray_ids
 
     def known_now() -> set[str]:
         return covered | {i for i in ids if (s.db.links.get("message", i) or {}).get("status") == "created"}
 
     known = known_now()
-    plan = messages_to_mirror(messages, seller_id, known, bridge_ids, in_doubt)
+    plan = messages_to_mirror(messages, seller_id, known, own, in_doubt)
     deferred = any(own_parts.sale_message_in_doubt(m, seller_id, in_doubt) for m in messages
-                   if str(m["id"]) not in known | bridge_ids)
+                   if str(m["id"]) not in known | own)
     reopened = reopen and any(direction == "incoming" for _m, direction in plan)
     created = 0
     try:
@@ -431,7 +435,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
         continue_in_new_conversation(s, "pack", pack_id, conversation_id, log)
         conversation_id, link, reopen = _ensure_pack_conversation(s, pack_id, messages, resource_kind, blocked,
                                                                   migrated, mark_seen)
-        rest = messages_to_mirror(messages, seller_id, known_now(), bridge_ids, in_doubt)
+        rest = messages_to_mirror(messages, seller_id, known_now(), own, in_doubt)
         reopened = reopen and any(direction == "incoming" for _m, direction in rest)
         if reopened:
             # A found one, as above: before its messages are recorded.
@@ -444,7 +448,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     late: list[dict] = []
     if unread:
         # Everything is stored: now Mercado Livre may show the buyer's messages as read.
-        late = _mark_read(s, pack_id, seller_id, messages, known | bridge_ids | {str(m["id"]) for m, _d in plan})
+        late = _mark_read(s, pack_id, seller_id, messages, known | own | {str(m["id"]) for m, _d in plan})
         if late and reopen and not reopened:
             s.chatwoot.set_status(conversation_id, "open")
         for message in late:
