@@ -94,7 +94,7 @@ no thread left unread after the drain — a drain that ran out with buyer messag
 unread on Mercado Livre is a bridge that stopped marking (or syncing) a thread: every other
 check can pass while it re-reads that thread forever.
 
-webhooks never 5xx — no delivery to the listener (Chatwoot's own account and inbox
+webhooks never 5xx — no delivery to the listener (Chatwoot's own inbox
 webhooks, the soak's duplicates, notifications) was answered with a 5xx. Connection
 errors while the listener is down are counted, not violations.
 
@@ -158,7 +158,7 @@ from bench.common import png_bytes  # noqa: E402
 from bridge import source_ids  # noqa: E402
 from bridge.admin.setup import CONVERSATION_ATTRIBUTES  # noqa: E402
 from mercado_livre_api import REFRESH_LEASE, REFRESH_MARGIN  # noqa: E402  (at most this long before the loss shows)
-from tests.e2e import LOG_DIR, VENV_BIN, WEBHOOK_SECRET, Bridge  # noqa: E402
+from tests.e2e import LOG_DIR, VENV_BIN, Bridge  # noqa: E402
 from tests.fakes import start_fakes  # noqa: E402
 from tests.fakes.fake_chatwoot import MESSAGE_TYPES, rails_json, sign  # noqa: E402
 
@@ -319,10 +319,14 @@ class Soak:
         self.bridge = Bridge(self.tmp, self.fakes, LOG_LEVEL="DEBUG", QUESTIONS_POLL_SECONDS="1",
                              CHATWOOT_CLAIMS_INBOX_ID=str(self.fakes.claims_inbox),
                              MESSAGES_POLL_SECONDS="1", BRIDGE_HTTP_READ_TIMEOUT=str(READ_TIMEOUT))
-        # The account webhook (added by Bridge) and both inbox webhooks point at the listener,
-        # as the README suggests: each message arrives twice, and an inbox delivery that
-        # fails marks the agent's message failed.
-        secrets = [WEBHOOK_SECRET]
+        # Each inbox's own webhook points at the listener, as `main.py setup` wires them: an inbox
+        # delivery that fails marks the agent's message failed. No account webhook (the harness
+        # adds one; `check` fails while one points at the listener): with both, an inbox delivery
+        # failing after the account one was delivered marks a delivered reply failed. Duplicate
+        # deliveries are injected on their own.
+        with cw.lock:
+            cw.webhooks.clear()
+        secrets = []
         for inbox_id in (self.fakes.questions_inbox, self.fakes.messages_inbox, self.fakes.claims_inbox):
             with cw.lock:
                 cw.inboxes[inbox_id]["webhook_url"] = f"{self.bridge.url}/webhook"
@@ -928,9 +932,13 @@ class Soak:
             if message is None:
                 return
             raw = rails_json(self.cw.webhook_payload(message))
+            conv = self.cw.conversations.get(message.get("conversation_id")) or {}
+            secret = (self.cw.inboxes.get(conv.get("inbox_id")) or {}).get("secret")
+        if not secret:
+            return
         timestamp = str(int(time.time()))
         headers = {"Content-Type": "application/json", "X-Chatwoot-Timestamp": timestamp,
-                   "X-Chatwoot-Signature": sign(WEBHOOK_SECRET, timestamp, raw),
+                   "X-Chatwoot-Signature": sign(secret, timestamp, raw),
                    "X-Chatwoot-Delivery": f"soak-dup-{reply['message_id']}-{self._next()}"}
         try:
             status = requests.post(f"{self.bridge.url}/webhook", data=raw, headers=headers, timeout=6).status_code
