@@ -250,6 +250,29 @@ def test_a_buyer_message_reopens_a_found_conversation_an_agent_resolved(s):
 
 
 @responses.activate
+def test_a_new_sale_conversation_an_agent_resolved_before_its_buyer_messages_went_in_is_reopened(s):
+    """Made by this sync, the conversation shows in Chatwoot empty: an agent may resolve it before the
+    buyer's messages go in, which would then wait unseen in a resolved conversation (soak seed
+    20261129, conversation 69). It is set open once they are in."""
+    inbox = s.settings.chatwoot_messages_inbox_id
+    s.db.links.update("pack", "2000001", 2.0, status="pending", conversation_id=None, data={})
+    s.db.links.mark_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [inbox]})
+    responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 9, "nickname": "COMPRADOR"}})
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=thread(buyer("b1", "Chegou quebrado", 1)))
+    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)], json=thread(buyer("b1", "Chegou quebrado", 1)))
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
+    responses.post(f"{CW}/conversations", json={"id": 88})
+    chatwoot_accepts()
+
+    assert sync_messages.sync_pack(s, "2000001", 555) == 1
+    calls = [c.request.url.rsplit("/", 1)[-1] for c in responses.calls
+             if c.request.url.startswith(f"{CW}/conversations/88/") and c.request.method == "POST"]
+    assert calls[-1] == "toggle_status" and "messages" in calls
+    toggles = [json.loads(c.request.body) for c in responses.calls if c.request.url.endswith("/toggle_status")]
+    assert toggles == [{"status": "open"}]
+
+
+@responses.activate
 def test_a_found_conversation_continued_in_after_a_deletion_is_reopened_before_its_buyer_messages_go_in(s):
     """The sale's conversation was deleted; the one it continues in is found (an earlier create's,
     left empty) and was resolved. It is reopened before the buyer's messages go in: a failure after

@@ -419,7 +419,8 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     plan = messages_to_mirror(messages, seller_id, known, own, in_doubt)
     deferred = any(own_parts.sale_message_in_doubt(m, seller_id, in_doubt) for m in messages
                    if str(m["id"]) not in known | own)
-    reopened = reopen and any(direction == "incoming" for _m, direction in plan)
+    incoming = any(direction == "incoming" for _m, direction in plan)
+    reopened = reopen and incoming
     created = 0
     try:
         if reopened:
@@ -436,7 +437,8 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
         conversation_id, link, reopen = _ensure_pack_conversation(s, pack_id, messages, resource_kind, blocked,
                                                                   migrated, mark_seen)
         rest = messages_to_mirror(messages, seller_id, known_now(), own, in_doubt)
-        reopened = reopen and any(direction == "incoming" for _m, direction in rest)
+        incoming = any(direction == "incoming" for _m, direction in rest)
+        reopened = reopen and incoming
         if reopened:
             # A found one, as above: before its messages are recorded.
             s.chatwoot.set_status(conversation_id, "open")
@@ -454,9 +456,10 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
         for message in late:
             _mirror(s, conversation_id, pack_id, message, "incoming")
             created += 1
-    if reopen and (reopened or late):
+    if incoming or late:
         # Once more now they are in: an agent who resolved the conversation while they were
-        # being mirrored had not seen them (chaos soak, suite seed).
+        # being mirrored had not seen them (chaos soak, suite seed). One made by this sync too:
+        # it showed in Chatwoot empty until then, and an agent may have resolved it.
         s.chatwoot.set_status(conversation_id, "open")
     # A deferred message leaves the count unrecorded: the sweep comes back for it.
     s.db.threads.mark_synced(pack_id, s.clock(), None if deferred else len(messages) + len(late), last_id,
