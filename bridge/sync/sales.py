@@ -61,6 +61,7 @@ ORDERS_CURSOR = "postsale_orders_search"
 ORDERS_OVERLAP = 600.0  # seconds each pass re-covers: orders search indexing lags
 PACK_RESOURCE = re.compile(r"^/packs/(\d+)/sellers/(\d+)")
 SALE_URL = "https://www.mercadolivre.com.br/vendas/{order_id}/detalhe"
+CONTINUED_AT_MOST = 3  # new conversations one sync makes for a sale whose conversations agents keep deleting
 
 
 # ---- pure decisions -------------------------------------------------------------------------------
@@ -422,35 +423,37 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     incoming = any(direction == "incoming" for _m, direction in plan)
     reopened = reopen and incoming
     created = 0
-    try:
-        if reopened:
-            # Before mirroring: once the messages are recorded, a crash would leave nothing
-            # saying the conversation still has to be reopened.
-            s.chatwoot.set_status(conversation_id, "open")
-        for message, direction in plan:
-            _mirror(s, conversation_id, pack_id, message, direction)
-            created += 1
-    except PermanentError as exc:
-        if not is_gone(exc):
-            raise
-        continue_in_new_conversation(s, "pack", pack_id, conversation_id, log)
-        conversation_id, link, reopen = _ensure_pack_conversation(s, pack_id, messages, resource_kind, blocked,
-                                                                  migrated, mark_seen)
-        rest = messages_to_mirror(messages, seller_id, known_now(), own, in_doubt)
-        incoming = any(direction == "incoming" for _m, direction in rest)
-        reopened = reopen and incoming
-        if reopened:
-            # A found one, as above: before its messages are recorded.
-            s.chatwoot.set_status(conversation_id, "open")
-        for message, direction in rest:
-            _mirror(s, conversation_id, pack_id, message, direction)
-            created += 1
+    gone = None
+    for attempt in range(CONTINUED_AT_MOST + 1):
+        try:
+            if gone is not None:
+                # An agent deleted the conversation (or its contact), maybe the one made a moment
+                # ago to continue in: continued in a new one now, not after the sale's backoff.
+                continue_in_new_conversation(s, "pack", pack_id, gone, log)
+                conversation_id, link, reopen = _ensure_pack_conversation(s, pack_id, messages, resource_kind,
+                                                                          blocked, migrated, mark_seen)
+                plan = messages_to_mirror(messages, seller_id, known_now(), own, in_doubt)
+                incoming = any(direction == "incoming" for _m, direction in plan)
+                reopened = reopen and incoming
+            if reopened:
+                # Before mirroring: once the messages are recorded, a crash would leave nothing
+                # saying the conversation still has to be reopened. (A found one too.)
+                s.chatwoot.set_status(conversation_id, "open")
+            for message, direction in plan:
+                _mirror(s, conversation_id, pack_id, message, direction)
+                created += 1
+            break
+        except PermanentError as exc:
+            if not is_gone(exc) or attempt == CONTINUED_AT_MOST:
+                raise
+            gone = conversation_id
     _report_moderated_replies(s, messages, bridge_ids, conversation_id)
     unread = [m for m in messages if not is_from_seller(m, seller_id) and not (m.get("message_date") or {}).get("read")]
     late: list[dict] = []
     if unread:
         # Everything is stored: now Mercado Livre may show the buyer's messages as read.
-        late = _mark_read(s, pack_id, seller_id, messages, known | own | {str(m["id"]) for m, _d in plan})
+        # Read again: a message that went into a conversation deleted mid-sync is in no plan left, yet shown.
+        late = _mark_read(s, pack_id, seller_id, messages, known_now() | own | {str(m["id"]) for m, _d in plan})
         if late and reopen and not reopened:
             s.chatwoot.set_status(conversation_id, "open")
         for message in late:
