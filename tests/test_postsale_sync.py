@@ -279,6 +279,34 @@ def test_a_sale_conversation_deleted_again_while_the_sync_continues_in_a_new_one
 
 
 @responses.activate
+def test_a_conversation_deleted_before_the_note_that_continues_the_sale_is_replaced_at_once(s, caplog):
+    """As above, deleted (with its contact, in the soak: pack 3000000010) before even the note saying
+    why the sale continues there went in."""
+    inbox = s.settings.chatwoot_messages_inbox_id
+    s.db.links.mark_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [inbox]})
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=thread(buyer("b1", "Chegou quebrado", 1)))
+    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)], json=thread(buyer("b1", "Chegou quebrado", 1)))
+    responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 9, "nickname": "COMPRADOR"}})
+    responses.post(f"{CW}/conversations/88/toggle_status", status=404, json={"error": "Resource could not be found"})
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
+    responses.post(f"{CW}/conversations", json={"id": 94})
+    responses.post(f"{CW}/conversations", json={"id": 95})
+    responses.post(f"{CW}/conversations/94/messages", status=404, json={"error": "Resource could not be found"})
+    responses.get(f"{CW}/conversations/94", status=404, json={"error": "Resource could not be found"})
+    created = iter(range(700, 710))
+    responses.add_callback(responses.POST, f"{CW}/conversations/95/messages",
+                           callback=lambda _req: (200, {}, json.dumps({"id": next(created)})))
+    responses.post(f"{CW}/conversations/95/toggle_status", json={})
+
+    assert sync_messages.sync_pack(s, "2000001", 555) == 1
+    assert s.db.links.get("message", "b1")["conversation_id"] == 95
+    assert s.db.links.get("pack", "2000001")["conversation_id"] == 95
+    # 88's deletion is told once; 94, never shown anything, is only passed over.
+    assert [r.getMessage().split(": ")[0] for r in caplog.records if "conversation deleted" in r.getMessage()] == [
+        "conversation deleted in chatwoot pack=2000001 conversation=88"]
+
+
+@responses.activate
 def test_a_message_mirrored_before_its_conversation_was_deleted_mid_sync_is_not_taken_for_a_late_one(s):
     """b1 went into 88, then 88 was deleted before b2: b2 goes into the new conversation, and the
     mark-read's page showing b1 does not bring b1 in again as a message that arrived meanwhile."""

@@ -423,15 +423,18 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     incoming = any(direction == "incoming" for _m, direction in plan)
     reopened = reopen and incoming
     created = 0
-    gone = None
+    gone: int | None = None  # the conversation found deleted (0: the one being opened to continue in)
     for attempt in range(CONTINUED_AT_MOST + 1):
         try:
             if gone is not None:
                 # An agent deleted the conversation (or its contact), maybe the one made a moment
                 # ago to continue in: continued in a new one now, not after the sale's backoff.
-                continue_in_new_conversation(s, "pack", pack_id, gone, log)
+                if gone:
+                    continue_in_new_conversation(s, "pack", pack_id, gone, log)
+                gone = 0
                 conversation_id, link, reopen = _ensure_pack_conversation(s, pack_id, messages, resource_kind,
                                                                           blocked, migrated, mark_seen)
+                gone = None
                 plan = messages_to_mirror(messages, seller_id, known_now(), own, in_doubt)
                 incoming = any(direction == "incoming" for _m, direction in plan)
                 reopened = reopen and incoming
@@ -446,7 +449,8 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
         except PermanentError as exc:
             if not is_gone(exc) or attempt == CONTINUED_AT_MOST:
                 raise
-            gone = conversation_id
+            # One being opened (its note refused) is remembered by the sale's row: checked as it reopens.
+            gone = conversation_id if gone is None else 0
     _report_moderated_replies(s, messages, bridge_ids, conversation_id)
     unread = [m for m in messages if not is_from_seller(m, seller_id) and not (m.get("message_date") or {}).get("read")]
     late: list[dict] = []
