@@ -32,6 +32,7 @@ from bridge.rules.sale import sale_context
 from bridge.services import Services
 from bridge.sync import moderation
 from bridge.sync.contacts import (
+    CONTINUED_AT_MOST,
     NOT_CLOSED,
     continue_in_new_conversation,
     is_gone,
@@ -61,7 +62,6 @@ ORDERS_CURSOR = "postsale_orders_search"
 ORDERS_OVERLAP = 600.0  # seconds each pass re-covers: orders search indexing lags
 PACK_RESOURCE = re.compile(r"^/packs/(\d+)/sellers/(\d+)")
 SALE_URL = "https://www.mercadolivre.com.br/vendas/{order_id}/detalhe"
-CONTINUED_AT_MOST = 3  # new conversations one sync makes for a sale whose conversations agents keep deleting
 
 
 # ---- pure decisions -------------------------------------------------------------------------------
