@@ -111,6 +111,28 @@ def test_one_refused_question_does_not_hold_back_the_later_ones(s):
     assert s.db.links.get("question", "10")["status"] == "pending"  # tried again next cycle
 
 
+@responses.activate
+def test_a_question_whose_new_conversation_went_with_its_contact_before_its_message_is_shown_at_once(s):
+    """The question's conversation was made, then an agent deleted the buyer's contact (and the
+    conversation with it) before the question went in: it was never shown, so it is shown now in a
+    new contact's conversation, not left failing until its backoff (soak seed 20261129: still
+    missing after the 150 s drain)."""
+    s.db.links.mark_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [1]})
+    responses.post(f"{CW}/conversations", json={"id": 90})
+    responses.post(f"{CW}/conversations/90/messages", status=404, json=NOT_FOUND)
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
+    responses.post(f"{CW}/conversations", status=404, json={"error": "Contact not found"})
+    responses.post(f"{CW}/contacts", json={"payload": {"contact": {"id": 6}}})
+    responses.post(f"{CW}/conversations", json={"id": 91})
+    responses.post(f"{CW}/conversations/91/messages", json={"id": 910})
+    question = {"id": 12, "item_id": "MLB1", "from": {"id": 9}, "status": "UNANSWERED", "text": "Tem azul?"}
+
+    sync_questions.create_question(s, question, None, "COMPRADOR")
+    link = s.db.links.get("question", "12")
+    assert (link["status"], link["contact_id"], link["conversation_id"], link["message_id"]) == ("created", 6, 91, 910)
+    assert s.db.links.get("buyer", "9")["contact_id"] == 6
+
+
 # ---- contacts -------------------------------------------------------------------------------------------
 
 @responses.activate

@@ -972,3 +972,32 @@ def test_a_claim_message_mirrored_while_the_claim_was_erased_opens_no_new_conver
         pass
     assert not [c for c in responses.calls if c.request.method == "POST" and c.request.url in
                 (f"{CW}/contacts", f"{CW}/conversations")]
+
+
+@responses.activate
+def test_a_claim_whose_new_conversation_is_deleted_too_continues_in_another_at_once(s, db):
+    """Conversation 88 was deleted; 94, made to continue in, is deleted as well before anything went in
+    (an agent deleting at once, as the soak's do): the buyer's message goes into a third one in the same
+    sync, not after the claim's failure backoff."""
+    db.links.mark_created("buyer", "7001", 1.0, contact_id=5, data={"inboxes": [CLAIM_INBOX]})
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim(due="2030-01-01T00:00:00.000Z"))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages", json=[buyer_message("Depois de apagada")])
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/affects-reputation",
+                  json={"affects_reputation": "not_affected"})
+    responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 7001, "nickname": "COMPRADOR"}})
+    gone = re.compile(f"{re.escape(CW)}/conversations/(88|94)(/.*)?$")
+    for method in (responses.GET, responses.POST, responses.PATCH):
+        responses.add(method, gone, status=404, json={"error": "Resource could not be found"})
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
+    responses.post(f"{CW}/conversations", json={"id": 94})
+    responses.post(f"{CW}/conversations", json={"id": 95})
+    created = iter(range(700, 720))
+    responses.add_callback(responses.POST, f"{CW}/conversations/95/messages",
+                           callback=lambda _req: (200, {}, json.dumps({"id": next(created)})))
+    responses.get(f"{CW}/conversations/95/messages", json={"payload": []})
+    for action in ("labels", "toggle_status", "custom_attributes", "toggle_priority"):
+        responses.post(f"{CW}/conversations/95/{action}", json={})
+
+    assert sync_claims.sync_claim(s, CLAIM_ID) == 1
+    assert mirrored(95) == ["Depois de apagada"]
+    assert db.links.get("claim", CLAIM_ID)["conversation_id"] == 95

@@ -250,6 +250,115 @@ def test_a_buyer_message_reopens_a_found_conversation_an_agent_resolved(s):
 
 
 @responses.activate
+def test_a_sale_conversation_deleted_again_while_the_sync_continues_in_a_new_one_continues_in_another(s):
+    """The sale's conversation was deleted; the one the sync made to continue in was deleted too (an agent
+    answering and deleting at once) before the buyer's message went in: the message goes into a third one
+    now, not after the sale's failure backoff (soak: 63 s late, pack 3000000016)."""
+    inbox = s.settings.chatwoot_messages_inbox_id
+    s.db.links.mark_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [inbox]})
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=thread(buyer("b1", "Chegou quebrado", 1)))
+    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)], json=thread(buyer("b1", "Chegou quebrado", 1)))
+    responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 9, "nickname": "COMPRADOR"}})
+    responses.post(f"{CW}/conversations/88/toggle_status", status=404, json={"error": "Resource could not be found"})
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
+    responses.post(f"{CW}/conversations", json={"id": 94})
+    responses.post(f"{CW}/conversations", json={"id": 95})
+    responses.post(f"{CW}/conversations/94/messages", json={"id": 600})  # the note saying 88 was deleted
+    responses.post(f"{CW}/conversations/94/messages", status=404, json={"error": "Resource could not be found"})
+    created = iter(range(700, 710))
+    responses.add_callback(responses.POST, f"{CW}/conversations/95/messages",
+                           callback=lambda _req: (200, {}, json.dumps({"id": next(created)})))
+    responses.post(f"{CW}/conversations/95/toggle_status", json={})
+
+    assert sync_messages.sync_pack(s, "2000001", 555) == 1
+    assert s.db.links.get("message", "b1")["conversation_id"] == 95
+    assert s.db.links.get("pack", "2000001")["conversation_id"] == 95
+    notes = [json.loads(c.request.body) for c in responses.calls if c.request.url == f"{CW}/conversations/95/messages"
+             and json.loads(c.request.body).get("private")]
+    assert len(notes) == 1 and "apagada" in notes[0]["content"]
+
+
+@responses.activate
+def test_a_conversation_deleted_before_the_note_that_continues_the_sale_is_replaced_at_once(s, caplog):
+    """As above, deleted (with its contact, in the soak: pack 3000000010) before even the note saying
+    why the sale continues there went in."""
+    inbox = s.settings.chatwoot_messages_inbox_id
+    s.db.links.mark_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [inbox]})
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=thread(buyer("b1", "Chegou quebrado", 1)))
+    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)], json=thread(buyer("b1", "Chegou quebrado", 1)))
+    responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 9, "nickname": "COMPRADOR"}})
+    responses.post(f"{CW}/conversations/88/toggle_status", status=404, json={"error": "Resource could not be found"})
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
+    responses.post(f"{CW}/conversations", json={"id": 94})
+    responses.post(f"{CW}/conversations", json={"id": 95})
+    responses.post(f"{CW}/conversations/94/messages", status=404, json={"error": "Resource could not be found"})
+    responses.get(f"{CW}/conversations/94", status=404, json={"error": "Resource could not be found"})
+    created = iter(range(700, 710))
+    responses.add_callback(responses.POST, f"{CW}/conversations/95/messages",
+                           callback=lambda _req: (200, {}, json.dumps({"id": next(created)})))
+    responses.post(f"{CW}/conversations/95/toggle_status", json={})
+
+    assert sync_messages.sync_pack(s, "2000001", 555) == 1
+    assert s.db.links.get("message", "b1")["conversation_id"] == 95
+    assert s.db.links.get("pack", "2000001")["conversation_id"] == 95
+    # 88's deletion is told once; 94, never shown anything, is only passed over.
+    assert [r.getMessage().split(": ")[0] for r in caplog.records if "conversation deleted" in r.getMessage()] == [
+        "conversation deleted in chatwoot pack=2000001 conversation=88"]
+
+
+@responses.activate
+def test_a_message_mirrored_before_its_conversation_was_deleted_mid_sync_is_not_taken_for_a_late_one(s):
+    """b1 went into 88, then 88 was deleted before b2: b2 goes into the new conversation, and the
+    mark-read's page showing b1 does not bring b1 in again as a message that arrived meanwhile."""
+    inbox = s.settings.chatwoot_messages_inbox_id
+    s.db.links.mark_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [inbox]})
+    both = thread(buyer("b1", "Oi", 1), buyer("b2", "Chegou quebrado", 2))
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=both)
+    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)], json=both)
+    responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 9, "nickname": "COMPRADOR"}})
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 500})
+    responses.post(f"{CW}/conversations/88/messages", status=404, json={"error": "Resource could not be found"})
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
+    responses.post(f"{CW}/conversations", json={"id": 94})
+    created = iter(range(700, 710))
+    responses.add_callback(responses.POST, f"{CW}/conversations/94/messages",
+                           callback=lambda _req: (200, {}, json.dumps({"id": next(created)})))
+    responses.post(f"{CW}/conversations/94/toggle_status", json={})
+
+    assert sync_messages.sync_pack(s, "2000001", 555) == 2
+    public = [json.loads(c.request.body)["content"] for c in responses.calls
+              if c.request.method == "POST" and c.request.url.endswith("/messages")
+              and not json.loads(c.request.body).get("private")]
+    assert public == ["Oi", "Chegou quebrado", "Chegou quebrado"]  # b2: refused in 88, then into 94
+    assert s.db.links.get("message", "b1")["conversation_id"] == 88
+    assert s.db.links.get("message", "b2")["conversation_id"] == 94
+
+
+@responses.activate
+def test_a_new_sale_conversation_an_agent_resolved_before_its_buyer_messages_went_in_is_reopened(s):
+    """Made by this sync, the conversation shows in Chatwoot empty: an agent may resolve it before the
+    buyer's messages go in, which would then wait unseen in a resolved conversation (soak seed
+    20261129, conversation 69). It is set open once they are in."""
+    inbox = s.settings.chatwoot_messages_inbox_id
+    s.db.links.update("pack", "2000001", 2.0, status="pending", conversation_id=None, data={})
+    s.db.links.mark_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [inbox]})
+    responses.get(f"{API}/orders/2000001", json={"id": 2000001, "buyer": {"id": 9, "nickname": "COMPRADOR"}})
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=thread(buyer("b1", "Chegou quebrado", 1)))
+    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)], json=thread(buyer("b1", "Chegou quebrado", 1)))
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
+    responses.post(f"{CW}/conversations", json={"id": 88})
+    chatwoot_accepts()
+
+    assert sync_messages.sync_pack(s, "2000001", 555) == 1
+    calls = [c.request.url.rsplit("/", 1)[-1] for c in responses.calls
+             if c.request.url.startswith(f"{CW}/conversations/88/") and c.request.method == "POST"]
+    assert calls[-1] == "toggle_status" and "messages" in calls
+    toggles = [json.loads(c.request.body) for c in responses.calls if c.request.url.endswith("/toggle_status")]
+    assert toggles == [{"status": "open"}]
+
+
+@responses.activate
 def test_a_found_conversation_continued_in_after_a_deletion_is_reopened_before_its_buyer_messages_go_in(s):
     """The sale's conversation was deleted; the one it continues in is found (an earlier create's,
     left empty) and was resolved. It is reopened before the buyer's messages go in: a failure after

@@ -45,6 +45,7 @@ from bridge.rules.dates import parse_date
 from bridge.services import Services
 from bridge.sync import moderation
 from bridge.sync.contacts import (
+    CONTINUED_AT_MOST,
     NOT_CLOSED,
     continue_in_new_conversation,
     is_gone,
@@ -366,17 +367,18 @@ def _sync_claim(s: Services, claim_id: str) -> int:
         s.db.watermarks.record_claim_seen(claim_id, claim.get("last_updated"), s.clock())
         log.info("claim pruned or erased before, nothing new claim=%s messages=%d", claim_id, len(messages))
         return 0
-    try:
-        created, conversation_id = _apply(s, claim_id, claim, messages, link, fresh, mark_seen)
-    except PermanentError as exc:
-        # The conversation as the row has it now: one made before a crash, not yet recorded as
-        # shown, may have been deleted too.
-        link = s.db.links.get("claim", claim_id)
-        if not is_gone(exc) or not link or link["conversation_id"] is None:
-            raise
-        continue_in_new_conversation(s, "claim", claim_id, link["conversation_id"], log)
-        created, conversation_id = _apply(s, claim_id, claim, messages, s.db.links.get("claim", claim_id), fresh,
-                                          mark_seen)
+    for attempt in range(CONTINUED_AT_MOST + 1):
+        try:
+            created, conversation_id = _apply(s, claim_id, claim, messages, link, fresh, mark_seen)
+            break
+        except PermanentError as exc:
+            # The conversation as the row has it now: one made before a crash, not yet recorded as
+            # shown, may have been deleted too; so may the one made a moment ago to continue in.
+            link = s.db.links.get("claim", claim_id)
+            if not is_gone(exc) or not link or link["conversation_id"] is None or attempt == CONTINUED_AT_MOST:
+                raise
+            continue_in_new_conversation(s, "claim", claim_id, link["conversation_id"], log)
+            link = s.db.links.get("claim", claim_id)
     log.info("claim synced claim=%s conversation=%s stage=%s status=%s new=%d in %dms", claim_id, conversation_id,
              claim.get("stage"), claim.get("status"), created, (time.monotonic() - started) * 1000)
     return created

@@ -24,6 +24,7 @@ log = logging.getLogger("bridge.contacts")
 
 TRIED = "conversation_tried_at"  # link data: when its conversation's create last went out
 REMOVED = "removed_conversation"  # link data: the conversation an agent deleted, said in the next one
+CONTINUED_AT_MOST = 3  # new conversations one sync makes for an item whose conversations agents keep deleting
 REMOVED_NOTE = ("A conversa anterior {of} foi apagada no Chatwoot. As mensagens que já estavam nela não "
                 "foram trazidas de novo; esta conversa continua com as novas. O histórico completo está no "
                 "Mercado Livre: {url}")

@@ -242,8 +242,9 @@ def _sync_one_question(s: Services, question_id: str) -> str:
 
 
 def create_question(s: Services, question: dict, item: dict | None, nickname: str | None,
-                    mark_seen: float | None = None) -> None:
-    """`mark_seen`: the question's watermark as the caller saw it (contacts.open_conversation)."""
+                    mark_seen: float | None = None, *, again: bool = True) -> None:
+    """`mark_seen`: the question's watermark as the caller saw it (contacts.open_conversation).
+    `again`: whether a conversation found gone before the question went in is made again now."""
     started = time.monotonic()
     qid = str(question["id"])
     buyer_id = (question.get("from") or {}).get("id")
@@ -259,11 +260,13 @@ def create_question(s: Services, question: dict, item: dict | None, nickname: st
                 conversation_id, first_message(question, item), message_type="incoming", source_id=source),
             crash="question_message_created", earlier=None if fresh else s.db.links.get("question", qid))
     except PermanentError as exc:
-        if fresh or not is_gone(exc):
+        if not again or not is_gone(exc):
             raise
-        # Half-created before a crash, then deleted: the question was never shown; start over.
+        # Deleted before the question went in (half-created before a crash, or made just now and
+        # deleted with its contact meanwhile): it was never shown, and the agent never saw it go.
+        # Started over now, once: a failure would leave it out of Chatwoot for the item's backoff.
         forget_conversation(s, "question", qid, conversation_id)
-        create_question(s, question, item, nickname, mark_seen)
+        create_question(s, question, item, nickname, mark_seen, again=False)
         return
     mark_conversation_created(s, "question", qid, contact_id=contact_id, conversation_id=conversation_id,
                               message_id=message["id"], data={"state": "open", "item_id": str(question.get("item_id")),

@@ -32,6 +32,7 @@ from bridge.rules.sale import sale_context
 from bridge.services import Services
 from bridge.sync import moderation
 from bridge.sync.contacts import (
+    CONTINUED_AT_MOST,
     NOT_CLOSED,
     continue_in_new_conversation,
     is_gone,
@@ -419,44 +420,53 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     plan = messages_to_mirror(messages, seller_id, known, own, in_doubt)
     deferred = any(own_parts.sale_message_in_doubt(m, seller_id, in_doubt) for m in messages
                    if str(m["id"]) not in known | own)
-    reopened = reopen and any(direction == "incoming" for _m, direction in plan)
+    incoming = any(direction == "incoming" for _m, direction in plan)
+    reopened = reopen and incoming
     created = 0
-    try:
-        if reopened:
-            # Before mirroring: once the messages are recorded, a crash would leave nothing
-            # saying the conversation still has to be reopened.
-            s.chatwoot.set_status(conversation_id, "open")
-        for message, direction in plan:
-            _mirror(s, conversation_id, pack_id, message, direction)
-            created += 1
-    except PermanentError as exc:
-        if not is_gone(exc):
-            raise
-        continue_in_new_conversation(s, "pack", pack_id, conversation_id, log)
-        conversation_id, link, reopen = _ensure_pack_conversation(s, pack_id, messages, resource_kind, blocked,
-                                                                  migrated, mark_seen)
-        rest = messages_to_mirror(messages, seller_id, known_now(), own, in_doubt)
-        reopened = reopen and any(direction == "incoming" for _m, direction in rest)
-        if reopened:
-            # A found one, as above: before its messages are recorded.
-            s.chatwoot.set_status(conversation_id, "open")
-        for message, direction in rest:
-            _mirror(s, conversation_id, pack_id, message, direction)
-            created += 1
+    gone: int | None = None  # the conversation found deleted (0: the one being opened to continue in)
+    for attempt in range(CONTINUED_AT_MOST + 1):
+        try:
+            if gone is not None:
+                # An agent deleted the conversation (or its contact), maybe the one made a moment
+                # ago to continue in: continued in a new one now, not after the sale's backoff.
+                if gone:
+                    continue_in_new_conversation(s, "pack", pack_id, gone, log)
+                gone = 0
+                conversation_id, link, reopen = _ensure_pack_conversation(s, pack_id, messages, resource_kind,
+                                                                          blocked, migrated, mark_seen)
+                gone = None
+                plan = messages_to_mirror(messages, seller_id, known_now(), own, in_doubt)
+                incoming = any(direction == "incoming" for _m, direction in plan)
+                reopened = reopen and incoming
+            if reopened:
+                # Before mirroring: once the messages are recorded, a crash would leave nothing
+                # saying the conversation still has to be reopened. (A found one too.)
+                s.chatwoot.set_status(conversation_id, "open")
+            for message, direction in plan:
+                _mirror(s, conversation_id, pack_id, message, direction)
+                created += 1
+            break
+        except PermanentError as exc:
+            if not is_gone(exc) or attempt == CONTINUED_AT_MOST:
+                raise
+            # One being opened (its note refused) is remembered by the sale's row: checked as it reopens.
+            gone = conversation_id if gone is None else 0
     _report_moderated_replies(s, messages, bridge_ids, conversation_id)
     unread = [m for m in messages if not is_from_seller(m, seller_id) and not (m.get("message_date") or {}).get("read")]
     late: list[dict] = []
     if unread:
         # Everything is stored: now Mercado Livre may show the buyer's messages as read.
-        late = _mark_read(s, pack_id, seller_id, messages, known | own | {str(m["id"]) for m, _d in plan})
+        # Read again: a message that went into a conversation deleted mid-sync is in no plan left, yet shown.
+        late = _mark_read(s, pack_id, seller_id, messages, known_now() | own | {str(m["id"]) for m, _d in plan})
         if late and reopen and not reopened:
             s.chatwoot.set_status(conversation_id, "open")
         for message in late:
             _mirror(s, conversation_id, pack_id, message, "incoming")
             created += 1
-    if reopen and (reopened or late):
+    if incoming or late:
         # Once more now they are in: an agent who resolved the conversation while they were
-        # being mirrored had not seen them (chaos soak, suite seed).
+        # being mirrored had not seen them (chaos soak, suite seed). One made by this sync too:
+        # it showed in Chatwoot empty until then, and an agent may have resolved it.
         s.chatwoot.set_status(conversation_id, "open")
     # A deferred message leaves the count unrecorded: the sweep comes back for it.
     s.db.threads.mark_synced(pack_id, s.clock(), None if deferred else len(messages) + len(late), last_id,
