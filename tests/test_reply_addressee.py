@@ -302,3 +302,63 @@ def test_a_conversation_showing_another_question_is_not_taken_for_a_lost_create_
     assert ensure_conversation(s, kind="question", external_id="121", inbox_id=1, contact_id=5,
                                source_id="meli:buyer:8", custom_attributes={"meli_question_id": "121"},
                                buyer_id=8) == (97, True)
+
+
+@responses.activate
+def test_a_sale_reply_moved_to_its_conversations_sale_at_delivery_never_interleaves_with_another_reply_to_it(
+        s, cw, clock):
+    """Reply A was written in sale 2000001's conversation while its row had lost it (a backup put back) and an
+    agent had cleared the attribute: no target until the delivery reads the conversation. The sync then found
+    the conversation again, and reply B there went to 2000001 from the start. Two groups in the outbox, two
+    workers: B must not go out between A's parts (the buyer would read A's text cut by B), nor before A."""
+    from tests.helpers import THREAD
+
+    conv = bridge_conversation(cw, 2, 9, {"meli_pack_id": "2000001"}, None)
+    cw._create_message(conv, "Sobre o pedido", MESSAGE_TYPES["activity"],
+                       source_id=source_ids.note("pack", "2000001", "removed", 88))
+    agent_edits(cw, conv, "meli_pack_id", "")
+    served(cw)
+    first = s.db.replies.accept(chatwoot_message_id=501, conversation_id=conv, kind="message", target_id=None,
+                                parts=[{"text": "Parte um.", "attachments": []},
+                                       {"text": "Parte dois.", "attachments": []}], now=clock())
+    s.db.links.mark_created("pack", "2000001", clock(), conversation_id=conv, contact_id=5,
+                            data={"buyer_id": 9, "blocked": False, "migrated": False})
+    second = agent_replies(s, cw, clock, conv, "Outra coisa.")
+    assert second["target"] == "2000001"
+
+    sent = []
+
+    def send(request):
+        sent.append(json.loads(request.body)["text"])
+        if len(sent) == 1:
+            delivery.deliver(s, second["reply_id"])  # the other group's worker, meanwhile
+        return 200, {}, json.dumps({"id": f"m{len(sent)}"})
+
+    responses.add_callback(responses.POST, THREAD, callback=send)
+
+    assert delivery.deliver(s, first) == "delivered"
+    delivery.deliver(s, second["reply_id"])
+
+    assert sent == ["Parte um.", "Parte dois.", "Outra coisa."]
+
+
+@responses.activate
+def test_a_sale_reply_moved_at_delivery_waits_while_another_reply_to_that_sale_is_in_hand(s, cw, clock):
+    from tests.helpers import THREAD
+
+    conv = bridge_conversation(cw, 2, 9, {"meli_pack_id": ""}, None)
+    cw._create_message(conv, "Sobre o pedido", MESSAGE_TYPES["activity"],
+                       source_id=source_ids.note("pack", "2000001", "removed", 88))
+    served(cw)
+    first = s.db.replies.accept(chatwoot_message_id=501, conversation_id=conv, kind="message", target_id=None,
+                                parts=[{"text": "Parte um.", "attachments": []}], now=clock())
+    s.db.links.mark_created("pack", "2000001", clock(), conversation_id=conv, contact_id=5,
+                            data={"buyer_id": 9, "blocked": False, "migrated": False})
+    second = agent_replies(s, cw, clock, conv, "Outra coisa.")
+    assert s.db.replies.claim(second["reply_id"], clock(), delivery.LEASE_SECONDS)  # another worker's, mid-send
+    responses.post(THREAD, json={"id": "m1"})
+
+    assert delivery.deliver(s, first) == "retry"
+
+    assert [c for c in responses.calls if c.request.method == "POST"] == []
+    assert s.db.replies.get(first)["target_id"] is None

@@ -35,6 +35,7 @@ from bridge.rules.conversations import (
 )
 from bridge.rules.sale import sale_context
 from bridge.services import Services
+from bridge.store.replies import BUSY
 from db_manager import crashpoint
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
 
@@ -214,9 +215,13 @@ def _check_addressee(s: Services, reply: dict) -> dict:
                     "showed %s there)", reply["id"], conversation_id, kind, target, why, sorted(shown) or "nothing")
         raise DeliveryFailed(ADDRESSEE_REFUSALS[why])
     if item != target:
-        moved = s.db.replies.retarget(reply["id"], item, exclusive=reply["kind"] == "answer")
+        moved = s.db.replies.retarget(reply["id"], item, exclusive=reply["kind"] == "answer", now=s.clock())
         if moved is None:
             raise ReplyGone
+        if moved == BUSY:
+            # Sent beside it, the two replies' parts would interleave in the buyer's thread; sent before an
+            # earlier one, they would read out of order. Moved once that one is done.
+            raise TransientError(f"another reply to {kind} {item} goes first", retry_after=5.0)
         if moved is False:  # the question the bridge showed there already has its answer
             raise DeliveryFailed(Refusal(*ANSWER_TAKEN))
         log.warning("reply goes to the %s the bridge showed in its conversation, not the one its attribute named "

@@ -23,6 +23,14 @@ if TYPE_CHECKING:
     from db_manager import Database
 
 
+# A post-sale or claim reply `r` behind an earlier unfinished one to the same sale or claim that is not
+# due itself (waiting to retry, or in another worker's hands): the buyer reads them in the order written.
+# Params: now, now.
+_WAITS_FOR_EARLIER = (
+    "(r.kind IN ('message', 'claim') AND EXISTS (SELECT 1 FROM replies AS e WHERE e.kind = r.kind"
+    " AND e.target_id = r.target_id AND e.id < r.id AND e.status IN ('pending', 'sending')"
+    " AND NOT ((e.status = 'pending' AND e.next_attempt_at <= ?) OR (e.status = 'sending'"
+    " AND e.lease_until < ?))))")
 # The reply a part belongs to is still there and unfinished (its id never names another reply).
 _UNFINISHED = "EXISTS (SELECT 1 FROM replies WHERE replies.id = ? AND replies.status IN ('pending', 'sending'))"
 _FINISHED = "status IN ('delivered', 'failed')"
@@ -30,6 +38,7 @@ _FINISHED = "status IN ('delivered', 'failed')"
 # (sent again after a look that found nothing, or erased with its reply while in flight): a links
 # row "<reply kind>:<target>:<text hash>", data {"since": first attempt}. No text, no buyer id.
 STRAY = "stray_send"
+BUSY = "busy"  # retarget: another reply to that sale or claim goes first
 
 
 def record_stray(conn, kind: str, target_id: str, text: str | None, since: float, now: float) -> None:
@@ -151,14 +160,21 @@ class RepliesStore:
                      for seq, p in enumerate(parts)])
             return reply_id
 
-    def retarget(self, reply_id: int, target_id: str, exclusive: bool) -> bool | None:
+    def retarget(self, reply_id: int, target_id: str, exclusive: bool, now: float) -> bool | str | None:
         """The reply goes to `target_id` (the item the bridge showed in its conversation, not the one its
         webhook named), before any part left. `exclusive`: one answer per question, checked as `accept`
-        does, in the same transaction. False: the target has another reply; None: the reply is gone."""
+        does, in the same transaction. False: the target has another reply; None: the reply is gone;
+        BUSY: a post-sale or claim reply, not moved: another reply to that sale or claim is in another
+        worker's hands, or was written before this one and is unfinished (it goes first, alone)."""
         with self._db.write() as conn:
             row = conn.execute("SELECT kind FROM replies WHERE id = ? AND status = 'sending'", (reply_id,)).fetchone()
             if row is None:
                 return None
+            if row[0] in ("message", "claim") and conn.execute(
+                    "SELECT 1 FROM replies WHERE kind = ? AND target_id = ? AND id != ? AND status IN"
+                    " ('pending', 'sending') AND (id < ? OR (status = 'sending' AND lease_until >= ?)) LIMIT 1",
+                    (row[0], target_id, reply_id, reply_id, now)).fetchone():
+                return BUSY
             if exclusive and conn.execute(
                     "SELECT 1 FROM replies WHERE kind = ? AND target_id = ? AND status IN"
                     " ('pending', 'sending', 'delivered') AND id != ? LIMIT 1",
@@ -191,21 +207,19 @@ class RepliesStore:
         """
         return self._db.all(
             "SELECT id, kind, target_id FROM replies AS r WHERE ((status = 'pending' AND next_attempt_at <= ?)"
-            " OR (status = 'sending' AND lease_until < ?))"
-            " AND NOT (kind IN ('message', 'claim') AND EXISTS (SELECT 1 FROM replies AS e WHERE e.kind = r.kind"
-            " AND e.target_id = r.target_id AND e.id < r.id AND e.status IN ('pending', 'sending')"
-            " AND NOT ((e.status = 'pending' AND e.next_attempt_at <= ?) OR (e.status = 'sending'"
-            " AND e.lease_until < ?))))"
+            f" OR (status = 'sending' AND lease_until < ?)) AND NOT {_WAITS_FOR_EARLIER}"
             " ORDER BY id LIMIT ?", (now, now, now, now, limit))
 
     def claim(self, reply_id: int, now: float, lease: float) -> Reply | None:
         """Take a reply for delivery; None when another worker has it."""
         with self._db.write() as conn:
+            # Checked again here, in the claim's transaction: listed before, the reply may since have got an
+            # earlier one in hand beside it (one moved to its sale at delivery, by another worker).
             cur = conn.execute(
-                "UPDATE replies SET status = 'sending', lease_until = ?, attempts = attempts + 1, updated_at = ?"
+                "UPDATE replies AS r SET status = 'sending', lease_until = ?, attempts = attempts + 1, updated_at = ?"
                 " WHERE id = ? AND ((status = 'pending' AND next_attempt_at <= ?)"
-                " OR (status = 'sending' AND lease_until < ?))",
-                (now + lease, now, reply_id, now, now))
+                f" OR (status = 'sending' AND lease_until < ?)) AND NOT {_WAITS_FOR_EARLIER}",
+                (now + lease, now, reply_id, now, now, now, now))
             if cur.rowcount != 1:
                 return None
             return dict(conn.execute("SELECT * FROM replies WHERE id = ?", (reply_id,)).fetchone())
