@@ -362,3 +362,31 @@ def test_a_sale_reply_moved_at_delivery_waits_while_another_reply_to_that_sale_i
 
     assert [c for c in responses.calls if c.request.method == "POST"] == []
     assert s.db.replies.get(first)["target_id"] is None
+
+
+@responses.activate
+def test_an_erased_buyers_reply_pending_under_another_questions_attribute_is_erased_and_never_answered(
+        s, cw, clock):
+    """An agent typed question 121 (buyer 8) into question 120's conversation (buyer 9) and answered there.
+    The delivery would take it for 120, the question the bridge showed there: it is buyer 9's reply. Buyer 9
+    is erased before it goes: the reply goes with them (its text too), and buyer 8's stays untouched."""
+    c120, c121 = two_questions(s, cw, clock)
+    s.db.links.mark_created("question", "120", clock(), conversation_id=c120, contact_id=4, message_id=2,
+                            data={"state": "open", "buyer_id": 9})
+    s.db.links.update("question", "121", clock(), data={"state": "open", "buyer_id": 8})
+    served(cw)
+    responses.post(f"{API}/answers", json={"id": 120, "status": "ANSWERED"})
+    others = agent_replies(s, cw, clock, c121, "Chega amanhã.")
+    theirs = s.db.replies.accept(chatwoot_message_id=601, conversation_id=c120, kind="answer", target_id="121",
+                                 parts=[{"text": "Temos sim!", "attachments": []}], now=clock())
+
+    untold: dict = {}
+    s.db.privacy.forget_buyer("9", clock(), untold)
+
+    assert s.db.replies.get(theirs) is None
+    assert 601 in untold["pending"]
+    assert delivery.deliver(s, theirs) is None
+    assert answered_questions() == []
+    assert s.db.replies.get(others["reply_id"])["status"] == "pending"
+    s.db.privacy.forget_buyer("8", clock())
+    assert s.db.replies.get(others["reply_id"]) is None

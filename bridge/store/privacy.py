@@ -11,7 +11,7 @@ import json
 import sqlite3
 from typing import TYPE_CHECKING
 
-from bridge.store.links import link_row
+from bridge.store.links import ADOPTED, link_row
 from bridge.store.replies import STRAY, record_stray
 
 if TYPE_CHECKING:
@@ -82,6 +82,28 @@ def _add_counts(total: dict, more: dict) -> None:
 # question that happens to carry the same number.
 NOTIFIED = {"question": ("/questions/{}",), "pack": (), "claim": ("/post-purchase/v1/claims/{}",)}
 NOTIFIED_MESSAGE = ("{}", "/messages/{}")  # a post-sale message: its id, bare (or as older versions kept it)
+
+
+def _item_replies(conn: sqlite3.Connection, kind: str, external_id: str, where: str = "1 = 1",
+                  params: tuple = ()) -> list[int]:
+    """Ids of the replies about this question, sale or claim (`where` narrows them): those written in a
+    conversation the bridge itself gave it (made or found, or deleted since: not a candidate only a webhook
+    named, ADOPTED), whatever item they target now, and those targeting it, unless written in another item's
+    own conversation. A reply's target is what its webhook's attribute said until the delivery reads the
+    conversation: written in this buyer's conversation under another buyer's item (or none), it is this
+    buyer's, and is moved there at delivery; written in another buyer's under this one's, it is theirs."""
+    spec = CONVERSATION_KINDS[kind]
+    row = conn.execute("SELECT conversation_id, data FROM links WHERE kind = ? AND external_id = ?",
+                       (kind, external_id)).fetchone()
+    data = json.loads(row[1]) if row is not None and row[1] else {}
+    own = {c for c in ((None if data.get(ADOPTED) else row[0]) if row is not None else None,
+                       data.get("removed_conversation"), data.get("removed")) if isinstance(c, int)}
+    unadopted = f"json_extract(COALESCE(NULLIF(o.data, ''), '{{}}'), '$.{ADOPTED}') IS NULL"
+    return [r[0] for r in conn.execute(
+        f"SELECT id FROM replies r WHERE r.kind = ? AND ({where}) AND (r.conversation_id IN ({_marks(own)})"
+        f" OR (r.target_id = ? AND NOT EXISTS (SELECT 1 FROM links o WHERE o.kind = ? AND o.external_id != ?"
+        f" AND o.conversation_id = r.conversation_id AND {unadopted})))",
+        (spec["reply_kind"], *params, *own, external_id, kind, external_id))]
 
 
 class PrivacyStore:
@@ -156,9 +178,8 @@ class PrivacyStore:
         if not conn.execute(f"SELECT 1 FROM links WHERE kind = ? AND external_id = ? AND status = 'created'"
                             f" AND updated_at < ? AND {spec['finished']}", (kind, external_id, cutoff)).fetchone():
             return False
-        if conn.execute("SELECT 1 FROM replies WHERE kind = ? AND target_id = ? AND (status IN ('pending', 'sending')"
-                        " OR created_at >= ? OR reported_at IS NULL) LIMIT 1",
-                        (spec["reply_kind"], external_id, cutoff)).fetchone():
+        if _item_replies(conn, kind, external_id, "r.status IN ('pending', 'sending') OR r.created_at >= ?"
+                         " OR r.reported_at IS NULL", (cutoff,)):
             return False
         for child in spec["children"]:
             if conn.execute("SELECT 1 FROM links WHERE kind = ? AND external_id = ? AND updated_at >= ?",
@@ -241,10 +262,9 @@ class PrivacyStore:
         right now, `failed` did not reach the buyer (or only in part), `delivered` did; neither shown yet."""
         found: dict[str, list[int]] = {status: [] for status in UNTOLD_REPLIES}
         for kind, external_id in conversations:
+            ids = _item_replies(conn, kind, external_id, "r.status IN ('pending', 'sending') OR r.reported_at IS NULL")
             for message_id, status in conn.execute(
-                    "SELECT chatwoot_message_id, status FROM replies WHERE kind = ? AND target_id = ?"
-                    " AND (status IN ('pending', 'sending') OR reported_at IS NULL)",
-                    (CONVERSATION_KINDS[kind]["reply_kind"], external_id)):
+                    f"SELECT chatwoot_message_id, status FROM replies WHERE id IN ({_marks(ids)})", ids):
                 found[status].append(message_id)
         return {status: sorted(ids) for status, ids in found.items()}
 
@@ -298,8 +318,7 @@ class PrivacyStore:
         message_ids = [r[0] for m in spec["messages"] for r in conn.execute(
             f"SELECT external_id FROM links WHERE kind = '{m}' AND json_extract(data, '$.{kind}_id') = ?",
             (external_id,))]
-        reply_ids = [r[0] for r in conn.execute("SELECT id FROM replies WHERE kind = ? AND target_id = ?",
-                                                (spec["reply_kind"], external_id))]
+        reply_ids = _item_replies(conn, kind, external_id)
         remote_ids = [r[0] for r in conn.execute(
             f"SELECT remote_id FROM reply_parts WHERE remote_id IS NOT NULL AND reply_id IN ({_marks(reply_ids)})",
             reply_ids)]
