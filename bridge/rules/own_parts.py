@@ -24,14 +24,12 @@ import logging
 
 from bridge.rules.dates import parse_date
 from bridge.services import Services
+from bridge.store.replies import STRAY_LANDS_WITHIN
 from bridge.text import text_hash
 
 log = logging.getLogger("bridge.outbox")
 
 SEND_CLOCK_SKEW = 60.0  # seconds our clock may run ahead of Mercado Livre's
-# A stray send lands within this of its first attempt, if ever: past it, a seller message with the
-# same text ("Ok", "Obrigado!") is the seller's own again.
-STRAY_LANDS_WITHIN = 86400.0
 
 
 # ---- the rule (pure) ----------------------------------------------------------------------------------

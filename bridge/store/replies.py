@@ -38,6 +38,9 @@ _FINISHED = "status IN ('delivered', 'failed')"
 # (sent again after a look that found nothing, or erased with its reply while in flight): a links
 # row "<reply kind>:<target>:<text hash>", data {"since": first attempt}. No text, no buyer id.
 STRAY = "stray_send"
+# A stray send lands within this of its first attempt, if ever: past it, a seller message with the
+# same text ("Ok", "Obrigado!") is the seller's own again, and its hash stands for nothing.
+STRAY_LANDS_WITHIN = 86400.0
 BUSY = "busy"  # retarget: another reply to that sale or claim goes first
 
 
