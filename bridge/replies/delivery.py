@@ -465,6 +465,11 @@ def _find_sent_part(s: Services, pack_id: str, seller_id: int, part: dict, since
     """
     # The first page, then the others from the last one back: a recent send is at one end
     # or the other (the page order is not relied on), and a long thread is read only in part.
+    # Another part with this text may have sent it again after a look like this one, its first send
+    # still landing (a stray): a copy that may be that send counts only beyond their number.
+    others = s.db.replies.strays_of_others("message", pack_id, part.get("text"),
+                                           f"{part.get('reply_id')}:{part.get('seq')}")
+    ambiguous: list[str] = []
     offsets = [0]
     for _ in range(20):
         offset = offsets.pop(0)
@@ -474,15 +479,18 @@ def _find_sent_part(s: Services, pack_id: str, seller_id: int, part: dict, since
         taken = s.db.replies.sent_ids(ids) | s.db.links.ids_among("message", ids)
         for message in messages:
             if own_parts.is_lost_send(message, seller_id, part, since, taken):
-                return str(message.get("id"))
+                if not own_parts.may_be_others_stray(message, others):
+                    return str(message.get("id"))
+                if str(message.get("id")) not in ambiguous:
+                    ambiguous.append(str(message.get("id")))
         if offset == 0:
             if not messages:
-                return None
+                break
             total = int((page.get("paging") or {}).get("total") or 0)
             offsets = list(range(len(messages), total, len(messages)))[::-1]
         if not offsets:
-            return None
-    return None
+            break
+    return own_parts.lost_send_among(ambiguous, others)
 
 
 def _deliver_claim(s: Services, reply: dict) -> None:

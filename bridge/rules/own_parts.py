@@ -71,10 +71,25 @@ def sale_stray_copy(message: dict, seller_id: int, strays: dict[str, float]) -> 
     if not strays or not _from_seller(message, seller_id):
         return False
     since = strays.get(text_hash(message.get("text") or ""))
-    if since is None:
-        return False
+    return since is not None and _in_stray_window(message, since)
+
+
+def _in_stray_window(message: dict, since: float) -> bool:
     created = parse_date((message.get("message_date") or {}).get("created"))
     return created is None or since - SEND_CLOCK_SKEW <= created <= since + STRAY_LANDS_WITHIN
+
+
+def may_be_others_stray(message: dict, others: tuple[float, int] | None) -> bool:
+    """Post-sale: could this copy of a part's text be a stray send of another part with the same text
+    (`others`: their earliest first attempt and how many, db.replies.strays_of_others)?"""
+    return others is not None and _in_stray_window(message, others[0])
+
+
+def lost_send_among(ambiguous: list[str], others: tuple[float, int] | None) -> str | None:
+    """Post-sale: the copies a part's lost send may be, each also possibly another part's stray send: each
+    of those sends may account for one copy, so only a copy beyond them is this part's. When in doubt, none
+    (the part goes again: a repeated line beats a reply shown delivered that never arrived)."""
+    return ambiguous[-1] if ambiguous and others is not None and len(ambiguous) > others[1] else None
 
 
 def claim_message_in_doubt(message: dict, in_doubt: list[str]) -> bool:

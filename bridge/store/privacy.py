@@ -351,12 +351,14 @@ class PrivacyStore:
             # A part in flight (its answer lost, or not back yet) may land on Mercado Livre at any time,
             # even after this erasure: remembered by its text's hash alone, so it is never mirrored
             # back as a message typed on the site (db.replies.strays).
-            in_flight = conn.execute(f"SELECT p.text, COALESCE(p.first_attempt_at, r.created_at) FROM reply_parts p"
+            in_flight = conn.execute(f"SELECT p.text, COALESCE(p.first_attempt_at, r.created_at), p.reply_id, p.seq"
+                                     f" FROM reply_parts p"
                                      f" JOIN replies r ON r.id = p.reply_id WHERE p.status = 'sending'"
                                      f" AND TRIM(COALESCE(p.text, '')) != '' AND p.reply_id IN ({_marks(reply_ids)})",
                                      reply_ids).fetchall()
             for row in in_flight:
-                record_stray(conn, spec["reply_kind"], external_id, row[0], float(row[1]), now)
+                record_stray(conn, spec["reply_kind"], external_id, row[0], float(row[1]), now,
+                             owner=f"{row[2]}:{row[3]}")
             # Past its day, a stray send's hash stands for nothing but a message to this buyer: it goes too.
             prefix = f"{spec['reply_kind']}:{external_id}:"
             conn.execute("DELETE FROM links WHERE kind = ? AND external_id >= ? AND external_id < ?"

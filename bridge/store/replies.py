@@ -44,13 +44,22 @@ STRAY_LANDS_WITHIN = 86400.0
 BUSY = "busy"  # retarget: another reply to that sale or claim goes first
 
 
-def record_stray(conn, kind: str, target_id: str, text: str | None, since: float, now: float) -> None:
-    """Inside a write: a send of this text to this target may still land, from `since` on."""
+def record_stray(conn, kind: str, target_id: str, text: str | None, since: float, now: float,
+                 owner: str = "") -> None:
+    """Inside a write: a send of this text to this target may still land, from `since` on. `owner`: the
+    part that sent it ("<reply id>:<seq>"), counted once per such send: a copy landing late may be any of
+    them, and a part looking for its own lost send must tell its own strays from another part's."""
+    key = f"{kind}:{target_id}:{text_hash(text or '')}"
+    row = conn.execute("SELECT data FROM links WHERE kind = ? AND external_id = ?", (STRAY, key)).fetchone()
+    data = json.loads(row[0]) if row is not None and row[0] else {}
+    by = data.get("by") if isinstance(data.get("by"), dict) else {}
+    by[owner] = int(by.get(owner) or 0) + 1
+    earlier = data.get("since")
+    data = {"since": min(since, float(earlier)) if earlier is not None else since, "by": by}
     conn.execute("INSERT INTO links (kind, external_id, status, data, created_at, updated_at)"
-                 " VALUES (?, ?, 'created', json_object('since', ?), ?, ?) ON CONFLICT (kind, external_id)"
-                 " DO UPDATE SET updated_at = excluded.updated_at, data = json_object('since',"
-                 " MIN(CAST(json_extract(links.data, '$.since') AS REAL), ?))",
-                 (STRAY, f"{kind}:{target_id}:{text_hash(text or '')}", since, now, now, since))
+                 " VALUES (?, ?, 'created', ?, ?, ?) ON CONFLICT (kind, external_id)"
+                 " DO UPDATE SET updated_at = excluded.updated_at, data = excluded.data",
+                 (STRAY, key, json.dumps(data, sort_keys=True), now, now))
 
 
 class Reply(TypedDict):
@@ -389,7 +398,7 @@ class RepliesStore:
                 return False
             if (row["text"] or "").strip():
                 # A part of files alone is not told apart from the seller's own files by an empty text.
-                record_stray(conn, kind, target_id, row["text"], since, now)
+                record_stray(conn, kind, target_id, row["text"], since, now, owner=f"{reply_id}:{seq}")
             return True
 
     def strays(self, kind: str, target_id: str) -> dict[str, float]:
@@ -398,6 +407,19 @@ class RepliesStore:
         return {row["external_id"][len(prefix):]: float(json.loads(row["data"] or "{}").get("since") or 0.0)
                 for row in self._db.all("SELECT external_id, data FROM links WHERE kind = ? AND external_id >= ?"
                                         " AND external_id < ?", (STRAY, prefix, prefix + "\uffff"))}
+
+    def strays_of_others(self, kind: str, target_id: str, text: str | None, owner: str) -> tuple[float, int] | None:
+        """The stray sends of this text to this target by parts other than `owner` ("<reply id>:<seq>"):
+        (earliest first attempt, how many), None when there are none. A row written before sends were
+        counted by part counts as one other send."""
+        row = self._db.one("SELECT data FROM links WHERE kind = ? AND external_id = ?",
+                           (STRAY, f"{kind}:{target_id}:{text_hash(text or '')}"))
+        if row is None:
+            return None
+        data = json.loads(row["data"] or "{}")
+        by = data.get("by") if isinstance(data.get("by"), dict) else {"": 1}
+        others = sum(int(n or 0) for part, n in by.items() if part != owner)
+        return (float(data.get("since") or 0.0), others) if others else None
 
     def texts_in_doubt(self, kind: str, target_id: str) -> list[str]:
         """Texts of the parts of `kind` replies ('message' to a sale, 'claim' to a claim) to this
