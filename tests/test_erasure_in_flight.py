@@ -159,9 +159,13 @@ def test_an_erasure_keeps_of_the_sales_stray_sends_only_the_hashes_that_may_stil
     with db.write() as conn:
         record_stray(conn, "message", "2000001", "Seu pedido saiu, João.", now - 2 * 86400, now - 2 * 86400)
         record_stray(conn, "message", "2000001", "Chega amanhã.", now - 600, now - 600)
+        # The same text sent again by another reply an hour ago: its send may still land, within its own day.
+        record_stray(conn, "message", "2000001", "Ok", now - 2 * 86400, now - 2 * 86400)
+        record_stray(conn, "message", "2000001", "Ok", now - 3600, now - 3600)
         record_stray(conn, "message", "2000002", "Seu pedido saiu, Maria.", now - 2 * 86400, now - 2 * 86400)
 
     db.privacy.forget_buyer("9", now)
 
-    assert db.replies.strays("message", "2000001") == {text_hash("Chega amanhã."): now - 600}
-    assert db.replies.strays("message", "2000002") == {text_hash("Seu pedido saiu, Maria."): now - 2 * 86400}
+    assert db.replies.strays("message", "2000001") == {text_hash("Chega amanhã."): [now - 600],
+                                                       text_hash("Ok"): [now - 3600]}
+    assert db.replies.strays("message", "2000002") == {text_hash("Seu pedido saiu, Maria."): [now - 2 * 86400]}

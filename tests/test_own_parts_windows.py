@@ -168,3 +168,18 @@ def test_a_stray_send_stands_for_a_seller_message_with_its_text_only_from_its_fi
         "message_date": {"created": "2026-11-29T09:00:00.000Z"}}, SELLER, strays)  # typed before it
     assert not own_parts.sale_stray_copy(message("s9", 0, sender=SELLER, text="Ok, obrigado!") | {
         "message_date": {"created": "2026-12-01T10:00:00.000Z"}}, SELLER, strays)  # typed days after
+
+
+def test_a_stray_send_a_day_after_another_of_the_same_text_stands_for_its_own_copy(db):
+    """Two sends of "Ok" to the sale may each still land: the second, a day after the first, lands within a
+    day of its own first attempt. Kept only as the earliest of the two, its copy was past that window and
+    mirrored back as a message the seller typed on the site."""
+    from bridge.rules import own_parts
+    from bridge.store.replies import record_stray
+    first = sales.parse_date("2026-11-28T09:00:00.000Z")
+    second = sales.parse_date("2026-11-29T08:00:00.000Z")
+    with db.write() as conn:
+        record_stray(conn, "message", "2000001", "Ok", first, first, owner="1:0")
+        record_stray(conn, "message", "2000001", "Ok", second, second, owner="2:0")
+    landed = message("s1", 3, sender=SELLER, text="Ok")  # 2026-11-29T10:03, after the first one's day
+    assert own_parts.sale_stray_copy(landed, SELLER, db.replies.strays("message", "2000001"))

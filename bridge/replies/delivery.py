@@ -479,7 +479,7 @@ def _find_sent_part(s: Services, pack_id: str, seller_id: int, part: dict, since
         taken = s.db.replies.sent_ids(ids) | s.db.links.ids_among("message", ids)
         for message in messages:
             if own_parts.is_lost_send(message, seller_id, part, since, taken):
-                if not own_parts.may_be_others_stray(message, others):
+                if not own_parts.may_be_stray(message, others):
                     return str(message.get("id"))
                 if str(message.get("id")) not in ambiguous:
                     ambiguous.append(str(message.get("id")))

@@ -66,30 +66,29 @@ def sale_message_in_doubt(message: dict, seller_id: int, in_doubt: list[str]) ->
     return _from_seller(message, seller_id) and may_be_part_in_flight(message.get("text") or "", in_doubt)
 
 
-def sale_stray_copy(message: dict, seller_id: int, strays: dict[str, float]) -> bool:
-    """Post-sale: the seller's message is a stray send of ours (`strays`: text hash -> first attempt)."""
+def sale_stray_copy(message: dict, seller_id: int, strays: dict[str, list[float]]) -> bool:
+    """Post-sale: the seller's message is a stray send of ours (`strays`: text hash -> each send's first
+    attempt; a single float is one send)."""
     if not strays or not _from_seller(message, seller_id):
         return False
-    since = strays.get(text_hash(message.get("text") or ""))
-    return since is not None and _in_stray_window(message, since)
+    sends = strays.get(text_hash(message.get("text") or ""))
+    return sends is not None and may_be_stray(message, [sends] if isinstance(sends, (int, float)) else sends)
 
 
-def _in_stray_window(message: dict, since: float) -> bool:
+def may_be_stray(message: dict, sends: list[float]) -> bool:
+    """Could this copy of a text be one of these stray sends of it (their first attempts)? Each lands, if
+    ever, from its first attempt (less the clocks' skew) to a day after it."""
     created = parse_date((message.get("message_date") or {}).get("created"))
-    return created is None or since - SEND_CLOCK_SKEW <= created <= since + STRAY_LANDS_WITHIN
+    return bool(sends) and (created is None or any(since - SEND_CLOCK_SKEW <= created <= since + STRAY_LANDS_WITHIN
+                                                   for since in sends))
 
 
-def may_be_others_stray(message: dict, others: tuple[float, int] | None) -> bool:
-    """Post-sale: could this copy of a part's text be a stray send of another part with the same text
-    (`others`: their earliest first attempt and how many, db.replies.strays_of_others)?"""
-    return others is not None and _in_stray_window(message, others[0])
-
-
-def lost_send_among(ambiguous: list[str], others: tuple[float, int] | None) -> str | None:
-    """Post-sale: the copies a part's lost send may be, each also possibly another part's stray send: each
-    of those sends may account for one copy, so only a copy beyond them is this part's. When in doubt, none
-    (the part goes again: a repeated line beats a reply shown delivered that never arrived)."""
-    return ambiguous[-1] if ambiguous and others is not None and len(ambiguous) > others[1] else None
+def lost_send_among(ambiguous: list[str], others: list[float]) -> str | None:
+    """Post-sale: the copies a part's lost send may be, each also possibly a stray send of another part with
+    the same text (`others`): each of those sends may account for one copy, so only a copy beyond them is
+    this part's. When in doubt, none (the part goes again: a repeated line beats a reply shown delivered that
+    never arrived)."""
+    return ambiguous[-1] if len(ambiguous) > len(others) else None
 
 
 def claim_message_in_doubt(message: dict, in_doubt: list[str]) -> bool:

@@ -12,7 +12,7 @@ import sqlite3
 from typing import TYPE_CHECKING
 
 from bridge.store.links import ADOPTED, link_row
-from bridge.store.replies import STRAY, STRAY_LANDS_WITHIN, record_stray
+from bridge.store.replies import STRAY, forget_landed_strays, record_stray
 
 if TYPE_CHECKING:
     from db_manager import Database
@@ -360,10 +360,7 @@ class PrivacyStore:
                 record_stray(conn, spec["reply_kind"], external_id, row[0], float(row[1]), now,
                              owner=f"{row[2]}:{row[3]}")
             # Past its day, a stray send's hash stands for nothing but a message to this buyer: it goes too.
-            prefix = f"{spec['reply_kind']}:{external_id}:"
-            conn.execute("DELETE FROM links WHERE kind = ? AND external_id >= ? AND external_id < ?"
-                         " AND COALESCE(CAST(json_extract(data, '$.since') AS REAL), 0) < ?",
-                         (STRAY, prefix, prefix + "\uffff", now - STRAY_LANDS_WITHIN))
+            forget_landed_strays(conn, spec["reply_kind"], external_id, now)
         if spec["mark_in_data"]:
             # Messages without ids (claims): the newest Mercado Livre date seen is exact; a later
             # erasure of a conversation started afresh moves the mark forward.

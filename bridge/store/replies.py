@@ -47,19 +47,45 @@ BUSY = "busy"  # retarget: another reply to that sale or claim goes first
 def record_stray(conn, kind: str, target_id: str, text: str | None, since: float, now: float,
                  owner: str = "") -> None:
     """Inside a write: a send of this text to this target may still land, from `since` on. `owner`: the
-    part that sent it ("<reply id>:<seq>"), counted once per such send: a copy landing late may be any of
-    them, and a part looking for its own lost send must tell its own strays from another part's."""
+    part that sent it ("<reply id>:<seq>"). Each send keeps its own first attempt (data.by: owner -> list):
+    it may land within a day of it, whatever other sends of the text did; and a part looking for its own
+    lost send tells its own strays from another part's."""
     key = f"{kind}:{target_id}:{text_hash(text or '')}"
     row = conn.execute("SELECT data FROM links WHERE kind = ? AND external_id = ?", (STRAY, key)).fetchone()
-    data = json.loads(row[0]) if row is not None and row[0] else {}
-    by = data.get("by") if isinstance(data.get("by"), dict) else {}
-    by[owner] = int(by.get(owner) or 0) + 1
-    earlier = data.get("since")
-    data = {"since": min(since, float(earlier)) if earlier is not None else since, "by": by}
+    sends = stray_sends(json.loads(row[0]) if row is not None and row[0] else {})
+    sends.setdefault(owner, []).append(float(since))
+    _write_stray(conn, key, sends, now)
+
+
+def stray_sends(data: dict) -> dict[str, list[float]]:
+    """A stray row's sends: owner -> first attempts (a row from before they were kept by part: one send)."""
+    by = data.get("by")
+    if isinstance(by, dict):
+        return {str(owner): [float(t) for t in times] for owner, times in by.items() if isinstance(times, list)}
+    return {"": [float(data["since"])]} if data.get("since") is not None else {}
+
+
+def _write_stray(conn, key: str, sends: dict[str, list[float]], now: float) -> None:
+    data = {"since": min(t for times in sends.values() for t in times), "by": sends}
     conn.execute("INSERT INTO links (kind, external_id, status, data, created_at, updated_at)"
                  " VALUES (?, ?, 'created', ?, ?, ?) ON CONFLICT (kind, external_id)"
                  " DO UPDATE SET updated_at = excluded.updated_at, data = excluded.data",
                  (STRAY, key, json.dumps(data, sort_keys=True), now, now))
+
+
+def forget_landed_strays(conn, kind: str, target_id: str, now: float) -> None:
+    """Inside a write: the sends to this target past their day have landed or never will; their hashes
+    stand for nothing but a message sent (a row left with no send goes)."""
+    prefix = f"{kind}:{target_id}:"
+    for key, data in conn.execute("SELECT external_id, data FROM links WHERE kind = ? AND external_id >= ?"
+                                  " AND external_id < ?", (STRAY, prefix, prefix + "\uffff")).fetchall():
+        sends = {owner: [t for t in times if t >= now - STRAY_LANDS_WITHIN]
+                 for owner, times in stray_sends(json.loads(data or "{}")).items()}
+        sends = {owner: times for owner, times in sends.items() if times}
+        if sends:
+            _write_stray(conn, key, sends, now)
+        else:
+            conn.execute("DELETE FROM links WHERE kind = ? AND external_id = ?", (STRAY, key))
 
 
 class Reply(TypedDict):
@@ -401,25 +427,21 @@ class RepliesStore:
                 record_stray(conn, kind, target_id, row["text"], since, now, owner=f"{reply_id}:{seq}")
             return True
 
-    def strays(self, kind: str, target_id: str) -> dict[str, float]:
-        """Text hash -> earliest first attempt of the sends to this target that may still land unrecorded."""
+    def strays(self, kind: str, target_id: str) -> dict[str, list[float]]:
+        """Text hash -> first attempts of the sends to this target that may still land unrecorded."""
         prefix = f"{kind}:{target_id}:"
-        return {row["external_id"][len(prefix):]: float(json.loads(row["data"] or "{}").get("since") or 0.0)
+        return {row["external_id"][len(prefix):]: sorted(t for times in stray_sends(json.loads(row["data"] or "{}"))
+                                                         .values() for t in times)
                 for row in self._db.all("SELECT external_id, data FROM links WHERE kind = ? AND external_id >= ?"
                                         " AND external_id < ?", (STRAY, prefix, prefix + "\uffff"))}
 
-    def strays_of_others(self, kind: str, target_id: str, text: str | None, owner: str) -> tuple[float, int] | None:
-        """The stray sends of this text to this target by parts other than `owner` ("<reply id>:<seq>"):
-        (earliest first attempt, how many), None when there are none. A row written before sends were
-        counted by part counts as one other send."""
+    def strays_of_others(self, kind: str, target_id: str, text: str | None, owner: str) -> list[float]:
+        """First attempts of the stray sends of this text to this target by parts other than `owner`
+        ("<reply id>:<seq>"), one per send."""
         row = self._db.one("SELECT data FROM links WHERE kind = ? AND external_id = ?",
                            (STRAY, f"{kind}:{target_id}:{text_hash(text or '')}"))
-        if row is None:
-            return None
-        data = json.loads(row["data"] or "{}")
-        by = data.get("by") if isinstance(data.get("by"), dict) else {"": 1}
-        others = sum(int(n or 0) for part, n in by.items() if part != owner)
-        return (float(data.get("since") or 0.0), others) if others else None
+        sends = stray_sends(json.loads(row["data"] or "{}")) if row is not None else {}
+        return sorted(t for part, times in sends.items() if part != owner for t in times)
 
     def texts_in_doubt(self, kind: str, target_id: str) -> list[str]:
         """Texts of the parts of `kind` replies ('message' to a sale, 'claim' to a claim) to this
