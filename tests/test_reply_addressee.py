@@ -390,3 +390,49 @@ def test_an_erased_buyers_reply_pending_under_another_questions_attribute_is_era
     assert s.db.replies.get(others["reply_id"])["status"] == "pending"
     s.db.privacy.forget_buyer("8", clock())
     assert s.db.replies.get(others["reply_id"]) is None
+
+
+@responses.activate
+def test_a_sale_reply_waiting_to_learn_its_sale_holds_back_the_later_replies_of_its_conversation(s, cw, clock):
+    """Reply A had no sale when written (its conversation's row lost, the attribute cleared) and its first
+    attempt met a Chatwoot outage reading the conversation: it waits to retry. Reply B, written after it in the
+    same conversation once the sync found it again, went to the sale at once, and the buyer read B before A."""
+    from tests.helpers import THREAD
+
+    conv = bridge_conversation(cw, 2, 9, {"meli_pack_id": ""}, None)
+    cw._create_message(conv, "Sobre o pedido", MESSAGE_TYPES["activity"],
+                       source_id=source_ids.note("pack", "2000001", "removed", 88))
+    first = s.db.replies.accept(chatwoot_message_id=501, conversation_id=conv, kind="message", target_id=None,
+                                parts=[{"text": "Primeira.", "attachments": []}], now=clock())
+    outage = responses.CallbackResponse(responses.GET, re.compile(rf"{re.escape(CW)}/conversations/\d+$"),
+                                        callback=lambda _request: (503, {}, json.dumps({"error": "down"})))
+    responses.add(outage)
+    assert delivery.deliver(s, first) == "retry"
+    assert s.db.replies.get(first)["target_id"] is None
+    s.db.links.mark_created("pack", "2000001", clock(), conversation_id=conv, contact_id=5,
+                            data={"buyer_id": 9, "blocked": False, "migrated": False})
+    second = agent_replies(s, cw, clock, conv, "Segunda.")
+    sent = []
+    responses.add_callback(responses.POST, THREAD, callback=lambda request: (
+        sent.append(json.loads(request.body)["text"]) or (200, {}, json.dumps({"id": f"m{len(sent)}"}))))
+
+    assert [row["id"] for row in s.db.replies.due(clock())] == []
+    assert delivery.deliver(s, second["reply_id"]) is None
+
+    responses.remove(outage)
+    served(cw)
+    clock.advance(3600)
+    # Both due now: one worker takes them, in the order written.
+    assert list(delivery._in_order_groups(s.db.replies.due(clock())).values()) == [[first, second["reply_id"]]]
+    assert delivery.deliver(s, first) == "delivered"
+    assert delivery.deliver(s, second["reply_id"]) == "delivered"
+    assert sent == ["Primeira.", "Segunda."]
+
+
+def test_replies_sharing_a_sale_or_a_conversation_go_to_one_worker_in_the_order_written():
+    due = [{"id": 1, "kind": "message", "target_id": None, "conversation_id": 10},
+           {"id": 2, "kind": "message", "target_id": "2000001", "conversation_id": 11},
+           {"id": 3, "kind": "message", "target_id": "2000001", "conversation_id": 10},
+           {"id": 4, "kind": "message", "target_id": "2000002", "conversation_id": 12},
+           {"id": 5, "kind": "answer", "target_id": "120", "conversation_id": 10}]
+    assert sorted(delivery._in_order_groups(due).values()) == [[1, 2, 3], [4], [5]]

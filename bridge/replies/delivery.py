@@ -75,9 +75,7 @@ def run_outbox(s: Services, max_items: int = 200) -> dict:
     seconds per call); replies to the same one go in order, in one worker.
     """
     counts: Counter = Counter()
-    groups: dict[tuple, list[int]] = {}
-    for row in s.db.replies.due(s.clock(), limit=max_items):
-        groups.setdefault((row["kind"], row["target_id"]), []).append(row["id"])
+    groups = _in_order_groups(s.db.replies.due(s.clock(), limit=max_items))
     if groups:
         with ThreadPoolExecutor(max_workers=min(WORKERS, len(groups)), thread_name_prefix="outbox") as pool:
             # Each worker keeps the job's context (its rate-budget priority).
@@ -87,6 +85,31 @@ def run_outbox(s: Services, max_items: int = 200) -> dict:
                 counts.update(future.result())
     counts["reported"] += report_outcomes(s)
     return {k: counts[k] for k in ("delivered", "failed", "retry", "reported")}
+
+
+def _in_order_groups(due: list[dict]) -> dict[tuple, list[int]]:
+    """Due replies in groups each delivered in order by one worker: those to the same question, sale or
+    claim, and those written in the same conversation (a reply whose item is decided at its delivery goes
+    to that conversation's item, after the replies written before it and before those written after)."""
+    group_of: dict[tuple, tuple] = {}
+    groups: dict[tuple, list[int]] = {}
+    for row in due:  # oldest first
+        keys = [(row["kind"], "target", row["target_id"]), (row["kind"], "conversation", row["conversation_id"])]
+        if row["target_id"] is None:
+            keys = keys[1:]
+        found = []
+        for key in keys:
+            if key in group_of and group_of[key] not in found:
+                found.append(group_of[key])
+        name = found[0] if found else keys[0]
+        ids = groups.setdefault(name, [])
+        for other in found[1:]:  # this reply joins two groups: one worker, still oldest first
+            ids.extend(groups.pop(other))
+            group_of.update({key: name for key, group in group_of.items() if group == other})
+        ids.append(row["id"])
+        ids.sort()
+        group_of.update({key: name for key in keys})
+    return groups
 
 
 def _deliver_in_order(s: Services, reply_ids: list[int]) -> Counter:

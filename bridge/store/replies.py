@@ -23,12 +23,13 @@ if TYPE_CHECKING:
     from db_manager import Database
 
 
-# A post-sale or claim reply `r` behind an earlier unfinished one to the same sale or claim that is not
-# due itself (waiting to retry, or in another worker's hands): the buyer reads them in the order written.
-# Params: now, now.
+# A post-sale or claim reply `r` behind an earlier unfinished one to the same sale or claim, or written in
+# the same conversation (its sale may be known only at its delivery), that is not due itself (waiting to
+# retry, or in another worker's hands): the buyer reads them in the order written. Params: now, now.
 _WAITS_FOR_EARLIER = (
     "(r.kind IN ('message', 'claim') AND EXISTS (SELECT 1 FROM replies AS e WHERE e.kind = r.kind"
-    " AND e.target_id = r.target_id AND e.id < r.id AND e.status IN ('pending', 'sending')"
+    " AND (e.target_id = r.target_id OR e.conversation_id = r.conversation_id) AND e.id < r.id"
+    " AND e.status IN ('pending', 'sending')"
     " AND NOT ((e.status = 'pending' AND e.next_attempt_at <= ?) OR (e.status = 'sending'"
     " AND e.lease_until < ?))))")
 # The reply a part belongs to is still there and unfinished (its id never names another reply).
@@ -126,6 +127,7 @@ class DueReply(TypedDict):
     id: int
     kind: str
     target_id: str | None
+    conversation_id: int
 
 
 class AnswerInFlight(TypedDict):
@@ -244,7 +246,8 @@ class RepliesStore:
         unfinished (e.g. waiting to retry): the buyer must read them in the order the agent wrote them.
         """
         return self._db.all(
-            "SELECT id, kind, target_id FROM replies AS r WHERE ((status = 'pending' AND next_attempt_at <= ?)"
+            "SELECT id, kind, target_id, conversation_id FROM replies AS r"
+            " WHERE ((status = 'pending' AND next_attempt_at <= ?)"
             f" OR (status = 'sending' AND lease_until < ?)) AND NOT {_WAITS_FOR_EARLIER}"
             " ORDER BY id LIMIT ?", (now, now, now, now, limit))
 
