@@ -153,8 +153,14 @@ class PrivacyStore:
                 " WHERE p.kind = 'question' AND p.external_id = links.external_id)", (cutoff,)).rowcount
             orphans += wconn.execute("DELETE FROM links WHERE kind = 'moderation_check' AND updated_at < ?",
                                      (cutoff,)).rowcount
-            # A send held that long has landed or never will: its hash is no longer needed.
-            orphans += wconn.execute("DELETE FROM links WHERE kind = ? AND updated_at < ?", (STRAY, cutoff)).rowcount
+            # A send held that long has landed or never will. Its hash still tells the copy that landed from
+            # a message typed on the site while the sale keeps its rows (its thread is read whole, and the
+            # copy, never mirrored, would be); once they are gone, the sale's watermark covers the copy.
+            orphans += wconn.execute(
+                "DELETE FROM links WHERE kind = ? AND updated_at < ? AND NOT (substr(external_id, 1, 8) = 'message:'"
+                " AND EXISTS (SELECT 1 FROM links p WHERE p.kind = 'pack' AND p.external_id ="
+                " substr(links.external_id, 9, instr(substr(links.external_id, 9), ':') - 1)))",
+                (STRAY, cutoff)).rowcount
             # The hold of an erasure whose command stopped midway: it names the buyer.
             orphans += wconn.execute("DELETE FROM links WHERE kind = ? AND updated_at < ?",
                                      (ERASING, now - ERASING_HOLD)).rowcount
