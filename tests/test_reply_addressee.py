@@ -436,3 +436,31 @@ def test_replies_sharing_a_sale_or_a_conversation_go_to_one_worker_in_the_order_
            {"id": 4, "kind": "message", "target_id": "2000002", "conversation_id": 12},
            {"id": 5, "kind": "answer", "target_id": "120", "conversation_id": 10}]
     assert sorted(delivery._in_order_groups(due).values()) == [[1, 2, 3], [4], [5]]
+
+
+@responses.activate
+def test_a_reply_put_in_doubt_by_a_restore_before_any_part_left_is_still_checked_for_its_addressee(s, cw, clock):
+    """A conversation with nothing of the bridge's, where an agent typed sale 2000002 (another buyer's, in its
+    own conversation) and replied: refused once its conversation is read. A backup put back before its delivery
+    leaves every part in doubt ('sending'): that is no part having left, and the check still runs (it was taken
+    as done, and the reply went to sale 2000002's buyer)."""
+    from tests.helpers import API, SELLER
+
+    c1 = bridge_conversation(cw, 2, 9, {"meli_pack_id": "2000002"}, None)
+    c2 = bridge_conversation(cw, 2, 8, {"meli_pack_id": "2000002"}, source_ids.note("pack", "2000002", "x", 1))
+    s.db.links.mark_created("pack", "2000002", clock(), conversation_id=c2, contact_id=6,
+                            data={"buyer_id": 8, "blocked": False, "migrated": False})
+    served(cw)
+    reply = agent_replies(s, cw, clock, c1)
+    assert reply["target"] == "2000002"
+    other_thread = f"{API}/messages/packs/2000002/sellers/{SELLER}"
+    responses.get(other_thread, json={"paging": {"total": 0}, "messages": [],
+                                      "conversation_status": {"status": "active"}})
+    responses.post(other_thread, json={"id": "m-1"})
+
+    s.db.replies.put_in_doubt()
+    clock.advance(3600)
+
+    assert delivery.deliver(s, reply["reply_id"]) == "failed"
+    assert [c.request.url for c in responses.calls if c.request.method == "POST"] == []
+    assert s.db.replies.get(reply["reply_id"])["error"] == "conversa não é a deste item"

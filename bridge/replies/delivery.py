@@ -213,8 +213,11 @@ def _check_addressee(s: Services, reply: dict) -> dict:
     them, the attribute as Chatwoot stores it counts, when no other conversation of the bridge's holds
     that item. Otherwise nothing goes, and the agent is told why.
     """
-    if any(part["status"] != "pending" for part in s.db.replies.parts(reply["id"])):
-        return reply  # checked before its first part left
+    if any(part["status"] == "sent" or (part["status"] == "sending" and part["last_attempt_at"] is not None)
+           for part in s.db.replies.parts(reply["id"])):
+        # Checked before its first part left. Not a part a restore put in doubt (db.replies.put_in_doubt):
+        # 'sending' with no attempt stamped, nothing of it left from this state, and it is checked as any other.
+        return reply
     kind, target, conversation_id = LINK_KIND.get(reply["kind"], "pack"), reply["target_id"], reply["conversation_id"]
     if target is not None and (knows_conversation(s.db.links.get(kind, target), conversation_id)
                                or s.db.links.bridge_used(kind, target, conversation_id)) \
@@ -306,7 +309,9 @@ def _deliver_answer(s: Services, reply: dict) -> None:
     if part["status"] != "sent":
         _still_there(s.db.replies.mark_part_sending(reply["id"], 0, s.clock()))
         try:
-            s.meli.answer_question(int(question_id), part["text"])
+            # Stamped as it leaves: an answer in doubt is one that left (see _check_addressee).
+            with on_departure(partial(_attempt_ended, s, reply, part)):
+                s.meli.answer_question(int(question_id), part["text"])
         except PermanentError as exc:
             if exc.code != "not_unanswered_question" and "not_unanswered" not in (exc.message or ""):
                 raise DeliveryFailed(_refusal(exc, "a resposta")) from None
