@@ -257,10 +257,11 @@ class RepliesStore:
             # Checked again here, in the claim's transaction: listed before, the reply may since have got an
             # earlier one in hand beside it (one moved to its sale at delivery, by another worker).
             cur = conn.execute(
-                "UPDATE replies AS r SET status = 'sending', lease_until = ?, attempts = attempts + 1, updated_at = ?"
+                "UPDATE replies SET status = 'sending', lease_until = ?, attempts = attempts + 1, updated_at = ?"
                 " WHERE id = ? AND ((status = 'pending' AND next_attempt_at <= ?)"
-                f" OR (status = 'sending' AND lease_until < ?)) AND NOT {_WAITS_FOR_EARLIER}",
-                (now + lease, now, reply_id, now, now, now, now))
+                f" OR (status = 'sending' AND lease_until < ?)) AND NOT EXISTS (SELECT 1 FROM replies AS r"
+                f" WHERE r.id = ? AND {_WAITS_FOR_EARLIER})",
+                (now + lease, now, reply_id, now, now, reply_id, now, now))
             if cur.rowcount != 1:
                 return None
             return dict(conn.execute("SELECT * FROM replies WHERE id = ?", (reply_id,)).fetchone())
