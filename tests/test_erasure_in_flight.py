@@ -169,3 +169,19 @@ def test_an_erasure_keeps_of_the_sales_stray_sends_only_the_hashes_that_may_stil
     assert db.replies.strays("message", "2000001") == {text_hash("Chega amanhã."): [now - 600],
                                                        text_hash("Ok"): [now - 3600]}
     assert db.replies.strays("message", "2000002") == {text_hash("Seu pedido saiu, Maria."): [now - 2 * 86400]}
+
+
+def test_a_claim_part_in_flight_when_its_buyer_is_erased_leaves_its_texts_hash_as_a_sales_does(db):
+    """Its send may still land after the erasure: known then as the bridge's own, never mirrored back into the
+    claim's new conversation as a message the seller typed on the site."""
+    from bridge.text import text_hash
+
+    db.links.mark_created("claim", "5000001", 1.0, conversation_id=88, contact_id=5, data={"buyer_id": 9})
+    reply = db.replies.accept(chatwoot_message_id=1, conversation_id=88, kind="claim", target_id="5000001",
+                              parts=[{"text": "Vamos reembolsar hoje"}], now=10.0, receiver="complainant")
+    db.replies.claim(reply, 10.0, 300)
+    db.replies.mark_part_sending(reply, 0, 11.0)
+
+    db.privacy.forget_buyer("9", 20.0)
+
+    assert db.replies.strays("claim", "5000001") == {text_hash("Vamos reembolsar hoje"): [11.0]}

@@ -570,11 +570,16 @@ def _deliver_claim(s: Services, reply: dict) -> None:
         if previous == "sending":
             _wait_until_settled(s, reply, part)
         if previous == "sending" and _claim_part_arrived(s, claim_id, remote,
-                                                         part["first_attempt_at"] or reply["created_at"]):
+                                                         part["first_attempt_at"] or reply["created_at"], part):
             _still_there(s.db.replies.mark_part_sent(reply["id"], part["seq"], remote, s.clock()))
             log.info("reply part already on mercado livre reply=%s part=%d claim=%s", reply["id"], part["seq"],
                      claim_id)
             continue
+        if previous == "sending":
+            # Settled and not in the claim: sent again (or refused), though that send may still land. Its
+            # copy is then the bridge's own, not a message typed on the site (as a sale's stray send).
+            _still_there(s.db.replies.stray_possible(reply["id"], part["seq"], "claim", claim_id,
+                                                     part["first_attempt_at"] or reply["created_at"], s.clock()))
         if refused:
             # Settled and not there: it did not go.
             s.db.replies.mark_part_unsent(reply["id"], part["seq"])
@@ -625,7 +630,7 @@ def _claim_after_refusal(s: Services, reply: dict, claim_id: str) -> dict:
     return claim
 
 
-def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float) -> bool:
+def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float, part: dict | None = None) -> bool:
     """Did this part's send reach the claim before its answer was lost?
 
     Claim messages have no id: count the seller messages with this text since the first
@@ -645,7 +650,11 @@ def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float) -
     for key, message in claim_rules.message_keys(claim_id, s.meli.claim_messages(claim_id)):
         fresh += (own_parts.is_claim_copy_since(message, since) and key not in linked
                   and claim_rules.sent_key(claim_id, message.get("message") or "") == remote)
-    return fresh > waiting
+    # Another part's send of this text that may land unrecorded (a stray, never mirrored: the sync knows it as
+    # the bridge's) may be one of these copies too: each counts against them, as a sale's (_find_sent_part).
+    strays = s.db.replies.strays_of_others("claim", claim_id, (part or {}).get("text"),
+                                           f"{(part or {}).get('reply_id')}:{(part or {}).get('seq')}")
+    return fresh > waiting + len(strays)
 
 
 CLAIM_CLOSED = Refusal(

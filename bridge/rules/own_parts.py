@@ -75,10 +75,21 @@ def sale_stray_copy(message: dict, seller_id: int, strays: dict[str, list[float]
     return sends is not None and may_be_stray(message, [sends] if isinstance(sends, (int, float)) else sends)
 
 
+def claim_stray_copy(message: dict, strays: dict[str, list[float]]) -> bool:
+    """Claim: the respondent's (the seller's) message is a stray send of ours (`strays` as for a sale)."""
+    if not strays or message.get("sender_role") != "respondent":
+        return False
+    sends = strays.get(text_hash(message.get("message") or ""))
+    return bool(sends) and _lands_within(parse_date(message.get("date_created")), sends)
+
+
 def may_be_stray(message: dict, sends: list[float]) -> bool:
-    """Could this copy of a text be one of these stray sends of it (their first attempts)? Each lands, if
-    ever, from its first attempt (less the clocks' skew) to a day after it."""
-    created = parse_date((message.get("message_date") or {}).get("created"))
+    """Post-sale: could this copy of a text be one of these stray sends of it (their first attempts)?"""
+    return _lands_within(parse_date((message.get("message_date") or {}).get("created")), sends)
+
+
+def _lands_within(created: float | None, sends: list[float]) -> bool:
+    """A stray send lands, if ever, from its first attempt (less the clocks' skew) to a day after it."""
     return bool(sends) and (created is None or any(since - SEND_CLOCK_SKEW <= created <= since + STRAY_LANDS_WITHIN
                                                    for since in sends))
 

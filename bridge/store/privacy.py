@@ -157,9 +157,11 @@ class PrivacyStore:
             # a message typed on the site while the sale keeps its rows (its thread is read whole, and the
             # copy, never mirrored, would be); once they are gone, the sale's watermark covers the copy.
             orphans += wconn.execute(
-                "DELETE FROM links WHERE kind = ? AND updated_at < ? AND NOT (substr(external_id, 1, 8) = 'message:'"
+                "DELETE FROM links WHERE kind = ? AND updated_at < ? AND NOT ((substr(external_id, 1, 8) = 'message:'"
                 " AND EXISTS (SELECT 1 FROM links p WHERE p.kind = 'pack' AND p.external_id ="
-                " substr(links.external_id, 9, instr(substr(links.external_id, 9), ':') - 1)))",
+                " substr(links.external_id, 9, instr(substr(links.external_id, 9), ':') - 1)))"
+                " OR (substr(external_id, 1, 6) = 'claim:' AND EXISTS (SELECT 1 FROM links c WHERE c.kind = 'claim'"
+                " AND c.external_id = substr(links.external_id, 7, instr(substr(links.external_id, 7), ':') - 1))))",
                 (STRAY, cutoff)).rowcount
             # The hold of an erasure whose command stopped midway: it names the buyer.
             orphans += wconn.execute("DELETE FROM links WHERE kind = ? AND updated_at < ?",
@@ -353,7 +355,7 @@ class PrivacyStore:
                                 f" AND reply_id IN ({_marks(reply_ids)})", reply_ids).fetchone()[0]
             if sent is not None:
                 mirrored = max(mirrored, min(float(sent) + SENT_CLOCK_SKEW, now))
-        if spec["reply_kind"] == "message":
+        if spec["reply_kind"] in ("message", "claim"):
             # A part in flight (its answer lost, or not back yet) may land on Mercado Livre at any time,
             # even after this erasure: remembered by its text's hash alone, so it is never mirrored
             # back as a message typed on the site (db.replies.strays).
