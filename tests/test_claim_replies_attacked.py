@@ -322,3 +322,72 @@ def test_a_claim_reply_of_many_parts_outlasting_one_lease_is_never_taken_over_be
     responses.add_callback(responses.POST, SEND, callback=send)
     assert delivery.deliver(s, reply_id) == "delivered"
     assert taken_over == [False, False]
+
+
+@responses.activate
+def test_a_claim_reply_sent_again_after_a_look_that_found_nothing_is_not_mirrored_back_when_its_first_send_lands(
+        s, db):
+    """The claims twin of a sale's stray send: the first send's answer was lost and, settled, it was not in the
+    claim, so the part went again. Mercado Livre applied the first one after all, later: two copies of one part.
+    The one the part is recorded by is adopted; the other was mirrored as a message the seller typed on the site."""
+    text_ = "Vamos reembolsar hoje"
+    reply_id = db.replies.accept(chatwoot_message_id=970, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                 parts=[{"text": text_}], now=s.clock(), receiver="complainant")
+    responses.get(CLAIM, json=claim(due="2030-01-01T00:00:00.000Z"))
+    arrived = []
+    calls = []
+
+    def send(request):
+        calls.append(1)
+        if len(calls) == 1:
+            return 503, {}, "{}"  # held: applied only later
+        arrived.append(respondent_message(text_, 0) | {"date_created": iso(s.clock())})
+        return 200, {}, "{}"
+
+    responses.add_callback(responses.POST, SEND, callback=send)
+    responses.add_callback(responses.GET, f"{CLAIM}/messages", callback=lambda r: (200, {}, json.dumps(arrived)))
+    assert delivery.deliver(s, reply_id) == "retry"
+    s.clock.advance(3600)
+    assert delivery.deliver(s, reply_id) == "delivered"
+    arrived.append(respondent_message(text_, 0) | {"date_created": iso(s.clock() + 5)})  # the first send, late
+    chatwoot_for_mirroring()
+    s.clock.advance(60)
+
+    sync_claims.sync_claim(s, CLAIM_ID)
+
+    assert mirrored() == []
+
+
+@responses.activate
+def test_another_claim_replys_stray_send_landing_late_is_not_taken_for_this_replys_lost_send(s, db):
+    """Reply 1 went again after a look that found nothing; its first send lands later, never mirrored (the
+    bridge's own). Reply 2, the same words, lost its answer and did not arrive: that copy is reply 1's stray
+    as much as reply 2's, so reply 2 goes again rather than show delivered."""
+    text_ = "Ok, obrigado"
+    responses.get(CLAIM, json=claim(due="2030-01-01T00:00:00.000Z"))
+    arrived = []
+    outcomes = iter([503, 200, 503, 200])
+    sent = []
+
+    def send(request):
+        status = next(outcomes)
+        sent.append(status)
+        if status == 200:
+            arrived.append(respondent_message(text_, 0) | {"date_created": iso(s.clock())})
+        return status, {}, "{}"
+
+    responses.add_callback(responses.POST, SEND, callback=send)
+    responses.add_callback(responses.GET, f"{CLAIM}/messages", callback=lambda r: (200, {}, json.dumps(arrived)))
+    first = db.replies.accept(chatwoot_message_id=971, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                              parts=[{"text": text_}], now=s.clock(), receiver="complainant")
+    assert delivery.deliver(s, first) == "retry"
+    s.clock.advance(3600)
+    assert delivery.deliver(s, first) == "delivered"
+    second = db.replies.accept(chatwoot_message_id=972, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                               parts=[{"text": text_}], now=s.clock(), receiver="complainant")
+    assert delivery.deliver(s, second) == "retry"  # its answer lost: it did not arrive
+    arrived.append(respondent_message(text_, 0) | {"date_created": iso(s.clock() + 5)})  # reply 1's first send
+    s.clock.advance(3600)
+
+    assert delivery.deliver(s, second) == "delivered"
+    assert sent == [503, 200, 503, 200]

@@ -142,3 +142,46 @@ def test_an_old_database_keeps_its_replies_and_gives_no_new_reply_an_id_it_ever_
                             parts=[{"text": "nova"}], now=2.0)
     assert new > 12
     assert db.conn().execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+def test_an_erasure_keeps_of_the_sales_stray_sends_only_the_hashes_that_may_still_land(db):
+    """A stray send's text hash stands for the bridge's own copy only within a day of its first attempt
+    (own_parts.STRAY_LANDS_WITHIN); past it, it is what remains of a message to the erased buyer, and the
+    erasure takes it (it stayed for the whole retention)."""
+    from bridge.store.replies import record_stray
+    from bridge.text import text_hash
+
+    now = 10 * 86400.0
+    db.links.mark_created("pack", "2000001", now - 3 * 86400, conversation_id=88, contact_id=5,
+                          data={"buyer_id": 9})
+    db.links.mark_created("pack", "2000002", now - 3 * 86400, conversation_id=89, contact_id=6,
+                          data={"buyer_id": 10})
+    with db.write() as conn:
+        record_stray(conn, "message", "2000001", "Seu pedido saiu, João.", now - 2 * 86400, now - 2 * 86400)
+        record_stray(conn, "message", "2000001", "Chega amanhã.", now - 600, now - 600)
+        # The same text sent again by another reply an hour ago: its send may still land, within its own day.
+        record_stray(conn, "message", "2000001", "Ok", now - 2 * 86400, now - 2 * 86400)
+        record_stray(conn, "message", "2000001", "Ok", now - 3600, now - 3600)
+        record_stray(conn, "message", "2000002", "Seu pedido saiu, Maria.", now - 2 * 86400, now - 2 * 86400)
+
+    db.privacy.forget_buyer("9", now)
+
+    assert db.replies.strays("message", "2000001") == {text_hash("Chega amanhã."): [now - 600],
+                                                       text_hash("Ok"): [now - 3600]}
+    assert db.replies.strays("message", "2000002") == {text_hash("Seu pedido saiu, Maria."): [now - 2 * 86400]}
+
+
+def test_a_claim_part_in_flight_when_its_buyer_is_erased_leaves_its_texts_hash_as_a_sales_does(db):
+    """Its send may still land after the erasure: known then as the bridge's own, never mirrored back into the
+    claim's new conversation as a message the seller typed on the site."""
+    from bridge.text import text_hash
+
+    db.links.mark_created("claim", "5000001", 1.0, conversation_id=88, contact_id=5, data={"buyer_id": 9})
+    reply = db.replies.accept(chatwoot_message_id=1, conversation_id=88, kind="claim", target_id="5000001",
+                              parts=[{"text": "Vamos reembolsar hoje"}], now=10.0, receiver="complainant")
+    db.replies.claim(reply, 10.0, 300)
+    db.replies.mark_part_sending(reply, 0, 11.0)
+
+    db.privacy.forget_buyer("9", 20.0)
+
+    assert db.replies.strays("claim", "5000001") == {text_hash("Vamos reembolsar hoje"): [11.0]}

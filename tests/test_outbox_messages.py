@@ -529,3 +529,51 @@ def test_a_reply_whose_conversation_was_deleted_after_it_was_written_still_reach
 
     assert delivery.deliver(s, reply_id) == "delivered"
     assert [p["to"] for p in posts()] == [{"user_id": 9}]
+
+
+@responses.activate
+def test_another_replys_stray_send_landing_late_is_not_taken_for_this_replys_lost_send(s):
+    """Reply 1's "Ok" went again after a look that found nothing (its first send may still land: a stray).
+    Reply 2, also "Ok", lost its answer. Reply 1's first send then lands: that copy may be reply 2's as well
+    as reply 1's stray, so reply 2 is sent again; taken for reply 2's, it showed delivered and never went."""
+    first = in_doubt(s, "Ok", message_id=9200)
+    responses.get(THREAD, json={"paging": {"total": 0}, "messages": [], "conversation_status": {"status": "active"}})
+    responses.post(THREAD, json={"id": "m-first"})
+    chatwoot_ok(9200)
+    delivery.run_outbox(s)
+    assert s.db.replies.get(first)["status"] == "delivered"
+
+    _status, second = accept(s, "Ok", message_id=9201)
+    responses.replace(responses.POST, THREAD, body=requests.exceptions.ReadTimeout("read timed out"))
+    chatwoot_ok(9201)
+    assert delivery.run_outbox(s)["retry"] == 1
+    attempt = s.db.replies.parts(second)[0]["last_attempt_at"]
+    responses.replace(responses.GET, THREAD, json={"paging": {"total": 2}, "messages": [
+        seller_message("m-first", "Ok", attempt - 30), seller_message("m-stray", "Ok", attempt + 3)],
+        "conversation_status": {"status": "active"}})
+    responses.replace(responses.POST, THREAD, json={"id": "m-second"})
+    s.clock.advance(RETRY_MAX)
+    posted = len(posts())
+    delivery.run_outbox(s)
+
+    assert len(posts()) == posted + 1
+    assert s.db.replies.parts(second)[0]["remote_id"] == "m-second"
+
+
+@responses.activate
+def test_a_replys_own_stray_send_landing_late_is_taken_for_its_lost_send(s):
+    """The part's own earlier send is the only stray of its text: its copy is this part's, not sent a third time."""
+    reply_id = in_doubt(s, "Ok")
+    responses.get(THREAD, json={"paging": {"total": 0}, "messages": [], "conversation_status": {"status": "active"}})
+    responses.post(THREAD, body=requests.exceptions.ReadTimeout("read timed out"))
+    chatwoot_ok()
+    assert delivery.run_outbox(s)["retry"] == 1
+    attempt = s.db.replies.parts(reply_id)[0]["last_attempt_at"]
+    responses.replace(responses.GET, THREAD, json={"paging": {"total": 1}, "messages": [
+        seller_message("m-late", "Ok", attempt + 3)], "conversation_status": {"status": "active"}})
+    s.clock.advance(RETRY_MAX)
+    posted = len(posts())
+    delivery.run_outbox(s)
+
+    assert len(posts()) == posted
+    assert s.db.replies.parts(reply_id)[0]["remote_id"] == "m-late"

@@ -168,3 +168,45 @@ def test_a_stray_send_stands_for_a_seller_message_with_its_text_only_from_its_fi
         "message_date": {"created": "2026-11-29T09:00:00.000Z"}}, SELLER, strays)  # typed before it
     assert not own_parts.sale_stray_copy(message("s9", 0, sender=SELLER, text="Ok, obrigado!") | {
         "message_date": {"created": "2026-12-01T10:00:00.000Z"}}, SELLER, strays)  # typed days after
+
+
+def test_a_stray_send_a_day_after_another_of_the_same_text_stands_for_its_own_copy(db):
+    """Two sends of "Ok" to the sale may each still land: the second, a day after the first, lands within a
+    day of its own first attempt. Kept only as the earliest of the two, its copy was past that window and
+    mirrored back as a message the seller typed on the site."""
+    from bridge.rules import own_parts
+    from bridge.store.replies import record_stray
+    first = sales.parse_date("2026-11-28T09:00:00.000Z")
+    second = sales.parse_date("2026-11-29T08:00:00.000Z")
+    with db.write() as conn:
+        record_stray(conn, "message", "2000001", "Ok", first, first, owner="1:0")
+        record_stray(conn, "message", "2000001", "Ok", second, second, owner="2:0")
+    landed = message("s1", 3, sender=SELLER, text="Ok")  # 2026-11-29T10:03, after the first one's day
+    assert own_parts.sale_stray_copy(landed, SELLER, db.replies.strays("message", "2000001"))
+
+
+@responses.activate
+def test_a_stray_send_of_a_sale_still_going_is_known_as_the_bridges_after_the_retention_window(s, clock):
+    """A part accepted with no message id left its text's hash (s1 landed, unknown to the bridge). The sale goes
+    on past RETENTION_DAYS (minimum 7): retention dropped the hash though the sale keeps all its rows, and
+    the next read of the thread mirrored s1 back as a message the seller typed on the site."""
+    from bridge.store.replies import record_stray
+    sent = sales.parse_date("2026-11-29T10:02:00.000Z")
+    with s.db.write() as conn:
+        record_stray(conn, "message", "2000001", "Segue o rastreio.", sent, sent, owner="1:0")
+    clock.now = sent + 8 * 86400
+    s.db.links.update("pack", "2000001", clock(), data={"buyer_id": 9, "blocked": False, "migrated": False})
+
+    s.db.privacy.apply_retention(clock(), 7)
+
+    serve(thread(message("s1", 2, sender=SELLER, text="Segue o rastreio."), message("b2", 5)))
+    sales.sync_pack(s, "2000001", SELLER)
+    assert mirrored_texts() == ["texto b2"]
+
+
+def test_retention_drops_a_stray_send_once_its_sale_has_no_rows(db):
+    from bridge.store.replies import record_stray
+    with db.write() as conn:
+        record_stray(conn, "message", "2000009", "Segue o rastreio.", 1000.0, 1000.0, owner="1:0")
+    db.privacy.apply_retention(1000.0 + 8 * 86400, 7)
+    assert db.replies.strays("message", "2000009") == {}

@@ -387,3 +387,24 @@ def test_a_found_conversation_continued_in_after_a_deletion_is_reopened_before_i
     mirrored = [i for i, (what, body) in enumerate(calls) if what == "messages" and b"Chegou quebrado" in body]
     assert toggles and mirrored and toggles[0] < mirrored[0]
     assert all(json.loads(calls[i][1]) == {"status": "open"} for i in toggles)
+
+
+@responses.activate
+def test_a_sync_of_the_thread_before_a_lost_mark_read_settles_leaves_the_thread_flagged(s):
+    """A mark-read lost its answer a second ago; a notification brings the thread's next message and the
+    thread is synced and marked (that mark answered). The lost one may still be applied after this read, and
+    mark read a message written in between: the thread stays flagged, read again until it settles, as after
+    resume_interrupted_marks (the sync cleared the flag, and such a message waited for the sweep)."""
+    s.db.links.mark_created("message", "b1", 1.0, conversation_id=88, message_id=1)
+    flagged = time.time() - 1
+    s.db.threads.begin_marking("2000001", flagged)
+    page = thread(buyer("b1", "Oi", 1, read=True), buyer("b2", "Ainda aí?", 2))
+    responses.get(THREAD, match=[matchers.query_param_matcher(PEEK)], json=page)
+    responses.get(THREAD, match=[matchers.query_param_matcher(MARK)], json=page)
+    chatwoot_accepts()
+
+    sync_messages.sync_pack(s, "2000001", 555)
+
+    assert created_in_chatwoot() == ["Ainda aí?"]
+    assert s.db.threads.get("2000001")["marking_since"] == flagged
+    assert s.db.threads.marking() == ["2000001"]

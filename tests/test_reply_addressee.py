@@ -302,3 +302,165 @@ def test_a_conversation_showing_another_question_is_not_taken_for_a_lost_create_
     assert ensure_conversation(s, kind="question", external_id="121", inbox_id=1, contact_id=5,
                                source_id="meli:buyer:8", custom_attributes={"meli_question_id": "121"},
                                buyer_id=8) == (97, True)
+
+
+@responses.activate
+def test_a_sale_reply_moved_to_its_conversations_sale_at_delivery_never_interleaves_with_another_reply_to_it(
+        s, cw, clock):
+    """Reply A was written in sale 2000001's conversation while its row had lost it (a backup put back) and an
+    agent had cleared the attribute: no target until the delivery reads the conversation. The sync then found
+    the conversation again, and reply B there went to 2000001 from the start. Two groups in the outbox, two
+    workers: B must not go out between A's parts (the buyer would read A's text cut by B), nor before A."""
+    from tests.helpers import THREAD
+
+    conv = bridge_conversation(cw, 2, 9, {"meli_pack_id": "2000001"}, None)
+    cw._create_message(conv, "Sobre o pedido", MESSAGE_TYPES["activity"],
+                       source_id=source_ids.note("pack", "2000001", "removed", 88))
+    agent_edits(cw, conv, "meli_pack_id", "")
+    served(cw)
+    first = s.db.replies.accept(chatwoot_message_id=501, conversation_id=conv, kind="message", target_id=None,
+                                parts=[{"text": "Parte um.", "attachments": []},
+                                       {"text": "Parte dois.", "attachments": []}], now=clock())
+    s.db.links.mark_created("pack", "2000001", clock(), conversation_id=conv, contact_id=5,
+                            data={"buyer_id": 9, "blocked": False, "migrated": False})
+    second = agent_replies(s, cw, clock, conv, "Outra coisa.")
+    assert second["target"] == "2000001"
+
+    sent = []
+
+    def send(request):
+        sent.append(json.loads(request.body)["text"])
+        if len(sent) == 1:
+            delivery.deliver(s, second["reply_id"])  # the other group's worker, meanwhile
+        return 200, {}, json.dumps({"id": f"m{len(sent)}"})
+
+    responses.add_callback(responses.POST, THREAD, callback=send)
+
+    assert delivery.deliver(s, first) == "delivered"
+    delivery.deliver(s, second["reply_id"])
+
+    assert sent == ["Parte um.", "Parte dois.", "Outra coisa."]
+
+
+@responses.activate
+def test_a_sale_reply_moved_at_delivery_waits_while_another_reply_to_that_sale_is_in_hand(s, cw, clock):
+    from tests.helpers import THREAD
+
+    conv = bridge_conversation(cw, 2, 9, {"meli_pack_id": ""}, None)
+    cw._create_message(conv, "Sobre o pedido", MESSAGE_TYPES["activity"],
+                       source_id=source_ids.note("pack", "2000001", "removed", 88))
+    served(cw)
+    first = s.db.replies.accept(chatwoot_message_id=501, conversation_id=conv, kind="message", target_id=None,
+                                parts=[{"text": "Parte um.", "attachments": []}], now=clock())
+    s.db.links.mark_created("pack", "2000001", clock(), conversation_id=conv, contact_id=5,
+                            data={"buyer_id": 9, "blocked": False, "migrated": False})
+    second = agent_replies(s, cw, clock, conv, "Outra coisa.")
+    assert s.db.replies.claim(second["reply_id"], clock(), delivery.LEASE_SECONDS)  # another worker's, mid-send
+    responses.post(THREAD, json={"id": "m1"})
+
+    assert delivery.deliver(s, first) == "retry"
+
+    assert [c for c in responses.calls if c.request.method == "POST"] == []
+    assert s.db.replies.get(first)["target_id"] is None
+
+
+@responses.activate
+def test_an_erased_buyers_reply_pending_under_another_questions_attribute_is_erased_and_never_answered(
+        s, cw, clock):
+    """An agent typed question 121 (buyer 8) into question 120's conversation (buyer 9) and answered there.
+    The delivery would take it for 120, the question the bridge showed there: it is buyer 9's reply. Buyer 9
+    is erased before it goes: the reply goes with them (its text too), and buyer 8's stays untouched."""
+    c120, c121 = two_questions(s, cw, clock)
+    s.db.links.mark_created("question", "120", clock(), conversation_id=c120, contact_id=4, message_id=2,
+                            data={"state": "open", "buyer_id": 9})
+    s.db.links.update("question", "121", clock(), data={"state": "open", "buyer_id": 8})
+    served(cw)
+    responses.post(f"{API}/answers", json={"id": 120, "status": "ANSWERED"})
+    others = agent_replies(s, cw, clock, c121, "Chega amanhã.")
+    theirs = s.db.replies.accept(chatwoot_message_id=601, conversation_id=c120, kind="answer", target_id="121",
+                                 parts=[{"text": "Temos sim!", "attachments": []}], now=clock())
+
+    untold: dict = {}
+    s.db.privacy.forget_buyer("9", clock(), untold)
+
+    assert s.db.replies.get(theirs) is None
+    assert 601 in untold["pending"]
+    assert delivery.deliver(s, theirs) is None
+    assert answered_questions() == []
+    assert s.db.replies.get(others["reply_id"])["status"] == "pending"
+    s.db.privacy.forget_buyer("8", clock())
+    assert s.db.replies.get(others["reply_id"]) is None
+
+
+@responses.activate
+def test_a_sale_reply_waiting_to_learn_its_sale_holds_back_the_later_replies_of_its_conversation(s, cw, clock):
+    """Reply A had no sale when written (its conversation's row lost, the attribute cleared) and its first
+    attempt met a Chatwoot outage reading the conversation: it waits to retry. Reply B, written after it in the
+    same conversation once the sync found it again, went to the sale at once, and the buyer read B before A."""
+    from tests.helpers import THREAD
+
+    conv = bridge_conversation(cw, 2, 9, {"meli_pack_id": ""}, None)
+    cw._create_message(conv, "Sobre o pedido", MESSAGE_TYPES["activity"],
+                       source_id=source_ids.note("pack", "2000001", "removed", 88))
+    first = s.db.replies.accept(chatwoot_message_id=501, conversation_id=conv, kind="message", target_id=None,
+                                parts=[{"text": "Primeira.", "attachments": []}], now=clock())
+    outage = responses.CallbackResponse(responses.GET, re.compile(rf"{re.escape(CW)}/conversations/\d+$"),
+                                        callback=lambda _request: (503, {}, json.dumps({"error": "down"})))
+    responses.add(outage)
+    assert delivery.deliver(s, first) == "retry"
+    assert s.db.replies.get(first)["target_id"] is None
+    s.db.links.mark_created("pack", "2000001", clock(), conversation_id=conv, contact_id=5,
+                            data={"buyer_id": 9, "blocked": False, "migrated": False})
+    second = agent_replies(s, cw, clock, conv, "Segunda.")
+    sent = []
+    responses.add_callback(responses.POST, THREAD, callback=lambda request: (
+        sent.append(json.loads(request.body)["text"]) or (200, {}, json.dumps({"id": f"m{len(sent)}"}))))
+
+    assert [row["id"] for row in s.db.replies.due(clock())] == []
+    assert delivery.deliver(s, second["reply_id"]) is None
+
+    responses.remove(outage)
+    served(cw)
+    clock.advance(3600)
+    # Both due now: one worker takes them, in the order written.
+    assert list(delivery._in_order_groups(s.db.replies.due(clock())).values()) == [[first, second["reply_id"]]]
+    assert delivery.deliver(s, first) == "delivered"
+    assert delivery.deliver(s, second["reply_id"]) == "delivered"
+    assert sent == ["Primeira.", "Segunda."]
+
+
+def test_replies_sharing_a_sale_or_a_conversation_go_to_one_worker_in_the_order_written():
+    due = [{"id": 1, "kind": "message", "target_id": None, "conversation_id": 10},
+           {"id": 2, "kind": "message", "target_id": "2000001", "conversation_id": 11},
+           {"id": 3, "kind": "message", "target_id": "2000001", "conversation_id": 10},
+           {"id": 4, "kind": "message", "target_id": "2000002", "conversation_id": 12},
+           {"id": 5, "kind": "answer", "target_id": "120", "conversation_id": 10}]
+    assert sorted(delivery._in_order_groups(due).values()) == [[1, 2, 3], [4], [5]]
+
+
+@responses.activate
+def test_a_reply_put_in_doubt_by_a_restore_before_any_part_left_is_still_checked_for_its_addressee(s, cw, clock):
+    """A conversation with nothing of the bridge's, where an agent typed sale 2000002 (another buyer's, in its
+    own conversation) and replied: refused once its conversation is read. A backup put back before its delivery
+    leaves every part in doubt ('sending'): that is no part having left, and the check still runs (it was taken
+    as done, and the reply went to sale 2000002's buyer)."""
+    from tests.helpers import API, SELLER
+
+    c1 = bridge_conversation(cw, 2, 9, {"meli_pack_id": "2000002"}, None)
+    c2 = bridge_conversation(cw, 2, 8, {"meli_pack_id": "2000002"}, source_ids.note("pack", "2000002", "x", 1))
+    s.db.links.mark_created("pack", "2000002", clock(), conversation_id=c2, contact_id=6,
+                            data={"buyer_id": 8, "blocked": False, "migrated": False})
+    served(cw)
+    reply = agent_replies(s, cw, clock, c1)
+    assert reply["target"] == "2000002"
+    other_thread = f"{API}/messages/packs/2000002/sellers/{SELLER}"
+    responses.get(other_thread, json={"paging": {"total": 0}, "messages": [],
+                                      "conversation_status": {"status": "active"}})
+    responses.post(other_thread, json={"id": "m-1"})
+
+    s.db.replies.put_in_doubt()
+    clock.advance(3600)
+
+    assert delivery.deliver(s, reply["reply_id"]) == "failed"
+    assert [c.request.url for c in responses.calls if c.request.method == "POST"] == []
+    assert s.db.replies.get(reply["reply_id"])["error"] == "conversa não é a deste item"

@@ -35,6 +35,7 @@ from bridge.rules.conversations import (
 )
 from bridge.rules.sale import sale_context
 from bridge.services import Services
+from bridge.store.replies import BUSY
 from db_manager import crashpoint
 from mercado_livre_api import MELI_AGENT_ID, ReauthorizationRequired
 
@@ -74,9 +75,7 @@ def run_outbox(s: Services, max_items: int = 200) -> dict:
     seconds per call); replies to the same one go in order, in one worker.
     """
     counts: Counter = Counter()
-    groups: dict[tuple, list[int]] = {}
-    for row in s.db.replies.due(s.clock(), limit=max_items):
-        groups.setdefault((row["kind"], row["target_id"]), []).append(row["id"])
+    groups = _in_order_groups(s.db.replies.due(s.clock(), limit=max_items))
     if groups:
         with ThreadPoolExecutor(max_workers=min(WORKERS, len(groups)), thread_name_prefix="outbox") as pool:
             # Each worker keeps the job's context (its rate-budget priority).
@@ -86,6 +85,31 @@ def run_outbox(s: Services, max_items: int = 200) -> dict:
                 counts.update(future.result())
     counts["reported"] += report_outcomes(s)
     return {k: counts[k] for k in ("delivered", "failed", "retry", "reported")}
+
+
+def _in_order_groups(due: list[dict]) -> dict[tuple, list[int]]:
+    """Due replies in groups each delivered in order by one worker: those to the same question, sale or
+    claim, and those written in the same conversation (a reply whose item is decided at its delivery goes
+    to that conversation's item, after the replies written before it and before those written after)."""
+    group_of: dict[tuple, tuple] = {}
+    groups: dict[tuple, list[int]] = {}
+    for row in due:  # oldest first
+        keys = [(row["kind"], "target", row["target_id"]), (row["kind"], "conversation", row["conversation_id"])]
+        if row["target_id"] is None:
+            keys = keys[1:]
+        found = []
+        for key in keys:
+            if key in group_of and group_of[key] not in found:
+                found.append(group_of[key])
+        name = found[0] if found else keys[0]
+        ids = groups.setdefault(name, [])
+        for other in found[1:]:  # this reply joins two groups: one worker, still oldest first
+            ids.extend(groups.pop(other))
+            group_of.update({key: name for key, group in group_of.items() if group == other})
+        ids.append(row["id"])
+        ids.sort()
+        group_of.update({key: name for key in keys})
+    return groups
 
 
 def _deliver_in_order(s: Services, reply_ids: list[int]) -> Counter:
@@ -189,8 +213,11 @@ def _check_addressee(s: Services, reply: dict) -> dict:
     them, the attribute as Chatwoot stores it counts, when no other conversation of the bridge's holds
     that item. Otherwise nothing goes, and the agent is told why.
     """
-    if any(part["status"] != "pending" for part in s.db.replies.parts(reply["id"])):
-        return reply  # checked before its first part left
+    if any(part["status"] == "sent" or (part["status"] == "sending" and part["last_attempt_at"] is not None)
+           for part in s.db.replies.parts(reply["id"])):
+        # Checked before its first part left. Not a part a restore put in doubt (db.replies.put_in_doubt):
+        # 'sending' with no attempt stamped, nothing of it left from this state, and it is checked as any other.
+        return reply
     kind, target, conversation_id = LINK_KIND.get(reply["kind"], "pack"), reply["target_id"], reply["conversation_id"]
     if target is not None and (knows_conversation(s.db.links.get(kind, target), conversation_id)
                                or s.db.links.bridge_used(kind, target, conversation_id)) \
@@ -214,9 +241,13 @@ def _check_addressee(s: Services, reply: dict) -> dict:
                     "showed %s there)", reply["id"], conversation_id, kind, target, why, sorted(shown) or "nothing")
         raise DeliveryFailed(ADDRESSEE_REFUSALS[why])
     if item != target:
-        moved = s.db.replies.retarget(reply["id"], item, exclusive=reply["kind"] == "answer")
+        moved = s.db.replies.retarget(reply["id"], item, exclusive=reply["kind"] == "answer", now=s.clock())
         if moved is None:
             raise ReplyGone
+        if moved == BUSY:
+            # Sent beside it, the two replies' parts would interleave in the buyer's thread; sent before an
+            # earlier one, they would read out of order. Moved once that one is done.
+            raise TransientError(f"another reply to {kind} {item} goes first", retry_after=5.0)
         if moved is False:  # the question the bridge showed there already has its answer
             raise DeliveryFailed(Refusal(*ANSWER_TAKEN))
         log.warning("reply goes to the %s the bridge showed in its conversation, not the one its attribute named "
@@ -278,7 +309,9 @@ def _deliver_answer(s: Services, reply: dict) -> None:
     if part["status"] != "sent":
         _still_there(s.db.replies.mark_part_sending(reply["id"], 0, s.clock()))
         try:
-            s.meli.answer_question(int(question_id), part["text"])
+            # Stamped as it leaves: an answer in doubt is one that left (see _check_addressee).
+            with on_departure(partial(_attempt_ended, s, reply, part)):
+                s.meli.answer_question(int(question_id), part["text"])
         except PermanentError as exc:
             if exc.code != "not_unanswered_question" and "not_unanswered" not in (exc.message or ""):
                 raise DeliveryFailed(_refusal(exc, "a resposta")) from None
@@ -460,6 +493,11 @@ def _find_sent_part(s: Services, pack_id: str, seller_id: int, part: dict, since
     """
     # The first page, then the others from the last one back: a recent send is at one end
     # or the other (the page order is not relied on), and a long thread is read only in part.
+    # Another part with this text may have sent it again after a look like this one, its first send
+    # still landing (a stray): a copy that may be that send counts only beyond their number.
+    others = s.db.replies.strays_of_others("message", pack_id, part.get("text"),
+                                           f"{part.get('reply_id')}:{part.get('seq')}")
+    ambiguous: list[str] = []
     offsets = [0]
     for _ in range(20):
         offset = offsets.pop(0)
@@ -469,15 +507,18 @@ def _find_sent_part(s: Services, pack_id: str, seller_id: int, part: dict, since
         taken = s.db.replies.sent_ids(ids) | s.db.links.ids_among("message", ids)
         for message in messages:
             if own_parts.is_lost_send(message, seller_id, part, since, taken):
-                return str(message.get("id"))
+                if not own_parts.may_be_stray(message, others):
+                    return str(message.get("id"))
+                if str(message.get("id")) not in ambiguous:
+                    ambiguous.append(str(message.get("id")))
         if offset == 0:
             if not messages:
-                return None
+                break
             total = int((page.get("paging") or {}).get("total") or 0)
             offsets = list(range(len(messages), total, len(messages)))[::-1]
         if not offsets:
-            return None
-    return None
+            break
+    return own_parts.lost_send_among(ambiguous, others)
 
 
 def _deliver_claim(s: Services, reply: dict) -> None:
@@ -529,11 +570,16 @@ def _deliver_claim(s: Services, reply: dict) -> None:
         if previous == "sending":
             _wait_until_settled(s, reply, part)
         if previous == "sending" and _claim_part_arrived(s, claim_id, remote,
-                                                         part["first_attempt_at"] or reply["created_at"]):
+                                                         part["first_attempt_at"] or reply["created_at"], part):
             _still_there(s.db.replies.mark_part_sent(reply["id"], part["seq"], remote, s.clock()))
             log.info("reply part already on mercado livre reply=%s part=%d claim=%s", reply["id"], part["seq"],
                      claim_id)
             continue
+        if previous == "sending":
+            # Settled and not in the claim: sent again (or refused), though that send may still land. Its
+            # copy is then the bridge's own, not a message typed on the site (as a sale's stray send).
+            _still_there(s.db.replies.stray_possible(reply["id"], part["seq"], "claim", claim_id,
+                                                     part["first_attempt_at"] or reply["created_at"], s.clock()))
         if refused:
             # Settled and not there: it did not go.
             s.db.replies.mark_part_unsent(reply["id"], part["seq"])
@@ -584,7 +630,7 @@ def _claim_after_refusal(s: Services, reply: dict, claim_id: str) -> dict:
     return claim
 
 
-def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float) -> bool:
+def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float, part: dict | None = None) -> bool:
     """Did this part's send reach the claim before its answer was lost?
 
     Claim messages have no id: count the seller messages with this text since the first
@@ -604,7 +650,11 @@ def _claim_part_arrived(s: Services, claim_id: str, remote: str, since: float) -
     for key, message in claim_rules.message_keys(claim_id, s.meli.claim_messages(claim_id)):
         fresh += (own_parts.is_claim_copy_since(message, since) and key not in linked
                   and claim_rules.sent_key(claim_id, message.get("message") or "") == remote)
-    return fresh > waiting
+    # Another part's send of this text that may land unrecorded (a stray, never mirrored: the sync knows it as
+    # the bridge's) may be one of these copies too: each counts against them, as a sale's (_find_sent_part).
+    strays = s.db.replies.strays_of_others("claim", claim_id, (part or {}).get("text"),
+                                           f"{(part or {}).get('reply_id')}:{(part or {}).get('seq')}")
+    return fresh > waiting + len(strays)
 
 
 CLAIM_CLOSED = Refusal(

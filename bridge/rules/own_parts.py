@@ -24,14 +24,12 @@ import logging
 
 from bridge.rules.dates import parse_date
 from bridge.services import Services
+from bridge.store.replies import STRAY_LANDS_WITHIN
 from bridge.text import text_hash
 
 log = logging.getLogger("bridge.outbox")
 
 SEND_CLOCK_SKEW = 60.0  # seconds our clock may run ahead of Mercado Livre's
-# A stray send lands within this of its first attempt, if ever: past it, a seller message with the
-# same text ("Ok", "Obrigado!") is the seller's own again.
-STRAY_LANDS_WITHIN = 86400.0
 
 
 # ---- the rule (pure) ----------------------------------------------------------------------------------
@@ -68,15 +66,40 @@ def sale_message_in_doubt(message: dict, seller_id: int, in_doubt: list[str]) ->
     return _from_seller(message, seller_id) and may_be_part_in_flight(message.get("text") or "", in_doubt)
 
 
-def sale_stray_copy(message: dict, seller_id: int, strays: dict[str, float]) -> bool:
-    """Post-sale: the seller's message is a stray send of ours (`strays`: text hash -> first attempt)."""
+def sale_stray_copy(message: dict, seller_id: int, strays: dict[str, list[float]]) -> bool:
+    """Post-sale: the seller's message is a stray send of ours (`strays`: text hash -> each send's first
+    attempt; a single float is one send)."""
     if not strays or not _from_seller(message, seller_id):
         return False
-    since = strays.get(text_hash(message.get("text") or ""))
-    if since is None:
+    sends = strays.get(text_hash(message.get("text") or ""))
+    return sends is not None and may_be_stray(message, [sends] if isinstance(sends, (int, float)) else sends)
+
+
+def claim_stray_copy(message: dict, strays: dict[str, list[float]]) -> bool:
+    """Claim: the respondent's (the seller's) message is a stray send of ours (`strays` as for a sale)."""
+    if not strays or message.get("sender_role") != "respondent":
         return False
-    created = parse_date((message.get("message_date") or {}).get("created"))
-    return created is None or since - SEND_CLOCK_SKEW <= created <= since + STRAY_LANDS_WITHIN
+    sends = strays.get(text_hash(message.get("message") or ""))
+    return bool(sends) and _lands_within(parse_date(message.get("date_created")), sends)
+
+
+def may_be_stray(message: dict, sends: list[float]) -> bool:
+    """Post-sale: could this copy of a text be one of these stray sends of it (their first attempts)?"""
+    return _lands_within(parse_date((message.get("message_date") or {}).get("created")), sends)
+
+
+def _lands_within(created: float | None, sends: list[float]) -> bool:
+    """A stray send lands, if ever, from its first attempt (less the clocks' skew) to a day after it."""
+    return bool(sends) and (created is None or any(since - SEND_CLOCK_SKEW <= created <= since + STRAY_LANDS_WITHIN
+                                                   for since in sends))
+
+
+def lost_send_among(ambiguous: list[str], others: list[float]) -> str | None:
+    """Post-sale: the copies a part's lost send may be, each also possibly a stray send of another part with
+    the same text (`others`): each of those sends may account for one copy, so only a copy beyond them is
+    this part's. When in doubt, none (the part goes again: a repeated line beats a reply shown delivered that
+    never arrived)."""
+    return ambiguous[-1] if len(ambiguous) > len(others) else None
 
 
 def claim_message_in_doubt(message: dict, in_doubt: list[str]) -> bool:

@@ -11,8 +11,8 @@ import json
 import sqlite3
 from typing import TYPE_CHECKING
 
-from bridge.store.links import link_row
-from bridge.store.replies import STRAY, record_stray
+from bridge.store.links import ADOPTED, link_row
+from bridge.store.replies import STRAY, forget_landed_strays, record_stray
 
 if TYPE_CHECKING:
     from db_manager import Database
@@ -84,6 +84,28 @@ NOTIFIED = {"question": ("/questions/{}",), "pack": (), "claim": ("/post-purchas
 NOTIFIED_MESSAGE = ("{}", "/messages/{}")  # a post-sale message: its id, bare (or as older versions kept it)
 
 
+def _item_replies(conn: sqlite3.Connection, kind: str, external_id: str, where: str = "1 = 1",
+                  params: tuple = ()) -> list[int]:
+    """Ids of the replies about this question, sale or claim (`where` narrows them): those written in a
+    conversation the bridge itself gave it (made or found, or deleted since: not a candidate only a webhook
+    named, ADOPTED), whatever item they target now, and those targeting it, unless written in another item's
+    own conversation. A reply's target is what its webhook's attribute said until the delivery reads the
+    conversation: written in this buyer's conversation under another buyer's item (or none), it is this
+    buyer's, and is moved there at delivery; written in another buyer's under this one's, it is theirs."""
+    spec = CONVERSATION_KINDS[kind]
+    row = conn.execute("SELECT conversation_id, data FROM links WHERE kind = ? AND external_id = ?",
+                       (kind, external_id)).fetchone()
+    data = json.loads(row[1]) if row is not None and row[1] else {}
+    own = {c for c in ((None if data.get(ADOPTED) else row[0]) if row is not None else None,
+                       data.get("removed_conversation"), data.get("removed")) if isinstance(c, int)}
+    unadopted = f"json_extract(COALESCE(NULLIF(o.data, ''), '{{}}'), '$.{ADOPTED}') IS NULL"
+    return [r[0] for r in conn.execute(
+        f"SELECT id FROM replies r WHERE r.kind = ? AND ({where}) AND (r.conversation_id IN ({_marks(own)})"
+        f" OR (r.target_id = ? AND NOT EXISTS (SELECT 1 FROM links o WHERE o.kind = ? AND o.external_id != ?"
+        f" AND o.conversation_id = r.conversation_id AND {unadopted})))",
+        (spec["reply_kind"], *params, *own, external_id, kind, external_id))]
+
+
 class PrivacyStore:
     """`db.privacy`: commands apply_retention/forget_buyer, queries buyer_…/contacts_of_other_buyers/…"""
 
@@ -131,8 +153,16 @@ class PrivacyStore:
                 " WHERE p.kind = 'question' AND p.external_id = links.external_id)", (cutoff,)).rowcount
             orphans += wconn.execute("DELETE FROM links WHERE kind = 'moderation_check' AND updated_at < ?",
                                      (cutoff,)).rowcount
-            # A send held that long has landed or never will: its hash is no longer needed.
-            orphans += wconn.execute("DELETE FROM links WHERE kind = ? AND updated_at < ?", (STRAY, cutoff)).rowcount
+            # A send held that long has landed or never will. Its hash still tells the copy that landed from
+            # a message typed on the site while the sale keeps its rows (its thread is read whole, and the
+            # copy, never mirrored, would be); once they are gone, the sale's watermark covers the copy.
+            orphans += wconn.execute(
+                "DELETE FROM links WHERE kind = ? AND updated_at < ? AND NOT ((substr(external_id, 1, 8) = 'message:'"
+                " AND EXISTS (SELECT 1 FROM links p WHERE p.kind = 'pack' AND p.external_id ="
+                " substr(links.external_id, 9, instr(substr(links.external_id, 9), ':') - 1)))"
+                " OR (substr(external_id, 1, 6) = 'claim:' AND EXISTS (SELECT 1 FROM links c WHERE c.kind = 'claim'"
+                " AND c.external_id = substr(links.external_id, 7, instr(substr(links.external_id, 7), ':') - 1))))",
+                (STRAY, cutoff)).rowcount
             # The hold of an erasure whose command stopped midway: it names the buyer.
             orphans += wconn.execute("DELETE FROM links WHERE kind = ? AND updated_at < ?",
                                      (ERASING, now - ERASING_HOLD)).rowcount
@@ -156,9 +186,8 @@ class PrivacyStore:
         if not conn.execute(f"SELECT 1 FROM links WHERE kind = ? AND external_id = ? AND status = 'created'"
                             f" AND updated_at < ? AND {spec['finished']}", (kind, external_id, cutoff)).fetchone():
             return False
-        if conn.execute("SELECT 1 FROM replies WHERE kind = ? AND target_id = ? AND (status IN ('pending', 'sending')"
-                        " OR created_at >= ? OR reported_at IS NULL) LIMIT 1",
-                        (spec["reply_kind"], external_id, cutoff)).fetchone():
+        if _item_replies(conn, kind, external_id, "r.status IN ('pending', 'sending') OR r.created_at >= ?"
+                         " OR r.reported_at IS NULL", (cutoff,)):
             return False
         for child in spec["children"]:
             if conn.execute("SELECT 1 FROM links WHERE kind = ? AND external_id = ? AND updated_at >= ?",
@@ -241,10 +270,9 @@ class PrivacyStore:
         right now, `failed` did not reach the buyer (or only in part), `delivered` did; neither shown yet."""
         found: dict[str, list[int]] = {status: [] for status in UNTOLD_REPLIES}
         for kind, external_id in conversations:
+            ids = _item_replies(conn, kind, external_id, "r.status IN ('pending', 'sending') OR r.reported_at IS NULL")
             for message_id, status in conn.execute(
-                    "SELECT chatwoot_message_id, status FROM replies WHERE kind = ? AND target_id = ?"
-                    " AND (status IN ('pending', 'sending') OR reported_at IS NULL)",
-                    (CONVERSATION_KINDS[kind]["reply_kind"], external_id)):
+                    f"SELECT chatwoot_message_id, status FROM replies WHERE id IN ({_marks(ids)})", ids):
                 found[status].append(message_id)
         return {status: sorted(ids) for status, ids in found.items()}
 
@@ -298,8 +326,7 @@ class PrivacyStore:
         message_ids = [r[0] for m in spec["messages"] for r in conn.execute(
             f"SELECT external_id FROM links WHERE kind = '{m}' AND json_extract(data, '$.{kind}_id') = ?",
             (external_id,))]
-        reply_ids = [r[0] for r in conn.execute("SELECT id FROM replies WHERE kind = ? AND target_id = ?",
-                                                (spec["reply_kind"], external_id))]
+        reply_ids = _item_replies(conn, kind, external_id)
         remote_ids = [r[0] for r in conn.execute(
             f"SELECT remote_id FROM reply_parts WHERE remote_id IS NOT NULL AND reply_id IN ({_marks(reply_ids)})",
             reply_ids)]
@@ -328,16 +355,20 @@ class PrivacyStore:
                                 f" AND reply_id IN ({_marks(reply_ids)})", reply_ids).fetchone()[0]
             if sent is not None:
                 mirrored = max(mirrored, min(float(sent) + SENT_CLOCK_SKEW, now))
-        if spec["reply_kind"] == "message":
+        if spec["reply_kind"] in ("message", "claim"):
             # A part in flight (its answer lost, or not back yet) may land on Mercado Livre at any time,
             # even after this erasure: remembered by its text's hash alone, so it is never mirrored
             # back as a message typed on the site (db.replies.strays).
-            in_flight = conn.execute(f"SELECT p.text, COALESCE(p.first_attempt_at, r.created_at) FROM reply_parts p"
+            in_flight = conn.execute(f"SELECT p.text, COALESCE(p.first_attempt_at, r.created_at), p.reply_id, p.seq"
+                                     f" FROM reply_parts p"
                                      f" JOIN replies r ON r.id = p.reply_id WHERE p.status = 'sending'"
                                      f" AND TRIM(COALESCE(p.text, '')) != '' AND p.reply_id IN ({_marks(reply_ids)})",
                                      reply_ids).fetchall()
             for row in in_flight:
-                record_stray(conn, spec["reply_kind"], external_id, row[0], float(row[1]), now)
+                record_stray(conn, spec["reply_kind"], external_id, row[0], float(row[1]), now,
+                             owner=f"{row[2]}:{row[3]}")
+            # Past its day, a stray send's hash stands for nothing but a message to this buyer: it goes too.
+            forget_landed_strays(conn, spec["reply_kind"], external_id, now)
         if spec["mark_in_data"]:
             # Messages without ids (claims): the newest Mercado Livre date seen is exact; a later
             # erasure of a conversation started afresh moves the mark forward.

@@ -23,6 +23,15 @@ if TYPE_CHECKING:
     from db_manager import Database
 
 
+# A post-sale or claim reply `r` behind an earlier unfinished one to the same sale or claim, or written in
+# the same conversation (its sale may be known only at its delivery), that is not due itself (waiting to
+# retry, or in another worker's hands): the buyer reads them in the order written. Params: now, now.
+_WAITS_FOR_EARLIER = (
+    "(r.kind IN ('message', 'claim') AND EXISTS (SELECT 1 FROM replies AS e WHERE e.kind = r.kind"
+    " AND (e.target_id = r.target_id OR e.conversation_id = r.conversation_id) AND e.id < r.id"
+    " AND e.status IN ('pending', 'sending')"
+    " AND NOT ((e.status = 'pending' AND e.next_attempt_at <= ?) OR (e.status = 'sending'"
+    " AND e.lease_until < ?))))")
 # The reply a part belongs to is still there and unfinished (its id never names another reply).
 _UNFINISHED = "EXISTS (SELECT 1 FROM replies WHERE replies.id = ? AND replies.status IN ('pending', 'sending'))"
 _FINISHED = "status IN ('delivered', 'failed')"
@@ -30,15 +39,54 @@ _FINISHED = "status IN ('delivered', 'failed')"
 # (sent again after a look that found nothing, or erased with its reply while in flight): a links
 # row "<reply kind>:<target>:<text hash>", data {"since": first attempt}. No text, no buyer id.
 STRAY = "stray_send"
+# A stray send lands within this of its first attempt, if ever: past it, a seller message with the
+# same text ("Ok", "Obrigado!") is the seller's own again, and its hash stands for nothing.
+STRAY_LANDS_WITHIN = 86400.0
+BUSY = "busy"  # retarget: another reply to that sale or claim goes first
 
 
-def record_stray(conn, kind: str, target_id: str, text: str | None, since: float, now: float) -> None:
-    """Inside a write: a send of this text to this target may still land, from `since` on."""
+def record_stray(conn, kind: str, target_id: str, text: str | None, since: float, now: float,
+                 owner: str = "") -> None:
+    """Inside a write: a send of this text to this target may still land, from `since` on. `owner`: the
+    part that sent it ("<reply id>:<seq>"). Each send keeps its own first attempt (data.by: owner -> list):
+    it may land within a day of it, whatever other sends of the text did; and a part looking for its own
+    lost send tells its own strays from another part's."""
+    key = f"{kind}:{target_id}:{text_hash(text or '')}"
+    row = conn.execute("SELECT data FROM links WHERE kind = ? AND external_id = ?", (STRAY, key)).fetchone()
+    sends = stray_sends(json.loads(row[0]) if row is not None and row[0] else {})
+    sends.setdefault(owner, []).append(float(since))
+    _write_stray(conn, key, sends, now)
+
+
+def stray_sends(data: dict) -> dict[str, list[float]]:
+    """A stray row's sends: owner -> first attempts (a row from before they were kept by part: one send)."""
+    by = data.get("by")
+    if isinstance(by, dict):
+        return {str(owner): [float(t) for t in times] for owner, times in by.items() if isinstance(times, list)}
+    return {"": [float(data["since"])]} if data.get("since") is not None else {}
+
+
+def _write_stray(conn, key: str, sends: dict[str, list[float]], now: float) -> None:
+    data = {"since": min(t for times in sends.values() for t in times), "by": sends}
     conn.execute("INSERT INTO links (kind, external_id, status, data, created_at, updated_at)"
-                 " VALUES (?, ?, 'created', json_object('since', ?), ?, ?) ON CONFLICT (kind, external_id)"
-                 " DO UPDATE SET updated_at = excluded.updated_at, data = json_object('since',"
-                 " MIN(CAST(json_extract(links.data, '$.since') AS REAL), ?))",
-                 (STRAY, f"{kind}:{target_id}:{text_hash(text or '')}", since, now, now, since))
+                 " VALUES (?, ?, 'created', ?, ?, ?) ON CONFLICT (kind, external_id)"
+                 " DO UPDATE SET updated_at = excluded.updated_at, data = excluded.data",
+                 (STRAY, key, json.dumps(data, sort_keys=True), now, now))
+
+
+def forget_landed_strays(conn, kind: str, target_id: str, now: float) -> None:
+    """Inside a write: the sends to this target past their day have landed or never will; their hashes
+    stand for nothing but a message sent (a row left with no send goes)."""
+    prefix = f"{kind}:{target_id}:"
+    for key, data in conn.execute("SELECT external_id, data FROM links WHERE kind = ? AND external_id >= ?"
+                                  " AND external_id < ?", (STRAY, prefix, prefix + "\uffff")).fetchall():
+        sends = {owner: [t for t in times if t >= now - STRAY_LANDS_WITHIN]
+                 for owner, times in stray_sends(json.loads(data or "{}")).items()}
+        sends = {owner: times for owner, times in sends.items() if times}
+        if sends:
+            _write_stray(conn, key, sends, now)
+        else:
+            conn.execute("DELETE FROM links WHERE kind = ? AND external_id = ?", (STRAY, key))
 
 
 class Reply(TypedDict):
@@ -79,6 +127,7 @@ class DueReply(TypedDict):
     id: int
     kind: str
     target_id: str | None
+    conversation_id: int
 
 
 class AnswerInFlight(TypedDict):
@@ -151,14 +200,21 @@ class RepliesStore:
                      for seq, p in enumerate(parts)])
             return reply_id
 
-    def retarget(self, reply_id: int, target_id: str, exclusive: bool) -> bool | None:
+    def retarget(self, reply_id: int, target_id: str, exclusive: bool, now: float) -> bool | str | None:
         """The reply goes to `target_id` (the item the bridge showed in its conversation, not the one its
         webhook named), before any part left. `exclusive`: one answer per question, checked as `accept`
-        does, in the same transaction. False: the target has another reply; None: the reply is gone."""
+        does, in the same transaction. False: the target has another reply; None: the reply is gone;
+        BUSY: a post-sale or claim reply, not moved: another reply to that sale or claim is in another
+        worker's hands, or was written before this one and is unfinished (it goes first, alone)."""
         with self._db.write() as conn:
             row = conn.execute("SELECT kind FROM replies WHERE id = ? AND status = 'sending'", (reply_id,)).fetchone()
             if row is None:
                 return None
+            if row[0] in ("message", "claim") and conn.execute(
+                    "SELECT 1 FROM replies WHERE kind = ? AND target_id = ? AND id != ? AND status IN"
+                    " ('pending', 'sending') AND (id < ? OR (status = 'sending' AND lease_until >= ?)) LIMIT 1",
+                    (row[0], target_id, reply_id, reply_id, now)).fetchone():
+                return BUSY
             if exclusive and conn.execute(
                     "SELECT 1 FROM replies WHERE kind = ? AND target_id = ? AND status IN"
                     " ('pending', 'sending', 'delivered') AND id != ? LIMIT 1",
@@ -190,22 +246,22 @@ class RepliesStore:
         unfinished (e.g. waiting to retry): the buyer must read them in the order the agent wrote them.
         """
         return self._db.all(
-            "SELECT id, kind, target_id FROM replies AS r WHERE ((status = 'pending' AND next_attempt_at <= ?)"
-            " OR (status = 'sending' AND lease_until < ?))"
-            " AND NOT (kind IN ('message', 'claim') AND EXISTS (SELECT 1 FROM replies AS e WHERE e.kind = r.kind"
-            " AND e.target_id = r.target_id AND e.id < r.id AND e.status IN ('pending', 'sending')"
-            " AND NOT ((e.status = 'pending' AND e.next_attempt_at <= ?) OR (e.status = 'sending'"
-            " AND e.lease_until < ?))))"
+            "SELECT id, kind, target_id, conversation_id FROM replies AS r"
+            " WHERE ((status = 'pending' AND next_attempt_at <= ?)"
+            f" OR (status = 'sending' AND lease_until < ?)) AND NOT {_WAITS_FOR_EARLIER}"
             " ORDER BY id LIMIT ?", (now, now, now, now, limit))
 
     def claim(self, reply_id: int, now: float, lease: float) -> Reply | None:
         """Take a reply for delivery; None when another worker has it."""
         with self._db.write() as conn:
+            # Checked again here, in the claim's transaction: listed before, the reply may since have got an
+            # earlier one in hand beside it (one moved to its sale at delivery, by another worker).
             cur = conn.execute(
                 "UPDATE replies SET status = 'sending', lease_until = ?, attempts = attempts + 1, updated_at = ?"
                 " WHERE id = ? AND ((status = 'pending' AND next_attempt_at <= ?)"
-                " OR (status = 'sending' AND lease_until < ?))",
-                (now + lease, now, reply_id, now, now))
+                f" OR (status = 'sending' AND lease_until < ?)) AND NOT EXISTS (SELECT 1 FROM replies AS r"
+                f" WHERE r.id = ? AND {_WAITS_FOR_EARLIER})",
+                (now + lease, now, reply_id, now, now, reply_id, now, now))
             if cur.rowcount != 1:
                 return None
             return dict(conn.execute("SELECT * FROM replies WHERE id = ?", (reply_id,)).fetchone())
@@ -372,15 +428,24 @@ class RepliesStore:
                 return False
             if (row["text"] or "").strip():
                 # A part of files alone is not told apart from the seller's own files by an empty text.
-                record_stray(conn, kind, target_id, row["text"], since, now)
+                record_stray(conn, kind, target_id, row["text"], since, now, owner=f"{reply_id}:{seq}")
             return True
 
-    def strays(self, kind: str, target_id: str) -> dict[str, float]:
-        """Text hash -> earliest first attempt of the sends to this target that may still land unrecorded."""
+    def strays(self, kind: str, target_id: str) -> dict[str, list[float]]:
+        """Text hash -> first attempts of the sends to this target that may still land unrecorded."""
         prefix = f"{kind}:{target_id}:"
-        return {row["external_id"][len(prefix):]: float(json.loads(row["data"] or "{}").get("since") or 0.0)
+        return {row["external_id"][len(prefix):]: sorted(t for times in stray_sends(json.loads(row["data"] or "{}"))
+                                                         .values() for t in times)
                 for row in self._db.all("SELECT external_id, data FROM links WHERE kind = ? AND external_id >= ?"
                                         " AND external_id < ?", (STRAY, prefix, prefix + "\uffff"))}
+
+    def strays_of_others(self, kind: str, target_id: str, text: str | None, owner: str) -> list[float]:
+        """First attempts of the stray sends of this text to this target by parts other than `owner`
+        ("<reply id>:<seq>"), one per send."""
+        row = self._db.one("SELECT data FROM links WHERE kind = ? AND external_id = ?",
+                           (STRAY, f"{kind}:{target_id}:{text_hash(text or '')}"))
+        sends = stray_sends(json.loads(row["data"] or "{}")) if row is not None else {}
+        return sorted(t for part, times in sends.items() if part != owner for t in times)
 
     def texts_in_doubt(self, kind: str, target_id: str) -> list[str]:
         """Texts of the parts of `kind` replies ('message' to a sale, 'claim' to a claim) to this

@@ -622,6 +622,7 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
     """(messages mirrored, whether one was left for a later sync)."""
     # In this order: a part the outbox records as sent between the two reads is then among the sent ones.
     in_doubt = own_parts.texts_in_doubt(s, "claim", claim_id)
+    strays = s.db.replies.strays("claim", claim_id)
     links = {link["external_id"]: link for link in s.db.links.with_prefix("claim_message", f"{claim_id}:")}
     adopted = adopted_parts(links.values())
     plan = []
@@ -654,6 +655,8 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
             if own_parts.claim_message_in_doubt(message, in_doubt):
                 deferred = True  # may be a reply part in flight: the next sync decides
                 continue
+            if own_parts.claim_stray_copy(message, strays):
+                continue  # a send of ours applied after it was sent again, or erased in flight
             plan.append((key, message, "outgoing"))
         else:
             plan.append((key, message, "incoming"))

@@ -242,8 +242,7 @@ def resume_interrupted_marks(s: Services, seller_id: int) -> int:
                 # Still flagged: tried again next poll, without holding up the unread list.
                 log.error("interrupted thread not synced yet pack=%s: %s", pack_id, failures.describe(exc))
                 continue
-            if s.clock() - since < SETTLE and s.db.threads.get(pack_id) is not None:
-                s.db.threads.begin_marking(pack_id, since)
+            _keep_unsettled_mark(s, pack_id, since)
             resumed += 1
     return resumed
 
@@ -367,7 +366,18 @@ def sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | No
     (the sweep must not open one for every sale the seller greeted on the site).
     """
     with s.locks.hold(f"pack:{pack_id}"):
-        return _sync_pack(s, pack_id, seller_id, resource_kind, require_buyer)
+        since = (s.db.threads.get(pack_id) or {}).get("marking_since")
+        created = _sync_pack(s, pack_id, seller_id, resource_kind, require_buyer)
+        # Whichever sync reads the thread first, a mark-read whose answer was lost is still to settle.
+        _keep_unsettled_mark(s, pack_id, since)
+        return created
+
+
+def _keep_unsettled_mark(s: Services, pack_id: str, since: float | None) -> None:
+    """After a sync that cleared it: the thread stays flagged while a mark-read flagged at `since` (its answer
+    lost, or its sync dead) may still be applied, marking read a message written after this read."""
+    if since is not None and s.clock() - since < SETTLE and s.db.threads.get(pack_id) is not None:
+        s.db.threads.begin_marking(pack_id, since)
 
 
 def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | None,
