@@ -213,14 +213,19 @@ def test_retention_deletes_finished_rows_from_the_file_keeps_work_in_progress_an
     assert s.db.watermarks.get("pack", pack)["closed_at"] is not None
     assert s.db.watermarks.get("question", finished["id"])["closed_at"] is not None
 
-    # The old thread gets a new buyer message: only that message is mirrored.
+    # The old thread gets a new buyer message: only that message is mirrored, into the sale's
+    # conversation still in Chatwoot (found by its attribute), not a second one beside it.
+    sale = next(c for c in conversations(bridge, bridge.fakes.messages_inbox)
+                if c["custom_attributes"].get("meli_pack_id") == pack)
+    shown = contents(bridge, sale)
+    bridge.fakes.chatwoot.state.resolve_conversation(sale["id"])
     meli.add_buyer_message(pack, "depois-da-retencao-qx")
     assert bridge.once().returncode == 0
     sales = [c for c in conversations(bridge, bridge.fakes.messages_inbox)
              if c["custom_attributes"].get("meli_pack_id") == pack]
-    assert len(sales) == 2
-    newest = max(sales, key=lambda c: c["id"])
-    assert contents(bridge, newest) == ["depois-da-retencao-qx"]
+    assert [c["id"] for c in sales] == [sale["id"]]
+    assert contents(bridge, sale) == [*shown, "depois-da-retencao-qx"]
+    assert sales[0]["status"] == "open"  # a buyer message reopens it as usual
 
 
 def test_retention_prunes_a_closed_claim_keeps_an_open_one_and_never_reimports_it(claims_bridge):

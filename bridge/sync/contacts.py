@@ -106,7 +106,9 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     found, it is created again only once that earlier create has settled: a create Chatwoot
     still held would otherwise be applied after the search, and the buyer would have two
     conversations. A conversation a pending row remembers is used once Chatwoot shows it (and, one
-    adopted from a webhook, names this item: _check_remembered).
+    adopted from a webhook, names this item: _check_remembered). A new row for an item with a closed
+    watermark (pruned by retention, or erased) is looked for the same way first, once: its old
+    conversation may still be live in Chatwoot.
     `mark_seen`: see open_conversation.
     """
     # The buyer id from the start: an erasure finds the row by it even when its contact is gone
@@ -123,7 +125,9 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
         return link["conversation_id"], False
     # The attempt's time only tells a pending row's next attempt to wait: dropped once settled.
     data = {key: value for key, value in link["data"].items() if key != TRIED}
-    if not fresh:
+    # An item known before and pruned by retention (or erased without --chatwoot) still has its
+    # conversation in Chatwoot: what comes now continues there, not in a second one beside it.
+    if not fresh or (s.db.watermarks.get(kind, external_id) or {}).get("closed_at") is not None:
         found = find_conversation(s, kind, external_id, inbox_id, contact_id)
         if found is not None:
             s.db.links.update(kind, external_id, s.clock(), conversation_id=found, data=data)
