@@ -167,9 +167,20 @@ class PrivacyStore:
                             " AND updated_at >= ? LIMIT 1",
                             (keyed_kind, f"{external_id}:", f"{external_id}:\uffff", cutoff)).fetchone():
                 return False
+        if spec["thread"] and conn.execute(
+                "SELECT 1 FROM threads WHERE pack_id = ? AND (active_at >= ? OR marking_since IS NOT NULL)",
+                (external_id, cutoff)).fetchone():
+            return False
+        # A part the bridge sent that no sync has read back yet is not under the thread's mark; once
+        # its reply's row is gone, nothing would tell it from a message the seller wrote on the site,
+        # and the next sync would copy it into Chatwoot. Read back: its thread was read (the mark's
+        # updated_at, as a sync records it) after the part was recorded sent. A mark only a prune
+        # wrote (updated_at = closed_at) was read by no sync.
         return not (spec["thread"] and conn.execute(
-            "SELECT 1 FROM threads WHERE pack_id = ? AND (active_at >= ? OR marking_since IS NOT NULL)",
-            (external_id, cutoff)).fetchone())
+            "SELECT 1 FROM reply_parts p JOIN replies r ON r.id = p.reply_id WHERE r.kind = ? AND r.target_id = ?"
+            " AND p.status = 'sent' AND COALESCE(p.sent_at, 0) >= COALESCE((SELECT w.updated_at FROM watermarks w"
+            " WHERE w.kind = ? AND w.external_id = ? AND (w.closed_at IS NULL OR w.updated_at != w.closed_at)),"
+            " 9e999) LIMIT 1", (spec["reply_kind"], external_id, kind, external_id)).fetchone())
 
     def forget_buyer(self, buyer_id: str, now: float, untold: dict[str, list[int]] | None = None) -> dict:
         """Erase every row about one buyer (LGPD erasure); returns what was removed, by table.
