@@ -609,3 +609,13 @@ def test_a_sale_never_seen_before_is_made_without_searching_for_it(s, clock):
 
     assert open_pack(s) == (97, True)
     assert filters() == []
+
+
+@responses.activate
+def test_a_pruned_sale_does_not_continue_in_another_buyers_conversation_an_agent_gave_its_id(s, clock):
+    pruned(s, clock)
+    taken = dict(conversation(93, "2000001"), additional_attributes={"meli_buyer_id": "77"})
+    responses.post(f"{CW}/conversations/filter", json={"payload": [taken]})
+    responses.post(f"{CW}/conversations", json={"id": 97})
+
+    assert open_pack(s) == (97, True)

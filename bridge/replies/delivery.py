@@ -25,7 +25,7 @@ from bridge.replies.refusal import Refusal, receiver_name
 from bridge.replies.report import GIVE_UP_AFTER, report_outcomes, report_reply
 from bridge.rules import claims as claim_rules
 from bridge.rules import own_parts
-from bridge.rules.conversations import chatwoot_record, knows_conversation, names_item
+from bridge.rules.conversations import chatwoot_record, knows_conversation, names_buyer, names_item
 from bridge.rules.sale import sale_context
 from bridge.services import Services
 from db_manager import crashpoint
@@ -175,8 +175,10 @@ def _check_addressee(s: Services, reply: dict) -> None:
     a webhook's attributes need not be what Chatwoot stores: a reply written to one buyer would
     reach another. So, before its first part leaves, a conversation the item's row does not
     know (made, or found and checked, by the bridge; or the one an agent deleted since) is
-    read from Chatwoot: its inbox and `meli_<kind>_id` must name the target, and no other row
-    of that kind may use it. Otherwise nothing goes, and the agent is told why.
+    read from Chatwoot: its inbox and `meli_<kind>_id` must name the target, no other row of
+    that kind may use it, and the buyer the bridge made it for must be the target's (an agent may
+    have typed the id into another buyer's conversation, one whose item retention pruned).
+    Otherwise nothing goes, and the agent is told why.
     """
     if any(part["status"] != "pending" for part in s.db.replies.parts(reply["id"])):
         return  # checked before its first part left
@@ -188,10 +190,22 @@ def _check_addressee(s: Services, reply: dict) -> None:
         kind, s.settings.chatwoot_messages_inbox_id)
     found = chatwoot_record(s, conversation_id)
     if found is None or not names_item(found, kind, target, inbox_id) \
-            or s.db.links.others_using(kind, target, conversation_id):
+            or s.db.links.others_using(kind, target, conversation_id) \
+            or not names_buyer(found, _target_buyer(s, kind, target)):
         log.warning("reply's conversation does not name its target in chatwoot reply=%s conversation=%s %s=%s: %s",
                     reply["id"], conversation_id, kind, target, "gone" if found is None else "another item's")
         raise DeliveryFailed(NOT_ITS_CONVERSATION)
+
+
+def _target_buyer(s: Services, kind: str, target: str):
+    """The buyer of the item a reply names: from its row, or (pruned by retention: no row) from
+    Mercado Livre for a sale or a question. None when not known."""
+    buyer_id = (((s.db.links.get(kind, target) or {}).get("data")) or {}).get("buyer_id")
+    if buyer_id is None and kind == "pack":
+        buyer_id = sale_context(s, target, [])["buyer_id"]
+    elif buyer_id is None and kind == "question":
+        buyer_id = ((s.meli.question(target) or {}).get("from") or {}).get("id")
+    return buyer_id
 
 
 NOT_ITS_CONVERSATION = Refusal(
