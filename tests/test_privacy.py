@@ -738,3 +738,16 @@ def test_the_hold_of_an_erasure_that_stopped_midway_lapses_and_is_removed_by_ret
     assert not db.privacy.being_erased("77", 1.0 + 3601)
     db.privacy.apply_retention(now=1.0 + 3601, days=90)
     assert db.links.get("erasing", "77") is None
+
+
+def test_retention_keeps_a_message_create_in_doubt_of_a_sale_it_keeps(db):
+    """A message create whose answer was lost leaves an intent row, found by its conversation, not its
+    sale (the sale's id is written once the create is confirmed). While the sale stays, the next attempt
+    must find that row and look in Chatwoot before creating again, or the buyer's message is shown twice."""
+    sale_rows(db, "604", "34", 44, 1.0, messages=("f1",))
+    db.replies.accept(chatwoot_message_id=8, conversation_id=604, kind="message", target_id="604",
+                      parts=[{"text": "ainda na fila"}], now=1.0)
+    db.links.record_intent("message", "f2", 1.0, conversation_id=604)
+    db.privacy.apply_retention(now=100 * DAY, days=90)
+    assert db.links.get("pack", "604") is not None
+    assert db.links.get("message", "f2") is not None

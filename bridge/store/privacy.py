@@ -117,10 +117,13 @@ class PrivacyStore:
                     if not self._buyer_conversations(wconn, buyer_id, contact_id):
                         _add_counts(counts, self._erase_buyer_rows(wconn, buyer_id))
         with self._db.write() as wconn:
-            # Rows whose conversation is already gone (kept by older versions, or half-created).
+            # Rows whose conversation is already gone (kept by older versions, or half-created). A create
+            # in doubt names only its conversation until it is confirmed: kept while a sale there stays.
             orphans = wconn.execute(
                 "DELETE FROM links WHERE kind = 'message' AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p"
-                " WHERE p.kind = 'pack' AND p.external_id = json_extract(links.data, '$.pack_id'))", (cutoff,)).rowcount
+                " WHERE p.kind = 'pack' AND (p.external_id = json_extract(links.data, '$.pack_id')"
+                " OR (links.conversation_id IS NOT NULL AND p.conversation_id = links.conversation_id)))",
+                (cutoff,)).rowcount
             orphans += wconn.execute(
                 "DELETE FROM links WHERE kind = 'answer' AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p"
                 " WHERE p.kind = 'question' AND p.external_id = links.external_id)", (cutoff,)).rowcount
