@@ -6,8 +6,9 @@ For `--minutes` it injects, from one random generator seeded with `--seed`: buye
 questions and post-sale messages (some with files, some announced by a notification);
 agent replies in Chatwoot (short, multi-part over 350 characters, with files, private
 notes, second answers to an answered question); agents deleting, merging and resolving
-contacts and conversations; duplicate webhook deliveries; a send refused for good now and
-then (403); Mercado Livre 5xx, 429 with Retry-After, timeouts (answer after the bridge
+contacts and conversations; duplicate webhook deliveries (never of a reply a retention
+pass pruned: as old as the pass makes it, Chatwoot would not deliver it again); a send
+refused for good now and then (403); Mercado Livre 5xx, 429 with Retry-After, timeouts (answer after the bridge
 gave up, request applied or not) and slow answers; the same on the bridge's calls to
 Chatwoot (5xx, 429, creates applied whose answer is lost; `--calm-chatwoot` turns them
 off); sends applied and then answered 5xx, on both sides; Chatwoot down for a while
@@ -17,9 +18,14 @@ writing as their thread is being marked read, and messages read on the site befo
 bridge saw them; sends held past the bridge's settle; reply parts moderated after they were
 accepted; agents snoozing conversations and editing their sale or question id; questions put
 under review, deleted or closed; claims (the buyer's and the mediator's messages, disputes, agents' replies with the
-receiver typed as agents type it: "Mediador", "mediadora.", "ML"...); and `forget-buyer` of
-a random buyer while its work is in flight. bench/planted.py plants known defects in a copy
-of the bridge and checks that a short soak reports each.
+receiver typed as agents type it: "Mediador", "mediadora.", "ML"...); `forget-buyer` of
+a random buyer while its work is in flight; and retention passes as if the clock had moved
+past RETENTION_DAYS (the soak runs `db.privacy.apply_retention` on the bridge's database,
+dated a day after the window, while the listener and poller work, once Chatwoot has no webhook
+queued): every question, sale and claim retention's guards let go is pruned, mid-flight, to a
+closed watermark.
+bench/planted.py plants known defects in a copy of the bridge and checks that a short soak
+reports each.
 Then the faults stop, the bridge drains (at most `--drain` seconds) and the invariants
 are checked from the fakes' own records.
 
@@ -45,6 +51,8 @@ for the same question or sale, also when the bridge made one but could not recor
 or a create Chatwoot held past its answer) and an agent then merged its contact into another
 buyer's: the soak's Chatwoot has the bridge's conversation attributes defined (as `main.py
 setup` makes them), so the next attempt finds it by its attribute wherever the merge carried it.
+Also after a retention pass pruned the item: its conversation is still live in Chatwoot, and the
+bridge continues there when something new comes (a buyer message, a reply).
 
 reopened after a new buyer message — a sale conversation the agent resolved is open
 again when a buyer message reached it after the resolve.
@@ -100,11 +108,14 @@ errors while the listener is down are counted, not violations.
 
 a reply is failed only for a reason that cannot be retried — a failed reply (or a partial
 one) needs a record in the fakes: Mercado Livre refused a send (4xx other than 401/429),
+an agent edited the item id of a conversation whose item a retention pass had pruned,
 the question is no longer unanswered (or was under review for a while), the claim is closed
 or its mediator was addressed before the dispute, the receiver typed is not one the bridge
 can read, Chatwoot could not deliver the reply to the bridge, or its conversation was
 deleted before the bridge took it. 5xx, 429 and timeouts alone mean: keep trying. Replies
-whose conversation was deleted later are checked like the others from the bridge's own row.
+whose conversation was deleted later are checked like the others from the bridge's own row
+(as the soak read it just before a retention pass pruned it: retention takes only replies whose
+outcome the agent was shown).
 
 a message marked read is in Chatwoot within seconds of the marking — Mercado Livre stops
 listing it as unread, so the bridge must show it at once (MARK_WINDOW), not whenever a sweep
@@ -157,6 +168,7 @@ import requests  # noqa: E402
 from bench.common import png_bytes  # noqa: E402
 from bridge import source_ids  # noqa: E402
 from bridge.admin.setup import CONVERSATION_ATTRIBUTES  # noqa: E402
+from db_manager import Database  # noqa: E402
 from mercado_livre_api import REFRESH_LEASE, REFRESH_MARGIN  # noqa: E402  (at most this long before the loss shows)
 from tests.e2e import LOG_DIR, VENV_BIN, Bridge  # noqa: E402
 from tests.fakes import start_fakes  # noqa: E402
@@ -190,7 +202,7 @@ WEIGHTS = {
     "agent edits an attribute": 0.6, "agent replies, then deletes the conversation": 0.8,
     "buyer's message read on the site": 0.5,
     "buyer opens a claim": 2.0, "claim message": 1.5, "claim goes to dispute": 0.4,
-    "agent replies in a claim": 2.5,
+    "agent replies in a claim": 2.5, "retention pass, clock moved forward": 1.5,
 }
 # How agents type the claim's receiver in the sidebar (`meli_claim_reply_to`), and what each means:
 # the buyer, Mercado Livre's mediator, or something the bridge must refuse rather than guess.
@@ -261,6 +273,9 @@ class Soak:
         self.term_slow: list[str] = []
         self.erasing: int | None = None  # the buyer forget-buyer is erasing now
         self.erased: dict[int, float] = {}  # buyer -> when its erasure ended (monotonic)
+        self.retention_db: Database | None = None  # the bridge's database, for retention passes
+        self.pruned_at: dict[str, float] = {}  # "pack:P" / "question:Q" / "claim:C" -> first pruned (monotonic)
+        self.pruned_replies: dict[int, dict] = {}  # Chatwoot message -> its reply row before retention pruned it
         self.erasure_bad: list[str] = []
         self.moderations: dict[str, float] = {}  # Mercado Livre message id (a reply's part) -> when rejected
         self.moderation_unseen = 0
@@ -800,6 +815,43 @@ class Soak:
         finally:
             self.erasing = None
 
+    def retention_pass(self) -> None:
+        """Retention runs as the poller's housekeeping would RETENTION_DAYS and a day from now, on the
+        live database while the listener and poller work on it: every question, sale and claim its
+        guards do not hold back (a reply in the outbox or not reported yet, a mark-read in flight,
+        an open question or claim) is pruned to its closed watermark. Its messages already in
+        Chatwoot stay there; new ones must reach its one live conversation, exactly once.
+        Not beside forget-buyer, whose check counts every row that goes meanwhile as erased by it, nor
+        while Chatwoot still has webhooks queued."""
+        if self.erasing is not None:
+            return
+        if not self.cw.wait_webhooks_idle(timeout=0):
+            # A delivery still queued (the listener was down) would reach the listener after the pass,
+            # RETENTION_DAYS late in the pass's time: never, from a real Chatwoot.
+            self.injected["(retention pass deferred: webhooks still queued)"] += 1
+            return
+        if self.retention_db is None:
+            self.retention_db = Database(self.bridge.env["DATABASE_PATH"])
+        days = float(self.bridge.env.get("RETENTION_DAYS") or 90)
+        query = "SELECT kind, external_id FROM links WHERE kind IN ('question', 'pack', 'claim')"
+        before = {(r["kind"], r["external_id"]) for r in self._db(query)}
+        # Only replies whose outcome the agent was shown go: the checks of a reply whose conversation
+        # was deleted later read its row, kept here as it was.
+        replies_before = self._db_replies()
+        try:
+            counts = self.retention_db.privacy.apply_retention(time.time() + (days + 1) * 86400, days)
+        except sqlite3.Error as exc:  # busy beyond the timeout: the poller's own pass would retry later
+            self.injected[f"(retention pass failed: {type(exc).__name__})"] += 1
+            return
+        pruned = before - {(r["kind"], r["external_id"]) for r in self._db(query)}
+        replies_after = self._db_replies()
+        self.pruned_replies.update({m: row for m, row in replies_before.items() if m not in replies_after})
+        self.injected["(retention: items pruned)"] += len(pruned)
+        self.injected["(retention: replies pruned)"] += counts.get("replies", 0)
+        for kind, external_id in pruned:
+            self.touched[f"{kind}:{external_id}"].append("pruned by retention")
+            self.pruned_at.setdefault(f"{kind}:{external_id}", time.monotonic())
+
     def _buyer_of(self, reply: dict):
         target = reply["target"]
         key = int(target) if target.isdigit() else None
@@ -923,7 +975,10 @@ class Soak:
         self.agent_reply(conv_id=conv_id, style=self.rng.choice(["short", "long"]))
 
     def duplicate_webhook(self) -> None:
-        candidates = [r for r in self.replies.values() if not r["private"]]
+        # Not of a reply a retention pass pruned: in that pass's time it is RETENTION_DAYS old, and
+        # Chatwoot never delivers a message again that late (its row was what made it a duplicate).
+        candidates = [r for r in self.replies.values()
+                      if not r["private"] and r["message_id"] not in self.pruned_replies]
         if not candidates:
             return
         reply = self.rng.choice(candidates[-20:])
@@ -1139,6 +1194,7 @@ class Soak:
             "agent snoozes conversation": self.snooze_conversation, "agent edits an attribute": self.edit_attributes,
             "buyer's message read on the site": self.read_on_site,
             "agent replies, then deletes the conversation": self.reply_then_delete,
+            "retention pass, clock moved forward": self.retention_pass,
         }[event]()
 
     # ---- the run ------------------------------------------------------------------------------------
@@ -1692,6 +1748,11 @@ class Soak:
                 reasons.append(f"the question was {closed_for_a_while[0]} for a while")
             if not question:
                 reasons.append("the question does not exist")
+        item = f"{'question' if reply['answer'] else 'claim' if reply.get('claim') else 'pack'}:{target}"
+        if reply["conversation_id"] in self.true_attrs and self.pruned_at.get(item, float("inf")) <= reply["t"]:
+            # Nothing the bridge keeps names that conversation any more: only what Chatwoot says,
+            # which the agent changed, and the buyer it was made for, who is not the new item's.
+            reasons.append("an agent edited its conversation's item id after retention pruned the item")
         files = [u for u in reply["units"] if FILE_TAG.match(u)]
         gone_files = [c["path"] for c in calls["chatwoot"] if c["status"] == 404
                       and any(f in c["path"] for f in files)]
@@ -1754,9 +1815,10 @@ class Soak:
             conn.close()
 
     def _db_replies(self) -> dict[int, dict]:
-        return {r["chatwoot_message_id"]: {"id": r["id"], "status": r["status"], "attempts": r["attempts"],
-                                           "error": r["error"]}
-                for r in self._db("SELECT * FROM replies")}
+        """The bridge's reply rows by Chatwoot message, with those retention pruned as they were."""
+        return self.pruned_replies | {
+            r["chatwoot_message_id"]: {key: r[key] for key in ("id", "status", "attempts", "error")}
+            for r in self._db("SELECT * FROM replies")}
 
     def _db_auth_status(self) -> str:
         rows = self._db("SELECT status FROM meli_auth")

@@ -573,3 +573,52 @@ def test_a_found_conversation_another_sale_already_uses_is_not_taken(s, clock):
     clock.advance(ensure.CREATE_SETTLE + 1)
 
     assert open_pack(s) == (97, True)
+
+
+# ---- an item pruned by retention (or erased) that comes back ------------------------------------------------
+
+def pruned(s, clock):
+    """Sale 2000001 was shown in conversation 93, then pruned by retention: only its closed watermark is left."""
+    s.db.links.mark_created("pack", "2000001", clock(), conversation_id=93, contact_id=5, data={"buyer_id": 9})
+    s.db.privacy.apply_retention(clock() + 91 * 86400, 90)
+    assert s.db.links.get("pack", "2000001") is None and s.db.watermarks.get("pack", "2000001")["closed_at"]
+
+
+@responses.activate
+def test_a_pruned_sale_continues_in_its_conversation_still_in_chatwoot(s, clock):
+    """A buyer message (or the bridge's own reply) after retention: the sale's conversation is still live
+    in Chatwoot, and a second one for the same sale would split it (soak: one live conversation per sale)."""
+    pruned(s, clock)
+    responses.post(f"{CW}/conversations/filter", json={"payload": [conversation(93, "2000001")]})
+    responses.post(f"{CW}/conversations", json={"id": 97})
+
+    assert open_pack(s) == (93, False)
+    assert posts_to("/conversations") == []
+
+
+@responses.activate
+def test_a_pruned_sale_whose_conversation_is_gone_gets_a_new_one(s, clock):
+    pruned(s, clock)
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
+    responses.post(f"{CW}/conversations", json={"id": 97})
+
+    assert open_pack(s) == (97, True)
+    assert len(filters()) == 1
+
+
+@responses.activate
+def test_a_sale_never_seen_before_is_made_without_searching_for_it(s, clock):
+    responses.post(f"{CW}/conversations", json={"id": 97})
+
+    assert open_pack(s) == (97, True)
+    assert filters() == []
+
+
+@responses.activate
+def test_a_pruned_sale_does_not_continue_in_another_buyers_conversation_an_agent_gave_its_id(s, clock):
+    pruned(s, clock)
+    taken = dict(conversation(93, "2000001"), additional_attributes={"meli_buyer_id": "77"})
+    responses.post(f"{CW}/conversations/filter", json={"payload": [taken]})
+    responses.post(f"{CW}/conversations", json={"id": 97})
+
+    assert open_pack(s) == (97, True)

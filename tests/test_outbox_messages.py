@@ -577,3 +577,19 @@ def test_a_replys_own_stray_send_landing_late_is_taken_for_its_lost_send(s):
 
     assert len(posts()) == posted
     assert s.db.replies.parts(reply_id)[0]["remote_id"] == "m-late"
+
+
+@responses.activate
+def test_a_reply_in_another_buyers_conversation_whose_attribute_an_agent_edited_reaches_nobody(s):
+    """Conversation 93 was made by the bridge for buyer 77 (its additional attributes, which agents cannot
+    edit, say so); an agent typed sale 2000001's id into its sidebar. The bridge has no row for 93 (the sale it
+    was made for was pruned by retention): Chatwoot's attribute alone must not send the reply to buyer 9."""
+    reply_id = reply_in_unknown_conversation(s, "2000001")
+    responses.replace(responses.GET, f"{CW}/conversations/93", json={
+        "id": 93, "inbox_id": 2, "custom_attributes": {"meli_pack_id": "2000001"},
+        "additional_attributes": {"meli_buyer_id": "77"}})
+    sent_ok(1)
+
+    assert delivery.deliver(s, reply_id) == "failed"
+    assert posts() == []
+    assert s.db.replies.get(reply_id)["error"] == delivery.NOT_ITS_CONVERSATION.error

@@ -213,14 +213,52 @@ def test_retention_deletes_finished_rows_from_the_file_keeps_work_in_progress_an
     assert s.db.watermarks.get("pack", pack)["closed_at"] is not None
     assert s.db.watermarks.get("question", finished["id"])["closed_at"] is not None
 
-    # The old thread gets a new buyer message: only that message is mirrored.
+    # The old thread gets a new buyer message: only that message is mirrored, into the sale's
+    # conversation still in Chatwoot (found by its attribute), not a second one beside it.
+    sale = next(c for c in conversations(bridge, bridge.fakes.messages_inbox)
+                if c["custom_attributes"].get("meli_pack_id") == pack)
+    shown = contents(bridge, sale)
+    bridge.fakes.chatwoot.state.resolve_conversation(sale["id"])
     meli.add_buyer_message(pack, "depois-da-retencao-qx")
     assert bridge.once().returncode == 0
     sales = [c for c in conversations(bridge, bridge.fakes.messages_inbox)
              if c["custom_attributes"].get("meli_pack_id") == pack]
-    assert len(sales) == 2
-    newest = max(sales, key=lambda c: c["id"])
-    assert contents(bridge, newest) == ["depois-da-retencao-qx"]
+    assert [c["id"] for c in sales] == [sale["id"]]
+    assert contents(bridge, sale) == [*shown, "depois-da-retencao-qx"]
+    assert sales[0]["status"] == "open"  # a buyer message reopens it as usual
+
+
+def test_a_sale_is_pruned_only_once_its_thread_was_read_after_its_last_reply_and_the_reply_never_comes_back(bridge):
+    """Retention deletes the reply's row, which is how a sync knows the bridge's own messages in the
+    thread. Pruned before a sync read the reply's part back (its mark does not cover it), the next
+    buyer message brought the agent's reply back as if the seller had written it on the site."""
+    meli, chatwoot = bridge.fakes.meli.state, bridge.fakes.chatwoot.state
+    pack = two_buyers(bridge)
+    assert bridge.once().returncode == 0
+    sale = conversations(bridge, bridge.fakes.messages_inbox)[0]
+    bridge.listener()
+    s = services(bridge)
+    chatwoot.agent_reply(sale["id"], "resposta-do-agente-qx")
+    wait_until(lambda: s.db.one("SELECT 1 AS x FROM replies"), 10, what="the reply accepted")
+    # Delivered and reported; the thread is not read again yet (the moderation re-check comes minutes later).
+    assert bridge.once().returncode == 0
+    assert s.db.one("SELECT status, reported_at FROM replies")["status"] == "delivered"
+    assert any(m.get("text") == "resposta-do-agente-qx" for m in meli.sent_messages)
+    now = s.clock()
+    s.clock = lambda: now + 91 * DAY
+    main.housekeeping(s)
+    assert s.db.links.get("pack", pack) is not None  # its own part is not under the mark yet
+
+    meli.add_buyer_message(pack, "lida-depois-da-resposta-qx")
+    assert bridge.once().returncode == 0  # reads the thread, the reply's part with it
+    main.housekeeping(s)
+    assert s.db.links.get("pack", pack) is None
+
+    meli.add_buyer_message(pack, "depois-da-retencao-qx")
+    assert bridge.once().returncode == 0
+    shown = contents(bridge, sale)
+    assert [c for c in shown if c.startswith("resposta-do-agente-qx")] == ["resposta-do-agente-qx"], shown
+    assert shown[-2:] == ["lida-depois-da-resposta-qx", "depois-da-retencao-qx"]
 
 
 def test_retention_prunes_a_closed_claim_keeps_an_open_one_and_never_reimports_it(claims_bridge):
@@ -380,11 +418,11 @@ def test_retention_leaves_a_sale_with_a_reply_in_the_outbox_or_a_mark_read_in_fl
 
 
 def test_a_thread_watermark_freezes_once_its_rows_are_gone(db):
-    db.watermarks.record_thread("801", "x1", 1000.0, now=1.0)
-    db.watermarks.record_thread("801", "x2", 2000.0, now=2.0)
+    db.watermarks.record_thread("801", "x1", 1000.0, read_at=1.0)
+    db.watermarks.record_thread("801", "x2", 2000.0, read_at=2.0)
     sale_rows(db, "801", "41", 45, 1.0)
     db.privacy.forget_buyer("41", 3.0)
-    db.watermarks.record_thread("801", "x3", 3000.0, now=4.0)
+    db.watermarks.record_thread("801", "x3", 3000.0, read_at=4.0)
     mark = db.watermarks.get("pack", "801")
     assert (mark["last_message_id"], mark["last_message_at"], mark["closed_at"]) == ("x2", 2000.0, 3.0)
 
@@ -593,13 +631,13 @@ def test_forget_buyer_tells_a_reply_being_sent_apart_from_one_that_never_left(mo
 
 
 def test_a_sale_pruned_started_afresh_and_pruned_again_keeps_its_mark_on_the_newest_message(db):
-    db.watermarks.record_thread("802", "y1", 1000.0, now=1.0)
+    db.watermarks.record_thread("802", "y1", 1000.0, read_at=1.0)
     sale_rows(db, "802", "46", 47, 1.0)
     db.privacy.apply_retention(now=100 * DAY, days=90)
     assert db.watermarks.get("pack", "802")["last_message_at"] == 1000.0
     # The buyer wrote again: a fresh conversation, handled up to the new message.
     sale_rows(db, "802", "46", 47, 101 * DAY, messages=("y2",))
-    db.watermarks.record_thread("802", "y2", 101 * DAY, now=101 * DAY)
+    db.watermarks.record_thread("802", "y2", 101 * DAY, read_at=101 * DAY)
     db.privacy.apply_retention(now=200 * DAY, days=90)
     assert db.links.get("pack", "802") is None
     mark = db.watermarks.get("pack", "802")
@@ -700,3 +738,16 @@ def test_the_hold_of_an_erasure_that_stopped_midway_lapses_and_is_removed_by_ret
     assert not db.privacy.being_erased("77", 1.0 + 3601)
     db.privacy.apply_retention(now=1.0 + 3601, days=90)
     assert db.links.get("erasing", "77") is None
+
+
+def test_retention_keeps_a_message_create_in_doubt_of_a_sale_it_keeps(db):
+    """A message create whose answer was lost leaves an intent row, found by its conversation, not its
+    sale (the sale's id is written once the create is confirmed). While the sale stays, the next attempt
+    must find that row and look in Chatwoot before creating again, or the buyer's message is shown twice."""
+    sale_rows(db, "604", "34", 44, 1.0, messages=("f1",))
+    db.replies.accept(chatwoot_message_id=8, conversation_id=604, kind="message", target_id="604",
+                      parts=[{"text": "ainda na fila"}], now=1.0)
+    db.links.record_intent("message", "f2", 1.0, conversation_id=604)
+    db.privacy.apply_retention(now=100 * DAY, days=90)
+    assert db.links.get("pack", "604") is not None
+    assert db.links.get("message", "f2") is not None

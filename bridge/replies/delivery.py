@@ -30,6 +30,8 @@ from bridge.rules.conversations import (
     chatwoot_record,
     confirmed_conversation,
     knows_conversation,
+    made_for,
+    names_buyer,
     names_item,
     owner,
 )
@@ -211,7 +213,9 @@ def _check_addressee(s: Services, reply: dict) -> dict:
     Chatwoot, its messages too: the bridge's own messages there (their source ids) name its item, and
     the reply goes to that one, whatever the attribute says (rules.conversations.owner). With none of
     them, the attribute as Chatwoot stores it counts, when no other conversation of the bridge's holds
-    that item. Otherwise nothing goes, and the agent is told why.
+    that item and the buyer the bridge made the conversation for (its additional attributes, which agents
+    cannot edit) is that item's: an id typed into another buyer's conversation, one whose item retention
+    pruned, reaches nobody. Otherwise nothing goes, and the agent is told why.
     """
     if any(part["status"] == "sent" or (part["status"] == "sending" and part["last_attempt_at"] is not None)
            for part in s.db.replies.parts(reply["id"])):
@@ -236,6 +240,9 @@ def _check_addressee(s: Services, reply: dict) -> dict:
                       claimed_elsewhere=target is not None and (
                           s.db.links.others_using(kind, target, conversation_id)
                           or confirmed_conversation(s.db.links.get(kind, target)) not in (None, conversation_id)))
+    if item is not None and not shown and made_for(found) is not None \
+            and not names_buyer(found, _target_buyer(s, kind, item)):
+        item, why = None, "unconfirmed"  # the attribute alone named it, in another buyer's conversation
     if item is None:
         log.warning("reply's conversation is not its target's reply=%s conversation=%s %s=%s: %s (the bridge "
                     "showed %s there)", reply["id"], conversation_id, kind, target, why, sorted(shown) or "nothing")
@@ -254,6 +261,17 @@ def _check_addressee(s: Services, reply: dict) -> dict:
                     "reply=%s conversation=%s %s=%s attribute=%s", kind, reply["id"], conversation_id, kind, item,
                     target)
     return dict(reply, target_id=item)
+
+
+def _target_buyer(s: Services, kind: str, target: str):
+    """The buyer of the item a reply names: from its row, or (pruned by retention: no row) from
+    Mercado Livre for a sale or a question. None when not known."""
+    buyer_id = (((s.db.links.get(kind, target) or {}).get("data")) or {}).get("buyer_id")
+    if buyer_id is None and kind == "pack":
+        buyer_id = sale_context(s, target, [])["buyer_id"]
+    elif buyer_id is None and kind == "question":
+        buyer_id = ((s.meli.question(target) or {}).get("from") or {}).get("id")
+    return buyer_id
 
 
 NOT_ITS_CONVERSATION = Refusal(

@@ -56,6 +56,22 @@ def names_item(conversation: dict, kind: str, external_id: str, inbox_id: int) -
         and str(value).strip().lower() == str(external_id).strip().lower()
 
 
+def names_buyer(conversation: dict, buyer_id) -> bool:
+    """Pure: does nothing Chatwoot stores say this conversation is another buyer's? The bridge writes
+    `meli_buyer_id` in the additional attributes of every conversation it makes, and agents cannot edit
+    those in Chatwoot, unlike the sidebar's `meli_<kind>_id`. Without either (made by hand, or by an
+    older version; a buyer not known) nothing contradicts it."""
+    stored = made_for(conversation)
+    return stored is None or buyer_id in (None, "") or stored == str(buyer_id).strip()
+
+
+def made_for(conversation: dict) -> str | None:
+    """Pure: the buyer the bridge made this conversation for (`meli_buyer_id`), None when not said."""
+    extra = conversation.get("additional_attributes")
+    stored = extra.get("meli_buyer_id") if isinstance(extra, dict) else None
+    return None if stored in (None, "") else str(stored).strip()
+
+
 def confirmed_conversation(link: dict | None) -> int | None:
     """Pure: the conversation a row names as its own: made by the bridge, or found or checked in
     Chatwoot's own record. None while it is only a candidate an agent's reply adopted (ADOPTED: the

@@ -133,7 +133,7 @@ class PrivacyStore:
                     for external_id in due[start:start + RETENTION_BATCH]:
                         # Re-checked under the write lock: a message may have arrived meanwhile.
                         if self._retention_due(wconn, kind, external_id, cutoff):
-                            _add_counts(counts, self._erase_conversation(wconn, kind, external_id, now))
+                            _add_counts(counts, self._erase_conversation(wconn, kind, external_id, now, pruning=True))
         # Buyers none of whose questions or sales remain.
         buyers = [tuple(r) for r in conn.execute("SELECT external_id, contact_id FROM links WHERE kind = 'buyer'"
                                                  " AND updated_at < ?", (cutoff,))
@@ -144,10 +144,13 @@ class PrivacyStore:
                     if not self._buyer_conversations(wconn, buyer_id, contact_id):
                         _add_counts(counts, self._erase_buyer_rows(wconn, buyer_id))
         with self._db.write() as wconn:
-            # Rows whose conversation is already gone (kept by older versions, or half-created).
+            # Rows whose conversation is already gone (kept by older versions, or half-created). A create
+            # in doubt names only its conversation until it is confirmed: kept while a sale there stays.
             orphans = wconn.execute(
                 "DELETE FROM links WHERE kind = 'message' AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p"
-                " WHERE p.kind = 'pack' AND p.external_id = json_extract(links.data, '$.pack_id'))", (cutoff,)).rowcount
+                " WHERE p.kind = 'pack' AND (p.external_id = json_extract(links.data, '$.pack_id')"
+                " OR (links.conversation_id IS NOT NULL AND p.conversation_id = links.conversation_id)))",
+                (cutoff,)).rowcount
             orphans += wconn.execute(
                 "DELETE FROM links WHERE kind = 'answer' AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p"
                 " WHERE p.kind = 'question' AND p.external_id = links.external_id)", (cutoff,)).rowcount
@@ -203,9 +206,20 @@ class PrivacyStore:
                             " AND updated_at >= ? LIMIT 1",
                             (keyed_kind, f"{external_id}:", f"{external_id}:\uffff", cutoff)).fetchone():
                 return False
+        if spec["thread"] and conn.execute(
+                "SELECT 1 FROM threads WHERE pack_id = ? AND (active_at >= ? OR marking_since IS NOT NULL)",
+                (external_id, cutoff)).fetchone():
+            return False
+        # A part the bridge sent that no sync has read back yet is not under the thread's mark; once
+        # its reply's row is gone, nothing would tell it from a message the seller wrote on the site,
+        # and the next sync would copy it into Chatwoot. Read back: its thread was read (the mark's
+        # updated_at, as a sync records it) after the part was recorded sent. A mark only a prune
+        # wrote (updated_at = closed_at) was read by no sync.
         return not (spec["thread"] and conn.execute(
-            "SELECT 1 FROM threads WHERE pack_id = ? AND (active_at >= ? OR marking_since IS NOT NULL)",
-            (external_id, cutoff)).fetchone())
+            "SELECT 1 FROM reply_parts p JOIN replies r ON r.id = p.reply_id WHERE r.kind = ? AND r.target_id = ?"
+            " AND p.status = 'sent' AND COALESCE(p.sent_at, 0) >= COALESCE((SELECT w.updated_at FROM watermarks w"
+            " WHERE w.kind = ? AND w.external_id = ? AND (w.closed_at IS NULL OR w.updated_at != w.closed_at)),"
+            " 9e999) LIMIT 1", (spec["reply_kind"], external_id, kind, external_id)).fetchone())
 
     def forget_buyer(self, buyer_id: str, now: float, untold: dict[str, list[int]] | None = None) -> dict:
         """Erase every row about one buyer (LGPD erasure); returns what was removed, by table.
@@ -317,8 +331,12 @@ class PrivacyStore:
                 "cache": conn.execute("DELETE FROM cache WHERE kind = 'user' AND key = ?", (buyer_id,)).rowcount}
 
     @staticmethod
-    def _erase_conversation(conn: sqlite3.Connection, kind: str, external_id: str, now: float) -> dict:
-        """Delete one question's or sale's rows, leaving its closed watermark (inside a write)."""
+    def _erase_conversation(conn: sqlite3.Connection, kind: str, external_id: str, now: float,
+                            pruning: bool = False) -> dict:
+        """Delete one question's or sale's rows, leaving its closed watermark (inside a write).
+
+        `pruning` (retention): the thread was read after the bridge's last sent part (_retention_due),
+        so the mark already covers those parts, and nothing written since is covered."""
         spec = CONVERSATION_KINDS[kind]
         row = conn.execute("SELECT * FROM links WHERE kind = ? AND external_id = ?", (kind, external_id)).fetchone()
         link = link_row(dict(row) if row is not None else None) or {"data": {}}
@@ -345,7 +363,7 @@ class PrivacyStore:
                 "SELECT MAX(CAST(json_extract(data, '$.at') AS REAL)) FROM links WHERE kind = ?"
                 " AND external_id >= ? AND external_id < ?", (keyed_kind, f"{external_id}:", f"{external_id}:\uffff"))
               if r[0] is not None)])
-        if spec["reply_kind"] in ("message", "claim"):
+        if spec["reply_kind"] in ("message", "claim") and not pruning:
             # The bridge's own sent parts: a thread read after their send would have moved the mark
             # past them, but one that comes only after the erasure finds them newer than the mark,
             # their ids and texts gone with the replies, and mirrors them back as typed on the

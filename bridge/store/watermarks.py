@@ -33,10 +33,12 @@ class WatermarksStore:
         return self._db.one("SELECT * FROM watermarks WHERE kind = ? AND external_id = ?", (kind, str(external_id)))
 
     def record_thread(self, pack_id: str, last_message_id: str | None, last_message_at: float | None,
-                      now: float) -> None:
-        """A thread was handled up to this message. Frozen once closed while the rows it stands for
-        are gone; a sale started afresh after an erasure moves it again, or erasing that fresh
-        conversation too would leave its messages outside the mark, to be imported once more."""
+                      read_at: float) -> None:
+        """A thread read at `read_at` (before its first page) was handled up to this message. Frozen
+        once closed while the rows it stands for are gone; a sale started afresh after an erasure moves
+        it again, or erasing that fresh conversation too would leave its messages outside the mark, to
+        be imported once more. `updated_at` keeps `read_at`: every part the bridge sent before it is
+        under the mark (retention waits for that, db.privacy)."""
         if last_message_at is None:
             return
         with self._db.write() as conn:
@@ -47,7 +49,7 @@ class WatermarksStore:
                 " updated_at = excluded.updated_at WHERE (closed_at IS NULL OR EXISTS (SELECT 1 FROM links"
                 " WHERE kind = 'pack' AND external_id = excluded.external_id AND status = 'created'))"
                 " AND COALESCE(last_message_at, 0) < excluded.last_message_at",
-                (str(pack_id), last_message_id, last_message_at, now))
+                (str(pack_id), last_message_id, last_message_at, read_at))
 
     def record_claim_seen(self, claim_id: str, last_updated: str | None, now: float) -> None:
         """A claim whose rows are gone was read again with nothing new: its `last_updated` (a

@@ -11,6 +11,7 @@ from bridge.rules.conversations import (  # noqa: F401 — the flows' names too
     chatwoot_record,
     is_gone,
     item_attribute,
+    names_buyer,
     names_item,
     owner,
 )
@@ -109,7 +110,9 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     found, it is created again only once that earlier create has settled: a create Chatwoot
     still held would otherwise be applied after the search, and the buyer would have two
     conversations. A conversation a pending row remembers is used once Chatwoot shows it (and, one
-    adopted from a webhook, names this item: _check_remembered).
+    adopted from a webhook, names this item: _check_remembered). A new row for an item with a closed
+    watermark (pruned by retention, or erased) is looked for the same way first, once: its old
+    conversation may still be live in Chatwoot.
     `mark_seen`: see open_conversation.
     """
     # The buyer id from the start: an erasure finds the row by it even when its contact is gone
@@ -126,8 +129,10 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
         return link["conversation_id"], False
     # The attempt's time only tells a pending row's next attempt to wait: dropped once settled.
     data = {key: value for key, value in link["data"].items() if key != TRIED}
-    if not fresh:
-        found = find_conversation(s, kind, external_id, inbox_id, contact_id)
+    # An item known before and pruned by retention (or erased without --chatwoot) still has its
+    # conversation in Chatwoot: what comes now continues there, not in a second one beside it.
+    if not fresh or (s.db.watermarks.get(kind, external_id) or {}).get("closed_at") is not None:
+        found = find_conversation(s, kind, external_id, inbox_id, contact_id, buyer_id)
         if found is not None:
             s.db.links.update(kind, external_id, s.clock(), conversation_id=found, data=data)
             return found, False
@@ -156,7 +161,8 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
 FILTER_PAGES = 4  # pages of Chatwoot's conversation filter read for one item (its matches are few)
 
 
-def find_conversation(s: Services, kind: str, external_id: str, inbox_id: int, contact_id: int) -> int | None:
+def find_conversation(s: Services, kind: str, external_id: str, inbox_id: int, contact_id: int,
+                      buyer_id=None) -> int | None:
     """The conversation Chatwoot holds for `kind/external_id` (a create whose answer was lost), or None.
 
     1. Chatwoot's conversation filter on `meli_<kind>_id`, across all contacts: an agent may
@@ -166,7 +172,8 @@ def find_conversation(s: Services, kind: str, external_id: str, inbox_id: int, c
        condition and answers every conversation.
     3. When that happened (a result not naming the item), or the filter is refused, the
        contact's own conversations are searched instead: all that can be found without it.
-    The oldest match wins; a match another row of this kind uses is nobody's to take.
+    The oldest match wins; a match another row of this kind uses, or made for another buyer than
+    `buyer_id` (names_buyer: an agent typed this item's id into its sidebar), is nobody's to take.
     """
     attribute = item_attribute(kind)
     filtered = True
@@ -191,7 +198,7 @@ def find_conversation(s: Services, kind: str, external_id: str, inbox_id: int, c
         matches += [c for c in s.chatwoot.contact_conversations(contact_id)
                     if names_item(c, kind, external_id, inbox_id)]
     for conversation in sorted(matches, key=lambda c: c.get("id") or 0):
-        if _valid_id(conversation.get("id")) \
+        if _valid_id(conversation.get("id")) and names_buyer(conversation, buyer_id) \
                 and not s.db.links.others_using(kind, external_id, conversation["id"]):
             return conversation["id"]
     return None

@@ -382,7 +382,7 @@ def _keep_unsettled_mark(s: Services, pack_id: str, since: float | None) -> None
 
 def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | None,
                require_buyer: bool = False) -> int:
-    started = time.monotonic()
+    started, read_at = time.monotonic(), s.clock()
     messages, first = read_thread(s, pack_id, seller_id)
     blocked = (first.get("conversation_status") or {}).get("status") == "blocked"
     migrated = is_migrated(messages)
@@ -482,7 +482,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     s.db.threads.mark_synced(pack_id, s.clock(), None if deferred else len(messages) + len(late), last_id,
                              changed=bool(plan or late))
     if not deferred:
-        s.db.watermarks.record_thread(pack_id, *last_handled(messages + late), s.clock())
+        s.db.watermarks.record_thread(pack_id, *last_handled(messages + late), read_at)
     if plan or unread:
         log.info("thread synced pack=%s conversation=%s new=%d marked_read=%d late=%d deferred=%s blocked=%s "
                  "migrated=%s in %dms", pack_id, conversation_id, created, len(unread), len(late), deferred,
