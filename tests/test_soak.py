@@ -1,6 +1,6 @@
 """The chaos soak, short: 90 seconds of seeded chaos against the real processes (bench/soak.py).
 
-Run with `./test.sh -m soak` (CI prints it, not gating, while issue 18's defects it finds are open). A failure
+Part of `./test.sh` (and so of CI); `./test.sh -m soak` runs it alone. A failure
 prints the soak's report; rerun it with
 `python bench/soak.py --minutes 1.5 --seed <seed>` to reproduce.
 """
