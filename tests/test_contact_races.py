@@ -9,20 +9,15 @@ import threading
 import pytest
 
 from bridge import source_ids
-from bridge.services import build_services
 from bridge.sync import contacts
+from tests.helpers import services_on_fakes
 
 BUYER, OTHER = 9, 10
 
 
 @pytest.fixture
 def s(make_settings, db, fakes):
-    chatwoot = fakes.chatwoot.state
-    settings = make_settings(CHATWOOT_URL=fakes.chatwoot.url, CHATWOOT_API_TOKEN=chatwoot.api_token,
-                             CHATWOOT_ACCOUNT_ID=str(chatwoot.account_id),
-                             CHATWOOT_QUESTIONS_INBOX_ID=str(fakes.questions_inbox),
-                             CHATWOOT_MESSAGES_INBOX_ID=str(fakes.messages_inbox))
-    return build_services(settings, db, sleep=lambda _s: None)
+    return services_on_fakes(make_settings, db, fakes)
 
 
 def both_at_once(*jobs):

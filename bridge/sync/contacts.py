@@ -339,6 +339,16 @@ def _own_source_locked(s: Services, buyer_id, contact_id: int, inbox_id: int) ->
     log.warning("contact gets its own inbox source buyer=%s contact=%s inbox=%s", buyer_id, contact_id, inbox_id)
 
 
+def open_with_buyer_words(s: Services, conversation_id: int) -> None:
+    """Buyer's words this sync just put into the conversation (a question, a claim, a sale's messages)
+    are in: it is set open, once they are in. One made by this sync showed in Chatwoot empty until
+    then, and an agent may have resolved it; one already there may have been resolved while they
+    were being mirrored. Either way they would wait unseen in a resolved conversation (issue 18;
+    the chaos soak's seed 20261129, conversation 69). Chatwoot does not reopen a conversation for
+    an incoming message the API creates."""
+    s.chatwoot.set_status(conversation_id, "open")
+
+
 def forget_conversation(s: Services, kind: str, external_id: str, conversation_id: int, **data) -> None:
     """An agent deleted the conversation: the link goes back to pending without it, so the
     next ensure_conversation creates a new one (`data` is merged into the link's data)."""
