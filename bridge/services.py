@@ -24,8 +24,9 @@ class Services:
     clock: Callable[[], float] = time.time
     # Set on SIGTERM: loops finish the item in hand and return.
     stopping: threading.Event = field(default_factory=threading.Event)
-    # One worker at a time per question or pack: the poll job and a notification must
+    # One worker at a time per question, pack or claim: the poll job and a notification must
     # not race to create the same conversation, yet a backlog must not hold up the rest.
+    # Per buyer too (contacts.buyer_lock), always taken inside an item's lock, never around one.
     locks: "KeyedLocks" = field(default_factory=lambda: KeyedLocks())
 
 

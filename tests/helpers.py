@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import time
+
+import responses
 
 from bridge.services import Services, build_services
 
@@ -67,3 +70,23 @@ class PausedBudget:
 
     def pause(self, seconds: float) -> None:
         pass
+
+
+def services_on_fakes(make_settings, db, fakes, **env) -> Services:
+    """Services in this process, calling the running fakes (tests.fakes) as the poller would, for a
+    seller authorized there. `env`: settings overrides."""
+    meli, chatwoot = fakes.meli.state, fakes.chatwoot.state
+    settings = make_settings(MELI_API_URL=fakes.meli.url, MELI_AUTH_URL=fakes.meli.url, MELI_APP_ID=str(meli.app_id),
+                             MELI_SECRET_KEY=meli.secret, CHATWOOT_URL=fakes.chatwoot.url,
+                             CHATWOOT_API_TOKEN=chatwoot.api_token, CHATWOOT_ACCOUNT_ID=str(chatwoot.account_id),
+                             CHATWOOT_QUESTIONS_INBOX_ID=str(fakes.questions_inbox),
+                             CHATWOOT_MESSAGES_INBOX_ID=str(fakes.messages_inbox), **env)
+    access, refresh = meli.seed_tokens()
+    now = time.time()
+    db.auth.store_authorized(meli.seller_id, "LOJA", access, refresh, now + 21600, now)
+    return build_services(settings, db, sleep=lambda _s: None)
+
+
+def chatwoot_sets_status() -> None:
+    """Chatwoot accepts a status change of any conversation (`responses`)."""
+    responses.post(re.compile(re.escape(CW) + r"/conversations/\d+/toggle_status"), json={"payload": {"success": True}})

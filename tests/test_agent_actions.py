@@ -10,7 +10,7 @@ from bridge.replies import accept, delivery
 from bridge.sync import questions as sync_questions
 from bridge.sync.contacts import open_conversation
 from bridge.sync.questions import change_for
-from tests.helpers import authorized_services
+from tests.helpers import authorized_services, chatwoot_sets_status
 from tests.payloads import message_created
 
 API = "https://api.meli.test"
@@ -96,6 +96,7 @@ def test_a_deleted_question_conversation_is_left_deleted_and_not_followed_again(
 
 @responses.activate
 def test_one_refused_question_does_not_hold_back_the_later_ones(s):
+    chatwoot_sets_status()
     s.db.links.mark_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [1]})
     s.db.cache.put_many("user", {"9": "COMPRADOR"}, time.time())
     s.db.cache.put_many("item", {"MLB1": {"id": "MLB1", "title": "Caneca"}}, time.time())
@@ -117,6 +118,7 @@ def test_a_question_whose_new_conversation_went_with_its_contact_before_its_mess
     conversation with it) before the question went in: it was never shown, so it is shown now in a
     new contact's conversation, not left failing until its backoff (soak seed 20261129: still
     missing after the 150 s drain)."""
+    chatwoot_sets_status()
     s.db.links.mark_created("buyer", "9", 1.0, contact_id=5, data={"inboxes": [1]})
     responses.post(f"{CW}/conversations", json={"id": 90})
     responses.post(f"{CW}/conversations/90/messages", status=404, json=NOT_FOUND)

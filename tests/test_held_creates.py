@@ -14,7 +14,7 @@ from bridge.sync import claims as sync_claims
 from bridge.sync import ensure
 from bridge.sync import questions as sync_questions
 from bridge.sync.contacts import ensure_conversation
-from tests.helpers import CW, Killed, PausedBudget, authorized_services
+from tests.helpers import CW, Killed, PausedBudget, authorized_services, chatwoot_sets_status
 
 HELD = requests.exceptions.ReadTimeout("held")
 
@@ -86,6 +86,7 @@ def test_an_answer_whose_held_creation_never_arrived_is_made_once_it_has_settled
 
 @responses.activate
 def test_a_question_whose_message_creation_is_still_held_by_chatwoot_is_not_created_again(s, clock):
+    chatwoot_sets_status()
     inbox = known_buyer(s, clock)
     responses.post(f"{CW}/conversations", json={"id": 91})
     responses.get(f"{CW}/conversations/91", json={"id": 91, "inbox_id": inbox})  # still there when retried
@@ -109,6 +110,7 @@ def test_a_question_whose_message_creation_is_still_held_by_chatwoot_is_not_crea
 
 @responses.activate
 def test_a_question_whose_conversation_was_found_again_does_not_wait_for_a_message_never_sent(s, clock):
+    chatwoot_sets_status()
     inbox = known_buyer(s, clock)
     # The conversation was made, then the process died before recording it: no message went out.
     responses.post(f"{CW}/conversations", body=HELD)

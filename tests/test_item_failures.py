@@ -18,7 +18,7 @@ from bridge.sync import questions as sync_questions
 from bridge.sync import sales as sync_messages
 from tests.conftest import base_env
 from tests.e2e import APP_DIR
-from tests.helpers import authorized_services
+from tests.helpers import authorized_services, chatwoot_sets_status
 from tests.payloads import message_created
 
 API = "https://api.meli.test"
@@ -46,6 +46,7 @@ def search_returns(*questions):
 
 
 def chatwoot_creates():
+    chatwoot_sets_status()
     responses.post(f"{CW}/contacts", json={"payload": {"contact": {"id": 5}}})
     for conv in (101, 102, 103):
         responses.post(f"{CW}/conversations", json={"id": conv})

@@ -51,6 +51,7 @@ from bridge.sync.contacts import (
     is_gone,
     mark_conversation_created,
     open_conversation,
+    open_with_buyer_words,
     say_removed,
 )
 from bridge.sync.ensure import ensure_message, fetch_files, mirror_message
@@ -404,7 +405,11 @@ def _apply(s: Services, claim_id: str, claim: dict, messages: list[dict], link: 
     data = dict(old or (s.db.links.get("claim", claim_id) or {}).get("data") or {})
     # One found rather than made (a create whose answer was lost, adopted at an agent's reply) may
     # have been resolved by an agent since: a buyer message reopens it as usual.
-    created, deferred = _mirror_messages(s, claim_id, conversation_id, to_mirror, reopen=old is not None or found)
+    created, deferred, incoming = _mirror_messages(s, claim_id, conversation_id, to_mirror,
+                                                   reopen=old is not None or found)
+    if old is None or incoming:
+        # The claim itself (its summary, put in just now) is the buyer's first word.
+        open_with_buyer_words(s, conversation_id)
     # A conversation made again after an agent deleted it compares with what the claim was then.
     before = old or (data if data.get("stage") else {"stage": claim.get("stage"), "due": None})
     for event, note in state_events(before, claim, s.settings.display_timezone):
@@ -618,8 +623,8 @@ def _update_attributes(s: Services, conversation_id: int, attributes: dict) -> N
 
 
 def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages: list[dict],
-                     reopen: bool) -> tuple[int, bool]:
-    """(messages mirrored, whether one was left for a later sync)."""
+                     reopen: bool) -> tuple[int, bool, bool]:
+    """(messages mirrored, whether one was left for a later sync, whether a buyer's was among them)."""
     # In this order: a part the outbox records as sent between the two reads is then among the sent ones.
     in_doubt = own_parts.texts_in_doubt(s, "claim", claim_id)
     strays = s.db.replies.strays("claim", claim_id)
@@ -660,12 +665,13 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
             plan.append((key, message, "outgoing"))
         else:
             plan.append((key, message, "incoming"))
-    if reopen and any(direction == "incoming" for _k, _m, direction in plan):
+    incoming = any(direction == "incoming" for _k, _m, direction in plan)
+    if reopen and incoming:
         # Before mirroring: once the messages are recorded, nothing would say it must reopen.
         s.chatwoot.set_status(conversation_id, "open")
     for key, message, direction in plan:
         _mirror(s, claim_id, conversation_id, key, message, direction)
-    return len(plan), deferred
+    return len(plan), deferred, incoming
 
 
 def _mirror(s: Services, claim_id: str, conversation_id: int, key: str, message: dict, direction: str) -> None:

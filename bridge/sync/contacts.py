@@ -31,6 +31,18 @@ REMOVED_NOTE = ("A conversa anterior {of} foi apagada no Chatwoot. As mensagens 
                 "Mercado Livre: {url}")
 
 
+def buyer_lock(buyer_id) -> str:
+    """The key (s.locks) under which one worker at a time finds, makes or forgets the buyer's contact.
+
+    The poller's jobs run in parallel threads: the questions, messages and claims jobs (and a
+    notification) may all need one buyer's contact at once, e.g. made again after an agent deleted
+    or merged it. Unlocked, each reads the buyer's row as the other leaves it half done, and one
+    fails on the contact the other just made (422), or records its inboxes over the other's.
+    Lock order: an item's lock (question:/pack:/claim:) first, this one inside it; nothing is
+    locked while this one is held, so no two workers can wait for each other."""
+    return f"buyer:{buyer_id}"
+
+
 def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -> tuple[int, str]:
     """The buyer's contact, with a contact_inbox in `inbox_id`. Returns (contact id, inbox source id).
 
@@ -40,7 +52,13 @@ def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -
     contact that answers 404 (deleted, or merged away) is forgotten and found or made again.
     Nothing is made or found for a buyer an erasure is deleting in Chatwoot right now
     (db.privacy.being_erased).
+    Under the buyer's lock (buyer_lock).
     """
+    with s.locks.hold(buyer_lock(buyer_id)):
+        return _ensure_contact(s, buyer_id, nickname, inbox_id)
+
+
+def _ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -> tuple[int, str]:
     key = str(buyer_id)
     if s.db.privacy.being_erased(key, s.clock()):
         # Made now, it would outlive the erasure in Chatwoot, remembered by nobody: after it, the item starts fresh.
@@ -55,8 +73,8 @@ def ensure_contact(s: Services, buyer_id, nickname: str | None, inbox_id: int) -
             except PermanentError as exc:
                 if not is_gone(exc):
                     raise
-                forget_contact(s, buyer_id, link["contact_id"])
-                return ensure_contact(s, buyer_id, nickname, inbox_id)
+                _forget_contact(s, buyer_id, link["contact_id"])
+                return _ensure_contact(s, buyer_id, nickname, inbox_id)
             s.db.links.update("buyer", key, s.clock(), data=dict(link["data"], inboxes=sorted(inboxes + [inbox_id])))
         return link["contact_id"], (link["data"].get("sources") or {}).get(str(inbox_id), source_id)
 
@@ -259,6 +277,11 @@ def forget_contact(s: Services, buyer_id, contact_id: int) -> None:
     """The remembered contact is gone (deleted, or merged into another): the next
     ensure_contact finds the buyer again by identifier (a merge's surviving contact
     inherits it) or creates a new contact."""
+    with s.locks.hold(buyer_lock(buyer_id)):
+        _forget_contact(s, buyer_id, contact_id)
+
+
+def _forget_contact(s: Services, buyer_id, contact_id: int) -> None:
     key = str(buyer_id)
     link = s.db.links.get("buyer", key)
     if link and link["contact_id"] == contact_id:
@@ -302,6 +325,11 @@ def open_conversation(s: Services, *, kind: str, external_id: str, inbox_id: int
 def _own_source(s: Services, buyer_id, contact_id: int, inbox_id: int) -> None:
     """The buyer's usual source id in this inbox belongs to another contact (a merge of two
     buyers' contacts moved it there): this contact gets one of its own, remembered per inbox."""
+    with s.locks.hold(buyer_lock(buyer_id)):
+        _own_source_locked(s, buyer_id, contact_id, inbox_id)
+
+
+def _own_source_locked(s: Services, buyer_id, contact_id: int, inbox_id: int) -> None:
     source_id = source_ids.buyer_for_contact(buyer_id, contact_id)
     _add_inbox(s, contact_id, inbox_id, source_id)
     link = s.db.links.get("buyer", str(buyer_id))
@@ -309,6 +337,16 @@ def _own_source(s: Services, buyer_id, contact_id: int, inbox_id: int) -> None:
         sources = dict(link["data"].get("sources") or {}, **{str(inbox_id): source_id})
         s.db.links.update("buyer", str(buyer_id), s.clock(), data=dict(link["data"], sources=sources))
     log.warning("contact gets its own inbox source buyer=%s contact=%s inbox=%s", buyer_id, contact_id, inbox_id)
+
+
+def open_with_buyer_words(s: Services, conversation_id: int) -> None:
+    """Buyer's words this sync just put into the conversation (a question, a claim, a sale's messages)
+    are in: it is set open, once they are in. One made by this sync showed in Chatwoot empty until
+    then, and an agent may have resolved it; one already there may have been resolved while they
+    were being mirrored. Either way they would wait unseen in a resolved conversation (issue 18;
+    the chaos soak's seed 20261129, conversation 69). Chatwoot does not reopen a conversation for
+    an incoming message the API creates."""
+    s.chatwoot.set_status(conversation_id, "open")
 
 
 def forget_conversation(s: Services, kind: str, external_id: str, conversation_id: int, **data) -> None:

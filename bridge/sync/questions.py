@@ -15,7 +15,14 @@ from bridge import failures, source_ids, text
 from bridge.http import PermanentError
 from bridge.rules import own_parts
 from bridge.services import Services
-from bridge.sync.contacts import NOT_CLOSED, forget_conversation, is_gone, mark_conversation_created, open_conversation
+from bridge.sync.contacts import (
+    NOT_CLOSED,
+    forget_conversation,
+    is_gone,
+    mark_conversation_created,
+    open_conversation,
+    open_with_buyer_words,
+)
 from bridge.sync.ensure import TRIED, ensure_message, ensure_note
 from db_manager import crashpoint
 from mercado_livre_api import ReauthorizationRequired
@@ -268,6 +275,8 @@ def create_question(s: Services, question: dict, item: dict | None, nickname: st
         forget_conversation(s, "question", qid, conversation_id)
         create_question(s, question, item, nickname, mark_seen, again=False)
         return
+    # Found too (a row still pending): the question may have gone in just before a crash, unseen.
+    open_with_buyer_words(s, conversation_id)
     mark_conversation_created(s, "question", qid, contact_id=contact_id, conversation_id=conversation_id,
                               message_id=message["id"], data={"state": "open", "item_id": str(question.get("item_id")),
                                                               "buyer_id": buyer_id})

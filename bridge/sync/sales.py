@@ -38,6 +38,7 @@ from bridge.sync.contacts import (
     is_gone,
     mark_conversation_created,
     open_conversation,
+    open_with_buyer_words,
     say_removed,
 )
 from bridge.sync.ensure import fetch_files, mirror_message
@@ -474,10 +475,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
             _mirror(s, conversation_id, pack_id, message, "incoming")
             created += 1
     if incoming or late:
-        # Once more now they are in: an agent who resolved the conversation while they were
-        # being mirrored had not seen them (chaos soak, suite seed). One made by this sync too:
-        # it showed in Chatwoot empty until then, and an agent may have resolved it.
-        s.chatwoot.set_status(conversation_id, "open")
+        open_with_buyer_words(s, conversation_id)  # once more now they are in
     # A deferred message leaves the count unrecorded: the sweep comes back for it.
     s.db.threads.mark_synced(pack_id, s.clock(), None if deferred else len(messages) + len(late), last_id,
                              changed=bool(plan or late))
