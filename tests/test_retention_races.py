@@ -4,7 +4,7 @@ while a sync of that sale is in hand must come out of that sync as it would have
 from __future__ import annotations
 
 from bridge.sync import sales
-from tests.test_privacy import DAY, contents, conversations, services, two_buyers
+from tests.test_privacy import DAY, contents, conversations, sale_rows, services, two_buyers
 
 
 def test_a_sale_pruned_while_its_sync_mirrors_a_new_buyer_message_shows_nothing_twice(bridge):
@@ -38,3 +38,22 @@ def test_a_sale_pruned_while_its_sync_mirrors_a_new_buyer_message_shows_nothing_
     meli.add_buyer_message(pack, "mais-uma-qx")
     sales.sync_messages(s)
     assert contents(bridge, sale) == [*before, "depois-de-meses-qx", "mais-uma-qx"]
+
+
+def test_a_sale_whose_sent_part_a_sync_read_before_it_was_recorded_sent_is_pruned_after_a_later_read(db):
+    """The outbox sends beside the sync (no lock between them): a sync whose read began just before a
+    part was recorded sent saw that part in the thread, and its mark's time is older than the send. The
+    moderation re-check reads the thread again minutes later, nothing newer in it: that read covers the
+    part too. Only a read that found a newer message counted, and the sale's rows stayed past
+    RETENTION_DAYS until its buyer wrote again (maybe never)."""
+    sale_rows(db, "901", "51", 48, 1.0)
+    reply_id = db.replies.accept(chatwoot_message_id=7, conversation_id=901, kind="message", target_id="901",
+                                 parts=[{"text": "resposta"}], now=1.0)
+    db.watermarks.record_thread("901", "p1", 1000.0, read_at=9.0)  # read while the part was in flight
+    db.replies.mark_part_sent(reply_id, 0, "p1", 10.0)
+    db.replies.mark_delivered(reply_id, 10.0)
+    db.replies.mark_reported(reply_id, 10.0)
+    db.watermarks.record_thread("901", "p1", 1000.0, read_at=130.0)  # the moderation re-check's read
+
+    db.privacy.apply_retention(now=100 * DAY, days=90)
+    assert db.links.get("pack", "901") is None and db.links.get("buyer", "51") is None
