@@ -3,8 +3,20 @@ while a sync of that sale is in hand must come out of that sync as it would have
 
 from __future__ import annotations
 
+import pytest
+
+from bridge.sync import claims as sync_claims
 from bridge.sync import sales
-from tests.test_privacy import DAY, contents, conversations, sale_rows, services, two_buyers
+from tests.test_privacy import (
+    CLAIM,
+    DAY,
+    buyer_claim,
+    contents,
+    conversations,
+    sale_rows,
+    services,
+    two_buyers,
+)
 
 
 def test_a_sale_pruned_while_its_sync_mirrors_a_new_buyer_message_shows_nothing_twice(bridge):
@@ -57,3 +69,43 @@ def test_a_sale_whose_sent_part_a_sync_read_before_it_was_recorded_sent_is_prune
 
     db.privacy.apply_retention(now=100 * DAY, days=90)
     assert db.links.get("pack", "901") is None and db.links.get("buyer", "51") is None
+
+
+@pytest.fixture
+def claims_bridge(tmp_path, fakes):
+    from tests.e2e import Bridge
+    fakes.claims_inbox = fakes.chatwoot.state.add_inbox("Mercado Livre - Reclamações")
+    installation = Bridge(tmp_path, fakes, CHATWOOT_CLAIMS_INBOX_ID=str(fakes.claims_inbox))
+    yield installation
+    installation.close()
+
+
+def test_a_claim_pruned_while_a_sync_reads_it_again_shows_nothing_twice(claims_bridge):
+    """A notification about a closed claim reads it again; the housekeeping thread prunes the claim
+    (closed, and quiet as far as its rows say) just after the sync read the claim's mark. The sync held
+    the claim's row and mark from before the prune, and the rows that said which messages Chatwoot had
+    were gone: its whole history came in again."""
+    bridge = claims_bridge
+    meli = bridge.fakes.meli.state
+    pack = two_buyers(bridge)
+    buyer_claim(bridge, pack)
+    assert bridge.once().returncode == 0
+    meli.close_claim(CLAIM)
+    assert bridge.once().returncode == 0
+    conversation = conversations(bridge, bridge.fakes.claims_inbox)[0]
+    before = contents(bridge, conversation)
+    s = services(bridge)
+    now = s.clock()
+    s.clock = lambda: now + 91 * DAY
+    read = s.db.watermarks.get
+
+    def pruned_after_reading(kind, external_id):
+        mark = read(kind, external_id)
+        if kind == "claim":
+            s.db.privacy.apply_retention(s.clock(), s.settings.retention_days)
+        return mark
+
+    s.db.watermarks.get = pruned_after_reading
+    sync_claims.sync_claim(s, str(CLAIM))
+    assert s.db.links.get("claim", str(CLAIM)) is None  # the prune did happen mid-sync
+    assert contents(bridge, conversation) == before
