@@ -234,8 +234,9 @@ def _check_remembered(s: Services, link: Link, inbox_id: int) -> Link:
     it) came late, from a conversation deleted since. Mirroring there would fail on every poll.
 
     An adopted one (ADOPTED) came from a webhook's attributes, not Chatwoot's: kept only when
-    Chatwoot's own record of it names this item and no other row uses it, or this buyer's
-    messages would go into another buyer's conversation and that buyer's replies to this one."""
+    Chatwoot's own record of it names this item and no other row uses it (and, named by the attribute
+    alone, was not made for another buyer: names_buyer), or this buyer's messages would go into another
+    buyer's conversation and that buyer's replies to this one."""
     kind, external_id, conversation_id = link["kind"], link["external_id"], link["conversation_id"]
     data = dict(link["data"])
     adopted = data.pop(ADOPTED, None) is not None
@@ -246,7 +247,8 @@ def _check_remembered(s: Services, link: Link, inbox_id: int) -> Link:
         shown = bridge_items(s, kind, conversation_id, found)
         usable = shown is not None and owner(
             external_id, shown, attribute_confirmed=names_item(found, kind, external_id, inbox_id),
-            claimed_elsewhere=s.db.links.others_using(kind, external_id, conversation_id))[0] == external_id
+            claimed_elsewhere=s.db.links.others_using(kind, external_id, conversation_id))[0] == external_id \
+            and (bool(shown) or names_buyer(found, data.get("buyer_id")))  # the attribute alone: this buyer's?
     if usable:
         if data.pop(TRIED, None) is not None or adopted:  # its create is no longer waited for: this is the one
             s.db.links.update(kind, external_id, s.clock(), data=data)
