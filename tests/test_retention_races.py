@@ -109,3 +109,19 @@ def test_a_claim_pruned_while_a_sync_reads_it_again_shows_nothing_twice(claims_b
     sync_claims.sync_claim(s, str(CLAIM))
     assert s.db.links.get("claim", str(CLAIM)) is None  # the prune did happen mid-sync
     assert contents(bridge, conversation) == before
+
+
+def test_a_message_mirrored_into_a_sale_pruned_mid_sync_stays_covered_once_its_row_goes(db):
+    """The prune landed while the sync mirrored m2 (dated 5000 on Mercado Livre): m2 is in Chatwoot, its
+    row left without its sale's, after the prune's mark. A later pass deletes such rows; the mark must
+    then cover m2, or the buyer's next message brings m2 into the conversation a second time."""
+    sale_rows(db, "990", "61", 49, 1.0)
+    db.watermarks.record_thread("990", "m1", 1000.0, read_at=1.0)
+    db.privacy.apply_retention(now=100 * DAY, days=90)
+    db.links.mark_created("message", "m2", 100 * DAY, conversation_id=990, message_id=2,
+                          data={"pack_id": "990", "direction": "incoming", "at": 5000.0})
+
+    db.privacy.apply_retention(now=200 * DAY, days=90)
+    assert db.links.get("message", "m2") is None
+    m2 = {"id": "m2", "message_date": {"created": "1970-01-01T01:23:20.000Z"}}  # 5000
+    assert sales.covered_by_watermark([m2], db.watermarks.get("pack", "990")) == {"m2"}
