@@ -125,3 +125,27 @@ def test_a_message_mirrored_into_a_sale_pruned_mid_sync_stays_covered_once_its_r
     assert db.links.get("message", "m2") is None
     m2 = {"id": "m2", "message_date": {"created": "1970-01-01T01:23:20.000Z"}}  # 5000
     assert sales.covered_by_watermark([m2], db.watermarks.get("pack", "990")) == {"m2"}
+
+
+def test_a_sale_continued_after_a_prune_keeps_its_rows_until_a_sync_reads_back_its_sent_part(db):
+    """Pruned once, the sale continued in its conversation (its rows made again), an agent's reply went out,
+    and no sync has read the thread since (the one that continued it was deferred: a seller message it
+    could not yet tell from a part in flight). Its mark was written by the prune alone: it covers nothing
+    the reply sent, yet the part counted as read back and the sale was pruned again; the next read of
+    its thread then brought the agent's reply back as a message typed on the site."""
+    sale_rows(db, "991", "62", 50, 1.0)
+    db.watermarks.record_thread("991", "m1", 1000.0, read_at=1.0)
+    db.privacy.apply_retention(now=100 * DAY, days=90)
+    assert db.links.get("pack", "991") is None
+    sale_rows(db, "991", "62", 50, 100 * DAY, messages=("m2",))
+    reply_id = db.replies.accept(chatwoot_message_id=8, conversation_id=991, kind="message", target_id="991",
+                                 parts=[{"text": "resposta"}], now=100 * DAY)
+    db.replies.mark_part_sent(reply_id, 0, "p2", 100 * DAY + 10)
+    db.replies.mark_delivered(reply_id, 100 * DAY + 10)
+    db.replies.mark_reported(reply_id, 100 * DAY + 10)
+
+    db.privacy.apply_retention(now=200 * DAY, days=90)
+    assert db.links.get("pack", "991") is not None
+    db.watermarks.record_thread("991", "p2", 2000.0, read_at=100 * DAY + 20)  # a sync reads the part back
+    db.privacy.apply_retention(now=200 * DAY, days=90)
+    assert db.links.get("pack", "991") is None

@@ -223,13 +223,15 @@ class PrivacyStore:
         # A part the bridge sent that no sync has read back yet is not under the thread's mark; once
         # its reply's row is gone, nothing would tell it from a message the seller wrote on the site,
         # and the next sync would copy it into Chatwoot. Read back: its thread was read (the mark's
-        # updated_at, as a sync records it) after the part was recorded sent. A mark only a prune
-        # wrote (updated_at = closed_at) was read by no sync.
+        # updated_at, as a sync records it) after the part was recorded sent. A mark only a prune or
+        # an erasure wrote (updated_at = closed_at) was read by no sync: every sent part waits. (No mark
+        # at all: rows older than watermarks, pruned as before.)
         return not (spec["thread"] and conn.execute(
             "SELECT 1 FROM reply_parts p JOIN replies r ON r.id = p.reply_id WHERE r.kind = ? AND r.target_id = ?"
-            " AND p.status = 'sent' AND COALESCE(p.sent_at, 0) >= COALESCE((SELECT w.updated_at FROM watermarks w"
-            " WHERE w.kind = ? AND w.external_id = ? AND (w.closed_at IS NULL OR w.updated_at != w.closed_at)),"
-            " 9e999) LIMIT 1", (spec["reply_kind"], external_id, kind, external_id)).fetchone())
+            " AND p.status = 'sent' AND COALESCE(p.sent_at, 0) >= COALESCE((SELECT CASE WHEN w.closed_at IS NOT"
+            " NULL AND w.updated_at = w.closed_at THEN -1 ELSE w.updated_at END FROM watermarks w"
+            " WHERE w.kind = ? AND w.external_id = ?), 9e999) LIMIT 1",
+            (spec["reply_kind"], external_id, kind, external_id)).fetchone())
 
     def forget_buyer(self, buyer_id: str, now: float, untold: dict[str, list[int]] | None = None) -> dict:
         """Erase every row about one buyer (LGPD erasure); returns what was removed, by table.
@@ -409,7 +411,8 @@ class PrivacyStore:
         else:
             conn.execute("INSERT INTO watermarks (kind, external_id, last_message_at, closed_at, updated_at)"
                          " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
-                         " closed_at = COALESCE(closed_at, excluded.closed_at),"
+                         # Its latest: updated_at = closed_at then says no sync read the thread since (_retention_due).
+                         " closed_at = excluded.closed_at,"
                          " last_message_at = MAX(COALESCE(last_message_at, excluded.last_message_at), ?),"
                          " updated_at = excluded.updated_at",
                          (kind, external_id, max(last, mirrored), now, now, mirrored))
