@@ -21,8 +21,9 @@ from tests.test_privacy import (
 
 def test_a_sale_pruned_while_its_sync_mirrors_a_new_buyer_message_shows_nothing_twice(bridge):
     """A buyer writes again after the sale's quiet retention window; the housekeeping thread prunes the
-    sale (it looked quiet: nothing was recorded yet) while the sync that read the new message mirrors
-    it. The rows that said which of the thread's messages Chatwoot already had went with the prune."""
+    sale (it looked quiet: nothing was recorded yet) just after the sync that read the new message took
+    the sale's row and mark. The rows that said which of the thread's messages Chatwoot already had went
+    with the prune: the whole thread was taken for new."""
     meli = bridge.fakes.meli.state
     pack = two_buyers(bridge)
     assert bridge.once().returncode == 0
@@ -32,21 +33,21 @@ def test_a_sale_pruned_while_its_sync_mirrors_a_new_buyer_message_shows_nothing_
     now = s.clock()
     s.clock = lambda: now + 91 * DAY
     meli.add_buyer_message(pack, "depois-de-meses-qx")
-    create = s.chatwoot.create_message
+    sent_ids = s.db.replies.sent_ids
     pruned = []
 
-    def create_while_pruning(*args, **kwargs):
+    def pruned_meanwhile(*args, **kwargs):
         if not pruned:
             pruned.append(s.db.privacy.apply_retention(s.clock(), s.settings.retention_days))
-        return create(*args, **kwargs)
+        return sent_ids(*args, **kwargs)
 
-    s.chatwoot.create_message = create_while_pruning
+    s.db.replies.sent_ids = pruned_meanwhile
     sales.sync_messages(s)
     assert pruned and s.db.links.get("pack", pack) is None  # the prune did happen mid-sync
     assert contents(bridge, sale) == [*before, "depois-de-meses-qx"]
 
     # And the next buyer message continues there, with nothing of the history twice either.
-    s.chatwoot.create_message = create
+    s.db.replies.sent_ids = sent_ids
     meli.add_buyer_message(pack, "mais-uma-qx")
     sales.sync_messages(s)
     assert contents(bridge, sale) == [*before, "depois-de-meses-qx", "mais-uma-qx"]
@@ -149,3 +150,15 @@ def test_a_sale_continued_after_a_prune_keeps_its_rows_until_a_sync_reads_back_i
     db.watermarks.record_thread("991", "p2", 2000.0, read_at=100 * DAY + 20)  # a sync reads the part back
     db.privacy.apply_retention(now=200 * DAY, days=90)
     assert db.links.get("pack", "991") is None
+
+
+def test_retention_keeps_a_sale_with_a_message_create_in_doubt_and_the_intent_with_it(db):
+    """The buyer's first message in months: its create lost its answer (Chatwoot may apply it later), and
+    the sale looked quiet, nothing of the message recorded as its own yet. Pruned, the intent went with it
+    (its conversation no sale's any more), and the next attempt created the message again without looking:
+    shown twice once Chatwoot applied the first."""
+    sale_rows(db, "605", "35", 45, 1.0, messages=("g1",))
+    db.links.record_intent("message", "g2", 1.0, conversation_id=605)
+    db.privacy.apply_retention(now=100 * DAY, days=90)
+    assert db.links.get("pack", "605") is not None
+    assert db.links.get("message", "g2") is not None

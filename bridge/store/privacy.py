@@ -220,6 +220,13 @@ class PrivacyStore:
                 "SELECT 1 FROM threads WHERE pack_id = ? AND (active_at >= ? OR marking_since IS NOT NULL)",
                 (external_id, cutoff)).fetchone():
             return False
+        # A message create in doubt (its answer lost) names only its conversation until confirmed: in progress.
+        # Pruned, its intent would go too, and the next attempt create it again without looking first.
+        for message_kind in spec["messages"]:
+            if conn.execute(f"SELECT 1 FROM links m JOIN links p ON p.kind = ? AND p.external_id = ?"
+                            f" WHERE m.conversation_id = p.conversation_id AND m.kind = '{message_kind}'"
+                            f" AND m.status = 'pending' LIMIT 1", (kind, external_id)).fetchone():
+                return False
         # A part the bridge sent that no sync has read back yet is not under the thread's mark; once
         # its reply's row is gone, nothing would tell it from a message the seller wrote on the site,
         # and the next sync would copy it into Chatwoot. Read back: its thread was read (the mark's
