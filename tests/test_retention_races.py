@@ -10,9 +10,11 @@ from bridge.sync import sales
 from tests.test_privacy import (
     CLAIM,
     DAY,
+    RecordingChatwoot,
     buyer_claim,
     contents,
     conversations,
+    forget_cli,
     sale_rows,
     services,
     two_buyers,
@@ -162,3 +164,31 @@ def test_retention_keeps_a_sale_with_a_message_create_in_doubt_and_the_intent_wi
     db.privacy.apply_retention(now=100 * DAY, days=90)
     assert db.links.get("pack", "605") is not None
     assert db.links.get("message", "g2") is not None
+
+
+class MadeForChatwoot(RecordingChatwoot):
+    """RecordingChatwoot whose conversations also carry the additional attributes the bridge wrote."""
+
+    def __init__(self, made_for, **kwargs):
+        super().__init__(**kwargs)
+        self.made_for = made_for
+
+    def conversation(self, conversation_id):
+        return dict(super().conversation(conversation_id),
+                    additional_attributes=self.made_for.get(conversation_id, {}))
+
+
+def test_forget_buyer_in_chatwoot_deletes_the_conversation_of_a_sale_retention_pruned(monkeypatch, settings, db,
+                                                                                      capsys):
+    """Sale 511 was pruned by retention: its conversation, with the buyer's messages, is still in Chatwoot, in
+    the buyer's contact, and the bridge keeps no row naming it. The erasure kept it ('which the bridge does
+    not keep for this buyer'), and the contact with it. The bridge made it for this buyer, and says so where
+    agents cannot edit it."""
+    sale_rows(db, "512", "46", 51, 1.0)  # the buyer's other sale, still kept
+    chatwoot = MadeForChatwoot(
+        found={"id": 51}, conversations={511: {"meli_pack_id": "511"}, 512: {"meli_pack_id": "512"},
+                                         513: {"meli_pack_id": "513"}},
+        contacts={51: [511, 512], 52: [513]},
+        made_for={511: {"meli_buyer_id": "46", "meli_pack_id": "511"}, 513: {"meli_buyer_id": "77"}})
+    assert forget_cli(monkeypatch, settings, db, chatwoot, "46", True, True) == 0
+    assert sorted(chatwoot.deleted) == [("contact", 51), ("conversation", 511), ("conversation", 512)]
