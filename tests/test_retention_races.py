@@ -12,6 +12,7 @@ from tests.test_privacy import (
     DAY,
     RecordingChatwoot,
     buyer_claim,
+    claim_rows,
     contents,
     conversations,
     forget_cli,
@@ -192,3 +193,15 @@ def test_forget_buyer_in_chatwoot_deletes_the_conversation_of_a_sale_retention_p
         made_for={511: {"meli_buyer_id": "46", "meli_pack_id": "511"}, 513: {"meli_buyer_id": "77"}})
     assert forget_cli(monkeypatch, settings, db, chatwoot, "46", True, True) == 0
     assert sorted(chatwoot.deleted) == [("contact", 51), ("conversation", 511), ("conversation", 512)]
+
+
+def test_retention_keeps_a_closed_claim_while_a_message_create_in_it_is_in_doubt(db):
+    """A late message on a closed claim: its create lost its answer (Chatwoot may apply it later), and the
+    claim looked quiet. Pruned, the intent went with the claim's rows, and the next read created the
+    message again without looking: shown twice once Chatwoot applied the first."""
+    claim_rows(db, "9105", "65", 52, 1.0)
+    db.links.record_intent("claim_message", "9105:complainant:2026-01-02T00:00:00.000Z:ghi", 1.0,
+                           conversation_id=105)
+    db.privacy.apply_retention(now=100 * DAY, days=90)
+    assert db.links.get("claim", "9105") is not None
+    assert db.links.get("claim_message", "9105:complainant:2026-01-02T00:00:00.000Z:ghi") is not None

@@ -212,8 +212,9 @@ class PrivacyStore:
                             (external_id, cutoff)).fetchone():
                 return False
         for keyed_kind in spec["keyed"]:
+            # Pending: a create in doubt (its answer lost), looked for by its row before it is made again.
             if conn.execute("SELECT 1 FROM links WHERE kind = ? AND external_id >= ? AND external_id < ?"
-                            " AND updated_at >= ? LIMIT 1",
+                            " AND (updated_at >= ? OR status = 'pending') LIMIT 1",
                             (keyed_kind, f"{external_id}:", f"{external_id}:\uffff", cutoff)).fetchone():
                 return False
         if spec["thread"] and conn.execute(
