@@ -157,3 +157,24 @@ def test_only_the_exact_id_names_a_sale_whether_stored_as_text_or_number(s, cloc
     responses.get(f"{CW}/contacts/5/conversations", json={"payload": []})
 
     assert find_conversation(s, "pack", "2000001", 2, 5) == 95
+
+
+@responses.activate
+def test_a_candidate_conversation_made_for_another_buyer_is_not_used_for_a_lost_create(s, clock):
+    """Conversation 93 was made for buyer 77's sale (by a version that named only the buyer there), since
+    pruned: no row of the bridge's holds it. An agent typed sale 2000001 (buyer 9, whose create lost its
+    answer) into its sidebar and replied; the reply is refused, but the row kept 93 as its candidate, and
+    buyer 9's messages went into buyer 77's conversation."""
+    from bridge.sync.contacts import ensure_conversation
+
+    s.db.links.record_intent("pack", "2000001", clock(), contact_id=5, data={"buyer_id": 9})
+    assert s.db.links.adopt_conversation("pack", "2000001", 93, clock())
+    responses.get(f"{CW}/conversations/93", json={"id": 93, "inbox_id": 2, "custom_attributes": {
+        "meli_pack_id": "2000001"}, "additional_attributes": {"meli_buyer_id": "77"}})
+    responses.get(f"{CW}/conversations/93/messages", json={"payload": []})  # nothing of the bridge's named there
+    responses.post(f"{CW}/conversations/filter", json={"payload": []})
+    responses.post(f"{CW}/conversations", json={"id": 97})
+
+    assert ensure_conversation(s, kind="pack", external_id="2000001", inbox_id=2, contact_id=5,
+                               source_id="meli:buyer:9", custom_attributes={"meli_pack_id": "2000001"},
+                               buyer_id=9)[0] != 93

@@ -624,3 +624,26 @@ def test_a_pruned_sale_does_not_continue_in_another_buyers_conversation_an_agent
     responses.post(f"{CW}/conversations", json={"id": 97})
 
     assert open_pack(s) == (97, True)
+
+
+@responses.activate
+def test_a_pruned_sale_does_not_continue_in_its_buyers_other_sale_conversation_an_agent_gave_its_id(s, clock):
+    """Conversation 90 was made for the same buyer's sale 2000005 (pruned too, so no row claims it); an agent
+    typed 2000001 into its sidebar. The buyer is the same, so only the sale the bridge made 90 for tells them
+    apart: the buyer's new message on 2000001 belongs in 93, not in 2000005's history."""
+    pruned(s, clock)
+    typed = dict(conversation(90, "2000001"), additional_attributes={"meli_buyer_id": "9", "meli_pack_id": "2000005"})
+    own = dict(conversation(93, "2000001"), additional_attributes={"meli_buyer_id": "9", "meli_pack_id": "2000001"})
+    responses.post(f"{CW}/conversations/filter", json={"payload": [typed, own]})
+    responses.post(f"{CW}/conversations", json={"id": 97})
+
+    assert open_pack(s) == (93, False)
+
+
+@responses.activate
+def test_a_conversation_is_made_naming_its_item_where_agents_cannot_edit_it(s, clock):
+    responses.post(f"{CW}/conversations", json={"id": 97})
+
+    assert open_pack(s) == (97, True)
+    body = json.loads(posts_to("/conversations")[0].request.body)
+    assert body["additional_attributes"] == {"meli_buyer_id": "9", "meli_pack_id": "2000001"}

@@ -593,3 +593,20 @@ def test_a_reply_in_another_buyers_conversation_whose_attribute_an_agent_edited_
     assert delivery.deliver(s, reply_id) == "failed"
     assert posts() == []
     assert s.db.replies.get(reply_id)["error"] == delivery.NOT_ITS_CONVERSATION.error
+
+
+@responses.activate
+def test_a_reply_in_the_buyers_other_sale_conversation_whose_attribute_an_agent_edited_goes_to_that_sale(s):
+    """Conversation 93 was made by the bridge for buyer 9's sale 2000005 (its additional attributes, which
+    agents cannot edit, say so), since pruned; an agent typed the same buyer's sale 2000001 into its sidebar.
+    The buyer check passes (same buyer): only the sale the bridge made 93 for keeps the reply off 2000001's
+    thread, which the agent was not looking at."""
+    reply_id = reply_in_unknown_conversation(s, "2000001")
+    responses.replace(responses.GET, f"{CW}/conversations/93", json={
+        "id": 93, "inbox_id": 2, "custom_attributes": {"meli_pack_id": "2000001"},
+        "additional_attributes": {"meli_buyer_id": "9", "meli_pack_id": "2000005"}})
+    sent_ok(1)
+
+    delivery.deliver(s, reply_id)
+    assert posts() == []
+    assert s.db.replies.get(reply_id)["target_id"] == "2000005"

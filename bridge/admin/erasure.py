@@ -4,7 +4,8 @@ Agents merge contacts in Chatwoot. A contact the bridge made for this buyer may 
 buyer's conversations (deleting it deletes them), and this buyer's conversations may sit in
 another buyer's contact. The bridge's rows still name the contacts as they were before the
 merge, so they only say where to look: what is deleted is decided from the conversations'
-attributes as Chatwoot stores them now (plan, pure).
+attributes as Chatwoot stores them now (plan, pure), the buyer the bridge made each for included
+(a sale retention pruned has no row left to name its conversation).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bridge.http import PermanentError
-from bridge.rules.conversations import is_gone
+from bridge.rules.conversations import is_gone, made_for
 from bridge.services import Services
 from bridge.source_ids import buyer as buyer_identifier
 
@@ -49,21 +50,28 @@ def _not_this_buyers(named: tuple[str, str] | None) -> str:
 
 
 def plan(items: set[tuple[str, str]], remembered: dict[int, dict | None], contacts: dict[int, list[dict] | None],
-         shared: set[int]) -> Plan:
+         shared: set[int], buyer_id: str | None = None, kept_for_others: frozenset = frozenset()) -> Plan:
     """Pure: what to delete for a buyer whose items (kind, id) are `items`.
 
     `remembered`: the conversations the bridge keeps for the buyer, as Chatwoot shows them now
     (None: gone). `contacts`: each contact to consider, with its conversations (None: gone).
     `shared`: contacts another buyer's rows in the bridge also name. A conversation is deleted
-    only when its attributes name one of `items`; a contact only when every conversation it
-    holds is deleted, Chatwoot showed them all, and no other buyer's row names it.
+    only when its attributes name one of `items`, or the bridge made it for `buyer_id` (its additional
+    attributes, which agents cannot edit: an item retention pruned has no row left to name it) and its
+    attributes name no item the bridge keeps for another buyer (`kept_for_others`); a contact only when
+    every conversation it holds is deleted, Chatwoot showed them all, and no other buyer's row names it.
     """
     result = Plan()
+
+    def mine(conversation: dict, named: tuple[str, str] | None) -> bool:
+        return named in items or (buyer_id is not None and made_for(conversation) == str(buyer_id)
+                                  and named not in kept_for_others)
+
     for conversation_id, conversation in sorted(remembered.items()):
         if conversation is None:
             continue
         named = item_named(conversation)
-        if named in items:
+        if mine(conversation, named):
             result.conversations.add(conversation_id)
         else:
             result.kept.append(f"conversation {conversation_id} is kept: it {_not_this_buyers(named)}")
@@ -73,7 +81,7 @@ def plan(items: set[tuple[str, str]], remembered: dict[int, dict | None], contac
         reasons = []
         for conversation in conversations:
             named = item_named(conversation)
-            if named in items:
+            if mine(conversation, named):
                 result.conversations.add(int(conversation["id"]))
             else:
                 reasons.append(f"its conversation {conversation['id']} {_not_this_buyers(named)}")
@@ -115,7 +123,15 @@ def read_plan(s: Services, buyer_id: str) -> Plan:
         contact_ids.add(int(found["id"]))
     remembered = {i: _or_gone(s.chatwoot.conversation, i) for i in sorted(conversation_ids)}
     contacts = {i: _or_gone(s.chatwoot.contact_conversations, i) for i in sorted(contact_ids)}
-    return plan(items, remembered, contacts, s.db.privacy.contacts_of_other_buyers(buyer_id, contact_ids))
+    seen = [c for c in remembered.values() if c] + [c for cs in contacts.values() if cs for c in cs]
+    return plan(items, remembered, contacts, s.db.privacy.contacts_of_other_buyers(buyer_id, contact_ids),
+                str(buyer_id), _kept_for_others(s, items, seen))
+
+
+def _kept_for_others(s: Services, items: set[tuple[str, str]], conversations: list[dict]) -> frozenset:
+    """The items these conversations' attributes name that the bridge keeps, not for this buyer."""
+    named = {item_named(c) for c in conversations} - {None} - items
+    return frozenset(item for item in named if s.db.links.get(*item) is not None)
 
 
 def still_only_this_buyers(s: Services, buyer_id: str, contact_id: int) -> str | None:
@@ -124,5 +140,7 @@ def still_only_this_buyers(s: Services, buyer_id: str, contact_id: int) -> str |
     conversations = _or_gone(s.chatwoot.contact_conversations, contact_id)
     if conversations is None:
         return None
-    again = plan(set(s.db.privacy.buyer_conversations(buyer_id)), {}, {contact_id: conversations}, set())
+    items = set(s.db.privacy.buyer_conversations(buyer_id))
+    again = plan(items, {}, {contact_id: conversations}, set(), str(buyer_id),
+                 _kept_for_others(s, items, conversations))
     return None if contact_id in again.contacts else again.kept[0]

@@ -210,7 +210,8 @@ def _check_addressee(s: Services, reply: dict) -> dict:
     agents edit: a typo, another buyer's sale, cleared (soak seeds 53003 and 20261129). So, before its
     first part leaves, a conversation the bridge's rows do not give to the target (made, found and
     checked, or deleted since, by the bridge; or an answer or message it mirrored there) is read from
-    Chatwoot, its messages too: the bridge's own messages there (their source ids) name its item, and
+    Chatwoot, its messages too: the bridge's own messages there (their source ids), and the item it made the
+    conversation for (its additional attributes, which agents cannot edit: made_for_item), name its item, and
     the reply goes to that one, whatever the attribute says (rules.conversations.owner). With none of
     them, the attribute as Chatwoot stores it counts, when no other conversation of the bridge's holds
     that item and the buyer the bridge made the conversation for (its additional attributes, which agents
@@ -230,7 +231,7 @@ def _check_addressee(s: Services, reply: dict) -> dict:
     inbox_id = {"question": s.settings.chatwoot_questions_inbox_id, "claim": s.settings.chatwoot_claims_inbox_id}.get(
         kind, s.settings.chatwoot_messages_inbox_id)
     found = chatwoot_record(s, conversation_id)
-    shown = bridge_items(s, kind, conversation_id) if found is not None else None
+    shown = bridge_items(s, kind, conversation_id, found) if found is not None else None
     if found is None or shown is None:
         log.warning("reply's conversation is gone in chatwoot reply=%s conversation=%s %s=%s", reply["id"],
                     conversation_id, kind, target)

@@ -27,9 +27,10 @@ def chatwoot_record(s: Services, conversation_id: int) -> dict | None:
     return found if isinstance(found, dict) else None
 
 
-def bridge_items(s: Services, kind: str, conversation_id: int) -> set[str] | None:
-    """The `kind` items the bridge itself showed in a conversation: its rows' (links.shown_in), and
-    those its own messages there name, as Chatwoot stores them (items_named); None when an agent
+def bridge_items(s: Services, kind: str, conversation_id: int, record: dict | None = None) -> set[str] | None:
+    """The `kind` items the bridge itself showed in a conversation: its rows' (links.shown_in), those
+    its own messages there name, as Chatwoot stores them (items_named), and the one it made the
+    conversation for (made_for_item of Chatwoot's `record` of it, when given); None when an agent
     deleted the conversation."""
     try:
         sources = [message.get("source_id") for message in s.chatwoot.all_messages(conversation_id)
@@ -39,7 +40,8 @@ def bridge_items(s: Services, kind: str, conversation_id: int) -> set[str] | Non
             raise
         return None
     packs = s.db.links.items_of_messages(message_ids_named(sources)) if kind == "pack" else {}
-    return s.db.links.shown_in(kind, conversation_id) | items_named(sources, kind, packs)
+    made = made_for_item(record, kind) if record is not None else None
+    return s.db.links.shown_in(kind, conversation_id) | items_named(sources, kind, packs) | ({made} if made else set())
 
 
 def item_attribute(kind: str) -> str:
@@ -70,6 +72,21 @@ def made_for(conversation: dict) -> str | None:
     extra = conversation.get("additional_attributes")
     stored = extra.get("meli_buyer_id") if isinstance(extra, dict) else None
     return None if stored in (None, "") else str(stored).strip()
+
+
+def made_for_item(conversation: dict, kind: str) -> str | None:
+    """Pure: the item the bridge made this conversation for (`meli_<kind>_id` in its additional attributes,
+    which agents cannot edit, unlike the sidebar's), None when not said (made by hand, or by an older
+    version). A buyer's other sale, pruned, leaves nothing else to tell its conversation from this one's."""
+    extra = conversation.get("additional_attributes")
+    stored = extra.get(item_attribute(kind)) if isinstance(extra, dict) else None
+    return None if stored in (None, "") else str(stored).strip()
+
+
+def made_for_another(conversation: dict, kind: str, external_id) -> bool:
+    """Pure: does Chatwoot's record say the bridge made this conversation for another `kind` item?"""
+    made = made_for_item(conversation, kind)
+    return made is not None and made.lower() != str(external_id).strip().lower()
 
 
 def confirmed_conversation(link: dict | None) -> int | None:

@@ -146,11 +146,21 @@ class PrivacyStore:
         with self._db.write() as wconn:
             # Rows whose conversation is already gone (kept by older versions, or half-created). A create
             # in doubt names only its conversation until it is confirmed: kept while a sale there stays.
-            orphans = wconn.execute(
-                "DELETE FROM links WHERE kind = 'message' AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p"
-                " WHERE p.kind = 'pack' AND (p.external_id = json_extract(links.data, '$.pack_id')"
-                " OR (links.conversation_id IS NOT NULL AND p.conversation_id = links.conversation_id)))",
-                (cutoff,)).rowcount
+            orphan_messages = ("kind = 'message' AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p"
+                               " WHERE p.kind = 'pack' AND (p.external_id = json_extract(links.data, '$.pack_id')"
+                               " OR (links.conversation_id IS NOT NULL"
+                               " AND p.conversation_id = links.conversation_id)))")
+            # One mirrored by a sync a prune or an erasure overtook (the housekeeping thread, forget-buyer) is in
+            # Chatwoot after the sale's closed mark: the mark covers it as its row goes, or it comes in again.
+            wconn.execute(
+                "UPDATE watermarks SET last_message_at = MAX(COALESCE(last_message_at, 0), (SELECT"
+                " MAX(CAST(json_extract(links.data, '$.at') AS REAL)) FROM links WHERE links.status = 'created'"
+                f" AND json_extract(links.data, '$.pack_id') = watermarks.external_id AND {orphan_messages}))"
+                " WHERE kind = 'pack' AND closed_at IS NOT NULL AND EXISTS (SELECT 1 FROM links WHERE"
+                " links.status = 'created' AND json_extract(links.data, '$.at') IS NOT NULL"
+                f" AND json_extract(links.data, '$.pack_id') = watermarks.external_id AND {orphan_messages})",
+                (cutoff, cutoff))
+            orphans = wconn.execute(f"DELETE FROM links WHERE {orphan_messages}", (cutoff,)).rowcount
             orphans += wconn.execute(
                 "DELETE FROM links WHERE kind = 'answer' AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p"
                 " WHERE p.kind = 'question' AND p.external_id = links.external_id)", (cutoff,)).rowcount
@@ -202,24 +212,34 @@ class PrivacyStore:
                             (external_id, cutoff)).fetchone():
                 return False
         for keyed_kind in spec["keyed"]:
+            # Pending: a create in doubt (its answer lost), looked for by its row before it is made again.
             if conn.execute("SELECT 1 FROM links WHERE kind = ? AND external_id >= ? AND external_id < ?"
-                            " AND updated_at >= ? LIMIT 1",
+                            " AND (updated_at >= ? OR status = 'pending') LIMIT 1",
                             (keyed_kind, f"{external_id}:", f"{external_id}:\uffff", cutoff)).fetchone():
                 return False
         if spec["thread"] and conn.execute(
                 "SELECT 1 FROM threads WHERE pack_id = ? AND (active_at >= ? OR marking_since IS NOT NULL)",
                 (external_id, cutoff)).fetchone():
             return False
+        # A message create in doubt (its answer lost) names only its conversation until confirmed: in progress.
+        # Pruned, its intent would go too, and the next attempt create it again without looking first.
+        for message_kind in spec["messages"]:
+            if conn.execute(f"SELECT 1 FROM links m JOIN links p ON p.kind = ? AND p.external_id = ?"
+                            f" WHERE m.conversation_id = p.conversation_id AND m.kind = '{message_kind}'"
+                            f" AND m.status = 'pending' LIMIT 1", (kind, external_id)).fetchone():
+                return False
         # A part the bridge sent that no sync has read back yet is not under the thread's mark; once
         # its reply's row is gone, nothing would tell it from a message the seller wrote on the site,
         # and the next sync would copy it into Chatwoot. Read back: its thread was read (the mark's
-        # updated_at, as a sync records it) after the part was recorded sent. A mark only a prune
-        # wrote (updated_at = closed_at) was read by no sync.
+        # updated_at, as a sync records it) after the part was recorded sent. A mark only a prune or
+        # an erasure wrote (updated_at = closed_at) was read by no sync: every sent part waits. (No mark
+        # at all: rows older than watermarks, pruned as before.)
         return not (spec["thread"] and conn.execute(
             "SELECT 1 FROM reply_parts p JOIN replies r ON r.id = p.reply_id WHERE r.kind = ? AND r.target_id = ?"
-            " AND p.status = 'sent' AND COALESCE(p.sent_at, 0) >= COALESCE((SELECT w.updated_at FROM watermarks w"
-            " WHERE w.kind = ? AND w.external_id = ? AND (w.closed_at IS NULL OR w.updated_at != w.closed_at)),"
-            " 9e999) LIMIT 1", (spec["reply_kind"], external_id, kind, external_id)).fetchone())
+            " AND p.status = 'sent' AND COALESCE(p.sent_at, 0) >= COALESCE((SELECT CASE WHEN w.closed_at IS NOT"
+            " NULL AND w.updated_at = w.closed_at THEN -1 ELSE w.updated_at END FROM watermarks w"
+            " WHERE w.kind = ? AND w.external_id = ?), 9e999) LIMIT 1",
+            (spec["reply_kind"], external_id, kind, external_id)).fetchone())
 
     def forget_buyer(self, buyer_id: str, now: float, untold: dict[str, list[int]] | None = None) -> dict:
         """Erase every row about one buyer (LGPD erasure); returns what was removed, by table.
@@ -399,7 +419,8 @@ class PrivacyStore:
         else:
             conn.execute("INSERT INTO watermarks (kind, external_id, last_message_at, closed_at, updated_at)"
                          " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
-                         " closed_at = COALESCE(closed_at, excluded.closed_at),"
+                         # Its latest: updated_at = closed_at then says no sync read the thread since (_retention_due).
+                         " closed_at = excluded.closed_at,"
                          " last_message_at = MAX(COALESCE(last_message_at, excluded.last_message_at), ?),"
                          " updated_at = excluded.updated_at",
                          (kind, external_id, max(last, mirrored), now, now, mirrored))

@@ -38,7 +38,9 @@ class WatermarksStore:
         once closed while the rows it stands for are gone; a sale started afresh after an erasure moves
         it again, or erasing that fresh conversation too would leave its messages outside the mark, to
         be imported once more. `updated_at` keeps `read_at`: every part the bridge sent before it is
-        under the mark (retention waits for that, db.privacy)."""
+        under the mark (retention waits for that, db.privacy), so a read that found nothing newer moves it too:
+        a part recorded sent just after an earlier read began, and seen by it, is under the mark only from
+        the next read."""
         if last_message_at is None:
             return
         with self._db.write() as conn:
@@ -46,9 +48,9 @@ class WatermarksStore:
                 "INSERT INTO watermarks (kind, external_id, last_message_id, last_message_at, updated_at)"
                 " VALUES ('pack', ?, ?, ?, ?) ON CONFLICT (kind, external_id) DO UPDATE SET"
                 " last_message_id = excluded.last_message_id, last_message_at = excluded.last_message_at,"
-                " updated_at = excluded.updated_at WHERE (closed_at IS NULL OR EXISTS (SELECT 1 FROM links"
-                " WHERE kind = 'pack' AND external_id = excluded.external_id AND status = 'created'))"
-                " AND COALESCE(last_message_at, 0) < excluded.last_message_at",
+                " updated_at = MAX(updated_at, excluded.updated_at) WHERE (closed_at IS NULL OR EXISTS (SELECT 1"
+                " FROM links WHERE kind = 'pack' AND external_id = excluded.external_id AND status = 'created'))"
+                " AND COALESCE(last_message_at, 0) <= excluded.last_message_at",
                 (str(pack_id), last_message_id, last_message_at, read_at))
 
     def record_claim_seen(self, claim_id: str, last_updated: str | None, now: float) -> None:

@@ -629,6 +629,10 @@ def _mirror_messages(s: Services, claim_id: str, conversation_id: int, messages:
     in_doubt = own_parts.texts_in_doubt(s, "claim", claim_id)
     strays = s.db.replies.strays("claim", claim_id)
     links = {link["external_id"]: link for link in s.db.links.with_prefix("claim_message", f"{claim_id}:")}
+    # A prune (the housekeeping thread) or an erasure since the claim's mark was read deleted those rows and
+    # wrote the closed mark in one commit: read after them, the mark stands for what they said, or the
+    # claim's whole history would be taken for new.
+    messages = after_watermark(messages, s.db.watermarks.get("claim", claim_id))
     adopted = adopted_parts(links.values())
     plan = []
     deferred = False

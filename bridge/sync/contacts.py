@@ -11,6 +11,7 @@ from bridge.rules.conversations import (  # noqa: F401 — the flows' names too
     chatwoot_record,
     is_gone,
     item_attribute,
+    made_for_another,
     names_buyer,
     names_item,
     owner,
@@ -159,7 +160,8 @@ def ensure_conversation(s: Services, *, kind: str, external_id: str, inbox_id: i
     # Refused: a contact deleted or merged away (404/422), which open_conversation handles.
     conversation = stamped_create(s, kind, external_id, TRIED, data, lambda: s.chatwoot.create_conversation(
         source_id=source_id, inbox_id=inbox_id, contact_id=contact_id, custom_attributes=custom_attributes,
-        additional_attributes={"meli_buyer_id": str(buyer_id)}))
+        # Agents cannot edit these: whose it is, and which item, once no row of the bridge's says so (pruned).
+        additional_attributes={"meli_buyer_id": str(buyer_id), item_attribute(kind): str(external_id)}))
     crashpoint("conversation_created")
     if not s.db.links.set_conversation(kind, external_id, conversation["id"], data, s.clock()):
         link = s.db.links.get(kind, external_id)
@@ -191,7 +193,8 @@ def find_conversation(s: Services, kind: str, external_id: str, inbox_id: int, c
     3. When that happened (a result not naming the item), or the filter is refused, the
        contact's own conversations are searched instead: all that can be found without it.
     The oldest match wins; a match another row of this kind uses, or made for another buyer than
-    `buyer_id` (names_buyer: an agent typed this item's id into its sidebar), is nobody's to take.
+    `buyer_id` (names_buyer) or for another item (made_for_another: the same buyer's other sale, pruned),
+    where an agent typed this item's id into its sidebar, is nobody's to take.
     """
     attribute = item_attribute(kind)
     filtered = True
@@ -217,6 +220,7 @@ def find_conversation(s: Services, kind: str, external_id: str, inbox_id: int, c
                     if names_item(c, kind, external_id, inbox_id)]
     for conversation in sorted(matches, key=lambda c: c.get("id") or 0):
         if _valid_id(conversation.get("id")) and names_buyer(conversation, buyer_id) \
+                and not made_for_another(conversation, kind, external_id) \
                 and not s.db.links.others_using(kind, external_id, conversation["id"]):
             return conversation["id"]
     return None
@@ -248,8 +252,9 @@ def _check_remembered(s: Services, link: Link, inbox_id: int) -> Link:
     it) came late, from a conversation deleted since. Mirroring there would fail on every poll.
 
     An adopted one (ADOPTED) came from a webhook's attributes, not Chatwoot's: kept only when
-    Chatwoot's own record of it names this item and no other row uses it, or this buyer's
-    messages would go into another buyer's conversation and that buyer's replies to this one."""
+    Chatwoot's own record of it names this item and no other row uses it (and, named by the attribute
+    alone, was not made for another buyer: names_buyer), or this buyer's messages would go into another
+    buyer's conversation and that buyer's replies to this one."""
     kind, external_id, conversation_id = link["kind"], link["external_id"], link["conversation_id"]
     data = dict(link["data"])
     adopted = data.pop(ADOPTED, None) is not None
@@ -257,10 +262,11 @@ def _check_remembered(s: Services, link: Link, inbox_id: int) -> Link:
     usable = found is not None and found.get("inbox_id") == inbox_id
     if usable and adopted:
         # The bridge's own messages there decide over the attribute an agent may have typed (issue 18).
-        shown = bridge_items(s, kind, conversation_id)
+        shown = bridge_items(s, kind, conversation_id, found)
         usable = shown is not None and owner(
             external_id, shown, attribute_confirmed=names_item(found, kind, external_id, inbox_id),
-            claimed_elsewhere=s.db.links.others_using(kind, external_id, conversation_id))[0] == external_id
+            claimed_elsewhere=s.db.links.others_using(kind, external_id, conversation_id))[0] == external_id \
+            and (bool(shown) or names_buyer(found, data.get("buyer_id")))  # the attribute alone: this buyer's?
     if usable:
         if data.pop(TRIED, None) is not None or adopted:  # its create is no longer waited for: this is the one
             s.db.links.update(kind, external_id, s.clock(), data=data)

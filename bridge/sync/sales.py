@@ -425,7 +425,11 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     own = bridge_ids | stray_ids
 
     def known_now() -> set[str]:
-        return covered | {i for i in ids if (s.db.links.get("message", i) or {}).get("status") == "created"}
+        rows = {i for i in ids if (s.db.links.get("message", i) or {}).get("status") == "created"}
+        # A prune (the housekeeping thread) or an erasure since the thread was read deleted those rows and
+        # wrote the closed mark in one commit: read after them, the mark stands for what they said, or
+        # the whole thread would be taken for new (mirrored again, late from the mark-read's pages).
+        return covered | rows | covered_by_watermark(messages, s.db.watermarks.get("pack", pack_id))
 
     known = known_now()
     plan = messages_to_mirror(messages, seller_id, known, own, in_doubt)
