@@ -463,7 +463,7 @@ class Soak:
             # Called under the fake's lock: when each was first shown, for whoever reproduces it.
             peeked = self.meli.threads[pack_key].get("peeked", {})
             now = time.monotonic()
-            self.mark_read_bad.append((pack_key, [f"{i} (shown {now - peeked[i]:.1f}s before)" for i in missing]))
+            self.mark_read_bad.append((pack_key, [(i, now - peeked[i]) for i in missing]))
 
     def _buyer_writes_while_marked(self, pack_key: str) -> None:
         """Runs inside the fake Mercado Livre as a marking read arrives: now and then the buyer
@@ -864,7 +864,7 @@ class Soak:
     def _erased_before(self, buyer, t: float) -> bool:
         """An item of a buyer erased after it was written: gone on purpose, from both sides."""
         ended = self.erased.get(buyer) if buyer is not None else None
-        return ended is not None and t <= ended
+        return ended is not None and t is not None and t <= ended
 
     def moderate_reply(self) -> None:
         """Mercado Livre's moderation rejects a reply part it had accepted (a phone number, a link)."""
@@ -1395,7 +1395,12 @@ class Soak:
         v[INVARIANTS[22]] += self.term_slow
         v[INVARIANTS[24]] += self.erasure_bad
         for pack_key, missing in self.mark_read_bad:
-            v[INVARIANTS[11]].append(f"sale {pack_key}: marked read while Chatwoot lacked {missing}")
+            # Written before its buyer's erasure: the erased history, which the bridge never shows again
+            # (the erasure's watermark covers it), whenever the thread is marked read after.
+            missing = [f"{i} (shown {shown:.1f}s before)" for i, shown in missing
+                       if not self._erased_before(self._buyer_of_message(i), self.buyer_messages.get(i, {}).get("t"))]
+            if missing:
+                v[INVARIANTS[11]].append(f"sale {pack_key}: marked read while Chatwoot lacked {missing}")
         self._check_marked_in_time(v, copies)
         self._check_mirrored_text(v, live, copies)
         for thread in meli.unread_results():
@@ -1479,7 +1484,8 @@ class Soak:
         for _pack, mid, t in self.marked:
             latest.setdefault(mid, t)  # the first marking; a message is marked once
         for mid, t in sorted(latest.items()):
-            if self._erased_before((self.packs.get(self._pack_of(mid)) or {}).get("buyer"), t):
+            # Written before its buyer's erasure, it is the erased history even when marked after it.
+            if self._erased_before(self._buyer_of_message(mid), self.buyer_messages.get(mid, {}).get("t", t)):
                 continue
             found = [m["t_created"] for m in copies.get(f"meli:message:{mid}", [])]
             first = min(found, default=None)
@@ -1492,6 +1498,9 @@ class Soak:
 
     def _pack_of(self, mid: str) -> str:
         return (self.buyer_messages.get(mid) or {}).get("pack", "?")
+
+    def _buyer_of_message(self, mid: str):
+        return (self.packs.get(self._pack_of(mid)) or {}).get("buyer")
 
     def _check_mirrored_text(self, v: dict, live: dict, copies: dict) -> None:
         """The buyer's words as Mercado Livre has them (spaces aside), and a sale's buyer messages
