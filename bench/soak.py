@@ -51,6 +51,8 @@ for the same question or sale, also when the bridge made one but could not recor
 or a create Chatwoot held past its answer) and an agent then merged its contact into another
 buyer's: the soak's Chatwoot has the bridge's conversation attributes defined (as `main.py
 setup` makes them), so the next attempt finds it by its attribute wherever the merge carried it.
+Not when an agent edited that attribute before the bridge looked (typed another id, cleared it):
+a conversation holding nothing of the bridge's is then named by nothing the bridge can find.
 Also after a retention pass pruned the item: its conversation is still live in Chatwoot, and the
 bridge continues there when something new comes (a buyer message, a reply).
 
@@ -1353,11 +1355,17 @@ class Soak:
         if quick:
             return {"violations": v}
 
+        bridge_wrote = {m["conversation_id"] for m in list(live.values()) + list(deleted.values())
+                        if str(m.get("source_id") or "").startswith("meli:")}
         for attr, inbox_id in (("meli_question_id", self.fakes.questions_inbox),
                                ("meli_pack_id", self.fakes.messages_inbox),
                                ("meli_claim_id", getattr(self.fakes, "claims_inbox", None))):
             by_external: dict[str, list[int]] = defaultdict(list)
             for conv_id, conv in convs.items():
+                if conv_id in self.true_attrs and conv_id not in bridge_wrote:
+                    # A create whose answer was lost, its attribute edited before the bridge looked for
+                    # it: that attribute was all that named it, so the bridge cannot know it as its own.
+                    continue
                 if conv["inbox_id"] == inbox_id and conv["attrs"].get(attr) not in (None, ""):
                     by_external[str(conv["attrs"][attr])].append(conv_id)
             for external, ids in sorted(by_external.items()):
