@@ -121,7 +121,7 @@ outcome the agent was shown).
 
 a message marked read is in Chatwoot within seconds of the marking — Mercado Livre stops
 listing it as unread, so the bridge must show it at once (MARK_WINDOW), not whenever a sweep
-comes by.
+comes by. The time Chatwoot was down (an injected outage) in between does not count.
 
 mirrored text is Mercado Livre's, in Mercado Livre's order — the words of each question and
 message are in its Chatwoot copy, and a sale's buyer messages are shown in the order written.
@@ -286,6 +286,7 @@ class Soak:
         self.status_changed: dict[int, tuple[str, float]] = {}  # question id -> (status the soak set, when)
         self.status_history: dict[int, list[str]] = defaultdict(list)  # question id -> every status the soak set
         self.outage_until = 0.0
+        self.outages: list[tuple[float, float]] = []  # (start, end) of each Chatwoot outage, monotonic
         self.chaos_on = False
         self.chaos_lock = threading.Lock()
         self.restarts: list[threading.Thread] = []
@@ -903,6 +904,7 @@ class Soak:
             return
         seconds = max(5.0, min(60.0, self.minutes * 2.0))
         self.outage_until = time.monotonic() + seconds
+        self.outages.append((time.monotonic(), self.outage_until))
         rules = self.chatwoot_chaos_rules() if self.chatwoot_chaos else []
         self.cw.chaos([{"prefix": "/api/v1/", "p": 1.0, "status": 503}] + rules, seed=self.seed + 3)
         self.injected[f"(Chatwoot down {seconds:.0f} s)"] += 1
@@ -1500,9 +1502,13 @@ class Soak:
             if first is None:
                 v[INVARIANTS[18]].append(f"message {mid} of sale {self._pack_of(mid)}: marked read, "
                                          "never in Chatwoot")
-            elif first - t > MARK_WINDOW:
+            elif first - t - self._outage_within(t, first) > MARK_WINDOW:
                 v[INVARIANTS[18]].append(f"message {mid} of sale {self._pack_of(mid)}: in Chatwoot "
                                          f"{first - t:.1f} s after it was marked read")
+
+    def _outage_within(self, start: float, end: float) -> float:
+        """Seconds of Chatwoot outage between `start` and `end`: no bridge can show a message meanwhile."""
+        return sum(max(0.0, min(end, b) - max(start, a)) for a, b in self.outages)
 
     def _pack_of(self, mid: str) -> str:
         return (self.buyer_messages.get(mid) or {}).get("pack", "?")
