@@ -137,7 +137,9 @@ Chatwoot that can no longer be answered says so (the bridge's note for its statu
 
 forget-buyer erases that buyer, and only that buyer — right after the command: no row about
 the buyer or its questions, sales, claims and replies older than the erasure is left (closed
-watermarks aside), no other buyer's contact row or reply is gone, and every contact and
+watermarks aside), nor written since about one the bridge held as the erasure began (one it did
+not hold yet, being brought in at that instant, may stay: docs/privacidade.md says to run the
+command again), no other buyer's contact row or reply is gone, and every contact and
 conversation it deleted in Chatwoot was that buyer's. The erased buyer's earlier items and
 replies are then no longer expected anywhere.
 """
@@ -741,6 +743,17 @@ class Soak:
         self.restarts.append(thread)  # joined before the drain, like the restarts
         thread.start()
 
+    def _item_of_row(self, kind: str, external_id: str) -> tuple[str, str]:
+        """The (kind, id) row of the buyer, question, sale or claim a bridge row belongs to."""
+        if kind == "message":
+            info = self.buyer_messages.get(external_id) or self.seller_messages.get(external_id) or {}
+            return "pack", str(info.get("pack"))
+        if kind == "answer":
+            return "question", external_id
+        if kind.startswith("claim_"):
+            return "claim", external_id.split(":", 1)[0]
+        return kind, external_id
+
     def _items_of(self, buyer: int) -> dict[str, set[str]]:
         packs = {k for k, p in self.packs.items() if p["buyer"] == buyer}
         return {"question": {str(q) for q, i in self.questions.items() if i["buyer"] == buyer},
@@ -754,6 +767,8 @@ class Soak:
         with self.cw.lock:
             conv_items = {c["id"]: dict(self._attrs(c)) for c in self.cw.conversations.values()}
             contacts = {c_id: str(c.get("identifier") or "") for c_id, c in self.cw.contacts.items()}
+        # What the bridge held of this buyer's items as the erasure began (see the kept loop).
+        held_before = {(r["kind"], r["external_id"]) for r in self._db("SELECT kind, external_id FROM links")}
         others_before = {("buyer", r["external_id"]) for r in self._db(
             "SELECT external_id FROM links WHERE kind = 'buyer'") if r["external_id"] != str(buyer)}
         others_before |= {("reply", r["id"]) for r in self._db("SELECT id, kind, target_id FROM replies")
@@ -781,6 +796,11 @@ class Soak:
                     or (isinstance(data, dict) and str(data.get("buyer_id")) == str(buyer)) \
                     or r["external_id"] in items.get(r["kind"], set()) \
                     or (r["kind"] == "answer" and r["external_id"] in items["question"])
+                if ours and r["created_at"] >= wall and self._item_of_row(r["kind"], r["external_id"]) \
+                        not in held_before:
+                    # An item the bridge did not hold yet, brought in as the erasure ran: the limit
+                    # docs/privacidade.md states ("rode o comando de novo"); one it held is closed by it.
+                    continue
                 if ours:
                     kept.append(f"link {r['kind']} {r['external_id']} "
                                 f"({'older than' if r['created_at'] < wall else 'written after'} the erasure)")
