@@ -1013,3 +1013,42 @@ def test_soak_check_takes_a_message_written_before_its_buyers_erasure_as_erased_
     assert found[MARKED_LATE] == ["message m-new of sale 2000000130: marked read, never in Chatwoot"]
     assert found["threads marked read only when Chatwoot has the messages"] == \
         ["sale 2000000130: marked read while Chatwoot lacked ['m-new (shown 5.0s before)']"]
+
+
+def test_soak_check_lets_a_forget_buyer_leave_an_item_it_did_not_hold_brought_in_as_it_ran(soak_check, tmp_path):
+    # Seed 31001, buyer 7100004: the erasure found nothing; a sync that had read the sale a moment before
+    # made its rows as it ended (docs/privacidade.md: run the command again). A sale it held may not come back.
+    import json
+    import sqlite3
+    import time as clock
+    from types import SimpleNamespace
+
+    run = soak_check
+    path = tmp_path / "bridge.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("CREATE TABLE links (kind, external_id, data, created_at);"
+                       "CREATE TABLE replies (id, kind, target_id, created_at);"
+                       "CREATE TABLE cache (kind, key);")
+    conn.execute("INSERT INTO links VALUES ('pack', '3000000023', ?, 0)", (json.dumps({"buyer_id": "7004"}),))
+    conn.commit()
+    run.buyers.append(7004)
+    run.packs["3000000021"] = {"buyer": 7004}
+    run.packs["3000000023"] = {"buyer": 7004}
+    run.buyer_messages["m-21"] = {"pack": "3000000021", "t": 0.0, "files": 0}
+
+    def erase_while_a_sync_ends(*args, **_kw):
+        with sqlite3.connect(path) as db:
+            db.execute("DELETE FROM links")
+            later = clock.time() + 1
+            for kind, external_id in (("buyer", "7004"), ("pack", "3000000021"), ("message", "m-21"),
+                                      ("pack", "3000000023")):
+                db.execute("INSERT INTO links VALUES (?, ?, ?, ?)",
+                           (kind, external_id, json.dumps({"buyer_id": "7004"}), later))
+        return SimpleNamespace(returncode=0)
+
+    run.bridge = SimpleNamespace(env={"DATABASE_PATH": str(path)}, url="http://127.0.0.1:9",
+                                 cli=erase_while_a_sync_ends)
+    run._forget(7004)
+
+    assert run.check()["violations"][ERASURE] == \
+        ["forget-buyer 7004: the bridge still holds ['link pack 3000000023 (written after the erasure)']"]
