@@ -51,6 +51,8 @@ for the same question or sale, also when the bridge made one but could not recor
 or a create Chatwoot held past its answer) and an agent then merged its contact into another
 buyer's: the soak's Chatwoot has the bridge's conversation attributes defined (as `main.py
 setup` makes them), so the next attempt finds it by its attribute wherever the merge carried it.
+Not when an agent edited that attribute before the bridge looked (typed another id, cleared it):
+a conversation holding nothing of the bridge's is then named by nothing the bridge can find.
 Also after a retention pass pruned the item: its conversation is still live in Chatwoot, and the
 bridge continues there when something new comes (a buyer message, a reply).
 
@@ -119,7 +121,7 @@ outcome the agent was shown).
 
 a message marked read is in Chatwoot within seconds of the marking — Mercado Livre stops
 listing it as unread, so the bridge must show it at once (MARK_WINDOW), not whenever a sweep
-comes by.
+comes by. The time Chatwoot was down (an injected outage) in between does not count.
 
 mirrored text is Mercado Livre's, in Mercado Livre's order — the words of each question and
 message are in its Chatwoot copy, and a sale's buyer messages are shown in the order written.
@@ -135,7 +137,9 @@ Chatwoot that can no longer be answered says so (the bridge's note for its statu
 
 forget-buyer erases that buyer, and only that buyer — right after the command: no row about
 the buyer or its questions, sales, claims and replies older than the erasure is left (closed
-watermarks aside), no other buyer's contact row or reply is gone, and every contact and
+watermarks aside), nor written since about one the bridge held as the erasure began (one it did
+not hold yet, being brought in at that instant, may stay: docs/privacidade.md says to run the
+command again), no other buyer's contact row or reply is gone, and every contact and
 conversation it deleted in Chatwoot was that buyer's. The erased buyer's earlier items and
 replies are then no longer expected anywhere.
 """
@@ -284,6 +288,7 @@ class Soak:
         self.status_changed: dict[int, tuple[str, float]] = {}  # question id -> (status the soak set, when)
         self.status_history: dict[int, list[str]] = defaultdict(list)  # question id -> every status the soak set
         self.outage_until = 0.0
+        self.outages: list[tuple[float, float]] = []  # (start, end) of each Chatwoot outage, monotonic
         self.chaos_on = False
         self.chaos_lock = threading.Lock()
         self.restarts: list[threading.Thread] = []
@@ -463,7 +468,7 @@ class Soak:
             # Called under the fake's lock: when each was first shown, for whoever reproduces it.
             peeked = self.meli.threads[pack_key].get("peeked", {})
             now = time.monotonic()
-            self.mark_read_bad.append((pack_key, [f"{i} (shown {now - peeked[i]:.1f}s before)" for i in missing]))
+            self.mark_read_bad.append((pack_key, [(i, now - peeked[i]) for i in missing]))
 
     def _buyer_writes_while_marked(self, pack_key: str) -> None:
         """Runs inside the fake Mercado Livre as a marking read arrives: now and then the buyer
@@ -738,6 +743,17 @@ class Soak:
         self.restarts.append(thread)  # joined before the drain, like the restarts
         thread.start()
 
+    def _item_of_row(self, kind: str, external_id: str) -> tuple[str, str]:
+        """The (kind, id) row of the buyer, question, sale or claim a bridge row belongs to."""
+        if kind == "message":
+            info = self.buyer_messages.get(external_id) or self.seller_messages.get(external_id) or {}
+            return "pack", str(info.get("pack"))
+        if kind == "answer":
+            return "question", external_id
+        if kind.startswith("claim_"):
+            return "claim", external_id.split(":", 1)[0]
+        return kind, external_id
+
     def _items_of(self, buyer: int) -> dict[str, set[str]]:
         packs = {k for k, p in self.packs.items() if p["buyer"] == buyer}
         return {"question": {str(q) for q, i in self.questions.items() if i["buyer"] == buyer},
@@ -751,6 +767,8 @@ class Soak:
         with self.cw.lock:
             conv_items = {c["id"]: dict(self._attrs(c)) for c in self.cw.conversations.values()}
             contacts = {c_id: str(c.get("identifier") or "") for c_id, c in self.cw.contacts.items()}
+        # What the bridge held of this buyer's items as the erasure began (see the kept loop).
+        held_before = {(r["kind"], r["external_id"]) for r in self._db("SELECT kind, external_id FROM links")}
         others_before = {("buyer", r["external_id"]) for r in self._db(
             "SELECT external_id FROM links WHERE kind = 'buyer'") if r["external_id"] != str(buyer)}
         others_before |= {("reply", r["id"]) for r in self._db("SELECT id, kind, target_id FROM replies")
@@ -778,6 +796,11 @@ class Soak:
                     or (isinstance(data, dict) and str(data.get("buyer_id")) == str(buyer)) \
                     or r["external_id"] in items.get(r["kind"], set()) \
                     or (r["kind"] == "answer" and r["external_id"] in items["question"])
+                if ours and r["created_at"] >= wall and self._item_of_row(r["kind"], r["external_id"]) \
+                        not in held_before:
+                    # An item the bridge did not hold yet, brought in as the erasure ran: the limit
+                    # docs/privacidade.md states ("rode o comando de novo"); one it held is closed by it.
+                    continue
                 if ours:
                     kept.append(f"link {r['kind']} {r['external_id']} "
                                 f"({'older than' if r['created_at'] < wall else 'written after'} the erasure)")
@@ -864,7 +887,7 @@ class Soak:
     def _erased_before(self, buyer, t: float) -> bool:
         """An item of a buyer erased after it was written: gone on purpose, from both sides."""
         ended = self.erased.get(buyer) if buyer is not None else None
-        return ended is not None and t <= ended
+        return ended is not None and t is not None and t <= ended
 
     def moderate_reply(self) -> None:
         """Mercado Livre's moderation rejects a reply part it had accepted (a phone number, a link)."""
@@ -901,6 +924,7 @@ class Soak:
             return
         seconds = max(5.0, min(60.0, self.minutes * 2.0))
         self.outage_until = time.monotonic() + seconds
+        self.outages.append((time.monotonic(), self.outage_until))
         rules = self.chatwoot_chaos_rules() if self.chatwoot_chaos else []
         self.cw.chaos([{"prefix": "/api/v1/", "p": 1.0, "status": 503}] + rules, seed=self.seed + 3)
         self.injected[f"(Chatwoot down {seconds:.0f} s)"] += 1
@@ -1353,11 +1377,17 @@ class Soak:
         if quick:
             return {"violations": v}
 
+        bridge_wrote = {m["conversation_id"] for m in list(live.values()) + list(deleted.values())
+                        if str(m.get("source_id") or "").startswith("meli:")}
         for attr, inbox_id in (("meli_question_id", self.fakes.questions_inbox),
                                ("meli_pack_id", self.fakes.messages_inbox),
                                ("meli_claim_id", getattr(self.fakes, "claims_inbox", None))):
             by_external: dict[str, list[int]] = defaultdict(list)
             for conv_id, conv in convs.items():
+                if conv_id in self.true_attrs and conv_id not in bridge_wrote:
+                    # A create whose answer was lost, its attribute edited before the bridge looked for
+                    # it: that attribute was all that named it, so the bridge cannot know it as its own.
+                    continue
                 if conv["inbox_id"] == inbox_id and conv["attrs"].get(attr) not in (None, ""):
                     by_external[str(conv["attrs"][attr])].append(conv_id)
             for external, ids in sorted(by_external.items()):
@@ -1395,7 +1425,12 @@ class Soak:
         v[INVARIANTS[22]] += self.term_slow
         v[INVARIANTS[24]] += self.erasure_bad
         for pack_key, missing in self.mark_read_bad:
-            v[INVARIANTS[11]].append(f"sale {pack_key}: marked read while Chatwoot lacked {missing}")
+            # Written before its buyer's erasure: the erased history, which the bridge never shows again
+            # (the erasure's watermark covers it), whenever the thread is marked read after.
+            missing = [f"{i} (shown {shown:.1f}s before)" for i, shown in missing
+                       if not self._erased_before(self._buyer_of_message(i), self.buyer_messages.get(i, {}).get("t"))]
+            if missing:
+                v[INVARIANTS[11]].append(f"sale {pack_key}: marked read while Chatwoot lacked {missing}")
         self._check_marked_in_time(v, copies)
         self._check_mirrored_text(v, live, copies)
         for thread in meli.unread_results():
@@ -1479,19 +1514,27 @@ class Soak:
         for _pack, mid, t in self.marked:
             latest.setdefault(mid, t)  # the first marking; a message is marked once
         for mid, t in sorted(latest.items()):
-            if self._erased_before((self.packs.get(self._pack_of(mid)) or {}).get("buyer"), t):
+            # Written before its buyer's erasure, it is the erased history even when marked after it.
+            if self._erased_before(self._buyer_of_message(mid), self.buyer_messages.get(mid, {}).get("t", t)):
                 continue
             found = [m["t_created"] for m in copies.get(f"meli:message:{mid}", [])]
             first = min(found, default=None)
             if first is None:
                 v[INVARIANTS[18]].append(f"message {mid} of sale {self._pack_of(mid)}: marked read, "
                                          "never in Chatwoot")
-            elif first - t > MARK_WINDOW:
+            elif first - t - self._outage_within(t, first) > MARK_WINDOW:
                 v[INVARIANTS[18]].append(f"message {mid} of sale {self._pack_of(mid)}: in Chatwoot "
                                          f"{first - t:.1f} s after it was marked read")
 
+    def _outage_within(self, start: float, end: float) -> float:
+        """Seconds of Chatwoot outage between `start` and `end`: no bridge can show a message meanwhile."""
+        return sum(max(0.0, min(end, b) - max(start, a)) for a, b in self.outages)
+
     def _pack_of(self, mid: str) -> str:
         return (self.buyer_messages.get(mid) or {}).get("pack", "?")
+
+    def _buyer_of_message(self, mid: str):
+        return (self.packs.get(self._pack_of(mid)) or {}).get("buyer")
 
     def _check_mirrored_text(self, v: dict, live: dict, copies: dict) -> None:
         """The buyer's words as Mercado Livre has them (spaces aside), and a sale's buyer messages

@@ -185,3 +185,25 @@ def test_a_claim_part_in_flight_when_its_buyer_is_erased_leaves_its_texts_hash_a
     db.privacy.forget_buyer("9", 20.0)
 
     assert db.replies.strays("claim", "5000001") == {text_hash("Vamos reembolsar hoje"): [11.0]}
+
+
+@responses.activate
+def test_a_sale_message_whose_create_is_in_doubt_when_its_buyer_is_erased_leaves_no_row(s):
+    """The sync had recorded its intent and lost the create's answer (soak seed 31001, message 5b498245 of
+    sale 2000000130): the intent named only its conversation, the erasure finds a sale's messages by
+    their sale, and the row outlived the buyer's erasure."""
+    import requests
+
+    from bridge.http import TransientError
+
+    message = {"id": "b1", "from": {"user_id": 9}, "to": {"user_id": SELLER}, "text": "Chegou quebrado",
+               "message_date": {"created": "2026-11-29T10:01:00.000Z", "read": None},
+               "message_resources": [{"id": "2000001", "name": "orders"}]}
+    responses.post(f"{CW}/conversations/88/messages", body=requests.exceptions.ReadTimeout("held"))
+    with pytest.raises(TransientError):
+        sales._mirror(s, 88, "2000001", message, "incoming")
+    assert s.db.links.get("message", "b1") is not None
+
+    s.db.privacy.forget_buyer("9", s.clock())
+
+    assert s.db.links.get("message", "b1") is None

@@ -299,3 +299,64 @@ def test_a_buyer_message_whose_creation_is_still_held_by_chatwoot_is_not_created
     s.clock = lambda: later
     assert sync_messages.sync_pack(s, "2000001", 555) == 1
     assert len(posts_to(f"{CW}/conversations/88/messages")) == 2
+
+
+def _delivered_reply(s, now, message_id=9400):
+    from bridge.replies.accept import accept_webhook
+    from tests.payloads import message_created
+    accept_webhook(message_created(message_id=message_id, conversation_id=88, inbox_id=2, content="Me chama no zap"),
+                   s.settings, s.db, now - 1300)
+    reply = s.db.replies.active_for_target("message", "2000001")[0]
+    s.db.replies.claim(reply["id"], now - 1300, 300)
+    s.db.replies.mark_part_sent(reply["id"], 0, "m-r", now - 1200)
+    s.db.replies.mark_delivered(reply["id"], now - 1200)
+    return reply
+
+
+MODERATED = {"id": "m-r", "from": {"user_id": 555}, "to": {"user_id": 9}, "text": "Me chama no zap",
+             "status": "moderated", "message_moderation": {"status": "rejected", "reason": "PERSONAL_DATA"},
+             "message_date": {"created": "2026-11-29T10:05:00.000Z", "read": None}}
+
+
+@responses.activate
+def test_a_moderated_reply_whose_delivered_mark_chatwoot_refused_is_not_shown_delivered_afterwards(s):
+    """Its delivered mark met a Chatwoot outage and waited to be shown again; the moderation marked it
+    failed, then that waiting mark set it delivered (soak seed 31001, R01654)."""
+    from bridge.replies import report
+    now = time.time()
+    _delivered_reply(s, now)
+    thread_shows(MODERATED, marked=False)
+    responses.patch(f"{CW}/conversations/88/messages/9400", json={})
+    responses.get(f"{CW}/conversations/88/messages", json={"payload": []})
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 703})
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+
+    sync_messages.check_recent_replies(s, 555, set())
+    report.report_outcomes(s)
+
+    patched = [json.loads(c.request.body)["status"] for c in responses.calls if c.request.method == "PATCH"]
+    assert patched == ["failed"]
+
+
+@responses.activate
+def test_a_moderated_reply_whose_conversation_was_deleted_is_told_in_the_one_the_sale_continues_in(s):
+    """No conversation left to tell it in when the thread was read: the report was recorded done, and the
+    agent never learnt it once the sale continued in a new conversation (soak seed 31001, R00278)."""
+    now = time.time()
+    _delivered_reply(s, now)
+    thread_shows(MODERATED, marked=False)
+    responses.patch(f"{CW}/conversations/88/messages/9400", status=404, json={"error": "not found"})
+    responses.get(f"{CW}/conversations/88/messages", status=404, json={"error": "not found"})
+    responses.post(f"{CW}/conversations/88/messages", status=404, json={"error": "not found"})
+
+    sync_messages.check_recent_replies(s, 555, set())
+    # The sale goes on in a new conversation (a buyer message, say).
+    s.db.links.update("pack", "2000001", time.time(), conversation_id=91)
+    thread_shows(MODERATED, marked=False)
+    responses.get(f"{CW}/conversations/91/messages", json={"payload": []})
+    responses.post(f"{CW}/conversations/91/messages", json={"id": 705})
+    sync_messages.sync_pack(s, "2000001", 555)
+
+    notes = [json.loads(c.request.body) for c in responses.calls
+             if c.request.method == "POST" and c.request.url == f"{CW}/conversations/91/messages"]
+    assert [n["source_id"] for n in notes] == ["meli:note:moderation:m-r"]

@@ -364,6 +364,13 @@ class PrivacyStore:
         message_ids = [r[0] for m in spec["messages"] for r in conn.execute(
             f"SELECT external_id FROM links WHERE kind = '{m}' AND json_extract(data, '$.{kind}_id') = ?",
             (external_id,))]
+        # A create in doubt names only its conversation until it is confirmed (db.links.record_intent): it
+        # belongs to the item whose conversation it names, or it outlives the erasure.
+        own = [c for c in (link.get("conversation_id"), link["data"].get("removed_conversation"),
+                           link["data"].get("removed")) if isinstance(c, int)]
+        message_ids += [r[0] for m in spec["messages"] for r in conn.execute(
+            f"SELECT external_id FROM links WHERE kind = '{m}' AND json_extract(data, '$.{kind}_id') IS NULL"
+            f" AND conversation_id IN ({_marks(own)})", own)]
         reply_ids = _item_replies(conn, kind, external_id)
         remote_ids = [r[0] for r in conn.execute(
             f"SELECT remote_id FROM reply_parts WHERE remote_id IS NOT NULL AND reply_id IN ({_marks(reply_ids)})",

@@ -75,7 +75,9 @@ def report_blocked_reply(s: Services, intent_kind: str, key: str,
        again).
     3. A private note, in the reply's conversation, or when an agent deleted that one in the
        flow's current one (`conversation_id`).
-    4. The row is recorded done. `ids` names the message in the flow's `log`.
+    4. The row is recorded done, once the note is in: with every conversation named gone, it stays
+       pending and is told at a later read, in the one the flow continues in by then. `ids` names
+       the message in the flow's `log`.
     """
     link, fresh = s.db.links.record_intent(intent_kind, key, s.clock())
     if link["status"] == "created":
@@ -86,10 +88,16 @@ def report_blocked_reply(s: Services, intent_kind: str, key: str,
         count = len(s.db.replies.parts(reply["id"]))
         part = f"parte {seq + 1} de {count}" if count > 1 and seq is not None else None
         mark_reply_blocked(s, reply, why, part)
+        if reply["status"] == "delivered":
+            # Shown failed now: its delivered mark, still waiting to be shown (Chatwoot was down), must not
+            # follow. A failed reply's own report (a partial one's note) still goes.
+            s.db.replies.mark_reported(reply["id"], s.clock())
         crashpoint(crash)
         if not note_first_present(s, [reply["conversation_id"], conversation_id],
                                   blocked_reply_note(why, receiver, part), note_source, look_first=not fresh):
-            log.warning("moderation not shown: conversations deleted %s reply=%s", ids, reply["id"])
+            # Left pending: told at a later read, in the conversation the flow continues in by then.
+            log.warning("moderation not shown yet: conversations deleted %s reply=%s", ids, reply["id"])
+            return
         log.warning("reply moderated %s reply=%s conversation=%s reason=%s", ids, reply["id"],
                     reply["conversation_id"], why)
     s.db.links.mark_created(intent_kind, key, s.clock())

@@ -24,7 +24,7 @@ import time
 from datetime import datetime, timezone
 
 from bridge import failures, source_ids
-from bridge.http import SETTLE, ApiError, PermanentError
+from bridge.http import SETTLE, ApiError, PermanentError, TransientError
 from bridge.paging import Pages
 from bridge.rules import own_parts
 from bridge.rules.dates import parse_date
@@ -368,7 +368,20 @@ def sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | No
     """
     with s.locks.hold(f"pack:{pack_id}"):
         since = (s.db.threads.get(pack_id) or {}).get("marking_since")
-        created = _sync_pack(s, pack_id, seller_id, resource_kind, require_buyer)
+        try:
+            created = _sync_pack(s, pack_id, seller_id, resource_kind, require_buyer)
+        except TransientError as exc:
+            flagged = (s.db.threads.get(pack_id) or {}).get("marking_since")
+            if since is not None or flagged is None:
+                raise
+            # This sync marked the thread read and then failed (the mark's answer lost, or what it marked
+            # not stored): what the mark showed as read is the bridge's to show now. Left to the next poll's
+            # resume_interrupted_marks, it waited for a whole poll of the unread list, or a restart.
+            # Read without marking: a mark whose answer was lost is not repeated at once (mark_thread_read).
+            log.warning("thread mark-read interrupted, reading it again now pack=%s: %s", pack_id,
+                        failures.describe(exc))
+            created = _sync_pack(s, pack_id, seller_id, resource_kind, require_buyer, marking=False)
+            since = flagged
         # Whichever sync reads the thread first, a mark-read whose answer was lost is still to settle.
         _keep_unsettled_mark(s, pack_id, since)
         return created
@@ -382,7 +395,7 @@ def _keep_unsettled_mark(s: Services, pack_id: str, since: float | None) -> None
 
 
 def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | None,
-               require_buyer: bool = False) -> int:
+               require_buyer: bool = False, marking: bool = True) -> int:
     started, read_at = time.monotonic(), s.clock()
     messages, first = read_thread(s, pack_id, seller_id)
     blocked = (first.get("conversation_status") or {}).get("status") == "blocked"
@@ -469,7 +482,7 @@ def _sync_pack(s: Services, pack_id: str, seller_id: int, resource_kind: str | N
     _report_moderated_replies(s, messages, bridge_ids, conversation_id)
     unread = [m for m in messages if not is_from_seller(m, seller_id) and not (m.get("message_date") or {}).get("read")]
     late: list[dict] = []
-    if unread:
+    if unread and marking:
         # Everything is stored: now Mercado Livre may show the buyer's messages as read.
         # Read again: a message that went into a conversation deleted mid-sync is in no plan left, yet shown.
         late = _mark_read(s, pack_id, seller_id, messages, known_now() | own | {str(m["id"]) for m, _d in plan})
