@@ -205,3 +205,21 @@ def test_retention_keeps_a_closed_claim_while_a_message_create_in_it_is_in_doubt
     db.privacy.apply_retention(now=100 * DAY, days=90)
     assert db.links.get("claim", "9105") is not None
     assert db.links.get("claim_message", "9105:complainant:2026-01-02T00:00:00.000Z:ghi") is not None
+
+
+def test_a_message_mirrored_into_a_claim_pruned_mid_sync_stays_covered_once_its_row_goes(db):
+    """The prune landed while a sync of the closed claim mirrored a late message (dated 6000 on Mercado
+    Livre): the message is in Chatwoot, its row left without its claim's, after the prune's mark. A later
+    pass deletes such rows; the mark must then cover the message, or the claim's next read brings it into
+    Chatwoot a second time."""
+    claim_rows(db, "9107", "67", 54, 1.0)  # its messages up to 5000 mirrored
+    db.privacy.apply_retention(now=100 * DAY, days=90)
+    assert db.links.get("claim", "9107") is None
+    late = "9107:complainant:1970-01-01T01:40:00.000Z:xyz"
+    db.links.mark_created("claim_message", late, 100 * DAY, conversation_id=107, message_id=2,
+                          data={"role": "complainant", "direction": "incoming", "at": 6000.0})
+
+    db.privacy.apply_retention(now=200 * DAY, days=90)
+    assert db.links.get("claim_message", late) is None
+    message = {"sender_role": "complainant", "message": "de novo", "date_created": "1970-01-01T01:40:00.000Z"}
+    assert sync_claims.after_watermark([message], db.watermarks.get("claim", "9107")) == []

@@ -106,6 +106,20 @@ def _item_replies(conn: sqlite3.Connection, kind: str, external_id: str, where: 
         (spec["reply_kind"], *params, *own, external_id, kind, external_id))]
 
 
+def _delete_orphans(conn: sqlite3.Connection, kind: str, owner: str, rows: str, cutoff: float) -> int:
+    """Delete the `rows` (SQL over `links`, one ? for `cutoff`) left without their `kind` conversation, whose
+    external id `owner` gives. A message among them mirrored by a sync a prune or an erasure overtook (the
+    housekeeping thread, forget-buyer) is in Chatwoot after the conversation's closed mark: the mark covers
+    its Mercado Livre date (`at`) as its row goes, or the next read of the thread brings it in again."""
+    mirrored = (f"links.status = 'created' AND json_extract(links.data, '$.at') IS NOT NULL"
+                f" AND {owner} = watermarks.external_id AND {rows}")
+    conn.execute(f"UPDATE watermarks SET last_message_at = MAX(COALESCE(last_message_at, 0), (SELECT"
+                 f" MAX(CAST(json_extract(links.data, '$.at') AS REAL)) FROM links WHERE {mirrored}))"
+                 f" WHERE kind = ? AND closed_at IS NOT NULL AND EXISTS (SELECT 1 FROM links WHERE {mirrored})",
+                 (cutoff, kind, cutoff))
+    return conn.execute(f"DELETE FROM links WHERE {rows}", (cutoff,)).rowcount
+
+
 class PrivacyStore:
     """`db.privacy`: commands apply_retention/forget_buyer, queries buyer_…/contacts_of_other_buyers/…"""
 
@@ -146,21 +160,11 @@ class PrivacyStore:
         with self._db.write() as wconn:
             # Rows whose conversation is already gone (kept by older versions, or half-created). A create
             # in doubt names only its conversation until it is confirmed: kept while a sale there stays.
-            orphan_messages = ("kind = 'message' AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p"
-                               " WHERE p.kind = 'pack' AND (p.external_id = json_extract(links.data, '$.pack_id')"
-                               " OR (links.conversation_id IS NOT NULL"
-                               " AND p.conversation_id = links.conversation_id)))")
-            # One mirrored by a sync a prune or an erasure overtook (the housekeeping thread, forget-buyer) is in
-            # Chatwoot after the sale's closed mark: the mark covers it as its row goes, or it comes in again.
-            wconn.execute(
-                "UPDATE watermarks SET last_message_at = MAX(COALESCE(last_message_at, 0), (SELECT"
-                " MAX(CAST(json_extract(links.data, '$.at') AS REAL)) FROM links WHERE links.status = 'created'"
-                f" AND json_extract(links.data, '$.pack_id') = watermarks.external_id AND {orphan_messages}))"
-                " WHERE kind = 'pack' AND closed_at IS NOT NULL AND EXISTS (SELECT 1 FROM links WHERE"
-                " links.status = 'created' AND json_extract(links.data, '$.at') IS NOT NULL"
-                f" AND json_extract(links.data, '$.pack_id') = watermarks.external_id AND {orphan_messages})",
-                (cutoff, cutoff))
-            orphans = wconn.execute(f"DELETE FROM links WHERE {orphan_messages}", (cutoff,)).rowcount
+            orphans = _delete_orphans(
+                wconn, "pack", "json_extract(links.data, '$.pack_id')",
+                "kind = 'message' AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p WHERE p.kind = 'pack'"
+                " AND (p.external_id = json_extract(links.data, '$.pack_id')"
+                " OR (links.conversation_id IS NOT NULL AND p.conversation_id = links.conversation_id)))", cutoff)
             orphans += wconn.execute(
                 "DELETE FROM links WHERE kind = 'answer' AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p"
                 " WHERE p.kind = 'question' AND p.external_id = links.external_id)", (cutoff,)).rowcount
@@ -179,11 +183,12 @@ class PrivacyStore:
             # The hold of an erasure whose command stopped midway: it names the buyer.
             orphans += wconn.execute("DELETE FROM links WHERE kind = ? AND updated_at < ?",
                                      (ERASING, now - ERASING_HOLD)).rowcount
-            orphans += wconn.execute(
-                "DELETE FROM links WHERE kind IN ('claim_message', 'claim_event', 'claim_moderation')"
-                " AND updated_at < ? AND NOT EXISTS (SELECT 1 FROM links p WHERE p.kind = 'claim'"
-                " AND p.external_id = substr(links.external_id, 1, instr(links.external_id, ':') - 1))",
-                (cutoff,)).rowcount
+            claim_of_row = "substr(links.external_id, 1, instr(links.external_id, ':') - 1)"
+            orphans += _delete_orphans(
+                wconn, "claim", claim_of_row,
+                "kind IN ('claim_message', 'claim_event', 'claim_moderation') AND updated_at < ?"
+                f" AND NOT EXISTS (SELECT 1 FROM links p WHERE p.kind = 'claim' AND p.external_id = {claim_of_row})",
+                cutoff)
             _add_counts(counts, {"links": orphans})
             # Final replies keep no text, whatever path finished them (LGPD).
             wconn.execute("UPDATE reply_parts SET text = NULL, attachments = NULL WHERE (text IS NOT NULL OR"
