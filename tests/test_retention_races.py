@@ -223,3 +223,20 @@ def test_a_message_mirrored_into_a_claim_pruned_mid_sync_stays_covered_once_its_
     assert db.links.get("claim_message", late) is None
     message = {"sender_role": "complainant", "message": "de novo", "date_created": "1970-01-01T01:40:00.000Z"}
     assert sync_claims.after_watermark([message], db.watermarks.get("claim", "9107")) == []
+
+
+def test_a_create_in_doubt_never_tried_again_holds_its_sale_or_claim_one_retention_window_at_most(db):
+    """A create whose answer was lost holds its sale or claim while it may still be tried again (its item is
+    retried at least daily while it fails). One left untried for a whole window past the retention cutoff
+    (its conversation deleted, the bridge stopped retrying it) never will be, and held the buyer's rows
+    forever, against RETENTION_DAYS."""
+    sale_rows(db, "606", "36", 46, 1.0, messages=("h1",))
+    db.links.record_intent("message", "h2", 1.0, conversation_id=606)
+    claim_rows(db, "9108", "68", 55, 1.0)
+    db.links.record_intent("claim_message", "9108:complainant:2026-01-02T00:00:00.000Z:jkl", 1.0,
+                           conversation_id=108)
+
+    db.privacy.apply_retention(now=200 * DAY, days=90)
+    assert db.links.get("pack", "606") is None and db.links.get("message", "h2") is None
+    assert db.links.get("claim", "9108") is None
+    assert db.links.get("claim_message", "9108:complainant:2026-01-02T00:00:00.000Z:jkl") is None

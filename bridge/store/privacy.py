@@ -62,6 +62,21 @@ CONVERSATION_KINDS: dict[str, dict] = {
 # part recorded sent at our time t is dated at most this much later there.
 SENT_CLOCK_SKEW = 60.0
 
+# A create in doubt (its answer lost) is looked for by its row before it is made again: pruned with its
+# conversation, the next attempt would make it again without looking, twice in Chatwoot once the first was
+# applied. Its item is tried again at least daily while it fails (bridge.failures.AFTER_GIVE_UP), so it
+# holds the conversation while tried within a retention window past the cutoff: a pass that finds every row
+# RETENTION_DAYS old at once (a bridge stopped that long, the soak's passes) still finds it in progress. One
+# untried longer (its conversation deleted, the bridge stopped retrying it) never resolves: it holds nothing,
+# and the buyer's rows go at most one more RETENTION_DAYS late. Over `links`, one ? for that bound.
+HELD_INTENT = "status = 'pending' AND updated_at >= ?"
+
+
+def intents_held_since(cutoff: float, days: float) -> float:
+    """The last attempt after which a create in doubt still holds its conversation (HELD_INTENT)."""
+    return cutoff - days * 86400
+
+
 # The statuses of a reply whose agent has not been told its outcome (see forget_buyer's `untold`).
 UNTOLD_REPLIES = ("pending", "sending", "failed", "delivered")
 
@@ -136,17 +151,18 @@ class PrivacyStore:
         per write: the listener's commits never wait behind a whole pruning run.
         """
         cutoff = now - days * 86400
+        held = intents_held_since(cutoff, days)
         counts: dict[str, int] = {}
         conn = self._db.conn()
         for kind, spec in CONVERSATION_KINDS.items():
             due = [r[0] for r in conn.execute(
                 f"SELECT external_id FROM links WHERE kind = ? AND status = 'created' AND updated_at < ?"
-                f" AND {spec['finished']}", (kind, cutoff)) if self._retention_due(conn, kind, r[0], cutoff)]
+                f" AND {spec['finished']}", (kind, cutoff)) if self._retention_due(conn, kind, r[0], cutoff, held)]
             for start in range(0, len(due), RETENTION_BATCH):
                 with self._db.write() as wconn:
                     for external_id in due[start:start + RETENTION_BATCH]:
                         # Re-checked under the write lock: a message may have arrived meanwhile.
-                        if self._retention_due(wconn, kind, external_id, cutoff):
+                        if self._retention_due(wconn, kind, external_id, cutoff, held):
                             _add_counts(counts, self._erase_conversation(wconn, kind, external_id, now, pruning=True))
         # Buyers none of whose questions or sales remain.
         buyers = [tuple(r) for r in conn.execute("SELECT external_id, contact_id FROM links WHERE kind = 'buyer'"
@@ -197,9 +213,9 @@ class PrivacyStore:
         return counts
 
     @staticmethod
-    def _retention_due(conn: sqlite3.Connection, kind: str, external_id: str, cutoff: float) -> bool:
+    def _retention_due(conn: sqlite3.Connection, kind: str, external_id: str, cutoff: float, held: float) -> bool:
         """Finished and quiet since `cutoff`: no reply in the outbox or unreported, no recent reply,
-        answer, message or thread activity, no mark-read in flight."""
+        answer, message or thread activity, no mark-read in flight, no create in doubt tried since `held`."""
         spec = CONVERSATION_KINDS[kind]
         if not conn.execute(f"SELECT 1 FROM links WHERE kind = ? AND external_id = ? AND status = 'created'"
                             f" AND updated_at < ? AND {spec['finished']}", (kind, external_id, cutoff)).fetchone():
@@ -217,21 +233,19 @@ class PrivacyStore:
                             (external_id, cutoff)).fetchone():
                 return False
         for keyed_kind in spec["keyed"]:
-            # Pending: a create in doubt (its answer lost), looked for by its row before it is made again.
-            if conn.execute("SELECT 1 FROM links WHERE kind = ? AND external_id >= ? AND external_id < ?"
-                            " AND (updated_at >= ? OR status = 'pending') LIMIT 1",
-                            (keyed_kind, f"{external_id}:", f"{external_id}:\uffff", cutoff)).fetchone():
+            if conn.execute(f"SELECT 1 FROM links WHERE kind = ? AND external_id >= ? AND external_id < ?"
+                            f" AND (updated_at >= ? OR ({HELD_INTENT})) LIMIT 1",
+                            (keyed_kind, f"{external_id}:", f"{external_id}:\uffff", cutoff, held)).fetchone():
                 return False
         if spec["thread"] and conn.execute(
                 "SELECT 1 FROM threads WHERE pack_id = ? AND (active_at >= ? OR marking_since IS NOT NULL)",
                 (external_id, cutoff)).fetchone():
             return False
-        # A message create in doubt (its answer lost) names only its conversation until confirmed: in progress.
-        # Pruned, its intent would go too, and the next attempt create it again without looking first.
+        # A message create in doubt names only its conversation until confirmed (HELD_INTENT).
         for message_kind in spec["messages"]:
-            if conn.execute(f"SELECT 1 FROM links m JOIN links p ON p.kind = ? AND p.external_id = ?"
-                            f" WHERE m.conversation_id = p.conversation_id AND m.kind = '{message_kind}'"
-                            f" AND m.status = 'pending' LIMIT 1", (kind, external_id)).fetchone():
+            if conn.execute(f"SELECT 1 FROM links WHERE kind = '{message_kind}' AND conversation_id = (SELECT"
+                            f" conversation_id FROM links WHERE kind = ? AND external_id = ?) AND {HELD_INTENT}"
+                            f" LIMIT 1", (kind, external_id, held)).fetchone():
                 return False
         # A part the bridge sent that no sync has read back yet is not under the thread's mark; once
         # its reply's row is gone, nothing would tell it from a message the seller wrote on the site,
