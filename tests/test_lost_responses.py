@@ -360,3 +360,34 @@ def test_a_moderated_reply_whose_conversation_was_deleted_is_told_in_the_one_the
     notes = [json.loads(c.request.body) for c in responses.calls
              if c.request.method == "POST" and c.request.url == f"{CW}/conversations/91/messages"]
     assert [n["source_id"] for n in notes] == ["meli:note:moderation:m-r"]
+
+
+@responses.activate
+def test_a_reply_whose_first_part_was_moderated_while_the_next_waited_is_not_shown_delivered_once_it_goes(s):
+    """Part 1 of 2 went, part 2 met a 429; a read of the thread found part 1 moderated and marked the
+    message failed. Part 2 went later and the reply's own report set the message delivered over the
+    moderation's mark: the agent saw 'delivered' though the buyer never got part 1."""
+    from bridge.replies import report
+    from bridge.replies.accept import accept_webhook
+    from tests.payloads import message_created
+    now = time.time()
+    accept_webhook(message_created(message_id=9400, conversation_id=88, inbox_id=2,
+                                   content="Me chama no zap. " + "Obrigado pela compra! " * 20),
+                   s.settings, s.db, now - 1300)
+    reply = s.db.replies.active_for_target("message", "2000001")[0]
+    assert len(s.db.replies.parts(reply["id"])) == 2
+    s.db.replies.claim(reply["id"], now - 1300, 300)
+    s.db.replies.mark_part_sent(reply["id"], 0, "m-r", now - 1200)
+    thread_shows(MODERATED, marked=False)
+    responses.patch(f"{CW}/conversations/88/messages/9400", json={})
+    responses.get(f"{CW}/conversations/88/messages", json={"payload": []})
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 703})
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+
+    sync_messages.sync_pack(s, "2000001", 555)
+    s.db.replies.mark_part_sent(reply["id"], 1, "m-r2", now - 100)
+    s.db.replies.mark_delivered(reply["id"], now - 100)
+    report.report_outcomes(s)
+
+    patched = [json.loads(c.request.body)["status"] for c in responses.calls if c.request.method == "PATCH"]
+    assert patched == ["failed"]
