@@ -97,7 +97,10 @@ def _report(s: Services, reply: dict) -> None:
 def _report_in(s: Services, reply: dict) -> None:
     conversation_id, message_id = reply["conversation_id"], reply["chatwoot_message_id"]
     if reply["status"] == "delivered":
-        s.chatwoot.set_message_status(conversation_id, message_id, "delivered")
+        # A part moderated while the next still waited to go is shown failed by the moderation's
+        # report: the buyer never got it, and "delivered" over that mark would say they did.
+        if not s.db.replies.moderation_told(reply["id"]):
+            s.chatwoot.set_message_status(conversation_id, message_id, "delivered")
         if reply["kind"] == "answer":
             s.chatwoot.set_status(conversation_id, "resolved")
         redirected = redirect_note(reply)
