@@ -391,3 +391,30 @@ def test_a_reply_whose_first_part_was_moderated_while_the_next_waited_is_not_sho
 
     patched = [json.loads(c.request.body)["status"] for c in responses.calls if c.request.method == "PATCH"]
     assert patched == ["failed"]
+
+
+@responses.activate
+def test_a_failed_reply_in_a_deleted_conversation_that_was_never_its_sales_is_not_told_in_that_sales_conversation(s):
+    """Conversation 95 is unknown to the bridge's rows (another buyer's, say, its sale pruned); an agent typed
+    sale 2000001 into its sidebar, replied, and deleted it. The reply reached nobody, rightly; its failure
+    note went to conversation 88, sale 2000001's: another buyer's conversation, where no agent wrote it."""
+    from bridge.replies import delivery
+    from bridge.replies.accept import accept_webhook
+    from tests.payloads import message_created
+    now = time.time()
+    accept_webhook(message_created(message_id=9500, conversation_id=95, inbox_id=2, content="Segue o rastreio",
+                                   custom_attributes={"meli_pack_id": "2000001"}), s.settings, s.db, now)
+    reply = s.db.replies.by_message(9500)
+    assert reply is not None and reply["status"] in ("pending", "failed")
+    gone = {"error": "not found"}
+    responses.get(f"{CW}/conversations/95", status=404, json=gone)
+    responses.get(f"{CW}/conversations/95/messages", status=404, json=gone)
+    responses.patch(f"{CW}/conversations/95/messages/9500", status=404, json=gone)
+    responses.post(f"{CW}/conversations/95/messages", status=404, json=gone)
+    responses.get(f"{CW}/conversations/88/messages", json={"payload": []})
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 706})
+
+    delivery.run_outbox(s)
+
+    assert s.db.replies.by_message(9500)["status"] == "failed"
+    assert posts_to(f"{CW}/conversations/88/messages") == []
