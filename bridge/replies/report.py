@@ -13,7 +13,7 @@ from bridge.backoff import retry_delay
 from bridge.http import ApiError, PermanentError
 from bridge.replies.accept import LINK_KIND
 from bridge.replies.refusal import receiver_name
-from bridge.rules.conversations import confirmed_conversation
+from bridge.rules.conversations import confirmed_conversation, knows_conversation
 from bridge.services import Services
 from db_manager import crashpoint
 
@@ -76,9 +76,15 @@ def _report(s: Services, reply: dict) -> None:
         # An agent deleted the conversation (or the message) after replying. Success needs no
         # word; a failure is still told, in the conversation that replaced it if there is one
         # (a sale continues in a new conversation).
-        link = s.db.links.get(LINK_KIND.get(reply["kind"], "pack"), reply["target_id"])
+        kind = LINK_KIND.get(reply["kind"], "pack")
+        link = s.db.links.get(kind, reply["target_id"])
         # Only one confirmed as the item's: a candidate an agent's reply merely named may be another buyer's.
-        current = confirmed_conversation(link)
+        # And only when the reply's own conversation was the item's (the item continues in a new one): one the
+        # bridge never showed the item in was named by its attribute alone, maybe typed into another
+        # buyer's conversation, and the item's conversation holds nothing of this reply.
+        current = confirmed_conversation(link) if reply["target_id"] is not None and (
+            knows_conversation(link, reply["conversation_id"])
+            or s.db.links.bridge_used(kind, reply["target_id"], reply["conversation_id"])) else None
         log.warning("reply outcome for a deleted conversation or message reply=%s message=%s conversation=%s "
                     "status=%s now_in=%s", reply["id"], reply["chatwoot_message_id"], reply["conversation_id"],
                     reply["status"], current)
