@@ -418,3 +418,33 @@ def test_a_failed_reply_in_a_deleted_conversation_that_was_never_its_sales_is_no
 
     assert s.db.replies.by_message(9500)["status"] == "failed"
     assert posts_to(f"{CW}/conversations/88/messages") == []
+
+
+@responses.activate
+def test_a_failed_reply_whose_conversations_are_all_deleted_is_told_once_its_sale_continues_in_a_new_one(s):
+    """Mercado Livre refused the reply; an agent had deleted the sale's conversation meanwhile, and no
+    sync had made the next one yet. Its report was recorded done with no note anywhere, and the agent
+    never learnt the buyer did not get it (a moderated reply's note waits for the new conversation)."""
+    from bridge.replies import report
+    from bridge.replies.accept import accept_webhook
+    from tests.payloads import message_created
+    now = time.time()
+    accept_webhook(message_created(message_id=9600, conversation_id=88, inbox_id=2, content="Segue o rastreio"),
+                   s.settings, s.db, now)
+    reply = s.db.replies.by_message(9600)
+    s.db.replies.claim(reply["id"], now, 300)
+    s.db.replies.mark_failed(reply["id"], "recusado pelo Mercado Livre", "Corrija o texto e envie de novo.", now)
+    gone = {"error": "not found"}
+    responses.patch(f"{CW}/conversations/88/messages/9600", status=404, json=gone)
+    responses.post(f"{CW}/conversations/88/messages", status=404, json=gone)
+    report.report_outcomes(s)
+
+    # A buyer message: the sale goes on in conversation 91.
+    data = s.db.links.get("pack", "2000001")["data"]
+    s.db.links.update("pack", "2000001", now, conversation_id=91, data=dict(data, removed_conversation=88))
+    responses.post(f"{CW}/conversations/91/messages", json={"id": 707})
+    s.db.replies.report_later(reply["id"], 0, now)  # its backoff over
+    report.report_outcomes(s)
+
+    assert [json.loads(c.request.body)["source_id"] for c in posts_to(f"{CW}/conversations/91/messages")] \
+        == [f"meli:note:reply:{reply['id']}"]
