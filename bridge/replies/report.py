@@ -37,6 +37,8 @@ def report_reply(s: Services, reply: dict) -> int:
     try:
         _report(s, reply)
         crashpoint("reply_reported")
+    except Untold:
+        return _told_later(s, reply)
     except ApiError as exc:
         if exc.transient:
             delay = retry_delay(max(1, int(s.clock() - reply["updated_at"]) // 10 + 1), exc.retry_after)
@@ -50,6 +52,24 @@ def report_reply(s: Services, reply: dict) -> int:
         return _report_crashed(s, reply, exc)
     s.db.replies.mark_reported(reply["id"], s.clock())
     return 1
+
+
+class Untold(Exception):
+    """A failure whose every conversation is deleted: told once its item has a conversation again."""
+
+
+def _told_later(s: Services, reply: dict) -> int:
+    """Kept pending, as a moderation's untold note is: a sale goes on in a new conversation at its buyer's
+    next message, and the agent must learn there that this reply did not go. After a day, given up on."""
+    now = s.clock()
+    since = reply["finished_at"] or reply["created_at"]
+    if now - since > GIVE_UP_AFTER:
+        log.warning("reply outcome never shown: its conversations were deleted reply=%s message=%s conversation=%s",
+                    reply["id"], reply["chatwoot_message_id"], reply["conversation_id"])
+        s.db.replies.mark_reported(reply["id"], now)
+        return 1
+    s.db.replies.report_later(reply["id"], now + retry_delay(max(1, int(now - since) // 10 + 1)), now)
+    return 0
 
 
 def _report_crashed(s: Services, reply: dict, exc: Exception) -> int:
@@ -82,9 +102,10 @@ def _report(s: Services, reply: dict) -> None:
         # And only when the reply's own conversation was the item's (the item continues in a new one): one the
         # bridge never showed the item in was named by its attribute alone, maybe typed into another
         # buyer's conversation, and the item's conversation holds nothing of this reply.
-        current = confirmed_conversation(link) if reply["target_id"] is not None and (
+        its_own = reply["target_id"] is not None and (
             knows_conversation(link, reply["conversation_id"])
-            or s.db.links.bridge_used(kind, reply["target_id"], reply["conversation_id"])) else None
+            or s.db.links.bridge_used(kind, reply["target_id"], reply["conversation_id"]))
+        current = confirmed_conversation(link) if its_own else None
         log.warning("reply outcome for a deleted conversation or message reply=%s message=%s conversation=%s "
                     "status=%s now_in=%s", reply["id"], reply["chatwoot_message_id"], reply["conversation_id"],
                     reply["status"], current)
@@ -98,6 +119,8 @@ def _report(s: Services, reply: dict) -> None:
             except PermanentError as gone:
                 if gone.status != 404:
                     raise
+        if its_own:
+            raise Untold from None  # the item may go on in a new conversation (a sale does, at its buyer's word)
 
 
 def _report_in(s: Services, reply: dict) -> None:
