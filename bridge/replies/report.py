@@ -119,7 +119,7 @@ def _report(s: Services, reply: dict) -> None:
             except PermanentError as gone:
                 if gone.status != 404:
                     raise
-        if its_own:
+        if its_own and reply["kind"] in ("message", "claim"):  # a question's never continues once answered
             raise Untold from None  # the item may go on in a new conversation (a sale does, at its buyer's word)
 
 
