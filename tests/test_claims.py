@@ -1029,3 +1029,5 @@ def test_a_reply_to_the_buyer_that_went_to_the_mediator_still_says_so_when_a_par
     notes = [json.loads(c.request.body)["content"] for c in responses.calls if c.request.method == "POST"
              and c.request.url == f"{CW}/conversations/88/messages" and json.loads(c.request.body).get("private")]
     assert any("entregue ao mediador" in n for n in notes), notes
+    patched = [json.loads(c.request.body)["status"] for c in responses.calls if c.request.method == "PATCH"]
+    assert patched == ["failed"]  # its delivered mark never over the moderation's
