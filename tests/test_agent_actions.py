@@ -177,8 +177,10 @@ def test_a_failed_reply_from_a_deleted_conversation_is_told_in_the_sales_new_one
         message_created(message_id=9300, conversation_id=77, inbox_id=2, content="Obrigado 😀"),
         s.settings, s.db, time.time())
     assert status == "refused"
-    # The agent deletes the conversation; the next buyer message moved the sale to conversation 88.
-    s.db.links.update("pack", "2000001", time.time(), conversation_id=88)
+    # The agent deletes the conversation; the next buyer message moved the sale to conversation 88 (the sync
+    # remembers 77 as the one deleted: contacts.continue_in_new_conversation).
+    s.db.links.update("pack", "2000001", time.time(), conversation_id=88,
+                      data={"buyer_id": 9, "removed_conversation": 77})
     responses.patch(f"{CW}/conversations/77/messages/9300", status=404, json=NOT_FOUND)
     responses.post(f"{CW}/conversations/77/messages", status=404, json=NOT_FOUND)
     responses.post(f"{CW}/conversations/88/messages", json={"id": 1})

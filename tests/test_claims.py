@@ -1001,3 +1001,33 @@ def test_a_claim_whose_new_conversation_is_deleted_too_continues_in_another_at_o
     assert sync_claims.sync_claim(s, CLAIM_ID) == 1
     assert mirrored(95) == ["Depois de apagada"]
     assert db.links.get("claim", CLAIM_ID)["conversation_id"] == 95
+
+
+@responses.activate
+def test_a_reply_to_the_buyer_that_went_to_the_mediator_still_says_so_when_a_part_is_moderated_before_its_report(s, db):
+    """Addressed to the buyer, sent to the mediator (the only one the seller could write to); Chatwoot was
+    down as it was delivered, so its report, with the note saying the mediator got it, waited. The claim's
+    read then found part 2 moderated: that report superseded the waiting one, and the agent, told only
+    that 'o destinatário' missed part 2, took part 1 as the buyer's."""
+    reply_id = db.replies.accept(chatwoot_message_id=913, conversation_id=88, kind="claim", target_id=CLAIM_ID,
+                                 parts=[{"text": "Primeira parte"}, {"text": "Meu email é loja@example.com"}],
+                                 now=1000.0, receiver="mediator", addressed="complainant")
+    for seq, text in enumerate(["Primeira parte", "Meu email é loja@example.com"]):
+        db.replies.mark_part_sent(reply_id, seq, sync_claims.sent_key(CLAIM_ID, text), 1001.0 + seq)
+    db.replies.mark_delivered(reply_id, 1003.0)
+    blocked = dict(respondent_message("Meu email é loja@example.com", 2), receiver_role="mediator",
+                   status="rejected", moderation={"status": "rejected", "reason": "PERSONAL_DATA"})
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}", json=claim(due="2030-01-01T00:00:00.000Z"))
+    responses.get(f"{API}/post-purchase/v1/claims/{CLAIM_ID}/messages",
+                  json=[dict(respondent_message("Primeira parte", 1), receiver_role="mediator"), blocked])
+    responses.patch(f"{CW}/conversations/88/messages/913", json={"id": 913})
+    chatwoot_for_mirroring()
+    sync_claims.sync_claim(s, CLAIM_ID)
+    s.clock.advance(3600)
+    report.report_outcomes(s)
+
+    notes = [json.loads(c.request.body)["content"] for c in responses.calls if c.request.method == "POST"
+             and c.request.url == f"{CW}/conversations/88/messages" and json.loads(c.request.body).get("private")]
+    assert any("entregue ao mediador" in n for n in notes), notes
+    patched = [json.loads(c.request.body)["status"] for c in responses.calls if c.request.method == "PATCH"]
+    assert patched == ["failed"]  # its delivered mark never over the moderation's

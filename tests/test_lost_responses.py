@@ -360,3 +360,91 @@ def test_a_moderated_reply_whose_conversation_was_deleted_is_told_in_the_one_the
     notes = [json.loads(c.request.body) for c in responses.calls
              if c.request.method == "POST" and c.request.url == f"{CW}/conversations/91/messages"]
     assert [n["source_id"] for n in notes] == ["meli:note:moderation:m-r"]
+
+
+@responses.activate
+def test_a_reply_whose_first_part_was_moderated_while_the_next_waited_is_not_shown_delivered_once_it_goes(s):
+    """Part 1 of 2 went, part 2 met a 429; a read of the thread found part 1 moderated and marked the
+    message failed. Part 2 went later and the reply's own report set the message delivered over the
+    moderation's mark: the agent saw 'delivered' though the buyer never got part 1."""
+    from bridge.replies import report
+    from bridge.replies.accept import accept_webhook
+    from tests.payloads import message_created
+    now = time.time()
+    accept_webhook(message_created(message_id=9400, conversation_id=88, inbox_id=2,
+                                   content="Me chama no zap. " + "Obrigado pela compra! " * 20),
+                   s.settings, s.db, now - 1300)
+    reply = s.db.replies.active_for_target("message", "2000001")[0]
+    assert len(s.db.replies.parts(reply["id"])) == 2
+    s.db.replies.claim(reply["id"], now - 1300, 300)
+    s.db.replies.mark_part_sent(reply["id"], 0, "m-r", now - 1200)
+    thread_shows(MODERATED, marked=False)
+    responses.patch(f"{CW}/conversations/88/messages/9400", json={})
+    responses.get(f"{CW}/conversations/88/messages", json={"payload": []})
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 703})
+    responses.post(f"{CW}/conversations/88/toggle_status", json={})
+
+    sync_messages.sync_pack(s, "2000001", 555)
+    s.db.replies.mark_part_sent(reply["id"], 1, "m-r2", now - 100)
+    s.db.replies.mark_delivered(reply["id"], now - 100)
+    report.report_outcomes(s)
+
+    patched = [json.loads(c.request.body)["status"] for c in responses.calls if c.request.method == "PATCH"]
+    assert patched == ["failed"]
+
+
+@responses.activate
+def test_a_failed_reply_in_a_deleted_conversation_that_was_never_its_sales_is_not_told_in_that_sales_conversation(s):
+    """Conversation 95 is unknown to the bridge's rows (another buyer's, say, its sale pruned); an agent typed
+    sale 2000001 into its sidebar, replied, and deleted it. The reply reached nobody, rightly; its failure
+    note went to conversation 88, sale 2000001's: another buyer's conversation, where no agent wrote it."""
+    from bridge.replies import delivery
+    from bridge.replies.accept import accept_webhook
+    from tests.payloads import message_created
+    now = time.time()
+    accept_webhook(message_created(message_id=9500, conversation_id=95, inbox_id=2, content="Segue o rastreio",
+                                   custom_attributes={"meli_pack_id": "2000001"}), s.settings, s.db, now)
+    reply = s.db.replies.by_message(9500)
+    assert reply is not None and reply["status"] in ("pending", "failed")
+    gone = {"error": "not found"}
+    responses.get(f"{CW}/conversations/95", status=404, json=gone)
+    responses.get(f"{CW}/conversations/95/messages", status=404, json=gone)
+    responses.patch(f"{CW}/conversations/95/messages/9500", status=404, json=gone)
+    responses.post(f"{CW}/conversations/95/messages", status=404, json=gone)
+    responses.get(f"{CW}/conversations/88/messages", json={"payload": []})
+    responses.post(f"{CW}/conversations/88/messages", json={"id": 706})
+
+    delivery.run_outbox(s)
+
+    assert s.db.replies.by_message(9500)["status"] == "failed"
+    assert posts_to(f"{CW}/conversations/88/messages") == []
+
+
+@responses.activate
+def test_a_failed_reply_whose_conversations_are_all_deleted_is_told_once_its_sale_continues_in_a_new_one(s):
+    """Mercado Livre refused the reply; an agent had deleted the sale's conversation meanwhile, and no
+    sync had made the next one yet. Its report was recorded done with no note anywhere, and the agent
+    never learnt the buyer did not get it (a moderated reply's note waits for the new conversation)."""
+    from bridge.replies import report
+    from bridge.replies.accept import accept_webhook
+    from tests.payloads import message_created
+    now = time.time()
+    accept_webhook(message_created(message_id=9600, conversation_id=88, inbox_id=2, content="Segue o rastreio"),
+                   s.settings, s.db, now)
+    reply = s.db.replies.by_message(9600)
+    s.db.replies.claim(reply["id"], now, 300)
+    s.db.replies.mark_failed(reply["id"], "recusado pelo Mercado Livre", "Corrija o texto e envie de novo.", now)
+    gone = {"error": "not found"}
+    responses.patch(f"{CW}/conversations/88/messages/9600", status=404, json=gone)
+    responses.post(f"{CW}/conversations/88/messages", status=404, json=gone)
+    report.report_outcomes(s)
+
+    # A buyer message: the sale goes on in conversation 91.
+    data = s.db.links.get("pack", "2000001")["data"]
+    s.db.links.update("pack", "2000001", now, conversation_id=91, data=dict(data, removed_conversation=88))
+    responses.post(f"{CW}/conversations/91/messages", json={"id": 707})
+    s.db.replies.report_later(reply["id"], 0, now)  # its backoff over
+    report.report_outcomes(s)
+
+    assert [json.loads(c.request.body)["source_id"] for c in posts_to(f"{CW}/conversations/91/messages")] \
+        == [f"meli:note:reply:{reply['id']}"]

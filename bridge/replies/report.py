@@ -13,7 +13,7 @@ from bridge.backoff import retry_delay
 from bridge.http import ApiError, PermanentError
 from bridge.replies.accept import LINK_KIND
 from bridge.replies.refusal import receiver_name
-from bridge.rules.conversations import confirmed_conversation
+from bridge.rules.conversations import confirmed_conversation, knows_conversation
 from bridge.services import Services
 from db_manager import crashpoint
 
@@ -37,6 +37,8 @@ def report_reply(s: Services, reply: dict) -> int:
     try:
         _report(s, reply)
         crashpoint("reply_reported")
+    except Untold:
+        return _told_later(s, reply)
     except ApiError as exc:
         if exc.transient:
             delay = retry_delay(max(1, int(s.clock() - reply["updated_at"]) // 10 + 1), exc.retry_after)
@@ -50,6 +52,24 @@ def report_reply(s: Services, reply: dict) -> int:
         return _report_crashed(s, reply, exc)
     s.db.replies.mark_reported(reply["id"], s.clock())
     return 1
+
+
+class Untold(Exception):
+    """A failure whose every conversation is deleted: told once its item has a conversation again."""
+
+
+def _told_later(s: Services, reply: dict) -> int:
+    """Kept pending, as a moderation's untold note is: a sale goes on in a new conversation at its buyer's
+    next message, and the agent must learn there that this reply did not go. After a day, given up on."""
+    now = s.clock()
+    since = reply["finished_at"] or reply["created_at"]
+    if now - since > GIVE_UP_AFTER:
+        log.warning("reply outcome never shown: its conversations were deleted reply=%s message=%s conversation=%s",
+                    reply["id"], reply["chatwoot_message_id"], reply["conversation_id"])
+        s.db.replies.mark_reported(reply["id"], now)
+        return 1
+    s.db.replies.report_later(reply["id"], now + retry_delay(max(1, int(now - since) // 10 + 1)), now)
+    return 0
 
 
 def _report_crashed(s: Services, reply: dict, exc: Exception) -> int:
@@ -76,9 +96,16 @@ def _report(s: Services, reply: dict) -> None:
         # An agent deleted the conversation (or the message) after replying. Success needs no
         # word; a failure is still told, in the conversation that replaced it if there is one
         # (a sale continues in a new conversation).
-        link = s.db.links.get(LINK_KIND.get(reply["kind"], "pack"), reply["target_id"])
+        kind = LINK_KIND.get(reply["kind"], "pack")
+        link = s.db.links.get(kind, reply["target_id"])
         # Only one confirmed as the item's: a candidate an agent's reply merely named may be another buyer's.
-        current = confirmed_conversation(link)
+        # And only when the reply's own conversation was the item's (the item continues in a new one): one the
+        # bridge never showed the item in was named by its attribute alone, maybe typed into another
+        # buyer's conversation, and the item's conversation holds nothing of this reply.
+        its_own = reply["target_id"] is not None and (
+            knows_conversation(link, reply["conversation_id"])
+            or s.db.links.bridge_used(kind, reply["target_id"], reply["conversation_id"]))
+        current = confirmed_conversation(link) if its_own else None
         log.warning("reply outcome for a deleted conversation or message reply=%s message=%s conversation=%s "
                     "status=%s now_in=%s", reply["id"], reply["chatwoot_message_id"], reply["conversation_id"],
                     reply["status"], current)
@@ -92,12 +119,17 @@ def _report(s: Services, reply: dict) -> None:
             except PermanentError as gone:
                 if gone.status != 404:
                     raise
+        if its_own and reply["kind"] in ("message", "claim"):  # a question's never continues once answered
+            raise Untold from None  # the item may go on in a new conversation (a sale does, at its buyer's word)
 
 
 def _report_in(s: Services, reply: dict) -> None:
     conversation_id, message_id = reply["conversation_id"], reply["chatwoot_message_id"]
     if reply["status"] == "delivered":
-        s.chatwoot.set_message_status(conversation_id, message_id, "delivered")
+        # A part moderated while the next still waited to go is shown failed by the moderation's
+        # report: the buyer never got it, and "delivered" over that mark would say they did.
+        if not s.db.replies.moderation_told(reply["id"]):
+            s.chatwoot.set_message_status(conversation_id, message_id, "delivered")
         if reply["kind"] == "answer":
             s.chatwoot.set_status(conversation_id, "resolved")
         redirected = redirect_note(reply)

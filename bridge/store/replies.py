@@ -470,6 +470,17 @@ class RepliesStore:
         return self._db.one("SELECT r.* FROM replies r JOIN reply_parts p ON p.reply_id = r.id WHERE p.remote_id = ?",
                             (remote_id,))
 
+    def moderation_told(self, reply_id: int) -> bool:
+        """A part of this reply was reported blocked by Mercado Livre's moderation (its failed mark and note
+        shown, or on their way): a delivered mark must never be shown over that one."""
+        return self._db.one(
+            "SELECT EXISTS (SELECT 1 FROM reply_parts p JOIN links m ON m.kind = 'moderation'"
+            " AND m.external_id = p.remote_id WHERE p.reply_id = ?)"
+            " OR EXISTS (SELECT 1 FROM replies r JOIN links c ON c.conversation_id = r.conversation_id"
+            " AND c.kind = 'claim_message' AND c.message_id = r.chatwoot_message_id"
+            " JOIN links m ON m.kind = 'claim_moderation' AND m.external_id = c.external_id"
+            " WHERE r.id = ?) AS told", (reply_id, reply_id))["told"] == 1
+
     def delivered_between(self, kind: str, start: float, end: float) -> list[Reply]:
         return self._db.all("SELECT * FROM replies WHERE kind = ? AND status = 'delivered' AND finished_at >= ?"
                             " AND finished_at < ? ORDER BY finished_at", (kind, start, end))

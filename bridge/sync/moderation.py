@@ -88,10 +88,9 @@ def report_blocked_reply(s: Services, intent_kind: str, key: str,
         count = len(s.db.replies.parts(reply["id"]))
         part = f"parte {seq + 1} de {count}" if count > 1 and seq is not None else None
         mark_reply_blocked(s, reply, why, part)
-        if reply["status"] == "delivered":
-            # Shown failed now: its delivered mark, still waiting to be shown (Chatwoot was down), must not
-            # follow. A failed reply's own report (a partial one's note) still goes.
-            s.db.replies.mark_reported(reply["id"], s.clock())
+        # A report still waiting (Chatwoot was down) goes on: it never sets a delivered mark over this one
+        # (db.replies.moderation_told), and what else it says still counts: a partial reply's failure note,
+        # a claim reply's note saying the mediator, not the buyer addressed, got it.
         crashpoint(crash)
         if not note_first_present(s, [reply["conversation_id"], conversation_id],
                                   blocked_reply_note(why, receiver, part), note_source, look_first=not fresh):
