@@ -102,7 +102,9 @@ DEFECTS = [
            (("bridge/replies/accept.py",
              '    return claim_rules.parse_reply_to(attrs.get(REPLY_TO_ATTRIBUTE))\n',
              '    return "complainant"  # planted\n'),),
-           ("a claim reply reaches only the receiver the agent addressed", FAILED)),
+           # Every receiver is taken for the buyer: an unreadable one is guessed too.
+           ("a claim reply reaches only the receiver the agent addressed", FAILED,
+            "a claim reply with a receiver the bridge cannot read is refused, never guessed")),
     Defect("forget-buyer-erases-another", "forget-buyer erasing a second buyer",
            (("bridge/store/privacy.py",
              "\"DELETE FROM links WHERE kind IN ('buyer', ?) AND external_id = ?\"",
