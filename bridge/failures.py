@@ -29,6 +29,7 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 GIVE_UP_ATTEMPTS = 10
 RETRY_FIRST = 120.0        # with doubling, the tenth attempt comes some 9 to 17 hours after the first
 RETRY_LONGEST = 8 * 3600.0
+TRANSIENT_LONGEST = 300.0
 AFTER_GIVE_UP = 24 * 3600.0
 KEEP_REPORTED = 7 * 86400.0  # given-up notifications and replies stay visible in /health this long
 # Transient failures of this many items in a row mean the service is down, not the items:
@@ -48,11 +49,19 @@ WHAT = {"question": "esta pergunta", "pack": "as mensagens desta venda", "claim"
 
 # ---- pure decisions -------------------------------------------------------------------------------
 
-def next_attempt(attempts: int, now: float, retry_after: float | None = None) -> tuple[float, bool]:
-    """When an item that has now failed `attempts` times is tried again, and whether it was given up."""
-    if attempts >= GIVE_UP_ATTEMPTS:
+def next_attempt(attempts: int, now: float, retry_after: float | None = None, *, transient: bool = False,
+                 failing_for: float = 0.0) -> tuple[float, bool]:
+    """When an item that has now failed `attempts` times is tried again, and whether it was given up.
+
+    A transient failure (5xx, 429, a timeout) is the service's, not the item's: waits stop growing at
+    TRANSIENT_LONGEST, so every item a Chatwoot or Mercado Livre outage caught is back minutes after
+    it ends (a 30-minute soak saw a claim's messages wait 27 minutes for their sixth try), and it is
+    given up only once it has been failing for a day.
+    """
+    if attempts >= GIVE_UP_ATTEMPTS and (not transient or failing_for >= AFTER_GIVE_UP):
         return now + AFTER_GIVE_UP, True
-    return now + retry_delay(attempts, retry_after, first=RETRY_FIRST, longest=RETRY_LONGEST), False
+    longest = TRANSIENT_LONGEST if transient else RETRY_LONGEST
+    return now + retry_delay(attempts, retry_after, first=RETRY_FIRST, longest=longest), False
 
 
 def describe(exc: BaseException) -> str:
@@ -140,7 +149,9 @@ def failed(s: Services, kind: str, item_id: Any, exc: BaseException) -> dict:
     previous = s.db.items.get(kind, item_id)
     attempts = (previous["attempts"] if previous else 0) + 1
     retry_after = exc.retry_after if isinstance(exc, ApiError) else None
-    next_at, give_up = next_attempt(attempts, now, retry_after)
+    failing_for = now - (previous["first_failed_at"] if previous else now)
+    next_at, give_up = next_attempt(attempts, now, retry_after, transient=isinstance(exc, ApiError) and exc.transient,
+                                    failing_for=failing_for)
     error = describe(exc)
     row = s.db.items.record_failure(kind, item_id, error, next_at, now, give_up=give_up)
     log.warning("item failed %s=%s attempt=%d retry_in=%ds error=%s", kind, item_id, attempts, next_at - now, error)

@@ -384,3 +384,34 @@ def test_main_status_shows_the_counts_and_retry_clears_them(tmp_path, settings, 
     retried = cli("retry", "question", "7")
     assert retried.returncode == 0 and "1 failing item" in retried.stdout
     assert json.loads(cli("status").stdout)["checks"]["items"]["gave_up_count"] == 0
+
+
+def test_transient_failures_wait_minutes_not_hours_and_are_given_up_only_after_a_day_of_them():
+    """A 30-minute soak saw a claim wait 27 minutes for its sixth try after Chatwoot's 503s: the
+    service failed, not the item. A bug of the item's own still backs off for hours."""
+    now = 1_000_000.0
+    for attempts in range(1, failures.GIVE_UP_ATTEMPTS + 3):
+        at, given_up = failures.next_attempt(attempts, now, transient=True, failing_for=3600.0)
+        assert not given_up and at - now <= failures.TRANSIENT_LONGEST
+    at, given_up = failures.next_attempt(failures.GIVE_UP_ATTEMPTS, now, transient=True,
+                                         failing_for=failures.AFTER_GIVE_UP)
+    assert given_up
+    at, given_up = failures.next_attempt(6, now)
+    assert not given_up and at - now > failures.TRANSIENT_LONGEST
+    assert failures.next_attempt(failures.GIVE_UP_ATTEMPTS, now)[1]
+
+
+@responses.activate
+def test_a_question_chatwoot_keeps_refusing_with_503_is_tried_again_within_minutes(s, clock):
+    search_returns(question(1))
+    responses.get(f"{API}/items", json=[{"code": 200, "body": {"id": "MLB1", "title": "Caneca"}}])
+    responses.get(f"{API}/users/9001", json={"id": 9001, "nickname": "COMPRADOR"})
+    responses.get(f"{CW}/contacts/search", status=503)
+    responses.post(f"{CW}/contacts", status=503)
+    responses.post(f"{CW}/contacts/filter", status=503)
+    for _ in range(failures.GIVE_UP_ATTEMPTS + 2):
+        sync_questions.sync_questions(s)
+        row = s.db.items.get("question", "1")
+        assert row["gave_up_at"] is None and row["next_attempt_at"] - clock() <= failures.TRANSIENT_LONGEST
+        clock.advance(failures.TRANSIENT_LONGEST + 1)
+    assert s.db.items.get("question", "1")["attempts"] == failures.GIVE_UP_ATTEMPTS + 2
