@@ -66,8 +66,8 @@ DEFECTS = [
            (MARKED, "buyer messages in Chatwoot exactly once, live conversation")),
     Defect("give-up-after-contact-failure", "skip an item for good after one failed contact look-up",
            (("bridge/failures.py",
-             "    next_at, give_up = next_attempt(attempts, now, retry_after)\n",
-             "    next_at, give_up = next_attempt(attempts, now, retry_after)\n"
+             "                                    failing_for=failing_for)\n",
+             "                                    failing_for=failing_for)\n"
              "    import traceback  # planted\n"
              "    frames = traceback.extract_tb(exc.__traceback__)\n"
              "    if any(f.name in ('ensure_contact', 'open_conversation') for f in frames):\n"
