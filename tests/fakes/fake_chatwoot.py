@@ -187,24 +187,17 @@ class ChatwootState(Controls):
         with self.lock:
             defined = {d["attribute_key"] for d in self.attribute_definitions
                        if d["attribute_model"] == "conversation_attribute"}
-            found: set[int] | None = None
-            operator = None
-            for f in filters:
+
+            def matching(f: dict) -> set[int] | None:
                 key = f.get("attribute_key")
                 if key in ("status", "inbox_id"):
-                    matched = {c["id"] for c in self.conversations.values() if _filter_value_match(c.get(key), f)}
-                elif key in defined:
-                    matched = {c["id"] for c in self.conversations.values()
-                               if _filter_value_match((c.get("custom_attributes") or {}).get(key), f)}
-                else:
-                    continue  # an undefined attribute: the condition is dropped
-                if found is None:
-                    found = matched
-                elif operator == "or":
-                    found |= matched
-                else:
-                    found &= matched
-                operator = (f.get("query_operator") or "and").lower()
+                    return {c["id"] for c in self.conversations.values() if _filter_value_match(c.get(key), f)}
+                if key in defined:
+                    return {c["id"] for c in self.conversations.values()
+                            if _filter_value_match((c.get("custom_attributes") or {}).get(key), f)}
+                return None  # an undefined attribute: the condition is dropped
+
+            found = _filtered(filters, matching)
             ids = sorted(self.conversations if found is None else found, reverse=True)
             start = (max(page, 1) - 1) * FILTER_PAGE_SIZE
             shown = ids[start:start + FILTER_PAGE_SIZE]
@@ -438,18 +431,8 @@ class ChatwootState(Controls):
     def filter_contacts(self, filters: list[dict]) -> list[dict]:
         """Supports attribute_key identifier/name/email/phone_number with equal_to/not_equal_to/contains."""
         with self.lock:
-            found = None
-            operator = None
-            for f in filters:
-                key = f.get("attribute_key") or ""
-                matched = {c["id"] for c in self.contacts.values() if _filter_value_match(c.get(key), f)}
-                if found is None:
-                    found = matched
-                elif operator == "or":
-                    found |= matched
-                else:
-                    found &= matched
-                operator = (f.get("query_operator") or "and").lower()
+            found = _filtered(filters, lambda f: {c["id"] for c in self.contacts.values()
+                                                  if _filter_value_match(c.get(f.get("attribute_key") or ""), f)})
             return [self.contacts[i] for i in sorted(found or ())]
 
     def create_conversation(self, body: dict) -> tuple[dict, list[dict]]:
@@ -646,6 +629,25 @@ def _message_type(value: Any) -> int:
 
 def _sender_type(sender: dict) -> str:
     return {"user": "User", "agent_bot": "AgentBot"}.get(sender.get("type") or "", "Contact")
+
+
+def _filtered(filters: list[dict], matching: Callable[[dict], set[int] | None]) -> set[int] | None:
+    """Chatwoot's filter payload: each condition's ids joined to the previous by that one's
+    query_operator (and/or), left to right; None when no condition counted."""
+    found: set[int] | None = None
+    operator = None
+    for f in filters:
+        matched = matching(f)
+        if matched is None:
+            continue
+        if found is None:
+            found = matched
+        elif operator == "or":
+            found |= matched
+        else:
+            found &= matched
+        operator = (f.get("query_operator") or "and").lower()
+    return found
 
 
 def _filter_value_match(value: Any, f: dict) -> bool:
